@@ -1,0 +1,91 @@
+//! Test support for Annals.
+//!
+//! - [`conformance`]: the suite every store must pass, as plain async functions, and
+//!   [`conformance_suite!`] which stamps out one named test per function for a store factory.
+//! - [`given`]: a given/when/then harness for pure deciders, needing no store.
+
+pub mod conformance;
+mod scenario;
+
+use std::any::Any;
+use std::future::Future;
+use std::sync::Arc;
+
+pub use annals;
+pub use scenario::{given, Given, Outcome, When};
+
+/// A store under test plus whatever must live as long as the test (a temporary directory,
+/// a server handle...).
+pub struct TestStore {
+    /// The store.
+    pub store: Arc<dyn annals::EventStore>,
+    _guard: Option<Box<dyn Any + Send + Sync>>,
+}
+
+impl TestStore {
+    /// A store that needs nothing kept alive.
+    pub fn new(store: Arc<dyn annals::EventStore>) -> Self {
+        Self {
+            store,
+            _guard: None,
+        }
+    }
+
+    /// A store that needs `guard` kept alive until the test ends.
+    pub fn with_guard(store: Arc<dyn annals::EventStore>, guard: impl Any + Send + Sync) -> Self {
+        Self {
+            store,
+            _guard: Some(Box::new(guard)),
+        }
+    }
+}
+
+/// Runs an async test body on a fresh multi-threaded runtime (used by
+/// [`conformance_suite!`], so the calling crate needs no runtime of its own).
+pub fn run<F: Future<Output = ()>>(body: F) {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime for the test")
+        .block_on(body)
+}
+
+/// Stamps out one `#[test]` per conformance function for the store made by `$factory`, an
+/// `async fn() -> TestStore` (or a closure returning such a future).
+///
+/// ```text
+/// annals_testkit::conformance_suite!(|| async { TestStore::new(Arc::new(MemoryStore::new())) });
+/// ```
+#[macro_export]
+macro_rules! conformance_suite {
+    ($factory:expr) => {
+        $crate::conformance_suite!(@tests $factory;
+            expected_versions_on_a_new_stream,
+            expected_versions_on_an_existing_stream,
+            concurrent_exact_appends_one_wins,
+            concurrent_any_appends_all_land,
+            retry_of_a_committed_append_writes_nothing,
+            partial_overlap_retry_is_refused,
+            event_id_recorded_in_another_stream_is_refused,
+            invalid_input_is_refused_and_nothing_written,
+            recorded_events_keep_what_was_appended,
+            read_stream_forward_backward_with_limits,
+            read_all_pages_with_filters,
+            subscription_sees_every_event_once_across_catch_up_and_live,
+            subscription_resumes_after_a_checkpoint,
+            multi_stream_append_is_atomic_or_refused,
+        );
+    };
+    (@tests $factory:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $crate::run(async {
+                    let fixture: $crate::TestStore = ($factory)().await;
+                    $crate::conformance::$name(fixture.store.clone()).await;
+                });
+            }
+        )*
+    };
+}

@@ -1,0 +1,290 @@
+//! Codecs: between domain events and the events a store records.
+//!
+//! [`JsonCodec`] maps a serde enum of events: the variant name is the event type and the
+//! variant body is the JSON data. Decoding an event whose type is not a variant of the enum
+//! yields `Ok(None)` ("not mine": the caller skips it, and it is counted in
+//! `annals_codec_skipped_events_total`); a known type whose body does not decode is an
+//! error, never silently dropped.
+//!
+//! Schema evolution: add optional fields (`#[serde(default)]`), rename with
+//! `#[serde(alias = "...")]`, or keep the stored contracts as their own enum and map them to
+//! the domain events with [`Codec::upcast`].
+
+use std::marker::PhantomData;
+
+use serde::de::{self, DeserializeOwned, Visitor};
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::error::CodecError;
+use crate::{EventData, RecordedEvent};
+
+/// What an encoder adds around the event body.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EncodeContext {
+    /// The correlation id to record.
+    pub correlation_id: Option<Uuid>,
+    /// The causation id to record.
+    pub causation_id: Option<Uuid>,
+    /// Metadata to record (as JSON).
+    pub metadata: Option<Value>,
+}
+
+impl EncodeContext {
+    /// The context of an event caused by `cause`: causation = its id, correlation copied
+    /// (or its id, when it has none).
+    pub fn caused_by(cause: &RecordedEvent) -> Self {
+        Self {
+            correlation_id: Some(cause.correlation_id.unwrap_or(cause.event_id)),
+            causation_id: Some(cause.event_id),
+            metadata: None,
+        }
+    }
+}
+
+/// Encodes domain events of type `E` for a store and decodes them back.
+pub trait Codec<E>: Send + Sync + 'static {
+    /// Encodes `event` (with a fresh event id) in `context`.
+    fn encode(&self, event: &E, context: &EncodeContext) -> Result<EventData, CodecError>;
+
+    /// Decodes a recorded event: `Ok(None)` when its type is not one of this codec's.
+    fn decode(&self, event: &RecordedEvent) -> Result<Option<E>, CodecError>;
+
+    /// Decodes with this codec, then maps the stored contract to a domain event with `up`
+    /// (`None` drops it); encodes domain events through `down`.
+    fn upcast<D, Up, Down>(self, up: Up, down: Down) -> Upcast<Self, E, D, Up, Down>
+    where
+        Self: Sized,
+        Up: Fn(E, &RecordedEvent) -> Option<D> + Send + Sync + 'static,
+        Down: Fn(&D) -> E + Send + Sync + 'static,
+    {
+        Upcast {
+            inner: self,
+            up,
+            down,
+            _types: PhantomData,
+        }
+    }
+}
+
+/// The serde JSON codec of an enum of events.
+pub struct JsonCodec<E> {
+    variants: &'static [&'static str],
+    _event: PhantomData<fn() -> E>,
+}
+
+impl<E: Serialize + DeserializeOwned> Default for JsonCodec<E> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<E> Clone for JsonCodec<E> {
+    fn clone(&self) -> Self {
+        Self {
+            variants: self.variants,
+            _event: PhantomData,
+        }
+    }
+}
+
+impl<E: Serialize + DeserializeOwned> JsonCodec<E> {
+    /// The codec of `E`.
+    ///
+    /// # Panics
+    ///
+    /// When `E` does not deserialize as an externally tagged enum (a programming error,
+    /// caught by the first test that builds the codec).
+    pub fn new() -> Self {
+        let variants = enum_variants::<E>().unwrap_or_else(|| {
+            panic!(
+                "JsonCodec<{}>: the event type must be an externally tagged serde enum",
+                std::any::type_name::<E>()
+            )
+        });
+        Self {
+            variants,
+            _event: PhantomData,
+        }
+    }
+
+    /// The event types this codec knows.
+    pub fn event_types(&self) -> &'static [&'static str] {
+        self.variants
+    }
+}
+
+impl<E: Serialize + DeserializeOwned + 'static> Codec<E> for JsonCodec<E> {
+    fn encode(&self, event: &E, context: &EncodeContext) -> Result<EventData, CodecError> {
+        let error = |event_type: &str, message: String| CodecError {
+            stream: String::new(),
+            stream_version: 0,
+            event_type: event_type.to_owned(),
+            message,
+        };
+        let (event_type, body) = match serde_json::to_value(event) {
+            Ok(Value::Object(map)) if map.len() == 1 => {
+                let (k, v) = map.into_iter().next().expect("one entry");
+                (k, v)
+            }
+            Ok(Value::String(unit)) => (unit, Value::Null),
+            Ok(other) => {
+                return Err(error(
+                    "",
+                    format!("expected an externally tagged enum, got {other}"),
+                ))
+            }
+            Err(e) => return Err(error("", e.to_string())),
+        };
+        let data = serde_json::to_vec(&body).map_err(|e| error(&event_type, e.to_string()))?;
+        let metadata = match &context.metadata {
+            Some(m) => Some(serde_json::to_vec(m).map_err(|e| error(&event_type, e.to_string()))?),
+            None => None,
+        };
+        Ok(EventData {
+            metadata,
+            correlation_id: context.correlation_id,
+            causation_id: context.causation_id,
+            ..EventData::new(event_type, data)
+        })
+    }
+
+    fn decode(&self, event: &RecordedEvent) -> Result<Option<E>, CodecError> {
+        if !self.variants.contains(&event.event_type.as_str()) {
+            metrics::counter!("annals_codec_skipped_events_total", "event_type" => event.event_type.clone())
+                .increment(1);
+            return Ok(None);
+        }
+        let error = |message: String| CodecError {
+            stream: event.stream.to_string(),
+            stream_version: event.stream_version,
+            event_type: event.event_type.clone(),
+            message,
+        };
+        let body: Value = serde_json::from_slice(&event.data)
+            .map_err(|e| error(format!("the body is not JSON: {e}")))?;
+        let tagged = match body {
+            Value::Null => Value::String(event.event_type.clone()),
+            body => {
+                let mut map = serde_json::Map::with_capacity(1);
+                map.insert(event.event_type.clone(), body);
+                Value::Object(map)
+            }
+        };
+        serde_json::from_value(tagged)
+            .map(Some)
+            .map_err(|e| error(e.to_string()))
+    }
+}
+
+/// A codec that decodes stored contracts `C` and maps them to domain events `D`.
+/// Built by [`Codec::upcast`].
+pub struct Upcast<Inner, C, D, Up, Down> {
+    inner: Inner,
+    up: Up,
+    down: Down,
+    _types: PhantomData<fn(C) -> D>,
+}
+
+impl<Inner, C, D, Up, Down> Codec<D> for Upcast<Inner, C, D, Up, Down>
+where
+    Inner: Codec<C>,
+    C: 'static,
+    D: 'static,
+    Up: Fn(C, &RecordedEvent) -> Option<D> + Send + Sync + 'static,
+    Down: Fn(&D) -> C + Send + Sync + 'static,
+{
+    fn encode(&self, event: &D, context: &EncodeContext) -> Result<EventData, CodecError> {
+        self.inner.encode(&(self.down)(event), context)
+    }
+
+    fn decode(&self, event: &RecordedEvent) -> Result<Option<D>, CodecError> {
+        Ok(self
+            .inner
+            .decode(event)?
+            .and_then(|contract| (self.up)(contract, event)))
+    }
+}
+
+/// The variant names of a serde enum, found by asking its `Deserialize` impl.
+fn enum_variants<E: DeserializeOwned>() -> Option<&'static [&'static str]> {
+    let mut grabbed = None;
+    let _ = E::deserialize(VariantGrabber(&mut grabbed));
+    grabbed
+}
+
+struct VariantGrabber<'a>(&'a mut Option<&'static [&'static str]>);
+
+impl<'de> de::Deserializer<'de> for VariantGrabber<'_> {
+    type Error = de::value::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        Err(de::Error::custom("not an enum"))
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        variants: &'static [&'static str],
+        _: V,
+    ) -> Result<V::Value, Self::Error> {
+        *self.0 = Some(variants);
+        Err(de::Error::custom("variants grabbed"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map struct identifier
+        ignored_any
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Position, StreamName, Timestamp};
+    use serde::Deserialize;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    enum Ev {
+        Added { id: u32 },
+        Removed(u32),
+        Cleared,
+    }
+
+    fn recorded(data: EventData) -> RecordedEvent {
+        let s = StreamName::new("T-1").unwrap();
+        RecordedEvent::new(s, 0, Position::from_raw(1), Timestamp::now(), data)
+    }
+
+    #[test]
+    fn round_trips_every_variant_shape() {
+        let codec = JsonCodec::<Ev>::new();
+        assert_eq!(codec.event_types(), ["Added", "Removed", "Cleared"]);
+        let ctx = EncodeContext {
+            correlation_id: Some(Uuid::nil()),
+            ..EncodeContext::default()
+        };
+        for ev in [Ev::Added { id: 3 }, Ev::Removed(4), Ev::Cleared] {
+            let data = codec.encode(&ev, &ctx).unwrap();
+            assert_eq!(data.correlation_id, Some(Uuid::nil()));
+            assert_eq!(codec.decode(&recorded(data)).unwrap(), Some(ev));
+        }
+        let data = codec.encode(&Ev::Added { id: 3 }, &ctx).unwrap();
+        assert_eq!(data.event_type, "Added");
+        assert_eq!(data.data, br#"{"id":3}"#);
+    }
+
+    #[test]
+    fn unknown_type_is_not_mine_and_bad_body_is_an_error() {
+        let codec = JsonCodec::<Ev>::new();
+        let other = recorded(EventData::new("Renamed", br#"{}"#.to_vec()));
+        assert_eq!(codec.decode(&other).unwrap(), None);
+        let bad = recorded(EventData::new("Added", br#"{"id":"x"}"#.to_vec()));
+        let err = codec.decode(&bad).unwrap_err();
+        assert_eq!(err.event_type, "Added");
+        let not_json = recorded(EventData::new("Added", b"{".to_vec()));
+        assert!(codec.decode(&not_json).is_err());
+    }
+}

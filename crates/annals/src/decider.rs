@@ -1,0 +1,392 @@
+//! The decider runtime: load a stream's state, run a pure decision, append its events with
+//! optimistic concurrency, and on conflict catch up and decide again.
+//!
+//! A domain is a [`Domain`]: `initial`, `evolve`, and decisions that are plain closures
+//! over the state. A [`Category`] binds a domain to a store, a codec and optionally a
+//! [`Cache`]; a [`Decider`] is one stream of it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use tracing::Instrument;
+
+use crate::cache::Cache;
+use crate::codec::{Codec, EncodeContext};
+use crate::error::{CodecError, Error, Result};
+use crate::store::{EventStore, ReadStream};
+use crate::{ExpectedVersion, StreamName, Version};
+
+/// A domain's pure functions: its initial state and how an event changes it. Decisions are
+/// closures `&State -> Vec<Event>` (or `-> (R, Vec<Event>)`) passed to [`Decider`].
+pub trait Domain: Send + Sync + 'static {
+    /// The events of the domain.
+    type Event: Send + Sync + 'static;
+    /// The state folded from them.
+    type State: Clone + Send + Sync + 'static;
+
+    /// The state of an empty stream.
+    fn initial() -> Self::State;
+
+    /// The state after `event`.
+    fn evolve(state: Self::State, event: &Self::Event) -> Self::State;
+
+    /// The state after every event of `events`, in order.
+    fn fold<'a, I>(state: Self::State, events: I) -> Self::State
+    where
+        I: IntoIterator<Item = &'a Self::Event>,
+        Self::Event: 'a,
+    {
+        events.into_iter().fold(state, Self::evolve)
+    }
+}
+
+/// How a [`Decider`] obtains the state before deciding or rendering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LoadOption {
+    /// Read the stream (only the events after the cached version when a cache entry exists).
+    #[default]
+    RequireLoad,
+    /// Use a cached state confirmed by the store at most this long ago. Concurrent loads of
+    /// a stream that must read share one read. Needs a cache; without one this reads.
+    AllowStale(Duration),
+    /// Use any cached state; read only when there is none (with one shared read).
+    AnyCachedValue,
+    /// Assume the stream is empty and read nothing; a write is still checked by the store
+    /// and resyncs on conflict.
+    AssumeEmpty,
+}
+
+/// The default number of attempts `transact` makes before giving up.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
+type LoadLocks = Mutex<HashMap<StreamName, Weak<tokio::sync::Mutex<()>>>>;
+
+/// A domain bound to a store, a codec and (optionally) a cache, for one category.
+pub struct Category<D: Domain> {
+    name: Arc<str>,
+    store: Arc<dyn EventStore>,
+    codec: Arc<dyn Codec<D::Event>>,
+    cache: Option<Arc<Cache>>,
+    max_attempts: u32,
+    load_locks: Arc<LoadLocks>,
+}
+
+impl<D: Domain> Clone for Category<D> {
+    fn clone(&self) -> Self {
+        Self {
+            name: Arc::clone(&self.name),
+            store: Arc::clone(&self.store),
+            codec: Arc::clone(&self.codec),
+            cache: self.cache.clone(),
+            max_attempts: self.max_attempts,
+            load_locks: Arc::clone(&self.load_locks),
+        }
+    }
+}
+
+impl<D: Domain> Category<D> {
+    /// The category `name` of `store`, encoding events with `codec`.
+    pub fn new(
+        name: &str,
+        store: Arc<dyn EventStore>,
+        codec: impl Codec<D::Event>,
+    ) -> Result<Self> {
+        crate::stream::validate_category(name)?;
+        Ok(Self {
+            name: name.into(),
+            store,
+            codec: Arc::new(codec),
+            cache: None,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            load_locks: Arc::default(),
+        })
+    }
+
+    /// Caches folded states in `cache` (which other categories may share).
+    pub fn with_cache(mut self, cache: Arc<Cache>) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// Sets how many attempts `transact` makes (at least one).
+    pub fn with_max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// The category name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    /// The decider of the stream `{category}-{id}`.
+    pub fn decider(&self, id: &str) -> Result<Decider<D>> {
+        Ok(self.decider_for(StreamName::from_parts(&self.name, id)?))
+    }
+
+    /// The decider of a stream given by its full name.
+    pub fn decider_for(&self, stream: StreamName) -> Decider<D> {
+        Decider {
+            category: self.clone(),
+            stream,
+            load: LoadOption::default(),
+            context: EncodeContext::default(),
+        }
+    }
+
+    fn load_lock(&self, stream: &StreamName) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.load_locks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(lock) = locks.get(stream).and_then(Weak::upgrade) {
+            return lock;
+        }
+        if locks.len() >= 1024 {
+            locks.retain(|_, w| w.strong_count() > 0);
+        }
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        locks.insert(stream.clone(), Arc::downgrade(&lock));
+        lock
+    }
+}
+
+/// A loaded state: its version and value.
+#[derive(Debug, Clone)]
+pub struct Loaded<S> {
+    /// The stream version the state was folded up to.
+    pub version: Version,
+    /// The state.
+    pub state: Arc<S>,
+}
+
+/// One stream of a [`Category`]: query it, or transact against it.
+pub struct Decider<D: Domain> {
+    category: Category<D>,
+    stream: StreamName,
+    load: LoadOption,
+    context: EncodeContext,
+}
+
+impl<D: Domain> Decider<D> {
+    /// Loads with `option` instead of [`LoadOption::RequireLoad`].
+    pub fn with_load(mut self, option: LoadOption) -> Self {
+        self.load = option;
+        self
+    }
+
+    /// Records `context` (correlation, causation, metadata) on the events written.
+    pub fn with_context(mut self, context: EncodeContext) -> Self {
+        self.context = context;
+        self
+    }
+
+    /// The stream.
+    pub fn stream(&self) -> &StreamName {
+        &self.stream
+    }
+
+    /// Loads the state and its version.
+    pub async fn load(&self) -> Result<Loaded<D::State>> {
+        self.load_with(self.load)
+            .instrument(tracing::debug_span!("annals.load", stream = %self.stream))
+            .await
+    }
+
+    /// Loads the state and renders it with `render`.
+    pub async fn query<R>(&self, render: impl FnOnce(&D::State) -> R) -> Result<R> {
+        let loaded = self.load().await?;
+        Ok(render(&loaded.state))
+    }
+
+    /// Runs `decide` on the current state and appends its events; on a conflict, catches up
+    /// and decides again, up to the category's attempt limit.
+    pub async fn transact(&self, mut decide: impl FnMut(&D::State) -> Vec<D::Event>) -> Result<()> {
+        self.transact_result(|s| ((), decide(s))).await
+    }
+
+    /// As [`transact`](Self::transact), for decisions that also return a result.
+    pub async fn transact_result<R>(
+        &self,
+        decide: impl FnMut(&D::State) -> (R, Vec<D::Event>),
+    ) -> Result<R> {
+        let span = tracing::info_span!(
+            "annals.transact",
+            stream = %self.stream,
+            category = %self.category.name,
+            attempts = tracing::field::Empty,
+            conflicts = tracing::field::Empty,
+            events = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        let result = self.run(decide, &span).instrument(span.clone()).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(Error::ResyncExhausted { .. }) => "conflict",
+            Err(_) => "error",
+        };
+        span.record("outcome", outcome);
+        let category = self.category.name.to_string();
+        metrics::counter!("annals_decider_runs_total", "category" => category.clone(), "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("annals_decider_duration_seconds", "category" => category)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn run<R>(
+        &self,
+        mut decide: impl FnMut(&D::State) -> (R, Vec<D::Event>),
+        span: &tracing::Span,
+    ) -> Result<R> {
+        let cat = &self.category;
+        let mut loaded = self.load_with(self.load).await?;
+        let mut attempt = 1;
+        loop {
+            span.record("attempts", attempt);
+            let (result, events) = decide(&loaded.state);
+            span.record("events", events.len());
+            if events.is_empty() {
+                return Ok(result);
+            }
+            let encoded = events
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    cat.codec.encode(e, &self.context).map_err(|err| CodecError {
+                        stream: self.stream.to_string(),
+                        stream_version: loaded.version.get() + i as u64,
+                        ..err
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let expected = ExpectedVersion::Exact(loaded.version);
+            match cat.store.append(&self.stream, expected, encoded).await {
+                Ok(appended) => {
+                    if let Some(cache) = &cat.cache {
+                        let state = D::fold((*loaded.state).clone(), &events);
+                        cache.put(&self.stream, appended.version, Arc::new(state));
+                    }
+                    return Ok(result);
+                }
+                Err(Error::WrongExpectedVersion { actual, .. }) => {
+                    metrics::counter!("annals_decider_conflicts_total", "category" => cat.name.to_string())
+                        .increment(1);
+                    span.record("conflicts", attempt);
+                    tracing::debug!(%actual, attempt, "conflict, resyncing");
+                    if attempt >= cat.max_attempts {
+                        return Err(Error::ResyncExhausted {
+                            stream: self.stream.clone(),
+                            attempts: attempt,
+                        });
+                    }
+                    attempt += 1;
+                    loaded = self.catch_up(loaded).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn load_with(&self, option: LoadOption) -> Result<Loaded<D::State>> {
+        match option {
+            LoadOption::AssumeEmpty => Ok(Loaded {
+                version: Version::EMPTY,
+                state: Arc::new(D::initial()),
+            }),
+            LoadOption::RequireLoad => self.reload().await,
+            LoadOption::AllowStale(max_age) => self.load_cached(Some(max_age)).await,
+            LoadOption::AnyCachedValue => self.load_cached(None).await,
+        }
+    }
+
+    fn cached(&self, max_age: Option<Duration>) -> Option<Loaded<D::State>> {
+        let cached = self.category.cache.as_ref()?.get::<D::State>(&self.stream)?;
+        match max_age {
+            Some(age) if cached.confirmed_at.elapsed() > age => None,
+            _ => Some(Loaded {
+                version: cached.version,
+                state: cached.state,
+            }),
+        }
+    }
+
+    async fn load_cached(&self, max_age: Option<Duration>) -> Result<Loaded<D::State>> {
+        if self.category.cache.is_none() {
+            return self.reload().await;
+        }
+        if let Some(hit) = self.cached(max_age) {
+            self.count_cache(true);
+            return Ok(hit);
+        }
+        let lock = self.category.load_lock(&self.stream);
+        let _guard = lock.lock().await;
+        if let Some(hit) = self.cached(max_age) {
+            self.count_cache(true);
+            return Ok(hit);
+        }
+        self.reload().await
+    }
+
+    /// Reads the events after the cached version (all of them without a cache entry).
+    async fn reload(&self) -> Result<Loaded<D::State>> {
+        let start = match self.cached(None) {
+            Some(cached) => {
+                self.count_cache(true);
+                cached
+            }
+            None => {
+                if self.category.cache.is_some() {
+                    self.count_cache(false);
+                }
+                Loaded {
+                    version: Version::EMPTY,
+                    state: Arc::new(D::initial()),
+                }
+            }
+        };
+        self.catch_up(start).await
+    }
+
+    /// Folds the events after `from.version` onto `from.state`, and caches the result.
+    async fn catch_up(&self, from: Loaded<D::State>) -> Result<Loaded<D::State>> {
+        let cat = &self.category;
+        let mut events = cat
+            .store
+            .read_stream(&self.stream, ReadStream::forward_from(from.version));
+        let mut version = from.version;
+        let mut state: Option<D::State> = None;
+        let (mut read, mut skipped) = (0u64, 0u64);
+        while let Some(recorded) = events.try_next().await? {
+            read += 1;
+            version = recorded.next_version();
+            match cat.codec.decode(&recorded)? {
+                Some(event) => {
+                    let current = state.take().unwrap_or_else(|| (*from.state).clone());
+                    state = Some(D::evolve(current, &event));
+                }
+                None => skipped += 1,
+            }
+        }
+        tracing::trace!(read, skipped, %version, "caught up");
+        let state = state.map_or(from.state, Arc::new);
+        if let Some(cache) = &cat.cache {
+            cache.put(&self.stream, version, Arc::clone(&state));
+        }
+        Ok(Loaded { version, state })
+    }
+
+    fn count_cache(&self, hit: bool) {
+        let name = if hit {
+            "annals_cache_hits_total"
+        } else {
+            "annals_cache_misses_total"
+        };
+        metrics::counter!(name, "category" => self.category.name.to_string()).increment(1);
+    }
+}

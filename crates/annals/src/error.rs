@@ -1,0 +1,186 @@
+//! The errors of stores, codecs and the decider runtime.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::{ExpectedVersion, StreamName, StreamNameError, Version};
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What is wrong with one event of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidEvent {
+    /// The event type is empty.
+    #[error("the event type is empty")]
+    EmptyType,
+    /// The event type is too long.
+    #[error("the event type is {len} bytes long: the limit is {}", crate::MAX_EVENT_TYPE_LEN)]
+    TypeTooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The event type has control characters.
+    #[error("the event type has control characters")]
+    TypeHasControlChars,
+    /// Data plus metadata exceed the store's limit.
+    #[error("the event is {size} bytes (data + metadata): the limit is {limit}")]
+    TooLarge {
+        /// Its size in bytes.
+        size: usize,
+        /// The store's limit.
+        limit: usize,
+    },
+    /// The same event id appears twice in the batch.
+    #[error("event id {0} appears twice in the batch")]
+    DuplicateIdInBatch(Uuid),
+}
+
+/// A capability that some backends lack; asking for it there is refused, never emulated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Capability {
+    /// Appending to several streams in one atomic transaction.
+    MultiStreamAppend,
+}
+
+impl std::fmt::Display for Capability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Capability::MultiStreamAppend => f.write_str("multi-stream atomic append"),
+        }
+    }
+}
+
+/// An event's body or metadata did not encode or decode.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("event {event_type:?} at {stream} version {stream_version}: {message}")]
+pub struct CodecError {
+    /// The stream of the event (or the target stream when encoding).
+    pub stream: String,
+    /// The event's index in its stream (the next version when encoding).
+    pub stream_version: u64,
+    /// The event type.
+    pub event_type: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// Errors of stores, codecs and the decider runtime.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A stream name or category is invalid.
+    #[error("invalid stream name: {0}")]
+    InvalidStreamName(#[from] StreamNameError),
+    /// An append had no events.
+    #[error("append to {stream} has no events: send at least one")]
+    EmptyBatch {
+        /// The stream.
+        stream: StreamName,
+    },
+    /// A multi-stream append names a stream twice; nothing was written.
+    #[error("stream {stream} appears twice in one multi-stream append: merge its events into one entry")]
+    DuplicateStreamInBatch {
+        /// The stream.
+        stream: StreamName,
+    },
+    /// One event of a batch is invalid; nothing was written.
+    #[error("event {index} of the append to {stream} is invalid: {reason}")]
+    InvalidEvent {
+        /// The stream.
+        stream: StreamName,
+        /// The event's index in the batch.
+        index: usize,
+        /// What is wrong.
+        reason: InvalidEvent,
+    },
+    /// The stream's version did not match the expected version; nothing was written.
+    #[error("wrong expected version for {stream}: expected {expected}, stream is at version {actual}")]
+    WrongExpectedVersion {
+        /// The stream.
+        stream: StreamName,
+        /// What the append expected.
+        expected: ExpectedVersion,
+        /// The stream's version when the append was refused.
+        actual: Version,
+    },
+    /// Some events of the batch are already in the stream, but the batch is not an exact
+    /// retry of an earlier append; nothing was written.
+    #[error("append to {stream} partially overlaps an earlier append (event {event_id} is already at version {stream_version}): retry with exactly the original batch, or with new event ids")]
+    PartialRetry {
+        /// The stream.
+        stream: StreamName,
+        /// The first event of the batch found already recorded.
+        event_id: Uuid,
+        /// Where it is recorded.
+        stream_version: u64,
+    },
+    /// An event id of the batch is already recorded in another stream; nothing was written.
+    #[error("event id {event_id} is already recorded in stream {existing_stream}: event ids are unique across the store")]
+    DuplicateEventId {
+        /// The event id.
+        event_id: Uuid,
+        /// The stream that has it.
+        existing_stream: StreamName,
+    },
+    /// The backend does not offer this capability.
+    #[error("the {backend} store does not support {capability}")]
+    Unsupported {
+        /// The backend's name.
+        backend: &'static str,
+        /// What was asked for.
+        capability: Capability,
+    },
+    /// `transact` met a conflict on every attempt.
+    #[error("{stream}: the decision conflicted with concurrent writers on each of {attempts} attempts")]
+    ResyncExhausted {
+        /// The stream.
+        stream: StreamName,
+        /// How many attempts were made.
+        attempts: u32,
+    },
+    /// A known event type did not decode, or an event did not encode.
+    #[error("codec: {0}")]
+    Codec(#[from] CodecError),
+    /// The backend failed (I/O, database error, closed store).
+    #[error("{backend} store: {source}")]
+    Backend {
+        /// The backend's name.
+        backend: &'static str,
+        /// The underlying error.
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl Error {
+    /// Wraps a backend's error.
+    pub fn backend(
+        backend: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Error::Backend {
+            backend,
+            source: Arc::from(source.into()),
+        }
+    }
+
+    /// Whether this is an optimistic-concurrency conflict.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::WrongExpectedVersion { .. })
+    }
+
+    /// Whether the input was refused as invalid (nothing was written).
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(
+            self,
+            Error::InvalidStreamName(_)
+                | Error::EmptyBatch { .. }
+                | Error::InvalidEvent { .. }
+                | Error::DuplicateStreamInBatch { .. }
+        )
+    }
+}

@@ -1,0 +1,213 @@
+//! Tracing spans and metrics around every round trip of any store.
+//!
+//! Wrap a store with [`Instrumented::new`] (the CLI and the samples do): each call becomes
+//! a `tracing` span `annals.store` with the operation, backend, stream, category, event
+//! count, bytes, outcome and latency, and feeds the `metrics` facade:
+//! `annals_store_roundtrip_seconds` (histogram, by backend/operation/outcome),
+//! `annals_store_events_total` and `annals_store_bytes_total` (by backend/operation).
+
+use std::time::Instant;
+
+use async_trait::async_trait;
+use futures::stream::{BoxStream, StreamExt};
+use tracing::field::Empty;
+use tracing::Instrument;
+
+use crate::store::{
+    AllPage, AppendResult, Capabilities, EventStore, Filter, ReadStream, StreamAppend,
+};
+use crate::{EventData, ExpectedVersion, Position, RecordedEvent, Result, StreamName, Version};
+
+/// A store whose round trips are traced and measured.
+pub struct Instrumented<S: ?Sized> {
+    inner: std::sync::Arc<S>,
+}
+
+impl<S: EventStore + ?Sized> Instrumented<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: std::sync::Arc<S>) -> Self {
+        Self { inner }
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &std::sync::Arc<S> {
+        &self.inner
+    }
+}
+
+fn span(op: &'static str, backend: &'static str, stream: Option<&StreamName>) -> tracing::Span {
+    tracing::debug_span!(
+        "annals.store",
+        op,
+        backend,
+        stream = stream.map(StreamName::as_str),
+        category = stream.map(StreamName::category),
+        count = Empty,
+        bytes = Empty,
+        outcome = Empty,
+        latency_us = Empty,
+    )
+}
+
+fn finish<T>(
+    span: &tracing::Span,
+    op: &'static str,
+    backend: &'static str,
+    started: Instant,
+    count: usize,
+    bytes: usize,
+    result: &Result<T>,
+) {
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(e) if e.is_conflict() => "conflict",
+        Err(e) if e.is_invalid_input() => "invalid",
+        Err(_) => "error",
+    };
+    let elapsed = started.elapsed();
+    span.record("count", count);
+    span.record("bytes", bytes);
+    span.record("outcome", outcome);
+    span.record("latency_us", elapsed.as_micros() as u64);
+    metrics::histogram!("annals_store_roundtrip_seconds", "backend" => backend, "op" => op, "outcome" => outcome)
+        .record(elapsed.as_secs_f64());
+    if result.is_ok() {
+        metrics::counter!("annals_store_events_total", "backend" => backend, "op" => op)
+            .increment(count as u64);
+        metrics::counter!("annals_store_bytes_total", "backend" => backend, "op" => op)
+            .increment(bytes as u64);
+    }
+}
+
+struct ReadGuard {
+    span: tracing::Span,
+    backend: &'static str,
+    started: Instant,
+    count: usize,
+    bytes: usize,
+    failed: bool,
+}
+
+impl Drop for ReadGuard {
+    fn drop(&mut self) {
+        let result: Result<()> = if self.failed {
+            Err(crate::Error::backend(self.backend, "read failed"))
+        } else {
+            Ok(())
+        };
+        finish(
+            &self.span,
+            "read_stream",
+            self.backend,
+            self.started,
+            self.count,
+            self.bytes,
+            &result,
+        );
+    }
+}
+
+#[async_trait]
+impl<S: EventStore + ?Sized> EventStore for Instrumented<S> {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn append(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult> {
+        let backend = self.backend();
+        let span = span("append", backend, Some(stream));
+        let (count, bytes) = (events.len(), events.iter().map(EventData::size).sum());
+        let started = Instant::now();
+        let result = self
+            .inner
+            .append(stream, expected, events)
+            .instrument(span.clone())
+            .await;
+        finish(&span, "append", backend, started, count, bytes, &result);
+        result
+    }
+
+    async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
+        let backend = self.backend();
+        let span = span("append_many", backend, None);
+        let count = appends.iter().map(|a| a.events.len()).sum();
+        let bytes = appends
+            .iter()
+            .flat_map(|a| &a.events)
+            .map(EventData::size)
+            .sum();
+        let started = Instant::now();
+        let result = self.inner.append_many(appends).instrument(span.clone()).await;
+        finish(&span, "append_many", backend, started, count, bytes, &result);
+        result
+    }
+
+    async fn stream_version(&self, stream: &StreamName) -> Result<Version> {
+        let backend = self.backend();
+        let span = span("stream_version", backend, Some(stream));
+        let started = Instant::now();
+        let result = self.inner.stream_version(stream).instrument(span.clone()).await;
+        finish(&span, "stream_version", backend, started, 0, 0, &result);
+        result
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        stream: &'a StreamName,
+        options: ReadStream,
+    ) -> BoxStream<'a, Result<RecordedEvent>> {
+        let mut guard = ReadGuard {
+            span: span("read_stream", self.backend(), Some(stream)),
+            backend: self.backend(),
+            started: Instant::now(),
+            count: 0,
+            bytes: 0,
+            failed: false,
+        };
+        self.inner
+            .read_stream(stream, options)
+            .map(move |item| {
+                // Borrow the guard whole, so the closure owns it and it records on drop.
+                let guard = &mut guard;
+                match &item {
+                    Ok(e) => {
+                        guard.count += 1;
+                        guard.bytes += e.size();
+                    }
+                    Err(_) => guard.failed = true,
+                }
+                item
+            })
+            .boxed()
+    }
+
+    async fn read_all(&self, from: Position, filter: &Filter, limit: usize) -> Result<AllPage> {
+        let backend = self.backend();
+        let span = span("read_all", backend, None);
+        let started = Instant::now();
+        let result = self
+            .inner
+            .read_all(from, filter, limit)
+            .instrument(span.clone())
+            .await;
+        let (count, bytes) = match &result {
+            Ok(page) => (page.events.len(), page.events.iter().map(RecordedEvent::size).sum()),
+            Err(_) => (0, 0),
+        };
+        finish(&span, "read_all", backend, started, count, bytes, &result);
+        result
+    }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<()>> {
+        self.inner.changes()
+    }
+}

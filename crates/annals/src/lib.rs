@@ -1,0 +1,64 @@
+//! Annals: event sourcing for Rust.
+//!
+//! This core crate holds the model every other crate shares: validated [`StreamName`]s,
+//! [`EventData`] and [`RecordedEvent`], [`Version`]s (event counts), [`ExpectedVersion`]s and
+//! opaque [`Position`]s; the [`EventStore`] and [`CheckpointStore`] traits; codecs
+//! ([`JsonCodec`]); the decider runtime ([`Category`], [`Decider`], [`Cache`]); and the
+//! [`MemoryStore`] for tests. It performs no I/O of its own and names no backend.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use annals::{Category, Domain, JsonCodec, MemoryStore};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! enum Event { Incremented { by: u32 } }
+//!
+//! struct Counter;
+//! impl Domain for Counter {
+//!     type Event = Event;
+//!     type State = u32;
+//!     fn initial() -> u32 { 0 }
+//!     fn evolve(n: u32, e: &Event) -> u32 {
+//!         match e { Event::Incremented { by } => n + by }
+//!     }
+//! }
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let store = Arc::new(MemoryStore::new());
+//! let counters = Category::<Counter>::new("Counter", store, JsonCodec::new())?;
+//! let decider = counters.decider("a")?;
+//! decider.transact(|n| if *n < 10 { vec![Event::Incremented { by: 1 }] } else { vec![] }).await?;
+//! assert_eq!(decider.query(|n| *n).await?, 1);
+//! # Ok::<_, annals::Error>(()) }).unwrap();
+//! //! ```
+
+pub mod cache;
+pub mod checkpoint;
+pub mod codec;
+pub mod decider;
+pub mod error;
+pub mod event;
+pub mod instrument;
+pub mod memory;
+pub mod store;
+pub mod stream;
+pub mod subscribe;
+pub mod version;
+
+pub use cache::Cache;
+pub use checkpoint::{Checkpoint, CheckpointStore, MemoryCheckpoints};
+pub use codec::{Codec, EncodeContext, JsonCodec};
+pub use decider::{Category, Decider, Domain, LoadOption, Loaded};
+pub use error::{Capability, CodecError, Error, InvalidEvent, Result};
+pub use event::{EventData, RecordedEvent, DEFAULT_MAX_EVENT_BYTES, MAX_EVENT_TYPE_LEN};
+pub use instrument::Instrumented;
+pub use memory::MemoryStore;
+pub use store::{
+    AllPage, AppendResult, Capabilities, Direction, EventStore, Filter, ReadStream,
+    StreamAppend, SubscribeOptions,
+};
+pub use stream::{StreamName, StreamNameError, MAX_STREAM_NAME_LEN};
+pub use subscribe::{subscribe, EventStoreExt, SubscribeExt, Subscription};
+pub use uuid::Uuid;
+pub use version::{ExpectedVersion, Position, Timestamp, Version};

@@ -1,0 +1,305 @@
+//! An in-memory store for users' tests (and for trying things out).
+//!
+//! It implements the whole store contract, including multi-stream appends. Every commit is
+//! also sent to the receivers of [`MemoryStore::commits`] before `append` returns, in commit
+//! order, so a test can react to exactly what was written without waiting or polling.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use futures::stream::{self, BoxStream, StreamExt};
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::event::{validate_batch, validate_many, DEFAULT_MAX_EVENT_BYTES};
+use crate::store::{
+    AllPage, AppendResult, Capabilities, Direction, EventStore, Filter, ReadStream, StreamAppend,
+};
+use crate::{
+    EventData, ExpectedVersion, Position, RecordedEvent, StreamName, Timestamp, Version,
+};
+
+/// One committed append, as sent to [`MemoryStore::commits`] receivers.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    /// The stream written.
+    pub stream: StreamName,
+    /// The events recorded, in order.
+    pub events: Arc<[RecordedEvent]>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Every event; the event at index `i` has position `i + 1`.
+    log: Vec<RecordedEvent>,
+    /// Per stream, the log indexes of its events.
+    streams: HashMap<StreamName, Vec<usize>>,
+    /// Event id to (stream, stream index).
+    ids: HashMap<Uuid, (StreamName, u64)>,
+    /// Parallel to `log`: the stream version at which the event's append began, so a retry
+    /// can be told apart from a batch that only covers part of an earlier append.
+    batch_start: Vec<u64>,
+    observers: Vec<mpsc::UnboundedSender<Commit>>,
+}
+
+enum Plan {
+    Write,
+    AlreadyWritten(AppendResult),
+}
+
+impl Inner {
+    fn version(&self, stream: &StreamName) -> Version {
+        Version(self.streams.get(stream).map_or(0, |s| s.len() as u64))
+    }
+
+    fn plan(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: &[EventData],
+    ) -> Result<Plan> {
+        let actual = self.version(stream);
+        let conflict = || Error::WrongExpectedVersion {
+            stream: stream.clone(),
+            expected,
+            actual,
+        };
+        let mut found = Vec::new();
+        for e in events {
+            match self.ids.get(&e.event_id) {
+                Some((s, _)) if s != stream => {
+                    return Err(Error::DuplicateEventId {
+                        event_id: e.event_id,
+                        existing_stream: s.clone(),
+                    })
+                }
+                Some((_, v)) => found.push((e.event_id, *v)),
+                None => {}
+            }
+        }
+        let Some(&(first_id, first_version)) = found.first() else {
+            return if expected.admits(actual) {
+                Ok(Plan::Write)
+            } else {
+                Err(conflict())
+            };
+        };
+        let indexes = &self.streams[stream];
+        let batch_of = |v: u64| {
+            indexes
+                .get(v as usize)
+                .map(|&i| self.batch_start[i])
+        };
+        let end = first_version + events.len() as u64;
+        let exact_retry = found.len() == events.len()
+            && found.iter().enumerate().all(|(i, &(_, v))| {
+                v == first_version + i as u64 && batch_of(v) == Some(first_version)
+            })
+            && batch_of(end) != Some(first_version);
+        if !exact_retry {
+            return Err(Error::PartialRetry {
+                stream: stream.clone(),
+                event_id: first_id,
+                stream_version: first_version,
+            });
+        }
+        if !expected.admits(Version(first_version)) {
+            return Err(conflict());
+        }
+        let position = |v: u64| self.log[indexes[v as usize]].position;
+        Ok(Plan::AlreadyWritten(AppendResult {
+            version: Version(first_version + events.len() as u64),
+            first_position: position(first_version),
+            last_position: position(first_version + events.len() as u64 - 1),
+        }))
+    }
+
+    fn write(&mut self, stream: &StreamName, events: Vec<EventData>) -> AppendResult {
+        let now = Timestamp::now();
+        let start = self.version(stream).get();
+        let first_index = self.log.len();
+        let indexes = self.streams.entry(stream.clone()).or_default();
+        for (i, data) in events.into_iter().enumerate() {
+            let index = self.log.len();
+            let version = start + i as u64;
+            self.ids.insert(data.event_id, (stream.clone(), version));
+            indexes.push(index);
+            self.batch_start.push(start);
+            self.log.push(RecordedEvent::new(
+                stream.clone(),
+                version,
+                Position::from_raw(index as u128 + 1),
+                now,
+                data,
+            ));
+        }
+        let recorded: Arc<[RecordedEvent]> = self.log[first_index..].into();
+        self.observers.retain(|tx| {
+            tx.send(Commit {
+                stream: stream.clone(),
+                events: Arc::clone(&recorded),
+            })
+            .is_ok()
+        });
+        AppendResult {
+            version: Version(start + recorded.len() as u64),
+            first_position: recorded[0].position,
+            last_position: recorded[recorded.len() - 1].position,
+        }
+    }
+}
+
+/// The in-memory store. Cheap to share behind an `Arc`.
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+    changes: watch::Sender<()>,
+    max_event_bytes: usize,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store with the default event size limit.
+    pub fn new() -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            changes: watch::Sender::new(()),
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+        }
+    }
+
+    /// Sets the largest event accepted (data plus metadata, in bytes).
+    pub fn with_max_event_bytes(mut self, limit: usize) -> Self {
+        self.max_event_bytes = limit;
+        self
+    }
+
+    /// A receiver of every commit from now on, each sent before its `append` returns.
+    pub fn commits(&self) -> mpsc::UnboundedReceiver<Commit> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.lock().observers.push(tx);
+        rx
+    }
+
+    /// The number of events in the store.
+    pub fn len(&self) -> usize {
+        self.lock().log.len()
+    }
+
+    /// Whether the store has no events.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave a half-written batch: writes are
+        // planned first and applied without fallible steps.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl EventStore for MemoryStore {
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::all()
+    }
+
+    async fn append(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult> {
+        validate_batch(stream, &events, self.max_event_bytes)?;
+        let result = {
+            let mut inner = self.lock();
+            match inner.plan(stream, expected, &events)? {
+                Plan::AlreadyWritten(result) => return Ok(result),
+                Plan::Write => inner.write(stream, events),
+            }
+        };
+        self.changes.send_replace(());
+        Ok(result)
+    }
+
+    async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
+        validate_many(&appends, self.max_event_bytes)?;
+        let results = {
+            let mut inner = self.lock();
+            let plans = appends
+                .iter()
+                .map(|a| inner.plan(&a.stream, a.expected, &a.events))
+                .collect::<Result<Vec<_>>>()?;
+            appends
+                .into_iter()
+                .zip(plans)
+                .map(|(a, plan)| match plan {
+                    Plan::AlreadyWritten(r) => r,
+                    Plan::Write => inner.write(&a.stream, a.events),
+                })
+                .collect()
+        };
+        self.changes.send_replace(());
+        Ok(results)
+    }
+
+    async fn stream_version(&self, stream: &StreamName) -> Result<Version> {
+        Ok(self.lock().version(stream))
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        stream: &'a StreamName,
+        options: ReadStream,
+    ) -> BoxStream<'a, Result<RecordedEvent>> {
+        let events: Vec<RecordedEvent> = {
+            let inner = self.lock();
+            let indexes = inner.streams.get(stream).map_or(&[][..], Vec::as_slice);
+            let (start, end) = options.index_range(indexes.len() as u64);
+            let slice = indexes[start as usize..end as usize]
+                .iter()
+                .map(|&i| inner.log[i].clone());
+            match options.direction {
+                Direction::Forward => slice.collect(),
+                Direction::Backward => slice.rev().collect(),
+            }
+        };
+        stream::iter(events.into_iter().map(Ok)).boxed()
+    }
+
+    async fn read_all(&self, from: Position, filter: &Filter, limit: usize) -> Result<AllPage> {
+        filter.validate()?;
+        let inner = self.lock();
+        let start = usize::try_from(from.raw()).unwrap_or(usize::MAX).min(inner.log.len());
+        let mut page = AllPage {
+            events: Vec::new(),
+            next: from,
+            end: true,
+        };
+        for event in &inner.log[start..] {
+            if page.events.len() >= limit {
+                page.end = false;
+                break;
+            }
+            page.next = event.position;
+            if filter.matches(event) {
+                page.events.push(event.clone());
+            }
+        }
+        Ok(page)
+    }
+
+    fn changes(&self) -> Option<watch::Receiver<()>> {
+        Some(self.changes.subscribe())
+    }
+}

@@ -1,0 +1,312 @@
+//! The store contract every backend implements.
+//!
+//! # Conflict and retry semantics
+//!
+//! [`EventStore::append`] is atomic: either every event of the batch is recorded, with
+//! consecutive stream versions starting at the stream's current version, or nothing is.
+//! When the stream's version does not satisfy the [`ExpectedVersion`], the append returns
+//! [`Error::WrongExpectedVersion`](crate::Error::WrongExpectedVersion) carrying the actual
+//! version, and writes nothing.
+//!
+//! Event ids are unique across the store and make retries safe. When the batch's event ids
+//! are already recorded in the stream as exactly this batch (one earlier append, whole:
+//! same ids, same order, consecutive versions) and the expected version admits the version the batch was first
+//! written at, the append succeeds again with the original result and writes nothing. When
+//! only some of them are, or in another arrangement, it fails with
+//! [`Error::PartialRetry`](crate::Error::PartialRetry). When an id is recorded in another
+//! stream it fails with [`Error::DuplicateEventId`](crate::Error::DuplicateEventId).
+//!
+//! # Reading all
+//!
+//! [`EventStore::read_all`] returns events in position order, strictly after the given
+//! position. A reader that resumes from the last position it saw never misses an event that
+//! commits later: stores only expose events below a horizon that later commits cannot
+//! undercut.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Capability, Error, Result};
+use crate::{EventData, ExpectedVersion, Position, RecordedEvent, StreamName, Version};
+
+/// What an append recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendResult {
+    /// The stream's version after the append.
+    pub version: Version,
+    /// The position of the first event of the batch.
+    pub first_position: Position,
+    /// The position of the last event of the batch.
+    pub last_position: Position,
+}
+
+/// One stream's part of a multi-stream append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamAppend {
+    /// The stream.
+    pub stream: StreamName,
+    /// The condition on its version.
+    pub expected: ExpectedVersion,
+    /// Its events.
+    pub events: Vec<EventData>,
+}
+
+/// Which way to read a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Direction {
+    /// Oldest first.
+    #[default]
+    Forward,
+    /// Newest first.
+    Backward,
+}
+
+/// How to read one stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReadStream {
+    /// Which way.
+    pub direction: Direction,
+    /// Forward: the first stream index to return (events with `stream_version >= from`).
+    /// Backward: return the events before this version (`stream_version < from`), newest
+    /// first; `None` starts at the end.
+    pub from: Option<Version>,
+    /// At most this many events.
+    pub limit: Option<usize>,
+}
+
+impl ReadStream {
+    /// The whole stream, oldest first.
+    pub fn forward() -> Self {
+        Self::default()
+    }
+
+    /// Oldest first, starting at stream index `from`.
+    pub fn forward_from(from: Version) -> Self {
+        Self {
+            from: Some(from),
+            ..Self::default()
+        }
+    }
+
+    /// Newest first, from the end.
+    pub fn backward() -> Self {
+        Self {
+            direction: Direction::Backward,
+            ..Self::default()
+        }
+    }
+
+    /// Newest first, the events before version `before`.
+    pub fn backward_from(before: Version) -> Self {
+        Self {
+            direction: Direction::Backward,
+            from: Some(before),
+            limit: None,
+        }
+    }
+
+    /// Returns at most `limit` events.
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// The half-open range of stream indexes to return, in reading order, for a stream
+    /// of `len` events. For store implementations.
+    pub fn index_range(&self, len: u64) -> (u64, u64) {
+        let limit = self.limit.map_or(u64::MAX, |l| l as u64);
+        match self.direction {
+            Direction::Forward => {
+                let start = self.from.map_or(0, Version::get).min(len);
+                (start, start.saturating_add(limit).min(len))
+            }
+            Direction::Backward => {
+                let end = self.from.map_or(len, Version::get).min(len);
+                (end.saturating_sub(limit), end)
+            }
+        }
+    }
+}
+
+/// Which events a read-all or subscription returns. Empty lists match everything.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Filter {
+    /// Only these categories (any, when empty).
+    pub categories: Vec<String>,
+    /// Only these event types (any, when empty).
+    pub event_types: Vec<String>,
+}
+
+impl Filter {
+    /// Every event.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Events of one category.
+    pub fn category(category: impl Into<String>) -> Self {
+        Self {
+            categories: vec![category.into()],
+            event_types: Vec::new(),
+        }
+    }
+
+    /// Adds a category.
+    pub fn and_category(mut self, category: impl Into<String>) -> Self {
+        self.categories.push(category.into());
+        self
+    }
+
+    /// Restricts to these event types.
+    pub fn event_types<I: IntoIterator<Item = S>, S: Into<String>>(mut self, types: I) -> Self {
+        self.event_types = types.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Whether `event` passes.
+    pub fn matches(&self, event: &RecordedEvent) -> bool {
+        (self.categories.is_empty()
+            || self
+                .categories
+                .iter()
+                .any(|c| c == event.stream.category()))
+            && (self.event_types.is_empty() || self.event_types.contains(&event.event_type))
+    }
+
+    /// Checks that the categories are valid.
+    pub fn validate(&self) -> Result<()> {
+        for c in &self.categories {
+            crate::stream::validate_category(c)?;
+        }
+        Ok(())
+    }
+}
+
+/// One page of a read-all.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AllPage {
+    /// Matching events, in position order.
+    pub events: Vec<RecordedEvent>,
+    /// Where the next page starts: at or after the last returned event, and past any
+    /// non-matching events the page scanned.
+    pub next: Position,
+    /// No event was visible after `next` when the page was read.
+    pub end: bool,
+}
+
+/// What a backend can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// [`EventStore::append_many`] is atomic across streams.
+    pub multi_stream_append: bool,
+}
+
+impl Capabilities {
+    /// Every capability.
+    pub fn all() -> Self {
+        Self {
+            multi_stream_append: true,
+        }
+    }
+
+    /// No optional capability.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Whether `capability` is offered.
+    pub fn supports(&self, capability: Capability) -> bool {
+        match capability {
+            Capability::MultiStreamAppend => self.multi_stream_append,
+        }
+    }
+}
+
+/// An event store. See the [module documentation](self) for the exact semantics.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// A short name of the backend, for errors and metrics (`"memory"`, `"sqlite"`...).
+    fn backend(&self) -> &'static str;
+
+    /// The optional capabilities this store offers.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Appends `events` to `stream` atomically if its version admits `expected`.
+    async fn append(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult>;
+
+    /// Appends to several streams in one transaction: all or nothing. Streams must be
+    /// distinct. Stores without [`Capabilities::multi_stream_append`] refuse with
+    /// [`Error::Unsupported`].
+    async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
+        let _ = appends;
+        Err(Error::Unsupported {
+            backend: self.backend(),
+            capability: Capability::MultiStreamAppend,
+        })
+    }
+
+    /// The number of events in `stream` (0 when it does not exist).
+    async fn stream_version(&self, stream: &StreamName) -> Result<Version>;
+
+    /// Reads one stream.
+    fn read_stream<'a>(
+        &'a self,
+        stream: &'a StreamName,
+        options: ReadStream,
+    ) -> BoxStream<'a, Result<RecordedEvent>>;
+
+    /// Reads at most `limit` matching events after `from`, in position order.
+    async fn read_all(&self, from: Position, filter: &Filter, limit: usize) -> Result<AllPage>;
+
+    /// A signal that changes after commits, so subscribers wake without polling. `None`
+    /// when the backend has none; subscribers then poll.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<()>> {
+        None
+    }
+}
+
+/// How a subscription reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// Which events.
+    pub filter: Filter,
+    /// Events per read-all page.
+    pub batch_size: usize,
+    /// How often to look for new events when no wake-up comes (other processes' writes,
+    /// backends without a change signal).
+    pub poll_interval: Duration,
+}
+
+impl Default for SubscribeOptions {
+    fn default() -> Self {
+        Self {
+            filter: Filter::all(),
+            batch_size: 512,
+            poll_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+impl SubscribeOptions {
+    /// Everything, with default paging and polling.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// One category, with default paging and polling.
+    pub fn category(category: impl Into<String>) -> Self {
+        Self {
+            filter: Filter::category(category),
+            ..Self::default()
+        }
+    }
+}
