@@ -179,6 +179,16 @@ impl<D: Domain> Decider<D> {
         self
     }
 
+    /// A copy of this decider that loads with `option`.
+    pub fn clone_with_load(&self, option: LoadOption) -> Self {
+        Self {
+            category: self.category.clone(),
+            stream: self.stream.clone(),
+            load: option,
+            context: self.context.clone(),
+        }
+    }
+
     /// Records `context` (correlation, causation, metadata) on the events written.
     pub fn with_context(mut self, context: EncodeContext) -> Self {
         self.context = context;

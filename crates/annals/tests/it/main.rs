@@ -1,1 +1,3 @@
-//! Integration tests of the core crate.
+//! Integration tests of the core crate: the decider runtime over the memory store.
+
+mod decider;

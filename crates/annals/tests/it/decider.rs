@@ -1,0 +1,270 @@
+//! The decider runtime: resync, attempts, caching, load options, codec errors.
+
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use annals::store::{AllPage, AppendResult, Capabilities, Filter, ReadStream};
+use annals::{
+    Cache, Category, Domain, Error, EventData, EventStore, ExpectedVersion, JsonCodec,
+    LoadOption, MemoryStore, Position, RecordedEvent, StreamName, Version,
+};
+use async_trait::async_trait;
+use futures::stream::{BoxStream, StreamExt};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum Event {
+    Added { n: u32 },
+}
+
+struct Tally;
+
+impl Domain for Tally {
+    type Event = Event;
+    type State = Vec<u32>;
+    fn initial() -> Vec<u32> {
+        Vec::new()
+    }
+    fn evolve(mut state: Vec<u32>, event: &Event) -> Vec<u32> {
+        match event {
+            Event::Added { n } => state.push(*n),
+        }
+        state
+    }
+}
+
+/// The memory store, counting reads, and optionally writing an interfering event just
+/// before each of the next `interfere` appends (a concurrent writer winning the race).
+#[derive(Default)]
+struct Probe {
+    inner: MemoryStore,
+    stream_reads: AtomicUsize,
+    events_read: AtomicUsize,
+    interfere: AtomicU32,
+}
+
+#[async_trait]
+impl EventStore for Probe {
+    fn backend(&self) -> &'static str {
+        "probe"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn append(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> annals::Result<AppendResult> {
+        if self
+            .interfere
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            let other = EventData::json("Added", &serde_json::json!({ "n": 1000 })).unwrap();
+            self.inner.append(stream, ExpectedVersion::Any, vec![other]).await?;
+        }
+        self.inner.append(stream, expected, events).await
+    }
+    async fn stream_version(&self, stream: &StreamName) -> annals::Result<Version> {
+        self.inner.stream_version(stream).await
+    }
+    fn read_stream<'a>(
+        &'a self,
+        stream: &'a StreamName,
+        options: ReadStream,
+    ) -> BoxStream<'a, annals::Result<RecordedEvent>> {
+        self.stream_reads.fetch_add(1, Ordering::SeqCst);
+        self.inner
+            .read_stream(stream, options)
+            .inspect(|_| {
+                self.events_read.fetch_add(1, Ordering::SeqCst);
+            })
+            .boxed()
+    }
+    async fn read_all(&self, from: Position, filter: &Filter, limit: usize) -> annals::Result<AllPage> {
+        self.inner.read_all(from, filter, limit).await
+    }
+}
+
+fn category(probe: &Arc<Probe>, cache: Option<Arc<Cache>>) -> Category<Tally> {
+    let c = Category::<Tally>::new("Tally", probe.clone(), JsonCodec::new()).unwrap();
+    match cache {
+        Some(cache) => c.with_cache(cache),
+        None => c,
+    }
+}
+
+fn add(n: u32) -> Vec<Event> {
+    vec![Event::Added { n }]
+}
+
+#[tokio::test]
+async fn conflict_resyncs_from_the_conflicting_version_and_decides_again() {
+    let probe = Arc::new(Probe::default());
+    let decider = category(&probe, None).decider("a").unwrap();
+    decider.transact(|_| add(1)).await.unwrap();
+    probe.interfere.store(1, Ordering::SeqCst);
+    let (reads_before, events_before) = (
+        probe.stream_reads.load(Ordering::SeqCst),
+        probe.events_read.load(Ordering::SeqCst),
+    );
+    let mut seen = Vec::new();
+    decider
+        .transact(|s| {
+            seen.push(s.clone());
+            add(2)
+        })
+        .await
+        .unwrap();
+    assert_eq!(seen, vec![vec![1], vec![1, 1000]], "decided again on the caught-up state");
+    assert_eq!(probe.stream_reads.load(Ordering::SeqCst) - reads_before, 2, "one load, one resync");
+    assert_eq!(
+        probe.events_read.load(Ordering::SeqCst) - events_before,
+        2,
+        "the resync reads only the event after the version it had"
+    );
+    assert_eq!(decider.query(Clone::clone).await.unwrap(), vec![1, 1000, 2]);
+}
+
+#[tokio::test]
+async fn exhausted_attempts_give_a_typed_error_and_write_nothing_of_ours() {
+    let probe = Arc::new(Probe::default());
+    let decider = category(&probe, None).with_max_attempts(3).decider("b").unwrap();
+    probe.interfere.store(u32::MAX, Ordering::SeqCst);
+    let mut decisions = 0;
+    let err = decider
+        .transact(|_| {
+            decisions += 1;
+            add(7)
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::ResyncExhausted { attempts: 3, .. }), "{err}");
+    assert_eq!(decisions, 3);
+    probe.interfere.store(0, Ordering::SeqCst);
+    assert_eq!(decider.query(Clone::clone).await.unwrap(), vec![1000, 1000, 1000]);
+}
+
+#[tokio::test]
+async fn a_decision_without_events_writes_nothing() {
+    let probe = Arc::new(Probe::default());
+    let decider = category(&probe, None).decider("c").unwrap();
+    let r = decider.transact_result(|s| (s.len(), vec![])).await.unwrap();
+    assert_eq!(r, 0);
+    assert!(probe.inner.is_empty());
+}
+
+#[tokio::test]
+async fn a_cached_stream_reloads_only_newer_events() {
+    let probe = Arc::new(Probe::default());
+    let cache = Arc::new(Cache::new(100));
+    let decider = category(&probe, Some(cache)).decider("d").unwrap();
+    for n in 0..10 {
+        decider.transact(|_| add(n)).await.unwrap();
+    }
+    assert_eq!(probe.events_read.load(Ordering::SeqCst), 0, "own writes update the cache");
+    let stream = decider.stream().clone();
+    let others = (0..2).map(|n| EventData::json("Added", &serde_json::json!({ "n": 100 + n })).unwrap());
+    probe.inner.append(&stream, ExpectedVersion::Exact(Version(10)), others.collect()).await.unwrap();
+    let state = decider.query(Clone::clone).await.unwrap();
+    assert_eq!(state.len(), 12);
+    assert_eq!(state[10..], [100, 101]);
+    assert_eq!(probe.events_read.load(Ordering::SeqCst), 2, "only the 2 new events are read");
+    assert_eq!(decider.load().await.unwrap().version, Version(12));
+    assert_eq!(probe.events_read.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_stale_write_never_overwrites_a_newer_cache_entry() {
+    let cache = Cache::new(10);
+    let s = StreamName::new("Tally-e").unwrap();
+    assert!(cache.put(&s, Version(5), Arc::new(vec![5u32])));
+    assert!(!cache.put(&s, Version(3), Arc::new(vec![3u32])));
+    let cached = cache.get::<Vec<u32>>(&s).unwrap();
+    assert_eq!((cached.version, &*cached.state), (Version(5), &vec![5]));
+    assert!(cache.put(&s, Version(6), Arc::new(vec![6u32])));
+    assert_eq!(cache.get::<Vec<u32>>(&s).unwrap().version, Version(6));
+
+    // Through the runtime: a writer holding an old state loses the race, resyncs, and the
+    // cache ends at the newest version.
+    let probe = Arc::new(Probe::default());
+    let cache = Arc::new(Cache::new(10));
+    let decider = category(&probe, Some(cache.clone())).decider("e").unwrap();
+    decider.transact(|_| add(1)).await.unwrap();
+    probe.interfere.store(1, Ordering::SeqCst);
+    decider
+        .clone_with_load(LoadOption::AnyCachedValue)
+        .transact(|_| add(2))
+        .await
+        .unwrap();
+    let cached = cache.get::<Vec<u32>>(decider.stream()).unwrap();
+    assert_eq!((cached.version, &*cached.state), (Version(3), &vec![1, 1000, 2]));
+}
+
+#[tokio::test]
+async fn allow_stale_shares_one_read_among_50_concurrent_loads() {
+    let probe = Arc::new(Probe::default());
+    let stream = StreamName::new("Tally-f").unwrap();
+    let events: Vec<_> = (0..5).map(|n| EventData::json("Added", &serde_json::json!({ "n": n })).unwrap()).collect();
+    probe.inner.append(&stream, ExpectedVersion::NoStream, events).await.unwrap();
+    let cat = category(&probe, Some(Arc::new(Cache::new(10))));
+    let loads: Vec<_> = (0..50)
+        .map(|_| {
+            let d = cat.decider("f").unwrap().with_load(LoadOption::AllowStale(Duration::from_secs(60)));
+            tokio::spawn(async move { d.query(|s| s.len()).await })
+        })
+        .collect();
+    for l in loads {
+        assert_eq!(l.await.unwrap().unwrap(), 5);
+    }
+    assert_eq!(probe.stream_reads.load(Ordering::SeqCst), 1, "50 concurrent loads, one read");
+    // RequireLoad still goes to the store (for events after the cached version only).
+    cat.decider("f").unwrap().query(|s| s.len()).await.unwrap();
+    assert_eq!(probe.stream_reads.load(Ordering::SeqCst), 2);
+    assert_eq!(probe.events_read.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test]
+async fn assume_empty_reads_nothing_but_the_write_is_still_checked() {
+    let probe = Arc::new(Probe::default());
+    let cat = category(&probe, None);
+    cat.decider("g").unwrap().transact(|_| add(1)).await.unwrap();
+    let reads = probe.stream_reads.load(Ordering::SeqCst);
+    let d = cat.decider("g").unwrap().with_load(LoadOption::AssumeEmpty);
+    let mut seen = Vec::new();
+    d.transact(|s| {
+        seen.push(s.len());
+        if s.is_empty() { add(9) } else { vec![] }
+    })
+    .await
+    .unwrap();
+    assert_eq!(seen, vec![0, 1], "assumed empty, conflicted, resynced, decided nothing");
+    assert_eq!(probe.stream_reads.load(Ordering::SeqCst) - reads, 1);
+    assert_eq!(probe.inner.len(), 1);
+}
+
+#[tokio::test]
+async fn unknown_types_are_skipped_and_bad_bodies_are_errors() {
+    let probe = Arc::new(Probe::default());
+    let stream = StreamName::new("Tally-h").unwrap();
+    let events = vec![
+        EventData::new("Renamed", br#"{"to":"x"}"#.to_vec()),
+        EventData::json("Added", &serde_json::json!({ "n": 4 })).unwrap(),
+    ];
+    probe.inner.append(&stream, ExpectedVersion::NoStream, events).await.unwrap();
+    let d = category(&probe, None).decider("h").unwrap();
+    let loaded = d.load().await.unwrap();
+    assert_eq!((loaded.version, &*loaded.state), (Version(2), &vec![4]));
+    probe
+        .inner
+        .append(&stream, ExpectedVersion::Any, vec![EventData::new("Added", br#"{"n":"four"}"#.to_vec())])
+        .await
+        .unwrap();
+    match d.load().await {
+        Err(Error::Codec(e)) => assert_eq!((e.event_type.as_str(), e.stream_version), ("Added", 2)),
+        other => panic!("expected a codec error, got {other:?}"),
+    }
+}
