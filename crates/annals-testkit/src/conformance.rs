@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use annals::{
-    AppendResult, Capability, Error, EventData, EventStore, EventStoreExt, ExpectedVersion,
-    Filter, InvalidEvent, Position, ReadStream, RecordedEvent, StreamAppend, StreamName,
-    SubscribeExt, SubscribeOptions, Uuid, Version,
+    AppendResult, Capability, Error, EventData, EventStore, EventStoreExt, ExpectedVersion, Filter,
+    InvalidEvent, Position, ReadStream, RecordedEvent, StreamAppend, StreamName, SubscribeExt,
+    SubscribeOptions, Uuid, Version,
 };
 use futures::StreamExt;
 
@@ -30,14 +30,23 @@ fn batch(n: u64) -> Vec<EventData> {
     (0..n).map(|i| ev("Happened", i)).collect()
 }
 
-async fn append(store: &dyn EventStore, stream: &StreamName, expected: ExpectedVersion, n: u64) -> AppendResult {
+async fn append(
+    store: &dyn EventStore,
+    stream: &StreamName,
+    expected: ExpectedVersion,
+    n: u64,
+) -> AppendResult {
     store
         .append(stream, expected, batch(n))
         .await
         .unwrap_or_else(|e| panic!("append of {n} events to {stream} at {expected}: {e}"))
 }
 
-async fn read(store: &dyn EventStore, stream: &StreamName, options: ReadStream) -> Vec<RecordedEvent> {
+async fn read(
+    store: &dyn EventStore,
+    stream: &StreamName,
+    options: ReadStream,
+) -> Vec<RecordedEvent> {
     store
         .read_stream_vec(stream, options)
         .await
@@ -45,14 +54,21 @@ async fn read(store: &dyn EventStore, stream: &StreamName, options: ReadStream) 
 }
 
 async fn versions(store: &dyn EventStore, stream: &StreamName, options: ReadStream) -> Vec<u64> {
-    read(store, stream, options).await.iter().map(|e| e.stream_version).collect()
+    read(store, stream, options)
+        .await
+        .iter()
+        .map(|e| e.stream_version)
+        .collect()
 }
 
 async fn read_everything(store: &dyn EventStore) -> Vec<RecordedEvent> {
     let mut out = Vec::new();
     let mut from = Position::START;
     loop {
-        let page = store.read_all(from, &Filter::all(), 1000).await.expect("read all");
+        let page = store
+            .read_all(from, &Filter::all(), 1000)
+            .await
+            .expect("read all");
         out.extend(page.events);
         from = page.next;
         if page.end {
@@ -77,15 +93,38 @@ pub async fn expected_versions_on_a_new_stream(store: Arc<dyn EventStore>) {
     assert!(r.first_position < r.last_position);
     let r = append(s, &name("New-nostream"), ExpectedVersion::NoStream, 1).await;
     assert_eq!(r.version, Version(1));
-    let r = append(s, &name("New-exact0"), ExpectedVersion::Exact(Version(0)), 3).await;
+    let r = append(
+        s,
+        &name("New-exact0"),
+        ExpectedVersion::Exact(Version(0)),
+        3,
+    )
+    .await;
     assert_eq!(r.version, Version(3));
-    assert_conflict(s.append(&name("New-exists"), ExpectedVersion::StreamExists, batch(1)).await, 0);
-    assert_conflict(s.append(&name("New-exact1"), ExpectedVersion::Exact(Version(1)), batch(1)).await, 0);
+    assert_conflict(
+        s.append(&name("New-exists"), ExpectedVersion::StreamExists, batch(1))
+            .await,
+        0,
+    );
+    assert_conflict(
+        s.append(
+            &name("New-exact1"),
+            ExpectedVersion::Exact(Version(1)),
+            batch(1),
+        )
+        .await,
+        0,
+    );
     for refused in ["New-exists", "New-exact1"] {
         assert_eq!(s.stream_version(&name(refused)).await.unwrap(), Version(0));
-        assert!(read(s, &name(refused), ReadStream::forward()).await.is_empty());
+        assert!(read(s, &name(refused), ReadStream::forward())
+            .await
+            .is_empty());
     }
-    assert_eq!(s.stream_version(&name("New-exact0")).await.unwrap(), Version(3));
+    assert_eq!(
+        s.stream_version(&name("New-exact0")).await.unwrap(),
+        Version(3)
+    );
     assert_eq!(read_everything(s).await.len(), 6);
 }
 
@@ -94,14 +133,41 @@ pub async fn expected_versions_on_an_existing_stream(store: Arc<dyn EventStore>)
     let s = &*store;
     let stream = name("Existing-1");
     append(s, &stream, ExpectedVersion::NoStream, 2).await;
-    assert_conflict(s.append(&stream, ExpectedVersion::NoStream, batch(1)).await, 2);
-    assert_conflict(s.append(&stream, ExpectedVersion::Exact(Version(1)), batch(1)).await, 2);
-    assert_conflict(s.append(&stream, ExpectedVersion::Exact(Version(3)), batch(1)).await, 2);
+    assert_conflict(
+        s.append(&stream, ExpectedVersion::NoStream, batch(1)).await,
+        2,
+    );
+    assert_conflict(
+        s.append(&stream, ExpectedVersion::Exact(Version(1)), batch(1))
+            .await,
+        2,
+    );
+    assert_conflict(
+        s.append(&stream, ExpectedVersion::Exact(Version(3)), batch(1))
+            .await,
+        2,
+    );
     assert_eq!(s.stream_version(&stream).await.unwrap(), Version(2));
-    assert_eq!(append(s, &stream, ExpectedVersion::StreamExists, 1).await.version, Version(3));
-    assert_eq!(append(s, &stream, ExpectedVersion::Exact(Version(3)), 2).await.version, Version(5));
-    assert_eq!(append(s, &stream, ExpectedVersion::Any, 1).await.version, Version(6));
-    assert_eq!(versions(s, &stream, ReadStream::forward()).await, (0..6).collect::<Vec<_>>());
+    assert_eq!(
+        append(s, &stream, ExpectedVersion::StreamExists, 1)
+            .await
+            .version,
+        Version(3)
+    );
+    assert_eq!(
+        append(s, &stream, ExpectedVersion::Exact(Version(3)), 2)
+            .await
+            .version,
+        Version(5)
+    );
+    assert_eq!(
+        append(s, &stream, ExpectedVersion::Any, 1).await.version,
+        Version(6)
+    );
+    assert_eq!(
+        versions(s, &stream, ReadStream::forward()).await,
+        (0..6).collect::<Vec<_>>()
+    );
 }
 
 /// 16 writers append at the same expected version: exactly one wins, the rest get a
@@ -112,7 +178,11 @@ pub async fn concurrent_exact_appends_one_wins(store: Arc<dyn EventStore>) {
     let tasks: Vec<_> = (0..16)
         .map(|_| {
             let (store, stream) = (Arc::clone(&store), stream.clone());
-            tokio::spawn(async move { store.append(&stream, ExpectedVersion::Exact(Version(1)), batch(2)).await })
+            tokio::spawn(async move {
+                store
+                    .append(&stream, ExpectedVersion::Exact(Version(1)), batch(2))
+                    .await
+            })
         })
         .collect();
     let mut wins = 0;
@@ -125,8 +195,14 @@ pub async fn concurrent_exact_appends_one_wins(store: Arc<dyn EventStore>) {
             Err(e) => assert_conflict::<()>(Err(e), 3),
         }
     }
-    assert_eq!(wins, 1, "exactly one of 16 concurrent appends at one expected version wins");
-    assert_eq!(versions(&*store, &stream, ReadStream::forward()).await, vec![0, 1, 2]);
+    assert_eq!(
+        wins, 1,
+        "exactly one of 16 concurrent appends at one expected version wins"
+    );
+    assert_eq!(
+        versions(&*store, &stream, ReadStream::forward()).await,
+        vec![0, 1, 2]
+    );
 }
 
 /// 16 writers append with `Any`: all land, versions are 0..n with no gap, and each batch's
@@ -138,7 +214,10 @@ pub async fn concurrent_any_appends_all_land(store: Arc<dyn EventStore>) {
             let (store, stream) = (Arc::clone(&store), stream.clone());
             tokio::spawn(async move {
                 let events = (0..3).map(|i| ev(&format!("W{w}"), i)).collect();
-                store.append(&stream, ExpectedVersion::Any, events).await.expect("an Any append lands")
+                store
+                    .append(&stream, ExpectedVersion::Any, events)
+                    .await
+                    .expect("an Any append lands")
             })
         })
         .collect();
@@ -146,9 +225,15 @@ pub async fn concurrent_any_appends_all_land(store: Arc<dyn EventStore>) {
         t.await.expect("task");
     }
     let events = read(&*store, &stream, ReadStream::forward()).await;
-    assert_eq!(events.iter().map(|e| e.stream_version).collect::<Vec<_>>(), (0..48).collect::<Vec<_>>());
+    assert_eq!(
+        events.iter().map(|e| e.stream_version).collect::<Vec<_>>(),
+        (0..48).collect::<Vec<_>>()
+    );
     for chunk in events.chunks(3) {
-        assert!(chunk.iter().all(|e| e.event_type == chunk[0].event_type), "a batch was interleaved: {chunk:?}");
+        assert!(
+            chunk.iter().all(|e| e.event_type == chunk[0].event_type),
+            "a batch was interleaved: {chunk:?}"
+        );
     }
     assert_eq!(store.stream_version(&stream).await.unwrap(), Version(48));
 }
@@ -159,18 +244,37 @@ pub async fn retry_of_a_committed_append_writes_nothing(store: Arc<dyn EventStor
     let s = &*store;
     let stream = name("Retry-1");
     let events = batch(3);
-    let first = s.append(&stream, ExpectedVersion::NoStream, events.clone()).await.unwrap();
-    let again = s.append(&stream, ExpectedVersion::NoStream, events.clone()).await.unwrap();
+    let first = s
+        .append(&stream, ExpectedVersion::NoStream, events.clone())
+        .await
+        .unwrap();
+    let again = s
+        .append(&stream, ExpectedVersion::NoStream, events.clone())
+        .await
+        .unwrap();
     assert_eq!(again, first);
-    let any = s.append(&stream, ExpectedVersion::Any, events.clone()).await.unwrap();
+    let any = s
+        .append(&stream, ExpectedVersion::Any, events.clone())
+        .await
+        .unwrap();
     assert_eq!(any, first);
     append(s, &stream, ExpectedVersion::Exact(Version(3)), 2).await;
-    let late = s.append(&stream, ExpectedVersion::Exact(Version(0)), events.clone()).await.unwrap();
-    assert_eq!(late, first, "a late retry still answers with the original result");
+    let late = s
+        .append(&stream, ExpectedVersion::Exact(Version(0)), events.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        late, first,
+        "a late retry still answers with the original result"
+    );
     assert_eq!(s.stream_version(&stream).await.unwrap(), Version(5));
     assert_eq!(read_everything(s).await.len(), 5);
     // A retry whose expected version could never have admitted the original is a conflict.
-    assert_conflict(s.append(&stream, ExpectedVersion::Exact(Version(1)), events).await, 5);
+    assert_conflict(
+        s.append(&stream, ExpectedVersion::Exact(Version(1)), events)
+            .await,
+        5,
+    );
 }
 
 /// A batch that only partly repeats an earlier append is a distinct error, and writes
@@ -179,7 +283,9 @@ pub async fn partial_overlap_retry_is_refused(store: Arc<dyn EventStore>) {
     let s = &*store;
     let stream = name("Overlap-1");
     let events = batch(2);
-    s.append(&stream, ExpectedVersion::NoStream, events.clone()).await.unwrap();
+    s.append(&stream, ExpectedVersion::NoStream, events.clone())
+        .await
+        .unwrap();
     let overlaps = [
         vec![events[1].clone(), ev("Happened", 9)],
         vec![events[0].clone(), ev("Happened", 9)],
@@ -187,7 +293,10 @@ pub async fn partial_overlap_retry_is_refused(store: Arc<dyn EventStore>) {
         vec![events[1].clone(), events[0].clone()],
     ];
     for overlap in overlaps {
-        match s.append(&stream, ExpectedVersion::Any, overlap.clone()).await {
+        match s
+            .append(&stream, ExpectedVersion::Any, overlap.clone())
+            .await
+        {
             Err(Error::PartialRetry { stream: st, .. }) => assert_eq!(st, stream),
             other => panic!("expected a partial-retry error for {overlap:?}, got {other:?}"),
         }
@@ -201,9 +310,21 @@ pub async fn event_id_recorded_in_another_stream_is_refused(store: Arc<dyn Event
     let s = &*store;
     let (a, b) = (name("Dup-a"), name("Dup-b"));
     let event = ev("Happened", 1);
-    s.append(&a, ExpectedVersion::Any, vec![event.clone()]).await.unwrap();
-    match s.append(&b, ExpectedVersion::Any, vec![ev("Happened", 2), event.clone()]).await {
-        Err(Error::DuplicateEventId { event_id, existing_stream }) => {
+    s.append(&a, ExpectedVersion::Any, vec![event.clone()])
+        .await
+        .unwrap();
+    match s
+        .append(
+            &b,
+            ExpectedVersion::Any,
+            vec![ev("Happened", 2), event.clone()],
+        )
+        .await
+    {
+        Err(Error::DuplicateEventId {
+            event_id,
+            existing_stream,
+        }) => {
             assert_eq!(event_id, event.event_id);
             assert_eq!(existing_stream, a);
         }
@@ -218,13 +339,26 @@ pub async fn event_id_recorded_in_another_stream_is_refused(store: Arc<dyn Event
 pub async fn invalid_input_is_refused_and_nothing_written(store: Arc<dyn EventStore>) {
     let s = &*store;
     let stream = name("Bad-1");
-    assert!(matches!(s.append(&stream, ExpectedVersion::Any, vec![]).await, Err(Error::EmptyBatch { .. })));
-    let cases: Vec<(Vec<EventData>, usize, fn(&InvalidEvent) -> bool)> = vec![
-        (vec![ev("Ok", 0), ev("", 1)], 1, |r| matches!(r, InvalidEvent::EmptyType)),
-        (vec![ev(&"T".repeat(256), 0)], 0, |r| matches!(r, InvalidEvent::TypeTooLong { .. })),
-        (vec![ev("Bad\ntype", 0)], 0, |r| matches!(r, InvalidEvent::TypeHasControlChars)),
+    assert!(matches!(
+        s.append(&stream, ExpectedVersion::Any, vec![]).await,
+        Err(Error::EmptyBatch { .. })
+    ));
+    type Case = (Vec<EventData>, usize, fn(&InvalidEvent) -> bool);
+    let cases: Vec<Case> = vec![
+        (vec![ev("Ok", 0), ev("", 1)], 1, |r| {
+            matches!(r, InvalidEvent::EmptyType)
+        }),
+        (vec![ev(&"T".repeat(256), 0)], 0, |r| {
+            matches!(r, InvalidEvent::TypeTooLong { .. })
+        }),
+        (vec![ev("Bad\ntype", 0)], 0, |r| {
+            matches!(r, InvalidEvent::TypeHasControlChars)
+        }),
         (
-            vec![ev("Ok", 0), EventData::new("Big", vec![b'x'; annals::DEFAULT_MAX_EVENT_BYTES + 1])],
+            vec![
+                ev("Ok", 0),
+                EventData::new("Big", vec![b'x'; annals::DEFAULT_MAX_EVENT_BYTES + 1]),
+            ],
             1,
             |r| matches!(r, InvalidEvent::TooLarge { .. }),
         ),
@@ -238,7 +372,10 @@ pub async fn invalid_input_is_refused_and_nothing_written(store: Arc<dyn EventSt
         ),
     ];
     for (events, want_index, want_reason) in cases {
-        match s.append(&stream, ExpectedVersion::Any, events.clone()).await {
+        match s
+            .append(&stream, ExpectedVersion::Any, events.clone())
+            .await
+        {
             Err(Error::InvalidEvent { index, reason, .. }) => {
                 assert_eq!(index, want_index, "{reason}");
                 assert!(want_reason(&reason), "unexpected reason {reason}");
@@ -255,7 +392,10 @@ pub async fn invalid_input_is_refused_and_nothing_written(store: Arc<dyn EventSt
         Err(Error::InvalidStreamName(_))
     ));
     assert_eq!(s.stream_version(&stream).await.unwrap(), Version(0));
-    assert!(read_everything(s).await.is_empty(), "nothing may be written by refused appends");
+    assert!(
+        read_everything(s).await.is_empty(),
+        "nothing may be written by refused appends"
+    );
 }
 
 /// Recorded events carry what was appended, their stream, version, increasing positions
@@ -269,19 +409,31 @@ pub async fn recorded_events_keep_what_was_appended(store: Arc<dyn EventStore>) 
         .with_correlation_id(corr)
         .with_causation_id(cause);
     let before = annals::Timestamp::now();
-    let r1 = s.append(&stream, ExpectedVersion::Any, vec![sent.clone()]).await.unwrap();
+    let r1 = s
+        .append(&stream, ExpectedVersion::Any, vec![sent.clone()])
+        .await
+        .unwrap();
     let r2 = append(s, &stream, ExpectedVersion::Any, 2).await;
     assert!(r1.last_position < r2.first_position && r2.first_position < r2.last_position);
     let got = read(s, &stream, ReadStream::forward()).await;
     let e = &got[0];
-    assert_eq!((e.stream.clone(), e.stream_version, e.position), (stream.clone(), 0, r1.first_position));
+    assert_eq!(
+        (e.stream.clone(), e.stream_version, e.position),
+        (stream.clone(), 0, r1.first_position)
+    );
     assert_eq!(e.event_type, "Kept");
     assert_eq!(e.data, sent.data);
     assert_eq!(e.metadata, sent.metadata);
-    assert_eq!((e.event_id, e.correlation_id, e.causation_id), (sent.event_id, Some(corr), Some(cause)));
+    assert_eq!(
+        (e.event_id, e.correlation_id, e.causation_id),
+        (sent.event_id, Some(corr), Some(cause))
+    );
     assert_eq!(got[1].metadata, None);
     let micros = |t: annals::Timestamp| t.unix_micros();
-    assert!(micros(e.recorded_at) >= micros(before) - 1_000_000, "recorded_at is not in the past");
+    assert!(
+        micros(e.recorded_at) >= micros(before) - 1_000_000,
+        "recorded_at is not in the past"
+    );
     assert_eq!(got[2].position, r2.last_position);
 }
 
@@ -295,18 +447,37 @@ pub async fn read_stream_forward_backward_with_limits(store: Arc<dyn EventStore>
     let v = |o| versions(s, &stream, o);
     assert_eq!(v(ReadStream::forward()).await, (0..10).collect::<Vec<_>>());
     assert_eq!(v(ReadStream::forward().limit(3)).await, vec![0, 1, 2]);
-    assert_eq!(v(ReadStream::forward_from(Version(4)).limit(4)).await, vec![4, 5, 6, 7]);
-    assert_eq!(v(ReadStream::forward_from(Version(8)).limit(5)).await, vec![8, 9]);
+    assert_eq!(
+        v(ReadStream::forward_from(Version(4)).limit(4)).await,
+        vec![4, 5, 6, 7]
+    );
+    assert_eq!(
+        v(ReadStream::forward_from(Version(8)).limit(5)).await,
+        vec![8, 9]
+    );
     assert!(v(ReadStream::forward_from(Version(10))).await.is_empty());
     assert!(v(ReadStream::forward_from(Version(20))).await.is_empty());
-    assert_eq!(v(ReadStream::backward()).await, (0..10).rev().collect::<Vec<_>>());
+    assert_eq!(
+        v(ReadStream::backward()).await,
+        (0..10).rev().collect::<Vec<_>>()
+    );
     assert_eq!(v(ReadStream::backward().limit(2)).await, vec![9, 8]);
-    assert_eq!(v(ReadStream::backward_from(Version(5)).limit(3)).await, vec![4, 3, 2]);
+    assert_eq!(
+        v(ReadStream::backward_from(Version(5)).limit(3)).await,
+        vec![4, 3, 2]
+    );
     assert_eq!(v(ReadStream::backward_from(Version(2))).await, vec![1, 0]);
     assert!(v(ReadStream::backward_from(Version(0))).await.is_empty());
-    assert_eq!(v(ReadStream::backward_from(Version(99)).limit(1)).await, vec![9]);
-    assert!(versions(s, &name("Read-missing"), ReadStream::forward()).await.is_empty());
-    assert!(versions(s, &name("Read-missing"), ReadStream::backward()).await.is_empty());
+    assert_eq!(
+        v(ReadStream::backward_from(Version(99)).limit(1)).await,
+        vec![9]
+    );
+    assert!(versions(s, &name("Read-missing"), ReadStream::forward())
+        .await
+        .is_empty());
+    assert!(versions(s, &name("Read-missing"), ReadStream::backward())
+        .await
+        .is_empty());
     let events = read(s, &stream, ReadStream::forward()).await;
     assert!(events.windows(2).all(|w| w[0].position < w[1].position));
 }
@@ -315,14 +486,24 @@ pub async fn read_stream_forward_backward_with_limits(store: Arc<dyn EventStore>
 pub async fn read_all_pages_with_filters(store: Arc<dyn EventStore>) {
     let s = &*store;
     for round in 0..5 {
-        for (stream, ty) in [("Alpha-1", "X"), ("Beta-1", "Y"), ("Alpha-2", "Y"), ("Gamma-1", "X")] {
+        for (stream, ty) in [
+            ("Alpha-1", "X"),
+            ("Beta-1", "Y"),
+            ("Alpha-2", "Y"),
+            ("Gamma-1", "X"),
+        ] {
             let events = vec![ev(ty, round), ev("Z", round)];
-            s.append(&name(stream), ExpectedVersion::Any, events).await.unwrap();
+            s.append(&name(stream), ExpectedVersion::Any, events)
+                .await
+                .unwrap();
         }
     }
     let all = read_everything(s).await;
     assert_eq!(all.len(), 40);
-    assert!(all.windows(2).all(|w| w[0].position < w[1].position), "read-all is in position order");
+    assert!(
+        all.windows(2).all(|w| w[0].position < w[1].position),
+        "read-all is in position order"
+    );
     let filters = [
         Filter::all(),
         Filter::category("Alpha"),
@@ -332,14 +513,21 @@ pub async fn read_all_pages_with_filters(store: Arc<dyn EventStore>) {
         Filter::category("Nothing"),
     ];
     for filter in filters {
-        let expected: Vec<Uuid> = all.iter().filter(|e| filter.matches(e)).map(|e| e.event_id).collect();
+        let expected: Vec<Uuid> = all
+            .iter()
+            .filter(|e| filter.matches(e))
+            .map(|e| e.event_id)
+            .collect();
         for limit in [1, 3, 7, 100] {
             let mut got = Vec::new();
             let mut from = Position::START;
             for _ in 0..200 {
                 let page = s.read_all(from, &filter, limit).await.unwrap();
                 assert!(page.events.len() <= limit);
-                assert!(page.events.iter().all(|e| filter.matches(e) && e.position > from));
+                assert!(page
+                    .events
+                    .iter()
+                    .all(|e| filter.matches(e) && e.position > from));
                 assert!(page.next >= from);
                 if let Some(last) = page.events.last() {
                     assert!(page.next >= last.position);
@@ -353,7 +541,10 @@ pub async fn read_all_pages_with_filters(store: Arc<dyn EventStore>) {
             assert_eq!(got, expected, "filter {filter:?} with pages of {limit}");
         }
     }
-    let past_end = s.read_all(all[39].position, &Filter::all(), 10).await.unwrap();
+    let past_end = s
+        .read_all(all[39].position, &Filter::all(), 10)
+        .await
+        .unwrap();
     assert!(past_end.events.is_empty() && past_end.end);
 }
 
@@ -365,7 +556,10 @@ async fn collect_until(sub: &mut annals::Subscription, count: usize) -> Vec<Reco
             Ok(Some(Ok(e))) => got.push(e),
             Ok(Some(Err(e))) => panic!("subscription failed: {e}"),
             Ok(None) => panic!("subscription ended after {} of {count} events", got.len()),
-            Err(_) => panic!("subscription delivered {} of {count} events within {WAIT:?}", got.len()),
+            Err(_) => panic!(
+                "subscription delivered {} of {count} events within {WAIT:?}",
+                got.len()
+            ),
         }
     }
     got
@@ -373,11 +567,22 @@ async fn collect_until(sub: &mut annals::Subscription, count: usize) -> Vec<Reco
 
 /// A subscription started from the beginning while writers append sees every event
 /// exactly once, in position order, across the switch from catch-up to live.
-pub async fn subscription_sees_every_event_once_across_catch_up_and_live(store: Arc<dyn EventStore>) {
+pub async fn subscription_sees_every_event_once_across_catch_up_and_live(
+    store: Arc<dyn EventStore>,
+) {
     for i in 0..20 {
-        append(&*store, &name(&format!("Sub-pre{}", i % 4)), ExpectedVersion::Any, 3).await;
+        append(
+            &*store,
+            &name(&format!("Sub-pre{}", i % 4)),
+            ExpectedVersion::Any,
+            3,
+        )
+        .await;
     }
-    let options = SubscribeOptions { batch_size: 7, ..SubscribeOptions::all() };
+    let options = SubscribeOptions {
+        batch_size: 7,
+        ..SubscribeOptions::all()
+    };
     let mut sub = store.subscribe(Position::START, options);
     let writers: Vec<_> = (0..4)
         .map(|w| {
@@ -385,7 +590,10 @@ pub async fn subscription_sees_every_event_once_across_catch_up_and_live(store: 
             tokio::spawn(async move {
                 for i in 0..25 {
                     let stream = name(&format!("Sub-live{w}_{}", i % 3));
-                    store.append(&stream, ExpectedVersion::Any, batch(2)).await.expect("live append");
+                    store
+                        .append(&stream, ExpectedVersion::Any, batch(2))
+                        .await
+                        .expect("live append");
                     if i % 5 == 0 {
                         tokio::task::yield_now().await;
                     }
@@ -398,19 +606,33 @@ pub async fn subscription_sees_every_event_once_across_catch_up_and_live(store: 
     for w in writers {
         w.await.expect("writer");
     }
-    assert!(got.windows(2).all(|w| w[0].position < w[1].position), "delivered in position order");
+    assert!(
+        got.windows(2).all(|w| w[0].position < w[1].position),
+        "delivered in position order"
+    );
     let ids: HashSet<Uuid> = got.iter().map(|e| e.event_id).collect();
     assert_eq!(ids.len(), total, "no event delivered twice");
-    let stored: HashSet<Uuid> = read_everything(&*store).await.iter().map(|e| e.event_id).collect();
+    let stored: HashSet<Uuid> = read_everything(&*store)
+        .await
+        .iter()
+        .map(|e| e.event_id)
+        .collect();
     assert_eq!(ids, stored, "every stored event delivered");
     let mut next_version: HashMap<StreamName, u64> = HashMap::new();
     for e in &got {
         let expect = next_version.entry(e.stream.clone()).or_default();
-        assert_eq!(e.stream_version, *expect, "stream {} delivered out of order", e.stream);
+        assert_eq!(
+            e.stream_version, *expect,
+            "stream {} delivered out of order",
+            e.stream
+        );
         *expect += 1;
     }
     append(&*store, &name("Sub-after"), ExpectedVersion::Any, 1).await;
-    assert_eq!(collect_until(&mut sub, 1).await[0].stream, name("Sub-after"));
+    assert_eq!(
+        collect_until(&mut sub, 1).await[0].stream,
+        name("Sub-after")
+    );
 }
 
 /// A subscription from a checkpoint sees only later events; a category subscription sees
@@ -430,14 +652,21 @@ pub async fn subscription_resumes_after_a_checkpoint(store: Arc<dyn EventStore>)
         all[7..].iter().map(|e| e.event_id).collect::<Vec<_>>()
     );
     let mut cat = store.subscribe(checkpoint, SubscribeOptions::category("Other"));
-    let expected: Vec<Uuid> = all[7..].iter().filter(|e| e.stream.category() == "Other").map(|e| e.event_id).collect();
+    let expected: Vec<Uuid> = all[7..]
+        .iter()
+        .filter(|e| e.stream.category() == "Other")
+        .map(|e| e.event_id)
+        .collect();
     let got = collect_until(&mut cat, expected.len()).await;
     assert_eq!(got.iter().map(|e| e.event_id).collect::<Vec<_>>(), expected);
     append(s, &name("Resume-9"), ExpectedVersion::Any, 1).await;
     append(s, &name("Other-9"), ExpectedVersion::Any, 1).await;
     assert_eq!(collect_until(&mut cat, 1).await[0].stream, name("Other-9"));
     let live = collect_until(&mut sub, 2).await;
-    assert_eq!((live[0].stream.as_str(), live[1].stream.as_str()), ("Resume-9", "Other-9"));
+    assert_eq!(
+        (live[0].stream.as_str(), live[1].stream.as_str()),
+        ("Resume-9", "Other-9")
+    );
 }
 
 /// A multi-stream append commits every stream or none; a store without the capability
@@ -447,28 +676,76 @@ pub async fn multi_stream_append_is_atomic_or_refused(store: Arc<dyn EventStore>
     let (a, b) = (name("Multi-a"), name("Multi-b"));
     let appends = |ea: ExpectedVersion, eb: ExpectedVersion| {
         vec![
-            StreamAppend { stream: a.clone(), expected: ea, events: batch(2) },
-            StreamAppend { stream: b.clone(), expected: eb, events: batch(1) },
+            StreamAppend {
+                stream: a.clone(),
+                expected: ea,
+                events: batch(2),
+            },
+            StreamAppend {
+                stream: b.clone(),
+                expected: eb,
+                events: batch(1),
+            },
         ]
     };
     if !s.capabilities().supports(Capability::MultiStreamAppend) {
-        match s.append_many(appends(ExpectedVersion::Any, ExpectedVersion::Any)).await {
-            Err(Error::Unsupported { capability: Capability::MultiStreamAppend, .. }) => {}
+        match s
+            .append_many(appends(ExpectedVersion::Any, ExpectedVersion::Any))
+            .await
+        {
+            Err(Error::Unsupported {
+                capability: Capability::MultiStreamAppend,
+                ..
+            }) => {}
             other => panic!("expected an unsupported-capability error, got {other:?}"),
         }
         assert!(read_everything(s).await.is_empty());
         return;
     }
-    let r = s.append_many(appends(ExpectedVersion::NoStream, ExpectedVersion::NoStream)).await.unwrap();
+    let r = s
+        .append_many(appends(
+            ExpectedVersion::NoStream,
+            ExpectedVersion::NoStream,
+        ))
+        .await
+        .unwrap();
     assert_eq!((r[0].version, r[1].version), (Version(2), Version(1)));
-    assert_conflict(s.append_many(appends(ExpectedVersion::Exact(Version(2)), ExpectedVersion::NoStream)).await, 1);
-    assert_eq!(s.stream_version(&a).await.unwrap(), Version(2), "a conflict in one stream writes no stream");
+    assert_conflict(
+        s.append_many(appends(
+            ExpectedVersion::Exact(Version(2)),
+            ExpectedVersion::NoStream,
+        ))
+        .await,
+        1,
+    );
+    assert_eq!(
+        s.stream_version(&a).await.unwrap(),
+        Version(2),
+        "a conflict in one stream writes no stream"
+    );
     let dup = vec![
-        StreamAppend { stream: a.clone(), expected: ExpectedVersion::Any, events: batch(1) },
-        StreamAppend { stream: a.clone(), expected: ExpectedVersion::Any, events: batch(1) },
+        StreamAppend {
+            stream: a.clone(),
+            expected: ExpectedVersion::Any,
+            events: batch(1),
+        },
+        StreamAppend {
+            stream: a.clone(),
+            expected: ExpectedVersion::Any,
+            events: batch(1),
+        },
     ];
-    assert!(matches!(s.append_many(dup).await, Err(Error::DuplicateStreamInBatch { .. })));
-    let r = s.append_many(appends(ExpectedVersion::Exact(Version(2)), ExpectedVersion::Exact(Version(1)))).await.unwrap();
+    assert!(matches!(
+        s.append_many(dup).await,
+        Err(Error::DuplicateStreamInBatch { .. })
+    ));
+    let r = s
+        .append_many(appends(
+            ExpectedVersion::Exact(Version(2)),
+            ExpectedVersion::Exact(Version(1)),
+        ))
+        .await
+        .unwrap();
     assert_eq!((r[0].version, r[1].version), (Version(4), Version(2)));
     assert_eq!(read_everything(s).await.len(), 6);
 }

@@ -46,7 +46,10 @@ impl<D: Domain> Given<D> {
     }
 
     /// Runs `decide` on that state.
-    pub fn when<O: Outcome<D::Event>>(self, decide: impl FnOnce(&D::State) -> O) -> When<D, O::Err> {
+    pub fn when<O: Outcome<D::Event>>(
+        self,
+        decide: impl FnOnce(&D::State) -> O,
+    ) -> When<D, O::Err> {
         let outcome = decide(&self.state).into_result();
         When {
             state: self.state,
@@ -85,7 +88,9 @@ where
         X: PartialEq,
     {
         match self.outcome {
-            Ok(events) => panic!("the decision produced {events:?}, expected the error {expected:?}"),
+            Ok(events) => {
+                panic!("the decision produced {events:?}, expected the error {expected:?}")
+            }
             Err(e) => assert_eq!(e, expected, "the decision failed with another error"),
         }
     }

@@ -268,11 +268,13 @@ impl<D: Domain> Decider<D> {
                 .iter()
                 .enumerate()
                 .map(|(i, e)| {
-                    cat.codec.encode(e, &self.context).map_err(|err| CodecError {
-                        stream: self.stream.to_string(),
-                        stream_version: loaded.version.get() + i as u64,
-                        ..err
-                    })
+                    cat.codec
+                        .encode(e, &self.context)
+                        .map_err(|err| CodecError {
+                            stream: self.stream.to_string(),
+                            stream_version: loaded.version.get() + i as u64,
+                            ..err
+                        })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let expected = ExpectedVersion::Exact(loaded.version);
@@ -316,7 +318,11 @@ impl<D: Domain> Decider<D> {
     }
 
     fn cached(&self, max_age: Option<Duration>) -> Option<Loaded<D::State>> {
-        let cached = self.category.cache.as_ref()?.get::<D::State>(&self.stream)?;
+        let cached = self
+            .category
+            .cache
+            .as_ref()?
+            .get::<D::State>(&self.stream)?;
         match max_age {
             Some(age) if cached.confirmed_at.elapsed() > age => None,
             _ => Some(Loaded {

@@ -17,7 +17,10 @@ pub enum InvalidEvent {
     #[error("the event type is empty")]
     EmptyType,
     /// The event type is too long.
-    #[error("the event type is {len} bytes long: the limit is {}", crate::MAX_EVENT_TYPE_LEN)]
+    #[error(
+        "the event type is {len} bytes long: the limit is {}",
+        crate::MAX_EVENT_TYPE_LEN
+    )]
     TypeTooLong {
         /// Its length in bytes.
         len: usize,
@@ -82,7 +85,9 @@ pub enum Error {
         stream: StreamName,
     },
     /// A multi-stream append names a stream twice; nothing was written.
-    #[error("stream {stream} appears twice in one multi-stream append: merge its events into one entry")]
+    #[error(
+        "stream {stream} appears twice in one multi-stream append: merge its events into one entry"
+    )]
     DuplicateStreamInBatch {
         /// The stream.
         stream: StreamName,
@@ -98,7 +103,9 @@ pub enum Error {
         reason: InvalidEvent,
     },
     /// The stream's version did not match the expected version; nothing was written.
-    #[error("wrong expected version for {stream}: expected {expected}, stream is at version {actual}")]
+    #[error(
+        "wrong expected version for {stream}: expected {expected}, stream is at version {actual}"
+    )]
     WrongExpectedVersion {
         /// The stream.
         stream: StreamName,
@@ -135,7 +142,9 @@ pub enum Error {
         capability: Capability,
     },
     /// `transact` met a conflict on every attempt.
-    #[error("{stream}: the decision conflicted with concurrent writers on each of {attempts} attempts")]
+    #[error(
+        "{stream}: the decision conflicted with concurrent writers on each of {attempts} attempts"
+    )]
     ResyncExhausted {
         /// The stream.
         stream: StreamName,

@@ -146,8 +146,20 @@ impl<S: EventStore + ?Sized> EventStore for Instrumented<S> {
             .map(EventData::size)
             .sum();
         let started = Instant::now();
-        let result = self.inner.append_many(appends).instrument(span.clone()).await;
-        finish(&span, "append_many", backend, started, count, bytes, &result);
+        let result = self
+            .inner
+            .append_many(appends)
+            .instrument(span.clone())
+            .await;
+        finish(
+            &span,
+            "append_many",
+            backend,
+            started,
+            count,
+            bytes,
+            &result,
+        );
         result
     }
 
@@ -155,7 +167,11 @@ impl<S: EventStore + ?Sized> EventStore for Instrumented<S> {
         let backend = self.backend();
         let span = span("stream_version", backend, Some(stream));
         let started = Instant::now();
-        let result = self.inner.stream_version(stream).instrument(span.clone()).await;
+        let result = self
+            .inner
+            .stream_version(stream)
+            .instrument(span.clone())
+            .await;
         finish(&span, "stream_version", backend, started, 0, 0, &result);
         result
     }
@@ -200,7 +216,10 @@ impl<S: EventStore + ?Sized> EventStore for Instrumented<S> {
             .instrument(span.clone())
             .await;
         let (count, bytes) = match &result {
-            Ok(page) => (page.events.len(), page.events.iter().map(RecordedEvent::size).sum()),
+            Ok(page) => (
+                page.events.len(),
+                page.events.iter().map(RecordedEvent::size).sum(),
+            ),
             Err(_) => (0, 0),
         };
         finish(&span, "read_all", backend, started, count, bytes, &result);

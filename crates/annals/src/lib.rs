@@ -55,8 +55,8 @@ pub use event::{EventData, RecordedEvent, DEFAULT_MAX_EVENT_BYTES, MAX_EVENT_TYP
 pub use instrument::Instrumented;
 pub use memory::MemoryStore;
 pub use store::{
-    AllPage, AppendResult, Capabilities, Direction, EventStore, Filter, ReadStream,
-    StreamAppend, SubscribeOptions,
+    AllPage, AppendResult, Capabilities, Direction, EventStore, Filter, ReadStream, StreamAppend,
+    SubscribeOptions,
 };
 pub use stream::{StreamName, StreamNameError, MAX_STREAM_NAME_LEN};
 pub use subscribe::{subscribe, EventStoreExt, SubscribeExt, Subscription};

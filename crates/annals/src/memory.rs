@@ -17,9 +17,7 @@ use crate::event::{validate_batch, validate_many, DEFAULT_MAX_EVENT_BYTES};
 use crate::store::{
     AllPage, AppendResult, Capabilities, Direction, EventStore, Filter, ReadStream, StreamAppend,
 };
-use crate::{
-    EventData, ExpectedVersion, Position, RecordedEvent, StreamName, Timestamp, Version,
-};
+use crate::{EventData, ExpectedVersion, Position, RecordedEvent, StreamName, Timestamp, Version};
 
 /// One committed append, as sent to [`MemoryStore::commits`] receivers.
 #[derive(Debug, Clone)]
@@ -87,11 +85,7 @@ impl Inner {
             };
         };
         let indexes = &self.streams[stream];
-        let batch_of = |v: u64| {
-            indexes
-                .get(v as usize)
-                .map(|&i| self.batch_start[i])
-        };
+        let batch_of = |v: u64| indexes.get(v as usize).map(|&i| self.batch_start[i]);
         let end = first_version + events.len() as u64;
         let exact_retry = found.len() == events.len()
             && found.iter().enumerate().all(|(i, &(_, v))| {
@@ -280,7 +274,9 @@ impl EventStore for MemoryStore {
     async fn read_all(&self, from: Position, filter: &Filter, limit: usize) -> Result<AllPage> {
         filter.validate()?;
         let inner = self.lock();
-        let start = usize::try_from(from.raw()).unwrap_or(usize::MAX).min(inner.log.len());
+        let start = usize::try_from(from.raw())
+            .unwrap_or(usize::MAX)
+            .min(inner.log.len());
         let mut page = AllPage {
             events: Vec::new(),
             next: from,

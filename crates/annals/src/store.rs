@@ -168,11 +168,7 @@ impl Filter {
 
     /// Whether `event` passes.
     pub fn matches(&self, event: &RecordedEvent) -> bool {
-        (self.categories.is_empty()
-            || self
-                .categories
-                .iter()
-                .any(|c| c == event.stream.category()))
+        (self.categories.is_empty() || self.categories.iter().any(|c| c == event.stream.category()))
             && (self.event_types.is_empty() || self.event_types.contains(&event.event_type))
     }
 

@@ -244,7 +244,10 @@ mod tests {
     #[test]
     fn rejects_bad_names() {
         use StreamNameError::*;
-        assert!(matches!(StreamName::new("nodash"), Err(MissingSeparator(_))));
+        assert!(matches!(
+            StreamName::new("nodash"),
+            Err(MissingSeparator(_))
+        ));
         assert!(matches!(StreamName::new("-id"), Err(EmptyCategory(_))));
         assert!(matches!(StreamName::new("Cat-"), Err(EmptyId(_))));
         assert!(matches!(

@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 /// The number of events in a stream: an empty stream has version 0, and the event at
 /// stream index `n` is followed by version `n + 1`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Version(pub u64);
 
@@ -74,7 +76,9 @@ impl fmt::Display for ExpectedVersion {
 /// Opaque to users: compare positions, store them as checkpoints (`Display`/`FromStr` give a
 /// stable text form) and resume from them. Positions need not be dense. [`Position::START`]
 /// is before every event; reading "from" a position returns the events strictly after it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Position(u128);
 

@@ -150,7 +150,11 @@ impl Service {
     }
 
     /// Runs `command` on cart `id`: `Ok(Err(_))` when the domain refuses it.
-    pub async fn execute(&self, id: &str, command: &Command) -> annals::Result<Result<(), Refused>> {
+    pub async fn execute(
+        &self,
+        id: &str,
+        command: &Command,
+    ) -> annals::Result<Result<(), Refused>> {
         let decision = decide(command);
         self.category
             .decider(id)?
@@ -174,21 +178,32 @@ mod tests {
     use proptest::prelude::*;
 
     fn line(sku: &str, quantity: u32) -> Line {
-        Line { sku: sku.into(), quantity }
+        Line {
+            sku: sku.into(),
+            quantity,
+        }
     }
 
     fn add(sku: &str, quantity: u32) -> Command {
-        Command::AddItem { sku: sku.into(), quantity }
+        Command::AddItem {
+            sku: sku.into(),
+            quantity,
+        }
     }
 
     fn change(sku: &str, quantity: u32) -> Command {
-        Command::ChangeQuantity { sku: sku.into(), quantity }
+        Command::ChangeQuantity {
+            sku: sku.into(),
+            quantity,
+        }
     }
 
     #[test]
     fn add_then_change_then_zero_removes() {
         let c = add("a", 2);
-        given::<Cart>([]).when(decide(&c)).then([Event::ItemAdded(line("a", 2))]);
+        given::<Cart>([])
+            .when(decide(&c))
+            .then([Event::ItemAdded(line("a", 2))]);
         let c = change("a", 5);
         given::<Cart>([Event::ItemAdded(line("a", 2))])
             .when(decide(&c))
@@ -203,9 +218,13 @@ mod tests {
     #[test]
     fn refusals() {
         let c = add("a", 0);
-        given::<Cart>([]).when(decide(&c)).then_err(Refused::ZeroQuantity);
+        given::<Cart>([])
+            .when(decide(&c))
+            .then_err(Refused::ZeroQuantity);
         let c = change("b", 3);
-        given::<Cart>([]).when(decide(&c)).then_err(Refused::NotInCart("b".into()));
+        given::<Cart>([])
+            .when(decide(&c))
+            .then_err(Refused::NotInCart("b".into()));
         let c = Command::RemoveItem { sku: "b".into() };
         given::<Cart>([]).when(decide(&c)).then([]);
     }
@@ -217,7 +236,10 @@ mod tests {
         svc.execute("1", &add("a", 1)).await.unwrap().unwrap();
         svc.execute("1", &add("b", 2)).await.unwrap().unwrap();
         svc.execute("1", &change("a", 0)).await.unwrap().unwrap();
-        assert_eq!(svc.execute("1", &change("z", 1)).await.unwrap(), Err(Refused::NotInCart("z".into())));
+        assert_eq!(
+            svc.execute("1", &change("z", 1)).await.unwrap(),
+            Err(Refused::NotInCart("z".into()))
+        );
         assert_eq!(svc.lines("1").await.unwrap(), vec![line("b", 2)]);
     }
 

@@ -62,7 +62,9 @@ pub fn favorite(date: Timestamp, skus: &[String]) -> impl Fn(&Vec<Favorite>) -> 
         let mut events: Vec<Event> = Vec::new();
         for sku in skus {
             let known = state.iter().any(|f| &f.sku == sku)
-                || events.iter().any(|e| matches!(e, Event::Favorited(f) if &f.sku == sku));
+                || events
+                    .iter()
+                    .any(|e| matches!(e, Event::Favorited(f) if &f.sku == sku));
             if !known {
                 events.push(Event::Favorited(Favorite {
                     sku: sku.clone(),
@@ -78,7 +80,9 @@ pub fn favorite(date: Timestamp, skus: &[String]) -> impl Fn(&Vec<Favorite>) -> 
 pub fn unfavorite(sku: &str) -> impl Fn(&Vec<Favorite>) -> Vec<Event> + '_ {
     move |state| {
         if state.iter().any(|f| f.sku == sku) {
-            vec![Event::Unfavorited { sku: sku.to_owned() }]
+            vec![Event::Unfavorited {
+                sku: sku.to_owned(),
+            }]
         } else {
             Vec::new()
         }
@@ -111,7 +115,10 @@ impl Service {
 
     /// Unfavorites `sku` for `client`.
     pub async fn unfavorite(&self, client: &str, sku: &str) -> annals::Result<()> {
-        self.category.decider(client)?.transact(unfavorite(sku)).await
+        self.category
+            .decider(client)?
+            .transact(unfavorite(sku))
+            .await
     }
 
     /// The favorites of `client`.
@@ -150,7 +157,9 @@ mod tests {
         given::<Favorites>([fav("a", 1)])
             .when(unfavorite("a"))
             .then([Event::Unfavorited { sku: "a".into() }]);
-        given::<Favorites>([fav("a", 1)]).when(unfavorite("z")).then([]);
+        given::<Favorites>([fav("a", 1)])
+            .when(unfavorite("z"))
+            .then([]);
     }
 
     #[tokio::test]
@@ -161,7 +170,10 @@ mod tests {
         svc.favorite("c1", &skus(&["x"])).await.unwrap();
         svc.unfavorite("c1", "y").await.unwrap();
         let list = svc.list("c1").await.unwrap();
-        assert_eq!(list.iter().map(|f| f.sku.as_str()).collect::<Vec<_>>(), ["x"]);
+        assert_eq!(
+            list.iter().map(|f| f.sku.as_str()).collect::<Vec<_>>(),
+            ["x"]
+        );
         assert_eq!(store.len(), 3);
     }
 

@@ -65,7 +65,7 @@ impl Domain for SaveForLater {
                 });
                 let mut next: Vec<Item> = added.collect();
                 next.extend(state);
-                next.sort_by(|a, b| b.date_saved.cmp(&a.date_saved));
+                next.sort_by_key(|i| std::cmp::Reverse(i.date_saved));
                 next
             }
             Event::Removed { skus } => {
@@ -140,11 +140,13 @@ pub fn remove(skus: &[String]) -> impl Fn(&Vec<Item>) -> Vec<Event> + '_ {
 }
 
 /// Removes everything (one event, when there is anything).
-pub fn remove_all(state: &Vec<Item>) -> Vec<Event> {
-    if state.is_empty() {
-        Vec::new()
-    } else {
-        vec![Event::Cleared]
+pub fn remove_all() -> impl Fn(&Vec<Item>) -> Vec<Event> {
+    |state| {
+        if state.is_empty() {
+            Vec::new()
+        } else {
+            vec![Event::Cleared]
+        }
     }
 }
 
@@ -191,7 +193,7 @@ impl Service {
 
     /// Removes everything.
     pub async fn remove_all(&self, client: &str) -> annals::Result<()> {
-        self.category.decider(client)?.transact(remove_all).await
+        self.category.decider(client)?.transact(remove_all()).await
     }
 
     /// The saved items, newest first.
@@ -230,7 +232,13 @@ mod tests {
         let state = given::<SaveForLater>(history)
             .when(add(t(9), &skus(&["a"]), 10))
             .then([added(&["a"], 9)]);
-        assert_eq!(state[0], Item { sku: "a".into(), date_saved: t(9) });
+        assert_eq!(
+            state[0],
+            Item {
+                sku: "a".into(),
+                date_saved: t(9)
+            }
+        );
         assert_eq!(state.len(), 2);
     }
 
@@ -250,9 +258,11 @@ mod tests {
         given::<SaveForLater>([added(&["a", "b"], 1)])
             .when(remove(&skus(&["b", "z"])))
             .then([Event::Removed { skus: skus(&["b"]) }]);
-        let state = given::<SaveForLater>([added(&["a", "b"], 1)]).when(remove_all).then([Event::Cleared]);
+        let state = given::<SaveForLater>([added(&["a", "b"], 1)])
+            .when(remove_all())
+            .then([Event::Cleared]);
         assert!(state.is_empty());
-        given::<SaveForLater>([]).when(remove_all).then([]);
+        given::<SaveForLater>([]).when(remove_all()).then([]);
     }
 
     #[tokio::test]
@@ -276,7 +286,8 @@ mod tests {
     fn command() -> impl Strategy<Value = Command> {
         let sku = "[a-h]".prop_map(String::from);
         prop_oneof![
-            (0i64..20, prop::collection::vec(sku.clone(), 0..4)).prop_map(|(d, s)| Command::Add(d, s)),
+            (0i64..20, prop::collection::vec(sku.clone(), 0..4))
+                .prop_map(|(d, s)| Command::Add(d, s)),
             prop::collection::vec(sku, 0..3).prop_map(Command::Remove),
             Just(Command::RemoveAll),
         ]
@@ -286,7 +297,7 @@ mod tests {
         match c {
             Command::Add(d, s) => add(t(*d), s, 5)(state).unwrap_or_default(),
             Command::Remove(s) => remove(s)(state),
-            Command::RemoveAll => remove_all(state),
+            Command::RemoveAll => remove_all()(state),
         }
     }
 

@@ -15,6 +15,8 @@ mod instrumented_memory {
     use super::*;
 
     annals_testkit::conformance_suite!(|| async {
-        TestStore::new(Arc::new(annals::Instrumented::new(Arc::new(MemoryStore::new()))))
+        TestStore::new(Arc::new(annals::Instrumented::new(Arc::new(
+            MemoryStore::new(),
+        ))))
     });
 }

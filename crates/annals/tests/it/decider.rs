@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use annals::store::{AllPage, AppendResult, Capabilities, Filter, ReadStream};
 use annals::{
-    Cache, Category, Domain, Error, EventData, EventStore, ExpectedVersion, JsonCodec,
-    LoadOption, MemoryStore, Position, RecordedEvent, StreamName, Version,
+    Cache, Category, Domain, Error, EventData, EventStore, ExpectedVersion, JsonCodec, LoadOption,
+    MemoryStore, Position, RecordedEvent, StreamName, Version,
 };
 use async_trait::async_trait;
 use futures::stream::{BoxStream, StreamExt};
@@ -64,7 +64,9 @@ impl EventStore for Probe {
             .is_ok()
         {
             let other = EventData::json("Added", &serde_json::json!({ "n": 1000 })).unwrap();
-            self.inner.append(stream, ExpectedVersion::Any, vec![other]).await?;
+            self.inner
+                .append(stream, ExpectedVersion::Any, vec![other])
+                .await?;
         }
         self.inner.append(stream, expected, events).await
     }
@@ -84,7 +86,12 @@ impl EventStore for Probe {
             })
             .boxed()
     }
-    async fn read_all(&self, from: Position, filter: &Filter, limit: usize) -> annals::Result<AllPage> {
+    async fn read_all(
+        &self,
+        from: Position,
+        filter: &Filter,
+        limit: usize,
+    ) -> annals::Result<AllPage> {
         self.inner.read_all(from, filter, limit).await
     }
 }
@@ -119,8 +126,16 @@ async fn conflict_resyncs_from_the_conflicting_version_and_decides_again() {
         })
         .await
         .unwrap();
-    assert_eq!(seen, vec![vec![1], vec![1, 1000]], "decided again on the caught-up state");
-    assert_eq!(probe.stream_reads.load(Ordering::SeqCst) - reads_before, 2, "one load, one resync");
+    assert_eq!(
+        seen,
+        vec![vec![1], vec![1, 1000]],
+        "decided again on the caught-up state"
+    );
+    assert_eq!(
+        probe.stream_reads.load(Ordering::SeqCst) - reads_before,
+        2,
+        "one load, one resync"
+    );
     assert_eq!(
         probe.events_read.load(Ordering::SeqCst) - events_before,
         2,
@@ -132,7 +147,10 @@ async fn conflict_resyncs_from_the_conflicting_version_and_decides_again() {
 #[tokio::test]
 async fn exhausted_attempts_give_a_typed_error_and_write_nothing_of_ours() {
     let probe = Arc::new(Probe::default());
-    let decider = category(&probe, None).with_max_attempts(3).decider("b").unwrap();
+    let decider = category(&probe, None)
+        .with_max_attempts(3)
+        .decider("b")
+        .unwrap();
     probe.interfere.store(u32::MAX, Ordering::SeqCst);
     let mut decisions = 0;
     let err = decider
@@ -142,17 +160,26 @@ async fn exhausted_attempts_give_a_typed_error_and_write_nothing_of_ours() {
         })
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::ResyncExhausted { attempts: 3, .. }), "{err}");
+    assert!(
+        matches!(err, Error::ResyncExhausted { attempts: 3, .. }),
+        "{err}"
+    );
     assert_eq!(decisions, 3);
     probe.interfere.store(0, Ordering::SeqCst);
-    assert_eq!(decider.query(Clone::clone).await.unwrap(), vec![1000, 1000, 1000]);
+    assert_eq!(
+        decider.query(Clone::clone).await.unwrap(),
+        vec![1000, 1000, 1000]
+    );
 }
 
 #[tokio::test]
 async fn a_decision_without_events_writes_nothing() {
     let probe = Arc::new(Probe::default());
     let decider = category(&probe, None).decider("c").unwrap();
-    let r = decider.transact_result(|s| (s.len(), vec![])).await.unwrap();
+    let r = decider
+        .transact_result(|s| (s.len(), vec![]))
+        .await
+        .unwrap();
     assert_eq!(r, 0);
     assert!(probe.inner.is_empty());
 }
@@ -165,14 +192,31 @@ async fn a_cached_stream_reloads_only_newer_events() {
     for n in 0..10 {
         decider.transact(|_| add(n)).await.unwrap();
     }
-    assert_eq!(probe.events_read.load(Ordering::SeqCst), 0, "own writes update the cache");
+    assert_eq!(
+        probe.events_read.load(Ordering::SeqCst),
+        0,
+        "own writes update the cache"
+    );
     let stream = decider.stream().clone();
-    let others = (0..2).map(|n| EventData::json("Added", &serde_json::json!({ "n": 100 + n })).unwrap());
-    probe.inner.append(&stream, ExpectedVersion::Exact(Version(10)), others.collect()).await.unwrap();
+    let others =
+        (0..2).map(|n| EventData::json("Added", &serde_json::json!({ "n": 100 + n })).unwrap());
+    probe
+        .inner
+        .append(
+            &stream,
+            ExpectedVersion::Exact(Version(10)),
+            others.collect(),
+        )
+        .await
+        .unwrap();
     let state = decider.query(Clone::clone).await.unwrap();
     assert_eq!(state.len(), 12);
     assert_eq!(state[10..], [100, 101]);
-    assert_eq!(probe.events_read.load(Ordering::SeqCst), 2, "only the 2 new events are read");
+    assert_eq!(
+        probe.events_read.load(Ordering::SeqCst),
+        2,
+        "only the 2 new events are read"
+    );
     assert_eq!(decider.load().await.unwrap().version, Version(12));
     assert_eq!(probe.events_read.load(Ordering::SeqCst), 2);
 }
@@ -201,26 +245,42 @@ async fn a_stale_write_never_overwrites_a_newer_cache_entry() {
         .await
         .unwrap();
     let cached = cache.get::<Vec<u32>>(decider.stream()).unwrap();
-    assert_eq!((cached.version, &*cached.state), (Version(3), &vec![1, 1000, 2]));
+    assert_eq!(
+        (cached.version, &*cached.state),
+        (Version(3), &vec![1, 1000, 2])
+    );
 }
 
 #[tokio::test]
 async fn allow_stale_shares_one_read_among_50_concurrent_loads() {
     let probe = Arc::new(Probe::default());
     let stream = StreamName::new("Tally-f").unwrap();
-    let events: Vec<_> = (0..5).map(|n| EventData::json("Added", &serde_json::json!({ "n": n })).unwrap()).collect();
-    probe.inner.append(&stream, ExpectedVersion::NoStream, events).await.unwrap();
+    let events: Vec<_> = (0..5)
+        .map(|n| EventData::json("Added", &serde_json::json!({ "n": n })).unwrap())
+        .collect();
+    probe
+        .inner
+        .append(&stream, ExpectedVersion::NoStream, events)
+        .await
+        .unwrap();
     let cat = category(&probe, Some(Arc::new(Cache::new(10))));
     let loads: Vec<_> = (0..50)
         .map(|_| {
-            let d = cat.decider("f").unwrap().with_load(LoadOption::AllowStale(Duration::from_secs(60)));
+            let d = cat
+                .decider("f")
+                .unwrap()
+                .with_load(LoadOption::AllowStale(Duration::from_secs(60)));
             tokio::spawn(async move { d.query(|s| s.len()).await })
         })
         .collect();
     for l in loads {
         assert_eq!(l.await.unwrap().unwrap(), 5);
     }
-    assert_eq!(probe.stream_reads.load(Ordering::SeqCst), 1, "50 concurrent loads, one read");
+    assert_eq!(
+        probe.stream_reads.load(Ordering::SeqCst),
+        1,
+        "50 concurrent loads, one read"
+    );
     // RequireLoad still goes to the store (for events after the cached version only).
     cat.decider("f").unwrap().query(|s| s.len()).await.unwrap();
     assert_eq!(probe.stream_reads.load(Ordering::SeqCst), 2);
@@ -231,17 +291,29 @@ async fn allow_stale_shares_one_read_among_50_concurrent_loads() {
 async fn assume_empty_reads_nothing_but_the_write_is_still_checked() {
     let probe = Arc::new(Probe::default());
     let cat = category(&probe, None);
-    cat.decider("g").unwrap().transact(|_| add(1)).await.unwrap();
+    cat.decider("g")
+        .unwrap()
+        .transact(|_| add(1))
+        .await
+        .unwrap();
     let reads = probe.stream_reads.load(Ordering::SeqCst);
     let d = cat.decider("g").unwrap().with_load(LoadOption::AssumeEmpty);
     let mut seen = Vec::new();
     d.transact(|s| {
         seen.push(s.len());
-        if s.is_empty() { add(9) } else { vec![] }
+        if s.is_empty() {
+            add(9)
+        } else {
+            vec![]
+        }
     })
     .await
     .unwrap();
-    assert_eq!(seen, vec![0, 1], "assumed empty, conflicted, resynced, decided nothing");
+    assert_eq!(
+        seen,
+        vec![0, 1],
+        "assumed empty, conflicted, resynced, decided nothing"
+    );
     assert_eq!(probe.stream_reads.load(Ordering::SeqCst) - reads, 1);
     assert_eq!(probe.inner.len(), 1);
 }
@@ -254,13 +326,21 @@ async fn unknown_types_are_skipped_and_bad_bodies_are_errors() {
         EventData::new("Renamed", br#"{"to":"x"}"#.to_vec()),
         EventData::json("Added", &serde_json::json!({ "n": 4 })).unwrap(),
     ];
-    probe.inner.append(&stream, ExpectedVersion::NoStream, events).await.unwrap();
+    probe
+        .inner
+        .append(&stream, ExpectedVersion::NoStream, events)
+        .await
+        .unwrap();
     let d = category(&probe, None).decider("h").unwrap();
     let loaded = d.load().await.unwrap();
     assert_eq!((loaded.version, &*loaded.state), (Version(2), &vec![4]));
     probe
         .inner
-        .append(&stream, ExpectedVersion::Any, vec![EventData::new("Added", br#"{"n":"four"}"#.to_vec())])
+        .append(
+            &stream,
+            ExpectedVersion::Any,
+            vec![EventData::new("Added", br#"{"n":"four"}"#.to_vec())],
+        )
         .await
         .unwrap();
     match d.load().await {
