@@ -749,3 +749,50 @@ pub async fn multi_stream_append_is_atomic_or_refused(store: Arc<dyn EventStore>
     assert_eq!((r[0].version, r[1].version), (Version(4), Version(2)));
     assert_eq!(read_everything(s).await.len(), 6);
 }
+
+/// Checkpoints: nothing before the first commit; commit, reload, overwrite, list in order,
+/// groups and sources kept apart.
+pub async fn checkpoints_load_commit_and_list(store: Arc<dyn annals::CheckpointStore>) {
+    assert_eq!(store.load("g1", "all").await.unwrap(), None);
+    store
+        .commit("g1", "all", Position::from_raw(5))
+        .await
+        .unwrap();
+    store
+        .commit("g1", "Cart", Position::from_raw(7))
+        .await
+        .unwrap();
+    store
+        .commit("g0", "all", Position::from_raw(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load("g1", "all").await.unwrap(),
+        Some(Position::from_raw(5))
+    );
+    store
+        .commit("g1", "all", Position::from_raw(9))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load("g1", "all").await.unwrap(),
+        Some(Position::from_raw(9))
+    );
+    assert_eq!(store.load("g2", "all").await.unwrap(), None);
+    let listed: Vec<_> = store
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.group, c.source, c.position))
+        .collect();
+    let p = Position::from_raw;
+    assert_eq!(
+        listed,
+        vec![
+            ("g0".to_owned(), "all".to_owned(), p(1)),
+            ("g1".to_owned(), "Cart".to_owned(), p(7)),
+            ("g1".to_owned(), "all".to_owned(), p(9)),
+        ]
+    );
+}

@@ -40,6 +40,22 @@ impl TestStore {
     }
 }
 
+/// Stamps out the checkpoint-store tests for the store made by `$factory`, an
+/// `async fn() -> Arc<dyn CheckpointStore>` (or a closure returning such a future) that
+/// may hold what must live as long as the test in the returned tuple's second element.
+#[macro_export]
+macro_rules! checkpoint_suite {
+    ($factory:expr) => {
+        #[test]
+        fn checkpoints_load_commit_and_list() {
+            $crate::run(async {
+                let (store, _guard) = ($factory)().await;
+                $crate::conformance::checkpoints_load_commit_and_list(store).await;
+            });
+        }
+    };
+}
+
 /// Runs an async test body on a fresh multi-threaded runtime (used by
 /// [`conformance_suite!`], so the calling crate needs no runtime of its own).
 pub fn run<F: Future<Output = ()>>(body: F) {

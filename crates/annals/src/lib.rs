@@ -33,6 +33,11 @@
 //! # Ok::<_, annals::Error>(()) }).unwrap();
 //! //! ```
 
+/// The workspace README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
+
 pub mod cache;
 pub mod checkpoint;
 pub mod codec;

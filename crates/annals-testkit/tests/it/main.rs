@@ -11,6 +11,15 @@ mod memory {
     annals_testkit::conformance_suite!(|| async { TestStore::new(Arc::new(MemoryStore::new())) });
 }
 
+mod memory_checkpoints {
+    use super::*;
+
+    annals_testkit::checkpoint_suite!(|| async {
+        let store: Arc<dyn annals::CheckpointStore> = Arc::new(annals::MemoryCheckpoints::new());
+        (store, ())
+    });
+}
+
 mod instrumented_memory {
     use super::*;
 

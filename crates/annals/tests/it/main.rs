@@ -1,3 +1,6 @@
-//! Integration tests of the core crate: the decider runtime over the memory store.
+//! Integration tests of the core crate.
 
+mod codec;
 mod decider;
+mod memory;
+mod observe;

@@ -1,0 +1,153 @@
+//! Metrics from the decider runtime and instrumented stores, through the `metrics` facade.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use annals::{
+    Category, Domain, EventData, EventStore, ExpectedVersion, Instrumented, JsonCodec, MemoryStore,
+    StreamName,
+};
+use metrics::{
+    Counter, CounterFn, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
+    SharedString, Unit,
+};
+use serde::{Deserialize, Serialize};
+
+/// Counts every counter increment and histogram record by `name{labels}`.
+#[derive(Default)]
+struct Tally {
+    values: Mutex<BTreeMap<String, Arc<Cell>>>,
+}
+
+#[derive(Default)]
+struct Cell(AtomicU64);
+
+impl CounterFn for Cell {
+    fn increment(&self, value: u64) {
+        self.0.fetch_add(value, Ordering::SeqCst);
+    }
+    fn absolute(&self, value: u64) {
+        self.0.store(value, Ordering::SeqCst);
+    }
+}
+
+impl HistogramFn for Cell {
+    fn record(&self, _: f64) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Tally {
+    fn cell(&self, key: &Key) -> Arc<Cell> {
+        let mut labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        labels.sort();
+        let name = format!("{}{{{}}}", key.name(), labels.join(","));
+        Arc::clone(self.values.lock().unwrap().entry(name).or_default())
+    }
+
+    fn get(&self, name: &str) -> u64 {
+        self.values
+            .lock()
+            .unwrap()
+            .get(name)
+            .map_or(0, |c| c.0.load(Ordering::SeqCst))
+    }
+}
+
+impl Recorder for Tally {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        Counter::from_arc(self.cell(key))
+    }
+    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+        Gauge::noop()
+    }
+    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+        Histogram::from_arc(self.cell(key))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+enum Event {
+    Hit,
+}
+
+struct Hits;
+
+impl Domain for Hits {
+    type Event = Event;
+    type State = u32;
+    fn initial() -> u32 {
+        0
+    }
+    fn evolve(n: u32, _: &Event) -> u32 {
+        n + 1
+    }
+}
+
+#[test]
+fn decider_runs_conflicts_cache_and_store_round_trips_are_counted() {
+    let tally = Tally::default();
+    metrics::with_local_recorder(&tally, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let memory = Arc::new(MemoryStore::new());
+            let store = Arc::new(Instrumented::new(memory.clone()));
+            let cat = Category::<Hits>::new("Hits", store.clone(), JsonCodec::new())
+                .unwrap()
+                .with_cache(Arc::new(annals::Cache::new(8)));
+            let d = cat.decider("1").unwrap();
+            d.transact(|_| vec![Event::Hit]).await.unwrap();
+            // Another writer moves the stream on behind the cache's back.
+            let s = StreamName::new("Hits-1").unwrap();
+            memory
+                .append(
+                    &s,
+                    ExpectedVersion::Any,
+                    vec![EventData::new("Hit", b"null".to_vec())],
+                )
+                .await
+                .unwrap();
+            // Trusting the cache, the decision conflicts once, resyncs, then lands.
+            let d = d.clone_with_load(annals::LoadOption::AnyCachedValue);
+            d.transact(|_| vec![Event::Hit]).await.unwrap();
+            assert_eq!(d.query(|n| *n).await.unwrap(), 3);
+        });
+    });
+    assert_eq!(
+        tally.get("annals_decider_runs_total{category=Hits,outcome=ok}"),
+        2
+    );
+    assert_eq!(
+        tally.get("annals_decider_conflicts_total{category=Hits}"),
+        1
+    );
+    assert_eq!(
+        tally.get("annals_decider_duration_seconds{category=Hits}"),
+        2
+    );
+    assert!(tally.get("annals_cache_hits_total{category=Hits}") >= 2);
+    assert_eq!(
+        tally.get("annals_store_roundtrip_seconds{backend=memory,op=append,outcome=ok}"),
+        2
+    );
+    assert_eq!(
+        tally.get("annals_store_roundtrip_seconds{backend=memory,op=append,outcome=conflict}"),
+        1
+    );
+    assert_eq!(
+        tally.get("annals_store_events_total{backend=memory,op=append}"),
+        2
+    );
+    assert!(
+        tally.get("annals_store_roundtrip_seconds{backend=memory,op=read_stream,outcome=ok}") >= 2
+    );
+}
