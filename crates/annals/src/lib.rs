@@ -44,6 +44,7 @@ pub mod codec;
 pub mod decider;
 pub mod error;
 pub mod event;
+pub mod idempotency;
 pub mod instrument;
 pub mod memory;
 pub mod store;

@@ -12,7 +12,8 @@ use futures::stream::{self, BoxStream, StreamExt};
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::idempotency::{self, Found, Verdict};
 use crate::event::{validate_batch, validate_many, DEFAULT_MAX_EVENT_BYTES};
 use crate::store::{
     AllPage, AppendResult, Capabilities, Direction, EventStore, Filter, ReadStream, StreamAppend,
@@ -42,11 +43,6 @@ struct Inner {
     observers: Vec<mpsc::UnboundedSender<Commit>>,
 }
 
-enum Plan {
-    Write,
-    AlreadyWritten(AppendResult),
-}
-
 impl Inner {
     fn version(&self, stream: &StreamName) -> Version {
         Version(self.streams.get(stream).map_or(0, |s| s.len() as u64))
@@ -57,57 +53,26 @@ impl Inner {
         stream: &StreamName,
         expected: ExpectedVersion,
         events: &[EventData],
-    ) -> Result<Plan> {
-        let actual = self.version(stream);
-        let conflict = || Error::WrongExpectedVersion {
-            stream: stream.clone(),
-            expected,
-            actual,
-        };
-        let mut found = Vec::new();
-        for e in events {
-            match self.ids.get(&e.event_id) {
-                Some((s, _)) if s != stream => {
-                    return Err(Error::DuplicateEventId {
-                        event_id: e.event_id,
-                        existing_stream: s.clone(),
-                    })
-                }
-                Some((_, v)) => found.push((e.event_id, *v)),
-                None => {}
-            }
-        }
-        let Some(&(first_id, first_version)) = found.first() else {
-            return if expected.admits(actual) {
-                Ok(Plan::Write)
-            } else {
-                Err(conflict())
-            };
-        };
-        let indexes = &self.streams[stream];
-        let batch_of = |v: u64| indexes.get(v as usize).map(|&i| self.batch_start[i]);
-        let end = first_version + events.len() as u64;
-        let exact_retry = found.len() == events.len()
-            && found.iter().enumerate().all(|(i, &(_, v))| {
-                v == first_version + i as u64 && batch_of(v) == Some(first_version)
+    ) -> Result<Verdict> {
+        let found: Vec<Option<Found>> = events
+            .iter()
+            .map(|e| {
+                let (s, v) = self.ids.get(&e.event_id)?;
+                let index = self.streams[s][*v as usize];
+                Some(Found {
+                    stream: s.clone(),
+                    stream_version: *v,
+                    batch_start: self.batch_start[index],
+                    position: self.log[index].position,
+                })
             })
-            && batch_of(end) != Some(first_version);
-        if !exact_retry {
-            return Err(Error::PartialRetry {
-                stream: stream.clone(),
-                event_id: first_id,
-                stream_version: first_version,
-            });
-        }
-        if !expected.admits(Version(first_version)) {
-            return Err(conflict());
-        }
-        let position = |v: u64| self.log[indexes[v as usize]].position;
-        Ok(Plan::AlreadyWritten(AppendResult {
-            version: Version(first_version + events.len() as u64),
-            first_position: position(first_version),
-            last_position: position(first_version + events.len() as u64 - 1),
-        }))
+            .collect();
+        idempotency::check(stream, expected, self.version(stream), events, &found, |v| {
+            let indexes = self.streams.get(stream);
+            Ok(indexes
+                .and_then(|ix| ix.get(v as usize))
+                .map(|&i| self.batch_start[i]))
+        })
     }
 
     fn write(&mut self, stream: &StreamName, events: Vec<EventData>) -> AppendResult {
@@ -218,8 +183,8 @@ impl EventStore for MemoryStore {
         let result = {
             let mut inner = self.lock();
             match inner.plan(stream, expected, &events)? {
-                Plan::AlreadyWritten(result) => return Ok(result),
-                Plan::Write => inner.write(stream, events),
+                Verdict::AlreadyWritten(result) => return Ok(result),
+                Verdict::Write => inner.write(stream, events),
             }
         };
         self.changes.send_replace(());
@@ -238,8 +203,8 @@ impl EventStore for MemoryStore {
                 .into_iter()
                 .zip(plans)
                 .map(|(a, plan)| match plan {
-                    Plan::AlreadyWritten(r) => r,
-                    Plan::Write => inner.write(&a.stream, a.events),
+                    Verdict::AlreadyWritten(r) => r,
+                    Verdict::Write => inner.write(&a.stream, a.events),
                 })
                 .collect()
         };
