@@ -47,7 +47,12 @@ pub fn check(
         expected,
         actual,
     };
-    let recorded = || events.iter().zip(found).filter_map(|(e, f)| Some((e, f.as_ref()?)));
+    let recorded = || {
+        events
+            .iter()
+            .zip(found)
+            .filter_map(|(e, f)| Some((e, f.as_ref()?)))
+    };
     if let Some((event, other)) = recorded().find(|(_, f)| &f.stream != stream) {
         return Err(Error::DuplicateEventId {
             event_id: event.event_id,
@@ -71,9 +76,10 @@ pub fn check(
         return Err(partial());
     };
     let start = all[0].stream_version;
-    let contiguous = all.iter().enumerate().all(|(i, f)| {
-        f.stream_version == start + i as u64 && f.batch_start == start
-    });
+    let contiguous = all
+        .iter()
+        .enumerate()
+        .all(|(i, f)| f.stream_version == start + i as u64 && f.batch_start == start);
     let end = start + all.len() as u64;
     if !contiguous || batch_start_of(end)? == Some(start) {
         return Err(partial());

@@ -13,8 +13,8 @@ use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use crate::error::Result;
-use crate::idempotency::{self, Found, Verdict};
 use crate::event::{validate_batch, validate_many, DEFAULT_MAX_EVENT_BYTES};
+use crate::idempotency::{self, Found, Verdict};
 use crate::store::{
     AllPage, AppendResult, Capabilities, Direction, EventStore, Filter, ReadStream, StreamAppend,
 };
@@ -67,12 +67,19 @@ impl Inner {
                 })
             })
             .collect();
-        idempotency::check(stream, expected, self.version(stream), events, &found, |v| {
-            let indexes = self.streams.get(stream);
-            Ok(indexes
-                .and_then(|ix| ix.get(v as usize))
-                .map(|&i| self.batch_start[i]))
-        })
+        idempotency::check(
+            stream,
+            expected,
+            self.version(stream),
+            events,
+            &found,
+            |v| {
+                let indexes = self.streams.get(stream);
+                Ok(indexes
+                    .and_then(|ix| ix.get(v as usize))
+                    .map(|&i| self.batch_start[i]))
+            },
+        )
     }
 
     fn write(&mut self, stream: &StreamName, events: Vec<EventData>) -> AppendResult {

@@ -1,0 +1,48 @@
+//! Errors of opening a SQLite store. Errors of store operations are `annals::Error`.
+
+use std::path::PathBuf;
+
+/// Why a SQLite store could not be opened. Nothing was written to the file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The file exists but is not an Annals database.
+    #[error("{path}: not an Annals database ({reason}): point the store at a new file or an Annals database")]
+    NotAnnalsDatabase {
+        /// The file.
+        path: PathBuf,
+        /// What gave it away.
+        reason: String,
+    },
+    /// The database was created by a newer Annals.
+    #[error("{path}: schema version {found} is newer than this build supports ({supported}): upgrade Annals")]
+    SchemaTooNew {
+        /// The file.
+        path: PathBuf,
+        /// The file's schema version.
+        found: i64,
+        /// The newest version this build knows.
+        supported: i64,
+    },
+    /// The URL is not a valid `sqlite://` URL.
+    #[error("invalid SQLite store URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// SQLite failed (permissions, disk, locks held past the busy timeout...).
+    #[error("{path}: {source}")]
+    Sqlite {
+        /// The file.
+        path: PathBuf,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+pub(crate) fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> annals::Error {
+    annals::Error::backend("sqlite", e)
+}

@@ -1,0 +1,295 @@
+//! The embedded SQLite event store for Annals: one file, durable appends, group commit.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use annals::{EventData, EventStore, ExpectedVersion, StreamName};
+//! use annals_sqlite::{SqliteConfig, SqliteStore};
+//!
+//! let store = SqliteStore::open(SqliteConfig::from_url("sqlite://annals.db")?)?;
+//! let stream = StreamName::new("Cart-1")?;
+//! store.append(&stream, ExpectedVersion::NoStream, vec![EventData::new("Added", b"{}".to_vec())]).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! One writer thread owns the write connection and commits queued appends in groups (one
+//! transaction, one savepoint per append, one fsync for all); readers use a small pool of
+//! read-only WAL connections. `journal_mode=WAL`, `synchronous=FULL` unless
+//! [`Synchronous::Normal`] is asked for. Events are immutable: triggers refuse UPDATE and
+//! DELETE on them. Positions are SQLite `AUTOINCREMENT` row ids: dense and in commit order.
+//! Several processes may open the same file; their writes are serialised by SQLite's lock,
+//! and subscribers see other processes' events by polling.
+
+mod config;
+mod error;
+mod read;
+mod schema;
+mod writer;
+
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+use annals::{
+    AllPage, AppendResult, Capabilities, Checkpoint, CheckpointStore, EventData, EventStore,
+    ExpectedVersion, Filter, Position, ReadStream, RecordedEvent, Result, StreamAppend, StreamName,
+    Version,
+};
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use tokio::sync::{oneshot, watch};
+
+pub use config::{SqliteConfig, Synchronous};
+pub use error::OpenError;
+pub use rusqlite;
+pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
+
+use error::backend;
+use read::Readers;
+use writer::Request;
+
+struct Shared {
+    queue: Option<mpsc::Sender<Request>>,
+    writer: Option<JoinHandle<()>>,
+    readers: Arc<Readers>,
+    changes: watch::Sender<()>,
+    config: SqliteConfig,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer finish what is queued and stop.
+        self.queue.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// The SQLite store. Clones share one writer and one reader pool.
+#[derive(Clone)]
+pub struct SqliteStore {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.shared.config.path)
+            .finish()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating or migrating) the database of `config`. Blocks while it opens the
+    /// file and applies migrations.
+    pub fn open(config: SqliteConfig) -> Result<Self, OpenError> {
+        let conn = schema::open_writer(&config)?;
+        let (queue, rx) = mpsc::channel();
+        let changes = watch::Sender::new(());
+        let writer = {
+            let changes = changes.clone();
+            let max_group = config.max_group.max(1);
+            std::thread::Builder::new()
+                .name("annals-sqlite-writer".into())
+                .spawn(move || writer::run(conn, rx, changes, max_group))
+                .map_err(|e| OpenError::Sqlite {
+                    path: config.path.clone(),
+                    source: rusqlite::Error::InvalidParameterName(format!(
+                        "could not start the writer thread: {e}"
+                    )),
+                })?
+        };
+        Ok(Self {
+            shared: Arc::new(Shared {
+                queue: Some(queue),
+                writer: Some(writer),
+                readers: Arc::new(Readers::new(config.clone())),
+                changes,
+                config,
+            }),
+        })
+    }
+
+    /// Opens the database named by a `sqlite://` URL.
+    pub fn open_url(url: &str) -> Result<Self, OpenError> {
+        Self::open(SqliteConfig::from_url(url)?)
+    }
+
+    /// The options the store was opened with.
+    pub fn config(&self) -> &SqliteConfig {
+        &self.shared.config
+    }
+
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T>>) -> Request,
+    ) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        let queue = self
+            .shared
+            .queue
+            .as_ref()
+            .ok_or_else(|| backend("the store is closed"))?;
+        queue
+            .send(make(tx))
+            .map_err(|_| backend("the writer thread has stopped"))?;
+        rx.await
+            .map_err(|_| backend("the writer thread stopped before answering"))?
+    }
+
+    /// Runs `work` on the write connection and commits `position` as the checkpoint of
+    /// (`group`, `source`) in the same transaction: a projector's read-model changes and
+    /// its checkpoint land together or not at all. `work` must not commit or roll back.
+    pub async fn project<F, E>(
+        &self,
+        group: &str,
+        source: &str,
+        position: Position,
+        work: F,
+    ) -> Result<()>
+    where
+        F: FnOnce(&rusqlite::Connection) -> Result<(), E> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let work: writer::ProjectFn = Box::new(move |conn| work(conn).map_err(Into::into));
+        let (group, source) = (group.to_owned(), source.to_owned());
+        self.request(|reply| Request::Checkpoint {
+            group,
+            source,
+            position,
+            work: Some(work),
+            reply,
+        })
+        .await
+    }
+
+    /// Runs a read-only query on a read connection (for read models kept in this file).
+    pub async fn read<T, F>(&self, query: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.shared
+            .readers
+            .with(move |conn| query(conn).map_err(backend))
+            .await
+    }
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::all()
+    }
+
+    async fn append(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult> {
+        annals::event::validate_batch(stream, &events, self.shared.config.max_event_bytes)?;
+        let stream = stream.clone();
+        self.request(|reply| Request::Append {
+            stream,
+            expected,
+            events,
+            reply,
+        })
+        .await
+    }
+
+    async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
+        annals::event::validate_many(&appends, self.shared.config.max_event_bytes)?;
+        self.request(|reply| Request::AppendMany { appends, reply })
+            .await
+    }
+
+    async fn stream_version(&self, stream: &StreamName) -> Result<Version> {
+        let name = stream.as_str().to_owned();
+        self.shared
+            .readers
+            .with(move |conn| {
+                let row = read::stream_version(conn, &name).map_err(backend)?;
+                Ok(Version(row.map_or(0, |(_, v)| v)))
+            })
+            .await
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        stream: &'a StreamName,
+        options: ReadStream,
+    ) -> BoxStream<'a, Result<RecordedEvent>> {
+        read::read_stream(Arc::clone(&self.shared.readers), stream.clone(), options)
+    }
+
+    async fn read_all(&self, from: Position, filter: &Filter, limit: usize) -> Result<AllPage> {
+        filter.validate()?;
+        let filter = filter.clone();
+        let limit = limit.max(1);
+        self.shared
+            .readers
+            .with(move |conn| read::read_all(conn, from, &filter, limit))
+            .await
+    }
+
+    fn changes(&self) -> Option<watch::Receiver<()>> {
+        Some(self.shared.changes.subscribe())
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for SqliteStore {
+    async fn load(&self, group: &str, source: &str) -> Result<Option<Position>> {
+        let (group, source) = (group.to_owned(), source.to_owned());
+        let text: Option<String> = self
+            .read(move |conn| {
+                use rusqlite::OptionalExtension;
+                conn.prepare_cached(
+                    "SELECT position FROM annals_checkpoints WHERE group_name = ?1 AND source = ?2",
+                )?
+                .query_row([group, source], |r| r.get(0))
+                .optional()
+            })
+            .await?;
+        text.map(|t| t.parse().map_err(backend)).transpose()
+    }
+
+    async fn commit(&self, group: &str, source: &str, position: Position) -> Result<()> {
+        let (group, source) = (group.to_owned(), source.to_owned());
+        self.request(|reply| Request::Checkpoint {
+            group,
+            source,
+            position,
+            work: None,
+            reply,
+        })
+        .await
+    }
+
+    async fn list(&self) -> Result<Vec<Checkpoint>> {
+        let rows: Vec<(String, String, String)> = self
+            .read(|conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT group_name, source, position FROM annals_checkpoints \
+                     ORDER BY group_name, source",
+                )?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                rows.collect()
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(group, source, position)| {
+                Ok(Checkpoint {
+                    group,
+                    source,
+                    position: position.parse().map_err(backend)?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,262 @@
+//! Reads: a small pool of read-only WAL connections, used from blocking tasks.
+
+use std::sync::{Arc, Mutex};
+
+use annals::{
+    AllPage, Direction, Filter, Position, ReadStream, RecordedEvent, Result, StreamName, Timestamp,
+    Uuid,
+};
+use futures::stream::{self, BoxStream, StreamExt};
+use rusqlite::{params_from_iter, Connection, OptionalExtension, Row};
+use tokio::sync::Semaphore;
+
+use crate::error::backend;
+use crate::SqliteConfig;
+
+/// Events per page when reading a stream.
+const STREAM_PAGE: usize = 1000;
+
+const SELECT: &str = "SELECT e.position, s.name, e.stream_version, e.recorded_at, e.event_type, \
+     e.data, e.metadata, e.event_id, e.correlation_id, e.causation_id \
+     FROM annals_events e JOIN annals_streams s ON s.stream_id = e.stream_id";
+
+pub(crate) struct Readers {
+    config: SqliteConfig,
+    idle: Mutex<Vec<Connection>>,
+    permits: Arc<Semaphore>,
+}
+
+impl Readers {
+    pub(crate) fn new(config: SqliteConfig) -> Self {
+        let permits = Arc::new(Semaphore::new(config.readers));
+        Self {
+            config,
+            idle: Mutex::new(Vec::new()),
+            permits,
+        }
+    }
+
+    /// Runs `f` on a read connection in a blocking task.
+    pub(crate) async fn with<T, F>(self: &Arc<Self>, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|e| backend(format!("reader pool closed: {e}")))?;
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let idle = this.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let mut conn = match idle {
+                Some(c) => c,
+                None => crate::schema::open_reader(&this.config).map_err(backend)?,
+            };
+            let result = f(&mut conn);
+            this.idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
+            result
+        })
+        .await
+        .map_err(|e| backend(format!("read task failed: {e}")))?
+    }
+}
+
+fn uuid(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<Uuid>> {
+    let bytes: Option<Vec<u8>> = row.get(i)?;
+    bytes
+        .map(|b| {
+            Uuid::from_slice(&b).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Blob, e.into())
+            })
+        })
+        .transpose()
+}
+
+fn event(row: &Row<'_>) -> rusqlite::Result<RecordedEvent> {
+    let name: String = row.get(1)?;
+    let stream = StreamName::new(&name).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, e.into())
+    })?;
+    Ok(RecordedEvent {
+        stream,
+        stream_version: row.get::<_, i64>(2)? as u64,
+        position: Position::from_raw(row.get::<_, i64>(0)? as u128),
+        recorded_at: Timestamp::from_unix_micros(row.get(3)?),
+        event_type: row.get(4)?,
+        data: row.get(5)?,
+        metadata: row.get(6)?,
+        event_id: uuid(row, 7)?.unwrap_or_default(),
+        correlation_id: uuid(row, 8)?,
+        causation_id: uuid(row, 9)?,
+    })
+}
+
+pub(crate) fn stream_version(
+    conn: &Connection,
+    stream: &str,
+) -> rusqlite::Result<Option<(i64, u64)>> {
+    conn.prepare_cached("SELECT stream_id, version FROM annals_streams WHERE name = ?1")?
+        .query_row([stream], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+        .optional()
+}
+
+/// Cursor of a stream read.
+struct Cursor {
+    stream_id: i64,
+    /// Next index to read (forward) or one past it (backward).
+    next: u64,
+    /// The other end of the range.
+    bound: u64,
+}
+
+pub(crate) fn read_stream(
+    readers: Arc<Readers>,
+    stream: StreamName,
+    options: ReadStream,
+) -> BoxStream<'static, Result<RecordedEvent>> {
+    let forward = options.direction == Direction::Forward;
+    let start = {
+        let readers = Arc::clone(&readers);
+        async move {
+            readers
+                .with(move |conn| {
+                    let row = stream_version(conn, stream.as_str()).map_err(backend)?;
+                    Ok(row.map(|(stream_id, len)| {
+                        let (lo, hi) = options.index_range(len);
+                        if forward {
+                            Cursor {
+                                stream_id,
+                                next: lo,
+                                bound: hi,
+                            }
+                        } else {
+                            Cursor {
+                                stream_id,
+                                next: hi,
+                                bound: lo,
+                            }
+                        }
+                    }))
+                })
+                .await
+        }
+    };
+    stream::once(start)
+        .flat_map(move |cursor| match cursor {
+            Err(e) => stream::once(async move { Err(e) }).boxed(),
+            Ok(None) => stream::empty().boxed(),
+            Ok(Some(cursor)) => pages(Arc::clone(&readers), cursor, forward).boxed(),
+        })
+        .boxed()
+}
+
+fn pages(
+    readers: Arc<Readers>,
+    cursor: Cursor,
+    forward: bool,
+) -> impl futures::Stream<Item = Result<RecordedEvent>> {
+    stream::unfold(Some(cursor), move |cursor| {
+        let readers = Arc::clone(&readers);
+        async move {
+            let cursor = cursor?;
+            if cursor.next == cursor.bound {
+                return None;
+            }
+            let (id, next, bound) = (cursor.stream_id, cursor.next as i64, cursor.bound as i64);
+            let page = readers
+                .with(move |conn| {
+                    let sql = if forward {
+                        format!("{SELECT} WHERE e.stream_id = ?1 AND e.stream_version >= ?2 AND e.stream_version < ?3 ORDER BY e.stream_version LIMIT ?4")
+                    } else {
+                        format!("{SELECT} WHERE e.stream_id = ?1 AND e.stream_version < ?2 AND e.stream_version >= ?3 ORDER BY e.stream_version DESC LIMIT ?4")
+                    };
+                    let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+                    let rows = stmt
+                        .query_map(rusqlite::params![id, next, bound, STREAM_PAGE as i64], event)
+                        .map_err(backend)?;
+                    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
+                })
+                .await;
+            match page {
+                Err(e) => Some((stream::iter(vec![Err(e)]), None)),
+                Ok(events) => {
+                    let next = match (events.last(), forward) {
+                        (None, _) => cursor.bound,
+                        (Some(last), true) => last.stream_version + 1,
+                        (Some(last), false) => last.stream_version,
+                    };
+                    let cursor = Cursor { next, ..cursor };
+                    Some((stream::iter(events.into_iter().map(Ok).collect::<Vec<_>>()), Some(cursor)))
+                }
+            }
+        }
+    })
+    .flatten()
+}
+
+pub(crate) fn read_all(
+    conn: &mut Connection,
+    from: Position,
+    filter: &Filter,
+    limit: usize,
+) -> Result<AllPage> {
+    let from_raw = i64::try_from(from.raw()).unwrap_or(i64::MAX);
+    let mut sql = format!("{SELECT} WHERE e.position > ?");
+    let mut args: Vec<rusqlite::types::Value> = vec![from_raw.into()];
+    let placeholders = |n: usize| vec!["?"; n].join(", ");
+    if !filter.categories.is_empty() {
+        sql += &format!(
+            " AND s.category IN ({})",
+            placeholders(filter.categories.len())
+        );
+        args.extend(filter.categories.iter().map(|c| c.clone().into()));
+    }
+    if !filter.event_types.is_empty() {
+        sql += &format!(
+            " AND e.event_type IN ({})",
+            placeholders(filter.event_types.len())
+        );
+        args.extend(filter.event_types.iter().map(|t| t.clone().into()));
+    }
+    sql += " ORDER BY e.position LIMIT ?";
+    args.push((limit as i64).into());
+    let tx = conn.transaction().map_err(backend)?;
+    let events = {
+        let mut stmt = tx.prepare_cached(&sql).map_err(backend)?;
+        let rows = stmt
+            .query_map(params_from_iter(args), event)
+            .map_err(backend)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(backend)?
+    };
+    let page = if events.len() >= limit {
+        let next = events.last().map_or(from, |e| e.position);
+        AllPage {
+            events,
+            next,
+            end: false,
+        }
+    } else {
+        // Short page: everything up to the head was scanned.
+        let head: i64 = tx
+            .query_row(
+                "SELECT coalesce(max(position), 0) FROM annals_events",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(backend)?;
+        let next = from.max(Position::from_raw(head as u128));
+        AllPage {
+            events,
+            next,
+            end: true,
+        }
+    };
+    tx.finish().map_err(backend)?;
+    Ok(page)
+}

@@ -1,0 +1,122 @@
+//! Opening a database file: recognise it, refuse foreign or newer files before touching them,
+//! then set the pragmas and apply the versioned migrations shipped in `migrations/`.
+
+use std::path::Path;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+
+use crate::{OpenError, SqliteConfig};
+
+/// `PRAGMA application_id` of an Annals database: "ANNL".
+pub const APPLICATION_ID: i32 = 0x414E_4E4C;
+
+/// The migrations, in order; the schema version is the number applied.
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_initial.sql")];
+
+/// The schema version this build creates and reads.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> OpenError + '_ {
+    move |source| match source.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) => OpenError::NotAnnalsDatabase {
+            path: path.to_owned(),
+            reason: "the file is not a SQLite database".into(),
+        },
+        _ => OpenError::Sqlite {
+            path: path.to_owned(),
+            source,
+        },
+    }
+}
+
+/// Opens the writer connection, checks the file, migrates it.
+pub(crate) fn open_writer(config: &SqliteConfig) -> Result<Connection, OpenError> {
+    let path = config.path.as_path();
+    let err = sqlite(path);
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(&err)?;
+    conn.busy_timeout(config.busy_timeout).map_err(&err)?;
+    check(&conn, path)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(&err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(OpenError::Sqlite {
+            path: path.to_owned(),
+            source: rusqlite::Error::InvalidParameterName(format!(
+                "journal_mode is {mode}, WAL could not be set"
+            )),
+        });
+    }
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {}; PRAGMA foreign_keys = OFF;",
+        config.synchronous.pragma()
+    ))
+    .map_err(&err)?;
+    migrate(conn, path)
+}
+
+/// Opens a read-only connection.
+pub(crate) fn open_reader(config: &SqliteConfig) -> rusqlite::Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(&config.path, flags)?;
+    conn.busy_timeout(config.busy_timeout)?;
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(conn)
+}
+
+/// Refuses foreign and newer files, reading only.
+fn check(conn: &Connection, path: &Path) -> Result<(), OpenError> {
+    let err = sqlite(path);
+    let app_id: i32 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(&err)?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(&err)?;
+    let objects: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+        .map_err(&err)?;
+    let foreign = |reason: String| OpenError::NotAnnalsDatabase {
+        path: path.to_owned(),
+        reason,
+    };
+    match app_id {
+        APPLICATION_ID if version > SCHEMA_VERSION => Err(OpenError::SchemaTooNew {
+            path: path.to_owned(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        }),
+        APPLICATION_ID => Ok(()),
+        0 if objects == 0 => Ok(()),
+        0 => Err(foreign(format!(
+            "it has {objects} tables or indexes of another application"
+        ))),
+        other => Err(foreign(format!("its application id is {other:#x}"))),
+    }
+}
+
+fn migrate(mut conn: Connection, path: &Path) -> Result<Connection, OpenError> {
+    let err = sqlite(path);
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(&err)?;
+    // Another process may have migrated between the check and this lock: check again.
+    check(&tx, path)?;
+    let current: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(&err)?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        tx.execute_batch(sql).map_err(&err)?;
+        tracing::info!(path = %path.display(), version = i + 1, "applied schema migration");
+    }
+    tx.execute_batch(&format!(
+        "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
+    ))
+    .map_err(&err)?;
+    tx.commit().map_err(&err)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}

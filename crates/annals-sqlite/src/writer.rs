@@ -1,0 +1,388 @@
+//! The writer thread: owns the write connection and commits queued requests in groups.
+//!
+//! Each loop takes every request waiting in the queue (up to `max_group`), opens one
+//! `BEGIN IMMEDIATE` transaction, runs each request in its own savepoint (a failing request
+//! rolls back only itself), commits once, then answers every caller and wakes subscribers.
+//! One fsync thus serves many appends: that is group commit.
+
+use std::sync::mpsc;
+
+use annals::idempotency::{self, Found, Verdict};
+use annals::{
+    AppendResult, Error, EventData, ExpectedVersion, Position, Result, StreamAppend, StreamName,
+    Timestamp, Version,
+};
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::{oneshot, watch};
+
+use crate::error::backend;
+
+/// Work a projector does in the store's transaction.
+pub(crate) type ProjectFn =
+    Box<dyn FnOnce(&Connection) -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Send>;
+
+/// What the writer is asked to do.
+pub(crate) enum Request {
+    Append {
+        stream: StreamName,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+        reply: oneshot::Sender<Result<AppendResult>>,
+    },
+    AppendMany {
+        appends: Vec<StreamAppend>,
+        reply: oneshot::Sender<Result<Vec<AppendResult>>>,
+    },
+    Checkpoint {
+        group: String,
+        source: String,
+        position: Position,
+        work: Option<ProjectFn>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+}
+
+type Finish = Box<dyn FnOnce(Result<()>) + Send>;
+
+fn finish<T: Send + 'static>(reply: oneshot::Sender<Result<T>>, result: Result<T>) -> Finish {
+    Box::new(move |commit| {
+        let answer = match (commit, result) {
+            (_, Err(e)) => Err(e),
+            (Err(c), Ok(_)) => Err(c),
+            (Ok(()), Ok(v)) => Ok(v),
+        };
+        // The caller may have given up waiting; the outcome stands either way.
+        let _ = reply.send(answer);
+    })
+}
+
+fn sql(e: rusqlite::Error) -> Error {
+    backend(e)
+}
+
+/// Runs the writer loop until every sender is gone.
+pub(crate) fn run(
+    mut conn: Connection,
+    queue: mpsc::Receiver<Request>,
+    changes: watch::Sender<()>,
+    max_group: usize,
+) {
+    while let Ok(first) = queue.recv() {
+        let mut group = vec![first];
+        while group.len() < max_group {
+            match queue.try_recv() {
+                Ok(r) => group.push(r),
+                Err(_) => break,
+            }
+        }
+        let size = group.len();
+        let wrote = commit_group(&mut conn, group);
+        tracing::trace!(size, wrote, "group committed");
+        if wrote {
+            changes.send_replace(());
+        }
+    }
+}
+
+/// Runs `group` in one transaction; returns whether anything was committed.
+fn commit_group(conn: &mut Connection, group: Vec<Request>) -> bool {
+    let now = Timestamp::now().unix_micros();
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let e = sql(e);
+        for request in group {
+            match request {
+                Request::Append { reply, .. } => finish(reply, Err(e.clone()))(Ok(())),
+                Request::AppendMany { reply, .. } => finish(reply, Err(e.clone()))(Ok(())),
+                Request::Checkpoint { reply, .. } => finish(reply, Err(e.clone()))(Ok(())),
+            }
+        }
+        return false;
+    }
+    let mut finishers: Vec<Finish> = Vec::with_capacity(group.len());
+    let mut changed = false;
+    for request in group {
+        let savepoint = conn.execute_batch("SAVEPOINT annals_req").map_err(sql);
+        let (finisher, ok) = match request {
+            Request::Append {
+                stream,
+                expected,
+                events,
+                reply,
+            } => {
+                let r = savepoint.and_then(|()| append(conn, &stream, expected, &events, now));
+                let ok = matches!(r, Ok((_, true)));
+                (finish(reply, r.map(|(r, _)| r)), ok)
+            }
+            Request::AppendMany { appends, reply } => {
+                let r = savepoint.and_then(|()| append_many(conn, &appends, now));
+                let ok = r.is_ok();
+                (finish(reply, r), ok)
+            }
+            Request::Checkpoint {
+                group,
+                source,
+                position,
+                work,
+                reply,
+            } => {
+                let r = savepoint.and_then(|()| {
+                    if let Some(work) = work {
+                        work(conn).map_err(|e| Error::backend("sqlite projector", e))?;
+                    }
+                    commit_checkpoint(conn, &group, &source, position, now)
+                });
+                let ok = r.is_ok();
+                (finish(reply, r), ok)
+            }
+        };
+        let end = if ok {
+            "RELEASE annals_req"
+        } else {
+            "ROLLBACK TO annals_req; RELEASE annals_req"
+        };
+        if let Err(e) = conn.execute_batch(end) {
+            tracing::error!(error = %e, "closing a savepoint failed");
+        }
+        changed |= ok;
+        finishers.push(finisher);
+    }
+    let commit = conn.execute_batch("COMMIT").map_err(sql);
+    if commit.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    let committed = commit.is_ok() && changed;
+    for f in finishers {
+        f(commit.clone());
+    }
+    committed
+}
+
+enum Attempt {
+    Done(AppendResult),
+    /// An exact retry of an earlier append: nothing written.
+    Retried(AppendResult),
+    /// An event id of the batch is already recorded: roll back and classify.
+    Recorded,
+}
+
+/// Appends one batch; the bool says whether rows were written.
+fn append(
+    conn: &Connection,
+    stream: &StreamName,
+    expected: ExpectedVersion,
+    events: &[EventData],
+    now: i64,
+) -> Result<(AppendResult, bool)> {
+    match try_append(conn, stream, expected, events, now)? {
+        Attempt::Done(r) => Ok((r, true)),
+        Attempt::Retried(r) => Ok((r, false)),
+        Attempt::Recorded => {
+            conn.execute_batch("ROLLBACK TO annals_req").map_err(sql)?;
+            match classify(conn, stream, expected, events)? {
+                Verdict::AlreadyWritten(r) => Ok((r, false)),
+                Verdict::Write => Err(backend(format!(
+                    "{stream}: an event id was reported as recorded but none is found"
+                ))),
+            }
+        }
+    }
+}
+
+fn append_many(conn: &Connection, appends: &[StreamAppend], now: i64) -> Result<Vec<AppendResult>> {
+    let mut results = Vec::with_capacity(appends.len());
+    for a in appends {
+        match try_append(conn, &a.stream, a.expected, &a.events, now)? {
+            Attempt::Done(r) | Attempt::Retried(r) => results.push(r),
+            Attempt::Recorded => return append_many_slow(conn, appends, now),
+        }
+    }
+    Ok(results)
+}
+
+/// Some event id is already recorded: undo, classify every stream, write what is new.
+fn append_many_slow(
+    conn: &Connection,
+    appends: &[StreamAppend],
+    now: i64,
+) -> Result<Vec<AppendResult>> {
+    conn.execute_batch("ROLLBACK TO annals_req").map_err(sql)?;
+    let verdicts = appends
+        .iter()
+        .map(|a| classify(conn, &a.stream, a.expected, &a.events))
+        .collect::<Result<Vec<_>>>()?;
+    appends
+        .iter()
+        .zip(verdicts)
+        .map(|(a, verdict)| match verdict {
+            Verdict::AlreadyWritten(r) => Ok(r),
+            Verdict::Write => match try_append(conn, &a.stream, a.expected, &a.events, now)? {
+                Attempt::Done(r) | Attempt::Retried(r) => Ok(r),
+                Attempt::Recorded => Err(backend(format!(
+                    "{}: an event id appeared while appending",
+                    a.stream
+                ))),
+            },
+        })
+        .collect()
+}
+
+fn stream_row(conn: &Connection, stream: &StreamName) -> Result<Option<(i64, u64)>> {
+    conn.prepare_cached("SELECT stream_id, version FROM annals_streams WHERE name = ?1")
+        .and_then(|mut s| {
+            s.query_row([stream.as_str()], |r| {
+                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
+            })
+            .optional()
+        })
+        .map_err(sql)
+}
+
+fn try_append(
+    conn: &Connection,
+    stream: &StreamName,
+    expected: ExpectedVersion,
+    events: &[EventData],
+    now: i64,
+) -> Result<Attempt> {
+    let row = stream_row(conn, stream)?;
+    let actual = Version(row.map_or(0, |(_, v)| v));
+    if !expected.admits(actual) {
+        return match classify(conn, stream, expected, events)? {
+            Verdict::AlreadyWritten(r) => Ok(Attempt::Retried(r)),
+            Verdict::Write => Err(Error::WrongExpectedVersion {
+                stream: stream.clone(),
+                expected,
+                actual,
+            }),
+        };
+    }
+    let stream_id = match row {
+        Some((id, _)) => id,
+        None => {
+            conn.prepare_cached(
+                "INSERT INTO annals_streams (name, category, version) VALUES (?1, ?2, 0)",
+            )
+            .and_then(|mut s| s.execute(params![stream.as_str(), stream.category()]))
+            .map_err(sql)?;
+            conn.last_insert_rowid()
+        }
+    };
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO annals_events (stream_id, stream_version, batch_start, event_id, \
+             event_type, data, metadata, correlation_id, causation_id, recorded_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )
+        .map_err(sql)?;
+    let start = actual.get() as i64;
+    let mut first_position = 0;
+    for (i, e) in events.iter().enumerate() {
+        let inserted = insert.execute(params![
+            stream_id,
+            start + i as i64,
+            start,
+            &e.event_id.as_bytes()[..],
+            e.event_type,
+            e.data,
+            e.metadata,
+            e.correlation_id.as_ref().map(|u| &u.as_bytes()[..]),
+            e.causation_id.as_ref().map(|u| &u.as_bytes()[..]),
+            now,
+        ]);
+        match inserted {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => return Ok(Attempt::Recorded),
+            Err(e) => return Err(sql(e)),
+        }
+        if i == 0 {
+            first_position = conn.last_insert_rowid();
+        }
+    }
+    let last_position = conn.last_insert_rowid();
+    let version = start + events.len() as i64;
+    conn.prepare_cached("UPDATE annals_streams SET version = ?1 WHERE stream_id = ?2")
+        .and_then(|mut s| s.execute(params![version, stream_id]))
+        .map_err(sql)?;
+    Ok(Attempt::Done(AppendResult {
+        version: Version(version as u64),
+        first_position: Position::from_raw(first_position as u128),
+        last_position: Position::from_raw(last_position as u128),
+    }))
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, Some(msg))
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE && msg.contains("event_id")
+    )
+}
+
+/// Where the batch's ids are recorded, and what that means (read-only).
+fn classify(
+    conn: &Connection,
+    stream: &StreamName,
+    expected: ExpectedVersion,
+    events: &[EventData],
+) -> Result<Verdict> {
+    let actual = Version(stream_row(conn, stream)?.map_or(0, |(_, v)| v));
+    let mut lookup = conn
+        .prepare_cached(
+            "SELECT s.name, e.stream_version, e.batch_start, e.position FROM annals_events e \
+             JOIN annals_streams s ON s.stream_id = e.stream_id WHERE e.event_id = ?1",
+        )
+        .map_err(sql)?;
+    let mut found = Vec::with_capacity(events.len());
+    for e in events {
+        let row = lookup
+            .query_row([&e.event_id.as_bytes()[..]], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .optional()
+            .map_err(sql)?;
+        found.push(match row {
+            Some((name, version, batch_start, position)) => Some(Found {
+                stream: StreamName::new(&name)
+                    .map_err(|e| backend(format!("stored stream name: {e}")))?,
+                stream_version: version as u64,
+                batch_start: batch_start as u64,
+                position: Position::from_raw(position as u128),
+            }),
+            None => None,
+        });
+    }
+    idempotency::check(stream, expected, actual, events, &found, |v| {
+        conn.prepare_cached(
+            "SELECT e.batch_start FROM annals_events e JOIN annals_streams s \
+             ON s.stream_id = e.stream_id WHERE s.name = ?1 AND e.stream_version = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![stream.as_str(), v as i64], |r| r.get::<_, i64>(0))
+                .optional()
+        })
+        .map(|o| o.map(|b| b as u64))
+        .map_err(sql)
+    })
+}
+
+fn commit_checkpoint(
+    conn: &Connection,
+    group: &str,
+    source: &str,
+    position: Position,
+    now: i64,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO annals_checkpoints (group_name, source, position, updated_at) \
+         VALUES (?1, ?2, ?3, ?4) ON CONFLICT (group_name, source) \
+         DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
+    )
+    .and_then(|mut s| s.execute(params![group, source, position.to_string(), now]))
+    .map(drop)
+    .map_err(sql)
+}

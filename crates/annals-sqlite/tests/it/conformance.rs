@@ -1,0 +1,20 @@
+//! The whole conformance suite, one fresh database file per test.
+
+use std::sync::Arc;
+
+use annals_testkit::TestStore;
+
+annals_testkit::conformance_suite!(|| async {
+    let (store, dir) = crate::fresh();
+    TestStore::with_guard(Arc::new(store), dir)
+});
+
+mod checkpoints {
+    use std::sync::Arc;
+
+    annals_testkit::checkpoint_suite!(|| async {
+        let (store, dir) = crate::fresh();
+        let store: Arc<dyn annals::CheckpointStore> = Arc::new(store);
+        (store, dir)
+    });
+}

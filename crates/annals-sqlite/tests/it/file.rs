@@ -1,0 +1,281 @@
+//! Files the store must refuse untouched, immutability, persistence, projector transactions.
+
+use annals::{
+    Error, EventData, EventStore, EventStoreExt, ExpectedVersion, InvalidEvent, Position,
+    ReadStream, StreamName, Version,
+};
+use annals_sqlite::{rusqlite, OpenError, SqliteConfig, SqliteStore, SCHEMA_VERSION};
+
+fn name(s: &str) -> StreamName {
+    StreamName::new(s).unwrap()
+}
+
+fn ev(t: &str) -> EventData {
+    EventData::new(t, br#"{"x":1}"#.to_vec())
+}
+
+#[test]
+fn a_file_that_is_not_sqlite_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.txt");
+    let text = b"these are my notes, not a database\n".repeat(200);
+    std::fs::write(&path, &text).unwrap();
+    match SqliteStore::open(SqliteConfig::new(&path)) {
+        Err(OpenError::NotAnnalsDatabase { reason, .. }) => {
+            assert!(reason.contains("not a SQLite database"), "{reason}")
+        }
+        other => panic!("expected NotAnnalsDatabase, got {other:?}"),
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), text);
+    assert!(!dir.path().join("notes.txt-wal").exists());
+}
+
+#[test]
+fn another_applications_database_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("other.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+            .unwrap();
+    }
+    let before = std::fs::read(&path).unwrap();
+    let err = SqliteStore::open(SqliteConfig::new(&path)).unwrap_err();
+    assert!(matches!(err, OpenError::NotAnnalsDatabase { .. }), "{err}");
+    assert!(err.to_string().contains("not an Annals database"));
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "delete", "the journal mode was not changed");
+}
+
+#[test]
+fn a_database_from_a_newer_schema_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("annals.db");
+    drop(SqliteStore::open(SqliteConfig::new(&path)).unwrap());
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(&format!("PRAGMA user_version = {}", SCHEMA_VERSION + 1))
+            .unwrap();
+    }
+    match SqliteStore::open(SqliteConfig::new(&path)) {
+        Err(OpenError::SchemaTooNew {
+            found, supported, ..
+        }) => assert_eq!((found, supported), (SCHEMA_VERSION + 1, SCHEMA_VERSION)),
+        other => panic!("expected SchemaTooNew, got {other:?}"),
+    }
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let v: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, SCHEMA_VERSION + 1);
+}
+
+#[tokio::test]
+async fn oversized_and_malformed_events_are_refused_and_nothing_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        SqliteStore::open(SqliteConfig::new(dir.path().join("a.db")).max_event_bytes(100)).unwrap();
+    let s = name("Limits-1");
+    let big = EventData::new("Big", vec![b'x'; 90]).with_metadata(vec![b'm'; 11]);
+    match store
+        .append(&s, ExpectedVersion::Any, vec![ev("Ok"), big])
+        .await
+    {
+        Err(Error::InvalidEvent {
+            index: 1,
+            reason:
+                InvalidEvent::TooLarge {
+                    size: 101,
+                    limit: 100,
+                },
+            ..
+        }) => {}
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert!(matches!(
+        store.append(&s, ExpectedVersion::Any, vec![ev("")]).await,
+        Err(Error::InvalidEvent {
+            reason: InvalidEvent::EmptyType,
+            ..
+        })
+    ));
+    assert!(StreamName::new("no dash").is_err());
+    assert_eq!(store.stream_version(&s).await.unwrap(), Version(0));
+    let page = store
+        .read_all(Position::START, &annals::Filter::all(), 10)
+        .await
+        .unwrap();
+    assert!(page.events.is_empty());
+}
+
+#[tokio::test]
+async fn events_are_immutable_in_the_database() {
+    let (store, dir) = crate::fresh();
+    store
+        .append(&name("Imm-1"), ExpectedVersion::Any, vec![ev("A")])
+        .await
+        .unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join("annals.db")).unwrap();
+    for sql in [
+        "UPDATE annals_events SET data = x'00'",
+        "DELETE FROM annals_events",
+    ] {
+        let err = conn.execute(sql, []).unwrap_err();
+        assert!(
+            err.to_string().contains("events are immutable"),
+            "{sql}: {err}"
+        );
+    }
+    let events = store
+        .read_stream_vec(&name("Imm-1"), ReadStream::forward())
+        .await
+        .unwrap();
+    assert_eq!(events[0].data, br#"{"x":1}"#);
+}
+
+#[tokio::test]
+async fn events_survive_closing_and_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("annals.db");
+    let sent = ev("Kept").with_correlation_id(annals::Uuid::now_v7());
+    {
+        let store = SqliteStore::open(SqliteConfig::new(&path)).unwrap();
+        store
+            .append(
+                &name("Keep-1"),
+                ExpectedVersion::NoStream,
+                vec![sent.clone(), ev("Two")],
+            )
+            .await
+            .unwrap();
+    }
+    let store = SqliteStore::open(SqliteConfig::new(&path)).unwrap();
+    let got = store
+        .read_stream_vec(&name("Keep-1"), ReadStream::forward())
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        (got[0].event_id, got[0].correlation_id),
+        (sent.event_id, sent.correlation_id)
+    );
+    let r = store
+        .append(
+            &name("Keep-1"),
+            ExpectedVersion::NoStream,
+            vec![sent, ev("Two")],
+        )
+        .await;
+    assert!(
+        r.is_err(),
+        "a retry with other ids for the second event is not the same batch"
+    );
+    assert_eq!(
+        store.stream_version(&name("Keep-1")).await.unwrap(),
+        Version(2)
+    );
+}
+
+#[tokio::test]
+async fn one_conflict_in_a_group_commit_fails_only_itself() {
+    let (store, _dir) = crate::fresh();
+    let contested = name("Group-contested");
+    store
+        .append(&contested, ExpectedVersion::NoStream, vec![ev("A")])
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let store = store.clone();
+            let contested = contested.clone();
+            tokio::spawn(async move {
+                if i % 8 == 0 {
+                    store
+                        .append(&contested, ExpectedVersion::NoStream, vec![ev("B")])
+                        .await
+                        .map(|_| false)
+                } else {
+                    store
+                        .append(
+                            &name(&format!("Group-{i}")),
+                            ExpectedVersion::NoStream,
+                            vec![ev("C"), ev("D")],
+                        )
+                        .await
+                        .map(|_| true)
+                }
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for (i, t) in tasks.into_iter().enumerate() {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => assert!(i % 8 == 0 && e.is_conflict(), "task {i}: {e}"),
+        }
+    }
+    assert_eq!(ok, 56);
+    let page = store
+        .read_all(Position::START, &annals::Filter::all(), 1000)
+        .await
+        .unwrap();
+    assert_eq!(page.events.len(), 1 + 56 * 2);
+    assert!(
+        page.events
+            .windows(2)
+            .all(|w| w[1].position.raw() == w[0].position.raw() + 1),
+        "positions are dense"
+    );
+}
+
+#[tokio::test]
+async fn a_projector_commits_its_read_model_and_checkpoint_together() {
+    use annals::CheckpointStore;
+    let (store, _dir) = crate::fresh();
+    store
+        .project("totals", "all", Position::from_raw(1), |conn| {
+            conn.execute_batch("CREATE TABLE totals (k TEXT PRIMARY KEY, n INTEGER NOT NULL) STRICT; INSERT INTO totals VALUES ('a', 1);")
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load("totals", "all").await.unwrap(),
+        Some(Position::from_raw(1))
+    );
+    let failed = store
+        .project("totals", "all", Position::from_raw(2), |conn| {
+            conn.execute("UPDATE totals SET n = n + 1 WHERE k = 'a'", [])?;
+            conn.execute("INSERT INTO totals VALUES ('a', 5)", [])
+                .map(drop)
+        })
+        .await;
+    assert!(failed.is_err(), "the duplicate key fails the projection");
+    assert_eq!(
+        store.load("totals", "all").await.unwrap(),
+        Some(Position::from_raw(1)),
+        "checkpoint unchanged"
+    );
+    let n: i64 = store
+        .read(|c| c.query_row("SELECT n FROM totals WHERE k = 'a'", [], |r| r.get(0)))
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "the read-model change was rolled back with it");
+    store
+        .project("totals", "all", Position::from_raw(3), |conn| {
+            conn.execute("UPDATE totals SET n = n + 1", []).map(drop)
+        })
+        .await
+        .unwrap();
+    let n: i64 = store
+        .read(|c| c.query_row("SELECT n FROM totals WHERE k = 'a'", [], |r| r.get(0)))
+        .await
+        .unwrap();
+    assert_eq!(
+        (n, store.load("totals", "all").await.unwrap()),
+        (2, Some(Position::from_raw(3)))
+    );
+}
