@@ -11,8 +11,14 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "annals", version, about)]
 struct Cli {
-    /// The store to use: `memory://` (an empty in-process store).
-    #[arg(long, global = true, default_value = "memory://", env = "ANNALS_STORE")]
+    /// The store: `sqlite://PATH` (created if missing; `?synchronous=normal` trades the
+    /// last commits on power loss for speed) or `memory://` (an empty in-process store).
+    #[arg(
+        long,
+        global = true,
+        default_value = "sqlite://annals.db",
+        env = "ANNALS_STORE"
+    )]
     store: String,
 
     #[command(subcommand)]
@@ -21,8 +27,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Load-test a store with one of the sample scenarios.
-    Bench(bench::Args),
+    /// Load-test a store.
+    #[command(subcommand)]
+    Bench(bench::Bench),
 }
 
 fn main() -> std::process::ExitCode {
@@ -48,9 +55,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let store = store_url::open(&cli.store)?;
+        let opened = store_url::open(&cli.store)?;
         match cli.command {
-            Command::Bench(args) => bench::run(store, &cli.store, args).await,
+            Command::Bench(bench) => bench::run(opened, &cli.store, bench).await,
         }
     })
 }

@@ -17,7 +17,8 @@ pub enum Synchronous {
 }
 
 impl Synchronous {
-    pub(crate) fn pragma(self) -> &'static str {
+    /// The value of `PRAGMA synchronous`.
+    pub fn pragma(self) -> &'static str {
         match self {
             Synchronous::Full => "FULL",
             Synchronous::Normal => "NORMAL",
@@ -41,11 +42,19 @@ pub struct SqliteConfig {
     pub max_event_bytes: usize,
     /// The most queued requests the writer commits in one transaction.
     pub max_group: usize,
+    /// How long the writer may wait for a group to grow to the size of the previous one
+    /// (zero: commit whatever is queued at once).
+    pub group_linger: Duration,
+    /// WAL size in pages at which a commit also checkpoints (`PRAGMA wal_autocheckpoint`).
+    /// Larger values copy pages that many commits touch (index leaves) back to the
+    /// database less often, at the cost of a larger WAL file.
+    pub wal_autocheckpoint: u32,
 }
 
 impl SqliteConfig {
     /// Defaults for the file at `path`: `synchronous=FULL`, 4 readers, a 5 s busy timeout,
-    /// 1 MiB events, groups of up to 512 requests.
+    /// 1 MiB events, groups of up to 512 requests, lingering up to 500 µs for a group to
+    /// grow to the size of the previous one, checkpointing the WAL every 4096 pages (16 MiB).
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
@@ -54,6 +63,8 @@ impl SqliteConfig {
             busy_timeout: Duration::from_secs(5),
             max_event_bytes: annals::DEFAULT_MAX_EVENT_BYTES,
             max_group: 512,
+            group_linger: Duration::from_micros(500),
+            wal_autocheckpoint: 4096,
         }
     }
 

@@ -83,20 +83,21 @@ impl SqliteStore {
     /// file and applies migrations.
     pub fn open(config: SqliteConfig) -> Result<Self, OpenError> {
         let conn = schema::open_writer(&config)?;
+        let thread_error = |e: std::io::Error| OpenError::Sqlite {
+            path: config.path.clone(),
+            source: rusqlite::Error::InvalidParameterName(format!(
+                "could not start a store thread: {e}"
+            )),
+        };
         let (queue, rx) = mpsc::channel();
         let changes = watch::Sender::new(());
         let writer = {
             let changes = changes.clone();
-            let max_group = config.max_group.max(1);
+            let (max_group, linger) = (config.max_group.max(1), config.group_linger);
             std::thread::Builder::new()
                 .name("annals-sqlite-writer".into())
-                .spawn(move || writer::run(conn, rx, changes, max_group))
-                .map_err(|e| OpenError::Sqlite {
-                    path: config.path.clone(),
-                    source: rusqlite::Error::InvalidParameterName(format!(
-                        "could not start the writer thread: {e}"
-                    )),
-                })?
+                .spawn(move || writer::run(conn, rx, changes, max_group, linger))
+                .map_err(&thread_error)?
         };
         Ok(Self {
             shared: Arc::new(Shared {

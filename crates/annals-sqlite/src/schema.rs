@@ -51,8 +51,9 @@ pub(crate) fn open_writer(config: &SqliteConfig) -> Result<Connection, OpenError
         });
     }
     conn.execute_batch(&format!(
-        "PRAGMA synchronous = {}; PRAGMA foreign_keys = OFF;",
-        config.synchronous.pragma()
+        "PRAGMA synchronous = {}; PRAGMA wal_autocheckpoint = {}; PRAGMA foreign_keys = OFF;",
+        config.synchronous.pragma(),
+        config.wal_autocheckpoint
     ))
     .map_err(&err)?;
     migrate(conn, path)

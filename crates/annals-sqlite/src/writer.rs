@@ -6,6 +6,7 @@
 //! One fsync thus serves many appends: that is group commit.
 
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use annals::idempotency::{self, Found, Verdict};
 use annals::{
@@ -61,22 +62,43 @@ fn sql(e: rusqlite::Error) -> Error {
 }
 
 /// Runs the writer loop until every sender is gone.
+///
+/// A group starts with the first request that arrives: the writer opens the transaction and
+/// runs each request in its own savepoint as it comes, so statement work overlaps with
+/// callers preparing their next request. It commits when the queue is empty and the group
+/// is as large as the previous one, or after `linger`, or at `max_group` requests. Under
+/// concurrency groups stay large; a lone writer (previous group of one) never waits.
 pub(crate) fn run(
     mut conn: Connection,
     queue: mpsc::Receiver<Request>,
     changes: watch::Sender<()>,
     max_group: usize,
+    linger: Duration,
 ) {
+    let mut previous = 1;
     while let Ok(first) = queue.recv() {
-        let mut group = vec![first];
+        let Some(mut group) = Group::begin(&conn, first) else {
+            continue;
+        };
+        let target = previous.min(max_group);
+        let deadline = Instant::now() + linger;
         while group.len() < max_group {
-            match queue.try_recv() {
-                Ok(r) => group.push(r),
-                Err(_) => break,
-            }
+            let next = match queue.try_recv() {
+                Ok(r) => r,
+                Err(_) if group.len() >= target => break,
+                Err(_) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match queue.recv_timeout(left) {
+                        Ok(r) => r,
+                        Err(_) => break,
+                    }
+                }
+            };
+            group.run(&conn, next);
         }
         let size = group.len();
-        let wrote = commit_group(&mut conn, group);
+        previous = size;
+        let wrote = group.commit(&mut conn);
         tracing::trace!(size, wrote, "group committed");
         if wrote {
             changes.send_replace(());
@@ -84,24 +106,45 @@ pub(crate) fn run(
     }
 }
 
-/// Runs `group` in one transaction; returns whether anything was committed.
-fn commit_group(conn: &mut Connection, group: Vec<Request>) -> bool {
-    let now = Timestamp::now().unix_micros();
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-        let e = sql(e);
-        for request in group {
-            match request {
-                Request::Append { reply, .. } => finish(reply, Err(e.clone()))(Ok(())),
-                Request::AppendMany { reply, .. } => finish(reply, Err(e.clone()))(Ok(())),
-                Request::Checkpoint { reply, .. } => finish(reply, Err(e.clone()))(Ok(())),
-            }
+/// Runs a short statement through the statement cache.
+fn exec(conn: &Connection, statement: &str) -> Result<()> {
+    conn.prepare_cached(statement)
+        .and_then(|mut s| s.execute([]))
+        .map(drop)
+        .map_err(sql)
+}
+
+/// One open write transaction and the answers it owes.
+struct Group {
+    now: i64,
+    finishers: Vec<Finish>,
+    changed: bool,
+}
+
+impl Group {
+    /// Opens the transaction and runs `first`; on failure answers it and returns `None`.
+    fn begin(conn: &Connection, first: Request) -> Option<Self> {
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            fail(first, sql(e));
+            return None;
         }
-        return false;
+        let mut group = Self {
+            now: Timestamp::now().unix_micros(),
+            finishers: Vec::new(),
+            changed: false,
+        };
+        group.run(conn, first);
+        Some(group)
     }
-    let mut finishers: Vec<Finish> = Vec::with_capacity(group.len());
-    let mut changed = false;
-    for request in group {
-        let savepoint = conn.execute_batch("SAVEPOINT annals_req").map_err(sql);
+
+    fn len(&self) -> usize {
+        self.finishers.len()
+    }
+
+    /// Runs `request` in its own savepoint: a failure rolls back only itself.
+    fn run(&mut self, conn: &Connection, request: Request) {
+        let now = self.now;
+        let savepoint = exec(conn, "SAVEPOINT annals_req");
         let (finisher, ok) = match request {
             Request::Append {
                 stream,
@@ -127,7 +170,16 @@ fn commit_group(conn: &mut Connection, group: Vec<Request>) -> bool {
             } => {
                 let r = savepoint.and_then(|()| {
                     if let Some(work) = work {
-                        work(conn).map_err(|e| Error::backend("sqlite projector", e))?;
+                        // A panicking projector must not take the writer thread with it.
+                        let run = std::panic::AssertUnwindSafe(|| work(conn));
+                        match std::panic::catch_unwind(run) {
+                            Ok(r) => r.map_err(|e| Error::backend("sqlite projector", e))?,
+                            Err(_) => {
+                                return Err(backend(
+                                    "the projector panicked; its changes were rolled back",
+                                ))
+                            }
+                        }
                     }
                     commit_checkpoint(conn, &group, &source, position, now)
                 });
@@ -136,25 +188,38 @@ fn commit_group(conn: &mut Connection, group: Vec<Request>) -> bool {
             }
         };
         let end = if ok {
-            "RELEASE annals_req"
+            exec(conn, "RELEASE annals_req")
         } else {
-            "ROLLBACK TO annals_req; RELEASE annals_req"
+            exec(conn, "ROLLBACK TO annals_req").and_then(|()| exec(conn, "RELEASE annals_req"))
         };
-        if let Err(e) = conn.execute_batch(end) {
+        if let Err(e) = end {
             tracing::error!(error = %e, "closing a savepoint failed");
         }
-        changed |= ok;
-        finishers.push(finisher);
+        self.changed |= ok;
+        self.finishers.push(finisher);
     }
-    let commit = conn.execute_batch("COMMIT").map_err(sql);
-    if commit.is_err() {
-        let _ = conn.execute_batch("ROLLBACK");
+
+    /// Commits once and answers every caller; returns whether anything was written.
+    fn commit(self, conn: &mut Connection) -> bool {
+        let commit = exec(conn, "COMMIT");
+        if commit.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        let committed = commit.is_ok() && self.changed;
+        for f in self.finishers {
+            f(commit.clone());
+        }
+        committed
     }
-    let committed = commit.is_ok() && changed;
-    for f in finishers {
-        f(commit.clone());
+}
+
+/// Answers `request` with `error`.
+fn fail(request: Request, error: Error) {
+    match request {
+        Request::Append { reply, .. } => finish(reply, Err(error))(Ok(())),
+        Request::AppendMany { reply, .. } => finish(reply, Err(error))(Ok(())),
+        Request::Checkpoint { reply, .. } => finish(reply, Err(error))(Ok(())),
     }
-    committed
 }
 
 enum Attempt {
@@ -177,7 +242,7 @@ fn append(
         Attempt::Done(r) => Ok((r, true)),
         Attempt::Retried(r) => Ok((r, false)),
         Attempt::Recorded => {
-            conn.execute_batch("ROLLBACK TO annals_req").map_err(sql)?;
+            exec(conn, "ROLLBACK TO annals_req")?;
             match classify(conn, stream, expected, events)? {
                 Verdict::AlreadyWritten(r) => Ok((r, false)),
                 Verdict::Write => Err(backend(format!(
@@ -205,7 +270,7 @@ fn append_many_slow(
     appends: &[StreamAppend],
     now: i64,
 ) -> Result<Vec<AppendResult>> {
-    conn.execute_batch("ROLLBACK TO annals_req").map_err(sql)?;
+    exec(conn, "ROLLBACK TO annals_req")?;
     let verdicts = appends
         .iter()
         .map(|a| classify(conn, &a.stream, a.expected, &a.events))
@@ -237,6 +302,62 @@ fn stream_row(conn: &Connection, stream: &StreamName) -> Result<Option<(i64, u64
         .map_err(sql)
 }
 
+/// Claims the versions `[start, start + n)` of `stream` if `expected` admits its version,
+/// in one statement on the streams table (the row is the concurrency check). Returns the
+/// stream id and `start`, or `None` when `expected` is not admitted.
+fn claim(
+    conn: &Connection,
+    stream: &StreamName,
+    expected: ExpectedVersion,
+    n: i64,
+) -> Result<Option<(i64, i64)>> {
+    let create = || {
+        conn.prepare_cached(
+            "INSERT INTO annals_streams (name, category, version) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (name) DO NOTHING RETURNING stream_id",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![stream.as_str(), stream.category(), n], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()
+        })
+        .map(|id| id.map(|id| (id, 0)))
+        .map_err(sql)
+    };
+    let bump = |exact: Option<i64>| {
+        let claimed = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?));
+        match exact {
+            Some(v) => conn
+                .prepare_cached(
+                    "UPDATE annals_streams SET version = version + ?2 \
+                     WHERE name = ?1 AND version = ?3 RETURNING stream_id, version - ?2",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![stream.as_str(), n, v], claimed)
+                        .optional()
+                }),
+            None => conn
+                .prepare_cached(
+                    "UPDATE annals_streams SET version = version + ?2 \
+                     WHERE name = ?1 RETURNING stream_id, version - ?2",
+                )
+                .and_then(|mut s| s.query_row(params![stream.as_str(), n], claimed).optional()),
+        }
+        .map_err(sql)
+    };
+    match expected {
+        ExpectedVersion::NoStream => create(),
+        ExpectedVersion::Exact(Version(0)) => create(),
+        ExpectedVersion::Exact(v) => bump(Some(v.get() as i64)),
+        ExpectedVersion::StreamExists => bump(None),
+        ExpectedVersion::Any => match bump(None)? {
+            Some(claimed) => Ok(Some(claimed)),
+            None => create(),
+        },
+    }
+}
+
 fn try_append(
     conn: &Connection,
     stream: &StreamName,
@@ -244,9 +365,8 @@ fn try_append(
     events: &[EventData],
     now: i64,
 ) -> Result<Attempt> {
-    let row = stream_row(conn, stream)?;
-    let actual = Version(row.map_or(0, |(_, v)| v));
-    if !expected.admits(actual) {
+    let Some((stream_id, start)) = claim(conn, stream, expected, events.len() as i64)? else {
+        let actual = Version(stream_row(conn, stream)?.map_or(0, |(_, v)| v));
         return match classify(conn, stream, expected, events)? {
             Verdict::AlreadyWritten(r) => Ok(Attempt::Retried(r)),
             Verdict::Write => Err(Error::WrongExpectedVersion {
@@ -255,17 +375,6 @@ fn try_append(
                 actual,
             }),
         };
-    }
-    let stream_id = match row {
-        Some((id, _)) => id,
-        None => {
-            conn.prepare_cached(
-                "INSERT INTO annals_streams (name, category, version) VALUES (?1, ?2, 0)",
-            )
-            .and_then(|mut s| s.execute(params![stream.as_str(), stream.category()]))
-            .map_err(sql)?;
-            conn.last_insert_rowid()
-        }
     };
     let mut insert = conn
         .prepare_cached(
@@ -274,7 +383,6 @@ fn try_append(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )
         .map_err(sql)?;
-    let start = actual.get() as i64;
     let mut first_position = 0;
     for (i, e) in events.iter().enumerate() {
         let inserted = insert.execute(params![
@@ -300,9 +408,6 @@ fn try_append(
     }
     let last_position = conn.last_insert_rowid();
     let version = start + events.len() as i64;
-    conn.prepare_cached("UPDATE annals_streams SET version = ?1 WHERE stream_id = ?2")
-        .and_then(|mut s| s.execute(params![version, stream_id]))
-        .map_err(sql)?;
     Ok(Attempt::Done(AppendResult {
         version: Version(version as u64),
         first_position: Position::from_raw(first_position as u128),

@@ -2,12 +2,21 @@
 
 use std::process::Command;
 
-fn annals(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_annals"))
+/// Runs `annals` in a fresh temporary directory (so the default `sqlite://annals.db` lands
+/// there); returns its output and the directory.
+fn annals_in(args: &[&str]) -> (std::process::Output, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let out = Command::new(env!("CARGO_BIN_EXE_annals"))
         .args(args)
+        .current_dir(dir.path())
         .env_remove("ANNALS_STORE")
         .output()
-        .expect("the annals binary runs")
+        .expect("the annals binary runs");
+    (out, dir)
+}
+
+fn annals(args: &[&str]) -> std::process::Output {
+    annals_in(args).0
 }
 
 /// Pulls the number after `label` out of the bench report.
@@ -18,7 +27,7 @@ fn figure(report: &str, label: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {label:?} in {report}"));
     rest.split_whitespace()
         .next()
-        .and_then(|w| w.trim_end_matches("/s").parse().ok())
+        .and_then(|w| w.trim_end_matches("/s").trim_end_matches('x').parse().ok())
         .unwrap_or_else(|| panic!("no number after {label:?} in {report}"))
 }
 
@@ -26,6 +35,7 @@ fn figure(report: &str, label: &str) -> f64 {
 fn bench_favorite_on_memory_reports_rate_and_latency() {
     let out = annals(&[
         "bench",
+        "favorite",
         "--store",
         "memory://",
         "--duration",
@@ -58,9 +68,10 @@ fn bad_store_urls_fail_with_one_line() {
     for (url, says) in [
         ("nowhere", "malformed store URL"),
         ("ftp://x", "unsupported store"),
+        ("sqlite://", "the path is empty"),
         ("memory://x", "takes no path"),
     ] {
-        let out = annals(&["bench", "--store", url, "--duration", "1s"]);
+        let out = annals(&["bench", "favorite", "--store", url, "--duration", "1s"]);
         assert!(!out.status.success());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
@@ -70,9 +81,140 @@ fn bad_store_urls_fail_with_one_line() {
 
 #[test]
 fn bad_arguments_are_refused() {
-    let out = annals(&["bench", "--concurrency", "0", "--duration", "1s"]);
+    let out = annals(&[
+        "bench",
+        "favorite",
+        "--store",
+        "memory://",
+        "--concurrency",
+        "0",
+        "--duration",
+        "1s",
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--concurrency must be at least 1"));
-    let out = annals(&["bench", "--duration", "soon"]);
+    let out = annals(&["bench", "favorite", "--duration", "soon"]);
     assert!(!out.status.success());
+    let out = annals(&[
+        "bench",
+        "append",
+        "--store",
+        "sqlite://x.db?synchronous=off",
+        "--duration",
+        "1s",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("synchronous=off: use full or normal"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_default_store_is_sqlite_in_the_current_directory() {
+    let (out, dir) = annals_in(&[
+        "bench",
+        "favorite",
+        "--duration",
+        "300ms",
+        "--concurrency",
+        "2",
+        "--clients",
+        "5",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("store sqlite://annals.db"), "{stdout}");
+    assert!(figure(&stdout, "tests ") > 0.0);
+    let conn = annals_sqlite::rusqlite::Connection::open(dir.path().join("annals.db")).unwrap();
+    let events: i64 = conn
+        .query_row("SELECT count(*) FROM annals_events", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        events as f64,
+        figure(&stdout, "tests "),
+        "one favorite event per test"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_an_annals_database_is_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.db");
+    std::fs::write(
+        &path,
+        "not a database at all, just some text that is long enough to matter",
+    )
+    .unwrap();
+    let url = format!("sqlite://{}", path.display());
+    let out = annals(&["bench", "append", "--store", &url, "--duration", "1s"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("not an Annals database"), "{stderr}");
+}
+
+#[test]
+fn bench_append_on_sqlite_reports_every_case_and_the_ratios() {
+    let (out, dir) = annals_in(&["bench", "append", "--duration", "300ms"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for case in [
+        "raw baseline, 100 rows per transaction",
+        "(a) 1 writer, 100-event batches",
+        "raw baseline, 1 row per transaction",
+        "(b) 64 writers, 1 event, own streams",
+        "(c) 16 writers, 1 event, one stream",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(case))
+            .unwrap_or_else(|| panic!("no {case:?} in {stdout}"));
+        let events_per_sec: f64 = line[case.len()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(events_per_sec > 0.0, "{line}");
+    }
+    assert!(figure(&stdout, "ratio (b) / raw 1 row per tx: ") > 0.0);
+    assert!(figure(&stdout, "ratio (a) / raw 100 rows per tx: ") > 0.0);
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        left.iter().all(|f| !f.contains("baseline")),
+        "the baseline scratch files are removed: {left:?}"
+    );
+}
+
+#[test]
+fn bench_append_on_memory_has_no_baseline() {
+    let out = annals(&[
+        "bench",
+        "append",
+        "--store",
+        "memory://",
+        "--duration",
+        "200ms",
+        "--cases",
+        "a",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("(a) 1 writer") && stdout.contains("no raw baseline for this store"),
+        "{stdout}"
+    );
 }

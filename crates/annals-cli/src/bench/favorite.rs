@@ -1,4 +1,4 @@
-//! `annals bench`: load tests after Equinox's `eqx run`.
+//! `annals bench favorite`: the Equinox `Favorite` load test.
 //!
 //! The `favorite` scenario: each test favorites a fresh SKU for a client drawn at random
 //! from a pool, then reads the client's favorites back and checks the SKU is there. Many
@@ -12,12 +12,11 @@ use annals::{Cache, EventStore};
 use anyhow::{bail, ensure};
 use hdrhistogram::Histogram;
 
-/// Arguments of `annals bench`.
+use super::{latency_histogram, Latency, Rng};
+
+/// Arguments of `annals bench favorite`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The scenario to run.
-    #[arg(value_enum, default_value_t = Scenario::Favorite)]
-    scenario: Scenario,
     /// How long to run, for example `10s` or `1m`.
     #[arg(long, short = 'd', default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
@@ -32,25 +31,6 @@ pub struct Args {
     cache: bool,
 }
 
-/// A load-test scenario.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum Scenario {
-    /// Favorite a fresh SKU, then read the favorites back.
-    Favorite,
-}
-
-/// A tiny xorshift generator: the bench needs cheap, well-spread picks, not cryptography.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 struct WorkerReport {
     latencies: Histogram<u64>,
     errors: u64,
@@ -60,7 +40,6 @@ struct WorkerReport {
 pub async fn run(store: Arc<dyn EventStore>, url: &str, args: Args) -> anyhow::Result<()> {
     ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     ensure!(args.clients > 0, "--clients must be at least 1");
-    let Scenario::Favorite = args.scenario;
     let cache = args.cache.then(|| Arc::new(Cache::new(args.clients)));
     let service = example_favorites::Service::new(store, cache)?;
     let run_id = std::process::id();
@@ -109,7 +88,7 @@ pub async fn run(store: Arc<dyn EventStore>, url: &str, args: Args) -> anyhow::R
             })
         })
         .collect();
-    let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut latencies = latency_histogram();
     let (mut errors, mut first_error) = (0, None);
     for w in workers {
         let report = w.await?;
@@ -118,7 +97,6 @@ pub async fn run(store: Arc<dyn EventStore>, url: &str, args: Args) -> anyhow::R
         first_error = first_error.or(report.first_error);
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let ms = |q: f64| latencies.value_at_quantile(q) as f64 / 1000.0;
     println!(
         "scenario favorite  store {url}  concurrency {}  clients {}  cache {}  duration {:.1}s",
         args.concurrency,
@@ -132,13 +110,7 @@ pub async fn run(store: Arc<dyn EventStore>, url: &str, args: Args) -> anyhow::R
         errors,
         latencies.len() as f64 / elapsed
     );
-    println!(
-        "latency ms  p50 {:.3}  p95 {:.3}  p99 {:.3}  max {:.3}",
-        ms(0.50),
-        ms(0.95),
-        ms(0.99),
-        latencies.max() as f64 / 1000.0
-    );
+    println!("latency ms  {}", Latency::of(&latencies));
     if let Some(e) = first_error {
         bail!("{errors} tests failed; the first: {e}");
     }

@@ -1,0 +1,362 @@
+//! `annals bench append`: append throughput and latency, in three shapes, beside a raw
+//! baseline measured in the same run.
+//!
+//! - (a) one writer appending 100-event batches to one stream;
+//! - (b) 64 writers, each appending single events to its own stream;
+//! - (c) 16 writers contending on one stream with expected versions (conflicts retried
+//!   from the version the conflict reports, as the decider does).
+//!
+//! On a SQLite store the baseline is plain rusqlite inserts of the same rows, with the same
+//! pragmas, into a scratch file beside the store: 100 rows per transaction and 1 row per
+//! transaction. The report gives our figures as ratios of it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use annals::{Error, EventData, EventStore, ExpectedVersion, StreamName};
+use annals_sqlite::{rusqlite, SqliteConfig};
+use anyhow::{ensure, Context};
+use hdrhistogram::Histogram;
+
+use super::{latency_histogram, Latency};
+use crate::store_url::Opened;
+
+/// Arguments of `annals bench append`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// How long each case runs, for example `5s`.
+    #[arg(long, short = 'd', default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Bytes of JSON data per event.
+    #[arg(long, default_value_t = 100)]
+    event_bytes: usize,
+    /// Which cases to run (the baselines run with the cases that are compared to them).
+    #[arg(long, value_delimiter = ',', default_value = "a,b,c")]
+    cases: Vec<Case>,
+}
+
+/// One of the measured shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Case {
+    /// One writer, 100-event batches (with the 100-rows-per-transaction baseline).
+    A,
+    /// 64 writers, single events, own streams (with the 1-row-per-transaction baseline).
+    B,
+    /// 16 writers on one stream with expected versions.
+    C,
+}
+
+/// What one case measured.
+struct Report {
+    name: &'static str,
+    events: u64,
+    operations: u64,
+    elapsed: Duration,
+    latencies: Histogram<u64>,
+    conflicts: u64,
+}
+
+impl Report {
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            events: 0,
+            operations: 0,
+            elapsed: Duration::ZERO,
+            latencies: latency_histogram(),
+            conflicts: 0,
+        }
+    }
+
+    fn merge(&mut self, other: Report) {
+        self.events += other.events;
+        self.operations += other.operations;
+        self.conflicts += other.conflicts;
+        self.latencies
+            .add(&other.latencies)
+            .expect("histograms of the same bounds");
+    }
+
+    fn events_per_sec(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn print(&self) {
+        println!(
+            "{:<44} {:>10.0} {:>10.0}  {}  conflicts {}",
+            self.name,
+            self.events_per_sec(),
+            self.operations as f64 / self.elapsed.as_secs_f64().max(1e-9),
+            Latency::of(&self.latencies),
+            self.conflicts
+        );
+    }
+}
+
+/// An event of about `bytes` bytes of JSON data.
+fn event(bytes: usize, n: u64) -> EventData {
+    let head = format!(r#"{{"n":{n},"pad":""#);
+    let pad = bytes.saturating_sub(head.len() + 2);
+    EventData::new(
+        "Appended",
+        format!("{head}{}\"}}", "x".repeat(pad)).into_bytes(),
+    )
+}
+
+fn micros(since: Instant) -> u64 {
+    since.elapsed().as_micros().max(1) as u64
+}
+
+pub async fn run(opened: Opened, url: &str, args: Args) -> anyhow::Result<()> {
+    ensure!(
+        !args.duration.is_zero(),
+        "--duration must be more than zero"
+    );
+    let run = format!("r{}", std::process::id());
+    println!(
+        "append benchmark  store {url}  {} per case  {} bytes per event",
+        humantime::format_duration(args.duration),
+        args.event_bytes
+    );
+    let baseline = match &opened.sqlite {
+        Some(config) => Some(Baseline::create(config, &run)?),
+        None => None,
+    };
+    let measured = measure(&opened.store, baseline.as_ref(), &run, &args).await;
+    if let Some(b) = &baseline {
+        b.remove();
+    }
+    let [raw_100, a, raw_1, b, c] = measured?;
+    println!(
+        "{:<44} {:>10} {:>10}  latency ms per operation",
+        "case", "events/s", "ops/s"
+    );
+    for r in [&raw_100, &a, &raw_1, &b, &c].into_iter().flatten() {
+        r.print();
+    }
+    if baseline.is_none() {
+        println!("no raw baseline for this store");
+    }
+    if let (Some(b), Some(raw_1)) = (&b, &raw_1) {
+        println!(
+            "ratio (b) / raw 1 row per tx:      {:.2}x  (target >= 5)",
+            b.events_per_sec() / raw_1.events_per_sec()
+        );
+    }
+    if let (Some(a), Some(raw_100)) = (&a, &raw_100) {
+        println!(
+            "ratio (a) / raw 100 rows per tx:   {:.2}x  (target >= 0.8)",
+            a.events_per_sec() / raw_100.events_per_sec()
+        );
+    }
+    Ok(())
+}
+
+/// Runs the cases in an order that interleaves baseline and store, so both see the same
+/// machine: raw 100, (a), raw 1, (b), (c).
+async fn measure(
+    store: &Arc<dyn EventStore>,
+    baseline: Option<&Baseline>,
+    run: &str,
+    args: &Args,
+) -> anyhow::Result<[Option<Report>; 5]> {
+    let (d, bytes) = (args.duration, args.event_bytes);
+    let wanted = |c: Case| args.cases.contains(&c);
+    let mut out: [Option<Report>; 5] = Default::default();
+    if wanted(Case::A) {
+        if let Some(b) = baseline {
+            out[0] = Some(b.run(100, d, bytes).await?);
+        }
+        let name = "(a) 1 writer, 100-event batches";
+        out[1] = Some(writers(store, name, run, 1, 100, false, d, bytes).await?);
+    }
+    if wanted(Case::B) {
+        if let Some(b) = baseline {
+            out[2] = Some(b.run(1, d, bytes).await?);
+        }
+        let name = "(b) 64 writers, 1 event, own streams";
+        out[3] = Some(writers(store, name, run, 64, 1, false, d, bytes).await?);
+    }
+    if wanted(Case::C) {
+        let name = "(c) 16 writers, 1 event, one stream";
+        out[4] = Some(writers(store, name, run, 16, 1, true, d, bytes).await?);
+    }
+    Ok(out)
+}
+
+/// `count` writers append `batch`-event batches for `duration`, each to its own stream, or
+/// all to one stream when `contend` (retrying conflicts from the reported version).
+#[allow(clippy::too_many_arguments)]
+async fn writers(
+    store: &Arc<dyn EventStore>,
+    name: &'static str,
+    run: &str,
+    count: usize,
+    batch: u64,
+    contend: bool,
+    duration: Duration,
+    bytes: usize,
+) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let tag = name.as_bytes()[1] as char;
+    let tasks: Vec<_> = (0..count)
+        .map(|w| {
+            let store = Arc::clone(store);
+            let id = if contend {
+                run.to_owned()
+            } else {
+                format!("{run}_{w}")
+            };
+            tokio::spawn(async move {
+                let stream = StreamName::from_parts(&format!("Bench{tag}"), &id)?;
+                let mut report = Report::new(name);
+                let mut version = store.stream_version(&stream).await?;
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let t0 = Instant::now();
+                    loop {
+                        let events = (0..batch).map(|i| event(bytes, n + i)).collect();
+                        match store
+                            .append(&stream, ExpectedVersion::Exact(version), events)
+                            .await
+                        {
+                            Ok(r) => {
+                                version = r.version;
+                                break;
+                            }
+                            Err(Error::WrongExpectedVersion { actual, .. }) if contend => {
+                                report.conflicts += 1;
+                                version = actual;
+                            }
+                            Err(e) => return Err(anyhow::Error::new(e)),
+                        }
+                    }
+                    n += batch;
+                    report.events += batch;
+                    report.operations += 1;
+                    report.latencies.saturating_record(micros(t0));
+                }
+                Ok::<_, anyhow::Error>(report)
+            })
+        })
+        .collect();
+    let mut total = Report::new(name);
+    for t in tasks {
+        total.merge(t.await??);
+    }
+    total.elapsed = started.elapsed();
+    Ok(total)
+}
+
+/// Plain rusqlite inserts of the same rows, with the same pragmas, in a scratch file.
+struct Baseline {
+    path: PathBuf,
+    config: SqliteConfig,
+}
+
+impl Baseline {
+    fn create(config: &SqliteConfig, run: &str) -> anyhow::Result<Self> {
+        let file = config
+            .path
+            .file_name()
+            .map_or("annals.db".into(), |f| f.to_string_lossy().into_owned());
+        let path = config
+            .path
+            .with_file_name(format!("{file}.baseline-{run}.db"));
+        let baseline = Self {
+            path,
+            config: config.clone(),
+        };
+        let conn = baseline.connect()?;
+        conn.execute_batch(
+            "CREATE TABLE raw_events (
+                position INTEGER PRIMARY KEY AUTOINCREMENT,
+                stream TEXT NOT NULL,
+                stream_version INTEGER NOT NULL,
+                event_id BLOB NOT NULL UNIQUE,
+                event_type TEXT NOT NULL,
+                data BLOB NOT NULL,
+                metadata BLOB,
+                recorded_at INTEGER NOT NULL,
+                UNIQUE (stream, stream_version)
+            ) STRICT",
+        )
+        .with_context(|| format!("create the baseline table in {}", baseline.path.display()))?;
+        Ok(baseline)
+    }
+
+    fn connect(&self) -> anyhow::Result<rusqlite::Connection> {
+        let conn = rusqlite::Connection::open(&self.path)
+            .with_context(|| format!("open the baseline file {}", self.path.display()))?;
+        conn.busy_timeout(self.config.busy_timeout)?;
+        let _: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous = {}; PRAGMA wal_autocheckpoint = {};",
+            self.config.synchronous.pragma(),
+            self.config.wal_autocheckpoint
+        ))?;
+        Ok(conn)
+    }
+
+    async fn run(
+        &self,
+        rows_per_tx: u64,
+        duration: Duration,
+        bytes: usize,
+    ) -> anyhow::Result<Report> {
+        let conn = self.connect()?;
+        let name = if rows_per_tx == 1 {
+            "raw baseline, 1 row per transaction"
+        } else {
+            "raw baseline, 100 rows per transaction"
+        };
+        tokio::task::spawn_blocking(move || {
+            let mut report = Report::new(name);
+            let stream = format!("Raw-{rows_per_tx}");
+            let started = Instant::now();
+            let deadline = started + duration;
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                conn.execute_batch("BEGIN IMMEDIATE")?;
+                {
+                    let mut insert = conn.prepare_cached(
+                        "INSERT INTO raw_events (stream, stream_version, event_id, event_type, data, metadata, recorded_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )?;
+                    let now = annals::Timestamp::now().unix_micros();
+                    for i in 0..rows_per_tx {
+                        let e = event(bytes, n + i);
+                        insert.execute(rusqlite::params![
+                            stream,
+                            (n + i) as i64,
+                            &e.event_id.as_bytes()[..],
+                            e.event_type,
+                            e.data,
+                            e.metadata,
+                            now
+                        ])?;
+                    }
+                }
+                conn.execute_batch("COMMIT")?;
+                n += rows_per_tx;
+                report.events += rows_per_tx;
+                report.operations += 1;
+                report.latencies.saturating_record(micros(t0));
+            }
+            report.elapsed = started.elapsed();
+            Ok(report)
+        })
+        .await?
+    }
+
+    fn remove(&self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = self.path.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! `annals bench`: load tests. `favorite` is the Equinox scenario over the decider runtime;
+//! `append` measures raw store appends against a baseline measured in the same run.
+
+mod append;
+mod favorite;
+
+use hdrhistogram::Histogram;
+
+/// The load tests.
+#[derive(Debug, clap::Subcommand)]
+pub enum Bench {
+    /// The Equinox Favorite scenario: favorite a fresh SKU, read the favorites back.
+    Favorite(favorite::Args),
+    /// Append throughput and latency in three shapes, with a raw SQLite baseline.
+    Append(append::Args),
+}
+
+pub async fn run(opened: crate::store_url::Opened, url: &str, bench: Bench) -> anyhow::Result<()> {
+    match bench {
+        Bench::Favorite(args) => favorite::run(opened.store, url, args).await,
+        Bench::Append(args) => append::run(opened, url, args).await,
+    }
+}
+
+/// A tiny xorshift generator: the benches need cheap, well-spread picks, not cryptography.
+pub(crate) struct Rng(pub u64);
+
+impl Rng {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// A histogram of latencies in microseconds, from 1 µs to 60 s.
+pub(crate) fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Latency percentiles in milliseconds.
+pub(crate) struct Latency {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    pub(crate) fn of(h: &Histogram<u64>) -> Self {
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        Self {
+            p50: ms(h.value_at_quantile(0.50)),
+            p95: ms(h.value_at_quantile(0.95)),
+            p99: ms(h.value_at_quantile(0.99)),
+            max: ms(h.max()),
+        }
+    }
+}
+
+impl std::fmt::Display for Latency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "p50 {:.3}  p95 {:.3}  p99 {:.3}  max {:.3}",
+            self.p50, self.p95, self.p99, self.max
+        )
+    }
+}
