@@ -5,6 +5,8 @@
 //! - [`given`]: a given/when/then harness for pure deciders, needing no store.
 
 pub mod conformance;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod scenario;
 
 use std::any::Any;

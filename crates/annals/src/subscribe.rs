@@ -5,6 +5,10 @@
 //! for the store's change signal (or the poll interval). Because every store's read-all
 //! only exposes events below a horizon later commits cannot undercut, this gives no gap and
 //! no duplicate by construction.
+//!
+//! A backend error (a lost connection, a restarted server) does not end a subscription: it
+//! is logged and the read is retried with backoff (100 ms doubling to 5 s) from the last
+//! delivered position. Other errors (an invalid filter) end it after being yielded.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -14,7 +18,11 @@ use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use crate::store::{EventStore, ReadStream, SubscribeOptions};
 use crate::{Position, RecordedEvent, Result, StreamName};
 
-/// A stream of events: catch-up, then live. Ends after yielding an error.
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A stream of events: catch-up, then live. Backend errors are retried; other errors are
+/// yielded and end it.
 pub type Subscription = BoxStream<'static, Result<RecordedEvent>>;
 
 struct State<S: ?Sized> {
@@ -24,6 +32,7 @@ struct State<S: ?Sized> {
     buffer: VecDeque<RecordedEvent>,
     changes: Option<tokio::sync::watch::Receiver<()>>,
     failed: bool,
+    backoff: std::time::Duration,
 }
 
 /// Subscribes to the events of `store` after `from` that match `options.filter`.
@@ -43,6 +52,7 @@ pub fn subscribe<S: EventStore + ?Sized>(
         buffer: VecDeque::new(),
         changes,
         failed: false,
+        backoff: RETRY_FIRST,
     };
     stream::unfold(state, |mut st| async move {
         if st.failed {
@@ -60,7 +70,16 @@ pub fn subscribe<S: EventStore + ?Sized>(
                 .read_all(st.from, &st.options.filter, st.options.batch_size)
                 .await
             {
-                Ok(page) => page,
+                Ok(page) => {
+                    st.backoff = RETRY_FIRST;
+                    page
+                }
+                Err(e @ crate::Error::Backend { .. }) => {
+                    tracing::warn!(error = %e, retry_in = ?st.backoff, "subscription read failed; retrying");
+                    tokio::time::sleep(st.backoff).await;
+                    st.backoff = (st.backoff * 2).min(RETRY_MAX);
+                    continue;
+                }
                 Err(e) => {
                     st.failed = true;
                     return Some((Err(e), st));

@@ -1,0 +1,752 @@
+//! The PostgreSQL event store for Annals.
+//!
+//! - One round trip per append: the `{schema}.append` function claims the stream's row in
+//!   the streams table (the lock and the optimistic-concurrency check; no global lock or
+//!   counter) and inserts the batch with `unnest`.
+//! - Every event row carries its transaction id (`xid8`). Read-all and subscriptions order
+//!   by `(tx_id, position)` and read only rows below
+//!   `pg_snapshot_xmin(pg_current_snapshot())`, so a reader never skips an event that commits
+//!   late, and rolled-back inserts leave harmless gaps. The cost: a transaction that stays
+//!   open delays subscribers (never writers) until it ends; [`PgStore::horizon_lag`] and the
+//!   `annals_pg_held_back_events` gauge show it. Set `idle_in_transaction_session_timeout`.
+//! - Subscriptions wake on `LISTEN`/`NOTIFY` (the notification is sent after commits, outside
+//!   writers' transactions, so it never serialises them), poll as a fallback, and resume from
+//!   the last delivered position after a lost connection.
+//! - Schema creation and upgrades are versioned migrations shipped in this crate, applied by
+//!   [`PgStore::migrate`].
+
+mod config;
+mod error;
+mod listen;
+
+use std::sync::Arc;
+
+use annals::idempotency::{self, Found, Verdict};
+use annals::{
+    AllPage, AppendResult, Capabilities, Checkpoint, CheckpointStore, Direction, Error, EventData,
+    EventStore, ExpectedVersion, Filter, Position, ReadStream, RecordedEvent, Result, StreamAppend,
+    StreamName, Timestamp, Uuid, Version,
+};
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use futures::stream::{self, BoxStream, StreamExt};
+use tokio::sync::watch;
+use tokio_postgres::Row;
+
+pub use config::PgConfig;
+pub use error::PgError;
+pub use tokio_postgres;
+
+use error::backend;
+
+/// The migrations, in order; `{schema}` is replaced by the store's schema.
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_initial.sql")];
+
+/// The schema version this build creates and reads.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// Events per page when reading a stream.
+const STREAM_PAGE: i64 = 1000;
+
+/// Packs `(tx_id, position)` into an opaque, totally ordered [`Position`].
+fn pack(tx: u64, position: i64) -> Position {
+    Position::from_raw((u128::from(tx) << 64) | u128::from(position as u64))
+}
+
+fn unpack(p: Position) -> (u64, i64) {
+    ((p.raw() >> 64) as u64, (p.raw() as u64) as i64)
+}
+
+fn tx_of(text: &str) -> Result<u64> {
+    text.parse()
+        .map_err(|_| backend(format!("unexpected transaction id {text:?}")))
+}
+
+/// The statements of one schema.
+struct Sql {
+    append: String,
+    version: String,
+    read_forward: String,
+    read_backward: String,
+    read_all: String,
+    classify: String,
+    batch_start: String,
+    checkpoint_load: String,
+    checkpoint_commit: String,
+    checkpoint_list: String,
+    held_back: String,
+}
+
+const EVENT_COLUMNS: &str = "e.tx_id::text, e.position, s.name, e.stream_version, \
+     (extract(epoch FROM e.recorded_at) * 1000000)::bigint, e.event_type, e.data, e.metadata, \
+     e.event_id, e.correlation_id, e.causation_id";
+
+impl Sql {
+    fn new(schema: &str) -> Self {
+        let from =
+            format!("FROM {schema}.events e JOIN {schema}.streams s ON s.stream_id = e.stream_id");
+        Self {
+            append: format!("SELECT status, version, first_position, last_position, tx FROM {schema}.append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
+            version: format!("SELECT version FROM {schema}.streams WHERE name = $1"),
+            read_forward: format!("SELECT {EVENT_COLUMNS} {from} WHERE s.name = $1 AND e.stream_version >= $2 AND e.stream_version < $3 ORDER BY e.stream_version LIMIT $4"),
+            read_backward: format!("SELECT {EVENT_COLUMNS} {from} WHERE s.name = $1 AND e.stream_version < $2 AND e.stream_version >= $3 ORDER BY e.stream_version DESC LIMIT $4"),
+            read_all: format!(
+                "WITH h AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) \
+                 SELECT h.xmin::text, p.* FROM h LEFT JOIN LATERAL ( \
+                   SELECT {EVENT_COLUMNS} {from} \
+                   WHERE (e.tx_id, e.position) > ($1::text::xid8, $2) AND e.tx_id < h.xmin \
+                     AND (cardinality($3::text[]) = 0 OR s.category = ANY ($3)) \
+                     AND (cardinality($4::text[]) = 0 OR e.event_type = ANY ($4)) \
+                   ORDER BY e.tx_id, e.position LIMIT $5) p ON true"
+            ),
+            classify: format!("SELECT e.event_id, s.name, e.stream_version, e.batch_start, e.tx_id::text, e.position {from} WHERE e.event_id = ANY ($1)"),
+            batch_start: format!("SELECT e.batch_start {from} WHERE s.name = $1 AND e.stream_version = $2"),
+            checkpoint_load: format!("SELECT position FROM {schema}.checkpoints WHERE group_name = $1 AND source = $2"),
+            checkpoint_commit: format!(
+                "INSERT INTO {schema}.checkpoints (group_name, source, position) VALUES ($1, $2, $3) \
+                 ON CONFLICT (group_name, source) DO UPDATE SET position = excluded.position, updated_at = now()"
+            ),
+            checkpoint_list: format!("SELECT group_name, source, position FROM {schema}.checkpoints ORDER BY group_name, source"),
+            held_back: format!(
+                "SELECT (SELECT count(*) FROM {schema}.events WHERE tx_id >= pg_snapshot_xmin(pg_current_snapshot())), \
+                        (SELECT extract(epoch FROM now() - min(xact_start))::float8 FROM pg_stat_activity \
+                          WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid())"
+            ),
+        }
+    }
+}
+
+struct Inner {
+    pool: Pool,
+    config: PgConfig,
+    sql: Sql,
+    changes: watch::Sender<()>,
+    notifier: listen::Notifier,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+/// The PostgreSQL store. Clones share one pool.
+#[derive(Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("schema", &self.inner.config.schema)
+            .finish()
+    }
+}
+
+/// How far subscribers are held back by open transactions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HorizonLag {
+    /// Committed or in-flight events not yet visible to subscribers.
+    pub held_back_events: i64,
+    /// The age of the oldest transaction holding an id (other than ours), in seconds.
+    pub oldest_transaction_secs: Option<f64>,
+}
+
+fn kind(expected: ExpectedVersion) -> (i16, i64) {
+    match expected {
+        ExpectedVersion::Any => (0, 0),
+        ExpectedVersion::NoStream => (1, 0),
+        ExpectedVersion::StreamExists => (2, 0),
+        ExpectedVersion::Exact(v) => (3, v.get() as i64),
+    }
+}
+
+fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+}
+
+fn event(row: &Row, offset: usize) -> Result<RecordedEvent> {
+    let get = |e: tokio_postgres::Error| backend(e);
+    let tx: String = row.try_get(offset).map_err(get)?;
+    let name: String = row.try_get(offset + 2).map_err(get)?;
+    Ok(RecordedEvent {
+        stream: StreamName::new(&name).map_err(|e| backend(format!("stored stream name: {e}")))?,
+        position: pack(tx_of(&tx)?, row.try_get(offset + 1).map_err(get)?),
+        stream_version: row.try_get::<_, i64>(offset + 3).map_err(get)? as u64,
+        recorded_at: Timestamp::from_unix_micros(row.try_get(offset + 4).map_err(get)?),
+        event_type: row.try_get(offset + 5).map_err(get)?,
+        data: row.try_get(offset + 6).map_err(get)?,
+        metadata: row.try_get(offset + 7).map_err(get)?,
+        event_id: row.try_get(offset + 8).map_err(get)?,
+        correlation_id: row.try_get(offset + 9).map_err(get)?,
+        causation_id: row.try_get(offset + 10).map_err(get)?,
+    })
+}
+
+impl PgStore {
+    /// Connects (lazily: the pool opens connections on demand) and checks that the schema
+    /// is not newer than this build. Does not create or migrate anything: see
+    /// [`migrate`](Self::migrate).
+    pub async fn connect(config: PgConfig) -> Result<Self, PgError> {
+        config::validate_schema(&config.schema)?;
+        let pg: tokio_postgres::Config = config.url.parse()?;
+        let manager = Manager::from_config(
+            pg.clone(),
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .wait_timeout(Some(config.connect_timeout))
+            .create_timeout(Some(config.connect_timeout))
+            .recycle_timeout(Some(config.connect_timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| PgError::Connect(e.to_string()))?;
+        let changes = watch::Sender::new(());
+        let channel = format!("annals_{}", config.schema);
+        let listener = listen::spawn_listener(pg, channel.clone(), changes.clone());
+        let notifier = listen::Notifier::spawn(pool.clone(), channel);
+        let store = Self {
+            inner: Arc::new(Inner {
+                pool,
+                sql: Sql::new(&config.schema),
+                config,
+                changes,
+                notifier,
+                listener,
+            }),
+        };
+        let found = store.schema_version().await?;
+        if found > SCHEMA_VERSION {
+            return Err(PgError::SchemaTooNew {
+                schema: store.inner.config.schema.clone(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        Ok(store)
+    }
+
+    /// Connects to the store named by a `postgres://` URL.
+    pub async fn connect_url(url: &str) -> Result<Self, PgError> {
+        Self::connect(PgConfig::from_url(url)?).await
+    }
+
+    /// The options the store was opened with.
+    pub fn config(&self) -> &PgConfig {
+        &self.inner.config
+    }
+
+    async fn client(&self) -> Result<Object> {
+        self.inner.pool.get().await.map_err(backend)
+    }
+
+    async fn client_for_setup(&self) -> Result<Object, PgError> {
+        self.inner
+            .pool
+            .get()
+            .await
+            .map_err(|e| PgError::Connect(e.to_string()))
+    }
+
+    /// The schema's migration version (0 when it has none).
+    pub async fn schema_version(&self) -> Result<i32, PgError> {
+        let client = self.client_for_setup().await?;
+        let schema = &self.inner.config.schema;
+        let exists: bool = client
+            .query_one(
+                "SELECT to_regclass($1) IS NOT NULL",
+                &[&format!("{schema}.migrations")],
+            )
+            .await?
+            .get(0);
+        if !exists {
+            return Ok(0);
+        }
+        let row = client
+            .query_one(
+                &format!("SELECT coalesce(max(version), 0) FROM {schema}.migrations"),
+                &[],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Creates the schema or applies the migrations it lacks, in one transaction, under an
+    /// advisory lock so concurrent migrators take turns. Returns the versions applied.
+    pub async fn migrate(&self) -> Result<Vec<i32>, PgError> {
+        let mut client = self.client_for_setup().await?;
+        let schema = self.inner.config.schema.clone();
+        let tx = client.transaction().await?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext($1))",
+            &[&format!("annals:{schema}")],
+        )
+        .await?;
+        tx.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema}; \
+             CREATE TABLE IF NOT EXISTS {schema}.migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());"
+        ))
+        .await?;
+        let current: i32 = tx
+            .query_one(
+                &format!("SELECT coalesce(max(version), 0) FROM {schema}.migrations"),
+                &[],
+            )
+            .await?
+            .get(0);
+        if current > SCHEMA_VERSION {
+            return Err(PgError::SchemaTooNew {
+                schema,
+                found: current,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        let mut applied = Vec::new();
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            let version = i as i32 + 1;
+            tx.batch_execute(&sql.replace("{schema}", &schema)).await?;
+            tx.execute(
+                &format!("INSERT INTO {schema}.migrations (version) VALUES ($1)"),
+                &[&version],
+            )
+            .await?;
+            applied.push(version);
+        }
+        tx.commit().await?;
+        for v in &applied {
+            tracing::info!(schema = %self.inner.config.schema, version = v, "applied schema migration");
+        }
+        Ok(applied)
+    }
+
+    /// How far open transactions hold subscribers back (also published as the
+    /// `annals_pg_held_back_events` gauge).
+    pub async fn horizon_lag(&self) -> Result<HorizonLag> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(&self.inner.sql.held_back, &[])
+            .await
+            .map_err(backend)?;
+        let lag = HorizonLag {
+            held_back_events: row.get(0),
+            oldest_transaction_secs: row.get(1),
+        };
+        metrics::gauge!("annals_pg_held_back_events", "schema" => self.inner.config.schema.clone())
+            .set(lag.held_back_events as f64);
+        Ok(lag)
+    }
+
+    /// Starts a projector transaction: run the read-model statements on
+    /// [`Projection::client`], then [`Projection::commit`] writes the checkpoint in the same
+    /// transaction. Dropped without commit, everything is rolled back.
+    pub async fn projection(&self) -> Result<Projection> {
+        let client = self.client().await?;
+        client.batch_execute("BEGIN").await.map_err(backend)?;
+        Ok(Projection {
+            client: Some(client),
+            commit_sql: self.inner.sql.checkpoint_commit.clone(),
+        })
+    }
+
+    fn wake(&self) {
+        self.inner.changes.send_replace(());
+        self.inner.notifier.notify();
+    }
+
+    async fn append_once(
+        &self,
+        client: &Object,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: &[EventData],
+    ) -> Result<Option<AppendResult>> {
+        let (kind, exact) = kind(expected);
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        let data: Vec<&[u8]> = events.iter().map(|e| e.data.as_slice()).collect();
+        let metadata: Vec<Option<&[u8]>> = events.iter().map(|e| e.metadata.as_deref()).collect();
+        let correlation: Vec<Option<Uuid>> = events.iter().map(|e| e.correlation_id).collect();
+        let causation: Vec<Option<Uuid>> = events.iter().map(|e| e.causation_id).collect();
+        let statement = client
+            .prepare_cached(&self.inner.sql.append)
+            .await
+            .map_err(backend)?;
+        let row = match client
+            .query_one(
+                &statement,
+                &[
+                    &stream.as_str(),
+                    &stream.category(),
+                    &kind,
+                    &exact,
+                    &ids,
+                    &types,
+                    &data,
+                    &metadata,
+                    &correlation,
+                    &causation,
+                ],
+            )
+            .await
+        {
+            Ok(row) => row,
+            // A concurrent append recorded one of our ids first: classify.
+            Err(e) if is_unique_violation(&e) => return Ok(None),
+            Err(e) => return Err(backend(e)),
+        };
+        let status: i16 = row.get(0);
+        match status {
+            0 => {
+                let tx = tx_of(row.get::<_, &str>(4))?;
+                Ok(Some(AppendResult {
+                    version: Version(row.get::<_, i64>(1) as u64),
+                    first_position: pack(tx, row.get(2)),
+                    last_position: pack(tx, row.get(3)),
+                }))
+            }
+            1 => Err(Error::WrongExpectedVersion {
+                stream: stream.clone(),
+                expected,
+                actual: Version(row.get::<_, i64>(1) as u64),
+            }),
+            _ => Ok(None),
+        }
+    }
+
+    /// Where the batch's ids are recorded, and what that means.
+    async fn classify(
+        &self,
+        client: &Object,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: &[EventData],
+    ) -> Result<Verdict> {
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let rows = client
+            .query(&self.inner.sql.classify, &[&ids])
+            .await
+            .map_err(backend)?;
+        let mut by_id = std::collections::HashMap::new();
+        for row in rows {
+            let name: String = row.get(1);
+            let tx = tx_of(row.get::<_, &str>(4))?;
+            let found = Found {
+                stream: StreamName::new(&name).map_err(|e| backend(e.to_string()))?,
+                stream_version: row.get::<_, i64>(2) as u64,
+                batch_start: row.get::<_, i64>(3) as u64,
+                position: pack(tx, row.get(5)),
+            };
+            by_id.insert(row.get::<_, Uuid>(0), found);
+        }
+        let found: Vec<Option<Found>> = events.iter().map(|e| by_id.remove(&e.event_id)).collect();
+        let actual = self.stream_version_with(client, stream).await?;
+        let after = match &found[0] {
+            Some(f) => {
+                let v = (f.stream_version + events.len() as u64) as i64;
+                client
+                    .query_opt(&self.inner.sql.batch_start, &[&stream.as_str(), &v])
+                    .await
+                    .map_err(backend)?
+                    .map(|r| r.get::<_, i64>(0) as u64)
+            }
+            None => None,
+        };
+        idempotency::check(stream, expected, actual, events, &found, |_| Ok(after))
+    }
+
+    async fn stream_version_with(&self, client: &Object, stream: &StreamName) -> Result<Version> {
+        let row = client
+            .query_opt(&self.inner.sql.version, &[&stream.as_str()])
+            .await
+            .map_err(backend)?;
+        Ok(Version(row.map_or(0, |r| r.get::<_, i64>(0) as u64)))
+    }
+}
+
+/// A projector's transaction: read-model changes and the checkpoint commit together.
+pub struct Projection {
+    client: Option<Object>,
+    commit_sql: String,
+}
+
+impl Projection {
+    /// The connection, inside the transaction.
+    pub fn client(&self) -> &tokio_postgres::Client {
+        self.client.as_ref().expect("open until commit")
+    }
+
+    /// Records `position` as the checkpoint of (`group`, `source`) and commits everything.
+    pub async fn commit(mut self, group: &str, source: &str, position: Position) -> Result<()> {
+        let client = self.client.take().expect("open until commit");
+        let done = async {
+            client
+                .execute(&self.commit_sql, &[&group, &source, &position.to_string()])
+                .await?;
+            client.batch_execute("COMMIT").await
+        }
+        .await;
+        match done {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // The connection may be mid-transaction: never hand it back to the pool.
+                drop(Object::take(client));
+                Err(backend(e))
+            }
+        }
+    }
+}
+
+impl Drop for Projection {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            // Closing the connection rolls the transaction back.
+            drop(Object::take(client));
+        }
+    }
+}
+
+#[async_trait]
+impl EventStore for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::all()
+    }
+
+    async fn append(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult> {
+        annals::event::validate_batch(stream, &events, self.inner.config.max_event_bytes)?;
+        let client = self.client().await?;
+        // A second pass only when the first met ids recorded by an append that then rolled
+        // back before we could classify it.
+        for _ in 0..2 {
+            if let Some(r) = self.append_once(&client, stream, expected, &events).await? {
+                drop(client);
+                self.wake();
+                return Ok(r);
+            }
+            match self.classify(&client, stream, expected, &events).await? {
+                Verdict::AlreadyWritten(r) => return Ok(r),
+                Verdict::Write => continue,
+            }
+        }
+        Err(backend(format!(
+            "{stream}: event ids kept appearing and vanishing; retry"
+        )))
+    }
+
+    async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
+        annals::event::validate_many(&appends, self.inner.config.max_event_bytes)?;
+        let mut order: Vec<usize> = (0..appends.len()).collect();
+        order.sort_by(|&a, &b| appends[a].stream.cmp(&appends[b].stream));
+        let client = self.client().await?;
+        client.batch_execute("BEGIN").await.map_err(backend)?;
+        let mut results: Vec<Option<AppendResult>> = vec![None; appends.len()];
+        let mut outcome = Ok(());
+        for &i in &order {
+            let a = &appends[i];
+            match self
+                .append_once(&client, &a.stream, a.expected, &a.events)
+                .await
+            {
+                Ok(Some(r)) => results[i] = Some(r),
+                Ok(None) => {
+                    outcome = Err(i);
+                    break;
+                }
+                Err(e) => {
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    return Err(e);
+                }
+            }
+        }
+        if let Err(i) = outcome {
+            // Some ids are recorded: roll back, then answer from what is stored.
+            client.batch_execute("ROLLBACK").await.map_err(backend)?;
+            let a = &appends[i];
+            return match self
+                .classify(&client, &a.stream, a.expected, &a.events)
+                .await?
+            {
+                Verdict::AlreadyWritten(_) => Err(Error::PartialRetry {
+                    stream: a.stream.clone(),
+                    event_id: a.events[0].event_id,
+                    stream_version: 0,
+                }),
+                Verdict::Write => Err(backend("an event id vanished while appending; retry")),
+            };
+        }
+        client.batch_execute("COMMIT").await.map_err(backend)?;
+        drop(client);
+        self.wake();
+        Ok(results
+            .into_iter()
+            .map(|r| r.expect("every stream appended"))
+            .collect())
+    }
+
+    async fn stream_version(&self, stream: &StreamName) -> Result<Version> {
+        let client = self.client().await?;
+        self.stream_version_with(&client, stream).await
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        stream: &'a StreamName,
+        options: ReadStream,
+    ) -> BoxStream<'a, Result<RecordedEvent>> {
+        let forward = options.direction == Direction::Forward;
+        let start = async move {
+            let client = self.client().await?;
+            let len = self.stream_version_with(&client, stream).await?.get();
+            let (lo, hi) = options.index_range(len);
+            Ok::<_, Error>(if forward { (lo, hi) } else { (hi, lo) })
+        };
+        stream::once(start)
+            .flat_map(move |range| match range {
+                Err(e) => stream::once(async move { Err(e) }).boxed(),
+                Ok((next, bound)) => stream::unfold(Some(next), move |cursor| async move {
+                    let next = cursor?;
+                    if next == bound {
+                        return None;
+                    }
+                    let page = async {
+                        let client = self.client().await?;
+                        let (sql, a, b) = if forward {
+                            (&self.inner.sql.read_forward, next as i64, bound as i64)
+                        } else {
+                            (&self.inner.sql.read_backward, next as i64, bound as i64)
+                        };
+                        let rows = client
+                            .query(sql.as_str(), &[&stream.as_str(), &a, &b, &STREAM_PAGE])
+                            .await
+                            .map_err(backend)?;
+                        rows.iter().map(|r| event(r, 0)).collect::<Result<Vec<_>>>()
+                    }
+                    .await;
+                    match page {
+                        Err(e) => Some((stream::iter(vec![Err(e)]), None)),
+                        Ok(events) => {
+                            let next = match (events.last(), forward) {
+                                (None, _) => bound,
+                                (Some(l), true) => l.stream_version + 1,
+                                (Some(l), false) => l.stream_version,
+                            };
+                            Some((
+                                stream::iter(events.into_iter().map(Ok).collect::<Vec<_>>()),
+                                Some(next),
+                            ))
+                        }
+                    }
+                })
+                .flatten()
+                .boxed(),
+            })
+            .boxed()
+    }
+
+    async fn read_all(&self, from: Position, filter: &Filter, limit: usize) -> Result<AllPage> {
+        filter.validate()?;
+        let limit = limit.max(1) as i64;
+        let (tx, position) = unpack(from);
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &self.inner.sql.read_all,
+                &[
+                    &tx.to_string(),
+                    &position,
+                    &filter.categories,
+                    &filter.event_types,
+                    &limit,
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        let horizon = match rows.first() {
+            Some(r) => tx_of(r.get::<_, &str>(0))?,
+            None => return Err(backend("read-all returned no horizon row")),
+        };
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if row.get::<_, Option<String>>(1).is_some() {
+                events.push(event(row, 1)?);
+            }
+        }
+        if events.len() as i64 >= limit {
+            let next = events.last().map_or(from, |e| e.position);
+            return Ok(AllPage {
+                events,
+                next,
+                end: false,
+            });
+        }
+        // A short page scanned everything below the horizon: resume at it.
+        let next = from
+            .max(pack(horizon, 0))
+            .max(events.last().map_or(from, |e| e.position));
+        Ok(AllPage {
+            events,
+            next,
+            end: true,
+        })
+    }
+
+    fn changes(&self) -> Option<watch::Receiver<()>> {
+        Some(self.inner.changes.subscribe())
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for PgStore {
+    async fn load(&self, group: &str, source: &str) -> Result<Option<Position>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(&self.inner.sql.checkpoint_load, &[&group, &source])
+            .await
+            .map_err(backend)?;
+        row.map(|r| r.get::<_, String>(0).parse().map_err(backend))
+            .transpose()
+    }
+
+    async fn commit(&self, group: &str, source: &str, position: Position) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                &self.inner.sql.checkpoint_commit,
+                &[&group, &source, &position.to_string()],
+            )
+            .await
+            .map(drop)
+            .map_err(backend)
+    }
+
+    async fn list(&self) -> Result<Vec<Checkpoint>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(&self.inner.sql.checkpoint_list, &[])
+            .await
+            .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                Ok(Checkpoint {
+                    group: r.get(0),
+                    source: r.get(1),
+                    position: r.get::<_, String>(2).parse().map_err(backend)?,
+                })
+            })
+            .collect()
+    }
+}

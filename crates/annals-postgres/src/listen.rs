@@ -1,0 +1,96 @@
+//! Wake-ups: a LISTEN connection that turns notifications into the store's change signal,
+//! and a notifier that sends coalesced NOTIFYs after commits, outside writers' transactions
+//! (a NOTIFY inside them would serialise their commits on PostgreSQL's notification lock).
+
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use futures::StreamExt;
+use tokio::sync::{watch, Notify};
+
+/// Listens on `channel` and signals `changes` on every notification; reconnects with
+/// backoff when the connection is lost (signalling once after reconnecting, as events may
+/// have been missed meanwhile).
+pub(crate) fn spawn_listener(
+    config: tokio_postgres::Config,
+    channel: String,
+    changes: watch::Sender<()>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match config.connect(tokio_postgres::NoTls).await {
+                Ok((client, mut connection)) => {
+                    let mut messages =
+                        futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+                    let statement = format!("LISTEN {channel}");
+                    let listening = {
+                        let listen = client.batch_execute(&statement);
+                        let mut listen = std::pin::pin!(listen);
+                        // Drive the connection until the LISTEN is acknowledged.
+                        loop {
+                            tokio::select! {
+                                r = &mut listen => break r.is_ok(),
+                                m = messages.next() => if !matches!(m, Some(Ok(_))) { break false },
+                            }
+                        }
+                    };
+                    if listening {
+                        backoff = Duration::from_millis(100);
+                        changes.send_replace(());
+                        while let Some(Ok(message)) = messages.next().await {
+                            if let tokio_postgres::AsyncMessage::Notification(_) = message {
+                                changes.send_replace(());
+                            }
+                        }
+                    }
+                    drop(client);
+                    tracing::debug!(channel, "LISTEN connection lost; reconnecting");
+                }
+                Err(e) => tracing::debug!(channel, error = %e, "LISTEN connection failed"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    })
+}
+
+/// Sends `NOTIFY channel` after commits, coalescing bursts into one.
+pub(crate) struct Notifier {
+    pending: std::sync::Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Notifier {
+    pub(crate) fn spawn(pool: Pool, channel: String) -> Self {
+        let pending = std::sync::Arc::new(Notify::new());
+        let wait = pending.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                wait.notified().await;
+                match pool.get().await {
+                    Ok(client) => {
+                        if let Err(e) = client
+                            .execute("SELECT pg_notify($1, '')", &[&channel])
+                            .await
+                        {
+                            tracing::debug!(error = %e, "NOTIFY failed");
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "NOTIFY: no connection"),
+                }
+            }
+        });
+        Self { pending, task }
+    }
+
+    pub(crate) fn notify(&self) {
+        self.pending.notify_one();
+    }
+}
+
+impl Drop for Notifier {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,16 @@
+//! The whole conformance suite, one schema per test.
+
+use std::sync::Arc;
+
+use annals_testkit::TestStore;
+
+annals_testkit::conformance_suite!(|| async { TestStore::new(Arc::new(crate::fresh().await)) });
+
+mod checkpoints {
+    use std::sync::Arc;
+
+    annals_testkit::checkpoint_suite!(|| async {
+        let store: Arc<dyn annals::CheckpointStore> = Arc::new(crate::fresh().await);
+        (store, ())
+    });
+}

@@ -1,0 +1,245 @@
+//! Throwaway PostgreSQL servers for tests.
+//!
+//! [`shared`] gives the server of this test binary: `ANNALS_PG_URL` when set, otherwise one
+//! started from the installed binaries (`initdb`, `pg_ctl` under
+//! `/usr/lib/postgresql/*/bin` or on `PATH`) in a temporary directory on a free port, as
+//! the `postgres` user when running as root. A watchdog process stops it and removes the
+//! directory when the test binary exits. [`PgServer::start`] starts a private one, for
+//! tests that restart or break their server. Failing to get a server panics with the
+//! reason: a missing PostgreSQL fails the run, it is never skipped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+
+/// A running PostgreSQL server.
+#[derive(Debug)]
+pub struct PgServer {
+    /// A URL for the `postgres` superuser on the `postgres` database.
+    pub url: String,
+    /// Its data directory (when started here).
+    pub data: Option<PathBuf>,
+    /// Its port.
+    pub port: u16,
+    bin: Option<PathBuf>,
+    socket_dir: Option<PathBuf>,
+}
+
+fn find_bin() -> Result<PathBuf, String> {
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.flatten().map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    candidates.sort();
+    candidates.reverse();
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path));
+    }
+    candidates
+        .into_iter()
+        .find(|d| d.join("initdb").is_file() && d.join("pg_ctl").is_file())
+        .ok_or_else(|| {
+            "no PostgreSQL server binaries (initdb, pg_ctl) found under /usr/lib/postgresql/*/bin \
+             or on PATH: install PostgreSQL (apt-get install postgresql) or set ANNALS_PG_URL"
+                .to_owned()
+        })
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Runs a PostgreSQL binary, as the `postgres` user when we are root.
+fn pg_command(bin: &Path, program: &str) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin.join(program));
+        c
+    } else {
+        Command::new(bin.join(program))
+    }
+}
+
+fn run(mut command: Command, what: &str) -> Result<(), String> {
+    let out = command
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{what}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+impl PgServer {
+    /// Starts a private server, stopped and removed when this process exits.
+    pub fn start() -> Result<Self, String> {
+        let bin = find_bin()?;
+        static COUNT: AtomicU32 = AtomicU32::new(0);
+        let n = COUNT.fetch_add(1, Ordering::SeqCst);
+        let root = std::env::temp_dir().join(format!("annals-pg-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+        if is_root() {
+            run(
+                {
+                    let mut c = Command::new("chown");
+                    c.args(["-R", "postgres:postgres"]).arg(&root);
+                    c
+                },
+                "chown the server directory to postgres",
+            )?;
+        }
+        let data = root.join("data");
+        let mut initdb = pg_command(&bin, "initdb");
+        initdb
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "-D",
+            ])
+            .arg(&data);
+        run(initdb, "initdb")?;
+        let port = free_port()?;
+        let server = Self {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            data: Some(data),
+            port,
+            bin: Some(bin),
+            socket_dir: Some(root.clone()),
+        };
+        server.pg_ctl_start()?;
+        server.watchdog(&root)?;
+        Ok(server)
+    }
+
+    fn options(&self) -> String {
+        format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 \
+             -c idle_in_transaction_session_timeout=60s",
+            self.port,
+            self.socket_dir.as_ref().expect("started here").display()
+        )
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Command {
+        let mut c = pg_command(self.bin.as_ref().expect("started here"), "pg_ctl");
+        c.arg("-D").arg(self.data.as_ref().expect("started here"));
+        c.args(args);
+        c
+    }
+
+    fn pg_ctl_start(&self) -> Result<(), String> {
+        let log = self
+            .socket_dir
+            .as_ref()
+            .expect("started here")
+            .join("server.log");
+        let mut c = self.pg_ctl(&["-w", "-t", "60", "-o", &self.options(), "-l"]);
+        c.arg(&log).arg("start");
+        run(c, "pg_ctl start").map_err(|e| {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            format!("{e}\n{log}")
+        })
+    }
+
+    /// Restarts the server (fast shutdown, then start on the same port).
+    pub fn restart(&self) -> Result<(), String> {
+        run(self.pg_ctl(&["-w", "-m", "fast", "stop"]), "pg_ctl stop")?;
+        self.pg_ctl_start()
+    }
+
+    /// A shell that stops the server and removes its directory once this process is gone.
+    fn watchdog(&self, root: &Path) -> Result<(), String> {
+        let stop = format!(
+            "{} -D {} -m immediate -w stop",
+            self.bin
+                .as_ref()
+                .expect("started here")
+                .join("pg_ctl")
+                .display(),
+            self.data.as_ref().expect("started here").display()
+        );
+        let stop = if is_root() {
+            format!("runuser -u postgres -- {stop}")
+        } else {
+            stop
+        };
+        let script = format!(
+            "while kill -0 {parent} 2>/dev/null; do sleep 1; done; {stop} >/dev/null 2>&1; rm -rf {root}",
+            parent = std::process::id(),
+            root = root.display()
+        );
+        Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map(drop)
+            .map_err(|e| format!("start the server watchdog: {e}"))
+    }
+}
+
+/// The server shared by this test binary.
+///
+/// # Panics
+///
+/// When no server can be had: the message says why and what to install.
+pub fn shared() -> &'static PgServer {
+    static SERVER: OnceLock<Result<PgServer, String>> = OnceLock::new();
+    let server = SERVER.get_or_init(|| match std::env::var("ANNALS_PG_URL") {
+        Ok(url) => Ok(PgServer {
+            url,
+            data: None,
+            port: 0,
+            bin: None,
+            socket_dir: None,
+        }),
+        Err(_) => PgServer::start(),
+    });
+    match server {
+        Ok(s) => s,
+        Err(e) => panic!("no PostgreSQL server for the tests: {e}"),
+    }
+}
+
+/// A fresh, unique schema name for one test.
+pub fn schema_name(prefix: &str) -> String {
+    static COUNT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        COUNT.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Connects to `url` and drives the connection on a task.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
