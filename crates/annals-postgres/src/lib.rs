@@ -350,7 +350,8 @@ impl PgStore {
         client.batch_execute("BEGIN").await.map_err(backend)?;
         Ok(Projection {
             client: Some(client),
-            commit_sql: self.inner.sql.checkpoint_commit.clone(),
+            store: self.clone(),
+            appended: false,
         })
     }
 
@@ -361,7 +362,7 @@ impl PgStore {
 
     async fn append_once(
         &self,
-        client: &Object,
+        client: &deadpool_postgres::ClientWrapper,
         stream: &StreamName,
         expected: ExpectedVersion,
         events: &[EventData],
@@ -469,10 +470,12 @@ impl PgStore {
     }
 }
 
-/// A projector's transaction: read-model changes and the checkpoint commit together.
+/// A transaction on the store: a projector's read-model changes, events appended by a
+/// reactor, and the checkpoint, committed together or not at all.
 pub struct Projection {
     client: Option<Object>,
-    commit_sql: String,
+    store: PgStore,
+    appended: bool,
 }
 
 impl Projection {
@@ -481,18 +484,61 @@ impl Projection {
         self.client.as_ref().expect("open until commit")
     }
 
+    /// Appends inside this transaction (visible to others only after the commit). A
+    /// conflict or refused batch leaves the transaction usable only for rolling back.
+    pub async fn append(
+        &mut self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult> {
+        let store = &self.store;
+        annals::event::validate_batch(stream, &events, store.inner.config.max_event_bytes)?;
+        let client = self.client.as_ref().expect("open until commit");
+        match store.append_once(client, stream, expected, &events).await? {
+            Some(r) => {
+                self.appended = true;
+                Ok(r)
+            }
+            None => Err(Error::PartialRetry {
+                stream: stream.clone(),
+                event_id: events[0].event_id,
+                stream_version: 0,
+            }),
+        }
+    }
+
     /// Records `position` as the checkpoint of (`group`, `source`) and commits everything.
-    pub async fn commit(mut self, group: &str, source: &str, position: Position) -> Result<()> {
+    pub async fn commit(self, group: &str, source: &str, position: Position) -> Result<()> {
+        let sql = self.store.inner.sql.checkpoint_commit.clone();
+        let position = position.to_string();
+        self.finish(Some((sql, group, source, position))).await
+    }
+
+    /// Commits without recording a checkpoint.
+    pub async fn commit_only(self) -> Result<()> {
+        self.finish(None).await
+    }
+
+    async fn finish(mut self, checkpoint: Option<(String, &str, &str, String)>) -> Result<()> {
         let client = self.client.take().expect("open until commit");
         let done = async {
-            client
-                .execute(&self.commit_sql, &[&group, &source, &position.to_string()])
-                .await?;
+            if let Some((sql, group, source, position)) = &checkpoint {
+                client
+                    .execute(sql.as_str(), &[group, source, position])
+                    .await?;
+            }
             client.batch_execute("COMMIT").await
         }
         .await;
         match done {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                drop(client);
+                if self.appended {
+                    self.store.wake();
+                }
+                Ok(())
+            }
             Err(e) => {
                 // The connection may be mid-transaction: never hand it back to the pool.
                 drop(Object::take(client));

@@ -1,1 +1,323 @@
-//! placeholder
+//! The transaction-id horizon under concurrent writers, open and rolled-back transactions,
+//! and faults.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use annals::{
+    EventData, EventStore, ExpectedVersion, Filter, Position, RecordedEvent, StreamName,
+    SubscribeExt, SubscribeOptions, Subscription, Uuid,
+};
+use annals_postgres::{PgConfig, PgStore};
+use annals_testkit::postgres::{self, PgServer};
+use futures::StreamExt;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn options() -> SubscribeOptions {
+    SubscribeOptions {
+        batch_size: 500,
+        poll_interval: Duration::from_millis(100),
+        ..SubscribeOptions::all()
+    }
+}
+
+async fn next(sub: &mut Subscription) -> RecordedEvent {
+    match tokio::time::timeout(WAIT, sub.next()).await {
+        Ok(Some(Ok(e))) => e,
+        other => panic!("subscription: {other:?}"),
+    }
+}
+
+async fn read_everything(store: &PgStore) -> Vec<RecordedEvent> {
+    let (mut out, mut from) = (Vec::new(), Position::START);
+    loop {
+        let page = store.read_all(from, &Filter::all(), 5000).await.unwrap();
+        out.extend(page.events);
+        from = page.next;
+        if page.end {
+            return out;
+        }
+    }
+}
+
+/// Every id once, and every stream in version order.
+#[track_caller]
+fn check_delivery(name: &str, got: &[RecordedEvent], all: &[RecordedEvent]) {
+    let ids: HashSet<Uuid> = got.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids.len(), got.len(), "{name}: an event was delivered twice");
+    let want: HashSet<Uuid> = all.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids, want, "{name}: delivered set differs from the store's");
+    let mut next: HashMap<&StreamName, u64> = HashMap::new();
+    for e in got {
+        let v = next.entry(&e.stream).or_default();
+        assert_eq!(e.stream_version, *v, "{name}: {} out of order", e.stream);
+        *v += 1;
+    }
+    assert!(
+        got.windows(2).all(|w| w[0].position < w[1].position),
+        "{name}: positions not increasing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn soak_sixteen_slow_writers_and_four_subscribers_see_everything_once_in_order() {
+    const TARGET: usize = 20_000;
+    let store = Arc::new(crate::fresh().await);
+    let appended = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..16u64)
+        .map(|w| {
+            let (store, appended) = (store.clone(), appended.clone());
+            tokio::spawn(async move {
+                let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (w + 1).wrapping_mul(0x1000_0000_01B3);
+                let mut step = move || {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    rng
+                };
+                while appended.load(Ordering::SeqCst) < TARGET {
+                    let stream = StreamName::new(format!("Soak-{}", step() % 300)).unwrap();
+                    let n = 1 + step() % 5;
+                    let events = (0..n)
+                        .map(|i| EventData::new("Soaked", format!("{w}.{i}").into_bytes()))
+                        .collect();
+                    let mut tx = store.projection().await.unwrap();
+                    tx.append(&stream, ExpectedVersion::Any, events)
+                        .await
+                        .unwrap();
+                    let pause = (step() % 21) as f64 / 1000.0;
+                    tx.client()
+                        .execute("SELECT pg_sleep($1)", &[&pause])
+                        .await
+                        .unwrap();
+                    tx.commit_only().await.unwrap();
+                    appended.fetch_add(n as usize, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (store, appended) = (store.clone(), appended.clone());
+            tokio::spawn(async move {
+                let mut sub = store.subscribe(Position::START, options());
+                let mut got = Vec::new();
+                // Read until the writers are done and everything they wrote has arrived.
+                loop {
+                    let done = appended.load(Ordering::SeqCst) >= TARGET;
+                    if done && got.len() >= appended.load(Ordering::SeqCst) {
+                        return got;
+                    }
+                    got.push(next(&mut sub).await);
+                }
+            })
+        })
+        .collect();
+    let resumer = {
+        let (store, appended) = (store.clone(), appended.clone());
+        tokio::spawn(async move {
+            let mut got: Vec<RecordedEvent> = Vec::new();
+            let mut checkpoint = Position::START;
+            let mut resumes = 0;
+            while !(appended.load(Ordering::SeqCst) >= TARGET
+                && got.len() >= appended.load(Ordering::SeqCst))
+            {
+                let mut sub = store.subscribe(checkpoint, options());
+                let chunk = 1500 + (resumes * 397) % 1000;
+                for _ in 0..chunk {
+                    if appended.load(Ordering::SeqCst) >= TARGET
+                        && got.len() >= appended.load(Ordering::SeqCst)
+                    {
+                        break;
+                    }
+                    let e = next(&mut sub).await;
+                    checkpoint = e.position;
+                    got.push(e);
+                }
+                resumes += 1;
+            }
+            (got, resumes)
+        })
+    };
+    for w in writers {
+        w.await.unwrap();
+    }
+    let total = appended.load(Ordering::SeqCst);
+    let all = read_everything(&store).await;
+    assert_eq!(all.len(), total);
+    assert!(total >= TARGET);
+    for (i, r) in readers.into_iter().enumerate() {
+        check_delivery(&format!("subscriber {i}"), &r.await.unwrap(), &all);
+    }
+    let (got, resumes) = resumer.await.unwrap();
+    check_delivery("resuming subscriber", &got, &all);
+    assert!(
+        resumes >= 5,
+        "the resuming subscriber resumed {resumes} times"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_transaction_leaves_no_stall() {
+    let store = Arc::new(crate::fresh().await);
+    let mut sub = store.subscribe(Position::START, options());
+    {
+        let mut tx = store.projection().await.unwrap();
+        tx.append(
+            &StreamName::new("Rb-1").unwrap(),
+            ExpectedVersion::Any,
+            vec![EventData::new("Gone", b"0".to_vec())],
+        )
+        .await
+        .unwrap();
+        // Dropped: rolled back.
+    }
+    store
+        .append(
+            &StreamName::new("Rb-2").unwrap(),
+            ExpectedVersion::Any,
+            vec![EventData::new("Kept", b"1".to_vec())],
+        )
+        .await
+        .unwrap();
+    let e = next(&mut sub).await;
+    assert_eq!(e.event_type, "Kept");
+    assert_eq!(store.horizon_lag().await.unwrap().held_back_events, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_open_transaction_delays_delivery_but_loses_nothing() {
+    let store = Arc::new(crate::fresh().await);
+    let mut slow = store.projection().await.unwrap();
+    slow.append(
+        &StreamName::new("Slow-1").unwrap(),
+        ExpectedVersion::Any,
+        vec![EventData::new("Early", b"0".to_vec())],
+    )
+    .await
+    .unwrap();
+    store
+        .append(
+            &StreamName::new("Fast-1").unwrap(),
+            ExpectedVersion::Any,
+            vec![EventData::new("Late", b"1".to_vec())],
+        )
+        .await
+        .unwrap();
+    // The committed event sits behind the open transaction: not visible yet, and measured.
+    let page = store
+        .read_all(Position::START, &Filter::all(), 10)
+        .await
+        .unwrap();
+    assert!(
+        page.events.is_empty(),
+        "nothing may pass the open transaction: {:?}",
+        page.events
+    );
+    let lag = store.horizon_lag().await.unwrap();
+    assert_eq!(lag.held_back_events, 1);
+    assert!(lag.oldest_transaction_secs.is_some());
+    let mut sub = store.subscribe(Position::START, options());
+    slow.commit_only().await.unwrap();
+    let (a, b) = (next(&mut sub).await, next(&mut sub).await);
+    assert_eq!(
+        (a.event_type.as_str(), b.event_type.as_str()),
+        ("Early", "Late"),
+        "ordered by transaction"
+    );
+    assert_eq!(store.horizon_lag().await.unwrap().held_back_events, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarts_and_killed_connections_lose_nothing_and_never_hang() {
+    let server = tokio::task::spawn_blocking(PgServer::start)
+        .await
+        .unwrap()
+        .expect("a private server");
+    let config = PgConfig::new(&server.url).schema("faults").pool_size(8);
+    let store = Arc::new(PgStore::connect(config).await.unwrap());
+    store.migrate().await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(std::sync::Mutex::new(Vec::<Uuid>::new()));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (store, stop, acked) = (store.clone(), stop.clone(), acked.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0, 0);
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    i += 1;
+                    let e = EventData::new("Fault", format!("{w}.{i}").into_bytes());
+                    let id = e.event_id;
+                    let stream = StreamName::new(format!("Fault-{w}")).unwrap();
+                    match tokio::time::timeout(
+                        Duration::from_secs(30),
+                        store.append(&stream, ExpectedVersion::Any, vec![e]),
+                    )
+                    .await
+                    {
+                        Ok(Ok(_)) => {
+                            ok += 1;
+                            acked.lock().unwrap().push(id);
+                        }
+                        Ok(Err(_)) => failed += 1,
+                        Err(_) => panic!("writer {w}: an append hung for 30 s"),
+                    }
+                    if failed > 0 && failed % 50 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let mut sub = store.subscribe(Position::START, options());
+    let mut got = Vec::new();
+    let count = |acked: &std::sync::Mutex<Vec<Uuid>>| acked.lock().unwrap().len();
+    while count(&acked) < 200 {
+        got.push(next(&mut sub).await);
+    }
+    let url = server.url.clone();
+    let restart = tokio::task::spawn_blocking(move || server.restart().map(|()| server));
+    let server = restart.await.unwrap().expect("pg_ctl restart");
+    let before = count(&acked);
+    while count(&acked) < before + 200 {
+        got.push(next(&mut sub).await);
+    }
+    // Kill every other connection: the subscription's reads, the LISTEN, the pool.
+    let admin = postgres::connect(&url).await;
+    admin
+        .execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND datname = current_database()", &[])
+        .await
+        .unwrap();
+    let before = count(&acked);
+    while count(&acked) < before + 200 {
+        got.push(next(&mut sub).await);
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut failures = 0;
+    for w in writers {
+        let (ok, failed) = w.await.unwrap();
+        assert!(ok > 0);
+        failures += failed;
+    }
+    let all = read_everything(&store).await;
+    while got.len() < all.len() {
+        got.push(next(&mut sub).await);
+    }
+    check_delivery("subscriber across faults", &got, &all);
+    let stored: HashSet<Uuid> = all.iter().map(|e| e.event_id).collect();
+    let acked = acked.lock().unwrap();
+    assert!(
+        acked.iter().all(|id| stored.contains(id)),
+        "an acknowledged append was lost"
+    );
+    assert!(
+        failures > 0,
+        "the restart made some appends fail (with an error, not a hang)"
+    );
+    drop(server);
+}

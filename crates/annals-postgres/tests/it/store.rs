@@ -1,1 +1,170 @@
-//! placeholder
+//! Verbatim storage of awkward text, immutability, migrations, projections.
+
+use annals::{
+    CheckpointStore, EventData, EventStore, EventStoreExt, ExpectedVersion, Filter, Position,
+    ReadStream, StreamName, Version,
+};
+use annals_postgres::{PgConfig, PgError, PgStore, SCHEMA_VERSION};
+use annals_testkit::postgres;
+
+#[tokio::test]
+async fn quotes_semicolons_and_unicode_are_stored_verbatim() {
+    let store = crate::fresh().await;
+    let stream = StreamName::new("Odd-it's;\"quoted\"_ünïcødé_🙂").unwrap();
+    let event_type = "Type'; DROP TABLE events;--\"ü";
+    let data = "{\"text\":\"'; SELECT 1; -- ✓\"}".as_bytes().to_vec();
+    store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![EventData::new(event_type, data.clone())],
+        )
+        .await
+        .unwrap();
+    let got = store
+        .read_stream_vec(&stream, ReadStream::forward())
+        .await
+        .unwrap();
+    assert_eq!(
+        (got[0].stream.as_str(), got[0].event_type.as_str()),
+        (stream.as_str(), event_type)
+    );
+    assert_eq!(got[0].data, data);
+    let page = store
+        .read_all(
+            Position::START,
+            &Filter::category("Odd").event_types([event_type]),
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.events.len(), 1);
+    store
+        .commit("g'; --", "src\"ü", page.events[0].position)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load("g'; --", "src\"ü").await.unwrap(),
+        Some(page.events[0].position)
+    );
+}
+
+#[tokio::test]
+async fn events_are_immutable_in_the_database() {
+    let store = crate::fresh().await;
+    let schema = store.config().schema.clone();
+    store
+        .append(
+            &StreamName::new("Imm-1").unwrap(),
+            ExpectedVersion::Any,
+            vec![EventData::new("A", b"1".to_vec())],
+        )
+        .await
+        .unwrap();
+    let client = postgres::connect(&postgres::shared().url).await;
+    for sql in [
+        format!("UPDATE {schema}.events SET data = '\\x00'"),
+        format!("DELETE FROM {schema}.events"),
+        format!("TRUNCATE {schema}.events CASCADE"),
+    ] {
+        let err = client.batch_execute(&sql).await.unwrap_err();
+        assert!(
+            format!("{err:?}").contains("events are immutable"),
+            "{sql}: {err:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent_and_newer_schemas_are_refused() {
+    let store = crate::fresh().await;
+    assert!(
+        store.migrate().await.unwrap().is_empty(),
+        "nothing left to apply"
+    );
+    assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+    let schema = store.config().schema.clone();
+    let client = postgres::connect(&postgres::shared().url).await;
+    client
+        .batch_execute(&format!(
+            "INSERT INTO {schema}.migrations (version) VALUES ({})",
+            SCHEMA_VERSION + 1
+        ))
+        .await
+        .unwrap();
+    let config = PgConfig::new(&postgres::shared().url).schema(schema);
+    match PgStore::connect(config).await {
+        Err(PgError::SchemaTooNew {
+            found, supported, ..
+        }) => assert_eq!((found, supported), (SCHEMA_VERSION + 1, SCHEMA_VERSION)),
+        other => panic!("expected SchemaTooNew, got {other:?}"),
+    }
+    assert!(matches!(
+        PgStore::connect(PgConfig::new(&postgres::shared().url).schema("Bad;Name")).await,
+        Err(PgError::InvalidSchema(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_projection_commits_read_model_events_and_checkpoint_together() {
+    let store = crate::fresh().await;
+    let schema = store.config().schema.clone();
+    let stream = StreamName::new("Proj-1").unwrap();
+    let setup = store.projection().await.unwrap();
+    setup
+        .client()
+        .batch_execute(&format!("CREATE TABLE {schema}.totals (k text PRIMARY KEY, n int NOT NULL); INSERT INTO {schema}.totals VALUES ('a', 1)"))
+        .await
+        .unwrap();
+    setup
+        .commit("totals", "all", Position::from_raw(1))
+        .await
+        .unwrap();
+    // Dropped without commit: the read-model change and the appended event vanish.
+    {
+        let mut p = store.projection().await.unwrap();
+        p.client()
+            .execute(&format!("UPDATE {schema}.totals SET n = n + 1"), &[])
+            .await
+            .unwrap();
+        p.append(
+            &stream,
+            ExpectedVersion::Any,
+            vec![EventData::new("Counted", b"{}".to_vec())],
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        store.load("totals", "all").await.unwrap(),
+        Some(Position::from_raw(1))
+    );
+    assert_eq!(store.stream_version(&stream).await.unwrap(), Version(0));
+    let mut p = store.projection().await.unwrap();
+    p.client()
+        .execute(&format!("UPDATE {schema}.totals SET n = n + 1"), &[])
+        .await
+        .unwrap();
+    p.append(
+        &stream,
+        ExpectedVersion::NoStream,
+        vec![EventData::new("Counted", b"{}".to_vec())],
+    )
+    .await
+    .unwrap();
+    p.commit("totals", "all", Position::from_raw(2))
+        .await
+        .unwrap();
+    let client = postgres::connect(&postgres::shared().url).await;
+    let n: i32 = client
+        .query_one(&format!("SELECT n FROM {schema}.totals"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+    assert_eq!(
+        store.load("totals", "all").await.unwrap(),
+        Some(Position::from_raw(2))
+    );
+    assert_eq!(store.stream_version(&stream).await.unwrap(), Version(1));
+}
