@@ -12,7 +12,8 @@ use clap::{Parser, Subcommand};
 #[command(name = "annals", version, about)]
 struct Cli {
     /// The store: `sqlite://PATH` (created if missing; `?synchronous=normal` trades the
-    /// last commits on power loss for speed) or `memory://` (an empty in-process store).
+    /// last commits on power loss for speed), `postgres://USER@HOST:PORT/DB`
+    /// (`?annals_schema=NAME`, default `annals`) or `memory://` (an empty in-process store).
     #[arg(
         long,
         global = true,
@@ -55,7 +56,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let opened = store_url::open(&cli.store)?;
+        let opened = store_url::open(&cli.store).await?;
         match cli.command {
             Command::Bench(bench) => bench::run(opened, &cli.store, bench).await,
         }

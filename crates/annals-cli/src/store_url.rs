@@ -3,11 +3,12 @@
 use std::sync::Arc;
 
 use annals::{EventStore, Instrumented, MemoryStore};
+use annals_postgres::{PgConfig, PgStore};
 use annals_sqlite::{SqliteConfig, SqliteStore};
 use anyhow::{bail, Context};
 
 /// The store URLs this build understands, for error messages.
-pub const SUPPORTED: &str = "sqlite://PATH, memory://";
+pub const SUPPORTED: &str = "sqlite://PATH, postgres://USER@HOST:PORT/DB, memory://";
 
 /// An opened store.
 pub struct Opened {
@@ -15,10 +16,12 @@ pub struct Opened {
     pub store: Arc<dyn EventStore>,
     /// Its SQLite options, when it is a SQLite store.
     pub sqlite: Option<SqliteConfig>,
+    /// Its PostgreSQL options, when it is a PostgreSQL store.
+    pub postgres: Option<PgConfig>,
 }
 
-/// Opens the store named by `url`.
-pub fn open(url: &str) -> anyhow::Result<Opened> {
+/// Opens the store named by `url`. A PostgreSQL schema is created or migrated on first use.
+pub async fn open(url: &str) -> anyhow::Result<Opened> {
     let (scheme, rest) = url.split_once("://").with_context(|| {
         format!("malformed store URL {url:?}: expected SCHEME://..., one of {SUPPORTED}")
     })?;
@@ -26,6 +29,7 @@ pub fn open(url: &str) -> anyhow::Result<Opened> {
         "memory" if rest.is_empty() => Ok(Opened {
             store: Arc::new(Instrumented::new(Arc::new(MemoryStore::new()))),
             sqlite: None,
+            postgres: None,
         }),
         "memory" => bail!("malformed store URL {url:?}: memory:// takes no path"),
         "sqlite" => {
@@ -34,6 +38,17 @@ pub fn open(url: &str) -> anyhow::Result<Opened> {
             Ok(Opened {
                 store: Arc::new(Instrumented::new(Arc::new(store))),
                 sqlite: Some(config),
+                postgres: None,
+            })
+        }
+        "postgres" | "postgresql" => {
+            let config = PgConfig::from_url(url)?;
+            let store = PgStore::connect(config.clone()).await?;
+            store.migrate().await?;
+            Ok(Opened {
+                store: Arc::new(Instrumented::new(Arc::new(store))),
+                sqlite: None,
+                postgres: Some(config),
             })
         }
         other => bail!("unsupported store {other:?} in {url:?}: this build supports {SUPPORTED}"),

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use annals::{Error, EventData, EventStore, ExpectedVersion, StreamName};
+use annals_postgres::PgConfig;
 use annals_sqlite::{rusqlite, SqliteConfig};
 use anyhow::{ensure, Context};
 use hdrhistogram::Histogram;
@@ -34,6 +35,10 @@ pub struct Args {
     /// Which cases to run (the baselines run with the cases that are compared to them).
     #[arg(long, value_delimiter = ',', default_value = "a,b,c")]
     cases: Vec<Case>,
+    /// Writers in case (b), each on its own stream (and clients of the 1-row baseline on
+    /// PostgreSQL).
+    #[arg(long, default_value_t = 64)]
+    writers: usize,
 }
 
 /// One of the measured shapes.
@@ -41,7 +46,8 @@ pub struct Args {
 enum Case {
     /// One writer, 100-event batches (with the 100-rows-per-transaction baseline).
     A,
-    /// 64 writers, single events, own streams (with the 1-row-per-transaction baseline).
+    /// Many writers (`--writers`), single events, own streams (with the 1-row-per-transaction
+    /// baseline).
     B,
     /// 16 writers on one stream with expected versions.
     C,
@@ -49,7 +55,7 @@ enum Case {
 
 /// What one case measured.
 struct Report {
-    name: &'static str,
+    name: String,
     events: u64,
     operations: u64,
     elapsed: Duration,
@@ -58,9 +64,9 @@ struct Report {
 }
 
 impl Report {
-    fn new(name: &'static str) -> Self {
+    fn new(name: impl Into<String>) -> Self {
         Self {
-            name,
+            name: name.into(),
             events: 0,
             operations: 0,
             elapsed: Duration::ZERO,
@@ -119,13 +125,15 @@ pub async fn run(opened: Opened, url: &str, args: Args) -> anyhow::Result<()> {
         humantime::format_duration(args.duration),
         args.event_bytes
     );
-    let baseline = match &opened.sqlite {
-        Some(config) => Some(Baseline::create(config, &run)?),
-        None => None,
+    ensure!(args.writers > 0, "--writers must be at least 1");
+    let baseline = match (&opened.sqlite, &opened.postgres) {
+        (Some(config), _) => Some(Baseline::Sqlite(SqliteBaseline::create(config, &run)?)),
+        (_, Some(config)) => Some(Baseline::Postgres(PgBaseline::create(config, &run).await?)),
+        _ => None,
     };
     let measured = measure(&opened.store, baseline.as_ref(), &run, &args).await;
     if let Some(b) = &baseline {
-        b.remove();
+        b.remove().await;
     }
     let [raw_100, a, raw_1, b, c] = measured?;
     println!(
@@ -166,17 +174,17 @@ async fn measure(
     let mut out: [Option<Report>; 5] = Default::default();
     if wanted(Case::A) {
         if let Some(b) = baseline {
-            out[0] = Some(b.run(100, d, bytes).await?);
+            out[0] = Some(b.run(100, 1, d, bytes).await?);
         }
         let name = "(a) 1 writer, 100-event batches";
         out[1] = Some(writers(store, name, run, 1, 100, false, d, bytes).await?);
     }
     if wanted(Case::B) {
         if let Some(b) = baseline {
-            out[2] = Some(b.run(1, d, bytes).await?);
+            out[2] = Some(b.run(1, args.writers, d, bytes).await?);
         }
-        let name = "(b) 64 writers, 1 event, own streams";
-        out[3] = Some(writers(store, name, run, 64, 1, false, d, bytes).await?);
+        let name = format!("(b) {} writers, 1 event, own streams", args.writers);
+        out[3] = Some(writers(store, &name, run, args.writers, 1, false, d, bytes).await?);
     }
     if wanted(Case::C) {
         let name = "(c) 16 writers, 1 event, one stream";
@@ -190,7 +198,7 @@ async fn measure(
 #[allow(clippy::too_many_arguments)]
 async fn writers(
     store: &Arc<dyn EventStore>,
-    name: &'static str,
+    name: &str,
     run: &str,
     count: usize,
     batch: u64,
@@ -204,6 +212,7 @@ async fn writers(
     let tasks: Vec<_> = (0..count)
         .map(|w| {
             let store = Arc::clone(store);
+            let name = name.to_owned();
             let id = if contend {
                 run.to_owned()
             } else {
@@ -211,7 +220,7 @@ async fn writers(
             };
             tokio::spawn(async move {
                 let stream = StreamName::from_parts(&format!("Bench{tag}"), &id)?;
-                let mut report = Report::new(name);
+                let mut report = Report::new(name.as_str());
                 let mut version = store.stream_version(&stream).await?;
                 let mut n = 0u64;
                 while Instant::now() < deadline {
@@ -250,13 +259,41 @@ async fn writers(
     Ok(total)
 }
 
+/// The raw baseline of a store, measured in the same run.
+enum Baseline {
+    Sqlite(SqliteBaseline),
+    Postgres(PgBaseline),
+}
+
+impl Baseline {
+    async fn run(
+        &self,
+        rows_per_tx: u64,
+        clients: usize,
+        duration: Duration,
+        bytes: usize,
+    ) -> anyhow::Result<Report> {
+        match self {
+            Baseline::Sqlite(b) => b.run(rows_per_tx, duration, bytes).await,
+            Baseline::Postgres(b) => b.run(rows_per_tx, clients, duration, bytes).await,
+        }
+    }
+
+    async fn remove(&self) {
+        match self {
+            Baseline::Sqlite(b) => b.remove(),
+            Baseline::Postgres(b) => b.remove().await,
+        }
+    }
+}
+
 /// Plain rusqlite inserts of the same rows, with the same pragmas, in a scratch file.
-struct Baseline {
+struct SqliteBaseline {
     path: PathBuf,
     config: SqliteConfig,
 }
 
-impl Baseline {
+impl SqliteBaseline {
     fn create(config: &SqliteConfig, run: &str) -> anyhow::Result<Self> {
         let file = config
             .path
@@ -308,9 +345,9 @@ impl Baseline {
     ) -> anyhow::Result<Report> {
         let conn = self.connect()?;
         let name = if rows_per_tx == 1 {
-            "raw baseline, 1 row per transaction"
+            "raw baseline, 1 row per transaction".to_owned()
         } else {
-            "raw baseline, 100 rows per transaction"
+            format!("raw baseline, {rows_per_tx} rows per transaction")
         };
         tokio::task::spawn_blocking(move || {
             let mut report = Report::new(name);
@@ -357,6 +394,113 @@ impl Baseline {
             let mut p = self.path.clone().into_os_string();
             p.push(suffix);
             let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Plain INSERTs of the same rows into a scratch table in a scratch schema.
+struct PgBaseline {
+    pool: deadpool_postgres::Pool,
+    schema: String,
+}
+
+impl PgBaseline {
+    async fn create(config: &PgConfig, run: &str) -> anyhow::Result<Self> {
+        let pg: annals_postgres::tokio_postgres::Config = config.url.parse()?;
+        let manager = deadpool_postgres::Manager::new(pg, annals_postgres::tokio_postgres::NoTls);
+        let pool = deadpool_postgres::Pool::builder(manager)
+            .max_size(64)
+            .build()?;
+        let schema = format!("annals_bench_raw_{run}");
+        let client = pool.get().await?;
+        client
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};
+                 CREATE TABLE {schema}.raw_events (
+                    position bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                    stream text NOT NULL,
+                    stream_version bigint NOT NULL,
+                    event_id uuid NOT NULL UNIQUE,
+                    event_type text NOT NULL,
+                    data bytea NOT NULL,
+                    metadata bytea,
+                    recorded_at timestamptz NOT NULL DEFAULT now(),
+                    UNIQUE (stream, stream_version))"
+            ))
+            .await
+            .context("create the baseline table")?;
+        Ok(Self { pool, schema })
+    }
+
+    async fn run(
+        &self,
+        rows_per_tx: u64,
+        clients: usize,
+        duration: Duration,
+        bytes: usize,
+    ) -> anyhow::Result<Report> {
+        let name = if rows_per_tx == 1 {
+            format!("raw baseline, 1 row per transaction, {clients} clients")
+        } else {
+            format!("raw baseline, {rows_per_tx} rows per transaction, {clients} client")
+        };
+        let started = Instant::now();
+        let deadline = started + duration;
+        let sql = format!(
+            "INSERT INTO {}.raw_events (stream, stream_version, event_id, event_type, data, metadata) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            self.schema
+        );
+        let tasks: Vec<_> = (0..clients)
+            .map(|c| {
+                let (pool, sql, name) = (self.pool.clone(), sql.clone(), name.clone());
+                tokio::spawn(async move {
+                    let mut client = pool.get().await?;
+                    let insert = client.prepare_cached(&sql).await?;
+                    let mut report = Report::new(name);
+                    let stream = format!("Raw{rows_per_tx}-{c}");
+                    let mut n = 0u64;
+                    while Instant::now() < deadline {
+                        let t0 = Instant::now();
+                        let tx = client.transaction().await?;
+                        for i in 0..rows_per_tx {
+                            let e = event(bytes, n + i);
+                            tx.execute(
+                                &insert,
+                                &[
+                                    &stream,
+                                    &((n + i) as i64),
+                                    &e.event_id,
+                                    &e.event_type,
+                                    &e.data,
+                                    &e.metadata,
+                                ],
+                            )
+                            .await?;
+                        }
+                        tx.commit().await?;
+                        n += rows_per_tx;
+                        report.events += rows_per_tx;
+                        report.operations += 1;
+                        report.latencies.saturating_record(micros(t0));
+                    }
+                    Ok::<_, anyhow::Error>(report)
+                })
+            })
+            .collect();
+        let mut total = Report::new(name);
+        for t in tasks {
+            total.merge(t.await??);
+        }
+        total.elapsed = started.elapsed();
+        Ok(total)
+    }
+
+    async fn remove(&self) {
+        if let Ok(client) = self.pool.get().await {
+            let _ = client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
+                .await;
         }
     }
 }

@@ -218,3 +218,61 @@ fn bench_append_on_memory_has_no_baseline() {
         "{stdout}"
     );
 }
+
+#[test]
+fn bench_append_on_postgres_reports_every_case_and_the_ratios() {
+    let server = annals_testkit::postgres::shared();
+    let url = format!(
+        "{}?annals_schema={}",
+        server.url,
+        annals_testkit::postgres::schema_name("cli")
+    );
+    let out = annals(&[
+        "bench",
+        "append",
+        "--store",
+        &url,
+        "--duration",
+        "300ms",
+        "--writers",
+        "16",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for case in [
+        "raw baseline, 100 rows per transaction, 1 client",
+        "(a) 1 writer, 100-event batches",
+        "raw baseline, 1 row per transaction, 16 clients",
+        "(b) 16 writers, 1 event, own streams",
+        "(c) 16 writers, 1 event, one stream",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(case)),
+            "no {case:?} in {stdout}"
+        );
+    }
+    assert!(figure(&stdout, "ratio (b) / raw 1 row per tx: ") > 0.0);
+    assert!(figure(&stdout, "ratio (a) / raw 100 rows per tx: ") > 0.0);
+}
+
+#[test]
+fn an_unreachable_postgres_fails_fast_in_one_line() {
+    let started = std::time::Instant::now();
+    let out = annals(&[
+        "bench",
+        "append",
+        "--store",
+        "postgres://postgres@127.0.0.1:1/nowhere",
+        "--duration",
+        "1s",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("PostgreSQL"), "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
