@@ -1,12 +1,16 @@
 -- Annals PostgreSQL schema, version 1. `{schema}` is replaced by the store's schema.
 
 -- One row per stream. The row is both the lock and the optimistic-concurrency check of an
--- append: writers to different streams never wait for each other.
+-- append: writers to different streams never wait for each other. `last_tx` is the
+-- transaction id of the stream's last writer: a writer whose own id is older (it took its id
+-- before, but the row lock after, the previous writer) must retry in a new transaction, or
+-- ordering read-all by transaction id would put its events before earlier versions.
 CREATE TABLE {schema}.streams (
     stream_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     name      text   NOT NULL UNIQUE,
     category  text   NOT NULL,
-    version   bigint NOT NULL
+    version   bigint NOT NULL,
+    last_tx   xid8   NOT NULL DEFAULT pg_current_xact_id()
 );
 CREATE INDEX streams_category ON {schema}.streams (category);
 
@@ -53,7 +57,8 @@ CREATE TABLE {schema}.checkpoints (
 
 -- One append in one round trip. Expected kinds: 0 any, 1 no stream, 2 stream exists,
 -- 3 exact (p_expected). Status: 0 written (version, positions, tx), 1 wrong expected
--- version (version = actual), 2 an event id is already recorded (the caller classifies).
+-- version (version = actual). An event id already recorded fails the insert with a
+-- unique violation, which rolls the whole call back; the caller then classifies.
 CREATE FUNCTION {schema}.append(
     p_stream text, p_category text, p_kind smallint, p_expected bigint,
     p_ids uuid[], p_types text[], p_data bytea[], p_metadata bytea[],
@@ -65,31 +70,37 @@ DECLARE
     n     bigint := cardinality(p_ids);
     sid   bigint;
     start bigint;
+    last  xid8;
 BEGIN
-    IF EXISTS (SELECT 1 FROM {schema}.events e WHERE e.event_id = ANY (p_ids)) THEN
-        RETURN QUERY SELECT 2::smallint, NULL::bigint, NULL::bigint, NULL::bigint, NULL::text;
-        RETURN;
-    END IF;
     IF p_kind = 1 OR (p_kind = 3 AND p_expected = 0) THEN
         INSERT INTO {schema}.streams (name, category, version) VALUES (p_stream, p_category, n)
             ON CONFLICT (name) DO NOTHING RETURNING stream_id INTO sid;
         start := 0;
     ELSIF p_kind = 3 THEN
-        UPDATE {schema}.streams s SET version = s.version + n
+        UPDATE {schema}.streams s SET version = s.version + n,
+                last_tx = greatest(s.last_tx, pg_current_xact_id())
             WHERE s.name = p_stream AND s.version = p_expected
-            RETURNING s.stream_id, s.version - n INTO sid, start;
+            RETURNING s.stream_id, s.version - n, s.last_tx INTO sid, start, last;
     ELSE
-        UPDATE {schema}.streams s SET version = s.version + n WHERE s.name = p_stream
-            RETURNING s.stream_id, s.version - n INTO sid, start;
+        UPDATE {schema}.streams s SET version = s.version + n,
+                last_tx = greatest(s.last_tx, pg_current_xact_id())
+            WHERE s.name = p_stream
+            RETURNING s.stream_id, s.version - n, s.last_tx INTO sid, start, last;
         IF sid IS NULL AND p_kind = 0 THEN
             INSERT INTO {schema}.streams (name, category, version) VALUES (p_stream, p_category, n)
                 ON CONFLICT (name) DO NOTHING RETURNING stream_id INTO sid;
             start := 0;
             IF sid IS NULL THEN
-                UPDATE {schema}.streams s SET version = s.version + n WHERE s.name = p_stream
-                    RETURNING s.stream_id, s.version - n INTO sid, start;
+                UPDATE {schema}.streams s SET version = s.version + n,
+                        last_tx = greatest(s.last_tx, pg_current_xact_id())
+                    WHERE s.name = p_stream
+                    RETURNING s.stream_id, s.version - n, s.last_tx INTO sid, start, last;
             END IF;
         END IF;
+    END IF;
+    IF last IS NOT NULL AND last <> pg_current_xact_id() THEN
+        RAISE EXCEPTION 'annals: this transaction is older than the last writer of stream %; retry it', p_stream
+            USING ERRCODE = 'serialization_failure';
     END IF;
     IF sid IS NULL THEN
         RETURN QUERY SELECT 1::smallint,

@@ -360,6 +360,8 @@ impl PgStore {
         self.inner.notifier.notify();
     }
 
+    /// Runs the append function: `Some` when written; `None` when refused (wrong expected
+    /// version or an id already recorded), for [`classify`](Self::classify) to explain.
     async fn append_once(
         &self,
         client: &deadpool_postgres::ClientWrapper,
@@ -399,6 +401,14 @@ impl PgStore {
             Ok(row) => row,
             // A concurrent append recorded one of our ids first: classify.
             Err(e) if is_unique_violation(&e) => return Ok(None),
+            // Our transaction id is older than the stream's last writer's: a new
+            // transaction gets a newer one (see the streams table).
+            Err(e)
+                if e.code()
+                    == Some(&tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE) =>
+            {
+                return Err(Error::backend("postgres", Retry(e.to_string())))
+            }
             Err(e) => return Err(backend(e)),
         };
         let status: i16 = row.get(0);
@@ -411,11 +421,7 @@ impl PgStore {
                     last_position: pack(tx, row.get(3)),
                 }))
             }
-            1 => Err(Error::WrongExpectedVersion {
-                stream: stream.clone(),
-                expected,
-                actual: Version(row.get::<_, i64>(1) as u64),
-            }),
+            // Not admitted: a conflict, unless the batch is a retry of what is stored.
             _ => Ok(None),
         }
     }
@@ -423,7 +429,7 @@ impl PgStore {
     /// Where the batch's ids are recorded, and what that means.
     async fn classify(
         &self,
-        client: &Object,
+        client: &deadpool_postgres::ClientWrapper,
         stream: &StreamName,
         expected: ExpectedVersion,
         events: &[EventData],
@@ -461,7 +467,11 @@ impl PgStore {
         idempotency::check(stream, expected, actual, events, &found, |_| Ok(after))
     }
 
-    async fn stream_version_with(&self, client: &Object, stream: &StreamName) -> Result<Version> {
+    async fn stream_version_with(
+        &self,
+        client: &deadpool_postgres::ClientWrapper,
+        stream: &StreamName,
+    ) -> Result<Version> {
         let row = client
             .query_opt(&self.inner.sql.version, &[&stream.as_str()])
             .await
@@ -469,6 +479,11 @@ impl PgStore {
         Ok(Version(row.map_or(0, |r| r.get::<_, i64>(0) as u64)))
     }
 }
+
+/// The append lost the transaction-id race on its stream's row; a new transaction wins it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Retry(String);
 
 /// A transaction on the store: a projector's read-model changes, events appended by a
 /// reactor, and the checkpoint, committed together or not at all.
@@ -500,11 +515,12 @@ impl Projection {
                 self.appended = true;
                 Ok(r)
             }
-            None => Err(Error::PartialRetry {
-                stream: stream.clone(),
-                event_id: events[0].event_id,
-                stream_version: 0,
-            }),
+            None => match store.classify(client, stream, expected, &events).await? {
+                Verdict::AlreadyWritten(r) => Ok(r),
+                Verdict::Write => Err(backend(format!(
+                    "{stream}: the stream changed under the append; roll back and retry"
+                ))),
+            },
         }
     }
 
@@ -575,10 +591,14 @@ impl EventStore for PgStore {
     ) -> Result<AppendResult> {
         annals::event::validate_batch(stream, &events, self.inner.config.max_event_bytes)?;
         let client = self.client().await?;
-        // A second pass only when the first met ids recorded by an append that then rolled
-        // back before we could classify it.
-        for _ in 0..2 {
-            if let Some(r) = self.append_once(&client, stream, expected, &events).await? {
+        // Another pass when the first met ids recorded by an append that then rolled back
+        // before we could classify it, or lost the transaction-id race on the stream row.
+        for _ in 0..5 {
+            let written = match self.append_once(&client, stream, expected, &events).await {
+                Err(Error::Backend { source, .. }) if source.is::<Retry>() => continue,
+                other => other?,
+            };
+            if let Some(r) = written {
                 drop(client);
                 self.wake();
                 return Ok(r);
@@ -748,6 +768,35 @@ impl EventStore for PgStore {
             next,
             end: true,
         })
+    }
+
+    async fn await_visible(&self) -> Result<()> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT pg_snapshot_xmax(pg_current_snapshot())::text", &[])
+            .await
+            .map_err(backend)?;
+        let target: String = row.get(0);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let passed: bool = client
+                .query_one(
+                    "SELECT pg_snapshot_xmin(pg_current_snapshot()) >= $1::text::xid8",
+                    &[&target],
+                )
+                .await
+                .map_err(backend)?
+                .get(0);
+            if passed {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(backend(
+                    "transactions open for over 60 s hold read-all back: see horizon_lag()",
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
     }
 
     fn changes(&self) -> Option<watch::Receiver<()>> {

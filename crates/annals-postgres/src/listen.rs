@@ -55,6 +55,9 @@ pub(crate) fn spawn_listener(
     })
 }
 
+/// The shortest time between two NOTIFYs.
+const NOTIFY_EVERY: Duration = Duration::from_millis(5);
+
 /// Sends `NOTIFY channel` after commits, coalescing bursts into one.
 pub(crate) struct Notifier {
     pending: std::sync::Arc<Notify>,
@@ -79,6 +82,9 @@ impl Notifier {
                     }
                     Err(e) => tracing::debug!(error = %e, "NOTIFY: no connection"),
                 }
+                // Rate limit: commits during the pause share the next NOTIFY. In-process
+                // subscribers are woken directly; this is the hint for other processes.
+                tokio::time::sleep(NOTIFY_EVERY).await;
             }
         });
         Self { pending, task }

@@ -62,6 +62,7 @@ async fn versions(store: &dyn EventStore, stream: &StreamName, options: ReadStre
 }
 
 async fn read_everything(store: &dyn EventStore) -> Vec<RecordedEvent> {
+    store.await_visible().await.expect("await visibility");
     let mut out = Vec::new();
     let mut from = Position::START;
     loop {

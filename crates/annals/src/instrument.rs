@@ -226,6 +226,10 @@ impl<S: EventStore + ?Sized> EventStore for Instrumented<S> {
         result
     }
 
+    async fn await_visible(&self) -> Result<()> {
+        self.inner.await_visible().await
+    }
+
     fn changes(&self) -> Option<tokio::sync::watch::Receiver<()>> {
         self.inner.changes()
     }

@@ -263,6 +263,16 @@ pub trait EventStore: Send + Sync + 'static {
     /// Reads at most `limit` matching events after `from`, in position order.
     async fn read_all(&self, from: Position, filter: &Filter, limit: usize) -> Result<AllPage>;
 
+    /// Waits until every event committed before this call is visible to [`read_all`]
+    /// (and so to subscriptions). Stores whose read-all is immediately consistent (memory,
+    /// SQLite) return at once; PostgreSQL waits for the transactions in flight at the call
+    /// to end. For tests and tools that read their own writes through read-all.
+    ///
+    /// [`read_all`]: EventStore::read_all
+    async fn await_visible(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// A signal that changes after commits, so subscribers wake without polling. `None`
     /// when the backend has none; subscribers then poll.
     fn changes(&self) -> Option<tokio::sync::watch::Receiver<()>> {

@@ -146,9 +146,12 @@ pub async fn run(opened: Opened, url: &str, args: Args) -> anyhow::Result<()> {
     if baseline.is_none() {
         println!("no raw baseline for this store");
     }
+    // The targets: SQLite's group commit must beat one commit per row by far; PostgreSQL
+    // commits concurrently already, so there the store's own cost per append is what shows.
+    let b_target = if opened.sqlite.is_some() { 5.0 } else { 0.6 };
     if let (Some(b), Some(raw_1)) = (&b, &raw_1) {
         println!(
-            "ratio (b) / raw 1 row per tx:      {:.2}x  (target >= 5)",
+            "ratio (b) / raw 1 row per tx:      {:.2}x  (target >= {b_target})",
             b.events_per_sec() / raw_1.events_per_sec()
         );
     }
