@@ -11,7 +11,7 @@ CREATE TABLE {schema}.streams (
     category  text   NOT NULL,
     version   bigint NOT NULL,
     last_tx   xid8   NOT NULL DEFAULT pg_current_xact_id()
-);
+) WITH (fillfactor = 50); -- room on each page for HOT updates of version and last_tx
 CREATE INDEX streams_category ON {schema}.streams (category);
 
 -- Every event. Read-all orders by (tx_id, position) and only reads rows whose transaction is

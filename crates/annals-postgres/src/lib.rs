@@ -209,8 +209,8 @@ impl PgStore {
             .map_err(|e| PgError::Connect(e.to_string()))?;
         let changes = watch::Sender::new(());
         let channel = format!("annals_{}", config.schema);
-        let listener = listen::spawn_listener(pg, channel.clone(), changes.clone());
-        let notifier = listen::Notifier::spawn(pool.clone(), channel);
+        let listener = listen::spawn_listener(pg.clone(), channel.clone(), changes.clone());
+        let notifier = listen::Notifier::spawn(pg, channel);
         let store = Self {
             inner: Arc::new(Inner {
                 pool,

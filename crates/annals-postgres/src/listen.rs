@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
 use futures::StreamExt;
 use tokio::sync::{watch, Notify};
 
@@ -65,22 +64,23 @@ pub(crate) struct Notifier {
 }
 
 impl Notifier {
-    pub(crate) fn spawn(pool: Pool, channel: String) -> Self {
+    /// Sends the notifications on a connection of its own, with `synchronous_commit = off`:
+    /// a NOTIFY takes a transaction id, and waiting for its commit record to reach disk
+    /// would cost an fsync per hint. Pooled connections keep the server's durable setting.
+    pub(crate) fn spawn(config: tokio_postgres::Config, channel: String) -> Self {
         let pending = std::sync::Arc::new(Notify::new());
         let wait = pending.clone();
         let task = tokio::spawn(async move {
+            let mut client: Option<tokio_postgres::Client> = None;
             loop {
                 wait.notified().await;
-                match pool.get().await {
-                    Ok(client) => {
-                        if let Err(e) = client
-                            .execute("SELECT pg_notify($1, '')", &[&channel])
-                            .await
-                        {
-                            tracing::debug!(error = %e, "NOTIFY failed");
-                        }
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    client = connect_async_commit(&config).await;
+                }
+                if let Some(c) = &client {
+                    if let Err(e) = c.execute("SELECT pg_notify($1, '')", &[&channel]).await {
+                        tracing::debug!(error = %e, "NOTIFY failed");
                     }
-                    Err(e) => tracing::debug!(error = %e, "NOTIFY: no connection"),
                 }
                 // Rate limit: commits during the pause share the next NOTIFY. In-process
                 // subscribers are woken directly; this is the hint for other processes.
@@ -92,6 +92,27 @@ impl Notifier {
 
     pub(crate) fn notify(&self) {
         self.pending.notify_one();
+    }
+}
+
+async fn connect_async_commit(config: &tokio_postgres::Config) -> Option<tokio_postgres::Client> {
+    match config.connect(tokio_postgres::NoTls).await {
+        Ok((client, connection)) => {
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            match client.batch_execute("SET synchronous_commit = off").await {
+                Ok(()) => Some(client),
+                Err(e) => {
+                    tracing::debug!(error = %e, "NOTIFY connection setup failed");
+                    None
+                }
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "NOTIFY connection failed");
+            None
+        }
     }
 }
 
