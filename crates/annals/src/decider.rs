@@ -110,6 +110,12 @@ impl<D: Domain> Category<D> {
         self
     }
 
+    /// Caches folded states in `cache` when there is one.
+    pub fn with_optional_cache(mut self, cache: Option<Arc<Cache>>) -> Self {
+        self.cache = cache;
+        self
+    }
+
     /// Sets how many attempts `transact` makes (at least one).
     pub fn with_max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts.max(1);

@@ -140,13 +140,8 @@ pub struct Service {
 impl Service {
     /// The service over `store`.
     pub fn new(store: Arc<dyn EventStore>, cache: Option<Arc<Cache>>) -> annals::Result<Self> {
-        let category = Category::new(CATEGORY, store, JsonCodec::new())?;
-        Ok(Self {
-            category: match cache {
-                Some(cache) => category.with_cache(cache),
-                None => category,
-            },
-        })
+        let category = Category::new(CATEGORY, store, JsonCodec::new())?.with_optional_cache(cache);
+        Ok(Self { category })
     }
 
     /// Runs `command` on cart `id`: `Ok(Err(_))` when the domain refuses it.

@@ -98,13 +98,8 @@ pub struct Service {
 impl Service {
     /// The service over `store`, caching states in `cache` when given.
     pub fn new(store: Arc<dyn EventStore>, cache: Option<Arc<Cache>>) -> annals::Result<Self> {
-        let category = Category::new(CATEGORY, store, JsonCodec::new())?;
-        Ok(Self {
-            category: match cache {
-                Some(cache) => category.with_cache(cache),
-                None => category,
-            },
-        })
+        let category = Category::new(CATEGORY, store, JsonCodec::new())?.with_optional_cache(cache);
+        Ok(Self { category })
     }
 
     /// Favorites `skus` for `client`.

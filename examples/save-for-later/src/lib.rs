@@ -164,12 +164,9 @@ impl Service {
         cache: Option<Arc<Cache>>,
         max_items: usize,
     ) -> annals::Result<Self> {
-        let category = Category::new(CATEGORY, store, JsonCodec::new())?;
+        let category = Category::new(CATEGORY, store, JsonCodec::new())?.with_optional_cache(cache);
         Ok(Self {
-            category: match cache {
-                Some(cache) => category.with_cache(cache),
-                None => category,
-            },
+            category,
             max_items,
         })
     }
