@@ -1,0 +1,257 @@
+//! The reactor pipeline: read a store's feed from a checkpoint, hand each stream's events to
+//! a handler (one invocation per stream at a time, many streams in parallel), and commit the
+//! checkpoint only up to the last batch whose every event has been handled.
+//!
+//! In the spirit of Propulsion's streams sink:
+//! - a reader task pages through `read_all` after the checkpoint, then follows the store's
+//!   change signal (polling as a fallback), and stops reading ahead when
+//!   `max_pending_batches` batches are not yet complete;
+//! - the scheduler gives a stream's handler all of its buffered events in one call; the
+//!   handler answers the next version it needs, so it can skip ahead;
+//! - a batch is complete when every event in it is handled (or skipped, or parked); batches
+//!   complete in order, so a checkpoint never passes an unhandled event;
+//! - a failing stream is retried with exponential backoff and jitter while other streams go
+//!   on; after `after` failures it is parked (its events recorded and skipped) or the
+//!   pipeline stops with the error, as configured;
+//! - [`Running::await_idle`] waits, without sleeping, until everything appended before the
+//!   call has been handled.
+//!
+//! The reactor sees stores only through the core traits.
+
+mod backoff;
+mod scheduler;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use annals::{CheckpointStore, EventStore, Filter, RecordedEvent, StreamName, Version};
+use async_trait::async_trait;
+use tokio::sync::{watch, Notify};
+
+pub use backoff::Backoff;
+pub use scheduler::{Parked, Stats};
+
+/// What a handler failure carries.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Handles the events of one stream.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Handles `events` (consecutive, oldest first, all of `stream`) and returns the next
+    /// version it needs: usually the last event's version + 1; more to skip ahead (later
+    /// events below it are dropped); less to leave the rest buffered for a later call.
+    async fn handle(
+        &self,
+        stream: &StreamName,
+        events: &[RecordedEvent],
+    ) -> Result<Version, HandlerError>;
+}
+
+/// What to do with a stream whose handler keeps failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Retry with backoff, forever.
+    Retry,
+    /// After this many consecutive failures, park the stream: record its events as parked,
+    /// skip them and every later event of the stream.
+    Park {
+        /// Failures before parking.
+        after: u32,
+    },
+    /// After this many consecutive failures, stop the pipeline with the error.
+    Stop {
+        /// Failures before stopping.
+        after: u32,
+    },
+}
+
+/// How a pipeline reads, schedules and checkpoints.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// The consumer group: the checkpoint's owner.
+    pub group: String,
+    /// Which events to read.
+    pub filter: Filter,
+    /// Events per read (one batch).
+    pub batch_size: usize,
+    /// Batches read but not yet complete, at most (read-ahead bound).
+    pub max_pending_batches: usize,
+    /// Streams handled at once, at most.
+    pub max_concurrent_streams: usize,
+    /// How often the checkpoint is committed (and it always is on stop).
+    pub checkpoint_interval: Duration,
+    /// How often to look for new events when no change signal arrives.
+    pub poll_interval: Duration,
+    /// Delays between a failing stream's attempts.
+    pub backoff: Backoff,
+    /// What to do with a stream that keeps failing.
+    pub on_failure: FailurePolicy,
+    /// How often a stats summary is logged through `tracing`.
+    pub stats_interval: Duration,
+}
+
+impl PipelineConfig {
+    /// Defaults for `group` reading every event.
+    pub fn new(group: impl Into<String>) -> Self {
+        Self {
+            group: group.into(),
+            filter: Filter::all(),
+            batch_size: 500,
+            max_pending_batches: 8,
+            max_concurrent_streams: 16,
+            checkpoint_interval: Duration::from_secs(1),
+            poll_interval: Duration::from_millis(500),
+            backoff: Backoff::default(),
+            on_failure: FailurePolicy::Retry,
+            stats_interval: Duration::from_secs(60),
+        }
+    }
+
+    /// Reads only `filter`'s events.
+    pub fn filter(mut self, filter: Filter) -> Self {
+        self.filter = filter;
+        self
+    }
+
+    /// Sets the failure policy.
+    pub fn on_failure(mut self, policy: FailurePolicy) -> Self {
+        self.on_failure = policy;
+        self
+    }
+
+    /// Sets the retry backoff.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The checkpoint's source name: `all`, or the categories and event types read.
+    pub fn source(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.filter.categories.is_empty() {
+            parts.push(format!("categories={}", self.filter.categories.join(",")));
+        }
+        if !self.filter.event_types.is_empty() {
+            parts.push(format!("types={}", self.filter.event_types.join(",")));
+        }
+        if parts.is_empty() {
+            "all".into()
+        } else {
+            parts.join(";")
+        }
+    }
+}
+
+/// Why a pipeline stopped on its own.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    /// A stream failed `attempts` times under [`FailurePolicy::Stop`].
+    #[error("stream {stream} failed {attempts} times: {message}")]
+    Handler {
+        /// The stream.
+        stream: StreamName,
+        /// Consecutive failures.
+        attempts: u32,
+        /// The last error.
+        message: String,
+    },
+    /// The store or checkpoint store failed.
+    #[error("store: {0}")]
+    Store(#[from] annals::Error),
+}
+
+/// A running pipeline.
+pub struct Running {
+    stats: watch::Receiver<Stats>,
+    poke: Arc<Notify>,
+    stop: Arc<Notify>,
+    store: Arc<dyn EventStore>,
+    reads: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<Result<(), PipelineError>>,
+}
+
+/// Starts a pipeline for `handler` over `store`, resuming from the group's checkpoint in
+/// `checkpoints`.
+pub fn spawn(
+    store: Arc<dyn EventStore>,
+    checkpoints: Arc<dyn CheckpointStore>,
+    handler: Arc<dyn Handler>,
+    config: PipelineConfig,
+) -> Running {
+    let (stats_tx, stats) = watch::channel(Stats::default());
+    let poke = Arc::new(Notify::new());
+    let stop = Arc::new(Notify::new());
+    let reads = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let task = tokio::spawn(scheduler::run(scheduler::Parts {
+        store: Arc::clone(&store),
+        checkpoints,
+        handler,
+        config,
+        stats: stats_tx,
+        poke: Arc::clone(&poke),
+        stop: Arc::clone(&stop),
+        reads: Arc::clone(&reads),
+    }));
+    Running {
+        stats,
+        poke,
+        stop,
+        store,
+        reads,
+        task,
+    }
+}
+
+impl Running {
+    /// The latest stats.
+    pub fn stats(&self) -> Stats {
+        self.stats.borrow().clone()
+    }
+
+    /// Waits until every event appended before this call has been handled, skipped or
+    /// parked (no sleeping: it waits for the pipeline to report it). Returns the pipeline's
+    /// error if it stops first.
+    pub async fn await_idle(&mut self) -> Result<(), PipelineError> {
+        self.store.await_visible().await?;
+        // A read that starts after this point sees everything appended before the call.
+        let target = self.reads.load(std::sync::atomic::Ordering::SeqCst) + 1;
+        self.poke.notify_one();
+        let mut stats = self.stats.clone();
+        loop {
+            {
+                let s = stats.borrow_and_update();
+                if let Some(e) = &s.stopped {
+                    return Err(e.clone());
+                }
+                if s.caught_up_read >= target && s.idle {
+                    return Ok(());
+                }
+            }
+            if stats.changed().await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Stops reading, waits for the handlers in flight, commits the checkpoint and ends.
+    pub async fn stop(self) -> Result<(), PipelineError> {
+        self.stop.notify_one();
+        self.task.await.unwrap_or_else(|e| {
+            Err(PipelineError::Store(annals::Error::backend(
+                "reactor",
+                e.to_string(),
+            )))
+        })
+    }
+
+    /// Waits for the pipeline to end on its own (an error under the stop policy).
+    pub async fn join(self) -> Result<(), PipelineError> {
+        self.task.await.unwrap_or_else(|e| {
+            Err(PipelineError::Store(annals::Error::backend(
+                "reactor",
+                e.to_string(),
+            )))
+        })
+    }
+}

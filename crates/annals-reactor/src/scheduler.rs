@@ -1,0 +1,485 @@
+//! The reader task and the per-stream scheduler behind [`crate::spawn`].
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use annals::{CheckpointStore, EventStore, Filter, Position, RecordedEvent, StreamName, Version};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinSet;
+
+use crate::{FailurePolicy, Handler, HandlerError, PipelineConfig, PipelineError};
+
+/// A stream parked after repeated failures: its events were recorded here and skipped.
+#[derive(Debug, Clone)]
+pub struct Parked {
+    /// The stream.
+    pub stream: StreamName,
+    /// Its events that were skipped, oldest first.
+    pub events: Vec<RecordedEvent>,
+    /// The last error.
+    pub error: String,
+}
+
+/// What a pipeline reports about itself.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    /// Where the reader has read up to.
+    pub read_position: Position,
+    /// The end of the last batch whose every event is handled.
+    pub completed: Position,
+    /// The last committed checkpoint.
+    pub checkpoint: Position,
+    /// Events handled (or skipped by a handler's skip-ahead).
+    pub events_handled: u64,
+    /// Handler invocations that succeeded.
+    pub handler_calls: u64,
+    /// Batches read but not complete.
+    pub pending_batches: usize,
+    /// The most batches ever pending at once.
+    pub max_pending_batches_seen: usize,
+    /// Streams being handled right now.
+    pub active_streams: usize,
+    /// Streams failing now, with their consecutive failures.
+    pub failing: Vec<(StreamName, u32)>,
+    /// Parked streams.
+    pub parked: Vec<Parked>,
+    /// The latest read that reached the end of the feed (see `Running::await_idle`).
+    pub caught_up_read: u64,
+    /// Nothing read is left to handle.
+    pub idle: bool,
+    /// Set when the pipeline stopped on an error.
+    pub stopped: Option<PipelineError>,
+}
+
+pub(crate) struct Parts {
+    pub store: Arc<dyn EventStore>,
+    pub checkpoints: Arc<dyn CheckpointStore>,
+    pub handler: Arc<dyn Handler>,
+    pub config: PipelineConfig,
+    pub stats: watch::Sender<Stats>,
+    pub poke: Arc<Notify>,
+    pub stop: Arc<Notify>,
+    pub reads: Arc<AtomicU64>,
+}
+
+enum Feed {
+    Batch {
+        events: Vec<RecordedEvent>,
+        end: Position,
+    },
+    CaughtUp {
+        read: u64,
+    },
+}
+
+struct Batch {
+    end: Position,
+    remaining: usize,
+}
+
+#[derive(Default)]
+struct Stream {
+    queue: VecDeque<(u64, RecordedEvent)>,
+    busy: bool,
+    /// The next version the handler needs; events below it are dropped.
+    next_version: u64,
+    /// The handler took nothing of what it was given: wait for new events.
+    stalled: bool,
+    failures: u32,
+    retry_at: Option<tokio::time::Instant>,
+    parked: Option<usize>,
+    last_error: String,
+}
+
+type Done = (StreamName, Result<Version, HandlerError>, Duration, usize);
+
+struct Scheduler {
+    config: PipelineConfig,
+    source: String,
+    checkpoints: Arc<dyn CheckpointStore>,
+    handler: Arc<dyn Handler>,
+    batches: VecDeque<Batch>,
+    base: u64,
+    streams: HashMap<StreamName, Stream>,
+    in_flight: JoinSet<Done>,
+    stats: Stats,
+    rng: u64,
+}
+
+/// A cheap pseudo-random number in `[0, 1)` for jitter.
+fn unit(rng: &mut u64) -> f64 {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    (*rng >> 11) as f64 / (1u64 << 53) as f64
+}
+
+impl Scheduler {
+    fn add(&mut self, events: Vec<RecordedEvent>, end: Position) {
+        let index = self.base + self.batches.len() as u64;
+        let mut remaining = 0;
+        for e in events {
+            let s = self.streams.entry(e.stream.clone()).or_default();
+            if let Some(p) = s.parked {
+                self.stats.parked[p].events.push(e);
+            } else if e.stream_version >= s.next_version {
+                s.queue.push_back((index, e));
+                s.stalled = false;
+                remaining += 1;
+            }
+        }
+        self.batches.push_back(Batch { end, remaining });
+        self.stats.read_position = self.stats.read_position.max(end);
+        self.stats.max_pending_batches_seen =
+            self.stats.max_pending_batches_seen.max(self.batches.len());
+        self.complete_prefix();
+    }
+
+    fn release(&mut self, batch: u64) {
+        if let Some(b) = self.batches.get_mut((batch - self.base) as usize) {
+            b.remaining -= 1;
+        }
+    }
+
+    fn complete_prefix(&mut self) {
+        while self.batches.front().is_some_and(|b| b.remaining == 0) {
+            let b = self.batches.pop_front().expect("front exists");
+            self.base += 1;
+            self.stats.completed = self.stats.completed.max(b.end);
+        }
+    }
+
+    fn dispatch(&mut self) {
+        let now = tokio::time::Instant::now();
+        let max = self.config.max_concurrent_streams.max(1);
+        for (name, s) in self.streams.iter_mut() {
+            if self.in_flight.len() >= max {
+                break;
+            }
+            let ready = !s.busy
+                && !s.stalled
+                && s.parked.is_none()
+                && !s.queue.is_empty()
+                && s.retry_at.is_none_or(|t| t <= now);
+            if !ready {
+                continue;
+            }
+            s.busy = true;
+            let events: Vec<RecordedEvent> = s.queue.iter().map(|(_, e)| e.clone()).collect();
+            let (handler, stream) = (Arc::clone(&self.handler), name.clone());
+            self.in_flight.spawn(async move {
+                let started = Instant::now();
+                let result = handler.handle(&stream, &events).await;
+                (stream, result, started.elapsed(), events.len())
+            });
+        }
+        self.stats.active_streams = self.in_flight.len();
+    }
+
+    fn next_retry(&self) -> Option<tokio::time::Instant> {
+        self.streams
+            .values()
+            .filter(|s| !s.busy && !s.queue.is_empty() && s.parked.is_none())
+            .filter_map(|s| s.retry_at)
+            .min()
+    }
+
+    fn done(&mut self, done: Result<Done, tokio::task::JoinError>) -> Result<(), PipelineError> {
+        let (name, result, took, count) = match done {
+            Ok(d) => d,
+            // A panicking handler: find the stream that was busy without a result.
+            Err(e) => {
+                return Err(PipelineError::Store(annals::Error::backend(
+                    "reactor handler",
+                    e.to_string(),
+                )))
+            }
+        };
+        metrics::histogram!("annals_reactor_handler_seconds", "group" => self.config.group.clone())
+            .record(took.as_secs_f64());
+        let s = self
+            .streams
+            .get_mut(&name)
+            .expect("dispatched streams are known");
+        s.busy = false;
+        match result {
+            Ok(next) => {
+                s.failures = 0;
+                s.retry_at = None;
+                s.next_version = s.next_version.max(next.get());
+                let mut released = Vec::new();
+                while s
+                    .queue
+                    .front()
+                    .is_some_and(|(_, e)| e.stream_version < s.next_version)
+                {
+                    released.push(s.queue.pop_front().expect("front exists").0);
+                }
+                s.stalled = released.is_empty();
+                self.stats.events_handled += released.len() as u64;
+                self.stats.handler_calls += 1;
+                metrics::counter!("annals_reactor_events_total", "group" => self.config.group.clone())
+                    .increment(released.len() as u64);
+                for b in released {
+                    self.release(b);
+                }
+                self.complete_prefix();
+                tracing::trace!(stream = %name, count, ?took, "handled");
+            }
+            Err(e) => {
+                s.failures += 1;
+                s.last_error = e.to_string();
+                let attempts = s.failures;
+                match self.config.on_failure {
+                    FailurePolicy::Stop { after } if attempts >= after => {
+                        return Err(PipelineError::Handler {
+                            stream: name,
+                            attempts,
+                            message: e.to_string(),
+                        });
+                    }
+                    FailurePolicy::Park { after } if attempts >= after => {
+                        tracing::warn!(stream = %name, attempts, error = %e, "parking stream");
+                        let events: Vec<(u64, RecordedEvent)> = s.queue.drain(..).collect();
+                        s.parked = Some(self.stats.parked.len());
+                        self.stats.parked.push(Parked {
+                            stream: name.clone(),
+                            events: events.iter().map(|(_, e)| e.clone()).collect(),
+                            error: e.to_string(),
+                        });
+                        for (b, _) in events {
+                            self.release(b);
+                        }
+                        self.complete_prefix();
+                    }
+                    _ => {
+                        let delay = self.config.backoff.delay(attempts, unit(&mut self.rng));
+                        tracing::debug!(stream = %name, attempts, ?delay, error = %e, "handler failed; retrying");
+                        s.retry_at = Some(tokio::time::Instant::now() + delay);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self) {
+        if self.stats.completed <= self.stats.checkpoint {
+            return;
+        }
+        let position = self.stats.completed;
+        match self
+            .checkpoints
+            .commit(&self.config.group, &self.source, position)
+            .await
+        {
+            Ok(()) => {
+                self.stats.checkpoint = position;
+                metrics::gauge!("annals_reactor_checkpoint_position", "group" => self.config.group.clone())
+                    .set(position.raw() as f64);
+            }
+            Err(e) => {
+                tracing::warn!(group = %self.config.group, error = %e, "checkpoint commit failed")
+            }
+        }
+    }
+
+    fn publish(&mut self, tx: &watch::Sender<Stats>) {
+        self.stats.pending_batches = self.batches.len();
+        self.stats.failing = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.failures > 0 && s.parked.is_none())
+            .map(|(n, s)| (n.clone(), s.failures))
+            .collect();
+        self.stats.idle = self.batches.is_empty() && self.in_flight.is_empty();
+        metrics::gauge!("annals_reactor_streams_failing", "group" => self.config.group.clone())
+            .set(self.stats.failing.len() as f64);
+        metrics::gauge!("annals_reactor_streams_parked", "group" => self.config.group.clone())
+            .set(self.stats.parked.len() as f64);
+        metrics::gauge!("annals_reactor_pending_batches", "group" => self.config.group.clone())
+            .set(self.stats.pending_batches as f64);
+        tx.send_replace(self.stats.clone());
+    }
+}
+
+/// What the reader task needs.
+struct Reader {
+    store: Arc<dyn EventStore>,
+    filter: Filter,
+    batch_size: usize,
+    from: Position,
+    feed: mpsc::Sender<Feed>,
+    poke: Arc<Notify>,
+    poll: Duration,
+    reads: Arc<AtomicU64>,
+}
+
+/// Pages through the feed after `from`, then follows the change signal (or polls), sending
+/// batches into a channel of one: the scheduler's pace bounds the read-ahead.
+async fn reader(r: Reader) {
+    let Reader {
+        store,
+        filter,
+        batch_size,
+        mut from,
+        feed,
+        poke,
+        poll,
+        reads,
+    } = r;
+    let mut changes = store.changes();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if let Some(rx) = changes.as_mut() {
+            rx.borrow_and_update();
+        }
+        let read = reads.fetch_add(1, Ordering::SeqCst) + 1;
+        let page = match store.read_all(from, &filter, batch_size).await {
+            Ok(page) => {
+                backoff = Duration::from_millis(100);
+                page
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reactor read failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if !page.events.is_empty() || page.next > from {
+            let end = from.max(page.next);
+            if feed
+                .send(Feed::Batch {
+                    events: page.events,
+                    end,
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+            from = end;
+        }
+        if page.end {
+            if feed.send(Feed::CaughtUp { read }).await.is_err() {
+                return;
+            }
+            let wake = async {
+                match changes.as_mut() {
+                    Some(rx) => {
+                        let _ = rx.changed().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = wake => {}
+                _ = poke.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+}
+
+pub(crate) async fn run(parts: Parts) -> Result<(), PipelineError> {
+    let Parts {
+        store,
+        checkpoints,
+        handler,
+        config,
+        stats: stats_tx,
+        poke,
+        stop,
+        reads,
+    } = parts;
+    let source = config.source();
+    let start = match checkpoints.load(&config.group, &source).await {
+        Ok(p) => p.unwrap_or(Position::START),
+        Err(e) => {
+            let e = PipelineError::from(e);
+            stats_tx.send_modify(|s| s.stopped = Some(e.clone()));
+            return Err(e);
+        }
+    };
+    let (feed_tx, mut feed) = mpsc::channel(1);
+    let reader = tokio::spawn(reader(Reader {
+        store,
+        filter: config.filter.clone(),
+        batch_size: config.batch_size.max(1),
+        from: start,
+        feed: feed_tx,
+        poke,
+        poll: config.poll_interval,
+        reads,
+    }));
+    let seed = Instant::now().elapsed().as_nanos() as u64 ^ 0x9E37_79B9_7F4A_7C15;
+    let mut s = Scheduler {
+        source,
+        checkpoints,
+        handler,
+        batches: VecDeque::new(),
+        base: 0,
+        streams: HashMap::new(),
+        in_flight: JoinSet::new(),
+        stats: Stats {
+            checkpoint: start,
+            completed: start,
+            read_position: start,
+            ..Stats::default()
+        },
+        rng: seed | 1,
+        config,
+    };
+    let mut checkpoint_tick = tokio::time::interval(s.config.checkpoint_interval);
+    let mut stats_tick = tokio::time::interval(s.config.stats_interval);
+    let outcome = loop {
+        s.dispatch();
+        s.publish(&stats_tx);
+        let retry = s.next_retry();
+        let can_read = s.batches.len() < s.config.max_pending_batches.max(1);
+        tokio::select! {
+            biased;
+            _ = stop.notified() => break Ok(()),
+            Some(done) = s.in_flight.join_next(), if !s.in_flight.is_empty() => {
+                if let Err(e) = s.done(done) {
+                    break Err(e);
+                }
+            }
+            next = feed.recv(), if can_read => match next {
+                Some(Feed::Batch { events, end }) => s.add(events, end),
+                Some(Feed::CaughtUp { read }) => s.stats.caught_up_read = read,
+                None => break Ok(()),
+            },
+            _ = tokio::time::sleep_until(retry.unwrap_or_else(tokio::time::Instant::now)), if retry.is_some() => {}
+            _ = checkpoint_tick.tick() => s.commit().await,
+            _ = stats_tick.tick() => {
+                let st = &s.stats;
+                tracing::info!(
+                    group = %s.config.group,
+                    read = %st.read_position,
+                    checkpoint = %st.checkpoint,
+                    handled = st.events_handled,
+                    pending_batches = st.pending_batches,
+                    active = st.active_streams,
+                    failing = st.failing.len(),
+                    parked = st.parked.len(),
+                    "reactor stats"
+                );
+            }
+        }
+    };
+    reader.abort();
+    // Let the handlers in flight finish so their work counts, then commit.
+    while let Some(done) = s.in_flight.join_next().await {
+        let _ = s.done(done);
+    }
+    s.commit().await;
+    if let Err(e) = &outcome {
+        s.stats.stopped = Some(e.clone());
+    }
+    s.publish(&stats_tx);
+    outcome
+}

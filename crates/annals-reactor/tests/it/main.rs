@@ -1,0 +1,367 @@
+//! The pipeline over the in-memory store: order, concurrency, checkpoints, failures.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use annals::{
+    CheckpointStore, EventData, EventStore, ExpectedVersion, MemoryCheckpoints, MemoryStore,
+    Position, RecordedEvent, StreamName, Version,
+};
+use annals_reactor::{
+    Backoff, FailurePolicy, Handler, HandlerError, PipelineConfig, PipelineError,
+};
+use async_trait::async_trait;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn name(s: &str) -> StreamName {
+    StreamName::new(s).unwrap()
+}
+
+async fn append(store: &MemoryStore, stream: &str, n: usize) {
+    let events = (0..n)
+        .map(|i| EventData::new("E", format!("{i}").into_bytes()))
+        .collect();
+    store
+        .append(&name(stream), ExpectedVersion::Any, events)
+        .await
+        .unwrap();
+}
+
+fn config(group: &str) -> PipelineConfig {
+    let mut c = PipelineConfig::new(group);
+    c.batch_size = 7;
+    c.max_pending_batches = 3;
+    c.checkpoint_interval = Duration::from_millis(20);
+    c.backoff = Backoff {
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(200),
+    };
+    c
+}
+
+/// Records what it was given; fails streams listed in `failing` (for their first
+/// `fail_times` calls), and can hold a stream until another has started.
+#[derive(Default)]
+struct Recorder {
+    seen: Mutex<HashMap<StreamName, Vec<u64>>>,
+    calls: Mutex<Vec<(StreamName, Instant)>>,
+    failing: Mutex<HashMap<StreamName, u32>>,
+    active: Mutex<Vec<StreamName>>,
+    /// Streams whose first calls must be inside their handlers at the same time to get past
+    /// the barrier.
+    together: Option<(Mutex<Vec<StreamName>>, Arc<tokio::sync::Barrier>)>,
+    skip_to: Option<(StreamName, u64)>,
+}
+
+#[async_trait]
+impl Handler for Recorder {
+    async fn handle(
+        &self,
+        stream: &StreamName,
+        events: &[RecordedEvent],
+    ) -> Result<Version, HandlerError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push((stream.clone(), Instant::now()));
+        {
+            let mut failing = self.failing.lock().unwrap();
+            if let Some(left) = failing.get_mut(stream) {
+                if *left > 0 {
+                    *left -= 1;
+                    return Err(format!("{stream} is failing").into());
+                }
+            }
+        }
+        {
+            let mut active = self.active.lock().unwrap();
+            assert!(!active.contains(stream), "{stream} handled twice at once");
+            active.push(stream.clone());
+        }
+        if let Some((streams, barrier)) = &self.together {
+            let first_call = {
+                let mut waiting = streams.lock().unwrap();
+                let found = waiting.contains(stream);
+                waiting.retain(|s| s != stream);
+                found
+            };
+            if first_call {
+                // Only passes if the other slow stream is being handled at the same time.
+                tokio::time::timeout(WAIT, barrier.wait())
+                    .await
+                    .expect("the slow streams overlap");
+            }
+        }
+        self.seen
+            .lock()
+            .unwrap()
+            .entry(stream.clone())
+            .or_default()
+            .extend(events.iter().map(|e| e.stream_version));
+        self.active.lock().unwrap().retain(|s| s != stream);
+        let next = events.last().map_or(0, |e| e.stream_version + 1);
+        match &self.skip_to {
+            Some((s, to)) if s == stream => Ok(Version(next.max(*to))),
+            _ => Ok(Version(next)),
+        }
+    }
+}
+
+fn run(
+    store: &Arc<MemoryStore>,
+    cps: &Arc<MemoryCheckpoints>,
+    h: &Arc<Recorder>,
+    c: PipelineConfig,
+) -> annals_reactor::Running {
+    annals_reactor::spawn(store.clone(), cps.clone(), h.clone(), c)
+}
+
+async fn idle(r: &mut annals_reactor::Running) {
+    tokio::time::timeout(WAIT, r.await_idle())
+        .await
+        .expect("idle in time")
+        .expect("no pipeline error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streams_are_handled_in_order_and_two_slow_streams_concurrently() {
+    let store = Arc::new(MemoryStore::new());
+    let cps = Arc::new(MemoryCheckpoints::new());
+    let barrier = Arc::new(tokio::sync::Barrier::new(2));
+    let h = Arc::new(Recorder {
+        together: Some((Mutex::new(vec![name("Slow-a"), name("Slow-b")]), barrier)),
+        ..Recorder::default()
+    });
+    for i in 0..20 {
+        append(&store, &format!("Many-{}", i % 5), 3).await;
+    }
+    append(&store, "Slow-a", 2).await;
+    append(&store, "Slow-b", 2).await;
+    let mut r = run(&store, &cps, &h, config("order"));
+    idle(&mut r).await;
+    for i in 0..10 {
+        append(&store, &format!("Many-{}", i % 5), 2).await;
+    }
+    idle(&mut r).await;
+    let seen = h.seen.lock().unwrap().clone();
+    for (stream, versions) in &seen {
+        let want: Vec<u64> = (0..versions.len() as u64).collect();
+        assert_eq!(versions, &want, "{stream} handled out of order or twice");
+    }
+    assert_eq!(seen[&name("Many-0")].len(), 12 + 4);
+    assert_eq!(
+        seen[&name("Slow-a")],
+        vec![0, 1],
+        "both slow streams passed the barrier"
+    );
+    assert_eq!(seen[&name("Slow-b")], vec![0, 1]);
+    let stats = r.stats();
+    assert!(
+        stats.max_pending_batches_seen <= 3,
+        "read-ahead bound held: {}",
+        stats.max_pending_batches_seen
+    );
+    assert_eq!(stats.events_handled, 60 + 4 + 20);
+    r.stop().await.unwrap();
+    let all = store
+        .read_all(Position::START, &annals::Filter::all(), 1000)
+        .await
+        .unwrap();
+    assert_eq!(
+        cps.load("order", "all").await.unwrap(),
+        Some(all.events.last().unwrap().position),
+        "checkpoint flushed on stop"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_stream_pins_the_checkpoint_and_is_delivered_again_after_a_restart() {
+    let store = Arc::new(MemoryStore::new());
+    let cps = Arc::new(MemoryCheckpoints::new());
+    append(&store, "Ok-1", 3).await;
+    append(&store, "Bad-1", 2).await;
+    append(&store, "Ok-2", 3).await;
+    let bad_position = store
+        .read_all(Position::START, &annals::Filter::all(), 100)
+        .await
+        .unwrap()
+        .events[3]
+        .position;
+    let h = Arc::new(Recorder::default());
+    h.failing.lock().unwrap().insert(name("Bad-1"), u32::MAX);
+    let r = run(&store, &cps, &h, config("pin"));
+    // Wait until the bad stream has been tried 5 times, by watching the handler's calls.
+    tokio::time::timeout(WAIT, async {
+        while h
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(s, _)| s == &name("Bad-1"))
+            .count()
+            < 5
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("retries happen");
+    let stats = r.stats();
+    assert!(
+        stats
+            .failing
+            .iter()
+            .any(|(s, n)| s == &name("Bad-1") && *n >= 4),
+        "{:?}",
+        stats.failing
+    );
+    r.stop().await.unwrap();
+    let checkpoint = cps
+        .load("pin", "all")
+        .await
+        .unwrap()
+        .unwrap_or(Position::START);
+    assert!(
+        checkpoint < bad_position,
+        "the checkpoint never passes the unhandled event"
+    );
+    // Retry intervals grow: each gap is at least the shortest delay of its attempt.
+    let times: Vec<Instant> = h
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(s, _)| s == &name("Bad-1"))
+        .map(|(_, t)| *t)
+        .collect();
+    let backoff = config("x").backoff;
+    for (n, gap) in times.windows(2).map(|w| w[1] - w[0]).enumerate() {
+        assert!(
+            gap >= backoff.delay(n as u32 + 1, 0.0),
+            "gap {n} was {gap:?}"
+        );
+    }
+    // Restart with a working handler: the pinned events come again, nothing after is lost.
+    let h2 = Arc::new(Recorder::default());
+    let mut r = run(&store, &cps, &h2, config("pin"));
+    idle(&mut r).await;
+    let seen = h2.seen.lock().unwrap().clone();
+    assert_eq!(seen[&name("Bad-1")], vec![0, 1]);
+    let ok2 = |h: &Recorder| {
+        h.seen
+            .lock()
+            .unwrap()
+            .get(&name("Ok-2"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let mut both = ok2(&h);
+    both.extend(ok2(&h2));
+    both.sort();
+    both.dedup();
+    assert_eq!(both, vec![0, 1, 2], "nothing after the checkpoint is lost");
+    r.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_park_policy_records_and_skips_a_stream_and_the_rest_goes_on() {
+    let store = Arc::new(MemoryStore::new());
+    let cps = Arc::new(MemoryCheckpoints::new());
+    append(&store, "Bad-1", 2).await;
+    append(&store, "Ok-1", 2).await;
+    let h = Arc::new(Recorder::default());
+    h.failing.lock().unwrap().insert(name("Bad-1"), u32::MAX);
+    let mut r = run(
+        &store,
+        &cps,
+        &h,
+        config("park").on_failure(FailurePolicy::Park { after: 3 }),
+    );
+    idle(&mut r).await;
+    append(&store, "Bad-1", 1).await;
+    append(&store, "Ok-1", 1).await;
+    idle(&mut r).await;
+    let stats = r.stats();
+    assert_eq!(stats.parked.len(), 1);
+    assert_eq!(stats.parked[0].stream, name("Bad-1"));
+    assert_eq!(
+        stats.parked[0]
+            .events
+            .iter()
+            .map(|e| e.stream_version)
+            .collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    assert!(stats.parked[0].error.contains("failing"));
+    assert_eq!(
+        h.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(s, _)| s == &name("Bad-1"))
+            .count(),
+        3
+    );
+    assert_eq!(h.seen.lock().unwrap()[&name("Ok-1")], vec![0, 1, 2]);
+    r.stop().await.unwrap();
+    let head = store
+        .read_all(Position::START, &annals::Filter::all(), 100)
+        .await
+        .unwrap()
+        .next;
+    assert_eq!(
+        cps.load("park", "all").await.unwrap(),
+        Some(head),
+        "parked events no longer pin the checkpoint"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_stop_policy_ends_the_pipeline_with_the_error() {
+    let store = Arc::new(MemoryStore::new());
+    let cps = Arc::new(MemoryCheckpoints::new());
+    append(&store, "Ok-1", 2).await;
+    append(&store, "Bad-1", 2).await;
+    let h = Arc::new(Recorder::default());
+    h.failing.lock().unwrap().insert(name("Bad-1"), u32::MAX);
+    let mut r = run(
+        &store,
+        &cps,
+        &h,
+        config("stop").on_failure(FailurePolicy::Stop { after: 2 }),
+    );
+    match tokio::time::timeout(WAIT, r.await_idle())
+        .await
+        .expect("ends in time")
+    {
+        Err(PipelineError::Handler {
+            stream,
+            attempts,
+            message,
+        }) => {
+            assert_eq!((stream, attempts), (name("Bad-1"), 2));
+            assert!(message.contains("failing"));
+        }
+        other => panic!("expected the handler error, got {other:?}"),
+    }
+    assert!(matches!(r.join().await, Err(PipelineError::Handler { .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_handler_can_skip_ahead() {
+    let store = Arc::new(MemoryStore::new());
+    let cps = Arc::new(MemoryCheckpoints::new());
+    append(&store, "Skip-1", 3).await;
+    let h = Arc::new(Recorder {
+        skip_to: Some((name("Skip-1"), 6)),
+        ..Recorder::default()
+    });
+    let mut r = run(&store, &cps, &h, config("skip"));
+    idle(&mut r).await;
+    append(&store, "Skip-1", 5).await; // versions 3..8: 3, 4, 5 are below 6 and dropped
+    idle(&mut r).await;
+    assert_eq!(h.seen.lock().unwrap()[&name("Skip-1")], vec![0, 1, 2, 6, 7]);
+    r.stop().await.unwrap();
+}
