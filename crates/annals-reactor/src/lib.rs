@@ -19,6 +19,7 @@
 //! The reactor sees stores only through the core traits.
 
 mod backoff;
+mod reactor;
 mod scheduler;
 
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use async_trait::async_trait;
 use tokio::sync::{watch, Notify};
 
 pub use backoff::Backoff;
+pub use reactor::{reaction_id, Reactor};
 pub use scheduler::{Parked, Stats};
 
 /// What a handler failure carries.

@@ -365,3 +365,146 @@ async fn a_handler_can_skip_ahead() {
     assert_eq!(h.seen.lock().unwrap()[&name("Skip-1")], vec![0, 1, 2, 6, 7]);
     r.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reactor_sets_causation_and_correlation_and_never_emits_twice() {
+    let store = Arc::new(MemoryStore::new());
+    let cps = Arc::new(MemoryCheckpoints::new());
+    let corr = annals::Uuid::now_v7();
+    store
+        .append(
+            &name("Order-1"),
+            ExpectedVersion::Any,
+            vec![
+                EventData::new("Placed", b"{}".to_vec()).with_correlation_id(corr),
+                EventData::new("Placed", b"{}".to_vec()),
+            ],
+        )
+        .await
+        .unwrap();
+    let react = |e: &RecordedEvent| {
+        if e.stream.category() == "Order" {
+            vec![(
+                name("Invoice-1"),
+                EventData::new("Invoiced", b"{}".to_vec()),
+            )]
+        } else {
+            vec![]
+        }
+    };
+    let reactor = Arc::new(annals_reactor::Reactor::new(store.clone(), react));
+    let mut r = annals_reactor::spawn(store.clone(), cps.clone(), reactor.clone(), config("react"));
+    idle(&mut r).await;
+    // Deliver everything again (as after a crash before the checkpoint): nothing new.
+    cps.commit("react", "all", Position::START).await.unwrap();
+    r.stop().await.unwrap();
+    cps.commit("react", "all", Position::START).await.unwrap();
+    let mut r = annals_reactor::spawn(store.clone(), cps.clone(), reactor, config("react"));
+    idle(&mut r).await;
+    r.stop().await.unwrap();
+    let causes = store.read_stream_vec_for_test(&name("Order-1")).await;
+    let emitted = store.read_stream_vec_for_test(&name("Invoice-1")).await;
+    assert_eq!(emitted.len(), 2, "reactions were not written twice");
+    assert_eq!(emitted[0].causation_id, Some(causes[0].event_id));
+    assert_eq!(
+        emitted[0].correlation_id,
+        Some(corr),
+        "the correlation id is copied"
+    );
+    assert_eq!(emitted[1].causation_id, Some(causes[1].event_id));
+    assert_eq!(
+        emitted[1].correlation_id,
+        Some(causes[1].event_id),
+        "no correlation: the cause starts one"
+    );
+}
+
+trait ReadForTest {
+    async fn read_stream_vec_for_test(&self, s: &StreamName) -> Vec<RecordedEvent>;
+}
+
+impl ReadForTest for MemoryStore {
+    async fn read_stream_vec_for_test(&self, s: &StreamName) -> Vec<RecordedEvent> {
+        use annals::EventStoreExt;
+        self.read_stream_vec(s, annals::ReadStream::forward())
+            .await
+            .unwrap()
+    }
+}
+
+/// The pipeline over the durable stores: every event handled once, in order, and the
+/// checkpoint kept in the store's own checkpoint table.
+async fn over(store: Arc<dyn EventStore>, cps: Arc<dyn CheckpointStore>) {
+    for i in 0..40 {
+        let events = (0..3)
+            .map(|j| EventData::new("E", format!("{j}").into_bytes()))
+            .collect();
+        store
+            .append(
+                &name(&format!("Durable-{}", i % 7)),
+                ExpectedVersion::Any,
+                events,
+            )
+            .await
+            .unwrap();
+    }
+    let h = Arc::new(Recorder::default());
+    let mut r = annals_reactor::spawn(store.clone(), cps.clone(), h.clone(), config("durable"));
+    idle(&mut r).await;
+    for i in 0..7 {
+        store
+            .append(
+                &name(&format!("Durable-{i}")),
+                ExpectedVersion::Any,
+                vec![EventData::new("E", b"x".to_vec())],
+            )
+            .await
+            .unwrap();
+    }
+    idle(&mut r).await;
+    r.stop().await.unwrap();
+    let seen = h.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 7);
+    for (stream, versions) in &seen {
+        let want: Vec<u64> = (0..versions.len() as u64).collect();
+        assert_eq!(versions, &want, "{stream}");
+    }
+    assert_eq!(seen.values().map(Vec::len).sum::<usize>(), 127);
+    store.await_visible().await.unwrap();
+    // The checkpoint is at or past the last event (a store may checkpoint a position that
+    // is not an event's, as PostgreSQL's horizon), and nothing is left after it.
+    let all = store
+        .read_all(Position::START, &annals::Filter::all(), 1000)
+        .await
+        .unwrap();
+    let checkpoint = cps
+        .load("durable", "all")
+        .await
+        .unwrap()
+        .expect("a checkpoint");
+    assert!(checkpoint >= all.events.last().unwrap().position);
+    let rest = store
+        .read_all(checkpoint, &annals::Filter::all(), 1000)
+        .await
+        .unwrap();
+    assert!(rest.events.is_empty() && rest.end);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_pipeline_runs_over_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        annals_sqlite::SqliteStore::open(annals_sqlite::SqliteConfig::new(dir.path().join("a.db")))
+            .unwrap();
+    over(Arc::new(store.clone()), Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_pipeline_runs_over_postgres() {
+    let server = annals_testkit::postgres::shared();
+    let config = annals_postgres::PgConfig::new(&server.url)
+        .schema(annals_testkit::postgres::schema_name("reactor"));
+    let store = annals_postgres::PgStore::connect(config).await.unwrap();
+    store.migrate().await.unwrap();
+    over(Arc::new(store.clone()), Arc::new(store)).await;
+}
