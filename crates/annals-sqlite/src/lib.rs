@@ -163,6 +163,33 @@ impl SqliteStore {
         .await
     }
 
+    /// Applies to a read model, in one transaction with the record of how far `projection`
+    /// got in the stream, the events of one stream it has not seen yet: `work` receives only
+    /// those (events below the recorded version are skipped, so a re-delivered event is
+    /// never applied twice). Returns the next version the projection needs, ready to be a
+    /// reactor handler's answer.
+    pub async fn project_stream<F, E>(
+        &self,
+        projection: &str,
+        events: &[RecordedEvent],
+        work: F,
+    ) -> Result<Version>
+    where
+        F: FnOnce(&rusqlite::Connection, &[RecordedEvent]) -> Result<(), E> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let work: writer::ProjectStreamFn =
+            Box::new(move |conn, events| work(conn, events).map_err(Into::into));
+        let (projection, events) = (projection.to_owned(), events.to_vec());
+        self.request(|reply| Request::ProjectStream {
+            projection,
+            events,
+            work,
+            reply,
+        })
+        .await
+    }
+
     /// Runs a read-only query on a read connection (for read models kept in this file).
     pub async fn read<T, F>(&self, query: F) -> Result<T>
     where

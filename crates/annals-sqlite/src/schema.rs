@@ -11,7 +11,10 @@ use crate::{OpenError, SqliteConfig};
 pub const APPLICATION_ID: i32 = 0x414E_4E4C;
 
 /// The migrations, in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_initial.sql"),
+    include_str!("../migrations/0002_projection_streams.sql"),
+];
 
 /// The schema version this build creates and reads.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

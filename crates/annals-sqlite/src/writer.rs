@@ -22,8 +22,23 @@ use crate::error::backend;
 pub(crate) type ProjectFn =
     Box<dyn FnOnce(&Connection) -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Send>;
 
+/// Work a projection does on one stream's new events, in the store's transaction.
+pub(crate) type ProjectStreamFn = Box<
+    dyn FnOnce(
+            &Connection,
+            &[annals::RecordedEvent],
+        ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+        + Send,
+>;
+
 /// What the writer is asked to do.
 pub(crate) enum Request {
+    ProjectStream {
+        projection: String,
+        events: Vec<annals::RecordedEvent>,
+        work: ProjectStreamFn,
+        reply: oneshot::Sender<Result<Version>>,
+    },
     Append {
         stream: StreamName,
         expected: ExpectedVersion,
@@ -161,6 +176,16 @@ impl Group {
                 let ok = r.is_ok();
                 (finish(reply, r), ok)
             }
+            Request::ProjectStream {
+                projection,
+                events,
+                work,
+                reply,
+            } => {
+                let r = savepoint.and_then(|()| project_stream(conn, &projection, &events, work));
+                let ok = r.is_ok();
+                (finish(reply, r), ok)
+            }
             Request::Checkpoint {
                 group,
                 source,
@@ -219,7 +244,64 @@ fn fail(request: Request, error: Error) {
         Request::Append { reply, .. } => finish(reply, Err(error))(Ok(())),
         Request::AppendMany { reply, .. } => finish(reply, Err(error))(Ok(())),
         Request::Checkpoint { reply, .. } => finish(reply, Err(error))(Ok(())),
+        Request::ProjectStream { reply, .. } => finish(reply, Err(error))(Ok(())),
     }
+}
+
+/// Applies the events of one stream that `projection` has not seen yet, and records how far
+/// it got, in the caller's savepoint.
+fn project_stream(
+    conn: &Connection,
+    projection: &str,
+    events: &[annals::RecordedEvent],
+    work: ProjectStreamFn,
+) -> Result<Version> {
+    let Some(first) = events.first() else {
+        return Err(backend("project_stream needs at least one event"));
+    };
+    let stream = first.stream.as_str();
+    if let Some(other) = events.iter().find(|e| e.stream != first.stream) {
+        return Err(backend(format!(
+            "project_stream takes one stream's events: got {} and {}",
+            first.stream, other.stream
+        )));
+    }
+    let next: u64 = conn
+        .prepare_cached(
+            "SELECT next_version FROM annals_projection_streams WHERE projection = ?1 AND stream = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![projection, stream], |r| r.get::<_, i64>(0))
+                .optional()
+        })
+        .map_err(sql)?
+        .map_or(0, |v| v as u64);
+    let fresh: Vec<annals::RecordedEvent> = events
+        .iter()
+        .filter(|e| e.stream_version >= next)
+        .cloned()
+        .collect();
+    let Some(last) = fresh.last() else {
+        return Ok(Version(next));
+    };
+    let after = last.stream_version + 1;
+    // A panicking projection must not take the writer thread with it.
+    let run = std::panic::AssertUnwindSafe(|| work(conn, &fresh));
+    match std::panic::catch_unwind(run) {
+        Ok(r) => r.map_err(|e| Error::backend("sqlite projection", e))?,
+        Err(_) => {
+            return Err(backend(
+                "the projection panicked; its changes were rolled back",
+            ))
+        }
+    }
+    conn.prepare_cached(
+        "INSERT INTO annals_projection_streams (projection, stream, next_version) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (projection, stream) DO UPDATE SET next_version = excluded.next_version",
+    )
+    .and_then(|mut s| s.execute(params![projection, stream, after as i64]))
+    .map_err(sql)?;
+    Ok(Version(after))
 }
 
 enum Attempt {

@@ -279,3 +279,99 @@ async fn a_projector_commits_its_read_model_and_checkpoint_together() {
         (2, Some(Position::from_raw(3)))
     );
 }
+
+#[tokio::test]
+async fn project_stream_applies_each_event_once_with_its_progress() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let (store, _dir) = crate::fresh();
+    let s = name("Tally-1");
+    let events = (0..4)
+        .map(|i| EventData::new("Add", format!("{i}").into_bytes()))
+        .collect();
+    store
+        .append(&s, ExpectedVersion::NoStream, events)
+        .await
+        .unwrap();
+    let all = store
+        .read_stream_vec(&s, ReadStream::forward())
+        .await
+        .unwrap();
+    store
+        .project("setup", "none", Position::START, |c| {
+            c.execute_batch(
+                "CREATE TABLE tally (n INTEGER NOT NULL) STRICT; INSERT INTO tally VALUES (0)",
+            )
+        })
+        .await
+        .unwrap();
+    let applied = Arc::new(AtomicUsize::new(0));
+    let add = |applied: Arc<AtomicUsize>| {
+        move |c: &rusqlite::Connection, events: &[annals::RecordedEvent]| {
+            applied.fetch_add(events.len(), Ordering::SeqCst);
+            c.execute("UPDATE tally SET n = n + ?1", [events.len() as i64])
+                .map(drop)
+        }
+    };
+    let v = store
+        .project_stream("tally", &all[..2], add(applied.clone()))
+        .await
+        .unwrap();
+    assert_eq!(v, Version(2));
+    // Delivered again with more: only the new events are applied.
+    let v = store
+        .project_stream("tally", &all, add(applied.clone()))
+        .await
+        .unwrap();
+    assert_eq!(v, Version(4));
+    // Delivered again entirely: nothing is applied, the work is not even called.
+    let v = store
+        .project_stream("tally", &all, add(applied.clone()))
+        .await
+        .unwrap();
+    assert_eq!((v, applied.load(Ordering::SeqCst)), (Version(4), 4));
+    let n: i64 = store
+        .read(|c| c.query_row("SELECT n FROM tally", [], |r| r.get(0)))
+        .await
+        .unwrap();
+    assert_eq!(n, 4);
+    // A failing projection changes neither the read model nor its progress.
+    let more = vec![EventData::new("Add", b"4".to_vec())];
+    store
+        .append(&s, ExpectedVersion::Exact(Version(4)), more)
+        .await
+        .unwrap();
+    let all = store
+        .read_stream_vec(&s, ReadStream::forward())
+        .await
+        .unwrap();
+    let failed = store
+        .project_stream("tally", &all, |c, _| {
+            c.execute("UPDATE tally SET n = n + 100", [])?;
+            Err::<(), _>(rusqlite::Error::InvalidQuery)
+        })
+        .await;
+    assert!(failed.is_err());
+    let n: i64 = store
+        .read(|c| c.query_row("SELECT n FROM tally", [], |r| r.get(0)))
+        .await
+        .unwrap();
+    assert_eq!(n, 4);
+    assert_eq!(
+        store
+            .project_stream("tally", &all, add(applied))
+            .await
+            .unwrap(),
+        Version(5)
+    );
+    // Another stream's events in the same call are refused.
+    let mixed = vec![all[0].clone(), {
+        let mut e = all[1].clone();
+        e.stream = name("Tally-2");
+        e
+    }];
+    assert!(store
+        .project_stream("tally", &mixed, |_, _| Ok::<(), rusqlite::Error>(()))
+        .await
+        .is_err());
+}
