@@ -40,7 +40,10 @@ pub use tokio_postgres;
 use error::backend;
 
 /// The migrations, in order; `{schema}` is replaced by the store's schema.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_initial.sql"),
+    include_str!("../migrations/0002_projection_streams.sql"),
+];
 
 /// The schema version this build creates and reads.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -75,6 +78,8 @@ struct Sql {
     checkpoint_commit: String,
     checkpoint_list: String,
     held_back: String,
+    progress_lock: String,
+    progress_set: String,
 }
 
 const EVENT_COLUMNS: &str = "e.tx_id::text, e.position, s.name, e.stream_version, \
@@ -107,6 +112,14 @@ impl Sql {
                  ON CONFLICT (group_name, source) DO UPDATE SET position = excluded.position, updated_at = now()"
             ),
             checkpoint_list: format!("SELECT group_name, source, position FROM {schema}.checkpoints ORDER BY group_name, source"),
+            progress_lock: format!(
+                "WITH ins AS (INSERT INTO {schema}.projection_streams (projection, stream, next_version) \
+                 VALUES ($1, $2, 0) ON CONFLICT DO NOTHING) \
+                 SELECT next_version FROM {schema}.projection_streams WHERE projection = $1 AND stream = $2 FOR UPDATE"
+            ),
+            progress_set: format!(
+                "UPDATE {schema}.projection_streams SET next_version = $3 WHERE projection = $1 AND stream = $2"
+            ),
             held_back: format!(
                 "SELECT (SELECT count(*) FROM {schema}.events WHERE tx_id >= pg_snapshot_xmin(pg_current_snapshot())), \
                         (SELECT extract(epoch FROM now() - min(xact_start))::float8 FROM pg_stat_activity \
@@ -522,6 +535,40 @@ impl Projection {
                 ))),
             },
         }
+    }
+
+    /// Locks `projection`'s progress in `stream` for this transaction and returns the next
+    /// version it needs: apply only the events at or above it, then
+    /// [`commit_progress`](Self::commit_progress). A re-delivered event is thus never
+    /// applied twice, and two processes never project one stream at once.
+    pub async fn stream_progress(&self, projection: &str, stream: &StreamName) -> Result<Version> {
+        let client = self.client.as_ref().expect("open until commit");
+        let sql = &self.store.inner.sql.progress_lock;
+        let row = client
+            .query_opt(sql.as_str(), &[&projection, &stream.as_str()])
+            .await
+            .map_err(backend)?;
+        // The row inserted by this very statement is not visible to its own SELECT.
+        Ok(Version(row.map_or(0, |r| r.get::<_, i64>(0) as u64)))
+    }
+
+    /// Records that `projection` needs `next` in `stream` and commits everything.
+    pub async fn commit_progress(
+        self,
+        projection: &str,
+        stream: &StreamName,
+        next: Version,
+    ) -> Result<()> {
+        let sql = self.store.inner.sql.progress_set.clone();
+        let client = self.client.as_ref().expect("open until commit");
+        client
+            .execute(
+                sql.as_str(),
+                &[&projection, &stream.as_str(), &(next.get() as i64)],
+            )
+            .await
+            .map_err(backend)?;
+        self.finish(None).await
     }
 
     /// Records `position` as the checkpoint of (`group`, `source`) and commits everything.

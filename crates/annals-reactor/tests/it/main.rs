@@ -590,3 +590,99 @@ async fn a_sqlite_projection_counts_every_event_once_even_when_delivered_again()
         );
     }
 }
+
+/// A PostgreSQL projection as a pipeline handler: read model and per-stream progress commit
+/// together in one transaction.
+struct PgTotals(annals_postgres::PgStore, String);
+
+#[async_trait]
+impl Handler for PgTotals {
+    async fn handle(
+        &self,
+        stream: &StreamName,
+        events: &[RecordedEvent],
+    ) -> Result<Version, HandlerError> {
+        let tx = self.0.projection().await?;
+        let next = tx.stream_progress("totals", stream).await?;
+        let fresh: Vec<&RecordedEvent> = events
+            .iter()
+            .filter(|e| e.stream_version >= next.get())
+            .collect();
+        let Some(last) = fresh.last() else {
+            return Ok(next);
+        };
+        let after = last.next_version();
+        tx.client()
+            .execute(
+                &format!(
+                    "INSERT INTO {}.totals (stream, n) VALUES ($1, $2) ON CONFLICT (stream) DO UPDATE SET n = totals.n + $2",
+                    self.1
+                ),
+                &[&stream.as_str(), &(fresh.len() as i64)],
+            )
+            .await?;
+        tx.commit_progress("totals", stream, after).await?;
+        Ok(after)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_postgres_projection_counts_every_event_once_even_when_delivered_again() {
+    let server = annals_testkit::postgres::shared();
+    let schema = annals_testkit::postgres::schema_name("proj");
+    let store = annals_postgres::PgStore::connect(
+        annals_postgres::PgConfig::new(&server.url).schema(schema.clone()),
+    )
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    let setup = store.projection().await.unwrap();
+    setup
+        .client()
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.totals (stream text PRIMARY KEY, n bigint NOT NULL)"
+        ))
+        .await
+        .unwrap();
+    setup.commit_only().await.unwrap();
+    for i in 0..60 {
+        store
+            .append(
+                &name(&format!("Proj-{}", i % 6)),
+                ExpectedVersion::Any,
+                vec![EventData::new("E", b"1".to_vec())],
+            )
+            .await
+            .unwrap();
+    }
+    let shared: Arc<dyn EventStore> = Arc::new(store.clone());
+    let cps: Arc<dyn CheckpointStore> = Arc::new(store.clone());
+    let handler = Arc::new(PgTotals(store.clone(), schema.clone()));
+    let client = annals_testkit::postgres::connect(&server.url).await;
+    for round in 0..2 {
+        cps.commit("totals", "all", Position::START).await.unwrap();
+        let mut r = annals_reactor::spawn(
+            shared.clone(),
+            cps.clone(),
+            handler.clone(),
+            config("totals"),
+        );
+        idle(&mut r).await;
+        r.stop().await.unwrap();
+        let counts: Vec<i64> = client
+            .query(
+                &format!("SELECT n FROM {schema}.totals ORDER BY stream"),
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(
+            counts,
+            vec![10; 6],
+            "round {round}: each stream's 10 events counted once"
+        );
+    }
+}
