@@ -41,6 +41,11 @@ pub struct Stats {
     pub max_pending_batches_seen: usize,
     /// Streams being handled right now.
     pub active_streams: usize,
+    /// Events read but not yet handled (lag in events).
+    pub events_behind: usize,
+    /// How long ago the oldest unhandled event was recorded (lag in time); `None` when
+    /// nothing read is waiting.
+    pub behind: Option<Duration>,
     /// Streams failing now, with their consecutive failures.
     pub failing: Vec<(StreamName, u32)>,
     /// Parked streams.
@@ -295,6 +300,19 @@ impl Scheduler {
             .map(|(n, s)| (n.clone(), s.failures))
             .collect();
         self.stats.idle = self.batches.is_empty() && self.in_flight.is_empty();
+        self.stats.events_behind = self.streams.values().map(|s| s.queue.len()).sum();
+        let now = annals::Timestamp::now().unix_micros();
+        self.stats.behind = self
+            .streams
+            .values()
+            .filter_map(|s| s.queue.front())
+            .map(|(_, e)| e.recorded_at.unix_micros())
+            .min()
+            .map(|oldest| Duration::from_micros(now.saturating_sub(oldest).max(0) as u64));
+        metrics::gauge!("annals_reactor_events_behind", "group" => self.config.group.clone())
+            .set(self.stats.events_behind as f64);
+        metrics::gauge!("annals_reactor_seconds_behind", "group" => self.config.group.clone())
+            .set(self.stats.behind.map_or(0.0, |d| d.as_secs_f64()));
         metrics::gauge!("annals_reactor_streams_failing", "group" => self.config.group.clone())
             .set(self.stats.failing.len() as f64);
         metrics::gauge!("annals_reactor_streams_parked", "group" => self.config.group.clone())
@@ -464,6 +482,8 @@ pub(crate) async fn run(parts: Parts) -> Result<(), PipelineError> {
                     handled = st.events_handled,
                     pending_batches = st.pending_batches,
                     active = st.active_streams,
+                    events_behind = st.events_behind,
+                    behind_ms = st.behind.map_or(0, |d| d.as_millis() as u64),
                     failing = st.failing.len(),
                     parked = st.parked.len(),
                     "reactor stats"

@@ -209,6 +209,11 @@ async fn a_failing_stream_pins_the_checkpoint_and_is_delivered_again_after_a_res
     .await
     .expect("retries happen");
     let stats = r.stats();
+    assert_eq!(
+        stats.events_behind, 2,
+        "the failing stream's two events are behind"
+    );
+    assert!(stats.behind.is_some());
     assert!(
         stats
             .failing
