@@ -665,49 +665,61 @@ impl EventStore for PgStore {
         let mut order: Vec<usize> = (0..appends.len()).collect();
         order.sort_by(|&a, &b| appends[a].stream.cmp(&appends[b].stream));
         let client = self.client().await?;
-        client.batch_execute("BEGIN").await.map_err(backend)?;
-        let mut results: Vec<Option<AppendResult>> = vec![None; appends.len()];
-        let mut outcome = Ok(());
-        for &i in &order {
-            let a = &appends[i];
-            match self
-                .append_once(&client, &a.stream, a.expected, &a.events)
-                .await
-            {
-                Ok(Some(r)) => results[i] = Some(r),
-                Ok(None) => {
-                    outcome = Err(i);
-                    break;
+        // Appends that an earlier, committed call already wrote (exact retries).
+        let mut known: Vec<Option<AppendResult>> = vec![None; appends.len()];
+        for _ in 0..3 {
+            client.batch_execute("BEGIN").await.map_err(backend)?;
+            let mut results = known.clone();
+            let mut refused = false;
+            for &i in &order {
+                if results[i].is_some() {
+                    continue;
                 }
-                Err(e) => {
-                    let _ = client.batch_execute("ROLLBACK").await;
-                    return Err(e);
+                let a = &appends[i];
+                match self
+                    .append_once(&client, &a.stream, a.expected, &a.events)
+                    .await
+                {
+                    Ok(Some(r)) => results[i] = Some(r),
+                    Ok(None) => {
+                        refused = true;
+                        break;
+                    }
+                    Err(e) => {
+                        let _ = client.batch_execute("ROLLBACK").await;
+                        return Err(e);
+                    }
+                }
+            }
+            if !refused {
+                client.batch_execute("COMMIT").await.map_err(backend)?;
+                drop(client);
+                if known.iter().any(Option::is_none) {
+                    self.wake();
+                }
+                return Ok(results
+                    .into_iter()
+                    .map(|r| r.expect("every stream appended"))
+                    .collect());
+            }
+            // A conflict, or ids already recorded: roll back, then ask what is stored. A
+            // conflict or partial overlap is the answer; exact retries are kept as results
+            // and the rest is written again in a new transaction.
+            client.batch_execute("ROLLBACK").await.map_err(backend)?;
+            for (i, a) in appends.iter().enumerate() {
+                if known[i].is_none() {
+                    if let Verdict::AlreadyWritten(r) = self
+                        .classify(&client, &a.stream, a.expected, &a.events)
+                        .await?
+                    {
+                        known[i] = Some(r);
+                    }
                 }
             }
         }
-        if let Err(i) = outcome {
-            // Some ids are recorded: roll back, then answer from what is stored.
-            client.batch_execute("ROLLBACK").await.map_err(backend)?;
-            let a = &appends[i];
-            return match self
-                .classify(&client, &a.stream, a.expected, &a.events)
-                .await?
-            {
-                Verdict::AlreadyWritten(_) => Err(Error::PartialRetry {
-                    stream: a.stream.clone(),
-                    event_id: a.events[0].event_id,
-                    stream_version: 0,
-                }),
-                Verdict::Write => Err(backend("an event id vanished while appending; retry")),
-            };
-        }
-        client.batch_execute("COMMIT").await.map_err(backend)?;
-        drop(client);
-        self.wake();
-        Ok(results
-            .into_iter()
-            .map(|r| r.expect("every stream appended"))
-            .collect())
+        Err(backend(
+            "the streams kept changing under the multi-stream append; retry",
+        ))
     }
 
     async fn stream_version(&self, stream: &StreamName) -> Result<Version> {

@@ -703,14 +703,14 @@ pub async fn multi_stream_append_is_atomic_or_refused(store: Arc<dyn EventStore>
         assert!(read_everything(s).await.is_empty());
         return;
     }
-    let r = s
-        .append_many(appends(
-            ExpectedVersion::NoStream,
-            ExpectedVersion::NoStream,
-        ))
-        .await
-        .unwrap();
+    let first = appends(ExpectedVersion::NoStream, ExpectedVersion::NoStream);
+    let r = s.append_many(first.clone()).await.unwrap();
     assert_eq!((r[0].version, r[1].version), (Version(2), Version(1)));
+    let again = s.append_many(first).await.unwrap();
+    assert_eq!(
+        again, r,
+        "an exact retry of a committed multi-stream append writes nothing"
+    );
     assert_conflict(
         s.append_many(appends(
             ExpectedVersion::Exact(Version(2)),
