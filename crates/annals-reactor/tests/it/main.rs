@@ -1,5 +1,8 @@
 //! The pipeline over the in-memory store: order, concurrency, checkpoints, failures.
 
+mod compete;
+mod process;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
