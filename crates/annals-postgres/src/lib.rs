@@ -24,8 +24,8 @@ use std::sync::Arc;
 use annals::idempotency::{self, Found, Verdict};
 use annals::{
     AllPage, AppendResult, Capabilities, Checkpoint, CheckpointStore, Direction, Error, EventData,
-    EventStore, ExpectedVersion, Filter, Position, ReadStream, RecordedEvent, Result, StreamAppend,
-    StreamName, Timestamp, Uuid, Version,
+    EventStore, ExpectedVersion, Filter, LeaseStore, Leases, Position, ReadStream, RecordedEvent,
+    Result, StreamAppend, StreamName, Timestamp, Uuid, Version,
 };
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
@@ -43,6 +43,7 @@ use error::backend;
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_initial.sql"),
     include_str!("../migrations/0002_projection_streams.sql"),
+    include_str!("../migrations/0003_leases.sql"),
 ];
 
 /// The schema version this build creates and reads.
@@ -80,6 +81,8 @@ struct Sql {
     held_back: String,
     progress_lock: String,
     progress_set: String,
+    leases_acquire: String,
+    leases_release: String,
 }
 
 const EVENT_COLUMNS: &str = "e.tx_id::text, e.position, s.name, e.stream_version, \
@@ -120,6 +123,8 @@ impl Sql {
             progress_set: format!(
                 "UPDATE {schema}.projection_streams SET next_version = $3 WHERE projection = $1 AND stream = $2"
             ),
+            leases_acquire: format!("SELECT held, fair_share, live_members FROM {schema}.acquire_leases($1, $2, $3, make_interval(secs => $4))"),
+            leases_release: format!("DELETE FROM {schema}.leases WHERE group_name = $1 AND owner = $2 AND partition = ANY ($3)"),
             held_back: format!(
                 "SELECT (SELECT count(*) FROM {schema}.events WHERE tx_id >= pg_snapshot_xmin(pg_current_snapshot())), \
                         (SELECT extract(epoch FROM now() - min(xact_start))::float8 FROM pg_stat_activity \
@@ -860,6 +865,47 @@ impl EventStore for PgStore {
 
     fn changes(&self) -> Option<watch::Receiver<()>> {
         Some(self.inner.changes.subscribe())
+    }
+}
+
+#[async_trait]
+impl LeaseStore for PgStore {
+    async fn acquire(
+        &self,
+        group: &str,
+        member: &str,
+        partitions: u32,
+        ttl: std::time::Duration,
+    ) -> Result<Leases> {
+        let partitions = i32::try_from(partitions)
+            .map_err(|_| backend(format!("{partitions} partitions is too many")))?;
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                &self.inner.sql.leases_acquire,
+                &[&group, &member, &partitions, &ttl.as_secs_f64()],
+            )
+            .await
+            .map_err(backend)?;
+        let held: Vec<i32> = row.get(0);
+        Ok(Leases {
+            held: held.into_iter().map(|p| p as u32).collect(),
+            fair_share: row.get::<_, i32>(1) as u32,
+            live_members: row.get::<_, i32>(2) as u32,
+        })
+    }
+
+    async fn release(&self, group: &str, member: &str, partitions: &[u32]) -> Result<()> {
+        let partitions: Vec<i32> = partitions.iter().map(|p| *p as i32).collect();
+        let client = self.client().await?;
+        client
+            .execute(
+                &self.inner.sql.leases_release,
+                &[&group, &member, &partitions],
+            )
+            .await
+            .map(drop)
+            .map_err(backend)
     }
 }
 

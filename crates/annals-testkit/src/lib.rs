@@ -58,6 +58,21 @@ macro_rules! checkpoint_suite {
     };
 }
 
+/// Stamps out the lease test for the lease store made by `$factory`, an
+/// `async fn() -> (Arc<dyn LeaseStore>, guard)` (or a closure returning such a future).
+#[macro_export]
+macro_rules! lease_suite {
+    ($factory:expr) => {
+        #[test]
+        fn leases_claim_share_expire_and_release() {
+            $crate::run(async {
+                let (store, _guard) = ($factory)().await;
+                $crate::conformance::leases_claim_share_expire_and_release(store).await;
+            });
+        }
+    };
+}
+
 /// Runs an async test body on a fresh multi-threaded runtime (used by
 /// [`conformance_suite!`], so the calling crate needs no runtime of its own).
 pub fn run<F: Future<Output = ()>>(body: F) {

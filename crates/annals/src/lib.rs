@@ -46,6 +46,7 @@ pub mod error;
 pub mod event;
 pub mod idempotency;
 pub mod instrument;
+pub mod lease;
 pub mod memory;
 pub mod store;
 pub mod stream;
@@ -59,6 +60,7 @@ pub use decider::{Category, Decider, Domain, LoadOption, Loaded};
 pub use error::{Capability, CodecError, Error, InvalidEvent, Result};
 pub use event::{EventData, RecordedEvent, DEFAULT_MAX_EVENT_BYTES, MAX_EVENT_TYPE_LEN};
 pub use instrument::Instrumented;
+pub use lease::{LeaseStore, Leases, MemoryLeases};
 pub use memory::MemoryStore;
 pub use store::{
     AllPage, AppendResult, Capabilities, Direction, EventStore, Filter, ReadStream, StreamAppend,

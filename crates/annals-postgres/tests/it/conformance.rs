@@ -14,3 +14,12 @@ mod checkpoints {
         (store, ())
     });
 }
+
+mod leases {
+    use std::sync::Arc;
+
+    annals_testkit::lease_suite!(|| async {
+        let store: Arc<dyn annals::LeaseStore> = Arc::new(crate::fresh().await);
+        (store, ())
+    });
+}

@@ -20,6 +20,15 @@ mod memory_checkpoints {
     });
 }
 
+mod memory_leases {
+    use super::*;
+
+    annals_testkit::lease_suite!(|| async {
+        let store: Arc<dyn annals::LeaseStore> = Arc::new(annals::MemoryLeases::new());
+        (store, ())
+    });
+}
+
 mod instrumented_memory {
     use super::*;
 
