@@ -83,6 +83,7 @@ struct Sql {
     progress_set: String,
     leases_acquire: String,
     leases_release: String,
+    leases_leave: String,
 }
 
 const EVENT_COLUMNS: &str = "e.tx_id::text, e.position, s.name, e.stream_version, \
@@ -124,6 +125,7 @@ impl Sql {
                 "UPDATE {schema}.projection_streams SET next_version = $3 WHERE projection = $1 AND stream = $2"
             ),
             leases_acquire: format!("SELECT held, fair_share, live_members FROM {schema}.acquire_leases($1, $2, $3, make_interval(secs => $4))"),
+            leases_leave: format!("WITH gone AS (DELETE FROM {schema}.group_members WHERE group_name = $1 AND member = $2) DELETE FROM {schema}.leases WHERE group_name = $1 AND owner = $2"),
             leases_release: format!("DELETE FROM {schema}.leases WHERE group_name = $1 AND owner = $2 AND partition = ANY ($3)"),
             held_back: format!(
                 "SELECT (SELECT count(*) FROM {schema}.events WHERE tx_id >= pg_snapshot_xmin(pg_current_snapshot())), \
@@ -903,6 +905,14 @@ impl LeaseStore for PgStore {
                 &self.inner.sql.leases_release,
                 &[&group, &member, &partitions],
             )
+            .await
+            .map(drop)
+            .map_err(backend)
+    }
+    async fn leave(&self, group: &str, member: &str) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(&self.inner.sql.leases_leave, &[&group, &member])
             .await
             .map(drop)
             .map_err(backend)

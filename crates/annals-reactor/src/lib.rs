@@ -19,6 +19,7 @@
 //! The reactor sees stores only through the core traits.
 
 mod backoff;
+mod group;
 mod reactor;
 mod scheduler;
 
@@ -30,6 +31,7 @@ use async_trait::async_trait;
 use tokio::sync::{watch, Notify};
 
 pub use backoff::Backoff;
+pub use group::{join_group, GroupConfig, Member};
 pub use reactor::{reaction_id, Reactor};
 pub use scheduler::{Parked, Stats};
 
@@ -90,6 +92,36 @@ pub struct PipelineConfig {
     pub on_failure: FailurePolicy,
     /// How often a stats summary is logged through `tracing`.
     pub stats_interval: Duration,
+    /// Handle only the streams of this partition (see [`join_group`]); `None` for all.
+    pub partition: Option<Partition>,
+}
+
+/// One of `count` partitions of a feed: a stream belongs to partition
+/// `FNV-1a-64(stream name) % count`, the same in every process and release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partition {
+    /// This partition, `0..count`.
+    pub index: u32,
+    /// How many partitions there are.
+    pub count: u32,
+}
+
+impl Partition {
+    /// The partition of `stream` among `count`.
+    pub fn of(stream: &StreamName, count: u32) -> u32 {
+        // FNV-1a, 64 bits: fixed by its definition, so stable across processes and releases.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in stream.as_str().bytes() {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        (hash % u64::from(count.max(1))) as u32
+    }
+
+    /// Whether `stream` is in this partition.
+    pub fn contains(&self, stream: &StreamName) -> bool {
+        Self::of(stream, self.count) == self.index
+    }
 }
 
 impl PipelineConfig {
@@ -106,6 +138,7 @@ impl PipelineConfig {
             backoff: Backoff::default(),
             on_failure: FailurePolicy::Retry,
             stats_interval: Duration::from_secs(60),
+            partition: None,
         }
     }
 
@@ -127,7 +160,8 @@ impl PipelineConfig {
         self
     }
 
-    /// The checkpoint's source name: `all`, or the categories and event types read.
+    /// The checkpoint's source name: `all`, or the categories and event types read, and
+    /// `#index/count` for a partition.
     pub fn source(&self) -> String {
         let mut parts = Vec::new();
         if !self.filter.categories.is_empty() {
@@ -136,10 +170,14 @@ impl PipelineConfig {
         if !self.filter.event_types.is_empty() {
             parts.push(format!("types={}", self.filter.event_types.join(",")));
         }
-        if parts.is_empty() {
+        let base = if parts.is_empty() {
             "all".into()
         } else {
             parts.join(";")
+        };
+        match self.partition {
+            Some(p) => format!("{base}#{}/{}", p.index, p.count),
+            None => base,
         }
     }
 }
@@ -206,6 +244,14 @@ pub fn spawn(
 }
 
 impl Running {
+    pub(crate) fn abort_handle(&self) -> tokio::task::AbortHandle {
+        self.task.abort_handle()
+    }
+
+    pub(crate) fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
     /// The latest stats.
     pub fn stats(&self) -> Stats {
         self.stats.borrow().clone()

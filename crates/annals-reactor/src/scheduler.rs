@@ -333,6 +333,7 @@ struct Reader {
     poke: Arc<Notify>,
     poll: Duration,
     reads: Arc<AtomicU64>,
+    partition: Option<crate::Partition>,
 }
 
 /// Pages through the feed after `from`, then follows the change signal (or polls), sending
@@ -347,6 +348,7 @@ async fn reader(r: Reader) {
         poke,
         poll,
         reads,
+        partition,
     } = r;
     let mut changes = store.changes();
     let mut backoff = Duration::from_millis(100);
@@ -355,7 +357,7 @@ async fn reader(r: Reader) {
             rx.borrow_and_update();
         }
         let read = reads.fetch_add(1, Ordering::SeqCst) + 1;
-        let page = match store.read_all(from, &filter, batch_size).await {
+        let mut page = match store.read_all(from, &filter, batch_size).await {
             Ok(page) => {
                 backoff = Duration::from_millis(100);
                 page
@@ -367,6 +369,9 @@ async fn reader(r: Reader) {
                 continue;
             }
         };
+        if let Some(p) = partition {
+            page.events.retain(|e| p.contains(&e.stream));
+        }
         if !page.events.is_empty() || page.next > from {
             let end = from.max(page.next);
             if feed
@@ -432,6 +437,7 @@ pub(crate) async fn run(parts: Parts) -> Result<(), PipelineError> {
         poke,
         poll: config.poll_interval,
         reads,
+        partition: config.partition,
     }));
     let seed = Instant::now().elapsed().as_nanos() as u64 ^ 0x9E37_79B9_7F4A_7C15;
     let mut s = Scheduler {

@@ -849,4 +849,9 @@ pub async fn leases_claim_share_expire_and_release(store: Arc<dyn annals::LeaseS
     );
     let c = store.acquire("short", "c", 1, long).await.unwrap();
     assert!(c.held.is_empty(), "c lost it for good");
+    // a leaves: b's fair share is everything at once, and it claims a's partitions.
+    store.leave("g", "a").await.unwrap();
+    let b = store.acquire("g", "b", 4, long).await.unwrap();
+    assert_eq!((b.fair_share, b.live_members), (4, 1));
+    assert_eq!(b.held, vec![0, 1, 2, 3]);
 }

@@ -44,6 +44,10 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// Gives `partitions` up (call only after their work has stopped), so others can
     /// claim them at once.
     async fn release(&self, group: &str, member: &str, partitions: &[u32]) -> Result<()>;
+
+    /// Gives every lease of `member` back and leaves `group`, so the others' fair share
+    /// grows at once (call only after its work has stopped).
+    async fn leave(&self, group: &str, member: &str) -> Result<()>;
 }
 
 /// Leases kept in memory: for members sharing one process (tests, in-process workers).
@@ -130,6 +134,14 @@ impl LeaseStore for MemoryLeases {
                 st.leases.remove(&key);
             }
         }
+        Ok(())
+    }
+
+    async fn leave(&self, group: &str, member: &str) -> Result<()> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.leases
+            .retain(|(g, _), (owner, _)| !(g == group && owner == member));
+        st.members.remove(&(group.to_owned(), member.to_owned()));
         Ok(())
     }
 }

@@ -1,5 +1,331 @@
-//! Competing consumers on PostgreSQL.
+//! Competing consumers on PostgreSQL: three processes share one consumer group by
+//! partition leases while writers append; one is killed mid-run. Every handler call
+//! records its start and end (by the database's clock) so the test can check that every
+//! event was handled, each stream in order, and no stream by two processes at once.
 
-pub(crate) async fn member(_arg: &str) {
-    unimplemented!()
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use annals::{EventData, EventStore, ExpectedVersion, Filter, RecordedEvent, StreamName, Version};
+use annals_reactor::{GroupConfig, Handler, HandlerError, PipelineConfig};
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use crate::process::{pg, say, spawn_child, Rng};
+
+const STREAMS: u64 = 40;
+const WAIT: Duration = Duration::from_secs(120);
+
+/// Records each call's start and end in `calls`, as separate statements outside any
+/// transaction, so a call cut short by a kill leaves its start behind.
+struct Audit {
+    client: tokio_postgres::Client,
+    schema: String,
+    member: String,
+}
+
+#[async_trait]
+impl Handler for Audit {
+    async fn handle(
+        &self,
+        stream: &StreamName,
+        events: &[RecordedEvent],
+    ) -> Result<Version, HandlerError> {
+        let (first, last) = (
+            events[0].stream_version,
+            events[events.len() - 1].stream_version,
+        );
+        let schema = &self.schema;
+        let id: i64 = self
+            .client
+            .query_one(
+                &format!(
+                    "INSERT INTO {schema}.calls (member, stream, first, last, started)
+                     VALUES ($1, $2, $3, $4, clock_timestamp()) RETURNING id"
+                ),
+                &[
+                    &self.member,
+                    &stream.as_str(),
+                    &(first as i64),
+                    &(last as i64),
+                ],
+            )
+            .await?
+            .get(0);
+        // The work: one more round trip while the call is open.
+        self.client.query_one("SELECT 1", &[]).await?;
+        self.client
+            .execute(
+                &format!("UPDATE {schema}.calls SET ended = clock_timestamp() WHERE id = $1"),
+                &[&id],
+            )
+            .await?;
+        say("h");
+        Ok(Version(last + 1))
+    }
+}
+
+/// A child member: joins the group and handles its partitions until its stdin closes, then
+/// stops gracefully (handing its leases back) and prints `stopped`.
+pub(crate) async fn member(arg: &str) {
+    let mut parts = arg.split(' ');
+    let (url, schema, name) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    let store = pg(url, schema).await;
+    let handler = Arc::new(Audit {
+        client: annals_testkit::postgres::connect(url).await,
+        schema: schema.to_owned(),
+        member: name.to_owned(),
+    });
+    let mut pipeline = PipelineConfig::new("audit").filter(Filter::category("Work"));
+    pipeline.checkpoint_interval = Duration::from_millis(100);
+    pipeline.poll_interval = Duration::from_millis(50);
+    let group = GroupConfig {
+        partitions: 12,
+        lease_ttl: Duration::from_secs(2),
+        renew_interval: Duration::from_millis(400),
+        ..GroupConfig::new(name)
+    };
+    let store = Arc::new(store);
+    let member = annals_reactor::join_group(
+        store.clone(),
+        store.clone(),
+        store,
+        handler,
+        pipeline,
+        group,
+    );
+    tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink()))
+        .await
+        .unwrap()
+        .unwrap();
+    member.stop().await.expect("a clean stop");
+    say("stopped");
+}
+
+struct Call {
+    member: String,
+    first: i64,
+    last: i64,
+    started: f64,
+    ended: Option<f64>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_processes_share_a_group_and_a_killed_ones_streams_go_to_the_others() {
+    let server = annals_testkit::postgres::shared();
+    let schema = annals_testkit::postgres::schema_name("compete");
+    let store = Arc::new(pg(&server.url, &schema).await);
+    store.migrate().await.unwrap();
+    let client = annals_testkit::postgres::connect(&server.url).await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.calls (id bigserial PRIMARY KEY, member text NOT NULL,
+             stream text NOT NULL, first bigint NOT NULL, last bigint NOT NULL,
+             started timestamptz NOT NULL, ended timestamptz)"
+        ))
+        .await
+        .unwrap();
+
+    // Three members; their output lines come to `lines` as (member, line).
+    let (lines_tx, mut lines) = mpsc::unbounded_channel::<(usize, String)>();
+    let mut children = Vec::new();
+    for i in 0..3 {
+        let mut child = spawn_child("member", &format!("{} {schema} m{i}", server.url));
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let tx = lines_tx.clone();
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { return };
+                let _ = tx.send((i, line));
+            }
+        });
+        children.push(child);
+    }
+    drop(lines_tx);
+
+    // Writers append to random streams, paced, until told to stop.
+    let stop_writing = Arc::new(AtomicBool::new(false));
+    let appended = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writers: Vec<_> = (0..2)
+        .map(|_| {
+            let (store, stop, appended) = (store.clone(), stop_writing.clone(), appended.clone());
+            tokio::spawn(async move {
+                let mut rng = Rng::from_clock();
+                let mut pace = tokio::time::interval(Duration::from_millis(5));
+                while !stop.load(Ordering::SeqCst) {
+                    pace.tick().await;
+                    let stream = StreamName::new(format!("Work-{}", rng.below(STREAMS))).unwrap();
+                    let n = 1 + rng.below(4);
+                    let events = (0..n)
+                        .map(|i| EventData::new("Step", i.to_string().into_bytes()))
+                        .collect();
+                    store
+                        .append(&stream, ExpectedVersion::Any, events)
+                        .await
+                        .unwrap();
+                    appended.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+
+    // Wait until all three are handling, and the first has made 30 calls; then kill it.
+    let mut calls = [0u32; 3];
+    tokio::time::timeout(WAIT, async {
+        while calls[0] < 30 || calls[1] == 0 || calls[2] == 0 {
+            let (i, line) = lines.recv().await.expect("members are running");
+            if line == "h" {
+                calls[i] += 1;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("all three members handle events: {calls:?}"));
+    let mut victim = children.remove(0);
+    victim.kill().expect("SIGKILL member 0");
+    victim.wait().unwrap();
+    let killed_at: f64 = client
+        .query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // Keep writing for a while after the kill, so the victim's streams get new events that
+    // only the survivors can handle.
+    let at_kill = appended.load(Ordering::SeqCst);
+    tokio::time::timeout(WAIT, async {
+        let mut pace = tokio::time::interval(Duration::from_millis(20));
+        while appended.load(Ordering::SeqCst) < at_kill + 400 {
+            pace.tick().await;
+        }
+    })
+    .await
+    .expect("writers keep writing");
+    stop_writing.store(true, Ordering::SeqCst);
+    for w in writers {
+        w.await.unwrap();
+    }
+
+    // Wait until every event has a finished call covering it.
+    let mut heads = BTreeMap::new();
+    for s in 0..STREAMS {
+        let stream = StreamName::new(format!("Work-{s}")).unwrap();
+        heads.insert(
+            stream.to_string(),
+            store.stream_version(&stream).await.unwrap().get() as i64,
+        );
+    }
+    tokio::time::timeout(WAIT, async {
+        let mut pace = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            pace.tick().await;
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT stream, max(last) FROM {schema}.calls WHERE ended IS NOT NULL GROUP BY stream"
+                    ),
+                    &[],
+                )
+                .await
+                .unwrap();
+            let done: BTreeMap<String, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            if heads
+                .iter()
+                .all(|(s, v)| *v == 0 || done.get(s).is_some_and(|last| last + 1 >= *v))
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the survivors handle every event");
+
+    // Stop the survivors gracefully.
+    for mut child in children {
+        drop(child.stdin.take());
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "a survivor stops cleanly: {status}");
+    }
+
+    let rows = client
+        .query(
+            &format!(
+                "SELECT member, stream, first, last, extract(epoch FROM started)::float8,
+                        extract(epoch FROM ended)::float8
+                 FROM {schema}.calls ORDER BY stream, started, id"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut by_stream: BTreeMap<String, Vec<Call>> = BTreeMap::new();
+    for r in &rows {
+        by_stream.entry(r.get(1)).or_default().push(Call {
+            member: r.get(0),
+            first: r.get(2),
+            last: r.get(3),
+            started: r.get(4),
+            ended: r.get(5),
+        });
+    }
+    let mut taken_over = 0;
+    for (stream, calls) in &by_stream {
+        let mut handled_to = -1; // the highest version handled so far
+        let mut previous_end = f64::MIN;
+        let mut victim_had_it = false;
+        for c in calls {
+            assert!(
+                c.first <= handled_to + 1,
+                "{stream}: {} handled {}..={} before {} was handled",
+                c.member,
+                c.first,
+                c.last,
+                handled_to + 1
+            );
+            assert!(c.first <= c.last);
+            assert!(
+                c.started >= previous_end,
+                "{stream}: a call by {} started while another was running",
+                c.member
+            );
+            let end = match c.ended {
+                Some(e) => e,
+                None => {
+                    assert_eq!(
+                        c.member, "m0",
+                        "{stream}: only the killed member leaves calls open"
+                    );
+                    killed_at
+                }
+            };
+            if c.member == "m0" {
+                victim_had_it = true;
+            } else if victim_had_it && c.started > killed_at {
+                taken_over += 1;
+            }
+            previous_end = end;
+            if c.ended.is_some() {
+                handled_to = handled_to.max(c.last);
+            }
+        }
+        assert_eq!(
+            handled_to + 1,
+            heads[stream],
+            "{stream}: every event handled"
+        );
+    }
+    assert_eq!(by_stream.len() as u64, STREAMS);
+    assert!(
+        taken_over > 0,
+        "the killed member's streams were handled by the others after the kill"
+    );
 }

@@ -694,3 +694,125 @@ async fn a_postgres_projection_counts_every_event_once_even_when_delivered_again
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_members_split_a_group_and_one_takes_over_when_the_other_stops() {
+    let store = Arc::new(MemoryStore::new());
+    let cps = Arc::new(MemoryCheckpoints::new());
+    let leases = Arc::new(annals::MemoryLeases::new());
+    for i in 0..40 {
+        append(&store, &format!("Split-{}", i % 20), 2).await;
+    }
+    let (ha, hb) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
+    let group = |m: &str| annals_reactor::GroupConfig {
+        partitions: 8,
+        lease_ttl: Duration::from_secs(5),
+        renew_interval: Duration::from_millis(50),
+        ..annals_reactor::GroupConfig::new(m)
+    };
+    let a = annals_reactor::join_group(
+        store.clone(),
+        cps.clone(),
+        leases.clone(),
+        ha.clone(),
+        config("split"),
+        group("a"),
+    );
+    let b = annals_reactor::join_group(
+        store.clone(),
+        cps.clone(),
+        leases.clone(),
+        hb.clone(),
+        config("split"),
+        group("b"),
+    );
+    // Both end up with half of the partitions.
+    let mut held = (a.watch_held(), b.watch_held());
+    tokio::time::timeout(WAIT, async {
+        while held.0.borrow_and_update().len() != 4 || held.1.borrow_and_update().len() != 4 {
+            tokio::select! {
+                _ = held.0.changed() => {}
+                _ = held.1.changed() => {}
+            }
+        }
+    })
+    .await
+    .expect("the partitions are shared evenly");
+    let (pa, pb) = (a.held(), b.held());
+    assert!(
+        pa.iter().all(|p| !pb.contains(p)),
+        "{pa:?} and {pb:?} overlap"
+    );
+    // Every event handled by one of them.
+    let total = |h: &Recorder| h.seen.lock().unwrap().values().map(Vec::len).sum::<usize>();
+    tokio::time::timeout(WAIT, async {
+        let mut pace = tokio::time::interval(Duration::from_millis(10));
+        while total(&ha) + total(&hb) < 80 {
+            pace.tick().await;
+        }
+    })
+    .await
+    .expect("every event is handled");
+    // After the sharing settled, a stream's new events go to the holder of its partition.
+    append(&store, "Split-0", 1).await; // version 4
+    let partition = annals_reactor::Partition::of(&name("Split-0"), 8);
+    let (owner, other) = if pa.contains(&partition) {
+        (&ha, &hb)
+    } else {
+        (&hb, &ha)
+    };
+    let has = |h: &Recorder, s: &str, v: u64| {
+        h.seen
+            .lock()
+            .unwrap()
+            .get(&name(s))
+            .is_some_and(|vs| vs.contains(&v))
+    };
+    tokio::time::timeout(WAIT, async {
+        let mut pace = tokio::time::interval(Duration::from_millis(10));
+        while !has(owner, "Split-0", 4) {
+            pace.tick().await;
+        }
+    })
+    .await
+    .expect("the partition's holder handles it");
+    assert!(!has(other, "Split-0", 4));
+    // a stops (its leases handed back at once); b takes every partition and handles the
+    // new events of a's streams too.
+    a.stop().await.unwrap();
+    for i in 0..20 {
+        append(&store, &format!("Split-{i}"), 1).await;
+    }
+    tokio::time::timeout(WAIT, async {
+        let mut pace = tokio::time::interval(Duration::from_millis(10));
+        while !(0..20).all(|i| {
+            let last = if i == 0 { 5 } else { 4 };
+            has(&hb, &format!("Split-{i}"), last)
+        }) {
+            pace.tick().await;
+        }
+    })
+    .await
+    .expect("b handles every stream after a stopped");
+    assert_eq!(b.held().len(), 8, "b took over a's partitions");
+    b.stop().await.unwrap();
+    // Between them, every event of every stream was handled.
+    for i in 0..20u64 {
+        let stream = name(&format!("Split-{i}"));
+        let mut versions: Vec<u64> = [&ha, &hb]
+            .iter()
+            .flat_map(|h| {
+                h.seen
+                    .lock()
+                    .unwrap()
+                    .get(&stream)
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect();
+        versions.sort_unstable();
+        versions.dedup();
+        let last = if i == 0 { 5 } else { 4 };
+        assert_eq!(versions, (0..=last).collect::<Vec<_>>(), "{stream}");
+    }
+}

@@ -35,6 +35,7 @@ pub(crate) fn spawn_child(mode: &str, arg: &str) -> Child {
         ])
         .env(CHILD, mode)
         .env(ARG, arg)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
