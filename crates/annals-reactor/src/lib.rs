@@ -33,7 +33,7 @@ use tokio::sync::{watch, Notify};
 pub use backoff::Backoff;
 pub use group::{join_group, GroupConfig, Member};
 pub use reactor::{reaction_id, Reactor};
-pub use scheduler::{Parked, Stats};
+pub use scheduler::{HandlerLatency, Parked, Stats};
 
 /// What a handler failure carries.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;

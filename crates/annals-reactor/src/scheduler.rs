@@ -33,8 +33,13 @@ pub struct Stats {
     pub checkpoint: Position,
     /// Events handled (or skipped by a handler's skip-ahead).
     pub events_handled: u64,
+    /// Bytes (data and metadata) of the events handled.
+    pub bytes_handled: u64,
     /// Handler invocations that succeeded.
     pub handler_calls: u64,
+    /// Handler latency over the last stats interval (`None` before the first summary, or
+    /// when no handler ran in it).
+    pub handler_latency: Option<HandlerLatency>,
     /// Batches read but not complete.
     pub pending_batches: usize,
     /// The most batches ever pending at once.
@@ -56,6 +61,21 @@ pub struct Stats {
     pub idle: bool,
     /// Set when the pipeline stopped on an error.
     pub stopped: Option<PipelineError>,
+}
+
+/// Handler latency percentiles over one stats interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct HandlerLatency {
+    /// Handler calls in the interval (failed ones included).
+    pub calls: u64,
+    /// Median.
+    pub p50: Duration,
+    /// 95th percentile.
+    pub p95: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+    /// Slowest.
+    pub max: Duration,
 }
 
 pub(crate) struct Parts {
@@ -111,6 +131,8 @@ struct Scheduler {
     in_flight: JoinSet<Done>,
     stats: Stats,
     rng: u64,
+    /// Handler latencies (µs) since the last stats summary.
+    latency: hdrhistogram::Histogram<u64>,
 }
 
 /// A cheap pseudo-random number in `[0, 1)` for jitter.
@@ -204,6 +226,7 @@ impl Scheduler {
         };
         metrics::histogram!("annals_reactor_handler_seconds", "group" => self.config.group.clone())
             .record(took.as_secs_f64());
+        self.latency.saturating_record(took.as_micros() as u64);
         let s = self
             .streams
             .get_mut(&name)
@@ -215,13 +238,19 @@ impl Scheduler {
                 s.retry_at = None;
                 s.next_version = s.next_version.max(next.get());
                 let mut released = Vec::new();
+                let mut bytes = 0;
                 while s
                     .queue
                     .front()
                     .is_some_and(|(_, e)| e.stream_version < s.next_version)
                 {
-                    released.push(s.queue.pop_front().expect("front exists").0);
+                    let (batch, e) = s.queue.pop_front().expect("front exists");
+                    bytes += (e.data.len() + e.metadata.as_ref().map_or(0, Vec::len)) as u64;
+                    released.push(batch);
                 }
+                self.stats.bytes_handled += bytes;
+                metrics::counter!("annals_reactor_bytes_total", "group" => self.config.group.clone())
+                    .increment(bytes);
                 s.stalled = released.is_empty();
                 self.stats.events_handled += released.len() as u64;
                 self.stats.handler_calls += 1;
@@ -289,6 +318,42 @@ impl Scheduler {
                 tracing::warn!(group = %self.config.group, error = %e, "checkpoint commit failed")
             }
         }
+    }
+
+    /// Logs the stats summary and starts a new latency interval.
+    fn summary(&mut self) {
+        let h = &self.latency;
+        let at = |q: f64| Duration::from_micros(h.value_at_quantile(q));
+        self.stats.handler_latency = (!h.is_empty()).then(|| HandlerLatency {
+            calls: h.len(),
+            p50: at(0.5),
+            p95: at(0.95),
+            p99: at(0.99),
+            max: Duration::from_micros(h.max()),
+        });
+        self.latency.reset();
+        let st = &self.stats;
+        let lat = st.handler_latency.unwrap_or_default();
+        tracing::info!(
+            group = %self.config.group,
+            source = %self.source,
+            read = %st.read_position,
+            checkpoint = %st.checkpoint,
+            handled = st.events_handled,
+            bytes = st.bytes_handled,
+            calls = lat.calls,
+            p50_ms = lat.p50.as_secs_f64() * 1e3,
+            p95_ms = lat.p95.as_secs_f64() * 1e3,
+            p99_ms = lat.p99.as_secs_f64() * 1e3,
+            max_ms = lat.max.as_secs_f64() * 1e3,
+            pending_batches = st.pending_batches,
+            active = st.active_streams,
+            events_behind = st.events_behind,
+            behind_ms = st.behind.map_or(0, |d| d.as_millis() as u64),
+            failing = st.failing.len(),
+            parked = st.parked.len(),
+            "reactor stats"
+        );
     }
 
     fn publish(&mut self, tx: &watch::Sender<Stats>) {
@@ -455,6 +520,7 @@ pub(crate) async fn run(parts: Parts) -> Result<(), PipelineError> {
             ..Stats::default()
         },
         rng: seed | 1,
+        latency: hdrhistogram::Histogram::new(3).expect("3 significant figures is valid"),
         config,
     };
     let mut checkpoint_tick = tokio::time::interval(s.config.checkpoint_interval);
@@ -479,22 +545,7 @@ pub(crate) async fn run(parts: Parts) -> Result<(), PipelineError> {
             },
             _ = tokio::time::sleep_until(retry.unwrap_or_else(tokio::time::Instant::now)), if retry.is_some() => {}
             _ = checkpoint_tick.tick() => s.commit().await,
-            _ = stats_tick.tick() => {
-                let st = &s.stats;
-                tracing::info!(
-                    group = %s.config.group,
-                    read = %st.read_position,
-                    checkpoint = %st.checkpoint,
-                    handled = st.events_handled,
-                    pending_batches = st.pending_batches,
-                    active = st.active_streams,
-                    events_behind = st.events_behind,
-                    behind_ms = st.behind.map_or(0, |d| d.as_millis() as u64),
-                    failing = st.failing.len(),
-                    parked = st.parked.len(),
-                    "reactor stats"
-                );
-            }
+            _ = stats_tick.tick() => s.summary(),
         }
     };
     reader.abort();

@@ -167,6 +167,7 @@ async fn streams_are_handled_in_order_and_two_slow_streams_concurrently() {
         stats.max_pending_batches_seen
     );
     assert_eq!(stats.events_handled, 60 + 4 + 20);
+    assert_eq!(stats.bytes_handled, 60 + 4 + 20, "one byte per event");
     r.stop().await.unwrap();
     let all = store
         .read_all(Position::START, &annals::Filter::all(), 1000)
@@ -194,7 +195,9 @@ async fn a_failing_stream_pins_the_checkpoint_and_is_delivered_again_after_a_res
         .position;
     let h = Arc::new(Recorder::default());
     h.failing.lock().unwrap().insert(name("Bad-1"), u32::MAX);
-    let r = run(&store, &cps, &h, config("pin"));
+    let mut c = config("pin");
+    c.stats_interval = Duration::from_millis(10);
+    let r = run(&store, &cps, &h, c);
     // Wait until the bad stream has been tried 5 times, by watching the handler's calls.
     tokio::time::timeout(WAIT, async {
         while h
@@ -211,6 +214,19 @@ async fn a_failing_stream_pins_the_checkpoint_and_is_delivered_again_after_a_res
     })
     .await
     .expect("retries happen");
+    // The periodic summary measures handler latency over its interval.
+    let latency = tokio::time::timeout(WAIT, async {
+        let mut pace = tokio::time::interval(Duration::from_millis(5));
+        loop {
+            pace.tick().await;
+            if let Some(l) = r.stats().handler_latency {
+                return l;
+            }
+        }
+    })
+    .await
+    .expect("a summary with handler calls");
+    assert!(latency.calls >= 1 && latency.p50 <= latency.p99 && latency.p99 <= latency.max);
     let stats = r.stats();
     assert_eq!(
         stats.events_behind, 2,
