@@ -18,6 +18,10 @@ pub struct Opened {
     pub sqlite: Option<SqliteConfig>,
     /// Its PostgreSQL options, when it is a PostgreSQL store.
     pub postgres: Option<PgConfig>,
+    /// The SQLite store itself (for read models in the same file).
+    pub sqlite_store: Option<SqliteStore>,
+    /// The PostgreSQL store itself (for read models in the same database).
+    pub pg_store: Option<PgStore>,
 }
 
 /// Opens the store named by `url`. A PostgreSQL schema is created or migrated on first use.
@@ -30,15 +34,19 @@ pub async fn open(url: &str) -> anyhow::Result<Opened> {
             store: Arc::new(Instrumented::new(Arc::new(MemoryStore::new()))),
             sqlite: None,
             postgres: None,
+            sqlite_store: None,
+            pg_store: None,
         }),
         "memory" => bail!("malformed store URL {url:?}: memory:// takes no path"),
         "sqlite" => {
             let config = SqliteConfig::from_url(url)?;
             let store = SqliteStore::open(config.clone())?;
             Ok(Opened {
-                store: Arc::new(Instrumented::new(Arc::new(store))),
+                store: Arc::new(Instrumented::new(Arc::new(store.clone()))),
                 sqlite: Some(config),
                 postgres: None,
+                sqlite_store: Some(store),
+                pg_store: None,
             })
         }
         "postgres" | "postgresql" => {
@@ -46,9 +54,11 @@ pub async fn open(url: &str) -> anyhow::Result<Opened> {
             let store = PgStore::connect(config.clone()).await?;
             store.migrate().await?;
             Ok(Opened {
-                store: Arc::new(Instrumented::new(Arc::new(store))),
+                store: Arc::new(Instrumented::new(Arc::new(store.clone()))),
                 sqlite: None,
                 postgres: Some(config),
+                sqlite_store: None,
+                pg_store: Some(store),
             })
         }
         other => bail!("unsupported store {other:?} in {url:?}: this build supports {SUPPORTED}"),

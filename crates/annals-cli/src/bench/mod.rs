@@ -1,8 +1,10 @@
 //! `annals bench`: load tests. `favorite` is the Equinox scenario over the decider runtime;
-//! `append` measures raw store appends against a baseline measured in the same run.
+//! `append` measures raw store appends against a baseline measured in the same run;
+//! `catchup` and `live` measure the reactor pipeline.
 
 mod append;
 mod favorite;
+mod reactor;
 
 use hdrhistogram::Histogram;
 
@@ -13,12 +15,18 @@ pub enum Bench {
     Favorite(favorite::Args),
     /// Append throughput and latency in three shapes, with a raw SQLite baseline.
     Append(append::Args),
+    /// Reactor catch-up: project a backlog into a read model, against the raw read-all rate.
+    Catchup(reactor::CatchupArgs),
+    /// Reactor live latency: from append to handler, at a steady append rate.
+    Live(reactor::LiveArgs),
 }
 
 pub async fn run(opened: crate::store_url::Opened, url: &str, bench: Bench) -> anyhow::Result<()> {
     match bench {
         Bench::Favorite(args) => favorite::run(opened.store, url, args).await,
         Bench::Append(args) => append::run(opened, url, args).await,
+        Bench::Catchup(args) => reactor::catchup(opened, url, args).await,
+        Bench::Live(args) => reactor::live(opened, url, args).await,
     }
 }
 

@@ -1,0 +1,437 @@
+//! `annals bench catchup` and `annals bench live`: the reactor pipeline.
+//!
+//! - `catchup` appends a backlog to a fresh category, measures the raw read-all rate over it
+//!   (paging `read_all` to the end, nothing else), then runs a pipeline that projects the
+//!   backlog into a read model in the same database (per-stream progress and read-model
+//!   rows in one transaction, exactly once), and reports its rate as a ratio of the raw one.
+//! - `live` runs a pipeline at the head of a fresh category while events are appended at a
+//!   steady rate, and reports the latency from the start of each append to its handler.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use annals::{
+    CheckpointStore, EventData, EventStore, ExpectedVersion, Filter, MemoryCheckpoints, Position,
+    RecordedEvent, StreamName, Version,
+};
+use annals_reactor::{Handler, HandlerError, PipelineConfig};
+use anyhow::{ensure, Context};
+use async_trait::async_trait;
+use hdrhistogram::Histogram;
+
+use super::{latency_histogram, Latency, Rng};
+use crate::store_url::Opened;
+
+/// Arguments of `annals bench catchup`.
+#[derive(Debug, clap::Args)]
+pub struct CatchupArgs {
+    /// Events in the backlog.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// Streams the backlog is spread over.
+    #[arg(long, default_value_t = 100)]
+    streams: u64,
+    /// Events per read (the pipeline's batch size and the raw read's page size).
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Streams handled at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+}
+
+/// Arguments of `annals bench live`.
+#[derive(Debug, clap::Args)]
+pub struct LiveArgs {
+    /// How long to append, for example `10s`.
+    #[arg(long, short = 'd', default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Appends per second (one event each).
+    #[arg(long, default_value_t = 200)]
+    rate: u32,
+    /// Streams the appends are spread over.
+    #[arg(long, default_value_t = 100)]
+    streams: u64,
+}
+
+/// A category no earlier run used.
+fn fresh_category(prefix: &str) -> String {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    format!("{prefix}{micros}")
+}
+
+fn stream(category: &str, n: u64) -> anyhow::Result<StreamName> {
+    Ok(StreamName::new(format!("{category}-{n}"))?)
+}
+
+/// The amount an event carries (its data is the decimal number).
+fn amount(e: &RecordedEvent) -> i64 {
+    std::str::from_utf8(&e.data)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The read model: per stream, the events counted and the sum of their amounts.
+enum Totals {
+    Memory(Mutex<HashMap<StreamName, (i64, i64)>>),
+    Sqlite(annals_sqlite::SqliteStore),
+    Postgres(annals_postgres::PgStore, String),
+}
+
+const PROJECTION: &str = "bench_catchup";
+
+#[async_trait]
+impl Handler for Totals {
+    async fn handle(
+        &self,
+        stream: &StreamName,
+        events: &[RecordedEvent],
+    ) -> Result<Version, HandlerError> {
+        match self {
+            Totals::Memory(map) => {
+                let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+                let row = map.entry(stream.clone()).or_default();
+                for e in events {
+                    row.0 += 1;
+                    row.1 += amount(e);
+                }
+                Ok(events
+                    .last()
+                    .map_or(Version(0), RecordedEvent::next_version))
+            }
+            Totals::Sqlite(store) => {
+                let next = store
+                    .project_stream(PROJECTION, events, |c, fresh| {
+                        let Some(first) = fresh.first() else {
+                            return Ok(());
+                        };
+                        let sum: i64 = fresh.iter().map(amount).sum();
+                        c.execute(
+                            "INSERT INTO bench_catchup (stream, n, total) VALUES (?1, ?2, ?3)
+                             ON CONFLICT (stream) DO UPDATE SET n = n + ?2, total = total + ?3",
+                            annals_sqlite::rusqlite::params![
+                                first.stream.as_str(),
+                                fresh.len() as i64,
+                                sum
+                            ],
+                        )
+                        .map(drop)
+                    })
+                    .await?;
+                Ok(next)
+            }
+            Totals::Postgres(store, schema) => {
+                let tx = store.projection().await?;
+                let next = tx.stream_progress(PROJECTION, stream).await?;
+                let fresh: Vec<&RecordedEvent> = events
+                    .iter()
+                    .filter(|e| e.stream_version >= next.get())
+                    .collect();
+                let Some(last) = fresh.last() else {
+                    return Ok(next);
+                };
+                let after = last.next_version();
+                let sum: i64 = fresh.iter().map(|e| amount(e)).sum();
+                tx.client()
+                    .execute(
+                        &format!(
+                            "INSERT INTO {schema}.bench_catchup (stream, n, total) VALUES ($1, $2, $3)
+                             ON CONFLICT (stream) DO UPDATE
+                             SET n = bench_catchup.n + $2, total = bench_catchup.total + $3"
+                        ),
+                        &[&stream.as_str(), &(fresh.len() as i64), &sum],
+                    )
+                    .await?;
+                tx.commit_progress(PROJECTION, stream, after).await?;
+                Ok(after)
+            }
+        }
+    }
+}
+
+impl Totals {
+    async fn new(opened: &Opened) -> anyhow::Result<Self> {
+        if let Some(store) = &opened.sqlite_store {
+            store
+                .project("bench-setup", "none", Position::START, |c| {
+                    c.execute_batch(
+                        "CREATE TABLE IF NOT EXISTS bench_catchup (stream TEXT PRIMARY KEY,
+                         n INTEGER NOT NULL, total INTEGER NOT NULL) STRICT",
+                    )
+                })
+                .await?;
+            return Ok(Totals::Sqlite(store.clone()));
+        }
+        if let (Some(store), Some(config)) = (&opened.pg_store, &opened.postgres) {
+            let schema = config.schema.clone();
+            let tx = store.projection().await?;
+            tx.client()
+                .batch_execute(&format!(
+                    "CREATE TABLE IF NOT EXISTS {schema}.bench_catchup (stream text PRIMARY KEY,
+                     n bigint NOT NULL, total bigint NOT NULL)"
+                ))
+                .await?;
+            tx.commit_only().await?;
+            return Ok(Totals::Postgres(store.clone(), schema));
+        }
+        Ok(Totals::Memory(Mutex::new(HashMap::new())))
+    }
+
+    /// Events counted and their amounts' sum over the streams of `category`.
+    async fn sum(&self, category: &str) -> anyhow::Result<(i64, i64)> {
+        let prefix = format!("{category}-%");
+        Ok(match self {
+            Totals::Memory(map) => {
+                let map = map.lock().unwrap_or_else(|p| p.into_inner());
+                map.iter()
+                    .filter(|(s, _)| s.category() == category)
+                    .fold((0, 0), |a, (_, r)| (a.0 + r.0, a.1 + r.1))
+            }
+            Totals::Sqlite(store) => {
+                store
+                    .read(move |c| {
+                        c.query_row(
+                            "SELECT coalesce(sum(n), 0), coalesce(sum(total), 0) FROM bench_catchup WHERE stream LIKE ?1",
+                            [prefix],
+                            |r| Ok((r.get(0)?, r.get(1)?)),
+                        )
+                    })
+                    .await?
+            }
+            Totals::Postgres(store, schema) => {
+                let tx = store.projection().await?;
+                let row = tx
+                    .client()
+                    .query_one(
+                        &format!(
+                            "SELECT coalesce(sum(n), 0)::bigint, coalesce(sum(total), 0)::bigint
+                             FROM {schema}.bench_catchup WHERE stream LIKE $1"
+                        ),
+                        &[&prefix],
+                    )
+                    .await?;
+                tx.commit_only().await?;
+                (row.get(0), row.get(1))
+            }
+        })
+    }
+}
+
+fn checkpoints(opened: &Opened) -> Arc<dyn CheckpointStore> {
+    if let Some(s) = &opened.sqlite_store {
+        return Arc::new(s.clone());
+    }
+    if let Some(s) = &opened.pg_store {
+        return Arc::new(s.clone());
+    }
+    Arc::new(MemoryCheckpoints::new())
+}
+
+/// Appends `events` events (100 per append) over `streams` streams of `category` from 8
+/// writers; returns the sum of their amounts.
+async fn seed(
+    store: &Arc<dyn EventStore>,
+    category: &str,
+    events: u64,
+    streams: u64,
+) -> anyhow::Result<i64> {
+    const PER_APPEND: u64 = 100;
+    let appends = events.div_ceil(PER_APPEND);
+    let next = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = (0..8)
+        .map(|_| {
+            let (store, next, category) = (store.clone(), next.clone(), category.to_owned());
+            tokio::spawn(async move {
+                let mut sum = 0i64;
+                loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    if k >= appends {
+                        return anyhow::Ok(sum);
+                    }
+                    let from = k * PER_APPEND;
+                    let to = (from + PER_APPEND).min(events);
+                    let batch: Vec<EventData> = (from..to)
+                        .map(|i| {
+                            let a = (i * 7919 % 1000) as i64;
+                            sum += a;
+                            EventData::new("Amount", a.to_string().into_bytes())
+                        })
+                        .collect();
+                    store
+                        .append(
+                            &stream(&category, k % streams)?,
+                            ExpectedVersion::Any,
+                            batch,
+                        )
+                        .await?;
+                }
+            })
+        })
+        .collect();
+    let mut sum = 0;
+    for w in writers {
+        sum += w.await.context("a seeding writer panicked")??;
+    }
+    Ok(sum)
+}
+
+pub async fn catchup(opened: Opened, url: &str, args: CatchupArgs) -> anyhow::Result<()> {
+    ensure!(args.events > 0, "--events must be at least 1");
+    ensure!(args.streams > 0, "--streams must be at least 1");
+    ensure!(args.batch > 0, "--batch must be at least 1");
+    let store = opened.store.clone();
+    let category = fresh_category("Catchup");
+    let filter = Filter::category(&category);
+    println!(
+        "annals bench catchup --store {url}: {} events over {} streams of {category}, batch {}, {} streams at once",
+        args.events, args.streams, args.batch, args.concurrency
+    );
+
+    let started = Instant::now();
+    let amounts = seed(&store, &category, args.events, args.streams).await?;
+    let took = started.elapsed();
+    println!(
+        "{:<40} {:>10.0} events/s  ({:.1} s)",
+        "seed (100-event appends, 8 writers)",
+        args.events as f64 / took.as_secs_f64(),
+        took.as_secs_f64()
+    );
+    store.await_visible().await?;
+
+    // The raw rate: page through the feed, nothing else.
+    let started = Instant::now();
+    let (mut from, mut read) = (Position::START, 0u64);
+    loop {
+        let page = store.read_all(from, &filter, args.batch).await?;
+        read += page.events.len() as u64;
+        from = page.next.max(from);
+        if page.end {
+            break;
+        }
+    }
+    let raw_took = started.elapsed();
+    ensure!(
+        read == args.events,
+        "the raw read saw {read} events, not {}",
+        args.events
+    );
+    let raw_rate = read as f64 / raw_took.as_secs_f64();
+    println!(
+        "{:<40} {:>10.0} events/s  ({:.1} s)",
+        "raw read_all",
+        raw_rate,
+        raw_took.as_secs_f64()
+    );
+
+    let totals = Arc::new(Totals::new(&opened).await?);
+    let mut config = PipelineConfig::new(format!("bench-{category}")).filter(filter);
+    config.batch_size = args.batch;
+    config.max_concurrent_streams = args.concurrency.max(1);
+    let started = Instant::now();
+    let mut running =
+        annals_reactor::spawn(store.clone(), checkpoints(&opened), totals.clone(), config);
+    running.await_idle().await?;
+    let took = started.elapsed();
+    let stats = running.stats();
+    running.stop().await?;
+    let (counted, sum) = totals.sum(&category).await?;
+    ensure!(
+        counted == args.events as i64 && sum == amounts,
+        "the read model counted {counted} events summing to {sum}, not {} summing to {amounts}",
+        args.events
+    );
+    let rate = args.events as f64 / took.as_secs_f64();
+    println!(
+        "{:<40} {:>10.0} events/s  ({:.1} s, {} handler calls, {:.1} events per call)",
+        "pipeline into the read model",
+        rate,
+        took.as_secs_f64(),
+        stats.handler_calls,
+        stats.events_handled as f64 / stats.handler_calls.max(1) as f64
+    );
+    println!(
+        "catch-up / raw read_all = {:.2}  (read model checked: {counted} events, sum {sum})",
+        rate / raw_rate
+    );
+    Ok(())
+}
+
+/// Records, for each event, the time from the start of its append (carried in its data as
+/// microseconds since `base`) to its handler.
+struct Clock {
+    base: Instant,
+    latencies: Mutex<Histogram<u64>>,
+}
+
+#[async_trait]
+impl Handler for Clock {
+    async fn handle(
+        &self,
+        _stream: &StreamName,
+        events: &[RecordedEvent],
+    ) -> Result<Version, HandlerError> {
+        let now = self.base.elapsed().as_micros() as u64;
+        let mut h = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
+        for e in events {
+            let sent = amount(e) as u64;
+            h.saturating_record(now.saturating_sub(sent).max(1));
+        }
+        Ok(events
+            .last()
+            .map_or(Version(0), RecordedEvent::next_version))
+    }
+}
+
+pub async fn live(opened: Opened, url: &str, args: LiveArgs) -> anyhow::Result<()> {
+    ensure!(args.rate > 0, "--rate must be at least 1");
+    ensure!(args.streams > 0, "--streams must be at least 1");
+    let store = opened.store.clone();
+    let category = fresh_category("Live");
+    let clock = Arc::new(Clock {
+        base: Instant::now(),
+        latencies: Mutex::new(latency_histogram()),
+    });
+    let config =
+        PipelineConfig::new(format!("bench-{category}")).filter(Filter::category(&category));
+    let mut running =
+        annals_reactor::spawn(store.clone(), checkpoints(&opened), clock.clone(), config);
+    running.await_idle().await?;
+    println!(
+        "annals bench live --store {url}: {} appends/s of one event over {} streams for {}",
+        args.rate,
+        args.streams,
+        humantime::format_duration(args.duration)
+    );
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let mut pace = tokio::time::interval(Duration::from_secs(1) / args.rate);
+    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let deadline = Instant::now() + args.duration;
+    let mut appended = 0u64;
+    while Instant::now() < deadline {
+        pace.tick().await;
+        let sent = clock.base.elapsed().as_micros() as u64;
+        let s = stream(&category, rng.next() % args.streams)?;
+        let e = EventData::new("Sent", sent.to_string().into_bytes());
+        store.append(&s, ExpectedVersion::Any, vec![e]).await?;
+        appended += 1;
+    }
+    running.await_idle().await?;
+    running.stop().await?;
+    let h = clock.latencies.lock().unwrap_or_else(|p| p.into_inner());
+    ensure!(
+        h.len() == appended,
+        "the handler saw {} events, not the {appended} appended",
+        h.len()
+    );
+    println!(
+        "{:<40} {:>8} events  append→handler ms: {}",
+        "live",
+        appended,
+        Latency::of(&h)
+    );
+    Ok(())
+}
