@@ -46,6 +46,9 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_leases.sql"),
 ];
 
+/// Events a filtered `read_all` page looks at, at most (or the page's limit if larger).
+const READ_ALL_WINDOW: i64 = 10_000;
+
 /// The schema version this build creates and reads.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 
@@ -73,6 +76,8 @@ struct Sql {
     read_forward: String,
     read_backward: String,
     read_all: String,
+    read_all_filtered: String,
+    read_all_window: String,
     classify: String,
     batch_start: String,
     checkpoint_load: String,
@@ -104,9 +109,33 @@ impl Sql {
                  SELECT h.xmin::text, p.* FROM h LEFT JOIN LATERAL ( \
                    SELECT {EVENT_COLUMNS} {from} \
                    WHERE (e.tx_id, e.position) > ($1::text::xid8, $2) AND e.tx_id < h.xmin \
-                     AND (cardinality($3::text[]) = 0 OR s.category = ANY ($3)) \
+                   ORDER BY e.tx_id, e.position LIMIT $3) p ON true"
+            ),
+            // A filtered read looks at a window of at most $6 events in feed order and keeps
+            // those that match. Without the window, the planner, told the category, may
+            // start from the category's streams and sort all their events after `from` for
+            // every page (quadratic over a catch-up); the window bounds every page's cost.
+            read_all_filtered: format!(
+                "WITH h AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) \
+                 SELECT h.xmin::text, p.* FROM h LEFT JOIN LATERAL ( \
+                   SELECT {EVENT_COLUMNS} FROM ( \
+                       SELECT w.tx_id, w.position FROM {schema}.events w \
+                       WHERE (w.tx_id, w.position) > ($1::text::xid8, $2) AND w.tx_id < h.xmin \
+                       ORDER BY w.tx_id, w.position LIMIT $6) win \
+                   JOIN {schema}.events e ON e.tx_id = win.tx_id AND e.position = win.position \
+                   JOIN {schema}.streams s ON s.stream_id = e.stream_id \
+                   WHERE (cardinality($3::text[]) = 0 OR s.category = ANY ($3)) \
                      AND (cardinality($4::text[]) = 0 OR e.event_type = ANY ($4)) \
                    ORDER BY e.tx_id, e.position LIMIT $5) p ON true"
+            ),
+            // The last event of the same window, below the same horizon, and its size.
+            read_all_window: format!(
+                "SELECT w.tx_id::text, w.position, w.n FROM ( \
+                   SELECT x.tx_id, x.position, count(*) OVER () AS n FROM ( \
+                     SELECT tx_id, position FROM {schema}.events \
+                     WHERE (tx_id, position) > ($1::text::xid8, $2) AND tx_id < $3::text::xid8 \
+                     ORDER BY tx_id, position LIMIT $4) x) w \
+                 ORDER BY w.tx_id DESC, w.position DESC LIMIT 1"
             ),
             classify: format!("SELECT e.event_id, s.name, e.stream_version, e.batch_start, e.tx_id::text, e.position {from} WHERE e.event_id = ANY ($1)"),
             batch_start: format!("SELECT e.batch_start {from} WHERE s.name = $1 AND e.stream_version = $2"),
@@ -792,23 +821,43 @@ impl EventStore for PgStore {
     async fn read_all(&self, from: Position, filter: &Filter, limit: usize) -> Result<AllPage> {
         filter.validate()?;
         let limit = limit.max(1) as i64;
+        let filtered = !filter.categories.is_empty() || !filter.event_types.is_empty();
+        let window = limit.max(READ_ALL_WINDOW);
         let (tx, position) = unpack(from);
+        let tx = tx.to_string();
         let client = self.client().await?;
-        let rows = client
-            .query(
-                &self.inner.sql.read_all,
-                &[
-                    &tx.to_string(),
-                    &position,
-                    &filter.categories,
-                    &filter.event_types,
-                    &limit,
-                ],
-            )
-            .await
-            .map_err(backend)?;
-        let horizon = match rows.first() {
-            Some(r) => tx_of(r.get::<_, &str>(0))?,
+        let rows = if filtered {
+            let stmt = client
+                .prepare_cached(&self.inner.sql.read_all_filtered)
+                .await
+                .map_err(backend)?;
+            client
+                .query(
+                    &stmt,
+                    &[
+                        &tx,
+                        &position,
+                        &filter.categories,
+                        &filter.event_types,
+                        &limit,
+                        &window,
+                    ],
+                )
+                .await
+        } else {
+            let stmt = client
+                .prepare_cached(&self.inner.sql.read_all)
+                .await
+                .map_err(backend)?;
+            client.query(&stmt, &[&tx, &position, &limit]).await
+        }
+        .map_err(backend)?;
+        let (horizon_text, horizon) = match rows.first() {
+            Some(r) => {
+                let text: String = r.get(0);
+                let horizon = tx_of(&text)?;
+                (text, horizon)
+            }
             None => return Err(backend("read-all returned no horizon row")),
         };
         let mut events = Vec::with_capacity(rows.len());
@@ -824,6 +873,24 @@ impl EventStore for PgStore {
                 next,
                 end: false,
             });
+        }
+        if filtered {
+            // Fewer matches than asked: if the window was full, resume after it.
+            let last = client
+                .query_opt(
+                    &self.inner.sql.read_all_window,
+                    &[&tx, &position, &horizon_text, &window],
+                )
+                .await
+                .map_err(backend)?;
+            if let Some(row) = last.filter(|r| r.get::<_, i64>(2) >= window) {
+                let next = pack(tx_of(row.get::<_, &str>(0))?, row.get::<_, i64>(1));
+                return Ok(AllPage {
+                    events,
+                    next: from.max(next),
+                    end: false,
+                });
+            }
         }
         // A short page scanned everything below the horizon: resume at it.
         let next = from
