@@ -44,6 +44,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_initial.sql"),
     include_str!("../migrations/0002_projection_streams.sql"),
     include_str!("../migrations/0003_leases.sql"),
+    include_str!("../migrations/0004_read_all_plan.sql"),
 ];
 
 /// Events a filtered `read_all` page looks at, at most (or the page's limit if larger).
@@ -76,7 +77,6 @@ struct Sql {
     read_forward: String,
     read_backward: String,
     read_all: String,
-    read_all_filtered: String,
     read_all_window: String,
     classify: String,
     batch_start: String,
@@ -104,38 +104,12 @@ impl Sql {
             version: format!("SELECT version FROM {schema}.streams WHERE name = $1"),
             read_forward: format!("SELECT {EVENT_COLUMNS} {from} WHERE s.name = $1 AND e.stream_version >= $2 AND e.stream_version < $3 ORDER BY e.stream_version LIMIT $4"),
             read_backward: format!("SELECT {EVENT_COLUMNS} {from} WHERE s.name = $1 AND e.stream_version < $2 AND e.stream_version >= $3 ORDER BY e.stream_version DESC LIMIT $4"),
+            // Plans fixed by the functions of migration 0004 (see there why).
             read_all: format!(
-                "WITH h AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) \
-                 SELECT h.xmin::text, p.* FROM h LEFT JOIN LATERAL ( \
-                   SELECT {EVENT_COLUMNS} {from} \
-                   WHERE (e.tx_id, e.position) > ($1::text::xid8, $2) AND e.tx_id < h.xmin \
-                   ORDER BY e.tx_id, e.position LIMIT $3) p ON true"
+                "SELECT * FROM {schema}.read_all_page($1::text::xid8, $2, $3, $4, $5, $6)"
             ),
-            // A filtered read looks at a window of at most $6 events in feed order and keeps
-            // those that match. Without the window, the planner, told the category, may
-            // start from the category's streams and sort all their events after `from` for
-            // every page (quadratic over a catch-up); the window bounds every page's cost.
-            read_all_filtered: format!(
-                "WITH h AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) \
-                 SELECT h.xmin::text, p.* FROM h LEFT JOIN LATERAL ( \
-                   SELECT {EVENT_COLUMNS} FROM ( \
-                       SELECT w.tx_id, w.position FROM {schema}.events w \
-                       WHERE (w.tx_id, w.position) > ($1::text::xid8, $2) AND w.tx_id < h.xmin \
-                       ORDER BY w.tx_id, w.position LIMIT $6) win \
-                   JOIN {schema}.events e ON e.tx_id = win.tx_id AND e.position = win.position \
-                   JOIN {schema}.streams s ON s.stream_id = e.stream_id \
-                   WHERE (cardinality($3::text[]) = 0 OR s.category = ANY ($3)) \
-                     AND (cardinality($4::text[]) = 0 OR e.event_type = ANY ($4)) \
-                   ORDER BY e.tx_id, e.position LIMIT $5) p ON true"
-            ),
-            // The last event of the same window, below the same horizon, and its size.
             read_all_window: format!(
-                "SELECT w.tx_id::text, w.position, w.n FROM ( \
-                   SELECT x.tx_id, x.position, count(*) OVER () AS n FROM ( \
-                     SELECT tx_id, position FROM {schema}.events \
-                     WHERE (tx_id, position) > ($1::text::xid8, $2) AND tx_id < $3::text::xid8 \
-                     ORDER BY tx_id, position LIMIT $4) x) w \
-                 ORDER BY w.tx_id DESC, w.position DESC LIMIT 1"
+                "SELECT * FROM {schema}.read_all_window($1::text::xid8, $2, $3::text::xid8, $4)"
             ),
             classify: format!("SELECT e.event_id, s.name, e.stream_version, e.batch_start, e.tx_id::text, e.position {from} WHERE e.event_id = ANY ($1)"),
             batch_start: format!("SELECT e.batch_start {from} WHERE s.name = $1 AND e.stream_version = $2"),
@@ -826,32 +800,25 @@ impl EventStore for PgStore {
         let (tx, position) = unpack(from);
         let tx = tx.to_string();
         let client = self.client().await?;
-        let rows = if filtered {
-            let stmt = client
-                .prepare_cached(&self.inner.sql.read_all_filtered)
-                .await
-                .map_err(backend)?;
-            client
-                .query(
-                    &stmt,
-                    &[
-                        &tx,
-                        &position,
-                        &filter.categories,
-                        &filter.event_types,
-                        &limit,
-                        &window,
-                    ],
-                )
-                .await
-        } else {
-            let stmt = client
-                .prepare_cached(&self.inner.sql.read_all)
-                .await
-                .map_err(backend)?;
-            client.query(&stmt, &[&tx, &position, &limit]).await
-        }
-        .map_err(backend)?;
+        let window = if filtered { window } else { limit };
+        let stmt = client
+            .prepare_cached(&self.inner.sql.read_all)
+            .await
+            .map_err(backend)?;
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &tx,
+                    &position,
+                    &filter.categories,
+                    &filter.event_types,
+                    &limit,
+                    &window,
+                ],
+            )
+            .await
+            .map_err(backend)?;
         let (horizon_text, horizon) = match rows.first() {
             Some(r) => {
                 let text: String = r.get(0);
