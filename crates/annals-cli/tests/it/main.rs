@@ -276,3 +276,66 @@ fn an_unreachable_postgres_fails_fast_in_one_line() {
     assert!(stderr.contains("PostgreSQL"), "{stderr}");
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
 }
+
+/// Runs the reactor benches (`catchup` checks its read model itself and fails otherwise;
+/// `live` checks the handler saw every event) on `store`.
+fn reactor_benches_on(store: &str) {
+    let out = annals(&[
+        "bench",
+        "catchup",
+        "--store",
+        store,
+        "--events",
+        "3000",
+        "--streams",
+        "7",
+        "--batch",
+        "200",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("read model checked: 3000 events"),
+        "{stdout}"
+    );
+    assert!(figure(&stdout, "raw read_all") > 0.0);
+    assert!(figure(&stdout, "catch-up / raw read_all = ") > 0.0);
+    let out = annals(&[
+        "bench",
+        "live",
+        "--store",
+        store,
+        "--duration",
+        "500ms",
+        "--rate",
+        "40",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(figure(&stdout, "\nlive ") >= 10.0, "events handled: {stdout}");
+    assert!(stdout.contains("append→handler ms: p50"), "{stdout}");
+}
+
+#[test]
+fn reactor_benches_on_sqlite_check_their_read_model_and_report_rates() {
+    let dir = tempfile::tempdir().unwrap();
+    reactor_benches_on(&format!("sqlite://{}", dir.path().join("r.db").display()));
+}
+
+#[test]
+fn reactor_benches_on_postgres_check_their_read_model_and_report_rates() {
+    let server = annals_testkit::postgres::shared();
+    reactor_benches_on(&format!(
+        "{}?annals_schema={}",
+        server.url,
+        annals_testkit::postgres::schema_name("clir")
+    ));
+}
