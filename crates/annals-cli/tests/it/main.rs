@@ -320,7 +320,10 @@ fn reactor_benches_on(store: &str) {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(figure(&stdout, "\nlive ") >= 10.0, "events handled: {stdout}");
+    assert!(
+        figure(&stdout, "\nlive ") >= 10.0,
+        "events handled: {stdout}"
+    );
     assert!(stdout.contains("append→handler ms: p50"), "{stdout}");
 }
 
