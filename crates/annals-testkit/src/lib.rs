@@ -4,6 +4,7 @@
 //!   [`conformance_suite!`] which stamps out one named test per function for a store factory.
 //! - [`given`]: a given/when/then harness for pure deciders, needing no store.
 
+pub mod access;
 pub mod conformance;
 #[cfg(feature = "postgres")]
 pub mod postgres;

@@ -16,7 +16,7 @@ use crate::cache::Cache;
 use crate::codec::{Codec, EncodeContext};
 use crate::error::{CodecError, Error, Result};
 use crate::store::{EventStore, ReadStream};
-use crate::{ExpectedVersion, StreamName, Version};
+use crate::{EventData, ExpectedVersion, StreamName, Timestamp, Version};
 
 /// A domain's pure functions: its initial state and how an event changes it. Decisions are
 /// closures `&State -> Vec<Event>` (or `-> (R, Vec<Event>)`) passed to [`Decider`].
@@ -71,6 +71,77 @@ pub struct Category<D: Domain> {
     cache: Option<Arc<Cache>>,
     max_attempts: u32,
     load_locks: Arc<LoadLocks>,
+    access: Access<D>,
+}
+
+/// The event type of the snapshots written by [`Category::with_rolling_snapshots`]. Domain
+/// codecs never see these events: loads use them as origins, folds skip them.
+pub const SNAPSHOT_EVENT_TYPE: &str = "annals.snapshot";
+
+type IsOrigin<E> = Arc<dyn Fn(&E) -> bool + Send + Sync>;
+type EncodeSnapshot<S> = Arc<dyn Fn(&S) -> Result<Vec<u8>, serde_json::Error> + Send + Sync>;
+type DecodeSnapshot<S> = Arc<dyn Fn(&[u8]) -> Option<S> + Send + Sync>;
+
+/// How a category's streams are loaded (see the `with_*` methods of [`Category`]). Every
+/// strategy yields exactly the state of the full fold; they differ in what they read.
+struct Access<D: Domain> {
+    /// The state is the fold of the last event alone.
+    latest_known_event: bool,
+    /// Events from which the state can be folded without what came before.
+    is_origin: Option<IsOrigin<D::Event>>,
+    snapshots: Option<Snapshots<D::State>>,
+}
+
+struct Snapshots<S> {
+    every: u64,
+    schema: u32,
+    encode: EncodeSnapshot<S>,
+    decode: DecodeSnapshot<S>,
+}
+
+impl<S> Clone for Snapshots<S> {
+    fn clone(&self) -> Self {
+        Self {
+            every: self.every,
+            schema: self.schema,
+            encode: Arc::clone(&self.encode),
+            decode: Arc::clone(&self.decode),
+        }
+    }
+}
+
+impl<D: Domain> Clone for Access<D> {
+    fn clone(&self) -> Self {
+        Self {
+            latest_known_event: self.latest_known_event,
+            is_origin: self.is_origin.clone(),
+            snapshots: self.snapshots.clone(),
+        }
+    }
+}
+
+impl<D: Domain> Default for Access<D> {
+    fn default() -> Self {
+        Self {
+            latest_known_event: false,
+            is_origin: None,
+            snapshots: None,
+        }
+    }
+}
+
+impl<D: Domain> Access<D> {
+    /// Whether loads read backward to an origin rather than forward from the start.
+    fn backward(&self) -> bool {
+        self.latest_known_event || self.is_origin.is_some() || self.snapshots.is_some()
+    }
+}
+
+/// A snapshot event's body: the state and the schema version it was written with.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapshotBody {
+    schema: u32,
+    state: serde_json::Value,
 }
 
 impl<D: Domain> Clone for Category<D> {
@@ -82,6 +153,7 @@ impl<D: Domain> Clone for Category<D> {
             cache: self.cache.clone(),
             max_attempts: self.max_attempts,
             load_locks: Arc::clone(&self.load_locks),
+            access: self.access.clone(),
         }
     }
 }
@@ -101,7 +173,56 @@ impl<D: Domain> Category<D> {
             cache: None,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             load_locks: Arc::default(),
+            access: Access::default(),
         })
+    }
+
+    /// Access strategy "latest known event": the state is the fold of the stream's last
+    /// event alone (for streams whose events each carry the whole state). A load reads
+    /// backward one event.
+    pub fn with_latest_known_event(mut self) -> Self {
+        self.access.latest_known_event = true;
+        self
+    }
+
+    /// Access strategy "origins": events for which `is_origin` holds start the state afresh
+    /// (a reset, a clear), so a load reads backward only as far as the latest one.
+    pub fn with_origins(
+        mut self,
+        is_origin: impl Fn(&D::Event) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.access.is_origin = Some(Arc::new(is_origin));
+        self
+    }
+
+    /// Access strategy "rolling snapshots": whenever a write takes the stream past a
+    /// multiple of `every` events, the decider appends a snapshot of the resulting state
+    /// (event type [`SNAPSHOT_EVENT_TYPE`], in the same atomic append), and loads read
+    /// backward only to the latest snapshot (or origin). A snapshot records `schema`: one
+    /// written with another schema is ignored (the load reads further back) rather than
+    /// misread, so bump it whenever the state's shape changes.
+    pub fn with_rolling_snapshots(mut self, every: u64, schema: u32) -> Self
+    where
+        D::State: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        self.access.snapshots = Some(Snapshots {
+            every: every.max(1),
+            schema,
+            encode: Arc::new(move |state: &D::State| {
+                serde_json::to_vec(&SnapshotBody {
+                    schema,
+                    state: serde_json::to_value(state)?,
+                })
+            }),
+            decode: Arc::new(move |bytes: &[u8]| {
+                let snapshot: SnapshotBody = serde_json::from_slice(bytes).ok()?;
+                if snapshot.schema != schema {
+                    return None;
+                }
+                serde_json::from_value(snapshot.state).ok()
+            }),
+        });
+        self
     }
 
     /// Caches folded states in `cache` (which other categories may share).
@@ -270,7 +391,7 @@ impl<D: Domain> Decider<D> {
             if events.is_empty() {
                 return Ok(result);
             }
-            let encoded = events
+            let mut encoded = events
                 .iter()
                 .enumerate()
                 .map(|(i, e)| {
@@ -283,11 +404,28 @@ impl<D: Domain> Decider<D> {
                         })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            let mut folded = None;
+            if let Some(snap) = &cat.access.snapshots {
+                let before = loaded.version.get();
+                let after = before + encoded.len() as u64;
+                if before / snap.every != after / snap.every {
+                    let state = D::fold((*loaded.state).clone(), &events);
+                    let body = (snap.encode)(&state).map_err(|e| CodecError {
+                        stream: self.stream.to_string(),
+                        stream_version: after,
+                        event_type: SNAPSHOT_EVENT_TYPE.to_owned(),
+                        message: e.to_string(),
+                    })?;
+                    encoded.push(EventData::new(SNAPSHOT_EVENT_TYPE, body));
+                    folded = Some(state);
+                }
+            }
             let expected = ExpectedVersion::Exact(loaded.version);
             match cat.store.append(&self.stream, expected, encoded).await {
                 Ok(appended) => {
                     if let Some(cache) = &cat.cache {
-                        let state = D::fold((*loaded.state).clone(), &events);
+                        let state =
+                            folded.unwrap_or_else(|| D::fold((*loaded.state).clone(), &events));
                         cache.put(&self.stream, appended.version, Arc::new(state));
                     }
                     return Ok(result);
@@ -355,24 +493,94 @@ impl<D: Domain> Decider<D> {
         self.reload().await
     }
 
-    /// Reads the events after the cached version (all of them without a cache entry).
+    /// Reads the events after the cached version; without a cache entry, all of them, or,
+    /// under an access strategy, back to the latest origin.
     async fn reload(&self) -> Result<Loaded<D::State>> {
-        let start = match self.cached(None) {
-            Some(cached) => {
-                self.count_cache(true);
-                cached
-            }
-            None => {
-                if self.category.cache.is_some() {
-                    self.count_cache(false);
-                }
-                Loaded {
+        if let Some(cached) = self.cached(None) {
+            self.count_cache(true);
+            return self.catch_up(cached).await;
+        }
+        if self.category.cache.is_some() {
+            self.count_cache(false);
+        }
+        if !self.category.access.backward() {
+            return self
+                .catch_up(Loaded {
                     version: Version::EMPTY,
                     state: Arc::new(D::initial()),
+                })
+                .await;
+        }
+        let loaded = self.load_backward(ReadStream::backward(), None).await?;
+        if let Some(cache) = &self.category.cache {
+            cache.put(&self.stream, loaded.version, Arc::clone(&loaded.state));
+        }
+        Ok(loaded)
+    }
+
+    /// The state after the stream's first `version` events (all of them if it has fewer),
+    /// folded from the latest snapshot or origin at or before that point.
+    pub async fn load_at(&self, version: Version) -> Result<Loaded<D::State>> {
+        self.load_backward(ReadStream::backward_from(version), None)
+            .instrument(tracing::debug_span!("annals.load_at", stream = %self.stream, %version))
+            .await
+    }
+
+    /// The state as of `time`: the fold of the events recorded at or before it, from the
+    /// latest snapshot or origin among them.
+    pub async fn load_as_of(&self, time: Timestamp) -> Result<Loaded<D::State>> {
+        self.load_backward(ReadStream::backward(), Some(time))
+            .instrument(tracing::debug_span!("annals.load_as_of", stream = %self.stream))
+            .await
+    }
+
+    /// Reads newest first until an origin: a current snapshot, an event for which the
+    /// category's origin test holds (any event under "latest known event"), or the start;
+    /// then folds forward from it. With `as_of`, events recorded later are passed over.
+    async fn load_backward(
+        &self,
+        read: ReadStream,
+        as_of: Option<Timestamp>,
+    ) -> Result<Loaded<D::State>> {
+        let cat = &self.category;
+        let access = &cat.access;
+        let mut events = cat.store.read_stream(&self.stream, read);
+        let mut version = None;
+        let mut base = None;
+        let mut newest_first: Vec<D::Event> = Vec::new();
+        let mut read = 0u64;
+        while let Some(recorded) = events.try_next().await? {
+            read += 1;
+            if as_of.is_some_and(|t| recorded.recorded_at > t) {
+                continue;
+            }
+            version.get_or_insert(recorded.next_version());
+            if recorded.event_type == SNAPSHOT_EVENT_TYPE {
+                if let Some(state) = access
+                    .snapshots
+                    .as_ref()
+                    .and_then(|s| (s.decode)(&recorded.data))
+                {
+                    base = Some(state);
+                    break;
+                }
+                continue;
+            }
+            if let Some(event) = cat.codec.decode(&recorded)? {
+                let origin = access.latest_known_event
+                    || access.is_origin.as_ref().is_some_and(|o| o(&event));
+                newest_first.push(event);
+                if origin {
+                    break;
                 }
             }
-        };
-        self.catch_up(start).await
+        }
+        tracing::trace!(read, "loaded backward");
+        let state = D::fold(base.unwrap_or_else(D::initial), newest_first.iter().rev());
+        Ok(Loaded {
+            version: version.unwrap_or(Version::EMPTY),
+            state: Arc::new(state),
+        })
     }
 
     /// Folds the events after `from.version` onto `from.state`, and caches the result.
@@ -387,6 +595,9 @@ impl<D: Domain> Decider<D> {
         while let Some(recorded) = events.try_next().await? {
             read += 1;
             version = recorded.next_version();
+            if recorded.event_type == SNAPSHOT_EVENT_TYPE {
+                continue;
+            }
             match cat.codec.decode(&recorded)? {
                 Some(event) => {
                     let current = state.take().unwrap_or_else(|| (*from.state).clone());

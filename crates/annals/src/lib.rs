@@ -56,7 +56,7 @@ pub mod version;
 pub use cache::Cache;
 pub use checkpoint::{Checkpoint, CheckpointStore, MemoryCheckpoints};
 pub use codec::{Codec, EncodeContext, JsonCodec};
-pub use decider::{Category, Decider, Domain, LoadOption, Loaded};
+pub use decider::{Category, Decider, Domain, LoadOption, Loaded, SNAPSHOT_EVENT_TYPE};
 pub use error::{Capability, CodecError, Error, InvalidEvent, Result};
 pub use event::{EventData, RecordedEvent, DEFAULT_MAX_EVENT_BYTES, MAX_EVENT_TYPE_LEN};
 pub use instrument::Instrumented;

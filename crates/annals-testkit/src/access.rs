@@ -1,0 +1,220 @@
+//! Access strategies against the full fold: whatever a category's strategy (origins,
+//! rolling snapshots of the current or an older schema, latest known event), with or
+//! without a cache, and at any point in time, a load yields exactly the state of folding
+//! every event from the start.
+
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use annals::{
+    AllPage, AppendResult, Cache, Capabilities, Category, Codec, Domain, EventData, EventStore,
+    EventStoreExt, ExpectedVersion, Filter, Position, ReadStream, RecordedEvent, Result,
+    StreamAppend, StreamName, Timestamp, Version, SNAPSHOT_EVENT_TYPE,
+};
+use futures::stream::BoxStream;
+use futures::StreamExt;
+
+/// A store wrapper that counts what loads read: `read_stream` calls and events yielded.
+pub struct Counting {
+    inner: Arc<dyn EventStore>,
+    /// `read_stream` calls.
+    pub reads: AtomicU64,
+    /// Events yielded by `read_stream`.
+    pub events: AtomicU64,
+}
+
+impl Counting {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn EventStore>) -> Self {
+        Self {
+            inner,
+            reads: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+        }
+    }
+
+    /// (`read_stream` calls, events yielded) so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.reads.load(Ordering::SeqCst),
+            self.events.load(Ordering::SeqCst),
+        )
+    }
+}
+
+#[async_trait::async_trait]
+impl EventStore for Counting {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn append(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult> {
+        self.inner.append(stream, expected, events).await
+    }
+
+    async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
+        self.inner.append_many(appends).await
+    }
+
+    async fn stream_version(&self, stream: &StreamName) -> Result<Version> {
+        self.inner.stream_version(stream).await
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        stream: &'a StreamName,
+        options: ReadStream,
+    ) -> BoxStream<'a, Result<RecordedEvent>> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.inner
+            .read_stream(stream, options)
+            .inspect(|item| {
+                if item.is_ok() {
+                    self.events.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+            .boxed()
+    }
+
+    async fn read_all(&self, from: Position, filter: &Filter, limit: usize) -> Result<AllPage> {
+        self.inner.read_all(from, filter, limit).await
+    }
+
+    async fn await_visible(&self) -> Result<()> {
+        self.inner.await_visible().await
+    }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<()>> {
+        self.inner.changes()
+    }
+}
+
+/// What [`strategies_agree`] needs to know of a domain.
+pub struct Subject<D: Domain, C> {
+    /// The category name.
+    pub category: &'static str,
+    /// Makes the domain's codec.
+    pub codec: fn() -> C,
+    /// The domain's origin test (`|_| false` if it has none).
+    pub is_origin: fn(&D::Event) -> bool,
+}
+
+/// Writes `batches` to `category-{id}` through a decider that keeps rolling snapshots
+/// every 3 events, then checks every strategy, with and without a cache, and point-in-time
+/// loads by version and by timestamp, against folding the stream from the start.
+pub async fn strategies_agree<D, C>(
+    store: Arc<dyn EventStore>,
+    subject: &Subject<D, C>,
+    id: &str,
+    batches: Vec<Vec<D::Event>>,
+) where
+    D: Domain,
+    D::Event: Clone,
+    D::State: PartialEq + Debug + serde::Serialize + serde::de::DeserializeOwned,
+    C: Codec<D::Event>,
+{
+    let category = |cache: Option<Arc<Cache>>| {
+        Category::<D>::new(subject.category, store.clone(), (subject.codec)())
+            .expect("a valid category")
+            .with_optional_cache(cache)
+    };
+    let writer = category(None)
+        .with_origins(subject.is_origin)
+        .with_rolling_snapshots(3, 1)
+        .decider(id)
+        .expect("a valid id");
+    for batch in &batches {
+        writer
+            .transact(|_| batch.clone())
+            .await
+            .expect("the write succeeds");
+    }
+    let stream = writer.stream().clone();
+    let recorded = store
+        .read_stream_vec(&stream, ReadStream::forward())
+        .await
+        .expect("read");
+    let codec = (subject.codec)();
+    let decoded: Vec<(RecordedEvent, Option<D::Event>)> = recorded
+        .iter()
+        .map(|r| {
+            let e = if r.event_type == SNAPSHOT_EVENT_TYPE {
+                None
+            } else {
+                codec.decode(r).expect("decodes")
+            };
+            (r.clone(), e)
+        })
+        .collect();
+    let fold_prefix = |upto: usize| {
+        D::fold(
+            D::initial(),
+            decoded[..upto].iter().filter_map(|(_, e)| e.as_ref()),
+        )
+    };
+    let full = fold_prefix(decoded.len());
+    let head = Version(decoded.len() as u64);
+
+    type Make<D> = Box<dyn Fn(Category<D>) -> Category<D>>;
+    let is_origin = subject.is_origin;
+    let strategies: Vec<(&str, Make<D>)> = vec![
+        ("unoptimized", Box::new(|c| c)),
+        ("origins", Box::new(move |c| c.with_origins(is_origin))),
+        ("snapshots", Box::new(|c| c.with_rolling_snapshots(3, 1))),
+        (
+            "snapshots of a newer schema (older ones ignored)",
+            Box::new(|c| c.with_rolling_snapshots(3, 2)),
+        ),
+        (
+            "origins and snapshots",
+            Box::new(move |c| c.with_origins(is_origin).with_rolling_snapshots(3, 1)),
+        ),
+    ];
+    for (name, make) in &strategies {
+        for cached in [false, true] {
+            let cache = cached.then(|| Arc::new(Cache::new(16)));
+            let decider = make(category(cache)).decider(id).expect("a valid id");
+            for round in 0..2 {
+                let loaded = decider.load().await.expect("load");
+                assert_eq!(
+                    (&*loaded.state, loaded.version),
+                    (&full, head),
+                    "{name}, cache {cached}, load {round}"
+                );
+            }
+        }
+        let decider = make(category(None)).decider(id).expect("a valid id");
+        for k in 0..=decoded.len() {
+            let at = decider.load_at(Version(k as u64)).await.expect("load_at");
+            assert_eq!(
+                (&*at.state, at.version),
+                (&fold_prefix(k), Version(k as u64)),
+                "{name}: state at version {k}"
+            );
+        }
+        let mut times: Vec<Timestamp> = decoded.iter().map(|(r, _)| r.recorded_at).collect();
+        times.dedup();
+        for t in times {
+            let upto = decoded
+                .iter()
+                .take_while(|(r, _)| r.recorded_at <= t)
+                .count();
+            let asof = decider.load_as_of(t).await.expect("load_as_of");
+            assert_eq!(
+                (&*asof.state, asof.version),
+                (&fold_prefix(upto), Version(upto as u64)),
+                "{name}: state as of {t:?}"
+            );
+        }
+    }
+}
