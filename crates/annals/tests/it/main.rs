@@ -1,5 +1,6 @@
 //! Integration tests of the core crate.
 
+mod access;
 mod codec;
 mod decider;
 mod memory;

@@ -1,0 +1,186 @@
+//! Access strategies: what a load reads (counted through a wrapper store) and that old or
+//! damaged snapshots are ignored rather than misread.
+
+use std::sync::Arc;
+
+use annals::{
+    Cache, Category, Domain, EventData, EventStore, ExpectedVersion, JsonCodec, MemoryStore,
+    StreamName, Version, SNAPSHOT_EVENT_TYPE,
+};
+use annals_testkit::access::Counting;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum Event {
+    Added { n: u32 },
+    Reset,
+}
+
+struct Tally;
+
+impl Domain for Tally {
+    type Event = Event;
+    type State = Vec<u32>;
+    fn initial() -> Vec<u32> {
+        Vec::new()
+    }
+    fn evolve(mut state: Vec<u32>, event: &Event) -> Vec<u32> {
+        match event {
+            Event::Added { n } => state.push(*n),
+            Event::Reset => state.clear(),
+        }
+        state
+    }
+}
+
+fn setup() -> (Arc<MemoryStore>, Arc<Counting>) {
+    let memory = Arc::new(MemoryStore::new());
+    let counting = Arc::new(Counting::new(memory.clone()));
+    (memory, counting)
+}
+
+fn tally(store: Arc<dyn EventStore>) -> Category<Tally> {
+    Category::new("Tally", store, JsonCodec::<Event>::new()).unwrap()
+}
+
+/// Events read by `f`'s loads.
+async fn events_read<F: std::future::Future>(c: &Counting, f: F) -> (u64, F::Output) {
+    let before = c.counts().1;
+    let out = f.await;
+    (c.counts().1 - before, out)
+}
+
+async fn write_hundred(store: Arc<dyn EventStore>) {
+    let writer = tally(store)
+        .with_rolling_snapshots(10, 1)
+        .decider("t")
+        .unwrap();
+    for n in 0..100 {
+        writer.transact(|_| vec![Event::Added { n }]).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn rolling_snapshots_bound_what_a_load_reads_and_old_schemas_are_ignored() {
+    let (_, counting) = setup();
+    write_hundred(counting.clone()).await;
+    let want: Vec<u32> = (0..100).collect();
+    // 100 events and a snapshot each time a write crosses a multiple of 10 (snapshots
+    // count in the version too).
+    let head = counting
+        .stream_version(&StreamName::new("Tally-t").unwrap())
+        .await
+        .unwrap();
+    assert!(
+        head.get() > 100 + 9,
+        "about one snapshot per 10 events: {head}"
+    );
+
+    let snap = tally(counting.clone())
+        .with_rolling_snapshots(10, 1)
+        .decider("t")
+        .unwrap();
+    let (read, loaded) = events_read(&counting, snap.load()).await;
+    let loaded = loaded.unwrap();
+    assert_eq!((&*loaded.state, loaded.version), (&want, head));
+    assert!(
+        read <= 11,
+        "read {read} events: the ones since the last snapshot and the snapshot"
+    );
+
+    let full = tally(counting.clone()).decider("t").unwrap();
+    let (read, loaded) = events_read(&counting, full.load()).await;
+    assert_eq!(*loaded.unwrap().state, want);
+    assert_eq!(read, head.get(), "unoptimized reads everything");
+
+    let newer = tally(counting.clone())
+        .with_rolling_snapshots(10, 2)
+        .decider("t")
+        .unwrap();
+    let (read, loaded) = events_read(&counting, newer.load()).await;
+    assert_eq!(*loaded.unwrap().state, want);
+    assert_eq!(
+        read,
+        head.get(),
+        "snapshots of schema 1 are passed over by schema 2"
+    );
+}
+
+#[tokio::test]
+async fn a_cached_unchanged_stream_reads_no_events() {
+    let (_, counting) = setup();
+    write_hundred(counting.clone()).await;
+    let decider = tally(counting.clone())
+        .with_rolling_snapshots(10, 1)
+        .with_cache(Arc::new(Cache::new(8)))
+        .decider("t")
+        .unwrap();
+    let (first, _) = events_read(&counting, decider.load()).await;
+    assert!(first <= 11);
+    let (second, loaded) = events_read(&counting, decider.load()).await;
+    assert_eq!(second, 0);
+    assert_eq!(loaded.unwrap().state.len(), 100);
+}
+
+#[tokio::test]
+async fn loads_stop_at_the_latest_origin_and_latest_known_event_reads_one() {
+    let (_, counting) = setup();
+    let writer = tally(counting.clone()).decider("o").unwrap();
+    for n in 0..20 {
+        writer.transact(|_| vec![Event::Added { n }]).await.unwrap();
+    }
+    writer.transact(|_| vec![Event::Reset]).await.unwrap();
+    for n in 0..3 {
+        writer.transact(|_| vec![Event::Added { n }]).await.unwrap();
+    }
+    let origins = tally(counting.clone())
+        .with_origins(|e| matches!(e, Event::Reset))
+        .decider("o")
+        .unwrap();
+    let (read, loaded) = events_read(&counting, origins.load()).await;
+    assert_eq!(*loaded.unwrap().state, vec![0, 1, 2]);
+    assert_eq!(read, 4, "the three events since the reset and the reset");
+
+    let latest = tally(counting.clone())
+        .with_latest_known_event()
+        .decider("o")
+        .unwrap();
+    let (read, loaded) = events_read(&counting, latest.load()).await;
+    let loaded = loaded.unwrap();
+    assert_eq!((&*loaded.state, loaded.version), (&vec![2], Version(24)));
+    assert_eq!(read, 1);
+}
+
+#[tokio::test]
+async fn a_damaged_snapshot_is_ignored_not_misread() {
+    let (memory, counting) = setup();
+    let writer = tally(counting.clone()).decider("d").unwrap();
+    for n in 0..5 {
+        writer.transact(|_| vec![Event::Added { n }]).await.unwrap();
+    }
+    let stream = StreamName::new("Tally-d").unwrap();
+    for body in [&b"not json"[..], br#"{"schema":1,"state":"not a list"}"#] {
+        memory
+            .append(
+                &stream,
+                ExpectedVersion::Any,
+                vec![EventData::new(SNAPSHOT_EVENT_TYPE, body.to_vec())],
+            )
+            .await
+            .unwrap();
+    }
+    let snap = tally(counting.clone())
+        .with_rolling_snapshots(10, 1)
+        .decider("d")
+        .unwrap();
+    let loaded = snap.load().await.unwrap();
+    assert_eq!(
+        (&*loaded.state, loaded.version),
+        (&vec![0, 1, 2, 3, 4], Version(7))
+    );
+    // And deciding on it goes on from the right version.
+    snap.transact(|_| vec![Event::Added { n: 5 }])
+        .await
+        .unwrap();
+    assert_eq!(snap.load().await.unwrap().state.len(), 6);
+}
