@@ -4,6 +4,7 @@
 
 mod append;
 mod favorite;
+mod growth;
 mod reactor;
 
 use hdrhistogram::Histogram;
@@ -15,6 +16,8 @@ pub enum Bench {
     Favorite(favorite::Args),
     /// Append throughput and latency in three shapes, with a raw SQLite baseline.
     Append(append::Args),
+    /// One Favorites stream growing to 10,000 events: load cost with and without snapshots.
+    Growth(growth::Args),
     /// Reactor catch-up: project a backlog into a read model, against the raw read-all rate.
     Catchup(reactor::CatchupArgs),
     /// Reactor live latency: from append to handler, at a steady append rate.
@@ -25,6 +28,7 @@ pub async fn run(opened: crate::store_url::Opened, url: &str, bench: Bench) -> a
     match bench {
         Bench::Favorite(args) => favorite::run(opened.store, url, args).await,
         Bench::Append(args) => append::run(opened, url, args).await,
+        Bench::Growth(args) => growth::run(opened.store, url, args).await,
         Bench::Catchup(args) => reactor::catchup(opened, url, args).await,
         Bench::Live(args) => reactor::live(opened, url, args).await,
     }

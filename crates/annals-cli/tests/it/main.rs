@@ -342,3 +342,29 @@ fn reactor_benches_on_postgres_check_their_read_model_and_report_rates() {
         annals_testkit::postgres::schema_name("clir")
     ));
 }
+
+#[test]
+fn bench_growth_reports_step_latency_as_the_stream_grows() {
+    for snapshots in ["0", "10"] {
+        let (out, _dir) = annals_in(&[
+            "bench",
+            "growth",
+            "--store",
+            "memory://",
+            "--events",
+            "40",
+            "--report-every",
+            "20",
+            "--snapshots",
+            snapshots,
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(figure(&stdout, "\n      20  mean ") > 0.0, "{stdout}");
+        assert!(figure(&stdout, "\n      40  mean ") > 0.0, "{stdout}");
+    }
+}
