@@ -1,6 +1,8 @@
 //! `annals bench growth`: the Favorite scenario on one client whose stream grows to
-//! `--events` events. Every step loads the stream (no cache) and favorites one more SKU;
-//! the report gives the step latency per stretch of the stream's growth. Without
+//! `--events` events. Every step loads the stream (no cache) and toggles one of 100 SKUs
+//! (favorites it, or unfavorites it if it is a favorite), so the stream grows by one event
+//! per step while the state stays at most 100 favorites; the report gives the step latency
+//! per stretch of the stream's growth. Without
 //! snapshots a load reads the whole stream, so the cost grows with it; with
 //! `--snapshots N` it reads back to the latest snapshot and stays flat.
 
@@ -9,7 +11,7 @@ use std::time::Instant;
 
 use annals::{Category, EventStore, JsonCodec, Timestamp};
 use anyhow::ensure;
-use example_favorites::{favorite, Favorites, CATEGORY};
+use example_favorites::{Event, Favorite, Favorites, CATEGORY};
 
 use super::{latency_histogram, Latency};
 
@@ -50,9 +52,20 @@ pub async fn run(store: Arc<dyn EventStore>, url: &str, args: Args) -> anyhow::R
     println!("{:>8}  step latency ms (load + decide + append)", "events");
     let mut h = latency_histogram();
     for n in 0..args.events {
-        let sku = vec![format!("sku{n}")];
+        let sku = format!("sku{}", n % 100);
         let started = Instant::now();
-        decider.transact(favorite(Timestamp::now(), &sku)).await?;
+        decider
+            .transact(|state| {
+                if state.iter().any(|f| f.sku == sku) {
+                    vec![Event::Unfavorited { sku: sku.clone() }]
+                } else {
+                    vec![Event::Favorited(Favorite {
+                        sku: sku.clone(),
+                        date: Timestamp::now(),
+                    })]
+                }
+            })
+            .await?;
         h.saturating_record(started.elapsed().as_micros().max(1) as u64);
         if (n + 1) % args.report_every == 0 || n + 1 == args.events {
             let mean = h.mean() / 1000.0;
@@ -60,12 +73,16 @@ pub async fn run(store: Arc<dyn EventStore>, url: &str, args: Args) -> anyhow::R
             h.reset();
         }
     }
+    // Each SKU was toggled once per 100 steps: favorites are the SKUs toggled an odd
+    // number of times.
     let loaded = decider.load().await?;
+    let want = (0..100u64.min(args.events))
+        .filter(|k| (args.events - k).div_ceil(100) % 2 == 1)
+        .count();
     ensure!(
-        loaded.state.len() as u64 == args.events,
-        "the stream holds {} favorites, not {}",
-        loaded.state.len(),
-        args.events
+        loaded.state.len() == want,
+        "the stream holds {} favorites, not {want}",
+        loaded.state.len()
     );
     Ok(())
 }
