@@ -562,6 +562,21 @@ impl Projection {
         Ok(Version(row.map_or(0, |r| r.get::<_, i64>(0) as u64)))
     }
 
+    /// [`stream_progress`](Self::stream_progress), and the events of `events` (consecutive,
+    /// oldest first, all of `stream`) at or above it: the ones the projection has not yet
+    /// applied. Apply those, then [`commit_progress`](Self::commit_progress) with the last
+    /// one's next version; if there are none, answer the progress.
+    pub async fn unapplied<'e>(
+        &self,
+        projection: &str,
+        stream: &StreamName,
+        events: &'e [RecordedEvent],
+    ) -> Result<(Version, &'e [RecordedEvent])> {
+        let next = self.stream_progress(projection, stream).await?;
+        let from = events.partition_point(|e| e.stream_version < next.get());
+        Ok((next, &events[from..]))
+    }
+
     /// Records that `projection` needs `next` in `stream` and commits everything.
     pub async fn commit_progress(
         self,
@@ -796,11 +811,14 @@ impl EventStore for PgStore {
         filter.validate()?;
         let limit = limit.max(1) as i64;
         let filtered = !filter.categories.is_empty() || !filter.event_types.is_empty();
-        let window = limit.max(READ_ALL_WINDOW);
+        let window = if filtered {
+            limit.max(READ_ALL_WINDOW)
+        } else {
+            limit
+        };
         let (tx, position) = unpack(from);
         let tx = tx.to_string();
         let client = self.client().await?;
-        let window = if filtered { window } else { limit };
         let stmt = client
             .prepare_cached(&self.inner.sql.read_all)
             .await
@@ -843,11 +861,12 @@ impl EventStore for PgStore {
         }
         if filtered {
             // Fewer matches than asked: if the window was full, resume after it.
+            let stmt = client
+                .prepare_cached(&self.inner.sql.read_all_window)
+                .await
+                .map_err(backend)?;
             let last = client
-                .query_opt(
-                    &self.inner.sql.read_all_window,
-                    &[&tx, &position, &horizon_text, &window],
-                )
+                .query_opt(&stmt, &[&tx, &position, &horizon_text, &window])
                 .await
                 .map_err(backend)?;
             if let Some(row) = last.filter(|r| r.get::<_, i64>(2) >= window) {

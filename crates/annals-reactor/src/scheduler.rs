@@ -53,6 +53,11 @@ pub struct Stats {
     pub behind: Option<Duration>,
     /// Streams failing now, with their consecutive failures.
     pub failing: Vec<(StreamName, u32)>,
+    /// Streams whose handler took none of the events it was given (waiting for more).
+    pub stalled: usize,
+    /// Streams the scheduler keeps state for: those with buffered events, in flight,
+    /// failing, parked or skipping ahead. Others are forgotten once handled.
+    pub streams_tracked: usize,
     /// Parked streams.
     pub parked: Vec<Parked>,
     /// The latest read that reached the end of the feed (see `Running::await_idle`).
@@ -120,8 +125,44 @@ struct Stream {
 
 type Done = (StreamName, Result<Version, HandlerError>, Duration, usize);
 
+/// The pipeline's metrics, registered once, labelled by group and source (a partition's
+/// pipeline has its own source, so the members of a group do not overwrite each other).
+struct Metrics {
+    handler_seconds: metrics::Histogram,
+    events: metrics::Counter,
+    bytes: metrics::Counter,
+    checkpoint: metrics::Gauge,
+    read_position: metrics::Gauge,
+    events_behind: metrics::Gauge,
+    seconds_behind: metrics::Gauge,
+    failing: metrics::Gauge,
+    stalled: metrics::Gauge,
+    parked: metrics::Gauge,
+    pending_batches: metrics::Gauge,
+}
+
+impl Metrics {
+    fn new(group: &str, source: &str) -> Self {
+        let labels = [("group", group.to_owned()), ("source", source.to_owned())];
+        Self {
+            handler_seconds: metrics::histogram!("annals_reactor_handler_seconds", &labels),
+            events: metrics::counter!("annals_reactor_events_total", &labels),
+            bytes: metrics::counter!("annals_reactor_bytes_total", &labels),
+            checkpoint: metrics::gauge!("annals_reactor_checkpoint_position", &labels),
+            read_position: metrics::gauge!("annals_reactor_read_position", &labels),
+            events_behind: metrics::gauge!("annals_reactor_events_behind", &labels),
+            seconds_behind: metrics::gauge!("annals_reactor_seconds_behind", &labels),
+            failing: metrics::gauge!("annals_reactor_streams_failing", &labels),
+            stalled: metrics::gauge!("annals_reactor_streams_stalled", &labels),
+            parked: metrics::gauge!("annals_reactor_streams_parked", &labels),
+            pending_batches: metrics::gauge!("annals_reactor_pending_batches", &labels),
+        }
+    }
+}
+
 struct Scheduler {
     config: PipelineConfig,
+    metrics: Metrics,
     source: String,
     checkpoints: Arc<dyn CheckpointStore>,
     handler: Arc<dyn Handler>,
@@ -224,8 +265,7 @@ impl Scheduler {
                 )))
             }
         };
-        metrics::histogram!("annals_reactor_handler_seconds", "group" => self.config.group.clone())
-            .record(took.as_secs_f64());
+        self.metrics.handler_seconds.record(took.as_secs_f64());
         self.latency.saturating_record(took.as_micros() as u64);
         let s = self
             .streams
@@ -238,7 +278,7 @@ impl Scheduler {
                 s.retry_at = None;
                 s.next_version = s.next_version.max(next.get());
                 let mut released = Vec::new();
-                let mut bytes = 0;
+                let (mut bytes, mut last) = (0, None);
                 while s
                     .queue
                     .front()
@@ -246,16 +286,20 @@ impl Scheduler {
                 {
                     let (batch, e) = s.queue.pop_front().expect("front exists");
                     bytes += (e.data.len() + e.metadata.as_ref().map_or(0, Vec::len)) as u64;
+                    last = Some(e.stream_version);
                     released.push(batch);
                 }
-                self.stats.bytes_handled += bytes;
-                metrics::counter!("annals_reactor_bytes_total", "group" => self.config.group.clone())
-                    .increment(bytes);
                 s.stalled = released.is_empty();
+                // A stream with nothing buffered and no skip-ahead pending is forgotten, so
+                // the scheduler's per-stream work covers only streams with work.
+                if s.queue.is_empty() && last.is_some_and(|v| v + 1 == s.next_version) {
+                    self.streams.remove(&name);
+                }
+                self.stats.bytes_handled += bytes;
+                self.metrics.bytes.increment(bytes);
                 self.stats.events_handled += released.len() as u64;
                 self.stats.handler_calls += 1;
-                metrics::counter!("annals_reactor_events_total", "group" => self.config.group.clone())
-                    .increment(released.len() as u64);
+                self.metrics.events.increment(released.len() as u64);
                 for b in released {
                     self.release(b);
                 }
@@ -311,8 +355,7 @@ impl Scheduler {
         {
             Ok(()) => {
                 self.stats.checkpoint = position;
-                metrics::gauge!("annals_reactor_checkpoint_position", "group" => self.config.group.clone())
-                    .set(position.raw() as f64);
+                self.metrics.checkpoint.set(position.raw() as f64);
             }
             Err(e) => {
                 tracing::warn!(group = %self.config.group, error = %e, "checkpoint commit failed")
@@ -351,6 +394,7 @@ impl Scheduler {
             events_behind = st.events_behind,
             behind_ms = st.behind.map_or(0, |d| d.as_millis() as u64),
             failing = st.failing.len(),
+            stalled = st.stalled,
             parked = st.parked.len(),
             "reactor stats"
         );
@@ -374,16 +418,17 @@ impl Scheduler {
             .map(|(_, e)| e.recorded_at.unix_micros())
             .min()
             .map(|oldest| Duration::from_micros(now.saturating_sub(oldest).max(0) as u64));
-        metrics::gauge!("annals_reactor_events_behind", "group" => self.config.group.clone())
-            .set(self.stats.events_behind as f64);
-        metrics::gauge!("annals_reactor_seconds_behind", "group" => self.config.group.clone())
+        self.stats.stalled = self.streams.values().filter(|s| s.stalled).count();
+        self.stats.streams_tracked = self.streams.len();
+        let m = &self.metrics;
+        m.read_position.set(self.stats.read_position.raw() as f64);
+        m.events_behind.set(self.stats.events_behind as f64);
+        m.seconds_behind
             .set(self.stats.behind.map_or(0.0, |d| d.as_secs_f64()));
-        metrics::gauge!("annals_reactor_streams_failing", "group" => self.config.group.clone())
-            .set(self.stats.failing.len() as f64);
-        metrics::gauge!("annals_reactor_streams_parked", "group" => self.config.group.clone())
-            .set(self.stats.parked.len() as f64);
-        metrics::gauge!("annals_reactor_pending_batches", "group" => self.config.group.clone())
-            .set(self.stats.pending_batches as f64);
+        m.failing.set(self.stats.failing.len() as f64);
+        m.stalled.set(self.stats.stalled as f64);
+        m.parked.set(self.stats.parked.len() as f64);
+        m.pending_batches.set(self.stats.pending_batches as f64);
         tx.send_replace(self.stats.clone());
     }
 }
@@ -505,6 +550,7 @@ pub(crate) async fn run(parts: Parts) -> Result<(), PipelineError> {
         partition: config.partition,
     }));
     let seed = Instant::now().elapsed().as_nanos() as u64 ^ 0x9E37_79B9_7F4A_7C15;
+    let metrics = Metrics::new(&config.group, &source);
     let mut s = Scheduler {
         source,
         checkpoints,
@@ -520,6 +566,7 @@ pub(crate) async fn run(parts: Parts) -> Result<(), PipelineError> {
             ..Stats::default()
         },
         rng: seed | 1,
+        metrics,
         latency: hdrhistogram::Histogram::new(3).expect("3 significant figures is valid"),
         config,
     };

@@ -16,9 +16,27 @@ use crate::SqliteConfig;
 /// Events per page when reading a stream.
 const STREAM_PAGE: usize = 1000;
 
-const SELECT: &str = "SELECT e.position, s.name, e.stream_version, e.recorded_at, e.event_type, \
-     e.data, e.metadata, e.event_id, e.correlation_id, e.causation_id \
-     FROM annals_events e JOIN annals_streams s ON s.stream_id = e.stream_id";
+/// The event columns, from the events table `e`; the stream `s` is joined after it.
+macro_rules! select_events {
+    () => {
+        "SELECT e.position, s.name, e.stream_version, e.recorded_at, e.event_type, \
+         e.data, e.metadata, e.event_id, e.correlation_id, e.causation_id FROM annals_events e "
+    };
+}
+
+const SELECT: &str = concat!(
+    select_events!(),
+    "JOIN annals_streams s ON s.stream_id = e.stream_id"
+);
+
+/// [`SELECT`] for read-all. CROSS JOIN keeps the events table as the outer loop, walking
+/// positions in order and stopping at the limit. Left to itself, SQLite answers a category
+/// filter through the category index and sorts the category's every event after `from`
+/// for each page: quadratic over a catch-up.
+const SELECT_ALL: &str = concat!(
+    select_events!(),
+    "CROSS JOIN annals_streams s ON s.stream_id = e.stream_id"
+);
 
 pub(crate) struct Readers {
     config: SqliteConfig,
@@ -206,14 +224,7 @@ pub(crate) fn read_all(
     limit: usize,
 ) -> Result<AllPage> {
     let from_raw = i64::try_from(from.raw()).unwrap_or(i64::MAX);
-    // CROSS JOIN keeps the events table as the outer loop, walking positions in order and
-    // stopping at the limit. Left to itself, SQLite answers a category filter through the
-    // category index and sorts the category's every event after `from` for each page:
-    // quadratic over a catch-up.
-    let mut sql = format!(
-        "{} WHERE e.position > ?",
-        SELECT.replace(" JOIN annals_streams", " CROSS JOIN annals_streams")
-    );
+    let mut sql = format!("{SELECT_ALL} WHERE e.position > ?");
     let mut args: Vec<rusqlite::types::Value> = vec![from_raw.into()];
     let placeholders = |n: usize| vec!["?"; n].join(", ");
     if !filter.categories.is_empty() {

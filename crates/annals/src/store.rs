@@ -181,7 +181,9 @@ impl Filter {
     }
 }
 
-/// One page of a read-all.
+/// One page of a read-all. A filtered page may hold fewer events than asked for, even none,
+/// without being the end (a store may bound how much of the feed one page looks at): keep
+/// reading from `next` until `end`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AllPage {
     /// Matching events, in position order.

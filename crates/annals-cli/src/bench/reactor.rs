@@ -126,16 +126,12 @@ impl Handler for Totals {
             }
             Totals::Postgres(store, schema) => {
                 let tx = store.projection().await?;
-                let next = tx.stream_progress(PROJECTION, stream).await?;
-                let fresh: Vec<&RecordedEvent> = events
-                    .iter()
-                    .filter(|e| e.stream_version >= next.get())
-                    .collect();
+                let (next, fresh) = tx.unapplied(PROJECTION, stream, events).await?;
                 let Some(last) = fresh.last() else {
                     return Ok(next);
                 };
                 let after = last.next_version();
-                let sum: i64 = fresh.iter().map(|e| amount(e)).sum();
+                let sum: i64 = fresh.iter().map(amount).sum();
                 tx.client()
                     .execute(
                         &format!(

@@ -19,6 +19,17 @@ fn annals(args: &[&str]) -> std::process::Output {
     annals_in(args).0
 }
 
+/// Asserts `out` is a success (showing its output if not) and returns its stdout.
+fn succeeded(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// Pulls the number after `label` out of the bench report.
 fn figure(report: &str, label: &str) -> f64 {
     let rest = report
@@ -123,12 +134,7 @@ fn the_default_store_is_sqlite_in_the_current_directory() {
         "--clients",
         "5",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     assert!(stdout.contains("store sqlite://annals.db"), "{stdout}");
     assert!(figure(&stdout, "tests ") > 0.0);
     let conn = annals_sqlite::rusqlite::Connection::open(dir.path().join("annals.db")).unwrap();
@@ -162,12 +168,7 @@ fn a_file_that_is_not_an_annals_database_is_refused_in_one_line() {
 #[test]
 fn bench_append_on_sqlite_reports_every_case_and_the_ratios() {
     let (out, dir) = annals_in(&["bench", "append", "--duration", "300ms"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     for case in [
         "raw baseline, 100 rows per transaction",
         "(a) 1 writer, 100-event batches",
@@ -237,12 +238,7 @@ fn bench_append_on_postgres_reports_every_case_and_the_ratios() {
         "--writers",
         "16",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     for case in [
         "raw baseline, 100 rows per transaction, 1 client",
         "(a) 1 writer, 100-event batches",
@@ -292,12 +288,7 @@ fn reactor_benches_on(store: &str) {
         "--batch",
         "200",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     assert!(
         stdout.contains("read model checked: 3000 events"),
         "{stdout}"
@@ -314,12 +305,7 @@ fn reactor_benches_on(store: &str) {
         "--rate",
         "40",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     assert!(
         figure(&stdout, "\nlive ") >= 10.0,
         "events handled: {stdout}"
@@ -358,12 +344,7 @@ fn bench_growth_reports_step_latency_as_the_stream_grows() {
             "--snapshots",
             snapshots,
         ]);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let stdout = succeeded(&out);
         assert!(figure(&stdout, "\n      20  mean ") > 0.0, "{stdout}");
         assert!(figure(&stdout, "\n      40  mean ") > 0.0, "{stdout}");
     }

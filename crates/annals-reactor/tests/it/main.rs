@@ -128,6 +128,18 @@ async fn idle(r: &mut annals_reactor::Running) {
         .expect("no pipeline error");
 }
 
+/// Waits (checking every few milliseconds, up to [`WAIT`]) until `done` holds.
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let mut pace = tokio::time::interval(Duration::from_millis(5));
+    tokio::time::timeout(WAIT, async {
+        while !done() {
+            pace.tick().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting: {what}"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn streams_are_handled_in_order_and_two_slow_streams_concurrently() {
     let store = Arc::new(MemoryStore::new());
@@ -168,6 +180,7 @@ async fn streams_are_handled_in_order_and_two_slow_streams_concurrently() {
     );
     assert_eq!(stats.events_handled, 60 + 4 + 20);
     assert_eq!(stats.bytes_handled, 60 + 4 + 20, "one byte per event");
+    assert_eq!(stats.streams_tracked, 0, "handled streams are forgotten");
     r.stop().await.unwrap();
     let all = store
         .read_all(Position::START, &annals::Filter::all(), 1000)
@@ -199,33 +212,23 @@ async fn a_failing_stream_pins_the_checkpoint_and_is_delivered_again_after_a_res
     c.stats_interval = Duration::from_millis(10);
     let r = run(&store, &cps, &h, c);
     // Wait until the bad stream has been tried 5 times, by watching the handler's calls.
-    tokio::time::timeout(WAIT, async {
-        while h
-            .calls
+    let bad_calls = || {
+        h.calls
             .lock()
             .unwrap()
             .iter()
             .filter(|(s, _)| s == &name("Bad-1"))
             .count()
-            < 5
-        {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("retries happen");
+    };
+    wait_until("retries happen", || bad_calls() >= 5).await;
     // The periodic summary measures handler latency over its interval.
-    let latency = tokio::time::timeout(WAIT, async {
-        let mut pace = tokio::time::interval(Duration::from_millis(5));
-        loop {
-            pace.tick().await;
-            if let Some(l) = r.stats().handler_latency {
-                return l;
-            }
-        }
+    let mut latency = None;
+    wait_until("a summary with handler calls", || {
+        latency = r.stats().handler_latency;
+        latency.is_some()
     })
-    .await
-    .expect("a summary with handler calls");
+    .await;
+    let latency = latency.expect("set by the wait");
     assert!(latency.calls >= 1 && latency.p50 <= latency.p99 && latency.p99 <= latency.max);
     let stats = r.stats();
     assert_eq!(
@@ -384,9 +387,15 @@ async fn a_handler_can_skip_ahead() {
     });
     let mut r = run(&store, &cps, &h, config("skip"));
     idle(&mut r).await;
+    assert_eq!(
+        r.stats().streams_tracked,
+        1,
+        "a stream skipping ahead is remembered until it reaches its version"
+    );
     append(&store, "Skip-1", 5).await; // versions 3..8: 3, 4, 5 are below 6 and dropped
     idle(&mut r).await;
     assert_eq!(h.seen.lock().unwrap()[&name("Skip-1")], vec![0, 1, 2, 6, 7]);
+    assert_eq!(r.stats().streams_tracked, 0);
     r.stop().await.unwrap();
 }
 
@@ -627,11 +636,7 @@ impl Handler for PgTotals {
         events: &[RecordedEvent],
     ) -> Result<Version, HandlerError> {
         let tx = self.0.projection().await?;
-        let next = tx.stream_progress("totals", stream).await?;
-        let fresh: Vec<&RecordedEvent> = events
-            .iter()
-            .filter(|e| e.stream_version >= next.get())
-            .collect();
+        let (next, fresh) = tx.unapplied("totals", stream, events).await?;
         let Some(last) = fresh.last() else {
             return Ok(next);
         };
@@ -761,14 +766,7 @@ async fn two_members_split_a_group_and_one_takes_over_when_the_other_stops() {
     );
     // Every event handled by one of them.
     let total = |h: &Recorder| h.seen.lock().unwrap().values().map(Vec::len).sum::<usize>();
-    tokio::time::timeout(WAIT, async {
-        let mut pace = tokio::time::interval(Duration::from_millis(10));
-        while total(&ha) + total(&hb) < 80 {
-            pace.tick().await;
-        }
-    })
-    .await
-    .expect("every event is handled");
+    wait_until("every event is handled", || total(&ha) + total(&hb) >= 80).await;
     // After the sharing settled, a stream's new events go to the holder of its partition.
     append(&store, "Split-0", 1).await; // version 4
     let partition = annals_reactor::Partition::of(&name("Split-0"), 8);
@@ -784,14 +782,10 @@ async fn two_members_split_a_group_and_one_takes_over_when_the_other_stops() {
             .get(&name(s))
             .is_some_and(|vs| vs.contains(&v))
     };
-    tokio::time::timeout(WAIT, async {
-        let mut pace = tokio::time::interval(Duration::from_millis(10));
-        while !has(owner, "Split-0", 4) {
-            pace.tick().await;
-        }
+    wait_until("the partition's holder handles it", || {
+        has(owner, "Split-0", 4)
     })
-    .await
-    .expect("the partition's holder handles it");
+    .await;
     assert!(!has(other, "Split-0", 4));
     // a stops (its leases handed back at once); b takes every partition and handles the
     // new events of a's streams too.
@@ -799,17 +793,10 @@ async fn two_members_split_a_group_and_one_takes_over_when_the_other_stops() {
     for i in 0..20 {
         append(&store, &format!("Split-{i}"), 1).await;
     }
-    tokio::time::timeout(WAIT, async {
-        let mut pace = tokio::time::interval(Duration::from_millis(10));
-        while !(0..20).all(|i| {
-            let last = if i == 0 { 5 } else { 4 };
-            has(&hb, &format!("Split-{i}"), last)
-        }) {
-            pace.tick().await;
-        }
+    wait_until("b handles every stream after a stopped", || {
+        (0..20).all(|i| has(&hb, &format!("Split-{i}"), if i == 0 { 5 } else { 4 }))
     })
-    .await
-    .expect("b handles every stream after a stopped");
+    .await;
     assert_eq!(b.held().len(), 8, "b took over a's partitions");
     b.stop().await.unwrap();
     // Between them, every event of every stream was handled.

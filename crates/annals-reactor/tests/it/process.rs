@@ -193,11 +193,7 @@ impl Handler for PgFolds {
         events: &[RecordedEvent],
     ) -> Result<Version, HandlerError> {
         let tx = self.0.projection().await?;
-        let next = tx.stream_progress("folds", stream).await?;
-        let fresh: Vec<&RecordedEvent> = events
-            .iter()
-            .filter(|e| e.stream_version >= next.get())
-            .collect();
+        let (next, fresh) = tx.unapplied("folds", stream, events).await?;
         let Some(last) = fresh.last() else {
             return Ok(next);
         };
