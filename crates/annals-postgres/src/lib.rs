@@ -24,8 +24,8 @@ use std::sync::Arc;
 use annals::idempotency::{self, Found, Verdict};
 use annals::{
     AllPage, AppendResult, Capabilities, Checkpoint, CheckpointStore, Direction, Error, EventData,
-    EventStore, ExpectedVersion, Filter, LeaseStore, Leases, Position, ReadStream, RecordedEvent,
-    Result, StreamAppend, StreamName, Timestamp, Uuid, Version,
+    EventStore, ExpectedVersion, Filter, Head, HeadSnapshot, LeaseStore, Leases, Position,
+    ReadStream, RecordedEvent, Result, StreamAppend, StreamName, Timestamp, Uuid, Version,
 };
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
@@ -45,6 +45,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_projection_streams.sql"),
     include_str!("../migrations/0003_leases.sql"),
     include_str!("../migrations/0004_read_all_plan.sql"),
+    include_str!("../migrations/0005_head_snapshots.sql"),
 ];
 
 /// Events a filtered `read_all` page looks at, at most (or the page's limit if larger).
@@ -89,6 +90,8 @@ struct Sql {
     leases_acquire: String,
     leases_release: String,
     leases_leave: String,
+    append_with_snapshot: String,
+    read_head: String,
 }
 
 const EVENT_COLUMNS: &str = "e.tx_id::text, e.position, s.name, e.stream_version, \
@@ -101,6 +104,17 @@ impl Sql {
             format!("FROM {schema}.events e JOIN {schema}.streams s ON s.stream_id = e.stream_id");
         Self {
             append: format!("SELECT status, version, first_position, last_position, tx FROM {schema}.append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
+            append_with_snapshot: format!("SELECT status, version, first_position, last_position, tx FROM {schema}.append_with_snapshot($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"),
+            // One statement: the head row, then the events from the snapshot on (the
+            // snapshot itself only on the first row).
+            read_head: format!(
+                "SELECT s.version, s.snapshot_version, \
+                 CASE WHEN e.stream_version IS NULL OR e.stream_version = coalesce(s.snapshot_version, 0) THEN s.snapshot END, \
+                 {EVENT_COLUMNS} FROM {schema}.streams s LEFT JOIN LATERAL \
+                 (SELECT * FROM {schema}.events e WHERE e.stream_id = s.stream_id \
+                  AND e.stream_version >= coalesce(s.snapshot_version, 0) ORDER BY e.stream_version LIMIT $2) e ON true \
+                 WHERE s.name = $1 ORDER BY e.stream_version"
+            ),
             version: format!("SELECT version FROM {schema}.streams WHERE name = $1"),
             read_forward: format!("SELECT {EVENT_COLUMNS} {from} WHERE s.name = $1 AND e.stream_version >= $2 AND e.stream_version < $3 ORDER BY e.stream_version LIMIT $4"),
             read_backward: format!("SELECT {EVENT_COLUMNS} {from} WHERE s.name = $1 AND e.stream_version < $2 AND e.stream_version >= $3 ORDER BY e.stream_version DESC LIMIT $4"),
@@ -391,6 +405,7 @@ impl PgStore {
         stream: &StreamName,
         expected: ExpectedVersion,
         events: &[EventData],
+        snapshot: Option<&[u8]>,
     ) -> Result<Option<AppendResult>> {
         let (kind, exact) = kind(expected);
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
@@ -399,28 +414,28 @@ impl PgStore {
         let metadata: Vec<Option<&[u8]>> = events.iter().map(|e| e.metadata.as_deref()).collect();
         let correlation: Vec<Option<Uuid>> = events.iter().map(|e| e.correlation_id).collect();
         let causation: Vec<Option<Uuid>> = events.iter().map(|e| e.causation_id).collect();
-        let statement = client
-            .prepare_cached(&self.inner.sql.append)
-            .await
-            .map_err(backend)?;
-        let row = match client
-            .query_one(
-                &statement,
-                &[
-                    &stream.as_str(),
-                    &stream.category(),
-                    &kind,
-                    &exact,
-                    &ids,
-                    &types,
-                    &data,
-                    &metadata,
-                    &correlation,
-                    &causation,
-                ],
-            )
-            .await
-        {
+        let sql = match snapshot {
+            Some(_) => &self.inner.sql.append_with_snapshot,
+            None => &self.inner.sql.append,
+        };
+        let statement = client.prepare_cached(sql).await.map_err(backend)?;
+        let (name, category) = (stream.as_str(), stream.category());
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+            &name,
+            &category,
+            &kind,
+            &exact,
+            &ids,
+            &types,
+            &data,
+            &metadata,
+            &correlation,
+            &causation,
+        ];
+        if let Some(snapshot) = &snapshot {
+            params.push(snapshot);
+        }
+        let row = match client.query_one(&statement, &params).await {
             Ok(row) => row,
             // A concurrent append recorded one of our ids first: classify.
             Err(e) if is_unique_violation(&e) => return Ok(None),
@@ -447,6 +462,41 @@ impl PgStore {
             // Not admitted: a conflict, unless the batch is a retry of what is stored.
             _ => Ok(None),
         }
+    }
+
+    /// An append, with a head snapshot stored when it writes.
+    async fn append_with(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+        snapshot: Option<&[u8]>,
+    ) -> Result<AppendResult> {
+        annals::event::validate_batch(stream, &events, self.inner.config.max_event_bytes)?;
+        let client = self.client().await?;
+        // Another pass when the first met ids recorded by an append that then rolled back
+        // before we could classify it, or lost the transaction-id race on the stream row.
+        for _ in 0..5 {
+            let written = match self
+                .append_once(&client, stream, expected, &events, snapshot)
+                .await
+            {
+                Err(Error::Backend { source, .. }) if source.is::<Retry>() => continue,
+                other => other?,
+            };
+            if let Some(r) = written {
+                drop(client);
+                self.wake();
+                return Ok(r);
+            }
+            match self.classify(&client, stream, expected, &events).await? {
+                Verdict::AlreadyWritten(r) => return Ok(r),
+                Verdict::Write => continue,
+            }
+        }
+        Err(backend(format!(
+            "{stream}: event ids kept appearing and vanishing; retry"
+        )))
     }
 
     /// Where the batch's ids are recorded, and what that means.
@@ -533,7 +583,10 @@ impl Projection {
         let store = &self.store;
         annals::event::validate_batch(stream, &events, store.inner.config.max_event_bytes)?;
         let client = self.client.as_ref().expect("open until commit");
-        match store.append_once(client, stream, expected, &events).await? {
+        match store
+            .append_once(client, stream, expected, &events, None)
+            .await?
+        {
             Some(r) => {
                 self.appended = true;
                 Ok(r)
@@ -661,28 +714,58 @@ impl EventStore for PgStore {
         expected: ExpectedVersion,
         events: Vec<EventData>,
     ) -> Result<AppendResult> {
-        annals::event::validate_batch(stream, &events, self.inner.config.max_event_bytes)?;
+        self.append_with(stream, expected, events, None).await
+    }
+
+    async fn append_with_snapshot(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+        snapshot: Vec<u8>,
+    ) -> Result<AppendResult> {
+        self.append_with(stream, expected, events, Some(&snapshot))
+            .await
+    }
+
+    async fn read_head(&self, stream: &StreamName, limit: usize) -> Result<Head> {
         let client = self.client().await?;
-        // Another pass when the first met ids recorded by an append that then rolled back
-        // before we could classify it, or lost the transaction-id race on the stream row.
-        for _ in 0..5 {
-            let written = match self.append_once(&client, stream, expected, &events).await {
-                Err(Error::Backend { source, .. }) if source.is::<Retry>() => continue,
-                other => other?,
-            };
-            if let Some(r) = written {
-                drop(client);
-                self.wake();
-                return Ok(r);
-            }
-            match self.classify(&client, stream, expected, &events).await? {
-                Verdict::AlreadyWritten(r) => return Ok(r),
-                Verdict::Write => continue,
+        let statement = client
+            .prepare_cached(&self.inner.sql.read_head)
+            .await
+            .map_err(backend)?;
+        let rows = client
+            .query(&statement, &[&stream.as_str(), &(limit as i64)])
+            .await
+            .map_err(backend)?;
+        let Some(first) = rows.first() else {
+            return Ok(Head::default());
+        };
+        let snapshot = match (
+            first.try_get::<_, Option<i64>>(1).map_err(backend)?,
+            first.try_get::<_, Option<Vec<u8>>>(2).map_err(backend)?,
+        ) {
+            (Some(version), Some(data)) => Some(HeadSnapshot {
+                version: Version(version as u64),
+                data,
+            }),
+            _ => None,
+        };
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if row
+                .try_get::<_, Option<&str>>(3)
+                .map_err(backend)?
+                .is_some()
+            {
+                events.push(event(row, 3)?);
             }
         }
-        Err(backend(format!(
-            "{stream}: event ids kept appearing and vanishing; retry"
-        )))
+        Ok(Head {
+            version: Version(first.try_get::<_, i64>(0).map_err(backend)? as u64),
+            snapshot,
+            events,
+        })
     }
 
     async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
@@ -702,7 +785,7 @@ impl EventStore for PgStore {
                 }
                 let a = &appends[i];
                 match self
-                    .append_once(&client, &a.stream, a.expected, &a.events)
+                    .append_once(&client, &a.stream, a.expected, &a.events, None)
                     .await
                 {
                     Ok(Some(r)) => results[i] = Some(r),

@@ -30,8 +30,8 @@ use std::thread::JoinHandle;
 
 use annals::{
     AllPage, AppendResult, Capabilities, Checkpoint, CheckpointStore, EventData, EventStore,
-    ExpectedVersion, Filter, Position, ReadStream, RecordedEvent, Result, StreamAppend, StreamName,
-    Version,
+    ExpectedVersion, Filter, Head, Position, ReadStream, RecordedEvent, Result, StreamAppend,
+    StreamName, Version,
 };
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -225,9 +225,37 @@ impl EventStore for SqliteStore {
             stream,
             expected,
             events,
+            snapshot: None,
             reply,
         })
         .await
+    }
+
+    async fn append_with_snapshot(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+        snapshot: Vec<u8>,
+    ) -> Result<AppendResult> {
+        annals::event::validate_batch(stream, &events, self.shared.config.max_event_bytes)?;
+        let stream = stream.clone();
+        self.request(|reply| Request::Append {
+            stream,
+            expected,
+            events,
+            snapshot: Some(snapshot),
+            reply,
+        })
+        .await
+    }
+
+    async fn read_head(&self, stream: &StreamName, limit: usize) -> Result<Head> {
+        let name = stream.as_str().to_owned();
+        self.shared
+            .readers
+            .with(move |conn| read::read_head(conn, &name, limit))
+            .await
     }
 
     async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {

@@ -3,8 +3,8 @@
 use std::sync::{Arc, Mutex};
 
 use annals::{
-    AllPage, Direction, Filter, Position, ReadStream, RecordedEvent, Result, StreamName, Timestamp,
-    Uuid,
+    AllPage, Direction, Filter, Head, HeadSnapshot, Position, ReadStream, RecordedEvent, Result,
+    StreamName, Timestamp, Uuid, Version,
 };
 use futures::stream::{self, BoxStream, StreamExt};
 use rusqlite::{params_from_iter, Connection, OptionalExtension, Row};
@@ -121,6 +121,49 @@ pub(crate) fn stream_version(
     conn.prepare_cached("SELECT stream_id, version FROM annals_streams WHERE name = ?1")?
         .query_row([stream], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
         .optional()
+}
+
+/// A stream's head snapshot and up to `limit` events after it, in one read transaction.
+pub(crate) fn read_head(conn: &mut Connection, stream: &str, limit: usize) -> Result<Head> {
+    let tx = conn.transaction().map_err(backend)?;
+    let row = tx
+        .prepare_cached(
+            "SELECT stream_id, version, snapshot, snapshot_version FROM annals_streams WHERE name = ?1",
+        )
+        .and_then(|mut s| {
+            s.query_row([stream], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, Option<Vec<u8>>>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                ))
+            })
+            .optional()
+        })
+        .map_err(backend)?;
+    let Some((stream_id, version, data, at)) = row else {
+        return Ok(Head::default());
+    };
+    let snapshot = data.zip(at).map(|(data, at)| HeadSnapshot {
+        version: Version(at as u64),
+        data,
+    });
+    let from = snapshot.as_ref().map_or(0, |s| s.version.get() as i64);
+    let events = tx
+        .prepare_cached(&format!(
+            "{SELECT} WHERE e.stream_id = ?1 AND e.stream_version >= ?2 ORDER BY e.stream_version LIMIT ?3"
+        ))
+        .and_then(|mut s| {
+            s.query_map(rusqlite::params![stream_id, from, limit as i64], event)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(backend)?;
+    Ok(Head {
+        version: Version(version),
+        snapshot,
+        events,
+    })
 }
 
 /// Cursor of a stream read.

@@ -14,6 +14,7 @@ pub const APPLICATION_ID: i32 = 0x414E_4E4C;
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_initial.sql"),
     include_str!("../migrations/0002_projection_streams.sql"),
+    include_str!("../migrations/0003_head_snapshots.sql"),
 ];
 
 /// The schema version this build creates and reads.

@@ -43,6 +43,8 @@ pub(crate) enum Request {
         stream: StreamName,
         expected: ExpectedVersion,
         events: Vec<EventData>,
+        /// A head snapshot to store when the events are written.
+        snapshot: Option<Vec<u8>>,
         reply: oneshot::Sender<Result<AppendResult>>,
     },
     AppendMany {
@@ -165,9 +167,17 @@ impl Group {
                 stream,
                 expected,
                 events,
+                snapshot,
                 reply,
             } => {
                 let r = savepoint.and_then(|()| append(conn, &stream, expected, &events, now));
+                let r = match (r, snapshot) {
+                    (Ok((result, true)), Some(snapshot)) => {
+                        store_snapshot(conn, &stream, result.version, &snapshot)
+                            .map(|()| (result, true))
+                    }
+                    (r, _) => r,
+                };
                 let ok = matches!(r, Ok((_, true)));
                 (finish(reply, r.map(|(r, _)| r)), ok)
             }
@@ -333,6 +343,21 @@ fn append(
             }
         }
     }
+}
+
+/// Keeps `snapshot` (the state at `version`) beside the stream's head.
+fn store_snapshot(
+    conn: &Connection,
+    stream: &StreamName,
+    version: Version,
+    snapshot: &[u8],
+) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE annals_streams SET snapshot = ?2, snapshot_version = ?3 WHERE name = ?1",
+    )
+    .and_then(|mut s| s.execute(params![stream.as_str(), snapshot, version.get() as i64]))
+    .map(drop)
+    .map_err(sql)
 }
 
 fn append_many(conn: &Connection, appends: &[StreamAppend], now: i64) -> Result<Vec<AppendResult>> {

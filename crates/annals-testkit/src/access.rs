@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use annals::{
     AllPage, AppendResult, Cache, Capabilities, Category, Codec, Domain, EventData, EventStore,
-    EventStoreExt, ExpectedVersion, Filter, Position, ReadStream, RecordedEvent, Result,
+    EventStoreExt, ExpectedVersion, Filter, Head, Position, ReadStream, RecordedEvent, Result,
     StreamAppend, StreamName, Timestamp, Version, SNAPSHOT_EVENT_TYPE,
 };
 use futures::stream::BoxStream;
@@ -20,8 +20,12 @@ pub struct Counting {
     inner: Arc<dyn EventStore>,
     /// `read_stream` calls.
     pub reads: AtomicU64,
-    /// Events yielded by `read_stream`.
+    /// Events yielded by `read_stream` and `read_head`.
     pub events: AtomicU64,
+    /// `read_head` calls.
+    pub heads: AtomicU64,
+    /// `stream_version` calls.
+    pub versions: AtomicU64,
 }
 
 impl Counting {
@@ -31,7 +35,17 @@ impl Counting {
             inner,
             reads: AtomicU64::new(0),
             events: AtomicU64::new(0),
+            heads: AtomicU64::new(0),
+            versions: AtomicU64::new(0),
         }
+    }
+
+    /// Store round trips of reads so far: `read_stream`, `read_head` and `stream_version`
+    /// calls.
+    pub fn round_trips(&self) -> u64 {
+        self.reads.load(Ordering::SeqCst)
+            + self.heads.load(Ordering::SeqCst)
+            + self.versions.load(Ordering::SeqCst)
     }
 
     /// (`read_stream` calls, events yielded) so far.
@@ -66,7 +80,28 @@ impl EventStore for Counting {
         self.inner.append_many(appends).await
     }
 
+    async fn append_with_snapshot(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+        snapshot: Vec<u8>,
+    ) -> Result<AppendResult> {
+        self.inner
+            .append_with_snapshot(stream, expected, events, snapshot)
+            .await
+    }
+
+    async fn read_head(&self, stream: &StreamName, limit: usize) -> Result<Head> {
+        self.heads.fetch_add(1, Ordering::SeqCst);
+        let head = self.inner.read_head(stream, limit).await?;
+        self.events
+            .fetch_add(head.events.len() as u64, Ordering::SeqCst);
+        Ok(head)
+    }
+
     async fn stream_version(&self, stream: &StreamName) -> Result<Version> {
+        self.versions.fetch_add(1, Ordering::SeqCst);
         self.inner.stream_version(stream).await
     }
 
@@ -96,6 +131,52 @@ impl EventStore for Counting {
 
     fn changes(&self) -> Option<tokio::sync::watch::Receiver<()>> {
         self.inner.changes()
+    }
+}
+
+/// A store offering only the required part of the contract (no optional capability): the
+/// wrapped store's appends and reads, and the default refusals of `append_many`,
+/// `append_with_snapshot` and `read_head`. For testing what users of an optional
+/// capability do on a backend without it.
+pub struct Basic(pub Arc<dyn EventStore>);
+
+#[async_trait::async_trait]
+impl EventStore for Basic {
+    fn backend(&self) -> &'static str {
+        "basic"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::none()
+    }
+
+    async fn append(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult> {
+        self.0.append(stream, expected, events).await
+    }
+
+    async fn stream_version(&self, stream: &StreamName) -> Result<Version> {
+        self.0.stream_version(stream).await
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        stream: &'a StreamName,
+        options: ReadStream,
+    ) -> BoxStream<'a, Result<RecordedEvent>> {
+        self.0.read_stream(stream, options)
+    }
+
+    async fn read_all(&self, from: Position, filter: &Filter, limit: usize) -> Result<AllPage> {
+        self.0.read_all(from, filter, limit).await
+    }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<()>> {
+        self.0.changes()
     }
 }
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use annals::{
     AppendResult, Capability, Error, EventData, EventStore, EventStoreExt, ExpectedVersion, Filter,
-    InvalidEvent, Position, ReadStream, RecordedEvent, StreamAppend, StreamName, SubscribeExt,
-    SubscribeOptions, Uuid, Version,
+    Head, HeadSnapshot, InvalidEvent, Position, ReadStream, RecordedEvent, StreamAppend,
+    StreamName, SubscribeExt, SubscribeOptions, Uuid, Version,
 };
 use futures::StreamExt;
 
@@ -752,6 +752,114 @@ pub async fn multi_stream_append_is_atomic_or_refused(store: Arc<dyn EventStore>
 }
 
 /// Checkpoints: nothing before the first commit; commit, reload, overwrite, list in order,
+/// Head snapshots (when offered): written only when the append writes, read back with the
+/// events after them, untouched by refused appends and exact retries; stores without the
+/// capability refuse both calls with a typed error.
+pub async fn head_snapshots_ride_with_appends(store: Arc<dyn EventStore>) {
+    let s = &*store;
+    let stream = name("Head-1");
+    if !s.capabilities().supports(Capability::HeadSnapshots) {
+        let refused = s
+            .append_with_snapshot(&stream, ExpectedVersion::Any, batch(1), b"s".to_vec())
+            .await;
+        assert!(
+            matches!(
+                refused,
+                Err(Error::Unsupported {
+                    capability: Capability::HeadSnapshots,
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(
+            s.stream_version(&stream).await.expect("version"),
+            Version(0)
+        );
+        let read = s.read_head(&stream, 10).await;
+        assert!(matches!(read, Err(Error::Unsupported { .. })), "{read:?}");
+        return;
+    }
+    let stream = &stream;
+    let head = |limit| async move { s.read_head(stream, limit).await.expect("read_head") };
+    assert_eq!(head(10).await, Head::default(), "a missing stream");
+    append(s, &stream, ExpectedVersion::NoStream, 2).await;
+    let plain = head(10).await;
+    assert_eq!((plain.version, plain.snapshot.as_ref()), (Version(2), None));
+    assert_eq!(
+        plain.events.len(),
+        2,
+        "without a snapshot, the events from the start"
+    );
+
+    let first = batch(1);
+    let written = s
+        .append_with_snapshot(
+            &stream,
+            ExpectedVersion::Exact(Version(2)),
+            first.clone(),
+            b"at 3".to_vec(),
+        )
+        .await
+        .expect("append with snapshot");
+    assert_eq!(written.version, Version(3));
+    let h = head(10).await;
+    assert_eq!(h.version, Version(3));
+    assert_eq!(
+        h.snapshot,
+        Some(HeadSnapshot {
+            version: Version(3),
+            data: b"at 3".to_vec()
+        })
+    );
+    assert!(
+        h.events.is_empty(),
+        "nothing after the snapshot: {:?}",
+        h.events
+    );
+
+    // A refused append and an exact retry leave the snapshot alone.
+    let refused = s
+        .append_with_snapshot(
+            &stream,
+            ExpectedVersion::Exact(Version(1)),
+            batch(1),
+            b"no".to_vec(),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(Error::WrongExpectedVersion { .. })),
+        "{refused:?}"
+    );
+    let retried = s
+        .append_with_snapshot(
+            &stream,
+            ExpectedVersion::Exact(Version(2)),
+            first,
+            b"retry".to_vec(),
+        )
+        .await
+        .expect("an exact retry succeeds");
+    assert_eq!(retried, written);
+    assert_eq!(head(10).await, h);
+
+    // Plain appends after it: the snapshot stays, the events after it come with it.
+    append(s, &stream, ExpectedVersion::Exact(Version(3)), 3).await;
+    let h = head(10).await;
+    assert_eq!(h.version, Version(6));
+    assert_eq!(h.snapshot.as_ref().map(|s| s.version), Some(Version(3)));
+    let after: Vec<u64> = h.events.iter().map(|e| e.stream_version).collect();
+    assert_eq!(after, vec![3, 4, 5]);
+    let limited = head(2).await;
+    let after: Vec<u64> = limited.events.iter().map(|e| e.stream_version).collect();
+    assert_eq!((limited.version, after), (Version(6), vec![3, 4]));
+    assert_eq!(
+        h.events,
+        read(s, &stream, ReadStream::forward_from(Version(3))).await,
+        "the events after the snapshot are the stream's"
+    );
+}
+
 /// groups and sources kept apart.
 pub async fn checkpoints_load_commit_and_list(store: Arc<dyn annals::CheckpointStore>) {
     assert_eq!(store.load("g1", "all").await.unwrap(), None);

@@ -109,6 +109,7 @@ macro_rules! conformance_suite {
             subscription_sees_every_event_once_across_catch_up_and_live,
             subscription_resumes_after_a_checkpoint,
             multi_stream_append_is_atomic_or_refused,
+            head_snapshots_ride_with_appends,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {

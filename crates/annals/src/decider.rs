@@ -15,7 +15,7 @@ use tracing::Instrument;
 use crate::cache::Cache;
 use crate::codec::{Codec, EncodeContext};
 use crate::error::{CodecError, Error, Result};
-use crate::store::{EventStore, ReadStream};
+use crate::store::{EventStore, ReadStream, StreamAppend};
 use crate::{EventData, ExpectedVersion, StreamName, Timestamp, Version};
 
 /// A domain's pure functions: its initial state and how an event changes it. Decisions are
@@ -72,7 +72,19 @@ pub struct Category<D: Domain> {
     max_attempts: u32,
     load_locks: Arc<LoadLocks>,
     access: Access<D>,
+    references: Option<References<D::Event>>,
+    /// Referenced streams seen to exist (streams are never deleted).
+    known_streams: Arc<Mutex<std::collections::HashSet<StreamName>>>,
 }
+
+type References<E> = Arc<dyn Fn(&E) -> Vec<StreamName> + Send + Sync>;
+
+/// How many events a head-snapshot load asks for with the snapshot (the rest, if any, is
+/// read as a catch-up).
+const HEAD_EVENTS: usize = 1000;
+
+/// How many referenced streams a category remembers as existing; past it, it starts over.
+const KNOWN_STREAMS_MAX: usize = 65_536;
 
 /// The event type of the snapshots written by [`Category::with_rolling_snapshots`]. Domain
 /// codecs never see these events: loads use them as origins, folds skip them.
@@ -89,25 +101,55 @@ struct Access<D: Domain> {
     latest_known_event: bool,
     /// Events from which the state can be folded without what came before.
     is_origin: Option<IsOrigin<D::Event>>,
+    /// Rolling snapshot events in the stream.
     snapshots: Option<Snapshots<D::State>>,
+    /// A snapshot kept beside the stream's head by the store.
+    head: Option<SnapshotCodec<D::State>>,
 }
 
-struct Snapshots<S> {
-    every: u64,
+/// Encodes and decodes snapshots of one schema version.
+struct SnapshotCodec<S> {
     schema: u32,
     encode: EncodeSnapshot<S>,
     decode: DecodeSnapshot<S>,
 }
 
-impl<S> Clone for Snapshots<S> {
+impl<S> Clone for SnapshotCodec<S> {
     fn clone(&self) -> Self {
         Self {
-            every: self.every,
             schema: self.schema,
             encode: Arc::clone(&self.encode),
             decode: Arc::clone(&self.decode),
         }
     }
+}
+
+impl<S: serde::Serialize + serde::de::DeserializeOwned> SnapshotCodec<S> {
+    /// JSON `{"schema", "state"}`; a body of another schema (or damaged) decodes to `None`.
+    fn json(schema: u32) -> Self {
+        Self {
+            schema,
+            encode: Arc::new(move |state: &S| {
+                serde_json::to_vec(&SnapshotBody {
+                    schema,
+                    state: serde_json::to_value(state)?,
+                })
+            }),
+            decode: Arc::new(move |bytes: &[u8]| {
+                let snapshot: SnapshotBody = serde_json::from_slice(bytes).ok()?;
+                if snapshot.schema != schema {
+                    return None;
+                }
+                serde_json::from_value(snapshot.state).ok()
+            }),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Snapshots<S> {
+    every: u64,
+    codec: SnapshotCodec<S>,
 }
 
 impl<D: Domain> Clone for Access<D> {
@@ -116,6 +158,7 @@ impl<D: Domain> Clone for Access<D> {
             latest_known_event: self.latest_known_event,
             is_origin: self.is_origin.clone(),
             snapshots: self.snapshots.clone(),
+            head: self.head.clone(),
         }
     }
 }
@@ -126,6 +169,7 @@ impl<D: Domain> Default for Access<D> {
             latest_known_event: false,
             is_origin: None,
             snapshots: None,
+            head: None,
         }
     }
 }
@@ -154,6 +198,8 @@ impl<D: Domain> Clone for Category<D> {
             max_attempts: self.max_attempts,
             load_locks: Arc::clone(&self.load_locks),
             access: self.access.clone(),
+            references: self.references.clone(),
+            known_streams: Arc::clone(&self.known_streams),
         }
     }
 }
@@ -174,6 +220,8 @@ impl<D: Domain> Category<D> {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             load_locks: Arc::default(),
             access: Access::default(),
+            references: None,
+            known_streams: Arc::default(),
         })
     }
 
@@ -207,21 +255,43 @@ impl<D: Domain> Category<D> {
     {
         self.access.snapshots = Some(Snapshots {
             every: every.max(1),
-            schema,
-            encode: Arc::new(move |state: &D::State| {
-                serde_json::to_vec(&SnapshotBody {
-                    schema,
-                    state: serde_json::to_value(state)?,
-                })
-            }),
-            decode: Arc::new(move |bytes: &[u8]| {
-                let snapshot: SnapshotBody = serde_json::from_slice(bytes).ok()?;
-                if snapshot.schema != schema {
-                    return None;
-                }
-                serde_json::from_value(snapshot.state).ok()
-            }),
+            codec: SnapshotCodec::json(schema),
         });
+        self
+    }
+
+    /// Access strategy "snapshot at the head": every write also stores a snapshot of the
+    /// resulting state beside the stream's head, in the same transaction, and a load reads
+    /// the snapshot and the events after it in one round trip. A snapshot of another
+    /// `schema` is ignored (the load folds the stream instead). Writes that carry no
+    /// snapshot (plain appends, multi-stream transactions) leave the last one in place;
+    /// loads then fold the events after it. Stores without
+    /// [`Capabilities::head_snapshots`](crate::Capabilities::head_snapshots) refuse with
+    /// [`Error::Unsupported`].
+    pub fn with_head_snapshots(mut self, schema: u32) -> Result<Self>
+    where
+        D::State: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        if !self.store.capabilities().head_snapshots {
+            return Err(Error::Unsupported {
+                backend: self.store.backend(),
+                capability: crate::Capability::HeadSnapshots,
+            });
+        }
+        self.access.head = Some(SnapshotCodec::json(schema));
+        Ok(self)
+    }
+
+    /// Checks references at write time: `references` names the streams an event refers to,
+    /// and a write whose events name a stream that does not exist fails with
+    /// [`Error::MissingReference`], writing nothing. Streams are never deleted, so a
+    /// stream seen once is not checked again; streams written in the same multi-stream
+    /// transaction count as existing.
+    pub fn with_references(
+        mut self,
+        references: impl Fn(&D::Event) -> Vec<StreamName> + Send + Sync + 'static,
+    ) -> Self {
+        self.references = Some(Arc::new(references));
         self
     }
 
@@ -241,6 +311,11 @@ impl<D: Domain> Category<D> {
     pub fn with_max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts.max(1);
         self
+    }
+
+    /// How many attempts `transact` makes.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
     }
 
     /// The category name.
@@ -279,6 +354,61 @@ impl<D: Domain> Category<D> {
         let lock = Arc::new(tokio::sync::Mutex::new(()));
         locks.insert(stream.clone(), Arc::downgrade(&lock));
         lock
+    }
+}
+
+/// Events ready to append, with what the access strategy adds.
+struct Prepared<S> {
+    /// The encoded events (and a rolling snapshot event, when one is due).
+    events: Vec<EventData>,
+    /// The state after the events, when it had to be folded already.
+    state: Option<S>,
+    /// The head snapshot to store with the append.
+    head: Option<Vec<u8>>,
+}
+
+impl<D: Domain> Category<D> {
+    fn count_conflict(&self) {
+        metrics::counter!("annals_decider_conflicts_total", "category" => self.name.to_string())
+            .increment(1);
+    }
+
+    /// Fails with [`Error::MissingReference`] if an event of `events` names a stream that
+    /// does not exist and is not among `written` (streams written in the same transaction).
+    async fn check_references(
+        &self,
+        stream: &StreamName,
+        events: &[D::Event],
+        written: &[&StreamName],
+    ) -> Result<()> {
+        let Some(references) = &self.references else {
+            return Ok(());
+        };
+        for event in events {
+            for referenced in references(event) {
+                if written.contains(&&referenced) || &referenced == stream {
+                    continue;
+                }
+                let known = |set: &std::collections::HashSet<StreamName>| set.contains(&referenced);
+                if known(&self.known_streams.lock().unwrap_or_else(|p| p.into_inner())) {
+                    continue;
+                }
+                if self.store.stream_version(&referenced).await? == Version::EMPTY {
+                    let encoded = self.codec.encode(event, &EncodeContext::default());
+                    return Err(Error::MissingReference {
+                        stream: stream.clone(),
+                        event_type: encoded.map(|e| e.event_type).unwrap_or_default(),
+                        referenced,
+                    });
+                }
+                let mut set = self.known_streams.lock().unwrap_or_else(|p| p.into_inner());
+                if set.len() >= KNOWN_STREAMS_MAX {
+                    set.clear();
+                }
+                set.insert(referenced);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -391,48 +521,10 @@ impl<D: Domain> Decider<D> {
             if events.is_empty() {
                 return Ok(result);
             }
-            let mut encoded = events
-                .iter()
-                .enumerate()
-                .map(|(i, e)| {
-                    cat.codec
-                        .encode(e, &self.context)
-                        .map_err(|err| CodecError {
-                            stream: self.stream.to_string(),
-                            stream_version: loaded.version.get() + i as u64,
-                            ..err
-                        })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut folded = None;
-            if let Some(snap) = &cat.access.snapshots {
-                let before = loaded.version.get();
-                let after = before + encoded.len() as u64;
-                if before / snap.every != after / snap.every {
-                    let state = D::fold((*loaded.state).clone(), &events);
-                    let body = (snap.encode)(&state).map_err(|e| CodecError {
-                        stream: self.stream.to_string(),
-                        stream_version: after,
-                        event_type: SNAPSHOT_EVENT_TYPE.to_owned(),
-                        message: e.to_string(),
-                    })?;
-                    encoded.push(EventData::new(SNAPSHOT_EVENT_TYPE, body));
-                    folded = Some(state);
-                }
-            }
-            let expected = ExpectedVersion::Exact(loaded.version);
-            match cat.store.append(&self.stream, expected, encoded).await {
-                Ok(appended) => {
-                    if let Some(cache) = &cat.cache {
-                        let state =
-                            folded.unwrap_or_else(|| D::fold((*loaded.state).clone(), &events));
-                        cache.put(&self.stream, appended.version, Arc::new(state));
-                    }
-                    return Ok(result);
-                }
+            match self.write(&loaded, &events).await {
+                Ok(_) => return Ok(result),
                 Err(Error::WrongExpectedVersion { actual, .. }) => {
-                    metrics::counter!("annals_decider_conflicts_total", "category" => cat.name.to_string())
-                        .increment(1);
+                    cat.count_conflict();
                     span.record("conflicts", attempt);
                     tracing::debug!(%actual, attempt, "conflict, resyncing");
                     if attempt >= cat.max_attempts {
@@ -447,6 +539,98 @@ impl<D: Domain> Decider<D> {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Appends `events`, decided on `loaded`, expecting the stream still at its version (one
+    /// attempt: a conflict is returned as [`Error::WrongExpectedVersion`]); caches the
+    /// state after them.
+    pub(crate) async fn write(
+        &self,
+        loaded: &Loaded<D::State>,
+        events: &[D::Event],
+    ) -> Result<Loaded<D::State>> {
+        let cat = &self.category;
+        cat.check_references(&self.stream, events, &[]).await?;
+        let prepared = self.prepare(loaded, events)?;
+        let expected = ExpectedVersion::Exact(loaded.version);
+        let appended = match prepared.head {
+            Some(snapshot) => {
+                cat.store
+                    .append_with_snapshot(&self.stream, expected, prepared.events, snapshot)
+                    .await?
+            }
+            None => {
+                cat.store
+                    .append(&self.stream, expected, prepared.events)
+                    .await?
+            }
+        };
+        let state = prepared
+            .state
+            .unwrap_or_else(|| D::fold((*loaded.state).clone(), events));
+        Ok(self.committed(appended.version, state))
+    }
+
+    /// Records a written state in the cache.
+    fn committed(&self, version: Version, state: D::State) -> Loaded<D::State> {
+        let state = Arc::new(state);
+        if let Some(cache) = &self.category.cache {
+            cache.put(&self.stream, version, Arc::clone(&state));
+        }
+        Loaded { version, state }
+    }
+
+    /// Encodes `events` decided on `loaded`, adding the snapshots the access strategy asks
+    /// for.
+    fn prepare(
+        &self,
+        loaded: &Loaded<D::State>,
+        events: &[D::Event],
+    ) -> Result<Prepared<D::State>> {
+        let cat = &self.category;
+        let mut encoded = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                cat.codec
+                    .encode(e, &self.context)
+                    .map_err(|err| CodecError {
+                        stream: self.stream.to_string(),
+                        stream_version: loaded.version.get() + i as u64,
+                        ..err
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let before = loaded.version.get();
+        let after = before + encoded.len() as u64;
+        let rolling = cat
+            .access
+            .snapshots
+            .as_ref()
+            .filter(|snap| before / snap.every != after / snap.every);
+        let mut prepared = Prepared {
+            events: Vec::new(),
+            state: None,
+            head: None,
+        };
+        if rolling.is_some() || cat.access.head.is_some() {
+            prepared.state = Some(D::fold((*loaded.state).clone(), events));
+        }
+        let snapshot_error = |e: serde_json::Error| CodecError {
+            stream: self.stream.to_string(),
+            stream_version: after,
+            event_type: SNAPSHOT_EVENT_TYPE.to_owned(),
+            message: e.to_string(),
+        };
+        if let (Some(snap), Some(state)) = (rolling, &prepared.state) {
+            let body = (snap.codec.encode)(state).map_err(snapshot_error)?;
+            encoded.push(EventData::new(SNAPSHOT_EVENT_TYPE, body));
+        }
+        if let (Some(head), Some(state)) = (&cat.access.head, &prepared.state) {
+            prepared.head = Some((head.encode)(state).map_err(snapshot_error)?);
+        }
+        prepared.events = encoded;
+        Ok(prepared)
     }
 
     async fn load_with(&self, option: LoadOption) -> Result<Loaded<D::State>> {
@@ -503,6 +687,11 @@ impl<D: Domain> Decider<D> {
         if self.category.cache.is_some() {
             self.count_cache(false);
         }
+        if let Some(head) = &self.category.access.head {
+            if let Some(loaded) = self.load_head(head).await? {
+                return Ok(loaded);
+            }
+        }
         if !self.category.access.backward() {
             return self
                 .catch_up(Loaded {
@@ -516,6 +705,43 @@ impl<D: Domain> Decider<D> {
             cache.put(&self.stream, loaded.version, Arc::clone(&loaded.state));
         }
         Ok(loaded)
+    }
+
+    /// Reads the head snapshot and the events after it in one round trip, and folds them
+    /// (reading on only when more events followed than one round trip returns). `None`
+    /// when there is a snapshot this category cannot use (another schema): the caller
+    /// folds the stream instead.
+    async fn load_head(&self, head: &SnapshotCodec<D::State>) -> Result<Option<Loaded<D::State>>> {
+        let cat = &self.category;
+        let read = cat.store.read_head(&self.stream, HEAD_EVENTS).await?;
+        let (mut version, base) = match &read.snapshot {
+            None => (Version::EMPTY, D::initial()),
+            Some(snapshot) => match (head.decode)(&snapshot.data) {
+                Some(state) => (snapshot.version, state),
+                None => return Ok(None),
+            },
+        };
+        let mut state = base;
+        for recorded in &read.events {
+            version = recorded.next_version();
+            if recorded.event_type == SNAPSHOT_EVENT_TYPE {
+                continue;
+            }
+            if let Some(event) = cat.codec.decode(recorded)? {
+                state = D::evolve(state, &event);
+            }
+        }
+        let loaded = Loaded {
+            version,
+            state: Arc::new(state),
+        };
+        if version < read.version {
+            return self.catch_up(loaded).await.map(Some);
+        }
+        if let Some(cache) = &cat.cache {
+            cache.put(&self.stream, loaded.version, Arc::clone(&loaded.state));
+        }
+        Ok(Some(loaded))
     }
 
     /// The state after the stream's first `version` events (all of them if it has fewer),
@@ -559,7 +785,7 @@ impl<D: Domain> Decider<D> {
                 if let Some(state) = access
                     .snapshots
                     .as_ref()
-                    .and_then(|s| (s.decode)(&recorded.data))
+                    .and_then(|s| (s.codec.decode)(&recorded.data))
                 {
                     base = Some(state);
                     break;
@@ -584,7 +810,7 @@ impl<D: Domain> Decider<D> {
     }
 
     /// Folds the events after `from.version` onto `from.state`, and caches the result.
-    async fn catch_up(&self, from: Loaded<D::State>) -> Result<Loaded<D::State>> {
+    pub(crate) async fn catch_up(&self, from: Loaded<D::State>) -> Result<Loaded<D::State>> {
         let cat = &self.category;
         let mut events = cat
             .store
@@ -621,5 +847,243 @@ impl<D: Domain> Decider<D> {
             "annals_cache_misses_total"
         };
         metrics::counter!(name, "category" => self.category.name.to_string()).increment(1);
+    }
+}
+
+/// One stream of a multi-stream transaction: its loaded state and its staged write.
+struct Part<'a, D: Domain> {
+    decider: &'a Decider<D>,
+    loaded: Loaded<D::State>,
+    /// The state after the staged events, when staged.
+    staged: Option<D::State>,
+}
+
+impl<'a, D: Domain> Part<'a, D> {
+    async fn load(decider: &'a Decider<D>) -> Result<Self> {
+        Ok(Self {
+            loaded: decider.load_with(decider.load).await?,
+            decider,
+            staged: None,
+        })
+    }
+
+    async fn catch_up(&mut self) -> Result<()> {
+        self.staged = None;
+        self.loaded = self.decider.catch_up(self.loaded.clone()).await?;
+        Ok(())
+    }
+
+    /// Checks and encodes `events`; `None` when there are none. A head snapshot is not
+    /// written by a multi-stream append (the previous one stays valid).
+    async fn stage(
+        &mut self,
+        events: &[D::Event],
+        written: &[&StreamName],
+    ) -> Result<Option<StreamAppend>> {
+        self.staged = None;
+        if events.is_empty() {
+            return Ok(None);
+        }
+        let d = self.decider;
+        d.category
+            .check_references(&d.stream, events, written)
+            .await?;
+        let prepared = d.prepare(&self.loaded, events)?;
+        self.staged = Some(
+            prepared
+                .state
+                .unwrap_or_else(|| D::fold((*self.loaded.state).clone(), events)),
+        );
+        Ok(Some(StreamAppend {
+            stream: d.stream.clone(),
+            expected: ExpectedVersion::Exact(self.loaded.version),
+            events: prepared.events,
+        }))
+    }
+
+    fn commit(&mut self, version: Version) {
+        if let Some(state) = self.staged.take() {
+            self.loaded = self.decider.committed(version, state);
+        }
+    }
+}
+
+/// Refuses a transaction whose streams are in different stores, repeat a stream, or whose
+/// store cannot append to several streams atomically.
+fn check_transaction(parts: &[(&Arc<dyn EventStore>, &StreamName)]) -> Result<()> {
+    let Some((store, _)) = parts.first() else {
+        return Ok(());
+    };
+    if parts
+        .iter()
+        .any(|(s, _)| !std::ptr::addr_eq(Arc::as_ptr(s), Arc::as_ptr(store)))
+    {
+        return Err(Error::InvalidTransaction {
+            reason: "its streams belong to different stores; one atomic append needs one store",
+        });
+    }
+    if !store.capabilities().multi_stream_append {
+        return Err(Error::Unsupported {
+            backend: store.backend(),
+            capability: crate::Capability::MultiStreamAppend,
+        });
+    }
+    for (i, (_, stream)) in parts.iter().enumerate() {
+        if parts[..i].iter().any(|(_, s)| s == stream) {
+            return Err(Error::DuplicateStreamInBatch {
+                stream: (*stream).clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Appends the staged writes of one attempt (in one atomic `append_many`); returns the
+/// versions written, in the order given, or the conflicting stream.
+async fn commit_many(
+    store: &Arc<dyn EventStore>,
+    appends: Vec<StreamAppend>,
+) -> Result<std::result::Result<Vec<Version>, StreamName>> {
+    if appends.is_empty() {
+        return Ok(Ok(Vec::new()));
+    }
+    match store.append_many(appends).await {
+        Ok(results) => Ok(Ok(results.into_iter().map(|r| r.version).collect())),
+        Err(Error::WrongExpectedVersion { stream, .. }) => Ok(Err(stream)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Decides over several streams of one category at once and commits every stream's
+/// events in one atomic append: all of them or none. `decide` gets the states in the
+/// order of `deciders` and returns the events for each (an empty list leaves a stream
+/// alone). A conflict on any stream writes nothing; every stream then catches up and
+/// `decide` runs again, up to the first decider's attempt limit.
+///
+/// The streams must be distinct and in one store that offers
+/// [`Capabilities::multi_stream_append`](crate::Capabilities::multi_stream_append)
+/// (otherwise [`Error::Unsupported`], with nothing read or written). Stores take their
+/// stream locks in one order, so transactions over overlapping streams named in opposite
+/// orders do not deadlock.
+pub async fn transact_many<D: Domain, R>(
+    deciders: &[Decider<D>],
+    mut decide: impl FnMut(&[&D::State]) -> (R, Vec<Vec<D::Event>>),
+) -> Result<R> {
+    let ids: Vec<_> = deciders
+        .iter()
+        .map(|d| (&d.category.store, &d.stream))
+        .collect();
+    check_transaction(&ids)?;
+    let Some(first) = deciders.first() else {
+        return Ok(decide(&[]).0);
+    };
+    let mut parts = Vec::with_capacity(deciders.len());
+    for d in deciders {
+        parts.push(Part::load(d).await?);
+    }
+    let mut attempt = 1;
+    loop {
+        let states: Vec<&D::State> = parts.iter().map(|p| &*p.loaded.state).collect();
+        let (result, events) = decide(&states);
+        let written: Vec<&StreamName> = deciders
+            .iter()
+            .zip(&events)
+            .filter(|(_, e)| !e.is_empty())
+            .map(|(d, _)| &d.stream)
+            .collect();
+        let mut appends = Vec::new();
+        let mut staged = Vec::new();
+        for (i, part) in parts.iter_mut().enumerate() {
+            let events = events.get(i).map_or(&[][..], Vec::as_slice);
+            if let Some(append) = part.stage(events, &written).await? {
+                appends.push(append);
+                staged.push(i);
+            }
+        }
+        let committed = commit_many(&first.category.store, appends).await?;
+        match settle(&first.category, committed, attempt)? {
+            Some(versions) => {
+                for (i, v) in staged.into_iter().zip(versions) {
+                    parts[i].commit(v);
+                }
+                return Ok(result);
+            }
+            None => {
+                attempt += 1;
+                for part in &mut parts {
+                    part.catch_up().await?;
+                }
+            }
+        }
+    }
+}
+
+/// As [`transact_many`], over two streams of different domains (say, an order and the
+/// stock it reserves): `decide` returns a result and each stream's events.
+pub async fn transact_pair<A: Domain, B: Domain, R>(
+    a: &Decider<A>,
+    b: &Decider<B>,
+    mut decide: impl FnMut(&A::State, &B::State) -> (R, Vec<A::Event>, Vec<B::Event>),
+) -> Result<R> {
+    check_transaction(&[
+        (&a.category.store, &a.stream),
+        (&b.category.store, &b.stream),
+    ])?;
+    let (mut pa, mut pb) = (Part::load(a).await?, Part::load(b).await?);
+    let mut attempt = 1;
+    loop {
+        let (result, ea, eb) = decide(&pa.loaded.state, &pb.loaded.state);
+        let mut written = Vec::new();
+        if !ea.is_empty() {
+            written.push(&a.stream);
+        }
+        if !eb.is_empty() {
+            written.push(&b.stream);
+        }
+        let sa = pa.stage(&ea, &written).await?;
+        let sb = pb.stage(&eb, &written).await?;
+        let (has_a, has_b) = (sa.is_some(), sb.is_some());
+        let appends = sa.into_iter().chain(sb).collect();
+        let committed = commit_many(&a.category.store, appends).await?;
+        match settle(&a.category, committed, attempt)? {
+            Some(versions) => {
+                let mut versions = versions.into_iter();
+                if has_a {
+                    pa.commit(versions.next().expect("a version per append"));
+                }
+                if has_b {
+                    pb.commit(versions.next().expect("a version per append"));
+                }
+                return Ok(result);
+            }
+            None => {
+                attempt += 1;
+                pa.catch_up().await?;
+                pb.catch_up().await?;
+            }
+        }
+    }
+}
+
+/// The versions written, or `None` after a conflict that leaves attempts (counted); gives
+/// up after the category's attempts.
+fn settle<D: Domain>(
+    category: &Category<D>,
+    committed: std::result::Result<Vec<Version>, StreamName>,
+    attempt: u32,
+) -> Result<Option<Vec<Version>>> {
+    match committed {
+        Ok(versions) => Ok(Some(versions)),
+        Err(stream) => {
+            category.count_conflict();
+            tracing::debug!(%stream, attempt, "multi-stream conflict, resyncing");
+            if attempt >= category.max_attempts {
+                return Err(Error::ResyncExhausted {
+                    stream,
+                    attempts: attempt,
+                });
+            }
+            Ok(None)
+        }
     }
 }

@@ -47,12 +47,15 @@ pub enum InvalidEvent {
 pub enum Capability {
     /// Appending to several streams in one atomic transaction.
     MultiStreamAppend,
+    /// Keeping a state snapshot beside a stream's head, written with an append.
+    HeadSnapshots,
 }
 
 impl std::fmt::Display for Capability {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Capability::MultiStreamAppend => f.write_str("multi-stream atomic append"),
+            Capability::HeadSnapshots => f.write_str("snapshots at the stream head"),
         }
     }
 }
@@ -151,6 +154,24 @@ pub enum Error {
         /// How many attempts were made.
         attempts: u32,
     },
+    /// An event names a stream that does not exist (a reference checked at write time, see
+    /// `Category::with_references`); nothing was written.
+    #[error("event {event_type:?} for {stream} refers to {referenced}, which does not exist")]
+    MissingReference {
+        /// The stream written to.
+        stream: StreamName,
+        /// The event's type.
+        event_type: String,
+        /// The stream it names.
+        referenced: StreamName,
+    },
+    /// A multi-stream transaction was not well formed (its streams live in different
+    /// stores); nothing was read or written.
+    #[error("invalid transaction: {reason}")]
+    InvalidTransaction {
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// A known event type did not decode, or an event did not encode.
     #[error("codec: {0}")]
     Codec(#[from] CodecError),
@@ -190,6 +211,8 @@ impl Error {
                 | Error::EmptyBatch { .. }
                 | Error::InvalidEvent { .. }
                 | Error::DuplicateStreamInBatch { .. }
+                | Error::MissingReference { .. }
+                | Error::InvalidTransaction { .. }
         )
     }
 }

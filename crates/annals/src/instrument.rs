@@ -14,7 +14,7 @@ use tracing::field::Empty;
 use tracing::Instrument;
 
 use crate::store::{
-    AllPage, AppendResult, Capabilities, EventStore, Filter, ReadStream, StreamAppend,
+    AllPage, AppendResult, Capabilities, EventStore, Filter, Head, ReadStream, StreamAppend,
 };
 use crate::{EventData, ExpectedVersion, Position, RecordedEvent, Result, StreamName, Version};
 
@@ -160,6 +160,48 @@ impl<S: EventStore + ?Sized> EventStore for Instrumented<S> {
             bytes,
             &result,
         );
+        result
+    }
+
+    async fn append_with_snapshot(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+        snapshot: Vec<u8>,
+    ) -> Result<AppendResult> {
+        let backend = self.backend();
+        let span = span("append", backend, Some(stream));
+        let count = events.len();
+        let bytes = events.iter().map(EventData::size).sum::<usize>() + snapshot.len();
+        let started = Instant::now();
+        let result = self
+            .inner
+            .append_with_snapshot(stream, expected, events, snapshot)
+            .instrument(span.clone())
+            .await;
+        finish(&span, "append", backend, started, count, bytes, &result);
+        result
+    }
+
+    async fn read_head(&self, stream: &StreamName, limit: usize) -> Result<Head> {
+        let backend = self.backend();
+        let span = span("read_head", backend, Some(stream));
+        let started = Instant::now();
+        let result = self
+            .inner
+            .read_head(stream, limit)
+            .instrument(span.clone())
+            .await;
+        let (count, bytes) = match &result {
+            Ok(head) => (
+                head.events.len(),
+                head.events.iter().map(RecordedEvent::size).sum::<usize>()
+                    + head.snapshot.as_ref().map_or(0, |s| s.data.len()),
+            ),
+            Err(_) => (0, 0),
+        };
+        finish(&span, "read_head", backend, started, count, bytes, &result);
         result
     }
 

@@ -38,6 +38,7 @@
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
 
+pub mod aggregate;
 pub mod cache;
 pub mod checkpoint;
 pub mod codec;
@@ -56,15 +57,18 @@ pub mod version;
 pub use cache::Cache;
 pub use checkpoint::{Checkpoint, CheckpointStore, MemoryCheckpoints};
 pub use codec::{Codec, EncodeContext, JsonCodec};
-pub use decider::{Category, Decider, Domain, LoadOption, Loaded, SNAPSHOT_EVENT_TYPE};
+pub use decider::{
+    transact_many, transact_pair, Category, Decider, Domain, LoadOption, Loaded,
+    SNAPSHOT_EVENT_TYPE,
+};
 pub use error::{Capability, CodecError, Error, InvalidEvent, Result};
 pub use event::{EventData, RecordedEvent, DEFAULT_MAX_EVENT_BYTES, MAX_EVENT_TYPE_LEN};
 pub use instrument::Instrumented;
 pub use lease::{LeaseStore, Leases, MemoryLeases};
 pub use memory::MemoryStore;
 pub use store::{
-    AllPage, AppendResult, Capabilities, Direction, EventStore, Filter, ReadStream, StreamAppend,
-    SubscribeOptions,
+    AllPage, AppendResult, Capabilities, Direction, EventStore, Filter, Head, HeadSnapshot,
+    ReadStream, StreamAppend, SubscribeOptions,
 };
 pub use stream::{StreamName, StreamNameError, MAX_STREAM_NAME_LEN};
 pub use subscribe::{subscribe, EventStoreExt, SubscribeExt, Subscription};

@@ -16,7 +16,8 @@ use crate::error::Result;
 use crate::event::{validate_batch, validate_many, DEFAULT_MAX_EVENT_BYTES};
 use crate::idempotency::{self, Found, Verdict};
 use crate::store::{
-    AllPage, AppendResult, Capabilities, Direction, EventStore, Filter, ReadStream, StreamAppend,
+    AllPage, AppendResult, Capabilities, Direction, EventStore, Filter, Head, HeadSnapshot,
+    ReadStream, StreamAppend,
 };
 use crate::{EventData, ExpectedVersion, Position, RecordedEvent, StreamName, Timestamp, Version};
 
@@ -40,6 +41,8 @@ struct Inner {
     /// Parallel to `log`: the stream version at which the event's append began, so a retry
     /// can be told apart from a batch that only covers part of an earlier append.
     batch_start: Vec<u64>,
+    /// Per stream, the latest head snapshot.
+    snapshots: HashMap<StreamName, HeadSnapshot>,
     observers: Vec<mpsc::UnboundedSender<Commit>>,
 }
 
@@ -217,6 +220,52 @@ impl EventStore for MemoryStore {
         };
         self.changes.send_replace(());
         Ok(results)
+    }
+
+    async fn append_with_snapshot(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+        snapshot: Vec<u8>,
+    ) -> Result<AppendResult> {
+        validate_batch(stream, &events, self.max_event_bytes)?;
+        let result = {
+            let mut inner = self.lock();
+            match inner.plan(stream, expected, &events)? {
+                Verdict::AlreadyWritten(result) => return Ok(result),
+                Verdict::Write => {
+                    let result = inner.write(stream, events);
+                    inner.snapshots.insert(
+                        stream.clone(),
+                        HeadSnapshot {
+                            version: result.version,
+                            data: snapshot,
+                        },
+                    );
+                    result
+                }
+            }
+        };
+        self.changes.send_replace(());
+        Ok(result)
+    }
+
+    async fn read_head(&self, stream: &StreamName, limit: usize) -> Result<Head> {
+        let inner = self.lock();
+        let snapshot = inner.snapshots.get(stream).cloned();
+        let indexes = inner.streams.get(stream).map_or(&[][..], Vec::as_slice);
+        let from = snapshot.as_ref().map_or(0, |s| s.version.get() as usize);
+        let events = indexes[from..]
+            .iter()
+            .take(limit)
+            .map(|&i| inner.log[i].clone())
+            .collect();
+        Ok(Head {
+            version: Version(indexes.len() as u64),
+            snapshot,
+            events,
+        })
     }
 
     async fn stream_version(&self, stream: &StreamName) -> Result<Version> {

@@ -54,6 +54,29 @@ pub struct StreamAppend {
     pub events: Vec<EventData>,
 }
 
+/// A state snapshot kept beside a stream's head ([`Capabilities::head_snapshots`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadSnapshot {
+    /// The stream version the snapshot was taken at (the version after its append).
+    pub version: Version,
+    /// The snapshot, as the writer encoded it.
+    pub data: Vec<u8>,
+}
+
+/// What [`EventStore::read_head`] returns: a stream's latest head snapshot and the events
+/// after it, read together.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Head {
+    /// The stream's version when read.
+    pub version: Version,
+    /// The snapshot written with the latest append that carried one.
+    pub snapshot: Option<HeadSnapshot>,
+    /// The first events from the snapshot's version on (from the start without one),
+    /// oldest first, at most the limit asked for: when the last one is below `version`,
+    /// read the rest with [`EventStore::read_stream`].
+    pub events: Vec<RecordedEvent>,
+}
+
 /// Which way to read a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Direction {
@@ -201,6 +224,9 @@ pub struct AllPage {
 pub struct Capabilities {
     /// [`EventStore::append_many`] is atomic across streams.
     pub multi_stream_append: bool,
+    /// [`EventStore::append_with_snapshot`] and [`EventStore::read_head`] keep a snapshot
+    /// beside the stream's head.
+    pub head_snapshots: bool,
 }
 
 impl Capabilities {
@@ -208,6 +234,7 @@ impl Capabilities {
     pub fn all() -> Self {
         Self {
             multi_stream_append: true,
+            head_snapshots: true,
         }
     }
 
@@ -220,6 +247,7 @@ impl Capabilities {
     pub fn supports(&self, capability: Capability) -> bool {
         match capability {
             Capability::MultiStreamAppend => self.multi_stream_append,
+            Capability::HeadSnapshots => self.head_snapshots,
         }
     }
 }
@@ -249,6 +277,35 @@ pub trait EventStore: Send + Sync + 'static {
         Err(Error::Unsupported {
             backend: self.backend(),
             capability: Capability::MultiStreamAppend,
+        })
+    }
+
+    /// Appends as [`append`](EventStore::append) and, when events are written, replaces
+    /// the stream's head snapshot with `snapshot` (the state at the version after this
+    /// append) in the same transaction. An exact retry writes nothing, snapshot included.
+    /// Stores without [`Capabilities::head_snapshots`] refuse with [`Error::Unsupported`].
+    async fn append_with_snapshot(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+        snapshot: Vec<u8>,
+    ) -> Result<AppendResult> {
+        let _ = (stream, expected, events, snapshot);
+        Err(Error::Unsupported {
+            backend: self.backend(),
+            capability: Capability::HeadSnapshots,
+        })
+    }
+
+    /// Reads `stream`'s head snapshot and at most `limit` events after it, in one round
+    /// trip. Stores without [`Capabilities::head_snapshots`] refuse with
+    /// [`Error::Unsupported`].
+    async fn read_head(&self, stream: &StreamName, limit: usize) -> Result<Head> {
+        let _ = (stream, limit);
+        Err(Error::Unsupported {
+            backend: self.backend(),
+            capability: Capability::HeadSnapshots,
         })
     }
 

@@ -38,3 +38,13 @@ mod instrumented_memory {
         ))))
     });
 }
+
+mod basic_memory {
+    use super::*;
+
+    annals_testkit::conformance_suite!(|| async {
+        TestStore::new(Arc::new(annals_testkit::access::Basic(Arc::new(
+            MemoryStore::new(),
+        ))))
+    });
+}
