@@ -783,7 +783,7 @@ pub async fn head_snapshots_ride_with_appends(store: Arc<dyn EventStore>) {
     let stream = &stream;
     let head = |limit| async move { s.read_head(stream, limit).await.expect("read_head") };
     assert_eq!(head(10).await, Head::default(), "a missing stream");
-    append(s, &stream, ExpectedVersion::NoStream, 2).await;
+    append(s, stream, ExpectedVersion::NoStream, 2).await;
     let plain = head(10).await;
     assert_eq!((plain.version, plain.snapshot.as_ref()), (Version(2), None));
     assert_eq!(
@@ -795,7 +795,7 @@ pub async fn head_snapshots_ride_with_appends(store: Arc<dyn EventStore>) {
     let first = batch(1);
     let written = s
         .append_with_snapshot(
-            &stream,
+            stream,
             ExpectedVersion::Exact(Version(2)),
             first.clone(),
             b"at 3".to_vec(),
@@ -821,7 +821,7 @@ pub async fn head_snapshots_ride_with_appends(store: Arc<dyn EventStore>) {
     // A refused append and an exact retry leave the snapshot alone.
     let refused = s
         .append_with_snapshot(
-            &stream,
+            stream,
             ExpectedVersion::Exact(Version(1)),
             batch(1),
             b"no".to_vec(),
@@ -833,7 +833,7 @@ pub async fn head_snapshots_ride_with_appends(store: Arc<dyn EventStore>) {
     );
     let retried = s
         .append_with_snapshot(
-            &stream,
+            stream,
             ExpectedVersion::Exact(Version(2)),
             first,
             b"retry".to_vec(),
@@ -844,7 +844,7 @@ pub async fn head_snapshots_ride_with_appends(store: Arc<dyn EventStore>) {
     assert_eq!(head(10).await, h);
 
     // Plain appends after it: the snapshot stays, the events after it come with it.
-    append(s, &stream, ExpectedVersion::Exact(Version(3)), 3).await;
+    append(s, stream, ExpectedVersion::Exact(Version(3)), 3).await;
     let h = head(10).await;
     assert_eq!(h.version, Version(6));
     assert_eq!(h.snapshot.as_ref().map(|s| s.version), Some(Version(3)));
@@ -855,7 +855,7 @@ pub async fn head_snapshots_ride_with_appends(store: Arc<dyn EventStore>) {
     assert_eq!((limited.version, after), (Version(6), vec![3, 4]));
     assert_eq!(
         h.events,
-        read(s, &stream, ReadStream::forward_from(Version(3))).await,
+        read(s, stream, ReadStream::forward_from(Version(3))).await,
         "the events after the snapshot are the stream's"
     );
 }
