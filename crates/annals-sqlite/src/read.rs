@@ -155,7 +155,7 @@ pub(crate) fn read_head(conn: &mut Connection, stream: &str, limit: usize) -> Re
             "{SELECT} WHERE e.stream_id = ?1 AND e.stream_version >= ?2 ORDER BY e.stream_version LIMIT ?3"
         ))
         .and_then(|mut s| {
-            s.query_map(rusqlite::params![stream_id, from, limit as i64], event)?
+            s.query_map(rusqlite::params![stream_id, from, limit.min(i64::MAX as usize) as i64], event)?
                 .collect::<rusqlite::Result<Vec<_>>>()
         })
         .map_err(backend)?;

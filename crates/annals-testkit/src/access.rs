@@ -190,9 +190,12 @@ pub struct Subject<D: Domain, C> {
     pub is_origin: fn(&D::Event) -> bool,
 }
 
-/// Writes `batches` to `category-{id}` through a decider that keeps rolling snapshots
-/// every 3 events, then checks every strategy, with and without a cache, and point-in-time
-/// loads by version and by timestamp, against folding the stream from the start.
+/// Writes `batches` to `category-{id}` through deciders that keep rolling snapshots every 3
+/// events, every other batch (and the last) also keeping a snapshot at the head, then
+/// checks every strategy, with and without a cache, and point-in-time loads by version and
+/// by timestamp, against folding the stream from the start. Also counts what loads read:
+/// a head-snapshot load is one round trip (reading only the events after the snapshot),
+/// and a cached load of an unchanged stream reads no event.
 pub async fn strategies_agree<D, C>(
     store: Arc<dyn EventStore>,
     subject: &Subject<D, C>,
@@ -209,18 +212,24 @@ pub async fn strategies_agree<D, C>(
             .expect("a valid category")
             .with_optional_cache(cache)
     };
-    let writer = category(None)
+    let plain = category(None)
         .with_origins(subject.is_origin)
-        .with_rolling_snapshots(3, 1)
-        .decider(id)
-        .expect("a valid id");
-    for batch in &batches {
+        .with_rolling_snapshots(3, 1);
+    let with_head = plain.clone().with_head_snapshots(1).ok();
+    for (i, batch) in batches.iter().enumerate() {
+        let head = i % 2 == 1 || i + 1 == batches.len();
+        let writer = match (&with_head, head) {
+            (Some(c), true) => c,
+            _ => &plain,
+        };
         writer
+            .decider(id)
+            .expect("a valid id")
             .transact(|_| batch.clone())
             .await
             .expect("the write succeeds");
     }
-    let stream = writer.stream().clone();
+    let stream = plain.decider(id).expect("a valid id").stream().clone();
     let recorded = store
         .read_stream_vec(&stream, ReadStream::forward())
         .await
@@ -248,7 +257,9 @@ pub async fn strategies_agree<D, C>(
 
     type Make<D> = Box<dyn Fn(Category<D>) -> Category<D>>;
     let is_origin = subject.is_origin;
-    let strategies: Vec<(&str, Make<D>)> = vec![
+    let head_snapshots = store.capabilities().head_snapshots;
+    let head_at = |schema| move |c: Category<D>| c.with_head_snapshots(schema).expect("offered");
+    let mut strategies: Vec<(&str, Make<D>)> = vec![
         ("unoptimized", Box::new(|c| c)),
         ("origins", Box::new(move |c| c.with_origins(is_origin))),
         ("snapshots", Box::new(|c| c.with_rolling_snapshots(3, 1))),
@@ -261,6 +272,18 @@ pub async fn strategies_agree<D, C>(
             Box::new(move |c| c.with_origins(is_origin).with_rolling_snapshots(3, 1)),
         ),
     ];
+    if head_snapshots {
+        strategies.push(("head snapshots", Box::new(head_at(1))));
+        strategies.push((
+            "head snapshots of a newer schema (older ones ignored)",
+            Box::new(head_at(2)),
+        ));
+        strategies.push((
+            "head snapshots, origins and rolling snapshots",
+            Box::new(move |c| head_at(1)(c.with_origins(is_origin).with_rolling_snapshots(3, 1))),
+        ));
+        load_costs(&store, subject, id, head_at(1)).await;
+    }
     for (name, make) in &strategies {
         for cached in [false, true] {
             let cache = cached.then(|| Arc::new(Cache::new(16)));
@@ -298,4 +321,58 @@ pub async fn strategies_agree<D, C>(
             );
         }
     }
+}
+
+/// What loads of `category-{id}` read under head snapshots, counted: without a cache one
+/// `read_head` round trip returning only the events after the snapshot; with a cache, a
+/// second load of the unchanged stream reads no event.
+async fn load_costs<D, C>(
+    store: &Arc<dyn EventStore>,
+    subject: &Subject<D, C>,
+    id: &str,
+    head: impl Fn(Category<D>) -> Category<D>,
+) where
+    D: Domain,
+    D::State: PartialEq + Debug,
+    C: Codec<D::Event>,
+{
+    let counting = Arc::new(Counting::new(Arc::clone(store)));
+    let category = |cache| {
+        head(
+            Category::<D>::new(subject.category, counting.clone(), (subject.codec)())
+                .expect("a valid category")
+                .with_optional_cache(cache),
+        )
+    };
+    let stream = StreamName::from_parts(subject.category, id).expect("a valid id");
+    let after_snapshot = {
+        let h = store
+            .read_head(&stream, usize::MAX)
+            .await
+            .expect("read_head");
+        h.events.len() as u64
+    };
+    let decider = category(None).decider(id).expect("a valid id");
+    let (trips, events) = (counting.round_trips(), counting.counts().1);
+    decider.load().await.expect("load");
+    assert_eq!(
+        (counting.round_trips() - trips, counting.counts().1 - events),
+        (1, after_snapshot),
+        "a head-snapshot load: one round trip, reading the events after the snapshot"
+    );
+    let cached = category(Some(Arc::new(Cache::new(4))))
+        .decider(id)
+        .expect("a valid id");
+    let first = cached.load().await.expect("load");
+    let events = counting.counts().1;
+    let again = cached.load().await.expect("load");
+    assert_eq!(
+        counting.counts().1 - events,
+        0,
+        "a cached, unchanged stream reads no event"
+    );
+    assert_eq!(
+        (&*again.state, again.version),
+        (&*first.state, first.version)
+    );
 }
