@@ -110,6 +110,8 @@ macro_rules! conformance_suite {
             subscription_resumes_after_a_checkpoint,
             multi_stream_append_is_atomic_or_refused,
             head_snapshots_ride_with_appends,
+            transactions_commit_all_or_nothing,
+            opposite_order_transactions_do_not_deadlock,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {
