@@ -184,3 +184,50 @@ async fn a_damaged_snapshot_is_ignored_not_misread() {
         .unwrap();
     assert_eq!(snap.load().await.unwrap().state.len(), 6);
 }
+
+#[tokio::test]
+async fn head_snapshots_need_the_capability() {
+    let basic: Arc<dyn EventStore> = Arc::new(annals_testkit::access::Basic(Arc::new(
+        MemoryStore::new(),
+    )));
+    let refused = tally(basic).with_head_snapshots(1).err();
+    assert!(
+        matches!(
+            refused,
+            Some(annals::Error::Unsupported {
+                capability: annals::Capability::HeadSnapshots,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_head_snapshot_load_is_one_round_trip_even_after_plain_appends() {
+    let (memory, counting) = setup();
+    let writer = tally(memory.clone())
+        .with_head_snapshots(1)
+        .unwrap()
+        .decider("h")
+        .unwrap();
+    for n in 0..50 {
+        writer.transact(|_| vec![Event::Added { n }]).await.unwrap();
+    }
+    // Two plain appends after the last snapshot.
+    let plain = tally(memory.clone()).decider("h").unwrap();
+    plain.transact(|_| vec![Event::Added { n: 50 }]).await.unwrap();
+    plain.transact(|_| vec![Event::Added { n: 51 }]).await.unwrap();
+    let reader = tally(counting.clone())
+        .with_head_snapshots(1)
+        .unwrap()
+        .decider("h")
+        .unwrap();
+    let before = counting.round_trips();
+    let (read, loaded) = events_read(&counting, reader.load()).await;
+    let loaded = loaded.unwrap();
+    assert_eq!(counting.round_trips() - before, 1);
+    assert_eq!(read, 2, "only the events after the snapshot");
+    assert_eq!(loaded.version, Version(52));
+    assert_eq!(*loaded.state, (0..52).collect::<Vec<u32>>());
+}

@@ -1,6 +1,7 @@
 //! Integration tests of the core crate.
 
 mod access;
+mod aggregate;
 mod codec;
 mod decider;
 mod memory;
