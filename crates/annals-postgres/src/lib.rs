@@ -25,7 +25,8 @@ use annals::idempotency::{self, Found, Verdict};
 use annals::{
     AllPage, AppendResult, Capabilities, Checkpoint, CheckpointStore, Direction, Error, EventData,
     EventStore, ExpectedVersion, Filter, Head, HeadSnapshot, LeaseStore, Leases, Position,
-    ReadStream, RecordedEvent, Result, StreamAppend, StreamName, Timestamp, Uuid, Version,
+    ProjectionId, ProjectionRow, ReadStream, RecordedEvent, Result, StreamAppend, StreamName,
+    Timestamp, Uuid, Version,
 };
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
@@ -46,6 +47,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_leases.sql"),
     include_str!("../migrations/0004_read_all_plan.sql"),
     include_str!("../migrations/0005_head_snapshots.sql"),
+    include_str!("../migrations/0006_projection_schema.sql"),
 ];
 
 /// Events a filtered `read_all` page looks at, at most (or the page's limit if larger).
@@ -92,6 +94,8 @@ struct Sql {
     leases_leave: String,
     append_with_snapshot: String,
     read_head: String,
+    progress_rebuilt: String,
+    projection_rows: String,
 }
 
 const EVENT_COLUMNS: &str = "e.tx_id::text, e.position, s.name, e.stream_version, \
@@ -138,8 +142,21 @@ impl Sql {
                  VALUES ($1, $2, 0) ON CONFLICT DO NOTHING) \
                  SELECT next_version FROM {schema}.projection_streams WHERE projection = $1 AND stream = $2 FOR UPDATE"
             ),
+            // A row built from the stream's first event is of the current schema; a row that
+            // had progress keeps the schema it was built with (only a rebuild changes it).
             progress_set: format!(
-                "UPDATE {schema}.projection_streams SET next_version = $3 WHERE projection = $1 AND stream = $2"
+                "UPDATE {schema}.projection_streams SET next_version = $3, \
+                 schema_version = CASE WHEN next_version = 0 THEN $4 ELSE schema_version END \
+                 WHERE projection = $1 AND stream = $2"
+            ),
+            progress_rebuilt: format!(
+                "UPDATE {schema}.projection_streams SET next_version = $3, schema_version = $4 \
+                 WHERE projection = $1 AND stream = $2"
+            ),
+            projection_rows: format!(
+                "SELECT p.stream, p.next_version, p.schema_version, coalesce(s.version, 0) \
+                 FROM {schema}.projection_streams p LEFT JOIN {schema}.streams s ON s.name = p.stream \
+                 WHERE p.projection = $1 ORDER BY p.stream"
             ),
             leases_acquire: format!("SELECT held, fair_share, live_members FROM {schema}.acquire_leases($1, $2, $3, make_interval(secs => $4))"),
             leases_leave: format!("WITH gone AS (DELETE FROM {schema}.group_members WHERE group_name = $1 AND member = $2) DELETE FROM {schema}.leases WHERE group_name = $1 AND owner = $2"),
@@ -397,6 +414,27 @@ impl PgStore {
         self.inner.notifier.notify();
     }
 
+    /// What `projection` recorded per stream (progress, schema), with each stream's
+    /// version: the rows whose schema is older than the code's are stale (rebuild them
+    /// with [`Projection::rebuild_events`]).
+    pub async fn projection_rows(&self, projection: &str) -> Result<Vec<ProjectionRow>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(self.inner.sql.projection_rows.as_str(), &[&projection])
+            .await
+            .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                Ok(ProjectionRow {
+                    stream: StreamName::new(r.get::<_, &str>(0))?,
+                    version: Version(r.get::<_, i64>(1) as u64),
+                    schema: r.get::<_, i32>(2) as u32,
+                    head: Version(r.get::<_, i64>(3) as u64),
+                })
+            })
+            .collect()
+    }
+
     /// Runs the append function: `Some` when written; `None` when refused (wrong expected
     /// version or an id already recorded), for [`classify`](Self::classify) to explain.
     async fn append_once(
@@ -604,11 +642,15 @@ impl Projection {
     /// version it needs: apply only the events at or above it, then
     /// [`commit_progress`](Self::commit_progress). A re-delivered event is thus never
     /// applied twice, and two processes never project one stream at once.
-    pub async fn stream_progress(&self, projection: &str, stream: &StreamName) -> Result<Version> {
+    pub async fn stream_progress<'p>(
+        &self,
+        projection: impl Into<ProjectionId<'p>>,
+        stream: &StreamName,
+    ) -> Result<Version> {
         let client = self.client.as_ref().expect("open until commit");
         let sql = &self.store.inner.sql.progress_lock;
         let row = client
-            .query_opt(sql.as_str(), &[&projection, &stream.as_str()])
+            .query_opt(sql.as_str(), &[&projection.into().name, &stream.as_str()])
             .await
             .map_err(backend)?;
         // The row inserted by this very statement is not visible to its own SELECT.
@@ -619,9 +661,9 @@ impl Projection {
     /// oldest first, all of `stream`) at or above it: the ones the projection has not yet
     /// applied. Apply those, then [`commit_progress`](Self::commit_progress) with the last
     /// one's next version; if there are none, answer the progress.
-    pub async fn unapplied<'e>(
+    pub async fn unapplied<'e, 'p>(
         &self,
-        projection: &str,
+        projection: impl Into<ProjectionId<'p>>,
         stream: &StreamName,
         events: &'e [RecordedEvent],
     ) -> Result<(Version, &'e [RecordedEvent])> {
@@ -631,21 +673,93 @@ impl Projection {
     }
 
     /// Records that `projection` needs `next` in `stream` and commits everything.
-    pub async fn commit_progress(
+    /// `projection` is a name (schema 0) or a [`ProjectionId`] with the schema version of
+    /// the projection's code: a row started from the stream's first event records it; a
+    /// row built by older code keeps its older schema until rebuilt
+    /// ([`rebuild_events`](Self::rebuild_events)).
+    pub async fn commit_progress<'p>(
         self,
-        projection: &str,
+        projection: impl Into<ProjectionId<'p>>,
         stream: &StreamName,
         next: Version,
     ) -> Result<()> {
-        let sql = self.store.inner.sql.progress_set.clone();
+        self.set_progress(
+            &self.store.inner.sql.progress_set,
+            projection.into(),
+            stream,
+            next,
+        )
+        .await?;
+        self.finish(None).await
+    }
+
+    async fn set_progress(
+        &self,
+        sql: &str,
+        projection: ProjectionId<'_>,
+        stream: &StreamName,
+        next: Version,
+    ) -> Result<()> {
         let client = self.client.as_ref().expect("open until commit");
+        let schema = projection.schema as i32;
         client
             .execute(
-                sql.as_str(),
-                &[&projection, &stream.as_str(), &(next.get() as i64)],
+                sql,
+                &[
+                    &projection.name,
+                    &stream.as_str(),
+                    &(next.get() as i64),
+                    &schema,
+                ],
             )
             .await
             .map_err(backend)?;
+        Ok(())
+    }
+
+    /// To rebuild `projection`'s rows of `stream`: locks its progress for this transaction
+    /// and returns every event of the stream. Replace the read model's rows of the stream
+    /// from them, then [`commit_rebuilt`](Self::commit_rebuilt). Holding the lock, no
+    /// pipeline of the projection applies events to the stream meanwhile; events appended
+    /// after the read are left to the pipeline.
+    pub async fn rebuild_events<'p>(
+        &self,
+        projection: impl Into<ProjectionId<'p>>,
+        stream: &StreamName,
+    ) -> Result<Vec<RecordedEvent>> {
+        self.stream_progress(projection, stream).await?;
+        let client = self.client.as_ref().expect("open until commit");
+        let mut events = Vec::new();
+        loop {
+            let from = events.len() as i64;
+            let rows = client
+                .query(
+                    self.store.inner.sql.read_forward.as_str(),
+                    &[&stream.as_str(), &from, &i64::MAX, &STREAM_PAGE],
+                )
+                .await
+                .map_err(backend)?;
+            let done = (rows.len() as i64) < STREAM_PAGE;
+            for row in &rows {
+                events.push(event(row, 0)?);
+            }
+            if done {
+                return Ok(events);
+            }
+        }
+    }
+
+    /// Records that `projection`'s rows of `stream` were rebuilt up to `next` by the code
+    /// of its schema, and commits everything.
+    pub async fn commit_rebuilt<'p>(
+        self,
+        projection: impl Into<ProjectionId<'p>>,
+        stream: &StreamName,
+        next: Version,
+    ) -> Result<()> {
+        let sql = &self.store.inner.sql.progress_rebuilt;
+        self.set_progress(sql, projection.into(), stream, next)
+            .await?;
         self.finish(None).await
     }
 

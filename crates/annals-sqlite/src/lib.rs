@@ -30,8 +30,8 @@ use std::thread::JoinHandle;
 
 use annals::{
     AllPage, AppendResult, Capabilities, Checkpoint, CheckpointStore, EventData, EventStore,
-    ExpectedVersion, Filter, Head, Position, ReadStream, RecordedEvent, Result, StreamAppend,
-    StreamName, Version,
+    ExpectedVersion, Filter, Head, Position, ProjectionId, ProjectionRow, ReadStream, Rebuilt,
+    RecordedEvent, Result, StreamAppend, StreamName, Version,
 };
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -168,9 +168,13 @@ impl SqliteStore {
     /// those (events below the recorded version are skipped, so a re-delivered event is
     /// never applied twice). Returns the next version the projection needs, ready to be a
     /// reactor handler's answer.
-    pub async fn project_stream<F, E>(
+    ///
+    /// `projection` is a name (schema 0) or a [`ProjectionId`] with the schema version of
+    /// the projection's code: a row started from the stream's first event records it; a
+    /// row built by older code keeps its older schema until [`rebuild`](Self::rebuild).
+    pub async fn project_stream<'p, F, E>(
         &self,
-        projection: &str,
+        projection: impl Into<ProjectionId<'p>>,
         events: &[RecordedEvent],
         work: F,
     ) -> Result<Version>
@@ -180,14 +184,90 @@ impl SqliteStore {
     {
         let work: writer::ProjectStreamFn =
             Box::new(move |conn, events| work(conn, events).map_err(Into::into));
-        let (projection, events) = (projection.to_owned(), events.to_vec());
+        let projection = projection.into();
+        let (schema, projection) = (projection.schema, projection.name.to_owned());
+        let events = events.to_vec();
         self.request(|reply| Request::ProjectStream {
             projection,
+            schema,
             events,
             work,
             reply,
         })
         .await
+    }
+
+    /// What `projection` recorded per stream (progress, schema), with each stream's
+    /// version: the rows whose schema is older than the code's are stale.
+    pub async fn projection_rows(&self, projection: &str) -> Result<Vec<ProjectionRow>> {
+        let projection = projection.to_owned();
+        self.shared
+            .readers
+            .with(move |conn| read::projection_rows(conn, &projection))
+            .await
+    }
+
+    /// Rebuilds `projection`'s rows of one stream: in one write transaction, `work` gets
+    /// every event of the stream (it must replace what the read model holds for it), and
+    /// the progress is set to the stream's version with `projection`'s schema. Returns
+    /// the events folded.
+    pub async fn rebuild_stream<'p, F, E>(
+        &self,
+        projection: impl Into<ProjectionId<'p>>,
+        stream: &StreamName,
+        work: F,
+    ) -> Result<u64>
+    where
+        F: FnOnce(&rusqlite::Connection, &StreamName, &[RecordedEvent]) -> Result<(), E>
+            + Send
+            + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let projection = projection.into();
+        let (schema, projection) = (projection.schema, projection.name.to_owned());
+        let work: writer::RebuildFn =
+            Box::new(move |conn, stream, events| work(conn, stream, events).map_err(Into::into));
+        let stream = stream.clone();
+        self.request(|reply| Request::Rebuild {
+            projection,
+            schema,
+            stream,
+            work,
+            reply,
+        })
+        .await
+    }
+
+    /// Rebuilds every stale row of `projection` (built under a schema older than its
+    /// `schema`), one stream per transaction (see [`rebuild_stream`](Self::rebuild_stream)).
+    /// Safe while the projection's pipeline runs: each stream's rebuild and the
+    /// pipeline's writes to it are serialized by the writer.
+    pub async fn rebuild<'p, F, E>(
+        &self,
+        projection: impl Into<ProjectionId<'p>>,
+        work: F,
+    ) -> Result<Rebuilt>
+    where
+        F: Fn(&rusqlite::Connection, &StreamName, &[RecordedEvent]) -> Result<(), E>
+            + Send
+            + Sync
+            + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let projection = projection.into();
+        let work = Arc::new(work);
+        let mut rebuilt = Rebuilt::default();
+        for row in self.projection_rows(projection.name).await? {
+            if !row.is_stale(projection.schema) {
+                continue;
+            }
+            let work = Arc::clone(&work);
+            rebuilt.events += self
+                .rebuild_stream(projection, &row.stream, move |c, s, e| work(c, s, e))
+                .await?;
+            rebuilt.streams += 1;
+        }
+        Ok(rebuilt)
     }
 
     /// Runs a read-only query on a read connection (for read models kept in this file).

@@ -15,6 +15,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_initial.sql"),
     include_str!("../migrations/0002_projection_streams.sql"),
     include_str!("../migrations/0003_head_snapshots.sql"),
+    include_str!("../migrations/0004_projection_schema.sql"),
 ];
 
 /// The schema version this build creates and reads.

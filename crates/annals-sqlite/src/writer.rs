@@ -31,13 +31,31 @@ pub(crate) type ProjectStreamFn = Box<
         + Send,
 >;
 
+/// Work a projection does to rebuild one stream's rows from all its events.
+pub(crate) type RebuildFn = Box<
+    dyn FnOnce(
+            &Connection,
+            &StreamName,
+            &[annals::RecordedEvent],
+        ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+        + Send,
+>;
+
 /// What the writer is asked to do.
 pub(crate) enum Request {
     ProjectStream {
         projection: String,
+        schema: u32,
         events: Vec<annals::RecordedEvent>,
         work: ProjectStreamFn,
         reply: oneshot::Sender<Result<Version>>,
+    },
+    Rebuild {
+        projection: String,
+        schema: u32,
+        stream: StreamName,
+        work: RebuildFn,
+        reply: oneshot::Sender<Result<u64>>,
     },
     Append {
         stream: StreamName,
@@ -188,11 +206,24 @@ impl Group {
             }
             Request::ProjectStream {
                 projection,
+                schema,
                 events,
                 work,
                 reply,
             } => {
-                let r = savepoint.and_then(|()| project_stream(conn, &projection, &events, work));
+                let r = savepoint
+                    .and_then(|()| project_stream(conn, &projection, schema, &events, work));
+                let ok = r.is_ok();
+                (finish(reply, r), ok)
+            }
+            Request::Rebuild {
+                projection,
+                schema,
+                stream,
+                work,
+                reply,
+            } => {
+                let r = savepoint.and_then(|()| rebuild(conn, &projection, schema, &stream, work));
                 let ok = r.is_ok();
                 (finish(reply, r), ok)
             }
@@ -255,6 +286,7 @@ fn fail(request: Request, error: Error) {
         Request::AppendMany { reply, .. } => finish(reply, Err(error))(Ok(())),
         Request::Checkpoint { reply, .. } => finish(reply, Err(error))(Ok(())),
         Request::ProjectStream { reply, .. } => finish(reply, Err(error))(Ok(())),
+        Request::Rebuild { reply, .. } => finish(reply, Err(error))(Ok(())),
     }
 }
 
@@ -263,6 +295,7 @@ fn fail(request: Request, error: Error) {
 fn project_stream(
     conn: &Connection,
     projection: &str,
+    schema: u32,
     events: &[annals::RecordedEvent],
     work: ProjectStreamFn,
 ) -> Result<Version> {
@@ -295,23 +328,60 @@ fn project_stream(
         return Ok(Version(next));
     };
     let after = last.stream_version + 1;
-    // A panicking projection must not take the writer thread with it.
-    let run = std::panic::AssertUnwindSafe(|| work(conn, &fresh));
-    match std::panic::catch_unwind(run) {
-        Ok(r) => r.map_err(|e| Error::backend("sqlite projection", e))?,
-        Err(_) => {
-            return Err(backend(
-                "the projection panicked; its changes were rolled back",
-            ))
-        }
-    }
+    guarded(|| work(conn, &fresh))?;
+    // A row built from the stream's first event is of the current schema; a row that had
+    // progress keeps the schema it was built with (only a rebuild changes it).
     conn.prepare_cached(
-        "INSERT INTO annals_projection_streams (projection, stream, next_version) VALUES (?1, ?2, ?3) \
-         ON CONFLICT (projection, stream) DO UPDATE SET next_version = excluded.next_version",
+        "INSERT INTO annals_projection_streams (projection, stream, next_version, schema_version) \
+         VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (projection, stream) DO UPDATE SET next_version = excluded.next_version, \
+         schema_version = CASE WHEN annals_projection_streams.next_version = 0 \
+         THEN excluded.schema_version ELSE annals_projection_streams.schema_version END",
     )
-    .and_then(|mut s| s.execute(params![projection, stream, after as i64]))
+    .and_then(|mut s| s.execute(params![projection, stream, after as i64, schema]))
     .map_err(sql)?;
     Ok(Version(after))
+}
+
+/// Runs projection code, turning its error or panic into a store error (a panicking
+/// projection must not take the writer thread with it).
+fn guarded(
+    work: impl FnOnce() -> Result<(), Box<dyn std::error::Error + Send + Sync>>,
+) -> Result<()> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+        Ok(r) => r.map_err(|e| Error::backend("sqlite projection", e)),
+        Err(_) => Err(backend(
+            "the projection panicked; its changes were rolled back",
+        )),
+    }
+}
+
+/// Rebuilds `projection`'s rows of `stream` from all its events (read under the write
+/// lock, so none is missed) and records the progress and schema; returns the events folded.
+fn rebuild(
+    conn: &Connection,
+    projection: &str,
+    schema: u32,
+    stream: &StreamName,
+    work: RebuildFn,
+) -> Result<u64> {
+    let events = crate::read::all_events(conn, stream).map_err(sql)?;
+    guarded(|| work(conn, stream, &events))?;
+    conn.prepare_cached(
+        "INSERT INTO annals_projection_streams (projection, stream, next_version, schema_version) \
+         VALUES (?1, ?2, ?3, ?4) ON CONFLICT (projection, stream) DO UPDATE SET \
+         next_version = excluded.next_version, schema_version = excluded.schema_version",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            projection,
+            stream.as_str(),
+            events.len() as i64,
+            schema
+        ])
+    })
+    .map_err(sql)?;
+    Ok(events.len() as u64)
 }
 
 enum Attempt {

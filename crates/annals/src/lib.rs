@@ -49,6 +49,7 @@ pub mod idempotency;
 pub mod instrument;
 pub mod lease;
 pub mod memory;
+pub mod projection;
 pub mod store;
 pub mod stream;
 pub mod subscribe;
@@ -66,6 +67,7 @@ pub use event::{EventData, RecordedEvent, DEFAULT_MAX_EVENT_BYTES, MAX_EVENT_TYP
 pub use instrument::Instrumented;
 pub use lease::{LeaseStore, Leases, MemoryLeases};
 pub use memory::MemoryStore;
+pub use projection::{ProjectionId, ProjectionRow, Rebuilt};
 pub use store::{
     AllPage, AppendResult, Capabilities, Direction, EventStore, Filter, Head, HeadSnapshot,
     ReadStream, StreamAppend, SubscribeOptions,

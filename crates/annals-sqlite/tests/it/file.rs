@@ -375,3 +375,143 @@ async fn project_stream_applies_each_event_once_with_its_progress() {
         .await
         .is_err());
 }
+
+/// Sums per stream, projected by code of schema 1 (sum) and then schema 2 (sum × 10).
+#[tokio::test]
+async fn stale_projection_rows_are_found_and_rebuilt() {
+    use annals::ProjectionId;
+    let (store, _dir) = crate::fresh();
+    store
+        .project("setup", "none", Position::START, |c| {
+            c.execute_batch("CREATE TABLE sums (stream TEXT PRIMARY KEY, total INTEGER) STRICT")
+        })
+        .await
+        .unwrap();
+    let add = |k: i64| {
+        move |c: &rusqlite::Connection, events: &[annals::RecordedEvent]| {
+            let stream = events[0].stream.to_string();
+            let n = events.len() as i64 * k;
+            c.execute(
+                "INSERT INTO sums VALUES (?1, ?2) ON CONFLICT (stream) DO UPDATE SET total = total + ?2",
+                rusqlite::params![stream, n],
+            )
+            .map(drop)
+        }
+    };
+    let append_and_project = |id: &'static str, n: usize, projection: ProjectionId<'static>, k| {
+        let store = &store;
+        async move {
+            let s = name(id);
+            let events = (0..n).map(|_| ev("Add")).collect();
+            store
+                .append(&s, ExpectedVersion::Any, events)
+                .await
+                .unwrap();
+            let all = store
+                .read_stream_vec(&s, ReadStream::forward())
+                .await
+                .unwrap();
+            store
+                .project_stream(projection, &all, add(k))
+                .await
+                .unwrap()
+        }
+    };
+    let v1 = ProjectionId::new("sums", 1);
+    let v2 = ProjectionId::new("sums", 2);
+    append_and_project("Sum-a", 2, v1, 1).await;
+    append_and_project("Sum-b", 3, v1, 1).await;
+    // New code (schema 2) goes on projecting: a row it starts is of schema 2, rows it only
+    // extends keep the schema they were built with.
+    append_and_project("Sum-a", 1, v2, 10).await;
+    append_and_project("Sum-c", 4, v2, 10).await;
+    let rows = store.projection_rows("sums").await.unwrap();
+    let summary: Vec<(String, u64, u32, u64)> = rows
+        .iter()
+        .map(|r| (r.stream.to_string(), r.version.get(), r.schema, r.behind()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("Sum-a".into(), 3, 1, 0),
+            ("Sum-b".into(), 3, 1, 0),
+            ("Sum-c".into(), 4, 2, 0)
+        ]
+    );
+    let stale: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.is_stale(2))
+        .map(|r| r.stream.as_str())
+        .collect();
+    assert_eq!(stale, ["Sum-a", "Sum-b"]);
+
+    let rebuilt = store
+        .rebuild(
+            v2,
+            |c: &rusqlite::Connection, stream: &StreamName, events: &[annals::RecordedEvent]| {
+                c.execute(
+                "INSERT INTO sums VALUES (?1, ?2) ON CONFLICT (stream) DO UPDATE SET total = ?2",
+                rusqlite::params![stream.as_str(), events.len() as i64 * 10],
+            )
+            .map(drop)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((rebuilt.streams, rebuilt.events), (2, 6));
+    let totals: Vec<(String, i64)> = store
+        .read(|c| {
+            let mut s = c.prepare("SELECT stream, total FROM sums ORDER BY stream")?;
+            let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        totals,
+        vec![
+            ("Sum-a".into(), 30),
+            ("Sum-b".into(), 30),
+            ("Sum-c".into(), 40)
+        ]
+    );
+    assert!(store
+        .projection_rows("sums")
+        .await
+        .unwrap()
+        .iter()
+        .all(|r| r.schema == 2));
+    // Nothing stale is left: a second rebuild does nothing.
+    let again = store
+        .rebuild(
+            v2,
+            |_: &rusqlite::Connection, _: &StreamName, _: &[annals::RecordedEvent]| {
+                Err::<(), _>(rusqlite::Error::InvalidQuery)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, annals::Rebuilt::default());
+    // A failing rebuild changes neither the rows nor their progress.
+    let failed = store
+        .rebuild(
+            ProjectionId::new("sums", 3),
+            |c: &rusqlite::Connection, _: &StreamName, _: &[annals::RecordedEvent]| {
+                c.execute("DELETE FROM sums", [])?;
+                Err::<(), _>(rusqlite::Error::InvalidQuery)
+            },
+        )
+        .await;
+    assert!(failed.is_err());
+    let count: i64 = store
+        .read(|c| c.query_row("SELECT count(*) FROM sums", [], |r| r.get(0)))
+        .await
+        .unwrap();
+    assert_eq!(count, 3);
+    assert!(store
+        .projection_rows("sums")
+        .await
+        .unwrap()
+        .iter()
+        .all(|r| r.schema == 2));
+}

@@ -187,9 +187,8 @@ async fn a_damaged_snapshot_is_ignored_not_misread() {
 
 #[tokio::test]
 async fn head_snapshots_need_the_capability() {
-    let basic: Arc<dyn EventStore> = Arc::new(annals_testkit::access::Basic(Arc::new(
-        MemoryStore::new(),
-    )));
+    let basic: Arc<dyn EventStore> =
+        Arc::new(annals_testkit::access::Basic(Arc::new(MemoryStore::new())));
     let refused = tally(basic).with_head_snapshots(1).err();
     assert!(
         matches!(
@@ -216,8 +215,14 @@ async fn a_head_snapshot_load_is_one_round_trip_even_after_plain_appends() {
     }
     // Two plain appends after the last snapshot.
     let plain = tally(memory.clone()).decider("h").unwrap();
-    plain.transact(|_| vec![Event::Added { n: 50 }]).await.unwrap();
-    plain.transact(|_| vec![Event::Added { n: 51 }]).await.unwrap();
+    plain
+        .transact(|_| vec![Event::Added { n: 50 }])
+        .await
+        .unwrap();
+    plain
+        .transact(|_| vec![Event::Added { n: 51 }])
+        .await
+        .unwrap();
     let reader = tally(counting.clone())
         .with_head_snapshots(1)
         .unwrap()
