@@ -48,6 +48,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0004_read_all_plan.sql"),
     include_str!("../migrations/0005_head_snapshots.sql"),
     include_str!("../migrations/0006_projection_schema.sql"),
+    include_str!("../migrations/0007_import.sql"),
 ];
 
 /// Events a filtered `read_all` page looks at, at most (or the page's limit if larger).
@@ -96,6 +97,7 @@ struct Sql {
     read_head: String,
     progress_rebuilt: String,
     projection_rows: String,
+    import: String,
 }
 
 const EVENT_COLUMNS: &str = "e.tx_id::text, e.position, s.name, e.stream_version, \
@@ -119,6 +121,7 @@ impl Sql {
                   AND e.stream_version >= coalesce(s.snapshot_version, 0) ORDER BY e.stream_version LIMIT $2) e ON true \
                  WHERE s.name = $1 ORDER BY e.stream_version"
             ),
+            import: format!("SELECT status, written, refused_stream, refused_version, actual FROM {schema}.import_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
             version: format!("SELECT version FROM {schema}.streams WHERE name = $1"),
             read_forward: format!("SELECT {EVENT_COLUMNS} {from} WHERE s.name = $1 AND e.stream_version >= $2 AND e.stream_version < $3 ORDER BY e.stream_version LIMIT $4"),
             read_backward: format!("SELECT {EVENT_COLUMNS} {from} WHERE s.name = $1 AND e.stream_version < $2 AND e.stream_version >= $3 ORDER BY e.stream_version DESC LIMIT $4"),
@@ -840,6 +843,70 @@ impl EventStore for PgStore {
     ) -> Result<AppendResult> {
         self.append_with(stream, expected, events, Some(&snapshot))
             .await
+    }
+
+    async fn import(&self, events: Vec<RecordedEvent>) -> Result<u64> {
+        annals::event::validate_import(&events, self.inner.config.max_event_bytes)?;
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let streams: Vec<&str> = events.iter().map(|e| e.stream.as_str()).collect();
+        let categories: Vec<&str> = events.iter().map(|e| e.stream.category()).collect();
+        let versions: Vec<i64> = events.iter().map(|e| e.stream_version as i64).collect();
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        let data: Vec<&[u8]> = events.iter().map(|e| e.data.as_slice()).collect();
+        let metadata: Vec<Option<&[u8]>> = events.iter().map(|e| e.metadata.as_deref()).collect();
+        let correlation: Vec<Option<Uuid>> = events.iter().map(|e| e.correlation_id).collect();
+        let causation: Vec<Option<Uuid>> = events.iter().map(|e| e.causation_id).collect();
+        let recorded: Vec<i64> = events.iter().map(|e| e.recorded_at.unix_micros()).collect();
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&self.inner.sql.import)
+            .await
+            .map_err(backend)?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
+            &streams,
+            &categories,
+            &versions,
+            &ids,
+            &types,
+            &data,
+            &metadata,
+            &correlation,
+            &causation,
+            &recorded,
+        ];
+        // One function call is one transaction: a refusal raises nothing, so roll back
+        // explicitly around it.
+        client.batch_execute("BEGIN").await.map_err(backend)?;
+        let row = match client.query_one(&statement, &params).await {
+            Ok(row) => row,
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                if is_unique_violation(&e) {
+                    return Err(backend(format!(
+                        "an imported event id is already recorded in another stream: {e}"
+                    )));
+                }
+                return Err(backend(e));
+            }
+        };
+        if row.get::<_, i16>(0) != 0 {
+            client.batch_execute("ROLLBACK").await.map_err(backend)?;
+            return Err(Error::WrongExpectedVersion {
+                stream: StreamName::new(row.get::<_, &str>(2))?,
+                expected: ExpectedVersion::Exact(Version(row.get::<_, i64>(3) as u64)),
+                actual: Version(row.get::<_, i64>(4) as u64),
+            });
+        }
+        client.batch_execute("COMMIT").await.map_err(backend)?;
+        let written = row.get::<_, i64>(1) as u64;
+        drop(client);
+        if written > 0 {
+            self.wake();
+        }
+        Ok(written)
     }
 
     async fn read_head(&self, stream: &StreamName, limit: usize) -> Result<Head> {

@@ -330,6 +330,15 @@ impl EventStore for SqliteStore {
         .await
     }
 
+    async fn import(&self, events: Vec<RecordedEvent>) -> Result<u64> {
+        annals::event::validate_import(&events, self.shared.config.max_event_bytes)?;
+        if events.is_empty() {
+            return Ok(0);
+        }
+        self.request(|reply| Request::Import { events, reply })
+            .await
+    }
+
     async fn read_head(&self, stream: &StreamName, limit: usize) -> Result<Head> {
         let name = stream.as_str().to_owned();
         self.shared

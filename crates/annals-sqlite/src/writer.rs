@@ -65,6 +65,10 @@ pub(crate) enum Request {
         snapshot: Option<Vec<u8>>,
         reply: oneshot::Sender<Result<AppendResult>>,
     },
+    Import {
+        events: Vec<annals::RecordedEvent>,
+        reply: oneshot::Sender<Result<u64>>,
+    },
     AppendMany {
         appends: Vec<StreamAppend>,
         reply: oneshot::Sender<Result<Vec<AppendResult>>>,
@@ -199,6 +203,11 @@ impl Group {
                 let ok = matches!(r, Ok((_, true)));
                 (finish(reply, r.map(|(r, _)| r)), ok)
             }
+            Request::Import { events, reply } => {
+                let r = savepoint.and_then(|()| import(conn, &events));
+                let ok = matches!(r, Ok(n) if n > 0);
+                (finish(reply, r), ok)
+            }
             Request::AppendMany { appends, reply } => {
                 let r = savepoint.and_then(|()| append_many(conn, &appends, now));
                 let ok = r.is_ok();
@@ -284,6 +293,7 @@ fn fail(request: Request, error: Error) {
     match request {
         Request::Append { reply, .. } => finish(reply, Err(error))(Ok(())),
         Request::AppendMany { reply, .. } => finish(reply, Err(error))(Ok(())),
+        Request::Import { reply, .. } => finish(reply, Err(error))(Ok(())),
         Request::Checkpoint { reply, .. } => finish(reply, Err(error))(Ok(())),
         Request::ProjectStream { reply, .. } => finish(reply, Err(error))(Ok(())),
         Request::Rebuild { reply, .. } => finish(reply, Err(error))(Ok(())),
@@ -535,6 +545,84 @@ fn claim(
     }
 }
 
+const INSERT_EVENT: &str = "INSERT INTO annals_events (stream_id, stream_version, batch_start, \
+     event_id, event_type, data, metadata, correlation_id, causation_id, recorded_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+
+/// Imports recorded events in order (see `EventStore::import`); returns how many were
+/// written. Any refusal rolls the whole request back.
+fn import(conn: &Connection, events: &[annals::RecordedEvent]) -> Result<u64> {
+    let mut insert = conn.prepare_cached(INSERT_EVENT).map_err(sql)?;
+    let mut written = 0;
+    for e in events {
+        let row = stream_row(conn, &e.stream)?;
+        let version = row.map_or(0, |(_, v)| v);
+        if e.stream_version < version {
+            let recorded: Option<Vec<u8>> = conn
+                .prepare_cached(
+                    "SELECT e.event_id FROM annals_events e JOIN annals_streams s \
+                     ON s.stream_id = e.stream_id WHERE s.name = ?1 AND e.stream_version = ?2",
+                )
+                .and_then(|mut st| {
+                    st.query_row(params![e.stream.as_str(), e.stream_version as i64], |r| {
+                        r.get(0)
+                    })
+                    .optional()
+                })
+                .map_err(sql)?;
+            if recorded.as_deref() == Some(&e.event_id.as_bytes()[..]) {
+                continue;
+            }
+        }
+        let expected = ExpectedVersion::Exact(Version(e.stream_version));
+        if e.stream_version != version {
+            return Err(Error::WrongExpectedVersion {
+                stream: e.stream.clone(),
+                expected,
+                actual: Version(version),
+            });
+        }
+        let Some((stream_id, start)) = claim(conn, &e.stream, expected, 1)? else {
+            return Err(backend(format!(
+                "{}: the stream row changed while importing",
+                e.stream
+            )));
+        };
+        let inserted = insert.execute(params![
+            stream_id,
+            start,
+            start,
+            &e.event_id.as_bytes()[..],
+            e.event_type,
+            e.data,
+            e.metadata,
+            e.correlation_id.as_ref().map(|u| &u.as_bytes()[..]),
+            e.causation_id.as_ref().map(|u| &u.as_bytes()[..]),
+            e.recorded_at.unix_micros(),
+        ]);
+        match inserted {
+            Ok(_) => written += 1,
+            Err(err) if is_unique_violation(&err) => {
+                let existing = conn
+                    .prepare_cached(
+                        "SELECT s.name FROM annals_events e JOIN annals_streams s \
+                         ON s.stream_id = e.stream_id WHERE e.event_id = ?1",
+                    )
+                    .and_then(|mut st| {
+                        st.query_row([&e.event_id.as_bytes()[..]], |r| r.get::<_, String>(0))
+                    })
+                    .map_err(sql)?;
+                return Err(Error::DuplicateEventId {
+                    event_id: e.event_id,
+                    existing_stream: StreamName::new(&existing)?,
+                });
+            }
+            Err(err) => return Err(sql(err)),
+        }
+    }
+    Ok(written)
+}
+
 fn try_append(
     conn: &Connection,
     stream: &StreamName,
@@ -553,13 +641,7 @@ fn try_append(
             }),
         };
     };
-    let mut insert = conn
-        .prepare_cached(
-            "INSERT INTO annals_events (stream_id, stream_version, batch_start, event_id, \
-             event_type, data, metadata, correlation_id, causation_id, recorded_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )
-        .map_err(sql)?;
+    let mut insert = conn.prepare_cached(INSERT_EVENT).map_err(sql)?;
     let mut first_position = 0;
     for (i, e) in events.iter().enumerate() {
         let inserted = insert.execute(params![

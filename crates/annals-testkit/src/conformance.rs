@@ -1051,6 +1051,93 @@ pub async fn opposite_order_transactions_do_not_deadlock(store: Arc<dyn EventSto
     assert_eq!(*a.state, 0, "as many transfers each way");
 }
 
+/// Importing another store's events: versions, ids, content and timestamps kept, read-all
+/// order kept, already imported events skipped (a resumed import), a gap refused with
+/// nothing written; stores without the capability refuse with a typed error.
+pub async fn import_keeps_events_and_order_and_resumes(store: Arc<dyn EventStore>) {
+    let source = annals::MemoryStore::new();
+    for i in 0..12u64 {
+        let stream = name(&format!("Imported-{}", i % 3));
+        let mut e = ev("Happened", i).with_metadata(format!(r#"{{"i":{i}}}"#).into_bytes());
+        e.correlation_id = Some(Uuid::now_v7());
+        source
+            .append(&stream, ExpectedVersion::Any, vec![e])
+            .await
+            .expect("source append");
+    }
+    let events = source
+        .read_all(Position::START, &Filter::all(), 100)
+        .await
+        .expect("source read")
+        .events;
+    if !store.capabilities().supports(Capability::Import) {
+        let refused = store.import(events).await;
+        assert!(
+            matches!(
+                refused,
+                Err(Error::Unsupported {
+                    capability: Capability::Import,
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        return;
+    }
+    assert_eq!(store.import(events[..5].to_vec()).await.expect("import"), 5);
+    assert_eq!(
+        store.import(events.clone()).await.expect("resumed import"),
+        7,
+        "the first five are recognised and skipped"
+    );
+    assert_eq!(store.import(events.clone()).await.expect("again"), 0);
+    let copied = store
+        .read_all(Position::START, &Filter::category("Imported"), 100)
+        .await
+        .expect("read");
+    let key = |e: &RecordedEvent| {
+        (
+            e.stream.clone(),
+            e.stream_version,
+            e.event_id,
+            e.event_type.clone(),
+            e.data.clone(),
+            e.metadata.clone(),
+            e.correlation_id,
+            e.causation_id,
+            e.recorded_at,
+        )
+    };
+    assert_eq!(
+        copied.events.iter().map(key).collect::<Vec<_>>(),
+        events.iter().map(key).collect::<Vec<_>>(),
+        "same events, same order"
+    );
+    // A gap: a new event is refused with the batch, nothing written.
+    let mut next = events[0].clone();
+    next.stream = name("Imported-new");
+    next.event_id = Uuid::now_v7();
+    let mut gap = next.clone();
+    gap.stream_version = 5;
+    gap.event_id = Uuid::now_v7();
+    let refused = store.import(vec![next.clone(), gap]).await;
+    assert!(
+        matches!(
+            &refused,
+            Err(Error::WrongExpectedVersion {
+                actual: Version(1),
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(
+        store.stream_version(&next.stream).await.expect("version"),
+        Version(0),
+        "nothing of the refused batch is written"
+    );
+}
+
 /// groups and sources kept apart.
 pub async fn checkpoints_load_commit_and_list(store: Arc<dyn annals::CheckpointStore>) {
     assert_eq!(store.load("g1", "all").await.unwrap(), None);

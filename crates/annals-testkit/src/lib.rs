@@ -112,6 +112,7 @@ macro_rules! conformance_suite {
             head_snapshots_ride_with_appends,
             transactions_commit_all_or_nothing,
             opposite_order_transactions_do_not_deadlock,
+            import_keeps_events_and_order_and_resumes,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {

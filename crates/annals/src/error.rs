@@ -49,6 +49,8 @@ pub enum Capability {
     MultiStreamAppend,
     /// Keeping a state snapshot beside a stream's head, written with an append.
     HeadSnapshots,
+    /// Importing events recorded elsewhere with their versions, ids and timestamps.
+    Import,
 }
 
 impl std::fmt::Display for Capability {
@@ -56,6 +58,7 @@ impl std::fmt::Display for Capability {
         match self {
             Capability::MultiStreamAppend => f.write_str("multi-stream atomic append"),
             Capability::HeadSnapshots => f.write_str("snapshots at the stream head"),
+            Capability::Import => f.write_str("importing recorded events"),
         }
     }
 }

@@ -138,6 +138,18 @@ impl RecordedEvent {
         self.data.len() + self.metadata.as_ref().map_or(0, Vec::len)
     }
 
+    /// The event's content, as it would be appended (for copying it to another store).
+    pub fn to_data(&self) -> EventData {
+        EventData {
+            event_type: self.event_type.clone(),
+            data: self.data.clone(),
+            metadata: self.metadata.clone(),
+            event_id: self.event_id,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+        }
+    }
+
     /// Whether this event has the same content and id as `data` (idempotent retries).
     pub fn same_as(&self, data: &EventData) -> bool {
         self.event_id == data.event_id
@@ -145,6 +157,18 @@ impl RecordedEvent {
             && self.data == data.data
             && self.metadata == data.metadata
     }
+}
+
+/// Checks events to import (see `EventStore::import`) as [`validate_batch`] checks a batch.
+pub fn validate_import(events: &[RecordedEvent], max_event_bytes: usize) -> Result<(), Error> {
+    for e in events {
+        validate_batch(
+            &e.stream,
+            std::slice::from_ref(&e.to_data()),
+            max_event_bytes,
+        )?;
+    }
+    Ok(())
 }
 
 /// Checks a batch before anything is written: non-empty, valid event types, sizes within

@@ -86,7 +86,15 @@ impl Inner {
     }
 
     fn write(&mut self, stream: &StreamName, events: Vec<EventData>) -> AppendResult {
-        let now = Timestamp::now();
+        self.write_at(stream, events, Timestamp::now())
+    }
+
+    fn write_at(
+        &mut self,
+        stream: &StreamName,
+        events: Vec<EventData>,
+        now: Timestamp,
+    ) -> AppendResult {
         let start = self.version(stream).get();
         let first_index = self.log.len();
         let indexes = self.streams.entry(stream.clone()).or_default();
@@ -249,6 +257,63 @@ impl EventStore for MemoryStore {
         };
         self.changes.send_replace(());
         Ok(result)
+    }
+
+    async fn import(&self, events: Vec<RecordedEvent>) -> Result<u64> {
+        crate::event::validate_import(&events, self.max_event_bytes)?;
+        let written = {
+            let mut inner = self.lock();
+            // Plan first (nothing is written unless every event fits), then write.
+            let mut next: HashMap<&StreamName, u64> = HashMap::new();
+            let mut write = Vec::with_capacity(events.len());
+            let mut ids = std::collections::HashSet::new();
+            for e in &events {
+                let version = *next
+                    .entry(&e.stream)
+                    .or_insert_with(|| inner.version(&e.stream).get());
+                let recorded = inner.ids.get(&e.event_id);
+                if e.stream_version == version {
+                    if let Some((existing, _)) = recorded {
+                        return Err(crate::Error::DuplicateEventId {
+                            event_id: e.event_id,
+                            existing_stream: existing.clone(),
+                        });
+                    }
+                    if !ids.insert(e.event_id) {
+                        return Err(crate::Error::DuplicateEventId {
+                            event_id: e.event_id,
+                            existing_stream: e.stream.clone(),
+                        });
+                    }
+                    next.insert(&e.stream, version + 1);
+                    write.push(true);
+                    continue;
+                }
+                if e.stream_version < version
+                    && recorded == Some(&(e.stream.clone(), e.stream_version))
+                {
+                    write.push(false);
+                    continue;
+                }
+                return Err(crate::Error::WrongExpectedVersion {
+                    stream: e.stream.clone(),
+                    expected: ExpectedVersion::Exact(Version(e.stream_version)),
+                    actual: Version(version),
+                });
+            }
+            let mut n = 0;
+            for (e, write) in events.iter().zip(write) {
+                if write {
+                    inner.write_at(&e.stream, vec![e.to_data()], e.recorded_at);
+                    n += 1;
+                }
+            }
+            n
+        };
+        if written > 0 {
+            self.changes.send_replace(());
+        }
+        Ok(written)
     }
 
     async fn read_head(&self, stream: &StreamName, limit: usize) -> Result<Head> {

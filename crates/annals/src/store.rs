@@ -227,6 +227,9 @@ pub struct Capabilities {
     /// [`EventStore::append_with_snapshot`] and [`EventStore::read_head`] keep a snapshot
     /// beside the stream's head.
     pub head_snapshots: bool,
+    /// [`EventStore::import`] copies recorded events with their versions, ids and
+    /// timestamps.
+    pub import: bool,
 }
 
 impl Capabilities {
@@ -235,6 +238,7 @@ impl Capabilities {
         Self {
             multi_stream_append: true,
             head_snapshots: true,
+            import: true,
         }
     }
 
@@ -248,6 +252,7 @@ impl Capabilities {
         match capability {
             Capability::MultiStreamAppend => self.multi_stream_append,
             Capability::HeadSnapshots => self.head_snapshots,
+            Capability::Import => self.import,
         }
     }
 }
@@ -306,6 +311,23 @@ pub trait EventStore: Send + Sync + 'static {
         Err(Error::Unsupported {
             backend: self.backend(),
             capability: Capability::HeadSnapshots,
+        })
+    }
+
+    /// Imports events recorded elsewhere (another store's `read_all`), in the given order,
+    /// keeping their streams, stream versions, ids, types, data, metadata, correlation and
+    /// causation ids and timestamps; positions are this store's, in the order given. Each
+    /// event must be the next of its stream (`stream_version` equal to the stream's
+    /// version), or already recorded there with the same id, which is skipped: an
+    /// interrupted import can be run again. Atomic: all or nothing. Returns how many
+    /// events were written. Otherwise fails with
+    /// [`Error::WrongExpectedVersion`] (expected: the event's version), writing nothing.
+    /// Stores without [`Capabilities::import`] refuse with [`Error::Unsupported`].
+    async fn import(&self, events: Vec<RecordedEvent>) -> Result<u64> {
+        let _ = events;
+        Err(Error::Unsupported {
+            backend: self.backend(),
+            capability: Capability::Import,
         })
     }
 
