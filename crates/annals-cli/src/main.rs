@@ -3,6 +3,8 @@
 //! Run `annals --help` (or `cargo run -p annals-cli -- --help`) for the commands.
 
 mod bench;
+mod ops;
+mod output;
 mod store_url;
 
 use clap::{Parser, Subcommand};
@@ -22,12 +24,34 @@ struct Cli {
     )]
     store: String,
 
+    /// Print JSON lines instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Create the store, or migrate it to this build's schema.
+    Init,
+    /// Append one event to a stream.
+    Append(ops::AppendArgs),
+    /// Read one stream.
+    Read(ops::ReadArgs),
+    /// Write every event (of some categories, after a position) as JSON lines.
+    Dump(ops::FeedArgs),
+    /// Follow new events as they are written, until interrupted.
+    Tail(ops::TailArgs),
+    /// Streams, events and bytes per category; head position; how far behind each
+    /// consumer group is.
+    Stats,
+    /// List, show or move consumer groups' checkpoints.
+    #[command(subcommand)]
+    Checkpoint(ops::CheckpointCommand),
+    /// Copy every event of one store into another, resumably.
+    Sync(ops::SyncArgs),
     /// Load-test a store.
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -55,9 +79,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let out = output::Output { json: cli.json };
     runtime.block_on(async {
+        if let Command::Sync(args) = cli.command {
+            return ops::sync(args, &out).await;
+        }
         let opened = store_url::open(&cli.store).await?;
         match cli.command {
+            Command::Init => ops::init(&opened, &cli.store, &out).await,
+            Command::Append(args) => ops::append(&opened.store, args, &out).await,
+            Command::Read(args) => ops::read(&opened.store, args, &out).await,
+            Command::Dump(args) => ops::dump(&opened.store, args, &out).await,
+            Command::Tail(args) => ops::tail(&opened.store, args, &out).await,
+            Command::Stats => ops::stats(&opened, &out).await,
+            Command::Checkpoint(command) => {
+                ops::checkpoint(&opened.checkpoints, command, &out).await
+            }
+            Command::Sync(_) => unreachable!("handled above"),
             Command::Bench(bench) => bench::run(opened, &cli.store, bench).await,
         }
     })

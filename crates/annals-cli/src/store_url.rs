@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use annals::{EventStore, Instrumented, MemoryStore};
+use annals::{CheckpointStore, EventStore, Instrumented, MemoryCheckpoints, MemoryStore};
 use annals_postgres::{PgConfig, PgStore};
 use annals_sqlite::{SqliteConfig, SqliteStore};
 use anyhow::{bail, Context};
@@ -14,6 +14,9 @@ pub const SUPPORTED: &str = "sqlite://PATH, postgres://USER@HOST:PORT/DB, memory
 pub struct Opened {
     /// The store, instrumented with tracing spans and metrics.
     pub store: Arc<dyn EventStore>,
+    /// Where consumer groups keep their checkpoints (in the store itself, except for
+    /// `memory://`).
+    pub checkpoints: Arc<dyn CheckpointStore>,
     /// Its SQLite options, when it is a SQLite store.
     pub sqlite: Option<SqliteConfig>,
     /// Its PostgreSQL options, when it is a PostgreSQL store.
@@ -32,6 +35,7 @@ pub async fn open(url: &str) -> anyhow::Result<Opened> {
     match scheme {
         "memory" if rest.is_empty() => Ok(Opened {
             store: Arc::new(Instrumented::new(Arc::new(MemoryStore::new()))),
+            checkpoints: Arc::new(MemoryCheckpoints::new()),
             sqlite: None,
             postgres: None,
             sqlite_store: None,
@@ -43,6 +47,7 @@ pub async fn open(url: &str) -> anyhow::Result<Opened> {
             let store = SqliteStore::open(config.clone())?;
             Ok(Opened {
                 store: Arc::new(Instrumented::new(Arc::new(store.clone()))),
+                checkpoints: Arc::new(store.clone()),
                 sqlite: Some(config),
                 postgres: None,
                 sqlite_store: Some(store),
@@ -55,6 +60,7 @@ pub async fn open(url: &str) -> anyhow::Result<Opened> {
             store.migrate().await?;
             Ok(Opened {
                 store: Arc::new(Instrumented::new(Arc::new(store.clone()))),
+                checkpoints: Arc::new(store.clone()),
                 sqlite: None,
                 postgres: Some(config),
                 sqlite_store: None,

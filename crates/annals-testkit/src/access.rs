@@ -92,6 +92,10 @@ impl EventStore for Counting {
             .await
     }
 
+    async fn import(&self, events: Vec<RecordedEvent>) -> Result<u64> {
+        self.inner.import(events).await
+    }
+
     async fn read_head(&self, stream: &StreamName, limit: usize) -> Result<Head> {
         self.heads.fetch_add(1, Ordering::SeqCst);
         let head = self.inner.read_head(stream, limit).await?;

@@ -184,6 +184,16 @@ impl<S: EventStore + ?Sized> EventStore for Instrumented<S> {
         result
     }
 
+    async fn import(&self, events: Vec<RecordedEvent>) -> Result<u64> {
+        let backend = self.backend();
+        let span = span("import", backend, None);
+        let (count, bytes) = (events.len(), events.iter().map(RecordedEvent::size).sum());
+        let started = Instant::now();
+        let result = self.inner.import(events).instrument(span.clone()).await;
+        finish(&span, "import", backend, started, count, bytes, &result);
+        result
+    }
+
     async fn read_head(&self, stream: &StreamName, limit: usize) -> Result<Head> {
         let backend = self.backend();
         let span = span("read_head", backend, Some(stream));
