@@ -59,10 +59,10 @@ fn body(bytes: &[u8]) -> Value {
 /// A timestamp in RFC 3339 (UTC, microseconds).
 fn time(t: annals::Timestamp) -> String {
     match u64::try_from(t.unix_micros()) {
-        Ok(micros) => humantime::format_rfc3339_micros(
-            std::time::UNIX_EPOCH + Duration::from_micros(micros),
-        )
-        .to_string(),
+        Ok(micros) => {
+            humantime::format_rfc3339_micros(std::time::UNIX_EPOCH + Duration::from_micros(micros))
+                .to_string()
+        }
         Err(_) => format!("{} µs before 1970", -t.unix_micros()),
     }
 }

@@ -1,5 +1,7 @@
 //! End-to-end tests of the `annals` binary.
 
+mod ops;
+
 use std::process::Command;
 
 /// Runs `annals` in a fresh temporary directory (so the default `sqlite://annals.db` lands

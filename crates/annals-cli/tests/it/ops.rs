@@ -1,0 +1,461 @@
+//! The operating commands end to end on the binary, on SQLite and PostgreSQL: init,
+//! append, read, dump, tail, stats, checkpoint, sync, and their error paths.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use annals::{EventData, EventStore, ExpectedVersion, Filter, Position, RecordedEvent, StreamName};
+use serde_json::Value;
+
+use crate::succeeded;
+
+fn pg_url(prefix: &str) -> String {
+    format!(
+        "{}?annals_schema={}",
+        annals_testkit::postgres::shared().url,
+        annals_testkit::postgres::schema_name(prefix)
+    )
+}
+
+/// Runs `annals --store STORE args` in `dir`.
+fn on(dir: &std::path::Path, store: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_annals"))
+        .args(args)
+        .args(["--store", store])
+        .current_dir(dir)
+        .env_remove("ANNALS_STORE")
+        .output()
+        .expect("the annals binary runs")
+}
+
+/// Asserts a failure with exactly one line on stderr containing `says`.
+fn failed_saying(out: &std::process::Output, says: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected a failure, got {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.starts_with("annals: "), "{stderr}");
+    assert!(stderr.contains(says), "expected {says:?} in {stderr}");
+}
+
+fn json_lines(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn commands_on(store: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| on(dir.path(), store, args);
+    assert!(succeeded(&run(&["init"])).contains("is ready"));
+    // A second init is harmless.
+    let init = json_lines(&succeeded(&run(&["init", "--json"])));
+    assert!(init[0]["schema_version"].as_i64().unwrap() >= 1, "{init:?}");
+
+    let first = json_lines(&succeeded(&run(&[
+        "append",
+        "Order-1",
+        "--type",
+        "Placed",
+        "--data",
+        r#"{"sku":"a"}"#,
+        "--expected",
+        "no-stream",
+        "--json",
+    ])));
+    assert_eq!(first[0]["version"], 1);
+    let second = succeeded(&run(&[
+        "append",
+        "Order-1",
+        "--type",
+        "Paid",
+        "--data",
+        r#"{"amount":3}"#,
+        "--metadata",
+        r#"{"by":"cli"}"#,
+        "--expected",
+        "1",
+    ]));
+    assert!(second.contains("now at version 2"), "{second}");
+
+    // Error paths: one line, non-zero, nothing written.
+    failed_saying(
+        &run(&[
+            "append",
+            "Order-1",
+            "--type",
+            "Paid",
+            "--data",
+            "{}",
+            "--expected",
+            "1",
+        ]),
+        "wrong expected version",
+    );
+    failed_saying(
+        &run(&["append", "Order-1", "--type", "Paid", "--data", "{nope"]),
+        "malformed JSON in --data",
+    );
+    failed_saying(
+        &run(&[
+            "append",
+            "Order-1",
+            "--type",
+            "Paid",
+            "--data",
+            "{}",
+            "--metadata",
+            "[1,",
+        ]),
+        "malformed JSON in --metadata",
+    );
+    failed_saying(
+        &run(&["append", "no_dash", "--type", "T", "--data", "{}"]),
+        "invalid stream name",
+    );
+    failed_saying(
+        &run(&[
+            "append",
+            "Order-1",
+            "--type",
+            "T",
+            "--data",
+            "{}",
+            "--expected",
+            "soon",
+        ]),
+        "invalid --expected",
+    );
+
+    let table = succeeded(&run(&["read", "Order-1"]));
+    assert_eq!(table.lines().count(), 3, "a header and two events: {table}");
+    assert!(
+        table.contains("Placed") && table.contains("Paid"),
+        "{table}"
+    );
+    let newest = json_lines(&succeeded(&run(&[
+        "read",
+        "Order-1",
+        "--backward",
+        "--limit",
+        "1",
+        "--json",
+    ])));
+    assert_eq!(newest.len(), 1);
+    assert_eq!(
+        (newest[0]["type"].as_str(), newest[0]["version"].as_u64()),
+        (Some("Paid"), Some(1))
+    );
+    assert_eq!(newest[0]["data"]["amount"], 3);
+    assert_eq!(newest[0]["metadata"]["by"], "cli");
+    assert!(succeeded(&run(&["read", "Order-9"])).contains("no events"));
+
+    succeeded(&run(&[
+        "append",
+        "Invoice-7",
+        "--type",
+        "Sent",
+        "--data",
+        "{}",
+    ]));
+    let dump = json_lines(&succeeded(&run(&["dump"])));
+    assert_eq!(dump.len(), 3);
+    let orders = json_lines(&succeeded(&run(&["dump", "--category", "Order"])));
+    assert_eq!(orders.len(), 2);
+    let after_first = dump[0]["position"].as_str().unwrap().to_owned();
+    let rest = json_lines(&succeeded(&run(&["dump", "--from", &after_first])));
+    assert_eq!(rest.len(), 2, "dump --from starts after the position");
+    failed_saying(&run(&["dump", "--from", "yesterday"]), "invalid position");
+
+    let stats = succeeded(&run(&["stats"]));
+    let order_row = stats
+        .lines()
+        .find(|l| l.starts_with("Order "))
+        .unwrap_or_else(|| panic!("{stats}"));
+    assert_eq!(
+        order_row.split_whitespace().collect::<Vec<_>>()[1..3],
+        ["1", "2"],
+        "{stats}"
+    );
+
+    succeeded(&run(&["checkpoint", "set", "billing", &after_first]));
+    let list = json_lines(&succeeded(&run(&["checkpoint", "list", "--json"])));
+    assert!(
+        list.iter()
+            .any(|c| c["group"] == "billing" && c["position"] == after_first.as_str()),
+        "{list:?}"
+    );
+    assert!(succeeded(&run(&["checkpoint", "show", "billing"])).contains("billing"));
+    failed_saying(
+        &run(&["checkpoint", "show", "nobody"]),
+        "no checkpoint for group",
+    );
+    failed_saying(
+        &run(&["checkpoint", "set", "billing", "abc"]),
+        "invalid position",
+    );
+    let lag = json_lines(&succeeded(&run(&["stats", "--json"])));
+    let billing = lag
+        .iter()
+        .find(|l| l["group"] == "billing")
+        .expect("the group's lag");
+    assert_eq!(billing["behind"], 2, "two events after the checkpoint");
+
+    // tail follows new events only.
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_annals"))
+        .args([
+            "tail",
+            "--category",
+            "Order",
+            "--count",
+            "2",
+            "--json",
+            "--store",
+            store,
+        ])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // tail starts at the end of the feed: keep appending until it has reported two events
+    // (appends made before it started following are not reported).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = tail.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let _ = tx.send(serde_json::from_str::<Value>(&line.unwrap()).unwrap());
+        }
+    });
+    let mut got = Vec::new();
+    for n in 0..200 {
+        succeeded(&run(&[
+            "append",
+            "Order-2",
+            "--type",
+            "Tick",
+            "--data",
+            &n.to_string(),
+        ]));
+        while let Ok(e) = rx.recv_timeout(Duration::from_millis(100)) {
+            got.push(e);
+        }
+        if got.len() >= 2 {
+            break;
+        }
+    }
+    if got.len() < 2 {
+        let _ = tail.kill();
+    }
+    reader.join().unwrap();
+    assert_eq!(got.len(), 2, "tail --count 2 reports two events: {got:?}");
+    assert!(
+        got.iter().all(|e| e["stream"] == "Order-2"),
+        "only new events: {got:?}"
+    );
+    assert_eq!(
+        got[1]["version"].as_u64().unwrap(),
+        got[0]["version"].as_u64().unwrap() + 1,
+        "in order"
+    );
+    let status = tail.wait().unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn operating_commands_on_sqlite() {
+    commands_on("sqlite://ops.db");
+}
+
+#[test]
+fn operating_commands_on_postgres() {
+    commands_on(&pg_url("ops"));
+}
+
+#[test]
+fn unreachable_servers_and_malformed_urls_fail_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    for (store, says) in [
+        ("postgres://postgres@127.0.0.1:1/nowhere", "PostgreSQL"),
+        ("postgres://[bad", "PostgreSQL"),
+        ("sqlite:/missing-slash.db", "malformed store URL"),
+        ("ftp://x", "unsupported store"),
+    ] {
+        failed_saying(&on(dir.path(), store, &["read", "Order-1"]), says);
+    }
+    failed_saying(
+        &on(
+            dir.path(),
+            "memory://",
+            &[
+                "sync",
+                "--from",
+                "sqlite://a.db",
+                "--to",
+                "postgres://postgres@127.0.0.1:1/x",
+            ],
+        ),
+        "--to",
+    );
+}
+
+const STREAMS: u64 = 500;
+const EVENTS: u64 = 100_000;
+
+/// 100,000 events over 500 streams, with metadata, correlation and causation ids.
+async fn fill(store: &annals_sqlite::SqliteStore) {
+    let mut version = vec![0u64; STREAMS as usize];
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let mut written = 0;
+    while written < EVENTS {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let s = (rng % STREAMS) as usize;
+        let n = 1 + rng % 4;
+        let events: Vec<EventData> = (0..n)
+            .map(|i| {
+                let mut e = EventData::new(
+                    if i % 2 == 0 { "Added" } else { "Removed" },
+                    format!(r#"{{"n":{},"text":"ü'\"{}"}}"#, written + i, rng % 1000).into_bytes(),
+                )
+                .with_metadata(format!(r#"{{"w":{s}}}"#).into_bytes());
+                e.correlation_id = Some(annals::Uuid::now_v7());
+                e.causation_id = (i % 3 == 0).then(annals::Uuid::now_v7);
+                e
+            })
+            .collect();
+        let stream = StreamName::new(&format!("Sync{}-{s}", s % 5)).unwrap();
+        store
+            .append(
+                &stream,
+                ExpectedVersion::Exact(annals::Version(version[s])),
+                events,
+            )
+            .await
+            .unwrap();
+        version[s] += n;
+        written += n;
+    }
+}
+
+async fn everything(store: &dyn EventStore) -> Vec<RecordedEvent> {
+    let mut all = Vec::new();
+    let mut from = Position::START;
+    loop {
+        let page = store.read_all(from, &Filter::all(), 5000).await.unwrap();
+        all.extend(page.events);
+        from = page.next;
+        if page.end {
+            return all;
+        }
+    }
+}
+
+/// What must survive a copy: all but the position.
+fn key(e: &RecordedEvent) -> impl PartialEq + std::fmt::Debug {
+    (
+        e.stream.clone(),
+        e.stream_version,
+        e.event_id,
+        e.event_type.clone(),
+        e.data.clone(),
+        e.metadata.clone(),
+        e.correlation_id,
+        e.causation_id,
+        e.recorded_at,
+    )
+}
+
+/// Runs `annals sync --json`, killing it after `kill_after` progress lines when given.
+fn sync(dir: &std::path::Path, from: &str, to: &str, kill_after: Option<usize>) -> Vec<Value> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_annals"))
+        .args([
+            "sync", "--from", from, "--to", to, "--json", "--batch", "2000",
+        ])
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = Vec::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        lines.push(serde_json::from_str::<Value>(&line.unwrap()).unwrap());
+        if kill_after == Some(lines.len()) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return lines;
+        }
+    }
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{stderr}");
+    lines
+}
+
+#[test]
+fn sync_copies_100k_events_sqlite_to_postgres_and_back_and_resumes_after_a_kill() {
+    annals_testkit::run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let source = annals_sqlite::SqliteStore::open(annals_sqlite::SqliteConfig::new(
+            dir.path().join("source.db"),
+        ))
+        .unwrap();
+        fill(&source).await;
+        let pg = pg_url("sync");
+        let (src, back) = ("sqlite://source.db", "sqlite://back.db");
+
+        // Interrupted after 5 batches (SIGKILL), then run again to the end.
+        let first = sync(dir.path(), src, &pg, Some(5));
+        assert_eq!(first.len(), 5);
+        let copied_before_kill = first[4]["copied"].as_u64().unwrap();
+        assert!(copied_before_kill < EVENTS);
+        let rest = sync(dir.path(), src, &pg, None);
+        let done = rest.last().unwrap();
+        assert_eq!(done["done"], true);
+        assert!(done["resumed_after"].is_string(), "{done}");
+        assert!(
+            done["read"].as_u64().unwrap() <= EVENTS - copied_before_kill + 2000,
+            "resumed near where it stopped: {done}"
+        );
+
+        let target = annals_postgres::PgStore::connect_url(&pg).await.unwrap();
+        let original = everything(&source).await;
+        let copied = everything(&target).await;
+        assert_eq!(original.len() as u64, EVENTS);
+        assert_eq!(copied.len(), original.len(), "no duplicates, nothing lost");
+        assert!(
+            original.iter().map(key).eq(copied.iter().map(key)),
+            "same events in the same read-all order"
+        );
+
+        // And back to a fresh SQLite file, in one go.
+        sync(dir.path(), &pg, back, None);
+        let back_store = annals_sqlite::SqliteStore::open(annals_sqlite::SqliteConfig::new(
+            dir.path().join("back.db"),
+        ))
+        .unwrap();
+        let returned = everything(&back_store).await;
+        assert!(
+            original.iter().map(key).eq(returned.iter().map(key)),
+            "the round trip changes nothing"
+        );
+        let per_stream = |events: &[RecordedEvent]| {
+            let mut m = std::collections::BTreeMap::new();
+            for e in events {
+                *m.entry(e.stream.to_string()).or_insert(0u64) += 1;
+            }
+            m
+        };
+        assert_eq!(per_stream(&original), per_stream(&returned));
+        // A second run finds nothing new.
+        let again = sync(dir.path(), &pg, back, None);
+        assert_eq!(again.last().unwrap()["read"], 0);
+    });
+}
