@@ -330,7 +330,7 @@ async fn fill(store: &annals_sqlite::SqliteStore) {
                 e
             })
             .collect();
-        let stream = StreamName::new(&format!("Sync{}-{s}", s % 5)).unwrap();
+        let stream = StreamName::new(format!("Sync{}-{s}", s % 5)).unwrap();
         store
             .append(
                 &stream,
