@@ -102,6 +102,11 @@ impl Service {
         Ok(Self { category })
     }
 
+    /// The service over a configured category (cache, access strategy).
+    pub fn of(category: Category<Favorites>) -> Self {
+        Self { category }
+    }
+
     /// Favorites `skus` for `client`.
     pub async fn favorite(&self, client: &str, skus: &[String]) -> annals::Result<()> {
         let decide = favorite(Timestamp::now(), skus);

@@ -165,10 +165,15 @@ impl Service {
         max_items: usize,
     ) -> annals::Result<Self> {
         let category = Category::new(CATEGORY, store, JsonCodec::new())?.with_optional_cache(cache);
-        Ok(Self {
+        Ok(Self::of(category, max_items))
+    }
+
+    /// The service over a configured category (cache, access strategy).
+    pub fn of(category: Category<SaveForLater>, max_items: usize) -> Self {
+        Self {
             category,
             max_items,
-        })
+        }
     }
 
     /// Saves `skus`; `Ok(false)` when the list is full.

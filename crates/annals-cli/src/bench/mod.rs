@@ -3,9 +3,10 @@
 //! `catchup` and `live` measure the reactor pipeline.
 
 mod append;
-mod favorite;
+mod calls;
 mod growth;
 mod reactor;
+mod scenario;
 
 use hdrhistogram::Histogram;
 
@@ -13,7 +14,11 @@ use hdrhistogram::Histogram;
 #[derive(Debug, clap::Subcommand)]
 pub enum Bench {
     /// The Equinox Favorite scenario: favorite a fresh SKU, read the favorites back.
-    Favorite(favorite::Args),
+    Favorite(scenario::Args),
+    /// The Equinox SaveForLater scenario: save a fresh SKU (clearing a full list), read back.
+    SaveForLater(scenario::Args),
+    /// The TodoBackend scenario: add a todo, read the list back; every 20th test clears.
+    Todo(scenario::Args),
     /// Append throughput and latency in three shapes, with a raw SQLite baseline.
     Append(append::Args),
     /// One Favorites stream growing to 10,000 events: load cost with and without snapshots.
@@ -26,7 +31,13 @@ pub enum Bench {
 
 pub async fn run(opened: crate::store_url::Opened, url: &str, bench: Bench) -> anyhow::Result<()> {
     match bench {
-        Bench::Favorite(args) => favorite::run(opened.store, url, args).await,
+        Bench::Favorite(args) => {
+            scenario::run(scenario::Scenario::Favorite, opened.store, url, args).await
+        }
+        Bench::SaveForLater(args) => {
+            scenario::run(scenario::Scenario::SaveForLater, opened.store, url, args).await
+        }
+        Bench::Todo(args) => scenario::run(scenario::Scenario::Todo, opened.store, url, args).await,
         Bench::Append(args) => append::run(opened, url, args).await,
         Bench::Growth(args) => growth::run(opened.store, url, args).await,
         Bench::Catchup(args) => reactor::catchup(opened, url, args).await,
@@ -57,6 +68,9 @@ pub(crate) struct Latency {
     pub p95: f64,
     pub p99: f64,
     pub max: f64,
+    pub min: f64,
+    pub avg: f64,
+    pub stddev: f64,
 }
 
 impl Latency {
@@ -67,6 +81,9 @@ impl Latency {
             p95: ms(h.value_at_quantile(0.95)),
             p99: ms(h.value_at_quantile(0.99)),
             max: ms(h.max()),
+            min: ms(h.min()),
+            avg: h.mean() / 1000.0,
+            stddev: h.stdev() / 1000.0,
         }
     }
 }
@@ -75,8 +92,8 @@ impl std::fmt::Display for Latency {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "p50 {:.3}  p95 {:.3}  p99 {:.3}  max {:.3}",
-            self.p50, self.p95, self.p99, self.max
+            "max {:.3}  p99 {:.3}  p95 {:.3}  p50 {:.3}  min {:.3}  avg {:.3}  stddev {:.3}",
+            self.max, self.p99, self.p95, self.p50, self.min, self.avg, self.stddev
         )
     }
 }

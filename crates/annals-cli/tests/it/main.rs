@@ -312,7 +312,8 @@ fn reactor_benches_on(store: &str) {
         figure(&stdout, "\nlive ") >= 10.0,
         "events handled: {stdout}"
     );
-    assert!(stdout.contains("append→handler ms: p50"), "{stdout}");
+    assert!(stdout.contains("append→handler ms: max"), "{stdout}");
+    assert!(figure(&stdout, "p50 ") <= figure(&stdout, "p99 "), "{stdout}");
 }
 
 #[test]
@@ -350,4 +351,60 @@ fn bench_growth_reports_step_latency_as_the_stream_grows() {
         assert!(figure(&stdout, "\n      20  mean ") > 0.0, "{stdout}");
         assert!(figure(&stdout, "\n      40  mean ") > 0.0, "{stdout}");
     }
+}
+
+#[test]
+fn scenario_benches_report_intervals_outcomes_latency_and_round_trips() {
+    for (scenario, store, extra) in [
+        (
+            "save-for-later",
+            "memory://",
+            vec!["--rate", "200", "--snapshots", "rolling"],
+        ),
+        (
+            "todo",
+            "sqlite://bench.db",
+            vec!["--cache", "--snapshots", "head"],
+        ),
+    ] {
+        let mut args = vec![
+            "bench",
+            scenario,
+            "--store",
+            store,
+            "--duration",
+            "2s",
+            "--interval",
+            "1s",
+            "--concurrency",
+            "4",
+            "--clients",
+            "50",
+        ];
+        args.extend(extra);
+        let stdout = succeeded(&annals(&args));
+        assert!(
+            stdout.lines().any(|l| l.starts_with("[    1s] ok=")),
+            "{stdout}"
+        );
+        assert!(figure(&stdout, "tests ") > 0.0, "{stdout}");
+        assert_eq!(figure(&stdout, "errors "), 0.0, "{stdout}");
+        for label in ["max ", "p99 ", "p95 ", "p50 ", "min ", "avg ", "stddev "] {
+            assert!(figure(&stdout, label) >= 0.0);
+        }
+        assert!(figure(&stdout, "round trips per test ") >= 2.0, "{stdout}");
+    }
+    // --rate holds the rate: 200/s for 2 s is about 400 tests, never many more.
+    let stdout = succeeded(&annals(&[
+        "bench",
+        "favorite",
+        "--store",
+        "memory://",
+        "--duration",
+        "2s",
+        "--rate",
+        "200",
+    ]));
+    let tests = figure(&stdout, "tests ");
+    assert!((300.0..=401.0).contains(&tests), "{stdout}");
 }

@@ -1,0 +1,120 @@
+//! A store wrapper counting round trips by operation, for the scenario reports.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use annals::{
+    AllPage, AppendResult, Capabilities, EventData, EventStore, ExpectedVersion, Filter, Head,
+    Position, ReadStream, RecordedEvent, Result, StreamAppend, StreamName, Version,
+};
+use futures::stream::BoxStream;
+
+/// The operations counted, in report order.
+pub const OPERATIONS: [&str; 7] = [
+    "append",
+    "append_with_snapshot",
+    "append_many",
+    "read_stream",
+    "read_head",
+    "stream_version",
+    "read_all",
+];
+
+/// Counts each call to the wrapped store.
+pub struct Calls {
+    inner: Arc<dyn EventStore>,
+    counts: [AtomicU64; 7],
+}
+
+impl Calls {
+    pub fn new(inner: Arc<dyn EventStore>) -> Self {
+        Self {
+            inner,
+            counts: Default::default(),
+        }
+    }
+
+    fn count(&self, op: usize) {
+        self.counts[op].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Calls so far, by operation (as [`OPERATIONS`]).
+    pub fn counts(&self) -> [u64; 7] {
+        std::array::from_fn(|i| self.counts[i].load(Ordering::Relaxed))
+    }
+}
+
+#[async_trait::async_trait]
+impl EventStore for Calls {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn append(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult> {
+        self.count(0);
+        self.inner.append(stream, expected, events).await
+    }
+
+    async fn append_with_snapshot(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+        snapshot: Vec<u8>,
+    ) -> Result<AppendResult> {
+        self.count(1);
+        self.inner
+            .append_with_snapshot(stream, expected, events, snapshot)
+            .await
+    }
+
+    async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
+        self.count(2);
+        self.inner.append_many(appends).await
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        stream: &'a StreamName,
+        options: ReadStream,
+    ) -> BoxStream<'a, Result<RecordedEvent>> {
+        self.count(3);
+        self.inner.read_stream(stream, options)
+    }
+
+    async fn read_head(&self, stream: &StreamName, limit: usize) -> Result<Head> {
+        self.count(4);
+        self.inner.read_head(stream, limit).await
+    }
+
+    async fn stream_version(&self, stream: &StreamName) -> Result<Version> {
+        self.count(5);
+        self.inner.stream_version(stream).await
+    }
+
+    async fn read_all(&self, from: Position, filter: &Filter, limit: usize) -> Result<AllPage> {
+        self.count(6);
+        self.inner.read_all(from, filter, limit).await
+    }
+
+    async fn import(&self, events: Vec<RecordedEvent>) -> Result<u64> {
+        self.inner.import(events).await
+    }
+
+    async fn await_visible(&self) -> Result<()> {
+        self.inner.await_visible().await
+    }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<()>> {
+        self.inner.changes()
+    }
+}

@@ -1,0 +1,374 @@
+//! `annals bench favorite | save-for-later | todo`: the Equinox load-test scenarios over the
+//! decider runtime.
+//!
+//! - `favorite`: favorite a fresh SKU for a client, read the favorites back, check it is there.
+//! - `save-for-later`: save a fresh SKU (clearing the list first when it is full), read the
+//!   list back, check it is there.
+//! - `todo`: add a todo with a fresh title, read the list back, check it is there; every
+//!   20th test of a worker clears the list (an origin: loads read back only to it).
+//!
+//! Workers run tests concurrently for `--duration`, as fast as they can or at `--rate` tests
+//! per second overall. A line per `--interval` and a final report give outcome counts,
+//! latency (max/p99/p95/p50/min/avg/stddev) and the store round trips per test, by
+//! operation, counted by a wrapper around the store.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use annals::{Cache, Category, EventStore, JsonCodec};
+use anyhow::{bail, ensure};
+use hdrhistogram::Histogram;
+
+use super::calls::{Calls, OPERATIONS};
+use super::{latency_histogram, Latency, Rng};
+
+/// Which scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// Favorites.
+    Favorite,
+    /// SaveForLater.
+    SaveForLater,
+    /// TodoBackend lists.
+    Todo,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Favorite => "favorite",
+            Scenario::SaveForLater => "save-for-later",
+            Scenario::Todo => "todo",
+        }
+    }
+}
+
+/// Snapshots for `--snapshots`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Snapshots {
+    /// None: loads fold the stream (from the last origin, where the domain has one).
+    None,
+    /// A snapshot event every 50 events; loads read back to the latest.
+    Rolling,
+    /// A snapshot beside the stream head on every write; a load is one round trip.
+    Head,
+}
+
+/// Arguments of the scenario benches.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// How long to run, for example `10s` or `1m`.
+    #[arg(long, short = 'd', default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// How many tests run at once.
+    #[arg(long, short = 'c', default_value_t = 16)]
+    concurrency: usize,
+    /// Tests per second, overall (default: as fast as the workers go).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// How many distinct clients (streams) the tests spread over.
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+    /// Cache folded states in process (as Equinox's `-C`).
+    #[arg(long)]
+    cache: bool,
+    /// Snapshots: `none`, `rolling` (every 50 events) or `head` (at the stream head).
+    #[arg(long, value_enum, default_value = "none")]
+    snapshots: Snapshots,
+    /// How often to print an interval report.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+}
+
+/// The services of the three domains, over one (counted) store.
+#[derive(Clone)]
+enum Service {
+    Favorite(example_favorites::Service),
+    SaveForLater(example_save_for_later::Service),
+    Todo(example_todo::Service),
+}
+
+fn category<D: annals::Domain>(
+    name: &str,
+    store: Arc<dyn EventStore>,
+    cache: Option<Arc<Cache>>,
+    snapshots: Snapshots,
+) -> anyhow::Result<Category<D>>
+where
+    D::Event: serde::Serialize + serde::de::DeserializeOwned,
+    D::State: serde::Serialize + serde::de::DeserializeOwned,
+{
+    let category = Category::<D>::new(name, store, JsonCodec::new())?.with_optional_cache(cache);
+    Ok(match snapshots {
+        Snapshots::None => category,
+        Snapshots::Rolling => category.with_rolling_snapshots(50, 1),
+        Snapshots::Head => category.with_head_snapshots(1)?,
+    })
+}
+
+impl Service {
+    fn new(
+        scenario: Scenario,
+        store: Arc<dyn EventStore>,
+        cache: Option<Arc<Cache>>,
+        snapshots: Snapshots,
+    ) -> anyhow::Result<Self> {
+        Ok(match scenario {
+            Scenario::Favorite => Service::Favorite(example_favorites::Service::of(category(
+                example_favorites::CATEGORY,
+                store,
+                cache,
+                snapshots,
+            )?)),
+            Scenario::SaveForLater => {
+                let c = category(example_save_for_later::CATEGORY, store, cache, snapshots)?
+                    .with_origins(|e| matches!(e, example_save_for_later::Event::Cleared));
+                Service::SaveForLater(example_save_for_later::Service::of(
+                    c,
+                    example_save_for_later::DEFAULT_MAX_ITEMS,
+                ))
+            }
+            Scenario::Todo => {
+                let c = category(example_todo::CATEGORY, store, cache, snapshots)?
+                    .with_origins(example_todo::is_origin);
+                Service::Todo(example_todo::Service::of(c))
+            }
+        })
+    }
+
+    /// One test for `client` with the fresh item `item`; `n` is the worker's test number.
+    async fn test(&self, client: &str, item: String, n: u64) -> anyhow::Result<()> {
+        match self {
+            Service::Favorite(s) => {
+                s.favorite(client, std::slice::from_ref(&item)).await?;
+                let list = s.list(client).await?;
+                ensure!(
+                    list.iter().any(|f| f.sku == item),
+                    "favorite {item} of {client} not read back"
+                );
+            }
+            Service::SaveForLater(s) => {
+                let before = annals::Timestamp::now();
+                if !s.save(client, std::slice::from_ref(&item)).await? {
+                    s.remove_all(client).await?;
+                    ensure!(
+                        s.save(client, std::slice::from_ref(&item)).await?,
+                        "{client}: saving into an emptied list failed"
+                    );
+                }
+                let list = s.list(client).await?;
+                // Another worker may have cleared the full list since: then everything in
+                // it was saved after this test began.
+                ensure!(
+                    list.iter().any(|i| i.sku == item)
+                        || list.iter().all(|i| i.date_saved > before),
+                    "saved {item} of {client} not read back"
+                );
+            }
+            Service::Todo(s) => {
+                if n % 20 == 19 {
+                    s.clear(client).await?;
+                }
+                let todo = s.add(client, item, None).await?;
+                let list = s.list(client).await?;
+                // Another worker may have cleared the list since: then everything in it was
+                // added after this todo.
+                ensure!(
+                    list.contains(&todo) || list.iter().all(|t| t.id > todo.id),
+                    "todo {} of {client} not read back",
+                    todo.id
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the workers have measured since the last interval report.
+struct Tally {
+    latencies: Histogram<u64>,
+    /// Tests whose decision conflicted on every attempt (contention, not a fault).
+    conflicts: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Self {
+            latencies: latency_histogram(),
+            conflicts: 0,
+            errors: 0,
+            first_error: None,
+        }
+    }
+}
+
+pub async fn run(
+    scenario: Scenario,
+    store: Arc<dyn EventStore>,
+    url: &str,
+    args: Args,
+) -> anyhow::Result<()> {
+    ensure!(args.concurrency > 0, "--concurrency must be at least 1");
+    ensure!(args.clients > 0, "--clients must be at least 1");
+    if let Some(rate) = args.rate {
+        ensure!(
+            rate > 0.0 && rate.is_finite(),
+            "--rate must be a positive number of tests per second"
+        );
+    }
+    let calls = Arc::new(Calls::new(store));
+    let cache = args.cache.then(|| Arc::new(Cache::new(args.clients)));
+    let service = Service::new(scenario, calls.clone(), cache, args.snapshots)?;
+    let run_id = std::process::id();
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let tally = Arc::new(Mutex::new(Tally::new()));
+    let issued = Arc::new(AtomicU64::new(0));
+    let period = args.rate.map(|r| Duration::from_secs_f64(1.0 / r));
+    let workers: Vec<_> = (0..args.concurrency)
+        .map(|w| {
+            let (service, tally, issued) = (service.clone(), tally.clone(), issued.clone());
+            let clients = args.clients as u64;
+            tokio::spawn(async move {
+                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((w as u64 + 1) * 0x1000_0000_01B3));
+                let mut n = 0u64;
+                loop {
+                    if let Some(period) = period {
+                        // The next slot of the overall schedule; late slots run at once.
+                        let slot = issued.fetch_add(1, Ordering::SeqCst) as u32;
+                        let at = started + period * slot;
+                        if at >= deadline {
+                            return;
+                        }
+                        tokio::time::sleep_until(at.into()).await;
+                    } else if Instant::now() >= deadline {
+                        return;
+                    }
+                    let client = format!("bench{run_id}_{}", rng.next() % clients);
+                    let item = format!("i{w}x{n}");
+                    let t0 = Instant::now();
+                    let outcome = service.test(&client, item, n).await;
+                    n += 1;
+                    let micros = t0.elapsed().as_micros().max(1) as u64;
+                    {
+                        let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
+                        match outcome {
+                            Ok(()) => t.latencies.saturating_record(micros),
+                            Err(e)
+                                if matches!(
+                                    e.downcast_ref::<annals::Error>(),
+                                    Some(annals::Error::ResyncExhausted { .. })
+                                ) =>
+                            {
+                                t.conflicts += 1
+                            }
+                            Err(e) => {
+                                t.errors += 1;
+                                t.first_error.get_or_insert_with(|| format!("{e:#}"));
+                            }
+                        }
+                    }
+                    // Let timers and the reporter run even when the store never yields.
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    let mut total = Tally::new();
+    let mut ticker = tokio::time::interval_at((started + args.interval).into(), args.interval);
+    let all = futures::future::join_all(workers);
+    tokio::pin!(all);
+    let mut last = started;
+    loop {
+        tokio::select! {
+            done = &mut all => {
+                for w in done {
+                    w?;
+                }
+                break;
+            }
+            _ = ticker.tick() => {
+                let now = Instant::now();
+                let window = std::mem::replace(&mut *tally.lock().unwrap_or_else(|p| p.into_inner()), Tally::new());
+                report_interval(now - started, now - last, &window);
+                last = now;
+                merge(&mut total, window)?;
+            }
+        }
+    }
+    let rest = std::mem::replace(
+        &mut *tally.lock().unwrap_or_else(|p| p.into_inner()),
+        Tally::new(),
+    );
+    merge(&mut total, rest)?;
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "scenario {}  store {}  concurrency {}  clients {}  cache {}  snapshots {:?}  target {}  duration {:.1}s",
+        scenario.name(),
+        crate::output::redact(url),
+        args.concurrency,
+        args.clients,
+        if args.cache { "on" } else { "off" },
+        args.snapshots,
+        args.rate.map_or("unthrottled".to_owned(), |r| format!("{r}/s")),
+        elapsed
+    );
+    let tests = total.latencies.len();
+    println!(
+        "tests {tests}  conflicts {}  errors {}  rate {:.1}/s",
+        total.conflicts,
+        total.errors,
+        tests as f64 / elapsed
+    );
+    println!("latency ms  {}", Latency::of(&total.latencies));
+    let runs = (tests + total.conflicts + total.errors).max(1) as f64;
+    let counts = calls.counts();
+    let per_test: Vec<String> = OPERATIONS
+        .iter()
+        .zip(counts)
+        .filter(|(_, n)| *n > 0)
+        .map(|(op, n)| format!("{op} {:.2}", n as f64 / runs))
+        .collect();
+    println!(
+        "round trips per test  {:.2}  ({})",
+        counts.iter().sum::<u64>() as f64 / runs,
+        per_test.join(", ")
+    );
+    if let Some(e) = total.first_error {
+        bail!("{} tests failed; the first: {e}", total.errors);
+    }
+    Ok(())
+}
+
+fn merge(total: &mut Tally, window: Tally) -> anyhow::Result<()> {
+    total.latencies.add(&window.latencies)?;
+    total.conflicts += window.conflicts;
+    total.errors += window.errors;
+    if total.first_error.is_none() {
+        total.first_error = window.first_error;
+    }
+    Ok(())
+}
+
+fn report_interval(at: Duration, window: Duration, t: &Tally) {
+    let h = &t.latencies;
+    let ms = |micros: u64| micros as f64 / 1000.0;
+    println!(
+        "[{:>5.0}s] ok={} conflicts={} err={} rate={:.1}/s ms: max={:.2} p99={:.2} p95={:.2} p50={:.2} min={:.2} avg={:.2} stddev={:.2}",
+        at.as_secs_f64(),
+        h.len(),
+        t.conflicts,
+        t.errors,
+        h.len() as f64 / window.as_secs_f64().max(1e-9),
+        ms(h.max()),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.value_at_quantile(0.95)),
+        ms(h.value_at_quantile(0.50)),
+        ms(h.min()),
+        h.mean() / 1000.0,
+        h.stdev() / 1000.0,
+    );
+}
