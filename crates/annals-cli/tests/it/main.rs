@@ -313,7 +313,10 @@ fn reactor_benches_on(store: &str) {
         "events handled: {stdout}"
     );
     assert!(stdout.contains("append→handler ms: max"), "{stdout}");
-    assert!(figure(&stdout, "p50 ") <= figure(&stdout, "p99 "), "{stdout}");
+    assert!(
+        figure(&stdout, "p50 ") <= figure(&stdout, "p99 "),
+        "{stdout}"
+    );
 }
 
 #[test]
