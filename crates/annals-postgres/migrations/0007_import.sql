@@ -22,13 +22,9 @@ DECLARE
     n     bigint := 0;
 BEGIN
     FOR i IN 1 .. coalesce(cardinality(p_ids), 0) LOOP
-        sid := NULL;
         SELECT s.stream_id, s.version INTO sid, cur FROM {schema}.streams s
             WHERE s.name = p_streams[i] FOR UPDATE;
-        cur := coalesce(cur, 0);
-        IF sid IS NULL THEN
-            cur := 0;
-        END IF;
+        cur := coalesce(cur, 0);  -- no row: a new stream
         IF p_versions[i] < cur THEN
             SELECT e.event_id INTO found FROM {schema}.events e
                 WHERE e.stream_id = sid AND e.stream_version = p_versions[i];

@@ -884,10 +884,25 @@ impl EventStore for PgStore {
             Ok(row) => row,
             Err(e) => {
                 let _ = client.batch_execute("ROLLBACK").await;
-                if is_unique_violation(&e) {
-                    return Err(backend(format!(
-                        "an imported event id is already recorded in another stream: {e}"
-                    )));
+                if !is_unique_violation(&e) {
+                    return Err(backend(e));
+                }
+                // An id recorded elsewhere than where the import puts it.
+                let rows = client
+                    .query(self.inner.sql.classify.as_str(), &[&ids])
+                    .await
+                    .map_err(backend)?;
+                for r in &rows {
+                    let (id, name, version): (Uuid, &str, i64) = (r.get(0), r.get(1), r.get(2));
+                    let Some(ours) = events.iter().find(|e| e.event_id == id) else {
+                        continue;
+                    };
+                    if (ours.stream.as_str(), ours.stream_version as i64) != (name, version) {
+                        return Err(Error::DuplicateEventId {
+                            event_id: id,
+                            existing_stream: StreamName::new(name)?,
+                        });
+                    }
                 }
                 return Err(backend(e));
             }

@@ -555,9 +555,10 @@ fn import(conn: &Connection, events: &[annals::RecordedEvent]) -> Result<u64> {
     let mut insert = conn.prepare_cached(INSERT_EVENT).map_err(sql)?;
     let mut written = 0;
     for e in events {
-        let row = stream_row(conn, &e.stream)?;
-        let version = row.map_or(0, |(_, v)| v);
-        if e.stream_version < version {
+        // The common case (the next event of its stream) costs the claim and the insert;
+        // only a refused claim looks further: already imported (skip) or a gap.
+        let expected = ExpectedVersion::Exact(Version(e.stream_version));
+        let Some((stream_id, start)) = claim(conn, &e.stream, expected, 1)? else {
             let recorded: Option<Vec<u8>> = conn
                 .prepare_cached(
                     "SELECT e.event_id FROM annals_events e JOIN annals_streams s \
@@ -573,20 +574,11 @@ fn import(conn: &Connection, events: &[annals::RecordedEvent]) -> Result<u64> {
             if recorded.as_deref() == Some(&e.event_id.as_bytes()[..]) {
                 continue;
             }
-        }
-        let expected = ExpectedVersion::Exact(Version(e.stream_version));
-        if e.stream_version != version {
             return Err(Error::WrongExpectedVersion {
                 stream: e.stream.clone(),
                 expected,
-                actual: Version(version),
+                actual: Version(stream_row(conn, &e.stream)?.map_or(0, |(_, v)| v)),
             });
-        }
-        let Some((stream_id, start)) = claim(conn, &e.stream, expected, 1)? else {
-            return Err(backend(format!(
-                "{}: the stream row changed while importing",
-                e.stream
-            )));
         };
         let inserted = insert.execute(params![
             stream_id,

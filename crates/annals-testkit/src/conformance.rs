@@ -1113,6 +1113,18 @@ pub async fn import_keeps_events_and_order_and_resumes(store: Arc<dyn EventStore
         events.iter().map(key).collect::<Vec<_>>(),
         "same events, same order"
     );
+    // An id recorded in another stream: a typed refusal, nothing written.
+    let mut stolen = events[0].clone();
+    stolen.stream = name("Imported-thief");
+    let refused = store.import(vec![stolen.clone()]).await;
+    assert!(
+        matches!(&refused, Err(Error::DuplicateEventId { existing_stream, .. }) if *existing_stream == events[0].stream),
+        "{refused:?}"
+    );
+    assert_eq!(
+        store.stream_version(&stolen.stream).await.expect("version"),
+        Version(0)
+    );
     // A gap: a new event is refused with the batch, nothing written.
     let mut next = events[0].clone();
     next.stream = name("Imported-new");

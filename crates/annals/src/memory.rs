@@ -174,6 +174,35 @@ impl MemoryStore {
         self.len() == 0
     }
 
+    /// An append, keeping `snapshot` as the head snapshot when it writes.
+    fn append_with(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+        snapshot: Option<Vec<u8>>,
+    ) -> Result<AppendResult> {
+        validate_batch(stream, &events, self.max_event_bytes)?;
+        let result = {
+            let mut inner = self.lock();
+            match inner.plan(stream, expected, &events)? {
+                Verdict::AlreadyWritten(result) => return Ok(result),
+                Verdict::Write => {
+                    let result = inner.write(stream, events);
+                    if let Some(data) = snapshot {
+                        let version = result.version;
+                        inner
+                            .snapshots
+                            .insert(stream.clone(), HeadSnapshot { version, data });
+                    }
+                    result
+                }
+            }
+        };
+        self.changes.send_replace(());
+        Ok(result)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave a half-written batch: writes are
         // planned first and applied without fallible steps.
@@ -197,16 +226,7 @@ impl EventStore for MemoryStore {
         expected: ExpectedVersion,
         events: Vec<EventData>,
     ) -> Result<AppendResult> {
-        validate_batch(stream, &events, self.max_event_bytes)?;
-        let result = {
-            let mut inner = self.lock();
-            match inner.plan(stream, expected, &events)? {
-                Verdict::AlreadyWritten(result) => return Ok(result),
-                Verdict::Write => inner.write(stream, events),
-            }
-        };
-        self.changes.send_replace(());
-        Ok(result)
+        self.append_with(stream, expected, events, None)
     }
 
     async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
@@ -237,26 +257,7 @@ impl EventStore for MemoryStore {
         events: Vec<EventData>,
         snapshot: Vec<u8>,
     ) -> Result<AppendResult> {
-        validate_batch(stream, &events, self.max_event_bytes)?;
-        let result = {
-            let mut inner = self.lock();
-            match inner.plan(stream, expected, &events)? {
-                Verdict::AlreadyWritten(result) => return Ok(result),
-                Verdict::Write => {
-                    let result = inner.write(stream, events);
-                    inner.snapshots.insert(
-                        stream.clone(),
-                        HeadSnapshot {
-                            version: result.version,
-                            data: snapshot,
-                        },
-                    );
-                    result
-                }
-            }
-        };
-        self.changes.send_replace(());
-        Ok(result)
+        self.append_with(stream, expected, events, Some(snapshot))
     }
 
     async fn import(&self, events: Vec<RecordedEvent>) -> Result<u64> {
