@@ -255,6 +255,7 @@ pub async fn dump(store: &Arc<dyn EventStore>, args: FeedArgs, out: &Output) -> 
         Some(p) => position(p)?,
         None => Position::START,
     };
+    store.await_visible().await?;
     let bar = progress(None, "dumping");
     loop {
         let page = store.read_all(from, &filter, PAGE).await?;
@@ -346,6 +347,7 @@ pub async fn stats(opened: &Opened, out: &Output) -> anyhow::Result<()> {
     let mut categories: BTreeMap<String, CategoryStats> = BTreeMap::new();
     let mut from = Position::START;
     let mut head = None;
+    store.await_visible().await?;
     let bar = progress(None, "reading the store");
     loop {
         let page = store.read_all(from, &Filter::all(), 10 * PAGE).await?;
@@ -524,6 +526,9 @@ pub async fn sync(args: SyncArgs, out: &Output) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("--to {}", crate::output::redact(&args.to)))?;
     let source_name = crate::output::redact(&args.from);
+    // Everything committed before the sync started is copied by this run (PostgreSQL
+    // holds back events behind transactions still in flight).
+    source.store.await_visible().await?;
     let resume = target.checkpoints.load(SYNC_GROUP, &source_name).await?;
     let mut from = resume.unwrap_or(Position::START);
     let bar = progress(None, "copying");

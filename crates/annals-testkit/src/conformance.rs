@@ -1091,6 +1091,7 @@ pub async fn import_keeps_events_and_order_and_resumes(store: Arc<dyn EventStore
         "the first five are recognised and skipped"
     );
     assert_eq!(store.import(events.clone()).await.expect("again"), 0);
+    store.await_visible().await.expect("await visibility");
     let copied = store
         .read_all(Position::START, &Filter::category("Imported"), 100)
         .await

@@ -345,6 +345,7 @@ async fn fill(store: &annals_sqlite::SqliteStore) {
 }
 
 async fn everything(store: &dyn EventStore) -> Vec<RecordedEvent> {
+    store.await_visible().await.unwrap();
     let mut all = Vec::new();
     let mut from = Position::START;
     loop {

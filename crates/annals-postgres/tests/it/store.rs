@@ -30,6 +30,7 @@ async fn quotes_semicolons_and_unicode_are_stored_verbatim() {
         (stream.as_str(), event_type)
     );
     assert_eq!(got[0].data, data);
+    store.await_visible().await.unwrap();
     let page = store
         .read_all(
             Position::START,
