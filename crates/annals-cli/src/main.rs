@@ -6,6 +6,7 @@ mod bench;
 mod ops;
 mod output;
 mod store_url;
+mod todo_view;
 
 use clap::{Parser, Subcommand};
 
@@ -55,6 +56,8 @@ enum Command {
     /// Load-test a store.
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// Refold a read model's rows built by older code (`todos`: the lists of `annals serve`).
+    Rebuild(ops::RebuildArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -97,6 +100,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Command::Sync(_) => unreachable!("handled above"),
             Command::Bench(bench) => bench::run(opened, &cli.store, bench).await,
+            Command::Rebuild(args) => ops::rebuild(&opened, args, &out).await,
         }
     })
 }

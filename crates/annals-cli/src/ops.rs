@@ -574,3 +574,54 @@ pub async fn sync(args: SyncArgs, out: &Output) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The read models this build can rebuild.
+pub const PROJECTIONS: &str = crate::todo_view::NAME;
+
+/// `annals rebuild` arguments.
+#[derive(Debug, clap::Args)]
+pub struct RebuildArgs {
+    /// The read model: `todos` (the TodoBackend lists of `annals serve`, table `todo_view`).
+    pub projection: String,
+    /// Refold every row the read model recorded, not only those built by older code.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// `annals rebuild PROJECTION`: refolds the streams whose read-model rows were built by an
+/// older schema of the projection's code (or, with `--all`, every stream it recorded), one
+/// stream per transaction, safe while `annals serve` keeps the read model current.
+pub async fn rebuild(opened: &Opened, args: RebuildArgs, out: &Output) -> anyhow::Result<()> {
+    if args.projection != crate::todo_view::NAME {
+        bail!(
+            "unknown projection {:?}: this build rebuilds {PROJECTIONS}",
+            args.projection
+        );
+    }
+    let target = crate::todo_view::Target::of(opened)?;
+    target.ensure().await?;
+    let schema = crate::todo_view::SCHEMA;
+    let rows = target.rows().await?;
+    let chosen: Vec<_> = rows
+        .iter()
+        .filter(|r| args.all || r.is_stale(schema))
+        .collect();
+    let bar = progress(Some(chosen.len() as u64), "rebuilding");
+    let (mut streams, mut events) = (0u64, 0u64);
+    for row in &chosen {
+        events += target.rebuild(&row.stream).await?;
+        streams += 1;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let current = rows.len() as u64 - streams;
+    if out.json {
+        out.line(&json!({"projection": args.projection, "schema": schema, "rebuilt_streams": streams, "events": events, "current_streams": current}));
+    } else {
+        println!(
+            "{}: rebuilt {streams} streams ({events} events) with schema {schema}; {current} streams were current",
+            args.projection
+        );
+    }
+    Ok(())
+}

@@ -54,17 +54,19 @@ enum Case {
 }
 
 /// What one case measured.
-struct Report {
+pub(super) struct Report {
     name: String,
-    events: u64,
-    operations: u64,
-    elapsed: Duration,
-    latencies: Histogram<u64>,
+    pub(super) events: u64,
+    pub(super) operations: u64,
+    pub(super) elapsed: Duration,
+    pub(super) latencies: Histogram<u64>,
     conflicts: u64,
+    /// A write case (its conflicts are reported).
+    pub(super) writes: bool,
 }
 
 impl Report {
-    fn new(name: impl Into<String>) -> Self {
+    pub(super) fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
             events: 0,
@@ -72,10 +74,19 @@ impl Report {
             elapsed: Duration::ZERO,
             latencies: latency_histogram(),
             conflicts: 0,
+            writes: true,
         }
     }
 
-    fn merge(&mut self, other: Report) {
+    /// A read case's report.
+    pub(super) fn read(name: impl Into<String>) -> Self {
+        Self {
+            writes: false,
+            ..Self::new(name)
+        }
+    }
+
+    pub(super) fn merge(&mut self, other: Report) {
         self.events += other.events;
         self.operations += other.operations;
         self.conflicts += other.conflicts;
@@ -84,24 +95,27 @@ impl Report {
             .expect("histograms of the same bounds");
     }
 
-    fn events_per_sec(&self) -> f64 {
+    pub(super) fn events_per_sec(&self) -> f64 {
         self.events as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
-    fn print(&self) {
+    pub(super) fn print(&self) {
         println!(
-            "{:<44} {:>10.0} {:>10.0}  {}  conflicts {}",
+            "{:<44} {:>10.0} {:>10.0}  {}{}",
             self.name,
             self.events_per_sec(),
             self.operations as f64 / self.elapsed.as_secs_f64().max(1e-9),
             Latency::of(&self.latencies),
-            self.conflicts
+            match self.writes {
+                true => format!("  conflicts {}", self.conflicts),
+                false => String::new(),
+            }
         );
     }
 }
 
 /// An event of about `bytes` bytes of JSON data.
-fn event(bytes: usize, n: u64) -> EventData {
+pub(super) fn event(bytes: usize, n: u64) -> EventData {
     let head = format!(r#"{{"n":{n},"pad":""#);
     let pad = bytes.saturating_sub(head.len() + 2);
     EventData::new(
@@ -110,7 +124,7 @@ fn event(bytes: usize, n: u64) -> EventData {
     )
 }
 
-fn micros(since: Instant) -> u64 {
+pub(super) fn micros(since: Instant) -> u64 {
     since.elapsed().as_micros().max(1) as u64
 }
 

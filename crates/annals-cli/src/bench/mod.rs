@@ -1,11 +1,13 @@
 //! `annals bench`: load tests. `favorite` is the Equinox scenario over the decider runtime;
-//! `append` measures raw store appends against a baseline measured in the same run;
+//! `append` and `read` measure raw store appends and reads against baselines measured in
+//! the same run;
 //! `catchup` and `live` measure the reactor pipeline.
 
 mod append;
 mod calls;
 mod growth;
 mod reactor;
+mod read;
 mod scenario;
 
 use hdrhistogram::Histogram;
@@ -21,6 +23,8 @@ pub enum Bench {
     Todo(scenario::Args),
     /// Append throughput and latency in three shapes, with a raw SQLite baseline.
     Append(append::Args),
+    /// Stream and read-all reads: throughput and latency, with a raw query baseline.
+    Read(read::Args),
     /// One Favorites stream growing to 10,000 events: load cost with and without snapshots.
     Growth(growth::Args),
     /// Reactor catch-up: project a backlog into a read model, against the raw read-all rate.
@@ -39,6 +43,7 @@ pub async fn run(opened: crate::store_url::Opened, url: &str, bench: Bench) -> a
         }
         Bench::Todo(args) => scenario::run(scenario::Scenario::Todo, opened.store, url, args).await,
         Bench::Append(args) => append::run(opened, url, args).await,
+        Bench::Read(args) => read::run(opened, url, args).await,
         Bench::Growth(args) => growth::run(opened.store, url, args).await,
         Bench::Catchup(args) => reactor::catchup(opened, url, args).await,
         Bench::Live(args) => reactor::live(opened, url, args).await,

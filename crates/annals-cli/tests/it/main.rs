@@ -1,6 +1,7 @@
 //! End-to-end tests of the `annals` binary.
 
 mod ops;
+mod rebuild;
 
 use std::process::Command;
 
@@ -257,6 +258,73 @@ fn bench_append_on_postgres_reports_every_case_and_the_ratios() {
     assert!(figure(&stdout, "ratio (a) / raw 100 rows per tx: ") > 0.0);
 }
 
+/// Runs `annals bench read` on `store`; checks every case read what it should (whole
+/// streams of 50 events, tips of 10, pages of at most 1,000) and, with a baseline, the ratios.
+fn bench_read_on(store: &str, baseline: bool) {
+    let stdout = succeeded(&annals(&[
+        "bench",
+        "read",
+        "--store",
+        store,
+        "--duration",
+        "300ms",
+        "--streams",
+        "12",
+        "--events",
+        "50",
+        "--readers",
+        "4",
+    ]));
+    let mut cases = vec![
+        ("(a) whole stream (50 events)", 50.0..=50.0),
+        ("(b) last 10 events, backward", 10.0..=10.0),
+        ("(c) read-all, 1 reader, pages of 1,000", 1.0..=600.0),
+    ];
+    if baseline {
+        cases.push(("raw baseline, whole stream", 50.0..=50.0));
+        cases.push(("raw baseline, last 10 events", 10.0..=10.0));
+    }
+    for (case, per_read) in cases {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(case))
+            .unwrap_or_else(|| panic!("no {case:?} in {stdout}"));
+        let figures: Vec<f64> = line[case.len()..]
+            .split_whitespace()
+            .take(2)
+            .map(|w| w.parse().unwrap())
+            .collect();
+        let (events, reads) = (figures[0], figures[1]);
+        assert!(reads > 0.0, "{line}");
+        // Printed rounded to whole numbers per second: allow that rounding.
+        let each = events / reads;
+        assert!(
+            *per_read.start() * 0.99 <= each && each <= *per_read.end() * 1.01,
+            "{case}: {each} events per read in {line}"
+        );
+    }
+    if baseline {
+        assert!(figure(&stdout, "ratio (a) / raw: ") > 0.0, "{stdout}");
+        assert!(figure(&stdout, "ratio (b) / raw: ") > 0.0, "{stdout}");
+    } else {
+        assert!(
+            stdout.contains("no raw baseline for this store"),
+            "{stdout}"
+        );
+    }
+}
+
+#[test]
+fn bench_read_reports_every_case_with_a_baseline_on_sqlite_and_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    bench_read_on(
+        &format!("sqlite://{}", dir.path().join("read.db").display()),
+        true,
+    );
+    bench_read_on(&ops::pg_url("read"), true);
+    bench_read_on("memory://", false);
+}
+
 #[test]
 fn an_unreachable_postgres_fails_fast_in_one_line() {
     let started = std::time::Instant::now();
@@ -358,6 +426,7 @@ fn bench_growth_reports_step_latency_as_the_stream_grows() {
 
 #[test]
 fn scenario_benches_report_intervals_outcomes_latency_and_round_trips() {
+    let pg = ops::pg_url("scenario");
     for (scenario, store, extra) in [
         (
             "save-for-later",
@@ -368,6 +437,12 @@ fn scenario_benches_report_intervals_outcomes_latency_and_round_trips() {
             "todo",
             "sqlite://bench.db",
             vec!["--cache", "--snapshots", "head"],
+        ),
+        ("favorite", pg.as_str(), vec!["--snapshots", "head"]),
+        (
+            "todo",
+            pg.as_str(),
+            vec!["--cache", "--snapshots", "rolling"],
         ),
     ] {
         let mut args = vec![

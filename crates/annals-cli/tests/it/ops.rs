@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::succeeded;
 
-fn pg_url(prefix: &str) -> String {
+pub(crate) fn pg_url(prefix: &str) -> String {
     format!(
         "{}?annals_schema={}",
         annals_testkit::postgres::shared().url,
@@ -19,7 +19,7 @@ fn pg_url(prefix: &str) -> String {
 }
 
 /// Runs `annals --store STORE args` in `dir`.
-fn on(dir: &std::path::Path, store: &str, args: &[&str]) -> std::process::Output {
+pub(crate) fn on(dir: &std::path::Path, store: &str, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_annals"))
         .args(args)
         .args(["--store", store])
@@ -30,7 +30,7 @@ fn on(dir: &std::path::Path, store: &str, args: &[&str]) -> std::process::Output
 }
 
 /// Asserts a failure with exactly one line on stderr containing `says`.
-fn failed_saying(out: &std::process::Output, says: &str) {
+pub(crate) fn failed_saying(out: &std::process::Output, says: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success(),
@@ -42,7 +42,7 @@ fn failed_saying(out: &std::process::Output, says: &str) {
     assert!(stderr.contains(says), "expected {says:?} in {stderr}");
 }
 
-fn json_lines(stdout: &str) -> Vec<Value> {
+pub(crate) fn json_lines(stdout: &str) -> Vec<Value> {
     stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))

@@ -1,0 +1,325 @@
+//! `annals bench read`: read throughput and latency, beside a raw baseline measured in the
+//! same run against the same rows.
+//!
+//! A fresh category of `--streams` streams of `--events` events each is written first; then
+//! `--readers` readers, each picking streams at random:
+//! - (a) read a whole stream, oldest first;
+//! - (b) read a stream's last 10 events, newest first (the tip a decider without a cache
+//!   or snapshot would otherwise fold from the start);
+//! - (c) one reader pages through the category with read-all, 1,000 events per page.
+//!
+//! The baselines are plain queries of the same rows from the store's own tables (rusqlite on
+//! a read connection of the file, or a PostgreSQL client), decoded into plain tuples: what a
+//! hand-written reader would cost. The report gives our figures as ratios of them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use annals::{
+    EventStore, EventStoreExt, ExpectedVersion, Filter, Position, ReadStream, StreamName,
+};
+use annals_sqlite::rusqlite;
+use anyhow::ensure;
+
+use super::append::{event, micros, Report};
+use super::Rng;
+use crate::store_url::Opened;
+
+/// Arguments of `annals bench read`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// How long each case runs, for example `5s`.
+    #[arg(long, short = 'd', default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Streams written before reading.
+    #[arg(long, default_value_t = 100)]
+    streams: u64,
+    /// Events per stream.
+    #[arg(long, default_value_t = 1000)]
+    events: u64,
+    /// Bytes of JSON data per event.
+    #[arg(long, default_value_t = 100)]
+    event_bytes: usize,
+    /// Concurrent readers in cases (a) and (b), and in their baselines.
+    #[arg(long, default_value_t = 16)]
+    readers: usize,
+}
+
+/// A raw read: the whole stream or its last 10 events.
+#[derive(Clone, Copy)]
+enum Shape {
+    Whole,
+    Tip,
+}
+
+impl Shape {
+    fn store_read(self) -> ReadStream {
+        match self {
+            Shape::Whole => ReadStream::forward(),
+            Shape::Tip => ReadStream::backward().limit(10),
+        }
+    }
+}
+
+pub async fn run(opened: Opened, url: &str, args: Args) -> anyhow::Result<()> {
+    ensure!(
+        !args.duration.is_zero(),
+        "--duration must be more than zero"
+    );
+    ensure!(
+        args.streams > 0 && args.events > 0 && args.readers > 0,
+        "--streams, --events and --readers must be at least 1"
+    );
+    let run = format!("r{}", std::process::id());
+    let category = format!("BenchRead{run}");
+    println!(
+        "read benchmark  store {url}  {} per case  {} streams x {} events of {} bytes  {} readers",
+        humantime::format_duration(args.duration),
+        args.streams,
+        args.events,
+        args.event_bytes,
+        args.readers
+    );
+    let streams: Vec<StreamName> = (0..args.streams)
+        .map(|i| StreamName::from_parts(&category, &i.to_string()))
+        .collect::<Result<_, _>>()?;
+    let bar = crate::output::progress(Some(args.streams * args.events), "writing");
+    for s in &streams {
+        let mut written = 0;
+        while written < args.events {
+            let n = (args.events - written).min(100);
+            let batch = (0..n)
+                .map(|i| event(args.event_bytes, written + i))
+                .collect();
+            opened.store.append(s, ExpectedVersion::Any, batch).await?;
+            written += n;
+            bar.inc(n);
+        }
+    }
+    bar.finish_and_clear();
+    opened.store.await_visible().await?;
+    let raw = Raw::of(&opened).await?;
+    let streams = Arc::new(streams);
+    let mut reports = Vec::new();
+    for (shape, label) in [
+        (
+            Shape::Whole,
+            format!("(a) whole stream ({} events)", args.events),
+        ),
+        (Shape::Tip, "(b) last 10 events, backward".to_owned()),
+    ] {
+        let baseline = match &raw {
+            Some(raw) => Some(raw.run(shape, &streams, &args).await?),
+            None => None,
+        };
+        let ours = readers(&opened.store, &label, shape, &streams, &args).await?;
+        reports.push((baseline, ours));
+    }
+    let all = read_all(&opened.store, &category, args.duration).await?;
+    println!(
+        "{:<44} {:>10} {:>10}  latency ms per read",
+        "case", "events/s", "reads/s"
+    );
+    for (baseline, ours) in &reports {
+        if let Some(b) = baseline {
+            b.print();
+        }
+        ours.print();
+    }
+    all.print();
+    match raw {
+        None => println!("no raw baseline for this store"),
+        Some(_) => {
+            for ((baseline, ours), case) in reports.iter().zip(["(a)", "(b)"]) {
+                if let Some(b) = baseline {
+                    println!(
+                        "ratio {case} / raw: {:.2}x events/s, p50 {:.3} ms vs {:.3} ms",
+                        ours.events_per_sec() / b.events_per_sec(),
+                        ours.latencies.value_at_quantile(0.5) as f64 / 1000.0,
+                        b.latencies.value_at_quantile(0.5) as f64 / 1000.0,
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `args.readers` readers read random streams for the duration.
+async fn readers(
+    store: &Arc<dyn EventStore>,
+    name: &str,
+    shape: Shape,
+    streams: &Arc<Vec<StreamName>>,
+    args: &Args,
+) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let tasks: Vec<_> = (0..args.readers)
+        .map(|r| {
+            let (store, streams, name) = (Arc::clone(store), Arc::clone(streams), name.to_owned());
+            tokio::spawn(async move {
+                let mut report = Report::read(name);
+                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (r as u64 + 1));
+                while Instant::now() < deadline {
+                    let s = &streams[(rng.next() % streams.len() as u64) as usize];
+                    let t0 = Instant::now();
+                    let events = store.read_stream_vec(s, shape.store_read()).await?;
+                    report.latencies.saturating_record(micros(t0));
+                    report.events += events.len() as u64;
+                    report.operations += 1;
+                }
+                Ok::<_, anyhow::Error>(report)
+            })
+        })
+        .collect();
+    let mut total = Report::read(name);
+    for t in tasks {
+        total.merge(t.await??);
+    }
+    total.elapsed = started.elapsed();
+    Ok(total)
+}
+
+/// One reader pages through the category again and again for the duration.
+async fn read_all(
+    store: &Arc<dyn EventStore>,
+    category: &str,
+    duration: Duration,
+) -> anyhow::Result<Report> {
+    let mut report = Report::read("(c) read-all, 1 reader, pages of 1,000");
+    let filter = Filter::category(category);
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut from = Position::START;
+    while Instant::now() < deadline {
+        let t0 = Instant::now();
+        let page = store.read_all(from, &filter, 1000).await?;
+        report.latencies.saturating_record(micros(t0));
+        report.events += page.events.len() as u64;
+        report.operations += 1;
+        from = if page.end { Position::START } else { page.next };
+    }
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+/// Plain queries of the store's own tables.
+enum Raw {
+    Sqlite(std::path::PathBuf),
+    Postgres {
+        pool: deadpool_postgres::Pool,
+        schema: String,
+    },
+}
+
+/// The columns a reader needs, as plain values.
+type RawRow = (i64, Vec<u8>, String, Vec<u8>, Option<Vec<u8>>);
+
+impl Raw {
+    async fn of(opened: &Opened) -> anyhow::Result<Option<Self>> {
+        Ok(match (&opened.sqlite, &opened.postgres) {
+            (Some(config), _) => Some(Raw::Sqlite(config.path.clone())),
+            (_, Some(config)) => {
+                let pg: annals_postgres::tokio_postgres::Config = config.url.parse()?;
+                let manager =
+                    deadpool_postgres::Manager::new(pg, annals_postgres::tokio_postgres::NoTls);
+                let pool = deadpool_postgres::Pool::builder(manager)
+                    .max_size(64)
+                    .build()?;
+                Some(Raw::Postgres {
+                    pool,
+                    schema: config.schema.clone(),
+                })
+            }
+            _ => None,
+        })
+    }
+
+    async fn run(
+        &self,
+        shape: Shape,
+        streams: &Arc<Vec<StreamName>>,
+        args: &Args,
+    ) -> anyhow::Result<Report> {
+        let name = match shape {
+            Shape::Whole => "raw baseline, whole stream",
+            Shape::Tip => "raw baseline, last 10 events",
+        };
+        let order = match shape {
+            Shape::Whole => "ORDER BY e.stream_version",
+            Shape::Tip => "ORDER BY e.stream_version DESC LIMIT 10",
+        };
+        let started = Instant::now();
+        let deadline = started + args.duration;
+        let mut tasks = Vec::new();
+        for r in 0..args.readers {
+            let streams = Arc::clone(streams);
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (r as u64 + 1));
+            let task = match self {
+                Raw::Sqlite(path) => {
+                    let sql = format!(
+                        "SELECT e.stream_version, e.event_id, e.event_type, e.data, e.metadata \
+                         FROM annals_events e JOIN annals_streams s ON s.stream_id = e.stream_id \
+                         WHERE s.name = ?1 {order}"
+                    );
+                    let path = path.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let conn = rusqlite::Connection::open_with_flags(
+                            &path,
+                            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                        )?;
+                        let mut report = Report::read(name);
+                        while Instant::now() < deadline {
+                            let s = &streams[(rng.next() % streams.len() as u64) as usize];
+                            let t0 = Instant::now();
+                            let mut q = conn.prepare_cached(&sql)?;
+                            let rows: Vec<RawRow> = q
+                                .query_map([s.as_str()], |r| {
+                                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                                })?
+                                .collect::<Result<_, _>>()?;
+                            report.latencies.saturating_record(micros(t0));
+                            report.events += rows.len() as u64;
+                            report.operations += 1;
+                        }
+                        Ok::<_, anyhow::Error>(report)
+                    })
+                }
+                Raw::Postgres { pool, schema } => {
+                    let sql = format!(
+                        "SELECT e.stream_version, e.event_id, e.event_type, e.data, e.metadata \
+                         FROM {schema}.events e JOIN {schema}.streams s ON s.stream_id = e.stream_id \
+                         WHERE s.name = $1 {order}"
+                    );
+                    let pool = pool.clone();
+                    tokio::spawn(async move {
+                        let client = pool.get().await?;
+                        let query = client.prepare_cached(&sql).await?;
+                        let mut report = Report::read(name);
+                        while Instant::now() < deadline {
+                            let s = &streams[(rng.next() % streams.len() as u64) as usize];
+                            let t0 = Instant::now();
+                            let rows = client.query(&query, &[&s.as_str()]).await?;
+                            let rows: Vec<(i64, annals::Uuid, String, Vec<u8>, Option<Vec<u8>>)> =
+                                rows.iter()
+                                    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+                                    .collect();
+                            report.latencies.saturating_record(micros(t0));
+                            report.events += rows.len() as u64;
+                            report.operations += 1;
+                        }
+                        Ok::<_, anyhow::Error>(report)
+                    })
+                }
+            };
+            tasks.push(task);
+        }
+        let mut total = Report::read(name);
+        for t in tasks {
+            total.merge(t.await??);
+        }
+        total.elapsed = started.elapsed();
+        Ok(total)
+    }
+}
