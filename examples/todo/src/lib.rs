@@ -7,6 +7,8 @@ use std::sync::Arc;
 use annals::{Cache, Category, Domain, EventStore, JsonCodec};
 use serde::{Deserialize, Serialize};
 
+pub mod web;
+
 /// The category of todo-list streams.
 pub const CATEGORY: &str = "Todos";
 
@@ -99,13 +101,17 @@ pub fn is_origin(event: &Event) -> bool {
     matches!(event, Event::Cleared { .. })
 }
 
-/// Decides adding a todo; returns it.
-pub fn add(title: String, order: Option<i64>) -> impl Fn(&State) -> (Todo, Vec<Event>) {
+/// Decides adding a todo (`order` defaults to its id); returns it.
+pub fn add(
+    title: String,
+    order: Option<i64>,
+    completed: bool,
+) -> impl Fn(&State) -> (Todo, Vec<Event>) {
     move |state| {
         let todo = Todo {
             id: state.next_id,
             title: title.clone(),
-            completed: false,
+            completed,
             order: order.unwrap_or(state.next_id as i64),
         };
         (todo.clone(), vec![Event::Added(todo)])
@@ -178,10 +184,11 @@ impl Service {
         client: &str,
         title: String,
         order: Option<i64>,
+        completed: bool,
     ) -> annals::Result<Todo> {
         self.category
             .decider(client)?
-            .transact_result(add(title, order))
+            .transact_result(add(title, order, completed))
             .await
     }
 
@@ -249,7 +256,7 @@ mod tests {
     #[test]
     fn adding_gives_the_next_id_and_clearing_keeps_counting() {
         given::<Todos>([Event::Added(todo(0, "a")), Event::Cleared { next_id: 1 }])
-            .when(|s| add("b".into(), None)(s).1)
+            .when(|s| add("b".into(), None, false)(s).1)
             .then([Event::Added(todo(1, "b"))]);
     }
 

@@ -170,7 +170,7 @@ impl Service {
                 if n % 20 == 19 {
                     s.clear(client).await?;
                 }
-                let todo = s.add(client, item, None).await?;
+                let todo = s.add(client, item, None, false).await?;
                 let list = s.list(client).await?;
                 // Another worker may have cleared the list since: then everything in it was
                 // added after this todo.

@@ -19,7 +19,7 @@ async fn fill(store: Arc<dyn EventStore>) -> Vec<Row> {
     for list in ["a", "b", "c"] {
         for i in 0..4 {
             service
-                .add(list, format!("{list} todo {i} ✓ 'quoted'"), None)
+                .add(list, format!("{list} todo {i} ✓ 'quoted'"), None, i == 3)
                 .await
                 .unwrap();
         }
@@ -32,7 +32,7 @@ async fn fill(store: Arc<dyn EventStore>) -> Vec<Row> {
     service.delete("a", 2).await.unwrap();
     service.clear("b").await.unwrap();
     service
-        .add("b", "after the clear".into(), Some(-1))
+        .add("b", "after the clear".into(), Some(-1), false)
         .await
         .unwrap();
     service.update("c", 3, done).await.unwrap();
