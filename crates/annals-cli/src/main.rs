@@ -5,6 +5,7 @@
 mod bench;
 mod ops;
 mod output;
+mod serve;
 mod store_url;
 mod todo_view;
 
@@ -56,19 +57,27 @@ enum Command {
     /// Load-test a store.
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// Serve the TodoBackend API (todobackend.com) over the store, at --listen.
+    Serve(serve::ServeArgs),
     /// Refold a read model's rows built by older code (`todos`: the lists of `annals serve`).
     Rebuild(ops::RebuildArgs),
 }
 
 fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // The service logs each request; the other commands only warnings.
+    let default = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ANNALS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -87,6 +96,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         if let Command::Sync(args) = cli.command {
             return ops::sync(args, &out).await;
         }
+        if let Command::Bench(bench) = cli.command {
+            if cli.store.starts_with("http://") {
+                return bench::run_http(&cli.store, bench).await;
+            }
+            let opened = store_url::open(&cli.store).await?;
+            return bench::run(opened, &cli.store, bench).await;
+        }
         let opened = store_url::open(&cli.store).await?;
         match cli.command {
             Command::Init => ops::init(&opened, &cli.store, &out).await,
@@ -99,7 +115,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ops::checkpoint(&opened.checkpoints, command, &out).await
             }
             Command::Sync(_) => unreachable!("handled above"),
-            Command::Bench(bench) => bench::run(opened, &cli.store, bench).await,
+            Command::Bench(_) => unreachable!("handled above"),
+            Command::Serve(args) => serve::serve(opened, &cli.store, args).await,
             Command::Rebuild(args) => ops::rebuild(&opened, args, &out).await,
         }
     })

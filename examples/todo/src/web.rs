@@ -92,8 +92,9 @@ pub fn router(service: Service, options: Options) -> Router {
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(observe))
         .layer(cors)
+        // Outermost: preflights answered by the CORS layer are logged and counted too.
+        .layer(axum::middleware::from_fn(observe))
         .with_state(app)
 }
 

@@ -6,6 +6,7 @@
 mod append;
 mod calls;
 mod growth;
+mod http;
 mod reactor;
 mod read;
 mod scenario;
@@ -34,19 +35,38 @@ pub enum Bench {
 }
 
 pub async fn run(opened: crate::store_url::Opened, url: &str, bench: Bench) -> anyhow::Result<()> {
+    use scenario::{Scenario, Target};
+    let store = || Target::Store(opened.store.clone());
     match bench {
-        Bench::Favorite(args) => {
-            scenario::run(scenario::Scenario::Favorite, opened.store, url, args).await
-        }
+        Bench::Favorite(args) => scenario::run(Scenario::Favorite, store(), url, args).await,
         Bench::SaveForLater(args) => {
-            scenario::run(scenario::Scenario::SaveForLater, opened.store, url, args).await
+            scenario::run(Scenario::SaveForLater, store(), url, args).await
         }
-        Bench::Todo(args) => scenario::run(scenario::Scenario::Todo, opened.store, url, args).await,
+        Bench::Todo(args) => scenario::run(Scenario::Todo, store(), url, args).await,
         Bench::Append(args) => append::run(opened, url, args).await,
         Bench::Read(args) => read::run(opened, url, args).await,
         Bench::Growth(args) => growth::run(opened.store, url, args).await,
         Bench::Catchup(args) => reactor::catchup(opened, url, args).await,
         Bench::Live(args) => reactor::live(opened, url, args).await,
+    }
+}
+
+/// `annals bench todo --store http://HOST:PORT`: the todo scenario against a running
+/// TodoBackend; the other benches need a store.
+pub async fn run_http(url: &str, bench: Bench) -> anyhow::Result<()> {
+    match bench {
+        Bench::Todo(args) => {
+            scenario::run(
+                scenario::Scenario::Todo,
+                scenario::Target::Http(url.to_owned()),
+                url,
+                args,
+            )
+            .await
+        }
+        _ => anyhow::bail!(
+            "{url}: over HTTP only `annals bench todo` runs (against annals serve); the other benches need a store URL"
+        ),
     }
 }
 

@@ -21,6 +21,7 @@ use anyhow::{bail, ensure};
 use hdrhistogram::Histogram;
 
 use super::calls::{Calls, OPERATIONS};
+use super::http::{Conflict, WebTodos};
 use super::{latency_histogram, Latency, Rng};
 
 /// Which scenario.
@@ -81,12 +82,22 @@ pub struct Args {
     interval: Duration,
 }
 
-/// The services of the three domains, over one (counted) store.
+/// The services of the three domains, over one (counted) store, or the todo lists of a
+/// TodoBackend over HTTP.
 #[derive(Clone)]
 enum Service {
     Favorite(example_favorites::Service),
     SaveForLater(example_save_for_later::Service),
     Todo(example_todo::Service),
+    Web(Arc<WebTodos>),
+}
+
+/// What a scenario runs against.
+pub enum Target {
+    /// A store, in process.
+    Store(Arc<dyn EventStore>),
+    /// A running TodoBackend at this URL.
+    Http(String),
 }
 
 fn category<D: annals::Domain>(
@@ -140,6 +151,7 @@ impl Service {
     /// One test for `client` with the fresh item `item`; `n` is the worker's test number.
     async fn test(&self, client: &str, item: String, n: u64) -> anyhow::Result<()> {
         match self {
+            Service::Web(w) => w.test(client, item, n).await?,
             Service::Favorite(s) => {
                 s.favorite(client, std::slice::from_ref(&item)).await?;
                 let list = s.list(client).await?;
@@ -205,12 +217,7 @@ impl Tally {
     }
 }
 
-pub async fn run(
-    scenario: Scenario,
-    store: Arc<dyn EventStore>,
-    url: &str,
-    args: Args,
-) -> anyhow::Result<()> {
+pub async fn run(scenario: Scenario, target: Target, url: &str, args: Args) -> anyhow::Result<()> {
     ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     ensure!(args.clients > 0, "--clients must be at least 1");
     if let Some(rate) = args.rate {
@@ -219,9 +226,27 @@ pub async fn run(
             "--rate must be a positive number of tests per second"
         );
     }
-    let calls = Arc::new(Calls::new(store));
-    let cache = args.cache.then(|| Arc::new(Cache::new(args.clients)));
-    let service = Service::new(scenario, calls.clone(), cache, args.snapshots)?;
+    let (service, calls) = match target {
+        Target::Store(store) => {
+            let calls = Arc::new(Calls::new(store));
+            let cache = args.cache.then(|| Arc::new(Cache::new(args.clients)));
+            let service = Service::new(scenario, calls.clone(), cache, args.snapshots)?;
+            (service, Some(calls))
+        }
+        Target::Http(url) => {
+            ensure!(
+                scenario == Scenario::Todo,
+                "over HTTP only the todo scenario runs (annals serve is a TodoBackend)"
+            );
+            ensure!(
+                !args.cache && args.snapshots == Snapshots::None,
+                "--cache and --snapshots are the server's choice over HTTP"
+            );
+            let web = Arc::new(WebTodos::new(&url));
+            web.probe().await?;
+            (Service::Web(web), None)
+        }
+    };
     let run_id = std::process::id();
     let started = Instant::now();
     let deadline = started + args.duration;
@@ -261,7 +286,7 @@ pub async fn run(
                                 if matches!(
                                     e.downcast_ref::<annals::Error>(),
                                     Some(annals::Error::ResyncExhausted { .. })
-                                ) =>
+                                ) || e.downcast_ref::<Conflict>().is_some() =>
                             {
                                 t.conflicts += 1
                             }
@@ -325,18 +350,31 @@ pub async fn run(
     );
     println!("latency ms  {}", Latency::of(&total.latencies));
     let runs = (tests + total.conflicts + total.errors).max(1) as f64;
-    let counts = calls.counts();
-    let per_test: Vec<String> = OPERATIONS
-        .iter()
-        .zip(counts)
-        .filter(|(_, n)| *n > 0)
-        .map(|(op, n)| format!("{op} {:.2}", n as f64 / runs))
-        .collect();
-    println!(
-        "round trips per test  {:.2}  ({})",
-        counts.iter().sum::<u64>() as f64 / runs,
-        per_test.join(", ")
-    );
+    match (&calls, &service) {
+        (Some(calls), _) => {
+            let counts = calls.counts();
+            let per_test: Vec<String> = OPERATIONS
+                .iter()
+                .zip(counts)
+                .filter(|(_, n)| *n > 0)
+                .map(|(op, n)| format!("{op} {:.2}", n as f64 / runs))
+                .collect();
+            println!(
+                "round trips per test  {:.2}  ({})",
+                counts.iter().sum::<u64>() as f64 / runs,
+                per_test.join(", ")
+            );
+        }
+        (None, Service::Web(web)) => {
+            let requests = web.requests.load(std::sync::atomic::Ordering::Relaxed);
+            println!(
+                "http requests per test  {:.2}  (requests/s {:.1})",
+                requests as f64 / runs,
+                requests as f64 / elapsed
+            );
+        }
+        (None, _) => {}
+    }
     if let Some(e) = total.first_error {
         bail!("{} tests failed; the first: {e}", total.errors);
     }

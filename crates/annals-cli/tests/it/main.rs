@@ -2,6 +2,7 @@
 
 mod ops;
 mod rebuild;
+mod serve;
 
 use std::process::Command;
 
