@@ -213,8 +213,10 @@ enum Raw {
     },
 }
 
-/// The columns a reader needs, as plain values.
+/// The columns a reader needs, as plain values (the id as SQLite's bytes).
 type RawRow = (i64, Vec<u8>, String, Vec<u8>, Option<Vec<u8>>);
+/// The same columns from PostgreSQL (the id as a uuid).
+type PgRow = (i64, annals::Uuid, String, Vec<u8>, Option<Vec<u8>>);
 
 impl Raw {
     async fn of(opened: &Opened) -> anyhow::Result<Option<Self>> {
@@ -301,10 +303,10 @@ impl Raw {
                             let s = &streams[(rng.next() % streams.len() as u64) as usize];
                             let t0 = Instant::now();
                             let rows = client.query(&query, &[&s.as_str()]).await?;
-                            let rows: Vec<(i64, annals::Uuid, String, Vec<u8>, Option<Vec<u8>>)> =
-                                rows.iter()
-                                    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
-                                    .collect();
+                            let rows: Vec<PgRow> = rows
+                                .iter()
+                                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+                                .collect();
                             report.latencies.saturating_record(micros(t0));
                             report.events += rows.len() as u64;
                             report.operations += 1;
