@@ -336,7 +336,11 @@ pub async fn run(scenario: Scenario, target: Target, url: &str, args: Args) -> a
         crate::output::redact(url),
         args.concurrency,
         args.clients,
-        if args.cache { "on" } else { "off" },
+        match (&calls, args.cache) {
+            (None, _) => "the server's",
+            (Some(_), true) => "on",
+            (Some(_), false) => "off",
+        },
         args.snapshots,
         args.rate.map_or("unthrottled".to_owned(), |r| format!("{r}/s")),
         elapsed
