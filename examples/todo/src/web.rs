@@ -32,8 +32,9 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Path, Query, Request, State};
 use axum::http::header::{CONTENT_TYPE, HOST, LOCATION};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -206,6 +207,15 @@ struct Caller {
     base: String,
 }
 
+impl FromRequestParts<Arc<App>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let query = Query::<ClientQuery>::from_request_parts(parts, app).await;
+        Caller::of(app, &parts.headers, query)
+    }
+}
+
 impl Caller {
     fn of(
         app: &App,
@@ -246,6 +256,14 @@ impl Caller {
         match self.client.as_str() {
             DEFAULT_CLIENT => format!("{}/todos/{id}", self.base),
             client => format!("{}/todos/{id}?client={client}", self.base),
+        }
+    }
+
+    /// The todo, or `404` when there is none.
+    fn found(&self, id: u64, todo: Option<Todo>) -> Result<Response, ApiError> {
+        match todo {
+            Some(t) => Ok(Json(self.show(&t)).into_response()),
+            None => Err(ApiError::NotFound(format!("no todo {id}"))),
         }
     }
 
@@ -328,12 +346,7 @@ fn todo_id(text: &str) -> Result<u64, ApiError> {
         .map_err(|_| ApiError::NotFound(format!("no todo {text:?}")))
 }
 
-async fn list(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    query: Result<Query<ClientQuery>, QueryRejection>,
-) -> Result<Response, ApiError> {
-    let caller = Caller::of(&app, &headers, query)?;
+async fn list(State(app): State<Arc<App>>, caller: Caller) -> Result<Response, ApiError> {
     let todos = app.service.list(&caller.client).await?;
     let shown: Vec<_> = todos.iter().map(|t| caller.show(t)).collect();
     Ok(Json(shown).into_response())
@@ -341,62 +354,45 @@ async fn list(
 
 async fn add(
     State(app): State<Arc<App>>,
+    caller: Caller,
     headers: HeaderMap,
-    query: Result<Query<ClientQuery>, QueryRejection>,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = Caller::of(&app, &headers, query)?;
     let new: NewTodo = body(&headers, bytes)?;
     let title = title(new.title)?;
+    let completed = new.completed.unwrap_or(false);
     let todo = app
         .service
-        .add(
-            &caller.client,
-            title,
-            new.order,
-            new.completed.unwrap_or(false),
-        )
+        .add(&caller.client, title, new.order, completed)
         .await?;
-    let url = caller.url(todo.id);
     let mut response = (StatusCode::CREATED, Json(caller.show(&todo))).into_response();
-    if let Ok(location) = HeaderValue::from_str(&url) {
+    if let Ok(location) = HeaderValue::from_str(&caller.url(todo.id)) {
         response.headers_mut().insert(LOCATION, location);
     }
     Ok(response)
 }
 
-async fn clear(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    query: Result<Query<ClientQuery>, QueryRejection>,
-) -> Result<Response, ApiError> {
-    let caller = Caller::of(&app, &headers, query)?;
+async fn clear(State(app): State<Arc<App>>, caller: Caller) -> Result<Response, ApiError> {
     app.service.clear(&caller.client).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn one(
     State(app): State<Arc<App>>,
+    caller: Caller,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    query: Result<Query<ClientQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = Caller::of(&app, &headers, query)?;
     let id = todo_id(&id)?;
-    match app.service.get(&caller.client, id).await? {
-        Some(t) => Ok(Json(caller.show(&t)).into_response()),
-        None => Err(ApiError::NotFound(format!("no todo {id}"))),
-    }
+    caller.found(id, app.service.get(&caller.client, id).await?)
 }
 
 async fn update(
     State(app): State<Arc<App>>,
+    caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
-    query: Result<Query<ClientQuery>, QueryRejection>,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = Caller::of(&app, &headers, query)?;
     let id = todo_id(&id)?;
     let sent: PatchTodo = body(&headers, bytes)?;
     let patch = Patch {
@@ -404,19 +400,14 @@ async fn update(
         completed: sent.completed,
         order: sent.order,
     };
-    match app.service.update(&caller.client, id, patch).await? {
-        Some(t) => Ok(Json(caller.show(&t)).into_response()),
-        None => Err(ApiError::NotFound(format!("no todo {id}"))),
-    }
+    caller.found(id, app.service.update(&caller.client, id, patch).await?)
 }
 
 async fn delete(
     State(app): State<Arc<App>>,
+    caller: Caller,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    query: Result<Query<ClientQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = Caller::of(&app, &headers, query)?;
     let id = todo_id(&id)?;
     match app.service.delete(&caller.client, id).await? {
         true => Ok(StatusCode::NO_CONTENT.into_response()),
