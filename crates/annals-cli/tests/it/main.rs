@@ -371,8 +371,10 @@ fn reactor_benches_on(store: &str) {
         "live",
         "--store",
         store,
+        // Appends are sequential: 2 s leaves room for slow appends on a loaded machine
+        // (at 500 ms a CI run under load appended only 9).
         "--duration",
-        "500ms",
+        "2s",
         "--rate",
         "40",
     ]);
