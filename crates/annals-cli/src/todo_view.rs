@@ -113,12 +113,7 @@ impl Target {
                     )
                     .await?;
                 for t in &items {
-                    client
-                        .execute(
-                            &format!("INSERT INTO {table} (list, id, title, completed, ord) VALUES ($1, $2, $3, $4, $5)"),
-                            &[&stream.as_str(), &(t.id as i64), &t.title, &t.completed, &t.order],
-                        )
-                        .await?;
+                    pg_upsert(client, &table, stream.as_str(), t).await?;
                 }
                 tx.commit_rebuilt(id(), stream, Version(events.len() as u64))
                     .await?;
@@ -126,6 +121,20 @@ impl Target {
             }
         }
     }
+}
+
+async fn pg_upsert(
+    client: &annals_postgres::tokio_postgres::Client,
+    table: &str,
+    list: &str,
+    t: &example_todo::Todo,
+) -> Result<u64, annals_postgres::tokio_postgres::Error> {
+    client
+        .execute(
+            &format!("INSERT INTO {table} (list, id, title, completed, ord) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (list, id) DO UPDATE SET title = $3, completed = $4, ord = $5"),
+            &[&list, &(t.id as i64), &t.title, &t.completed, &t.order],
+        )
+        .await
 }
 
 fn pg_table(pg: &PgStore) -> String {
@@ -226,12 +235,7 @@ impl Handler for Projector {
                 for e in fresh {
                     match decode(e)? {
                         Some(Event::Added(t) | Event::Updated(t)) => {
-                            client
-                                .execute(
-                                    &format!("INSERT INTO {table} (list, id, title, completed, ord) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (list, id) DO UPDATE SET title = $3, completed = $4, ord = $5"),
-                                    &[&list, &(t.id as i64), &t.title, &t.completed, &t.order],
-                                )
-                                .await?;
+                            pg_upsert(client, &table, list, &t).await?;
                         }
                         Some(Event::Deleted { id }) => {
                             client

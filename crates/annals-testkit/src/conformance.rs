@@ -61,7 +61,8 @@ async fn versions(store: &dyn EventStore, stream: &StreamName, options: ReadStre
         .collect()
 }
 
-async fn read_everything(store: &dyn EventStore) -> Vec<RecordedEvent> {
+/// Every event of `store` in read-all order, after waiting for visibility.
+pub async fn read_everything(store: &dyn EventStore) -> Vec<RecordedEvent> {
     store.await_visible().await.expect("await visibility");
     let mut out = Vec::new();
     let mut from = Position::START;
@@ -1051,6 +1052,21 @@ pub async fn opposite_order_transactions_do_not_deadlock(store: Arc<dyn EventSto
     assert_eq!(*a.state, 0, "as many transfers each way");
 }
 
+/// What a copy of an event must keep: everything but its position.
+pub fn copy_key(e: &RecordedEvent) -> impl PartialEq + std::fmt::Debug {
+    (
+        e.stream.clone(),
+        e.stream_version,
+        e.event_id,
+        e.event_type.clone(),
+        e.data.clone(),
+        e.metadata.clone(),
+        e.correlation_id,
+        e.causation_id,
+        e.recorded_at,
+    )
+}
+
 /// Importing another store's events: versions, ids, content and timestamps kept, read-all
 /// order kept, already imported events skipped (a resumed import), a gap refused with
 /// nothing written; stores without the capability refuse with a typed error.
@@ -1096,22 +1112,9 @@ pub async fn import_keeps_events_and_order_and_resumes(store: Arc<dyn EventStore
         .read_all(Position::START, &Filter::category("Imported"), 100)
         .await
         .expect("read");
-    let key = |e: &RecordedEvent| {
-        (
-            e.stream.clone(),
-            e.stream_version,
-            e.event_id,
-            e.event_type.clone(),
-            e.data.clone(),
-            e.metadata.clone(),
-            e.correlation_id,
-            e.causation_id,
-            e.recorded_at,
-        )
-    };
     assert_eq!(
-        copied.events.iter().map(key).collect::<Vec<_>>(),
-        events.iter().map(key).collect::<Vec<_>>(),
+        copied.events.iter().map(copy_key).collect::<Vec<_>>(),
+        events.iter().map(copy_key).collect::<Vec<_>>(),
         "same events, same order"
     );
     // An id recorded in another stream: a typed refusal, nothing written.

@@ -278,23 +278,11 @@ impl Caller {
     }
 }
 
-/// The body of `POST /todos`.
+/// The body of `POST /todos` (`title` required) and of `PATCH /todos/{id}` (every field
+/// optional).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NewTodo {
-    title: String,
-    order: Option<i64>,
-    completed: Option<bool>,
-    #[serde(default, rename = "id")]
-    _id: Option<IgnoredAny>,
-    #[serde(default, rename = "url")]
-    _url: Option<IgnoredAny>,
-}
-
-/// The body of `PATCH /todos/{id}`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PatchTodo {
+struct TodoBody {
     title: Option<String>,
     order: Option<i64>,
     completed: Option<bool>,
@@ -358,8 +346,11 @@ async fn add(
     headers: HeaderMap,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let new: NewTodo = body(&headers, bytes)?;
-    let title = title(new.title)?;
+    let new: TodoBody = body(&headers, bytes)?;
+    let title = title(
+        new.title
+            .ok_or_else(|| ApiError::Invalid("missing field `title`".into()))?,
+    )?;
     let completed = new.completed.unwrap_or(false);
     let todo = app
         .service
@@ -394,7 +385,7 @@ async fn update(
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let id = todo_id(&id)?;
-    let sent: PatchTodo = body(&headers, bytes)?;
+    let sent: TodoBody = body(&headers, bytes)?;
     let patch = Patch {
         title: sent.title.map(title).transpose()?,
         completed: sent.completed,

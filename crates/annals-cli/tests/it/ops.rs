@@ -5,7 +5,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use annals::{EventData, EventStore, ExpectedVersion, Filter, Position, RecordedEvent, StreamName};
+use annals::{EventData, EventStore, ExpectedVersion, RecordedEvent, StreamName};
+use annals_testkit::conformance::{copy_key, read_everything};
 use serde_json::Value;
 
 use crate::succeeded;
@@ -344,35 +345,6 @@ async fn fill(store: &annals_sqlite::SqliteStore) {
     }
 }
 
-async fn everything(store: &dyn EventStore) -> Vec<RecordedEvent> {
-    store.await_visible().await.unwrap();
-    let mut all = Vec::new();
-    let mut from = Position::START;
-    loop {
-        let page = store.read_all(from, &Filter::all(), 5000).await.unwrap();
-        all.extend(page.events);
-        from = page.next;
-        if page.end {
-            return all;
-        }
-    }
-}
-
-/// What must survive a copy: all but the position.
-fn key(e: &RecordedEvent) -> impl PartialEq + std::fmt::Debug {
-    (
-        e.stream.clone(),
-        e.stream_version,
-        e.event_id,
-        e.event_type.clone(),
-        e.data.clone(),
-        e.metadata.clone(),
-        e.correlation_id,
-        e.causation_id,
-        e.recorded_at,
-    )
-}
-
 /// Runs `annals sync --json`, killing it after `kill_after` progress lines when given.
 fn sync(dir: &std::path::Path, from: &str, to: &str, kill_after: Option<usize>) -> Vec<Value> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_annals"))
@@ -427,12 +399,15 @@ fn sync_copies_100k_events_sqlite_to_postgres_and_back_and_resumes_after_a_kill(
         );
 
         let target = annals_postgres::PgStore::connect_url(&pg).await.unwrap();
-        let original = everything(&source).await;
-        let copied = everything(&target).await;
+        let original = read_everything(&source).await;
+        let copied = read_everything(&target).await;
         assert_eq!(original.len() as u64, EVENTS);
         assert_eq!(copied.len(), original.len(), "no duplicates, nothing lost");
         assert!(
-            original.iter().map(key).eq(copied.iter().map(key)),
+            original
+                .iter()
+                .map(copy_key)
+                .eq(copied.iter().map(copy_key)),
             "same events in the same read-all order"
         );
 
@@ -442,9 +417,12 @@ fn sync_copies_100k_events_sqlite_to_postgres_and_back_and_resumes_after_a_kill(
             dir.path().join("back.db"),
         ))
         .unwrap();
-        let returned = everything(&back_store).await;
+        let returned = read_everything(&back_store).await;
         assert!(
-            original.iter().map(key).eq(returned.iter().map(key)),
+            original
+                .iter()
+                .map(copy_key)
+                .eq(returned.iter().map(copy_key)),
             "the round trip changes nothing"
         );
         let per_stream = |events: &[RecordedEvent]| {
