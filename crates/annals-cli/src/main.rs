@@ -26,6 +26,12 @@ struct Cli {
     )]
     store: String,
 
+    /// Where read models, their checkpoints and parked streams are kept: `sqlite://PATH` or
+    /// `postgres://...` (default: the store's own database when it is SQL). Events from any
+    /// store can feed a read model in either.
+    #[arg(long, global = true, env = "ANNALS_READ_MODEL")]
+    read_model: Option<String>,
+
     /// Print JSON lines instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -61,6 +67,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Refold a read model's rows built by older code (`todos`: the lists of `annals serve`).
     Rebuild(ops::RebuildArgs),
+    /// List, replay or skip streams a consumer group parked after its handler kept failing.
+    #[command(subcommand)]
+    Parked(ops::ParkedCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -101,23 +110,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 return bench::run_http(&cli.store, bench).await;
             }
             let opened = store_url::open(&cli.store).await?;
-            return bench::run(opened, &cli.store, bench).await;
+            let read_model =
+                store_url::ReadModelDb::choose(&opened, cli.read_model.as_deref()).await?;
+            return bench::run(opened, read_model, &cli.store, bench).await;
         }
         let opened = store_url::open(&cli.store).await?;
+        let read_model = store_url::ReadModelDb::choose(&opened, cli.read_model.as_deref()).await?;
+        let checkpoints = match (&read_model, &cli.read_model) {
+            (Some(db), Some(_)) => db.checkpoints(),
+            _ => std::sync::Arc::clone(&opened.checkpoints),
+        };
         match cli.command {
             Command::Init => ops::init(&opened, &cli.store, &out).await,
             Command::Append(args) => ops::append(&opened.store, args, &out).await,
             Command::Read(args) => ops::read(&opened.store, args, &out).await,
             Command::Dump(args) => ops::dump(&opened.store, args, &out).await,
             Command::Tail(args) => ops::tail(&opened.store, args, &out).await,
-            Command::Stats => ops::stats(&opened, &out).await,
-            Command::Checkpoint(command) => {
-                ops::checkpoint(&opened.checkpoints, command, &out).await
-            }
+            Command::Stats => ops::stats(&opened.store, &checkpoints, &out).await,
+            Command::Checkpoint(command) => ops::checkpoint(&checkpoints, command, &out).await,
             Command::Sync(_) => unreachable!("handled above"),
             Command::Bench(_) => unreachable!("handled above"),
-            Command::Serve(args) => serve::serve(opened, &cli.store, args).await,
-            Command::Rebuild(args) => ops::rebuild(&opened, args, &out).await,
+            Command::Serve(args) => serve::serve(opened, read_model, &cli.store, args).await,
+            Command::Rebuild(args) => {
+                ops::rebuild(&opened.store, read_model.as_ref(), args, &out).await
+            }
+            Command::Parked(command) => {
+                ops::parked(&opened.store, read_model.as_ref(), &checkpoints, command, &out)
+                    .await
+            }
         }
     })
 }

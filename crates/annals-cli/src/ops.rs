@@ -6,15 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use annals::{
-    CheckpointStore, EventData, EventStore, ExpectedVersion, Filter, Position, ReadStream,
-    RecordedEvent, StreamName, SubscribeExt, SubscribeOptions, Version,
+    CheckpointStore, EventData, EventStore, ExpectedVersion, Feed, FeedOptions, Filter, Position,
+    ReadStream, RecordedEvent, StreamName, SubscribeExt, SubscribeOptions, Version,
 };
 use anyhow::{bail, Context};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
 use crate::output::{progress, Output};
-use crate::store_url::Opened;
+use crate::store_url::{Opened, ReadModelDb};
 
 /// Events per read-all page for `dump`, `stats` and `sync`.
 const PAGE: usize = 1000;
@@ -242,7 +242,7 @@ pub struct FeedArgs {
 fn filter(categories: &[String]) -> anyhow::Result<Filter> {
     let filter = Filter {
         categories: categories.to_vec(),
-        event_types: Vec::new(),
+        ..Filter::default()
     };
     filter.validate()?;
     Ok(filter)
@@ -251,22 +251,19 @@ fn filter(categories: &[String]) -> anyhow::Result<Filter> {
 /// `annals dump`: every event after `--from`, as JSON lines.
 pub async fn dump(store: &Arc<dyn EventStore>, args: FeedArgs, out: &Output) -> anyhow::Result<()> {
     let filter = filter(&args.category)?;
-    let mut from = match &args.from {
+    let from = match &args.from {
         Some(p) => position(p)?,
         None => Position::START,
     };
     store.await_visible().await?;
     let bar = progress(None, "dumping");
-    loop {
-        let page = store.read_all(from, &filter, PAGE).await?;
+    let mut pages = Feed::new(Arc::clone(store), from, FeedOptions::to_end(filter)).pages();
+    while let Some(page) = pages.next().await {
+        let page = page?;
         for e in &page.events {
             out.line(&event_json(e));
         }
         bar.inc(page.events.len() as u64);
-        from = page.next;
-        if page.end {
-            break;
-        }
     }
     bar.finish_and_clear();
     Ok(())
@@ -284,14 +281,13 @@ pub struct TailArgs {
 
 /// The position after the last event visible now.
 async fn end_of_feed(store: &Arc<dyn EventStore>, filter: &Filter) -> anyhow::Result<Position> {
-    let mut from = Position::START;
-    loop {
-        let page = store.read_all(from, filter, 10 * PAGE).await?;
-        from = page.next;
-        if page.end {
-            return Ok(from);
-        }
+    let options = FeedOptions::to_end(filter.clone()).page_size(10 * PAGE);
+    let mut pages = Feed::new(Arc::clone(store), Position::START, options).pages();
+    let mut end = Position::START;
+    while let Some(page) = pages.next().await {
+        end = page?.next;
     }
+    Ok(end)
 }
 
 /// `annals tail`: new events (after `--from`, or from now on) as they are written.
@@ -337,20 +333,25 @@ struct CategoryStats {
     bytes: u64,
 }
 
-/// `annals stats`: streams, events and bytes per category, the head position, and how far
-/// each checkpoint is behind it.
-pub async fn stats(opened: &Opened, out: &Output) -> anyhow::Result<()> {
-    let store = &opened.store;
-    let mut checkpoints = opened.checkpoints.list().await?;
+/// `annals stats`: streams, events and bytes per category, the head position, how far
+/// each checkpoint is behind it, and the parked streams of every group.
+pub async fn stats(
+    store: &Arc<dyn EventStore>,
+    checkpoint_store: &Arc<dyn CheckpointStore>,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let mut checkpoints = checkpoint_store.list().await?;
     checkpoints.sort_by_key(|c| c.position);
+    let parked = checkpoint_store.parked(None).await?;
     let mut behind = vec![0u64; checkpoints.len()];
     let mut categories: BTreeMap<String, CategoryStats> = BTreeMap::new();
-    let mut from = Position::START;
     let mut head = None;
     store.await_visible().await?;
     let bar = progress(None, "reading the store");
-    loop {
-        let page = store.read_all(from, &Filter::all(), 10 * PAGE).await?;
+    let options = FeedOptions::to_end(Filter::all()).page_size(10 * PAGE);
+    let mut pages = Feed::new(Arc::clone(store), Position::START, options).pages();
+    while let Some(page) = pages.next().await {
+        let page = page?;
         for e in &page.events {
             let c = categories
                 .entry(e.stream.category().to_owned())
@@ -368,10 +369,6 @@ pub async fn stats(opened: &Opened, out: &Output) -> anyhow::Result<()> {
             }
         }
         bar.inc(page.events.len() as u64);
-        from = page.next;
-        if page.end {
-            break;
-        }
     }
     bar.finish_and_clear();
     let head = head.map(|p| p.to_string());
@@ -382,8 +379,11 @@ pub async fn stats(opened: &Opened, out: &Output) -> anyhow::Result<()> {
         for (cp, behind) in checkpoints.iter().zip(&behind) {
             out.line(&json!({"group": cp.group, "source": cp.source, "position": cp.position.to_string(), "behind": behind}));
         }
+        for p in &parked {
+            out.line(&parked_json(p));
+        }
         out.line(
-            &json!({"head": head, "events": categories.values().map(|c| c.events).sum::<u64>()}),
+            &json!({"head": head, "events": categories.values().map(|c| c.events).sum::<u64>(), "parked": parked.len()}),
         );
         return Ok(());
     }
@@ -422,6 +422,11 @@ pub async fn stats(opened: &Opened, out: &Output) -> anyhow::Result<()> {
             })
             .collect();
         out.table(&["group", "source", "position", "events behind"], &rows);
+    }
+    if !parked.is_empty() {
+        println!();
+        println!("parked streams (annals parked list | replay | skip):");
+        show_parked(&parked, out);
     }
     Ok(())
 }
@@ -533,11 +538,10 @@ pub async fn sync(args: SyncArgs, out: &Output) -> anyhow::Result<()> {
     let mut from = resume.unwrap_or(Position::START);
     let bar = progress(None, "copying");
     let (mut read, mut written) = (0u64, 0u64);
-    loop {
-        let page = source
-            .store
-            .read_all(from, &Filter::all(), args.batch.max(1))
-            .await?;
+    let options = FeedOptions::to_end(Filter::all()).page_size(args.batch.max(1));
+    let mut pages = Feed::new(Arc::clone(&source.store), from, options).pages();
+    while let Some(page) = pages.next().await {
+        let page = page?;
         let n = page.events.len() as u64;
         if n > 0 {
             written += target.store.import(page.events).await?;
@@ -553,9 +557,6 @@ pub async fn sync(args: SyncArgs, out: &Output) -> anyhow::Result<()> {
         bar.inc(n);
         if out.json && n > 0 {
             out.line(&json!({"copied": read, "written": written, "position": from.to_string()}));
-        }
-        if page.end {
-            break;
         }
     }
     bar.finish_and_clear();
@@ -591,30 +592,25 @@ pub struct RebuildArgs {
 /// `annals rebuild PROJECTION`: refolds the streams whose read-model rows were built by an
 /// older schema of the projection's code (or, with `--all`, every stream it recorded), one
 /// stream per transaction, safe while `annals serve` keeps the read model current.
-pub async fn rebuild(opened: &Opened, args: RebuildArgs, out: &Output) -> anyhow::Result<()> {
-    if args.projection != crate::todo_view::NAME {
-        bail!(
-            "unknown projection {:?}: this build rebuilds {PROJECTIONS}",
-            args.projection
-        );
-    }
-    let target = crate::todo_view::Target::of(opened)?;
-    target.ensure().await?;
+pub async fn rebuild(
+    store: &Arc<dyn EventStore>,
+    read_model: Option<&ReadModelDb>,
+    args: RebuildArgs,
+    out: &Output,
+) -> anyhow::Result<()> {
+    known_projection(&args.projection)?;
+    let db = needs_read_model(read_model)?;
     let schema = crate::todo_view::SCHEMA;
-    let rows = target.rows().await?;
-    let chosen: Vec<_> = rows
+    let rows = crate::todo_view::rows(&**store, db).await?;
+    let chosen = rows
         .iter()
         .filter(|r| args.all || r.is_stale(schema))
-        .collect();
-    let bar = progress(Some(chosen.len() as u64), "rebuilding");
-    let (mut streams, mut events) = (0u64, 0u64);
-    for row in &chosen {
-        events += target.rebuild(&row.stream).await?;
-        streams += 1;
-        bar.inc(1);
-    }
+        .count();
+    let bar = progress(Some(chosen as u64), "rebuilding");
+    let rebuilt = crate::todo_view::rebuild_lists(&**store, db, args.all).await?;
     bar.finish_and_clear();
-    let current = rows.len() as u64 - streams;
+    let (streams, events) = (rebuilt.streams, rebuilt.events);
+    let current = (rows.len() as u64).saturating_sub(streams);
     if out.json {
         out.line(&json!({"projection": args.projection, "schema": schema, "rebuilt_streams": streams, "events": events, "current_streams": current}));
     } else {
@@ -622,6 +618,139 @@ pub async fn rebuild(opened: &Opened, args: RebuildArgs, out: &Output) -> anyhow
             "{}: rebuilt {streams} streams ({events} events) with schema {schema}; {current} streams were current",
             args.projection
         );
+    }
+    Ok(())
+}
+
+fn known_projection(name: &str) -> anyhow::Result<()> {
+    if name != crate::todo_view::NAME {
+        bail!("unknown projection {name:?}: this build knows {PROJECTIONS}");
+    }
+    Ok(())
+}
+
+fn needs_read_model(read_model: Option<&ReadModelDb>) -> anyhow::Result<&ReadModelDb> {
+    read_model.context(
+        "read models are kept in SQL databases: memory:// has none; name one with --read-model sqlite://PATH or postgres://...",
+    )
+}
+
+/// `annals parked` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum ParkedCommand {
+    /// The streams consumer groups parked, with the versions skipped and their errors.
+    List {
+        /// Only this consumer group.
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// Applies a parked stream's events after the read model's progress (exactly once),
+    /// then unparks it: run it once the cause is fixed.
+    Replay {
+        /// The parked stream.
+        stream: String,
+        /// Its consumer group.
+        #[arg(long, default_value = crate::todo_view::GROUP)]
+        group: String,
+    },
+    /// Unparks a stream without applying its skipped events: the group goes on with its
+    /// next events.
+    Skip {
+        /// The parked stream.
+        stream: String,
+        /// Its consumer group.
+        #[arg(long, default_value = crate::todo_view::GROUP)]
+        group: String,
+    },
+}
+
+fn parked_json(p: &annals::ParkedStream) -> Value {
+    json!({
+        "group": p.group,
+        "stream": p.stream.as_str(),
+        "from_version": p.from.get(),
+        "to_version": p.to.get(),
+        "attempts": p.attempts,
+        "first_error": p.first_error,
+        "last_error": p.last_error,
+        "parked_at": time(p.parked_at),
+        "updated_at": time(p.updated_at),
+    })
+}
+
+fn show_parked(parked: &[annals::ParkedStream], out: &Output) {
+    let rows: Vec<Vec<String>> = parked
+        .iter()
+        .map(|p| {
+            vec![
+                p.group.clone(),
+                p.stream.to_string(),
+                format!("{}..{}", p.from.get(), p.to.get()),
+                p.attempts.to_string(),
+                time(p.parked_at),
+                p.last_error.clone(),
+            ]
+        })
+        .collect();
+    out.table(
+        &["group", "stream", "versions", "attempts", "parked at", "error"],
+        &rows,
+    );
+}
+
+/// `annals parked`.
+pub async fn parked(
+    store: &Arc<dyn EventStore>,
+    read_model: Option<&ReadModelDb>,
+    checkpoints: &Arc<dyn CheckpointStore>,
+    command: ParkedCommand,
+    out: &Output,
+) -> anyhow::Result<()> {
+    match command {
+        ParkedCommand::List { group } => {
+            let list = checkpoints.parked(group.as_deref()).await?;
+            if out.json {
+                for p in &list {
+                    out.line(&parked_json(p));
+                }
+            } else if list.is_empty() {
+                println!("no parked streams");
+            } else {
+                show_parked(&list, out);
+            }
+        }
+        ParkedCommand::Replay { stream, group } => {
+            let name = stream_name(&stream)?;
+            if group != crate::todo_view::GROUP {
+                bail!(
+                    "annals parked replay applies the {PROJECTIONS} read model (group {}); a stream of group {group:?} is replayed by the process that owns that group, or skipped with `annals parked skip`",
+                    crate::todo_view::GROUP
+                );
+            }
+            let db = needs_read_model(read_model)?;
+            let listed = checkpoints.parked(Some(&group)).await?;
+            if !listed.iter().any(|p| p.stream == name) {
+                bail!("{name} is not parked in group {group}");
+            }
+            let applied = crate::todo_view::catch_up(&**store, db, &name).await?;
+            checkpoints.unpark(&group, &name).await?;
+            if out.json {
+                out.line(&json!({"group": group, "stream": name.as_str(), "replayed": applied}));
+            } else {
+                println!("{name}: {applied} events applied to the read model; unparked from {group}");
+            }
+        }
+        ParkedCommand::Skip { stream, group } => {
+            let name = stream_name(&stream)?;
+            if !checkpoints.unpark(&group, &name).await? {
+                bail!("{name} is not parked in group {group}");
+            }
+            if out.json {
+                out.line(&json!({"group": group, "stream": name.as_str(), "skipped": true}));
+            } else {
+                println!("{name}: unparked from {group} without applying its skipped events");
+            }
+        }
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use anyhow::Context;
 use example_todo::web::{self, Options};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
-use crate::store_url::Opened;
+use crate::store_url::{Opened, ReadModelDb};
 
 /// How long a stop waits for the read model to catch up.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
@@ -27,7 +27,12 @@ pub struct ServeArgs {
 
 /// Serves until Ctrl-C or SIGTERM, then lets the read-model pipeline catch up and stops it
 /// (committing its checkpoint).
-pub async fn serve(opened: Opened, url: &str, args: ServeArgs) -> anyhow::Result<()> {
+pub async fn serve(
+    opened: Opened,
+    read_model: Option<ReadModelDb>,
+    url: &str,
+    args: ServeArgs,
+) -> anyhow::Result<()> {
     let metrics = PrometheusBuilder::new()
         .install_recorder()
         .context("install the metrics recorder")?;
@@ -38,7 +43,10 @@ pub async fn serve(opened: Opened, url: &str, args: ServeArgs) -> anyhow::Result
         .with_context(|| format!("listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     let base = format!("http://{addr}");
-    let projector = crate::todo_view::spawn(&opened).await?;
+    let projector = match &read_model {
+        Some(db) => Some(crate::todo_view::spawn(Arc::clone(&opened.store), db).await?),
+        None => None,
+    };
     let router = web::router(
         service,
         Options {
@@ -49,9 +57,9 @@ pub async fn serve(opened: Opened, url: &str, args: ServeArgs) -> anyhow::Result
     println!(
         "annals serve: TodoBackend API at {base}/todos (store {}, read model {}); Ctrl-C to stop",
         crate::output::redact(url),
-        match projector {
-            Some(_) => "todo_view",
-            None => "none on memory://",
+        match &read_model {
+            Some(db) => format!("todo_view in {}", db.describe()),
+            None => "none: memory:// without --read-model".into(),
         }
     );
     axum::serve(listener, router)

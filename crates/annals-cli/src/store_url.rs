@@ -70,3 +70,68 @@ pub async fn open(url: &str) -> anyhow::Result<Opened> {
         other => bail!("unsupported store {other:?} in {url:?}: this build supports {SUPPORTED}"),
     }
 }
+
+/// A SQL database keeping read models (`--read-model URL`, or the event store's own
+/// database when it is SQL). Events from any store can feed it.
+#[derive(Clone)]
+pub enum ReadModelDb {
+    /// A SQLite file.
+    Sqlite(Arc<SqliteStore>),
+    /// A PostgreSQL schema.
+    Postgres(Arc<PgStore>),
+}
+
+impl ReadModelDb {
+    /// The read-model database: `url` when given, otherwise the event store's database
+    /// (`None` for `memory://` without `--read-model`).
+    pub async fn choose(opened: &Opened, url: Option<&str>) -> anyhow::Result<Option<Self>> {
+        if let Some(url) = url {
+            return Self::open(url).await.map(Some);
+        }
+        Ok(match (&opened.sqlite_store, &opened.pg_store) {
+            (Some(s), _) => Some(Self::Sqlite(Arc::new(s.clone()))),
+            (_, Some(p)) => Some(Self::Postgres(Arc::new(p.clone()))),
+            _ => None,
+        })
+    }
+
+    /// Opens the read-model database named by a `sqlite://` or `postgres://` URL.
+    pub async fn open(url: &str) -> anyhow::Result<Self> {
+        let context = || format!("--read-model {}", crate::output::redact(url));
+        let scheme = url.split_once("://").map(|(s, _)| s);
+        match scheme {
+            Some("sqlite") => {
+                let store = SqliteStore::open(SqliteConfig::from_url(url).with_context(context)?)
+                    .with_context(context)?;
+                Ok(Self::Sqlite(Arc::new(store)))
+            }
+            Some("postgres" | "postgresql") => {
+                let store = PgStore::connect(PgConfig::from_url(url).with_context(context)?)
+                    .await
+                    .with_context(context)?;
+                store.migrate().await.with_context(context)?;
+                Ok(Self::Postgres(Arc::new(store)))
+            }
+            _ => bail!(
+                "unsupported read-model database {:?}: read models live in sqlite://PATH or postgres://USER@HOST:PORT/DB",
+                crate::output::redact(url)
+            ),
+        }
+    }
+
+    /// Its checkpoints and parked streams.
+    pub fn checkpoints(&self) -> Arc<dyn CheckpointStore> {
+        match self {
+            Self::Sqlite(s) => Arc::clone(s) as Arc<dyn CheckpointStore>,
+            Self::Postgres(p) => Arc::clone(p) as Arc<dyn CheckpointStore>,
+        }
+    }
+
+    /// What it is, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Sqlite(s) => format!("sqlite://{}", s.config().path.display()),
+            Self::Postgres(p) => format!("postgres schema {}", p.config().schema),
+        }
+    }
+}

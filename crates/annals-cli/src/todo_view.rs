@@ -1,22 +1,25 @@
-//! The `todos` read model: one row per todo of every list, in table `todo_view` of the
-//! store's own database (the SQLite file, or the store's PostgreSQL schema), so the lists can
-//! be queried with SQL. `annals serve` keeps it current with a reactor pipeline (consumer
-//! group [`GROUP`]); each list's progress is recorded with the schema version of this code
+//! The `todos` read model: one row per todo of every list, in table `todo_view` of a SQL
+//! read-model database (`--read-model URL`, by default the event store's own SQLite file or
+//! PostgreSQL schema), so the lists can be queried with SQL. One projector, written once
+//! against the read-model contract, serves every backend. `annals serve` keeps it current
+//! with a reactor pipeline (consumer group [`GROUP`], which parks a list whose events keep
+//! failing); each list's progress is recorded with the schema version of this code
 //! ([`SCHEMA`]), and `annals rebuild todos` refolds the lists whose rows older code built.
 //!
 //! Schema history: 1 — `list, id, title, completed, ord`.
 
 use std::sync::Arc;
 
+use annals::read_model::{catch_up_stream, projection_rows, rebuild};
 use annals::{
-    Codec, Domain, JsonCodec, ProjectionId, ProjectionRow, RecordedEvent, StreamName, Version,
+    Codec, EventStore, JsonCodec, ProjectionId, ProjectionRow, Projector, ProjectorError,
+    ReadModelStore, RecordedEvent, Rebuilt, SqlTx, StreamName,
 };
-use annals_postgres::PgStore;
-use annals_reactor::{Handler, HandlerError, PipelineConfig};
-use annals_sqlite::{rusqlite, SqliteStore};
-use anyhow::bail;
+use annals_reactor::{FailurePolicy, PipelineConfig, Project, Running};
 use async_trait::async_trait;
-use example_todo::{Event, Todos};
+use example_todo::Event;
+
+use crate::store_url::ReadModelDb;
 
 /// The projection's name (`annals rebuild todos`).
 pub const NAME: &str = "todos";
@@ -24,257 +27,162 @@ pub const NAME: &str = "todos";
 pub const SCHEMA: u32 = 1;
 /// The consumer group of the pipeline keeping the read model current.
 pub const GROUP: &str = "annals.todos";
+/// Failures after which a list is parked (its rows wait for `annals parked replay`).
+pub const PARK_AFTER: u32 = 5;
 
-/// This code's projection id.
-pub fn id() -> ProjectionId<'static> {
-    ProjectionId::new(NAME, SCHEMA)
-}
+/// The projector of table `todo_view`.
+#[derive(Debug, Default)]
+pub struct TodoView;
 
-const SQLITE_TABLE: &str = "CREATE TABLE IF NOT EXISTS todo_view (
-    list TEXT NOT NULL,
-    id INTEGER NOT NULL,
-    title TEXT NOT NULL,
-    completed INTEGER NOT NULL,
-    ord INTEGER NOT NULL,
-    PRIMARY KEY (list, id)
-) STRICT";
-
-/// Where the read model is kept.
-#[derive(Clone)]
-pub enum Target {
-    /// Beside the events, in the SQLite file.
-    Sqlite(SqliteStore),
-    /// Beside the events, in the store's PostgreSQL schema.
-    Postgres(PgStore),
-}
-
-impl Target {
-    /// The read model of `opened`'s store; an error for stores without one (memory).
-    pub fn of(opened: &crate::store_url::Opened) -> anyhow::Result<Self> {
-        match (&opened.sqlite_store, &opened.pg_store) {
-            (Some(s), _) => Ok(Self::Sqlite(s.clone())),
-            (_, Some(p)) => Ok(Self::Postgres(p.clone())),
-            _ => bail!("read models are kept in SQLite and PostgreSQL stores, not in memory://"),
-        }
-    }
-
-    /// Creates the table if it is missing.
-    pub async fn ensure(&self) -> anyhow::Result<()> {
-        match self {
-            // The SQLite statements create it in the same transaction as their first write.
-            Self::Sqlite(_) => Ok(()),
-            Self::Postgres(pg) => {
-                let tx = pg.projection().await?;
-                tx.client()
-                    .batch_execute(&format!(
-                        "CREATE TABLE IF NOT EXISTS {} (
-                            list text NOT NULL,
-                            id bigint NOT NULL,
-                            title text NOT NULL,
-                            completed boolean NOT NULL,
-                            ord bigint NOT NULL,
-                            PRIMARY KEY (list, id))",
-                        pg_table(pg)
-                    ))
-                    .await?;
-                tx.commit_only().await?;
-                Ok(())
-            }
-        }
-    }
-
-    /// The rows recorded per list (progress, schema).
-    pub async fn rows(&self) -> anyhow::Result<Vec<ProjectionRow>> {
-        Ok(match self {
-            Self::Sqlite(s) => s.projection_rows(NAME).await?,
-            Self::Postgres(p) => p.projection_rows(NAME).await?,
-        })
-    }
-
-    /// Replaces one list's rows with the fold of its every event; the events folded.
-    pub async fn rebuild(&self, stream: &StreamName) -> anyhow::Result<u64> {
-        match self {
-            Self::Sqlite(s) => Ok(s
-                .rebuild_stream(id(), stream, |conn, stream, events| {
-                    let items = fold(events)?;
-                    sqlite_replace(conn, stream, &items)
-                })
-                .await?),
-            Self::Postgres(pg) => {
-                let tx = pg.projection().await?;
-                let events = tx.rebuild_events(id(), stream).await?;
-                let items = fold(&events).map_err(|e| anyhow::anyhow!("{stream}: {e}"))?;
-                let table = pg_table(pg);
-                let client = tx.client();
-                client
-                    .execute(
-                        &format!("DELETE FROM {table} WHERE list = $1"),
-                        &[&stream.as_str()],
-                    )
-                    .await?;
-                for t in &items {
-                    pg_upsert(client, &table, stream.as_str(), t).await?;
-                }
-                tx.commit_rebuilt(id(), stream, Version(events.len() as u64))
-                    .await?;
-                Ok(events.len() as u64)
-            }
-        }
-    }
-}
-
-async fn pg_upsert(
-    client: &annals_postgres::tokio_postgres::Client,
-    table: &str,
-    list: &str,
-    t: &example_todo::Todo,
-) -> Result<u64, annals_postgres::tokio_postgres::Error> {
-    client
-        .execute(
-            &format!("INSERT INTO {table} (list, id, title, completed, ord) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (list, id) DO UPDATE SET title = $3, completed = $4, ord = $5"),
-            &[&list, &(t.id as i64), &t.title, &t.completed, &t.order],
-        )
-        .await
-}
-
-fn pg_table(pg: &PgStore) -> String {
-    format!("\"{}\".todo_view", pg.config().schema)
-}
-
-fn decode(e: &RecordedEvent) -> Result<Option<Event>, HandlerError> {
+fn decode(e: &RecordedEvent) -> Result<Option<Event>, ProjectorError> {
     Ok(JsonCodec::<Event>::new().decode(e)?)
 }
 
-/// The list after `events` (its whole stream).
-fn fold(events: &[RecordedEvent]) -> Result<Vec<example_todo::Todo>, HandlerError> {
-    let mut state = Todos::initial();
-    for e in events {
-        if let Some(event) = decode(e)? {
-            state = Todos::evolve(state, &event);
-        }
-    }
-    Ok(state.items)
-}
-
-fn sqlite_replace(
-    conn: &rusqlite::Connection,
-    list: &StreamName,
-    items: &[example_todo::Todo],
-) -> Result<(), HandlerError> {
-    conn.prepare_cached(SQLITE_TABLE)?.execute([])?;
-    conn.prepare_cached("DELETE FROM todo_view WHERE list = ?1")?
-        .execute([list.as_str()])?;
-    for t in items {
-        sqlite_upsert(conn, list, t)?;
-    }
-    Ok(())
-}
-
-fn sqlite_upsert(
-    conn: &rusqlite::Connection,
-    list: &StreamName,
-    t: &example_todo::Todo,
-) -> rusqlite::Result<usize> {
-    conn.prepare_cached(
-        "INSERT OR REPLACE INTO todo_view (list, id, title, completed, ord) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(rusqlite::params![list.as_str(), t.id as i64, t.title, t.completed, t.order])
-}
-
-fn sqlite_apply(
-    conn: &rusqlite::Connection,
-    list: &StreamName,
-    events: &[RecordedEvent],
-) -> Result<(), HandlerError> {
-    conn.prepare_cached(SQLITE_TABLE)?.execute([])?;
-    for e in events {
-        match decode(e)? {
-            Some(Event::Added(t) | Event::Updated(t)) => {
-                sqlite_upsert(conn, list, &t)?;
-            }
-            Some(Event::Deleted { id }) => {
-                conn.prepare_cached("DELETE FROM todo_view WHERE list = ?1 AND id = ?2")?
-                    .execute(rusqlite::params![list.as_str(), id as i64])?;
-            }
-            Some(Event::Cleared { .. }) => {
-                conn.prepare_cached("DELETE FROM todo_view WHERE list = ?1")?
-                    .execute([list.as_str()])?;
-            }
-            None => {}
-        }
-    }
-    Ok(())
-}
-
-/// The handler keeping the read model current: each list's new events are applied in one
-/// transaction with the list's progress, so a redelivered event is never applied twice.
-pub struct Projector(pub Target);
+const UPSERT: &str = "INSERT INTO todo_view (list, id, title, completed, ord) \
+     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (list, id) DO UPDATE SET \
+     title = excluded.title, completed = excluded.completed, ord = excluded.ord";
 
 #[async_trait]
-impl Handler for Projector {
-    async fn handle(
+impl<R: ReadModelStore> Projector<R> for TodoView {
+    fn id(&self) -> ProjectionId<'static> {
+        ProjectionId::new(NAME, SCHEMA)
+    }
+
+    async fn setup(&self, tx: &mut R::Tx<'_>) -> Result<(), ProjectorError> {
+        tx.batch(
+            "CREATE TABLE IF NOT EXISTS todo_view (
+                list TEXT NOT NULL,
+                id BIGINT NOT NULL,
+                title TEXT NOT NULL,
+                completed BOOLEAN NOT NULL,
+                ord BIGINT NOT NULL,
+                PRIMARY KEY (list, id))",
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn apply(
         &self,
-        stream: &StreamName,
+        tx: &mut R::Tx<'_>,
+        list: &StreamName,
         events: &[RecordedEvent],
-    ) -> Result<Version, HandlerError> {
-        match &self.0 {
-            Target::Sqlite(s) => {
-                let list = stream.clone();
-                Ok(s.project_stream(id(), events, move |conn, fresh| {
-                    sqlite_apply(conn, &list, fresh)
-                })
-                .await?)
-            }
-            Target::Postgres(pg) => {
-                let tx = pg.projection().await?;
-                let (next, fresh) = tx.unapplied(id(), stream, events).await?;
-                let Some(last) = fresh.last() else {
-                    return Ok(next);
-                };
-                let (table, client, list) = (pg_table(pg), tx.client(), stream.as_str());
-                for e in fresh {
-                    match decode(e)? {
-                        Some(Event::Added(t) | Event::Updated(t)) => {
-                            pg_upsert(client, &table, list, &t).await?;
-                        }
-                        Some(Event::Deleted { id }) => {
-                            client
-                                .execute(
-                                    &format!("DELETE FROM {table} WHERE list = $1 AND id = $2"),
-                                    &[&list, &(id as i64)],
-                                )
-                                .await?;
-                        }
-                        Some(Event::Cleared { .. }) => {
-                            client
-                                .execute(&format!("DELETE FROM {table} WHERE list = $1"), &[&list])
-                                .await?;
-                        }
-                        None => {}
-                    }
+    ) -> Result<(), ProjectorError> {
+        for e in events {
+            match decode(e)? {
+                Some(Event::Added(t) | Event::Updated(t)) => {
+                    let params = [
+                        list.into(),
+                        (t.id as i64).into(),
+                        t.title.as_str().into(),
+                        t.completed.into(),
+                        t.order.into(),
+                    ];
+                    tx.execute(UPSERT, &params).await?;
                 }
-                let next = last.next_version();
-                tx.commit_progress(id(), stream, next).await?;
-                Ok(next)
+                Some(Event::Deleted { id }) => {
+                    tx.execute(
+                        "DELETE FROM todo_view WHERE list = $1 AND id = $2",
+                        &[list.into(), (id as i64).into()],
+                    )
+                    .await?;
+                }
+                Some(Event::Cleared { .. }) => {
+                    tx.execute("DELETE FROM todo_view WHERE list = $1", &[list.into()])
+                        .await?;
+                }
+                None => {}
             }
         }
+        Ok(())
+    }
+
+    async fn clear(&self, tx: &mut R::Tx<'_>, list: &StreamName) -> Result<(), ProjectorError> {
+        tx.execute("DELETE FROM todo_view WHERE list = $1", &[list.into()])
+            .await?;
+        Ok(())
     }
 }
 
-/// Starts the pipeline keeping the read model of `opened`'s store current.
-pub async fn spawn(
-    opened: &crate::store_url::Opened,
-) -> anyhow::Result<Option<annals_reactor::Running>> {
-    let Ok(target) = Target::of(opened) else {
-        return Ok(None);
-    };
-    target.ensure().await?;
-    let config =
-        PipelineConfig::new(GROUP).filter(annals::Filter::category(example_todo::CATEGORY));
-    Ok(Some(annals_reactor::spawn(
-        Arc::clone(&opened.store),
-        Arc::clone(&opened.checkpoints),
-        Arc::new(Projector(target)),
-        config,
-    )))
+/// The pipeline settings of the read model: the todo lists, parking a list that keeps
+/// failing so the others go on.
+pub fn pipeline() -> PipelineConfig {
+    PipelineConfig::new(GROUP)
+        .filter(annals::Filter::category(example_todo::CATEGORY))
+        .on_failure(FailurePolicy::Park { after: PARK_AFTER })
+}
+
+async fn spawn_in<R: ReadModelStore>(
+    events: Arc<dyn EventStore>,
+    read_model: Arc<R>,
+) -> anyhow::Result<Running> {
+    let handler = Project::new(
+        Arc::clone(&events),
+        Arc::clone(&read_model),
+        Arc::new(TodoView),
+    )
+    .await?;
+    Ok(annals_reactor::spawn(
+        events,
+        read_model,
+        Arc::new(handler),
+        pipeline(),
+    ))
+}
+
+/// Starts the pipeline keeping the read model in `db` current from `events`.
+pub async fn spawn(events: Arc<dyn EventStore>, db: &ReadModelDb) -> anyhow::Result<Running> {
+    match db {
+        ReadModelDb::Sqlite(s) => spawn_in(events, Arc::clone(s)).await,
+        ReadModelDb::Postgres(p) => spawn_in(events, Arc::clone(p)).await,
+    }
+}
+
+async fn rows_in<R: ReadModelStore>(
+    events: &dyn EventStore,
+    read_model: &Arc<R>,
+) -> anyhow::Result<Vec<ProjectionRow>> {
+    read_model.setup(&Arc::new(TodoView)).await?;
+    Ok(projection_rows(events, &**read_model, NAME).await?)
+}
+
+/// The rows recorded per list (progress, schema, the list's version).
+pub async fn rows(events: &dyn EventStore, db: &ReadModelDb) -> anyhow::Result<Vec<ProjectionRow>> {
+    match db {
+        ReadModelDb::Sqlite(s) => rows_in(events, s).await,
+        ReadModelDb::Postgres(p) => rows_in(events, p).await,
+    }
+}
+
+/// Refolds the lists built by older code (`all`: every list recorded).
+pub async fn rebuild_lists(
+    events: &dyn EventStore,
+    db: &ReadModelDb,
+    all: bool,
+) -> anyhow::Result<Rebuilt> {
+    let view = Arc::new(TodoView);
+    Ok(match db {
+        ReadModelDb::Sqlite(s) => {
+            s.setup(&view).await?;
+            rebuild(events, &**s, &view, all).await?
+        }
+        ReadModelDb::Postgres(p) => {
+            p.setup(&view).await?;
+            rebuild(events, &**p, &view, all).await?
+        }
+    })
+}
+
+/// Applies a list's events after the read model's progress (a parked list, once its cause
+/// is fixed), exactly once; the events applied.
+pub async fn catch_up(
+    events: &dyn EventStore,
+    db: &ReadModelDb,
+    list: &StreamName,
+) -> anyhow::Result<u64> {
+    let view = Arc::new(TodoView);
+    Ok(match db {
+        ReadModelDb::Sqlite(s) => catch_up_stream(events, &**s, &view, list).await?,
+        ReadModelDb::Postgres(p) => catch_up_stream(events, &**p, &view, list).await?,
+    })
 }

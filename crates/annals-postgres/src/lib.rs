@@ -18,14 +18,15 @@
 mod config;
 mod error;
 mod listen;
+mod read_model;
 
 use std::sync::Arc;
 
 use annals::idempotency::{self, Found, Verdict};
 use annals::{
     AllPage, AppendResult, Capabilities, Checkpoint, CheckpointStore, Direction, Error, EventData,
-    EventStore, ExpectedVersion, Filter, Head, HeadSnapshot, LeaseStore, Leases, Position,
-    ProjectionId, ProjectionRow, ReadStream, RecordedEvent, Result, StreamAppend, StreamName,
+    EventStore, ExpectedVersion, Filter, Head, HeadSnapshot, LeaseStore, Leases, ParkedStream,
+    Position, ReadStream, RecordedEvent, Result, StreamAppend, StreamName,
     Timestamp, Uuid, Version,
 };
 use async_trait::async_trait;
@@ -36,6 +37,7 @@ use tokio_postgres::Row;
 
 pub use config::PgConfig;
 pub use error::PgError;
+pub use read_model::PgTx;
 pub use tokio_postgres;
 
 use error::backend;
@@ -49,6 +51,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0005_head_snapshots.sql"),
     include_str!("../migrations/0006_projection_schema.sql"),
     include_str!("../migrations/0007_import.sql"),
+    include_str!("../migrations/0008_partitions_parked.sql"),
 ];
 
 /// Events a filtered `read_all` page looks at, at most (or the page's limit if larger).
@@ -96,7 +99,11 @@ struct Sql {
     append_with_snapshot: String,
     read_head: String,
     progress_rebuilt: String,
+    progress_get: String,
     projection_rows: String,
+    parked_upsert: String,
+    parked_list: String,
+    parked_delete: String,
     import: String,
 }
 
@@ -127,7 +134,7 @@ impl Sql {
             read_backward: format!("SELECT {EVENT_COLUMNS} {from} WHERE s.name = $1 AND e.stream_version < $2 AND e.stream_version >= $3 ORDER BY e.stream_version DESC LIMIT $4"),
             // Plans fixed by the functions of migration 0004 (see there why).
             read_all: format!(
-                "SELECT * FROM {schema}.read_all_page($1::text::xid8, $2, $3, $4, $5, $6)"
+                "SELECT * FROM {schema}.read_all_page($1::text::xid8, $2, $3, $4, $5, $6, $7, $8)"
             ),
             read_all_window: format!(
                 "SELECT * FROM {schema}.read_all_window($1::text::xid8, $2, $3::text::xid8, $4)"
@@ -140,10 +147,13 @@ impl Sql {
                  ON CONFLICT (group_name, source) DO UPDATE SET position = excluded.position, updated_at = now()"
             ),
             checkpoint_list: format!("SELECT group_name, source, position FROM {schema}.checkpoints ORDER BY group_name, source"),
+            // Creates the row or locks it, and returns its latest committed progress (an
+            // upsert sees the row another transaction committed while it waited, which a
+            // SELECT of the same statement would not).
             progress_lock: format!(
-                "WITH ins AS (INSERT INTO {schema}.projection_streams (projection, stream, next_version) \
-                 VALUES ($1, $2, 0) ON CONFLICT DO NOTHING) \
-                 SELECT next_version FROM {schema}.projection_streams WHERE projection = $1 AND stream = $2 FOR UPDATE"
+                "INSERT INTO {schema}.projection_streams AS p (projection, stream, next_version) \
+                 VALUES ($1, $2, 0) ON CONFLICT (projection, stream) \
+                 DO UPDATE SET next_version = p.next_version RETURNING p.next_version"
             ),
             // A row built from the stream's first event is of the current schema; a row that
             // had progress keeps the schema it was built with (only a rebuild changes it).
@@ -153,13 +163,34 @@ impl Sql {
                  WHERE projection = $1 AND stream = $2"
             ),
             progress_rebuilt: format!(
-                "UPDATE {schema}.projection_streams SET next_version = $3, schema_version = $4 \
+                "INSERT INTO {schema}.projection_streams (projection, stream, next_version, schema_version) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (projection, stream) DO UPDATE \
+                 SET next_version = excluded.next_version, schema_version = excluded.schema_version"
+            ),
+            progress_get: format!(
+                "SELECT next_version, schema_version FROM {schema}.projection_streams \
                  WHERE projection = $1 AND stream = $2"
             ),
             projection_rows: format!(
-                "SELECT p.stream, p.next_version, p.schema_version, coalesce(s.version, 0) \
-                 FROM {schema}.projection_streams p LEFT JOIN {schema}.streams s ON s.name = p.stream \
-                 WHERE p.projection = $1 ORDER BY p.stream"
+                "SELECT stream, next_version, schema_version FROM {schema}.projection_streams \
+                 WHERE projection = $1 ORDER BY stream"
+            ),
+            parked_upsert: format!(
+                "INSERT INTO {schema}.parked (group_name, stream, from_version, to_version, attempts, \
+                 first_error, last_error, parked_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 ON CONFLICT (group_name, stream) DO UPDATE SET \
+                 from_version = least(parked.from_version, excluded.from_version), \
+                 to_version = greatest(parked.to_version, excluded.to_version), \
+                 attempts = excluded.attempts, last_error = excluded.last_error, \
+                 updated_at = excluded.updated_at"
+            ),
+            parked_list: format!(
+                "SELECT group_name, stream, from_version, to_version, attempts, first_error, \
+                 last_error, parked_at, updated_at FROM {schema}.parked \
+                 WHERE $1::text IS NULL OR group_name = $1 ORDER BY group_name, stream"
+            ),
+            parked_delete: format!(
+                "DELETE FROM {schema}.parked WHERE group_name = $1 AND stream = $2"
             ),
             leases_acquire: format!("SELECT held, fair_share, live_members FROM {schema}.acquire_leases($1, $2, $3, make_interval(secs => $4))"),
             leases_leave: format!("WITH gone AS (DELETE FROM {schema}.group_members WHERE group_name = $1 AND member = $2) DELETE FROM {schema}.leases WHERE group_name = $1 AND owner = $2"),
@@ -248,7 +279,15 @@ impl PgStore {
     /// [`migrate`](Self::migrate).
     pub async fn connect(config: PgConfig) -> Result<Self, PgError> {
         config::validate_schema(&config.schema)?;
-        let pg: tokio_postgres::Config = config.url.parse()?;
+        let mut pg: tokio_postgres::Config = config.url.parse()?;
+        // Unqualified names (read models' tables) resolve to the store's schema; the
+        // store's own statements name it explicitly.
+        let search_path = format!("-c search_path={},public", config.schema);
+        let options = match pg.get_options() {
+            Some(o) if !o.is_empty() => format!("{o} {search_path}"),
+            _ => search_path,
+        };
+        pg.options(&options);
         let manager = Manager::from_config(
             pg.clone(),
             tokio_postgres::NoTls,
@@ -299,7 +338,7 @@ impl PgStore {
         &self.inner.config
     }
 
-    async fn client(&self) -> Result<Object> {
+    pub(crate) async fn client(&self) -> Result<Object> {
         self.inner.pool.get().await.map_err(backend)
     }
 
@@ -415,27 +454,6 @@ impl PgStore {
     fn wake(&self) {
         self.inner.changes.send_replace(());
         self.inner.notifier.notify();
-    }
-
-    /// What `projection` recorded per stream (progress, schema), with each stream's
-    /// version: the rows whose schema is older than the code's are stale (rebuild them
-    /// with [`Projection::rebuild_events`]).
-    pub async fn projection_rows(&self, projection: &str) -> Result<Vec<ProjectionRow>> {
-        let client = self.client().await?;
-        let rows = client
-            .query(self.inner.sql.projection_rows.as_str(), &[&projection])
-            .await
-            .map_err(backend)?;
-        rows.iter()
-            .map(|r| {
-                Ok(ProjectionRow {
-                    stream: StreamName::new(r.get::<_, &str>(0))?,
-                    version: Version(r.get::<_, i64>(1) as u64),
-                    schema: r.get::<_, i32>(2) as u32,
-                    head: Version(r.get::<_, i64>(3) as u64),
-                })
-            })
-            .collect()
     }
 
     /// Runs the append function: `Some` when written; `None` when refused (wrong expected
@@ -639,131 +657,6 @@ impl Projection {
                 ))),
             },
         }
-    }
-
-    /// Locks `projection`'s progress in `stream` for this transaction and returns the next
-    /// version it needs: apply only the events at or above it, then
-    /// [`commit_progress`](Self::commit_progress). A re-delivered event is thus never
-    /// applied twice, and two processes never project one stream at once.
-    pub async fn stream_progress<'p>(
-        &self,
-        projection: impl Into<ProjectionId<'p>>,
-        stream: &StreamName,
-    ) -> Result<Version> {
-        let client = self.client.as_ref().expect("open until commit");
-        let sql = &self.store.inner.sql.progress_lock;
-        let row = client
-            .query_opt(sql.as_str(), &[&projection.into().name, &stream.as_str()])
-            .await
-            .map_err(backend)?;
-        // The row inserted by this very statement is not visible to its own SELECT.
-        Ok(Version(row.map_or(0, |r| r.get::<_, i64>(0) as u64)))
-    }
-
-    /// [`stream_progress`](Self::stream_progress), and the events of `events` (consecutive,
-    /// oldest first, all of `stream`) at or above it: the ones the projection has not yet
-    /// applied. Apply those, then [`commit_progress`](Self::commit_progress) with the last
-    /// one's next version; if there are none, answer the progress.
-    pub async fn unapplied<'e, 'p>(
-        &self,
-        projection: impl Into<ProjectionId<'p>>,
-        stream: &StreamName,
-        events: &'e [RecordedEvent],
-    ) -> Result<(Version, &'e [RecordedEvent])> {
-        let next = self.stream_progress(projection, stream).await?;
-        let from = events.partition_point(|e| e.stream_version < next.get());
-        Ok((next, &events[from..]))
-    }
-
-    /// Records that `projection` needs `next` in `stream` and commits everything.
-    /// `projection` is a name (schema 0) or a [`ProjectionId`] with the schema version of
-    /// the projection's code: a row started from the stream's first event records it; a
-    /// row built by older code keeps its older schema until rebuilt
-    /// ([`rebuild_events`](Self::rebuild_events)).
-    pub async fn commit_progress<'p>(
-        self,
-        projection: impl Into<ProjectionId<'p>>,
-        stream: &StreamName,
-        next: Version,
-    ) -> Result<()> {
-        self.set_progress(
-            &self.store.inner.sql.progress_set,
-            projection.into(),
-            stream,
-            next,
-        )
-        .await?;
-        self.finish(None).await
-    }
-
-    async fn set_progress(
-        &self,
-        sql: &str,
-        projection: ProjectionId<'_>,
-        stream: &StreamName,
-        next: Version,
-    ) -> Result<()> {
-        let client = self.client.as_ref().expect("open until commit");
-        let schema = projection.schema as i32;
-        client
-            .execute(
-                sql,
-                &[
-                    &projection.name,
-                    &stream.as_str(),
-                    &(next.get() as i64),
-                    &schema,
-                ],
-            )
-            .await
-            .map_err(backend)?;
-        Ok(())
-    }
-
-    /// To rebuild `projection`'s rows of `stream`: locks its progress for this transaction
-    /// and returns every event of the stream. Replace the read model's rows of the stream
-    /// from them, then [`commit_rebuilt`](Self::commit_rebuilt). Holding the lock, no
-    /// pipeline of the projection applies events to the stream meanwhile; events appended
-    /// after the read are left to the pipeline.
-    pub async fn rebuild_events<'p>(
-        &self,
-        projection: impl Into<ProjectionId<'p>>,
-        stream: &StreamName,
-    ) -> Result<Vec<RecordedEvent>> {
-        self.stream_progress(projection, stream).await?;
-        let client = self.client.as_ref().expect("open until commit");
-        let mut events = Vec::new();
-        loop {
-            let from = events.len() as i64;
-            let rows = client
-                .query(
-                    self.store.inner.sql.read_forward.as_str(),
-                    &[&stream.as_str(), &from, &i64::MAX, &STREAM_PAGE],
-                )
-                .await
-                .map_err(backend)?;
-            let done = (rows.len() as i64) < STREAM_PAGE;
-            for row in &rows {
-                events.push(event(row, 0)?);
-            }
-            if done {
-                return Ok(events);
-            }
-        }
-    }
-
-    /// Records that `projection`'s rows of `stream` were rebuilt up to `next` by the code
-    /// of its schema, and commits everything.
-    pub async fn commit_rebuilt<'p>(
-        self,
-        projection: impl Into<ProjectionId<'p>>,
-        stream: &StreamName,
-        next: Version,
-    ) -> Result<()> {
-        let sql = &self.store.inner.sql.progress_rebuilt;
-        self.set_progress(sql, projection.into(), stream, next)
-            .await?;
-        self.finish(None).await
     }
 
     /// Records `position` as the checkpoint of (`group`, `source`) and commits everything.
@@ -1092,7 +985,12 @@ impl EventStore for PgStore {
     async fn read_all(&self, from: Position, filter: &Filter, limit: usize) -> Result<AllPage> {
         filter.validate()?;
         let limit = limit.max(1) as i64;
-        let filtered = !filter.categories.is_empty() || !filter.event_types.is_empty();
+        let filtered = !filter.categories.is_empty()
+            || !filter.event_types.is_empty()
+            || filter.partition.is_some();
+        let (part_index, part_count) = filter
+            .partition
+            .map_or((0, 0), |p| (i64::from(p.index), i64::from(p.count)));
         let window = if filtered {
             limit.max(READ_ALL_WINDOW)
         } else {
@@ -1115,6 +1013,8 @@ impl EventStore for PgStore {
                     &filter.event_types,
                     &limit,
                     &window,
+                    &part_index,
+                    &part_count,
                 ],
             )
             .await
@@ -1293,5 +1193,17 @@ impl CheckpointStore for PgStore {
                 })
             })
             .collect()
+    }
+
+    async fn park(&self, parked: &ParkedStream) -> Result<()> {
+        self.park_stream(parked).await
+    }
+
+    async fn parked(&self, group: Option<&str>) -> Result<Vec<ParkedStream>> {
+        self.parked_streams(group).await
+    }
+
+    async fn unpark(&self, group: &str, stream: &StreamName) -> Result<bool> {
+        self.unpark_stream(group, stream).await
     }
 }

@@ -18,20 +18,24 @@
 //!
 //! The reactor sees stores only through the core traits.
 
-mod backoff;
 mod group;
+mod project;
 mod reactor;
 mod scheduler;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use annals::{CheckpointStore, EventStore, Filter, RecordedEvent, StreamName, Version};
+use annals::{
+    CheckpointStore, EventStore, Feed, FeedOptions, Filter, Position, RecordedEvent, StreamName,
+    Version,
+};
 use async_trait::async_trait;
 use tokio::sync::{watch, Notify};
 
-pub use backoff::Backoff;
+pub use annals::{Backoff, Partition};
 pub use group::{join_group, GroupConfig, Member};
+pub use project::Project;
 pub use reactor::{reaction_id, Reactor};
 pub use scheduler::{HandlerLatency, Parked, Stats};
 
@@ -94,34 +98,6 @@ pub struct PipelineConfig {
     pub stats_interval: Duration,
     /// Handle only the streams of this partition (see [`join_group`]); `None` for all.
     pub partition: Option<Partition>,
-}
-
-/// One of `count` partitions of a feed: a stream belongs to partition
-/// `FNV-1a-64(stream name) % count`, the same in every process and release.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Partition {
-    /// This partition, `0..count`.
-    pub index: u32,
-    /// How many partitions there are.
-    pub count: u32,
-}
-
-impl Partition {
-    /// The partition of `stream` among `count`.
-    pub fn of(stream: &StreamName, count: u32) -> u32 {
-        // FNV-1a, 64 bits: fixed by its definition, so stable across processes and releases.
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in stream.as_str().bytes() {
-            hash ^= u64::from(b);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        (hash % u64::from(count.max(1))) as u32
-    }
-
-    /// Whether `stream` is in this partition.
-    pub fn contains(&self, stream: &StreamName) -> bool {
-        Self::of(stream, self.count) == self.index
-    }
 }
 
 impl PipelineConfig {
@@ -211,8 +187,16 @@ pub struct Running {
     task: tokio::task::JoinHandle<Result<(), PipelineError>>,
 }
 
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running").finish_non_exhaustive()
+    }
+}
+
 /// Starts a pipeline for `handler` over `store`, resuming from the group's checkpoint in
-/// `checkpoints`.
+/// `checkpoints`. The feed is read through [`annals::Feed`] with the configured filter and
+/// partition (pushed into the store's read, so a partition's pipeline reads only its own
+/// streams' events).
 pub fn spawn(
     store: Arc<dyn EventStore>,
     checkpoints: Arc<dyn CheckpointStore>,
@@ -220,19 +204,47 @@ pub fn spawn(
     config: PipelineConfig,
 ) -> Running {
     let (stats_tx, stats) = watch::channel(Stats::default());
-    let poke = Arc::new(Notify::new());
     let stop = Arc::new(Notify::new());
+    let mut filter = config.filter.clone();
+    filter.partition = config.partition.or(filter.partition);
+    let options = FeedOptions::follow(filter, config.poll_interval)
+        .page_size(config.batch_size)
+        .retry(Backoff::new(
+            std::time::Duration::from_millis(100),
+            std::time::Duration::from_secs(5),
+        ));
+    // The feed starts at the checkpoint, which is only known once the task has loaded it;
+    // its read counter and waker exist from now on, for `await_idle`.
+    let feed_store = Arc::clone(&store);
     let reads = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let task = tokio::spawn(scheduler::run(scheduler::Parts {
-        store: Arc::clone(&store),
-        checkpoints,
-        handler,
-        config,
-        stats: stats_tx,
-        poke: Arc::clone(&poke),
-        stop: Arc::clone(&stop),
-        reads: Arc::clone(&reads),
-    }));
+    let poke = Arc::new(Notify::new());
+    let task = {
+        let (reads, poke, stop) = (Arc::clone(&reads), Arc::clone(&poke), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let source = config.source();
+            let start = match checkpoints.load(&config.group, &source).await {
+                Ok(p) => p.unwrap_or(Position::START),
+                Err(e) => {
+                    let e = PipelineError::from(e);
+                    stats_tx.send_modify(|s| s.stopped = Some(e.clone()));
+                    return Err(e);
+                }
+            };
+            let pages = Feed::new(feed_store, start, options)
+                .with_counters(reads, poke)
+                .pages();
+            scheduler::run(scheduler::Parts {
+                pages,
+                checkpoints,
+                handler,
+                config,
+                start,
+                stats: stats_tx,
+                stop,
+            })
+            .await
+        })
+    };
     Running {
         stats,
         poke,

@@ -1,28 +1,44 @@
 //! The reader task and the per-stream scheduler behind [`crate::spawn`].
+//!
+//! Events move, never copy, on their way to handlers: a stream's buffered events are moved
+//! into the handler's task and come back with its answer; those it did not take go back to
+//! the front of the stream's queue.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use annals::{CheckpointStore, EventStore, Filter, Position, RecordedEvent, StreamName, Version};
+use annals::{
+    error_chain, CheckpointStore, Error, FeedPage, ParkedStream, Position, RecordedEvent,
+    StreamName, Timestamp, Version,
+};
+use futures::stream::{BoxStream, StreamExt};
+use futures::FutureExt;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 
 use crate::{FailurePolicy, Handler, HandlerError, PipelineConfig, PipelineError};
 
-/// A stream parked after repeated failures: its events were recorded here and skipped.
-#[derive(Debug, Clone)]
+/// A stream parked after repeated failures: the record kept of it (versions and errors,
+/// never the events). Its events from `from` to `to` (exclusive) were skipped, and later
+/// ones are skipped too until it is replayed or skipped (`annals parked`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Parked {
     /// The stream.
     pub stream: StreamName,
-    /// Its events that were skipped, oldest first.
-    pub events: Vec<RecordedEvent>,
+    /// The first version skipped.
+    pub from: Version,
+    /// The version after the last one skipped.
+    pub to: Version,
+    /// Consecutive failures when it was parked.
+    pub attempts: u32,
+    /// The error that started the failures.
+    pub first_error: String,
     /// The last error.
-    pub error: String,
+    pub last_error: String,
 }
 
-/// What a pipeline reports about itself.
+/// What a pipeline reports about itself. Cheap to clone: the lists are shared.
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
     /// Where the reader has read up to.
@@ -48,18 +64,19 @@ pub struct Stats {
     pub active_streams: usize,
     /// Events read but not yet handled (lag in events).
     pub events_behind: usize,
-    /// How long ago the oldest unhandled event was recorded (lag in time); `None` when
-    /// nothing read is waiting.
+    /// How long ago the oldest unhandled event was recorded (lag in time), as of the last
+    /// checkpoint or stats interval; `None` when nothing read was waiting then.
     pub behind: Option<Duration>,
     /// Streams failing now, with their consecutive failures.
-    pub failing: Vec<(StreamName, u32)>,
-    /// Streams whose handler took none of the events it was given (waiting for more).
+    pub failing: Arc<Vec<(StreamName, u32)>>,
+    /// Streams whose handler took none of the events it was given (waiting for more), as
+    /// of the last checkpoint or stats interval.
     pub stalled: usize,
     /// Streams the scheduler keeps state for: those with buffered events, in flight,
     /// failing, parked or skipping ahead. Others are forgotten once handled.
     pub streams_tracked: usize,
     /// Parked streams.
-    pub parked: Vec<Parked>,
+    pub parked: Arc<Vec<Parked>>,
     /// The latest read that reached the end of the feed (see `Running::await_idle`).
     pub caught_up_read: u64,
     /// Nothing read is left to handle.
@@ -84,14 +101,13 @@ pub struct HandlerLatency {
 }
 
 pub(crate) struct Parts {
-    pub store: Arc<dyn EventStore>,
+    pub pages: BoxStream<'static, annals::Result<FeedPage>>,
     pub checkpoints: Arc<dyn CheckpointStore>,
     pub handler: Arc<dyn Handler>,
     pub config: PipelineConfig,
+    pub start: Position,
     pub stats: watch::Sender<Stats>,
-    pub poke: Arc<Notify>,
     pub stop: Arc<Notify>,
-    pub reads: Arc<AtomicU64>,
 }
 
 enum Feed {
@@ -102,6 +118,7 @@ enum Feed {
     CaughtUp {
         read: u64,
     },
+    Failed(Error),
 }
 
 struct Batch {
@@ -109,21 +126,43 @@ struct Batch {
     remaining: usize,
 }
 
+/// Events of a parked stream waiting for their record to be written before their batches
+/// may complete.
+#[derive(Default)]
+struct ParkPending {
+    batches: Vec<u64>,
+    from: u64,
+    to: u64,
+}
+
 #[derive(Default)]
 struct Stream {
+    /// Buffered events (not in flight), with the batch each came in.
     queue: VecDeque<(u64, RecordedEvent)>,
+    /// The handler is running on this stream.
     busy: bool,
     /// The next version the handler needs; events below it are dropped.
     next_version: u64,
     /// The handler took nothing of what it was given: wait for new events.
     stalled: bool,
     failures: u32,
+    delays: Option<backon::ExponentialBackoff>,
     retry_at: Option<tokio::time::Instant>,
-    parked: Option<usize>,
+    first_error: Option<String>,
     last_error: String,
+    parked: bool,
+    park: Option<ParkPending>,
 }
 
-type Done = (StreamName, Result<Version, HandlerError>, Duration, usize);
+/// What a handler task gives back: its stream, answer, duration, and the events it was
+/// lent with their batches.
+type Done = (
+    StreamName,
+    Result<Version, HandlerError>,
+    Duration,
+    Vec<RecordedEvent>,
+    Vec<u64>,
+);
 
 /// The pipeline's metrics, registered once, labelled by group and source (a partition's
 /// pipeline has its own source, so the members of a group do not overwrite each other).
@@ -139,6 +178,7 @@ struct Metrics {
     stalled: metrics::Gauge,
     parked: metrics::Gauge,
     pending_batches: metrics::Gauge,
+    handler_failures: metrics::Counter,
 }
 
 impl Metrics {
@@ -156,6 +196,7 @@ impl Metrics {
             stalled: metrics::gauge!("annals_reactor_streams_stalled", &labels),
             parked: metrics::gauge!("annals_reactor_streams_parked", &labels),
             pending_batches: metrics::gauge!("annals_reactor_pending_batches", &labels),
+            handler_failures: metrics::counter!("annals_reactor_handler_failures_total", &labels),
         }
     }
 }
@@ -171,17 +212,20 @@ struct Scheduler {
     streams: HashMap<StreamName, Stream>,
     in_flight: JoinSet<Done>,
     stats: Stats,
-    rng: u64,
+    /// Events buffered or in flight.
+    buffered: usize,
+    /// Parked streams whose record must be written (or extended).
+    to_park: HashSet<StreamName>,
+    /// When a failed record write may be tried again.
+    park_retry_at: Option<tokio::time::Instant>,
+    /// The failing list changed since it was last published.
+    failing_dirty: bool,
+    /// The parked list changed since it was last published.
+    parked_dirty: bool,
+    /// Parked streams, by stream.
+    parked: HashMap<StreamName, Parked>,
     /// Handler latencies (µs) since the last stats summary.
     latency: hdrhistogram::Histogram<u64>,
-}
-
-/// A cheap pseudo-random number in `[0, 1)` for jitter.
-fn unit(rng: &mut u64) -> f64 {
-    *rng ^= *rng << 13;
-    *rng ^= *rng >> 7;
-    *rng ^= *rng << 17;
-    (*rng >> 11) as f64 / (1u64 << 53) as f64
 }
 
 impl Scheduler {
@@ -190,11 +234,19 @@ impl Scheduler {
         let mut remaining = 0;
         for e in events {
             let s = self.streams.entry(e.stream.clone()).or_default();
-            if let Some(p) = s.parked {
-                self.stats.parked[p].events.push(e);
+            if s.parked {
+                let pending = s.park.get_or_insert_with(|| ParkPending {
+                    from: e.stream_version,
+                    ..ParkPending::default()
+                });
+                pending.to = pending.to.max(e.stream_version + 1);
+                pending.batches.push(index);
+                self.to_park.insert(e.stream.clone());
+                remaining += 1;
             } else if e.stream_version >= s.next_version {
                 s.queue.push_back((index, e));
                 s.stalled = false;
+                self.buffered += 1;
                 remaining += 1;
             }
         }
@@ -228,36 +280,42 @@ impl Scheduler {
             }
             let ready = !s.busy
                 && !s.stalled
-                && s.parked.is_none()
+                && !s.parked
                 && !s.queue.is_empty()
                 && s.retry_at.is_none_or(|t| t <= now);
             if !ready {
                 continue;
             }
             s.busy = true;
-            let events: Vec<RecordedEvent> = s.queue.iter().map(|(_, e)| e.clone()).collect();
+            let (batches, events): (Vec<u64>, Vec<RecordedEvent>) = s.queue.drain(..).unzip();
             let (handler, stream) = (Arc::clone(&self.handler), name.clone());
             self.in_flight.spawn(async move {
                 let started = Instant::now();
-                let result = handler.handle(&stream, &events).await;
-                (stream, result, started.elapsed(), events.len())
+                // A handler that panics fails this call (retried, parked or stopping as
+                // configured), never the pipeline.
+                let call = std::panic::AssertUnwindSafe(handler.handle(&stream, &events));
+                let result = match call.catch_unwind().await {
+                    Ok(result) => result,
+                    Err(panic) => Err(panic_message(&*panic).into()),
+                };
+                (stream, result, started.elapsed(), events, batches)
             });
         }
         self.stats.active_streams = self.in_flight.len();
     }
 
     fn next_retry(&self) -> Option<tokio::time::Instant> {
-        self.streams
+        let streams = self
+            .streams
             .values()
-            .filter(|s| !s.busy && !s.queue.is_empty() && s.parked.is_none())
-            .filter_map(|s| s.retry_at)
-            .min()
+            .filter(|s| !s.busy && !s.queue.is_empty() && !s.parked)
+            .filter_map(|s| s.retry_at);
+        streams.chain(self.park_retry_at).min()
     }
 
     fn done(&mut self, done: Result<Done, tokio::task::JoinError>) -> Result<(), PipelineError> {
-        let (name, result, took, count) = match done {
+        let (name, result, took, events, batches) = match done {
             Ok(d) => d,
-            // A panicking handler: find the stream that was busy without a result.
             Err(e) => {
                 return Err(PipelineError::Store(annals::Error::backend(
                     "reactor handler",
@@ -274,20 +332,41 @@ impl Scheduler {
         s.busy = false;
         match result {
             Ok(next) => {
+                if s.failures > 0 {
+                    self.failing_dirty = true;
+                }
                 s.failures = 0;
+                s.delays = None;
                 s.retry_at = None;
+                s.first_error = None;
                 s.next_version = s.next_version.max(next.get());
+                let (mut bytes, mut last, mut handled) = (0, None, 0usize);
                 let mut released = Vec::new();
-                let (mut bytes, mut last) = (0, None);
+                let mut back = Vec::new();
+                for (e, b) in events.into_iter().zip(batches) {
+                    if e.stream_version < s.next_version {
+                        bytes += (e.data.len() + e.metadata.as_ref().map_or(0, Vec::len)) as u64;
+                        last = Some(e.stream_version);
+                        handled += 1;
+                        released.push(b);
+                    } else {
+                        back.push((b, e));
+                    }
+                }
+                // Events the handler did not take go back before those that came meanwhile.
+                for item in back.into_iter().rev() {
+                    s.queue.push_front(item);
+                }
+                // Events that arrived meanwhile but are now below the skip-ahead.
                 while s
                     .queue
                     .front()
                     .is_some_and(|(_, e)| e.stream_version < s.next_version)
                 {
-                    let (batch, e) = s.queue.pop_front().expect("front exists");
-                    bytes += (e.data.len() + e.metadata.as_ref().map_or(0, Vec::len)) as u64;
+                    let (b, e) = s.queue.pop_front().expect("front exists");
                     last = Some(e.stream_version);
-                    released.push(batch);
+                    handled += 1;
+                    released.push(b);
                 }
                 s.stalled = released.is_empty();
                 // A stream with nothing buffered and no skip-ahead pending is forgotten, so
@@ -295,52 +374,219 @@ impl Scheduler {
                 if s.queue.is_empty() && last.is_some_and(|v| v + 1 == s.next_version) {
                     self.streams.remove(&name);
                 }
+                self.buffered -= handled;
                 self.stats.bytes_handled += bytes;
                 self.metrics.bytes.increment(bytes);
-                self.stats.events_handled += released.len() as u64;
+                self.stats.events_handled += handled as u64;
                 self.stats.handler_calls += 1;
-                self.metrics.events.increment(released.len() as u64);
+                self.metrics.events.increment(handled as u64);
                 for b in released {
                     self.release(b);
                 }
                 self.complete_prefix();
-                tracing::trace!(stream = %name, count, ?took, "handled");
+                tracing::trace!(stream = %name, count = handled, ?took, "handled");
             }
             Err(e) => {
+                // Everything lent comes back, in order, before what came meanwhile.
+                for item in batches.into_iter().zip(events).rev() {
+                    s.queue.push_front(item);
+                }
                 s.failures += 1;
-                s.last_error = e.to_string();
+                self.failing_dirty = true;
+                self.metrics.handler_failures.increment(1);
+                let message = error_chain(&*e);
+                s.first_error.get_or_insert_with(|| message.clone());
+                s.last_error.clone_from(&message);
                 let attempts = s.failures;
+                let group = &self.config.group;
                 match self.config.on_failure {
                     FailurePolicy::Stop { after } if attempts >= after => {
+                        tracing::error!(%group, stream = %name, attempts, error = %message, "handler failed; stopping the pipeline");
                         return Err(PipelineError::Handler {
                             stream: name,
                             attempts,
-                            message: e.to_string(),
+                            message,
                         });
                     }
                     FailurePolicy::Park { after } if attempts >= after => {
-                        tracing::warn!(stream = %name, attempts, error = %e, "parking stream");
-                        let events: Vec<(u64, RecordedEvent)> = s.queue.drain(..).collect();
-                        s.parked = Some(self.stats.parked.len());
-                        self.stats.parked.push(Parked {
-                            stream: name.clone(),
-                            events: events.iter().map(|(_, e)| e.clone()).collect(),
-                            error: e.to_string(),
-                        });
-                        for (b, _) in events {
-                            self.release(b);
-                        }
-                        self.complete_prefix();
+                        tracing::warn!(%group, stream = %name, attempts, error = %message, "handler failed; parking the stream");
+                        self.park(name);
                     }
                     _ => {
-                        let delay = self.config.backoff.delay(attempts, unit(&mut self.rng));
-                        tracing::debug!(stream = %name, attempts, ?delay, error = %e, "handler failed; retrying");
+                        let delay = s
+                            .delays
+                            .get_or_insert_with(|| self.config.backoff.delays())
+                            .next()
+                            .unwrap_or(self.config.backoff.max);
+                        tracing::warn!(%group, stream = %name, attempts, retry_in = ?delay, error = %message, "handler failed; retrying");
                         s.retry_at = Some(tokio::time::Instant::now() + delay);
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    /// Parks a stream: its buffered events wait only for their record to be written.
+    fn park(&mut self, name: StreamName) {
+        let s = self.streams.get_mut(&name).expect("parked streams are known");
+        s.parked = true;
+        s.retry_at = None;
+        s.delays = None;
+        let events: Vec<(u64, RecordedEvent)> = s.queue.drain(..).collect();
+        self.buffered -= events.len();
+        let (from, to) = match (events.first(), events.last()) {
+            (Some((_, f)), Some((_, l))) => (f.stream_version, l.stream_version + 1),
+            _ => (s.next_version, s.next_version),
+        };
+        let pending = s.park.get_or_insert_with(|| ParkPending {
+            from,
+            ..ParkPending::default()
+        });
+        pending.from = pending.from.min(from);
+        pending.to = pending.to.max(to);
+        pending.batches.extend(events.iter().map(|(b, _)| *b));
+        self.parked.insert(
+            name.clone(),
+            Parked {
+                stream: name.clone(),
+                from: Version(from),
+                to: Version(to),
+                attempts: s.failures,
+                first_error: s.first_error.clone().unwrap_or_default(),
+                last_error: s.last_error.clone(),
+            },
+        );
+        self.parked_dirty = true;
+        self.failing_dirty = true;
+        self.to_park.insert(name);
+    }
+
+    /// Writes the records of newly parked streams (or extends them), then lets their
+    /// batches complete: the checkpoint never passes an event that is neither handled nor
+    /// recorded as parked.
+    async fn flush_parked(&mut self) {
+        if self
+            .park_retry_at
+            .is_some_and(|t| t > tokio::time::Instant::now())
+        {
+            return;
+        }
+        self.park_retry_at = None;
+        let names: Vec<StreamName> = self.to_park.iter().cloned().collect();
+        let now = Timestamp::now();
+        for name in names {
+            let Some(s) = self.streams.get_mut(&name) else {
+                self.to_park.remove(&name);
+                continue;
+            };
+            let Some(pending) = s.park.as_ref() else {
+                self.to_park.remove(&name);
+                continue;
+            };
+            let record = self.parked.entry(name.clone()).or_insert_with(|| Parked {
+                stream: name.clone(),
+                from: Version(pending.from),
+                to: Version(pending.to),
+                attempts: s.failures,
+                first_error: s.first_error.clone().unwrap_or_default(),
+                last_error: s.last_error.clone(),
+            });
+            record.from = record.from.min(Version(pending.from));
+            record.to = record.to.max(Version(pending.to));
+            let parked = ParkedStream {
+                group: self.config.group.clone(),
+                stream: name.clone(),
+                from: Version(pending.from),
+                to: Version(pending.to),
+                attempts: record.attempts,
+                first_error: record.first_error.clone(),
+                last_error: record.last_error.clone(),
+                parked_at: now,
+                updated_at: now,
+            };
+            match self.checkpoints.park(&parked).await {
+                Ok(()) => {}
+                Err(e @ Error::Unsupported { .. }) => {
+                    tracing::warn!(group = %self.config.group, stream = %name, error = %e, "the checkpoint store keeps no parked records; the stream is parked in this process only");
+                }
+                Err(e) => {
+                    tracing::warn!(group = %self.config.group, stream = %name, error = %error_chain(&e), "recording a parked stream failed; retrying");
+                    self.park_retry_at =
+                        Some(tokio::time::Instant::now() + self.config.checkpoint_interval);
+                    return;
+                }
+            }
+            let pending = self
+                .streams
+                .get_mut(&name)
+                .and_then(|s| s.park.take())
+                .unwrap_or_default();
+            for b in pending.batches {
+                self.release(b);
+            }
+            self.to_park.remove(&name);
+            self.parked_dirty = true;
+        }
+        self.complete_prefix();
+    }
+
+    /// Loads the group's parked streams: at start, so they stay parked, and then on every
+    /// checkpoint tick, so that a stream replayed or skipped by an operator is handled again.
+    async fn refresh_parked(&mut self, at_start: bool) {
+        if !at_start && self.parked.is_empty() {
+            return;
+        }
+        let stored = match self.checkpoints.parked(Some(&self.config.group)).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::warn!(group = %self.config.group, error = %error_chain(&e), "reading parked streams failed");
+                return;
+            }
+        };
+        if at_start {
+            for p in stored {
+                let mine = self.config.filter.categories.is_empty()
+                    || self
+                        .config
+                        .filter
+                        .categories
+                        .iter()
+                        .any(|c| c == p.stream.category());
+                if !mine || self.config.partition.is_some_and(|q| !q.contains(&p.stream)) {
+                    continue;
+                }
+                let s = self.streams.entry(p.stream.clone()).or_default();
+                s.parked = true;
+                s.failures = p.attempts;
+                self.parked.insert(
+                    p.stream.clone(),
+                    Parked {
+                        stream: p.stream,
+                        from: p.from,
+                        to: p.to,
+                        attempts: p.attempts,
+                        first_error: p.first_error,
+                        last_error: p.last_error,
+                    },
+                );
+                self.parked_dirty = true;
+            }
+            return;
+        }
+        let still: HashSet<StreamName> = stored.into_iter().map(|p| p.stream).collect();
+        let gone: Vec<StreamName> = self
+            .parked
+            .keys()
+            .filter(|n| !still.contains(*n) && !self.to_park.contains(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            tracing::info!(group = %self.config.group, stream = %name, "stream unparked (replayed or skipped)");
+            self.parked.remove(&name);
+            self.streams.remove(&name);
+            self.parked_dirty = true;
+        }
     }
 
     async fn commit(&mut self) {
@@ -358,13 +604,31 @@ impl Scheduler {
                 self.metrics.checkpoint.set(position.raw() as f64);
             }
             Err(e) => {
-                tracing::warn!(group = %self.config.group, error = %e, "checkpoint commit failed")
+                tracing::warn!(group = %self.config.group, error = %error_chain(&e), "checkpoint commit failed")
             }
         }
     }
 
+    /// Computes the stats that walk every stream: lag in time and stalled streams.
+    fn measure(&mut self) {
+        let now = Timestamp::now().unix_micros();
+        self.stats.behind = self
+            .streams
+            .values()
+            .filter_map(|s| s.queue.front())
+            .map(|(_, e)| e.recorded_at.unix_micros())
+            .min()
+            .map(|oldest| Duration::from_micros(now.saturating_sub(oldest).max(0) as u64));
+        self.stats.stalled = self.streams.values().filter(|s| s.stalled).count();
+        self.metrics
+            .seconds_behind
+            .set(self.stats.behind.map_or(0.0, |d| d.as_secs_f64()));
+        self.metrics.stalled.set(self.stats.stalled as f64);
+    }
+
     /// Logs the stats summary and starts a new latency interval.
     fn summary(&mut self) {
+        self.measure();
         let h = &self.latency;
         let at = |q: f64| Duration::from_micros(h.value_at_quantile(q));
         self.stats.handler_latency = (!h.is_empty()).then(|| HandlerLatency {
@@ -400,156 +664,87 @@ impl Scheduler {
         );
     }
 
+    /// Publishes the stats: scalars every turn, the lists only when they changed.
     fn publish(&mut self, tx: &watch::Sender<Stats>) {
         self.stats.pending_batches = self.batches.len();
-        self.stats.failing = self
-            .streams
-            .iter()
-            .filter(|(_, s)| s.failures > 0 && s.parked.is_none())
-            .map(|(n, s)| (n.clone(), s.failures))
-            .collect();
-        self.stats.idle = self.batches.is_empty() && self.in_flight.is_empty();
-        self.stats.events_behind = self.streams.values().map(|s| s.queue.len()).sum();
-        let now = annals::Timestamp::now().unix_micros();
-        self.stats.behind = self
-            .streams
-            .values()
-            .filter_map(|s| s.queue.front())
-            .map(|(_, e)| e.recorded_at.unix_micros())
-            .min()
-            .map(|oldest| Duration::from_micros(now.saturating_sub(oldest).max(0) as u64));
-        self.stats.stalled = self.streams.values().filter(|s| s.stalled).count();
+        if self.failing_dirty {
+            self.failing_dirty = false;
+            let mut failing: Vec<(StreamName, u32)> = self
+                .streams
+                .iter()
+                .filter(|(_, s)| s.failures > 0 && !s.parked)
+                .map(|(n, s)| (n.clone(), s.failures))
+                .collect();
+            failing.sort();
+            self.stats.failing = Arc::new(failing);
+            self.metrics.failing.set(self.stats.failing.len() as f64);
+        }
+        if self.parked_dirty {
+            self.parked_dirty = false;
+            let mut parked: Vec<Parked> = self.parked.values().cloned().collect();
+            parked.sort_by(|a, b| a.stream.cmp(&b.stream));
+            self.stats.parked = Arc::new(parked);
+            self.metrics.parked.set(self.stats.parked.len() as f64);
+        }
+        self.stats.idle =
+            self.batches.is_empty() && self.in_flight.is_empty() && self.to_park.is_empty();
+        self.stats.events_behind = self.buffered;
         self.stats.streams_tracked = self.streams.len();
         let m = &self.metrics;
         m.read_position.set(self.stats.read_position.raw() as f64);
         m.events_behind.set(self.stats.events_behind as f64);
-        m.seconds_behind
-            .set(self.stats.behind.map_or(0.0, |d| d.as_secs_f64()));
-        m.failing.set(self.stats.failing.len() as f64);
-        m.stalled.set(self.stats.stalled as f64);
-        m.parked.set(self.stats.parked.len() as f64);
         m.pending_batches.set(self.stats.pending_batches as f64);
         tx.send_replace(self.stats.clone());
     }
 }
 
-/// What the reader task needs.
-struct Reader {
-    store: Arc<dyn EventStore>,
-    filter: Filter,
-    batch_size: usize,
-    from: Position,
-    feed: mpsc::Sender<Feed>,
-    poke: Arc<Notify>,
-    poll: Duration,
-    reads: Arc<AtomicU64>,
-    partition: Option<crate::Partition>,
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_owned());
+    format!("the handler panicked: {text}")
 }
 
-/// Pages through the feed after `from`, then follows the change signal (or polls), sending
-/// batches into a channel of one: the scheduler's pace bounds the read-ahead.
-async fn reader(r: Reader) {
-    let Reader {
-        store,
-        filter,
-        batch_size,
-        mut from,
-        feed,
-        poke,
-        poll,
-        reads,
-        partition,
-    } = r;
-    let mut changes = store.changes();
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        if let Some(rx) = changes.as_mut() {
-            rx.borrow_and_update();
-        }
-        let read = reads.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut page = match store.read_all(from, &filter, batch_size).await {
-            Ok(page) => {
-                backoff = Duration::from_millis(100);
-                page
-            }
+/// Turns the feed's pages into batches for the scheduler, through a channel of one: the
+/// scheduler's pace bounds the read-ahead.
+async fn reader(mut pages: BoxStream<'static, annals::Result<FeedPage>>, feed: mpsc::Sender<Feed>) {
+    while let Some(page) = pages.next().await {
+        let page = match page {
+            Ok(page) => page,
             Err(e) => {
-                tracing::warn!(error = %e, "reactor read failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
+                let _ = feed.send(Feed::Failed(e)).await;
+                return;
             }
         };
-        if let Some(p) = partition {
-            page.events.retain(|e| p.contains(&e.stream));
+        let (end, read, caught_up) = (page.next, page.read, page.end);
+        let batch = Feed::Batch {
+            events: page.events,
+            end,
+        };
+        if feed.send(batch).await.is_err() {
+            return;
         }
-        if !page.events.is_empty() || page.next > from {
-            let end = from.max(page.next);
-            if feed
-                .send(Feed::Batch {
-                    events: page.events,
-                    end,
-                })
-                .await
-                .is_err()
-            {
-                return;
-            }
-            from = end;
-        }
-        if page.end {
-            if feed.send(Feed::CaughtUp { read }).await.is_err() {
-                return;
-            }
-            let wake = async {
-                match changes.as_mut() {
-                    Some(rx) => {
-                        let _ = rx.changed().await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
-            tokio::select! {
-                _ = wake => {}
-                _ = poke.notified() => {}
-                _ = tokio::time::sleep(poll) => {}
-            }
+        if caught_up && feed.send(Feed::CaughtUp { read }).await.is_err() {
+            return;
         }
     }
 }
 
 pub(crate) async fn run(parts: Parts) -> Result<(), PipelineError> {
     let Parts {
-        store,
+        pages,
         checkpoints,
         handler,
         config,
+        start,
         stats: stats_tx,
-        poke,
         stop,
-        reads,
     } = parts;
     let source = config.source();
-    let start = match checkpoints.load(&config.group, &source).await {
-        Ok(p) => p.unwrap_or(Position::START),
-        Err(e) => {
-            let e = PipelineError::from(e);
-            stats_tx.send_modify(|s| s.stopped = Some(e.clone()));
-            return Err(e);
-        }
-    };
     let (feed_tx, mut feed) = mpsc::channel(1);
-    let reader = tokio::spawn(reader(Reader {
-        store,
-        filter: config.filter.clone(),
-        batch_size: config.batch_size.max(1),
-        from: start,
-        feed: feed_tx,
-        poke,
-        poll: config.poll_interval,
-        reads,
-        partition: config.partition,
-    }));
-    let seed = Instant::now().elapsed().as_nanos() as u64 ^ 0x9E37_79B9_7F4A_7C15;
+    let reader = tokio::spawn(reader(pages, feed_tx));
     let metrics = Metrics::new(&config.group, &source);
     let mut s = Scheduler {
         source,
@@ -565,14 +760,23 @@ pub(crate) async fn run(parts: Parts) -> Result<(), PipelineError> {
             read_position: start,
             ..Stats::default()
         },
-        rng: seed | 1,
+        buffered: 0,
+        to_park: HashSet::new(),
+        park_retry_at: None,
+        failing_dirty: false,
+        parked_dirty: false,
+        parked: HashMap::new(),
         metrics,
         latency: hdrhistogram::Histogram::new(3).expect("3 significant figures is valid"),
         config,
     };
+    s.refresh_parked(true).await;
     let mut checkpoint_tick = tokio::time::interval(s.config.checkpoint_interval);
     let mut stats_tick = tokio::time::interval(s.config.stats_interval);
     let outcome = loop {
+        if !s.to_park.is_empty() {
+            s.flush_parked().await;
+        }
         s.dispatch();
         s.publish(&stats_tx);
         let retry = s.next_retry();
@@ -588,10 +792,15 @@ pub(crate) async fn run(parts: Parts) -> Result<(), PipelineError> {
             next = feed.recv(), if can_read => match next {
                 Some(Feed::Batch { events, end }) => s.add(events, end),
                 Some(Feed::CaughtUp { read }) => s.stats.caught_up_read = read,
+                Some(Feed::Failed(e)) => break Err(PipelineError::Store(e)),
                 None => break Ok(()),
             },
             _ = tokio::time::sleep_until(retry.unwrap_or_else(tokio::time::Instant::now)), if retry.is_some() => {}
-            _ = checkpoint_tick.tick() => s.commit().await,
+            _ = checkpoint_tick.tick() => {
+                s.commit().await;
+                s.refresh_parked(false).await;
+                s.measure();
+            }
             _ = stats_tick.tick() => s.summary(),
         }
     };
@@ -599,6 +808,10 @@ pub(crate) async fn run(parts: Parts) -> Result<(), PipelineError> {
     // Let the handlers in flight finish so their work counts, then commit.
     while let Some(done) = s.in_flight.join_next().await {
         let _ = s.done(done);
+    }
+    if !s.to_park.is_empty() {
+        s.park_retry_at = None;
+        s.flush_parked().await;
     }
     s.commit().await;
     if let Err(e) = &outcome {

@@ -22,6 +22,7 @@
 mod config;
 mod error;
 mod read;
+mod read_model;
 mod schema;
 mod writer;
 
@@ -30,8 +31,8 @@ use std::thread::JoinHandle;
 
 use annals::{
     AllPage, AppendResult, Capabilities, Checkpoint, CheckpointStore, EventData, EventStore,
-    ExpectedVersion, Filter, Head, Position, ProjectionId, ProjectionRow, ReadStream, Rebuilt,
-    RecordedEvent, Result, StreamAppend, StreamName, Version,
+    ExpectedVersion, Filter, Head, ParkedStream, Position, ReadStream, RecordedEvent, Result,
+    StreamAppend, StreamName, Timestamp, Version,
 };
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -39,6 +40,7 @@ use tokio::sync::{oneshot, watch};
 
 pub use config::{SqliteConfig, Synchronous};
 pub use error::OpenError;
+pub use read_model::SqliteTx;
 pub use rusqlite;
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 
@@ -120,7 +122,7 @@ impl SqliteStore {
         &self.shared.config
     }
 
-    async fn request<T>(
+    pub(crate) async fn request<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T>>) -> Request,
     ) -> Result<T> {
@@ -163,111 +165,8 @@ impl SqliteStore {
         .await
     }
 
-    /// Applies to a read model, in one transaction with the record of how far `projection`
-    /// got in the stream, the events of one stream it has not seen yet: `work` receives only
-    /// those (events below the recorded version are skipped, so a re-delivered event is
-    /// never applied twice). Returns the next version the projection needs, ready to be a
-    /// reactor handler's answer.
-    ///
-    /// `projection` is a name (schema 0) or a [`ProjectionId`] with the schema version of
-    /// the projection's code: a row started from the stream's first event records it; a
-    /// row built by older code keeps its older schema until [`rebuild`](Self::rebuild).
-    pub async fn project_stream<'p, F, E>(
-        &self,
-        projection: impl Into<ProjectionId<'p>>,
-        events: &[RecordedEvent],
-        work: F,
-    ) -> Result<Version>
-    where
-        F: FnOnce(&rusqlite::Connection, &[RecordedEvent]) -> Result<(), E> + Send + 'static,
-        E: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        let work: writer::ProjectStreamFn =
-            Box::new(move |conn, events| work(conn, events).map_err(Into::into));
-        let projection = projection.into();
-        let (schema, projection) = (projection.schema, projection.name.to_owned());
-        let events = events.to_vec();
-        self.request(|reply| Request::ProjectStream {
-            projection,
-            schema,
-            events,
-            work,
-            reply,
-        })
-        .await
-    }
-
-    /// What `projection` recorded per stream (progress, schema), with each stream's
-    /// version: the rows whose schema is older than the code's are stale.
-    pub async fn projection_rows(&self, projection: &str) -> Result<Vec<ProjectionRow>> {
-        let projection = projection.to_owned();
-        self.shared
-            .readers
-            .with(move |conn| read::projection_rows(conn, &projection))
-            .await
-    }
-
-    /// Rebuilds `projection`'s rows of one stream: in one write transaction, `work` gets
-    /// every event of the stream (it must replace what the read model holds for it), and
-    /// the progress is set to the stream's version with `projection`'s schema. Returns
-    /// the events folded.
-    pub async fn rebuild_stream<'p, F, E>(
-        &self,
-        projection: impl Into<ProjectionId<'p>>,
-        stream: &StreamName,
-        work: F,
-    ) -> Result<u64>
-    where
-        F: FnOnce(&rusqlite::Connection, &StreamName, &[RecordedEvent]) -> Result<(), E>
-            + Send
-            + 'static,
-        E: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        let projection = projection.into();
-        let (schema, projection) = (projection.schema, projection.name.to_owned());
-        let work: writer::RebuildFn =
-            Box::new(move |conn, stream, events| work(conn, stream, events).map_err(Into::into));
-        let stream = stream.clone();
-        self.request(|reply| Request::Rebuild {
-            projection,
-            schema,
-            stream,
-            work,
-            reply,
-        })
-        .await
-    }
-
-    /// Rebuilds every stale row of `projection` (built under a schema older than its
-    /// `schema`), one stream per transaction (see [`rebuild_stream`](Self::rebuild_stream)).
-    /// Safe while the projection's pipeline runs: each stream's rebuild and the
-    /// pipeline's writes to it are serialized by the writer.
-    pub async fn rebuild<'p, F, E>(
-        &self,
-        projection: impl Into<ProjectionId<'p>>,
-        work: F,
-    ) -> Result<Rebuilt>
-    where
-        F: Fn(&rusqlite::Connection, &StreamName, &[RecordedEvent]) -> Result<(), E>
-            + Send
-            + Sync
-            + 'static,
-        E: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        let projection = projection.into();
-        let work = Arc::new(work);
-        let mut rebuilt = Rebuilt::default();
-        for row in self.projection_rows(projection.name).await? {
-            if !row.is_stale(projection.schema) {
-                continue;
-            }
-            let work = Arc::clone(&work);
-            rebuilt.events += self
-                .rebuild_stream(projection, &row.stream, move |c, s, e| work(c, s, e))
-                .await?;
-            rebuilt.streams += 1;
-        }
-        Ok(rebuilt)
+    pub(crate) fn readers(&self) -> &Arc<Readers> {
+        &self.shared.readers
     }
 
     /// Runs a read-only query on a read connection (for read models kept in this file).
@@ -436,5 +335,93 @@ impl CheckpointStore for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn park(&self, parked: &ParkedStream) -> Result<()> {
+        let p = parked.clone();
+        self.write(move |conn| {
+            writer::lock(conn)
+                .prepare_cached(
+                    "INSERT INTO annals_parked (group_name, stream, from_version, to_version, \
+                     attempts, first_error, last_error, parked_at, updated_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+                     ON CONFLICT (group_name, stream) DO UPDATE SET \
+                     from_version = min(from_version, excluded.from_version), \
+                     to_version = max(to_version, excluded.to_version), \
+                     attempts = excluded.attempts, last_error = excluded.last_error, \
+                     updated_at = excluded.updated_at",
+                )
+                .and_then(|mut s| {
+                    s.execute(rusqlite::params![
+                        p.group,
+                        p.stream.as_str(),
+                        p.from.get() as i64,
+                        p.to.get() as i64,
+                        p.attempts,
+                        p.first_error,
+                        p.last_error,
+                        p.parked_at.unix_micros(),
+                        p.updated_at.unix_micros(),
+                    ])
+                })
+                .map(drop)
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn parked(&self, group: Option<&str>) -> Result<Vec<ParkedStream>> {
+        type Row = (String, String, i64, i64, u32, String, String, i64, i64);
+        let group = group.map(str::to_owned);
+        let rows: Vec<Row> = self
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT group_name, stream, from_version, to_version, attempts, first_error, \
+                     last_error, parked_at, updated_at FROM annals_parked \
+                     WHERE ?1 IS NULL OR group_name = ?1 ORDER BY group_name, stream",
+                )?;
+                let rows = stmt.query_map([group], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
+                        r.get(8)?,
+                    ))
+                })?;
+                rows.collect()
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(group, stream, from, to, attempts, first_error, last_error, at, upd)| {
+                Ok(ParkedStream {
+                    group,
+                    stream: StreamName::new(stream)?,
+                    from: Version(from as u64),
+                    to: Version(to as u64),
+                    attempts,
+                    first_error,
+                    last_error,
+                    parked_at: Timestamp::from_unix_micros(at),
+                    updated_at: Timestamp::from_unix_micros(upd),
+                })
+            })
+            .collect()
+    }
+
+    async fn unpark(&self, group: &str, stream: &StreamName) -> Result<bool> {
+        let (group, stream) = (group.to_owned(), stream.as_str().to_owned());
+        self.write(move |conn| {
+            writer::lock(conn)
+                .prepare_cached("DELETE FROM annals_parked WHERE group_name = ?1 AND stream = ?2")
+                .and_then(|mut s| s.execute([group, stream]))
+                .map(|n| n > 0)
+                .map_err(backend)
+        })
+        .await
     }
 }

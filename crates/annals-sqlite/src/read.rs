@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use annals::{
-    AllPage, Direction, Filter, Head, HeadSnapshot, Position, ProjectionRow, ReadStream,
+    AllPage, Direction, Filter, Head, HeadSnapshot, Position, ReadStream,
     RecordedEvent, Result, StreamName, Timestamp, Uuid, Version,
 };
 use futures::stream::{self, BoxStream, StreamExt};
@@ -166,49 +166,6 @@ pub(crate) fn read_head(conn: &mut Connection, stream: &str, limit: usize) -> Re
     })
 }
 
-/// Every event of `stream`, oldest first (on any connection, the writer's included).
-pub(crate) fn all_events(
-    conn: &Connection,
-    stream: &StreamName,
-) -> rusqlite::Result<Vec<RecordedEvent>> {
-    conn.prepare_cached(&format!(
-        "{SELECT} WHERE s.name = ?1 ORDER BY e.stream_version"
-    ))?
-    .query_map([stream.as_str()], event)?
-    .collect()
-}
-
-/// The rows `projection` recorded, with their streams' versions.
-pub(crate) fn projection_rows(conn: &Connection, projection: &str) -> Result<Vec<ProjectionRow>> {
-    let mut statement = conn
-        .prepare_cached(
-            "SELECT p.stream, p.next_version, p.schema_version, coalesce(s.version, 0) \
-             FROM annals_projection_streams p LEFT JOIN annals_streams s ON s.name = p.stream \
-             WHERE p.projection = ?1 ORDER BY p.stream",
-        )
-        .map_err(backend)?;
-    let rows = statement
-        .query_map([projection], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-            ))
-        })
-        .map_err(backend)?;
-    rows.map(|row| {
-        let (stream, version, schema, head) = row.map_err(backend)?;
-        Ok(ProjectionRow {
-            stream: StreamName::new(&stream)?,
-            version: Version(version as u64),
-            schema: schema as u32,
-            head: Version(head as u64),
-        })
-    })
-    .collect()
-}
-
 /// Cursor of a stream read.
 struct Cursor {
     stream_id: i64,
@@ -326,6 +283,11 @@ pub(crate) fn read_all(
             placeholders(filter.event_types.len())
         );
         args.extend(filter.event_types.iter().map(|t| t.clone().into()));
+    }
+    if let Some(p) = filter.partition {
+        sql += " AND annals_partition(s.name, ?) = ?";
+        args.push(i64::from(p.count).into());
+        args.push(i64::from(p.index).into());
     }
     sql += " ORDER BY e.position LIMIT ?";
     args.push((limit as i64).into());

@@ -16,6 +16,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_projection_streams.sql"),
     include_str!("../migrations/0003_head_snapshots.sql"),
     include_str!("../migrations/0004_projection_schema.sql"),
+    include_str!("../migrations/0005_parked.sql"),
 ];
 
 /// The schema version this build creates and reads.
@@ -70,7 +71,27 @@ pub(crate) fn open_reader(config: &SqliteConfig) -> rusqlite::Result<Connection>
     let conn = Connection::open_with_flags(&config.path, flags)?;
     conn.busy_timeout(config.busy_timeout)?;
     conn.set_prepared_statement_cache_capacity(32);
+    register_functions(&conn)?;
     Ok(conn)
+}
+
+/// `annals_partition(name, count)`: the partition of a stream name among `count`, computed
+/// as [`annals::Partition::of`] computes it, so read-all can filter partitions in SQL.
+pub(crate) fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    conn.create_scalar_function(
+        "annals_partition",
+        2,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let name = ctx.get_raw(0).as_str().map_err(|e| {
+                rusqlite::Error::UserFunctionError(format!("annals_partition: {e}").into())
+            })?;
+            let count: i64 = ctx.get(1)?;
+            let count = u64::try_from(count.max(1)).unwrap_or(1);
+            Ok((annals::Partition::hash(name) % count) as i64)
+        },
+    )
 }
 
 /// Refuses foreign and newer files, reading only.

@@ -5,7 +5,7 @@
 //! rolls back only itself), commits once, then answers every caller and wakes subscribers.
 //! One fsync thus serves many appends: that is group commit.
 
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use annals::idempotency::{self, Found, Verdict};
@@ -22,40 +22,16 @@ use crate::error::backend;
 pub(crate) type ProjectFn =
     Box<dyn FnOnce(&Connection) -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Send>;
 
-/// Work a projection does on one stream's new events, in the store's transaction.
-pub(crate) type ProjectStreamFn = Box<
-    dyn FnOnce(
-            &Connection,
-            &[annals::RecordedEvent],
-        ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
-        + Send,
->;
-
-/// Work a projection does to rebuild one stream's rows from all its events.
-pub(crate) type RebuildFn = Box<
-    dyn FnOnce(
-            &Connection,
-            &StreamName,
-            &[annals::RecordedEvent],
-        ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
-        + Send,
->;
+/// Read-model work run on the writer thread, inside the group's transaction and its own
+/// savepoint: it gets the connection (behind a lock it takes per statement), or the error
+/// that kept it from running, and returns its answer and whether it wrote.
+pub(crate) type ReadModelJob =
+    Box<dyn FnOnce(Result<&Mutex<Connection>>) -> (Finish, bool) + Send>;
 
 /// What the writer is asked to do.
 pub(crate) enum Request {
-    ProjectStream {
-        projection: String,
-        schema: u32,
-        events: Vec<annals::RecordedEvent>,
-        work: ProjectStreamFn,
-        reply: oneshot::Sender<Result<Version>>,
-    },
-    Rebuild {
-        projection: String,
-        schema: u32,
-        stream: StreamName,
-        work: RebuildFn,
-        reply: oneshot::Sender<Result<u64>>,
+    ReadModel {
+        job: ReadModelJob,
     },
     Append {
         stream: StreamName,
@@ -82,9 +58,9 @@ pub(crate) enum Request {
     },
 }
 
-type Finish = Box<dyn FnOnce(Result<()>) + Send>;
+pub(crate) type Finish = Box<dyn FnOnce(Result<()>) + Send>;
 
-fn finish<T: Send + 'static>(reply: oneshot::Sender<Result<T>>, result: Result<T>) -> Finish {
+pub(crate) fn finish<T: Send + 'static>(reply: oneshot::Sender<Result<T>>, result: Result<T>) -> Finish {
     Box::new(move |commit| {
         let answer = match (commit, result) {
             (_, Err(e)) => Err(e),
@@ -108,12 +84,13 @@ fn sql(e: rusqlite::Error) -> Error {
 /// is as large as the previous one, or after `linger`, or at `max_group` requests. Under
 /// concurrency groups stay large; a lone writer (previous group of one) never waits.
 pub(crate) fn run(
-    mut conn: Connection,
+    conn: Connection,
     queue: mpsc::Receiver<Request>,
     changes: watch::Sender<()>,
     max_group: usize,
     linger: Duration,
 ) {
+    let conn = Mutex::new(conn);
     let mut previous = 1;
     while let Ok(first) = queue.recv() {
         let Some(mut group) = Group::begin(&conn, first) else {
@@ -137,12 +114,17 @@ pub(crate) fn run(
         }
         let size = group.len();
         previous = size;
-        let wrote = group.commit(&mut conn);
+        let wrote = group.commit(&conn);
         tracing::trace!(size, wrote, "group committed");
         if wrote {
             changes.send_replace(());
         }
     }
+}
+
+/// The write connection, for one request's statements.
+pub(crate) fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    conn.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Runs a short statement through the statement cache.
@@ -162,8 +144,8 @@ struct Group {
 
 impl Group {
     /// Opens the transaction and runs `first`; on failure answers it and returns `None`.
-    fn begin(conn: &Connection, first: Request) -> Option<Self> {
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    fn begin(conn: &Mutex<Connection>, first: Request) -> Option<Self> {
+        if let Err(e) = lock(conn).execute_batch("BEGIN IMMEDIATE") {
             fail(first, sql(e));
             return None;
         }
@@ -181,10 +163,35 @@ impl Group {
     }
 
     /// Runs `request` in its own savepoint: a failure rolls back only itself.
-    fn run(&mut self, conn: &Connection, request: Request) {
-        let now = self.now;
-        let savepoint = exec(conn, "SAVEPOINT annals_req");
+    fn run(&mut self, conn: &Mutex<Connection>, request: Request) {
+        let savepoint = exec(&lock(conn), "SAVEPOINT annals_req");
         let (finisher, ok) = match request {
+            Request::ReadModel { job } => job(savepoint.map(|()| conn)),
+            request => self.run_locked(&lock(conn), request, savepoint),
+        };
+        let conn = lock(conn);
+        let end = if ok {
+            exec(&conn, "RELEASE annals_req")
+        } else {
+            exec(&conn, "ROLLBACK TO annals_req").and_then(|()| exec(&conn, "RELEASE annals_req"))
+        };
+        if let Err(e) = end {
+            tracing::error!(error = %e, "closing a savepoint failed");
+        }
+        self.changed |= ok;
+        self.finishers.push(finisher);
+    }
+
+    /// Runs a store request on the locked connection, in the savepoint `savepoint` opened.
+    fn run_locked(
+        &mut self,
+        conn: &Connection,
+        request: Request,
+        savepoint: Result<()>,
+    ) -> (Finish, bool) {
+        let now = self.now;
+        match request {
+            Request::ReadModel { .. } => unreachable!("read-model jobs take the lock themselves"),
             Request::Append {
                 stream,
                 expected,
@@ -213,29 +220,6 @@ impl Group {
                 let ok = r.is_ok();
                 (finish(reply, r), ok)
             }
-            Request::ProjectStream {
-                projection,
-                schema,
-                events,
-                work,
-                reply,
-            } => {
-                let r = savepoint
-                    .and_then(|()| project_stream(conn, &projection, schema, &events, work));
-                let ok = r.is_ok();
-                (finish(reply, r), ok)
-            }
-            Request::Rebuild {
-                projection,
-                schema,
-                stream,
-                work,
-                reply,
-            } => {
-                let r = savepoint.and_then(|()| rebuild(conn, &projection, schema, &stream, work));
-                let ok = r.is_ok();
-                (finish(reply, r), ok)
-            }
             Request::Checkpoint {
                 group,
                 source,
@@ -261,22 +245,13 @@ impl Group {
                 let ok = r.is_ok();
                 (finish(reply, r), ok)
             }
-        };
-        let end = if ok {
-            exec(conn, "RELEASE annals_req")
-        } else {
-            exec(conn, "ROLLBACK TO annals_req").and_then(|()| exec(conn, "RELEASE annals_req"))
-        };
-        if let Err(e) = end {
-            tracing::error!(error = %e, "closing a savepoint failed");
         }
-        self.changed |= ok;
-        self.finishers.push(finisher);
     }
 
     /// Commits once and answers every caller; returns whether anything was written.
-    fn commit(self, conn: &mut Connection) -> bool {
-        let commit = exec(conn, "COMMIT");
+    fn commit(self, conn: &Mutex<Connection>) -> bool {
+        let conn = lock(conn);
+        let commit = exec(&conn, "COMMIT");
         if commit.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
         }
@@ -295,103 +270,8 @@ fn fail(request: Request, error: Error) {
         Request::AppendMany { reply, .. } => finish(reply, Err(error))(Ok(())),
         Request::Import { reply, .. } => finish(reply, Err(error))(Ok(())),
         Request::Checkpoint { reply, .. } => finish(reply, Err(error))(Ok(())),
-        Request::ProjectStream { reply, .. } => finish(reply, Err(error))(Ok(())),
-        Request::Rebuild { reply, .. } => finish(reply, Err(error))(Ok(())),
+        Request::ReadModel { job } => job(Err(error)).0(Ok(())),
     }
-}
-
-/// Applies the events of one stream that `projection` has not seen yet, and records how far
-/// it got, in the caller's savepoint.
-fn project_stream(
-    conn: &Connection,
-    projection: &str,
-    schema: u32,
-    events: &[annals::RecordedEvent],
-    work: ProjectStreamFn,
-) -> Result<Version> {
-    let Some(first) = events.first() else {
-        return Err(backend("project_stream needs at least one event"));
-    };
-    let stream = first.stream.as_str();
-    if let Some(other) = events.iter().find(|e| e.stream != first.stream) {
-        return Err(backend(format!(
-            "project_stream takes one stream's events: got {} and {}",
-            first.stream, other.stream
-        )));
-    }
-    let next: u64 = conn
-        .prepare_cached(
-            "SELECT next_version FROM annals_projection_streams WHERE projection = ?1 AND stream = ?2",
-        )
-        .and_then(|mut s| {
-            s.query_row(params![projection, stream], |r| r.get::<_, i64>(0))
-                .optional()
-        })
-        .map_err(sql)?
-        .map_or(0, |v| v as u64);
-    let fresh: Vec<annals::RecordedEvent> = events
-        .iter()
-        .filter(|e| e.stream_version >= next)
-        .cloned()
-        .collect();
-    let Some(last) = fresh.last() else {
-        return Ok(Version(next));
-    };
-    let after = last.stream_version + 1;
-    guarded(|| work(conn, &fresh))?;
-    // A row built from the stream's first event is of the current schema; a row that had
-    // progress keeps the schema it was built with (only a rebuild changes it).
-    conn.prepare_cached(
-        "INSERT INTO annals_projection_streams (projection, stream, next_version, schema_version) \
-         VALUES (?1, ?2, ?3, ?4) \
-         ON CONFLICT (projection, stream) DO UPDATE SET next_version = excluded.next_version, \
-         schema_version = CASE WHEN annals_projection_streams.next_version = 0 \
-         THEN excluded.schema_version ELSE annals_projection_streams.schema_version END",
-    )
-    .and_then(|mut s| s.execute(params![projection, stream, after as i64, schema]))
-    .map_err(sql)?;
-    Ok(Version(after))
-}
-
-/// Runs projection code, turning its error or panic into a store error (a panicking
-/// projection must not take the writer thread with it).
-fn guarded(
-    work: impl FnOnce() -> Result<(), Box<dyn std::error::Error + Send + Sync>>,
-) -> Result<()> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
-        Ok(r) => r.map_err(|e| Error::backend("sqlite projection", e)),
-        Err(_) => Err(backend(
-            "the projection panicked; its changes were rolled back",
-        )),
-    }
-}
-
-/// Rebuilds `projection`'s rows of `stream` from all its events (read under the write
-/// lock, so none is missed) and records the progress and schema; returns the events folded.
-fn rebuild(
-    conn: &Connection,
-    projection: &str,
-    schema: u32,
-    stream: &StreamName,
-    work: RebuildFn,
-) -> Result<u64> {
-    let events = crate::read::all_events(conn, stream).map_err(sql)?;
-    guarded(|| work(conn, stream, &events))?;
-    conn.prepare_cached(
-        "INSERT INTO annals_projection_streams (projection, stream, next_version, schema_version) \
-         VALUES (?1, ?2, ?3, ?4) ON CONFLICT (projection, stream) DO UPDATE SET \
-         next_version = excluded.next_version, schema_version = excluded.schema_version",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            projection,
-            stream.as_str(),
-            events.len() as i64,
-            schema
-        ])
-    })
-    .map_err(sql)?;
-    Ok(events.len() as u64)
 }
 
 enum Attempt {

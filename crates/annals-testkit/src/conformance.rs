@@ -62,21 +62,17 @@ async fn versions(store: &dyn EventStore, stream: &StreamName, options: ReadStre
 }
 
 /// Every event of `store` in read-all order, after waiting for visibility.
-pub async fn read_everything(store: &dyn EventStore) -> Vec<RecordedEvent> {
+pub async fn read_everything<S: EventStore + ?Sized>(store: &Arc<S>) -> Vec<RecordedEvent> {
     store.await_visible().await.expect("await visibility");
-    let mut out = Vec::new();
-    let mut from = Position::START;
-    loop {
-        let page = store
-            .read_all(from, &Filter::all(), 1000)
-            .await
-            .expect("read all");
-        out.extend(page.events);
-        from = page.next;
-        if page.end {
-            return out;
-        }
-    }
+    annals::Feed::new(
+        Arc::clone(store),
+        Position::START,
+        annals::FeedOptions::to_end(Filter::all()),
+    )
+    .events()
+    .map(|e| e.expect("read all"))
+    .collect()
+    .await
 }
 
 #[track_caller]
@@ -127,7 +123,7 @@ pub async fn expected_versions_on_a_new_stream(store: Arc<dyn EventStore>) {
         s.stream_version(&name("New-exact0")).await.unwrap(),
         Version(3)
     );
-    assert_eq!(read_everything(s).await.len(), 6);
+    assert_eq!(read_everything(&store).await.len(), 6);
 }
 
 /// Every expected-version mode against a stream with events.
@@ -270,7 +266,7 @@ pub async fn retry_of_a_committed_append_writes_nothing(store: Arc<dyn EventStor
         "a late retry still answers with the original result"
     );
     assert_eq!(s.stream_version(&stream).await.unwrap(), Version(5));
-    assert_eq!(read_everything(s).await.len(), 5);
+    assert_eq!(read_everything(&store).await.len(), 5);
     // A retry whose expected version could never have admitted the original is a conflict.
     assert_conflict(
         s.append(&stream, ExpectedVersion::Exact(Version(1)), events)
@@ -304,7 +300,7 @@ pub async fn partial_overlap_retry_is_refused(store: Arc<dyn EventStore>) {
         }
     }
     assert_eq!(s.stream_version(&stream).await.unwrap(), Version(2));
-    assert_eq!(read_everything(s).await.len(), 2);
+    assert_eq!(read_everything(&store).await.len(), 2);
 }
 
 /// An event id already recorded in another stream is refused.
@@ -333,7 +329,7 @@ pub async fn event_id_recorded_in_another_stream_is_refused(store: Arc<dyn Event
         other => panic!("expected a duplicate event id error, got {other:?}"),
     }
     assert_eq!(s.stream_version(&b).await.unwrap(), Version(0));
-    assert_eq!(read_everything(s).await.len(), 1);
+    assert_eq!(read_everything(&store).await.len(), 1);
 }
 
 /// Empty batches, invalid events and invalid names are refused with a typed error, and no
@@ -395,7 +391,7 @@ pub async fn invalid_input_is_refused_and_nothing_written(store: Arc<dyn EventSt
     ));
     assert_eq!(s.stream_version(&stream).await.unwrap(), Version(0));
     assert!(
-        read_everything(s).await.is_empty(),
+        read_everything(&store).await.is_empty(),
         "nothing may be written by refused appends"
     );
 }
@@ -500,7 +496,7 @@ pub async fn read_all_pages_with_filters(store: Arc<dyn EventStore>) {
                 .unwrap();
         }
     }
-    let all = read_everything(s).await;
+    let all = read_everything(&store).await;
     assert_eq!(all.len(), 40);
     assert!(
         all.windows(2).all(|w| w[0].position < w[1].position),
@@ -523,8 +519,10 @@ pub async fn read_all_pages_with_filters(store: Arc<dyn EventStore>) {
         for limit in [1, 3, 7, 100] {
             let mut got = Vec::new();
             let mut from = Position::START;
-            for _ in 0..200 {
-                let page = s.read_all(from, &filter, limit).await.unwrap();
+            let options = annals::FeedOptions::to_end(filter.clone()).page_size(limit);
+            let mut pages = annals::Feed::new(Arc::clone(&store), Position::START, options).pages();
+            while let Some(page) = pages.next().await {
+                let page = page.unwrap();
                 assert!(page.events.len() <= limit);
                 assert!(page
                     .events
@@ -536,18 +534,63 @@ pub async fn read_all_pages_with_filters(store: Arc<dyn EventStore>) {
                 }
                 got.extend(page.events.iter().map(|e| e.event_id));
                 from = page.next;
-                if page.end {
-                    break;
-                }
             }
             assert_eq!(got, expected, "filter {filter:?} with pages of {limit}");
         }
+    }
+    // Partitions split the feed by stream: each event in exactly one, as computed here.
+    for count in [1u32, 2, 3, 7] {
+        let mut seen = Vec::new();
+        for index in 0..count {
+            let filter = Filter::all().partition(annals::Partition::new(index, count));
+            let part = read_filtered(&store, filter, 5).await;
+            assert!(part
+                .iter()
+                .all(|e| annals::Partition::of(&e.stream, count) == index));
+            seen.extend(part.iter().map(|e| e.event_id));
+        }
+        seen.sort();
+        let mut every: Vec<Uuid> = all.iter().map(|e| e.event_id).collect();
+        every.sort();
+        assert_eq!(seen, every, "{count} partitions cover every event once");
+    }
+    let alpha_half = Filter::category("Alpha").partition(annals::Partition::new(1, 2));
+    let expected: Vec<Uuid> = all
+        .iter()
+        .filter(|e| alpha_half.matches(e))
+        .map(|e| e.event_id)
+        .collect();
+    let got: Vec<Uuid> = read_filtered(&store, alpha_half, 4)
+        .await
+        .iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(got, expected);
+    for bad in [annals::Partition::new(2, 2), annals::Partition::new(0, 0)] {
+        assert!(matches!(
+            s.read_all(Position::START, &Filter::all().partition(bad), 10)
+                .await,
+            Err(Error::InvalidFilter { .. })
+        ));
     }
     let past_end = s
         .read_all(all[39].position, &Filter::all(), 10)
         .await
         .unwrap();
     assert!(past_end.events.is_empty() && past_end.end);
+}
+
+async fn read_filtered(
+    store: &Arc<dyn EventStore>,
+    filter: Filter,
+    page: usize,
+) -> Vec<RecordedEvent> {
+    let options = annals::FeedOptions::to_end(filter).page_size(page);
+    annals::Feed::new(Arc::clone(store), Position::START, options)
+        .events()
+        .map(|e| e.expect("read the feed"))
+        .collect()
+        .await
 }
 
 async fn collect_until(sub: &mut annals::Subscription, count: usize) -> Vec<RecordedEvent> {
@@ -614,7 +657,7 @@ pub async fn subscription_sees_every_event_once_across_catch_up_and_live(
     );
     let ids: HashSet<Uuid> = got.iter().map(|e| e.event_id).collect();
     assert_eq!(ids.len(), total, "no event delivered twice");
-    let stored: HashSet<Uuid> = read_everything(&*store)
+    let stored: HashSet<Uuid> = read_everything(&store)
         .await
         .iter()
         .map(|e| e.event_id)
@@ -645,7 +688,7 @@ pub async fn subscription_resumes_after_a_checkpoint(store: Arc<dyn EventStore>)
         append(s, &name(&format!("Resume-{i}")), ExpectedVersion::Any, 2).await;
         append(s, &name(&format!("Other-{i}")), ExpectedVersion::Any, 1).await;
     }
-    let all = read_everything(s).await;
+    let all = read_everything(&store).await;
     let checkpoint = all[6].position;
     let mut sub = store.subscribe(checkpoint, SubscribeOptions::all());
     let rest = collect_until(&mut sub, all.len() - 7).await;
@@ -701,7 +744,7 @@ pub async fn multi_stream_append_is_atomic_or_refused(store: Arc<dyn EventStore>
             }) => {}
             other => panic!("expected an unsupported-capability error, got {other:?}"),
         }
-        assert!(read_everything(s).await.is_empty());
+        assert!(read_everything(&store).await.is_empty());
         return;
     }
     let first = appends(ExpectedVersion::NoStream, ExpectedVersion::NoStream);
@@ -749,7 +792,7 @@ pub async fn multi_stream_append_is_atomic_or_refused(store: Arc<dyn EventStore>
         .await
         .unwrap();
     assert_eq!((r[0].version, r[1].version), (Version(4), Version(2)));
-    assert_eq!(read_everything(s).await.len(), 6);
+    assert_eq!(read_everything(&store).await.len(), 6);
 }
 
 /// Checkpoints: nothing before the first commit; commit, reload, overwrite, list in order,

@@ -8,6 +8,7 @@ pub mod access;
 pub mod conformance;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod read_models;
 mod scenario;
 
 use std::any::Any;
@@ -54,6 +55,14 @@ macro_rules! checkpoint_suite {
             $crate::run(async {
                 let (store, _guard) = ($factory)().await;
                 $crate::conformance::checkpoints_load_commit_and_list(store).await;
+            });
+        }
+
+        #[test]
+        fn parked_streams_are_kept() {
+            $crate::run(async {
+                let (store, _guard) = ($factory)().await;
+                $crate::read_models::parked_streams_are_kept(store).await;
             });
         }
     };

@@ -51,6 +51,8 @@ pub enum Capability {
     HeadSnapshots,
     /// Importing events recorded elsewhere with their versions, ids and timestamps.
     Import,
+    /// Keeping records of parked streams.
+    Parking,
 }
 
 impl std::fmt::Display for Capability {
@@ -59,6 +61,7 @@ impl std::fmt::Display for Capability {
             Capability::MultiStreamAppend => f.write_str("multi-stream atomic append"),
             Capability::HeadSnapshots => f.write_str("snapshots at the stream head"),
             Capability::Import => f.write_str("importing recorded events"),
+            Capability::Parking => f.write_str("records of parked streams"),
         }
     }
 }
@@ -175,6 +178,19 @@ pub enum Error {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A read-all or subscription filter is invalid.
+    #[error("invalid filter: {reason}")]
+    InvalidFilter {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A read model refused an operation (for example a rebuild whose events are older
+    /// than what the read model already applied).
+    #[error("read model: {reason}")]
+    ReadModel {
+        /// What is wrong.
+        reason: String,
+    },
     /// A known event type did not decode, or an event did not encode.
     #[error("codec: {0}")]
     Codec(#[from] CodecError),
@@ -216,6 +232,7 @@ impl Error {
                 | Error::DuplicateStreamInBatch { .. }
                 | Error::MissingReference { .. }
                 | Error::InvalidTransaction { .. }
+                | Error::InvalidFilter { .. }
         )
     }
 }

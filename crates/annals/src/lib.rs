@@ -45,32 +45,38 @@ pub mod codec;
 pub mod decider;
 pub mod error;
 pub mod event;
+pub mod feed;
 pub mod idempotency;
 pub mod instrument;
 pub mod lease;
 pub mod memory;
 pub mod projection;
+pub mod read_model;
 pub mod store;
 pub mod stream;
 pub mod subscribe;
 pub mod version;
 
 pub use cache::Cache;
-pub use checkpoint::{Checkpoint, CheckpointStore, MemoryCheckpoints};
+pub use checkpoint::{Checkpoint, CheckpointStore, MemoryCheckpoints, ParkedStream};
 pub use codec::{Codec, EncodeContext, JsonCodec};
 pub use decider::{
     transact_many, transact_pair, Category, Decider, Domain, LoadOption, Loaded,
     SNAPSHOT_EVENT_TYPE,
 };
 pub use error::{Capability, CodecError, Error, InvalidEvent, Result};
+pub use feed::{error_chain, Backoff, Feed, FeedOptions, FeedPage};
 pub use event::{EventData, RecordedEvent, DEFAULT_MAX_EVENT_BYTES, MAX_EVENT_TYPE_LEN};
 pub use instrument::Instrumented;
 pub use lease::{LeaseStore, Leases, MemoryLeases};
 pub use memory::MemoryStore;
 pub use projection::{ProjectionId, ProjectionRow, Rebuilt};
+pub use read_model::{
+    ApplyError, Dialect, Projector, ProjectorError, ReadModelStore, SqlTx, SqlValue, StreamProgress,
+};
 pub use store::{
     AllPage, AppendResult, Capabilities, Direction, EventStore, Filter, Head, HeadSnapshot,
-    ReadStream, StreamAppend, SubscribeOptions,
+    Partition, ReadStream, StreamAppend, SubscribeOptions,
 };
 pub use stream::{StreamName, StreamNameError, MAX_STREAM_NAME_LEN};
 pub use subscribe::{subscribe, EventStoreExt, SubscribeExt, Subscription};

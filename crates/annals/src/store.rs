@@ -154,6 +154,65 @@ impl ReadStream {
     }
 }
 
+/// One of `count` partitions of a feed: a stream belongs to partition
+/// `FNV-1a-64(stream name) % count`, the same in every process, release and backend (the
+/// SQL stores compute it in SQL), so competing consumers can split a feed by stream and each
+/// reads only its own events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Partition {
+    /// This partition, `0..count`.
+    pub index: u32,
+    /// How many partitions there are (1 to [`Partition::MAX_COUNT`]).
+    pub count: u32,
+}
+
+impl Partition {
+    /// Partition `index` of `count`.
+    pub fn new(index: u32, count: u32) -> Self {
+        Self { index, count }
+    }
+
+    /// The 64-bit FNV-1a hash of a stream name: fixed by its definition, so stable across
+    /// processes, releases and backends.
+    pub fn hash(stream: &str) -> u64 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in stream.bytes() {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        hash
+    }
+
+    /// The partition of `stream` among `count`.
+    pub fn of(stream: &StreamName, count: u32) -> u32 {
+        (Self::hash(stream.as_str()) % u64::from(count.max(1))) as u32
+    }
+
+    /// Whether `stream` is in this partition.
+    pub fn contains(&self, stream: &StreamName) -> bool {
+        Self::of(stream, self.count) == self.index
+    }
+
+    /// The most partitions a feed can be split into.
+    pub const MAX_COUNT: u32 = 65_536;
+
+    /// Checks that `index < count` and `0 < count <= MAX_COUNT`.
+    pub fn validate(&self) -> Result<()> {
+        if self.count == 0 || self.count > Self::MAX_COUNT || self.index >= self.count {
+            return Err(Error::InvalidFilter {
+                reason: format!(
+                    "partition {} of {}: the index must be below the count, and the count \
+                     between 1 and {}",
+                    self.index,
+                    self.count,
+                    Self::MAX_COUNT
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Which events a read-all or subscription returns. Empty lists match everything.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Filter {
@@ -161,6 +220,9 @@ pub struct Filter {
     pub categories: Vec<String>,
     /// Only these event types (any, when empty).
     pub event_types: Vec<String>,
+    /// Only the streams of this partition (all, when `None`).
+    #[serde(default)]
+    pub partition: Option<Partition>,
 }
 
 impl Filter {
@@ -173,7 +235,7 @@ impl Filter {
     pub fn category(category: impl Into<String>) -> Self {
         Self {
             categories: vec![category.into()],
-            event_types: Vec::new(),
+            ..Self::default()
         }
     }
 
@@ -189,16 +251,26 @@ impl Filter {
         self
     }
 
+    /// Restricts to the streams of one partition.
+    pub fn partition(mut self, partition: Partition) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+
     /// Whether `event` passes.
     pub fn matches(&self, event: &RecordedEvent) -> bool {
         (self.categories.is_empty() || self.categories.iter().any(|c| c == event.stream.category()))
             && (self.event_types.is_empty() || self.event_types.contains(&event.event_type))
+            && self.partition.is_none_or(|p| p.contains(&event.stream))
     }
 
-    /// Checks that the categories are valid.
+    /// Checks that the categories and the partition are valid.
     pub fn validate(&self) -> Result<()> {
         for c in &self.categories {
             crate::stream::validate_category(c)?;
+        }
+        if let Some(p) = &self.partition {
+            p.validate()?;
         }
         Ok(())
     }
@@ -253,6 +325,7 @@ impl Capabilities {
             Capability::MultiStreamAppend => self.multi_stream_append,
             Capability::HeadSnapshots => self.head_snapshots,
             Capability::Import => self.import,
+            Capability::Parking => false,
         }
     }
 }

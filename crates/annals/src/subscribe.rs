@@ -1,39 +1,26 @@
-//! Subscriptions: catch up from a position, then follow live, as one loop over read-all.
+//! Subscriptions: catch up from a position, then follow live, as one walk of the feed.
 //!
-//! There is no separate live phase to splice onto the catch-up: the subscription keeps
-//! reading pages after the last position it delivered and, when it reaches the end, waits
-//! for the store's change signal (or the poll interval). Because every store's read-all
-//! only exposes events below a horizon later commits cannot undercut, this gives no gap and
-//! no duplicate by construction.
+//! There is no separate live phase to splice onto the catch-up: the subscription is a
+//! [`Feed`](crate::Feed) that keeps reading pages after the last position it delivered and,
+//! when it reaches the end, waits for the store's change signal (or the poll interval).
+//! Because every store's read-all only exposes events below a horizon later commits cannot
+//! undercut, this gives no gap and no duplicate by construction.
 //!
 //! A backend error (a lost connection, a restarted server) does not end a subscription: it
-//! is logged and the read is retried with backoff (100 ms doubling to 5 s) from the last
-//! delivered position. Other errors (an invalid filter) end it after being yielded.
+//! is logged and the read is retried with the feed's backoff from the last delivered
+//! position. Other errors (an invalid filter) end it after being yielded.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
-use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use futures::stream::{BoxStream, TryStreamExt};
 
+use crate::feed::{Feed, FeedOptions};
 use crate::store::{EventStore, ReadStream, SubscribeOptions};
 use crate::{Position, RecordedEvent, Result, StreamName};
-
-const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
-const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A stream of events: catch-up, then live. Backend errors are retried; other errors are
 /// yielded and end it.
 pub type Subscription = BoxStream<'static, Result<RecordedEvent>>;
-
-struct State<S: ?Sized> {
-    store: Arc<S>,
-    from: Position,
-    options: SubscribeOptions,
-    buffer: VecDeque<RecordedEvent>,
-    changes: Option<tokio::sync::watch::Receiver<()>>,
-    failed: bool,
-    backoff: std::time::Duration,
-}
 
 /// Subscribes to the events of `store` after `from` that match `options.filter`.
 pub fn subscribe<S: EventStore + ?Sized>(
@@ -41,67 +28,9 @@ pub fn subscribe<S: EventStore + ?Sized>(
     from: Position,
     options: SubscribeOptions,
 ) -> Subscription {
-    if let Err(e) = options.filter.validate() {
-        return stream::once(async move { Err(e) }).boxed();
-    }
-    let changes = store.changes();
-    let state = State {
-        store,
-        from,
-        options,
-        buffer: VecDeque::new(),
-        changes,
-        failed: false,
-        backoff: RETRY_FIRST,
-    };
-    stream::unfold(state, |mut st| async move {
-        if st.failed {
-            return None;
-        }
-        loop {
-            if let Some(event) = st.buffer.pop_front() {
-                return Some((Ok(event), st));
-            }
-            if let Some(rx) = st.changes.as_mut() {
-                rx.borrow_and_update();
-            }
-            let page = match st
-                .store
-                .read_all(st.from, &st.options.filter, st.options.batch_size)
-                .await
-            {
-                Ok(page) => {
-                    st.backoff = RETRY_FIRST;
-                    page
-                }
-                Err(e @ crate::Error::Backend { .. }) => {
-                    tracing::warn!(error = %e, retry_in = ?st.backoff, "subscription read failed; retrying");
-                    tokio::time::sleep(st.backoff).await;
-                    st.backoff = (st.backoff * 2).min(RETRY_MAX);
-                    continue;
-                }
-                Err(e) => {
-                    st.failed = true;
-                    return Some((Err(e), st));
-                }
-            };
-            st.from = st.from.max(page.next);
-            st.buffer.extend(page.events);
-            if !st.buffer.is_empty() || !page.end {
-                continue;
-            }
-            let poll = st.options.poll_interval;
-            match st.changes.as_mut() {
-                Some(rx) => {
-                    if let Ok(Err(_closed)) = tokio::time::timeout(poll, rx.changed()).await {
-                        st.changes = None;
-                    }
-                }
-                None => tokio::time::sleep(poll).await,
-            }
-        }
-    })
-    .boxed()
+    let feed = FeedOptions::follow(options.filter, options.poll_interval)
+        .page_size(options.batch_size);
+    Feed::new(store, from, feed).events()
 }
 
 /// Conveniences over any [`EventStore`].

@@ -34,7 +34,12 @@ pub enum Bench {
     Live(reactor::LiveArgs),
 }
 
-pub async fn run(opened: crate::store_url::Opened, url: &str, bench: Bench) -> anyhow::Result<()> {
+pub async fn run(
+    opened: crate::store_url::Opened,
+    read_model: Option<crate::store_url::ReadModelDb>,
+    url: &str,
+    bench: Bench,
+) -> anyhow::Result<()> {
     use scenario::{Scenario, Target};
     let store = || Target::Store(opened.store.clone());
     match bench {
@@ -46,7 +51,7 @@ pub async fn run(opened: crate::store_url::Opened, url: &str, bench: Bench) -> a
         Bench::Append(args) => append::run(opened, url, args).await,
         Bench::Read(args) => read::run(opened, url, args).await,
         Bench::Growth(args) => growth::run(opened.store, url, args).await,
-        Bench::Catchup(args) => reactor::catchup(opened, url, args).await,
+        Bench::Catchup(args) => reactor::catchup(opened, read_model, url, args).await,
         Bench::Live(args) => reactor::live(opened, url, args).await,
     }
 }

@@ -13,16 +13,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use annals::{
-    CheckpointStore, EventData, EventStore, ExpectedVersion, Filter, MemoryCheckpoints, Position,
-    RecordedEvent, StreamName, Version,
+    CheckpointStore, EventData, EventStore, ExpectedVersion, Feed, FeedOptions, Filter,
+    MemoryCheckpoints, Position, ProjectionId, Projector, ProjectorError, ReadModelStore,
+    RecordedEvent, SqlTx, StreamName, Version,
 };
-use annals_reactor::{Handler, HandlerError, PipelineConfig};
+use annals_reactor::{Handler, HandlerError, PipelineConfig, Project};
+use futures::StreamExt;
 use anyhow::{ensure, Context};
 use async_trait::async_trait;
 use hdrhistogram::Histogram;
 
 use super::{latency_histogram, Latency, Rng};
-use crate::store_url::Opened;
+use crate::store_url::{Opened, ReadModelDb};
 
 /// Arguments of `annals bench catchup`.
 #[derive(Debug, clap::Args)]
@@ -75,156 +77,124 @@ fn amount(e: &RecordedEvent) -> i64 {
         .unwrap_or(0)
 }
 
-/// The read model: per stream, the events counted and the sum of their amounts.
-enum Totals {
-    Memory(Mutex<HashMap<StreamName, (i64, i64)>>),
-    Sqlite(annals_sqlite::SqliteStore),
-    Postgres(annals_postgres::PgStore, String),
-}
+/// The read model: per stream, the events counted and the sum of their amounts, in table
+/// `bench_catchup` of a SQL read model (one upsert per handler call), through the same
+/// contract and handler as every read model.
+struct Totals;
 
 const PROJECTION: &str = "bench_catchup";
 
 #[async_trait]
-impl Handler for Totals {
+impl<R: ReadModelStore> Projector<R> for Totals {
+    fn id(&self) -> ProjectionId<'static> {
+        ProjectionId::new(PROJECTION, 1)
+    }
+
+    async fn setup(&self, tx: &mut R::Tx<'_>) -> Result<(), ProjectorError> {
+        tx.batch(
+            "CREATE TABLE IF NOT EXISTS bench_catchup (stream TEXT PRIMARY KEY,
+             n BIGINT NOT NULL, total BIGINT NOT NULL)",
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut R::Tx<'_>,
+        stream: &StreamName,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectorError> {
+        let sum: i64 = events.iter().map(amount).sum();
+        tx.execute(
+            "INSERT INTO bench_catchup (stream, n, total) VALUES ($1, $2, $3)
+             ON CONFLICT (stream) DO UPDATE
+             SET n = bench_catchup.n + excluded.n, total = bench_catchup.total + excluded.total",
+            &[stream.into(), (events.len() as i64).into(), sum.into()],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn clear(&self, tx: &mut R::Tx<'_>, stream: &StreamName) -> Result<(), ProjectorError> {
+        tx.execute("DELETE FROM bench_catchup WHERE stream = $1", &[stream.into()])
+            .await?;
+        Ok(())
+    }
+}
+
+/// In memory, for `memory://` without a read model: counts only.
+#[derive(Default)]
+struct MemoryTotals(Mutex<HashMap<StreamName, (i64, i64)>>);
+
+#[async_trait]
+impl Handler for MemoryTotals {
     async fn handle(
         &self,
         stream: &StreamName,
         events: &[RecordedEvent],
     ) -> Result<Version, HandlerError> {
-        match self {
-            Totals::Memory(map) => {
-                let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
-                let row = map.entry(stream.clone()).or_default();
-                for e in events {
-                    row.0 += 1;
-                    row.1 += amount(e);
-                }
-                Ok(events
-                    .last()
-                    .map_or(Version(0), RecordedEvent::next_version))
-            }
-            Totals::Sqlite(store) => {
-                let next = store
-                    .project_stream(PROJECTION, events, |c, fresh| {
-                        let Some(first) = fresh.first() else {
-                            return Ok(());
-                        };
-                        let sum: i64 = fresh.iter().map(amount).sum();
-                        c.execute(
-                            "INSERT INTO bench_catchup (stream, n, total) VALUES (?1, ?2, ?3)
-                             ON CONFLICT (stream) DO UPDATE SET n = n + ?2, total = total + ?3",
-                            annals_sqlite::rusqlite::params![
-                                first.stream.as_str(),
-                                fresh.len() as i64,
-                                sum
-                            ],
-                        )
-                        .map(drop)
-                    })
-                    .await?;
-                Ok(next)
-            }
-            Totals::Postgres(store, schema) => {
-                let tx = store.projection().await?;
-                let (next, fresh) = tx.unapplied(PROJECTION, stream, events).await?;
-                let Some(last) = fresh.last() else {
-                    return Ok(next);
-                };
-                let after = last.next_version();
-                let sum: i64 = fresh.iter().map(amount).sum();
-                tx.client()
-                    .execute(
-                        &format!(
-                            "INSERT INTO {schema}.bench_catchup (stream, n, total) VALUES ($1, $2, $3)
-                             ON CONFLICT (stream) DO UPDATE
-                             SET n = bench_catchup.n + $2, total = bench_catchup.total + $3"
-                        ),
-                        &[&stream.as_str(), &(fresh.len() as i64), &sum],
-                    )
-                    .await?;
-                tx.commit_progress(PROJECTION, stream, after).await?;
-                Ok(after)
-            }
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let row = map.entry(stream.clone()).or_default();
+        for e in events {
+            row.0 += 1;
+            row.1 += amount(e);
         }
+        Ok(events
+            .last()
+            .map_or(Version(0), RecordedEvent::next_version))
     }
 }
 
-impl Totals {
-    async fn new(opened: &Opened) -> anyhow::Result<Self> {
-        if let Some(store) = &opened.sqlite_store {
-            store
-                .project("bench-setup", "none", Position::START, |c| {
-                    c.execute_batch(
-                        "CREATE TABLE IF NOT EXISTS bench_catchup (stream TEXT PRIMARY KEY,
-                         n INTEGER NOT NULL, total INTEGER NOT NULL) STRICT",
-                    )
-                })
-                .await?;
-            return Ok(Totals::Sqlite(store.clone()));
-        }
-        if let (Some(store), Some(config)) = (&opened.pg_store, &opened.postgres) {
-            let schema = config.schema.clone();
-            let tx = store.projection().await?;
-            tx.client()
-                .batch_execute(&format!(
-                    "CREATE TABLE IF NOT EXISTS {schema}.bench_catchup (stream text PRIMARY KEY,
-                     n bigint NOT NULL, total bigint NOT NULL)"
-                ))
-                .await?;
-            tx.commit_only().await?;
-            return Ok(Totals::Postgres(store.clone(), schema));
-        }
-        Ok(Totals::Memory(Mutex::new(HashMap::new())))
-    }
+/// Runs the catch-up pipeline into `read_model` until idle; its stats and the (events,
+/// sum) counted over `category`.
+async fn project_into<R: ReadModelStore>(
+    store: &Arc<dyn EventStore>,
+    read_model: Arc<R>,
+    config: PipelineConfig,
+    category: &str,
+) -> anyhow::Result<(Duration, annals_reactor::Stats, (i64, i64))> {
+    let handler = Project::new(Arc::clone(store), Arc::clone(&read_model), Arc::new(Totals)).await?;
+    let started = Instant::now();
+    let checkpoints = Arc::clone(&read_model) as Arc<dyn CheckpointStore>;
+    let mut running = annals_reactor::spawn(store.clone(), checkpoints, Arc::new(handler), config);
+    running.await_idle().await?;
+    let took = started.elapsed();
+    let stats = running.stats();
+    running.stop().await?;
+    let rows = read_model
+        .query(
+            "SELECT coalesce(sum(n), 0), coalesce(sum(total), 0) FROM bench_catchup WHERE stream LIKE $1",
+            &[format!("{category}-%").into()],
+        )
+        .await?;
+    let get = |i: usize| rows.first().and_then(|r| r[i].as_i64()).unwrap_or(0);
+    Ok((took, stats, (get(0), get(1))))
+}
 
-    /// Events counted and their amounts' sum over the streams of `category`.
-    async fn sum(&self, category: &str) -> anyhow::Result<(i64, i64)> {
-        let prefix = format!("{category}-%");
-        Ok(match self {
-            Totals::Memory(map) => {
-                let map = map.lock().unwrap_or_else(|p| p.into_inner());
-                map.iter()
-                    .filter(|(s, _)| s.category() == category)
-                    .fold((0, 0), |a, (_, r)| (a.0 + r.0, a.1 + r.1))
-            }
-            Totals::Sqlite(store) => {
-                store
-                    .read(move |c| {
-                        c.query_row(
-                            "SELECT coalesce(sum(n), 0), coalesce(sum(total), 0) FROM bench_catchup WHERE stream LIKE ?1",
-                            [prefix],
-                            |r| Ok((r.get(0)?, r.get(1)?)),
-                        )
-                    })
-                    .await?
-            }
-            Totals::Postgres(store, schema) => {
-                let tx = store.projection().await?;
-                let row = tx
-                    .client()
-                    .query_one(
-                        &format!(
-                            "SELECT coalesce(sum(n), 0)::bigint, coalesce(sum(total), 0)::bigint
-                             FROM {schema}.bench_catchup WHERE stream LIKE $1"
-                        ),
-                        &[&prefix],
-                    )
-                    .await?;
-                tx.commit_only().await?;
-                (row.get(0), row.get(1))
-            }
-        })
-    }
+async fn project_in_memory(
+    store: &Arc<dyn EventStore>,
+    config: PipelineConfig,
+) -> anyhow::Result<(Duration, annals_reactor::Stats, (i64, i64))> {
+    let totals = Arc::new(MemoryTotals::default());
+    let started = Instant::now();
+    let mut running = annals_reactor::spawn(
+        store.clone(),
+        Arc::new(MemoryCheckpoints::new()),
+        totals.clone(),
+        config,
+    );
+    running.await_idle().await?;
+    let took = started.elapsed();
+    let stats = running.stats();
+    running.stop().await?;
+    let map = totals.0.lock().unwrap_or_else(|p| p.into_inner());
+    let counted = map.values().fold((0, 0), |a, r| (a.0 + r.0, a.1 + r.1));
+    Ok((took, stats, counted))
 }
 
 fn checkpoints(opened: &Opened) -> Arc<dyn CheckpointStore> {
-    if let Some(s) = &opened.sqlite_store {
-        return Arc::new(s.clone());
-    }
-    if let Some(s) = &opened.pg_store {
-        return Arc::new(s.clone());
-    }
-    Arc::new(MemoryCheckpoints::new())
+    Arc::clone(&opened.checkpoints)
 }
 
 /// Appends `events` events (100 per append) over `streams` streams of `category` from 8
@@ -275,7 +245,12 @@ async fn seed(
     Ok(sum)
 }
 
-pub async fn catchup(opened: Opened, url: &str, args: CatchupArgs) -> anyhow::Result<()> {
+pub async fn catchup(
+    opened: Opened,
+    read_model: Option<ReadModelDb>,
+    url: &str,
+    args: CatchupArgs,
+) -> anyhow::Result<()> {
     ensure!(args.events > 0, "--events must be at least 1");
     ensure!(args.streams > 0, "--streams must be at least 1");
     ensure!(args.batch > 0, "--batch must be at least 1");
@@ -300,14 +275,11 @@ pub async fn catchup(opened: Opened, url: &str, args: CatchupArgs) -> anyhow::Re
 
     // The raw rate: page through the feed, nothing else.
     let started = Instant::now();
-    let (mut from, mut read) = (Position::START, 0u64);
-    loop {
-        let page = store.read_all(from, &filter, args.batch).await?;
-        read += page.events.len() as u64;
-        from = page.next.max(from);
-        if page.end {
-            break;
-        }
+    let mut read = 0u64;
+    let options = FeedOptions::to_end(filter.clone()).page_size(args.batch);
+    let mut pages = Feed::new(Arc::clone(&store), Position::START, options).pages();
+    while let Some(page) = pages.next().await {
+        read += page?.events.len() as u64;
     }
     let raw_took = started.elapsed();
     ensure!(
@@ -323,18 +295,16 @@ pub async fn catchup(opened: Opened, url: &str, args: CatchupArgs) -> anyhow::Re
         raw_took.as_secs_f64()
     );
 
-    let totals = Arc::new(Totals::new(&opened).await?);
     let mut config = PipelineConfig::new(format!("bench-{category}")).filter(filter);
     config.batch_size = args.batch;
     config.max_concurrent_streams = args.concurrency.max(1);
-    let started = Instant::now();
-    let mut running =
-        annals_reactor::spawn(store.clone(), checkpoints(&opened), totals.clone(), config);
-    running.await_idle().await?;
-    let took = started.elapsed();
-    let stats = running.stats();
-    running.stop().await?;
-    let (counted, sum) = totals.sum(&category).await?;
+    let (took, stats, (counted, sum)) = match &read_model {
+        Some(ReadModelDb::Sqlite(s)) => project_into(&store, Arc::clone(s), config, &category).await?,
+        Some(ReadModelDb::Postgres(p)) => {
+            project_into(&store, Arc::clone(p), config, &category).await?
+        }
+        None => project_in_memory(&store, config).await?,
+    };
     ensure!(
         counted == args.events as i64 && sum == amounts,
         "the read model counted {counted} events summing to {sum}, not {} summing to {amounts}",

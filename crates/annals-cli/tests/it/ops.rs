@@ -2,6 +2,7 @@
 //! append, read, dump, tail, stats, checkpoint, sync, and their error paths.
 
 use std::io::{BufRead, BufReader};
+use std::sync::Arc;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -399,8 +400,8 @@ fn sync_copies_100k_events_sqlite_to_postgres_and_back_and_resumes_after_a_kill(
         );
 
         let target = annals_postgres::PgStore::connect_url(&pg).await.unwrap();
-        let original = read_everything(&source).await;
-        let copied = read_everything(&target).await;
+        let original = read_everything(&Arc::new(source)).await;
+        let copied = read_everything(&Arc::new(target)).await;
         assert_eq!(original.len() as u64, EVENTS);
         assert_eq!(copied.len(), original.len(), "no duplicates, nothing lost");
         assert!(
@@ -417,7 +418,7 @@ fn sync_copies_100k_events_sqlite_to_postgres_and_back_and_resumes_after_a_kill(
             dir.path().join("back.db"),
         ))
         .unwrap();
-        let returned = read_everything(&back_store).await;
+        let returned = read_everything(&Arc::new(back_store)).await;
         assert!(
             original
                 .iter()

@@ -4,7 +4,10 @@
 
 use std::sync::Arc;
 
-use annals::{EventStore, EventStoreExt, ProjectionId, ReadStream, StreamName};
+use annals::{
+    EventStore, EventStoreExt, ProjectionId, Projector, ProjectorError, ReadModelStore,
+    ReadStream, SqlTx, StreamName,
+};
 use example_todo::{Patch, Service, Todo};
 
 use crate::ops::{failed_saying, json_lines, on, pg_url};
@@ -106,59 +109,99 @@ fn check(dir: &std::path::Path, url: &str, expected: &[Row], read: impl Fn() -> 
     );
 }
 
+/// Writes one marker row per list as older (`stale`) or current (`untouched`) code would.
+struct Marker {
+    schema: u32,
+    title: &'static str,
+}
+
+#[async_trait::async_trait]
+impl<R: ReadModelStore> Projector<R> for Marker {
+    fn id(&self) -> ProjectionId<'static> {
+        ProjectionId::new("todos", self.schema)
+    }
+
+    async fn setup(&self, tx: &mut R::Tx<'_>) -> Result<(), ProjectorError> {
+        tx.batch("CREATE TABLE IF NOT EXISTS todo_view (list TEXT NOT NULL, id BIGINT NOT NULL, title TEXT NOT NULL, completed BOOLEAN NOT NULL, ord BIGINT NOT NULL, PRIMARY KEY (list, id))").await?;
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut R::Tx<'_>,
+        list: &StreamName,
+        _: &[annals::RecordedEvent],
+    ) -> Result<(), ProjectorError> {
+        tx.execute(
+            "INSERT INTO todo_view VALUES ($1, 0, $2, false, 0)",
+            &[list.into(), self.title.into()],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn clear(&self, _: &mut R::Tx<'_>, _: &StreamName) -> Result<(), ProjectorError> {
+        Ok(())
+    }
+}
+
+/// Fills the lists, then projects a and b by schema 0 (one wrong row each) and c by
+/// schema 1 (rows marked "untouched"); the rows the current code would build.
+async fn stale_read_model<R: ReadModelStore>(store: Arc<dyn EventStore>, rm: &R) -> Vec<Row> {
+    let expected = fill(Arc::clone(&store)).await;
+    for (i, list) in lists().into_iter().enumerate() {
+        let events = store
+            .read_stream_vec(&list, ReadStream::forward())
+            .await
+            .unwrap();
+        let marker = Arc::new(match i {
+            2 => Marker {
+                schema: 1,
+                title: "untouched",
+            },
+            _ => Marker {
+                schema: 0,
+                title: "stale",
+            },
+        });
+        rm.setup(&marker).await.unwrap();
+        rm.apply(&marker, &list, &events).await.unwrap();
+    }
+    expected
+}
+
+async fn read_rows<R: ReadModelStore>(rm: &R) -> Vec<Row> {
+    rm.query(
+        "SELECT list, id, title, completed, ord FROM todo_view ORDER BY list, id",
+        &[],
+    )
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| {
+        (
+            r[0].as_str().unwrap().to_owned(),
+            r[1].as_i64().unwrap(),
+            r[2].as_str().unwrap().to_owned(),
+            r[3].as_bool().unwrap(),
+            r[4].as_i64().unwrap(),
+        )
+    })
+    .collect()
+}
+
 #[test]
 fn rebuild_refolds_stale_lists_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("todos.db");
     let url = format!("sqlite://{}", path.display());
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let expected = rt.block_on(async {
-        let store =
-            annals_sqlite::SqliteStore::open(annals_sqlite::SqliteConfig::new(&path)).unwrap();
-        let expected = fill(Arc::new(store.clone())).await;
-        for (i, list) in lists().into_iter().enumerate() {
-            let events = store
-                .read_stream_vec(&list, ReadStream::forward())
-                .await
-                .unwrap();
-            // a and b by schema 0 (one wrong row each), c by schema 1 (rows marked).
-            let (id, title) = match i {
-                2 => (ProjectionId::new("todos", 1), "untouched"),
-                _ => (ProjectionId::new("todos", 0), "stale"),
-            };
-            let name = list.to_string();
-            store
-                .project_stream(id, &events, move |conn, _| {
-                    conn.execute_batch(
-                        "CREATE TABLE IF NOT EXISTS todo_view (list TEXT NOT NULL, id INTEGER NOT NULL, title TEXT NOT NULL, completed INTEGER NOT NULL, ord INTEGER NOT NULL, PRIMARY KEY (list, id)) STRICT",
-                    )?;
-                    conn.execute(
-                        "INSERT INTO todo_view VALUES (?1, 0, ?2, 0, 0)",
-                        annals_sqlite::rusqlite::params![name, title],
-                    )
-                    .map(|_| ())
-                })
-                .await
-                .unwrap();
-        }
-        expected
-    });
-    let read = || {
-        let conn = annals_sqlite::rusqlite::Connection::open(&path).unwrap();
-        let mut q = conn
-            .prepare("SELECT list, id, title, completed, ord FROM todo_view ORDER BY list, id")
-            .unwrap();
-        let rows = q
-            .query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })
-            .unwrap();
-        rows.collect::<Result<Vec<Row>, _>>().unwrap()
-    };
-    check(dir.path(), &url, &expected, read);
+    let store = annals_sqlite::SqliteStore::open(annals_sqlite::SqliteConfig::new(&path)).unwrap();
+    let expected = rt.block_on(stale_read_model(Arc::new(store.clone()), &store));
+    check(dir.path(), &url, &expected, || rt.block_on(read_rows(&store)));
     failed_saying(
         &on(dir.path(), "memory://", &["rebuild", "todos"]),
-        "read models are kept in SQLite and PostgreSQL",
+        "read models are kept in SQL databases",
     );
 }
 
@@ -172,57 +215,6 @@ fn rebuild_refolds_stale_lists_on_postgres() {
         store.migrate().await.unwrap();
         store
     });
-    let table = format!("\"{}\".todo_view", store.config().schema);
-    let expected = rt.block_on(async {
-        let expected = fill(Arc::new(store.clone())).await;
-        let setup = store.projection().await.unwrap();
-        setup
-            .client()
-            .batch_execute(&format!("CREATE TABLE {table} (list text NOT NULL, id bigint NOT NULL, title text NOT NULL, completed boolean NOT NULL, ord bigint NOT NULL, PRIMARY KEY (list, id))"))
-            .await
-            .unwrap();
-        setup.commit_only().await.unwrap();
-        for (i, list) in lists().into_iter().enumerate() {
-            let events = store
-                .read_stream_vec(&list, ReadStream::forward())
-                .await
-                .unwrap();
-            let (id, title) = match i {
-                2 => (ProjectionId::new("todos", 1), "untouched"),
-                _ => (ProjectionId::new("todos", 0), "stale"),
-            };
-            let tx = store.projection().await.unwrap();
-            tx.unapplied(id, &list, &events).await.unwrap();
-            tx.client()
-                .execute(
-                    &format!("INSERT INTO {table} VALUES ($1, 0, $2, false, 0)"),
-                    &[&list.as_str(), &title],
-                )
-                .await
-                .unwrap();
-            tx.commit_progress(id, &list, events.last().unwrap().next_version())
-                .await
-                .unwrap();
-        }
-        expected
-    });
-    let read = || {
-        rt.block_on(async {
-            let tx = store.projection().await.unwrap();
-            let rows = tx
-                .client()
-                .query(
-                    &format!(
-                        "SELECT list, id, title, completed, ord FROM {table} ORDER BY list, id"
-                    ),
-                    &[],
-                )
-                .await
-                .unwrap();
-            rows.iter()
-                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
-                .collect::<Vec<Row>>()
-        })
-    };
-    check(dir.path(), &url, &expected, read);
+    let expected = rt.block_on(stale_read_model(Arc::new(store.clone()), &store));
+    check(dir.path(), &url, &expected, || rt.block_on(read_rows(&store)));
 }

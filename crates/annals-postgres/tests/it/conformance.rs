@@ -23,3 +23,9 @@ mod leases {
         (store, ())
     });
 }
+
+mod read_models {
+    use std::sync::Arc;
+
+    annals_testkit::read_model_suite!(|| async { (Arc::new(crate::fresh().await), ()) });
+}

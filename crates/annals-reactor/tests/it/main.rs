@@ -2,6 +2,7 @@
 
 mod compete;
 mod process;
+mod read_models;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -266,7 +267,7 @@ async fn a_failing_stream_pins_the_checkpoint_and_is_delivered_again_after_a_res
     let backoff = config("x").backoff;
     for (n, gap) in times.windows(2).map(|w| w[1] - w[0]).enumerate() {
         assert!(
-            gap >= backoff.delay(n as u32 + 1, 0.0),
+            gap >= backoff.floor(n as u32 + 1),
             "gap {n} was {gap:?}"
         );
     }
@@ -314,14 +315,18 @@ async fn the_park_policy_records_and_skips_a_stream_and_the_rest_goes_on() {
     assert_eq!(stats.parked.len(), 1);
     assert_eq!(stats.parked[0].stream, name("Bad-1"));
     assert_eq!(
-        stats.parked[0]
-            .events
-            .iter()
-            .map(|e| e.stream_version)
-            .collect::<Vec<_>>(),
-        vec![0, 1, 2]
+        (stats.parked[0].from, stats.parked[0].to),
+        (Version(0), Version(3)),
+        "the record covers the events skipped, later ones included"
     );
-    assert!(stats.parked[0].error.contains("failing"));
+    assert!(stats.parked[0].first_error.contains("failing"));
+    assert!(stats.parked[0].last_error.contains("failing"));
+    let stored = cps.parked(Some("park")).await.unwrap();
+    assert_eq!(stored.len(), 1, "the parked stream is recorded in the checkpoint store");
+    assert_eq!(
+        (stored[0].stream.clone(), stored[0].from, stored[0].to),
+        (name("Bad-1"), Version(0), Version(3))
+    );
     assert_eq!(
         h.calls
             .lock()
@@ -540,180 +545,6 @@ async fn the_pipeline_runs_over_postgres() {
     let store = annals_postgres::PgStore::connect(config).await.unwrap();
     store.migrate().await.unwrap();
     over(Arc::new(store.clone()), Arc::new(store)).await;
-}
-
-/// A SQLite projection as a pipeline handler: read model and per-stream progress commit
-/// together.
-struct Totals(annals_sqlite::SqliteStore);
-
-#[async_trait]
-impl Handler for Totals {
-    async fn handle(
-        &self,
-        _stream: &StreamName,
-        events: &[RecordedEvent],
-    ) -> Result<Version, HandlerError> {
-        let v = self
-            .0
-            .project_stream("totals", events, |c, fresh| {
-                for e in fresh {
-                    c.execute(
-                        "INSERT INTO totals (stream, n) VALUES (?1, 1) ON CONFLICT (stream) DO UPDATE SET n = n + 1",
-                        [e.stream.as_str()],
-                    )?;
-                }
-                Ok::<(), annals_sqlite::rusqlite::Error>(())
-            })
-            .await?;
-        Ok(v)
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_sqlite_projection_counts_every_event_once_even_when_delivered_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let store =
-        annals_sqlite::SqliteStore::open(annals_sqlite::SqliteConfig::new(dir.path().join("p.db")))
-            .unwrap();
-    store
-        .project("setup", "none", Position::START, |c| {
-            c.execute_batch(
-                "CREATE TABLE totals (stream TEXT PRIMARY KEY, n INTEGER NOT NULL) STRICT",
-            )
-        })
-        .await
-        .unwrap();
-    for i in 0..60 {
-        store
-            .append(
-                &name(&format!("Proj-{}", i % 6)),
-                ExpectedVersion::Any,
-                vec![EventData::new("E", b"1".to_vec())],
-            )
-            .await
-            .unwrap();
-    }
-    let shared: Arc<dyn EventStore> = Arc::new(store.clone());
-    let cps: Arc<dyn CheckpointStore> = Arc::new(store.clone());
-    let handler = Arc::new(Totals(store.clone()));
-    for round in 0..2 {
-        // The second round starts over from the beginning, as after a crash that lost the
-        // pipeline's checkpoint: the read model must not count anything twice.
-        cps.commit("totals", "all", Position::START).await.unwrap();
-        let mut r = annals_reactor::spawn(
-            shared.clone(),
-            cps.clone(),
-            handler.clone(),
-            config("totals"),
-        );
-        idle(&mut r).await;
-        r.stop().await.unwrap();
-        let counts: Vec<i64> = store
-            .read(|c| {
-                let mut s = c.prepare("SELECT n FROM totals ORDER BY stream")?;
-                let rows = s.query_map([], |r| r.get(0))?;
-                rows.collect()
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            counts,
-            vec![10; 6],
-            "round {round}: each stream's 10 events counted once"
-        );
-    }
-}
-
-/// A PostgreSQL projection as a pipeline handler: read model and per-stream progress commit
-/// together in one transaction.
-struct PgTotals(annals_postgres::PgStore, String);
-
-#[async_trait]
-impl Handler for PgTotals {
-    async fn handle(
-        &self,
-        stream: &StreamName,
-        events: &[RecordedEvent],
-    ) -> Result<Version, HandlerError> {
-        let tx = self.0.projection().await?;
-        let (next, fresh) = tx.unapplied("totals", stream, events).await?;
-        let Some(last) = fresh.last() else {
-            return Ok(next);
-        };
-        let after = last.next_version();
-        tx.client()
-            .execute(
-                &format!(
-                    "INSERT INTO {}.totals (stream, n) VALUES ($1, $2) ON CONFLICT (stream) DO UPDATE SET n = totals.n + $2",
-                    self.1
-                ),
-                &[&stream.as_str(), &(fresh.len() as i64)],
-            )
-            .await?;
-        tx.commit_progress("totals", stream, after).await?;
-        Ok(after)
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_postgres_projection_counts_every_event_once_even_when_delivered_again() {
-    let server = annals_testkit::postgres::shared();
-    let schema = annals_testkit::postgres::schema_name("proj");
-    let store = annals_postgres::PgStore::connect(
-        annals_postgres::PgConfig::new(&server.url).schema(schema.clone()),
-    )
-    .await
-    .unwrap();
-    store.migrate().await.unwrap();
-    let setup = store.projection().await.unwrap();
-    setup
-        .client()
-        .batch_execute(&format!(
-            "CREATE TABLE {schema}.totals (stream text PRIMARY KEY, n bigint NOT NULL)"
-        ))
-        .await
-        .unwrap();
-    setup.commit_only().await.unwrap();
-    for i in 0..60 {
-        store
-            .append(
-                &name(&format!("Proj-{}", i % 6)),
-                ExpectedVersion::Any,
-                vec![EventData::new("E", b"1".to_vec())],
-            )
-            .await
-            .unwrap();
-    }
-    let shared: Arc<dyn EventStore> = Arc::new(store.clone());
-    let cps: Arc<dyn CheckpointStore> = Arc::new(store.clone());
-    let handler = Arc::new(PgTotals(store.clone(), schema.clone()));
-    let client = annals_testkit::postgres::connect(&server.url).await;
-    for round in 0..2 {
-        cps.commit("totals", "all", Position::START).await.unwrap();
-        let mut r = annals_reactor::spawn(
-            shared.clone(),
-            cps.clone(),
-            handler.clone(),
-            config("totals"),
-        );
-        idle(&mut r).await;
-        r.stop().await.unwrap();
-        let counts: Vec<i64> = client
-            .query(
-                &format!("SELECT n FROM {schema}.totals ORDER BY stream"),
-                &[],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        assert_eq!(
-            counts,
-            vec![10; 6],
-            "round {round}: each stream's 10 events counted once"
-        );
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -5,15 +5,14 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use annals::{
-    CheckpointStore, EventData, EventStore, EventStoreExt, ExpectedVersion, Filter, ReadStream,
-    RecordedEvent, StreamName, Version,
+    CheckpointStore, EventData, EventStore, EventStoreExt, ExpectedVersion, Filter, ProjectionId,
+    Projector, ProjectorError, ReadModelStore, ReadStream, RecordedEvent, SqlTx, StreamName,
 };
-use annals_reactor::{Handler, HandlerError, PipelineConfig};
+use annals_reactor::{Handler, PipelineConfig, Project};
 use async_trait::async_trait;
 
 pub(crate) const CHILD: &str = "ANNALS_REACTOR_CHILD";
@@ -150,81 +149,73 @@ async fn project_in_child(
     say("done");
 }
 
-/// The SQLite projection: read model and per-stream progress in one transaction.
-struct SqliteFolds(annals_sqlite::SqliteStore);
+/// The projection, written once for every read-model store: read model and per-stream
+/// progress in one transaction. Says `h N` for each call that applies N events.
+struct Folds;
 
 #[async_trait]
-impl Handler for SqliteFolds {
-    async fn handle(
+impl<R: ReadModelStore> Projector<R> for Folds {
+    fn id(&self) -> ProjectionId<'static> {
+        ProjectionId::new("folds", 0)
+    }
+
+    async fn setup(&self, tx: &mut R::Tx<'_>) -> Result<(), ProjectorError> {
+        tx.batch(
+            "CREATE TABLE IF NOT EXISTS folds (stream TEXT PRIMARY KEY, n BIGINT NOT NULL,
+             total BIGINT NOT NULL, hash BIGINT NOT NULL)",
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn apply(
         &self,
-        _stream: &StreamName,
+        tx: &mut R::Tx<'_>,
+        stream: &StreamName,
         events: &[RecordedEvent],
-    ) -> Result<Version, HandlerError> {
-        let applied = Arc::new(AtomicUsize::new(0));
-        let counter = applied.clone();
-        let next = self
-            .0
-            .project_stream("folds", events, move |c, fresh| {
-                for e in fresh {
-                    c.execute(
-                        "INSERT INTO folds (stream, n, total, hash) VALUES (?1, 1, ?2, ?2 + 1)
-                         ON CONFLICT (stream) DO UPDATE
-                         SET n = n + 1, total = total + ?2, hash = (hash * 1000003 + ?2 + 1) % 1000000007",
-                        annals_sqlite::rusqlite::params![e.stream.as_str(), amount(e)],
-                    )?;
-                }
-                counter.store(fresh.len(), Ordering::SeqCst);
-                Ok::<(), annals_sqlite::rusqlite::Error>(())
-            })
+    ) -> Result<(), ProjectorError> {
+        let rows = tx
+            .query(
+                "SELECT n, total, hash FROM folds WHERE stream = $1",
+                &[stream.into()],
+            )
             .await?;
-        say(&format!("h {}", applied.load(Ordering::SeqCst)));
-        Ok(next)
+        let start = rows.first().map_or(Fold::default(), |r| Fold {
+            n: r[0].as_i64().unwrap_or(0),
+            total: r[1].as_i64().unwrap_or(0),
+            hash: r[2].as_i64().unwrap_or(0),
+        });
+        let fold = events.iter().fold(start, |f, e| f.apply(amount(e)));
+        tx.execute(
+            "INSERT INTO folds (stream, n, total, hash) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (stream) DO UPDATE SET n = excluded.n, total = excluded.total,
+             hash = excluded.hash",
+            &[
+                stream.into(),
+                fold.n.into(),
+                fold.total.into(),
+                fold.hash.into(),
+            ],
+        )
+        .await?;
+        say(&format!("h {}", events.len()));
+        Ok(())
+    }
+
+    async fn clear(&self, tx: &mut R::Tx<'_>, stream: &StreamName) -> Result<(), ProjectorError> {
+        tx.execute("DELETE FROM folds WHERE stream = $1", &[stream.into()])
+            .await?;
+        Ok(())
     }
 }
 
-/// The PostgreSQL projection: read model and per-stream progress in one transaction.
-struct PgFolds(annals_postgres::PgStore, String);
-
-#[async_trait]
-impl Handler for PgFolds {
-    async fn handle(
-        &self,
-        stream: &StreamName,
-        events: &[RecordedEvent],
-    ) -> Result<Version, HandlerError> {
-        let tx = self.0.projection().await?;
-        let (next, fresh) = tx.unapplied("folds", stream, events).await?;
-        let Some(last) = fresh.last() else {
-            return Ok(next);
-        };
-        let after = last.next_version();
-        let schema = &self.1;
-        let row = tx
-            .client()
-            .query_opt(
-                &format!("SELECT n, total, hash FROM {schema}.folds WHERE stream = $1"),
-                &[&stream.as_str()],
-            )
-            .await?;
-        let start = row.map_or(Fold::default(), |r| Fold {
-            n: r.get(0),
-            total: r.get(1),
-            hash: r.get(2),
-        });
-        let fold = fresh.iter().fold(start, |f, e| f.apply(amount(e)));
-        tx.client()
-            .execute(
-                &format!(
-                    "INSERT INTO {schema}.folds (stream, n, total, hash) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (stream) DO UPDATE SET n = $2, total = $3, hash = $4"
-                ),
-                &[&stream.as_str(), &fold.n, &fold.total, &fold.hash],
-            )
-            .await?;
-        tx.commit_progress("folds", stream, after).await?;
-        say(&format!("h {}", fresh.len()));
-        Ok(after)
-    }
+/// The projection's pipeline handler over `read_model`.
+async fn folds<R: ReadModelStore>(events: Arc<dyn EventStore>, read_model: Arc<R>) -> Arc<dyn Handler> {
+    Arc::new(
+        Project::new(events, read_model, Arc::new(Folds))
+            .await
+            .expect("set up the projection"),
+    )
 }
 
 /// Entry point of the child processes. Run directly (no variable set), it checks the
@@ -238,23 +229,15 @@ async fn child() {
             let arg = std::env::var(ARG).unwrap_or_default();
             match mode.as_str() {
                 "sqlite-folds" => {
-                    let store = sqlite(&arg);
-                    project_in_child(
-                        Arc::new(store.clone()),
-                        Arc::new(store.clone()),
-                        Arc::new(SqliteFolds(store)),
-                    )
-                    .await
+                    let store = Arc::new(sqlite(&arg));
+                    let handler = folds(store.clone(), store.clone()).await;
+                    project_in_child(store.clone(), store, handler).await
                 }
                 "pg-folds" => {
                     let (url, schema) = arg.split_once(' ').expect("url schema");
-                    let store = pg(url, schema).await;
-                    project_in_child(
-                        Arc::new(store.clone()),
-                        Arc::new(store.clone()),
-                        Arc::new(PgFolds(store, schema.to_owned())),
-                    )
-                    .await
+                    let store = Arc::new(pg(url, schema).await);
+                    let handler = folds(store.clone(), store.clone()).await;
+                    project_in_child(store.clone(), store, handler).await
                 }
                 "member" => crate::compete::member(&arg).await,
                 other => panic!("unknown child mode {other}"),
@@ -273,12 +256,9 @@ async fn child() {
                     .await
                     .unwrap();
             }
-            project_in_child(
-                Arc::new(store.clone()),
-                Arc::new(store.clone()),
-                Arc::new(SqliteFolds(store.clone())),
-            )
-            .await;
+            let shared = Arc::new(store.clone());
+            let handler = folds(shared.clone(), shared.clone()).await;
+            project_in_child(shared.clone(), shared, handler).await;
             let got = sqlite_folds(&store).await;
             assert_eq!(got.len(), 3);
             assert_eq!(got["Fold-0"].n, 10);
@@ -293,15 +273,7 @@ fn sqlite(path: &str) -> annals_sqlite::SqliteStore {
 
 async fn sqlite_with_table(path: &std::path::Path) -> annals_sqlite::SqliteStore {
     let store = sqlite(path.to_str().unwrap());
-    store
-        .project("setup", "none", annals::Position::START, |c| {
-            c.execute_batch(
-                "CREATE TABLE folds (stream TEXT PRIMARY KEY, n INTEGER NOT NULL,
-                 total INTEGER NOT NULL, hash INTEGER NOT NULL) STRICT",
-            )
-        })
-        .await
-        .unwrap();
+    store.setup(&Arc::new(Folds)).await.unwrap();
     store
 }
 

@@ -18,3 +18,12 @@ mod checkpoints {
         (store, dir)
     });
 }
+
+mod read_models {
+    use std::sync::Arc;
+
+    annals_testkit::read_model_suite!(|| async {
+        let (store, dir) = crate::fresh();
+        (Arc::new(store), dir)
+    });
+}

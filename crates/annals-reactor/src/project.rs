@@ -1,0 +1,79 @@
+//! A [`Handler`] that keeps a read model: a [`Projector`] applied through a
+//! [`ReadModelStore`], exactly once per event, whatever store the events come from.
+
+use std::sync::Arc;
+
+use annals::{
+    EventStore, EventStoreExt, Projector, ReadModelStore, ReadStream, RecordedEvent, StreamName,
+    Version,
+};
+use async_trait::async_trait;
+
+use crate::{Handler, HandlerError};
+
+/// Keeps `projector`'s rows in `read_model` current from the events of `events`.
+///
+/// Each call applies a stream's new events and records its progress in one read-model
+/// transaction ([`ReadModelStore::apply`]): a redelivered event is skipped, a failing
+/// projector rolls back. When the events given start above the recorded progress (the
+/// stream was parked, then replayed or skipped while more came), the missing ones are read
+/// from the event store first, so the rows never miss an event.
+///
+/// Run it with the read model as the pipeline's checkpoint store, so that the checkpoint,
+/// the progress and the parked streams live beside the rows.
+pub struct Project<R, P> {
+    events: Arc<dyn EventStore>,
+    read_model: Arc<R>,
+    projector: Arc<P>,
+}
+
+impl<R, P> std::fmt::Debug for Project<R, P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Project").finish_non_exhaustive()
+    }
+}
+
+impl<R: ReadModelStore, P: Projector<R>> Project<R, P> {
+    /// A handler applying `projector` to `read_model` from `events`'s streams. Runs the
+    /// projector's setup (creating its tables) first.
+    pub async fn new(
+        events: Arc<dyn EventStore>,
+        read_model: Arc<R>,
+        projector: Arc<P>,
+    ) -> annals::Result<Self> {
+        read_model.setup(&projector).await?;
+        Ok(Self {
+            events,
+            read_model,
+            projector,
+        })
+    }
+}
+
+#[async_trait]
+impl<R: ReadModelStore, P: Projector<R>> Handler for Project<R, P> {
+    async fn handle(
+        &self,
+        stream: &StreamName,
+        events: &[RecordedEvent],
+    ) -> Result<Version, HandlerError> {
+        let next = self.read_model.apply(&self.projector, stream, events).await?;
+        let Some(first) = events.first() else {
+            return Ok(next);
+        };
+        if next.get() >= first.stream_version {
+            return Ok(next);
+        }
+        // Events are missing between the progress and what was given: read them.
+        let missing = self
+            .events
+            .read_stream_vec(
+                stream,
+                ReadStream::forward_from(next).limit((first.stream_version - next.get()) as usize),
+            )
+            .await?;
+        let mut all = missing;
+        all.extend(events.iter().cloned());
+        Ok(self.read_model.apply(&self.projector, stream, &all).await?)
+    }
+}
