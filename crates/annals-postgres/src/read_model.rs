@@ -101,6 +101,79 @@ impl ToSql for Param<'_> {
     to_sql_checked!();
 }
 
+/// A `numeric` (what `sum` and `avg` return): an integer when it is whole and fits, its
+/// exact decimal text otherwise.
+struct Numeric(SqlValue);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for Numeric {
+    fn from_sql(
+        _: &Type,
+        raw: &'a [u8],
+    ) -> std::result::Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let word = |k: usize| -> std::result::Result<i16, Box<dyn std::error::Error + Sync + Send>> {
+            raw.get(k..k + 2)
+                .map(|b| i16::from_be_bytes([b[0], b[1]]))
+                .ok_or_else(|| "a truncated numeric".into())
+        };
+        let (ndigits, weight, sign, dscale) = (word(0)?, word(2)?, word(4)? as u16, word(6)?);
+        if sign == 0xC000 {
+            return Ok(Numeric(SqlValue::Text("NaN".into())));
+        }
+        let digits: Vec<i16> = (0..ndigits.max(0) as usize)
+            .map(|k| word(8 + 2 * k))
+            .collect::<std::result::Result<_, _>>()?;
+        // Base-10000 digits: `weight` is the power of the first.
+        let mut int_part = String::new();
+        for p in 0..=weight.max(-1) {
+            let d = digits.get(p as usize).copied().unwrap_or(0);
+            if int_part.is_empty() {
+                if d != 0 {
+                    int_part = d.to_string();
+                }
+            } else {
+                int_part.push_str(&format!("{d:04}"));
+            }
+        }
+        if int_part.is_empty() {
+            int_part.push('0');
+        }
+        let mut frac = String::new();
+        for p in (weight + 1).max(0)..ndigits.max(0) {
+            let d = digits.get(p as usize).copied().unwrap_or(0);
+            frac.push_str(&format!("{d:04}"));
+        }
+        let mut frac: String = frac
+            .chars()
+            .chain(std::iter::repeat('0'))
+            .take(dscale.max(0) as usize)
+            .collect();
+        if weight < -1 {
+            let zeros = "0000".repeat((-1 - weight) as usize);
+            frac = format!("{zeros}{frac}")
+                .chars()
+                .take(dscale.max(0) as usize)
+                .collect();
+        }
+        let negative = sign == 0x4000;
+        if frac.chars().all(|c| c == '0') {
+            if let Ok(v) = int_part.parse::<i64>() {
+                return Ok(Numeric(SqlValue::Int(if negative { -v } else { v })));
+            }
+        }
+        let sign = if negative { "-" } else { "" };
+        let text = if frac.is_empty() {
+            format!("{sign}{int_part}")
+        } else {
+            format!("{sign}{int_part}.{frac}")
+        };
+        Ok(Numeric(SqlValue::Text(text)))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::NUMERIC
+    }
+}
+
 fn column(row: &tokio_postgres::Row, i: usize) -> Result<SqlValue> {
     let ty = row.columns()[i].type_();
     let get = |e: tokio_postgres::Error| backend(e);
@@ -128,6 +201,10 @@ fn column(row: &tokio_postgres::Row, i: usize) -> Result<SqlValue> {
             .try_get::<_, Option<Vec<u8>>>(i)
             .map_err(get)?
             .map(SqlValue::Bytes),
+        Type::NUMERIC => row
+            .try_get::<_, Option<Numeric>>(i)
+            .map_err(get)?
+            .map(|n| n.0),
         ref other => {
             return Err(Error::ReadModel {
                 reason: format!(

@@ -432,6 +432,9 @@ pub async fn values_round_trip<R: ReadModelStore>(rm: Arc<R>) {
             SqlValue::Bytes(vec![0, 1, 254, 255]),
             SqlValue::Null,
             SqlValue::Float(2.5),
+        ], vec![
+            SqlValue::Int(-9_007_199_254_740_993),
+            SqlValue::Int(1),
         ]]
     );
 }
@@ -468,6 +471,12 @@ impl<R: ReadModelStore> Projector<R> for Values {
                 &[text.into(), 1i64.into()],
             )
             .await?;
+        let mut rows = rows;
+        // Aggregates come back as integers on every backend (PostgreSQL's sum is numeric).
+        rows.extend(
+            tx.query("SELECT sum(i), count(*) FROM rm_values", &[])
+                .await?,
+        );
         *self.0.lock().expect("not poisoned") = rows;
         Ok(())
     }

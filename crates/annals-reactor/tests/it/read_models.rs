@@ -103,7 +103,7 @@ async fn a_poison_stream_is_parked_and_replayed<R: ReadModelStore>(
     rm: Arc<R>,
 ) {
     let poison = name("Acct-poison");
-    append_amounts(&*events, &poison, &[1, 13, 2]).await;
+    append_amounts(&*events, &poison, &[1, -13, 2]).await;
     let mut amounts = Vec::new();
     for i in 0..300i64 {
         let s = name(&format!("Acct-{i}"));
@@ -112,7 +112,7 @@ async fn a_poison_stream_is_parked_and_replayed<R: ReadModelStore>(
     }
     let poisoned = Arc::new(Counts {
         schema: 1,
-        poison: Some(13),
+        poison: Some(-13),
     });
     let handler = Arc::new(
         Project::new(Arc::clone(&events), Arc::clone(&rm), poisoned)
@@ -135,7 +135,7 @@ async fn a_poison_stream_is_parked_and_replayed<R: ReadModelStore>(
     assert_eq!(p.stream, poison);
     assert_eq!((p.from.get(), p.to.get(), p.attempts), (0, 3, 3));
     assert!(
-        p.first_error.contains("amount 13 is poison") && p.first_error.contains("Acct-poison"),
+        p.first_error.contains("amount -13 is poison") && p.first_error.contains("Acct-poison"),
         "the cause is kept: {}",
         p.first_error
     );
@@ -164,11 +164,11 @@ async fn a_poison_stream_is_parked_and_replayed<R: ReadModelStore>(
         0,
         "a second replay applies nothing"
     );
-    assert_eq!(counts_row(&*rm, &poison).await, expected(&[1, 13, 2]));
+    assert_eq!(counts_row(&*rm, &poison).await, expected(&[1, -13, 2]));
     wait_until("the pipeline unparks the stream", || r.stats().parked.is_empty()).await;
     append_amounts(&*events, &poison, &[5]).await;
     idle(&mut r).await;
-    assert_eq!(counts_row(&*rm, &poison).await, expected(&[1, 13, 2, 5]));
+    assert_eq!(counts_row(&*rm, &poison).await, expected(&[1, -13, 2, 5]));
     r.stop().await.unwrap();
 }
 
