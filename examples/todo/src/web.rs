@@ -22,7 +22,8 @@
 //! Bad input is refused before anything is written, with a JSON body
 //! `{"error": kind, "message": text}`: malformed JSON `400 malformed_json`; a body that is
 //! not JSON `415 unsupported_media_type`; a missing or mistyped field, an unknown field, an
-//! empty title or one over [`MAX_TITLE_CHARS`] characters `422 invalid`; a body over
+//! empty title, one over [`MAX_TITLE_CHARS`] characters or one holding NUL (`\u0000`,
+//! which PostgreSQL text cannot store) `422 invalid`; a body over
 //! [`MAX_BODY_BYTES`] `413 too_large`; an invalid client id `400 invalid_client`; an unknown
 //! todo or route `404 not_found`; a method a route lacks `405 method_not_allowed`. `id` and
 //! `url` are accepted in bodies and ignored (clients send back the objects they got).
@@ -319,6 +320,13 @@ fn body<T: serde::de::DeserializeOwned>(
 fn title(title: String) -> Result<String, ApiError> {
     if title.trim().is_empty() {
         return Err(ApiError::Invalid("title: must not be empty".into()));
+    }
+    // Every store keeps a title the same way: PostgreSQL text cannot hold NUL, so no store
+    // takes it (rather than one accepting what its read model can never project).
+    if title.contains('\0') {
+        return Err(ApiError::Invalid(
+            "title: must not contain the NUL character (\\u0000)".into(),
+        ));
     }
     let chars = title.chars().count();
     if chars > MAX_TITLE_CHARS {

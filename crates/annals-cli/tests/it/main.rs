@@ -1,6 +1,7 @@
 //! End-to-end tests of the `annals` binary.
 
 mod ops;
+mod parked;
 mod rebuild;
 mod serve;
 

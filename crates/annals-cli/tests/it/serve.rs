@@ -18,7 +18,7 @@ use crate::ops::{failed_saying, pg_url};
 use crate::succeeded;
 
 /// A running `annals serve`.
-struct Served {
+pub(crate) struct Served {
     child: Child,
     /// `http://127.0.0.1:PORT`.
     base: String,
@@ -28,17 +28,24 @@ impl Served {
     /// Starts `annals serve` on a free port in `dir` (with `--store` when given) and waits
     /// for the line telling its URL.
     fn start(dir: &std::path::Path, store: Option<&str>) -> Served {
+        match store {
+            Some(store) => Self::start_with(dir, &["--store", store]),
+            None => Self::start_with(dir, &[]),
+        }
+    }
+
+    /// Starts `annals serve` with more arguments.
+    pub(crate) fn start_with(dir: &std::path::Path, args: &[&str]) -> Served {
         let mut command = Command::new(env!("CARGO_BIN_EXE_annals"));
         command
             .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
             .current_dir(dir)
             .env_remove("ANNALS_STORE")
+            .env_remove("ANNALS_READ_MODEL")
             .env("ANNALS_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        if let Some(store) = store {
-            command.args(["--store", store]);
-        }
         let mut child = command.spawn().expect("annals serve starts");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
@@ -62,7 +69,7 @@ impl Served {
     }
 
     /// Stops it with SIGTERM and waits: a clean exit.
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()

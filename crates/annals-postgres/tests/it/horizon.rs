@@ -32,15 +32,12 @@ async fn next(sub: &mut Subscription) -> RecordedEvent {
 }
 
 async fn read_everything(store: &PgStore) -> Vec<RecordedEvent> {
-    let (mut out, mut from) = (Vec::new(), Position::START);
-    loop {
-        let page = store.read_all(from, &Filter::all(), 5000).await.unwrap();
-        out.extend(page.events);
-        from = page.next;
-        if page.end {
-            return out;
-        }
-    }
+    let options = annals::FeedOptions::to_end(Filter::all()).page_size(5000);
+    annals::Feed::new(std::sync::Arc::new(store.clone()), Position::START, options)
+        .events()
+        .map(|e| e.unwrap())
+        .collect()
+        .await
 }
 
 /// A migrated store on its own server: for tests that hold transactions open, which would

@@ -452,6 +452,18 @@ async fn bad_input_is_refused_with_nothing_written(api: &Api) {
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid",
         ),
+        // NUL is refused on every store (PostgreSQL text cannot hold it).
+        (
+            api.post("/todos?client=strict", json!({"title": "a\u{0}b"}))
+                .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            api.patch(&url, json!({"title": "\u{0}"})).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
         (
             api.patch(&url, json!({"completed": "yes"})).await,
             StatusCode::UNPROCESSABLE_ENTITY,
