@@ -88,3 +88,31 @@ CREATE TABLE {schema}.parked (
     updated_at   bigint NOT NULL,
     PRIMARY KEY (group_name, stream)
 );
+
+-- A read-model apply records its progress optimistically: it read the progress without a
+-- lock, applied the events after it, and now moves the progress from what it read. If
+-- another applier moved it meanwhile, this fails with a serialization failure, which rolls
+-- the whole apply back (its caller applies again from the new progress).
+CREATE FUNCTION {schema}.advance_progress(
+    p_projection text, p_stream text, p_exists boolean, p_from bigint, p_to bigint,
+    p_schema integer
+) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_exists THEN
+        -- A row built from the stream's first event is of the current schema; a row that
+        -- had progress keeps the schema it was built with (only a rebuild changes it).
+        UPDATE {schema}.projection_streams
+            SET next_version = p_to,
+                schema_version = CASE WHEN next_version = 0 THEN p_schema ELSE schema_version END
+            WHERE projection = p_projection AND stream = p_stream AND next_version = p_from;
+    ELSE
+        INSERT INTO {schema}.projection_streams (projection, stream, next_version, schema_version)
+            VALUES (p_projection, p_stream, p_to, p_schema)
+            ON CONFLICT (projection, stream) DO NOTHING;
+    END IF;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'annals: the progress of % in % moved during the apply; apply again',
+            p_projection, p_stream
+            USING ERRCODE = 'serialization_failure';
+    END IF;
+END $$;

@@ -92,7 +92,6 @@ struct Sql {
     checkpoint_list: String,
     held_back: String,
     progress_lock: String,
-    progress_set: String,
     leases_acquire: String,
     leases_release: String,
     leases_leave: String,
@@ -100,6 +99,7 @@ struct Sql {
     read_head: String,
     progress_rebuilt: String,
     progress_get: String,
+    progress_advance: String,
     projection_rows: String,
     parked_upsert: String,
     parked_list: String,
@@ -155,17 +155,13 @@ impl Sql {
                  VALUES ($1, $2, 0) ON CONFLICT (projection, stream) \
                  DO UPDATE SET next_version = p.next_version RETURNING p.next_version"
             ),
-            // A row built from the stream's first event is of the current schema; a row that
-            // had progress keeps the schema it was built with (only a rebuild changes it).
-            progress_set: format!(
-                "UPDATE {schema}.projection_streams SET next_version = $3, \
-                 schema_version = CASE WHEN next_version = 0 THEN $4 ELSE schema_version END \
-                 WHERE projection = $1 AND stream = $2"
-            ),
             progress_rebuilt: format!(
                 "INSERT INTO {schema}.projection_streams (projection, stream, next_version, schema_version) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT (projection, stream) DO UPDATE \
                  SET next_version = excluded.next_version, schema_version = excluded.schema_version"
+            ),
+            progress_advance: format!(
+                "SELECT {schema}.advance_progress($1, $2, $3, $4, $5, $6)"
             ),
             progress_get: format!(
                 "SELECT next_version, schema_version FROM {schema}.projection_streams \
@@ -208,6 +204,9 @@ struct Inner {
     pool: Pool,
     config: PgConfig,
     sql: Sql,
+    /// The read-model progress this process last recorded, per (projection, stream): an
+    /// apply that finds it here skips reading it (its commit checks it anyway).
+    progress: read_model::ProgressCache,
     changes: watch::Sender<()>,
     notifier: listen::Notifier,
     listener: tokio::task::JoinHandle<()>,
@@ -310,6 +309,7 @@ impl PgStore {
         let store = Self {
             inner: Arc::new(Inner {
                 pool,
+                progress: read_model::ProgressCache::default(),
                 sql: Sql::new(&config.schema),
                 config,
                 changes,

@@ -28,6 +28,8 @@ use crate::PgStore;
 /// PostgreSQL alone.
 pub struct PgTx<'t> {
     client: &'t ClientWrapper,
+    /// `BEGIN`, until it is sent with the first statement.
+    begin: Option<&'static str>,
 }
 
 impl std::fmt::Debug for PgTx<'_> {
@@ -37,10 +39,72 @@ impl std::fmt::Debug for PgTx<'_> {
 }
 
 impl<'t> PgTx<'t> {
+    fn begun(client: &'t ClientWrapper) -> Self {
+        Self {
+            client,
+            begin: None,
+        }
+    }
+
+    /// Sends `BEGIN` if it has not been sent yet.
+    async fn ensure_begun(&mut self) -> Result<()> {
+        if let Some(begin) = self.begin.take() {
+            self.client.batch_execute(begin).await.map_err(backend)?;
+        }
+        Ok(())
+    }
+
     /// The connection, inside the transaction (statements prepared through
     /// `prepare_cached` are kept per connection). It must not commit or roll back.
-    pub fn client(&self) -> &'t ClientWrapper {
-        self.client
+    pub async fn client(&mut self) -> Result<&'t ClientWrapper> {
+        self.ensure_begun().await?;
+        Ok(self.client)
+    }
+
+    /// Runs `statement` with `BEGIN` before it in the same round trip when it is still due.
+    async fn first<T>(
+        &mut self,
+        statement: impl std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+    ) -> Result<T> {
+        match self.begin.take() {
+            Some(begin) => {
+                let (begun, result) = futures::join!(self.client.batch_execute(begin), statement);
+                begun.map_err(backend)?;
+                result.map_err(backend)
+            }
+            None => statement.await.map_err(backend),
+        }
+    }
+}
+
+/// The progress each projection last recorded per stream, as this process knows it. Only
+/// ever a hint: the commit of an apply checks the progress it started from.
+pub(crate) struct ProgressCache(std::sync::Mutex<lru::LruCache<(String, String), u64>>);
+
+impl Default for ProgressCache {
+    fn default() -> Self {
+        Self(std::sync::Mutex::new(lru::LruCache::new(
+            std::num::NonZeroUsize::new(100_000).expect("not zero"),
+        )))
+    }
+}
+
+impl ProgressCache {
+    fn get(&self, projection: &str, stream: &StreamName) -> Option<u64> {
+        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .get(&(projection.to_owned(), stream.as_str().to_owned()))
+            .copied()
+    }
+
+    fn put(&self, projection: &str, stream: &StreamName, next: u64) {
+        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        cache.put((projection.to_owned(), stream.as_str().to_owned()), next);
+    }
+
+    fn forget(&self, projection: &str, stream: &StreamName) {
+        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        cache.pop(&(projection.to_owned(), stream.as_str().to_owned()));
     }
 }
 
@@ -238,21 +302,45 @@ impl SqlTx for PgTx<'_> {
     }
 
     async fn execute(&mut self, sql: &str, params: &[SqlValue]) -> Result<u64> {
-        let statement = self.client.prepare_cached(sql).await.map_err(backend)?;
+        let client = self.client;
+        let statement = client.prepare_cached(sql).await.map_err(backend)?;
         let params: Vec<Param<'_>> = params.iter().map(Param).collect();
-        self.client
-            .execute_raw(&statement, params.iter().map(|p| p as &(dyn ToSql + Sync)))
-            .await
-            .map_err(backend)
+        let run = client.execute_raw(&statement, params.iter().map(|p| p as &(dyn ToSql + Sync)));
+        self.first(run).await
     }
 
     async fn query(&mut self, sql: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>> {
+        self.ensure_begun().await?;
         query(self.client, sql, params).await
     }
 
     async fn batch(&mut self, sql: &str) -> Result<()> {
-        self.client.batch_execute(sql).await.map_err(backend)
+        let client = self.client;
+        self.first(client.batch_execute(sql)).await
     }
+}
+
+/// Moving a progress from what an apply read to where it got.
+struct Advance<'a> {
+    projection: &'a str,
+    schema: u32,
+    stream: &'a StreamName,
+    from: Option<u64>,
+    to: u64,
+    /// `BEGIN`, when no statement has sent it yet.
+    begin: Option<&'static str>,
+}
+
+/// How a read-model apply's transaction begins: its commit need not wait for the disk (see
+/// `advance_and_commit`).
+const BEGIN: &str = "BEGIN; SET LOCAL synchronous_commit = off";
+
+/// Why an apply's commit failed.
+enum MovedOr {
+    /// Another applier moved the progress: apply again.
+    Moved,
+    /// Anything else.
+    Error(Error),
 }
 
 fn projector_failed(projection: &str, stream: Option<&StreamName>, source: ProjectorError) -> Error {
@@ -276,6 +364,16 @@ struct Transaction {
 impl Transaction {
     fn client(&self) -> &Object {
         self.client.as_ref().expect("open until finished")
+    }
+
+    /// Ends a transaction that wrote nothing: `COMMIT` if it was begun, otherwise the
+    /// connection simply goes back to the pool.
+    async fn release(mut self, begun: bool) -> Result<()> {
+        if begun {
+            return self.commit().await;
+        }
+        drop(self.client.take());
+        Ok(())
     }
 
     async fn commit(mut self) -> Result<()> {
@@ -310,6 +408,90 @@ impl PgStore {
         })
     }
 
+    /// A pooled connection for a transaction whose `BEGIN` goes out with its first
+    /// statement.
+    async fn lazy(&self) -> Result<Transaction> {
+        Ok(Transaction {
+            client: Some(self.client().await?),
+        })
+    }
+
+    /// Begins a read-model transaction (its commit need not wait for the disk: see
+    /// `advance_and_commit`) and reads `projection`'s progress in `stream` without a lock,
+    /// in one round trip.
+    async fn begin_reading(
+        &self,
+        projection: &str,
+        stream: &StreamName,
+    ) -> Result<(Transaction, Option<u64>)> {
+        let client = self.client().await?;
+        let read = client
+            .prepare_cached(&self.inner.sql.progress_get)
+            .await
+            .map_err(backend)?;
+        let name = stream.as_str();
+        let params: [&(dyn ToSql + Sync); 2] = [&projection, &name];
+        let (begun, row) = futures::join!(
+            client.batch_execute(BEGIN),
+            client.query_opt(&read, &params)
+        );
+        let tx = Transaction {
+            client: Some(client),
+        };
+        begun.map_err(backend)?;
+        let progress = row.map_err(backend)?.map(|r| r.get::<_, i64>(0) as u64);
+        Ok((tx, progress))
+    }
+
+    /// Moves the progress from what was read to `to` and commits, in one round trip; `Moved`
+    /// (everything rolled back) when another applier moved it meanwhile.
+    ///
+    /// The commit does not wait for the disk (`synchronous_commit = off`): a crash may lose
+    /// the last applies, rows and progress together, never one without the other. The
+    /// pipeline's checkpoint, committed durably after them, flushes them first, so it never
+    /// passes an event whose apply was lost: those events are delivered and applied again.
+    async fn advance_and_commit(
+        &self,
+        mut tx: Transaction,
+        a: Advance<'_>,
+    ) -> std::result::Result<(), MovedOr> {
+        let client = tx.client();
+        let statement = client
+            .prepare_cached(&self.inner.sql.progress_advance)
+            .await
+            .map_err(|e| MovedOr::Error(backend(e)))?;
+        let (name, exists) = (a.stream.as_str(), a.from.is_some());
+        let (from, to, schema) = (a.from.unwrap_or(0) as i64, a.to as i64, a.schema as i32);
+        let params: [&(dyn ToSql + Sync); 6] = [&a.projection, &name, &exists, &from, &to, &schema];
+        let begin = async {
+            match a.begin {
+                Some(begin) => client.batch_execute(begin).await,
+                None => Ok(()),
+            }
+        };
+        let (begun, set, commit) = futures::join!(
+            begin,
+            client.query_one(&statement, &params),
+            client.batch_execute("COMMIT")
+        );
+        let set = begun.and(set);
+        let client = tx.client.take().expect("open until finished");
+        match (set, commit) {
+            (Ok(_), Ok(())) => Ok(()),
+            (Err(e), _) | (_, Err(e)) => {
+                // A failed statement makes COMMIT roll back: nothing was recorded.
+                let moved = e.code() == Some(&tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE);
+                if moved {
+                    // The connection is clean (the COMMIT ended the transaction).
+                    drop(client);
+                    return Err(MovedOr::Moved);
+                }
+                drop(Object::take(client));
+                Err(MovedOr::Error(backend(e)))
+            }
+        }
+    }
+
     /// Begins a transaction and locks `projection`'s progress row in `stream` (creating it
     /// at 0), in one round trip; returns the transaction and the progress.
     async fn begin_locked(&self, projection: &str, stream: &StreamName) -> Result<(Transaction, u64)> {
@@ -321,7 +503,7 @@ impl PgStore {
         let name = stream.as_str();
         let params: [&(dyn ToSql + Sync); 2] = [&projection, &name];
         let (begun, row) = futures::join!(
-            client.batch_execute("BEGIN"),
+            client.batch_execute("BEGIN; SET LOCAL synchronous_commit = off"),
             client.query_opt(&lock, &params)
         );
         let tx = Transaction {
@@ -369,9 +551,7 @@ impl ReadModelStore for PgStore {
 
     async fn setup<P: Projector<Self>>(&self, projector: &Arc<P>) -> Result<()> {
         let tx = self.begin().await?;
-        let mut ptx = PgTx {
-            client: tx.client(),
-        };
+        let mut ptx = PgTx::begun(tx.client());
         projector
             .setup(&mut ptx)
             .await
@@ -408,30 +588,80 @@ impl ReadModelStore for PgStore {
     ) -> Result<Version> {
         check_events(stream, events)?;
         let id = projector.id();
-        let (tx, next) = self.begin_locked(id.name, stream).await?;
-        let fresh = &events[events.partition_point(|e| e.stream_version < next)..];
-        let (Some(first), Some(last)) = (fresh.first(), fresh.last()) else {
-            // Nothing new (or nothing given): the progress row stays as it was.
-            tx.commit().await?;
-            return Ok(Version(next));
-        };
-        if first.stream_version > next {
-            // Events are missing in between: the caller reads them first.
-            tx.commit().await?;
-            return Ok(Version(next));
+        let cache = &self.inner.progress;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            // The progress this process recorded last, if any, saves reading it: the commit
+            // checks it, and a stale one costs one more attempt.
+            let cached = cache.get(id.name, stream);
+            let (tx, progress, begin) = match cached {
+                Some(p) => (self.lazy().await?, Some(p), Some(BEGIN)),
+                None => {
+                    let (tx, p) = self.begin_reading(id.name, stream).await?;
+                    (tx, p, None)
+                }
+            };
+            let next = progress.unwrap_or(0);
+            let fresh = &events[events.partition_point(|e| e.stream_version < next)..];
+            let (Some(first), Some(last)) = (fresh.first(), fresh.last()) else {
+                if cached.is_some() {
+                    // Nothing new by the cache: make sure with the stored progress.
+                    cache.forget(id.name, stream);
+                    tx.release(begin.is_none()).await?;
+                    continue;
+                }
+                tx.commit().await?;
+                return Ok(Version(next));
+            };
+            if first.stream_version > next {
+                if cached.is_some() {
+                    cache.forget(id.name, stream);
+                    tx.release(begin.is_none()).await?;
+                    continue;
+                }
+                // Events are missing in between: the caller reads them first.
+                tx.commit().await?;
+                return Ok(Version(next));
+            }
+            let mut ptx = PgTx {
+                client: tx.client(),
+                begin,
+            };
+            let applied = projector.apply(&mut ptx, stream, fresh).await;
+            let begin = ptx.begin;
+            applied.map_err(|e| projector_failed(id.name, Some(stream), e))?;
+            let after = last.stream_version + 1;
+            let advance = Advance {
+                projection: id.name,
+                schema: id.schema,
+                stream,
+                from: progress,
+                to: after,
+                begin,
+            };
+            match self.advance_and_commit(tx, advance).await {
+                Ok(()) => {
+                    cache.put(id.name, stream, after);
+                    return Ok(Version(after));
+                }
+                Err(MovedOr::Error(e)) => {
+                    cache.forget(id.name, stream);
+                    return Err(e);
+                }
+                // Another applier moved the progress meanwhile: everything rolled back.
+                Err(MovedOr::Moved) if attempt < 10 => cache.forget(id.name, stream),
+                Err(MovedOr::Moved) => {
+                    cache.forget(id.name, stream);
+                    return Err(Error::ReadModel {
+                        reason: format!(
+                            "{stream}: the progress of {} kept moving under {attempt} applies",
+                            id.name
+                        ),
+                    });
+                }
+            }
         }
-        let mut ptx = PgTx {
-            client: tx.client(),
-        };
-        projector
-            .apply(&mut ptx, stream, fresh)
-            .await
-            .map_err(|e| projector_failed(id.name, Some(stream), e))?;
-        let after = last.stream_version + 1;
-        let sql = &self.inner.sql.progress_set;
-        self.commit_progress(tx, sql, id.name, id.schema, stream, after)
-            .await?;
-        Ok(Version(after))
     }
 
     async fn replace<P: Projector<Self>>(
@@ -457,9 +687,7 @@ impl ReadModelStore for PgStore {
                 ),
             });
         }
-        let mut ptx = PgTx {
-            client: tx.client(),
-        };
+        let mut ptx = PgTx::begun(tx.client());
         let work = async {
             projector.clear(&mut ptx, stream).await?;
             if !events.is_empty() {
@@ -470,6 +698,7 @@ impl ReadModelStore for PgStore {
         work.await
             .map_err(|e| projector_failed(id.name, Some(stream), e))?;
         let sql = &self.inner.sql.progress_rebuilt;
+        self.inner.progress.forget(id.name, stream);
         self.commit_progress(tx, sql, id.name, id.schema, stream, count)
             .await?;
         Ok(count)

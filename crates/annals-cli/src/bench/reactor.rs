@@ -312,12 +312,13 @@ pub async fn catchup(
     );
     let rate = args.events as f64 / took.as_secs_f64();
     println!(
-        "{:<40} {:>10.0} events/s  ({:.1} s, {} handler calls, {:.1} events per call)",
+        "{:<40} {:>10.0} events/s  ({:.1} s, {} handler calls, {:.1} events per call, at most {} batches read ahead)",
         "pipeline into the read model",
         rate,
         took.as_secs_f64(),
         stats.handler_calls,
-        stats.events_handled as f64 / stats.handler_calls.max(1) as f64
+        stats.events_handled as f64 / stats.handler_calls.max(1) as f64,
+        stats.max_pending_batches_seen
     );
     println!(
         "catch-up / raw read_all = {:.2}  (read model checked: {counted} events, sum {sum})",
