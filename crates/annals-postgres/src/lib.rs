@@ -54,6 +54,10 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0008_partitions_parked.sql"),
 ];
 
+/// Connections kept for `read_all` (subscriptions and pipelines), apart from the pool
+/// that appends and read models use.
+const FEED_CONNECTIONS: usize = 4;
+
 /// Events a filtered `read_all` page looks at, at most (or the page's limit if larger).
 const READ_ALL_WINDOW: i64 = 10_000;
 
@@ -202,6 +206,8 @@ impl Sql {
 
 struct Inner {
     pool: Pool,
+    /// Connections for `read_all` alone.
+    feed_pool: Pool,
     config: PgConfig,
     sql: Sql,
     /// The read-model progress this process last recorded, per (projection, stream): an
@@ -287,21 +293,27 @@ impl PgStore {
             _ => search_path,
         };
         pg.options(&options);
-        let manager = Manager::from_config(
-            pg.clone(),
-            tokio_postgres::NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(config.pool_size)
-            .wait_timeout(Some(config.connect_timeout))
-            .create_timeout(Some(config.connect_timeout))
-            .recycle_timeout(Some(config.connect_timeout))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| PgError::Connect(e.to_string()))?;
+        let pool_of = |size: usize| {
+            let manager = Manager::from_config(
+                pg.clone(),
+                tokio_postgres::NoTls,
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            );
+            Pool::builder(manager)
+                .max_size(size)
+                .wait_timeout(Some(config.connect_timeout))
+                .create_timeout(Some(config.connect_timeout))
+                .recycle_timeout(Some(config.connect_timeout))
+                .runtime(Runtime::Tokio1)
+                .build()
+                .map_err(|e| PgError::Connect(e.to_string()))
+        };
+        let pool = pool_of(config.pool_size)?;
+        // Feed reads have connections of their own: a pipeline's reader never waits behind
+        // its handlers' (or writers') transactions for a pooled connection.
+        let feed_pool = pool_of(FEED_CONNECTIONS)?;
         let changes = watch::Sender::new(());
         let channel = format!("annals_{}", config.schema);
         let listener = listen::spawn_listener(pg.clone(), channel.clone(), changes.clone());
@@ -309,6 +321,7 @@ impl PgStore {
         let store = Self {
             inner: Arc::new(Inner {
                 pool,
+                feed_pool,
                 progress: read_model::ProgressCache::default(),
                 sql: Sql::new(&config.schema),
                 config,
@@ -340,6 +353,10 @@ impl PgStore {
 
     pub(crate) async fn client(&self) -> Result<Object> {
         self.inner.pool.get().await.map_err(backend)
+    }
+
+    async fn feed_client(&self) -> Result<Object> {
+        self.inner.feed_pool.get().await.map_err(backend)
     }
 
     async fn client_for_setup(&self) -> Result<Object, PgError> {
@@ -998,7 +1015,7 @@ impl EventStore for PgStore {
         };
         let (tx, position) = unpack(from);
         let tx = tx.to_string();
-        let client = self.client().await?;
+        let client = self.feed_client().await?;
         let stmt = client
             .prepare_cached(&self.inner.sql.read_all)
             .await
