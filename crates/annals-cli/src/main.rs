@@ -135,8 +135,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ops::rebuild(&opened.store, read_model.as_ref(), args, &out).await
             }
             Command::Parked(command) => {
-                ops::parked(&opened.store, read_model.as_ref(), &checkpoints, command, &out)
-                    .await
+                ops::parked(
+                    &opened.store,
+                    read_model.as_ref(),
+                    &checkpoints,
+                    command,
+                    &out,
+                )
+                .await
             }
         }
     })

@@ -693,7 +693,14 @@ fn show_parked(parked: &[annals::ParkedStream], out: &Output) {
         })
         .collect();
     out.table(
-        &["group", "stream", "versions", "attempts", "parked at", "error"],
+        &[
+            "group",
+            "stream",
+            "versions",
+            "attempts",
+            "parked at",
+            "error",
+        ],
         &rows,
     );
 }
@@ -737,7 +744,9 @@ pub async fn parked(
             if out.json {
                 out.line(&json!({"group": group, "stream": name.as_str(), "replayed": applied}));
             } else {
-                println!("{name}: {applied} events applied to the read model; unparked from {group}");
+                println!(
+                    "{name}: {applied} events applied to the read model; unparked from {group}"
+                );
             }
         }
         ParkedCommand::Skip { stream, group } => {

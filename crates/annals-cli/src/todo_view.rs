@@ -13,7 +13,7 @@ use std::sync::Arc;
 use annals::read_model::{catch_up_stream, projection_rows, rebuild};
 use annals::{
     Codec, EventStore, JsonCodec, ProjectionId, ProjectionRow, Projector, ProjectorError,
-    ReadModelStore, RecordedEvent, Rebuilt, SqlTx, StreamName,
+    ReadModelStore, Rebuilt, RecordedEvent, SqlTx, StreamName,
 };
 use annals_reactor::{FailurePolicy, PipelineConfig, Project, Running};
 use async_trait::async_trait;

@@ -26,8 +26,8 @@ use annals::idempotency::{self, Found, Verdict};
 use annals::{
     AllPage, AppendResult, Capabilities, Checkpoint, CheckpointStore, Direction, Error, EventData,
     EventStore, ExpectedVersion, Filter, Head, HeadSnapshot, LeaseStore, Leases, ParkedStream,
-    Position, ReadStream, RecordedEvent, Result, StreamAppend, StreamName,
-    Timestamp, Uuid, Version,
+    Position, ReadStream, RecordedEvent, Result, StreamAppend, StreamName, Timestamp, Uuid,
+    Version,
 };
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};

@@ -12,9 +12,8 @@ use std::sync::Arc;
 
 use annals::read_model::check_events;
 use annals::{
-    ApplyError, Dialect, Error, ParkedStream, Projector, ProjectorError,
-    ReadModelStore, RecordedEvent, Result, SqlTx, SqlValue, StreamName, StreamProgress,
-    Timestamp, Version,
+    ApplyError, Dialect, Error, ParkedStream, Projector, ProjectorError, ReadModelStore,
+    RecordedEvent, Result, SqlTx, SqlValue, StreamName, StreamProgress, Timestamp, Version,
 };
 use async_trait::async_trait;
 use deadpool_postgres::{ClientWrapper, Object};
@@ -174,11 +173,12 @@ impl<'a> tokio_postgres::types::FromSql<'a> for Numeric {
         _: &Type,
         raw: &'a [u8],
     ) -> std::result::Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        let word = |k: usize| -> std::result::Result<i16, Box<dyn std::error::Error + Sync + Send>> {
-            raw.get(k..k + 2)
-                .map(|b| i16::from_be_bytes([b[0], b[1]]))
-                .ok_or_else(|| "a truncated numeric".into())
-        };
+        let word =
+            |k: usize| -> std::result::Result<i16, Box<dyn std::error::Error + Sync + Send>> {
+                raw.get(k..k + 2)
+                    .map(|b| i16::from_be_bytes([b[0], b[1]]))
+                    .ok_or_else(|| "a truncated numeric".into())
+            };
         let (ndigits, weight, sign, dscale) = (word(0)?, word(2)?, word(4)? as u16, word(6)?);
         if sign == 0xC000 {
             return Ok(Numeric(SqlValue::Text("NaN".into())));
@@ -242,7 +242,10 @@ fn column(row: &tokio_postgres::Row, i: usize) -> Result<SqlValue> {
     let ty = row.columns()[i].type_();
     let get = |e: tokio_postgres::Error| backend(e);
     Ok(match *ty {
-        Type::BOOL => row.try_get::<_, Option<bool>>(i).map_err(get)?.map(SqlValue::Bool),
+        Type::BOOL => row
+            .try_get::<_, Option<bool>>(i)
+            .map_err(get)?
+            .map(SqlValue::Bool),
         Type::INT2 => row
             .try_get::<_, Option<i16>>(i)
             .map_err(get)?
@@ -251,12 +254,18 @@ fn column(row: &tokio_postgres::Row, i: usize) -> Result<SqlValue> {
             .try_get::<_, Option<i32>>(i)
             .map_err(get)?
             .map(|v| SqlValue::Int(v.into())),
-        Type::INT8 => row.try_get::<_, Option<i64>>(i).map_err(get)?.map(SqlValue::Int),
+        Type::INT8 => row
+            .try_get::<_, Option<i64>>(i)
+            .map_err(get)?
+            .map(SqlValue::Int),
         Type::FLOAT4 => row
             .try_get::<_, Option<f32>>(i)
             .map_err(get)?
             .map(|v| SqlValue::Float(v.into())),
-        Type::FLOAT8 => row.try_get::<_, Option<f64>>(i).map_err(get)?.map(SqlValue::Float),
+        Type::FLOAT8 => row
+            .try_get::<_, Option<f64>>(i)
+            .map_err(get)?
+            .map(SqlValue::Float),
         Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => row
             .try_get::<_, Option<String>>(i)
             .map_err(get)?
@@ -343,7 +352,11 @@ enum MovedOr {
     Error(Error),
 }
 
-fn projector_failed(projection: &str, stream: Option<&StreamName>, source: ProjectorError) -> Error {
+fn projector_failed(
+    projection: &str,
+    stream: Option<&StreamName>,
+    source: ProjectorError,
+) -> Error {
     Error::backend(
         "postgres",
         ApplyError {
@@ -399,10 +412,7 @@ impl Drop for Transaction {
 impl PgStore {
     async fn begin(&self) -> Result<Transaction> {
         let client = self.client().await?;
-        client
-            .batch_execute("BEGIN")
-            .await
-            .map_err(backend)?;
+        client.batch_execute("BEGIN").await.map_err(backend)?;
         Ok(Transaction {
             client: Some(client),
         })
@@ -480,7 +490,8 @@ impl PgStore {
             (Ok(_), Ok(())) => Ok(()),
             (Err(e), _) | (_, Err(e)) => {
                 // A failed statement makes COMMIT roll back: nothing was recorded.
-                let moved = e.code() == Some(&tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE);
+                let moved =
+                    e.code() == Some(&tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE);
                 if moved {
                     // The connection is clean (the COMMIT ended the transaction).
                     drop(client);
@@ -494,7 +505,11 @@ impl PgStore {
 
     /// Begins a transaction and locks `projection`'s progress row in `stream` (creating it
     /// at 0), in one round trip; returns the transaction and the progress.
-    async fn begin_locked(&self, projection: &str, stream: &StreamName) -> Result<(Transaction, u64)> {
+    async fn begin_locked(
+        &self,
+        projection: &str,
+        stream: &StreamName,
+    ) -> Result<(Transaction, u64)> {
         let client = self.client().await?;
         let lock = client
             .prepare_cached(&self.inner.sql.progress_lock)
@@ -510,7 +525,9 @@ impl PgStore {
             client: Some(client),
         };
         begun.map_err(backend)?;
-        let next = row.map_err(backend)?.map_or(0, |r| r.get::<_, i64>(0) as u64);
+        let next = row
+            .map_err(backend)?
+            .map_or(0, |r| r.get::<_, i64>(0) as u64);
         Ok((tx, next))
     }
 
@@ -780,7 +797,10 @@ impl PgStore {
     pub(crate) async fn unpark_stream(&self, group: &str, stream: &StreamName) -> Result<bool> {
         let client = self.client().await?;
         let n = client
-            .execute(self.inner.sql.parked_delete.as_str(), &[&group, &stream.as_str()])
+            .execute(
+                self.inner.sql.parked_delete.as_str(),
+                &[&group, &stream.as_str()],
+            )
             .await
             .map_err(backend)?;
         Ok(n > 0)

@@ -11,7 +11,9 @@
 //! - a batch is complete when every event in it is handled (or skipped, or parked); batches
 //!   complete in order, so a checkpoint never passes an unhandled event;
 //! - a failing stream is retried with exponential backoff and jitter while other streams go
-//!   on; after `after` failures it is parked (its events recorded and skipped) or the
+//!   on (each failure logged at WARN with its whole cause chain); after `after` failures it
+//!   is parked (recorded in the checkpoint store with the versions skipped and its first and
+//!   last error, never the events; its later events skipped too) or the
 //!   pipeline stops with the error, as configured;
 //! - [`Running::await_idle`] waits, without sleeping, until everything appended before the
 //!   call has been handled.
@@ -60,8 +62,11 @@ pub trait Handler: Send + Sync + 'static {
 pub enum FailurePolicy {
     /// Retry with backoff, forever.
     Retry,
-    /// After this many consecutive failures, park the stream: record its events as parked,
-    /// skip them and every later event of the stream.
+    /// After this many consecutive failures, park the stream: record it in the checkpoint
+    /// store ([`annals::ParkedStream`]: the versions skipped, the first and last error),
+    /// skip its events and every later event of the stream, so the checkpoint moves on and
+    /// the other streams keep flowing. Parked streams are loaded when a pipeline starts; one
+    /// whose record is removed (`annals parked replay | skip`) is handled again.
     Park {
         /// Failures before parking.
         after: u32,

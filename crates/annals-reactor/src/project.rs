@@ -20,7 +20,9 @@ use crate::{Handler, HandlerError};
 /// from the event store first, so the rows never miss an event.
 ///
 /// Run it with the read model as the pipeline's checkpoint store, so that the checkpoint,
-/// the progress and the parked streams live beside the rows.
+/// the progress and the parked streams live beside the rows (and, on PostgreSQL, whose read-
+/// model commits do not wait for the disk, so that the checkpoint's durable commit flushes
+/// the applies it passes).
 pub struct Project<R, P> {
     events: Arc<dyn EventStore>,
     read_model: Arc<R>,
@@ -57,7 +59,10 @@ impl<R: ReadModelStore, P: Projector<R>> Handler for Project<R, P> {
         stream: &StreamName,
         events: &[RecordedEvent],
     ) -> Result<Version, HandlerError> {
-        let next = self.read_model.apply(&self.projector, stream, events).await?;
+        let next = self
+            .read_model
+            .apply(&self.projector, stream, events)
+            .await?;
         let Some(first) = events.first() else {
             return Ok(next);
         };

@@ -226,7 +226,16 @@ struct Scheduler {
     parked: HashMap<StreamName, Parked>,
     /// Handler latencies (µs) since the last stats summary.
     latency: hdrhistogram::Histogram<u64>,
+    /// What the last published stats said of idleness and the last caught-up read.
+    published_key: (bool, u64),
+    /// When the stats may be published again without a change of `published_key`.
+    next_publish: tokio::time::Instant,
+    /// Something changed since the last publication.
+    publish_pending: bool,
 }
+
+/// How often the stats are published at most, unless idleness or a list changes.
+const PUBLISH_EVERY: Duration = Duration::from_millis(50);
 
 impl Scheduler {
     fn add(&mut self, events: Vec<RecordedEvent>, end: Position) {
@@ -429,7 +438,10 @@ impl Scheduler {
 
     /// Parks a stream: its buffered events wait only for their record to be written.
     fn park(&mut self, name: StreamName) {
-        let s = self.streams.get_mut(&name).expect("parked streams are known");
+        let s = self
+            .streams
+            .get_mut(&name)
+            .expect("parked streams are known");
         s.parked = true;
         s.retry_at = None;
         s.delays = None;
@@ -553,7 +565,12 @@ impl Scheduler {
                         .categories
                         .iter()
                         .any(|c| c == p.stream.category());
-                if !mine || self.config.partition.is_some_and(|q| !q.contains(&p.stream)) {
+                if !mine
+                    || self
+                        .config
+                        .partition
+                        .is_some_and(|q| !q.contains(&p.stream))
+                {
                     continue;
                 }
                 let s = self.streams.entry(p.stream.clone()).or_default();
@@ -664,8 +681,21 @@ impl Scheduler {
         );
     }
 
-    /// Publishes the stats: scalars every turn, the lists only when they changed.
-    fn publish(&mut self, tx: &watch::Sender<Stats>) {
+    /// Publishes the stats when what `await_idle` and the lists depend on changed, and
+    /// otherwise at most every [`PUBLISH_EVERY`] (a later turn, or the loop's timer,
+    /// publishes what is left): the stats are not copied on every turn of the loop.
+    fn publish(&mut self, tx: &watch::Sender<Stats>, force: bool) {
+        let idle = self.batches.is_empty() && self.in_flight.is_empty() && self.to_park.is_empty();
+        let key = (idle, self.stats.caught_up_read);
+        let now = tokio::time::Instant::now();
+        let listed = self.failing_dirty || self.parked_dirty;
+        if !force && !listed && key == self.published_key && now < self.next_publish {
+            self.publish_pending = true;
+            return;
+        }
+        self.published_key = key;
+        self.next_publish = now + PUBLISH_EVERY;
+        self.publish_pending = false;
         self.stats.pending_batches = self.batches.len();
         if self.failing_dirty {
             self.failing_dirty = false;
@@ -686,8 +716,7 @@ impl Scheduler {
             self.stats.parked = Arc::new(parked);
             self.metrics.parked.set(self.stats.parked.len() as f64);
         }
-        self.stats.idle =
-            self.batches.is_empty() && self.in_flight.is_empty() && self.to_park.is_empty();
+        self.stats.idle = idle;
         self.stats.events_behind = self.buffered;
         self.stats.streams_tracked = self.streams.len();
         let m = &self.metrics;
@@ -768,6 +797,9 @@ pub(crate) async fn run(parts: Parts) -> Result<(), PipelineError> {
         parked: HashMap::new(),
         metrics,
         latency: hdrhistogram::Histogram::new(3).expect("3 significant figures is valid"),
+        published_key: (false, 0),
+        next_publish: tokio::time::Instant::now(),
+        publish_pending: false,
         config,
     };
     s.refresh_parked(true).await;
@@ -778,7 +810,7 @@ pub(crate) async fn run(parts: Parts) -> Result<(), PipelineError> {
             s.flush_parked().await;
         }
         s.dispatch();
-        s.publish(&stats_tx);
+        s.publish(&stats_tx, false);
         let retry = s.next_retry();
         let can_read = s.batches.len() < s.config.max_pending_batches.max(1);
         tokio::select! {
@@ -801,7 +833,13 @@ pub(crate) async fn run(parts: Parts) -> Result<(), PipelineError> {
                 s.refresh_parked(false).await;
                 s.measure();
             }
-            _ = stats_tick.tick() => s.summary(),
+            _ = stats_tick.tick() => {
+                s.summary();
+                s.publish(&stats_tx, true);
+            }
+            _ = tokio::time::sleep_until(s.next_publish), if s.publish_pending => {
+                s.publish(&stats_tx, true);
+            }
         }
     };
     reader.abort();
@@ -817,6 +855,6 @@ pub(crate) async fn run(parts: Parts) -> Result<(), PipelineError> {
     if let Err(e) = &outcome {
         s.stats.stopped = Some(e.clone());
     }
-    s.publish(&stats_tx);
+    s.publish(&stats_tx, true);
     outcome
 }

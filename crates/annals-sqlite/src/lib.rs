@@ -397,19 +397,21 @@ impl CheckpointStore for SqliteStore {
             })
             .await?;
         rows.into_iter()
-            .map(|(group, stream, from, to, attempts, first_error, last_error, at, upd)| {
-                Ok(ParkedStream {
-                    group,
-                    stream: StreamName::new(stream)?,
-                    from: Version(from as u64),
-                    to: Version(to as u64),
-                    attempts,
-                    first_error,
-                    last_error,
-                    parked_at: Timestamp::from_unix_micros(at),
-                    updated_at: Timestamp::from_unix_micros(upd),
-                })
-            })
+            .map(
+                |(group, stream, from, to, attempts, first_error, last_error, at, upd)| {
+                    Ok(ParkedStream {
+                        group,
+                        stream: StreamName::new(stream)?,
+                        from: Version(from as u64),
+                        to: Version(to as u64),
+                        attempts,
+                        first_error,
+                        last_error,
+                        parked_at: Timestamp::from_unix_micros(at),
+                        updated_at: Timestamp::from_unix_micros(upd),
+                    })
+                },
+            )
             .collect()
     }
 

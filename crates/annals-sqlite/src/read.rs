@@ -3,8 +3,8 @@
 use std::sync::{Arc, Mutex};
 
 use annals::{
-    AllPage, Direction, Filter, Head, HeadSnapshot, Position, ReadStream,
-    RecordedEvent, Result, StreamName, Timestamp, Uuid, Version,
+    AllPage, Direction, Filter, Head, HeadSnapshot, Position, ReadStream, RecordedEvent, Result,
+    StreamName, Timestamp, Uuid, Version,
 };
 use futures::stream::{self, BoxStream, StreamExt};
 use rusqlite::{params_from_iter, Connection, OptionalExtension, Row};

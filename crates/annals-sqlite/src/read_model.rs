@@ -54,19 +54,19 @@ fn bind(statement: &mut Statement<'_>, params: &[SqlValue]) -> Result<()> {
                 .strip_prefix('$')
                 .or_else(|| name.strip_prefix('?'))
                 .and_then(|n| n.parse::<usize>().ok())
-                .ok_or_else(|| {
-                    Error::ReadModel {
-                        reason: format!("placeholder {name}: use $1, $2..."),
-                    }
+                .ok_or_else(|| Error::ReadModel {
+                    reason: format!("placeholder {name}: use $1, $2..."),
                 })?,
             None => i,
         };
-        let value = params.get(n.wrapping_sub(1)).ok_or_else(|| Error::ReadModel {
-            reason: format!(
-                "the statement has placeholder ${n} but {} values were given",
-                params.len()
-            ),
-        })?;
+        let value = params
+            .get(n.wrapping_sub(1))
+            .ok_or_else(|| Error::ReadModel {
+                reason: format!(
+                    "the statement has placeholder ${n} but {} values were given",
+                    params.len()
+                ),
+            })?;
         let bound = match value {
             SqlValue::Null => statement.raw_bind_parameter(i, rusqlite::types::Null),
             SqlValue::Bool(b) => statement.raw_bind_parameter(i, b),
@@ -270,8 +270,15 @@ impl ReadModelStore for SqliteStore {
                 Some(&stream),
                 projector.apply(&mut tx, &stream, fresh),
             )?;
-            write_progress(&lock(conn), id.name, id.schema, stream.as_str(), after, false)
-                .map_err(sql_error)?;
+            write_progress(
+                &lock(conn),
+                id.name,
+                id.schema,
+                stream.as_str(),
+                after,
+                false,
+            )
+            .map_err(sql_error)?;
             Ok(Version(after))
         })
         .await
@@ -330,9 +337,8 @@ impl ReadModelStore for SqliteStore {
                     "SELECT stream, next_version, schema_version FROM annals_projection_streams \
                      WHERE projection = ?1 ORDER BY stream",
                 )?;
-                let rows = statement.query_map([projection], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })?;
+                let rows =
+                    statement.query_map([projection], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
                 rows.collect()
             })
             .await?;

@@ -25,8 +25,7 @@ pub(crate) type ProjectFn =
 /// Read-model work run on the writer thread, inside the group's transaction and its own
 /// savepoint: it gets the connection (behind a lock it takes per statement), or the error
 /// that kept it from running, and returns its answer and whether it wrote.
-pub(crate) type ReadModelJob =
-    Box<dyn FnOnce(Result<&Mutex<Connection>>) -> (Finish, bool) + Send>;
+pub(crate) type ReadModelJob = Box<dyn FnOnce(Result<&Mutex<Connection>>) -> (Finish, bool) + Send>;
 
 /// What the writer is asked to do.
 pub(crate) enum Request {
@@ -60,7 +59,10 @@ pub(crate) enum Request {
 
 pub(crate) type Finish = Box<dyn FnOnce(Result<()>) + Send>;
 
-pub(crate) fn finish<T: Send + 'static>(reply: oneshot::Sender<Result<T>>, result: Result<T>) -> Finish {
+pub(crate) fn finish<T: Send + 'static>(
+    reply: oneshot::Sender<Result<T>>,
+    result: Result<T>,
+) -> Finish {
     Box::new(move |commit| {
         let answer = match (commit, result) {
             (_, Err(e)) => Err(e),

@@ -51,9 +51,9 @@ pub fn amount(e: &RecordedEvent) -> i64 {
 
 /// The order-sensitive hash of a stream's amounts, as the projection folds it.
 pub fn fold_hash(amounts: impl IntoIterator<Item = i64>) -> i64 {
-    amounts
-        .into_iter()
-        .fold(17i64, |h, a| h.wrapping_mul(31).wrapping_add(a) % 1_000_000_007)
+    amounts.into_iter().fold(17i64, |h, a| {
+        h.wrapping_mul(31).wrapping_add(a) % 1_000_000_007
+    })
 }
 
 #[async_trait]
@@ -277,7 +277,10 @@ pub async fn failing_apply_rolls_back<R: ReadModelStore>(rm: Arc<R>) {
     );
     // Fixed, the same events apply once.
     assert_eq!(rm.apply(&good, &s, &all[2..]).await.unwrap(), Version(5));
-    assert_eq!(counts_row(&*rm, &s).await, Some(expected(&[1, 2, 3, 13, 4], 1)));
+    assert_eq!(
+        counts_row(&*rm, &s).await,
+        Some(expected(&[1, 2, 3, 13, 4], 1))
+    );
 }
 
 struct Broken;
@@ -382,26 +385,28 @@ pub async fn concurrent_appliers_of_one_stream<R: ReadModelStore>(rm: Arc<R>) {
     let all = Arc::new(all_of(&*events, &s).await);
     let mut tasks = Vec::new();
     for worker in 0..4usize {
-        let (rm, counts, all, s) = (Arc::clone(&rm), Arc::clone(&counts), Arc::clone(&all), s.clone());
+        let (rm, counts, all, s) = (
+            Arc::clone(&rm),
+            Arc::clone(&counts),
+            Arc::clone(&all),
+            s.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             // Each applier delivers growing prefixes in its own rhythm.
             let step = 3 + worker;
             let mut end = step;
             while end < all.len() + step {
                 let slice = &all[end.saturating_sub(2 * step)..end.min(all.len())];
-                loop {
-                    match rm.apply(&counts, &s, slice).await {
-                        Ok(next) if next.get() >= slice[0].stream_version => break,
-                        // Behind the others' progress gap: deliver from the progress.
-                        Ok(next) => {
-                            let from = next.get() as usize;
-                            rm.apply(&counts, &s, &all[from..end.min(all.len())])
-                                .await
-                                .expect("apply from the progress");
-                            break;
-                        }
-                        Err(e) => panic!("applier {worker}: {e}"),
-                    }
+                let next = rm
+                    .apply(&counts, &s, slice)
+                    .await
+                    .unwrap_or_else(|e| panic!("applier {worker}: {e}"));
+                if next.get() < slice[0].stream_version {
+                    // Events missing before the slice: deliver from the progress.
+                    let from = next.get() as usize;
+                    rm.apply(&counts, &s, &all[from..end.min(all.len())])
+                        .await
+                        .expect("apply from the progress");
                 }
                 end += step;
             }
@@ -425,17 +430,17 @@ pub async fn values_round_trip<R: ReadModelStore>(rm: Arc<R>) {
     let text = "it's \"quoted\"; DROP TABLE rm_values; -- ünïcödé ✓";
     assert_eq!(
         rows,
-        vec![vec![
-            SqlValue::Int(1),
-            SqlValue::Int(-9_007_199_254_740_993),
-            SqlValue::Text(text.into()),
-            SqlValue::Bytes(vec![0, 1, 254, 255]),
-            SqlValue::Null,
-            SqlValue::Float(2.5),
-        ], vec![
-            SqlValue::Int(-9_007_199_254_740_993),
-            SqlValue::Int(1),
-        ]]
+        vec![
+            vec![
+                SqlValue::Int(1),
+                SqlValue::Int(-9_007_199_254_740_993),
+                SqlValue::Text(text.into()),
+                SqlValue::Bytes(vec![0, 1, 254, 255]),
+                SqlValue::Null,
+                SqlValue::Float(2.5),
+            ],
+            vec![SqlValue::Int(-9_007_199_254_740_993), SqlValue::Int(1),]
+        ]
     );
 }
 
@@ -498,8 +503,8 @@ impl<R: ReadModelStore> Projector<R> for Values {
 /// Parked streams are recorded, extended, listed by group and removed.
 pub async fn parked_streams_are_kept<C: CheckpointStore + ?Sized>(store: Arc<C>) {
     let t = |us: i64| Timestamp::from_unix_micros(us);
-    let record = |group: &str, stream: &str, from: u64, to: u64, error: &str, at: i64| {
-        ParkedStream {
+    let record =
+        |group: &str, stream: &str, from: u64, to: u64, error: &str, at: i64| ParkedStream {
             group: group.into(),
             stream: name(stream),
             from: Version(from),
@@ -509,8 +514,7 @@ pub async fn parked_streams_are_kept<C: CheckpointStore + ?Sized>(store: Arc<C>)
             last_error: error.into(),
             parked_at: t(at),
             updated_at: t(at),
-        }
-    };
+        };
     assert!(store.parked(None).await.unwrap().is_empty());
     store
         .park(&record("g1", "Acct-1", 3, 5, "boom: no such column", 10))

@@ -56,7 +56,9 @@ impl Backoff {
         let factor = 1u32
             .checked_shl(attempt.saturating_sub(1).min(30))
             .unwrap_or(u32::MAX);
-        self.initial.saturating_mul(factor).min(self.max.max(self.initial))
+        self.initial
+            .saturating_mul(factor)
+            .min(self.max.max(self.initial))
     }
 
     /// The delays, one per failure, without end: an iterator that can be kept beside the
@@ -325,7 +327,11 @@ impl<S: EventStore + ?Sized> State<S> {
     }
 
     async fn wait(&mut self) {
-        let poll = self.feed.options.follow.unwrap_or(Duration::from_millis(500));
+        let poll = self
+            .feed
+            .options
+            .follow
+            .unwrap_or(Duration::from_millis(500));
         let wake = Arc::clone(&self.feed.wake);
         let closed = match self.changes.as_mut() {
             Some(rx) => tokio::select! {

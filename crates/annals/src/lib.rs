@@ -65,8 +65,8 @@ pub use decider::{
     SNAPSHOT_EVENT_TYPE,
 };
 pub use error::{Capability, CodecError, Error, InvalidEvent, Result};
-pub use feed::{error_chain, Backoff, Feed, FeedOptions, FeedPage};
 pub use event::{EventData, RecordedEvent, DEFAULT_MAX_EVENT_BYTES, MAX_EVENT_TYPE_LEN};
+pub use feed::{error_chain, Backoff, Feed, FeedOptions, FeedPage};
 pub use instrument::Instrumented;
 pub use lease::{LeaseStore, Leases, MemoryLeases};
 pub use memory::MemoryStore;

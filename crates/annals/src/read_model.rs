@@ -26,7 +26,9 @@ use async_trait::async_trait;
 use crate::checkpoint::CheckpointStore;
 use crate::store::{EventStore, ReadStream};
 use crate::subscribe::EventStoreExt;
-use crate::{Error, ProjectionId, ProjectionRow, RecordedEvent, Rebuilt, Result, StreamName, Version};
+use crate::{
+    Error, ProjectionId, ProjectionRow, Rebuilt, RecordedEvent, Result, StreamName, Version,
+};
 
 /// What a projector's code returns when it fails.
 pub type ProjectorError = Box<dyn std::error::Error + Send + Sync>;
@@ -235,7 +237,7 @@ pub struct StreamProgress {
 /// read-model store `R`. Implement it for every `R` (`impl<R: ReadModelStore> Projector<R>`,
 /// using only [`SqlTx`]) to run on every backend.
 #[async_trait]
-pub trait Projector<R: ReadModelStore + ?Sized>: Send + Sync + 'static {
+pub trait Projector<R: ReadModelStore>: Send + Sync + 'static {
     /// The projection's name and the schema version of this code.
     fn id(&self) -> ProjectionId<'static>;
 
@@ -269,8 +271,11 @@ pub trait ReadModelStore: CheckpointStore + Sized {
     async fn setup<P: Projector<Self>>(&self, projector: &Arc<P>) -> Result<()>;
 
     /// What `projection` recorded for `stream`, if anything.
-    async fn progress(&self, projection: &str, stream: &StreamName)
-        -> Result<Option<StreamProgress>>;
+    async fn progress(
+        &self,
+        projection: &str,
+        stream: &StreamName,
+    ) -> Result<Option<StreamProgress>>;
 
     /// In one transaction: reads (and locks) the projection's progress in `stream`, applies
     /// the events of `events` (consecutive, oldest first, all of `stream`) at or above it,
@@ -336,7 +341,9 @@ pub async fn rebuild_stream<R: ReadModelStore, P: Projector<R>>(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let all = events.read_stream_vec(stream, ReadStream::forward()).await?;
+        let all = events
+            .read_stream_vec(stream, ReadStream::forward())
+            .await?;
         match read_model.replace(projector, stream, &all).await {
             Err(Error::ReadModel { .. }) if attempt < 5 => continue,
             other => return other,

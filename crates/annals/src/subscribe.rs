@@ -28,8 +28,8 @@ pub fn subscribe<S: EventStore + ?Sized>(
     from: Position,
     options: SubscribeOptions,
 ) -> Subscription {
-    let feed = FeedOptions::follow(options.filter, options.poll_interval)
-        .page_size(options.batch_size);
+    let feed =
+        FeedOptions::follow(options.filter, options.poll_interval).page_size(options.batch_size);
     Feed::new(store, from, feed).events()
 }
 

@@ -18,9 +18,9 @@ use annals::{
     RecordedEvent, SqlTx, StreamName, Version,
 };
 use annals_reactor::{Handler, HandlerError, PipelineConfig, Project};
-use futures::StreamExt;
 use anyhow::{ensure, Context};
 use async_trait::async_trait;
+use futures::StreamExt;
 use hdrhistogram::Histogram;
 
 use super::{latency_histogram, Latency, Rng};
@@ -117,8 +117,11 @@ impl<R: ReadModelStore> Projector<R> for Totals {
     }
 
     async fn clear(&self, tx: &mut R::Tx<'_>, stream: &StreamName) -> Result<(), ProjectorError> {
-        tx.execute("DELETE FROM bench_catchup WHERE stream = $1", &[stream.into()])
-            .await?;
+        tx.execute(
+            "DELETE FROM bench_catchup WHERE stream = $1",
+            &[stream.into()],
+        )
+        .await?;
         Ok(())
     }
 }
@@ -154,7 +157,8 @@ async fn project_into<R: ReadModelStore>(
     config: PipelineConfig,
     category: &str,
 ) -> anyhow::Result<(Duration, annals_reactor::Stats, (i64, i64))> {
-    let handler = Project::new(Arc::clone(store), Arc::clone(&read_model), Arc::new(Totals)).await?;
+    let handler =
+        Project::new(Arc::clone(store), Arc::clone(&read_model), Arc::new(Totals)).await?;
     let started = Instant::now();
     let checkpoints = Arc::clone(&read_model) as Arc<dyn CheckpointStore>;
     let mut running = annals_reactor::spawn(store.clone(), checkpoints, Arc::new(handler), config);
@@ -299,7 +303,9 @@ pub async fn catchup(
     config.batch_size = args.batch;
     config.max_concurrent_streams = args.concurrency.max(1);
     let (took, stats, (counted, sum)) = match &read_model {
-        Some(ReadModelDb::Sqlite(s)) => project_into(&store, Arc::clone(s), config, &category).await?,
+        Some(ReadModelDb::Sqlite(s)) => {
+            project_into(&store, Arc::clone(s), config, &category).await?
+        }
         Some(ReadModelDb::Postgres(p)) => {
             project_into(&store, Arc::clone(p), config, &category).await?
         }

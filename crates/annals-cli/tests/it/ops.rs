@@ -2,8 +2,8 @@
 //! append, read, dump, tail, stats, checkpoint, sync, and their error paths.
 
 use std::io::{BufRead, BufReader};
-use std::sync::Arc;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use annals::{EventData, EventStore, ExpectedVersion, RecordedEvent, StreamName};

@@ -135,7 +135,10 @@ fn poison_on<R: ReadModelStore>(
     let p = &parked[0];
     assert_eq!(p["group"], "annals.todos");
     assert_eq!(p["stream"], "Todos-poison");
-    assert_eq!((p["from_version"].as_u64(), p["to_version"].as_u64()), (Some(0), Some(2)));
+    assert_eq!(
+        (p["from_version"].as_u64(), p["to_version"].as_u64()),
+        (Some(0), Some(2))
+    );
     let cause = p["first_error"].as_str().unwrap();
     assert!(
         cause.contains("poison list refused by the read model") && cause.contains("todos"),
@@ -164,11 +167,19 @@ fn poison_on<R: ReadModelStore>(
         .unwrap()
         .parse()
         .unwrap();
-    assert!(checkpoint >= head, "checkpoint {checkpoint} passes head {head}");
+    assert!(
+        checkpoint >= head,
+        "checkpoint {checkpoint} passes head {head}"
+    );
     // The cause removed, a replay projects the list once.
     rt.block_on(rm.setup(&Arc::new(Trigger { create: false })))
         .unwrap();
-    let replayed = json_lines(&succeeded(&cli(&["parked", "replay", "Todos-poison", "--json"])));
+    let replayed = json_lines(&succeeded(&cli(&[
+        "parked",
+        "replay",
+        "Todos-poison",
+        "--json",
+    ])));
     assert_eq!(replayed[0]["replayed"], 2, "{replayed:?}");
     assert_eq!(
         rt.block_on(titles(&*rm, "Todos-poison")),
@@ -224,7 +235,9 @@ fn a_poison_list_is_parked_and_replayed_on_a_postgres_read_model_fed_from_sqlite
     );
     let rm_url = pg_url("parked");
     let rm = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let rm = annals_postgres::PgStore::connect_url(&rm_url).await.unwrap();
+        let rm = annals_postgres::PgStore::connect_url(&rm_url)
+            .await
+            .unwrap();
         rm.migrate().await.unwrap();
         rm
     });

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use annals::{
-    EventStore, EventStoreExt, ProjectionId, Projector, ProjectorError, ReadModelStore,
-    ReadStream, SqlTx, StreamName,
+    EventStore, EventStoreExt, ProjectionId, Projector, ProjectorError, ReadModelStore, ReadStream,
+    SqlTx, StreamName,
 };
 use example_todo::{Patch, Service, Todo};
 
@@ -198,7 +198,9 @@ fn rebuild_refolds_stale_lists_on_sqlite() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let store = annals_sqlite::SqliteStore::open(annals_sqlite::SqliteConfig::new(&path)).unwrap();
     let expected = rt.block_on(stale_read_model(Arc::new(store.clone()), &store));
-    check(dir.path(), &url, &expected, || rt.block_on(read_rows(&store)));
+    check(dir.path(), &url, &expected, || {
+        rt.block_on(read_rows(&store))
+    });
     failed_saying(
         &on(dir.path(), "memory://", &["rebuild", "todos"]),
         "read models are kept in SQL databases",
@@ -216,5 +218,7 @@ fn rebuild_refolds_stale_lists_on_postgres() {
         store
     });
     let expected = rt.block_on(stale_read_model(Arc::new(store.clone()), &store));
-    check(dir.path(), &url, &expected, || rt.block_on(read_rows(&store)));
+    check(dir.path(), &url, &expected, || {
+        rt.block_on(read_rows(&store))
+    });
 }

@@ -1,12 +1,12 @@
 //! Verbatim storage of awkward text, immutability, migrations, projections.
 
-use futures::StreamExt;
 use annals::{
     CheckpointStore, EventData, EventStore, EventStoreExt, ExpectedVersion, Filter, Position,
     ReadStream, StreamName, Version,
 };
 use annals_postgres::{PgConfig, PgError, PgStore, SCHEMA_VERSION};
 use annals_testkit::postgres;
+use futures::StreamExt;
 
 #[tokio::test]
 async fn quotes_semicolons_and_unicode_are_stored_verbatim() {
@@ -212,7 +212,8 @@ async fn a_filtered_read_all_pages_through_a_sparse_category_in_bounded_windows(
     let filter = annals::Filter::category("Wanted");
     let (mut from, mut got, mut empty_pages, mut pages) = (Position::START, Vec::new(), 0, 0);
     let options = annals::FeedOptions::to_end(filter).page_size(100);
-    let mut feed = annals::Feed::new(std::sync::Arc::new(store.clone()), Position::START, options).pages();
+    let mut feed =
+        annals::Feed::new(std::sync::Arc::new(store.clone()), Position::START, options).pages();
     while let Some(page) = feed.next().await {
         let page = page.unwrap();
         pages += 1;
@@ -236,4 +237,3 @@ async fn a_filtered_read_all_pages_through_a_sparse_category_in_bounded_windows(
         .unwrap();
     assert_eq!(page.events.len(), 100);
 }
-

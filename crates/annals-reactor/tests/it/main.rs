@@ -266,10 +266,7 @@ async fn a_failing_stream_pins_the_checkpoint_and_is_delivered_again_after_a_res
         .collect();
     let backoff = config("x").backoff;
     for (n, gap) in times.windows(2).map(|w| w[1] - w[0]).enumerate() {
-        assert!(
-            gap >= backoff.floor(n as u32 + 1),
-            "gap {n} was {gap:?}"
-        );
+        assert!(gap >= backoff.floor(n as u32 + 1), "gap {n} was {gap:?}");
     }
     // Restart with a working handler: the pinned events come again, nothing after is lost.
     let h2 = Arc::new(Recorder::default());
@@ -322,7 +319,11 @@ async fn the_park_policy_records_and_skips_a_stream_and_the_rest_goes_on() {
     assert!(stats.parked[0].first_error.contains("failing"));
     assert!(stats.parked[0].last_error.contains("failing"));
     let stored = cps.parked(Some("park")).await.unwrap();
-    assert_eq!(stored.len(), 1, "the parked stream is recorded in the checkpoint store");
+    assert_eq!(
+        stored.len(),
+        1,
+        "the parked stream is recorded in the checkpoint store"
+    );
     assert_eq!(
         (stored[0].stream.clone(), stored[0].from, stored[0].to),
         (name("Bad-1"), Version(0), Version(3))

@@ -210,7 +210,10 @@ impl<R: ReadModelStore> Projector<R> for Folds {
 }
 
 /// The projection's pipeline handler over `read_model`.
-async fn folds<R: ReadModelStore>(events: Arc<dyn EventStore>, read_model: Arc<R>) -> Arc<dyn Handler> {
+async fn folds<R: ReadModelStore>(
+    events: Arc<dyn EventStore>,
+    read_model: Arc<R>,
+) -> Arc<dyn Handler> {
     Arc::new(
         Project::new(events, read_model, Arc::new(Folds))
             .await

@@ -50,7 +50,10 @@ fn expected(amounts: &[i64]) -> Option<(i64, i64, i64, i64)> {
 
 /// Every stream's events projected once, even when the checkpoint is reset and everything
 /// is delivered again.
-async fn exactly_once_through_the_pipeline<R: ReadModelStore>(events: Arc<dyn EventStore>, rm: Arc<R>) {
+async fn exactly_once_through_the_pipeline<R: ReadModelStore>(
+    events: Arc<dyn EventStore>,
+    rm: Arc<R>,
+) {
     let mut amounts: HashMap<StreamName, Vec<i64>> = HashMap::new();
     for i in 0..60i64 {
         let s = name(&format!("Acct-{}", i % 6));
@@ -85,8 +88,11 @@ async fn exactly_once_through_the_pipeline<R: ReadModelStore>(events: Arc<dyn Ev
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_events_project_into_sqlite_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    exactly_once_through_the_pipeline(Arc::new(MemoryStore::new()), Arc::new(sqlite(&dir, "rm.db")))
-        .await;
+    exactly_once_through_the_pipeline(
+        Arc::new(MemoryStore::new()),
+        Arc::new(sqlite(&dir, "rm.db")),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -121,7 +127,12 @@ async fn a_poison_stream_is_parked_and_replayed<R: ReadModelStore>(
     );
     let checkpoints: Arc<dyn CheckpointStore> = rm.clone();
     let config = pipeline("poison").on_failure(FailurePolicy::Park { after: 3 });
-    let mut r = annals_reactor::spawn(Arc::clone(&events), Arc::clone(&checkpoints), handler, config);
+    let mut r = annals_reactor::spawn(
+        Arc::clone(&events),
+        Arc::clone(&checkpoints),
+        handler,
+        config,
+    );
     idle(&mut r).await;
     for (s, a) in &amounts {
         assert_eq!(counts_row(&*rm, s).await, expected(a), "{s} is projected");
@@ -150,22 +161,33 @@ async fn a_poison_stream_is_parked_and_replayed<R: ReadModelStore>(
         r.stats().checkpoint >= head
     })
     .await;
-    assert_eq!(counts_row(&*rm, &poison).await, None, "nothing of it applied");
+    assert_eq!(
+        counts_row(&*rm, &poison).await,
+        None,
+        "nothing of it applied"
+    );
     // The cause removed (fixed code), a replay projects it once; the pipeline sees it
     // unparked and handles its next events.
     let fixed = Counts::new();
     assert_eq!(
-        catch_up_stream(&*events, &*rm, &fixed, &poison).await.unwrap(),
+        catch_up_stream(&*events, &*rm, &fixed, &poison)
+            .await
+            .unwrap(),
         3
     );
     assert!(checkpoints.unpark("poison", &poison).await.unwrap());
     assert_eq!(
-        catch_up_stream(&*events, &*rm, &fixed, &poison).await.unwrap(),
+        catch_up_stream(&*events, &*rm, &fixed, &poison)
+            .await
+            .unwrap(),
         0,
         "a second replay applies nothing"
     );
     assert_eq!(counts_row(&*rm, &poison).await, expected(&[1, -13, 2]));
-    wait_until("the pipeline unparks the stream", || r.stats().parked.is_empty()).await;
+    wait_until("the pipeline unparks the stream", || {
+        r.stats().parked.is_empty()
+    })
+    .await;
     append_amounts(&*events, &poison, &[5]).await;
     idle(&mut r).await;
     assert_eq!(counts_row(&*rm, &poison).await, expected(&[1, -13, 2, 5]));
@@ -256,7 +278,9 @@ impl annals_reactor::Handler for Seen {
     ) -> Result<annals::Version, annals_reactor::HandlerError> {
         let mut seen = self.0.lock().unwrap();
         seen.extend(events.iter().map(|e| (stream.clone(), e.stream_version)));
-        Ok(events.last().map_or(annals::Version(0), |e| e.next_version()))
+        Ok(events
+            .last()
+            .map_or(annals::Version(0), |e| e.next_version()))
     }
 }
 
@@ -327,7 +351,10 @@ async fn three_members_over_twelve_partitions_read_each_event_once() {
     for (m, seen) in &members {
         let mine = m.held();
         for (s, v) in seen.0.lock().unwrap().iter() {
-            assert!(mine.contains(&Partition::of(s, 12)), "{s} handled by a non-holder");
+            assert!(
+                mine.contains(&Partition::of(s, 12)),
+                "{s} handled by a non-holder"
+            );
             all.push((s.clone(), *v));
         }
     }

@@ -279,4 +279,3 @@ async fn a_projector_commits_its_read_model_and_checkpoint_together() {
         (2, Some(Position::from_raw(3)))
     );
 }
-
