@@ -538,8 +538,27 @@ pub async fn read_all_pages_with_filters(store: Arc<dyn EventStore>) {
             assert_eq!(got, expected, "filter {filter:?} with pages of {limit}");
         }
     }
-    // Partitions split the feed by stream: each event in exactly one, as computed here.
-    for count in [1u32, 2, 3, 7] {
+    // Partitions split the feed by stream: each event in exactly one, as computed here
+    // (names hashed as UTF-8 bytes, the same in every backend).
+    for (i, id) in ["ünïcödé", "日本語", "a_b_c", "x.y:z", "✓✓", "0", "long"]
+        .iter()
+        .enumerate()
+    {
+        let id = if *id == "long" {
+            "l".repeat(200)
+        } else {
+            (*id).to_owned()
+        };
+        s.append(
+            &name(&format!("Part-{id}")),
+            ExpectedVersion::Any,
+            batch(i as u64 + 1),
+        )
+        .await
+        .unwrap();
+    }
+    let all = read_everything(&store).await;
+    for count in [1u32, 2, 3, 7, 64] {
         let mut seen = Vec::new();
         for index in 0..count {
             let filter = Filter::all().partition(annals::Partition::new(index, count));
@@ -553,6 +572,27 @@ pub async fn read_all_pages_with_filters(store: Arc<dyn EventStore>) {
         let mut every: Vec<Uuid> = all.iter().map(|e| e.event_id).collect();
         every.sort();
         assert_eq!(seen, every, "{count} partitions cover every event once");
+    }
+    // The largest counts too (the SQL stores compute the remainder of an unsigned 64-bit
+    // hash): each stream found in the partition computed here.
+    for count in [65_521u32, annals::Partition::MAX_COUNT] {
+        for e in all.iter().filter(|e| e.stream_version == 0) {
+            let index = annals::Partition::of(&e.stream, count);
+            let part = read_filtered(
+                &store,
+                Filter::all().partition(annals::Partition::new(index, count)),
+                100,
+            )
+            .await;
+            assert!(
+                part.iter().any(|p| p.event_id == e.event_id),
+                "{} in {index}/{count}",
+                e.stream
+            );
+            assert!(part
+                .iter()
+                .all(|p| annals::Partition::of(&p.stream, count) == index));
+        }
     }
     let alpha_half = Filter::category("Alpha").partition(annals::Partition::new(1, 2));
     let expected: Vec<Uuid> = all
@@ -574,7 +614,7 @@ pub async fn read_all_pages_with_filters(store: Arc<dyn EventStore>) {
         ));
     }
     let past_end = s
-        .read_all(all[39].position, &Filter::all(), 10)
+        .read_all(all.last().unwrap().position, &Filter::all(), 10)
         .await
         .unwrap();
     assert!(past_end.events.is_empty() && past_end.end);
