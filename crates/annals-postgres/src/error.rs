@@ -34,6 +34,46 @@ pub enum PgError {
     Postgres(#[from] tokio_postgres::Error),
 }
 
+/// A store error from a driver or pool error; connection-level and contention failures are
+/// marked transient ([`annals::Transient`]).
 pub(crate) fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> annals::Error {
-    annals::Error::backend("postgres", e)
+    let e = e.into();
+    if is_transient(&*e) {
+        annals::Error::transient("postgres", e)
+    } else {
+        annals::Error::backend("postgres", e)
+    }
+}
+
+fn is_transient(e: &(dyn std::error::Error + 'static)) -> bool {
+    if e.is::<deadpool_postgres::PoolError>() {
+        return true;
+    }
+    let Some(pg) = e.downcast_ref::<tokio_postgres::Error>() else {
+        return false;
+    };
+    if pg.is_closed() {
+        return true;
+    }
+    if let Some(code) = pg.code() {
+        let code = code.code();
+        // Connection exceptions, insufficient resources, operator intervention (shutdown,
+        // cannot connect now), serialization failures and deadlocks, lock not available.
+        return code.starts_with("08")
+            || code.starts_with("53")
+            || code.starts_with("57P")
+            || code == "40001"
+            || code == "40P01"
+            || code == "55P03";
+    }
+    // No server error: an I/O failure of the connection is transient; a parameter that did
+    // not serialize is not.
+    let mut source = std::error::Error::source(pg);
+    while let Some(s) = source {
+        if s.is::<std::io::Error>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }

@@ -146,6 +146,8 @@ struct Stream {
     /// The handler took nothing of what it was given: wait for new events.
     stalled: bool,
     failures: u32,
+    /// Consecutive failures that were not transient: what parking and stopping count.
+    poison: u32,
     delays: Option<backon::ExponentialBackoff>,
     retry_at: Option<tokio::time::Instant>,
     first_error: Option<String>,
@@ -345,6 +347,7 @@ impl Scheduler {
                     self.failing_dirty = true;
                 }
                 s.failures = 0;
+                s.poison = 0;
                 s.delays = None;
                 s.retry_at = None;
                 s.first_error = None;
@@ -401,15 +404,21 @@ impl Scheduler {
                     s.queue.push_front(item);
                 }
                 s.failures += 1;
+                // A store that could not be reached says nothing of the events: such
+                // failures are retried, never counted toward parking or stopping.
+                let transient = annals::is_transient(&*e);
+                if !transient {
+                    s.poison += 1;
+                }
                 self.failing_dirty = true;
                 self.metrics.handler_failures.increment(1);
                 let message = error_chain(&*e);
                 s.first_error.get_or_insert_with(|| message.clone());
                 s.last_error.clone_from(&message);
-                let attempts = s.failures;
+                let (attempts, poison) = (s.failures, s.poison);
                 let group = &self.config.group;
                 match self.config.on_failure {
-                    FailurePolicy::Stop { after } if attempts >= after => {
+                    FailurePolicy::Stop { after } if poison >= after => {
                         tracing::error!(%group, stream = %name, attempts, error = %message, "handler failed; stopping the pipeline");
                         return Err(PipelineError::Handler {
                             stream: name,
@@ -417,7 +426,7 @@ impl Scheduler {
                             message,
                         });
                     }
-                    FailurePolicy::Park { after } if attempts >= after => {
+                    FailurePolicy::Park { after } if poison >= after => {
                         tracing::warn!(%group, stream = %name, attempts, error = %message, "handler failed; parking the stream");
                         self.park(name);
                     }
@@ -427,7 +436,7 @@ impl Scheduler {
                             .get_or_insert_with(|| self.config.backoff.delays())
                             .next()
                             .unwrap_or(self.config.backoff.max);
-                        tracing::warn!(%group, stream = %name, attempts, retry_in = ?delay, error = %message, "handler failed; retrying");
+                        tracing::warn!(%group, stream = %name, attempts, transient, retry_in = ?delay, error = %message, "handler failed; retrying");
                         s.retry_at = Some(tokio::time::Instant::now() + delay);
                     }
                 }

@@ -43,6 +43,19 @@ pub enum OpenError {
     },
 }
 
+/// A store error; a database busy or locked by another connection is marked transient
+/// ([`annals::Transient`]).
 pub(crate) fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> annals::Error {
-    annals::Error::backend("sqlite", e)
+    let e = e.into();
+    let busy = e.downcast_ref::<rusqlite::Error>().is_some_and(|e| {
+        matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    });
+    if busy {
+        annals::Error::transient("sqlite", e)
+    } else {
+        annals::Error::backend("sqlite", e)
+    }
 }

@@ -164,7 +164,17 @@ impl PgServer {
 
     /// Restarts the server (fast shutdown, then start on the same port).
     pub fn restart(&self) -> Result<(), String> {
-        run(self.pg_ctl(&["-w", "-m", "fast", "stop"]), "pg_ctl stop")?;
+        self.stop()?;
+        self.pg_ctl_start()
+    }
+
+    /// Stops the server (fast shutdown); [`start_again`](Self::start_again) brings it back.
+    pub fn stop(&self) -> Result<(), String> {
+        run(self.pg_ctl(&["-w", "-m", "fast", "stop"]), "pg_ctl stop")
+    }
+
+    /// Starts a stopped server again on the same port.
+    pub fn start_again(&self) -> Result<(), String> {
         self.pg_ctl_start()
     }
 

@@ -217,6 +217,22 @@ impl Error {
         }
     }
 
+    /// A backend failure marked transient by its store (see [`Transient`]).
+    pub fn transient(
+        backend: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Error::Backend {
+            backend,
+            source: Arc::new(Transient(source.into())),
+        }
+    }
+
+    /// Whether this is a backend failure its store marked transient.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Backend { source, .. } if source.is::<Transient>())
+    }
+
     /// Whether this is an optimistic-concurrency conflict.
     pub fn is_conflict(&self) -> bool {
         matches!(self, Error::WrongExpectedVersion { .. })
@@ -235,4 +251,35 @@ impl Error {
                 | Error::InvalidFilter { .. }
         )
     }
+}
+
+/// Marks a backend failure as transient: the store could not be reached or was busy (a lost
+/// connection, a restarting server, an exhausted pool, a lock timeout, a serialization
+/// failure). Trying again later may succeed, and it says nothing of the data: a pipeline
+/// retries such failures without ever parking a stream for them.
+#[derive(Debug)]
+pub struct Transient(pub Box<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for Transient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Transient {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// Whether `error`, or an error under it, is an [`Error`] its store marked transient.
+pub fn is_transient(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.is::<Transient>() || e.downcast_ref::<Error>().is_some_and(Error::is_transient) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }

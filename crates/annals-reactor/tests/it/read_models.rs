@@ -214,6 +214,70 @@ async fn a_poison_stream_is_parked_in_a_postgres_read_model_fed_from_sqlite() {
     .await;
 }
 
+/// A read-model database that goes away for a while: its streams fail while it is down,
+/// transiently, and are never parked for it; once it is back, everything is projected once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_outage_of_the_read_model_parks_nothing() {
+    let server = Arc::new(
+        tokio::task::spawn_blocking(annals_testkit::postgres::PgServer::start)
+            .await
+            .unwrap()
+            .expect("a private PostgreSQL server"),
+    );
+    let blocking = |f: fn(&annals_testkit::postgres::PgServer) -> Result<(), String>| {
+        let server = Arc::clone(&server);
+        tokio::task::spawn_blocking(move || f(&server))
+    };
+    let config = annals_postgres::PgConfig::new(&server.url)
+        .schema(annals_testkit::postgres::schema_name("outage"));
+    let rm = Arc::new(annals_postgres::PgStore::connect(config).await.unwrap());
+    rm.migrate().await.unwrap();
+    let events: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    let handler = Arc::new(
+        Project::new(Arc::clone(&events), Arc::clone(&rm), Counts::new())
+            .await
+            .unwrap(),
+    );
+    let config = pipeline("outage").on_failure(FailurePolicy::Park { after: 2 });
+    let mut r = annals_reactor::spawn(Arc::clone(&events), rm.clone(), handler, config);
+    let mut amounts: HashMap<StreamName, Vec<i64>> = HashMap::new();
+    for i in 0..20i64 {
+        let s = name(&format!("Acct-{}", i % 4));
+        append_amounts(&*events, &s, &[i]).await;
+        amounts.entry(s).or_default().push(i);
+    }
+    idle(&mut r).await;
+    blocking(annals_testkit::postgres::PgServer::stop)
+        .await
+        .unwrap()
+        .expect("the server stops");
+    for i in 20..40i64 {
+        let s = name(&format!("Acct-{}", i % 4));
+        append_amounts(&*events, &s, &[i]).await;
+        amounts.entry(s).or_default().push(i);
+    }
+    // Well past the parking threshold, and still only failing.
+    wait_until("the streams fail while the database is down", || {
+        r.stats().failing.iter().any(|(_, n)| *n >= 4)
+    })
+    .await;
+    assert!(r.stats().parked.is_empty(), "{:?}", r.stats().parked);
+    blocking(annals_testkit::postgres::PgServer::start_again)
+        .await
+        .unwrap()
+        .expect("the server starts again");
+    idle(&mut r).await;
+    let stats = r.stats();
+    assert!(
+        stats.parked.is_empty() && stats.failing.is_empty(),
+        "{stats:?}"
+    );
+    for (s, a) in &amounts {
+        assert_eq!(counts_row(&*rm, s).await, expected(a), "{s}");
+    }
+    r.stop().await.unwrap();
+}
+
 /// Counts the events `read_all` returns, at the store.
 struct Counted {
     inner: Arc<dyn EventStore>,
