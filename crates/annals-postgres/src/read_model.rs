@@ -299,6 +299,10 @@ async fn query(
     let params: Vec<Param<'_>> = params.iter().map(Param).collect();
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
     let rows = client.query(&statement, &refs).await.map_err(backend)?;
+    decode_rows(&rows)
+}
+
+fn decode_rows(rows: &[tokio_postgres::Row]) -> Result<Vec<Vec<SqlValue>>> {
     rows.iter()
         .map(|row| (0..row.len()).map(|i| column(row, i)).collect())
         .collect()
@@ -319,8 +323,13 @@ impl SqlTx for PgTx<'_> {
     }
 
     async fn query(&mut self, sql: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>> {
-        self.ensure_begun().await?;
-        query(self.client, sql, params).await
+        let client = self.client;
+        let statement = client.prepare_cached(sql).await.map_err(backend)?;
+        let params: Vec<Param<'_>> = params.iter().map(Param).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let rows = self.first(client.query(&statement, &refs)).await?;
+        decode_rows(&rows)
     }
 
     async fn batch(&mut self, sql: &str) -> Result<()> {
