@@ -167,9 +167,16 @@ impl Group {
     /// Runs `request` in its own savepoint: a failure rolls back only itself.
     fn run(&mut self, conn: &Mutex<Connection>, request: Request) {
         let savepoint = exec(&lock(conn), "SAVEPOINT annals_req");
-        let (finisher, ok) = match request {
-            Request::ReadModel { job } => job(savepoint.map(|()| conn)),
-            request => self.run_locked(&lock(conn), request, savepoint),
+        // Read-model work writes no events: subscribers need no wake-up for it.
+        let (finisher, ok, wrote) = match request {
+            Request::ReadModel { job } => {
+                let (finisher, ok) = job(savepoint.map(|()| conn));
+                (finisher, ok, false)
+            }
+            request => {
+                let (finisher, ok) = self.run_locked(&lock(conn), request, savepoint);
+                (finisher, ok, ok)
+            }
         };
         let conn = lock(conn);
         let end = if ok {
@@ -180,7 +187,7 @@ impl Group {
         if let Err(e) = end {
             tracing::error!(error = %e, "closing a savepoint failed");
         }
-        self.changed |= ok;
+        self.changed |= wrote;
         self.finishers.push(finisher);
     }
 
