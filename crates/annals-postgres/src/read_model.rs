@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use annals::read_model::check_events;
+use annals::read_model::{check_events, check_rebuild, rebuild_behind};
 use annals::{
     ApplyError, Dialect, Error, ParkedStream, Projector, ProjectorError, ReadModelStore,
     RecordedEvent, Result, SqlTx, SqlValue, StreamName, StreamProgress, Timestamp, Version,
@@ -696,22 +696,12 @@ impl ReadModelStore for PgStore {
         stream: &StreamName,
         events: &[RecordedEvent],
     ) -> Result<u64> {
-        check_events(stream, events)?;
-        if events.first().is_some_and(|e| e.stream_version != 0) {
-            return Err(Error::ReadModel {
-                reason: format!("{stream}: a rebuild needs the stream from version 0"),
-            });
-        }
+        check_rebuild(stream, events)?;
         let id = projector.id();
         let (tx, applied) = self.begin_locked(id.name, stream).await?;
         let count = events.len() as u64;
         if applied > count {
-            return Err(Error::ReadModel {
-                reason: format!(
-                    "{stream}: {} applied {applied} events, the rebuild read {count}: read again",
-                    id.name
-                ),
-            });
+            return Err(rebuild_behind(id.name, stream, applied, count));
         }
         let mut ptx = PgTx::begun(tx.client());
         let work = async {

@@ -8,7 +8,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use annals::read_model::check_events;
+use annals::read_model::{check_events, check_rebuild, rebuild_behind};
 use annals::{
     ApplyError, Dialect, Error, Projector, ProjectorError, ReadModelStore, RecordedEvent, Result,
     SqlTx, SqlValue, StreamName, StreamProgress, Version,
@@ -290,12 +290,7 @@ impl ReadModelStore for SqliteStore {
         stream: &StreamName,
         events: &[RecordedEvent],
     ) -> Result<u64> {
-        check_events(stream, events)?;
-        if events.first().is_some_and(|e| e.stream_version != 0) {
-            return Err(Error::ReadModel {
-                reason: format!("{stream}: a rebuild needs the stream from version 0"),
-            });
-        }
+        check_rebuild(stream, events)?;
         let projector = Arc::clone(projector);
         let (stream, events) = (stream.clone(), events.to_vec());
         let handle = tokio::runtime::Handle::try_current().ok();
@@ -306,12 +301,7 @@ impl ReadModelStore for SqliteStore {
                 .map_or(0, |(v, _)| v);
             let count = events.len() as u64;
             if applied > count {
-                return Err(Error::ReadModel {
-                    reason: format!(
-                        "{stream}: {} applied {applied} events, the rebuild read {count}: read again",
-                        id.name
-                    ),
-                });
+                return Err(rebuild_behind(id.name, &stream, applied, count));
             }
             let mut tx = SqliteTx { conn };
             let work = async {
@@ -322,8 +312,15 @@ impl ReadModelStore for SqliteStore {
                 Ok(())
             };
             run_projector(handle.as_ref(), id.name, Some(&stream), work)?;
-            write_progress(&lock(conn), id.name, id.schema, stream.as_str(), count, true)
-                .map_err(sql_error)?;
+            write_progress(
+                &lock(conn),
+                id.name,
+                id.schema,
+                stream.as_str(),
+                count,
+                true,
+            )
+            .map_err(sql_error)?;
             Ok(count)
         })
         .await

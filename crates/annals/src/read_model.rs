@@ -67,6 +67,28 @@ pub fn check_events(stream: &StreamName, events: &[RecordedEvent]) -> Result<()>
     Ok(())
 }
 
+/// Checks what a rebuild ([`ReadModelStore::replace`]) is given: consecutive events of
+/// `stream` from version 0.
+pub fn check_rebuild(stream: &StreamName, events: &[RecordedEvent]) -> Result<()> {
+    check_events(stream, events)?;
+    if events.first().is_some_and(|e| e.stream_version != 0) {
+        return Err(Error::ReadModel {
+            reason: format!("{stream}: a rebuild needs the stream from version 0"),
+        });
+    }
+    Ok(())
+}
+
+/// The refusal of a rebuild that read fewer events (`read`) than the projection already
+/// applied (`applied`).
+pub fn rebuild_behind(projection: &str, stream: &StreamName, applied: u64, read: u64) -> Error {
+    Error::ReadModel {
+        reason: format!(
+            "{stream}: {projection} applied {applied} events, the rebuild read {read}: read again"
+        ),
+    }
+}
+
 /// A value bound to a statement's `$n` placeholder, or read from a result column.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SqlValue {
