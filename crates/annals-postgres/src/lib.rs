@@ -14,6 +14,10 @@
 //!   the last delivered position after a lost connection.
 //! - Schema creation and upgrades are versioned migrations shipped in this crate, applied by
 //!   [`PgStore::migrate`].
+//! - A `PgStore` is also a read-model database ([`annals::ReadModelStore`], through
+//!   [`PgTx`]) fed from any event store: an apply is two round trips, its progress moved
+//!   optimistically with the commit; a checkpoint store that keeps parked streams; and a
+//!   lease store for competing consumers. `read_all` has connections of its own.
 
 mod config;
 mod error;

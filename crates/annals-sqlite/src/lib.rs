@@ -18,6 +18,9 @@
 //! DELETE on them. Positions are SQLite `AUTOINCREMENT` row ids: dense and in commit order.
 //! Several processes may open the same file; their writes are serialised by SQLite's lock,
 //! and subscribers see other processes' events by polling.
+//!
+//! A `SqliteStore` is also a read-model database ([`annals::ReadModelStore`], through
+//! [`SqliteTx`]) fed from any event store, and a checkpoint store that keeps parked streams.
 
 mod config;
 mod error;
