@@ -43,6 +43,19 @@ pub async fn serve(
         .with_context(|| format!("listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     let base = format!("http://{addr}");
+    if let Some(db) = &read_model {
+        if opened.store.backend() == "memory" {
+            // memory:// starts empty on every run: the lists a durable read model kept from
+            // an earlier run would hide this run's first events behind their progress.
+            let rows = crate::todo_view::rows(&*opened.store, db).await?;
+            anyhow::ensure!(
+                rows.is_empty(),
+                "the read model in {} holds {} lists from an earlier run, but memory:// starts empty: their progress would skip this run's events; use a fresh --read-model (or a durable --store)",
+                db.describe(),
+                rows.len()
+            );
+        }
+    }
     let projector = match &read_model {
         Some(db) => Some(crate::todo_view::spawn(Arc::clone(&opened.store), db).await?),
         None => None,

@@ -243,3 +243,45 @@ fn a_poison_list_is_parked_and_replayed_on_a_postgres_read_model_fed_from_sqlite
     });
     poison_on(dir.path(), &url, events, Arc::new(rm), Some(&rm_url));
 }
+
+/// `memory://` starts empty on every run: serving it with a durable read model that already
+/// holds lists is refused (their progress would hide the new run's events); a fresh one
+/// works, events from memory projected into SQLite.
+#[test]
+fn serve_on_memory_refuses_a_read_model_from_an_earlier_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = format!("sqlite://{}", dir.path().join("view.db").display());
+    let args = ["--store", "memory://", "--read-model", view.as_str()];
+    let served = Served::start_with(dir.path(), &args);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (status, _) = crate::serve::http(
+        &rt,
+        hyper::Method::POST,
+        &format!("{}/todos", served.base),
+        Some(serde_json::json!({"title": "kept in the view"})),
+    );
+    assert_eq!(status, 201);
+    served.stop();
+    let rm = annals_sqlite::SqliteStore::open(annals_sqlite::SqliteConfig::new(
+        dir.path().join("view.db"),
+    ))
+    .unwrap();
+    assert_eq!(
+        rt.block_on(titles(&rm, "Todos-default")),
+        vec!["kept in the view"],
+        "the todo was projected from memory into SQLite"
+    );
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_annals"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .current_dir(dir.path())
+        .env_remove("ANNALS_STORE")
+        .env_remove("ANNALS_READ_MODEL")
+        .env("ANNALS_LOG", "off")
+        .output()
+        .unwrap();
+    failed_saying(
+        &again,
+        "holds 1 lists from an earlier run, but memory:// starts empty",
+    );
+}

@@ -21,7 +21,7 @@ use crate::succeeded;
 pub(crate) struct Served {
     child: Child,
     /// `http://127.0.0.1:PORT`.
-    base: String,
+    pub(crate) base: String,
 }
 
 impl Served {
@@ -88,7 +88,7 @@ impl Drop for Served {
 }
 
 /// One request; (status, JSON body or null).
-fn http(
+pub(crate) fn http(
     rt: &tokio::runtime::Runtime,
     method: Method,
     url: &str,
