@@ -5,6 +5,7 @@
 mod bench;
 mod ops;
 mod output;
+mod parked;
 mod serve;
 mod store_url;
 mod todo_view;
@@ -69,7 +70,7 @@ enum Command {
     Rebuild(ops::RebuildArgs),
     /// List, replay or skip streams a consumer group parked after its handler kept failing.
     #[command(subcommand)]
-    Parked(ops::ParkedCommand),
+    Parked(parked::ParkedCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -135,7 +136,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ops::rebuild(&opened.store, read_model.as_ref(), args, &out).await
             }
             Command::Parked(command) => {
-                ops::parked(
+                parked::parked(
                     &opened.store,
                     read_model.as_ref(),
                     &checkpoints,

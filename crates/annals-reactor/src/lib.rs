@@ -24,6 +24,7 @@ mod group;
 mod project;
 mod reactor;
 mod scheduler;
+mod stats;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,7 +40,7 @@ pub use annals::{Backoff, Partition};
 pub use group::{join_group, GroupConfig, Member};
 pub use project::Project;
 pub use reactor::{reaction_id, Reactor};
-pub use scheduler::{HandlerLatency, Parked, Stats};
+pub use stats::{HandlerLatency, Parked, Stats};
 
 /// What a handler failure carries.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;

@@ -9,96 +9,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use annals::{
-    error_chain, CheckpointStore, Error, FeedPage, ParkedStream, Position, RecordedEvent,
-    StreamName, Timestamp, Version,
+    error_chain, CheckpointStore, Error, FeedPage, Position, RecordedEvent, StreamName, Timestamp,
+    Version,
 };
 use futures::stream::{BoxStream, StreamExt};
 use futures::FutureExt;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 
+use crate::stats::{HandlerLatency, Metrics, Parked, Stats};
+
+mod parking;
 use crate::{FailurePolicy, Handler, HandlerError, PipelineConfig, PipelineError};
-
-/// A stream parked after repeated failures: the record kept of it (versions and errors,
-/// never the events). Its events from `from` to `to` (exclusive) were skipped, and later
-/// ones are skipped too until it is replayed or skipped (`annals parked`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Parked {
-    /// The stream.
-    pub stream: StreamName,
-    /// The first version skipped.
-    pub from: Version,
-    /// The version after the last one skipped.
-    pub to: Version,
-    /// Consecutive failures when it was parked.
-    pub attempts: u32,
-    /// The error that started the failures.
-    pub first_error: String,
-    /// The last error.
-    pub last_error: String,
-}
-
-/// What a pipeline reports about itself. Cheap to clone: the lists are shared.
-#[derive(Debug, Clone, Default)]
-pub struct Stats {
-    /// Where the reader has read up to.
-    pub read_position: Position,
-    /// The end of the last batch whose every event is handled.
-    pub completed: Position,
-    /// The last committed checkpoint.
-    pub checkpoint: Position,
-    /// Events handled (or skipped by a handler's skip-ahead).
-    pub events_handled: u64,
-    /// Bytes (data and metadata) of the events handled.
-    pub bytes_handled: u64,
-    /// Handler invocations that succeeded.
-    pub handler_calls: u64,
-    /// Handler latency over the last stats interval (`None` before the first summary, or
-    /// when no handler ran in it).
-    pub handler_latency: Option<HandlerLatency>,
-    /// Batches read but not complete.
-    pub pending_batches: usize,
-    /// The most batches ever pending at once.
-    pub max_pending_batches_seen: usize,
-    /// Streams being handled right now.
-    pub active_streams: usize,
-    /// Events read but not yet handled (lag in events).
-    pub events_behind: usize,
-    /// How long ago the oldest unhandled event was recorded (lag in time), as of the last
-    /// checkpoint or stats interval; `None` when nothing read was waiting then.
-    pub behind: Option<Duration>,
-    /// Streams failing now, with their consecutive failures.
-    pub failing: Arc<Vec<(StreamName, u32)>>,
-    /// Streams whose handler took none of the events it was given (waiting for more), as
-    /// of the last checkpoint or stats interval.
-    pub stalled: usize,
-    /// Streams the scheduler keeps state for: those with buffered events, in flight,
-    /// failing, parked or skipping ahead. Others are forgotten once handled.
-    pub streams_tracked: usize,
-    /// Parked streams.
-    pub parked: Arc<Vec<Parked>>,
-    /// The latest read that reached the end of the feed (see `Running::await_idle`).
-    pub caught_up_read: u64,
-    /// Nothing read is left to handle.
-    pub idle: bool,
-    /// Set when the pipeline stopped on an error.
-    pub stopped: Option<PipelineError>,
-}
-
-/// Handler latency percentiles over one stats interval.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct HandlerLatency {
-    /// Handler calls in the interval (failed ones included).
-    pub calls: u64,
-    /// Median.
-    pub p50: Duration,
-    /// 95th percentile.
-    pub p95: Duration,
-    /// 99th percentile.
-    pub p99: Duration,
-    /// Slowest.
-    pub max: Duration,
-}
 
 pub(crate) struct Parts {
     pub pages: BoxStream<'static, annals::Result<FeedPage>>,
@@ -165,43 +87,6 @@ type Done = (
     Vec<RecordedEvent>,
     Vec<u64>,
 );
-
-/// The pipeline's metrics, registered once, labelled by group and source (a partition's
-/// pipeline has its own source, so the members of a group do not overwrite each other).
-struct Metrics {
-    handler_seconds: metrics::Histogram,
-    events: metrics::Counter,
-    bytes: metrics::Counter,
-    checkpoint: metrics::Gauge,
-    read_position: metrics::Gauge,
-    events_behind: metrics::Gauge,
-    seconds_behind: metrics::Gauge,
-    failing: metrics::Gauge,
-    stalled: metrics::Gauge,
-    parked: metrics::Gauge,
-    pending_batches: metrics::Gauge,
-    handler_failures: metrics::Counter,
-}
-
-impl Metrics {
-    fn new(group: &str, source: &str) -> Self {
-        let labels = [("group", group.to_owned()), ("source", source.to_owned())];
-        Self {
-            handler_seconds: metrics::histogram!("annals_reactor_handler_seconds", &labels),
-            events: metrics::counter!("annals_reactor_events_total", &labels),
-            bytes: metrics::counter!("annals_reactor_bytes_total", &labels),
-            checkpoint: metrics::gauge!("annals_reactor_checkpoint_position", &labels),
-            read_position: metrics::gauge!("annals_reactor_read_position", &labels),
-            events_behind: metrics::gauge!("annals_reactor_events_behind", &labels),
-            seconds_behind: metrics::gauge!("annals_reactor_seconds_behind", &labels),
-            failing: metrics::gauge!("annals_reactor_streams_failing", &labels),
-            stalled: metrics::gauge!("annals_reactor_streams_stalled", &labels),
-            parked: metrics::gauge!("annals_reactor_streams_parked", &labels),
-            pending_batches: metrics::gauge!("annals_reactor_pending_batches", &labels),
-            handler_failures: metrics::counter!("annals_reactor_handler_failures_total", &labels),
-        }
-    }
-}
 
 struct Scheduler {
     config: PipelineConfig,
@@ -443,176 +328,6 @@ impl Scheduler {
             }
         }
         Ok(())
-    }
-
-    /// Parks a stream: its buffered events wait only for their record to be written.
-    fn park(&mut self, name: StreamName) {
-        let s = self
-            .streams
-            .get_mut(&name)
-            .expect("parked streams are known");
-        s.parked = true;
-        s.retry_at = None;
-        s.delays = None;
-        let events: Vec<(u64, RecordedEvent)> = s.queue.drain(..).collect();
-        self.buffered -= events.len();
-        let (from, to) = match (events.first(), events.last()) {
-            (Some((_, f)), Some((_, l))) => (f.stream_version, l.stream_version + 1),
-            _ => (s.next_version, s.next_version),
-        };
-        let pending = s.park.get_or_insert_with(|| ParkPending {
-            from,
-            ..ParkPending::default()
-        });
-        pending.from = pending.from.min(from);
-        pending.to = pending.to.max(to);
-        pending.batches.extend(events.iter().map(|(b, _)| *b));
-        self.parked.insert(
-            name.clone(),
-            Parked {
-                stream: name.clone(),
-                from: Version(from),
-                to: Version(to),
-                attempts: s.failures,
-                first_error: s.first_error.clone().unwrap_or_default(),
-                last_error: s.last_error.clone(),
-            },
-        );
-        self.parked_dirty = true;
-        self.failing_dirty = true;
-        self.to_park.insert(name);
-    }
-
-    /// Writes the records of newly parked streams (or extends them), then lets their
-    /// batches complete: the checkpoint never passes an event that is neither handled nor
-    /// recorded as parked.
-    async fn flush_parked(&mut self) {
-        if self
-            .park_retry_at
-            .is_some_and(|t| t > tokio::time::Instant::now())
-        {
-            return;
-        }
-        self.park_retry_at = None;
-        let names: Vec<StreamName> = self.to_park.iter().cloned().collect();
-        let now = Timestamp::now();
-        for name in names {
-            let Some(s) = self.streams.get_mut(&name) else {
-                self.to_park.remove(&name);
-                continue;
-            };
-            let Some(pending) = s.park.as_ref() else {
-                self.to_park.remove(&name);
-                continue;
-            };
-            let record = self.parked.entry(name.clone()).or_insert_with(|| Parked {
-                stream: name.clone(),
-                from: Version(pending.from),
-                to: Version(pending.to),
-                attempts: s.failures,
-                first_error: s.first_error.clone().unwrap_or_default(),
-                last_error: s.last_error.clone(),
-            });
-            record.from = record.from.min(Version(pending.from));
-            record.to = record.to.max(Version(pending.to));
-            let parked = ParkedStream {
-                group: self.config.group.clone(),
-                stream: name.clone(),
-                from: Version(pending.from),
-                to: Version(pending.to),
-                attempts: record.attempts,
-                first_error: record.first_error.clone(),
-                last_error: record.last_error.clone(),
-                parked_at: now,
-                updated_at: now,
-            };
-            match self.checkpoints.park(&parked).await {
-                Ok(()) => {}
-                Err(e @ Error::Unsupported { .. }) => {
-                    tracing::warn!(group = %self.config.group, stream = %name, error = %e, "the checkpoint store keeps no parked records; the stream is parked in this process only");
-                }
-                Err(e) => {
-                    tracing::warn!(group = %self.config.group, stream = %name, error = %error_chain(&e), "recording a parked stream failed; retrying");
-                    self.park_retry_at =
-                        Some(tokio::time::Instant::now() + self.config.checkpoint_interval);
-                    return;
-                }
-            }
-            let pending = self
-                .streams
-                .get_mut(&name)
-                .and_then(|s| s.park.take())
-                .unwrap_or_default();
-            for b in pending.batches {
-                self.release(b);
-            }
-            self.to_park.remove(&name);
-            self.parked_dirty = true;
-        }
-        self.complete_prefix();
-    }
-
-    /// Loads the group's parked streams: at start, so they stay parked, and then on every
-    /// checkpoint tick, so that a stream replayed or skipped by an operator is handled again.
-    async fn refresh_parked(&mut self, at_start: bool) {
-        if !at_start && self.parked.is_empty() {
-            return;
-        }
-        let stored = match self.checkpoints.parked(Some(&self.config.group)).await {
-            Ok(stored) => stored,
-            Err(e) => {
-                tracing::warn!(group = %self.config.group, error = %error_chain(&e), "reading parked streams failed");
-                return;
-            }
-        };
-        if at_start {
-            for p in stored {
-                let mine = self.config.filter.categories.is_empty()
-                    || self
-                        .config
-                        .filter
-                        .categories
-                        .iter()
-                        .any(|c| c == p.stream.category());
-                if !mine
-                    || self
-                        .config
-                        .partition
-                        .is_some_and(|q| !q.contains(&p.stream))
-                {
-                    continue;
-                }
-                let s = self.streams.entry(p.stream.clone()).or_default();
-                s.parked = true;
-                s.failures = p.attempts;
-                self.parked.insert(
-                    p.stream.clone(),
-                    Parked {
-                        stream: p.stream,
-                        from: p.from,
-                        to: p.to,
-                        attempts: p.attempts,
-                        first_error: p.first_error,
-                        last_error: p.last_error,
-                    },
-                );
-                self.parked_dirty = true;
-            }
-            return;
-        }
-        let still: HashSet<StreamName> = stored.into_iter().map(|p| p.stream).collect();
-        let gone: Vec<StreamName> = self
-            .parked
-            .keys()
-            .filter(|n| !still.contains(*n) && !self.to_park.contains(*n))
-            .cloned()
-            .collect();
-        for name in gone {
-            tracing::info!(group = %self.config.group, stream = %name, "stream unparked (replayed or skipped)");
-            self.parked.remove(&name);
-            self.streams.remove(&name);
-            self.parked_dirty = true;
-        }
     }
 
     async fn commit(&mut self) {

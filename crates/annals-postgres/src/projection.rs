@@ -1,0 +1,94 @@
+//! A transaction on the store for reactors: appends and the checkpoint, committed together.
+
+use super::*;
+
+/// A transaction on the store: a projector's read-model changes, events appended by a
+/// reactor, and the checkpoint, committed together or not at all.
+pub struct Projection {
+    pub(crate) client: Option<Object>,
+    pub(crate) store: PgStore,
+    pub(crate) appended: bool,
+}
+
+impl Projection {
+    /// The connection, inside the transaction.
+    pub fn client(&self) -> &tokio_postgres::Client {
+        self.client.as_ref().expect("open until commit")
+    }
+
+    /// Appends inside this transaction (visible to others only after the commit). A
+    /// conflict or refused batch leaves the transaction usable only for rolling back.
+    pub async fn append(
+        &mut self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult> {
+        let store = &self.store;
+        annals::event::validate_batch(stream, &events, store.inner.config.max_event_bytes)?;
+        let client = self.client.as_ref().expect("open until commit");
+        match store
+            .append_once(client, stream, expected, &events, None)
+            .await?
+        {
+            Some(r) => {
+                self.appended = true;
+                Ok(r)
+            }
+            None => match store.classify(client, stream, expected, &events).await? {
+                Verdict::AlreadyWritten(r) => Ok(r),
+                Verdict::Write => Err(backend(format!(
+                    "{stream}: the stream changed under the append; roll back and retry"
+                ))),
+            },
+        }
+    }
+
+    /// Records `position` as the checkpoint of (`group`, `source`) and commits everything.
+    pub async fn commit(self, group: &str, source: &str, position: Position) -> Result<()> {
+        let sql = self.store.inner.sql.checkpoint_commit.clone();
+        let position = position.to_string();
+        self.finish(Some((sql, group, source, position))).await
+    }
+
+    /// Commits without recording a checkpoint.
+    pub async fn commit_only(self) -> Result<()> {
+        self.finish(None).await
+    }
+
+    async fn finish(mut self, checkpoint: Option<(String, &str, &str, String)>) -> Result<()> {
+        let client = self.client.take().expect("open until commit");
+        let done = async {
+            if let Some((sql, group, source, position)) = &checkpoint {
+                client
+                    .execute(sql.as_str(), &[group, source, position])
+                    .await?;
+            }
+            client.batch_execute("COMMIT").await
+        }
+        .await;
+        match done {
+            Ok(()) => {
+                drop(client);
+                if self.appended {
+                    self.store.wake();
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // The connection may be mid-transaction: never hand it back to the pool.
+                drop(Object::take(client));
+                Err(backend(e))
+            }
+        }
+    }
+}
+
+impl Drop for Projection {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            // Closing the connection rolls the transaction back.
+            drop(Object::take(client));
+        }
+    }
+}

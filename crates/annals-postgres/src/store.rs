@@ -1,0 +1,400 @@
+//! `EventStore` for PostgreSQL: appends, reads, read-all, head snapshots, import.
+
+use super::*;
+
+#[async_trait]
+impl EventStore for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::all()
+    }
+
+    async fn append(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult> {
+        self.append_with(stream, expected, events, None).await
+    }
+
+    async fn append_with_snapshot(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+        snapshot: Vec<u8>,
+    ) -> Result<AppendResult> {
+        self.append_with(stream, expected, events, Some(&snapshot))
+            .await
+    }
+
+    async fn import(&self, events: Vec<RecordedEvent>) -> Result<u64> {
+        annals::event::validate_import(&events, self.inner.config.max_event_bytes)?;
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let streams: Vec<&str> = events.iter().map(|e| e.stream.as_str()).collect();
+        let categories: Vec<&str> = events.iter().map(|e| e.stream.category()).collect();
+        let versions: Vec<i64> = events.iter().map(|e| e.stream_version as i64).collect();
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        let data: Vec<&[u8]> = events.iter().map(|e| e.data.as_slice()).collect();
+        let metadata: Vec<Option<&[u8]>> = events.iter().map(|e| e.metadata.as_deref()).collect();
+        let correlation: Vec<Option<Uuid>> = events.iter().map(|e| e.correlation_id).collect();
+        let causation: Vec<Option<Uuid>> = events.iter().map(|e| e.causation_id).collect();
+        let recorded: Vec<i64> = events.iter().map(|e| e.recorded_at.unix_micros()).collect();
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&self.inner.sql.import)
+            .await
+            .map_err(backend)?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
+            &streams,
+            &categories,
+            &versions,
+            &ids,
+            &types,
+            &data,
+            &metadata,
+            &correlation,
+            &causation,
+            &recorded,
+        ];
+        // One function call is one transaction: a refusal raises nothing, so roll back
+        // explicitly around it.
+        client.batch_execute("BEGIN").await.map_err(backend)?;
+        let row = match client.query_one(&statement, &params).await {
+            Ok(row) => row,
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                if !is_unique_violation(&e) {
+                    return Err(backend(e));
+                }
+                // An id recorded elsewhere than where the import puts it.
+                let rows = client
+                    .query(self.inner.sql.classify.as_str(), &[&ids])
+                    .await
+                    .map_err(backend)?;
+                for r in &rows {
+                    let (id, name, version): (Uuid, &str, i64) = (r.get(0), r.get(1), r.get(2));
+                    let Some(ours) = events.iter().find(|e| e.event_id == id) else {
+                        continue;
+                    };
+                    if (ours.stream.as_str(), ours.stream_version as i64) != (name, version) {
+                        return Err(Error::DuplicateEventId {
+                            event_id: id,
+                            existing_stream: StreamName::new(name)?,
+                        });
+                    }
+                }
+                return Err(backend(e));
+            }
+        };
+        if row.get::<_, i16>(0) != 0 {
+            client.batch_execute("ROLLBACK").await.map_err(backend)?;
+            return Err(Error::WrongExpectedVersion {
+                stream: StreamName::new(row.get::<_, &str>(2))?,
+                expected: ExpectedVersion::Exact(Version(row.get::<_, i64>(3) as u64)),
+                actual: Version(row.get::<_, i64>(4) as u64),
+            });
+        }
+        client.batch_execute("COMMIT").await.map_err(backend)?;
+        let written = row.get::<_, i64>(1) as u64;
+        drop(client);
+        if written > 0 {
+            self.wake();
+        }
+        Ok(written)
+    }
+
+    async fn read_head(&self, stream: &StreamName, limit: usize) -> Result<Head> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&self.inner.sql.read_head)
+            .await
+            .map_err(backend)?;
+        let rows = client
+            .query(
+                &statement,
+                &[&stream.as_str(), &(limit.min(i64::MAX as usize) as i64)],
+            )
+            .await
+            .map_err(backend)?;
+        let Some(first) = rows.first() else {
+            return Ok(Head::default());
+        };
+        let snapshot = match (
+            first.try_get::<_, Option<i64>>(1).map_err(backend)?,
+            first.try_get::<_, Option<Vec<u8>>>(2).map_err(backend)?,
+        ) {
+            (Some(version), Some(data)) => Some(HeadSnapshot {
+                version: Version(version as u64),
+                data,
+            }),
+            _ => None,
+        };
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if row
+                .try_get::<_, Option<&str>>(3)
+                .map_err(backend)?
+                .is_some()
+            {
+                events.push(event(row, 3)?);
+            }
+        }
+        Ok(Head {
+            version: Version(first.try_get::<_, i64>(0).map_err(backend)? as u64),
+            snapshot,
+            events,
+        })
+    }
+
+    async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
+        annals::event::validate_many(&appends, self.inner.config.max_event_bytes)?;
+        let mut order: Vec<usize> = (0..appends.len()).collect();
+        order.sort_by(|&a, &b| appends[a].stream.cmp(&appends[b].stream));
+        let client = self.client().await?;
+        // Appends that an earlier, committed call already wrote (exact retries).
+        let mut known: Vec<Option<AppendResult>> = vec![None; appends.len()];
+        for _ in 0..3 {
+            client.batch_execute("BEGIN").await.map_err(backend)?;
+            let mut results = known.clone();
+            let mut refused = false;
+            for &i in &order {
+                if results[i].is_some() {
+                    continue;
+                }
+                let a = &appends[i];
+                match self
+                    .append_once(&client, &a.stream, a.expected, &a.events, None)
+                    .await
+                {
+                    Ok(Some(r)) => results[i] = Some(r),
+                    Ok(None) => {
+                        refused = true;
+                        break;
+                    }
+                    Err(e) => {
+                        let _ = client.batch_execute("ROLLBACK").await;
+                        return Err(e);
+                    }
+                }
+            }
+            if !refused {
+                client.batch_execute("COMMIT").await.map_err(backend)?;
+                drop(client);
+                if known.iter().any(Option::is_none) {
+                    self.wake();
+                }
+                return Ok(results
+                    .into_iter()
+                    .map(|r| r.expect("every stream appended"))
+                    .collect());
+            }
+            // A conflict, or ids already recorded: roll back, then ask what is stored. A
+            // conflict or partial overlap is the answer; exact retries are kept as results
+            // and the rest is written again in a new transaction.
+            client.batch_execute("ROLLBACK").await.map_err(backend)?;
+            for (i, a) in appends.iter().enumerate() {
+                if known[i].is_none() {
+                    if let Verdict::AlreadyWritten(r) = self
+                        .classify(&client, &a.stream, a.expected, &a.events)
+                        .await?
+                    {
+                        known[i] = Some(r);
+                    }
+                }
+            }
+        }
+        Err(backend(
+            "the streams kept changing under the multi-stream append; retry",
+        ))
+    }
+
+    async fn stream_version(&self, stream: &StreamName) -> Result<Version> {
+        let client = self.client().await?;
+        self.stream_version_with(&client, stream).await
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        stream: &'a StreamName,
+        options: ReadStream,
+    ) -> BoxStream<'a, Result<RecordedEvent>> {
+        let forward = options.direction == Direction::Forward;
+        let start = async move {
+            let client = self.client().await?;
+            let len = self.stream_version_with(&client, stream).await?.get();
+            let (lo, hi) = options.index_range(len);
+            Ok::<_, Error>(if forward { (lo, hi) } else { (hi, lo) })
+        };
+        stream::once(start)
+            .flat_map(move |range| match range {
+                Err(e) => stream::once(async move { Err(e) }).boxed(),
+                Ok((next, bound)) => stream::unfold(Some(next), move |cursor| async move {
+                    let next = cursor?;
+                    if next == bound {
+                        return None;
+                    }
+                    let page = async {
+                        let client = self.client().await?;
+                        let (sql, a, b) = if forward {
+                            (&self.inner.sql.read_forward, next as i64, bound as i64)
+                        } else {
+                            (&self.inner.sql.read_backward, next as i64, bound as i64)
+                        };
+                        let rows = client
+                            .query(sql.as_str(), &[&stream.as_str(), &a, &b, &STREAM_PAGE])
+                            .await
+                            .map_err(backend)?;
+                        rows.iter().map(|r| event(r, 0)).collect::<Result<Vec<_>>>()
+                    }
+                    .await;
+                    match page {
+                        Err(e) => Some((stream::iter(vec![Err(e)]), None)),
+                        Ok(events) => {
+                            let next = match (events.last(), forward) {
+                                (None, _) => bound,
+                                (Some(l), true) => l.stream_version + 1,
+                                (Some(l), false) => l.stream_version,
+                            };
+                            Some((
+                                stream::iter(events.into_iter().map(Ok).collect::<Vec<_>>()),
+                                Some(next),
+                            ))
+                        }
+                    }
+                })
+                .flatten()
+                .boxed(),
+            })
+            .boxed()
+    }
+
+    async fn read_all(&self, from: Position, filter: &Filter, limit: usize) -> Result<AllPage> {
+        filter.validate()?;
+        let limit = limit.max(1) as i64;
+        let filtered = !filter.categories.is_empty()
+            || !filter.event_types.is_empty()
+            || filter.partition.is_some();
+        let (part_index, part_count) = filter
+            .partition
+            .map_or((0, 0), |p| (i64::from(p.index), i64::from(p.count)));
+        let window = if filtered {
+            limit.max(READ_ALL_WINDOW)
+        } else {
+            limit
+        };
+        let (tx, position) = unpack(from);
+        let tx = tx.to_string();
+        let client = self.feed_client().await?;
+        let stmt = client
+            .prepare_cached(&self.inner.sql.read_all)
+            .await
+            .map_err(backend)?;
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &tx,
+                    &position,
+                    &filter.categories,
+                    &filter.event_types,
+                    &limit,
+                    &window,
+                    &part_index,
+                    &part_count,
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        let (horizon_text, horizon) = match rows.first() {
+            Some(r) => {
+                let text: String = r.get(0);
+                let horizon = tx_of(&text)?;
+                (text, horizon)
+            }
+            None => return Err(backend("read-all returned no horizon row")),
+        };
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if row.get::<_, Option<String>>(1).is_some() {
+                events.push(event(row, 1)?);
+            }
+        }
+        if events.len() as i64 >= limit {
+            let next = events.last().map_or(from, |e| e.position);
+            return Ok(AllPage {
+                events,
+                next,
+                end: false,
+            });
+        }
+        if filtered {
+            // Fewer matches than asked: if the window was full, resume after it.
+            let stmt = client
+                .prepare_cached(&self.inner.sql.read_all_window)
+                .await
+                .map_err(backend)?;
+            let last = client
+                .query_opt(&stmt, &[&tx, &position, &horizon_text, &window])
+                .await
+                .map_err(backend)?;
+            if let Some(row) = last.filter(|r| r.get::<_, i64>(2) >= window) {
+                let next = pack(tx_of(row.get::<_, &str>(0))?, row.get::<_, i64>(1));
+                return Ok(AllPage {
+                    events,
+                    next: from.max(next),
+                    end: false,
+                });
+            }
+        }
+        // A short page scanned everything below the horizon: resume at it.
+        let next = from
+            .max(pack(horizon, 0))
+            .max(events.last().map_or(from, |e| e.position));
+        Ok(AllPage {
+            events,
+            next,
+            end: true,
+        })
+    }
+
+    async fn await_visible(&self) -> Result<()> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT pg_snapshot_xmax(pg_current_snapshot())::text", &[])
+            .await
+            .map_err(backend)?;
+        let target: String = row.get(0);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let passed: bool = client
+                .query_one(
+                    "SELECT pg_snapshot_xmin(pg_current_snapshot()) >= $1::text::xid8",
+                    &[&target],
+                )
+                .await
+                .map_err(backend)?
+                .get(0);
+            if passed {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(backend(
+                    "transactions open for over 60 s hold read-all back: see horizon_lag()",
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+
+    fn changes(&self) -> Option<watch::Receiver<()>> {
+        Some(self.inner.changes.subscribe())
+    }
+}

@@ -1,0 +1,105 @@
+//! Copying events between stores: import.
+
+use super::*;
+
+/// What a copy of an event must keep: everything but its position.
+pub fn copy_key(e: &RecordedEvent) -> impl PartialEq + std::fmt::Debug {
+    (
+        e.stream.clone(),
+        e.stream_version,
+        e.event_id,
+        e.event_type.clone(),
+        e.data.clone(),
+        e.metadata.clone(),
+        e.correlation_id,
+        e.causation_id,
+        e.recorded_at,
+    )
+}
+
+/// Importing another store's events: versions, ids, content and timestamps kept, read-all
+/// order kept, already imported events skipped (a resumed import), a gap refused with
+/// nothing written; stores without the capability refuse with a typed error.
+pub async fn import_keeps_events_and_order_and_resumes(store: Arc<dyn EventStore>) {
+    let source = annals::MemoryStore::new();
+    for i in 0..12u64 {
+        let stream = name(&format!("Imported-{}", i % 3));
+        let mut e = ev("Happened", i).with_metadata(format!(r#"{{"i":{i}}}"#).into_bytes());
+        e.correlation_id = Some(Uuid::now_v7());
+        source
+            .append(&stream, ExpectedVersion::Any, vec![e])
+            .await
+            .expect("source append");
+    }
+    let events = source
+        .read_all(Position::START, &Filter::all(), 100)
+        .await
+        .expect("source read")
+        .events;
+    if !store.capabilities().supports(Capability::Import) {
+        let refused = store.import(events).await;
+        assert!(
+            matches!(
+                refused,
+                Err(Error::Unsupported {
+                    capability: Capability::Import,
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        return;
+    }
+    assert_eq!(store.import(events[..5].to_vec()).await.expect("import"), 5);
+    assert_eq!(
+        store.import(events.clone()).await.expect("resumed import"),
+        7,
+        "the first five are recognised and skipped"
+    );
+    assert_eq!(store.import(events.clone()).await.expect("again"), 0);
+    store.await_visible().await.expect("await visibility");
+    let copied = store
+        .read_all(Position::START, &Filter::category("Imported"), 100)
+        .await
+        .expect("read");
+    assert_eq!(
+        copied.events.iter().map(copy_key).collect::<Vec<_>>(),
+        events.iter().map(copy_key).collect::<Vec<_>>(),
+        "same events, same order"
+    );
+    // An id recorded in another stream: a typed refusal, nothing written.
+    let mut stolen = events[0].clone();
+    stolen.stream = name("Imported-thief");
+    let refused = store.import(vec![stolen.clone()]).await;
+    assert!(
+        matches!(&refused, Err(Error::DuplicateEventId { existing_stream, .. }) if *existing_stream == events[0].stream),
+        "{refused:?}"
+    );
+    assert_eq!(
+        store.stream_version(&stolen.stream).await.expect("version"),
+        Version(0)
+    );
+    // A gap: a new event is refused with the batch, nothing written.
+    let mut next = events[0].clone();
+    next.stream = name("Imported-new");
+    next.event_id = Uuid::now_v7();
+    let mut gap = next.clone();
+    gap.stream_version = 5;
+    gap.event_id = Uuid::now_v7();
+    let refused = store.import(vec![next.clone(), gap]).await;
+    assert!(
+        matches!(
+            &refused,
+            Err(Error::WrongExpectedVersion {
+                actual: Version(1),
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(
+        store.stream_version(&next.stream).await.expect("version"),
+        Version(0),
+        "nothing of the refused batch is written"
+    );
+}

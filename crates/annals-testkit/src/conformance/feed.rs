@@ -1,0 +1,277 @@
+//! Read-all pages, filters, partitions and subscriptions.
+
+use super::*;
+
+/// Read-all pages cross page boundaries without loss or repeat, with and without filters.
+pub async fn read_all_pages_with_filters(store: Arc<dyn EventStore>) {
+    let s = &*store;
+    for round in 0..5 {
+        for (stream, ty) in [
+            ("Alpha-1", "X"),
+            ("Beta-1", "Y"),
+            ("Alpha-2", "Y"),
+            ("Gamma-1", "X"),
+        ] {
+            let events = vec![ev(ty, round), ev("Z", round)];
+            s.append(&name(stream), ExpectedVersion::Any, events)
+                .await
+                .unwrap();
+        }
+    }
+    let all = read_everything(&store).await;
+    assert_eq!(all.len(), 40);
+    assert!(
+        all.windows(2).all(|w| w[0].position < w[1].position),
+        "read-all is in position order"
+    );
+    let filters = [
+        Filter::all(),
+        Filter::category("Alpha"),
+        Filter::category("Alpha").and_category("Gamma"),
+        Filter::all().event_types(["X"]),
+        Filter::category("Alpha").event_types(["Y", "Z"]),
+        Filter::category("Nothing"),
+    ];
+    for filter in filters {
+        let expected: Vec<Uuid> = all
+            .iter()
+            .filter(|e| filter.matches(e))
+            .map(|e| e.event_id)
+            .collect();
+        for limit in [1, 3, 7, 100] {
+            let mut got = Vec::new();
+            let mut from = Position::START;
+            let options = annals::FeedOptions::to_end(filter.clone()).page_size(limit);
+            let mut pages = annals::Feed::new(Arc::clone(&store), Position::START, options).pages();
+            while let Some(page) = pages.next().await {
+                let page = page.unwrap();
+                assert!(page.events.len() <= limit);
+                assert!(page
+                    .events
+                    .iter()
+                    .all(|e| filter.matches(e) && e.position > from));
+                assert!(page.next >= from);
+                if let Some(last) = page.events.last() {
+                    assert!(page.next >= last.position);
+                }
+                got.extend(page.events.iter().map(|e| e.event_id));
+                from = page.next;
+            }
+            assert_eq!(got, expected, "filter {filter:?} with pages of {limit}");
+        }
+    }
+    // Partitions split the feed by stream: each event in exactly one, as computed here
+    // (names hashed as UTF-8 bytes, the same in every backend).
+    for (i, id) in ["ünïcödé", "日本語", "a_b_c", "x.y:z", "✓✓", "0", "long"]
+        .iter()
+        .enumerate()
+    {
+        let id = if *id == "long" {
+            "l".repeat(200)
+        } else {
+            (*id).to_owned()
+        };
+        s.append(
+            &name(&format!("Part-{id}")),
+            ExpectedVersion::Any,
+            batch(i as u64 + 1),
+        )
+        .await
+        .unwrap();
+    }
+    let all = read_everything(&store).await;
+    for count in [1u32, 2, 3, 7, 64] {
+        let mut seen = Vec::new();
+        for index in 0..count {
+            let filter = Filter::all().partition(annals::Partition::new(index, count));
+            let part = read_filtered(&store, filter, 5).await;
+            assert!(part
+                .iter()
+                .all(|e| annals::Partition::of(&e.stream, count) == index));
+            seen.extend(part.iter().map(|e| e.event_id));
+        }
+        seen.sort();
+        let mut every: Vec<Uuid> = all.iter().map(|e| e.event_id).collect();
+        every.sort();
+        assert_eq!(seen, every, "{count} partitions cover every event once");
+    }
+    // The largest counts too (the SQL stores compute the remainder of an unsigned 64-bit
+    // hash): each stream found in the partition computed here.
+    for count in [65_521u32, annals::Partition::MAX_COUNT] {
+        for e in all.iter().filter(|e| e.stream_version == 0) {
+            let index = annals::Partition::of(&e.stream, count);
+            let part = read_filtered(
+                &store,
+                Filter::all().partition(annals::Partition::new(index, count)),
+                100,
+            )
+            .await;
+            assert!(
+                part.iter().any(|p| p.event_id == e.event_id),
+                "{} in {index}/{count}",
+                e.stream
+            );
+            assert!(part
+                .iter()
+                .all(|p| annals::Partition::of(&p.stream, count) == index));
+        }
+    }
+    let alpha_half = Filter::category("Alpha").partition(annals::Partition::new(1, 2));
+    let expected: Vec<Uuid> = all
+        .iter()
+        .filter(|e| alpha_half.matches(e))
+        .map(|e| e.event_id)
+        .collect();
+    let got: Vec<Uuid> = read_filtered(&store, alpha_half, 4)
+        .await
+        .iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(got, expected);
+    for bad in [annals::Partition::new(2, 2), annals::Partition::new(0, 0)] {
+        assert!(matches!(
+            s.read_all(Position::START, &Filter::all().partition(bad), 10)
+                .await,
+            Err(Error::InvalidFilter { .. })
+        ));
+    }
+    let past_end = s
+        .read_all(all.last().unwrap().position, &Filter::all(), 10)
+        .await
+        .unwrap();
+    assert!(past_end.events.is_empty() && past_end.end);
+}
+
+async fn read_filtered(
+    store: &Arc<dyn EventStore>,
+    filter: Filter,
+    page: usize,
+) -> Vec<RecordedEvent> {
+    let options = annals::FeedOptions::to_end(filter).page_size(page);
+    annals::Feed::new(Arc::clone(store), Position::START, options)
+        .events()
+        .map(|e| e.expect("read the feed"))
+        .collect()
+        .await
+}
+
+async fn collect_until(sub: &mut annals::Subscription, count: usize) -> Vec<RecordedEvent> {
+    let mut got = Vec::with_capacity(count);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while got.len() < count {
+        match tokio::time::timeout_at(deadline, sub.next()).await {
+            Ok(Some(Ok(e))) => got.push(e),
+            Ok(Some(Err(e))) => panic!("subscription failed: {e}"),
+            Ok(None) => panic!("subscription ended after {} of {count} events", got.len()),
+            Err(_) => panic!(
+                "subscription delivered {} of {count} events within {WAIT:?}",
+                got.len()
+            ),
+        }
+    }
+    got
+}
+
+/// A subscription started from the beginning while writers append sees every event
+/// exactly once, in position order, across the switch from catch-up to live.
+pub async fn subscription_sees_every_event_once_across_catch_up_and_live(
+    store: Arc<dyn EventStore>,
+) {
+    for i in 0..20 {
+        append(
+            &*store,
+            &name(&format!("Sub-pre{}", i % 4)),
+            ExpectedVersion::Any,
+            3,
+        )
+        .await;
+    }
+    let options = SubscribeOptions {
+        batch_size: 7,
+        ..SubscribeOptions::all()
+    };
+    let mut sub = store.subscribe(Position::START, options);
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                for i in 0..25 {
+                    let stream = name(&format!("Sub-live{w}_{}", i % 3));
+                    store
+                        .append(&stream, ExpectedVersion::Any, batch(2))
+                        .await
+                        .expect("live append");
+                    if i % 5 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            })
+        })
+        .collect();
+    let total = 60 + 4 * 25 * 2;
+    let got = collect_until(&mut sub, total).await;
+    for w in writers {
+        w.await.expect("writer");
+    }
+    assert!(
+        got.windows(2).all(|w| w[0].position < w[1].position),
+        "delivered in position order"
+    );
+    let ids: HashSet<Uuid> = got.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids.len(), total, "no event delivered twice");
+    let stored: HashSet<Uuid> = read_everything(&store)
+        .await
+        .iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(ids, stored, "every stored event delivered");
+    let mut next_version: HashMap<StreamName, u64> = HashMap::new();
+    for e in &got {
+        let expect = next_version.entry(e.stream.clone()).or_default();
+        assert_eq!(
+            e.stream_version, *expect,
+            "stream {} delivered out of order",
+            e.stream
+        );
+        *expect += 1;
+    }
+    append(&*store, &name("Sub-after"), ExpectedVersion::Any, 1).await;
+    assert_eq!(
+        collect_until(&mut sub, 1).await[0].stream,
+        name("Sub-after")
+    );
+}
+
+/// A subscription from a checkpoint sees only later events; a category subscription sees
+/// only its category.
+pub async fn subscription_resumes_after_a_checkpoint(store: Arc<dyn EventStore>) {
+    let s = &*store;
+    for i in 0..5 {
+        append(s, &name(&format!("Resume-{i}")), ExpectedVersion::Any, 2).await;
+        append(s, &name(&format!("Other-{i}")), ExpectedVersion::Any, 1).await;
+    }
+    let all = read_everything(&store).await;
+    let checkpoint = all[6].position;
+    let mut sub = store.subscribe(checkpoint, SubscribeOptions::all());
+    let rest = collect_until(&mut sub, all.len() - 7).await;
+    assert_eq!(
+        rest.iter().map(|e| e.event_id).collect::<Vec<_>>(),
+        all[7..].iter().map(|e| e.event_id).collect::<Vec<_>>()
+    );
+    let mut cat = store.subscribe(checkpoint, SubscribeOptions::category("Other"));
+    let expected: Vec<Uuid> = all[7..]
+        .iter()
+        .filter(|e| e.stream.category() == "Other")
+        .map(|e| e.event_id)
+        .collect();
+    let got = collect_until(&mut cat, expected.len()).await;
+    assert_eq!(got.iter().map(|e| e.event_id).collect::<Vec<_>>(), expected);
+    append(s, &name("Resume-9"), ExpectedVersion::Any, 1).await;
+    append(s, &name("Other-9"), ExpectedVersion::Any, 1).await;
+    assert_eq!(collect_until(&mut cat, 1).await[0].stream, name("Other-9"));
+    let live = collect_until(&mut sub, 2).await;
+    assert_eq!(
+        (live[0].stream.as_str(), live[1].stream.as_str()),
+        ("Resume-9", "Other-9")
+    );
+}

@@ -1,0 +1,216 @@
+//! Loading a decider's state: fresh, cached, from a head snapshot, backward to the latest
+//! origin, or as of a version or a time.
+
+use super::*;
+
+impl<D: Domain> Decider<D> {
+    pub(super) async fn load_with(&self, option: LoadOption) -> Result<Loaded<D::State>> {
+        match option {
+            LoadOption::AssumeEmpty => Ok(Loaded {
+                version: Version::EMPTY,
+                state: Arc::new(D::initial()),
+            }),
+            LoadOption::RequireLoad => self.reload().await,
+            LoadOption::AllowStale(max_age) => self.load_cached(Some(max_age)).await,
+            LoadOption::AnyCachedValue => self.load_cached(None).await,
+        }
+    }
+
+    pub(super) fn cached(&self, max_age: Option<Duration>) -> Option<Loaded<D::State>> {
+        let cached = self
+            .category
+            .cache
+            .as_ref()?
+            .get::<D::State>(&self.stream)?;
+        match max_age {
+            Some(age) if cached.confirmed_at.elapsed() > age => None,
+            _ => Some(Loaded {
+                version: cached.version,
+                state: cached.state,
+            }),
+        }
+    }
+
+    pub(super) async fn load_cached(&self, max_age: Option<Duration>) -> Result<Loaded<D::State>> {
+        if self.category.cache.is_none() {
+            return self.reload().await;
+        }
+        if let Some(hit) = self.cached(max_age) {
+            self.count_cache(true);
+            return Ok(hit);
+        }
+        let lock = self.category.load_lock(&self.stream);
+        let _guard = lock.lock().await;
+        if let Some(hit) = self.cached(max_age) {
+            self.count_cache(true);
+            return Ok(hit);
+        }
+        self.reload().await
+    }
+
+    /// Reads the events after the cached version; without a cache entry, all of them, or,
+    /// under an access strategy, back to the latest origin.
+    pub(super) async fn reload(&self) -> Result<Loaded<D::State>> {
+        if let Some(cached) = self.cached(None) {
+            self.count_cache(true);
+            return self.catch_up(cached).await;
+        }
+        if self.category.cache.is_some() {
+            self.count_cache(false);
+        }
+        if let Some(head) = &self.category.access.head {
+            if let Some(loaded) = self.load_head(head).await? {
+                return Ok(loaded);
+            }
+        }
+        if !self.category.access.backward() {
+            return self
+                .catch_up(Loaded {
+                    version: Version::EMPTY,
+                    state: Arc::new(D::initial()),
+                })
+                .await;
+        }
+        let loaded = self.load_backward(ReadStream::backward(), None).await?;
+        if let Some(cache) = &self.category.cache {
+            cache.put(&self.stream, loaded.version, Arc::clone(&loaded.state));
+        }
+        Ok(loaded)
+    }
+
+    /// Reads the head snapshot and the events after it in one round trip, and folds them
+    /// (reading on only when more events followed than one round trip returns). `None`
+    /// when there is a snapshot this category cannot use (another schema): the caller
+    /// folds the stream instead.
+    pub(super) async fn load_head(
+        &self,
+        head: &SnapshotCodec<D::State>,
+    ) -> Result<Option<Loaded<D::State>>> {
+        let cat = &self.category;
+        let read = cat.store.read_head(&self.stream, HEAD_EVENTS).await?;
+        let (mut version, base) = match &read.snapshot {
+            None => (Version::EMPTY, D::initial()),
+            Some(snapshot) => match (head.decode)(&snapshot.data) {
+                Some(state) => (snapshot.version, state),
+                None => return Ok(None),
+            },
+        };
+        let mut state = base;
+        for recorded in &read.events {
+            version = recorded.next_version();
+            if recorded.event_type == SNAPSHOT_EVENT_TYPE {
+                continue;
+            }
+            if let Some(event) = cat.codec.decode(recorded)? {
+                state = D::evolve(state, &event);
+            }
+        }
+        let loaded = Loaded {
+            version,
+            state: Arc::new(state),
+        };
+        if version < read.version {
+            return self.catch_up(loaded).await.map(Some);
+        }
+        if let Some(cache) = &cat.cache {
+            cache.put(&self.stream, loaded.version, Arc::clone(&loaded.state));
+        }
+        Ok(Some(loaded))
+    }
+
+    /// The state after the stream's first `version` events (all of them if it has fewer),
+    /// folded from the latest snapshot or origin at or before that point.
+    pub async fn load_at(&self, version: Version) -> Result<Loaded<D::State>> {
+        self.load_backward(ReadStream::backward_from(version), None)
+            .instrument(tracing::debug_span!("annals.load_at", stream = %self.stream, %version))
+            .await
+    }
+
+    /// The state as of `time`: the fold of the events recorded at or before it, from the
+    /// latest snapshot or origin among them.
+    pub async fn load_as_of(&self, time: Timestamp) -> Result<Loaded<D::State>> {
+        self.load_backward(ReadStream::backward(), Some(time))
+            .instrument(tracing::debug_span!("annals.load_as_of", stream = %self.stream))
+            .await
+    }
+
+    /// Reads newest first until an origin: a current snapshot, an event for which the
+    /// category's origin test holds (any event under "latest known event"), or the start;
+    /// then folds forward from it. With `as_of`, events recorded later are passed over.
+    pub(super) async fn load_backward(
+        &self,
+        read: ReadStream,
+        as_of: Option<Timestamp>,
+    ) -> Result<Loaded<D::State>> {
+        let cat = &self.category;
+        let access = &cat.access;
+        let mut events = cat.store.read_stream(&self.stream, read);
+        let mut version = None;
+        let mut base = None;
+        let mut newest_first: Vec<D::Event> = Vec::new();
+        let mut read = 0u64;
+        while let Some(recorded) = events.try_next().await? {
+            read += 1;
+            if as_of.is_some_and(|t| recorded.recorded_at > t) {
+                continue;
+            }
+            version.get_or_insert(recorded.next_version());
+            if recorded.event_type == SNAPSHOT_EVENT_TYPE {
+                if let Some(state) = access
+                    .snapshots
+                    .as_ref()
+                    .and_then(|s| (s.codec.decode)(&recorded.data))
+                {
+                    base = Some(state);
+                    break;
+                }
+                continue;
+            }
+            if let Some(event) = cat.codec.decode(&recorded)? {
+                let origin = access.latest_known_event
+                    || access.is_origin.as_ref().is_some_and(|o| o(&event));
+                newest_first.push(event);
+                if origin {
+                    break;
+                }
+            }
+        }
+        tracing::trace!(read, "loaded backward");
+        let state = D::fold(base.unwrap_or_else(D::initial), newest_first.iter().rev());
+        Ok(Loaded {
+            version: version.unwrap_or(Version::EMPTY),
+            state: Arc::new(state),
+        })
+    }
+
+    /// Folds the events after `from.version` onto `from.state`, and caches the result.
+    pub(crate) async fn catch_up(&self, from: Loaded<D::State>) -> Result<Loaded<D::State>> {
+        let cat = &self.category;
+        let mut events = cat
+            .store
+            .read_stream(&self.stream, ReadStream::forward_from(from.version));
+        let mut version = from.version;
+        let mut state: Option<D::State> = None;
+        let (mut read, mut skipped) = (0u64, 0u64);
+        while let Some(recorded) = events.try_next().await? {
+            read += 1;
+            version = recorded.next_version();
+            if recorded.event_type == SNAPSHOT_EVENT_TYPE {
+                continue;
+            }
+            match cat.codec.decode(&recorded)? {
+                Some(event) => {
+                    let current = state.take().unwrap_or_else(|| (*from.state).clone());
+                    state = Some(D::evolve(current, &event));
+                }
+                None => skipped += 1,
+            }
+        }
+        tracing::trace!(read, skipped, %version, "caught up");
+        let state = state.map_or(from.state, Arc::new);
+        if let Some(cache) = &cat.cache {
+            cache.put(&self.stream, version, Arc::clone(&state));
+        }
+        Ok(Loaded { version, state })
+    }
+}
