@@ -236,18 +236,16 @@ impl PgStore {
     }
 
     /// Begins a read-model transaction (its commit need not wait for the disk: see
-    /// `advance_and_commit`) and reads `projection`'s progress in `stream` without a lock,
-    /// in one round trip.
-    async fn begin_reading(
+    /// `advance_and_commit`) and reads `projection`'s progress in `stream` with `sql` (which
+    /// may lock it), in one round trip.
+    async fn begin_with_progress(
         &self,
+        sql: &str,
         projection: &str,
         stream: &StreamName,
     ) -> Result<(Transaction, Option<u64>)> {
         let client = self.client().await?;
-        let read = client
-            .prepare_cached(&self.inner.sql.progress_get)
-            .await
-            .map_err(backend)?;
+        let read = client.prepare_cached(sql).await.map_err(backend)?;
         let name = stream.as_str();
         let params: [&(dyn ToSql + Sync); 2] = [&projection, &name];
         let (begun, row) = futures::join!(
@@ -260,6 +258,16 @@ impl PgStore {
         begun.map_err(backend)?;
         let progress = row.map_err(backend)?.map(|r| r.get::<_, i64>(0) as u64);
         Ok((tx, progress))
+    }
+
+    /// Begins and reads the progress without a lock (the commit checks it).
+    async fn begin_reading(
+        &self,
+        projection: &str,
+        stream: &StreamName,
+    ) -> Result<(Transaction, Option<u64>)> {
+        let sql = &self.inner.sql.progress_get;
+        self.begin_with_progress(sql, projection, stream).await
     }
 
     /// Moves the progress from what was read to `to` and commits, in one round trip; `Moved`
@@ -319,25 +327,9 @@ impl PgStore {
         projection: &str,
         stream: &StreamName,
     ) -> Result<(Transaction, u64)> {
-        let client = self.client().await?;
-        let lock = client
-            .prepare_cached(&self.inner.sql.progress_lock)
-            .await
-            .map_err(backend)?;
-        let name = stream.as_str();
-        let params: [&(dyn ToSql + Sync); 2] = [&projection, &name];
-        let (begun, row) = futures::join!(
-            client.batch_execute("BEGIN; SET LOCAL synchronous_commit = off"),
-            client.query_opt(&lock, &params)
-        );
-        let tx = Transaction {
-            client: Some(client),
-        };
-        begun.map_err(backend)?;
-        let next = row
-            .map_err(backend)?
-            .map_or(0, |r| r.get::<_, i64>(0) as u64);
-        Ok((tx, next))
+        let sql = &self.inner.sql.progress_lock;
+        let (tx, progress) = self.begin_with_progress(sql, projection, stream).await?;
+        Ok((tx, progress.unwrap_or(0)))
     }
 
     /// Records the progress and commits, in one round trip.
