@@ -36,9 +36,19 @@ fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> OpenError + '_ {
 }
 
 /// Opens the writer connection, checks the file, migrates it.
+///
+/// An existing file is recognised first on a read-only connection, which neither writes
+/// the file nor checkpoints (or removes) a `-wal` beside it: a file we refuse is left as it
+/// was.
 pub(crate) fn open_writer(config: &SqliteConfig) -> Result<Connection, OpenError> {
     let path = config.path.as_path();
     let err = sqlite(path);
+    if path.exists() {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let reader = Connection::open_with_flags(path, flags).map_err(&err)?;
+        reader.busy_timeout(config.busy_timeout).map_err(&err)?;
+        check(&reader, path)?;
+    }
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -117,7 +127,11 @@ fn check(conn: &Connection, path: &Path) -> Result<(), OpenError> {
             supported: SCHEMA_VERSION,
         }),
         APPLICATION_ID => Ok(()),
-        0 if objects == 0 => Ok(()),
+        // A new, empty database: no schema objects and no version of anyone's.
+        0 if objects == 0 && version == 0 => Ok(()),
+        0 if objects == 0 => Err(foreign(format!(
+            "it has no Annals application id and another application's user_version {version}"
+        ))),
         0 => Err(foreign(format!(
             "it has {objects} tables or indexes of another application"
         ))),

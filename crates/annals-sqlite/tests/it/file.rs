@@ -74,6 +74,77 @@ fn a_database_from_a_newer_schema_is_refused_untouched() {
     assert_eq!(v, SCHEMA_VERSION + 1);
 }
 
+/// The SHA-256 of a file and of its `-wal` (empty when there is none).
+fn digests(path: &std::path::Path) -> (String, String) {
+    use sha2::{Digest, Sha256};
+    let of = |p: &std::path::Path| {
+        let bytes = std::fs::read(p).unwrap_or_default();
+        format!("{:x}", Sha256::digest(bytes))
+    };
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    (of(path), of(std::path::Path::new(&wal)))
+}
+
+/// An empty-looking database (no tables, no application id) carrying another application's
+/// `user_version` is not a new file: refused, and not a byte changes.
+#[test]
+fn a_tableless_database_with_another_user_version_is_refused_untouched() {
+    for version in [99, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("other.db");
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch(&format!("PRAGMA user_version = {version}"))
+                .unwrap();
+        }
+        let before = digests(&path);
+        match SqliteStore::open(SqliteConfig::new(&path)) {
+            Err(OpenError::NotAnnalsDatabase { reason, .. }) => {
+                assert!(reason.contains(&format!("user_version {version}")), "{reason}")
+            }
+            other => panic!("user_version {version}: expected NotAnnalsDatabase, got {other:?}"),
+        }
+        assert_eq!(digests(&path), before, "user_version {version}");
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "delete", "user_version {version}: journal mode changed");
+    }
+}
+
+/// A foreign database in WAL mode whose last commits are still only in its `-wal`: refused
+/// without a checkpoint, so neither the main file nor the `-wal` changes.
+#[test]
+fn a_foreign_wal_database_with_uncheckpointed_frames_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("other.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0; \
+             CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL); \
+             INSERT INTO invoices (total) VALUES (1.5), (2.5);",
+        )
+        .unwrap();
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )
+        .unwrap();
+    }
+    let before = digests(&path);
+    assert_ne!(
+        before.1,
+        digests(&dir.path().join("none")).1,
+        "the -wal holds frames"
+    );
+    let err = SqliteStore::open(SqliteConfig::new(&path)).unwrap_err();
+    assert!(matches!(err, OpenError::NotAnnalsDatabase { .. }), "{err}");
+    assert_eq!(digests(&path), before);
+}
+
 #[tokio::test]
 async fn oversized_and_malformed_events_are_refused_and_nothing_written() {
     let dir = tempfile::tempdir().unwrap();
