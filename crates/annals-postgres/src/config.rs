@@ -84,8 +84,12 @@ impl PgConfig {
     }
 }
 
-/// Checks a schema name: it is spliced into SQL, so only plain identifiers pass.
+/// Checks a schema name: only plain identifiers pass (they are also quoted wherever they are
+/// spliced into SQL, so reserved words work), and never one of PostgreSQL's own schemas.
 pub(crate) fn validate_schema(schema: &str) -> Result<(), PgError> {
+    if schema == "information_schema" || schema.starts_with("pg_") {
+        return Err(PgError::SystemSchema(schema.to_owned()));
+    }
     let mut chars = schema.chars();
     let ok = matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
@@ -95,6 +99,12 @@ pub(crate) fn validate_schema(schema: &str) -> Result<(), PgError> {
     } else {
         Err(PgError::InvalidSchema(schema.to_owned()))
     }
+}
+
+/// A validated schema name as a quoted SQL identifier.
+pub(crate) fn quoted(schema: &str) -> String {
+    debug_assert!(validate_schema(schema).is_ok());
+    format!("\"{}\"", schema.replace('"', "\"\""))
 }
 
 #[cfg(test)]
@@ -118,5 +128,12 @@ mod tests {
         }
         assert!(validate_schema("annals_1").is_ok());
         assert!(validate_schema("x; drop table y").is_err());
+        for system in ["information_schema", "pg_catalog", "pg_toast", "pg_x"] {
+            assert!(
+                matches!(validate_schema(system), Err(PgError::SystemSchema(_))),
+                "{system}"
+            );
+        }
+        assert_eq!(quoted("select"), "\"select\"");
     }
 }

@@ -16,6 +16,17 @@ pub enum PgError {
     /// The schema name is not a plain identifier.
     #[error("invalid schema name {0:?}: use lowercase letters, digits and '_' (at most 48), starting with a letter or '_'")]
     InvalidSchema(String),
+    /// The schema is one of PostgreSQL's own (`pg_catalog`, `information_schema`, `pg_*`).
+    #[error("schema {0:?} belongs to PostgreSQL itself: choose another annals_schema")]
+    SystemSchema(String),
+    /// The schema holds objects but no Annals store: another application's.
+    #[error("schema {schema:?} holds {objects} tables, views or functions of another application and no Annals store: choose another annals_schema")]
+    ForeignSchema {
+        /// The schema.
+        schema: String,
+        /// How many relations and functions it holds.
+        objects: i64,
+    },
     /// The schema was migrated by a newer Annals.
     #[error("schema {schema}: version {found} is newer than this build supports ({supported}): upgrade Annals")]
     SchemaTooNew {

@@ -287,6 +287,49 @@ fn event(row: &Row, offset: usize) -> Result<RecordedEvent> {
     })
 }
 
+/// Reads (never writes) what `schema` holds: its Annals migration version, 0 when it is
+/// absent or empty, or [`PgError::ForeignSchema`] when it holds another application's
+/// objects and no Annals `migrations` table.
+async fn recognise(
+    client: &impl tokio_postgres::GenericClient,
+    schema: &str,
+) -> Result<i32, PgError> {
+    let row = client
+        .query_one(
+            "SELECT \
+               (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1) \
+             + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+                 WHERE n.nspname = $1), \
+               (SELECT count(*) = 2 FROM information_schema.columns \
+                 WHERE table_schema = $1 AND table_name = 'migrations' \
+                   AND ((column_name = 'version' AND data_type = 'integer') \
+                     OR (column_name = 'applied_at' AND data_type = 'timestamp with time zone')))",
+            &[&schema],
+        )
+        .await?;
+    let (objects, ours): (i64, bool) = (row.get(0), row.get(1));
+    if ours {
+        let version = client
+            .query_one(
+                &format!(
+                    "SELECT coalesce(max(version), 0) FROM {}.migrations",
+                    config::quoted(schema)
+                ),
+                &[],
+            )
+            .await?;
+        return Ok(version.get(0));
+    }
+    if objects == 0 {
+        return Ok(0);
+    }
+    Err(PgError::ForeignSchema {
+        schema: schema.to_owned(),
+        objects,
+    })
+}
+
 impl PgStore {
     /// Connects (lazily: the pool opens connections on demand) and checks that the schema
     /// is not newer than this build. Does not create or migrate anything: see
@@ -296,7 +339,7 @@ impl PgStore {
         let mut pg: tokio_postgres::Config = config.url.parse()?;
         // Unqualified names (read models' tables) resolve to the store's schema; the
         // store's own statements name it explicitly.
-        let search_path = format!("-c search_path={},public", config.schema);
+        let search_path = format!("-c search_path={},public", config::quoted(&config.schema));
         let options = match pg.get_options() {
             Some(o) if !o.is_empty() => format!("{o} {search_path}"),
             _ => search_path,
@@ -332,7 +375,7 @@ impl PgStore {
                 pool,
                 feed_pool,
                 progress: read_model::ProgressCache::default(),
-                sql: Sql::new(&config.schema),
+                sql: Sql::new(&config::quoted(&config.schema)),
                 config,
                 changes,
                 notifier,
@@ -376,59 +419,39 @@ impl PgStore {
             .map_err(|e| PgError::Connect(e.to_string()))
     }
 
-    /// The schema's migration version (0 when it has none).
+    /// The schema's migration version (0 when it has none). A schema holding objects but no
+    /// Annals store is refused with [`PgError::ForeignSchema`].
     pub async fn schema_version(&self) -> Result<i32, PgError> {
         let client = self.client_for_setup().await?;
-        let schema = &self.inner.config.schema;
-        let exists: bool = client
-            .query_one(
-                "SELECT to_regclass($1) IS NOT NULL",
-                &[&format!("{schema}.migrations")],
-            )
-            .await?
-            .get(0);
-        if !exists {
-            return Ok(0);
-        }
-        let row = client
-            .query_one(
-                &format!("SELECT coalesce(max(version), 0) FROM {schema}.migrations"),
-                &[],
-            )
-            .await?;
-        Ok(row.get(0))
+        recognise(&**client, &self.inner.config.schema).await
     }
 
     /// Creates the schema or applies the migrations it lacks, in one transaction, under an
-    /// advisory lock so concurrent migrators take turns. Returns the versions applied.
+    /// advisory lock so concurrent migrators take turns. Returns the versions applied. A
+    /// schema of another application is refused before anything is created.
     pub async fn migrate(&self) -> Result<Vec<i32>, PgError> {
         let mut client = self.client_for_setup().await?;
-        let schema = self.inner.config.schema.clone();
+        let name = self.inner.config.schema.clone();
+        let schema = config::quoted(&name);
         let tx = client.transaction().await?;
         tx.execute(
             "SELECT pg_advisory_xact_lock(hashtext($1))",
-            &[&format!("annals:{schema}")],
+            &[&format!("annals:{name}")],
         )
         .await?;
+        let current = recognise(&*tx, &name).await?;
+        if current > SCHEMA_VERSION {
+            return Err(PgError::SchemaTooNew {
+                schema: name,
+                found: current,
+                supported: SCHEMA_VERSION,
+            });
+        }
         tx.batch_execute(&format!(
             "CREATE SCHEMA IF NOT EXISTS {schema}; \
              CREATE TABLE IF NOT EXISTS {schema}.migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());"
         ))
         .await?;
-        let current: i32 = tx
-            .query_one(
-                &format!("SELECT coalesce(max(version), 0) FROM {schema}.migrations"),
-                &[],
-            )
-            .await?
-            .get(0);
-        if current > SCHEMA_VERSION {
-            return Err(PgError::SchemaTooNew {
-                schema,
-                found: current,
-                supported: SCHEMA_VERSION,
-            });
-        }
         let mut applied = Vec::new();
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
             let version = i as i32 + 1;
@@ -442,7 +465,7 @@ impl PgStore {
         }
         tx.commit().await?;
         for v in &applied {
-            tracing::info!(schema = %self.inner.config.schema, version = v, "applied schema migration");
+            tracing::info!(schema = %name, version = v, "applied schema migration");
         }
         Ok(applied)
     }

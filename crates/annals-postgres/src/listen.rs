@@ -22,7 +22,7 @@ pub(crate) fn spawn_listener(
                 Ok((client, mut connection)) => {
                     let mut messages =
                         futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-                    let statement = format!("LISTEN {channel}");
+                    let statement = format!("LISTEN \"{channel}\"");
                     let listening = {
                         let listen = client.batch_execute(&statement);
                         let mut listen = std::pin::pin!(listen);

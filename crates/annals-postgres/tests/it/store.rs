@@ -237,3 +237,123 @@ async fn a_filtered_read_all_pages_through_a_sparse_category_in_bounded_windows(
         .unwrap();
     assert_eq!(page.events.len(), 100);
 }
+
+/// A fingerprint (SHA-256) of what the catalog holds in `schemas`: whether each exists, and
+/// every relation (with its columns) and function in them, so a test sees whether a refused
+/// open created or changed anything there.
+async fn catalog_digest(client: &tokio_postgres::Client, schemas: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let schemas: Vec<String> = schemas.iter().map(|s| s.to_string()).collect();
+    let row = client
+        .query_one(
+            "SELECT concat_ws(E'\\n', \
+               (SELECT string_agg(nspname, ',' ORDER BY nspname) FROM pg_namespace \
+                 WHERE nspname = ANY ($1)), \
+               (SELECT string_agg(n.nspname || '.' || c.relname || ':' || c.relkind::text || ':' || \
+                  coalesce((SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), ',' ORDER BY a.attnum) \
+                            FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0), ''), \
+                  E'\\n' ORDER BY n.nspname, c.relname) \
+                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = ANY ($1)), \
+               (SELECT string_agg(n.nspname || '.' || p.proname || '(' || pg_get_function_arguments(p.oid) || ')', \
+                  E'\\n' ORDER BY n.nspname, p.proname, pg_get_function_arguments(p.oid)) \
+                FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = ANY ($1)))",
+            &[&schemas],
+        )
+        .await
+        .unwrap();
+    let text: String = row.get(0);
+    assert!(!text.is_empty());
+    format!("{:x}", Sha256::digest(text.as_bytes()))
+}
+
+#[tokio::test]
+async fn system_schemas_are_refused_before_anything_is_touched() {
+    let client = postgres::connect(&postgres::shared().url).await;
+    let system = ["information_schema", "pg_catalog", "pg_toast", "pg_annals"];
+    let before = catalog_digest(&client, &system).await;
+    for schema in system {
+        let err = PgStore::connect(PgConfig::new(&postgres::shared().url).schema(schema))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PgError::SystemSchema(_)), "{schema}: {err}");
+        assert!(err.to_string().contains(schema), "{err}");
+        let url = format!("{}?annals_schema={schema}", postgres::shared().url);
+        assert!(
+            matches!(PgConfig::from_url(&url), Err(PgError::SystemSchema(_))),
+            "{url}"
+        );
+    }
+    assert_eq!(catalog_digest(&client, &system).await, before);
+}
+
+#[tokio::test]
+async fn a_schema_of_another_application_is_refused_untouched() {
+    let client = postgres::connect(&postgres::shared().url).await;
+    let schema = postgres::schema_name("shop");
+    // Another application's schema, even one with a table called `migrations`.
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA {schema}; \
+             CREATE TABLE {schema}.invoices (id serial PRIMARY KEY, total numeric); \
+             CREATE TABLE {schema}.migrations (id serial PRIMARY KEY, migration text, batch int); \
+             INSERT INTO {schema}.invoices (total) VALUES (12.5);"
+        ))
+        .await
+        .unwrap();
+    let before = catalog_digest(&client, &[&schema]).await;
+    let config = PgConfig::new(&postgres::shared().url).schema(&schema);
+    match PgStore::connect(config.clone()).await {
+        Err(PgError::ForeignSchema { schema: s, objects }) => {
+            assert_eq!(s, schema);
+            assert!(objects >= 2, "{objects}");
+        }
+        other => panic!("expected ForeignSchema, got {other:?}"),
+    }
+    assert_eq!(catalog_digest(&client, &[&schema]).await, before);
+    let total: String = client
+        .query_one(&format!("SELECT total::text FROM {schema}.invoices"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(total, "12.5");
+}
+
+#[tokio::test]
+async fn a_reserved_word_is_a_schema_like_any_other() {
+    // Quoted wherever it is spliced into SQL, a reserved word works as the schema.
+    let client = postgres::connect(&postgres::shared().url).await;
+    let _ = client
+        .batch_execute("DROP SCHEMA IF EXISTS \"select\" CASCADE")
+        .await;
+    let store = PgStore::connect(PgConfig::new(&postgres::shared().url).schema("select"))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let stream = StreamName::new("Reserved-1").unwrap();
+    store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![EventData::new("A", b"{}".to_vec())],
+        )
+        .await
+        .unwrap();
+    let events = store
+        .read_stream_vec(&stream, ReadStream::forward())
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    store.await_visible().await.unwrap();
+    let mut live = annals::subscribe(
+        std::sync::Arc::new(store.clone()),
+        Position::START,
+        Default::default(),
+    );
+    let first = tokio::time::timeout(std::time::Duration::from_secs(30), live.next())
+        .await
+        .expect("the subscription delivers")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.stream, stream);
+    assert_eq!(store.migrate().await.unwrap(), Vec::<i32>::new());
+}

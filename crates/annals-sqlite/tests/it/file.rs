@@ -101,7 +101,10 @@ fn a_tableless_database_with_another_user_version_is_refused_untouched() {
         let before = digests(&path);
         match SqliteStore::open(SqliteConfig::new(&path)) {
             Err(OpenError::NotAnnalsDatabase { reason, .. }) => {
-                assert!(reason.contains(&format!("user_version {version}")), "{reason}")
+                assert!(
+                    reason.contains(&format!("user_version {version}")),
+                    "{reason}"
+                )
             }
             other => panic!("user_version {version}: expected NotAnnalsDatabase, got {other:?}"),
         }
@@ -110,7 +113,10 @@ fn a_tableless_database_with_another_user_version_is_refused_untouched() {
         let mode: String = conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(mode, "delete", "user_version {version}: journal mode changed");
+        assert_eq!(
+            mode, "delete",
+            "user_version {version}: journal mode changed"
+        );
     }
 }
 
