@@ -57,14 +57,20 @@ fn body(bytes: &[u8]) -> Value {
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
 }
 
-/// A timestamp in RFC 3339 (UTC, microseconds).
+/// A timestamp in RFC 3339 (UTC, microseconds) when it is within years 1970-9999, which
+/// RFC 3339 can write; any other stored value (a clock gone wrong, a foreign writer) is
+/// reported as its microseconds, never a panic.
 pub(crate) fn time(t: annals::Timestamp) -> String {
-    match u64::try_from(t.unix_micros()) {
-        Ok(micros) => {
-            humantime::format_rfc3339_micros(std::time::UNIX_EPOCH + Duration::from_micros(micros))
+    /// 10000-01-01T00:00:00Z, in microseconds since 1970.
+    const YEAR_10000: i64 = 253_402_300_800_000_000;
+    let micros = t.unix_micros();
+    match u64::try_from(micros) {
+        Ok(m) if micros < YEAR_10000 => {
+            humantime::format_rfc3339_micros(std::time::UNIX_EPOCH + Duration::from_micros(m))
                 .to_string()
         }
-        Err(_) => format!("{} µs before 1970", -t.unix_micros()),
+        Ok(_) => format!("{micros} µs after 1970 (past year 9999)"),
+        Err(_) => format!("{} µs before 1970", micros.unsigned_abs()),
     }
 }
 

@@ -18,25 +18,21 @@ impl Output {
         println!("{value}");
     }
 
-    /// Prints rows under headers, columns aligned.
+    /// Prints rows under headers, columns aligned (no borders, two spaces between columns).
     pub fn table(&self, headers: &[&str], rows: &[Vec<String>]) {
-        let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+        let mut table = comfy_table::Table::new();
+        table
+            .load_preset(comfy_table::presets::NOTHING)
+            .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+            .set_header(headers.iter().copied());
         for row in rows {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.chars().count());
-            }
+            table.add_row(row.iter().map(String::as_str));
         }
-        let render = |cells: Vec<&str>| {
-            let line: Vec<String> = cells
-                .iter()
-                .zip(&widths)
-                .map(|(c, w)| format!("{c:<w$}"))
-                .collect();
-            println!("{}", line.join("  ").trim_end());
-        };
-        render(headers.to_vec());
-        for row in rows {
-            render(row.iter().map(String::as_str).collect());
+        for column in table.column_iter_mut() {
+            column.set_padding((0, 2));
+        }
+        for line in table.lines() {
+            println!("{}", line.trim_end());
         }
     }
 }

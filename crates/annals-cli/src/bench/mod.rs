@@ -75,18 +75,6 @@ pub async fn run_http(url: &str, bench: Bench) -> anyhow::Result<()> {
     }
 }
 
-/// A tiny xorshift generator: the benches need cheap, well-spread picks, not cryptography.
-pub(crate) struct Rng(pub u64);
-
-impl Rng {
-    pub(crate) fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// A histogram of latencies in microseconds, from 1 µs to 60 s.
 pub(crate) fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")

@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 
-use super::{latency_histogram, Latency, Rng};
+use super::{latency_histogram, Latency};
 use crate::store_url::{Opened, ReadModelDb};
 
 /// Arguments of `annals bench catchup`.
@@ -379,7 +379,7 @@ pub async fn live(opened: Opened, url: &str, args: LiveArgs) -> anyhow::Result<(
         args.streams,
         humantime::format_duration(args.duration)
     );
-    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let mut rng = fastrand::Rng::with_seed(0x2545_F491_4F6C_DD1D);
     let mut pace = tokio::time::interval(Duration::from_secs(1) / args.rate);
     pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let deadline = Instant::now() + args.duration;
@@ -387,7 +387,7 @@ pub async fn live(opened: Opened, url: &str, args: LiveArgs) -> anyhow::Result<(
     while Instant::now() < deadline {
         pace.tick().await;
         let sent = clock.base.elapsed().as_micros() as u64;
-        let s = stream(&category, rng.next() % args.streams)?;
+        let s = stream(&category, rng.u64(..args.streams))?;
         let e = EventData::new("Sent", sent.to_string().into_bytes());
         store.append(&s, ExpectedVersion::Any, vec![e]).await?;
         appended += 1;

@@ -22,7 +22,6 @@ use annals_sqlite::rusqlite;
 use anyhow::ensure;
 
 use super::append::{event, micros, Report};
-use super::Rng;
 use crate::store_url::Opened;
 
 /// Arguments of `annals bench read`.
@@ -160,9 +159,9 @@ async fn readers(
             let (store, streams, name) = (Arc::clone(store), Arc::clone(streams), name.to_owned());
             tokio::spawn(async move {
                 let mut report = Report::read(name);
-                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (r as u64 + 1));
+                let mut rng = fastrand::Rng::with_seed(r as u64 + 1);
                 while Instant::now() < deadline {
-                    let s = &streams[(rng.next() % streams.len() as u64) as usize];
+                    let s = &streams[rng.usize(..streams.len())];
                     let t0 = Instant::now();
                     let events = store.read_stream_vec(s, shape.store_read()).await?;
                     report.latencies.saturating_record(micros(t0));
@@ -266,7 +265,7 @@ impl Raw {
         let mut tasks = Vec::new();
         for r in 0..args.readers {
             let streams = Arc::clone(streams);
-            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (r as u64 + 1));
+            let mut rng = fastrand::Rng::with_seed(r as u64 + 1);
             let task = match self {
                 Raw::Sqlite(path) => {
                     let sql = format!(
@@ -282,7 +281,7 @@ impl Raw {
                         )?;
                         let mut report = Report::read(name);
                         while Instant::now() < deadline {
-                            let s = &streams[(rng.next() % streams.len() as u64) as usize];
+                            let s = &streams[rng.usize(..streams.len())];
                             let t0 = Instant::now();
                             let mut q = conn.prepare_cached(&sql)?;
                             let rows: Vec<RawRow> = q
@@ -309,7 +308,7 @@ impl Raw {
                         let query = client.prepare_cached(&sql).await?;
                         let mut report = Report::read(name);
                         while Instant::now() < deadline {
-                            let s = &streams[(rng.next() % streams.len() as u64) as usize];
+                            let s = &streams[rng.usize(..streams.len())];
                             let t0 = Instant::now();
                             let rows = client.query(&query, &[&s.as_str()]).await?;
                             let rows: Vec<PgRow> = rows

@@ -22,7 +22,7 @@ use hdrhistogram::Histogram;
 
 use super::calls::{Calls, OPERATIONS};
 use super::http::{Conflict, WebTodos};
-use super::{latency_histogram, Latency, Rng};
+use super::{latency_histogram, Latency};
 
 /// Which scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,7 +258,7 @@ pub async fn run(scenario: Scenario, target: Target, url: &str, args: Args) -> a
             let (service, tally, issued) = (service.clone(), tally.clone(), issued.clone());
             let clients = args.clients as u64;
             tokio::spawn(async move {
-                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((w as u64 + 1) * 0x1000_0000_01B3));
+                let mut rng = fastrand::Rng::with_seed(w as u64 + 1);
                 let mut n = 0u64;
                 loop {
                     if let Some(period) = period {
@@ -272,7 +272,7 @@ pub async fn run(scenario: Scenario, target: Target, url: &str, args: Args) -> a
                     } else if Instant::now() >= deadline {
                         return;
                     }
-                    let client = format!("bench{run_id}_{}", rng.next() % clients);
+                    let client = format!("bench{run_id}_{}", rng.u64(..clients));
                     let item = format!("i{w}x{n}");
                     let t0 = Instant::now();
                     let outcome = service.test(&client, item, n).await;

@@ -312,19 +312,21 @@ const EVENTS: u64 = 100_000;
 /// 100,000 events over 500 streams, with metadata, correlation and causation ids.
 async fn fill(store: &annals_sqlite::SqliteStore) {
     let mut version = vec![0u64; STREAMS as usize];
-    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let mut rng = fastrand::Rng::with_seed(0x2545_F491_4F6C_DD1D);
     let mut written = 0;
     while written < EVENTS {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let s = (rng % STREAMS) as usize;
-        let n = 1 + rng % 4;
+        let s = rng.u64(..STREAMS) as usize;
+        let n = rng.u64(1..=4);
         let events: Vec<EventData> = (0..n)
             .map(|i| {
                 let mut e = EventData::new(
                     if i % 2 == 0 { "Added" } else { "Removed" },
-                    format!(r#"{{"n":{},"text":"ü'\"{}"}}"#, written + i, rng % 1000).into_bytes(),
+                    format!(
+                        r#"{{"n":{},"text":"ü'\"{}"}}"#,
+                        written + i,
+                        rng.u32(..1000)
+                    )
+                    .into_bytes(),
                 )
                 .with_metadata(format!(r#"{{"w":{s}}}"#).into_bytes());
                 e.correlation_id = Some(annals::Uuid::now_v7());
@@ -438,4 +440,52 @@ fn sync_copies_100k_events_sqlite_to_postgres_and_back_and_resumes_after_a_kill(
         let again = sync(dir.path(), &pg, back, None);
         assert_eq!(again.last().unwrap()["read"], 0);
     });
+}
+
+/// Stored values out of every calendar's range (a timestamp past year 9999, the largest and
+/// the smallest one) are shown as what they are by `read`, `dump` and `tail`, never a panic.
+#[test]
+fn timestamps_out_of_range_are_shown_not_panicked_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("odd.db").display());
+    let run = |args: &[&str]| on(dir.path(), &store, args);
+    for _ in 0..3 {
+        succeeded(&run(&["append", "Odd-1", "--type", "T", "--data", "{}"]));
+    }
+    {
+        let conn = annals_sqlite::rusqlite::Connection::open(dir.path().join("odd.db")).unwrap();
+        conn.execute_batch(
+            "DROP TRIGGER annals_events_immutable_update; \
+             UPDATE annals_events SET recorded_at = CASE stream_version \
+               WHEN 0 THEN 253402300800000000 \
+               WHEN 1 THEN 9223372036854775807 \
+               ELSE -9223372036854775808 END;",
+        )
+        .unwrap();
+    }
+    let read = succeeded(&run(&["read", "Odd-1"]));
+    assert!(read.contains("past year 9999"), "{read}");
+    assert!(read.contains("before 1970"), "{read}");
+    for args in [
+        &["read", "Odd-1", "--json"][..],
+        &["dump", "--json"],
+        &["tail", "--from", "0", "--count", "3", "--json"],
+    ] {
+        let lines = json_lines(&succeeded(&run(args)));
+        assert_eq!(lines.len(), 3, "{args:?}: {lines:?}");
+        assert!(
+            lines[0]["recorded_at"]
+                .as_str()
+                .unwrap()
+                .starts_with("253402300800000000 µs after 1970"),
+            "{args:?}: {lines:?}"
+        );
+        assert!(
+            lines[2]["recorded_at"]
+                .as_str()
+                .unwrap()
+                .ends_with("µs before 1970"),
+            "{args:?}: {lines:?}"
+        );
+    }
 }

@@ -87,20 +87,14 @@ async fn soak_sixteen_slow_writers_and_four_subscribers_see_everything_once_in_o
         .map(|w| {
             let (store, appended) = (store.clone(), appended.clone());
             tokio::spawn(async move {
-                let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (w + 1).wrapping_mul(0x1000_0000_01B3);
-                let mut step = move || {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    rng
-                };
+                let mut rng = fastrand::Rng::with_seed(w + 1);
                 while appended.load(Ordering::SeqCst) < TARGET {
-                    let stream = StreamName::new(format!("Soak-{}", step() % 300)).unwrap();
-                    let n = 1 + step() % 5;
+                    let stream = StreamName::new(format!("Soak-{}", rng.u64(..300))).unwrap();
+                    let n = rng.u64(1..=5);
                     let events: Vec<EventData> = (0..n)
                         .map(|i| EventData::new("Soaked", format!("{w}.{i}").into_bytes()))
                         .collect();
-                    let pause = (step() % 21) as f64 / 1000.0;
+                    let pause = rng.u32(..=20) as f64 / 1000.0;
                     // A transaction that lost the id race on its stream is retried whole.
                     for attempt in 0.. {
                         let mut tx = store.projection().await.unwrap();

@@ -14,7 +14,7 @@ use annals_reactor::{GroupConfig, Handler, HandlerError, PipelineConfig};
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use crate::process::{pg, say, spawn_child, Rng};
+use crate::process::{pg, rng, say, spawn_child};
 
 const STREAMS: u64 = 40;
 const WAIT: Duration = Duration::from_secs(120);
@@ -157,12 +157,12 @@ async fn three_processes_share_a_group_and_a_killed_ones_streams_go_to_the_other
         .map(|_| {
             let (store, stop, appended) = (store.clone(), stop_writing.clone(), appended.clone());
             tokio::spawn(async move {
-                let mut rng = Rng::from_clock();
+                let mut rng = rng();
                 let mut pace = tokio::time::interval(Duration::from_millis(5));
                 while !stop.load(Ordering::SeqCst) {
                     pace.tick().await;
-                    let stream = StreamName::new(format!("Work-{}", rng.below(STREAMS))).unwrap();
-                    let n = 1 + rng.below(4);
+                    let stream = StreamName::new(format!("Work-{}", rng.u64(..STREAMS))).unwrap();
+                    let n = rng.u64(1..=4);
                     let events = (0..n)
                         .map(|i| EventData::new("Step", i.to_string().into_bytes()))
                         .collect();

@@ -47,27 +47,11 @@ pub(crate) fn say(line: &str) {
     out.flush().unwrap();
 }
 
-/// A small xorshift generator seeded from the clock; the seed is printed so a failing run
-/// can be told apart.
-pub(crate) struct Rng(u64);
-
-impl Rng {
-    pub(crate) fn from_clock() -> Self {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-            | 1;
-        eprintln!("rng seed {seed}");
-        Self(seed)
-    }
-
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
+/// A random generator with a fresh seed, printed so a failing run can be replayed.
+pub(crate) fn rng() -> fastrand::Rng {
+    let seed = fastrand::u64(..);
+    eprintln!("rng seed {seed}");
+    fastrand::Rng::with_seed(seed)
 }
 
 /// The read model: per stream, the count, the sum and an order-sensitive hash of the
@@ -372,11 +356,11 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let mut rng = Rng::from_clock();
+    let mut rng = rng();
     let mut kills = 0;
     for life in 0.. {
         assert!(life < 200, "the projection never finished");
-        let kill_after = 1 + rng.below(MAX_EVENTS_PER_LIFE);
+        let kill_after = rng.u64(1..=MAX_EVENTS_PER_LIFE);
         let mut child = spawn_child(mode, arg);
         let stdout = BufReader::new(child.stdout.take().unwrap());
         let (killed, done) = tokio::task::spawn_blocking(move || {

@@ -150,17 +150,12 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_append_and_tears_no_bat
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("annals.db");
     let mut acked: HashMap<String, u64> = HashMap::new();
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
+    let seed = fastrand::u64(..);
+    eprintln!("rng seed {seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
     let mut kills = 0;
     for round in 0..25 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let wait_for = 1 + (seed % 40) as usize;
+        let wait_for = rng.usize(1..=40);
         let mut child = spawn_child("crash", &path);
         let stdout = BufReader::new(child.stdout.take().unwrap());
         let mut seen = 0;
