@@ -3,13 +3,12 @@
 //! Run `annals --help` (or `cargo run -p annals-cli -- --help`) for the commands.
 
 mod bench;
-mod ops;
+mod commands;
 mod output;
-mod parked;
-mod serve;
+mod read_models;
 mod store_url;
-mod todo_view;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 /// Operate, load-test and copy Annals event stores.
@@ -46,31 +45,31 @@ enum Command {
     /// Create the store, or migrate it to this build's schema.
     Init,
     /// Append one event to a stream.
-    Append(ops::AppendArgs),
+    Append(commands::append::AppendArgs),
     /// Read one stream.
-    Read(ops::ReadArgs),
+    Read(commands::read::ReadArgs),
     /// Write every event (of some categories, after a position) as JSON lines.
-    Dump(ops::FeedArgs),
+    Dump(commands::dump::FeedArgs),
     /// Follow new events as they are written, until interrupted.
-    Tail(ops::TailArgs),
+    Tail(commands::tail::TailArgs),
     /// Streams, events and bytes per category; head position; how far behind each
     /// consumer group is.
     Stats,
     /// List, show or move consumer groups' checkpoints.
     #[command(subcommand)]
-    Checkpoint(ops::CheckpointCommand),
+    Checkpoint(commands::checkpoint::CheckpointCommand),
     /// Copy every event of one store into another, resumably.
-    Sync(ops::SyncArgs),
+    Sync(commands::sync::SyncArgs),
     /// Load-test a store.
     #[command(subcommand)]
     Bench(bench::Bench),
     /// Serve the TodoBackend API (todobackend.com) over the store, at --listen.
-    Serve(serve::ServeArgs),
+    Serve(commands::serve::ServeArgs),
     /// Refold a read model's rows built by older code (`todos`: the lists of `annals serve`).
-    Rebuild(ops::RebuildArgs),
+    Rebuild(commands::rebuild::RebuildArgs),
     /// List, replay or skip streams a consumer group parked after its handler kept failing.
     #[command(subcommand)]
-    Parked(parked::ParkedCommand),
+    Parked(commands::parked::ParkedCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -91,59 +90,57 @@ fn main() -> std::process::ExitCode {
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("annals: {e:#}");
+            // Each cause once, in one line.
+            eprintln!("annals: {}", annals::error_chain(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    use commands::*;
+    use store_url::{Opened, ReadModelDb, StoreKind, StoreUrl};
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let out = output::Output { json: cli.json };
     runtime.block_on(async {
         if let Command::Sync(args) = cli.command {
-            return ops::sync(args, &out).await;
+            return sync::run(args, &out).await;
         }
-        if let Command::Bench(bench) = cli.command {
-            if cli.store.starts_with("http://") {
-                return bench::run_http(&cli.store, bench).await;
-            }
-            let opened = store_url::open(&cli.store).await?;
-            let read_model =
-                store_url::ReadModelDb::choose(&opened, cli.read_model.as_deref()).await?;
-            return bench::run(opened, read_model, &cli.store, bench).await;
-        }
-        let opened = store_url::open(&cli.store).await?;
-        let read_model = store_url::ReadModelDb::choose(&opened, cli.read_model.as_deref()).await?;
-        let checkpoints = match (&read_model, &cli.read_model) {
-            (Some(db), Some(_)) => db.checkpoints(),
-            _ => std::sync::Arc::clone(&opened.checkpoints),
+        let url: StoreUrl = cli.store.parse()?;
+        let read_model_url = match &cli.read_model {
+            Some(text) => Some(text.parse::<StoreUrl>().context("--read-model")?),
+            None => None,
         };
-        match cli.command {
-            Command::Init => ops::init(&opened, &cli.store, &out).await,
-            Command::Append(args) => ops::append(&opened.store, args, &out).await,
-            Command::Read(args) => ops::read(&opened.store, args, &out).await,
-            Command::Dump(args) => ops::dump(&opened.store, args, &out).await,
-            Command::Tail(args) => ops::tail(&opened.store, args, &out).await,
-            Command::Stats => ops::stats(&opened.store, &checkpoints, &out).await,
-            Command::Checkpoint(command) => ops::checkpoint(&checkpoints, command, &out).await,
-            Command::Sync(_) => unreachable!("handled above"),
-            Command::Bench(_) => unreachable!("handled above"),
-            Command::Serve(args) => serve::serve(opened, read_model, &cli.store, args).await,
-            Command::Rebuild(args) => {
-                ops::rebuild(&opened.store, read_model.as_ref(), args, &out).await
+        let command = match (cli.command, &url.kind) {
+            (Command::Bench(bench), StoreKind::Http(http)) => {
+                return bench::run_http(http, bench).await
             }
+            (command, _) => command,
+        };
+        let opened = Opened::open(&url).await?;
+        let read_model = ReadModelDb::choose(&opened, read_model_url.as_ref()).await?;
+        // Checkpoints live beside the read models when those are elsewhere.
+        let checkpoints = match (&read_model, &read_model_url) {
+            (Some(db), Some(_)) => db.checkpoints(),
+            _ => opened.checkpoints(),
+        };
+        let events = &opened.events;
+        match command {
+            Command::Init => init::run(&opened, &out).await,
+            Command::Append(args) => append::run(events, args, &out).await,
+            Command::Read(args) => read::run(events, args, &out).await,
+            Command::Dump(args) => dump::run(events, args, &out).await,
+            Command::Tail(args) => tail::run(events, args, &out).await,
+            Command::Stats => stats::run(events, &checkpoints, &out).await,
+            Command::Checkpoint(command) => checkpoint::run(&checkpoints, command, &out).await,
+            Command::Sync(_) => unreachable!("handled above"),
+            Command::Bench(bench) => bench::run(opened, read_model, bench).await,
+            Command::Serve(args) => serve::run(opened, read_model, args).await,
+            Command::Rebuild(args) => rebuild::run(events, read_model.as_ref(), args, &out).await,
             Command::Parked(command) => {
-                parked::parked(
-                    &opened.store,
-                    read_model.as_ref(),
-                    &checkpoints,
-                    command,
-                    &out,
-                )
-                .await
+                parked::run(events, read_model.as_ref(), &checkpoints, command, &out).await
             }
         }
     })

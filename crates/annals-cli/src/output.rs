@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+use annals::RecordedEvent;
+use serde_json::{json, Value};
+
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Where and how to print.
@@ -65,20 +68,65 @@ pub fn progress(len: Option<u64>, message: &'static str) -> ProgressBar {
     bar
 }
 
-/// `url` without its password, for messages and checkpoint names.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((user, host)) => {
-            let user = user.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}@{host}{path}")
+/// A body as JSON when it is JSON, otherwise as a string (lossy UTF-8).
+fn body(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// A timestamp in RFC 3339 (UTC, microseconds) when it is within years 1970-9999, which
+/// RFC 3339 can write; any other stored value (a clock gone wrong, a foreign writer) is
+/// reported as its microseconds, never a panic.
+pub fn time(t: annals::Timestamp) -> String {
+    /// 10000-01-01T00:00:00Z, in microseconds since 1970.
+    const YEAR_10000: i64 = 253_402_300_800_000_000;
+    let micros = t.unix_micros();
+    match u64::try_from(micros) {
+        Ok(m) if micros < YEAR_10000 => {
+            humantime::format_rfc3339_micros(std::time::UNIX_EPOCH + Duration::from_micros(m))
+                .to_string()
         }
-        None => url.to_owned(),
+        Ok(_) => format!("{micros} µs after 1970 (past year 9999)"),
+        Err(_) => format!("{} µs before 1970", micros.unsigned_abs()),
     }
 }
+
+/// An event as one JSON object (what `dump` writes and `sync` copies).
+pub fn event_json(e: &RecordedEvent) -> Value {
+    json!({
+        "position": e.position.to_string(),
+        "stream": e.stream.as_str(),
+        "version": e.stream_version,
+        "type": e.event_type,
+        "id": e.event_id.to_string(),
+        "recorded_at": time(e.recorded_at),
+        "data": body(&e.data),
+        "metadata": e.metadata.as_deref().map(body),
+        "correlation_id": e.correlation_id.map(|u| u.to_string()),
+        "causation_id": e.causation_id.map(|u| u.to_string()),
+    })
+}
+
+pub fn event_row(e: &RecordedEvent) -> Vec<String> {
+    let mut data = String::from_utf8_lossy(&e.data).into_owned();
+    if data.chars().count() > 60 {
+        data = data.chars().take(57).collect::<String>() + "...";
+    }
+    vec![
+        e.stream.to_string(),
+        e.stream_version.to_string(),
+        e.position.to_string(),
+        time(e.recorded_at),
+        e.event_type.clone(),
+        data,
+    ]
+}
+
+pub const EVENT_HEADERS: [&str; 6] = [
+    "stream",
+    "version",
+    "position",
+    "recorded at",
+    "type",
+    "data",
+];

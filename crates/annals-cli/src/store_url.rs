@@ -1,79 +1,289 @@
-//! Choosing a store by URL: the one place (with the samples) that names concrete stores.
+//! Store URLs: the one place a URL becomes a typed choice of store (parsed once, with the
+//! `url` crate), and where the chosen store is opened. Nothing else in the workspace parses
+//! or matches a URL.
 
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
 use std::sync::Arc;
 
 use annals::{CheckpointStore, EventStore, Instrumented, MemoryCheckpoints, MemoryStore};
-use annals_postgres::{PgConfig, PgStore};
-use annals_sqlite::{SqliteConfig, SqliteStore};
-use anyhow::{bail, Context};
+use annals_postgres::{PgConfig, PgStore, PgTls, RootCerts, SslMode};
+use annals_sqlite::{SqliteConfig, SqliteStore, Synchronous};
+use anyhow::Context;
 
-/// The store URLs this build understands, for error messages.
+/// The store URLs this build understands, for messages.
 pub const SUPPORTED: &str = "sqlite://PATH, postgres://USER@HOST:PORT/DB, memory://";
 
-/// An opened store.
-pub struct Opened {
-    /// The store, instrumented with tracing spans and metrics.
-    pub store: Arc<dyn EventStore>,
-    /// Where consumer groups keep their checkpoints (in the store itself, except for
-    /// `memory://`).
-    pub checkpoints: Arc<dyn CheckpointStore>,
-    /// Its SQLite options, when it is a SQLite store.
-    pub sqlite: Option<SqliteConfig>,
-    /// Its PostgreSQL options, when it is a PostgreSQL store.
-    pub postgres: Option<PgConfig>,
-    /// The SQLite store itself (for read models in the same file).
-    pub sqlite_store: Option<SqliteStore>,
-    /// The PostgreSQL store itself (for read models in the same database).
-    pub pg_store: Option<PgStore>,
+/// A URL that cannot name a store.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {shown:?}: {reason}")]
+pub struct InvalidUrl {
+    /// "malformed store URL", "invalid PostgreSQL store URL"...
+    what: String,
+    /// The URL, without its password.
+    shown: String,
+    /// What is wrong.
+    reason: String,
 }
 
-/// Opens the store named by `url`. A PostgreSQL schema is created or migrated on first use.
-pub async fn open(url: &str) -> anyhow::Result<Opened> {
-    let (scheme, rest) = url.split_once("://").with_context(|| {
-        format!("malformed store URL {url:?}: expected SCHEME://..., one of {SUPPORTED}")
-    })?;
+/// Which store a URL names, with its options.
+#[derive(Debug, Clone)]
+pub enum StoreKind {
+    /// `memory://`: an empty store in this process.
+    Memory,
+    /// `sqlite://PATH[?synchronous=full|normal&readers=N]`.
+    Sqlite(SqliteConfig),
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?annals_schema=NAME&annals_pool=N&
+    /// sslmode=...&sslrootcert=PATH|system&...]` (other parameters go to the driver).
+    Postgres(Box<PgConfig>),
+    /// `http://HOST:PORT`: a running `annals serve` (only `annals bench todo` takes one).
+    Http(url::Url),
+}
+
+/// A parsed store URL: what it names, and how to show it (never with a password).
+#[derive(Debug, Clone)]
+pub struct StoreUrl {
+    /// The store and its options.
+    pub kind: StoreKind,
+    shown: String,
+}
+
+impl fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+/// `url` without its password.
+fn shown(url: &url::Url) -> String {
+    let mut url = url.clone();
+    if url.password().is_some() {
+        let _ = url.set_password(None);
+    }
+    url.to_string()
+}
+
+impl FromStr for StoreUrl {
+    type Err = InvalidUrl;
+
+    fn from_str(text: &str) -> Result<Self, InvalidUrl> {
+        let url = url::Url::parse(text).map_err(|e| {
+            // Unparsed, the URL can only be shown up to its user (a password may follow),
+            // and its store named from its scheme.
+            let (scheme, rest) = text.split_once("://").unwrap_or(("", text));
+            let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            InvalidUrl {
+                what: format!("malformed {}store URL", store_name(scheme)),
+                shown: if scheme.is_empty() {
+                    host.to_owned()
+                } else {
+                    format!("{scheme}://{host}")
+                },
+                reason: format!("{e}: expected SCHEME://..., one of {SUPPORTED}"),
+            }
+        })?;
+        let shown = shown(&url);
+        let what = format!("invalid {}store URL", store_name(url.scheme()));
+        let invalid = |reason: String| InvalidUrl {
+            what: what.clone(),
+            shown: shown.clone(),
+            reason,
+        };
+        let kind = match url.scheme() {
+            "memory" => {
+                if url.has_host() && url.host_str() != Some("") || !url.path().is_empty() {
+                    return Err(invalid("memory:// takes no path".into()));
+                }
+                if url.query().is_some() {
+                    return Err(invalid("memory:// takes no options".into()));
+                }
+                StoreKind::Memory
+            }
+            "sqlite" => StoreKind::Sqlite(sqlite(&url).map_err(invalid)?),
+            "postgres" | "postgresql" => {
+                StoreKind::Postgres(Box::new(postgres(&url).map_err(invalid)?))
+            }
+            "http" => StoreKind::Http(url.clone()),
+            other => {
+                return Err(invalid(format!(
+                    "unsupported store {other:?}: this build supports {SUPPORTED}"
+                )))
+            }
+        };
+        Ok(Self { kind, shown })
+    }
+}
+
+/// The store a scheme names, for messages ("" when none).
+fn store_name(scheme: &str) -> &'static str {
     match scheme {
-        "memory" if rest.is_empty() => Ok(Opened {
-            store: Arc::new(Instrumented::new(Arc::new(MemoryStore::new()))),
-            checkpoints: Arc::new(MemoryCheckpoints::new()),
-            sqlite: None,
-            postgres: None,
-            sqlite_store: None,
-            pg_store: None,
-        }),
-        "memory" => bail!("malformed store URL {url:?}: memory:// takes no path"),
-        "sqlite" => {
-            let config = SqliteConfig::from_url(url)?;
-            let store = SqliteStore::open(config.clone())?;
-            Ok(Opened {
-                store: Arc::new(Instrumented::new(Arc::new(store.clone()))),
-                checkpoints: Arc::new(store.clone()),
-                sqlite: Some(config),
-                postgres: None,
-                sqlite_store: Some(store),
-                pg_store: None,
-            })
+        "sqlite" => "SQLite ",
+        "postgres" | "postgresql" => "PostgreSQL ",
+        "memory" => "memory ",
+        _ => "",
+    }
+}
+
+/// `sqlite://annals.db` is relative to the current directory (the URL's host is the path's
+/// first part), `sqlite:///var/lib/annals.db` absolute.
+fn sqlite(url: &url::Url) -> Result<SqliteConfig, String> {
+    if url.port().is_some() || !url.username().is_empty() || url.password().is_some() {
+        return Err("a SQLite URL is sqlite://PATH, with no user or port".into());
+    }
+    let joined = format!("{}{}", url.host_str().unwrap_or_default(), url.path());
+    let path = percent_encoding::percent_decode_str(&joined)
+        .decode_utf8()
+        .map_err(|e| format!("the path is not UTF-8: {e}"))?
+        .into_owned();
+    if path.is_empty() {
+        return Err("the path is empty: use sqlite://annals.db".into());
+    }
+    let mut config = SqliteConfig::new(PathBuf::from(path));
+    for (key, value) in url.query_pairs() {
+        match (key.as_ref(), value.to_ascii_lowercase().as_str()) {
+            ("synchronous", "full") => config.synchronous = Synchronous::Full,
+            ("synchronous", "normal") => config.synchronous = Synchronous::Normal,
+            ("synchronous", other) => {
+                return Err(format!("synchronous={other}: use full or normal"))
+            }
+            ("readers", n) => {
+                let n: usize = n
+                    .parse()
+                    .map_err(|_| format!("readers={n}: expected a number"))?;
+                config = config.readers(n);
+            }
+            (other, _) => {
+                return Err(format!(
+                    "unknown option {other:?}: known options are synchronous and readers"
+                ))
+            }
         }
-        "postgres" | "postgresql" => {
-            let config = PgConfig::from_url(url)?;
-            let store = PgStore::connect(config.clone()).await?;
-            store.migrate().await?;
-            Ok(Opened {
-                store: Arc::new(Instrumented::new(Arc::new(store.clone()))),
-                checkpoints: Arc::new(store.clone()),
-                sqlite: None,
-                postgres: Some(config),
-                sqlite_store: None,
-                pg_store: Some(store),
-            })
+    }
+    Ok(config)
+}
+
+/// The Annals and TLS options come out of the query; the rest of the URL goes to the
+/// driver's own parser (a `tokio_postgres::Config`).
+fn postgres(url: &url::Url) -> Result<PgConfig, String> {
+    let (mut schema, mut pool, mut mode, mut root) = (None, None, None, None);
+    let mut passed = Vec::new();
+    for (key, value) in url.query_pairs() {
+        match key.as_ref() {
+            "annals_schema" => schema = Some(value.into_owned()),
+            "annals_pool" => {
+                pool = Some(
+                    value
+                        .parse::<usize>()
+                        .map_err(|_| format!("annals_pool={value}: expected a number"))?,
+                )
+            }
+            "sslmode" => mode = Some(value.parse::<SslMode>().map_err(|e| e.to_string())?),
+            "sslrootcert" => {
+                root = Some(match value.as_ref() {
+                    "system" => RootCerts::System,
+                    path => RootCerts::File(PathBuf::from(path)),
+                })
+            }
+            _ => passed.push((key.into_owned(), value.into_owned())),
         }
-        other => bail!("unsupported store {other:?} in {url:?}: this build supports {SUPPORTED}"),
+    }
+    let mut driver = url.clone();
+    driver.set_query(None);
+    if !passed.is_empty() {
+        driver.query_pairs_mut().extend_pairs(&passed);
+    }
+    let connection: annals_postgres::tokio_postgres::Config = driver
+        .as_str()
+        .parse()
+        .map_err(|e: annals_postgres::tokio_postgres::Error| e.to_string())?;
+    let mut tls = PgTls::new(mode.unwrap_or_default());
+    if let Some(root) = root {
+        tls = tls.root_certs(root);
+    }
+    let mut config = PgConfig::new(connection).tls(tls);
+    if let Some(schema) = schema {
+        config = config.schema(schema);
+    }
+    if let Some(n) = pool {
+        config = config.pool_size(n);
+    }
+    Ok(config)
+}
+
+/// The concrete store behind an [`Opened`].
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// An in-process store and its checkpoints.
+    Memory(Arc<MemoryCheckpoints>),
+    /// A SQLite file.
+    Sqlite(SqliteStore),
+    /// A PostgreSQL schema.
+    Postgres(PgStore),
+}
+
+/// An opened store.
+#[derive(Clone)]
+pub struct Opened {
+    /// Its URL.
+    pub url: StoreUrl,
+    /// The store, instrumented with tracing spans and metrics.
+    pub events: Arc<dyn EventStore>,
+    /// The concrete store.
+    pub backend: Backend,
+}
+
+impl Opened {
+    /// Opens the store `url` names; a PostgreSQL schema is created or migrated on first use.
+    pub async fn open(url: &StoreUrl) -> anyhow::Result<Self> {
+        let (events, backend): (Arc<dyn EventStore>, Backend) = match &url.kind {
+            StoreKind::Memory => (
+                Arc::new(MemoryStore::new()),
+                Backend::Memory(Arc::new(MemoryCheckpoints::new())),
+            ),
+            StoreKind::Sqlite(config) => {
+                let store = SqliteStore::open(config.clone())?;
+                (Arc::new(store.clone()), Backend::Sqlite(store))
+            }
+            StoreKind::Postgres(config) => {
+                let store = PgStore::connect((**config).clone()).await?;
+                store.migrate().await?;
+                (Arc::new(store.clone()), Backend::Postgres(store))
+            }
+            StoreKind::Http(_) => anyhow::bail!(
+                "{url}: over HTTP only `annals bench todo` runs (against annals serve); this command needs a store URL: {SUPPORTED}"
+            ),
+        };
+        Ok(Self {
+            url: url.clone(),
+            events: Arc::new(Instrumented::new(events)),
+            backend,
+        })
+    }
+
+    /// Where consumer groups keep their checkpoints: the store itself (in memory for
+    /// `memory://`).
+    pub fn checkpoints(&self) -> Arc<dyn CheckpointStore> {
+        match &self.backend {
+            Backend::Memory(c) => Arc::clone(c) as Arc<dyn CheckpointStore>,
+            Backend::Sqlite(s) => Arc::new(s.clone()),
+            Backend::Postgres(p) => Arc::new(p.clone()),
+        }
+    }
+
+    /// The store's own database as a read-model database (none for `memory://`).
+    pub fn read_model_db(&self) -> Option<ReadModelDb> {
+        match &self.backend {
+            Backend::Memory(_) => None,
+            Backend::Sqlite(s) => Some(ReadModelDb::Sqlite(Arc::new(s.clone()))),
+            Backend::Postgres(p) => Some(ReadModelDb::Postgres(Arc::new(p.clone()))),
+        }
     }
 }
 
 /// A SQL database keeping read models (`--read-model URL`, or the event store's own
 /// database when it is SQL). Events from any store can feed it.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub enum ReadModelDb {
     /// A SQLite file.
     Sqlite(Arc<SqliteStore>),
@@ -84,37 +294,30 @@ pub enum ReadModelDb {
 impl ReadModelDb {
     /// The read-model database: `url` when given, otherwise the event store's database
     /// (`None` for `memory://` without `--read-model`).
-    pub async fn choose(opened: &Opened, url: Option<&str>) -> anyhow::Result<Option<Self>> {
-        if let Some(url) = url {
-            return Self::open(url).await.map(Some);
+    pub async fn choose(opened: &Opened, url: Option<&StoreUrl>) -> anyhow::Result<Option<Self>> {
+        match url {
+            Some(url) => Self::open(url).await.map(Some),
+            None => Ok(opened.read_model_db()),
         }
-        Ok(match (&opened.sqlite_store, &opened.pg_store) {
-            (Some(s), _) => Some(Self::Sqlite(Arc::new(s.clone()))),
-            (_, Some(p)) => Some(Self::Postgres(Arc::new(p.clone()))),
-            _ => None,
-        })
     }
 
     /// Opens the read-model database named by a `sqlite://` or `postgres://` URL.
-    pub async fn open(url: &str) -> anyhow::Result<Self> {
-        let context = || format!("--read-model {}", crate::output::redact(url));
-        let scheme = url.split_once("://").map(|(s, _)| s);
-        match scheme {
-            Some("sqlite") => {
-                let store = SqliteStore::open(SqliteConfig::from_url(url).with_context(context)?)
-                    .with_context(context)?;
+    pub async fn open(url: &StoreUrl) -> anyhow::Result<Self> {
+        let context = || format!("--read-model {url}");
+        match &url.kind {
+            StoreKind::Sqlite(config) => {
+                let store = SqliteStore::open(config.clone()).with_context(context)?;
                 Ok(Self::Sqlite(Arc::new(store)))
             }
-            Some("postgres" | "postgresql") => {
-                let store = PgStore::connect(PgConfig::from_url(url).with_context(context)?)
+            StoreKind::Postgres(config) => {
+                let store = PgStore::connect((**config).clone())
                     .await
                     .with_context(context)?;
                 store.migrate().await.with_context(context)?;
                 Ok(Self::Postgres(Arc::new(store)))
             }
-            _ => bail!(
-                "unsupported read-model database {:?}: read models live in sqlite://PATH or postgres://USER@HOST:PORT/DB",
-                crate::output::redact(url)
+            _ => anyhow::bail!(
+                "unsupported read-model database {url}: read models live in sqlite://PATH or postgres://USER@HOST:PORT/DB"
             ),
         }
     }
@@ -132,6 +335,96 @@ impl ReadModelDb {
         match self {
             Self::Sqlite(s) => format!("sqlite://{}", s.config().path.display()),
             Self::Postgres(p) => format!("postgres schema {}", p.config().schema),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> StoreKind {
+        text.parse::<StoreUrl>()
+            .unwrap_or_else(|e| panic!("{text}: {e}"))
+            .kind
+    }
+
+    #[test]
+    fn sqlite_urls_name_relative_and_absolute_paths_with_options() {
+        let StoreKind::Sqlite(c) = parse("sqlite://annals.db") else {
+            panic!()
+        };
+        assert_eq!(c.path, PathBuf::from("annals.db"));
+        let StoreKind::Sqlite(c) =
+            parse("sqlite://./data/My%20Shop.db?synchronous=NORMAL&readers=2")
+        else {
+            panic!()
+        };
+        assert_eq!(c.path, PathBuf::from("./data/My Shop.db"));
+        assert_eq!((c.synchronous, c.readers), (Synchronous::Normal, 2));
+        let StoreKind::Sqlite(c) = parse("sqlite:///tmp/x.db") else {
+            panic!()
+        };
+        assert_eq!(c.path, PathBuf::from("/tmp/x.db"));
+        for bad in [
+            "sqlite://",
+            "sqlite://a.db?synchronous=off",
+            "sqlite://a.db?readers=x",
+            "sqlite://a.db?journal=wal",
+            "sqlite://u@a.db",
+        ] {
+            assert!(bad.parse::<StoreUrl>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn postgres_urls_split_annals_tls_and_driver_options() {
+        let url = "postgres://app:s3cret@db.example:6432/shop?annals_schema=orders&annals_pool=4&sslmode=verify-full&sslrootcert=/etc/ca.pem&connect_timeout=3&application_name=x";
+        let parsed: StoreUrl = url.parse().unwrap();
+        assert!(!parsed.to_string().contains("s3cret"), "{parsed}");
+        let StoreKind::Postgres(c) = parsed.kind else {
+            panic!()
+        };
+        assert_eq!((c.schema.as_str(), c.pool_size), ("orders", 4));
+        assert_eq!(c.tls.mode, SslMode::VerifyFull);
+        assert_eq!(
+            c.tls.root_certs,
+            Some(RootCerts::File(PathBuf::from("/etc/ca.pem")))
+        );
+        assert_eq!(c.connection.get_user(), Some("app"));
+        assert_eq!(c.connection.get_password(), Some(&b"s3cret"[..]));
+        assert_eq!(c.connection.get_dbname(), Some("shop"));
+        assert_eq!(c.connection.get_ports(), &[6432]);
+        assert_eq!(c.connection.get_application_name(), Some("x"));
+        assert_eq!(
+            c.connection.get_connect_timeout(),
+            Some(&std::time::Duration::from_secs(3))
+        );
+        let StoreKind::Postgres(c) = parse("postgresql://u@h/db") else {
+            panic!()
+        };
+        assert_eq!((c.schema.as_str(), c.tls.mode), ("annals", SslMode::Prefer));
+        for bad in [
+            "postgres://u@h/db?annals_pool=x",
+            "postgres://u@h/db?sslmode=maybe",
+            "postgres://u@h/db?nonsense_option=1",
+        ] {
+            assert!(bad.parse::<StoreUrl>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn other_urls() {
+        assert!(matches!(parse("memory://"), StoreKind::Memory));
+        assert!(matches!(parse("http://127.0.0.1:3000"), StoreKind::Http(_)));
+        for bad in ["memory://x", "memory://?a=1", "annals.db", "mysql://x", ""] {
+            let e = bad.parse::<StoreUrl>().unwrap_err().to_string();
+            assert!(e.contains("store URL"), "{bad}: {e}");
+        }
+        for bad in ["postgres://u:pw@h:notaport/db", "postgres://u:pw@[bad/db"] {
+            let e = bad.parse::<StoreUrl>().unwrap_err().to_string();
+            assert!(!e.contains("pw"), "{e}");
+            assert!(e.starts_with("malformed PostgreSQL store URL"), "{e}");
         }
     }
 }

@@ -1,15 +1,19 @@
-//! How to reach a PostgreSQL store: a libpq-style URL plus Annals options.
+//! How to reach a PostgreSQL store: the driver's connection options, TLS, and Annals options.
 
 use std::time::Duration;
 
+use crate::tls::PgTls;
 use crate::PgError;
 
 /// Options of a PostgreSQL store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PgConfig {
-    /// The connection URL, without the Annals options.
-    pub url: String,
+    /// Where and as whom to connect (hosts, ports, user, password, database, options...),
+    /// as the driver takes them.
+    pub connection: tokio_postgres::Config,
+    /// Whether and how to use TLS (libpq's `sslmode` and `sslrootcert`).
+    pub tls: PgTls,
     /// The PostgreSQL schema holding the store's tables (several stores can share a
     /// database under different schemas).
     pub schema: String,
@@ -22,10 +26,12 @@ pub struct PgConfig {
 }
 
 impl PgConfig {
-    /// Defaults for `url`: schema `annals`, 16 connections, 1 MiB events, 10 s timeout.
-    pub fn new(url: impl Into<String>) -> Self {
+    /// Defaults for `connection`: TLS preferred (libpq's default), schema `annals`, 16
+    /// connections, 1 MiB events, 10 s timeout.
+    pub fn new(connection: tokio_postgres::Config) -> Self {
         Self {
-            url: url.into(),
+            connection,
+            tls: PgTls::default(),
             schema: "annals".into(),
             pool_size: 16,
             max_event_bytes: annals::DEFAULT_MAX_EVENT_BYTES,
@@ -33,7 +39,8 @@ impl PgConfig {
         }
     }
 
-    /// Uses `schema` (letters, digits and `_`, starting with a letter or `_`).
+    /// Uses `schema` (lowercase letters, digits and `_`, starting with a letter or `_`; not
+    /// one of PostgreSQL's own).
     pub fn schema(mut self, schema: impl Into<String>) -> Self {
         self.schema = schema.into();
         self
@@ -45,42 +52,60 @@ impl PgConfig {
         self
     }
 
-    /// Parses `postgres://user@host:port/db?annals_schema=NAME&annals_pool=N&...`; other
-    /// query parameters are passed to the driver.
-    pub fn from_url(url: &str) -> Result<Self, PgError> {
-        let invalid = |reason: String| PgError::InvalidUrl {
-            url: url.to_owned(),
-            reason,
+    /// Sets how TLS is used.
+    pub fn tls(mut self, tls: PgTls) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// The driver's options with the TLS mode set, and the TLS connector: what the store's
+    /// own connections use, for tools that open connections of their own beside it.
+    pub fn driver(
+        &self,
+    ) -> Result<
+        (
+            tokio_postgres::Config,
+            tokio_postgres_rustls::MakeRustlsConnect,
+        ),
+        PgError,
+    > {
+        let (tls, ssl_mode) = self.tls.connector()?;
+        let mut connection = self.connection.clone();
+        connection.ssl_mode(ssl_mode);
+        Ok((connection, tls))
+    }
+
+    /// Where the store is, for messages: `user@host:port/database` (never the password).
+    pub fn target(&self) -> String {
+        use tokio_postgres::config::Host;
+        let c = &self.connection;
+        let hosts: Vec<String> = c
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let host = match h {
+                    Host::Tcp(name) => name.clone(),
+                    #[cfg(unix)]
+                    Host::Unix(path) => path.display().to_string(),
+                };
+                let port = c
+                    .get_ports()
+                    .get(i)
+                    .or_else(|| c.get_ports().first())
+                    .copied()
+                    .unwrap_or(5432);
+                format!("{host}:{port}")
+            })
+            .collect();
+        let hosts = if hosts.is_empty() {
+            "localhost:5432".to_owned()
+        } else {
+            hosts.join(",")
         };
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(invalid(
-                "expected postgres://USER@HOST:PORT/DATABASE".into(),
-            ));
-        }
-        let (base, query) = url.split_once('?').unwrap_or((url, ""));
-        let mut config = Self::new(base);
-        let mut passed = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            match pair.split_once('=') {
-                Some(("annals_schema", v)) => config.schema = v.to_owned(),
-                Some(("annals_pool", v)) => {
-                    let n = v
-                        .parse()
-                        .map_err(|_| invalid(format!("annals_pool={v}: expected a number")))?;
-                    config = config.pool_size(n);
-                }
-                _ => passed.push(pair),
-            }
-        }
-        if !passed.is_empty() {
-            config.url = format!("{base}?{}", passed.join("&"));
-        }
-        config
-            .url
-            .parse::<tokio_postgres::Config>()
-            .map_err(|e| invalid(e.to_string()))?;
-        validate_schema(&config.schema)?;
-        Ok(config)
+        let user = c.get_user().unwrap_or("(default user)");
+        let db = c.get_dbname().unwrap_or(user);
+        format!("{user}@{hosts}/{db}")
     }
 }
 
@@ -103,7 +128,6 @@ pub(crate) fn validate_schema(schema: &str) -> Result<(), PgError> {
 
 /// A validated schema name as a quoted SQL identifier.
 pub(crate) fn quoted(schema: &str) -> String {
-    debug_assert!(validate_schema(schema).is_ok());
     format!("\"{}\"", schema.replace('"', "\"\""))
 }
 
@@ -112,22 +136,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_urls_and_options() {
-        let c = PgConfig::from_url(
-            "postgres://u@h:5432/db?annals_schema=shop&annals_pool=4&connect_timeout=3",
-        )
-        .unwrap();
-        assert_eq!((c.schema.as_str(), c.pool_size), ("shop", 4));
-        assert_eq!(c.url, "postgres://u@h:5432/db?connect_timeout=3");
-        for bad in [
-            "mysql://x",
-            "postgres://u@h/db?annals_schema=Bad-Name",
-            "postgres://u@h/db?annals_pool=x",
-        ] {
-            assert!(PgConfig::from_url(bad).is_err(), "{bad}");
-        }
+    fn schemas_are_validated_and_quoted() {
         assert!(validate_schema("annals_1").is_ok());
-        assert!(validate_schema("x; drop table y").is_err());
+        assert!(validate_schema("select").is_ok());
+        for bad in ["x; drop table y", "Bad-Name", "", "1abc"] {
+            assert!(
+                matches!(validate_schema(bad), Err(PgError::InvalidSchema(_))),
+                "{bad}"
+            );
+        }
         for system in ["information_schema", "pg_catalog", "pg_toast", "pg_x"] {
             assert!(
                 matches!(validate_schema(system), Err(PgError::SystemSchema(_))),
@@ -135,5 +152,19 @@ mod tests {
             );
         }
         assert_eq!(quoted("select"), "\"select\"");
+    }
+
+    #[test]
+    fn the_target_names_user_hosts_and_database_never_the_password() {
+        let mut c = tokio_postgres::Config::new();
+        c.user("app")
+            .password("secret")
+            .host("db1")
+            .host("db2")
+            .port(6432)
+            .dbname("shop");
+        let target = PgConfig::new(c).target();
+        assert_eq!(target, "app@db1:6432,db2:6432/shop");
+        assert!(!target.contains("secret"));
     }
 }

@@ -5,14 +5,6 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PgError {
-    /// The URL is not a valid `postgres://` URL.
-    #[error("invalid PostgreSQL store URL {url:?}: {reason}")]
-    InvalidUrl {
-        /// The URL.
-        url: String,
-        /// What is wrong.
-        reason: String,
-    },
     /// The schema name is not a plain identifier.
     #[error("invalid schema name {0:?}: use lowercase letters, digits and '_' (at most 48), starting with a letter or '_'")]
     InvalidSchema(String),
@@ -37,12 +29,37 @@ pub enum PgError {
         /// The newest this build knows.
         supported: i32,
     },
-    /// The server could not be reached or refused us.
-    #[error("cannot reach PostgreSQL: {0}")]
-    Connect(String),
+    /// The server could not be reached, or refused us (or we refused it: TLS).
+    #[error("cannot reach PostgreSQL at {target}")]
+    Connect {
+        /// `user@host:port/database`.
+        target: String,
+        /// Why: the driver's error (its own sources say more), or the pool's timeout.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The TLS options cannot be used (an unknown `sslmode`, an unreadable root file...).
+    #[error("PostgreSQL TLS: {reason}")]
+    Tls {
+        /// What is wrong.
+        reason: String,
+        /// The underlying error, if any.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// A statement failed.
     #[error("PostgreSQL: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+}
+
+/// The error of getting a connection for `target`: the driver's own error when the pool
+/// failed to create one, the pool's otherwise.
+pub(crate) fn connect_error(target: String, e: deadpool_postgres::PoolError) -> PgError {
+    let source: Box<dyn std::error::Error + Send + Sync> = match e {
+        deadpool_postgres::PoolError::Backend(e) => Box::new(e),
+        other => Box::new(other),
+    };
+    PgError::Connect { target, source }
 }
 
 /// A store error from a driver or pool error; connection-level and contention failures are

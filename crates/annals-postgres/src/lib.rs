@@ -27,6 +27,7 @@ mod projection;
 mod read_model;
 mod sql_value;
 mod store;
+mod tls;
 
 use std::sync::Arc;
 
@@ -47,7 +48,9 @@ pub use config::PgConfig;
 pub use error::PgError;
 pub use projection::Projection;
 pub use read_model::PgTx;
+pub use tls::{PgTls, RootCerts, SslMode};
 pub use tokio_postgres;
+pub use tokio_postgres_rustls;
 
 use error::backend;
 
@@ -336,7 +339,7 @@ impl PgStore {
     /// [`migrate`](Self::migrate).
     pub async fn connect(config: PgConfig) -> Result<Self, PgError> {
         config::validate_schema(&config.schema)?;
-        let mut pg: tokio_postgres::Config = config.url.parse()?;
+        let (mut pg, tls) = config.driver()?;
         // Unqualified names (read models' tables) resolve to the store's schema; the
         // store's own statements name it explicitly.
         let search_path = format!("-c search_path={},public", config::quoted(&config.schema));
@@ -348,7 +351,7 @@ impl PgStore {
         let pool_of = |size: usize| {
             let manager = Manager::from_config(
                 pg.clone(),
-                tokio_postgres::NoTls,
+                tls.clone(),
                 ManagerConfig {
                     recycling_method: RecyclingMethod::Fast,
                 },
@@ -360,7 +363,10 @@ impl PgStore {
                 .recycle_timeout(Some(config.connect_timeout))
                 .runtime(Runtime::Tokio1)
                 .build()
-                .map_err(|e| PgError::Connect(e.to_string()))
+                .map_err(|e| PgError::Connect {
+                    target: config.target(),
+                    source: Box::new(e),
+                })
         };
         let pool = pool_of(config.pool_size)?;
         // Feed reads have connections of their own: a pipeline's reader never waits behind
@@ -368,8 +374,9 @@ impl PgStore {
         let feed_pool = pool_of(FEED_CONNECTIONS)?;
         let changes = watch::Sender::new(());
         let channel = format!("annals_{}", config.schema);
-        let listener = listen::spawn_listener(pg.clone(), channel.clone(), changes.clone());
-        let notifier = listen::Notifier::spawn(pg, channel);
+        let listener =
+            listen::spawn_listener(pg.clone(), tls.clone(), channel.clone(), changes.clone());
+        let notifier = listen::Notifier::spawn(pg, tls, channel);
         let store = Self {
             inner: Arc::new(Inner {
                 pool,
@@ -393,11 +400,6 @@ impl PgStore {
         Ok(store)
     }
 
-    /// Connects to the store named by a `postgres://` URL.
-    pub async fn connect_url(url: &str) -> Result<Self, PgError> {
-        Self::connect(PgConfig::from_url(url)?).await
-    }
-
     /// The options the store was opened with.
     pub fn config(&self) -> &PgConfig {
         &self.inner.config
@@ -416,7 +418,7 @@ impl PgStore {
             .pool
             .get()
             .await
-            .map_err(|e| PgError::Connect(e.to_string()))
+            .map_err(|e| error::connect_error(self.inner.config.target(), e))
     }
 
     /// The schema's migration version (0 when it has none). A schema holding objects but no

@@ -6,19 +6,22 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::{watch, Notify};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// Listens on `channel` and signals `changes` on every notification; reconnects with
 /// backoff when the connection is lost (signalling once after reconnecting, as events may
 /// have been missed meanwhile).
 pub(crate) fn spawn_listener(
     config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     channel: String,
     changes: watch::Sender<()>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(100);
+        let policy = annals::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut delays = policy.delays();
         loop {
-            match config.connect(tokio_postgres::NoTls).await {
+            match config.connect(tls.clone()).await {
                 Ok((client, mut connection)) => {
                     let mut messages =
                         futures::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -35,7 +38,7 @@ pub(crate) fn spawn_listener(
                         }
                     };
                     if listening {
-                        backoff = Duration::from_millis(100);
+                        delays = policy.delays();
                         changes.send_replace(());
                         while let Some(Ok(message)) = messages.next().await {
                             if let tokio_postgres::AsyncMessage::Notification(_) = message {
@@ -48,8 +51,8 @@ pub(crate) fn spawn_listener(
                 }
                 Err(e) => tracing::debug!(channel, error = %e, "LISTEN connection failed"),
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            let delay = delays.next().unwrap_or(policy.max);
+            tokio::time::sleep(delay).await;
         }
     })
 }
@@ -67,7 +70,11 @@ impl Notifier {
     /// Sends the notifications on a connection of its own, with `synchronous_commit = off`:
     /// a NOTIFY takes a transaction id, and waiting for its commit record to reach disk
     /// would cost an fsync per hint. Pooled connections keep the server's durable setting.
-    pub(crate) fn spawn(config: tokio_postgres::Config, channel: String) -> Self {
+    pub(crate) fn spawn(
+        config: tokio_postgres::Config,
+        tls: MakeRustlsConnect,
+        channel: String,
+    ) -> Self {
         let pending = std::sync::Arc::new(Notify::new());
         let wait = pending.clone();
         let task = tokio::spawn(async move {
@@ -75,7 +82,7 @@ impl Notifier {
             loop {
                 wait.notified().await;
                 if client.as_ref().is_none_or(|c| c.is_closed()) {
-                    client = connect_async_commit(&config).await;
+                    client = connect_async_commit(&config, &tls).await;
                 }
                 if let Some(c) = &client {
                     if let Err(e) = c.execute("SELECT pg_notify($1, '')", &[&channel]).await {
@@ -95,8 +102,11 @@ impl Notifier {
     }
 }
 
-async fn connect_async_commit(config: &tokio_postgres::Config) -> Option<tokio_postgres::Client> {
-    match config.connect(tokio_postgres::NoTls).await {
+async fn connect_async_commit(
+    config: &tokio_postgres::Config,
+    tls: &MakeRustlsConnect,
+) -> Option<tokio_postgres::Client> {
+    match config.connect(tls.clone()).await {
         Ok((client, connection)) => {
             tokio::spawn(async move {
                 let _ = connection.await;

@@ -1,9 +1,7 @@
-//! How to open a SQLite store: a file path and a few tuning knobs, or a `sqlite://` URL.
+//! How to open a SQLite store: a file path and a few tuning knobs.
 
 use std::path::PathBuf;
 use std::time::Duration;
-
-use crate::OpenError;
 
 /// SQLite's `synchronous` setting for the store's connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -85,47 +83,6 @@ impl SqliteConfig {
         self.max_event_bytes = limit;
         self
     }
-
-    /// Parses `sqlite://PATH[?synchronous=full|normal&readers=N]`. `sqlite://annals.db` is
-    /// relative to the current directory, `sqlite:///var/lib/annals.db` absolute.
-    pub fn from_url(url: &str) -> Result<Self, OpenError> {
-        let invalid = |reason: String| OpenError::InvalidUrl {
-            url: url.to_owned(),
-            reason,
-        };
-        let rest = url
-            .strip_prefix("sqlite://")
-            .ok_or_else(|| invalid("expected sqlite://PATH".into()))?;
-        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-        if path.is_empty() {
-            return Err(invalid("the path is empty: use sqlite://annals.db".into()));
-        }
-        let mut config = Self::new(path);
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair
-                .split_once('=')
-                .ok_or_else(|| invalid(format!("{pair:?} is not key=value")))?;
-            match (key, value.to_ascii_lowercase().as_str()) {
-                ("synchronous", "full") => config.synchronous = Synchronous::Full,
-                ("synchronous", "normal") => config.synchronous = Synchronous::Normal,
-                ("synchronous", other) => {
-                    return Err(invalid(format!("synchronous={other}: use full or normal")))
-                }
-                ("readers", n) => {
-                    let n: usize = n
-                        .parse()
-                        .map_err(|_| invalid(format!("readers={n}: expected a number")))?;
-                    config = config.readers(n);
-                }
-                (other, _) => {
-                    return Err(invalid(format!(
-                        "unknown option {other:?}: known options are synchronous and readers"
-                    )))
-                }
-            }
-        }
-        Ok(config)
-    }
 }
 
 #[cfg(test)]
@@ -133,29 +90,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_urls() {
-        let c = SqliteConfig::from_url("sqlite://annals.db").unwrap();
+    fn defaults_and_builders() {
+        let c = SqliteConfig::new("annals.db")
+            .synchronous(Synchronous::Normal)
+            .readers(0);
         assert_eq!(
-            (c.path, c.synchronous),
-            (PathBuf::from("annals.db"), Synchronous::Full)
+            (c.path, c.synchronous, c.readers),
+            (PathBuf::from("annals.db"), Synchronous::Normal, 1)
         );
-        let c = SqliteConfig::from_url("sqlite:///tmp/x.db?synchronous=NORMAL&readers=2").unwrap();
-        assert_eq!(c.path, PathBuf::from("/tmp/x.db"));
-        assert_eq!((c.synchronous, c.readers), (Synchronous::Normal, 2));
-        for bad in [
-            "sqlite://",
-            "postgres://x",
-            "sqlite://a.db?synchronous=off",
-            "sqlite://a.db?x=1",
-            "sqlite://a.db?readers",
-        ] {
-            assert!(
-                matches!(
-                    SqliteConfig::from_url(bad),
-                    Err(OpenError::InvalidUrl { .. })
-                ),
-                "{bad}"
-            );
-        }
+        assert_eq!(Synchronous::default().pragma(), "FULL");
     }
 }

@@ -24,16 +24,8 @@ pub enum OpenError {
         /// The newest version this build knows.
         supported: i64,
     },
-    /// The URL is not a valid `sqlite://` URL.
-    #[error("invalid SQLite store URL {url:?}: {reason}")]
-    InvalidUrl {
-        /// The URL.
-        url: String,
-        /// What is wrong.
-        reason: String,
-    },
     /// SQLite failed (permissions, disk, locks held past the busy timeout...).
-    #[error("{path}: {source}")]
+    #[error("SQLite database {path}")]
     Sqlite {
         /// The file.
         path: PathBuf,

@@ -5,7 +5,7 @@
 //! use annals::{EventData, EventStore, ExpectedVersion, StreamName};
 //! use annals_sqlite::{SqliteConfig, SqliteStore};
 //!
-//! let store = SqliteStore::open(SqliteConfig::from_url("sqlite://annals.db")?)?;
+//! let store = SqliteStore::open(SqliteConfig::new("annals.db"))?;
 //! let stream = StreamName::new("Cart-1")?;
 //! store.append(&stream, ExpectedVersion::NoStream, vec![EventData::new("Added", b"{}".to_vec())]).await?;
 //! # Ok(()) }
@@ -113,11 +113,6 @@ impl SqliteStore {
                 config,
             }),
         })
-    }
-
-    /// Opens the database named by a `sqlite://` URL.
-    pub fn open_url(url: &str) -> Result<Self, OpenError> {
-        Self::open(SqliteConfig::from_url(url)?)
     }
 
     /// The options the store was opened with.

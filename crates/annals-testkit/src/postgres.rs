@@ -24,6 +24,8 @@ pub struct PgServer {
     pub port: u16,
     bin: Option<PathBuf>,
     socket_dir: Option<PathBuf>,
+    /// Server settings beyond the defaults (`-c name=value ...`).
+    settings: String,
 }
 
 fn find_bin() -> Result<PathBuf, String> {
@@ -88,6 +90,16 @@ fn free_port() -> Result<u16, String> {
 impl PgServer {
     /// Starts a private server, stopped and removed when this process exits.
     pub fn start() -> Result<Self, String> {
+        Self::start_with(None)
+    }
+
+    /// Starts a private server that accepts TCP connections over TLS only (`hostssl` in
+    /// `pg_hba.conf`), with the given PEM certificate (chain) and private key.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Result<Self, String> {
+        Self::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Result<Self, String> {
         let bin = find_bin()?;
         static COUNT: AtomicU32 = AtomicU32::new(0);
         let n = COUNT.fetch_add(1, Ordering::SeqCst);
@@ -119,6 +131,32 @@ impl PgServer {
             ])
             .arg(&data);
         run(initdb, "initdb")?;
+        let mut settings = String::new();
+        if let Some((cert, key)) = tls {
+            let write = |name: &str, text: &str| -> Result<(), String> {
+                let path = data.join(name);
+                std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| format!("{}: {e}", path.display()))
+            };
+            write("server.crt", cert)?;
+            write("server.key", key)?;
+            write(
+                "pg_hba.conf",
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            )?;
+            if is_root() {
+                let mut chown = Command::new("chown");
+                chown
+                    .args(["postgres:postgres"])
+                    .arg(data.join("server.crt"))
+                    .arg(data.join("server.key"))
+                    .arg(data.join("pg_hba.conf"));
+                run(chown, "chown the server's certificate to postgres")?;
+            }
+            settings = " -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key".into();
+        }
         let port = free_port()?;
         let server = Self {
             url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
@@ -126,6 +164,7 @@ impl PgServer {
             port,
             bin: Some(bin),
             socket_dir: Some(root.clone()),
+            settings,
         };
         server.pg_ctl_start()?;
         server.watchdog(&root)?;
@@ -135,9 +174,10 @@ impl PgServer {
     fn options(&self) -> String {
         format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 \
-             -c idle_in_transaction_session_timeout=60s",
+             -c idle_in_transaction_session_timeout=60s{}",
             self.port,
-            self.socket_dir.as_ref().expect("started here").display()
+            self.socket_dir.as_ref().expect("started here").display(),
+            self.settings
         )
     }
 
@@ -176,6 +216,27 @@ impl PgServer {
     /// Starts a stopped server again on the same port.
     pub fn start_again(&self) -> Result<(), String> {
         self.pg_ctl_start()
+    }
+
+    /// Its connection options (the `postgres` superuser on the `postgres` database).
+    ///
+    /// # Panics
+    ///
+    /// When `ANNALS_PG_URL` is not a URL the driver accepts.
+    pub fn connection(&self) -> tokio_postgres::Config {
+        if self.bin.is_none() {
+            return self
+                .url
+                .parse()
+                .unwrap_or_else(|e| panic!("ANNALS_PG_URL is not a PostgreSQL URL: {e}"));
+        }
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(self.port)
+            .user("postgres")
+            .dbname("postgres");
+        config
     }
 
     /// A shell that stops the server and removes its directory once this process is gone.
@@ -224,6 +285,7 @@ pub fn shared() -> &'static PgServer {
             port: 0,
             bin: None,
             socket_dir: None,
+            settings: String::new(),
         }),
         Err(_) => PgServer::start(),
     });

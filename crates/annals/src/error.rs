@@ -283,3 +283,84 @@ pub fn is_transient(error: &(dyn std::error::Error + 'static)) -> bool {
     }
     false
 }
+
+/// The text of an error and of every error under it (`a: b: c`), each part said once.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let part = e.to_string();
+        // Causes often repeat what their parent said: an error that prints its source
+        // ("a: b" over "b"), or one that restates it with a prefix (SQLite's "Error code 14:
+        // unable to open database file" under "unable to open database file: PATH"). Say
+        // only what is new.
+        let last = part.rsplit(": ").next().unwrap_or_default();
+        if !text.contains(last) {
+            let new: Vec<&str> = part
+                .split(": ")
+                .filter(|s| !s.is_empty() && !text.contains(s))
+                .collect();
+            if !new.is_empty() {
+                text.push_str(": ");
+                text.push_str(&new.join(": "));
+            }
+        }
+        source = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::error_chain;
+
+    #[derive(Debug)]
+    struct E(&'static str, Option<Box<E>>);
+
+    impl std::fmt::Display for E {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for E {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    fn chain(parts: &[&'static str]) -> E {
+        parts
+            .iter()
+            .rev()
+            .fold(None, |below, part| Some(E(part, below.map(Box::new))))
+            .unwrap()
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        // SQLite's chain for a missing directory.
+        let e = chain(&[
+            "SQLite database /x/a.db",
+            "unable to open database file: /x/a.db",
+            "Error code 14: unable to open database file",
+        ]);
+        assert_eq!(
+            error_chain(&e),
+            "SQLite database /x/a.db: Error code 14: unable to open database file"
+        );
+        // An error that prints its source, over that source.
+        let e = chain(&["database or disk is full", "database or disk is full"]);
+        assert_eq!(error_chain(&e), "database or disk is full");
+        // Distinct causes are all kept, in order.
+        let e = chain(&[
+            "cannot reach PostgreSQL at u@h:1/db",
+            "error connecting to server",
+            "Connection refused (os error 111)",
+        ]);
+        assert_eq!(
+            error_chain(&e),
+            "cannot reach PostgreSQL at u@h:1/db: error connecting to server: Connection refused (os error 111)"
+        );
+    }
+}

@@ -74,21 +74,6 @@ impl Backoff {
     }
 }
 
-/// The text of an error and of every error under it (`a: b: c`), each part said once.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let part = e.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = e.source();
-    }
-    text
-}
-
 /// How a [`Feed`] reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FeedOptions {
@@ -313,7 +298,7 @@ impl<S: EventStore + ?Sized> State<S> {
                 {
                     let delay = delays.next().unwrap_or(f.options.retry.max);
                     tracing::warn!(
-                        error = %error_chain(&e),
+                        error = %crate::error_chain(&e),
                         attempt,
                         retry_in = ?delay,
                         from = %f.from,

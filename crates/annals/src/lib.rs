@@ -64,9 +64,11 @@ pub use decider::{
     transact_many, transact_pair, Category, Decider, Domain, LoadOption, Loaded,
     SNAPSHOT_EVENT_TYPE,
 };
-pub use error::{is_transient, Capability, CodecError, Error, InvalidEvent, Result, Transient};
+pub use error::{
+    error_chain, is_transient, Capability, CodecError, Error, InvalidEvent, Result, Transient,
+};
 pub use event::{EventData, RecordedEvent, DEFAULT_MAX_EVENT_BYTES, MAX_EVENT_TYPE_LEN};
-pub use feed::{error_chain, Backoff, Feed, FeedOptions, FeedPage};
+pub use feed::{Backoff, Feed, FeedOptions, FeedPage};
 pub use instrument::Instrumented;
 pub use lease::{LeaseStore, Leases, MemoryLeases};
 pub use memory::MemoryStore;

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use annals::{Cache, Category, Domain, EventStore, JsonCodec};
 use serde::{Deserialize, Serialize};
 
+pub mod server;
+pub mod view;
 pub mod web;
 
 /// The category of todo-list streams.

@@ -21,7 +21,7 @@ use anyhow::{ensure, Context};
 use hdrhistogram::Histogram;
 
 use super::{latency_histogram, Latency};
-use crate::store_url::Opened;
+use crate::store_url::{Backend, Opened};
 
 /// Arguments of `annals bench append`.
 #[derive(Debug, clap::Args)]
@@ -140,12 +140,14 @@ pub async fn run(opened: Opened, url: &str, args: Args) -> anyhow::Result<()> {
         args.event_bytes
     );
     ensure!(args.writers > 0, "--writers must be at least 1");
-    let baseline = match (&opened.sqlite, &opened.postgres) {
-        (Some(config), _) => Some(Baseline::Sqlite(SqliteBaseline::create(config, &run)?)),
-        (_, Some(config)) => Some(Baseline::Postgres(PgBaseline::create(config, &run).await?)),
-        _ => None,
+    let baseline = match &opened.backend {
+        Backend::Sqlite(s) => Some(Baseline::Sqlite(SqliteBaseline::create(s.config(), &run)?)),
+        Backend::Postgres(p) => Some(Baseline::Postgres(
+            PgBaseline::create(p.config(), &run).await?,
+        )),
+        Backend::Memory(_) => None,
     };
-    let measured = measure(&opened.store, baseline.as_ref(), &run, &args).await;
+    let measured = measure(&opened.events, baseline.as_ref(), &run, &args).await;
     if let Some(b) = &baseline {
         b.remove().await;
     }
@@ -162,7 +164,11 @@ pub async fn run(opened: Opened, url: &str, args: Args) -> anyhow::Result<()> {
     }
     // The targets: SQLite's group commit must beat one commit per row by far; PostgreSQL
     // commits concurrently already, so there the store's own cost per append is what shows.
-    let b_target = if opened.sqlite.is_some() { 5.0 } else { 0.6 };
+    let b_target = if matches!(opened.backend, Backend::Sqlite(_)) {
+        5.0
+    } else {
+        0.6
+    };
     if let (Some(b), Some(raw_1)) = (&b, &raw_1) {
         println!(
             "ratio (b) / raw 1 row per tx:      {:.2}x  (target >= {b_target})",
@@ -423,8 +429,8 @@ struct PgBaseline {
 
 impl PgBaseline {
     async fn create(config: &PgConfig, run: &str) -> anyhow::Result<Self> {
-        let pg: annals_postgres::tokio_postgres::Config = config.url.parse()?;
-        let manager = deadpool_postgres::Manager::new(pg, annals_postgres::tokio_postgres::NoTls);
+        let (pg, tls) = config.driver()?;
+        let manager = deadpool_postgres::Manager::new(pg, tls);
         let pool = deadpool_postgres::Pool::builder(manager)
             .max_size(64)
             .build()?;

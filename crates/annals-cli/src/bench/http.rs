@@ -27,12 +27,9 @@ pub(super) struct WebTodos {
 }
 
 impl WebTodos {
-    /// The API at `url` (`http://HOST:PORT`, with or without `/todos`).
-    pub fn new(url: &str) -> Self {
-        let base = url
-            .trim_end_matches('/')
-            .trim_end_matches("/todos")
-            .to_owned();
+    /// The API at `url`'s origin (`http://HOST:PORT`; a path such as `/todos` is ignored).
+    pub fn new(url: &url::Url) -> Self {
+        let base = url.origin().ascii_serialization();
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         Self {

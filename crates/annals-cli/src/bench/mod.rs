@@ -34,14 +34,15 @@ pub enum Bench {
     Live(reactor::LiveArgs),
 }
 
+/// Runs `bench` on an opened store (read models, for `catchup`, in `read_model`).
 pub async fn run(
     opened: crate::store_url::Opened,
     read_model: Option<crate::store_url::ReadModelDb>,
-    url: &str,
     bench: Bench,
 ) -> anyhow::Result<()> {
     use scenario::{Scenario, Target};
-    let store = || Target::Store(opened.store.clone());
+    let url = &opened.url.to_string();
+    let store = || Target::Store(opened.events.clone());
     match bench {
         Bench::Favorite(args) => scenario::run(Scenario::Favorite, store(), url, args).await,
         Bench::SaveForLater(args) => {
@@ -50,7 +51,7 @@ pub async fn run(
         Bench::Todo(args) => scenario::run(Scenario::Todo, store(), url, args).await,
         Bench::Append(args) => append::run(opened, url, args).await,
         Bench::Read(args) => read::run(opened, url, args).await,
-        Bench::Growth(args) => growth::run(opened.store, url, args).await,
+        Bench::Growth(args) => growth::run(opened.events, url, args).await,
         Bench::Catchup(args) => reactor::catchup(opened, read_model, url, args).await,
         Bench::Live(args) => reactor::live(opened, url, args).await,
     }
@@ -58,13 +59,13 @@ pub async fn run(
 
 /// `annals bench todo --store http://HOST:PORT`: the todo scenario against a running
 /// TodoBackend; the other benches need a store.
-pub async fn run_http(url: &str, bench: Bench) -> anyhow::Result<()> {
+pub async fn run_http(url: &url::Url, bench: Bench) -> anyhow::Result<()> {
     match bench {
         Bench::Todo(args) => {
             scenario::run(
                 scenario::Scenario::Todo,
-                scenario::Target::Http(url.to_owned()),
-                url,
+                scenario::Target::Http(url.clone()),
+                url.as_str(),
                 args,
             )
             .await

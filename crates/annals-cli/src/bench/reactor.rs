@@ -198,7 +198,7 @@ async fn project_in_memory(
 }
 
 fn checkpoints(opened: &Opened) -> Arc<dyn CheckpointStore> {
-    Arc::clone(&opened.checkpoints)
+    opened.checkpoints()
 }
 
 /// Appends `events` events (100 per append) over `streams` streams of `category` from 8
@@ -258,7 +258,7 @@ pub async fn catchup(
     ensure!(args.events > 0, "--events must be at least 1");
     ensure!(args.streams > 0, "--streams must be at least 1");
     ensure!(args.batch > 0, "--batch must be at least 1");
-    let store = opened.store.clone();
+    let store = opened.events.clone();
     let category = fresh_category("Catchup");
     let filter = Filter::category(&category);
     println!(
@@ -362,7 +362,7 @@ impl Handler for Clock {
 pub async fn live(opened: Opened, url: &str, args: LiveArgs) -> anyhow::Result<()> {
     ensure!(args.rate > 0, "--rate must be at least 1");
     ensure!(args.streams > 0, "--streams must be at least 1");
-    let store = opened.store.clone();
+    let store = opened.events.clone();
     let category = fresh_category("Live");
     let clock = Arc::new(Clock {
         base: Instant::now(),

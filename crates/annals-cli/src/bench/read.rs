@@ -22,7 +22,7 @@ use annals_sqlite::rusqlite;
 use anyhow::ensure;
 
 use super::append::{event, micros, Report};
-use crate::store_url::Opened;
+use crate::store_url::{Backend, Opened};
 
 /// Arguments of `annals bench read`.
 #[derive(Debug, clap::Args)]
@@ -90,13 +90,13 @@ pub async fn run(opened: Opened, url: &str, args: Args) -> anyhow::Result<()> {
             let batch = (0..n)
                 .map(|i| event(args.event_bytes, written + i))
                 .collect();
-            opened.store.append(s, ExpectedVersion::Any, batch).await?;
+            opened.events.append(s, ExpectedVersion::Any, batch).await?;
             written += n;
             bar.inc(n);
         }
     }
     bar.finish_and_clear();
-    opened.store.await_visible().await?;
+    opened.events.await_visible().await?;
     let raw = Raw::of(&opened).await?;
     let streams = Arc::new(streams);
     let mut reports = Vec::new();
@@ -111,10 +111,10 @@ pub async fn run(opened: Opened, url: &str, args: Args) -> anyhow::Result<()> {
             Some(raw) => Some(raw.run(shape, &streams, &args).await?),
             None => None,
         };
-        let ours = readers(&opened.store, &label, shape, &streams, &args).await?;
+        let ours = readers(&opened.events, &label, shape, &streams, &args).await?;
         reports.push((baseline, ours));
     }
-    let all = read_all(&opened.store, &category, args.duration).await?;
+    let all = read_all(&opened.events, &category, args.duration).await?;
     println!(
         "{:<44} {:>10} {:>10}  latency ms per read",
         "case", "events/s", "reads/s"
@@ -228,12 +228,12 @@ type PgRow = (i64, annals::Uuid, String, Vec<u8>, Option<Vec<u8>>);
 
 impl Raw {
     async fn of(opened: &Opened) -> anyhow::Result<Option<Self>> {
-        Ok(match (&opened.sqlite, &opened.postgres) {
-            (Some(config), _) => Some(Raw::Sqlite(config.path.clone())),
-            (_, Some(config)) => {
-                let pg: annals_postgres::tokio_postgres::Config = config.url.parse()?;
-                let manager =
-                    deadpool_postgres::Manager::new(pg, annals_postgres::tokio_postgres::NoTls);
+        Ok(match &opened.backend {
+            Backend::Sqlite(s) => Some(Raw::Sqlite(s.config().path.clone())),
+            Backend::Postgres(p) => {
+                let config = p.config();
+                let (pg, tls) = config.driver()?;
+                let manager = deadpool_postgres::Manager::new(pg, tls);
                 let pool = deadpool_postgres::Pool::builder(manager)
                     .max_size(64)
                     .build()?;

@@ -97,7 +97,7 @@ pub enum Target {
     /// A store, in process.
     Store(Arc<dyn EventStore>),
     /// A running TodoBackend at this URL.
-    Http(String),
+    Http(url::Url),
 }
 
 fn category<D: annals::Domain>(
@@ -333,7 +333,7 @@ pub async fn run(scenario: Scenario, target: Target, url: &str, args: Args) -> a
     println!(
         "scenario {}  store {}  concurrency {}  clients {}  cache {}  snapshots {:?}  target {}  duration {:.1}s",
         scenario.name(),
-        crate::output::redact(url),
+        url,
         args.concurrency,
         args.clients,
         match (&calls, args.cache) {

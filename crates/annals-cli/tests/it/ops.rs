@@ -13,10 +13,17 @@ use serde_json::Value;
 use crate::succeeded;
 
 pub(crate) fn pg_url(prefix: &str) -> String {
-    format!(
-        "{}?annals_schema={}",
-        annals_testkit::postgres::shared().url,
-        annals_testkit::postgres::schema_name(prefix)
+    pg_target(prefix).0
+}
+
+/// A fresh schema of the test server: its URL for the binary and its options for the test.
+pub(crate) fn pg_target(prefix: &str) -> (String, annals_postgres::PgConfig) {
+    let server = annals_testkit::postgres::shared();
+    let schema = annals_testkit::postgres::schema_name(prefix);
+    let url = format!("{}?annals_schema={schema}", server.url);
+    (
+        url,
+        annals_postgres::PgConfig::new(server.connection()).schema(schema),
     )
 }
 
@@ -316,7 +323,7 @@ async fn fill(store: &annals_sqlite::SqliteStore) {
     let mut written = 0;
     while written < EVENTS {
         let s = rng.u64(..STREAMS) as usize;
-        let n = rng.u64(1..=4);
+        let n = rng.u64(1..=4).min(EVENTS - written);
         let events: Vec<EventData> = (0..n)
             .map(|i| {
                 let mut e = EventData::new(
@@ -384,7 +391,7 @@ fn sync_copies_100k_events_sqlite_to_postgres_and_back_and_resumes_after_a_kill(
         ))
         .unwrap();
         fill(&source).await;
-        let pg = pg_url("sync");
+        let (pg, pg_config) = pg_target("sync");
         let (src, back) = ("sqlite://source.db", "sqlite://back.db");
 
         // Interrupted after 5 batches (SIGKILL), then run again to the end.
@@ -401,7 +408,7 @@ fn sync_copies_100k_events_sqlite_to_postgres_and_back_and_resumes_after_a_kill(
             "resumed near where it stopped: {done}"
         );
 
-        let target = annals_postgres::PgStore::connect_url(&pg).await.unwrap();
+        let target = annals_postgres::PgStore::connect(pg_config).await.unwrap();
         let original = read_everything(&Arc::new(source)).await;
         let copied = read_everything(&Arc::new(target)).await;
         assert_eq!(original.len() as u64, EVENTS);

@@ -14,7 +14,7 @@ use annals::{
 };
 use example_todo::Service;
 
-use crate::ops::{failed_saying, json_lines, on, pg_url};
+use crate::ops::{failed_saying, json_lines, on};
 use crate::serve::Served;
 use crate::succeeded;
 
@@ -238,11 +238,9 @@ fn a_poison_list_is_parked_and_replayed_on_a_postgres_read_model_fed_from_sqlite
     let events = Arc::new(
         annals_sqlite::SqliteStore::open(annals_sqlite::SqliteConfig::new(&path)).unwrap(),
     );
-    let rm_url = pg_url("parked");
+    let (rm_url, rm_config) = crate::ops::pg_target("parked");
     let rm = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let rm = annals_postgres::PgStore::connect_url(&rm_url)
-            .await
-            .unwrap();
+        let rm = annals_postgres::PgStore::connect(rm_config).await.unwrap();
         rm.migrate().await.unwrap();
         rm
     });

@@ -10,7 +10,7 @@ use annals::{
 };
 use example_todo::{Patch, Service, Todo};
 
-use crate::ops::{failed_saying, json_lines, on, pg_url};
+use crate::ops::{failed_saying, json_lines, on};
 use crate::succeeded;
 
 /// Row as stored: (list, id, title, completed, order).
@@ -210,10 +210,10 @@ fn rebuild_refolds_stale_lists_on_sqlite() {
 #[test]
 fn rebuild_refolds_stale_lists_on_postgres() {
     let dir = tempfile::tempdir().unwrap();
-    let url = pg_url("rebuild");
+    let (url, config) = crate::ops::pg_target("rebuild");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let store = rt.block_on(async {
-        let store = annals_postgres::PgStore::connect_url(&url).await.unwrap();
+        let store = annals_postgres::PgStore::connect(config).await.unwrap();
         store.migrate().await.unwrap();
         store
     });

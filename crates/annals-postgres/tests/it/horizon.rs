@@ -47,7 +47,9 @@ async fn private() -> (PgStore, PgServer) {
         .await
         .unwrap()
         .expect("a private server");
-    let config = PgConfig::new(&server.url).schema("private").pool_size(24);
+    let config = PgConfig::new(server.connection())
+        .schema("private")
+        .pool_size(24);
     let store = PgStore::connect(config).await.unwrap();
     store.migrate().await.unwrap();
     (store, server)
@@ -272,7 +274,9 @@ async fn restarts_and_killed_connections_lose_nothing_and_never_hang() {
         .await
         .unwrap()
         .expect("a private server");
-    let config = PgConfig::new(&server.url).schema("faults").pool_size(8);
+    let config = PgConfig::new(server.connection())
+        .schema("faults")
+        .pool_size(8);
     let store = Arc::new(PgStore::connect(config).await.unwrap());
     store.migrate().await.unwrap();
     let stop = Arc::new(AtomicBool::new(false));

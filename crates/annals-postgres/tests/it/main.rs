@@ -4,13 +4,14 @@
 mod conformance;
 mod horizon;
 mod store;
+mod tls;
 
 use annals_postgres::{PgConfig, PgStore};
 use annals_testkit::postgres;
 
 /// A migrated store in a fresh schema of the shared test server.
 pub async fn fresh() -> PgStore {
-    let config = PgConfig::new(&postgres::shared().url)
+    let config = PgConfig::new(postgres::shared().connection())
         .schema(postgres::schema_name("t"))
         .pool_size(8);
     let store = PgStore::connect(config)

@@ -541,7 +541,7 @@ async fn the_pipeline_runs_over_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_pipeline_runs_over_postgres() {
     let server = annals_testkit::postgres::shared();
-    let config = annals_postgres::PgConfig::new(&server.url)
+    let config = annals_postgres::PgConfig::new(server.connection())
         .schema(annals_testkit::postgres::schema_name("reactor"));
     let store = annals_postgres::PgStore::connect(config).await.unwrap();
     store.migrate().await.unwrap();

@@ -308,8 +308,10 @@ async fn sqlite_pairs(store: &annals_sqlite::SqliteStore) -> Pairs {
         .unwrap()
 }
 
+/// The store in `schema` of the server at `url` (a child process is handed the URL).
 pub(crate) async fn pg(url: &str, schema: &str) -> annals_postgres::PgStore {
-    annals_postgres::PgStore::connect(annals_postgres::PgConfig::new(url).schema(schema))
+    let connection = url.parse().expect("a PostgreSQL connection URL");
+    annals_postgres::PgStore::connect(annals_postgres::PgConfig::new(connection).schema(schema))
         .await
         .expect("connect")
 }

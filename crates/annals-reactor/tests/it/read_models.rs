@@ -32,7 +32,7 @@ fn sqlite(dir: &tempfile::TempDir, file: &str) -> annals_sqlite::SqliteStore {
 
 async fn postgres(prefix: &str) -> annals_postgres::PgStore {
     let server = annals_testkit::postgres::shared();
-    let config = annals_postgres::PgConfig::new(&server.url)
+    let config = annals_postgres::PgConfig::new(server.connection())
         .schema(annals_testkit::postgres::schema_name(prefix));
     let store = annals_postgres::PgStore::connect(config).await.unwrap();
     store.migrate().await.unwrap();
@@ -228,7 +228,7 @@ async fn an_outage_of_the_read_model_parks_nothing() {
         let server = Arc::clone(&server);
         tokio::task::spawn_blocking(move || f(&server))
     };
-    let config = annals_postgres::PgConfig::new(&server.url)
+    let config = annals_postgres::PgConfig::new(server.connection())
         .schema(annals_testkit::postgres::schema_name("outage"));
     let rm = Arc::new(annals_postgres::PgStore::connect(config).await.unwrap());
     rm.migrate().await.unwrap();

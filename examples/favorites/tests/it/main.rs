@@ -94,7 +94,7 @@ async fn postgres() -> Arc<dyn EventStore> {
     static SCHEMA: OnceLock<String> = OnceLock::new();
     let schema = SCHEMA.get_or_init(|| annals_testkit::postgres::schema_name("access"));
     let store = annals_postgres::PgStore::connect(
-        annals_postgres::PgConfig::new(&annals_testkit::postgres::shared().url)
+        annals_postgres::PgConfig::new(annals_testkit::postgres::shared().connection())
             .schema(schema.clone())
             .pool_size(4),
     )

@@ -585,7 +585,7 @@ async fn the_api_on_sqlite() {
 async fn the_api_on_postgres() {
     let server = annals_testkit::postgres::shared();
     let store = annals_postgres::PgStore::connect(
-        annals_postgres::PgConfig::new(&server.url)
+        annals_postgres::PgConfig::new(server.connection())
             .schema(annals_testkit::postgres::schema_name("todoweb")),
     )
     .await

@@ -1,10 +1,10 @@
 //! The `todos` read model: one row per todo of every list, in table `todo_view` of a SQL
-//! read-model database (`--read-model URL`, by default the event store's own SQLite file or
-//! PostgreSQL schema), so the lists can be queried with SQL. One projector, written once
-//! against the read-model contract, serves every backend. `annals serve` keeps it current
-//! with a reactor pipeline (consumer group [`GROUP`], which parks a list whose events keep
-//! failing); each list's progress is recorded with the schema version of this code
-//! ([`SCHEMA`]), and `annals rebuild todos` refolds the lists whose rows older code built.
+//! read-model database, so the lists can be queried with SQL. One projector, written once
+//! against the read-model contract ([`annals::ReadModelStore`]), serves every backend.
+//! `annals serve` keeps it current with a reactor pipeline (consumer group [`GROUP`], which
+//! parks a list whose events keep failing); each list's progress is recorded with the
+//! schema version of this code ([`SCHEMA`]), and `annals rebuild todos` refolds the lists
+//! whose rows older code built.
 //!
 //! Schema history: 1 — `list, id, title, completed, ord`.
 
@@ -17,9 +17,8 @@ use annals::{
 };
 use annals_reactor::{FailurePolicy, PipelineConfig, Project, Running};
 use async_trait::async_trait;
-use example_todo::Event;
 
-use crate::store_url::ReadModelDb;
+use crate::Event;
 
 /// The projection's name (`annals rebuild todos`).
 pub const NAME: &str = "todos";
@@ -108,14 +107,15 @@ impl<R: ReadModelStore> Projector<R> for TodoView {
 /// failing so the others go on.
 pub fn pipeline() -> PipelineConfig {
     PipelineConfig::new(GROUP)
-        .filter(annals::Filter::category(example_todo::CATEGORY))
+        .filter(annals::Filter::category(crate::CATEGORY))
         .on_failure(FailurePolicy::Park { after: PARK_AFTER })
 }
 
-async fn spawn_in<R: ReadModelStore>(
+/// Starts the pipeline keeping the read model in `read_model` current from `events`.
+pub async fn spawn<R: ReadModelStore>(
     events: Arc<dyn EventStore>,
     read_model: Arc<R>,
-) -> anyhow::Result<Running> {
+) -> annals::Result<Running> {
     let handler = Project::new(
         Arc::clone(&events),
         Arc::clone(&read_model),
@@ -130,59 +130,32 @@ async fn spawn_in<R: ReadModelStore>(
     ))
 }
 
-/// Starts the pipeline keeping the read model in `db` current from `events`.
-pub async fn spawn(events: Arc<dyn EventStore>, db: &ReadModelDb) -> anyhow::Result<Running> {
-    match db {
-        ReadModelDb::Sqlite(s) => spawn_in(events, Arc::clone(s)).await,
-        ReadModelDb::Postgres(p) => spawn_in(events, Arc::clone(p)).await,
-    }
-}
-
-async fn rows_in<R: ReadModelStore>(
-    events: &dyn EventStore,
-    read_model: &Arc<R>,
-) -> anyhow::Result<Vec<ProjectionRow>> {
-    read_model.setup(&Arc::new(TodoView)).await?;
-    Ok(projection_rows(events, &**read_model, NAME).await?)
-}
-
 /// The rows recorded per list (progress, schema, the list's version).
-pub async fn rows(events: &dyn EventStore, db: &ReadModelDb) -> anyhow::Result<Vec<ProjectionRow>> {
-    match db {
-        ReadModelDb::Sqlite(s) => rows_in(events, s).await,
-        ReadModelDb::Postgres(p) => rows_in(events, p).await,
-    }
+pub async fn rows<R: ReadModelStore>(
+    events: &dyn EventStore,
+    read_model: &R,
+) -> annals::Result<Vec<ProjectionRow>> {
+    read_model.setup(&Arc::new(TodoView)).await?;
+    projection_rows(events, read_model, NAME).await
 }
 
 /// Refolds the lists built by older code (`all`: every list recorded).
-pub async fn rebuild_lists(
+pub async fn rebuild_lists<R: ReadModelStore>(
     events: &dyn EventStore,
-    db: &ReadModelDb,
+    read_model: &R,
     all: bool,
-) -> anyhow::Result<Rebuilt> {
+) -> annals::Result<Rebuilt> {
     let view = Arc::new(TodoView);
-    Ok(match db {
-        ReadModelDb::Sqlite(s) => {
-            s.setup(&view).await?;
-            rebuild(events, &**s, &view, all).await?
-        }
-        ReadModelDb::Postgres(p) => {
-            p.setup(&view).await?;
-            rebuild(events, &**p, &view, all).await?
-        }
-    })
+    read_model.setup(&view).await?;
+    rebuild(events, read_model, &view, all).await
 }
 
 /// Applies a list's events after the read model's progress (a parked list, once its cause
 /// is fixed), exactly once; the events applied.
-pub async fn catch_up(
+pub async fn catch_up<R: ReadModelStore>(
     events: &dyn EventStore,
-    db: &ReadModelDb,
+    read_model: &R,
     list: &StreamName,
-) -> anyhow::Result<u64> {
-    let view = Arc::new(TodoView);
-    Ok(match db {
-        ReadModelDb::Sqlite(s) => catch_up_stream(events, &**s, &view, list).await?,
-        ReadModelDb::Postgres(p) => catch_up_stream(events, &**p, &view, list).await?,
-    })
+) -> annals::Result<u64> {
+    catch_up_stream(events, read_model, &Arc::new(TodoView), list).await
 }

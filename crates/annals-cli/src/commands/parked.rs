@@ -1,4 +1,4 @@
-//! `annals parked`: the streams consumer groups parked, replayed or skipped.
+//! `annals parked`: list, replay or skip the streams consumer groups parked.
 
 use std::sync::Arc;
 
@@ -6,8 +6,9 @@ use annals::{CheckpointStore, EventStore};
 use anyhow::bail;
 use serde_json::{json, Value};
 
-use crate::ops::{needs_read_model, stream_name, time, PROJECTIONS};
-use crate::output::Output;
+use super::{needs_read_model, stream_name};
+use crate::output::{time, Output};
+use crate::read_models::{self, PROJECTIONS};
 use crate::store_url::ReadModelDb;
 
 /// `annals parked` subcommands.
@@ -25,7 +26,7 @@ pub enum ParkedCommand {
         /// The parked stream.
         stream: String,
         /// Its consumer group.
-        #[arg(long, default_value = crate::todo_view::GROUP)]
+        #[arg(long, default_value = read_models::todos::GROUP)]
         group: String,
     },
     /// Unparks a stream without applying its skipped events: the group goes on with its
@@ -34,12 +35,12 @@ pub enum ParkedCommand {
         /// The parked stream.
         stream: String,
         /// Its consumer group.
-        #[arg(long, default_value = crate::todo_view::GROUP)]
+        #[arg(long, default_value = read_models::todos::GROUP)]
         group: String,
     },
 }
 
-pub(crate) fn parked_json(p: &annals::ParkedStream) -> Value {
+pub fn parked_json(p: &annals::ParkedStream) -> Value {
     json!({
         "group": p.group,
         "stream": p.stream.as_str(),
@@ -53,7 +54,7 @@ pub(crate) fn parked_json(p: &annals::ParkedStream) -> Value {
     })
 }
 
-pub(crate) fn show_parked(parked: &[annals::ParkedStream], out: &Output) {
+pub fn show_parked(parked: &[annals::ParkedStream], out: &Output) {
     let rows: Vec<Vec<String>> = parked
         .iter()
         .map(|p| {
@@ -81,7 +82,7 @@ pub(crate) fn show_parked(parked: &[annals::ParkedStream], out: &Output) {
 }
 
 /// `annals parked`.
-pub async fn parked(
+pub async fn run(
     store: &Arc<dyn EventStore>,
     read_model: Option<&ReadModelDb>,
     checkpoints: &Arc<dyn CheckpointStore>,
@@ -103,10 +104,10 @@ pub async fn parked(
         }
         ParkedCommand::Replay { stream, group } => {
             let name = stream_name(&stream)?;
-            if group != crate::todo_view::GROUP {
+            if group != read_models::todos::GROUP {
                 bail!(
                     "annals parked replay applies the {PROJECTIONS} read model (group {}); a stream of group {group:?} is replayed by the process that owns that group, or skipped with `annals parked skip`",
-                    crate::todo_view::GROUP
+                    read_models::todos::GROUP
                 );
             }
             let db = needs_read_model(read_model)?;
@@ -114,7 +115,7 @@ pub async fn parked(
             if !listed.iter().any(|p| p.stream == name) {
                 bail!("{name} is not parked in group {group}");
             }
-            let applied = crate::todo_view::catch_up(&**store, db, &name).await?;
+            let applied = read_models::todos::catch_up(&**store, db, &name).await?;
             checkpoints.unpark(&group, &name).await?;
             if out.json {
                 out.line(&json!({"group": group, "stream": name.as_str(), "replayed": applied}));

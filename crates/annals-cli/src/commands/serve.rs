@@ -1,0 +1,74 @@
+//! `annals serve`: the TodoBackend API of the todo example (`example_todo::server`) over
+//! the chosen store, with the `todos` read model kept current beside it (SQL read-model
+//! databases), request logs on stderr and Prometheus metrics at `/metrics`.
+
+use anyhow::Context;
+use example_todo::server::{self, ServerOptions};
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+use crate::read_models::todos;
+use crate::store_url::{Backend, Opened, ReadModelDb};
+
+/// `annals serve` arguments.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The address to listen on (port 0: any free port; the URL printed tells which).
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    pub listen: String,
+    /// Todo lists kept folded in memory, at most.
+    #[arg(long, default_value_t = 10_000)]
+    pub cache: usize,
+}
+
+/// Serves until Ctrl-C or SIGTERM, then lets the read-model pipeline catch up and stops it
+/// (committing its checkpoint).
+pub async fn run(
+    opened: Opened,
+    read_model: Option<ReadModelDb>,
+    args: ServeArgs,
+) -> anyhow::Result<()> {
+    let metrics = PrometheusBuilder::new()
+        .install_recorder()
+        .context("install the metrics recorder")?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("listen on {}", args.listen))?;
+    let base = format!("http://{}", listener.local_addr()?);
+    if let (Some(db), Backend::Memory(_)) = (&read_model, &opened.backend) {
+        // memory:// starts empty on every run: the lists a durable read model kept from an
+        // earlier run would hide this run's first events behind their progress.
+        let rows = todos::rows(&*opened.events, db).await?;
+        anyhow::ensure!(
+            rows.is_empty(),
+            "the read model in {} holds {} lists from an earlier run, but memory:// starts empty: their progress would skip this run's events; use a fresh --read-model (or a durable --store)",
+            db.describe(),
+            rows.len()
+        );
+    }
+    let pipeline = match &read_model {
+        Some(db) => Some(todos::spawn(opened.events.clone(), db).await?),
+        None => None,
+    };
+    println!(
+        "annals serve: TodoBackend API at {base}/todos (store {}, read model {}); Ctrl-C to stop",
+        opened.url,
+        match &read_model {
+            Some(db) => format!("todo_view in {}", db.describe()),
+            None => "none: memory:// without --read-model".into(),
+        }
+    );
+    let options = ServerOptions {
+        cache: args.cache,
+        metrics: Some(metrics),
+        ..ServerOptions::default()
+    };
+    server::serve(
+        opened.events,
+        listener,
+        options,
+        pipeline,
+        server::shutdown_signal(),
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,61 @@
+//! The read models this build keeps (`todos`, from the todo example), over whichever
+//! read-model database was chosen: the one place that dispatches from [`ReadModelDb`] to a
+//! concrete store.
+
+use crate::store_url::ReadModelDb;
+
+/// The read models this build can rebuild, for messages.
+pub const PROJECTIONS: &str = todos::NAME;
+
+/// Runs `$body` with `$r` bound to the concrete read-model store (an `Arc`).
+macro_rules! on_db {
+    ($db:expr, $r:ident => $body:expr) => {
+        match $db {
+            ReadModelDb::Sqlite($r) => $body,
+            ReadModelDb::Postgres($r) => $body,
+        }
+    };
+}
+
+/// `todos`: the TodoBackend lists of `annals serve` (table `todo_view`).
+pub mod todos {
+    use std::sync::Arc;
+
+    use annals::{EventStore, ProjectionRow, Rebuilt, StreamName};
+    use annals_reactor::Running;
+    use example_todo::view;
+    pub use example_todo::view::{GROUP, NAME, SCHEMA};
+
+    use super::ReadModelDb;
+
+    /// Starts the pipeline keeping the read model in `db` current from `events`.
+    pub async fn spawn(events: Arc<dyn EventStore>, db: &ReadModelDb) -> annals::Result<Running> {
+        on_db!(db, r => view::spawn(events, Arc::clone(r)).await)
+    }
+
+    /// The rows recorded per list.
+    pub async fn rows(
+        events: &dyn EventStore,
+        db: &ReadModelDb,
+    ) -> annals::Result<Vec<ProjectionRow>> {
+        on_db!(db, r => view::rows(events, &**r).await)
+    }
+
+    /// Refolds the lists built by older code (`all`: every list recorded).
+    pub async fn rebuild_lists(
+        events: &dyn EventStore,
+        db: &ReadModelDb,
+        all: bool,
+    ) -> annals::Result<Rebuilt> {
+        on_db!(db, r => view::rebuild_lists(events, &**r, all).await)
+    }
+
+    /// Applies a list's events after the read model's progress, exactly once.
+    pub async fn catch_up(
+        events: &dyn EventStore,
+        db: &ReadModelDb,
+        list: &StreamName,
+    ) -> annals::Result<u64> {
+        on_db!(db, r => view::catch_up(events, &**r, list).await)
+    }
+}
