@@ -84,6 +84,14 @@ impl FromStr for StoreUrl {
             }
         })?;
         let shown = shown(&url);
+        if !url.has_authority() {
+            // `sqlite:/x.db`: no `//`, so no place for a host or a relative path.
+            return Err(InvalidUrl {
+                what: "malformed store URL".into(),
+                shown,
+                reason: format!("expected SCHEME://..., one of {SUPPORTED}"),
+            });
+        }
         let what = format!("invalid {}store URL", store_name(url.scheme()));
         let invalid = |reason: String| InvalidUrl {
             what: what.clone(),
@@ -417,7 +425,14 @@ mod tests {
     fn other_urls() {
         assert!(matches!(parse("memory://"), StoreKind::Memory));
         assert!(matches!(parse("http://127.0.0.1:3000"), StoreKind::Http(_)));
-        for bad in ["memory://x", "memory://?a=1", "annals.db", "mysql://x", ""] {
+        for bad in [
+            "memory://x",
+            "memory://?a=1",
+            "annals.db",
+            "mysql://x",
+            "",
+            "sqlite:/missing-slash.db",
+        ] {
             let e = bad.parse::<StoreUrl>().unwrap_err().to_string();
             assert!(e.contains("store URL"), "{bad}: {e}");
         }

@@ -24,12 +24,28 @@
 //!     }
 //! }
 //!
+//! /// A decision that can refuse, with the domain's own error type.
+//! #[derive(Debug, PartialEq)]
+//! struct TooMuch { max: u32 }
+//!
+//! fn increment(by: u32) -> impl Fn(&u32) -> Result<Vec<Event>, TooMuch> {
+//!     move |n| if n + by > 10 { Err(TooMuch { max: 10 }) } else { Ok(vec![Event::Incremented { by }]) }
+//! }
+//!
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let store = Arc::new(MemoryStore::new());
 //! let counters = Category::<Counter>::new("Counter", store, JsonCodec::new())?;
 //! let decider = counters.decider("a")?;
 //! decider.transact(|n| if *n < 10 { vec![Event::Incremented { by: 1 }] } else { vec![] }).await?;
 //! assert_eq!(decider.query(|n| *n).await?, 1);
+//!
+//! // The domain's refusal reaches the caller as itself, apart from store errors.
+//! decider.try_transact(increment(4)).await.expect("5 is allowed");
+//! match decider.try_transact(increment(6)).await {
+//!     Err(annals::DecideError::Domain(refused)) => assert_eq!(refused, TooMuch { max: 10 }),
+//!     other => panic!("expected a refusal, got {other:?}"),
+//! }
+//! assert_eq!(decider.query(|n| *n).await?, 5);
 //! # Ok::<_, annals::Error>(()) }).unwrap();
 //! //! ```
 
@@ -61,7 +77,7 @@ pub use cache::Cache;
 pub use checkpoint::{Checkpoint, CheckpointStore, MemoryCheckpoints, ParkedStream};
 pub use codec::{Codec, EncodeContext, JsonCodec};
 pub use decider::{
-    transact_many, transact_pair, Category, Decider, Domain, LoadOption, Loaded,
+    transact_many, transact_pair, Category, DecideError, Decider, Domain, LoadOption, Loaded,
     SNAPSHOT_EVENT_TYPE,
 };
 pub use error::{

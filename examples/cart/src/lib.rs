@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use annals::{Cache, Category, Domain, EventStore, JsonCodec};
+use annals::{Cache, Category, DecideError, Domain, EventStore, JsonCodec};
 use serde::{Deserialize, Serialize};
 
 /// The category of cart streams.
@@ -60,11 +60,13 @@ pub enum Command {
 }
 
 /// Why a command was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
     /// Adding with quantity 0.
+    #[error("an item is added with a quantity of at least 1")]
     ZeroQuantity,
     /// Changing the quantity of an item that is not in the cart.
+    #[error("{0} is not in the cart")]
     NotInCart(String),
 }
 
@@ -144,19 +146,12 @@ impl Service {
         Ok(Self { category })
     }
 
-    /// Runs `command` on cart `id`: `Ok(Err(_))` when the domain refuses it.
-    pub async fn execute(
-        &self,
-        id: &str,
-        command: &Command,
-    ) -> annals::Result<Result<(), Refused>> {
-        let decision = decide(command);
+    /// Runs `command` on cart `id`: [`DecideError::Domain`] with the reason when the domain
+    /// refuses it (nothing is written), [`DecideError::Store`] when the store fails.
+    pub async fn execute(&self, id: &str, command: &Command) -> Result<(), DecideError<Refused>> {
         self.category
             .decider(id)?
-            .transact_result(|s| match decision(s) {
-                Ok(events) => (Ok(()), events),
-                Err(refused) => (Err(refused), Vec::new()),
-            })
+            .try_transact(decide(command))
             .await
     }
 
@@ -227,15 +222,29 @@ mod tests {
     #[tokio::test]
     async fn service_round_trips_through_a_store() {
         let store = Arc::new(annals::MemoryStore::new());
-        let svc = Service::new(store, None).unwrap();
-        svc.execute("1", &add("a", 1)).await.unwrap().unwrap();
-        svc.execute("1", &add("b", 2)).await.unwrap().unwrap();
-        svc.execute("1", &change("a", 0)).await.unwrap().unwrap();
-        assert_eq!(
-            svc.execute("1", &change("z", 1)).await.unwrap(),
-            Err(Refused::NotInCart("z".into()))
-        );
+        let svc = Service::new(store.clone(), None).unwrap();
+        svc.execute("1", &add("a", 1)).await.unwrap();
+        svc.execute("1", &add("b", 2)).await.unwrap();
+        svc.execute("1", &change("a", 0)).await.unwrap();
+        let version = |store: &annals::MemoryStore| store.len();
+        let before = version(&store);
+        // The domain's refusal reaches the caller as its own type, nothing written.
+        match svc.execute("1", &change("z", 1)).await {
+            Err(DecideError::Domain(refused)) => {
+                assert_eq!(refused, Refused::NotInCart("z".into()));
+                assert_eq!(refused.to_string(), "z is not in the cart");
+            }
+            other => panic!("expected the domain's refusal, got {other:?}"),
+        }
+        let refused = svc.execute("1", &add("c", 0)).await.unwrap_err();
+        assert_eq!(refused.domain(), Some(&Refused::ZeroQuantity));
+        assert_eq!(version(&store), before);
         assert_eq!(svc.lines("1").await.unwrap(), vec![line("b", 2)]);
+        // A store failure is the other variant: an invalid cart id.
+        assert!(matches!(
+            svc.execute("", &add("a", 1)).await,
+            Err(DecideError::Store(_))
+        ));
     }
 
     fn command() -> impl Strategy<Value = Command> {

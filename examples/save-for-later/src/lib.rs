@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use annals::{Cache, Category, Domain, EventStore, JsonCodec, Timestamp};
+use annals::{Cache, Category, DecideError, Domain, EventStore, JsonCodec, Timestamp};
 use serde::{Deserialize, Serialize};
 
 /// The category of save-for-later streams.
@@ -78,9 +78,10 @@ impl Domain for SaveForLater {
 }
 
 /// Why a save was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
     /// Saving would take the list past its cap.
+    #[error("the list is full ({max_items} items at most)")]
     Full {
         /// The cap.
         max_items: usize,
@@ -176,16 +177,11 @@ impl Service {
         }
     }
 
-    /// Saves `skus`; `Ok(false)` when the list is full.
-    pub async fn save(&self, client: &str, skus: &[String]) -> annals::Result<bool> {
+    /// Saves `skus`; [`DecideError::Domain`] with [`Refused::Full`] (nothing written) when
+    /// the list has no room for them.
+    pub async fn save(&self, client: &str, skus: &[String]) -> Result<(), DecideError<Refused>> {
         let decide = add(Timestamp::now(), skus, self.max_items);
-        let decider = self.category.decider(client)?;
-        decider
-            .transact_result(|s| match decide(s) {
-                Ok(events) => (true, events),
-                Err(Refused::Full { .. }) => (false, Vec::new()),
-            })
-            .await
+        self.category.decider(client)?.try_transact(decide).await
     }
 
     /// Removes `skus`.
@@ -271,8 +267,11 @@ mod tests {
     async fn service_reports_a_full_list_without_writing() {
         let store = Arc::new(annals::MemoryStore::new());
         let svc = Service::new(store.clone(), None, 2).unwrap();
-        assert!(svc.save("s", &skus(&["a", "b"])).await.unwrap());
-        assert!(!svc.save("s", &skus(&["c"])).await.unwrap());
+        svc.save("s", &skus(&["a", "b"])).await.unwrap();
+        match svc.save("s", &skus(&["c"])).await {
+            Err(DecideError::Domain(Refused::Full { max_items })) => assert_eq!(max_items, 2),
+            other => panic!("expected the list to be full, got {other:?}"),
+        }
         assert_eq!(store.len(), 1);
         svc.remove_all("s").await.unwrap();
         assert!(svc.list("s").await.unwrap().is_empty());

@@ -16,8 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use annals::{Cache, Category, EventStore, JsonCodec};
-use anyhow::{bail, ensure};
+use annals::{Cache, Category, DecideError, EventStore, JsonCodec};
+use anyhow::{bail, ensure, Context};
+use example_save_for_later::Refused;
 use hdrhistogram::Histogram;
 
 use super::calls::{Calls, OPERATIONS};
@@ -162,12 +163,17 @@ impl Service {
             }
             Service::SaveForLater(s) => {
                 let before = annals::Timestamp::now();
-                if !s.save(client, std::slice::from_ref(&item)).await? {
-                    s.remove_all(client).await?;
-                    ensure!(
-                        s.save(client, std::slice::from_ref(&item)).await?,
-                        "{client}: saving into an emptied list failed"
-                    );
+                match s.save(client, std::slice::from_ref(&item)).await {
+                    Ok(()) => {}
+                    Err(DecideError::Domain(Refused::Full { .. })) => {
+                        s.remove_all(client).await?;
+                        s.save(client, std::slice::from_ref(&item))
+                            .await
+                            .with_context(|| {
+                                format!("{client}: saving into an emptied list failed")
+                            })?;
+                    }
+                    Err(e) => return Err(e.into()),
                 }
                 let list = s.list(client).await?;
                 // Another worker may have cleared the full list since: then everything in

@@ -102,11 +102,11 @@ async fn refused(config: PgConfig) -> String {
 
 #[tokio::test]
 async fn tls_modes_connect_verify_and_refuse_as_libpq_does() {
-    let pki = pki("right");
-    let server = PgServer::start_tls(&pki.cert, &pki.key).expect("a TLS-only server");
+    let right = pki("right");
+    let server = PgServer::start_tls(&right.cert, &right.key).expect("a TLS-only server");
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root.crt");
-    std::fs::write(&root, &pki.ca).unwrap();
+    std::fs::write(&root, &right.ca).unwrap();
     let wrong_root = dir.path().join("other.crt");
     std::fs::write(&wrong_root, pki("wrong").ca).unwrap();
     let verify = |mode, path: &std::path::Path| {

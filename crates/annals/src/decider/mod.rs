@@ -6,6 +6,7 @@
 //! [`Cache`]; a [`Decider`] is one stream of it.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,8 @@ use crate::store::{EventStore, ReadStream, StreamAppend};
 use crate::{EventData, ExpectedVersion, StreamName, Timestamp, Version};
 
 /// A domain's pure functions: its initial state and how an event changes it. Decisions are
-/// closures `&State -> Vec<Event>` (or `-> (R, Vec<Event>)`) passed to [`Decider`].
+/// closures `&State -> Vec<Event>` (or `-> (R, Vec<Event>)`, or `-> Result<Vec<Event>, X>` when
+/// the domain can refuse, see [`Decider::try_transact`]) passed to [`Decider`].
 pub trait Domain: Send + Sync + 'static {
     /// The events of the domain.
     type Event: Send + Sync + 'static;
@@ -412,6 +414,38 @@ impl<D: Domain> Category<D> {
     }
 }
 
+/// Why a decision that can refuse did not commit: the domain refused (its own error type,
+/// nothing written), or loading or writing failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DecideError<X> {
+    /// The decision refused, with the domain's reason.
+    #[error("refused: {0}")]
+    Domain(X),
+    /// The store failed (or conflicts outlasted the attempts).
+    #[error(transparent)]
+    Store(#[from] Error),
+}
+
+impl<X> DecideError<X> {
+    /// The domain's reason, if it refused.
+    pub fn domain(&self) -> Option<&X> {
+        match self {
+            Self::Domain(x) => Some(x),
+            Self::Store(_) => None,
+        }
+    }
+}
+
+impl DecideError<Infallible> {
+    /// The store error (a decision that cannot refuse fails only in the store).
+    pub fn into_store(self) -> Error {
+        match self {
+            Self::Store(e) => e,
+            Self::Domain(never) => match never {},
+        }
+    }
+}
+
 /// A loaded state: its version and value.
 #[derive(Debug, Clone)]
 pub struct Loaded<S> {
@@ -479,8 +513,30 @@ impl<D: Domain> Decider<D> {
     /// As [`transact`](Self::transact), for decisions that also return a result.
     pub async fn transact_result<R>(
         &self,
-        decide: impl FnMut(&D::State) -> (R, Vec<D::Event>),
+        mut decide: impl FnMut(&D::State) -> (R, Vec<D::Event>),
     ) -> Result<R> {
+        self.try_transact_result(|s| Ok::<_, Infallible>(decide(s)))
+            .await
+            .map_err(DecideError::into_store)
+    }
+
+    /// Runs a decision that can refuse: `decide` returns the events to append, or the
+    /// domain's own error, which is returned as [`DecideError::Domain`] with nothing
+    /// written. Store failures are [`DecideError::Store`]. On a conflict the decision runs
+    /// again on the caught-up state (and may then refuse).
+    pub async fn try_transact<X>(
+        &self,
+        mut decide: impl FnMut(&D::State) -> std::result::Result<Vec<D::Event>, X>,
+    ) -> std::result::Result<(), DecideError<X>> {
+        self.try_transact_result(|s| decide(s).map(|events| ((), events)))
+            .await
+    }
+
+    /// As [`try_transact`](Self::try_transact), for decisions that also return a result.
+    pub async fn try_transact_result<R, X>(
+        &self,
+        decide: impl FnMut(&D::State) -> std::result::Result<(R, Vec<D::Event>), X>,
+    ) -> std::result::Result<R, DecideError<X>> {
         let span = tracing::info_span!(
             "annals.transact",
             stream = %self.stream,
@@ -494,8 +550,9 @@ impl<D: Domain> Decider<D> {
         let result = self.run(decide, &span).instrument(span.clone()).await;
         let outcome = match &result {
             Ok(_) => "ok",
-            Err(Error::ResyncExhausted { .. }) => "conflict",
-            Err(_) => "error",
+            Err(DecideError::Domain(_)) => "refused",
+            Err(DecideError::Store(Error::ResyncExhausted { .. })) => "conflict",
+            Err(DecideError::Store(_)) => "error",
         };
         span.record("outcome", outcome);
         let category = self.category.name.to_string();
@@ -506,17 +563,17 @@ impl<D: Domain> Decider<D> {
         result
     }
 
-    async fn run<R>(
+    async fn run<R, X>(
         &self,
-        mut decide: impl FnMut(&D::State) -> (R, Vec<D::Event>),
+        mut decide: impl FnMut(&D::State) -> std::result::Result<(R, Vec<D::Event>), X>,
         span: &tracing::Span,
-    ) -> Result<R> {
+    ) -> std::result::Result<R, DecideError<X>> {
         let cat = &self.category;
         let mut loaded = self.load_with(self.load).await?;
         let mut attempt = 1;
         loop {
             span.record("attempts", attempt);
-            let (result, events) = decide(&loaded.state);
+            let (result, events) = decide(&loaded.state).map_err(DecideError::Domain)?;
             span.record("events", events.len());
             if events.is_empty() {
                 return Ok(result);
@@ -531,12 +588,13 @@ impl<D: Domain> Decider<D> {
                         return Err(Error::ResyncExhausted {
                             stream: self.stream.clone(),
                             attempts: attempt,
-                        });
+                        }
+                        .into());
                     }
                     attempt += 1;
                     loaded = self.catch_up(loaded).await?;
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
     }
