@@ -31,7 +31,7 @@ mod tls;
 
 use std::sync::Arc;
 
-use annals::idempotency::{self, Found, Verdict};
+use annals::backend::idempotency::{self, Found, Verdict};
 use annals::{
     AllPage, AppendResult, Capabilities, Checkpoint, CheckpointStore, Direction, Error, EventData,
     EventStore, ExpectedVersion, Filter, Head, HeadSnapshot, LeaseStore, Leases, ParkedStream,
@@ -81,11 +81,11 @@ const STREAM_PAGE: i64 = 1000;
 
 /// Packs `(tx_id, position)` into an opaque, totally ordered [`Position`].
 fn pack(tx: u64, position: i64) -> Position {
-    Position::from_raw((u128::from(tx) << 64) | u128::from(position as u64))
+    annals::backend::position((u128::from(tx) << 64) | u128::from(position as u64))
 }
 
 fn unpack(p: Position) -> (u64, i64) {
-    ((p.raw() >> 64) as u64, (p.raw() as u64) as i64)
+    ((annals::backend::raw_position(p) >> 64) as u64, (annals::backend::raw_position(p) as u64) as i64)
 }
 
 fn tx_of(text: &str) -> Result<u64> {
@@ -582,7 +582,7 @@ impl PgStore {
         events: Vec<EventData>,
         snapshot: Option<&[u8]>,
     ) -> Result<AppendResult> {
-        annals::event::validate_batch(stream, &events, self.inner.config.max_event_bytes)?;
+        annals::backend::validate_batch(stream, &events, self.inner.config.max_event_bytes)?;
         let client = self.client().await?;
         // Another pass when the first met ids recorded by an append that then rolled back
         // before we could classify it, or lost the transaction-id race on the stream row.

@@ -25,7 +25,7 @@ impl Projection {
         events: Vec<EventData>,
     ) -> Result<AppendResult> {
         let store = &self.store;
-        annals::event::validate_batch(stream, &events, store.inner.config.max_event_bytes)?;
+        annals::backend::validate_batch(stream, &events, store.inner.config.max_event_bytes)?;
         let client = self.client.as_ref().expect("open until commit");
         match store
             .append_once(client, stream, expected, &events, None)

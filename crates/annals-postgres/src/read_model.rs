@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use annals::read_model::{check_events, check_rebuild, rebuild_behind};
+use annals::backend::{check_events, check_rebuild, rebuild_behind};
 use annals::{
     ApplyError, Dialect, Error, ParkedStream, Projector, ProjectorError, ReadModelStore,
     RecordedEvent, Result, SqlTx, SqlValue, StreamName, StreamProgress, Timestamp, Version,

@@ -33,7 +33,7 @@ impl EventStore for PgStore {
     }
 
     async fn import(&self, events: Vec<RecordedEvent>) -> Result<u64> {
-        annals::event::validate_import(&events, self.inner.config.max_event_bytes)?;
+        annals::backend::validate_import(&events, self.inner.config.max_event_bytes)?;
         if events.is_empty() {
             return Ok(0);
         }
@@ -155,7 +155,7 @@ impl EventStore for PgStore {
     }
 
     async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
-        annals::event::validate_many(&appends, self.inner.config.max_event_bytes)?;
+        annals::backend::validate_many(&appends, self.inner.config.max_event_bytes)?;
         let mut order: Vec<usize> = (0..appends.len()).collect();
         order.sort_by(|&a, &b| appends[a].stream.cmp(&appends[b].stream));
         let client = self.client().await?;
@@ -230,7 +230,7 @@ impl EventStore for PgStore {
         let start = async move {
             let client = self.client().await?;
             let len = self.stream_version_with(&client, stream).await?.get();
-            let (lo, hi) = options.index_range(len);
+            let (lo, hi) = annals::backend::index_range(&options, len);
             Ok::<_, Error>(if forward { (lo, hi) } else { (hi, lo) })
         };
         stream::once(start)

@@ -196,7 +196,7 @@ impl EventStore for SqliteStore {
         expected: ExpectedVersion,
         events: Vec<EventData>,
     ) -> Result<AppendResult> {
-        annals::event::validate_batch(stream, &events, self.shared.config.max_event_bytes)?;
+        annals::backend::validate_batch(stream, &events, self.shared.config.max_event_bytes)?;
         let stream = stream.clone();
         self.request(|reply| Request::Append {
             stream,
@@ -215,7 +215,7 @@ impl EventStore for SqliteStore {
         events: Vec<EventData>,
         snapshot: Vec<u8>,
     ) -> Result<AppendResult> {
-        annals::event::validate_batch(stream, &events, self.shared.config.max_event_bytes)?;
+        annals::backend::validate_batch(stream, &events, self.shared.config.max_event_bytes)?;
         let stream = stream.clone();
         self.request(|reply| Request::Append {
             stream,
@@ -228,7 +228,7 @@ impl EventStore for SqliteStore {
     }
 
     async fn import(&self, events: Vec<RecordedEvent>) -> Result<u64> {
-        annals::event::validate_import(&events, self.shared.config.max_event_bytes)?;
+        annals::backend::validate_import(&events, self.shared.config.max_event_bytes)?;
         if events.is_empty() {
             return Ok(0);
         }
@@ -245,7 +245,7 @@ impl EventStore for SqliteStore {
     }
 
     async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
-        annals::event::validate_many(&appends, self.shared.config.max_event_bytes)?;
+        annals::backend::validate_many(&appends, self.shared.config.max_event_bytes)?;
         self.request(|reply| Request::AppendMany { appends, reply })
             .await
     }

@@ -103,7 +103,7 @@ fn event(row: &Row<'_>) -> rusqlite::Result<RecordedEvent> {
     Ok(RecordedEvent {
         stream,
         stream_version: row.get::<_, i64>(2)? as u64,
-        position: Position::from_raw(row.get::<_, i64>(0)? as u128),
+        position: annals::backend::position(row.get::<_, i64>(0)? as u128),
         recorded_at: Timestamp::from_unix_micros(row.get(3)?),
         event_type: row.get(4)?,
         data: row.get(5)?,
@@ -188,7 +188,7 @@ pub(crate) fn read_stream(
                 .with(move |conn| {
                     let row = stream_version(conn, stream.as_str()).map_err(backend)?;
                     Ok(row.map(|(stream_id, len)| {
-                        let (lo, hi) = options.index_range(len);
+                        let (lo, hi) = annals::backend::index_range(&options, len);
                         if forward {
                             Cursor {
                                 stream_id,
@@ -266,7 +266,7 @@ pub(crate) fn read_all(
     filter: &Filter,
     limit: usize,
 ) -> Result<AllPage> {
-    let from_raw = i64::try_from(from.raw()).unwrap_or(i64::MAX);
+    let from_raw = i64::try_from(annals::backend::raw_position(from)).unwrap_or(i64::MAX);
     let mut sql = format!("{SELECT_ALL} WHERE e.position > ?");
     let mut args: Vec<rusqlite::types::Value> = vec![from_raw.into()];
     let placeholders = |n: usize| vec!["?"; n].join(", ");
@@ -316,7 +316,7 @@ pub(crate) fn read_all(
                 |r| r.get(0),
             )
             .map_err(backend)?;
-        let next = from.max(Position::from_raw(head as u128));
+        let next = from.max(annals::backend::position(head as u128));
         AllPage {
             events,
             next,

@@ -8,7 +8,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use annals::read_model::{check_events, check_rebuild, rebuild_behind};
+use annals::backend::{check_events, check_rebuild, rebuild_behind};
 use annals::{
     ApplyError, Dialect, Error, Projector, ProjectorError, ReadModelStore, RecordedEvent, Result,
     SqlTx, SqlValue, StreamName, StreamProgress, Version,

@@ -8,7 +8,7 @@
 use std::sync::{mpsc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use annals::idempotency::{self, Found, Verdict};
+use annals::backend::idempotency::{self, Found, Verdict};
 use annals::{
     AppendResult, Error, EventData, ExpectedVersion, Position, Result, StreamAppend, StreamName,
     Timestamp, Version,
@@ -550,8 +550,8 @@ fn try_append(
     let version = start + events.len() as i64;
     Ok(Attempt::Done(AppendResult {
         version: Version(version as u64),
-        first_position: Position::from_raw(first_position as u128),
-        last_position: Position::from_raw(last_position as u128),
+        first_position: annals::backend::position(first_position as u128),
+        last_position: annals::backend::position(last_position as u128),
     }))
 }
 
@@ -596,7 +596,7 @@ fn classify(
                     .map_err(|e| backend(format!("stored stream name: {e}")))?,
                 stream_version: version as u64,
                 batch_start: batch_start as u64,
-                position: Position::from_raw(position as u128),
+                position: annals::backend::position(position as u128),
             }),
             None => None,
         });

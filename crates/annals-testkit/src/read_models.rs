@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use annals::read_model::{catch_up_stream, projection_rows, rebuild};
+use annals::{catch_up_stream, projection_rows, rebuild};
 use annals::{
     CheckpointStore, Error, EventData, EventStore, EventStoreExt, ExpectedVersion, MemoryStore,
     ParkedStream, Position, ProjectionId, Projector, ProjectorError, ReadModelStore, ReadStream,

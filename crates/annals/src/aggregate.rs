@@ -4,7 +4,7 @@
 //!
 //! ```
 //! # use std::sync::Arc;
-//! use annals::aggregate::{Aggregate, Repository};
+//! use annals::{Aggregate, Repository};
 //! use annals::{JsonCodec, MemoryStore};
 //!
 //! #[derive(Clone, Default)]

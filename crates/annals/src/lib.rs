@@ -54,31 +54,34 @@
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
 
-pub mod aggregate;
-pub mod cache;
-pub mod checkpoint;
-pub mod codec;
-pub mod decider;
-pub mod error;
-pub mod event;
-pub mod feed;
-pub mod idempotency;
-pub mod instrument;
-pub mod lease;
-pub mod memory;
-pub mod projection;
-pub mod read_model;
-pub mod store;
-pub mod stream;
-pub mod subscribe;
-pub mod version;
+mod aggregate;
+mod cache;
+mod checkpoint;
+mod codec;
+mod decider;
+mod error;
+mod event;
+mod feed;
+mod idempotency;
+mod instrument;
+mod lease;
+mod memory;
+mod projection;
+mod read_model;
+mod store;
+mod stream;
+mod subscribe;
+mod version;
 
-pub use cache::Cache;
+// Every public item has one path: here, at the crate root (except what only store
+// implementations need, in `backend`).
+pub use aggregate::{Aggregate, AggregateDomain, Repository, Root};
+pub use cache::{Cache, Cached};
 pub use checkpoint::{Checkpoint, CheckpointStore, MemoryCheckpoints, ParkedStream};
-pub use codec::{Codec, EncodeContext, JsonCodec};
+pub use codec::{Codec, EncodeContext, JsonCodec, Upcast};
 pub use decider::{
     transact_many, transact_pair, Category, DecideError, Decider, Domain, LoadOption, Loaded,
-    SNAPSHOT_EVENT_TYPE,
+    DEFAULT_MAX_ATTEMPTS, SNAPSHOT_EVENT_TYPE,
 };
 pub use error::{
     error_chain, is_transient, Capability, CodecError, Error, InvalidEvent, Result, Transient,
@@ -86,17 +89,48 @@ pub use error::{
 pub use event::{EventData, RecordedEvent, DEFAULT_MAX_EVENT_BYTES, MAX_EVENT_TYPE_LEN};
 pub use feed::{Backoff, Feed, FeedOptions, FeedPage};
 pub use instrument::Instrumented;
-pub use lease::{LeaseStore, Leases, MemoryLeases};
-pub use memory::MemoryStore;
+pub use lease::{fair_share, LeaseStore, Leases, MemoryLeases};
+pub use memory::{Commit, MemoryStore};
 pub use projection::{ProjectionId, ProjectionRow, Rebuilt};
 pub use read_model::{
-    ApplyError, Dialect, Projector, ProjectorError, ReadModelStore, SqlTx, SqlValue, StreamProgress,
+    catch_up_stream, projection_rows, rebuild, rebuild_stream, ApplyError, Dialect, Projector,
+    ProjectorError, ReadModelStore, SqlTx, SqlValue, StreamProgress,
 };
 pub use store::{
     AllPage, AppendResult, Capabilities, Direction, EventStore, Filter, Head, HeadSnapshot,
     Partition, ReadStream, StreamAppend, SubscribeOptions,
 };
-pub use stream::{StreamName, StreamNameError, MAX_STREAM_NAME_LEN};
+pub use stream::{validate_category, StreamName, StreamNameError, MAX_STREAM_NAME_LEN};
 pub use subscribe::{subscribe, EventStoreExt, SubscribeExt, Subscription};
 pub use uuid::Uuid;
-pub use version::{ExpectedVersion, Position, Timestamp, Version};
+pub use version::{ExpectedVersion, ParsePositionError, Position, Timestamp, Version};
+
+/// What only store implementations need (users of a store never do): validating what is
+/// appended or imported, the one idempotency rule, positions as raw values, the range a
+/// stream read covers, and the read-model checks every [`ReadModelStore`] applies.
+pub mod backend {
+    pub use crate::event::{validate_batch, validate_import, validate_many};
+    pub use crate::read_model::{check_events, check_rebuild, rebuild_behind};
+    use crate::{Position, ReadStream};
+
+    /// The one rule that tells an exact retry of an append from a conflict or a partial
+    /// overlap; stores only fetch the facts.
+    pub mod idempotency {
+        pub use crate::idempotency::{check, Found, Verdict};
+    }
+
+    /// The position of a backend's raw value.
+    pub const fn position(raw: u128) -> Position {
+        Position::from_raw(raw)
+    }
+
+    /// A position's raw value, as the backend gave it.
+    pub const fn raw_position(position: Position) -> u128 {
+        position.raw()
+    }
+
+    /// The versions `[first, end)` a stream read covers in a stream of `len` events.
+    pub fn index_range(read: &ReadStream, len: u64) -> (u64, u64) {
+        read.index_range(len)
+    }
+}

@@ -139,7 +139,7 @@ impl ReadStream {
 
     /// The half-open range of stream indexes to return, in reading order, for a stream
     /// of `len` events. For store implementations.
-    pub fn index_range(&self, len: u64) -> (u64, u64) {
+    pub(crate) fn index_range(&self, len: u64) -> (u64, u64) {
         let limit = self.limit.map_or(u64::MAX, |l| l as u64);
         match self.direction {
             Direction::Forward => {

@@ -87,12 +87,12 @@ impl Position {
     pub const START: Position = Position(0);
 
     /// Builds a position from a backend's raw value. For store implementations.
-    pub const fn from_raw(raw: u128) -> Self {
+    pub(crate) const fn from_raw(raw: u128) -> Self {
         Position(raw)
     }
 
     /// The backend's raw value. For store implementations.
-    pub const fn raw(self) -> u128 {
+    pub(crate) const fn raw(self) -> u128 {
         self.0
     }
 }

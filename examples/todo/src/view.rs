@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use annals::read_model::{catch_up_stream, projection_rows, rebuild};
+use annals::{catch_up_stream, projection_rows, rebuild};
 use annals::{
     Codec, EventStore, JsonCodec, ProjectionId, ProjectionRow, Projector, ProjectorError,
     ReadModelStore, Rebuilt, RecordedEvent, SqlTx, StreamName,

@@ -100,8 +100,9 @@ impl Report {
     }
 
     pub(super) fn print(&self) {
+        // The rates, then the exact counts they come from (what tests check).
         println!(
-            "{:<44} {:>10.0} {:>10.0}  {}{}",
+            "{:<44} {:>10.0} {:>10.0}  {}{}  total {} events / {} ops",
             self.name,
             self.events_per_sec(),
             self.operations as f64 / self.elapsed.as_secs_f64().max(1e-9),
@@ -109,7 +110,9 @@ impl Report {
             match self.writes {
                 true => format!("  conflicts {}", self.conflicts),
                 false => String::new(),
-            }
+            },
+            self.events,
+            self.operations
         );
     }
 }

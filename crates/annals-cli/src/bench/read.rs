@@ -190,22 +190,18 @@ async fn read_all(
     let filter = Filter::category(category);
     let started = Instant::now();
     let deadline = started + duration;
-    // Walks the feed through the one feed reader, from the start again at its end.
-    'passes: while Instant::now() < deadline {
+    // Walks the feed through the one feed reader, from the start again at its end, in
+    // whole passes (so the events read are an exact multiple of those in the category).
+    while Instant::now() < deadline {
         let options = annals::FeedOptions::to_end(filter.clone()).page_size(1000);
         let mut pages = annals::Feed::new(Arc::clone(store), Position::START, options).pages();
         use futures::StreamExt;
-        loop {
-            let t0 = Instant::now();
-            let Some(page) = pages.next().await else {
-                continue 'passes;
-            };
+        let mut t0 = Instant::now();
+        while let Some(page) = pages.next().await {
             report.latencies.saturating_record(micros(t0));
             report.events += page?.events.len() as u64;
             report.operations += 1;
-            if Instant::now() >= deadline {
-                break 'passes;
-            }
+            t0 = Instant::now();
         }
     }
     report.elapsed = started.elapsed();

@@ -35,6 +35,16 @@ fn succeeded(out: &std::process::Output) -> String {
     stdout
 }
 
+/// The exact counts a bench line ends with: "total EVENTS events / OPS ops".
+fn totals(line: &str) -> (u64, u64) {
+    let total = line
+        .split("total ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no total in {line}"));
+    let words: Vec<&str> = total.split_whitespace().collect();
+    (words[0].parse().unwrap(), words[3].parse().unwrap())
+}
+
 /// Pulls the number after `label` out of the bench report.
 fn figure(report: &str, label: &str) -> f64 {
     let rest = report
@@ -70,7 +80,7 @@ fn bench_favorite_on_memory_reports_rate_and_latency() {
     );
     assert!(figure(&stdout, "tests ") > 0.0);
     assert_eq!(figure(&stdout, "errors "), 0.0);
-    assert!(figure(&stdout, "rate ") > 0.0);
+    assert!(stdout.contains("rate "), "{stdout}");
     let (p50, p99, max) = (
         figure(&stdout, "p50 "),
         figure(&stdout, "p99 "),
@@ -185,16 +195,14 @@ fn bench_append_on_sqlite_reports_every_case_and_the_ratios() {
             .lines()
             .find(|l| l.starts_with(case))
             .unwrap_or_else(|| panic!("no {case:?} in {stdout}"));
-        let events_per_sec: f64 = line[case.len()..]
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert!(events_per_sec > 0.0, "{line}");
+        let (events, ops) = totals(line);
+        assert!(ops > 0, "{line}");
+        let per_op = if case.contains("100") { 100 } else { 1 };
+        assert_eq!(events, ops * per_op, "{line}");
     }
-    assert!(figure(&stdout, "ratio (b) / raw 1 row per tx: ") > 0.0);
-    assert!(figure(&stdout, "ratio (a) / raw 100 rows per tx: ") > 0.0);
+    for ratio in ["ratio (b) / raw 1 row per tx: ", "ratio (a) / raw 100 rows per tx: "] {
+        assert!(stdout.contains(ratio), "no {ratio:?} in {stdout}");
+    }
     let left: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -251,13 +259,18 @@ fn bench_append_on_postgres_reports_every_case_and_the_ratios() {
         "(b) 16 writers, 1 event, own streams",
         "(c) 16 writers, 1 event, one stream",
     ] {
-        assert!(
-            stdout.lines().any(|l| l.starts_with(case)),
-            "no {case:?} in {stdout}"
-        );
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(case))
+            .unwrap_or_else(|| panic!("no {case:?} in {stdout}"));
+        let (events, ops) = totals(line);
+        assert!(ops > 0, "{line}");
+        let per_op = if case.contains("100") { 100 } else { 1 };
+        assert_eq!(events, ops * per_op, "{line}");
     }
-    assert!(figure(&stdout, "ratio (b) / raw 1 row per tx: ") > 0.0);
-    assert!(figure(&stdout, "ratio (a) / raw 100 rows per tx: ") > 0.0);
+    for ratio in ["ratio (b) / raw 1 row per tx: ", "ratio (a) / raw 100 rows per tx: "] {
+        assert!(stdout.contains(ratio), "no {ratio:?} in {stdout}");
+    }
 }
 
 /// Runs `annals bench read` on `store`; checks every case read what it should (whole
@@ -277,37 +290,35 @@ fn bench_read_on(store: &str, baseline: bool) {
         "--readers",
         "4",
     ]));
+    // 12 streams x 50 events: a whole read is 50 events, a tip 10, a read-all page at most
+    // 1,000 (the 600 events, and whatever empty page ends the walk).
     let mut cases = vec![
-        ("(a) whole stream (50 events)", 50.0..=50.0),
-        ("(b) last 10 events, backward", 10.0..=10.0),
-        ("(c) read-all, 1 reader, pages of 1,000", 1.0..=600.0),
+        ("(a) whole stream (50 events)", 50..=50),
+        ("(b) last 10 events, backward", 10..=10),
+        ("(c) read-all, 1 reader, pages of 1,000", 0..=600),
     ];
     if baseline {
-        cases.push(("raw baseline, whole stream", 50.0..=50.0));
-        cases.push(("raw baseline, last 10 events", 10.0..=10.0));
+        cases.push(("raw baseline, whole stream", 50..=50));
+        cases.push(("raw baseline, last 10 events", 10..=10));
     }
     for (case, per_read) in cases {
         let line = stdout
             .lines()
             .find(|l| l.starts_with(case))
             .unwrap_or_else(|| panic!("no {case:?} in {stdout}"));
-        let figures: Vec<f64> = line[case.len()..]
-            .split_whitespace()
-            .take(2)
-            .map(|w| w.parse().unwrap())
-            .collect();
-        let (events, reads) = (figures[0], figures[1]);
-        assert!(reads > 0.0, "{line}");
-        // Printed rounded to whole numbers per second: allow that rounding.
-        let each = events / reads;
-        assert!(
-            *per_read.start() * 0.99 <= each && each <= *per_read.end() * 1.01,
-            "{case}: {each} events per read in {line}"
-        );
+        let (events, reads) = totals(line);
+        assert!(reads > 0, "{line}");
+        if per_read.start() == per_read.end() {
+            assert_eq!(events, reads * per_read.start(), "{case}: {line}");
+        } else {
+            // Whole passes over the 600 events, in pages of at most 1,000.
+            assert!(events <= reads * per_read.end(), "{case}: {line}");
+            assert!(events >= 600 && events % 600 == 0, "{case}: {line}");
+        }
     }
     if baseline {
-        assert!(figure(&stdout, "ratio (a) / raw: ") > 0.0, "{stdout}");
-        assert!(figure(&stdout, "ratio (b) / raw: ") > 0.0, "{stdout}");
+        assert!(stdout.contains("ratio (a) / raw: "), "{stdout}");
+        assert!(stdout.contains("ratio (b) / raw: "), "{stdout}");
     } else {
         assert!(
             stdout.contains("no raw baseline for this store"),
@@ -328,8 +339,7 @@ fn bench_read_reports_every_case_with_a_baseline_on_sqlite_and_postgres() {
 }
 
 #[test]
-fn an_unreachable_postgres_fails_fast_in_one_line() {
-    let started = std::time::Instant::now();
+fn an_unreachable_postgres_fails_in_one_line_saying_where_and_why() {
     let out = annals(&[
         "bench",
         "append",
@@ -342,7 +352,8 @@ fn an_unreachable_postgres_fails_fast_in_one_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("PostgreSQL"), "{stderr}");
-    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert!(stderr.contains("127.0.0.1:1"), "names where it tried: {stderr}");
+    assert!(stderr.contains("refused"), "says why: {stderr}");
 }
 
 /// Runs the reactor benches (`catchup` checks its read model itself and fails otherwise;
@@ -365,8 +376,8 @@ fn reactor_benches_on(store: &str) {
         stdout.contains("read model checked: 3000 events"),
         "{stdout}"
     );
-    assert!(figure(&stdout, "raw read_all") > 0.0);
-    assert!(figure(&stdout, "catch-up / raw read_all = ") > 0.0);
+    assert!(stdout.contains("raw read_all"), "{stdout}");
+    assert!(stdout.contains("catch-up / raw read_all = "), "{stdout}");
     let out = annals(&[
         "bench",
         "live",
@@ -380,8 +391,10 @@ fn reactor_benches_on(store: &str) {
         "40",
     ]);
     let stdout = succeeded(&out);
+    // The bench fails unless its handler saw exactly the events it appended; how many it
+    // appended in the time depends on the machine's speed, so only "some" is checked.
     assert!(
-        figure(&stdout, "\nlive ") >= 10.0,
+        figure(&stdout, "\nlive ") >= 1.0,
         "events handled: {stdout}"
     );
     assert!(stdout.contains("append→handler ms: max"), "{stdout}");
@@ -423,8 +436,8 @@ fn bench_growth_reports_step_latency_as_the_stream_grows() {
             snapshots,
         ]);
         let stdout = succeeded(&out);
-        assert!(figure(&stdout, "\n      20  mean ") > 0.0, "{stdout}");
-        assert!(figure(&stdout, "\n      40  mean ") > 0.0, "{stdout}");
+        assert!(stdout.contains("\n      20  mean "), "{stdout}");
+        assert!(stdout.contains("\n      40  mean "), "{stdout}");
     }
 }
 

@@ -119,7 +119,7 @@ async fn a_projection_commits_read_model_events_and_checkpoint_together() {
         .await
         .unwrap();
     setup
-        .commit("totals", "all", Position::from_raw(1))
+        .commit("totals", "all", annals::backend::position(1))
         .await
         .unwrap();
     // Dropped without commit: the read-model change and the appended event vanish.
@@ -139,7 +139,7 @@ async fn a_projection_commits_read_model_events_and_checkpoint_together() {
     }
     assert_eq!(
         store.load("totals", "all").await.unwrap(),
-        Some(Position::from_raw(1))
+        Some(annals::backend::position(1))
     );
     assert_eq!(store.stream_version(&stream).await.unwrap(), Version(0));
     let mut p = store.projection().await.unwrap();
@@ -154,7 +154,7 @@ async fn a_projection_commits_read_model_events_and_checkpoint_together() {
     )
     .await
     .unwrap();
-    p.commit("totals", "all", Position::from_raw(2))
+    p.commit("totals", "all", annals::backend::position(2))
         .await
         .unwrap();
     let client = postgres::connect(&postgres::shared().url).await;
@@ -166,7 +166,7 @@ async fn a_projection_commits_read_model_events_and_checkpoint_together() {
     assert_eq!(n, 2);
     assert_eq!(
         store.load("totals", "all").await.unwrap(),
-        Some(Position::from_raw(2))
+        Some(annals::backend::position(2))
     );
     assert_eq!(store.stream_version(&stream).await.unwrap(), Version(1));
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use annals::read_model::catch_up_stream;
+use annals::catch_up_stream;
 use annals::{
     CheckpointStore, EventStore, Filter, MemoryStore, Partition, Position, ReadModelStore,
     StreamName,

@@ -304,7 +304,7 @@ async fn one_conflict_in_a_group_commit_fails_only_itself() {
     assert!(
         page.events
             .windows(2)
-            .all(|w| w[1].position.raw() == w[0].position.raw() + 1),
+            .all(|w| annals::backend::raw_position(w[1].position) == annals::backend::raw_position(w[0].position) + 1),
         "positions are dense"
     );
 }
@@ -314,17 +314,17 @@ async fn a_projector_commits_its_read_model_and_checkpoint_together() {
     use annals::CheckpointStore;
     let (store, _dir) = crate::fresh();
     store
-        .project("totals", "all", Position::from_raw(1), |conn| {
+        .project("totals", "all", annals::backend::position(1), |conn| {
             conn.execute_batch("CREATE TABLE totals (k TEXT PRIMARY KEY, n INTEGER NOT NULL) STRICT; INSERT INTO totals VALUES ('a', 1);")
         })
         .await
         .unwrap();
     assert_eq!(
         store.load("totals", "all").await.unwrap(),
-        Some(Position::from_raw(1))
+        Some(annals::backend::position(1))
     );
     let failed = store
-        .project("totals", "all", Position::from_raw(2), |conn| {
+        .project("totals", "all", annals::backend::position(2), |conn| {
             conn.execute("UPDATE totals SET n = n + 1 WHERE k = 'a'", [])?;
             conn.execute("INSERT INTO totals VALUES ('a', 5)", [])
                 .map(drop)
@@ -333,7 +333,7 @@ async fn a_projector_commits_its_read_model_and_checkpoint_together() {
     assert!(failed.is_err(), "the duplicate key fails the projection");
     assert_eq!(
         store.load("totals", "all").await.unwrap(),
-        Some(Position::from_raw(1)),
+        Some(annals::backend::position(1)),
         "checkpoint unchanged"
     );
     let n: i64 = store
@@ -342,7 +342,7 @@ async fn a_projector_commits_its_read_model_and_checkpoint_together() {
         .unwrap();
     assert_eq!(n, 1, "the read-model change was rolled back with it");
     store
-        .project("totals", "all", Position::from_raw(3), |conn| {
+        .project("totals", "all", annals::backend::position(3), |conn| {
             conn.execute("UPDATE totals SET n = n + 1", []).map(drop)
         })
         .await
@@ -353,6 +353,6 @@ async fn a_projector_commits_its_read_model_and_checkpoint_together() {
         .unwrap();
     assert_eq!(
         (n, store.load("totals", "all").await.unwrap()),
-        (2, Some(Position::from_raw(3)))
+        (2, Some(annals::backend::position(3)))
     );
 }

@@ -6,28 +6,28 @@ use super::*;
 pub async fn checkpoints_load_commit_and_list(store: Arc<dyn annals::CheckpointStore>) {
     assert_eq!(store.load("g1", "all").await.unwrap(), None);
     store
-        .commit("g1", "all", Position::from_raw(5))
+        .commit("g1", "all", annals::backend::position(5))
         .await
         .unwrap();
     store
-        .commit("g1", "Cart", Position::from_raw(7))
+        .commit("g1", "Cart", annals::backend::position(7))
         .await
         .unwrap();
     store
-        .commit("g0", "all", Position::from_raw(1))
+        .commit("g0", "all", annals::backend::position(1))
         .await
         .unwrap();
     assert_eq!(
         store.load("g1", "all").await.unwrap(),
-        Some(Position::from_raw(5))
+        Some(annals::backend::position(5))
     );
     store
-        .commit("g1", "all", Position::from_raw(9))
+        .commit("g1", "all", annals::backend::position(9))
         .await
         .unwrap();
     assert_eq!(
         store.load("g1", "all").await.unwrap(),
-        Some(Position::from_raw(9))
+        Some(annals::backend::position(9))
     );
     assert_eq!(store.load("g2", "all").await.unwrap(), None);
     let listed: Vec<_> = store
@@ -37,7 +37,7 @@ pub async fn checkpoints_load_commit_and_list(store: Arc<dyn annals::CheckpointS
         .into_iter()
         .map(|c| (c.group, c.source, c.position))
         .collect();
-    let p = Position::from_raw;
+    let p = annals::backend::position;
     assert_eq!(
         listed,
         vec![

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use annals::aggregate::{Aggregate, Repository};
+use annals::{Aggregate, Repository};
 use annals::{
     transact_many, transact_pair, Category, Domain, Error, EventStore, ExpectedVersion, JsonCodec,
     MemoryStore, StreamName, Version,
@@ -36,7 +36,7 @@ impl Aggregate for Account {
 
 impl Account {
     /// A command: withdraw if the balance allows.
-    fn withdraw(root: &mut annals::aggregate::Root<Account>, amount: i64) -> Result<(), String> {
+    fn withdraw(root: &mut annals::Root<Account>, amount: i64) -> Result<(), String> {
         if root.state().balance < amount {
             return Err(format!("balance {} < {amount}", root.state().balance));
         }
@@ -219,7 +219,7 @@ async fn an_event_naming_a_missing_stream_is_refused_and_nothing_written() {
     );
 
     // Created in the same transaction counts as existing.
-    let accounts: Category<annals::aggregate::AggregateDomain<Account>> = repo.category().clone();
+    let accounts: Category<annals::AggregateDomain<Account>> = repo.category().clone();
     let bob = accounts.decider("bob").unwrap();
     transact_pair(&order, &bob, |_, _| {
         (

@@ -1,7 +1,7 @@
 //! Schema evolution through an explicit upcast from stored contracts to domain events.
 
 use annals::{
-    Codec, EncodeContext, EventData, JsonCodec, Position, RecordedEvent, StreamName, Timestamp,
+    Codec, EncodeContext, EventData, JsonCodec, RecordedEvent, StreamName, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -58,7 +58,7 @@ fn recorded(data: EventData) -> RecordedEvent {
     RecordedEvent::new(
         StreamName::new("User-1").unwrap(),
         0,
-        Position::from_raw(1),
+        annals::backend::position(1),
         Timestamp::now(),
         data,
     )

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use annals::store::{AllPage, AppendResult, Capabilities, Filter, ReadStream};
+use annals::{AllPage, AppendResult, Capabilities, Filter, ReadStream};
 use annals::{
     Cache, Category, Domain, Error, EventData, EventStore, ExpectedVersion, JsonCodec, LoadOption,
     MemoryStore, Position, RecordedEvent, StreamName, Version,
