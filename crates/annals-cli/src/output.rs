@@ -10,19 +10,19 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Where and how to print.
 #[derive(Debug, Clone, Copy)]
-pub struct Output {
+pub(crate) struct Output {
     /// JSON lines instead of tables.
     pub json: bool,
 }
 
 impl Output {
     /// Prints one JSON value on its own line.
-    pub fn line(&self, value: &serde_json::Value) {
+    pub(crate) fn line(&self, value: &serde_json::Value) {
         println!("{value}");
     }
 
     /// Prints rows under headers, columns aligned (no borders, two spaces between columns).
-    pub fn table(&self, headers: &[&str], rows: &[Vec<String>]) {
+    pub(crate) fn table(&self, headers: &[&str], rows: &[Vec<String>]) {
         let mut table = comfy_table::Table::new();
         table
             .load_preset(comfy_table::presets::NOTHING)
@@ -42,7 +42,7 @@ impl Output {
 
 /// A progress bar on stderr that appears only once the work has run for a second (and only
 /// on a terminal); `len` when the total is known.
-pub fn progress(len: Option<u64>, message: &'static str) -> ProgressBar {
+pub(crate) fn progress(len: Option<u64>, message: &'static str) -> ProgressBar {
     let bar = match len {
         Some(n) => ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::hidden()),
         None => ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden()),
@@ -77,7 +77,7 @@ fn body(bytes: &[u8]) -> Value {
 /// A timestamp in RFC 3339 (UTC, microseconds) when it is within years 1970-9999, which
 /// RFC 3339 can write; any other stored value (a clock gone wrong, a foreign writer) is
 /// reported as its microseconds, never a panic.
-pub fn time(t: annals::Timestamp) -> String {
+pub(crate) fn time(t: annals::Timestamp) -> String {
     /// 10000-01-01T00:00:00Z, in microseconds since 1970.
     const YEAR_10000: i64 = 253_402_300_800_000_000;
     let micros = t.unix_micros();
@@ -92,7 +92,7 @@ pub fn time(t: annals::Timestamp) -> String {
 }
 
 /// An event as one JSON object (what `dump` writes and `sync` copies).
-pub fn event_json(e: &RecordedEvent) -> Value {
+pub(crate) fn event_json(e: &RecordedEvent) -> Value {
     json!({
         "position": e.position.to_string(),
         "stream": e.stream.as_str(),
@@ -107,7 +107,7 @@ pub fn event_json(e: &RecordedEvent) -> Value {
     })
 }
 
-pub fn event_row(e: &RecordedEvent) -> Vec<String> {
+pub(crate) fn event_row(e: &RecordedEvent) -> Vec<String> {
     let mut data = String::from_utf8_lossy(&e.data).into_owned();
     if data.chars().count() > 60 {
         data = data.chars().take(57).collect::<String>() + "...";
@@ -122,7 +122,7 @@ pub fn event_row(e: &RecordedEvent) -> Vec<String> {
     ]
 }
 
-pub const EVENT_HEADERS: [&str; 6] = [
+pub(crate) const EVENT_HEADERS: [&str; 6] = [
     "stream",
     "version",
     "position",

@@ -5,7 +5,7 @@
 use crate::store_url::ReadModelDb;
 
 /// The read models this build can rebuild, for messages.
-pub const PROJECTIONS: &str = todos::NAME;
+pub(crate) const PROJECTIONS: &str = todos::NAME;
 
 /// Runs `$body` with `$r` bound to the concrete read-model store (an `Arc`).
 macro_rules! on_db {
@@ -18,23 +18,26 @@ macro_rules! on_db {
 }
 
 /// `todos`: the TodoBackend lists of `annals serve` (table `todo_view`).
-pub mod todos {
+pub(crate) mod todos {
     use std::sync::Arc;
 
     use annals::{EventStore, ProjectionRow, Rebuilt, StreamName};
     use annals_reactor::Running;
     use example_todo::view;
-    pub use example_todo::view::{GROUP, NAME, SCHEMA};
+    pub(crate) use example_todo::view::{GROUP, NAME, SCHEMA};
 
     use super::ReadModelDb;
 
     /// Starts the pipeline keeping the read model in `db` current from `events`.
-    pub async fn spawn(events: Arc<dyn EventStore>, db: &ReadModelDb) -> annals::Result<Running> {
+    pub(crate) async fn spawn(
+        events: Arc<dyn EventStore>,
+        db: &ReadModelDb,
+    ) -> annals::Result<Running> {
         on_db!(db, r => view::spawn(events, Arc::clone(r)).await)
     }
 
     /// The rows recorded per list.
-    pub async fn rows(
+    pub(crate) async fn rows(
         events: &dyn EventStore,
         db: &ReadModelDb,
     ) -> annals::Result<Vec<ProjectionRow>> {
@@ -42,7 +45,7 @@ pub mod todos {
     }
 
     /// Refolds the lists built by older code (`all`: every list recorded).
-    pub async fn rebuild_lists(
+    pub(crate) async fn rebuild_lists(
         events: &dyn EventStore,
         db: &ReadModelDb,
         all: bool,
@@ -51,7 +54,7 @@ pub mod todos {
     }
 
     /// Applies a list's events after the read model's progress, exactly once.
-    pub async fn catch_up(
+    pub(crate) async fn catch_up(
         events: &dyn EventStore,
         db: &ReadModelDb,
         list: &StreamName,

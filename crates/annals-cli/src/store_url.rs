@@ -13,12 +13,12 @@ use annals_sqlite::{SqliteConfig, SqliteStore, Synchronous};
 use anyhow::Context;
 
 /// The store URLs this build understands, for messages.
-pub const SUPPORTED: &str = "sqlite://PATH, postgres://USER@HOST:PORT/DB, memory://";
+pub(crate) const SUPPORTED: &str = "sqlite://PATH, postgres://USER@HOST:PORT/DB, memory://";
 
 /// A URL that cannot name a store.
 #[derive(Debug, thiserror::Error)]
 #[error("{what} {shown:?}: {reason}")]
-pub struct InvalidUrl {
+pub(crate) struct InvalidUrl {
     /// "malformed store URL", "invalid PostgreSQL store URL"...
     what: String,
     /// The URL, without its password.
@@ -29,7 +29,7 @@ pub struct InvalidUrl {
 
 /// Which store a URL names, with its options.
 #[derive(Debug, Clone)]
-pub enum StoreKind {
+pub(crate) enum StoreKind {
     /// `memory://`: an empty store in this process.
     Memory,
     /// `sqlite://PATH[?synchronous=full|normal&readers=N]`.
@@ -43,7 +43,7 @@ pub enum StoreKind {
 
 /// A parsed store URL: what it names, and how to show it (never with a password).
 #[derive(Debug, Clone)]
-pub struct StoreUrl {
+pub(crate) struct StoreUrl {
     /// The store and its options.
     pub kind: StoreKind,
     shown: String,
@@ -221,7 +221,7 @@ fn postgres(url: &url::Url) -> Result<PgConfig, String> {
 
 /// The concrete store behind an [`Opened`].
 #[derive(Debug, Clone)]
-pub enum Backend {
+pub(crate) enum Backend {
     /// An in-process store and its checkpoints.
     Memory(Arc<MemoryCheckpoints>),
     /// A SQLite file.
@@ -232,7 +232,7 @@ pub enum Backend {
 
 /// An opened store.
 #[derive(Clone)]
-pub struct Opened {
+pub(crate) struct Opened {
     /// Its URL.
     pub url: StoreUrl,
     /// The store, instrumented with tracing spans and metrics.
@@ -243,7 +243,7 @@ pub struct Opened {
 
 impl Opened {
     /// Opens the store `url` names; a PostgreSQL schema is created or migrated on first use.
-    pub async fn open(url: &StoreUrl) -> anyhow::Result<Self> {
+    pub(crate) async fn open(url: &StoreUrl) -> anyhow::Result<Self> {
         let (events, backend): (Arc<dyn EventStore>, Backend) = match &url.kind {
             StoreKind::Memory => (
                 Arc::new(MemoryStore::new()),
@@ -271,7 +271,7 @@ impl Opened {
 
     /// Where consumer groups keep their checkpoints: the store itself (in memory for
     /// `memory://`).
-    pub fn checkpoints(&self) -> Arc<dyn CheckpointStore> {
+    pub(crate) fn checkpoints(&self) -> Arc<dyn CheckpointStore> {
         match &self.backend {
             Backend::Memory(c) => Arc::clone(c) as Arc<dyn CheckpointStore>,
             Backend::Sqlite(s) => Arc::new(s.clone()),
@@ -280,7 +280,7 @@ impl Opened {
     }
 
     /// The store's own database as a read-model database (none for `memory://`).
-    pub fn read_model_db(&self) -> Option<ReadModelDb> {
+    pub(crate) fn read_model_db(&self) -> Option<ReadModelDb> {
         match &self.backend {
             Backend::Memory(_) => None,
             Backend::Sqlite(s) => Some(ReadModelDb::Sqlite(Arc::new(s.clone()))),
@@ -292,7 +292,7 @@ impl Opened {
 /// A SQL database keeping read models (`--read-model URL`, or the event store's own
 /// database when it is SQL). Events from any store can feed it.
 #[derive(Debug, Clone)]
-pub enum ReadModelDb {
+pub(crate) enum ReadModelDb {
     /// A SQLite file.
     Sqlite(Arc<SqliteStore>),
     /// A PostgreSQL schema.
@@ -302,7 +302,10 @@ pub enum ReadModelDb {
 impl ReadModelDb {
     /// The read-model database: `url` when given, otherwise the event store's database
     /// (`None` for `memory://` without `--read-model`).
-    pub async fn choose(opened: &Opened, url: Option<&StoreUrl>) -> anyhow::Result<Option<Self>> {
+    pub(crate) async fn choose(
+        opened: &Opened,
+        url: Option<&StoreUrl>,
+    ) -> anyhow::Result<Option<Self>> {
         match url {
             Some(url) => Self::open(url).await.map(Some),
             None => Ok(opened.read_model_db()),
@@ -310,7 +313,7 @@ impl ReadModelDb {
     }
 
     /// Opens the read-model database named by a `sqlite://` or `postgres://` URL.
-    pub async fn open(url: &StoreUrl) -> anyhow::Result<Self> {
+    pub(crate) async fn open(url: &StoreUrl) -> anyhow::Result<Self> {
         let context = || format!("--read-model {url}");
         match &url.kind {
             StoreKind::Sqlite(config) => {
@@ -331,7 +334,7 @@ impl ReadModelDb {
     }
 
     /// Its checkpoints and parked streams.
-    pub fn checkpoints(&self) -> Arc<dyn CheckpointStore> {
+    pub(crate) fn checkpoints(&self) -> Arc<dyn CheckpointStore> {
         match self {
             Self::Sqlite(s) => Arc::clone(s) as Arc<dyn CheckpointStore>,
             Self::Postgres(p) => Arc::clone(p) as Arc<dyn CheckpointStore>,
@@ -339,7 +342,7 @@ impl ReadModelDb {
     }
 
     /// What it is, for messages.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Self::Sqlite(s) => format!("sqlite://{}", s.config().path.display()),
             Self::Postgres(p) => format!("postgres schema {}", p.config().schema),

@@ -85,7 +85,10 @@ fn pack(tx: u64, position: i64) -> Position {
 }
 
 fn unpack(p: Position) -> (u64, i64) {
-    ((annals::backend::raw_position(p) >> 64) as u64, (annals::backend::raw_position(p) as u64) as i64)
+    (
+        (annals::backend::raw_position(p) >> 64) as u64,
+        (annals::backend::raw_position(p) as u64) as i64,
+    )
 }
 
 fn tx_of(text: &str) -> Result<u64> {

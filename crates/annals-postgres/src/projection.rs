@@ -4,6 +4,7 @@ use super::*;
 
 /// A transaction on the store: a projector's read-model changes, events appended by a
 /// reactor, and the checkpoint, committed together or not at all.
+#[derive(Debug)]
 pub struct Projection {
     pub(crate) client: Option<Object>,
     pub(crate) store: PgStore,

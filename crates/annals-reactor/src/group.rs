@@ -45,6 +45,7 @@ impl GroupConfig {
 }
 
 /// A running member of a consumer group.
+#[derive(Debug)]
 pub struct Member {
     held: watch::Receiver<Vec<u32>>,
     stop: Arc<Notify>,

@@ -13,6 +13,7 @@ use crate::{Handler, HandlerError};
 /// event's correlation id (or its id, when it has none). Emitted event ids are derived from
 /// the triggering event's id, so when a restart delivers an event again its reactions are
 /// exact retries of the earlier appends and are not written twice.
+#[derive(Debug)]
 pub struct Reactor<F> {
     store: Arc<dyn EventStore>,
     react: F,

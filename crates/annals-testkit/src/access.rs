@@ -16,6 +16,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 
 /// A store wrapper that counts what loads read: `read_stream` calls and events yielded.
+#[derive(Debug)]
 pub struct Counting {
     inner: Arc<dyn EventStore>,
     /// `read_stream` calls.
@@ -142,6 +143,7 @@ impl EventStore for Counting {
 /// wrapped store's appends and reads, and the default refusals of `append_many`,
 /// `append_with_snapshot` and `read_head`. For testing what users of an optional
 /// capability do on a backend without it.
+#[derive(Debug)]
 pub struct Basic(pub Arc<dyn EventStore>);
 
 #[async_trait::async_trait]
@@ -185,6 +187,7 @@ impl EventStore for Basic {
 }
 
 /// What [`strategies_agree`] needs to know of a domain.
+#[derive(Debug)]
 pub struct Subject<D: Domain, C> {
     /// The category name.
     pub category: &'static str,

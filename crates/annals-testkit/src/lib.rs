@@ -20,6 +20,7 @@ pub use scenario::{given, Given, Outcome, When};
 
 /// A store under test plus whatever must live as long as the test (a temporary directory,
 /// a server handle...).
+#[derive(Debug)]
 pub struct TestStore {
     /// The store.
     pub store: Arc<dyn annals::EventStore>,

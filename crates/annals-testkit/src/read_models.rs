@@ -24,6 +24,7 @@ fn name(s: &str) -> StreamName {
 /// order-sensitive hash (so an event applied twice, or out of order, shows). Its rows
 /// record the schema of the code that wrote them; with `poison`, an event whose amount is
 /// the poison fails after the row was written (so a rollback shows).
+#[derive(Debug)]
 pub struct Counts {
     /// The schema version of this code.
     pub schema: u32,

@@ -5,6 +5,7 @@ use std::fmt::Debug;
 use annals::Domain;
 
 /// The state after some events, ready for a decision.
+#[derive(Debug)]
 pub struct Given<D: Domain> {
     state: D::State,
 }
@@ -59,6 +60,7 @@ impl<D: Domain> Given<D> {
 }
 
 /// The result of a decision, ready for assertions.
+#[derive(Debug)]
 pub struct When<D: Domain, X> {
     state: D::State,
     outcome: Result<Vec<D::Event>, X>,

@@ -51,6 +51,7 @@ pub trait Aggregate: Clone + Default + Send + Sync + 'static {
 
 /// The [`Domain`] of an aggregate: `initial` is `Default`, `evolve` is `apply`. Use it to
 /// configure the category (cache, access strategy) of a [`Repository`].
+#[derive(Debug)]
 pub struct AggregateDomain<A>(PhantomData<A>);
 
 impl<A: Aggregate> Domain for AggregateDomain<A> {
@@ -69,7 +70,7 @@ impl<A: Aggregate> Domain for AggregateDomain<A> {
 
 /// A loaded aggregate: its state, the version it was loaded at, and the events recorded on
 /// it since (not yet saved).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Root<A: Aggregate> {
     stream: StreamName,
     version: Version,
@@ -128,6 +129,14 @@ impl<A: Aggregate> Root<A> {
 /// category's cache, access strategy and reference checks apply).
 pub struct Repository<A: Aggregate> {
     category: Category<AggregateDomain<A>>,
+}
+
+impl<A: Aggregate> std::fmt::Debug for Repository<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("category", &self.category)
+            .finish()
+    }
 }
 
 impl<A: Aggregate> Clone for Repository<A> {

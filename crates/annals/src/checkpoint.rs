@@ -161,3 +161,9 @@ impl CheckpointStore for MemoryCheckpoints {
             .is_some())
     }
 }
+
+impl std::fmt::Debug for dyn CheckpointStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointStore").finish_non_exhaustive()
+    }
+}

@@ -69,6 +69,7 @@ pub trait Codec<E>: Send + Sync + 'static {
 }
 
 /// The serde JSON codec of an enum of events.
+#[derive(Debug)]
 pub struct JsonCodec<E> {
     variants: &'static [&'static str],
     _event: PhantomData<fn() -> E>,
@@ -180,6 +181,7 @@ impl<E: Serialize + DeserializeOwned + 'static> Codec<E> for JsonCodec<E> {
 
 /// A codec that decodes stored contracts `C` and maps them to domain events `D`.
 /// Built by [`Codec::upcast`].
+#[derive(Debug)]
 pub struct Upcast<Inner, C, D, Up, Down> {
     inner: Inner,
     up: Up,

@@ -19,6 +19,7 @@ use crate::store::{
 use crate::{EventData, ExpectedVersion, Position, RecordedEvent, Result, StreamName, Version};
 
 /// A store whose round trips are traced and measured.
+#[derive(Debug)]
 pub struct Instrumented<S: ?Sized> {
     inner: std::sync::Arc<S>,
 }

@@ -470,3 +470,11 @@ impl SubscribeOptions {
         }
     }
 }
+
+impl std::fmt::Debug for dyn EventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStore")
+            .field("backend", &self.backend())
+            .finish_non_exhaustive()
+    }
+}

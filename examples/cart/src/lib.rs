@@ -71,6 +71,7 @@ pub enum Refused {
 }
 
 /// The cart domain.
+#[derive(Debug)]
 pub struct Cart;
 
 impl Domain for Cart {
@@ -134,7 +135,7 @@ pub fn decide(command: &Command) -> impl Fn(&Vec<Line>) -> Result<Vec<Event>, Re
 }
 
 /// Carts over a store.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Service {
     category: Category<Cart>,
 }

@@ -33,6 +33,7 @@ pub enum Event {
 }
 
 /// The favorites domain.
+#[derive(Debug)]
 pub struct Favorites;
 
 impl Domain for Favorites {
@@ -90,7 +91,7 @@ pub fn unfavorite(sku: &str) -> impl Fn(&Vec<Favorite>) -> Vec<Event> + '_ {
 }
 
 /// Favorites over a store.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Service {
     category: Category<Favorites>,
 }

@@ -45,6 +45,7 @@ pub enum Event {
 }
 
 /// The save-for-later domain. State: items, newest first.
+#[derive(Debug)]
 pub struct SaveForLater;
 
 impl Domain for SaveForLater {
@@ -152,7 +153,7 @@ pub fn remove_all() -> impl Fn(&Vec<Item>) -> Vec<Event> {
 }
 
 /// Save-for-later lists over a store.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Service {
     category: Category<SaveForLater>,
     max_items: usize,

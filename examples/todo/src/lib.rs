@@ -67,6 +67,7 @@ pub struct State {
 }
 
 /// The todo domain.
+#[derive(Debug)]
 pub struct Todos;
 
 impl Domain for Todos {
@@ -161,7 +162,7 @@ pub fn clear(state: &State) -> Vec<Event> {
 }
 
 /// The todo lists of one store.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Service {
     category: Category<Todos>,
 }

@@ -59,7 +59,7 @@ pub const CLIENT_HEADER: &str = "x-client-id";
 pub const DEFAULT_CLIENT: &str = "default";
 
 /// How the API is served.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Renders `/metrics`; without it `/metrics` is `404`.
     pub metrics: Option<PrometheusHandle>,

@@ -25,7 +25,7 @@ use crate::store_url::{Backend, Opened};
 
 /// Arguments of `annals bench append`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// How long each case runs, for example `5s`.
     #[arg(long, short = 'd', default_value = "5s", value_parser = humantime::parse_duration)]
     duration: Duration,
@@ -131,7 +131,7 @@ pub(super) fn micros(since: Instant) -> u64 {
     since.elapsed().as_micros().max(1) as u64
 }
 
-pub async fn run(opened: Opened, url: &str, args: Args) -> anyhow::Result<()> {
+pub(super) async fn run(opened: Opened, url: &str, args: Args) -> anyhow::Result<()> {
     ensure!(
         !args.duration.is_zero(),
         "--duration must be more than zero"

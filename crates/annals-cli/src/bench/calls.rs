@@ -10,7 +10,7 @@ use annals::{
 use futures::stream::BoxStream;
 
 /// The operations counted, in report order.
-pub const OPERATIONS: [&str; 7] = [
+pub(super) const OPERATIONS: [&str; 7] = [
     "append",
     "append_with_snapshot",
     "append_many",
@@ -21,13 +21,13 @@ pub const OPERATIONS: [&str; 7] = [
 ];
 
 /// Counts each call to the wrapped store.
-pub struct Calls {
+pub(super) struct Calls {
     inner: Arc<dyn EventStore>,
     counts: [AtomicU64; 7],
 }
 
 impl Calls {
-    pub fn new(inner: Arc<dyn EventStore>) -> Self {
+    pub(super) fn new(inner: Arc<dyn EventStore>) -> Self {
         Self {
             inner,
             counts: Default::default(),
@@ -39,7 +39,7 @@ impl Calls {
     }
 
     /// Calls so far, by operation (as [`OPERATIONS`]).
-    pub fn counts(&self) -> [u64; 7] {
+    pub(super) fn counts(&self) -> [u64; 7] {
         std::array::from_fn(|i| self.counts[i].load(Ordering::Relaxed))
     }
 }

@@ -17,7 +17,7 @@ use super::{latency_histogram, Latency};
 
 /// Arguments of `annals bench growth`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// How long the stream grows, in events.
     #[arg(long, default_value_t = 10_000)]
     events: u64,
@@ -29,7 +29,7 @@ pub struct Args {
     report_every: u64,
 }
 
-pub async fn run(store: Arc<dyn EventStore>, url: &str, args: Args) -> anyhow::Result<()> {
+pub(super) async fn run(store: Arc<dyn EventStore>, url: &str, args: Args) -> anyhow::Result<()> {
     ensure!(args.events > 0, "--events must be at least 1");
     ensure!(args.report_every > 0, "--report-every must be at least 1");
     let mut category = Category::<Favorites>::new(CATEGORY, store, JsonCodec::new())?;

@@ -28,7 +28,7 @@ pub(super) struct WebTodos {
 
 impl WebTodos {
     /// The API at `url`'s origin (`http://HOST:PORT`; a path such as `/todos` is ignored).
-    pub fn new(url: &url::Url) -> Self {
+    pub(super) fn new(url: &url::Url) -> Self {
         let base = url.origin().ascii_serialization();
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -42,7 +42,7 @@ impl WebTodos {
     }
 
     /// Fails with a one-line error when the API does not answer a list request.
-    pub async fn probe(&self) -> anyhow::Result<()> {
+    pub(super) async fn probe(&self) -> anyhow::Result<()> {
         self.call(Method::GET, "probe", None)
             .await
             .with_context(|| format!("{}/todos does not answer as a TodoBackend", self.base))?;
@@ -82,7 +82,7 @@ impl WebTodos {
     }
 
     /// One test for `client`: see the module documentation.
-    pub async fn test(&self, client: &str, item: String, n: u64) -> anyhow::Result<()> {
+    pub(super) async fn test(&self, client: &str, item: String, n: u64) -> anyhow::Result<()> {
         if n % 20 == 19 {
             self.call(Method::DELETE, client, None).await?;
         }

@@ -15,7 +15,7 @@ use hdrhistogram::Histogram;
 
 /// The load tests.
 #[derive(Debug, clap::Subcommand)]
-pub enum Bench {
+pub(crate) enum Bench {
     /// The Equinox Favorite scenario: favorite a fresh SKU, read the favorites back.
     Favorite(scenario::Args),
     /// The Equinox SaveForLater scenario: save a fresh SKU (clearing a full list), read back.
@@ -35,7 +35,7 @@ pub enum Bench {
 }
 
 /// Runs `bench` on an opened store (read models, for `catchup`, in `read_model`).
-pub async fn run(
+pub(crate) async fn run(
     opened: crate::store_url::Opened,
     read_model: Option<crate::store_url::ReadModelDb>,
     bench: Bench,
@@ -59,7 +59,7 @@ pub async fn run(
 
 /// `annals bench todo --store http://HOST:PORT`: the todo scenario against a running
 /// TodoBackend; the other benches need a store.
-pub async fn run_http(url: &url::Url, bench: Bench) -> anyhow::Result<()> {
+pub(crate) async fn run_http(url: &url::Url, bench: Bench) -> anyhow::Result<()> {
     match bench {
         Bench::Todo(args) => {
             scenario::run(

@@ -28,7 +28,7 @@ use crate::store_url::{Opened, ReadModelDb};
 
 /// Arguments of `annals bench catchup`.
 #[derive(Debug, clap::Args)]
-pub struct CatchupArgs {
+pub(crate) struct CatchupArgs {
     /// Events in the backlog.
     #[arg(long, default_value_t = 1_000_000)]
     events: u64,
@@ -45,7 +45,7 @@ pub struct CatchupArgs {
 
 /// Arguments of `annals bench live`.
 #[derive(Debug, clap::Args)]
-pub struct LiveArgs {
+pub(crate) struct LiveArgs {
     /// How long to append, for example `10s`.
     #[arg(long, short = 'd', default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
@@ -249,7 +249,7 @@ async fn seed(
     Ok(sum)
 }
 
-pub async fn catchup(
+pub(super) async fn catchup(
     opened: Opened,
     read_model: Option<ReadModelDb>,
     url: &str,
@@ -359,7 +359,7 @@ impl Handler for Clock {
     }
 }
 
-pub async fn live(opened: Opened, url: &str, args: LiveArgs) -> anyhow::Result<()> {
+pub(super) async fn live(opened: Opened, url: &str, args: LiveArgs) -> anyhow::Result<()> {
     ensure!(args.rate > 0, "--rate must be at least 1");
     ensure!(args.streams > 0, "--streams must be at least 1");
     let store = opened.events.clone();

@@ -26,7 +26,7 @@ use crate::store_url::{Backend, Opened};
 
 /// Arguments of `annals bench read`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// How long each case runs, for example `5s`.
     #[arg(long, short = 'd', default_value = "5s", value_parser = humantime::parse_duration)]
     duration: Duration,
@@ -60,7 +60,7 @@ impl Shape {
     }
 }
 
-pub async fn run(opened: Opened, url: &str, args: Args) -> anyhow::Result<()> {
+pub(super) async fn run(opened: Opened, url: &str, args: Args) -> anyhow::Result<()> {
     ensure!(
         !args.duration.is_zero(),
         "--duration must be more than zero"

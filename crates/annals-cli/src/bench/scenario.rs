@@ -27,7 +27,7 @@ use super::{latency_histogram, Latency};
 
 /// Which scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scenario {
+pub(super) enum Scenario {
     /// Favorites.
     Favorite,
     /// SaveForLater.
@@ -48,7 +48,7 @@ impl Scenario {
 
 /// Snapshots for `--snapshots`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Snapshots {
+pub(super) enum Snapshots {
     /// None: loads fold the stream (from the last origin, where the domain has one).
     None,
     /// A snapshot event every 50 events; loads read back to the latest.
@@ -59,7 +59,7 @@ pub enum Snapshots {
 
 /// Arguments of the scenario benches.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// How long to run, for example `10s` or `1m`.
     #[arg(long, short = 'd', default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
@@ -94,7 +94,7 @@ enum Service {
 }
 
 /// What a scenario runs against.
-pub enum Target {
+pub(super) enum Target {
     /// A store, in process.
     Store(Arc<dyn EventStore>),
     /// A running TodoBackend at this URL.
@@ -223,7 +223,12 @@ impl Tally {
     }
 }
 
-pub async fn run(scenario: Scenario, target: Target, url: &str, args: Args) -> anyhow::Result<()> {
+pub(super) async fn run(
+    scenario: Scenario,
+    target: Target,
+    url: &str,
+    args: Args,
+) -> anyhow::Result<()> {
     ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     ensure!(args.clients > 0, "--clients must be at least 1");
     if let Some(rate) = args.rate {

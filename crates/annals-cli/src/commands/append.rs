@@ -10,7 +10,7 @@ use crate::output::Output;
 
 /// `annals append` arguments.
 #[derive(Debug, clap::Args)]
-pub struct AppendArgs {
+pub(crate) struct AppendArgs {
     /// The stream, `{category}-{id}`.
     stream: String,
     /// The event type.
@@ -28,7 +28,7 @@ pub struct AppendArgs {
 }
 
 /// `annals append`.
-pub async fn run(
+pub(crate) async fn run(
     store: &Arc<dyn EventStore>,
     args: AppendArgs,
     out: &Output,

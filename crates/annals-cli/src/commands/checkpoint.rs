@@ -11,7 +11,7 @@ use crate::output::Output;
 
 /// `annals checkpoint` subcommands.
 #[derive(Debug, clap::Subcommand)]
-pub enum CheckpointCommand {
+pub(crate) enum CheckpointCommand {
     /// Every consumer group's checkpoints.
     List,
     /// One group's checkpoints.
@@ -32,7 +32,7 @@ pub enum CheckpointCommand {
 }
 
 /// `annals checkpoint`.
-pub async fn run(
+pub(crate) async fn run(
     checkpoints: &Arc<dyn CheckpointStore>,
     command: CheckpointCommand,
     out: &Output,

@@ -10,7 +10,7 @@ use crate::output::{event_json, progress, Output};
 
 /// `annals dump` and `annals tail` arguments.
 #[derive(Debug, clap::Args)]
-pub struct FeedArgs {
+pub(crate) struct FeedArgs {
     /// Only this category (repeatable).
     #[arg(long)]
     pub category: Vec<String>,
@@ -20,7 +20,11 @@ pub struct FeedArgs {
 }
 
 /// `annals dump`: every event after `--from`, as JSON lines.
-pub async fn run(store: &Arc<dyn EventStore>, args: FeedArgs, out: &Output) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    store: &Arc<dyn EventStore>,
+    args: FeedArgs,
+    out: &Output,
+) -> anyhow::Result<()> {
     let filter = filter(&args.category)?;
     let from = match &args.from {
         Some(p) => position(p)?,

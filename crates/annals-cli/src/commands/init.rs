@@ -6,7 +6,7 @@ use crate::output::Output;
 use crate::store_url::{Backend, Opened};
 
 /// `annals init`.
-pub async fn run(opened: &Opened, out: &Output) -> anyhow::Result<()> {
+pub(crate) async fn run(opened: &Opened, out: &Output) -> anyhow::Result<()> {
     let url = &opened.url;
     let (backend, schema) = match &opened.backend {
         Backend::Postgres(pg) => ("postgres", Some(pg.schema_version().await? as i64)),

@@ -1,17 +1,17 @@
 //! The operating commands, one module each. Human-readable tables by default, JSON lines
 //! with `--json`. (The load tests are apart, in `bench`.)
 
-pub mod append;
-pub mod checkpoint;
-pub mod dump;
-pub mod init;
-pub mod parked;
-pub mod read;
-pub mod rebuild;
-pub mod serve;
-pub mod stats;
-pub mod sync;
-pub mod tail;
+pub(crate) mod append;
+pub(crate) mod checkpoint;
+pub(crate) mod dump;
+pub(crate) mod init;
+pub(crate) mod parked;
+pub(crate) mod read;
+pub(crate) mod rebuild;
+pub(crate) mod serve;
+pub(crate) mod stats;
+pub(crate) mod sync;
+pub(crate) mod tail;
 
 use annals::{ExpectedVersion, Filter, Position, StreamName, Version};
 use anyhow::Context;
@@ -20,10 +20,10 @@ use serde_json::Value;
 use crate::store_url::ReadModelDb;
 
 /// Events per read-all page for `dump`, `stats` and `sync`.
-pub const PAGE: usize = 1000;
+pub(crate) const PAGE: usize = 1000;
 
 /// An expected version: a number, `any`, `no-stream` or `exists`.
-pub fn expected(text: &str) -> anyhow::Result<ExpectedVersion> {
+pub(crate) fn expected(text: &str) -> anyhow::Result<ExpectedVersion> {
     Ok(match text {
         "any" => ExpectedVersion::Any,
         "no-stream" => ExpectedVersion::NoStream,
@@ -34,24 +34,24 @@ pub fn expected(text: &str) -> anyhow::Result<ExpectedVersion> {
     })
 }
 
-pub fn stream_name(text: &str) -> anyhow::Result<StreamName> {
+pub(crate) fn stream_name(text: &str) -> anyhow::Result<StreamName> {
     StreamName::new(text).with_context(|| format!("invalid stream name {text:?}"))
 }
 
-pub fn position(text: &str) -> anyhow::Result<Position> {
+pub(crate) fn position(text: &str) -> anyhow::Result<Position> {
     text.parse()
         .map_err(|e| anyhow::anyhow!("invalid position {text:?}: {e}"))
 }
 
 /// A JSON argument, checked before anything is written.
-pub fn json_arg(flag: &str, text: &str) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn json_arg(flag: &str, text: &str) -> anyhow::Result<Vec<u8>> {
     let value: Value =
         serde_json::from_str(text).map_err(|e| anyhow::anyhow!("malformed JSON in {flag}: {e}"))?;
     Ok(serde_json::to_vec(&value)?)
 }
 
 /// A filter of the given categories (all when none), validated.
-pub fn filter(categories: &[String]) -> anyhow::Result<Filter> {
+pub(crate) fn filter(categories: &[String]) -> anyhow::Result<Filter> {
     let filter = Filter {
         categories: categories.to_vec(),
         ..Filter::default()
@@ -61,7 +61,7 @@ pub fn filter(categories: &[String]) -> anyhow::Result<Filter> {
 }
 
 /// The read-model database, or why there is none.
-pub fn needs_read_model(read_model: Option<&ReadModelDb>) -> anyhow::Result<&ReadModelDb> {
+pub(crate) fn needs_read_model(read_model: Option<&ReadModelDb>) -> anyhow::Result<&ReadModelDb> {
     read_model.context(
         "read models are kept in SQL databases: memory:// has none; name one with --read-model sqlite://PATH or postgres://...",
     )

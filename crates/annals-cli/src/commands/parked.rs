@@ -13,7 +13,7 @@ use crate::store_url::ReadModelDb;
 
 /// `annals parked` subcommands.
 #[derive(Debug, clap::Subcommand)]
-pub enum ParkedCommand {
+pub(crate) enum ParkedCommand {
     /// The streams consumer groups parked, with the versions skipped and their errors.
     List {
         /// Only this consumer group.
@@ -40,7 +40,7 @@ pub enum ParkedCommand {
     },
 }
 
-pub fn parked_json(p: &annals::ParkedStream) -> Value {
+pub(crate) fn parked_json(p: &annals::ParkedStream) -> Value {
     json!({
         "group": p.group,
         "stream": p.stream.as_str(),
@@ -54,7 +54,7 @@ pub fn parked_json(p: &annals::ParkedStream) -> Value {
     })
 }
 
-pub fn show_parked(parked: &[annals::ParkedStream], out: &Output) {
+pub(crate) fn show_parked(parked: &[annals::ParkedStream], out: &Output) {
     let rows: Vec<Vec<String>> = parked
         .iter()
         .map(|p| {
@@ -82,7 +82,7 @@ pub fn show_parked(parked: &[annals::ParkedStream], out: &Output) {
 }
 
 /// `annals parked`.
-pub async fn run(
+pub(crate) async fn run(
     store: &Arc<dyn EventStore>,
     read_model: Option<&ReadModelDb>,
     checkpoints: &Arc<dyn CheckpointStore>,

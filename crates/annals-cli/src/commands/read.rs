@@ -10,7 +10,7 @@ use crate::output::{event_json, event_row, Output, EVENT_HEADERS};
 
 /// `annals read` arguments.
 #[derive(Debug, clap::Args)]
-pub struct ReadArgs {
+pub(crate) struct ReadArgs {
     /// The stream.
     stream: String,
     /// Forward: the first version to read. Backward: read the events before it.
@@ -25,7 +25,11 @@ pub struct ReadArgs {
 }
 
 /// `annals read`.
-pub async fn run(store: &Arc<dyn EventStore>, args: ReadArgs, out: &Output) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    store: &Arc<dyn EventStore>,
+    args: ReadArgs,
+    out: &Output,
+) -> anyhow::Result<()> {
     let stream = stream_name(&args.stream)?;
     let mut options = match (args.backward, args.from) {
         (false, None) => ReadStream::forward(),

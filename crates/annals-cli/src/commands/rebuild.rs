@@ -13,7 +13,7 @@ use crate::store_url::ReadModelDb;
 
 /// `annals rebuild` arguments.
 #[derive(Debug, clap::Args)]
-pub struct RebuildArgs {
+pub(crate) struct RebuildArgs {
     /// The read model: `todos` (the TodoBackend lists of `annals serve`, table `todo_view`).
     pub projection: String,
     /// Refold every row the read model recorded, not only those built by older code.
@@ -24,7 +24,7 @@ pub struct RebuildArgs {
 /// `annals rebuild PROJECTION`: refolds the streams whose read-model rows were built by an
 /// older schema of the projection's code (or, with `--all`, every stream it recorded), one
 /// stream per transaction, safe while `annals serve` keeps the read model current.
-pub async fn run(
+pub(crate) async fn run(
     store: &Arc<dyn EventStore>,
     read_model: Option<&ReadModelDb>,
     args: RebuildArgs,

@@ -11,7 +11,7 @@ use crate::store_url::{Backend, Opened, ReadModelDb};
 
 /// `annals serve` arguments.
 #[derive(Debug, clap::Args)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// The address to listen on (port 0: any free port; the URL printed tells which).
     #[arg(long, default_value = "127.0.0.1:3000")]
     pub listen: String,
@@ -22,7 +22,7 @@ pub struct ServeArgs {
 
 /// Serves until Ctrl-C or SIGTERM, then lets the read-model pipeline catch up and stops it
 /// (committing its checkpoint).
-pub async fn run(
+pub(crate) async fn run(
     opened: Opened,
     read_model: Option<ReadModelDb>,
     args: ServeArgs,

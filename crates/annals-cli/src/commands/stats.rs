@@ -21,7 +21,7 @@ struct CategoryStats {
 
 /// `annals stats`: streams, events and bytes per category, the head position, how far
 /// each checkpoint is behind it, and the parked streams of every group.
-pub async fn run(
+pub(crate) async fn run(
     store: &Arc<dyn EventStore>,
     checkpoint_store: &Arc<dyn CheckpointStore>,
     out: &Output,

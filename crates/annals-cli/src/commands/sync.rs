@@ -12,11 +12,11 @@ use crate::output::{progress, Output};
 use crate::store_url::{Opened, StoreUrl};
 
 /// The checkpoint group `annals sync` keeps in the target.
-pub const SYNC_GROUP: &str = "annals.sync";
+pub(crate) const SYNC_GROUP: &str = "annals.sync";
 
 /// `annals sync` arguments.
 #[derive(Debug, clap::Args)]
-pub struct SyncArgs {
+pub(crate) struct SyncArgs {
     /// The store to copy from.
     #[arg(long)]
     pub from: String,
@@ -32,7 +32,7 @@ pub struct SyncArgs {
 /// stream version, id, metadata and timestamp, committing after each batch a checkpoint
 /// in the target; a later run resumes after it (and events already copied are recognised
 /// by id, so an interruption between a batch and its checkpoint duplicates nothing).
-pub async fn run(args: SyncArgs, out: &Output) -> anyhow::Result<()> {
+pub(crate) async fn run(args: SyncArgs, out: &Output) -> anyhow::Result<()> {
     let from_url: StoreUrl = args.from.parse().context("--from")?;
     let to_url: StoreUrl = args.to.parse().context("--to")?;
     let source = Opened::open(&from_url)

@@ -12,7 +12,7 @@ use crate::output::{event_json, event_row, Output};
 
 /// `annals tail` arguments.
 #[derive(Debug, clap::Args)]
-pub struct TailArgs {
+pub(crate) struct TailArgs {
     #[command(flatten)]
     feed: FeedArgs,
     /// Stop after this many events (default: follow until interrupted).
@@ -32,7 +32,11 @@ async fn end_of_feed(store: &Arc<dyn EventStore>, filter: &Filter) -> anyhow::Re
 }
 
 /// `annals tail`: new events (after `--from`, or from now on) as they are written.
-pub async fn run(store: &Arc<dyn EventStore>, args: TailArgs, out: &Output) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    store: &Arc<dyn EventStore>,
+    args: TailArgs,
+    out: &Output,
+) -> anyhow::Result<()> {
     let filter = filter(&args.feed.category)?;
     let from = match &args.feed.from {
         Some(p) => position(p)?,

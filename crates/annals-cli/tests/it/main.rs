@@ -200,7 +200,10 @@ fn bench_append_on_sqlite_reports_every_case_and_the_ratios() {
         let per_op = if case.contains("100") { 100 } else { 1 };
         assert_eq!(events, ops * per_op, "{line}");
     }
-    for ratio in ["ratio (b) / raw 1 row per tx: ", "ratio (a) / raw 100 rows per tx: "] {
+    for ratio in [
+        "ratio (b) / raw 1 row per tx: ",
+        "ratio (a) / raw 100 rows per tx: ",
+    ] {
         assert!(stdout.contains(ratio), "no {ratio:?} in {stdout}");
     }
     let left: Vec<_> = std::fs::read_dir(dir.path())
@@ -268,7 +271,10 @@ fn bench_append_on_postgres_reports_every_case_and_the_ratios() {
         let per_op = if case.contains("100") { 100 } else { 1 };
         assert_eq!(events, ops * per_op, "{line}");
     }
-    for ratio in ["ratio (b) / raw 1 row per tx: ", "ratio (a) / raw 100 rows per tx: "] {
+    for ratio in [
+        "ratio (b) / raw 1 row per tx: ",
+        "ratio (a) / raw 100 rows per tx: ",
+    ] {
         assert!(stdout.contains(ratio), "no {ratio:?} in {stdout}");
     }
 }
@@ -352,7 +358,10 @@ fn an_unreachable_postgres_fails_in_one_line_saying_where_and_why() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("PostgreSQL"), "{stderr}");
-    assert!(stderr.contains("127.0.0.1:1"), "names where it tried: {stderr}");
+    assert!(
+        stderr.contains("127.0.0.1:1"),
+        "names where it tried: {stderr}"
+    );
     assert!(stderr.contains("refused"), "says why: {stderr}");
 }
 

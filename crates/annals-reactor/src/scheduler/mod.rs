@@ -342,7 +342,9 @@ impl Scheduler {
         {
             Ok(()) => {
                 self.stats.checkpoint = position;
-                self.metrics.checkpoint.set(annals::backend::raw_position(position) as f64);
+                self.metrics
+                    .checkpoint
+                    .set(annals::backend::raw_position(position) as f64);
             }
             Err(e) => {
                 tracing::warn!(group = %self.config.group, error = %error_chain(&e), "checkpoint commit failed")
@@ -444,7 +446,8 @@ impl Scheduler {
         self.stats.events_behind = self.buffered;
         self.stats.streams_tracked = self.streams.len();
         let m = &self.metrics;
-        m.read_position.set(annals::backend::raw_position(self.stats.read_position) as f64);
+        m.read_position
+            .set(annals::backend::raw_position(self.stats.read_position) as f64);
         m.events_behind.set(self.stats.events_behind as f64);
         m.pending_batches.set(self.stats.pending_batches as f64);
         tx.send_replace(self.stats.clone());

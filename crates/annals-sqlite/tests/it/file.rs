@@ -304,7 +304,8 @@ async fn one_conflict_in_a_group_commit_fails_only_itself() {
     assert!(
         page.events
             .windows(2)
-            .all(|w| annals::backend::raw_position(w[1].position) == annals::backend::raw_position(w[0].position) + 1),
+            .all(|w| annals::backend::raw_position(w[1].position)
+                == annals::backend::raw_position(w[0].position) + 1),
         "positions are dense"
     );
 }

@@ -79,6 +79,17 @@ pub struct Category<D: Domain> {
     known_streams: Arc<Mutex<std::collections::HashSet<StreamName>>>,
 }
 
+impl<D: Domain> std::fmt::Debug for Category<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Category")
+            .field("name", &self.name)
+            .field("store", &self.store.backend())
+            .field("cached", &self.cache.is_some())
+            .field("max_attempts", &self.max_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
 type References<E> = Arc<dyn Fn(&E) -> Vec<StreamName> + Send + Sync>;
 
 /// How many events a head-snapshot load asks for with the snapshot (the rest, if any, is
@@ -461,6 +472,16 @@ pub struct Decider<D: Domain> {
     stream: StreamName,
     load: LoadOption,
     context: EncodeContext,
+}
+
+impl<D: Domain> std::fmt::Debug for Decider<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decider")
+            .field("category", &self.category.name)
+            .field("stream", &self.stream)
+            .field("load", &self.load)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<D: Domain> Decider<D> {

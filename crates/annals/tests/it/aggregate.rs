@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use annals::{Aggregate, Repository};
 use annals::{
     transact_many, transact_pair, Category, Domain, Error, EventStore, ExpectedVersion, JsonCodec,
     MemoryStore, StreamName, Version,
 };
+use annals::{Aggregate, Repository};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, PartialEq)]

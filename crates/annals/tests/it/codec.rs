@@ -1,8 +1,6 @@
 //! Schema evolution through an explicit upcast from stored contracts to domain events.
 
-use annals::{
-    Codec, EncodeContext, EventData, JsonCodec, RecordedEvent, StreamName, Timestamp,
-};
+use annals::{Codec, EncodeContext, EventData, JsonCodec, RecordedEvent, StreamName, Timestamp};
 use serde::{Deserialize, Serialize};
 
 /// What is stored: version 1 of `Renamed` had `name`; version 2 has `first` and `last`.
