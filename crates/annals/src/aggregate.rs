@@ -1,35 +1,4 @@
-//! An aggregate-style API over the decider runtime, for teams used to Finaps or
-//! EventSourcery: an aggregate applies its events to itself, commands record new events on
-//! a loaded [`Root`], and a [`Repository`] loads and saves roots.
-//!
-//! ```
-//! # use std::sync::Arc;
-//! use annals::{Aggregate, Repository};
-//! use annals::{JsonCodec, MemoryStore};
-//!
-//! #[derive(Clone, Default)]
-//! struct Account { balance: i64 }
-//!
-//! #[derive(Clone, serde::Serialize, serde::Deserialize)]
-//! enum Event { Deposited { amount: i64 } }
-//!
-//! impl Aggregate for Account {
-//!     type Event = Event;
-//!     fn apply(&mut self, event: &Event) {
-//!         match event { Event::Deposited { amount } => self.balance += amount }
-//!     }
-//! }
-//!
-//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-//! let repo = Repository::<Account>::new("Account", Arc::new(MemoryStore::new()), JsonCodec::new())?;
-//! let mut account = repo.load("a1").await?;
-//! account.record(Event::Deposited { amount: 5 });
-//! repo.save(&mut account).await?;
-//! repo.load_and_save("a1", |a| a.record(Event::Deposited { amount: 2 })).await?;
-//! assert_eq!(repo.load("a1").await?.state().balance, 7);
-//! # Ok::<(), annals::Error>(())
-//! # }).unwrap();
-//! ```
+//! The aggregate style (documented on [`Aggregate`]).
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -41,6 +10,39 @@ use crate::store::EventStore;
 use crate::{StreamName, Version};
 
 /// A state that applies its own events.
+///
+/// An aggregate-style API over the decider runtime, for teams used to Finaps or
+/// EventSourcery: an aggregate applies its events to itself, commands record new events on
+/// a loaded [`Root`], and a [`Repository`] loads and saves roots.
+///
+/// ```
+/// # use std::sync::Arc;
+/// use annals::{Aggregate, Repository};
+/// use annals::{JsonCodec, MemoryStore};
+///
+/// #[derive(Clone, Default)]
+/// struct Account { balance: i64 }
+///
+/// #[derive(Clone, serde::Serialize, serde::Deserialize)]
+/// enum Event { Deposited { amount: i64 } }
+///
+/// impl Aggregate for Account {
+///     type Event = Event;
+///     fn apply(&mut self, event: &Event) {
+///         match event { Event::Deposited { amount } => self.balance += amount }
+///     }
+/// }
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let repo = Repository::<Account>::new("Account", Arc::new(MemoryStore::new()), JsonCodec::new())?;
+/// let mut account = repo.load("a1").await?;
+/// account.record(Event::Deposited { amount: 5 });
+/// repo.save(&mut account).await?;
+/// repo.load_and_save("a1", |a| a.record(Event::Deposited { amount: 2 })).await?;
+/// assert_eq!(repo.load("a1").await?.state().balance, 7);
+/// # Ok::<(), annals::Error>(())
+/// # }).unwrap();
+/// ```
 pub trait Aggregate: Clone + Default + Send + Sync + 'static {
     /// Its events.
     type Event: Send + Sync + 'static;

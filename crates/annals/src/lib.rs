@@ -47,7 +47,7 @@
 //! }
 //! assert_eq!(decider.query(|n| *n).await?, 5);
 //! # Ok::<_, annals::Error>(()) }).unwrap();
-//! //! ```
+//! ```
 
 /// The workspace README's examples, compiled and run as doctests.
 #[cfg(doctest)]

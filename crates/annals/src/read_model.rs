@@ -1,23 +1,4 @@
-//! Read models in SQL databases, fed from any event store.
-//!
-//! A read model is rows in a SQL database derived from events. The database that keeps it
-//! ([`ReadModelStore`]: SQLite or PostgreSQL) is chosen independently of the store the
-//! events come from: events from memory, SQLite, PostgreSQL or NATS can feed a read model
-//! in SQLite or PostgreSQL.
-//!
-//! The contract, in the way sqlx's `Database` works: a read-model store names its
-//! transaction type ([`ReadModelStore::Tx`]); a [`Projector`] writes rows through it. A
-//! projector written against [`SqlTx`] (portable SQL, `$1`-style placeholders, values as
-//! [`SqlValue`]) runs on every backend; one written against a backend's own transaction
-//! type can use that backend's driver directly.
-//!
-//! Exactly once: [`ReadModelStore::apply`] applies the events of one stream that the
-//! projection has not applied yet and records the stream's new progress (the next version
-//! it needs) in the same transaction. A redelivered event is never applied twice; two
-//! appliers of one stream are serialized by the progress row. A failing apply rolls back
-//! everything it wrote. Each progress row also records the schema version of the projector
-//! code that built it ([`ProjectionId::schema`]): rows built by older code are stale and
-//! [`rebuild`] refolds them.
+//! Read models in SQL databases (documented on [`ReadModelStore`]).
 
 use std::sync::Arc;
 
@@ -284,6 +265,27 @@ pub trait Projector<R: ReadModelStore>: Send + Sync + 'static {
 
 /// A SQL database that keeps read models, with each projection's per-stream progress, its
 /// pipelines' checkpoints and parked streams (it is a [`CheckpointStore`]).
+///
+/// Read models in SQL databases, fed from any event store.
+///
+/// A read model is rows in a SQL database derived from events. The database that keeps it
+/// ([`ReadModelStore`]: SQLite or PostgreSQL) is chosen independently of the store the
+/// events come from: events from memory, SQLite, PostgreSQL or NATS can feed a read model
+/// in SQLite or PostgreSQL.
+///
+/// The contract, in the way sqlx's `Database` works: a read-model store names its
+/// transaction type ([`ReadModelStore::Tx`]); a [`Projector`] writes rows through it. A
+/// projector written against [`SqlTx`] (portable SQL, `$1`-style placeholders, values as
+/// [`SqlValue`]) runs on every backend; one written against a backend's own transaction
+/// type can use that backend's driver directly.
+///
+/// Exactly once: [`ReadModelStore::apply`] applies the events of one stream that the
+/// projection has not applied yet and records the stream's new progress (the next version
+/// it needs) in the same transaction. A redelivered event is never applied twice; two
+/// appliers of one stream are serialized by the progress row. A failing apply rolls back
+/// everything it wrote. Each progress row also records the schema version of the projector
+/// code that built it ([`ProjectionId::schema`]): rows built by older code are stale and
+/// [`rebuild`] refolds them.
 #[async_trait]
 pub trait ReadModelStore: CheckpointStore + Sized {
     /// The backend's transaction, handed to projectors.

@@ -1,27 +1,4 @@
-//! The store contract every backend implements.
-//!
-//! # Conflict and retry semantics
-//!
-//! [`EventStore::append`] is atomic: either every event of the batch is recorded, with
-//! consecutive stream versions starting at the stream's current version, or nothing is.
-//! When the stream's version does not satisfy the [`ExpectedVersion`], the append returns
-//! [`Error::WrongExpectedVersion`](crate::Error::WrongExpectedVersion) carrying the actual
-//! version, and writes nothing.
-//!
-//! Event ids are unique across the store and make retries safe. When the batch's event ids
-//! are already recorded in the stream as exactly this batch (one earlier append, whole:
-//! same ids, same order, consecutive versions) and the expected version admits the version the batch was first
-//! written at, the append succeeds again with the original result and writes nothing. When
-//! only some of them are, or in another arrangement, it fails with
-//! [`Error::PartialRetry`](crate::Error::PartialRetry). When an id is recorded in another
-//! stream it fails with [`Error::DuplicateEventId`](crate::Error::DuplicateEventId).
-//!
-//! # Reading all
-//!
-//! [`EventStore::read_all`] returns events in position order, strictly after the given
-//! position. A reader that resumes from the last position it saw never misses an event that
-//! commits later: stores only expose events below a horizon that later commits cannot
-//! undercut.
+//! The store contract every backend implements. (The contract itself is on [`EventStore`].)
 
 use std::time::Duration;
 
@@ -330,7 +307,30 @@ impl Capabilities {
     }
 }
 
-/// An event store. See the [module documentation](self) for the exact semantics.
+/// An event store: the contract every backend implements.
+///
+/// # Conflict and retry semantics
+///
+/// [`EventStore::append`] is atomic: either every event of the batch is recorded, with
+/// consecutive stream versions starting at the stream's current version, or nothing is.
+/// When the stream's version does not satisfy the [`ExpectedVersion`], the append returns
+/// [`Error::WrongExpectedVersion`](crate::Error::WrongExpectedVersion) carrying the actual
+/// version, and writes nothing.
+///
+/// Event ids are unique across the store and make retries safe. When the batch's event ids
+/// are already recorded in the stream as exactly this batch (one earlier append, whole:
+/// same ids, same order, consecutive versions) and the expected version admits the version the batch was first
+/// written at, the append succeeds again with the original result and writes nothing. When
+/// only some of them are, or in another arrangement, it fails with
+/// [`Error::PartialRetry`](crate::Error::PartialRetry). When an id is recorded in another
+/// stream it fails with [`Error::DuplicateEventId`](crate::Error::DuplicateEventId).
+///
+/// # Reading all
+///
+/// [`EventStore::read_all`] returns events in position order, strictly after the given
+/// position. A reader that resumes from the last position it saw never misses an event that
+/// commits later: stores only expose events below a horizon that later commits cannot
+/// undercut.
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
     /// A short name of the backend, for errors and metrics (`"memory"`, `"sqlite"`...).

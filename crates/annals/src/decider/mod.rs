@@ -103,104 +103,6 @@ const KNOWN_STREAMS_MAX: usize = 65_536;
 /// codecs never see these events: loads use them as origins, folds skip them.
 pub const SNAPSHOT_EVENT_TYPE: &str = "annals.snapshot";
 
-type IsOrigin<E> = Arc<dyn Fn(&E) -> bool + Send + Sync>;
-type EncodeSnapshot<S> = Arc<dyn Fn(&S) -> Result<Vec<u8>, serde_json::Error> + Send + Sync>;
-type DecodeSnapshot<S> = Arc<dyn Fn(&[u8]) -> Option<S> + Send + Sync>;
-
-/// How a category's streams are loaded (see the `with_*` methods of [`Category`]). Every
-/// strategy yields exactly the state of the full fold; they differ in what they read.
-struct Access<D: Domain> {
-    /// The state is the fold of the last event alone.
-    latest_known_event: bool,
-    /// Events from which the state can be folded without what came before.
-    is_origin: Option<IsOrigin<D::Event>>,
-    /// Rolling snapshot events in the stream.
-    snapshots: Option<Snapshots<D::State>>,
-    /// A snapshot kept beside the stream's head by the store.
-    head: Option<SnapshotCodec<D::State>>,
-}
-
-/// Encodes and decodes snapshots of one schema version.
-struct SnapshotCodec<S> {
-    schema: u32,
-    encode: EncodeSnapshot<S>,
-    decode: DecodeSnapshot<S>,
-}
-
-impl<S> Clone for SnapshotCodec<S> {
-    fn clone(&self) -> Self {
-        Self {
-            schema: self.schema,
-            encode: Arc::clone(&self.encode),
-            decode: Arc::clone(&self.decode),
-        }
-    }
-}
-
-impl<S: serde::Serialize + serde::de::DeserializeOwned> SnapshotCodec<S> {
-    /// JSON `{"schema", "state"}`; a body of another schema (or damaged) decodes to `None`.
-    fn json(schema: u32) -> Self {
-        Self {
-            schema,
-            encode: Arc::new(move |state: &S| {
-                serde_json::to_vec(&SnapshotBody {
-                    schema,
-                    state: serde_json::to_value(state)?,
-                })
-            }),
-            decode: Arc::new(move |bytes: &[u8]| {
-                let snapshot: SnapshotBody = serde_json::from_slice(bytes).ok()?;
-                if snapshot.schema != schema {
-                    return None;
-                }
-                serde_json::from_value(snapshot.state).ok()
-            }),
-        }
-    }
-}
-
-#[derive(Clone)]
-struct Snapshots<S> {
-    every: u64,
-    codec: SnapshotCodec<S>,
-}
-
-impl<D: Domain> Clone for Access<D> {
-    fn clone(&self) -> Self {
-        Self {
-            latest_known_event: self.latest_known_event,
-            is_origin: self.is_origin.clone(),
-            snapshots: self.snapshots.clone(),
-            head: self.head.clone(),
-        }
-    }
-}
-
-impl<D: Domain> Default for Access<D> {
-    fn default() -> Self {
-        Self {
-            latest_known_event: false,
-            is_origin: None,
-            snapshots: None,
-            head: None,
-        }
-    }
-}
-
-impl<D: Domain> Access<D> {
-    /// Whether loads read backward to an origin rather than forward from the start.
-    fn backward(&self) -> bool {
-        self.latest_known_event || self.is_origin.is_some() || self.snapshots.is_some()
-    }
-}
-
-/// A snapshot event's body: the state and the schema version it was written with.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct SnapshotBody {
-    schema: u32,
-    state: serde_json::Value,
-}
-
 impl<D: Domain> Clone for Category<D> {
     fn clone(&self) -> Self {
         Self {
@@ -722,7 +624,10 @@ impl<D: Domain> Decider<D> {
     }
 }
 
+mod access;
 mod load;
 mod transaction;
+
+use access::{Access, SnapshotCodec, Snapshots};
 
 pub use transaction::{transact_many, transact_pair};
