@@ -4,6 +4,7 @@ mod ops;
 mod parked;
 mod rebuild;
 mod serve;
+mod tls;
 
 use std::process::Command;
 

@@ -61,10 +61,11 @@ impl Served {
             .expect("annals serve prints its URL within 60 s");
         let url = line
             .split_whitespace()
-            .find(|w| w.starts_with("http://"))
+            .find_map(|w| url::Url::parse(w).ok().filter(|u| u.scheme() == "http"))
             .unwrap_or_else(|| panic!("no URL in {line:?}"));
         assert!(line.contains("TodoBackend API at "), "{line}");
-        let base = url.trim_end_matches("/todos").to_owned();
+        assert_eq!(url.path(), "/todos", "{line}");
+        let base = url.origin().ascii_serialization();
         Served { child, base }
     }
 

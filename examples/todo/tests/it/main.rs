@@ -79,10 +79,11 @@ impl Api {
         headers: &[(&str, &str)],
         body: Option<String>,
     ) -> Reply {
-        let url = match target.starts_with("http") {
-            true => target.to_owned(),
-            false => format!("{}{target}", self.base),
-        };
+        // A path, or a whole URL (a todo's `url`): resolved against the server.
+        let url = url::Url::parse(&self.base)
+            .and_then(|base| base.join(target))
+            .unwrap_or_else(|e| panic!("{target}: {e}"))
+            .to_string();
         let mut request = hyper::Request::builder().method(method).uri(url);
         if body.is_some()
             && !headers
