@@ -14,10 +14,23 @@
 //!   the last delivered position after a lost connection.
 //! - Schema creation and upgrades are versioned migrations shipped in this crate, applied by
 //!   [`PgStore::migrate`].
+//! - Connections use TLS as libpq's `sslmode` describes ([`SslMode`], default `prefer`), on
+//!   rustls, with the roots of [`RootCerts`].
 //! - A `PgStore` is also a read-model database ([`annals::ReadModelStore`], through
 //!   [`PgTx`]) fed from any event store: an apply is two round trips, its progress moved
 //!   optimistically with the commit; a checkpoint store that keeps parked streams; and a
 //!   lease store for competing consumers. `read_all` has connections of its own.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use annals_postgres::{PgConfig, PgStore, PgTls, RootCerts, SslMode};
+//!
+//! let connection = "postgres://app@db.example.com/shop".parse()?;
+//! let tls = PgTls::new(SslMode::VerifyFull).root_certs(RootCerts::File("ca.pem".into()));
+//! let store = PgStore::connect(PgConfig::new(connection).schema("orders").tls(tls)).await?;
+//! store.migrate().await?;
+//! # Ok(()) }
+//! ```
 
 mod config;
 mod coordination;
