@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use annals::{
     AllPage, AppendResult, Capabilities, EventData, EventStore, ExpectedVersion, Filter, Position,
-    ReadStream, RecordedEvent, Result, StreamName, Version,
+    ReadStream, RecordedEvent, Result, StreamAppend, StreamName, Version,
 };
 use async_nats::jetstream;
 use async_trait::async_trait;
@@ -262,7 +262,9 @@ impl EventStore for NatsStore {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::none()
+        let mut capabilities = Capabilities::none();
+        capabilities.multi_stream_append = true;
+        capabilities
     }
 
     async fn append(
@@ -272,6 +274,10 @@ impl EventStore for NatsStore {
         events: Vec<EventData>,
     ) -> Result<AppendResult> {
         self.append_one(stream, expected, events).await
+    }
+
+    async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
+        self.append_many_atomic(appends).await
     }
 
     async fn stream_version(&self, stream: &StreamName) -> Result<Version> {

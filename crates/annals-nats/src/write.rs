@@ -3,7 +3,8 @@
 
 use annals::backend::idempotency::{self, Found, Verdict};
 use annals::{
-    AppendResult, Error, EventData, ExpectedVersion, Result, StreamName, Timestamp, Version,
+    AppendResult, Error, EventData, ExpectedVersion, Result, StreamAppend, StreamName, Timestamp,
+    Version,
 };
 use async_nats::HeaderMap;
 use serde::Deserialize;
@@ -68,8 +69,13 @@ impl NatsStore {
             if !expected.admits(actual) {
                 return self.settle(stream, expected, actual, &events).await;
             }
-            let after = last.map_or(0, |l| l.sequence);
-            match self.publish(stream, after, actual, &events).await? {
+            let group = Group {
+                stream,
+                after: last.map_or(0, |l| l.sequence),
+                actual,
+                events: &events,
+            };
+            match self.publish(&[group]).await? {
                 Published::Stored(end) => {
                     let n = events.len() as u64;
                     let position = |seq: u64| annals::backend::position(u128::from(seq));
@@ -198,59 +204,66 @@ impl NatsStore {
         Ok(())
     }
 
-    /// Publishes `events` at `actual`, the stream's last message being `after` (0: none).
-    async fn publish(
-        &self,
-        stream: &StreamName,
-        after: u64,
-        actual: Version,
-        events: &[EventData],
-    ) -> Result<Published> {
+    /// Publishes `groups` as one message, or one atomic batch: each group's first message
+    /// carries its stream's expected last sequence, so the server checks every stream.
+    async fn publish(&self, groups: &[Group<'_>]) -> Result<Published> {
         let client = &self.inner.client;
-        let subject = self.inner.subjects.stream(stream);
         let recorded_at = Timestamp::now();
         let batch_id = annals::Uuid::now_v7().simple().to_string();
-        let single = events.len() == 1;
+        let total: usize = groups.iter().map(|g| g.events.len()).sum();
+        let single = total == 1;
+        let what = || {
+            groups
+                .iter()
+                .map(|g| g.stream.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let mut reply = None;
-        for (i, event) in events.iter().enumerate() {
-            let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", event.event_id.to_string().as_str());
-            if i == 0 {
-                headers.insert(
-                    "Nats-Expected-Last-Subject-Sequence",
-                    after.to_string().as_str(),
-                );
-            }
-            if !single {
-                headers.insert("Nats-Batch-Id", batch_id.as_str());
-                headers.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
-            }
-            let place = Place {
-                version: actual.get() + i as u64,
-                batch_start: actual.get(),
-                recorded_at,
-            };
-            let body = envelope::encode(event, place);
-            if i + 1 == events.len() {
-                if !single {
-                    headers.insert("Nats-Batch-Commit", "1");
+        let mut n = 0;
+        for group in groups {
+            let subject = self.inner.subjects.stream(group.stream);
+            for (i, event) in group.events.iter().enumerate() {
+                n += 1;
+                let mut headers = HeaderMap::new();
+                headers.insert("Nats-Msg-Id", event.event_id.to_string().as_str());
+                if i == 0 {
+                    headers.insert(
+                        "Nats-Expected-Last-Subject-Sequence",
+                        group.after.to_string().as_str(),
+                    );
                 }
-                let answer = tokio::time::timeout(
-                    self.inner.config.timeout,
-                    client.request_with_headers(subject.clone(), headers, body.into()),
-                )
-                .await
-                .map_err(|_| backend(format!("append to {stream} timed out")))?
-                .map_err(backend)?;
-                reply = Some(answer);
-            } else {
-                client
-                    .publish_with_headers(subject.clone(), headers, body.into())
+                if !single {
+                    headers.insert("Nats-Batch-Id", batch_id.as_str());
+                    headers.insert("Nats-Batch-Sequence", n.to_string().as_str());
+                }
+                let place = Place {
+                    version: group.actual.get() + i as u64,
+                    batch_start: group.actual.get(),
+                    recorded_at,
+                };
+                let body = envelope::encode(event, place);
+                if n == total {
+                    if !single {
+                        headers.insert("Nats-Batch-Commit", "1");
+                    }
+                    let answer = tokio::time::timeout(
+                        self.inner.config.timeout,
+                        client.request_with_headers(subject.clone(), headers, body.into()),
+                    )
                     .await
+                    .map_err(|_| backend(format!("append to {} timed out", what())))?
                     .map_err(backend)?;
+                    reply = Some(answer);
+                } else {
+                    client
+                        .publish_with_headers(subject.clone(), headers, body.into())
+                        .await
+                        .map_err(backend)?;
+                }
             }
         }
-        let reply = reply.expect("a batch has a last event");
+        let reply = reply.ok_or_else(|| backend("an append with no events"))?;
         let ack: Ack = serde_json::from_slice(&reply.payload)
             .map_err(|e| backend(format!("unreadable publish acknowledgement: {e}")))?;
         match ack.error {
@@ -259,15 +272,120 @@ impl NatsStore {
             Some(e) => match e.err_code {
                 10071 | 10164 => Ok(Published::Moved),
                 10201 => Ok(Published::Duplicate((ack.seq > 0).then_some(ack.seq))),
-                10158 => Err(backend(format!("append to {stream}: {}", e.description))),
+                10158 => Err(backend(format!("append to {}: {}", what(), e.description))),
                 _ => Err(Error::backend(
                     "nats",
                     format!(
-                        "append to {stream} refused: {} ({})",
-                        e.description, e.err_code
+                        "append to {} refused: {} ({})",
+                        what(),
+                        e.description,
+                        e.err_code
                     ),
                 )),
             },
         }
     }
+
+    /// Several streams' appends as one atomic batch: each stream's expectation is checked
+    /// by the server; all are written or none.
+    pub(crate) async fn append_many_atomic(
+        &self,
+        appends: Vec<StreamAppend>,
+    ) -> Result<Vec<AppendResult>> {
+        annals::backend::validate_many(&appends, self.inner.config.max_event_bytes)?;
+        let total: usize = appends.iter().map(|a| a.events.len()).sum();
+        if total > MAX_BATCH {
+            return Err(Error::BatchTooLarge {
+                stream: appends[0].stream.clone(),
+                events: total,
+                max: MAX_BATCH,
+            });
+        }
+        for _ in 0..RACES {
+            // Plan every stream: already written (an exact retry), or to write at its head.
+            let mut results: Vec<Option<AppendResult>> = Vec::with_capacity(appends.len());
+            let mut heads = Vec::with_capacity(appends.len());
+            for a in &appends {
+                let last = self.last(&a.stream).await?;
+                let actual = Version(last.map_or(0, |l| l.version + 1));
+                if a.expected.admits(actual) {
+                    results.push(None);
+                } else {
+                    results.push(Some(
+                        self.settle(&a.stream, a.expected, actual, &a.events)
+                            .await?,
+                    ));
+                }
+                heads.push((last.map_or(0, |l| l.sequence), actual));
+            }
+            let groups: Vec<Group<'_>> = appends
+                .iter()
+                .zip(&heads)
+                .zip(&results)
+                .filter(|(_, done)| done.is_none())
+                .map(|((a, &(after, actual)), _)| Group {
+                    stream: &a.stream,
+                    after,
+                    actual,
+                    events: &a.events,
+                })
+                .collect();
+            if groups.is_empty() {
+                return Ok(results.into_iter().flatten().collect());
+            }
+            match self.publish(&groups).await? {
+                Published::Stored(end) => {
+                    let written: u64 = groups.iter().map(|g| g.events.len() as u64).sum();
+                    let mut seq = end + 1 - written;
+                    let mut fresh = groups.iter().map(|g| {
+                        let n = g.events.len() as u64;
+                        let position = |s: u64| annals::backend::position(u128::from(s));
+                        let r = AppendResult {
+                            version: Version(g.actual.get() + n),
+                            first_position: position(seq),
+                            last_position: position(seq + n - 1),
+                        };
+                        seq += n;
+                        r
+                    });
+                    return Ok(results
+                        .into_iter()
+                        .map(|done| done.unwrap_or_else(|| fresh.next().expect("one per group")))
+                        .collect());
+                }
+                Published::Moved => continue,
+                Published::Duplicate(at) => {
+                    let all: Vec<EventData> =
+                        appends.iter().flat_map(|a| a.events.clone()).collect();
+                    for a in &appends {
+                        match at {
+                            Some(seq) => {
+                                self.refuse_foreign_duplicate(&a.stream, &all, seq).await?
+                            }
+                            None => {
+                                self.refuse_recent_foreign_duplicate(&a.stream, &all)
+                                    .await?
+                            }
+                        }
+                    }
+                    // Replanning answers an exact retry, or says what overlaps.
+                    continue;
+                }
+            }
+        }
+        Err(Error::transient(
+            "nats",
+            format!("the streams kept moving under this append ({RACES} attempts)"),
+        ))
+    }
+}
+
+/// One stream's part of a publish.
+struct Group<'a> {
+    stream: &'a StreamName,
+    /// The stream's last sequence (0: none).
+    after: u64,
+    /// Its version.
+    actual: Version,
+    events: &'a [EventData],
 }
