@@ -264,6 +264,7 @@ impl EventStore for NatsStore {
     fn capabilities(&self) -> Capabilities {
         let mut capabilities = Capabilities::none();
         capabilities.multi_stream_append = true;
+        capabilities.import = true;
         capabilities
     }
 
@@ -278,6 +279,10 @@ impl EventStore for NatsStore {
 
     async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
         self.append_many_atomic(appends).await
+    }
+
+    async fn import(&self, events: Vec<RecordedEvent>) -> Result<u64> {
+        self.import_events(events).await
     }
 
     async fn stream_version(&self, stream: &StreamName) -> Result<Version> {

@@ -1,10 +1,12 @@
 //! Appends: the server checks the stream's last sequence (`Nats-Expected-Last-Subject-
 //! Sequence`), a multi-event append is one atomic batch, and event ids are `Nats-Msg-Id`s.
 
+use std::collections::HashMap;
+
 use annals::backend::idempotency::{self, Found, Verdict};
 use annals::{
-    AppendResult, Error, EventData, ExpectedVersion, Result, StreamAppend, StreamName, Timestamp,
-    Version,
+    AppendResult, Error, EventData, ExpectedVersion, RecordedEvent, Result, StreamAppend,
+    StreamName, Timestamp, Version,
 };
 use async_nats::HeaderMap;
 use serde::Deserialize;
@@ -204,63 +206,73 @@ impl NatsStore {
         Ok(())
     }
 
-    /// Publishes `groups` as one message, or one atomic batch: each group's first message
-    /// carries its stream's expected last sequence, so the server checks every stream.
+    /// Publishes `groups` (appends at their streams' heads, written now).
     async fn publish(&self, groups: &[Group<'_>]) -> Result<Published> {
-        let client = &self.inner.client;
         let recorded_at = Timestamp::now();
+        let mut out = Vec::new();
+        for g in groups {
+            for (i, event) in g.events.iter().enumerate() {
+                out.push(Outgoing {
+                    stream: g.stream,
+                    event,
+                    place: Place {
+                        version: g.actual.get() + i as u64,
+                        batch_start: g.actual.get(),
+                        recorded_at,
+                    },
+                    expect: (i == 0).then_some(g.after),
+                });
+            }
+        }
+        self.send(&out).await
+    }
+
+    /// Sends `messages` as one message, or one atomic batch, in order; a message with
+    /// `expect` carries its stream's expected last sequence (each stream's first message),
+    /// so the server checks every stream before storing any message.
+    async fn send(&self, messages: &[Outgoing<'_>]) -> Result<Published> {
+        let client = &self.inner.client;
         let batch_id = annals::Uuid::now_v7().simple().to_string();
-        let total: usize = groups.iter().map(|g| g.events.len()).sum();
+        let total = messages.len();
         let single = total == 1;
         let what = || {
-            groups
-                .iter()
-                .map(|g| g.stream.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            let mut names: Vec<&str> = messages.iter().map(|m| m.stream.as_str()).collect();
+            names.dedup();
+            names.join(", ")
         };
         let mut reply = None;
-        let mut n = 0;
-        for group in groups {
-            let subject = self.inner.subjects.stream(group.stream);
-            for (i, event) in group.events.iter().enumerate() {
-                n += 1;
-                let mut headers = HeaderMap::new();
-                headers.insert("Nats-Msg-Id", event.event_id.to_string().as_str());
-                if i == 0 {
-                    headers.insert(
-                        "Nats-Expected-Last-Subject-Sequence",
-                        group.after.to_string().as_str(),
-                    );
-                }
+        for (n, m) in messages.iter().enumerate() {
+            let subject = self.inner.subjects.stream(m.stream);
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", m.event.event_id.to_string().as_str());
+            if let Some(after) = m.expect {
+                headers.insert(
+                    "Nats-Expected-Last-Subject-Sequence",
+                    after.to_string().as_str(),
+                );
+            }
+            if !single {
+                headers.insert("Nats-Batch-Id", batch_id.as_str());
+                headers.insert("Nats-Batch-Sequence", (n + 1).to_string().as_str());
+            }
+            let body = envelope::encode(m.event, m.place);
+            if n + 1 == total {
                 if !single {
-                    headers.insert("Nats-Batch-Id", batch_id.as_str());
-                    headers.insert("Nats-Batch-Sequence", n.to_string().as_str());
+                    headers.insert("Nats-Batch-Commit", "1");
                 }
-                let place = Place {
-                    version: group.actual.get() + i as u64,
-                    batch_start: group.actual.get(),
-                    recorded_at,
-                };
-                let body = envelope::encode(event, place);
-                if n == total {
-                    if !single {
-                        headers.insert("Nats-Batch-Commit", "1");
-                    }
-                    let answer = tokio::time::timeout(
-                        self.inner.config.timeout,
-                        client.request_with_headers(subject.clone(), headers, body.into()),
-                    )
+                let answer = tokio::time::timeout(
+                    self.inner.config.timeout,
+                    client.request_with_headers(subject, headers, body.into()),
+                )
+                .await
+                .map_err(|_| backend(format!("append to {} timed out", what())))?
+                .map_err(backend)?;
+                reply = Some(answer);
+            } else {
+                client
+                    .publish_with_headers(subject, headers, body.into())
                     .await
-                    .map_err(|_| backend(format!("append to {} timed out", what())))?
                     .map_err(backend)?;
-                    reply = Some(answer);
-                } else {
-                    client
-                        .publish_with_headers(subject.clone(), headers, body.into())
-                        .await
-                        .map_err(backend)?;
-                }
             }
         }
         let reply = reply.ok_or_else(|| backend("an append with no events"))?;
@@ -284,6 +296,101 @@ impl NatsStore {
                 )),
             },
         }
+    }
+
+    /// Copies recorded events, keeping their versions, ids and timestamps, in order, as one
+    /// atomic batch; events already copied (same id at the same version) are skipped.
+    pub(crate) async fn import_events(&self, events: Vec<RecordedEvent>) -> Result<u64> {
+        annals::backend::validate_import(&events, self.inner.config.max_event_bytes)?;
+        if events.len() > MAX_BATCH {
+            return Err(Error::BatchTooLarge {
+                stream: events[0].stream.clone(),
+                events: events.len(),
+                max: MAX_BATCH,
+            });
+        }
+        for _ in 0..RACES {
+            // Plan: per stream its head, then each event written, skipped or refused.
+            let mut heads: HashMap<&StreamName, (u64, u64)> = HashMap::new();
+            let mut existing: HashMap<&StreamName, Vec<RecordedEvent>> = HashMap::new();
+            let mut ids = std::collections::HashSet::new();
+            let mut out: Vec<Outgoing<'_>> = Vec::new();
+            let data: Vec<EventData> = events.iter().map(RecordedEvent::to_data).collect();
+            for (e, d) in events.iter().zip(&data) {
+                if !heads.contains_key(&e.stream) {
+                    let last = self.last(&e.stream).await?;
+                    heads.insert(
+                        &e.stream,
+                        (
+                            last.map_or(0, |l| l.sequence),
+                            last.map_or(0, |l| l.version + 1),
+                        ),
+                    );
+                }
+                let (after, version) = heads[&e.stream];
+                if e.stream_version == version {
+                    if !ids.insert(e.event_id) {
+                        return Err(Error::DuplicateEventId {
+                            event_id: e.event_id,
+                            existing_stream: e.stream.clone(),
+                        });
+                    }
+                    let first = !out.iter().any(|m| m.stream == &e.stream);
+                    out.push(Outgoing {
+                        stream: &e.stream,
+                        event: d,
+                        place: Place {
+                            version,
+                            batch_start: version,
+                            recorded_at: e.recorded_at,
+                        },
+                        expect: first.then_some(after),
+                    });
+                    heads.insert(&e.stream, (after, version + 1));
+                    continue;
+                }
+                if e.stream_version < version {
+                    if !existing.contains_key(&e.stream) {
+                        let recorded = self.stream_events(&e.stream).await?;
+                        existing.insert(&e.stream, recorded.into_iter().map(|(r, _)| r).collect());
+                    }
+                    let copied = existing[&e.stream]
+                        .get(e.stream_version as usize)
+                        .is_some_and(|r| r.event_id == e.event_id);
+                    if copied {
+                        continue;
+                    }
+                }
+                return Err(Error::WrongExpectedVersion {
+                    stream: e.stream.clone(),
+                    expected: ExpectedVersion::Exact(Version(e.stream_version)),
+                    actual: Version(version),
+                });
+            }
+            if out.is_empty() {
+                return Ok(0);
+            }
+            match self.send(&out).await? {
+                Published::Stored(_) => return Ok(out.len() as u64),
+                Published::Moved => continue,
+                Published::Duplicate(at) => {
+                    let Some(seq) = at else {
+                        return Err(Error::backend(
+                            "nats",
+                            "an imported event id is already recorded in the store",
+                        ));
+                    };
+                    let first = &events[0];
+                    self.refuse_foreign_duplicate(&first.stream, &data, seq)
+                        .await?;
+                    continue;
+                }
+            }
+        }
+        Err(Error::transient(
+            "nats",
+            format!("the streams kept moving under this import ({RACES} attempts)"),
+        ))
     }
 
     /// Several streams' appends as one atomic batch: each stream's expectation is checked
@@ -378,6 +485,15 @@ impl NatsStore {
             format!("the streams kept moving under this append ({RACES} attempts)"),
         ))
     }
+}
+
+/// One message of a publish.
+struct Outgoing<'a> {
+    stream: &'a StreamName,
+    event: &'a EventData,
+    place: Place,
+    /// The stream's expected last sequence (on its first message of the publish).
+    expect: Option<u64>,
 }
 
 /// One stream's part of a publish.
