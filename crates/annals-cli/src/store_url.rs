@@ -8,12 +8,14 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use annals::{CheckpointStore, EventStore, Instrumented, MemoryCheckpoints, MemoryStore};
+use annals_nats::{NatsConfig, NatsStore};
 use annals_postgres::{PgConfig, PgStore, PgTls, RootCerts, SslMode};
 use annals_sqlite::{SqliteConfig, SqliteStore, Synchronous};
 use anyhow::Context;
 
 /// The store URLs this build understands, for messages.
-pub(crate) const SUPPORTED: &str = "sqlite://PATH, postgres://USER@HOST:PORT/DB, memory://";
+pub(crate) const SUPPORTED: &str =
+    "sqlite://PATH, postgres://USER@HOST:PORT/DB, nats://HOST:PORT, memory://";
 
 /// A URL that cannot name a store.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +39,8 @@ pub(crate) enum StoreKind {
     /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?annals_schema=NAME&annals_pool=N&
     /// sslmode=...&sslrootcert=PATH|system&...]` (other parameters go to the driver).
     Postgres(Box<PgConfig>),
+    /// `nats://[USER:PASSWORD@]HOST:PORT[?stream=NAME&replicas=N]`: a JetStream store.
+    Nats(NatsConfig),
     /// `http://HOST:PORT`: a running `annals serve` (only `annals bench todo` takes one).
     Http(url::Url),
 }
@@ -112,6 +116,7 @@ impl FromStr for StoreUrl {
             "postgres" | "postgresql" => {
                 StoreKind::Postgres(Box::new(postgres(&url).map_err(invalid)?))
             }
+            "nats" => StoreKind::Nats(nats(&url).map_err(invalid)?),
             "http" => StoreKind::Http(url.clone()),
             other => {
                 return Err(invalid(format!(
@@ -128,6 +133,7 @@ fn store_name(scheme: &str) -> &'static str {
     match scheme {
         "sqlite" => "SQLite ",
         "postgres" | "postgresql" => "PostgreSQL ",
+        "nats" => "NATS ",
         "memory" => "memory ",
         _ => "",
     }
@@ -219,6 +225,42 @@ fn postgres(url: &url::Url) -> Result<PgConfig, String> {
     Ok(config)
 }
 
+/// `stream` and `replicas` come out of the query; the server URL keeps the rest.
+fn nats(url: &url::Url) -> Result<NatsConfig, String> {
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("expected nats://HOST:PORT".into());
+    }
+    let mut server = url.clone();
+    server.set_query(None);
+    if server.path() == "/" {
+        server.set_path("");
+    }
+    if !server.path().is_empty() {
+        return Err("a NATS URL has no path: name the store with ?stream=NAME".into());
+    }
+    let mut config = NatsConfig::new(server.as_str());
+    for (key, value) in url.query_pairs() {
+        match key.as_ref() {
+            "stream" => config = config.stream(value.into_owned()),
+            "replicas" => {
+                let n: usize = value
+                    .parse()
+                    .map_err(|_| format!("replicas={value}: expected 1, 3 or 5"))?;
+                if ![1, 3, 5].contains(&n) {
+                    return Err(format!("replicas={value}: expected 1, 3 or 5"));
+                }
+                config = config.replicas(n);
+            }
+            other => {
+                return Err(format!(
+                    "unknown option {other:?}: known options are stream and replicas"
+                ))
+            }
+        }
+    }
+    Ok(config)
+}
+
 /// The concrete store behind an [`Opened`].
 #[derive(Debug, Clone)]
 pub(crate) enum Backend {
@@ -228,6 +270,8 @@ pub(crate) enum Backend {
     Sqlite(SqliteStore),
     /// A PostgreSQL schema.
     Postgres(PgStore),
+    /// A JetStream stream.
+    Nats(NatsStore),
 }
 
 /// An opened store.
@@ -258,6 +302,10 @@ impl Opened {
                 store.migrate().await?;
                 (Arc::new(store.clone()), Backend::Postgres(store))
             }
+            StoreKind::Nats(config) => {
+                let store = NatsStore::connect(config.clone()).await?;
+                (Arc::new(store.clone()), Backend::Nats(store))
+            }
             StoreKind::Http(_) => anyhow::bail!(
                 "{url}: over HTTP only `annals bench todo` runs (against annals serve); this command needs a store URL: {SUPPORTED}"
             ),
@@ -276,13 +324,14 @@ impl Opened {
             Backend::Memory(c) => Arc::clone(c) as Arc<dyn CheckpointStore>,
             Backend::Sqlite(s) => Arc::new(s.clone()),
             Backend::Postgres(p) => Arc::new(p.clone()),
+            Backend::Nats(n) => Arc::new(n.clone()),
         }
     }
 
     /// The store's own database as a read-model database (none for `memory://`).
     pub(crate) fn read_model_db(&self) -> Option<ReadModelDb> {
         match &self.backend {
-            Backend::Memory(_) => None,
+            Backend::Memory(_) | Backend::Nats(_) => None,
             Backend::Sqlite(s) => Some(ReadModelDb::Sqlite(Arc::new(s.clone()))),
             Backend::Postgres(p) => Some(ReadModelDb::Postgres(Arc::new(p.clone()))),
         }
@@ -422,6 +471,33 @@ mod tests {
         ] {
             assert!(bad.parse::<StoreUrl>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn nats_urls_name_the_server_the_stream_and_replicas() {
+        let StoreKind::Nats(c) = parse("nats://u:pw@127.0.0.1:4222?stream=shop&replicas=3") else {
+            panic!()
+        };
+        assert_eq!(
+            (c.url.as_str(), c.stream.as_str(), c.replicas),
+            ("nats://u:pw@127.0.0.1:4222", "shop", 3)
+        );
+        let StoreKind::Nats(c) = parse("nats://localhost:4222") else {
+            panic!()
+        };
+        assert_eq!((c.stream.as_str(), c.replicas), ("annals", 1));
+        for bad in [
+            "nats://h:4222?replicas=2",
+            "nats://h:4222?nope=1",
+            "nats://h:4222/path",
+        ] {
+            assert!(bad.parse::<StoreUrl>().is_err(), "{bad}");
+        }
+        let shown = "nats://u:pw@h:4222"
+            .parse::<StoreUrl>()
+            .unwrap()
+            .to_string();
+        assert!(!shown.contains("pw"), "{shown}");
     }
 
     #[test]

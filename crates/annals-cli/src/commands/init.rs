@@ -8,20 +8,37 @@ use crate::store_url::{Backend, Opened};
 /// `annals init`.
 pub(crate) async fn run(opened: &Opened, out: &Output) -> anyhow::Result<()> {
     let url = &opened.url;
-    let (backend, schema) = match &opened.backend {
-        Backend::Postgres(pg) => ("postgres", Some(pg.schema_version().await? as i64)),
-        Backend::Sqlite(_) => ("sqlite", Some(annals_sqlite::SCHEMA_VERSION)),
-        Backend::Memory(_) => ("memory", None),
+    let (backend, schema, detail) = match &opened.backend {
+        Backend::Postgres(pg) => {
+            let v = pg.schema_version().await?;
+            (
+                "postgres",
+                Some(i64::from(v)),
+                format!("schema version {v}"),
+            )
+        }
+        Backend::Sqlite(_) => (
+            "sqlite",
+            Some(annals_sqlite::SCHEMA_VERSION),
+            format!("schema version {}", annals_sqlite::SCHEMA_VERSION),
+        ),
+        Backend::Nats(n) => (
+            "nats",
+            None,
+            format!(
+                "JetStream stream {}, {} replica(s)",
+                n.config().stream,
+                n.config().replicas
+            ),
+        ),
+        Backend::Memory(_) => ("memory", None, "nothing to create".to_owned()),
     };
     if out.json {
         out.line(
             &json!({ "store": url.to_string(), "backend": backend, "schema_version": schema }),
         );
     } else {
-        match schema {
-            Some(v) => println!("{url} is ready ({backend}, schema version {v})"),
-            None => println!("{url} is ready ({backend}, nothing to create)"),
-        }
+        println!("{url} is ready ({backend}, {detail})");
     }
     Ok(())
 }

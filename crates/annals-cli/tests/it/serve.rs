@@ -391,3 +391,47 @@ fn a_browser_on_another_origin_drives_the_api() {
     }
     served.stop();
 }
+
+/// The TodoBackend API over a NATS store, its read model in a SQLite file; after a stop
+/// the read model equals the lists, and a restart serves the same todos.
+#[test]
+fn serve_on_nats_with_a_sqlite_read_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = format!(
+        "{}?stream={}",
+        annals_testkit::nats::shared().url,
+        annals_testkit::nats::stream_name("serve")
+    );
+    let args = [
+        "--store",
+        store.as_str(),
+        "--read-model",
+        "sqlite://view.db",
+    ];
+    let served = Served::start_with(dir.path(), &args);
+    let todos = format!("{}/todos", served.base);
+    for title in ["on nats", "replicated"] {
+        let (status, t) = http(&rt, Method::POST, &todos, Some(json!({ "title": title })));
+        assert_eq!(status, 201, "{t}");
+    }
+    let (status, t) = http(
+        &rt,
+        Method::PATCH,
+        &format!("{todos}/1"),
+        Some(json!({"completed": true})),
+    );
+    assert_eq!(status, 200, "{t}");
+    let (_, list) = http(&rt, Method::GET, &todos, None);
+    let expected = vec![
+        (0, "on nats".to_owned(), false, 0),
+        (1, "replicated".to_owned(), true, 1),
+    ];
+    assert_eq!(fields(&list), expected);
+    served.stop();
+    assert_eq!(read_model(&dir.path().join("view.db")), expected);
+    let again = Served::start_with(dir.path(), &args);
+    let (_, list) = http(&rt, Method::GET, &format!("{}/todos", again.base), None);
+    assert_eq!(fields(&list), expected);
+    again.stop();
+}
