@@ -479,8 +479,8 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            (c.url.as_str(), c.stream.as_str(), c.replicas),
-            ("nats://u:pw@127.0.0.1:4222", "shop", 3)
+            (c.servers.join(","), c.stream.as_str(), c.replicas),
+            ("nats://u:pw@127.0.0.1:4222".to_owned(), "shop", 3)
         );
         let StoreKind::Nats(c) = parse("nats://localhost:4222") else {
             panic!()

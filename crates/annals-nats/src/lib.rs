@@ -45,8 +45,9 @@ pub const MIN_SERVER: (u64, u64) = (2, 12);
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct NatsConfig {
-    /// The server(s): `nats://host:port[,nats://...]`.
-    pub url: String,
+    /// The servers to connect to (`nats://host:port`); one is enough, the client learns
+    /// the rest of a cluster from it.
+    pub servers: Vec<String>,
     /// The JetStream stream holding the store (letters, digits, `_`, `-`).
     pub stream: String,
     /// Replicas of the stream and of the checkpoint bucket when they are created.
@@ -58,10 +59,16 @@ pub struct NatsConfig {
 }
 
 impl NatsConfig {
-    /// Defaults for `url`: stream `annals`, 1 replica, 1 MiB events, 10 s timeout.
+    /// Defaults for the server at `url`: stream `annals`, 1 replica, 1 MiB events, 10 s
+    /// timeout.
     pub fn new(url: impl Into<String>) -> Self {
+        Self::with_servers([url])
+    }
+
+    /// As [`new`](Self::new), with several seed servers.
+    pub fn with_servers<S: Into<String>>(servers: impl IntoIterator<Item = S>) -> Self {
         Self {
-            url: url.into(),
+            servers: servers.into_iter().map(Into::into).collect(),
             stream: "annals".into(),
             replicas: 1,
             max_event_bytes: annals::DEFAULT_MAX_EVENT_BYTES,
@@ -89,7 +96,7 @@ pub enum NatsError {
     /// The server could not be reached.
     #[error("cannot reach NATS at {url}")]
     Connect {
-        /// The server URL.
+        /// The server URLs.
         url: String,
         /// The client's error.
         #[source]
@@ -154,7 +161,7 @@ pub struct NatsStore {
 impl std::fmt::Debug for NatsStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NatsStore")
-            .field("url", &self.inner.config.url)
+            .field("servers", &self.inner.config.servers)
             .field("stream", &self.inner.config.stream)
             .finish()
     }
@@ -184,10 +191,10 @@ impl NatsStore {
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(config.timeout)
             .request_timeout(Some(config.timeout))
-            .connect(&config.url)
+            .connect(config.servers.as_slice())
             .await
             .map_err(|source| NatsError::Connect {
-                url: config.url.clone(),
+                url: config.servers.join(","),
                 source,
             })?;
         let found = client.server_info().version;

@@ -26,6 +26,16 @@ pub struct NatsServer {
     child: Mutex<Option<Child>>,
 }
 
+/// A fresh temporary directory for a server (removed by its watchdog).
+fn fresh_dir(prefix: &str) -> Result<(PathBuf, u32), String> {
+    static COUNT: AtomicU32 = AtomicU32::new(0);
+    let n = COUNT.fetch_add(1, Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok((dir, n))
+}
+
 fn free_port() -> Result<u16, String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     listener
@@ -42,14 +52,15 @@ fn binary() -> String {
 impl NatsServer {
     /// Starts a private single-node server, stopped and removed when this process exits.
     pub fn start() -> Result<Self, String> {
-        static COUNT: AtomicU32 = AtomicU32::new(0);
-        let n = COUNT.fetch_add(1, Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!("annals-nats-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let (dir, n) = fresh_dir("annals-nats")?;
         let port = free_port()?;
+        Self::start_in(dir, port, &format!("server_name: annals_test_{n}\n"))
+    }
+
+    /// Starts a server in `dir` on `port` with `extra` configuration.
+    fn start_in(dir: PathBuf, port: u16, extra: &str) -> Result<Self, String> {
         let config = format!(
-            "listen: 127.0.0.1:{port}\nserver_name: annals_test_{n}\n\
+            "listen: 127.0.0.1:{port}\n{extra}\
              jetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
             dir.join("js").display()
         );
@@ -152,6 +163,59 @@ fn watchdog(server: &NatsServer, dir: &Path) -> Result<(), String> {
         .spawn()
         .map(drop)
         .map_err(|e| format!("start the server watchdog: {e}"))
+}
+
+/// A cluster of JetStream servers on loopback ports, each with its own store directory and
+/// `sync_interval: always`; stopped and removed when this process exits.
+#[derive(Debug)]
+pub struct NatsCluster {
+    /// Every node's URL.
+    pub urls: Vec<String>,
+    /// The nodes, in the order started.
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `size` nodes that route to each other.
+    pub fn start(size: usize) -> Result<Self, String> {
+        static COUNT: AtomicU32 = AtomicU32::new(0);
+        let c = COUNT.fetch_add(1, Ordering::SeqCst);
+        let ports: Vec<(u16, u16)> = (0..size)
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<Result<_, String>>()?;
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, route)| format!("nats-route://127.0.0.1:{route}"))
+            .collect();
+        let mut nodes = Vec::with_capacity(size);
+        for (i, (port, route)) in ports.iter().enumerate() {
+            let (dir, _) = fresh_dir("annals-nats-cluster")?;
+            let extra = format!(
+                "server_name: annals_c{c}_n{i}\n\
+                 cluster {{\n  name: annals_c{c}_{pid}\n  listen: 127.0.0.1:{route}\n  routes: [{}]\n}}\n",
+                routes.join(", "),
+                pid = std::process::id()
+            );
+            nodes.push(NatsServer::start_in(dir, *port, &extra)?);
+        }
+        Ok(Self {
+            urls: nodes.iter().map(|n| n.url.clone()).collect(),
+            nodes,
+        })
+    }
+}
+
+/// The cluster shared by this test binary: three nodes.
+///
+/// # Panics
+///
+/// When the cluster cannot be started: the message says why.
+pub fn shared_cluster() -> &'static NatsCluster {
+    static CLUSTER: OnceLock<Result<NatsCluster, String>> = OnceLock::new();
+    match CLUSTER.get_or_init(|| NatsCluster::start(3)) {
+        Ok(c) => c,
+        Err(e) => panic!("no NATS cluster for the tests: {e}"),
+    }
 }
 
 /// The server shared by this test binary.
