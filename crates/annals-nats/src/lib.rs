@@ -139,6 +139,8 @@ pub(crate) fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) ->
 
 pub(crate) struct Inner {
     client: async_nats::Client,
+    /// The stream, for requests its leader answers.
+    stream: jetstream::stream::Stream,
     config: NatsConfig,
     subjects: Subjects,
     checkpoints: async_nats::jetstream::kv::Store,
@@ -247,6 +249,7 @@ impl NatsStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
+                stream,
                 config,
                 subjects,
                 checkpoints,

@@ -111,42 +111,69 @@ impl NatsStore {
         })
     }
 
-    /// The last event of `stream`, if any.
+    /// The last event of `stream`, if any, as the stream's leader has it (replicas may
+    /// lag; appends plan from the leader's view).
     pub(crate) async fn last(&self, stream: &StreamName) -> Result<Option<Last>> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
         let subject = self.inner.subjects.stream(stream);
         let found = self
-            .direct(json!({ "last_by_subj": subject }), false)
-            .await?;
-        match found.first() {
-            None => Ok(None),
-            Some(m) => {
-                let (_, place) = self.decode(m)?;
-                Ok(Some(Last {
-                    sequence: m.sequence,
-                    version: place.version,
-                }))
+            .inner
+            .stream
+            .get_last_raw_message_by_subject(&subject)
+            .await;
+        let m = match found {
+            Ok(m) => m,
+            Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => {
+                return Ok(None)
             }
-        }
+            Err(e) => return Err(backend(e)),
+        };
+        let stored = Stored {
+            sequence: m.sequence,
+            subject: m.subject.to_string(),
+            payload: m.payload,
+        };
+        let (_, place) = self.decode(&stored)?;
+        Ok(Some(Last {
+            sequence: stored.sequence,
+            version: place.version,
+        }))
     }
 
-    /// Every event of `stream`, in order, with where each append began.
+    /// Every event of `stream`, in order, with where each append began: up to its last
+    /// event as the leader has it, however far the replica answering the reads lags.
     pub(crate) async fn stream_events(
         &self,
         stream: &StreamName,
     ) -> Result<Vec<(RecordedEvent, Place)>> {
+        let Some(end) = self.last(stream).await? else {
+            return Ok(Vec::new());
+        };
         let subject = self.inner.subjects.stream(stream);
         let mut out = Vec::new();
         let mut from = 1;
-        loop {
+        let deadline = std::time::Instant::now() + self.inner.config.timeout;
+        while from <= end.sequence {
             let batch = self.fetch(&subject, from, BATCH).await?;
-            let Some(last) = batch.last() else { break };
-            from = last.sequence + 1;
-            let full = batch.len() >= BATCH;
-            for m in &batch {
-                out.push(self.decode(m)?);
+            match batch.last() {
+                Some(last) => from = last.sequence + 1,
+                None if std::time::Instant::now() < deadline => {
+                    // The replica that answered has not applied the leader's last writes
+                    // yet; it will, and nothing signals when.
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    continue;
+                }
+                None => {
+                    return Err(backend(format!(
+                        "the replicas did not catch up with the leader's sequence {} of {stream}",
+                        end.sequence
+                    )))
+                }
             }
-            if !full {
-                break;
+            for m in &batch {
+                if m.sequence <= end.sequence {
+                    out.push(self.decode(m)?);
+                }
             }
         }
         Ok(out)
