@@ -171,6 +171,8 @@ fn watchdog(server: &NatsServer, dir: &Path) -> Result<(), String> {
 pub struct NatsCluster {
     /// Every node's URL.
     pub urls: Vec<String>,
+    /// Every node's `server_name` (as JetStream names a stream's leader).
+    pub names: Vec<String>,
     /// The nodes, in the order started.
     pub nodes: Vec<NatsServer>,
 }
@@ -188,11 +190,13 @@ impl NatsCluster {
             .map(|(_, route)| format!("nats-route://127.0.0.1:{route}"))
             .collect();
         let mut nodes = Vec::with_capacity(size);
+        let names: Vec<String> = (0..size).map(|i| format!("annals_c{c}_n{i}")).collect();
         for (i, (port, route)) in ports.iter().enumerate() {
             let (dir, _) = fresh_dir("annals-nats-cluster")?;
             let extra = format!(
-                "server_name: annals_c{c}_n{i}\n\
+                "server_name: {}\n\
                  cluster {{\n  name: annals_c{c}_{pid}\n  listen: 127.0.0.1:{route}\n  routes: [{}]\n}}\n",
+                names[i],
                 routes.join(", "),
                 pid = std::process::id()
             );
@@ -200,6 +204,7 @@ impl NatsCluster {
         }
         Ok(Self {
             urls: nodes.iter().map(|n| n.url.clone()).collect(),
+            names,
             nodes,
         })
     }

@@ -24,6 +24,8 @@ mod checkpoints {
     });
 }
 
+mod faults;
+
 /// The same suite on a 3-node cluster, every store with three replicas.
 mod cluster {
     use std::sync::Arc;

@@ -1,0 +1,188 @@
+//! Faults on a private 3-node cluster: the stream's leader killed under load.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use annals::{
+    subscribe, EventData, EventStore, ExpectedVersion, Position, RecordedEvent, StreamName,
+    SubscribeOptions, Uuid,
+};
+use annals_nats::{NatsConfig, NatsStore};
+use annals_testkit::nats::NatsCluster;
+use futures::StreamExt;
+
+const WRITERS: usize = 8;
+const STREAMS: u64 = 20;
+const KILLS: usize = 5;
+
+async fn connect(cluster: &NatsCluster, stream: &str) -> NatsStore {
+    let mut config = NatsConfig::with_servers(&cluster.urls)
+        .stream(stream)
+        .replicas(3);
+    config.timeout = Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        match NatsStore::connect(config.clone()).await {
+            Ok(store) => return store,
+            // Electing a JetStream leader; nothing outside the cluster signals when done.
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await
+            }
+            Err(e) => panic!("no stream within 90 s: {e}"),
+        }
+    }
+}
+
+/// The index of the node leading `stream`, asked of any node that answers.
+async fn leader(cluster: &NatsCluster, stream: &str) -> Option<usize> {
+    let client = async_nats::connect(cluster.urls.as_slice()).await.ok()?;
+    let js = async_nats::jetstream::new(client);
+    let mut handle = js.get_stream(stream).await.ok()?;
+    let info = handle.info().await.ok()?;
+    let name = info.cluster.as_ref()?.leader.clone()?;
+    cluster.names.iter().position(|n| *n == name)
+}
+
+/// 8 writers append to random streams while a subscription follows the feed; the stream's
+/// leader is SIGKILLed and restarted 5 times. Writers retry a failed append with the same
+/// event ids. Afterwards every acknowledged event is stored exactly once, versions are
+/// dense, and the subscription saw every event once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_kills_lose_and_duplicate_nothing() {
+    let cluster = NatsCluster::start(3).expect("a 3-node cluster");
+    let name = "leaderkill";
+    let store = Arc::new(connect(&cluster, name).await);
+    let seen = Arc::new(Mutex::new(Vec::<RecordedEvent>::new()));
+    let follower = {
+        let (store, seen) = (Arc::clone(&store), Arc::clone(&seen));
+        tokio::spawn(async move {
+            let options = SubscribeOptions {
+                poll_interval: Duration::from_millis(50),
+                ..SubscribeOptions::default()
+            };
+            let mut live = subscribe(store as Arc<dyn EventStore>, Position::START, options);
+            while let Some(e) = live.next().await {
+                if let Ok(e) = e {
+                    seen.lock().unwrap().push(e);
+                }
+            }
+        })
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::<Uuid>::new()));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (store, stop, acked) = (Arc::clone(&store), Arc::clone(&stop), Arc::clone(&acked));
+            tokio::spawn(async move {
+                let mut rng = fastrand::Rng::with_seed(w as u64 + 1);
+                let mut retries = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let stream = StreamName::new(format!("Kill-{}", rng.u64(..STREAMS))).unwrap();
+                    let batch: Vec<EventData> = (0..rng.u64(1..=3))
+                        .map(|i| {
+                            EventData::new("Wrote", format!("{{\"w\":{w},\"i\":{i}}}").into_bytes())
+                        })
+                        .collect();
+                    // The same batch (same ids) until it is acknowledged.
+                    loop {
+                        match store
+                            .append(&stream, ExpectedVersion::Any, batch.clone())
+                            .await
+                        {
+                            Ok(_) => {
+                                acked
+                                    .lock()
+                                    .unwrap()
+                                    .extend(batch.iter().map(|e| e.event_id));
+                                break;
+                            }
+                            Err(_) => {
+                                retries += 1;
+                                // The cluster is electing a new leader: try again shortly.
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        }
+                    }
+                }
+                retries
+            })
+        })
+        .collect();
+
+    for kill in 0..KILLS {
+        let before = acked.lock().unwrap().len();
+        // Wait for progress since the last kill (bounded), then kill the current leader.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while acked.lock().unwrap().len() < before + 50 {
+            assert!(Instant::now() < deadline, "no progress after kill {kill}");
+            // Polling a condition another task or process changes, under the deadline above.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let node = loop {
+            if let Some(n) = leader(&cluster, name).await {
+                break n;
+            }
+            assert!(Instant::now() < deadline, "no leader before kill {kill}");
+            // Polling a condition another task or process changes, under the deadline above.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        cluster.nodes[node].kill().unwrap();
+        let after_kill = acked.lock().unwrap().len();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while acked.lock().unwrap().len() < after_kill + 50 {
+            assert!(
+                Instant::now() < deadline,
+                "writers never resumed after kill {kill}"
+            );
+            // Polling a condition another task or process changes, under the deadline above.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cluster.nodes[node].start_again().unwrap();
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut retries = 0;
+    for w in writers {
+        retries += w.await.unwrap();
+    }
+    assert!(retries > 0, "the kills were felt by the writers");
+
+    // Stored exactly once, versions dense.
+    let everything =
+        annals_testkit::conformance::read_everything(&(Arc::clone(&store) as Arc<dyn EventStore>))
+            .await;
+    let acked: Vec<Uuid> = acked.lock().unwrap().clone();
+    let mut counts: HashMap<Uuid, usize> = HashMap::new();
+    for e in &everything {
+        *counts.entry(e.event_id).or_default() += 1;
+    }
+    assert!(counts.values().all(|&n| n == 1), "an event stored twice");
+    let stored: HashSet<Uuid> = counts.keys().copied().collect();
+    assert!(
+        acked.iter().all(|id| stored.contains(id)),
+        "an acknowledged event is missing"
+    );
+    let mut versions: HashMap<&StreamName, u64> = HashMap::new();
+    for e in &everything {
+        let next = versions.entry(&e.stream).or_default();
+        assert_eq!(
+            e.stream_version, *next,
+            "versions of {} are dense",
+            e.stream
+        );
+        *next += 1;
+    }
+    // The subscription saw them all, once, in order.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.lock().unwrap().len() < everything.len() {
+        assert!(Instant::now() < deadline, "the subscription fell behind");
+        // Polling a condition another task or process changes, under the deadline above.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    follower.abort();
+    let seen: Vec<Uuid> = seen.lock().unwrap().iter().map(|e| e.event_id).collect();
+    let all: Vec<Uuid> = everything.iter().map(|e| e.event_id).collect();
+    assert_eq!(seen, all, "the subscription saw every event once, in order");
+}
