@@ -281,3 +281,84 @@ async fn read_all_events(store: &Arc<dyn EventStore>) -> annals::Result<Vec<Reco
         }
     }
 }
+
+/// The child half of [`a_client_killed_in_a_batch_leaves_nothing`]: run as this test binary
+/// with `ANNALS_NATS_CHILD=URL STREAM`, it sends the first 5 messages of a 10-message atomic
+/// batch to `Partial-1`, says so, and waits to be killed. Run plainly, it has nothing to do.
+#[tokio::test]
+async fn partial_batch_child() {
+    let Ok(spec) = std::env::var("ANNALS_NATS_CHILD") else {
+        return;
+    };
+    let (url, stream) = spec.split_once(' ').expect("URL STREAM");
+    let client = async_nats::connect(url).await.unwrap();
+    for i in 1..=5 {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Batch-Id", "killedmidbatch");
+        headers.insert("Nats-Batch-Sequence", i.to_string().as_str());
+        client
+            .publish_with_headers(
+                format!("annals.{stream}.Partial.1"),
+                headers,
+                format!("part {i}").into(),
+            )
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    println!("published");
+    // Wait to be killed (the parent sends SIGKILL once it has read the line above).
+    std::future::pending::<()>().await;
+}
+
+/// A client SIGKILLed in the middle of a multi-event append (its batch never committed)
+/// leaves nothing in the stream, and the stream takes appends afterwards as if untouched.
+#[tokio::test]
+async fn a_client_killed_in_a_batch_leaves_nothing() {
+    use std::io::BufRead;
+    let server = annals_testkit::nats::shared();
+    let name = annals_testkit::nats::stream_name("partial");
+    let store = NatsStore::connect(NatsConfig::new(&server.url).stream(&name))
+        .await
+        .unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "faults::partial_batch_child", "--nocapture"])
+        .env("ANNALS_NATS_CHILD", format!("{} {name}", server.url))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let said = tokio::task::spawn_blocking(move || {
+        stdout
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("published"))
+    })
+    .await
+    .unwrap();
+    assert!(said, "the child sent its half batch");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let stream = StreamName::new("Partial-1").unwrap();
+    assert_eq!(store.stream_version(&stream).await.unwrap().get(), 0);
+    let page = store
+        .read_all(Position::START, &annals::Filter::all(), 100)
+        .await
+        .unwrap();
+    assert!(page.events.is_empty(), "{:?}", page.events);
+    let appended = store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![EventData::new("Whole", b"{}".to_vec())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(appended.version.get(), 1);
+    let read =
+        annals::EventStoreExt::read_stream_vec(&store, &stream, annals::ReadStream::forward())
+            .await
+            .unwrap();
+    assert_eq!(read.len(), 1);
+}
