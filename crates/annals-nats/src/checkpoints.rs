@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::{backend, NatsStore};
 
 /// A key-value key for any text: `[A-Za-z0-9_-]` stay, other bytes are `=XX`.
-fn key_part(text: &str) -> String {
+pub(crate) fn key_part(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {

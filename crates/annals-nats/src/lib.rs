@@ -16,6 +16,7 @@
 
 mod checkpoints;
 mod envelope;
+mod leases;
 mod read;
 mod subject;
 mod write;

@@ -24,6 +24,15 @@ mod checkpoints {
     });
 }
 
+mod leases {
+    use std::sync::Arc;
+
+    annals_testkit::lease_suite!(|| async {
+        let store: Arc<dyn annals::LeaseStore> = Arc::new(crate::fresh().await);
+        (store, ())
+    });
+}
+
 mod faults;
 
 /// The same suite on a 3-node cluster, every store with three replicas.
