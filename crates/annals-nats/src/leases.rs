@@ -96,19 +96,15 @@ impl LeaseStore for NatsStore {
                     let expired = lease
                         .as_ref()
                         .is_none_or(|l| !live(&e, Duration::from_millis(l.ttl_ms), now));
-                    match lease {
-                        Some(l) if l.owner == member => {
-                            // Renew: only while nobody took it (compare-and-set).
-                            if kv
-                                .update(&key, mine.clone().into(), e.revision)
-                                .await
-                                .is_ok()
-                            {
-                                held.push(p);
-                            }
+                    let ours = lease.as_ref().is_some_and(|l| l.owner == member);
+                    if ours {
+                        // Renew: only while nobody took it (compare-and-set).
+                        let renewed = kv.update(&key, mine.clone().into(), e.revision).await;
+                        if renewed.is_ok() {
+                            held.push(p);
                         }
-                        _ if expired => free.push((p, Some(e.revision))),
-                        _ => {}
+                    } else if expired {
+                        free.push((p, Some(e.revision)));
                     }
                 }
                 Some(e) => free.push((p, Some(e.revision))),
