@@ -212,13 +212,13 @@ impl NatsStore {
             _ => self.inner.subjects.all(),
         };
         let after = u64::try_from(annals::backend::raw_position(from)).unwrap_or(u64::MAX);
-        let batch = self
-            .fetch(&subject, after.saturating_add(1), limit.max(1))
-            .await?;
+        // One direct-get batch: at most BATCH messages, whatever the limit asked.
+        let asked = limit.clamp(1, BATCH);
+        let batch = self.fetch(&subject, after.saturating_add(1), asked).await?;
         let mut page = AllPage {
             events: Vec::new(),
             next: from,
-            end: batch.len() < limit.max(1),
+            end: batch.len() < asked,
         };
         for m in &batch {
             let (event, _) = self.decode(m)?;

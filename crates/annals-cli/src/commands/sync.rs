@@ -11,6 +11,9 @@ use super::PAGE;
 use crate::output::{progress, Output};
 use crate::store_url::{Opened, StoreUrl};
 
+/// The most events one import sends.
+const IMPORT_CHUNK: usize = 1000;
+
 /// The checkpoint group `annals sync` keeps in the target.
 pub(crate) const SYNC_GROUP: &str = "annals.sync";
 
@@ -56,7 +59,14 @@ pub(crate) async fn run(args: SyncArgs, out: &Output) -> anyhow::Result<()> {
         let page = page?;
         let n = page.events.len() as u64;
         if n > 0 {
-            written += target.events.import(page.events).await?;
+            // One atomic import per chunk: every store takes 1,000 events at once (NATS at
+            // most that); a resumed run recognises chunks already copied.
+            let mut events = page.events;
+            while !events.is_empty() {
+                let rest = events.split_off(events.len().min(IMPORT_CHUNK));
+                written += target.events.import(events).await?;
+                events = rest;
+            }
             read += n;
         }
         if page.next > from {

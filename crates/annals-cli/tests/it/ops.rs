@@ -397,6 +397,43 @@ fn sync(dir: &std::path::Path, from: &str, to: &str, kill_after: Option<usize>) 
 
 #[test]
 fn sync_copies_100k_events_sqlite_to_postgres_and_back_and_resumes_after_a_kill() {
+    let (pg, pg_config) = pg_target("sync");
+    sync_round_trip(&pg, move || {
+        Box::pin(async move {
+            let store: Arc<dyn EventStore> =
+                Arc::new(annals_postgres::PgStore::connect(pg_config).await.unwrap());
+            store
+        })
+    });
+}
+
+#[test]
+fn sync_copies_100k_events_sqlite_to_nats_and_back_and_resumes_after_a_kill() {
+    let server = annals_testkit::nats::shared();
+    let stream = annals_testkit::nats::stream_name("sync");
+    let url = format!("{}?stream={stream}", server.url);
+    let config = annals_nats::NatsConfig::new(&server.url).stream(stream);
+    sync_round_trip(&url, move || {
+        Box::pin(async move {
+            let store: Arc<dyn EventStore> =
+                Arc::new(annals_nats::NatsStore::connect(config).await.unwrap());
+            store
+        })
+    });
+}
+
+/// The middle store, opened in the test.
+type Middle =
+    Box<dyn FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = Arc<dyn EventStore>>>>>;
+
+/// 100,000 events from SQLite to the store at `middle` (the copy killed after 5 batches,
+/// then resumed), compared, then on to a fresh SQLite file and compared again.
+fn sync_round_trip(
+    middle: &str,
+    open_middle: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = Arc<dyn EventStore>>>>
+        + 'static,
+) {
+    let open_middle: Middle = Box::new(open_middle);
     annals_testkit::run(async {
         let dir = tempfile::tempdir().unwrap();
         let source = annals_sqlite::SqliteStore::open(annals_sqlite::SqliteConfig::new(
@@ -404,15 +441,14 @@ fn sync_copies_100k_events_sqlite_to_postgres_and_back_and_resumes_after_a_kill(
         ))
         .unwrap();
         fill(&source).await;
-        let (pg, pg_config) = pg_target("sync");
         let (src, back) = ("sqlite://source.db", "sqlite://back.db");
 
         // Interrupted after 5 batches (SIGKILL), then run again to the end.
-        let first = sync(dir.path(), src, &pg, Some(5));
+        let first = sync(dir.path(), src, middle, Some(5));
         assert_eq!(first.len(), 5);
         let copied_before_kill = first[4]["copied"].as_u64().unwrap();
         assert!(copied_before_kill < EVENTS);
-        let rest = sync(dir.path(), src, &pg, None);
+        let rest = sync(dir.path(), src, middle, None);
         let done = rest.last().unwrap();
         assert_eq!(done["done"], true);
         assert!(done["resumed_after"].is_string(), "{done}");
@@ -421,9 +457,9 @@ fn sync_copies_100k_events_sqlite_to_postgres_and_back_and_resumes_after_a_kill(
             "resumed near where it stopped: {done}"
         );
 
-        let target = annals_postgres::PgStore::connect(pg_config).await.unwrap();
+        let target = open_middle().await;
         let original = read_everything(&Arc::new(source)).await;
-        let copied = read_everything(&Arc::new(target)).await;
+        let copied = read_everything(&target).await;
         assert_eq!(original.len() as u64, EVENTS);
         assert_eq!(copied.len(), original.len(), "no duplicates, nothing lost");
         assert!(
@@ -435,7 +471,7 @@ fn sync_copies_100k_events_sqlite_to_postgres_and_back_and_resumes_after_a_kill(
         );
 
         // And back to a fresh SQLite file, in one go.
-        sync(dir.path(), &pg, back, None);
+        sync(dir.path(), middle, back, None);
         let back_store = annals_sqlite::SqliteStore::open(annals_sqlite::SqliteConfig::new(
             dir.path().join("back.db"),
         ))
@@ -457,7 +493,7 @@ fn sync_copies_100k_events_sqlite_to_postgres_and_back_and_resumes_after_a_kill(
         };
         assert_eq!(per_stream(&original), per_stream(&returned));
         // A second run finds nothing new.
-        let again = sync(dir.path(), &pg, back, None);
+        let again = sync(dir.path(), middle, back, None);
         assert_eq!(again.last().unwrap()["read"], 0);
     });
 }
