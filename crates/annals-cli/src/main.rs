@@ -17,7 +17,9 @@ use clap::{Parser, Subcommand};
 struct Cli {
     /// The store: `sqlite://PATH` (created if missing; `?synchronous=normal` trades the
     /// last commits on power loss for speed), `postgres://USER@HOST:PORT/DB`
-    /// (`?annals_schema=NAME`, default `annals`) or `memory://` (an empty in-process store).
+    /// (`?annals_schema=NAME`, default `annals`; `&sslmode=...&sslrootcert=PATH` for TLS),
+    /// `nats://HOST:PORT` (`?stream=NAME&replicas=N`) or `memory://` (an empty in-process
+    /// store).
     #[arg(
         long,
         global = true,
