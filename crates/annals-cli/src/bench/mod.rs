@@ -7,6 +7,7 @@ mod append;
 mod calls;
 mod growth;
 mod http;
+mod nats_baseline;
 mod reactor;
 mod read;
 mod scenario;

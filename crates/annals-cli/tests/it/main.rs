@@ -277,6 +277,36 @@ fn bench_append_on_postgres_reports_every_case_and_the_ratios() {
     );
 }
 
+#[test]
+fn bench_append_on_nats_reports_every_case_beside_raw_jetstream_publishes() {
+    let url = format!(
+        "{}?stream={}",
+        annals_testkit::nats::shared().url,
+        annals_testkit::nats::stream_name("bench")
+    );
+    let out = annals(&[
+        "bench",
+        "append",
+        "--store",
+        &url,
+        "--duration",
+        "300ms",
+        "--writers",
+        "16",
+    ]);
+    let stdout = succeeded(&out);
+    append_cases_counted(
+        &stdout,
+        &[
+            "raw baseline, 100-message atomic batches, 1 client",
+            "(a) 1 writer, 100-event batches",
+            "raw baseline, 1 message per publish, 16 clients",
+            "(b) 16 writers, 1 event, own streams",
+            "(c) 16 writers, 1 event, one stream",
+        ],
+    );
+}
+
 /// Runs `annals bench read` on `store`; checks every case read what it should (whole
 /// streams of 50 events, tips of 10, pages of at most 1,000) and, with a baseline, the ratios.
 fn bench_read_on(store: &str, baseline: bool) {
