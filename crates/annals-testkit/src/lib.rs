@@ -6,12 +6,22 @@
 
 pub mod access;
 pub mod conformance;
+mod eventually;
 #[cfg(feature = "nats")]
 pub mod nats;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod read_models;
 mod scenario;
+
+pub use eventually::{eventually, eventually_blocking};
+
+/// A free loopback port for a throwaway server (PostgreSQL, NATS).
+#[cfg(any(feature = "postgres", feature = "nats"))]
+fn free_loopback_port() -> Result<u16, String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
+}
 
 use std::any::Any;
 use std::future::Future;

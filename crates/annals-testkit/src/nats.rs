@@ -36,13 +36,7 @@ fn fresh_dir(prefix: &str) -> Result<(PathBuf, u32), String> {
     Ok((dir, n))
 }
 
-fn free_port() -> Result<u16, String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(|e| e.to_string())
-}
+use crate::free_loopback_port as free_port;
 
 /// The `nats-server` binary: `ANNALS_NATS_SERVER`, or `nats-server` on `PATH`.
 fn binary() -> String {

@@ -82,10 +82,7 @@ fn run(mut command: Command, what: &str) -> Result<(), String> {
     }
 }
 
-fn free_port() -> Result<u16, String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
-}
+use crate::free_loopback_port as free_port;
 
 impl PgServer {
     /// Starts a private server, stopped and removed when this process exits.

@@ -6,7 +6,7 @@
 //! the store's file, and on a PostgreSQL read model fed from a SQLite store.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use annals::{
     Dialect, EventStore, Position, ProjectionId, Projector, ProjectorError, ReadModelStore,
@@ -84,15 +84,10 @@ async fn titles<R: ReadModelStore>(rm: &R, list: &str) -> Vec<String> {
 
 /// Waits until `done` holds, up to 120 s. The condition is the state of another process
 /// (`annals serve`'s pipeline, seen through its database and the CLI), which offers no
-/// signal to wait on: this polls it, pausing 50 ms between looks, and never assumes that a
-/// pause was long enough.
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        // Polling another process's state (see above), not waiting out async work.
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// signal to wait on: this looks again until it holds, never assuming a pause was long
+/// enough.
+fn wait_for(what: &str, done: impl FnMut() -> bool) {
+    annals_testkit::eventually_blocking(what, Duration::from_secs(120), done);
 }
 
 fn poison_on<R: ReadModelStore>(

@@ -3,13 +3,14 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use annals::{
     subscribe, EventData, EventStore, ExpectedVersion, Position, RecordedEvent, StreamName,
     SubscribeOptions, Uuid,
 };
 use annals_nats::{NatsConfig, NatsStore};
+use annals_testkit::eventually;
 use annals_testkit::nats::NatsCluster;
 use futures::StreamExt;
 
@@ -22,17 +23,22 @@ async fn connect(cluster: &NatsCluster, stream: &str) -> NatsStore {
         .stream(stream)
         .replicas(3);
     config.timeout = Duration::from_secs(2);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        match NatsStore::connect(config.clone()).await {
-            Ok(store) => return store,
-            // Electing a JetStream leader; nothing outside the cluster signals when done.
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(250)).await
-            }
-            Err(e) => panic!("no stream within 90 s: {e}"),
-        }
-    }
+    // The cluster elects its JetStream leader after it starts.
+    eventually(
+        "the cluster to take a stream",
+        Duration::from_secs(90),
+        || async { NatsStore::connect(config.clone()).await.ok() },
+    )
+    .await
+}
+
+/// Waits (bounded) until at least `n` events are acknowledged.
+async fn acked_at_least(acked: &Mutex<Vec<Uuid>>, n: usize, what: &str) {
+    eventually(what, Duration::from_secs(120), || {
+        let reached = acked.lock().unwrap().len() >= n;
+        async move { reached.then_some(()) }
+    })
+    .await
 }
 
 /// The index of the node leading `stream`, asked of any node that answers.
@@ -86,60 +92,35 @@ async fn leader_kills_lose_and_duplicate_nothing() {
                         })
                         .collect();
                     // The same batch (same ids) until it is acknowledged.
-                    loop {
-                        match store
-                            .append(&stream, ExpectedVersion::Any, batch.clone())
-                            .await
-                        {
-                            Ok(_) => {
-                                acked
-                                    .lock()
-                                    .unwrap()
-                                    .extend(batch.iter().map(|e| e.event_id));
-                                break;
-                            }
-                            Err(_) => {
-                                retries += 1;
-                                // The cluster is electing a new leader: try again shortly.
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                            }
-                        }
-                    }
+                    let mut attempts = 0u64;
+                    eventually("an append to be acknowledged", Duration::from_secs(120), || {
+                        attempts += 1;
+                        let (store, stream, batch) = (&store, &stream, batch.clone());
+                        async move { store.append(stream, ExpectedVersion::Any, batch).await.ok() }
+                    })
+                    .await;
+                    retries += attempts - 1;
+                    acked
+                        .lock()
+                        .unwrap()
+                        .extend(batch.iter().map(|e| e.event_id));
                 }
                 retries
             })
         })
         .collect();
 
-    for kill in 0..KILLS {
+    for _ in 0..KILLS {
         let before = acked.lock().unwrap().len();
         // Wait for progress since the last kill (bounded), then kill the current leader.
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while acked.lock().unwrap().len() < before + 50 {
-            assert!(Instant::now() < deadline, "no progress after kill {kill}");
-            // Polling a condition another task or process changes, under the deadline above.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let node = loop {
-            if let Some(n) = leader(&cluster, name).await {
-                break n;
-            }
-            assert!(Instant::now() < deadline, "no leader before kill {kill}");
-            // Polling a condition another task or process changes, under the deadline above.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        acked_at_least(&acked, before + 50, "progress before a kill").await;
+        let node = eventually("a stream leader", Duration::from_secs(60), || {
+            leader(&cluster, name)
+        })
+        .await;
         cluster.nodes[node].kill().unwrap();
         let after_kill = acked.lock().unwrap().len();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while acked.lock().unwrap().len() < after_kill + 50 {
-            assert!(
-                Instant::now() < deadline,
-                "writers never resumed after kill {kill}"
-            );
-            // Polling a condition another task or process changes, under the deadline above.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        acked_at_least(&acked, after_kill + 50, "writers to resume after a kill").await;
         cluster.nodes[node].start_again().unwrap();
     }
     stop.store(true, Ordering::SeqCst);
@@ -175,12 +156,16 @@ async fn leader_kills_lose_and_duplicate_nothing() {
         *next += 1;
     }
     // The subscription saw them all, once, in order.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while seen.lock().unwrap().len() < everything.len() {
-        assert!(Instant::now() < deadline, "the subscription fell behind");
-        // Polling a condition another task or process changes, under the deadline above.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let total = everything.len();
+    eventually(
+        "the subscription to catch up",
+        Duration::from_secs(60),
+        || {
+            let caught_up = seen.lock().unwrap().len() >= total;
+            async move { caught_up.then_some(()) }
+        },
+    )
+    .await;
     follower.abort();
     let seen: Vec<Uuid> = seen.lock().unwrap().iter().map(|e| e.event_id).collect();
     let all: Vec<Uuid> = everything.iter().map(|e| e.event_id).collect();
@@ -216,20 +201,13 @@ async fn a_whole_cluster_crash_loses_no_acknowledged_append() {
                             .lock()
                             .unwrap()
                             .extend(batch.iter().map(|e| e.event_id));
-                    } else {
-                        // The cluster is down: try again shortly until told to stop.
-                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
+                    // Refused while the cluster is down: go on until told to stop.
                 }
             })
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while acked.lock().unwrap().len() < 300 {
-        assert!(Instant::now() < deadline, "no progress before the crash");
-        // Polling a condition other tasks change, under the deadline above.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    acked_at_least(&acked, 300, "progress before the crash").await;
     for node in &cluster.nodes {
         node.kill().unwrap();
     }
@@ -243,20 +221,12 @@ async fn a_whole_cluster_crash_loses_no_acknowledged_append() {
     }
     let store: Arc<dyn EventStore> = Arc::new(connect(&cluster, name).await);
     // After a restart the stream's leader is elected again; read once it answers.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let everything = loop {
-        match read_all_events(&store).await {
-            Ok(events) => break events,
-            Err(e) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "the cluster never served reads again: {e}"
-                );
-                // Electing a leader after the restart; nothing outside signals when done.
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        }
-    };
+    let everything = eventually(
+        "reads after the restart",
+        Duration::from_secs(120),
+        || async { read_all_events(&store).await.ok() },
+    )
+    .await;
     let stored: HashSet<Uuid> = everything.iter().map(|e| e.event_id).collect();
     assert_eq!(stored.len(), everything.len(), "an event stored twice");
     let missing = acked.iter().filter(|id| !stored.contains(id)).count();

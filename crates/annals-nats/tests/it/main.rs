@@ -38,7 +38,7 @@ mod faults;
 /// The same suite on a 3-node cluster, every store with three replicas.
 mod cluster {
     use std::sync::Arc;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use annals_nats::{NatsConfig, NatsStore};
     use annals_testkit::{nats, TestStore};
@@ -50,18 +50,12 @@ mod cluster {
         let config = NatsConfig::with_servers(&cluster.urls)
             .stream(nats::stream_name("r3"))
             .replicas(3);
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            match NatsStore::connect(config.clone()).await {
-                Ok(store) => return store,
-                // The cluster is electing a leader; nothing outside it signals when it is
-                // done, so ask again after a moment.
-                Err(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Err(e) => panic!("the cluster did not take a stream within 90 s: {e}"),
-            }
-        }
+        annals_testkit::eventually(
+            "the cluster to take a stream",
+            Duration::from_secs(90),
+            || async { NatsStore::connect(config.clone()).await.ok() },
+        )
+        .await
     }
 
     annals_testkit::conformance_suite!(|| async { TestStore::new(Arc::new(fresh().await)) });
