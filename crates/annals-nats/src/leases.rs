@@ -2,14 +2,20 @@
 //! heartbeats and `ll.{group}.{partition}` leases, each entry stamped by the server's clock;
 //! claims and renewals are compare-and-set on the entry's revision, so two members never
 //! win one partition, and expiry is judged by the server's time (a heartbeat's stamp).
+//!
+//! One `acquire` costs three round trips whatever the group's size: the heartbeat, one
+//! direct get of the last entry of every member and lease key of the group (JetStream's
+//! multi-last get, with each entry's server stamp), and the renewals and claims, sent
+//! together. A group's members and partitions together must stay within the 1,024 entries
+//! one such get answers.
 
 use std::time::Duration;
 
 use annals::{fair_share, LeaseStore, Leases, Result};
-use async_nats::jetstream::kv::{Entry, Operation};
-use async_trait::async_trait;
-use futures::StreamExt;
+use bytes::Bytes;
+use futures::future::join_all;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 use crate::checkpoints::key_part;
 use crate::{backend, NatsStore};
@@ -20,14 +26,24 @@ struct Lease {
     ttl_ms: u64,
 }
 
-/// The server's stamp of an entry, in nanoseconds since the epoch.
-fn stamp(e: &Entry) -> i128 {
-    e.created.unix_timestamp_nanos()
+/// The latest entry of one key.
+struct Found {
+    key: String,
+    revision: u64,
+    /// The server's stamp, in nanoseconds since the epoch.
+    stamp: i128,
+    /// Empty for a deleted or purged key.
+    value: Bytes,
 }
 
-fn live(e: &Entry, ttl: Duration, now: i128) -> bool {
-    e.operation == Operation::Put && !e.value.is_empty() && stamp(e) + ttl.as_nanos() as i128 > now
+impl Found {
+    fn live(&self, ttl: Duration, now: i128) -> bool {
+        !self.value.is_empty() && self.stamp + ttl.as_nanos() as i128 > now
+    }
 }
+
+/// The most entries one multi-last get answers (the server's limit).
+const MULTI_LAST_MAX: usize = 1024;
 
 impl NatsStore {
     fn member_key(group: &str, member: &str) -> String {
@@ -37,9 +53,64 @@ impl NatsStore {
     fn lease_key(group: &str, partition: u32) -> String {
         format!("ll.{}.{partition}", key_part(group))
     }
+
+    /// The latest entry of every key of the checkpoint bucket under the given key
+    /// prefixes (each ending in `.`), deleted keys included with an empty value.
+    async fn latest(&self, prefixes: &[String]) -> Result<Vec<Found>> {
+        let kv = &self.inner.checkpoints;
+        let filters: Vec<String> = prefixes
+            .iter()
+            .map(|p| format!("{}{p}>", kv.prefix))
+            .collect();
+        let messages = self
+            .direct_on(
+                &kv.stream_name,
+                json!({"multi_last": filters, "batch": MULTI_LAST_MAX}),
+                true,
+            )
+            .await
+            .map_err(|e| {
+                backend(format!(
+                    "reading the group's leases (a group's members and partitions together must be at most {MULTI_LAST_MAX}): {e}"
+                ))
+            })?;
+        messages
+            .into_iter()
+            .map(|m| {
+                let headers = m.headers.as_ref();
+                let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.to_string());
+                let subject = header("Nats-Subject")
+                    .ok_or_else(|| backend("a key-value entry has no Nats-Subject"))?;
+                let key = subject
+                    .strip_prefix(kv.prefix.as_str())
+                    .ok_or_else(|| backend(format!("{subject} is not a key of the bucket")))?
+                    .to_owned();
+                let revision = header("Nats-Sequence")
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| backend("a key-value entry has no Nats-Sequence"))?;
+                let stamp = header("Nats-Time-Stamp")
+                    .and_then(|s| {
+                        time::OffsetDateTime::parse(
+                            &s,
+                            &time::format_description::well_known::Rfc3339,
+                        )
+                        .ok()
+                    })
+                    .ok_or_else(|| backend("a key-value entry has no Nats-Time-Stamp"))?
+                    .unix_timestamp_nanos();
+                let deleted = header("KV-Operation").is_some_and(|op| op == "DEL" || op == "PURGE");
+                Ok(Found {
+                    key,
+                    revision,
+                    stamp,
+                    value: if deleted { Bytes::new() } else { m.payload },
+                })
+            })
+            .collect()
+    }
 }
 
-#[async_trait]
+#[async_trait::async_trait]
 impl LeaseStore for NatsStore {
     async fn acquire(
         &self,
@@ -52,117 +123,135 @@ impl LeaseStore for NatsStore {
         let ttl_ms = ttl.as_millis() as u64;
         // The heartbeat, whose server stamp is "now" for this call.
         let me = Self::member_key(group, member);
-        kv.put(&me, ttl_ms.to_string().into())
+        let beat = kv
+            .put(&me, ttl_ms.to_string().into())
             .await
             .map_err(backend)?;
-        let beat = kv
-            .entry(&me)
-            .await
-            .map_err(backend)?
+        let members_prefix = format!("lm.{}.", key_part(group));
+        let leases_prefix = format!("ll.{}.", key_part(group));
+        let entries = self
+            .latest(&[members_prefix.clone(), leases_prefix.clone()])
+            .await?;
+        let now = entries
+            .iter()
+            .find(|e| e.key == me && e.revision >= beat)
+            .map(|e| e.stamp)
             .ok_or_else(|| backend("a heartbeat just written is missing"))?;
-        let now = stamp(&beat);
-        let prefix = format!("lm.{}.", key_part(group));
-        let mut keys = kv.keys().await.map_err(backend)?;
-        let mut live_members = 0u32;
-        while let Some(k) = keys.next().await {
-            let k = k.map_err(backend)?;
-            if !k.starts_with(&prefix) {
-                continue;
-            }
-            if let Some(e) = kv.entry(&k).await.map_err(backend)? {
-                let their_ttl = std::str::from_utf8(&e.value)
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .map_or(ttl, Duration::from_millis);
-                if k == me || live(&e, their_ttl, now) {
-                    live_members += 1;
-                }
+        let their_ttl = |e: &Found| {
+            std::str::from_utf8(&e.value)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map_or(ttl, Duration::from_millis)
+        };
+        let members: Vec<&Found> = entries
+            .iter()
+            .filter(|e| e.key.starts_with(&members_prefix))
+            .collect();
+        let live_members = members
+            .iter()
+            .filter(|e| e.key == me || e.live(their_ttl(e), now))
+            .count() as u32;
+        // Members gone for ten of their lease times (or that left) are forgotten, their
+        // keys purged without a marker, so names of past processes do not pile up. One that
+        // was only slow is counted again at its next heartbeat.
+        for e in members
+            .iter()
+            .filter(|e| e.key != me && !e.live(their_ttl(e) * 10, now))
+        {
+            let subject = format!("{}{}", kv.prefix, e.key);
+            if let Err(error) = kv.stream.purge().filter(subject).await {
+                tracing::debug!(key = %e.key, %error, "purging a departed member failed");
             }
         }
-        let live_members = live_members.max(1);
-        let fair = fair_share(partitions, live_members);
-        let mine = serde_json::to_vec(&Lease {
+        let fair = fair_share(partitions, live_members.max(1));
+        let mine: Bytes = serde_json::to_vec(&Lease {
             owner: member.to_owned(),
             ttl_ms,
         })
-        .map_err(backend)?;
-        let mut held = Vec::new();
+        .map_err(backend)?
+        .into();
+        // Per partition: ours to renew, or free to claim (at the revision it was seen at;
+        // 0 for a key never written).
+        let mut ours = Vec::new();
         let mut free = Vec::new();
         for p in 0..partitions {
             let key = Self::lease_key(group, p);
-            match kv.entry(&key).await.map_err(backend)? {
-                Some(e) if e.operation == Operation::Put && !e.value.is_empty() => {
+            match entries.iter().find(|e| e.key == key) {
+                Some(e) if !e.value.is_empty() => {
                     let lease: Option<Lease> = serde_json::from_slice(&e.value).ok();
                     let expired = lease
                         .as_ref()
-                        .is_none_or(|l| !live(&e, Duration::from_millis(l.ttl_ms), now));
-                    let ours = lease.as_ref().is_some_and(|l| l.owner == member);
-                    if ours {
-                        // Renew: only while nobody took it (compare-and-set).
-                        let renewed = kv.update(&key, mine.clone().into(), e.revision).await;
-                        if renewed.is_ok() {
-                            held.push(p);
-                        }
+                        .is_none_or(|l| !e.live(Duration::from_millis(l.ttl_ms), now));
+                    if lease.as_ref().is_some_and(|l| l.owner == member) {
+                        ours.push((p, e.revision));
                     } else if expired {
-                        free.push((p, Some(e.revision)));
+                        free.push((p, e.revision));
                     }
                 }
-                Some(e) => free.push((p, Some(e.revision))),
-                None => free.push((p, None)),
+                Some(e) => free.push((p, e.revision)),
+                None => free.push((p, 0)),
             }
         }
-        for (p, revision) in free {
-            if held.len() as u32 >= fair {
-                break;
-            }
-            let key = Self::lease_key(group, p);
-            let claimed = match revision {
-                Some(r) => kv.update(&key, mine.clone().into(), r).await.is_ok(),
-                None => kv.create(&key, mine.clone().into()).await.is_ok(),
-            };
-            if claimed {
-                held.push(p);
-            }
-        }
+        // Renew ours (only while nobody took them) and claim free ones up to the fair
+        // share, all at once; each is a compare-and-set on the revision seen.
+        let room = (fair as usize).saturating_sub(ours.len());
+        let tries: Vec<(u32, u64)> = ours
+            .into_iter()
+            .chain(free.into_iter().take(room))
+            .collect();
+        let results =
+            join_all(tries.iter().map(|(p, revision)| {
+                kv.update(Self::lease_key(group, *p), mine.clone(), *revision)
+            }))
+            .await;
+        let mut held: Vec<u32> = tries
+            .iter()
+            .zip(results)
+            .filter(|(_, r)| r.is_ok())
+            .map(|((p, _), _)| *p)
+            .collect();
         held.sort_unstable();
         Ok(Leases {
             held,
             fair_share: fair,
-            live_members,
+            live_members: live_members.max(1),
         })
     }
 
     async fn release(&self, group: &str, member: &str, partitions: &[u32]) -> Result<()> {
-        let kv = &self.inner.checkpoints;
-        for &p in partitions {
-            let key = Self::lease_key(group, p);
-            if let Some(e) = kv.entry(&key).await.map_err(backend)? {
-                let ours =
-                    serde_json::from_slice::<Lease>(&e.value).is_ok_and(|l| l.owner == member);
-                if ours {
-                    // Only if it is still ours at that revision.
-                    let _ = kv.delete_expect_revision(&key, Some(e.revision)).await;
-                }
-            }
-        }
+        let prefix = format!("ll.{}.", key_part(group));
+        let entries = self.latest(std::slice::from_ref(&prefix)).await?;
+        self.release_found(member, &entries, |key| {
+            key.strip_prefix(&prefix)
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_some_and(|p| partitions.contains(&p))
+        })
+        .await;
         Ok(())
     }
 
     async fn leave(&self, group: &str, member: &str) -> Result<()> {
         let kv = &self.inner.checkpoints;
         let prefix = format!("ll.{}.", key_part(group));
-        let mut keys = kv.keys().await.map_err(backend)?;
-        let mut mine = Vec::new();
-        while let Some(k) = keys.next().await {
-            let k = k.map_err(backend)?;
-            if let Some(p) = k.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) {
-                mine.push(p);
-            }
-        }
-        self.release(group, member, &mine).await?;
+        let entries = self.latest(std::slice::from_ref(&prefix)).await?;
+        self.release_found(member, &entries, |_| true).await;
         kv.delete(Self::member_key(group, member))
             .await
             .map_err(backend)?;
         Ok(())
+    }
+}
+
+impl NatsStore {
+    /// Deletes the leases among `entries` that `member` holds and `wanted` names, each
+    /// only if it is still at the revision seen (still ours).
+    async fn release_found(&self, member: &str, entries: &[Found], wanted: impl Fn(&str) -> bool) {
+        let kv = &self.inner.checkpoints;
+        let ours = entries.iter().filter(|e| {
+            wanted(&e.key)
+                && serde_json::from_slice::<Lease>(&e.value).is_ok_and(|l| l.owner == member)
+        });
+        // A failed delete leaves the lease to expire.
+        join_all(ours.map(|e| kv.delete_expect_revision(&e.key, Some(e.revision)))).await;
     }
 }

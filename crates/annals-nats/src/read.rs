@@ -26,9 +26,39 @@ pub(crate) struct Last {
 }
 
 impl NatsStore {
-    /// Sends a direct-get request; answers the messages (until the end-of-batch marker for
-    /// batch requests), none when nothing matches.
+    /// Sends a direct-get request to the store's stream; answers the messages (until the
+    /// end-of-batch marker for batch requests), none when nothing matches.
     async fn direct(&self, request: serde_json::Value, batch: bool) -> Result<Vec<Stored>> {
+        let stream = &self.inner.config.stream;
+        let messages = self.direct_on(stream, request, batch).await?;
+        messages
+            .into_iter()
+            .map(|message| {
+                let headers = message.headers.as_ref();
+                let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.to_string());
+                let sequence = header("Nats-Sequence")
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| backend("a direct get answer has no Nats-Sequence"))?;
+                let subject = header("Nats-Subject")
+                    .ok_or_else(|| backend("a direct get answer has no Nats-Subject"))?;
+                Ok(Stored {
+                    sequence,
+                    subject,
+                    payload: message.payload,
+                })
+            })
+            .collect()
+    }
+
+    /// Sends a direct-get request to `stream` (any stream with direct gets allowed, such as
+    /// a key-value bucket's); answers the messages with their headers, none when nothing
+    /// matches. A batch or multi-last request ends at the end-of-batch marker.
+    pub(crate) async fn direct_on(
+        &self,
+        stream: &str,
+        request: serde_json::Value,
+        batch: bool,
+    ) -> Result<Vec<async_nats::Message>> {
         let inner = &self.inner;
         let inbox = inner.client.new_inbox();
         let mut replies = inner
@@ -39,7 +69,7 @@ impl NatsStore {
         inner
             .client
             .publish_with_reply(
-                format!("$JS.API.DIRECT.GET.{}", inner.config.stream),
+                format!("$JS.API.DIRECT.GET.{stream}"),
                 inbox,
                 request.to_string().into(),
             )
@@ -59,23 +89,12 @@ impl NatsStore {
                     _ => {
                         return Err(backend(format!(
                             "direct get failed: {status} {}",
-                            message.description.unwrap_or_default()
+                            message.description.clone().unwrap_or_default()
                         )))
                     }
                 }
             }
-            let headers = message.headers.as_ref();
-            let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.to_string());
-            let sequence = header("Nats-Sequence")
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| backend("a direct get answer has no Nats-Sequence"))?;
-            let subject = header("Nats-Subject")
-                .ok_or_else(|| backend("a direct get answer has no Nats-Subject"))?;
-            out.push(Stored {
-                sequence,
-                subject,
-                payload: message.payload,
-            });
+            out.push(message);
             if !batch {
                 break;
             }

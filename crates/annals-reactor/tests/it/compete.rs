@@ -1,7 +1,9 @@
-//! Competing consumers on PostgreSQL: three processes share one consumer group by
-//! partition leases while writers append; one is killed mid-run. Every handler call
-//! records its start and end (by the database's clock) so the test can check that every
-//! event was handled, each stream in order, and no stream by two processes at once.
+//! Competing consumers: three processes share one consumer group by partition leases while
+//! writers append; one is killed mid-run. The events, checkpoints and leases live in
+//! PostgreSQL, or in NATS JetStream (leases and checkpoints in its key-value buckets). Every
+//! handler call records its start and end in a PostgreSQL table (by the database's clock)
+//! so the test can check that every event was handled, each stream in order, and no stream
+//! by two processes at once.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -9,7 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use annals::{EventData, EventStore, ExpectedVersion, Filter, RecordedEvent, StreamName, Version};
+use annals::{
+    CheckpointStore, EventData, EventStore, ExpectedVersion, Filter, LeaseStore, RecordedEvent,
+    StreamName, Version,
+};
 use annals_reactor::{GroupConfig, Handler, HandlerError, PipelineConfig};
 use async_trait::async_trait;
 use tokio::sync::mpsc;
@@ -68,16 +73,59 @@ impl Handler for Audit {
     }
 }
 
+/// Where the group keeps its events, checkpoints and leases.
+#[derive(Clone, Copy)]
+enum Backend {
+    Postgres,
+    Nats,
+}
+
+/// One store with the three roles a group member needs.
+struct Coordination {
+    events: Arc<dyn EventStore>,
+    checkpoints: Arc<dyn CheckpointStore>,
+    leases: Arc<dyn LeaseStore>,
+}
+
+impl Coordination {
+    fn of<S: EventStore + CheckpointStore + LeaseStore + 'static>(store: S) -> Self {
+        let store = Arc::new(store);
+        Self {
+            events: store.clone(),
+            checkpoints: store.clone(),
+            leases: store,
+        }
+    }
+
+    /// Opens the store `place` names: `pg` (the audit's own schema) or `nats URL STREAM`.
+    async fn open(pg_url: &str, schema: &str, place: &[&str]) -> Self {
+        match place {
+            ["pg"] => Self::of(pg(pg_url, schema).await),
+            ["nats", url, stream] => {
+                let config = annals_nats::NatsConfig::new(*url).stream(*stream);
+                Self::of(
+                    annals_nats::NatsStore::connect(config)
+                        .await
+                        .expect("connect to the NATS server"),
+                )
+            }
+            other => panic!("unknown store {other:?}"),
+        }
+    }
+}
+
 /// A child member: joins the group and handles its partitions until its stdin closes, then
-/// stops gracefully (handing its leases back) and prints `stopped`.
+/// stops gracefully (handing its leases back) and prints `stopped`. Its argument is
+/// `PG_URL SCHEMA NAME STORE…` (see [`Coordination::open`]).
 pub(crate) async fn member(arg: &str) {
-    let mut parts = arg.split(' ');
-    let (url, schema, name) = (
-        parts.next().unwrap(),
-        parts.next().unwrap(),
-        parts.next().unwrap(),
-    );
-    let store = pg(url, schema).await;
+    // Warnings (a lease not renewed in time, a pipeline aborted) go to the test's stderr.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new("annals_reactor=warn"))
+        .try_init();
+    let parts: Vec<&str> = arg.split(' ').collect();
+    let (url, schema, name) = (parts[0], parts[1], parts[2]);
+    let store = Coordination::open(url, schema, &parts[3..]).await;
     let handler = Arc::new(Audit {
         client: annals_testkit::postgres::connect(url).await,
         schema: schema.to_owned(),
@@ -92,11 +140,10 @@ pub(crate) async fn member(arg: &str) {
         renew_interval: Duration::from_millis(400),
         ..GroupConfig::new(name)
     };
-    let store = Arc::new(store);
     let member = annals_reactor::join_group(
-        store.clone(),
-        store.clone(),
-        store,
+        store.events,
+        store.checkpoints,
+        store.leases,
         handler,
         pipeline,
         group,
@@ -119,10 +166,30 @@ struct Call {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_processes_share_a_group_and_a_killed_ones_streams_go_to_the_others() {
+    compete(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_processes_share_a_group_over_nats_and_a_killed_ones_streams_go_to_the_others() {
+    compete(Backend::Nats).await;
+}
+
+async fn compete(backend: Backend) {
     let server = annals_testkit::postgres::shared();
     let schema = annals_testkit::postgres::schema_name("compete");
-    let store = Arc::new(pg(&server.url, &schema).await);
-    store.migrate().await.unwrap();
+    pg(&server.url, &schema).await.migrate().await.unwrap();
+    let place = match backend {
+        Backend::Postgres => "pg".to_owned(),
+        Backend::Nats => format!(
+            "nats {} {}",
+            annals_testkit::nats::shared().url,
+            annals_testkit::nats::stream_name("compete")
+        ),
+    };
+    let parts: Vec<&str> = place.split(' ').collect();
+    let store = Coordination::open(&server.url, &schema, &parts)
+        .await
+        .events;
     let client = annals_testkit::postgres::connect(&server.url).await;
     client
         .batch_execute(&format!(
@@ -137,7 +204,7 @@ async fn three_processes_share_a_group_and_a_killed_ones_streams_go_to_the_other
     let (lines_tx, mut lines) = mpsc::unbounded_channel::<(usize, String)>();
     let mut children = Vec::new();
     for i in 0..3 {
-        let mut child = spawn_child("member", &format!("{} {schema} m{i}", server.url));
+        let mut child = spawn_child("member", &format!("{} {schema} m{i} {place}", server.url));
         let stdout = BufReader::new(child.stdout.take().unwrap());
         let tx = lines_tx.clone();
         std::thread::spawn(move || {
@@ -282,6 +349,21 @@ async fn three_processes_share_a_group_and_a_killed_ones_streams_go_to_the_other
         let mut handled_to = -1; // the highest version handled so far
         let mut previous_end = f64::MIN;
         let mut victim_had_it = false;
+        let history = || {
+            calls
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{} {}..={} {:.3}-{:?} ",
+                        c.member,
+                        c.first,
+                        c.last,
+                        c.started - killed_at,
+                        c.ended.map(|e| e - killed_at)
+                    )
+                })
+                .collect::<String>()
+        };
         for c in calls {
             assert!(
                 c.first <= handled_to + 1,
@@ -294,8 +376,9 @@ async fn three_processes_share_a_group_and_a_killed_ones_streams_go_to_the_other
             assert!(c.first <= c.last);
             assert!(
                 c.started >= previous_end,
-                "{stream}: a call by {} started while another was running",
-                c.member
+                "{stream}: a call by {} started while another was running (times from the kill): {}",
+                c.member,
+                history()
             );
             let end = match c.ended {
                 Some(e) => e,
