@@ -1,4 +1,5 @@
-//! The pipeline over the in-memory store: order, concurrency, checkpoints, failures.
+//! The pipeline over the in-memory store (order, concurrency, checkpoints, failures), and
+//! over SQLite, PostgreSQL and NATS JetStream.
 
 mod compete;
 mod process;
@@ -545,6 +546,14 @@ async fn the_pipeline_runs_over_postgres() {
         .schema(annals_testkit::postgres::schema_name("reactor"));
     let store = annals_postgres::PgStore::connect(config).await.unwrap();
     store.migrate().await.unwrap();
+    over(Arc::new(store.clone()), Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_pipeline_runs_over_nats() {
+    let config = annals_nats::NatsConfig::new(&annals_testkit::nats::shared().url)
+        .stream(annals_testkit::nats::stream_name("reactor"));
+    let store = annals_nats::NatsStore::connect(config).await.unwrap();
     over(Arc::new(store.clone()), Arc::new(store)).await;
 }
 
