@@ -138,6 +138,12 @@ pub(crate) fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) ->
     annals::Error::transient("nats", e)
 }
 
+/// How many streams' heads a store remembers.
+const HEADS: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(65_536) {
+    Some(n) => n,
+    None => unreachable!(),
+};
+
 pub(crate) struct Inner {
     client: async_nats::Client,
     /// The stream, for requests its leader answers.
@@ -147,6 +153,10 @@ pub(crate) struct Inner {
     checkpoints: async_nats::jetstream::kv::Store,
     changes: watch::Sender<()>,
     listener: tokio::task::JoinHandle<()>,
+    /// The last event (sequence and version) of recently written or read streams, as this
+    /// client last saw it: an append's guess at its stream's head, which the server checks
+    /// (a stale guess is refused and re-read), so appending costs one round trip.
+    heads: std::sync::Mutex<lru::LruCache<StreamName, read::Last>>,
 }
 
 impl Drop for Inner {
@@ -256,6 +266,7 @@ impl NatsStore {
                 checkpoints,
                 changes,
                 listener,
+                heads: std::sync::Mutex::new(lru::LruCache::new(HEADS)),
             }),
         })
     }

@@ -153,10 +153,36 @@ impl NatsStore {
             payload: m.payload,
         };
         let (_, place) = self.decode(&stored)?;
-        Ok(Some(Last {
+        let last = Last {
             sequence: stored.sequence,
             version: place.version,
-        }))
+        };
+        self.remember(stream, last);
+        Ok(Some(last))
+    }
+
+    /// The head of `stream` as this client last saw it, if it remembers one.
+    pub(crate) fn known_head(&self, stream: &StreamName) -> Option<Last> {
+        let mut heads = self.inner.heads.lock().unwrap_or_else(|p| p.into_inner());
+        heads.get(stream).copied()
+    }
+
+    /// Remembers `last` as the head of `stream`, unless a later head is remembered.
+    pub(crate) fn remember(&self, stream: &StreamName, last: Last) {
+        let mut heads = self.inner.heads.lock().unwrap_or_else(|p| p.into_inner());
+        match heads.get_mut(stream) {
+            Some(known) if known.sequence >= last.sequence => {}
+            Some(known) => *known = last,
+            None => {
+                heads.put(stream.clone(), last);
+            }
+        }
+    }
+
+    /// Forgets the head of `stream` (the server said it moved).
+    pub(crate) fn forget(&self, stream: &StreamName) {
+        let mut heads = self.inner.heads.lock().unwrap_or_else(|p| p.into_inner());
+        heads.pop(stream);
     }
 
     /// Every event of `stream`, in order, with where each append began: up to its last

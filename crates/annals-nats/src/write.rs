@@ -12,6 +12,7 @@ use async_nats::HeaderMap;
 use serde::Deserialize;
 
 use crate::envelope::{self, Place};
+use crate::read::Last;
 use crate::{backend, NatsStore, MAX_BATCH};
 
 /// How often an append re-reads the stream's head after another writer moved it, before
@@ -65,10 +66,23 @@ impl NatsStore {
                 max: MAX_BATCH,
             });
         }
+        // The head this append starts from: the one remembered, else none for an append
+        // that expects a new stream; both guesses the server checks. Otherwise, or after
+        // the server refused a guess, the head is read.
+        let mut guess = self.known_head(stream).map(Some).or(match expected {
+            ExpectedVersion::NoStream | ExpectedVersion::Exact(Version(0)) => Some(None),
+            _ => None,
+        });
         for _ in 0..RACES {
-            let last = self.last(stream).await?;
+            let (last, guessed) = match guess.take() {
+                Some(last) => (last, true),
+                None => (self.last(stream).await?, false),
+            };
             let actual = Version(last.map_or(0, |l| l.version + 1));
             if !expected.admits(actual) {
+                if guessed {
+                    continue;
+                }
                 return self.settle(stream, expected, actual, &events).await;
             }
             let group = Group {
@@ -80,6 +94,13 @@ impl NatsStore {
             match self.publish(&[group]).await? {
                 Published::Stored(end) => {
                     let n = events.len() as u64;
+                    self.remember(
+                        stream,
+                        Last {
+                            sequence: end,
+                            version: actual.get() + n - 1,
+                        },
+                    );
                     let position = |seq: u64| annals::backend::position(u128::from(seq));
                     return Ok(AppendResult {
                         version: Version(actual.get() + n),
@@ -87,8 +108,12 @@ impl NatsStore {
                         last_position: position(end),
                     });
                 }
-                Published::Moved => continue,
+                Published::Moved => {
+                    self.forget(stream);
+                    continue;
+                }
                 Published::Duplicate(at) => {
+                    self.forget(stream);
                     match at {
                         Some(seq) => self.refuse_foreign_duplicate(stream, &events, seq).await?,
                         None => {
@@ -413,7 +438,15 @@ impl NatsStore {
             let mut results: Vec<Option<AppendResult>> = Vec::with_capacity(appends.len());
             let mut heads = Vec::with_capacity(appends.len());
             for a in &appends {
-                let last = self.last(&a.stream).await?;
+                // The remembered head when it admits the append (the server checks it),
+                // else the head read now.
+                let known = self
+                    .known_head(&a.stream)
+                    .filter(|l| a.expected.admits(Version(l.version + 1)));
+                let last = match known {
+                    Some(l) => Some(l),
+                    None => self.last(&a.stream).await?,
+                };
                 let actual = Version(last.map_or(0, |l| l.version + 1));
                 if a.expected.admits(actual) {
                     results.push(None);
@@ -446,6 +479,13 @@ impl NatsStore {
                     let mut seq = end + 1 - written;
                     let mut fresh = groups.iter().map(|g| {
                         let n = g.events.len() as u64;
+                        self.remember(
+                            g.stream,
+                            Last {
+                                sequence: seq + n - 1,
+                                version: g.actual.get() + n - 1,
+                            },
+                        );
                         let position = |s: u64| annals::backend::position(u128::from(s));
                         let r = AppendResult {
                             version: Version(g.actual.get() + n),
@@ -460,8 +500,16 @@ impl NatsStore {
                         .map(|done| done.unwrap_or_else(|| fresh.next().expect("one per group")))
                         .collect());
                 }
-                Published::Moved => continue,
+                Published::Moved => {
+                    for g in &groups {
+                        self.forget(g.stream);
+                    }
+                    continue;
+                }
                 Published::Duplicate(at) => {
+                    for g in &groups {
+                        self.forget(g.stream);
+                    }
                     let all: Vec<EventData> =
                         appends.iter().flat_map(|a| a.events.clone()).collect();
                     for a in &appends {

@@ -60,3 +60,100 @@ mod cluster {
 
     annals_testkit::conformance_suite!(|| async { TestStore::new(Arc::new(fresh().await)) });
 }
+
+/// Each client remembers the heads of the streams it wrote and appends from them without
+/// reading first; the server's check must catch every stale one.
+mod heads {
+    use annals::{
+        Error, EventData, EventStore, EventStoreExt, ExpectedVersion, ReadStream, StreamName,
+        Version,
+    };
+    use annals_nats::{NatsConfig, NatsStore};
+    use annals_testkit::nats;
+
+    fn one(n: u32) -> Vec<EventData> {
+        vec![EventData::new("E", n.to_string().into_bytes())]
+    }
+
+    #[tokio::test]
+    async fn a_stale_remembered_head_is_refused_by_the_server_and_read_again() {
+        let config = NatsConfig::new(&nats::shared().url).stream(nats::stream_name("heads"));
+        let a = NatsStore::connect(config.clone()).await.unwrap();
+        let b = NatsStore::connect(config).await.unwrap();
+        let s = StreamName::new("Head-1").unwrap();
+        // a writes (and remembers the head), then b moves the stream twice.
+        a.append(&s, ExpectedVersion::NoStream, one(0))
+            .await
+            .unwrap();
+        b.append(&s, ExpectedVersion::Exact(Version(1)), one(1))
+            .await
+            .unwrap();
+        b.append(&s, ExpectedVersion::Any, one(2)).await.unwrap();
+        // a's head is stale: an exact expectation it believes in is refused with the truth.
+        match a
+            .append(&s, ExpectedVersion::Exact(Version(1)), one(9))
+            .await
+        {
+            Err(Error::WrongExpectedVersion { actual, .. }) => assert_eq!(actual, Version(3)),
+            other => panic!("a stale head must not pass: {other:?}"),
+        }
+        // `Any` and the right version go on from the real head.
+        let r = a.append(&s, ExpectedVersion::Any, one(3)).await.unwrap();
+        assert_eq!(r.version, Version(4));
+        b.append(&s, ExpectedVersion::Exact(Version(4)), one(4))
+            .await
+            .unwrap();
+        let r = a
+            .append(&s, ExpectedVersion::Exact(Version(5)), one(5))
+            .await
+            .unwrap();
+        assert_eq!(r.version, Version(6));
+        // A guess that the stream is new is checked too.
+        match b.append(&s, ExpectedVersion::NoStream, one(9)).await {
+            Err(Error::WrongExpectedVersion { actual, .. }) => assert_eq!(actual, Version(6)),
+            other => panic!("the stream exists: {other:?}"),
+        }
+        let fresh = StreamName::new("Head-2").unwrap();
+        b.append(&fresh, ExpectedVersion::Any, one(0))
+            .await
+            .unwrap();
+        match a
+            .append(&fresh, ExpectedVersion::Exact(Version(0)), one(9))
+            .await
+        {
+            Err(Error::WrongExpectedVersion { actual, .. }) => assert_eq!(actual, Version(1)),
+            other => panic!("the stream exists: {other:?}"),
+        }
+        // Several streams at once, from stale heads: refused whole, then written whole.
+        b.append(&s, ExpectedVersion::Any, one(6)).await.unwrap();
+        let both = |v: u64| {
+            vec![
+                annals::StreamAppend {
+                    stream: s.clone(),
+                    expected: ExpectedVersion::Exact(Version(v)),
+                    events: one(7),
+                },
+                annals::StreamAppend {
+                    stream: fresh.clone(),
+                    expected: ExpectedVersion::Any,
+                    events: one(1),
+                },
+            ]
+        };
+        assert!(matches!(
+            a.append_many(both(6)).await,
+            Err(Error::WrongExpectedVersion { .. })
+        ));
+        let written = a.append_many(both(7)).await.unwrap();
+        assert_eq!(written[0].version, Version(8));
+        assert_eq!(written[1].version, Version(2));
+        // Every event once, versions dense, in the order written.
+        let events = a.read_stream_vec(&s, ReadStream::forward()).await.unwrap();
+        let data: Vec<&[u8]> = events.iter().map(|e| &e.data[..]).collect();
+        let want: [&[u8]; 8] = [b"0", b"1", b"2", b"3", b"4", b"5", b"6", b"7"];
+        assert_eq!(data, want);
+        for (i, e) in events.iter().enumerate() {
+            assert_eq!(e.stream_version, i as u64);
+        }
+    }
+}
