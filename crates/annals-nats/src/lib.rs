@@ -152,7 +152,10 @@ pub(crate) struct Inner {
     subjects: Subjects,
     checkpoints: async_nats::jetstream::kv::Store,
     changes: watch::Sender<()>,
-    listener: tokio::task::JoinHandle<()>,
+    /// Wakes `changes` on every message of the store's subjects; started by the first
+    /// caller of [`EventStore::changes`] (a store that only writes never receives its own
+    /// messages back).
+    listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The last event (sequence and version) of recently written or read streams, as this
     /// client last saw it: an append's guess at its stream's head, which the server checks
     /// (a stale guess is refused and re-read), so appending costs one round trip.
@@ -161,7 +164,10 @@ pub(crate) struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.listener.abort();
+        let listener = self.listener.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = listener.take() {
+            l.abort();
+        }
     }
 }
 
@@ -247,16 +253,6 @@ impl NatsStore {
                 .map_err(|e| js_error("open the checkpoint bucket")(Box::new(e)))?,
         };
         let changes = watch::Sender::new(());
-        let mut wake = client
-            .subscribe(subjects.all())
-            .await
-            .map_err(|e| js_error("subscribe to the store's subjects")(Box::new(e)))?;
-        let signal = changes.clone();
-        let listener = tokio::spawn(async move {
-            while wake.next().await.is_some() {
-                signal.send_replace(());
-            }
-        });
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
@@ -265,7 +261,7 @@ impl NatsStore {
                 subjects,
                 checkpoints,
                 changes,
-                listener,
+                listener: std::sync::Mutex::new(None),
                 heads: std::sync::Mutex::new(lru::LruCache::new(HEADS)),
             }),
         })
@@ -333,6 +329,35 @@ impl EventStore for NatsStore {
     }
 
     fn changes(&self) -> Option<watch::Receiver<()>> {
-        Some(self.inner.changes.subscribe())
+        let receiver = self.inner.changes.subscribe();
+        let mut listener = self
+            .inner
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if listener.is_none() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let client = self.inner.client.clone();
+                let subject = self.inner.subjects.all();
+                let signal = self.inner.changes.clone();
+                *listener = Some(runtime.spawn(async move {
+                    match client.subscribe(subject).await {
+                        Ok(mut wake) => {
+                            // The server takes the subscription before any read this
+                            // connection sends later; a wake now makes followers read
+                            // whatever was appended before it.
+                            let _ = client.flush().await;
+                            signal.send_replace(());
+                            while wake.next().await.is_some() {
+                                signal.send_replace(());
+                            }
+                        }
+                        // Followers fall back to polling.
+                        Err(error) => tracing::warn!(%error, "no change notifications"),
+                    }
+                }));
+            }
+        }
+        Some(receiver)
     }
 }
