@@ -32,6 +32,7 @@
 //! # Ok(()) }
 //! ```
 
+mod append_at;
 mod config;
 mod coordination;
 mod error;
@@ -77,6 +78,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0006_projection_schema.sql"),
     include_str!("../migrations/0007_import.sql"),
     include_str!("../migrations/0008_partitions_parked.sql"),
+    include_str!("../migrations/0009_append_at.sql"),
 ];
 
 /// Connections kept for `read_all` (subscriptions and pipelines), apart from the pool
@@ -128,6 +130,7 @@ struct Sql {
     leases_release: String,
     leases_leave: String,
     append_with_snapshot: String,
+    append_at: String,
     read_head: String,
     progress_rebuilt: String,
     progress_get: String,
@@ -150,6 +153,7 @@ impl Sql {
         Self {
             append: format!("SELECT status, version, first_position, last_position, tx FROM {schema}.append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
             append_with_snapshot: format!("SELECT status, version, first_position, last_position, tx FROM {schema}.append_with_snapshot($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"),
+            append_at: format!("SELECT * FROM {schema}.append_at($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
             // One statement: the head row, then the events from the snapshot on (the
             // snapshot itself only on the first row).
             read_head: format!(

@@ -21,6 +21,15 @@ impl EventStore for PgStore {
         self.append_with(stream, expected, events, None).await
     }
 
+    async fn append_at(
+        &self,
+        stream: &StreamName,
+        version: Version,
+        events: Vec<EventData>,
+    ) -> Result<annals::AppendAt> {
+        self.append_at_version(stream, version, events).await
+    }
+
     async fn append_with_snapshot(
         &self,
         stream: &StreamName,

@@ -122,6 +122,7 @@ macro_rules! conformance_suite {
             concurrent_exact_appends_one_wins,
             concurrent_any_appends_all_land,
             retry_of_a_committed_append_writes_nothing,
+            append_at_answers_a_conflict_with_the_events_after,
             partial_overlap_retry_is_refused,
             event_id_recorded_in_another_stream_is_refused,
             invalid_input_is_refused_and_nothing_written,

@@ -14,7 +14,8 @@ use tracing::field::Empty;
 use tracing::Instrument;
 
 use crate::store::{
-    AllPage, AppendResult, Capabilities, EventStore, Filter, Head, ReadStream, StreamAppend,
+    AllPage, AppendAt, AppendResult, Capabilities, EventStore, Filter, Head, ReadStream,
+    StreamAppend,
 };
 use crate::{EventData, ExpectedVersion, Position, RecordedEvent, Result, StreamName, Version};
 
@@ -65,6 +66,18 @@ fn finish<T>(
         Err(e) if e.is_invalid_input() => "invalid",
         Err(_) => "error",
     };
+    record(span, op, backend, started, count, bytes, outcome);
+}
+
+fn record(
+    span: &tracing::Span,
+    op: &'static str,
+    backend: &'static str,
+    started: Instant,
+    count: usize,
+    bytes: usize,
+    outcome: &'static str,
+) {
     let elapsed = started.elapsed();
     span.record("count", count);
     span.record("bytes", bytes);
@@ -72,7 +85,7 @@ fn finish<T>(
     span.record("latency_us", elapsed.as_micros() as u64);
     metrics::histogram!("annals_store_roundtrip_seconds", "backend" => backend, "op" => op, "outcome" => outcome)
         .record(elapsed.as_secs_f64());
-    if result.is_ok() {
+    if outcome == "ok" {
         metrics::counter!("annals_store_events_total", "backend" => backend, "op" => op)
             .increment(count as u64);
         metrics::counter!("annals_store_bytes_total", "backend" => backend, "op" => op)
@@ -134,6 +147,30 @@ impl<S: EventStore + ?Sized> EventStore for Instrumented<S> {
             .instrument(span.clone())
             .await;
         finish(&span, "append", backend, started, count, bytes, &result);
+        result
+    }
+
+    async fn append_at(
+        &self,
+        stream: &StreamName,
+        version: Version,
+        events: Vec<EventData>,
+    ) -> Result<AppendAt> {
+        let backend = self.backend();
+        let span = span("append", backend, Some(stream));
+        let (count, bytes) = (events.len(), events.iter().map(EventData::size).sum());
+        let started = Instant::now();
+        let result = self
+            .inner
+            .append_at(stream, version, events)
+            .instrument(span.clone())
+            .await;
+        match &result {
+            Ok(AppendAt::Conflict { .. }) => {
+                record(&span, "append", backend, started, count, bytes, "conflict")
+            }
+            _ => finish(&span, "append", backend, started, count, bytes, &result),
+        }
         result
     }
 

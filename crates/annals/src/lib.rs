@@ -97,8 +97,8 @@ pub use read_model::{
     ProjectorError, ReadModelStore, SqlTx, SqlValue, StreamProgress,
 };
 pub use store::{
-    AllPage, AppendResult, Capabilities, Direction, EventStore, Filter, Head, HeadSnapshot,
-    Partition, ReadStream, StreamAppend, SubscribeOptions,
+    AllPage, AppendAt, AppendResult, Capabilities, Direction, EventStore, Filter, Head,
+    HeadSnapshot, Partition, ReadStream, StreamAppend, SubscribeOptions, CONFLICT_EVENTS,
 };
 pub use stream::{validate_category, StreamName, StreamNameError, MAX_STREAM_NAME_LEN};
 pub use subscribe::{subscribe, EventStoreExt, SubscribeExt, Subscription};

@@ -20,6 +20,26 @@ pub struct AppendResult {
     pub last_position: Position,
 }
 
+/// What [`EventStore::append_at`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AppendAt {
+    /// Written (or found already written by an exact retry of the same batch).
+    Written(AppendResult),
+    /// Refused, nothing written: the stream is at `actual`, not at the version expected.
+    Conflict {
+        /// The stream's version when the append was refused.
+        actual: Version,
+        /// The stream's events from the expected version on, oldest first: all of them up
+        /// to `actual`, or the first [`CONFLICT_EVENTS`] when there are more (read the
+        /// rest from the last one's next version). Empty when `actual` is below the
+        /// expected version.
+        events: Vec<RecordedEvent>,
+    },
+}
+
+/// At most this many events come with an [`AppendAt::Conflict`].
+pub const CONFLICT_EVENTS: usize = 1000;
+
 /// One stream's part of a multi-stream append.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamAppend {
@@ -346,6 +366,41 @@ pub trait EventStore: Send + Sync + 'static {
         expected: ExpectedVersion,
         events: Vec<EventData>,
     ) -> Result<AppendResult>;
+
+    /// Appends `events` to `stream` if it is exactly at `version`, as
+    /// [`append`](EventStore::append) with [`ExpectedVersion::Exact`] (the same retry
+    /// semantics); a refusal is not an error but answers what a caller needs to catch up:
+    /// the actual version and the events from `version` on ([`AppendAt::Conflict`]). The
+    /// decider appends this way, so a conflict costs no read of its own. Stores answer a
+    /// refusal in the same round trip where they can; the default appends, then reads.
+    async fn append_at(
+        &self,
+        stream: &StreamName,
+        version: Version,
+        events: Vec<EventData>,
+    ) -> Result<AppendAt> {
+        match self
+            .append(stream, ExpectedVersion::Exact(version), events)
+            .await
+        {
+            Ok(written) => Ok(AppendAt::Written(written)),
+            Err(Error::WrongExpectedVersion { actual, .. }) => {
+                let events = if actual > version {
+                    use futures::TryStreamExt;
+                    self.read_stream(
+                        stream,
+                        ReadStream::forward_from(version).limit(CONFLICT_EVENTS),
+                    )
+                    .try_collect()
+                    .await?
+                } else {
+                    Vec::new()
+                };
+                Ok(AppendAt::Conflict { actual, events })
+            }
+            Err(e) => Err(e),
+        }
+    }
 
     /// Appends to several streams in one transaction: all or nothing. Streams must be
     /// distinct. Stores without [`Capabilities::multi_stream_append`] refuse with

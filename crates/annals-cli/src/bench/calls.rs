@@ -4,14 +4,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use annals::{
-    AllPage, AppendResult, Capabilities, EventData, EventStore, ExpectedVersion, Filter, Head,
-    Position, ReadStream, RecordedEvent, Result, StreamAppend, StreamName, Version,
+    AllPage, AppendAt, AppendResult, Capabilities, EventData, EventStore, ExpectedVersion, Filter,
+    Head, Position, ReadStream, RecordedEvent, Result, StreamAppend, StreamName, Version,
 };
 use futures::stream::BoxStream;
 
 /// The operations counted, in report order.
-pub(super) const OPERATIONS: [&str; 7] = [
+pub(super) const OPERATIONS: [&str; 8] = [
     "append",
+    "append_at",
     "append_with_snapshot",
     "append_many",
     "read_stream",
@@ -23,7 +24,7 @@ pub(super) const OPERATIONS: [&str; 7] = [
 /// Counts each call to the wrapped store.
 pub(super) struct Calls {
     inner: Arc<dyn EventStore>,
-    counts: [AtomicU64; 7],
+    counts: [AtomicU64; 8],
 }
 
 impl Calls {
@@ -39,7 +40,7 @@ impl Calls {
     }
 
     /// Calls so far, by operation (as [`OPERATIONS`]).
-    pub(super) fn counts(&self) -> [u64; 7] {
+    pub(super) fn counts(&self) -> [u64; 8] {
         std::array::from_fn(|i| self.counts[i].load(Ordering::Relaxed))
     }
 }
@@ -64,6 +65,16 @@ impl EventStore for Calls {
         self.inner.append(stream, expected, events).await
     }
 
+    async fn append_at(
+        &self,
+        stream: &StreamName,
+        version: Version,
+        events: Vec<EventData>,
+    ) -> Result<AppendAt> {
+        self.count(1);
+        self.inner.append_at(stream, version, events).await
+    }
+
     async fn append_with_snapshot(
         &self,
         stream: &StreamName,
@@ -71,14 +82,14 @@ impl EventStore for Calls {
         events: Vec<EventData>,
         snapshot: Vec<u8>,
     ) -> Result<AppendResult> {
-        self.count(1);
+        self.count(2);
         self.inner
             .append_with_snapshot(stream, expected, events, snapshot)
             .await
     }
 
     async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
-        self.count(2);
+        self.count(3);
         self.inner.append_many(appends).await
     }
 
@@ -87,22 +98,22 @@ impl EventStore for Calls {
         stream: &'a StreamName,
         options: ReadStream,
     ) -> BoxStream<'a, Result<RecordedEvent>> {
-        self.count(3);
+        self.count(4);
         self.inner.read_stream(stream, options)
     }
 
     async fn read_head(&self, stream: &StreamName, limit: usize) -> Result<Head> {
-        self.count(4);
+        self.count(5);
         self.inner.read_head(stream, limit).await
     }
 
     async fn stream_version(&self, stream: &StreamName) -> Result<Version> {
-        self.count(5);
+        self.count(6);
         self.inner.stream_version(stream).await
     }
 
     async fn read_all(&self, from: Position, filter: &Filter, limit: usize) -> Result<AllPage> {
-        self.count(6);
+        self.count(7);
         self.inner.read_all(from, filter, limit).await
     }
 

@@ -480,12 +480,14 @@ pub async fn read_stream_forward_backward_with_limits(store: Arc<dyn EventStore>
     assert!(events.windows(2).all(|w| w[0].position < w[1].position));
 }
 
+mod append_at;
 mod capabilities;
 mod coordination;
 mod copies;
 mod feed;
 mod transactions;
 
+pub use append_at::*;
 pub use capabilities::*;
 pub use coordination::*;
 pub use copies::*;

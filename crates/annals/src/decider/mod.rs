@@ -16,8 +16,8 @@ use tracing::Instrument;
 use crate::cache::Cache;
 use crate::codec::{Codec, EncodeContext};
 use crate::error::{CodecError, Error, Result};
-use crate::store::{EventStore, ReadStream, StreamAppend};
-use crate::{EventData, ExpectedVersion, StreamName, Timestamp, Version};
+use crate::store::{AppendAt, EventStore, ReadStream, StreamAppend};
+use crate::{EventData, ExpectedVersion, RecordedEvent, StreamName, Timestamp, Version};
 
 /// A domain's pure functions: its initial state and how an event changes it. Decisions are
 /// closures `&State -> Vec<Event>` (or `-> (R, Vec<Event>)`, or `-> Result<Vec<Event>, X>` when
@@ -272,16 +272,6 @@ impl<D: Domain> Category<D> {
     }
 }
 
-/// Events ready to append, with what the access strategy adds.
-struct Prepared<S> {
-    /// The encoded events (and a rolling snapshot event, when one is due).
-    events: Vec<EventData>,
-    /// The state after the events, when it had to be folded already.
-    state: Option<S>,
-    /// The head snapshot to store with the append.
-    head: Option<Vec<u8>>,
-}
-
 impl<D: Domain> Category<D> {
     fn count_conflict(&self) {
         metrics::counter!("annals_decider_conflicts_total", "category" => self.name.to_string())
@@ -492,126 +482,59 @@ impl<D: Domain> Decider<D> {
         span: &tracing::Span,
     ) -> std::result::Result<R, DecideError<X>> {
         let cat = &self.category;
-        let mut loaded = self.load_with(self.load).await?;
+        // Under the default load option a cached state is decided on without reading: a
+        // write is checked by the store (appended at the cached version), and a decision
+        // that writes nothing is confirmed by reading what came after the cached version.
+        // Correctness never depends on the cache; it only saves the read.
+        let (mut loaded, mut unconfirmed) = match self.load {
+            LoadOption::RequireLoad => match self.cached(None) {
+                Some(cached) => {
+                    self.count_cache(true);
+                    (cached, true)
+                }
+                None => (self.load_with(self.load).await?, false),
+            },
+            other => (self.load_with(other).await?, false),
+        };
         let mut attempt = 1;
         loop {
             span.record("attempts", attempt);
             let (result, events) = decide(&loaded.state).map_err(DecideError::Domain)?;
             span.record("events", events.len());
             if events.is_empty() {
+                if unconfirmed {
+                    unconfirmed = false;
+                    let fresh = self.catch_up(loaded.clone()).await?;
+                    if fresh.version != loaded.version {
+                        loaded = fresh;
+                        continue;
+                    }
+                }
                 return Ok(result);
             }
-            match self.write(&loaded, &events).await {
-                Ok(_) => return Ok(result),
-                Err(Error::WrongExpectedVersion { actual, .. }) => {
-                    cat.count_conflict();
-                    span.record("conflicts", attempt);
-                    tracing::debug!(%actual, attempt, "conflict, resyncing");
-                    if attempt >= cat.max_attempts {
-                        return Err(Error::ResyncExhausted {
-                            stream: self.stream.clone(),
-                            attempts: attempt,
+            match self.write_at(&loaded, &events).await? {
+                Written::Done(_) => return Ok(result),
+                Written::Conflict { actual, events } => {
+                    // A cached state found stale is not a lost race: it does not use up
+                    // an attempt.
+                    let stale_cache = std::mem::take(&mut unconfirmed);
+                    if !stale_cache {
+                        cat.count_conflict();
+                        span.record("conflicts", attempt);
+                        tracing::debug!(%actual, attempt, "conflict, resyncing");
+                        if attempt >= cat.max_attempts {
+                            return Err(Error::ResyncExhausted {
+                                stream: self.stream.clone(),
+                                attempts: attempt,
+                            }
+                            .into());
                         }
-                        .into());
+                        attempt += 1;
                     }
-                    attempt += 1;
-                    loaded = self.catch_up(loaded).await?;
+                    loaded = self.resync(loaded, actual, events).await?;
                 }
-                Err(e) => return Err(e.into()),
             }
         }
-    }
-
-    /// Appends `events`, decided on `loaded`, expecting the stream still at its version (one
-    /// attempt: a conflict is returned as [`Error::WrongExpectedVersion`]); caches the
-    /// state after them.
-    pub(crate) async fn write(
-        &self,
-        loaded: &Loaded<D::State>,
-        events: &[D::Event],
-    ) -> Result<Loaded<D::State>> {
-        let cat = &self.category;
-        cat.check_references(&self.stream, events, &[]).await?;
-        let prepared = self.prepare(loaded, events)?;
-        let expected = ExpectedVersion::Exact(loaded.version);
-        let appended = match prepared.head {
-            Some(snapshot) => {
-                cat.store
-                    .append_with_snapshot(&self.stream, expected, prepared.events, snapshot)
-                    .await?
-            }
-            None => {
-                cat.store
-                    .append(&self.stream, expected, prepared.events)
-                    .await?
-            }
-        };
-        let state = prepared
-            .state
-            .unwrap_or_else(|| D::fold((*loaded.state).clone(), events));
-        Ok(self.committed(appended.version, state))
-    }
-
-    /// Records a written state in the cache.
-    fn committed(&self, version: Version, state: D::State) -> Loaded<D::State> {
-        let state = Arc::new(state);
-        if let Some(cache) = &self.category.cache {
-            cache.put(&self.stream, version, Arc::clone(&state));
-        }
-        Loaded { version, state }
-    }
-
-    /// Encodes `events` decided on `loaded`, adding the snapshots the access strategy asks
-    /// for.
-    fn prepare(
-        &self,
-        loaded: &Loaded<D::State>,
-        events: &[D::Event],
-    ) -> Result<Prepared<D::State>> {
-        let cat = &self.category;
-        let mut encoded = events
-            .iter()
-            .enumerate()
-            .map(|(i, e)| {
-                cat.codec
-                    .encode(e, &self.context)
-                    .map_err(|err| CodecError {
-                        stream: self.stream.to_string(),
-                        stream_version: loaded.version.get() + i as u64,
-                        ..err
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let before = loaded.version.get();
-        let after = before + encoded.len() as u64;
-        let rolling = cat
-            .access
-            .snapshots
-            .as_ref()
-            .filter(|snap| before / snap.every != after / snap.every);
-        let mut prepared = Prepared {
-            events: Vec::new(),
-            state: None,
-            head: None,
-        };
-        if rolling.is_some() || cat.access.head.is_some() {
-            prepared.state = Some(D::fold((*loaded.state).clone(), events));
-        }
-        let snapshot_error = |e: serde_json::Error| CodecError {
-            stream: self.stream.to_string(),
-            stream_version: after,
-            event_type: SNAPSHOT_EVENT_TYPE.to_owned(),
-            message: e.to_string(),
-        };
-        if let (Some(snap), Some(state)) = (rolling, &prepared.state) {
-            let body = (snap.codec.encode)(state).map_err(snapshot_error)?;
-            encoded.push(EventData::new(SNAPSHOT_EVENT_TYPE, body));
-        }
-        if let (Some(head), Some(state)) = (&cat.access.head, &prepared.state) {
-            prepared.head = Some((head.encode)(state).map_err(snapshot_error)?);
-        }
-        prepared.events = encoded;
-        Ok(prepared)
     }
 
     fn count_cache(&self, hit: bool) {
@@ -626,6 +549,9 @@ impl<D: Domain> Decider<D> {
 
 mod access;
 mod load;
+mod write;
+
+use write::Written;
 mod transaction;
 
 use access::{Access, SnapshotCodec, Snapshots};

@@ -221,6 +221,88 @@ async fn a_cached_stream_reloads_only_newer_events() {
     assert_eq!(probe.events_read.load(Ordering::SeqCst), 2);
 }
 
+/// Appends two events to `decider`'s stream behind its cache's back.
+async fn write_behind(probe: &Probe, stream: &StreamName) {
+    let others =
+        (0..2).map(|n| EventData::json("Added", &serde_json::json!({ "n": 100 + n })).unwrap());
+    probe
+        .inner
+        .append(stream, ExpectedVersion::Any, others.collect())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_decision_on_a_current_cached_state_appends_without_reading() {
+    let probe = Arc::new(Probe::default());
+    let cache = Arc::new(Cache::new(100));
+    let decider = category(&probe, Some(cache)).decider("fast").unwrap();
+    for n in 0..10 {
+        decider.transact(|_| add(n)).await.unwrap();
+    }
+    assert_eq!(
+        probe.stream_reads.load(Ordering::SeqCst),
+        1,
+        "only the first decision (nothing cached yet) reads"
+    );
+    assert_eq!(
+        decider.query(Clone::clone).await.unwrap(),
+        (0..10).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_stale_cached_state_is_caught_by_the_append_and_costs_no_attempt() {
+    let probe = Arc::new(Probe::default());
+    let cache = Arc::new(Cache::new(100));
+    let decider = category(&probe, Some(cache))
+        .with_max_attempts(1)
+        .decider("stale")
+        .unwrap();
+    decider.transact(|_| add(1)).await.unwrap();
+    write_behind(&probe, decider.stream()).await;
+    let mut seen = Vec::new();
+    decider
+        .transact(|s| {
+            seen.push(s.clone());
+            add(2)
+        })
+        .await
+        .expect("a stale cache is not a lost race: one attempt is enough");
+    assert_eq!(seen, vec![vec![1], vec![1, 100, 101]]);
+    assert_eq!(
+        decider.query(Clone::clone).await.unwrap(),
+        vec![1, 100, 101, 2]
+    );
+}
+
+#[tokio::test]
+async fn a_decision_that_writes_nothing_answers_from_the_stored_state() {
+    let probe = Arc::new(Probe::default());
+    let cache = Arc::new(Cache::new(100));
+    let decider = category(&probe, Some(cache)).decider("quiet").unwrap();
+    decider.transact(|_| add(1)).await.unwrap();
+    write_behind(&probe, decider.stream()).await;
+    // Decided first on the cached state (one event), which a read shows stale: decided
+    // again on the stored one.
+    let len = decider
+        .transact_result(|s| (s.len(), vec![]))
+        .await
+        .unwrap();
+    assert_eq!(
+        len, 3,
+        "the answer comes from the stored state, not the cache"
+    );
+    // Now current: confirmed by a read of nothing new, the answer stands.
+    let reads = probe.stream_reads.load(Ordering::SeqCst);
+    let len = decider
+        .transact_result(|s| (s.len(), vec![]))
+        .await
+        .unwrap();
+    assert_eq!(len, 3);
+    assert_eq!(probe.stream_reads.load(Ordering::SeqCst), reads + 1);
+}
+
 #[tokio::test]
 async fn a_stale_write_never_overwrites_a_newer_cache_entry() {
     let cache = Cache::new(10);

@@ -1,0 +1,196 @@
+//! Writing a decision: encoding with the snapshots the access strategy asks for, appending
+//! at the loaded version, and resyncing from what a refused append returns.
+
+use super::*;
+
+/// Events ready to append, with what the access strategy adds.
+pub(super) struct Prepared<S> {
+    /// The encoded events (and a rolling snapshot event, when one is due).
+    pub(super) events: Vec<EventData>,
+    /// The state after the events, when it had to be folded already.
+    pub(super) state: Option<S>,
+    /// The head snapshot to store with the append.
+    pub(super) head: Option<Vec<u8>>,
+}
+
+/// What one write attempt did.
+pub(super) enum Written<S> {
+    /// Written; the state after it.
+    Done(Loaded<S>),
+    /// Refused: the stream's version and events from the expected version on.
+    Conflict {
+        actual: Version,
+        events: Vec<RecordedEvent>,
+    },
+}
+
+impl<D: Domain> Decider<D> {
+    /// The state after a refused append: `events` (the stream's events from
+    /// `loaded.version` on, as the refusal returned them) folded onto `loaded`, reading on
+    /// only when they stop short of `actual`.
+    pub(super) async fn resync(
+        &self,
+        loaded: Loaded<D::State>,
+        actual: Version,
+        events: Vec<RecordedEvent>,
+    ) -> Result<Loaded<D::State>> {
+        if actual < loaded.version {
+            // The stream is shorter than the state this process had: never from a write
+            // of its own; forget the cached state and load from the start.
+            if let Some(cache) = &self.category.cache {
+                cache.remove::<D::State>(&self.stream);
+            }
+            return self.reload().await;
+        }
+        let cat = &self.category;
+        let mut version = loaded.version;
+        let mut state: Option<D::State> = None;
+        for recorded in &events {
+            if recorded.stream_version != version.get() {
+                break;
+            }
+            version = recorded.next_version();
+            if recorded.event_type == SNAPSHOT_EVENT_TYPE {
+                continue;
+            }
+            if let Some(event) = cat.codec.decode(recorded)? {
+                let current = state.take().unwrap_or_else(|| (*loaded.state).clone());
+                state = Some(D::evolve(current, &event));
+            }
+        }
+        let folded = Loaded {
+            version,
+            state: state.map_or(loaded.state, Arc::new),
+        };
+        if version < actual {
+            return self.catch_up(folded).await;
+        }
+        if let Some(cache) = &cat.cache {
+            cache.put(&self.stream, version, Arc::clone(&folded.state));
+        }
+        Ok(folded)
+    }
+
+    /// Appends `events`, decided on `loaded`, expecting the stream still at its version (one
+    /// attempt: a conflict is returned as [`Error::WrongExpectedVersion`]); caches the
+    /// state after them.
+    pub(crate) async fn write(
+        &self,
+        loaded: &Loaded<D::State>,
+        events: &[D::Event],
+    ) -> Result<Loaded<D::State>> {
+        match self.write_at(loaded, events).await? {
+            Written::Done(written) => Ok(written),
+            Written::Conflict { actual, .. } => Err(Error::WrongExpectedVersion {
+                stream: self.stream.clone(),
+                expected: ExpectedVersion::Exact(loaded.version),
+                actual,
+            }),
+        }
+    }
+
+    /// Appends `events`, decided on `loaded`, at its version (one attempt); caches the
+    /// state after them, or answers the conflict with what the store returned.
+    pub(super) async fn write_at(
+        &self,
+        loaded: &Loaded<D::State>,
+        events: &[D::Event],
+    ) -> Result<Written<D::State>> {
+        let cat = &self.category;
+        cat.check_references(&self.stream, events, &[]).await?;
+        let prepared = self.prepare(loaded, events)?;
+        let answer = match prepared.head {
+            Some(snapshot) => {
+                let expected = ExpectedVersion::Exact(loaded.version);
+                match cat
+                    .store
+                    .append_with_snapshot(&self.stream, expected, prepared.events, snapshot)
+                    .await
+                {
+                    Ok(written) => AppendAt::Written(written),
+                    Err(Error::WrongExpectedVersion { actual, .. }) => AppendAt::Conflict {
+                        actual,
+                        events: Vec::new(),
+                    },
+                    Err(e) => return Err(e),
+                }
+            }
+            None => {
+                cat.store
+                    .append_at(&self.stream, loaded.version, prepared.events)
+                    .await?
+            }
+        };
+        match answer {
+            AppendAt::Written(appended) => {
+                let state = prepared
+                    .state
+                    .unwrap_or_else(|| D::fold((*loaded.state).clone(), events));
+                Ok(Written::Done(self.committed(appended.version, state)))
+            }
+            AppendAt::Conflict { actual, events } => Ok(Written::Conflict { actual, events }),
+        }
+    }
+
+    /// Records a written state in the cache.
+    pub(super) fn committed(&self, version: Version, state: D::State) -> Loaded<D::State> {
+        let state = Arc::new(state);
+        if let Some(cache) = &self.category.cache {
+            cache.put(&self.stream, version, Arc::clone(&state));
+        }
+        Loaded { version, state }
+    }
+
+    /// Encodes `events` decided on `loaded`, adding the snapshots the access strategy asks
+    /// for.
+    pub(super) fn prepare(
+        &self,
+        loaded: &Loaded<D::State>,
+        events: &[D::Event],
+    ) -> Result<Prepared<D::State>> {
+        let cat = &self.category;
+        let mut encoded = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                cat.codec
+                    .encode(e, &self.context)
+                    .map_err(|err| CodecError {
+                        stream: self.stream.to_string(),
+                        stream_version: loaded.version.get() + i as u64,
+                        ..err
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let before = loaded.version.get();
+        let after = before + encoded.len() as u64;
+        let rolling = cat
+            .access
+            .snapshots
+            .as_ref()
+            .filter(|snap| before / snap.every != after / snap.every);
+        let mut prepared = Prepared {
+            events: Vec::new(),
+            state: None,
+            head: None,
+        };
+        if rolling.is_some() || cat.access.head.is_some() {
+            prepared.state = Some(D::fold((*loaded.state).clone(), events));
+        }
+        let snapshot_error = |e: serde_json::Error| CodecError {
+            stream: self.stream.to_string(),
+            stream_version: after,
+            event_type: SNAPSHOT_EVENT_TYPE.to_owned(),
+            message: e.to_string(),
+        };
+        if let (Some(snap), Some(state)) = (rolling, &prepared.state) {
+            let body = (snap.codec.encode)(state).map_err(snapshot_error)?;
+            encoded.push(EventData::new(SNAPSHOT_EVENT_TYPE, body));
+        }
+        if let (Some(head), Some(state)) = (&cat.access.head, &prepared.state) {
+            prepared.head = Some((head.encode)(state).map_err(snapshot_error)?);
+        }
+        prepared.events = encoded;
+        Ok(prepared)
+    }
+}
