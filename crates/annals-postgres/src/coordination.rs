@@ -16,7 +16,7 @@ impl LeaseStore for PgStore {
         let client = self.client().await?;
         let row = client
             .query_one(
-                &self.inner.sql.leases_acquire,
+                &prepared(&client, &self.inner.sql.leases_acquire).await?,
                 &[&group, &member, &partitions, &ttl.as_secs_f64()],
             )
             .await
@@ -34,7 +34,7 @@ impl LeaseStore for PgStore {
         let client = self.client().await?;
         client
             .execute(
-                &self.inner.sql.leases_release,
+                &prepared(&client, &self.inner.sql.leases_release).await?,
                 &[&group, &member, &partitions],
             )
             .await
@@ -44,7 +44,10 @@ impl LeaseStore for PgStore {
     async fn leave(&self, group: &str, member: &str) -> Result<()> {
         let client = self.client().await?;
         client
-            .execute(&self.inner.sql.leases_leave, &[&group, &member])
+            .execute(
+                &prepared(&client, &self.inner.sql.leases_leave).await?,
+                &[&group, &member],
+            )
             .await
             .map(drop)
             .map_err(backend)
@@ -56,7 +59,10 @@ impl CheckpointStore for PgStore {
     async fn load(&self, group: &str, source: &str) -> Result<Option<Position>> {
         let client = self.client().await?;
         let row = client
-            .query_opt(&self.inner.sql.checkpoint_load, &[&group, &source])
+            .query_opt(
+                &prepared(&client, &self.inner.sql.checkpoint_load).await?,
+                &[&group, &source],
+            )
             .await
             .map_err(backend)?;
         row.map(|r| r.get::<_, String>(0).parse().map_err(backend))
@@ -67,7 +73,7 @@ impl CheckpointStore for PgStore {
         let client = self.client().await?;
         client
             .execute(
-                &self.inner.sql.checkpoint_commit,
+                &prepared(&client, &self.inner.sql.checkpoint_commit).await?,
                 &[&group, &source, &position.to_string()],
             )
             .await
@@ -78,7 +84,10 @@ impl CheckpointStore for PgStore {
     async fn list(&self) -> Result<Vec<Checkpoint>> {
         let client = self.client().await?;
         let rows = client
-            .query(&self.inner.sql.checkpoint_list, &[])
+            .query(
+                &prepared(&client, &self.inner.sql.checkpoint_list).await?,
+                &[],
+            )
             .await
             .map_err(backend)?;
         rows.iter()

@@ -288,6 +288,16 @@ fn kind(expected: ExpectedVersion) -> (i16, i64) {
     }
 }
 
+/// The connection's prepared statement for `sql`: prepared on its first use on each
+/// connection, then reused, so every later query is one round trip (bind and execute)
+/// instead of two (parse, then bind and execute).
+pub(crate) async fn prepared(
+    client: &deadpool_postgres::ClientWrapper,
+    sql: &str,
+) -> Result<tokio_postgres::Statement> {
+    client.prepare_cached(sql).await.map_err(backend)
+}
+
 fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
 }
@@ -497,7 +507,7 @@ impl PgStore {
     pub async fn horizon_lag(&self) -> Result<HorizonLag> {
         let client = self.client().await?;
         let row = client
-            .query_one(&self.inner.sql.held_back, &[])
+            .query_one(&prepared(&client, &self.inner.sql.held_back).await?, &[])
             .await
             .map_err(backend)?;
         let lag = HorizonLag {
@@ -639,7 +649,7 @@ impl PgStore {
     ) -> Result<Verdict> {
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
         let rows = client
-            .query(&self.inner.sql.classify, &[&ids])
+            .query(&prepared(&client, &self.inner.sql.classify).await?, &[&ids])
             .await
             .map_err(backend)?;
         let mut by_id = std::collections::HashMap::new();
@@ -660,7 +670,10 @@ impl PgStore {
             Some(f) => {
                 let v = (f.stream_version + events.len() as u64) as i64;
                 client
-                    .query_opt(&self.inner.sql.batch_start, &[&stream.as_str(), &v])
+                    .query_opt(
+                        &prepared(&client, &self.inner.sql.batch_start).await?,
+                        &[&stream.as_str(), &v],
+                    )
                     .await
                     .map_err(backend)?
                     .map(|r| r.get::<_, i64>(0) as u64)
@@ -676,7 +689,10 @@ impl PgStore {
         stream: &StreamName,
     ) -> Result<Version> {
         let row = client
-            .query_opt(&self.inner.sql.version, &[&stream.as_str()])
+            .query_opt(
+                &prepared(&client, &self.inner.sql.version).await?,
+                &[&stream.as_str()],
+            )
             .await
             .map_err(backend)?;
         Ok(Version(row.map_or(0, |r| r.get::<_, i64>(0) as u64)))

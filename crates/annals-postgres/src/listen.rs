@@ -79,14 +79,25 @@ impl Notifier {
         let wait = pending.clone();
         let task = tokio::spawn(async move {
             let mut client: Option<tokio_postgres::Client> = None;
+            // Prepared once per connection.
+            let mut statement: Option<tokio_postgres::Statement> = None;
             loop {
                 wait.notified().await;
                 if client.as_ref().is_none_or(|c| c.is_closed()) {
                     client = connect_async_commit(&config, &tls).await;
+                    statement = None;
                 }
                 if let Some(c) = &client {
-                    if let Err(e) = c.execute("SELECT pg_notify($1, '')", &[&channel]).await {
+                    if statement.is_none() {
+                        statement = c.prepare("SELECT pg_notify($1, '')").await.ok();
+                    }
+                    let sent = match &statement {
+                        Some(st) => c.execute(st, &[&channel]).await,
+                        None => c.execute("SELECT pg_notify($1, '')", &[&channel]).await,
+                    };
+                    if let Err(e) = sent {
                         tracing::debug!(error = %e, "NOTIFY failed");
+                        statement = None;
                     }
                 }
                 // Rate limit: commits during the pause share the next NOTIFY. In-process

@@ -61,8 +61,9 @@ impl Projection {
         let client = self.client.take().expect("open until commit");
         let done = async {
             if let Some((sql, group, source, position)) = &checkpoint {
+                let statement = client.prepare_cached(sql).await?;
                 client
-                    .execute(sql.as_str(), &[group, source, position])
+                    .execute(&statement, &[group, source, position])
                     .await?;
             }
             client.batch_execute("COMMIT").await

@@ -20,6 +20,7 @@ use deadpool_postgres::{ClientWrapper, Object};
 use tokio_postgres::types::ToSql;
 
 use crate::error::backend;
+use crate::prepared;
 use crate::sql_value::{decode_rows, query, Param};
 use crate::PgStore;
 
@@ -520,7 +521,10 @@ impl ReadModelStore for PgStore {
     async fn rows(&self, projection: &str) -> Result<Vec<StreamProgress>> {
         let client = self.client().await?;
         let rows = client
-            .query(self.inner.sql.projection_rows.as_str(), &[&projection])
+            .query(
+                &prepared(&client, &self.inner.sql.projection_rows).await?,
+                &[&projection],
+            )
             .await
             .map_err(backend)?;
         rows.iter()
@@ -565,7 +569,10 @@ impl PgStore {
     pub(crate) async fn parked_streams(&self, group: Option<&str>) -> Result<Vec<ParkedStream>> {
         let client = self.client().await?;
         let rows = client
-            .query(self.inner.sql.parked_list.as_str(), &[&group])
+            .query(
+                &prepared(&client, &self.inner.sql.parked_list).await?,
+                &[&group],
+            )
             .await
             .map_err(backend)?;
         rows.iter()
@@ -589,7 +596,7 @@ impl PgStore {
         let client = self.client().await?;
         let n = client
             .execute(
-                self.inner.sql.parked_delete.as_str(),
+                &prepared(&client, &self.inner.sql.parked_delete).await?,
                 &[&group, &stream.as_str()],
             )
             .await

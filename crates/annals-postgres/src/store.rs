@@ -85,7 +85,7 @@ impl EventStore for PgStore {
                 }
                 // An id recorded elsewhere than where the import puts it.
                 let rows = client
-                    .query(self.inner.sql.classify.as_str(), &[&ids])
+                    .query(&prepared(&client, &self.inner.sql.classify).await?, &[&ids])
                     .await
                     .map_err(backend)?;
                 for r in &rows {
@@ -235,54 +235,62 @@ impl EventStore for PgStore {
         stream: &'a StreamName,
         options: ReadStream,
     ) -> BoxStream<'a, Result<RecordedEvent>> {
+        // Pages of at most STREAM_PAGE events, each one prepared statement, with no read
+        // of the stream's version first: a short page is the end (an empty first page, an
+        // empty or missing stream). Forward from `from`; backward below `from` (or from
+        // the end).
         let forward = options.direction == Direction::Forward;
-        let start = async move {
-            let client = self.client().await?;
-            let len = self.stream_version_with(&client, stream).await?.get();
-            let (lo, hi) = annals::backend::index_range(&options, len);
-            Ok::<_, Error>(if forward { (lo, hi) } else { (hi, lo) })
+        let start = match (forward, options.from) {
+            (true, from) => from.map_or(0, Version::get),
+            (false, Some(before)) => before.get(),
+            (false, None) => i64::MAX as u64,
         };
-        stream::once(start)
-            .flat_map(move |range| match range {
-                Err(e) => stream::once(async move { Err(e) }).boxed(),
-                Ok((next, bound)) => stream::unfold(Some(next), move |cursor| async move {
-                    let next = cursor?;
-                    if next == bound {
-                        return None;
-                    }
-                    let page = async {
-                        let client = self.client().await?;
-                        let (sql, a, b) = if forward {
-                            (&self.inner.sql.read_forward, next as i64, bound as i64)
-                        } else {
-                            (&self.inner.sql.read_backward, next as i64, bound as i64)
-                        };
-                        let rows = client
-                            .query(sql.as_str(), &[&stream.as_str(), &a, &b, &STREAM_PAGE])
-                            .await
-                            .map_err(backend)?;
-                        rows.iter().map(|r| event(r, 0)).collect::<Result<Vec<_>>>()
-                    }
-                    .await;
-                    match page {
-                        Err(e) => Some((stream::iter(vec![Err(e)]), None)),
-                        Ok(events) => {
-                            let next = match (events.last(), forward) {
-                                (None, _) => bound,
-                                (Some(l), true) => l.stream_version + 1,
-                                (Some(l), false) => l.stream_version,
-                            };
-                            Some((
-                                stream::iter(events.into_iter().map(Ok).collect::<Vec<_>>()),
-                                Some(next),
-                            ))
-                        }
-                    }
-                })
-                .flatten()
-                .boxed(),
-            })
-            .boxed()
+        let left = options.limit.map_or(u64::MAX, |l| l as u64);
+        stream::unfold(Some((start, left)), move |cursor| async move {
+            let (next, left) = cursor?;
+            if left == 0 {
+                return None;
+            }
+            let want = left.min(STREAM_PAGE as u64) as i64;
+            let page = async {
+                let client = self.client().await?;
+                let (sql, a, b) = if forward {
+                    (&self.inner.sql.read_forward, next as i64, i64::MAX)
+                } else {
+                    (&self.inner.sql.read_backward, next as i64, 0)
+                };
+                let statement = prepared(&client, sql).await?;
+                let rows = client
+                    .query(&statement, &[&stream.as_str(), &a, &b, &want])
+                    .await
+                    .map_err(backend)?;
+                rows.iter().map(|r| event(r, 0)).collect::<Result<Vec<_>>>()
+            }
+            .await;
+            match page {
+                Err(e) => Some((stream::iter(vec![Err(e)]), None)),
+                Ok(events) => {
+                    let cursor = match events.last() {
+                        Some(last) if events.len() as i64 == want => Some((
+                            if forward {
+                                last.stream_version + 1
+                            } else {
+                                last.stream_version
+                            },
+                            left - events.len() as u64,
+                        )),
+                        // A short page: the end.
+                        _ => None,
+                    };
+                    Some((
+                        stream::iter(events.into_iter().map(Ok).collect::<Vec<_>>()),
+                        cursor,
+                    ))
+                }
+            }
+        })
+        .flatten()
+        .boxed()
     }
 
     async fn read_all(&self, from: Position, filter: &Filter, limit: usize) -> Result<AllPage> {
@@ -376,18 +384,19 @@ impl EventStore for PgStore {
 
     async fn await_visible(&self) -> Result<()> {
         let client = self.client().await?;
-        let row = client
-            .query_one("SELECT pg_snapshot_xmax(pg_current_snapshot())::text", &[])
-            .await
-            .map_err(backend)?;
+        let xmax = prepared(
+            &client,
+            "SELECT pg_snapshot_xmax(pg_current_snapshot())::text",
+        )
+        .await?;
+        let passed_sql = "SELECT pg_snapshot_xmin(pg_current_snapshot()) >= $1::text::xid8";
+        let passed = prepared(&client, passed_sql).await?;
+        let row = client.query_one(&xmax, &[]).await.map_err(backend)?;
         let target: String = row.get(0);
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
             let passed: bool = client
-                .query_one(
-                    "SELECT pg_snapshot_xmin(pg_current_snapshot()) >= $1::text::xid8",
-                    &[&target],
-                )
+                .query_one(&passed, &[&target])
                 .await
                 .map_err(backend)?
                 .get(0);
