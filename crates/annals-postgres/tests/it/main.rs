@@ -3,6 +3,7 @@
 
 mod conformance;
 mod horizon;
+mod round_trips;
 mod store;
 mod tls;
 

@@ -1,0 +1,193 @@
+//! Statements sent per decider operation, counted by a proxy between the store and the
+//! server: each simple query and each extended-protocol `Sync` is one statement (one round
+//! trip). The connections that only LISTEN or NOTIFY (change hints, off the caller's path)
+//! are told apart by what they send and not counted.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use annals::{Category, Domain, EventData, EventStore, ExpectedVersion, JsonCodec, StreamName};
+use annals_postgres::{PgConfig, PgStore, PgTls, SslMode};
+use annals_testkit::postgres;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A loopback proxy to the test server counting the statements store connections send.
+struct Proxy {
+    port: u16,
+    statements: Arc<AtomicU64>,
+}
+
+impl Proxy {
+    async fn start(server_port: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let statements = Arc::new(AtomicU64::new(0));
+        let counter = statements.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = TcpStream::connect(("127.0.0.1", server_port))
+                    .await
+                    .unwrap();
+                let (mut from_client, to_client) = client.into_split();
+                let (from_server, mut to_server) = server.into_split();
+                tokio::spawn(async move {
+                    let (mut from_server, mut to_client) = (from_server, to_client);
+                    let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                });
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let _ = forward(&mut from_client, &mut to_server, &counter).await;
+                });
+            }
+        });
+        Self { port, statements }
+    }
+
+    fn count(&self) -> u64 {
+        self.statements.load(Ordering::SeqCst)
+    }
+}
+
+/// Forwards one connection's frontend messages, counting its statements unless it is a
+/// LISTEN or NOTIFY connection.
+async fn forward(
+    from: &mut tokio::net::tcp::OwnedReadHalf,
+    to: &mut tokio::net::tcp::OwnedWriteHalf,
+    counter: &AtomicU64,
+) -> std::io::Result<()> {
+    // The startup message has no type byte.
+    let len = from.read_u32().await?;
+    let mut body = vec![0; len as usize - 4];
+    from.read_exact(&mut body).await?;
+    to.write_u32(len).await?;
+    to.write_all(&body).await?;
+    let mut hint_only = false;
+    let mut pending = 0u64;
+    loop {
+        let kind = from.read_u8().await?;
+        let len = from.read_u32().await?;
+        let mut body = vec![0; len as usize - 4];
+        from.read_exact(&mut body).await?;
+        let text = String::from_utf8_lossy(&body);
+        if text.contains("LISTEN") || text.contains("pg_notify") {
+            hint_only = true;
+        }
+        match kind {
+            b'Q' | b'S' => pending += 1,
+            _ => {}
+        }
+        if !hint_only && pending > 0 {
+            counter.fetch_add(pending, Ordering::SeqCst);
+            pending = 0;
+        }
+        to.write_u8(kind).await?;
+        to.write_u32(len).await?;
+        to.write_all(&body).await?;
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+enum Event {
+    Added { n: u32 },
+}
+
+fn added() -> Vec<Event> {
+    vec![Event::Added { n: 1 }]
+}
+
+struct Count;
+
+impl Domain for Count {
+    type Event = Event;
+    type State = u64;
+    fn initial() -> u64 {
+        0
+    }
+    fn evolve(n: u64, _: &Event) -> u64 {
+        n + 1
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_costs_one_statement_cached_two_uncached_and_two_after_a_conflict() {
+    let server = postgres::shared();
+    let proxy = Proxy::start(server.port).await;
+    let url = server
+        .url
+        .replace(&format!(":{}/", server.port), &format!(":{}/", proxy.port));
+    let connection: annals_postgres::tokio_postgres::Config = url.parse().unwrap();
+    let schema = postgres::schema_name("trips");
+    let config = PgConfig::new(connection)
+        .schema(&schema)
+        .pool_size(1)
+        .tls(PgTls::new(SslMode::Disable));
+    let store = Arc::new(PgStore::connect(config).await.unwrap());
+    store.migrate().await.unwrap();
+    let cache = Arc::new(annals::Cache::new(100));
+    let cached = Category::<Count>::new("Count", store.clone(), JsonCodec::new())
+        .unwrap()
+        .with_cache(cache);
+    let uncached = Category::<Count>::new("Count", store.clone(), JsonCodec::new()).unwrap();
+    // Warm up: every statement prepared on the pool's one connection.
+    for id in ["warm", "warm2"] {
+        let d = cached.decider(id).unwrap();
+        d.transact(|_| added()).await.unwrap();
+        d.transact(|_| added()).await.unwrap();
+        uncached
+            .decider(id)
+            .unwrap()
+            .transact(|_| added())
+            .await
+            .unwrap();
+    }
+    let other = StreamName::new("Count-warm").unwrap();
+    store
+        .append(
+            &other,
+            ExpectedVersion::Any,
+            vec![EventData::new("Added", br#"{"n":1}"#.to_vec())],
+        )
+        .await
+        .unwrap();
+    cached
+        .decider("warm")
+        .unwrap()
+        .transact(|_| added())
+        .await
+        .unwrap();
+
+    let measure = |before: u64| proxy.count() - before;
+    // A cached decision on a current state: the append alone.
+    let d = cached.decider("a").unwrap();
+    d.transact(|_| added()).await.unwrap();
+    let before = proxy.count();
+    d.transact(|_| added()).await.unwrap();
+    assert_eq!(measure(before), 1, "cached, uncontended: one statement");
+    // Without a cache: the load and the append.
+    let u = uncached.decider("a").unwrap();
+    let before = proxy.count();
+    u.transact(|_| added()).await.unwrap();
+    assert_eq!(measure(before), 2, "uncached: load and append");
+    // The cached decider is now stale: its append is refused with the event it missed,
+    // and the second append lands.
+    let before = proxy.count();
+    let mut seen = Vec::new();
+    d.transact(|n| {
+        seen.push(*n);
+        added()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        seen,
+        vec![2, 3],
+        "decided again on the state the refusal brought"
+    );
+    assert_eq!(
+        measure(before),
+        2,
+        "a conflict and its resync: the refused append and the one that lands"
+    );
+    assert_eq!(d.query(|n| *n).await.unwrap(), 4);
+}
