@@ -649,7 +649,7 @@ impl PgStore {
     ) -> Result<Verdict> {
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
         let rows = client
-            .query(&prepared(&client, &self.inner.sql.classify).await?, &[&ids])
+            .query(&prepared(client, &self.inner.sql.classify).await?, &[&ids])
             .await
             .map_err(backend)?;
         let mut by_id = std::collections::HashMap::new();
@@ -671,7 +671,7 @@ impl PgStore {
                 let v = (f.stream_version + events.len() as u64) as i64;
                 client
                     .query_opt(
-                        &prepared(&client, &self.inner.sql.batch_start).await?,
+                        &prepared(client, &self.inner.sql.batch_start).await?,
                         &[&stream.as_str(), &v],
                     )
                     .await
@@ -690,7 +690,7 @@ impl PgStore {
     ) -> Result<Version> {
         let row = client
             .query_opt(
-                &prepared(&client, &self.inner.sql.version).await?,
+                &prepared(client, &self.inner.sql.version).await?,
                 &[&stream.as_str()],
             )
             .await
