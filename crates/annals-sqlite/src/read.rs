@@ -167,6 +167,7 @@ pub(crate) fn read_head(conn: &mut Connection, stream: &str, limit: usize) -> Re
 }
 
 /// Cursor of a stream read.
+#[derive(Clone, Copy)]
 struct Cursor {
     stream_id: i64,
     /// Next index to read (forward) or one past it (backward).
@@ -175,43 +176,76 @@ struct Cursor {
     bound: u64,
 }
 
+/// One page of a stream read at `cursor`, and the cursor after it.
+fn page(
+    conn: &mut Connection,
+    cursor: Cursor,
+    forward: bool,
+) -> Result<(Vec<RecordedEvent>, Cursor)> {
+    let (id, next, bound) = (cursor.stream_id, cursor.next as i64, cursor.bound as i64);
+    let sql = if forward {
+        format!("{SELECT} WHERE e.stream_id = ?1 AND e.stream_version >= ?2 AND e.stream_version < ?3 ORDER BY e.stream_version LIMIT ?4")
+    } else {
+        format!("{SELECT} WHERE e.stream_id = ?1 AND e.stream_version < ?2 AND e.stream_version >= ?3 ORDER BY e.stream_version DESC LIMIT ?4")
+    };
+    let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+    let rows = stmt
+        .query_map(
+            rusqlite::params![id, next, bound, STREAM_PAGE as i64],
+            event,
+        )
+        .map_err(backend)?;
+    let events = rows
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(backend)?;
+    let next = match (events.last(), forward) {
+        (None, _) => cursor.bound,
+        (Some(last), true) => last.stream_version + 1,
+        (Some(last), false) => last.stream_version,
+    };
+    Ok((events, Cursor { next, ..cursor }))
+}
+
+/// A stream read: the stream's length and its first page in one hop to a reader, then
+/// a page per hop.
 pub(crate) fn read_stream(
     readers: Arc<Readers>,
     stream: StreamName,
     options: ReadStream,
 ) -> BoxStream<'static, Result<RecordedEvent>> {
     let forward = options.direction == Direction::Forward;
-    let start = {
+    let first = {
         let readers = Arc::clone(&readers);
         async move {
             readers
                 .with(move |conn| {
-                    let row = stream_version(conn, stream.as_str()).map_err(backend)?;
-                    Ok(row.map(|(stream_id, len)| {
-                        let (lo, hi) = annals::backend::index_range(&options, len);
-                        if forward {
-                            Cursor {
-                                stream_id,
-                                next: lo,
-                                bound: hi,
-                            }
-                        } else {
-                            Cursor {
-                                stream_id,
-                                next: hi,
-                                bound: lo,
-                            }
-                        }
-                    }))
+                    let Some((stream_id, len)) =
+                        stream_version(conn, stream.as_str()).map_err(backend)?
+                    else {
+                        return Ok(None);
+                    };
+                    let (lo, hi) = annals::backend::index_range(&options, len);
+                    let (next, bound) = if forward { (lo, hi) } else { (hi, lo) };
+                    let cursor = Cursor {
+                        stream_id,
+                        next,
+                        bound,
+                    };
+                    if next == bound {
+                        return Ok(Some((Vec::new(), cursor)));
+                    }
+                    page(conn, cursor, forward).map(Some)
                 })
                 .await
         }
     };
-    stream::once(start)
-        .flat_map(move |cursor| match cursor {
+    stream::once(first)
+        .flat_map(move |first| match first {
             Err(e) => stream::once(async move { Err(e) }).boxed(),
             Ok(None) => stream::empty().boxed(),
-            Ok(Some(cursor)) => pages(Arc::clone(&readers), cursor, forward).boxed(),
+            Ok(Some((events, cursor))) => stream::iter(events.into_iter().map(Ok))
+                .chain(pages(Arc::clone(&readers), cursor, forward))
+                .boxed(),
         })
         .boxed()
 }
@@ -228,32 +262,12 @@ fn pages(
             if cursor.next == cursor.bound {
                 return None;
             }
-            let (id, next, bound) = (cursor.stream_id, cursor.next as i64, cursor.bound as i64);
-            let page = readers
-                .with(move |conn| {
-                    let sql = if forward {
-                        format!("{SELECT} WHERE e.stream_id = ?1 AND e.stream_version >= ?2 AND e.stream_version < ?3 ORDER BY e.stream_version LIMIT ?4")
-                    } else {
-                        format!("{SELECT} WHERE e.stream_id = ?1 AND e.stream_version < ?2 AND e.stream_version >= ?3 ORDER BY e.stream_version DESC LIMIT ?4")
-                    };
-                    let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
-                    let rows = stmt
-                        .query_map(rusqlite::params![id, next, bound, STREAM_PAGE as i64], event)
-                        .map_err(backend)?;
-                    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
-                })
-                .await;
-            match page {
+            match readers.with(move |conn| page(conn, cursor, forward)).await {
                 Err(e) => Some((stream::iter(vec![Err(e)]), None)),
-                Ok(events) => {
-                    let next = match (events.last(), forward) {
-                        (None, _) => cursor.bound,
-                        (Some(last), true) => last.stream_version + 1,
-                        (Some(last), false) => last.stream_version,
-                    };
-                    let cursor = Cursor { next, ..cursor };
-                    Some((stream::iter(events.into_iter().map(Ok).collect::<Vec<_>>()), Some(cursor)))
-                }
+                Ok((events, cursor)) => Some((
+                    stream::iter(events.into_iter().map(Ok).collect::<Vec<_>>()),
+                    Some(cursor),
+                )),
             }
         }
     })
