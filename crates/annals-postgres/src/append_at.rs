@@ -1,14 +1,12 @@
-//! The decider's append (`EventStore::append_at`) in one round trip: the `append_at`
-//! function of migration 0009 writes at an exact version or, refused, returns the stream's
-//! events from that version on with the refusal.
+//! The decider's append (`EventStore::append_at`) in one round trip: through the group
+//! commit, which writes at an exact version or, refused, returns the stream's events from
+//! that version on with the refusal.
 
 use annals::{AppendAt, CONFLICT_EVENTS};
 
-use super::*;
+use crate::group::RACES;
 
-/// The column of the first event column in `append_at`'s rows, and of `batch_start`.
-const EVENT_AT: usize = 5;
-const BATCH_START_AT: usize = 16;
+use super::*;
 
 impl PgStore {
     pub(crate) async fn append_at_version(
@@ -19,40 +17,28 @@ impl PgStore {
     ) -> Result<AppendAt> {
         annals::backend::validate_batch(stream, &events, self.inner.config.max_event_bytes)?;
         let expected = ExpectedVersion::Exact(version);
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(&self.inner.sql.append_at)
-            .await
-            .map_err(backend)?;
-        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-        let data: Vec<&[u8]> = events.iter().map(|e| e.data.as_slice()).collect();
-        let metadata: Vec<Option<&[u8]>> = events.iter().map(|e| e.metadata.as_deref()).collect();
-        let correlation: Vec<Option<Uuid>> = events.iter().map(|e| e.correlation_id).collect();
-        let causation: Vec<Option<Uuid>> = events.iter().map(|e| e.causation_id).collect();
-        let (name, category) = (stream.as_str(), stream.category());
-        let (at, limit) = (version.get() as i64, CONFLICT_EVENTS as i64);
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
-            &name,
-            &category,
-            &at,
-            &ids,
-            &types,
-            &data,
-            &metadata,
-            &correlation,
-            &causation,
-            &limit,
-        ];
-        // Another pass when the call lost the transaction-id race on the stream row, or
+        // Another pass when the append lost the transaction-id race on the stream row, or
         // met ids of an append that then rolled back.
-        for _ in 0..5 {
-            let rows = match client.query(&statement, &params).await {
-                Ok(rows) => rows,
-                Err(e) if is_unique_violation(&e) => {
+        // A lost race is answered at once by a newer transaction; ids that vanish are rare.
+        let (mut races, mut vanished) = (0, 0);
+        while races < RACES && vanished < 5 {
+            let (actual, refused) = match self.grouped(stream, expected, &events, true).await? {
+                group::Answer::Written(written) => {
+                    self.wake();
+                    return Ok(AppendAt::Written(written));
+                }
+                group::Answer::Retry => {
+                    races += 1;
+                    continue;
+                }
+                group::Answer::Recorded => {
+                    let client = self.client().await?;
                     match self.classify(&client, stream, expected, &events).await {
                         Ok(Verdict::AlreadyWritten(r)) => return Ok(AppendAt::Written(r)),
-                        Ok(Verdict::Write) => continue,
+                        Ok(Verdict::Write) => {
+                            vanished += 1;
+                            continue;
+                        }
                         Err(Error::WrongExpectedVersion { actual, .. }) => {
                             drop(client);
                             return self.conflict_read(stream, version, actual).await;
@@ -60,36 +46,9 @@ impl PgStore {
                         Err(e) => return Err(e),
                     }
                 }
-                Err(e)
-                    if e.code()
-                        == Some(&tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE) =>
-                {
-                    continue
-                }
-                Err(e) => return Err(backend(e)),
+                group::Answer::Refused { actual, tail } => (actual, tail),
             };
-            let head = rows
-                .first()
-                .ok_or_else(|| backend("append_at returned no status row"))?;
-            let status: i16 = head.try_get(0).map_err(backend)?;
-            let at_version = Version(head.try_get::<_, i64>(1).map_err(backend)? as u64);
-            if status == 0 {
-                let tx = tx_of(head.try_get::<_, &str>(4).map_err(backend)?)?;
-                let written = AppendResult {
-                    version: at_version,
-                    first_position: pack(tx, head.try_get(2).map_err(backend)?),
-                    last_position: pack(tx, head.try_get(3).map_err(backend)?),
-                };
-                drop(client);
-                self.wake();
-                return Ok(AppendAt::Written(written));
-            }
-            let mut tail = Vec::with_capacity(rows.len() - 1);
-            let mut batch_starts = Vec::with_capacity(rows.len() - 1);
-            for row in &rows[1..] {
-                tail.push(event(row, EVENT_AT)?);
-                batch_starts.push(row.try_get::<_, i64>(BATCH_START_AT).map_err(backend)? as u64);
-            }
+            let (tail, batch_starts): (Vec<RecordedEvent>, Vec<u64>) = refused.into_iter().unzip();
             // Refused. An exact retry of an append that was written finds its ids in the
             // events returned; anything else is a conflict.
             let found: Vec<Option<Found>> = events
@@ -104,22 +63,16 @@ impl PgStore {
                     })
                 })
                 .collect();
+            let conflict = |events| Ok(AppendAt::Conflict { actual, events });
             if found.iter().all(Option::is_none) {
-                return Ok(AppendAt::Conflict {
-                    actual: at_version,
-                    events: tail,
-                });
+                return conflict(tail);
             }
             if tail.len() >= CONFLICT_EVENTS {
                 // The answer may stop inside the batch: ask the long way.
+                let client = self.client().await?;
                 return match self.classify(&client, stream, expected, &events).await {
                     Ok(Verdict::AlreadyWritten(r)) => Ok(AppendAt::Written(r)),
-                    Ok(Verdict::Write) | Err(Error::WrongExpectedVersion { .. }) => {
-                        Ok(AppendAt::Conflict {
-                            actual: at_version,
-                            events: tail,
-                        })
-                    }
+                    Ok(Verdict::Write) | Err(Error::WrongExpectedVersion { .. }) => conflict(tail),
                     Err(e) => Err(e),
                 };
             }
@@ -131,18 +84,13 @@ impl PgStore {
             return match idempotency::check(
                 stream,
                 expected,
-                at_version,
+                actual,
                 &events,
                 &found,
                 batch_start_of,
             ) {
                 Ok(Verdict::AlreadyWritten(r)) => Ok(AppendAt::Written(r)),
-                Ok(Verdict::Write) | Err(Error::WrongExpectedVersion { .. }) => {
-                    Ok(AppendAt::Conflict {
-                        actual: at_version,
-                        events: tail,
-                    })
-                }
+                Ok(Verdict::Write) | Err(Error::WrongExpectedVersion { .. }) => conflict(tail),
                 Err(e) => Err(e),
             };
         }

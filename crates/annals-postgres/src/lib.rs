@@ -36,9 +36,11 @@ mod append_at;
 mod config;
 mod coordination;
 mod error;
+mod group;
 mod listen;
 mod projection;
 mod read_model;
+mod sql;
 mod sql_value;
 mod store;
 mod tls;
@@ -67,6 +69,7 @@ pub use tokio_postgres;
 pub use tokio_postgres_rustls;
 
 use error::backend;
+use sql::Sql;
 
 /// The migrations, in order; `{schema}` is replaced by the store's schema.
 const MIGRATIONS: &[&str] = &[
@@ -78,7 +81,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0006_projection_schema.sql"),
     include_str!("../migrations/0007_import.sql"),
     include_str!("../migrations/0008_partitions_parked.sql"),
-    include_str!("../migrations/0009_append_at.sql"),
+    include_str!("../migrations/0009_append_group.sql"),
 ];
 
 /// Connections kept for `read_all` (subscriptions and pipelines), apart from the pool
@@ -111,131 +114,6 @@ fn tx_of(text: &str) -> Result<u64> {
         .map_err(|_| backend(format!("unexpected transaction id {text:?}")))
 }
 
-/// The statements of one schema.
-struct Sql {
-    append: String,
-    version: String,
-    read_forward: String,
-    read_backward: String,
-    read_all: String,
-    read_all_window: String,
-    classify: String,
-    batch_start: String,
-    checkpoint_load: String,
-    checkpoint_commit: String,
-    checkpoint_list: String,
-    held_back: String,
-    progress_lock: String,
-    leases_acquire: String,
-    leases_release: String,
-    leases_leave: String,
-    append_with_snapshot: String,
-    append_at: String,
-    read_head: String,
-    progress_rebuilt: String,
-    progress_get: String,
-    progress_advance: String,
-    projection_rows: String,
-    parked_upsert: String,
-    parked_list: String,
-    parked_delete: String,
-    import: String,
-}
-
-const EVENT_COLUMNS: &str = "e.tx_id::text, e.position, s.name, e.stream_version, \
-     (extract(epoch FROM e.recorded_at) * 1000000)::bigint, e.event_type, e.data, e.metadata, \
-     e.event_id, e.correlation_id, e.causation_id";
-
-impl Sql {
-    fn new(schema: &str) -> Self {
-        let from =
-            format!("FROM {schema}.events e JOIN {schema}.streams s ON s.stream_id = e.stream_id");
-        Self {
-            append: format!("SELECT status, version, first_position, last_position, tx FROM {schema}.append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
-            append_with_snapshot: format!("SELECT status, version, first_position, last_position, tx FROM {schema}.append_with_snapshot($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"),
-            append_at: format!("SELECT * FROM {schema}.append_at($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
-            // One statement: the head row, then the events from the snapshot on (the
-            // snapshot itself only on the first row).
-            read_head: format!(
-                "SELECT s.version, s.snapshot_version, \
-                 CASE WHEN e.stream_version IS NULL OR e.stream_version = coalesce(s.snapshot_version, 0) THEN s.snapshot END, \
-                 {EVENT_COLUMNS} FROM {schema}.streams s LEFT JOIN LATERAL \
-                 (SELECT * FROM {schema}.events e WHERE e.stream_id = s.stream_id \
-                  AND e.stream_version >= coalesce(s.snapshot_version, 0) ORDER BY e.stream_version LIMIT $2) e ON true \
-                 WHERE s.name = $1 ORDER BY e.stream_version"
-            ),
-            import: format!("SELECT status, written, refused_stream, refused_version, actual FROM {schema}.import_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
-            version: format!("SELECT version FROM {schema}.streams WHERE name = $1"),
-            read_forward: format!("SELECT {EVENT_COLUMNS} {from} WHERE s.name = $1 AND e.stream_version >= $2 AND e.stream_version < $3 ORDER BY e.stream_version LIMIT $4"),
-            read_backward: format!("SELECT {EVENT_COLUMNS} {from} WHERE s.name = $1 AND e.stream_version < $2 AND e.stream_version >= $3 ORDER BY e.stream_version DESC LIMIT $4"),
-            // Plans fixed by the functions of migration 0004 (see there why).
-            read_all: format!(
-                "SELECT * FROM {schema}.read_all_page($1::text::xid8, $2, $3, $4, $5, $6, $7, $8)"
-            ),
-            read_all_window: format!(
-                "SELECT * FROM {schema}.read_all_window($1::text::xid8, $2, $3::text::xid8, $4)"
-            ),
-            classify: format!("SELECT e.event_id, s.name, e.stream_version, e.batch_start, e.tx_id::text, e.position {from} WHERE e.event_id = ANY ($1)"),
-            batch_start: format!("SELECT e.batch_start {from} WHERE s.name = $1 AND e.stream_version = $2"),
-            checkpoint_load: format!("SELECT position FROM {schema}.checkpoints WHERE group_name = $1 AND source = $2"),
-            checkpoint_commit: format!(
-                "INSERT INTO {schema}.checkpoints (group_name, source, position) VALUES ($1, $2, $3) \
-                 ON CONFLICT (group_name, source) DO UPDATE SET position = excluded.position, updated_at = now()"
-            ),
-            checkpoint_list: format!("SELECT group_name, source, position FROM {schema}.checkpoints ORDER BY group_name, source"),
-            // Creates the row or locks it, and returns its latest committed progress (an
-            // upsert sees the row another transaction committed while it waited, which a
-            // SELECT of the same statement would not).
-            progress_lock: format!(
-                "INSERT INTO {schema}.projection_streams AS p (projection, stream, next_version) \
-                 VALUES ($1, $2, 0) ON CONFLICT (projection, stream) \
-                 DO UPDATE SET next_version = p.next_version RETURNING p.next_version"
-            ),
-            progress_rebuilt: format!(
-                "INSERT INTO {schema}.projection_streams (projection, stream, next_version, schema_version) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (projection, stream) DO UPDATE \
-                 SET next_version = excluded.next_version, schema_version = excluded.schema_version"
-            ),
-            progress_advance: format!(
-                "SELECT {schema}.advance_progress($1, $2, $3, $4, $5, $6)"
-            ),
-            progress_get: format!(
-                "SELECT next_version, schema_version FROM {schema}.projection_streams \
-                 WHERE projection = $1 AND stream = $2"
-            ),
-            projection_rows: format!(
-                "SELECT stream, next_version, schema_version FROM {schema}.projection_streams \
-                 WHERE projection = $1 ORDER BY stream"
-            ),
-            parked_upsert: format!(
-                "INSERT INTO {schema}.parked (group_name, stream, from_version, to_version, attempts, \
-                 first_error, last_error, parked_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                 ON CONFLICT (group_name, stream) DO UPDATE SET \
-                 from_version = least(parked.from_version, excluded.from_version), \
-                 to_version = greatest(parked.to_version, excluded.to_version), \
-                 attempts = excluded.attempts, last_error = excluded.last_error, \
-                 updated_at = excluded.updated_at"
-            ),
-            parked_list: format!(
-                "SELECT group_name, stream, from_version, to_version, attempts, first_error, \
-                 last_error, parked_at, updated_at FROM {schema}.parked \
-                 WHERE $1::text IS NULL OR group_name = $1 ORDER BY group_name, stream"
-            ),
-            parked_delete: format!(
-                "DELETE FROM {schema}.parked WHERE group_name = $1 AND stream = $2"
-            ),
-            leases_acquire: format!("SELECT held, fair_share, live_members FROM {schema}.acquire_leases($1, $2, $3, make_interval(secs => $4))"),
-            leases_leave: format!("WITH gone AS (DELETE FROM {schema}.group_members WHERE group_name = $1 AND member = $2) DELETE FROM {schema}.leases WHERE group_name = $1 AND owner = $2"),
-            leases_release: format!("DELETE FROM {schema}.leases WHERE group_name = $1 AND owner = $2 AND partition = ANY ($3)"),
-            held_back: format!(
-                "SELECT (SELECT count(*) FROM {schema}.events WHERE tx_id >= pg_snapshot_xmin(pg_current_snapshot())), \
-                        (SELECT extract(epoch FROM now() - min(xact_start))::float8 FROM pg_stat_activity \
-                          WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid())"
-            ),
-        }
-    }
-}
-
 struct Inner {
     pool: Pool,
     /// Connections for `read_all` alone.
@@ -246,6 +124,8 @@ struct Inner {
     /// apply that finds it here skips reading it (its commit checks it anyway).
     progress: read_model::ProgressCache,
     changes: watch::Sender<()>,
+    /// Group commit of this process's appends.
+    group: group::Grouper,
     notifier: listen::Notifier,
     listener: tokio::task::JoinHandle<()>,
 }
@@ -413,6 +293,7 @@ impl PgStore {
                 feed_pool,
                 progress: read_model::ProgressCache::default(),
                 sql: Sql::new(&config::quoted(&config.schema)),
+                group: group::Grouper::new((config.pool_size / 2).clamp(1, 4)),
                 config,
                 changes,
                 notifier,

@@ -18,7 +18,7 @@ impl EventStore for PgStore {
         expected: ExpectedVersion,
         events: Vec<EventData>,
     ) -> Result<AppendResult> {
-        self.append_with(stream, expected, events, None).await
+        self.append_grouped(stream, expected, events).await
     }
 
     async fn append_at(

@@ -1,0 +1,273 @@
+//! Group commit: concurrent appends of this process to different streams are written by
+//! one statement (the `append_group` function of migration 0009), so one transaction and
+//! one commit serve them all, each append in its own subtransaction so a refusal fails only
+//! its caller.
+//!
+//! An append joins the queue, then either gets its answer from a group another caller is
+//! writing or, when a group slot is free, takes what is queued (at most one append per
+//! stream; later ones wait for the next group) and writes it as a group itself. The group is
+//! a task of its own, so a caller that gives up never strands the others' answers. Groups
+//! lock their streams in name order, so two processes' groups never wait for each other in
+//! a cycle (a deadlock PostgreSQL still breaks is answered as a retry).
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Mutex;
+
+use annals::CONFLICT_EVENTS;
+use tokio::sync::{oneshot, Semaphore};
+
+use super::*;
+
+/// At most this many appends, and events, go into one group.
+const MAX_APPENDS: usize = 256;
+const MAX_EVENTS: usize = 4096;
+/// How often an append is tried again after losing the transaction-id race on its stream
+/// row to another group (each try is a newer transaction, so it wins soon).
+pub(crate) const RACES: u32 = 100;
+/// The columns of `append_group`'s rows where an event's columns start, and its
+/// `batch_start`.
+const EVENT_AT: usize = 6;
+const BATCH_START_AT: usize = 17;
+
+/// What the group said about one append.
+pub(crate) enum Answer {
+    /// Written.
+    Written(AppendResult),
+    /// Refused: the stream's version; with the events from the expected version on (and
+    /// each one's `batch_start`) when they were asked for.
+    Refused {
+        actual: Version,
+        tail: Vec<(RecordedEvent, u64)>,
+    },
+    /// An event id is already recorded: classify.
+    Recorded,
+    /// Lost the transaction-id race on the stream row (or a deadlock was broken): try
+    /// again in a new group.
+    Retry,
+}
+
+struct Request {
+    stream: StreamName,
+    expected: ExpectedVersion,
+    events: Vec<EventData>,
+    tail: bool,
+    reply: oneshot::Sender<Result<Answer>>,
+}
+
+pub(crate) struct Grouper {
+    queue: Mutex<VecDeque<Request>>,
+    slots: Arc<Semaphore>,
+}
+
+impl Grouper {
+    /// `slots` groups may be written at once (each on a connection of its own).
+    pub(crate) fn new(slots: usize) -> Self {
+        Self {
+            queue: Mutex::new(VecDeque::new()),
+            slots: Arc::new(Semaphore::new(slots.max(1))),
+        }
+    }
+
+    /// The next group: queued appends in order, the first per stream, within the bounds.
+    fn take(&self) -> Vec<Request> {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut streams = HashSet::new();
+        let mut group = Vec::new();
+        let mut events = 0;
+        let mut later = VecDeque::new();
+        while let Some(r) = queue.pop_front() {
+            let fits = group.len() < MAX_APPENDS
+                && (group.is_empty() || events + r.events.len() <= MAX_EVENTS);
+            if fits && streams.insert(r.stream.clone()) {
+                events += r.events.len();
+                group.push(r);
+            } else {
+                later.push_back(r);
+            }
+        }
+        *queue = later;
+        group
+    }
+}
+
+impl PgStore {
+    /// An append through the group commit, with the store's retry semantics.
+    pub(crate) async fn append_grouped(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult> {
+        annals::backend::validate_batch(stream, &events, self.inner.config.max_event_bytes)?;
+        // Another pass when the first met ids recorded by an append that then rolled back
+        // before we could classify it, or lost the transaction-id race on the stream row.
+        // A lost race is answered at once by a newer transaction; ids that vanish are rare.
+        let (mut races, mut vanished) = (0, 0);
+        while races < RACES && vanished < 5 {
+            match self.grouped(stream, expected, &events, false).await? {
+                Answer::Written(r) => {
+                    self.wake();
+                    return Ok(r);
+                }
+                Answer::Retry => races += 1,
+                Answer::Refused { .. } | Answer::Recorded => {
+                    let client = self.client().await?;
+                    match self.classify(&client, stream, expected, &events).await? {
+                        Verdict::AlreadyWritten(r) => return Ok(r),
+                        Verdict::Write => vanished += 1,
+                    }
+                }
+            }
+        }
+        Err(backend(format!(
+            "{stream}: event ids kept appearing and vanishing; retry"
+        )))
+    }
+
+    /// Appends through the group commit: the answer for this append alone.
+    pub(crate) async fn grouped(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: &[EventData],
+        tail: bool,
+    ) -> Result<Answer> {
+        let grouper = &self.inner.group;
+        let (reply, mut answer) = oneshot::channel();
+        grouper
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(Request {
+                stream: stream.clone(),
+                expected,
+                events: events.to_vec(),
+                tail,
+                reply,
+            });
+        let gone = || backend("the group writing this append ended without an answer");
+        loop {
+            tokio::select! {
+                biased;
+                got = &mut answer => return got.map_err(|_| gone())?,
+                permit = Arc::clone(&grouper.slots).acquire_owned() => {
+                    let permit = permit.map_err(|_| gone())?;
+                    let group = grouper.take();
+                    if group.is_empty() {
+                        // Ours is in a group being written.
+                        drop(permit);
+                        return answer.await.map_err(|_| gone())?;
+                    }
+                    let store = self.clone();
+                    let written = tokio::spawn(async move {
+                        store.write_group(group).await;
+                        drop(permit);
+                    });
+                    let _ = written.await;
+                }
+            }
+        }
+    }
+
+    /// Writes `group` in one statement and answers each append.
+    async fn write_group(&self, mut group: Vec<Request>) {
+        group.sort_by(|a, b| a.stream.cmp(&b.stream));
+        match self.group_statement(&group).await {
+            Ok(mut answers) => {
+                for (r, a) in group.into_iter().zip(answers.drain(..)) {
+                    let _ = r.reply.send(Ok(a));
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for r in group {
+                    let _ = r
+                        .reply
+                        .send(Err(backend(format!("a group commit failed: {message}"))));
+                }
+            }
+        }
+    }
+
+    async fn group_statement(&self, group: &[Request]) -> Result<Vec<Answer>> {
+        let names: Vec<&str> = group.iter().map(|r| r.stream.as_str()).collect();
+        let categories: Vec<&str> = group.iter().map(|r| r.stream.category()).collect();
+        let (kinds, expected): (Vec<i16>, Vec<i64>) =
+            group.iter().map(|r| kind(r.expected)).unzip();
+        let tails: Vec<bool> = group.iter().map(|r| r.tail).collect();
+        let counts: Vec<i32> = group.iter().map(|r| r.events.len() as i32).collect();
+        let all = || group.iter().flat_map(|r| r.events.iter());
+        let ids: Vec<Uuid> = all().map(|e| e.event_id).collect();
+        let types: Vec<&str> = all().map(|e| e.event_type.as_str()).collect();
+        let data: Vec<&[u8]> = all().map(|e| e.data.as_slice()).collect();
+        let metadata: Vec<Option<&[u8]>> = all().map(|e| e.metadata.as_deref()).collect();
+        let correlation: Vec<Option<Uuid>> = all().map(|e| e.correlation_id).collect();
+        let causation: Vec<Option<Uuid>> = all().map(|e| e.causation_id).collect();
+        let limit = CONFLICT_EVENTS as i64;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 13] = [
+            &names,
+            &categories,
+            &kinds,
+            &expected,
+            &tails,
+            &counts,
+            &ids,
+            &types,
+            &data,
+            &metadata,
+            &correlation,
+            &causation,
+            &limit,
+        ];
+        let client = self.client().await?;
+        let statement = prepared(&client, &self.inner.sql.append_group).await?;
+        let rows = client.query(&statement, &params).await.map_err(backend)?;
+        drop(client);
+        let mut answers: Vec<Option<Answer>> = (0..group.len()).map(|_| None).collect();
+        for row in &rows {
+            let idx = row.try_get::<_, i32>(0).map_err(backend)? as usize;
+            let slot = answers
+                .get_mut(idx.wrapping_sub(1))
+                .ok_or_else(|| backend(format!("append_group answered for append {idx}")))?;
+            let status: i16 = row.try_get(1).map_err(backend)?;
+            let version = || -> Result<Version> {
+                Ok(Version(row.try_get::<_, i64>(2).map_err(backend)? as u64))
+            };
+            match status {
+                0 => {
+                    let tx = tx_of(row.try_get::<_, &str>(5).map_err(backend)?)?;
+                    *slot = Some(Answer::Written(AppendResult {
+                        version: version()?,
+                        first_position: pack(tx, row.try_get(3).map_err(backend)?),
+                        last_position: pack(tx, row.try_get(4).map_err(backend)?),
+                    }));
+                }
+                1 => {
+                    *slot = Some(Answer::Refused {
+                        actual: version()?,
+                        tail: Vec::new(),
+                    })
+                }
+                2 => {
+                    let event = event(row, EVENT_AT)?;
+                    let batch_start =
+                        row.try_get::<_, i64>(BATCH_START_AT).map_err(backend)? as u64;
+                    match slot {
+                        Some(Answer::Refused { tail, .. }) => tail.push((event, batch_start)),
+                        _ => return Err(backend("append_group sent events for no refusal")),
+                    }
+                }
+                3 => *slot = Some(Answer::Recorded),
+                4 => *slot = Some(Answer::Retry),
+                other => return Err(backend(format!("append_group status {other}"))),
+            }
+        }
+        answers
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| {
+                a.ok_or_else(|| backend(format!("append_group left append {} unanswered", i + 1)))
+            })
+            .collect()
+    }
+}
