@@ -1,14 +1,18 @@
 //! One event as one JetStream message body: a small binary envelope around the data, so
 //! any bytes (types, metadata, data) pass unchanged and headers carry only ASCII.
 //!
-//! Layout: format `1`; stream version (u64); the version its append began at (u64);
-//! recorded at (i64 µs); event id (16); flags (metadata, correlation, causation); type
-//! length (u16) and type; then, as flagged, metadata length (u32) and metadata, correlation
-//! id (16), causation id (16); the data is the rest. Integers are big-endian.
+//! Layout (format `2`): format byte; stream version (varint); how far into its append the
+//! event is, `version - batch_start` (varint); recorded at (i64 µs, big-endian); event id
+//! (16); flags (metadata, correlation, causation); type length (varint) and type; then, as
+//! flagged, metadata length (varint) and metadata, correlation id (16), causation id (16);
+//! the data is the rest. Varints are LEB128 (`integer-encoding`). Format `1` (fixed-width
+//! u64 versions and batch start, u16 type length, u32 metadata length) is still read.
 
 use annals::{EventData, RecordedEvent, StreamName, Timestamp, Uuid};
+use integer_encoding::VarInt;
 
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
+const FORMAT_1: u8 = 1;
 
 /// What a message carries besides the event itself.
 #[derive(Debug, Clone, Copy)]
@@ -21,22 +25,28 @@ pub(crate) struct Place {
     pub(crate) recorded_at: Timestamp,
 }
 
+fn varint(out: &mut Vec<u8>, n: u64) {
+    let mut buf = [0u8; 10];
+    let len = n.encode_var(&mut buf);
+    out.extend_from_slice(&buf[..len]);
+}
+
 pub(crate) fn encode(event: &EventData, place: Place) -> Vec<u8> {
     let meta = event.metadata.as_deref();
-    let mut out = Vec::with_capacity(64 + event.event_type.len() + event.data.len());
+    let mut out = Vec::with_capacity(48 + event.event_type.len() + event.data.len());
     out.push(FORMAT);
-    out.extend_from_slice(&place.version.to_be_bytes());
-    out.extend_from_slice(&place.batch_start.to_be_bytes());
+    varint(&mut out, place.version);
+    varint(&mut out, place.version.saturating_sub(place.batch_start));
     out.extend_from_slice(&place.recorded_at.unix_micros().to_be_bytes());
     out.extend_from_slice(event.event_id.as_bytes());
     let flags = u8::from(meta.is_some())
         | (u8::from(event.correlation_id.is_some()) << 1)
         | (u8::from(event.causation_id.is_some()) << 2);
     out.push(flags);
-    out.extend_from_slice(&(event.event_type.len() as u16).to_be_bytes());
+    varint(&mut out, event.event_type.len() as u64);
     out.extend_from_slice(event.event_type.as_bytes());
     if let Some(m) = meta {
-        out.extend_from_slice(&(m.len() as u32).to_be_bytes());
+        varint(&mut out, m.len() as u64);
         out.extend_from_slice(m);
     }
     if let Some(id) = event.correlation_id {
@@ -64,6 +74,22 @@ impl<'a> Reader<'a> {
     fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
         self.take(N)?.try_into().ok()
     }
+
+    fn varint(&mut self) -> Option<u64> {
+        let (n, len) = u64::decode_var(self.0)?;
+        self.0 = &self.0[len..];
+        Some(n)
+    }
+
+    /// A length: a varint (format 2) or a fixed-width big-endian integer (format 1).
+    fn length<const N: usize>(&mut self, format: u8) -> Option<usize> {
+        if format == FORMAT_1 {
+            let bytes: [u8; N] = self.array()?;
+            Some(bytes.iter().fold(0usize, |n, b| (n << 8) | usize::from(*b)))
+        } else {
+            usize::try_from(self.varint()?).ok()
+        }
+    }
 }
 
 /// The event in a message body, with where the message is; `None` when the body is not an
@@ -74,18 +100,25 @@ pub(crate) fn decode(
     sequence: u64,
 ) -> Option<(RecordedEvent, Place)> {
     let mut r = Reader(body);
-    if r.array::<1>()? != [FORMAT] {
-        return None;
-    }
-    let version = u64::from_be_bytes(r.array()?);
-    let batch_start = u64::from_be_bytes(r.array()?);
+    let [format] = r.array::<1>()?;
+    let (version, batch_start) = match format {
+        FORMAT => {
+            let version = r.varint()?;
+            (version, version.checked_sub(r.varint()?)?)
+        }
+        FORMAT_1 => (
+            u64::from_be_bytes(r.array()?),
+            u64::from_be_bytes(r.array()?),
+        ),
+        _ => return None,
+    };
     let recorded_at = Timestamp::from_unix_micros(i64::from_be_bytes(r.array()?));
     let event_id = Uuid::from_bytes(r.array()?);
     let [flags] = r.array::<1>()?;
-    let type_len = u16::from_be_bytes(r.array()?) as usize;
+    let type_len = r.length::<2>(format)?;
     let event_type = String::from_utf8(r.take(type_len)?.to_vec()).ok()?;
     let metadata = if flags & 1 != 0 {
-        let len = u32::from_be_bytes(r.array()?) as usize;
+        let len = r.length::<4>(format)?;
         Some(r.take(len)?.to_vec())
     } else {
         None
@@ -163,6 +196,29 @@ mod tests {
         );
         assert_eq!(annals::backend::raw_position(r.position), 42);
         assert!(decode(&body[..10], stream.clone(), 1).is_none());
+        // Format 1, as the first releases wrote it, is still read.
+        let mut old = vec![1u8];
+        old.extend_from_slice(&7u64.to_be_bytes());
+        old.extend_from_slice(&5u64.to_be_bytes());
+        old.extend_from_slice(&(-3i64).to_be_bytes());
+        old.extend_from_slice(e.event_id.as_bytes());
+        old.push(1);
+        old.extend_from_slice(&1u16.to_be_bytes());
+        old.extend_from_slice(b"T");
+        old.extend_from_slice(&2u32.to_be_bytes());
+        old.extend_from_slice(b"{}");
+        old.extend_from_slice(b"data");
+        let (r, p) = decode(&old, stream.clone(), 3).unwrap();
+        assert_eq!(
+            (
+                r.stream_version,
+                p.batch_start,
+                r.event_type.as_str(),
+                r.metadata,
+                r.data
+            ),
+            (7, 5, "T", Some(b"{}".to_vec()), b"data".to_vec())
+        );
         assert!(decode(b"not an envelope", stream, 1).is_none());
     }
 }
