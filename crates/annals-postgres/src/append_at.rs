@@ -41,7 +41,8 @@ impl PgStore {
                         }
                         Err(Error::WrongExpectedVersion { actual, .. }) => {
                             drop(client);
-                            return self.conflict_read(stream, version, actual).await;
+                            return annals::backend::conflict_read(self, stream, version, actual)
+                                .await;
                         }
                         Err(e) => return Err(e),
                     }
@@ -97,26 +98,5 @@ impl PgStore {
         Err(backend(format!(
             "{stream}: event ids kept appearing and vanishing; retry"
         )))
-    }
-
-    /// A conflict found the long way: the events from `version` on, read now.
-    async fn conflict_read(
-        &self,
-        stream: &StreamName,
-        version: Version,
-        actual: Version,
-    ) -> Result<AppendAt> {
-        use futures::TryStreamExt;
-        let events = if actual > version {
-            self.read_stream(
-                stream,
-                ReadStream::forward_from(version).limit(CONFLICT_EVENTS),
-            )
-            .try_collect()
-            .await?
-        } else {
-            Vec::new()
-        };
-        Ok(AppendAt::Conflict { actual, events })
     }
 }

@@ -111,6 +111,7 @@ pub use version::{ExpectedVersion, ParsePositionError, Position, Timestamp, Vers
 pub mod backend {
     pub use crate::event::{validate_batch, validate_import, validate_many};
     pub use crate::read_model::{check_events, check_rebuild, rebuild_behind};
+    pub use crate::store::conflict_read;
     use crate::{Position, ReadStream};
 
     /// The one rule that tells an exact retry of an append from a conflict or a partial

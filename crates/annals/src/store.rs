@@ -37,6 +37,30 @@ pub enum AppendAt {
     },
 }
 
+/// The [`AppendAt::Conflict`] of an append at `version` refused with the stream at
+/// `actual`, its events read from `store` (for stores that cannot return them with the
+/// refusal).
+pub async fn conflict_read<S: EventStore + ?Sized>(
+    store: &S,
+    stream: &StreamName,
+    version: Version,
+    actual: Version,
+) -> Result<AppendAt> {
+    use futures::TryStreamExt;
+    let events = if actual > version {
+        store
+            .read_stream(
+                stream,
+                ReadStream::forward_from(version).limit(CONFLICT_EVENTS),
+            )
+            .try_collect()
+            .await?
+    } else {
+        Vec::new()
+    };
+    Ok(AppendAt::Conflict { actual, events })
+}
+
 /// At most this many events come with an [`AppendAt::Conflict`].
 pub const CONFLICT_EVENTS: usize = 1000;
 
@@ -385,18 +409,7 @@ pub trait EventStore: Send + Sync + 'static {
         {
             Ok(written) => Ok(AppendAt::Written(written)),
             Err(Error::WrongExpectedVersion { actual, .. }) => {
-                let events = if actual > version {
-                    use futures::TryStreamExt;
-                    self.read_stream(
-                        stream,
-                        ReadStream::forward_from(version).limit(CONFLICT_EVENTS),
-                    )
-                    .try_collect()
-                    .await?
-                } else {
-                    Vec::new()
-                };
-                Ok(AppendAt::Conflict { actual, events })
+                conflict_read(self, stream, version, actual).await
             }
             Err(e) => Err(e),
         }
