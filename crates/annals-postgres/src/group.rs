@@ -221,7 +221,20 @@ impl PgStore {
         ];
         let client = self.client().await?;
         let statement = prepared(&client, &self.inner.sql.append_group).await?;
-        let rows = client.query(&statement, &params).await.map_err(backend)?;
+        let rows = match client.query(&statement, &params).await {
+            Ok(rows) => rows,
+            // The whole group lost a race PostgreSQL broke (it locks in name order, so a
+            // deadlock is not expected): every append is tried again in a new group.
+            Err(e)
+                if e.code().is_some_and(|c| {
+                    *c == tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED
+                        || *c == tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
+                }) =>
+            {
+                return Ok(group.iter().map(|_| Answer::Retry).collect());
+            }
+            Err(e) => return Err(backend(e)),
+        };
         drop(client);
         let mut answers: Vec<Option<Answer>> = (0..group.len()).map(|_| None).collect();
         for row in &rows {
