@@ -73,6 +73,7 @@ pub struct Category<D: Domain> {
     cache: Option<Arc<Cache>>,
     max_attempts: u32,
     load_locks: Arc<LoadLocks>,
+    turns: Arc<LoadLocks>,
     access: Access<D>,
     references: Option<References<D::Event>>,
     /// Referenced streams seen to exist (streams are never deleted).
@@ -112,6 +113,7 @@ impl<D: Domain> Clone for Category<D> {
             cache: self.cache.clone(),
             max_attempts: self.max_attempts,
             load_locks: Arc::clone(&self.load_locks),
+            turns: Arc::clone(&self.turns),
             access: self.access.clone(),
             references: self.references.clone(),
             known_streams: Arc::clone(&self.known_streams),
@@ -134,6 +136,7 @@ impl<D: Domain> Category<D> {
             cache: None,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             load_locks: Arc::default(),
+            turns: Arc::default(),
             access: Access::default(),
             references: None,
             known_streams: Arc::default(),
@@ -259,17 +262,30 @@ impl<D: Domain> Category<D> {
     }
 
     fn load_lock(&self, stream: &StreamName) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.load_locks.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(lock) = locks.get(stream).and_then(Weak::upgrade) {
-            return lock;
-        }
-        if locks.len() >= 1024 {
-            locks.retain(|_, w| w.strong_count() > 0);
-        }
-        let lock = Arc::new(tokio::sync::Mutex::new(()));
-        locks.insert(stream.clone(), Arc::downgrade(&lock));
-        lock
+        lock_of(&self.load_locks, stream)
     }
+
+    /// The turn of decisions on `stream` in this process: taken in arrival order, so
+    /// concurrent decisions on one stream run one after another, each on the state the one
+    /// before it wrote (from the cache, when there is one), instead of racing to conflicts.
+    fn turn_lock(&self, stream: &StreamName) -> Arc<tokio::sync::Mutex<()>> {
+        lock_of(&self.turns, stream)
+    }
+}
+
+/// The lock of `stream` in `locks`, created when missing (dead entries are swept as the
+/// map grows).
+fn lock_of(locks: &LoadLocks, stream: &StreamName) -> Arc<tokio::sync::Mutex<()>> {
+    let mut locks = locks.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(lock) = locks.get(stream).and_then(Weak::upgrade) {
+        return lock;
+    }
+    if locks.len() >= 1024 {
+        locks.retain(|_, w| w.strong_count() > 0);
+    }
+    let lock = Arc::new(tokio::sync::Mutex::new(()));
+    locks.insert(stream.clone(), Arc::downgrade(&lock));
+    lock
 }
 
 impl<D: Domain> Category<D> {
@@ -460,7 +476,13 @@ impl<D: Domain> Decider<D> {
             outcome = tracing::field::Empty,
         );
         let started = Instant::now();
-        let result = self.run(decide, &span).instrument(span.clone()).await;
+        let turn = self.category.turn_lock(&self.stream);
+        let result = async {
+            let _turn = turn.lock().await;
+            self.run(decide, &span).await
+        }
+        .instrument(span.clone())
+        .await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(DecideError::Domain(_)) => "refused",

@@ -303,6 +303,43 @@ async fn a_decision_that_writes_nothing_answers_from_the_stored_state() {
     assert_eq!(probe.stream_reads.load(Ordering::SeqCst), reads + 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_decisions_on_one_stream_take_turns_and_none_gives_up() {
+    let probe = Arc::new(Probe::default());
+    let cache = Arc::new(Cache::new(100));
+    // One attempt each: a decision that raced another to a conflict would give up.
+    let cat = category(&probe, Some(cache)).with_max_attempts(1);
+    let decider = Arc::new(cat.decider("hot").unwrap());
+    decider.transact(|_| add(0)).await.unwrap();
+    let tasks: Vec<_> = (1..=32)
+        .map(|n| {
+            let d = decider.clone();
+            tokio::spawn(async move {
+                d.transact_result(|s| (s.len(), add(n)))
+                    .await
+                    .unwrap_or_else(|e| panic!("decision {n} gave up: {e}"))
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for t in tasks {
+        seen.push(t.await.unwrap());
+    }
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (1..=32).collect::<Vec<_>>(),
+        "each decided on the state the one before it wrote"
+    );
+    let state = decider.query(Clone::clone).await.unwrap();
+    assert_eq!(state.len(), 33);
+    assert_eq!(
+        probe.stream_reads.load(Ordering::SeqCst),
+        2,
+        "one load before the first decision, one for the query: the rest came from the cache"
+    );
+}
+
 #[tokio::test]
 async fn a_stale_write_never_overwrites_a_newer_cache_entry() {
     let cache = Cache::new(10);
