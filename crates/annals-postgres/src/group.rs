@@ -196,13 +196,7 @@ impl PgStore {
             group.iter().map(|r| kind(r.expected)).unzip();
         let tails: Vec<bool> = group.iter().map(|r| r.tail).collect();
         let counts: Vec<i32> = group.iter().map(|r| r.events.len() as i32).collect();
-        let all = || group.iter().flat_map(|r| r.events.iter());
-        let ids: Vec<Uuid> = all().map(|e| e.event_id).collect();
-        let types: Vec<&str> = all().map(|e| e.event_type.as_str()).collect();
-        let data: Vec<&[u8]> = all().map(|e| e.data.as_slice()).collect();
-        let metadata: Vec<Option<&[u8]>> = all().map(|e| e.metadata.as_deref()).collect();
-        let correlation: Vec<Option<Uuid>> = all().map(|e| e.correlation_id).collect();
-        let causation: Vec<Option<Uuid>> = all().map(|e| e.causation_id).collect();
+        let c = Columns::of(group.iter().flat_map(|r| r.events.iter()));
         let limit = CONFLICT_EVENTS as i64;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 13] = [
             &names,
@@ -211,12 +205,12 @@ impl PgStore {
             &expected,
             &tails,
             &counts,
-            &ids,
-            &types,
-            &data,
-            &metadata,
-            &correlation,
-            &causation,
+            &c.ids,
+            &c.types,
+            &c.data,
+            &c.metadata,
+            &c.correlation,
+            &c.causation,
             &limit,
         ];
         let client = self.client().await?;

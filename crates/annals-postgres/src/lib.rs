@@ -168,6 +168,38 @@ fn kind(expected: ExpectedVersion) -> (i16, i64) {
     }
 }
 
+/// The per-event columns of appended events, as the arrays the append functions `unnest`.
+pub(crate) struct Columns<'a> {
+    pub(crate) ids: Vec<Uuid>,
+    pub(crate) types: Vec<&'a str>,
+    pub(crate) data: Vec<&'a [u8]>,
+    pub(crate) metadata: Vec<Option<&'a [u8]>>,
+    pub(crate) correlation: Vec<Option<Uuid>>,
+    pub(crate) causation: Vec<Option<Uuid>>,
+}
+
+impl<'a> Columns<'a> {
+    pub(crate) fn of(events: impl Iterator<Item = &'a EventData>) -> Self {
+        let mut c = Self {
+            ids: Vec::new(),
+            types: Vec::new(),
+            data: Vec::new(),
+            metadata: Vec::new(),
+            correlation: Vec::new(),
+            causation: Vec::new(),
+        };
+        for e in events {
+            c.ids.push(e.event_id);
+            c.types.push(e.event_type.as_str());
+            c.data.push(e.data.as_slice());
+            c.metadata.push(e.metadata.as_deref());
+            c.correlation.push(e.correlation_id);
+            c.causation.push(e.causation_id);
+        }
+        c
+    }
+}
+
 /// The connection's prepared statement for `sql`: prepared on its first use on each
 /// connection, then reused, so every later query is one round trip (bind and execute)
 /// instead of two (parse, then bind and execute).
@@ -431,12 +463,7 @@ impl PgStore {
         snapshot: Option<&[u8]>,
     ) -> Result<Option<AppendResult>> {
         let (kind, exact) = kind(expected);
-        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-        let data: Vec<&[u8]> = events.iter().map(|e| e.data.as_slice()).collect();
-        let metadata: Vec<Option<&[u8]>> = events.iter().map(|e| e.metadata.as_deref()).collect();
-        let correlation: Vec<Option<Uuid>> = events.iter().map(|e| e.correlation_id).collect();
-        let causation: Vec<Option<Uuid>> = events.iter().map(|e| e.causation_id).collect();
+        let c = Columns::of(events.iter());
         let sql = match snapshot {
             Some(_) => &self.inner.sql.append_with_snapshot,
             None => &self.inner.sql.append,
@@ -448,12 +475,12 @@ impl PgStore {
             &category,
             &kind,
             &exact,
-            &ids,
-            &types,
-            &data,
-            &metadata,
-            &correlation,
-            &causation,
+            &c.ids,
+            &c.types,
+            &c.data,
+            &c.metadata,
+            &c.correlation,
+            &c.causation,
         ];
         if let Some(snapshot) = &snapshot {
             params.push(snapshot);
@@ -493,7 +520,7 @@ impl PgStore {
         stream: &StreamName,
         expected: ExpectedVersion,
         events: Vec<EventData>,
-        snapshot: Option<&[u8]>,
+        snapshot: &[u8],
     ) -> Result<AppendResult> {
         annals::backend::validate_batch(stream, &events, self.inner.config.max_event_bytes)?;
         let client = self.client().await?;
@@ -501,7 +528,7 @@ impl PgStore {
         // before we could classify it, or lost the transaction-id race on the stream row.
         for _ in 0..5 {
             let written = match self
-                .append_once(&client, stream, expected, &events, snapshot)
+                .append_once(&client, stream, expected, &events, Some(snapshot))
                 .await
             {
                 Err(Error::Backend { source, .. }) if source.is::<Retry>() => continue,

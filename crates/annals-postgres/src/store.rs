@@ -37,8 +37,7 @@ impl EventStore for PgStore {
         events: Vec<EventData>,
         snapshot: Vec<u8>,
     ) -> Result<AppendResult> {
-        self.append_with(stream, expected, events, Some(&snapshot))
-            .await
+        self.append_with(stream, expected, events, &snapshot).await
     }
 
     async fn import(&self, events: Vec<RecordedEvent>) -> Result<u64> {
