@@ -73,7 +73,7 @@ pub struct Category<D: Domain> {
     cache: Option<Arc<Cache>>,
     max_attempts: u32,
     load_locks: Arc<LoadLocks>,
-    turns: Arc<LoadLocks>,
+    lanes: Arc<batch::Lanes<D::State>>,
     access: Access<D>,
     references: Option<References<D::Event>>,
     /// Referenced streams seen to exist (streams are never deleted).
@@ -113,7 +113,7 @@ impl<D: Domain> Clone for Category<D> {
             cache: self.cache.clone(),
             max_attempts: self.max_attempts,
             load_locks: Arc::clone(&self.load_locks),
-            turns: Arc::clone(&self.turns),
+            lanes: Arc::clone(&self.lanes),
             access: self.access.clone(),
             references: self.references.clone(),
             known_streams: Arc::clone(&self.known_streams),
@@ -136,7 +136,7 @@ impl<D: Domain> Category<D> {
             cache: None,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             load_locks: Arc::default(),
-            turns: Arc::default(),
+            lanes: Arc::default(),
             access: Access::default(),
             references: None,
             known_streams: Arc::default(),
@@ -264,13 +264,6 @@ impl<D: Domain> Category<D> {
     fn load_lock(&self, stream: &StreamName) -> Arc<tokio::sync::Mutex<()>> {
         lock_of(&self.load_locks, stream)
     }
-
-    /// The turn of decisions on `stream` in this process: taken in arrival order, so
-    /// concurrent decisions on one stream run one after another, each on the state the one
-    /// before it wrote (from the cache, when there is one), instead of racing to conflicts.
-    fn turn_lock(&self, stream: &StreamName) -> Arc<tokio::sync::Mutex<()>> {
-        lock_of(&self.turns, stream)
-    }
 }
 
 /// The lock of `stream` in `locks`, created when missing (dead entries are swept as the
@@ -286,6 +279,16 @@ fn lock_of(locks: &LoadLocks, stream: &StreamName) -> Arc<tokio::sync::Mutex<()>
     let lock = Arc::new(tokio::sync::Mutex::new(()));
     locks.insert(stream.clone(), Arc::downgrade(&lock));
     lock
+}
+
+/// Ends a decision's turn on its stream when dropped (also when the caller gives up on
+/// the decision midway), so the queue behind it is never stranded.
+struct EndTurn<'a, D: Domain>(&'a Decider<D>);
+
+impl<D: Domain> Drop for EndTurn<'_, D> {
+    fn drop(&mut self) {
+        self.0.end_turn();
+    }
 }
 
 impl<D: Domain> Category<D> {
@@ -420,6 +423,17 @@ impl<D: Domain> Decider<D> {
         &self.stream
     }
 
+    /// How many decisions on this stream wait in this process behind the one running (they
+    /// are then decided one after another and written together).
+    pub fn queued(&self) -> usize {
+        let lanes = self
+            .category
+            .lanes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        lanes.get(&self.stream).map_or(0, |queue| queue.len())
+    }
+
     /// Loads the state and its version.
     pub async fn load(&self) -> Result<Loaded<D::State>> {
         self.load_with(self.load)
@@ -476,10 +490,17 @@ impl<D: Domain> Decider<D> {
             outcome = tracing::field::Empty,
         );
         let started = Instant::now();
-        let turn = self.category.turn_lock(&self.stream);
+        // Concurrent decisions on one stream in this process take turns: one runs, those
+        // that arrive meanwhile queue and are then decided one after another and written
+        // together (see `batch`), instead of racing each other to conflicts.
         let result = async {
-            let _turn = turn.lock().await;
-            self.run(decide, &span).await
+            match self.turn() {
+                batch::Turn::Alone => {
+                    let _end = EndTurn(self);
+                    self.run(decide, &span).await
+                }
+                batch::Turn::Queued(queue) => self.follow(queue, decide).await,
+            }
         }
         .instrument(span.clone())
         .await;
@@ -570,6 +591,7 @@ impl<D: Domain> Decider<D> {
 }
 
 mod access;
+mod batch;
 mod load;
 mod write;
 

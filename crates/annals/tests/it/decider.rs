@@ -42,6 +42,11 @@ struct Probe {
     stream_reads: AtomicUsize,
     events_read: AtomicUsize,
     interfere: AtomicU32,
+    appends: AtomicUsize,
+    /// The number of the append (counting from 1) to interfere with, besides `interfere`.
+    interfere_at: AtomicUsize,
+    /// Appends wait while a test holds this for writing.
+    gate: tokio::sync::RwLock<()>,
 }
 
 #[async_trait]
@@ -58,10 +63,13 @@ impl EventStore for Probe {
         expected: ExpectedVersion,
         events: Vec<EventData>,
     ) -> annals::Result<AppendResult> {
+        let number = self.appends.fetch_add(1, Ordering::SeqCst) + 1;
+        let _open = self.gate.read().await;
         if self
             .interfere
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
+            || self.interfere_at.load(Ordering::SeqCst) == number
         {
             let other = EventData::json("Added", &serde_json::json!({ "n": 1000 })).unwrap();
             self.inner
@@ -338,6 +346,149 @@ async fn concurrent_decisions_on_one_stream_take_turns_and_none_gives_up() {
         2,
         "one load before the first decision, one for the query: the rest came from the cache"
     );
+}
+
+/// Waits (bounded) until `condition` holds.
+async fn until(what: &str, mut condition: impl FnMut() -> bool) {
+    let waited = tokio::time::timeout(Duration::from_secs(30), async {
+        while !condition() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "timed out waiting until {what}");
+}
+
+/// Starts one decision and holds its append; queues `n` more behind it (decision `k` adds
+/// `k` and returns the length it saw); returns them once all are queued, appends still held.
+async fn queue_behind_a_held_append<'a>(
+    probe: &'a Arc<Probe>,
+    decider: &Arc<annals::Decider<Tally>>,
+    n: u32,
+) -> (
+    tokio::sync::RwLockWriteGuard<'a, ()>,
+    Vec<tokio::task::JoinHandle<annals::Result<usize>>>,
+) {
+    let held = probe.gate.write().await;
+    let before = probe.appends.load(Ordering::SeqCst);
+    let mut tasks = Vec::new();
+    let d = decider.clone();
+    tasks.push(tokio::spawn(async move {
+        d.transact_result(|s| (s.len(), add(0))).await
+    }));
+    until("the first decision appends", || {
+        probe.appends.load(Ordering::SeqCst) > before
+    })
+    .await;
+    for k in 1..=n {
+        let d = decider.clone();
+        tasks.push(tokio::spawn(async move {
+            d.transact_result(|s| (s.len(), add(k))).await
+        }));
+        until("it is queued", || decider.queued() == k as usize).await;
+    }
+    (held, tasks)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_queued_on_a_hot_stream_are_written_in_one_append() {
+    let probe = Arc::new(Probe::default());
+    // One attempt each: a decision that raced another to a conflict would give up.
+    let cat = category(&probe, Some(Arc::new(Cache::new(100)))).with_max_attempts(1);
+    let decider = Arc::new(cat.decider("batch").unwrap());
+    let (held, tasks) = queue_behind_a_held_append(&probe, &decider, 31).await;
+    drop(held);
+    let mut seen = Vec::new();
+    for t in tasks {
+        seen.push(t.await.unwrap().unwrap());
+    }
+    assert_eq!(
+        seen,
+        (0..32).collect::<Vec<_>>(),
+        "each decided, in arrival order, on the state its predecessor produced"
+    );
+    assert_eq!(
+        probe.appends.load(Ordering::SeqCst),
+        2,
+        "the first decision's append, then one append for the 31 queued behind it"
+    );
+    let state = decider.query(Clone::clone).await.unwrap();
+    assert_eq!(state, (0..32).collect::<Vec<_>>());
+    assert_eq!(decider.queued(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflicting_batch_decides_again_and_each_member_keeps_its_own_outcome() {
+    let probe = Arc::new(Probe::default());
+    let cat = category(&probe, Some(Arc::new(Cache::new(100)))).with_max_attempts(2);
+    let decider = Arc::new(cat.decider("mixed").unwrap());
+    let held = probe.gate.write().await;
+    let before = probe.appends.load(Ordering::SeqCst);
+    let d = decider.clone();
+    let first = tokio::spawn(async move { d.transact(|_| add(1)).await });
+    until("the first decision appends", || {
+        probe.appends.load(Ordering::SeqCst) > before
+    })
+    .await;
+    // Queued behind it, in this order: one that refuses once it sees 1000, one that writes
+    // nothing, one that writes.
+    let d = decider.clone();
+    let refuses = tokio::spawn(async move {
+        d.try_transact(|s: &Vec<u32>| {
+            if s.contains(&1000) {
+                Err("already has 1000")
+            } else {
+                Ok(add(2))
+            }
+        })
+        .await
+    });
+    until("one is queued", || decider.queued() == 1).await;
+    let d = decider.clone();
+    let reads = tokio::spawn(async move { d.transact_result(|s| (s.clone(), vec![])).await });
+    until("two are queued", || decider.queued() == 2).await;
+    let d = decider.clone();
+    let writes = tokio::spawn(async move { d.transact(|_| add(3)).await });
+    until("three are queued", || decider.queued() == 3).await;
+    // The batch's append (the next one) loses to another writer.
+    probe.interfere_at.store(before + 2, Ordering::SeqCst);
+    drop(held);
+    first.await.unwrap().unwrap();
+    let refused = refuses.await.unwrap().unwrap_err();
+    assert_eq!(refused.domain(), Some(&"already has 1000"));
+    let seen = reads.await.unwrap().unwrap();
+    writes.await.unwrap().unwrap();
+    assert_eq!(seen, vec![1, 1000], "decided again after the conflict");
+    let state = decider.query(Clone::clone).await.unwrap();
+    assert_eq!(state, vec![1, 1000, 3]);
+    assert_eq!(probe.appends.load(Ordering::SeqCst), before + 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_decision_given_up_by_its_caller_strands_nobody() {
+    let probe = Arc::new(Probe::default());
+    let cat = category(&probe, Some(Arc::new(Cache::new(100))));
+    let decider = Arc::new(cat.decider("cancel").unwrap());
+    let (held, mut tasks) = queue_behind_a_held_append(&probe, &decider, 4).await;
+    // The caller of the second queued decision gives up on it; the first decision's
+    // caller gives up too, mid-append.
+    tasks[2].abort();
+    tasks[0].abort();
+    drop(held);
+    let results: Vec<_> = futures::future::join_all(tasks).await;
+    assert!(results[0].as_ref().is_err_and(|e| e.is_cancelled()));
+    assert!(results[2].as_ref().is_err_and(|e| e.is_cancelled()));
+    for k in [1, 3, 4] {
+        results[k].as_ref().unwrap().as_ref().unwrap();
+    }
+    let state = decider.query(Clone::clone).await.unwrap();
+    assert!(
+        state.ends_with(&[1, 3, 4]),
+        "the others were written, in order: {state:?}"
+    );
+    assert_eq!(decider.queued(), 0);
+    // And the stream takes new decisions.
+    decider.transact(|_| add(5)).await.unwrap();
 }
 
 #[tokio::test]

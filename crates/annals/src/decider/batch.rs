@@ -1,0 +1,423 @@
+//! Hot streams: concurrent decisions on one stream in one process are written together.
+//!
+//! A decision that finds its stream idle runs on its own (the usual one round trip). One
+//! that arrives while another runs joins the stream's queue; when the running one ends, a
+//! coordinator task takes everything queued (up to [`BATCH_DECISIONS`]) and runs it as one
+//! batch: it offers each member, in arrival order, the state its predecessor produced;
+//! each member decides in its own task (its closure never leaves it) and answers with its
+//! encoded events and the state after them; the coordinator appends all the events in one
+//! append, and tells every member how it ended. On a conflict every member decides again on
+//! the resynced state; a member's own errors (encoding, references) are its alone. The
+//! coordinator takes the next batch only after this one is answered, so a decision waits
+//! for at most the decisions queued before it.
+
+use std::collections::VecDeque;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::*;
+
+/// How many queued decisions one batch takes at most.
+pub(super) const BATCH_DECISIONS: usize = 64;
+
+/// A batch stops taking members once it holds this many events (the rest wait for the
+/// next batch), which keeps it within every store's batch limit unless one decision alone
+/// is larger.
+const BATCH_EVENTS: usize = 500;
+
+/// A queued decision's end of the conversation with the coordinator.
+type Member<S> = mpsc::UnboundedSender<ToMember<S>>;
+
+/// The queues of a category's streams that have a decision running.
+pub(super) type Lanes<S> = Mutex<HashMap<StreamName, VecDeque<Member<S>>>>;
+
+/// What the coordinator tells a queued decision.
+pub(super) enum ToMember<S> {
+    /// Decide on this state (at this version, counting the events of the members before).
+    Offer {
+        loaded: Loaded<S>,
+        answer: oneshot::Sender<Answer<S>>,
+    },
+    /// The batch holding the member's last answer was written (or wrote nothing), or failed.
+    Done(Result<()>),
+}
+
+/// A member's answer to an offer.
+pub(super) enum Answer<S> {
+    /// Append these events; the state after them.
+    Write { events: Vec<EventData>, state: S },
+    /// The decision wrote nothing (or the domain refused): it stands if the state it saw
+    /// does.
+    Nothing,
+    /// The decision failed on its own (encoding, references): it has left the batch.
+    Left,
+}
+
+/// Whether a decision runs now or waits in the queue.
+pub(super) enum Turn<S> {
+    /// The stream was idle: run, then hand the queue to a coordinator.
+    Alone,
+    /// Another decision runs: wait for offers.
+    Queued(mpsc::UnboundedReceiver<ToMember<S>>),
+}
+
+impl<D: Domain> Decider<D> {
+    /// Takes the stream's turn, or joins its queue.
+    pub(super) fn turn(&self) -> Turn<D::State> {
+        let mut lanes = self
+            .category
+            .lanes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match lanes.get_mut(&self.stream) {
+            None => {
+                lanes.insert(self.stream.clone(), VecDeque::new());
+                Turn::Alone
+            }
+            Some(queue) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                queue.push_back(tx);
+                Turn::Queued(rx)
+            }
+        }
+    }
+
+    /// Ends a turn taken alone: the stream goes idle, or a coordinator takes its queue.
+    pub(super) fn end_turn(&self) {
+        if !self.idle_unless_queued() {
+            return;
+        }
+        let coordinator = self.clone_with_load(LoadOption::RequireLoad);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move { coordinator.coordinate().await });
+            }
+            // No runtime to run the queue on (it is shutting down): the queued decisions
+            // see their coordinator gone.
+            Err(_) => drop(self.take_queue(usize::MAX)),
+        }
+    }
+
+    /// Removes the stream's lane if nothing is queued; true if something is.
+    fn idle_unless_queued(&self) -> bool {
+        let mut lanes = self
+            .category
+            .lanes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match lanes.get(&self.stream) {
+            Some(queue) if !queue.is_empty() => true,
+            _ => {
+                lanes.remove(&self.stream);
+                false
+            }
+        }
+    }
+
+    fn take_queue(&self, at_most: usize) -> Vec<Member<D::State>> {
+        let mut lanes = self
+            .category
+            .lanes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let Some(queue) = lanes.get_mut(&self.stream) else {
+            return Vec::new();
+        };
+        let n = queue.len().min(at_most);
+        queue.drain(..n).collect()
+    }
+
+    /// Runs batches until the queue is empty.
+    async fn coordinate(self) {
+        let mut carried: Vec<Member<D::State>> = Vec::new();
+        loop {
+            let room = BATCH_DECISIONS.saturating_sub(carried.len());
+            let mut members = std::mem::take(&mut carried);
+            members.extend(self.take_queue(room));
+            if members.is_empty() {
+                if self.idle_unless_queued() {
+                    continue;
+                }
+                return;
+            }
+            carried = self.run_batch(members).await;
+        }
+    }
+
+    /// Runs one batch to its end; returns the members it had no room for.
+    async fn run_batch(&self, mut members: Vec<Member<D::State>>) -> Vec<Member<D::State>> {
+        let cat = &self.category;
+        let started = match self.cached(None) {
+            Some(cached) => Ok((cached, true)),
+            None => self.reload().await.map(|l| (l, false)),
+        };
+        let (mut loaded, mut unconfirmed) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                tell(&members, &Err(e));
+                return Vec::new();
+            }
+        };
+        let mut attempt = 1;
+        loop {
+            let (batch, carried) = offer(&loaded, members).await;
+            members = batch.members;
+            if batch.events.is_empty() {
+                if std::mem::take(&mut unconfirmed) {
+                    match self.catch_up(loaded.clone()).await {
+                        Ok(fresh) if fresh.version != loaded.version => {
+                            loaded = fresh;
+                            members.extend(carried);
+                            continue;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tell(&members, &Err(e));
+                            return carried;
+                        }
+                    }
+                }
+                tell(&members, &Ok(()));
+                return carried;
+            }
+            let outcome = self.write_batch(&loaded, batch.events, batch.state).await;
+            match outcome {
+                Ok(Written::Done(_)) => {
+                    tell(&members, &Ok(()));
+                    return carried;
+                }
+                Ok(Written::Conflict { actual, events }) => {
+                    if !std::mem::take(&mut unconfirmed) {
+                        cat.count_conflict();
+                        if attempt >= cat.max_attempts {
+                            let exhausted = Error::ResyncExhausted {
+                                stream: self.stream.clone(),
+                                attempts: attempt,
+                            };
+                            tell(&members, &Err(exhausted));
+                            return carried;
+                        }
+                        attempt += 1;
+                    }
+                    match self.resync(loaded, actual, events).await {
+                        Ok(fresh) => loaded = fresh,
+                        Err(e) => {
+                            tell(&members, &Err(e));
+                            return carried;
+                        }
+                    }
+                    // Everyone decides again; those without room wait for the next batch.
+                    members.extend(carried);
+                }
+                Err(e) => {
+                    tell(&members, &Err(e));
+                    return carried;
+                }
+            }
+        }
+    }
+
+    /// Appends a batch's events, decided on `loaded`, adding the snapshots the access
+    /// strategy asks for, and caches `state` (the state after them) when written.
+    async fn write_batch(
+        &self,
+        loaded: &Loaded<D::State>,
+        mut events: Vec<EventData>,
+        state: Arc<D::State>,
+    ) -> Result<Written<D::State>> {
+        let cat = &self.category;
+        let after = loaded.version.get() + events.len() as u64;
+        let snapshot_error = |e: serde_json::Error| CodecError {
+            stream: self.stream.to_string(),
+            stream_version: after,
+            event_type: SNAPSHOT_EVENT_TYPE.to_owned(),
+            message: e.to_string(),
+        };
+        if let Some(snap) = &cat.access.snapshots {
+            if loaded.version.get() / snap.every != after / snap.every {
+                let body = (snap.codec.encode)(&state).map_err(snapshot_error)?;
+                events.push(EventData::new(SNAPSHOT_EVENT_TYPE, body));
+            }
+        }
+        let answer = match &cat.access.head {
+            Some(head) => {
+                let snapshot = (head.encode)(&state).map_err(snapshot_error)?;
+                let expected = ExpectedVersion::Exact(loaded.version);
+                match cat
+                    .store
+                    .append_with_snapshot(&self.stream, expected, events, snapshot)
+                    .await
+                {
+                    Ok(written) => AppendAt::Written(written),
+                    Err(Error::WrongExpectedVersion { actual, .. }) => AppendAt::Conflict {
+                        actual,
+                        events: Vec::new(),
+                    },
+                    Err(e) => return Err(e),
+                }
+            }
+            None => {
+                cat.store
+                    .append_at(&self.stream, loaded.version, events)
+                    .await?
+            }
+        };
+        Ok(match answer {
+            AppendAt::Written(appended) => {
+                if let Some(cache) = &cat.cache {
+                    cache.put(&self.stream, appended.version, Arc::clone(&state));
+                }
+                Written::Done(Loaded {
+                    version: appended.version,
+                    state,
+                })
+            }
+            AppendAt::Conflict { actual, events } => Written::Conflict { actual, events },
+        })
+    }
+
+    /// A queued decision: answers offers with `decide` until the coordinator says how its
+    /// batch ended.
+    pub(super) async fn follow<R, X>(
+        &self,
+        mut queue: mpsc::UnboundedReceiver<ToMember<D::State>>,
+        mut decide: impl FnMut(&D::State) -> std::result::Result<(R, Vec<D::Event>), X>,
+    ) -> std::result::Result<R, DecideError<X>> {
+        let mut decided: Option<std::result::Result<R, X>> = None;
+        loop {
+            let Some(message) = queue.recv().await else {
+                return Err(Error::backend(
+                    self.category.store.backend(),
+                    "the coordinator of the stream's queued decisions stopped (runtime shutdown)",
+                )
+                .into());
+            };
+            let (loaded, answer) = match message {
+                ToMember::Done(Ok(())) => {
+                    return match decided {
+                        Some(Ok(result)) => Ok(result),
+                        Some(Err(refused)) => Err(DecideError::Domain(refused)),
+                        None => Err(Error::backend(
+                            self.category.store.backend(),
+                            "a queued decision was answered before it decided",
+                        )
+                        .into()),
+                    };
+                }
+                ToMember::Done(Err(e)) => return Err(e.into()),
+                ToMember::Offer { loaded, answer } => (loaded, answer),
+            };
+            let reply = match decide(&loaded.state) {
+                Err(refused) => {
+                    decided = Some(Err(refused));
+                    Answer::Nothing
+                }
+                Ok((result, events)) if events.is_empty() => {
+                    decided = Some(Ok(result));
+                    Answer::Nothing
+                }
+                Ok((result, events)) => match self.encode_member(&loaded, &events).await {
+                    Ok(encoded) => {
+                        decided = Some(Ok(result));
+                        Answer::Write {
+                            events: encoded,
+                            state: D::fold((*loaded.state).clone(), &events),
+                        }
+                    }
+                    Err(e) => {
+                        let _ = answer.send(Answer::Left);
+                        return Err(e.into());
+                    }
+                },
+            };
+            if answer.send(reply).is_err() {
+                return Err(Error::backend(
+                    self.category.store.backend(),
+                    "the coordinator of the stream's queued decisions stopped (runtime shutdown)",
+                )
+                .into());
+            }
+        }
+    }
+
+    /// Checks references and encodes a member's events with its own context.
+    async fn encode_member(
+        &self,
+        loaded: &Loaded<D::State>,
+        events: &[D::Event],
+    ) -> Result<Vec<EventData>> {
+        let cat = &self.category;
+        cat.check_references(&self.stream, events, &[]).await?;
+        events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                cat.codec.encode(e, &self.context).map_err(|err| {
+                    Error::Codec(CodecError {
+                        stream: self.stream.to_string(),
+                        stream_version: loaded.version.get() + i as u64,
+                        ..err
+                    })
+                })
+            })
+            .collect()
+    }
+}
+
+/// What one round of offers gathered.
+struct Gathered<S> {
+    /// The members still in the batch (those that answered), in order.
+    members: Vec<Member<S>>,
+    events: Vec<EventData>,
+    /// The state after all the events.
+    state: Arc<S>,
+}
+
+/// Offers each member, in order, the state after the members before it; returns what they
+/// answered, and the members there was no room for.
+async fn offer<S: Clone>(
+    loaded: &Loaded<S>,
+    members: Vec<Member<S>>,
+) -> (Gathered<S>, Vec<Member<S>>) {
+    let mut gathered = Gathered {
+        members: Vec::with_capacity(members.len()),
+        events: Vec::new(),
+        state: Arc::clone(&loaded.state),
+    };
+    let mut carried = Vec::new();
+    for member in members {
+        if gathered.events.len() >= BATCH_EVENTS {
+            carried.push(member);
+            continue;
+        }
+        let (answer, answered) = oneshot::channel();
+        let offered = Loaded {
+            version: Version(loaded.version.get() + gathered.events.len() as u64),
+            state: Arc::clone(&gathered.state),
+        };
+        let offer = ToMember::Offer {
+            loaded: offered,
+            answer,
+        };
+        if member.send(offer).is_err() {
+            continue; // the caller went away
+        }
+        match answered.await {
+            Ok(Answer::Write { events, state }) => {
+                gathered.events.extend(events);
+                gathered.state = Arc::new(state);
+                gathered.members.push(member);
+            }
+            Ok(Answer::Nothing) => gathered.members.push(member),
+            Ok(Answer::Left) | Err(_) => {}
+        }
+    }
+    (gathered, carried)
+}
+
+/// Tells every member how its batch ended.
+fn tell<S>(members: &[Member<S>], outcome: &Result<()>) {
+    for member in members {
+        let _ = member.send(ToMember::Done(outcome.clone()));
+    }
+}
