@@ -469,7 +469,7 @@ async fn a_queued_decision_given_up_by_its_caller_strands_nobody() {
     let probe = Arc::new(Probe::default());
     let cat = category(&probe, Some(Arc::new(Cache::new(100))));
     let decider = Arc::new(cat.decider("cancel").unwrap());
-    let (held, mut tasks) = queue_behind_a_held_append(&probe, &decider, 4).await;
+    let (held, tasks) = queue_behind_a_held_append(&probe, &decider, 4).await;
     // The caller of the second queued decision gives up on it; the first decision's
     // caller gives up too, mid-append.
     tasks[2].abort();
