@@ -6,6 +6,7 @@
 mod append;
 mod calls;
 mod growth;
+mod hot;
 mod http;
 mod nats_baseline;
 mod reactor;

@@ -193,10 +193,15 @@ fn append_cases_counted(stdout: &str, cases: &[&str]) {
         assert!(ops > 0, "{line}");
         let per_op = if case.contains("100") { 100 } else { 1 };
         assert_eq!(events, ops * per_op, "{line}");
+        if case.starts_with("(c)") {
+            // The only writer of its stream: queued decisions never conflict, none gives up.
+            assert!(line.contains("  exhausted 0  "), "{line}");
+        }
     }
     for ratio in [
         "ratio (b) / raw 1 row per tx: ",
         "ratio (a) / raw 100 rows per tx: ",
+        "ratio (c) / (b): ",
     ] {
         assert!(stdout.contains(ratio), "no {ratio:?} in {stdout}");
     }
@@ -213,7 +218,7 @@ fn bench_append_on_sqlite_reports_every_case_and_the_ratios() {
             "(a) 1 writer, 100-event batches",
             "raw baseline, 1 row per transaction",
             "(b) 64 writers, 1 event, own streams",
-            "(c) 16 writers, 1 event, one stream",
+            "(c) 16 deciders, 1 event, one stream",
         ],
     );
     let left: Vec<_> = std::fs::read_dir(dir.path())
@@ -272,7 +277,7 @@ fn bench_append_on_postgres_reports_every_case_and_the_ratios() {
             "(a) 1 writer, 100-event batches",
             "raw baseline, 1 row per transaction, 16 clients",
             "(b) 16 writers, 1 event, own streams",
-            "(c) 16 writers, 1 event, one stream",
+            "(c) 16 deciders, 1 event, one stream",
         ],
     );
 }
@@ -302,7 +307,7 @@ fn bench_append_on_nats_reports_every_case_beside_raw_jetstream_publishes() {
             "(a) 1 writer, 100-event batches",
             "raw baseline, 1 message per publish, 16 clients",
             "(b) 16 writers, 1 event, own streams",
-            "(c) 16 writers, 1 event, one stream",
+            "(c) 16 deciders, 1 event, one stream",
         ],
     );
 }
