@@ -151,16 +151,7 @@ pub(super) async fn run(opened: Opened, url: &str, args: Args) -> anyhow::Result
         args.event_bytes
     );
     ensure!(args.writers > 0, "--writers must be at least 1");
-    let baseline = match &opened.backend {
-        Backend::Sqlite(s) => Some(Baseline::Sqlite(SqliteBaseline::create(s.config(), &run)?)),
-        Backend::Postgres(p) => Some(Baseline::Postgres(
-            PgBaseline::create(p.config(), &run).await?,
-        )),
-        Backend::Nats(n) => Some(Baseline::Nats(
-            super::nats_baseline::NatsBaseline::create(n.config(), &run).await?,
-        )),
-        Backend::Memory(_) => None,
-    };
+    let baseline = Baseline::of(&opened.backend, &run).await?;
     let measured = measure(&opened.events, baseline.as_ref(), &run, &args).await;
     if let Some(b) = &baseline {
         b.remove().await;
@@ -288,14 +279,31 @@ async fn writers(
 }
 
 /// The raw baseline of a store, measured in the same run.
-enum Baseline {
+pub(super) enum Baseline {
     Sqlite(SqliteBaseline),
     Postgres(PgBaseline),
     Nats(super::nats_baseline::NatsBaseline),
 }
 
 impl Baseline {
-    async fn run(
+    /// The baseline of `backend` (none for the memory store), in scratch tables named
+    /// after `run`.
+    pub(super) async fn of(backend: &Backend, run: &str) -> anyhow::Result<Option<Self>> {
+        Ok(match backend {
+            Backend::Sqlite(s) => Some(Baseline::Sqlite(SqliteBaseline::create(s.config(), run)?)),
+            Backend::Postgres(p) => Some(Baseline::Postgres(
+                PgBaseline::create(p.config(), run).await?,
+            )),
+            Backend::Nats(n) => Some(Baseline::Nats(
+                super::nats_baseline::NatsBaseline::create(n.config(), run).await?,
+            )),
+            Backend::Memory(_) => None,
+        })
+    }
+
+    /// `clients` clients write rows (or messages) of `bytes` bytes, `rows_per_tx` per
+    /// transaction, for `duration`.
+    pub(super) async fn run(
         &self,
         rows_per_tx: u64,
         clients: usize,
@@ -309,7 +317,8 @@ impl Baseline {
         }
     }
 
-    async fn remove(&self) {
+    /// Drops the scratch tables (files, streams).
+    pub(super) async fn remove(&self) {
         match self {
             Baseline::Sqlite(b) => b.remove(),
             Baseline::Postgres(b) => b.remove().await,
@@ -319,7 +328,7 @@ impl Baseline {
 }
 
 /// Plain rusqlite inserts of the same rows, with the same pragmas, in a scratch file.
-struct SqliteBaseline {
+pub(super) struct SqliteBaseline {
     path: PathBuf,
     config: SqliteConfig,
 }
@@ -430,7 +439,7 @@ impl SqliteBaseline {
 }
 
 /// Plain INSERTs of the same rows into a scratch table in a scratch schema.
-struct PgBaseline {
+pub(super) struct PgBaseline {
     pool: deadpool_postgres::Pool,
     schema: String,
 }

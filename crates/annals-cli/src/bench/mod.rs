@@ -44,7 +44,7 @@ pub(crate) async fn run(
 ) -> anyhow::Result<()> {
     use scenario::{Scenario, Target};
     let url = &opened.url.to_string();
-    let store = || Target::Store(opened.events.clone());
+    let store = || Target::Store(opened.events.clone(), Some(&opened.backend));
     match bench {
         Bench::Favorite(args) => scenario::run(Scenario::Favorite, store(), url, args).await,
         Bench::SaveForLater(args) => {

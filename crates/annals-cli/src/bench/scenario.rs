@@ -21,6 +21,7 @@ use anyhow::{bail, ensure, Context};
 use example_save_for_later::Refused;
 use hdrhistogram::Histogram;
 
+use super::append::Baseline;
 use super::calls::{Calls, OPERATIONS};
 use super::http::{Conflict, WebTodos};
 use super::{latency_histogram, Latency};
@@ -94,9 +95,9 @@ enum Service {
 }
 
 /// What a scenario runs against.
-pub(super) enum Target {
-    /// A store, in process.
-    Store(Arc<dyn EventStore>),
+pub(super) enum Target<'a> {
+    /// A store, in process, and what it runs on (for the raw baseline).
+    Store(Arc<dyn EventStore>, Option<&'a crate::store_url::Backend>),
     /// A running TodoBackend at this URL.
     Http(url::Url),
 }
@@ -225,7 +226,7 @@ impl Tally {
 
 pub(super) async fn run(
     scenario: Scenario,
-    target: Target,
+    target: Target<'_>,
     url: &str,
     args: Args,
 ) -> anyhow::Result<()> {
@@ -237,8 +238,21 @@ pub(super) async fn run(
             "--rate must be a positive number of tests per second"
         );
     }
+    let run_id = std::process::id();
+    // The raw baseline: as many clients as the scenario's workers, each writing one row per
+    // transaction, for as long, just before it.
+    let mut raw = None;
+    if let Target::Store(_, Some(backend)) = &target {
+        if let Some(baseline) = Baseline::of(backend, &format!("r{run_id}")).await? {
+            let measured = baseline
+                .run(1, args.concurrency, args.duration, 100)
+                .await;
+            baseline.remove().await;
+            raw = Some(measured?);
+        }
+    }
     let (service, calls) = match target {
-        Target::Store(store) => {
+        Target::Store(store, _) => {
             let calls = Arc::new(Calls::new(store));
             let cache = args.cache.then(|| Arc::new(Cache::new(args.clients)));
             let service = Service::new(scenario, calls.clone(), cache, args.snapshots)?;
@@ -258,7 +272,6 @@ pub(super) async fn run(
             (Service::Web(web), None)
         }
     };
-    let run_id = std::process::id();
     let started = Instant::now();
     let deadline = started + args.duration;
     let tally = Arc::new(Mutex::new(Tally::new()));
@@ -364,6 +377,13 @@ pub(super) async fn run(
         tests as f64 / elapsed
     );
     println!("latency ms  {}", Latency::of(&total.latencies));
+    if let Some(raw) = &raw {
+        raw.print();
+        println!(
+            "ratio tests/s / raw 1 row per tx: {:.2}x  (target >= 1.0)",
+            tests as f64 / elapsed / raw.events_per_sec()
+        );
+    }
     let runs = (tests + total.conflicts + total.errors).max(1) as f64;
     match (&calls, &service) {
         (Some(calls), _) => {
