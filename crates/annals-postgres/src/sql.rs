@@ -31,9 +31,14 @@ pub(crate) struct Sql {
     pub(crate) import: String,
 }
 
-const EVENT_COLUMNS: &str = "e.tx_id::text, e.position, s.name, e.stream_version, \
-     (extract(epoch FROM e.recorded_at) * 1000000)::bigint, e.event_type, e.data, e.metadata, \
-     e.event_id, e.correlation_id, e.causation_id";
+/// An event's columns, as `event` reads them (the transaction id and the time in binary).
+const EVENT_COLUMNS: &str = "e.tx_id, e.position, s.name, e.stream_version, e.recorded_at, \
+     e.event_type, e.data, e.metadata, e.event_id, e.correlation_id, e.causation_id";
+
+/// The same for reads of one stream, whose name the reader knows (`event_in`).
+const STREAM_EVENT_COLUMNS: &str = "e.tx_id, e.position, NULL::text, e.stream_version, \
+     e.recorded_at, e.event_type, e.data, e.metadata, e.event_id, e.correlation_id, \
+     e.causation_id";
 
 impl Sql {
     pub(crate) fn new(schema: &str) -> Self {
@@ -55,8 +60,8 @@ impl Sql {
             ),
             import: format!("SELECT status, written, refused_stream, refused_version, actual FROM {schema}.import_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
             version: format!("SELECT version FROM {schema}.streams WHERE name = $1"),
-            read_forward: format!("SELECT {EVENT_COLUMNS} {from} WHERE s.name = $1 AND e.stream_version >= $2 AND e.stream_version < $3 ORDER BY e.stream_version LIMIT $4"),
-            read_backward: format!("SELECT {EVENT_COLUMNS} {from} WHERE s.name = $1 AND e.stream_version < $2 AND e.stream_version >= $3 ORDER BY e.stream_version DESC LIMIT $4"),
+            read_forward: format!("SELECT {STREAM_EVENT_COLUMNS} {from} WHERE s.name = $1 AND e.stream_version >= $2 AND e.stream_version < $3 ORDER BY e.stream_version LIMIT $4"),
+            read_backward: format!("SELECT {STREAM_EVENT_COLUMNS} {from} WHERE s.name = $1 AND e.stream_version < $2 AND e.stream_version >= $3 ORDER BY e.stream_version DESC LIMIT $4"),
             // Plans fixed by the functions of migration 0004 (see there why).
             read_all: format!(
                 "SELECT * FROM {schema}.read_all_page($1::text::xid8, $2, $3, $4, $5, $6, $7, $8)"

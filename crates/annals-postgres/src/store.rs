@@ -148,7 +148,7 @@ impl EventStore for PgStore {
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
             if row
-                .try_get::<_, Option<&str>>(3)
+                .try_get::<_, Option<TxId>>(3)
                 .map_err(backend)?
                 .is_some()
             {
@@ -263,7 +263,9 @@ impl EventStore for PgStore {
                     .query(&statement, &[&stream.as_str(), &a, &b, &want])
                     .await
                     .map_err(backend)?;
-                rows.iter().map(|r| event(r, 0)).collect::<Result<Vec<_>>>()
+                rows.iter()
+                    .map(|r| event_in(r, 0, stream.clone()))
+                    .collect::<Result<Vec<_>>>()
             }
             .await;
             match page {

@@ -29,6 +29,24 @@ const SELECT: &str = concat!(
     "JOIN annals_streams s ON s.stream_id = e.stream_id"
 );
 
+/// A page of one stream, whose name the reader knows (no join; read with `event_in`).
+macro_rules! select_stream_page {
+    ($range:literal) => {
+        concat!(
+            "SELECT e.position, NULL, e.stream_version, e.recorded_at, e.event_type, e.data, \
+             e.metadata, e.event_id, e.correlation_id, e.causation_id FROM annals_events e \
+             WHERE e.stream_id = ?1 AND ",
+            $range
+        )
+    };
+}
+const PAGE_FORWARD: &str = select_stream_page!(
+    "e.stream_version >= ?2 AND e.stream_version < ?3 ORDER BY e.stream_version LIMIT ?4"
+);
+const PAGE_BACKWARD: &str = select_stream_page!(
+    "e.stream_version < ?2 AND e.stream_version >= ?3 ORDER BY e.stream_version DESC LIMIT ?4"
+);
+
 /// [`SELECT`] for read-all. CROSS JOIN keeps the events table as the outer loop, walking
 /// positions in order and stopping at the limit. Left to itself, SQLite answers a category
 /// filter through the category index and sorts the category's every event after `from`
@@ -100,6 +118,11 @@ fn event(row: &Row<'_>) -> rusqlite::Result<RecordedEvent> {
     let stream = StreamName::new(&name).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, e.into())
     })?;
+    event_in(row, stream)
+}
+
+/// An event of `stream` (its name column is not read).
+fn event_in(row: &Row<'_>, stream: StreamName) -> rusqlite::Result<RecordedEvent> {
     Ok(RecordedEvent {
         stream,
         stream_version: row.get::<_, i64>(2)? as u64,
@@ -176,23 +199,20 @@ struct Cursor {
     bound: u64,
 }
 
-/// One page of a stream read at `cursor`, and the cursor after it.
+/// One page of `stream` read at `cursor`, and the cursor after it.
 fn page(
     conn: &mut Connection,
+    stream: &StreamName,
     cursor: Cursor,
     forward: bool,
 ) -> Result<(Vec<RecordedEvent>, Cursor)> {
     let (id, next, bound) = (cursor.stream_id, cursor.next as i64, cursor.bound as i64);
-    let sql = if forward {
-        format!("{SELECT} WHERE e.stream_id = ?1 AND e.stream_version >= ?2 AND e.stream_version < ?3 ORDER BY e.stream_version LIMIT ?4")
-    } else {
-        format!("{SELECT} WHERE e.stream_id = ?1 AND e.stream_version < ?2 AND e.stream_version >= ?3 ORDER BY e.stream_version DESC LIMIT ?4")
-    };
-    let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+    let sql = if forward { PAGE_FORWARD } else { PAGE_BACKWARD };
+    let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
     let rows = stmt
         .query_map(
             rusqlite::params![id, next, bound, STREAM_PAGE as i64],
-            event,
+            |row| event_in(row, stream.clone()),
         )
         .map_err(backend)?;
     let events = rows
@@ -214,6 +234,7 @@ pub(crate) fn read_stream(
     options: ReadStream,
 ) -> BoxStream<'static, Result<RecordedEvent>> {
     let forward = options.direction == Direction::Forward;
+    let name = stream.clone();
     let first = {
         let readers = Arc::clone(&readers);
         async move {
@@ -234,7 +255,7 @@ pub(crate) fn read_stream(
                     if next == bound {
                         return Ok(Some((Vec::new(), cursor)));
                     }
-                    page(conn, cursor, forward).map(Some)
+                    page(conn, &stream, cursor, forward).map(Some)
                 })
                 .await
         }
@@ -244,7 +265,7 @@ pub(crate) fn read_stream(
             Err(e) => stream::once(async move { Err(e) }).boxed(),
             Ok(None) => stream::empty().boxed(),
             Ok(Some((events, cursor))) => stream::iter(events.into_iter().map(Ok))
-                .chain(pages(Arc::clone(&readers), cursor, forward))
+                .chain(pages(Arc::clone(&readers), name.clone(), cursor, forward))
                 .boxed(),
         })
         .boxed()
@@ -252,17 +273,22 @@ pub(crate) fn read_stream(
 
 fn pages(
     readers: Arc<Readers>,
+    stream: StreamName,
     cursor: Cursor,
     forward: bool,
 ) -> impl futures::Stream<Item = Result<RecordedEvent>> {
     stream::unfold(Some(cursor), move |cursor| {
         let readers = Arc::clone(&readers);
+        let stream = stream.clone();
         async move {
             let cursor = cursor?;
             if cursor.next == cursor.bound {
                 return None;
             }
-            match readers.with(move |conn| page(conn, cursor, forward)).await {
+            match readers
+                .with(move |conn| page(conn, &stream, cursor, forward))
+                .await
+            {
                 Err(e) => Some((stream::iter(vec![Err(e)]), None)),
                 Ok((events, cursor)) => Some((
                     stream::iter(events.into_iter().map(Ok).collect::<Vec<_>>()),

@@ -217,10 +217,52 @@ enum Raw {
     },
 }
 
-/// The columns a reader needs, as plain values (the id as SQLite's bytes).
-type RawRow = (i64, Vec<u8>, String, Vec<u8>, Option<Vec<u8>>);
-/// The same columns from PostgreSQL (the id as a uuid).
-type PgRow = (i64, annals::Uuid, String, Vec<u8>, Option<Vec<u8>>);
+/// Every column a recorded event holds but its stream's name (the reader knows it), as
+/// plain values: position, version, time, type, data, metadata, id, correlation,
+/// causation (the ids as SQLite's bytes).
+type RawRow = (
+    i64,
+    i64,
+    i64,
+    String,
+    Vec<u8>,
+    Option<Vec<u8>>,
+    Vec<u8>,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+);
+/// The same from PostgreSQL, with the transaction half of the position: transaction,
+/// position, version, time (as the server's bytes), type, data, metadata, id, correlation,
+/// causation.
+type PgRow = (
+    Bytes,
+    i64,
+    i64,
+    Bytes,
+    String,
+    Vec<u8>,
+    Option<Vec<u8>>,
+    annals::Uuid,
+    Option<annals::Uuid>,
+    Option<annals::Uuid>,
+);
+
+/// A column's value as the server sent it, not interpreted (the cheapest read of a column
+/// whose type has no plain Rust counterpart here: `xid8`, `timestamptz`).
+struct Bytes(#[allow(dead_code)] Vec<u8>);
+
+impl<'a> annals_postgres::tokio_postgres::types::FromSql<'a> for Bytes {
+    fn from_sql(
+        _: &annals_postgres::tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Bytes(raw.to_vec()))
+    }
+
+    fn accepts(_: &annals_postgres::tokio_postgres::types::Type) -> bool {
+        true
+    }
+}
 
 impl Raw {
     async fn of(opened: &Opened) -> anyhow::Result<Option<Self>> {
@@ -265,7 +307,8 @@ impl Raw {
             let task = match self {
                 Raw::Sqlite(path) => {
                     let sql = format!(
-                        "SELECT e.stream_version, e.event_id, e.event_type, e.data, e.metadata \
+                        "SELECT e.position, e.stream_version, e.recorded_at, e.event_type, e.data, \
+                         e.metadata, e.event_id, e.correlation_id, e.causation_id \
                          FROM annals_events e JOIN annals_streams s ON s.stream_id = e.stream_id \
                          WHERE s.name = ?1 {order}"
                     );
@@ -282,7 +325,17 @@ impl Raw {
                             let mut q = conn.prepare_cached(&sql)?;
                             let rows: Vec<RawRow> = q
                                 .query_map([s.as_str()], |r| {
-                                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                                    Ok((
+                                        r.get(0)?,
+                                        r.get(1)?,
+                                        r.get(2)?,
+                                        r.get(3)?,
+                                        r.get(4)?,
+                                        r.get(5)?,
+                                        r.get(6)?,
+                                        r.get(7)?,
+                                        r.get(8)?,
+                                    ))
                                 })?
                                 .collect::<Result<_, _>>()?;
                             report.latencies.saturating_record(micros(t0));
@@ -294,7 +347,8 @@ impl Raw {
                 }
                 Raw::Postgres { pool, schema } => {
                     let sql = format!(
-                        "SELECT e.stream_version, e.event_id, e.event_type, e.data, e.metadata \
+                        "SELECT e.tx_id, e.position, e.stream_version, e.recorded_at, e.event_type, \
+                         e.data, e.metadata, e.event_id, e.correlation_id, e.causation_id \
                          FROM {schema}.events e JOIN {schema}.streams s ON s.stream_id = e.stream_id \
                          WHERE s.name = $1 {order}"
                     );
@@ -309,7 +363,20 @@ impl Raw {
                             let rows = client.query(&query, &[&s.as_str()]).await?;
                             let rows: Vec<PgRow> = rows
                                 .iter()
-                                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+                                .map(|r| {
+                                    (
+                                        r.get(0),
+                                        r.get(1),
+                                        r.get(2),
+                                        r.get(3),
+                                        r.get(4),
+                                        r.get(5),
+                                        r.get(6),
+                                        r.get(7),
+                                        r.get(8),
+                                        r.get(9),
+                                    )
+                                })
                                 .collect();
                             report.latencies.saturating_record(micros(t0));
                             report.events += rows.len() as u64;
