@@ -29,23 +29,22 @@ const SELECT: &str = concat!(
     "JOIN annals_streams s ON s.stream_id = e.stream_id"
 );
 
-/// A page of one stream, whose name the reader knows (no join; read with `event_in`).
+/// A page of one stream by its name, whose name the reader knows (read with `event_in`):
+/// one statement, no read of the stream's version first.
 macro_rules! select_stream_page {
     ($range:literal) => {
         concat!(
             "SELECT e.position, NULL, e.stream_version, e.recorded_at, e.event_type, e.data, \
              e.metadata, e.event_id, e.correlation_id, e.causation_id FROM annals_events e \
-             WHERE e.stream_id = ?1 AND ",
+             WHERE e.stream_id = (SELECT stream_id FROM annals_streams WHERE name = ?1) AND ",
             $range
         )
     };
 }
-const PAGE_FORWARD: &str = select_stream_page!(
-    "e.stream_version >= ?2 AND e.stream_version < ?3 ORDER BY e.stream_version LIMIT ?4"
-);
-const PAGE_BACKWARD: &str = select_stream_page!(
-    "e.stream_version < ?2 AND e.stream_version >= ?3 ORDER BY e.stream_version DESC LIMIT ?4"
-);
+const PAGE_FORWARD: &str =
+    select_stream_page!("e.stream_version >= ?2 ORDER BY e.stream_version LIMIT ?3");
+const PAGE_BACKWARD: &str =
+    select_stream_page!("e.stream_version < ?2 ORDER BY e.stream_version DESC LIMIT ?3");
 
 /// [`SELECT`] for read-all. CROSS JOIN keeps the events table as the outer loop, walking
 /// positions in order and stopping at the limit. Left to itself, SQLite answers a category
@@ -189,102 +188,68 @@ pub(crate) fn read_head(conn: &mut Connection, stream: &str, limit: usize) -> Re
     })
 }
 
-/// Cursor of a stream read.
+/// Where a stream read goes on: the next version to read (forward) or the one below which
+/// to read (backward), and how many events are still wanted.
 #[derive(Clone, Copy)]
 struct Cursor {
-    stream_id: i64,
-    /// Next index to read (forward) or one past it (backward).
     next: u64,
-    /// The other end of the range.
-    bound: u64,
+    left: u64,
 }
 
-/// One page of `stream` read at `cursor`, and the cursor after it.
+/// One page of `stream` at `cursor`, and the cursor after it (`None` at the end: a short
+/// page, as an empty or missing stream gives).
 fn page(
     conn: &mut Connection,
     stream: &StreamName,
     cursor: Cursor,
     forward: bool,
-) -> Result<(Vec<RecordedEvent>, Cursor)> {
-    let (id, next, bound) = (cursor.stream_id, cursor.next as i64, cursor.bound as i64);
+) -> Result<(Vec<RecordedEvent>, Option<Cursor>)> {
+    let want = cursor.left.min(STREAM_PAGE as u64);
     let sql = if forward { PAGE_FORWARD } else { PAGE_BACKWARD };
     let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
-    let rows = stmt
+    let next = cursor.next.min(i64::MAX as u64) as i64;
+    let events = stmt
         .query_map(
-            rusqlite::params![id, next, bound, STREAM_PAGE as i64],
+            rusqlite::params![stream.as_str(), next, want as i64],
             |row| event_in(row, stream.clone()),
         )
-        .map_err(backend)?;
-    let events = rows
+        .map_err(backend)?
         .collect::<rusqlite::Result<Vec<_>>>()
         .map_err(backend)?;
-    let next = match (events.last(), forward) {
-        (None, _) => cursor.bound,
-        (Some(last), true) => last.stream_version + 1,
-        (Some(last), false) => last.stream_version,
+    let cursor = match events.last() {
+        Some(last) if events.len() as u64 == want && want < cursor.left => Some(Cursor {
+            next: if forward {
+                last.stream_version + 1
+            } else {
+                last.stream_version
+            },
+            left: cursor.left - want,
+        }),
+        _ => None,
     };
-    Ok((events, Cursor { next, ..cursor }))
+    Ok((events, cursor))
 }
 
-/// A stream read: the stream's length and its first page in one hop to a reader, then
-/// a page per hop.
+/// A stream read: a page per hop to a reader, one statement each.
 pub(crate) fn read_stream(
     readers: Arc<Readers>,
     stream: StreamName,
     options: ReadStream,
 ) -> BoxStream<'static, Result<RecordedEvent>> {
     let forward = options.direction == Direction::Forward;
-    let name = stream.clone();
-    let first = {
-        let readers = Arc::clone(&readers);
-        async move {
-            readers
-                .with(move |conn| {
-                    let Some((stream_id, len)) =
-                        stream_version(conn, stream.as_str()).map_err(backend)?
-                    else {
-                        return Ok(None);
-                    };
-                    let (lo, hi) = annals::backend::index_range(&options, len);
-                    let (next, bound) = if forward { (lo, hi) } else { (hi, lo) };
-                    let cursor = Cursor {
-                        stream_id,
-                        next,
-                        bound,
-                    };
-                    if next == bound {
-                        return Ok(Some((Vec::new(), cursor)));
-                    }
-                    page(conn, &stream, cursor, forward).map(Some)
-                })
-                .await
-        }
+    let start = Cursor {
+        next: match (forward, options.from) {
+            (true, from) => from.map_or(0, Version::get),
+            (false, from) => from.map_or(u64::MAX, Version::get),
+        },
+        left: options.limit.map_or(u64::MAX, |l| l as u64),
     };
-    stream::once(first)
-        .flat_map(move |first| match first {
-            Err(e) => stream::once(async move { Err(e) }).boxed(),
-            Ok(None) => stream::empty().boxed(),
-            Ok(Some((events, cursor))) => stream::iter(events.into_iter().map(Ok))
-                .chain(pages(Arc::clone(&readers), name.clone(), cursor, forward))
-                .boxed(),
-        })
-        .boxed()
-}
-
-fn pages(
-    readers: Arc<Readers>,
-    stream: StreamName,
-    cursor: Cursor,
-    forward: bool,
-) -> impl futures::Stream<Item = Result<RecordedEvent>> {
-    stream::unfold(Some(cursor), move |cursor| {
+    let first = (start.left > 0).then_some(start);
+    stream::unfold(first, move |cursor| {
         let readers = Arc::clone(&readers);
         let stream = stream.clone();
         async move {
             let cursor = cursor?;
-            if cursor.next == cursor.bound {
-                return None;
-            }
             match readers
                 .with(move |conn| page(conn, &stream, cursor, forward))
                 .await
@@ -292,12 +257,13 @@ fn pages(
                 Err(e) => Some((stream::iter(vec![Err(e)]), None)),
                 Ok((events, cursor)) => Some((
                     stream::iter(events.into_iter().map(Ok).collect::<Vec<_>>()),
-                    Some(cursor),
+                    cursor,
                 )),
             }
         }
     })
     .flatten()
+    .boxed()
 }
 
 pub(crate) fn read_all(

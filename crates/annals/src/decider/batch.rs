@@ -227,41 +227,18 @@ impl<D: Domain> Decider<D> {
     ) -> Result<Written<D::State>> {
         let cat = &self.category;
         let after = loaded.version.get() + events.len() as u64;
-        let snapshot_error = |e: serde_json::Error| CodecError {
-            stream: self.stream.to_string(),
-            stream_version: after,
-            event_type: SNAPSHOT_EVENT_TYPE.to_owned(),
-            message: e.to_string(),
-        };
+        let snapshot_error = |e| self.snapshot_error(after, e);
         if let Some(snap) = &cat.access.snapshots {
             if loaded.version.get() / snap.every != after / snap.every {
                 let body = (snap.codec.encode)(&state).map_err(snapshot_error)?;
                 events.push(EventData::new(SNAPSHOT_EVENT_TYPE, body));
             }
         }
-        let answer = match &cat.access.head {
-            Some(head) => {
-                let snapshot = (head.encode)(&state).map_err(snapshot_error)?;
-                let expected = ExpectedVersion::Exact(loaded.version);
-                match cat
-                    .store
-                    .append_with_snapshot(&self.stream, expected, events, snapshot)
-                    .await
-                {
-                    Ok(written) => AppendAt::Written(written),
-                    Err(Error::WrongExpectedVersion { actual, .. }) => AppendAt::Conflict {
-                        actual,
-                        events: Vec::new(),
-                    },
-                    Err(e) => return Err(e),
-                }
-            }
-            None => {
-                cat.store
-                    .append_at(&self.stream, loaded.version, events)
-                    .await?
-            }
+        let head = match &cat.access.head {
+            Some(head) => Some((head.encode)(&state).map_err(snapshot_error)?),
+            None => None,
         };
+        let answer = self.append_at(loaded.version, events, head).await?;
         Ok(match answer {
             AppendAt::Written(appended) => {
                 if let Some(cache) = &cat.cache {

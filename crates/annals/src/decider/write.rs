@@ -99,28 +99,9 @@ impl<D: Domain> Decider<D> {
         let cat = &self.category;
         cat.check_references(&self.stream, events, &[]).await?;
         let prepared = self.prepare(loaded, events)?;
-        let answer = match prepared.head {
-            Some(snapshot) => {
-                let expected = ExpectedVersion::Exact(loaded.version);
-                match cat
-                    .store
-                    .append_with_snapshot(&self.stream, expected, prepared.events, snapshot)
-                    .await
-                {
-                    Ok(written) => AppendAt::Written(written),
-                    Err(Error::WrongExpectedVersion { actual, .. }) => AppendAt::Conflict {
-                        actual,
-                        events: Vec::new(),
-                    },
-                    Err(e) => return Err(e),
-                }
-            }
-            None => {
-                cat.store
-                    .append_at(&self.stream, loaded.version, prepared.events)
-                    .await?
-            }
-        };
+        let answer = self
+            .append_at(loaded.version, prepared.events, prepared.head)
+            .await?;
         match answer {
             AppendAt::Written(appended) => {
                 let state = prepared
@@ -129,6 +110,42 @@ impl<D: Domain> Decider<D> {
                 Ok(Written::Done(self.committed(appended.version, state)))
             }
             AppendAt::Conflict { actual, events } => Ok(Written::Conflict { actual, events }),
+        }
+    }
+
+    /// Appends `events` at `version`, with the head snapshot when there is one (a refusal
+    /// then carries no events: the resync reads them).
+    pub(super) async fn append_at(
+        &self,
+        version: Version,
+        events: Vec<EventData>,
+        head: Option<Vec<u8>>,
+    ) -> Result<AppendAt> {
+        let store = &self.category.store;
+        let Some(snapshot) = head else {
+            return store.append_at(&self.stream, version, events).await;
+        };
+        let expected = ExpectedVersion::Exact(version);
+        match store
+            .append_with_snapshot(&self.stream, expected, events, snapshot)
+            .await
+        {
+            Ok(written) => Ok(AppendAt::Written(written)),
+            Err(Error::WrongExpectedVersion { actual, .. }) => Ok(AppendAt::Conflict {
+                actual,
+                events: Vec::new(),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The error of a snapshot of the state at `version` that did not encode.
+    pub(super) fn snapshot_error(&self, version: u64, e: serde_json::Error) -> CodecError {
+        CodecError {
+            stream: self.stream.to_string(),
+            stream_version: version,
+            event_type: SNAPSHOT_EVENT_TYPE.to_owned(),
+            message: e.to_string(),
         }
     }
 
@@ -177,12 +194,7 @@ impl<D: Domain> Decider<D> {
         if rolling.is_some() || cat.access.head.is_some() {
             prepared.state = Some(D::fold((*loaded.state).clone(), events));
         }
-        let snapshot_error = |e: serde_json::Error| CodecError {
-            stream: self.stream.to_string(),
-            stream_version: after,
-            event_type: SNAPSHOT_EVENT_TYPE.to_owned(),
-            message: e.to_string(),
-        };
+        let snapshot_error = |e| self.snapshot_error(after, e);
         if let (Some(snap), Some(state)) = (rolling, &prepared.state) {
             let body = (snap.codec.encode)(state).map_err(snapshot_error)?;
             encoded.push(EventData::new(SNAPSHOT_EVENT_TYPE, body));
