@@ -82,6 +82,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0007_import.sql"),
     include_str!("../migrations/0008_partitions_parked.sql"),
     include_str!("../migrations/0009_append_group.sql"),
+    include_str!("../migrations/0010_no_event_stream_fk.sql"),
 ];
 
 /// Connections kept for `read_all` (subscriptions and pipelines), apart from the pool
