@@ -88,6 +88,10 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log line that cannot be written (stderr on a full disk, a closed pipe) is
+        // dropped: the subscriber must never report it with `eprintln!`, which panics on the
+        // same failing stderr, inside whatever request was logging.
+        .log_internal_errors(false)
         .init();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

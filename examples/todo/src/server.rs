@@ -17,6 +17,13 @@ use crate::web::{self, Options};
 pub struct ServerOptions {
     /// Todo lists kept folded in memory, at most.
     pub cache: usize,
+    /// How long a client has to send a request's headers, counted from when the
+    /// connection is ready for a request (so it is also how long an idle keep-alive
+    /// connection stays open); then the connection is closed.
+    pub header_timeout: Duration,
+    /// How long a client has to send a request's body; then it gets `408` and the
+    /// connection is closed.
+    pub body_timeout: Duration,
     /// The Prometheus recorder whose metrics `/metrics` renders.
     pub metrics: Option<PrometheusHandle>,
     /// How long a stop waits for the read model to catch up.
@@ -27,6 +34,8 @@ impl Default for ServerOptions {
     fn default() -> Self {
         Self {
             cache: 10_000,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
             metrics: None,
             drain: Duration::from_secs(30),
         }
@@ -72,10 +81,11 @@ pub async fn serve(
             base_url,
         },
     );
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ServeError::Serve)?;
+    let limits = HttpLimits {
+        header_timeout: options.header_timeout,
+        body_timeout: options.body_timeout,
+    };
+    serve_http(listener, router, limits, shutdown).await;
     if let Some(mut pipeline) = read_model {
         match tokio::time::timeout(options.drain, pipeline.await_idle()).await {
             Ok(r) => r.map_err(ServeError::ReadModel)?,
@@ -87,6 +97,69 @@ pub async fn serve(
         pipeline.stop().await.map_err(ServeError::ReadModel)?;
     }
     Ok(())
+}
+
+/// The time limits of [`serve_http`].
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// See [`ServerOptions::header_timeout`].
+    pub header_timeout: Duration,
+    /// See [`ServerOptions::body_timeout`].
+    pub body_timeout: Duration,
+}
+
+/// Serves `router` over HTTP/1 on `listener` until `shutdown` completes, then waits (at most
+/// 30 s) for the requests in flight. A connection that does not send a request's headers
+/// within `limits.header_timeout` (also when idle between requests) is closed; a request
+/// whose body takes longer than `limits.body_timeout` is answered `408`.
+pub async fn serve_http(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use tower_http::timeout::RequestBodyTimeoutLayer;
+
+    let router = router.layer(RequestBodyTimeoutLayer::new(limits.body_timeout));
+    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors and the like: pause instead of spinning.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection closed with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in flight 30 s after the stop; closing them");
+    }
 }
 
 /// Completes on Ctrl-C or (on Unix) SIGTERM.

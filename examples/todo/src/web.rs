@@ -121,7 +121,7 @@ async fn observe(request: Request, next: Next) -> Response {
         "request"
     );
     let labels = [
-        ("method", method.to_string()),
+        ("method", method_label(&method).to_owned()),
         ("route", route),
         ("status", status.to_string()),
     ];
@@ -129,6 +129,23 @@ async fn observe(request: Request, next: Next) -> Response {
     metrics::histogram!("annals_http_request_duration_seconds", &labels[..2])
         .record(elapsed.as_secs_f64());
     response
+}
+
+/// A method as a metric label: the standard methods by name, anything else `other`, so
+/// clients cannot grow the label set (and `/metrics`) without bound.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
 }
 
 /// Why a request was refused.
@@ -152,6 +169,8 @@ pub enum ApiError {
     Conflict(String),
     /// The store failed.
     Store(String),
+    /// The body did not arrive in time.
+    Timeout,
 }
 
 impl IntoResponse for ApiError {
@@ -178,6 +197,11 @@ impl IntoResponse for ApiError {
             ),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m),
             ApiError::Store(m) => (StatusCode::SERVICE_UNAVAILABLE, "store", m),
+            ApiError::Timeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                "the request body did not arrive in time".into(),
+            ),
         };
         (status, Json(json!({"error": kind, "message": message}))).into_response()
     }
@@ -300,6 +324,7 @@ fn body<T: serde::de::DeserializeOwned>(
 ) -> Result<T, ApiError> {
     let bytes = bytes.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge,
+        _ if timed_out(&e) => ApiError::Timeout,
         _ => ApiError::MalformedJson(e.body_text()),
     })?;
     if let Some(kind) = headers.get(CONTENT_TYPE) {
@@ -311,10 +336,26 @@ fn body<T: serde::de::DeserializeOwned>(
             )));
         }
     }
+    // Well-formed first (a truncated body is malformed even where its start already has
+    // the wrong shape), then the fields.
+    serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+        .map_err(|e| ApiError::MalformedJson(e.to_string()))?;
     serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::Invalid(e.to_string()),
         _ => ApiError::MalformedJson(e.to_string()),
     })
+}
+
+/// Whether reading the body failed because its time ran out (the server's body timeout).
+fn timed_out(e: &BytesRejection) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 fn title(title: String) -> Result<String, ApiError> {

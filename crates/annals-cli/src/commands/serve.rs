@@ -18,6 +18,13 @@ pub(crate) struct ServeArgs {
     /// Todo lists kept folded in memory, at most.
     #[arg(long, default_value_t = 10_000)]
     pub cache: usize,
+    /// How long a client has to send a request's headers (also how long an idle
+    /// connection stays open); then the connection is closed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: std::time::Duration,
+    /// How long a client has to send a request's body; then it gets 408.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub body_timeout: std::time::Duration,
 }
 
 /// Serves until Ctrl-C or SIGTERM, then lets the read-model pipeline catch up and stops it
@@ -27,6 +34,10 @@ pub(crate) async fn run(
     read_model: Option<ReadModelDb>,
     args: ServeArgs,
 ) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !args.header_timeout.is_zero() && !args.body_timeout.is_zero(),
+        "--header-timeout and --body-timeout must be more than zero"
+    );
     let metrics = PrometheusBuilder::new()
         .install_recorder()
         .context("install the metrics recorder")?;
@@ -59,6 +70,8 @@ pub(crate) async fn run(
     );
     let options = ServerOptions {
         cache: args.cache,
+        header_timeout: args.header_timeout,
+        body_timeout: args.body_timeout,
         metrics: Some(metrics),
         ..ServerOptions::default()
     };

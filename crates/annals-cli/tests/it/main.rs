@@ -1,5 +1,6 @@
 //! End-to-end tests of the `annals` binary.
 
+mod hardening;
 mod ops;
 mod parked;
 mod rebuild;

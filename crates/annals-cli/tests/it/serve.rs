@@ -36,6 +36,15 @@ impl Served {
 
     /// Starts `annals serve` with more arguments.
     pub(crate) fn start_with(dir: &std::path::Path, args: &[&str]) -> Served {
+        Self::start_configured(dir, args, |_| {})
+    }
+
+    /// Starts `annals serve` with more arguments, after `configure` adjusted the command.
+    pub(crate) fn start_configured(
+        dir: &std::path::Path,
+        args: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Served {
         let mut command = Command::new(env!("CARGO_BIN_EXE_annals"));
         command
             .args(["serve", "--listen", "127.0.0.1:0"])
@@ -46,6 +55,7 @@ impl Served {
             .env("ANNALS_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        configure(&mut command);
         let mut child = command.spawn().expect("annals serve starts");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();

@@ -1,0 +1,190 @@
+//! `annals serve` against hostile and unlucky clients: connections that send headers or a
+//! body too slowly are closed (and normal requests keep working meanwhile), made-up methods
+//! cannot grow the metrics, a failing log sink never fails a request, and malformed JSON is
+//! a 400 with a JSON body.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::serve::Served;
+
+/// Sends `request` (raw bytes) on a new connection and reads the answer until the server
+/// closes the connection (or 60 s pass): the bytes received.
+fn exchange(base: &str, request: &[u8]) -> Vec<u8> {
+    let mut stream = connect(base);
+    stream.write_all(request).unwrap();
+    read_to_close(&mut stream)
+}
+
+fn connect(base: &str) -> TcpStream {
+    let address = base.trim_start_matches("http://");
+    let stream = TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    stream
+}
+
+/// Reads until the peer closes the connection; panics when it is still open after 60 s.
+fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return received,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return received,
+            Err(e) => panic!("the server kept the connection open: {e}"),
+        }
+    }
+}
+
+/// One request with `Connection: close`: the status and the body as JSON (`Null` if empty).
+fn request(base: &str, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    let body = body.unwrap_or("");
+    let raw = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = String::from_utf8(exchange(base, raw.as_bytes())).unwrap();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"));
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    // Chunked or not, the JSON is the part between the first `{`/`[` and the last `}`/`]`.
+    let json = match (body.find(['{', '[']), body.rfind(['}', ']'])) {
+        (Some(a), Some(b)) if a <= b => serde_json::from_str(&body[a..=b]).unwrap(),
+        _ => Value::Null,
+    };
+    (status, json)
+}
+
+#[test]
+fn slow_headers_and_slow_bodies_are_cut_off_while_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start_with(
+        dir.path(),
+        &["--header-timeout", "1s", "--body-timeout", "1s"],
+    );
+    // Headers that never end, a body that never comes, and a connection that never sends.
+    let mut slow_header = connect(&served.base);
+    slow_header
+        .write_all(b"GET /todos HTTP/1.1\r\nHost: test\r\nX-Slow: ")
+        .unwrap();
+    let mut slow_body = connect(&served.base);
+    slow_body
+        .write_all(
+            b"POST /todos HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"title\":",
+        )
+        .unwrap();
+    let mut idle = connect(&served.base);
+    let opened = Instant::now();
+    // Meanwhile, ordinary requests are answered.
+    for n in 0..5 {
+        let (status, todo) = request(
+            &served.base,
+            "POST",
+            "/todos",
+            Some(&format!(r#"{{"title":"t{n}"}}"#)),
+        );
+        assert_eq!(status, 201, "{todo}");
+    }
+    assert!(
+        read_to_close(&mut slow_header).is_empty(),
+        "no answer to headers that never end: the connection is closed"
+    );
+    let answer = String::from_utf8(read_to_close(&mut slow_body)).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""error":"timeout""#), "{answer}");
+    assert!(read_to_close(&mut idle).is_empty());
+    // All three were closed, by the server, long before the test's own 60 s limit.
+    assert!(opened.elapsed() < Duration::from_secs(60));
+    let (status, list) = request(&served.base, "GET", "/todos", None);
+    assert_eq!((status, list.as_array().map(Vec::len)), (200, Some(5)));
+    served.stop();
+}
+
+#[test]
+fn made_up_methods_leave_the_metric_labels_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start_with(dir.path(), &[]);
+    for n in 0..1000 {
+        let (status, _) = request(&served.base, &format!("BOGUS{n}"), "/todos", None);
+        assert_eq!(status, 405);
+    }
+    let (status, _) = request(&served.base, "GET", "/todos", None);
+    assert_eq!(status, 200);
+    let metrics = String::from_utf8(exchange(
+        &served.base,
+        b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",
+    ))
+    .unwrap();
+    assert!(!metrics.contains("BOGUS"), "a method became a label");
+    let series: Vec<_> = metrics
+        .lines()
+        .filter(|l| l.starts_with("annals_http_requests_total{"))
+        .collect();
+    assert!(
+        series.iter().any(|l| l.contains(r#"method="other""#)),
+        "{series:?}"
+    );
+    assert!(
+        series.len() <= 4,
+        "a few series, not a thousand: {series:?}"
+    );
+    served.stop();
+}
+
+#[test]
+fn a_log_sink_that_fails_never_fails_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    // stderr on a device where every write fails with ENOSPC, with a log line per request.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let served = Served::start_configured(dir.path(), &[], |command| {
+        command.env("ANNALS_LOG", "info").stderr(full);
+    });
+    for n in 0..20 {
+        let (status, todo) = request(
+            &served.base,
+            "POST",
+            "/todos",
+            Some(&format!(r#"{{"title":"logged {n}"}}"#)),
+        );
+        assert_eq!(status, 201, "{todo}");
+    }
+    let (status, list) = request(&served.base, "GET", "/todos", None);
+    assert_eq!((status, list.as_array().map(Vec::len)), (200, Some(20)));
+    served.stop();
+}
+
+#[test]
+fn malformed_json_is_a_400_with_a_json_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start_with(dir.path(), &[]);
+    for body in [r#"{"title":"#, "{", r#"{"title": "x""#, "[1,", "nul"] {
+        let (status, error) = request(&served.base, "POST", "/todos", Some(body));
+        assert_eq!(
+            (status, error["error"].as_str()),
+            (400, Some("malformed_json")),
+            "{body:?}: {error}"
+        );
+    }
+    let (status, todo) = request(&served.base, "POST", "/todos", Some(r#"{"title":"ok"}"#));
+    assert_eq!(status, 201);
+    let path = format!("/todos/{}", todo["id"]);
+    let (status, error) = request(&served.base, "PATCH", &path, Some(r#"{"completed":"#));
+    assert_eq!(
+        (status, error["error"].as_str()),
+        (400, Some("malformed_json")),
+        "{error}"
+    );
+    served.stop();
+}
