@@ -67,6 +67,8 @@ enum Command {
     Bench(bench::Bench),
     /// Serve the TodoBackend API (todobackend.com) over the store, at --listen.
     Serve(commands::serve::ServeArgs),
+    /// Serve the admin web UI over the store, at --listen.
+    Admin(commands::admin::AdminArgs),
     /// Refold a read model's rows built by older code (`todos`: the lists of `annals serve`).
     Rebuild(commands::rebuild::RebuildArgs),
     /// List, replay or skip streams a consumer group parked after its handler kept failing.
@@ -144,6 +146,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Sync(_) => unreachable!("handled above"),
             Command::Bench(bench) => bench::run(opened, read_model, bench).await,
             Command::Serve(args) => serve::run(opened, read_model, args).await,
+            Command::Admin(args) => admin::run(opened, args).await,
             Command::Rebuild(args) => rebuild::run(events, read_model.as_ref(), args, &out).await,
             Command::Parked(command) => {
                 parked::run(events, read_model.as_ref(), &checkpoints, command, &out).await

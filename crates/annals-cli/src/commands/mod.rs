@@ -1,6 +1,7 @@
 //! The operating commands, one module each. Human-readable tables by default, JSON lines
 //! with `--json`. (The load tests are apart, in `bench`.)
 
+pub(crate) mod admin;
 pub(crate) mod append;
 pub(crate) mod checkpoint;
 pub(crate) mod dump;

@@ -1,5 +1,6 @@
 //! End-to-end tests of the `annals` binary.
 
+mod admin;
 mod hardening;
 mod ops;
 mod parked;

@@ -1,0 +1,50 @@
+//! `annals admin`: the admin web UI (`annals_admin`) over the store, served by this binary.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use example_todo::server::{serve_http, shutdown_signal, HttpLimits};
+
+use crate::store_url::Opened;
+
+/// `annals admin` arguments.
+#[derive(Debug, clap::Args)]
+pub(crate) struct AdminArgs {
+    /// The address to listen on. Anything but a loopback address needs --token.
+    #[arg(long, default_value = "127.0.0.1:3001")]
+    pub listen: SocketAddr,
+    /// The admin token (or `ANNALS_ADMIN_TOKEN`). Without one the pages are read-only and
+    /// only served on loopback.
+    #[arg(long, env = "ANNALS_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// Serves the admin pages until Ctrl-C or SIGTERM.
+pub(crate) async fn run(opened: Opened, args: AdminArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.listen.ip().is_loopback() || args.token.as_deref().is_some_and(|t| !t.is_empty()),
+        "--listen {}: serving the admin pages beyond this machine needs --token (or ANNALS_ADMIN_TOKEN)",
+        args.listen
+    );
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listen on {}", args.listen))?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let options = annals_admin::AdminOptions {
+        time: crate::output::time,
+        ..annals_admin::AdminOptions::default()
+    };
+    let router = annals_admin::router(Arc::clone(&opened.events), options);
+    println!(
+        "annals admin: pages at {base}/ (store {}); Ctrl-C to stop",
+        opened.url
+    );
+    let limits = HttpLimits {
+        header_timeout: Duration::from_secs(10),
+        body_timeout: Duration::from_secs(30),
+    };
+    serve_http(listener, router, limits, shutdown_signal()).await;
+    Ok(())
+}

@@ -1,0 +1,312 @@
+//! `annals admin` in headless Chromium: a person opening each page of a store with known
+//! events sees them (a stream in order, an event's JSON, its causation link followed), and
+//! hostile event data renders as inert text on every page that shows it. A screenshot of
+//! each page is saved under the target directory (`admin-screenshots/`).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use annals::{EventData, EventStore, ExpectedVersion, StreamName};
+use annals_sqlite::{SqliteConfig, SqliteStore};
+
+/// The stream whose name, event type, data and metadata are hostile.
+const HOSTILE_STREAM: &str = "Hostile-<img/src=x/onerror=alert(3)>";
+const HOSTILE_TYPE: &str = "\"><img src=x onerror=alert(2)>";
+
+/// Writes the known events: `Orders-1` (Placed, Paid caused by Placed, Shipped) and the
+/// hostile stream; returns the id of `Placed`.
+fn known_events(path: &Path) -> annals::Uuid {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = SqliteStore::open(SqliteConfig::new(path)).unwrap();
+        let orders = StreamName::new("Orders-1").unwrap();
+        let placed =
+            EventData::json("Placed", &serde_json::json!({"item": "book", "qty": 2})).unwrap();
+        let placed_id = placed.event_id;
+        let paid = EventData::json("Paid", &serde_json::json!({"amount": 12.5}))
+            .unwrap()
+            .with_causation_id(placed_id)
+            .with_correlation_id(placed_id);
+        let shipped = EventData::json("Shipped", &serde_json::json!({"carrier": "post"})).unwrap();
+        store
+            .append(
+                &orders,
+                ExpectedVersion::NoStream,
+                vec![placed, paid, shipped],
+            )
+            .await
+            .unwrap();
+        let hostile = StreamName::new(HOSTILE_STREAM).unwrap();
+        let data = serde_json::json!({
+            "note": "<script>document.title='pwned'</script>",
+            "attr": "\"><img src=x onerror=alert(1)>",
+            "big": "A".repeat(200_000),
+        });
+        let event = EventData::json(HOSTILE_TYPE, &data)
+            .unwrap()
+            .with_metadata(br#"{"m":"<b>bold</b><iframe src=javascript:alert(4)>"}"#.to_vec());
+        store
+            .append(&hostile, ExpectedVersion::NoStream, vec![event])
+            .await
+            .unwrap();
+        placed_id
+    })
+}
+
+/// A running `annals admin`.
+struct Admin {
+    child: Child,
+    base: String,
+}
+
+impl Admin {
+    fn start(store: &str, listen: &str) -> Result<Admin, String> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_annals"))
+            .args(["admin", "--store", store, "--listen", listen])
+            .env_remove("ANNALS_ADMIN_TOKEN")
+            .env("ANNALS_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("annals admin starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = tx.send(lines.next().and_then(Result::ok));
+            for _ in lines {}
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Some(line)) => {
+                let base = line
+                    .split_whitespace()
+                    .find(|w| w.starts_with("http://"))
+                    .unwrap_or_else(|| panic!("no URL in {line:?}"))
+                    .trim_end_matches('/')
+                    .to_owned();
+                Ok(Admin { child, base })
+            }
+            _ => {
+                let out = child.wait_with_output().unwrap();
+                Err(String::from_utf8_lossy(&out.stderr).into_owned())
+            }
+        }
+    }
+}
+
+impl Drop for Admin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn screenshots() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("admin-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs headless Chromium on `url` with `args` (with a bounded wait): its stdout.
+fn chromium(url: &str, args: &[String]) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let mut child = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+            &format!("--user-data-dir={}", profile.path().display()),
+        ])
+        .args(args)
+        .arg(url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromium runs (apt-get install chromium)");
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut out);
+        let _ = tx.send(out);
+    });
+    let out = rx.recv_timeout(Duration::from_secs(120));
+    let _ = child.kill();
+    let _ = child.wait();
+    out.expect("chromium answers within 120 s")
+}
+
+/// What a person sees at `url` (the DOM after the page loaded), and a screenshot of it
+/// saved as `name`.png.
+fn open(url: &str, name: &str) -> String {
+    let shot = screenshots().join(format!("{name}.png"));
+    chromium(
+        url,
+        &[
+            format!("--screenshot={}", shot.display()),
+            "--window-size=1280,900".into(),
+        ],
+    );
+    assert!(
+        std::fs::metadata(&shot).is_ok_and(|m| m.len() > 0),
+        "no screenshot of {url}"
+    );
+    chromium(url, &["--dump-dom".into()])
+}
+
+/// The text of the element with `id` in `dom` (its inner HTML, tags stripped).
+fn text_of(dom: &str, id: &str) -> String {
+    let start = dom
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id} in the page"));
+    let open_end = start + dom[start..].find('>').unwrap() + 1;
+    let rest = &dom[open_end..];
+    let mut text = String::new();
+    let mut in_tag = false;
+    let mut depth = 0i32;
+    for (i, c) in rest.char_indices() {
+        match c {
+            '<' => {
+                if rest[i..].starts_with("</") {
+                    if depth == 0 {
+                        break;
+                    }
+                    depth -= 1;
+                } else if !rest[i..].starts_with("<br") {
+                    depth += 1;
+                }
+                in_tag = true;
+            }
+            '>' => in_tag = false,
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    text
+}
+
+/// The hostile strings must appear only as text: no element they could have made, and the
+/// markup characters escaped.
+fn inert(dom: &str, page: &str) {
+    for tag in ["<img", "<iframe", "<script", "<b>"] {
+        assert!(!dom.contains(tag), "{page}: a {tag} element in the page");
+    }
+    // The hostile script would retitle the page.
+    assert!(!dom.contains("<title>pwned"), "{page}: a script ran");
+    assert!(
+        dom.contains("· Annals admin</title>"),
+        "{page}: its own title"
+    );
+}
+
+#[test]
+fn a_person_browses_a_store_and_hostile_data_stays_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("admin.db");
+    let placed_id = known_events(&db);
+    let store = format!("sqlite://{}", db.display());
+    let admin = Admin::start(&store, "127.0.0.1:0").unwrap();
+    let base = &admin.base;
+
+    let overview = open(&format!("{base}/"), "overview");
+    assert_eq!(text_of(&overview, "events"), "4");
+    assert_eq!(text_of(&overview, "streams"), "2");
+    assert!(overview.contains(">Orders<") && overview.contains(">Hostile<"));
+    inert(&overview, "overview");
+
+    let streams = open(&format!("{base}/streams?prefix=Orders-"), "streams");
+    assert!(streams.contains(">Orders-1<"), "{streams}");
+    assert!(!streams.contains("Hostile-"), "only the prefix's streams");
+
+    let stream = open(&format!("{base}/stream?name=Orders-1"), "stream");
+    let types: Vec<&str> = stream
+        .match_indices("class=\"type\">")
+        .map(|(i, m)| {
+            let rest = &stream[i + m.len()..];
+            &rest[..rest.find('<').unwrap()]
+        })
+        .collect();
+    assert_eq!(types, ["Placed", "Paid", "Shipped"], "the stream in order");
+
+    let paid = open(&format!("{base}/event?stream=Orders-1&version=1"), "event");
+    assert_eq!(text_of(&paid, "type"), "Paid");
+    let data: serde_json::Value = serde_json::from_str(&text_of(&paid, "data")).unwrap();
+    assert_eq!(data, serde_json::json!({"amount": 12.5}), "the JSON body");
+    assert_eq!(text_of(&paid, "causation"), placed_id.to_string());
+    // Following the causation link shows the event that caused it.
+    let cause = open(&format!("{base}/find?id={placed_id}"), "causation");
+    assert_eq!(text_of(&cause, "type"), "Placed");
+    assert_eq!(text_of(&cause, "version"), "0");
+
+    // Hostile data, on every page that shows it.
+    let hostile = url_encode(HOSTILE_STREAM);
+    let pages = [
+        (format!("{base}/streams?prefix=Hostile-"), "hostile-streams"),
+        (format!("{base}/stream?name={hostile}"), "hostile-stream"),
+        (
+            format!("{base}/event?stream={hostile}&version=0"),
+            "hostile-event",
+        ),
+        (
+            format!("{base}/streams?prefix={}", url_encode("<script>x</script>")),
+            "hostile-search",
+        ),
+    ];
+    for (url, name) in &pages {
+        let dom = open(url, name);
+        inert(&dom, name);
+    }
+    let event = open(
+        &format!("{base}/event?stream={hostile}&version=0"),
+        "hostile-event",
+    );
+    assert_eq!(
+        html_unescape(&text_of(&event, "type")),
+        HOSTILE_TYPE,
+        "the type, as text"
+    );
+    let shown: serde_json::Value =
+        serde_json::from_str(&html_unescape(&text_of(&event, "data"))).unwrap();
+    assert_eq!(
+        shown["note"], "<script>document.title='pwned'</script>",
+        "shown as text"
+    );
+    assert_eq!(
+        shown["big"].as_str().map(str::len),
+        Some(200_000),
+        "a huge string, whole"
+    );
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn html_unescape(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
+}
+
+#[test]
+fn the_admin_pages_are_refused_beyond_loopback_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("a.db").display());
+    let refused = Admin::start(&store, "0.0.0.0:0").err().expect("refused");
+    assert!(refused.contains("needs --token"), "{refused}");
+}
