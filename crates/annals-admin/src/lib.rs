@@ -11,13 +11,16 @@
 //!   or backward;
 //! - `/event?stream=N&version=V`: one event, data and metadata pretty-printed, with links
 //!   that follow its causation and correlation ids;
-//! - `/find?id=UUID`: the event with that id (a bounded scan of the feed).
+//! - `/find?id=UUID`: the event with that id (a bounded scan of the feed);
+//! - `/groups`: consumer groups' checkpoints with their lag, and the parked streams with
+//!   their errors; `POST /parked/skip` unparks one (only with a token: see [`router`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use annals::{
-    EventStore, Filter, Position, ReadStream, RecordedEvent, StreamName, Timestamp, Version,
+    CheckpointStore, EventStore, Filter, Position, ReadStream, RecordedEvent, StreamName,
+    Timestamp, Version,
 };
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -27,6 +30,8 @@ use axum::Router;
 use futures::TryStreamExt;
 use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
+
+mod groups;
 
 /// Events shown per stream page.
 pub const PAGE: usize = 50;
@@ -52,18 +57,35 @@ impl Default for AdminOptions {
 
 struct Admin {
     store: Arc<dyn EventStore>,
+    checkpoints: Option<Arc<dyn CheckpointStore>>,
+    token: Option<String>,
     options: AdminOptions,
 }
 
-/// The admin pages over `store`.
-pub fn router(store: Arc<dyn EventStore>, options: AdminOptions) -> Router {
-    let admin = Arc::new(Admin { store, options });
+/// The admin pages over `store` (and the consumer groups of `checkpoints`). Actions that
+/// change data are off without `token`; with one, each needs the token, a confirmation,
+/// and a request from a page of this server (`Sec-Fetch-Site` or `Origin`).
+pub fn router(
+    store: Arc<dyn EventStore>,
+    checkpoints: Option<Arc<dyn CheckpointStore>>,
+    token: Option<String>,
+    options: AdminOptions,
+) -> Router {
+    let token = token.filter(|t| !t.is_empty());
+    let admin = Arc::new(Admin {
+        store,
+        checkpoints,
+        token,
+        options,
+    });
     Router::new()
         .route("/", get(overview))
         .route("/streams", get(streams))
         .route("/stream", get(stream))
         .route("/event", get(event))
         .route("/find", get(find))
+        .route("/groups", get(groups::groups))
+        .route("/parked/skip", axum::routing::post(groups::skip))
         .with_state(admin)
 }
 
@@ -110,6 +132,8 @@ fn page(title: &str, content: Markup) -> Response {
                     a href="/" { "Overview" }
                     " "
                     a href="/streams" { "Streams" }
+                    " "
+                    a href="/groups" { "Consumer groups" }
                     form action="/stream" method="get" {
                         input name="name" placeholder="stream name" aria-label="stream name";
                         button { "Open" }

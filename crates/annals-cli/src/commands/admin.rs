@@ -22,7 +22,11 @@ pub(crate) struct AdminArgs {
 }
 
 /// Serves the admin pages until Ctrl-C or SIGTERM.
-pub(crate) async fn run(opened: Opened, args: AdminArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    opened: Opened,
+    checkpoints: Arc<dyn annals::CheckpointStore>,
+    args: AdminArgs,
+) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.listen.ip().is_loopback() || args.token.as_deref().is_some_and(|t| !t.is_empty()),
         "--listen {}: serving the admin pages beyond this machine needs --token (or ANNALS_ADMIN_TOKEN)",
@@ -36,7 +40,12 @@ pub(crate) async fn run(opened: Opened, args: AdminArgs) -> anyhow::Result<()> {
         time: crate::output::time,
         ..annals_admin::AdminOptions::default()
     };
-    let router = annals_admin::router(Arc::clone(&opened.events), options);
+    let router = annals_admin::router(
+        Arc::clone(&opened.events),
+        Some(checkpoints),
+        args.token,
+        options,
+    );
     println!(
         "annals admin: pages at {base}/ (store {}); Ctrl-C to stop",
         opened.url

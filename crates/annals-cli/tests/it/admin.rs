@@ -64,8 +64,24 @@ struct Admin {
 
 impl Admin {
     fn start(store: &str, listen: &str) -> Result<Admin, String> {
+        Self::start_args(&["--store", store, "--listen", listen])
+    }
+
+    fn start_with_token(store: &str, token: &str) -> Result<Admin, String> {
+        Self::start_args(&[
+            "--store",
+            store,
+            "--listen",
+            "127.0.0.1:0",
+            "--token",
+            token,
+        ])
+    }
+
+    fn start_args(args: &[&str]) -> Result<Admin, String> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_annals"))
-            .args(["admin", "--store", store, "--listen", listen])
+            .arg("admin")
+            .args(args)
             .env_remove("ANNALS_ADMIN_TOKEN")
             .env("ANNALS_LOG", "warn")
             .stdout(Stdio::piped())
@@ -309,4 +325,126 @@ fn the_admin_pages_are_refused_beyond_loopback_without_a_token() {
     let store = format!("sqlite://{}", dir.path().join("a.db").display());
     let refused = Admin::start(&store, "0.0.0.0:0").err().expect("refused");
     assert!(refused.contains("needs --token"), "{refused}");
+}
+
+/// POSTs a form to the admin server: the status.
+fn post_form(base: &str, path: &str, form: &str, headers: &[&str]) -> u16 {
+    use std::io::{Read, Write};
+    let address = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+        form.len()
+    );
+    for h in headers {
+        request.push_str(h);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    request.push_str(form);
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"))
+}
+
+#[test]
+fn a_groups_lag_and_parked_stream_are_shown_and_skipping_needs_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("groups.db");
+    known_events(&db);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use annals::CheckpointStore;
+        let store = SqliteStore::open(SqliteConfig::new(&db)).unwrap();
+        let first = store
+            .read_all(annals::Position::START, &annals::Filter::all(), 1)
+            .await
+            .unwrap();
+        store
+            .commit("billing", "all", first.events[0].position)
+            .await
+            .unwrap();
+        let now = annals::Timestamp::now();
+        store
+            .park(&annals::ParkedStream {
+                group: "billing".into(),
+                stream: StreamName::new("Orders-1").unwrap(),
+                from: annals::Version(1),
+                to: annals::Version(3),
+                attempts: 5,
+                first_error: "boom".into(),
+                last_error: "no invoice <script>document.title='pwned'</script>".into(),
+                parked_at: now,
+                updated_at: now,
+            })
+            .await
+            .unwrap();
+    });
+    let store = format!("sqlite://{}", db.display());
+    let form = "group=billing&stream=Orders-1&confirm=yes&token=s3cret";
+    {
+        let admin = Admin::start(&store, "127.0.0.1:0").unwrap();
+        let groups = open(&format!("{}/groups", admin.base), "groups");
+        inert(&groups, "groups");
+        assert!(groups.contains("class=\"group\">billing<"), "{groups}");
+        assert!(
+            groups.contains("class=\"lag\">3<"),
+            "3 events after the checkpoint: {groups}"
+        );
+        assert!(groups.contains("class=\"stream\"><a"), "{groups}");
+        assert!(
+            groups.contains("no invoice &lt;script&gt;"),
+            "the error, as text"
+        );
+        assert!(groups.contains("actions need --token"));
+        // Without a token, the action is refused even with everything else right.
+        let status = post_form(
+            &admin.base,
+            "/parked/skip",
+            form,
+            &["Sec-Fetch-Site: same-origin"],
+        );
+        assert_eq!(status, 403);
+    }
+    let admin = Admin::start_with_token(&store, "s3cret").unwrap();
+    let base = &admin.base;
+    let origin = format!("Origin: {base}");
+    let wrong = "group=billing&stream=Orders-1&confirm=yes&token=guess";
+    assert_eq!(
+        post_form(base, "/parked/skip", wrong, &[&origin]),
+        403,
+        "wrong token"
+    );
+    assert_eq!(
+        post_form(base, "/parked/skip", form, &["Origin: http://evil.example"]),
+        403,
+        "cross-site"
+    );
+    assert_eq!(
+        post_form(base, "/parked/skip", form, &["Sec-Fetch-Site: cross-site"]),
+        403,
+        "cross-site, as the browser says"
+    );
+    let unconfirmed = "group=billing&stream=Orders-1&token=s3cret";
+    assert_eq!(
+        post_form(base, "/parked/skip", unconfirmed, &[&origin]),
+        400
+    );
+    let still = open(&format!("{base}/groups"), "groups-with-token");
+    assert!(
+        still.contains("name=\"token\""),
+        "the form asks for the token"
+    );
+    assert!(!still.contains("id=\"no-parked\""), "still parked");
+    assert_eq!(post_form(base, "/parked/skip", form, &[&origin]), 303);
+    let after = open(&format!("{base}/groups"), "groups-after-skip");
+    assert!(after.contains("id=\"no-parked\""), "unparked: {after}");
 }
