@@ -448,3 +448,223 @@ fn a_groups_lag_and_parked_stream_are_shown_and_skipping_needs_the_token() {
     let after = open(&format!("{base}/groups"), "groups-after-skip");
     assert!(after.contains("id=\"no-parked\""), "unparked: {after}");
 }
+
+/// A headless Chromium driven over the DevTools protocol: open a page, evaluate script in
+/// it.
+struct Browser {
+    child: Child,
+    socket: tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>,
+    next_id: u64,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn open(url: &str) -> Browser {
+        let profile = tempfile::tempdir().unwrap();
+        let mut child = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-dev-shm-usage",
+                "--remote-debugging-port=0",
+                &format!("--user-data-dir={}", profile.path().display()),
+                url,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("chromium runs (apt-get install chromium)");
+        // "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/..."
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(at) = line.find("ws://") {
+                    let _ = tx.send(line[at..].trim().to_owned());
+                }
+            }
+        });
+        let browser_ws = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("chromium's DevTools endpoint within 60 s");
+        let port = browser_ws
+            .trim_start_matches("ws://127.0.0.1:")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        let mut page_ws = None;
+        annals_testkit::eventually_blocking(
+            "chromium lists the page",
+            Duration::from_secs(60),
+            || {
+                page_ws = http_get(&format!("127.0.0.1:{port}"), "/json/list")
+                    .and_then(|list| serde_json::from_str::<serde_json::Value>(&list).ok())
+                    .and_then(|pages| {
+                        pages
+                            .as_array()?
+                            .iter()
+                            .find(|p| p["type"] == "page")
+                            .and_then(|p| p["webSocketDebuggerUrl"].as_str())
+                            .map(str::to_owned)
+                    });
+                page_ws.is_some()
+            },
+        );
+        let page_ws = page_ws.unwrap();
+        let (socket, _) = tungstenite::connect(page_ws.as_str()).expect("DevTools connects");
+        Browser {
+            child,
+            socket,
+            next_id: 1,
+            _profile: profile,
+        }
+    }
+
+    /// The value of `expression` in the page.
+    fn eval(&mut self, expression: &str) -> serde_json::Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let call = serde_json::json!({
+            "id": id,
+            "method": "Runtime.evaluate",
+            "params": {"expression": expression, "returnByValue": true},
+        });
+        self.socket
+            .send(tungstenite::Message::text(call.to_string()))
+            .unwrap();
+        loop {
+            let message = self.socket.read().expect("DevTools answers");
+            let Ok(text) = message.to_text() else {
+                continue;
+            };
+            let answer: serde_json::Value = serde_json::from_str(text).unwrap();
+            if answer["id"] == id {
+                return answer["result"]["result"]["value"].clone();
+            }
+        }
+    }
+
+    /// Waits (bounded) until `expression` is true in the page.
+    fn until(&mut self, what: &str, expression: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while self.eval(expression) != serde_json::Value::Bool(true) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting until {what}"
+            );
+            std::thread::yield_now();
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP GET: the body (read by its Content-Length), or `None` when the server
+/// cannot be reached yet.
+fn http_get(address: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n").ok()?;
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        received.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&received).into_owned();
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().to_owned())
+            })?
+            .parse()
+            .ok()?;
+        if body.len() >= length {
+            return Some(body[..length].to_owned());
+        }
+    }
+}
+
+#[test]
+fn the_live_feed_shows_an_event_as_it_commits_and_pauses() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("live.db");
+    known_events(&db);
+    let store = format!("sqlite://{}", db.display());
+    let admin = Admin::start(&store, "127.0.0.1:0").unwrap();
+    let mut browser = Browser::open(&format!("{}/live?category=Orders", admin.base));
+    browser.until(
+        "the feed is connected",
+        "document.getElementById('state') !== null && document.getElementById('state').textContent === 'live'",
+    );
+    assert_eq!(
+        browser.eval("document.querySelectorAll('#live tr.event').length"),
+        serde_json::json!(0),
+        "only what commits from now on"
+    );
+    let append = |stream: &str, event_type: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_annals"))
+            .args(["append", "--store", &store, stream, "--type", event_type])
+            .args(["--data", r#"{"note":"<img src=x onerror=alert(9)>"}"#])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    append("Invoices-1", "Issued"); // another category: filtered out
+    append("Orders-2", "Placed<script>");
+    browser.until(
+        "the new event arrives",
+        "document.querySelectorAll('#live tr.event').length === 1",
+    );
+    let row = browser.eval(
+        "Array.from(document.querySelectorAll('#live tr.event td')).map(td => td.textContent)",
+    );
+    assert_eq!(row[1], "Orders-2");
+    assert_eq!(row[2], "0");
+    assert_eq!(row[3], "Placed<script>", "the type, as text");
+    assert_eq!(
+        browser.eval("document.querySelectorAll('#live script, #live img').length"),
+        serde_json::json!(0)
+    );
+    // Paused, a new event waits; resumed, it shows.
+    browser.eval("document.getElementById('toggle').click()");
+    append("Orders-3", "Placed");
+    browser.until(
+        "the paused page holds the new event",
+        "document.getElementById('toggle').textContent === 'Resume (1 new)'",
+    );
+    assert_eq!(
+        browser.eval("document.querySelectorAll('#live tr.event').length"),
+        serde_json::json!(1),
+        "paused: not shown yet"
+    );
+    browser.eval("document.getElementById('toggle').click()");
+    browser.until(
+        "the held event shows on resume",
+        "document.querySelectorAll('#live tr.event').length === 2",
+    );
+    drop(browser);
+    open(&format!("{}/live", admin.base), "live");
+}
