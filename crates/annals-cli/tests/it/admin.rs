@@ -120,6 +120,20 @@ impl Drop for Admin {
     }
 }
 
+/// Headless Chromium as every browser test runs it, with its profile in `profile`.
+pub(crate) fn headless_chromium(profile: &Path) -> Command {
+    let mut command = Command::new("chromium");
+    command.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        &format!("--user-data-dir={}", profile.display()),
+    ]);
+    command
+}
+
 fn screenshots() -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("admin-screenshots");
     std::fs::create_dir_all(&dir).unwrap();
@@ -129,16 +143,8 @@ fn screenshots() -> PathBuf {
 /// Runs headless Chromium on `url` with `args` (with a bounded wait): its stdout.
 fn chromium(url: &str, args: &[String]) -> String {
     let profile = tempfile::tempdir().unwrap();
-    let mut child = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-dev-shm-usage",
-            "--hide-scrollbars",
-            &format!("--user-data-dir={}", profile.path().display()),
-        ])
+    let mut child = headless_chromium(profile.path())
+        .arg("--hide-scrollbars")
         .args(args)
         .arg(url)
         .stdout(Stdio::piped())
@@ -461,17 +467,8 @@ struct Browser {
 impl Browser {
     fn open(url: &str) -> Browser {
         let profile = tempfile::tempdir().unwrap();
-        let mut child = Command::new("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-dev-shm-usage",
-                "--remote-debugging-port=0",
-                &format!("--user-data-dir={}", profile.path().display()),
-                url,
-            ])
+        let mut child = headless_chromium(profile.path())
+            .args(["--remote-debugging-port=0", url])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

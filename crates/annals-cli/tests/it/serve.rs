@@ -341,16 +341,8 @@ fn a_browser_on_another_origin_drives_the_api() {
         );
     rt.spawn(async move { axum::serve(listener, app).await });
     let profile = tempfile::tempdir().unwrap();
-    let mut browser = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-dev-shm-usage",
-            &format!("--user-data-dir={}", profile.path().display()),
-            &format!("{origin}/"),
-        ])
+    let mut browser = crate::admin::headless_chromium(profile.path())
+        .arg(format!("{origin}/"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
