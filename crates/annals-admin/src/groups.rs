@@ -59,7 +59,7 @@ pub(super) async fn groups(State(admin): State<Arc<Admin>>) -> Result<Response, 
                         td.error { (p.last_error) }
                         td {
                             @if actions {
-                                form method="post" action="/parked/skip" {
+                                form method="post" action="skip" {
                                     input type="hidden" name="group" value=(p.group);
                                     input type="hidden" name="stream" value=(p.stream);
                                     label { input type="checkbox" name="confirm" value="yes"; " sure" }
@@ -110,7 +110,7 @@ pub(super) struct SkipForm {
     confirm: String,
 }
 
-/// `POST /parked/skip`: unparks a stream without applying its skipped events.
+/// `POST /skip`: unparks a stream without applying its skipped events.
 pub(super) async fn skip(
     State(admin): State<Arc<Admin>>,
     headers: HeaderMap,
@@ -141,7 +141,7 @@ pub(super) async fn skip(
         return refuse(StatusCode::BAD_REQUEST, "No such parked stream.");
     };
     match checkpoints.unpark(&form.group, &stream).await {
-        Ok(true) => Redirect::to("/groups").into_response(),
+        Ok(true) => Redirect::to("groups").into_response(),
         Ok(false) => refuse(
             StatusCode::NOT_FOUND,
             "That stream is not parked in that group.",

@@ -15,7 +15,10 @@
 //! - `/live?category=C&type=T`: new events as they commit (server-sent events from
 //!   `/live/events`; the page's one script, `/assets/live.js`, writes values as text);
 //! - `/groups`: consumer groups' checkpoints with their lag, and the parked streams with
-//!   their errors; `POST /parked/skip` unparks one (only with a token: see [`router`]).
+//!   their errors; `POST /skip` unparks one (only with a token: see [`router`]).
+//!
+//! Links between pages are relative, so the pages work wherever they are mounted (at `/`,
+//! or under a prefix such as `/admin/` inside `annals serve`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -91,7 +94,7 @@ pub fn router(
         .route("/live", get(live::page_of))
         .route("/live/events", get(live::events))
         .route("/assets/live.js", get(live::script))
-        .route("/parked/skip", axum::routing::post(groups::skip))
+        .route("/skip", axum::routing::post(groups::skip))
         .with_state(admin)
 }
 
@@ -135,14 +138,14 @@ fn page(title: &str, content: Markup) -> Response {
             }
             body {
                 nav {
-                    a href="/" { "Overview" }
+                    a href="./" { "Overview" }
                     " "
-                    a href="/streams" { "Streams" }
+                    a href="streams" { "Streams" }
                     " "
-                    a href="/groups" { "Consumer groups" }
+                    a href="groups" { "Consumer groups" }
                     " "
-                    a href="/live" { "Live feed" }
-                    form action="/stream" method="get" {
+                    a href="live" { "Live feed" }
+                    form action="stream" method="get" {
                         input name="name" placeholder="stream name" aria-label="stream name";
                         button { "Open" }
                     }
@@ -199,12 +202,12 @@ fn url_encode(value: &str) -> impl Iterator<Item = String> + '_ {
 }
 
 fn stream_link(stream: &StreamName) -> String {
-    href("/stream", &[("name", stream.as_str())])
+    href("stream", &[("name", stream.as_str())])
 }
 
 fn event_link(e: &RecordedEvent) -> String {
     href(
-        "/event",
+        "event",
         &[
             ("stream", e.stream.as_str()),
             ("version", &e.stream_version.to_string()),
@@ -280,7 +283,7 @@ async fn overview(State(admin): State<Arc<Admin>>) -> Result<Response, PageError
             tr { th { "Category" } th { "Streams" } th { "Events" } }
             @for (name, c) in &categories {
                 tr {
-                    td { a href=(href("/streams", &[("prefix", &format!("{name}-"))])) { (name) } }
+                    td { a href=(href("streams", &[("prefix", &format!("{name}-"))])) { (name) } }
                     td { (c.streams) }
                     td { (c.events) }
                 }
@@ -318,7 +321,7 @@ async fn streams(
     })
     .await?;
     let content = html! {
-        form action="/streams" method="get" {
+        form action="streams" method="get" {
             input name="prefix" value=(q.prefix) placeholder="name prefix, e.g. Todos-" aria-label="name prefix";
             button { "Search" }
         }
@@ -395,14 +398,14 @@ async fn stream(
             }
             p {
                 @if first > 0 {
-                    a id="older" href=(href("/stream", &[("name", name.as_str()), ("from", &first.to_string()), ("backward", "1")])) { "Older" }
+                    a id="older" href=(href("stream", &[("name", name.as_str()), ("from", &first.to_string()), ("backward", "1")])) { "Older" }
                     " "
                 }
                 @if last + 1 < length {
-                    a id="newer" href=(href("/stream", &[("name", name.as_str()), ("from", &(last + 1).to_string())])) { "Newer" }
+                    a id="newer" href=(href("stream", &[("name", name.as_str()), ("from", &(last + 1).to_string())])) { "Newer" }
                     " "
                 }
-                a id="latest" href=(href("/stream", &[("name", name.as_str()), ("backward", "1")])) { "Latest" }
+                a id="latest" href=(href("stream", &[("name", name.as_str()), ("backward", "1")])) { "Latest" }
             }
         }
     };
@@ -438,7 +441,7 @@ async fn event(
         )));
     };
     let time = admin.options.time;
-    let id_link = |id: &annals::Uuid| href("/find", &[("id", &id.to_string())]);
+    let id_link = |id: &annals::Uuid| href("find", &[("id", &id.to_string())]);
     let content = html! {
         table id="event" {
             tr { th { "Stream" } td { a id="stream" href=(stream_link(&e.stream)) { (e.stream) } } }

@@ -1,4 +1,5 @@
-// The live feed: new events as they commit, from the server-sent events of /live/events.
+// The live feed: new events as they commit, from the server-sent events of live/events
+// (relative: the pages may be mounted under a prefix).
 // Every value goes into the page as text (textContent), never as markup.
 "use strict";
 (function () {
@@ -24,12 +25,12 @@
     const row = table.insertRow(1);
     row.className = "event";
     cell(row, e.position);
-    cell(row, e.stream, "/stream?" + new URLSearchParams({ name: e.stream }));
-    cell(row, String(e.version), "/event?" + new URLSearchParams({ stream: e.stream, version: e.version }));
+    cell(row, e.stream, "stream?" + new URLSearchParams({ name: e.stream }));
+    cell(row, String(e.version), "event?" + new URLSearchParams({ stream: e.stream, version: e.version }));
     cell(row, e.type);
     cell(row, e.recorded);
   }
-  const source = new EventSource("/live/events?" + params);
+  const source = new EventSource("live/events?" + params);
   source.addEventListener("event", function (m) {
     const e = JSON.parse(m.data);
     if (paused) {

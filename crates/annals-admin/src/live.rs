@@ -54,7 +54,7 @@ pub(super) async fn page_of(
         .map_err(|e| PageError::BadRequest(e.to_string()))?;
     let from = head(&admin).await?;
     let content = html! {
-        form action="/live" method="get" {
+        form action="live" method="get" {
             input name="category" value=(q.category) placeholder="category" aria-label="category";
             input name="type" value=(q.event_type) placeholder="event type" aria-label="event type";
             button { "Filter" }
@@ -63,7 +63,7 @@ pub(super) async fn page_of(
         table id="live" data-from=(from) {
             tr { th { "Position" } th { "Stream" } th { "Version" } th { "Type" } th { "Recorded" } }
         }
-        script src="/assets/live.js" {}
+        script src="assets/live.js" {}
     };
     Ok(page("Live feed", content))
 }

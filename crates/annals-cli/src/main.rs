@@ -145,7 +145,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Checkpoint(command) => checkpoint::run(&checkpoints, command, &out).await,
             Command::Sync(_) => unreachable!("handled above"),
             Command::Bench(bench) => bench::run(opened, read_model, bench).await,
-            Command::Serve(args) => serve::run(opened, read_model, args).await,
+            Command::Serve(args) => serve::run(opened, read_model, checkpoints, args).await,
             Command::Admin(args) => admin::run(opened, checkpoints, args).await,
             Command::Rebuild(args) => rebuild::run(events, read_model.as_ref(), args, &out).await,
             Command::Parked(command) => {

@@ -26,6 +26,8 @@ pub struct ServerOptions {
     pub body_timeout: Duration,
     /// The Prometheus recorder whose metrics `/metrics` renders.
     pub metrics: Option<PrometheusHandle>,
+    /// More pages served under `/admin/` (the admin UI), outside the API's CORS.
+    pub admin: Option<axum::Router>,
     /// How long a stop waits for the read model to catch up.
     pub drain: Duration,
 }
@@ -37,6 +39,7 @@ impl Default for ServerOptions {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             metrics: None,
+            admin: None,
             drain: Duration::from_secs(30),
         }
     }
@@ -81,6 +84,15 @@ pub async fn serve(
             base_url,
         },
     );
+    let router = match options.admin {
+        Some(admin) => router
+            .route(
+                "/admin",
+                axum::routing::get(|| async { axum::response::Redirect::permanent("/admin/") }),
+            )
+            .nest("/admin/", admin),
+        None => router,
+    };
     let limits = HttpLimits {
         header_timeout: options.header_timeout,
         body_timeout: options.body_timeout,

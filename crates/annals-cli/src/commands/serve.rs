@@ -22,6 +22,13 @@ pub(crate) struct ServeArgs {
     /// connection stays open); then the connection is closed.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_timeout: std::time::Duration,
+    /// Also serve the admin web UI (see `annals admin`) under /admin/.
+    #[arg(long)]
+    pub admin: bool,
+    /// The admin token (or `ANNALS_ADMIN_TOKEN`) for --admin: needed for its actions, and
+    /// to serve it on anything but a loopback address.
+    #[arg(long, env = "ANNALS_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// How long a client has to send a request's body; then it gets 408.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub body_timeout: std::time::Duration,
@@ -32,6 +39,7 @@ pub(crate) struct ServeArgs {
 pub(crate) async fn run(
     opened: Opened,
     read_model: Option<ReadModelDb>,
+    checkpoints: std::sync::Arc<dyn annals::CheckpointStore>,
     args: ServeArgs,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -45,6 +53,27 @@ pub(crate) async fn run(
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
     let base = format!("http://{}", listener.local_addr()?);
+    let admin = match args.admin {
+        false => None,
+        true => {
+            let token = args.admin_token.filter(|t| !t.is_empty());
+            anyhow::ensure!(
+                listener.local_addr()?.ip().is_loopback() || token.is_some(),
+                "--admin on {}: serving the admin pages beyond this machine needs --admin-token (or ANNALS_ADMIN_TOKEN)",
+                args.listen
+            );
+            let options = annals_admin::AdminOptions {
+                time: crate::output::time,
+                ..annals_admin::AdminOptions::default()
+            };
+            Some(annals_admin::router(
+                opened.events.clone(),
+                Some(checkpoints),
+                token,
+                options,
+            ))
+        }
+    };
     if let (Some(db), Backend::Memory(_)) = (&read_model, &opened.backend) {
         // memory:// starts empty on every run: the lists a durable read model kept from an
         // earlier run would hide this run's first events behind their progress.
@@ -73,6 +102,7 @@ pub(crate) async fn run(
         header_timeout: args.header_timeout,
         body_timeout: args.body_timeout,
         metrics: Some(metrics),
+        admin,
         ..ServerOptions::default()
     };
     server::serve(

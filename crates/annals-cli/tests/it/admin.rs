@@ -412,12 +412,7 @@ fn a_groups_lag_and_parked_stream_are_shown_and_skipping_needs_the_token() {
         );
         assert!(groups.contains("actions need --token"));
         // Without a token, the action is refused even with everything else right.
-        let status = post_form(
-            &admin.base,
-            "/parked/skip",
-            form,
-            &["Sec-Fetch-Site: same-origin"],
-        );
+        let status = post_form(&admin.base, "/skip", form, &["Sec-Fetch-Site: same-origin"]);
         assert_eq!(status, 403);
     }
     let admin = Admin::start_with_token(&store, "s3cret").unwrap();
@@ -425,32 +420,29 @@ fn a_groups_lag_and_parked_stream_are_shown_and_skipping_needs_the_token() {
     let origin = format!("Origin: {base}");
     let wrong = "group=billing&stream=Orders-1&confirm=yes&token=guess";
     assert_eq!(
-        post_form(base, "/parked/skip", wrong, &[&origin]),
+        post_form(base, "/skip", wrong, &[&origin]),
         403,
         "wrong token"
     );
     assert_eq!(
-        post_form(base, "/parked/skip", form, &["Origin: http://evil.example"]),
+        post_form(base, "/skip", form, &["Origin: http://evil.example"]),
         403,
         "cross-site"
     );
     assert_eq!(
-        post_form(base, "/parked/skip", form, &["Sec-Fetch-Site: cross-site"]),
+        post_form(base, "/skip", form, &["Sec-Fetch-Site: cross-site"]),
         403,
         "cross-site, as the browser says"
     );
     let unconfirmed = "group=billing&stream=Orders-1&token=s3cret";
-    assert_eq!(
-        post_form(base, "/parked/skip", unconfirmed, &[&origin]),
-        400
-    );
+    assert_eq!(post_form(base, "/skip", unconfirmed, &[&origin]), 400);
     let still = open(&format!("{base}/groups"), "groups-with-token");
     assert!(
         still.contains("name=\"token\""),
         "the form asks for the token"
     );
     assert!(!still.contains("id=\"no-parked\""), "still parked");
-    assert_eq!(post_form(base, "/parked/skip", form, &[&origin]), 303);
+    assert_eq!(post_form(base, "/skip", form, &[&origin]), 303);
     let after = open(&format!("{base}/groups"), "groups-after-skip");
     assert!(after.contains("id=\"no-parked\""), "unparked: {after}");
 }
@@ -664,4 +656,43 @@ fn the_live_feed_shows_an_event_as_it_commits_and_pauses() {
     );
     drop(browser);
     open(&format!("{}/live", admin.base), "live");
+}
+
+#[test]
+fn serve_mounts_the_admin_pages_under_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = crate::serve::Served::start_with(dir.path(), &["--admin"]);
+    let base = served.base.clone();
+    let address = base.trim_start_matches("http://").to_owned();
+    let status = post_form(&base, "/todos", "", &[]);
+    assert_eq!(status, 415, "the API answers beside the pages");
+    {
+        use std::io::Write;
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        let body = r#"{"title":"seen by the admin"}"#;
+        write!(
+            stream,
+            "POST /todos HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    }
+    let overview = open(&format!("{base}/admin"), "serve-admin-overview");
+    assert_eq!(text_of(&overview, "events"), "1", "redirected to /admin/");
+    let streams = open(&format!("{base}/admin/streams"), "serve-admin-streams");
+    let link = streams
+        .split("href=\"")
+        .find(|s| s.starts_with("stream?name="))
+        .and_then(|s| s.split('"').next())
+        .expect("a link to the todo list's stream")
+        .replace("&amp;", "&");
+    let stream = open(&format!("{base}/admin/{link}"), "serve-admin-stream");
+    assert!(
+        stream.contains("class=\"type\">"),
+        "the list's events: {stream}"
+    );
+    served.stop();
 }
