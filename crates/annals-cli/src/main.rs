@@ -7,6 +7,7 @@ mod commands;
 mod output;
 mod read_models;
 mod store_url;
+mod telemetry;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -37,6 +38,11 @@ struct Cli {
     /// Print JSON lines instead of tables.
     #[arg(long, global = true)]
     json: bool,
+
+    /// Export traces over OTLP/HTTP to this collector (its base URL, e.g.
+    /// `http://127.0.0.1:4318`; also on when `OTEL_EXPORTER_OTLP_ENDPOINT` is set).
+    #[arg(long, global = true, value_name = "URL")]
+    otlp_endpoint: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -83,34 +89,36 @@ fn main() -> std::process::ExitCode {
         Command::Serve(_) => "info",
         _ => "warn",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ANNALS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        // A log line that cannot be written (stderr on a full disk, a closed pipe) is
-        // dropped: the subscriber must never report it with `eprintln!`, which panics on the
-        // same failing stderr, inside whatever request was logging.
-        .log_internal_errors(false)
-        .init();
-    match run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            // Each cause once, in one line.
-            eprintln!("annals: {}", annals::error_chain(e.as_ref()));
-            std::process::ExitCode::FAILURE
+    let fail = |e: anyhow::Error| {
+        // Each cause once, in one line.
+        eprintln!("annals: {}", annals::error_chain(e.as_ref()));
+        std::process::ExitCode::FAILURE
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(e.into()),
+    };
+    let telemetry = {
+        let _in_runtime = runtime.enter();
+        match telemetry::install(default, cli.otlp_endpoint.as_deref()) {
+            Ok(telemetry) => telemetry,
+            Err(e) => return fail(e),
         }
+    };
+    let result = run(cli, &runtime);
+    telemetry.shutdown();
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => fail(e),
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     use commands::*;
     use store_url::{Opened, ReadModelDb, StoreKind, StoreUrl};
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     let out = output::Output { json: cli.json };
     runtime.block_on(async {
         if let Command::Sync(args) = cli.command {

@@ -8,6 +8,7 @@ use annals::{
     Version,
 };
 use async_trait::async_trait;
+use tracing::Instrument;
 
 use crate::{Handler, HandlerError};
 
@@ -59,9 +60,11 @@ impl<R: ReadModelStore, P: Projector<R>> Handler for Project<R, P> {
         stream: &StreamName,
         events: &[RecordedEvent],
     ) -> Result<Version, HandlerError> {
+        let span = tracing::info_span!("annals.project", %stream, events = events.len());
         let next = self
             .read_model
             .apply(&self.projector, stream, events)
+            .instrument(span.clone())
             .await?;
         let Some(first) = events.first() else {
             return Ok(next);
@@ -79,6 +82,10 @@ impl<R: ReadModelStore, P: Projector<R>> Handler for Project<R, P> {
             .await?;
         let mut all = missing;
         all.extend(events.iter().cloned());
-        Ok(self.read_model.apply(&self.projector, stream, &all).await?)
+        Ok(self
+            .read_model
+            .apply(&self.projector, stream, &all)
+            .instrument(span)
+            .await?)
     }
 }

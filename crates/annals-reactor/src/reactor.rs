@@ -10,7 +10,8 @@ use crate::{Handler, HandlerError};
 /// A handler that appends the events `react` derives from each event it is given.
 ///
 /// Every emitted event gets causation id = the triggering event's id and the triggering
-/// event's correlation id (or its id, when it has none). Emitted event ids are derived from
+/// event's correlation id (or its id, when it has none), and the triggering event's trace
+/// context (see [`annals::trace`]). Emitted event ids are derived from
 /// the triggering event's id, so when a restart delivers an event again its reactions are
 /// exact retries of the earlier appends and are not written twice.
 #[derive(Debug)]
@@ -27,6 +28,25 @@ where
     pub fn new(store: Arc<dyn EventStore>, react: F) -> Self {
         Self { store, react }
     }
+}
+
+/// `data` carrying `trace` (the cause's: stable across retries, unlike the handler's own
+/// span) in its metadata, unless the metadata names a trace or is not a JSON object.
+fn with_trace(mut data: EventData, trace: Option<&annals::TraceContext>) -> EventData {
+    let Some(trace) = trace else { return data };
+    let metadata = match data.metadata.as_deref() {
+        None => None,
+        Some(bytes) => match serde_json::from_slice(bytes) {
+            Ok(value @ serde_json::Value::Object(_)) => Some(value),
+            _ => return data,
+        },
+    };
+    if let Some(value) = trace.add_to(metadata) {
+        if let Ok(bytes) = serde_json::to_vec(&value) {
+            data.metadata = Some(bytes);
+        }
+    }
+    data
 }
 
 /// The id of the `index`-th event emitted in reaction to `cause`: stable across retries.
@@ -48,8 +68,9 @@ where
         events: &[RecordedEvent],
     ) -> Result<Version, HandlerError> {
         for cause in events {
+            let trace = annals::TraceContext::of_event(cause);
             for (index, (target, data)) in (self.react)(cause).into_iter().enumerate() {
-                let data = data
+                let data = with_trace(data, trace.as_ref())
                     .with_id(reaction_id(cause, index))
                     .with_causation_id(cause.event_id)
                     .with_correlation_id(cause.correlation_id.unwrap_or(cause.event_id));
@@ -61,5 +82,36 @@ where
         Ok(events
             .last()
             .map_or(Version(0), RecordedEvent::next_version))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reactions_carry_the_cause_trace_in_object_metadata_only() {
+        let trace = annals::TraceContext::parse(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            None,
+        )
+        .unwrap();
+        let plain = with_trace(EventData::new("T", b"{}".to_vec()), Some(&trace));
+        let metadata: serde_json::Value =
+            serde_json::from_slice(plain.metadata.as_deref().unwrap()).unwrap();
+        assert_eq!(metadata["traceparent"], trace.traceparent.as_str());
+        let own = EventData::new("T", b"{}".to_vec()).with_metadata(br#"{"a":1}"#.to_vec());
+        let own = with_trace(own, Some(&trace));
+        let metadata: serde_json::Value =
+            serde_json::from_slice(own.metadata.as_deref().unwrap()).unwrap();
+        assert_eq!(metadata["a"], 1);
+        assert_eq!(metadata["traceparent"], trace.traceparent.as_str());
+        let binary = EventData::new("T", b"{}".to_vec()).with_metadata(vec![0xff, 0]);
+        assert_eq!(
+            with_trace(binary.clone(), Some(&trace)).metadata,
+            binary.metadata
+        );
+        let untraced = EventData::new("T", b"{}".to_vec());
+        assert_eq!(with_trace(untraced.clone(), None), untraced);
     }
 }

@@ -10,6 +10,7 @@
 //! `#[serde(alias = "...")]`, or keep the stored contracts as their own enum and map them to
 //! the domain events with [`Codec::upcast`].
 
+use std::borrow::Cow;
 use std::marker::PhantomData;
 
 use serde::de::{self, DeserializeOwned, Visitor};
@@ -18,6 +19,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::error::CodecError;
+use crate::trace::TraceContext;
 use crate::{EventData, RecordedEvent};
 
 /// What an encoder adds around the event body.
@@ -29,6 +31,9 @@ pub struct EncodeContext {
     pub causation_id: Option<Uuid>,
     /// Metadata to record (as JSON).
     pub metadata: Option<Value>,
+    /// The trace to record in the metadata (see [`crate::trace`]). Deciders fill it from
+    /// the span they decide in when it is `None`.
+    pub trace: Option<TraceContext>,
 }
 
 impl EncodeContext {
@@ -39,6 +44,27 @@ impl EncodeContext {
             correlation_id: Some(cause.correlation_id.unwrap_or(cause.event_id)),
             causation_id: Some(cause.event_id),
             metadata: None,
+            trace: None,
+        }
+    }
+
+    /// This context, with the trace of the span the caller is in when it names none.
+    pub fn with_current_trace(&self) -> Cow<'_, Self> {
+        match (&self.trace, TraceContext::current()) {
+            (None, Some(trace)) => Cow::Owned(Self {
+                trace: Some(trace),
+                ..self.clone()
+            }),
+            _ => Cow::Borrowed(self),
+        }
+    }
+
+    /// The metadata to record: [`metadata`](Self::metadata) with the trace keys added
+    /// (to a JSON object, or as one when there is no metadata).
+    pub fn recorded_metadata(&self) -> Option<Cow<'_, Value>> {
+        match &self.trace {
+            Some(trace) => trace.add_to(self.metadata.clone()).map(Cow::Owned),
+            None => self.metadata.as_ref().map(Cow::Borrowed),
         }
     }
 }
@@ -139,8 +165,8 @@ impl<E: Serialize + DeserializeOwned + 'static> Codec<E> for JsonCodec<E> {
             Err(e) => return Err(error("", e.to_string())),
         };
         let data = serde_json::to_vec(&body).map_err(|e| error(&event_type, e.to_string()))?;
-        let metadata = match &context.metadata {
-            Some(m) => Some(serde_json::to_vec(m).map_err(|e| error(&event_type, e.to_string()))?),
+        let metadata = match context.recorded_metadata() {
+            Some(m) => Some(serde_json::to_vec(&m).map_err(|e| error(&event_type, e.to_string()))?),
             None => None,
         };
         Ok(EventData {

@@ -71,6 +71,7 @@ mod read_model;
 mod store;
 mod stream;
 mod subscribe;
+pub mod trace;
 mod version;
 
 // Every public item has one path: here, at the crate root (except what only store
@@ -102,6 +103,7 @@ pub use store::{
 };
 pub use stream::{validate_category, StreamName, StreamNameError, MAX_STREAM_NAME_LEN};
 pub use subscribe::{subscribe, EventStoreExt, SubscribeExt, Subscription};
+pub use trace::TraceContext;
 pub use uuid::Uuid;
 pub use version::{ExpectedVersion, ParsePositionError, Position, Timestamp, Version};
 

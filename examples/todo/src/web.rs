@@ -46,6 +46,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::json;
 use tower_http::cors::{Any, CorsLayer};
+use tracing::Instrument;
 
 use crate::{Patch, Service, Todo};
 
@@ -110,9 +111,22 @@ async fn observe(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
-    let response = next.run(request).await;
+    // The request's span: continues the caller's trace when it sent a W3C `traceparent`.
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = format!("{} {route}", method_label(&method)),
+        otel.kind = "server",
+        http.request.method = method_label(&method),
+        http.route = route.as_str(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    if let Some(parent) = caller_trace(request.headers()) {
+        parent.set_parent_of(&span);
+    }
+    let response = next.run(request).instrument(span.clone()).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
     tracing::info!(
         method = %method,
         path,
@@ -129,6 +143,12 @@ async fn observe(request: Request, next: Next) -> Response {
     metrics::histogram!("annals_http_request_duration_seconds", &labels[..2])
         .record(elapsed.as_secs_f64());
     response
+}
+
+/// The W3C trace context a caller sent, if any (an invalid one is ignored).
+fn caller_trace(headers: &HeaderMap) -> Option<annals::TraceContext> {
+    let header = |name: &str| headers.get(name)?.to_str().ok();
+    annals::TraceContext::parse(header("traceparent")?, header("tracestate"))
 }
 
 /// A method as a metric label: the standard methods by name, anything else `other`, so

@@ -3,6 +3,7 @@
 mod admin;
 mod hardening;
 mod ops;
+mod otel;
 mod parked;
 mod rebuild;
 mod serve;

@@ -185,7 +185,17 @@ impl Scheduler {
             s.busy = true;
             let (batches, events): (Vec<u64>, Vec<RecordedEvent>) = s.queue.drain(..).unzip();
             let (handler, stream) = (Arc::clone(&self.handler), name.clone());
-            self.in_flight.spawn(async move {
+            // The handler's span continues the traces the events were written in (their
+            // metadata's trace context), not whatever the pipeline runs in.
+            let span = tracing::info_span!(
+                parent: None,
+                "annals.handle",
+                group = %self.config.group,
+                stream = %name,
+                events = events.len(),
+            );
+            annals::trace::continue_traces(&span, &events);
+            let handled = async move {
                 let started = Instant::now();
                 // A handler that panics fails this call (retried, parked or stopping as
                 // configured), never the pipeline.
@@ -195,7 +205,9 @@ impl Scheduler {
                     Err(panic) => Err(panic_message(&*panic).into()),
                 };
                 (stream, result, started.elapsed(), events, batches)
-            });
+            };
+            self.in_flight
+                .spawn(tracing::Instrument::instrument(handled, span));
         }
         self.stats.active_streams = self.in_flight.len();
     }

@@ -325,11 +325,12 @@ impl<D: Domain> Decider<D> {
     ) -> Result<Vec<EventData>> {
         let cat = &self.category;
         cat.check_references(&self.stream, events, &[]).await?;
+        let context = self.context.with_current_trace();
         events
             .iter()
             .enumerate()
             .map(|(i, e)| {
-                cat.codec.encode(e, &self.context).map_err(|err| {
+                cat.codec.encode(e, &context).map_err(|err| {
                     Error::Codec(CodecError {
                         stream: self.stream.to_string(),
                         stream_version: loaded.version.get() + i as u64,

@@ -166,17 +166,16 @@ impl<D: Domain> Decider<D> {
         events: &[D::Event],
     ) -> Result<Prepared<D::State>> {
         let cat = &self.category;
+        let context = self.context.with_current_trace();
         let mut encoded = events
             .iter()
             .enumerate()
             .map(|(i, e)| {
-                cat.codec
-                    .encode(e, &self.context)
-                    .map_err(|err| CodecError {
-                        stream: self.stream.to_string(),
-                        stream_version: loaded.version.get() + i as u64,
-                        ..err
-                    })
+                cat.codec.encode(e, &context).map_err(|err| CodecError {
+                    stream: self.stream.to_string(),
+                    stream_version: loaded.version.get() + i as u64,
+                    ..err
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let before = loaded.version.get();
