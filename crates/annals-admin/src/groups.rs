@@ -1,12 +1,10 @@
 //! Consumer groups: each checkpoint with its lag (events after it, and how long the oldest
-//! of them has waited), the parked streams with their errors, and the action that skips a
-//! parked stream (which needs the admin token, a confirmation and a same-origin request).
+//! of them has waited), and the parked streams with their errors and the actions that
+//! replay or skip them (see [`models`] for what actions need).
 
-use axum::extract::{Form, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::extract::State;
+use axum::response::Response;
 use maud::html;
-use serde::Deserialize;
 
 use super::*;
 
@@ -29,7 +27,7 @@ pub(super) async fn groups(State(admin): State<Arc<Admin>>) -> Result<Response, 
     let actions = admin.token.is_some();
     let content = html! {
         table id="checkpoints" {
-            tr { th { "Group" } th { "Source" } th { "Position" } th { "Behind (events)" } th { "Behind (time)" } }
+            tr { th { "Group" } th { "Source" } th { "Position" } th { "Behind (events)" } th { "Behind (time)" } @if actions { th { "Move (its pipeline stopped)" } } }
             @for (c, (events, oldest)) in list.iter().zip(&lags) {
                 tr {
                     td.group { (c.group) }
@@ -40,6 +38,20 @@ pub(super) async fn groups(State(admin): State<Arc<Admin>>) -> Result<Response, 
                         Some(t) => { (format!("{:.1} s", (now - t.unix_micros()).max(0) as f64 / 1e6)) },
                         None => { "0 s" },
                     } }
+                    @if actions {
+                        td {
+                            form.action method="post" action="checkpoint" {
+                                input type="hidden" name="group" value=(c.group);
+                                input type="hidden" name="source" value=(c.source);
+                                input name="position" value=(c.position) aria-label="new position" size="8";
+                                label { input type="checkbox" name="confirm" value="yes"; " sure" }
+                                " "
+                                input type="password" name="token" placeholder="admin token" aria-label="admin token";
+                                " "
+                                button { "Set" }
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -59,13 +71,9 @@ pub(super) async fn groups(State(admin): State<Arc<Admin>>) -> Result<Response, 
                         td.error { (p.last_error) }
                         td {
                             @if actions {
-                                form method="post" action="skip" {
-                                    input type="hidden" name="group" value=(p.group);
-                                    input type="hidden" name="stream" value=(p.stream);
-                                    label { input type="checkbox" name="confirm" value="yes"; " sure" }
-                                    input type="password" name="token" placeholder="admin token" aria-label="admin token";
-                                    button { "Skip" }
-                                }
+                                @let fields = [("group", p.group.as_str()), ("stream", p.stream.as_str())];
+                                (models::action_form("replay", "Replay", &fields))
+                                (models::action_form("skip", "Skip", &fields))
                             } @else {
                                 span.muted { "actions need --token" }
                             }
@@ -98,75 +106,4 @@ async fn lag(admin: &Admin, position: Position) -> Result<(u64, Option<Timestamp
         }
         from = page.next;
     }
-}
-
-#[derive(Deserialize)]
-pub(super) struct SkipForm {
-    group: String,
-    stream: String,
-    #[serde(default)]
-    token: String,
-    #[serde(default)]
-    confirm: String,
-}
-
-/// `POST /skip`: unparks a stream without applying its skipped events.
-pub(super) async fn skip(
-    State(admin): State<Arc<Admin>>,
-    headers: HeaderMap,
-    Form(form): Form<SkipForm>,
-) -> Response {
-    let refuse = |status: StatusCode, message: &str| {
-        let mut response = page("Refused", html! { p.error id="refused" { (message) } });
-        *response.status_mut() = status;
-        response
-    };
-    let Some(token) = &admin.token else {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "Actions are off: start annals admin with --token.",
-        );
-    };
-    if !same_origin(&headers) {
-        return refuse(StatusCode::FORBIDDEN, "Cross-site request refused.");
-    }
-    if !constant_time_eq(form.token.as_bytes(), token.as_bytes()) {
-        return refuse(StatusCode::FORBIDDEN, "Wrong admin token.");
-    }
-    if form.confirm != "yes" {
-        return refuse(StatusCode::BAD_REQUEST, "Tick the confirmation to skip.");
-    }
-    let (Some(checkpoints), Ok(stream)) = (&admin.checkpoints, StreamName::new(&form.stream))
-    else {
-        return refuse(StatusCode::BAD_REQUEST, "No such parked stream.");
-    };
-    match checkpoints.unpark(&form.group, &stream).await {
-        Ok(true) => Redirect::to("groups").into_response(),
-        Ok(false) => refuse(
-            StatusCode::NOT_FOUND,
-            "That stream is not parked in that group.",
-        ),
-        Err(e) => refuse(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
-    }
-}
-
-/// A request a page of this server sent: the browser says so (`Sec-Fetch-Site`), or its
-/// `Origin` is this host. Requests with neither (not from a browser) pass: they still need
-/// the token.
-fn same_origin(headers: &HeaderMap) -> bool {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(site) = header("sec-fetch-site") {
-        return site == "same-origin" || site == "none";
-    }
-    match (header("origin"), header("host")) {
-        (Some(origin), Some(host)) => origin
-            .split_once("://")
-            .is_some_and(|(_, rest)| rest == host),
-        (Some(_), None) => false,
-        (None, _) => true,
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -15,7 +15,12 @@
 //! - `/live?category=C&type=T`: new events as they commit (server-sent events from
 //!   `/live/events`; the page's one script, `/assets/live.js`, writes values as text);
 //! - `/groups`: consumer groups' checkpoints with their lag, and the parked streams with
-//!   their errors; `POST /skip` unparks one (only with a token: see [`router`]).
+//!   their errors; `POST /replay` applies one's events to its read model and `POST /skip`
+//!   unparks one without; `POST /checkpoint` moves a group's checkpoint (only with a
+//!   token: see [`router`]);
+//! - `/read-models`: each read model's rows by schema version, stale rows, events not
+//!   applied yet and the last position its group applied; `POST /rebuild` refolds its stale
+//!   rows.
 //!
 //! Links between pages are relative, so the pages work wherever they are mounted (at `/`,
 //! or under a prefix such as `/admin/` inside `annals serve`).
@@ -38,6 +43,9 @@ use serde::Deserialize;
 
 mod groups;
 mod live;
+mod models;
+
+pub use models::{ReadModel, ReadModels};
 
 /// Events shown per stream page.
 pub const PAGE: usize = 50;
@@ -50,6 +58,8 @@ pub struct AdminOptions {
     /// At most this many events are read by a page that scans the feed (the overview,
     /// stream search, finding an id).
     pub scan_limit: usize,
+    /// The read models the server keeps (the read-models page, replay and rebuild).
+    pub read_models: Option<Arc<dyn ReadModels>>,
 }
 
 impl Default for AdminOptions {
@@ -57,6 +67,7 @@ impl Default for AdminOptions {
         Self {
             time: |t| format!("{} µs since 1970", t.unix_micros()),
             scan_limit: 100_000,
+            read_models: None,
         }
     }
 }
@@ -94,7 +105,11 @@ pub fn router(
         .route("/live", get(live::page_of))
         .route("/live/events", get(live::events))
         .route("/assets/live.js", get(live::script))
-        .route("/skip", axum::routing::post(groups::skip))
+        .route("/read-models", get(models::read_models))
+        .route("/skip", axum::routing::post(models::skip))
+        .route("/replay", axum::routing::post(models::replay))
+        .route("/rebuild", axum::routing::post(models::rebuild))
+        .route("/checkpoint", axum::routing::post(models::set_checkpoint))
         .with_state(admin)
 }
 
@@ -143,6 +158,8 @@ fn page(title: &str, content: Markup) -> Response {
                     a href="streams" { "Streams" }
                     " "
                     a href="groups" { "Consumer groups" }
+                    " "
+                    a href="read-models" { "Read models" }
                     " "
                     a href="live" { "Live feed" }
                     form action="stream" method="get" {

@@ -154,7 +154,7 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             Command::Sync(_) => unreachable!("handled above"),
             Command::Bench(bench) => bench::run(opened, read_model, bench).await,
             Command::Serve(args) => serve::run(opened, read_model, checkpoints, args).await,
-            Command::Admin(args) => admin::run(opened, checkpoints, args).await,
+            Command::Admin(args) => admin::run(opened, read_model, checkpoints, args).await,
             Command::Rebuild(args) => rebuild::run(events, read_model.as_ref(), args, &out).await,
             Command::Parked(command) => {
                 parked::run(events, read_model.as_ref(), &checkpoints, command, &out).await

@@ -62,3 +62,44 @@ pub(crate) mod todos {
         on_db!(db, r => view::catch_up(events, &**r, list).await)
     }
 }
+
+/// The read models of this build, for the admin pages (their page, replay and rebuild).
+#[derive(Debug)]
+pub(crate) struct AdminReadModels {
+    pub(crate) events: std::sync::Arc<dyn annals::EventStore>,
+    pub(crate) db: ReadModelDb,
+}
+
+#[async_trait::async_trait]
+impl annals_admin::ReadModels for AdminReadModels {
+    async fn list(&self) -> annals::Result<Vec<annals_admin::ReadModel>> {
+        Ok(vec![annals_admin::ReadModel {
+            name: todos::NAME.into(),
+            group: todos::GROUP.into(),
+            schema: todos::SCHEMA,
+            rows: todos::rows(&*self.events, &self.db).await?,
+        }])
+    }
+
+    async fn replay(
+        &self,
+        group: &str,
+        stream: &annals::StreamName,
+    ) -> annals::Result<Option<u64>> {
+        if group != todos::GROUP {
+            return Ok(None);
+        }
+        todos::catch_up(&*self.events, &self.db, stream)
+            .await
+            .map(Some)
+    }
+
+    async fn rebuild(&self, name: &str) -> annals::Result<Option<annals::Rebuilt>> {
+        if name != todos::NAME {
+            return Ok(None);
+        }
+        todos::rebuild_lists(&*self.events, &self.db, false)
+            .await
+            .map(Some)
+    }
+}

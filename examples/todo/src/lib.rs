@@ -7,6 +7,7 @@ use std::sync::Arc;
 use annals::{Cache, Category, Domain, EventStore, JsonCodec};
 use serde::{Deserialize, Serialize};
 
+mod conn;
 pub mod server;
 pub mod view;
 pub mod web;

@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use example_todo::server::{serve_http, shutdown_signal, HttpLimits};
 
-use crate::store_url::Opened;
+use crate::read_models::AdminReadModels;
+use crate::store_url::{Opened, ReadModelDb};
 
 /// `annals admin` arguments.
 #[derive(Debug, clap::Args)]
@@ -24,6 +25,7 @@ pub(crate) struct AdminArgs {
 /// Serves the admin pages until Ctrl-C or SIGTERM.
 pub(crate) async fn run(
     opened: Opened,
+    read_model: Option<ReadModelDb>,
     checkpoints: Arc<dyn annals::CheckpointStore>,
     args: AdminArgs,
 ) -> anyhow::Result<()> {
@@ -38,6 +40,12 @@ pub(crate) async fn run(
     let base = format!("http://{}", listener.local_addr()?);
     let options = annals_admin::AdminOptions {
         time: crate::output::time,
+        read_models: read_model.map(|db| {
+            Arc::new(AdminReadModels {
+                events: Arc::clone(&opened.events),
+                db,
+            }) as Arc<dyn annals_admin::ReadModels>
+        }),
         ..annals_admin::AdminOptions::default()
     };
     let router = annals_admin::router(

@@ -64,6 +64,12 @@ pub(crate) async fn run(
             );
             let options = annals_admin::AdminOptions {
                 time: crate::output::time,
+                read_models: read_model.clone().map(|db| {
+                    std::sync::Arc::new(crate::read_models::AdminReadModels {
+                        events: opened.events.clone(),
+                        db,
+                    }) as std::sync::Arc<dyn annals_admin::ReadModels>
+                }),
                 ..annals_admin::AdminOptions::default()
             };
             Some(annals_admin::router(

@@ -459,14 +459,18 @@ struct Browser {
 impl Browser {
     fn open(url: &str) -> Browser {
         let profile = tempfile::tempdir().unwrap();
-        let mut child = headless_chromium(profile.path())
-            .args(["--remote-debugging-port=0", url])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("chromium runs (apt-get install chromium)");
+        // Killed on drop from here on, even when a step below panics.
+        let mut child = Killed(Some(
+            headless_chromium(profile.path())
+                .args(["--remote-debugging-port=0", url])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("chromium runs (apt-get install chromium)"),
+        ));
+        let child_ref = child.0.as_mut().unwrap();
         // "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/..."
-        let stderr = child.stderr.take().unwrap();
+        let stderr = child_ref.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -505,7 +509,7 @@ impl Browser {
         let page_ws = page_ws.unwrap();
         let (socket, _) = tungstenite::connect(page_ws.as_str()).expect("DevTools connects");
         Browser {
-            child,
+            child: child.0.take().unwrap(),
             socket,
             next_id: 1,
             _profile: profile,
@@ -545,6 +549,18 @@ impl Browser {
                 "timed out waiting until {what}"
             );
             std::thread::yield_now();
+        }
+    }
+}
+
+/// A child process killed when dropped (unless taken).
+struct Killed(Option<Child>);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
@@ -695,4 +711,118 @@ fn serve_mounts_the_admin_pages_under_admin() {
         "the list's events: {stream}"
     );
     served.stop();
+}
+
+#[test]
+fn a_parked_list_is_replayed_from_the_browser_and_the_read_models_page_shows_it() {
+    use crate::serve::{http, Served};
+    let dir = tempfile::tempdir().unwrap();
+    // The service writes a list and projects it; then, with the service stopped, the list
+    // gets an event its pipeline never applied, and is parked.
+    let served = Served::start_with(dir.path(), &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (status, _) = http(
+        &rt,
+        hyper::Method::POST,
+        &format!("{}/todos", served.base),
+        Some(serde_json::json!({"title": "first"})),
+    );
+    assert_eq!(status, 201);
+    served.stop();
+    let db = dir.path().join("annals.db");
+    let list = rt.block_on(async {
+        use annals::CheckpointStore;
+        let store = SqliteStore::open(SqliteConfig::new(&db)).unwrap();
+        let page = store
+            .read_all(annals::Position::START, &annals::Filter::category("Todos"), 10)
+            .await
+            .unwrap();
+        let list = page.events[0].stream.clone();
+        let added = EventData::json(
+            "Added",
+            &serde_json::json!({"id": 1, "title": "replayed <b>here</b>", "completed": false, "order": 0}),
+        )
+        .unwrap();
+        store
+            .append(&list, ExpectedVersion::Exact(annals::Version(1)), vec![added])
+            .await
+            .unwrap();
+        let now = annals::Timestamp::now();
+        store
+            .park(&annals::ParkedStream {
+                group: "annals.todos".into(),
+                stream: list.clone(),
+                from: annals::Version(1),
+                to: annals::Version(2),
+                attempts: 5,
+                first_error: "the database was away".into(),
+                last_error: "the database was away".into(),
+                parked_at: now,
+                updated_at: now,
+            })
+            .await
+            .unwrap();
+        list
+    });
+    let store = format!("sqlite://{}", db.display());
+    let list = url_encode(list.as_str());
+    let form = format!("group=annals.todos&stream={list}&confirm=yes&token=s3cret");
+    {
+        let admin = Admin::start(&store, "127.0.0.1:0").unwrap();
+        let models = open(&format!("{}/read-models", admin.base), "read-models");
+        assert_eq!(text_of(&models, "behind-todos"), "1", "{models}");
+        assert!(models.contains("Rebuilding needs --token"), "{models}");
+        let status = post_form(
+            &admin.base,
+            "/replay",
+            &form,
+            &["Sec-Fetch-Site: same-origin"],
+        );
+        assert_eq!(status, 403, "no token: refused");
+    }
+    let admin = Admin::start_with_token(&store, "s3cret").unwrap();
+    let wrong = format!("group=annals.todos&stream={list}&confirm=yes&token=guess");
+    assert_eq!(post_form(&admin.base, "/replay", &wrong, &[]), 403);
+    assert_eq!(
+        post_form(
+            &admin.base,
+            "/replay",
+            &form,
+            &["Sec-Fetch-Site: cross-site"]
+        ),
+        403
+    );
+    // A person on the groups page ticks the box, types the token and clicks Replay.
+    let mut browser = Browser::open(&format!("{}/groups", admin.base));
+    browser.until(
+        "the parked list is shown",
+        "!!document.querySelector('form[action=replay] button')",
+    );
+    browser.eval(
+        "const f = document.querySelector('form[action=replay]');\
+         f.querySelector('input[name=confirm]').checked = true;\
+         f.querySelector('input[name=token]').value = 's3cret';\
+         f.querySelector('button').click(); true",
+    );
+    browser.until(
+        "the groups page says nothing is parked",
+        "location.pathname.endsWith('/groups') && !!document.getElementById('no-parked')",
+    );
+    let models = open(
+        &format!("{}/read-models", admin.base),
+        "read-models-after-replay",
+    );
+    assert_eq!(text_of(&models, "behind-todos"), "0", "{models}");
+    // The replayed event is in the read model.
+    let rows = rt.block_on(async {
+        let read_model = SqliteStore::open(SqliteConfig::new(&db)).unwrap();
+        annals::ReadModelStore::query(&read_model, "SELECT title FROM todo_view ORDER BY id", &[])
+            .await
+            .unwrap()
+    });
+    let titles: Vec<_> = rows
+        .iter()
+        .map(|r| r[0].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(titles, ["first", "replayed <b>here</b>"]);
 }

@@ -188,3 +188,46 @@ fn malformed_json_is_a_400_with_a_json_body() {
     );
     served.stop();
 }
+
+#[test]
+fn requests_hyper_cannot_parse_get_a_json_error_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start_with(dir.path(), &[]);
+    let huge_header = format!(
+        "GET /todos HTTP/1.1\r\nHost: test\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(500_000)
+    );
+    let cases: [(&[u8], u16, &str); 4] = [
+        (b"GARBAGE\r\n\r\n", 400, "bad_request"),
+        (
+            b"GET /todos HTTP/1.1\r\nHost: test\r\nNo Colon Here\r\n\r\n",
+            400,
+            "bad_request",
+        ),
+        (
+            b"POST /todos HTTP/1.1\r\nHost: test\r\nContent-Length: abc\r\n\r\n",
+            400,
+            "bad_request",
+        ),
+        (huge_header.as_bytes(), 431, "headers_too_large"),
+    ];
+    for (raw, status, kind) in cases {
+        let answer = String::from_utf8(exchange(&served.base, raw)).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{answer}");
+        assert!(head.contains("content-type: application/json"), "{answer}");
+        let error: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+        assert_eq!(error["error"], kind, "{answer}");
+        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    // Served requests on the same server are untouched, keep-alive included.
+    let mut stream = connect(&served.base);
+    stream
+        .write_all(b"GET /todos HTTP/1.1\r\nHost: test\r\n\r\nGET /nowhere HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let answer = String::from_utf8(read_to_close(&mut stream)).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.contains("HTTP/1.1 404 Not Found\r\n"), "{answer}");
+    assert!(answer.contains(r#""error":"not_found""#), "{answer}");
+    served.stop();
+}
