@@ -209,6 +209,15 @@ impl<D: Domain> Decider<D> {
                     // Everyone decides again; those without room wait for the next batch.
                     members.extend(carried);
                 }
+                Err(e) if e.is_invalid_input() && members.len() > 1 => {
+                    // The store refused some member's events (too large, a bad type...):
+                    // that must fail that member only. Each decides again, alone, in order.
+                    for member in members {
+                        let more = Box::pin(self.run_batch(vec![member])).await;
+                        debug_assert!(more.is_empty(), "one member always has room");
+                    }
+                    return carried;
+                }
                 Err(e) => {
                     tell(&members, &Err(e));
                     return carried;

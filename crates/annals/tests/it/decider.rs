@@ -618,3 +618,43 @@ async fn unknown_types_are_skipped_and_bad_bodies_are_errors() {
         other => panic!("expected a codec error, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_decision_the_store_refuses_fails_alone() {
+    // Events over 10 bytes are refused: `{"n":7}` passes, `{"n":1000000}` does not.
+    let probe = Arc::new(Probe {
+        inner: MemoryStore::new().with_max_event_bytes(10),
+        ..Probe::default()
+    });
+    let cat = category(&probe, Some(Arc::new(Cache::new(100))));
+    let decider = Arc::new(cat.decider("refused").unwrap());
+    let held = probe.gate.write().await;
+    let before = probe.appends.load(Ordering::SeqCst);
+    let mut tasks = Vec::new();
+    for (k, n) in [0u32, 1, 1_000_000, 3].into_iter().enumerate() {
+        let d = decider.clone();
+        tasks.push(tokio::spawn(async move { d.transact(|_| add(n)).await }));
+        if k == 0 {
+            until("the first decision appends", || {
+                probe.appends.load(Ordering::SeqCst) > before
+            })
+            .await;
+        } else {
+            until("it is queued", || decider.queued() == k).await;
+        }
+    }
+    drop(held);
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    assert!(
+        results[0].is_ok() && results[1].is_ok() && results[3].is_ok(),
+        "{results:?}"
+    );
+    let refused = results[2].as_ref().unwrap_err();
+    assert!(refused.is_invalid_input(), "{refused}");
+    let state = decider.query(Clone::clone).await.unwrap();
+    assert_eq!(state, [0, 1, 3], "the others are written, in order");
+    assert_eq!(decider.queued(), 0);
+}
