@@ -90,20 +90,11 @@ pub(super) async fn groups(State(admin): State<Arc<Admin>>) -> Result<Response, 
 /// recorded.
 async fn lag(admin: &Admin, position: Position) -> Result<(u64, Option<Timestamp>), annals::Error> {
     let (mut events, mut oldest) = (0u64, None);
-    let mut from = position;
-    loop {
-        let want = (admin.options.scan_limit as u64 - events).min(1_000) as usize;
-        if want == 0 {
-            return Ok((events, oldest));
-        }
-        let page = admin.store.read_all(from, &Filter::all(), want).await?;
-        if oldest.is_none() {
-            oldest = page.events.first().map(|e| e.recorded_at);
-        }
-        events += page.events.len() as u64;
-        if page.events.is_empty() || page.next == from {
-            return Ok((events, oldest));
-        }
-        from = page.next;
-    }
+    scan_from(admin, position, |e| {
+        oldest.get_or_insert(e.recorded_at);
+        events += 1;
+        true
+    })
+    .await?;
+    Ok((events, oldest))
 }

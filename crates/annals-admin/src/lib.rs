@@ -236,9 +236,17 @@ fn event_link(e: &RecordedEvent) -> String {
 /// returns false; true if the whole feed was seen.
 async fn scan(
     admin: &Admin,
+    each: impl FnMut(&RecordedEvent) -> bool,
+) -> Result<bool, annals::Error> {
+    scan_from(admin, Position::START, each).await
+}
+
+/// As [`scan`], from `from` on.
+async fn scan_from(
+    admin: &Admin,
+    mut from: Position,
     mut each: impl FnMut(&RecordedEvent) -> bool,
 ) -> Result<bool, annals::Error> {
-    let mut from = Position::START;
     let mut seen = 0usize;
     loop {
         let want = (admin.options.scan_limit - seen).min(1_000);

@@ -198,21 +198,10 @@ impl PgStore {
         let counts: Vec<i32> = group.iter().map(|r| r.events.len() as i32).collect();
         let c = Columns::of(group.iter().flat_map(|r| r.events.iter()));
         let limit = CONFLICT_EVENTS as i64;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 13] = [
-            &names,
-            &categories,
-            &kinds,
-            &expected,
-            &tails,
-            &counts,
-            &c.ids,
-            &c.types,
-            &c.data,
-            &c.metadata,
-            &c.correlation,
-            &c.causation,
-            &limit,
-        ];
+        let mut params: Vec<crate::Param<'_>> =
+            vec![&names, &categories, &kinds, &expected, &tails, &counts];
+        params.extend(c.params());
+        params.push(&limit);
         let client = self.client().await?;
         let statement = prepared(&client, &self.inner.sql.append_group).await?;
         let rows = match client.query(&statement, &params).await {

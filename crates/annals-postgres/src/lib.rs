@@ -179,7 +179,23 @@ pub(crate) struct Columns<'a> {
     pub(crate) causation: Vec<Option<Uuid>>,
 }
 
+/// A statement parameter.
+pub(crate) type Param<'p> = &'p (dyn tokio_postgres::types::ToSql + Sync);
+
 impl<'a> Columns<'a> {
+    /// The six columns as statement parameters, in the order the append functions take
+    /// them.
+    pub(crate) fn params(&self) -> [Param<'_>; 6] {
+        [
+            &self.ids,
+            &self.types,
+            &self.data,
+            &self.metadata,
+            &self.correlation,
+            &self.causation,
+        ]
+    }
+
     pub(crate) fn of(events: impl Iterator<Item = &'a EventData>) -> Self {
         let mut c = Self {
             ids: Vec::new(),
@@ -520,18 +536,8 @@ impl PgStore {
         };
         let statement = client.prepare_cached(sql).await.map_err(backend)?;
         let (name, category) = (stream.as_str(), stream.category());
-        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
-            &name,
-            &category,
-            &kind,
-            &exact,
-            &c.ids,
-            &c.types,
-            &c.data,
-            &c.metadata,
-            &c.correlation,
-            &c.causation,
-        ];
+        let mut params: Vec<Param<'_>> = vec![&name, &category, &kind, &exact];
+        params.extend(c.params());
         if let Some(snapshot) = &snapshot {
             params.push(snapshot);
         }
