@@ -5,7 +5,8 @@
 //!
 //! Pages (all `GET`, query parameters, so any stream name works):
 //! - `/`: the store's kind, head position, events, streams and categories (from a scan of
-//!   the feed, bounded by [`AdminOptions::scan_limit`]);
+//!   the feed, bounded by [`AdminOptions::scan_limit`]), and a chart of the events written
+//!   and read per second over the last 15 minutes (sampled since the pages started);
 //! - `/streams?prefix=P`: streams whose names start with `P` (a category is `Category-`);
 //! - `/stream?name=N[&from=V][&backward=1]`: a stream's events, a page at a time, forward
 //!   or backward;
@@ -44,6 +45,7 @@ use serde::Deserialize;
 mod groups;
 mod live;
 mod models;
+mod rates;
 
 pub use models::{ReadModel, ReadModels};
 
@@ -77,6 +79,7 @@ struct Admin {
     checkpoints: Option<Arc<dyn CheckpointStore>>,
     token: Option<String>,
     options: AdminOptions,
+    rates: std::sync::Mutex<rates::Rates>,
 }
 
 /// The admin pages over `store` (and the consumer groups of `checkpoints`). Actions that
@@ -94,7 +97,9 @@ pub fn router(
         checkpoints,
         token,
         options,
+        rates: std::sync::Mutex::default(),
     });
+    rates::spawn(&admin);
     Router::new()
         .route("/", get(overview))
         .route("/streams", get(streams))
@@ -290,6 +295,8 @@ async fn overview(State(admin): State<Arc<Admin>>) -> Result<Response, PageError
     })
     .await?;
     let streams: u64 = categories.values().map(|c| c.streams).sum();
+    // The true head, even past the scan.
+    let head = admin.store.head_position().await?.or(head);
     let caps = admin.store.capabilities();
     let content = html! {
         @if !whole {
@@ -303,6 +310,7 @@ async fn overview(State(admin): State<Arc<Admin>>) -> Result<Response, PageError
             tr { th { "Head position" } td id="head" { (head.map_or("none".to_owned(), |p| p.to_string())) } }
             tr { th { "Multi-stream appends" } td { (caps.multi_stream_append) } }
         }
+        (rates::chart(&admin))
         h2 { "Categories" }
         table id="category-list" {
             tr { th { "Category" } th { "Streams" } th { "Events" } }

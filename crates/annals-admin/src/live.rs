@@ -33,16 +33,13 @@ impl LiveQuery {
     }
 }
 
-/// The feed's head: the position after its last event.
+/// The feed's head: the position of its last event (one round trip).
 async fn head(admin: &Admin) -> Result<Position, annals::Error> {
-    let mut from = Position::START;
-    loop {
-        let page = admin.store.read_all(from, &Filter::all(), 1_000).await?;
-        if page.events.is_empty() || page.next == from {
-            return Ok(from);
-        }
-        from = page.next;
-    }
+    Ok(admin
+        .store
+        .head_position()
+        .await?
+        .unwrap_or(Position::START))
 }
 
 pub(super) async fn page_of(

@@ -328,6 +328,18 @@ impl EventStore for NatsStore {
         self.read_all_page(from, filter, limit).await
     }
 
+    async fn head_position(&self) -> Result<Option<Position>> {
+        // Every message of the JetStream stream is an event: the last sequence is the head.
+        let js = async_nats::jetstream::new(self.inner.client.clone());
+        let mut handle = js
+            .get_stream(&self.inner.config.stream)
+            .await
+            .map_err(backend)?;
+        let info = handle.info().await.map_err(backend)?;
+        let (messages, last) = (info.state.messages, info.state.last_sequence);
+        Ok((messages > 0).then(|| annals::backend::position(u128::from(last))))
+    }
+
     fn changes(&self) -> Option<watch::Receiver<()>> {
         let receiver = self.inner.changes.subscribe();
         let mut listener = self

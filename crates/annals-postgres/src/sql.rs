@@ -8,6 +8,7 @@ pub(crate) struct Sql {
     pub(crate) read_backward: String,
     pub(crate) read_all: String,
     pub(crate) read_all_window: String,
+    pub(crate) head_position: String,
     pub(crate) classify: String,
     pub(crate) batch_start: String,
     pub(crate) checkpoint_load: String,
@@ -69,6 +70,9 @@ impl Sql {
             read_all_window: format!(
                 "SELECT * FROM {schema}.read_all_window($1::text::xid8, $2, $3::text::xid8, $4)"
             ),
+            // The last event below the visibility horizon, as read-all sees it (the primary
+            // key, read backwards).
+            head_position: format!("SELECT tx_id::text, position FROM {schema}.events WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY tx_id DESC, position DESC LIMIT 1"),
             classify: format!("SELECT e.event_id, s.name, e.stream_version, e.batch_start, e.tx_id::text, e.position {from} WHERE e.event_id = ANY ($1)"),
             batch_start: format!("SELECT e.batch_start {from} WHERE s.name = $1 AND e.stream_version = $2"),
             checkpoint_load: format!("SELECT position FROM {schema}.checkpoints WHERE group_name = $1 AND source = $2"),

@@ -294,6 +294,17 @@ impl EventStore for PgStore {
         .boxed()
     }
 
+    async fn head_position(&self) -> Result<Option<Position>> {
+        let client = self.feed_client().await?;
+        let stmt = client
+            .prepare_cached(&self.inner.sql.head_position)
+            .await
+            .map_err(backend)?;
+        let row = client.query_opt(&stmt, &[]).await.map_err(backend)?;
+        row.map(|r| Ok(pack(tx_of(r.get::<_, &str>(0))?, r.get::<_, i64>(1))))
+            .transpose()
+    }
+
     async fn read_all(&self, from: Position, filter: &Filter, limit: usize) -> Result<AllPage> {
         filter.validate()?;
         let limit = limit.max(1) as i64;

@@ -279,6 +279,16 @@ impl EventStore for SqliteStore {
             .await
     }
 
+    async fn head_position(&self) -> Result<Option<Position>> {
+        let head: Option<i64> = self
+            .read(|conn| {
+                conn.prepare_cached("SELECT max(position) FROM annals_events")?
+                    .query_row([], |r| r.get(0))
+            })
+            .await?;
+        Ok(head.map(|p| annals::backend::position(p as u128)))
+    }
+
     fn changes(&self) -> Option<watch::Receiver<()>> {
         Some(self.shared.changes.subscribe())
     }

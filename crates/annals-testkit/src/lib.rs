@@ -129,6 +129,7 @@ macro_rules! conformance_suite {
             recorded_events_keep_what_was_appended,
             read_stream_forward_backward_with_limits,
             read_all_pages_with_filters,
+            head_position_is_the_last_event_of_read_all,
             subscription_sees_every_event_once_across_catch_up_and_live,
             subscription_resumes_after_a_checkpoint,
             multi_stream_append_is_atomic_or_refused,

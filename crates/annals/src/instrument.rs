@@ -6,6 +6,7 @@
 //! `annals_store_roundtrip_seconds` (histogram, by backend/operation/outcome),
 //! `annals_store_events_total` and `annals_store_bytes_total` (by backend/operation).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -35,6 +36,19 @@ impl<S: EventStore + ?Sized> Instrumented<S> {
     pub fn inner(&self) -> &std::sync::Arc<S> {
         &self.inner
     }
+}
+
+static EVENTS_READ: AtomicU64 = AtomicU64::new(0);
+static EVENTS_WRITTEN: AtomicU64 = AtomicU64::new(0);
+
+/// Events read and written through every [`Instrumented`] store of this process since it
+/// started, in that order (what `annals_store_events_total` counts, without a metrics
+/// recorder).
+pub fn process_totals() -> (u64, u64) {
+    (
+        EVENTS_READ.load(Ordering::Relaxed),
+        EVENTS_WRITTEN.load(Ordering::Relaxed),
+    )
 }
 
 fn span(op: &'static str, backend: &'static str, stream: Option<&StreamName>) -> tracing::Span {
@@ -86,6 +100,14 @@ fn record(
     metrics::histogram!("annals_store_roundtrip_seconds", "backend" => backend, "op" => op, "outcome" => outcome)
         .record(elapsed.as_secs_f64());
     if outcome == "ok" {
+        let total = match op {
+            "read_stream" | "read_all" | "read_head" => Some(&EVENTS_READ),
+            "append" | "append_many" | "import" => Some(&EVENTS_WRITTEN),
+            _ => None,
+        };
+        if let Some(total) = total {
+            total.fetch_add(count as u64, Ordering::Relaxed);
+        }
         metrics::counter!("annals_store_events_total", "backend" => backend, "op" => op)
             .increment(count as u64);
         metrics::counter!("annals_store_bytes_total", "backend" => backend, "op" => op)
@@ -250,6 +272,15 @@ impl<S: EventStore + ?Sized> EventStore for Instrumented<S> {
             Err(_) => (0, 0),
         };
         finish(&span, "read_head", backend, started, count, bytes, &result);
+        result
+    }
+
+    async fn head_position(&self) -> Result<Option<Position>> {
+        let backend = self.backend();
+        let span = span("head_position", backend, None);
+        let started = Instant::now();
+        let result = self.inner.head_position().instrument(span.clone()).await;
+        finish(&span, "head_position", backend, started, 0, 0, &result);
         result
     }
 

@@ -390,6 +390,10 @@ impl EventStore for MemoryStore {
         Ok(page)
     }
 
+    async fn head_position(&self) -> Result<Option<Position>> {
+        Ok(self.lock().log.last().map(|e| e.position))
+    }
+
     fn changes(&self) -> Option<watch::Receiver<()>> {
         Some(self.changes.subscribe())
     }

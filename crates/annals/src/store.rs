@@ -485,6 +485,24 @@ pub trait EventStore: Send + Sync + 'static {
     /// Reads at most `limit` matching events after `from`, in position order.
     async fn read_all(&self, from: Position, filter: &Filter, limit: usize) -> Result<AllPage>;
 
+    /// The position of the last event [`read_all`](EventStore::read_all) from the start
+    /// would return now, or `None` when it would return none: where to start following
+    /// only new events. The stores answer from an index in one round trip; the default
+    /// walks the whole feed.
+    async fn head_position(&self) -> Result<Option<Position>> {
+        let (mut from, mut head) = (Position::START, None);
+        loop {
+            let page = self.read_all(from, &Filter::all(), 1_000).await?;
+            if let Some(last) = page.events.last() {
+                head = Some(last.position);
+            }
+            if page.events.is_empty() || page.next == from {
+                return Ok(head);
+            }
+            from = page.next;
+        }
+    }
+
     /// Waits until every event committed before this call is visible to [`read_all`]
     /// (and so to subscriptions). Stores whose read-all is immediately consistent (memory,
     /// SQLite) return at once; PostgreSQL waits for the transactions in flight at the call

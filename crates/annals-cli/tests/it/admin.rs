@@ -826,3 +826,41 @@ fn a_parked_list_is_replayed_from_the_browser_and_the_read_models_page_shows_it(
         .collect();
     assert_eq!(titles, ["first", "replayed <b>here</b>"]);
 }
+
+#[test]
+fn the_overview_charts_the_events_written_since_it_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("rates.db");
+    known_events(&db);
+    let admin = Admin::start(&format!("sqlite://{}", db.display()), "127.0.0.1:0").unwrap();
+    let address = admin.base.trim_start_matches("http://").to_owned();
+    let overview = || http_get(&address, "/").unwrap_or_default();
+    // The first sample: nothing written since the pages started.
+    let mut page = String::new();
+    annals_testkit::eventually_blocking("a first sample", Duration::from_secs(60), || {
+        page = overview();
+        page.contains("id=\"written-rate\"")
+    });
+    assert!(page.contains("id=\"rates-chart\""), "{page}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = SqliteStore::open(SqliteConfig::new(&db)).unwrap();
+        let events = (0..10)
+            .map(|n| EventData::json("Ticked", &serde_json::json!({ "n": n })).unwrap())
+            .collect();
+        store
+            .append(
+                &StreamName::new("Clock-1").unwrap(),
+                ExpectedVersion::Any,
+                events,
+            )
+            .await
+            .unwrap();
+    });
+    // A later sample counts the 10 events.
+    annals_testkit::eventually_blocking("the events are charted", Duration::from_secs(60), || {
+        page = overview();
+        text_of(&page, "written-total") == "10"
+    });
+    let _ = open(&format!("{}/", admin.base), "overview-rates");
+}

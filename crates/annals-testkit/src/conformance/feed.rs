@@ -2,6 +2,43 @@
 
 use super::*;
 
+/// The head position is the position of the last event read-all returns (none when it
+/// returns none), and following from it returns exactly the events appended after.
+pub async fn head_position_is_the_last_event_of_read_all(store: Arc<dyn EventStore>) {
+    let before = read_everything(&store).await;
+    assert_eq!(
+        store.head_position().await.unwrap(),
+        before.last().map(|e| e.position)
+    );
+    for (stream, n) in [("Head-1", 2), ("Head-2", 3), ("Head-1", 1)] {
+        let events = (0..n).map(|i| ev("H", i)).collect();
+        store
+            .append(&name(stream), ExpectedVersion::Any, events)
+            .await
+            .unwrap();
+    }
+    let all = read_everything(&store).await;
+    let head = store.head_position().await.unwrap();
+    assert_eq!(head, all.last().map(|e| e.position));
+    let head = head.expect("events were appended");
+    store
+        .append(&name("Head-3"), ExpectedVersion::Any, vec![ev("H", 9)])
+        .await
+        .unwrap();
+    store.await_visible().await.unwrap();
+    let page = store.read_all(head, &Filter::all(), 100).await.unwrap();
+    let after: Vec<_> = page.events.iter().map(|e| e.stream.to_string()).collect();
+    assert_eq!(
+        after,
+        [name("Head-3").to_string()],
+        "only what came after the head"
+    );
+    assert_eq!(
+        store.head_position().await.unwrap(),
+        Some(page.events[0].position)
+    );
+}
+
 /// Read-all pages cross page boundaries without loss or repeat, with and without filters.
 pub async fn read_all_pages_with_filters(store: Arc<dyn EventStore>) {
     let s = &*store;
