@@ -22,6 +22,17 @@ pub(super) async fn groups(State(admin): State<Arc<Admin>>) -> Result<Response, 
         lags.push(lag(&admin, checkpoint.position).await?);
     }
     let parked = checkpoints.parked(None).await?;
+    // Members and their partitions, per group (where the store keeps leases).
+    let mut members = Vec::new();
+    if let Some(leases) = &admin.options.leases {
+        let mut groups: Vec<&str> = list.iter().map(|c| c.group.as_str()).collect();
+        groups.dedup();
+        for group in groups {
+            for m in leases.members(group).await? {
+                members.push((group.to_owned(), m));
+            }
+        }
+    }
     let time = admin.options.time;
     let now = Timestamp::now().unix_micros();
     let actions = admin.token.is_some();
@@ -49,6 +60,56 @@ pub(super) async fn groups(State(admin): State<Arc<Admin>>) -> Result<Response, 
                                 input type="password" name="token" placeholder="admin token" aria-label="admin token";
                                 " "
                                 button { "Set" }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "Members" }
+        @if admin.options.leases.is_none() {
+            p.muted { "This store keeps no leases: each group runs in one process." }
+        } @else if members.is_empty() {
+            p id="no-members" { "No live members (a group running in one process without leases has none)." }
+        } @else {
+            table id="members" {
+                tr { th { "Group" } th { "Member" } th { "Partitions held" } }
+                @for (group, m) in &members {
+                    tr {
+                        td { (group) }
+                        td.member { (m.member) }
+                        td.partitions { (m.partitions.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")) }
+                    }
+                }
+            }
+        }
+        @if !admin.options.pipelines.is_empty() {
+            h2 { "Running in this process" }
+            @for running in &admin.options.pipelines {
+                @let stats = running.stats.borrow().clone();
+                table.running {
+                    tr { th { "Group" } td.group { (running.group) } }
+                    tr { th { "Events read, not handled yet" } td { (stats.events_behind) } }
+                    tr { th { "Oldest of them waited" } td { @match stats.behind {
+                        Some(d) => { (format!("{:.1} s", d.as_secs_f64())) },
+                        None => { "-" },
+                    } } }
+                    tr { th { "Stalled streams (waiting for more events)" } td.stalled { (stats.stalled) } }
+                    tr { th { "State" } td { @match &stats.stopped {
+                        Some(e) => span.error { "stopped: " (e) },
+                        None => { @if stats.idle { "idle" } @else { "working" } },
+                    } } }
+                }
+                @if stats.failing.is_empty() {
+                    p.no-failing { "No failing streams." }
+                } @else {
+                    table.failing {
+                        tr { th { "Failing stream" } th { "Failures in a row" } th { "Last error" } }
+                        @for f in stats.failing.iter() {
+                            tr {
+                                td { a href=(stream_link(&f.stream)) { (f.stream) } }
+                                td { (f.failures) }
+                                td.error { (f.last_error) }
                             }
                         }
                     }

@@ -53,7 +53,7 @@ pub use models::{ReadModel, ReadModels};
 pub const PAGE: usize = 50;
 
 /// How the admin pages run.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AdminOptions {
     /// How a time is shown.
     pub time: fn(Timestamp) -> String,
@@ -62,6 +62,31 @@ pub struct AdminOptions {
     pub scan_limit: usize,
     /// The read models the server keeps (the read-models page, replay and rebuild).
     pub read_models: Option<Arc<dyn ReadModels>>,
+    /// Where consumer groups keep their members and leases (the groups page lists them).
+    pub leases: Option<Arc<dyn annals::LeaseStore>>,
+    /// Pipelines running in this process: the groups page shows their failing and
+    /// stalled streams (which live only in the process).
+    pub pipelines: Vec<RunningGroup>,
+}
+
+/// A pipeline running in the process that serves the pages.
+#[derive(Debug, Clone)]
+pub struct RunningGroup {
+    /// Its consumer group.
+    pub group: String,
+    /// Its stats, as published.
+    pub stats: tokio::sync::watch::Receiver<annals_reactor::Stats>,
+}
+
+impl std::fmt::Debug for AdminOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminOptions")
+            .field("scan_limit", &self.scan_limit)
+            .field("read_models", &self.read_models)
+            .field("leases", &self.leases.is_some())
+            .field("pipelines", &self.pipelines.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for AdminOptions {
@@ -70,6 +95,8 @@ impl Default for AdminOptions {
             time: |t| format!("{} µs since 1970", t.unix_micros()),
             scan_limit: 100_000,
             read_models: None,
+            leases: None,
+            pipelines: Vec::new(),
         }
     }
 }

@@ -138,9 +138,9 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         let opened = Opened::open(&url).await?;
         let read_model = ReadModelDb::choose(&opened, read_model_url.as_ref()).await?;
         // Checkpoints live beside the read models when those are elsewhere.
-        let checkpoints = match (&read_model, &read_model_url) {
-            (Some(db), Some(_)) => db.checkpoints(),
-            _ => opened.checkpoints(),
+        let (checkpoints, leases) = match (&read_model, &read_model_url) {
+            (Some(db), Some(_)) => (db.checkpoints(), db.leases()),
+            _ => (opened.checkpoints(), opened.leases()),
         };
         let events = &opened.events;
         match command {
@@ -153,8 +153,20 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             Command::Checkpoint(command) => checkpoint::run(&checkpoints, command, &out).await,
             Command::Sync(_) => unreachable!("handled above"),
             Command::Bench(bench) => bench::run(opened, read_model, bench).await,
-            Command::Serve(args) => serve::run(opened, read_model, checkpoints, args).await,
-            Command::Admin(args) => admin::run(opened, read_model, checkpoints, args).await,
+            Command::Serve(args) => {
+                let coordination = admin::Coordination {
+                    checkpoints,
+                    leases,
+                };
+                serve::run(opened, read_model, coordination, args).await
+            }
+            Command::Admin(args) => {
+                let coordination = admin::Coordination {
+                    checkpoints,
+                    leases,
+                };
+                admin::run(opened, read_model, coordination, args).await
+            }
             Command::Rebuild(args) => rebuild::run(events, read_model.as_ref(), args, &out).await,
             Command::Parked(command) => {
                 parked::run(events, read_model.as_ref(), &checkpoints, command, &out).await

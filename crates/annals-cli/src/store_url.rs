@@ -328,6 +328,15 @@ impl Opened {
         }
     }
 
+    /// Where consumer groups keep their members and leases, when this store can.
+    pub(crate) fn leases(&self) -> Option<Arc<dyn annals::LeaseStore>> {
+        match &self.backend {
+            Backend::Memory(_) | Backend::Sqlite(_) => None,
+            Backend::Postgres(p) => Some(Arc::new(p.clone())),
+            Backend::Nats(n) => Some(Arc::new(n.clone())),
+        }
+    }
+
     /// The store's own database as a read-model database (none for `memory://`).
     pub(crate) fn read_model_db(&self) -> Option<ReadModelDb> {
         match &self.backend {
@@ -387,6 +396,14 @@ impl ReadModelDb {
         match self {
             Self::Sqlite(s) => Arc::clone(s) as Arc<dyn CheckpointStore>,
             Self::Postgres(p) => Arc::clone(p) as Arc<dyn CheckpointStore>,
+        }
+    }
+
+    /// Where consumer groups keep their members and leases, when this database can.
+    pub(crate) fn leases(&self) -> Option<Arc<dyn annals::LeaseStore>> {
+        match self {
+            Self::Sqlite(_) => None,
+            Self::Postgres(p) => Some(Arc::clone(p) as Arc<dyn annals::LeaseStore>),
         }
     }
 

@@ -240,6 +240,69 @@ impl LeaseStore for NatsStore {
             .map_err(backend)?;
         Ok(())
     }
+
+    async fn members(&self, group: &str) -> Result<Vec<annals::GroupMember>> {
+        let members_prefix = format!("lm.{}.", key_part(group));
+        let leases_prefix = format!("ll.{}.", key_part(group));
+        let entries = self
+            .latest(&[members_prefix.clone(), leases_prefix.clone()])
+            .await?;
+        // For a display, this machine's clock against the server's stamps is close enough.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        let mut members: Vec<annals::GroupMember> = entries
+            .iter()
+            .filter_map(|e| {
+                let ttl = std::str::from_utf8(&e.value).ok()?.parse().ok()?;
+                let name = key_part_decode(e.key.strip_prefix(&members_prefix)?)?;
+                e.live(Duration::from_millis(ttl), now)
+                    .then(|| annals::GroupMember {
+                        member: name,
+                        partitions: Vec::new(),
+                    })
+            })
+            .collect();
+        for e in &entries {
+            let (Some(partition), Ok(lease)) = (
+                e.key
+                    .strip_prefix(&leases_prefix)
+                    .and_then(|p| p.parse::<u32>().ok()),
+                serde_json::from_slice::<Lease>(&e.value),
+            ) else {
+                continue;
+            };
+            if !e.live(Duration::from_millis(lease.ttl_ms), now) {
+                continue;
+            }
+            if let Some(m) = members.iter_mut().find(|m| m.member == lease.owner) {
+                m.partitions.push(partition);
+            }
+        }
+        members.sort_by(|a, b| a.member.cmp(&b.member));
+        for m in &mut members {
+            m.partitions.sort_unstable();
+        }
+        Ok(members)
+    }
+}
+
+/// The text [`key_part`] encoded, or `None` if `key` is not one of its encodings.
+fn key_part_decode(key: &str) -> Option<String> {
+    let bytes = key.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'=' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 impl NatsStore {

@@ -52,6 +52,28 @@ impl LeaseStore for PgStore {
             .map(drop)
             .map_err(backend)
     }
+
+    async fn members(&self, group: &str) -> Result<Vec<annals::GroupMember>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &prepared(&client, &self.inner.sql.leases_members).await?,
+                &[&group],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(rows
+            .iter()
+            .map(|r| annals::GroupMember {
+                member: r.get(0),
+                partitions: r
+                    .get::<_, Vec<i32>>(1)
+                    .into_iter()
+                    .map(|p| p as u32)
+                    .collect(),
+            })
+            .collect())
+    }
 }
 
 #[async_trait]

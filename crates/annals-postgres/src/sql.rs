@@ -19,6 +19,7 @@ pub(crate) struct Sql {
     pub(crate) leases_acquire: String,
     pub(crate) leases_release: String,
     pub(crate) leases_leave: String,
+    pub(crate) leases_members: String,
     pub(crate) append_with_snapshot: String,
     pub(crate) append_group: String,
     pub(crate) read_head: String,
@@ -124,6 +125,12 @@ impl Sql {
             ),
             leases_acquire: format!("SELECT held, fair_share, live_members FROM {schema}.acquire_leases($1, $2, $3, make_interval(secs => $4))"),
             leases_leave: format!("WITH gone AS (DELETE FROM {schema}.group_members WHERE group_name = $1 AND member = $2) DELETE FROM {schema}.leases WHERE group_name = $1 AND owner = $2"),
+            leases_members: format!(
+                "SELECT m.member, coalesce(array_agg(l.partition ORDER BY l.partition) FILTER (WHERE l.partition IS NOT NULL), '{{}}') \
+                 FROM {schema}.group_members m LEFT JOIN {schema}.leases l \
+                 ON l.group_name = m.group_name AND l.owner = m.member AND l.expires_at > now() \
+                 WHERE m.group_name = $1 AND m.expires_at > now() GROUP BY m.member ORDER BY m.member"
+            ),
             leases_release: format!("DELETE FROM {schema}.leases WHERE group_name = $1 AND owner = $2 AND partition = ANY ($3)"),
             held_back: format!(
                 "SELECT (SELECT count(*) FROM {schema}.events WHERE tx_id >= pg_snapshot_xmin(pg_current_snapshot())), \

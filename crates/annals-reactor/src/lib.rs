@@ -40,7 +40,7 @@ pub use annals::{Backoff, Partition};
 pub use group::{join_group, GroupConfig, Member};
 pub use project::Project;
 pub use reactor::{reaction_id, Reactor};
-pub use stats::{HandlerLatency, Parked, Stats};
+pub use stats::{Failing, HandlerLatency, Parked, Stats};
 
 /// What a handler failure carries.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
@@ -273,6 +273,12 @@ impl Running {
     /// The latest stats.
     pub fn stats(&self) -> Stats {
         self.stats.borrow().clone()
+    }
+
+    /// The stats as they are published (for a page or a monitor that outlives this
+    /// handle's borrow).
+    pub fn stats_receiver(&self) -> watch::Receiver<Stats> {
+        self.stats.clone()
     }
 
     /// Waits until every event appended before this call has been handled, skipped or

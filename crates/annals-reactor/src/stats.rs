@@ -42,8 +42,8 @@ pub struct Stats {
     /// How long ago the oldest unhandled event was recorded (lag in time), as of the last
     /// checkpoint or stats interval; `None` when nothing read was waiting then.
     pub behind: Option<Duration>,
-    /// Streams failing now, with their consecutive failures.
-    pub failing: Arc<Vec<(StreamName, u32)>>,
+    /// Streams failing now (not parked), by name.
+    pub failing: Arc<Vec<Failing>>,
     /// Streams whose handler took none of the events it was given (waiting for more), as
     /// of the last checkpoint or stats interval.
     pub stalled: usize,
@@ -58,6 +58,17 @@ pub struct Stats {
     pub idle: bool,
     /// Set when the pipeline stopped on an error.
     pub stopped: Option<PipelineError>,
+}
+
+/// A stream whose handler is failing (and being retried).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Failing {
+    /// The stream.
+    pub stream: StreamName,
+    /// Consecutive failures so far.
+    pub failures: u32,
+    /// The last failure's error.
+    pub last_error: String,
 }
 
 /// Handler latency percentiles over one stats interval.

@@ -27,6 +27,15 @@ pub struct Leases {
     pub live_members: u32,
 }
 
+/// A live member of a consumer group and the partitions it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GroupMember {
+    /// Its name.
+    pub member: String,
+    /// The partitions it holds (unexpired leases), ascending.
+    pub partitions: Vec<u32>,
+}
+
 /// Stores a consumer group's members and partition leases.
 #[async_trait]
 pub trait LeaseStore: Send + Sync + 'static {
@@ -48,6 +57,13 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// Gives every lease of `member` back and leaves `group`, so the others' fair share
     /// grows at once (call only after its work has stopped).
     async fn leave(&self, group: &str, member: &str) -> Result<()>;
+
+    /// The live members of `group` (heartbeat not expired) with the partitions each holds,
+    /// by name: what an operator looks at. Stores that cannot list them answer none.
+    async fn members(&self, group: &str) -> Result<Vec<GroupMember>> {
+        let _ = group;
+        Ok(Vec::new())
+    }
 }
 
 /// Leases kept in memory: for members sharing one process (tests, in-process workers).
@@ -143,5 +159,26 @@ impl LeaseStore for MemoryLeases {
             .retain(|(g, _), (owner, _)| !(g == group && owner == member));
         st.members.remove(&(group.to_owned(), member.to_owned()));
         Ok(())
+    }
+
+    async fn members(&self, group: &str) -> Result<Vec<GroupMember>> {
+        let now = Instant::now();
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(st
+            .members
+            .iter()
+            .filter(|((g, _), until)| g == group && **until > now)
+            .map(|((_, member), _)| GroupMember {
+                member: member.clone(),
+                partitions: st
+                    .leases
+                    .iter()
+                    .filter(|((g, _), (owner, until))| {
+                        g == group && owner == member && *until > now
+                    })
+                    .map(|((_, p), _)| *p)
+                    .collect(),
+            })
+            .collect())
     }
 }

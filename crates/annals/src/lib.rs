@@ -90,7 +90,7 @@ pub use error::{
 pub use event::{EventData, RecordedEvent, DEFAULT_MAX_EVENT_BYTES, MAX_EVENT_TYPE_LEN};
 pub use feed::{Backoff, Feed, FeedOptions, FeedPage};
 pub use instrument::{process_totals, Instrumented};
-pub use lease::{fair_share, LeaseStore, Leases, MemoryLeases};
+pub use lease::{fair_share, GroupMember, LeaseStore, Leases, MemoryLeases};
 pub use memory::{Commit, MemoryStore};
 pub use projection::{ProjectionId, ProjectionRow, Rebuilt};
 pub use read_model::{

@@ -22,11 +22,36 @@ pub(crate) struct AdminArgs {
     pub token: Option<String>,
 }
 
+/// Where consumer groups keep their checkpoints, parked streams and leases.
+pub(crate) struct Coordination {
+    pub(crate) checkpoints: Arc<dyn annals::CheckpointStore>,
+    pub(crate) leases: Option<Arc<dyn annals::LeaseStore>>,
+}
+
+/// The admin pages' options for this store.
+pub(crate) fn options(
+    opened: &Opened,
+    read_model: Option<ReadModelDb>,
+    leases: Option<Arc<dyn annals::LeaseStore>>,
+) -> annals_admin::AdminOptions {
+    annals_admin::AdminOptions {
+        time: crate::output::time,
+        read_models: read_model.map(|db| {
+            Arc::new(AdminReadModels {
+                events: Arc::clone(&opened.events),
+                db,
+            }) as Arc<dyn annals_admin::ReadModels>
+        }),
+        leases,
+        ..annals_admin::AdminOptions::default()
+    }
+}
+
 /// Serves the admin pages until Ctrl-C or SIGTERM.
 pub(crate) async fn run(
     opened: Opened,
     read_model: Option<ReadModelDb>,
-    checkpoints: Arc<dyn annals::CheckpointStore>,
+    coordination: Coordination,
     args: AdminArgs,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -38,19 +63,10 @@ pub(crate) async fn run(
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
     let base = format!("http://{}", listener.local_addr()?);
-    let options = annals_admin::AdminOptions {
-        time: crate::output::time,
-        read_models: read_model.map(|db| {
-            Arc::new(AdminReadModels {
-                events: Arc::clone(&opened.events),
-                db,
-            }) as Arc<dyn annals_admin::ReadModels>
-        }),
-        ..annals_admin::AdminOptions::default()
-    };
+    let options = options(&opened, read_model, coordination.leases);
     let router = annals_admin::router(
         Arc::clone(&opened.events),
-        Some(checkpoints),
+        Some(coordination.checkpoints),
         args.token,
         options,
     );

@@ -39,7 +39,7 @@ pub(crate) struct ServeArgs {
 pub(crate) async fn run(
     opened: Opened,
     read_model: Option<ReadModelDb>,
-    checkpoints: std::sync::Arc<dyn annals::CheckpointStore>,
+    coordination: super::admin::Coordination,
     args: ServeArgs,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -53,33 +53,12 @@ pub(crate) async fn run(
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
     let base = format!("http://{}", listener.local_addr()?);
-    let admin = match args.admin {
-        false => None,
-        true => {
-            let token = args.admin_token.filter(|t| !t.is_empty());
-            anyhow::ensure!(
-                listener.local_addr()?.ip().is_loopback() || token.is_some(),
-                "--admin on {}: serving the admin pages beyond this machine needs --admin-token (or ANNALS_ADMIN_TOKEN)",
-                args.listen
-            );
-            let options = annals_admin::AdminOptions {
-                time: crate::output::time,
-                read_models: read_model.clone().map(|db| {
-                    std::sync::Arc::new(crate::read_models::AdminReadModels {
-                        events: opened.events.clone(),
-                        db,
-                    }) as std::sync::Arc<dyn annals_admin::ReadModels>
-                }),
-                ..annals_admin::AdminOptions::default()
-            };
-            Some(annals_admin::router(
-                opened.events.clone(),
-                Some(checkpoints),
-                token,
-                options,
-            ))
-        }
-    };
+    let admin_token = args.admin_token.filter(|t| !t.is_empty());
+    anyhow::ensure!(
+        !args.admin || listener.local_addr()?.ip().is_loopback() || admin_token.is_some(),
+        "--admin on {}: serving the admin pages beyond this machine needs --admin-token (or ANNALS_ADMIN_TOKEN)",
+        args.listen
+    );
     if let (Some(db), Backend::Memory(_)) = (&read_model, &opened.backend) {
         // memory:// starts empty on every run: the lists a durable read model kept from an
         // earlier run would hide this run's first events behind their progress.
@@ -95,6 +74,22 @@ pub(crate) async fn run(
         Some(db) => Some(todos::spawn(opened.events.clone(), db).await?),
         None => None,
     };
+    let admin = args.admin.then(|| {
+        let mut options = super::admin::options(&opened, read_model.clone(), coordination.leases);
+        options.pipelines = pipeline
+            .iter()
+            .map(|running| annals_admin::RunningGroup {
+                group: todos::GROUP.into(),
+                stats: running.stats_receiver(),
+            })
+            .collect();
+        annals_admin::router(
+            opened.events.clone(),
+            Some(coordination.checkpoints),
+            admin_token,
+            options,
+        )
+    });
     println!(
         "annals serve: TodoBackend API at {base}/todos (store {}, read model {}); Ctrl-C to stop",
         opened.url,

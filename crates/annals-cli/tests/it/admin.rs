@@ -864,3 +864,50 @@ fn the_overview_charts_the_events_written_since_it_started() {
     });
     let _ = open(&format!("{}/", admin.base), "overview-rates");
 }
+
+#[test]
+fn the_groups_page_shows_each_members_partitions_on_postgres() {
+    use annals::{CheckpointStore, LeaseStore};
+    let (url, config) = crate::ops::pg_target("admin_members");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = annals_postgres::PgStore::connect(config).await.unwrap();
+        store.migrate().await.unwrap();
+        store
+            .append(
+                &StreamName::new("Orders-1").unwrap(),
+                ExpectedVersion::Any,
+                vec![EventData::new("Placed", b"{}".to_vec())],
+            )
+            .await
+            .unwrap();
+        store
+            .commit("billing", "all", annals::Position::START)
+            .await
+            .unwrap();
+        let long = Duration::from_secs(600);
+        let first = store
+            .acquire("billing", "worker <1>", 4, long)
+            .await
+            .unwrap();
+        assert_eq!(first.held, [0, 1, 2, 3]);
+        store
+            .release("billing", "worker <1>", &[2, 3])
+            .await
+            .unwrap();
+        let second = store.acquire("billing", "worker-2", 4, long).await.unwrap();
+        assert_eq!(second.held, [2, 3]);
+    });
+    let admin = Admin::start(&url, "127.0.0.1:0").unwrap();
+    let groups = open(&format!("{}/groups", admin.base), "groups-members");
+    inert(&groups, "groups-members");
+    let members = html_unescape(&text_of(&groups, "members"));
+    assert!(
+        members.contains("worker <1>0, 1") && members.contains("worker-22, 3"),
+        "{members}"
+    );
+    assert!(
+        groups.contains("worker &lt;1&gt;"),
+        "the member name, as text"
+    );
+}

@@ -17,7 +17,7 @@ use futures::FutureExt;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 
-use crate::stats::{HandlerLatency, Metrics, Parked, Stats};
+use crate::stats::{Failing, HandlerLatency, Metrics, Parked, Stats};
 
 mod parking;
 use crate::{FailurePolicy, Handler, HandlerError, PipelineConfig, PipelineError};
@@ -437,11 +437,15 @@ impl Scheduler {
         self.stats.pending_batches = self.batches.len();
         if self.failing_dirty {
             self.failing_dirty = false;
-            let mut failing: Vec<(StreamName, u32)> = self
+            let mut failing: Vec<Failing> = self
                 .streams
                 .iter()
                 .filter(|(_, s)| s.failures > 0 && !s.parked)
-                .map(|(n, s)| (n.clone(), s.failures))
+                .map(|(n, s)| Failing {
+                    stream: n.clone(),
+                    failures: s.failures,
+                    last_error: s.last_error.clone(),
+                })
                 .collect();
             failing.sort();
             self.stats.failing = Arc::new(failing);

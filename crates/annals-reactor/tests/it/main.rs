@@ -242,7 +242,7 @@ async fn a_failing_stream_pins_the_checkpoint_and_is_delivered_again_after_a_res
         stats
             .failing
             .iter()
-            .any(|(s, n)| s == &name("Bad-1") && *n >= 4),
+            .any(|f| f.stream == name("Bad-1") && f.failures >= 4 && !f.last_error.is_empty()),
         "{:?}",
         stats.failing
     );

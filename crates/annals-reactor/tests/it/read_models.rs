@@ -258,7 +258,7 @@ async fn an_outage_of_the_read_model_parks_nothing() {
     }
     // Well past the parking threshold, and still only failing.
     wait_until("the streams fail while the database is down", || {
-        r.stats().failing.iter().any(|(_, n)| *n >= 4)
+        r.stats().failing.iter().any(|f| f.failures >= 4)
     })
     .await;
     assert!(r.stats().parked.is_empty(), "{:?}", r.stats().parked);

@@ -70,6 +70,24 @@ pub async fn leases_claim_share_expire_and_release(store: Arc<dyn annals::LeaseS
     assert_eq!(b.held, vec![2, 3], "released leases are free at once");
     let a = store.acquire("g", "a", 4, long).await.unwrap();
     assert_eq!(a.held, vec![0, 1]);
+    let member = |name: &str, partitions: &[u32]| annals::GroupMember {
+        member: name.into(),
+        partitions: partitions.to_vec(),
+    };
+    assert_eq!(
+        store.members("g").await.unwrap(),
+        [member("a", &[0, 1]), member("b", &[2, 3])],
+        "the live members and what each holds"
+    );
+    let odd = store
+        .acquire("odd group.x", "m 1/ü.*", 2, long)
+        .await
+        .unwrap();
+    assert_eq!(odd.held, vec![0, 1]);
+    assert_eq!(
+        store.members("odd group.x").await.unwrap(),
+        [member("m 1/ü.*", &[0, 1])]
+    );
     // Another group is separate.
     let other = store.acquire("h", "b", 4, long).await.unwrap();
     assert_eq!(other.held, vec![0, 1, 2, 3]);
@@ -104,4 +122,10 @@ pub async fn leases_claim_share_expire_and_release(store: Arc<dyn annals::LeaseS
     let b = store.acquire("g", "b", 4, long).await.unwrap();
     assert_eq!((b.fair_share, b.live_members), (4, 1));
     assert_eq!(b.held, vec![0, 1, 2, 3]);
+    assert_eq!(
+        store.members("g").await.unwrap(),
+        [member("b", &[0, 1, 2, 3])],
+        "a left"
+    );
+    assert!(store.members("nobody").await.unwrap().is_empty());
 }
