@@ -80,6 +80,8 @@ enum Command {
     /// List, replay or skip streams a consumer group parked after its handler kept failing.
     #[command(subcommand)]
     Parked(commands::parked::ParkedCommand),
+    /// Destroy a data subject's key: its personal fields read as forgotten from then on.
+    Forget(commands::forget::ForgetArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -168,6 +170,7 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                 admin::run(opened, read_model, coordination, args).await
             }
             Command::Rebuild(args) => rebuild::run(events, read_model.as_ref(), args, &out).await,
+            Command::Forget(args) => forget::run(read_model.as_ref(), args, &out).await,
             Command::Parked(command) => {
                 parked::run(events, read_model.as_ref(), &checkpoints, command, &out).await
             }

@@ -85,6 +85,24 @@ fn run(mut command: Command, what: &str) -> Result<(), String> {
 use crate::free_loopback_port as free_port;
 
 impl PgServer {
+    /// `pg_dump` of `schema` (schema and data, plain SQL): what a backup of it holds, for
+    /// tests that search it byte for byte.
+    pub fn dump_schema(&self, schema: &str) -> Result<Vec<u8>, String> {
+        let bin = find_bin()?;
+        let out = pg_command(&bin, "pg_dump")
+            .args(["-d", &self.url, "-n", schema])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("pg_dump: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "pg_dump failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(out.stdout)
+    }
+
     /// Starts a private server, stopped and removed when this process exits.
     pub fn start() -> Result<Self, String> {
         Self::start_with(None)

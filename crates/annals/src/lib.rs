@@ -66,8 +66,10 @@ mod idempotency;
 mod instrument;
 mod lease;
 mod memory;
+pub mod personal;
 mod projection;
 mod read_model;
+mod shred;
 mod store;
 mod stream;
 mod subscribe;
@@ -92,11 +94,13 @@ pub use feed::{Backoff, Feed, FeedOptions, FeedPage};
 pub use instrument::{process_totals, Instrumented};
 pub use lease::{fair_share, GroupMember, LeaseStore, Leases, MemoryLeases};
 pub use memory::{Commit, MemoryStore};
+pub use personal::{MemoryKeys, Personal, SubjectKeys};
 pub use projection::{ProjectionId, ProjectionRow, Rebuilt};
 pub use read_model::{
     catch_up_stream, projection_rows, rebuild, rebuild_stream, ApplyError, Dialect, Projector,
     ProjectorError, ReadModelStore, SqlTx, SqlValue, StreamProgress,
 };
+pub use shred::{Shredding, SqlKeys};
 pub use store::{
     AllPage, AppendAt, AppendResult, Capabilities, Direction, EventStore, Filter, Head,
     HeadSnapshot, Partition, ReadStream, StreamAppend, SubscribeOptions, CONFLICT_EVENTS,

@@ -5,6 +5,7 @@ pub(crate) mod admin;
 pub(crate) mod append;
 pub(crate) mod checkpoint;
 pub(crate) mod dump;
+pub(crate) mod forget;
 pub(crate) mod init;
 pub(crate) mod parked;
 pub(crate) mod read;

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `annals` binary.
 
 mod admin;
+mod forget;
 mod hardening;
 mod ops;
 mod otel;
