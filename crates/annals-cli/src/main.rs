@@ -170,7 +170,10 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                 admin::run(opened, read_model, coordination, args).await
             }
             Command::Rebuild(args) => rebuild::run(events, read_model.as_ref(), args, &out).await,
-            Command::Forget(args) => forget::run(read_model.as_ref(), args, &out).await,
+            Command::Forget(args) => {
+                let given = read_model_url.is_some();
+                forget::run(&opened, read_model.as_ref(), given, args, &out).await
+            }
             Command::Parked(command) => {
                 parked::run(events, read_model.as_ref(), &checkpoints, command, &out).await
             }

@@ -16,6 +16,7 @@
 
 mod checkpoints;
 mod envelope;
+mod keys;
 mod leases;
 mod read;
 mod subject;

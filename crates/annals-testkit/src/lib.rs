@@ -81,6 +81,21 @@ macro_rules! checkpoint_suite {
     };
 }
 
+/// Stamps out the subject-keys test (crypto-shredding) for the key store made by
+/// `$factory`, an `async fn() -> (Arc<dyn SubjectKeys>, guard)`.
+#[macro_export]
+macro_rules! keys_suite {
+    ($factory:expr) => {
+        #[test]
+        fn subject_keys_create_share_and_forget() {
+            $crate::run(async {
+                let (keys, _guard) = ($factory)().await;
+                $crate::conformance::subject_keys_create_share_and_forget(keys).await;
+            });
+        }
+    };
+}
+
 /// Stamps out the lease test for the lease store made by `$factory`, an
 /// `async fn() -> (Arc<dyn LeaseStore>, guard)` (or a closure returning such a future).
 #[macro_export]

@@ -7,7 +7,7 @@ use annals::SubjectKeys;
 use serde_json::json;
 
 use crate::output::Output;
-use crate::store_url::ReadModelDb;
+use crate::store_url::{Backend, Opened, ReadModelDb};
 
 /// `annals forget` arguments.
 #[derive(Debug, clap::Args)]
@@ -16,28 +16,31 @@ pub(crate) struct ForgetArgs {
     pub subject: String,
 }
 
-/// Forgets the subject in the key table of `db` (the store's own SQL database, or
-/// `--read-model`).
+/// Forgets the subject where its key is kept: the key table of `--read-model` when given,
+/// else the store's own (its SQL database's table, or a NATS store's key-value bucket).
 pub(crate) async fn run(
+    opened: &Opened,
     db: Option<&ReadModelDb>,
+    read_model_given: bool,
     args: ForgetArgs,
     out: &Output,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(!args.subject.is_empty(), "the subject is empty");
-    let db = db.ok_or_else(|| {
-        anyhow::anyhow!("subjects' keys are kept in a SQL database: memory:// and nats:// have none; name one with --read-model sqlite://PATH or postgres://...")
-    })?;
-    let had = match db {
-        ReadModelDb::Sqlite(s) => {
+    let had = match (&opened.backend, db) {
+        (Backend::Nats(nats), _) if !read_model_given => nats.forget(&args.subject).await?,
+        (_, Some(ReadModelDb::Sqlite(s))) => {
             annals::SqlKeys::new(Arc::clone(s))
                 .forget(&args.subject)
                 .await?
         }
-        ReadModelDb::Postgres(p) => {
+        (_, Some(ReadModelDb::Postgres(p))) => {
             annals::SqlKeys::new(Arc::clone(p))
                 .forget(&args.subject)
                 .await?
         }
+        (_, None) => anyhow::bail!(
+            "memory:// keeps no keys between runs: name where they are with --read-model sqlite://PATH or postgres://..."
+        ),
     };
     if out.json {
         out.line(&json!({"subject": args.subject, "forgotten": had}));

@@ -285,3 +285,29 @@ fn a_forgotten_subjects_plaintext_is_nowhere_in_a_pg_dump_and_the_streams_still_
         assert!(!contains(&dump, plaintext), "{plaintext} found in the dump");
     }
 }
+
+#[test]
+fn annals_forget_destroys_a_key_kept_in_a_nats_store() {
+    let server = annals_testkit::nats::shared();
+    let stream = annals_testkit::nats::stream_name("forget");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = rt.block_on(async {
+        let config = annals_nats::NatsConfig::new(&server.url).stream(&stream);
+        let store = annals_nats::NatsStore::connect(config).await.unwrap();
+        store
+            .keys_or_create(&["c-9".to_owned(), "c-10".to_owned()])
+            .await
+            .unwrap();
+        store
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("{}?stream={stream}", server.url);
+    let out = on(dir.path(), &url, &["forget", "c-9"]);
+    assert!(succeeded(&out).contains("key destroyed"));
+    let left = rt
+        .block_on(store.keys(&["c-9".to_owned(), "c-10".to_owned()]))
+        .unwrap();
+    assert_eq!(left.keys().collect::<Vec<_>>(), ["c-10"]);
+    let memory = on(dir.path(), "memory://", &["forget", "c-9"]);
+    crate::ops::failed_saying(&memory, "memory:// keeps no keys");
+}

@@ -33,6 +33,15 @@ mod leases {
     });
 }
 
+mod keys {
+    use std::sync::Arc;
+
+    annals_testkit::keys_suite!(|| async {
+        let keys: Arc<dyn annals::SubjectKeys> = Arc::new(crate::fresh().await);
+        (keys, ())
+    });
+}
+
 mod faults;
 
 /// The same suite on a 3-node cluster, every store with three replicas.

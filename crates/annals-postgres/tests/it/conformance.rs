@@ -24,6 +24,16 @@ mod leases {
     });
 }
 
+mod keys {
+    use std::sync::Arc;
+
+    annals_testkit::keys_suite!(|| async {
+        let keys: Arc<dyn annals::SubjectKeys> =
+            Arc::new(annals::SqlKeys::new(Arc::new(crate::fresh().await)));
+        (keys, ())
+    });
+}
+
 mod read_models {
     use std::sync::Arc;
 

@@ -19,6 +19,16 @@ mod checkpoints {
     });
 }
 
+mod keys {
+    use std::sync::Arc;
+
+    annals_testkit::keys_suite!(|| async {
+        let (store, dir) = crate::fresh();
+        let keys: Arc<dyn annals::SubjectKeys> = Arc::new(annals::SqlKeys::new(Arc::new(store)));
+        (keys, dir)
+    });
+}
+
 mod read_models {
     use std::sync::Arc;
 

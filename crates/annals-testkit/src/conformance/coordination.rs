@@ -129,3 +129,44 @@ pub async fn leases_claim_share_expire_and_release(store: Arc<dyn annals::LeaseS
     );
     assert!(store.members("nobody").await.unwrap().is_empty());
 }
+
+/// Subjects' keys: created once and shared by every caller (also concurrent ones), absent
+/// for unknown subjects, destroyed by forget (idempotent), and a subject keyed again after
+/// a forget gets a new key.
+pub async fn subject_keys_create_share_and_forget(keys: Arc<dyn annals::SubjectKeys>) {
+    let subjects = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert!(keys.keys(&subjects(&["a"])).await.unwrap().is_empty());
+    let racing: Vec<_> = (0..8)
+        .map(|_| {
+            let keys = Arc::clone(&keys);
+            tokio::spawn(async move {
+                keys.keys_or_create(&["a".to_string(), "b/ü. *".to_string()])
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for task in racing {
+        seen.push(task.await.unwrap());
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0] == w[1]),
+        "every creator got the same keys"
+    );
+    let first = seen[0].clone();
+    assert_eq!(first.len(), 2);
+    assert_ne!(first["a"], first["b/ü. *"]);
+    assert_eq!(
+        keys.keys(&subjects(&["a", "b/ü. *", "c"])).await.unwrap(),
+        first
+    );
+    assert!(keys.forget("a").await.unwrap());
+    assert!(!keys.forget("a").await.unwrap(), "idempotent");
+    assert!(!keys.forget("never").await.unwrap());
+    let left = keys.keys(&subjects(&["a", "b/ü. *"])).await.unwrap();
+    assert_eq!(left.len(), 1, "only the other subject's key is left");
+    assert_eq!(left["b/ü. *"], first["b/ü. *"]);
+    let again = keys.keys_or_create(&subjects(&["a"])).await.unwrap();
+    assert_ne!(again["a"], first["a"], "a forgotten key never comes back");
+}

@@ -29,6 +29,15 @@ mod memory_leases {
     });
 }
 
+mod memory_keys {
+    use super::*;
+
+    annals_testkit::keys_suite!(|| async {
+        let keys: Arc<dyn annals::SubjectKeys> = Arc::new(annals::MemoryKeys::new());
+        (keys, ())
+    });
+}
+
 mod instrumented_memory {
     use super::*;
 
