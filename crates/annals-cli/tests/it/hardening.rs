@@ -193,9 +193,14 @@ fn malformed_json_is_a_400_with_a_json_body() {
 fn requests_hyper_cannot_parse_get_a_json_error_body() {
     let dir = tempfile::tempdir().unwrap();
     let served = Served::start_with(dir.path(), &[]);
-    let huge_header = format!(
-        "GET /todos HTTP/1.1\r\nHost: test\r\nX-Big: {}\r\n\r\n",
-        "a".repeat(500_000)
+    // More headers than hyper takes (100): refused as too large whatever the reads'
+    // sizes, and small enough that the server reads all of it (no reset on close). A huge
+    // single header is refused or not depending on how the bytes arrive.
+    let many_headers = format!(
+        "GET /todos HTTP/1.1\r\nHost: test\r\n{}\r\n",
+        (0..150)
+            .map(|i| format!("X-H{i}: {i}\r\n"))
+            .collect::<String>()
     );
     let cases: [(&[u8], u16, &str); 4] = [
         (b"GARBAGE\r\n\r\n", 400, "bad_request"),
@@ -209,7 +214,7 @@ fn requests_hyper_cannot_parse_get_a_json_error_body() {
             400,
             "bad_request",
         ),
-        (huge_header.as_bytes(), 431, "headers_too_large"),
+        (many_headers.as_bytes(), 431, "headers_too_large"),
     ];
     for (raw, status, kind) in cases {
         let answer = String::from_utf8(exchange(&served.base, raw)).unwrap();
