@@ -9,7 +9,10 @@ impl EventStore for PgStore {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::all()
+        // Deletion is not there yet on PostgreSQL.
+        let mut capabilities = Capabilities::all();
+        capabilities.deletion = false;
+        capabilities
     }
 
     async fn append(

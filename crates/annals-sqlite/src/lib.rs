@@ -187,7 +187,10 @@ impl EventStore for SqliteStore {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::all()
+        // Deletion is not there yet on SQLite.
+        let mut capabilities = Capabilities::all();
+        capabilities.deletion = false;
+        capabilities
     }
 
     async fn append(

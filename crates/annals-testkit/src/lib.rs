@@ -152,6 +152,7 @@ macro_rules! conformance_suite {
             transactions_commit_all_or_nothing,
             opposite_order_transactions_do_not_deadlock,
             import_keeps_events_and_order_and_resumes,
+            deletion_soft_hard_and_truncate,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {

@@ -53,6 +53,8 @@ pub enum Capability {
     Import,
     /// Keeping records of parked streams.
     Parking,
+    /// Deleting and truncating streams.
+    Deletion,
 }
 
 impl std::fmt::Display for Capability {
@@ -62,6 +64,7 @@ impl std::fmt::Display for Capability {
             Capability::HeadSnapshots => f.write_str("snapshots at the stream head"),
             Capability::Import => f.write_str("importing recorded events"),
             Capability::Parking => f.write_str("records of parked streams"),
+            Capability::Deletion => f.write_str("deleting and truncating streams"),
         }
     }
 }
@@ -120,6 +123,13 @@ pub enum Error {
         index: usize,
         /// What is wrong.
         reason: InvalidEvent,
+    },
+    /// The stream was deleted for good (a tombstone): it can never be written or read
+    /// again.
+    #[error("stream {stream} was deleted for good (hard delete): it cannot be written or read again; use another name")]
+    StreamDeleted {
+        /// The stream.
+        stream: StreamName,
     },
     /// The stream's version did not match the expected version; nothing was written.
     #[error(

@@ -275,6 +275,37 @@ impl<S: EventStore + ?Sized> EventStore for Instrumented<S> {
         result
     }
 
+    async fn delete_stream(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        mode: crate::DeleteMode,
+    ) -> Result<Version> {
+        let backend = self.backend();
+        let span = span("delete_stream", backend, Some(stream));
+        let started = Instant::now();
+        let result = self
+            .inner
+            .delete_stream(stream, expected, mode)
+            .instrument(span.clone())
+            .await;
+        finish(&span, "delete_stream", backend, started, 0, 0, &result);
+        result
+    }
+
+    async fn truncate_before(&self, stream: &StreamName, before: Version) -> Result<Version> {
+        let backend = self.backend();
+        let span = span("truncate_before", backend, Some(stream));
+        let started = Instant::now();
+        let result = self
+            .inner
+            .truncate_before(stream, before)
+            .instrument(span.clone())
+            .await;
+        finish(&span, "truncate_before", backend, started, 0, 0, &result);
+        result
+    }
+
     async fn head_position(&self) -> Result<Option<Position>> {
         let backend = self.backend();
         let span = span("head_position", backend, None);

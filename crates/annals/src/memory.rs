@@ -16,8 +16,8 @@ use crate::error::Result;
 use crate::event::{validate_batch, validate_many, DEFAULT_MAX_EVENT_BYTES};
 use crate::idempotency::{self, Found, Verdict};
 use crate::store::{
-    AllPage, AppendResult, Capabilities, Direction, EventStore, Filter, Head, HeadSnapshot,
-    ReadStream, StreamAppend,
+    AllPage, AppendResult, Capabilities, DeleteMode, Direction, EventStore, Filter, Head,
+    HeadSnapshot, ReadStream, StreamAppend,
 };
 use crate::{EventData, ExpectedVersion, Position, RecordedEvent, StreamName, Timestamp, Version};
 
@@ -43,10 +43,48 @@ struct Inner {
     batch_start: Vec<u64>,
     /// Per stream, the latest head snapshot.
     snapshots: HashMap<StreamName, HeadSnapshot>,
+    /// Truncated, soft-deleted and hard-deleted streams.
+    tombs: HashMap<StreamName, Tomb>,
     observers: Vec<mpsc::UnboundedSender<Commit>>,
 }
 
+/// Where a stream now starts, and whether it is a tombstone.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tomb {
+    before: u64,
+    hard: bool,
+}
+
 impl Inner {
+    /// Refuses writes and reads of a tombstone.
+    fn alive(&self, stream: &StreamName) -> Result<()> {
+        match self.tombs.get(stream) {
+            Some(t) if t.hard => Err(crate::Error::StreamDeleted {
+                stream: stream.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The first version reads show.
+    fn start(&self, stream: &StreamName) -> u64 {
+        self.tombs.get(stream).map_or(0, |t| t.before)
+    }
+
+    /// Whether reads show `event`.
+    fn visible(&self, event: &RecordedEvent) -> bool {
+        match self.tombs.get(&event.stream) {
+            None => true,
+            Some(t) => !t.hard && event.stream_version >= t.before,
+        }
+    }
+
+    /// Records a system event about `stream` in its deletions stream.
+    fn record(&mut self, stream: &StreamName, event_type: &str, data: serde_json::Value) {
+        let data = EventData::new(event_type, data.to_string().into_bytes());
+        self.write(&crate::deletions_stream(stream), vec![data]);
+    }
+
     fn version(&self, stream: &StreamName) -> Version {
         Version(self.streams.get(stream).map_or(0, |s| s.len() as u64))
     }
@@ -193,6 +231,7 @@ impl MemoryStore {
         validate_batch(stream, &events, self.max_event_bytes)?;
         let result = {
             let mut inner = self.lock();
+            inner.alive(stream)?;
             match inner.plan(stream, expected, &events)? {
                 Verdict::AlreadyWritten(result) => return Ok(result),
                 Verdict::Write => {
@@ -243,7 +282,10 @@ impl EventStore for MemoryStore {
             let mut inner = self.lock();
             let plans = appends
                 .iter()
-                .map(|a| inner.plan(&a.stream, a.expected, &a.events))
+                .map(|a| {
+                    inner.alive(&a.stream)?;
+                    inner.plan(&a.stream, a.expected, &a.events)
+                })
                 .collect::<Result<Vec<_>>>()?;
             appends
                 .into_iter()
@@ -277,6 +319,7 @@ impl EventStore for MemoryStore {
             let mut write = Vec::with_capacity(events.len());
             let mut ids = std::collections::HashSet::new();
             for e in &events {
+                inner.alive(&e.stream)?;
                 let version = *next
                     .entry(&e.stream)
                     .or_insert_with(|| inner.version(&e.stream).get());
@@ -327,9 +370,13 @@ impl EventStore for MemoryStore {
 
     async fn read_head(&self, stream: &StreamName, limit: usize) -> Result<Head> {
         let inner = self.lock();
+        inner.alive(stream)?;
         let snapshot = inner.snapshots.get(stream).cloned();
         let indexes = inner.streams.get(stream).map_or(&[][..], Vec::as_slice);
-        let from = snapshot.as_ref().map_or(0, |s| s.version.get() as usize);
+        let from = snapshot
+            .as_ref()
+            .map_or(0, |s| s.version.get() as usize)
+            .max(inner.start(stream) as usize);
         let events = indexes[from..]
             .iter()
             .take(limit)
@@ -343,7 +390,79 @@ impl EventStore for MemoryStore {
     }
 
     async fn stream_version(&self, stream: &StreamName) -> Result<Version> {
-        Ok(self.lock().version(stream))
+        let inner = self.lock();
+        inner.alive(stream)?;
+        Ok(inner.version(stream))
+    }
+
+    async fn delete_stream(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        mode: DeleteMode,
+    ) -> Result<Version> {
+        {
+            let mut inner = self.lock();
+            let version = inner.version(stream);
+            let tomb = inner.tombs.get(stream).copied().unwrap_or_default();
+            if tomb.hard {
+                return match mode {
+                    DeleteMode::Hard => Ok(version),
+                    DeleteMode::Soft => inner.alive(stream).map(|_| version),
+                };
+            }
+            let admits = match expected {
+                ExpectedVersion::Any => true,
+                ExpectedVersion::NoStream => version.get() == 0,
+                ExpectedVersion::StreamExists => version.get() > 0,
+                ExpectedVersion::Exact(v) => v == version,
+            };
+            if !admits {
+                return Err(crate::Error::WrongExpectedVersion {
+                    stream: stream.clone(),
+                    expected,
+                    actual: version,
+                });
+            }
+            let hard = mode == DeleteMode::Hard;
+            if !hard && tomb.before == version.get() && inner.tombs.contains_key(stream) {
+                return Ok(version); // already soft-deleted at this version
+            }
+            inner.tombs.insert(
+                stream.clone(),
+                Tomb {
+                    before: version.get(),
+                    hard,
+                },
+            );
+            inner.record(
+                stream,
+                crate::STREAM_DELETED,
+                serde_json::json!({"stream": stream.as_str(), "version": version.get(), "hard": hard}),
+            );
+        }
+        self.changes.send_replace(());
+        Ok(Version(self.lock().version(stream).get()))
+    }
+
+    async fn truncate_before(&self, stream: &StreamName, before: Version) -> Result<Version> {
+        {
+            let mut inner = self.lock();
+            inner.alive(stream)?;
+            let before = before.get().min(inner.version(stream).get());
+            let start = inner.start(stream);
+            if before <= start {
+                return Ok(Version(start));
+            }
+            inner.tombs.entry(stream.clone()).or_default().before = before;
+            inner.record(
+                stream,
+                crate::STREAM_TRUNCATED,
+                serde_json::json!({"stream": stream.as_str(), "before": before}),
+            );
+        }
+        self.changes.send_replace(());
+        Ok(Version(self.lock().start(stream)))
     }
 
     fn read_stream<'a>(
@@ -353,8 +472,12 @@ impl EventStore for MemoryStore {
     ) -> BoxStream<'a, Result<RecordedEvent>> {
         let events: Vec<RecordedEvent> = {
             let inner = self.lock();
+            if let Err(e) = inner.alive(stream) {
+                return stream::iter([Err(e)]).boxed();
+            }
             let indexes = inner.streams.get(stream).map_or(&[][..], Vec::as_slice);
             let (start, end) = options.index_range(indexes.len() as u64);
+            let start = start.max(inner.start(stream)).min(end);
             let slice = indexes[start as usize..end as usize]
                 .iter()
                 .map(|&i| inner.log[i].clone());
@@ -383,7 +506,7 @@ impl EventStore for MemoryStore {
                 break;
             }
             page.next = event.position;
-            if filter.matches(event) {
+            if filter.matches(event) && inner.visible(event) {
                 page.events.push(event.clone());
             }
         }

@@ -250,6 +250,19 @@ impl<S: EventStore + ?Sized> EventStore for Shredding<S> {
         self.inner.head_position().await
     }
 
+    async fn delete_stream(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        mode: crate::DeleteMode,
+    ) -> Result<Version> {
+        self.inner.delete_stream(stream, expected, mode).await
+    }
+
+    async fn truncate_before(&self, stream: &StreamName, before: Version) -> Result<Version> {
+        self.inner.truncate_before(stream, before).await
+    }
+
     async fn await_visible(&self) -> Result<()> {
         self.inner.await_visible().await
     }

@@ -311,6 +311,32 @@ pub struct AllPage {
     pub end: bool,
 }
 
+/// How [`EventStore::delete_stream`] deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeleteMode {
+    /// The stream reads as empty (its events are hidden from every read, read-all and
+    /// subscriptions included); a later append continues after its last version, as in
+    /// KurrentDB. The same as truncating before its version.
+    Soft,
+    /// A tombstone: the name can never be written again (appends, reads and truncation fail
+    /// with [`Error::StreamDeleted`]), and its events are hidden from read-all.
+    Hard,
+}
+
+/// The event type of the system event a deletion writes.
+pub const STREAM_DELETED: &str = "$StreamDeleted";
+/// The event type of the system event a truncation writes.
+pub const STREAM_TRUNCATED: &str = "$StreamTruncated";
+
+/// The system stream where deletions and truncations of `stream` are recorded (as
+/// [`STREAM_DELETED`] and [`STREAM_TRUNCATED`] events, data `{"stream", "version",
+/// "hard"}` and `{"stream", "before"}`): `{category}-$deleted`, in the same category so a
+/// category's projections and reactors see them. Ids starting with `$` are reserved.
+pub fn deletions_stream(stream: &StreamName) -> StreamName {
+    StreamName::new(format!("{}-$deleted", stream.category()))
+        .expect("a valid category makes a valid system stream name")
+}
+
 /// What a backend can do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -323,6 +349,8 @@ pub struct Capabilities {
     /// [`EventStore::import`] copies recorded events with their versions, ids and
     /// timestamps.
     pub import: bool,
+    /// [`EventStore::delete_stream`] and [`EventStore::truncate_before`].
+    pub deletion: bool,
 }
 
 impl Capabilities {
@@ -332,6 +360,7 @@ impl Capabilities {
             multi_stream_append: true,
             head_snapshots: true,
             import: true,
+            deletion: true,
         }
     }
 
@@ -346,6 +375,7 @@ impl Capabilities {
             Capability::MultiStreamAppend => self.multi_stream_append,
             Capability::HeadSnapshots => self.head_snapshots,
             Capability::Import => self.import,
+            Capability::Deletion => self.deletion,
             Capability::Parking => false,
         }
     }
@@ -501,6 +531,38 @@ pub trait EventStore: Send + Sync + 'static {
             }
             from = page.next;
         }
+    }
+
+    /// Deletes `stream` if its version admits `expected` (see [`DeleteMode`]), and records a
+    /// [`STREAM_DELETED`] event in [`deletions_stream`], in one transaction. Returns the
+    /// stream's version. Repeating a deletion changes nothing and succeeds; a hard delete
+    /// after a soft one turns it into a tombstone; a soft delete of a tombstone fails with
+    /// [`Error::StreamDeleted`]. Stores without [`Capabilities::deletion`] refuse with
+    /// [`Error::Unsupported`].
+    async fn delete_stream(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        mode: DeleteMode,
+    ) -> Result<Version> {
+        let _ = (stream, expected, mode);
+        Err(Error::Unsupported {
+            backend: self.backend(),
+            capability: Capability::Deletion,
+        })
+    }
+
+    /// Hides the events of `stream` below `before` (at most its version) from every read,
+    /// and records a [`STREAM_TRUNCATED`] event in [`deletions_stream`], in one
+    /// transaction. Versions count on; truncation never moves back, so a repeat or a lower
+    /// `before` changes nothing. Returns where the stream now starts. Stores without
+    /// [`Capabilities::deletion`] refuse with [`Error::Unsupported`].
+    async fn truncate_before(&self, stream: &StreamName, before: Version) -> Result<Version> {
+        let _ = (stream, before);
+        Err(Error::Unsupported {
+            backend: self.backend(),
+            capability: Capability::Deletion,
+        })
     }
 
     /// Waits until every event committed before this call is visible to [`read_all`]

@@ -484,6 +484,7 @@ mod append_at;
 mod capabilities;
 mod coordination;
 mod copies;
+mod deletion;
 mod feed;
 mod transactions;
 
@@ -491,5 +492,6 @@ pub use append_at::*;
 pub use capabilities::*;
 pub use coordination::*;
 pub use copies::*;
+pub use deletion::*;
 pub use feed::*;
 pub use transactions::*;

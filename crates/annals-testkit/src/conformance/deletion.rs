@@ -1,0 +1,233 @@
+//! Stream deletion and truncation ([`annals::Capabilities::deletion`]).
+
+use annals::DeleteMode;
+
+use super::*;
+
+fn versions(events: &[RecordedEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.stream_version).collect()
+}
+
+async fn read(store: &Arc<dyn EventStore>, stream: &str, options: ReadStream) -> Vec<u64> {
+    versions(&store.read_stream_vec(&name(stream), options).await.unwrap())
+}
+
+fn system_events(all: &[RecordedEvent], kind: &str) -> Vec<serde_json::Value> {
+    all.iter()
+        .filter(|e| e.event_type == kind)
+        .map(|e| serde_json::from_slice(&e.data).unwrap())
+        .collect()
+}
+
+#[track_caller]
+fn assert_deleted<T: std::fmt::Debug>(result: annals::Result<T>, stream: &str) {
+    match result {
+        Err(Error::StreamDeleted { stream: s }) => assert_eq!(s, name(stream)),
+        other => panic!("expected {stream} deleted for good, got {other:?}"),
+    }
+}
+
+/// Truncation hides the events below a version from every read, soft deletion hides them
+/// all and lets a later append continue, hard deletion leaves a tombstone; each writes a
+/// system event once, and repeating any of them changes nothing.
+pub async fn deletion_soft_hard_and_truncate(store: Arc<dyn EventStore>) {
+    let s = &*store;
+    if !s.capabilities().deletion {
+        let refused = s
+            .delete_stream(&name("Gone-1"), ExpectedVersion::Any, DeleteMode::Soft)
+            .await;
+        assert!(
+            matches!(
+                refused,
+                Err(Error::Unsupported {
+                    capability: Capability::Deletion,
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        return;
+    }
+    s.append(&name("Keep-1"), ExpectedVersion::NoStream, batch(3))
+        .await
+        .unwrap();
+    s.append(&name("Soft-1"), ExpectedVersion::NoStream, batch(3))
+        .await
+        .unwrap();
+    s.append(&name("Hard-1"), ExpectedVersion::NoStream, batch(2))
+        .await
+        .unwrap();
+    let from_before = read_everything(&store).await;
+    assert_eq!(from_before.len(), 8);
+
+    // Truncation.
+    let start = s
+        .truncate_before(&name("Keep-1"), Version(1))
+        .await
+        .unwrap();
+    assert_eq!(start, Version(1));
+    assert_eq!(read(&store, "Keep-1", ReadStream::forward()).await, [1, 2]);
+    assert_eq!(read(&store, "Keep-1", ReadStream::backward()).await, [2, 1]);
+    assert_eq!(
+        read(&store, "Keep-1", ReadStream::backward().limit(5)).await,
+        [2, 1]
+    );
+    assert_eq!(s.stream_version(&name("Keep-1")).await.unwrap(), Version(3));
+    for again in [1, 0] {
+        let start = s
+            .truncate_before(&name("Keep-1"), Version(again))
+            .await
+            .unwrap();
+        assert_eq!(start, Version(1), "truncation never moves back");
+    }
+    let start = s
+        .truncate_before(&name("Keep-1"), Version(99))
+        .await
+        .unwrap();
+    assert_eq!(start, Version(3), "at most the stream's version");
+    assert!(read(&store, "Keep-1", ReadStream::forward())
+        .await
+        .is_empty());
+    s.append(
+        &name("Keep-1"),
+        ExpectedVersion::Exact(Version(3)),
+        batch(1),
+    )
+    .await
+    .unwrap();
+    assert_eq!(read(&store, "Keep-1", ReadStream::forward()).await, [3]);
+
+    // Soft deletion: a wrong expectation changes nothing.
+    let wrong = s
+        .delete_stream(
+            &name("Soft-1"),
+            ExpectedVersion::Exact(Version(2)),
+            DeleteMode::Soft,
+        )
+        .await;
+    assert_conflict(wrong, 3);
+    assert_eq!(
+        read(&store, "Soft-1", ReadStream::forward()).await,
+        [0, 1, 2]
+    );
+    for _ in 0..2 {
+        let at = s
+            .delete_stream(
+                &name("Soft-1"),
+                ExpectedVersion::Exact(Version(3)),
+                DeleteMode::Soft,
+            )
+            .await
+            .unwrap();
+        assert_eq!(at, Version(3));
+    }
+    assert!(read(&store, "Soft-1", ReadStream::forward())
+        .await
+        .is_empty());
+    assert_eq!(s.stream_version(&name("Soft-1")).await.unwrap(), Version(3));
+    s.append(
+        &name("Soft-1"),
+        ExpectedVersion::Exact(Version(3)),
+        batch(2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(read(&store, "Soft-1", ReadStream::forward()).await, [3, 4]);
+
+    // Hard deletion.
+    for _ in 0..2 {
+        s.delete_stream(&name("Hard-1"), ExpectedVersion::Any, DeleteMode::Hard)
+            .await
+            .unwrap();
+    }
+    assert_deleted(
+        s.append(&name("Hard-1"), ExpectedVersion::Any, batch(1))
+            .await,
+        "Hard-1",
+    );
+    assert_deleted(s.stream_version(&name("Hard-1")).await, "Hard-1");
+    assert_deleted(
+        s.read_stream_vec(&name("Hard-1"), ReadStream::forward())
+            .await,
+        "Hard-1",
+    );
+    assert_deleted(
+        s.truncate_before(&name("Hard-1"), Version(1)).await,
+        "Hard-1",
+    );
+    assert_deleted(
+        s.delete_stream(&name("Hard-1"), ExpectedVersion::Any, DeleteMode::Soft)
+            .await,
+        "Hard-1",
+    );
+    // A name never written can be tombstoned too.
+    s.delete_stream(
+        &name("Never-1"),
+        ExpectedVersion::NoStream,
+        DeleteMode::Hard,
+    )
+    .await
+    .unwrap();
+    assert_deleted(
+        s.append(&name("Never-1"), ExpectedVersion::NoStream, batch(1))
+            .await,
+        "Never-1",
+    );
+
+    // Read-all and subscriptions from the start show exactly the events left, in order,
+    // with one system event per change.
+    let all = read_everything(&store).await;
+    let shown: Vec<(String, u64)> = all
+        .iter()
+        .filter(|e| !e.event_type.starts_with('$'))
+        .map(|e| (e.stream.to_string(), e.stream_version))
+        .collect();
+    let expected: Vec<(String, u64)> = [("Keep-1", 3), ("Soft-1", 3), ("Soft-1", 4)]
+        .iter()
+        .map(|(s, v)| (s.to_string(), *v))
+        .collect();
+    assert_eq!(shown, expected);
+    assert!(all.windows(2).all(|w| w[0].position < w[1].position));
+    let deleted = system_events(&all, annals::STREAM_DELETED);
+    assert_eq!(
+        deleted.len(),
+        3,
+        "soft once, hard once, the never-written once: {deleted:?}"
+    );
+    assert!(deleted
+        .iter()
+        .any(|d| d["stream"] == "Hard-1" && d["hard"] == true && d["version"] == 2));
+    let truncated = system_events(&all, annals::STREAM_TRUNCATED);
+    assert_eq!(truncated.len(), 2, "to 1, then to 3: {truncated:?}");
+    assert!(all.iter().filter(|e| e.event_type.starts_with('$')).all(
+        |e| e.stream == annals::deletions_stream(&name(&format!("{}-1", e.stream.category())))
+    ));
+    // A category's subscribers see its system events.
+    let category = s
+        .read_all(Position::START, &Filter::category("Hard"), 100)
+        .await
+        .unwrap();
+    assert_eq!(versions(&category.events), [0], "Hard's one system event");
+    assert_eq!(category.events[0].event_type, annals::STREAM_DELETED);
+    // Reading on from a position inside the deleted range skips what was removed.
+    let middle = from_before[4].position;
+    let mut after = Vec::new();
+    let mut from = middle;
+    loop {
+        let page = s.read_all(from, &Filter::all(), 3).await.unwrap();
+        after.extend(
+            page.events
+                .iter()
+                .map(|e| (e.stream.to_string(), e.stream_version)),
+        );
+        if page.end {
+            break;
+        }
+        from = page.next;
+    }
+    let after: Vec<_> = after
+        .into_iter()
+        .filter(|(s, _)| !s.ends_with("$deleted"))
+        .collect();
+    assert_eq!(after, expected);
+}
