@@ -23,6 +23,7 @@
 //! [`SqliteTx`]) fed from any event store, and a checkpoint store that keeps parked streams.
 
 mod config;
+mod delete;
 mod error;
 mod read;
 mod read_model;
@@ -187,10 +188,30 @@ impl EventStore for SqliteStore {
     }
 
     fn capabilities(&self) -> Capabilities {
-        // Deletion is not there yet on SQLite.
-        let mut capabilities = Capabilities::all();
-        capabilities.deletion = false;
-        capabilities
+        Capabilities::all()
+    }
+
+    async fn delete_stream(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        mode: annals::DeleteMode,
+    ) -> Result<Version> {
+        let stream = stream.clone();
+        let deleted = self
+            .write(move |conn| delete::delete(&writer::lock(conn), &stream, expected, mode))
+            .await?;
+        self.shared.changes.send_replace(());
+        Ok(deleted)
+    }
+
+    async fn truncate_before(&self, stream: &StreamName, before: Version) -> Result<Version> {
+        let stream = stream.clone();
+        let start = self
+            .write(move |conn| delete::truncate(&writer::lock(conn), &stream, before))
+            .await?;
+        self.shared.changes.send_replace(());
+        Ok(start)
     }
 
     async fn append(
@@ -255,13 +276,17 @@ impl EventStore for SqliteStore {
 
     async fn stream_version(&self, stream: &StreamName) -> Result<Version> {
         let name = stream.as_str().to_owned();
-        self.shared
+        let row = self
+            .shared
             .readers
-            .with(move |conn| {
-                let row = read::stream_version(conn, &name).map_err(backend)?;
-                Ok(Version(row.map_or(0, |(_, v)| v)))
-            })
-            .await
+            .with(move |conn| read::stream_version(conn, &name).map_err(backend))
+            .await?;
+        match row {
+            Some((_, true)) => Err(annals::Error::StreamDeleted {
+                stream: stream.clone(),
+            }),
+            row => Ok(Version(row.map_or(0, |(v, _)| v))),
+        }
     }
 
     fn read_stream<'a>(

@@ -35,8 +35,9 @@ macro_rules! select_stream_page {
     ($range:literal) => {
         concat!(
             "SELECT e.position, NULL, e.stream_version, e.recorded_at, e.event_type, e.data, \
-             e.metadata, e.event_id, e.correlation_id, e.causation_id FROM annals_events e \
-             WHERE e.stream_id = (SELECT stream_id FROM annals_streams WHERE name = ?1) AND ",
+             e.metadata, e.event_id, e.correlation_id, e.causation_id FROM annals_streams s \
+             CROSS JOIN annals_events e ON e.stream_id = s.stream_id \
+             WHERE s.name = ?1 AND s.tombstone = 0 AND e.stream_version >= s.start AND ",
             $range
         )
     };
@@ -136,12 +137,15 @@ fn event_in(row: &Row<'_>, stream: StreamName) -> rusqlite::Result<RecordedEvent
     })
 }
 
+/// The stream's version and whether it is a tombstone (`None`: never written).
 pub(crate) fn stream_version(
     conn: &Connection,
     stream: &str,
-) -> rusqlite::Result<Option<(i64, u64)>> {
-    conn.prepare_cached("SELECT stream_id, version FROM annals_streams WHERE name = ?1")?
-        .query_row([stream], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+) -> rusqlite::Result<Option<(u64, bool)>> {
+    conn.prepare_cached("SELECT version, tombstone FROM annals_streams WHERE name = ?1")?
+        .query_row([stream], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? == 1))
+        })
         .optional()
 }
 
@@ -150,7 +154,7 @@ pub(crate) fn read_head(conn: &mut Connection, stream: &str, limit: usize) -> Re
     let tx = conn.transaction().map_err(backend)?;
     let row = tx
         .prepare_cached(
-            "SELECT stream_id, version, snapshot, snapshot_version FROM annals_streams WHERE name = ?1",
+            "SELECT stream_id, version, snapshot, snapshot_version, start, tombstone FROM annals_streams WHERE name = ?1",
         )
         .and_then(|mut s| {
             s.query_row([stream], |r| {
@@ -159,19 +163,29 @@ pub(crate) fn read_head(conn: &mut Connection, stream: &str, limit: usize) -> Re
                     r.get::<_, i64>(1)? as u64,
                     r.get::<_, Option<Vec<u8>>>(2)?,
                     r.get::<_, Option<i64>>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)? == 1,
                 ))
             })
             .optional()
         })
         .map_err(backend)?;
-    let Some((stream_id, version, data, at)) = row else {
+    let Some((stream_id, version, data, at, start, tombstone)) = row else {
         return Ok(Head::default());
     };
+    if tombstone {
+        return Err(annals::Error::StreamDeleted {
+            stream: StreamName::new(stream).map_err(backend)?,
+        });
+    }
     let snapshot = data.zip(at).map(|(data, at)| HeadSnapshot {
         version: Version(at as u64),
         data,
     });
-    let from = snapshot.as_ref().map_or(0, |s| s.version.get() as i64);
+    let from = snapshot
+        .as_ref()
+        .map_or(0, |s| s.version.get() as i64)
+        .max(start);
     let events = tx
         .prepare_cached(&format!(
             "{SELECT} WHERE e.stream_id = ?1 AND e.stream_version >= ?2 ORDER BY e.stream_version LIMIT ?3"
@@ -216,6 +230,18 @@ fn page(
         .map_err(backend)?
         .collect::<rusqlite::Result<Vec<_>>>()
         .map_err(backend)?;
+    drop(stmt);
+    // Nothing shown: a tombstone is an error, not an empty stream.
+    if events.is_empty()
+        && matches!(
+            stream_version(conn, stream.as_str()).map_err(backend)?,
+            Some((_, true))
+        )
+    {
+        return Err(annals::Error::StreamDeleted {
+            stream: stream.clone(),
+        });
+    }
     let cursor = match events.last() {
         Some(last) if events.len() as u64 == want && want < cursor.left => Some(Cursor {
             next: if forward {
@@ -273,7 +299,10 @@ pub(crate) fn read_all(
     limit: usize,
 ) -> Result<AllPage> {
     let from_raw = i64::try_from(annals::backend::raw_position(from)).unwrap_or(i64::MAX);
-    let mut sql = format!("{SELECT_ALL} WHERE e.position > ?");
+    // Truncated and deleted events are not shown.
+    let mut sql = format!(
+        "{SELECT_ALL} WHERE e.position > ? AND e.stream_version >= s.start AND s.tombstone = 0"
+    );
     let mut args: Vec<rusqlite::types::Value> = vec![from_raw.into()];
     let placeholders = |n: usize| vec!["?"; n].join(", ");
     if !filter.categories.is_empty() {

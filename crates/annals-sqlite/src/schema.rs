@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_head_snapshots.sql"),
     include_str!("../migrations/0004_projection_schema.sql"),
     include_str!("../migrations/0005_parked.sql"),
+    include_str!("../migrations/0006_deletion.sql"),
 ];
 
 /// The schema version this build creates and reads.

@@ -314,6 +314,19 @@ fn append(
     }
 }
 
+/// Appends a system event about `stream` to its deletions stream.
+pub(crate) fn record_system(
+    conn: &Connection,
+    stream: &StreamName,
+    event_type: &str,
+    data: serde_json::Value,
+) -> Result<()> {
+    let event = EventData::new(event_type, data.to_string().into_bytes());
+    let now = Timestamp::now().unix_micros();
+    let target = annals::deletions_stream(stream);
+    append(conn, &target, ExpectedVersion::Any, &[event], now).map(drop)
+}
+
 /// Keeps `snapshot` (the state at `version`) beside the stream's head.
 fn store_snapshot(
     conn: &Connection,
@@ -365,6 +378,31 @@ fn append_many_slow(
             },
         })
         .collect()
+}
+
+/// The error of a statement on `stream`: a write the tombstone trigger refused is a
+/// deleted stream.
+fn refused(stream: &StreamName) -> impl Fn(rusqlite::Error) -> Error + '_ {
+    move |e| {
+        if e.to_string().contains("annals: stream deleted") {
+            Error::StreamDeleted {
+                stream: stream.clone(),
+            }
+        } else {
+            sql(e)
+        }
+    }
+}
+
+/// Whether `stream` is a tombstone.
+pub(crate) fn tombstoned(conn: &Connection, stream: &StreamName) -> Result<bool> {
+    conn.prepare_cached("SELECT tombstone FROM annals_streams WHERE name = ?1")
+        .and_then(|mut s| {
+            s.query_row([stream.as_str()], |r| r.get::<_, i64>(0))
+                .optional()
+        })
+        .map(|t| t == Some(1))
+        .map_err(sql)
 }
 
 fn stream_row(conn: &Connection, stream: &StreamName) -> Result<Option<(i64, u64)>> {
@@ -420,7 +458,7 @@ fn claim(
                 )
                 .and_then(|mut s| s.query_row(params![stream.as_str(), n], claimed).optional()),
         }
-        .map_err(sql)
+        .map_err(refused(stream))
     };
     match expected {
         ExpectedVersion::NoStream => create(),
@@ -512,6 +550,11 @@ fn try_append(
     now: i64,
 ) -> Result<Attempt> {
     let Some((stream_id, start)) = claim(conn, stream, expected, events.len() as i64)? else {
+        if tombstoned(conn, stream)? {
+            return Err(Error::StreamDeleted {
+                stream: stream.clone(),
+            });
+        }
         let actual = Version(stream_row(conn, stream)?.map_or(0, |(_, v)| v));
         return match classify(conn, stream, expected, events)? {
             Verdict::AlreadyWritten(r) => Ok(Attempt::Retried(r)),

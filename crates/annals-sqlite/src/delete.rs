@@ -1,0 +1,111 @@
+//! Stream deletion and truncation: the stream row's `start` and `tombstone` (migration 6),
+//! changed on the writer thread with the system event that records the change, in one
+//! transaction.
+
+use annals::{
+    DeleteMode, Error, ExpectedVersion, Result, StreamName, Version, STREAM_DELETED,
+    STREAM_TRUNCATED,
+};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::error::backend;
+use crate::writer::record_system;
+
+/// The stream's version, start and whether it is a tombstone (`None`: never written).
+fn row(conn: &Connection, stream: &StreamName) -> Result<Option<(u64, u64, bool)>> {
+    conn.prepare_cached("SELECT version, start, tombstone FROM annals_streams WHERE name = ?1")
+        .and_then(|mut s| {
+            s.query_row([stream.as_str()], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)? == 1,
+                ))
+            })
+            .optional()
+        })
+        .map_err(backend)
+}
+
+pub(crate) fn delete(
+    conn: &Connection,
+    stream: &StreamName,
+    expected: ExpectedVersion,
+    mode: DeleteMode,
+) -> Result<Version> {
+    let found = row(conn, stream)?;
+    let (version, start, tombstone) = found.unwrap_or((0, 0, false));
+    if tombstone {
+        return match mode {
+            DeleteMode::Hard => Ok(Version(version)),
+            DeleteMode::Soft => Err(Error::StreamDeleted {
+                stream: stream.clone(),
+            }),
+        };
+    }
+    let admits = match expected {
+        ExpectedVersion::Any => true,
+        ExpectedVersion::NoStream => version == 0,
+        ExpectedVersion::StreamExists => version > 0,
+        ExpectedVersion::Exact(v) => v.get() == version,
+    };
+    if !admits {
+        return Err(Error::WrongExpectedVersion {
+            stream: stream.clone(),
+            expected,
+            actual: Version(version),
+        });
+    }
+    let hard = mode == DeleteMode::Hard;
+    if !hard && found.is_some() && start == version {
+        return Ok(Version(version)); // already soft-deleted (or truncated) at this version
+    }
+    let changed = match found {
+        Some(_) => conn
+            .prepare_cached(
+                "UPDATE annals_streams SET start = version, tombstone = ?2 WHERE name = ?1",
+            )
+            .and_then(|mut s| s.execute(params![stream.as_str(), i64::from(hard)])),
+        None => conn
+            .prepare_cached(
+                "INSERT INTO annals_streams (name, category, version, start, tombstone) \
+                 VALUES (?1, ?2, 0, 0, ?3)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![stream.as_str(), stream.category(), i64::from(hard)])
+            }),
+    };
+    changed.map_err(backend)?;
+    record_system(
+        conn,
+        stream,
+        STREAM_DELETED,
+        serde_json::json!({"stream": stream.as_str(), "version": version, "hard": hard}),
+    )?;
+    Ok(Version(version))
+}
+
+pub(crate) fn truncate(conn: &Connection, stream: &StreamName, before: Version) -> Result<Version> {
+    let Some((version, start, tombstone)) = row(conn, stream)? else {
+        return Ok(Version(0));
+    };
+    if tombstone {
+        return Err(Error::StreamDeleted {
+            stream: stream.clone(),
+        });
+    }
+    let before = before.get().min(version);
+    if before <= start {
+        return Ok(Version(start));
+    }
+    conn.prepare_cached("UPDATE annals_streams SET start = ?2 WHERE name = ?1")
+        .and_then(|mut s| s.execute(params![stream.as_str(), before as i64]))
+        .map_err(backend)?;
+    record_system(
+        conn,
+        stream,
+        STREAM_TRUNCATED,
+        serde_json::json!({"stream": stream.as_str(), "before": before}),
+    )?;
+    Ok(Version(before))
+}
