@@ -56,6 +56,10 @@ enum Command {
     Append(commands::append::AppendArgs),
     /// Read one stream.
     Read(commands::read::ReadArgs),
+    /// Delete a stream: soft (reads empty, appends continue) or --hard (a tombstone).
+    Delete(commands::delete::DeleteArgs),
+    /// Hide a stream's events below a version.
+    Truncate(commands::delete::TruncateArgs),
     /// Write every event (of some categories, after a position) as JSON lines.
     Dump(commands::dump::FeedArgs),
     /// Follow new events as they are written, until interrupted.
@@ -149,6 +153,8 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             Command::Init => init::run(&opened, &out).await,
             Command::Append(args) => append::run(events, args, &out).await,
             Command::Read(args) => read::run(events, args, &out).await,
+            Command::Delete(args) => delete::delete(events, args, &out).await,
+            Command::Truncate(args) => delete::truncate(events, args, &out).await,
             Command::Dump(args) => dump::run(events, args, &out).await,
             Command::Tail(args) => tail::run(events, args, &out).await,
             Command::Stats => stats::run(events, &checkpoints, &out).await,

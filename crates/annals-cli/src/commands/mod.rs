@@ -4,6 +4,7 @@
 pub(crate) mod admin;
 pub(crate) mod append;
 pub(crate) mod checkpoint;
+pub(crate) mod delete;
 pub(crate) mod dump;
 pub(crate) mod forget;
 pub(crate) mod init;

@@ -545,3 +545,58 @@ fn timestamps_out_of_range_are_shown_not_panicked_on() {
         );
     }
 }
+
+#[test]
+fn streams_are_truncated_and_deleted_soft_and_hard() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = "sqlite://life.db";
+    let run = |args: &[&str]| on(dir.path(), store, args);
+    for n in 0..3 {
+        let data = format!(r#"{{"n":{n}}}"#);
+        succeeded(&run(&[
+            "append", "Orders-1", "--type", "Placed", "--data", &data,
+        ]));
+    }
+    assert!(
+        succeeded(&run(&["truncate", "Orders-1", "--before", "2"])).contains("starts at version 2")
+    );
+    let read = json_lines(&succeeded(&run(&["read", "Orders-1", "--json"])));
+    assert_eq!(read.len(), 1, "{read:?}");
+    assert_eq!(read[0]["version"], 2, "{read:?}");
+    assert!(succeeded(&run(&["delete", "Orders-1", "--expected", "3"])).contains("reads as empty"));
+    assert!(json_lines(&succeeded(&run(&["read", "Orders-1", "--json"]))).is_empty());
+    succeeded(&run(&[
+        "append",
+        "Orders-1",
+        "--type",
+        "Placed",
+        "--data",
+        "{}",
+        "--expected",
+        "3",
+    ]));
+    let read = json_lines(&succeeded(&run(&["read", "Orders-1", "--json"])));
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0]["version"], 3);
+    succeeded(&run(&["delete", "Orders-1", "--hard"]));
+    failed_saying(
+        &run(&["append", "Orders-1", "--type", "Placed", "--data", "{}"]),
+        "deleted for good",
+    );
+    failed_saying(&run(&["read", "Orders-1"]), "deleted for good");
+    // The system events are in the category's deletions stream.
+    let system = json_lines(&succeeded(&run(&["read", "Orders-$deleted", "--json"])));
+    let types: Vec<_> = system
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        types,
+        ["$StreamTruncated", "$StreamDeleted", "$StreamDeleted"],
+        "{system:?}"
+    );
+    // Not there yet on PostgreSQL: refused, saying so.
+    let pg = pg_url("life");
+    let refused = on(dir.path(), &pg, &["delete", "Orders-1"]);
+    failed_saying(&refused, "does not support deleting and truncating streams");
+}

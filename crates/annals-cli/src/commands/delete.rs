@@ -1,0 +1,73 @@
+//! `annals delete STREAM [--hard]` and `annals truncate STREAM --before N`.
+
+use std::sync::Arc;
+
+use annals::{DeleteMode, EventStore, Version};
+use serde_json::json;
+
+use super::{expected, stream_name};
+use crate::output::Output;
+
+/// `annals delete` arguments.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DeleteArgs {
+    /// The stream, `{category}-{id}`.
+    stream: String,
+    /// Leave a tombstone: the name can never be written or read again. Without it the
+    /// stream reads as empty and a later append continues after its last version.
+    #[arg(long)]
+    hard: bool,
+    /// The stream's version the deletion expects: a number, `any`, `no-stream` or `exists`.
+    #[arg(long, default_value = "any")]
+    expected: String,
+}
+
+/// `annals truncate` arguments.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TruncateArgs {
+    /// The stream, `{category}-{id}`.
+    stream: String,
+    /// Hide the events below this version (at most the stream's version).
+    #[arg(long)]
+    before: u64,
+}
+
+/// `annals delete`.
+pub(crate) async fn delete(
+    store: &Arc<dyn EventStore>,
+    args: DeleteArgs,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let stream = stream_name(&args.stream)?;
+    let expected = expected(&args.expected)?;
+    let mode = if args.hard {
+        DeleteMode::Hard
+    } else {
+        DeleteMode::Soft
+    };
+    let version = store.delete_stream(&stream, expected, mode).await?;
+    if out.json {
+        out.line(&json!({"stream": stream.as_str(), "version": version.get(), "hard": args.hard}));
+    } else if args.hard {
+        println!("{stream} deleted for good at version {version} (a tombstone)");
+    } else {
+        println!("{stream} deleted at version {version}: it reads as empty; appends continue from {version}");
+    }
+    Ok(())
+}
+
+/// `annals truncate`.
+pub(crate) async fn truncate(
+    store: &Arc<dyn EventStore>,
+    args: TruncateArgs,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let stream = stream_name(&args.stream)?;
+    let start = store.truncate_before(&stream, Version(args.before)).await?;
+    if out.json {
+        out.line(&json!({"stream": stream.as_str(), "start": start.get()}));
+    } else {
+        println!("{stream} now starts at version {start}");
+    }
+    Ok(())
+}
