@@ -199,18 +199,34 @@ pub(super) struct ActionForm {
     confirm: String,
 }
 
+/// What an action on a parked stream needs: the checks of [`refusal`], the checkpoint
+/// store and a valid stream name.
+fn parked_action<'a>(
+    admin: &'a Admin,
+    headers: &HeaderMap,
+    form: &ActionForm,
+) -> Result<(&'a Arc<dyn annals::CheckpointStore>, StreamName), Box<Response>> {
+    if let Some(refused) = refusal(admin, headers, &form.token, &form.confirm) {
+        return Err(Box::new(refused));
+    }
+    match (&admin.checkpoints, StreamName::new(&form.stream)) {
+        (Some(checkpoints), Ok(stream)) => Ok((checkpoints, stream)),
+        _ => Err(Box::new(refuse(
+            StatusCode::BAD_REQUEST,
+            "No such parked stream.",
+        ))),
+    }
+}
+
 /// `POST /skip`: unparks a stream without applying its skipped events.
 pub(super) async fn skip(
     State(admin): State<Arc<Admin>>,
     headers: HeaderMap,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    if let Some(refused) = refusal(&admin, &headers, &form.token, &form.confirm) {
-        return refused;
-    }
-    let (Some(checkpoints), Ok(stream)) = (&admin.checkpoints, StreamName::new(&form.stream))
-    else {
-        return refuse(StatusCode::BAD_REQUEST, "No such parked stream.");
+    let (checkpoints, stream) = match parked_action(&admin, &headers, &form) {
+        Ok(target) => target,
+        Err(refused) => return *refused,
     };
     match checkpoints.unpark(&form.group, &stream).await {
         Ok(true) => Redirect::to("groups").into_response(),
@@ -228,12 +244,9 @@ pub(super) async fn replay(
     headers: HeaderMap,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    if let Some(refused) = refusal(&admin, &headers, &form.token, &form.confirm) {
-        return refused;
-    }
-    let (Some(checkpoints), Ok(stream)) = (&admin.checkpoints, StreamName::new(&form.stream))
-    else {
-        return refuse(StatusCode::BAD_REQUEST, "No such parked stream.");
+    let (checkpoints, stream) = match parked_action(&admin, &headers, &form) {
+        Ok(target) => target,
+        Err(refused) => return *refused,
     };
     let Some(models) = &admin.options.read_models else {
         return refuse(

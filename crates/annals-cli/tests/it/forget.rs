@@ -86,9 +86,8 @@ impl<R: ReadModelStore> Projector<R> for Plans {
 const ANN: [&str; 2] = ["Ann Plaintextname", "ann.plaintext@example.com"];
 const BOB: [&str; 2] = ["Bob Othername", "bob.other@example.com"];
 
-/// Registers Ann (`c-1`) and Bob (`c-2`) through a shredding store over `store` and
-/// projects them.
-async fn register<S>(store: &S)
+/// A shredding store over `store` (keys in its own database) and the customers on it.
+fn shredded<S>(store: &S) -> (Arc<Shredding<S>>, Category<Customers>)
 where
     S: EventStore + ReadModelStore + Clone,
 {
@@ -96,6 +95,16 @@ where
     let events = Arc::new(Shredding::new(Arc::new(store.clone()), keys));
     let customers =
         Category::<Customers>::new("Customer", events.clone(), JsonCodec::new()).unwrap();
+    (events, customers)
+}
+
+/// Registers Ann (`c-1`) and Bob (`c-2`) through a shredding store over `store` and
+/// projects them.
+async fn register<S>(store: &S)
+where
+    S: EventStore + ReadModelStore + Clone,
+{
+    let (events, customers) = shredded(store);
     for (id, [name, email]) in [("1", ANN), ("2", BOB)] {
         let subject = format!("c-{id}");
         customers
@@ -160,10 +169,7 @@ async fn after_forget<S>(store: &S)
 where
     S: EventStore + ReadModelStore + Clone,
 {
-    let keys: Arc<dyn SubjectKeys> = Arc::new(SqlKeys::new(Arc::new(store.clone())));
-    let events = Arc::new(Shredding::new(Arc::new(store.clone()), keys));
-    let customers =
-        Category::<Customers>::new("Customer", events.clone(), JsonCodec::new()).unwrap();
+    let (events, customers) = shredded(store);
     let ann = customers
         .decider("1")
         .unwrap()
