@@ -64,6 +64,9 @@ pub struct AdminOptions {
     pub read_models: Option<Arc<dyn ReadModels>>,
     /// Where consumer groups keep their members and leases (the groups page lists them).
     pub leases: Option<Arc<dyn annals::LeaseStore>>,
+    /// What the store is, beyond its kind (its schema version, or a NATS stream's
+    /// replicas), for the overview.
+    pub schema: Option<String>,
     /// Pipelines running in this process: the groups page shows their failing and
     /// stalled streams (which live only in the process).
     pub pipelines: Vec<RunningGroup>,
@@ -96,6 +99,7 @@ impl Default for AdminOptions {
             scan_limit: 100_000,
             read_models: None,
             leases: None,
+            schema: None,
             pipelines: Vec::new(),
         }
     }
@@ -331,6 +335,9 @@ async fn overview(State(admin): State<Arc<Admin>>) -> Result<Response, PageError
         }
         table id="summary" {
             tr { th { "Store" } td { (admin.store.backend()) } }
+            @if let Some(schema) = &admin.options.schema {
+                tr { th { "Schema" } td id="schema" { (schema) } }
+            }
             tr { th { "Events" } td id="events" { (events) } }
             tr { th { "Streams" } td id="streams" { (streams) } }
             tr { th { "Categories" } td id="categories" { (categories.len()) } }

@@ -29,13 +29,15 @@ pub(crate) struct Coordination {
 }
 
 /// The admin pages' options for this store.
-pub(crate) fn options(
+pub(crate) async fn options(
     opened: &Opened,
     read_model: Option<ReadModelDb>,
     leases: Option<Arc<dyn annals::LeaseStore>>,
-) -> annals_admin::AdminOptions {
-    annals_admin::AdminOptions {
+) -> anyhow::Result<annals_admin::AdminOptions> {
+    let (_, _, schema) = super::init::describe(opened).await?;
+    Ok(annals_admin::AdminOptions {
         time: crate::output::time,
+        schema: Some(schema),
         read_models: read_model.map(|db| {
             Arc::new(AdminReadModels {
                 events: Arc::clone(&opened.events),
@@ -44,7 +46,7 @@ pub(crate) fn options(
         }),
         leases,
         ..annals_admin::AdminOptions::default()
-    }
+    })
 }
 
 /// Serves the admin pages until Ctrl-C or SIGTERM.
@@ -63,7 +65,7 @@ pub(crate) async fn run(
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
     let base = format!("http://{}", listener.local_addr()?);
-    let options = options(&opened, read_model, coordination.leases);
+    let options = options(&opened, read_model, coordination.leases).await?;
     let router = annals_admin::router(
         Arc::clone(&opened.events),
         Some(coordination.checkpoints),

@@ -5,10 +5,11 @@ use serde_json::json;
 use crate::output::Output;
 use crate::store_url::{Backend, Opened};
 
-/// `annals init`.
-pub(crate) async fn run(opened: &Opened, out: &Output) -> anyhow::Result<()> {
-    let url = &opened.url;
-    let (backend, schema, detail) = match &opened.backend {
+/// The store's backend, schema version (SQL stores) and a line saying what it is.
+pub(crate) async fn describe(
+    opened: &Opened,
+) -> anyhow::Result<(&'static str, Option<i64>, String)> {
+    Ok(match &opened.backend {
         Backend::Postgres(pg) => {
             let v = pg.schema_version().await?;
             (
@@ -32,7 +33,13 @@ pub(crate) async fn run(opened: &Opened, out: &Output) -> anyhow::Result<()> {
             ),
         ),
         Backend::Memory(_) => ("memory", None, "nothing to create".to_owned()),
-    };
+    })
+}
+
+/// `annals init`.
+pub(crate) async fn run(opened: &Opened, out: &Output) -> anyhow::Result<()> {
+    let url = &opened.url;
+    let (backend, schema, detail) = describe(opened).await?;
     if out.json {
         out.line(
             &json!({ "store": url.to_string(), "backend": backend, "schema_version": schema }),

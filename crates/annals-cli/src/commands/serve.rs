@@ -74,22 +74,26 @@ pub(crate) async fn run(
         Some(db) => Some(todos::spawn(opened.events.clone(), db).await?),
         None => None,
     };
-    let admin = args.admin.then(|| {
-        let mut options = super::admin::options(&opened, read_model.clone(), coordination.leases);
-        options.pipelines = pipeline
-            .iter()
-            .map(|running| annals_admin::RunningGroup {
-                group: todos::GROUP.into(),
-                stats: running.stats_receiver(),
-            })
-            .collect();
-        annals_admin::router(
-            opened.events.clone(),
-            Some(coordination.checkpoints),
-            admin_token,
-            options,
-        )
-    });
+    let admin = match args.admin {
+        false => None,
+        true => {
+            let mut options =
+                super::admin::options(&opened, read_model.clone(), coordination.leases).await?;
+            options.pipelines = pipeline
+                .iter()
+                .map(|running| annals_admin::RunningGroup {
+                    group: todos::GROUP.into(),
+                    stats: running.stats_receiver(),
+                })
+                .collect();
+            Some(annals_admin::router(
+                opened.events.clone(),
+                Some(coordination.checkpoints),
+                admin_token,
+                options,
+            ))
+        }
+    };
     println!(
         "annals serve: TodoBackend API at {base}/todos (store {}, read model {}); Ctrl-C to stop",
         opened.url,

@@ -842,6 +842,10 @@ fn the_overview_charts_the_events_written_since_it_started() {
         page.contains("id=\"written-rate\"")
     });
     assert!(page.contains("id=\"rates-chart\""), "{page}");
+    assert_eq!(
+        text_of(&page, "schema"),
+        format!("schema version {}", annals_sqlite::SCHEMA_VERSION)
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let store = SqliteStore::open(SqliteConfig::new(&db)).unwrap();
