@@ -57,8 +57,9 @@ pub(crate) fn delete(
         });
     }
     let hard = mode == DeleteMode::Hard;
-    if !hard && found.is_some() && start == version {
-        return Ok(Version(version)); // already soft-deleted (or truncated) at this version
+    if !hard && (found.is_none() || start == version) {
+        // Never written (nothing to hide), or already soft-deleted at this version.
+        return Ok(Version(version));
     }
     let changed = match found {
         Some(_) => conn

@@ -425,8 +425,12 @@ impl EventStore for MemoryStore {
                 });
             }
             let hard = mode == DeleteMode::Hard;
-            if !hard && tomb.before == version.get() && inner.tombs.contains_key(stream) {
-                return Ok(version); // already soft-deleted at this version
+            let written = inner.streams.contains_key(stream);
+            if !hard
+                && (!written || tomb.before == version.get() && inner.tombs.contains_key(stream))
+            {
+                // Never written (nothing to hide), or already soft-deleted at this version.
+                return Ok(version);
             }
             inner.tombs.insert(
                 stream.clone(),

@@ -160,6 +160,14 @@ pub async fn deletion_soft_hard_and_truncate(store: Arc<dyn EventStore>) {
             .await,
         "Hard-1",
     );
+    // Soft-deleting a name never written hides nothing and records nothing; it can still
+    // be created.
+    s.delete_stream(&name("Fresh-1"), ExpectedVersion::Any, DeleteMode::Soft)
+        .await
+        .unwrap();
+    s.append(&name("Fresh-1"), ExpectedVersion::NoStream, batch(1))
+        .await
+        .unwrap();
     // A name never written can be tombstoned too.
     s.delete_stream(
         &name("Never-1"),
@@ -182,10 +190,11 @@ pub async fn deletion_soft_hard_and_truncate(store: Arc<dyn EventStore>) {
         .filter(|e| !e.event_type.starts_with('$'))
         .map(|e| (e.stream.to_string(), e.stream_version))
         .collect();
-    let expected: Vec<(String, u64)> = [("Keep-1", 3), ("Soft-1", 3), ("Soft-1", 4)]
-        .iter()
-        .map(|(s, v)| (s.to_string(), *v))
-        .collect();
+    let expected: Vec<(String, u64)> =
+        [("Keep-1", 3), ("Soft-1", 3), ("Soft-1", 4), ("Fresh-1", 0)]
+            .iter()
+            .map(|(s, v)| (s.to_string(), *v))
+            .collect();
     assert_eq!(shown, expected);
     assert!(all.windows(2).all(|w| w[0].position < w[1].position));
     let deleted = system_events(&all, annals::STREAM_DELETED);
