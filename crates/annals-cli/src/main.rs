@@ -60,6 +60,8 @@ enum Command {
     Delete(commands::delete::DeleteArgs),
     /// Hide a stream's events below a version.
     Truncate(commands::delete::TruncateArgs),
+    /// Remove for good, in batches and online, the events reads no longer show.
+    Scavenge(commands::delete::ScavengeArgs),
     /// Write every event (of some categories, after a position) as JSON lines.
     Dump(commands::dump::FeedArgs),
     /// Follow new events as they are written, until interrupted.
@@ -155,6 +157,7 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             Command::Read(args) => read::run(events, args, &out).await,
             Command::Delete(args) => delete::delete(events, args, &out).await,
             Command::Truncate(args) => delete::truncate(events, args, &out).await,
+            Command::Scavenge(args) => delete::scavenge(events, args, &out).await,
             Command::Dump(args) => dump::run(events, args, &out).await,
             Command::Tail(args) => tail::run(events, args, &out).await,
             Command::Stats => stats::run(events, &checkpoints, &out).await,

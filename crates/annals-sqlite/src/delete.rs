@@ -110,3 +110,68 @@ pub(crate) fn truncate(conn: &Connection, stream: &StreamName, before: Version) 
     )?;
     Ok(Version(before))
 }
+
+/// Removes at most `limit` events that reads no longer show (below a stream's start, or of
+/// a tombstone), or only counts them with `dry_run`: how many, and their bytes.
+pub(crate) fn scavenge(conn: &Connection, limit: u64, dry_run: bool) -> Result<(u64, u64)> {
+    let streams: Vec<(i64, i64)> = conn
+        .prepare_cached(
+            "SELECT stream_id, CASE WHEN tombstone = 1 THEN version ELSE start END \
+             FROM annals_streams WHERE start > 0 OR tombstone = 1",
+        )
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(backend)?;
+    let (mut events, mut bytes) = (0u64, 0u64);
+    if !dry_run {
+        conn.execute("INSERT INTO annals_scavenging (token) VALUES (1)", [])
+            .map_err(backend)?;
+    }
+    for (stream_id, below) in streams {
+        if events >= limit {
+            break;
+        }
+        let left = (limit - events) as i64;
+        let (n, b): (i64, i64) = conn
+            .prepare_cached(
+                "SELECT count(*), coalesce(sum(length(data) + coalesce(length(metadata), 0)), 0) \
+                 FROM (SELECT data, metadata FROM annals_events \
+                       WHERE stream_id = ?1 AND stream_version < ?2 LIMIT ?3)",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![stream_id, below, left], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+            })
+            .map_err(backend)?;
+        if n > 0 && !dry_run {
+            conn.prepare_cached(
+                "DELETE FROM annals_events WHERE position IN (SELECT position FROM annals_events \
+                 WHERE stream_id = ?1 AND stream_version < ?2 LIMIT ?3)",
+            )
+            .and_then(|mut s| s.execute(params![stream_id, below, left]))
+            .map_err(backend)?;
+        }
+        events += n as u64;
+        bytes += b as u64;
+    }
+    if !dry_run {
+        conn.execute("DELETE FROM annals_scavenging", [])
+            .map_err(backend)?;
+    }
+    Ok((events, bytes))
+}
+
+/// The bytes of the file's free pages: what scavenging freed inside it (returned to the
+/// file system by `VACUUM`, or as they are reused).
+pub(crate) fn free_bytes(conn: &Connection) -> Result<u64> {
+    let pages: i64 = conn
+        .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+        .map_err(backend)?;
+    let size: i64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .map_err(backend)?;
+    Ok((pages * size) as u64)
+}

@@ -205,6 +205,20 @@ impl EventStore for SqliteStore {
         Ok(deleted)
     }
 
+    async fn scavenge(&self, limit: usize, dry_run: bool) -> Result<annals::Scavenged> {
+        let limit = limit.max(1) as u64;
+        self.write(move |conn| {
+            let conn = writer::lock(conn);
+            let (events, bytes) = delete::scavenge(&conn, limit, dry_run)?;
+            Ok(annals::Scavenged {
+                events,
+                bytes,
+                free_bytes: Some(delete::free_bytes(&conn)?),
+            })
+        })
+        .await
+    }
+
     async fn truncate_before(&self, stream: &StreamName, before: Version) -> Result<Version> {
         let stream = stream.clone();
         let start = self

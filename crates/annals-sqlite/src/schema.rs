@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0004_projection_schema.sql"),
     include_str!("../migrations/0005_parked.sql"),
     include_str!("../migrations/0006_deletion.sql"),
+    include_str!("../migrations/0007_scavenge.sql"),
 ];
 
 /// The schema version this build creates and reads.

@@ -306,6 +306,22 @@ impl<S: EventStore + ?Sized> EventStore for Instrumented<S> {
         result
     }
 
+    async fn scavenge(&self, limit: usize, dry_run: bool) -> Result<crate::Scavenged> {
+        let backend = self.backend();
+        let span = span("scavenge", backend, None);
+        let started = Instant::now();
+        let result = self
+            .inner
+            .scavenge(limit, dry_run)
+            .instrument(span.clone())
+            .await;
+        let (count, bytes) = result
+            .as_ref()
+            .map_or((0, 0), |s| (s.events as usize, s.bytes as usize));
+        finish(&span, "scavenge", backend, started, count, bytes, &result);
+        result
+    }
+
     async fn head_position(&self) -> Result<Option<Position>> {
         let backend = self.backend();
         let span = span("head_position", backend, None);

@@ -103,8 +103,8 @@ pub use read_model::{
 pub use shred::{Shredding, SqlKeys};
 pub use store::{
     deletions_stream, AllPage, AppendAt, AppendResult, Capabilities, DeleteMode, Direction,
-    EventStore, Filter, Head, HeadSnapshot, Partition, ReadStream, StreamAppend, SubscribeOptions,
-    CONFLICT_EVENTS, STREAM_DELETED, STREAM_TRUNCATED,
+    EventStore, Filter, Head, HeadSnapshot, Partition, ReadStream, Scavenged, StreamAppend,
+    SubscribeOptions, CONFLICT_EVENTS, STREAM_DELETED, STREAM_TRUNCATED,
 };
 pub use stream::{validate_category, StreamName, StreamNameError, MAX_STREAM_NAME_LEN};
 pub use subscribe::{subscribe, EventStoreExt, SubscribeExt, Subscription};

@@ -263,6 +263,10 @@ impl<S: EventStore + ?Sized> EventStore for Shredding<S> {
         self.inner.truncate_before(stream, before).await
     }
 
+    async fn scavenge(&self, limit: usize, dry_run: bool) -> Result<crate::Scavenged> {
+        self.inner.scavenge(limit, dry_run).await
+    }
+
     async fn await_visible(&self) -> Result<()> {
         self.inner.await_visible().await
     }

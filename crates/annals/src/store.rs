@@ -323,6 +323,17 @@ pub enum DeleteMode {
     Hard,
 }
 
+/// What [`EventStore::scavenge`] removed (or, in a dry run, would remove).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Scavenged {
+    /// Events removed.
+    pub events: u64,
+    /// Their data and metadata, in bytes.
+    pub bytes: u64,
+    /// Free space inside the database file afterwards, where the store can tell.
+    pub free_bytes: Option<u64>,
+}
+
 /// The event type of the system event a deletion writes.
 pub const STREAM_DELETED: &str = "$StreamDeleted";
 /// The event type of the system event a truncation writes.
@@ -559,6 +570,19 @@ pub trait EventStore: Send + Sync + 'static {
     /// [`Capabilities::deletion`] refuse with [`Error::Unsupported`].
     async fn truncate_before(&self, stream: &StreamName, before: Version) -> Result<Version> {
         let _ = (stream, before);
+        Err(Error::Unsupported {
+            backend: self.backend(),
+            capability: Capability::Deletion,
+        })
+    }
+
+    /// Removes physically at most `limit` of the events reads no longer show (truncated,
+    /// soft- or hard-deleted), in one transaction, online: call it again until it removes
+    /// none. With `dry_run` it only counts them. Nothing any read shows is touched, so
+    /// subscriptions and checkpoints are unaffected. Stores that cannot refuse with
+    /// [`Error::Unsupported`].
+    async fn scavenge(&self, limit: usize, dry_run: bool) -> Result<Scavenged> {
+        let _ = (limit, dry_run);
         Err(Error::Unsupported {
             backend: self.backend(),
             capability: Capability::Deletion,

@@ -71,3 +71,61 @@ pub(crate) async fn truncate(
     }
     Ok(())
 }
+
+/// `annals scavenge` arguments.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ScavengeArgs {
+    /// Only count what would be removed.
+    #[arg(long)]
+    dry_run: bool,
+    /// Events removed per transaction (the store stays online between them).
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+}
+
+/// `annals scavenge`: removes, in batches, the events reads no longer show.
+pub(crate) async fn scavenge(
+    store: &Arc<dyn EventStore>,
+    args: ScavengeArgs,
+    out: &Output,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(args.batch > 0, "--batch must be more than zero");
+    let planned = store.scavenge(usize::MAX, true).await?;
+    let mut done = annals::Scavenged::default();
+    if !args.dry_run {
+        let bar = crate::output::progress(Some(planned.events), "scavenging");
+        loop {
+            let step = store.scavenge(args.batch, false).await?;
+            done.events += step.events;
+            done.bytes += step.bytes;
+            done.free_bytes = step.free_bytes;
+            bar.inc(step.events);
+            if step.events == 0 {
+                break;
+            }
+        }
+        bar.finish_and_clear();
+    }
+    let (verb, report) = match args.dry_run {
+        true => ("would remove", planned),
+        false => ("removed", done),
+    };
+    if out.json {
+        out.line(&json!({
+            "dry_run": args.dry_run,
+            "events": report.events,
+            "bytes": report.bytes,
+            "free_bytes": report.free_bytes,
+        }));
+    } else {
+        let free = report
+            .free_bytes
+            .map(|b| format!("; {b} bytes now free inside the database file (VACUUM returns them to the file system)"))
+            .unwrap_or_default();
+        println!(
+            "{verb} {} events ({} bytes of data and metadata){free}",
+            report.events, report.bytes
+        );
+    }
+    Ok(())
+}

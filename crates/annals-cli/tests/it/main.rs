@@ -7,6 +7,7 @@ mod ops;
 mod otel;
 mod parked;
 mod rebuild;
+mod scavenge;
 mod serve;
 mod tls;
 
