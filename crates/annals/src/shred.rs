@@ -229,14 +229,31 @@ impl<S: EventStore + ?Sized> EventStore for Shredding<S> {
         stream: &'a StreamName,
         options: ReadStream,
     ) -> BoxStream<'a, Result<RecordedEvent>> {
+        // The events read together are opened together: one key lookup per subject per
+        // batch, not per event.
         self.inner
             .read_stream(stream, options)
-            .then(move |event| async move {
-                let mut event = [event?];
-                self.open(&mut event).await?;
-                let [event] = event;
-                Ok(event)
+            .ready_chunks(256)
+            .then(move |batch| async move {
+                let mut events = Vec::with_capacity(batch.len());
+                let mut failed = None;
+                for event in batch {
+                    match event {
+                        Ok(e) if failed.is_none() => events.push(e),
+                        Ok(_) => {}
+                        Err(e) => {
+                            failed.get_or_insert(e);
+                        }
+                    }
+                }
+                let mut out: Vec<Result<RecordedEvent>> = match self.open(&mut events).await {
+                    Ok(()) => events.into_iter().map(Ok).collect(),
+                    Err(e) => vec![Err(e)],
+                };
+                out.extend(failed.map(Err));
+                futures::stream::iter(out)
             })
+            .flatten()
             .boxed()
     }
 
@@ -384,23 +401,31 @@ impl<R: ReadModelStore + 'static> SubjectKeys for SqlKeys<R> {
     async fn keys(&self, subjects: &[String]) -> Result<HashMap<String, SubjectKey>> {
         self.ready().await?;
         let mut found = HashMap::new();
-        for subject in subjects {
+        // One query per 100 subjects.
+        for group in subjects.chunks(100) {
+            let placeholders: Vec<String> = (1..=group.len()).map(|i| format!("${i}")).collect();
+            let params: Vec<SqlValue> = group.iter().map(|s| SqlValue::Text(s.clone())).collect();
             let rows = self
                 .db
                 .query(
-                    "SELECT key FROM annals_subject_keys WHERE subject = $1",
-                    &[SqlValue::Text(subject.clone())],
+                    &format!(
+                        "SELECT subject, key FROM annals_subject_keys WHERE subject IN ({})",
+                        placeholders.join(", ")
+                    ),
+                    &params,
                 )
                 .await?;
-            if let Some(bytes) = rows
-                .first()
-                .and_then(|r| r.first())
-                .and_then(SqlValue::as_bytes)
-            {
+            for row in &rows {
+                let (Some(subject), Some(bytes)) = (
+                    row.first().and_then(SqlValue::as_str),
+                    row.get(1).and_then(SqlValue::as_bytes),
+                ) else {
+                    continue;
+                };
                 let key: SubjectKey = bytes.try_into().map_err(|_| {
                     Error::backend("keys", format!("the key of {subject:?} is not 32 bytes"))
                 })?;
-                found.insert(subject.clone(), key);
+                found.insert(subject.to_owned(), key);
             }
         }
         Ok(found)
