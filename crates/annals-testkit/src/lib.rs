@@ -153,6 +153,7 @@ macro_rules! conformance_suite {
             opposite_order_transactions_do_not_deadlock,
             import_keeps_events_and_order_and_resumes,
             deletion_soft_hard_and_truncate,
+            retention_max_count_and_age,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {

@@ -198,6 +198,12 @@ pub enum Error {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A retention policy is invalid.
+    #[error("invalid retention: {reason}")]
+    InvalidRetention {
+        /// What is wrong.
+        reason: String,
+    },
     /// A read-all or subscription filter is invalid.
     #[error("invalid filter: {reason}")]
     InvalidFilter {

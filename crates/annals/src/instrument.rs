@@ -306,6 +306,18 @@ impl<S: EventStore + ?Sized> EventStore for Instrumented<S> {
         result
     }
 
+    async fn set_retention(
+        &self,
+        scope: &crate::RetentionScope,
+        retention: crate::Retention,
+    ) -> Result<()> {
+        self.inner.set_retention(scope, retention).await
+    }
+
+    async fn retention(&self) -> Result<Vec<(crate::RetentionScope, crate::Retention)>> {
+        self.inner.retention().await
+    }
+
     async fn scavenge(&self, limit: usize, dry_run: bool) -> Result<crate::Scavenged> {
         let backend = self.backend();
         let span = span("scavenge", backend, None);

@@ -65,6 +65,7 @@ mod feed;
 mod idempotency;
 mod instrument;
 mod lease;
+mod lifecycle;
 mod memory;
 pub mod personal;
 mod projection;
@@ -92,6 +93,10 @@ pub use error::{
 pub use event::{EventData, RecordedEvent, DEFAULT_MAX_EVENT_BYTES, MAX_EVENT_TYPE_LEN};
 pub use feed::{Backoff, Feed, FeedOptions, FeedPage};
 pub use instrument::{process_totals, Instrumented};
+pub use lifecycle::{
+    deletions_stream, DeleteMode, Retention, RetentionScope, Scavenged, STREAM_DELETED,
+    STREAM_TRUNCATED,
+};
 pub use lease::{fair_share, GroupMember, LeaseStore, Leases, MemoryLeases};
 pub use memory::{Commit, MemoryStore};
 pub use personal::{MemoryKeys, Personal, SubjectKeys};
@@ -102,9 +107,9 @@ pub use read_model::{
 };
 pub use shred::{Shredding, SqlKeys};
 pub use store::{
-    deletions_stream, AllPage, AppendAt, AppendResult, Capabilities, DeleteMode, Direction,
-    EventStore, Filter, Head, HeadSnapshot, Partition, ReadStream, Scavenged, StreamAppend,
-    SubscribeOptions, CONFLICT_EVENTS, STREAM_DELETED, STREAM_TRUNCATED,
+    AllPage, AppendAt, AppendResult, Capabilities, Direction,
+    EventStore, Filter, Head, HeadSnapshot, Partition, ReadStream, StreamAppend,
+    SubscribeOptions, CONFLICT_EVENTS,
 };
 pub use stream::{validate_category, StreamName, StreamNameError, MAX_STREAM_NAME_LEN};
 pub use subscribe::{subscribe, EventStoreExt, SubscribeExt, Subscription};

@@ -16,10 +16,12 @@ use crate::error::Result;
 use crate::event::{validate_batch, validate_many, DEFAULT_MAX_EVENT_BYTES};
 use crate::idempotency::{self, Found, Verdict};
 use crate::store::{
-    AllPage, AppendResult, Capabilities, DeleteMode, Direction, EventStore, Filter, Head,
+    AllPage, AppendResult, Capabilities, Direction, EventStore, Filter, Head,
     HeadSnapshot, ReadStream, StreamAppend,
 };
-use crate::{EventData, ExpectedVersion, Position, RecordedEvent, StreamName, Timestamp, Version};
+use crate::{
+    DeleteMode, EventData, ExpectedVersion, Position, RecordedEvent, StreamName, Timestamp, Version,
+};
 
 /// One committed append, as sent to [`MemoryStore::commits`] receivers.
 #[derive(Debug, Clone)]
@@ -45,6 +47,8 @@ struct Inner {
     snapshots: HashMap<StreamName, HeadSnapshot>,
     /// Truncated, soft-deleted and hard-deleted streams.
     tombs: HashMap<StreamName, Tomb>,
+    /// Retention policies.
+    policies: std::collections::BTreeMap<crate::RetentionScope, crate::Retention>,
     observers: Vec<mpsc::UnboundedSender<Commit>>,
 }
 
@@ -71,12 +75,46 @@ impl Inner {
         self.tombs.get(stream).map_or(0, |t| t.before)
     }
 
-    /// Whether reads show `event`.
-    fn visible(&self, event: &RecordedEvent) -> bool {
-        match self.tombs.get(&event.stream) {
+    /// Whether reads show `event` at `now`.
+    fn visible(&self, event: &RecordedEvent, now: Timestamp) -> bool {
+        let kept = match self.policy(&event.stream) {
+            Some(p) => !p.expires(event, self.version(&event.stream).get(), now),
+            None => true,
+        };
+        kept && match self.tombs.get(&event.stream) {
             None => true,
             Some(t) => !t.hard && event.stream_version >= t.before,
         }
+    }
+
+    /// The first version reads show at `now`: after truncation and after the events
+    /// retention expires (always the oldest ones).
+    fn floor(&self, stream: &StreamName, now: Timestamp) -> u64 {
+        let start = self.start(stream);
+        let Some(policy) = self.policy(stream) else {
+            return start;
+        };
+        let indexes = self.streams.get(stream).map_or(&[][..], Vec::as_slice);
+        let version = indexes.len() as u64;
+        let expired = indexes[(start as usize).min(indexes.len())..]
+            .iter()
+            .take_while(|&&i| policy.expires(&self.log[i], version, now))
+            .count();
+        start + expired as u64
+    }
+
+    /// The retention policy of `stream`: its own, else its category's.
+    fn policy(&self, stream: &StreamName) -> Option<crate::Retention> {
+        if self.policies.is_empty() {
+            return None;
+        }
+        self.policies
+            .get(&crate::RetentionScope::Stream(stream.clone()))
+            .or_else(|| {
+                self.policies
+                    .get(&crate::RetentionScope::Category(stream.category().to_owned()))
+            })
+            .copied()
     }
 
     /// Records a system event about `stream` in its deletions stream.
@@ -371,12 +409,19 @@ impl EventStore for MemoryStore {
     async fn read_head(&self, stream: &StreamName, limit: usize) -> Result<Head> {
         let inner = self.lock();
         inner.alive(stream)?;
-        let snapshot = inner.snapshots.get(stream).cloned();
+        // A snapshot holds the state of every event before it: not one retention hides
+        // (deletion and truncation drop it).
+        let snapshot = inner
+            .snapshots
+            .get(stream)
+            .filter(|_| inner.policy(stream).is_none())
+            .cloned();
         let indexes = inner.streams.get(stream).map_or(&[][..], Vec::as_slice);
         let from = snapshot
             .as_ref()
             .map_or(0, |s| s.version.get() as usize)
-            .max(inner.start(stream) as usize);
+            .max(inner.floor(stream, Timestamp::now()) as usize)
+            .min(indexes.len());
         let events = indexes[from..]
             .iter()
             .take(limit)
@@ -432,6 +477,8 @@ impl EventStore for MemoryStore {
                 // Never written (nothing to hide), or already soft-deleted at this version.
                 return Ok(version);
             }
+            // A snapshot holds the state of the events now hidden.
+            inner.snapshots.remove(stream);
             inner.tombs.insert(
                 stream.clone(),
                 Tomb {
@@ -458,6 +505,7 @@ impl EventStore for MemoryStore {
             if before <= start {
                 return Ok(Version(start));
             }
+            inner.snapshots.remove(stream);
             inner.tombs.entry(stream.clone()).or_default().before = before;
             inner.record(
                 stream,
@@ -467,6 +515,30 @@ impl EventStore for MemoryStore {
         }
         self.changes.send_replace(());
         Ok(Version(self.lock().start(stream)))
+    }
+
+    async fn set_retention(
+        &self,
+        scope: &crate::RetentionScope,
+        retention: crate::Retention,
+    ) -> Result<()> {
+        retention.validate()?;
+        let mut inner = self.lock();
+        if retention.keeps_all() {
+            inner.policies.remove(scope);
+        } else {
+            inner.policies.insert(scope.clone(), retention);
+        }
+        Ok(())
+    }
+
+    async fn retention(&self) -> Result<Vec<(crate::RetentionScope, crate::Retention)>> {
+        Ok(self
+            .lock()
+            .policies
+            .iter()
+            .map(|(s, r)| (s.clone(), *r))
+            .collect())
     }
 
     fn read_stream<'a>(
@@ -480,8 +552,18 @@ impl EventStore for MemoryStore {
                 return stream::iter([Err(e)]).boxed();
             }
             let indexes = inner.streams.get(stream).map_or(&[][..], Vec::as_slice);
-            let (start, end) = options.index_range(indexes.len() as u64);
-            let start = start.max(inner.start(stream)).min(end);
+            // The range of the versions reads show, from the stream's floor.
+            let floor = inner.floor(stream, Timestamp::now());
+            let from = match (options.direction, options.from) {
+                (Direction::Forward, from) => Some(from.map_or(floor, |v| v.get().max(floor))),
+                (Direction::Backward, from) => from.map(Version::get),
+            };
+            let visible = ReadStream {
+                from: from.map(Version),
+                ..options
+            };
+            let (start, end) = visible.index_range(indexes.len() as u64);
+            let start = start.max(floor).min(end);
             let slice = indexes[start as usize..end as usize]
                 .iter()
                 .map(|&i| inner.log[i].clone());
@@ -496,6 +578,7 @@ impl EventStore for MemoryStore {
     async fn read_all(&self, from: Position, filter: &Filter, limit: usize) -> Result<AllPage> {
         filter.validate()?;
         let inner = self.lock();
+        let now = Timestamp::now();
         let start = usize::try_from(from.raw())
             .unwrap_or(usize::MAX)
             .min(inner.log.len());
@@ -510,7 +593,7 @@ impl EventStore for MemoryStore {
                 break;
             }
             page.next = event.position;
-            if filter.matches(event) && inner.visible(event) {
+            if filter.matches(event) && inner.visible(event, now) {
                 page.events.push(event.clone());
             }
         }

@@ -284,6 +284,18 @@ impl<S: EventStore + ?Sized> EventStore for Shredding<S> {
         self.inner.scavenge(limit, dry_run).await
     }
 
+    async fn set_retention(
+        &self,
+        scope: &crate::RetentionScope,
+        retention: crate::Retention,
+    ) -> Result<()> {
+        self.inner.set_retention(scope, retention).await
+    }
+
+    async fn retention(&self) -> Result<Vec<(crate::RetentionScope, crate::Retention)>> {
+        self.inner.retention().await
+    }
+
     async fn await_visible(&self) -> Result<()> {
         self.inner.await_visible().await
     }

@@ -7,6 +7,7 @@ use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Capability, Error, Result};
+use crate::lifecycle::{DeleteMode, Retention, RetentionScope, Scavenged};
 use crate::{EventData, ExpectedVersion, Position, RecordedEvent, StreamName, Version};
 
 /// What an append recorded.
@@ -311,43 +312,6 @@ pub struct AllPage {
     pub end: bool,
 }
 
-/// How [`EventStore::delete_stream`] deletes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DeleteMode {
-    /// The stream reads as empty (its events are hidden from every read, read-all and
-    /// subscriptions included); a later append continues after its last version, as in
-    /// KurrentDB. The same as truncating before its version.
-    Soft,
-    /// A tombstone: the name can never be written again (appends, reads and truncation fail
-    /// with [`Error::StreamDeleted`]), and its events are hidden from read-all.
-    Hard,
-}
-
-/// What [`EventStore::scavenge`] removed (or, in a dry run, would remove).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Scavenged {
-    /// Events removed.
-    pub events: u64,
-    /// Their data and metadata, in bytes.
-    pub bytes: u64,
-    /// Free space inside the database file afterwards, where the store can tell.
-    pub free_bytes: Option<u64>,
-}
-
-/// The event type of the system event a deletion writes.
-pub const STREAM_DELETED: &str = "$StreamDeleted";
-/// The event type of the system event a truncation writes.
-pub const STREAM_TRUNCATED: &str = "$StreamTruncated";
-
-/// The system stream where deletions and truncations of `stream` are recorded (as
-/// [`STREAM_DELETED`] and [`STREAM_TRUNCATED`] events, data `{"stream", "version",
-/// "hard"}` and `{"stream", "before"}`): `{category}-$deleted`, in the same category so a
-/// category's projections and reactors see them. Ids starting with `$` are reserved.
-pub fn deletions_stream(stream: &StreamName) -> StreamName {
-    StreamName::new(format!("{}-$deleted", stream.category()))
-        .expect("a valid category makes a valid system stream name")
-}
-
 /// What a backend can do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -576,8 +540,25 @@ pub trait EventStore: Send + Sync + 'static {
         })
     }
 
+    /// Sets the retention policy of a category or one stream ([`Retention`]; one that
+    /// keeps all removes the scope's policy, so a stream falls back to its category's).
+    /// Takes effect on every read at once. Stores without [`Capabilities::deletion`]
+    /// refuse with [`Error::Unsupported`].
+    async fn set_retention(&self, scope: &RetentionScope, retention: Retention) -> Result<()> {
+        let _ = (scope, retention);
+        Err(Error::Unsupported {
+            backend: self.backend(),
+            capability: Capability::Deletion,
+        })
+    }
+
+    /// Every retention policy set, by scope.
+    async fn retention(&self) -> Result<Vec<(RetentionScope, Retention)>> {
+        Ok(Vec::new())
+    }
+
     /// Removes physically at most `limit` of the events reads no longer show (truncated,
-    /// soft- or hard-deleted), in one transaction, online: call it again until it removes
+    /// soft- or hard-deleted, expired by retention), in one transaction, online: call it again until it removes
     /// none. With `dry_run` it only counts them. Nothing any read shows is touched, so
     /// subscriptions and checkpoints are unaffected. Stores that cannot refuse with
     /// [`Error::Unsupported`].

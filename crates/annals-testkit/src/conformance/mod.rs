@@ -486,6 +486,7 @@ mod coordination;
 mod copies;
 mod deletion;
 mod feed;
+mod retention;
 mod transactions;
 
 pub use append_at::*;
@@ -494,4 +495,5 @@ pub use coordination::*;
 pub use copies::*;
 pub use deletion::*;
 pub use feed::*;
+pub use retention::*;
 pub use transactions::*;

@@ -1,0 +1,181 @@
+//! Stream lifecycle: deletion, truncation, retention and scavenging (the types; the
+//! operations are on [`EventStore`](crate::EventStore)).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{validate_category, Error, RecordedEvent, Result, StreamName, Timestamp};
+
+/// How [`EventStore::delete_stream`] deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeleteMode {
+    /// The stream reads as empty (its events are hidden from every read, read-all and
+    /// subscriptions included); a later append continues after its last version, as in
+    /// KurrentDB. The same as truncating before its version.
+    Soft,
+    /// A tombstone: the name can never be written again (appends, reads and truncation fail
+    /// with [`Error::StreamDeleted`]), and its events are hidden from read-all.
+    Hard,
+}
+
+/// What [`EventStore::scavenge`] removed (or, in a dry run, would remove).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Scavenged {
+    /// Events removed.
+    pub events: u64,
+    /// Their data and metadata, in bytes.
+    pub bytes: u64,
+    /// Free space inside the database file afterwards, where the store can tell.
+    pub free_bytes: Option<u64>,
+}
+
+/// The event type of the system event a deletion writes.
+pub const STREAM_DELETED: &str = "$StreamDeleted";
+/// The event type of the system event a truncation writes.
+pub const STREAM_TRUNCATED: &str = "$StreamTruncated";
+
+/// The system stream where deletions and truncations of `stream` are recorded (as
+/// [`STREAM_DELETED`] and [`STREAM_TRUNCATED`] events, data `{"stream", "version",
+/// "hard"}` and `{"stream", "before"}`): `{category}-$deleted`, in the same category so a
+/// category's projections and reactors see them. Ids starting with `$` are reserved.
+pub fn deletions_stream(stream: &StreamName) -> StreamName {
+    StreamName::new(format!("{}-$deleted", stream.category()))
+        .expect("a valid category makes a valid system stream name")
+}
+
+/// What a retention policy applies to: every stream of a category, or one stream (whose
+/// own policy replaces its category's).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum RetentionScope {
+    /// Every stream of the category, existing or created later.
+    Category(String),
+    /// One stream.
+    Stream(StreamName),
+}
+
+impl RetentionScope {
+    /// A category's scope, validated.
+    pub fn category(category: impl Into<String>) -> Result<Self> {
+        let category = category.into();
+        validate_category(&category)?;
+        Ok(Self::Category(category))
+    }
+
+    /// The category or stream name.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Category(c) => c,
+            Self::Stream(s) => s.as_str(),
+        }
+    }
+}
+
+impl std::fmt::Display for RetentionScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Category(c) => write!(f, "category {c}"),
+            Self::Stream(s) => write!(f, "stream {s}"),
+        }
+    }
+}
+
+/// How long a stream's events are kept: the last `max_count`, and those recorded within
+/// `max_age`. Reads, read-all and subscriptions stop showing an expired event at once
+/// (logically: until a scavenge removes it, widening the policy shows it again);
+/// [`EventStore::scavenge`](crate::EventStore::scavenge) removes expired events
+/// physically. Versions never move back. `Retention::default()` keeps everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Retention {
+    /// Events recorded longer ago than this are expired.
+    pub max_age: Option<Duration>,
+    /// Only the stream's last `max_count` events are kept.
+    pub max_count: Option<u64>,
+}
+
+/// The longest max age a store records (about 292,000 years, in microseconds).
+const MAX_AGE_MICROS: u128 = i64::MAX as u128;
+
+impl Retention {
+    /// Keeps events recorded within `max_age`.
+    pub fn max_age(max_age: Duration) -> Self {
+        Self {
+            max_age: Some(max_age),
+            max_count: None,
+        }
+    }
+
+    /// Keeps the stream's last `max_count` events.
+    pub fn max_count(max_count: u64) -> Self {
+        Self {
+            max_age: None,
+            max_count: Some(max_count),
+        }
+    }
+
+    /// Whether the policy keeps everything (setting it removes a scope's policy).
+    pub fn keeps_all(&self) -> bool {
+        self.max_age.is_none() && self.max_count.is_none()
+    }
+
+    /// Refuses a policy no store can hold: a zero max age or count (delete the stream
+    /// instead), or ages beyond what a store records.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |reason: &str| {
+            Err(Error::InvalidRetention {
+                reason: reason.to_owned(),
+            })
+        };
+        match (self.max_age, self.max_count) {
+            (Some(age), _) if age.as_micros() == 0 => {
+                invalid("max age must be at least one microsecond (delete the stream to hide all of it)")
+            }
+            (Some(age), _) if age.as_micros() > MAX_AGE_MICROS => {
+                invalid("max age is too long (at most about 292,000 years)")
+            }
+            (_, Some(0)) => invalid("max count must be at least 1 (delete the stream to hide all of it)"),
+            (_, Some(n)) if n > i64::MAX as u64 => invalid("max count is too large"),
+            _ => Ok(()),
+        }
+    }
+
+    /// The max age in microseconds, as SQL stores record it.
+    pub fn max_age_micros(&self) -> Option<i64> {
+        self.max_age
+            .map(|a| a.as_micros().min(MAX_AGE_MICROS) as i64)
+    }
+
+    /// The policy from the microseconds and count SQL stores record.
+    pub fn from_micros(max_age: Option<i64>, max_count: Option<i64>) -> Self {
+        Self {
+            max_age: max_age.map(|m| Duration::from_micros(m.max(0) as u64)),
+            max_count: max_count.map(|c| c.max(0) as u64),
+        }
+    }
+
+    /// Whether the policy hides `event` of a stream at `version`, at `now`.
+    pub fn expires(&self, event: &RecordedEvent, version: u64, now: Timestamp) -> bool {
+        if let Some(n) = self.max_count {
+            if event.stream_version < version.saturating_sub(n) {
+                return true;
+            }
+        }
+        match self.max_age_micros() {
+            Some(age) => event.recorded_at.unix_micros() < now.unix_micros().saturating_sub(age),
+            None => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Retention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.max_age, self.max_count) {
+            (None, None) => write!(f, "keep all"),
+            (Some(a), None) => write!(f, "max age {}", humantime::format_duration(a)),
+            (None, Some(n)) => write!(f, "max count {n}"),
+            (Some(a), Some(n)) => {
+                write!(f, "max age {}, max count {n}", humantime::format_duration(a))
+            }
+        }
+    }
+}
