@@ -64,7 +64,8 @@ pub(crate) fn delete(
     let changed = match found {
         Some(_) => conn
             .prepare_cached(
-                "UPDATE annals_streams SET start = version, tombstone = ?2 WHERE name = ?1",
+                "UPDATE annals_streams SET start = version, tombstone = ?2, snapshot = NULL, \
+                 snapshot_version = NULL WHERE name = ?1",
             )
             .and_then(|mut s| s.execute(params![stream.as_str(), i64::from(hard)])),
         None => conn
@@ -99,7 +100,10 @@ pub(crate) fn truncate(conn: &Connection, stream: &StreamName, before: Version) 
     if before <= start {
         return Ok(Version(start));
     }
-    conn.prepare_cached("UPDATE annals_streams SET start = ?2 WHERE name = ?1")
+    conn.prepare_cached(
+        "UPDATE annals_streams SET start = ?2, snapshot = NULL, snapshot_version = NULL \
+         WHERE name = ?1",
+    )
         .and_then(|mut s| s.execute(params![stream.as_str(), before as i64]))
         .map_err(backend)?;
     record_system(
@@ -111,16 +115,23 @@ pub(crate) fn truncate(conn: &Connection, stream: &StreamName, before: Version) 
     Ok(Version(before))
 }
 
-/// Removes at most `limit` events that reads no longer show (below a stream's start, or of
-/// a tombstone), or only counts them with `dry_run`: how many, and their bytes.
+/// Removes at most `limit` events that reads no longer show (below a stream's start, of a
+/// tombstone, or expired by retention), or only counts them with `dry_run`: how many, and
+/// their bytes.
 pub(crate) fn scavenge(conn: &Connection, limit: u64, dry_run: bool) -> Result<(u64, u64)> {
-    let streams: Vec<(i64, i64)> = conn
+    // Per stream: the version below which every event goes, and below which (by count)
+    // or before when (by age) retention expires them.
+    let streams: Vec<(i64, i64, i64, i64)> = conn
         .prepare_cached(
-            "SELECT stream_id, CASE WHEN tombstone = 1 THEN version ELSE start END \
-             FROM annals_streams WHERE start > 0 OR tombstone = 1",
+            "SELECT stream_id, CASE WHEN tombstone = 1 THEN version ELSE start END, \
+             CASE WHEN max_count IS NULL THEN 0 ELSE version - max_count END, \
+             CASE WHEN max_age IS NULL THEN -9223372036854775807 ELSE \
+                  CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER) - max_age END \
+             FROM annals_streams \
+             WHERE start > 0 OR tombstone = 1 OR max_count IS NOT NULL OR max_age IS NOT NULL",
         )
         .and_then(|mut s| {
-            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
                 .collect::<rusqlite::Result<Vec<_>>>()
         })
         .map_err(backend)?;
@@ -129,29 +140,30 @@ pub(crate) fn scavenge(conn: &Connection, limit: u64, dry_run: bool) -> Result<(
         conn.execute("INSERT INTO annals_scavenging (token) VALUES (1)", [])
             .map_err(backend)?;
     }
-    for (stream_id, below) in streams {
+    const GONE: &str = "stream_id = ?1 AND (stream_version < ?2 OR stream_version < ?3 \
+                        OR recorded_at < ?4) LIMIT ?5";
+    for (stream_id, below, kept_from, cutoff) in streams {
         if events >= limit {
             break;
         }
         let left = (limit - events) as i64;
         let (n, b): (i64, i64) = conn
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "SELECT count(*), coalesce(sum(length(data) + coalesce(length(metadata), 0)), 0) \
-                 FROM (SELECT data, metadata FROM annals_events \
-                       WHERE stream_id = ?1 AND stream_version < ?2 LIMIT ?3)",
-            )
+                 FROM (SELECT data, metadata FROM annals_events WHERE {GONE})"
+            ))
             .and_then(|mut s| {
-                s.query_row(params![stream_id, below, left], |r| {
+                s.query_row(params![stream_id, below, kept_from, cutoff, left], |r| {
                     Ok((r.get(0)?, r.get(1)?))
                 })
             })
             .map_err(backend)?;
         if n > 0 && !dry_run {
-            conn.prepare_cached(
-                "DELETE FROM annals_events WHERE position IN (SELECT position FROM annals_events \
-                 WHERE stream_id = ?1 AND stream_version < ?2 LIMIT ?3)",
-            )
-            .and_then(|mut s| s.execute(params![stream_id, below, left]))
+            conn.prepare_cached(&format!(
+                "DELETE FROM annals_events WHERE position IN \
+                 (SELECT position FROM annals_events WHERE {GONE})"
+            ))
+            .and_then(|mut s| s.execute(params![stream_id, below, kept_from, cutoff, left]))
             .map_err(backend)?;
         }
         events += n as u64;

@@ -27,6 +27,7 @@ mod delete;
 mod error;
 mod read;
 mod read_model;
+mod retention;
 mod schema;
 mod writer;
 
@@ -217,6 +218,26 @@ impl EventStore for SqliteStore {
             })
         })
         .await
+    }
+
+    async fn set_retention(
+        &self,
+        scope: &annals::RetentionScope,
+        retention: annals::Retention,
+    ) -> Result<()> {
+        retention.validate()?;
+        let scope = scope.clone();
+        self.write(move |conn| retention::set(&writer::lock(conn), &scope, retention))
+            .await?;
+        self.shared.changes.send_replace(());
+        Ok(())
+    }
+
+    async fn retention(&self) -> Result<Vec<(annals::RetentionScope, annals::Retention)>> {
+        self.shared
+            .readers
+            .with(|conn| retention::list(conn).map_err(backend))
+            .await
     }
 
     async fn truncate_before(&self, stream: &StreamName, before: Version) -> Result<Version> {

@@ -37,7 +37,9 @@ macro_rules! select_stream_page {
             "SELECT e.position, NULL, e.stream_version, e.recorded_at, e.event_type, e.data, \
              e.metadata, e.event_id, e.correlation_id, e.causation_id FROM annals_streams s \
              CROSS JOIN annals_events e ON e.stream_id = s.stream_id \
-             WHERE s.name = ?1 AND s.tombstone = 0 AND e.stream_version >= s.start AND ",
+             WHERE s.name = ?1 AND ",
+            crate::retention::shown!(),
+            " AND ",
             $range
         )
     };
@@ -154,7 +156,8 @@ pub(crate) fn read_head(conn: &mut Connection, stream: &str, limit: usize) -> Re
     let tx = conn.transaction().map_err(backend)?;
     let row = tx
         .prepare_cached(
-            "SELECT stream_id, version, snapshot, snapshot_version, start, tombstone FROM annals_streams WHERE name = ?1",
+            "SELECT stream_id, version, snapshot, snapshot_version, start, tombstone, \
+             max_age IS NOT NULL OR max_count IS NOT NULL FROM annals_streams WHERE name = ?1",
         )
         .and_then(|mut s| {
             s.query_row([stream], |r| {
@@ -165,12 +168,13 @@ pub(crate) fn read_head(conn: &mut Connection, stream: &str, limit: usize) -> Re
                     r.get::<_, Option<i64>>(3)?,
                     r.get::<_, i64>(4)?,
                     r.get::<_, i64>(5)? == 1,
+                    r.get::<_, bool>(6)?,
                 ))
             })
             .optional()
         })
         .map_err(backend)?;
-    let Some((stream_id, version, data, at, start, tombstone)) = row else {
+    let Some((stream_id, version, data, at, start, tombstone, retained)) = row else {
         return Ok(Head::default());
     };
     if tombstone {
@@ -178,7 +182,8 @@ pub(crate) fn read_head(conn: &mut Connection, stream: &str, limit: usize) -> Re
             stream: StreamName::new(stream).map_err(backend)?,
         });
     }
-    let snapshot = data.zip(at).map(|(data, at)| HeadSnapshot {
+    // A snapshot holds the state of every event before it: not one retention hides.
+    let snapshot = data.zip(at).filter(|_| !retained).map(|(data, at)| HeadSnapshot {
         version: Version(at as u64),
         data,
     });
@@ -188,7 +193,9 @@ pub(crate) fn read_head(conn: &mut Connection, stream: &str, limit: usize) -> Re
         .max(start);
     let events = tx
         .prepare_cached(&format!(
-            "{SELECT} WHERE e.stream_id = ?1 AND e.stream_version >= ?2 ORDER BY e.stream_version LIMIT ?3"
+            "{SELECT} WHERE e.stream_id = ?1 AND e.stream_version >= ?2 AND {} \
+             ORDER BY e.stream_version LIMIT ?3",
+            crate::retention::shown!()
         ))
         .and_then(|mut s| {
             s.query_map(rusqlite::params![stream_id, from, limit.min(i64::MAX as usize) as i64], event)?
@@ -299,9 +306,10 @@ pub(crate) fn read_all(
     limit: usize,
 ) -> Result<AllPage> {
     let from_raw = i64::try_from(annals::backend::raw_position(from)).unwrap_or(i64::MAX);
-    // Truncated and deleted events are not shown.
+    // Truncated, deleted and expired events are not shown.
     let mut sql = format!(
-        "{SELECT_ALL} WHERE e.position > ? AND e.stream_version >= s.start AND s.tombstone = 0"
+        "{SELECT_ALL} WHERE e.position > ? AND {}",
+        crate::retention::shown!()
     );
     let mut args: Vec<rusqlite::types::Value> = vec![from_raw.into()];
     let placeholders = |n: usize| vec!["?"; n].join(", ");

@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0005_parked.sql"),
     include_str!("../migrations/0006_deletion.sql"),
     include_str!("../migrations/0007_scavenge.sql"),
+    include_str!("../migrations/0008_retention.sql"),
 ];
 
 /// The schema version this build creates and reads.
