@@ -62,6 +62,9 @@ enum Command {
     Truncate(commands::delete::TruncateArgs),
     /// Remove for good, in batches and online, the events reads no longer show.
     Scavenge(commands::delete::ScavengeArgs),
+    /// How long a category's or stream's events are kept (max age, max count).
+    #[command(subcommand)]
+    Retention(commands::retention::RetentionCommand),
     /// Write every event (of some categories, after a position) as JSON lines.
     Dump(commands::dump::FeedArgs),
     /// Follow new events as they are written, until interrupted.
@@ -158,6 +161,7 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             Command::Delete(args) => delete::delete(events, args, &out).await,
             Command::Truncate(args) => delete::truncate(events, args, &out).await,
             Command::Scavenge(args) => delete::scavenge(events, args, &out).await,
+            Command::Retention(command) => retention::run(events, command, &out).await,
             Command::Dump(args) => dump::run(events, args, &out).await,
             Command::Tail(args) => tail::run(events, args, &out).await,
             Command::Stats => stats::run(events, &checkpoints, &out).await,

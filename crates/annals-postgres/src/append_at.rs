@@ -27,6 +27,11 @@ impl PgStore {
                     self.wake();
                     return Ok(AppendAt::Written(written));
                 }
+                group::Answer::Deleted => {
+                    return Err(Error::StreamDeleted {
+                        stream: stream.clone(),
+                    })
+                }
                 group::Answer::Retry => {
                     races += 1;
                     continue;

@@ -65,8 +65,17 @@ pub(crate) fn connect_error(target: String, e: deadpool_postgres::PoolError) -> 
 /// A store error from a driver or pool error; connection-level and contention failures are
 /// marked transient ([`annals::Transient`]).
 pub(crate) fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> annals::Error {
-    let e = e.into();
-    if is_transient(&*e) {
+    let mut e = e.into();
+    let transient = is_transient(&*e);
+    // The driver says only "db error"; the server's message is what a user needs.
+    if let Some(db) = e
+        .downcast_ref::<tokio_postgres::Error>()
+        .and_then(|pg| pg.as_db_error())
+    {
+        let message = format!("{db}");
+        e = Box::new(Detailed { message, source: e });
+    }
+    if transient {
         annals::Error::transient("postgres", e)
     } else {
         annals::Error::backend("postgres", e)
@@ -104,4 +113,13 @@ fn is_transient(e: &(dyn std::error::Error + 'static)) -> bool {
         source = s.source();
     }
     false
+}
+
+/// A driver error shown with the server's message.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct Detailed {
+    message: String,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
 }

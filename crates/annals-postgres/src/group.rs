@@ -44,6 +44,8 @@ pub(crate) enum Answer {
     /// Lost the transaction-id race on the stream row (or a deadlock was broken): try
     /// again in a new group.
     Retry,
+    /// The stream is a tombstone.
+    Deleted,
 }
 
 struct Request {
@@ -110,6 +112,11 @@ impl PgStore {
                     return Ok(r);
                 }
                 Answer::Retry => races += 1,
+                Answer::Deleted => {
+                    return Err(Error::StreamDeleted {
+                        stream: stream.clone(),
+                    })
+                }
                 Answer::Refused { .. } | Answer::Recorded => {
                     let client = self.client().await?;
                     match self.classify(&client, stream, expected, &events).await? {
@@ -255,6 +262,7 @@ impl PgStore {
                 }
                 3 => *slot = Some(Answer::Recorded),
                 4 => *slot = Some(Answer::Retry),
+                5 => *slot = Some(Answer::Deleted),
                 other => return Err(backend(format!("append_group status {other}"))),
             }
         }

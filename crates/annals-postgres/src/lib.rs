@@ -37,6 +37,7 @@ mod config;
 mod coordination;
 mod error;
 mod group;
+mod lifecycle;
 mod listen;
 mod projection;
 mod read_model;
@@ -83,6 +84,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0008_partitions_parked.sql"),
     include_str!("../migrations/0009_append_group.sql"),
     include_str!("../migrations/0010_no_event_stream_fk.sql"),
+    include_str!("../migrations/0011_lifecycle.sql"),
 ];
 
 /// Connections kept for `read_all` (subscriptions and pipelines), apart from the pool
@@ -565,6 +567,9 @@ impl PgStore {
                     last_position: pack(tx, row.get(3)),
                 }))
             }
+            5 => Err(Error::StreamDeleted {
+                stream: stream.clone(),
+            }),
             // Not admitted: a conflict, unless the batch is a retry of what is stored.
             _ => Ok(None),
         }
@@ -661,7 +666,12 @@ impl PgStore {
             )
             .await
             .map_err(backend)?;
-        Ok(Version(row.map_or(0, |r| r.get::<_, i64>(0) as u64)))
+        match row {
+            Some(r) if r.get::<_, bool>(1) => Err(Error::StreamDeleted {
+                stream: stream.clone(),
+            }),
+            row => Ok(Version(row.map_or(0, |r| r.get::<_, i64>(0) as u64))),
+        }
     }
 }
 

@@ -37,6 +37,12 @@ pub(crate) struct Sql {
 const EVENT_COLUMNS: &str = "e.tx_id, e.position, s.name, e.stream_version, e.recorded_at, \
      e.event_type, e.data, e.metadata, e.event_id, e.correlation_id, e.causation_id";
 
+/// The events reads show of stream `s` (`e` its event): not truncated or deleted, not
+/// expired by retention (migration 11).
+const SHOWN: &str = "NOT s.tombstone AND e.stream_version >= s.start \
+     AND (s.max_count IS NULL OR e.stream_version >= s.version - s.max_count) \
+     AND (s.max_age IS NULL OR e.recorded_at >= now() - s.max_age * interval '1 microsecond')";
+
 /// The same for reads of one stream, whose name the reader knows (`event_in`).
 const STREAM_EVENT_COLUMNS: &str = "e.tx_id, e.position, NULL::text, e.stream_version, \
      e.recorded_at, e.event_type, e.data, e.metadata, e.event_id, e.correlation_id, \
@@ -52,18 +58,24 @@ impl Sql {
             append_group: format!("SELECT * FROM {schema}.append_group($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"),
             // One statement: the head row, then the events from the snapshot on (the
             // snapshot itself only on the first row).
+            // A snapshot holds the state of every event before it, so none is used for a
+            // stream under retention; the events are those reads show. A tombstone answers
+            // `tombstone` true.
             read_head: format!(
-                "SELECT s.version, s.snapshot_version, \
-                 CASE WHEN e.stream_version IS NULL OR e.stream_version = coalesce(s.snapshot_version, 0) THEN s.snapshot END, \
-                 {EVENT_COLUMNS} FROM {schema}.streams s LEFT JOIN LATERAL \
+                "SELECT s.version, h.version, \
+                 CASE WHEN e.stream_version IS NULL OR e.stream_version = coalesce(h.version, 0) THEN h.data END, \
+                 {EVENT_COLUMNS}, s.tombstone FROM {schema}.streams s \
+                 CROSS JOIN LATERAL (SELECT CASE WHEN s.max_age IS NULL AND s.max_count IS NULL THEN s.snapshot_version END AS version, \
+                                            CASE WHEN s.max_age IS NULL AND s.max_count IS NULL THEN s.snapshot END AS data) h \
+                 LEFT JOIN LATERAL \
                  (SELECT * FROM {schema}.events e WHERE e.stream_id = s.stream_id \
-                  AND e.stream_version >= coalesce(s.snapshot_version, 0) ORDER BY e.stream_version LIMIT $2) e ON true \
+                  AND e.stream_version >= coalesce(h.version, 0) AND {SHOWN} ORDER BY e.stream_version LIMIT $2) e ON true \
                  WHERE s.name = $1 ORDER BY e.stream_version"
             ),
             import: format!("SELECT status, written, refused_stream, refused_version, actual FROM {schema}.import_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
-            version: format!("SELECT version FROM {schema}.streams WHERE name = $1"),
-            read_forward: format!("SELECT {STREAM_EVENT_COLUMNS} {from} WHERE s.name = $1 AND e.stream_version >= $2 AND e.stream_version < $3 ORDER BY e.stream_version LIMIT $4"),
-            read_backward: format!("SELECT {STREAM_EVENT_COLUMNS} {from} WHERE s.name = $1 AND e.stream_version < $2 AND e.stream_version >= $3 ORDER BY e.stream_version DESC LIMIT $4"),
+            version: format!("SELECT version, tombstone FROM {schema}.streams WHERE name = $1"),
+            read_forward: format!("SELECT {STREAM_EVENT_COLUMNS} {from} WHERE s.name = $1 AND {SHOWN} AND e.stream_version >= $2 AND e.stream_version < $3 ORDER BY e.stream_version LIMIT $4"),
+            read_backward: format!("SELECT {STREAM_EVENT_COLUMNS} {from} WHERE s.name = $1 AND {SHOWN} AND e.stream_version < $2 AND e.stream_version >= $3 ORDER BY e.stream_version DESC LIMIT $4"),
             // Plans fixed by the functions of migration 0004 (see there why).
             read_all: format!(
                 "SELECT * FROM {schema}.read_all_page($1::text::xid8, $2, $3, $4, $5, $6, $7, $8)"

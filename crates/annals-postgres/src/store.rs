@@ -9,10 +9,7 @@ impl EventStore for PgStore {
     }
 
     fn capabilities(&self) -> Capabilities {
-        // Deletion is not there yet on PostgreSQL.
-        let mut capabilities = Capabilities::all();
-        capabilities.deletion = false;
-        capabilities
+        Capabilities::all()
     }
 
     async fn append(
@@ -138,6 +135,11 @@ impl EventStore for PgStore {
         let Some(first) = rows.first() else {
             return Ok(Head::default());
         };
+        if first.try_get::<_, bool>(14).map_err(backend)? {
+            return Err(Error::StreamDeleted {
+                stream: stream.clone(),
+            });
+        }
         let snapshot = match (
             first.try_get::<_, Option<i64>>(1).map_err(backend)?,
             first.try_get::<_, Option<Vec<u8>>>(2).map_err(backend)?,
@@ -227,6 +229,39 @@ impl EventStore for PgStore {
         ))
     }
 
+    async fn delete_stream(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        mode: annals::DeleteMode,
+    ) -> Result<Version> {
+        let version = self.delete(stream, expected, mode).await?;
+        self.wake();
+        Ok(version)
+    }
+
+    async fn truncate_before(&self, stream: &StreamName, before: Version) -> Result<Version> {
+        let start = self.truncate(stream, before).await?;
+        self.wake();
+        Ok(start)
+    }
+
+    async fn set_retention(
+        &self,
+        scope: &annals::RetentionScope,
+        retention: annals::Retention,
+    ) -> Result<()> {
+        self.retain(scope, retention).await
+    }
+
+    async fn retention(&self) -> Result<Vec<(annals::RetentionScope, annals::Retention)>> {
+        self.policies().await
+    }
+
+    async fn scavenge(&self, limit: usize, dry_run: bool) -> Result<annals::Scavenged> {
+        self.scavenge_batch(limit, dry_run).await
+    }
+
     async fn stream_version(&self, stream: &StreamName) -> Result<Version> {
         let client = self.client().await?;
         self.stream_version_with(&client, stream).await
@@ -266,6 +301,10 @@ impl EventStore for PgStore {
                     .query(&statement, &[&stream.as_str(), &a, &b, &want])
                     .await
                     .map_err(backend)?;
+                if rows.is_empty() {
+                    // Nothing shown: a tombstone is an error, not an empty stream.
+                    self.stream_version_with(&client, stream).await?;
+                }
                 rows.iter()
                     .map(|r| event_in(r, 0, stream.clone()))
                     .collect::<Result<Vec<_>>>()
@@ -367,8 +406,9 @@ impl EventStore for PgStore {
                 end: false,
             });
         }
-        if filtered {
-            // Fewer matches than asked: if the window was full, resume after it.
+        {
+            // Fewer matches than asked (a filter, or events reads no longer show): if the
+            // window was full, resume after it.
             let stmt = client
                 .prepare_cached(&self.inner.sql.read_all_window)
                 .await

@@ -104,8 +104,8 @@ pub(crate) fn truncate(conn: &Connection, stream: &StreamName, before: Version) 
         "UPDATE annals_streams SET start = ?2, snapshot = NULL, snapshot_version = NULL \
          WHERE name = ?1",
     )
-        .and_then(|mut s| s.execute(params![stream.as_str(), before as i64]))
-        .map_err(backend)?;
+    .and_then(|mut s| s.execute(params![stream.as_str(), before as i64]))
+    .map_err(backend)?;
     record_system(
         conn,
         stream,

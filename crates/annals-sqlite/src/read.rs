@@ -183,10 +183,13 @@ pub(crate) fn read_head(conn: &mut Connection, stream: &str, limit: usize) -> Re
         });
     }
     // A snapshot holds the state of every event before it: not one retention hides.
-    let snapshot = data.zip(at).filter(|_| !retained).map(|(data, at)| HeadSnapshot {
-        version: Version(at as u64),
-        data,
-    });
+    let snapshot = data
+        .zip(at)
+        .filter(|_| !retained)
+        .map(|(data, at)| HeadSnapshot {
+            version: Version(at as u64),
+            data,
+        });
     let from = snapshot
         .as_ref()
         .map_or(0, |s| s.version.get() as i64)
@@ -198,8 +201,11 @@ pub(crate) fn read_head(conn: &mut Connection, stream: &str, limit: usize) -> Re
             crate::retention::shown!()
         ))
         .and_then(|mut s| {
-            s.query_map(rusqlite::params![stream_id, from, limit.min(i64::MAX as usize) as i64], event)?
-                .collect::<rusqlite::Result<Vec<_>>>()
+            s.query_map(
+                rusqlite::params![stream_id, from, limit.min(i64::MAX as usize) as i64],
+                event,
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()
         })
         .map_err(backend)?;
     Ok(Head {

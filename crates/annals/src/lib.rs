@@ -93,11 +93,11 @@ pub use error::{
 pub use event::{EventData, RecordedEvent, DEFAULT_MAX_EVENT_BYTES, MAX_EVENT_TYPE_LEN};
 pub use feed::{Backoff, Feed, FeedOptions, FeedPage};
 pub use instrument::{process_totals, Instrumented};
+pub use lease::{fair_share, GroupMember, LeaseStore, Leases, MemoryLeases};
 pub use lifecycle::{
     deletions_stream, DeleteMode, Retention, RetentionScope, Scavenged, STREAM_DELETED,
     STREAM_TRUNCATED,
 };
-pub use lease::{fair_share, GroupMember, LeaseStore, Leases, MemoryLeases};
 pub use memory::{Commit, MemoryStore};
 pub use personal::{MemoryKeys, Personal, SubjectKeys};
 pub use projection::{ProjectionId, ProjectionRow, Rebuilt};
@@ -107,9 +107,8 @@ pub use read_model::{
 };
 pub use shred::{Shredding, SqlKeys};
 pub use store::{
-    AllPage, AppendAt, AppendResult, Capabilities, Direction,
-    EventStore, Filter, Head, HeadSnapshot, Partition, ReadStream, StreamAppend,
-    SubscribeOptions, CONFLICT_EVENTS,
+    AllPage, AppendAt, AppendResult, Capabilities, Direction, EventStore, Filter, Head,
+    HeadSnapshot, Partition, ReadStream, StreamAppend, SubscribeOptions, CONFLICT_EVENTS,
 };
 pub use stream::{validate_category, StreamName, StreamNameError, MAX_STREAM_NAME_LEN};
 pub use subscribe::{subscribe, EventStoreExt, SubscribeExt, Subscription};

@@ -71,6 +71,19 @@ impl RetentionScope {
     }
 }
 
+/// A category (no `-`) or a stream name (`{category}-{id}`; categories never hold `-`).
+impl std::str::FromStr for RetentionScope {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        if s.contains('-') {
+            Ok(Self::Stream(StreamName::new(s)?))
+        } else {
+            Self::category(s)
+        }
+    }
+}
+
 impl std::fmt::Display for RetentionScope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -127,13 +140,15 @@ impl Retention {
             })
         };
         match (self.max_age, self.max_count) {
-            (Some(age), _) if age.as_micros() == 0 => {
-                invalid("max age must be at least one microsecond (delete the stream to hide all of it)")
-            }
+            (Some(age), _) if age.as_micros() == 0 => invalid(
+                "max age must be at least one microsecond (delete the stream to hide all of it)",
+            ),
             (Some(age), _) if age.as_micros() > MAX_AGE_MICROS => {
                 invalid("max age is too long (at most about 292,000 years)")
             }
-            (_, Some(0)) => invalid("max count must be at least 1 (delete the stream to hide all of it)"),
+            (_, Some(0)) => {
+                invalid("max count must be at least 1 (delete the stream to hide all of it)")
+            }
             (_, Some(n)) if n > i64::MAX as u64 => invalid("max count is too large"),
             _ => Ok(()),
         }
@@ -174,7 +189,11 @@ impl std::fmt::Display for Retention {
             (Some(a), None) => write!(f, "max age {}", humantime::format_duration(a)),
             (None, Some(n)) => write!(f, "max count {n}"),
             (Some(a), Some(n)) => {
-                write!(f, "max age {}, max count {n}", humantime::format_duration(a))
+                write!(
+                    f,
+                    "max age {}, max count {n}",
+                    humantime::format_duration(a)
+                )
             }
         }
     }

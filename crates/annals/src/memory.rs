@@ -16,8 +16,8 @@ use crate::error::Result;
 use crate::event::{validate_batch, validate_many, DEFAULT_MAX_EVENT_BYTES};
 use crate::idempotency::{self, Found, Verdict};
 use crate::store::{
-    AllPage, AppendResult, Capabilities, Direction, EventStore, Filter, Head,
-    HeadSnapshot, ReadStream, StreamAppend,
+    AllPage, AppendResult, Capabilities, Direction, EventStore, Filter, Head, HeadSnapshot,
+    ReadStream, StreamAppend,
 };
 use crate::{
     DeleteMode, EventData, ExpectedVersion, Position, RecordedEvent, StreamName, Timestamp, Version,
@@ -111,8 +111,9 @@ impl Inner {
         self.policies
             .get(&crate::RetentionScope::Stream(stream.clone()))
             .or_else(|| {
-                self.policies
-                    .get(&crate::RetentionScope::Category(stream.category().to_owned()))
+                self.policies.get(&crate::RetentionScope::Category(
+                    stream.category().to_owned(),
+                ))
             })
             .copied()
     }

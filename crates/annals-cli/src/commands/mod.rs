@@ -11,6 +11,7 @@ pub(crate) mod init;
 pub(crate) mod parked;
 pub(crate) mod read;
 pub(crate) mod rebuild;
+pub(crate) mod retention;
 pub(crate) mod serve;
 pub(crate) mod stats;
 pub(crate) mod sync;

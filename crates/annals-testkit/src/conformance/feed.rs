@@ -192,7 +192,10 @@ async fn read_filtered(
         .await
 }
 
-pub(super) async fn collect_until(sub: &mut annals::Subscription, count: usize) -> Vec<RecordedEvent> {
+pub(super) async fn collect_until(
+    sub: &mut annals::Subscription,
+    count: usize,
+) -> Vec<RecordedEvent> {
     let mut got = Vec::with_capacity(count);
     let deadline = tokio::time::Instant::now() + WAIT;
     while got.len() < count {

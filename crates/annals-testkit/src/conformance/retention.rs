@@ -52,24 +52,30 @@ pub async fn retention_max_count_and_age(store: Arc<dyn EventStore>) {
             .await
             .unwrap();
     }
-    for bad in [
-        Retention::max_count(0),
-        Retention::max_age(Duration::ZERO),
-    ] {
+    for bad in [Retention::max_count(0), Retention::max_age(Duration::ZERO)] {
         let refused = s.set_retention(&ret1, bad).await;
         assert!(
             matches!(refused, Err(Error::InvalidRetention { .. })),
             "{bad:?}: {refused:?}"
         );
     }
-    assert!(s.retention().await.unwrap().is_empty(), "nothing refused is kept");
+    assert!(
+        s.retention().await.unwrap().is_empty(),
+        "nothing refused is kept"
+    );
 
     // A stream's own max count, set twice (a repeat changes nothing).
     for _ in 0..2 {
         policy(s, &ret1, Retention::max_count(2)).await;
     }
-    assert_eq!(versions(s, &name("Ret-1"), ReadStream::forward()).await, [3, 4]);
-    assert_eq!(versions(s, &name("Ret-1"), ReadStream::backward()).await, [4, 3]);
+    assert_eq!(
+        versions(s, &name("Ret-1"), ReadStream::forward()).await,
+        [3, 4]
+    );
+    assert_eq!(
+        versions(s, &name("Ret-1"), ReadStream::backward()).await,
+        [4, 3]
+    );
     assert_eq!(
         versions(s, &name("Ret-1"), ReadStream::forward().limit(1)).await,
         [3]
@@ -79,24 +85,41 @@ pub async fn retention_max_count_and_age(store: Arc<dyn EventStore>) {
         [4, 3]
     );
     assert_eq!(
-        versions(s, &name("Ret-1"), ReadStream::forward_from(Version(1)).limit(2)).await,
+        versions(
+            s,
+            &name("Ret-1"),
+            ReadStream::forward_from(Version(1)).limit(2)
+        )
+        .await,
         [3, 4]
     );
     assert_eq!(s.stream_version(&name("Ret-1")).await.unwrap(), Version(5));
     let head = s.read_head(&name("Ret-1"), 100).await.unwrap();
     assert_eq!(head.version, Version(5));
     assert_eq!(
-        head.events.iter().map(|e| e.stream_version).collect::<Vec<_>>(),
+        head.events
+            .iter()
+            .map(|e| e.stream_version)
+            .collect::<Vec<_>>(),
         [3, 4]
     );
     // An append moves the window on.
     s.append(&name("Ret-1"), ExpectedVersion::Exact(Version(5)), batch(1))
         .await
         .unwrap();
-    assert_eq!(versions(s, &name("Ret-1"), ReadStream::forward()).await, [4, 5]);
+    assert_eq!(
+        versions(s, &name("Ret-1"), ReadStream::forward()).await,
+        [4, 5]
+    );
     assert_eq!(
         shown(&read_everything(&store).await, "Ret"),
-        pairs(&[("Ret-1", 4), ("Ret-2", 0), ("Ret-2", 1), ("Ret-2", 2), ("Ret-1", 5)])
+        pairs(&[
+            ("Ret-1", 4),
+            ("Ret-2", 0),
+            ("Ret-2", 1),
+            ("Ret-2", 2),
+            ("Ret-1", 5)
+        ])
     );
 
     // A category's policy covers its streams, and streams created later, but not one with
@@ -105,9 +128,18 @@ pub async fn retention_max_count_and_age(store: Arc<dyn EventStore>) {
     s.append(&name("Ret-3"), ExpectedVersion::NoStream, batch(2))
         .await
         .unwrap();
-    assert_eq!(versions(s, &name("Ret-2"), ReadStream::forward()).await, [2]);
-    assert_eq!(versions(s, &name("Ret-3"), ReadStream::forward()).await, [1]);
-    assert_eq!(versions(s, &name("Ret-1"), ReadStream::forward()).await, [4, 5]);
+    assert_eq!(
+        versions(s, &name("Ret-2"), ReadStream::forward()).await,
+        [2]
+    );
+    assert_eq!(
+        versions(s, &name("Ret-3"), ReadStream::forward()).await,
+        [1]
+    );
+    assert_eq!(
+        versions(s, &name("Ret-1"), ReadStream::forward()).await,
+        [4, 5]
+    );
     assert_eq!(
         versions(s, &name("Kept-1"), ReadStream::forward()).await,
         [0, 1]
@@ -131,7 +163,10 @@ pub async fn retention_max_count_and_age(store: Arc<dyn EventStore>) {
 
     // Removing the stream's own policy falls back to its category's.
     policy(s, &ret1, Retention::default()).await;
-    assert_eq!(versions(s, &name("Ret-1"), ReadStream::forward()).await, [5]);
+    assert_eq!(
+        versions(s, &name("Ret-1"), ReadStream::forward()).await,
+        [5]
+    );
 
     // Max age: once the events are older than it, none is shown.
     policy(s, &category, Retention::max_age(Duration::from_millis(1))).await;
@@ -144,10 +179,15 @@ pub async fn retention_max_count_and_age(store: Arc<dyn EventStore>) {
         tokio::task::yield_now().await;
     }
     for stream in ["Ret-1", "Ret-2", "Ret-3"] {
-        assert!(versions(s, &name(stream), ReadStream::forward()).await.is_empty());
+        assert!(versions(s, &name(stream), ReadStream::forward())
+            .await
+            .is_empty());
     }
     let head = s.read_head(&name("Ret-1"), 100).await.unwrap();
-    assert!(head.events.is_empty() && head.snapshot.is_none(), "{head:?}");
+    assert!(
+        head.events.is_empty() && head.snapshot.is_none(),
+        "{head:?}"
+    );
     assert_eq!(head.version, Version(6));
     assert_eq!(
         versions(s, &name("Kept-1"), ReadStream::forward()).await,
@@ -155,7 +195,12 @@ pub async fn retention_max_count_and_age(store: Arc<dyn EventStore>) {
     );
 
     // Widening the policy shows them again (logical expiry: nothing was removed).
-    policy(s, &category, Retention::max_age(Duration::from_secs(86_400))).await;
+    policy(
+        s,
+        &category,
+        Retention::max_age(Duration::from_secs(86_400)),
+    )
+    .await;
     assert_eq!(
         versions(s, &name("Ret-1"), ReadStream::forward()).await,
         [0, 1, 2, 3, 4, 5]
