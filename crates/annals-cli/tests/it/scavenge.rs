@@ -1,13 +1,17 @@
-//! The scavenge soak: writers append and a subscription follows the feed while `annals
-//! scavenge` removes, in batches, the events of one category that truncation hid. The
-//! subscription sees every remaining event exactly once, in order; the rows are gone from
-//! the SQLite file and the freed space is reported.
+//! The scavenge soak, on SQLite and on PostgreSQL: writers append and a subscription
+//! follows the feed while `annals scavenge` removes, in batches, the events of one
+//! category that retention expired (each stream keeps its last 10, and the writers' appends
+//! expire more as they go). The subscription sees every remaining event exactly once, in
+//! order (and, of the events that expired meanwhile, at most once); afterwards every row
+//! left in the store is one reads show, and the freed space is reported.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use annals::{EventData, EventStore, ExpectedVersion, Filter, Position, StreamName, Version};
+use annals::{EventData, EventStore, ExpectedVersion, Filter, Position, StreamName};
 use annals_sqlite::{SqliteConfig, SqliteStore};
+use futures::future::BoxFuture;
 use futures::StreamExt;
 
 use crate::ops::{json_lines, on};
@@ -28,42 +32,45 @@ fn events(n: usize) -> Vec<EventData> {
         .collect()
 }
 
-async fn rows(store: &SqliteStore) -> i64 {
-    store
-        .read(|conn| conn.query_row("SELECT count(*) FROM annals_events", [], |r| r.get(0)))
-        .await
-        .unwrap()
-}
+/// How many event rows the store holds.
+type Rows = Box<dyn Fn() -> BoxFuture<'static, i64>>;
 
-#[test]
-fn scavenging_while_writers_and_a_subscription_run_loses_and_repeats_nothing() {
+fn soak(rt: &tokio::runtime::Runtime, store: Arc<dyn EventStore>, url: &str, rows: Rows) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("soak.db");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let store = Arc::new(SqliteStore::open(SqliteConfig::new(&path)).unwrap());
-    // 20 telemetry streams of 50 events, 40 of each hidden by truncation: 800 to remove.
+    // 20 telemetry streams of 50 events; each keeps its last 10: 800 expired.
     rt.block_on(async {
         for i in 0..20 {
-            let stream = name(format!("Temp-{i}"));
             store
-                .append(&stream, ExpectedVersion::NoStream, events(50))
+                .append(
+                    &name(format!("Temp-{i}")),
+                    ExpectedVersion::NoStream,
+                    events(50),
+                )
                 .await
                 .unwrap();
-            store.truncate_before(&stream, Version(40)).await.unwrap();
         }
     });
-    let before = rt.block_on(rows(&store));
+    let set = on(
+        dir.path(),
+        url,
+        &["retention", "set", "Temp", "--max-count", "10"],
+    );
+    assert!(succeeded(&set).contains("max count 10"), "{set:?}");
+    let before = rt.block_on(rows());
+    let planned = json_lines(&succeeded(&on(
+        dir.path(),
+        url,
+        &["scavenge", "--dry-run", "--json"],
+    )));
+    assert_eq!(planned[0]["events"], 800, "{planned:?}");
+    assert_eq!(rt.block_on(rows()), before, "a dry run removes nothing");
     // A subscription from the start, following.
     let seen = Arc::new(Mutex::new(Vec::new()));
     let follower = {
         let (store, seen) = (Arc::clone(&store), Arc::clone(&seen));
         rt.spawn(async move {
             let feed = annals::Feed::new(
-                store as Arc<dyn EventStore>,
+                store,
                 Position::START,
                 annals::FeedOptions::follow(Filter::all(), Duration::from_millis(20)).page_size(50),
             );
@@ -96,17 +103,19 @@ fn scavenging_while_writers_and_a_subscription_run_loses_and_repeats_nothing() {
             })
         })
         .collect();
-    let url = format!("sqlite://{}", path.display());
-    let out = on(dir.path(), &url, &["scavenge", "--batch", "64", "--json"]);
-    let report = json_lines(&succeeded(&out));
-    assert_eq!(report[0]["events"], 800, "{report:?}");
-    assert!(report[0]["free_bytes"].as_u64().unwrap() > 0, "{report:?}");
+    let report = json_lines(&succeeded(&on(
+        dir.path(),
+        url,
+        &["scavenge", "--batch", "64", "--json"],
+    )));
+    let removed = report[0]["events"].as_u64().unwrap();
+    assert!(removed >= 800, "{report:?}");
     rt.block_on(async {
         for w in writers {
             w.await.unwrap();
         }
     });
-    // Everything reads now show, the subscription saw exactly once, in order.
+    // What reads now show: each Temp stream's last 10, and every Keep event.
     let shown: Vec<(String, u64, Position)> = rt.block_on(async {
         annals_testkit::conformance::read_everything(&store)
             .await
@@ -114,31 +123,121 @@ fn scavenging_while_writers_and_a_subscription_run_loses_and_repeats_nothing() {
             .map(|e| (e.stream.to_string(), e.stream_version, e.position))
             .collect()
     });
-    assert_eq!(
-        shown.len(),
-        20 * 10 + 2 * 100 + 2 * 50 + 20,
-        "{}",
-        shown.len()
-    );
+    let temp = shown.iter().filter(|e| e.0.starts_with("Temp-")).count();
+    assert_eq!(temp, 20 * 10, "each Temp stream shows its last 10");
+    assert_eq!(shown.len() - temp, 2 * 100, "every Keep event");
+    let last = shown.last().unwrap().2;
     annals_testkit::eventually_blocking(
         "the subscription catches up",
         Duration::from_secs(60),
-        || seen.lock().unwrap().len() >= shown.len(),
+        || seen.lock().unwrap().last().is_some_and(|e| e.2 >= last),
     );
     follower.abort();
     let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen, shown, "every remaining event once, in order");
-    let after = rt.block_on(rows(&store));
-    assert_eq!(
-        before - after + 300,
-        800,
-        "800 rows removed (300 were added meanwhile)"
+    assert!(
+        seen.windows(2).all(|w| w[0].2 < w[1].2),
+        "the subscription saw each event once, in position order"
     );
-    // Nothing left to remove; a dry run says so.
+    let seen_set: HashSet<_> = seen.iter().cloned().collect();
+    let missed: Vec<_> = shown.iter().filter(|e| !seen_set.contains(e)).collect();
+    assert!(
+        missed.is_empty(),
+        "remaining events never delivered: {missed:?}"
+    );
+    // The rest it saw are Temp events written before and expired since.
+    assert!(seen
+        .iter()
+        .filter(|e| !shown.contains(e))
+        .all(|e| e.0.starts_with("Temp-")));
+    // The writers' appends expired more; a second scavenge removes them, and then every
+    // row left is one reads show.
+    let again = json_lines(&succeeded(&on(dir.path(), url, &["scavenge", "--json"])));
+    assert!(
+        again[0]["free_bytes"].as_u64().is_some_and(|b| b > 0),
+        "freed space reported: {again:?}"
+    );
+    assert_eq!(rt.block_on(rows()), shown.len() as i64);
+    assert_eq!(
+        removed + again[0]["events"].as_u64().unwrap(),
+        20 * 50 + 100 - 20 * 10,
+        "every expired event removed once"
+    );
     let dry = json_lines(&succeeded(&on(
         dir.path(),
-        &url,
+        url,
         &["scavenge", "--dry-run", "--json"],
     )));
-    assert_eq!(dry[0]["events"], 0);
+    assert_eq!(dry[0]["events"], 0, "nothing left to remove");
+}
+
+#[test]
+fn sqlite_scavenging_while_writers_and_a_subscription_run_loses_and_repeats_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("soak.db");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = Arc::new(SqliteStore::open(SqliteConfig::new(&path)).unwrap());
+    let rows: Rows = {
+        let store = Arc::clone(&store);
+        Box::new(move || {
+            let store = Arc::clone(&store);
+            Box::pin(async move {
+                store
+                    .read(|conn| {
+                        conn.query_row("SELECT count(*) FROM annals_events", [], |r| r.get(0))
+                    })
+                    .await
+                    .unwrap()
+            })
+        })
+    };
+    soak(&rt, store, &format!("sqlite://{}", path.display()), rows);
+}
+
+#[test]
+fn postgres_scavenging_while_writers_and_a_subscription_run_loses_and_repeats_nothing() {
+    let (url, config) = crate::ops::pg_target("scavenge");
+    let schema = url.rsplit("annals_schema=").next().unwrap().to_owned();
+    let server_url = annals_testkit::postgres::shared().url.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = rt.block_on(async {
+        // Free space is reported where pg_freespacemap is installed.
+        let admin = annals_testkit::postgres::connect(&server_url).await;
+        let installed = admin
+            .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_freespacemap")
+            .await;
+        if let Err(e) = installed {
+            // Another test created it at the same moment.
+            let there = admin
+                .query_opt(
+                    "SELECT 1 FROM pg_extension WHERE extname = 'pg_freespacemap'",
+                    &[],
+                )
+                .await
+                .unwrap();
+            assert!(there.is_some(), "install pg_freespacemap: {e}");
+        }
+        let store = annals_postgres::PgStore::connect(config).await.unwrap();
+        store.migrate().await.unwrap();
+        Arc::new(store)
+    });
+    let rows: Rows = Box::new(move || {
+        let (server_url, schema) = (server_url.clone(), schema.clone());
+        Box::pin(async move {
+            let client = annals_testkit::postgres::connect(&server_url).await;
+            client
+                .query_one(&format!("SELECT count(*) FROM {schema}.events"), &[])
+                .await
+                .unwrap()
+                .get(0)
+        })
+    });
+    soak(&rt, store, &url, rows);
 }
