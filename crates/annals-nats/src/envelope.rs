@@ -25,6 +25,39 @@ pub(crate) struct Place {
     pub(crate) recorded_at: Timestamp,
 }
 
+/// The first byte of a marker's body (never an event format).
+const MARKER: u8 = b'M';
+
+/// A marker on a stream's subject, written by a deletion or a truncation of every event:
+/// the stream's events before it are hidden (and purged), its version is `next`, and a
+/// tombstone refuses every later append and read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Marker {
+    pub(crate) next: u64,
+    pub(crate) tombstone: bool,
+}
+
+pub(crate) fn encode_marker(marker: Marker) -> Vec<u8> {
+    let mut out = vec![MARKER];
+    varint(&mut out, marker.next);
+    out.push(u8::from(marker.tombstone));
+    out
+}
+
+/// The marker in a message body, if it is one.
+pub(crate) fn decode_marker(body: &[u8]) -> Option<Marker> {
+    let mut r = Reader(body);
+    let [MARKER] = r.array::<1>()? else {
+        return None;
+    };
+    let next = r.varint()?;
+    let [tombstone] = r.array::<1>()?;
+    (tombstone <= 1 && r.0.is_empty()).then_some(Marker {
+        next,
+        tombstone: tombstone == 1,
+    })
+}
+
 fn varint(out: &mut Vec<u8>, n: u64) {
     let mut buf = [0u8; 10];
     let len = n.encode_var(&mut buf);
@@ -170,6 +203,7 @@ mod tests {
             recorded_at: Timestamp::from_unix_micros(-3),
         };
         let body = encode(&e, place);
+        assert!(decode_marker(&body).is_none(), "an event is never a marker");
         let stream = StreamName::new("A-1").unwrap();
         let (r, p) = decode(&body, stream.clone(), 42).unwrap();
         assert_eq!(
@@ -219,6 +253,15 @@ mod tests {
             ),
             (7, 5, "T", Some(b"{}".to_vec()), b"data".to_vec())
         );
-        assert!(decode(b"not an envelope", stream, 1).is_none());
+        assert!(decode(b"not an envelope", stream.clone(), 1).is_none());
+        // Markers are never events, and events never markers.
+        let marker = Marker {
+            next: 300,
+            tombstone: true,
+        };
+        let body = encode_marker(marker);
+        assert_eq!(decode_marker(&body), Some(marker));
+        assert!(decode(&body, stream, 1).is_none());
+        assert!(decode_marker(&body[..2]).is_none());
     }
 }

@@ -18,6 +18,7 @@ mod checkpoints;
 mod envelope;
 mod keys;
 mod leases;
+mod lifecycle;
 mod read;
 mod subject;
 mod write;
@@ -284,7 +285,27 @@ impl EventStore for NatsStore {
         let mut capabilities = Capabilities::none();
         capabilities.multi_stream_append = true;
         capabilities.import = true;
+        capabilities.deletion = true;
         capabilities
+    }
+
+    async fn delete_stream(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        mode: annals::DeleteMode,
+    ) -> Result<Version> {
+        self.delete(stream, expected, mode).await
+    }
+
+    async fn truncate_before(&self, stream: &StreamName, before: Version) -> Result<Version> {
+        self.truncate(stream, before).await
+    }
+
+    /// Deletion and truncation purge at once: nothing is left to remove.
+    async fn scavenge(&self, limit: usize, dry_run: bool) -> Result<annals::Scavenged> {
+        let _ = (limit, dry_run);
+        Ok(annals::Scavenged::default())
     }
 
     async fn append(
@@ -305,9 +326,7 @@ impl EventStore for NatsStore {
     }
 
     async fn stream_version(&self, stream: &StreamName) -> Result<Version> {
-        Ok(Version(
-            self.last(stream).await?.map_or(0, |l| l.version + 1),
-        ))
+        Ok(Version(self.last(stream).await?.map_or(0, |l| l.next)))
     }
 
     fn read_stream<'a>(

@@ -5,7 +5,7 @@ use annals::{AllPage, Filter, Position, ReadStream, RecordedEvent, Result, Strea
 use futures::StreamExt;
 use serde_json::json;
 
-use crate::envelope::{self, Place};
+use crate::envelope::{self, Marker, Place};
 use crate::{backend, NatsStore};
 
 /// How many messages one direct-get batch asks for.
@@ -18,11 +18,19 @@ pub(crate) struct Stored {
     pub(crate) payload: bytes::Bytes,
 }
 
-/// The last event of a stream: its sequence and version.
+/// The last message of a stream: its sequence, the stream's version after it, and whether
+/// it is a tombstone.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Last {
     pub(crate) sequence: u64,
-    pub(crate) version: u64,
+    pub(crate) next: u64,
+    pub(crate) tombstone: bool,
+}
+
+/// What a stored message holds.
+pub(crate) enum Message {
+    Event(RecordedEvent, Place),
+    Marker(Marker),
 }
 
 impl NatsStore {
@@ -112,6 +120,14 @@ impl NatsStore {
         .await
     }
 
+    /// The event or marker in a stored message.
+    pub(crate) fn decode_any(&self, m: &Stored) -> Result<Message> {
+        match envelope::decode_marker(&m.payload) {
+            Some(marker) => Ok(Message::Marker(marker)),
+            None => self.decode(m).map(|(e, p)| Message::Event(e, p)),
+        }
+    }
+
     /// The event in a stored message.
     pub(crate) fn decode(&self, m: &Stored) -> Result<(RecordedEvent, Place)> {
         let stream = self
@@ -130,9 +146,19 @@ impl NatsStore {
         })
     }
 
-    /// The last event of `stream`, if any, as the stream's leader has it (replicas may
-    /// lag; appends plan from the leader's view).
+    /// The last message of `stream`, if any, as the stream's leader has it (replicas may
+    /// lag; appends plan from the leader's view); a tombstone is an error.
     pub(crate) async fn last(&self, stream: &StreamName) -> Result<Option<Last>> {
+        match self.head(stream).await? {
+            Some(last) if last.tombstone => Err(annals::Error::StreamDeleted {
+                stream: stream.clone(),
+            }),
+            last => Ok(last),
+        }
+    }
+
+    /// The last message of `stream`, tombstone or not.
+    pub(crate) async fn head(&self, stream: &StreamName) -> Result<Option<Last>> {
         use async_nats::jetstream::stream::LastRawMessageErrorKind;
         let subject = self.inner.subjects.stream(stream);
         let found = self
@@ -152,12 +178,21 @@ impl NatsStore {
             subject: m.subject.to_string(),
             payload: m.payload,
         };
-        let (_, place) = self.decode(&stored)?;
-        let last = Last {
-            sequence: stored.sequence,
-            version: place.version,
+        let last = match self.decode_any(&stored)? {
+            Message::Event(_, place) => Last {
+                sequence: stored.sequence,
+                next: place.version + 1,
+                tombstone: false,
+            },
+            Message::Marker(marker) => Last {
+                sequence: stored.sequence,
+                next: marker.next,
+                tombstone: marker.tombstone,
+            },
         };
-        self.remember(stream, last);
+        if !last.tombstone {
+            self.remember(stream, last);
+        }
         Ok(Some(last))
     }
 
@@ -185,14 +220,15 @@ impl NatsStore {
         heads.pop(stream);
     }
 
-    /// Every event of `stream`, in order, with where each append began: up to its last
-    /// event as the leader has it, however far the replica answering the reads lags.
+    /// Every event of `stream` reads show (those after its last marker), in order, with
+    /// where each append began, and the stream's version: up to its last message as the
+    /// leader has it, however far the replica answering the reads lags.
     pub(crate) async fn stream_events(
         &self,
         stream: &StreamName,
-    ) -> Result<Vec<(RecordedEvent, Place)>> {
+    ) -> Result<(Vec<(RecordedEvent, Place)>, u64)> {
         let Some(end) = self.last(stream).await? else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), 0));
         };
         let subject = self.inner.subjects.stream(stream);
         let mut out = Vec::new();
@@ -217,11 +253,15 @@ impl NatsStore {
             }
             for m in &batch {
                 if m.sequence <= end.sequence {
-                    out.push(self.decode(m)?);
+                    match self.decode_any(m)? {
+                        Message::Event(e, place) => out.push((e, place)),
+                        // A deletion or truncation hides what came before.
+                        Message::Marker(_) => out.clear(),
+                    }
                 }
             }
         }
-        Ok(out)
+        Ok((out, end.next))
     }
 
     pub(crate) async fn read_stream_vec(
@@ -229,8 +269,19 @@ impl NatsStore {
         stream: &StreamName,
         options: ReadStream,
     ) -> Result<Vec<RecordedEvent>> {
-        let events = self.stream_events(stream).await?;
-        let (lo, hi) = annals::backend::index_range(&options, events.len() as u64);
+        let (events, next) = self.stream_events(stream).await?;
+        // The range of versions asked for, from the first one reads show.
+        let floor = events.first().map_or(next, |(e, _)| e.stream_version);
+        let options = match options.direction {
+            annals::Direction::Forward => ReadStream {
+                from: Some(annals::Version(
+                    options.from.map_or(floor, |v| v.get().max(floor)),
+                )),
+                ..options
+            },
+            annals::Direction::Backward => options,
+        };
+        let (lo, hi) = annals::backend::index_range(&options, next);
         let mut chosen: Vec<RecordedEvent> = events
             .into_iter()
             .map(|(e, _)| e)
@@ -266,10 +317,12 @@ impl NatsStore {
             end: batch.len() < asked,
         };
         for m in &batch {
-            let (event, _) = self.decode(m)?;
-            page.next = event.position;
-            if filter.matches(&event) {
-                page.events.push(event);
+            page.next = annals::backend::position(u128::from(m.sequence));
+            // Markers are not events.
+            if let Message::Event(event, _) = self.decode_any(m)? {
+                if filter.matches(&event) {
+                    page.events.push(event);
+                }
             }
         }
         Ok(page)

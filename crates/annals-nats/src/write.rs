@@ -41,7 +41,7 @@ struct ApiError {
 }
 
 /// What the server did with an append.
-enum Published {
+pub(crate) enum Published {
     /// Stored, ending at this sequence.
     Stored(u64),
     /// Another writer moved the stream first.
@@ -78,7 +78,7 @@ impl NatsStore {
                 Some(last) => (last, true),
                 None => (self.last(stream).await?, false),
             };
-            let actual = Version(last.map_or(0, |l| l.version + 1));
+            let actual = Version(last.map_or(0, |l| l.next));
             if !expected.admits(actual) {
                 if guessed {
                     continue;
@@ -98,7 +98,8 @@ impl NatsStore {
                         stream,
                         Last {
                             sequence: end,
-                            version: actual.get() + n - 1,
+                            next: actual.get() + n,
+                            tombstone: false,
                         },
                     );
                     let position = |seq: u64| annals::backend::position(u128::from(seq));
@@ -121,7 +122,7 @@ impl NatsStore {
                                 .await?
                         }
                     }
-                    let actual = self.last(stream).await?.map_or(0, |l| l.version + 1);
+                    let actual = self.last(stream).await?.map_or(0, |l| l.next);
                     return self
                         .settle(stream, expected, Version(actual), &events)
                         .await;
@@ -143,7 +144,7 @@ impl NatsStore {
         actual: Version,
         events: &[EventData],
     ) -> Result<AppendResult> {
-        let recorded = self.stream_events(stream).await?;
+        let (recorded, _) = self.stream_events(stream).await?;
         let found: Vec<Option<Found>> = events
             .iter()
             .map(|e| {
@@ -160,7 +161,8 @@ impl NatsStore {
             .collect();
         let batch_start_of = |v: u64| {
             Ok(recorded
-                .get(v as usize)
+                .iter()
+                .find(|(r, _)| r.stream_version == v)
                 .map(|(_, place): &(_, Place)| place.batch_start))
         };
         match idempotency::check(stream, expected, actual, events, &found, batch_start_of)? {
@@ -188,7 +190,9 @@ impl NatsStore {
         if m.sequence != seq {
             return Ok(());
         }
-        let (other, _) = self.decode(&m)?;
+        let crate::read::Message::Event(other, _) = self.decode_any(&m)? else {
+            return Ok(());
+        };
         if &other.stream != stream && events.iter().any(|e| e.event_id == other.event_id) {
             return Err(Error::DuplicateEventId {
                 event_id: other.event_id,
@@ -218,7 +222,9 @@ impl NatsStore {
                 break;
             };
             for m in &batch {
-                let (other, _) = self.decode(m)?;
+                let crate::read::Message::Event(other, _) = self.decode_any(m)? else {
+                    continue;
+                };
                 if &other.stream != stream && events.iter().any(|e| e.event_id == other.event_id) {
                     return Err(Error::DuplicateEventId {
                         event_id: other.event_id,
@@ -246,6 +252,7 @@ impl NatsStore {
                         recorded_at,
                     },
                     expect: (i == 0).then_some(g.after),
+                    marker: None,
                 });
             }
         }
@@ -255,7 +262,7 @@ impl NatsStore {
     /// Sends `messages` as one message, or one atomic batch, in order; a message with
     /// `expect` carries its stream's expected last sequence (each stream's first message),
     /// so the server checks every stream before storing any message.
-    async fn send(&self, messages: &[Outgoing<'_>]) -> Result<Published> {
+    pub(crate) async fn send(&self, messages: &[Outgoing<'_>]) -> Result<Published> {
         let client = &self.inner.client;
         // Short ids: every message carries them, and bytes are what a replicated, fsynced
         // stream pays for. A batch id only has to be unique among batches in flight.
@@ -286,7 +293,10 @@ impl NatsStore {
                 headers.insert("Nats-Batch-Id", batch_id.as_str());
                 headers.insert("Nats-Batch-Sequence", (n + 1).to_string().as_str());
             }
-            let body = envelope::encode(m.event, m.place);
+            let body = match m.marker {
+                Some(marker) => envelope::encode_marker(marker),
+                None => envelope::encode(m.event, m.place),
+            };
             if n + 1 == total {
                 if !single {
                     headers.insert("Nats-Batch-Commit", "1");
@@ -352,10 +362,7 @@ impl NatsStore {
                     let last = self.last(&e.stream).await?;
                     heads.insert(
                         &e.stream,
-                        (
-                            last.map_or(0, |l| l.sequence),
-                            last.map_or(0, |l| l.version + 1),
-                        ),
+                        (last.map_or(0, |l| l.sequence), last.map_or(0, |l| l.next)),
                     );
                 }
                 let (after, version) = heads[&e.stream];
@@ -376,17 +383,19 @@ impl NatsStore {
                             recorded_at: e.recorded_at,
                         },
                         expect: first.then_some(after),
+                        marker: None,
                     });
                     heads.insert(&e.stream, (after, version + 1));
                     continue;
                 }
                 if e.stream_version < version {
                     if !existing.contains_key(&e.stream) {
-                        let recorded = self.stream_events(&e.stream).await?;
+                        let (recorded, _) = self.stream_events(&e.stream).await?;
                         existing.insert(&e.stream, recorded.into_iter().map(|(r, _)| r).collect());
                     }
                     let copied = existing[&e.stream]
-                        .get(e.stream_version as usize)
+                        .iter()
+                        .find(|r| r.stream_version == e.stream_version)
                         .is_some_and(|r| r.event_id == e.event_id);
                     if copied {
                         continue;
@@ -448,12 +457,12 @@ impl NatsStore {
                 // else the head read now.
                 let known = self
                     .known_head(&a.stream)
-                    .filter(|l| a.expected.admits(Version(l.version + 1)));
+                    .filter(|l| a.expected.admits(Version(l.next)));
                 let last = match known {
                     Some(l) => Some(l),
                     None => self.last(&a.stream).await?,
                 };
-                let actual = Version(last.map_or(0, |l| l.version + 1));
+                let actual = Version(last.map_or(0, |l| l.next));
                 if a.expected.admits(actual) {
                     results.push(None);
                 } else {
@@ -489,7 +498,8 @@ impl NatsStore {
                             g.stream,
                             Last {
                                 sequence: seq + n - 1,
-                                version: g.actual.get() + n - 1,
+                                next: g.actual.get() + n,
+                                tombstone: false,
                             },
                         );
                         let position = |s: u64| annals::backend::position(u128::from(s));
@@ -554,12 +564,14 @@ pub(crate) fn msg_id(id: annals::Uuid) -> String {
 }
 
 /// One message of a publish.
-struct Outgoing<'a> {
-    stream: &'a StreamName,
-    event: &'a EventData,
-    place: Place,
+pub(crate) struct Outgoing<'a> {
+    pub(crate) stream: &'a StreamName,
+    pub(crate) event: &'a EventData,
+    pub(crate) place: Place,
     /// The stream's expected last sequence (on its first message of the publish).
-    expect: Option<u64>,
+    pub(crate) expect: Option<u64>,
+    /// Sent as this marker instead of the event (whose id it keeps).
+    pub(crate) marker: Option<crate::envelope::Marker>,
 }
 
 /// One stream's part of a publish.

@@ -55,6 +55,8 @@ pub enum Capability {
     Parking,
     /// Deleting and truncating streams.
     Deletion,
+    /// Retention policies (max age, max count) hiding expired events.
+    Retention,
 }
 
 impl std::fmt::Display for Capability {
@@ -65,6 +67,7 @@ impl std::fmt::Display for Capability {
             Capability::Import => f.write_str("importing recorded events"),
             Capability::Parking => f.write_str("records of parked streams"),
             Capability::Deletion => f.write_str("deleting and truncating streams"),
+            Capability::Retention => f.write_str("retention policies"),
         }
     }
 }

@@ -326,6 +326,8 @@ pub struct Capabilities {
     pub import: bool,
     /// [`EventStore::delete_stream`] and [`EventStore::truncate_before`].
     pub deletion: bool,
+    /// [`EventStore::set_retention`].
+    pub retention: bool,
 }
 
 impl Capabilities {
@@ -336,6 +338,7 @@ impl Capabilities {
             head_snapshots: true,
             import: true,
             deletion: true,
+            retention: true,
         }
     }
 
@@ -351,6 +354,7 @@ impl Capabilities {
             Capability::HeadSnapshots => self.head_snapshots,
             Capability::Import => self.import,
             Capability::Deletion => self.deletion,
+            Capability::Retention => self.retention,
             Capability::Parking => false,
         }
     }
@@ -542,13 +546,13 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Sets the retention policy of a category or one stream ([`Retention`]; one that
     /// keeps all removes the scope's policy, so a stream falls back to its category's).
-    /// Takes effect on every read at once. Stores without [`Capabilities::deletion`]
+    /// Takes effect on every read at once. Stores without [`Capabilities::retention`]
     /// refuse with [`Error::Unsupported`].
     async fn set_retention(&self, scope: &RetentionScope, retention: Retention) -> Result<()> {
         let _ = (scope, retention);
         Err(Error::Unsupported {
             backend: self.backend(),
-            capability: Capability::Deletion,
+            capability: Capability::Retention,
         })
     }
 

@@ -1,4 +1,4 @@
-//! Retention ([`annals::Capabilities::deletion`]): max count and max age per category or
+//! Retention ([`annals::Capabilities::retention`]): max count and max age per category or
 //! stream, hiding expired events from every read at once.
 
 use annals::{Retention, RetentionScope};
@@ -33,13 +33,13 @@ pub async fn retention_max_count_and_age(store: Arc<dyn EventStore>) {
     let s = &*store;
     let ret1 = RetentionScope::Stream(name("Ret-1"));
     let category = RetentionScope::category("Ret").unwrap();
-    if !s.capabilities().deletion {
+    if !s.capabilities().retention {
         let refused = s.set_retention(&ret1, Retention::max_count(2)).await;
         assert!(
             matches!(
                 refused,
                 Err(Error::Unsupported {
-                    capability: Capability::Deletion,
+                    capability: Capability::Retention,
                     ..
                 })
             ),

@@ -1,0 +1,193 @@
+//! Stream deletion and truncation on JetStream: purge by subject. A deletion (or a
+//! truncation of every event) writes a marker on the stream's subject, in one atomic batch
+//! with its system event: reads show nothing before the marker, it carries the stream's
+//! version (so appends continue after it) and, for a hard deletion, the tombstone every
+//! later append and read refuses. Then the subject's messages before the marker, or before
+//! the first event a truncation keeps, are purged: removed at once, so scavenging has
+//! nothing left to do.
+
+use annals::{
+    DeleteMode, Error, EventData, ExpectedVersion, Result, StreamName, Timestamp, Version,
+    STREAM_DELETED, STREAM_TRUNCATED,
+};
+
+use crate::envelope::{Marker, Place};
+use crate::write::{Outgoing, Published};
+use crate::{backend, NatsStore};
+
+/// How often a change re-reads the stream after another writer moved it.
+const RACES: usize = 100;
+
+impl NatsStore {
+    /// Writes `marker` on `stream` (expecting its last message at `after`) and the system
+    /// event `data` of type `kind` to its deletions stream, in one atomic batch; `false`
+    /// when another writer moved either stream first.
+    async fn mark(
+        &self,
+        stream: &StreamName,
+        after: u64,
+        marker: Marker,
+        kind: &str,
+        data: serde_json::Value,
+    ) -> Result<bool> {
+        let target = annals::deletions_stream(stream);
+        let last = self.last(&target).await?;
+        let (target_after, target_next) = last.map_or((0, 0), |l| (l.sequence, l.next));
+        let now = Timestamp::now();
+        // The marker's id only makes its message unique.
+        let carrier = EventData::new("$Marker", Vec::new());
+        let system = EventData::new(kind, data.to_string().into_bytes());
+        let messages = [
+            Outgoing {
+                stream,
+                event: &carrier,
+                place: Place {
+                    version: marker.next,
+                    batch_start: marker.next,
+                    recorded_at: now,
+                },
+                expect: Some(after),
+                marker: Some(marker),
+            },
+            Outgoing {
+                stream: &target,
+                event: &system,
+                place: Place {
+                    version: target_next,
+                    batch_start: target_next,
+                    recorded_at: now,
+                },
+                expect: Some(target_after),
+                marker: None,
+            },
+        ];
+        let published = self.send(&messages).await?;
+        self.forget(stream);
+        self.forget(&target);
+        Ok(matches!(published, Published::Stored(_)))
+    }
+
+    /// Removes the messages of `stream`'s subject below `sequence`.
+    async fn purge_below(&self, stream: &StreamName, sequence: u64) -> Result<()> {
+        self.inner
+            .stream
+            .purge()
+            .filter(self.inner.subjects.stream(stream))
+            .sequence(sequence)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    /// Purges what the marker at the end of `stream` hides.
+    async fn purge_to_marker(&self, stream: &StreamName) -> Result<()> {
+        if let Some(head) = self.head(stream).await? {
+            self.purge_below(stream, head.sequence).await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn delete(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        mode: DeleteMode,
+    ) -> Result<Version> {
+        let hard = mode == DeleteMode::Hard;
+        for _ in 0..RACES {
+            let head = self.head(stream).await?;
+            if let Some(h) = head.filter(|h| h.tombstone) {
+                return match mode {
+                    DeleteMode::Hard => Ok(Version(h.next)),
+                    DeleteMode::Soft => Err(Error::StreamDeleted {
+                        stream: stream.clone(),
+                    }),
+                };
+            }
+            let version = head.map_or(0, |h| h.next);
+            if !expected.admits(Version(version)) {
+                return Err(Error::WrongExpectedVersion {
+                    stream: stream.clone(),
+                    expected,
+                    actual: Version(version),
+                });
+            }
+            if !hard {
+                // Never written (nothing to hide), or nothing shown any more.
+                let shown = match head {
+                    None => false,
+                    Some(_) => !self.stream_events(stream).await?.0.is_empty(),
+                };
+                if !shown {
+                    return Ok(Version(version));
+                }
+            }
+            let marker = Marker {
+                next: version,
+                tombstone: hard,
+            };
+            let data = serde_json::json!({
+                "stream": stream.as_str(), "version": version, "hard": hard,
+            });
+            let after = head.map_or(0, |h| h.sequence);
+            if self
+                .mark(stream, after, marker, STREAM_DELETED, data)
+                .await?
+            {
+                self.purge_to_marker(stream).await?;
+                return Ok(Version(version));
+            }
+        }
+        Err(Error::transient(
+            "nats",
+            format!("{stream} kept moving under its deletion ({RACES} attempts)"),
+        ))
+    }
+
+    pub(crate) async fn truncate(&self, stream: &StreamName, before: Version) -> Result<Version> {
+        for _ in 0..RACES {
+            let Some(head) = self.last(stream).await? else {
+                return Ok(Version(0));
+            };
+            let (events, next) = self.stream_events(stream).await?;
+            let floor = events.first().map_or(next, |(e, _)| e.stream_version);
+            let before = before.get().min(next);
+            if before <= floor {
+                return Ok(Version(floor));
+            }
+            let data = serde_json::json!({"stream": stream.as_str(), "before": before});
+            if before == next {
+                // Every event hidden: a marker keeps the version.
+                let marker = Marker {
+                    next,
+                    tombstone: false,
+                };
+                if self
+                    .mark(stream, head.sequence, marker, STREAM_TRUNCATED, data)
+                    .await?
+                {
+                    self.purge_to_marker(stream).await?;
+                    return Ok(Version(before));
+                }
+                continue;
+            }
+            let kept = events
+                .iter()
+                .find(|(e, _)| e.stream_version == before)
+                .map(|(e, _)| e.position)
+                .ok_or_else(|| backend(format!("{stream} has no event at version {before}")))?;
+            let target = annals::deletions_stream(stream);
+            let system = EventData::new(STREAM_TRUNCATED, data.to_string().into_bytes());
+            self.append_one(&target, ExpectedVersion::Any, vec![system])
+                .await?;
+            let sequence = u64::try_from(annals::backend::raw_position(kept))
+                .map_err(|_| backend("a position beyond a JetStream sequence"))?;
+            self.purge_below(stream, sequence).await?;
+            return Ok(Version(before));
+        }
+        Err(Error::transient(
+            "nats",
+            format!("{stream} kept moving under its truncation ({RACES} attempts)"),
+        ))
+    }
+}
