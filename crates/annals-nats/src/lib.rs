@@ -20,6 +20,7 @@ mod keys;
 mod leases;
 mod lifecycle;
 mod read;
+mod retention;
 mod subject;
 mod write;
 
@@ -162,6 +163,8 @@ pub(crate) struct Inner {
     /// client last saw it: an append's guess at its stream's head, which the server checks
     /// (a stale guess is refused and re-read), so appending costs one round trip.
     heads: std::sync::Mutex<lru::LruCache<StreamName, read::Last>>,
+    /// The retention policies as this process last loaded them.
+    policies: std::sync::Mutex<retention::Policies>,
 }
 
 impl Drop for Inner {
@@ -265,6 +268,7 @@ impl NatsStore {
                 changes,
                 listener: std::sync::Mutex::new(None),
                 heads: std::sync::Mutex::new(lru::LruCache::new(HEADS)),
+                policies: std::sync::Mutex::new(retention::Policies::default()),
             }),
         })
     }
@@ -286,7 +290,21 @@ impl EventStore for NatsStore {
         capabilities.multi_stream_append = true;
         capabilities.import = true;
         capabilities.deletion = true;
+        capabilities.retention = true;
         capabilities
+    }
+
+    async fn set_retention(
+        &self,
+        scope: &annals::RetentionScope,
+        retention: annals::Retention,
+    ) -> Result<()> {
+        self.retain(scope, retention).await
+    }
+
+    async fn retention(&self) -> Result<Vec<(annals::RetentionScope, annals::Retention)>> {
+        let map = self.policies().await?;
+        Ok(map.iter().map(|(s, r)| (s.clone(), *r)).collect())
     }
 
     async fn delete_stream(
@@ -302,10 +320,9 @@ impl EventStore for NatsStore {
         self.truncate(stream, before).await
     }
 
-    /// Deletion and truncation purge at once: nothing is left to remove.
+    /// Deletion and truncation purge at once; this purges what retention expired.
     async fn scavenge(&self, limit: usize, dry_run: bool) -> Result<annals::Scavenged> {
-        let _ = (limit, dry_run);
-        Ok(annals::Scavenged::default())
+        self.scavenge_expired(limit.max(1), dry_run).await
     }
 
     async fn append(

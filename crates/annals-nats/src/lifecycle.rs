@@ -68,7 +68,7 @@ impl NatsStore {
     }
 
     /// Removes the messages of `stream`'s subject below `sequence`.
-    async fn purge_below(&self, stream: &StreamName, sequence: u64) -> Result<()> {
+    pub(crate) async fn purge_below(&self, stream: &StreamName, sequence: u64) -> Result<()> {
         self.inner
             .stream
             .purge()

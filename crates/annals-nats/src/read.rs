@@ -1,7 +1,7 @@
 //! Reads through JetStream's direct get API: the last message of a subject, and batches of
 //! messages from a sequence on, filtered by subject.
 
-use annals::{AllPage, Filter, Position, ReadStream, RecordedEvent, Result, StreamName};
+use annals::{AllPage, Filter, Position, ReadStream, RecordedEvent, Result, StreamName, Timestamp};
 use futures::StreamExt;
 use serde_json::json;
 
@@ -269,7 +269,11 @@ impl NatsStore {
         stream: &StreamName,
         options: ReadStream,
     ) -> Result<Vec<RecordedEvent>> {
-        let (events, next) = self.stream_events(stream).await?;
+        let (mut events, next) = self.stream_events(stream).await?;
+        let policies = self.policies().await?;
+        let policy = crate::retention::policy_of(&policies, stream);
+        let expired = crate::retention::expired(&events, policy, next, Timestamp::now());
+        events.drain(..expired);
         // The range of versions asked for, from the first one reads show.
         let floor = events.first().map_or(next, |(e, _)| e.stream_version);
         let options = match options.direction {
@@ -316,14 +320,34 @@ impl NatsStore {
             next: from,
             end: batch.len() < asked,
         };
+        let policies = self.policies().await?;
+        let now = Timestamp::now();
+        // The version of each stream under a max count, read once per page.
+        let mut versions: std::collections::HashMap<StreamName, u64> = Default::default();
         for m in &batch {
             page.next = annals::backend::position(u128::from(m.sequence));
             // Markers are not events.
-            if let Message::Event(event, _) = self.decode_any(m)? {
-                if filter.matches(&event) {
-                    page.events.push(event);
+            let Message::Event(event, _) = self.decode_any(m)? else {
+                continue;
+            };
+            if !filter.matches(&event) {
+                continue;
+            }
+            if let Some(policy) = crate::retention::policy_of(&policies, &event.stream) {
+                let next = match (policy.max_count, versions.get(&event.stream)) {
+                    (None, _) => 0,
+                    (Some(_), Some(v)) => *v,
+                    (Some(_), None) => {
+                        let v = self.head(&event.stream).await?.map_or(0, |h| h.next);
+                        versions.insert(event.stream.clone(), v);
+                        v
+                    }
+                };
+                if policy.expires(&event, next, now) {
+                    continue;
                 }
             }
+            page.events.push(event);
         }
         Ok(page)
     }

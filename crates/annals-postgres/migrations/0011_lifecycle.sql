@@ -317,12 +317,18 @@ BEGIN
     END LOOP;
 END $$;
 
--- One page, as in version 8, of the events reads show.
-CREATE OR REPLACE FUNCTION {schema}.read_all_page(
+-- One page, as in version 8, of the events reads show; with, when the page is short, the
+-- last row of a full window (`window_tx`, `window_position`: the page may resume after
+-- it), found in the same statement, so in the same snapshot (a scavenge deleting rows
+-- between two statements would stretch a window counted again, past events never shown).
+DROP FUNCTION {schema}.read_all_page(xid8, bigint, text[], text[], bigint, bigint, bigint, bigint);
+
+CREATE FUNCTION {schema}.read_all_page(
     p_tx xid8, p_position bigint, p_categories text[], p_types text[],
     p_limit bigint, p_window bigint, p_part_index bigint, p_part_count bigint
 ) RETURNS TABLE (
-    horizon text, tx_id text, event_position bigint, name text, stream_version bigint,
+    horizon text, window_tx text, window_position bigint,
+    tx_id text, event_position bigint, name text, stream_version bigint,
     recorded_at bigint, event_type text, data bytea, metadata bytea, event_id uuid,
     correlation_id uuid, causation_id uuid
 ) LANGUAGE sql
@@ -330,12 +336,12 @@ SET enable_sort = off SET enable_hashjoin = off SET enable_mergejoin = off
 SET enable_bitmapscan = off SET enable_seqscan = off SET enable_material = off
 SET jit = off
 AS $$
-    WITH h AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
-    SELECT h.xmin::text, p.* FROM h LEFT JOIN LATERAL (
+    WITH h AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),
+    p AS MATERIALIZED (
         SELECT e.tx_id::text, e.position, s.name, e.stream_version,
                (extract(epoch FROM e.recorded_at) * 1000000)::bigint, e.event_type, e.data,
                e.metadata, e.event_id, e.correlation_id, e.causation_id
-        FROM (
+        FROM h CROSS JOIN LATERAL (
             SELECT w.tx_id, w.position FROM {schema}.events w
             WHERE (w.tx_id, w.position) > (p_tx, p_position) AND w.tx_id < h.xmin
             ORDER BY w.tx_id, w.position LIMIT p_window
@@ -353,5 +359,13 @@ AS $$
                  + (s.partition_hash & 4294967295)) % p_part_count = p_part_index)
         ORDER BY win.tx_id, win.position
         LIMIT p_limit
-    ) p ON true
+    ),
+    w AS MATERIALIZED (
+        SELECT x.tx_id, x.position FROM h, {schema}.events x
+        WHERE (SELECT count(*) FROM p) < p_limit
+          AND (x.tx_id, x.position) > (p_tx, p_position) AND x.tx_id < h.xmin
+        ORDER BY x.tx_id, x.position OFFSET p_window - 1 LIMIT 1
+    )
+    SELECT h.xmin::text, w.tx_id::text, w.position, p.* FROM h LEFT JOIN w ON true
+        LEFT JOIN p ON true
 $$;

@@ -7,7 +7,6 @@ pub(crate) struct Sql {
     pub(crate) read_forward: String,
     pub(crate) read_backward: String,
     pub(crate) read_all: String,
-    pub(crate) read_all_window: String,
     pub(crate) head_position: String,
     pub(crate) classify: String,
     pub(crate) batch_start: String,
@@ -79,9 +78,6 @@ impl Sql {
             // Plans fixed by the functions of migration 0004 (see there why).
             read_all: format!(
                 "SELECT * FROM {schema}.read_all_page($1::text::xid8, $2, $3, $4, $5, $6, $7, $8)"
-            ),
-            read_all_window: format!(
-                "SELECT * FROM {schema}.read_all_window($1::text::xid8, $2, $3::text::xid8, $4)"
             ),
             // The last event below the visibility horizon, as read-all sees it (the primary
             // key, read backwards).

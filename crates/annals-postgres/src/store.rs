@@ -384,18 +384,14 @@ impl EventStore for PgStore {
             )
             .await
             .map_err(backend)?;
-        let (horizon_text, horizon) = match rows.first() {
-            Some(r) => {
-                let text: String = r.get(0);
-                let horizon = tx_of(&text)?;
-                (text, horizon)
-            }
+        let horizon = match rows.first() {
+            Some(r) => tx_of(r.get::<_, &str>(0))?,
             None => return Err(backend("read-all returned no horizon row")),
         };
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
-            if row.get::<_, Option<String>>(1).is_some() {
-                events.push(event(row, 1)?);
+            if row.get::<_, Option<String>>(3).is_some() {
+                events.push(event(row, 3)?);
             }
         }
         if events.len() as i64 >= limit {
@@ -406,25 +402,21 @@ impl EventStore for PgStore {
                 end: false,
             });
         }
-        {
-            // Fewer matches than asked (a filter, or events reads no longer show): if the
-            // window was full, resume after it.
-            let stmt = client
-                .prepare_cached(&self.inner.sql.read_all_window)
-                .await
-                .map_err(backend)?;
-            let last = client
-                .query_opt(&stmt, &[&tx, &position, &horizon_text, &window])
-                .await
-                .map_err(backend)?;
-            if let Some(row) = last.filter(|r| r.get::<_, i64>(2) >= window) {
-                let next = pack(tx_of(row.get::<_, &str>(0))?, row.get::<_, i64>(1));
-                return Ok(AllPage {
-                    events,
-                    next: from.max(next),
-                    end: false,
-                });
-            }
+        // Fewer matches than asked (a filter, or events reads no longer show): if the
+        // window was full, resume after it.
+        let window_end = match rows.first() {
+            Some(r) => r
+                .get::<_, Option<&str>>(1)
+                .map(|tx| -> Result<Position> { Ok(pack(tx_of(tx)?, r.get::<_, i64>(2))) })
+                .transpose()?,
+            None => None,
+        };
+        if let Some(end) = window_end {
+            return Ok(AllPage {
+                events,
+                next: from.max(end),
+                end: false,
+            });
         }
         // A short page scanned everything below the horizon: resume at it.
         let next = from

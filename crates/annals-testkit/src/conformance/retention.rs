@@ -94,15 +94,12 @@ pub async fn retention_max_count_and_age(store: Arc<dyn EventStore>) {
         [3, 4]
     );
     assert_eq!(s.stream_version(&name("Ret-1")).await.unwrap(), Version(5));
-    let head = s.read_head(&name("Ret-1"), 100).await.unwrap();
-    assert_eq!(head.version, Version(5));
-    assert_eq!(
-        head.events
-            .iter()
-            .map(|e| e.stream_version)
-            .collect::<Vec<_>>(),
-        [3, 4]
-    );
+    if s.capabilities().head_snapshots {
+        let head = s.read_head(&name("Ret-1"), 100).await.unwrap();
+        assert_eq!(head.version, Version(5));
+        let versions: Vec<u64> = head.events.iter().map(|e| e.stream_version).collect();
+        assert_eq!(versions, [3, 4]);
+    }
     // An append moves the window on.
     s.append(&name("Ret-1"), ExpectedVersion::Exact(Version(5)), batch(1))
         .await
@@ -183,12 +180,14 @@ pub async fn retention_max_count_and_age(store: Arc<dyn EventStore>) {
             .await
             .is_empty());
     }
-    let head = s.read_head(&name("Ret-1"), 100).await.unwrap();
-    assert!(
-        head.events.is_empty() && head.snapshot.is_none(),
-        "{head:?}"
-    );
-    assert_eq!(head.version, Version(6));
+    if s.capabilities().head_snapshots {
+        let head = s.read_head(&name("Ret-1"), 100).await.unwrap();
+        assert!(
+            head.events.is_empty() && head.snapshot.is_none(),
+            "{head:?}"
+        );
+        assert_eq!(head.version, Version(6));
+    }
     assert_eq!(
         versions(s, &name("Kept-1"), ReadStream::forward()).await,
         [0, 1]
