@@ -292,3 +292,79 @@ fn nats_scavenging_while_writers_and_a_subscription_run_loses_and_repeats_nothin
         false,
     );
 }
+
+/// `annals retention`: bad input is refused with a one-line reason and changes nothing;
+/// `show` lists what `set` recorded; `clear` removes it.
+#[test]
+fn annals_retention_sets_shows_clears_and_refuses_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("r.db").display());
+    let initialised = on(dir.path(), &url, &["init"]);
+    succeeded(&initialised);
+    for (args, says) in [
+        (
+            vec!["retention", "set", "Temp", "--max-count", "0"],
+            "max count must be at least 1",
+        ),
+        (
+            vec!["retention", "set", "Temp", "--max-age", "0s"],
+            "max age must be at least",
+        ),
+        (
+            vec!["retention", "set", "Temp"],
+            "give --max-age, --max-count",
+        ),
+        (
+            vec!["retention", "set", "Te mp", "--max-count", "3"],
+            "neither a category nor a stream",
+        ),
+        (
+            vec!["retention", "set", "Temp", "--max-age", "soon"],
+            "soon",
+        ),
+    ] {
+        let out = on(dir.path(), &url, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    let show = |json: bool| {
+        let mut args = vec!["retention", "show"];
+        if json {
+            args.push("--json");
+        }
+        succeeded(&on(dir.path(), &url, &args))
+    };
+    assert!(show(false).contains("every event is kept"));
+    succeeded(&on(
+        dir.path(),
+        &url,
+        &[
+            "retention",
+            "set",
+            "Temp",
+            "--max-age",
+            "30d",
+            "--max-count",
+            "100",
+        ],
+    ));
+    succeeded(&on(
+        dir.path(),
+        &url,
+        &["retention", "set", "Temp-7", "--max-count", "5"],
+    ));
+    let listed = json_lines(&show(true));
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed[0]["kind"], "category");
+    assert_eq!(listed[0]["name"], "Temp");
+    assert_eq!(listed[0]["max_age_seconds"], 30.0 * 86_400.0);
+    assert_eq!(listed[0]["max_count"], 100);
+    assert_eq!(listed[1]["kind"], "stream");
+    assert_eq!(listed[1]["name"], "Temp-7");
+    assert!(show(false).contains("stream Temp-7: max count 5"));
+    succeeded(&on(dir.path(), &url, &["retention", "clear", "Temp"]));
+    let listed = json_lines(&show(true));
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["name"], "Temp-7");
+}

@@ -239,4 +239,22 @@ pub async fn deletion_soft_hard_and_truncate(store: Arc<dyn EventStore>) {
         .filter(|(s, _)| !s.ends_with("$deleted"))
         .collect();
     assert_eq!(after, expected);
+    // Subscriptions from before and from inside the deleted range deliver the same.
+    let ids =
+        |events: &[RecordedEvent]| -> Vec<Uuid> { events.iter().map(|e| e.event_id).collect() };
+    let mut sub = store.subscribe(Position::START, SubscribeOptions::all());
+    let got = super::feed::collect_until(&mut sub, all.len()).await;
+    assert_eq!(ids(&got), ids(&all), "a subscription from the start");
+    let rest: Vec<RecordedEvent> = all
+        .iter()
+        .filter(|e| e.position > middle)
+        .cloned()
+        .collect();
+    let mut sub = store.subscribe(middle, SubscribeOptions::all());
+    let got = super::feed::collect_until(&mut sub, rest.len()).await;
+    assert_eq!(
+        ids(&got),
+        ids(&rest),
+        "a subscription from inside the deleted range"
+    );
 }
