@@ -119,7 +119,7 @@ impl NatsStore {
             // Refused: another process changed the policies first; apply ours to theirs.
             if let Some(revision) = written {
                 self.keep(revision, map);
-                let _ = self.inner.changes.send_replace(());
+                self.inner.changes.send_replace(());
                 return Ok(());
             }
         }
