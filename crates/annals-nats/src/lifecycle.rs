@@ -6,6 +6,7 @@
 //! the first event a truncation keeps, are purged: removed at once, so scavenging has
 //! nothing left to do.
 
+use annals::backend::{plan_deletion, DeletionPlan, StreamState};
 use annals::{
     DeleteMode, Error, EventData, ExpectedVersion, Result, StreamName, Timestamp, Version,
     STREAM_DELETED, STREAM_TRUNCATED,
@@ -93,35 +94,21 @@ impl NatsStore {
         expected: ExpectedVersion,
         mode: DeleteMode,
     ) -> Result<Version> {
-        let hard = mode == DeleteMode::Hard;
         for _ in 0..RACES {
             let head = self.head(stream).await?;
-            if let Some(h) = head.filter(|h| h.tombstone) {
-                return match mode {
-                    DeleteMode::Hard => Ok(Version(h.next)),
-                    DeleteMode::Soft => Err(Error::StreamDeleted {
-                        stream: stream.clone(),
-                    }),
-                };
-            }
-            let version = head.map_or(0, |h| h.next);
-            if !expected.admits(Version(version)) {
-                return Err(Error::WrongExpectedVersion {
-                    stream: stream.clone(),
-                    expected,
-                    actual: Version(version),
-                });
-            }
-            if !hard {
-                // Never written (nothing to hide), or nothing shown any more.
-                let shown = match head {
-                    None => false,
-                    Some(_) => !self.stream_events(stream).await?.0.is_empty(),
-                };
-                if !shown {
-                    return Ok(Version(version));
-                }
-            }
+            let state = match head {
+                None => None,
+                Some(h) => Some(StreamState {
+                    version: h.next,
+                    // A tombstone shows nothing either; its plan does not ask.
+                    shows_nothing: h.tombstone || self.stream_events(stream).await?.0.is_empty(),
+                    tombstone: h.tombstone,
+                }),
+            };
+            let (version, hard) = match plan_deletion(stream, state, expected, mode)? {
+                DeletionPlan::Done(version) => return Ok(version),
+                DeletionPlan::Change { version, hard } => (version, hard),
+            };
             let marker = Marker {
                 next: version,
                 tombstone: hard,

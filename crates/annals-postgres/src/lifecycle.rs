@@ -3,6 +3,7 @@
 //! event that records the change; scavenging deletes, a batch per transaction, the events
 //! reads no longer show.
 
+use annals::backend::{plan_deletion, DeletionPlan, StreamState};
 use annals::{DeleteMode, Retention, RetentionScope, Scavenged, STREAM_DELETED, STREAM_TRUNCATED};
 
 use super::*;
@@ -108,34 +109,15 @@ impl PgStore {
             client.batch_execute("BEGIN").await.map_err(backend)?;
             let outcome: Result<Try<_>> = async {
                 let found = self.lock_row(client, stream).await?;
-                let (version, start, tombstone) = found.unwrap_or((0, 0, false));
-                if tombstone {
-                    return match mode {
-                        DeleteMode::Hard => Ok(Try::Done(Version(version))),
-                        DeleteMode::Soft => Err(Error::StreamDeleted {
-                            stream: stream.clone(),
-                        }),
-                    };
-                }
-                let admits = match expected {
-                    ExpectedVersion::Any => true,
-                    ExpectedVersion::NoStream => version == 0,
-                    ExpectedVersion::StreamExists => version > 0,
-                    ExpectedVersion::Exact(v) => v.get() == version,
+                let state = found.map(|(version, start, tombstone)| StreamState {
+                    version,
+                    shows_nothing: start == version,
+                    tombstone,
+                });
+                let (version, hard) = match plan_deletion(stream, state, expected, mode)? {
+                    DeletionPlan::Done(version) => return Ok(Try::Done(version)),
+                    DeletionPlan::Change { version, hard } => (version, hard),
                 };
-                if !admits {
-                    return Err(Error::WrongExpectedVersion {
-                        stream: stream.clone(),
-                        expected,
-                        actual: Version(version),
-                    });
-                }
-                let hard = mode == DeleteMode::Hard;
-                if !hard && (found.is_none() || start == version) {
-                    // Never written (nothing to hide), or already soft-deleted at this
-                    // version.
-                    return Ok(Try::Done(Version(version)));
-                }
                 if found.is_some() {
                     // The snapshot holds the state of the events now hidden.
                     let sql = format!(

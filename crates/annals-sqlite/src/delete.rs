@@ -2,6 +2,7 @@
 //! changed on the writer thread with the system event that records the change, in one
 //! transaction.
 
+use annals::backend::{plan_deletion, DeletionPlan, StreamState};
 use annals::{
     DeleteMode, Error, ExpectedVersion, Result, StreamName, Version, STREAM_DELETED,
     STREAM_TRUNCATED,
@@ -34,33 +35,15 @@ pub(crate) fn delete(
     mode: DeleteMode,
 ) -> Result<Version> {
     let found = row(conn, stream)?;
-    let (version, start, tombstone) = found.unwrap_or((0, 0, false));
-    if tombstone {
-        return match mode {
-            DeleteMode::Hard => Ok(Version(version)),
-            DeleteMode::Soft => Err(Error::StreamDeleted {
-                stream: stream.clone(),
-            }),
-        };
-    }
-    let admits = match expected {
-        ExpectedVersion::Any => true,
-        ExpectedVersion::NoStream => version == 0,
-        ExpectedVersion::StreamExists => version > 0,
-        ExpectedVersion::Exact(v) => v.get() == version,
+    let state = found.map(|(version, start, tombstone)| StreamState {
+        version,
+        shows_nothing: start == version,
+        tombstone,
+    });
+    let (version, hard) = match plan_deletion(stream, state, expected, mode)? {
+        DeletionPlan::Done(version) => return Ok(version),
+        DeletionPlan::Change { version, hard } => (version, hard),
     };
-    if !admits {
-        return Err(Error::WrongExpectedVersion {
-            stream: stream.clone(),
-            expected,
-            actual: Version(version),
-        });
-    }
-    let hard = mode == DeleteMode::Hard;
-    if !hard && (found.is_none() || start == version) {
-        // Never written (nothing to hide), or already soft-deleted at this version.
-        return Ok(Version(version));
-    }
     let changed = match found {
         Some(_) => conn
             .prepare_cached(

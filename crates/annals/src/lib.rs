@@ -121,6 +121,7 @@ pub use version::{ExpectedVersion, ParsePositionError, Position, Timestamp, Vers
 /// stream read covers, and the read-model checks every [`ReadModelStore`] applies.
 pub mod backend {
     pub use crate::event::{validate_batch, validate_import, validate_many};
+    pub use crate::lifecycle::{plan_deletion, DeletionPlan, StreamState};
     pub use crate::read_model::{check_events, check_rebuild, rebuild_behind};
     pub use crate::store::conflict_read;
     use crate::{Position, ReadStream};

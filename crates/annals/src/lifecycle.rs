@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{validate_category, Error, RecordedEvent, Result, StreamName, Timestamp};
+use crate::{validate_category, Error, RecordedEvent, Result, StreamName, Timestamp, Version};
 
 /// How [`EventStore::delete_stream`] deletes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -197,4 +197,69 @@ impl std::fmt::Display for Retention {
             }
         }
     }
+}
+
+/// A stream as a deletion finds it (stores only fetch these facts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamState {
+    /// Its version.
+    pub version: u64,
+    /// Reads show none of its events (soft-deleted or truncated at its version).
+    pub shows_nothing: bool,
+    /// A tombstone.
+    pub tombstone: bool,
+}
+
+/// What a deletion does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeletionPlan {
+    /// Nothing to change: answer the stream's version.
+    Done(Version),
+    /// Hide the stream's events up to `version` (a tombstone when `hard`), and record it.
+    Change {
+        /// The stream's version.
+        version: u64,
+        /// Leave a tombstone.
+        hard: bool,
+    },
+}
+
+/// The one rule of [`EventStore::delete_stream`](crate::EventStore::delete_stream) for
+/// every store: a tombstone answers a hard delete and refuses a soft one, `expected` must
+/// admit the version, and a soft delete of a stream never written or already showing
+/// nothing changes nothing. `found` is `None` for a stream never written.
+pub fn plan_deletion(
+    stream: &StreamName,
+    found: Option<StreamState>,
+    expected: crate::ExpectedVersion,
+    mode: DeleteMode,
+) -> Result<DeletionPlan> {
+    let state = found.unwrap_or(StreamState {
+        version: 0,
+        shows_nothing: true,
+        tombstone: false,
+    });
+    if state.tombstone {
+        return match mode {
+            DeleteMode::Hard => Ok(DeletionPlan::Done(Version(state.version))),
+            DeleteMode::Soft => Err(Error::StreamDeleted {
+                stream: stream.clone(),
+            }),
+        };
+    }
+    if !expected.admits(Version(state.version)) {
+        return Err(Error::WrongExpectedVersion {
+            stream: stream.clone(),
+            expected,
+            actual: Version(state.version),
+        });
+    }
+    let hard = mode == DeleteMode::Hard;
+    if !hard && (found.is_none() || state.shows_nothing) {
+        return Ok(DeletionPlan::Done(Version(state.version)));
+    }
+    Ok(DeletionPlan::Change {
+        version: state.version,
+        hard,
+    })
 }

@@ -450,34 +450,18 @@ impl EventStore for MemoryStore {
         {
             let mut inner = self.lock();
             let version = inner.version(stream);
-            let tomb = inner.tombs.get(stream).copied().unwrap_or_default();
-            if tomb.hard {
-                return match mode {
-                    DeleteMode::Hard => Ok(version),
-                    DeleteMode::Soft => inner.alive(stream).map(|_| version),
-                };
-            }
-            let admits = match expected {
-                ExpectedVersion::Any => true,
-                ExpectedVersion::NoStream => version.get() == 0,
-                ExpectedVersion::StreamExists => version.get() > 0,
-                ExpectedVersion::Exact(v) => v == version,
+            let tomb = inner.tombs.get(stream).copied();
+            let state = (inner.streams.contains_key(stream) || tomb.is_some()).then(|| {
+                crate::backend::StreamState {
+                    version: version.get(),
+                    shows_nothing: tomb.is_some_and(|t| t.before == version.get()),
+                    tombstone: tomb.is_some_and(|t| t.hard),
+                }
+            });
+            let hard = match crate::backend::plan_deletion(stream, state, expected, mode)? {
+                crate::backend::DeletionPlan::Done(version) => return Ok(version),
+                crate::backend::DeletionPlan::Change { hard, .. } => hard,
             };
-            if !admits {
-                return Err(crate::Error::WrongExpectedVersion {
-                    stream: stream.clone(),
-                    expected,
-                    actual: version,
-                });
-            }
-            let hard = mode == DeleteMode::Hard;
-            let written = inner.streams.contains_key(stream);
-            if !hard
-                && (!written || tomb.before == version.get() && inner.tombs.contains_key(stream))
-            {
-                // Never written (nothing to hide), or already soft-deleted at this version.
-                return Ok(version);
-            }
             // A snapshot holds the state of the events now hidden.
             inner.snapshots.remove(stream);
             inner.tombs.insert(
