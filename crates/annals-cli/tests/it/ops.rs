@@ -595,8 +595,23 @@ fn streams_are_truncated_and_deleted_soft_and_hard() {
         ["$StreamTruncated", "$StreamDeleted", "$StreamDeleted"],
         "{system:?}"
     );
-    // Not there yet on PostgreSQL: refused, saying so.
+    // The same commands on PostgreSQL.
     let pg = pg_url("life");
-    let refused = on(dir.path(), &pg, &["delete", "Orders-1"]);
-    failed_saying(&refused, "does not support deleting and truncating streams");
+    succeeded(&on(
+        dir.path(),
+        &pg,
+        &["append", "Orders-1", "--type", "Placed", "--data", "{}"],
+    ));
+    assert!(
+        succeeded(&on(dir.path(), &pg, &["delete", "Orders-1", "--hard"]))
+            .contains("deleted for good at version 1")
+    );
+    failed_saying(
+        &on(
+            dir.path(),
+            &pg,
+            &["append", "Orders-1", "--type", "Placed", "--data", "{}"],
+        ),
+        "deleted for good",
+    );
 }
