@@ -334,14 +334,14 @@ CREATE FUNCTION {schema}.read_all_page(
 ) LANGUAGE sql
 SET enable_sort = off SET enable_hashjoin = off SET enable_mergejoin = off
 SET enable_bitmapscan = off SET enable_seqscan = off SET enable_material = off
-SET jit = off
+SET jit = off SET max_parallel_workers_per_gather = 0
 AS $$
     WITH h AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),
-    p AS MATERIALIZED (
+    p AS MATERIALIZED (SELECT l.* FROM h CROSS JOIN LATERAL (
         SELECT e.tx_id::text, e.position, s.name, e.stream_version,
                (extract(epoch FROM e.recorded_at) * 1000000)::bigint, e.event_type, e.data,
                e.metadata, e.event_id, e.correlation_id, e.causation_id
-        FROM h CROSS JOIN LATERAL (
+        FROM (
             SELECT w.tx_id, w.position FROM {schema}.events w
             WHERE (w.tx_id, w.position) > (p_tx, p_position) AND w.tx_id < h.xmin
             ORDER BY w.tx_id, w.position LIMIT p_window
@@ -359,7 +359,7 @@ AS $$
                  + (s.partition_hash & 4294967295)) % p_part_count = p_part_index)
         ORDER BY win.tx_id, win.position
         LIMIT p_limit
-    ),
+    ) l),
     w AS MATERIALIZED (
         SELECT x.tx_id, x.position FROM h, {schema}.events x
         WHERE (SELECT count(*) FROM p) < p_limit
