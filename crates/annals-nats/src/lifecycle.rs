@@ -96,15 +96,11 @@ impl NatsStore {
     ) -> Result<Version> {
         for _ in 0..RACES {
             let head = self.head(stream).await?;
-            let state = match head {
-                None => None,
-                Some(h) => Some(StreamState {
-                    version: h.next,
-                    // A tombstone shows nothing either; its plan does not ask.
-                    shows_nothing: h.tombstone || self.stream_events(stream).await?.0.is_empty(),
-                    tombstone: h.tombstone,
-                }),
-            };
+            let state = head.map(|h| StreamState {
+                version: h.next,
+                shows_nothing: h.marker,
+                tombstone: h.tombstone,
+            });
             let (version, hard) = match plan_deletion(stream, state, expected, mode)? {
                 DeletionPlan::Done(version) => return Ok(version),
                 DeletionPlan::Change { version, hard } => (version, hard),

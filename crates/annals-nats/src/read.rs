@@ -25,6 +25,8 @@ pub(crate) struct Last {
     pub(crate) sequence: u64,
     pub(crate) next: u64,
     pub(crate) tombstone: bool,
+    /// The last message is a marker: reads show none of the stream's events.
+    pub(crate) marker: bool,
 }
 
 /// What a stored message holds.
@@ -183,11 +185,13 @@ impl NatsStore {
                 sequence: stored.sequence,
                 next: place.version + 1,
                 tombstone: false,
+                marker: false,
             },
             Message::Marker(marker) => Last {
                 sequence: stored.sequence,
                 next: marker.next,
                 tombstone: marker.tombstone,
+                marker: true,
             },
         };
         if !last.tombstone {

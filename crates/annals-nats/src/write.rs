@@ -100,6 +100,7 @@ impl NatsStore {
                             sequence: end,
                             next: actual.get() + n,
                             tombstone: false,
+                            marker: false,
                         },
                     );
                     let position = |seq: u64| annals::backend::position(u128::from(seq));
@@ -500,6 +501,7 @@ impl NatsStore {
                                 sequence: seq + n - 1,
                                 next: g.actual.get() + n,
                                 tombstone: false,
+                                marker: false,
                             },
                         );
                         let position = |s: u64| annals::backend::position(u128::from(s));
