@@ -91,14 +91,44 @@ async fn leader_kills_lose_and_duplicate_nothing() {
                             EventData::new("Wrote", format!("{{\"w\":{w},\"i\":{i}}}").into_bytes())
                         })
                         .collect();
-                    // The same batch (same ids) until it is acknowledged.
+                    // The same batch (same ids) until it is acknowledged; the errors seen
+                    // on the way are kept, to say why if it never is.
                     let mut attempts = 0u64;
-                    eventually("an append to be acknowledged", Duration::from_secs(120), || {
-                        attempts += 1;
-                        let (store, stream, batch) = (&store, &stream, batch.clone());
-                        async move { store.append(stream, ExpectedVersion::Any, batch).await.ok() }
-                    })
+                    let errors = Mutex::new(Vec::<String>::new());
+                    let waited = tokio::time::timeout(
+                        Duration::from_secs(120),
+                        eventually(
+                            "an append to be acknowledged",
+                            Duration::from_secs(3600),
+                            || {
+                                attempts += 1;
+                                let (store, stream, batch) = (&store, &stream, batch.clone());
+                                let errors = &errors;
+                                async move {
+                                    match store.append(stream, ExpectedVersion::Any, batch).await {
+                                        Ok(r) => Some(r),
+                                        Err(e) => {
+                                            let mut errors = errors.lock().unwrap();
+                                            if errors.last() != Some(&e.to_string()) {
+                                                errors.push(e.to_string());
+                                            }
+                                            None
+                                        }
+                                    }
+                                }
+                            },
+                        ),
+                    )
                     .await;
+                    if waited.is_err() {
+                        let errors = errors.lock().unwrap();
+                        let first = &errors[..errors.len().min(5)];
+                        let last = &errors[errors.len().saturating_sub(5)..];
+                        panic!(
+                            "an append to {stream} unacknowledged after 120 s and {attempts} \
+                             attempts; first errors {first:?}, last errors {last:?}"
+                        );
+                    }
                     retries += attempts - 1;
                     acked
                         .lock()
