@@ -28,18 +28,20 @@ pub(crate) struct Place {
 /// The first byte of a marker's body (never an event format).
 const MARKER: u8 = b'M';
 
-/// A marker on a stream's subject, written by a deletion or a truncation of every event:
-/// the stream's events before it are hidden (and purged), its version is `next`, and a
-/// tombstone refuses every later append and read.
+/// A marker on a stream's subject, written by a deletion or a truncation in one atomic
+/// batch with its system event: the stream's events below `start` are hidden (and then
+/// purged), its version is `next`, and a tombstone refuses every later append and read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Marker {
     pub(crate) next: u64,
+    pub(crate) start: u64,
     pub(crate) tombstone: bool,
 }
 
 pub(crate) fn encode_marker(marker: Marker) -> Vec<u8> {
     let mut out = vec![MARKER];
     varint(&mut out, marker.next);
+    varint(&mut out, marker.start);
     out.push(u8::from(marker.tombstone));
     out
 }
@@ -51,9 +53,11 @@ pub(crate) fn decode_marker(body: &[u8]) -> Option<Marker> {
         return None;
     };
     let next = r.varint()?;
+    let start = r.varint()?;
     let [tombstone] = r.array::<1>()?;
-    (tombstone <= 1 && r.0.is_empty()).then_some(Marker {
+    (tombstone <= 1 && start <= next && r.0.is_empty()).then_some(Marker {
         next,
+        start,
         tombstone: tombstone == 1,
     })
 }
@@ -257,6 +261,7 @@ mod tests {
         // Markers are never events, and events never markers.
         let marker = Marker {
             next: 300,
+            start: 200,
             tombstone: true,
         };
         let body = encode_marker(marker);

@@ -1,10 +1,9 @@
-//! Stream deletion and truncation on JetStream: purge by subject. A deletion (or a
-//! truncation of every event) writes a marker on the stream's subject, in one atomic batch
-//! with its system event: reads show nothing before the marker, it carries the stream's
-//! version (so appends continue after it) and, for a hard deletion, the tombstone every
-//! later append and read refuses. Then the subject's messages before the marker, or before
-//! the first event a truncation keeps, are purged: removed at once, so scavenging has
-//! nothing left to do.
+//! Stream deletion and truncation on JetStream: purge by subject. A deletion or a
+//! truncation writes a marker on the stream's subject, in one atomic batch with its system
+//! event: reads show none of the stream's versions below the marker's start, it carries the
+//! stream's version (so appends continue after it) and, for a hard deletion, the tombstone
+//! every later append and read refuses. Then the hidden messages are purged at once, so
+//! scavenging has nothing left of them to do.
 
 use annals::backend::{plan_deletion, DeletionPlan, StreamState};
 use annals::{
@@ -98,7 +97,7 @@ impl NatsStore {
             let head = self.head(stream).await?;
             let state = head.map(|h| StreamState {
                 version: h.next,
-                shows_nothing: h.marker,
+                shows_nothing: h.hides_all,
                 tombstone: h.tombstone,
             });
             let (version, hard) = match plan_deletion(stream, state, expected, mode)? {
@@ -107,6 +106,7 @@ impl NatsStore {
             };
             let marker = Marker {
                 next: version,
+                start: version,
                 tombstone: hard,
             };
             let data = serde_json::json!({
@@ -139,33 +139,26 @@ impl NatsStore {
                 return Ok(Version(floor));
             }
             let data = serde_json::json!({"stream": stream.as_str(), "before": before});
-            if before == next {
-                // Every event hidden: a marker keeps the version.
-                let marker = Marker {
-                    next,
-                    tombstone: false,
-                };
-                if self
-                    .mark(stream, head.sequence, marker, STREAM_TRUNCATED, data)
-                    .await?
-                {
-                    self.purge_to_marker(stream).await?;
-                    return Ok(Version(before));
-                }
+            let marker = Marker {
+                next,
+                start: before,
+                tombstone: false,
+            };
+            if !self
+                .mark(stream, head.sequence, marker, STREAM_TRUNCATED, data)
+                .await?
+            {
                 continue;
             }
-            let kept = events
-                .iter()
-                .find(|(e, _)| e.stream_version == before)
-                .map(|(e, _)| e.position)
-                .ok_or_else(|| backend(format!("{stream} has no event at version {before}")))?;
-            let target = annals::deletions_stream(stream);
-            let system = EventData::new(STREAM_TRUNCATED, data.to_string().into_bytes());
-            self.append_one(&target, ExpectedVersion::Any, vec![system])
-                .await?;
-            let sequence = u64::try_from(annals::backend::raw_position(kept))
-                .map_err(|_| backend("a position beyond a JetStream sequence"))?;
-            self.purge_below(stream, sequence).await?;
+            // The marker hides them already; purge them (all, or up to the first kept).
+            match crate::read::at_version(&events, before, |(e, _)| e.stream_version) {
+                Some((kept, _)) => {
+                    let sequence = u64::try_from(annals::backend::raw_position(kept.position))
+                        .map_err(|_| backend("a position beyond a JetStream sequence"))?;
+                    self.purge_below(stream, sequence).await?;
+                }
+                None => self.purge_to_marker(stream).await?,
+            }
             return Ok(Version(before));
         }
         Err(Error::transient(

@@ -25,8 +25,15 @@ pub(crate) struct Last {
     pub(crate) sequence: u64,
     pub(crate) next: u64,
     pub(crate) tombstone: bool,
-    /// The last message is a marker: reads show none of the stream's events.
-    pub(crate) marker: bool,
+    /// The last message is a marker hiding every event: reads show none.
+    pub(crate) hides_all: bool,
+}
+
+/// The item of `version` among a stream's events as reads show them (dense from the first
+/// one's version).
+pub(crate) fn at_version<T>(items: &[T], version: u64, of: impl Fn(&T) -> u64) -> Option<&T> {
+    let first = of(items.first()?);
+    items.get(usize::try_from(version.checked_sub(first)?).ok()?)
 }
 
 /// What a stored message holds.
@@ -185,13 +192,13 @@ impl NatsStore {
                 sequence: stored.sequence,
                 next: place.version + 1,
                 tombstone: false,
-                marker: false,
+                hides_all: false,
             },
             Message::Marker(marker) => Last {
                 sequence: stored.sequence,
                 next: marker.next,
                 tombstone: marker.tombstone,
-                marker: true,
+                hides_all: marker.start >= marker.next,
             },
         };
         if !last.tombstone {
@@ -259,8 +266,8 @@ impl NatsStore {
                 if m.sequence <= end.sequence {
                     match self.decode_any(m)? {
                         Message::Event(e, place) => out.push((e, place)),
-                        // A deletion or truncation hides what came before.
-                        Message::Marker(_) => out.clear(),
+                        // A deletion or truncation hides the versions below its start.
+                        Message::Marker(m) => out.retain(|(e, _)| e.stream_version >= m.start),
                     }
                 }
             }

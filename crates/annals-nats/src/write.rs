@@ -100,7 +100,7 @@ impl NatsStore {
                             sequence: end,
                             next: actual.get() + n,
                             tombstone: false,
-                            marker: false,
+                            hides_all: false,
                         },
                     );
                     let position = |seq: u64| annals::backend::position(u128::from(seq));
@@ -161,10 +161,10 @@ impl NatsStore {
             })
             .collect();
         let batch_start_of = |v: u64| {
-            Ok(recorded
-                .iter()
-                .find(|(r, _)| r.stream_version == v)
-                .map(|(_, place): &(_, Place)| place.batch_start))
+            Ok(
+                crate::read::at_version(&recorded, v, |(r, _)| r.stream_version)
+                    .map(|(_, place): &(_, Place)| place.batch_start),
+            )
         };
         match idempotency::check(stream, expected, actual, events, &found, batch_start_of)? {
             Verdict::AlreadyWritten(result) => Ok(result),
@@ -394,9 +394,10 @@ impl NatsStore {
                         let (recorded, _) = self.stream_events(&e.stream).await?;
                         existing.insert(&e.stream, recorded.into_iter().map(|(r, _)| r).collect());
                     }
-                    let copied = existing[&e.stream]
-                        .iter()
-                        .find(|r| r.stream_version == e.stream_version)
+                    let copied =
+                        crate::read::at_version(&existing[&e.stream], e.stream_version, |r| {
+                            r.stream_version
+                        })
                         .is_some_and(|r| r.event_id == e.event_id);
                     if copied {
                         continue;
@@ -501,7 +502,7 @@ impl NatsStore {
                                 sequence: seq + n - 1,
                                 next: g.actual.get() + n,
                                 tombstone: false,
-                                marker: false,
+                                hides_all: false,
                             },
                         );
                         let position = |s: u64| annals::backend::position(u128::from(s));

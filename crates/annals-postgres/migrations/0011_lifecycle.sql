@@ -133,8 +133,30 @@ BEGIN
     FROM ins;
 END $$;
 
+-- The rows of a refused append `p_idx` (status 2): the events of `p_stream` from
+-- `p_expected` on that reads show, at most `p_limit`, so a refused decision catches up
+-- without a read of its own.
+CREATE FUNCTION {schema}.refusal_tail(p_idx int, p_stream text, p_expected bigint, p_limit bigint)
+RETURNS TABLE (idx int, status smallint, version bigint, first_position bigint,
+               last_position bigint, tx text, e_tx text, e_position bigint, e_stream text,
+               e_version bigint, e_recorded bigint, e_type text, e_data bytea,
+               e_metadata bytea, e_id uuid, e_correlation uuid, e_causation uuid,
+               e_batch_start bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT p_idx, 2::smallint, NULL::bigint, NULL::bigint, NULL::bigint,
+        NULL::text, e.tx_id::text, e.position, s.name, e.stream_version,
+        (extract(epoch FROM e.recorded_at) * 1000000)::bigint, e.event_type, e.data,
+        e.metadata, e.event_id, e.correlation_id, e.causation_id, e.batch_start
+    FROM {schema}.streams s JOIN {schema}.events e ON e.stream_id = s.stream_id
+    WHERE s.name = p_stream AND e.stream_version >= p_expected
+      AND NOT s.tombstone AND e.stream_version >= s.start
+      AND (s.max_count IS NULL OR e.stream_version >= s.version - s.max_count)
+      AND (s.max_age IS NULL OR e.recorded_at >= now() - s.max_age * interval '1 microsecond')
+    ORDER BY e.stream_version LIMIT p_limit
+$$;
+
 -- The group functions, as in version 9, with status 5 for a tombstone; a refusal's
--- events are those reads show.
+-- events (`refusal_tail`) are those reads show.
 CREATE OR REPLACE FUNCTION {schema}.append_group_each(
     p_streams text[], p_categories text[], p_kinds smallint[], p_expected bigint[],
     p_tails boolean[], p_counts int[],
@@ -176,16 +198,7 @@ BEGIN
             NULL::text, NULL::bigint, NULL::text, NULL::bigint, NULL::bigint, NULL::text,
             NULL::bytea, NULL::bytea, NULL::uuid, NULL::uuid, NULL::uuid, NULL::bigint;
         IF v_status = 1 AND p_tails[i] THEN
-            RETURN QUERY SELECT i, 2::smallint, NULL::bigint, NULL::bigint, NULL::bigint,
-                NULL::text, e.tx_id::text, e.position, s.name, e.stream_version,
-                (extract(epoch FROM e.recorded_at) * 1000000)::bigint, e.event_type, e.data,
-                e.metadata, e.event_id, e.correlation_id, e.causation_id, e.batch_start
-                FROM {schema}.streams s JOIN {schema}.events e ON e.stream_id = s.stream_id
-                WHERE s.name = p_streams[i] AND e.stream_version >= p_expected[i]
-                  AND NOT s.tombstone AND e.stream_version >= s.start
-                  AND (s.max_count IS NULL OR e.stream_version >= s.version - s.max_count)
-                  AND (s.max_age IS NULL OR e.recorded_at >= now() - s.max_age * interval '1 microsecond')
-                ORDER BY e.stream_version LIMIT p_limit;
+            RETURN QUERY SELECT * FROM {schema}.refusal_tail(i, p_streams[i], p_expected[i], p_limit);
         END IF;
         lo := hi + 1;
     END LOOP;
@@ -303,16 +316,7 @@ BEGIN
             NULL::text, NULL::bigint, NULL::text, NULL::bigint, NULL::bigint, NULL::text,
             NULL::bytea, NULL::bytea, NULL::uuid, NULL::uuid, NULL::uuid, NULL::bigint;
         IF st[i] = 1 AND p_tails[i] THEN
-            RETURN QUERY SELECT i, 2::smallint, NULL::bigint, NULL::bigint, NULL::bigint,
-                NULL::text, e.tx_id::text, e.position, s.name, e.stream_version,
-                (extract(epoch FROM e.recorded_at) * 1000000)::bigint, e.event_type, e.data,
-                e.metadata, e.event_id, e.correlation_id, e.causation_id, e.batch_start
-                FROM {schema}.streams s JOIN {schema}.events e ON e.stream_id = s.stream_id
-                WHERE s.name = p_streams[i] AND e.stream_version >= p_expected[i]
-                  AND NOT s.tombstone AND e.stream_version >= s.start
-                  AND (s.max_count IS NULL OR e.stream_version >= s.version - s.max_count)
-                  AND (s.max_age IS NULL OR e.recorded_at >= now() - s.max_age * interval '1 microsecond')
-                ORDER BY e.stream_version LIMIT p_limit;
+            RETURN QUERY SELECT * FROM {schema}.refusal_tail(i, p_streams[i], p_expected[i], p_limit);
         END IF;
     END LOOP;
 END $$;
@@ -322,6 +326,7 @@ END $$;
 -- it), found in the same statement, so in the same snapshot (a scavenge deleting rows
 -- between two statements would stretch a window counted again, past events never shown).
 DROP FUNCTION {schema}.read_all_page(xid8, bigint, text[], text[], bigint, bigint, bigint, bigint);
+DROP FUNCTION {schema}.read_all_window(xid8, bigint, xid8, bigint);
 
 CREATE FUNCTION {schema}.read_all_page(
     p_tx xid8, p_position bigint, p_categories text[], p_types text[],

@@ -19,6 +19,18 @@ enum Try<T> {
     Again,
 }
 
+/// Runs `sql` as a prepared statement on `client`: the rows it changed.
+async fn exec(
+    client: &deadpool_postgres::ClientWrapper,
+    sql: &str,
+    params: &[crate::Param<'_>],
+) -> Result<u64> {
+    client
+        .execute(&prepared(client, sql).await?, params)
+        .await
+        .map_err(backend)
+}
+
 impl PgStore {
     fn schema(&self) -> String {
         config::quoted(&self.inner.config.schema)
@@ -124,22 +136,14 @@ impl PgStore {
                         "UPDATE {schema}.streams SET start = version, tombstone = $2, \
                          snapshot = NULL, snapshot_version = NULL WHERE name = $1"
                     );
-                    client
-                        .execute(&prepared(client, &sql).await?, &[&stream.as_str(), &hard])
-                        .await
-                        .map_err(backend)?;
+                    exec(client, &sql, &[&stream.as_str(), &hard]).await?;
                 } else {
                     let sql = format!(
                         "INSERT INTO {schema}.streams (name, category, version, tombstone) \
                          VALUES ($1, $2, 0, true) ON CONFLICT (name) DO NOTHING"
                     );
-                    let created = client
-                        .execute(
-                            &prepared(client, &sql).await?,
-                            &[&stream.as_str(), &stream.category()],
-                        )
-                        .await
-                        .map_err(backend)?;
+                    let created =
+                        exec(client, &sql, &[&stream.as_str(), &stream.category()]).await?;
                     if created == 0 {
                         // Created meanwhile: look again.
                         return Ok(Try::Again);
@@ -186,13 +190,7 @@ impl PgStore {
                     "UPDATE {schema}.streams SET start = $2, snapshot = NULL, \
                      snapshot_version = NULL WHERE name = $1"
                 );
-                client
-                    .execute(
-                        &prepared(client, &sql).await?,
-                        &[&stream.as_str(), &(before as i64)],
-                    )
-                    .await
-                    .map_err(backend)?;
+                exec(client, &sql, &[&stream.as_str(), &(before as i64)]).await?;
                 let data = serde_json::json!({"stream": stream.as_str(), "before": before});
                 Ok(
                     match self.record(client, stream, STREAM_TRUNCATED, data).await? {
@@ -233,23 +231,14 @@ impl PgStore {
                 if retention.keeps_all() {
                     let sql =
                         format!("DELETE FROM {schema}.retention WHERE kind = $1 AND name = $2");
-                    client
-                        .execute(&prepared(client, &sql).await?, &[&kind, &name])
-                        .await
-                        .map_err(backend)?;
+                    exec(client, &sql, &[&kind, &name]).await?;
                 } else {
                     let sql = format!(
                         "INSERT INTO {schema}.retention (kind, name, max_age, max_count) \
                          VALUES ($1, $2, $3, $4) ON CONFLICT (kind, name) DO UPDATE \
                          SET max_age = excluded.max_age, max_count = excluded.max_count"
                     );
-                    client
-                        .execute(
-                            &prepared(client, &sql).await?,
-                            &[&kind, &name, &max_age, &max_count],
-                        )
-                        .await
-                        .map_err(backend)?;
+                    exec(client, &sql, &[&kind, &name, &max_age, &max_count]).await?;
                 }
                 let sql = format!(
                     "UPDATE {schema}.streams s SET (max_age, max_count) = (\
@@ -259,10 +248,7 @@ impl PgStore {
                          ORDER BY r.kind DESC LIMIT 1) \
                      WHERE {covered}"
                 );
-                client
-                    .execute(&prepared(client, &sql).await?, &[&name])
-                    .await
-                    .map_err(backend)?;
+                exec(client, &sql, &[&name]).await?;
                 Ok(Try::Done(()))
             }
             .await;
@@ -365,54 +351,35 @@ impl PgStore {
     ) -> Result<(u64, u64)> {
         let client = self.client().await?;
         let client = &client;
-        for _ in 0..TRIES {
-            client.batch_execute("BEGIN").await.map_err(backend)?;
-            let outcome: Result<Try<_>> = async {
-                    let sql = if dry_run {
-                        format!("SELECT count(*), coalesce(sum(bytes), 0)::bigint FROM ({gone}) g")
-                    } else {
-                        client
-                            .execute(
-                                &format!(
-                                    "INSERT INTO {schema}.scavenging (tx) \
-                                     VALUES (pg_current_xact_id())"
-                                ),
-                                &[],
-                            )
-                            .await
-                            .map_err(backend)?;
-                        format!(
-                            "WITH g AS ({gone}), d AS (DELETE FROM {schema}.events e USING g \
-                             WHERE e.tx_id = g.tx_id AND e.position = g.position RETURNING g.bytes) \
-                             SELECT count(*), coalesce(sum(bytes), 0)::bigint FROM d"
-                        )
-                    };
-                    let row = client
-                        .query_one(&sql, &[&limit])
-                        .await
-                        .map_err(backend)?;
-                    if !dry_run {
-                        client
-                            .execute(
-                                &format!(
-                                    "DELETE FROM {schema}.scavenging \
-                                     WHERE tx = pg_current_xact_id()"
-                                ),
-                                &[],
-                            )
-                            .await
-                            .map_err(backend)?;
-                    }
-                    Ok(Try::Done((
-                        row.get::<_, i64>(0) as u64,
-                        row.get::<_, i64>(1) as u64,
-                    )))
-}
-            .await;
-            if let Some(value) = self.settle(client, outcome).await? {
-                return Ok(value);
+        client.batch_execute("BEGIN").await.map_err(backend)?;
+        let outcome: Result<Try<_>> = async {
+            let sql = if dry_run {
+                format!("SELECT count(*), coalesce(sum(bytes), 0)::bigint FROM ({gone}) g")
+            } else {
+                // The token that lets this transaction's deletes through the trigger.
+                let token =
+                    format!("INSERT INTO {schema}.scavenging (tx) VALUES (pg_current_xact_id())");
+                exec(client, &token, &[]).await?;
+                format!(
+                    "WITH g AS ({gone}), d AS (DELETE FROM {schema}.events e USING g \
+                     WHERE e.tx_id = g.tx_id AND e.position = g.position RETURNING g.bytes) \
+                     SELECT count(*), coalesce(sum(bytes), 0)::bigint FROM d"
+                )
+            };
+            let row = client.query_one(&sql, &[&limit]).await.map_err(backend)?;
+            if !dry_run {
+                let token =
+                    format!("DELETE FROM {schema}.scavenging WHERE tx = pg_current_xact_id()");
+                exec(client, &token, &[]).await?;
             }
+            Ok(Try::Done((
+                row.get::<_, i64>(0) as u64,
+                row.get::<_, i64>(1) as u64,
+            )))
         }
-        Err(backend("the stream kept changing under the change; retry"))
+        .await;
+        self.settle(client, outcome)
+            .await?
+            .ok_or_else(|| backend("the scavenging transaction was rolled back; retry"))
     }
 }

@@ -118,13 +118,9 @@ pub(crate) async fn scavenge(
             "free_bytes": report.free_bytes,
         }));
     } else {
-        let place = match store.backend() {
-            "sqlite" => "inside the database file (VACUUM returns them to the file system)",
-            _ => "in the events table, for new events (VACUUM FULL returns it to the file system)",
-        };
         let free = report
             .free_bytes
-            .map(|b| format!("; {b} bytes now free {place}"))
+            .map(|b| format!("; {b} bytes now free inside the store, reused by new events"))
             .unwrap_or_default();
         println!(
             "{verb} {} events ({} bytes of data and metadata){free}",
