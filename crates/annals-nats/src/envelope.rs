@@ -5,7 +5,9 @@
 //! event is, `version - batch_start` (varint); recorded at (i64 µs, big-endian); event id
 //! (16); flags (metadata, correlation, causation); type length (varint) and type; then, as
 //! flagged, metadata length (varint) and metadata, correlation id (16), causation id (16);
-//! the data is the rest. Varints are LEB128 (`integer-encoding`). Format `1` (fixed-width
+//! the data is the rest. Varints are LEB128 (`integer-encoding`). Format `3` is format `2`
+//! without the event id, which the message's `Nats-Msg-Id` header carries (every byte is
+//! stored and replicated; the id need not be twice in a message). Format `1` (fixed-width
 //! u64 versions and batch start, u16 type length, u32 metadata length) is still read.
 
 use annals::{EventData, RecordedEvent, StreamName, Timestamp, Uuid};
@@ -13,6 +15,8 @@ use integer_encoding::VarInt;
 
 const FORMAT: u8 = 2;
 const FORMAT_1: u8 = 1;
+/// Format 2 with the event id in the `Nats-Msg-Id` header only.
+const FORMAT_3: u8 = 3;
 
 /// What a message carries besides the event itself.
 #[derive(Debug, Clone, Copy)]
@@ -68,14 +72,18 @@ fn varint(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(&buf[..len]);
 }
 
-pub(crate) fn encode(event: &EventData, place: Place) -> Vec<u8> {
+/// The body of an event's message; `id_in_header` when the message carries the event id as
+/// its `Nats-Msg-Id` (format 3), else the body holds it (format 2).
+pub(crate) fn encode(event: &EventData, place: Place, id_in_header: bool) -> Vec<u8> {
     let meta = event.metadata.as_deref();
     let mut out = Vec::with_capacity(48 + event.event_type.len() + event.data.len());
-    out.push(FORMAT);
+    out.push(if id_in_header { FORMAT_3 } else { FORMAT });
     varint(&mut out, place.version);
     varint(&mut out, place.version.saturating_sub(place.batch_start));
     out.extend_from_slice(&place.recorded_at.unix_micros().to_be_bytes());
-    out.extend_from_slice(event.event_id.as_bytes());
+    if !id_in_header {
+        out.extend_from_slice(event.event_id.as_bytes());
+    }
     let flags = u8::from(meta.is_some())
         | (u8::from(event.correlation_id.is_some()) << 1)
         | (u8::from(event.causation_id.is_some()) << 2);
@@ -129,17 +137,18 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The event in a message body, with where the message is; `None` when the body is not an
-/// envelope this build reads.
+/// The event in a message body (and its `Nats-Msg-Id` header, `msg_id`), with where the
+/// message is; `None` when the body is not an envelope this build reads.
 pub(crate) fn decode(
     body: &[u8],
+    msg_id: Option<&str>,
     stream: StreamName,
     sequence: u64,
 ) -> Option<(RecordedEvent, Place)> {
     let mut r = Reader(body);
     let [format] = r.array::<1>()?;
     let (version, batch_start) = match format {
-        FORMAT => {
+        FORMAT | FORMAT_3 => {
             let version = r.varint()?;
             (version, version.checked_sub(r.varint()?)?)
         }
@@ -150,7 +159,10 @@ pub(crate) fn decode(
         _ => return None,
     };
     let recorded_at = Timestamp::from_unix_micros(i64::from_be_bytes(r.array()?));
-    let event_id = Uuid::from_bytes(r.array()?);
+    let event_id = match format {
+        FORMAT_3 => crate::write::id_of_msg_id(msg_id?)?,
+        _ => Uuid::from_bytes(r.array()?),
+    };
     let [flags] = r.array::<1>()?;
     let type_len = r.length::<2>(format)?;
     let event_type = String::from_utf8(r.take(type_len)?.to_vec()).ok()?;
@@ -206,10 +218,20 @@ mod tests {
             batch_start: 5,
             recorded_at: Timestamp::from_unix_micros(-3),
         };
-        let body = encode(&e, place);
-        assert!(decode_marker(&body).is_none(), "an event is never a marker");
         let stream = StreamName::new("A-1").unwrap();
-        let (r, p) = decode(&body, stream.clone(), 42).unwrap();
+        // Format 3: the id travels in the header, and without it the body is no event.
+        let msg_id = crate::write::msg_id(e.event_id);
+        let body = encode(&e, place, true);
+        assert_eq!(body[0], FORMAT_3);
+        assert!(decode_marker(&body).is_none(), "an event is never a marker");
+        let (r, _) = decode(&body, Some(&msg_id), stream.clone(), 42).unwrap();
+        assert_eq!((r.event_id, r.data), (e.event_id, e.data.clone()));
+        assert!(decode(&body, None, stream.clone(), 42).is_none());
+        assert!(decode(&body, Some("not an id"), stream.clone(), 42).is_none());
+        // Format 2: the body holds the id.
+        let body = encode(&e, place, false);
+        assert!(decode_marker(&body).is_none(), "an event is never a marker");
+        let (r, p) = decode(&body, None, stream.clone(), 42).unwrap();
         assert_eq!(
             (
                 r.event_type,
@@ -233,7 +255,7 @@ mod tests {
             (7, 5, -3)
         );
         assert_eq!(annals::backend::raw_position(r.position), 42);
-        assert!(decode(&body[..10], stream.clone(), 1).is_none());
+        assert!(decode(&body[..10], None, stream.clone(), 1).is_none());
         // Format 1, as the first releases wrote it, is still read.
         let mut old = vec![1u8];
         old.extend_from_slice(&7u64.to_be_bytes());
@@ -246,7 +268,7 @@ mod tests {
         old.extend_from_slice(&2u32.to_be_bytes());
         old.extend_from_slice(b"{}");
         old.extend_from_slice(b"data");
-        let (r, p) = decode(&old, stream.clone(), 3).unwrap();
+        let (r, p) = decode(&old, None, stream.clone(), 3).unwrap();
         assert_eq!(
             (
                 r.stream_version,
@@ -257,7 +279,7 @@ mod tests {
             ),
             (7, 5, "T", Some(b"{}".to_vec()), b"data".to_vec())
         );
-        assert!(decode(b"not an envelope", stream.clone(), 1).is_none());
+        assert!(decode(b"not an envelope", None, stream.clone(), 1).is_none());
         // Markers are never events, and events never markers.
         let marker = Marker {
             next: 300,
@@ -266,7 +288,7 @@ mod tests {
         };
         let body = encode_marker(marker);
         assert_eq!(decode_marker(&body), Some(marker));
-        assert!(decode(&body, stream, 1).is_none());
+        assert!(decode(&body, None, stream, 1).is_none());
         assert!(decode_marker(&body[..2]).is_none());
     }
 }

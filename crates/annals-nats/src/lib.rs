@@ -16,6 +16,7 @@
 
 mod checkpoints;
 mod envelope;
+mod import;
 mod keys;
 mod leases;
 mod lifecycle;

@@ -61,7 +61,7 @@ impl NatsStore {
                 marker: None,
             },
         ];
-        let published = self.send(&messages).await?;
+        let published = self.send(&messages, true).await?;
         self.forget(stream);
         self.forget(&target);
         Ok(matches!(published, Published::Stored(_)))

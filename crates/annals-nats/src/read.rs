@@ -15,6 +15,8 @@ const BATCH: usize = 1000;
 pub(crate) struct Stored {
     pub(crate) sequence: u64,
     pub(crate) subject: String,
+    /// Its `Nats-Msg-Id` header.
+    pub(crate) msg_id: Option<String>,
     pub(crate) payload: bytes::Bytes,
 }
 
@@ -61,6 +63,7 @@ impl NatsStore {
                 Ok(Stored {
                     sequence,
                     subject,
+                    msg_id: header("Nats-Msg-Id"),
                     payload: message.payload,
                 })
             })
@@ -144,7 +147,7 @@ impl NatsStore {
             .subjects
             .parse(&m.subject)
             .ok_or_else(|| backend(format!("subject {} is not an event stream", m.subject)))?;
-        envelope::decode(&m.payload, stream, m.sequence).ok_or_else(|| {
+        envelope::decode(&m.payload, m.msg_id.as_deref(), stream, m.sequence).ok_or_else(|| {
             annals::Error::backend(
                 "nats",
                 format!(
@@ -185,6 +188,7 @@ impl NatsStore {
         let stored = Stored {
             sequence: m.sequence,
             subject: m.subject.to_string(),
+            msg_id: m.headers.get("Nats-Msg-Id").map(|v| v.to_string()),
             payload: m.payload,
         };
         let last = match self.decode_any(&stored)? {

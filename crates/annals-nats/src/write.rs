@@ -1,12 +1,12 @@
 //! Appends: the server checks the stream's last sequence (`Nats-Expected-Last-Subject-
 //! Sequence`), a multi-event append is one atomic batch, and event ids are `Nats-Msg-Id`s.
 
-use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use annals::backend::idempotency::{self, Found, Verdict};
 use annals::{
-    AppendResult, Error, EventData, ExpectedVersion, RecordedEvent, Result, StreamAppend,
-    StreamName, Timestamp, Version,
+    AppendResult, Error, EventData, ExpectedVersion, Result, StreamAppend, StreamName, Timestamp,
+    Version,
 };
 use async_nats::HeaderMap;
 use serde::Deserialize;
@@ -17,7 +17,7 @@ use crate::{backend, NatsStore, MAX_BATCH};
 
 /// How often an append re-reads the stream's head after another writer moved it, before
 /// giving up (a `Any` append under heavy contention on one stream).
-const RACES: usize = 100;
+pub(crate) const RACES: usize = 100;
 
 /// How many of the latest messages an atomic batch refused for a duplicate id searches for
 /// it.
@@ -49,6 +49,53 @@ pub(crate) enum Published {
     /// An event id is already recorded (within the duplicate window), at this sequence
     /// when the server says.
     Duplicate(Option<u64>),
+    /// An event id is held by the server as being written by another publish (10158).
+    InFlight,
+}
+
+/// How an append waits while the server holds its event ids as being written by another
+/// publish ("duplicate message id is in process"). Such a publish is normally stored, or
+/// refused, within milliseconds, and the next attempt is answered as a duplicate or
+/// written. But a leader that loses its place in the middle of a publish can keep its ids
+/// marked in process, never stored, and refuse them for the whole duplicate window (two
+/// minutes by default). So once the ids have been refused for longer than the store's
+/// timeout, the append checks that they are not recorded and sends its events without
+/// `Nats-Msg-Id`s: still conditional on the stream's last sequence, so a late copy of the
+/// other publish and this one can never both be stored.
+pub(crate) struct Patience {
+    since: Option<Instant>,
+    pause: Duration,
+    /// Send the event ids as `Nats-Msg-Id`s.
+    pub(crate) ids: bool,
+}
+
+impl Patience {
+    pub(crate) fn new() -> Self {
+        Self {
+            since: None,
+            pause: Duration::from_millis(10),
+            ids: true,
+        }
+    }
+
+    /// After an in-process answer: waits before the next attempt and answers true, or,
+    /// once the ids have been refused for longer than `limit`, stops sending them and
+    /// answers false (the caller then checks they are not recorded).
+    pub(crate) async fn wait(&mut self, limit: Duration) -> bool {
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= limit {
+            tracing::warn!(
+                waited = ?since.elapsed(),
+                "the server keeps an append's event ids in process; sending it without them"
+            );
+            self.ids = false;
+            return false;
+        }
+        tracing::debug!("an append's event ids are in process on the server; waiting");
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(Duration::from_millis(250));
+        true
+    }
 }
 
 impl NatsStore {
@@ -73,7 +120,9 @@ impl NatsStore {
             ExpectedVersion::NoStream | ExpectedVersion::Exact(Version(0)) => Some(None),
             _ => None,
         });
-        for _ in 0..RACES {
+        let mut patience = Patience::new();
+        let mut races = 0;
+        while races < RACES {
             let (last, guessed) = match guess.take() {
                 Some(last) => (last, true),
                 None => (self.last(stream).await?, false),
@@ -85,13 +134,19 @@ impl NatsStore {
                 }
                 return self.settle(stream, expected, actual, &events).await;
             }
+            if !patience.ids {
+                // Without the server's duplicate check, the stream is the only witness.
+                if let Some(done) = self.recorded(stream, expected, actual, &events).await? {
+                    return Ok(done);
+                }
+            }
             let group = Group {
                 stream,
                 after: last.map_or(0, |l| l.sequence),
                 actual,
                 events: &events,
             };
-            match self.publish(&[group]).await? {
+            match self.publish(&[group], patience.ids).await? {
                 Published::Stored(end) => {
                     let n = events.len() as u64;
                     self.remember(
@@ -112,7 +167,14 @@ impl NatsStore {
                 }
                 Published::Moved => {
                     self.forget(stream);
-                    continue;
+                    races += 1;
+                }
+                Published::InFlight => {
+                    self.forget(stream);
+                    if !patience.wait(self.inner.config.timeout).await {
+                        self.refuse_recent_foreign_duplicate(stream, &events)
+                            .await?;
+                    }
                 }
                 Published::Duplicate(at) => {
                     self.forget(stream);
@@ -145,6 +207,27 @@ impl NatsStore {
         actual: Version,
         events: &[EventData],
     ) -> Result<AppendResult> {
+        // Nothing recorded yet and the version holds now: the caller's race; a plain
+        // conflict is the honest answer.
+        self.recorded(stream, expected, actual, events)
+            .await?
+            .ok_or_else(|| Error::WrongExpectedVersion {
+                stream: stream.clone(),
+                expected,
+                actual,
+            })
+    }
+
+    /// What the idempotency rule says of an append, from where the batch's ids are
+    /// recorded in the stream: already written (its result), none of it written (`None`),
+    /// or an error (a partial overlap, a conflict).
+    async fn recorded(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        actual: Version,
+        events: &[EventData],
+    ) -> Result<Option<AppendResult>> {
         let (recorded, _) = self.stream_events(stream).await?;
         let found: Vec<Option<Found>> = events
             .iter()
@@ -167,19 +250,13 @@ impl NatsStore {
             )
         };
         match idempotency::check(stream, expected, actual, events, &found, batch_start_of)? {
-            Verdict::AlreadyWritten(result) => Ok(result),
-            // Nothing recorded yet and the version holds now: the caller's race; a plain
-            // conflict is the honest answer.
-            Verdict::Write => Err(Error::WrongExpectedVersion {
-                stream: stream.clone(),
-                expected,
-                actual,
-            }),
+            Verdict::AlreadyWritten(result) => Ok(Some(result)),
+            Verdict::Write => Ok(None),
         }
     }
 
     /// When the duplicate the server found at `seq` is in another stream, the id is taken.
-    async fn refuse_foreign_duplicate(
+    pub(crate) async fn refuse_foreign_duplicate(
         &self,
         stream: &StreamName,
         events: &[EventData],
@@ -205,7 +282,7 @@ impl NatsStore {
 
     /// An atomic batch refused for a duplicate id does not say where the id is: look for
     /// the batch's ids among the store's latest messages (the duplicate window's).
-    async fn refuse_recent_foreign_duplicate(
+    pub(crate) async fn refuse_recent_foreign_duplicate(
         &self,
         stream: &StreamName,
         events: &[EventData],
@@ -239,7 +316,7 @@ impl NatsStore {
     }
 
     /// Publishes `groups` (appends at their streams' heads, written now).
-    async fn publish(&self, groups: &[Group<'_>]) -> Result<Published> {
+    async fn publish(&self, groups: &[Group<'_>], ids: bool) -> Result<Published> {
         let recorded_at = Timestamp::now();
         let mut out = Vec::new();
         for g in groups {
@@ -257,18 +334,19 @@ impl NatsStore {
                 });
             }
         }
-        self.send(&out).await
+        self.send(&out, ids).await
     }
 
     /// Sends `messages` as one message, or one atomic batch, in order; a message with
     /// `expect` carries its stream's expected last sequence (each stream's first message),
-    /// so the server checks every stream before storing any message.
-    pub(crate) async fn send(&self, messages: &[Outgoing<'_>]) -> Result<Published> {
+    /// so the server checks every stream before storing any message. With `ids`, each
+    /// message carries its event's id as its `Nats-Msg-Id`.
+    pub(crate) async fn send(&self, messages: &[Outgoing<'_>], ids: bool) -> Result<Published> {
         let client = &self.inner.client;
         // Short ids: every message carries them, and bytes are what a replicated, fsynced
         // stream pays for. A batch id only has to be unique among batches in flight.
         let batch_id = if messages.len() > 1 {
-            short_id(&annals::Uuid::now_v7().as_bytes()[6..])
+            short_id(&annals::Uuid::now_v7().as_bytes()[10..])
         } else {
             String::new()
         };
@@ -283,7 +361,9 @@ impl NatsStore {
         for (n, m) in messages.iter().enumerate() {
             let subject = self.inner.subjects.stream(m.stream);
             let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", msg_id(m.event.event_id).as_str());
+            if ids {
+                headers.insert("Nats-Msg-Id", msg_id(m.event.event_id).as_str());
+            }
             if let Some(after) = m.expect {
                 headers.insert(
                     "Nats-Expected-Last-Subject-Sequence",
@@ -296,7 +376,7 @@ impl NatsStore {
             }
             let body = match m.marker {
                 Some(marker) => envelope::encode_marker(marker),
-                None => envelope::encode(m.event, m.place),
+                None => envelope::encode(m.event, m.place, ids),
             };
             if n + 1 == total {
                 if !single {
@@ -326,7 +406,7 @@ impl NatsStore {
             Some(e) => match e.err_code {
                 10071 | 10164 => Ok(Published::Moved),
                 10201 => Ok(Published::Duplicate((ack.seq > 0).then_some(ack.seq))),
-                10158 => Err(backend(format!("append to {}: {}", what(), e.description))),
+                10158 => Ok(Published::InFlight),
                 _ => Err(Error::backend(
                     "nats",
                     format!(
@@ -338,101 +418,6 @@ impl NatsStore {
                 )),
             },
         }
-    }
-
-    /// Copies recorded events, keeping their versions, ids and timestamps, in order, as one
-    /// atomic batch; events already copied (same id at the same version) are skipped.
-    pub(crate) async fn import_events(&self, events: Vec<RecordedEvent>) -> Result<u64> {
-        annals::backend::validate_import(&events, self.inner.config.max_event_bytes)?;
-        if events.len() > MAX_BATCH {
-            return Err(Error::BatchTooLarge {
-                stream: events[0].stream.clone(),
-                events: events.len(),
-                max: MAX_BATCH,
-            });
-        }
-        for _ in 0..RACES {
-            // Plan: per stream its head, then each event written, skipped or refused.
-            let mut heads: HashMap<&StreamName, (u64, u64)> = HashMap::new();
-            let mut existing: HashMap<&StreamName, Vec<RecordedEvent>> = HashMap::new();
-            let mut ids = std::collections::HashSet::new();
-            let mut out: Vec<Outgoing<'_>> = Vec::new();
-            let data: Vec<EventData> = events.iter().map(RecordedEvent::to_data).collect();
-            for (e, d) in events.iter().zip(&data) {
-                if !heads.contains_key(&e.stream) {
-                    let last = self.last(&e.stream).await?;
-                    heads.insert(
-                        &e.stream,
-                        (last.map_or(0, |l| l.sequence), last.map_or(0, |l| l.next)),
-                    );
-                }
-                let (after, version) = heads[&e.stream];
-                if e.stream_version == version {
-                    if !ids.insert(e.event_id) {
-                        return Err(Error::DuplicateEventId {
-                            event_id: e.event_id,
-                            existing_stream: e.stream.clone(),
-                        });
-                    }
-                    let first = !out.iter().any(|m| m.stream == &e.stream);
-                    out.push(Outgoing {
-                        stream: &e.stream,
-                        event: d,
-                        place: Place {
-                            version,
-                            batch_start: version,
-                            recorded_at: e.recorded_at,
-                        },
-                        expect: first.then_some(after),
-                        marker: None,
-                    });
-                    heads.insert(&e.stream, (after, version + 1));
-                    continue;
-                }
-                if e.stream_version < version {
-                    if !existing.contains_key(&e.stream) {
-                        let (recorded, _) = self.stream_events(&e.stream).await?;
-                        existing.insert(&e.stream, recorded.into_iter().map(|(r, _)| r).collect());
-                    }
-                    let copied =
-                        crate::read::at_version(&existing[&e.stream], e.stream_version, |r| {
-                            r.stream_version
-                        })
-                        .is_some_and(|r| r.event_id == e.event_id);
-                    if copied {
-                        continue;
-                    }
-                }
-                return Err(Error::WrongExpectedVersion {
-                    stream: e.stream.clone(),
-                    expected: ExpectedVersion::Exact(Version(e.stream_version)),
-                    actual: Version(version),
-                });
-            }
-            if out.is_empty() {
-                return Ok(0);
-            }
-            match self.send(&out).await? {
-                Published::Stored(_) => return Ok(out.len() as u64),
-                Published::Moved => continue,
-                Published::Duplicate(at) => {
-                    let Some(seq) = at else {
-                        return Err(Error::backend(
-                            "nats",
-                            "an imported event id is already recorded in the store",
-                        ));
-                    };
-                    let first = &events[0];
-                    self.refuse_foreign_duplicate(&first.stream, &data, seq)
-                        .await?;
-                    continue;
-                }
-            }
-        }
-        Err(Error::transient(
-            "nats",
-            format!("the streams kept moving under this import ({RACES} attempts)"),
-        ))
     }
 
     /// Several streams' appends as one atomic batch: each stream's expectation is checked
@@ -450,7 +435,9 @@ impl NatsStore {
                 max: MAX_BATCH,
             });
         }
-        for _ in 0..RACES {
+        let mut patience = Patience::new();
+        let mut races = 0;
+        while races < RACES {
             // Plan every stream: already written (an exact retry), or to write at its head.
             let mut results: Vec<Option<AppendResult>> = Vec::with_capacity(appends.len());
             let mut heads = Vec::with_capacity(appends.len());
@@ -466,7 +453,14 @@ impl NatsStore {
                 };
                 let actual = Version(last.map_or(0, |l| l.next));
                 if a.expected.admits(actual) {
-                    results.push(None);
+                    // Without the server's duplicate check, the stream is the only witness.
+                    results.push(match patience.ids {
+                        true => None,
+                        false => {
+                            self.recorded(&a.stream, a.expected, actual, &a.events)
+                                .await?
+                        }
+                    });
                 } else {
                     results.push(Some(
                         self.settle(&a.stream, a.expected, actual, &a.events)
@@ -490,7 +484,7 @@ impl NatsStore {
             if groups.is_empty() {
                 return Ok(results.into_iter().flatten().collect());
             }
-            match self.publish(&groups).await? {
+            match self.publish(&groups, patience.ids).await? {
                 Published::Stored(end) => {
                     let written: u64 = groups.iter().map(|g| g.events.len() as u64).sum();
                     let mut seq = end + 1 - written;
@@ -523,12 +517,26 @@ impl NatsStore {
                     for g in &groups {
                         self.forget(g.stream);
                     }
-                    continue;
+                    races += 1;
+                }
+                Published::InFlight => {
+                    for g in &groups {
+                        self.forget(g.stream);
+                    }
+                    if !patience.wait(self.inner.config.timeout).await {
+                        let all: Vec<EventData> =
+                            appends.iter().flat_map(|a| a.events.clone()).collect();
+                        for a in &appends {
+                            self.refuse_recent_foreign_duplicate(&a.stream, &all)
+                                .await?;
+                        }
+                    }
                 }
                 Published::Duplicate(at) => {
                     for g in &groups {
                         self.forget(g.stream);
                     }
+                    races += 1;
                     let all: Vec<EventData> =
                         appends.iter().flat_map(|a| a.events.clone()).collect();
                     for a in &appends {
@@ -543,7 +551,6 @@ impl NatsStore {
                         }
                     }
                     // Replanning answers an exact retry, or says what overlaps.
-                    continue;
                 }
             }
         }
@@ -564,6 +571,16 @@ fn short_id(bytes: &[u8]) -> String {
 /// compares them).
 pub(crate) fn msg_id(id: annals::Uuid) -> String {
     short_id(id.as_bytes())
+}
+
+/// The event id a `Nats-Msg-Id` carries, if it is one [`msg_id`] wrote.
+pub(crate) fn id_of_msg_id(msg_id: &str) -> Option<annals::Uuid> {
+    use base64::Engine;
+    let mut bytes = [0u8; 16];
+    let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode_slice(msg_id, &mut bytes)
+        .ok()?;
+    (n == 16 && msg_id.len() == 22).then(|| annals::Uuid::from_bytes(bytes))
 }
 
 /// One message of a publish.

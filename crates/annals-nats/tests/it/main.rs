@@ -68,6 +68,42 @@ mod cluster {
     }
 
     annals_testkit::conformance_suite!(|| async { TestStore::new(Arc::new(fresh().await)) });
+
+    /// Two clients send the same append (same event ids) at the same moment, as a retry
+    /// racing its original does. While one is being replicated the leader answers the other
+    /// "duplicate message id is in process"; that one waits and is answered as the same
+    /// append. Both get the first's result, and the events are stored once.
+    #[tokio::test]
+    async fn a_retry_racing_its_original_gets_the_same_answer() {
+        use annals::{EventData, EventStore, EventStoreExt, ExpectedVersion, ReadStream};
+        use annals::{StreamName, Version};
+        let a = fresh().await;
+        let b = NatsStore::connect(a.config().clone()).await.unwrap();
+        let s = StreamName::new("Race-1").unwrap();
+        const ROUNDS: u64 = 40;
+        for round in 0..ROUNDS {
+            let batch: Vec<EventData> = (0..3)
+                .map(|i| EventData::new("E", format!("{round}.{i}").into_bytes()))
+                .collect();
+            let expected = match round % 2 {
+                0 => ExpectedVersion::Any,
+                _ => ExpectedVersion::Exact(Version(round * 3)),
+            };
+            let (x, y) = tokio::join!(
+                a.append(&s, expected, batch.clone()),
+                b.append(&s, expected, batch)
+            );
+            let (x, y) = (x.unwrap(), y.unwrap());
+            assert_eq!(x, y, "round {round}: both are the same append");
+            assert_eq!(x.version, Version((round + 1) * 3));
+        }
+        let events = a.read_stream_vec(&s, ReadStream::forward()).await.unwrap();
+        assert_eq!(events.len() as u64, ROUNDS * 3, "every append stored once");
+        for (i, e) in events.iter().enumerate() {
+            let want = format!("{}.{}", i / 3, i % 3);
+            assert_eq!((e.stream_version, &e.data[..]), (i as u64, want.as_bytes()));
+        }
+    }
 }
 
 /// Each client remembers the heads of the streams it wrote and appends from them without
