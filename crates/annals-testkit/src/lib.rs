@@ -16,11 +16,42 @@ mod scenario;
 
 pub use eventually::{eventually, eventually_blocking};
 
-/// A free loopback port for a throwaway server (PostgreSQL, NATS).
+/// A free loopback port for a throwaway server (PostgreSQL, NATS), below the kernel's
+/// ephemeral range: a server that tests kill and start again rebinds its ports, and a port
+/// from the ephemeral range may meanwhile be the local end of any client's connection (a
+/// restarted node that cannot bind its route port leaves its cluster one node short). Never
+/// the same port twice in one process.
 #[cfg(any(feature = "postgres", feature = "nats"))]
 fn free_loopback_port() -> Result<u16, String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    // The ephemeral range starts at 32768 unless the machine says otherwise.
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = if ephemeral > 12_000 {
+        (10_000, ephemeral)
+    } else {
+        (61_000, 65_535)
+    };
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    // Start at a place of this process's own, so concurrent test binaries rarely meet.
+    let span = u32::from(high - low);
+    let start = (std::process::id().wrapping_mul(7919)) % span;
+    for i in 0..span {
+        let port = low + ((start + i) % span) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return Ok(port);
+        }
+    }
+    Err(format!("no free loopback port in {low}..{high}"))
 }
 
 use std::any::Any;

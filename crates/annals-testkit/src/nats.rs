@@ -73,7 +73,12 @@ impl NatsServer {
 
     fn launch(&self) -> Result<(), String> {
         let dir = self.dir.as_ref().expect("started here");
-        let log = std::fs::File::create(dir.join("server.log")).map_err(|e| e.to_string())?;
+        // Appended to, so a restarted node's log keeps what it said before the kill.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("server.log"))
+            .map_err(|e| e.to_string())?;
         let child = Command::new(binary())
             .arg("-c")
             .arg(dir.join("server.conf"))
@@ -121,6 +126,18 @@ impl NatsServer {
             // Polling a port that is not open yet: nothing to wait on but time.
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The last `lines` lines the server logged (across restarts), for a failing test to
+    /// show.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self
+            .dir
+            .as_ref()
+            .and_then(|d| std::fs::read_to_string(d.join("server.log")).ok())
+            .unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     /// Kills the server with SIGKILL (no clean shutdown) and waits for it to exit.

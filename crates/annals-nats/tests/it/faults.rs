@@ -32,13 +32,72 @@ async fn connect(cluster: &NatsCluster, stream: &str) -> NatsStore {
     .await
 }
 
-/// Waits (bounded) until at least `n` events are acknowledged.
-async fn acked_at_least(acked: &Mutex<Vec<Uuid>>, n: usize, what: &str) {
-    eventually(what, Duration::from_secs(120), || {
-        let reached = acked.lock().unwrap().len() >= n;
-        async move { reached.then_some(()) }
-    })
-    .await
+/// Waits (bounded) until at least `n` events are acknowledged; if they never are, fails
+/// with what each node says of the stream and the end of each node's log.
+async fn acked_at_least(
+    acked: &Mutex<Vec<Uuid>>,
+    n: usize,
+    what: &str,
+    cluster: &NatsCluster,
+    stream: &str,
+) {
+    let within = Duration::from_secs(120);
+    let reached = tokio::time::timeout(
+        within,
+        eventually(what, Duration::from_secs(3600), || {
+            let reached = acked.lock().unwrap().len() >= n;
+            async move { reached.then_some(()) }
+        }),
+    )
+    .await;
+    if reached.is_err() {
+        panic!(
+            "timed out after {within:?} waiting for {what}\n{}",
+            diagnose(cluster, stream).await
+        );
+    }
+}
+
+/// What each node says of `stream` (its leader and replicas), and each node's last log
+/// lines.
+async fn diagnose(cluster: &NatsCluster, stream: &str) -> String {
+    let mut out = String::new();
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let info = tokio::time::timeout(Duration::from_secs(5), async {
+            let client = async_nats::connect(&node.url)
+                .await
+                .map_err(|e| e.to_string())?;
+            let js = async_nats::jetstream::new(client);
+            let mut handle = js.get_stream(stream).await.map_err(|e| e.to_string())?;
+            let info = handle.info().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(format!("{:?}", info.cluster))
+        })
+        .await
+        .unwrap_or_else(|_| Err("no answer within 5 s".into()));
+        out += &format!(
+            "node {i} ({}): stream cluster {info:?}\n{}\n",
+            cluster.names[i],
+            node.log_tail(40)
+        );
+    }
+    out
+}
+
+/// Whether `stream` has a leader and every other node is a current replica, asked of any
+/// node that answers.
+async fn healthy(cluster: &NatsCluster, stream: &str) -> Option<()> {
+    let client = async_nats::connect(cluster.urls.as_slice()).await.ok()?;
+    let js = async_nats::jetstream::new(client);
+    let mut handle = js.get_stream(stream).await.ok()?;
+    let info = handle.info().await.ok()?;
+    let cluster_info = info.cluster.as_ref()?;
+    cluster_info.leader.as_ref()?;
+    let current = cluster_info
+        .replicas
+        .iter()
+        .filter(|r| r.current && !r.offline)
+        .count();
+    (current + 1 == cluster.nodes.len()).then_some(())
 }
 
 /// The index of the node leading `stream`, asked of any node that answers.
@@ -143,15 +202,45 @@ async fn leader_kills_lose_and_duplicate_nothing() {
     for _ in 0..KILLS {
         let before = acked.lock().unwrap().len();
         // Wait for progress since the last kill (bounded), then kill the current leader.
-        acked_at_least(&acked, before + 50, "progress before a kill").await;
+        acked_at_least(
+            &acked,
+            before + 50,
+            "progress before a kill",
+            &cluster,
+            name,
+        )
+        .await;
         let node = eventually("a stream leader", Duration::from_secs(60), || {
             leader(&cluster, name)
         })
         .await;
         cluster.nodes[node].kill().unwrap();
         let after_kill = acked.lock().unwrap().len();
-        acked_at_least(&acked, after_kill + 50, "writers to resume after a kill").await;
+        acked_at_least(
+            &acked,
+            after_kill + 50,
+            "writers to resume after a kill",
+            &cluster,
+            name,
+        )
+        .await;
         cluster.nodes[node].start_again().unwrap();
+        // As in a rolling restart: the next kill waits until the node is back and current.
+        let back = tokio::time::timeout(
+            Duration::from_secs(120),
+            eventually(
+                "the restarted node to be a current replica",
+                Duration::from_secs(3600),
+                || healthy(&cluster, name),
+            ),
+        )
+        .await;
+        if back.is_err() {
+            panic!(
+                "the restarted node did not become a current replica within 120 s\n{}",
+                diagnose(&cluster, name).await
+            );
+        }
     }
     stop.store(true, Ordering::SeqCst);
     let mut retries = 0;
@@ -237,7 +326,7 @@ async fn a_whole_cluster_crash_loses_no_acknowledged_append() {
             })
         })
         .collect();
-    acked_at_least(&acked, 300, "progress before the crash").await;
+    acked_at_least(&acked, 300, "progress before the crash", &cluster, name).await;
     for node in &cluster.nodes {
         node.kill().unwrap();
     }
