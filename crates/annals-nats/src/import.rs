@@ -21,7 +21,8 @@ impl NatsStore {
                 max: MAX_BATCH,
             });
         }
-        let mut patience = Patience::new();
+        // Imports name every event's version: a retry is recognised by it.
+        let mut patience = Patience::new(true);
         let mut races = 0;
         while races < RACES {
             // Plan: per stream its head, then each event written, skipped or refused.
@@ -90,7 +91,7 @@ impl NatsStore {
                 Published::Stored(_) => return Ok(out.len() as u64),
                 Published::Moved => races += 1,
                 Published::InFlight => {
-                    if !patience.wait(self.inner.config.timeout).await {
+                    if !patience.wait(self.inner.config.timeout).await? {
                         let first = &events[0];
                         self.refuse_recent_foreign_duplicate(&first.stream, &data)
                             .await?;

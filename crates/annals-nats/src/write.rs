@@ -58,44 +58,74 @@ pub(crate) enum Published {
 /// refused, within milliseconds, and the next attempt is answered as a duplicate or
 /// written. But a leader that loses its place in the middle of a publish can keep its ids
 /// marked in process, never stored, and refuse them for the whole duplicate window (two
-/// minutes by default). So once the ids have been refused for longer than the store's
-/// timeout, the append checks that they are not recorded and sends its events without
-/// `Nats-Msg-Id`s: still conditional on the stream's last sequence, so a late copy of the
-/// other publish and this one can never both be stored.
+/// minutes by default). Once the ids have been refused for longer than the store's
+/// timeout:
+/// - an append whose every expectation is an exact version (or a new stream), and an
+///   import, checks that the ids are not recorded and sends its events without
+///   `Nats-Msg-Id`s: still conditional on each stream's last sequence, so a late copy of
+///   the other publish and this one can never both be stored, and a later retry of it is
+///   answered by its expected version;
+/// - an `Any` append fails with a transient error: without its ids in the server's
+///   duplicate window, a later retry of it could be stored again.
 pub(crate) struct Patience {
     since: Option<Instant>,
     pause: Duration,
+    /// Whether the ids may be left out once the server has held them too long.
+    exact: bool,
     /// Send the event ids as `Nats-Msg-Id`s.
     pub(crate) ids: bool,
 }
 
 impl Patience {
-    pub(crate) fn new() -> Self {
+    /// For an append whose retries are recognised by their expected versions (`exact`),
+    /// or not.
+    pub(crate) fn new(exact: bool) -> Self {
         Self {
             since: None,
             pause: Duration::from_millis(10),
+            exact,
             ids: true,
         }
     }
 
     /// After an in-process answer: waits before the next attempt and answers true, or,
     /// once the ids have been refused for longer than `limit`, stops sending them and
-    /// answers false (the caller then checks they are not recorded).
-    pub(crate) async fn wait(&mut self, limit: Duration) -> bool {
+    /// answers false (the caller then checks they are not recorded), or, for an append
+    /// that is not exact, fails.
+    pub(crate) async fn wait(&mut self, limit: Duration) -> Result<bool> {
         let since = *self.since.get_or_insert_with(Instant::now);
         if since.elapsed() >= limit {
+            if !self.exact {
+                return Err(Error::transient(
+                    "nats",
+                    format!(
+                        "the server has held this append's event ids as in process for {:?} \
+                         (a publish of them a lost leader never finished); it lets them go \
+                         within its duplicate window: retry later",
+                        since.elapsed()
+                    ),
+                ));
+            }
             tracing::warn!(
                 waited = ?since.elapsed(),
                 "the server keeps an append's event ids in process; sending it without them"
             );
             self.ids = false;
-            return false;
+            return Ok(false);
         }
         tracing::debug!("an append's event ids are in process on the server; waiting");
         tokio::time::sleep(self.pause).await;
         self.pause = (self.pause * 2).min(Duration::from_millis(250));
-        true
+        Ok(true)
     }
+}
+
+/// Whether a retry of an append expecting `expected` is recognised by its version alone.
+fn exact(expected: ExpectedVersion) -> bool {
+    matches!(
+        expected,
+        ExpectedVersion::Exact(_) | ExpectedVersion::NoStream
+    )
 }
 
 impl NatsStore {
@@ -120,7 +150,7 @@ impl NatsStore {
             ExpectedVersion::NoStream | ExpectedVersion::Exact(Version(0)) => Some(None),
             _ => None,
         });
-        let mut patience = Patience::new();
+        let mut patience = Patience::new(exact(expected));
         let mut races = 0;
         while races < RACES {
             let (last, guessed) = match guess.take() {
@@ -171,7 +201,7 @@ impl NatsStore {
                 }
                 Published::InFlight => {
                     self.forget(stream);
-                    if !patience.wait(self.inner.config.timeout).await {
+                    if !patience.wait(self.inner.config.timeout).await? {
                         self.refuse_recent_foreign_duplicate(stream, &events)
                             .await?;
                     }
@@ -435,7 +465,7 @@ impl NatsStore {
                 max: MAX_BATCH,
             });
         }
-        let mut patience = Patience::new();
+        let mut patience = Patience::new(appends.iter().all(|a| exact(a.expected)));
         let mut races = 0;
         while races < RACES {
             // Plan every stream: already written (an exact retry), or to write at its head.
@@ -523,7 +553,7 @@ impl NatsStore {
                     for g in &groups {
                         self.forget(g.stream);
                     }
-                    if !patience.wait(self.inner.config.timeout).await {
+                    if !patience.wait(self.inner.config.timeout).await? {
                         let all: Vec<EventData> =
                             appends.iter().flat_map(|a| a.events.clone()).collect();
                         for a in &appends {
@@ -602,4 +632,32 @@ struct Group<'a> {
     /// Its version.
     actual: Version,
     events: &'a [EventData],
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::Patience;
+
+    #[tokio::test]
+    async fn ids_held_too_long_are_left_out_only_when_retries_are_exact() {
+        let mut exact = Patience::new(true);
+        assert!(
+            exact.wait(Duration::from_secs(60)).await.unwrap(),
+            "waits first"
+        );
+        assert!(exact.ids);
+        assert!(
+            !exact.wait(Duration::ZERO).await.unwrap(),
+            "then goes on without ids"
+        );
+        assert!(!exact.ids);
+        let mut any = Patience::new(false);
+        match any.wait(Duration::ZERO).await {
+            Err(e) => assert!(e.is_transient(), "{e}"),
+            Ok(_) => panic!("an `Any` append must not drop its ids"),
+        }
+        assert!(any.ids);
+    }
 }
