@@ -375,3 +375,46 @@ pub(crate) fn read_all(
     tx.finish().map_err(backend)?;
     Ok(page)
 }
+
+#[cfg(test)]
+mod tests {
+    use annals::{EventData, EventStore, ExpectedVersion, StreamName};
+    use rusqlite::StatementStatus;
+
+    use super::{page, Cursor, PAGE_BACKWARD, PAGE_FORWARD};
+    use crate::{SqliteConfig, SqliteStore};
+
+    /// Cached page statements are planned once: reading pages of other streams with other
+    /// limits binds new values without preparing the SQL again.
+    #[tokio::test]
+    async fn page_statements_are_not_prepared_again_per_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SqliteConfig::new(dir.path().join("s.db"));
+        let store = SqliteStore::open(config.clone()).unwrap();
+        let names: Vec<StreamName> = (0..3)
+            .map(|i| StreamName::new(format!("Plan-{i}")).unwrap())
+            .collect();
+        for s in &names {
+            let events = (0..20)
+                .map(|_| EventData::new("E", b"{}".to_vec()))
+                .collect();
+            store.append(s, ExpectedVersion::Any, events).await.unwrap();
+        }
+        let mut conn = crate::schema::open_reader(&config).unwrap();
+        for round in 0..10u64 {
+            for (i, s) in names.iter().enumerate() {
+                let cursor = Cursor {
+                    next: if i % 2 == 0 { 0 } else { u64::MAX },
+                    left: 1 + (round + i as u64) % 7,
+                };
+                let (events, _) = page(&mut conn, s, cursor, i % 2 == 0).unwrap();
+                assert_eq!(events.len() as u64, cursor.left);
+            }
+        }
+        for sql in [PAGE_FORWARD, PAGE_BACKWARD] {
+            let stmt = conn.prepare_cached(sql).unwrap();
+            assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0, "{sql}");
+            assert!(stmt.get_status(StatementStatus::Run) >= 10);
+        }
+    }
+}
