@@ -314,9 +314,12 @@ impl Raw {
                     );
                     let path = path.clone();
                     tokio::task::spawn_blocking(move || {
+                        // One connection per thread, so no SQLite mutex per call (the
+                        // store's readers open theirs the same way).
                         let conn = rusqlite::Connection::open_with_flags(
                             &path,
-                            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                                | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
                         )?;
                         let mut report = Report::read(name);
                         while Instant::now() < deadline {
