@@ -105,10 +105,13 @@ impl Readers {
 }
 
 fn uuid(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<Uuid>> {
-    let bytes: Option<Vec<u8>> = row.get(i)?;
+    // Borrowed from the row: no allocation per id.
+    let bytes = row.get_ref(i)?.as_blob_or_null().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Blob, e.into())
+    })?;
     bytes
         .map(|b| {
-            Uuid::from_slice(&b).map_err(|e| {
+            Uuid::from_slice(b).map_err(|e| {
                 rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Blob, e.into())
             })
         })
