@@ -90,13 +90,7 @@ impl NatsStore {
             match self.send(&out, patience.ids).await? {
                 Published::Stored(_) => return Ok(out.len() as u64),
                 Published::Moved => races += 1,
-                Published::InFlight => {
-                    if !patience.wait(self.inner.config.timeout).await? {
-                        let first = &events[0];
-                        self.refuse_recent_foreign_duplicate(&first.stream, &data)
-                            .await?;
-                    }
-                }
+                Published::InFlight => self.in_flight(&pairs(&out), &mut patience).await?,
                 Published::Duplicate(at) => {
                     let Some(seq) = at else {
                         return Err(Error::backend(
@@ -104,9 +98,7 @@ impl NatsStore {
                             "an imported event id is already recorded in the store",
                         ));
                     };
-                    let first = &events[0];
-                    self.refuse_foreign_duplicate(&first.stream, &data, seq)
-                        .await?;
+                    self.refuse_foreign_ids(&pairs(&out), Some(seq)).await?;
                     races += 1;
                 }
             }
@@ -116,4 +108,11 @@ impl NatsStore {
             format!("the streams kept moving under this import ({RACES} attempts)"),
         ))
     }
+}
+
+/// Each outgoing event with its stream, to look for its id in other streams.
+fn pairs<'a>(out: &'a [Outgoing<'a>]) -> Vec<(&'a StreamName, &'a [EventData])> {
+    out.iter()
+        .map(|m| (m.stream, std::slice::from_ref(m.event)))
+        .collect()
 }

@@ -200,21 +200,11 @@ impl NatsStore {
                     races += 1;
                 }
                 Published::InFlight => {
-                    self.forget(stream);
-                    if !patience.wait(self.inner.config.timeout).await? {
-                        self.refuse_recent_foreign_duplicate(stream, &events)
-                            .await?;
-                    }
+                    self.in_flight(&[(stream, &events)], &mut patience).await?;
                 }
                 Published::Duplicate(at) => {
                     self.forget(stream);
-                    match at {
-                        Some(seq) => self.refuse_foreign_duplicate(stream, &events, seq).await?,
-                        None => {
-                            self.refuse_recent_foreign_duplicate(stream, &events)
-                                .await?
-                        }
-                    }
+                    self.refuse_foreign_ids(&[(stream, &events)], at).await?;
                     let actual = self.last(stream).await?.map_or(0, |l| l.next);
                     return self
                         .settle(stream, expected, Version(actual), &events)
@@ -285,38 +275,52 @@ impl NatsStore {
         }
     }
 
-    /// When the duplicate the server found at `seq` is in another stream, the id is taken.
-    pub(crate) async fn refuse_foreign_duplicate(
+    /// After an in-process answer (see [`Patience`]): forgets the streams' heads and waits,
+    /// or, once the ids are held too long, refuses them if another stream holds one.
+    pub(crate) async fn in_flight(
         &self,
-        stream: &StreamName,
-        events: &[EventData],
-        seq: u64,
+        appends: &[(&StreamName, &[EventData])],
+        patience: &mut Patience,
     ) -> Result<()> {
-        let Some(m) = self.fetch(&self.inner.subjects.all(), seq, 1).await?.pop() else {
-            return Ok(());
-        };
-        if m.sequence != seq {
-            return Ok(());
+        for (stream, _) in appends {
+            self.forget(stream);
         }
-        let crate::read::Message::Event(other, _) = self.decode_any(&m)? else {
-            return Ok(());
-        };
-        if &other.stream != stream && events.iter().any(|e| e.event_id == other.event_id) {
-            return Err(Error::DuplicateEventId {
-                event_id: other.event_id,
-                existing_stream: other.stream,
-            });
+        if !patience.wait(self.inner.config.timeout).await? {
+            self.refuse_foreign_ids(appends, None).await?;
         }
         Ok(())
     }
 
-    /// An atomic batch refused for a duplicate id does not say where the id is: look for
-    /// the batch's ids among the store's latest messages (the duplicate window's).
-    pub(crate) async fn refuse_recent_foreign_duplicate(
+    /// Refuses the appends when one of their event ids is recorded in a stream other than
+    /// its own: at `seq` when the server said where the duplicate is, else among the
+    /// store's latest messages (the duplicate window's; an atomic batch refused for a
+    /// duplicate does not say where).
+    pub(crate) async fn refuse_foreign_ids(
         &self,
-        stream: &StreamName,
-        events: &[EventData],
+        appends: &[(&StreamName, &[EventData])],
+        seq: Option<u64>,
     ) -> Result<()> {
+        let refuse = |m: &crate::read::Stored| -> Result<()> {
+            let crate::read::Message::Event(other, _) = self.decode_any(m)? else {
+                return Ok(());
+            };
+            let foreign = appends.iter().any(|(stream, events)| {
+                *stream != &other.stream && events.iter().any(|e| e.event_id == other.event_id)
+            });
+            match foreign {
+                true => Err(Error::DuplicateEventId {
+                    event_id: other.event_id,
+                    existing_stream: other.stream,
+                }),
+                false => Ok(()),
+            }
+        };
+        if let Some(seq) = seq {
+            return match self.fetch(&self.inner.subjects.all(), seq, 1).await?.pop() {
+                Some(m) if m.sequence == seq => refuse(&m),
+                _ => Ok(()),
+            };
+        }
         let js = async_nats::jetstream::new(self.inner.client.clone());
         let mut handle = js
             .get_stream(&self.inner.config.stream)
@@ -329,17 +333,7 @@ impl NatsStore {
             let Some(end) = batch.last().map(|m| m.sequence) else {
                 break;
             };
-            for m in &batch {
-                let crate::read::Message::Event(other, _) = self.decode_any(m)? else {
-                    continue;
-                };
-                if &other.stream != stream && events.iter().any(|e| e.event_id == other.event_id) {
-                    return Err(Error::DuplicateEventId {
-                        event_id: other.event_id,
-                        existing_stream: other.stream,
-                    });
-                }
-            }
+            batch.iter().try_for_each(refuse)?;
             from = end + 1;
         }
         Ok(())
@@ -466,6 +460,11 @@ impl NatsStore {
             });
         }
         let mut patience = Patience::new(appends.iter().all(|a| exact(a.expected)));
+        let pairs: Vec<(&StreamName, &[EventData])> =
+            appends.iter().map(|a| (&a.stream, &a.events[..])).collect();
+        // Set once the server has found one of the ids recorded: the next plan reads the
+        // streams to answer a retry (one expecting any version is recognised only so).
+        let mut witness = false;
         let mut races = 0;
         while races < RACES {
             // Plan every stream: already written (an exact retry), or to write at its head.
@@ -484,7 +483,7 @@ impl NatsStore {
                 let actual = Version(last.map_or(0, |l| l.next));
                 if a.expected.admits(actual) {
                     // Without the server's duplicate check, the stream is the only witness.
-                    results.push(match patience.ids {
+                    results.push(match patience.ids && !witness {
                         true => None,
                         false => {
                             self.recorded(&a.stream, a.expected, actual, &a.events)
@@ -549,38 +548,15 @@ impl NatsStore {
                     }
                     races += 1;
                 }
-                Published::InFlight => {
-                    for g in &groups {
-                        self.forget(g.stream);
-                    }
-                    if !patience.wait(self.inner.config.timeout).await? {
-                        let all: Vec<EventData> =
-                            appends.iter().flat_map(|a| a.events.clone()).collect();
-                        for a in &appends {
-                            self.refuse_recent_foreign_duplicate(&a.stream, &all)
-                                .await?;
-                        }
-                    }
-                }
+                Published::InFlight => self.in_flight(&pairs, &mut patience).await?,
                 Published::Duplicate(at) => {
                     for g in &groups {
                         self.forget(g.stream);
                     }
                     races += 1;
-                    let all: Vec<EventData> =
-                        appends.iter().flat_map(|a| a.events.clone()).collect();
-                    for a in &appends {
-                        match at {
-                            Some(seq) => {
-                                self.refuse_foreign_duplicate(&a.stream, &all, seq).await?
-                            }
-                            None => {
-                                self.refuse_recent_foreign_duplicate(&a.stream, &all)
-                                    .await?
-                            }
-                        }
-                    }
-                    // Replanning answers an exact retry, or says what overlaps.
+                    self.refuse_foreign_ids(&pairs, at).await?;
+                    // Replanning answers a retry from the streams, or says what overlaps.
+                    witness = true;
                 }
             }
         }

@@ -38,11 +38,24 @@ pub async fn multi_stream_append_is_atomic_or_refused(store: Arc<dyn EventStore>
     let first = appends(ExpectedVersion::NoStream, ExpectedVersion::NoStream);
     let r = s.append_many(first.clone()).await.unwrap();
     assert_eq!((r[0].version, r[1].version), (Version(2), Version(1)));
-    let again = s.append_many(first).await.unwrap();
+    let again = s.append_many(first.clone()).await.unwrap();
     assert_eq!(
         again, r,
         "an exact retry of a committed multi-stream append writes nothing"
     );
+    let any: Vec<StreamAppend> = first
+        .into_iter()
+        .map(|a| StreamAppend {
+            expected: ExpectedVersion::Any,
+            ..a
+        })
+        .collect();
+    let again = s.append_many(any).await.unwrap();
+    assert_eq!(
+        again, r,
+        "a retry expecting any version is recognised by its event ids"
+    );
+    assert_eq!(read_everything(&store).await.len(), 3);
     assert_conflict(
         s.append_many(appends(
             ExpectedVersion::Exact(Version(2)),
