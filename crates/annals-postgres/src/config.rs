@@ -23,11 +23,14 @@ pub struct PgConfig {
     pub max_event_bytes: usize,
     /// How long to wait for a connection (to connect, or for a free pooled one).
     pub connect_timeout: Duration,
+    /// How many group commits (each one transaction holding the appends queued meanwhile)
+    /// are written at once.
+    pub group_commits: usize,
 }
 
 impl PgConfig {
     /// Defaults for `connection`: TLS preferred (libpq's default), schema `annals`, 16
-    /// connections, 1 MiB events, 10 s timeout.
+    /// connections, 1 MiB events, 10 s timeout, one group commit at a time.
     pub fn new(connection: tokio_postgres::Config) -> Self {
         Self {
             connection,
@@ -36,6 +39,7 @@ impl PgConfig {
             pool_size: 16,
             max_event_bytes: annals::DEFAULT_MAX_EVENT_BYTES,
             connect_timeout: Duration::from_secs(10),
+            group_commits: 1,
         }
     }
 
@@ -49,6 +53,15 @@ impl PgConfig {
     /// Sets the pool size (at least one).
     pub fn pool_size(mut self, size: usize) -> Self {
         self.pool_size = size.max(1);
+        self
+    }
+
+    /// Sets how many group commits are written at once (at least one). One is the default:
+    /// while a group commits the next one fills, and on a 2-core machine one at a time
+    /// wrote more events per second than two or more (`BENCHMARKS.md`); a larger server
+    /// may want more.
+    pub fn group_commits(mut self, groups: usize) -> Self {
+        self.group_commits = groups.max(1);
         self
     }
 

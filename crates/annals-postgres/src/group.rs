@@ -1,7 +1,7 @@
 //! Group commit: concurrent appends of this process to different streams are written by
-//! one statement (the `append_group` function of migration 0009), so one transaction and
-//! one commit serve them all, each append in its own subtransaction so a refusal fails only
-//! its caller.
+//! one statement (`Sql::append_set`; when an event id is already recorded, the
+//! `append_group` function of migration 0009, each append in its own subtransaction), so
+//! one transaction and one commit serve them all, and a refusal fails only its caller.
 //!
 //! An append joins the queue, then either gets its answer from a group another caller is
 //! writing or, when a group slot is free, takes what is queued (at most one append per
@@ -210,8 +210,17 @@ impl PgStore {
         params.extend(c.params());
         params.push(&limit);
         let client = self.client().await?;
-        let statement = prepared(&client, &self.inner.sql.append_group).await?;
-        let rows = match client.query(&statement, &params).await {
+        // The set-wise statement first; when an event id is already recorded, the function
+        // that classifies each append on its own.
+        let set = prepared(&client, &self.inner.sql.append_set).await?;
+        let rows = match client.query(&set, &params).await {
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                let statement = prepared(&client, &self.inner.sql.append_group).await?;
+                client.query(&statement, &params).await
+            }
+            other => other,
+        };
+        let rows = match rows {
             Ok(rows) => rows,
             // The whole group lost a race PostgreSQL broke (it locks in name order, so a
             // deadlock is not expected): every append is tried again in a new group.

@@ -395,7 +395,7 @@ impl PgStore {
                 sql: Sql::new(&config::quoted(&config.schema)),
                 // Two groups in flight: one commits while the next gathers (measured: 1, 2,
                 // 4, 8 and 16 at 16 writers, 2 was best; see BENCHMARKS.md).
-                group: group::Grouper::new(2.min(config.pool_size)),
+                group: group::Grouper::new(config.group_commits.min(config.pool_size)),
                 config,
                 changes,
                 notifier,

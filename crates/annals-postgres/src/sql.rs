@@ -21,6 +21,7 @@ pub(crate) struct Sql {
     pub(crate) leases_members: String,
     pub(crate) append_with_snapshot: String,
     pub(crate) append_group: String,
+    pub(crate) append_set: String,
     pub(crate) read_head: String,
     pub(crate) progress_rebuilt: String,
     pub(crate) progress_get: String,
@@ -55,6 +56,7 @@ impl Sql {
             append: format!("SELECT status, version, first_position, last_position, tx FROM {schema}.append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
             append_with_snapshot: format!("SELECT status, version, first_position, last_position, tx FROM {schema}.append_with_snapshot($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"),
             append_group: format!("SELECT * FROM {schema}.append_group($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"),
+            append_set: append_set(schema),
             // One statement: the head row, then the events from the snapshot on (the
             // snapshot itself only on the first row).
             // A snapshot holds the state of every event before it, so none is used for a
@@ -147,4 +149,88 @@ impl Sql {
             ),
         }
     }
+}
+
+/// A group of appends as one statement, with `append_group`'s parameters and rows; no
+/// PL/pgSQL, so the server does a fraction of the work per group. Each append's stream row
+/// is found by name (an index probe per append, whatever the table's size) and locked, in
+/// the group's order, which is by name (so groups never wait in a cycle); admitted appends
+/// move their streams on, new streams are created, and all the events are inserted in the
+/// group's order. An append not written is answered from the statement's snapshot: refused
+/// with the version and (when asked) the events after the expected one that snapshot holds
+/// (the two always agree), deleted, or to be tried again (it lost a race the snapshot does
+/// not show). An event id already recorded fails the whole statement (unique violation):
+/// the caller then runs `append_group`, which classifies each append on its own.
+fn append_set(schema: &str) -> String {
+    format!(
+        "WITH a AS (\
+           SELECT a.i::int AS i, a.name, a.category, a.kind, a.expected, a.tail, a.n, \
+                  (sum(a.n) OVER (ORDER BY a.i) - a.n + 1)::int AS lo \
+           FROM unnest($1::text[], $2::text[], $3::smallint[], $4::bigint[], $5::bool[], $6::int[]) \
+                WITH ORDINALITY AS a (name, category, kind, expected, tail, n, i)), \
+         cur AS (\
+           SELECT a.i, l.* FROM a CROSS JOIN LATERAL (\
+             SELECT s.ctid AS row, s.version, s.last_tx, s.tombstone FROM {schema}.streams s \
+             WHERE s.name = a.name FOR UPDATE) l), \
+         u AS (\
+           UPDATE {schema}.streams s SET version = s.version + a.n, last_tx = pg_current_xact_id() \
+           FROM cur JOIN a ON a.i = cur.i \
+           WHERE s.ctid = cur.row AND NOT cur.tombstone AND cur.last_tx <= pg_current_xact_id() \
+             AND (a.kind = 0 OR a.kind = 2 OR (a.kind = 3 AND cur.version = a.expected)) \
+           RETURNING a.i, s.stream_id, s.version - a.n AS start), \
+         c AS (\
+           INSERT INTO {schema}.streams (name, category, version) \
+           SELECT a.name, a.category, a.n FROM a \
+           WHERE (a.kind IN (0, 1) OR (a.kind = 3 AND a.expected = 0)) \
+             AND NOT EXISTS (SELECT 1 FROM cur WHERE cur.i = a.i) \
+           ORDER BY a.i \
+           ON CONFLICT (name) DO NOTHING RETURNING stream_id, name), \
+         w AS (\
+           SELECT u.i, u.stream_id, u.start FROM u \
+           UNION ALL SELECT a.i, c.stream_id, 0::bigint FROM c JOIN a ON a.name = c.name), \
+         ins AS (\
+           INSERT INTO {schema}.events (stream_id, stream_version, batch_start, event_id, \
+                                        event_type, data, metadata, correlation_id, causation_id) \
+           SELECT w.stream_id, w.start + (j - a.lo), w.start, ($7::uuid[])[j], ($8::text[])[j], \
+                  ($9::bytea[])[j], ($10::bytea[])[j], ($11::uuid[])[j], ($12::uuid[])[j] \
+           FROM w JOIN a ON a.i = w.i, generate_series(a.lo, a.lo + a.n - 1) j \
+           ORDER BY w.i, j \
+           RETURNING stream_id, position), \
+         done AS (\
+           SELECT w.i, w.start + a.n AS version, min(ins.position) AS f, max(ins.position) AS l \
+           FROM w JOIN a ON a.i = w.i LEFT JOIN ins ON ins.stream_id = w.stream_id \
+           GROUP BY w.i, w.start, a.n), \
+         r AS (\
+           SELECT a.i, a.expected, a.tail, s.stream_id, s.name, s.start, s.max_count, s.max_age, \
+                  coalesce(s.version, 0) AS version, \
+                  CASE WHEN s.stream_id IS NULL THEN \
+                         CASE WHEN a.kind = 2 OR (a.kind = 3 AND a.expected > 0) THEN 1 ELSE 4 END \
+                       WHEN s.tombstone THEN 5 \
+                       WHEN a.kind = 1 OR (a.kind = 3 AND a.expected <> s.version) THEN 1 \
+                       ELSE 4 END::smallint AS status \
+           FROM a LEFT JOIN LATERAL (\
+             SELECT * FROM {schema}.streams s WHERE s.name = a.name OFFSET 0) s ON true \
+           WHERE NOT EXISTS (SELECT 1 FROM done WHERE done.i = a.i)) \
+         SELECT d.i, 0::smallint, d.version, d.f, d.l, pg_current_xact_id()::text, \
+                NULL::xid8, NULL::bigint, NULL::text, NULL::bigint, NULL::timestamptz, NULL::text, \
+                NULL::bytea, NULL::bytea, NULL::uuid, NULL::uuid, NULL::uuid, NULL::bigint \
+         FROM done d \
+         UNION ALL \
+         SELECT r.i, r.status, r.version, NULL, NULL, NULL, \
+                NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL \
+         FROM r \
+         UNION ALL \
+         SELECT r.i, 2::smallint, NULL, NULL, NULL, NULL, e.tx_id, e.position, r.name, \
+                e.stream_version, e.recorded_at, e.event_type, e.data, e.metadata, e.event_id, \
+                e.correlation_id, e.causation_id, e.batch_start \
+         FROM r CROSS JOIN LATERAL (\
+           SELECT * FROM {schema}.events e \
+           WHERE e.stream_id = r.stream_id AND e.stream_version >= r.expected \
+             AND e.stream_version >= r.start \
+             AND (r.max_count IS NULL OR e.stream_version >= r.version - r.max_count) \
+             AND (r.max_age IS NULL OR e.recorded_at >= now() - r.max_age * interval '1 microsecond') \
+           ORDER BY e.stream_version LIMIT $13) e \
+         WHERE r.status = 1 AND r.tail \
+         ORDER BY 1, 2, 10"
+    )
 }
