@@ -6,6 +6,7 @@ use annals::{
     AllPage, Direction, Filter, Head, HeadSnapshot, Position, ReadStream, RecordedEvent, Result,
     StreamName, Timestamp, Uuid, Version,
 };
+use futures::future::Either;
 use futures::stream::{self, BoxStream, StreamExt};
 use rusqlite::{params_from_iter, Connection, OptionalExtension, Row};
 use tokio::sync::Semaphore;
@@ -238,15 +239,23 @@ fn page(
     let sql = if forward { PAGE_FORWARD } else { PAGE_BACKWARD };
     let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
     let next = cursor.next.min(i64::MAX as u64) as i64;
-    let events = stmt
+    // One row more than wanted says whether another page follows, so a stream that ends
+    // on a page boundary costs no empty page (nor the tombstone check an empty page needs).
+    let mut events = stmt
         .query_map(
-            rusqlite::params![stream.as_str(), next, want as i64],
+            rusqlite::params![
+                stream.as_str(),
+                next,
+                want.saturating_add(1).min(i64::MAX as u64) as i64
+            ],
             |row| event_in(row, stream.clone()),
         )
         .map_err(backend)?
         .collect::<rusqlite::Result<Vec<_>>>()
         .map_err(backend)?;
     drop(stmt);
+    let more = events.len() as u64 > want;
+    events.truncate(want as usize);
     // Nothing shown: a tombstone is an error, not an empty stream.
     if events.is_empty()
         && matches!(
@@ -259,7 +268,7 @@ fn page(
         });
     }
     let cursor = match events.last() {
-        Some(last) if events.len() as u64 == want && want < cursor.left => Some(Cursor {
+        Some(last) if more && want < cursor.left => Some(Cursor {
             next: if forward {
                 last.stream_version + 1
             } else {
@@ -296,9 +305,9 @@ pub(crate) fn read_stream(
                 .with(move |conn| page(conn, &stream, cursor, forward))
                 .await
             {
-                Err(e) => Some((stream::iter(vec![Err(e)]), None)),
+                Err(e) => Some((Either::Right(stream::once(async { Err(e) })), None)),
                 Ok((events, cursor)) => Some((
-                    stream::iter(events.into_iter().map(Ok).collect::<Vec<_>>()),
+                    Either::Left(stream::iter(events.into_iter().map(Ok))),
                     cursor,
                 )),
             }
@@ -418,6 +427,62 @@ mod tests {
             let stmt = conn.prepare_cached(sql).unwrap();
             assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0, "{sql}");
             assert!(stmt.get_status(StatementStatus::Run) >= 10);
+        }
+    }
+
+    /// A stream that ends on a page boundary is read in its pages alone: the page says
+    /// whether another follows, so no empty page is asked for; every read still gets each
+    /// event once, in order, whatever its direction and limit.
+    #[tokio::test]
+    async fn pages_end_without_an_empty_page_at_a_boundary() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SqliteConfig::new(dir.path().join("s.db"));
+        let store = SqliteStore::open(config.clone()).unwrap();
+        let stream = StreamName::new("Pages-1").unwrap();
+        let n = 2 * super::STREAM_PAGE as u64;
+        for _ in 0..2 {
+            let events = (0..super::STREAM_PAGE)
+                .map(|_| EventData::new("E", b"{}".to_vec()))
+                .collect();
+            store
+                .append(&stream, ExpectedVersion::Any, events)
+                .await
+                .unwrap();
+        }
+        let mut conn = crate::schema::open_reader(&config).unwrap();
+        let all = Cursor {
+            next: 0,
+            left: u64::MAX,
+        };
+        let (first, next) = page(&mut conn, &stream, all, true).unwrap();
+        assert_eq!(first.len(), super::STREAM_PAGE);
+        let next = next.expect("a second page follows");
+        let (second, end) = page(&mut conn, &stream, next, true).unwrap();
+        assert_eq!(second.len(), super::STREAM_PAGE);
+        assert!(end.is_none(), "the last page says it is the last");
+        assert_eq!(second.last().unwrap().stream_version, n - 1);
+
+        use annals::{Direction, EventStoreExt, ReadStream};
+        for (limit, direction) in [
+            (None, Direction::Forward),
+            (None, Direction::Backward),
+            (Some(1000), Direction::Forward),
+            (Some(1001), Direction::Backward),
+            (Some(2000), Direction::Forward),
+            (Some(2500), Direction::Backward),
+        ] {
+            let mut options = ReadStream::default();
+            options.direction = direction;
+            options.limit = limit;
+            let read = store.read_stream_vec(&stream, options).await.unwrap();
+            let want = limit.map_or(n, |l| (l as u64).min(n));
+            assert_eq!(read.len() as u64, want, "{limit:?} {direction:?}");
+            let versions: Vec<u64> = read.iter().map(|e| e.stream_version).collect();
+            let expected: Vec<u64> = match direction {
+                Direction::Forward => (0..want).collect(),
+                Direction::Backward => (n - want..n).rev().collect(),
+            };
+            assert_eq!(versions, expected, "{limit:?} {direction:?}");
         }
     }
 }
