@@ -471,9 +471,11 @@ mod tests {
             (Some(2000), Direction::Forward),
             (Some(2500), Direction::Backward),
         ] {
-            let mut options = ReadStream::default();
-            options.direction = direction;
-            options.limit = limit;
+            let options = ReadStream {
+                direction,
+                limit,
+                ..ReadStream::default()
+            };
             let read = store.read_stream_vec(&stream, options).await.unwrap();
             let want = limit.map_or(n, |l| (l as u64).min(n));
             assert_eq!(read.len() as u64, want, "{limit:?} {direction:?}");
