@@ -273,9 +273,11 @@ impl EventStore for PgStore {
         options: ReadStream,
     ) -> BoxStream<'a, Result<RecordedEvent>> {
         // Pages of at most STREAM_PAGE events, each one prepared statement, with no read
-        // of the stream's version first: a short page is the end (an empty first page, an
-        // empty or missing stream). Forward from `from`; backward below `from` (or from
-        // the end).
+        // of the stream's version first. A page asks for one row more than it returns
+        // (unless the limit ends it), so it knows whether another follows: a stream that
+        // ends on a page boundary costs no empty page. An empty first page (an empty or
+        // missing stream) looks at the stream row, to tell a deleted stream. Forward from
+        // `from`; backward below `from` (or from the end).
         let forward = options.direction == Direction::Forward;
         let start = match (forward, options.from) {
             (true, from) => from.map_or(0, Version::get),
@@ -288,7 +290,8 @@ impl EventStore for PgStore {
             if left == 0 {
                 return None;
             }
-            let want = left.min(STREAM_PAGE as u64) as i64;
+            let want = left.min(STREAM_PAGE as u64);
+            let ask = if want < left { want + 1 } else { want } as i64;
             let page = async {
                 let client = self.client().await?;
                 let (sql, a, b) = if forward {
@@ -298,7 +301,7 @@ impl EventStore for PgStore {
                 };
                 let statement = prepared(&client, sql).await?;
                 let rows = client
-                    .query(&statement, &[&stream.as_str(), &a, &b, &want])
+                    .query(&statement, &[&stream.as_str(), &a, &b, &ask])
                     .await
                     .map_err(backend)?;
                 if rows.is_empty() {
@@ -306,15 +309,17 @@ impl EventStore for PgStore {
                     self.stream_version_with(&client, stream).await?;
                 }
                 rows.iter()
+                    .take(want as usize)
                     .map(|r| event_in(r, 0, stream.clone()))
                     .collect::<Result<Vec<_>>>()
+                    .map(|events| (events, rows.len() as u64 > want))
             }
             .await;
             match page {
-                Err(e) => Some((stream::iter(vec![Err(e)]), None)),
-                Ok(events) => {
+                Err(e) => Some((Either::Right(stream::once(async { Err(e) })), None)),
+                Ok((events, more)) => {
                     let cursor = match events.last() {
-                        Some(last) if events.len() as i64 == want => Some((
+                        Some(last) if more => Some((
                             if forward {
                                 last.stream_version + 1
                             } else {
@@ -322,11 +327,11 @@ impl EventStore for PgStore {
                             },
                             left - events.len() as u64,
                         )),
-                        // A short page: the end.
+                        // The last page.
                         _ => None,
                     };
                     Some((
-                        stream::iter(events.into_iter().map(Ok).collect::<Vec<_>>()),
+                        Either::Left(stream::iter(events.into_iter().map(Ok))),
                         cursor,
                     ))
                 }

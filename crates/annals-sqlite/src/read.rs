@@ -239,14 +239,15 @@ fn page(
     let sql = if forward { PAGE_FORWARD } else { PAGE_BACKWARD };
     let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
     let next = cursor.next.min(i64::MAX as u64) as i64;
-    // One row more than wanted says whether another page follows, so a stream that ends
-    // on a page boundary costs no empty page (nor the tombstone check an empty page needs).
+    // One row more than wanted (unless the limit ends the read here) says whether another
+    // page follows, so a stream that ends on a page boundary costs no empty page (nor the
+    // tombstone check an empty page needs).
     let mut events = stmt
         .query_map(
             rusqlite::params![
                 stream.as_str(),
                 next,
-                want.saturating_add(1).min(i64::MAX as u64) as i64
+                if want < cursor.left { want + 1 } else { want } as i64
             ],
             |row| event_in(row, stream.clone()),
         )

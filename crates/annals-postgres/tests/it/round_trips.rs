@@ -111,19 +111,7 @@ impl Domain for Count {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decision_costs_one_statement_cached_two_uncached_and_two_after_a_conflict() {
-    let server = postgres::shared();
-    let proxy = Proxy::start(server.port).await;
-    let url = server
-        .url
-        .replace(&format!(":{}/", server.port), &format!(":{}/", proxy.port));
-    let connection: annals_postgres::tokio_postgres::Config = url.parse().unwrap();
-    let schema = postgres::schema_name("trips");
-    let config = PgConfig::new(connection)
-        .schema(&schema)
-        .pool_size(1)
-        .tls(PgTls::new(SslMode::Disable));
-    let store = Arc::new(PgStore::connect(config).await.unwrap());
-    store.migrate().await.unwrap();
+    let (proxy, store) = counted_store().await;
     let cache = Arc::new(annals::Cache::new(100));
     let cached = Category::<Count>::new("Count", store.clone(), JsonCodec::new())
         .unwrap()
@@ -190,6 +178,70 @@ async fn a_decision_costs_one_statement_cached_two_uncached_and_two_after_a_conf
         "a conflict and its resync: the refused append and the one that lands"
     );
     assert_eq!(d.query(|n| *n).await.unwrap(), 4);
+}
+
+/// A migrated store on a fresh schema whose one pooled connection goes through a
+/// counting proxy.
+async fn counted_store() -> (Proxy, Arc<PgStore>) {
+    let server = postgres::shared();
+    let proxy = Proxy::start(server.port).await;
+    let url = server
+        .url
+        .replace(&format!(":{}/", server.port), &format!(":{}/", proxy.port));
+    let connection: annals_postgres::tokio_postgres::Config = url.parse().unwrap();
+    let schema = postgres::schema_name("trips");
+    let config = PgConfig::new(connection)
+        .schema(&schema)
+        .pool_size(1)
+        .tls(PgTls::new(SslMode::Disable));
+    let store = Arc::new(PgStore::connect(config).await.unwrap());
+    store.migrate().await.unwrap();
+    (proxy, store)
+}
+
+/// A stream read costs one statement per page: a stream ending on a page boundary is
+/// read without asking for an empty page after it, whatever the direction or limit.
+#[tokio::test]
+async fn a_stream_read_costs_one_statement_per_page() {
+    use annals::{Direction, EventStoreExt, ReadStream};
+    let (proxy, store) = counted_store().await;
+    let stream = StreamName::new("Pages-1").unwrap();
+    let events: Vec<EventData> = (0..1000)
+        .map(|i| EventData::new("Added", format!(r#"{{"n":{i}}}"#).into_bytes()))
+        .collect();
+    store
+        .append(&stream, ExpectedVersion::NoStream, events)
+        .await
+        .unwrap();
+    for (limit, direction, statements) in [
+        (None, Direction::Forward, 1),
+        (None, Direction::Backward, 1),
+        (Some(1000), Direction::Forward, 1),
+        (Some(999), Direction::Backward, 1),
+        (Some(1001), Direction::Forward, 1),
+    ] {
+        let options = ReadStream {
+            direction,
+            limit,
+            ..ReadStream::default()
+        };
+        // Prepared once before counting.
+        store.read_stream_vec(&stream, options).await.unwrap();
+        let before = proxy.count();
+        let read = store.read_stream_vec(&stream, options).await.unwrap();
+        assert_eq!(
+            proxy.count() - before,
+            statements,
+            "{limit:?} {direction:?}"
+        );
+        let want = limit.map_or(1000, |l| l.min(1000));
+        assert_eq!(read.len(), want, "{limit:?} {direction:?}");
+        let first = match direction {
+            Direction::Forward => 0,
+            Direction::Backward => 999,
+        };
+        assert_eq!(read[0].stream_version, first, "{limit:?} {direction:?}");
+    }
 }
 
 /// Two stores (two pools and two group committers, as two processes have) append

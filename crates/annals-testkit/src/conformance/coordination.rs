@@ -91,13 +91,15 @@ pub async fn leases_claim_share_expire_and_release(store: Arc<dyn annals::LeaseS
     // Another group is separate.
     let other = store.acquire("h", "b", 4, long).await.unwrap();
     assert_eq!(other.held, vec![0, 1, 2, 3]);
-    // c holds a short lease and stops renewing: once it expires, d takes it over.
+    // c holds a short lease and stops renewing: once it expires, d takes it over. The
+    // lease runs from when the store grants it, which is after `started` (taken before
+    // asking, so a slow answer to c cannot make d look early).
+    let started = std::time::Instant::now();
     let c = store
         .acquire("short", "c", 1, Duration::from_millis(50))
         .await
         .unwrap();
     assert_eq!(c.held, vec![0]);
-    let started = std::time::Instant::now();
     let d = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             let d = store.acquire("short", "d", 1, long).await.unwrap();
