@@ -304,26 +304,29 @@ impl EventStore for PgStore {
                     .query(&statement, &[&stream.as_str(), &a, &b, &ask])
                     .await
                     .map_err(backend)?;
-                // No row: no stream. One row without an event: nothing shown, and a
-                // tombstone is an error, not an empty stream.
-                if let [row] = &rows[..] {
+                // The events, then the stream row's tombstone (no such row: no stream).
+                // Nothing shown of a tombstone is an error, not an empty stream.
+                let mut events = Vec::with_capacity(rows.len().min(want as usize));
+                let mut found = 0u64;
+                for row in &rows {
                     if row.try_get::<_, Option<i64>>(1).map_err(backend)?.is_none() {
-                        return match row
+                        // (Reads show no event of a tombstone.)
+                        if row
                             .try_get::<_, bool>(STREAM_EVENT_WIDTH)
                             .map_err(backend)?
                         {
-                            true => Err(Error::StreamDeleted {
+                            return Err(Error::StreamDeleted {
                                 stream: stream.clone(),
-                            }),
-                            false => Ok((Vec::new(), false)),
-                        };
+                            });
+                        }
+                        continue;
+                    }
+                    found += 1;
+                    if found <= want {
+                        events.push(event_in(row, 0, stream.clone())?);
                     }
                 }
-                rows.iter()
-                    .take(want as usize)
-                    .map(|r| event_in(r, 0, stream.clone()))
-                    .collect::<Result<Vec<_>>>()
-                    .map(|events| (events, rows.len() as u64 > want))
+                Ok((events, found > want))
             }
             .await;
             match page {
