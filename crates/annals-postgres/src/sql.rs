@@ -43,10 +43,6 @@ const SHOWN: &str = "NOT s.tombstone AND e.stream_version >= s.start \
      AND (s.max_count IS NULL OR e.stream_version >= s.version - s.max_count) \
      AND (s.max_age IS NULL OR e.recorded_at >= now() - s.max_age * interval '1 microsecond')";
 
-/// A row of [`STREAM_EVENT_COLUMNS`] with no event.
-const NO_EVENT: &str = "NULL::xid8, NULL::bigint, NULL::text, NULL::bigint, \
-     NULL::timestamptz, NULL::text, NULL::bytea, NULL::bytea, NULL::uuid, NULL::uuid, NULL::uuid";
-
 /// The same for reads of one stream, whose name the reader knows (`event_in`).
 const STREAM_EVENT_COLUMNS: &str = "e.tx_id, e.position, NULL::text, e.stream_version, \
      e.recorded_at, e.event_type, e.data, e.metadata, e.event_id, e.correlation_id, \
@@ -79,11 +75,11 @@ impl Sql {
             ),
             import: format!("SELECT status, written, refused_stream, refused_version, actual FROM {schema}.import_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
             version: format!("SELECT version, tombstone FROM {schema}.streams WHERE name = $1"),
-            // A page of one stream, then one more row: the stream row's tombstone with no
-            // event (none: no stream), so an empty page tells a deleted stream from an
-            // ended one in the same statement. The events keep their own index order.
-            read_forward: format!("SELECT * FROM (SELECT {STREAM_EVENT_COLUMNS}, false {from} WHERE s.name = $1 AND {SHOWN} AND e.stream_version >= $2 AND e.stream_version < $3 ORDER BY e.stream_version LIMIT $4) p UNION ALL SELECT {NO_EVENT}, s.tombstone FROM {schema}.streams s WHERE s.name = $1"),
-            read_backward: format!("SELECT * FROM (SELECT {STREAM_EVENT_COLUMNS}, false {from} WHERE s.name = $1 AND {SHOWN} AND e.stream_version < $2 AND e.stream_version >= $3 ORDER BY e.stream_version DESC LIMIT $4) p UNION ALL SELECT {NO_EVENT}, s.tombstone FROM {schema}.streams s WHERE s.name = $1"),
+            // A page of one stream, with the stream row's tombstone on every row: an empty
+            // page of an existing stream is one row of nulls, so telling a deleted stream
+            // from an ended one needs no second statement (no row: no stream).
+            read_forward: format!("SELECT {STREAM_EVENT_COLUMNS}, s.tombstone FROM {schema}.streams s LEFT JOIN LATERAL (SELECT * FROM {schema}.events e WHERE e.stream_id = s.stream_id AND {SHOWN} AND e.stream_version >= $2 AND e.stream_version < $3 ORDER BY e.stream_version LIMIT $4) e ON true WHERE s.name = $1 ORDER BY e.stream_version"),
+            read_backward: format!("SELECT {STREAM_EVENT_COLUMNS}, s.tombstone FROM {schema}.streams s LEFT JOIN LATERAL (SELECT * FROM {schema}.events e WHERE e.stream_id = s.stream_id AND {SHOWN} AND e.stream_version < $2 AND e.stream_version >= $3 ORDER BY e.stream_version DESC LIMIT $4) e ON true WHERE s.name = $1 ORDER BY e.stream_version DESC"),
             // Plans fixed by the functions of migration 0004 (see there why).
             read_all: format!(
                 "SELECT * FROM {schema}.read_all_page($1::text::xid8, $2, $3, $4, $5, $6, $7, $8)"

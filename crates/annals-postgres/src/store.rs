@@ -304,29 +304,26 @@ impl EventStore for PgStore {
                     .query(&statement, &[&stream.as_str(), &a, &b, &ask])
                     .await
                     .map_err(backend)?;
-                // The events, then the stream row's tombstone (no such row: no stream).
-                // Nothing shown of a tombstone is an error, not an empty stream.
-                let mut events = Vec::with_capacity(rows.len().min(want as usize));
-                let mut found = 0u64;
-                for row in &rows {
+                // No row: no stream. One row without an event: nothing shown, and a
+                // tombstone is an error, not an empty stream.
+                if let [row] = &rows[..] {
                     if row.try_get::<_, Option<i64>>(1).map_err(backend)?.is_none() {
-                        // (Reads show no event of a tombstone.)
-                        if row
+                        return match row
                             .try_get::<_, bool>(STREAM_EVENT_WIDTH)
                             .map_err(backend)?
                         {
-                            return Err(Error::StreamDeleted {
+                            true => Err(Error::StreamDeleted {
                                 stream: stream.clone(),
-                            });
-                        }
-                        continue;
-                    }
-                    found += 1;
-                    if found <= want {
-                        events.push(event_in(row, 0, stream.clone())?);
+                            }),
+                            false => Ok((Vec::new(), false)),
+                        };
                     }
                 }
-                Ok((events, found > want))
+                rows.iter()
+                    .take(want as usize)
+                    .map(|r| event_in(r, 0, stream.clone()))
+                    .collect::<Result<Vec<_>>>()
+                    .map(|events| (events, rows.len() as u64 > want))
             }
             .await;
             match page {
