@@ -100,9 +100,6 @@ pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 
 /// Events per page when reading a stream.
 const STREAM_PAGE: i64 = 1000;
-/// The columns of a stream read's event (`STREAM_EVENT_COLUMNS`); the stream row's tombstone
-/// follows them.
-const STREAM_EVENT_WIDTH: usize = 11;
 
 /// Packs `(tx_id, position)` into an opaque, totally ordered [`Position`].
 fn pack(tx: u64, position: i64) -> Position {

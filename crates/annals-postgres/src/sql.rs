@@ -75,11 +75,8 @@ impl Sql {
             ),
             import: format!("SELECT status, written, refused_stream, refused_version, actual FROM {schema}.import_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
             version: format!("SELECT version, tombstone FROM {schema}.streams WHERE name = $1"),
-            // A page of one stream, with the stream row's tombstone on every row: an empty
-            // page of an existing stream is one row of nulls, so telling a deleted stream
-            // from an ended one needs no second statement (no row: no stream).
-            read_forward: format!("SELECT {STREAM_EVENT_COLUMNS}, s.tombstone FROM {schema}.streams s LEFT JOIN LATERAL (SELECT * FROM {schema}.events e WHERE e.stream_id = s.stream_id AND {SHOWN} AND e.stream_version >= $2 AND e.stream_version < $3 ORDER BY e.stream_version LIMIT $4) e ON true WHERE s.name = $1 ORDER BY e.stream_version"),
-            read_backward: format!("SELECT {STREAM_EVENT_COLUMNS}, s.tombstone FROM {schema}.streams s LEFT JOIN LATERAL (SELECT * FROM {schema}.events e WHERE e.stream_id = s.stream_id AND {SHOWN} AND e.stream_version < $2 AND e.stream_version >= $3 ORDER BY e.stream_version DESC LIMIT $4) e ON true WHERE s.name = $1 ORDER BY e.stream_version DESC"),
+            read_forward: format!("SELECT {STREAM_EVENT_COLUMNS} {from} WHERE s.name = $1 AND {SHOWN} AND e.stream_version >= $2 AND e.stream_version < $3 ORDER BY e.stream_version LIMIT $4"),
+            read_backward: format!("SELECT {STREAM_EVENT_COLUMNS} {from} WHERE s.name = $1 AND {SHOWN} AND e.stream_version < $2 AND e.stream_version >= $3 ORDER BY e.stream_version DESC LIMIT $4"),
             // Plans fixed by the functions of migration 0004 (see there why).
             read_all: format!(
                 "SELECT * FROM {schema}.read_all_page($1::text::xid8, $2, $3, $4, $5, $6, $7, $8)"

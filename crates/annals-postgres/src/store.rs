@@ -275,9 +275,9 @@ impl EventStore for PgStore {
         // Pages of at most STREAM_PAGE events, each one prepared statement, with no read
         // of the stream's version first. A page asks for one row more than it returns
         // (unless the limit ends it), so it knows whether another follows: a stream that
-        // ends on a page boundary costs no empty page. The page carries the stream row's
-        // tombstone, so an empty page tells a deleted stream in the same statement. Forward
-        // from `from`; backward below `from` (or from the end).
+        // ends on a page boundary costs no empty page. An empty first page (an empty or
+        // missing stream) looks at the stream row, to tell a deleted stream. Forward from
+        // `from`; backward below `from` (or from the end).
         let forward = options.direction == Direction::Forward;
         let start = match (forward, options.from) {
             (true, from) => from.map_or(0, Version::get),
@@ -304,20 +304,9 @@ impl EventStore for PgStore {
                     .query(&statement, &[&stream.as_str(), &a, &b, &ask])
                     .await
                     .map_err(backend)?;
-                // No row: no stream. One row without an event: nothing shown, and a
-                // tombstone is an error, not an empty stream.
-                if let [row] = &rows[..] {
-                    if row.try_get::<_, Option<i64>>(1).map_err(backend)?.is_none() {
-                        return match row
-                            .try_get::<_, bool>(STREAM_EVENT_WIDTH)
-                            .map_err(backend)?
-                        {
-                            true => Err(Error::StreamDeleted {
-                                stream: stream.clone(),
-                            }),
-                            false => Ok((Vec::new(), false)),
-                        };
-                    }
+                if rows.is_empty() {
+                    // Nothing shown: a tombstone is an error, not an empty stream.
+                    self.stream_version_with(&client, stream).await?;
                 }
                 rows.iter()
                     .take(want as usize)

@@ -177,10 +177,7 @@ async fn a_decision_costs_one_statement_cached_two_uncached_and_two_after_a_conf
         2,
         "a conflict and its resync: the refused append and the one that lands"
     );
-    // A query on a current cached state reads what came after it (nothing): one statement.
-    let before = proxy.count();
     assert_eq!(d.query(|n| *n).await.unwrap(), 4);
-    assert_eq!(measure(before), 1, "a fresh query on a current cache");
 }
 
 /// A migrated store on a fresh schema whose one pooled connection goes through a
@@ -244,17 +241,6 @@ async fn a_stream_read_costs_one_statement_per_page() {
             Direction::Backward => 999,
         };
         assert_eq!(read[0].stream_version, first, "{limit:?} {direction:?}");
-    }
-    // Nothing after the end, and a stream that does not exist: one statement each.
-    let missing = StreamName::new("Pages-none").unwrap();
-    for (stream, from) in [(&stream, 1000), (&missing, 0)] {
-        let before = proxy.count();
-        let read = store
-            .read_stream_vec(stream, ReadStream::forward_from(annals::Version(from)))
-            .await
-            .unwrap();
-        assert!(read.is_empty(), "{stream}");
-        assert_eq!(proxy.count() - before, 1, "an empty read of {stream}");
     }
 }
 
