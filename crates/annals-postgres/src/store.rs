@@ -272,6 +272,14 @@ impl EventStore for PgStore {
         stream: &'a StreamName,
         options: ReadStream,
     ) -> BoxStream<'a, Result<RecordedEvent>> {
+        annals::backend::events_of_pages(self.read_stream_pages(stream, options))
+    }
+
+    fn read_stream_pages<'a>(
+        &'a self,
+        stream: &'a StreamName,
+        options: ReadStream,
+    ) -> BoxStream<'a, Result<Vec<RecordedEvent>>> {
         // Pages of at most STREAM_PAGE events, each one prepared statement, with no read
         // of the stream's version first. A page asks for one row more than it returns
         // (unless the limit ends it), so it knows whether another follows: a stream that
@@ -316,7 +324,7 @@ impl EventStore for PgStore {
             }
             .await;
             match page {
-                Err(e) => Some((Either::Right(stream::once(async { Err(e) })), None)),
+                Err(e) => Some((Err(e), None)),
                 Ok((events, more)) => {
                     let cursor = match events.last() {
                         Some(last) if more => Some((
@@ -330,14 +338,11 @@ impl EventStore for PgStore {
                         // The last page.
                         _ => None,
                     };
-                    Some((
-                        Either::Left(stream::iter(events.into_iter().map(Ok))),
-                        cursor,
-                    ))
+                    Some((Ok(events), cursor))
                 }
             }
         })
-        .flatten()
+        .try_filter(|events| std::future::ready(!events.is_empty()))
         .boxed()
     }
 

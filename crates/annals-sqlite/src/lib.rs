@@ -329,7 +329,15 @@ impl EventStore for SqliteStore {
         stream: &'a StreamName,
         options: ReadStream,
     ) -> BoxStream<'a, Result<RecordedEvent>> {
-        read::read_stream(Arc::clone(&self.shared.readers), stream.clone(), options)
+        annals::backend::events_of_pages(self.read_stream_pages(stream, options))
+    }
+
+    fn read_stream_pages<'a>(
+        &'a self,
+        stream: &'a StreamName,
+        options: ReadStream,
+    ) -> BoxStream<'a, Result<Vec<RecordedEvent>>> {
+        read::read_stream_pages(Arc::clone(&self.shared.readers), stream.clone(), options)
     }
 
     async fn read_all(&self, from: Position, filter: &Filter, limit: usize) -> Result<AllPage> {

@@ -6,8 +6,7 @@ use annals::{
     AllPage, Direction, Filter, Head, HeadSnapshot, Position, ReadStream, RecordedEvent, Result,
     StreamName, Timestamp, Uuid, Version,
 };
-use futures::future::Either;
-use futures::stream::{self, BoxStream, StreamExt};
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use rusqlite::{params_from_iter, Connection, OptionalExtension, Row};
 use tokio::sync::Semaphore;
 
@@ -242,18 +241,15 @@ fn page(
     // One row more than wanted (unless the limit ends the read here) says whether another
     // page follows, so a stream that ends on a page boundary costs no empty page (nor the
     // tombstone check an empty page needs).
-    let mut events = stmt
-        .query_map(
-            rusqlite::params![
-                stream.as_str(),
-                next,
-                if want < cursor.left { want + 1 } else { want } as i64
-            ],
-            |row| event_in(row, stream.clone()),
-        )
-        .map_err(backend)?
-        .collect::<rusqlite::Result<Vec<_>>>()
+    let ask = if want < cursor.left { want + 1 } else { want };
+    let mut events = Vec::with_capacity(ask as usize);
+    let mut rows = stmt
+        .query(rusqlite::params![stream.as_str(), next, ask as i64])
         .map_err(backend)?;
+    while let Some(row) = rows.next().map_err(backend)? {
+        events.push(event_in(row, stream.clone()).map_err(backend)?);
+    }
+    drop(rows);
     drop(stmt);
     let more = events.len() as u64 > want;
     events.truncate(want as usize);
@@ -282,12 +278,12 @@ fn page(
     Ok((events, cursor))
 }
 
-/// A stream read: a page per hop to a reader, one statement each.
-pub(crate) fn read_stream(
+/// A stream read: a page per hop to a reader, one statement each; never an empty page.
+pub(crate) fn read_stream_pages(
     readers: Arc<Readers>,
     stream: StreamName,
     options: ReadStream,
-) -> BoxStream<'static, Result<RecordedEvent>> {
+) -> BoxStream<'static, Result<Vec<RecordedEvent>>> {
     let forward = options.direction == Direction::Forward;
     let start = Cursor {
         next: match (forward, options.from) {
@@ -306,15 +302,12 @@ pub(crate) fn read_stream(
                 .with(move |conn| page(conn, &stream, cursor, forward))
                 .await
             {
-                Err(e) => Some((Either::Right(stream::once(async { Err(e) })), None)),
-                Ok((events, cursor)) => Some((
-                    Either::Left(stream::iter(events.into_iter().map(Ok))),
-                    cursor,
-                )),
+                Err(e) => Some((Err(e), None)),
+                Ok((events, cursor)) => Some((Ok(events), cursor)),
             }
         }
     })
-    .flatten()
+    .try_filter(|events| std::future::ready(!events.is_empty()))
     .boxed()
 }
 

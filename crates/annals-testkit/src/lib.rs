@@ -174,6 +174,7 @@ macro_rules! conformance_suite {
             invalid_input_is_refused_and_nothing_written,
             recorded_events_keep_what_was_appended,
             read_stream_forward_backward_with_limits,
+            read_stream_pages_agree_with_read_stream,
             read_all_pages_with_filters,
             head_position_is_the_last_event_of_read_all,
             subscription_sees_every_event_once_across_catch_up_and_live,

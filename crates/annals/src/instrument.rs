@@ -386,6 +386,36 @@ impl<S: EventStore + ?Sized> EventStore for Instrumented<S> {
             .boxed()
     }
 
+    fn read_stream_pages<'a>(
+        &'a self,
+        stream: &'a StreamName,
+        options: ReadStream,
+    ) -> BoxStream<'a, Result<Vec<RecordedEvent>>> {
+        // Recorded as a `read_stream`: the same read, handed over a page at a time.
+        let mut guard = ReadGuard {
+            span: span("read_stream", self.backend(), Some(stream)),
+            backend: self.backend(),
+            started: Instant::now(),
+            count: 0,
+            bytes: 0,
+            failed: false,
+        };
+        self.inner
+            .read_stream_pages(stream, options)
+            .map(move |page| {
+                let guard = &mut guard;
+                match &page {
+                    Ok(events) => {
+                        guard.count += events.len();
+                        guard.bytes += events.iter().map(RecordedEvent::size).sum::<usize>();
+                    }
+                    Err(_) => guard.failed = true,
+                }
+                page
+            })
+            .boxed()
+    }
+
     async fn read_all(&self, from: Position, filter: &Filter, limit: usize) -> Result<AllPage> {
         let backend = self.backend();
         let span = span("read_all", backend, None);

@@ -109,6 +109,7 @@ pub use shred::{Shredding, SqlKeys};
 pub use store::{
     AllPage, AppendAt, AppendResult, Capabilities, Direction, EventStore, Filter, Head,
     HeadSnapshot, Partition, ReadStream, StreamAppend, SubscribeOptions, CONFLICT_EVENTS,
+    READ_PAGE,
 };
 pub use stream::{validate_category, StreamName, StreamNameError, MAX_STREAM_NAME_LEN};
 pub use subscribe::{subscribe, EventStoreExt, SubscribeExt, Subscription};
@@ -123,7 +124,7 @@ pub mod backend {
     pub use crate::event::{validate_batch, validate_import, validate_many};
     pub use crate::lifecycle::{plan_deletion, DeletionPlan, StreamState};
     pub use crate::read_model::{check_events, check_rebuild, rebuild_behind};
-    pub use crate::store::conflict_read;
+    pub use crate::store::{conflict_read, events_of_pages};
     use crate::{Position, ReadStream};
 
     /// The one rule that tells an exact retry of an append from a conflict or a partial

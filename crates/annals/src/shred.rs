@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::stream::{BoxStream, StreamExt};
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 
 use crate::personal::{self, SubjectKey, SubjectKeys};
 use crate::store::{
@@ -229,31 +229,22 @@ impl<S: EventStore + ?Sized> EventStore for Shredding<S> {
         stream: &'a StreamName,
         options: ReadStream,
     ) -> BoxStream<'a, Result<RecordedEvent>> {
+        crate::store::events_of_pages(self.read_stream_pages(stream, options))
+    }
+
+    fn read_stream_pages<'a>(
+        &'a self,
+        stream: &'a StreamName,
+        options: ReadStream,
+    ) -> BoxStream<'a, Result<Vec<RecordedEvent>>> {
         // The events read together are opened together: one key lookup per subject per
-        // batch, not per event.
+        // page, not per event.
         self.inner
-            .read_stream(stream, options)
-            .ready_chunks(256)
-            .then(move |batch| async move {
-                let mut events = Vec::with_capacity(batch.len());
-                let mut failed = None;
-                for event in batch {
-                    match event {
-                        Ok(e) if failed.is_none() => events.push(e),
-                        Ok(_) => {}
-                        Err(e) => {
-                            failed.get_or_insert(e);
-                        }
-                    }
-                }
-                let mut out: Vec<Result<RecordedEvent>> = match self.open(&mut events).await {
-                    Ok(()) => events.into_iter().map(Ok).collect(),
-                    Err(e) => vec![Err(e)],
-                };
-                out.extend(failed.map(Err));
-                futures::stream::iter(out)
+            .read_stream_pages(stream, options)
+            .and_then(move |mut events: Vec<RecordedEvent>| async move {
+                self.open(&mut events).await?;
+                Ok(events)
             })
-            .flatten()
             .boxed()
     }
 

@@ -10,6 +10,9 @@ use crate::error::{Capability, Error, Result};
 use crate::lifecycle::{DeleteMode, Retention, RetentionScope, Scavenged};
 use crate::{EventData, ExpectedVersion, Position, RecordedEvent, StreamName, Version};
 
+/// The most events in a page of the default [`EventStore::read_stream_pages`].
+pub const READ_PAGE: usize = 1000;
+
 /// What an append recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppendResult {
@@ -36,6 +39,22 @@ pub enum AppendAt {
         /// expected version.
         events: Vec<RecordedEvent>,
     },
+}
+
+/// The events of a stream of pages, one at a time (a store that reads in pages implements
+/// [`EventStore::read_stream`] with this over its
+/// [`read_stream_pages`](EventStore::read_stream_pages)).
+pub fn events_of_pages(
+    pages: BoxStream<'_, Result<Vec<RecordedEvent>>>,
+) -> BoxStream<'_, Result<RecordedEvent>> {
+    use futures::future::Either;
+    use futures::stream::{self, StreamExt};
+    pages
+        .flat_map(|page| match page {
+            Ok(events) => Either::Left(stream::iter(events.into_iter().map(Ok))),
+            Err(e) => Either::Right(stream::iter([Err(e)])),
+        })
+        .boxed()
 }
 
 /// The [`AppendAt::Conflict`] of an append at `version` refused with the stream at
@@ -490,6 +509,24 @@ pub trait EventStore: Send + Sync + 'static {
         stream: &'a StreamName,
         options: ReadStream,
     ) -> BoxStream<'a, Result<RecordedEvent>>;
+
+    /// Reads one stream as [`read_stream`](EventStore::read_stream) does, a page at a time:
+    /// the same events in the same order, in vectors that are never empty. Stores that read
+    /// in pages hand each page over whole, which spares moving every event through the
+    /// stream one at a time (a whole-stream read, a fold). The default gathers
+    /// `read_stream`'s events into pages of at most [`READ_PAGE`] events; an error ends the
+    /// stream (the events of the page it interrupts are not given).
+    fn read_stream_pages<'a>(
+        &'a self,
+        stream: &'a StreamName,
+        options: ReadStream,
+    ) -> BoxStream<'a, Result<Vec<RecordedEvent>>> {
+        use futures::{StreamExt, TryStreamExt};
+        self.read_stream(stream, options)
+            .try_chunks(READ_PAGE)
+            .map_err(|e| e.1)
+            .boxed()
+    }
 
     /// Reads at most `limit` matching events after `from`, in position order.
     async fn read_all(&self, from: Position, filter: &Filter, limit: usize) -> Result<AllPage>;

@@ -42,7 +42,16 @@ pub trait EventStoreExt: EventStore {
         stream: &StreamName,
         options: ReadStream,
     ) -> Result<Vec<RecordedEvent>> {
-        self.read_stream(stream, options).try_collect().await
+        // Page by page: the first page's vector becomes the result, later pages are moved
+        // onto its end in one copy each.
+        let mut pages = self.read_stream_pages(stream, options);
+        let Some(mut events) = pages.try_next().await? else {
+            return Ok(Vec::new());
+        };
+        while let Some(page) = pages.try_next().await? {
+            events.extend(page);
+        }
+        Ok(events)
     }
 }
 

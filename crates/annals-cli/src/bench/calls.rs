@@ -102,6 +102,15 @@ impl EventStore for Calls {
         self.inner.read_stream(stream, options)
     }
 
+    fn read_stream_pages<'a>(
+        &'a self,
+        stream: &'a StreamName,
+        options: ReadStream,
+    ) -> BoxStream<'a, Result<Vec<RecordedEvent>>> {
+        self.count(4);
+        self.inner.read_stream_pages(stream, options)
+    }
+
     async fn read_head(&self, stream: &StreamName, limit: usize) -> Result<Head> {
         self.count(5);
         self.inner.read_head(stream, limit).await

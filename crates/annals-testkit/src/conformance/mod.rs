@@ -480,6 +480,87 @@ pub async fn read_stream_forward_backward_with_limits(store: Arc<dyn EventStore>
     assert!(events.windows(2).all(|w| w[0].position < w[1].position));
 }
 
+/// A stream read a page at a time gives exactly the events of the same read one at a time,
+/// over several of the store's pages, in both directions, with and without limits; no page
+/// is empty; a deleted stream fails the same way both ways.
+pub async fn read_stream_pages_agree_with_read_stream(store: Arc<dyn EventStore>) {
+    use futures::TryStreamExt;
+    let s = &*store;
+    let stream = name("Pages-1");
+    let mut version = ExpectedVersion::NoStream;
+    for _ in 0..5 {
+        let written = append(s, &stream, version, 500).await;
+        version = ExpectedVersion::Exact(written.version);
+    }
+    let reads = [
+        ReadStream::forward(),
+        ReadStream::forward().limit(1000),
+        ReadStream::forward().limit(1001),
+        ReadStream::forward_from(Version(999)).limit(1502),
+        ReadStream::forward_from(Version(1000)),
+        ReadStream::forward_from(Version(2500)),
+        ReadStream::backward(),
+        ReadStream::backward().limit(1000),
+        ReadStream::backward_from(Version(2000)).limit(1999),
+        ReadStream::backward_from(Version(1)),
+        ReadStream::backward_from(Version(0)),
+    ];
+    for options in reads {
+        let one_by_one: Vec<RecordedEvent> = s
+            .read_stream(&stream, options)
+            .try_collect()
+            .await
+            .unwrap_or_else(|e| panic!("read_stream {options:?}: {e}"));
+        let pages: Vec<Vec<RecordedEvent>> = s
+            .read_stream_pages(&stream, options)
+            .try_collect()
+            .await
+            .unwrap_or_else(|e| panic!("read_stream_pages {options:?}: {e}"));
+        assert!(
+            pages.iter().all(|p| !p.is_empty()),
+            "{options:?}: an empty page among {:?}",
+            pages.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        let paged: Vec<RecordedEvent> = pages.into_iter().flatten().collect();
+        assert_eq!(paged, one_by_one, "{options:?}");
+        assert_eq!(read(s, &stream, options).await, one_by_one, "{options:?}");
+    }
+    let missing = name("Pages-missing");
+    let pages: Vec<Vec<RecordedEvent>> = s
+        .read_stream_pages(&missing, ReadStream::forward())
+        .try_collect()
+        .await
+        .expect("read a missing stream");
+    assert!(pages.is_empty(), "a missing stream has no pages");
+    if s.capabilities().deletion {
+        let gone = name("Pages-deleted");
+        let written = append(s, &gone, ExpectedVersion::NoStream, 3).await;
+        s.delete_stream(
+            &gone,
+            ExpectedVersion::Exact(written.version),
+            annals::DeleteMode::Hard,
+        )
+        .await
+        .expect("delete");
+        let paged = s
+            .read_stream_pages(&gone, ReadStream::forward())
+            .try_collect::<Vec<_>>()
+            .await;
+        assert!(
+            matches!(paged, Err(Error::StreamDeleted { .. })),
+            "pages of a deleted stream: {paged:?}"
+        );
+        let one_by_one = s
+            .read_stream(&gone, ReadStream::forward())
+            .try_collect::<Vec<_>>()
+            .await;
+        assert!(
+            matches!(one_by_one, Err(Error::StreamDeleted { .. })),
+            "events of a deleted stream: {one_by_one:?}"
+        );
+    }
+}
+
 mod append_at;
 mod capabilities;
 mod coordination;
