@@ -30,24 +30,31 @@ const SELECT: &str = concat!(
 );
 
 /// A page of one stream by its name, whose name the reader knows (read with `event_in`):
-/// one statement, no read of the stream's version first.
+/// one statement, no read of the stream's version first. The stream row is the outer loop,
+/// so the events' index range starts at the first version it shows.
 macro_rules! select_stream_page {
-    ($range:literal) => {
+    ($($range:expr),+) => {
         concat!(
             "SELECT e.position, NULL, e.stream_version, e.recorded_at, e.event_type, e.data, \
              e.metadata, e.event_id, e.correlation_id, e.causation_id FROM annals_streams s \
              CROSS JOIN annals_events e ON e.stream_id = s.stream_id \
              WHERE s.name = ?1 AND ",
-            crate::retention::shown!(),
+            crate::retention::alive!(),
             " AND ",
-            $range
+            $($range),+
         )
     };
 }
-const PAGE_FORWARD: &str =
-    select_stream_page!("e.stream_version >= ?2 ORDER BY e.stream_version LIMIT ?3");
-const PAGE_BACKWARD: &str =
-    select_stream_page!("e.stream_version < ?2 ORDER BY e.stream_version DESC LIMIT ?3");
+const PAGE_FORWARD: &str = select_stream_page!(
+    "e.stream_version >= max(?2, ",
+    crate::retention::first_shown!(),
+    ") ORDER BY e.stream_version LIMIT ?3"
+);
+const PAGE_BACKWARD: &str = select_stream_page!(
+    "e.stream_version < ?2 AND e.stream_version >= ",
+    crate::retention::first_shown!(),
+    " ORDER BY e.stream_version DESC LIMIT ?3"
+);
 
 /// [`SELECT`] for read-all. CROSS JOIN keeps the events table as the outer loop, walking
 /// positions in order and stopping at the limit. Left to itself, SQLite answers a category

@@ -10,13 +10,34 @@ use crate::error::backend;
 /// deleted, not expired. `now` is the clock events are recorded with, in microseconds.
 macro_rules! shown {
     () => {
-        "s.tombstone = 0 AND e.stream_version >= s.start \
-         AND (s.max_count IS NULL OR e.stream_version >= s.version - s.max_count) \
-         AND (s.max_age IS NULL OR e.recorded_at >= \
-              CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER) - s.max_age)"
+        concat!(
+            crate::retention::alive!(),
+            " AND e.stream_version >= ",
+            crate::retention::first_shown!()
+        )
     };
 }
 pub(crate) use shown;
+
+/// The first version of stream `s` a read shows, by its row alone (truncation, soft
+/// deletion, `max_count`): a stream page starts its index range there, so those events
+/// cost no check per row.
+macro_rules! first_shown {
+    () => {
+        "max(s.start, ifnull(s.version - s.max_count, 0))"
+    };
+}
+pub(crate) use first_shown;
+
+/// The rest of [`shown!`]: the stream is no tombstone and event `e` has not outlived
+/// `max_age`.
+macro_rules! alive {
+    () => {
+        "s.tombstone = 0 AND (s.max_age IS NULL OR e.recorded_at >= \
+         CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER) - s.max_age)"
+    };
+}
+pub(crate) use alive;
 
 fn kind(scope: &RetentionScope) -> i64 {
     match scope {
