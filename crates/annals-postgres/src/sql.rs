@@ -6,6 +6,7 @@ pub(crate) struct Sql {
     pub(crate) version: String,
     pub(crate) read_forward: String,
     pub(crate) read_backward: String,
+    pub(crate) read_after: String,
     pub(crate) read_all: String,
     pub(crate) head_position: String,
     pub(crate) classify: String,
@@ -43,6 +44,13 @@ const SHOWN: &str = "NOT s.tombstone AND e.stream_version >= s.start \
      AND (s.max_count IS NULL OR e.stream_version >= s.version - s.max_count) \
      AND (s.max_age IS NULL OR e.recorded_at >= now() - s.max_age * interval '1 microsecond')";
 
+/// How many columns [`STREAM_EVENT_COLUMNS`] has: `read_after`'s tombstone comes next.
+pub(crate) const STREAM_EVENT_WIDTH: usize = 11;
+
+/// A row of [`STREAM_EVENT_COLUMNS`] with no event.
+const NO_EVENT: &str = "NULL::xid8, NULL::bigint, NULL::text, NULL::bigint, \
+     NULL::timestamptz, NULL::text, NULL::bytea, NULL::bytea, NULL::uuid, NULL::uuid, NULL::uuid";
+
 /// The same for reads of one stream, whose name the reader knows (`event_in`).
 const STREAM_EVENT_COLUMNS: &str = "e.tx_id, e.position, NULL::text, e.stream_version, \
      e.recorded_at, e.event_type, e.data, e.metadata, e.event_id, e.correlation_id, \
@@ -77,6 +85,12 @@ impl Sql {
             version: format!("SELECT version, tombstone FROM {schema}.streams WHERE name = $1"),
             read_forward: format!("SELECT {STREAM_EVENT_COLUMNS} {from} WHERE s.name = $1 AND {SHOWN} AND e.stream_version >= $2 AND e.stream_version < $3 ORDER BY e.stream_version LIMIT $4"),
             read_backward: format!("SELECT {STREAM_EVENT_COLUMNS} {from} WHERE s.name = $1 AND {SHOWN} AND e.stream_version < $2 AND e.stream_version >= $3 ORDER BY e.stream_version DESC LIMIT $4"),
+            // A catch-up (the first page of a forward read from a version past 0, as a
+            // decider reads after its cached state): `read_forward`, then one row more with
+            // no event and the stream row's tombstone (none: no stream), so the usual
+            // answer, nothing new, tells an ended stream from a deleted one in the same
+            // statement. The page keeps its own index order.
+            read_after: format!("SELECT * FROM (SELECT {STREAM_EVENT_COLUMNS}, false {from} WHERE s.name = $1 AND {SHOWN} AND e.stream_version >= $2 AND e.stream_version < $3 ORDER BY e.stream_version LIMIT $4) p UNION ALL SELECT {NO_EVENT}, s.tombstone FROM {schema}.streams s WHERE s.name = $1"),
             // Plans fixed by the functions of migration 0004 (see there why).
             read_all: format!(
                 "SELECT * FROM {schema}.read_all_page($1::text::xid8, $2, $3, $4, $5, $6, $7, $8)"

@@ -293,8 +293,8 @@ impl EventStore for PgStore {
             (false, None) => i64::MAX as u64,
         };
         let left = options.limit.map_or(u64::MAX, |l| l as u64);
-        stream::unfold(Some((start, left)), move |cursor| async move {
-            let (next, left) = cursor?;
+        stream::unfold(Some((start, left, true)), move |cursor| async move {
+            let (next, left, first) = cursor?;
             if left == 0 {
                 return None;
             }
@@ -302,25 +302,43 @@ impl EventStore for PgStore {
             let ask = if want < left { want + 1 } else { want } as i64;
             let page = async {
                 let client = self.client().await?;
-                let (sql, a, b) = if forward {
-                    (&self.inner.sql.read_forward, next as i64, i64::MAX)
-                } else {
-                    (&self.inner.sql.read_backward, next as i64, 0)
+                let catch_up = forward && first && next > 0;
+                let (sql, a, b) = match (forward, catch_up) {
+                    (true, true) => (&self.inner.sql.read_after, next as i64, i64::MAX),
+                    (true, false) => (&self.inner.sql.read_forward, next as i64, i64::MAX),
+                    (false, _) => (&self.inner.sql.read_backward, next as i64, 0),
                 };
                 let statement = prepared(&client, sql).await?;
                 let rows = client
                     .query(&statement, &[&stream.as_str(), &a, &b, &ask])
                     .await
                     .map_err(backend)?;
-                if rows.is_empty() {
+                let mut events = Vec::with_capacity(rows.len().min(want as usize));
+                let mut found = 0u64;
+                for row in &rows {
+                    if catch_up && row.try_get::<_, Option<i64>>(1).map_err(backend)?.is_none() {
+                        // The stream row of `read_after` (reads show no event of a
+                        // tombstone): nothing shown of a tombstone is an error.
+                        if row
+                            .try_get::<_, bool>(sql::STREAM_EVENT_WIDTH)
+                            .map_err(backend)?
+                        {
+                            return Err(Error::StreamDeleted {
+                                stream: stream.clone(),
+                            });
+                        }
+                        continue;
+                    }
+                    found += 1;
+                    if found <= want {
+                        events.push(event_in(row, 0, stream.clone())?);
+                    }
+                }
+                if rows.is_empty() && !catch_up {
                     // Nothing shown: a tombstone is an error, not an empty stream.
                     self.stream_version_with(&client, stream).await?;
                 }
-                rows.iter()
-                    .take(want as usize)
-                    .map(|r| event_in(r, 0, stream.clone()))
-                    .collect::<Result<Vec<_>>>()
-                    .map(|events| (events, rows.len() as u64 > want))
+                Ok((events, found > want))
             }
             .await;
             match page {
@@ -334,6 +352,7 @@ impl EventStore for PgStore {
                                 last.stream_version
                             },
                             left - events.len() as u64,
+                            false,
                         )),
                         // The last page.
                         _ => None,

@@ -144,6 +144,7 @@ async fn a_decision_costs_one_statement_cached_two_uncached_and_two_after_a_conf
         .transact(|_| added())
         .await
         .unwrap();
+    cached.decider("warm").unwrap().query(|n| *n).await.unwrap();
 
     let measure = |before: u64| proxy.count() - before;
     // A cached decision on a current state: the append alone.
@@ -177,7 +178,10 @@ async fn a_decision_costs_one_statement_cached_two_uncached_and_two_after_a_conf
         2,
         "a conflict and its resync: the refused append and the one that lands"
     );
+    // A query on a current cached state reads what came after it (nothing): one statement.
+    let before = proxy.count();
     assert_eq!(d.query(|n| *n).await.unwrap(), 4);
+    assert_eq!(measure(before), 1, "a fresh query on a current cache");
 }
 
 /// A migrated store on a fresh schema whose one pooled connection goes through a
@@ -241,6 +245,18 @@ async fn a_stream_read_costs_one_statement_per_page() {
             Direction::Backward => 999,
         };
         assert_eq!(read[0].stream_version, first, "{limit:?} {direction:?}");
+    }
+    // Nothing after the end of a stream, and after a version of one that does not exist
+    // (a decider catching up): one statement each.
+    let missing = StreamName::new("Pages-none").unwrap();
+    for (stream, from) in [(&stream, 1000), (&missing, 3)] {
+        let options = ReadStream::forward_from(annals::Version(from));
+        // Prepared once before counting.
+        store.read_stream_vec(stream, options).await.unwrap();
+        let before = proxy.count();
+        let read = store.read_stream_vec(stream, options).await.unwrap();
+        assert!(read.is_empty(), "{stream}");
+        assert_eq!(proxy.count() - before, 1, "an empty read of {stream}");
     }
 }
 
