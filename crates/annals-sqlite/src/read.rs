@@ -272,7 +272,7 @@ fn page(
         });
     }
     let cursor = match events.last() {
-        Some(last) if more && want < cursor.left => Some(Cursor {
+        Some(last) if more => Some(Cursor {
             next: if forward {
                 last.stream_version + 1
             } else {

@@ -227,6 +227,36 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
+    /// The events a read of `stream` shows, in the read's order.
+    fn stream_events(
+        &self,
+        stream: &StreamName,
+        options: ReadStream,
+    ) -> Result<Vec<RecordedEvent>> {
+        let inner = self.lock();
+        inner.alive(stream)?;
+        let indexes = inner.streams.get(stream).map_or(&[][..], Vec::as_slice);
+        // The range of the versions reads show, from the stream's floor.
+        let floor = inner.floor(stream, Timestamp::now());
+        let from = match (options.direction, options.from) {
+            (Direction::Forward, from) => Some(from.map_or(floor, |v| v.get().max(floor))),
+            (Direction::Backward, from) => from.map(Version::get),
+        };
+        let visible = ReadStream {
+            from: from.map(Version),
+            ..options
+        };
+        let (start, end) = visible.index_range(indexes.len() as u64);
+        let start = start.max(floor).min(end);
+        let slice = indexes[start as usize..end as usize]
+            .iter()
+            .map(|&i| inner.log[i].clone());
+        Ok(match options.direction {
+            Direction::Forward => slice.collect(),
+            Direction::Backward => slice.rev().collect(),
+        })
+    }
+
     /// An empty store with the default event size limit.
     pub fn new() -> Self {
         Self {
@@ -531,33 +561,21 @@ impl EventStore for MemoryStore {
         stream: &'a StreamName,
         options: ReadStream,
     ) -> BoxStream<'a, Result<RecordedEvent>> {
-        let events: Vec<RecordedEvent> = {
-            let inner = self.lock();
-            if let Err(e) = inner.alive(stream) {
-                return stream::iter([Err(e)]).boxed();
-            }
-            let indexes = inner.streams.get(stream).map_or(&[][..], Vec::as_slice);
-            // The range of the versions reads show, from the stream's floor.
-            let floor = inner.floor(stream, Timestamp::now());
-            let from = match (options.direction, options.from) {
-                (Direction::Forward, from) => Some(from.map_or(floor, |v| v.get().max(floor))),
-                (Direction::Backward, from) => from.map(Version::get),
-            };
-            let visible = ReadStream {
-                from: from.map(Version),
-                ..options
-            };
-            let (start, end) = visible.index_range(indexes.len() as u64);
-            let start = start.max(floor).min(end);
-            let slice = indexes[start as usize..end as usize]
-                .iter()
-                .map(|&i| inner.log[i].clone());
-            match options.direction {
-                Direction::Forward => slice.collect(),
-                Direction::Backward => slice.rev().collect(),
-            }
-        };
-        stream::iter(events.into_iter().map(Ok)).boxed()
+        match self.stream_events(stream, options) {
+            Ok(events) => stream::iter(events.into_iter().map(Ok)).boxed(),
+            Err(e) => stream::iter([Err(e)]).boxed(),
+        }
+    }
+
+    fn read_stream_pages<'a>(
+        &'a self,
+        stream: &'a StreamName,
+        options: ReadStream,
+    ) -> BoxStream<'a, Result<Vec<RecordedEvent>>> {
+        // The whole read is one page: it is in memory already.
+        let page = self.stream_events(stream, options);
+        stream::iter(page.map_or_else(|e| Some(Err(e)), |p| (!p.is_empty()).then_some(Ok(p))))
+            .boxed()
     }
 
     async fn read_all(&self, from: Position, filter: &Filter, limit: usize) -> Result<AllPage> {

@@ -513,9 +513,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// Reads one stream as [`read_stream`](EventStore::read_stream) does, a page at a time:
     /// the same events in the same order, in vectors that are never empty. Stores that read
     /// in pages hand each page over whole, which spares moving every event through the
-    /// stream one at a time (a whole-stream read, a fold). The default gathers
-    /// `read_stream`'s events into pages of at most [`READ_PAGE`] events; an error ends the
-    /// stream (the events of the page it interrupts are not given).
+    /// stream one at a time (a whole-stream read, a fold). The default gathers the events
+    /// `read_stream` has ready into pages of at most [`READ_PAGE`] (it does not wait for
+    /// more to fill a page); an error ends the stream (the events of the page it interrupts
+    /// are not given).
     fn read_stream_pages<'a>(
         &'a self,
         stream: &'a StreamName,
@@ -523,7 +524,7 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> BoxStream<'a, Result<Vec<RecordedEvent>>> {
         use futures::{StreamExt, TryStreamExt};
         self.read_stream(stream, options)
-            .try_chunks(READ_PAGE)
+            .try_ready_chunks(READ_PAGE)
             .map_err(|e| e.1)
             .boxed()
     }

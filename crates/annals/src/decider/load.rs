@@ -144,6 +144,8 @@ impl<D: Domain> Decider<D> {
     ) -> Result<Loaded<D::State>> {
         let cat = &self.category;
         let access = &cat.access;
+        // Newest first, event by event: the read stops at the origin, and a store that
+        // reads lazily is asked for no more than that.
         let mut events = cat.store.read_stream(&self.stream, read);
         let mut version = None;
         let mut base = None;
@@ -186,24 +188,26 @@ impl<D: Domain> Decider<D> {
     /// Folds the events after `from.version` onto `from.state`, and caches the result.
     pub(crate) async fn catch_up(&self, from: Loaded<D::State>) -> Result<Loaded<D::State>> {
         let cat = &self.category;
-        let mut events = cat
+        let mut pages = cat
             .store
-            .read_stream(&self.stream, ReadStream::forward_from(from.version));
+            .read_stream_pages(&self.stream, ReadStream::forward_from(from.version));
         let mut version = from.version;
         let mut state: Option<D::State> = None;
         let (mut read, mut skipped) = (0u64, 0u64);
-        while let Some(recorded) = events.try_next().await? {
-            read += 1;
-            version = recorded.next_version();
-            if recorded.event_type == SNAPSHOT_EVENT_TYPE {
-                continue;
-            }
-            match cat.codec.decode(&recorded)? {
-                Some(event) => {
-                    let current = state.take().unwrap_or_else(|| (*from.state).clone());
-                    state = Some(D::evolve(current, &event));
+        while let Some(page) = pages.try_next().await? {
+            for recorded in &page {
+                read += 1;
+                version = recorded.next_version();
+                if recorded.event_type == SNAPSHOT_EVENT_TYPE {
+                    continue;
                 }
-                None => skipped += 1,
+                match cat.codec.decode(recorded)? {
+                    Some(event) => {
+                        let current = state.take().unwrap_or_else(|| (*from.state).clone());
+                        state = Some(D::evolve(current, &event));
+                    }
+                    None => skipped += 1,
+                }
             }
         }
         tracing::trace!(read, skipped, %version, "caught up");
