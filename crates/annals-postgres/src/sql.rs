@@ -60,6 +60,8 @@ impl Sql {
     pub(crate) fn new(schema: &str) -> Self {
         let from =
             format!("FROM {schema}.events e JOIN {schema}.streams s ON s.stream_id = e.stream_id");
+        let this_stream =
+            format!("e.stream_id = (SELECT stream_id FROM {schema}.streams WHERE name = $1)");
         Self {
             append: format!("SELECT status, version, first_position, last_position, tx FROM {schema}.append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
             append_with_snapshot: format!("SELECT status, version, first_position, last_position, tx FROM {schema}.append_with_snapshot($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"),
@@ -83,14 +85,18 @@ impl Sql {
             ),
             import: format!("SELECT status, written, refused_stream, refused_version, actual FROM {schema}.import_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
             version: format!("SELECT version, tombstone FROM {schema}.streams WHERE name = $1"),
-            read_forward: format!("SELECT {STREAM_EVENT_COLUMNS} {from} WHERE s.name = $1 AND {SHOWN} AND e.stream_version >= $2 AND e.stream_version < $3 ORDER BY e.stream_version LIMIT $4"),
-            read_backward: format!("SELECT {STREAM_EVENT_COLUMNS} {from} WHERE s.name = $1 AND {SHOWN} AND e.stream_version < $2 AND e.stream_version >= $3 ORDER BY e.stream_version DESC LIMIT $4"),
+            // A stream's events are found by its id, looked up first (an init plan): the
+            // events' index then gives them in the page's order, so a page stops at its
+            // limit. Joined to the stream row by name, the planner read the whole stream
+            // and sorted it for every page (a tail of 10 read and sorted all 1,000 events).
+            read_forward: format!("SELECT {STREAM_EVENT_COLUMNS} {from} WHERE {this_stream} AND {SHOWN} AND e.stream_version >= $2 AND e.stream_version < $3 ORDER BY e.stream_version LIMIT $4"),
+            read_backward: format!("SELECT {STREAM_EVENT_COLUMNS} {from} WHERE {this_stream} AND {SHOWN} AND e.stream_version < $2 AND e.stream_version >= $3 ORDER BY e.stream_version DESC LIMIT $4"),
             // A catch-up (the first page of a forward read from a version past 0, as a
             // decider reads after its cached state): `read_forward`, then one row more with
             // no event and the stream row's tombstone (none: no stream), so the usual
             // answer, nothing new, tells an ended stream from a deleted one in the same
             // statement. The page keeps its own index order.
-            read_after: format!("SELECT * FROM (SELECT {STREAM_EVENT_COLUMNS}, false {from} WHERE s.name = $1 AND {SHOWN} AND e.stream_version >= $2 AND e.stream_version < $3 ORDER BY e.stream_version LIMIT $4) p UNION ALL SELECT {NO_EVENT}, s.tombstone FROM {schema}.streams s WHERE s.name = $1"),
+            read_after: format!("SELECT * FROM (SELECT {STREAM_EVENT_COLUMNS}, false {from} WHERE {this_stream} AND {SHOWN} AND e.stream_version >= $2 AND e.stream_version < $3 ORDER BY e.stream_version LIMIT $4) p UNION ALL SELECT {NO_EVENT}, s.tombstone FROM {schema}.streams s WHERE s.name = $1"),
             // Plans fixed by the functions of migration 0004 (see there why).
             read_all: format!(
                 "SELECT * FROM {schema}.read_all_page($1::text::xid8, $2, $3, $4, $5, $6, $7, $8)"

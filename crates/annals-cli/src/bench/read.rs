@@ -349,11 +349,14 @@ impl Raw {
                     })
                 }
                 Raw::Postgres { pool, schema } => {
+                    // The stream's id looked up first: PostgreSQL then reads the events in
+                    // index order and stops at the limit (joined by name, it reads the whole
+                    // stream and sorts it, even for the last 10).
                     let sql = format!(
                         "SELECT e.tx_id, e.position, e.stream_version, e.recorded_at, e.event_type, \
                          e.data, e.metadata, e.event_id, e.correlation_id, e.causation_id \
-                         FROM {schema}.events e JOIN {schema}.streams s ON s.stream_id = e.stream_id \
-                         WHERE s.name = $1 {order}"
+                         FROM {schema}.events e \
+                         WHERE e.stream_id = (SELECT stream_id FROM {schema}.streams WHERE name = $1) {order}"
                     );
                     let pool = pool.clone();
                     tokio::spawn(async move {
