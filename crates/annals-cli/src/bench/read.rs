@@ -275,10 +275,15 @@ impl Raw {
                 let pool = deadpool_postgres::Pool::builder(manager)
                     .max_size(64)
                     .build()?;
-                Some(Raw::Postgres {
-                    pool,
-                    schema: config.schema.clone(),
-                })
+                // The tables as autovacuum leaves them within a minute of the load: with
+                // statistics. (Without any, PostgreSQL may take a stream's page through a
+                // bitmap scan and a sort: see BENCHMARKS.md.)
+                let schema = format!("\"{}\"", config.schema.replace('"', "\"\""));
+                pool.get()
+                    .await?
+                    .batch_execute(&format!("ANALYZE {schema}.streams, {schema}.events"))
+                    .await?;
+                Some(Raw::Postgres { pool, schema })
             }
             _ => None,
         })
