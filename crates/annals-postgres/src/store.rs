@@ -283,9 +283,11 @@ impl EventStore for PgStore {
         // Pages of at most STREAM_PAGE events, each one prepared statement, with no read
         // of the stream's version first. A page asks for one row more than it returns
         // (unless the limit ends it), so it knows whether another follows: a stream that
-        // ends on a page boundary costs no empty page. An empty first page (an empty or
-        // missing stream) looks at the stream row, to tell a deleted stream. Forward from
-        // `from`; backward below `from` (or from the end).
+        // ends on a page boundary costs no empty page. An empty page (an empty or missing
+        // stream) looks at the stream row, to tell a deleted stream: in the same statement
+        // for a catch-up (`read_after`: the first page forward from past 0, what a decider
+        // reads on a cached state), with a second one otherwise. Forward from `from`;
+        // backward below `from` (or from the end).
         let forward = options.direction == Direction::Forward;
         let start = match (forward, options.from) {
             (true, from) => from.map_or(0, Version::get),
