@@ -124,6 +124,20 @@ struct ReadGuard {
     failed: bool,
 }
 
+impl ReadGuard {
+    /// A stream read of `backend` starting now.
+    fn start(backend: &'static str, stream: &StreamName) -> Self {
+        Self {
+            span: span("read_stream", backend, Some(stream)),
+            backend,
+            started: Instant::now(),
+            count: 0,
+            bytes: 0,
+            failed: false,
+        }
+    }
+}
+
 impl Drop for ReadGuard {
     fn drop(&mut self) {
         let result: Result<()> = if self.failed {
@@ -361,14 +375,7 @@ impl<S: EventStore + ?Sized> EventStore for Instrumented<S> {
         stream: &'a StreamName,
         options: ReadStream,
     ) -> BoxStream<'a, Result<RecordedEvent>> {
-        let mut guard = ReadGuard {
-            span: span("read_stream", self.backend(), Some(stream)),
-            backend: self.backend(),
-            started: Instant::now(),
-            count: 0,
-            bytes: 0,
-            failed: false,
-        };
+        let mut guard = ReadGuard::start(self.backend(), stream);
         self.inner
             .read_stream(stream, options)
             .map(move |item| {
@@ -392,14 +399,7 @@ impl<S: EventStore + ?Sized> EventStore for Instrumented<S> {
         options: ReadStream,
     ) -> BoxStream<'a, Result<Vec<RecordedEvent>>> {
         // Recorded as a `read_stream`: the same read, handed over a page at a time.
-        let mut guard = ReadGuard {
-            span: span("read_stream", self.backend(), Some(stream)),
-            backend: self.backend(),
-            started: Instant::now(),
-            count: 0,
-            bytes: 0,
-            failed: false,
-        };
+        let mut guard = ReadGuard::start(self.backend(), stream);
         self.inner
             .read_stream_pages(stream, options)
             .map(move |page| {
