@@ -45,6 +45,10 @@ const SHOWN: &str = "NOT s.tombstone AND e.stream_version >= s.start \
      AND (s.max_count IS NULL OR e.stream_version >= s.version - s.max_count) \
      AND (s.max_age IS NULL OR e.recorded_at >= now() - s.max_age * interval '1 microsecond')";
 
+/// The range, order and limit of a forward page.
+const FORWARD: &str =
+    "e.stream_version >= $2 AND e.stream_version < $3 ORDER BY e.stream_version LIMIT $4";
+
 /// How many columns [`STREAM_EVENT_COLUMNS`] has: `read_after`'s tombstone comes next.
 pub(crate) const STREAM_EVENT_WIDTH: usize = 11;
 
@@ -57,23 +61,34 @@ const STREAM_EVENT_COLUMNS: &str = "e.tx_id, e.position, NULL::text, e.stream_ve
      e.recorded_at, e.event_type, e.data, e.metadata, e.event_id, e.correlation_id, \
      e.causation_id";
 
-/// A page of the stream named `$1`: [`STREAM_EVENT_COLUMNS`] (and `extra`) of the events
-/// [`SHOWN`] within `range_order` (the version range, order and limit). The stream row is
-/// read once, and what the rule takes from it (the stream's id, the first version shown,
-/// the oldest time shown) become constants of the plan (init plans), so the events' own
-/// index finds the page in its order and stops at the limit. (Joined to the stream row,
+/// A page of the stream named `$1`: [`STREAM_EVENT_COLUMNS`] of the events [`SHOWN`] within
+/// `range_order` (the version range, order and limit). The stream row is read once, and
+/// what the rule takes from it (the stream's id unless it is a tombstone, the first version
+/// shown, the oldest time shown) become constants of the plan (init plans), so the events'
+/// own index finds the page in its order and stops at the limit. (Joined to the stream row,
 /// the planner could take the row first and then sort: a tail of 10 read and sorted the
-/// whole stream.) No row (a missing or deleted stream): no events.
-fn stream_page(schema: &str, extra: &str, range_order: &str) -> String {
-    format!(
-        "WITH s AS MATERIALIZED (SELECT stream_id, start, version, max_count, max_age \
-         FROM {schema}.streams WHERE name = $1 AND NOT tombstone) \
-         SELECT {STREAM_EVENT_COLUMNS}{extra} FROM {schema}.events e \
-         WHERE e.stream_id = (SELECT stream_id FROM s) \
+/// whole stream.) No row (a missing or deleted stream): no events. With `tombstone`, one
+/// more row follows the page, with no event and the stream row's tombstone (none: no
+/// stream), from the same read of the row.
+fn stream_page(schema: &str, range_order: &str, tombstone: bool) -> String {
+    let page = format!(
+        "SELECT {STREAM_EVENT_COLUMNS}{} FROM {schema}.events e \
+         WHERE e.stream_id = (SELECT stream_id FROM s WHERE NOT tombstone) \
          AND e.stream_version >= (SELECT greatest(start, version - max_count) FROM s) \
          AND e.recorded_at >= coalesce((SELECT now() - max_age * interval '1 microsecond' FROM s), \
-         '-infinity') AND {range_order}"
-    )
+         '-infinity') AND {range_order}",
+        if tombstone { ", false" } else { "" }
+    );
+    let row = format!(
+        "WITH s AS MATERIALIZED (SELECT stream_id, tombstone, start, version, max_count, max_age \
+         FROM {schema}.streams WHERE name = $1)"
+    );
+    match tombstone {
+        false => format!("{row} {page}"),
+        true => {
+            format!("{row} SELECT * FROM ({page}) p UNION ALL SELECT {NO_EVENT}, tombstone FROM s")
+        }
+    }
 }
 
 impl Sql {
@@ -104,29 +119,17 @@ impl Sql {
             import: format!("SELECT status, written, refused_stream, refused_version, actual FROM {schema}.import_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
             version: format!("SELECT version, tombstone FROM {schema}.streams WHERE name = $1"),
             // A page of one stream: see `stream_page`.
-            read_forward: stream_page(
-                schema,
-                "",
-                "e.stream_version >= $2 AND e.stream_version < $3 ORDER BY e.stream_version LIMIT $4",
-            ),
+            read_forward: stream_page(schema, FORWARD, false),
             read_backward: stream_page(
                 schema,
-                "",
                 "e.stream_version < $2 AND e.stream_version >= $3 ORDER BY e.stream_version DESC LIMIT $4",
+                false,
             ),
             // A catch-up (the first page of a forward read from a version past 0, as a
-            // decider reads after its cached state): `read_forward`, then one row more with
-            // no event and the stream row's tombstone (none: no stream), so the usual
-            // answer, nothing new, tells an ended stream from a deleted one in the same
-            // statement. The page keeps its own index order.
-            read_after: format!(
-                "SELECT * FROM ({}) p UNION ALL SELECT {NO_EVENT}, s.tombstone FROM {schema}.streams s WHERE s.name = $1",
-                stream_page(
-                    schema,
-                    ", false",
-                    "e.stream_version >= $2 AND e.stream_version < $3 ORDER BY e.stream_version LIMIT $4",
-                )
-            ),
+            // decider reads after its cached state): `read_forward` and the stream row's
+            // tombstone, so the usual answer, nothing new, tells an ended stream from a
+            // deleted one in the same statement.
+            read_after: stream_page(schema, FORWARD, true),
             // Plans fixed by the functions of migration 0004 (see there why).
             read_all: format!(
                 "SELECT * FROM {schema}.read_all_page($1::text::xid8, $2, $3, $4, $5, $6, $7, $8)"

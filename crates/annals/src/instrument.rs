@@ -136,6 +136,17 @@ impl ReadGuard {
             failed: false,
         }
     }
+
+    /// Counts what a read handed over (or that it failed).
+    fn saw(&mut self, item: std::result::Result<&[RecordedEvent], &crate::Error>) {
+        match item {
+            Ok(events) => {
+                self.count += events.len();
+                self.bytes += events.iter().map(RecordedEvent::size).sum::<usize>();
+            }
+            Err(_) => self.failed = true,
+        }
+    }
 }
 
 impl Drop for ReadGuard {
@@ -379,15 +390,8 @@ impl<S: EventStore + ?Sized> EventStore for Instrumented<S> {
         self.inner
             .read_stream(stream, options)
             .map(move |item| {
-                // Borrow the guard whole, so the closure owns it and it records on drop.
-                let guard = &mut guard;
-                match &item {
-                    Ok(e) => {
-                        guard.count += 1;
-                        guard.bytes += e.size();
-                    }
-                    Err(_) => guard.failed = true,
-                }
+                // The closure owns the guard, which records on drop.
+                guard.saw(item.as_ref().map(std::slice::from_ref));
                 item
             })
             .boxed()
@@ -403,14 +407,7 @@ impl<S: EventStore + ?Sized> EventStore for Instrumented<S> {
         self.inner
             .read_stream_pages(stream, options)
             .map(move |page| {
-                let guard = &mut guard;
-                match &page {
-                    Ok(events) => {
-                        guard.count += events.len();
-                        guard.bytes += events.iter().map(RecordedEvent::size).sum::<usize>();
-                    }
-                    Err(_) => guard.failed = true,
-                }
+                guard.saw(page.as_ref().map(Vec::as_slice));
                 page
             })
             .boxed()
