@@ -1,6 +1,7 @@
 //! `annals serve`: the TodoBackend API of the todo example (`example_todo::server`) over
 //! the chosen store, with the `todos` read model kept current beside it (SQL read-model
-//! databases), request logs on stderr and Prometheus metrics at `/metrics`.
+//! databases; not with `--no-read-model`, and a later start catches it up from its
+//! checkpoint), request logs on stderr and Prometheus metrics at `/metrics`.
 
 use anyhow::Context;
 use example_todo::server::{self, ServerOptions};
@@ -32,6 +33,10 @@ pub(crate) struct ServeArgs {
     /// How long a client has to send a request's body; then it gets 408.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub body_timeout: std::time::Duration,
+    /// Serve the API only: do not keep the `todo_view` read model in this process (another
+    /// process, or a later `annals serve`, catches it up from its checkpoint).
+    #[arg(long)]
+    pub no_read_model: bool,
 }
 
 /// Serves until Ctrl-C or SIGTERM, then lets the read-model pipeline catch up and stops it
@@ -59,7 +64,8 @@ pub(crate) async fn run(
         "--admin on {}: serving the admin pages beyond this machine needs --admin-token (or ANNALS_ADMIN_TOKEN)",
         args.listen
     );
-    if let (Some(db), Backend::Memory(_)) = (&read_model, &opened.backend) {
+    let projected = read_model.as_ref().filter(|_| !args.no_read_model);
+    if let (Some(db), Backend::Memory(_)) = (projected, &opened.backend) {
         // memory:// starts empty on every run: the lists a durable read model kept from an
         // earlier run would hide this run's first events behind their progress.
         let rows = todos::rows(&*opened.events, db).await?;
@@ -70,7 +76,7 @@ pub(crate) async fn run(
             rows.len()
         );
     }
-    let pipeline = match &read_model {
+    let pipeline = match projected {
         Some(db) => Some(todos::spawn(opened.events.clone(), db).await?),
         None => None,
     };
@@ -98,6 +104,7 @@ pub(crate) async fn run(
         "annals serve: TodoBackend API at {base}/todos (store {}, read model {}); Ctrl-C to stop",
         opened.url,
         match &read_model {
+            _ if args.no_read_model => "none: --no-read-model".into(),
             Some(db) => format!("todo_view in {}", db.describe()),
             None => "none: memory:// without --read-model".into(),
         }

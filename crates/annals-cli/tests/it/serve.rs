@@ -247,6 +247,37 @@ fn serve_keeps_todos_and_the_read_model_across_a_restart() {
 }
 
 #[test]
+fn serve_without_the_read_model_leaves_it_to_a_later_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let served = Served::start_with(dir.path(), &["--no-read-model"]);
+    let todos = format!("{}/todos", served.base);
+    let (status, t) = http(&rt, Method::POST, &todos, Some(json!({"title": "later"})));
+    assert_eq!(status, 201, "{t}");
+    let (status, list) = http(&rt, Method::GET, &todos, None);
+    let expected = vec![(0, "later".to_owned(), false, 0)];
+    assert_eq!((status, fields(&list)), (200, expected.clone()));
+    served.stop();
+    let db = dir.path().join("annals.db");
+    let conn = annals_sqlite::rusqlite::Connection::open(&db).unwrap();
+    let views: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'todo_view'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    drop(conn);
+    assert!(
+        views == 0 || read_model(&db).is_empty(),
+        "nothing projected without the read model"
+    );
+    // A later start with the read model catches it up from its checkpoint.
+    Served::start(dir.path(), None).stop();
+    assert_eq!(read_model(&db), expected);
+}
+
+#[test]
 fn serve_on_postgres_and_http_bench_errors() {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
