@@ -37,7 +37,8 @@ pub(crate) enum StoreKind {
     /// `sqlite://PATH[?synchronous=full|normal&readers=N]`.
     Sqlite(SqliteConfig),
     /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?annals_schema=NAME&annals_pool=N&
-    /// sslmode=...&sslrootcert=PATH|system&...]` (other parameters go to the driver).
+    /// annals_group_commits=N&sslmode=...&sslrootcert=PATH|system&...]` (other parameters
+    /// go to the driver).
     Postgres(Box<PgConfig>),
     /// `nats://[USER:PASSWORD@]HOST:PORT[?stream=NAME&replicas=N]`: a JetStream store.
     Nats(NatsConfig),
@@ -180,18 +181,13 @@ fn sqlite(url: &url::Url) -> Result<SqliteConfig, String> {
 /// The Annals and TLS options come out of the query; the rest of the URL goes to the
 /// driver's own parser (a `tokio_postgres::Config`).
 fn postgres(url: &url::Url) -> Result<PgConfig, String> {
-    let (mut schema, mut pool, mut mode, mut root) = (None, None, None, None);
+    let (mut schema, mut pool, mut groups, mut mode, mut root) = (None, None, None, None, None);
     let mut passed = Vec::new();
     for (key, value) in url.query_pairs() {
         match key.as_ref() {
             "annals_schema" => schema = Some(value.into_owned()),
-            "annals_pool" => {
-                pool = Some(
-                    value
-                        .parse::<usize>()
-                        .map_err(|_| format!("annals_pool={value}: expected a number"))?,
-                )
-            }
+            "annals_pool" => pool = Some(at_least_one("annals_pool", &value)?),
+            "annals_group_commits" => groups = Some(at_least_one("annals_group_commits", &value)?),
             "sslmode" => mode = Some(value.parse::<SslMode>().map_err(|e| e.to_string())?),
             "sslrootcert" => {
                 root = Some(match value.as_ref() {
@@ -222,7 +218,18 @@ fn postgres(url: &url::Url) -> Result<PgConfig, String> {
     if let Some(n) = pool {
         config = config.pool_size(n);
     }
+    if let Some(n) = groups {
+        config = config.group_commits(n);
+    }
     Ok(config)
+}
+
+/// A count option of a store URL: a whole number, 1 or more.
+fn at_least_one(key: &str, value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{key}={value}: expected a whole number, 1 or more")),
+    }
 }
 
 /// `stream` and `replicas` come out of the query; the server URL keeps the rest.
@@ -456,13 +463,16 @@ mod tests {
 
     #[test]
     fn postgres_urls_split_annals_tls_and_driver_options() {
-        let url = "postgres://app:s3cret@db.example:6432/shop?annals_schema=orders&annals_pool=4&sslmode=verify-full&sslrootcert=/etc/ca.pem&connect_timeout=3&application_name=x";
+        let url = "postgres://app:s3cret@db.example:6432/shop?annals_schema=orders&annals_pool=4&annals_group_commits=2&sslmode=verify-full&sslrootcert=/etc/ca.pem&connect_timeout=3&application_name=x";
         let parsed: StoreUrl = url.parse().unwrap();
         assert!(!parsed.to_string().contains("s3cret"), "{parsed}");
         let StoreKind::Postgres(c) = parsed.kind else {
             panic!()
         };
-        assert_eq!((c.schema.as_str(), c.pool_size), ("orders", 4));
+        assert_eq!(
+            (c.schema.as_str(), c.pool_size, c.group_commits),
+            ("orders", 4, 2)
+        );
         assert_eq!(c.tls.mode, SslMode::VerifyFull);
         assert_eq!(
             c.tls.root_certs,
@@ -483,6 +493,9 @@ mod tests {
         assert_eq!((c.schema.as_str(), c.tls.mode), ("annals", SslMode::Prefer));
         for bad in [
             "postgres://u@h/db?annals_pool=x",
+            "postgres://u@h/db?annals_pool=0",
+            "postgres://u@h/db?annals_group_commits=0",
+            "postgres://u@h/db?annals_group_commits=-1",
             "postgres://u@h/db?sslmode=maybe",
             "postgres://u@h/db?nonsense_option=1",
         ] {
