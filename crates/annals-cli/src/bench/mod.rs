@@ -64,13 +64,22 @@ pub(crate) async fn run(
 pub(crate) async fn run_http(url: &url::Url, bench: Bench) -> anyhow::Result<()> {
     match bench {
         Bench::Todo(args) => {
-            scenario::run(
-                scenario::Scenario::Todo,
-                scenario::Target::Http(url.clone()),
-                url.as_str(),
-                args,
-            )
-            .await
+            // The load generator runs on one thread of its own (a current-thread runtime,
+            // as wrk's event loops): the server it measures keeps the other cores, and its
+            // requests cost no wake-ups across threads.
+            let url = url.clone();
+            tokio::task::spawn_blocking(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(scenario::run(
+                        scenario::Scenario::Todo,
+                        scenario::Target::Http(url.clone()),
+                        url.as_str(),
+                        args,
+                    ))
+            })
+            .await?
         }
         _ => anyhow::bail!(
             "{url}: over HTTP only `annals bench todo` runs (against annals serve); the other benches need a store URL"

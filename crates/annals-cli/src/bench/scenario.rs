@@ -265,7 +265,7 @@ pub(super) async fn run(
                 !args.cache && args.snapshots == Snapshots::None,
                 "--cache and --snapshots are the server's choice over HTTP"
             );
-            let web = Arc::new(WebTodos::new(&url));
+            let web = Arc::new(WebTodos::new(&url)?);
             web.probe().await?;
             (Service::Web(web), None)
         }
