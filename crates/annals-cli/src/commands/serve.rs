@@ -34,7 +34,8 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub body_timeout: std::time::Duration,
     /// Serve the API only: do not keep the `todo_view` read model in this process (another
-    /// process, or a later `annals serve`, catches it up from its checkpoint).
+    /// `annals serve` on the same store, or a later start, catches it up from its
+    /// checkpoint).
     #[arg(long)]
     pub no_read_model: bool,
 }
