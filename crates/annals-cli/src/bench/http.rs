@@ -95,6 +95,11 @@ impl WebTodos {
                 None => break,
             }
         }
+        self.open().await
+    }
+
+    /// A new connection.
+    async fn open(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
         let stream = tokio::net::TcpStream::connect(&self.authority)
             .await
             .with_context(|| format!("connect to {}", self.base))?;
@@ -135,9 +140,27 @@ impl WebTodos {
         if body.is_some() {
             request = request.header(CONTENT_TYPE, "application/json");
         }
-        let request = request.body(Full::new(body.unwrap_or_default()))?;
-        connection.ready().await?;
-        let response = connection.send_request(request).await?;
+        let mut request = request.body(Full::new(body.unwrap_or_default()))?;
+        let mut reopened = false;
+        let response = loop {
+            if connection.ready().await.is_err() {
+                *connection = self.open().await?;
+                reopened = true;
+            }
+            match connection.try_send_request(request).await {
+                Ok(response) => break response,
+                Err(mut e) => match e.take_message() {
+                    // Not sent: the connection closed first (the server's idle timeout
+                    // raced the request); once more on a new connection.
+                    Some(unsent) if !reopened => {
+                        request = unsent;
+                        *connection = self.open().await?;
+                        reopened = true;
+                    }
+                    _ => return Err(e.into_error().into()),
+                },
+            }
+        };
         let status = response.status();
         let bytes = response.into_body().collect().await?.to_bytes();
         let text = || String::from_utf8_lossy(&bytes).into_owned();

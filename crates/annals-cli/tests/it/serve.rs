@@ -278,6 +278,32 @@ fn serve_without_the_read_model_leaves_it_to_a_later_start() {
 }
 
 #[test]
+fn the_http_bench_reconnects_when_the_server_closes_idle_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    // Idle connections close after 1 s; tests come every 2 s, so every test after the
+    // first finds its kept connection closed by the server.
+    let served = Served::start_with(dir.path(), &["--header-timeout", "1s"]);
+    let out = crate::annals(&[
+        "bench",
+        "todo",
+        "--store",
+        &served.base,
+        "--duration",
+        "5s",
+        "--rate",
+        "0.5",
+        "--concurrency",
+        "2",
+        "--clients",
+        "3",
+    ]);
+    let report = succeeded(&out);
+    assert!(crate::figure(&report, "tests ") >= 2.0, "{report}");
+    assert_eq!(crate::figure(&report, "errors "), 0.0, "{report}");
+    served.stop();
+}
+
+#[test]
 fn serve_on_postgres_and_http_bench_errors() {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
