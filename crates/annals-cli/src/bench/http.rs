@@ -179,15 +179,20 @@ impl WebTodos {
     /// One test for `client`: see the module documentation.
     pub(super) async fn test(&self, client: &str, item: String, n: u64) -> anyhow::Result<()> {
         let mut connection = self.connection().await?;
-        tokio::time::timeout(
+        let outcome = tokio::time::timeout(
             TEST_TIMEOUT,
             self.exchange(&mut connection, client, item, n),
         )
         .await
-        .with_context(|| format!("no answers within {TEST_TIMEOUT:?}"))??;
-        // A connection whose test failed midway may hold an unread answer: not reused.
-        self.put_back(connection);
-        Ok(())
+        .with_context(|| format!("no answers within {TEST_TIMEOUT:?}"))?;
+        // A `409` was read whole; a connection whose test failed otherwise may hold an
+        // unread answer: not reused.
+        match &outcome {
+            Ok(()) => self.put_back(connection),
+            Err(e) if e.is::<Conflict>() => self.put_back(connection),
+            Err(_) => {}
+        }
+        outcome
     }
 
     async fn exchange(
