@@ -70,15 +70,17 @@ impl WebTodos {
 
     /// Fails with a one-line error when the API does not answer a list request.
     pub(super) async fn probe(&self) -> anyhow::Result<()> {
-        async {
+        let probe = async {
             let mut connection = self.connection().await?;
             self.call::<Vec<Id>>(&mut connection, Method::GET, "probe", None)
                 .await?;
             self.put_back(connection);
             Ok::<_, anyhow::Error>(())
-        }
-        .await
-        .with_context(|| format!("{}/todos does not answer as a TodoBackend", self.base))
+        };
+        tokio::time::timeout(TEST_TIMEOUT, probe)
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {TEST_TIMEOUT:?}")))
+            .with_context(|| format!("{}/todos does not answer as a TodoBackend", self.base))
     }
 
     /// An idle connection, or a new one.
@@ -178,21 +180,21 @@ impl WebTodos {
 
     /// One test for `client`: see the module documentation.
     pub(super) async fn test(&self, client: &str, item: String, n: u64) -> anyhow::Result<()> {
-        let mut connection = self.connection().await?;
-        let outcome = tokio::time::timeout(
-            TEST_TIMEOUT,
-            self.exchange(&mut connection, client, item, n),
-        )
-        .await
-        .with_context(|| format!("no answers within {TEST_TIMEOUT:?}"))?;
-        // A `409` was read whole; a connection whose test failed otherwise may hold an
-        // unread answer: not reused.
-        match &outcome {
-            Ok(()) => self.put_back(connection),
-            Err(e) if e.is::<Conflict>() => self.put_back(connection),
-            Err(_) => {}
-        }
-        outcome
+        let test = async {
+            let mut connection = self.connection().await?;
+            let outcome = self.exchange(&mut connection, client, item, n).await;
+            // A `409` was read whole; a connection whose test failed otherwise may hold an
+            // unread answer: not reused.
+            match &outcome {
+                Ok(()) => self.put_back(connection),
+                Err(e) if e.is::<Conflict>() => self.put_back(connection),
+                Err(_) => {}
+            }
+            outcome
+        };
+        tokio::time::timeout(TEST_TIMEOUT, test)
+            .await
+            .with_context(|| format!("no answers within {TEST_TIMEOUT:?}"))?
     }
 
     async fn exchange(
