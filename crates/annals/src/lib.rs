@@ -67,6 +67,7 @@ mod instrument;
 mod lease;
 mod lifecycle;
 mod memory;
+mod pages;
 pub mod personal;
 mod projection;
 mod read_model;
@@ -123,8 +124,9 @@ pub use version::{ExpectedVersion, ParsePositionError, Position, Timestamp, Vers
 pub mod backend {
     pub use crate::event::{validate_batch, validate_import, validate_many};
     pub use crate::lifecycle::{plan_deletion, DeletionPlan, StreamState};
+    pub use crate::pages::events_of_pages;
     pub use crate::read_model::{check_events, check_rebuild, rebuild_behind};
-    pub use crate::store::{conflict_read, events_of_pages};
+    pub use crate::store::conflict_read;
     use crate::{Position, ReadStream};
 
     /// The one rule that tells an exact retry of an append from a conflict or a partial

@@ -229,7 +229,7 @@ impl<S: EventStore + ?Sized> EventStore for Shredding<S> {
         stream: &'a StreamName,
         options: ReadStream,
     ) -> BoxStream<'a, Result<RecordedEvent>> {
-        crate::store::events_of_pages(self.read_stream_pages(stream, options))
+        crate::pages::events_of_pages(self.read_stream_pages(stream, options))
     }
 
     fn read_stream_pages<'a>(

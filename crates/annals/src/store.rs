@@ -41,22 +41,6 @@ pub enum AppendAt {
     },
 }
 
-/// The events of a stream of pages, one at a time (a store that reads in pages implements
-/// [`EventStore::read_stream`] with this over its
-/// [`read_stream_pages`](EventStore::read_stream_pages)).
-pub fn events_of_pages(
-    pages: BoxStream<'_, Result<Vec<RecordedEvent>>>,
-) -> BoxStream<'_, Result<RecordedEvent>> {
-    use futures::future::Either;
-    use futures::stream::{self, StreamExt};
-    pages
-        .flat_map(|page| match page {
-            Ok(events) => Either::Left(stream::iter(events.into_iter().map(Ok))),
-            Err(e) => Either::Right(stream::iter([Err(e)])),
-        })
-        .boxed()
-}
-
 /// The [`AppendAt::Conflict`] of an append at `version` refused with the stream at
 /// `actual`, its events read from `store` (for stores that cannot return them with the
 /// refusal).
@@ -515,18 +499,13 @@ pub trait EventStore: Send + Sync + 'static {
     /// in pages hand each page over whole, which spares moving every event through the
     /// stream one at a time (a whole-stream read, a fold). The default gathers the events
     /// `read_stream` has ready into pages of at most [`READ_PAGE`] (it does not wait for
-    /// more to fill a page); an error ends the stream (the events of the page it interrupts
-    /// are not given).
+    /// more to fill a page); an error ends the stream, after the events read before it.
     fn read_stream_pages<'a>(
         &'a self,
         stream: &'a StreamName,
         options: ReadStream,
     ) -> BoxStream<'a, Result<Vec<RecordedEvent>>> {
-        use futures::{StreamExt, TryStreamExt};
-        self.read_stream(stream, options)
-            .try_ready_chunks(READ_PAGE)
-            .map_err(|e| e.1)
-            .boxed()
+        crate::pages::pages_of_events(self.read_stream(stream, options))
     }
 
     /// Reads at most `limit` matching events after `from`, in position order.
