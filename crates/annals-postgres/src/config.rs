@@ -17,14 +17,15 @@ pub struct PgConfig {
     /// The PostgreSQL schema holding the store's tables (several stores can share a
     /// database under different schemas).
     pub schema: String,
-    /// Pooled connections, at most.
+    /// Pooled connections, at most (for reads, read models and coordination; feed reads
+    /// and group commits have a few connections of their own besides).
     pub pool_size: usize,
     /// The largest event accepted (data plus metadata, in bytes).
     pub max_event_bytes: usize,
     /// How long to wait for a connection (to connect, or for a free pooled one).
     pub connect_timeout: Duration,
     /// How many group commits (each one transaction holding the appends queued meanwhile)
-    /// are written at once.
+    /// are written at once, each on a connection kept for it (apart from the pool).
     pub group_commits: usize,
 }
 

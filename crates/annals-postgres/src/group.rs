@@ -209,7 +209,7 @@ impl PgStore {
             vec![&names, &categories, &kinds, &expected, &tails, &counts];
         params.extend(c.params());
         params.push(&limit);
-        let client = self.client().await?;
+        let client = self.group_client().await?;
         // The set-wise statement first; when an event id is already recorded, the function
         // that classifies each append on its own.
         let set = prepared(&client, &self.inner.sql.append_set).await?;

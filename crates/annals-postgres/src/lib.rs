@@ -121,6 +121,8 @@ struct Inner {
     pool: Pool,
     /// Connections for `read_all` alone.
     feed_pool: Pool,
+    /// Connections for group commits alone (generic plans only).
+    group_pool: Pool,
     config: PgConfig,
     sql: Sql,
     /// The read-model progress this process last recorded, per (projection, stream): an
@@ -358,7 +360,7 @@ impl PgStore {
             _ => search_path,
         };
         pg.options(&options);
-        let pool_of = |size: usize| {
+        let pool_of = |size: usize, pg: &tokio_postgres::Config| {
             let manager = Manager::from_config(
                 pg.clone(),
                 tls.clone(),
@@ -378,10 +380,19 @@ impl PgStore {
                     source: Box::new(e),
                 })
         };
-        let pool = pool_of(config.pool_size)?;
+        let pool = pool_of(config.pool_size, &pg)?;
         // Feed reads have connections of their own: a pipeline's reader never waits behind
         // its handlers' (or writers') transactions for a pooled connection.
-        let feed_pool = pool_of(FEED_CONNECTIONS)?;
+        let feed_pool = pool_of(FEED_CONNECTIONS, &pg)?;
+        // Group commits have theirs too, one per group written at once, where the group
+        // statement always runs its generic plan. Left to choose, PostgreSQL kept planning
+        // it anew at every execution when groups were small (a lone writer's appends: 1.2 to
+        // 1.5 ms of planning each, three times the append itself; see BENCHMARKS.md). Only
+        // the store's own statements run on these connections, so read models' SQL keeps
+        // the server's choice.
+        let mut group_pg = pg.clone();
+        group_pg.options(&format!("{options} -c plan_cache_mode=force_generic_plan"));
+        let group_pool = pool_of(config.group_commits, &group_pg)?;
         let changes = watch::Sender::new(());
         let channel = format!("annals_{}", config.schema);
         let listener =
@@ -391,11 +402,10 @@ impl PgStore {
             inner: Arc::new(Inner {
                 pool,
                 feed_pool,
+                group_pool,
                 progress: read_model::ProgressCache::default(),
                 sql: Sql::new(&config::quoted(&config.schema)),
-                // Two groups in flight: one commits while the next gathers (measured: 1, 2,
-                // 4, 8 and 16 at 16 writers, 2 was best; see BENCHMARKS.md).
-                group: group::Grouper::new(config.group_commits.min(config.pool_size)),
+                group: group::Grouper::new(config.group_commits),
                 config,
                 changes,
                 notifier,
@@ -424,6 +434,10 @@ impl PgStore {
 
     async fn feed_client(&self) -> Result<Object> {
         self.inner.feed_pool.get().await.map_err(backend)
+    }
+
+    pub(crate) async fn group_client(&self) -> Result<Object> {
+        self.inner.group_pool.get().await.map_err(backend)
     }
 
     async fn client_for_setup(&self) -> Result<Object, PgError> {
