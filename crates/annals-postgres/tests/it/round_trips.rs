@@ -4,7 +4,7 @@
 //! are told apart by what they send and not counted.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use annals::{Category, Domain, EventData, EventStore, ExpectedVersion, JsonCodec, StreamName};
 use annals_postgres::{PgConfig, PgStore, PgTls, SslMode};
@@ -16,6 +16,16 @@ use tokio::net::{TcpListener, TcpStream};
 struct Proxy {
     port: u16,
     statements: Arc<AtomicU64>,
+    connections: Arc<Mutex<Vec<Arc<Mutex<Seen>>>>>,
+}
+
+/// What one connection through the proxy sent: its startup message (parameters and
+/// options) and whether it sent the group statement or any other statement.
+#[derive(Default)]
+struct Seen {
+    startup: String,
+    group: bool,
+    other: bool,
 }
 
 impl Proxy {
@@ -24,6 +34,8 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let statements = Arc::new(AtomicU64::new(0));
         let counter = statements.clone();
+        let connections = Arc::new(Mutex::new(Vec::new()));
+        let seen_all = connections.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let server = TcpStream::connect(("127.0.0.1", server_port))
@@ -36,12 +48,18 @@ impl Proxy {
                     let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
                 });
                 let counter = counter.clone();
+                let seen = Arc::new(Mutex::new(Seen::default()));
+                seen_all.lock().unwrap().push(seen.clone());
                 tokio::spawn(async move {
-                    let _ = forward(&mut from_client, &mut to_server, &counter).await;
+                    let _ = forward(&mut from_client, &mut to_server, &counter, &seen).await;
                 });
             }
         });
-        Self { port, statements }
+        Self {
+            port,
+            statements,
+            connections,
+        }
     }
 
     fn count(&self) -> u64 {
@@ -55,11 +73,13 @@ async fn forward(
     from: &mut tokio::net::tcp::OwnedReadHalf,
     to: &mut tokio::net::tcp::OwnedWriteHalf,
     counter: &AtomicU64,
+    seen: &Mutex<Seen>,
 ) -> std::io::Result<()> {
     // The startup message has no type byte.
     let len = from.read_u32().await?;
     let mut body = vec![0; len as usize - 4];
     from.read_exact(&mut body).await?;
+    seen.lock().unwrap().startup = String::from_utf8_lossy(&body).into_owned();
     to.write_u32(len).await?;
     to.write_all(&body).await?;
     let mut hint_only = false;
@@ -76,6 +96,17 @@ async fn forward(
         match kind {
             b'Q' | b'S' => pending += 1,
             _ => {}
+        }
+        if kind == b'P' || kind == b'Q' {
+            // The group statement (prepared; the migrations that create the function are
+            // simple queries) is the one that unnests the group's stream names.
+            let mut seen = seen.lock().unwrap();
+            let group = text.contains("unnest($1::text[]") || text.contains("append_group(");
+            if kind == b'P' && group {
+                seen.group = true;
+            } else if !hint_only {
+                seen.other = true;
+            }
         }
         if !hint_only && pending > 0 {
             counter.fetch_add(pending, Ordering::SeqCst);
@@ -320,4 +351,54 @@ async fn two_group_committers_on_overlapping_streams_never_fail_a_caller() {
         total += events.len();
     }
     assert_eq!(total, 2 * WRITERS * APPENDS, "every append landed once");
+}
+
+/// Group commits run on connections of their own that always use the group statement's
+/// generic plan (left to choose, PostgreSQL planned it anew at every small group); the
+/// pool's connections, where read models run their own SQL, keep the server's choice.
+#[tokio::test]
+async fn group_commits_alone_force_generic_plans() {
+    use annals::EventStoreExt;
+    let (proxy, store) = counted_store().await;
+    for i in 0..8 {
+        let stream = StreamName::new(format!("Plans-{i}")).unwrap();
+        let e = EventData::new("Added", br#"{"n":1}"#.to_vec());
+        store
+            .append(&stream, ExpectedVersion::Any, vec![e])
+            .await
+            .unwrap();
+        let read = store
+            .read_stream_vec(&stream, annals::ReadStream::forward())
+            .await
+            .unwrap();
+        assert_eq!(read.len(), 1);
+    }
+    let connections: Vec<_> = proxy
+        .connections
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let c = c.lock().unwrap();
+            (c.startup.clone(), c.group, c.other)
+        })
+        .collect();
+    let forced = |startup: &str| startup.contains("plan_cache_mode=force_generic_plan");
+    let group: Vec<_> = connections.iter().filter(|c| c.1).collect();
+    assert!(!group.is_empty(), "no connection sent the group statement");
+    for (startup, _, other) in &group {
+        assert!(
+            forced(startup),
+            "a group connection plans as it likes: {startup:?}"
+        );
+        assert!(!other, "a group connection sent other statements");
+    }
+    let others: Vec<_> = connections.iter().filter(|c| c.2).collect();
+    assert!(!others.is_empty(), "no connection sent the reads");
+    for (startup, _, _) in others {
+        assert!(
+            !forced(startup),
+            "a pool connection forces generic plans: {startup:?}"
+        );
+    }
 }
