@@ -391,7 +391,7 @@ impl PgStore {
         // the store's own statements run on these connections, so read models' SQL keeps
         // the server's choice.
         let mut group_pg = pg.clone();
-        group_pg.options(&format!("{options} -c plan_cache_mode=force_generic_plan"));
+        group_pg.options(format!("{options} -c plan_cache_mode=force_generic_plan"));
         let group_pool = pool_of(config.group_commits, &group_pg)?;
         let changes = watch::Sender::new(());
         let channel = format!("annals_{}", config.schema);
