@@ -85,6 +85,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0009_append_group.sql"),
     include_str!("../migrations/0010_no_event_stream_fk.sql"),
     include_str!("../migrations/0011_lifecycle.sql"),
+    include_str!("../migrations/0012_read_all_once.sql"),
 ];
 
 /// Connections kept for `read_all` (subscriptions and pipelines), apart from the pool
