@@ -242,6 +242,22 @@ fn event(row: &Row, offset: usize) -> Result<RecordedEvent> {
     event_in(row, offset, stream)
 }
 
+/// The same as [`event`], reusing `last`'s name when the row's stream is the one before it
+/// (feed pages run in streams' batches: one name checked and allocated per run).
+fn event_after(row: &Row, offset: usize, last: &mut Option<StreamName>) -> Result<RecordedEvent> {
+    let name: &str = row.try_get(offset + 2).map_err(backend)?;
+    let stream = match last {
+        Some(s) if s.as_str() == name => s.clone(),
+        _ => {
+            let s =
+                StreamName::new(name).map_err(|e| backend(format!("stored stream name: {e}")))?;
+            *last = Some(s.clone());
+            s
+        }
+    };
+    event_in(row, offset, stream)
+}
+
 /// An event of `stream` (the row's name column is not read: stream reads leave it empty).
 fn event_in(row: &Row, offset: usize, stream: StreamName) -> Result<RecordedEvent> {
     let get = |e: tokio_postgres::Error| backend(e);

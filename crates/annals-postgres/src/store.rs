@@ -420,9 +420,14 @@ impl EventStore for PgStore {
             None => return Err(backend("read-all returned no horizon row")),
         };
         let mut events = Vec::with_capacity(rows.len());
+        let mut last = None;
         for row in &rows {
-            if row.get::<_, Option<String>>(3).is_some() {
-                events.push(event(row, 3)?);
+            if row
+                .try_get::<_, Option<&str>>(3)
+                .map_err(backend)?
+                .is_some()
+            {
+                events.push(event_after(row, 3, &mut last)?);
             }
         }
         if events.len() as i64 >= limit {
