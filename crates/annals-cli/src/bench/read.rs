@@ -297,7 +297,9 @@ impl Raw {
     /// The raw walk of the category in feed order, pages of 1,000 by keyset (the last
     /// position read), as `read_all` walks it in case (c): one reader, from the start again
     /// at the end, in whole passes. Each event comes with its stream's name, as the feed's
-    /// events do.
+    /// events do. On SQLite the events are the outer loop (`CROSS JOIN`, SQLite's way to
+    /// fix the join order): left to choose, SQLite started from the category's streams and
+    /// sorted every page, 8x slower than the store's own read.
     async fn feed(&self, category: &str, duration: Duration) -> anyhow::Result<Report> {
         let mut report = Report::read("raw baseline, read-all of the category");
         let started = Instant::now();
@@ -314,7 +316,7 @@ impl Raw {
                     let mut q = conn.prepare(
                         "SELECT e.position, s.name, e.stream_version, e.recorded_at, e.event_type, \
                          e.data, e.metadata, e.event_id, e.correlation_id, e.causation_id \
-                         FROM annals_events e JOIN annals_streams s ON s.stream_id = e.stream_id \
+                         FROM annals_events e CROSS JOIN annals_streams s ON s.stream_id = e.stream_id \
                          WHERE e.position > ?1 AND s.category = ?2 ORDER BY e.position LIMIT 1000",
                     )?;
                     while Instant::now() < deadline {
