@@ -423,7 +423,7 @@ impl EventStore for PgStore {
         let mut last = None;
         for row in &rows {
             if row
-                .try_get::<_, Option<&str>>(3)
+                .try_get::<_, Option<TxId>>(3)
                 .map_err(backend)?
                 .is_some()
             {
