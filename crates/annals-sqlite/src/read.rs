@@ -133,6 +133,23 @@ fn event(row: &Row<'_>) -> rusqlite::Result<RecordedEvent> {
     event_in(row, stream)
 }
 
+/// The same as [`event`], reusing `last`'s name when the row's stream is the one before it
+/// (feed pages run in streams' batches: one name checked and allocated per run).
+fn event_after(row: &Row<'_>, last: &mut Option<StreamName>) -> rusqlite::Result<RecordedEvent> {
+    let name = row.get_ref(1)?.as_str()?;
+    let stream = match last {
+        Some(s) if s.as_str() == name => s.clone(),
+        _ => {
+            let s = StreamName::new(name).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, e.into())
+            })?;
+            *last = Some(s.clone());
+            s
+        }
+    };
+    event_in(row, stream)
+}
+
 /// An event of `stream` (its name column is not read).
 fn event_in(row: &Row<'_>, stream: StreamName) -> rusqlite::Result<RecordedEvent> {
     Ok(RecordedEvent {
@@ -356,8 +373,9 @@ pub(crate) fn read_all(
     let tx = conn.transaction().map_err(backend)?;
     let events = {
         let mut stmt = tx.prepare_cached(&sql).map_err(backend)?;
+        let mut last = None;
         let rows = stmt
-            .query_map(params_from_iter(args), event)
+            .query_map(params_from_iter(args), |row| event_after(row, &mut last))
             .map_err(backend)?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .map_err(backend)?

@@ -252,6 +252,30 @@ type PgRow = (
     Option<annals::Uuid>,
 );
 
+/// A [`RawRow`] from the first nine columns of a SQLite row.
+fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+    ))
+}
+
+/// A read-only connection to the store's file, without SQLite's mutex (one per thread, as
+/// the store's readers open theirs).
+fn read_only(path: &std::path::Path) -> rusqlite::Result<rusqlite::Connection> {
+    rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+}
+
 /// A column's value as the server sent it, not interpreted (the cheapest read of a column
 /// whose type has no plain Rust counterpart here: `xid8`, `timestamptz`).
 struct Bytes(#[allow(dead_code)] Vec<u8>);
@@ -308,14 +332,10 @@ impl Raw {
             Raw::Sqlite(path) => {
                 let (path, category) = (path.clone(), category.to_owned());
                 report = tokio::task::spawn_blocking(move || {
-                    let conn = rusqlite::Connection::open_with_flags(
-                        &path,
-                        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
-                            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                    )?;
+                    let conn = read_only(&path)?;
                     let mut q = conn.prepare(
-                        "SELECT e.position, s.name, e.stream_version, e.recorded_at, e.event_type, \
-                         e.data, e.metadata, e.event_id, e.correlation_id, e.causation_id \
+                        "SELECT e.position, e.stream_version, e.recorded_at, e.event_type, e.data, \
+                         e.metadata, e.event_id, e.correlation_id, e.causation_id, s.name \
                          FROM annals_events e CROSS JOIN annals_streams s ON s.stream_id = e.stream_id \
                          WHERE e.position > ?1 AND s.category = ?2 ORDER BY e.position LIMIT 1000",
                     )?;
@@ -323,30 +343,16 @@ impl Raw {
                         let mut from = 0i64;
                         loop {
                             let t0 = Instant::now();
-                            let rows: Vec<(i64, String, RawRow)> = q
+                            let rows: Vec<(RawRow, String)> = q
                                 .query_map(rusqlite::params![from, category], |r| {
-                                    Ok((
-                                        r.get(0)?,
-                                        r.get(1)?,
-                                        (
-                                            r.get(0)?,
-                                            r.get(2)?,
-                                            r.get(3)?,
-                                            r.get(4)?,
-                                            r.get(5)?,
-                                            r.get(6)?,
-                                            r.get(7)?,
-                                            r.get(8)?,
-                                            r.get(9)?,
-                                        ),
-                                    ))
+                                    Ok((raw_row(r)?, r.get(9)?))
                                 })?
                                 .collect::<Result<_, _>>()?;
                             report.latencies.saturating_record(micros(t0));
                             report.events += rows.len() as u64;
                             report.operations += 1;
                             match rows.last() {
-                                Some(last) if rows.len() == 1000 => from = last.0,
+                                Some(last) if rows.len() == 1000 => from = last.0 .0,
                                 _ => break,
                             }
                         }
@@ -439,30 +445,14 @@ impl Raw {
                     tokio::task::spawn_blocking(move || {
                         // One connection per thread, so no SQLite mutex per call (the
                         // store's readers open theirs the same way).
-                        let conn = rusqlite::Connection::open_with_flags(
-                            &path,
-                            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
-                                | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                        )?;
+                        let conn = read_only(&path)?;
                         let mut report = Report::read(name);
                         while Instant::now() < deadline {
                             let s = &streams[rng.usize(..streams.len())];
                             let t0 = Instant::now();
                             let mut q = conn.prepare_cached(&sql)?;
                             let rows: Vec<RawRow> = q
-                                .query_map([s.as_str()], |r| {
-                                    Ok((
-                                        r.get(0)?,
-                                        r.get(1)?,
-                                        r.get(2)?,
-                                        r.get(3)?,
-                                        r.get(4)?,
-                                        r.get(5)?,
-                                        r.get(6)?,
-                                        r.get(7)?,
-                                        r.get(8)?,
-                                    ))
-                                })?
+                                .query_map([s.as_str()], raw_row)?
                                 .collect::<Result<_, _>>()?;
                             report.latencies.saturating_record(micros(t0));
                             report.events += rows.len() as u64;
