@@ -41,6 +41,7 @@ mod lifecycle;
 mod listen;
 mod projection;
 mod read_model;
+mod row;
 mod sql;
 mod sql_value;
 mod store;
@@ -70,6 +71,7 @@ pub use tokio_postgres;
 pub use tokio_postgres_rustls;
 
 use error::backend;
+use row::{event, event_after, event_in, TxId};
 use sql::Sql;
 
 /// The migrations, in order; `{schema}` is replaced by the store's schema.
@@ -234,89 +236,6 @@ pub(crate) async fn prepared(
 
 fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
-}
-
-fn event(row: &Row, offset: usize) -> Result<RecordedEvent> {
-    let name: String = row.try_get(offset + 2).map_err(backend)?;
-    let stream = StreamName::new(&name).map_err(|e| backend(format!("stored stream name: {e}")))?;
-    event_in(row, offset, stream)
-}
-
-/// The same as [`event`], reusing `last`'s name when the row's stream is the one before it
-/// (feed pages run in streams' batches: one name checked and allocated per run).
-fn event_after(row: &Row, offset: usize, last: &mut Option<StreamName>) -> Result<RecordedEvent> {
-    let name: &str = row.try_get(offset + 2).map_err(backend)?;
-    let stream = match last {
-        Some(s) if s.as_str() == name => s.clone(),
-        _ => {
-            let s =
-                StreamName::new(name).map_err(|e| backend(format!("stored stream name: {e}")))?;
-            *last = Some(s.clone());
-            s
-        }
-    };
-    event_in(row, offset, stream)
-}
-
-/// An event of `stream` (the row's name column is not read: stream reads leave it empty).
-fn event_in(row: &Row, offset: usize, stream: StreamName) -> Result<RecordedEvent> {
-    let get = |e: tokio_postgres::Error| backend(e);
-    let tx: TxId = row.try_get(offset).map_err(get)?;
-    Ok(RecordedEvent {
-        stream,
-        position: pack(tx.0, row.try_get(offset + 1).map_err(get)?),
-        stream_version: row.try_get::<_, i64>(offset + 3).map_err(get)? as u64,
-        recorded_at: Timestamp::from_unix_micros(
-            row.try_get::<_, Micros>(offset + 4).map_err(get)?.0,
-        ),
-        event_type: row.try_get(offset + 5).map_err(get)?,
-        data: row.try_get(offset + 6).map_err(get)?,
-        metadata: row.try_get(offset + 7).map_err(get)?,
-        event_id: row.try_get(offset + 8).map_err(get)?,
-        correlation_id: row.try_get(offset + 9).map_err(get)?,
-        causation_id: row.try_get(offset + 10).map_err(get)?,
-    })
-}
-
-type FromSqlError = Box<dyn std::error::Error + Sync + Send>;
-
-/// A transaction id: an `xid8` column in binary (no conversion to text on the server), or
-/// the text the store's functions return.
-struct TxId(u64);
-
-impl<'a> tokio_postgres::types::FromSql<'a> for TxId {
-    fn from_sql(ty: &tokio_postgres::types::Type, raw: &'a [u8]) -> Result<Self, FromSqlError> {
-        if ty.name() == "xid8" {
-            Ok(TxId(u64::from_be_bytes(raw.try_into()?)))
-        } else {
-            Ok(TxId(std::str::from_utf8(raw)?.parse()?))
-        }
-    }
-
-    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
-        ty.name() == "xid8" || *ty == tokio_postgres::types::Type::TEXT
-    }
-}
-
-/// Microseconds since 1970: a `timestamptz` in binary (microseconds since 2000; the
-/// infinities saturate), or a `bigint` the store's functions computed.
-struct Micros(i64);
-
-/// Microseconds from 1970-01-01 to 2000-01-01, PostgreSQL's epoch.
-const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
-
-impl<'a> tokio_postgres::types::FromSql<'a> for Micros {
-    fn from_sql(ty: &tokio_postgres::types::Type, raw: &'a [u8]) -> Result<Self, FromSqlError> {
-        let n = i64::from_be_bytes(raw.try_into()?);
-        if *ty == tokio_postgres::types::Type::INT8 {
-            return Ok(Micros(n));
-        }
-        Ok(Micros(n.saturating_add(PG_EPOCH_MICROS)))
-    }
-
-    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
-        *ty == tokio_postgres::types::Type::TIMESTAMPTZ || *ty == tokio_postgres::types::Type::INT8
-    }
 }
 
 /// Reads (never writes) what `schema` holds: its Annals migration version, 0 when it is

@@ -267,6 +267,22 @@ fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
     ))
 }
 
+/// A [`PgRow`] from the first ten columns of a PostgreSQL row.
+fn pg_raw_row(r: &annals_postgres::tokio_postgres::Row) -> PgRow {
+    (
+        r.get(0),
+        r.get(1),
+        r.get(2),
+        r.get(3),
+        r.get(4),
+        r.get(5),
+        r.get(6),
+        r.get(7),
+        r.get(8),
+        r.get(9),
+    )
+}
+
 /// A read-only connection to the store's file, without SQLite's mutex (one per thread, as
 /// the store's readers open theirs).
 fn read_only(path: &std::path::Path) -> rusqlite::Result<rusqlite::Connection> {
@@ -278,7 +294,7 @@ fn read_only(path: &std::path::Path) -> rusqlite::Result<rusqlite::Connection> {
 
 /// A column's value as the server sent it, not interpreted (the cheapest read of a column
 /// whose type has no plain Rust counterpart here: `xid8`, `timestamptz`).
-struct Bytes(#[allow(dead_code)] Vec<u8>);
+struct Bytes(Vec<u8>);
 
 impl<'a> annals_postgres::tokio_postgres::types::FromSql<'a> for Bytes {
     fn from_sql(
@@ -365,8 +381,8 @@ impl Raw {
                 let client = pool.get().await?;
                 let query = client
                     .prepare(&format!(
-                        "SELECT e.tx_id::text, e.position, s.name, e.stream_version, e.recorded_at, \
-                         e.event_type, e.data, e.metadata, e.event_id, e.correlation_id, e.causation_id \
+                        "SELECT e.tx_id, e.position, e.stream_version, e.recorded_at, e.event_type, \
+                         e.data, e.metadata, e.event_id, e.correlation_id, e.causation_id, s.name \
                          FROM {schema}.events e JOIN {schema}.streams s ON s.stream_id = e.stream_id \
                          WHERE (e.tx_id, e.position) > ($1::text::xid8, $2) AND s.category = $3 \
                          ORDER BY e.tx_id, e.position LIMIT 1000"
@@ -377,32 +393,17 @@ impl Raw {
                     loop {
                         let t0 = Instant::now();
                         let rows = client.query(&query, &[&from.0, &from.1, &category]).await?;
-                        let rows: Vec<(String, String, PgRow)> = rows
-                            .iter()
-                            .map(|r| {
-                                (
-                                    r.get(0),
-                                    r.get(2),
-                                    (
-                                        Bytes(Vec::new()),
-                                        r.get(1),
-                                        r.get(3),
-                                        r.get(4),
-                                        r.get(5),
-                                        r.get(6),
-                                        r.get(7),
-                                        r.get(8),
-                                        r.get(9),
-                                        r.get(10),
-                                    ),
-                                )
-                            })
-                            .collect();
+                        let rows: Vec<(PgRow, String)> =
+                            rows.iter().map(|r| (pg_raw_row(r), r.get(10))).collect();
                         report.latencies.saturating_record(micros(t0));
                         report.events += rows.len() as u64;
                         report.operations += 1;
                         match rows.last() {
-                            Some(last) if rows.len() == 1000 => from = (last.0.clone(), last.2 .1),
+                            Some(((tx, position, ..), _)) if rows.len() == 1000 => {
+                                // The transaction id as the server sent it: 8 bytes.
+                                let tx: [u8; 8] = tx.0.as_slice().try_into()?;
+                                from = (u64::from_be_bytes(tx).to_string(), *position);
+                            }
                             _ => break,
                         }
                     }
@@ -480,23 +481,7 @@ impl Raw {
                             let s = &streams[rng.usize(..streams.len())];
                             let t0 = Instant::now();
                             let rows = client.query(&query, &[&s.as_str()]).await?;
-                            let rows: Vec<PgRow> = rows
-                                .iter()
-                                .map(|r| {
-                                    (
-                                        r.get(0),
-                                        r.get(1),
-                                        r.get(2),
-                                        r.get(3),
-                                        r.get(4),
-                                        r.get(5),
-                                        r.get(6),
-                                        r.get(7),
-                                        r.get(8),
-                                        r.get(9),
-                                    )
-                                })
-                                .collect();
+                            let rows: Vec<PgRow> = rows.iter().map(pg_raw_row).collect();
                             report.latencies.saturating_record(micros(t0));
                             report.events += rows.len() as u64;
                             report.operations += 1;
