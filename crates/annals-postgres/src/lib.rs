@@ -316,7 +316,7 @@ impl PgStore {
                     source: Box::new(e),
                 })
         };
-        let pool = pool_of(config.pool_size, &pg)?;
+        let pool = pool_of(config.pool_size.max(1), &pg)?;
         // Feed reads have connections of their own: a pipeline's reader never waits behind
         // its handlers' (or writers') transactions for a pooled connection.
         let feed_pool = pool_of(FEED_CONNECTIONS, &pg)?;
@@ -328,7 +328,7 @@ impl PgStore {
         // the server's choice.
         let mut group_pg = pg.clone();
         group_pg.options(format!("{options} -c plan_cache_mode=force_generic_plan"));
-        let group_pool = pool_of(config.group_commits, &group_pg)?;
+        let group_pool = pool_of(config.group_commits.max(1), &group_pg)?;
         let changes = watch::Sender::new(());
         let channel = format!("annals_{}", config.schema);
         let listener =
