@@ -252,21 +252,6 @@ type PgRow = (
     Option<annals::Uuid>,
 );
 
-/// A [`RawRow`] from the first nine columns of a SQLite row.
-fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
-        r.get(8)?,
-    ))
-}
-
 /// A [`PgRow`] from the first ten columns of a PostgreSQL row.
 fn pg_raw_row(r: &annals_postgres::tokio_postgres::Row) -> PgRow {
     (
@@ -361,7 +346,7 @@ impl Raw {
                             let t0 = Instant::now();
                             let rows: Vec<(RawRow, String)> = q
                                 .query_map(rusqlite::params![from, category], |r| {
-                                    Ok((raw_row(r)?, r.get(9)?))
+                                    Ok((RawRow::try_from(r)?, r.get(9)?))
                                 })?
                                 .collect::<Result<_, _>>()?;
                             report.latencies.saturating_record(micros(t0));
@@ -453,7 +438,7 @@ impl Raw {
                             let t0 = Instant::now();
                             let mut q = conn.prepare_cached(&sql)?;
                             let rows: Vec<RawRow> = q
-                                .query_map([s.as_str()], raw_row)?
+                                .query_map([s.as_str()], |r| RawRow::try_from(r))?
                                 .collect::<Result<_, _>>()?;
                             report.latencies.saturating_record(micros(t0));
                             report.events += rows.len() as u64;
