@@ -88,6 +88,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0010_no_event_stream_fk.sql"),
     include_str!("../migrations/0011_lifecycle.sql"),
     include_str!("../migrations/0012_read_all_once.sql"),
+    include_str!("../migrations/0013_read_all_statement.sql"),
 ];
 
 /// Connections kept for `read_all` (subscriptions and pipelines), apart from the pool
@@ -318,8 +319,11 @@ impl PgStore {
         };
         let pool = pool_of(config.pool_size.max(1), &pg)?;
         // Feed reads have connections of their own: a pipeline's reader never waits behind
-        // its handlers' (or writers') transactions for a pooled connection.
-        let feed_pool = pool_of(FEED_CONNECTIONS, &pg)?;
+        // its handlers' (or writers') transactions for a pooled connection, and the page's
+        // plan is fixed by the connections' settings (`sql::FEED_OPTIONS`).
+        let mut feed_pg = pg.clone();
+        feed_pg.options(format!("{options} {}", sql::FEED_OPTIONS));
+        let feed_pool = pool_of(FEED_CONNECTIONS, &feed_pg)?;
         // Group commits have theirs too, one per group written at once, where the group
         // statement always runs its generic plan. Left to choose, PostgreSQL kept planning
         // it anew at every execution when groups were small (a lone writer's appends: 1.2 to

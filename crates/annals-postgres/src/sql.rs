@@ -130,10 +130,8 @@ impl Sql {
             // tombstone, so the usual answer, nothing new, tells an ended stream from a
             // deleted one in the same statement.
             read_after: stream_page(schema, FORWARD, true),
-            // Plans fixed by the functions of migration 0004 (see there why).
-            read_all: format!(
-                "SELECT * FROM {schema}.read_all_page($1::text::xid8, $2, $3, $4, $5, $6, $7, $8)"
-            ),
+            // A page of the feed: see `read_all_page`.
+            read_all: read_all_page(schema),
             // The last event below the visibility horizon, as read-all sees it (the primary
             // key, read backwards).
             head_position: format!("SELECT tx_id::text, position FROM {schema}.events WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY tx_id DESC, position DESC LIMIT 1"),
@@ -203,6 +201,76 @@ impl Sql {
         }
     }
 }
+
+/// A page of the feed, with parameters (after tx as text, after position, categories, event
+/// types, limit, window, partition index, partition count): the events after the position
+/// below the visibility horizon, in feed order, looking at the `window` events that follow it
+/// at most and returning the first `limit` of those the filters and the streams' lifecycle
+/// show. Rows, in this order: the page's events (`NULL, event columns...`); the horizon
+/// (`horizon, NULL...`); and, only when the page is short, the window's last event if the
+/// window was full (`NULL, tx_id, position, NULL...`), so a short page tells where to
+/// resume. The outer `LIMIT` stops before that last part when the page is full: its scan of
+/// the window's keys never runs then.
+///
+/// The plan must walk the primary key from the position and stop at the page: the feed's
+/// connections turn off every other kind of plan (see `FEED_OPTIONS`), and the stream row is
+/// a lateral lookup by id alone, with what depends on the stream alone computed there
+/// (tombstone, category, partition, the lowest version shown), so PostgreSQL memoizes it
+/// across a stream's run of events; what depends on the event is checked above it. No
+/// function and no materialized page: the rows stream out as they are found.
+fn read_all_page(schema: &str) -> String {
+    format!(
+        "SELECT * FROM (\
+         WITH h AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) \
+         SELECT NULL::xid8, l.* FROM h CROSS JOIN LATERAL (\
+           SELECT j.tx_id, j.position, j.name, j.stream_version, j.recorded_at, j.event_type, \
+                  j.data, j.metadata, j.event_id, j.correlation_id, j.causation_id \
+           FROM (\
+             SELECT e.*, s.name, coalesce(s.shown AND e.stream_version >= s.low \
+                    AND (s.max_age IS NULL \
+                         OR e.recorded_at >= now() - s.max_age * interval '1 microsecond') \
+                    AND (cardinality($4::text[]) = 0 OR e.event_type = ANY ($4)), \
+                    false) AS shown \
+             FROM (\
+               SELECT w.* FROM {schema}.events w \
+               WHERE (w.tx_id, w.position) > ($1::text::xid8, $2::bigint) AND w.tx_id < h.xmin \
+               ORDER BY w.tx_id, w.position LIMIT $6::bigint) e \
+             LEFT JOIN LATERAL (\
+               SELECT s.name, s.max_age, \
+                      NOT s.tombstone \
+                      AND (cardinality($3::text[]) = 0 OR s.category = ANY ($3)) \
+                      AND ($8::bigint = 0 OR \
+                           ((((s.partition_hash >> 32) & 4294967295) % $8) \
+                             * (4294967296 % $8) \
+                             + (s.partition_hash & 4294967295)) % $8 = $7::bigint) AS shown, \
+                      CASE WHEN s.max_count IS NULL THEN s.start \
+                           ELSE greatest(s.start, s.version - s.max_count) END AS low \
+               FROM {schema}.streams s WHERE s.stream_id = e.stream_id OFFSET 0) s ON true \
+             ORDER BY e.tx_id, e.position OFFSET 0) j \
+           WHERE j.shown \
+           ORDER BY j.tx_id, j.position LIMIT $5::bigint) l \
+         UNION ALL \
+         SELECT h.xmin, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM h \
+         UNION ALL \
+         SELECT NULL, x.tx_id, x.position, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL \
+         FROM (SELECT x.tx_id, x.position FROM h, {schema}.events x \
+               WHERE (x.tx_id, x.position) > ($1::text::xid8, $2::bigint) AND x.tx_id < h.xmin \
+               ORDER BY x.tx_id, x.position OFFSET $6::bigint - 1 LIMIT 1) x\
+         ) page LIMIT $5::bigint + 1"
+    )
+}
+
+/// The settings of the feed's connections: only the ordered walk of the primary key with
+/// index lookups per row is left to `read_all_page`'s planner. Left to itself, the planner
+/// sometimes chose otherwise (with stale statistics after a bulk load, or told that a
+/// category is small): start from the category's streams, or scan and sort every event after
+/// the resume point, on every page, quadratic over a catch-up. JIT is off: the penalties these
+/// settings add to a plan's cost would otherwise cross the JIT threshold and compile every
+/// call (~150 ms). The plan is generic, made once per connection.
+pub(crate) const FEED_OPTIONS: &str = "-c enable_sort=off -c enable_hashjoin=off \
+     -c enable_mergejoin=off -c enable_bitmapscan=off -c enable_seqscan=off \
+     -c enable_material=off -c jit=off -c max_parallel_workers_per_gather=0 \
+     -c plan_cache_mode=force_generic_plan";
 
 /// A group of appends as one statement, with `append_group`'s parameters and rows; no
 /// PL/pgSQL, so the server does a fraction of the work per group. Each append's stream row

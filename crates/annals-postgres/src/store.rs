@@ -415,19 +415,33 @@ impl EventStore for PgStore {
             )
             .await
             .map_err(backend)?;
-        let horizon = match rows.first() {
-            Some(r) => tx_of(r.get::<_, &str>(0))?,
-            None => return Err(backend("read-all returned no horizon row")),
-        };
+        // The events, then the horizon, then (a short page's) window end: anything else
+        // would mean the statement's `LIMIT` may have cut an event.
+        let (mut horizon, mut window_end) = (None, None);
         let mut events = Vec::with_capacity(rows.len());
         let mut last = None;
         for row in &rows {
-            if row
-                .try_get::<_, Option<TxId>>(3)
+            let out_of_order = || backend("read-all returned its rows out of order");
+            if let Some(h) = row.try_get::<_, Option<TxId>>(0).map_err(backend)? {
+                if horizon.is_some() {
+                    return Err(out_of_order());
+                }
+                horizon = Some(h.0);
+            } else if row
+                .try_get::<_, Option<&str>>(3)
                 .map_err(backend)?
                 .is_some()
             {
-                events.push(event_after(row, 3, &mut last)?);
+                if horizon.is_some() {
+                    return Err(out_of_order());
+                }
+                events.push(event_after(row, 1, &mut last)?);
+            } else {
+                if horizon.is_none() || window_end.is_some() {
+                    return Err(out_of_order());
+                }
+                let tx: TxId = row.try_get(1).map_err(backend)?;
+                window_end = Some(pack(tx.0, row.try_get::<_, i64>(2).map_err(backend)?));
             }
         }
         if events.len() as i64 >= limit {
@@ -440,13 +454,6 @@ impl EventStore for PgStore {
         }
         // Fewer matches than asked (a filter, or events reads no longer show): if the
         // window was full, resume after it.
-        let window_end = match rows.first() {
-            Some(r) => r
-                .get::<_, Option<&str>>(1)
-                .map(|tx| -> Result<Position> { Ok(pack(tx_of(tx)?, r.get::<_, i64>(2))) })
-                .transpose()?,
-            None => None,
-        };
         if let Some(end) = window_end {
             return Ok(AllPage {
                 events,
@@ -455,6 +462,7 @@ impl EventStore for PgStore {
             });
         }
         // A short page scanned everything below the horizon: resume at it.
+        let horizon = horizon.ok_or_else(|| backend("read-all returned no horizon row"))?;
         let next = from
             .max(pack(horizon, 0))
             .max(events.last().map_or(from, |e| e.position));

@@ -25,6 +25,7 @@ struct Proxy {
 struct Seen {
     startup: String,
     group: bool,
+    feed: bool,
     other: bool,
 }
 
@@ -102,8 +103,12 @@ async fn forward(
             // simple queries) is the one that unnests the group's stream names.
             let mut seen = seen.lock().unwrap();
             let group = text.contains("unnest($1::text[]") || text.contains("append_group(");
+            // The feed's page is the one that computes what a stream shows.
+            let feed = text.contains("AS shown, CASE WHEN s.max_count");
             if kind == b'P' && group {
                 seen.group = true;
+            } else if kind == b'P' && feed {
+                seen.feed = true;
             } else if !hint_only {
                 seen.other = true;
             }
@@ -399,6 +404,101 @@ async fn group_commits_alone_force_generic_plans() {
         assert!(
             !forced(startup),
             "a pool connection forces generic plans: {startup:?}"
+        );
+    }
+}
+
+/// A feed page is one statement, whether full, short, or cut at the end of a window of
+/// events the filter does not show; it runs on the feed's own connections, whose settings
+/// leave its planner only the ordered walk of the primary key (and a plan made once).
+#[tokio::test]
+async fn feed_pages_are_one_statement_each_on_connections_with_fixed_plans() {
+    let (proxy, store) = counted_store().await;
+    let wanted = StreamName::new("Wanted-1").unwrap();
+    let one = |i: usize| EventData::new("W", format!(r#"{{"n":{i}}}"#).into_bytes());
+    store
+        .append(&wanted, ExpectedVersion::Any, vec![one(0)])
+        .await
+        .unwrap();
+    for k in 0..11 {
+        let noise = (0..1000).map(one).collect();
+        let stream = StreamName::new(format!("Noise-{k}")).unwrap();
+        store
+            .append(&stream, ExpectedVersion::Any, noise)
+            .await
+            .unwrap();
+    }
+    store
+        .append(&wanted, ExpectedVersion::Any, vec![one(1), one(2)])
+        .await
+        .unwrap();
+    store.await_visible().await.unwrap();
+    // Prepared once before counting.
+    store
+        .read_all(annals::Position::START, &annals::Filter::all(), 10)
+        .await
+        .unwrap();
+    let filter = annals::Filter::category("Wanted");
+    let (mut from, mut got, mut windows, mut pages) = (annals::Position::START, 0, 0, 0);
+    loop {
+        let before = proxy.count();
+        let page = store.read_all(from, &filter, 2).await.unwrap();
+        assert_eq!(proxy.count() - before, 1, "page {pages}: one statement");
+        pages += 1;
+        assert!(pages < 10, "the read ends");
+        assert!(page.next > from || page.end, "pages move forward");
+        if !page.end && page.events.len() < 2 {
+            windows += 1;
+        }
+        got += page.events.len();
+        from = page.next;
+        if page.end {
+            break;
+        }
+    }
+    assert_eq!(got, 3, "every wanted event, once");
+    assert!(windows >= 1, "a page ended at a window of noise");
+    let before = proxy.count();
+    let page = store
+        .read_all(annals::Position::START, &annals::Filter::all(), 500)
+        .await
+        .unwrap();
+    assert_eq!(proxy.count() - before, 1, "a full page: one statement");
+    assert_eq!(page.events.len(), 500);
+    assert!(!page.end);
+    let connections: Vec<_> = proxy
+        .connections
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let c = c.lock().unwrap();
+            (c.startup.clone(), c.feed)
+        })
+        .collect();
+    let fixed = |startup: &str| {
+        [
+            "enable_seqscan=off",
+            "enable_sort=off",
+            "enable_hashjoin=off",
+            "jit=off",
+            "plan_cache_mode=force_generic_plan",
+        ]
+        .iter()
+        .all(|o| startup.contains(o))
+    };
+    let feed: Vec<_> = connections.iter().filter(|c| c.1).collect();
+    assert!(!feed.is_empty(), "no connection sent the feed's page");
+    for (startup, _) in &feed {
+        assert!(
+            fixed(startup),
+            "a feed connection plans freely: {startup:?}"
+        );
+    }
+    for (startup, _) in connections.iter().filter(|c| !c.1) {
+        assert!(
+            !startup.contains("enable_seqscan=off"),
+            "another connection has the feed's settings: {startup:?}"
         );
     }
 }
