@@ -3,9 +3,7 @@
 use super::*;
 
 pub(crate) fn event(row: &Row, offset: usize) -> Result<RecordedEvent> {
-    let name: String = row.try_get(offset + 2).map_err(backend)?;
-    let stream = StreamName::new(&name).map_err(|e| backend(format!("stored stream name: {e}")))?;
-    event_in(row, offset, stream)
+    event_after(row, offset, &mut None)
 }
 
 /// The same as [`event`], reusing `last`'s name when the row's stream is the one before it
@@ -56,7 +54,7 @@ pub(crate) struct TxId(pub(crate) u64);
 
 impl<'a> tokio_postgres::types::FromSql<'a> for TxId {
     fn from_sql(ty: &tokio_postgres::types::Type, raw: &'a [u8]) -> Result<Self, FromSqlError> {
-        if ty.name() == "xid8" {
+        if *ty == tokio_postgres::types::Type::XID8 {
             Ok(TxId(u64::from_be_bytes(raw.try_into()?)))
         } else {
             Ok(TxId(std::str::from_utf8(raw)?.parse()?))
@@ -64,7 +62,7 @@ impl<'a> tokio_postgres::types::FromSql<'a> for TxId {
     }
 
     fn accepts(ty: &tokio_postgres::types::Type) -> bool {
-        ty.name() == "xid8" || *ty == tokio_postgres::types::Type::TEXT
+        *ty == tokio_postgres::types::Type::XID8 || *ty == tokio_postgres::types::Type::TEXT
     }
 }
 

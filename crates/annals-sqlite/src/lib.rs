@@ -459,19 +459,7 @@ impl CheckpointStore for SqliteStore {
                      last_error, parked_at, updated_at FROM annals_parked \
                      WHERE ?1 IS NULL OR group_name = ?1 ORDER BY group_name, stream",
                 )?;
-                let rows = stmt.query_map([group], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                        r.get(7)?,
-                        r.get(8)?,
-                    ))
-                })?;
+                let rows = stmt.query_map([group], |r| Row::try_from(r))?;
                 rows.collect()
             })
             .await?;

@@ -126,11 +126,7 @@ fn uuid(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<Uuid>> {
 }
 
 fn event(row: &Row<'_>) -> rusqlite::Result<RecordedEvent> {
-    let name: String = row.get(1)?;
-    let stream = StreamName::new(&name).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, e.into())
-    })?;
-    event_in(row, stream)
+    event_after(row, &mut None)
 }
 
 /// The same as [`event`], reusing `last`'s name when the row's stream is the one before it
