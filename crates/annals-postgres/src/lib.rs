@@ -40,6 +40,7 @@ mod group;
 mod lifecycle;
 mod listen;
 mod projection;
+mod read_group;
 mod read_model;
 mod row;
 mod sql;
@@ -135,6 +136,8 @@ struct Inner {
     changes: watch::Sender<()>,
     /// Group commit of this process's appends.
     group: group::Grouper,
+    /// Grouped first pages of this process's forward stream reads.
+    reads: read_group::ReadGrouper,
     notifier: listen::Notifier,
     listener: tokio::task::JoinHandle<()>,
 }
@@ -346,6 +349,7 @@ impl PgStore {
                 progress: read_model::ProgressCache::default(),
                 sql: Sql::new(&config::quoted(&config.schema)),
                 group: group::Grouper::new(config.group_commits),
+                reads: read_group::ReadGrouper::default(),
                 config,
                 changes,
                 notifier,

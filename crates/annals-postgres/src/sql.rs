@@ -7,6 +7,7 @@ pub(crate) struct Sql {
     pub(crate) read_forward: String,
     pub(crate) read_backward: String,
     pub(crate) read_after: String,
+    pub(crate) read_set: String,
     pub(crate) read_all: String,
     pub(crate) head_position: String,
     pub(crate) classify: String,
@@ -130,6 +131,26 @@ impl Sql {
             // tombstone, so the usual answer, nothing new, tells an ended stream from a
             // deleted one in the same statement.
             read_after: stream_page(schema, FORWARD, true),
+            // The first pages of several streams (`read_group`): `$1` names, `$2` first
+            // versions, `$3` rows asked for. Each stream row is found by name (an index
+            // probe per read) and what [`SHOWN`] takes from it computed once; each stream's
+            // events, then a row with its tombstone, tagged with the read's number.
+            read_set: format!(
+                "WITH a AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]) \
+                   WITH ORDINALITY AS a (name, v, n, i)), \
+                 s AS MATERIALIZED (\
+                   SELECT a.i, a.n, s.stream_id, s.tombstone, \
+                          greatest(a.v, s.start, s.version - s.max_count) AS low, \
+                          coalesce(now() - s.max_age * interval '1 microsecond', '-infinity') AS after \
+                   FROM a CROSS JOIN LATERAL (\
+                     SELECT * FROM {schema}.streams s WHERE s.name = a.name OFFSET 0) s) \
+                 SELECT s.i, e.*, NULL::bool FROM s CROSS JOIN LATERAL (\
+                   SELECT {STREAM_EVENT_COLUMNS} FROM {schema}.events e \
+                   WHERE e.stream_id = s.stream_id AND NOT s.tombstone \
+                     AND e.stream_version >= s.low AND e.recorded_at >= s.after \
+                   ORDER BY e.stream_version LIMIT s.n) e \
+                 UNION ALL SELECT s.i, {NO_EVENT}, s.tombstone FROM s"
+            ),
             // A page of the feed: see `read_all_page`.
             read_all: read_all_page(schema),
             // The last event below the visibility horizon, as read-all sees it (the primary

@@ -283,11 +283,13 @@ impl EventStore for PgStore {
         // Pages of at most STREAM_PAGE events, each one prepared statement, with no read
         // of the stream's version first. A page asks for one row more than it returns
         // (unless the limit ends it), so it knows whether another follows: a stream that
-        // ends on a page boundary costs no empty page. An empty page (an empty or missing
-        // stream) looks at the stream row, to tell a deleted stream: in the same statement
-        // for a catch-up (`read_after`: the first page forward from past 0, what a decider
-        // reads on a cached state), with a second one otherwise. Forward from `from`;
-        // backward below `from` (or from the end).
+        // ends on a page boundary costs no empty page. The first page forward (what a
+        // decider loads, or catches up on from its cached state) is read with other
+        // readers' first pages (`read_group`) and the stream row's tombstone, so the usual
+        // answer, nothing new, tells an ended stream from a deleted one in the same
+        // statement. Another empty page (an empty or missing stream read backward) looks
+        // at the stream row with a second statement. Forward from `from`; backward below
+        // `from` (or from the end).
         let forward = options.direction == Direction::Forward;
         let start = match (forward, options.from) {
             (true, from) => from.map_or(0, Version::get),
@@ -303,40 +305,38 @@ impl EventStore for PgStore {
             let want = left.min(STREAM_PAGE as u64);
             let ask = if want < left { want + 1 } else { want } as i64;
             let page = async {
+                if forward && first {
+                    // The first page forward (what a decider loads or catches up on):
+                    // grouped with other readers', the stream row's tombstone in the same
+                    // statement.
+                    let page = self.first_page(stream, next as i64, ask).await?;
+                    if page.tombstone {
+                        return Err(Error::StreamDeleted {
+                            stream: stream.clone(),
+                        });
+                    }
+                    let more = page.events.len() as u64 > want;
+                    let mut events = page.events;
+                    events.truncate(want as usize);
+                    return Ok((events, more));
+                }
                 let client = self.client().await?;
-                let catch_up = forward && first && next > 0;
-                let (sql, a, b) = match (forward, catch_up) {
-                    (true, true) => (&self.inner.sql.read_after, next as i64, i64::MAX),
-                    (true, false) => (&self.inner.sql.read_forward, next as i64, i64::MAX),
-                    (false, _) => (&self.inner.sql.read_backward, next as i64, 0),
+                let (sql, a, b) = match forward {
+                    true => (&self.inner.sql.read_forward, next as i64, i64::MAX),
+                    false => (&self.inner.sql.read_backward, next as i64, 0),
                 };
                 let statement = prepared(&client, sql).await?;
                 let rows = client
                     .query(&statement, &[&stream.as_str(), &a, &b, &ask])
                     .await
                     .map_err(backend)?;
-                let mut events = Vec::with_capacity(rows.len().min(want as usize));
-                let mut found = 0u64;
-                for row in &rows {
-                    if catch_up && row.try_get::<_, Option<i64>>(1).map_err(backend)?.is_none() {
-                        // The stream row of `read_after` (reads show no event of a
-                        // tombstone): nothing shown of a tombstone is an error.
-                        if row
-                            .try_get::<_, bool>(sql::STREAM_EVENT_WIDTH)
-                            .map_err(backend)?
-                        {
-                            return Err(Error::StreamDeleted {
-                                stream: stream.clone(),
-                            });
-                        }
-                        continue;
-                    }
-                    found += 1;
-                    if found <= want {
-                        events.push(event_in(row, 0, stream.clone())?);
-                    }
-                }
-                if rows.is_empty() && !catch_up {
+                let found = rows.len() as u64;
+                let events = rows
+                    .iter()
+                    .take(want as usize)
+                    .map(|row| event_in(row, 0, stream.clone()))
+                    .collect::<Result<Vec<_>>>()?;
+                if rows.is_empty() {
                     // Nothing shown: a tombstone is an error, not an empty stream.
                     self.stream_version_with(&client, stream).await?;
                 }

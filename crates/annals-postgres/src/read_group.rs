@@ -1,0 +1,195 @@
+//! Grouped reads: the first pages of concurrent forward reads of this process (what a
+//! decider loads, or catches up on from its cached state) are read by one statement
+//! (`Sql::read_set`), so one round trip and one execution serve them all. On this machine
+//! PostgreSQL's work per statement is many times its work per short page, so a process with
+//! many deciders is no longer capped at one statement per load.
+//!
+//! A read joins the queue, then either gets its page from a group another caller is reading
+//! or, when a slot is free, takes everything queued and reads it itself, as a task of its
+//! own (a caller that gives up never strands the others' pages). A group of one is the
+//! plain statement of one stream (`Sql::read_after`). A read queued after an append it
+//! follows is in a later statement than that append's commit, so it sees the append.
+
+use std::sync::Mutex;
+
+use tokio::sync::{oneshot, Semaphore};
+
+use super::*;
+
+/// Groups read at once, each on a pooled connection.
+const SLOTS: usize = 2;
+/// At most this many reads go into one statement.
+const MAX_READS: usize = 256;
+
+/// The first page of one stream's forward read: its events (at most the rows asked for)
+/// and whether the stream is a tombstone.
+pub(crate) struct FirstPage {
+    pub(crate) events: Vec<RecordedEvent>,
+    pub(crate) tombstone: bool,
+}
+
+struct Request {
+    stream: StreamName,
+    from: i64,
+    ask: i64,
+    reply: oneshot::Sender<Result<FirstPage>>,
+}
+
+pub(crate) struct ReadGrouper {
+    queue: Mutex<Vec<Request>>,
+    slots: Arc<Semaphore>,
+}
+
+impl Default for ReadGrouper {
+    fn default() -> Self {
+        Self {
+            queue: Mutex::new(Vec::new()),
+            slots: Arc::new(Semaphore::new(SLOTS)),
+        }
+    }
+}
+
+impl ReadGrouper {
+    fn take(&self) -> Vec<Request> {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let n = queue.len().min(MAX_READS);
+        queue.drain(..n).collect()
+    }
+}
+
+impl PgStore {
+    /// The events of `stream` from version `from` on, `ask` of them at most, read with
+    /// whatever other first pages are queued.
+    pub(crate) async fn first_page(
+        &self,
+        stream: &StreamName,
+        from: i64,
+        ask: i64,
+    ) -> Result<FirstPage> {
+        let grouper = &self.inner.reads;
+        let (reply, mut answer) = oneshot::channel();
+        grouper
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Request {
+                stream: stream.clone(),
+                from,
+                ask,
+                reply,
+            });
+        let gone = || backend("the group reading this stream ended without an answer");
+        loop {
+            tokio::select! {
+                biased;
+                got = &mut answer => return got.map_err(|_| gone())?,
+                permit = Arc::clone(&grouper.slots).acquire_owned() => {
+                    let permit = permit.map_err(|_| gone())?;
+                    let group = grouper.take();
+                    if group.is_empty() {
+                        // Ours is in a group being read.
+                        drop(permit);
+                        return answer.await.map_err(|_| gone())?;
+                    }
+                    let store = self.clone();
+                    let read = tokio::spawn(async move {
+                        store.read_group(group).await;
+                        drop(permit);
+                    });
+                    let _ = read.await;
+                }
+            }
+        }
+    }
+
+    async fn read_group(&self, mut group: Vec<Request>) {
+        if group.len() == 1 {
+            let r = group.pop().expect("one read");
+            let page = self.read_one(&r.stream, r.from, r.ask).await;
+            let _ = r.reply.send(page);
+            return;
+        }
+        match self.read_set(&group).await {
+            Ok(pages) => {
+                for (r, page) in group.into_iter().zip(pages) {
+                    let _ = r.reply.send(Ok(page));
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for r in group {
+                    let _ = r
+                        .reply
+                        .send(Err(backend(format!("a grouped read failed: {message}"))));
+                }
+            }
+        }
+    }
+
+    /// One stream's first page: `read_after`, its events then the stream row's tombstone.
+    async fn read_one(&self, stream: &StreamName, from: i64, ask: i64) -> Result<FirstPage> {
+        let client = self.client().await?;
+        let statement = prepared(&client, &self.inner.sql.read_after).await?;
+        let rows = client
+            .query(&statement, &[&stream.as_str(), &from, &i64::MAX, &ask])
+            .await
+            .map_err(backend)?;
+        let mut page = FirstPage {
+            events: Vec::with_capacity(rows.len()),
+            tombstone: false,
+        };
+        for row in &rows {
+            if row.try_get::<_, Option<i64>>(1).map_err(backend)?.is_none() {
+                page.tombstone = row
+                    .try_get::<_, bool>(sql::STREAM_EVENT_WIDTH)
+                    .map_err(backend)?;
+            } else {
+                page.events.push(event_in(row, 0, stream.clone())?);
+            }
+        }
+        Ok(page)
+    }
+
+    /// Several streams' first pages in one statement: rows of `(read, event columns...,
+    /// tombstone)`, each stream's events then its stream row (none: no stream).
+    async fn read_set(&self, group: &[Request]) -> Result<Vec<FirstPage>> {
+        let names: Vec<&str> = group.iter().map(|r| r.stream.as_str()).collect();
+        let froms: Vec<i64> = group.iter().map(|r| r.from).collect();
+        let asks: Vec<i64> = group.iter().map(|r| r.ask).collect();
+        let client = self.client().await?;
+        let statement = prepared(&client, &self.inner.sql.read_set).await?;
+        let rows = client
+            .query(&statement, &[&names, &froms, &asks])
+            .await
+            .map_err(backend)?;
+        drop(client);
+        let mut pages: Vec<FirstPage> = group
+            .iter()
+            .map(|_| FirstPage {
+                events: Vec::new(),
+                tombstone: false,
+            })
+            .collect();
+        for row in &rows {
+            let i = row.try_get::<_, i64>(0).map_err(backend)? as usize;
+            let (r, page) = group
+                .get(i.wrapping_sub(1))
+                .zip(pages.get_mut(i.wrapping_sub(1)))
+                .ok_or_else(|| backend(format!("a grouped read answered for read {i}")))?;
+            if row.try_get::<_, Option<i64>>(2).map_err(backend)?.is_none() {
+                page.tombstone = row
+                    .try_get::<_, bool>(1 + sql::STREAM_EVENT_WIDTH)
+                    .map_err(backend)?;
+            } else if page.events.len() as i64 >= r.ask {
+                return Err(backend(format!("a grouped read sent too many events for read {i}")));
+            } else {
+                page.events.push(event_in(row, 1, r.stream.clone())?);
+            }
+        }
+        // Each page in version order, whatever order the rows came in.
+        for page in &mut pages {
+            page.events.sort_by_key(|e| e.stream_version);
+        }
+        Ok(pages)
+    }
+}
