@@ -1,8 +1,9 @@
-//! Grouped reads: the first pages of concurrent forward reads of this process (what a
-//! decider loads, or catches up on from its cached state) are read by one statement
-//! (`Sql::read_set`), so one round trip and one execution serve them all. On this machine
-//! PostgreSQL's work per statement is many times its work per short page, so a process with
-//! many deciders is no longer capped at one statement per load.
+//! Grouped catch-ups: the first pages of concurrent forward reads from past version 0 (what
+//! a decider reads on its cached state, usually nothing new) are read by one statement
+//! (`Sql::read_set`), so one round trip and one execution serve them all. PostgreSQL's work
+//! per statement is many times its work per short page, so a process with many deciders is
+//! no longer capped at one statement per catch-up. Reads from the start, which may be long,
+//! are not grouped: a group answers when its longest page is read.
 //!
 //! A read joins the queue, then either gets its page from a group another caller is reading
 //! or, when a slot is free, takes everything queued and reads it itself, as a task of its
@@ -59,7 +60,7 @@ impl ReadGrouper {
 
 impl PgStore {
     /// The events of `stream` from version `from` on, `ask` of them at most, read with
-    /// whatever other first pages are queued.
+    /// whatever other catch-ups are queued.
     pub(crate) async fn first_page(
         &self,
         stream: &StreamName,
@@ -181,7 +182,9 @@ impl PgStore {
                     .try_get::<_, bool>(1 + sql::STREAM_EVENT_WIDTH)
                     .map_err(backend)?;
             } else if page.events.len() as i64 >= r.ask {
-                return Err(backend(format!("a grouped read sent too many events for read {i}")));
+                return Err(backend(format!(
+                    "a grouped read sent too many events for read {i}"
+                )));
             } else {
                 page.events.push(event_in(row, 1, r.stream.clone())?);
             }

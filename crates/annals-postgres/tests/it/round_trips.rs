@@ -502,3 +502,90 @@ async fn feed_pages_are_one_statement_each_on_connections_with_fixed_plans() {
         );
     }
 }
+
+/// Concurrent catch-ups (forward reads from past version 0, what deciders read on their
+/// cached states) are read together, fewer statements than reads, and each caller gets its
+/// own stream's page as a read of its own would show it: from its version, truncation and
+/// retention applied, a tombstone an error, a missing stream empty, a limit kept.
+#[tokio::test]
+async fn concurrent_catch_ups_are_read_together_each_with_its_own_page() {
+    use annals::{DeleteMode, EventStoreExt, ReadStream, Retention, RetentionScope, Version};
+    let (proxy, store) = counted_store().await;
+    let name = |k: usize| StreamName::new(format!("Catch-{k}")).unwrap();
+    let streams = 24;
+    for k in 0..streams {
+        let events = (0..k + 3)
+            .map(|i| EventData::new("Added", format!(r#"{{"k":{k},"i":{i}}}"#).into_bytes()))
+            .collect();
+        store
+            .append(&name(k), ExpectedVersion::NoStream, events)
+            .await
+            .unwrap();
+    }
+    // Stream 0 is a tombstone; 1 starts at version 3; 2 keeps its last 2 events.
+    store
+        .delete_stream(&name(0), ExpectedVersion::Any, DeleteMode::Hard)
+        .await
+        .unwrap();
+    store.truncate_before(&name(1), Version(3)).await.unwrap();
+    store
+        .set_retention(&RetentionScope::Stream(name(2)), Retention::max_count(2))
+        .await
+        .unwrap();
+    // What each read asks: stream k from version 1 + k % 3, stream 5 at most 2 events, and
+    // one stream that does not exist.
+    let mut reads: Vec<(StreamName, ReadStream)> = (0..streams)
+        .map(|k| {
+            let options = ReadStream::forward_from(Version(1 + k as u64 % 3));
+            let options = if k == 5 { options.limit(2) } else { options };
+            (name(k), options)
+        })
+        .collect();
+    reads.push((name(99), ReadStream::forward_from(Version(4))));
+    // Prepared once before counting.
+    store
+        .read_stream_vec(&name(3), ReadStream::forward_from(Version(1)))
+        .await
+        .unwrap();
+    let before = proxy.count();
+    let got = futures::future::join_all(
+        reads
+            .iter()
+            .map(|(stream, options)| store.read_stream_vec(stream, *options)),
+    )
+    .await;
+    let statements = proxy.count() - before;
+    assert!(
+        statements < reads.len() as u64 / 2,
+        "{statements} statements for {} catch-ups",
+        reads.len()
+    );
+    for ((stream, options), got) in reads.iter().zip(got) {
+        let k: usize = stream.as_str()["Catch-".len()..].parse().unwrap();
+        if k == 0 {
+            assert!(
+                matches!(got, Err(annals::Error::StreamDeleted { .. })),
+                "a tombstone: {got:?}"
+            );
+            continue;
+        }
+        let got: Vec<u64> = got.unwrap().iter().map(|e| e.stream_version).collect();
+        let from = options.from.unwrap().get();
+        let want: Vec<u64> = match k {
+            99 => vec![],
+            1 => (from.max(3)..4).collect(),
+            2 => (from.max(3)..5).collect(),
+            5 => (from..from + 2).collect(),
+            k => (from..k as u64 + 3).collect(),
+        };
+        assert_eq!(got, want, "{stream} from {from}");
+    }
+    // A catch-up alone is still one statement.
+    let before = proxy.count();
+    let alone = store
+        .read_stream_vec(&name(4), ReadStream::forward_from(Version(6)))
+        .await
+        .unwrap();
+    assert_eq!(alone.len(), 1);
+    assert_eq!(proxy.count() - before, 1);
+}
