@@ -128,7 +128,12 @@ impl PgStore {
     }
 
     /// One stream's first page: `read_after`, its events then the stream row's tombstone.
-    async fn read_one(&self, stream: &StreamName, from: i64, ask: i64) -> Result<FirstPage> {
+    pub(crate) async fn read_one(
+        &self,
+        stream: &StreamName,
+        from: i64,
+        ask: i64,
+    ) -> Result<FirstPage> {
         let client = self.client().await?;
         let statement = prepared(&client, &self.inner.sql.read_after).await?;
         let rows = client

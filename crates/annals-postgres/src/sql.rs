@@ -126,10 +126,10 @@ impl Sql {
                 "e.stream_version < $2 AND e.stream_version >= $3 ORDER BY e.stream_version DESC LIMIT $4",
                 false,
             ),
-            // A catch-up (the first page of a forward read from a version past 0, as a
-            // decider reads after its cached state): `read_forward` and the stream row's
-            // tombstone, so the usual answer, nothing new, tells an ended stream from a
-            // deleted one in the same statement.
+            // The first page of a forward read (what a decider loads, or catches up on
+            // from its cached state): `read_forward` and the stream row's tombstone, so an
+            // empty answer (a new stream, nothing new) tells an ended stream from a deleted
+            // one in the same statement.
             read_after: stream_page(schema, FORWARD, true),
             // The first pages of several streams (`read_group`): `$1` names, `$2` first
             // versions, `$3` rows asked for. Each stream row is found by name (an index

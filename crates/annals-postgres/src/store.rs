@@ -283,12 +283,13 @@ impl EventStore for PgStore {
         // Pages of at most STREAM_PAGE events, each one prepared statement, with no read
         // of the stream's version first. A page asks for one row more than it returns
         // (unless the limit ends it), so it knows whether another follows: a stream that
-        // ends on a page boundary costs no empty page. A catch-up (the first page forward
-        // from past 0, what a decider reads on a cached state) is read with other readers'
-        // catch-ups (`read_group`) and the stream row's tombstone, so the usual answer,
-        // nothing new, tells an ended stream from a deleted one in the same statement.
-        // Another empty page (an empty or missing stream) looks at the stream row with a
-        // second statement. Forward from `from`; backward below `from` (or from the end).
+        // ends on a page boundary costs no empty page. The first page forward comes with
+        // the stream row's tombstone (`read_after`), so an empty answer (a new stream, or
+        // nothing new since a decider's cached state) tells an ended stream from a deleted
+        // one in the same statement; a catch-up (from past 0) is read with other readers'
+        // catch-ups (`read_group`). Another empty page (a stream read backward) looks at
+        // the stream row with a second statement. Forward from `from`; backward below
+        // `from` (or from the end).
         let forward = options.direction == Direction::Forward;
         let start = match (forward, options.from) {
             (true, from) => from.map_or(0, Version::get),
@@ -304,11 +305,15 @@ impl EventStore for PgStore {
             let want = left.min(STREAM_PAGE as u64);
             let ask = if want < left { want + 1 } else { want } as i64;
             let page = async {
-                if forward && first && next > 0 {
-                    // A catch-up (the first page forward from past 0, what a decider reads
-                    // on a cached state): grouped with other readers' catch-ups, the stream
-                    // row's tombstone in the same statement.
-                    let page = self.first_page(stream, next as i64, ask).await?;
+                if forward && first {
+                    // The first page forward (what a decider loads), with the stream row's
+                    // tombstone in the same statement: a new stream costs one statement.
+                    // A catch-up (from past 0, what a decider reads on a cached state) is
+                    // grouped with other readers' catch-ups.
+                    let page = match next {
+                        0 => self.read_one(stream, 0, ask).await?,
+                        from => self.first_page(stream, from as i64, ask).await?,
+                    };
                     if page.tombstone {
                         return Err(Error::StreamDeleted {
                             stream: stream.clone(),

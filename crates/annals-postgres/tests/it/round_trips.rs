@@ -283,9 +283,10 @@ async fn a_stream_read_costs_one_statement_per_page() {
         assert_eq!(read[0].stream_version, first, "{limit:?} {direction:?}");
     }
     // Nothing after the end of a stream, and after a version of one that does not exist
-    // (a decider catching up): one statement each.
+    // (a decider catching up), or from its start (a decider's first load of a new stream):
+    // one statement each.
     let missing = StreamName::new("Pages-none").unwrap();
-    for (stream, from) in [(&stream, 1000), (&missing, 3)] {
+    for (stream, from) in [(&stream, 1000), (&missing, 3), (&missing, 0)] {
         let options = ReadStream::forward_from(annals::Version(from));
         // Prepared once before counting.
         store.read_stream_vec(stream, options).await.unwrap();
