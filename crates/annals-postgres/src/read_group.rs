@@ -8,8 +8,9 @@
 //! A read joins the queue, then either gets its page from a group another caller is reading
 //! or, when a slot is free, takes everything queued and reads it itself, as a task of its
 //! own (a caller that gives up never strands the others' pages). A group of one is the
-//! plain statement of one stream (`Sql::read_after`). A read queued after an append it
-//! follows is in a later statement than that append's commit, so it sees the append.
+//! plain statement of one stream (`Sql::read_after`), and so is each read of a group whose
+//! statement failed. A read queued after an append it follows is in a later statement than
+//! that append's commit, so it sees the append.
 
 use std::sync::Mutex;
 
@@ -116,13 +117,14 @@ impl PgStore {
                     let _ = r.reply.send(Ok(page));
                 }
             }
-            Err(e) => {
-                let message = e.to_string();
-                for r in group {
-                    let _ = r
-                        .reply
-                        .send(Err(backend(format!("a grouped read failed: {message}"))));
-                }
+            // Each read on its own, so each caller gets its own answer (one stream's bad
+            // row, or a lost connection, is not every caller's error).
+            Err(_) => {
+                let reads = group.into_iter().map(|r| async move {
+                    let page = self.read_one(&r.stream, r.from, r.ask).await;
+                    let _ = r.reply.send(page);
+                });
+                futures::future::join_all(reads).await;
             }
         }
     }
