@@ -11,10 +11,9 @@
 //! a cycle (a deadlock PostgreSQL still breaks is answered as a retry).
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::Mutex;
 
 use annals::CONFLICT_EVENTS;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::oneshot;
 
 use super::*;
 
@@ -48,7 +47,7 @@ pub(crate) enum Answer {
     Deleted,
 }
 
-struct Request {
+pub(crate) struct Request {
     stream: StreamName,
     expected: ExpectedVersion,
     events: Vec<EventData>,
@@ -56,40 +55,26 @@ struct Request {
     reply: oneshot::Sender<Result<Answer>>,
 }
 
-pub(crate) struct Grouper {
-    queue: Mutex<VecDeque<Request>>,
-    slots: Arc<Semaphore>,
-}
+pub(crate) type Grouper = crate::batch::Batches<Request>;
 
-impl Grouper {
-    /// `slots` groups may be written at once (each on a connection of its own).
-    pub(crate) fn new(slots: usize) -> Self {
-        Self {
-            queue: Mutex::new(VecDeque::new()),
-            slots: Arc::new(Semaphore::new(slots.max(1))),
+/// The next group: queued appends in order, the first per stream, within the bounds.
+fn take(queue: &mut VecDeque<Request>) -> Vec<Request> {
+    let mut streams = HashSet::new();
+    let mut group = Vec::new();
+    let mut events = 0;
+    let mut later = VecDeque::new();
+    while let Some(r) = queue.pop_front() {
+        let fits = group.len() < MAX_APPENDS
+            && (group.is_empty() || events + r.events.len() <= MAX_EVENTS);
+        if fits && streams.insert(r.stream.clone()) {
+            events += r.events.len();
+            group.push(r);
+        } else {
+            later.push_back(r);
         }
     }
-
-    /// The next group: queued appends in order, the first per stream, within the bounds.
-    fn take(&self) -> Vec<Request> {
-        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        let mut streams = HashSet::new();
-        let mut group = Vec::new();
-        let mut events = 0;
-        let mut later = VecDeque::new();
-        while let Some(r) = queue.pop_front() {
-            let fits = group.len() < MAX_APPENDS
-                && (group.is_empty() || events + r.events.len() <= MAX_EVENTS);
-            if fits && streams.insert(r.stream.clone()) {
-                events += r.events.len();
-                group.push(r);
-            } else {
-                later.push_back(r);
-            }
-        }
-        *queue = later;
-        group
-    }
+    *queue = later;
+    group
 }
 
 impl PgStore {
@@ -139,41 +124,22 @@ impl PgStore {
         events: &[EventData],
         tail: bool,
     ) -> Result<Answer> {
-        let grouper = &self.inner.group;
-        let (reply, mut answer) = oneshot::channel();
-        grouper
-            .queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push_back(Request {
-                stream: stream.clone(),
-                expected,
-                events: events.to_vec(),
-                tail,
-                reply,
-            });
-        let gone = || backend("the group writing this append ended without an answer");
-        loop {
-            tokio::select! {
-                biased;
-                got = &mut answer => return got.map_err(|_| gone())?,
-                permit = Arc::clone(&grouper.slots).acquire_owned() => {
-                    let permit = permit.map_err(|_| gone())?;
-                    let group = grouper.take();
-                    if group.is_empty() {
-                        // Ours is in a group being written.
-                        drop(permit);
-                        return answer.await.map_err(|_| gone())?;
-                    }
-                    let store = self.clone();
-                    let written = tokio::spawn(async move {
-                        store.write_group(group).await;
-                        drop(permit);
-                    });
-                    let _ = written.await;
-                }
-            }
-        }
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            stream: stream.clone(),
+            expected,
+            events: events.to_vec(),
+            tail,
+            reply,
+        };
+        let run = |group| {
+            let store = self.clone();
+            async move { store.write_group(group).await }
+        };
+        self.inner
+            .group
+            .join(request, answer, take, run, "group writing this append")
+            .await
     }
 
     /// Writes `group` in one statement and answers each append.

@@ -33,6 +33,7 @@
 //! ```
 
 mod append_at;
+mod batch;
 mod config;
 mod coordination;
 mod error;
@@ -349,7 +350,7 @@ impl PgStore {
                 progress: read_model::ProgressCache::default(),
                 sql: Sql::new(&config::quoted(&config.schema)),
                 group: group::Grouper::new(config.group_commits),
-                reads: read_group::ReadGrouper::default(),
+                reads: read_group::ReadGrouper::new(read_group::SLOTS),
                 config,
                 changes,
                 notifier,

@@ -12,14 +12,12 @@
 //! statement failed. A read queued after an append it follows is in a later statement than
 //! that append's commit, so it sees the append.
 
-use std::sync::Mutex;
+use std::collections::VecDeque;
 
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::oneshot;
 
 use super::*;
 
-/// Groups read at once, each on a pooled connection.
-const SLOTS: usize = 2;
 /// At most this many reads go into one statement.
 const MAX_READS: usize = 256;
 
@@ -30,33 +28,22 @@ pub(crate) struct FirstPage {
     pub(crate) tombstone: bool,
 }
 
-struct Request {
+pub(crate) struct Request {
     stream: StreamName,
     from: i64,
     ask: i64,
     reply: oneshot::Sender<Result<FirstPage>>,
 }
 
-pub(crate) struct ReadGrouper {
-    queue: Mutex<Vec<Request>>,
-    slots: Arc<Semaphore>,
-}
+pub(crate) type ReadGrouper = crate::batch::Batches<Request>;
 
-impl Default for ReadGrouper {
-    fn default() -> Self {
-        Self {
-            queue: Mutex::new(Vec::new()),
-            slots: Arc::new(Semaphore::new(SLOTS)),
-        }
-    }
-}
+/// Groups read at once, each on a pooled connection.
+pub(crate) const SLOTS: usize = 2;
 
-impl ReadGrouper {
-    fn take(&self) -> Vec<Request> {
-        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        let n = queue.len().min(MAX_READS);
-        queue.drain(..n).collect()
-    }
+/// The next group: what is queued, up to the bound.
+fn take(queue: &mut VecDeque<Request>) -> Vec<Request> {
+    let n = queue.len().min(MAX_READS);
+    queue.drain(..n).collect()
 }
 
 impl PgStore {
@@ -68,40 +55,21 @@ impl PgStore {
         from: i64,
         ask: i64,
     ) -> Result<FirstPage> {
-        let grouper = &self.inner.reads;
-        let (reply, mut answer) = oneshot::channel();
-        grouper
-            .queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Request {
-                stream: stream.clone(),
-                from,
-                ask,
-                reply,
-            });
-        let gone = || backend("the group reading this stream ended without an answer");
-        loop {
-            tokio::select! {
-                biased;
-                got = &mut answer => return got.map_err(|_| gone())?,
-                permit = Arc::clone(&grouper.slots).acquire_owned() => {
-                    let permit = permit.map_err(|_| gone())?;
-                    let group = grouper.take();
-                    if group.is_empty() {
-                        // Ours is in a group being read.
-                        drop(permit);
-                        return answer.await.map_err(|_| gone())?;
-                    }
-                    let store = self.clone();
-                    let read = tokio::spawn(async move {
-                        store.read_group(group).await;
-                        drop(permit);
-                    });
-                    let _ = read.await;
-                }
-            }
-        }
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            stream: stream.clone(),
+            from,
+            ask,
+            reply,
+        };
+        let run = |group| {
+            let store = self.clone();
+            async move { store.read_group(group).await }
+        };
+        self.inner
+            .reads
+            .join(request, answer, take, run, "group reading this stream")
+            .await
     }
 
     async fn read_group(&self, mut group: Vec<Request>) {

@@ -21,7 +21,7 @@ struct Proxy {
 
 /// What one connection through the proxy sent: its startup message (parameters and
 /// options) and whether it sent the group statement or any other statement.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Seen {
     startup: String,
     group: bool,
@@ -65,6 +65,15 @@ impl Proxy {
 
     fn count(&self) -> u64 {
         self.statements.load(Ordering::SeqCst)
+    }
+
+    /// What each connection so far sent.
+    fn seen(&self) -> Vec<Seen> {
+        let connections = self.connections.lock().unwrap();
+        connections
+            .iter()
+            .map(|c| c.lock().unwrap().clone())
+            .collect()
     }
 }
 
@@ -380,14 +389,9 @@ async fn group_commits_alone_force_generic_plans() {
         assert_eq!(read.len(), 1);
     }
     let connections: Vec<_> = proxy
-        .connections
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            let c = c.lock().unwrap();
-            (c.startup.clone(), c.group, c.other)
-        })
+        .seen()
+        .into_iter()
+        .map(|c| (c.startup, c.group, c.other))
         .collect();
     let forced = |startup: &str| startup.contains("plan_cache_mode=force_generic_plan");
     let group: Vec<_> = connections.iter().filter(|c| c.1).collect();
@@ -468,14 +472,9 @@ async fn feed_pages_are_one_statement_each_on_connections_with_fixed_plans() {
     assert_eq!(page.events.len(), 500);
     assert!(!page.end);
     let connections: Vec<_> = proxy
-        .connections
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            let c = c.lock().unwrap();
-            (c.startup.clone(), c.feed)
-        })
+        .seen()
+        .into_iter()
+        .map(|c| (c.startup, c.feed))
         .collect();
     let fixed = |startup: &str| {
         [
