@@ -23,9 +23,29 @@ const MAX_READS: usize = 256;
 
 /// The first page of one stream's forward read: its events (at most the rows asked for)
 /// and whether the stream is a tombstone.
+#[derive(Default)]
 pub(crate) struct FirstPage {
     pub(crate) events: Vec<RecordedEvent>,
     pub(crate) tombstone: bool,
+}
+
+impl FirstPage {
+    /// Takes a row of `read_after`'s columns from `offset` on: an event of `stream`, or
+    /// (no event) the stream row's tombstone.
+    fn add(&mut self, row: &Row, offset: usize, stream: &StreamName) -> Result<()> {
+        if row
+            .try_get::<_, Option<i64>>(offset + 1)
+            .map_err(backend)?
+            .is_none()
+        {
+            self.tombstone = row
+                .try_get::<_, bool>(offset + sql::STREAM_EVENT_WIDTH)
+                .map_err(backend)?;
+        } else {
+            self.events.push(event_in(row, offset, stream.clone())?);
+        }
+        Ok(())
+    }
 }
 
 pub(crate) struct Request {
@@ -72,29 +92,22 @@ impl PgStore {
             .await
     }
 
-    async fn read_group(&self, mut group: Vec<Request>) {
-        if group.len() == 1 {
-            let r = group.pop().expect("one read");
-            let page = self.read_one(&r.stream, r.from, r.ask).await;
-            let _ = r.reply.send(page);
-            return;
-        }
-        match self.read_set(&group).await {
-            Ok(pages) => {
+    async fn read_group(&self, group: Vec<Request>) {
+        if group.len() > 1 {
+            // On an error, each read on its own below, so each caller gets its own answer
+            // (one stream's bad row, or a lost connection, is not every caller's error).
+            if let Ok(pages) = self.read_set(&group).await {
                 for (r, page) in group.into_iter().zip(pages) {
                     let _ = r.reply.send(Ok(page));
                 }
-            }
-            // Each read on its own, so each caller gets its own answer (one stream's bad
-            // row, or a lost connection, is not every caller's error).
-            Err(_) => {
-                let reads = group.into_iter().map(|r| async move {
-                    let page = self.read_one(&r.stream, r.from, r.ask).await;
-                    let _ = r.reply.send(page);
-                });
-                futures::future::join_all(reads).await;
+                return;
             }
         }
+        let reads = group.into_iter().map(|r| async move {
+            let page = self.read_one(&r.stream, r.from, r.ask).await;
+            let _ = r.reply.send(page);
+        });
+        futures::future::join_all(reads).await;
     }
 
     /// One stream's first page: `read_after`, its events then the stream row's tombstone.
@@ -110,18 +123,9 @@ impl PgStore {
             .query(&statement, &[&stream.as_str(), &from, &i64::MAX, &ask])
             .await
             .map_err(backend)?;
-        let mut page = FirstPage {
-            events: Vec::with_capacity(rows.len()),
-            tombstone: false,
-        };
+        let mut page = FirstPage::default();
         for row in &rows {
-            if row.try_get::<_, Option<i64>>(1).map_err(backend)?.is_none() {
-                page.tombstone = row
-                    .try_get::<_, bool>(sql::STREAM_EVENT_WIDTH)
-                    .map_err(backend)?;
-            } else {
-                page.events.push(event_in(row, 0, stream.clone())?);
-            }
+            page.add(row, 0, stream)?;
         }
         Ok(page)
     }
@@ -139,29 +143,18 @@ impl PgStore {
             .await
             .map_err(backend)?;
         drop(client);
-        let mut pages: Vec<FirstPage> = group
-            .iter()
-            .map(|_| FirstPage {
-                events: Vec::new(),
-                tombstone: false,
-            })
-            .collect();
+        let mut pages: Vec<FirstPage> = group.iter().map(|_| FirstPage::default()).collect();
         for row in &rows {
             let i = row.try_get::<_, i64>(0).map_err(backend)? as usize;
             let (r, page) = group
                 .get(i.wrapping_sub(1))
                 .zip(pages.get_mut(i.wrapping_sub(1)))
                 .ok_or_else(|| backend(format!("a grouped read answered for read {i}")))?;
-            if row.try_get::<_, Option<i64>>(2).map_err(backend)?.is_none() {
-                page.tombstone = row
-                    .try_get::<_, bool>(1 + sql::STREAM_EVENT_WIDTH)
-                    .map_err(backend)?;
-            } else if page.events.len() as i64 >= r.ask {
+            page.add(row, 1, &r.stream)?;
+            if page.events.len() as i64 > r.ask {
                 return Err(backend(format!(
                     "a grouped read sent too many events for read {i}"
                 )));
-            } else {
-                page.events.push(event_in(row, 1, r.stream.clone())?);
             }
         }
         // Each page in version order, whatever order the rows came in.
