@@ -106,10 +106,15 @@ pub struct Retention {
     pub max_count: Option<u64>,
 }
 
-/// The longest max age a store records (about 292,000 years, in microseconds).
-const MAX_AGE_MICROS: u128 = i64::MAX as u128;
+/// The longest max age a store records, in microseconds ([`Retention::MAX_AGE`]).
+const MAX_AGE_MICROS: u128 = Retention::MAX_AGE.as_micros();
 
 impl Retention {
+    /// The longest max age a policy may have: 1,000 years of 365.25 days. Every store
+    /// computes "now minus max age" as a time it can hold (PostgreSQL's times end at
+    /// 4713 BC); a policy that should never expire anything leaves max age unset.
+    pub const MAX_AGE: Duration = Duration::from_secs(1_000 * 31_557_600);
+
     /// Keeps events recorded within `max_age`.
     pub fn max_age(max_age: Duration) -> Self {
         Self {
@@ -143,9 +148,9 @@ impl Retention {
             (Some(age), _) if age.as_micros() == 0 => invalid(
                 "max age must be at least one microsecond (delete the stream to hide all of it)",
             ),
-            (Some(age), _) if age.as_micros() > MAX_AGE_MICROS => {
-                invalid("max age is too long (at most about 292,000 years)")
-            }
+            (Some(age), _) if age.as_micros() > MAX_AGE_MICROS => invalid(
+                "max age is too long (at most 1,000 years; leave it unset to keep events for good)",
+            ),
             (_, Some(0)) => {
                 invalid("max count must be at least 1 (delete the stream to hide all of it)")
             }

@@ -52,7 +52,13 @@ pub async fn retention_max_count_and_age(store: Arc<dyn EventStore>) {
             .await
             .unwrap();
     }
-    for bad in [Retention::max_count(0), Retention::max_age(Duration::ZERO)] {
+    let too_long = Retention::MAX_AGE + Duration::from_micros(1);
+    for bad in [
+        Retention::max_count(0),
+        Retention::max_age(Duration::ZERO),
+        Retention::max_age(too_long),
+        Retention::max_age(Duration::MAX),
+    ] {
         let refused = s.set_retention(&ret1, bad).await;
         assert!(
             matches!(refused, Err(Error::InvalidRetention { .. })),
@@ -204,7 +210,39 @@ pub async fn retention_max_count_and_age(store: Arc<dyn EventStore>) {
         versions(s, &name("Ret-1"), ReadStream::forward()).await,
         [0, 1, 2, 3, 4, 5]
     );
+    // The longest max age a policy may have hides nothing recorded now, on every path that
+    // applies it: stream reads both ways, read-all, heads, a refused append's tail.
+    policy(s, &category, Retention::max_age(Retention::MAX_AGE)).await;
+    assert_eq!(
+        s.retention().await.unwrap(),
+        [(category.clone(), Retention::max_age(Retention::MAX_AGE))]
+    );
+    assert_eq!(
+        versions(s, &name("Ret-1"), ReadStream::backward()).await,
+        [5, 4, 3, 2, 1, 0]
+    );
+    assert_eq!(
+        versions(s, &name("Ret-2"), ReadStream::forward_from(Version(1))).await,
+        [1, 2]
+    );
+    let under_longest = shown(&read_everything(&store).await, "Ret");
+    if s.capabilities().head_snapshots {
+        let head = s.read_head(&name("Ret-2"), 100).await.unwrap();
+        assert_eq!(head.events.len(), 3);
+    }
+    let refused = s
+        .append(&name("Ret-2"), ExpectedVersion::Exact(Version(1)), batch(1))
+        .await;
+    assert!(
+        matches!(refused, Err(Error::WrongExpectedVersion { .. })),
+        "{refused:?}"
+    );
     policy(s, &category, Retention::default()).await;
+    assert_eq!(
+        under_longest,
+        shown(&read_everything(&store).await, "Ret"),
+        "read-all under the longest max age shows what it shows without a policy"
+    );
     assert!(s.retention().await.unwrap().is_empty());
     assert_eq!(
         versions(s, &name("Ret-2"), ReadStream::forward()).await,
