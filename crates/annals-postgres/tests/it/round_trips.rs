@@ -232,6 +232,12 @@ async fn a_decision_costs_one_statement_cached_two_uncached_and_two_after_a_conf
 /// A migrated store on a fresh schema whose one pooled connection goes through a
 /// counting proxy.
 async fn counted_store() -> (Proxy, Arc<PgStore>) {
+    let (proxy, store, _) = counted_store_in().await;
+    (proxy, store)
+}
+
+/// The same, with the store's schema.
+async fn counted_store_in() -> (Proxy, Arc<PgStore>, String) {
     let server = postgres::shared();
     let proxy = Proxy::start(server.port).await;
     let url = server
@@ -245,7 +251,7 @@ async fn counted_store() -> (Proxy, Arc<PgStore>) {
         .tls(PgTls::new(SslMode::Disable));
     let store = Arc::new(PgStore::connect(config).await.unwrap());
     store.migrate().await.unwrap();
-    (proxy, store)
+    (proxy, store, schema)
 }
 
 /// A stream read costs one statement per page: a stream ending on a page boundary is
@@ -588,4 +594,75 @@ async fn concurrent_catch_ups_are_read_together_each_with_its_own_page() {
         .unwrap();
     assert_eq!(alone.len(), 1);
     assert_eq!(proxy.count() - before, 1);
+}
+
+/// A group of catch-ups whose statement fails (here one stream row holds a max age no
+/// time can be computed from, as a row written by hand or by an older version might) is
+/// read again one stream at a time: the bad stream's reader gets the error, every other
+/// reader its own page.
+#[tokio::test]
+async fn a_failed_group_of_catch_ups_answers_each_read_on_its_own() {
+    use annals::{EventStoreExt, ReadStream, Version};
+    let (proxy, store, schema) = counted_store_in().await;
+    let name = |k: usize| StreamName::new(format!("Fallback-{k}")).unwrap();
+    let streams = 12;
+    for k in 0..streams {
+        let events = (0..k + 2)
+            .map(|i| EventData::new("Added", format!(r#"{{"i":{i}}}"#).into_bytes()))
+            .collect();
+        store
+            .append(&name(k), ExpectedVersion::NoStream, events)
+            .await
+            .unwrap();
+    }
+    // Prepared once before counting.
+    store
+        .read_stream_vec(&name(1), ReadStream::forward_from(Version(1)))
+        .await
+        .unwrap();
+    let admin = postgres::connect(&postgres::shared().url).await;
+    admin
+        .execute(
+            &format!("UPDATE {schema}.streams SET max_age = 9223372036854775807 WHERE name = $1"),
+            &[&name(3).as_str()],
+        )
+        .await
+        .unwrap();
+    let before = proxy.count();
+    let got = futures::future::join_all((0..streams).map(|k| {
+        let (store, stream) = (&store, name(k));
+        async move {
+            store
+                .read_stream_vec(&stream, ReadStream::forward_from(Version(1)))
+                .await
+        }
+    }))
+    .await;
+    let statements = proxy.count() - before;
+    for (k, got) in got.into_iter().enumerate() {
+        match k {
+            3 => assert!(
+                matches!(&got, Err(annals::Error::Backend { .. })),
+                "the bad stream's own error: {got:?}"
+            ),
+            k => {
+                let versions: Vec<u64> = got
+                    .unwrap_or_else(|e| panic!("stream {k}: {e}"))
+                    .iter()
+                    .map(|e| e.stream_version)
+                    .collect();
+                assert_eq!(
+                    versions,
+                    (1..k as u64 + 2).collect::<Vec<_>>(),
+                    "stream {k}"
+                );
+            }
+        }
+    }
+    // At least one group was tried: more statements than reads (the group's, then each
+    // read's own).
+    assert!(
+        statements > streams as u64,
+        "{statements} statements for {streams} catch-ups: no group was tried"
+    );
 }
