@@ -11,6 +11,10 @@ use tokio::sync::{oneshot, Semaphore};
 
 use super::*;
 
+/// How many turns of the scheduler a caller that got a slot gives other callers to join
+/// its batch before taking it (it stops as soon as a turn brings nobody new).
+const GATHER_TURNS: usize = 4;
+
 pub(crate) struct Batches<R> {
     queue: Mutex<VecDeque<R>>,
     slots: Arc<Semaphore>,
@@ -22,6 +26,21 @@ impl<R: Send + 'static> Batches<R> {
         Self {
             queue: Mutex::new(VecDeque::new()),
             slots: Arc::new(Semaphore::new(slots.max(1))),
+        }
+    }
+
+    /// Lets callers that are ready to run (those the batch before answered, woken
+    /// together) join the queue before a batch is taken: the first of them to get the
+    /// slot would otherwise take only itself and leave the rest to the batch after. Each
+    /// turn lets every other ready task run once; no waiting on a clock.
+    async fn gather(&self) {
+        let queued = || self.queue.lock().unwrap_or_else(|p| p.into_inner()).len();
+        for _ in 0..GATHER_TURNS {
+            let before = queued();
+            tokio::task::yield_now().await;
+            if queued() == before {
+                break;
+            }
         }
     }
 
@@ -50,6 +69,7 @@ impl<R: Send + 'static> Batches<R> {
                 got = &mut answer => return got.map_err(|_| gone())?,
                 permit = Arc::clone(&self.slots).acquire_owned() => {
                     let permit = permit.map_err(|_| gone())?;
+                    self.gather().await;
                     let batch = take(&mut self.queue.lock().unwrap_or_else(|p| p.into_inner()));
                     if batch.is_empty() {
                         // Ours is in a batch being run.

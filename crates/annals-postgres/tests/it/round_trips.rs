@@ -561,9 +561,12 @@ async fn concurrent_catch_ups_are_read_together_each_with_its_own_page() {
     )
     .await;
     let statements = proxy.count() - before;
+    // Started together, they are read together: the first reader to get a slot lets the
+    // others join before it takes the queue (without that: itself alone, the second
+    // likewise, then the rest).
     assert!(
-        statements < reads.len() as u64 / 2,
-        "{statements} statements for {} catch-ups",
+        statements <= 2,
+        "{statements} statements for {} catch-ups started together",
         reads.len()
     );
     for ((stream, options), got) in reads.iter().zip(got) {
