@@ -509,6 +509,24 @@ async fn feed_pages_are_one_statement_each_on_connections_with_fixed_plans() {
     }
 }
 
+/// Streams `name(0..count)`, stream k with `k + extra` events.
+async fn write_streams(
+    store: &PgStore,
+    name: &impl Fn(usize) -> StreamName,
+    count: usize,
+    extra: usize,
+) {
+    for k in 0..count {
+        let events = (0..k + extra)
+            .map(|i| EventData::new("Added", format!(r#"{{"k":{k},"i":{i}}}"#).into_bytes()))
+            .collect();
+        store
+            .append(&name(k), ExpectedVersion::NoStream, events)
+            .await
+            .unwrap();
+    }
+}
+
 /// Concurrent catch-ups (forward reads from past version 0, what deciders read on their
 /// cached states) are read together, fewer statements than reads, and each caller gets its
 /// own stream's page as a read of its own would show it: from its version, truncation and
@@ -519,15 +537,7 @@ async fn concurrent_catch_ups_are_read_together_each_with_its_own_page() {
     let (proxy, store) = counted_store().await;
     let name = |k: usize| StreamName::new(format!("Catch-{k}")).unwrap();
     let streams = 24;
-    for k in 0..streams {
-        let events = (0..k + 3)
-            .map(|i| EventData::new("Added", format!(r#"{{"k":{k},"i":{i}}}"#).into_bytes()))
-            .collect();
-        store
-            .append(&name(k), ExpectedVersion::NoStream, events)
-            .await
-            .unwrap();
-    }
+    write_streams(&store, &name, streams, 3).await;
     // Stream 0 is a tombstone; 1 starts at version 3; 2 keeps its last 2 events.
     store
         .delete_stream(&name(0), ExpectedVersion::Any, DeleteMode::Hard)
@@ -609,15 +619,7 @@ async fn a_failed_group_of_catch_ups_answers_each_read_on_its_own() {
     let (proxy, store, schema) = counted_store_in().await;
     let name = |k: usize| StreamName::new(format!("Fallback-{k}")).unwrap();
     let streams = 12;
-    for k in 0..streams {
-        let events = (0..k + 2)
-            .map(|i| EventData::new("Added", format!(r#"{{"i":{i}}}"#).into_bytes()))
-            .collect();
-        store
-            .append(&name(k), ExpectedVersion::NoStream, events)
-            .await
-            .unwrap();
-    }
+    write_streams(&store, &name, streams, 2).await;
     // Prepared once before counting.
     store
         .read_stream_vec(&name(1), ReadStream::forward_from(Version(1)))
