@@ -106,9 +106,6 @@ pub struct Retention {
     pub max_count: Option<u64>,
 }
 
-/// The longest max age a store records, in microseconds ([`Retention::MAX_AGE`]).
-const MAX_AGE_MICROS: u128 = Retention::MAX_AGE.as_micros();
-
 impl Retention {
     /// The longest max age a policy may have: 1,000 years of 365.25 days. Every store
     /// computes "now minus max age" as a time it can hold (PostgreSQL's times end at
@@ -148,7 +145,7 @@ impl Retention {
             (Some(age), _) if age.as_micros() == 0 => invalid(
                 "max age must be at least one microsecond (delete the stream to hide all of it)",
             ),
-            (Some(age), _) if age.as_micros() > MAX_AGE_MICROS => invalid(
+            (Some(age), _) if age > Self::MAX_AGE => invalid(
                 "max age is too long (at most 1,000 years; leave it unset to keep events for good)",
             ),
             (_, Some(0)) => {
@@ -162,7 +159,7 @@ impl Retention {
     /// The max age in microseconds, as SQL stores record it.
     pub fn max_age_micros(&self) -> Option<i64> {
         self.max_age
-            .map(|a| a.as_micros().min(MAX_AGE_MICROS) as i64)
+            .map(|a| a.as_micros().min(i64::MAX as u128) as i64)
     }
 
     /// The policy from the microseconds and count SQL stores record.

@@ -230,13 +230,18 @@ pub async fn retention_max_count_and_age(store: Arc<dyn EventStore>) {
         let head = s.read_head(&name("Ret-2"), 100).await.unwrap();
         assert_eq!(head.events.len(), 3);
     }
-    let refused = s
-        .append(&name("Ret-2"), ExpectedVersion::Exact(Version(1)), batch(1))
-        .await;
-    assert!(
-        matches!(refused, Err(Error::WrongExpectedVersion { .. })),
-        "{refused:?}"
-    );
+    match s.append_at(&name("Ret-2"), Version(1), batch(1)).await {
+        Ok(annals::AppendAt::Conflict { actual, events }) => {
+            assert_eq!(actual, Version(3));
+            let tail: Vec<u64> = events.iter().map(|e| e.stream_version).collect();
+            assert_eq!(
+                tail,
+                [1, 2],
+                "the refusal's events from the expected version on"
+            );
+        }
+        other => panic!("a refusal with its events: {other:?}"),
+    }
     policy(s, &category, Retention::default()).await;
     assert_eq!(
         under_longest,
