@@ -295,9 +295,15 @@ pub fn shared() -> &'static PgServer {
     static SERVER: OnceLock<Result<PgServer, String>> = OnceLock::new();
     let server = SERVER.get_or_init(|| match std::env::var("ANNALS_PG_URL") {
         Ok(url) => Ok(PgServer {
+            // Its port, for tests that need it (5432 when the URL names none or cannot be
+            // read: `connection` reports that).
+            port: url
+                .parse::<tokio_postgres::Config>()
+                .ok()
+                .and_then(|c| c.get_ports().first().copied())
+                .unwrap_or(5432),
             url,
             data: None,
-            port: 0,
             bin: None,
             socket_dir: None,
             settings: String::new(),

@@ -30,7 +30,8 @@ struct Seen {
 }
 
 impl Proxy {
-    async fn start(server_port: u16) -> Self {
+    /// A proxy to the server at `host`:`server_port`.
+    async fn start(host: String, server_port: u16) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let statements = Arc::new(AtomicU64::new(0));
@@ -39,7 +40,7 @@ impl Proxy {
         let seen_all = connections.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let server = TcpStream::connect(("127.0.0.1", server_port))
+                let server = TcpStream::connect((host.as_str(), server_port))
                     .await
                     .unwrap();
                 let (mut from_client, to_client) = client.into_split();
@@ -238,12 +239,27 @@ async fn counted_store() -> (Proxy, Arc<PgStore>) {
 
 /// The same, with the store's schema.
 async fn counted_store_in() -> (Proxy, Arc<PgStore>, String) {
-    let server = postgres::shared();
-    let proxy = Proxy::start(server.port).await;
-    let url = server
-        .url
-        .replace(&format!(":{}/", server.port), &format!(":{}/", proxy.port));
-    let connection: annals_postgres::tokio_postgres::Config = url.parse().unwrap();
+    use annals_postgres::tokio_postgres::config::Host;
+    // The server's address and credentials, from its options (also when `ANNALS_PG_URL`
+    // names it); the store connects to the proxy with the same credentials.
+    let server = postgres::shared().connection();
+    let host = match server.get_hosts().first() {
+        Some(Host::Tcp(host)) => host.clone(),
+        _ => "127.0.0.1".to_owned(),
+    };
+    let port = server.get_ports().first().copied().unwrap_or(5432);
+    let proxy = Proxy::start(host, port).await;
+    let mut connection = annals_postgres::tokio_postgres::Config::new();
+    connection.host("127.0.0.1").port(proxy.port);
+    if let Some(user) = server.get_user() {
+        connection.user(user);
+    }
+    if let Some(password) = server.get_password() {
+        connection.password(password);
+    }
+    if let Some(db) = server.get_dbname() {
+        connection.dbname(db);
+    }
     let schema = postgres::schema_name("trips");
     let config = PgConfig::new(connection)
         .schema(&schema)
