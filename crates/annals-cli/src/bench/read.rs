@@ -10,7 +10,8 @@
 //!
 //! The baselines are plain queries of the same rows from the store's own tables (rusqlite on
 //! a read connection of the file, or a PostgreSQL client), decoded into plain tuples: what a
-//! hand-written reader would cost. The report gives our figures as ratios of them.
+//! hand-written reader would cost. The report gives our figures as ratios of them. Each case
+//! and its baseline take turns, in [`SLICES`] slices of the case's duration each.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,6 +43,24 @@ pub(crate) struct Args {
     /// Concurrent readers in cases (a) and (b), and in their baselines.
     #[arg(long, default_value_t = 16)]
     readers: usize,
+}
+
+/// How many turns a case and its baseline take. On a shared machine the speed drifts by a
+/// tenth or more over seconds: run one after the other, each in one piece, the ratio of a
+/// run moved with the drift (0.74x to 0.99x for one build and case, 2026-12-03); taking
+/// turns, both see the same machine.
+const SLICES: u32 = 5;
+
+/// Adds `part`, one slice of a case, to `total`.
+fn add(total: &mut Option<Report>, part: Report) {
+    match total {
+        None => *total = Some(part),
+        Some(t) => {
+            let elapsed = t.elapsed + part.elapsed;
+            t.merge(part);
+            t.elapsed = elapsed;
+        }
+    }
 }
 
 /// A raw read: the whole stream or its last 10 events.
@@ -99,6 +118,7 @@ pub(super) async fn run(opened: Opened, url: &str, args: Args) -> anyhow::Result
     opened.events.await_visible().await?;
     let raw = Raw::of(&opened).await?;
     let streams = Arc::new(streams);
+    let slice = args.duration / SLICES;
     let mut reports = Vec::new();
     for (shape, label) in [
         (
@@ -107,19 +127,29 @@ pub(super) async fn run(opened: Opened, url: &str, args: Args) -> anyhow::Result
         ),
         (Shape::Tip, "(b) last 10 events, backward".to_owned()),
     ] {
-        let baseline = match &raw {
-            Some(raw) => Some(raw.run(shape, &streams, &args).await?),
-            None => None,
-        };
-        let ours = readers(&opened.events, &label, shape, &streams, &args).await?;
-        reports.push((baseline, ours));
+        let (mut baseline, mut ours) = (None, None);
+        for _ in 0..SLICES {
+            if let Some(raw) = &raw {
+                add(
+                    &mut baseline,
+                    raw.run(shape, &streams, args.readers, slice).await?,
+                );
+            }
+            add(
+                &mut ours,
+                readers(&opened.events, &label, shape, &streams, args.readers, slice).await?,
+            );
+        }
+        reports.push((baseline, ours.expect("a slice at least")));
     }
-    let all_baseline = match &raw {
-        Some(raw) => Some(raw.feed(&category, args.duration).await?),
-        None => None,
-    };
-    let all = read_all(&opened.events, &category, args.duration).await?;
-    reports.push((all_baseline, all));
+    let (mut all_baseline, mut all) = (None, None);
+    for _ in 0..SLICES {
+        if let Some(raw) = &raw {
+            add(&mut all_baseline, raw.feed(&category, slice).await?);
+        }
+        add(&mut all, read_all(&opened.events, &category, slice).await?);
+    }
+    reports.push((all_baseline, all.expect("a slice at least")));
     println!(
         "{:<44} {:>10} {:>10}  latency ms per read",
         "case", "events/s", "reads/s"
@@ -149,17 +179,18 @@ pub(super) async fn run(opened: Opened, url: &str, args: Args) -> anyhow::Result
     Ok(())
 }
 
-/// `args.readers` readers read random streams for the duration.
+/// `count` readers read random streams for `duration`.
 async fn readers(
     store: &Arc<dyn EventStore>,
     name: &str,
     shape: Shape,
     streams: &Arc<Vec<StreamName>>,
-    args: &Args,
+    count: usize,
+    duration: Duration,
 ) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let deadline = started + args.duration;
-    let tasks: Vec<_> = (0..args.readers)
+    let deadline = started + duration;
+    let tasks: Vec<_> = (0..count)
         .map(|r| {
             let (store, streams, name) = (Arc::clone(store), Arc::clone(streams), name.to_owned());
             tokio::spawn(async move {
@@ -399,11 +430,13 @@ impl Raw {
         Ok(report)
     }
 
+    /// `count` readers read random streams for `duration`.
     async fn run(
         &self,
         shape: Shape,
         streams: &Arc<Vec<StreamName>>,
-        args: &Args,
+        count: usize,
+        duration: Duration,
     ) -> anyhow::Result<Report> {
         let name = match shape {
             Shape::Whole => "raw baseline, whole stream",
@@ -414,9 +447,9 @@ impl Raw {
             Shape::Tip => "ORDER BY e.stream_version DESC LIMIT 10",
         };
         let started = Instant::now();
-        let deadline = started + args.duration;
+        let deadline = started + duration;
         let mut tasks = Vec::new();
-        for r in 0..args.readers {
+        for r in 0..count {
             let streams = Arc::clone(streams);
             let mut rng = fastrand::Rng::with_seed(r as u64 + 1);
             let task = match self {
