@@ -9,7 +9,8 @@
 //!
 //! On a SQLite store the baseline is plain rusqlite inserts of the same rows, with the same
 //! pragmas, into a scratch file beside the store: 100 rows per transaction and 1 row per
-//! transaction. The report gives our figures as ratios of it.
+//! transaction. The report gives our figures as ratios of it. Each case and its baseline
+//! take turns, in [`SLICES`] slices of the case's duration ((c) in turns with (b)).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -125,6 +126,24 @@ impl Report {
     }
 }
 
+/// How many turns a case and its baseline take. On a shared machine the speed drifts by a
+/// tenth or more over seconds: run one after the other, each in one piece, the ratio of a
+/// run moved with the drift (`bench read` (b): 0.74x to 0.99x for one build, 2026-12-03);
+/// taking turns, both see the same machine.
+pub(super) const SLICES: u32 = 5;
+
+/// Adds `part`, one slice of a case, to `total`.
+pub(super) fn add(total: &mut Option<Report>, part: Report) {
+    match total {
+        None => *total = Some(part),
+        Some(t) => {
+            let elapsed = t.elapsed + part.elapsed;
+            t.merge(part);
+            t.elapsed = elapsed;
+        }
+    }
+}
+
 /// An event of about `bytes` bytes of JSON data.
 pub(super) fn event(bytes: usize, n: u64) -> EventData {
     let head = format!(r#"{{"n":{n},"pad":""#);
@@ -196,33 +215,47 @@ pub(super) async fn run(opened: Opened, url: &str, args: Args) -> anyhow::Result
     Ok(())
 }
 
-/// Runs the cases in an order that interleaves baseline and store, so both see the same
-/// machine: raw 100, (a), raw 1, (b), (c).
+/// Runs the cases, each taking turns with its baseline in [`SLICES`] slices of the
+/// duration, so both see the same machine: raw 100 and (a); then raw 1, (b) and (c).
 async fn measure(
     store: &Arc<dyn EventStore>,
     baseline: Option<&Baseline>,
     run: &str,
     args: &Args,
 ) -> anyhow::Result<[Option<Report>; 5]> {
-    let (d, bytes) = (args.duration, args.event_bytes);
+    let (slice, bytes) = (args.duration / SLICES, args.event_bytes);
     let wanted = |c: Case| args.cases.contains(&c);
     let mut out: [Option<Report>; 5] = Default::default();
-    if wanted(Case::A) {
-        if let Some(b) = baseline {
-            out[0] = Some(b.run(100, 1, d, bytes).await?);
+    let hot = super::hot::hot_stream(store, run, bytes)?;
+    for part in 0..SLICES {
+        if wanted(Case::A) {
+            if let Some(b) = baseline {
+                add(&mut out[0], b.run(100, 1, slice, bytes, part).await?);
+            }
+            let name = "(a) 1 writer, 100-event batches";
+            add(
+                &mut out[1],
+                writers(store, name, run, 1, 100, slice, bytes).await?,
+            );
         }
-        let name = "(a) 1 writer, 100-event batches";
-        out[1] = Some(writers(store, name, run, 1, 100, d, bytes).await?);
     }
-    if wanted(Case::B) {
-        if let Some(b) = baseline {
-            out[2] = Some(b.run(1, args.writers, d, bytes).await?);
+    for part in 0..SLICES {
+        if wanted(Case::B) {
+            if let Some(b) = baseline {
+                add(
+                    &mut out[2],
+                    b.run(1, args.writers, slice, bytes, part).await?,
+                );
+            }
+            let name = format!("(b) {} writers, 1 event, own streams", args.writers);
+            add(
+                &mut out[3],
+                writers(store, &name, run, args.writers, 1, slice, bytes).await?,
+            );
         }
-        let name = format!("(b) {} writers, 1 event, own streams", args.writers);
-        out[3] = Some(writers(store, &name, run, args.writers, 1, d, bytes).await?);
-    }
-    if wanted(Case::C) {
-        out[4] = Some(super::hot::deciders(store, run, 16, d, bytes).await?);
+        if wanted(Case::C) {
+            add(&mut out[4], super::hot::deciders(&hot, 16, slice).await?);
+        }
     }
     Ok(out)
 }
@@ -302,18 +335,20 @@ impl Baseline {
     }
 
     /// `clients` clients write rows (or messages) of `bytes` bytes, `rows_per_tx` per
-    /// transaction, for `duration`.
+    /// transaction, for `duration`: turn `part` of a case (each turn writes streams of its
+    /// own).
     pub(super) async fn run(
         &self,
         rows_per_tx: u64,
         clients: usize,
         duration: Duration,
         bytes: usize,
+        part: u32,
     ) -> anyhow::Result<Report> {
         match self {
-            Baseline::Sqlite(b) => b.run(rows_per_tx, duration, bytes).await,
-            Baseline::Postgres(b) => b.run(rows_per_tx, clients, duration, bytes).await,
-            Baseline::Nats(b) => b.run(rows_per_tx, clients, duration, bytes).await,
+            Baseline::Sqlite(b) => b.run(rows_per_tx, duration, bytes, part).await,
+            Baseline::Postgres(b) => b.run(rows_per_tx, clients, duration, bytes, part).await,
+            Baseline::Nats(b) => b.run(rows_per_tx, clients, duration, bytes, part).await,
         }
     }
 
@@ -382,6 +417,7 @@ impl SqliteBaseline {
         rows_per_tx: u64,
         duration: Duration,
         bytes: usize,
+        part: u32,
     ) -> anyhow::Result<Report> {
         let conn = self.connect()?;
         let name = if rows_per_tx == 1 {
@@ -391,7 +427,7 @@ impl SqliteBaseline {
         };
         tokio::task::spawn_blocking(move || {
             let mut report = Report::new(name);
-            let stream = format!("Raw-{rows_per_tx}");
+            let stream = format!("Raw-{rows_per_tx}-{part}");
             let started = Instant::now();
             let deadline = started + duration;
             let mut n = 0u64;
@@ -478,6 +514,7 @@ impl PgBaseline {
         clients: usize,
         duration: Duration,
         bytes: usize,
+        part: u32,
     ) -> anyhow::Result<Report> {
         let name = if rows_per_tx == 1 {
             format!("raw baseline, 1 row per transaction, {clients} clients")
@@ -500,7 +537,7 @@ impl PgBaseline {
                     let client = pool.get().await?;
                     let insert = client.prepare_cached(&sql).await?;
                     let mut report = Report::new(name);
-                    let stream = format!("Raw{rows_per_tx}-{c}");
+                    let stream = format!("Raw{rows_per_tx}-{c}-{part}");
                     let mut n = 0u64;
                     while Instant::now() < deadline {
                         let t0 = Instant::now();

@@ -4,14 +4,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use annals::{
-    Cache, Category, Codec, CodecError, Domain, EncodeContext, Error, EventData, EventStore,
-    RecordedEvent,
+    Cache, Category, Codec, CodecError, Decider, Domain, EncodeContext, Error, EventData,
+    EventStore, RecordedEvent,
 };
 
 use super::append::{event, micros, Report};
 
 /// A counter: each command adds one event.
-struct Hot;
+pub(super) struct Hot;
 
 impl Domain for Hot {
     type Event = u64;
@@ -49,24 +49,31 @@ impl Codec<u64> for HotCodec {
     }
 }
 
-/// `count` tasks run `transact` on one stream for `duration`, through a category with a
-/// cache and the default attempts; commands that give up are counted, not retried.
-pub(super) async fn deciders(
+/// The decider of one hot stream, through a category with a cache and the default
+/// attempts, kept across the case's turns (and so is its cache).
+pub(super) fn hot_stream(
     store: &Arc<dyn EventStore>,
     run: &str,
-    count: usize,
-    duration: Duration,
     bytes: usize,
-) -> anyhow::Result<Report> {
-    let name = format!("(c) {count} deciders, 1 event, one stream");
+) -> anyhow::Result<Arc<Decider<Hot>>> {
     let category = Category::<Hot>::new("BenchC", Arc::clone(store), HotCodec { bytes })?
         .with_cache(Arc::new(Cache::new(1_000)));
-    let decider = Arc::new(category.decider(run)?);
+    Ok(Arc::new(category.decider(run)?))
+}
+
+/// `count` tasks run `transact` on `decider`'s stream for `duration`; commands that give
+/// up are counted, not retried.
+pub(super) async fn deciders(
+    decider: &Arc<Decider<Hot>>,
+    count: usize,
+    duration: Duration,
+) -> anyhow::Result<Report> {
+    let name = format!("(c) {count} deciders, 1 event, one stream");
     let started = Instant::now();
     let deadline = started + duration;
     let tasks: Vec<_> = (0..count)
         .map(|_| {
-            let decider = Arc::clone(&decider);
+            let decider = Arc::clone(decider);
             let name = name.clone();
             tokio::spawn(async move {
                 let mut report = Report::new(name);

@@ -44,6 +44,7 @@ impl NatsBaseline {
         clients: usize,
         duration: Duration,
         bytes: usize,
+        part: u32,
     ) -> anyhow::Result<Report> {
         let clients = if per_publish > 1 { 1 } else { clients.max(1) };
         let name = if per_publish == 1 {
@@ -65,7 +66,7 @@ impl NatsBaseline {
                     while Instant::now() < deadline {
                         let t0 = Instant::now();
                         batch += 1;
-                        let id = format!("b{c}x{batch}");
+                        let id = format!("b{c}x{batch}p{part}");
                         let ack = if per_publish == 1 {
                             client
                                 .request(subject.clone(), payload.clone())

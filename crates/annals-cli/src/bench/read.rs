@@ -11,7 +11,7 @@
 //! The baselines are plain queries of the same rows from the store's own tables (rusqlite on
 //! a read connection of the file, or a PostgreSQL client), decoded into plain tuples: what a
 //! hand-written reader would cost. The report gives our figures as ratios of them. Each case
-//! and its baseline take turns, in [`SLICES`] slices of the case's duration each.
+//! and its baseline take turns, in [`SLICES`] slices of the case's duration.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ use annals::{
 use annals_sqlite::rusqlite;
 use anyhow::ensure;
 
-use super::append::{event, micros, Report};
+use super::append::{add, event, micros, Report, SLICES};
 use crate::store_url::{Backend, Opened};
 
 /// Arguments of `annals bench read`.
@@ -43,24 +43,6 @@ pub(crate) struct Args {
     /// Concurrent readers in cases (a) and (b), and in their baselines.
     #[arg(long, default_value_t = 16)]
     readers: usize,
-}
-
-/// How many turns a case and its baseline take. On a shared machine the speed drifts by a
-/// tenth or more over seconds: run one after the other, each in one piece, the ratio of a
-/// run moved with the drift (0.74x to 0.99x for one build and case, 2026-12-03); taking
-/// turns, both see the same machine.
-const SLICES: u32 = 5;
-
-/// Adds `part`, one slice of a case, to `total`.
-fn add(total: &mut Option<Report>, part: Report) {
-    match total {
-        None => *total = Some(part),
-        Some(t) => {
-            let elapsed = t.elapsed + part.elapsed;
-            t.merge(part);
-            t.elapsed = elapsed;
-        }
-    }
 }
 
 /// A raw read: the whole stream or its last 10 events.

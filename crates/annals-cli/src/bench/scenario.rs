@@ -244,7 +244,9 @@ pub(super) async fn run(
     let mut raw = None;
     if let Target::Store(_, Some(backend)) = &target {
         if let Some(baseline) = Baseline::of(backend, &format!("r{run_id}")).await? {
-            let measured = baseline.run(1, args.concurrency, args.duration, 100).await;
+            let measured = baseline
+                .run(1, args.concurrency, args.duration, 100, 0)
+                .await;
             baseline.remove().await;
             raw = Some(measured?);
         }
