@@ -10,7 +10,9 @@
 //! Workers run tests concurrently for `--duration`, as fast as they can or at `--rate` tests
 //! per second overall. A line per `--interval` and a final report give outcome counts,
 //! latency (max/p99/p95/p50/min/avg/stddev) and the store round trips per test, by
-//! operation, counted by a wrapper around the store.
+//! operation, counted by a wrapper around the store. On a SQL or NATS store the scenario
+//! takes turns with its raw baseline, in [`SLICES`] slices of the duration, so both see the
+//! same machine; intervals count the scenario's time only.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,7 +23,7 @@ use anyhow::{bail, ensure, Context};
 use example_save_for_later::Refused;
 use hdrhistogram::Histogram;
 
-use super::append::Baseline;
+use super::append::{add, Baseline, SLICES};
 use super::calls::{Calls, OPERATIONS};
 use super::http::{Conflict, WebTodos};
 use super::{latency_histogram, Latency};
@@ -239,26 +241,14 @@ pub(super) async fn run(
         );
     }
     let run_id = std::process::id();
-    // The raw baseline: as many clients as the scenario's workers, each writing one row per
-    // transaction, for as long, just before it.
-    let mut raw = None;
-    if let Target::Store(_, Some(backend)) = &target {
-        if let Some(baseline) = Baseline::of(backend, &format!("r{run_id}")).await? {
-            let measured = baseline
-                .run(1, args.concurrency, args.duration, 100, 0)
-                .await;
-            baseline.remove().await;
-            raw = Some(measured?);
-        }
-    }
     let (service, calls) = match target {
-        Target::Store(store, _) => {
-            let calls = Arc::new(Calls::new(store));
+        Target::Store(ref store, _) => {
+            let calls = Arc::new(Calls::new(store.clone()));
             let cache = args.cache.then(|| Arc::new(Cache::new(args.clients)));
             let service = Service::new(scenario, calls.clone(), cache, args.snapshots)?;
             (service, Some(calls))
         }
-        Target::Http(url) => {
+        Target::Http(ref url) => {
             ensure!(
                 scenario == Scenario::Todo,
                 "over HTTP only the todo scenario runs (annals serve is a TodoBackend)"
@@ -267,93 +257,66 @@ pub(super) async fn run(
                 !args.cache && args.snapshots == Snapshots::None,
                 "--cache and --snapshots are the server's choice over HTTP"
             );
-            let web = Arc::new(WebTodos::new(&url)?);
+            let web = Arc::new(WebTodos::new(url)?);
             web.probe().await?;
             (Service::Web(web), None)
         }
     };
-    let started = Instant::now();
-    let deadline = started + args.duration;
-    let tally = Arc::new(Mutex::new(Tally::new()));
-    let issued = Arc::new(AtomicU64::new(0));
-    let period = args.rate.map(|r| Duration::from_secs_f64(1.0 / r));
-    let workers: Vec<_> = (0..args.concurrency)
-        .map(|w| {
-            let (service, tally, issued) = (service.clone(), tally.clone(), issued.clone());
-            let clients = args.clients as u64;
-            tokio::spawn(async move {
-                let mut rng = fastrand::Rng::with_seed(w as u64 + 1);
-                let mut n = 0u64;
-                loop {
-                    if let Some(period) = period {
-                        // The next slot of the overall schedule; late slots run at once.
-                        let slot = issued.fetch_add(1, Ordering::SeqCst) as u32;
-                        let at = started + period * slot;
-                        if at >= deadline {
-                            return;
-                        }
-                        tokio::time::sleep_until(at.into()).await;
-                    } else if Instant::now() >= deadline {
-                        return;
-                    }
-                    let client = format!("bench{run_id}_{}", rng.u64(..clients));
-                    let item = format!("i{w}x{n}");
-                    let t0 = Instant::now();
-                    let outcome = service.test(&client, item, n).await;
-                    n += 1;
-                    let micros = t0.elapsed().as_micros().max(1) as u64;
-                    {
-                        let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
-                        match outcome {
-                            Ok(()) => t.latencies.saturating_record(micros),
-                            Err(e)
-                                if matches!(
-                                    e.downcast_ref::<annals::Error>(),
-                                    Some(annals::Error::ResyncExhausted { .. })
-                                ) || e.downcast_ref::<Conflict>().is_some() =>
-                            {
-                                t.conflicts += 1
-                            }
-                            Err(e) => {
-                                t.errors += 1;
-                                t.first_error.get_or_insert_with(|| format!("{e:#}"));
-                            }
-                        }
-                    }
-                    // Let timers and the reporter run even when the store never yields.
-                    tokio::task::yield_now().await;
-                }
-            })
+    // The raw baseline: as many clients as the scenario's workers, each writing one row per
+    // transaction, as long in all; the scenario and the baseline take turns.
+    let baseline = match &target {
+        Target::Store(_, Some(backend)) => Baseline::of(backend, &format!("r{run_id}")).await?,
+        _ => None,
+    };
+    let slices = if baseline.is_some() { SLICES } else { 1 };
+    let mut raw = None;
+    let mut clock = Clock::new(args.interval);
+    let mut workers: Vec<Worker> = (0..args.concurrency)
+        .map(|w| Worker {
+            index: w,
+            rng: fastrand::Rng::with_seed(w as u64 + 1),
+            n: 0,
         })
         .collect();
+    let tally = Arc::new(Mutex::new(Tally::new()));
     let mut total = Tally::new();
-    let mut ticker = tokio::time::interval_at((started + args.interval).into(), args.interval);
-    let all = futures::future::join_all(workers);
-    tokio::pin!(all);
-    let mut last = started;
-    loop {
-        tokio::select! {
-            done = &mut all => {
-                for w in done {
-                    w?;
+    let turn = Turn {
+        service: &service,
+        run_id,
+        clients: args.clients as u64,
+        rate: args.rate,
+        length: args.duration / slices,
+    };
+    let mut measured = Ok(());
+    for part in 0..slices {
+        if let Some(b) = &baseline {
+            match b.run(1, args.concurrency, turn.length, 100, part).await {
+                Ok(r) => add(&mut raw, r),
+                Err(e) => {
+                    measured = Err(e);
+                    break;
                 }
-                break;
             }
-            _ = ticker.tick() => {
-                let now = Instant::now();
-                let window = std::mem::replace(&mut *tally.lock().unwrap_or_else(|p| p.into_inner()), Tally::new());
-                report_interval(now - started, now - last, &window);
-                last = now;
-                merge(&mut total, window)?;
+        }
+        let ran = turn.run(std::mem::take(&mut workers), &tally, &mut total, &mut clock);
+        match ran.await {
+            Ok(w) => workers = w,
+            Err(e) => {
+                measured = Err(e);
+                break;
             }
         }
     }
+    if let Some(b) = baseline {
+        b.remove().await;
+    }
+    measured?;
     let rest = std::mem::replace(
         &mut *tally.lock().unwrap_or_else(|p| p.into_inner()),
         Tally::new(),
     );
     merge(&mut total, rest)?;
-    let elapsed = started.elapsed().as_secs_f64();
+    let elapsed = clock.elapsed.as_secs_f64();
     println!(
         "scenario {}  store {}  concurrency {}  clients {}  cache {}  snapshots {:?}  target {}  duration {:.1}s",
         scenario.name(),
@@ -414,6 +377,131 @@ pub(super) async fn run(
         bail!("{} tests failed; the first: {e}", total.errors);
     }
     Ok(())
+}
+
+/// A worker's place in the run, carried from one turn to the next: its clients' random
+/// sequence and its test number (items stay fresh, and the todo scenario clears every 20th).
+struct Worker {
+    index: usize,
+    rng: fastrand::Rng,
+    n: u64,
+}
+
+/// The scenario's own time (its turns only, not the baseline's) and when to report next.
+struct Clock {
+    interval: Duration,
+    elapsed: Duration,
+    last: Duration,
+    next: Duration,
+}
+
+impl Clock {
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            elapsed: Duration::ZERO,
+            last: Duration::ZERO,
+            next: interval,
+        }
+    }
+}
+
+/// One turn of the scenario: the workers run tests for `length`.
+struct Turn<'a> {
+    service: &'a Service,
+    run_id: u32,
+    clients: u64,
+    rate: Option<f64>,
+    length: Duration,
+}
+
+impl Turn<'_> {
+    /// Runs the workers for the turn's length, reporting each interval of scenario time
+    /// (the partial window goes on into the next turn); gives the workers back.
+    async fn run(
+        &self,
+        workers: Vec<Worker>,
+        tally: &Arc<Mutex<Tally>>,
+        total: &mut Tally,
+        clock: &mut Clock,
+    ) -> anyhow::Result<Vec<Worker>> {
+        let started = Instant::now();
+        let deadline = started + self.length;
+        let issued = Arc::new(AtomicU64::new(0));
+        let period = self.rate.map(|r| Duration::from_secs_f64(1.0 / r));
+        let (run_id, clients) = (self.run_id, self.clients);
+        let tasks: Vec<_> = workers
+            .into_iter()
+            .map(|mut worker| {
+                let (service, tally, issued) =
+                    (self.service.clone(), tally.clone(), issued.clone());
+                tokio::spawn(async move {
+                    loop {
+                        if let Some(period) = period {
+                            // The next slot of the turn's schedule; late slots run at once.
+                            let slot = issued.fetch_add(1, Ordering::SeqCst) as u32;
+                            let at = started + period * slot;
+                            if at >= deadline {
+                                return worker;
+                            }
+                            tokio::time::sleep_until(at.into()).await;
+                        } else if Instant::now() >= deadline {
+                            return worker;
+                        }
+                        let client = format!("bench{run_id}_{}", worker.rng.u64(..clients));
+                        let item = format!("i{}x{}", worker.index, worker.n);
+                        let t0 = Instant::now();
+                        let outcome = service.test(&client, item, worker.n).await;
+                        worker.n += 1;
+                        let micros = t0.elapsed().as_micros().max(1) as u64;
+                        record(&tally, micros, outcome);
+                        // Let timers and the reporter run even when the store never yields.
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        let all = futures::future::join_all(tasks);
+        tokio::pin!(all);
+        let done = loop {
+            let report_at = started + clock.next.saturating_sub(clock.elapsed);
+            tokio::select! {
+                done = &mut all => break done,
+                _ = tokio::time::sleep_until(report_at.into()) => {
+                    let now = clock.elapsed + started.elapsed();
+                    let window = std::mem::replace(&mut *tally.lock().unwrap_or_else(|p| p.into_inner()), Tally::new());
+                    report_interval(now, now - clock.last, &window);
+                    clock.last = now;
+                    clock.next += clock.interval;
+                    merge(total, window)?;
+                }
+            }
+        };
+        clock.elapsed += started.elapsed();
+        done.into_iter()
+            .map(|w| w.map_err(anyhow::Error::from))
+            .collect()
+    }
+}
+
+/// Counts a test's outcome.
+fn record(tally: &Mutex<Tally>, micros: u64, outcome: anyhow::Result<()>) {
+    let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
+    match outcome {
+        Ok(()) => t.latencies.saturating_record(micros),
+        Err(e)
+            if matches!(
+                e.downcast_ref::<annals::Error>(),
+                Some(annals::Error::ResyncExhausted { .. })
+            ) || e.downcast_ref::<Conflict>().is_some() =>
+        {
+            t.conflicts += 1
+        }
+        Err(e) => {
+            t.errors += 1;
+            t.first_error.get_or_insert_with(|| format!("{e:#}"));
+        }
+    }
 }
 
 fn merge(total: &mut Tally, window: Tally) -> anyhow::Result<()> {

@@ -535,6 +535,13 @@ fn scenario_benches_report_intervals_outcomes_latency_and_round_trips() {
             assert!(figure(&stdout, label) >= 0.0);
         }
         assert!(figure(&stdout, "round trips per test ") >= 2.0, "{stdout}");
+        // On a SQL store the scenario takes turns with its raw baseline, and reports both.
+        if store != "memory://" {
+            assert!(
+                figure(&stdout, "ratio tests/s / raw 1 row per tx: ") > 0.0,
+                "{stdout}"
+            );
+        }
     }
     // --rate holds the rate: 200/s for 2 s is about 400 tests, never many more.
     let stdout = succeeded(&annals(&[
