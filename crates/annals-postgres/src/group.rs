@@ -10,7 +10,7 @@
 //! lock their streams in name order, so two processes' groups never wait for each other in
 //! a cycle (a deadlock PostgreSQL still breaks is answered as a retry).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use annals::CONFLICT_EVENTS;
 use tokio::sync::oneshot;
@@ -169,17 +169,28 @@ impl PgStore {
             group.iter().map(|r| kind(r.expected)).unzip();
         let tails: Vec<bool> = group.iter().map(|r| r.tail).collect();
         let counts: Vec<i32> = group.iter().map(|r| r.events.len() as i32).collect();
+        // Each append's first event, counted from 1 across the group.
+        let los: Vec<i32> = counts
+            .iter()
+            .scan(1, |next, n| {
+                let lo = *next;
+                *next += n;
+                Some(lo)
+            })
+            .collect();
         let c = Columns::of(group.iter().flat_map(|r| r.events.iter()));
         let limit = CONFLICT_EVENTS as i64;
         let mut params: Vec<crate::Param<'_>> =
             vec![&names, &categories, &kinds, &expected, &tails, &counts];
         params.extend(c.params());
         params.push(&limit);
+        let mut set_params = params.clone();
+        set_params.insert(6, &los);
         let client = self.group_client().await?;
         // The set-wise statement first; when an event id is already recorded, the function
         // that classifies each append on its own.
         let set = prepared(&client, &self.inner.sql.append_set).await?;
-        let rows = match client.query(&set, &params).await {
+        let rows = match client.query(&set, &set_params).await {
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
                 let statement = prepared(&client, &self.inner.sql.append_group).await?;
                 client.query(&statement, &params).await
@@ -201,52 +212,120 @@ impl PgStore {
             Err(e) => return Err(backend(e)),
         };
         drop(client);
-        let mut answers: Vec<Option<Answer>> = (0..group.len()).map(|_| None).collect();
-        for row in &rows {
-            let idx = row.try_get::<_, i32>(0).map_err(backend)? as usize;
-            let slot = answers
-                .get_mut(idx.wrapping_sub(1))
-                .ok_or_else(|| backend(format!("append_group answered for append {idx}")))?;
-            let status: i16 = row.try_get(1).map_err(backend)?;
-            let version = || -> Result<Version> {
-                Ok(Version(row.try_get::<_, i64>(2).map_err(backend)? as u64))
-            };
-            match status {
-                0 => {
-                    let tx = tx_of(row.try_get::<_, &str>(5).map_err(backend)?)?;
-                    *slot = Some(Answer::Written(AppendResult {
-                        version: version()?,
-                        first_position: pack(tx, row.try_get(3).map_err(backend)?),
-                        last_position: pack(tx, row.try_get(4).map_err(backend)?),
-                    }));
-                }
-                1 => {
-                    *slot = Some(Answer::Refused {
-                        actual: version()?,
-                        tail: Vec::new(),
-                    })
-                }
-                2 => {
-                    let event = event(row, EVENT_AT)?;
-                    let batch_start =
-                        row.try_get::<_, i64>(BATCH_START_AT).map_err(backend)? as u64;
-                    match slot {
-                        Some(Answer::Refused { tail, .. }) => tail.push((event, batch_start)),
-                        _ => return Err(backend("append_group sent events for no refusal")),
-                    }
-                }
-                3 => *slot = Some(Answer::Recorded),
-                4 => *slot = Some(Answer::Retry),
-                5 => *slot = Some(Answer::Deleted),
-                other => return Err(backend(format!("append_group status {other}"))),
-            }
-        }
-        answers
-            .into_iter()
-            .enumerate()
-            .map(|(i, a)| {
-                a.ok_or_else(|| backend(format!("append_group left append {} unanswered", i + 1)))
-            })
-            .collect()
+        answers_of(group.len(), &rows)
     }
+}
+
+/// A written append of `append_set`: its place in the group, its stream's version, its
+/// transaction, and the lowest and highest positions of its events.
+struct Written {
+    slot: usize,
+    version: Version,
+    tx: u64,
+    span: Option<(i64, i64)>,
+}
+
+/// Each append's answer from the group's rows, in whatever order they came: `append_set`'s
+/// (status 7 with 6 per event) or `append_group`'s (status 0 with the positions).
+fn answers_of(size: usize, rows: &[tokio_postgres::Row]) -> Result<Vec<Answer>> {
+    let mut answers: Vec<Option<Answer>> = (0..size).map(|_| None).collect();
+    // Written appends of `append_set`, by their stream's id.
+    let mut written: HashMap<i64, Written> = HashMap::new();
+    let mut positions = Vec::new();
+    let mut tails = Vec::new();
+    for row in rows {
+        let status: i16 = row.try_get(1).map_err(backend)?;
+        if status == 6 {
+            let stream_id: i64 = row.try_get(3).map_err(backend)?;
+            positions.push((stream_id, row.try_get::<_, i64>(4).map_err(backend)?));
+            continue;
+        }
+        let idx = row.try_get::<_, i32>(0).map_err(backend)? as usize;
+        let slot_of = |idx: usize| {
+            idx.checked_sub(1)
+                .filter(|i| *i < size)
+                .ok_or_else(|| backend(format!("append_group answered for append {idx}")))
+        };
+        let slot = slot_of(idx)?;
+        let version = || -> Result<Version> {
+            Ok(Version(row.try_get::<_, i64>(2).map_err(backend)? as u64))
+        };
+        let answer = match status {
+            0 => {
+                let tx = tx_of(row.try_get::<_, &str>(5).map_err(backend)?)?;
+                Answer::Written(AppendResult {
+                    version: version()?,
+                    first_position: pack(tx, row.try_get(3).map_err(backend)?),
+                    last_position: pack(tx, row.try_get(4).map_err(backend)?),
+                })
+            }
+            7 => {
+                let tx = tx_of(row.try_get::<_, &str>(5).map_err(backend)?)?;
+                let stream_id: i64 = row.try_get(3).map_err(backend)?;
+                let version = version()?;
+                written.insert(
+                    stream_id,
+                    Written {
+                        slot,
+                        version,
+                        tx,
+                        span: None,
+                    },
+                );
+                continue;
+            }
+            1 => Answer::Refused {
+                actual: version()?,
+                tail: Vec::new(),
+            },
+            2 => {
+                let event = event(row, EVENT_AT)?;
+                let batch_start = row.try_get::<_, i64>(BATCH_START_AT).map_err(backend)? as u64;
+                tails.push((slot, event, batch_start));
+                continue;
+            }
+            3 => Answer::Recorded,
+            4 => Answer::Retry,
+            5 => Answer::Deleted,
+            other => return Err(backend(format!("append_group status {other}"))),
+        };
+        answers[slot] = Some(answer);
+    }
+    for (stream_id, position) in positions {
+        let w = written
+            .get_mut(&stream_id)
+            .ok_or_else(|| backend("append_group sent an event of no written append"))?;
+        w.span = Some(match w.span {
+            None => (position, position),
+            Some((lo, hi)) => (lo.min(position), hi.max(position)),
+        });
+    }
+    for w in written.into_values() {
+        let (first, last) = w
+            .span
+            .ok_or_else(|| backend("append_group wrote an append without events"))?;
+        answers[w.slot] = Some(Answer::Written(AppendResult {
+            version: w.version,
+            first_position: pack(w.tx, first),
+            last_position: pack(w.tx, last),
+        }));
+    }
+    for (slot, event, batch_start) in tails {
+        match &mut answers[slot] {
+            Some(Answer::Refused { tail, .. }) => tail.push((event, batch_start)),
+            _ => return Err(backend("append_group sent events for no refusal")),
+        }
+    }
+    for a in answers.iter_mut() {
+        if let Some(Answer::Refused { tail, .. }) = a {
+            tail.sort_by_key(|(e, _)| e.stream_version);
+        }
+    }
+    answers
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            a.ok_or_else(|| backend(format!("append_group left append {} unanswered", i + 1)))
+        })
+        .collect()
 }

@@ -333,9 +333,10 @@ impl PgStore {
         // it anew at every execution when groups were small (a lone writer's appends: 1.2 to
         // 1.5 ms of planning each, three times the append itself; see BENCHMARKS.md). Only
         // the store's own statements run on these connections, so read models' SQL keeps
-        // the server's choice.
+        // the server's choice. They allow only nested loops over index scans, so a group
+        // locks its stream rows in its own order (`sql::GROUP_OPTIONS`).
         let mut group_pg = pg.clone();
-        group_pg.options(format!("{options} -c plan_cache_mode=force_generic_plan"));
+        group_pg.options(format!("{options} {}", sql::GROUP_OPTIONS));
         let group_pool = pool_of(config.group_commits.max(1), &group_pg)?;
         let changes = watch::Sender::new(());
         let channel = format!("annals_{}", config.schema);

@@ -293,55 +293,58 @@ pub(crate) const FEED_OPTIONS: &str = "-c enable_sort=off -c enable_hashjoin=off
      -c enable_material=off -c jit=off -c max_parallel_workers_per_gather=0 \
      -c plan_cache_mode=force_generic_plan";
 
-/// A group of appends as one statement, with `append_group`'s parameters and rows; no
-/// PL/pgSQL, so the server does a fraction of the work per group. Each append's stream row
-/// is found by name (an index probe per append, whatever the table's size) and locked, in
-/// the group's order, which is by name (so groups never wait in a cycle); admitted appends
-/// move their streams on, new streams are created, and all the events are inserted in the
-/// group's order. An append not written is answered from the statement's snapshot: refused
-/// with the version and (when asked) the events after the expected one that snapshot holds
-/// (the two always agree), deleted, or to be tried again (it lost a race the snapshot does
-/// not show). An event id already recorded fails the whole statement (unique violation):
-/// the caller then runs `append_group`, which classifies each append on its own.
+/// The settings of the group commit's connections: the group statement's generic plan
+/// always, and only nested loops over index probes, so each group's `UPDATE` walks its
+/// appends in the group's order (by name) and locks their stream rows in that order.
+pub(crate) const GROUP_OPTIONS: &str = "-c enable_hashjoin=off -c enable_mergejoin=off \
+     -c enable_seqscan=off -c enable_material=off -c jit=off -c plan_cache_mode=force_generic_plan";
+
+/// A group of appends as one statement: `append_group`'s parameters with each append's first
+/// event index (`lo`, from 1) after the counts; no PL/pgSQL, and a plan kept small (the
+/// server's work per group is mostly fixed: each node costs at every execution). Each
+/// append's stream row is found by name (an index probe per append, whatever the table's
+/// size) and updated, in the group's order, which is by name (the group connections allow
+/// only nested loops and index scans, so the rows are locked in that order and groups never
+/// wait in a cycle; a deadlock PostgreSQL breaks would be answered as a retry). Admitted
+/// appends move their streams on, new streams are created, and all the events are inserted
+/// in the group's order. Rows: status 7 per written append (its version, its stream's id,
+/// the transaction), status 6 per event written (its stream's id and position); an append
+/// not written is answered from the statement's snapshot: refused with the version and (when
+/// asked) the events after the expected one that snapshot holds (the two always agree),
+/// deleted, or to be tried again (it lost a race the snapshot does not show). An event id
+/// already recorded fails the whole statement (unique violation): the caller then runs
+/// `append_group`, which classifies each append on its own.
 fn append_set(schema: &str) -> String {
     format!(
         "WITH a AS (\
-           SELECT a.i::int AS i, a.name, a.category, a.kind, a.expected, a.tail, a.n, \
-                  (sum(a.n) OVER (ORDER BY a.i) - a.n + 1)::int AS lo \
-           FROM unnest($1::text[], $2::text[], $3::smallint[], $4::bigint[], $5::bool[], $6::int[]) \
-                WITH ORDINALITY AS a (name, category, kind, expected, tail, n, i)), \
-         cur AS (\
-           SELECT a.i, l.* FROM a CROSS JOIN LATERAL (\
-             SELECT s.ctid AS row, s.version, s.last_tx, s.tombstone FROM {schema}.streams s \
-             WHERE s.name = a.name FOR UPDATE) l), \
+           SELECT a.i::int AS i, a.name, a.category, a.kind, a.expected, a.tail, a.n, a.lo \
+           FROM unnest($1::text[], $2::text[], $3::smallint[], $4::bigint[], $5::bool[], $6::int[], \
+                       $7::int[]) \
+                WITH ORDINALITY AS a (name, category, kind, expected, tail, n, lo, i)), \
          u AS (\
            UPDATE {schema}.streams s SET version = s.version + a.n, last_tx = pg_current_xact_id() \
-           FROM cur JOIN a ON a.i = cur.i \
-           WHERE s.ctid = cur.row AND NOT cur.tombstone AND cur.last_tx <= pg_current_xact_id() \
-             AND (a.kind = 0 OR a.kind = 2 OR (a.kind = 3 AND cur.version = a.expected)) \
-           RETURNING a.i, s.stream_id, s.version - a.n AS start), \
+           FROM a \
+           WHERE s.name = a.name AND NOT s.tombstone AND s.last_tx <= pg_current_xact_id() \
+             AND (a.kind = 0 OR a.kind = 2 OR (a.kind = 3 AND s.version = a.expected)) \
+           RETURNING a.i, a.lo, a.n, s.stream_id, s.version - a.n AS start), \
          c AS (\
            INSERT INTO {schema}.streams (name, category, version) \
            SELECT a.name, a.category, a.n FROM a \
            WHERE (a.kind IN (0, 1) OR (a.kind = 3 AND a.expected = 0)) \
-             AND NOT EXISTS (SELECT 1 FROM cur WHERE cur.i = a.i) \
+             AND NOT EXISTS (SELECT 1 FROM {schema}.streams x WHERE x.name = a.name) \
            ORDER BY a.i \
            ON CONFLICT (name) DO NOTHING RETURNING stream_id, name), \
          w AS (\
-           SELECT u.i, u.stream_id, u.start FROM u \
-           UNION ALL SELECT a.i, c.stream_id, 0::bigint FROM c JOIN a ON a.name = c.name), \
+           SELECT u.i, u.lo, u.n, u.stream_id, u.start FROM u \
+           UNION ALL SELECT a.i, a.lo, a.n, c.stream_id, 0::bigint FROM c JOIN a ON a.name = c.name), \
          ins AS (\
            INSERT INTO {schema}.events (stream_id, stream_version, batch_start, event_id, \
                                         event_type, data, metadata, correlation_id, causation_id) \
-           SELECT w.stream_id, w.start + (j - a.lo), w.start, ($7::uuid[])[j], ($8::text[])[j], \
-                  ($9::bytea[])[j], ($10::bytea[])[j], ($11::uuid[])[j], ($12::uuid[])[j] \
-           FROM w JOIN a ON a.i = w.i, generate_series(a.lo, a.lo + a.n - 1) j \
+           SELECT w.stream_id, w.start + (j - w.lo), w.start, ($8::uuid[])[j], ($9::text[])[j], \
+                  ($10::bytea[])[j], ($11::bytea[])[j], ($12::uuid[])[j], ($13::uuid[])[j] \
+           FROM w, generate_series(w.lo, w.lo + w.n - 1) j \
            ORDER BY w.i, j \
            RETURNING stream_id, position), \
-         done AS (\
-           SELECT w.i, w.start + a.n AS version, min(ins.position) AS f, max(ins.position) AS l \
-           FROM w JOIN a ON a.i = w.i LEFT JOIN ins ON ins.stream_id = w.stream_id \
-           GROUP BY w.i, w.start, a.n), \
          r AS (\
            SELECT a.i, a.expected, a.tail, s.stream_id, s.name, s.start, s.max_count, s.max_age, \
                   coalesce(s.version, 0) AS version, \
@@ -352,11 +355,15 @@ fn append_set(schema: &str) -> String {
                        ELSE 4 END::smallint AS status \
            FROM a LEFT JOIN LATERAL (\
              SELECT * FROM {schema}.streams s WHERE s.name = a.name OFFSET 0) s ON true \
-           WHERE NOT EXISTS (SELECT 1 FROM done WHERE done.i = a.i)) \
-         SELECT d.i, 0::smallint, d.version, d.f, d.l, pg_current_xact_id()::text, \
+           WHERE NOT EXISTS (SELECT 1 FROM w WHERE w.i = a.i)) \
+         SELECT w.i, 7::smallint, w.start + w.n, w.stream_id, NULL::bigint, pg_current_xact_id()::text, \
                 NULL::xid8, NULL::bigint, NULL::text, NULL::bigint, NULL::timestamptz, NULL::text, \
                 NULL::bytea, NULL::bytea, NULL::uuid, NULL::uuid, NULL::uuid, NULL::bigint \
-         FROM done d \
+         FROM w \
+         UNION ALL \
+         SELECT NULL, 6::smallint, NULL, ins.stream_id, ins.position, NULL, \
+                NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL \
+         FROM ins \
          UNION ALL \
          SELECT r.i, r.status, r.version, NULL, NULL, NULL, \
                 NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL \
@@ -371,8 +378,7 @@ fn append_set(schema: &str) -> String {
              AND e.stream_version >= r.start \
              AND (r.max_count IS NULL OR e.stream_version >= r.version - r.max_count) \
              AND (r.max_age IS NULL OR e.recorded_at >= now() - r.max_age * interval '1 microsecond') \
-           ORDER BY e.stream_version LIMIT $13) e \
-         WHERE r.status = 1 AND r.tail \
-         ORDER BY 1, 2, 10"
+           ORDER BY e.stream_version LIMIT $14) e \
+         WHERE r.status = 1 AND r.tail"
     )
 }
