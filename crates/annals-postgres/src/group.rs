@@ -189,7 +189,17 @@ impl PgStore {
         let client = self.group_client().await?;
         // The set-wise statement first; when an event id is already recorded, the function
         // that classifies each append on its own.
-        let set = prepared(&client, &self.inner.sql.append_set).await?;
+        // Only an append that may create its stream (any version, no stream, or exactly
+        // version 0: `append_set`'s condition) needs the statement that creates streams.
+        let creates = kinds
+            .iter()
+            .zip(&expected)
+            .any(|(k, e)| *k == 0 || *k == 1 || (*k == 3 && *e == 0));
+        let set = match creates {
+            true => &self.inner.sql.append_set,
+            false => &self.inner.sql.append_set_existing,
+        };
+        let set = prepared(&client, set).await?;
         let rows = match client.query(&set, &set_params).await {
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
                 let statement = prepared(&client, &self.inner.sql.append_group).await?;

@@ -24,6 +24,8 @@ pub(crate) struct Sql {
     pub(crate) append_with_snapshot: String,
     pub(crate) append_group: String,
     pub(crate) append_set: String,
+    /// `append_set` for groups where no append may create its stream.
+    pub(crate) append_set_existing: String,
     pub(crate) read_head: String,
     pub(crate) progress_rebuilt: String,
     pub(crate) progress_get: String,
@@ -100,7 +102,8 @@ impl Sql {
             append: format!("SELECT status, version, first_position, last_position, tx FROM {schema}.append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
             append_with_snapshot: format!("SELECT status, version, first_position, last_position, tx FROM {schema}.append_with_snapshot($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"),
             append_group: format!("SELECT * FROM {schema}.append_group($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"),
-            append_set: append_set(schema),
+            append_set: append_set(schema, true),
+            append_set_existing: append_set(schema, false),
             // One statement: the head row, then the events from the snapshot on (the
             // snapshot itself only on the first row).
             // A snapshot holds the state of every event before it, so none is used for a
@@ -314,7 +317,25 @@ pub(crate) const GROUP_OPTIONS: &str = "-c enable_hashjoin=off -c enable_mergejo
 /// deleted, or to be tried again (it lost a race the snapshot does not show). An event id
 /// already recorded fails the whole statement (unique violation): the caller then runs
 /// `append_group`, which classifies each append on its own.
-fn append_set(schema: &str) -> String {
+fn append_set(schema: &str, create: bool) -> String {
+    // New streams are created only in groups with an append that may create its stream (the
+    // statement without them does less at every execution).
+    let creates = if create {
+        format!(
+            "c AS (\
+           INSERT INTO {schema}.streams (name, category, version) \
+           SELECT a.name, a.category, a.n FROM a \
+           WHERE (a.kind IN (0, 1) OR (a.kind = 3 AND a.expected = 0)) \
+             AND NOT EXISTS (SELECT 1 FROM {schema}.streams x WHERE x.name = a.name) \
+           ORDER BY a.i \
+           ON CONFLICT (name) DO NOTHING RETURNING stream_id, name), \
+         w AS (\
+           SELECT u.i, u.lo, u.n, u.stream_id, u.start FROM u \
+           UNION ALL SELECT a.i, a.lo, a.n, c.stream_id, 0::bigint FROM c JOIN a ON a.name = c.name), "
+        )
+    } else {
+        "w AS (SELECT u.i, u.lo, u.n, u.stream_id, u.start FROM u), ".to_owned()
+    };
     format!(
         "WITH a AS (\
            SELECT a.i::int AS i, a.name, a.category, a.kind, a.expected, a.tail, a.n, a.lo \
@@ -327,17 +348,7 @@ fn append_set(schema: &str) -> String {
            WHERE s.name = a.name AND NOT s.tombstone AND s.last_tx <= pg_current_xact_id() \
              AND (a.kind = 0 OR a.kind = 2 OR (a.kind = 3 AND s.version = a.expected)) \
            RETURNING a.i, a.lo, a.n, s.stream_id, s.version - a.n AS start), \
-         c AS (\
-           INSERT INTO {schema}.streams (name, category, version) \
-           SELECT a.name, a.category, a.n FROM a \
-           WHERE (a.kind IN (0, 1) OR (a.kind = 3 AND a.expected = 0)) \
-             AND NOT EXISTS (SELECT 1 FROM {schema}.streams x WHERE x.name = a.name) \
-           ORDER BY a.i \
-           ON CONFLICT (name) DO NOTHING RETURNING stream_id, name), \
-         w AS (\
-           SELECT u.i, u.lo, u.n, u.stream_id, u.start FROM u \
-           UNION ALL SELECT a.i, a.lo, a.n, c.stream_id, 0::bigint FROM c JOIN a ON a.name = c.name), \
-         ins AS (\
+         {creates}ins AS (\
            INSERT INTO {schema}.events (stream_id, stream_version, batch_start, event_id, \
                                         event_type, data, metadata, correlation_id, causation_id) \
            SELECT w.stream_id, w.start + (j - w.lo), w.start, ($8::uuid[])[j], ($9::text[])[j], \
