@@ -186,9 +186,6 @@ impl PgStore {
         params.push(&limit);
         let mut set_params = params.clone();
         set_params.insert(6, &los);
-        let client = self.group_client().await?;
-        // The set-wise statement first; when an event id is already recorded, the function
-        // that classifies each append on its own.
         // Only an append that may create its stream (any version, no stream, or exactly
         // version 0: `append_set`'s condition) needs the statement that creates streams.
         let creates = kinds
@@ -199,6 +196,9 @@ impl PgStore {
             true => &self.inner.sql.append_set,
             false => &self.inner.sql.append_set_existing,
         };
+        let client = self.group_client().await?;
+        // The set-wise statement first; when an event id is already recorded, the function
+        // that classifies each append on its own.
         let set = prepared(&client, set).await?;
         let rows = match client.query(&set, &set_params).await {
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
