@@ -390,6 +390,88 @@ async fn two_group_committers_on_overlapping_streams_never_fail_a_caller() {
     assert_eq!(total, 2 * WRITERS * APPENDS, "every append landed once");
 }
 
+/// Two processes deciding on the same few streams at exact versions: their groups hold
+/// appends that only move an existing stream on (the statement without stream creation),
+/// appends that create one, and refusals, all locking in the group's order. No caller sees
+/// anything but its own refusal (answered with the stream's version, from which it tries
+/// again), and every append lands once, at dense versions.
+#[tokio::test]
+async fn two_group_committers_deciding_on_overlapping_streams_lose_nothing() {
+    let server = postgres::shared();
+    let schema = postgres::schema_name("decide");
+    let open = || async {
+        let config = PgConfig::new(server.connection())
+            .schema(&schema)
+            .pool_size(8);
+        Arc::new(PgStore::connect(config).await.unwrap())
+    };
+    let first = open().await;
+    first.migrate().await.unwrap();
+    let stores = [first, open().await];
+    const WRITERS: usize = 8;
+    const APPENDS: usize = 25;
+    const STREAMS: usize = 4;
+    let refused = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for (s, store) in stores.iter().enumerate() {
+        for w in 0..WRITERS {
+            let (store, refused) = (store.clone(), refused.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut rng = fastrand::Rng::with_seed((s * 100 + w) as u64);
+                let mut known = [0u64; STREAMS];
+                for i in 0..APPENDS {
+                    let n = rng.usize(..STREAMS);
+                    let stream = StreamName::new(format!("Decided-{n}")).unwrap();
+                    let body = format!(r#"{{"s":{s},"w":{w},"i":{i}}}"#).into_bytes();
+                    let events = vec![EventData::new("E", body)];
+                    let mut tries = 0;
+                    loop {
+                        tries += 1;
+                        assert!(tries < 10_000, "store {s} writer {w} append {i}: starved");
+                        let expected = ExpectedVersion::Exact(annals::Version(known[n]));
+                        match store.append(&stream, expected, events.clone()).await {
+                            Ok(r) => {
+                                assert_eq!(r.version.get(), known[n] + 1);
+                                known[n] = r.version.get();
+                                break;
+                            }
+                            Err(annals::Error::WrongExpectedVersion { actual, .. }) => {
+                                assert_ne!(actual.get(), known[n], "refused at its own version");
+                                refused.fetch_add(1, Ordering::Relaxed);
+                                known[n] = actual.get();
+                            }
+                            Err(e) => panic!("store {s} writer {w} append {i}: {e}"),
+                        }
+                    }
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut total = 0;
+    for n in 0..STREAMS {
+        let stream = StreamName::new(format!("Decided-{n}")).unwrap();
+        let events: Vec<_> = {
+            use annals::EventStoreExt;
+            stores[0]
+                .read_stream_vec(&stream, annals::ReadStream::forward())
+                .await
+                .unwrap()
+        };
+        for (i, e) in events.iter().enumerate() {
+            assert_eq!(e.stream_version, i as u64, "{stream}: versions are dense");
+        }
+        total += events.len();
+    }
+    assert_eq!(total, 2 * WRITERS * APPENDS, "every append landed once");
+    assert!(
+        refused.load(Ordering::Relaxed) > 0,
+        "16 writers on 4 streams were never refused"
+    );
+}
+
 /// Group commits run on connections of their own that always use the group statement's
 /// generic plan (left to choose, PostgreSQL planned it anew at every small group); the
 /// pool's connections, where read models run their own SQL, keep the server's choice.
