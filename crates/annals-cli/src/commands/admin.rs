@@ -72,6 +72,8 @@ pub(crate) async fn run(
         args.token,
         options,
     );
+    // Before the announcement: a stop sent right after it is a graceful one.
+    let shutdown = shutdown_signal();
     println!(
         "annals admin: pages at {base}/ (store {}); Ctrl-C to stop",
         opened.url
@@ -80,6 +82,6 @@ pub(crate) async fn run(
         header_timeout: Duration::from_secs(10),
         body_timeout: Duration::from_secs(30),
     };
-    serve_http(listener, router, limits, shutdown_signal()).await;
+    serve_http(listener, router, limits, shutdown).await;
     Ok(())
 }

@@ -101,6 +101,8 @@ pub(crate) async fn run(
             ))
         }
     };
+    // Before the announcement: a stop sent right after it is a graceful one.
+    let shutdown = server::shutdown_signal();
     println!(
         "annals serve: TodoBackend API at {base}/todos (store {}, read model {}); Ctrl-C to stop",
         opened.url,
@@ -118,13 +120,6 @@ pub(crate) async fn run(
         admin,
         ..ServerOptions::default()
     };
-    server::serve(
-        opened.events,
-        listener,
-        options,
-        pipeline,
-        server::shutdown_signal(),
-    )
-    .await?;
+    server::serve(opened.events, listener, options, pipeline, shutdown).await?;
     Ok(())
 }

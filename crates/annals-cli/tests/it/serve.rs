@@ -246,6 +246,17 @@ fn serve_keeps_todos_and_the_read_model_across_a_restart() {
     );
 }
 
+/// The signal handlers are in place before the announcement: a SIGTERM sent the moment
+/// the URL is printed stops the server gracefully (a clean exit), never by the signal's
+/// default action.
+#[test]
+fn a_stop_right_after_the_announcement_is_graceful() {
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..5 {
+        Served::start_with(dir.path(), &["--no-read-model"]).stop();
+    }
+}
+
 #[test]
 fn serve_without_the_read_model_leaves_it_to_a_later_start() {
     let dir = tempfile::tempdir().unwrap();
