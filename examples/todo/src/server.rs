@@ -194,8 +194,10 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "no signal handlers; Ctrl-C stops the server only");
-                    let _ = tokio::signal::ctrl_c().await;
+                    tracing::warn!(error = %e, "no signal handlers: no graceful stop on a signal");
+                    // Runs until the process is ended (a signal's default action), rather
+                    // than stopping at once.
+                    std::future::pending::<()>().await;
                 }
             }
         }
@@ -203,7 +205,10 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(not(unix))]
     {
         async move {
-            let _ = tokio::signal::ctrl_c().await;
+            if tokio::signal::ctrl_c().await.is_err() {
+                tracing::warn!("no Ctrl-C handler: no graceful stop");
+                std::future::pending::<()>().await;
+            }
         }
     }
 }
