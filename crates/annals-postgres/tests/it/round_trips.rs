@@ -328,13 +328,10 @@ async fn a_stream_read_costs_one_statement_per_page() {
     }
 }
 
-/// Two stores (two pools and two group committers, as two processes have) append
-/// concurrently to overlapping streams: their groups lock streams in name order, so no
-/// deadlock, and every append lands once with dense versions.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_group_committers_on_overlapping_streams_never_fail_a_caller() {
+/// Two stores on one new schema: two pools and two group committers, as two processes have.
+async fn two_stores(name: &str) -> [Arc<PgStore>; 2] {
     let server = postgres::shared();
-    let schema = postgres::schema_name("groups");
+    let schema = postgres::schema_name(name);
     let open = || async {
         let config = PgConfig::new(server.connection())
             .schema(&schema)
@@ -343,7 +340,33 @@ async fn two_group_committers_on_overlapping_streams_never_fail_a_caller() {
     };
     let first = open().await;
     first.migrate().await.unwrap();
-    let stores = [first, open().await];
+    [first, open().await]
+}
+
+/// The events of streams `{prefix}-0..count`, checking each stream's versions are dense.
+async fn dense_events(store: &PgStore, prefix: &str, count: usize) -> usize {
+    use annals::EventStoreExt;
+    let mut total = 0;
+    for n in 0..count {
+        let stream = StreamName::new(format!("{prefix}-{n}")).unwrap();
+        let events = store
+            .read_stream_vec(&stream, annals::ReadStream::forward())
+            .await
+            .unwrap();
+        for (i, e) in events.iter().enumerate() {
+            assert_eq!(e.stream_version, i as u64, "{stream}: versions are dense");
+        }
+        total += events.len();
+    }
+    total
+}
+
+/// Two stores (two pools and two group committers, as two processes have) append
+/// concurrently to overlapping streams: their groups lock streams in name order, so no
+/// deadlock, and every append lands once with dense versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_group_committers_on_overlapping_streams_never_fail_a_caller() {
+    let stores = two_stores("groups").await;
     const WRITERS: usize = 12;
     const APPENDS: usize = 40;
     const STREAMS: usize = 6;
@@ -372,22 +395,11 @@ async fn two_group_committers_on_overlapping_streams_never_fail_a_caller() {
     for t in tasks {
         t.await.unwrap();
     }
-    let mut total = 0;
-    for n in 0..STREAMS {
-        let stream = StreamName::new(format!("Shared-{n}")).unwrap();
-        let events: Vec<_> = {
-            use annals::EventStoreExt;
-            stores[0]
-                .read_stream_vec(&stream, annals::ReadStream::forward())
-                .await
-                .unwrap()
-        };
-        for (i, e) in events.iter().enumerate() {
-            assert_eq!(e.stream_version, i as u64, "{stream}: versions are dense");
-        }
-        total += events.len();
-    }
-    assert_eq!(total, 2 * WRITERS * APPENDS, "every append landed once");
+    assert_eq!(
+        dense_events(&stores[0], "Shared", STREAMS).await,
+        2 * WRITERS * APPENDS,
+        "every append landed once"
+    );
 }
 
 /// Two processes deciding on the same few streams at exact versions: their groups hold
@@ -397,17 +409,7 @@ async fn two_group_committers_on_overlapping_streams_never_fail_a_caller() {
 /// again), and every append lands once, at dense versions.
 #[tokio::test]
 async fn two_group_committers_deciding_on_overlapping_streams_lose_nothing() {
-    let server = postgres::shared();
-    let schema = postgres::schema_name("decide");
-    let open = || async {
-        let config = PgConfig::new(server.connection())
-            .schema(&schema)
-            .pool_size(8);
-        Arc::new(PgStore::connect(config).await.unwrap())
-    };
-    let first = open().await;
-    first.migrate().await.unwrap();
-    let stores = [first, open().await];
+    let stores = two_stores("decide").await;
     const WRITERS: usize = 8;
     const APPENDS: usize = 25;
     const STREAMS: usize = 4;
@@ -450,22 +452,11 @@ async fn two_group_committers_deciding_on_overlapping_streams_lose_nothing() {
     for t in tasks {
         t.await.unwrap();
     }
-    let mut total = 0;
-    for n in 0..STREAMS {
-        let stream = StreamName::new(format!("Decided-{n}")).unwrap();
-        let events: Vec<_> = {
-            use annals::EventStoreExt;
-            stores[0]
-                .read_stream_vec(&stream, annals::ReadStream::forward())
-                .await
-                .unwrap()
-        };
-        for (i, e) in events.iter().enumerate() {
-            assert_eq!(e.stream_version, i as u64, "{stream}: versions are dense");
-        }
-        total += events.len();
-    }
-    assert_eq!(total, 2 * WRITERS * APPENDS, "every append landed once");
+    assert_eq!(
+        dense_events(&stores[0], "Decided", STREAMS).await,
+        2 * WRITERS * APPENDS,
+        "every append landed once"
+    );
     assert!(
         refused.load(Ordering::Relaxed) > 0,
         "16 writers on 4 streams were never refused"
