@@ -132,8 +132,9 @@ impl PgStore {
             tail,
             reply,
         };
-        let run = |group| {
-            let store = self.clone();
+        let store = self.clone();
+        let run = move |group| {
+            let store = store.clone();
             async move { store.write_group(group).await }
         };
         self.inner

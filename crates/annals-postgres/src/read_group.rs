@@ -82,8 +82,9 @@ impl PgStore {
             ask,
             reply,
         };
-        let run = |group| {
-            let store = self.clone();
+        let store = self.clone();
+        let run = move |group| {
+            let store = store.clone();
             async move { store.read_group(group).await }
         };
         self.inner
