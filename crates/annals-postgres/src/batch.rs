@@ -101,3 +101,141 @@ impl<R: Send + 'static> Batches<R> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    type Request = (u32, oneshot::Sender<Result<u32>>);
+
+    fn all(queue: &mut VecDeque<Request>) -> Vec<Request> {
+        queue.drain(..).collect()
+    }
+
+    /// What the batches saw: each batch's values.
+    type Seen = Arc<Mutex<Vec<Vec<u32>>>>;
+
+    /// Answers each request with its value times ten; a batch holding `stop` waits for
+    /// `gate`, and one holding `fail` panics.
+    fn runner(
+        seen: Seen,
+        gate: Arc<Semaphore>,
+        stop: u32,
+        fail: u32,
+    ) -> impl Fn(Vec<Request>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Clone + Send
+    {
+        move |batch: Vec<Request>| {
+            let (seen, gate) = (Arc::clone(&seen), Arc::clone(&gate));
+            Box::pin(async move {
+                let values: Vec<u32> = batch.iter().map(|r| r.0).collect();
+                seen.lock().unwrap().push(values.clone());
+                if values.contains(&stop) {
+                    let _ = gate.acquire().await;
+                }
+                assert!(!values.contains(&fail), "a batch failed");
+                for (value, reply) in batch {
+                    let _ = reply.send(Ok(value * 10));
+                }
+            })
+        }
+    }
+
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !done() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{what} within 10 s"));
+    }
+
+    fn call(
+        batches: &Arc<Batches<Request>>,
+        run: impl Fn(Vec<Request>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
+            + Clone
+            + Send
+            + 'static,
+        value: u32,
+    ) -> tokio::task::JoinHandle<Result<u32>> {
+        let batches = Arc::clone(batches);
+        tokio::spawn(async move {
+            let (reply, answer) = oneshot::channel();
+            batches
+                .join((value, reply), answer, all, run, "test batch")
+                .await
+        })
+    }
+
+    fn queued(batches: &Batches<Request>) -> usize {
+        batches.queue.lock().unwrap().len()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_batch_task_runs_what_was_queued_meanwhile_and_then_frees_its_slot() {
+        let batches = Arc::new(Batches::new(1));
+        let seen: Seen = Default::default();
+        let gate = Arc::new(Semaphore::new(0));
+        let run = runner(Arc::clone(&seen), Arc::clone(&gate), 0, u32::MAX);
+        let first = call(&batches, run.clone(), 0);
+        until("the first batch runs", || seen.lock().unwrap().len() == 1).await;
+        let rest: Vec<_> = (1..=20).map(|v| call(&batches, run.clone(), v)).collect();
+        until("20 requests queued", || queued(&batches) == 20).await;
+        gate.add_permits(1);
+        assert_eq!(first.await.unwrap().unwrap(), 0);
+        for (v, h) in (1..=20).zip(rest) {
+            assert_eq!(h.await.unwrap().unwrap(), v * 10, "request {v}");
+        }
+        // The 20 queued while the first ran went in one batch after it.
+        let batches_seen = seen.lock().unwrap().clone();
+        assert_eq!(batches_seen.len(), 2, "{batches_seen:?}");
+        assert_eq!(batches_seen[1], (1..=20).collect::<Vec<_>>());
+        // The slot is free again: a later request is served.
+        assert_eq!(call(&batches, run, 7).await.unwrap().unwrap(), 70);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_caller_that_gives_up_strands_nobody() {
+        let batches = Arc::new(Batches::new(1));
+        let seen: Seen = Default::default();
+        let gate = Arc::new(Semaphore::new(0));
+        let run = runner(Arc::clone(&seen), Arc::clone(&gate), 0, u32::MAX);
+        // The caller whose request leads the first batch gives up while it runs.
+        let leader = call(&batches, run.clone(), 0);
+        until("the first batch runs", || seen.lock().unwrap().len() == 1).await;
+        let rest: Vec<_> = (1..=5).map(|v| call(&batches, run.clone(), v)).collect();
+        until("5 requests queued", || queued(&batches) == 5).await;
+        leader.abort();
+        assert!(leader.await.unwrap_err().is_cancelled());
+        gate.add_permits(1);
+        for (v, h) in (1..=5).zip(rest) {
+            assert_eq!(h.await.unwrap().unwrap(), v * 10, "request {v}");
+        }
+        assert_eq!(call(&batches, run, 9).await.unwrap().unwrap(), 90);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_that_panics_fails_its_callers_only() {
+        let batches = Arc::new(Batches::new(1));
+        let seen: Seen = Default::default();
+        let gate = Arc::new(Semaphore::new(0));
+        let run = runner(Arc::clone(&seen), Arc::clone(&gate), 0, 3);
+        let first = call(&batches, run.clone(), 0);
+        until("the first batch runs", || seen.lock().unwrap().len() == 1).await;
+        // 3 is queued with 1 and 2: their batch fails; 4, queued after it ran, does not.
+        let doomed: Vec<_> = (1..=3).map(|v| call(&batches, run.clone(), v)).collect();
+        until("3 requests queued", || queued(&batches) == 3).await;
+        gate.add_permits(1);
+        assert_eq!(first.await.unwrap().unwrap(), 0);
+        for h in doomed {
+            let e = h.await.unwrap().unwrap_err();
+            assert!(
+                e.to_string().contains("test batch ended without an answer"),
+                "{e}"
+            );
+        }
+        assert_eq!(call(&batches, run, 4).await.unwrap().unwrap(), 40);
+    }
+}
