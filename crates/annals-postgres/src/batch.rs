@@ -104,130 +104,133 @@ impl<R: Send + 'static> Batches<R> {
 
 #[cfg(test)]
 mod tests {
+    use std::pin::Pin;
     use std::time::Duration;
 
     use super::*;
 
     type Request = (u32, oneshot::Sender<Result<u32>>);
+    type Run = Arc<dyn Fn(Vec<Request>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
     fn all(queue: &mut VecDeque<Request>) -> Vec<Request> {
         queue.drain(..).collect()
     }
 
-    /// What the batches saw: each batch's values.
-    type Seen = Arc<Mutex<Vec<Vec<u32>>>>;
-
-    /// Answers each request with its value times ten; a batch holding `stop` waits for
-    /// `gate`, and one holding `fail` panics.
-    fn runner(
-        seen: Seen,
+    /// One slot of batches whose run answers each request with its value times ten; the
+    /// batch holding 0 waits for `gate`, and one holding `fail` panics. `seen` keeps each
+    /// batch's values.
+    struct Rig {
+        batches: Arc<Batches<Request>>,
+        seen: Arc<Mutex<Vec<Vec<u32>>>>,
         gate: Arc<Semaphore>,
-        stop: u32,
-        fail: u32,
-    ) -> impl Fn(Vec<Request>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Clone + Send
-    {
-        move |batch: Vec<Request>| {
-            let (seen, gate) = (Arc::clone(&seen), Arc::clone(&gate));
-            Box::pin(async move {
-                let values: Vec<u32> = batch.iter().map(|r| r.0).collect();
-                seen.lock().unwrap().push(values.clone());
-                if values.contains(&stop) {
-                    let _ = gate.acquire().await;
-                }
-                assert!(!values.contains(&fail), "a batch failed");
-                for (value, reply) in batch {
-                    let _ = reply.send(Ok(value * 10));
-                }
+        run: Run,
+    }
+
+    impl Rig {
+        fn new(fail: u32) -> Self {
+            let seen: Arc<Mutex<Vec<Vec<u32>>>> = Default::default();
+            let gate = Arc::new(Semaphore::new(0));
+            let (s, g) = (Arc::clone(&seen), Arc::clone(&gate));
+            let run: Run = Arc::new(move |batch: Vec<Request>| {
+                let (seen, gate) = (Arc::clone(&s), Arc::clone(&g));
+                Box::pin(async move {
+                    let values: Vec<u32> = batch.iter().map(|r| r.0).collect();
+                    seen.lock().unwrap().push(values.clone());
+                    if values.contains(&0) {
+                        let _ = gate.acquire().await;
+                    }
+                    assert!(!values.contains(&fail), "a batch failed");
+                    for (value, reply) in batch {
+                        let _ = reply.send(Ok(value * 10));
+                    }
+                })
+            });
+            Self {
+                batches: Arc::new(Batches::new(1)),
+                seen,
+                gate,
+                run,
+            }
+        }
+
+        fn call(&self, value: u32) -> tokio::task::JoinHandle<Result<u32>> {
+            let (batches, run) = (Arc::clone(&self.batches), Arc::clone(&self.run));
+            tokio::spawn(async move {
+                let (reply, answer) = oneshot::channel();
+                let run = move |batch| run(batch);
+                batches
+                    .join((value, reply), answer, all, run, "test batch")
+                    .await
             })
+        }
+
+        /// Calls with 0 (its batch waits for the gate), then with `values` once that batch
+        /// runs; returns when all of them are queued.
+        async fn queue_behind_a_batch(
+            &self,
+            values: std::ops::RangeInclusive<u32>,
+        ) -> (
+            tokio::task::JoinHandle<Result<u32>>,
+            Vec<tokio::task::JoinHandle<Result<u32>>>,
+        ) {
+            let first = self.call(0);
+            until(|| self.seen.lock().unwrap().len() == 1).await;
+            let rest: Vec<_> = values.map(|v| self.call(v)).collect();
+            let n = rest.len();
+            until(|| self.batches.queue.lock().unwrap().len() == n).await;
+            (first, rest)
         }
     }
 
-    async fn until(what: &str, done: impl Fn() -> bool) {
+    async fn until(done: impl Fn() -> bool) {
         tokio::time::timeout(Duration::from_secs(10), async {
             while !done() {
                 tokio::task::yield_now().await;
             }
         })
         .await
-        .unwrap_or_else(|_| panic!("{what} within 10 s"));
-    }
-
-    fn call(
-        batches: &Arc<Batches<Request>>,
-        run: impl Fn(Vec<Request>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
-            + Clone
-            + Send
-            + 'static,
-        value: u32,
-    ) -> tokio::task::JoinHandle<Result<u32>> {
-        let batches = Arc::clone(batches);
-        tokio::spawn(async move {
-            let (reply, answer) = oneshot::channel();
-            batches
-                .join((value, reply), answer, all, run, "test batch")
-                .await
-        })
-    }
-
-    fn queued(batches: &Batches<Request>) -> usize {
-        batches.queue.lock().unwrap().len()
+        .expect("the condition within 10 s");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_batch_task_runs_what_was_queued_meanwhile_and_then_frees_its_slot() {
-        let batches = Arc::new(Batches::new(1));
-        let seen: Seen = Default::default();
-        let gate = Arc::new(Semaphore::new(0));
-        let run = runner(Arc::clone(&seen), Arc::clone(&gate), 0, u32::MAX);
-        let first = call(&batches, run.clone(), 0);
-        until("the first batch runs", || seen.lock().unwrap().len() == 1).await;
-        let rest: Vec<_> = (1..=20).map(|v| call(&batches, run.clone(), v)).collect();
-        until("20 requests queued", || queued(&batches) == 20).await;
-        gate.add_permits(1);
+        let rig = Rig::new(u32::MAX);
+        let (first, rest) = rig.queue_behind_a_batch(1..=20).await;
+        rig.gate.add_permits(1);
         assert_eq!(first.await.unwrap().unwrap(), 0);
         for (v, h) in (1..=20).zip(rest) {
             assert_eq!(h.await.unwrap().unwrap(), v * 10, "request {v}");
         }
         // The 20 queued while the first ran went in one batch after it.
-        let batches_seen = seen.lock().unwrap().clone();
-        assert_eq!(batches_seen.len(), 2, "{batches_seen:?}");
-        assert_eq!(batches_seen[1], (1..=20).collect::<Vec<_>>());
+        let seen = rig.seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        let mut second = seen[1].clone();
+        second.sort_unstable();
+        assert_eq!(second, (1..=20).collect::<Vec<_>>());
         // The slot is free again: a later request is served.
-        assert_eq!(call(&batches, run, 7).await.unwrap().unwrap(), 70);
+        assert_eq!(rig.call(7).await.unwrap().unwrap(), 70);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_caller_that_gives_up_strands_nobody() {
-        let batches = Arc::new(Batches::new(1));
-        let seen: Seen = Default::default();
-        let gate = Arc::new(Semaphore::new(0));
-        let run = runner(Arc::clone(&seen), Arc::clone(&gate), 0, u32::MAX);
+        let rig = Rig::new(u32::MAX);
         // The caller whose request leads the first batch gives up while it runs.
-        let leader = call(&batches, run.clone(), 0);
-        until("the first batch runs", || seen.lock().unwrap().len() == 1).await;
-        let rest: Vec<_> = (1..=5).map(|v| call(&batches, run.clone(), v)).collect();
-        until("5 requests queued", || queued(&batches) == 5).await;
+        let (leader, rest) = rig.queue_behind_a_batch(1..=5).await;
         leader.abort();
         assert!(leader.await.unwrap_err().is_cancelled());
-        gate.add_permits(1);
+        rig.gate.add_permits(1);
         for (v, h) in (1..=5).zip(rest) {
             assert_eq!(h.await.unwrap().unwrap(), v * 10, "request {v}");
         }
-        assert_eq!(call(&batches, run, 9).await.unwrap().unwrap(), 90);
+        assert_eq!(rig.call(9).await.unwrap().unwrap(), 90);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_batch_that_panics_fails_its_callers_only() {
-        let batches = Arc::new(Batches::new(1));
-        let seen: Seen = Default::default();
-        let gate = Arc::new(Semaphore::new(0));
-        let run = runner(Arc::clone(&seen), Arc::clone(&gate), 0, 3);
-        let first = call(&batches, run.clone(), 0);
-        until("the first batch runs", || seen.lock().unwrap().len() == 1).await;
-        // 3 is queued with 1 and 2: their batch fails; 4, queued after it ran, does not.
-        let doomed: Vec<_> = (1..=3).map(|v| call(&batches, run.clone(), v)).collect();
-        until("3 requests queued", || queued(&batches) == 3).await;
-        gate.add_permits(1);
+        // 3 is queued with 1 and 2: their batch fails; 4, called after it ran, does not.
+        let rig = Rig::new(3);
+        let (first, doomed) = rig.queue_behind_a_batch(1..=3).await;
+        rig.gate.add_permits(1);
         assert_eq!(first.await.unwrap().unwrap(), 0);
         for h in doomed {
             let e = h.await.unwrap().unwrap_err();
@@ -236,6 +239,6 @@ mod tests {
                 "{e}"
             );
         }
-        assert_eq!(call(&batches, run, 4).await.unwrap().unwrap(), 40);
+        assert_eq!(rig.call(4).await.unwrap().unwrap(), 40);
     }
 }
