@@ -59,7 +59,9 @@ use annals::{
     Version,
 };
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, QueueMode, RecyclingMethod, Runtime,
+};
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use tokio::sync::watch;
 use tokio_postgres::Row;
@@ -309,8 +311,11 @@ impl PgStore {
                     recycling_method: RecyclingMethod::Fast,
                 },
             );
+            // The connection used last is used next: its backend's caches and prepared
+            // plans are warm, and the rest stay idle rather than each running now and then.
             Pool::builder(manager)
                 .max_size(size)
+                .queue_mode(QueueMode::Lifo)
                 .wait_timeout(Some(config.connect_timeout))
                 .create_timeout(Some(config.connect_timeout))
                 .recycle_timeout(Some(config.connect_timeout))
