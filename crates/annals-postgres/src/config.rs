@@ -17,8 +17,8 @@ pub struct PgConfig {
     /// The PostgreSQL schema holding the store's tables (several stores can share a
     /// database under different schemas).
     pub schema: String,
-    /// Pooled connections, at most (for reads, read models and coordination; feed reads
-    /// and group commits have a few connections of their own besides).
+    /// Pooled connections, at most (for reads, read models and coordination; feed reads,
+    /// group commits and grouped catch-ups have a few connections of their own besides).
     pub pool_size: usize,
     /// The largest event accepted (data plus metadata, in bytes).
     pub max_event_bytes: usize,

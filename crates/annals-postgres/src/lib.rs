@@ -59,9 +59,7 @@ use annals::{
     Version,
 };
 use async_trait::async_trait;
-use deadpool_postgres::{
-    Manager, ManagerConfig, Object, Pool, QueueMode, RecyclingMethod, Runtime,
-};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use tokio::sync::watch;
 use tokio_postgres::Row;
@@ -131,6 +129,7 @@ struct Inner {
     feed_pool: Pool,
     /// Connections for group commits alone (generic plans only).
     group_pool: Pool,
+    read_pool: Pool,
     config: PgConfig,
     sql: Sql,
     /// The read-model progress this process last recorded, per (projection, stream): an
@@ -311,11 +310,8 @@ impl PgStore {
                     recycling_method: RecyclingMethod::Fast,
                 },
             );
-            // The connection used last is used next: its backend's caches and prepared
-            // plans are warm, and the rest stay idle rather than each running now and then.
             Pool::builder(manager)
                 .max_size(size)
-                .queue_mode(QueueMode::Lifo)
                 .wait_timeout(Some(config.connect_timeout))
                 .create_timeout(Some(config.connect_timeout))
                 .recycle_timeout(Some(config.connect_timeout))
@@ -343,6 +339,10 @@ impl PgStore {
         let mut group_pg = pg.clone();
         group_pg.options(format!("{options} {}", sql::GROUP_OPTIONS));
         let group_pool = pool_of(config.group_commits.max(1), &group_pg)?;
+        // Grouped catch-ups have theirs too, one per group read at once: their backends
+        // stay warm (spread over the whole pool, each statement met a backend idle since
+        // long before; see BENCHMARKS.md).
+        let read_pool = pool_of(read_group::SLOTS, &pg)?;
         let changes = watch::Sender::new(());
         let channel = format!("annals_{}", config.schema);
         let listener =
@@ -353,6 +353,7 @@ impl PgStore {
                 pool,
                 feed_pool,
                 group_pool,
+                read_pool,
                 progress: read_model::ProgressCache::default(),
                 sql: Sql::new(&config::quoted(&config.schema)),
                 group: group::Grouper::new(config.group_commits),
@@ -389,6 +390,10 @@ impl PgStore {
 
     pub(crate) async fn group_client(&self) -> Result<Object> {
         self.inner.group_pool.get().await.map_err(backend)
+    }
+
+    pub(crate) async fn read_client(&self) -> Result<Object> {
+        self.inner.read_pool.get().await.map_err(backend)
     }
 
     async fn client_for_setup(&self) -> Result<Object, PgError> {

@@ -94,15 +94,26 @@ impl PgStore {
     }
 
     async fn read_group(&self, group: Vec<Request>) {
-        if group.len() > 1 {
-            // On an error, each read on its own below, so each caller gets its own answer
-            // (one stream's bad row, or a lost connection, is not every caller's error).
-            if let Ok(pages) = self.read_set(&group).await {
-                for (r, page) in group.into_iter().zip(pages) {
-                    let _ = r.reply.send(Ok(page));
+        if let [one] = &group[..] {
+            let page = match self.read_client().await {
+                Ok(client) => {
+                    self.read_one_on(&client, &one.stream, one.from, one.ask)
+                        .await
                 }
-                return;
+                Err(e) => Err(e),
+            };
+            if let Some(r) = group.into_iter().next() {
+                let _ = r.reply.send(page);
             }
+            return;
+        }
+        // On an error, each read on its own below, so each caller gets its own answer (one
+        // stream's bad row, or a lost connection, is not every caller's error).
+        if let Ok(pages) = self.read_set(&group).await {
+            for (r, page) in group.into_iter().zip(pages) {
+                let _ = r.reply.send(Ok(page));
+            }
+            return;
         }
         let reads = group.into_iter().map(|r| async move {
             let page = self.read_one(&r.stream, r.from, r.ask).await;
@@ -119,7 +130,18 @@ impl PgStore {
         ask: i64,
     ) -> Result<FirstPage> {
         let client = self.client().await?;
-        let statement = prepared(&client, &self.inner.sql.read_after).await?;
+        self.read_one_on(&client, stream, from, ask).await
+    }
+
+    /// [`Self::read_one`] on `client`.
+    async fn read_one_on(
+        &self,
+        client: &Object,
+        stream: &StreamName,
+        from: i64,
+        ask: i64,
+    ) -> Result<FirstPage> {
+        let statement = prepared(client, &self.inner.sql.read_after).await?;
         let rows = client
             .query(&statement, &[&stream.as_str(), &from, &i64::MAX, &ask])
             .await
@@ -137,7 +159,7 @@ impl PgStore {
         let names: Vec<&str> = group.iter().map(|r| r.stream.as_str()).collect();
         let froms: Vec<i64> = group.iter().map(|r| r.from).collect();
         let asks: Vec<i64> = group.iter().map(|r| r.ask).collect();
-        let client = self.client().await?;
+        let client = self.read_client().await?;
         let statement = prepared(&client, &self.inner.sql.read_set).await?;
         let rows = client
             .query(&statement, &[&names, &froms, &asks])
