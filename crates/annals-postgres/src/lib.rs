@@ -129,6 +129,7 @@ struct Inner {
     feed_pool: Pool,
     /// Connections for group commits alone (generic plans only).
     group_pool: Pool,
+    /// Connections for grouped catch-ups alone, one per group read at once.
     read_pool: Pool,
     config: PgConfig,
     sql: Sql,

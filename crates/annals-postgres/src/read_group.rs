@@ -9,7 +9,8 @@
 //! or, when a slot is free, takes everything queued and reads it itself, as a task of its
 //! own (a caller that gives up never strands the others' pages). A group of one is the
 //! plain statement of one stream (`Sql::read_after`), and so is each read of a group whose
-//! statement failed. A read queued after an append it follows is in a later statement than
+//! statement failed (on a pooled connection). Groups run on connections kept for them, one
+//! per slot, so their backends stay warm. A read queued after an append it follows is in a later statement than
 //! that append's commit, so it sees the append.
 
 use std::collections::VecDeque;
