@@ -343,9 +343,18 @@ async fn two_stores(name: &str) -> [Arc<PgStore>; 2] {
     [first, open().await]
 }
 
-/// The events of streams `{prefix}-0..count`, checking each stream's versions are dense.
-async fn dense_events(store: &PgStore, prefix: &str, count: usize) -> usize {
+/// Waits for `writers`, then counts the events of streams `{prefix}-0..count`, checking
+/// each stream's versions are dense.
+async fn dense_events(
+    writers: Vec<tokio::task::JoinHandle<()>>,
+    store: &PgStore,
+    prefix: &str,
+    count: usize,
+) -> usize {
     use annals::EventStoreExt;
+    for w in writers {
+        w.await.unwrap();
+    }
     let mut total = 0;
     for n in 0..count {
         let stream = StreamName::new(format!("{prefix}-{n}")).unwrap();
@@ -392,11 +401,8 @@ async fn two_group_committers_on_overlapping_streams_never_fail_a_caller() {
             }));
         }
     }
-    for t in tasks {
-        t.await.unwrap();
-    }
     assert_eq!(
-        dense_events(&stores[0], "Shared", STREAMS).await,
+        dense_events(tasks, &stores[0], "Shared", STREAMS).await,
         2 * WRITERS * APPENDS,
         "every append landed once"
     );
@@ -449,11 +455,8 @@ async fn two_group_committers_deciding_on_overlapping_streams_lose_nothing() {
             }));
         }
     }
-    for t in tasks {
-        t.await.unwrap();
-    }
     assert_eq!(
-        dense_events(&stores[0], "Decided", STREAMS).await,
+        dense_events(tasks, &stores[0], "Decided", STREAMS).await,
         2 * WRITERS * APPENDS,
         "every append landed once"
     );
