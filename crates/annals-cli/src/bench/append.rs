@@ -433,7 +433,12 @@ impl SqliteBaseline {
             let mut n = 0u64;
             while Instant::now() < deadline {
                 let t0 = Instant::now();
-                conn.execute_batch("BEGIN IMMEDIATE")?;
+                // One row is its own transaction (autocommit, the fastest plain way); more
+                // rows share one.
+                let batch = rows_per_tx > 1;
+                if batch {
+                    conn.execute_batch("BEGIN IMMEDIATE")?;
+                }
                 {
                     let mut insert = conn.prepare_cached(
                         "INSERT INTO raw_events (stream, stream_version, event_id, event_type, data, metadata, recorded_at) \
@@ -453,7 +458,9 @@ impl SqliteBaseline {
                         ])?;
                     }
                 }
-                conn.execute_batch("COMMIT")?;
+                if batch {
+                    conn.execute_batch("COMMIT")?;
+                }
                 n += rows_per_tx;
                 report.events += rows_per_tx;
                 report.operations += 1;
@@ -523,13 +530,21 @@ impl PgBaseline {
         };
         let started = Instant::now();
         let deadline = started + duration;
-        // The fastest plain way: the transaction's rows in one statement (arrays unnested
-        // into a multi-row insert), committed on its own: one round trip per transaction.
-        let sql = format!(
-            "INSERT INTO {}.raw_events (stream, stream_version, event_id, event_type, data, metadata) \
-             SELECT * FROM unnest($1::text[], $2::bigint[], $3::uuid[], $4::text[], $5::bytea[], $6::bytea[])",
-            self.schema
-        );
+        // The fastest plain way: one row as a plain `INSERT ... VALUES`; more rows in one
+        // statement (arrays unnested into a multi-row insert); either committed on its own,
+        // one round trip per transaction.
+        let table = format!("{}.raw_events", self.schema);
+        let sql = if rows_per_tx == 1 {
+            format!(
+                "INSERT INTO {table} (stream, stream_version, event_id, event_type, data, metadata) \
+                 VALUES ($1, $2, $3, $4, $5, $6)"
+            )
+        } else {
+            format!(
+                "INSERT INTO {table} (stream, stream_version, event_id, event_type, data, metadata) \
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::uuid[], $4::text[], $5::bytea[], $6::bytea[])"
+            )
+        };
         let tasks: Vec<_> = (0..clients)
             .map(|c| {
                 let (pool, sql, name) = (self.pool.clone(), sql.clone(), name.clone());
@@ -543,20 +558,38 @@ impl PgBaseline {
                         let t0 = Instant::now();
                         let events: Vec<_> =
                             (0..rows_per_tx).map(|i| event(bytes, n + i)).collect();
-                        let streams = vec![stream.as_str(); events.len()];
-                        let versions: Vec<i64> = (n..n + rows_per_tx).map(|v| v as i64).collect();
-                        let ids: Vec<_> = events.iter().map(|e| e.event_id).collect();
-                        let types: Vec<&str> =
-                            events.iter().map(|e| e.event_type.as_str()).collect();
-                        let data: Vec<&[u8]> = events.iter().map(|e| e.data.as_slice()).collect();
-                        let metadata: Vec<Option<&[u8]>> =
-                            events.iter().map(|e| e.metadata.as_deref()).collect();
-                        client
-                            .execute(
-                                &insert,
-                                &[&streams, &versions, &ids, &types, &data, &metadata],
-                            )
-                            .await?;
+                        if let [e] = events.as_slice() {
+                            client
+                                .execute(
+                                    &insert,
+                                    &[
+                                        &stream,
+                                        &(n as i64),
+                                        &e.event_id,
+                                        &e.event_type,
+                                        &e.data,
+                                        &e.metadata,
+                                    ],
+                                )
+                                .await?;
+                        } else {
+                            let streams = vec![stream.as_str(); events.len()];
+                            let versions: Vec<i64> =
+                                (n..n + rows_per_tx).map(|v| v as i64).collect();
+                            let ids: Vec<_> = events.iter().map(|e| e.event_id).collect();
+                            let types: Vec<&str> =
+                                events.iter().map(|e| e.event_type.as_str()).collect();
+                            let data: Vec<&[u8]> =
+                                events.iter().map(|e| e.data.as_slice()).collect();
+                            let metadata: Vec<Option<&[u8]>> =
+                                events.iter().map(|e| e.metadata.as_deref()).collect();
+                            client
+                                .execute(
+                                    &insert,
+                                    &[&streams, &versions, &ids, &types, &data, &metadata],
+                                )
+                                .await?;
+                        }
                         n += rows_per_tx;
                         report.events += rows_per_tx;
                         report.operations += 1;
