@@ -2,15 +2,21 @@
 //! baseline measured in the same run.
 //!
 //! - (a) one writer appending 100-event batches to one stream;
-//! - (b) 64 writers, each appending single events to its own stream;
+//! - (b) `--writers` writers (64 unless told), each appending single events to its own stream;
 //! - (c) 16 deciders contending on one stream: each command a `transact` of the decider
 //!   (with a cache, the default attempts), single events, so concurrent decisions queue
 //!   and are written together; commands that exhaust their attempts are counted.
 //!
-//! On a SQLite store the baseline is plain rusqlite inserts of the same rows, with the same
-//! pragmas, into a scratch file beside the store: 100 rows per transaction and 1 row per
-//! transaction. The report gives our figures as ratios of it. Each case and its baseline
-//! take turns, in [`SLICES`] slices of the case's duration ((c) in turns with (b)).
+//! The baseline is the fastest plain way to write the same rows, with no event store:
+//! - SQLite: plain rusqlite inserts, with the same pragmas, into a scratch file beside the
+//!   store: 100 rows per transaction, and 1 row autocommitted;
+//! - PostgreSQL: a scratch table with the same keys, `--writers` clients for 1 row per
+//!   transaction (a prepared `INSERT ... VALUES`, autocommitted), one client for 100 rows
+//!   per transaction (one prepared multi-row insert of unnested arrays, autocommitted);
+//! - NATS: plain JetStream publishes (see `nats_baseline`).
+//!
+//! The report gives our figures as ratios of it. Each case and its baseline take turns, in
+//! [`SLICES`] slices of the case's duration ((c) in turns with (b)).
 
 use std::path::PathBuf;
 use std::sync::Arc;
