@@ -176,7 +176,32 @@ pub(crate) fn stream_version(
 
 /// A stream's head snapshot and up to `limit` events after it, in one read transaction.
 pub(crate) fn read_head(conn: &mut Connection, stream: &str, limit: usize) -> Result<Head> {
-    let tx = conn.transaction().map_err(backend)?;
+    in_snapshot(conn, |tx| head_in(tx, stream, limit))
+}
+
+/// Runs `read` in one read transaction (one snapshot of the file), its `BEGIN` and end
+/// statements prepared once per connection like the reads' own (`Connection::transaction`
+/// would parse them again at every read).
+fn in_snapshot<T>(conn: &Connection, read: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    let run = |sql: &str| {
+        conn.prepare_cached(sql)
+            .and_then(|mut s| s.execute([]))
+            .map_err(backend)
+    };
+    if !conn.is_autocommit() {
+        // A read that unwound left its transaction open: end it, then take a new snapshot.
+        run("ROLLBACK")?;
+    }
+    run("BEGIN")?;
+    let result = read(conn);
+    // Nothing was written: ending the transaction either way only releases the snapshot.
+    let end = run(if result.is_ok() { "COMMIT" } else { "ROLLBACK" });
+    let value = result?;
+    end?;
+    Ok(value)
+}
+
+fn head_in(tx: &Connection, stream: &str, limit: usize) -> Result<Head> {
     let row = tx
         .prepare_cached(
             "SELECT stream_id, version, snapshot, snapshot_version, start, tombstone, \
@@ -366,9 +391,18 @@ pub(crate) fn read_all(
     }
     sql += " ORDER BY e.position LIMIT ?";
     args.push((limit as i64).into());
-    let tx = conn.transaction().map_err(backend)?;
+    in_snapshot(conn, |tx| all_in(tx, &sql, args, from, limit))
+}
+
+fn all_in(
+    tx: &Connection,
+    sql: &str,
+    args: Vec<rusqlite::types::Value>,
+    from: Position,
+    limit: usize,
+) -> Result<AllPage> {
     let events = {
-        let mut stmt = tx.prepare_cached(&sql).map_err(backend)?;
+        let mut stmt = tx.prepare_cached(sql).map_err(backend)?;
         let mut last = None;
         let rows = stmt
             .query_map(params_from_iter(args), |row| event_after(row, &mut last))
@@ -386,11 +420,8 @@ pub(crate) fn read_all(
     } else {
         // Short page: everything up to the head was scanned.
         let head: i64 = tx
-            .query_row(
-                "SELECT coalesce(max(position), 0) FROM annals_events",
-                [],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT coalesce(max(position), 0) FROM annals_events")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
             .map_err(backend)?;
         let next = from.max(annals::backend::position(head as u128));
         AllPage {
@@ -399,7 +430,6 @@ pub(crate) fn read_all(
             end: true,
         }
     };
-    tx.finish().map_err(backend)?;
     Ok(page)
 }
 
@@ -443,6 +473,47 @@ mod tests {
             assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0, "{sql}");
             assert!(stmt.get_status(StatementStatus::Run) >= 10);
         }
+    }
+
+    /// Feed pages and head reads run in a read transaction whose statements are prepared
+    /// once per connection: every read runs the same cached `BEGIN`, `COMMIT` and head
+    /// query; a transaction left open on the connection is ended, not an error.
+    #[tokio::test]
+    async fn feed_and_head_reads_reuse_their_transaction_statements() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SqliteConfig::new(dir.path().join("s.db"));
+        let store = SqliteStore::open(config.clone()).unwrap();
+        let stream = StreamName::new("Feed-1").unwrap();
+        let events = (0..5)
+            .map(|_| EventData::new("E", b"{}".to_vec()))
+            .collect();
+        store
+            .append(&stream, ExpectedVersion::Any, events)
+            .await
+            .unwrap();
+        let mut conn = crate::schema::open_reader(&config).unwrap();
+        let filter = annals::Filter::category("Feed");
+        for round in 0..10 {
+            // A short page: the head is read too.
+            let page = super::read_all(&mut conn, annals::Position::START, &filter, 100).unwrap();
+            assert_eq!(page.events.len(), 5, "round {round}");
+            assert!(page.end);
+            let head = super::read_head(&mut conn, stream.as_str(), 100).unwrap();
+            assert_eq!(head.events.len(), 5);
+            assert!(conn.is_autocommit(), "the read transaction is ended");
+        }
+        for sql in [
+            "BEGIN",
+            "COMMIT",
+            "SELECT coalesce(max(position), 0) FROM annals_events",
+        ] {
+            let stmt = conn.prepare_cached(sql).unwrap();
+            assert!(stmt.get_status(StatementStatus::Run) >= 10, "{sql}");
+        }
+        conn.execute_batch("BEGIN").unwrap();
+        let page = super::read_all(&mut conn, annals::Position::START, &filter, 100).unwrap();
+        assert_eq!(page.events.len(), 5);
+        assert!(conn.is_autocommit());
     }
 
     /// A stream that ends on a page boundary is read in its pages alone: the page says
