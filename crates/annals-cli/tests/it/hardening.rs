@@ -1,7 +1,7 @@
 //! `annals serve` against hostile and unlucky clients: connections that send headers or a
 //! body too slowly are closed (and normal requests keep working meanwhile), made-up methods
-//! cannot grow the metrics, a failing log sink never fails a request, and malformed JSON is
-//! a 400 with a JSON body.
+//! cannot grow the metrics, a failing log sink never fails a request, failed requests are
+//! logged (every request at debug), and malformed JSON is a 400 with a JSON body.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -149,7 +149,9 @@ fn a_log_sink_that_fails_never_fails_a_request() {
         .open("/dev/full")
         .unwrap();
     let served = Served::start_configured(dir.path(), &[], |command| {
-        command.env("ANNALS_LOG", "info").stderr(full);
+        command
+            .env("ANNALS_LOG", "info,example_todo=debug")
+            .stderr(full);
     });
     for n in 0..20 {
         let (status, todo) = request(
@@ -163,6 +165,42 @@ fn a_log_sink_that_fails_never_fails_a_request() {
     let (status, list) = request(&served.base, "GET", "/todos", None);
     assert_eq!((status, list.as_array().map(Vec::len)), (200, Some(20)));
     served.stop();
+}
+
+/// By default a failed request is logged and a successful one is not (the metrics count
+/// it); `example_todo=debug` logs every request.
+#[test]
+fn failed_requests_are_logged_and_every_request_at_debug() {
+    for (log, successes_logged) in [(None, false), (Some("info,example_todo=debug"), true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let log_path = dir.path().join("stderr.log");
+        let sink = std::fs::File::create(&log_path).unwrap();
+        let served = Served::start_configured(dir.path(), &[], |command| {
+            match log {
+                Some(directives) => command.env("ANNALS_LOG", directives),
+                None => command.env_remove("ANNALS_LOG"),
+            };
+            command.stderr(sink);
+        });
+        let (status, _) = request(&served.base, "POST", "/todos", Some(r#"{"title":"a"}"#));
+        assert_eq!(status, 201);
+        let (status, _) = request(&served.base, "GET", "/todos/999", None);
+        assert_eq!(status, 404);
+        served.stop();
+        let text = std::fs::read_to_string(&log_path).unwrap();
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains("request")).collect();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("INFO") && l.contains("status=404")),
+            "{log:?}: {text}"
+        );
+        assert_eq!(
+            lines.iter().any(|l| l.contains("status=201")),
+            successes_logged,
+            "{log:?}: {text}"
+        );
+    }
 }
 
 #[test]
