@@ -5,8 +5,8 @@
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set: OTLP over HTTP with protobuf bodies, batched
 //! (`OTEL_BSP_*` tune the batches), service name `annals` unless `OTEL_SERVICE_NAME` says
 //! otherwise. The spans are Annals' own (`http.request`, `annals.transact`, `annals.store`,
-//! `annals.handle`, `annals.project`...), at debug level and above for the Annals crates;
-//! a debug span (a store round trip) only inside a traced operation.
+//! `annals.handle`, `annals.project`...), at debug level and above for the Annals crates
+//! and the TodoBackend; a debug span (a store round trip) only inside a traced operation.
 
 use anyhow::Context;
 use opentelemetry::trace::TracerProvider as _;
@@ -75,11 +75,16 @@ pub(crate) fn install(
             .with_target("annals_sqlite", LevelFilter::DEBUG)
             .with_target("annals_postgres", LevelFilter::DEBUG)
             .with_target("annals_nats", LevelFilter::DEBUG)
-            .with_target("annals_reactor", LevelFilter::DEBUG);
+            .with_target("annals_reactor", LevelFilter::DEBUG)
+            .with_target("example_todo", LevelFilter::DEBUG);
         // A debug span (a store round trip) is exported inside a traced operation only:
         // the feed's polls and other background reads would each be a trace of their own.
+        // A span naming its OpenTelemetry kind (a request served: `http.request`, at debug
+        // so that logs at INFO do not format it) starts a trace of its own.
         let traced_only = tracing_subscriber::filter::DynFilterFn::new(|meta, cx| {
-            *meta.level() <= tracing::Level::INFO || cx.lookup_current().is_some()
+            *meta.level() <= tracing::Level::INFO
+                || (meta.is_span() && meta.fields().field("otel.kind").is_some())
+                || cx.lookup_current().is_some()
         });
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("annals"))

@@ -101,7 +101,7 @@ pub fn router(service: Service, options: Options) -> Router {
         .with_state(app)
 }
 
-/// Counts each request in the metrics, traces it (span `http.request`) and logs it through
+/// Counts each request in the metrics, traces it (span `http.request`, DEBUG) and logs it through
 /// `tracing`: a request answered 5xx at WARN, 4xx at INFO, any other at DEBUG. A log line
 /// costs the server about a sixth of a request's CPU (BENCHMARKS.md), and the metrics already
 /// count every request by route and status, so a line per successful request is opt-in
@@ -117,8 +117,10 @@ async fn observe(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
-    // The request's span: continues the caller's trace when it sent a W3C `traceparent`.
-    let span = tracing::info_span!(
+    // The request's span, at DEBUG like its log line (a trace exporter takes it; the logs
+    // at INFO do not pay for formatting it): continues the caller's trace when it sent a
+    // W3C `traceparent`.
+    let span = tracing::debug_span!(
         "http.request",
         otel.name = format!("{} {route}", method_label(&method)),
         otel.kind = "server",
@@ -126,7 +128,7 @@ async fn observe(request: Request, next: Next) -> Response {
         http.route = route.as_str(),
         http.response.status_code = tracing::field::Empty,
     );
-    if let Some(parent) = caller_trace(request.headers()) {
+    if let Some(parent) = caller_trace(request.headers()).filter(|_| !span.is_disabled()) {
         parent.set_parent_of(&span);
     }
     let response = next.run(request).instrument(span.clone()).await;
