@@ -179,9 +179,9 @@ pub(crate) fn read_head(conn: &mut Connection, stream: &str, limit: usize) -> Re
     in_snapshot(conn, |tx| head_in(tx, stream, limit))
 }
 
-/// Runs `read` in one read transaction (one snapshot of the file), its `BEGIN` and end
-/// statements prepared once per connection like the reads' own (`Connection::transaction`
-/// would parse them again at every read).
+/// Runs `read` in one read transaction (one snapshot of the file), its `BEGIN` and
+/// `ROLLBACK` prepared once per connection like the reads' own (`Connection::transaction`
+/// parses them again at every read).
 fn in_snapshot<T>(conn: &Connection, read: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
     let run = |sql: &str| {
         conn.prepare_cached(sql)
@@ -194,8 +194,8 @@ fn in_snapshot<T>(conn: &Connection, read: impl FnOnce(&Connection) -> Result<T>
     }
     run("BEGIN")?;
     let result = read(conn);
-    // Nothing was written: ending the transaction either way only releases the snapshot.
-    let end = run(if result.is_ok() { "COMMIT" } else { "ROLLBACK" });
+    // Nothing was written: the end only releases the snapshot (as `Transaction`'s default).
+    let end = run("ROLLBACK");
     let value = result?;
     end?;
     Ok(value)
@@ -476,7 +476,7 @@ mod tests {
     }
 
     /// Feed pages and head reads run in a read transaction whose statements are prepared
-    /// once per connection: every read runs the same cached `BEGIN`, `COMMIT` and head
+    /// once per connection: every read runs the same cached `BEGIN`, `ROLLBACK` and head
     /// query; a transaction left open on the connection is ended, not an error.
     #[tokio::test]
     async fn feed_and_head_reads_reuse_their_transaction_statements() {
@@ -504,7 +504,7 @@ mod tests {
         }
         for sql in [
             "BEGIN",
-            "COMMIT",
+            "ROLLBACK",
             "SELECT coalesce(max(position), 0) FROM annals_events",
         ] {
             let stmt = conn.prepare_cached(sql).unwrap();
