@@ -101,12 +101,12 @@ pub fn router(service: Service, options: Options) -> Router {
         .with_state(app)
 }
 
-/// Counts each request in the metrics, traces it (span `http.request`, DEBUG) and logs it through
-/// `tracing`: a request answered 5xx at WARN, 4xx at INFO, any other at DEBUG. A log line
-/// costs the server about a sixth of a request's CPU (BENCHMARKS.md), and the metrics already
-/// count every request by route and status, so a line per successful request is opt-in
-/// (`ANNALS_LOG=info,example_todo=debug`), as in tower-http's `TraceLayer` and ASP.NET Core's
-/// production defaults.
+/// Counts each request in the metrics, traces it (span `http.request`, DEBUG) and logs it
+/// through `tracing`: a request answered 5xx at WARN, 4xx at INFO, any other at DEBUG. A
+/// log line costs the server about a sixth of a request's CPU (BENCHMARKS.md), and the
+/// metrics already count every request by route and status, so a line per successful
+/// request is opt-in (`ANNALS_LOG=info,example_todo=debug`), as in tower-http's
+/// `TraceLayer` and ASP.NET Core's production defaults.
 async fn observe(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
@@ -128,8 +128,10 @@ async fn observe(request: Request, next: Next) -> Response {
         http.route = route.as_str(),
         http.response.status_code = tracing::field::Empty,
     );
-    if let Some(parent) = caller_trace(request.headers()).filter(|_| !span.is_disabled()) {
-        parent.set_parent_of(&span);
+    if !span.is_disabled() {
+        if let Some(parent) = caller_trace(request.headers()) {
+            parent.set_parent_of(&span);
+        }
     }
     let response = next.run(request).instrument(span.clone()).await;
     let elapsed = started.elapsed();
