@@ -475,23 +475,35 @@ mod tests {
         }
     }
 
+    /// A store in a new directory where `stream` got one append of each of `batches`
+    /// events, and a reader connection on its file.
+    async fn written(
+        stream: &StreamName,
+        batches: &[usize],
+    ) -> (tempfile::TempDir, SqliteStore, rusqlite::Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SqliteConfig::new(dir.path().join("s.db"));
+        let store = SqliteStore::open(config.clone()).unwrap();
+        for &count in batches {
+            let events = (0..count)
+                .map(|_| EventData::new("E", b"{}".to_vec()))
+                .collect();
+            store
+                .append(stream, ExpectedVersion::Any, events)
+                .await
+                .unwrap();
+        }
+        let conn = crate::schema::open_reader(&config).unwrap();
+        (dir, store, conn)
+    }
+
     /// Feed pages and head reads run in a read transaction whose statements are prepared
     /// once per connection: every read runs the same cached `BEGIN`, `ROLLBACK` and head
     /// query; a transaction left open on the connection is ended, not an error.
     #[tokio::test]
     async fn feed_and_head_reads_reuse_their_transaction_statements() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = SqliteConfig::new(dir.path().join("s.db"));
-        let store = SqliteStore::open(config.clone()).unwrap();
         let stream = StreamName::new("Feed-1").unwrap();
-        let events = (0..5)
-            .map(|_| EventData::new("E", b"{}".to_vec()))
-            .collect();
-        store
-            .append(&stream, ExpectedVersion::Any, events)
-            .await
-            .unwrap();
-        let mut conn = crate::schema::open_reader(&config).unwrap();
+        let (_dir, _store, mut conn) = written(&stream, &[5]).await;
         let filter = annals::Filter::category("Feed");
         for round in 0..10 {
             // A short page: the head is read too.
@@ -521,21 +533,10 @@ mod tests {
     /// event once, in order, whatever its direction and limit.
     #[tokio::test]
     async fn pages_end_without_an_empty_page_at_a_boundary() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = SqliteConfig::new(dir.path().join("s.db"));
-        let store = SqliteStore::open(config.clone()).unwrap();
         let stream = StreamName::new("Pages-1").unwrap();
         let n = 2 * super::STREAM_PAGE as u64;
-        for _ in 0..2 {
-            let events = (0..super::STREAM_PAGE)
-                .map(|_| EventData::new("E", b"{}".to_vec()))
-                .collect();
-            store
-                .append(&stream, ExpectedVersion::Any, events)
-                .await
-                .unwrap();
-        }
-        let mut conn = crate::schema::open_reader(&config).unwrap();
+        let (_dir, store, mut conn) =
+            written(&stream, &[super::STREAM_PAGE, super::STREAM_PAGE]).await;
         let all = Cursor {
             next: 0,
             left: u64::MAX,
