@@ -10,8 +10,8 @@
 //! own (a caller that gives up never strands the others' pages). A group of one is the
 //! plain statement of one stream (`Sql::read_after`), and so is each read of a group whose
 //! statement failed (on a pooled connection). Groups run on connections kept for them, one
-//! per slot, so their backends stay warm. A read queued after an append it follows is in a later statement than
-//! that append's commit, so it sees the append.
+//! per slot, so their backends stay warm. A read queued after an append it follows is in a
+//! later statement than that append's commit, so it sees the append.
 
 use std::collections::VecDeque;
 
@@ -95,19 +95,17 @@ impl PgStore {
     }
 
     async fn read_group(&self, group: Vec<Request>) {
-        if let [one] = &group[..] {
-            let page = match self.read_client().await {
-                Ok(client) => {
-                    self.read_one_on(&client, &one.stream, one.from, one.ask)
-                        .await
-                }
-                Err(e) => Err(e),
-            };
-            if let Some(r) = group.into_iter().next() {
-                let _ = r.reply.send(page);
+        let group = match <[Request; 1]>::try_from(group) {
+            Ok([r]) => {
+                let page = async {
+                    let client = self.read_client().await?;
+                    self.read_one_on(&client, &r.stream, r.from, r.ask).await
+                };
+                let _ = r.reply.send(page.await);
+                return;
             }
-            return;
-        }
+            Err(group) => group,
+        };
         // On an error, each read on its own below, so each caller gets its own answer (one
         // stream's bad row, or a lost connection, is not every caller's error).
         if let Ok(pages) = self.read_set(&group).await {
