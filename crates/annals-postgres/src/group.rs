@@ -17,9 +17,13 @@ use tokio::sync::oneshot;
 
 use super::*;
 
-/// At most this many appends, and events, go into one group.
+/// At most this many appends, events, and bytes of event bodies and metadata go into one
+/// group (an append larger than a bound goes alone). The bytes bound keeps a group's
+/// parameters far below PostgreSQL's 1 GB limit on one value or message: appends that each
+/// fit must never fail together because their sum does not.
 const MAX_APPENDS: usize = 256;
 const MAX_EVENTS: usize = 4096;
+const MAX_BYTES: usize = 64 << 20;
 /// How often an append is tried again after losing the transaction-id race on its stream
 /// row to another group (each try is a newer transaction, so it wins soon).
 pub(crate) const RACES: u32 = 100;
@@ -61,13 +65,16 @@ pub(crate) type Grouper = crate::batch::Batches<Request>;
 fn take(queue: &mut VecDeque<Request>) -> Vec<Request> {
     let mut streams = HashSet::new();
     let mut group = Vec::new();
-    let mut events = 0;
+    let (mut events, mut bytes) = (0, 0);
     let mut later = VecDeque::new();
     while let Some(r) = queue.pop_front() {
+        let size: usize = r.events.iter().map(EventData::size).sum();
         let fits = group.len() < MAX_APPENDS
-            && (group.is_empty() || events + r.events.len() <= MAX_EVENTS);
+            && (group.is_empty()
+                || (events + r.events.len() <= MAX_EVENTS && bytes + size <= MAX_BYTES));
         if fits && streams.insert(r.stream.clone()) {
             events += r.events.len();
+            bytes += size;
             group.push(r);
         } else {
             later.push_back(r);
@@ -339,4 +346,52 @@ fn answers_of(size: usize, rows: &[tokio_postgres::Row]) -> Result<Vec<Answer>> 
             a.ok_or_else(|| backend(format!("append_group left append {} unanswered", i + 1)))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(stream: &str, sizes: &[usize]) -> Request {
+        let events = sizes
+            .iter()
+            .map(|n| EventData::new("Sized", vec![0; *n]))
+            .collect();
+        Request {
+            stream: StreamName::new(stream).unwrap(),
+            expected: ExpectedVersion::Any,
+            events,
+            tail: false,
+            reply: oneshot::channel().0,
+        }
+    }
+
+    fn streams(group: &[Request]) -> Vec<&str> {
+        group.iter().map(|r| r.stream.as_str()).collect()
+    }
+
+    #[test]
+    fn a_group_keeps_within_its_bytes_and_takes_one_append_per_stream() {
+        const MIB: usize = 1 << 20;
+        let mut queue: VecDeque<Request> = [
+            request("A-1", &[MIB; 40]),
+            request("B-1", &[MIB; 30]),
+            request("C-1", &[10]),
+            request("C-1", &[10]),
+            request("E-1", &[MIB; 70]),
+        ]
+        .into();
+        let first = take(&mut queue);
+        assert_eq!(streams(&first), ["A-1", "C-1"]);
+        let second = take(&mut queue);
+        assert_eq!(streams(&second), ["B-1", "C-1"]);
+        // Larger than the bound alone: it still goes, alone.
+        let third = take(&mut queue);
+        assert_eq!(streams(&third), ["E-1"]);
+        assert!(queue.is_empty());
+        let bytes = |g: &[Request]| -> usize {
+            g.iter().flat_map(|r| &r.events).map(EventData::size).sum()
+        };
+        assert!(bytes(&first) <= MAX_BYTES && bytes(&second) <= MAX_BYTES);
+    }
 }

@@ -1,5 +1,7 @@
 //! Events to append and events as recorded by a store.
 
+use std::collections::HashSet;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -171,6 +173,9 @@ pub fn validate_import(events: &[RecordedEvent], max_event_bytes: usize) -> Resu
     Ok(())
 }
 
+/// Batches of at most this many events look for a repeated id by scanning.
+const SCAN_IDS: usize = 16;
+
 /// Checks a batch before anything is written: non-empty, valid event types, sizes within
 /// `max_event_bytes`, no event id twice. Every store calls this first.
 pub fn validate_batch(
@@ -188,6 +193,9 @@ pub fn validate_batch(
         index,
         reason,
     };
+    // Ids seen so far: a linear scan for small batches, a set for larger ones (a scan of
+    // every earlier id would make a batch of n events cost n² comparisons).
+    let mut seen = (events.len() > SCAN_IDS).then(|| HashSet::with_capacity(events.len()));
     for (index, e) in events.iter().enumerate() {
         if e.event_type.is_empty() {
             return Err(invalid(index, InvalidEvent::EmptyType));
@@ -212,7 +220,11 @@ pub fn validate_batch(
                 },
             ));
         }
-        if events[..index].iter().any(|o| o.event_id == e.event_id) {
+        let repeated = match &mut seen {
+            Some(seen) => !seen.insert(e.event_id),
+            None => events[..index].iter().any(|o| o.event_id == e.event_id),
+        };
+        if repeated {
             return Err(invalid(index, InvalidEvent::DuplicateIdInBatch(e.event_id)));
         }
     }
@@ -245,4 +257,36 @@ pub fn validate_many(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(n: usize) -> Vec<EventData> {
+        (0..n)
+            .map(|i| EventData::new("Added", format!("{i}").into_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn a_repeated_id_is_found_at_its_index_in_small_and_large_batches() {
+        let stream = StreamName::new("Cart-1").unwrap();
+        for (n, first, again) in [(5, 1, 3), (SCAN_IDS, 0, SCAN_IDS - 1), (5_000, 17, 4_321)] {
+            let mut events = batch(n);
+            assert!(validate_batch(&stream, &events, DEFAULT_MAX_EVENT_BYTES).is_ok());
+            events[again].event_id = events[first].event_id;
+            match validate_batch(&stream, &events, DEFAULT_MAX_EVENT_BYTES) {
+                Err(Error::InvalidEvent {
+                    index,
+                    reason: InvalidEvent::DuplicateIdInBatch(id),
+                    ..
+                }) => {
+                    assert_eq!(index, again, "batch of {n}");
+                    assert_eq!(id, events[first].event_id);
+                }
+                other => panic!("batch of {n}: {other:?}"),
+            }
+        }
+    }
 }

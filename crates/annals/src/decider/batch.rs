@@ -20,10 +20,11 @@ use super::*;
 /// How many queued decisions one batch takes at most.
 pub(super) const BATCH_DECISIONS: usize = 64;
 
-/// A batch stops taking members once it holds this many events (the rest wait for the
-/// next batch), which keeps it within every store's batch limit unless one decision alone
-/// is larger.
+/// A batch stops taking members once it holds this many events, or this many bytes of
+/// event bodies and metadata (the rest wait for the next batch), which keeps it within
+/// every store's batch limits unless one decision alone is larger.
 const BATCH_EVENTS: usize = 500;
+const BATCH_BYTES: usize = 32 << 20;
 
 /// A queued decision's end of the conversation with the coordinator.
 type Member<S> = mpsc::UnboundedSender<ToMember<S>>;
@@ -372,8 +373,9 @@ async fn offer<S: Clone>(
         state: Arc::clone(&loaded.state),
     };
     let mut carried = Vec::new();
+    let mut bytes = 0;
     for member in members {
-        if gathered.events.len() >= BATCH_EVENTS {
+        if gathered.events.len() >= BATCH_EVENTS || bytes >= BATCH_BYTES {
             carried.push(member);
             continue;
         }
@@ -391,6 +393,7 @@ async fn offer<S: Clone>(
         }
         match answered.await {
             Ok(Answer::Write { events, state }) => {
+                bytes += events.iter().map(EventData::size).sum::<usize>();
                 gathered.events.extend(events);
                 gathered.state = Arc::new(state);
                 gathered.members.push(member);

@@ -47,6 +47,8 @@ struct Probe {
     interfere_at: AtomicUsize,
     /// Appends wait while a test holds this for writing.
     gate: tokio::sync::RwLock<()>,
+    /// The most bytes of event bodies and metadata one append carried.
+    largest: AtomicUsize,
 }
 
 #[async_trait]
@@ -64,6 +66,8 @@ impl EventStore for Probe {
         events: Vec<EventData>,
     ) -> annals::Result<AppendResult> {
         let number = self.appends.fetch_add(1, Ordering::SeqCst) + 1;
+        let bytes = events.iter().map(EventData::size).sum();
+        self.largest.fetch_max(bytes, Ordering::SeqCst);
         let _open = self.gate.read().await;
         if self
             .interfere
@@ -415,6 +419,74 @@ async fn decisions_queued_on_a_hot_stream_are_written_in_one_append() {
     let state = decider.query(Clone::clone).await.unwrap();
     assert_eq!(state, (0..32).collect::<Vec<_>>());
     assert_eq!(decider.queued(), 0);
+}
+
+/// A domain of large events, for the batches' bytes bound.
+struct Blobs;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Blob {
+    Written(String),
+}
+
+impl Domain for Blobs {
+    type Event = Blob;
+    type State = usize;
+
+    fn initial() -> usize {
+        0
+    }
+
+    fn evolve(count: usize, _: &Blob) -> usize {
+        count + 1
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_stream_batch_stops_taking_decisions_at_its_bytes_bound() {
+    let probe = Arc::new(Probe::default());
+    let cat = Category::<Blobs>::new("Blobs", probe.clone(), JsonCodec::new())
+        .unwrap()
+        .with_cache(Arc::new(Cache::new(10)));
+    let decider = Arc::new(cat.decider("big").unwrap());
+    // Each decision writes one event of 900 KiB (the store takes up to 1 MiB each); 40 of
+    // them, 35 MiB in all, are more than one batch may carry.
+    let blob = || vec![Blob::Written("x".repeat(900 << 10))];
+    let held = probe.gate.write().await;
+    let d = decider.clone();
+    let mut tasks = vec![tokio::spawn(async move { d.transact(|_| blob()).await })];
+    until("the first decision appends", || {
+        probe.appends.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    for k in 1..=40 {
+        let d = decider.clone();
+        tasks.push(tokio::spawn(async move { d.transact(|_| blob()).await }));
+        until("it is queued", || decider.queued() == k).await;
+    }
+    drop(held);
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let events: Vec<RecordedEvent> = probe
+        .inner
+        .read_stream(&"Blobs-big".parse().unwrap(), ReadStream::default())
+        .map(|e| e.unwrap())
+        .collect()
+        .await;
+    assert_eq!(events.len(), 41, "every decision written once");
+    // 37 decisions reach 32 MiB: the first batch stops there, the last 3 make a second.
+    assert_eq!(
+        probe.appends.load(Ordering::SeqCst),
+        3,
+        "the first decision, then the 40 queued ones in two batches"
+    );
+    let largest = probe.largest.load(Ordering::SeqCst);
+    assert!(
+        largest <= (32 << 20) + (1 << 20),
+        "an append carried {largest} bytes"
+    );
+    assert_eq!(decider.query(|n| *n).await.unwrap(), 41);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
