@@ -16,6 +16,8 @@ impl PgStore {
         events: Vec<EventData>,
     ) -> Result<AppendAt> {
         annals::backend::validate_batch(stream, &events, self.inner.config.max_event_bytes)?;
+        // Shared with each group it joins, not copied.
+        let events: Arc<[EventData]> = events.into();
         let expected = ExpectedVersion::Exact(version);
         // Another pass when the append lost the transaction-id race on the stream row, or
         // met ids of an append that then rolled back.

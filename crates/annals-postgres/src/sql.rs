@@ -23,9 +23,10 @@ pub(crate) struct Sql {
     pub(crate) leases_members: String,
     pub(crate) append_with_snapshot: String,
     pub(crate) append_group: String,
-    pub(crate) append_set: String,
-    /// `append_set` for groups where no append may create its stream.
-    pub(crate) append_set_existing: String,
+    /// The group statement, by whether an append may create its stream (`[1]`: the
+    /// statement that creates streams) and by how the events are read from their arrays
+    /// (`[_][1]`: one `unnest`, for groups with many events; see [`append_set`]).
+    pub(crate) append_set: [[String; 2]; 2],
     pub(crate) read_head: String,
     pub(crate) progress_rebuilt: String,
     pub(crate) progress_get: String,
@@ -102,8 +103,8 @@ impl Sql {
             append: format!("SELECT status, version, first_position, last_position, tx FROM {schema}.append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
             append_with_snapshot: format!("SELECT status, version, first_position, last_position, tx FROM {schema}.append_with_snapshot($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"),
             append_group: format!("SELECT * FROM {schema}.append_group($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"),
-            append_set: append_set(schema, true),
-            append_set_existing: append_set(schema, false),
+            append_set: [false, true]
+                .map(|create| [false, true].map(|unnested| append_set(schema, create, unnested))),
             // One statement: the head row, then the events from the snapshot on (the
             // snapshot itself only on the first row).
             // A snapshot holds the state of every event before it, so none is used for a
@@ -310,14 +311,31 @@ pub(crate) const GROUP_OPTIONS: &str = "-c enable_hashjoin=off -c enable_mergejo
 /// only nested loops and index scans, so the rows are locked in that order and groups never
 /// wait in a cycle; a deadlock PostgreSQL breaks would be answered as a retry). Admitted
 /// appends move their streams on, new streams are created, and all the events are inserted
-/// in the group's order. Rows: status 7 per written append (its version, its stream's id,
-/// the transaction), status 6 per event written (its stream's id and position); an append
-/// not written is answered from the statement's snapshot: refused with the version and (when
+/// in the group's order. With `unnested`, the events are read from their arrays by one
+/// `unnest`, joined to their appends (a nested loop: events times appends); without, each
+/// append takes its events by index (an element of an array of texts or byteas is found by
+/// walking from the array's start: quadratic in the group's events, but cheaper for groups
+/// of a few events each). Rows:
+/// status 7 per written append (its version, its stream's id, the transaction), status 6 per
+/// written append's events (its stream's id, their lowest and highest positions: one row,
+/// however many events); an append not written is answered from the statement's snapshot: refused with the version and (when
 /// asked) the events after the expected one that snapshot holds (the two always agree),
 /// deleted, or to be tried again (it lost a race the snapshot does not show). An event id
 /// already recorded fails the whole statement (unique violation): the caller then runs
 /// `append_group`, which classifies each append on its own.
-fn append_set(schema: &str, create: bool) -> String {
+fn append_set(schema: &str, create: bool, unnested: bool) -> String {
+    let events = match unnested {
+        true => "SELECT w.stream_id, w.start + (ev.j - w.lo), w.start, ev.id, ev.type, ev.data, \
+                   ev.meta, ev.corr, ev.caus \
+           FROM w JOIN unnest($8::uuid[], $9::text[], $10::bytea[], $11::bytea[], $12::uuid[], \
+                              $13::uuid[]) WITH ORDINALITY AS ev (id, type, data, meta, corr, caus, j) \
+             ON ev.j >= w.lo AND ev.j < w.lo + w.n \
+           ORDER BY w.i, ev.j",
+        false => "SELECT w.stream_id, w.start + (j - w.lo), w.start, ($8::uuid[])[j], ($9::text[])[j], \
+                  ($10::bytea[])[j], ($11::bytea[])[j], ($12::uuid[])[j], ($13::uuid[])[j] \
+           FROM w, generate_series(w.lo, w.lo + w.n - 1) j \
+           ORDER BY w.i, j",
+    };
     // New streams are created only in groups with an append that may create its stream (the
     // statement without them does less at every execution).
     let creates = if create {
@@ -351,10 +369,7 @@ fn append_set(schema: &str, create: bool) -> String {
          {creates}ins AS (\
            INSERT INTO {schema}.events (stream_id, stream_version, batch_start, event_id, \
                                         event_type, data, metadata, correlation_id, causation_id) \
-           SELECT w.stream_id, w.start + (j - w.lo), w.start, ($8::uuid[])[j], ($9::text[])[j], \
-                  ($10::bytea[])[j], ($11::bytea[])[j], ($12::uuid[])[j], ($13::uuid[])[j] \
-           FROM w, generate_series(w.lo, w.lo + w.n - 1) j \
-           ORDER BY w.i, j \
+           {events} \
            RETURNING stream_id, position), \
          r AS (\
            SELECT a.i, a.expected, a.tail, s.stream_id, s.name, s.start, s.max_count, s.max_age, \
@@ -372,9 +387,9 @@ fn append_set(schema: &str, create: bool) -> String {
                 NULL::bytea, NULL::bytea, NULL::uuid, NULL::uuid, NULL::uuid, NULL::bigint \
          FROM w \
          UNION ALL \
-         SELECT NULL, 6::smallint, NULL, ins.stream_id, ins.position, NULL, \
-                NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL \
-         FROM ins \
+         SELECT NULL, 6::smallint, NULL, ins.stream_id, min(ins.position), NULL, \
+                NULL, max(ins.position), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL \
+         FROM ins GROUP BY ins.stream_id \
          UNION ALL \
          SELECT r.i, r.status, r.version, NULL, NULL, NULL, \
                 NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL \

@@ -357,3 +357,65 @@ async fn a_reserved_word_is_a_schema_like_any_other() {
     assert_eq!(first.stream, stream);
     assert_eq!(store.migrate().await.unwrap(), Vec::<i32>::new());
 }
+
+#[tokio::test]
+async fn a_large_batch_is_written_in_order_and_its_exact_retry_is_recognised() {
+    let store = crate::fresh().await;
+    let stream = StreamName::new("Bulk-1").unwrap();
+    let events: Vec<EventData> = (0..20_000)
+        .map(|i| EventData::new(format!("T{}", i % 7), format!("{{\"i\":{i}}}").into_bytes()))
+        .collect();
+    let written = store
+        .append(&stream, ExpectedVersion::NoStream, events.clone())
+        .await
+        .unwrap();
+    assert_eq!(written.version, Version(20_000));
+    let got = store
+        .read_stream_vec(&stream, ReadStream::forward())
+        .await
+        .unwrap();
+    assert_eq!(got.len(), events.len());
+    for (i, (g, e)) in got.iter().zip(&events).enumerate() {
+        assert_eq!(
+            (g.stream_version, g.event_id, &g.event_type, &g.data),
+            (i as u64, e.event_id, &e.event_type, &e.data),
+            "event {i}"
+        );
+    }
+    assert!(got.windows(2).all(|w| w[0].position < w[1].position));
+    assert_eq!(
+        (got[0].position, got[19_999].position),
+        (written.first_position, written.last_position)
+    );
+    let again = store
+        .append(&stream, ExpectedVersion::NoStream, events)
+        .await
+        .unwrap();
+    assert_eq!(
+        again, written,
+        "an exact retry answers the first write's result"
+    );
+    // A second large batch, onto the stream now there.
+    let more: Vec<EventData> = (0..500)
+        .map(|i| EventData::new("More", format!("{{\"m\":{i}}}").into_bytes()))
+        .collect();
+    let next = store
+        .append(
+            &stream,
+            ExpectedVersion::Exact(Version(20_000)),
+            more.clone(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(next.version, Version(20_500));
+    let tail = store
+        .read_stream_vec(&stream, ReadStream::forward_from(Version(20_000)))
+        .await
+        .unwrap();
+    let got: Vec<_> = tail
+        .iter()
+        .map(|e| (e.stream_version, e.event_id))
+        .collect();
+    let want: Vec<_> = (20_000..).zip(more.iter().map(|e| e.event_id)).collect();
+    assert_eq!(got, want);
+}

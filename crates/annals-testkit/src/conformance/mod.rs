@@ -432,7 +432,11 @@ pub async fn recorded_events_keep_what_was_appended(store: Arc<dyn EventStore>) 
         micros(e.recorded_at) >= micros(before) - 1_000_000,
         "recorded_at is not in the past"
     );
-    assert_eq!(got[2].position, r2.last_position);
+    assert_eq!(
+        (got[1].position, got[2].position),
+        (r2.first_position, r2.last_position),
+        "a batch's result spans its events' positions"
+    );
 }
 
 /// Reading one stream forward and backward, from the middle, with limits.
