@@ -31,8 +31,8 @@ pub(crate) const RACES: u32 = 100;
 /// `batch_start`.
 const EVENT_AT: usize = 6;
 const BATCH_START_AT: usize = 17;
-/// The column of `append_set`'s status-6 rows with the highest position of an append's
-/// events (the lowest is in column 4).
+/// The column of `append_set`'s status-6 rows with the highest of the positions they give
+/// (the lowest is in column 4).
 const LAST_POSITION_AT: usize = 7;
 
 /// What the group said about one append.
@@ -249,8 +249,8 @@ struct Written {
 }
 
 /// Each append's answer from the group's rows, in whatever order they came: `append_set`'s
-/// (status 7 with a status 6 for its events) or `append_group`'s (status 0 with the
-/// positions).
+/// (status 7, with status 6 rows giving its events' positions) or `append_group`'s (status 0
+/// with the positions).
 fn answers_of(size: usize, rows: &[tokio_postgres::Row]) -> Result<Vec<Answer>> {
     let mut answers: Vec<Option<Answer>> = (0..size).map(|_| None).collect();
     // Written appends of `append_set`, by their stream's id.

@@ -311,19 +311,32 @@ pub(crate) const GROUP_OPTIONS: &str = "-c enable_hashjoin=off -c enable_mergejo
 /// only nested loops and index scans, so the rows are locked in that order and groups never
 /// wait in a cycle; a deadlock PostgreSQL breaks would be answered as a retry). Admitted
 /// appends move their streams on, new streams are created, and all the events are inserted
-/// in the group's order. With `unnested`, the events are read from their arrays by one
-/// `unnest`, joined to their appends (a nested loop: events times appends); without, each
-/// append takes its events by index (an element of an array of texts or byteas is found by
-/// walking from the array's start: quadratic in the group's events, but cheaper for groups
-/// of a few events each). Rows:
-/// status 7 per written append (its version, its stream's id, the transaction), status 6 per
-/// written append's events (its stream's id, their lowest and highest positions: one row,
-/// however many events); an append not written is answered from the statement's snapshot: refused with the version and (when
-/// asked) the events after the expected one that snapshot holds (the two always agree),
-/// deleted, or to be tried again (it lost a race the snapshot does not show). An event id
-/// already recorded fails the whole statement (unique violation): the caller then runs
-/// `append_group`, which classifies each append on its own.
+/// in the group's order.
+///
+/// With `unnested`, the events are read from their arrays by one `unnest`, joined to their
+/// appends (a nested loop: events times appends); without, each append takes its events by
+/// index (an element of an array of texts or byteas is found by walking the array from its
+/// start: quadratic in the group's events, but cheaper for groups of a few events each).
+///
+/// Rows: status 7 per written append (its version, its stream's id, the transaction), status
+/// 6 with the positions of its events (its stream's id, the lowest and the highest: one row
+/// per append when `unnested`, else one per event); an append not written is answered from
+/// the statement's snapshot: refused with the version and (when asked) the events after the
+/// expected one that snapshot holds (the two always agree), deleted, or to be tried again (it
+/// lost a race the snapshot does not show). An event id already recorded fails the whole
+/// statement (unique violation): the caller then runs `append_group`, which classifies each
+/// append on its own.
 fn append_set(schema: &str, create: bool, unnested: bool) -> String {
+    // The positions of each append's events: per append when they are many, else per event
+    // (no aggregation for a group of single events).
+    let (lowest, highest, by_stream) = match unnested {
+        true => (
+            "min(ins.position)",
+            "max(ins.position)",
+            "GROUP BY ins.stream_id ",
+        ),
+        false => ("ins.position", "ins.position", ""),
+    };
     let events = match unnested {
         true => "SELECT w.stream_id, w.start + (ev.j - w.lo), w.start, ev.id, ev.type, ev.data, \
                    ev.meta, ev.corr, ev.caus \
@@ -387,9 +400,9 @@ fn append_set(schema: &str, create: bool, unnested: bool) -> String {
                 NULL::bytea, NULL::bytea, NULL::uuid, NULL::uuid, NULL::uuid, NULL::bigint \
          FROM w \
          UNION ALL \
-         SELECT NULL, 6::smallint, NULL, ins.stream_id, min(ins.position), NULL, \
-                NULL, max(ins.position), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL \
-         FROM ins GROUP BY ins.stream_id \
+         SELECT NULL, 6::smallint, NULL, ins.stream_id, {lowest}, NULL, \
+                NULL, {highest}, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL \
+         FROM ins {by_stream}\
          UNION ALL \
          SELECT r.i, r.status, r.version, NULL, NULL, NULL, \
                 NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL \
