@@ -2,22 +2,20 @@
 //! takes `X-Client-Id`): as Equinox's `eqx run ... web`. Each test is the same as in process
 //! (every 20th clears the list, then add a todo and read the list back), one request each.
 //!
-//! The load generator shares the machine with the server it measures, so it is kept lean:
-//! keep-alive HTTP/1 connections of its own (one per test in flight, reused), requests
-//! built from parts made once, and answers read for the ids the test checks only.
+//! The load generator shares the machine with the server it measures, so it is kept lean,
+//! as wrk is: keep-alive HTTP/1.1 connections of its own (one per test in flight, reused),
+//! each driven by the test using it (a request is one write; an answer's head is parsed in
+//! place by `httparse`, with no header map and no connection task), and answers read for the
+//! ids the test checks only.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::client::conn::http1::SendRequest;
-use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
-use hyper::{Method, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// The list kept changing under a request (`409`): contention, not a fault.
 #[derive(Debug, thiserror::Error)]
@@ -27,10 +25,252 @@ pub(super) struct Conflict(String);
 /// How long a test may take before it counts as failed.
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The longest answer head read (status line and headers).
+const MAX_HEAD: usize = 64 * 1024;
+
+/// The most headers an answer may have.
+const MAX_HEADERS: usize = 64;
+
+/// The largest answer body read.
+const MAX_BODY: usize = 64 * 1024 * 1024;
+
 /// A todo as the test reads it: its id (other fields are skipped).
 #[derive(Deserialize)]
 struct Id {
     id: u64,
+}
+
+/// A request's method.
+#[derive(Debug, Clone, Copy)]
+enum Method {
+    Get,
+    Post,
+    Delete,
+}
+
+impl Method {
+    fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Delete => "DELETE",
+        }
+    }
+}
+
+/// An answer: its status and body.
+struct Answer {
+    status: u16,
+    body: Vec<u8>,
+}
+
+/// One keep-alive HTTP/1.1 connection and what it has read past the last answer.
+struct Connection {
+    stream: TcpStream,
+    /// Bytes read and not yet consumed.
+    buf: Vec<u8>,
+    /// The request being written.
+    out: Vec<u8>,
+    /// Whether the server said it closes the connection after its answer.
+    closing: bool,
+}
+
+/// Why an exchange failed: `Unanswered` when the connection closed before any byte of the
+/// answer (a kept connection the server closed meanwhile: the request may be sent again on
+/// a new one, as browsers do).
+enum Failure {
+    Unanswered(anyhow::Error),
+    Other(anyhow::Error),
+}
+
+impl Connection {
+    async fn open(authority: &str, base: &str) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect(authority)
+            .await
+            .with_context(|| format!("connect to {base}"))?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            buf: Vec::with_capacity(8 * 1024),
+            out: Vec::with_capacity(512),
+            closing: false,
+        })
+    }
+
+    /// Whether the server has closed the connection (or sent something unasked) while it
+    /// was idle: then it is not reused.
+    fn stale(&self) -> bool {
+        let mut probe = [0u8; 1];
+        !self.buf.is_empty()
+            || !matches!(self.stream.try_read(&mut probe), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// Sends one request and reads its answer.
+    async fn exchange(
+        &mut self,
+        host: &str,
+        method: Method,
+        client: &str,
+        body: Option<&[u8]>,
+    ) -> Result<Answer, Failure> {
+        self.out.clear();
+        self.out.extend_from_slice(method.as_str().as_bytes());
+        self.out.extend_from_slice(b" /todos HTTP/1.1\r\nHost: ");
+        self.out.extend_from_slice(host.as_bytes());
+        self.out.extend_from_slice(b"\r\nX-Client-Id: ");
+        self.out.extend_from_slice(client.as_bytes());
+        if let Some(body) = body {
+            self.out
+                .extend_from_slice(b"\r\nContent-Type: application/json\r\nContent-Length: ");
+            self.out
+                .extend_from_slice(body.len().to_string().as_bytes());
+            self.out.extend_from_slice(b"\r\n\r\n");
+            self.out.extend_from_slice(body);
+        } else {
+            self.out.extend_from_slice(b"\r\n\r\n");
+        }
+        if let Err(e) = self.stream.write_all(&self.out).await {
+            return Err(Failure::Unanswered(e.into()));
+        }
+        let (status, head, length, chunked) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut response = httparse::Response::new(&mut headers);
+            match response.parse(&self.buf) {
+                Ok(httparse::Status::Complete(head)) => {
+                    let status = response.code.unwrap_or(0);
+                    let mut length = None;
+                    let mut chunked = false;
+                    self.closing = response.version == Some(0);
+                    for h in response.headers.iter() {
+                        if h.name.eq_ignore_ascii_case("content-length") {
+                            let n = std::str::from_utf8(h.value)
+                                .ok()
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .ok_or_else(|| {
+                                    Failure::Other(anyhow::anyhow!("a bad Content-Length"))
+                                })?;
+                            length = Some(n);
+                        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                            chunked = h.value.eq_ignore_ascii_case(b"chunked");
+                        } else if h.name.eq_ignore_ascii_case("connection") {
+                            self.closing = h.value.eq_ignore_ascii_case(b"close");
+                        }
+                    }
+                    if (100..200).contains(&status) {
+                        // An interim answer: the final one follows.
+                        self.buf.drain(..head);
+                        continue;
+                    }
+                    break (status, head, length, chunked);
+                }
+                Ok(httparse::Status::Partial) if self.buf.len() < MAX_HEAD => {
+                    let empty = self.buf.is_empty();
+                    match self.fill().await {
+                        Ok(true) => {}
+                        Ok(false) if empty => {
+                            return Err(Failure::Unanswered(anyhow::anyhow!(
+                                "the connection closed before an answer"
+                            )))
+                        }
+                        Ok(false) => {
+                            return Err(Failure::Other(anyhow::anyhow!(
+                                "the connection closed in an answer's head"
+                            )))
+                        }
+                        Err(e) if empty => return Err(Failure::Unanswered(e)),
+                        Err(e) => return Err(Failure::Other(e)),
+                    }
+                }
+                Ok(httparse::Status::Partial) => {
+                    return Err(Failure::Other(anyhow::anyhow!(
+                        "an answer's head over {MAX_HEAD} bytes"
+                    )))
+                }
+                Err(e) => return Err(Failure::Other(anyhow::anyhow!("a malformed answer: {e}"))),
+            }
+        };
+        self.buf.drain(..head);
+        let no_body = status == 204 || status == 304;
+        let body = match (no_body, chunked, length) {
+            (true, _, _) => Vec::new(),
+            (false, true, _) => self.chunked().await.map_err(Failure::Other)?,
+            (false, false, Some(n)) => self.exactly(n).await.map_err(Failure::Other)?,
+            (false, false, None) => {
+                // Delimited by the connection's end.
+                self.closing = true;
+                while self.fill().await.map_err(Failure::Other)? {
+                    if self.buf.len() > MAX_BODY {
+                        return Err(Failure::Other(anyhow::anyhow!(
+                            "an answer over {MAX_BODY} bytes"
+                        )));
+                    }
+                }
+                std::mem::take(&mut self.buf)
+            }
+        };
+        Ok(Answer { status, body })
+    }
+
+    /// Reads more; `false` at the connection's end.
+    async fn fill(&mut self) -> anyhow::Result<bool> {
+        self.buf.reserve(8 * 1024);
+        Ok(self.stream.read_buf(&mut self.buf).await? > 0)
+    }
+
+    /// The next `n` bytes.
+    async fn exactly(&mut self, n: usize) -> anyhow::Result<Vec<u8>> {
+        ensure!(n <= MAX_BODY, "an answer of {n} bytes, over {MAX_BODY}");
+        while self.buf.len() < n {
+            ensure!(
+                self.fill().await?,
+                "the connection closed in an answer's body"
+            );
+        }
+        let rest = self.buf.split_off(n);
+        Ok(std::mem::replace(&mut self.buf, rest))
+    }
+
+    /// A chunked body, decoded.
+    async fn chunked(&mut self) -> anyhow::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        loop {
+            let line = self.line().await?;
+            let size = std::str::from_utf8(&line)
+                .ok()
+                .and_then(|l| usize::from_str_radix(l.split(';').next()?.trim(), 16).ok())
+                .context("a bad chunk size")?;
+            if size == 0 {
+                // Trailers, up to an empty line.
+                while !self.line().await?.is_empty() {}
+                return Ok(body);
+            }
+            ensure!(
+                body.len() + size <= MAX_BODY,
+                "an answer over {MAX_BODY} bytes"
+            );
+            body.extend_from_slice(&self.exactly(size).await?);
+            ensure!(self.line().await?.is_empty(), "a chunk not ended by CRLF");
+        }
+    }
+
+    /// The next line, without its CRLF.
+    async fn line(&mut self) -> anyhow::Result<Vec<u8>> {
+        loop {
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = self.buf[..end].to_vec();
+                self.buf.drain(..end + 2);
+                return Ok(line);
+            }
+            ensure!(
+                self.buf.len() < MAX_HEAD,
+                "a chunk line over {MAX_HEAD} bytes"
+            );
+            ensure!(
+                self.fill().await?,
+                "the connection closed in a chunked body"
+            );
+        }
+    }
 }
 
 /// A TodoBackend over HTTP.
@@ -39,9 +279,8 @@ pub(super) struct WebTodos {
     base: String,
     /// `HOST:PORT`: where to connect, and the `Host` header.
     authority: String,
-    host: HeaderValue,
     /// Open connections no test is using.
-    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    idle: Mutex<Vec<Connection>>,
     /// Requests sent.
     pub requests: AtomicU64,
 }
@@ -61,7 +300,6 @@ impl WebTodos {
         };
         Ok(Self {
             base: url.origin().ascii_serialization(),
-            host: HeaderValue::from_str(&authority).context("the URL's host")?,
             authority,
             idle: Mutex::new(Vec::new()),
             requests: AtomicU64::new(0),
@@ -72,7 +310,7 @@ impl WebTodos {
     pub(super) async fn probe(&self) -> anyhow::Result<()> {
         let probe = async {
             let mut connection = self.connection().await?;
-            self.call::<Vec<Id>>(&mut connection, Method::GET, "probe", None)
+            self.call::<Vec<Id>>(&mut connection, Method::Get, "probe", None)
                 .await?;
             self.put_back(connection);
             Ok::<_, anyhow::Error>(())
@@ -83,41 +321,21 @@ impl WebTodos {
             .with_context(|| format!("{}/todos does not answer as a TodoBackend", self.base))
     }
 
-    /// An idle connection, or a new one.
-    async fn connection(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+    /// An idle connection still open, or a new one.
+    async fn connection(&self) -> anyhow::Result<Connection> {
         loop {
             let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             match idle {
-                // Closed meanwhile (the server's idle timeout): take another.
-                Some(mut c) => {
-                    if c.ready().await.is_ok() {
-                        return Ok(c);
-                    }
-                }
-                None => break,
+                Some(c) if !c.stale() => return Ok(c),
+                Some(_) => {}
+                None => return Connection::open(&self.authority, &self.base).await,
             }
         }
-        self.open().await
     }
 
-    /// A new connection.
-    async fn open(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
-        let stream = tokio::net::TcpStream::connect(&self.authority)
-            .await
-            .with_context(|| format!("connect to {}", self.base))?;
-        stream.set_nodelay(true)?;
-        let (send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .with_context(|| format!("HTTP handshake with {}", self.base))?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(send)
-    }
-
-    /// Keeps `connection` for the next test when it is still open.
-    fn put_back(&self, connection: SendRequest<Full<Bytes>>) {
-        if !connection.is_closed() {
+    /// Keeps `connection` for the next test unless the server closes it.
+    fn put_back(&self, connection: Connection) {
+        if !connection.closing {
             self.idle
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -128,53 +346,43 @@ impl WebTodos {
     /// One request to `/todos` on `connection`; the answer's JSON as `T` (`None` when empty).
     async fn call<T: serde::de::DeserializeOwned>(
         &self,
-        connection: &mut SendRequest<Full<Bytes>>,
+        connection: &mut Connection,
         method: Method,
         client: &str,
-        body: Option<Bytes>,
+        body: Option<&[u8]>,
     ) -> anyhow::Result<Option<T>> {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let mut request = hyper::Request::builder()
-            .method(method.clone())
-            .uri("/todos")
-            .header(HOST, self.host.clone())
-            .header("x-client-id", client);
-        if body.is_some() {
-            request = request.header(CONTENT_TYPE, "application/json");
-        }
-        let mut request = request.body(Full::new(body.unwrap_or_default()))?;
         let mut reopened = false;
-        let response = loop {
-            if connection.ready().await.is_err() {
-                *connection = self.open().await?;
+        let answer = loop {
+            if connection.closing {
+                *connection = Connection::open(&self.authority, &self.base).await?;
                 reopened = true;
             }
-            match connection.try_send_request(request).await {
-                Ok(response) => break response,
-                Err(mut e) => match e.take_message() {
-                    // Not sent: the connection closed first (the server's idle timeout
-                    // raced the request); once more on a new connection.
-                    Some(unsent) if !reopened => {
-                        request = unsent;
-                        *connection = self.open().await?;
-                        reopened = true;
-                    }
-                    _ => return Err(e.into_error().into()),
-                },
+            match connection
+                .exchange(&self.authority, method, client, body)
+                .await
+            {
+                Ok(answer) => break answer,
+                // The kept connection was closed by the server (its idle timeout raced
+                // the request): once more on a new connection.
+                Err(Failure::Unanswered(_)) if !reopened => {
+                    connection.closing = true;
+                }
+                Err(Failure::Unanswered(e) | Failure::Other(e)) => {
+                    connection.closing = true;
+                    return Err(e.context(format!("{} /todos", method.as_str())));
+                }
             }
         };
-        let status = response.status();
-        let bytes = response.into_body().collect().await?.to_bytes();
+        let bytes = answer.body;
         let text = || String::from_utf8_lossy(&bytes).into_owned();
-        match status {
-            s if s.is_success() && bytes.is_empty() => Ok(None),
-            s if s.is_success() => {
-                Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
-                    format!("{method} /todos: unexpected JSON: {}", text())
-                })?))
-            }
-            StatusCode::CONFLICT => Err(Conflict(text()).into()),
-            s => bail!("{method} /todos: {s}: {}", text()),
+        match answer.status {
+            200..=299 if bytes.is_empty() => Ok(None),
+            200..=299 => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+                format!("{} /todos: unexpected JSON: {}", method.as_str(), text())
+            })?)),
+            409 => Err(Conflict(text()).into()),
+            s => bail!("{} /todos: {s}: {}", method.as_str(), text()),
         }
     }
 
@@ -199,22 +407,22 @@ impl WebTodos {
 
     async fn exchange(
         &self,
-        connection: &mut SendRequest<Full<Bytes>>,
+        connection: &mut Connection,
         client: &str,
         item: String,
         n: u64,
     ) -> anyhow::Result<()> {
         if n % 20 == 19 {
-            self.call::<serde::de::IgnoredAny>(connection, Method::DELETE, client, None)
+            self.call::<serde::de::IgnoredAny>(connection, Method::Delete, client, None)
                 .await?;
         }
         let body = serde_json::to_vec(&serde_json::json!({ "title": item }))?;
         let todo: Id = self
-            .call(connection, Method::POST, client, Some(body.into()))
+            .call(connection, Method::Post, client, Some(&body))
             .await?
             .context("the added todo is missing")?;
         let list: Vec<Id> = self
-            .call(connection, Method::GET, client, None)
+            .call(connection, Method::Get, client, None)
             .await?
             .context("the list is missing")?;
         let id = todo.id;
