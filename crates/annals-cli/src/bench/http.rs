@@ -35,7 +35,7 @@ const MAX_HEADERS: usize = 64;
 const MAX_BODY: usize = 64 * 1024 * 1024;
 
 /// A todo as the test reads it: its id (other fields are skipped).
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 struct Id {
     id: u64,
 }
@@ -432,5 +432,136 @@ impl WebTodos {
             "todo {id} of {client} not read back"
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::de::IgnoredAny;
+    use tokio::net::TcpListener;
+
+    /// A server answering each request read on each connection with the next of `answers`
+    /// (raw bytes), in order; the requests' heads are returned when it is dropped.
+    async fn server(answers: Vec<&'static [u8]>) -> (String, tokio::task::JoinHandle<Vec<String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let task = tokio::spawn(async move {
+            let mut heads = Vec::new();
+            let mut answers = answers.into_iter().peekable();
+            'connections: while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = Vec::new();
+                loop {
+                    // One request: its head, then its body by Content-Length.
+                    let head = loop {
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break end + 4;
+                        }
+                        let mut chunk = [0u8; 1024];
+                        match stream.read(&mut chunk).await.unwrap() {
+                            0 => continue 'connections,
+                            n => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let text = String::from_utf8(buf[..head].to_vec()).unwrap();
+                    let length = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .map_or(0, |n| n.parse::<usize>().unwrap());
+                    while buf.len() < head + length {
+                        let mut chunk = [0u8; 1024];
+                        let n = stream.read(&mut chunk).await.unwrap();
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    heads.push(text);
+                    buf.drain(..head + length);
+                    let Some(answer) = answers.next() else {
+                        return heads;
+                    };
+                    stream.write_all(answer).await.unwrap();
+                    if answers.peek().is_none() {
+                        return heads;
+                    }
+                    if answer.windows(17).any(|w| w == b"Connection: close") {
+                        continue 'connections;
+                    }
+                }
+            }
+            heads
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn answers_are_read_whole_in_each_framing_and_connections_are_kept_or_replaced() {
+        let (addr, server) = server(vec![
+            // Chunked, a chunk extension and a trailer.
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4;x=y\r\n[{\"i\r\n7\r\nd\":7}]\n\r\n0\r\nTrailer: t\r\n\r\n",
+            // An interim answer before the final one, with a length.
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 9\r\n\r\n{\"id\":8}\n",
+            // A conflict, read whole, the connection kept.
+            b"HTTP/1.1 409 Conflict\r\nContent-Length: 4\r\n\r\nbusy",
+            // No body, then the server closes.
+            b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n",
+            // On a new connection.
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]",
+        ])
+        .await;
+        let web = WebTodos::new(&format!("http://{addr}").parse().unwrap()).unwrap();
+        let mut c = web.connection().await.unwrap();
+        let list: Vec<Id> = web
+            .call(&mut c, Method::Get, "a", None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(list.iter().map(|t| t.id).collect::<Vec<_>>(), [7]);
+        let added: Id = web
+            .call(&mut c, Method::Post, "a", Some(b"{\"title\":\"t\"}"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(added.id, 8);
+        let conflict = web.call::<Id>(&mut c, Method::Post, "a", Some(b"{}")).await;
+        assert!(conflict.unwrap_err().is::<Conflict>());
+        assert!(!c.closing);
+        let none = web
+            .call::<IgnoredAny>(&mut c, Method::Delete, "a", None)
+            .await;
+        assert!(none.unwrap().is_none());
+        assert!(c.closing, "the server said it closes");
+        let list: Vec<Id> = web
+            .call(&mut c, Method::Get, "b", None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(list.is_empty());
+        drop(c);
+        let heads = server.await.unwrap();
+        assert_eq!(heads.len(), 5);
+        assert!(heads[0].starts_with("GET /todos HTTP/1.1\r\nHost: 127.0.0.1:"));
+        assert!(heads[0].contains("\r\nX-Client-Id: a\r\n"));
+        assert!(heads[1].contains("\r\nContent-Type: application/json\r\nContent-Length: 13\r\n"));
+        assert!(heads[4].contains("\r\nX-Client-Id: b\r\n"));
+    }
+
+    #[tokio::test]
+    async fn a_malformed_or_truncated_answer_is_an_error_and_the_connection_is_dropped() {
+        let (addr, server) = server(vec![
+            b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n[]",
+            b"NOT HTTP\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\n[]",
+        ])
+        .await;
+        let web = WebTodos::new(&format!("http://{addr}").parse().unwrap()).unwrap();
+        for expected in ["Content-Length", "malformed", "closed in an answer's body"] {
+            let mut c = web.connection().await.unwrap();
+            let e = web
+                .call::<Vec<Id>>(&mut c, Method::Get, "a", None)
+                .await
+                .unwrap_err();
+            assert!(format!("{e:#}").contains(expected), "{e:#}");
+            assert!(c.closing, "a connection in an unknown state is not reused");
+        }
+        server.abort();
     }
 }
