@@ -171,6 +171,7 @@ macro_rules! conformance_suite {
             append_at_answers_a_conflict_with_the_events_after,
             partial_overlap_retry_is_refused,
             event_id_recorded_in_another_stream_is_refused,
+            concurrent_appends_sharing_an_event_id_write_it_once,
             invalid_input_is_refused_and_nothing_written,
             recorded_events_keep_what_was_appended,
             read_stream_forward_backward_with_limits,

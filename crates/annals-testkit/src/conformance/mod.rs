@@ -332,6 +332,89 @@ pub async fn event_id_recorded_in_another_stream_is_refused(store: Arc<dyn Event
     assert_eq!(read_everything(&store).await.len(), 1);
 }
 
+/// Appends racing to different streams with one event id in common (a client sending one
+/// event twice): exactly one is written; each other one is refused with
+/// [`Error::DuplicateEventId`] naming the winner's stream, and none of its events is written;
+/// appends made at the same moment without the shared id all land.
+pub async fn concurrent_appends_sharing_an_event_id_write_it_once(store: Arc<dyn EventStore>) {
+    let shared = ev("Shared", 0);
+    let racing: Vec<_> = (0..8u64)
+        .map(|i| {
+            let (store, shared) = (Arc::clone(&store), shared.clone());
+            tokio::spawn(async move {
+                let stream = name(&format!("DupRace-{i}"));
+                let r = store
+                    .append(&stream, ExpectedVersion::Any, vec![ev("Own", i), shared])
+                    .await;
+                (stream, r)
+            })
+        })
+        .collect();
+    let bystanders: Vec<_> = (0..8u64)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let stream = name(&format!("DupBystander-{i}"));
+                store
+                    .append(&stream, ExpectedVersion::Any, vec![ev("Own", 100 + i)])
+                    .await
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for t in racing {
+        outcomes.push(t.await.expect("task"));
+    }
+    for t in bystanders {
+        assert!(
+            t.await.expect("task").is_ok(),
+            "an append without the shared id failed"
+        );
+    }
+    let winners: Vec<&StreamName> = outcomes
+        .iter()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "one append writes the shared event: {outcomes:?}"
+    );
+    let winner = winners[0].clone();
+    for (stream, r) in &outcomes {
+        match r {
+            Ok(_) => assert_eq!(s_version(&*store, stream).await, Version(2)),
+            Err(Error::DuplicateEventId {
+                event_id,
+                existing_stream,
+            }) => {
+                assert_eq!(*event_id, shared.event_id);
+                assert_eq!(*existing_stream, winner);
+                assert_eq!(s_version(&*store, stream).await, Version(0));
+            }
+            Err(e) => panic!("{stream}: expected a duplicate event id error, got {e:?}"),
+        }
+    }
+    let all = read_everything(&store).await;
+    assert_eq!(
+        all.len(),
+        2 + 8,
+        "the winner's two events and the bystanders' eight"
+    );
+    assert_eq!(
+        all.iter().filter(|e| e.event_id == shared.event_id).count(),
+        1
+    );
+}
+
+async fn s_version(store: &dyn EventStore, stream: &StreamName) -> Version {
+    store
+        .stream_version(stream)
+        .await
+        .expect("the stream's version")
+}
+
 /// Empty batches, invalid events and invalid names are refused with a typed error, and no
 /// event of the batch is written.
 pub async fn invalid_input_is_refused_and_nothing_written(store: Arc<dyn EventStore>) {
