@@ -563,6 +563,47 @@ async fn a_queued_decision_given_up_by_its_caller_strands_nobody() {
     decider.transact(|_| add(5)).await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_decision_that_panics_fails_its_caller_alone() {
+    let probe = Arc::new(Probe::default());
+    let cat = category(&probe, Some(Arc::new(Cache::new(100))));
+    let decider = Arc::new(cat.decider("panics").unwrap());
+    let held = probe.gate.write().await;
+    let before = probe.appends.load(Ordering::SeqCst);
+    let d = decider.clone();
+    let first = tokio::spawn(async move { d.transact(|_| add(0)).await });
+    until("the first decision appends", || {
+        probe.appends.load(Ordering::SeqCst) > before
+    })
+    .await;
+    let mut queued = Vec::new();
+    for k in 1..=3u32 {
+        let d = decider.clone();
+        queued.push(tokio::spawn(async move {
+            d.transact(move |s| {
+                assert!(
+                    k != 2,
+                    "decision {k} panics (on a state of {} events)",
+                    s.len()
+                );
+                add(k)
+            })
+            .await
+        }));
+        until("it is queued", || decider.queued() == k as usize).await;
+    }
+    drop(held);
+    first.await.unwrap().unwrap();
+    let results: Vec<_> = futures::future::join_all(queued).await;
+    assert!(results[1].as_ref().is_err_and(|e| e.is_panic()));
+    results[0].as_ref().unwrap().as_ref().unwrap();
+    results[2].as_ref().unwrap().as_ref().unwrap();
+    let state = decider.query(Clone::clone).await.unwrap();
+    assert_eq!(state, vec![0, 1, 3], "the others were written, in order");
+    assert_eq!(decider.queued(), 0);
+    decider.transact(|_| add(4)).await.unwrap();
+}
+
 #[tokio::test]
 async fn a_stale_write_never_overwrites_a_newer_cache_entry() {
     let cache = Cache::new(10);
