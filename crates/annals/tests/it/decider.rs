@@ -363,6 +363,28 @@ async fn until(what: &str, mut condition: impl FnMut() -> bool) {
     assert!(waited.is_ok(), "timed out waiting until {what}");
 }
 
+/// Holds the store's appends and starts a decision writing `value` (returning the length it
+/// saw); returns once its append waits on the held store.
+async fn first_append_held<'a>(
+    probe: &'a Arc<Probe>,
+    decider: &Arc<annals::Decider<Tally>>,
+    value: u32,
+) -> (
+    tokio::sync::RwLockWriteGuard<'a, ()>,
+    tokio::task::JoinHandle<annals::Result<usize>>,
+) {
+    let held = probe.gate.write().await;
+    let before = probe.appends.load(Ordering::SeqCst);
+    let d = decider.clone();
+    let first =
+        tokio::spawn(async move { d.transact_result(move |s| (s.len(), add(value))).await });
+    until("the first decision appends", || {
+        probe.appends.load(Ordering::SeqCst) > before
+    })
+    .await;
+    (held, first)
+}
+
 /// Starts one decision and holds its append; queues `n` more behind it (decision `k` adds
 /// `k` and returns the length it saw); returns them once all are queued, appends still held.
 async fn queue_behind_a_held_append<'a>(
@@ -373,17 +395,8 @@ async fn queue_behind_a_held_append<'a>(
     tokio::sync::RwLockWriteGuard<'a, ()>,
     Vec<tokio::task::JoinHandle<annals::Result<usize>>>,
 ) {
-    let held = probe.gate.write().await;
-    let before = probe.appends.load(Ordering::SeqCst);
-    let mut tasks = Vec::new();
-    let d = decider.clone();
-    tasks.push(tokio::spawn(async move {
-        d.transact_result(|s| (s.len(), add(0))).await
-    }));
-    until("the first decision appends", || {
-        probe.appends.load(Ordering::SeqCst) > before
-    })
-    .await;
+    let (held, first) = first_append_held(probe, decider, 0).await;
+    let mut tasks = vec![first];
     for k in 1..=n {
         let d = decider.clone();
         tasks.push(tokio::spawn(async move {
@@ -494,14 +507,8 @@ async fn a_conflicting_batch_decides_again_and_each_member_keeps_its_own_outcome
     let probe = Arc::new(Probe::default());
     let cat = category(&probe, Some(Arc::new(Cache::new(100)))).with_max_attempts(2);
     let decider = Arc::new(cat.decider("mixed").unwrap());
-    let held = probe.gate.write().await;
     let before = probe.appends.load(Ordering::SeqCst);
-    let d = decider.clone();
-    let first = tokio::spawn(async move { d.transact(|_| add(1)).await });
-    until("the first decision appends", || {
-        probe.appends.load(Ordering::SeqCst) > before
-    })
-    .await;
+    let (held, first) = first_append_held(&probe, &decider, 1).await;
     // Queued behind it, in this order: one that refuses once it sees 1000, one that writes
     // nothing, one that writes.
     let d = decider.clone();
@@ -568,14 +575,7 @@ async fn a_queued_decision_that_panics_fails_its_caller_alone() {
     let probe = Arc::new(Probe::default());
     let cat = category(&probe, Some(Arc::new(Cache::new(100))));
     let decider = Arc::new(cat.decider("panics").unwrap());
-    let held = probe.gate.write().await;
-    let before = probe.appends.load(Ordering::SeqCst);
-    let d = decider.clone();
-    let first = tokio::spawn(async move { d.transact(|_| add(0)).await });
-    until("the first decision appends", || {
-        probe.appends.load(Ordering::SeqCst) > before
-    })
-    .await;
+    let (held, first) = first_append_held(&probe, &decider, 0).await;
     let mut queued = Vec::new();
     for k in 1..=3u32 {
         let d = decider.clone();
