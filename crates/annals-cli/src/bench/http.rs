@@ -470,8 +470,10 @@ mod tests {
                         .map_or(0, |n| n.parse::<usize>().unwrap());
                     while buf.len() < head + length {
                         let mut chunk = [0u8; 1024];
-                        let n = stream.read(&mut chunk).await.unwrap();
-                        buf.extend_from_slice(&chunk[..n]);
+                        match stream.read(&mut chunk).await.unwrap() {
+                            0 => continue 'connections,
+                            n => buf.extend_from_slice(&chunk[..n]),
+                        }
                     }
                     heads.push(text);
                     buf.drain(..head + length);
