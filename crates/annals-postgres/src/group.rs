@@ -58,6 +58,9 @@ pub(crate) struct Request {
     stream: StreamName,
     expected: ExpectedVersion,
     events: Arc<[EventData]>,
+    /// The bytes of the events' bodies and metadata (summed once, not at every group formed
+    /// while it waits).
+    bytes: usize,
     tail: bool,
     reply: oneshot::Sender<Result<Answer>>,
 }
@@ -71,7 +74,7 @@ fn take(queue: &mut VecDeque<Request>) -> Vec<Request> {
     let (mut events, mut bytes) = (0, 0);
     let mut later = VecDeque::new();
     while let Some(r) = queue.pop_front() {
-        let size: usize = r.events.iter().map(EventData::size).sum();
+        let size = r.bytes;
         let fits = group.len() < MAX_APPENDS
             && (group.is_empty()
                 || (events + r.events.len() <= MAX_EVENTS && bytes + size <= MAX_BYTES));
@@ -141,6 +144,7 @@ impl PgStore {
             stream: stream.clone(),
             expected,
             events: Arc::clone(events),
+            bytes: events.iter().map(EventData::size).sum(),
             tail,
             reply,
         };
@@ -366,9 +370,11 @@ mod tests {
             .map(|n| EventData::new("Sized", vec![0; *n]))
             .collect::<Vec<_>>()
             .into();
+        let events: Arc<[EventData]> = events;
         Request {
             stream: StreamName::new(stream).unwrap(),
             expected: ExpectedVersion::Any,
+            bytes: events.iter().map(EventData::size).sum(),
             events,
             tail: false,
             reply: oneshot::channel().0,

@@ -327,27 +327,29 @@ pub(crate) const GROUP_OPTIONS: &str = "-c enable_hashjoin=off -c enable_mergejo
 /// statement (unique violation): the caller then runs `append_group`, which classifies each
 /// append on its own.
 fn append_set(schema: &str, create: bool, unnested: bool) -> String {
-    // The positions of each append's events: per append when they are many, else per event
-    // (no aggregation for a group of single events).
-    let (lowest, highest, by_stream) = match unnested {
+    // How the events are read, and the positions of each append's events: one row per
+    // append when they are many, else one per event (no aggregation for single events).
+    let (events, lowest, highest, by_stream) = match unnested {
         true => (
+            "SELECT w.stream_id, w.start + (ev.j - w.lo), w.start, ev.id, ev.type, ev.data, \
+               ev.meta, ev.corr, ev.caus \
+             FROM w JOIN unnest($8::uuid[], $9::text[], $10::bytea[], $11::bytea[], $12::uuid[], \
+                                $13::uuid[]) WITH ORDINALITY AS ev (id, type, data, meta, corr, caus, j) \
+               ON ev.j >= w.lo AND ev.j < w.lo + w.n \
+             ORDER BY w.i, ev.j",
             "min(ins.position)",
             "max(ins.position)",
             "GROUP BY ins.stream_id ",
         ),
-        false => ("ins.position", "ins.position", ""),
-    };
-    let events = match unnested {
-        true => "SELECT w.stream_id, w.start + (ev.j - w.lo), w.start, ev.id, ev.type, ev.data, \
-                   ev.meta, ev.corr, ev.caus \
-           FROM w JOIN unnest($8::uuid[], $9::text[], $10::bytea[], $11::bytea[], $12::uuid[], \
-                              $13::uuid[]) WITH ORDINALITY AS ev (id, type, data, meta, corr, caus, j) \
-             ON ev.j >= w.lo AND ev.j < w.lo + w.n \
-           ORDER BY w.i, ev.j",
-        false => "SELECT w.stream_id, w.start + (j - w.lo), w.start, ($8::uuid[])[j], ($9::text[])[j], \
-                  ($10::bytea[])[j], ($11::bytea[])[j], ($12::uuid[])[j], ($13::uuid[])[j] \
-           FROM w, generate_series(w.lo, w.lo + w.n - 1) j \
-           ORDER BY w.i, j",
+        false => (
+            "SELECT w.stream_id, w.start + (j - w.lo), w.start, ($8::uuid[])[j], ($9::text[])[j], \
+               ($10::bytea[])[j], ($11::bytea[])[j], ($12::uuid[])[j], ($13::uuid[])[j] \
+             FROM w, generate_series(w.lo, w.lo + w.n - 1) j \
+             ORDER BY w.i, j",
+            "ins.position",
+            "ins.position",
+            "",
+        ),
     };
     // New streams are created only in groups with an append that may create its stream (the
     // statement without them does less at every execution).
