@@ -363,11 +363,9 @@ pub(crate) fn read_all(
     limit: usize,
 ) -> Result<AllPage> {
     let from_raw = i64::try_from(annals::backend::raw_position(from)).unwrap_or(i64::MAX);
-    // Truncated, deleted and expired events are not shown.
-    let mut sql = format!(
-        "{SELECT_ALL} WHERE e.position > ? AND {}",
-        crate::retention::shown!()
-    );
+    // The filter's terms come first: in a feed of many categories they pass over most
+    // rows before the retention terms are reached.
+    let mut sql = format!("{SELECT_ALL} WHERE e.position > ?");
     let mut args: Vec<rusqlite::types::Value> = vec![from_raw.into()];
     let placeholders = |n: usize| vec!["?"; n].join(", ");
     if !filter.categories.is_empty() {
@@ -389,7 +387,12 @@ pub(crate) fn read_all(
         args.push(i64::from(p.count).into());
         args.push(i64::from(p.index).into());
     }
-    sql += " ORDER BY e.position LIMIT ?";
+    // Truncated, deleted and expired events are not shown.
+    sql += concat!(
+        " AND ",
+        crate::retention::shown!(),
+        " ORDER BY e.position LIMIT ?"
+    );
     args.push((limit as i64).into());
     in_snapshot(conn, |tx| all_in(tx, &sql, args, from, limit))
 }

@@ -8,12 +8,14 @@ use crate::error::backend;
 
 /// The condition under which a read shows event `e` of stream `s`: not truncated or
 /// deleted, not expired. `now` is the clock events are recorded with, in microseconds.
+/// [`first_shown!`] as plain comparisons: this is checked for every event a feed page
+/// scans, where calling `max` for each made the page about 15% slower.
 macro_rules! shown {
     () => {
         concat!(
             crate::retention::alive!(),
-            " AND e.stream_version >= ",
-            crate::retention::first_shown!()
+            " AND e.stream_version >= s.start \
+             AND (s.max_count IS NULL OR e.stream_version >= s.version - s.max_count)"
         )
     };
 }
