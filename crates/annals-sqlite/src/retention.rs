@@ -9,7 +9,8 @@ use crate::error::backend;
 /// The condition under which a read shows event `e` of stream `s`: not truncated or
 /// deleted, not expired. `now` is the clock events are recorded with, in microseconds.
 /// [`first_shown!`] as plain comparisons: this is checked for every event a feed page
-/// scans, where calling `max` for each made the page about 15% slower.
+/// scans, where calling `max` for each made SQLite's work per page about a fifth longer
+/// (BENCHMARKS.md).
 macro_rules! shown {
     () => {
         concat!(
