@@ -65,6 +65,25 @@ pub(crate) struct Request {
     reply: oneshot::Sender<Result<Answer>>,
 }
 
+impl Request {
+    fn new(
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: &Arc<[EventData]>,
+        tail: bool,
+        reply: oneshot::Sender<Result<Answer>>,
+    ) -> Self {
+        Self {
+            stream: stream.clone(),
+            expected,
+            events: Arc::clone(events),
+            bytes: events.iter().map(EventData::size).sum(),
+            tail,
+            reply,
+        }
+    }
+}
+
 pub(crate) type Grouper = crate::batch::Batches<Request>;
 
 /// The next group: queued appends in order, the first per stream, within the bounds.
@@ -140,14 +159,7 @@ impl PgStore {
         tail: bool,
     ) -> Result<Answer> {
         let (reply, answer) = oneshot::channel();
-        let request = Request {
-            stream: stream.clone(),
-            expected,
-            events: Arc::clone(events),
-            bytes: events.iter().map(EventData::size).sum(),
-            tail,
-            reply,
-        };
+        let request = Request::new(stream, expected, events, tail, reply);
         let store = self.clone();
         let run = move |group| {
             let store = store.clone();
@@ -365,20 +377,17 @@ mod tests {
     use super::*;
 
     fn request(stream: &str, sizes: &[usize]) -> Request {
-        let events = sizes
+        let events: Arc<[EventData]> = sizes
             .iter()
             .map(|n| EventData::new("Sized", vec![0; *n]))
-            .collect::<Vec<_>>()
-            .into();
-        let events: Arc<[EventData]> = events;
-        Request {
-            stream: StreamName::new(stream).unwrap(),
-            expected: ExpectedVersion::Any,
-            bytes: events.iter().map(EventData::size).sum(),
-            events,
-            tail: false,
-            reply: oneshot::channel().0,
-        }
+            .collect();
+        Request::new(
+            &StreamName::new(stream).unwrap(),
+            ExpectedVersion::Any,
+            &events,
+            false,
+            oneshot::channel().0,
+        )
     }
 
     fn streams(group: &[Request]) -> Vec<&str> {

@@ -8,6 +8,7 @@
 //! place by `httparse`, with no header map and no connection task), and answers read for the
 //! ids the test checks only.
 
+use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -120,11 +121,12 @@ impl Connection {
         self.out.extend_from_slice(b"\r\nX-Client-Id: ");
         self.out.extend_from_slice(client.as_bytes());
         if let Some(body) = body {
-            self.out
-                .extend_from_slice(b"\r\nContent-Type: application/json\r\nContent-Length: ");
-            self.out
-                .extend_from_slice(body.len().to_string().as_bytes());
-            self.out.extend_from_slice(b"\r\n\r\n");
+            // Into the request's own buffer: no string made per request.
+            let _ = write!(
+                self.out,
+                "\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
             self.out.extend_from_slice(body);
         } else {
             self.out.extend_from_slice(b"\r\n\r\n");

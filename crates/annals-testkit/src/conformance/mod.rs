@@ -384,14 +384,14 @@ pub async fn concurrent_appends_sharing_an_event_id_write_it_once(store: Arc<dyn
     let winner = winners[0].clone();
     for (stream, r) in &outcomes {
         match r {
-            Ok(_) => assert_eq!(s_version(&*store, stream).await, Version(2)),
+            Ok(_) => assert_eq!(store.stream_version(stream).await.unwrap(), Version(2)),
             Err(Error::DuplicateEventId {
                 event_id,
                 existing_stream,
             }) => {
                 assert_eq!(*event_id, shared.event_id);
                 assert_eq!(*existing_stream, winner);
-                assert_eq!(s_version(&*store, stream).await, Version(0));
+                assert_eq!(store.stream_version(stream).await.unwrap(), Version(0));
             }
             Err(e) => panic!("{stream}: expected a duplicate event id error, got {e:?}"),
         }
@@ -406,13 +406,6 @@ pub async fn concurrent_appends_sharing_an_event_id_write_it_once(store: Arc<dyn
         all.iter().filter(|e| e.event_id == shared.event_id).count(),
         1
     );
-}
-
-async fn s_version(store: &dyn EventStore, stream: &StreamName) -> Version {
-    store
-        .stream_version(stream)
-        .await
-        .expect("the stream's version")
 }
 
 /// Empty batches, invalid events and invalid names are refused with a typed error, and no

@@ -363,16 +363,18 @@ async fn until(what: &str, mut condition: impl FnMut() -> bool) {
     assert!(waited.is_ok(), "timed out waiting until {what}");
 }
 
+/// The store's appends, held until dropped.
+type Held<'a> = tokio::sync::RwLockWriteGuard<'a, ()>;
+/// A decision's task, answering the length of the state it decided on.
+type Decision = tokio::task::JoinHandle<annals::Result<usize>>;
+
 /// Holds the store's appends and starts a decision writing `value` (returning the length it
 /// saw); returns once its append waits on the held store.
 async fn first_append_held<'a>(
     probe: &'a Arc<Probe>,
     decider: &Arc<annals::Decider<Tally>>,
     value: u32,
-) -> (
-    tokio::sync::RwLockWriteGuard<'a, ()>,
-    tokio::task::JoinHandle<annals::Result<usize>>,
-) {
+) -> (Held<'a>, Decision) {
     let held = probe.gate.write().await;
     let before = probe.appends.load(Ordering::SeqCst);
     let d = decider.clone();
@@ -391,10 +393,7 @@ async fn queue_behind_a_held_append<'a>(
     probe: &'a Arc<Probe>,
     decider: &Arc<annals::Decider<Tally>>,
     n: u32,
-) -> (
-    tokio::sync::RwLockWriteGuard<'a, ()>,
-    Vec<tokio::task::JoinHandle<annals::Result<usize>>>,
-) {
+) -> (Held<'a>, Vec<Decision>) {
     let (held, first) = first_append_held(probe, decider, 0).await;
     let mut tasks = vec![first];
     for k in 1..=n {
