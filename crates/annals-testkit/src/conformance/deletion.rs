@@ -146,11 +146,17 @@ pub async fn deletion_soft_hard_and_truncate(store: Arc<dyn EventStore>) {
         "Hard-1",
     );
     assert_deleted(s.stream_version(&name("Hard-1")).await, "Hard-1");
-    assert_deleted(
-        s.read_stream_vec(&name("Hard-1"), ReadStream::forward())
-            .await,
-        "Hard-1",
-    );
+    // Every way in: from the start, from the version a cache last saw, past the old head,
+    // and backward.
+    for options in [
+        ReadStream::forward(),
+        ReadStream::forward_from(Version(1)),
+        ReadStream::forward_from(Version(2)),
+        ReadStream::backward(),
+        ReadStream::backward_from(Version(1)).limit(1),
+    ] {
+        assert_deleted(s.read_stream_vec(&name("Hard-1"), options).await, "Hard-1");
+    }
     assert_deleted(
         s.truncate_before(&name("Hard-1"), Version(1)).await,
         "Hard-1",
