@@ -16,9 +16,6 @@ use crate::SqliteConfig;
 /// Events per page when reading a stream.
 const STREAM_PAGE: usize = 1000;
 
-/// The capacity a stream page starts with.
-const FIRST_CAPACITY: u64 = 32;
-
 /// The event columns, from the events table `e`; the stream `s` is joined after it.
 macro_rules! select_events {
     () => {
@@ -34,39 +31,29 @@ const SELECT: &str = concat!(
 
 /// A page of one stream by its name, whose name the reader knows (read with `event_in`):
 /// one statement, no read of the stream's version first. The stream row is the outer loop,
-/// so the events' index range starts at the first version it shows. The events are a
-/// left join: a page that shows none is one row with no event, carrying the stream's
-/// tombstone flag (column 1), so an empty page needs no second statement to tell a
-/// deleted stream from an empty one; a stream never written gives no row at all.
+/// so the events' index range starts at the first version it shows.
 macro_rules! select_stream_page {
-    ($range:expr, $order:expr) => {
+    ($($range:expr),+) => {
         concat!(
-            "SELECT e.position, s.tombstone, e.stream_version, e.recorded_at, e.event_type, \
-             e.data, e.metadata, e.event_id, e.correlation_id, e.causation_id \
-             FROM annals_streams s LEFT JOIN annals_events e ON e.stream_id = s.stream_id AND ",
+            "SELECT e.position, NULL, e.stream_version, e.recorded_at, e.event_type, e.data, \
+             e.metadata, e.event_id, e.correlation_id, e.causation_id FROM annals_streams s \
+             CROSS JOIN annals_events e ON e.stream_id = s.stream_id \
+             WHERE s.name = ?1 AND ",
             crate::retention::alive!(),
             " AND ",
-            $range,
-            " WHERE s.name = ?1 ORDER BY e.stream_version ",
-            $order,
-            " LIMIT ?3"
+            $($range),+
         )
     };
 }
 const PAGE_FORWARD: &str = select_stream_page!(
-    concat!(
-        "e.stream_version >= max(?2, ",
-        crate::retention::first_shown!(),
-        ")"
-    ),
-    "ASC"
+    "e.stream_version >= max(?2, ",
+    crate::retention::first_shown!(),
+    ") ORDER BY e.stream_version LIMIT ?3"
 );
 const PAGE_BACKWARD: &str = select_stream_page!(
-    concat!(
-        "e.stream_version < ?2 AND e.stream_version >= ",
-        crate::retention::first_shown!()
-    ),
-    "DESC"
+    "e.stream_version < ?2 AND e.stream_version >= ",
+    crate::retention::first_shown!(),
+    " ORDER BY e.stream_version DESC LIMIT ?3"
 );
 
 /// [`SELECT`] for read-all. CROSS JOIN keeps the events table as the outer loop, walking
@@ -278,7 +265,7 @@ fn head_in(tx: &Connection, stream: &str, limit: usize) -> Result<Head> {
 
 /// Where a stream read goes on: the next version to read (forward) or the one below which
 /// to read (backward), and how many events are still wanted.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 struct Cursor {
     next: u64,
     left: u64,
@@ -297,33 +284,31 @@ fn page(
     let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
     let next = cursor.next.min(i64::MAX as u64) as i64;
     // One row more than wanted (unless the limit ends the read here) says whether another
-    // page follows, so a stream that ends on a page boundary costs no empty page.
+    // page follows, so a stream that ends on a page boundary costs no empty page (nor the
+    // tombstone check an empty page needs).
     let ask = if want < cursor.left { want + 1 } else { want };
-    // Sized for what most reads get (a decider catching up from its cached version reads a
-    // few events, often none), not for a full page: a full page's capacity is about 200 KB.
-    let mut events = Vec::with_capacity(ask.min(FIRST_CAPACITY) as usize);
+    let mut events = Vec::with_capacity(ask as usize);
     let mut rows = stmt
         .query(rusqlite::params![stream.as_str(), next, ask as i64])
         .map_err(backend)?;
-    let mut deleted = false;
     while let Some(row) = rows.next().map_err(backend)? {
-        if row.get_ref(0).map_err(backend)?.data_type() == rusqlite::types::Type::Null {
-            // The left join's row for a page that shows no event.
-            deleted = row.get::<_, i64>(1).map_err(backend)? == 1;
-            break;
-        }
         events.push(event_in(row, stream.clone()).map_err(backend)?);
     }
     drop(rows);
     drop(stmt);
+    let more = events.len() as u64 > want;
+    events.truncate(want as usize);
     // Nothing shown: a tombstone is an error, not an empty stream.
-    if deleted {
+    if events.is_empty()
+        && matches!(
+            stream_version(conn, stream.as_str()).map_err(backend)?,
+            Some((_, true))
+        )
+    {
         return Err(annals::Error::StreamDeleted {
             stream: stream.clone(),
         });
     }
-    let more = events.len() as u64 > want;
-    events.truncate(want as usize);
     let cursor = match events.last() {
         Some(last) if more => Some(Cursor {
             next: if forward {
@@ -454,10 +439,6 @@ fn all_in(
 #[cfg(test)]
 mod tests {
     use annals::{EventData, EventStore, ExpectedVersion, StreamName};
-    use std::sync::atomic::{AtomicU32, Ordering};
-    use std::sync::Arc;
-
-    use rusqlite::trace::{TraceEvent, TraceEventCodes};
     use rusqlite::StatementStatus;
 
     use super::{page, Cursor, PAGE_BACKWARD, PAGE_FORWARD};
@@ -517,61 +498,6 @@ mod tests {
         }
         let conn = crate::schema::open_reader(&config).unwrap();
         (dir, store, conn)
-    }
-
-    /// A page that shows no event is one statement, whether the stream is live, deleted for
-    /// good or never written: the page's own row tells which, with no second look at the
-    /// stream row.
-    #[tokio::test]
-    async fn an_empty_page_is_one_statement() {
-        let stream = StreamName::new("Empty-1").unwrap();
-        let (_dir, store, mut conn) = written(&stream, &[3]).await;
-        let statements = Arc::new(AtomicU32::new(0));
-        let counted = Arc::clone(&statements);
-        conn.trace_v2(
-            TraceEventCodes::SQLITE_TRACE_STMT,
-            Some(move |_: TraceEvent<'_>| {
-                counted.fetch_add(1, Ordering::Relaxed);
-            }),
-        )
-        .unwrap();
-        let mut read = |stream: &StreamName, next: u64, forward: bool| {
-            statements.store(0, Ordering::Relaxed);
-            let cursor = Cursor {
-                next,
-                left: u64::MAX,
-            };
-            let result = page(&mut conn, stream, cursor, forward);
-            (result, statements.load(Ordering::Relaxed))
-        };
-        let (live, statements) = read(&stream, 3, true);
-        assert!(live.unwrap().0.is_empty());
-        assert_eq!(statements, 1, "from the head of a live stream");
-        let (live, statements) = read(&stream, 0, false);
-        assert!(live.unwrap().0.is_empty());
-        assert_eq!(statements, 1, "backward from the start of a live stream");
-        let (some, statements) = read(&stream, 1, true);
-        assert_eq!(some.unwrap().0.len(), 2);
-        assert_eq!(statements, 1, "a page with events");
-        let missing = StreamName::new("Empty-2").unwrap();
-        let (none, statements) = read(&missing, 0, true);
-        assert!(none.unwrap().0.is_empty());
-        assert_eq!(statements, 1, "a stream never written");
-        store
-            .delete_stream(&stream, ExpectedVersion::Any, annals::DeleteMode::Hard)
-            .await
-            .unwrap();
-        for (next, forward) in [(0, true), (3, true), (u64::MAX, false)] {
-            let (gone, statements) = read(&stream, next, forward);
-            assert!(
-                matches!(gone, Err(annals::Error::StreamDeleted { ref stream }) if stream.as_str() == "Empty-1"),
-                "{next} {forward}: {gone:?}"
-            );
-            assert_eq!(
-                statements, 1,
-                "a deleted stream, from {next}, forward {forward}"
-            );
-        }
     }
 
     /// Feed pages and head reads run in a read transaction whose statements are prepared
