@@ -24,7 +24,8 @@ pub(crate) use shown;
 
 /// The first version of stream `s` a read shows, by its row alone (truncation, soft
 /// deletion, `max_count`): a stream page starts its index range there, so those events
-/// cost no check per row.
+/// cost no check per row. [`shown!`] states the same rule per event: change both together
+/// (the conformance suite's retention and truncation tests read through each).
 macro_rules! first_shown {
     () => {
         "max(s.start, ifnull(s.version - s.max_count, 0))"
