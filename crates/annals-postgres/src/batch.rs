@@ -5,12 +5,20 @@
 //! That task keeps its slot and runs the next batch as soon as one is queued, so under
 //! load a slot's batches follow each other without a hand-over between tasks; it ends, and
 //! frees the slot, when a batch leaves nothing queued.
+//!
+//! With a depth over one, a slot's task also sends the batch queued while its batches are
+//! in flight without waiting for their answers (up to `depth` in flight on the slot's
+//! connection, which runs them in order): the server goes from one batch's commit to the
+//! next batch without waiting for the client to take the answer and send again.
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Mutex;
 
-use tokio::sync::{oneshot, Semaphore};
+use futures::stream::FuturesUnordered;
+use futures::FutureExt as _;
+use tokio::sync::{oneshot, Notify, Semaphore};
 
 use super::*;
 
@@ -21,6 +29,10 @@ const GATHER_TURNS: usize = 4;
 pub(crate) struct Batches<R> {
     queue: Arc<Mutex<VecDeque<R>>>,
     slots: Arc<Semaphore>,
+    /// Batches a slot's task keeps in flight at once.
+    depth: usize,
+    /// Told when a request is queued: a slot's task with room for another batch takes it.
+    queued: Arc<Notify>,
 }
 
 /// Lets callers that are ready to run (those the batch before answered, woken together)
@@ -39,11 +51,18 @@ async fn gather<R>(queue: &Mutex<VecDeque<R>>) {
 }
 
 impl<R: Send + 'static> Batches<R> {
-    /// `slots` batches may run at once.
+    /// `slots` tasks may run batches at once, each one batch at a time.
     pub(crate) fn new(slots: usize) -> Self {
+        Self::pipelined(slots, 1)
+    }
+
+    /// `slots` tasks may run batches at once, each with up to `depth` in flight.
+    pub(crate) fn pipelined(slots: usize, depth: usize) -> Self {
         Self {
             queue: Arc::new(Mutex::new(VecDeque::new())),
             slots: Arc::new(Semaphore::new(slots.max(1))),
+            depth: depth.max(1),
+            queued: Arc::new(Notify::new()),
         }
     }
 
@@ -68,6 +87,9 @@ impl<R: Send + 'static> Batches<R> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push_back(request);
+        if self.depth > 1 {
+            self.queued.notify_one();
+        }
         let gone = || backend(format!("the {what} ended without an answer"));
         loop {
             tokio::select! {
@@ -76,27 +98,103 @@ impl<R: Send + 'static> Batches<R> {
                 permit = Arc::clone(&self.slots).acquire_owned() => {
                     let permit = permit.map_err(|_| gone())?;
                     gather(&self.queue).await;
-                    let mut batch = lock(&self.queue);
+                    let batch = lock(&self.queue);
                     if batch.is_empty() {
                         // Ours is in a batch being run.
                         drop(permit);
                         return answer.await.map_err(|_| gone())?;
                     }
-                    let (queue, run) = (Arc::clone(&self.queue), run.clone());
+                    let (queue, queued, depth) =
+                        (Arc::clone(&self.queue), Arc::clone(&self.queued), self.depth);
+                    let run = run.clone();
                     // Not awaited: ours is answered with the first batch, while the task
-                    // may go on with later ones.
+                    // may go on with later ones. A batch that panics fails only its own
+                    // callers (their replies are dropped with it).
                     tokio::spawn(async move {
-                        loop {
-                            run(batch).await;
+                        let start = move |batch: Vec<R>| {
+                            let size = batch.len();
+                            let batch = AssertUnwindSafe(run(batch)).catch_unwind();
+                            async move {
+                                let _ = batch.await;
+                                size
+                            }
+                        };
+                        let mut running = FuturesUnordered::new();
+                        let mut sizes = vec![batch.len()];
+                        running.push(start(batch));
+                        while !running.is_empty() {
+                            tokio::select! {
+                                biased;
+                                Some(size) = running.next() => {
+                                    if let Some(i) = sizes.iter().position(|s| *s == size) {
+                                        sizes.swap_remove(i);
+                                    }
+                                }
+                                _ = queued.notified(), if running.len() < depth => {}
+                            }
+                            if running.len() >= depth {
+                                continue;
+                            }
+                            let queued = queue.lock().unwrap_or_else(|p| p.into_inner()).len();
+                            if !worth_sending(queued, &sizes) {
+                                continue;
+                            }
+                            // With none in flight, the callers just answered are let join
+                            // first, as with one batch at a time.
                             gather(&queue).await;
-                            batch = lock(&queue);
-                            if batch.is_empty() {
-                                break;
+                            let batch = lock(&queue);
+                            if !batch.is_empty() {
+                                sizes.push(batch.len());
+                                running.push(start(batch));
                             }
                         }
                         drop(permit);
                     });
                 }
+            }
+        }
+    }
+}
+
+/// Whether the `queued` requests are taken as a batch now, beside the batches in flight
+/// (their sizes): always when none is in flight (the batch may then be empty, and the task
+/// ends); beside some, only when they are at least as many as the largest in flight. Each
+/// batch costs the server a statement and a commit of its own, while fewer requests than
+/// the largest batch in flight can go at no extra cost in the batch after it, with its
+/// callers, who queue again as soon as they are answered.
+fn worth_sending(queued: usize, in_flight: &[usize]) -> bool {
+    in_flight.iter().all(|n| queued >= *n)
+}
+
+/// Pooled connections shared by the batches in flight on them: each batch takes the one
+/// with the fewest in flight, a new one while the pool has room, and a connection found
+/// closed is let go (back to the pool, which replaces it).
+pub(crate) struct Shared {
+    pool: Pool,
+    size: usize,
+    conns: tokio::sync::Mutex<Vec<Arc<Object>>>,
+}
+
+impl Shared {
+    pub(crate) fn new(pool: Pool, size: usize) -> Self {
+        Self {
+            pool,
+            size: size.max(1),
+            conns: tokio::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A connection for one batch.
+    pub(crate) async fn get(&self) -> Result<Arc<Object>> {
+        let mut conns = self.conns.lock().await;
+        conns.retain(|c| !c.is_closed());
+        let least = conns.iter().min_by_key(|c| Arc::strong_count(c)).cloned();
+        match least {
+            Some(c) if Arc::strong_count(&c) <= 2 || conns.len() >= self.size => Ok(c),
+            _ => {
+                let c = Arc::new(self.pool.get().await.map_err(backend)?);
+                conns.push(Arc::clone(&c));
+                Ok(c)
             }
         }
     }
@@ -128,6 +226,10 @@ mod tests {
 
     impl Rig {
         fn new(fail: u32) -> Self {
+            Self::pipelined(fail, 1)
+        }
+
+        fn pipelined(fail: u32, depth: usize) -> Self {
             let seen: Arc<Mutex<Vec<Vec<u32>>>> = Default::default();
             let gate = Arc::new(Semaphore::new(0));
             let (s, g) = (Arc::clone(&seen), Arc::clone(&gate));
@@ -146,7 +248,7 @@ mod tests {
                 })
             });
             Self {
-                batches: Arc::new(Batches::new(1)),
+                batches: Arc::new(Batches::pipelined(1, depth)),
                 seen,
                 gate,
                 run,
@@ -240,5 +342,51 @@ mod tests {
             );
         }
         assert_eq!(rig.call(4).await.unwrap().unwrap(), 40);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_depth_two_a_batch_runs_while_the_one_before_is_in_flight() {
+        let rig = Rig::pipelined(u32::MAX, 2);
+        let first = rig.call(0);
+        until(|| rig.seen.lock().unwrap().len() == 1).await;
+        // The first batch is still in flight (it waits for the gate): the second goes
+        // beside it, on the same slot, and is answered first.
+        assert_eq!(rig.call(5).await.unwrap().unwrap(), 50);
+        assert!(!first.is_finished());
+        rig.gate.add_permits(1);
+        assert_eq!(first.await.unwrap().unwrap(), 0);
+        assert_eq!(rig.seen.lock().unwrap().clone(), [vec![0], vec![5]]);
+        // The slot is free again: a later request is served.
+        assert_eq!(rig.call(7).await.unwrap().unwrap(), 70);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_depth_two_a_batch_that_panics_fails_its_callers_only() {
+        // 3 goes beside the batch in flight and panics; the batch in flight is answered.
+        let rig = Rig::pipelined(3, 2);
+        let first = rig.call(0);
+        until(|| rig.seen.lock().unwrap().len() == 1).await;
+        let e = rig.call(3).await.unwrap().unwrap_err();
+        assert!(
+            e.to_string().contains("test batch ended without an answer"),
+            "{e}"
+        );
+        rig.gate.add_permits(1);
+        assert_eq!(first.await.unwrap().unwrap(), 0);
+        assert_eq!(rig.call(4).await.unwrap().unwrap(), 40);
+    }
+
+    #[test]
+    fn a_batch_goes_beside_those_in_flight_only_when_as_large() {
+        assert!(
+            worth_sending(0, &[]),
+            "none in flight: the task takes what is queued"
+        );
+        assert!(worth_sending(3, &[]));
+        assert!(worth_sending(8, &[8]));
+        assert!(worth_sending(9, &[8]));
+        assert!(!worth_sending(7, &[8]));
+        assert!(!worth_sending(1, &[16]));
+        assert!(!worth_sending(4, &[2, 5]));
     }
 }

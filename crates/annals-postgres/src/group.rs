@@ -6,9 +6,11 @@
 //! An append joins the queue, then either gets its answer from a group another caller is
 //! writing or, when a group slot is free, takes what is queued (at most one append per
 //! stream; later ones wait for the next group) and writes it as a group itself. The group is
-//! a task of its own, so a caller that gives up never strands the others' answers. Groups
-//! lock their streams in name order, so two processes' groups never wait for each other in
-//! a cycle (a deadlock PostgreSQL still breaks is answered as a retry).
+//! a task of its own, so a caller that gives up never strands the others' answers. A group
+//! as large as the one being written is sent behind it on the same connection without
+//! waiting for its answer (`DEPTH`), which PostgreSQL runs as soon as that one commits.
+//! Groups lock their streams in name order, so two processes' groups never wait for each
+//! other in a cycle (a deadlock PostgreSQL still breaks is answered as a retry).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -24,6 +26,9 @@ use super::*;
 const MAX_APPENDS: usize = 256;
 const MAX_EVENTS: usize = 4096;
 const MAX_BYTES: usize = 64 << 20;
+/// Group statements in flight at once on one group connection: the next group is sent
+/// while the one before commits, and the connection runs them in order.
+pub(crate) const DEPTH: usize = 2;
 /// How often an append is tried again after losing the transaction-id race on its stream
 /// row to another group (each try is a newer transaction, so it wins soon).
 pub(crate) const RACES: u32 = 100;

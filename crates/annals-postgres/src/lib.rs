@@ -127,8 +127,9 @@ struct Inner {
     pool: Pool,
     /// Connections for `read_all` alone.
     feed_pool: Pool,
-    /// Connections for group commits alone (generic plans only).
-    group_pool: Pool,
+    /// Connections for group commits alone (generic plans only), each with up to
+    /// `group::DEPTH` group statements in flight.
+    group_conns: batch::Shared,
     /// Connections for grouped catch-ups alone, one per group read at once.
     read_pool: Pool,
     config: PgConfig,
@@ -353,11 +354,11 @@ impl PgStore {
             inner: Arc::new(Inner {
                 pool,
                 feed_pool,
-                group_pool,
+                group_conns: batch::Shared::new(group_pool, config.group_commits),
                 read_pool,
                 progress: read_model::ProgressCache::default(),
                 sql: Sql::new(&config::quoted(&config.schema)),
-                group: group::Grouper::new(config.group_commits),
+                group: group::Grouper::pipelined(config.group_commits, group::DEPTH),
                 reads: read_group::ReadGrouper::new(read_group::SLOTS),
                 config,
                 changes,
@@ -389,8 +390,8 @@ impl PgStore {
         self.inner.feed_pool.get().await.map_err(backend)
     }
 
-    pub(crate) async fn group_client(&self) -> Result<Object> {
-        self.inner.group_pool.get().await.map_err(backend)
+    pub(crate) async fn group_client(&self) -> Result<Arc<Object>> {
+        self.inner.group_conns.get().await
     }
 
     pub(crate) async fn read_client(&self) -> Result<Object> {
