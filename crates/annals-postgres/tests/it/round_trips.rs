@@ -27,6 +27,8 @@ struct Seen {
     group: bool,
     feed: bool,
     other: bool,
+    /// Statements sent (simple queries and `Sync`s).
+    statements: u64,
 }
 
 impl Proxy {
@@ -105,7 +107,10 @@ async fn forward(
             hint_only = true;
         }
         match kind {
-            b'Q' | b'S' => pending += 1,
+            b'Q' | b'S' => {
+                pending += 1;
+                seen.lock().unwrap().statements += 1;
+            }
             _ => {}
         }
         if kind == b'P' || kind == b'Q' {
@@ -766,5 +771,79 @@ async fn a_failed_group_of_catch_ups_answers_each_read_on_its_own() {
     assert!(
         statements > streams as u64,
         "{statements} statements for {streams} catch-ups: no group was tried"
+    );
+}
+
+/// A group as large as the one in flight is sent behind it on the group connection, before
+/// that one is answered: with the first group held by a row lock taken elsewhere, the proxy
+/// sees the second group's statement go out. Each caller then gets its own answer, and the
+/// groups commit in the order they were sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_group_is_sent_while_the_first_waits_and_each_caller_gets_its_own_answer() {
+    use annals::{AllPage, Filter, Position};
+    let (proxy, store, schema) = counted_store_in().await;
+    let name = |s: &str| StreamName::new(format!("Pipe-{s}")).unwrap();
+    let event = || vec![EventData::new("E", br#"{"n":1}"#.to_vec())];
+    // The stream to hold, and the group statement prepared.
+    store
+        .append(&name("held"), ExpectedVersion::Any, event())
+        .await
+        .unwrap();
+    let group_statements = || -> u64 {
+        let seen = proxy.seen();
+        let groups: Vec<&Seen> = seen.iter().filter(|s| s.group).collect();
+        assert_eq!(groups.len(), 1, "one group connection");
+        groups[0].statements
+    };
+    let until = |want: u64, what: &'static str| async move {
+        tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            while group_statements() < want {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{what}: {} statements", group_statements()));
+    };
+    let admin = postgres::connect(&postgres::shared().url).await;
+    admin.batch_execute("BEGIN").await.unwrap();
+    admin
+        .execute(
+            &format!("SELECT 1 FROM {schema}.streams WHERE name = $1 FOR UPDATE"),
+            &[&name("held").as_str()],
+        )
+        .await
+        .unwrap();
+    let before = group_statements();
+    let spawn = |stream: StreamName, expected: ExpectedVersion| {
+        let store = store.clone();
+        tokio::spawn(async move { store.append(&stream, expected, event()).await })
+    };
+    let held = spawn(name("held"), ExpectedVersion::Any);
+    until(before + 1, "the first group was not sent").await;
+    let fresh = spawn(name("fresh"), ExpectedVersion::NoStream);
+    let refused = spawn(name("other"), ExpectedVersion::Exact(annals::Version(5)));
+    // The first group waits for the lock; the one behind it went out meanwhile.
+    until(before + 2, "no group was sent behind the one waiting").await;
+    assert!(!held.is_finished() && !fresh.is_finished());
+    admin.batch_execute("COMMIT").await.unwrap();
+    let held = held.await.unwrap().expect("the held stream's append");
+    let fresh = fresh.await.unwrap().expect("the new stream's append");
+    match refused.await.unwrap() {
+        Err(annals::Error::WrongExpectedVersion { .. }) => {}
+        other => panic!("an append at version 5 of a missing stream: {other:?}"),
+    }
+    assert_eq!((held.version.get(), fresh.version.get()), (2, 1));
+    let AllPage { events, .. } = store
+        .read_all(Position::START, &Filter::all(), 100)
+        .await
+        .unwrap();
+    let order: Vec<(&str, u64)> = events
+        .iter()
+        .map(|e| (e.stream.as_str(), e.stream_version))
+        .collect();
+    assert_eq!(
+        order,
+        [("Pipe-held", 0), ("Pipe-held", 1), ("Pipe-fresh", 0)],
+        "the held group commits first"
     );
 }
