@@ -24,8 +24,9 @@ pub struct PgConfig {
     pub max_event_bytes: usize,
     /// How long to wait for a connection (to connect, or for a free pooled one).
     pub connect_timeout: Duration,
-    /// How many group commits (each one transaction holding the appends queued meanwhile)
-    /// are written at once, each on a connection kept for it (apart from the pool).
+    /// How many connections write group commits (each one transaction holding the appends
+    /// queued meanwhile), kept for them apart from the pool. On each, a second group as
+    /// large as the one in flight is sent behind it without waiting for its answer.
     pub group_commits: usize,
 }
 
@@ -57,10 +58,10 @@ impl PgConfig {
         self
     }
 
-    /// Sets how many group commits are written at once (at least one). One is the default:
-    /// while a group commits the next one fills, and on a 2-core machine one at a time
-    /// wrote more events per second than two or more (`BENCHMARKS.md`); a larger server
-    /// may want more.
+    /// Sets how many connections write group commits (at least one). One is the default:
+    /// while a group commits the next one fills (or, as large, is sent behind it), and on
+    /// a 2-core machine one connection wrote more events per second than two or more
+    /// (`BENCHMARKS.md`); a larger server may want more.
     pub fn group_commits(mut self, groups: usize) -> Self {
         self.group_commits = groups.max(1);
         self
