@@ -171,15 +171,13 @@ fn worth_sending(queued: usize, in_flight: &[usize]) -> bool {
 /// closed is let go (back to the pool, which replaces it).
 pub(crate) struct Shared {
     pool: Pool,
-    size: usize,
     conns: tokio::sync::Mutex<Vec<Arc<Object>>>,
 }
 
 impl Shared {
-    pub(crate) fn new(pool: Pool, size: usize) -> Self {
+    pub(crate) fn new(pool: Pool) -> Self {
         Self {
             pool,
-            size: size.max(1),
             conns: tokio::sync::Mutex::new(Vec::new()),
         }
     }
@@ -190,7 +188,9 @@ impl Shared {
         conns.retain(|c| !c.is_closed());
         let least = conns.iter().min_by_key(|c| Arc::strong_count(c)).cloned();
         match least {
-            Some(c) if Arc::strong_count(&c) <= 2 || conns.len() >= self.size => Ok(c),
+            Some(c) if Arc::strong_count(&c) <= 2 || conns.len() >= self.pool.status().max_size => {
+                Ok(c)
+            }
             _ => {
                 let c = Arc::new(self.pool.get().await.map_err(backend)?);
                 conns.push(Arc::clone(&c));

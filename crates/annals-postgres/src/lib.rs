@@ -354,7 +354,7 @@ impl PgStore {
             inner: Arc::new(Inner {
                 pool,
                 feed_pool,
-                group_conns: batch::Shared::new(group_pool, config.group_commits),
+                group_conns: batch::Shared::new(group_pool),
                 read_pool,
                 progress: read_model::ProgressCache::default(),
                 sql: Sql::new(&config::quoted(&config.schema)),
