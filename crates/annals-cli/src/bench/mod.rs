@@ -46,11 +46,14 @@ pub(crate) async fn run(
     let url = &opened.url.to_string();
     let store = || Target::Store(opened.events.clone(), Some(&opened.backend));
     match bench {
-        Bench::Favorite(args) => scenario::run(Scenario::Favorite, store(), url, args).await,
+        Bench::Favorite(args) => scenario::run(Scenario::Favorite, store(), url, args, None).await,
         Bench::SaveForLater(args) => {
-            scenario::run(Scenario::SaveForLater, store(), url, args).await
+            scenario::run(Scenario::SaveForLater, store(), url, args, None).await
         }
-        Bench::Todo(args) => scenario::run(Scenario::Todo, store(), url, args).await,
+        Bench::Todo(args) => {
+            let read_model = read_model.as_ref();
+            scenario::run(Scenario::Todo, store(), url, args, read_model).await
+        }
         Bench::Append(args) => append::run(opened, url, args).await,
         Bench::Read(args) => read::run(opened, url, args).await,
         Bench::Growth(args) => growth::run(opened.events, url, args).await,
@@ -77,6 +80,7 @@ pub(crate) async fn run_http(url: &url::Url, bench: Bench) -> anyhow::Result<()>
                         scenario::Target::Http(url.clone()),
                         url.as_str(),
                         args,
+                        None,
                     ))
             })
             .await?

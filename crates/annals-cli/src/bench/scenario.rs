@@ -27,6 +27,8 @@ use super::append::{add, Baseline, SLICES};
 use super::calls::{Calls, OPERATIONS};
 use super::http::{Conflict, WebTodos};
 use super::{latency_histogram, Latency};
+use crate::read_models::todos;
+use crate::store_url::ReadModelDb;
 
 /// Which scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +86,11 @@ pub(crate) struct Args {
     /// How often to print an interval report.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     interval: Duration,
+    /// Todo in process only: keep the `todo_view` read model current in this process while
+    /// the tests run (in the `--read-model` database, by default the store's own), as
+    /// `annals serve` does; so that a run in process does the same work as the server.
+    #[arg(long)]
+    with_read_model: bool,
 }
 
 /// The services of the three domains, over one (counted) store, or the todo lists of a
@@ -231,6 +238,7 @@ pub(super) async fn run(
     target: Target<'_>,
     url: &str,
     args: Args,
+    read_model: Option<&ReadModelDb>,
 ) -> anyhow::Result<()> {
     ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     ensure!(args.clients > 0, "--clients must be at least 1");
@@ -238,6 +246,20 @@ pub(super) async fn run(
         ensure!(
             rate > 0.0 && rate.is_finite(),
             "--rate must be a positive number of tests per second"
+        );
+    }
+    if args.with_read_model {
+        ensure!(
+            scenario == Scenario::Todo,
+            "--with-read-model keeps the todo scenario's read model (todo_view): use it with `annals bench todo`"
+        );
+        ensure!(
+            matches!(target, Target::Store(..)),
+            "--with-read-model runs the read model in process: over HTTP it is the server's choice (annals serve [--no-read-model])"
+        );
+        ensure!(
+            read_model.is_some(),
+            "--with-read-model needs a SQL database for the read model: memory:// has none; give --read-model sqlite://... or postgres://..."
         );
     }
     let run_id = std::process::id();
@@ -266,6 +288,14 @@ pub(super) async fn run(
     // transaction, as long in all; the scenario and the baseline take turns.
     let baseline = match &target {
         Target::Store(_, Some(backend)) => Baseline::of(backend, &format!("r{run_id}")).await?,
+        _ => None,
+    };
+    // The read model, as `annals serve` keeps it, fed from the store itself (its reads are
+    // not the tests' round trips).
+    let pipeline = match (&target, read_model) {
+        (Target::Store(store, _), Some(db)) if args.with_read_model => {
+            Some(todos::spawn(Arc::clone(store), db).await?)
+        }
         _ => None,
     };
     let slices = if baseline.is_some() { SLICES } else { 1 };
@@ -310,6 +340,18 @@ pub(super) async fn run(
     if let Some(b) = baseline {
         b.remove().await;
     }
+    // Stopped where the tests left it: what it had not handled yet is not waited for.
+    let projected = match pipeline {
+        Some(running) => {
+            let handled = running.stats().events_handled;
+            running
+                .stop()
+                .await
+                .context("the todo read model's pipeline")?;
+            Some(handled)
+        }
+        None => None,
+    };
     measured?;
     let rest = std::mem::replace(
         &mut *tally.lock().unwrap_or_else(|p| p.into_inner()),
@@ -340,6 +382,12 @@ pub(super) async fn run(
         tests as f64 / elapsed
     );
     println!("latency ms  {}", Latency::of(&total.latencies));
+    if let (Some(handled), Some(db)) = (projected, read_model) {
+        println!(
+            "read model todo_view kept in process: {handled} events handled during the run ({})",
+            db.describe()
+        );
+    }
     if let Some(raw) = &raw {
         raw.print();
         println!(

@@ -489,6 +489,71 @@ fn bench_growth_reports_step_latency_as_the_stream_grows() {
 }
 
 #[test]
+fn bench_todo_in_process_keeps_the_read_model_as_serve_does_when_asked() {
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "bench",
+            "todo",
+            "--store",
+            "sqlite://todo.db",
+            "--duration",
+            "1s",
+            "--concurrency",
+            "4",
+            "--clients",
+            "20",
+            "--cache",
+        ];
+        args.extend(extra);
+        annals_in(&args)
+    };
+    let tables = |dir: &tempfile::TempDir| -> (i64, i64, bool) {
+        let conn = annals_sqlite::rusqlite::Connection::open(dir.path().join("todo.db")).unwrap();
+        let events: i64 = conn
+            .query_row("SELECT count(*) FROM annals_events", [], |r| r.get(0))
+            .unwrap();
+        let view: Option<i64> = conn
+            .query_row("SELECT count(*) FROM todo_view", [], |r| r.get(0))
+            .ok();
+        (events, view.unwrap_or(0), view.is_some())
+    };
+    let (out, dir) = run(&["--with-read-model"]);
+    let stdout = succeeded(&out);
+    let handled = figure(&stdout, "todo_view kept in process: ");
+    let (events, rows, exists) = tables(&dir);
+    assert!(exists && rows > 0, "{stdout}");
+    assert!(handled > 0.0 && handled <= events as f64, "{stdout}");
+    assert!(rows <= events, "{rows} rows from {events} events");
+    // Without the flag, the tests alone: no read model.
+    let (out, dir) = run(&[]);
+    let stdout = succeeded(&out);
+    assert!(!stdout.contains("todo_view"), "{stdout}");
+    assert!(!tables(&dir).2, "no todo_view table");
+    // Only the todo scenario, only in process, only with a SQL database for it.
+    for (args, says) in [
+        (
+            vec![
+                "bench",
+                "favorite",
+                "--store",
+                "memory://",
+                "--with-read-model",
+            ],
+            "use it with `annals bench todo`",
+        ),
+        (
+            vec!["bench", "todo", "--store", "memory://", "--with-read-model"],
+            "memory:// has none",
+        ),
+    ] {
+        let out = annals(&args);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{stderr}");
+    }
+}
+
+#[test]
 fn scenario_benches_report_intervals_outcomes_latency_and_round_trips() {
     let pg = ops::pg_url("scenario");
     for (scenario, store, extra) in [
