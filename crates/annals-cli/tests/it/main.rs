@@ -491,19 +491,8 @@ fn bench_growth_reports_step_latency_as_the_stream_grows() {
 #[test]
 fn bench_todo_in_process_keeps_the_read_model_as_serve_does_when_asked() {
     let run = |extra: &[&str]| {
-        let mut args = vec![
-            "bench",
-            "todo",
-            "--store",
-            "sqlite://todo.db",
-            "--duration",
-            "1s",
-            "--concurrency",
-            "4",
-            "--clients",
-            "20",
-            "--cache",
-        ];
+        let base = "bench todo --store sqlite://todo.db --duration 1s --concurrency 4 --clients 20";
+        let mut args: Vec<&str> = base.split(' ').collect();
         args.extend(extra);
         annals_in(&args)
     };
@@ -517,7 +506,7 @@ fn bench_todo_in_process_keeps_the_read_model_as_serve_does_when_asked() {
             .ok();
         (events, view.unwrap_or(0), view.is_some())
     };
-    let (out, dir) = run(&["--with-read-model"]);
+    let (out, dir) = run(&["--cache", "--with-read-model"]);
     let stdout = succeeded(&out);
     let handled = figure(&stdout, "todo_view kept in process: ");
     let (events, rows, exists) = tables(&dir);
@@ -525,28 +514,26 @@ fn bench_todo_in_process_keeps_the_read_model_as_serve_does_when_asked() {
     assert!(handled > 0.0 && handled <= events as f64, "{stdout}");
     assert!(rows <= events, "{rows} rows from {events} events");
     // Without the flag, the tests alone: no read model.
-    let (out, dir) = run(&[]);
+    let (out, dir) = run(&["--cache"]);
     let stdout = succeeded(&out);
     assert!(!stdout.contains("todo_view"), "{stdout}");
     assert!(!tables(&dir).2, "no todo_view table");
     // Only the todo scenario, only in process, only with a SQL database for it.
     for (args, says) in [
         (
-            vec![
-                "bench",
-                "favorite",
-                "--store",
-                "memory://",
-                "--with-read-model",
-            ],
+            "bench favorite --store memory:// --with-read-model",
             "use it with `annals bench todo`",
         ),
         (
-            vec!["bench", "todo", "--store", "memory://", "--with-read-model"],
+            "bench todo --store memory:// --with-read-model",
             "memory:// has none",
         ),
+        (
+            "bench todo --store http://127.0.0.1:9 --with-read-model",
+            "it is the server's choice",
+        ),
     ] {
-        let out = annals(&args);
+        let out = annals(&args.split(' ').collect::<Vec<_>>());
         assert!(!out.status.success());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(says), "{stderr}");
