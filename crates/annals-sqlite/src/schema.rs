@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0006_deletion.sql"),
     include_str!("../migrations/0007_scavenge.sql"),
     include_str!("../migrations/0008_retention.sql"),
+    include_str!("../migrations/0009_projection_streams_without_rowid.sql"),
 ];
 
 /// The schema version this build creates and reads.

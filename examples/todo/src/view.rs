@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use annals::{catch_up_stream, projection_rows, rebuild};
 use annals::{
-    Codec, EventStore, JsonCodec, ProjectionId, ProjectionRow, Projector, ProjectorError,
+    Codec, Dialect, EventStore, JsonCodec, ProjectionId, ProjectionRow, Projector, ProjectorError,
     ReadModelStore, Rebuilt, RecordedEvent, SqlTx, StreamName,
 };
 use annals_reactor::{FailurePolicy, PipelineConfig, Project, Running};
@@ -48,15 +48,21 @@ impl<R: ReadModelStore> Projector<R> for TodoView {
     }
 
     async fn setup(&self, tx: &mut R::Tx<'_>) -> Result<(), ProjectorError> {
-        tx.batch(
+        // On SQLite, rows kept in their key's B-tree (`WITHOUT ROWID`): a changed todo is one
+        // page to write back at commit, not a row page and a page of the key's index.
+        let rowid = match tx.dialect() {
+            Dialect::Sqlite => " WITHOUT ROWID",
+            _ => "",
+        };
+        tx.batch(&format!(
             "CREATE TABLE IF NOT EXISTS todo_view (
                 list TEXT NOT NULL,
                 id BIGINT NOT NULL,
                 title TEXT NOT NULL,
                 completed BOOLEAN NOT NULL,
                 ord BIGINT NOT NULL,
-                PRIMARY KEY (list, id))",
-        )
+                PRIMARY KEY (list, id)){rowid}"
+        ))
         .await?;
         Ok(())
     }

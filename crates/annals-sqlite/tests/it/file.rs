@@ -357,3 +357,70 @@ async fn a_projector_commits_its_read_model_and_checkpoint_together() {
         (2, Some(annals::backend::position(3)))
     );
 }
+
+/// A file of schema version 8 (before the read models' progress moved into a `WITHOUT
+/// ROWID` table) is migrated on open, keeping every progress row, and takes appends.
+#[tokio::test]
+async fn a_file_of_the_previous_schema_keeps_its_read_model_progress() {
+    const V8: [&str; 8] = [
+        include_str!("../../migrations/0001_initial.sql"),
+        include_str!("../../migrations/0002_projection_streams.sql"),
+        include_str!("../../migrations/0003_head_snapshots.sql"),
+        include_str!("../../migrations/0004_projection_schema.sql"),
+        include_str!("../../migrations/0005_parked.sql"),
+        include_str!("../../migrations/0006_deletion.sql"),
+        include_str!("../../migrations/0007_scavenge.sql"),
+        include_str!("../../migrations/0008_retention.sql"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v8.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        for sql in V8 {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.execute_batch(&format!(
+            "PRAGMA application_id = {}; PRAGMA user_version = 8;
+             INSERT INTO annals_projection_streams (projection, stream, next_version, schema_version)
+             VALUES ('todos', 'Todos-a', 3, 1), ('todos', 'Todos-b', 7, 2), ('other', 'Todos-a', 1, 0);",
+            annals_sqlite::APPLICATION_ID
+        ))
+        .unwrap();
+    }
+    let store = SqliteStore::open(SqliteConfig::new(&path)).unwrap();
+    store
+        .append(
+            &name("Order-1"),
+            ExpectedVersion::NoStream,
+            vec![ev("Placed")],
+        )
+        .await
+        .unwrap();
+    let rows = annals::ReadModelStore::rows(&store, "todos").await.unwrap();
+    let rows: Vec<(String, u64, u32)> = rows
+        .into_iter()
+        .map(|r| (r.stream.to_string(), r.version.get(), r.schema))
+        .collect();
+    assert_eq!(
+        rows,
+        [("Todos-a".to_owned(), 3, 1), ("Todos-b".to_owned(), 7, 2)]
+    );
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    let other: i64 = conn
+        .query_row(
+            "SELECT next_version FROM annals_projection_streams WHERE projection = 'other'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(other, 1);
+    // Keyed by (projection, stream) alone: no rowid.
+    assert!(conn
+        .prepare("SELECT rowid FROM annals_projection_streams")
+        .is_err());
+}
