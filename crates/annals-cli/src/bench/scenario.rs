@@ -344,15 +344,15 @@ pub(super) async fn run(
     let projected = match pipeline {
         Some(running) => {
             let handled = running.stats().events_handled;
-            running
-                .stop()
-                .await
-                .context("the todo read model's pipeline")?;
-            Some(handled)
+            let stopped = running.stop().await;
+            Some(stopped.map(|()| handled))
         }
         None => None,
     };
     measured?;
+    let projected = projected
+        .transpose()
+        .context("the todo read model's pipeline")?;
     let rest = std::mem::replace(
         &mut *tally.lock().unwrap_or_else(|p| p.into_inner()),
         Tally::new(),
