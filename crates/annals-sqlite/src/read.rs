@@ -16,6 +16,9 @@ use crate::SqliteConfig;
 /// Events per page when reading a stream.
 const STREAM_PAGE: usize = 1000;
 
+/// Stream reads of at most this many events are short (read on the caller's thread).
+const SHORT_READ: u64 = 64;
+
 /// The event columns, from the events table `e`; the stream `s` is joined after it.
 macro_rules! select_events {
     () => {
@@ -79,6 +82,32 @@ impl Readers {
             idle: Mutex::new(Vec::new()),
             permits,
         }
+    }
+
+    /// Runs `f` on an idle read connection on this thread when one is free at once, else as
+    /// [`Readers::with`]: for reads expected to be short (a stream read after a known
+    /// version: usually a few events at most), whose hand-over to a blocking thread and back
+    /// costs more than the read itself.
+    pub(crate) async fn with_here<T, F>(self: &Arc<Self>, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let permit = Arc::clone(&self.permits).try_acquire_owned().ok();
+        let idle = permit
+            .as_ref()
+            .and_then(|_| self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop());
+        let Some(mut conn) = idle else {
+            drop(permit);
+            return self.with(f).await;
+        };
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut conn)));
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn);
+        drop(permit);
+        result.map_err(|_| backend("a read panicked"))?
     }
 
     /// Runs `f` on a read connection in a blocking task.
@@ -337,18 +366,23 @@ pub(crate) fn read_stream_pages(
         },
         left: options.limit.map_or(u64::MAX, |l| l as u64),
     };
+    // Reading forward after a known version (a cached state catching up) or a few events
+    // at most: the first page is read on this thread when a connection is free.
+    let short = (forward && start.next > 0) || start.left <= SHORT_READ;
     let first = (start.left > 0).then_some(start);
-    stream::unfold(first, move |cursor| {
+    stream::unfold((first, short), move |(cursor, here)| {
         let readers = Arc::clone(&readers);
         let stream = stream.clone();
         async move {
             let cursor = cursor?;
-            match readers
-                .with(move |conn| page(conn, &stream, cursor, forward))
-                .await
-            {
-                Err(e) => Some((Err(e), None)),
-                Ok((events, cursor)) => Some((Ok(events), cursor)),
+            let read = move |conn: &mut Connection| page(conn, &stream, cursor, forward);
+            let read = match here {
+                true => readers.with_here(read).await,
+                false => readers.with(read).await,
+            };
+            match read.map(|(events, cursor)| (events, (cursor, false))) {
+                Err(e) => Some((Err(e), (None, false))),
+                Ok((events, next)) => Some((Ok(events), next)),
             }
         }
     })
@@ -476,6 +510,33 @@ mod tests {
             assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0, "{sql}");
             assert!(stmt.get_status(StatementStatus::Run) >= 10);
         }
+    }
+
+    /// A short read runs on the caller's thread when a reader is idle, and in a blocking
+    /// task when none is (here: before the pool has opened one).
+    #[tokio::test]
+    async fn a_short_read_runs_here_on_an_idle_reader_else_on_a_blocking_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let readers = std::sync::Arc::new(super::Readers::new(SqliteConfig::new(
+            dir.path().join("r.db"),
+        )));
+        drop(SqliteStore::open(SqliteConfig::new(dir.path().join("r.db"))).unwrap());
+        let here = std::thread::current().id();
+        let thread = |_: &mut rusqlite::Connection| Ok(std::thread::current().id());
+        let first = readers.with_here(thread).await.unwrap();
+        assert_ne!(
+            first, here,
+            "no idle reader yet: a blocking task opened one"
+        );
+        assert_eq!(readers.with_here(thread).await.unwrap(), here);
+        assert_ne!(readers.with(thread).await.unwrap(), here);
+        // A read that fails or panics here is an error, and the reader is kept.
+        let e = readers
+            .with_here(|_| -> annals::Result<()> { panic!("boom") })
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("a read panicked"), "{e}");
+        assert_eq!(readers.with_here(thread).await.unwrap(), here);
     }
 
     /// A store in a new directory where `stream` got one append of each of `batches`
