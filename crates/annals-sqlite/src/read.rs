@@ -530,7 +530,7 @@ mod tests {
         );
         assert_eq!(readers.with_here(thread).await.unwrap(), here);
         assert_ne!(readers.with(thread).await.unwrap(), here);
-        // A read that fails or panics here is an error, and the reader is kept.
+        // A read that panics here is an error, and the reader is kept.
         let e = readers
             .with_here(|_| -> annals::Result<()> { panic!("boom") })
             .await
