@@ -187,6 +187,7 @@ impl Shared {
         let mut conns = self.conns.lock().await;
         conns.retain(|c| !c.is_closed());
         let least = conns.iter().min_by_key(|c| Arc::strong_count(c)).cloned();
+        // Counted: the list's handle and `least` itself, then one per batch in flight.
         match least {
             Some(c) if Arc::strong_count(&c) <= 2 || conns.len() >= self.pool.status().max_size => {
                 Ok(c)

@@ -94,20 +94,25 @@ impl Readers {
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
         let permit = Arc::clone(&self.permits).try_acquire_owned().ok();
-        let idle = permit
-            .as_ref()
-            .and_then(|_| self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop());
-        let Some(mut conn) = idle else {
+        let Some(mut conn) = permit.as_ref().and_then(|_| self.take_idle()) else {
             drop(permit);
             return self.with(f).await;
         };
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut conn)));
+        self.keep(conn);
+        drop(permit);
+        result.map_err(|_| backend("a read panicked"))?
+    }
+
+    fn take_idle(&self) -> Option<Connection> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    fn keep(&self, conn: Connection) {
         self.idle
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(conn);
-        drop(permit);
-        result.map_err(|_| backend("a read panicked"))?
     }
 
     /// Runs `f` on a read connection in a blocking task.
@@ -123,16 +128,12 @@ impl Readers {
         let this = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let idle = this.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            let mut conn = match idle {
+            let mut conn = match this.take_idle() {
                 Some(c) => c,
                 None => crate::schema::open_reader(&this.config).map_err(backend)?,
             };
             let result = f(&mut conn);
-            this.idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(conn);
+            this.keep(conn);
             result
         })
         .await
