@@ -41,7 +41,8 @@ pub struct SqliteConfig {
     /// The most queued requests the writer commits in one transaction.
     pub max_group: usize,
     /// How long the writer may wait for a group to grow to the size of the previous one
-    /// (zero: commit whatever is queued at once).
+    /// (zero: commit whatever is queued at once). While it waits, every caller in the group
+    /// waits: the default is short, since requests queue up anyway during each commit.
     pub group_linger: Duration,
     /// WAL size in pages at which a commit also checkpoints (`PRAGMA wal_autocheckpoint`).
     /// Larger values copy pages that many commits touch (index leaves) back to the
@@ -51,7 +52,7 @@ pub struct SqliteConfig {
 
 impl SqliteConfig {
     /// Defaults for the file at `path`: `synchronous=FULL`, 4 readers, a 5 s busy timeout,
-    /// 1 MiB events, groups of up to 512 requests, lingering up to 500 µs for a group to
+    /// 1 MiB events, groups of up to 512 requests, lingering up to 100 µs for a group to
     /// grow to the size of the previous one, checkpointing the WAL every 4096 pages (16 MiB).
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
@@ -61,7 +62,7 @@ impl SqliteConfig {
             busy_timeout: Duration::from_secs(5),
             max_event_bytes: annals::DEFAULT_MAX_EVENT_BYTES,
             max_group: 512,
-            group_linger: Duration::from_micros(500),
+            group_linger: Duration::from_micros(100),
             wal_autocheckpoint: 4096,
         }
     }
