@@ -79,8 +79,9 @@ pub(crate) fn install(
             .with_target("example_todo", LevelFilter::DEBUG);
         // A debug span (a store round trip) is exported inside a traced operation only:
         // the feed's polls and other background reads would each be a trace of their own.
-        // A span naming its OpenTelemetry kind (a request served: `http.request`, at debug
-        // so that logs at INFO do not format it) starts a trace of its own.
+        // A span naming its OpenTelemetry kind (a request served: `http.request`; a handler
+        // call: `annals.handle`; a decision: `annals.transact`; at debug so that logs at INFO
+        // do not format them) starts a trace of its own.
         let traced_only = tracing_subscriber::filter::DynFilterFn::new(|meta, cx| {
             *meta.level() <= tracing::Level::INFO
                 || (meta.is_span() && meta.fields().field("otel.kind").is_some())

@@ -60,7 +60,7 @@ impl<R: ReadModelStore, P: Projector<R>> Handler for Project<R, P> {
         stream: &StreamName,
         events: &[RecordedEvent],
     ) -> Result<Version, HandlerError> {
-        let span = tracing::info_span!("annals.project", %stream, events = events.len());
+        let span = tracing::debug_span!("annals.project", %stream, events = events.len());
         let next = self
             .read_model
             .apply(&self.projector, stream, events)

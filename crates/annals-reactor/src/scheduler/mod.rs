@@ -186,10 +186,13 @@ impl Scheduler {
             let (batches, events): (Vec<u64>, Vec<RecordedEvent>) = s.queue.drain(..).unzip();
             let (handler, stream) = (Arc::clone(&self.handler), name.clone());
             // The handler's span continues the traces the events were written in (their
-            // metadata's trace context), not whatever the pipeline runs in.
-            let span = tracing::info_span!(
+            // metadata's trace context), not whatever the pipeline runs in. At DEBUG, so that
+            // logs at INFO do not format it at every call; its OpenTelemetry kind says that
+            // it starts a trace of its own where there is none to continue.
+            let span = tracing::debug_span!(
                 parent: None,
                 "annals.handle",
+                otel.kind = "consumer",
                 group = %self.config.group,
                 stream = %name,
                 events = events.len(),

@@ -480,8 +480,12 @@ impl<D: Domain> Decider<D> {
         &self,
         decide: impl FnMut(&D::State) -> std::result::Result<(R, Vec<D::Event>), X>,
     ) -> std::result::Result<R, DecideError<X>> {
-        let span = tracing::info_span!(
+        // At DEBUG, so that logs at INFO do not format it at every decision; its
+        // OpenTelemetry kind lets an exporter take it as a trace of its own when no span is
+        // current (as the CLI's does).
+        let span = tracing::debug_span!(
             "annals.transact",
+            otel.kind = "internal",
             stream = %self.stream,
             category = %self.category.name,
             attempts = tracing::field::Empty,
