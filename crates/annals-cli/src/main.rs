@@ -12,9 +12,6 @@ mod telemetry;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Operate, load-test and copy Annals event stores.
 #[derive(Debug, Parser)]
 #[command(name = "annals", version, about)]
