@@ -94,13 +94,68 @@ impl Readers {
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
         let permit = Arc::clone(&self.permits).try_acquire_owned().ok();
-        let Some(mut conn) = permit.as_ref().and_then(|_| self.take_idle()) else {
+        let Some(conn) = permit.as_ref().and_then(|_| self.take_idle()) else {
             drop(permit);
             return self.with(f).await;
         };
+        self.run(Some(conn), f)
+    }
+
+    /// Runs `f` on a read connection on this thread once one is free, in
+    /// [`tokio::task::block_in_place`] (the worker's other tasks go to another thread
+    /// meanwhile): for long reads (a page of up to 1,000 events), whose events are then
+    /// built and freed on one thread. On a current-thread runtime, where a worker cannot
+    /// block in place, as [`Readers::with`].
+    pub(crate) async fn with_in_place<T, F>(self: &Arc<Self>, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let multi_threaded = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if !multi_threaded {
+            return self.with(f).await;
+        }
+        let _permit = self.permit().await?;
+        tokio::task::block_in_place(|| self.run(None, f))
+    }
+
+    /// Runs `f` on a read connection in a blocking task.
+    pub(crate) async fn with<T, F>(self: &Arc<Self>, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let permit = self.permit().await?;
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            this.run(None, f)
+        })
+        .await
+        .map_err(|e| backend(format!("read task failed: {e}")))?
+    }
+
+    async fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|e| backend(format!("reader pool closed: {e}")))
+    }
+
+    /// Runs `f` here on `conn`, or an idle connection, or a new one; keeps the connection
+    /// for the next read, also when `f` panics (that read's error).
+    fn run<T>(
+        &self,
+        conn: Option<Connection>,
+        f: impl FnOnce(&mut Connection) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = match conn.or_else(|| self.take_idle()) {
+            Some(c) => c,
+            None => crate::schema::open_reader(&self.config).map_err(backend)?,
+        };
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut conn)));
         self.keep(conn);
-        drop(permit);
         result.map_err(|_| backend("a read panicked"))?
     }
 
@@ -113,31 +168,6 @@ impl Readers {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(conn);
-    }
-
-    /// Runs `f` on a read connection in a blocking task.
-    pub(crate) async fn with<T, F>(self: &Arc<Self>, f: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
-    {
-        let permit = Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .map_err(|e| backend(format!("reader pool closed: {e}")))?;
-        let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let mut conn = match this.take_idle() {
-                Some(c) => c,
-                None => crate::schema::open_reader(&this.config).map_err(backend)?,
-            };
-            let result = f(&mut conn);
-            this.keep(conn);
-            result
-        })
-        .await
-        .map_err(|e| backend(format!("read task failed: {e}")))?
     }
 }
 
@@ -368,22 +398,22 @@ pub(crate) fn read_stream_pages(
         left: options.limit.map_or(u64::MAX, |l| l as u64),
     };
     // Reading forward after a known version (a cached state catching up) or a few events
-    // at most: the first page is read on this thread when a connection is free.
+    // at most is short; later pages are long.
     let short = (forward && start.next > 0) || start.left <= SHORT_READ;
     let first = (start.left > 0).then_some(start);
-    stream::unfold((first, short), move |(cursor, here)| {
+    stream::unfold((first, short), move |(cursor, short)| {
         let readers = Arc::clone(&readers);
         let stream = stream.clone();
         async move {
             let cursor = cursor?;
             let read = move |conn: &mut Connection| page(conn, &stream, cursor, forward);
-            let read = match here {
+            let read = match short {
                 true => readers.with_here(read).await,
-                false => readers.with(read).await,
+                false => readers.with_in_place(read).await,
             };
-            match read.map(|(events, cursor)| (events, (cursor, false))) {
+            match read {
                 Err(e) => Some((Err(e), (None, false))),
-                Ok((events, next)) => Some((Ok(events), next)),
+                Ok((events, next)) => Some((Ok(events), (next, false))),
             }
         }
     })
@@ -538,6 +568,67 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("a read panicked"), "{e}");
         assert_eq!(readers.with_here(thread).await.unwrap(), here);
+    }
+
+    /// A long read runs on the caller's thread on a multi-threaded runtime, in
+    /// `block_in_place`: the worker's other tasks go on meanwhile (here the only worker's: a
+    /// task spawned before the read answers it from within). A panic in it is an error, and
+    /// the reader is kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_long_read_blocks_in_place_and_the_workers_other_tasks_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SqliteConfig::new(dir.path().join("l.db"));
+        drop(SqliteStore::open(config.clone()).unwrap());
+        let readers = std::sync::Arc::new(super::Readers::new(config));
+        readers.with(|_| Ok(())).await.unwrap();
+        // On the runtime's one worker (a test's body runs on the test's own thread).
+        tokio::spawn(async move {
+            let (ask, asked) = tokio::sync::oneshot::channel::<()>();
+            let (answer, answered) = std::sync::mpsc::channel();
+            tokio::spawn(async move {
+                asked.await.unwrap();
+                answer.send(()).unwrap();
+            });
+            let here = std::thread::current().id();
+            let (thread, reply) = readers
+                .with_in_place(move |_| {
+                    ask.send(()).unwrap();
+                    let reply = answered.recv_timeout(std::time::Duration::from_secs(60));
+                    Ok((std::thread::current().id(), reply))
+                })
+                .await
+                .unwrap();
+            assert_eq!(thread, here);
+            assert!(
+                reply.is_ok(),
+                "the spawned task did not run during the read"
+            );
+            let e = readers
+                .with_in_place(|_| -> annals::Result<()> { panic!("boom") })
+                .await
+                .unwrap_err();
+            assert!(e.to_string().contains("a read panicked"), "{e}");
+            let here = std::thread::current().id();
+            let thread = |_: &mut rusqlite::Connection| Ok(std::thread::current().id());
+            assert_eq!(readers.with_in_place(thread).await.unwrap(), here);
+        })
+        .await
+        .unwrap();
+    }
+
+    /// On a current-thread runtime (where a worker cannot block in place) a long read runs
+    /// in a blocking task, even with a reader idle.
+    #[tokio::test]
+    async fn a_long_read_on_a_current_thread_runtime_runs_on_a_blocking_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SqliteConfig::new(dir.path().join("c.db"));
+        drop(SqliteStore::open(config.clone()).unwrap());
+        let readers = std::sync::Arc::new(super::Readers::new(config));
+        let here = std::thread::current().id();
+        let thread = |_: &mut rusqlite::Connection| Ok(std::thread::current().id());
+        readers.with(thread).await.unwrap();
+        assert_eq!(readers.with_here(thread).await.unwrap(), here);
+        assert_ne!(readers.with_in_place(thread).await.unwrap(), here);
     }
 
     /// A store in a new directory where `stream` got one append of each of `batches`
