@@ -346,7 +346,7 @@ impl EventStore for SqliteStore {
         let limit = limit.max(1);
         self.shared
             .readers
-            .with_in_place(move |conn| read::read_all(conn, from, &filter, limit))
+            .with(move |conn| read::read_all(conn, from, &filter, limit))
             .await
     }
 
