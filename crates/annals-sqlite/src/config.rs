@@ -51,14 +51,17 @@ pub struct SqliteConfig {
 }
 
 impl SqliteConfig {
-    /// Defaults for the file at `path`: `synchronous=FULL`, 4 readers, a 5 s busy timeout,
+    /// Defaults for the file at `path`: `synchronous=FULL`, one reader per core (4 to 16:
+    /// reads run at most that many at once), a 5 s busy timeout,
     /// 1 MiB events, groups of up to 512 requests, lingering up to 100 µs for a group to
     /// grow to the size of the previous one, checkpointing the WAL every 4096 pages (16 MiB).
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
             synchronous: Synchronous::Full,
-            readers: 4,
+            readers: std::thread::available_parallelism()
+                .map_or(4, |n| n.get())
+                .clamp(4, 16),
             busy_timeout: Duration::from_secs(5),
             max_event_bytes: annals::DEFAULT_MAX_EVENT_BYTES,
             max_group: 512,
@@ -100,5 +103,10 @@ mod tests {
             (PathBuf::from("annals.db"), Synchronous::Normal, 1)
         );
         assert_eq!(Synchronous::default().pragma(), "FULL");
+        // One reader per core, 4 to 16.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let readers = SqliteConfig::new("annals.db").readers;
+        assert!((4..=16).contains(&readers), "{readers}");
+        assert!(readers == cores || (cores < 4 && readers == 4) || (cores > 16 && readers == 16));
     }
 }

@@ -8,7 +8,7 @@ use annals::{
 };
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use rusqlite::{params_from_iter, Connection, OptionalExtension, Row};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::backend;
 use crate::SqliteConfig;
@@ -84,21 +84,23 @@ impl Readers {
         }
     }
 
-    /// Runs `f` on an idle read connection on this thread when one is free at once, else as
-    /// [`Readers::with`]: for reads expected to be short (a stream read after a known
-    /// version: usually a few events at most), whose hand-over to a blocking thread and back
-    /// costs more than the read itself.
+    /// Runs `f` on an idle read connection on this thread, once a reader is free: for reads
+    /// expected to be short (a stream read after a known version: usually a few events at
+    /// most), whose hand-over to a blocking thread and back costs more than the read itself.
+    /// Only a connection still to be opened is opened, and read, in a blocking task.
     pub(crate) async fn with_here<T, F>(self: &Arc<Self>, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
-        let permit = Arc::clone(&self.permits).try_acquire_owned().ok();
-        let Some(conn) = permit.as_ref().and_then(|_| self.take_idle()) else {
-            drop(permit);
-            return self.with(f).await;
+        let permit = match Arc::clone(&self.permits).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => self.permit().await?,
         };
-        self.run(Some(conn), f)
+        match self.take_idle() {
+            Some(conn) => self.run(Some(conn), f),
+            None => self.blocking(permit, f).await,
+        }
     }
 
     /// Runs `f` on a read connection on this thread once one is free, in
@@ -127,6 +129,15 @@ impl Readers {
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
         let permit = self.permit().await?;
+        self.blocking(permit, f).await
+    }
+
+    /// Runs `f` in a blocking task, holding `permit`.
+    async fn blocking<T, F>(self: &Arc<Self>, permit: OwnedSemaphorePermit, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
         let this = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -136,7 +147,7 @@ impl Readers {
         .map_err(|e| backend(format!("read task failed: {e}")))?
     }
 
-    async fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+    async fn permit(&self) -> Result<OwnedSemaphorePermit> {
         Arc::clone(&self.permits)
             .acquire_owned()
             .await

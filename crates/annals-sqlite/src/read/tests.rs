@@ -65,6 +65,46 @@ async fn a_short_read_runs_here_on_an_idle_reader_else_on_a_blocking_thread() {
     assert_eq!(readers.with_here(thread).await.unwrap(), here);
 }
 
+/// A short read that finds every reader busy waits for one, then runs on the caller's
+/// thread (not in a blocking task).
+#[tokio::test]
+async fn a_short_read_waits_for_a_busy_reader_and_then_runs_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SqliteConfig::new(dir.path().join("w.db")).readers(1);
+    drop(SqliteStore::open(config.clone()).unwrap());
+    let readers = std::sync::Arc::new(super::Readers::new(config));
+    readers.with(|_| Ok(())).await.unwrap();
+    // The only reader, busy in a blocking task until released.
+    let (started, on_start) = tokio::sync::oneshot::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let busy = {
+        let readers = std::sync::Arc::clone(&readers);
+        tokio::spawn(async move {
+            readers
+                .with(move |_| {
+                    started.send(()).unwrap();
+                    released
+                        .recv_timeout(std::time::Duration::from_secs(60))
+                        .unwrap();
+                    Ok(())
+                })
+                .await
+        })
+    };
+    on_start.await.unwrap();
+    let here = std::thread::current().id();
+    // The short read is polled first and waits; then the busy read is released.
+    let (thread, ()) = tokio::join!(
+        readers.with_here(|_| Ok(std::thread::current().id())),
+        async {
+            tokio::task::yield_now().await;
+            release.send(()).unwrap();
+        }
+    );
+    assert_eq!(thread.unwrap(), here);
+    busy.await.unwrap().unwrap();
+}
+
 /// A long read runs on the caller's thread on a multi-threaded runtime, in
 /// `block_in_place`: the worker's other tasks go on meanwhile (here the only worker's: a
 /// task spawned before the read answers it from within). A panic in it is an error, and
