@@ -87,12 +87,15 @@ impl Readers {
     /// Runs `f` on an idle read connection on this thread, once a reader is free: for reads
     /// expected to be short (a stream read after a known version: usually a few events at
     /// most), whose hand-over to a blocking thread and back costs more than the read itself.
-    /// Only a connection still to be opened is opened, and read, in a blocking task.
+    /// Only a connection still to be opened is opened, and read, in a blocking task. Each
+    /// read takes a unit of the task's scheduling budget, so a task reading in a loop still
+    /// lets the worker's other tasks run.
     pub(crate) async fn with_here<T, F>(self: &Arc<Self>, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
+        tokio::task::coop::consume_budget().await;
         let permit = match Arc::clone(&self.permits).try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => self.permit().await?,

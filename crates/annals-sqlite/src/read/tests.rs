@@ -105,6 +105,29 @@ async fn a_short_read_waits_for_a_busy_reader_and_then_runs_here() {
     busy.await.unwrap().unwrap();
 }
 
+/// A task reading short reads in a loop, each done at once on an idle reader, still lets
+/// the other tasks of its (only) thread run.
+#[tokio::test]
+async fn short_reads_in_a_loop_let_other_tasks_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SqliteConfig::new(dir.path().join("y.db"));
+    drop(SqliteStore::open(config.clone()).unwrap());
+    let readers = std::sync::Arc::new(super::Readers::new(config));
+    readers.with(|_| Ok(())).await.unwrap();
+    let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let other = {
+        let ran = std::sync::Arc::clone(&ran);
+        tokio::spawn(async move { ran.store(true, std::sync::atomic::Ordering::SeqCst) })
+    };
+    let mut reads = 0;
+    while !ran.load(std::sync::atomic::Ordering::SeqCst) {
+        readers.with_here(|_| Ok(())).await.unwrap();
+        reads += 1;
+        assert!(reads < 10_000, "the other task never ran");
+    }
+    other.await.unwrap();
+}
+
 /// A long read runs on the caller's thread on a multi-threaded runtime, in
 /// `block_in_place`: the worker's other tasks go on meanwhile (here the only worker's: a
 /// task spawned before the read answers it from within). A panic in it is an error, and
