@@ -65,14 +65,19 @@ async fn a_short_read_runs_here_on_an_idle_reader_else_on_a_blocking_thread() {
     assert_eq!(readers.with_here(thread).await.unwrap(), here);
 }
 
+/// Readers of a new store's file (`name` in a new directory), `count` at most, none open yet.
+fn readers_of(name: &str, count: usize) -> (tempfile::TempDir, std::sync::Arc<super::Readers>) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SqliteConfig::new(dir.path().join(name)).readers(count);
+    drop(SqliteStore::open(config.clone()).unwrap());
+    (dir, std::sync::Arc::new(super::Readers::new(config)))
+}
+
 /// A short read that finds every reader busy waits for one, then runs on the caller's
 /// thread (not in a blocking task).
 #[tokio::test]
 async fn a_short_read_waits_for_a_busy_reader_and_then_runs_here() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = SqliteConfig::new(dir.path().join("w.db")).readers(1);
-    drop(SqliteStore::open(config.clone()).unwrap());
-    let readers = std::sync::Arc::new(super::Readers::new(config));
+    let (_dir, readers) = readers_of("w.db", 1);
     readers.with(|_| Ok(())).await.unwrap();
     // The only reader, busy in a blocking task until released.
     let (started, on_start) = tokio::sync::oneshot::channel();
@@ -109,10 +114,7 @@ async fn a_short_read_waits_for_a_busy_reader_and_then_runs_here() {
 /// the other tasks of its (only) thread run.
 #[tokio::test]
 async fn short_reads_in_a_loop_let_other_tasks_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = SqliteConfig::new(dir.path().join("y.db"));
-    drop(SqliteStore::open(config.clone()).unwrap());
-    let readers = std::sync::Arc::new(super::Readers::new(config));
+    let (_dir, readers) = readers_of("y.db", 4);
     readers.with(|_| Ok(())).await.unwrap();
     let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let other = {
@@ -134,10 +136,7 @@ async fn short_reads_in_a_loop_let_other_tasks_run() {
 /// the reader is kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_long_read_blocks_in_place_and_the_workers_other_tasks_go_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = SqliteConfig::new(dir.path().join("l.db"));
-    drop(SqliteStore::open(config.clone()).unwrap());
-    let readers = std::sync::Arc::new(super::Readers::new(config));
+    let (_dir, readers) = readers_of("l.db", 4);
     readers.with(|_| Ok(())).await.unwrap();
     // On the runtime's one worker (a test's body runs on the test's own thread).
     tokio::spawn(async move {
@@ -178,10 +177,7 @@ async fn a_long_read_blocks_in_place_and_the_workers_other_tasks_go_on() {
 /// in a blocking task, even with a reader idle.
 #[tokio::test]
 async fn a_long_read_on_a_current_thread_runtime_runs_on_a_blocking_thread() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = SqliteConfig::new(dir.path().join("c.db"));
-    drop(SqliteStore::open(config.clone()).unwrap());
-    let readers = std::sync::Arc::new(super::Readers::new(config));
+    let (_dir, readers) = readers_of("c.db", 4);
     let here = std::thread::current().id();
     let thread = |_: &mut rusqlite::Connection| Ok(std::thread::current().id());
     readers.with(thread).await.unwrap();
