@@ -106,25 +106,6 @@ impl Readers {
         }
     }
 
-    /// Runs `f` on a read connection on this thread once one is free, in
-    /// [`tokio::task::block_in_place`] (the worker's other tasks go to another thread
-    /// meanwhile): for long reads (a page of up to 1,000 events), whose events are then
-    /// built and freed on one thread. On a current-thread runtime, where a worker cannot
-    /// block in place, as [`Readers::with`].
-    pub(crate) async fn with_in_place<T, F>(self: &Arc<Self>, f: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
-    {
-        let multi_threaded = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if !multi_threaded {
-            return self.with(f).await;
-        }
-        let _permit = self.permit().await?;
-        tokio::task::block_in_place(|| self.run(None, f))
-    }
-
     /// Runs `f` on a read connection in a blocking task.
     pub(crate) async fn with<T, F>(self: &Arc<Self>, f: F) -> Result<T>
     where
@@ -412,7 +393,9 @@ pub(crate) fn read_stream_pages(
         left: options.limit.map_or(u64::MAX, |l| l as u64),
     };
     // Reading forward after a known version (a cached state catching up) or a few events
-    // at most is short; later pages are long.
+    // at most is short: its first page runs on this thread. Later pages, and long reads,
+    // go to a blocking task. (Not `block_in_place`: it panics in a `LocalSet`, which tokio
+    // gives no way to detect.)
     let short = (forward && start.next > 0) || start.left <= SHORT_READ;
     let first = (start.left > 0).then_some(start);
     stream::unfold((first, short), move |(cursor, short)| {
@@ -423,7 +406,7 @@ pub(crate) fn read_stream_pages(
             let read = move |conn: &mut Connection| page(conn, &stream, cursor, forward);
             let read = match short {
                 true => readers.with_here(read).await,
-                false => readers.with_in_place(read).await,
+                false => readers.with(read).await,
             };
             match read {
                 Err(e) => Some((Err(e), (None, false))),

@@ -130,14 +130,12 @@ async fn short_reads_in_a_loop_let_other_tasks_run() {
     other.await.unwrap();
 }
 
-/// A long read runs on the caller's thread on a multi-threaded runtime, in
-/// `block_in_place`: the worker's other tasks go on meanwhile (here the only worker's: a
-/// task spawned before the read answers it from within). A panic in it is an error, and
-/// the reader is kept.
+/// A long read runs in a blocking task, never on the worker: the worker's other tasks go
+/// on meanwhile (here the only worker's: a task spawned before the read answers it from
+/// within). A panic in it is that read's error, and the reader is kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-async fn a_long_read_blocks_in_place_and_the_workers_other_tasks_go_on() {
-    let (_dir, readers) = readers_of("l.db", 4);
-    readers.with(|_| Ok(())).await.unwrap();
+async fn a_long_read_runs_in_a_blocking_task_and_the_workers_other_tasks_go_on() {
+    let (_dir, readers) = readers_of("l.db", 1);
     // On the runtime's one worker (a test's body runs on the test's own thread).
     tokio::spawn(async move {
         let (ask, asked) = tokio::sync::oneshot::channel::<()>();
@@ -148,41 +146,67 @@ async fn a_long_read_blocks_in_place_and_the_workers_other_tasks_go_on() {
         });
         let here = std::thread::current().id();
         let (thread, reply) = readers
-            .with_in_place(move |_| {
+            .with(move |_| {
                 ask.send(()).unwrap();
                 let reply = answered.recv_timeout(std::time::Duration::from_secs(60));
                 Ok((std::thread::current().id(), reply))
             })
             .await
             .unwrap();
-        assert_eq!(thread, here);
+        assert_ne!(thread, here);
         assert!(
             reply.is_ok(),
             "the spawned task did not run during the read"
         );
         let e = readers
-            .with_in_place(|_| -> annals::Result<()> { panic!("boom") })
+            .with(|_| -> annals::Result<()> { panic!("boom") })
             .await
             .unwrap_err();
         assert!(e.to_string().contains("a read panicked"), "{e}");
-        let here = std::thread::current().id();
-        let thread = |_: &mut rusqlite::Connection| Ok(std::thread::current().id());
-        assert_eq!(readers.with_in_place(thread).await.unwrap(), here);
+        // The one reader was kept: the next read takes it, opening none.
+        let idle = |_: &mut rusqlite::Connection| Ok(());
+        readers.with(idle).await.unwrap();
+        assert_eq!(readers.idle.lock().unwrap().len(), 1);
     })
     .await
     .unwrap();
 }
 
-/// On a current-thread runtime (where a worker cannot block in place) a long read runs
-/// in a blocking task, even with a reader idle.
-#[tokio::test]
-async fn a_long_read_on_a_current_thread_runtime_runs_on_a_blocking_thread() {
-    let (_dir, readers) = readers_of("c.db", 4);
-    let here = std::thread::current().id();
-    let thread = |_: &mut rusqlite::Connection| Ok(std::thread::current().id());
-    readers.with(thread).await.unwrap();
-    assert_eq!(readers.with_here(thread).await.unwrap(), here);
-    assert_ne!(readers.with_in_place(thread).await.unwrap(), here);
+/// Whole-stream reads (several pages) in both directions, from tasks of a `LocalSet`:
+/// on a multi-threaded runtime (how `#[tokio::main]` runs `!Send` tasks: on the thread
+/// that called `block_on`, where tokio refuses `block_in_place`) and on a current-thread
+/// one. Every event comes back, in order.
+#[test]
+fn whole_stream_reads_from_a_local_set_return_every_event() {
+    let stream = StreamName::new("Local-1").unwrap();
+    let n = super::STREAM_PAGE + 500;
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .unwrap();
+    let current = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let (_dir, store, _conn) = multi.block_on(written(&stream, &[n]));
+    let store = std::sync::Arc::new(store);
+    for runtime in [&multi, &current] {
+        let local = tokio::task::LocalSet::new();
+        let (store, stream) = (std::sync::Arc::clone(&store), stream.clone());
+        let [forward, backward] = runtime.block_on(local.run_until(async move {
+            use annals::{EventStoreExt, ReadStream};
+            let reads = [ReadStream::forward(), ReadStream::backward()].map(|options| {
+                let (store, stream) = (std::sync::Arc::clone(&store), stream.clone());
+                tokio::task::spawn_local(async move {
+                    let events = store.read_stream_vec(&stream, options).await.unwrap();
+                    events.iter().map(|e| e.stream_version).collect::<Vec<_>>()
+                })
+            });
+            let [f, b] = reads;
+            [f.await.unwrap(), b.await.unwrap()]
+        }));
+        assert_eq!(forward, (0..n as u64).collect::<Vec<_>>());
+        assert_eq!(backward, (0..n as u64).rev().collect::<Vec<_>>());
+    }
 }
 
 /// A store in a new directory where `stream` got one append of each of `batches`
