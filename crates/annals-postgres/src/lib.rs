@@ -114,8 +114,16 @@ fn pack(tx: u64, position: i64) -> Position {
 fn unpack(p: Position) -> (u64, i64) {
     (
         (annals::backend::raw_position(p) >> 64) as u64,
-        (annals::backend::raw_position(p) as u64) as i64,
+        bigint(annals::backend::raw_position(p) as u64),
     )
+}
+
+/// A version or position as a `bigint` holds it. One beyond its range is beyond every
+/// stream's and every transaction's (none reaches 2^63 events), so it is bound as the
+/// highest `bigint`, which is beyond them too: never wrapped to a negative number, which
+/// would put it before everything.
+pub(crate) fn bigint(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 fn tx_of(text: &str) -> Result<u64> {
@@ -180,7 +188,7 @@ fn kind(expected: ExpectedVersion) -> (i16, i64) {
         ExpectedVersion::Any => (0, 0),
         ExpectedVersion::NoStream => (1, 0),
         ExpectedVersion::StreamExists => (2, 0),
-        ExpectedVersion::Exact(v) => (3, v.get() as i64),
+        ExpectedVersion::Exact(v) => (3, bigint(v.get())),
     }
 }
 

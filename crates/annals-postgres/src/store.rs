@@ -312,7 +312,7 @@ impl EventStore for PgStore {
                     // grouped with other readers' catch-ups.
                     let page = match next {
                         0 => self.read_one(stream, 0, ask).await?,
-                        from => self.first_page(stream, from as i64, ask).await?,
+                        from => self.first_page(stream, bigint(from), ask).await?,
                     };
                     if page.tombstone {
                         return Err(Error::StreamDeleted {
@@ -326,8 +326,8 @@ impl EventStore for PgStore {
                 }
                 let client = self.client().await?;
                 let (sql, a, b) = match forward {
-                    true => (&self.inner.sql.read_forward, next as i64, i64::MAX),
-                    false => (&self.inner.sql.read_backward, next as i64, 0),
+                    true => (&self.inner.sql.read_forward, bigint(next), i64::MAX),
+                    false => (&self.inner.sql.read_backward, bigint(next), 0),
                 };
                 let statement = prepared(&client, sql).await?;
                 let rows = client
@@ -384,7 +384,8 @@ impl EventStore for PgStore {
 
     async fn read_all(&self, from: Position, filter: &Filter, limit: usize) -> Result<AllPage> {
         filter.validate()?;
-        let limit = limit.max(1) as i64;
+        // The statement asks for a row more than the page: room for it in a `bigint`.
+        let limit = bigint(limit.max(1) as u64).min(i64::MAX - 1);
         let filtered = !filter.categories.is_empty()
             || !filter.event_types.is_empty()
             || filter.partition.is_some();

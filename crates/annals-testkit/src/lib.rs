@@ -169,6 +169,7 @@ macro_rules! conformance_suite {
             concurrent_any_appends_all_land,
             retry_of_a_committed_append_writes_nothing,
             append_at_answers_a_conflict_with_the_events_after,
+            versions_beyond_any_stream_are_conflicts_and_past_the_end,
             partial_overlap_retry_is_refused,
             event_id_recorded_in_another_stream_is_refused,
             concurrent_appends_sharing_an_event_id_write_it_once,

@@ -642,6 +642,7 @@ pub async fn read_stream_pages_agree_with_read_stream(store: Arc<dyn EventStore>
 }
 
 mod append_at;
+mod bounds;
 mod capabilities;
 mod coordination;
 mod copies;
@@ -651,6 +652,7 @@ mod retention;
 mod transactions;
 
 pub use append_at::*;
+pub use bounds::*;
 pub use capabilities::*;
 pub use coordination::*;
 pub use copies::*;
