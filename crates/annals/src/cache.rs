@@ -1,15 +1,16 @@
 //! An in-process bounded cache of folded state per stream.
 //!
-//! One cache can serve many categories: entries are keyed by stream name and state type.
+//! One cache can serve many categories: entries are keyed by scope (the store the events
+//! were read from and the domain that folded them; see [`CacheScope`]) and stream name.
 //! An entry is only ever replaced by a state of the same or a newer version, so a slow
 //! writer finishing late cannot roll a stream's cached state back.
 
 use std::any::{Any, TypeId};
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
-use crate::{StreamName, Version};
+use crate::{EventStore, StreamName, Version};
 
 /// A cached state: its version, the state, and when it was last confirmed by the store.
 #[derive(Debug, Clone)]
@@ -22,15 +23,48 @@ pub struct Cached<S> {
     pub confirmed_at: Instant,
 }
 
+/// Whose states cache entries hold: the history of one store (one instance: the same
+/// `Arc`), folded by one domain. Categories sharing a cache share entries only within a
+/// scope, so two stores' streams of one name (a store per tenant, or per test) and two
+/// domains folding one stream never get each other's states.
+#[derive(Clone)]
+pub struct CacheScope {
+    /// Keeps the store's allocation (not the store) while an entry of the scope is cached,
+    /// so its address, in `id`, cannot become another store's meanwhile.
+    store: Weak<dyn EventStore>,
+    id: ScopeId,
+}
+
+type ScopeId = (usize, TypeId);
+
+impl CacheScope {
+    /// The scope of the states domain `D` folds from `store`'s events.
+    pub fn of<D: 'static>(store: &Arc<dyn EventStore>) -> Self {
+        Self {
+            store: Arc::downgrade(store),
+            id: (Arc::as_ptr(store) as *const () as usize, TypeId::of::<D>()),
+        }
+    }
+}
+
+impl std::fmt::Debug for CacheScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheScope").finish_non_exhaustive()
+    }
+}
+
 struct Entry {
     version: Version,
     state: Arc<dyn Any + Send + Sync>,
     confirmed_at: Instant,
+    _store: Weak<dyn EventStore>,
 }
+
+type Key = (ScopeId, StreamName);
 
 /// A bounded least-recently-used cache of `(version, state)` per stream.
 pub struct Cache {
-    entries: Mutex<lru::LruCache<(StreamName, TypeId), Entry>>,
+    entries: Mutex<lru::LruCache<Key, Entry>>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -48,10 +82,14 @@ impl Cache {
         }
     }
 
-    /// The cached state of `stream`, if any.
-    pub fn get<S: Send + Sync + 'static>(&self, stream: &StreamName) -> Option<Cached<S>> {
+    /// The cached state of `stream` in `scope`, if any.
+    pub fn get<S: Send + Sync + 'static>(
+        &self,
+        scope: &CacheScope,
+        stream: &StreamName,
+    ) -> Option<Cached<S>> {
         let mut entries = self.lock();
-        let entry = entries.get(&(stream.clone(), TypeId::of::<S>()))?;
+        let entry = entries.get(&(scope.id, stream.clone()))?;
         let state = Arc::clone(&entry.state).downcast::<S>().ok()?;
         Some(Cached {
             version: entry.version,
@@ -60,16 +98,17 @@ impl Cache {
         })
     }
 
-    /// Stores `state` at `version`, unless a newer version is cached already. Returns
-    /// whether the entry was written.
+    /// Stores `state` of `stream` in `scope` at `version`, unless a newer version is
+    /// cached already. Returns whether the entry was written.
     pub fn put<S: Send + Sync + 'static>(
         &self,
+        scope: &CacheScope,
         stream: &StreamName,
         version: Version,
         state: Arc<S>,
     ) -> bool {
         let mut entries = self.lock();
-        let key = (stream.clone(), TypeId::of::<S>());
+        let key = (scope.id, stream.clone());
         if let Some(existing) = entries.get(&key) {
             if existing.version > version {
                 return false;
@@ -81,14 +120,15 @@ impl Cache {
                 version,
                 state,
                 confirmed_at: Instant::now(),
+                _store: Weak::clone(&scope.store),
             },
         );
         true
     }
 
-    /// Drops the entry of `stream` for state type `S`.
-    pub fn remove<S: 'static>(&self, stream: &StreamName) {
-        self.lock().pop(&(stream.clone(), TypeId::of::<S>()));
+    /// Drops the entry of `stream` in `scope`.
+    pub fn remove(&self, scope: &CacheScope, stream: &StreamName) {
+        self.lock().pop(&(scope.id, stream.clone()));
     }
 
     /// The number of entries.
@@ -101,7 +141,33 @@ impl Cache {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, lru::LruCache<(StreamName, TypeId), Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, lru::LruCache<Key, Entry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A category's cache: the shared cache and the category's scope in it.
+#[derive(Clone)]
+pub(crate) struct ScopedCache {
+    pub(crate) cache: Arc<Cache>,
+    pub(crate) scope: CacheScope,
+}
+
+impl ScopedCache {
+    pub(crate) fn get<S: Send + Sync + 'static>(&self, stream: &StreamName) -> Option<Cached<S>> {
+        self.cache.get(&self.scope, stream)
+    }
+
+    pub(crate) fn put<S: Send + Sync + 'static>(
+        &self,
+        stream: &StreamName,
+        version: Version,
+        state: Arc<S>,
+    ) -> bool {
+        self.cache.put(&self.scope, stream, version, state)
+    }
+
+    pub(crate) fn remove(&self, stream: &StreamName) {
+        self.cache.remove(&self.scope, stream)
     }
 }

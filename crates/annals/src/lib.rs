@@ -81,7 +81,7 @@ mod version;
 // Every public item has one path: here, at the crate root (except what only store
 // implementations need, in `backend`).
 pub use aggregate::{Aggregate, AggregateDomain, Repository, Root};
-pub use cache::{Cache, Cached};
+pub use cache::{Cache, CacheScope, Cached};
 pub use checkpoint::{Checkpoint, CheckpointStore, MemoryCheckpoints, ParkedStream};
 pub use codec::{Codec, EncodeContext, JsonCodec, Upcast};
 pub use decider::{

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use futures::TryStreamExt;
 use tracing::Instrument;
 
-use crate::cache::Cache;
+use crate::cache::{Cache, CacheScope, ScopedCache};
 use crate::codec::{Codec, EncodeContext};
 use crate::error::{CodecError, Error, Result};
 use crate::store::{AppendAt, EventStore, ReadStream, StreamAppend};
@@ -70,7 +70,7 @@ pub struct Category<D: Domain> {
     name: Arc<str>,
     store: Arc<dyn EventStore>,
     codec: Arc<dyn Codec<D::Event>>,
-    cache: Option<Arc<Cache>>,
+    cache: Option<ScopedCache>,
     max_attempts: u32,
     load_locks: Arc<LoadLocks>,
     lanes: Arc<batch::Lanes<D::State>>,
@@ -213,16 +213,30 @@ impl<D: Domain> Category<D> {
         self
     }
 
-    /// Caches folded states in `cache` (which other categories may share).
+    /// Caches folded states in `cache`, which other categories may share: their entries
+    /// are apart unless they fold with the same domain the events of the same store (see
+    /// [`CacheScope`]).
     pub fn with_cache(mut self, cache: Arc<Cache>) -> Self {
-        self.cache = Some(cache);
+        let scope = self.cache_scope();
+        self.cache = Some(ScopedCache { cache, scope });
         self
     }
 
     /// Caches folded states in `cache` when there is one.
-    pub fn with_optional_cache(mut self, cache: Option<Arc<Cache>>) -> Self {
-        self.cache = cache;
-        self
+    pub fn with_optional_cache(self, cache: Option<Arc<Cache>>) -> Self {
+        match cache {
+            Some(cache) => self.with_cache(cache),
+            None => Self {
+                cache: None,
+                ..self
+            },
+        }
+    }
+
+    /// This category's entries in a cache ([`Cache::get`]): its domain's states, read from
+    /// its store.
+    pub fn cache_scope(&self) -> CacheScope {
+        CacheScope::of::<D>(&self.store)
     }
 
     /// Sets how many attempts `transact` makes (at least one).

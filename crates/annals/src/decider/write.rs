@@ -38,7 +38,7 @@ impl<D: Domain> Decider<D> {
             // The stream is shorter than the state this process had: never from a write
             // of its own; forget the cached state and load from the start.
             if let Some(cache) = &self.category.cache {
-                cache.remove::<D::State>(&self.stream);
+                cache.remove(&self.stream);
             }
             return self.reload().await;
         }

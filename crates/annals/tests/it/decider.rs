@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use annals::{AllPage, AppendResult, Capabilities, Filter, ReadStream};
+use annals::{AllPage, AppendResult, Capabilities, EventStoreExt, Filter, ReadStream};
 use annals::{
     Cache, Category, Domain, Error, EventData, EventStore, ExpectedVersion, JsonCodec, LoadOption,
     MemoryStore, Position, RecordedEvent, StreamName, Version,
@@ -606,19 +606,26 @@ async fn a_queued_decision_that_panics_fails_its_caller_alone() {
 #[tokio::test]
 async fn a_stale_write_never_overwrites_a_newer_cache_entry() {
     let cache = Cache::new(10);
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    let scope = annals::CacheScope::of::<Tally>(&store);
     let s = StreamName::new("Tally-e").unwrap();
-    assert!(cache.put(&s, Version(5), Arc::new(vec![5u32])));
-    assert!(!cache.put(&s, Version(3), Arc::new(vec![3u32])));
-    let cached = cache.get::<Vec<u32>>(&s).unwrap();
+    assert!(cache.put(&scope, &s, Version(5), Arc::new(vec![5u32])));
+    assert!(!cache.put(&scope, &s, Version(3), Arc::new(vec![3u32])));
+    let cached = cache.get::<Vec<u32>>(&scope, &s).unwrap();
     assert_eq!((cached.version, &*cached.state), (Version(5), &vec![5]));
-    assert!(cache.put(&s, Version(6), Arc::new(vec![6u32])));
-    assert_eq!(cache.get::<Vec<u32>>(&s).unwrap().version, Version(6));
+    assert!(cache.put(&scope, &s, Version(6), Arc::new(vec![6u32])));
+    assert_eq!(
+        cache.get::<Vec<u32>>(&scope, &s).unwrap().version,
+        Version(6)
+    );
 
     // Through the runtime: a writer holding an old state loses the race, resyncs, and the
     // cache ends at the newest version.
     let probe = Arc::new(Probe::default());
     let cache = Arc::new(Cache::new(10));
-    let decider = category(&probe, Some(cache.clone())).decider("e").unwrap();
+    let category = category(&probe, Some(cache.clone()));
+    let scope = category.cache_scope();
+    let decider = category.decider("e").unwrap();
     decider.transact(|_| add(1)).await.unwrap();
     probe.interfere.store(1, Ordering::SeqCst);
     decider
@@ -626,7 +633,7 @@ async fn a_stale_write_never_overwrites_a_newer_cache_entry() {
         .transact(|_| add(2))
         .await
         .unwrap();
-    let cached = cache.get::<Vec<u32>>(decider.stream()).unwrap();
+    let cached = cache.get::<Vec<u32>>(&scope, decider.stream()).unwrap();
     assert_eq!(
         (cached.version, &*cached.state),
         (Version(3), &vec![1, 1000, 2])
@@ -769,4 +776,74 @@ async fn a_queued_decision_the_store_refuses_fails_alone() {
     let state = decider.query(Clone::clone).await.unwrap();
     assert_eq!(state, [0, 1, 3], "the others are written, in order");
     assert_eq!(decider.queued(), 0);
+}
+
+/// One cache shared by categories over two stores (tenants, or tests each with a store of
+/// their own) never gives one store's state for the other's stream of the same name.
+#[tokio::test]
+async fn a_cache_shared_by_two_stores_keeps_their_streams_apart() {
+    let cache = Arc::new(Cache::new(16));
+    let (a, b) = (Arc::new(Probe::default()), Arc::new(Probe::default()));
+    let on_a = category(&a, Some(Arc::clone(&cache))).decider("x").unwrap();
+    let on_b = category(&b, Some(Arc::clone(&cache))).decider("x").unwrap();
+    on_a.transact(|_| add(1)).await.unwrap();
+    on_a.transact(|_| add(2)).await.unwrap();
+    on_b.transact(|_| add(7)).await.unwrap();
+    assert_eq!(on_b.query(|s| s.clone()).await.unwrap(), vec![7]);
+    on_b.transact(|_| add(8)).await.unwrap();
+    assert_eq!(on_b.query(|s| s.clone()).await.unwrap(), vec![7, 8]);
+    assert_eq!(on_a.query(|s| s.clone()).await.unwrap(), vec![1, 2]);
+    // A store dropped and another made (perhaps where it was): nothing of it is served.
+    drop(on_a);
+    drop(a);
+    let c = Arc::new(Probe::default());
+    let on_c = category(&c, Some(Arc::clone(&cache))).decider("x").unwrap();
+    assert_eq!(on_c.query(|s| s.clone()).await.unwrap(), Vec::<u32>::new());
+    on_c.transact(|_| add(3)).await.unwrap();
+    assert_eq!(on_c.query(|s| s.clone()).await.unwrap(), vec![3]);
+    let stored: Vec<u64> = b
+        .inner
+        .read_stream_vec(&StreamName::new("Tally-x").unwrap(), ReadStream::forward())
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.stream_version)
+        .collect();
+    assert_eq!(stored, [0, 1]);
+}
+
+/// Two domains folding one stream into the same state type, with one cache: each gets its
+/// own fold, never the other's.
+#[tokio::test]
+async fn a_cache_shared_by_two_domains_of_one_stream_keeps_their_states_apart() {
+    struct Doubled;
+    impl Domain for Doubled {
+        type Event = Event;
+        type State = Vec<u32>;
+        fn initial() -> Vec<u32> {
+            Vec::new()
+        }
+        fn evolve(mut state: Vec<u32>, event: &Event) -> Vec<u32> {
+            match event {
+                Event::Added { n } => state.push(n * 2),
+            }
+            state
+        }
+    }
+    let cache = Arc::new(Cache::new(16));
+    let probe = Arc::new(Probe::default());
+    let tally = category(&probe, Some(Arc::clone(&cache)))
+        .decider("d")
+        .unwrap();
+    let doubled = Category::<Doubled>::new("Tally", probe.clone(), JsonCodec::new())
+        .unwrap()
+        .with_cache(Arc::clone(&cache))
+        .decider("d")
+        .unwrap();
+    tally.transact(|_| add(1)).await.unwrap();
+    assert_eq!(doubled.query(|s| s.clone()).await.unwrap(), vec![2]);
+    doubled.transact(|_| add(5)).await.unwrap();
+    assert_eq!(tally.query(|s| s.clone()).await.unwrap(), vec![1, 5]);
+    assert_eq!(doubled.query(|s| s.clone()).await.unwrap(), vec![2, 10]);
+    assert_eq!(cache.len(), 2);
 }
