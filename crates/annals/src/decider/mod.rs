@@ -76,7 +76,7 @@ pub struct Category<D: Domain> {
     lanes: Arc<batch::Lanes<D::State>>,
     access: Access<D>,
     references: Option<References<D::Event>>,
-    /// Referenced streams seen to exist (streams are never deleted).
+    /// Referenced streams seen to exist (not checked again: see `with_references`).
     known_streams: Arc<Mutex<std::collections::HashSet<StreamName>>>,
 }
 
@@ -202,8 +202,10 @@ impl<D: Domain> Category<D> {
 
     /// Checks references at write time: `references` names the streams an event refers to,
     /// and a write whose events name a stream that does not exist fails with
-    /// [`Error::MissingReference`], writing nothing. Streams are never deleted, so a
-    /// stream seen once is not checked again; streams written in the same multi-stream
+    /// [`Error::MissingReference`], writing nothing (a stream deleted for good is missing; a
+    /// soft-deleted one, which can still be written, exists). The check is not atomic with
+    /// the write, and a stream this category has seen to exist is not checked again (a
+    /// later deletion goes unnoticed); streams written in the same multi-stream
     /// transaction count as existing.
     pub fn with_references(
         mut self,
@@ -331,7 +333,13 @@ impl<D: Domain> Category<D> {
                 if known(&self.known_streams.lock().unwrap_or_else(|p| p.into_inner())) {
                     continue;
                 }
-                if self.store.stream_version(&referenced).await? == Version::EMPTY {
+                // A tombstoned stream is missing too (its deletion is not the writer's).
+                let missing = match self.store.stream_version(&referenced).await {
+                    Ok(version) => version == Version::EMPTY,
+                    Err(Error::StreamDeleted { .. }) => true,
+                    Err(e) => return Err(e),
+                };
+                if missing {
                     let encoded = self.codec.encode(event, &EncodeContext::default());
                     return Err(Error::MissingReference {
                         stream: stream.clone(),

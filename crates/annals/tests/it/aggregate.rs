@@ -242,6 +242,39 @@ async fn an_event_naming_a_missing_stream_is_refused_and_nothing_written() {
     );
 }
 
+/// A referenced stream deleted for good (a tombstone) is missing: the write naming it is
+/// refused as a missing reference (not as a deletion of the stream written), nothing
+/// written.
+#[tokio::test]
+async fn an_event_naming_a_deleted_stream_is_a_missing_reference() {
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    let repo = repo(store.clone());
+    repo.load_and_save("gone", |r| r.record(Event::Deposited { amount: 1 }))
+        .await
+        .unwrap();
+    let gone = StreamName::from_parts("Account", "gone").unwrap();
+    store
+        .delete_stream(&gone, ExpectedVersion::Any, annals::DeleteMode::Hard)
+        .await
+        .unwrap();
+    let order = orders(store.clone()).decider("o2").unwrap();
+    let refused = order
+        .transact(|_| {
+            vec![OrderEvent::Placed {
+                customer: "gone".into(),
+            }]
+        })
+        .await;
+    match refused {
+        Err(Error::MissingReference { referenced, .. }) => assert_eq!(referenced, gone),
+        other => panic!("expected a missing reference, got {other:?}"),
+    }
+    assert_eq!(
+        store.stream_version(order.stream()).await.unwrap(),
+        Version(0)
+    );
+}
+
 #[tokio::test]
 async fn a_transaction_across_stores_is_refused_before_reading() {
     let one: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
