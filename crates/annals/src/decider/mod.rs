@@ -218,6 +218,12 @@ impl<D: Domain> Category<D> {
     /// Caches folded states in `cache`, which other categories may share: their entries
     /// are apart unless they fold with the same domain the events of the same store (see
     /// [`CacheScope`]).
+    ///
+    /// A cached state goes on from the events it was folded from. Events hidden after that
+    /// (a soft delete, a truncation, retention) stay in it, while a load without the cache
+    /// folds only the events still shown: on streams whose events you hide, drop the entry
+    /// when you hide them (`cache.remove(&category.cache_scope(), &stream)`), or do not
+    /// cache the category.
     pub fn with_cache(mut self, cache: Arc<Cache>) -> Self {
         let scope = self.cache_scope();
         self.cache = Some(ScopedCache { cache, scope });
