@@ -816,18 +816,16 @@ async fn a_cache_shared_by_two_stores_keeps_their_streams_apart() {
 /// own fold, never the other's.
 #[tokio::test]
 async fn a_cache_shared_by_two_domains_of_one_stream_keeps_their_states_apart() {
+    /// Tally's events, each counted twice.
     struct Doubled;
     impl Domain for Doubled {
         type Event = Event;
         type State = Vec<u32>;
         fn initial() -> Vec<u32> {
-            Vec::new()
+            Tally::initial()
         }
-        fn evolve(mut state: Vec<u32>, event: &Event) -> Vec<u32> {
-            match event {
-                Event::Added { n } => state.push(n * 2),
-            }
-            state
+        fn evolve(state: Vec<u32>, Event::Added { n }: &Event) -> Vec<u32> {
+            Tally::evolve(state, &Event::Added { n: n * 2 })
         }
     }
     let cache = Arc::new(Cache::new(16));
