@@ -291,7 +291,7 @@ impl PgStore {
     /// `pg_freespacemap` extension is installed.
     pub(crate) async fn scavenge_batch(&self, limit: usize, dry_run: bool) -> Result<Scavenged> {
         let schema = self.schema();
-        let limit = limit.clamp(1, i64::MAX as usize) as i64;
+        let limit = bigint(limit.max(1) as u64);
         let gone = format!(
             "SELECT e.tx_id, e.position, length(e.data) + coalesce(length(e.metadata), 0) AS bytes \
              FROM {schema}.streams s CROSS JOIN LATERAL ( \

@@ -126,10 +126,7 @@ impl EventStore for PgStore {
             .await
             .map_err(backend)?;
         let rows = client
-            .query(
-                &statement,
-                &[&stream.as_str(), &(limit.min(i64::MAX as usize) as i64)],
-            )
+            .query(&statement, &[&stream.as_str(), &bigint(limit as u64)])
             .await
             .map_err(backend)?;
         let Some(first) = rows.first() else {

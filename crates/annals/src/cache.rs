@@ -30,9 +30,9 @@ pub struct Cached<S> {
 #[derive(Clone)]
 pub struct CacheScope {
     /// Keeps the store's allocation (not the store) while an entry of the scope is cached,
-    /// so its address, in `id`, cannot become another store's meanwhile.
+    /// so its address, part of the key, cannot become another store's meanwhile.
     store: Weak<dyn EventStore>,
-    id: ScopeId,
+    domain: TypeId,
 }
 
 type ScopeId = (usize, TypeId);
@@ -42,8 +42,12 @@ impl CacheScope {
     pub fn of<D: 'static>(store: &Arc<dyn EventStore>) -> Self {
         Self {
             store: Arc::downgrade(store),
-            id: (Arc::as_ptr(store) as *const () as usize, TypeId::of::<D>()),
+            domain: TypeId::of::<D>(),
         }
+    }
+
+    fn id(&self) -> ScopeId {
+        (self.store.as_ptr() as *const () as usize, self.domain)
     }
 }
 
@@ -89,7 +93,7 @@ impl Cache {
         stream: &StreamName,
     ) -> Option<Cached<S>> {
         let mut entries = self.lock();
-        let entry = entries.get(&(scope.id, stream.clone()))?;
+        let entry = entries.get(&(scope.id(), stream.clone()))?;
         let state = Arc::clone(&entry.state).downcast::<S>().ok()?;
         Some(Cached {
             version: entry.version,
@@ -108,27 +112,32 @@ impl Cache {
         state: Arc<S>,
     ) -> bool {
         let mut entries = self.lock();
-        let key = (scope.id, stream.clone());
-        if let Some(existing) = entries.get(&key) {
-            if existing.version > version {
-                return false;
+        let key = (scope.id(), stream.clone());
+        match entries.get_mut(&key) {
+            Some(existing) if existing.version > version => false,
+            // The entry's store reference is the scope's already: replace the state only.
+            Some(existing) => {
+                existing.version = version;
+                existing.state = state;
+                existing.confirmed_at = Instant::now();
+                true
+            }
+            None => {
+                let entry = Entry {
+                    version,
+                    state,
+                    confirmed_at: Instant::now(),
+                    _store: Weak::clone(&scope.store),
+                };
+                entries.put(key, entry);
+                true
             }
         }
-        entries.put(
-            key,
-            Entry {
-                version,
-                state,
-                confirmed_at: Instant::now(),
-                _store: Weak::clone(&scope.store),
-            },
-        );
-        true
     }
 
     /// Drops the entry of `stream` in `scope`.
     pub fn remove(&self, scope: &CacheScope, stream: &StreamName) {
-        self.lock().pop(&(scope.id, stream.clone()));
+        self.lock().pop(&(scope.id(), stream.clone()));
     }
 
     /// The number of entries.

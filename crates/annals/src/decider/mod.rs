@@ -224,21 +224,15 @@ impl<D: Domain> Category<D> {
     /// folds only the events still shown: on streams whose events you hide, drop the entry
     /// when you hide them (`cache.remove(&category.cache_scope(), &stream)`), or do not
     /// cache the category.
-    pub fn with_cache(mut self, cache: Arc<Cache>) -> Self {
-        let scope = self.cache_scope();
-        self.cache = Some(ScopedCache { cache, scope });
-        self
+    pub fn with_cache(self, cache: Arc<Cache>) -> Self {
+        self.with_optional_cache(Some(cache))
     }
 
     /// Caches folded states in `cache` when there is one.
-    pub fn with_optional_cache(self, cache: Option<Arc<Cache>>) -> Self {
-        match cache {
-            Some(cache) => self.with_cache(cache),
-            None => Self {
-                cache: None,
-                ..self
-            },
-        }
+    pub fn with_optional_cache(mut self, cache: Option<Arc<Cache>>) -> Self {
+        let scope = self.cache_scope();
+        self.cache = cache.map(|cache| ScopedCache { cache, scope });
+        self
     }
 
     /// This category's entries in a cache ([`Cache::get`]): its domain's states, read from
