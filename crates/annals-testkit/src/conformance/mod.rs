@@ -648,6 +648,7 @@ mod coordination;
 mod copies;
 mod deletion;
 mod feed;
+mod hidden;
 mod retention;
 mod transactions;
 
@@ -658,5 +659,6 @@ pub use coordination::*;
 pub use copies::*;
 pub use deletion::*;
 pub use feed::*;
+pub use hidden::*;
 pub use retention::*;
 pub use transactions::*;

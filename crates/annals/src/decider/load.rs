@@ -110,7 +110,7 @@ impl<D: Domain> Decider<D> {
             state: Arc::new(state),
         };
         if version < read.version {
-            return self.catch_up(loaded).await.map(Some);
+            return self.catch_up_to(loaded, read.version).await.map(Some);
         }
         if let Some(cache) = &cat.cache {
             cache.put(&self.stream, loaded.version, Arc::clone(&loaded.state));
@@ -187,15 +187,35 @@ impl<D: Domain> Decider<D> {
 
     /// Folds the events after `from.version` onto `from.state`, and caches the result.
     pub(crate) async fn catch_up(&self, from: Loaded<D::State>) -> Result<Loaded<D::State>> {
+        let at = from.version;
+        self.catch_up_to(from, at).await
+    }
+
+    /// As [`catch_up`](Self::catch_up), knowing the stream is at `actual` or beyond (a
+    /// refusal said so). Events are only ever hidden from the oldest on (deletion,
+    /// truncation, retention), so a read that shows none at `from.version` (the first
+    /// event it returns is a later one, or it returns none though the stream is past it)
+    /// means every event before is hidden too: the state starts over from the initial
+    /// one, as a load from the start would fold it.
+    pub(crate) async fn catch_up_to(
+        &self,
+        from: Loaded<D::State>,
+        actual: Version,
+    ) -> Result<Loaded<D::State>> {
         let cat = &self.category;
         let mut pages = cat
             .store
             .read_stream_pages(&self.stream, ReadStream::forward_from(from.version));
+        let mut base = from.state;
         let mut version = from.version;
         let mut state: Option<D::State> = None;
         let (mut read, mut skipped) = (0u64, 0u64);
         while let Some(page) = pages.try_next().await? {
             for recorded in &page {
+                if read == 0 && recorded.stream_version > version.get() {
+                    tracing::debug!(%version, first = recorded.stream_version, "events hidden");
+                    base = Arc::new(D::initial());
+                }
                 read += 1;
                 version = recorded.next_version();
                 if recorded.event_type == SNAPSHOT_EVENT_TYPE {
@@ -203,15 +223,20 @@ impl<D: Domain> Decider<D> {
                 }
                 match cat.codec.decode(recorded)? {
                     Some(event) => {
-                        let current = state.take().unwrap_or_else(|| (*from.state).clone());
+                        let current = state.take().unwrap_or_else(|| (*base).clone());
                         state = Some(D::evolve(current, &event));
                     }
                     None => skipped += 1,
                 }
             }
         }
+        if read == 0 && actual > version {
+            tracing::debug!(%version, %actual, "every event hidden");
+            base = Arc::new(D::initial());
+            version = actual;
+        }
         tracing::trace!(read, skipped, %version, "caught up");
-        let state = state.map_or(from.state, Arc::new);
+        let state = state.map_or(base, Arc::new);
         if let Some(cache) = &cat.cache {
             cache.put(&self.stream, version, Arc::clone(&state));
         }

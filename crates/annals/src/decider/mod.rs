@@ -219,11 +219,13 @@ impl<D: Domain> Category<D> {
     /// are apart unless they fold with the same domain the events of the same store (see
     /// [`CacheScope`]).
     ///
-    /// A cached state goes on from the events it was folded from. Events hidden after that
-    /// (a soft delete, a truncation, retention) stay in it, while a load without the cache
-    /// folds only the events still shown: on streams whose events you hide, drop the entry
-    /// when you hide them (`cache.remove(&category.cache_scope(), &stream)`), or do not
-    /// cache the category.
+    /// A cached state goes on from the events it was folded from. When events are hidden
+    /// later (a soft delete, a truncation, retention), a state cached at an older version
+    /// than the first one still shown starts over when it is next caught up or refused.
+    /// But a state cached at or past that version keeps the hidden events it folded, while
+    /// a load without the cache folds only the events still shown: on streams whose events
+    /// you hide, drop the entry when you hide them
+    /// (`cache.remove(&category.cache_scope(), &stream)`), or do not cache the category.
     pub fn with_cache(self, cache: Arc<Cache>) -> Self {
         self.with_optional_cache(Some(cache))
     }

@@ -20,9 +20,17 @@ impl<'a, D: Domain> Part<'a, D> {
         })
     }
 
-    async fn catch_up(&mut self) -> Result<()> {
+    /// Catches up after a conflict; `conflict` is the refusal, naming the stream it was
+    /// refused on and the version it found.
+    async fn catch_up(&mut self, conflict: &(StreamName, Version)) -> Result<()> {
         self.staged = None;
-        self.loaded = self.decider.catch_up(self.loaded.clone()).await?;
+        let (stream, actual) = conflict;
+        let at = if *stream == self.decider.stream {
+            *actual
+        } else {
+            self.loaded.version
+        };
+        self.loaded = self.decider.catch_up_to(self.loaded.clone(), at).await?;
         Ok(())
     }
 
@@ -92,17 +100,17 @@ fn check_transaction(parts: &[(&Arc<dyn EventStore>, &StreamName)]) -> Result<()
 }
 
 /// Appends the staged writes of one attempt (in one atomic `append_many`); returns the
-/// versions written, in the order given, or the conflicting stream.
+/// versions written, in the order given, or the conflicting stream and its version.
 async fn commit_many(
     store: &Arc<dyn EventStore>,
     appends: Vec<StreamAppend>,
-) -> Result<std::result::Result<Vec<Version>, StreamName>> {
+) -> Result<std::result::Result<Vec<Version>, (StreamName, Version)>> {
     if appends.is_empty() {
         return Ok(Ok(Vec::new()));
     }
     match store.append_many(appends).await {
         Ok(results) => Ok(Ok(results.into_iter().map(|r| r.version).collect())),
-        Err(Error::WrongExpectedVersion { stream, .. }) => Ok(Err(stream)),
+        Err(Error::WrongExpectedVersion { stream, actual, .. }) => Ok(Err((stream, actual))),
         Err(e) => Err(e),
     }
 }
@@ -155,16 +163,16 @@ pub async fn transact_many<D: Domain, R>(
         }
         let committed = commit_many(&first.category.store, appends).await?;
         match settle(&first.category, committed, attempt)? {
-            Some(versions) => {
+            Ok(versions) => {
                 for (i, v) in staged.into_iter().zip(versions) {
                     parts[i].commit(v);
                 }
                 return Ok(result);
             }
-            None => {
+            Err(conflict) => {
                 attempt += 1;
                 for part in &mut parts {
-                    part.catch_up().await?;
+                    part.catch_up(&conflict).await?;
                 }
             }
         }
@@ -199,7 +207,7 @@ pub async fn transact_pair<A: Domain, B: Domain, R>(
         let appends = sa.into_iter().chain(sb).collect();
         let committed = commit_many(&a.category.store, appends).await?;
         match settle(&a.category, committed, attempt)? {
-            Some(versions) => {
+            Ok(versions) => {
                 let mut versions = versions.into_iter();
                 if has_a {
                     pa.commit(versions.next().expect("a version per append"));
@@ -209,34 +217,31 @@ pub async fn transact_pair<A: Domain, B: Domain, R>(
                 }
                 return Ok(result);
             }
-            None => {
+            Err(conflict) => {
                 attempt += 1;
-                pa.catch_up().await?;
-                pb.catch_up().await?;
+                pa.catch_up(&conflict).await?;
+                pb.catch_up(&conflict).await?;
             }
         }
     }
 }
 
-/// The versions written, or `None` after a conflict that leaves attempts (counted); gives
-/// up after the category's attempts.
+/// The versions written, or the conflict (the stream refused and its version) when it
+/// leaves attempts (counted); gives up after the category's attempts.
 fn settle<D: Domain>(
     category: &Category<D>,
-    committed: std::result::Result<Vec<Version>, StreamName>,
+    committed: std::result::Result<Vec<Version>, (StreamName, Version)>,
     attempt: u32,
-) -> Result<Option<Vec<Version>>> {
-    match committed {
-        Ok(versions) => Ok(Some(versions)),
-        Err(stream) => {
-            category.count_conflict();
-            tracing::debug!(%stream, attempt, "multi-stream conflict, resyncing");
-            if attempt >= category.max_attempts {
-                return Err(Error::ResyncExhausted {
-                    stream,
-                    attempts: attempt,
-                });
-            }
-            Ok(None)
+) -> Result<std::result::Result<Vec<Version>, (StreamName, Version)>> {
+    if let Err((stream, actual)) = &committed {
+        category.count_conflict();
+        tracing::debug!(%stream, %actual, attempt, "multi-stream conflict, resyncing");
+        if attempt >= category.max_attempts {
+            return Err(Error::ResyncExhausted {
+                stream: stream.clone(),
+                attempts: attempt,
+            });
         }
     }
+    Ok(committed)
 }

@@ -27,7 +27,9 @@ pub(super) enum Written<S> {
 impl<D: Domain> Decider<D> {
     /// The state after a refused append: `events` (the stream's events from
     /// `loaded.version` on, as the refusal returned them) folded onto `loaded`, reading on
-    /// only when they stop short of `actual`.
+    /// only when they stop short of `actual`. Events shown from a later version than
+    /// `loaded`'s mean the ones before are hidden (deleted, truncated or expired, always
+    /// the oldest first): the state starts over from them, as a load would fold it.
     pub(super) async fn resync(
         &self,
         loaded: Loaded<D::State>,
@@ -44,6 +46,12 @@ impl<D: Domain> Decider<D> {
         }
         let cat = &self.category;
         let mut version = loaded.version;
+        let mut base = loaded.state;
+        if let Some(first) = events.first().filter(|e| e.stream_version > version.get()) {
+            tracing::debug!(%version, first = first.stream_version, "events hidden");
+            base = Arc::new(D::initial());
+            version = Version(first.stream_version);
+        }
         let mut state: Option<D::State> = None;
         for recorded in &events {
             if recorded.stream_version != version.get() {
@@ -54,16 +62,16 @@ impl<D: Domain> Decider<D> {
                 continue;
             }
             if let Some(event) = cat.codec.decode(recorded)? {
-                let current = state.take().unwrap_or_else(|| (*loaded.state).clone());
+                let current = state.take().unwrap_or_else(|| (*base).clone());
                 state = Some(D::evolve(current, &event));
             }
         }
         let folded = Loaded {
             version,
-            state: state.map_or(loaded.state, Arc::new),
+            state: state.map_or(base, Arc::new),
         };
         if version < actual {
-            return self.catch_up(folded).await;
+            return self.catch_up_to(folded, actual).await;
         }
         if let Some(cache) = &cat.cache {
             cache.put(&self.stream, version, Arc::clone(&folded.state));

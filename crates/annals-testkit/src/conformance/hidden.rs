@@ -1,0 +1,195 @@
+//! The decider on streams whose events are hidden by deletion, truncation or retention:
+//! what the store answers (reads, refusals) must let it write on from the stream's
+//! version, deciding on only the events still shown.
+
+use annals::{Category, DeleteMode, Domain, JsonCodec, Retention, RetentionScope};
+
+use super::*;
+
+/// The numbers added to a list.
+struct Added;
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+enum Addition {
+    Added(u32),
+}
+
+impl Domain for Added {
+    type Event = Addition;
+    type State = Vec<u32>;
+    fn initial() -> Vec<u32> {
+        Vec::new()
+    }
+    fn evolve(mut state: Vec<u32>, event: &Addition) -> Vec<u32> {
+        let Addition::Added(n) = event;
+        state.push(*n);
+        state
+    }
+}
+
+/// Adding `n`.
+fn plus(n: u32) -> Vec<Addition> {
+    vec![Addition::Added(n)]
+}
+
+fn added(store: &Arc<dyn EventStore>, cache: Option<usize>) -> Category<Added> {
+    let category = Category::new("Hidden", Arc::clone(store), JsonCodec::new()).unwrap();
+    match cache {
+        Some(size) => category.with_cache(Arc::new(annals::Cache::new(size))),
+        None => category,
+    }
+}
+
+/// Adds `n` with a fresh decider of `category` and answers the state after it, read back
+/// by an uncached decider.
+async fn add(category: &Category<Added>, id: &str, n: u32) -> Vec<u32> {
+    let decider = category.decider(id).unwrap();
+    decider
+        .transact(|_| plus(n))
+        .await
+        .unwrap_or_else(|e| panic!("{id}: add {n}: {e}"));
+    let fresh = added(category.store(), None);
+    fresh.decider(id).unwrap().query(Vec::clone).await.unwrap()
+}
+
+/// A decider writes on a stream whose events are all hidden (soft deletion, truncation of
+/// everything, every event expired) at the stream's version, and decides on the events
+/// still shown only: uncached, with a cached state older than the hiding, and in a
+/// multi-stream transaction. Where some events stay shown, a stale cached state starts
+/// over from them. A hard-deleted stream refuses with a typed error.
+pub async fn deciders_write_on_after_events_are_hidden(store: Arc<dyn EventStore>) {
+    let s = &*store;
+    if !s.capabilities().deletion {
+        return;
+    }
+    let stream = |id: &str| name(&format!("Hidden-{id}"));
+    let uncached = added(&store, None);
+    let cached = added(&store, Some(64));
+
+    // Uncached, after a soft deletion and after truncating everything.
+    for (id, n) in [("soft", 3), ("truncated", 4)] {
+        s.append(&stream(id), ExpectedVersion::NoStream, batch(n))
+            .await
+            .unwrap();
+        if id == "soft" {
+            s.delete_stream(&stream(id), ExpectedVersion::Any, DeleteMode::Soft)
+                .await
+                .unwrap();
+        } else {
+            s.truncate_before(&stream(id), Version(n)).await.unwrap();
+        }
+        assert_eq!(add(&uncached, id, 7).await, [7], "{id}");
+        assert_eq!(add(&uncached, id, 8).await, [7, 8], "{id}");
+        let written = s
+            .read_stream_vec(&stream(id), ReadStream::forward())
+            .await
+            .unwrap();
+        let at: Vec<u64> = written.iter().map(|e| e.stream_version).collect();
+        assert_eq!(at, [n, n + 1], "{id}: written on from the stream's version");
+    }
+
+    // A cached state from before the stream was moved on and soft-deleted elsewhere.
+    let stale = cached.decider("stale").unwrap();
+    stale.transact(|_| plus(1)).await.unwrap();
+    stale.transact(|_| plus(2)).await.unwrap();
+    s.append(
+        &stream("stale"),
+        ExpectedVersion::Exact(Version(2)),
+        batch(1),
+    )
+    .await
+    .unwrap();
+    s.delete_stream(&stream("stale"), ExpectedVersion::Any, DeleteMode::Soft)
+        .await
+        .unwrap();
+    stale.transact(|_| plus(9)).await.unwrap();
+    assert_eq!(stale.query(Vec::clone).await.unwrap(), [9]);
+    assert_eq!(add(&uncached, "stale", 10).await, [9, 10]);
+
+    // A cached state from before events were appended elsewhere and the older ones
+    // truncated: it starts over from the events still shown.
+    let partly = cached.decider("partly").unwrap();
+    partly.transact(|_| plus(1)).await.unwrap();
+    let uncached_partly = uncached.decider("partly").unwrap();
+    for n in [2, 3, 4] {
+        uncached_partly.transact(|_| plus(n)).await.unwrap();
+    }
+    s.truncate_before(&stream("partly"), Version(3))
+        .await
+        .unwrap();
+    partly.transact(|_| plus(5)).await.unwrap();
+    assert_eq!(partly.query(Vec::clone).await.unwrap(), [4, 5]);
+    assert_eq!(add(&uncached, "partly", 6).await, [4, 5, 6]);
+
+    // Every event expired.
+    if s.capabilities().retention && s.capabilities().import {
+        let old = annals::Timestamp::from_unix_micros(
+            annals::Timestamp::now().unix_micros() - 2 * 3_600 * 1_000_000,
+        );
+        let source = annals::MemoryStore::new();
+        source
+            .append(&stream("expired"), ExpectedVersion::NoStream, batch(3))
+            .await
+            .unwrap();
+        let events = source
+            .read_all(Position::START, &Filter::all(), 10)
+            .await
+            .unwrap()
+            .events
+            .into_iter()
+            .map(|e| RecordedEvent {
+                recorded_at: old,
+                ..e
+            })
+            .collect();
+        s.import(events).await.unwrap();
+        let scope = RetentionScope::Stream(stream("expired"));
+        s.set_retention(&scope, Retention::max_age(Duration::from_secs(3_600)))
+            .await
+            .unwrap();
+        assert_eq!(add(&uncached, "expired", 7).await, [7]);
+        s.set_retention(&scope, Retention::default()).await.unwrap();
+    }
+
+    // A multi-stream transaction over two soft-deleted streams.
+    if s.capabilities().multi_stream_append {
+        for id in ["pair-a", "pair-b"] {
+            s.append(&stream(id), ExpectedVersion::NoStream, batch(2))
+                .await
+                .unwrap();
+            s.delete_stream(&stream(id), ExpectedVersion::Any, DeleteMode::Soft)
+                .await
+                .unwrap();
+        }
+        let pair = [
+            uncached.decider("pair-a").unwrap(),
+            uncached.decider("pair-b").unwrap(),
+        ];
+        annals::transact_many(&pair, |states| {
+            assert!(states.iter().all(|s| s.is_empty()), "{states:?}");
+            ((), vec![plus(1), plus(2)])
+        })
+        .await
+        .unwrap();
+        for (decider, n) in pair.iter().zip([1, 2]) {
+            assert_eq!(decider.query(Vec::clone).await.unwrap(), [n]);
+        }
+    }
+
+    // A tombstone refuses the decider with a typed error.
+    s.append(&stream("hard"), ExpectedVersion::NoStream, batch(1))
+        .await
+        .unwrap();
+    s.delete_stream(&stream("hard"), ExpectedVersion::Any, DeleteMode::Hard)
+        .await
+        .unwrap();
+    let refused = uncached
+        .decider("hard")
+        .unwrap()
+        .transact(|_| plus(1))
+        .await;
+    assert!(
+        matches!(refused, Err(Error::StreamDeleted { .. })),
+        "{refused:?}"
+    );
+}
