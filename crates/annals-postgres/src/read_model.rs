@@ -22,7 +22,7 @@ use tokio_postgres::types::ToSql;
 use crate::error::backend;
 use crate::prepared;
 use crate::sql_value::{decode_rows, query, Param};
-use crate::PgStore;
+use crate::{bigint, PgStore};
 
 /// A read-model transaction on PostgreSQL. Through [`SqlTx`] it runs portable statements;
 /// [`PgTx::client`] gives the connection, inside the transaction, to projectors written for
@@ -488,13 +488,14 @@ impl ReadModelStore for PgStore {
         projector: &Arc<P>,
         stream: &StreamName,
         events: &[RecordedEvent],
+        version: Version,
     ) -> Result<u64> {
-        check_rebuild(stream, events)?;
+        let next = check_rebuild(stream, events, version)?;
         let id = projector.id();
         let (tx, applied) = self.begin_locked(id.name, stream).await?;
         let count = events.len() as u64;
-        if applied > count {
-            return Err(rebuild_behind(id.name, stream, applied, count));
+        if applied > next {
+            return Err(rebuild_behind(id.name, stream, applied, next));
         }
         let mut ptx = PgTx::begun(tx.client());
         let work = async {
@@ -508,9 +509,31 @@ impl ReadModelStore for PgStore {
             .map_err(|e| projector_failed(id.name, Some(stream), e))?;
         let sql = &self.inner.sql.progress_rebuilt;
         self.inner.progress.forget(id.name, stream);
-        self.commit_progress(tx, sql, id.name, id.schema, stream, count)
+        self.commit_progress(tx, sql, id.name, id.schema, stream, next)
             .await?;
         Ok(count)
+    }
+
+    async fn skip_hidden<P: Projector<Self>>(
+        &self,
+        projector: &Arc<P>,
+        stream: &StreamName,
+        to: Version,
+    ) -> Result<Version> {
+        let id = projector.id();
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&self.inner.sql.progress_skip)
+            .await
+            .map_err(backend)?;
+        let (schema, to) = (id.schema as i32, bigint(to.get()));
+        let row = client
+            .query_one(&statement, &[&id.name, &stream.as_str(), &to, &schema])
+            .await
+            .map_err(backend)?;
+        let next = row.try_get::<_, i64>(0).map_err(backend)? as u64;
+        self.inner.progress.forget(id.name, stream);
+        Ok(Version(next))
     }
 
     async fn query(&self, sql: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>> {

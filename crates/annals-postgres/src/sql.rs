@@ -29,6 +29,7 @@ pub(crate) struct Sql {
     pub(crate) append_set: [[String; 2]; 2],
     pub(crate) read_head: String,
     pub(crate) progress_rebuilt: String,
+    pub(crate) progress_skip: String,
     pub(crate) progress_get: String,
     pub(crate) progress_advance: String,
     pub(crate) projection_rows: String,
@@ -180,6 +181,15 @@ impl Sql {
                 "INSERT INTO {schema}.projection_streams (projection, stream, next_version, schema_version) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT (projection, stream) DO UPDATE \
                  SET next_version = excluded.next_version, schema_version = excluded.schema_version"
+            ),
+            // A row with nothing applied yet takes the current schema, as an apply's does.
+            progress_skip: format!(
+                "INSERT INTO {schema}.projection_streams AS p (projection, stream, next_version, schema_version) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (projection, stream) DO UPDATE \
+                 SET next_version = greatest(p.next_version, excluded.next_version), \
+                     schema_version = CASE WHEN p.next_version = 0 THEN excluded.schema_version \
+                                           ELSE p.schema_version END \
+                 RETURNING p.next_version"
             ),
             progress_advance: format!(
                 "SELECT {schema}.advance_progress($1, $2, $3, $4, $5, $6)"

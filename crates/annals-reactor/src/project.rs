@@ -18,7 +18,9 @@ use crate::{Handler, HandlerError};
 /// transaction ([`ReadModelStore::apply`]): a redelivered event is skipped, a failing
 /// projector rolls back. When the events given start above the recorded progress (the
 /// stream was parked, then replayed or skipped while more came), the missing ones are read
-/// from the event store first, so the rows never miss an event.
+/// from the event store first, so the rows never miss an event the store shows; those it
+/// no longer shows (deleted, truncated or expired before they were applied) are skipped
+/// ([`ReadModelStore::skip_hidden`]).
 ///
 /// Run it with the read model as the pipeline's checkpoint store, so that the checkpoint,
 /// the progress and the parked streams live beside the rows (and, on PostgreSQL, whose read-
@@ -72,15 +74,24 @@ impl<R: ReadModelStore, P: Projector<R>> Handler for Project<R, P> {
         if next.get() >= first.stream_version {
             return Ok(next);
         }
-        // Events are missing between the progress and what was given: read them.
-        let missing = self
+        // Events are missing between the progress and what was given: read them. Those
+        // the store no longer shows (deleted, truncated or expired before they were
+        // applied) are skipped: the rows are built from the events still shown.
+        let mut all: Vec<RecordedEvent> = self
             .events
             .read_stream_vec(
                 stream,
                 ReadStream::forward_from(next).limit((first.stream_version - next.get()) as usize),
             )
             .await?;
-        let mut all = missing;
+        all.retain(|e| e.stream_version < first.stream_version);
+        let shown = all.first().unwrap_or(first).stream_version;
+        if shown > next.get() {
+            self.read_model
+                .skip_hidden(&self.projector, stream, Version(shown))
+                .instrument(span.clone())
+                .await?;
+        }
         all.extend(events.iter().cloned());
         Ok(self
             .read_model

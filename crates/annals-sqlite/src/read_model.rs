@@ -289,8 +289,9 @@ impl ReadModelStore for SqliteStore {
         projector: &Arc<P>,
         stream: &StreamName,
         events: &[RecordedEvent],
+        version: Version,
     ) -> Result<u64> {
-        check_rebuild(stream, events)?;
+        let next = check_rebuild(stream, events, version)?;
         let projector = Arc::clone(projector);
         let (stream, events) = (stream.clone(), events.to_vec());
         let handle = tokio::runtime::Handle::try_current().ok();
@@ -300,8 +301,8 @@ impl ReadModelStore for SqliteStore {
                 .map_err(sql_error)?
                 .map_or(0, |(v, _)| v);
             let count = events.len() as u64;
-            if applied > count {
-                return Err(rebuild_behind(id.name, &stream, applied, count));
+            if applied > next {
+                return Err(rebuild_behind(id.name, &stream, applied, next));
             }
             let mut tx = SqliteTx { conn };
             let work = async {
@@ -312,16 +313,33 @@ impl ReadModelStore for SqliteStore {
                 Ok(())
             };
             run_projector(handle.as_ref(), id.name, Some(&stream), work)?;
-            write_progress(
-                &lock(conn),
-                id.name,
-                id.schema,
-                stream.as_str(),
-                count,
-                true,
-            )
-            .map_err(sql_error)?;
+            write_progress(&lock(conn), id.name, id.schema, stream.as_str(), next, true)
+                .map_err(sql_error)?;
             Ok(count)
+        })
+        .await
+    }
+
+    async fn skip_hidden<P: Projector<Self>>(
+        &self,
+        projector: &Arc<P>,
+        stream: &StreamName,
+        to: Version,
+    ) -> Result<Version> {
+        let id = projector.id();
+        let (projection, schema) = (id.name.to_owned(), id.schema);
+        let stream = stream.clone();
+        self.write(move |conn| {
+            let conn = lock(conn);
+            let next = read_progress(&conn, &projection, stream.as_str())
+                .map_err(sql_error)?
+                .map_or(0, |(v, _)| v);
+            if next >= to.get() {
+                return Ok(Version(next));
+            }
+            write_progress(&conn, &projection, schema, stream.as_str(), to.get(), false)
+                .map_err(sql_error)?;
+            Ok(to)
         })
         .await
     }

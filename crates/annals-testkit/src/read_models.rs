@@ -365,13 +365,84 @@ pub async fn stale_rows_are_found_and_rebuilt<R: ReadModelStore>(rm: Arc<R>) {
     let all = rebuild(&events, &*rm, &v2, true).await.unwrap();
     assert_eq!((all.streams, all.events), (3, 7));
     assert_eq!(counts_row(&*rm, &a).await, Some(expected(&[1, 2, 3, 7], 2)));
-    // A rebuild that read fewer events than the read model already applied is refused.
+    // A rebuild that read fewer events than the read model already applied is refused, and
+    // so is one given fewer events than the stream's version it read them at.
     let short = all_of(&events, &a).await[..2].to_vec();
-    assert!(matches!(
-        rm.replace(&v2, &a, &short).await,
-        Err(Error::ReadModel { .. })
-    ));
+    for version in [2, 4] {
+        assert!(matches!(
+            rm.replace(&v2, &a, &short, Version(version)).await,
+            Err(Error::ReadModel { .. })
+        ));
+    }
     assert_eq!(counts_row(&*rm, &a).await, Some(expected(&[1, 2, 3, 7], 2)));
+}
+
+/// Events the event store no longer shows (soft-deleted, truncated) before a projection
+/// applied them are skipped: a catch-up, a rebuild and the pipeline's applies build the
+/// rows from the events still shown, and the progress moves past the hidden ones (never
+/// back).
+pub async fn hidden_events_are_skipped<R: ReadModelStore>(rm: Arc<R>) {
+    let events = MemoryStore::new();
+    let counts = Counts::new();
+    rm.setup(&counts).await.unwrap();
+    let (soft, cut, seen) = (name("Hide-soft"), name("Hide-cut"), name("Hide-seen"));
+    append_amounts(&events, &soft, &[1, 2]).await;
+    append_amounts(&events, &cut, &[1, 2, 3]).await;
+    append_amounts(&events, &seen, &[1, 2, 3, 4]).await;
+    // The projection saw the first event of one stream before the others were hidden.
+    let first = all_of(&events, &seen).await;
+    assert_eq!(
+        rm.apply(&counts, &seen, &first[..1]).await.unwrap(),
+        Version(1)
+    );
+    events
+        .delete_stream(&soft, ExpectedVersion::Any, annals::DeleteMode::Soft)
+        .await
+        .unwrap();
+    append_amounts(&events, &soft, &[5]).await;
+    events.truncate_before(&cut, Version(2)).await.unwrap();
+    events.truncate_before(&seen, Version(3)).await.unwrap();
+    for (stream, shown, applied) in [(&soft, &[5][..], 1), (&cut, &[3], 1), (&seen, &[1, 4], 1)] {
+        assert_eq!(
+            catch_up_stream(&events, &*rm, &counts, stream)
+                .await
+                .unwrap(),
+            applied,
+            "{stream}"
+        );
+        assert_eq!(
+            counts_row(&*rm, stream).await,
+            Some(expected(shown, 1)),
+            "{stream}"
+        );
+        let progress = rm.progress("counts", stream).await.unwrap().unwrap();
+        assert_eq!(
+            progress.version,
+            events.stream_version(stream).await.unwrap()
+        );
+    }
+    // Skipping never moves a progress back, and answers where it is.
+    assert_eq!(
+        rm.skip_hidden(&counts, &soft, Version(1)).await.unwrap(),
+        Version(3)
+    );
+    // A rebuild folds what is shown, also of a stream that shows nothing.
+    events
+        .delete_stream(&cut, ExpectedVersion::Any, annals::DeleteMode::Soft)
+        .await
+        .unwrap();
+    let rebuilt = rebuild(&events, &*rm, &counts, true).await.unwrap();
+    assert_eq!((rebuilt.streams, rebuilt.events), (3, 2));
+    assert_eq!(counts_row(&*rm, &soft).await, Some(expected(&[5], 1)));
+    assert_eq!(counts_row(&*rm, &seen).await, Some(expected(&[4], 1)));
+    assert_eq!(counts_row(&*rm, &cut).await, None);
+    let progress = rm.progress("counts", &cut).await.unwrap().unwrap();
+    assert_eq!(progress.version, Version(3));
+    // An event after the soft deletion is applied on top of the empty rows.
+    append_amounts(&events, &cut, &[9]).await;
+    let tail = all_of(&events, &cut).await;
+    assert_eq!(rm.apply(&counts, &cut, &tail).await.unwrap(), Version(4));
+    assert_eq!(counts_row(&*rm, &cut).await, Some(expected(&[9], 1)));
 }
 
 /// Appliers of one stream running at once (two pipelines, a rebuild beside a pipeline)
@@ -555,6 +626,7 @@ macro_rules! read_model_suite {
             failing_apply_rolls_back,
             stale_rows_are_found_and_rebuilt,
             concurrent_appliers_of_one_stream,
+            hidden_events_are_skipped,
             values_round_trip,
         );
     };

@@ -49,23 +49,36 @@ pub fn check_events(stream: &StreamName, events: &[RecordedEvent]) -> Result<()>
 }
 
 /// Checks what a rebuild ([`ReadModelStore::replace`]) is given: consecutive events of
-/// `stream` from version 0.
-pub fn check_rebuild(stream: &StreamName, events: &[RecordedEvent]) -> Result<()> {
+/// `stream` that reach `version` (the stream's version before they were read); returns
+/// the progress to record, the version after the last event (`version` when there are
+/// none: every event below it is hidden).
+pub fn check_rebuild(
+    stream: &StreamName,
+    events: &[RecordedEvent],
+    version: Version,
+) -> Result<u64> {
     check_events(stream, events)?;
-    if events.first().is_some_and(|e| e.stream_version != 0) {
+    let next = events
+        .last()
+        .map_or(version.get(), |e| e.stream_version + 1);
+    if next < version.get() {
         return Err(Error::ReadModel {
-            reason: format!("{stream}: a rebuild needs the stream from version 0"),
+            reason: format!(
+                "{stream}: a rebuild needs every event the store shows, up to version {version}; \
+                 given up to {next}"
+            ),
         });
     }
-    Ok(())
+    Ok(next)
 }
 
-/// The refusal of a rebuild that read fewer events (`read`) than the projection already
-/// applied (`applied`).
+/// The refusal of a rebuild whose events end at version `read` while the projection
+/// already applied those below `applied`.
 pub fn rebuild_behind(projection: &str, stream: &StreamName, applied: u64, read: u64) -> Error {
     Error::ReadModel {
         reason: format!(
-            "{stream}: {projection} applied {applied} events, the rebuild read {read}: read again"
+            "{stream}: {projection} applied the events below version {applied}, the rebuild \
+             read those below {read}: read again"
         ),
     }
 }
@@ -314,15 +327,30 @@ pub trait ReadModelStore: CheckpointStore + Sized {
     ) -> Result<Version>;
 
     /// In one transaction: clears `stream`'s rows ([`Projector::clear`]), applies `events`
-    /// (the whole stream, from version 0) and records their count as the progress, with the
-    /// projector's schema. Refused with [`Error::ReadModel`] (nothing written) when the
-    /// projection already applied more events of the stream than given: read them again.
+    /// (every event the event store shows of the stream, read after its version was
+    /// `version`: from version 0, or from the first one not deleted, truncated or expired)
+    /// and records the version after them as the progress (`version` when there are none),
+    /// with the projector's schema ([`check_rebuild`]). Returns how many events were
+    /// applied. Refused with [`Error::ReadModel`] (nothing written) when the projection
+    /// already applied events beyond them: read them again.
     async fn replace<P: Projector<Self>>(
         &self,
         projector: &Arc<P>,
         stream: &StreamName,
         events: &[RecordedEvent],
+        version: Version,
     ) -> Result<u64>;
+
+    /// Records that the event store no longer shows `stream`'s events below `to` (they
+    /// were deleted, truncated or expired before the projection applied them): raises the
+    /// projection's progress to `to` when it is below, applying nothing. A stream's rows
+    /// are then built from the events still shown. Returns the progress after.
+    async fn skip_hidden<P: Projector<Self>>(
+        &self,
+        projector: &Arc<P>,
+        stream: &StreamName,
+        to: Version,
+    ) -> Result<Version>;
 
     /// Every stream `projection` recorded, by stream name.
     async fn rows(&self, projection: &str) -> Result<Vec<StreamProgress>>;
@@ -352,10 +380,10 @@ pub async fn projection_rows<R: ReadModelStore>(
     Ok(rows)
 }
 
-/// Replaces `projector`'s rows of `stream` with the fold of its every event in `events`,
-/// recording the projector's schema. Returns the events folded. Safe while a pipeline of
-/// the projection runs: a rebuild that read fewer events than the pipeline has since
-/// applied reads again.
+/// Replaces `projector`'s rows of `stream` with the fold of every event `events` shows of
+/// it (those deleted, truncated or expired are left out), recording the projector's
+/// schema. Returns the events folded. Safe while a pipeline of the projection runs: a
+/// rebuild that read fewer events than the pipeline has since applied reads again.
 pub async fn rebuild_stream<R: ReadModelStore, P: Projector<R>>(
     events: &dyn EventStore,
     read_model: &R,
@@ -365,10 +393,12 @@ pub async fn rebuild_stream<R: ReadModelStore, P: Projector<R>>(
     let mut attempt = 0;
     loop {
         attempt += 1;
+        // The version first: the events read after it reach it, unless hidden.
+        let version = events.stream_version(stream).await?;
         let all = events
             .read_stream_vec(stream, ReadStream::forward())
             .await?;
-        match read_model.replace(projector, stream, &all).await {
+        match read_model.replace(projector, stream, &all, version).await {
             Err(Error::ReadModel { .. }) if attempt < 5 => continue,
             other => return other,
         }
@@ -395,8 +425,9 @@ pub async fn rebuild<R: ReadModelStore, P: Projector<R>>(
 }
 
 /// Applies to `projector`'s rows every event of `stream` after its progress (all of them
-/// for a stream it never saw), exactly once. Returns the events applied. This is how a
-/// parked stream is replayed once its cause is fixed.
+/// for a stream it never saw), exactly once; events the store no longer shows (deleted,
+/// truncated or expired) are skipped ([`ReadModelStore::skip_hidden`]). Returns the events
+/// applied. This is how a parked stream is replayed once its cause is fixed.
 pub async fn catch_up_stream<R: ReadModelStore, P: Projector<R>>(
     events: &dyn EventStore,
     read_model: &R,
@@ -412,8 +443,16 @@ pub async fn catch_up_stream<R: ReadModelStore, P: Projector<R>>(
         let page = events
             .read_stream_vec(stream, ReadStream::forward_from(from).limit(1000))
             .await?;
-        let Some(last) = page.last() else {
+        let (Some(first), Some(last)) = (page.first(), page.last()) else {
             return Ok(applied);
+        };
+        let from = if first.stream_version > from.get() {
+            // The events in between are hidden: a read from `from` shows none of them.
+            let to = Version(first.stream_version);
+            read_model.skip_hidden(projector, stream, to).await?;
+            to
+        } else {
+            from
         };
         let next = read_model.apply(projector, stream, &page).await?;
         if next <= from {

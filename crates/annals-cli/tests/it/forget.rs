@@ -9,7 +9,7 @@ use std::sync::Arc;
 use annals::{
     Category, Domain, EventStore, EventStoreExt, JsonCodec, Personal, ProjectionId, Projector,
     ProjectorError, ReadModelStore, ReadStream, RecordedEvent, Shredding, SqlKeys, SqlTx,
-    StreamName, SubjectKeys,
+    StreamName, SubjectKeys, Version,
 };
 use serde::{Deserialize, Serialize};
 
@@ -159,7 +159,11 @@ where
             .read_stream_vec(&stream, ReadStream::forward())
             .await
             .unwrap();
-        store.replace(&plans, &stream, &read).await.unwrap();
+        let version = read.last().map_or(Version(0), |e| e.next_version());
+        store
+            .replace(&plans, &stream, &read, version)
+            .await
+            .unwrap();
     }
 }
 

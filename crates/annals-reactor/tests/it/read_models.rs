@@ -436,3 +436,60 @@ async fn three_members_over_twelve_partitions_read_each_event_once() {
         m.stop().await.unwrap();
     }
 }
+
+/// A projection started after events were hidden (a soft-deleted stream written again, a
+/// truncated one) projects the events still shown and parks nothing.
+async fn hidden_events_are_skipped_by_a_new_projection<R: ReadModelStore>(
+    events: Arc<dyn EventStore>,
+    rm: Arc<R>,
+) {
+    let (soft, cut) = (name("Acct-soft"), name("Acct-cut"));
+    append_amounts(&*events, &soft, &[1, 2]).await;
+    append_amounts(&*events, &cut, &[1, 2, 3]).await;
+    events
+        .delete_stream(
+            &soft,
+            annals::ExpectedVersion::Any,
+            annals::DeleteMode::Soft,
+        )
+        .await
+        .unwrap();
+    events
+        .truncate_before(&cut, annals::Version(2))
+        .await
+        .unwrap();
+    append_amounts(&*events, &soft, &[5]).await;
+    let handler = Arc::new(
+        Project::new(Arc::clone(&events), Arc::clone(&rm), Counts::new())
+            .await
+            .unwrap(),
+    );
+    let checkpoints: Arc<dyn CheckpointStore> = rm.clone();
+    let config = pipeline("hidden").on_failure(FailurePolicy::Park { after: 3 });
+    let mut r = annals_reactor::spawn(Arc::clone(&events), checkpoints, handler, config);
+    idle(&mut r).await;
+    assert!(r.stats().parked.is_empty(), "{:?}", r.stats().parked);
+    assert_eq!(counts_row(&*rm, &soft).await, expected(&[5]));
+    assert_eq!(counts_row(&*rm, &cut).await, expected(&[3]));
+    // Later events are applied on top.
+    append_amounts(&*events, &cut, &[4]).await;
+    idle(&mut r).await;
+    assert_eq!(counts_row(&*rm, &cut).await, expected(&[3, 4]));
+    r.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hidden_events_are_skipped_by_a_new_sqlite_projection() {
+    let dir = tempfile::tempdir().unwrap();
+    hidden_events_are_skipped_by_a_new_projection(
+        Arc::new(MemoryStore::new()),
+        Arc::new(sqlite(&dir, "rm.db")),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hidden_events_are_skipped_by_a_new_postgres_projection() {
+    let store = Arc::new(postgres("rmhidden").await);
+    hidden_events_are_skipped_by_a_new_projection(store.clone(), store).await;
+}
