@@ -2,7 +2,7 @@
 //! what the store answers (reads, refusals) must let it write on from the stream's
 //! version, deciding on only the events still shown.
 
-use annals::{Category, DeleteMode, Domain, JsonCodec, Retention, RetentionScope};
+use annals::{Category, DeleteMode, Domain, JsonCodec, LoadOption, Retention, RetentionScope};
 
 use super::*;
 
@@ -43,7 +43,12 @@ fn added(store: &Arc<dyn EventStore>, cache: Option<usize>) -> Category<Added> {
 /// Adds `n` with a fresh decider of `category` and answers the state after it, read back
 /// by an uncached decider.
 async fn add(category: &Category<Added>, id: &str, n: u32) -> Vec<u32> {
-    let decider = category.decider(id).unwrap();
+    add_loading(category, LoadOption::RequireLoad, id, n).await
+}
+
+/// As [`add`], loading with `load`.
+async fn add_loading(category: &Category<Added>, load: LoadOption, id: &str, n: u32) -> Vec<u32> {
+    let decider = category.decider(id).unwrap().with_load(load);
     decider
         .transact(|_| plus(n))
         .await
@@ -66,26 +71,53 @@ pub async fn deciders_write_on_after_events_are_hidden(store: Arc<dyn EventStore
     let uncached = added(&store, None);
     let cached = added(&store, Some(64));
 
-    // Uncached, after a soft deletion and after truncating everything.
-    for (id, n) in [("soft", 3), ("truncated", 4)] {
-        s.append(&stream(id), ExpectedVersion::NoStream, batch(n))
-            .await
-            .unwrap();
-        if id == "soft" {
-            s.delete_stream(&stream(id), ExpectedVersion::Any, DeleteMode::Soft)
+    // Uncached, after a soft deletion and after truncating everything; folding forward,
+    // from rolling snapshots, from a head snapshot, and loading nothing first.
+    let require = LoadOption::RequireLoad;
+    let mut flavours = vec![
+        ("plain", added(&store, None), require),
+        (
+            "rolling",
+            added(&store, None).with_rolling_snapshots(2, 1),
+            require,
+        ),
+        ("empty", added(&store, None), LoadOption::AssumeEmpty),
+        ("stale", added(&store, Some(4)), LoadOption::AnyCachedValue),
+    ];
+    if s.capabilities().head_snapshots {
+        let head = added(&store, None).with_head_snapshots(1).unwrap();
+        flavours.push(("head", head, require));
+    }
+    for (flavour, category, load) in &flavours {
+        for (how, n) in [("soft", 3), ("truncated", 4)] {
+            let id = format!("{how}_{flavour}");
+            s.append(&stream(&id), ExpectedVersion::NoStream, batch(n))
                 .await
                 .unwrap();
-        } else {
-            s.truncate_before(&stream(id), Version(n)).await.unwrap();
+            if how == "soft" {
+                s.delete_stream(&stream(&id), ExpectedVersion::Any, DeleteMode::Soft)
+                    .await
+                    .unwrap();
+            } else {
+                s.truncate_before(&stream(&id), Version(n)).await.unwrap();
+            }
+            assert_eq!(add_loading(category, *load, &id, 7).await, [7], "{id}");
+            assert_eq!(add_loading(category, *load, &id, 8).await, [7, 8], "{id}");
+            let written = s
+                .read_stream_vec(&stream(&id), ReadStream::forward())
+                .await
+                .unwrap();
+            let at: Vec<u64> = written
+                .iter()
+                .filter(|e| e.event_type != annals::SNAPSHOT_EVENT_TYPE)
+                .map(|e| e.stream_version)
+                .collect();
+            assert_eq!(at.len(), 2, "{id}: {at:?}");
+            assert!(
+                at[0] >= n,
+                "{id}: written on from the stream's version: {at:?}"
+            );
         }
-        assert_eq!(add(&uncached, id, 7).await, [7], "{id}");
-        assert_eq!(add(&uncached, id, 8).await, [7, 8], "{id}");
-        let written = s
-            .read_stream_vec(&stream(id), ReadStream::forward())
-            .await
-            .unwrap();
-        let at: Vec<u64> = written.iter().map(|e| e.stream_version).collect();
-        assert_eq!(at, [n, n + 1], "{id}: written on from the stream's version");
     }
 
     // A cached state from before the stream was moved on and soft-deleted elsewhere.
