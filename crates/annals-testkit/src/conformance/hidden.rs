@@ -58,8 +58,8 @@ async fn add_loading(category: &Category<Added>, load: LoadOption, id: &str, n: 
 }
 
 /// A decider writes on a stream whose events are all hidden (soft deletion, truncation of
-/// everything, every event expired) at the stream's version, and decides on the events
-/// still shown only: uncached, with a cached state older than the hiding, and in a
+/// everything, every event expired) at the stream's version, without using up an attempt
+/// (not a lost race), and decides on the events still shown only: uncached, with a cached state older than the hiding, and in a
 /// multi-stream transaction. Where some events stay shown, a stale cached state starts
 /// over from them. A hard-deleted stream refuses with a typed error.
 pub async fn deciders_write_on_after_events_are_hidden(store: Arc<dyn EventStore>) {
@@ -76,6 +76,7 @@ pub async fn deciders_write_on_after_events_are_hidden(store: Arc<dyn EventStore
     let require = LoadOption::RequireLoad;
     let mut flavours = vec![
         ("plain", added(&store, None), require),
+        ("once", added(&store, None).with_max_attempts(1), require),
         (
             "rolling",
             added(&store, None).with_rolling_snapshots(2, 1),

@@ -159,7 +159,7 @@ impl<D: Domain> Decider<D> {
                 return Vec::new();
             }
         };
-        let mut attempt = 1;
+        let mut attempts = Attempts::new();
         loop {
             let (batch, carried) = offer(&loaded, members).await;
             members = batch.members;
@@ -188,20 +188,13 @@ impl<D: Domain> Decider<D> {
                     return carried;
                 }
                 Ok(Written::Conflict { actual, events }) => {
-                    if !std::mem::take(&mut unconfirmed) {
-                        cat.count_conflict();
-                        if attempt >= cat.max_attempts {
-                            let exhausted = Error::ResyncExhausted {
-                                stream: self.stream.clone(),
-                                attempts: attempt,
-                            };
-                            tell(&members, &Err(exhausted));
-                            return carried;
-                        }
-                        attempt += 1;
-                    }
-                    match self.resync(loaded, actual, events).await {
-                        Ok(fresh) => loaded = fresh,
+                    let stale_cache = std::mem::take(&mut unconfirmed);
+                    let resynced = self.resync(loaded, actual, events).await.and_then(|r| {
+                        let excused = stale_cache || r.hidden;
+                        attempts.refused(cat, &self.stream, excused).map(|()| r)
+                    });
+                    match resynced {
+                        Ok(fresh) => loaded = fresh.loaded,
                         Err(e) => {
                             tell(&members, &Err(e));
                             return carried;

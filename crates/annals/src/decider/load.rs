@@ -202,6 +202,16 @@ impl<D: Domain> Decider<D> {
         from: Loaded<D::State>,
         actual: Version,
     ) -> Result<Loaded<D::State>> {
+        Ok(self.catch_up_showing(from, actual).await?.0)
+    }
+
+    /// [`catch_up_to`](Self::catch_up_to), answering too whether it found the events
+    /// after `from.version` hidden.
+    pub(super) async fn catch_up_showing(
+        &self,
+        from: Loaded<D::State>,
+        actual: Version,
+    ) -> Result<(Loaded<D::State>, bool)> {
         let cat = &self.category;
         let mut pages = cat
             .store
@@ -209,12 +219,14 @@ impl<D: Domain> Decider<D> {
         let mut base = from.state;
         let mut version = from.version;
         let mut state: Option<D::State> = None;
+        let mut hidden = false;
         let (mut read, mut skipped) = (0u64, 0u64);
         while let Some(page) = pages.try_next().await? {
             for recorded in &page {
                 if read == 0 && recorded.stream_version > version.get() {
                     tracing::debug!(%version, first = recorded.stream_version, "events hidden");
                     base = Arc::new(D::initial());
+                    hidden = true;
                 }
                 read += 1;
                 version = recorded.next_version();
@@ -234,12 +246,13 @@ impl<D: Domain> Decider<D> {
             tracing::debug!(%version, %actual, "every event hidden");
             base = Arc::new(D::initial());
             version = actual;
+            hidden = true;
         }
         tracing::trace!(read, skipped, %version, "caught up");
         let state = state.map_or(base, Arc::new);
         if let Some(cache) = &cat.cache {
             cache.put(&self.stream, version, Arc::clone(&state));
         }
-        Ok(Loaded { version, state })
+        Ok((Loaded { version, state }, hidden))
     }
 }

@@ -567,9 +567,9 @@ impl<D: Domain> Decider<D> {
             },
             other => (self.load_with(other).await?, false),
         };
-        let mut attempt = 1;
+        let mut attempts = Attempts::new();
         loop {
-            span.record("attempts", attempt);
+            span.record("attempts", attempts.attempt);
             let (result, events) = decide(&loaded.state).map_err(DecideError::Domain)?;
             span.record("events", events.len());
             if events.is_empty() {
@@ -586,23 +586,17 @@ impl<D: Domain> Decider<D> {
             match self.write_at(&loaded, &events).await? {
                 Written::Done(_) => return Ok(result),
                 Written::Conflict { actual, events } => {
-                    // A cached state found stale is not a lost race: it does not use up
-                    // an attempt.
+                    // A cached state found stale, or events found hidden, are not a lost
+                    // race: they do not use up an attempt.
                     let stale_cache = std::mem::take(&mut unconfirmed);
-                    if !stale_cache {
-                        cat.count_conflict();
+                    let resynced = self.resync(loaded, actual, events).await?;
+                    let attempt = attempts.attempt;
+                    attempts.refused(cat, &self.stream, stale_cache || resynced.hidden)?;
+                    if attempts.attempt > attempt {
                         span.record("conflicts", attempt);
-                        tracing::debug!(%actual, attempt, "conflict, resyncing");
-                        if attempt >= cat.max_attempts {
-                            return Err(Error::ResyncExhausted {
-                                stream: self.stream.clone(),
-                                attempts: attempt,
-                            }
-                            .into());
-                        }
-                        attempt += 1;
+                        tracing::debug!(%actual, attempt, "conflict, resynced");
                     }
-                    loaded = self.resync(loaded, actual, events).await?;
+                    loaded = resynced.loaded;
                 }
             }
         }
@@ -623,7 +617,7 @@ mod batch;
 mod load;
 mod write;
 
-use write::Written;
+use write::{Attempts, Written};
 mod transaction;
 
 use access::{Access, SnapshotCodec, Snapshots};

@@ -24,6 +24,55 @@ pub(super) enum Written<S> {
     },
 }
 
+/// The attempts of one decision: a refused write counts against the category's limit
+/// unless it was not a lost race (a cached state found stale, or a refusal that showed the
+/// stream's older events hidden, which no load could have told); those are free, up to the
+/// limit again, so that not even a store answering wrongly loops for ever.
+pub(super) struct Attempts {
+    /// The attempt under way, from 1.
+    pub(super) attempt: u32,
+    free: u32,
+}
+
+impl Attempts {
+    pub(super) fn new() -> Self {
+        Self {
+            attempt: 1,
+            free: 0,
+        }
+    }
+
+    /// Counts a refusal; `excused` when it was not a lost race. `Err` when the attempts are
+    /// used up (after `max` counted ones).
+    pub(super) fn refused<D: Domain>(
+        &mut self,
+        category: &Category<D>,
+        stream: &StreamName,
+        excused: bool,
+    ) -> Result<()> {
+        if excused && self.free < category.max_attempts {
+            self.free += 1;
+            return Ok(());
+        }
+        category.count_conflict();
+        if self.attempt >= category.max_attempts {
+            return Err(Error::ResyncExhausted {
+                stream: stream.clone(),
+                attempts: self.attempt,
+            });
+        }
+        self.attempt += 1;
+        Ok(())
+    }
+}
+
+/// The state after a refused append, and whether the refusal showed events hidden since
+/// the state was loaded.
+pub(super) struct Resynced<S> {
+    pub(super) loaded: Loaded<S>,
+    pub(super) hidden: bool,
+}
+
 impl<D: Domain> Decider<D> {
     /// The state after a refused append: `events` (the stream's events from
     /// `loaded.version` on, as the refusal returned them) folded onto `loaded`, reading on
@@ -35,22 +84,28 @@ impl<D: Domain> Decider<D> {
         loaded: Loaded<D::State>,
         actual: Version,
         events: Vec<RecordedEvent>,
-    ) -> Result<Loaded<D::State>> {
+    ) -> Result<Resynced<D::State>> {
         if actual < loaded.version {
             // The stream is shorter than the state this process had: never from a write
             // of its own; forget the cached state and load from the start.
             if let Some(cache) = &self.category.cache {
                 cache.remove(&self.stream);
             }
-            return self.reload().await;
+            let loaded = self.reload().await?;
+            return Ok(Resynced {
+                loaded,
+                hidden: false,
+            });
         }
         let cat = &self.category;
         let mut version = loaded.version;
         let mut base = loaded.state;
+        let mut hidden = false;
         if let Some(first) = events.first().filter(|e| e.stream_version > version.get()) {
             tracing::debug!(%version, first = first.stream_version, "events hidden");
             base = Arc::new(D::initial());
             version = Version(first.stream_version);
+            hidden = true;
         }
         let mut state: Option<D::State> = None;
         for recorded in &events {
@@ -71,12 +126,19 @@ impl<D: Domain> Decider<D> {
             state: state.map_or(base, Arc::new),
         };
         if version < actual {
-            return self.catch_up_to(folded, actual).await;
+            let (loaded, found) = self.catch_up_showing(folded, actual).await?;
+            return Ok(Resynced {
+                loaded,
+                hidden: hidden || found,
+            });
         }
         if let Some(cache) = &cat.cache {
             cache.put(&self.stream, version, Arc::clone(&folded.state));
         }
-        Ok(folded)
+        Ok(Resynced {
+            loaded: folded,
+            hidden,
+        })
     }
 
     /// Appends `events`, decided on `loaded`, expecting the stream still at its version (one
