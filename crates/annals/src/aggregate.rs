@@ -212,11 +212,11 @@ impl<A: Aggregate> Repository<A> {
             let result = command(&mut root);
             match self.save(&mut root).await {
                 Ok(()) => return Ok(result),
-                Err(crate::Error::WrongExpectedVersion { .. })
+                Err(crate::Error::WrongExpectedVersion { actual, .. })
                     if attempt < self.category.max_attempts() =>
                 {
                     attempt += 1;
-                    loaded = decider.catch_up(root.loaded()).await?;
+                    loaded = decider.catch_up_to(root.loaded(), actual).await?;
                 }
                 Err(crate::Error::WrongExpectedVersion { .. }) => {
                     return Err(crate::Error::ResyncExhausted {

@@ -102,6 +102,15 @@ pub async fn deciders_write_on_after_events_are_hidden(store: Arc<dyn EventStore
             } else {
                 s.truncate_before(&stream(&id), Version(n)).await.unwrap();
             }
+            if *load != LoadOption::AssumeEmpty {
+                let loaded = category.decider(&id).unwrap().load().await.unwrap();
+                assert_eq!(
+                    loaded.version,
+                    Version(n),
+                    "{id}: the load answers the version"
+                );
+                assert!(loaded.state.is_empty(), "{id}");
+            }
             assert_eq!(add_loading(category, *load, &id, 7).await, [7], "{id}");
             assert_eq!(add_loading(category, *load, &id, 8).await, [7, 8], "{id}");
             let written = s

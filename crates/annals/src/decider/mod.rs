@@ -458,16 +458,32 @@ impl<D: Domain> Decider<D> {
         lanes.get(&self.stream).map_or(0, |queue| queue.len())
     }
 
-    /// Loads the state and its version.
+    /// Loads the state and its version. A stream that shows no events may still have a
+    /// version (its events were deleted, truncated or expired): the version is then asked
+    /// for, so that a write expecting it (`Repository::save`) is not refused.
     pub async fn load(&self) -> Result<Loaded<D::State>> {
-        self.load_with(self.load)
-            .instrument(tracing::debug_span!("annals.load", stream = %self.stream))
-            .await
+        async {
+            let loaded = self.load_with(self.load).await?;
+            if loaded.version != Version::EMPTY || self.load == LoadOption::AssumeEmpty {
+                return Ok(loaded);
+            }
+            match self.category.store.stream_version(&self.stream).await? {
+                Version::EMPTY => Ok(loaded),
+                // Read again: events appended meanwhile are folded, and none shown means
+                // every one is hidden.
+                version => self.catch_up_to(loaded, version).await,
+            }
+        }
+        .instrument(tracing::debug_span!("annals.load", stream = %self.stream))
+        .await
     }
 
     /// Loads the state and renders it with `render`.
     pub async fn query<R>(&self, render: impl FnOnce(&D::State) -> R) -> Result<R> {
-        let loaded = self.load().await?;
+        let loaded = self
+            .load_with(self.load)
+            .instrument(tracing::debug_span!("annals.load", stream = %self.stream))
+            .await?;
         Ok(render(&loaded.state))
     }
 

@@ -74,6 +74,49 @@ async fn a_repository_loads_records_and_saves() {
     );
 }
 
+/// A repository on a stream whose events are all hidden (soft-deleted, truncated): a load
+/// answers the stream's version, so a save is not refused, and `load_and_save` writes on.
+#[tokio::test]
+async fn a_repository_saves_on_a_stream_whose_events_are_hidden() {
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    let repo = repo(store.clone());
+    for id in ["soft", "cut"] {
+        repo.load_and_save(id, |a| a.record(Event::Deposited { amount: 5 }))
+            .await
+            .unwrap();
+        let stream = repo.load(id).await.unwrap().stream().clone();
+        repo.load_and_save(id, |a| a.record(Event::Deposited { amount: 1 }))
+            .await
+            .unwrap();
+        if id == "soft" {
+            store
+                .delete_stream(&stream, ExpectedVersion::Any, annals::DeleteMode::Soft)
+                .await
+                .unwrap();
+        } else {
+            store.truncate_before(&stream, Version(2)).await.unwrap();
+        }
+        let mut root = repo.load(id).await.unwrap();
+        assert_eq!(
+            (root.version(), root.state()),
+            (Version(2), &Account::default()),
+            "{id}"
+        );
+        root.record(Event::Deposited { amount: 7 });
+        repo.save(&mut root).await.unwrap();
+        assert_eq!(root.version(), Version(3), "{id}");
+        repo.load_and_save(id, |a| a.record(Event::Deposited { amount: 2 }))
+            .await
+            .unwrap();
+        let now = repo.load(id).await.unwrap();
+        assert_eq!(
+            (now.version(), now.state().balance),
+            (Version(4), 9),
+            "{id}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_stale_save_is_refused_and_load_and_save_resyncs() {
     let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
