@@ -21,17 +21,23 @@ impl<'a, D: Domain> Part<'a, D> {
     }
 
     /// Catches up after a conflict; `conflict` is the refusal, naming the stream it was
-    /// refused on and the version it found.
-    async fn catch_up(&mut self, conflict: &(StreamName, Version)) -> Result<()> {
+    /// refused on and the version it found. `true` when this is that stream and its
+    /// events after the loaded version were found hidden (not a lost race).
+    async fn catch_up(&mut self, conflict: &(StreamName, Version)) -> Result<bool> {
         self.staged = None;
         let (stream, actual) = conflict;
-        let at = if *stream == self.decider.stream {
+        let refused = *stream == self.decider.stream;
+        let at = if refused {
             *actual
         } else {
             self.loaded.version
         };
-        self.loaded = self.decider.catch_up_to(self.loaded.clone(), at).await?;
-        Ok(())
+        let (loaded, hidden) = self
+            .decider
+            .catch_up_showing(self.loaded.clone(), at)
+            .await?;
+        self.loaded = loaded;
+        Ok(refused && hidden)
     }
 
     /// Checks and encodes `events`; `None` when there are none. A head snapshot is not
@@ -142,7 +148,7 @@ pub async fn transact_many<D: Domain, R>(
     for d in deciders {
         parts.push(Part::load(d).await?);
     }
-    let mut attempt = 1;
+    let mut attempts = Attempts::new();
     loop {
         let states: Vec<&D::State> = parts.iter().map(|p| &*p.loaded.state).collect();
         let (result, events) = decide(&states);
@@ -161,8 +167,7 @@ pub async fn transact_many<D: Domain, R>(
                 staged.push(i);
             }
         }
-        let committed = commit_many(&first.category.store, appends).await?;
-        match settle(&first.category, committed, attempt)? {
+        match commit_many(&first.category.store, appends).await? {
             Ok(versions) => {
                 for (i, v) in staged.into_iter().zip(versions) {
                     parts[i].commit(v);
@@ -170,10 +175,11 @@ pub async fn transact_many<D: Domain, R>(
                 return Ok(result);
             }
             Err(conflict) => {
-                attempt += 1;
+                let mut hidden = false;
                 for part in &mut parts {
-                    part.catch_up(&conflict).await?;
+                    hidden |= part.catch_up(&conflict).await?;
                 }
+                refused(&first.category, &mut attempts, &conflict, hidden)?;
             }
         }
     }
@@ -191,7 +197,7 @@ pub async fn transact_pair<A: Domain, B: Domain, R>(
         (&b.category.store, &b.stream),
     ])?;
     let (mut pa, mut pb) = (Part::load(a).await?, Part::load(b).await?);
-    let mut attempt = 1;
+    let mut attempts = Attempts::new();
     loop {
         let (result, ea, eb) = decide(&pa.loaded.state, &pb.loaded.state);
         let mut written = Vec::new();
@@ -205,8 +211,7 @@ pub async fn transact_pair<A: Domain, B: Domain, R>(
         let sb = pb.stage(&eb, &written).await?;
         let (has_a, has_b) = (sa.is_some(), sb.is_some());
         let appends = sa.into_iter().chain(sb).collect();
-        let committed = commit_many(&a.category.store, appends).await?;
-        match settle(&a.category, committed, attempt)? {
+        match commit_many(&a.category.store, appends).await? {
             Ok(versions) => {
                 let mut versions = versions.into_iter();
                 if has_a {
@@ -218,30 +223,21 @@ pub async fn transact_pair<A: Domain, B: Domain, R>(
                 return Ok(result);
             }
             Err(conflict) => {
-                attempt += 1;
-                pa.catch_up(&conflict).await?;
-                pb.catch_up(&conflict).await?;
+                let hidden = pa.catch_up(&conflict).await? | pb.catch_up(&conflict).await?;
+                refused(&a.category, &mut attempts, &conflict, hidden)?;
             }
         }
     }
 }
 
-/// The versions written, or the conflict (the stream refused and its version) when it
-/// leaves attempts (counted); gives up after the category's attempts.
-fn settle<D: Domain>(
+/// Counts a multi-stream conflict (after every stream caught up) against the category's
+/// attempts; `hidden` when the refused stream's events were found hidden.
+fn refused<D: Domain>(
     category: &Category<D>,
-    committed: std::result::Result<Vec<Version>, (StreamName, Version)>,
-    attempt: u32,
-) -> Result<std::result::Result<Vec<Version>, (StreamName, Version)>> {
-    if let Err((stream, actual)) = &committed {
-        category.count_conflict();
-        tracing::debug!(%stream, %actual, attempt, "multi-stream conflict, resyncing");
-        if attempt >= category.max_attempts {
-            return Err(Error::ResyncExhausted {
-                stream: stream.clone(),
-                attempts: attempt,
-            });
-        }
-    }
-    Ok(committed)
+    attempts: &mut Attempts,
+    (stream, actual): &(StreamName, Version),
+    hidden: bool,
+) -> Result<()> {
+    tracing::debug!(%stream, %actual, attempt = attempts.attempt, hidden, "multi-stream conflict, resynced");
+    attempts.refused(category, stream, hidden)
 }

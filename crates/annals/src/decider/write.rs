@@ -26,8 +26,12 @@ pub(super) enum Written<S> {
 
 /// The attempts of one decision: a refused write counts against the category's limit
 /// unless it was not a lost race (a cached state found stale, or a refusal that showed the
-/// stream's older events hidden, which no load could have told); those are free, up to the
-/// limit again, so that not even a store answering wrongly loops for ever.
+/// stream's older events hidden, which no load could have told); those are free, up to
+/// [`FREE_REFUSALS`], so that not even a store answering wrongly loops for ever.
+/// The most refusals one decision is excused ([`Attempts`]): one per stream of a
+/// multi-stream transaction whose events turn out hidden, and a stale cached state.
+const FREE_REFUSALS: u32 = 16;
+
 pub(super) struct Attempts {
     /// The attempt under way, from 1.
     pub(super) attempt: u32,
@@ -50,7 +54,7 @@ impl Attempts {
         stream: &StreamName,
         excused: bool,
     ) -> Result<()> {
-        if excused && self.free < category.max_attempts {
+        if excused && self.free < FREE_REFUSALS {
             self.free += 1;
             return Ok(());
         }
