@@ -459,12 +459,16 @@ impl<D: Domain> Decider<D> {
     }
 
     /// Loads the state and its version. A stream that shows no events may still have a
-    /// version (its events were deleted, truncated or expired): the version is then asked
-    /// for, so that a write expecting it (`Repository::save`) is not refused.
+    /// version (its events were deleted, truncated or expired): unless the load read it
+    /// (a head snapshot's read does), it is then asked for, so that a write expecting it
+    /// (`Repository::save`) is not refused.
     pub async fn load(&self) -> Result<Loaded<D::State>> {
         async {
             let loaded = self.load_with(self.load).await?;
-            if loaded.version != Version::EMPTY || self.load == LoadOption::AssumeEmpty {
+            let known = loaded.version != Version::EMPTY
+                || self.load == LoadOption::AssumeEmpty
+                || self.category.access.head.is_some();
+            if known {
                 return Ok(loaded);
             }
             match self.category.store.stream_version(&self.stream).await? {
