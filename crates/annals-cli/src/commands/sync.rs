@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use annals::{Feed, FeedOptions, Filter, Position};
+use annals::{Error, ExpectedVersion, Feed, FeedOptions, Filter, Position};
 use anyhow::Context;
 use futures::StreamExt;
 use serde_json::json;
@@ -64,7 +64,22 @@ pub(crate) async fn run(args: SyncArgs, out: &Output) -> anyhow::Result<()> {
             let mut events = page.events;
             while !events.is_empty() {
                 let rest = events.split_off(events.len().min(IMPORT_CHUNK));
-                written += target.events.import(events).await?;
+                written += match target.events.import(events).await {
+                    Err(Error::WrongExpectedVersion {
+                        stream,
+                        expected: ExpectedVersion::Exact(first),
+                        actual,
+                    }) if first > actual => {
+                        anyhow::bail!(
+                            "{stream}: its events from version {actual} to {first} are not in \
+                             the feed of {from_url} (deleted, truncated or expired there), and an \
+                             import continues a stream only from its version ({actual} in \
+                             {to_url}): `annals sync` cannot copy this stream; nothing of this \
+                             batch was written, the copy stops after position {from}"
+                        )
+                    }
+                    other => other?,
+                };
                 events = rest;
             }
             read += n;

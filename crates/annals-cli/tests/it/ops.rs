@@ -546,6 +546,48 @@ fn timestamps_out_of_range_are_shown_not_panicked_on() {
     }
 }
 
+/// A stream whose older events were truncated in the source cannot be imported at its
+/// versions: `annals sync` stops there with one line saying so, after copying the batches
+/// before it (of one event each here), and the target keeps nothing of the refused batch.
+#[test]
+fn sync_stops_clearly_at_a_stream_whose_older_events_are_hidden() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| on(dir.path(), "sqlite://source.db", args);
+    succeeded(&run(&[
+        "append", "Kept-1", "--type", "Placed", "--data", "{}",
+    ]));
+    for _ in 0..3 {
+        succeeded(&run(&[
+            "append", "Orders-1", "--type", "Placed", "--data", "{}",
+        ]));
+    }
+    succeeded(&run(&["truncate", "Orders-1", "--before", "2"]));
+    let out = Command::new(env!("CARGO_BIN_EXE_annals"))
+        .args([
+            "sync",
+            "--from",
+            "sqlite://source.db",
+            "--to",
+            "sqlite://target.db",
+            "--batch",
+            "1",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    failed_saying(
+        &out,
+        "Orders-1: its events from version 0 to 2 are not in the feed",
+    );
+    let target = |args: &[&str]| on(dir.path(), "sqlite://target.db", args);
+    assert_eq!(
+        json_lines(&succeeded(&target(&["read", "Kept-1", "--json"]))).len(),
+        1,
+        "the events before the refused batch are copied"
+    );
+    assert!(json_lines(&succeeded(&target(&["read", "Orders-1", "--json"]))).is_empty());
+}
+
 #[test]
 fn streams_are_truncated_and_deleted_soft_and_hard() {
     let dir = tempfile::tempdir().unwrap();
