@@ -24,14 +24,14 @@ pub(super) enum Written<S> {
     },
 }
 
-/// The attempts of one decision: a refused write counts against the category's limit
-/// unless it was not a lost race (a cached state found stale, or a refusal that showed the
-/// stream's older events hidden, which no load could have told); those are free, up to
-/// [`FREE_REFUSALS`], so that not even a store answering wrongly loops for ever.
 /// The most refusals one decision is excused ([`Attempts`]): one per stream of a
 /// multi-stream transaction whose events turn out hidden, and a stale cached state.
 const FREE_REFUSALS: u32 = 16;
 
+/// The attempts of one decision: a refused write counts against the category's limit
+/// unless it was not a lost race (a cached state found stale, or a refusal that showed the
+/// stream's older events hidden, which no load could have told); those are free, up to
+/// [`FREE_REFUSALS`], so that not even a store answering wrongly loops for ever.
 pub(super) struct Attempts {
     /// The attempt under way, from 1.
     pub(super) attempt: u32,
