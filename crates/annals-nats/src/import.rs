@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use annals::{Error, EventData, ExpectedVersion, RecordedEvent, Result, StreamName, Version};
 
-use crate::envelope::Place;
+use crate::envelope::{Marker, Place};
 use crate::write::{Outgoing, Patience, Published, RACES};
 use crate::{NatsStore, MAX_BATCH};
 
@@ -24,6 +24,11 @@ impl NatsStore {
         // Imports name every event's version: a retry is recognised by it.
         let mut patience = Patience::new(true);
         let mut races = 0;
+        // A marker's message for each event, should it begin a stream (ids unique).
+        let carriers: Vec<EventData> = events
+            .iter()
+            .map(|_| EventData::new("$Marker", Vec::new()))
+            .collect();
         while races < RACES {
             // Plan: per stream its head, then each event written, skipped or refused.
             let mut heads: HashMap<&StreamName, (u64, u64)> = HashMap::new();
@@ -31,13 +36,34 @@ impl NatsStore {
             let mut ids = std::collections::HashSet::new();
             let mut out: Vec<Outgoing<'_>> = Vec::new();
             let data: Vec<EventData> = events.iter().map(RecordedEvent::to_data).collect();
-            for (e, d) in events.iter().zip(&data) {
+            for ((e, d), carrier) in events.iter().zip(&data).zip(&carriers) {
                 if !heads.contains_key(&e.stream) {
                     let last = self.last(&e.stream).await?;
                     heads.insert(
                         &e.stream,
                         (last.map_or(0, |l| l.sequence), last.map_or(0, |l| l.next)),
                     );
+                    if last.is_none() && e.stream_version > 0 {
+                        // A stream this store does not have begins at its first event's
+                        // version: a marker hides the versions below, as a truncation's.
+                        let version = e.stream_version;
+                        out.push(Outgoing {
+                            stream: &e.stream,
+                            event: carrier,
+                            place: Place {
+                                version,
+                                batch_start: version,
+                                recorded_at: e.recorded_at,
+                            },
+                            expect: Some(0),
+                            marker: Some(Marker {
+                                next: version,
+                                start: version,
+                                tombstone: false,
+                            }),
+                        });
+                        heads.insert(&e.stream, (0, version));
+                    }
                 }
                 let (after, version) = heads[&e.stream];
                 if e.stream_version == version {
@@ -88,7 +114,9 @@ impl NatsStore {
             // Without ids, the plan's reads (events already copied are skipped) and the
             // last-sequence checks keep a retry from writing twice.
             match self.send(&out, patience.ids).await? {
-                Published::Stored(_) => return Ok(out.len() as u64),
+                Published::Stored(_) => {
+                    return Ok(out.iter().filter(|m| m.marker.is_none()).count() as u64)
+                }
                 Published::Moved => races += 1,
                 Published::InFlight => self.in_flight(&pairs(&out), &mut patience).await?,
                 Published::Duplicate(at) => {

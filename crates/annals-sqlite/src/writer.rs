@@ -476,6 +476,19 @@ const INSERT_EVENT: &str = "INSERT INTO annals_events (stream_id, stream_version
      event_id, event_type, data, metadata, correlation_id, causation_id, recorded_at) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
 
+/// Begins the stream of `e`, if this store does not have it, at `e`'s version: the versions
+/// below read as truncated (hidden where it was recorded). `true` when it did.
+fn begin(conn: &Connection, e: &annals::RecordedEvent) -> Result<bool> {
+    let version = e.stream_version as i64;
+    conn.prepare_cached(
+        "INSERT INTO annals_streams (name, category, version, start) VALUES (?1, ?2, ?3, ?3) \
+         ON CONFLICT (name) DO NOTHING",
+    )
+    .and_then(|mut st| st.execute(params![e.stream.as_str(), e.stream.category(), version]))
+    .map(|inserted| inserted == 1)
+    .map_err(sql)
+}
+
 /// Imports recorded events in order (see `EventStore::import`); returns how many were
 /// written. Any refusal rolls the whole request back.
 fn import(conn: &Connection, events: &[annals::RecordedEvent]) -> Result<u64> {
@@ -485,7 +498,11 @@ fn import(conn: &Connection, events: &[annals::RecordedEvent]) -> Result<u64> {
         // The common case (the next event of its stream) costs the claim and the insert;
         // only a refused claim looks further: already imported (skip) or a gap.
         let expected = ExpectedVersion::Exact(Version(e.stream_version));
-        let Some((stream_id, start)) = claim(conn, &e.stream, expected, 1)? else {
+        let claimed = match claim(conn, &e.stream, expected, 1)? {
+            None if e.stream_version > 0 && begin(conn, e)? => claim(conn, &e.stream, expected, 1)?,
+            claimed => claimed,
+        };
+        let Some((stream_id, start)) = claimed else {
             let recorded: Option<Vec<u8>> = conn
                 .prepare_cached(
                     "SELECT e.event_id FROM annals_events e JOIN annals_streams s \

@@ -186,6 +186,7 @@ macro_rules! conformance_suite {
             transactions_commit_all_or_nothing,
             opposite_order_transactions_do_not_deadlock,
             import_keeps_events_and_order_and_resumes,
+            import_begins_a_stream_past_its_hidden_events,
             deletion_soft_hard_and_truncate,
             deciders_write_on_after_events_are_hidden,
             retention_max_count_and_age,

@@ -162,6 +162,33 @@ impl Inner {
         )
     }
 
+    /// Begins `stream`, which this store does not have, at `version` (an import of a stream
+    /// whose older events are hidden where it was recorded): the versions below hold
+    /// placeholders that no read shows, as if truncated before `version`.
+    fn begin_at(&mut self, stream: &StreamName, version: u64, now: Timestamp) {
+        let indexes = self.streams.entry(stream.clone()).or_default();
+        for v in 0..version {
+            let index = self.log.len();
+            indexes.push(index);
+            self.batch_start.push(v);
+            let placeholder = EventData::new("$Hidden", Vec::new());
+            self.log.push(RecordedEvent::new(
+                stream.clone(),
+                v,
+                Position::from_raw(index as u128 + 1),
+                now,
+                placeholder,
+            ));
+        }
+        self.tombs.insert(
+            stream.clone(),
+            Tomb {
+                before: version,
+                hard: false,
+            },
+        );
+    }
+
     fn write(&mut self, stream: &StreamName, events: Vec<EventData>) -> AppendResult {
         self.write_at(stream, events, Timestamp::now())
     }
@@ -385,6 +412,8 @@ impl EventStore for MemoryStore {
             let mut inner = self.lock();
             // Plan first (nothing is written unless every event fits), then write.
             let mut next: HashMap<&StreamName, u64> = HashMap::new();
+            // Streams this store does not have that begin past version 0.
+            let mut begins: HashMap<&StreamName, u64> = HashMap::new();
             let mut write = Vec::with_capacity(events.len());
             let mut ids = std::collections::HashSet::new();
             for e in &events {
@@ -393,6 +422,13 @@ impl EventStore for MemoryStore {
                     .entry(&e.stream)
                     .or_insert_with(|| inner.version(&e.stream).get());
                 let recorded = inner.ids.get(&e.event_id);
+                let new = version == 0
+                    && !inner.streams.contains_key(&e.stream)
+                    && !inner.tombs.contains_key(&e.stream);
+                if new && e.stream_version > 0 && recorded.is_none() {
+                    begins.insert(&e.stream, e.stream_version);
+                }
+                let version = begins.get(&e.stream).map_or(version, |&b| version.max(b));
                 if e.stream_version == version {
                     if let Some((existing, _)) = recorded {
                         return Err(crate::Error::DuplicateEventId {
@@ -425,6 +461,9 @@ impl EventStore for MemoryStore {
             let mut n = 0;
             for (e, write) in events.iter().zip(write) {
                 if write {
+                    if let Some(version) = begins.remove(&e.stream) {
+                        inner.begin_at(&e.stream, version, e.recorded_at);
+                    }
                     inner.write_at(&e.stream, vec![e.to_data()], e.recorded_at);
                     n += 1;
                 }

@@ -472,7 +472,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// causation ids and timestamps; positions are this store's, in the order given. Each
     /// event must be the next of its stream (`stream_version` equal to the stream's
     /// version), or already recorded there with the same id, which is skipped: an
-    /// interrupted import can be run again. Atomic: all or nothing. Returns how many
+    /// interrupted import can be run again. A stream this store does not have yet may begin
+    /// at a later version (its older events were deleted, truncated or expired where they
+    /// were recorded): the versions below its first event then read as truncated here.
+    /// Atomic: all or nothing. Returns how many
     /// events were written. Otherwise fails with
     /// [`Error::WrongExpectedVersion`] (expected: the event's version), writing nothing.
     /// Stores without [`Capabilities::import`] refuse with [`Error::Unsupported`].

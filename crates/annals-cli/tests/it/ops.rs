@@ -546,46 +546,75 @@ fn timestamps_out_of_range_are_shown_not_panicked_on() {
     }
 }
 
-/// A stream whose older events were truncated in the source cannot be imported at its
-/// versions: `annals sync` stops there with one line saying so, after copying the batches
-/// before it (of one event each here), and the target keeps nothing of the refused batch.
+/// `annals sync` copies streams whose older events are hidden in the source (truncated, or
+/// soft-deleted and written again) at their versions: the target begins them there. Into
+/// a target that already has such a stream at a lower version it stops with one line
+/// saying which stream and why, after the batches before it (of one event each here), and
+/// keeps nothing of the refused one.
 #[test]
-fn sync_stops_clearly_at_a_stream_whose_older_events_are_hidden() {
+fn sync_copies_streams_whose_older_events_are_hidden() {
     let dir = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| on(dir.path(), "sqlite://source.db", args);
-    succeeded(&run(&[
-        "append", "Kept-1", "--type", "Placed", "--data", "{}",
-    ]));
+    let run = |store: &str, args: &[&str]| on(dir.path(), store, args);
+    let source = "sqlite://source.db";
+    let append = |store: &str, stream: &str| {
+        succeeded(&run(
+            store,
+            &["append", stream, "--type", "Placed", "--data", "{}"],
+        ));
+    };
+    append(source, "Kept-1");
     for _ in 0..3 {
-        succeeded(&run(&[
-            "append", "Orders-1", "--type", "Placed", "--data", "{}",
-        ]));
+        append(source, "Orders-1");
     }
-    succeeded(&run(&["truncate", "Orders-1", "--before", "2"]));
-    let out = Command::new(env!("CARGO_BIN_EXE_annals"))
-        .args([
-            "sync",
-            "--from",
-            "sqlite://source.db",
-            "--to",
-            "sqlite://target.db",
-            "--batch",
-            "1",
-        ])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    succeeded(&run(source, &["truncate", "Orders-1", "--before", "2"]));
+    for _ in 0..2 {
+        append(source, "Carts-1");
+    }
+    succeeded(&run(source, &["delete", "Carts-1"]));
+    append(source, "Carts-1");
+    let sync_to = |target: &str| {
+        Command::new(env!("CARGO_BIN_EXE_annals"))
+            .args(["sync", "--from", source, "--to", target, "--batch", "1"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    succeeded(&sync_to("sqlite://target.db"));
+    let versions = |store: &str, stream: &str| -> Vec<u64> {
+        json_lines(&succeeded(&run(store, &["read", stream, "--json"])))
+            .iter()
+            .map(|e| e["version"].as_u64().unwrap())
+            .collect()
+    };
+    for (stream, shown) in [
+        ("Kept-1", vec![0]),
+        ("Orders-1", vec![2]),
+        ("Carts-1", vec![2]),
+    ] {
+        assert_eq!(versions("sqlite://target.db", stream), shown, "{stream}");
+    }
+    // The copy goes on from the versions: an append expecting the source's version.
+    succeeded(&run(
+        "sqlite://target.db",
+        &[
+            "append",
+            "Orders-1",
+            "--type",
+            "Placed",
+            "--data",
+            "{}",
+            "--expected",
+            "3",
+        ],
+    ));
+    // A target with its own Orders-1 at version 1.
+    append("sqlite://other.db", "Orders-1");
     failed_saying(
-        &out,
-        "Orders-1: its events from version 0 to 2 are not in the feed",
+        &sync_to("sqlite://other.db"),
+        "Orders-1: its events from version 1 to 2 are not in the feed",
     );
-    let target = |args: &[&str]| on(dir.path(), "sqlite://target.db", args);
-    assert_eq!(
-        json_lines(&succeeded(&target(&["read", "Kept-1", "--json"]))).len(),
-        1,
-        "the events before the refused batch are copied"
-    );
-    assert!(json_lines(&succeeded(&target(&["read", "Orders-1", "--json"]))).is_empty());
+    assert_eq!(versions("sqlite://other.db", "Kept-1"), [0]);
+    assert_eq!(versions("sqlite://other.db", "Orders-1"), [0]);
 }
 
 #[test]

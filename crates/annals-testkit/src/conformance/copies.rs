@@ -103,3 +103,98 @@ pub async fn import_keeps_events_and_order_and_resumes(store: Arc<dyn EventStore
         "nothing of the refused batch is written"
     );
 }
+
+/// An import begins a stream this store does not have at the version of its first event
+/// when the older ones are hidden where it was recorded (truncated there): reads show the
+/// imported events at their versions, the stream's version follows them, appends go on
+/// from it, and running the import again writes nothing; a gap in a stream the store has
+/// is still refused.
+pub async fn import_begins_a_stream_past_its_hidden_events(store: Arc<dyn EventStore>) {
+    if !store.capabilities().supports(Capability::Import) {
+        return;
+    }
+    let source = annals::MemoryStore::new();
+    let begun = name("Begun-1");
+    source
+        .append(&begun, ExpectedVersion::NoStream, batch(4))
+        .await
+        .expect("source append");
+    source
+        .truncate_before(&begun, Version(2))
+        .await
+        .expect("truncate the source");
+    let shown: Vec<RecordedEvent> = source
+        .read_stream_vec(&begun, ReadStream::forward())
+        .await
+        .expect("source read");
+    assert_eq!(store.import(shown.clone()).await.expect("import"), 2);
+    assert_eq!(store.import(shown.clone()).await.expect("again"), 0);
+    store.await_visible().await.expect("await visibility");
+    let versions = |options| {
+        let store = Arc::clone(&store);
+        let begun = begun.clone();
+        async move {
+            store
+                .read_stream_vec(&begun, options)
+                .await
+                .expect("read")
+                .iter()
+                .map(|e| e.stream_version)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(versions(ReadStream::forward()).await, [2, 3]);
+    assert_eq!(versions(ReadStream::backward()).await, [3, 2]);
+    assert_eq!(versions(ReadStream::forward_from(Version(1))).await, [2, 3]);
+    let copied = store
+        .read_stream_vec(&begun, ReadStream::forward())
+        .await
+        .expect("read");
+    assert_eq!(
+        copied.iter().map(copy_key).collect::<Vec<_>>(),
+        shown.iter().map(copy_key).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        store.stream_version(&begun).await.expect("version"),
+        Version(4)
+    );
+    let written = store
+        .append(&begun, ExpectedVersion::Exact(Version(4)), batch(1))
+        .await
+        .expect("an append goes on from the imported version");
+    assert_eq!(written.version, Version(5));
+    let mut shown_in_feed: Vec<u64> = read_everything(&store)
+        .await
+        .iter()
+        .filter(|e| e.stream == begun)
+        .map(|e| e.stream_version)
+        .collect();
+    shown_in_feed.sort_unstable();
+    assert_eq!(
+        shown_in_feed,
+        [2, 3, 4],
+        "read-all shows the events at their versions"
+    );
+    // A stream this store has: a later version is still a gap, refused with nothing written.
+    let kept = name("Begun-2");
+    append(&*store, &kept, ExpectedVersion::NoStream, 1).await;
+    let mut later = shown[0].clone();
+    later.stream = kept.clone();
+    later.event_id = Uuid::now_v7();
+    later.stream_version = 3;
+    let refused = store.import(vec![later]).await;
+    assert!(
+        matches!(
+            &refused,
+            Err(Error::WrongExpectedVersion {
+                actual: Version(1),
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(
+        store.stream_version(&kept).await.expect("version"),
+        Version(1)
+    );
+}
