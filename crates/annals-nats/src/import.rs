@@ -43,7 +43,8 @@ impl NatsStore {
                         &e.stream,
                         (last.map_or(0, |l| l.sequence), last.map_or(0, |l| l.next)),
                     );
-                    if last.is_none() && e.stream_version > 0 {
+                    // Versions stay below 2^63 - 1, as on the SQL stores.
+                    if last.is_none() && (1..i64::MAX as u64).contains(&e.stream_version) {
                         // A stream this store does not have begins at its first event's
                         // version: a marker hides the versions below, as a truncation's.
                         let version = e.stream_version;

@@ -27,7 +27,7 @@ BEGIN
         SELECT s.stream_id, s.version INTO sid, cur FROM {schema}.streams s
             WHERE s.name = p_streams[i] FOR UPDATE;
         cur := coalesce(cur, 0);  -- no row: a new stream
-        IF sid IS NULL AND p_versions[i] > 0 THEN
+        IF sid IS NULL AND p_versions[i] > 0 AND p_versions[i] < 9223372036854775807 THEN
             -- A new stream begins at its first event's version: the versions below read as
             -- truncated (its older events were hidden where it was recorded).
             INSERT INTO {schema}.streams (name, category, version, start)

@@ -499,7 +499,9 @@ fn import(conn: &Connection, events: &[annals::RecordedEvent]) -> Result<u64> {
         // only a refused claim looks further: already imported (skip) or a gap.
         let expected = ExpectedVersion::Exact(Version(e.stream_version));
         let claimed = match claim(conn, &e.stream, expected, 1)? {
-            None if e.stream_version > 0 && begin(conn, e)? => claim(conn, &e.stream, expected, 1)?,
+            None if (1..i64::MAX as u64).contains(&e.stream_version) && begin(conn, e)? => {
+                claim(conn, &e.stream, expected, 1)?
+            }
             claimed => claimed,
         };
         let Some((stream_id, start)) = claimed else {

@@ -2,7 +2,9 @@
 //!
 //! It implements the whole store contract, including multi-stream appends. Every commit is
 //! also sent to the receivers of [`MemoryStore::commits`] before `append` returns, in commit
-//! order, so a test can react to exactly what was written without waiting or polling.
+//! order, so a test can react to exactly what was written without waiting or polling. An
+//! import begins a stream it does not have at a later version only up to version 2^20
+//! (each version below takes a word of memory); the SQL and NATS stores, up to 2^63 - 2.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -51,6 +53,13 @@ struct Inner {
     policies: std::collections::BTreeMap<crate::RetentionScope, crate::Retention>,
     observers: Vec<mpsc::UnboundedSender<Commit>>,
 }
+
+/// The log index of a version an imported stream began after: it has no event here.
+const HIDDEN: usize = usize::MAX;
+
+/// The latest version an import may begin a stream at (its versions below take a word
+/// each here).
+const MAX_BEGIN: u64 = 1 << 20;
 
 /// Where a stream now starts, and whether it is a tombstone.
 #[derive(Debug, Clone, Copy, Default)]
@@ -157,29 +166,18 @@ impl Inner {
                 let indexes = self.streams.get(stream);
                 Ok(indexes
                     .and_then(|ix| ix.get(v as usize))
+                    .filter(|&&i| i != HIDDEN)
                     .map(|&i| self.batch_start[i]))
             },
         )
     }
 
     /// Begins `stream`, which this store does not have, at `version` (an import of a stream
-    /// whose older events are hidden where it was recorded): the versions below hold
-    /// placeholders that no read shows, as if truncated before `version`.
-    fn begin_at(&mut self, stream: &StreamName, version: u64, now: Timestamp) {
+    /// whose older events are hidden where it was recorded), as if truncated before it: the
+    /// versions below hold [`HIDDEN`], which no read reaches (reads start at the start).
+    fn begin_at(&mut self, stream: &StreamName, version: u64) {
         let indexes = self.streams.entry(stream.clone()).or_default();
-        for v in 0..version {
-            let index = self.log.len();
-            indexes.push(index);
-            self.batch_start.push(v);
-            let placeholder = EventData::new("$Hidden", Vec::new());
-            self.log.push(RecordedEvent::new(
-                stream.clone(),
-                v,
-                Position::from_raw(index as u128 + 1),
-                now,
-                placeholder,
-            ));
-        }
+        indexes.resize(version as usize, HIDDEN);
         self.tombs.insert(
             stream.clone(),
             Tomb {
@@ -425,7 +423,7 @@ impl EventStore for MemoryStore {
                 let new = version == 0
                     && !inner.streams.contains_key(&e.stream)
                     && !inner.tombs.contains_key(&e.stream);
-                if new && e.stream_version > 0 && recorded.is_none() {
+                if new && (1..=MAX_BEGIN).contains(&e.stream_version) && recorded.is_none() {
                     begins.insert(&e.stream, e.stream_version);
                 }
                 let version = begins.get(&e.stream).map_or(version, |&b| version.max(b));
@@ -462,7 +460,7 @@ impl EventStore for MemoryStore {
             for (e, write) in events.iter().zip(write) {
                 if write {
                     if let Some(version) = begins.remove(&e.stream) {
-                        inner.begin_at(&e.stream, version, e.recorded_at);
+                        inner.begin_at(&e.stream, version);
                     }
                     inner.write_at(&e.stream, vec![e.to_data()], e.recorded_at);
                     n += 1;

@@ -474,7 +474,8 @@ pub trait EventStore: Send + Sync + 'static {
     /// version), or already recorded there with the same id, which is skipped: an
     /// interrupted import can be run again. A stream this store does not have yet may begin
     /// at a later version (its older events were deleted, truncated or expired where they
-    /// were recorded): the versions below its first event then read as truncated here.
+    /// were recorded), below 2^63 - 1 (the memory store: up to 2^20): the versions below
+    /// its first event then read as truncated here.
     /// Atomic: all or nothing. Returns how many
     /// events were written. Otherwise fails with
     /// [`Error::WrongExpectedVersion`] (expected: the event's version), writing nothing.

@@ -175,6 +175,45 @@ pub async fn import_begins_a_stream_past_its_hidden_events(store: Arc<dyn EventS
         [2, 3, 4],
         "read-all shows the events at their versions"
     );
+    // Far in, but within what every store holds; beyond it, refused with nothing written.
+    let far = |stream: &str, version: u64| {
+        let mut e = shown[0].clone();
+        e.stream = name(stream);
+        e.event_id = Uuid::now_v7();
+        e.stream_version = version;
+        e
+    };
+    assert_eq!(
+        store
+            .import(vec![far("Begun-far", 100_000)])
+            .await
+            .expect("import"),
+        1
+    );
+    assert_eq!(
+        store
+            .stream_version(&name("Begun-far"))
+            .await
+            .expect("version"),
+        Version(100_001)
+    );
+    for (stream, version) in [("Begun-max", i64::MAX as u64), ("Begun-end", u64::MAX)] {
+        let refused = store.import(vec![far(stream, version)]).await;
+        assert!(
+            matches!(
+                &refused,
+                Err(Error::WrongExpectedVersion {
+                    actual: Version(0),
+                    ..
+                })
+            ),
+            "{version}: {refused:?}"
+        );
+        assert_eq!(
+            store.stream_version(&name(stream)).await.expect("version"),
+            Version(0)
+        );
+    }
     // A stream this store has: a later version is still a gap, refused with nothing written.
     let kept = name("Begun-2");
     append(&*store, &kept, ExpectedVersion::NoStream, 1).await;
