@@ -59,9 +59,11 @@ async fn add_loading(category: &Category<Added>, load: LoadOption, id: &str, n: 
 
 /// A decider writes on a stream whose events are all hidden (soft deletion, truncation of
 /// everything, every event expired) at the stream's version, without using up an attempt
-/// (not a lost race), and decides on the events still shown only: uncached, with a cached state older than the hiding, and in a
-/// multi-stream transaction. Where some events stay shown, a stale cached state starts
-/// over from them. A hard-deleted stream refuses with a typed error.
+/// (not a lost race), and decides on the events still shown only: uncached under every
+/// access strategy and load option, with a cached state older than the hiding, and in a
+/// multi-stream transaction; a load answers the stream's version. Where some events stay
+/// shown, a stale cached state starts over from them. A hard-deleted stream refuses with a
+/// typed error.
 pub async fn deciders_write_on_after_events_are_hidden(store: Arc<dyn EventStore>) {
     let s = &*store;
     if !s.capabilities().deletion {
