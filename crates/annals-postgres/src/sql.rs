@@ -159,8 +159,9 @@ impl Sql {
             // A page of the feed: see `read_all_page`.
             read_all: read_all_page(schema),
             // The last event below the visibility horizon, as read-all sees it (the primary
-            // key, read backwards).
-            head_position: format!("SELECT tx_id::text, position FROM {schema}.events WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY tx_id DESC, position DESC LIMIT 1"),
+            // key, read backwards). Ordered by the table's columns: named bare, `tx_id` would
+            // be the output column, its text, and "999" sorts after "1002".
+            head_position: format!("SELECT e.tx_id::text, e.position FROM {schema}.events e WHERE e.tx_id < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY e.tx_id DESC, e.position DESC LIMIT 1"),
             classify: format!("SELECT e.event_id, s.name, e.stream_version, e.batch_start, e.tx_id::text, e.position {from} WHERE e.event_id = ANY ($1)"),
             batch_start: format!("SELECT e.batch_start {from} WHERE s.name = $1 AND e.stream_version = $2"),
             checkpoint_load: format!("SELECT position FROM {schema}.checkpoints WHERE group_name = $1 AND source = $2"),

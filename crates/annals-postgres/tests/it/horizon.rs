@@ -361,3 +361,58 @@ async fn restarts_and_killed_connections_lose_nothing_and_never_hang() {
     );
     drop(server);
 }
+
+/// The head position is the feed's last event with transaction ids compared as numbers:
+/// written in a transaction whose id has one digit more than the one before ("1000" after
+/// "999"), it is still the head. (Ordered by their text, the head stayed at the last event
+/// below the boundary for good.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_head_position_orders_transaction_ids_as_numbers() {
+    let (store, server) = private().await;
+    let client = postgres::connect(&server.url).await;
+    let one = || vec![EventData::new("A", b"1".to_vec())];
+    let stream = StreamName::new("Head-1").unwrap();
+    let first = store
+        .append(&stream, ExpectedVersion::Any, one())
+        .await
+        .unwrap();
+    // Use up the transaction ids below the next power of ten: every subtransaction that
+    // writes takes one.
+    let next: i64 = client
+        .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let boundary = std::iter::successors(Some(10i64), |b| Some(b * 10))
+        .find(|b| *b > next)
+        .unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE TEMP TABLE burn (x int); \
+             DO $$ BEGIN FOR i IN 1..{} LOOP \
+               BEGIN INSERT INTO burn VALUES (i); RAISE EXCEPTION 'burnt'; \
+               EXCEPTION WHEN raise_exception THEN NULL; END; \
+             END LOOP; END $$",
+            boundary - next
+        ))
+        .await
+        .unwrap();
+    let second = store
+        .append(&stream, ExpectedVersion::Any, one())
+        .await
+        .unwrap();
+    let tx = |p: Position| (annals::backend::raw_position(p) >> 64) as i64;
+    assert!(
+        tx(first.last_position) < boundary && tx(second.last_position) >= boundary,
+        "the appends straddle {boundary}: {} and {}",
+        tx(first.last_position),
+        tx(second.last_position)
+    );
+    let store: Arc<dyn EventStore> = Arc::new(store);
+    let all = annals_testkit::conformance::read_everything(&store).await;
+    assert_eq!(all.last().map(|e| e.position), Some(second.last_position));
+    assert_eq!(
+        store.head_position().await.unwrap(),
+        Some(second.last_position)
+    );
+}
