@@ -522,10 +522,7 @@ impl ReadModelStore for PgStore {
     ) -> Result<Version> {
         let id = projector.id();
         let client = self.client().await?;
-        let statement = client
-            .prepare_cached(&self.inner.sql.progress_skip)
-            .await
-            .map_err(backend)?;
+        let statement = prepared(&client, &self.inner.sql.progress_skip).await?;
         let (schema, to) = (id.schema as i32, bigint(to.get()));
         let row = client
             .query_one(&statement, &[&id.name, &stream.as_str(), &to, &schema])

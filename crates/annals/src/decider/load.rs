@@ -205,6 +205,25 @@ impl<D: Domain> Decider<D> {
         Ok(self.catch_up_showing(from, actual).await?.0)
     }
 
+    /// Folds `recorded` onto `state` (`base` until the first event folded); `false` when
+    /// the codec does not know its type (skipped). Snapshot events are passed over.
+    pub(super) fn fold_recorded(
+        &self,
+        base: &Arc<D::State>,
+        state: &mut Option<D::State>,
+        recorded: &RecordedEvent,
+    ) -> Result<bool> {
+        if recorded.event_type == SNAPSHOT_EVENT_TYPE {
+            return Ok(true);
+        }
+        let Some(event) = self.category.codec.decode(recorded)? else {
+            return Ok(false);
+        };
+        let current = state.take().unwrap_or_else(|| (**base).clone());
+        *state = Some(D::evolve(current, &event));
+        Ok(true)
+    }
+
     /// [`catch_up_to`](Self::catch_up_to), answering too whether it found the events
     /// after `from.version` hidden.
     pub(super) async fn catch_up_showing(
@@ -230,15 +249,8 @@ impl<D: Domain> Decider<D> {
                 }
                 read += 1;
                 version = recorded.next_version();
-                if recorded.event_type == SNAPSHOT_EVENT_TYPE {
-                    continue;
-                }
-                match cat.codec.decode(recorded)? {
-                    Some(event) => {
-                        let current = state.take().unwrap_or_else(|| (*base).clone());
-                        state = Some(D::evolve(current, &event));
-                    }
-                    None => skipped += 1,
+                if !self.fold_recorded(&base, &mut state, recorded)? {
+                    skipped += 1;
                 }
             }
         }

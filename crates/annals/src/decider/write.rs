@@ -117,13 +117,7 @@ impl<D: Domain> Decider<D> {
                 break;
             }
             version = recorded.next_version();
-            if recorded.event_type == SNAPSHOT_EVENT_TYPE {
-                continue;
-            }
-            if let Some(event) = cat.codec.decode(recorded)? {
-                let current = state.take().unwrap_or_else(|| (*base).clone());
-                state = Some(D::evolve(current, &event));
-            }
+            self.fold_recorded(&base, &mut state, recorded)?;
         }
         let folded = Loaded {
             version,
