@@ -2,9 +2,13 @@
 
 use std::sync::Arc;
 
-use annals::{Error, ExpectedVersion, Feed, FeedOptions, Filter, Position};
+use annals::{
+    deletions_stream, DeleteMode, Error, EventStore, ExpectedVersion, Feed, FeedOptions, Filter,
+    Position, RecordedEvent, StreamName, Version, STREAM_DELETED, STREAM_TRUNCATED,
+};
 use anyhow::Context;
 use futures::StreamExt;
+use serde::Deserialize;
 use serde_json::json;
 
 use super::PAGE;
@@ -52,7 +56,7 @@ pub(crate) async fn run(args: SyncArgs, out: &Output) -> anyhow::Result<()> {
     let resume = checkpoints.load(SYNC_GROUP, &source_name).await?;
     let mut from = resume.unwrap_or(Position::START);
     let bar = progress(None, "copying");
-    let (mut read, mut written) = (0u64, 0u64);
+    let (mut read, mut written, mut applied) = (0u64, 0u64, 0u64);
     let options = FeedOptions::to_end(Filter::all()).page_size(args.batch.max(1));
     let mut pages = Feed::new(Arc::clone(&source.events), from, options).pages();
     while let Some(page) = pages.next().await {
@@ -60,28 +64,26 @@ pub(crate) async fn run(args: SyncArgs, out: &Output) -> anyhow::Result<()> {
         let n = page.events.len() as u64;
         if n > 0 {
             // One atomic import per chunk: every store takes 1,000 events at once (NATS at
-            // most that); a resumed run recognises chunks already copied.
-            let mut events = page.events;
-            while !events.is_empty() {
-                let rest = events.split_off(events.len().min(IMPORT_CHUNK));
-                written += match target.events.import(events).await {
-                    Err(Error::WrongExpectedVersion {
-                        stream,
-                        expected: ExpectedVersion::Exact(first),
-                        actual,
-                    }) if first > actual => {
-                        anyhow::bail!(
-                            "{stream}: its events from version {actual} to {first} are not in \
-                             the feed of {from_url} (deleted, truncated or expired there), and an \
-                             import continues a stream only from its version ({actual} in \
-                             {to_url}): `annals sync` cannot copy this stream; nothing of this \
-                             batch was written, the copy stops after position {from}"
-                        )
-                    }
-                    other => other?,
-                };
-                events = rest;
+            // most that); a resumed run recognises chunks already copied. A deletion or
+            // truncation the source recorded is done in the target at its place in the feed.
+            let mut chunk = Vec::with_capacity(page.events.len().min(IMPORT_CHUNK));
+            for event in page.events {
+                let op = Lifecycle::of(&event);
+                if op.is_none() {
+                    chunk.push(event);
+                }
+                if op.is_some() || chunk.len() == IMPORT_CHUNK {
+                    written +=
+                        import(&*target.events, &mut chunk, &from_url, &to_url, from).await?;
+                }
+                if let Some(op) = op {
+                    op.apply(&*target.events)
+                        .await
+                        .with_context(|| format!("{op} (recorded in {from_url}) in {to_url}"))?;
+                    applied += 1;
+                }
             }
+            written += import(&*target.events, &mut chunk, &from_url, &to_url, from).await?;
             read += n;
         }
         if page.next > from {
@@ -92,21 +94,173 @@ pub(crate) async fn run(args: SyncArgs, out: &Output) -> anyhow::Result<()> {
         }
         bar.inc(n);
         if out.json && n > 0 {
-            out.line(&json!({"copied": read, "written": written, "position": from.to_string()}));
+            out.line(&json!({"copied": read, "written": written, "applied": applied, "position": from.to_string()}));
         }
     }
     bar.finish_and_clear();
     if out.json {
-        out.line(&json!({"done": true, "read": read, "written": written, "resumed_after": resume.map(|p| p.to_string()), "position": from.to_string()}));
+        out.line(&json!({"done": true, "read": read, "written": written, "applied": applied, "resumed_after": resume.map(|p| p.to_string()), "position": from.to_string()}));
     } else {
         let resumed = match resume {
             Some(p) => format!(" (resumed after position {p})"),
             None => String::new(),
         };
         println!(
-            "synced {} -> {}: {read} events read, {written} written{resumed}; source position {from}",
+            "synced {} -> {}: {read} events read, {written} written, {applied} deletions and \
+             truncations done{resumed}; source position {from}",
             from_url, to_url
         );
     }
     Ok(())
+}
+
+/// Imports `chunk` (taking its events; nothing when it is empty), turning the refusal of a
+/// stream the target has at a lower version into one line that says why.
+async fn import(
+    target: &dyn EventStore,
+    chunk: &mut Vec<RecordedEvent>,
+    from_url: &StoreUrl,
+    to_url: &StoreUrl,
+    from: Position,
+) -> anyhow::Result<u64> {
+    if chunk.is_empty() {
+        return Ok(0);
+    }
+    match target.import(std::mem::take(chunk)).await {
+        Err(Error::WrongExpectedVersion {
+            stream,
+            expected: ExpectedVersion::Exact(first),
+            actual,
+        }) if first > actual => {
+            anyhow::bail!(
+                "{stream}: its events from version {actual} to {first} are not in the feed of \
+                 {from_url} (deleted, truncated or expired there), and an import continues a \
+                 stream only from its version ({actual} in {to_url}): `annals sync` cannot copy \
+                 this stream; nothing of this batch was written, the copy stops after position \
+                 {from}"
+            )
+        }
+        other => Ok(other?),
+    }
+}
+
+/// A deletion or truncation recorded in the source (its system event in
+/// `{category}-$deleted`), done again in the target rather than copied: the target then
+/// hides what the source hides, also events an earlier run had copied, and records it in
+/// its own `{category}-$deleted`.
+enum Lifecycle {
+    Delete {
+        stream: StreamName,
+        version: u64,
+        hard: bool,
+    },
+    Truncate {
+        stream: StreamName,
+        before: u64,
+    },
+}
+
+impl Lifecycle {
+    /// The operation `event` records, if it is a system event of a deletion or truncation
+    /// of a stream of its own category (anything else is copied as it is).
+    fn of(event: &RecordedEvent) -> Option<Self> {
+        #[derive(Deserialize)]
+        struct Deleted {
+            stream: StreamName,
+            version: u64,
+            hard: bool,
+        }
+        #[derive(Deserialize)]
+        struct Truncated {
+            stream: StreamName,
+            before: u64,
+        }
+        if event.stream.id() != "$deleted" {
+            return None;
+        }
+        let op = match event.event_type.as_str() {
+            STREAM_DELETED => {
+                let d: Deleted = serde_json::from_slice(&event.data).ok()?;
+                Self::Delete {
+                    stream: d.stream,
+                    version: d.version,
+                    hard: d.hard,
+                }
+            }
+            STREAM_TRUNCATED => {
+                let t: Truncated = serde_json::from_slice(&event.data).ok()?;
+                Self::Truncate {
+                    stream: t.stream,
+                    before: t.before,
+                }
+            }
+            _ => return None,
+        };
+        let stream = match &op {
+            Self::Delete { stream, .. } | Self::Truncate { stream, .. } => stream,
+        };
+        (deletions_stream(stream) == event.stream).then_some(op)
+    }
+
+    /// Does it in `target`. Each way is safe to repeat (a resumed run may): a soft deletion
+    /// at the source's version, or, where the target has gone past it (events written after
+    /// the deletion, already copied), a truncation there; a tombstone in the target
+    /// supersedes a soft deletion or truncation.
+    async fn apply(&self, target: &dyn EventStore) -> annals::Result<()> {
+        let done = match self {
+            Self::Delete {
+                stream, hard: true, ..
+            } => target
+                .delete_stream(stream, ExpectedVersion::Any, DeleteMode::Hard)
+                .await
+                .map(drop),
+            Self::Delete {
+                stream,
+                version,
+                hard: false,
+            } => {
+                let at = |v| ExpectedVersion::Exact(Version(v));
+                match target
+                    .delete_stream(stream, at(*version), DeleteMode::Soft)
+                    .await
+                {
+                    Err(Error::WrongExpectedVersion { actual, .. }) if actual.get() > *version => {
+                        target
+                            .truncate_before(stream, Version(*version))
+                            .await
+                            .map(drop)
+                    }
+                    Err(Error::WrongExpectedVersion { actual, .. }) => target
+                        .delete_stream(stream, at(actual.get()), DeleteMode::Soft)
+                        .await
+                        .map(drop),
+                    other => other.map(drop),
+                }
+            }
+            Self::Truncate { stream, before } => target
+                .truncate_before(stream, Version(*before))
+                .await
+                .map(drop),
+        };
+        match done {
+            Err(Error::StreamDeleted { .. }) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+impl std::fmt::Display for Lifecycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Delete {
+                stream, hard: true, ..
+            } => write!(f, "the hard deletion of {stream}"),
+            Self::Delete {
+                stream, version, ..
+            } => write!(f, "the deletion of {stream} at version {version}"),
+            Self::Truncate { stream, before } => {
+                write!(f, "the truncation of {stream} before version {before}")
+            }
+        }
+    }
 }

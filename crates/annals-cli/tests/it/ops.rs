@@ -617,6 +617,102 @@ fn sync_copies_streams_whose_older_events_are_hidden() {
     assert_eq!(versions("sqlite://other.db", "Orders-1"), [0]);
 }
 
+/// `annals sync` does the source's deletions and truncations in the target, where they
+/// are in the feed: also on streams an earlier run had copied (a resumed copy hides what the
+/// source hid since), on every store; repeating them (a run resumed from before them)
+/// changes nothing; a fresh copy shows the same.
+#[test]
+fn sync_does_the_sources_deletions_and_truncations_in_the_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |store: &str, args: &[&str]| on(dir.path(), store, args);
+    let source = "sqlite://source.db";
+    let append = |store: &str, stream: &str, expected: Option<&str>| {
+        let mut args = vec!["append", stream, "--type", "Placed", "--data", "{}"];
+        args.extend(expected.iter().flat_map(|e| ["--expected", e]));
+        run(store, &args)
+    };
+    for (stream, n) in [
+        ("Orders-1", 3),
+        ("Carts-1", 2),
+        ("Carts-2", 2),
+        ("Gone-1", 1),
+        ("Kept-1", 1),
+    ] {
+        for _ in 0..n {
+            succeeded(&append(source, stream, None));
+        }
+    }
+    let sync_to = |target: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_annals"))
+            .args(["sync", "--from", source, "--to", target, "--json"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        json_lines(&succeeded(&out)).pop().unwrap()
+    };
+    let versions = |store: &str, stream: &str| -> Vec<u64> {
+        json_lines(&succeeded(&run(store, &["read", stream, "--json"])))
+            .iter()
+            .map(|e| e["version"].as_u64().unwrap())
+            .collect()
+    };
+    let nats = annals_testkit::nats::shared();
+    let targets = [
+        "sqlite://target.db".to_owned(),
+        crate::ops::pg_url("synclife"),
+        format!(
+            "{}?stream={}",
+            nats.url,
+            annals_testkit::nats::stream_name("synclife")
+        ),
+    ];
+    for target in &targets {
+        assert_eq!(sync_to(target)["written"], 9, "{target}");
+    }
+    succeeded(&run(source, &["truncate", "Orders-1", "--before", "2"]));
+    succeeded(&run(source, &["delete", "Carts-1"]));
+    succeeded(&run(source, &["delete", "Carts-2"]));
+    succeeded(&append(source, "Carts-2", Some("2")));
+    succeeded(&run(source, &["delete", "Gone-1", "--hard"]));
+    succeeded(&run(source, &["delete", "Never-1", "--hard"]));
+    let fresh = "sqlite://fresh.db".to_owned();
+    let check = |target: &str, fresh: bool| {
+        assert_eq!(versions(target, "Orders-1"), [2], "{target}");
+        assert_eq!(versions(target, "Carts-1"), [0u64; 0], "{target}");
+        assert_eq!(versions(target, "Carts-2"), [2], "{target}");
+        assert_eq!(versions(target, "Kept-1"), [0], "{target}");
+        for gone in ["Gone-1", "Never-1"] {
+            failed_saying(&append(target, gone, None), "deleted");
+        }
+        // Each done once: the target records it once in its own `{category}-$deleted`
+        // (a fresh copy never had the events, so there was nothing to hide).
+        let recorded = |category: &str| versions(target, &format!("{category}-$deleted")).len();
+        let expected = if fresh { [0, 0] } else { [1, 2] };
+        assert_eq!(
+            [recorded("Orders"), recorded("Carts")],
+            expected,
+            "{target}"
+        );
+    };
+    for target in targets.iter().chain([&fresh]) {
+        let done = sync_to(target);
+        assert_eq!(done["applied"], 5, "{target}: {done}");
+        check(target, target == &fresh);
+        // Again from the start: every event is known, every deletion already done.
+        succeeded(&run(
+            target,
+            &["checkpoint", "set", "annals.sync", "0", "--source", source],
+        ));
+        let again = sync_to(target);
+        assert_eq!(again["written"], 0, "{target}: {again}");
+        check(target, target == &fresh);
+    }
+    for target in &targets {
+        succeeded(&append(target, "Carts-1", Some("2")));
+        assert_eq!(versions(target, "Carts-1"), [2], "{target}");
+    }
+}
+
 #[test]
 fn streams_are_truncated_and_deleted_soft_and_hard() {
     let dir = tempfile::tempdir().unwrap();
