@@ -43,10 +43,12 @@ impl NatsStore {
                         &e.stream,
                         (last.map_or(0, |l| l.sequence), last.map_or(0, |l| l.next)),
                     );
+                    // A stream this store does not have, or whose events are all hidden
+                    // here (deleted or truncated), begins (again) at its first event's
+                    // version: a marker hides the versions below, as a truncation's.
                     // Versions stay below 2^63 - 1, as on the SQL stores.
-                    if last.is_none() && (1..i64::MAX as u64).contains(&e.stream_version) {
-                        // A stream this store does not have begins at its first event's
-                        // version: a marker hides the versions below, as a truncation's.
+                    let begins = last.is_none_or(|l| l.hides_all && e.stream_version > l.next);
+                    if begins && (1..i64::MAX as u64).contains(&e.stream_version) {
                         let version = e.stream_version;
                         out.push(Outgoing {
                             stream: &e.stream,
@@ -56,7 +58,7 @@ impl NatsStore {
                                 batch_start: version,
                                 recorded_at: e.recorded_at,
                             },
-                            expect: Some(0),
+                            expect: Some(last.map_or(0, |l| l.sequence)),
                             marker: Some(Marker {
                                 next: version,
                                 start: version,

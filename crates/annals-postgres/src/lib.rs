@@ -92,6 +92,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0012_read_all_once.sql"),
     include_str!("../migrations/0013_read_all_statement.sql"),
     include_str!("../migrations/0014_import_hidden.sql"),
+    include_str!("../migrations/0015_import_begins_again.sql"),
 ];
 
 /// Connections kept for `read_all` (subscriptions and pipelines), apart from the pool

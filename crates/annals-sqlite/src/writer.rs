@@ -476,13 +476,16 @@ const INSERT_EVENT: &str = "INSERT INTO annals_events (stream_id, stream_version
      event_id, event_type, data, metadata, correlation_id, causation_id, recorded_at) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
 
-/// Begins the stream of `e`, if this store does not have it, at `e`'s version: the versions
+/// Begins the stream of `e` at `e`'s version if this store does not have it, or has it at
+/// a lower version with every event hidden (deleted or truncated here too): the versions
 /// below read as truncated (hidden where it was recorded). `true` when it did.
 fn begin(conn: &Connection, e: &annals::RecordedEvent) -> Result<bool> {
     let version = e.stream_version as i64;
     conn.prepare_cached(
         "INSERT INTO annals_streams (name, category, version, start) VALUES (?1, ?2, ?3, ?3) \
-         ON CONFLICT (name) DO NOTHING",
+         ON CONFLICT (name) DO UPDATE SET version = excluded.version, start = excluded.start \
+         WHERE annals_streams.version < excluded.version \
+           AND annals_streams.start >= annals_streams.version AND NOT annals_streams.tombstone",
     )
     .and_then(|mut st| st.execute(params![e.stream.as_str(), e.stream.category(), version]))
     .map(|inserted| inserted == 1)

@@ -187,6 +187,7 @@ macro_rules! conformance_suite {
             opposite_order_transactions_do_not_deadlock,
             import_keeps_events_and_order_and_resumes,
             import_begins_a_stream_past_its_hidden_events,
+            import_begins_again_a_stream_whose_events_are_all_hidden,
             deletion_soft_hard_and_truncate,
             deciders_write_on_after_events_are_hidden,
             retention_max_count_and_age,

@@ -3,8 +3,9 @@
 //! It implements the whole store contract, including multi-stream appends. Every commit is
 //! also sent to the receivers of [`MemoryStore::commits`] before `append` returns, in commit
 //! order, so a test can react to exactly what was written without waiting or polling. An
-//! import begins a stream it does not have at a later version only up to version 2^20
-//! (each version below takes a word of memory); the SQL and NATS stores, up to 2^63 - 2.
+//! import begins a stream (one it does not have, or whose events are all hidden) at a
+//! later version only up to version 2^20 (each version below takes a word of memory); the
+//! SQL and NATS stores, up to 2^63 - 2.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -172,9 +173,10 @@ impl Inner {
         )
     }
 
-    /// Begins `stream`, which this store does not have, at `version` (an import of a stream
-    /// whose older events are hidden where it was recorded), as if truncated before it: the
-    /// versions below hold [`HIDDEN`], which no read reaches (reads start at the start).
+    /// Begins `stream`, which this store does not have or whose events are all hidden, at
+    /// `version` (an import of a stream whose older events are hidden where it was
+    /// recorded), as if truncated before it: the versions up to it hold [`HIDDEN`], which no
+    /// read reaches (reads start at the start).
     fn begin_at(&mut self, stream: &StreamName, version: u64) {
         let indexes = self.streams.entry(stream.clone()).or_default();
         indexes.resize(version as usize, HIDDEN);
@@ -410,20 +412,24 @@ impl EventStore for MemoryStore {
             let mut inner = self.lock();
             // Plan first (nothing is written unless every event fits), then write.
             let mut next: HashMap<&StreamName, u64> = HashMap::new();
-            // Streams this store does not have that begin past version 0.
+            // Streams that begin (again) past their version: ones this store does not have,
+            // or whose events are all hidden (deleted or truncated here too).
             let mut begins: HashMap<&StreamName, u64> = HashMap::new();
             let mut write = Vec::with_capacity(events.len());
             let mut ids = std::collections::HashSet::new();
             for e in &events {
                 inner.alive(&e.stream)?;
+                let seen = next.contains_key(&e.stream);
                 let version = *next
                     .entry(&e.stream)
                     .or_insert_with(|| inner.version(&e.stream).get());
                 let recorded = inner.ids.get(&e.event_id);
-                let new = version == 0
-                    && !inner.streams.contains_key(&e.stream)
-                    && !inner.tombs.contains_key(&e.stream);
-                if new && (1..=MAX_BEGIN).contains(&e.stream_version) && recorded.is_none() {
+                if !seen
+                    && e.stream_version > version
+                    && e.stream_version <= MAX_BEGIN
+                    && inner.start(&e.stream) >= version
+                    && recorded.is_none()
+                {
                     begins.insert(&e.stream, e.stream_version);
                 }
                 let version = begins.get(&e.stream).map_or(version, |&b| version.max(b));

@@ -472,8 +472,9 @@ pub trait EventStore: Send + Sync + 'static {
     /// causation ids and timestamps; positions are this store's, in the order given. Each
     /// event must be the next of its stream (`stream_version` equal to the stream's
     /// version), or already recorded there with the same id, which is skipped: an
-    /// interrupted import can be run again. A stream this store does not have yet may begin
-    /// at a later version (its older events were deleted, truncated or expired where they
+    /// interrupted import can be run again. A stream this store does not have yet, or has
+    /// with every event hidden (deleted, or truncated to its version), may begin (again) at
+    /// a later version (its older events were deleted, truncated or expired where they
     /// were recorded), below 2^63 - 1 (the memory store: up to 2^20): the versions below
     /// its first event then read as truncated here.
     /// Atomic: all or nothing. Returns how many

@@ -619,7 +619,8 @@ fn sync_copies_streams_whose_older_events_are_hidden() {
 
 /// `annals sync` does the source's deletions and truncations in the target, where they
 /// are in the feed: also on streams an earlier run had copied (a resumed copy hides what the
-/// source hid since), on every store; repeating them (a run resumed from before them)
+/// source hid since, also of a stream written to, deleted and written to again between
+/// two runs), on every store; repeating them (a run resumed from before them)
 /// changes nothing; a fresh copy shows the same.
 #[test]
 fn sync_does_the_sources_deletions_and_truncations_in_the_target() {
@@ -637,6 +638,7 @@ fn sync_does_the_sources_deletions_and_truncations_in_the_target() {
         ("Carts-2", 2),
         ("Gone-1", 1),
         ("Kept-1", 1),
+        ("Later-1", 2),
     ] {
         for _ in 0..n {
             succeeded(&append(source, stream, None));
@@ -667,7 +669,7 @@ fn sync_does_the_sources_deletions_and_truncations_in_the_target() {
         ),
     ];
     for target in &targets {
-        assert_eq!(sync_to(target)["written"], 9, "{target}");
+        assert_eq!(sync_to(target)["written"], 11, "{target}");
     }
     succeeded(&run(source, &["truncate", "Orders-1", "--before", "2"]));
     succeeded(&run(source, &["delete", "Carts-1"]));
@@ -675,12 +677,17 @@ fn sync_does_the_sources_deletions_and_truncations_in_the_target() {
     succeeded(&append(source, "Carts-2", Some("2")));
     succeeded(&run(source, &["delete", "Gone-1", "--hard"]));
     succeeded(&run(source, &["delete", "Never-1", "--hard"]));
+    // Written to, then deleted, then written to again, all between two runs.
+    succeeded(&append(source, "Later-1", Some("2")));
+    succeeded(&run(source, &["delete", "Later-1"]));
+    succeeded(&append(source, "Later-1", Some("3")));
     let fresh = "sqlite://fresh.db".to_owned();
     let check = |target: &str, fresh: bool| {
         assert_eq!(versions(target, "Orders-1"), [2], "{target}");
         assert_eq!(versions(target, "Carts-1"), [0u64; 0], "{target}");
         assert_eq!(versions(target, "Carts-2"), [2], "{target}");
         assert_eq!(versions(target, "Kept-1"), [0], "{target}");
+        assert_eq!(versions(target, "Later-1"), [3], "{target}");
         for gone in ["Gone-1", "Never-1"] {
             failed_saying(&append(target, gone, None), "deleted");
         }
@@ -696,7 +703,7 @@ fn sync_does_the_sources_deletions_and_truncations_in_the_target() {
     };
     for target in targets.iter().chain([&fresh]) {
         let done = sync_to(target);
-        assert_eq!(done["applied"], 5, "{target}: {done}");
+        assert_eq!(done["applied"], 6, "{target}: {done}");
         check(target, target == &fresh);
         // Again from the start: every event is known, every deletion already done.
         succeeded(&run(

@@ -1,6 +1,7 @@
 //! Copying events between stores: import.
 
 use super::*;
+use annals::DeleteMode;
 
 /// What a copy of an event must keep: everything but its position.
 pub fn copy_key(e: &RecordedEvent) -> impl PartialEq + std::fmt::Debug {
@@ -235,5 +236,107 @@ pub async fn import_begins_a_stream_past_its_hidden_events(store: Arc<dyn EventS
     assert_eq!(
         store.stream_version(&kept).await.expect("version"),
         Version(1)
+    );
+}
+
+/// An import begins again, at a later version, a stream this store has with every event
+/// hidden (soft-deleted or truncated to its version here, as where it was recorded: written
+/// to and then deleted there between two copies): reads show the imported event alone,
+/// appends go on after it, and the import again writes nothing. A stream that still shows
+/// an event, or a tombstone, is refused with nothing written.
+pub async fn import_begins_again_a_stream_whose_events_are_all_hidden(store: Arc<dyn EventStore>) {
+    let caps = store.capabilities();
+    if !caps.supports(Capability::Import) || !caps.deletion {
+        return;
+    }
+    let (deleted, truncated, partly, gone) = (
+        name("Again-1"),
+        name("Again-2"),
+        name("Again-3"),
+        name("Again-4"),
+    );
+    for stream in [&deleted, &truncated, &partly, &gone] {
+        append(&*store, stream, ExpectedVersion::NoStream, 2).await;
+    }
+    store
+        .delete_stream(
+            &deleted,
+            ExpectedVersion::Exact(Version(2)),
+            DeleteMode::Soft,
+        )
+        .await
+        .expect("soft delete");
+    store
+        .truncate_before(&truncated, Version(2))
+        .await
+        .expect("truncate to the version");
+    store
+        .truncate_before(&partly, Version(1))
+        .await
+        .expect("truncate");
+    store
+        .delete_stream(&gone, ExpectedVersion::Any, DeleteMode::Hard)
+        .await
+        .expect("hard delete");
+    let source = annals::MemoryStore::new();
+    let copied = name("Copied-1");
+    source
+        .append(&copied, ExpectedVersion::NoStream, batch(5))
+        .await
+        .expect("source append");
+    let at = |stream: &StreamName, version: u64, all: &[RecordedEvent]| {
+        let mut e = all[version as usize].clone();
+        e.stream = stream.clone();
+        e.event_id = Uuid::now_v7();
+        e
+    };
+    let all = source
+        .read_stream_vec(&copied, ReadStream::forward())
+        .await
+        .expect("source read");
+    for stream in [&deleted, &truncated] {
+        let event = at(stream, 4, &all);
+        assert_eq!(
+            store.import(vec![event.clone()]).await.expect("import"),
+            1,
+            "{stream}"
+        );
+        assert_eq!(
+            store.import(vec![event]).await.expect("again"),
+            0,
+            "{stream}"
+        );
+        store.await_visible().await.expect("await visibility");
+        let shown: Vec<u64> = store
+            .read_stream_vec(stream, ReadStream::forward())
+            .await
+            .expect("read")
+            .iter()
+            .map(|e| e.stream_version)
+            .collect();
+        assert_eq!(shown, [4], "{stream}");
+        assert_eq!(
+            store.stream_version(stream).await.expect("version"),
+            Version(5),
+            "{stream}"
+        );
+        store
+            .append(stream, ExpectedVersion::Exact(Version(5)), batch(1))
+            .await
+            .expect("an append goes on after the imported event");
+    }
+    for stream in [&partly, &gone] {
+        let refused = store.import(vec![at(stream, 4, &all)]).await;
+        assert!(refused.is_err(), "{stream}: {refused:?}");
+    }
+    assert_eq!(
+        store.stream_version(&partly).await.expect("version"),
+        Version(2),
+        "nothing written"
+    );
+    let still = store.append(&gone, ExpectedVersion::Any, batch(1)).await;
+    assert!(
+        matches!(still, Err(Error::StreamDeleted { .. })),
+        "{still:?}"
     );
 }
