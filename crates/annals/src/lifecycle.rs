@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{validate_category, Error, RecordedEvent, Result, StreamName, Timestamp, Version};
 
-/// How [`EventStore::delete_stream`] deletes.
+/// How [`EventStore::delete_stream`](crate::EventStore::delete_stream) deletes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DeleteMode {
     /// The stream reads as empty (its events are hidden from every read, read-all and
@@ -19,7 +19,7 @@ pub enum DeleteMode {
     Hard,
 }
 
-/// What [`EventStore::scavenge`] removed (or, in a dry run, would remove).
+/// What [`EventStore::scavenge`](crate::EventStore::scavenge) removed (or, in a dry run, would remove).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Scavenged {
     /// Events removed.

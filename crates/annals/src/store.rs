@@ -535,7 +535,8 @@ pub trait EventStore: Send + Sync + 'static {
     }
 
     /// Deletes `stream` if its version admits `expected` (see [`DeleteMode`]), and records a
-    /// [`STREAM_DELETED`] event in [`deletions_stream`], in one transaction. Returns the
+    /// [`STREAM_DELETED`](crate::STREAM_DELETED) event in
+    /// [`deletions_stream`](crate::deletions_stream), in one transaction. Returns the
     /// stream's version. Repeating a deletion changes nothing and succeeds; a hard delete
     /// after a soft one turns it into a tombstone; a soft delete of a tombstone fails with
     /// [`Error::StreamDeleted`]. Stores without [`Capabilities::deletion`] refuse with
@@ -554,10 +555,11 @@ pub trait EventStore: Send + Sync + 'static {
     }
 
     /// Hides the events of `stream` below `before` (at most its version) from every read,
-    /// and records a [`STREAM_TRUNCATED`] event in [`deletions_stream`], in one
-    /// transaction. Versions count on; truncation never moves back, so a repeat or a lower
-    /// `before` changes nothing. Returns where the stream now starts. Stores without
-    /// [`Capabilities::deletion`] refuse with [`Error::Unsupported`].
+    /// and records a [`STREAM_TRUNCATED`](crate::STREAM_TRUNCATED) event in
+    /// [`deletions_stream`](crate::deletions_stream), in one transaction. Versions count on;
+    /// truncation never moves back, so a repeat or a lower `before` changes nothing. Returns
+    /// where the stream now starts. Stores without [`Capabilities::deletion`] refuse with
+    /// [`Error::Unsupported`].
     async fn truncate_before(&self, stream: &StreamName, before: Version) -> Result<Version> {
         let _ = (stream, before);
         Err(Error::Unsupported {

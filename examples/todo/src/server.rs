@@ -1,4 +1,4 @@
-//! Serving the TodoBackend API: the [`web`](crate::web) router over a store, with a cache
+//! Serving the TodoBackend API: the [`web`] router over a store, with a cache
 //! of folded lists, until a shutdown signal; then the read-model pipeline (when one runs
 //! beside it) catches up and commits its checkpoint before the server returns.
 

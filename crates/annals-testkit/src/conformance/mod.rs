@@ -1,7 +1,7 @@
 //! The conformance suite: every store must pass every function here.
 //!
 //! Each function takes a fresh, empty store and panics (through assertions) when the store
-//! breaks the contract of [`annals::store`]. Capability differences are read from
+//! breaks the contract of [`annals::EventStore`]. Capability differences are read from
 //! [`EventStore::capabilities`], never copied into variant tests.
 
 use std::collections::{HashMap, HashSet};
