@@ -203,8 +203,9 @@ impl Lifecycle {
     }
 
     /// Does it in `target`. Each way is safe to repeat (a resumed run may): a soft deletion
-    /// at the source's version, or, where the target has gone past it (events written after
-    /// the deletion, already copied), a truncation there; a tombstone in the target
+    /// at the source's version; where the target has gone past it (events written after the
+    /// deletion, already copied), a truncation there; where it has fewer (events written and
+    /// deleted between two runs), a soft deletion of what it has. A tombstone in the target
     /// supersedes a soft deletion or truncation.
     async fn apply(&self, target: &dyn EventStore) -> annals::Result<()> {
         let done = match self {
