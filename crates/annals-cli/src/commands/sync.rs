@@ -1,6 +1,7 @@
 //! `annals sync`: copy every event of one store into another, resumably.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use annals::{
     deletions_stream, DeleteMode, Error, EventStore, ExpectedVersion, Feed, FeedOptions, Filter,
@@ -33,7 +34,15 @@ pub(crate) struct SyncArgs {
     /// Events per imported batch (one transaction each).
     #[arg(long, default_value_t = PAGE)]
     pub batch: usize,
+    /// Once copied to the head, keep copying new events (and deletions) as the source
+    /// records them, until interrupted (Ctrl-C); the checkpoint follows each batch.
+    #[arg(long)]
+    pub follow: bool,
 }
+
+/// How often a following copy looks for new events when the source signals none (another
+/// process writing to it; writes through this process wake it at once).
+const FOLLOW_POLL: Duration = Duration::from_millis(250);
 
 /// `annals sync`: copies every event of `--from` into `--to` in read-all order, with its
 /// stream version, id, metadata and timestamp, committing after each batch a checkpoint
@@ -57,9 +66,23 @@ pub(crate) async fn run(args: SyncArgs, out: &Output) -> anyhow::Result<()> {
     let mut from = resume.unwrap_or(Position::START);
     let bar = progress(None, "copying");
     let (mut read, mut written, mut applied) = (0u64, 0u64, 0u64);
-    let options = FeedOptions::to_end(Filter::all()).page_size(args.batch.max(1));
+    let options = match args.follow {
+        true => FeedOptions::follow(Filter::all(), FOLLOW_POLL),
+        false => FeedOptions::to_end(Filter::all()),
+    };
+    let options = options.page_size(args.batch.max(1));
     let mut pages = Feed::new(Arc::clone(&source.events), from, options).pages();
-    while let Some(page) = pages.next().await {
+    let mut following = false;
+    // One listener for the whole run, so a Ctrl-C while a batch is copied is not lost.
+    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
+    loop {
+        // Only the wait for a page is interrupted: a batch under way is imported and
+        // checkpointed first.
+        let page = tokio::select! {
+            page = pages.next() => page,
+            _ = &mut interrupted, if args.follow => None,
+        };
+        let Some(page) = page else { break };
         let page = page?;
         let n = page.events.len() as u64;
         if n > 0 {
@@ -95,6 +118,19 @@ pub(crate) async fn run(args: SyncArgs, out: &Output) -> anyhow::Result<()> {
         bar.inc(n);
         if out.json && n > 0 {
             out.line(&json!({"copied": read, "written": written, "applied": applied, "position": from.to_string()}));
+        }
+        if args.follow && page.end && !following {
+            following = true;
+            match out.json {
+                true => out.line(
+                    &json!({"following": true, "copied": read, "position": from.to_string()}),
+                ),
+                false => bar.suspend(|| {
+                    println!(
+                        "{read} events copied; following {from_url} for new ones (Ctrl-C to stop)"
+                    )
+                }),
+            }
         }
     }
     bar.finish_and_clear();

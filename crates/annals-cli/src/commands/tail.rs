@@ -52,13 +52,15 @@ pub(crate) async fn run(
     };
     let mut feed = store.subscribe(from, options);
     let mut seen = 0;
+    // One listener for the whole run, so a Ctrl-C while an event is printed is not lost.
+    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
     loop {
         if args.count.is_some_and(|n| seen >= n) {
             return Ok(());
         }
         let next = tokio::select! {
             next = feed.next() => next,
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = &mut interrupted => return Ok(()),
         };
         let Some(e) = next else { return Ok(()) };
         let e = e?;

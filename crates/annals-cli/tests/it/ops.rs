@@ -720,6 +720,95 @@ fn sync_does_the_sources_deletions_and_truncations_in_the_target() {
     }
 }
 
+/// `annals sync --follow` copies to the head, then goes on copying what the source records
+/// (events written by another process, a truncation, a tombstone) until interrupted; on
+/// Ctrl-C it ends cleanly after the batch under way, its checkpoint committed (a run
+/// afterwards has nothing left to copy).
+#[test]
+fn sync_follows_the_source_until_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |store: &str, args: &[&str]| on(dir.path(), store, args);
+    let targets = [
+        "sqlite://target.db".to_owned(),
+        crate::ops::pg_url("syncfollow"),
+    ];
+    for (k, target) in targets.iter().enumerate() {
+        let target = target.as_str();
+        let source = format!("sqlite://source{k}.db");
+        let source = source.as_str();
+        let append = || {
+            succeeded(&run(
+                source,
+                &["append", "Orders-1", "--type", "Placed", "--data", "{}"],
+            ))
+        };
+        append();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_annals"))
+            .args([
+                "sync", "--from", source, "--to", target, "--follow", "--json",
+            ])
+            .current_dir(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = std::sync::mpsc::channel::<Value>();
+        let stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let _ = tx.send(serde_json::from_str(&line.unwrap()).unwrap());
+            }
+        });
+        let wait_for = |what: &str, done: &dyn Fn(&Value) -> bool| loop {
+            match lines.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) if done(&line) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("{target}: no line showing {what}: {e}"),
+            }
+        };
+        wait_for("it follows", &|l| l["following"] == true);
+        // New events and operations, recorded by other processes while it follows.
+        append();
+        append();
+        succeeded(&run(source, &["truncate", "Orders-1", "--before", "1"]));
+        succeeded(&run(source, &["delete", "Gone-1", "--hard"]));
+        wait_for("everything copied", &|l| {
+            l["written"] == 3 && l["applied"] == 2
+        });
+        let interrupted = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(interrupted.success());
+        let done = wait_for("the end", &|l| l["done"] == true);
+        assert_eq!(
+            (done["read"].as_u64(), done["applied"].as_u64()),
+            (Some(5), Some(2)),
+            "{target}: {done}"
+        );
+        assert!(
+            child.wait().unwrap().success(),
+            "{target}: ends cleanly on Ctrl-C"
+        );
+        reader.join().unwrap();
+        let versions: Vec<u64> =
+            json_lines(&succeeded(&run(target, &["read", "Orders-1", "--json"])))
+                .iter()
+                .map(|e| e["version"].as_u64().unwrap())
+                .collect();
+        assert_eq!(versions, [1, 2], "{target}");
+        failed_saying(&run(target, &["read", "Gone-1"]), "deleted");
+        // The checkpoint followed: nothing is left to copy.
+        let again = Command::new(env!("CARGO_BIN_EXE_annals"))
+            .args(["sync", "--from", source, "--to", target, "--json"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let again = json_lines(&succeeded(&again)).pop().unwrap();
+        assert_eq!(again["read"], 0, "{target}: {again}");
+    }
+}
+
 #[test]
 fn streams_are_truncated_and_deleted_soft_and_hard() {
     let dir = tempfile::tempdir().unwrap();
