@@ -554,7 +554,7 @@ impl Browser {
 }
 
 /// A child process killed when dropped (unless taken).
-struct Killed(Option<Child>);
+pub(crate) struct Killed(pub(crate) Option<Child>);
 
 impl Drop for Killed {
     fn drop(&mut self) {

@@ -743,17 +743,20 @@ fn sync_follows_the_source_until_interrupted() {
             ))
         };
         append();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_annals"))
-            .args([
-                "sync", "--from", source, "--to", target, "--follow", "--json",
-            ])
-            .current_dir(dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        // Killed if the test fails before it ends.
+        let mut child = crate::admin::Killed(Some(
+            Command::new(env!("CARGO_BIN_EXE_annals"))
+                .args([
+                    "sync", "--from", source, "--to", target, "--follow", "--json",
+                ])
+                .current_dir(dir.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        ));
         let (tx, lines) = std::sync::mpsc::channel::<Value>();
-        let stdout = child.stdout.take().unwrap();
+        let stdout = child.0.as_mut().unwrap().stdout.take().unwrap();
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let _ = tx.send(serde_json::from_str(&line.unwrap()).unwrap());
@@ -776,7 +779,7 @@ fn sync_follows_the_source_until_interrupted() {
             l["written"] == 3 && l["applied"] == 2
         });
         let interrupted = Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
+            .args(["-INT", &child.0.as_ref().unwrap().id().to_string()])
             .status()
             .unwrap();
         assert!(interrupted.success());
@@ -786,10 +789,8 @@ fn sync_follows_the_source_until_interrupted() {
             (Some(5), Some(2)),
             "{target}: {done}"
         );
-        assert!(
-            child.wait().unwrap().success(),
-            "{target}: ends cleanly on Ctrl-C"
-        );
+        let status = child.0.take().unwrap().wait().unwrap();
+        assert!(status.success(), "{target}: ends cleanly on Ctrl-C");
         reader.join().unwrap();
         let versions: Vec<u64> =
             json_lines(&succeeded(&run(target, &["read", "Orders-1", "--json"])))
