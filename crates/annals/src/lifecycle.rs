@@ -19,7 +19,8 @@ pub enum DeleteMode {
     Hard,
 }
 
-/// What [`EventStore::scavenge`](crate::EventStore::scavenge) removed (or, in a dry run, would remove).
+/// What [`EventStore::scavenge`](crate::EventStore::scavenge) removed (or, in a dry run,
+/// would remove).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Scavenged {
     /// Events removed.
