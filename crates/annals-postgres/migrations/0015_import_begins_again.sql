@@ -29,19 +29,19 @@ BEGIN
         SELECT s.stream_id, s.version, s.start, s.tombstone INTO sid, cur, shown, tombed
             FROM {schema}.streams s WHERE s.name = p_streams[i] FOR UPDATE;
         cur := coalesce(cur, 0);  -- no row: a new stream
-        IF sid IS NOT NULL AND NOT tombed AND shown >= cur AND p_versions[i] > cur
-           AND p_versions[i] < 9223372036854775807 THEN
-            -- Every event hidden here: the stream begins again at this event's version.
-            UPDATE {schema}.streams s SET version = p_versions[i], start = p_versions[i]
-                WHERE s.stream_id = sid;
-            cur := p_versions[i];
-        END IF;
-        IF sid IS NULL AND p_versions[i] > 0 AND p_versions[i] < 9223372036854775807 THEN
-            -- A new stream begins at its first event's version: the versions below read as
-            -- truncated (its older events were hidden where it was recorded).
-            INSERT INTO {schema}.streams (name, category, version, start)
-                VALUES (p_streams[i], p_categories[i], p_versions[i], p_versions[i])
-                RETURNING stream_id INTO sid;
+        IF p_versions[i] > cur AND p_versions[i] < 9223372036854775807
+           AND (sid IS NULL OR (NOT tombed AND shown >= cur)) THEN
+            -- A stream this store does not have, or whose events are all hidden here, begins
+            -- (again) at this event's version: the versions below read as truncated (hidden
+            -- where it was recorded).
+            IF sid IS NULL THEN
+                INSERT INTO {schema}.streams (name, category, version, start)
+                    VALUES (p_streams[i], p_categories[i], p_versions[i], p_versions[i])
+                    RETURNING stream_id INTO sid;
+            ELSE
+                UPDATE {schema}.streams s SET version = p_versions[i], start = p_versions[i]
+                    WHERE s.stream_id = sid;
+            END IF;
             cur := p_versions[i];
         END IF;
         IF p_versions[i] < cur THEN

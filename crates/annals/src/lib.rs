@@ -96,8 +96,8 @@ pub use feed::{Backoff, Feed, FeedOptions, FeedPage};
 pub use instrument::{process_totals, Instrumented};
 pub use lease::{fair_share, GroupMember, LeaseStore, Leases, MemoryLeases};
 pub use lifecycle::{
-    deletions_stream, DeleteMode, Retention, RetentionScope, Scavenged, STREAM_DELETED,
-    STREAM_TRUNCATED,
+    deletions_stream, DeleteMode, Retention, RetentionScope, Scavenged, StreamChange,
+    STREAM_DELETED, STREAM_TRUNCATED,
 };
 pub use memory::{Commit, MemoryStore};
 pub use personal::{MemoryKeys, Personal, SubjectKeys};

@@ -45,6 +45,91 @@ pub fn deletions_stream(stream: &StreamName) -> StreamName {
         .expect("a valid category makes a valid system stream name")
 }
 
+/// A deletion or truncation, as its system event in [`deletions_stream`] records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamChange {
+    /// [`STREAM_DELETED`]: `stream` deleted at `version` (its event count then), soft or
+    /// hard.
+    Deleted {
+        /// The stream deleted.
+        stream: StreamName,
+        /// Its version when deleted.
+        version: u64,
+        /// A tombstone.
+        hard: bool,
+    },
+    /// [`STREAM_TRUNCATED`]: the events of `stream` below `before` hidden.
+    Truncated {
+        /// The stream truncated.
+        stream: StreamName,
+        /// Its first version shown from then on.
+        before: u64,
+    },
+}
+
+impl StreamChange {
+    /// The change `event` records, if it is the system event of a deletion or truncation
+    /// of a stream of its own category (`None` for any other event).
+    pub fn of(event: &RecordedEvent) -> Option<Self> {
+        #[derive(Deserialize)]
+        struct Deleted {
+            stream: StreamName,
+            version: u64,
+            hard: bool,
+        }
+        #[derive(Deserialize)]
+        struct Truncated {
+            stream: StreamName,
+            before: u64,
+        }
+        if event.stream.id() != "$deleted" {
+            return None;
+        }
+        let change = match event.event_type.as_str() {
+            STREAM_DELETED => {
+                let d: Deleted = serde_json::from_slice(&event.data).ok()?;
+                Self::Deleted {
+                    stream: d.stream,
+                    version: d.version,
+                    hard: d.hard,
+                }
+            }
+            STREAM_TRUNCATED => {
+                let t: Truncated = serde_json::from_slice(&event.data).ok()?;
+                Self::Truncated {
+                    stream: t.stream,
+                    before: t.before,
+                }
+            }
+            _ => return None,
+        };
+        (deletions_stream(change.stream()) == event.stream).then_some(change)
+    }
+
+    /// The stream deleted or truncated.
+    pub fn stream(&self) -> &StreamName {
+        match self {
+            Self::Deleted { stream, .. } | Self::Truncated { stream, .. } => stream,
+        }
+    }
+}
+
+impl std::fmt::Display for StreamChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Deleted {
+                stream, hard: true, ..
+            } => write!(f, "the hard deletion of {stream}"),
+            Self::Deleted {
+                stream, version, ..
+            } => write!(f, "the deletion of {stream} at version {version}"),
+            Self::Truncated { stream, before } => {
+                write!(f, "the truncation of {stream} before version {before}")
+            }
+        }
+    }
+}
+
 /// What a retention policy applies to: every stream of a category, or one stream (whose
 /// own policy replaces its category's).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -4,12 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use annals::{
-    deletions_stream, DeleteMode, Error, EventStore, ExpectedVersion, Feed, FeedOptions, Filter,
-    Position, RecordedEvent, StreamName, Version, STREAM_DELETED, STREAM_TRUNCATED,
+    DeleteMode, Error, EventStore, ExpectedVersion, Feed, FeedOptions, Filter, Position,
+    RecordedEvent, StreamChange, Version,
 };
 use anyhow::Context;
 use futures::StreamExt;
-use serde::Deserialize;
 use serde_json::json;
 
 use super::PAGE;
@@ -91,18 +90,18 @@ pub(crate) async fn run(args: SyncArgs, out: &Output) -> anyhow::Result<()> {
             // truncation the source recorded is done in the target at its place in the feed.
             let mut chunk = Vec::with_capacity(page.events.len().min(IMPORT_CHUNK));
             for event in page.events {
-                let op = Lifecycle::of(&event);
-                if op.is_none() {
+                let change = StreamChange::of(&event);
+                if change.is_none() {
                     chunk.push(event);
                 }
-                if op.is_some() || chunk.len() == IMPORT_CHUNK {
+                if change.is_some() || chunk.len() == IMPORT_CHUNK {
                     written +=
                         import(&*target.events, &mut chunk, &from_url, &to_url, from).await?;
                 }
-                if let Some(op) = op {
-                    op.apply(&*target.events)
-                        .await
-                        .with_context(|| format!("{op} (recorded in {from_url}) in {to_url}"))?;
+                if let Some(change) = change {
+                    apply(&change, &*target.events).await.with_context(|| {
+                        format!("{change} (recorded in {from_url}) in {to_url}")
+                    })?;
                     applied += 1;
                 }
             }
@@ -180,124 +179,51 @@ async fn import(
     }
 }
 
-/// A deletion or truncation recorded in the source (its system event in
-/// `{category}-$deleted`), done again in the target rather than copied: the target then
-/// hides what the source hides, also events an earlier run had copied, and records it in
-/// its own `{category}-$deleted`.
-enum Lifecycle {
-    Delete {
-        stream: StreamName,
-        version: u64,
-        hard: bool,
-    },
-    Truncate {
-        stream: StreamName,
-        before: u64,
-    },
-}
-
-impl Lifecycle {
-    /// The operation `event` records, if it is a system event of a deletion or truncation
-    /// of a stream of its own category (anything else is copied as it is).
-    fn of(event: &RecordedEvent) -> Option<Self> {
-        #[derive(Deserialize)]
-        struct Deleted {
-            stream: StreamName,
-            version: u64,
-            hard: bool,
-        }
-        #[derive(Deserialize)]
-        struct Truncated {
-            stream: StreamName,
-            before: u64,
-        }
-        if event.stream.id() != "$deleted" {
-            return None;
-        }
-        let op = match event.event_type.as_str() {
-            STREAM_DELETED => {
-                let d: Deleted = serde_json::from_slice(&event.data).ok()?;
-                Self::Delete {
-                    stream: d.stream,
-                    version: d.version,
-                    hard: d.hard,
-                }
-            }
-            STREAM_TRUNCATED => {
-                let t: Truncated = serde_json::from_slice(&event.data).ok()?;
-                Self::Truncate {
-                    stream: t.stream,
-                    before: t.before,
-                }
-            }
-            _ => return None,
-        };
-        let stream = match &op {
-            Self::Delete { stream, .. } | Self::Truncate { stream, .. } => stream,
-        };
-        (deletions_stream(stream) == event.stream).then_some(op)
-    }
-
-    /// Does it in `target`. Each way is safe to repeat (a resumed run may): a soft deletion
-    /// at the source's version; where the target has gone past it (events written after the
-    /// deletion, already copied), a truncation there; where it has fewer (events written and
-    /// deleted between two runs), a soft deletion of what it has. A tombstone in the target
-    /// supersedes a soft deletion or truncation.
-    async fn apply(&self, target: &dyn EventStore) -> annals::Result<()> {
-        let done = match self {
-            Self::Delete {
-                stream, hard: true, ..
-            } => target
-                .delete_stream(stream, ExpectedVersion::Any, DeleteMode::Hard)
+/// Does a deletion or truncation the source recorded again in `target` (rather than copying
+/// its system event): the target then hides what the source hides, also events an earlier
+/// run had copied, and records it in its own `{category}-$deleted`. Each way is safe to
+/// repeat (a resumed run may): a soft deletion at the source's version; where the target
+/// has gone past it (events written after the deletion, already copied), a truncation
+/// there; where it has fewer (events written and deleted between two runs), a soft deletion
+/// of what it has. A tombstone in the target supersedes a soft deletion or truncation.
+async fn apply(change: &StreamChange, target: &dyn EventStore) -> annals::Result<()> {
+    let done = match change {
+        StreamChange::Deleted {
+            stream, hard: true, ..
+        } => target
+            .delete_stream(stream, ExpectedVersion::Any, DeleteMode::Hard)
+            .await
+            .map(drop),
+        StreamChange::Deleted {
+            stream,
+            version,
+            hard: false,
+        } => {
+            let at = |v| ExpectedVersion::Exact(Version(v));
+            match target
+                .delete_stream(stream, at(*version), DeleteMode::Soft)
                 .await
-                .map(drop),
-            Self::Delete {
-                stream,
-                version,
-                hard: false,
-            } => {
-                let at = |v| ExpectedVersion::Exact(Version(v));
-                match target
-                    .delete_stream(stream, at(*version), DeleteMode::Soft)
-                    .await
-                {
-                    Err(Error::WrongExpectedVersion { actual, .. }) if actual.get() > *version => {
-                        target
-                            .truncate_before(stream, Version(*version))
-                            .await
-                            .map(drop)
-                    }
-                    Err(Error::WrongExpectedVersion { actual, .. }) => target
-                        .delete_stream(stream, at(actual.get()), DeleteMode::Soft)
+            {
+                Err(Error::WrongExpectedVersion { actual, .. }) if actual.get() > *version => {
+                    target
+                        .truncate_before(stream, Version(*version))
                         .await
-                        .map(drop),
-                    other => other.map(drop),
+                        .map(drop)
                 }
-            }
-            Self::Truncate { stream, before } => target
-                .truncate_before(stream, Version(*before))
-                .await
-                .map(drop),
-        };
-        match done {
-            Err(Error::StreamDeleted { .. }) => Ok(()),
-            other => other,
-        }
-    }
-}
-
-impl std::fmt::Display for Lifecycle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Delete {
-                stream, hard: true, ..
-            } => write!(f, "the hard deletion of {stream}"),
-            Self::Delete {
-                stream, version, ..
-            } => write!(f, "the deletion of {stream} at version {version}"),
-            Self::Truncate { stream, before } => {
-                write!(f, "the truncation of {stream} before version {before}")
+                Err(Error::WrongExpectedVersion { actual, .. }) => target
+                    .delete_stream(stream, at(actual.get()), DeleteMode::Soft)
+                    .await
+                    .map(drop),
+                other => other.map(drop),
             }
         }
+        StreamChange::Truncated { stream, before } => target
+            .truncate_before(stream, Version(*before))
+            .await
+            .map(drop),
+    };
+    match done {
+        Err(Error::StreamDeleted { .. }) => Ok(()),
+        other => other,
     }
 }
