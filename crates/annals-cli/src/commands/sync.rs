@@ -8,6 +8,7 @@ use annals::{
     RecordedEvent, StreamChange, Version,
 };
 use anyhow::Context;
+use example_todo::server::shutdown_signal;
 use futures::StreamExt;
 use serde_json::json;
 
@@ -34,7 +35,8 @@ pub(crate) struct SyncArgs {
     #[arg(long, default_value_t = PAGE)]
     pub batch: usize,
     /// Once copied to the head, keep copying new events (and deletions) as the source
-    /// records them, until interrupted (Ctrl-C); the checkpoint follows each batch.
+    /// records them, until interrupted (Ctrl-C or SIGTERM); the checkpoint follows each
+    /// batch.
     #[arg(long)]
     pub follow: bool,
 }
@@ -72,14 +74,23 @@ pub(crate) async fn run(args: SyncArgs, out: &Output) -> anyhow::Result<()> {
     let options = options.page_size(args.batch.max(1));
     let mut pages = Feed::new(Arc::clone(&source.events), from, options).pages();
     let mut following = false;
-    // One listener for the whole run, so a Ctrl-C while a batch is copied is not lost.
-    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
+    // Ctrl-C or SIGTERM stops a following copy; the handlers are installed now, for the
+    // whole run, so a signal while a batch is copied (or before the first wait) is not
+    // lost. A copy to the head keeps the signals' default (ended at once: every batch is
+    // atomic, and the checkpoint follows it).
+    let stop = args.follow.then(shutdown_signal);
+    let mut interrupted = std::pin::pin!(async move {
+        match stop {
+            Some(stop) => stop.await,
+            None => std::future::pending().await,
+        }
+    });
     loop {
         // Only the wait for a page is interrupted: a batch under way is imported and
         // checkpointed first.
         let page = tokio::select! {
             page = pages.next() => page,
-            _ = &mut interrupted, if args.follow => None,
+            _ = &mut interrupted => None,
         };
         let Some(page) = page else { break };
         let page = page?;

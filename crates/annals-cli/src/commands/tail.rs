@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use annals::{EventStore, Feed, FeedOptions, Filter, Position, SubscribeExt, SubscribeOptions};
+use example_todo::server::shutdown_signal;
 use futures::StreamExt;
 
 use super::dump::FeedArgs;
@@ -37,6 +38,9 @@ pub(crate) async fn run(
     args: TailArgs,
     out: &Output,
 ) -> anyhow::Result<()> {
+    // Ctrl-C or SIGTERM ends it; the handlers are installed before anything is shown, so
+    // a signal sent once the first line is out stops it cleanly.
+    let mut interrupted = std::pin::pin!(shutdown_signal());
     let filter = filter(&args.feed.category)?;
     let from = match &args.feed.from {
         Some(p) => position(p)?,
@@ -52,8 +56,6 @@ pub(crate) async fn run(
     };
     let mut feed = store.subscribe(from, options);
     let mut seen = 0;
-    // One listener for the whole run, so a Ctrl-C while an event is printed is not lost.
-    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
     loop {
         if args.count.is_some_and(|n| seen >= n) {
             return Ok(());

@@ -722,7 +722,7 @@ fn sync_does_the_sources_deletions_and_truncations_in_the_target() {
 
 /// `annals sync --follow` copies to the head, then goes on copying what the source records
 /// (events written by another process, a truncation, a tombstone) until interrupted; on
-/// Ctrl-C it ends cleanly after the batch under way, its checkpoint committed (a run
+/// Ctrl-C or SIGTERM it ends cleanly after the batch under way, its checkpoint committed (a run
 /// afterwards has nothing left to copy).
 #[test]
 fn sync_follows_the_source_until_interrupted() {
@@ -778,8 +778,10 @@ fn sync_follows_the_source_until_interrupted() {
         wait_for("everything copied", &|l| {
             l["written"] == 3 && l["applied"] == 2
         });
+        // Ctrl-C for one, a service manager's stop (SIGTERM) for the other.
+        let signal = ["-INT", "-TERM"][k];
         let interrupted = Command::new("kill")
-            .args(["-INT", &child.0.as_ref().unwrap().id().to_string()])
+            .args([signal, &child.0.as_ref().unwrap().id().to_string()])
             .status()
             .unwrap();
         assert!(interrupted.success());
@@ -790,7 +792,7 @@ fn sync_follows_the_source_until_interrupted() {
             "{target}: {done}"
         );
         let status = child.0.take().unwrap().wait().unwrap();
-        assert!(status.success(), "{target}: ends cleanly on Ctrl-C");
+        assert!(status.success(), "{target}: ends cleanly on {signal}");
         reader.join().unwrap();
         let versions: Vec<u64> =
             json_lines(&succeeded(&run(target, &["read", "Orders-1", "--json"])))
@@ -807,6 +809,40 @@ fn sync_follows_the_source_until_interrupted() {
             .unwrap();
         let again = json_lines(&succeeded(&again)).pop().unwrap();
         assert_eq!(again["read"], 0, "{target}: {again}");
+    }
+}
+
+/// `annals tail` ends cleanly (exit 0) on Ctrl-C and on SIGTERM (a service manager's stop),
+/// once it says it follows.
+#[test]
+fn tail_ends_cleanly_on_ctrl_c_and_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    succeeded(&on(
+        dir.path(),
+        "sqlite://tail.db",
+        &["append", "Order-1", "--type", "Placed", "--data", "{}"],
+    ));
+    for signal in ["-INT", "-TERM"] {
+        // Killed if the test fails before it ends.
+        let mut child = crate::admin::Killed(Some(
+            Command::new(env!("CARGO_BIN_EXE_annals"))
+                .args(["tail", "--store", "sqlite://tail.db"])
+                .current_dir(dir.path())
+                .env_remove("ANNALS_STORE")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        ));
+        let stdout = child.0.as_mut().unwrap().stdout.take().unwrap();
+        let mut first = String::new();
+        BufReader::new(stdout).read_line(&mut first).unwrap();
+        assert!(first.starts_with("following from position"), "{first:?}");
+        let pid = child.0.as_ref().unwrap().id().to_string();
+        let sent = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(sent.success());
+        let status = child.0.take().unwrap().wait().unwrap();
+        assert!(status.success(), "tail on {signal}: {status}");
     }
 }
 
