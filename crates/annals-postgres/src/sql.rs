@@ -114,7 +114,7 @@ impl Sql {
             read_head: format!(
                 "SELECT s.version, h.version, \
                  CASE WHEN e.stream_version IS NULL OR e.stream_version = coalesce(h.version, 0) THEN h.data END, \
-                 {EVENT_COLUMNS}, s.tombstone FROM {schema}.streams s \
+                 {EVENT_COLUMNS}, s.tombstone, s.start FROM {schema}.streams s \
                  CROSS JOIN LATERAL (SELECT CASE WHEN s.max_age IS NULL AND s.max_count IS NULL THEN s.snapshot_version END AS version, \
                                             CASE WHEN s.max_age IS NULL AND s.max_count IS NULL THEN s.snapshot END AS data) h \
                  LEFT JOIN LATERAL \

@@ -159,6 +159,7 @@ impl EventStore for PgStore {
         }
         Ok(Head {
             version: Version(first.try_get::<_, i64>(0).map_err(backend)? as u64),
+            start: Version(first.try_get::<_, i64>(15).map_err(backend)? as u64),
             snapshot,
             events,
         })

@@ -313,6 +313,7 @@ fn head_in(tx: &Connection, stream: &str, limit: usize) -> Result<Head> {
         .map_err(backend)?;
     Ok(Head {
         version: Version(version),
+        start: Version(start as u64),
         snapshot,
         events,
     })

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use annals::{
-    AllPage, AppendResult, Cache, Capabilities, Category, Codec, Domain, EventData, EventStore,
-    EventStoreExt, ExpectedVersion, Filter, Head, Position, ReadStream, RecordedEvent, Result,
-    StreamAppend, StreamName, Timestamp, Version, SNAPSHOT_EVENT_TYPE,
+    AllPage, AppendAt, AppendResult, Cache, Capabilities, Category, Codec, Domain, EventData,
+    EventStore, EventStoreExt, ExpectedVersion, Filter, Head, Position, ReadStream, RecordedEvent,
+    Result, StreamAppend, StreamName, Timestamp, Version, SNAPSHOT_EVENT_TYPE,
 };
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -79,6 +79,19 @@ impl EventStore for Counting {
 
     async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
         self.inner.append_many(appends).await
+    }
+
+    async fn append_at_shown(
+        &self,
+        stream: &StreamName,
+        version: Version,
+        shown_from: Version,
+        events: Vec<EventData>,
+        snapshot: Option<Vec<u8>>,
+    ) -> Result<AppendAt> {
+        self.inner
+            .append_at_shown(stream, version, shown_from, events, snapshot)
+            .await
     }
 
     async fn append_with_snapshot(

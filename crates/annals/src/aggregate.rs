@@ -76,6 +76,8 @@ impl<A: Aggregate> Domain for AggregateDomain<A> {
 pub struct Root<A: Aggregate> {
     stream: StreamName,
     version: Version,
+    /// Where the state's events begin (see [`Loaded::shown_from`]).
+    shown_from: Version,
     /// The state at `version`, before the pending events.
     base: Arc<A>,
     state: A,
@@ -87,6 +89,7 @@ impl<A: Aggregate> Root<A> {
         Self {
             stream,
             version: loaded.version,
+            shown_from: loaded.shown_from,
             state: (*loaded.state).clone(),
             base: loaded.state,
             pending: Vec::new(),
@@ -96,6 +99,7 @@ impl<A: Aggregate> Root<A> {
     fn loaded(&self) -> Loaded<A> {
         Loaded {
             version: self.version,
+            shown_from: self.shown_from,
             state: Arc::clone(&self.base),
         }
     }
@@ -206,17 +210,29 @@ impl<A: Aggregate> Repository<A> {
     ) -> Result<R> {
         let decider = self.decider(id)?;
         let mut loaded = decider.load().await?;
-        let mut attempt = 1;
+        let (mut attempt, mut restarted) = (1, false);
         loop {
             let mut root = Root::new(decider.stream().clone(), loaded);
             let result = command(&mut root);
             match self.save(&mut root).await {
                 Ok(()) => return Ok(result),
+                // Refused at the version loaded: events the state holds were deleted or
+                // truncated since (its cached state was dropped). Not a lost race: load it
+                // again, once without using up an attempt.
+                Err(crate::Error::WrongExpectedVersion { actual, .. })
+                    if actual == root.version && !restarted =>
+                {
+                    restarted = true;
+                    loaded = decider.load().await?;
+                }
                 Err(crate::Error::WrongExpectedVersion { actual, .. })
                     if attempt < self.category.max_attempts() =>
                 {
                     attempt += 1;
-                    loaded = decider.catch_up_to(root.loaded(), actual).await?;
+                    loaded = match actual == root.version {
+                        true => decider.load().await?,
+                        false => decider.catch_up_to(root.loaded(), actual).await?,
+                    };
                 }
                 Err(crate::Error::WrongExpectedVersion { .. }) => {
                     return Err(crate::Error::ResyncExhausted {

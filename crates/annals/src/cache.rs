@@ -17,6 +17,9 @@ use crate::{EventStore, StreamName, Version};
 pub struct Cached<S> {
     /// The stream version the state was folded up to.
     pub version: Version,
+    /// The first stream version whose event the state may hold (see
+    /// [`Loaded::shown_from`](crate::Loaded::shown_from)).
+    pub shown_from: Version,
     /// The folded state.
     pub state: Arc<S>,
     /// When the store last confirmed this state.
@@ -59,6 +62,7 @@ impl std::fmt::Debug for CacheScope {
 
 struct Entry {
     version: Version,
+    shown_from: Version,
     state: Arc<dyn Any + Send + Sync>,
     confirmed_at: Instant,
     _store: Weak<dyn EventStore>,
@@ -97,18 +101,35 @@ impl Cache {
         let state = Arc::clone(&entry.state).downcast::<S>().ok()?;
         Some(Cached {
             version: entry.version,
+            shown_from: entry.shown_from,
             state,
             confirmed_at: entry.confirmed_at,
         })
     }
 
     /// Stores `state` of `stream` in `scope` at `version`, unless a newer version is
-    /// cached already. Returns whether the entry was written.
+    /// cached already. Returns whether the entry was written. The state is taken to hold
+    /// the stream's events from its start (as [`put_shown`](Self::put_shown) from version
+    /// 0: a decision on it is refused once any of the stream's events is deleted or
+    /// truncated, and folds the stream again).
     pub fn put<S: Send + Sync + 'static>(
         &self,
         scope: &CacheScope,
         stream: &StreamName,
         version: Version,
+        state: Arc<S>,
+    ) -> bool {
+        self.put_shown(scope, stream, version, Version::EMPTY, state)
+    }
+
+    /// As [`put`](Self::put), for a state folded from the stream's events from
+    /// `shown_from` on.
+    pub fn put_shown<S: Send + Sync + 'static>(
+        &self,
+        scope: &CacheScope,
+        stream: &StreamName,
+        version: Version,
+        shown_from: Version,
         state: Arc<S>,
     ) -> bool {
         let mut entries = self.lock();
@@ -118,6 +139,7 @@ impl Cache {
             // The entry's store reference is the scope's already: replace the state only.
             Some(existing) => {
                 existing.version = version;
+                existing.shown_from = shown_from;
                 existing.state = state;
                 existing.confirmed_at = Instant::now();
                 true
@@ -125,6 +147,7 @@ impl Cache {
             None => {
                 let entry = Entry {
                     version,
+                    shown_from,
                     state,
                     confirmed_at: Instant::now(),
                     _store: Weak::clone(&scope.store),
@@ -170,10 +193,16 @@ impl ScopedCache {
     pub(crate) fn put<S: Send + Sync + 'static>(
         &self,
         stream: &StreamName,
-        version: Version,
-        state: Arc<S>,
+        loaded: &crate::Loaded<S>,
     ) -> bool {
-        self.cache.put(&self.scope, stream, version, state)
+        let state = Arc::clone(&loaded.state);
+        self.cache.put_shown(
+            &self.scope,
+            stream,
+            loaded.version,
+            loaded.shown_from,
+            state,
+        )
     }
 
     pub(crate) fn remove(&self, stream: &StreamName) {

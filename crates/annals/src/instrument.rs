@@ -221,6 +221,32 @@ impl<S: EventStore + ?Sized> EventStore for Instrumented<S> {
         result
     }
 
+    async fn append_at_shown(
+        &self,
+        stream: &StreamName,
+        version: Version,
+        shown_from: Version,
+        events: Vec<EventData>,
+        snapshot: Option<Vec<u8>>,
+    ) -> Result<AppendAt> {
+        let backend = self.backend();
+        let span = span("append", backend, Some(stream));
+        let (count, bytes) = (events.len(), events.iter().map(EventData::size).sum());
+        let started = Instant::now();
+        let result = self
+            .inner
+            .append_at_shown(stream, version, shown_from, events, snapshot)
+            .instrument(span.clone())
+            .await;
+        match &result {
+            Ok(AppendAt::Conflict { .. }) => {
+                record(&span, "append", backend, started, count, bytes, "conflict")
+            }
+            _ => finish(&span, "append", backend, started, count, bytes, &result),
+        }
+        result
+    }
+
     async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
         let backend = self.backend();
         let span = span("append_many", backend, None);

@@ -19,8 +19,8 @@ use crate::error::Result;
 use crate::event::{validate_batch, validate_many, DEFAULT_MAX_EVENT_BYTES};
 use crate::idempotency::{self, Found, Verdict};
 use crate::store::{
-    AllPage, AppendResult, Capabilities, Direction, EventStore, Filter, Head, HeadSnapshot,
-    ReadStream, StreamAppend,
+    AllPage, AppendAt, AppendResult, Capabilities, Direction, EventStore, Filter, Head,
+    HeadSnapshot, ReadStream, StreamAppend,
 };
 use crate::{
     DeleteMode, EventData, ExpectedVersion, Position, RecordedEvent, StreamName, Timestamp, Version,
@@ -317,17 +317,31 @@ impl MemoryStore {
     }
 
     /// An append, keeping `snapshot` as the head snapshot when it writes.
+    /// Appends (with the head snapshot, if any). With `shown_from`, an append whose version
+    /// holds is refused as [`Error::WrongExpectedVersion`] at that same version when the
+    /// stream now starts past it (see [`EventStore::append_at_shown`]).
     fn append_with(
         &self,
         stream: &StreamName,
         expected: ExpectedVersion,
         events: Vec<EventData>,
         snapshot: Option<Vec<u8>>,
+        shown_from: Option<Version>,
     ) -> Result<AppendResult> {
         validate_batch(stream, &events, self.max_event_bytes)?;
         let result = {
             let mut inner = self.lock();
             inner.alive(stream)?;
+            let actual = inner.version(stream);
+            if shown_from.is_some_and(|from| inner.start(stream) > from.get())
+                && expected.admits(actual)
+            {
+                return Err(crate::Error::WrongExpectedVersion {
+                    stream: stream.clone(),
+                    expected,
+                    actual,
+                });
+            }
             match inner.plan(stream, expected, &events)? {
                 Verdict::AlreadyWritten(result) => return Ok(result),
                 Verdict::Write => {
@@ -369,7 +383,7 @@ impl EventStore for MemoryStore {
         expected: ExpectedVersion,
         events: Vec<EventData>,
     ) -> Result<AppendResult> {
-        self.append_with(stream, expected, events, None)
+        self.append_with(stream, expected, events, None, None)
     }
 
     async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
@@ -403,7 +417,30 @@ impl EventStore for MemoryStore {
         events: Vec<EventData>,
         snapshot: Vec<u8>,
     ) -> Result<AppendResult> {
-        self.append_with(stream, expected, events, Some(snapshot))
+        self.append_with(stream, expected, events, Some(snapshot), None)
+    }
+
+    async fn append_at_shown(
+        &self,
+        stream: &StreamName,
+        version: Version,
+        shown_from: Version,
+        events: Vec<EventData>,
+        snapshot: Option<Vec<u8>>,
+    ) -> Result<AppendAt> {
+        let tail = snapshot.is_none();
+        let expected = ExpectedVersion::Exact(version);
+        match self.append_with(stream, expected, events, snapshot, Some(shown_from)) {
+            Ok(written) => Ok(AppendAt::Written(written)),
+            Err(crate::Error::WrongExpectedVersion { actual, .. }) if tail => {
+                crate::store::conflict_read(self, stream, version, actual).await
+            }
+            Err(crate::Error::WrongExpectedVersion { actual, .. }) => Ok(AppendAt::Conflict {
+                actual,
+                events: Vec::new(),
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     async fn import(&self, events: Vec<RecordedEvent>) -> Result<u64> {
@@ -503,6 +540,7 @@ impl EventStore for MemoryStore {
             .collect();
         Ok(Head {
             version: Version(indexes.len() as u64),
+            start: Version(inner.start(stream)),
             snapshot,
             events,
         })

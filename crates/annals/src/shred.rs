@@ -181,6 +181,28 @@ impl<S: EventStore + ?Sized> EventStore for Shredding<S> {
         }
     }
 
+    async fn append_at_shown(
+        &self,
+        stream: &StreamName,
+        version: Version,
+        shown_from: Version,
+        mut events: Vec<EventData>,
+        snapshot: Option<Vec<u8>>,
+    ) -> Result<AppendAt> {
+        self.seal(&mut events).await?;
+        let answer = self
+            .inner
+            .append_at_shown(stream, version, shown_from, events, snapshot)
+            .await?;
+        match answer {
+            AppendAt::Conflict { actual, mut events } => {
+                self.open(&mut events).await?;
+                Ok(AppendAt::Conflict { actual, events })
+            }
+            written => Ok(written),
+        }
+    }
+
     async fn append_many(&self, mut appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
         for a in &mut appends {
             self.seal(&mut a.events).await?;

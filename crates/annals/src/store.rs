@@ -94,6 +94,9 @@ pub struct HeadSnapshot {
 pub struct Head {
     /// The stream's version when read.
     pub version: Version,
+    /// The first version reads show after deletion and truncation (not retention): 0 for
+    /// a stream never truncated.
+    pub start: Version,
     /// The snapshot written with the latest append that carried one.
     pub snapshot: Option<HeadSnapshot>,
     /// The first events from the snapshot's version on (from the start without one),
@@ -423,6 +426,46 @@ pub trait EventStore: Send + Sync + 'static {
             Err(Error::WrongExpectedVersion { actual, .. }) => {
                 conflict_read(self, stream, version, actual).await
             }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// As [`append_at`](EventStore::append_at) (with a `snapshot`, as
+    /// [`append_with_snapshot`](EventStore::append_with_snapshot), whose refusal carries no
+    /// events), for a caller whose state was folded from the stream's events from
+    /// `shown_from` on: refused too, nothing written, when a deletion or truncation has
+    /// hidden any of them since (the stream now starts past `shown_from`). That refusal is
+    /// an [`AppendAt::Conflict`] whose `actual` is `version` itself, with no events: the
+    /// caller's state holds hidden events, and is to be folded again from the start. A
+    /// `shown_from` at or above `version` asks no more than `append_at`; the check is made
+    /// only when the version holds (an exact retry of a written batch still succeeds).
+    ///
+    /// The decider appends this way, so a state it cached is never decided on once its
+    /// events were deleted or truncated (not even by another process). Stores that hide
+    /// events (deletion, truncation) check it in the append's own condition; the default,
+    /// for stores that never do, ignores `shown_from`.
+    async fn append_at_shown(
+        &self,
+        stream: &StreamName,
+        version: Version,
+        shown_from: Version,
+        events: Vec<EventData>,
+        snapshot: Option<Vec<u8>>,
+    ) -> Result<AppendAt> {
+        let _ = shown_from;
+        let Some(snapshot) = snapshot else {
+            return self.append_at(stream, version, events).await;
+        };
+        let expected = ExpectedVersion::Exact(version);
+        match self
+            .append_with_snapshot(stream, expected, events, snapshot)
+            .await
+        {
+            Ok(written) => Ok(AppendAt::Written(written)),
+            Err(Error::WrongExpectedVersion { actual, .. }) => Ok(AppendAt::Conflict {
+                actual,
+                events: Vec::new(),
+            }),
             Err(e) => Err(e),
         }
     }

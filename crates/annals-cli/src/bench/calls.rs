@@ -88,6 +88,20 @@ impl EventStore for Calls {
             .await
     }
 
+    async fn append_at_shown(
+        &self,
+        stream: &StreamName,
+        version: Version,
+        shown_from: Version,
+        events: Vec<EventData>,
+        snapshot: Option<Vec<u8>>,
+    ) -> Result<AppendAt> {
+        self.count(if snapshot.is_some() { 2 } else { 1 });
+        self.inner
+            .append_at_shown(stream, version, shown_from, events, snapshot)
+            .await
+    }
+
     async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
         self.count(3);
         self.inner.append_many(appends).await

@@ -239,3 +239,100 @@ pub async fn deciders_write_on_after_events_are_hidden(store: Arc<dyn EventStore
         "{refused:?}"
     );
 }
+
+/// A decider whose state is cached at the stream's current version never decides on
+/// events deleted or truncated since (here behind its back, as another process would):
+/// its write is refused by the store and it decides again on the events still shown,
+/// without using up an attempt; a decision that writes nothing finds a soft deletion or a
+/// truncation of everything too. Under every access strategy with a cache.
+pub async fn cached_deciders_start_over_once_their_events_are_hidden(store: Arc<dyn EventStore>) {
+    let s = &*store;
+    if !s.capabilities().deletion {
+        return;
+    }
+    let stream = |id: &str| name(&format!("Hidden-{id}"));
+    let cached = |category: Category<Added>| {
+        category
+            .with_cache(Arc::new(annals::Cache::new(16)))
+            .with_max_attempts(1)
+    };
+    // Each flavour, and the same without a cache (what a fresh load folds: a rolling
+    // snapshot still shown holds the effects of the events before it, by design).
+    let mut flavours = vec![
+        ("plain", added(&store, None)),
+        ("rolling", added(&store, None).with_rolling_snapshots(2, 1)),
+    ];
+    if s.capabilities().head_snapshots {
+        let head = added(&store, None).with_head_snapshots(1).unwrap();
+        flavours.push(("head", head));
+    }
+    let uncached = added(&store, None);
+    for (flavour, fresh) in &flavours {
+        let category = &cached(fresh.clone());
+        let decide = |id: String| category.decider(&id).unwrap();
+        // Soft deletion: the write decided on the cached state is refused; the decision
+        // runs again on no events.
+        let id = format!("cache_soft_{flavour}");
+        let decider = decide(id.clone());
+        for n in [1, 2] {
+            decider.transact(|_| plus(n)).await.unwrap();
+        }
+        s.delete_stream(&stream(&id), ExpectedVersion::Any, DeleteMode::Soft)
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        decider
+            .transact(|state| {
+                seen.push(state.clone());
+                plus(3)
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!(seen.last().unwrap(), &Vec::<u32>::new(), "{id}: {seen:?}");
+        assert_eq!(add(&uncached, &id, 4).await, [3, 4], "{id}");
+        // A query on a cached state finds the deletion too.
+        let id = format!("cache_query_{flavour}");
+        let decider = decide(id.clone());
+        for n in [1, 2] {
+            decider.transact(|_| plus(n)).await.unwrap();
+        }
+        assert_eq!(decider.query(Vec::clone).await.unwrap(), [1, 2], "{id}");
+        s.delete_stream(&stream(&id), ExpectedVersion::Any, DeleteMode::Soft)
+            .await
+            .unwrap();
+        assert!(decider.query(Vec::clone).await.unwrap().is_empty(), "{id}");
+        assert!(decider.load().await.unwrap().state.is_empty(), "{id}");
+        // Truncation of the older events: decided again on the ones still shown.
+        let id = format!("cache_truncated_{flavour}");
+        let decider = decide(id.clone());
+        for n in [1, 2, 3] {
+            decider.transact(|_| plus(n)).await.unwrap();
+        }
+        let version = decider.load().await.unwrap().version;
+        s.truncate_before(&stream(&id), Version(version.get() - 1))
+            .await
+            .unwrap();
+        let shown = fresh.decider(&id).unwrap().query(Vec::clone).await.unwrap();
+        let mut seen = Vec::new();
+        decider
+            .transact(|state| {
+                seen.push(state.clone());
+                plus(4)
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!(seen.last().unwrap(), &shown, "{id}: {seen:?}");
+        let mut after = shown.clone();
+        after.push(4);
+        assert_eq!(decider.query(Vec::clone).await.unwrap(), after, "{id}");
+        assert_eq!(
+            fresh.decider(&id).unwrap().query(Vec::clone).await.unwrap(),
+            after,
+            "{id}"
+        );
+        // Truncation of everything, then a query.
+        let version = decider.load().await.unwrap().version;
+        s.truncate_before(&stream(&id), version).await.unwrap();
+        assert!(decider.query(Vec::clone).await.unwrap().is_empty(), "{id}");
+    }
+}

@@ -165,8 +165,9 @@ impl<D: Domain> Decider<D> {
             members = batch.members;
             if batch.events.is_empty() {
                 if std::mem::take(&mut unconfirmed) {
-                    match self.catch_up(loaded.clone()).await {
-                        Ok(fresh) if fresh.version != loaded.version => {
+                    let at = loaded.version;
+                    match self.catch_up_showing(loaded.clone(), at).await {
+                        Ok((fresh, hidden)) if hidden || fresh.version != at => {
                             loaded = fresh;
                             members.extend(carried);
                             continue;
@@ -241,16 +242,18 @@ impl<D: Domain> Decider<D> {
             Some(head) => Some((head.encode)(&state).map_err(snapshot_error)?),
             None => None,
         };
-        let answer = self.append_at(loaded.version, events, head).await?;
+        let answer = self.append_at(loaded, events, head).await?;
         Ok(match answer {
             AppendAt::Written(appended) => {
-                if let Some(cache) = &cat.cache {
-                    cache.put(&self.stream, appended.version, Arc::clone(&state));
-                }
-                Written::Done(Loaded {
+                let written = Loaded {
                     version: appended.version,
+                    shown_from: loaded.shown_from,
                     state,
-                })
+                };
+                if let Some(cache) = &cat.cache {
+                    cache.put(&self.stream, &written);
+                }
+                Written::Done(written)
             }
             AppendAt::Conflict { actual, events } => Written::Conflict { actual, events },
         })
@@ -375,6 +378,7 @@ async fn offer<S: Clone>(
         let (answer, answered) = oneshot::channel();
         let offered = Loaded {
             version: Version(loaded.version.get() + gathered.events.len() as u64),
+            shown_from: loaded.shown_from,
             state: Arc::clone(&gathered.state),
         };
         let offer = ToMember::Offer {

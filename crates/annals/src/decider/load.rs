@@ -6,10 +6,9 @@ use super::*;
 impl<D: Domain> Decider<D> {
     pub(super) async fn load_with(&self, option: LoadOption) -> Result<Loaded<D::State>> {
         match option {
-            LoadOption::AssumeEmpty => Ok(Loaded {
-                version: Version::EMPTY,
-                state: Arc::new(D::initial()),
-            }),
+            LoadOption::AssumeEmpty => {
+                Ok(Loaded::holding_none(Version::EMPTY, Arc::new(D::initial())))
+            }
             LoadOption::RequireLoad => self.reload().await,
             LoadOption::AllowStale(max_age) => self.load_cached(Some(max_age)).await,
             LoadOption::AnyCachedValue => self.load_cached(None).await,
@@ -26,6 +25,7 @@ impl<D: Domain> Decider<D> {
             Some(age) if cached.confirmed_at.elapsed() > age => None,
             _ => Some(Loaded {
                 version: cached.version,
+                shown_from: cached.shown_from,
                 state: cached.state,
             }),
         }
@@ -64,18 +64,19 @@ impl<D: Domain> Decider<D> {
             }
         }
         if !self.category.access.backward() {
-            return self
-                .catch_up(Loaded {
-                    version: Version::EMPTY,
-                    state: Arc::new(D::initial()),
-                })
-                .await;
+            return self.fold_all().await;
         }
         let loaded = self.load_backward(ReadStream::backward(), None).await?;
         if let Some(cache) = &self.category.cache {
-            cache.put(&self.stream, loaded.version, Arc::clone(&loaded.state));
+            cache.put(&self.stream, &loaded);
         }
         Ok(loaded)
+    }
+
+    /// Folds every event reads show, from the initial state (and caches the result).
+    pub(super) async fn fold_all(&self) -> Result<Loaded<D::State>> {
+        let empty = Loaded::holding_none(Version::EMPTY, Arc::new(D::initial()));
+        self.catch_up(empty).await
     }
 
     /// Reads the head snapshot and the events after it in one round trip, and folds them
@@ -105,15 +106,18 @@ impl<D: Domain> Decider<D> {
                 state = D::evolve(state, &event);
             }
         }
+        // Deletion and truncation drop head snapshots: the state holds the events from
+        // where the stream started when read.
         let loaded = Loaded {
             version,
+            shown_from: read.start.min(version),
             state: Arc::new(state),
         };
         if version < read.version {
             return self.catch_up_to(loaded, read.version).await.map(Some);
         }
         if let Some(cache) = &cat.cache {
-            cache.put(&self.stream, loaded.version, Arc::clone(&loaded.state));
+            cache.put(&self.stream, &loaded);
         }
         Ok(Some(loaded))
     }
@@ -148,6 +152,8 @@ impl<D: Domain> Decider<D> {
         // reads lazily is asked for no more than that.
         let mut events = cat.store.read_stream(&self.stream, read);
         let mut version = None;
+        // The oldest event read: where the state's events begin.
+        let mut oldest = None;
         let mut base = None;
         let mut newest_first: Vec<D::Event> = Vec::new();
         let mut read = 0u64;
@@ -157,6 +163,7 @@ impl<D: Domain> Decider<D> {
                 continue;
             }
             version.get_or_insert(recorded.next_version());
+            oldest = Some(Version(recorded.stream_version));
             if recorded.event_type == SNAPSHOT_EVENT_TYPE {
                 if let Some(state) = access
                     .snapshots
@@ -179,8 +186,10 @@ impl<D: Domain> Decider<D> {
         }
         tracing::trace!(read, "loaded backward");
         let state = D::fold(base.unwrap_or_else(D::initial), newest_first.iter().rev());
+        let version = version.unwrap_or(Version::EMPTY);
         Ok(Loaded {
-            version: version.unwrap_or(Version::EMPTY),
+            version,
+            shown_from: oldest.unwrap_or(version),
             state: Arc::new(state),
         })
     }
@@ -225,27 +234,42 @@ impl<D: Domain> Decider<D> {
     }
 
     /// [`catch_up_to`](Self::catch_up_to), answering too whether it found the events
-    /// after `from.version` hidden.
+    /// after `from.version` hidden. A state that holds events is confirmed by its last
+    /// one too: the read starts there, and finding it hidden (the stream deleted or
+    /// truncated past it, maybe by another process) starts the state over.
     pub(super) async fn catch_up_showing(
         &self,
         from: Loaded<D::State>,
         actual: Version,
     ) -> Result<(Loaded<D::State>, bool)> {
         let cat = &self.category;
+        let holds_last = from.version > from.shown_from;
+        let read_from = match holds_last {
+            true => Version(from.version.get() - 1),
+            false => from.version,
+        };
         let mut pages = cat
             .store
-            .read_stream_pages(&self.stream, ReadStream::forward_from(from.version));
+            .read_stream_pages(&self.stream, ReadStream::forward_from(read_from));
         let mut base = from.state;
         let mut version = from.version;
+        let mut shown_from = from.shown_from;
         let mut state: Option<D::State> = None;
         let mut hidden = false;
-        let (mut read, mut skipped) = (0u64, 0u64);
+        let (mut first, mut read, mut skipped) = (true, 0u64, 0u64);
         while let Some(page) = pages.try_next().await? {
             for recorded in &page {
-                if read == 0 && recorded.stream_version > version.get() {
-                    tracing::debug!(%version, first = recorded.stream_version, "events hidden");
-                    base = Arc::new(D::initial());
-                    hidden = true;
+                if std::mem::take(&mut first) {
+                    if holds_last && recorded.stream_version == read_from.get() {
+                        // The state's last event, still shown.
+                        continue;
+                    }
+                    if holds_last || recorded.stream_version > version.get() {
+                        tracing::debug!(%version, first = recorded.stream_version, "events hidden");
+                        base = Arc::new(D::initial());
+                        shown_from = Version(recorded.stream_version);
+                        hidden = true;
+                    }
                 }
                 read += 1;
                 version = recorded.next_version();
@@ -254,17 +278,22 @@ impl<D: Domain> Decider<D> {
                 }
             }
         }
-        if read == 0 && actual > version {
+        if read == 0 && (actual > version || (holds_last && first)) {
             tracing::debug!(%version, %actual, "every event hidden");
             base = Arc::new(D::initial());
-            version = actual;
+            version = actual.max(version);
+            shown_from = version;
             hidden = true;
         }
         tracing::trace!(read, skipped, %version, "caught up");
-        let state = state.map_or(base, Arc::new);
+        let loaded = Loaded {
+            version,
+            shown_from,
+            state: state.map_or(base, Arc::new),
+        };
         if let Some(cache) = &cat.cache {
-            cache.put(&self.stream, version, Arc::clone(&state));
+            cache.put(&self.stream, &loaded);
         }
-        Ok((Loaded { version, state }, hidden))
+        Ok((loaded, hidden))
     }
 }

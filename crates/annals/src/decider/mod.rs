@@ -397,8 +397,25 @@ impl DecideError<Infallible> {
 pub struct Loaded<S> {
     /// The stream version the state was folded up to.
     pub version: Version,
+    /// The first stream version whose event the state may hold (the first event it folded,
+    /// a snapshot's version, or `version` for a state that holds none): a deletion or
+    /// truncation past it hides events the state holds, and a decision on it is then
+    /// refused by the store ([`EventStore::append_at_shown`](crate::EventStore::append_at_shown)).
+    pub shown_from: Version,
     /// The state.
     pub state: Arc<S>,
+}
+
+impl<S> Loaded<S> {
+    /// The state `state` at `version`, holding no event (the initial state, or one whose
+    /// events are all hidden).
+    pub(crate) fn holding_none(version: Version, state: Arc<S>) -> Self {
+        Self {
+            version,
+            shown_from: version,
+            state,
+        }
+    }
 }
 
 /// One stream of a [`Category`]: query it, or transact against it.
@@ -595,8 +612,9 @@ impl<D: Domain> Decider<D> {
             if events.is_empty() {
                 if unconfirmed {
                     unconfirmed = false;
-                    let fresh = self.catch_up(loaded.clone()).await?;
-                    if fresh.version != loaded.version {
+                    let at = loaded.version;
+                    let (fresh, hidden) = self.catch_up_showing(loaded.clone(), at).await?;
+                    if hidden || fresh.version != at {
                         loaded = fresh;
                         continue;
                     }

@@ -70,7 +70,8 @@ impl<'a, D: Domain> Part<'a, D> {
 
     fn commit(&mut self, version: Version) {
         if let Some(state) = self.staged.take() {
-            self.loaded = self.decider.committed(version, state);
+            let shown_from = self.loaded.shown_from;
+            self.loaded = self.decider.committed(version, shown_from, state);
         }
     }
 }

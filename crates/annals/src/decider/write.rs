@@ -89,26 +89,31 @@ impl<D: Domain> Decider<D> {
         actual: Version,
         events: Vec<RecordedEvent>,
     ) -> Result<Resynced<D::State>> {
-        if actual < loaded.version {
-            // The stream is shorter than the state this process had: never from a write
-            // of its own; forget the cached state and load from the start.
+        if actual <= loaded.version {
+            // Shorter than the state this process had (never from a write of its own), or
+            // refused at the very version expected: the stream now starts past the state's
+            // first event (deleted or truncated since it was loaded, maybe by another
+            // process). Forget the cached state and load from the start.
             if let Some(cache) = &self.category.cache {
                 cache.remove(&self.stream);
             }
+            let hidden = actual == loaded.version;
+            if hidden {
+                tracing::debug!(%actual, shown_from = %loaded.shown_from, "events deleted");
+            }
             let loaded = self.reload().await?;
-            return Ok(Resynced {
-                loaded,
-                hidden: false,
-            });
+            return Ok(Resynced { loaded, hidden });
         }
         let cat = &self.category;
         let mut version = loaded.version;
+        let mut shown_from = loaded.shown_from;
         let mut base = loaded.state;
         let mut hidden = false;
         if let Some(first) = events.first().filter(|e| e.stream_version > version.get()) {
             tracing::debug!(%version, first = first.stream_version, "events hidden");
             base = Arc::new(D::initial());
             version = Version(first.stream_version);
+            shown_from = version;
             hidden = true;
         }
         let mut state: Option<D::State> = None;
@@ -121,6 +126,7 @@ impl<D: Domain> Decider<D> {
         }
         let folded = Loaded {
             version,
+            shown_from,
             state: state.map_or(base, Arc::new),
         };
         if version < actual {
@@ -131,7 +137,7 @@ impl<D: Domain> Decider<D> {
             });
         }
         if let Some(cache) = &cat.cache {
-            cache.put(&self.stream, version, Arc::clone(&folded.state));
+            cache.put(&self.stream, &folded);
         }
         Ok(Resynced {
             loaded: folded,
@@ -149,11 +155,20 @@ impl<D: Domain> Decider<D> {
     ) -> Result<Loaded<D::State>> {
         match self.write_at(loaded, events).await? {
             Written::Done(written) => Ok(written),
-            Written::Conflict { actual, .. } => Err(Error::WrongExpectedVersion {
-                stream: self.stream.clone(),
-                expected: ExpectedVersion::Exact(loaded.version),
-                actual,
-            }),
+            Written::Conflict { actual, .. } => {
+                if actual == loaded.version {
+                    // Refused at the very version expected: events the state holds were
+                    // deleted or truncated since. A cached state is no longer to be used.
+                    if let Some(cache) = &self.category.cache {
+                        cache.remove(&self.stream);
+                    }
+                }
+                Err(Error::WrongExpectedVersion {
+                    stream: self.stream.clone(),
+                    expected: ExpectedVersion::Exact(loaded.version),
+                    actual,
+                })
+            }
         }
     }
 
@@ -168,43 +183,38 @@ impl<D: Domain> Decider<D> {
         cat.check_references(&self.stream, events, &[]).await?;
         let prepared = self.prepare(loaded, events)?;
         let answer = self
-            .append_at(loaded.version, prepared.events, prepared.head)
+            .append_at(loaded, prepared.events, prepared.head)
             .await?;
         match answer {
             AppendAt::Written(appended) => {
                 let state = prepared
                     .state
                     .unwrap_or_else(|| D::fold((*loaded.state).clone(), events));
-                Ok(Written::Done(self.committed(appended.version, state)))
+                let shown_from = loaded.shown_from;
+                Ok(Written::Done(self.committed(
+                    appended.version,
+                    shown_from,
+                    state,
+                )))
             }
             AppendAt::Conflict { actual, events } => Ok(Written::Conflict { actual, events }),
         }
     }
 
-    /// Appends `events` at `version`, with the head snapshot when there is one (a refusal
+    /// Appends `events`, decided on `loaded`, at its version, refused too if any event the
+    /// state holds is hidden since; with the head snapshot when there is one (a refusal
     /// then carries no events: the resync reads them).
     pub(super) async fn append_at(
         &self,
-        version: Version,
+        loaded: &Loaded<D::State>,
         events: Vec<EventData>,
         head: Option<Vec<u8>>,
     ) -> Result<AppendAt> {
-        let store = &self.category.store;
-        let Some(snapshot) = head else {
-            return store.append_at(&self.stream, version, events).await;
-        };
-        let expected = ExpectedVersion::Exact(version);
-        match store
-            .append_with_snapshot(&self.stream, expected, events, snapshot)
+        let (version, shown_from) = (loaded.version, loaded.shown_from);
+        self.category
+            .store
+            .append_at_shown(&self.stream, version, shown_from, events, head)
             .await
-        {
-            Ok(written) => Ok(AppendAt::Written(written)),
-            Err(Error::WrongExpectedVersion { actual, .. }) => Ok(AppendAt::Conflict {
-                actual,
-                events: Vec::new(),
-            }),
-            Err(e) => Err(e),
-        }
     }
 
     /// The error of a snapshot of the state at `version` that did not encode.
@@ -218,12 +228,21 @@ impl<D: Domain> Decider<D> {
     }
 
     /// Records a written state in the cache.
-    pub(super) fn committed(&self, version: Version, state: D::State) -> Loaded<D::State> {
-        let state = Arc::new(state);
+    pub(super) fn committed(
+        &self,
+        version: Version,
+        shown_from: Version,
+        state: D::State,
+    ) -> Loaded<D::State> {
+        let loaded = Loaded {
+            version,
+            shown_from,
+            state: Arc::new(state),
+        };
         if let Some(cache) = &self.category.cache {
-            cache.put(&self.stream, version, Arc::clone(&state));
+            cache.put(&self.stream, &loaded);
         }
-        Loaded { version, state }
+        loaded
     }
 
     /// Encodes `events` decided on `loaded`, adding the snapshots the access strategy asks

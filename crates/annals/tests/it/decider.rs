@@ -226,11 +226,15 @@ async fn a_cached_stream_reloads_only_newer_events() {
     assert_eq!(state[10..], [100, 101]);
     assert_eq!(
         probe.events_read.load(Ordering::SeqCst),
-        2,
-        "only the 2 new events are read"
+        3,
+        "only the 2 new events are read, and the cached state's last (which confirms it)"
     );
     assert_eq!(decider.load().await.unwrap().version, Version(12));
-    assert_eq!(probe.events_read.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        probe.events_read.load(Ordering::SeqCst),
+        4,
+        "a load reads the cached state's last event only"
+    );
 }
 
 /// Appends two events to `decider`'s stream behind its cache's back.
@@ -670,10 +674,11 @@ async fn allow_stale_shares_one_read_among_50_concurrent_loads() {
         1,
         "50 concurrent loads, one read"
     );
-    // RequireLoad still goes to the store (for events after the cached version only).
+    // RequireLoad still goes to the store (for events after the cached version only, and
+    // the cached state's last, which confirms it).
     cat.decider("f").unwrap().query(|s| s.len()).await.unwrap();
     assert_eq!(probe.stream_reads.load(Ordering::SeqCst), 2);
-    assert_eq!(probe.events_read.load(Ordering::SeqCst), 5);
+    assert_eq!(probe.events_read.load(Ordering::SeqCst), 6);
 }
 
 #[tokio::test]
