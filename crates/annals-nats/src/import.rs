@@ -31,7 +31,8 @@ impl NatsStore {
             .collect();
         while races < RACES {
             // Plan: per stream its head, then each event written, skipped or refused.
-            let mut heads: HashMap<&StreamName, (u64, u64)> = HashMap::new();
+            // Per stream: its last sequence, its version, and its start.
+            let mut heads: HashMap<&StreamName, (u64, u64, u64)> = HashMap::new();
             let mut existing: HashMap<&StreamName, Vec<RecordedEvent>> = HashMap::new();
             let mut ids = std::collections::HashSet::new();
             let mut out: Vec<Outgoing<'_>> = Vec::new();
@@ -41,7 +42,7 @@ impl NatsStore {
                     let last = self.last(&e.stream).await?;
                     heads.insert(
                         &e.stream,
-                        (last.map_or(0, |l| l.sequence), last.map_or(0, |l| l.next)),
+                        last.map_or((0, 0, 0), |l| (l.sequence, l.next, l.start)),
                     );
                     // A stream this store does not have, or whose events are all hidden
                     // here (deleted or truncated), begins (again) at its first event's
@@ -64,11 +65,12 @@ impl NatsStore {
                                 start: version,
                                 tombstone: false,
                             }),
+                            start: version,
                         });
-                        heads.insert(&e.stream, (0, version));
+                        heads.insert(&e.stream, (0, version, version));
                     }
                 }
-                let (after, version) = heads[&e.stream];
+                let (after, version, start) = heads[&e.stream];
                 if e.stream_version == version {
                     if !ids.insert(e.event_id) {
                         return Err(Error::DuplicateEventId {
@@ -87,8 +89,9 @@ impl NatsStore {
                         },
                         expect: first.then_some(after),
                         marker: None,
+                        start,
                     });
-                    heads.insert(&e.stream, (after, version + 1));
+                    heads.insert(&e.stream, (after, version + 1, start));
                     continue;
                 }
                 if e.stream_version < version {

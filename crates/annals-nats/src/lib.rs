@@ -332,7 +332,33 @@ impl EventStore for NatsStore {
         expected: ExpectedVersion,
         events: Vec<EventData>,
     ) -> Result<AppendResult> {
-        self.append_one(stream, expected, events).await
+        self.append_one(stream, expected, events, None).await
+    }
+
+    async fn append_at_shown(
+        &self,
+        stream: &StreamName,
+        version: Version,
+        shown_from: Version,
+        events: Vec<EventData>,
+        snapshot: Option<Vec<u8>>,
+    ) -> Result<annals::AppendAt> {
+        let expected = ExpectedVersion::Exact(version);
+        if let Some(snapshot) = snapshot {
+            // Refused: no head snapshots here.
+            let written = self.append_with_snapshot(stream, expected, events, snapshot);
+            return written.await.map(annals::AppendAt::Written);
+        }
+        match self
+            .append_one(stream, expected, events, Some(shown_from))
+            .await
+        {
+            Ok(written) => Ok(annals::AppendAt::Written(written)),
+            Err(annals::Error::WrongExpectedVersion { actual, .. }) => {
+                annals::backend::conflict_read(self, stream, version, actual).await
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {

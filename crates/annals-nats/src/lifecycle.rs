@@ -32,7 +32,8 @@ impl NatsStore {
     ) -> Result<bool> {
         let target = annals::deletions_stream(stream);
         let last = self.last(&target).await?;
-        let (target_after, target_next) = last.map_or((0, 0), |l| (l.sequence, l.next));
+        let (target_after, target_next, target_start) =
+            last.map_or((0, 0, 0), |l| (l.sequence, l.next, l.start));
         let now = Timestamp::now();
         // The marker's id only makes its message unique.
         let carrier = EventData::new("$Marker", Vec::new());
@@ -48,6 +49,7 @@ impl NatsStore {
                 },
                 expect: Some(after),
                 marker: Some(marker),
+                start: marker.start,
             },
             Outgoing {
                 stream: &target,
@@ -59,6 +61,7 @@ impl NatsStore {
                 },
                 expect: Some(target_after),
                 marker: None,
+                start: target_start,
             },
         ];
         let published = self.send(&messages, true).await?;

@@ -29,7 +29,16 @@ pub(crate) struct Last {
     pub(crate) tombstone: bool,
     /// The last message is a marker hiding every event: reads show none.
     pub(crate) hides_all: bool,
+    /// The first version reads show after deletion and truncation: a marker's start, or
+    /// what an event's message carries (`START_HEADER`; 0 without one).
+    pub(crate) start: u64,
 }
+
+/// The header of an event's message carrying its stream's start when above 0: each event
+/// written after a marker carries the start it found on the message before it, so the last
+/// message of a stream always says where the stream starts (what an append at a version
+/// checks, conditional on that last message: `EventStore::append_at_shown`).
+pub(crate) const START_HEADER: &str = "Annals-Start";
 
 /// The item of `version` among a stream's events as reads show them (dense from the first
 /// one's version).
@@ -185,6 +194,11 @@ impl NatsStore {
             }
             Err(e) => return Err(backend(e)),
         };
+        let start = m
+            .headers
+            .get(START_HEADER)
+            .and_then(|v| v.as_str().parse::<u64>().ok())
+            .unwrap_or(0);
         let stored = Stored {
             sequence: m.sequence,
             subject: m.subject.to_string(),
@@ -197,12 +211,14 @@ impl NatsStore {
                 next: place.version + 1,
                 tombstone: false,
                 hides_all: false,
+                start,
             },
             Message::Marker(marker) => Last {
                 sequence: stored.sequence,
                 next: marker.next,
                 tombstone: marker.tombstone,
                 hides_all: marker.start >= marker.next,
+                start: marker.start,
             },
         };
         if !last.tombstone {

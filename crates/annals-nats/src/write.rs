@@ -12,7 +12,7 @@ use async_nats::HeaderMap;
 use serde::Deserialize;
 
 use crate::envelope::{self, Place};
-use crate::read::Last;
+use crate::read::{Last, START_HEADER};
 use crate::{backend, NatsStore, MAX_BATCH};
 
 /// How often an append re-reads the stream's head after another writer moved it, before
@@ -129,11 +129,16 @@ fn exact(expected: ExpectedVersion) -> bool {
 }
 
 impl NatsStore {
+    /// Appends `events` to `stream`; with `shown`, refused as
+    /// [`Error::WrongExpectedVersion`] at the very version expected when the stream now
+    /// starts past it (`EventStore::append_at_shown`: the start is read from the last
+    /// message, which the publish is conditional on).
     pub(crate) async fn append_one(
         &self,
         stream: &StreamName,
         expected: ExpectedVersion,
         events: Vec<EventData>,
+        shown: Option<Version>,
     ) -> Result<AppendResult> {
         annals::backend::validate_batch(stream, &events, self.inner.config.max_event_bytes)?;
         if events.len() > MAX_BATCH {
@@ -164,6 +169,18 @@ impl NatsStore {
                 }
                 return self.settle(stream, expected, actual, &events).await;
             }
+            let start = last.map_or(0, |l| l.start);
+            if shown.is_some_and(|from| start > from.get()) {
+                // A remembered head may be old: the stream as it is now decides.
+                if guessed {
+                    continue;
+                }
+                return Err(Error::WrongExpectedVersion {
+                    stream: stream.clone(),
+                    expected,
+                    actual,
+                });
+            }
             if !patience.ids {
                 // Without the server's duplicate check, the stream is the only witness.
                 if let Some(done) = self.recorded(stream, expected, actual, &events).await? {
@@ -174,6 +191,7 @@ impl NatsStore {
                 stream,
                 after: last.map_or(0, |l| l.sequence),
                 actual,
+                start,
                 events: &events,
             };
             match self.publish(&[group], patience.ids).await? {
@@ -186,6 +204,7 @@ impl NatsStore {
                             next: actual.get() + n,
                             tombstone: false,
                             hides_all: false,
+                            start,
                         },
                     );
                     let position = |seq: u64| annals::backend::position(u128::from(seq));
@@ -355,6 +374,7 @@ impl NatsStore {
                     },
                     expect: (i == 0).then_some(g.after),
                     marker: None,
+                    start: g.start,
                 });
             }
         }
@@ -397,6 +417,9 @@ impl NatsStore {
             if !single {
                 headers.insert("Nats-Batch-Id", batch_id.as_str());
                 headers.insert("Nats-Batch-Sequence", (n + 1).to_string().as_str());
+            }
+            if m.marker.is_none() && m.start > 0 {
+                headers.insert(START_HEADER, m.start.to_string().as_str());
             }
             let body = match m.marker {
                 Some(marker) => envelope::encode_marker(marker),
@@ -496,17 +519,22 @@ impl NatsStore {
                             .await?,
                     ));
                 }
-                heads.push((last.map_or(0, |l| l.sequence), actual));
+                heads.push((
+                    last.map_or(0, |l| l.sequence),
+                    actual,
+                    last.map_or(0, |l| l.start),
+                ));
             }
             let groups: Vec<Group<'_>> = appends
                 .iter()
                 .zip(&heads)
                 .zip(&results)
                 .filter(|(_, done)| done.is_none())
-                .map(|((a, &(after, actual)), _)| Group {
+                .map(|((a, &(after, actual, start)), _)| Group {
                     stream: &a.stream,
                     after,
                     actual,
+                    start,
                     events: &a.events,
                 })
                 .collect();
@@ -526,6 +554,7 @@ impl NatsStore {
                                 next: g.actual.get() + n,
                                 tombstone: false,
                                 hides_all: false,
+                                start: g.start,
                             },
                         );
                         let position = |s: u64| annals::backend::position(u128::from(s));
@@ -598,6 +627,8 @@ pub(crate) struct Outgoing<'a> {
     pub(crate) expect: Option<u64>,
     /// Sent as this marker instead of the event (whose id it keeps).
     pub(crate) marker: Option<crate::envelope::Marker>,
+    /// The stream's start, carried by an event's message when above 0 (`START_HEADER`).
+    pub(crate) start: u64,
 }
 
 /// One stream's part of a publish.
@@ -607,6 +638,8 @@ struct Group<'a> {
     after: u64,
     /// Its version.
     actual: Version,
+    /// Its start (the last message's).
+    start: u64,
     events: &'a [EventData],
 }
 

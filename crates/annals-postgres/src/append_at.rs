@@ -1,6 +1,6 @@
-//! The decider's append (`EventStore::append_at`) in one round trip: through the group
-//! commit, which writes at an exact version or, refused, returns the stream's events from
-//! that version on with the refusal.
+//! The decider's append (`EventStore::append_at`, `append_at_shown`) in one round trip:
+//! through the group commit, which writes at an exact version or, refused, returns the
+//! stream's events from that version on with the refusal.
 
 use annals::{AppendAt, CONFLICT_EVENTS};
 
@@ -13,6 +13,7 @@ impl PgStore {
         &self,
         stream: &StreamName,
         version: Version,
+        shown: Option<Version>,
         events: Vec<EventData>,
     ) -> Result<AppendAt> {
         annals::backend::validate_batch(stream, &events, self.inner.config.max_event_bytes)?;
@@ -24,7 +25,10 @@ impl PgStore {
         // A lost race is answered at once by a newer transaction; ids that vanish are rare.
         let (mut races, mut vanished) = (0, 0);
         while races < RACES && vanished < 5 {
-            let (actual, refused) = match self.grouped(stream, expected, &events, true).await? {
+            let (actual, refused) = match self
+                .grouped(stream, expected, &events, true, shown)
+                .await?
+            {
                 group::Answer::Written(written) => {
                     self.wake();
                     return Ok(AppendAt::Written(written));

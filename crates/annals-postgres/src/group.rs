@@ -1,6 +1,7 @@
 //! Group commit: concurrent appends of this process to different streams are written by
 //! one statement (`Sql::append_set`; when an event id is already recorded, the
-//! `append_group` function of migration 0009, each append in its own subtransaction), so
+//! `append_group` function of migration 0009 through `append_group_shown` of 0016, each
+//! append in its own subtransaction), so
 //! one transaction and one commit serve them all, and a refusal fails only its caller.
 //!
 //! An append joins the queue, then either gets its answer from a group another caller is
@@ -67,6 +68,9 @@ pub(crate) struct Request {
     /// while it waits).
     bytes: usize,
     tail: bool,
+    /// Refused when the stream now starts past this version (an exact append's state holds
+    /// events from it on).
+    shown: Option<Version>,
     reply: oneshot::Sender<Result<Answer>>,
 }
 
@@ -75,7 +79,7 @@ impl Request {
         stream: &StreamName,
         expected: ExpectedVersion,
         events: &Arc<[EventData]>,
-        tail: bool,
+        (tail, shown): (bool, Option<Version>),
         reply: oneshot::Sender<Result<Answer>>,
     ) -> Self {
         Self {
@@ -84,6 +88,7 @@ impl Request {
             events: Arc::clone(events),
             bytes: events.iter().map(EventData::size).sum(),
             tail,
+            shown,
             reply,
         }
     }
@@ -130,7 +135,7 @@ impl PgStore {
         // A lost race is answered at once by a newer transaction; ids that vanish are rare.
         let (mut races, mut vanished) = (0, 0);
         while races < RACES && vanished < 5 {
-            match self.grouped(stream, expected, &events, false).await? {
+            match self.grouped(stream, expected, &events, false, None).await? {
                 Answer::Written(r) => {
                     self.wake();
                     return Ok(r);
@@ -162,9 +167,10 @@ impl PgStore {
         expected: ExpectedVersion,
         events: &Arc<[EventData]>,
         tail: bool,
+        shown: Option<Version>,
     ) -> Result<Answer> {
         let (reply, answer) = oneshot::channel();
-        let request = Request::new(stream, expected, events, tail, reply);
+        let request = Request::new(stream, expected, events, (tail, shown), reply);
         let store = self.clone();
         let run = move |group| {
             let store = store.clone();
@@ -213,11 +219,16 @@ impl PgStore {
             })
             .collect();
         let c = Columns::of(group.iter().flat_map(|r| r.events.iter()));
+        let shown: Vec<i64> = group
+            .iter()
+            .map(|r| r.shown.map_or(i64::MAX, |v| bigint(v.get())))
+            .collect();
         let limit = CONFLICT_EVENTS as i64;
         let mut params: Vec<crate::Param<'_>> =
             vec![&names, &categories, &kinds, &expected, &tails, &counts];
         params.extend(c.params());
         params.push(&limit);
+        params.push(&shown);
         let mut set_params = params.clone();
         set_params.insert(6, &los);
         // Only an append that may create its stream (any version, no stream, or exactly
@@ -390,7 +401,7 @@ mod tests {
             &StreamName::new(stream).unwrap(),
             ExpectedVersion::Any,
             &events,
-            false,
+            (false, None),
             oneshot::channel().0,
         )
     }

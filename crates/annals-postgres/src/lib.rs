@@ -93,6 +93,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0013_read_all_statement.sql"),
     include_str!("../migrations/0014_import_hidden.sql"),
     include_str!("../migrations/0015_import_begins_again.sql"),
+    include_str!("../migrations/0016_append_shown.sql"),
 ];
 
 /// Connections kept for `read_all` (subscriptions and pipelines), apart from the pool
@@ -503,14 +504,16 @@ impl PgStore {
     }
 
     /// Runs the append function: `Some` when written; `None` when refused (wrong expected
-    /// version or an id already recorded), for [`classify`](Self::classify) to explain.
+    /// version or an id already recorded), for [`classify`](Self::classify) to explain. With
+    /// a snapshot, refused as [`Error::WrongExpectedVersion`] at the version expected when
+    /// the stream now starts past `shown` (`EventStore::append_at_shown`).
     async fn append_once(
         &self,
         client: &deadpool_postgres::ClientWrapper,
         stream: &StreamName,
         expected: ExpectedVersion,
         events: &[EventData],
-        snapshot: Option<&[u8]>,
+        snapshot: Option<(&[u8], Option<Version>)>,
     ) -> Result<Option<AppendResult>> {
         let (kind, exact) = kind(expected);
         let c = Columns::of(events.iter());
@@ -522,8 +525,10 @@ impl PgStore {
         let (name, category) = (stream.as_str(), stream.category());
         let mut params: Vec<Param<'_>> = vec![&name, &category, &kind, &exact];
         params.extend(c.params());
-        if let Some(snapshot) = &snapshot {
+        let shown = snapshot.map(|(_, shown)| shown.map_or(i64::MAX, |v| bigint(v.get())));
+        if let (Some((snapshot, _)), Some(shown)) = (&snapshot, &shown) {
             params.push(snapshot);
+            params.push(shown);
         }
         let row = match client.query_one(&statement, &params).await {
             Ok(row) => row,
@@ -552,6 +557,17 @@ impl PgStore {
             5 => Err(Error::StreamDeleted {
                 stream: stream.clone(),
             }),
+            // Refused at the very version expected: the stream starts past `shown`.
+            1 if shown.is_some_and(|s| s < i64::MAX)
+                && kind == 3
+                && row.get::<_, i64>(1) == exact =>
+            {
+                Err(Error::WrongExpectedVersion {
+                    stream: stream.clone(),
+                    expected,
+                    actual: Version(exact as u64),
+                })
+            }
             // Not admitted: a conflict, unless the batch is a retry of what is stored.
             _ => Ok(None),
         }
@@ -564,6 +580,7 @@ impl PgStore {
         expected: ExpectedVersion,
         events: Vec<EventData>,
         snapshot: &[u8],
+        shown: Option<Version>,
     ) -> Result<AppendResult> {
         annals::backend::validate_batch(stream, &events, self.inner.config.max_event_bytes)?;
         let client = self.client().await?;
@@ -571,7 +588,7 @@ impl PgStore {
         // before we could classify it, or lost the transaction-id race on the stream row.
         for _ in 0..5 {
             let written = match self
-                .append_once(&client, stream, expected, &events, Some(snapshot))
+                .append_once(&client, stream, expected, &events, Some((snapshot, shown)))
                 .await
             {
                 Err(Error::Backend { source, .. }) if source.is::<Retry>() => continue,

@@ -102,8 +102,8 @@ impl Sql {
             format!("FROM {schema}.events e JOIN {schema}.streams s ON s.stream_id = e.stream_id");
         Self {
             append: format!("SELECT status, version, first_position, last_position, tx FROM {schema}.append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
-            append_with_snapshot: format!("SELECT status, version, first_position, last_position, tx FROM {schema}.append_with_snapshot($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"),
-            append_group: format!("SELECT * FROM {schema}.append_group($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"),
+            append_with_snapshot: format!("SELECT status, version, first_position, last_position, tx FROM {schema}.append_with_snapshot_shown($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"),
+            append_group: format!("SELECT * FROM {schema}.append_group_shown($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"),
             append_set: [false, true]
                 .map(|create| [false, true].map(|unnested| append_set(schema, create, unnested))),
             // One statement: the head row, then the events from the snapshot on (the
@@ -315,7 +315,9 @@ pub(crate) const GROUP_OPTIONS: &str = "-c enable_hashjoin=off -c enable_mergejo
      -c enable_seqscan=off -c enable_material=off -c jit=off -c plan_cache_mode=force_generic_plan";
 
 /// A group of appends as one statement: `append_group`'s parameters with each append's first
-/// event index (`lo`, from 1) after the counts; no PL/pgSQL, and a plan kept small (the
+/// event index (`lo`, from 1) after the counts, and last (`$15`) the version each exact
+/// append's state holds events from (refused, as a conflict at its version, when the
+/// stream now starts past it; `i64::MAX` asks nothing); no PL/pgSQL, and a plan kept small (the
 /// server's work per group is mostly fixed: each node costs at every execution). Each
 /// append's stream row is found by name (an index probe per append, whatever the table's
 /// size) and updated, in the group's order, which is by name (the group connections allow
@@ -335,7 +337,7 @@ pub(crate) const GROUP_OPTIONS: &str = "-c enable_hashjoin=off -c enable_mergejo
 /// the statement's snapshot: refused with the version and (when asked) the events after the
 /// expected one that snapshot holds (the two always agree), deleted, or to be tried again (it
 /// lost a race the snapshot does not show). An event id already recorded fails the whole
-/// statement (unique violation): the caller then runs `append_group`, which classifies each
+/// statement (unique violation): the caller then runs `append_group_shown`, which classifies each
 /// append on its own.
 fn append_set(schema: &str, create: bool, unnested: bool) -> String {
     // How the events are read, and the positions of each append's events: one row per
@@ -382,15 +384,17 @@ fn append_set(schema: &str, create: bool, unnested: bool) -> String {
     };
     format!(
         "WITH a AS (\
-           SELECT a.i::int AS i, a.name, a.category, a.kind, a.expected, a.tail, a.n, a.lo \
+           SELECT a.i::int AS i, a.name, a.category, a.kind, a.expected, a.tail, a.n, a.lo, \
+                  a.shown \
            FROM unnest($1::text[], $2::text[], $3::smallint[], $4::bigint[], $5::bool[], $6::int[], \
-                       $7::int[]) \
-                WITH ORDINALITY AS a (name, category, kind, expected, tail, n, lo, i)), \
+                       $7::int[], $15::bigint[]) \
+                WITH ORDINALITY AS a (name, category, kind, expected, tail, n, lo, shown, i)), \
          u AS (\
            UPDATE {schema}.streams s SET version = s.version + a.n, last_tx = pg_current_xact_id() \
            FROM a \
            WHERE s.name = a.name AND NOT s.tombstone AND s.last_tx <= pg_current_xact_id() \
-             AND (a.kind = 0 OR a.kind = 2 OR (a.kind = 3 AND s.version = a.expected)) \
+             AND (a.kind = 0 OR a.kind = 2 \
+                  OR (a.kind = 3 AND s.version = a.expected AND s.start <= a.shown)) \
            RETURNING a.i, a.lo, a.n, s.stream_id, s.version - a.n AS start), \
          {creates}ins AS (\
            INSERT INTO {schema}.events (stream_id, stream_version, batch_start, event_id, \
@@ -403,7 +407,8 @@ fn append_set(schema: &str, create: bool, unnested: bool) -> String {
                   CASE WHEN s.stream_id IS NULL THEN \
                          CASE WHEN a.kind = 2 OR (a.kind = 3 AND a.expected > 0) THEN 1 ELSE 4 END \
                        WHEN s.tombstone THEN 5 \
-                       WHEN a.kind = 1 OR (a.kind = 3 AND a.expected <> s.version) THEN 1 \
+                       WHEN a.kind = 1 \
+                         OR (a.kind = 3 AND (a.expected <> s.version OR s.start > a.shown)) THEN 1 \
                        ELSE 4 END::smallint AS status \
            FROM a LEFT JOIN LATERAL (\
              SELECT * FROM {schema}.streams s WHERE s.name = a.name OFFSET 0) s ON true \

@@ -27,7 +27,34 @@ impl EventStore for PgStore {
         version: Version,
         events: Vec<EventData>,
     ) -> Result<annals::AppendAt> {
-        self.append_at_version(stream, version, events).await
+        self.append_at_version(stream, version, None, events).await
+    }
+
+    async fn append_at_shown(
+        &self,
+        stream: &StreamName,
+        version: Version,
+        shown_from: Version,
+        events: Vec<EventData>,
+        snapshot: Option<Vec<u8>>,
+    ) -> Result<annals::AppendAt> {
+        let Some(snapshot) = snapshot else {
+            return self
+                .append_at_version(stream, version, Some(shown_from), events)
+                .await;
+        };
+        let expected = ExpectedVersion::Exact(version);
+        match self
+            .append_with(stream, expected, events, &snapshot, Some(shown_from))
+            .await
+        {
+            Ok(written) => Ok(annals::AppendAt::Written(written)),
+            Err(Error::WrongExpectedVersion { actual, .. }) => Ok(annals::AppendAt::Conflict {
+                actual,
+                events: Vec::new(),
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     async fn append_with_snapshot(
@@ -37,7 +64,8 @@ impl EventStore for PgStore {
         events: Vec<EventData>,
         snapshot: Vec<u8>,
     ) -> Result<AppendResult> {
-        self.append_with(stream, expected, events, &snapshot).await
+        self.append_with(stream, expected, events, &snapshot, None)
+            .await
     }
 
     async fn import(&self, events: Vec<RecordedEvent>) -> Result<u64> {

@@ -25,6 +25,7 @@
 mod config;
 mod delete;
 mod error;
+mod import;
 mod read;
 mod read_model;
 mod retention;
@@ -35,9 +36,9 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 use annals::{
-    AllPage, AppendResult, Capabilities, Checkpoint, CheckpointStore, EventData, EventStore,
-    ExpectedVersion, Filter, Head, ParkedStream, Position, ReadStream, RecordedEvent, Result,
-    StreamAppend, StreamName, Timestamp, Version,
+    AllPage, AppendAt, AppendResult, Capabilities, Checkpoint, CheckpointStore, Error, EventData,
+    EventStore, ExpectedVersion, Filter, Head, ParkedStream, Position, ReadStream, RecordedEvent,
+    Result, StreamAppend, StreamName, Timestamp, Version,
 };
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -262,6 +263,7 @@ impl EventStore for SqliteStore {
             expected,
             events,
             snapshot: None,
+            shown_from: None,
             reply,
         })
         .await
@@ -281,9 +283,44 @@ impl EventStore for SqliteStore {
             expected,
             events,
             snapshot: Some(snapshot),
+            shown_from: None,
             reply,
         })
         .await
+    }
+
+    async fn append_at_shown(
+        &self,
+        stream: &StreamName,
+        version: Version,
+        shown_from: Version,
+        events: Vec<EventData>,
+        snapshot: Option<Vec<u8>>,
+    ) -> Result<AppendAt> {
+        annals::backend::validate_batch(stream, &events, self.shared.config.max_event_bytes)?;
+        let tail = snapshot.is_none();
+        let owned = stream.clone();
+        let written = self
+            .request(|reply| Request::Append {
+                stream: owned,
+                expected: ExpectedVersion::Exact(version),
+                events,
+                snapshot,
+                shown_from: Some(shown_from),
+                reply,
+            })
+            .await;
+        match written {
+            Ok(written) => Ok(AppendAt::Written(written)),
+            Err(Error::WrongExpectedVersion { actual, .. }) if tail => {
+                annals::backend::conflict_read(self, stream, version, actual).await
+            }
+            Err(Error::WrongExpectedVersion { actual, .. }) => Ok(AppendAt::Conflict {
+                actual,
+                events: Vec::new(),
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     async fn import(&self, events: Vec<RecordedEvent>) -> Result<u64> {

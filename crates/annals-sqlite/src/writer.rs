@@ -38,6 +38,9 @@ pub(crate) enum Request {
         events: Vec<EventData>,
         /// A head snapshot to store when the events are written.
         snapshot: Option<Vec<u8>>,
+        /// Refused, as at the version expected, when the stream now starts past this
+        /// version (see `EventStore::append_at_shown`).
+        shown_from: Option<Version>,
         reply: oneshot::Sender<Result<AppendResult>>,
     },
     Import {
@@ -74,7 +77,7 @@ pub(crate) fn finish<T: Send + 'static>(
     })
 }
 
-fn sql(e: rusqlite::Error) -> Error {
+pub(crate) fn sql(e: rusqlite::Error) -> Error {
     backend(e)
 }
 
@@ -206,9 +209,12 @@ impl Group {
                 expected,
                 events,
                 snapshot,
+                shown_from,
                 reply,
             } => {
-                let r = savepoint.and_then(|()| append(conn, &stream, expected, &events, now));
+                let r = savepoint
+                    .and_then(|()| shown(conn, &stream, expected, shown_from))
+                    .and_then(|()| append(conn, &stream, expected, &events, now));
                 let r = match (r, snapshot) {
                     (Ok((result, true)), Some(snapshot)) => {
                         store_snapshot(conn, &stream, result.version, &snapshot)
@@ -220,7 +226,7 @@ impl Group {
                 (finish(reply, r.map(|(r, _)| r)), ok)
             }
             Request::Import { events, reply } => {
-                let r = savepoint.and_then(|()| import(conn, &events));
+                let r = savepoint.and_then(|()| crate::import::import(conn, &events));
                 let ok = matches!(r, Ok(n) if n > 0);
                 (finish(reply, r), ok)
             }
@@ -311,6 +317,40 @@ fn append(
                 ))),
             }
         }
+    }
+}
+
+/// Refuses an append whose version holds when the stream now starts past `shown_from`
+/// (the caller's state holds events deleted or truncated since), as
+/// [`Error::WrongExpectedVersion`] at that version. On the writer thread, in the append's
+/// transaction: nothing can move the stream between the check and the append.
+fn shown(
+    conn: &Connection,
+    stream: &StreamName,
+    expected: ExpectedVersion,
+    shown_from: Option<Version>,
+) -> Result<()> {
+    let Some(from) = shown_from else {
+        return Ok(());
+    };
+    let row = conn
+        .prepare_cached("SELECT version, start FROM annals_streams WHERE name = ?1")
+        .and_then(|mut s| {
+            s.query_row([stream.as_str()], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            })
+            .optional()
+        })
+        .map_err(sql)?;
+    match row {
+        Some((version, start)) if start > from.get() && expected.admits(Version(version)) => {
+            Err(Error::WrongExpectedVersion {
+                stream: stream.clone(),
+                expected,
+                actual: Version(version),
+            })
+        }
+        _ => Ok(()),
     }
 }
 
@@ -405,7 +445,7 @@ pub(crate) fn tombstoned(conn: &Connection, stream: &StreamName) -> Result<bool>
         .map_err(sql)
 }
 
-fn stream_row(conn: &Connection, stream: &StreamName) -> Result<Option<(i64, u64)>> {
+pub(crate) fn stream_row(conn: &Connection, stream: &StreamName) -> Result<Option<(i64, u64)>> {
     conn.prepare_cached("SELECT stream_id, version FROM annals_streams WHERE name = ?1")
         .and_then(|mut s| {
             s.query_row([stream.as_str()], |r| {
@@ -419,7 +459,7 @@ fn stream_row(conn: &Connection, stream: &StreamName) -> Result<Option<(i64, u64
 /// Claims the versions `[start, start + n)` of `stream` if `expected` admits its version,
 /// in one statement on the streams table (the row is the concurrency check). Returns the
 /// stream id and `start`, or `None` when `expected` is not admitted.
-fn claim(
+pub(crate) fn claim(
     conn: &Connection,
     stream: &StreamName,
     expected: ExpectedVersion,
@@ -472,97 +512,10 @@ fn claim(
     }
 }
 
-const INSERT_EVENT: &str = "INSERT INTO annals_events (stream_id, stream_version, batch_start, \
+pub(crate) const INSERT_EVENT: &str =
+    "INSERT INTO annals_events (stream_id, stream_version, batch_start, \
      event_id, event_type, data, metadata, correlation_id, causation_id, recorded_at) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
-
-/// Begins the stream of `e` at `e`'s version if this store does not have it, or has it at
-/// a lower version with every event hidden (deleted or truncated here too): the versions
-/// below read as truncated (hidden where it was recorded). `true` when it did.
-fn begin(conn: &Connection, e: &annals::RecordedEvent) -> Result<bool> {
-    let version = e.stream_version as i64;
-    conn.prepare_cached(
-        "INSERT INTO annals_streams (name, category, version, start) VALUES (?1, ?2, ?3, ?3) \
-         ON CONFLICT (name) DO UPDATE SET version = excluded.version, start = excluded.start \
-         WHERE annals_streams.version < excluded.version \
-           AND annals_streams.start >= annals_streams.version AND NOT annals_streams.tombstone",
-    )
-    .and_then(|mut st| st.execute(params![e.stream.as_str(), e.stream.category(), version]))
-    .map(|inserted| inserted == 1)
-    .map_err(sql)
-}
-
-/// Imports recorded events in order (see `EventStore::import`); returns how many were
-/// written. Any refusal rolls the whole request back.
-fn import(conn: &Connection, events: &[annals::RecordedEvent]) -> Result<u64> {
-    let mut insert = conn.prepare_cached(INSERT_EVENT).map_err(sql)?;
-    let mut written = 0;
-    for e in events {
-        // The common case (the next event of its stream) costs the claim and the insert;
-        // only a refused claim looks further: already imported (skip) or a gap.
-        let expected = ExpectedVersion::Exact(Version(e.stream_version));
-        let claimed = match claim(conn, &e.stream, expected, 1)? {
-            None if (1..i64::MAX as u64).contains(&e.stream_version) && begin(conn, e)? => {
-                claim(conn, &e.stream, expected, 1)?
-            }
-            claimed => claimed,
-        };
-        let Some((stream_id, start)) = claimed else {
-            let recorded: Option<Vec<u8>> = conn
-                .prepare_cached(
-                    "SELECT e.event_id FROM annals_events e JOIN annals_streams s \
-                     ON s.stream_id = e.stream_id WHERE s.name = ?1 AND e.stream_version = ?2",
-                )
-                .and_then(|mut st| {
-                    st.query_row(params![e.stream.as_str(), e.stream_version as i64], |r| {
-                        r.get(0)
-                    })
-                    .optional()
-                })
-                .map_err(sql)?;
-            if recorded.as_deref() == Some(&e.event_id.as_bytes()[..]) {
-                continue;
-            }
-            return Err(Error::WrongExpectedVersion {
-                stream: e.stream.clone(),
-                expected,
-                actual: Version(stream_row(conn, &e.stream)?.map_or(0, |(_, v)| v)),
-            });
-        };
-        let inserted = insert.execute(params![
-            stream_id,
-            start,
-            start,
-            &e.event_id.as_bytes()[..],
-            e.event_type,
-            e.data,
-            e.metadata,
-            e.correlation_id.as_ref().map(|u| &u.as_bytes()[..]),
-            e.causation_id.as_ref().map(|u| &u.as_bytes()[..]),
-            e.recorded_at.unix_micros(),
-        ]);
-        match inserted {
-            Ok(_) => written += 1,
-            Err(err) if is_unique_violation(&err) => {
-                let existing = conn
-                    .prepare_cached(
-                        "SELECT s.name FROM annals_events e JOIN annals_streams s \
-                         ON s.stream_id = e.stream_id WHERE e.event_id = ?1",
-                    )
-                    .and_then(|mut st| {
-                        st.query_row([&e.event_id.as_bytes()[..]], |r| r.get::<_, String>(0))
-                    })
-                    .map_err(sql)?;
-                return Err(Error::DuplicateEventId {
-                    event_id: e.event_id,
-                    existing_stream: StreamName::new(&existing)?,
-                });
-            }
-            Err(err) => return Err(sql(err)),
-        }
-    }
-    Ok(written)
-}
 
 fn try_append(
     conn: &Connection,
@@ -620,7 +573,7 @@ fn try_append(
     }))
 }
 
-fn is_unique_violation(e: &rusqlite::Error) -> bool {
+pub(crate) fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(
         e,
         rusqlite::Error::SqliteFailure(f, Some(msg))

@@ -169,6 +169,7 @@ macro_rules! conformance_suite {
             concurrent_any_appends_all_land,
             retry_of_a_committed_append_writes_nothing,
             append_at_answers_a_conflict_with_the_events_after,
+            append_at_shown_is_refused_once_the_events_folded_are_hidden,
             versions_beyond_any_stream_are_conflicts_and_past_the_end,
             partial_overlap_retry_is_refused,
             event_id_recorded_in_another_stream_is_refused,
@@ -190,6 +191,7 @@ macro_rules! conformance_suite {
             import_begins_again_a_stream_whose_events_are_all_hidden,
             deletion_soft_hard_and_truncate,
             deciders_write_on_after_events_are_hidden,
+            cached_deciders_start_over_once_their_events_are_hidden,
             retention_max_count_and_age,
         );
     };

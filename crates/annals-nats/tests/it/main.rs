@@ -202,3 +202,56 @@ mod heads {
         }
     }
 }
+
+/// A connection that remembers nothing of a stream (another process) finds where it starts
+/// from its last message, whatever wrote it: a truncation's marker, or an event written after
+/// one, which carries the start on. An append for a state holding events below it is refused.
+#[tokio::test]
+async fn another_connection_finds_where_a_stream_starts() {
+    use annals::{AppendAt, EventData, EventStore, ExpectedVersion, StreamName, Version};
+    let config = NatsConfig::new(&nats::shared().url).stream(nats::stream_name("t"));
+    let connect = || async { NatsStore::connect(config.clone()).await.unwrap() };
+    let one = || vec![EventData::new("E", b"{}".to_vec())];
+    let stream = StreamName::new("Start-1").unwrap();
+    let a = connect().await;
+    let three = (0..3).flat_map(|_| one()).collect();
+    a.append(&stream, ExpectedVersion::NoStream, three)
+        .await
+        .unwrap();
+    a.truncate_before(&stream, Version(2)).await.unwrap();
+    let refused = |answer: annals::Result<AppendAt>, at: u64| match answer {
+        Ok(AppendAt::Conflict { actual, events }) => {
+            assert_eq!((actual, events.len()), (Version(at), 0));
+        }
+        other => panic!("refused at {at}: {other:?}"),
+    };
+    let b = connect().await;
+    refused(
+        b.append_at_shown(&stream, Version(3), Version(0), one(), None)
+            .await,
+        3,
+    );
+    a.append(&stream, ExpectedVersion::Exact(Version(3)), one())
+        .await
+        .unwrap();
+    let c = connect().await;
+    refused(
+        c.append_at_shown(&stream, Version(4), Version(1), one(), None)
+            .await,
+        4,
+    );
+    match c
+        .append_at_shown(&stream, Version(4), Version(2), one(), None)
+        .await
+    {
+        Ok(AppendAt::Written(w)) => assert_eq!(w.version, Version(5)),
+        other => panic!("written from 2: {other:?}"),
+    }
+    refused(
+        connect()
+            .await
+            .append_at_shown(&stream, Version(5), Version(1), one(), None)
+            .await,
+        5,
+    );
+}

@@ -117,7 +117,7 @@ async fn forward(
             // The group statement (prepared; the migrations that create the function are
             // simple queries) is the one that unnests the group's stream names.
             let mut seen = seen.lock().unwrap();
-            let group = text.contains("unnest($1::text[]") || text.contains("append_group(");
+            let group = text.contains("unnest($1::text[]") || text.contains("append_group_shown(");
             // The feed's page is the one that computes what a stream shows.
             let feed = text.contains("AS shown, CASE WHEN s.max_count");
             if kind == b'P' && group {

@@ -419,3 +419,109 @@ async fn a_large_batch_is_written_in_order_and_its_exact_retry_is_recognised() {
     let want: Vec<_> = (20_000..).zip(more.iter().map(|e| e.event_id)).collect();
     assert_eq!(got, want);
 }
+
+/// The function the group commit falls back on when an event id of the group is already
+/// recorded (`append_group_shown`) refuses, like the group statement, an exact append whose
+/// stream now starts past the version its state holds events from: status 1 at that
+/// version, without the events a refusal otherwise carries; the group's other appends are
+/// classified and written as before.
+#[tokio::test]
+async fn the_group_fallback_refuses_appends_whose_stream_starts_past_their_state() {
+    let store = crate::fresh().await;
+    let schema = store.config().schema.clone();
+    let name = |s: &str| StreamName::new(s).unwrap();
+    let one = |n: u8| EventData::new("E", vec![b'0' + n]);
+    store
+        .append(
+            &name("Shown-a"),
+            ExpectedVersion::NoStream,
+            vec![one(1), one(2)],
+        )
+        .await
+        .unwrap();
+    store
+        .truncate_before(&name("Shown-a"), Version(1))
+        .await
+        .unwrap();
+    let recorded = one(3);
+    store
+        .append(
+            &name("Shown-b"),
+            ExpectedVersion::NoStream,
+            vec![recorded.clone()],
+        )
+        .await
+        .unwrap();
+    let events = [one(4), recorded, one(5)];
+    let ids: Vec<annals::Uuid> = events.iter().map(|e| e.event_id).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let data: Vec<&[u8]> = events.iter().map(|e| e.data.as_slice()).collect();
+    let none_bytes: Vec<Option<&[u8]>> = vec![None; 3];
+    let none_ids: Vec<Option<annals::Uuid>> = vec![None; 3];
+    let client = postgres::connect(&postgres::shared().url).await;
+    let call = |shown_a: i64| {
+        let sql = format!(
+            "SELECT idx, status, version FROM {schema}.append_group_shown($1, $2, $3, $4, $5, \
+             $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        );
+        let (client, ids, types, data, none_bytes, none_ids) =
+            (&client, &ids, &types, &data, &none_bytes, &none_ids);
+        async move {
+            let rows = client
+                .query(
+                    &sql,
+                    &[
+                        &vec!["Shown-a", "Shown-b", "Shown-c"],
+                        &vec!["Shown", "Shown", "Shown"],
+                        &vec![3i16, 3, 1],
+                        &vec![2i64, 1, 0],
+                        &vec![true, true, true],
+                        &vec![1i32, 1, 1],
+                        ids,
+                        types,
+                        data,
+                        none_bytes,
+                        none_ids,
+                        none_ids,
+                        &1000i64,
+                        &vec![shown_a, i64::MAX, i64::MAX],
+                    ],
+                )
+                .await
+                .unwrap();
+            rows.iter()
+                .map(|r| {
+                    (
+                        r.get::<_, i32>(0),
+                        r.get::<_, i16>(1),
+                        r.get::<_, Option<i64>>(2),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    // Shown-a starts at 1: a state holding its events from 0 is refused, at version 2,
+    // without the events after it; Shown-b's event is recorded (classified by the caller);
+    // Shown-c is created.
+    let rows = call(0).await;
+    assert_eq!(rows, [(1, 1, Some(2)), (2, 3, None), (3, 0, Some(1))]);
+    assert_eq!(
+        store.stream_version(&name("Shown-a")).await.unwrap(),
+        Version(2)
+    );
+    assert_eq!(
+        store.stream_version(&name("Shown-c")).await.unwrap(),
+        Version(1)
+    );
+    // From 1 on, every event the state holds is shown: written.
+    let rows = call(1).await;
+    assert_eq!(rows[0], (1, 0, Some(3)), "{rows:?}");
+    let shown: Vec<u64> = store
+        .read_stream_vec(&name("Shown-a"), ReadStream::forward())
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.stream_version)
+        .collect();
+    assert_eq!(shown, [1, 2]);
+}

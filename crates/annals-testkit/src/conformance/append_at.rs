@@ -147,6 +147,8 @@ pub async fn append_at_shown_is_refused_once_the_events_folded_are_hidden(
         other => panic!("appending at 7 to a stream at 8 is refused: {other:?}"),
     }
     assert_eq!(written(8, shown(8, 6, batch(1)).await).version, Version(9));
+    // Events written after the deletion keep its start.
+    start_moved(9, shown(9, 5, batch(1)).await);
     let shown_now = versions(s, &stream, ReadStream::forward()).await;
     assert_eq!(shown_now, [6, 7, 8]);
 
