@@ -219,13 +219,17 @@ impl<D: Domain> Category<D> {
     /// are apart unless they fold with the same domain the events of the same store (see
     /// [`CacheScope`]).
     ///
-    /// A cached state goes on from the events it was folded from. When events are hidden
-    /// later (a soft delete, a truncation, retention), a state cached at an older version
-    /// than the first one still shown starts over when it is next caught up or refused.
-    /// But a state cached at or past that version keeps the hidden events it folded, while
-    /// a load without the cache folds only the events still shown: on streams whose events
-    /// you hide, drop the entry when you hide them
-    /// (`cache.remove(&category.cache_scope(), &stream)`), or do not cache the category.
+    /// A cached state goes on from the events it was folded from, and is never decided on
+    /// once a deletion or truncation hid any of them, by this process or another: the
+    /// decision's append carries the first version the state holds
+    /// ([`Loaded::shown_from`]), the store refuses it, and the decider folds the stream
+    /// again (not a lost race: no attempt is used up). A decision that writes nothing (a
+    /// query) confirms a cached state by reading from its last event, so it finds a soft
+    /// deletion or a truncation of everything too. Two limits: a query on a state whose
+    /// older events only were truncated since (its last one still shown) answers from
+    /// them until its next write or load from the start; and events retention expires
+    /// stay in a cached state, as in a rolling snapshot. Multi-stream transactions check
+    /// their streams' versions only.
     pub fn with_cache(self, cache: Arc<Cache>) -> Self {
         self.with_optional_cache(Some(cache))
     }
