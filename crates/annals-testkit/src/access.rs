@@ -386,10 +386,12 @@ async fn load_costs<D, C>(
     let first = cached.load().await.expect("load");
     let events = counting.counts().1;
     let again = cached.load().await.expect("load");
+    // Only the state's last event, which confirms it (a deletion since would hide it).
+    let holds = u64::from(first.version > first.shown_from);
     assert_eq!(
         counting.counts().1 - events,
-        0,
-        "a cached, unchanged stream reads no event"
+        holds,
+        "a cached, unchanged stream reads no event but the state's last"
     );
     assert_eq!(
         (&*again.state, again.version),
