@@ -349,16 +349,10 @@ impl EventStore for NatsStore {
             let written = self.append_with_snapshot(stream, expected, events, snapshot);
             return written.await.map(annals::AppendAt::Written);
         }
-        match self
+        let appended = self
             .append_one(stream, expected, events, Some(shown_from))
-            .await
-        {
-            Ok(written) => Ok(annals::AppendAt::Written(written)),
-            Err(annals::Error::WrongExpectedVersion { actual, .. }) => {
-                annals::backend::conflict_read(self, stream, version, actual).await
-            }
-            Err(e) => Err(e),
-        }
+            .await;
+        annals::backend::answer_at(self, stream, version, appended, true).await
     }
 
     async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {

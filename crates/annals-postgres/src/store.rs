@@ -44,17 +44,10 @@ impl EventStore for PgStore {
                 .await;
         };
         let expected = ExpectedVersion::Exact(version);
-        match self
+        let appended = self
             .append_with(stream, expected, events, &snapshot, Some(shown_from))
-            .await
-        {
-            Ok(written) => Ok(annals::AppendAt::Written(written)),
-            Err(Error::WrongExpectedVersion { actual, .. }) => Ok(annals::AppendAt::Conflict {
-                actual,
-                events: Vec::new(),
-            }),
-            Err(e) => Err(e),
-        }
+            .await;
+        annals::backend::answer_at(self, stream, version, appended, false).await
     }
 
     async fn append_with_snapshot(

@@ -36,7 +36,7 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 use annals::{
-    AllPage, AppendAt, AppendResult, Capabilities, Checkpoint, CheckpointStore, Error, EventData,
+    AllPage, AppendAt, AppendResult, Capabilities, Checkpoint, CheckpointStore, EventData,
     EventStore, ExpectedVersion, Filter, Head, ParkedStream, Position, ReadStream, RecordedEvent,
     Result, StreamAppend, StreamName, Timestamp, Version,
 };
@@ -310,17 +310,7 @@ impl EventStore for SqliteStore {
                 reply,
             })
             .await;
-        match written {
-            Ok(written) => Ok(AppendAt::Written(written)),
-            Err(Error::WrongExpectedVersion { actual, .. }) if tail => {
-                annals::backend::conflict_read(self, stream, version, actual).await
-            }
-            Err(Error::WrongExpectedVersion { actual, .. }) => Ok(AppendAt::Conflict {
-                actual,
-                events: Vec::new(),
-            }),
-            Err(e) => Err(e),
-        }
+        annals::backend::answer_at(self, stream, version, written, tail).await
     }
 
     async fn import(&self, events: Vec<RecordedEvent>) -> Result<u64> {

@@ -83,6 +83,22 @@ fn finish<T>(
     record(span, op, backend, started, count, bytes, outcome);
 }
 
+/// [`finish`] for an append at a version, whose refusal is an answer, not an error.
+fn finish_at(
+    span: &tracing::Span,
+    backend: &'static str,
+    started: Instant,
+    (count, bytes): (usize, usize),
+    result: &Result<AppendAt>,
+) {
+    match result {
+        Ok(AppendAt::Conflict { .. }) => {
+            record(span, "append", backend, started, count, bytes, "conflict")
+        }
+        _ => finish(span, "append", backend, started, count, bytes, result),
+    }
+}
+
 fn record(
     span: &tracing::Span,
     op: &'static str,
@@ -212,12 +228,7 @@ impl<S: EventStore + ?Sized> EventStore for Instrumented<S> {
             .append_at(stream, version, events)
             .instrument(span.clone())
             .await;
-        match &result {
-            Ok(AppendAt::Conflict { .. }) => {
-                record(&span, "append", backend, started, count, bytes, "conflict")
-            }
-            _ => finish(&span, "append", backend, started, count, bytes, &result),
-        }
+        finish_at(&span, backend, started, (count, bytes), &result);
         result
     }
 
@@ -238,12 +249,7 @@ impl<S: EventStore + ?Sized> EventStore for Instrumented<S> {
             .append_at_shown(stream, version, shown_from, events, snapshot)
             .instrument(span.clone())
             .await;
-        match &result {
-            Ok(AppendAt::Conflict { .. }) => {
-                record(&span, "append", backend, started, count, bytes, "conflict")
-            }
-            _ => finish(&span, "append", backend, started, count, bytes, &result),
-        }
+        finish_at(&span, backend, started, (count, bytes), &result);
         result
     }
 

@@ -126,7 +126,7 @@ pub mod backend {
     pub use crate::lifecycle::{plan_deletion, DeletionPlan, StreamState};
     pub use crate::pages::events_of_pages;
     pub use crate::read_model::{check_events, check_rebuild, rebuild_behind};
-    pub use crate::store::conflict_read;
+    pub use crate::store::{answer_at, conflict_read};
     use crate::{Position, ReadStream};
 
     /// The one rule that tells an exact retry of an append from a conflict or a partial

@@ -430,17 +430,8 @@ impl EventStore for MemoryStore {
     ) -> Result<AppendAt> {
         let tail = snapshot.is_none();
         let expected = ExpectedVersion::Exact(version);
-        match self.append_with(stream, expected, events, snapshot, Some(shown_from)) {
-            Ok(written) => Ok(AppendAt::Written(written)),
-            Err(crate::Error::WrongExpectedVersion { actual, .. }) if tail => {
-                crate::store::conflict_read(self, stream, version, actual).await
-            }
-            Err(crate::Error::WrongExpectedVersion { actual, .. }) => Ok(AppendAt::Conflict {
-                actual,
-                events: Vec::new(),
-            }),
-            Err(e) => Err(e),
-        }
+        let appended = self.append_with(stream, expected, events, snapshot, Some(shown_from));
+        crate::store::answer_at(self, stream, version, appended, tail).await
     }
 
     async fn import(&self, events: Vec<RecordedEvent>) -> Result<u64> {

@@ -65,6 +65,30 @@ pub async fn conflict_read<S: EventStore + ?Sized>(
     Ok(AppendAt::Conflict { actual, events })
 }
 
+/// The [`AppendAt`] of an exact append at `version` that answered `appended`: written, or
+/// refused ([`Error::WrongExpectedVersion`]) with the stream's events from `version` on,
+/// read from `store` when `tail` (none otherwise: an append with a head snapshot, whose
+/// refusal carries no events).
+pub async fn answer_at<S: EventStore + ?Sized>(
+    store: &S,
+    stream: &StreamName,
+    version: Version,
+    appended: Result<AppendResult>,
+    tail: bool,
+) -> Result<AppendAt> {
+    match appended {
+        Ok(written) => Ok(AppendAt::Written(written)),
+        Err(Error::WrongExpectedVersion { actual, .. }) if tail => {
+            conflict_read(store, stream, version, actual).await
+        }
+        Err(Error::WrongExpectedVersion { actual, .. }) => Ok(AppendAt::Conflict {
+            actual,
+            events: Vec::new(),
+        }),
+        Err(e) => Err(e),
+    }
+}
+
 /// At most this many events come with an [`AppendAt::Conflict`].
 pub const CONFLICT_EVENTS: usize = 1000;
 
@@ -418,16 +442,9 @@ pub trait EventStore: Send + Sync + 'static {
         version: Version,
         events: Vec<EventData>,
     ) -> Result<AppendAt> {
-        match self
-            .append(stream, ExpectedVersion::Exact(version), events)
-            .await
-        {
-            Ok(written) => Ok(AppendAt::Written(written)),
-            Err(Error::WrongExpectedVersion { actual, .. }) => {
-                conflict_read(self, stream, version, actual).await
-            }
-            Err(e) => Err(e),
-        }
+        let expected = ExpectedVersion::Exact(version);
+        let appended = self.append(stream, expected, events).await;
+        answer_at(self, stream, version, appended, true).await
     }
 
     /// As [`append_at`](EventStore::append_at) (with a `snapshot`, as
@@ -457,17 +474,10 @@ pub trait EventStore: Send + Sync + 'static {
             return self.append_at(stream, version, events).await;
         };
         let expected = ExpectedVersion::Exact(version);
-        match self
+        let appended = self
             .append_with_snapshot(stream, expected, events, snapshot)
-            .await
-        {
-            Ok(written) => Ok(AppendAt::Written(written)),
-            Err(Error::WrongExpectedVersion { actual, .. }) => Ok(AppendAt::Conflict {
-                actual,
-                events: Vec::new(),
-            }),
-            Err(e) => Err(e),
-        }
+            .await;
+        answer_at(self, stream, version, appended, false).await
     }
 
     /// Appends to several streams in one transaction: all or nothing. Streams must be
