@@ -48,7 +48,8 @@ impl<D: Domain> Decider<D> {
         self.reload().await
     }
 
-    /// Reads the events after the cached version; without a cache entry, all of them, or,
+    /// Reads the events after the cached version (from the cached state's last, which
+    /// confirms it); without a cache entry, all of them, or,
     /// under an access strategy, back to the latest origin.
     pub(super) async fn reload(&self) -> Result<Loaded<D::State>> {
         if let Some(cached) = self.cached(None) {

@@ -47,7 +47,8 @@ pub trait Domain: Send + Sync + 'static {
 /// How a [`Decider`] obtains the state before deciding or rendering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LoadOption {
-    /// Read the stream (only the events after the cached version when a cache entry exists).
+    /// Read the stream (when a cache entry exists, only the events after the cached version,
+    /// and the cached state's last, which confirms it was not deleted since).
     #[default]
     RequireLoad,
     /// Use a cached state confirmed by the store at most this long ago. Concurrent loads of
@@ -596,7 +597,7 @@ impl<D: Domain> Decider<D> {
         let cat = &self.category;
         // Under the default load option a cached state is decided on without reading: a
         // write is checked by the store (appended at the cached version), and a decision
-        // that writes nothing is confirmed by reading what came after the cached version.
+        // that writes nothing is confirmed by reading from the cached state's last event on.
         // Correctness never depends on the cache; it only saves the read.
         let (mut loaded, mut unconfirmed) = match self.load {
             LoadOption::RequireLoad => match self.cached(None) {
