@@ -68,6 +68,7 @@ mod lease;
 mod lifecycle;
 mod memory;
 mod pages;
+mod partition;
 pub mod personal;
 mod projection;
 mod read_model;
