@@ -316,10 +316,10 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    /// An append, keeping `snapshot` as the head snapshot when it writes.
-    /// Appends (with the head snapshot, if any). With `shown_from`, an append whose version
-    /// holds is refused as [`Error::WrongExpectedVersion`] at that same version when the
-    /// stream now starts past it (see [`EventStore::append_at_shown`]).
+    /// An append, keeping `snapshot` as the head snapshot when it writes. With `shown_from`,
+    /// an append whose version holds is refused as [`Error::WrongExpectedVersion`] at that
+    /// same version when the stream now starts past it (see
+    /// [`EventStore::append_at_shown`]).
     fn append_with(
         &self,
         stream: &StreamName,
