@@ -30,9 +30,9 @@ pub(crate) fn import(conn: &Connection, events: &[annals::RecordedEvent]) -> Res
         // The common case (the next event of its stream) costs the claim and the insert;
         // only a refused claim looks further: already imported (skip) or a gap.
         let expected = ExpectedVersion::Exact(Version(e.stream_version));
-        let claimed = match claim(conn, &e.stream, expected, 1)? {
+        let claimed = match claim(conn, &e.stream, expected, None, 1)? {
             None if (1..i64::MAX as u64).contains(&e.stream_version) && begin(conn, e)? => {
-                claim(conn, &e.stream, expected, 1)?
+                claim(conn, &e.stream, expected, None, 1)?
             }
             claimed => claimed,
         };

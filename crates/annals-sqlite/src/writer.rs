@@ -213,8 +213,7 @@ impl Group {
                 reply,
             } => {
                 let r = savepoint
-                    .and_then(|()| shown(conn, &stream, expected, shown_from))
-                    .and_then(|()| append(conn, &stream, expected, &events, now));
+                    .and_then(|()| append(conn, &stream, expected, shown_from, &events, now));
                 let r = match (r, snapshot) {
                     (Ok((result, true)), Some(snapshot)) => {
                         store_snapshot(conn, &stream, result.version, &snapshot)
@@ -297,15 +296,18 @@ enum Attempt {
     Recorded,
 }
 
-/// Appends one batch; the bool says whether rows were written.
+/// Appends one batch; the bool says whether rows were written. With `shown_from`, an exact
+/// append is refused (at the version expected) when the stream now starts past it
+/// (`EventStore::append_at_shown`).
 fn append(
     conn: &Connection,
     stream: &StreamName,
     expected: ExpectedVersion,
+    shown_from: Option<Version>,
     events: &[EventData],
     now: i64,
 ) -> Result<(AppendResult, bool)> {
-    match try_append(conn, stream, expected, events, now)? {
+    match try_append(conn, stream, expected, shown_from, events, now)? {
         Attempt::Done(r) => Ok((r, true)),
         Attempt::Retried(r) => Ok((r, false)),
         Attempt::Recorded => {
@@ -320,40 +322,6 @@ fn append(
     }
 }
 
-/// Refuses an append whose version holds when the stream now starts past `shown_from`
-/// (the caller's state holds events deleted or truncated since), as
-/// [`Error::WrongExpectedVersion`] at that version. On the writer thread, in the append's
-/// transaction: nothing can move the stream between the check and the append.
-fn shown(
-    conn: &Connection,
-    stream: &StreamName,
-    expected: ExpectedVersion,
-    shown_from: Option<Version>,
-) -> Result<()> {
-    let Some(from) = shown_from else {
-        return Ok(());
-    };
-    let row = conn
-        .prepare_cached("SELECT version, start FROM annals_streams WHERE name = ?1")
-        .and_then(|mut s| {
-            s.query_row([stream.as_str()], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-            })
-            .optional()
-        })
-        .map_err(sql)?;
-    match row {
-        Some((version, start)) if start > from.get() && expected.admits(Version(version)) => {
-            Err(Error::WrongExpectedVersion {
-                stream: stream.clone(),
-                expected,
-                actual: Version(version),
-            })
-        }
-        _ => Ok(()),
-    }
-}
-
 /// Appends a system event about `stream` to its deletions stream.
 pub(crate) fn record_system(
     conn: &Connection,
@@ -364,7 +332,7 @@ pub(crate) fn record_system(
     let event = EventData::new(event_type, data.to_string().into_bytes());
     let now = Timestamp::now().unix_micros();
     let target = annals::deletions_stream(stream);
-    append(conn, &target, ExpectedVersion::Any, &[event], now).map(drop)
+    append(conn, &target, ExpectedVersion::Any, None, &[event], now).map(drop)
 }
 
 /// Keeps `snapshot` (the state at `version`) beside the stream's head.
@@ -385,7 +353,7 @@ fn store_snapshot(
 fn append_many(conn: &Connection, appends: &[StreamAppend], now: i64) -> Result<Vec<AppendResult>> {
     let mut results = Vec::with_capacity(appends.len());
     for a in appends {
-        match try_append(conn, &a.stream, a.expected, &a.events, now)? {
+        match try_append(conn, &a.stream, a.expected, None, &a.events, now)? {
             Attempt::Done(r) | Attempt::Retried(r) => results.push(r),
             Attempt::Recorded => return append_many_slow(conn, appends, now),
         }
@@ -409,13 +377,15 @@ fn append_many_slow(
         .zip(verdicts)
         .map(|(a, verdict)| match verdict {
             Verdict::AlreadyWritten(r) => Ok(r),
-            Verdict::Write => match try_append(conn, &a.stream, a.expected, &a.events, now)? {
-                Attempt::Done(r) | Attempt::Retried(r) => Ok(r),
-                Attempt::Recorded => Err(backend(format!(
-                    "{}: an event id appeared while appending",
-                    a.stream
-                ))),
-            },
+            Verdict::Write => {
+                match try_append(conn, &a.stream, a.expected, None, &a.events, now)? {
+                    Attempt::Done(r) | Attempt::Retried(r) => Ok(r),
+                    Attempt::Recorded => Err(backend(format!(
+                        "{}: an event id appeared while appending",
+                        a.stream
+                    ))),
+                }
+            }
         })
         .collect()
 }
@@ -456,13 +426,15 @@ pub(crate) fn stream_row(conn: &Connection, stream: &StreamName) -> Result<Optio
         .map_err(sql)
 }
 
-/// Claims the versions `[start, start + n)` of `stream` if `expected` admits its version,
-/// in one statement on the streams table (the row is the concurrency check). Returns the
-/// stream id and `start`, or `None` when `expected` is not admitted.
+/// Claims the versions `[start, start + n)` of `stream` if `expected` admits its version
+/// (and, for an exact one with `shown_from`, the stream does not start past that), in one
+/// statement on the streams table (the row is the concurrency check). Returns the stream id
+/// and `start`, or `None` when not admitted.
 pub(crate) fn claim(
     conn: &Connection,
     stream: &StreamName,
     expected: ExpectedVersion,
+    shown_from: Option<Version>,
     n: i64,
 ) -> Result<Option<(i64, i64)>> {
     let create = || {
@@ -479,16 +451,19 @@ pub(crate) fn claim(
         .map(|id| id.map(|id| (id, 0)))
         .map_err(sql)
     };
+    // An exact claim's bound on the stream's start: none without `shown_from`.
+    let shown = shown_from.map_or(i64::MAX, |v| v.get().min(i64::MAX as u64) as i64);
     let bump = |exact: Option<i64>| {
         let claimed = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?));
         match exact {
             Some(v) => conn
                 .prepare_cached(
                     "UPDATE annals_streams SET version = version + ?2 \
-                     WHERE name = ?1 AND version = ?3 RETURNING stream_id, version - ?2",
+                     WHERE name = ?1 AND version = ?3 AND start <= ?4 \
+                     RETURNING stream_id, version - ?2",
                 )
                 .and_then(|mut s| {
-                    s.query_row(params![stream.as_str(), n, v], claimed)
+                    s.query_row(params![stream.as_str(), n, v, shown], claimed)
                         .optional()
                 }),
             None => conn
@@ -521,10 +496,12 @@ fn try_append(
     conn: &Connection,
     stream: &StreamName,
     expected: ExpectedVersion,
+    shown_from: Option<Version>,
     events: &[EventData],
     now: i64,
 ) -> Result<Attempt> {
-    let Some((stream_id, start)) = claim(conn, stream, expected, events.len() as i64)? else {
+    let n = events.len() as i64;
+    let Some((stream_id, start)) = claim(conn, stream, expected, shown_from, n)? else {
         if tombstoned(conn, stream)? {
             return Err(Error::StreamDeleted {
                 stream: stream.clone(),

@@ -216,29 +216,25 @@ impl<A: Aggregate> Repository<A> {
             let result = command(&mut root);
             match self.save(&mut root).await {
                 Ok(()) => return Ok(result),
-                // Refused at the version loaded: events the state holds were deleted or
-                // truncated since (its cached state was dropped). Not a lost race: load it
-                // again, once without using up an attempt.
-                Err(crate::Error::WrongExpectedVersion { actual, .. })
-                    if actual == root.version && !restarted =>
-                {
-                    restarted = true;
-                    loaded = decider.load().await?;
-                }
-                Err(crate::Error::WrongExpectedVersion { actual, .. })
-                    if attempt < self.category.max_attempts() =>
-                {
-                    attempt += 1;
-                    loaded = match actual == root.version {
+                Err(crate::Error::WrongExpectedVersion { actual, .. }) => {
+                    // Refused at the version loaded: events the state holds were deleted
+                    // or truncated since (its cached state was dropped): loaded again from
+                    // the start, the first time without using up an attempt (not a race).
+                    let moved = actual == root.version;
+                    if moved && !restarted {
+                        restarted = true;
+                    } else if attempt < self.category.max_attempts() {
+                        attempt += 1;
+                    } else {
+                        return Err(crate::Error::ResyncExhausted {
+                            stream: root.stream,
+                            attempts: attempt,
+                        });
+                    }
+                    loaded = match moved {
                         true => decider.load().await?,
                         false => decider.catch_up_to(root.loaded(), actual).await?,
                     };
-                }
-                Err(crate::Error::WrongExpectedVersion { .. }) => {
-                    return Err(crate::Error::ResyncExhausted {
-                        stream: root.stream,
-                        attempts: attempt,
-                    })
                 }
                 Err(e) => return Err(e),
             }

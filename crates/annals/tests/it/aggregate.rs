@@ -117,6 +117,55 @@ async fn a_repository_saves_on_a_stream_whose_events_are_hidden() {
     }
 }
 
+/// A cached root whose stream is soft-deleted behind the cache's back (as another process
+/// would) is not saved: `save` is refused at the version loaded, and `load_and_save` runs
+/// the command again on the stream as it now reads, without using up an attempt.
+#[tokio::test]
+async fn a_root_loaded_before_its_events_were_deleted_is_not_saved() {
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    let category = Category::new("Account", store.clone(), JsonCodec::new())
+        .unwrap()
+        .with_cache(Arc::new(annals::Cache::new(8)))
+        .with_max_attempts(1);
+    let repo: Repository<Account> = Repository::of(category);
+    repo.load_and_save("d", |a| a.record(Event::Deposited { amount: 5 }))
+        .await
+        .unwrap();
+    let mut stale = repo.load("d").await.unwrap();
+    let stream = stale.stream().clone();
+    let delete = || {
+        futures::executor::block_on(store.delete_stream(
+            &stream,
+            ExpectedVersion::Any,
+            annals::DeleteMode::Soft,
+        ))
+        .unwrap()
+    };
+    delete();
+    stale.record(Event::Withdrawn { amount: 5 });
+    match repo.save(&mut stale).await {
+        Err(Error::WrongExpectedVersion { actual, .. }) => assert_eq!(actual, Version(1)),
+        other => panic!("a save on deleted events is refused: {other:?}"),
+    }
+    repo.load_and_save("d", |a| a.record(Event::Deposited { amount: 3 }))
+        .await
+        .unwrap();
+    // Deleted again while the command runs: it runs once more, on no events.
+    let mut balances = Vec::new();
+    repo.load_and_save("d", |a| {
+        balances.push(a.state().balance);
+        if balances.len() == 1 {
+            delete();
+        }
+        a.record(Event::Deposited { amount: 1 })
+    })
+    .await
+    .unwrap();
+    assert_eq!(balances, [3, 0]);
+    let now = repo.load("d").await.unwrap();
+    assert_eq!((now.version(), now.state().balance), (Version(3), 1));
+}
+
 #[tokio::test]
 async fn a_stale_save_is_refused_and_load_and_save_resyncs() {
     let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
