@@ -367,6 +367,20 @@ impl EventStore for NatsStore {
         Ok(Version(self.last(stream).await?.map_or(0, |l| l.next)))
     }
 
+    async fn read_page_from(
+        &self,
+        stream: &StreamName,
+        from: Version,
+        limit: usize,
+    ) -> Result<annals::StartedPage> {
+        let read = ReadStream::forward_from(from).limit(limit);
+        let (events, start) = self.read_stream_started(stream, read).await?;
+        Ok(annals::StartedPage {
+            events,
+            start: Some(Version(start)),
+        })
+    }
+
     fn read_stream<'a>(
         &'a self,
         stream: &'a StreamName,

@@ -258,8 +258,17 @@ impl NatsStore {
         &self,
         stream: &StreamName,
     ) -> Result<(Vec<(RecordedEvent, Place)>, u64)> {
+        let (events, next, _) = self.stream_events_started(stream).await?;
+        Ok((events, next))
+    }
+
+    /// [`Self::stream_events`], and the stream's start (as its last message names it).
+    pub(crate) async fn stream_events_started(
+        &self,
+        stream: &StreamName,
+    ) -> Result<(Vec<(RecordedEvent, Place)>, u64, u64)> {
         let Some(end) = self.last(stream).await? else {
-            return Ok((Vec::new(), 0));
+            return Ok((Vec::new(), 0, 0));
         };
         let subject = self.inner.subjects.stream(stream);
         let mut out = Vec::new();
@@ -292,7 +301,7 @@ impl NatsStore {
                 }
             }
         }
-        Ok((out, end.next))
+        Ok((out, end.next, end.start))
     }
 
     pub(crate) async fn read_stream_vec(
@@ -300,7 +309,17 @@ impl NatsStore {
         stream: &StreamName,
         options: ReadStream,
     ) -> Result<Vec<RecordedEvent>> {
-        let (mut events, next) = self.stream_events(stream).await?;
+        Ok(self.read_stream_started(stream, options).await?.0)
+    }
+
+    /// The events a read of `stream` shows, and where the stream starts, from the same
+    /// messages.
+    pub(crate) async fn read_stream_started(
+        &self,
+        stream: &StreamName,
+        options: ReadStream,
+    ) -> Result<(Vec<RecordedEvent>, u64)> {
+        let (mut events, next, start) = self.stream_events_started(stream).await?;
         let policies = self.policies().await?;
         let policy = crate::retention::policy_of(&policies, stream);
         let expired = crate::retention::expired(&events, policy, next, Timestamp::now());
@@ -328,7 +347,7 @@ impl NatsStore {
         if let Some(limit) = options.limit {
             chosen.truncate(limit);
         }
-        Ok(chosen)
+        Ok((chosen, start))
     }
 
     pub(crate) async fn read_all_page(

@@ -22,17 +22,18 @@ use super::*;
 /// At most this many reads go into one statement.
 const MAX_READS: usize = 256;
 
-/// The first page of one stream's forward read: its events (at most the rows asked for)
-/// and whether the stream is a tombstone.
+/// The first page of one stream's forward read: its events (at most the rows asked for),
+/// whether the stream is a tombstone, and where it starts (none: no stream).
 #[derive(Default)]
 pub(crate) struct FirstPage {
     pub(crate) events: Vec<RecordedEvent>,
     pub(crate) tombstone: bool,
+    pub(crate) start: Option<i64>,
 }
 
 impl FirstPage {
     /// Takes a row of `read_after`'s columns from `offset` on: an event of `stream`, or
-    /// (no event) the stream row's tombstone.
+    /// (no event) the stream row's tombstone and start.
     fn add(&mut self, row: &Row, offset: usize, stream: &StreamName) -> Result<()> {
         if row
             .try_get::<_, Option<i64>>(offset + 1)
@@ -42,6 +43,10 @@ impl FirstPage {
             self.tombstone = row
                 .try_get::<_, bool>(offset + sql::STREAM_EVENT_WIDTH)
                 .map_err(backend)?;
+            self.start = Some(
+                row.try_get::<_, i64>(offset + sql::STREAM_EVENT_WIDTH + 1)
+                    .map_err(backend)?,
+            );
         } else {
             self.events.push(event_in(row, offset, stream.clone())?);
         }

@@ -54,7 +54,8 @@ const SHOWN: &str = "NOT s.tombstone AND e.stream_version >= s.start \
 const FORWARD: &str =
     "e.stream_version >= $2 AND e.stream_version < $3 ORDER BY e.stream_version LIMIT $4";
 
-/// How many columns [`STREAM_EVENT_COLUMNS`] has: `read_after`'s tombstone comes next.
+/// How many columns [`STREAM_EVENT_COLUMNS`] has: `read_after`'s tombstone and start come
+/// next.
 pub(crate) const STREAM_EVENT_WIDTH: usize = 11;
 
 /// A row of [`STREAM_EVENT_COLUMNS`] with no event.
@@ -73,8 +74,8 @@ const STREAM_EVENT_COLUMNS: &str = "e.tx_id, e.position, NULL::text, e.stream_ve
 /// own index finds the page in its order and stops at the limit. (Joined to the stream row,
 /// the planner could take the row first and then sort: a tail of 10 read and sorted the
 /// whole stream.) No row (a missing or deleted stream): no events. With `tombstone`, one
-/// more row follows the page, with no event and the stream row's tombstone (none: no
-/// stream), from the same read of the row.
+/// more row follows the page, with no event and the stream row's tombstone and start
+/// (none: no stream), from the same read of the row.
 fn stream_page(schema: &str, range_order: &str, tombstone: bool) -> String {
     let page = format!(
         "SELECT {STREAM_EVENT_COLUMNS}{} FROM {schema}.events e \
@@ -82,7 +83,11 @@ fn stream_page(schema: &str, range_order: &str, tombstone: bool) -> String {
          AND e.stream_version >= (SELECT greatest(start, version - max_count) FROM s) \
          AND e.recorded_at >= coalesce((SELECT now() - max_age * interval '1 microsecond' FROM s), \
          '-infinity') AND {range_order}",
-        if tombstone { ", false" } else { "" }
+        if tombstone {
+            ", false, NULL::bigint"
+        } else {
+            ""
+        }
     );
     let row = format!(
         "WITH s AS MATERIALIZED (SELECT stream_id, tombstone, start, version, max_count, max_age \
@@ -91,7 +96,9 @@ fn stream_page(schema: &str, range_order: &str, tombstone: bool) -> String {
     match tombstone {
         false => format!("{row} {page}"),
         true => {
-            format!("{row} SELECT * FROM ({page}) p UNION ALL SELECT {NO_EVENT}, tombstone FROM s")
+            format!(
+                "{row} SELECT * FROM ({page}) p UNION ALL SELECT {NO_EVENT}, tombstone, start FROM s"
+            )
         }
     }
 }
@@ -139,22 +146,23 @@ impl Sql {
             // The first pages of several streams (`read_group`): `$1` names, `$2` first
             // versions, `$3` rows asked for. Each stream row is found by name (an index
             // probe per read) and what [`SHOWN`] takes from it computed once; each stream's
-            // events, then a row with its tombstone, tagged with the read's number.
+            // events, then a row with its tombstone and start, tagged with the read's
+            // number.
             read_set: format!(
                 "WITH a AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]) \
                    WITH ORDINALITY AS a (name, v, n, i)), \
                  s AS MATERIALIZED (\
-                   SELECT a.i, a.n, s.stream_id, s.tombstone, \
+                   SELECT a.i, a.n, s.stream_id, s.tombstone, s.start, \
                           greatest(a.v, s.start, s.version - s.max_count) AS low, \
                           coalesce(now() - s.max_age * interval '1 microsecond', '-infinity') AS after \
                    FROM a CROSS JOIN LATERAL (\
                      SELECT * FROM {schema}.streams s WHERE s.name = a.name OFFSET 0) s) \
-                 SELECT s.i, e.*, NULL::bool FROM s CROSS JOIN LATERAL (\
+                 SELECT s.i, e.*, NULL::bool, NULL::bigint FROM s CROSS JOIN LATERAL (\
                    SELECT {STREAM_EVENT_COLUMNS} FROM {schema}.events e \
                    WHERE e.stream_id = s.stream_id AND NOT s.tombstone \
                      AND e.stream_version >= s.low AND e.recorded_at >= s.after \
                    ORDER BY e.stream_version LIMIT s.n) e \
-                 UNION ALL SELECT s.i, {NO_EVENT}, s.tombstone FROM s"
+                 UNION ALL SELECT s.i, {NO_EVENT}, s.tombstone, s.start FROM s"
             ),
             // A page of the feed: see `read_all_page`.
             read_all: read_all_page(schema),

@@ -390,6 +390,30 @@ impl EventStore for PgStore {
         .boxed()
     }
 
+    async fn read_page_from(
+        &self,
+        stream: &StreamName,
+        from: Version,
+        limit: usize,
+    ) -> Result<annals::StartedPage> {
+        // The first page of a forward read (grouped from past 0), whose last row says where
+        // the stream starts.
+        let ask = bigint(limit as u64);
+        let page = match bigint(from.get()) {
+            0 => self.read_one(stream, 0, ask).await?,
+            from => self.first_page(stream, from, ask).await?,
+        };
+        if page.tombstone {
+            return Err(Error::StreamDeleted {
+                stream: stream.clone(),
+            });
+        }
+        Ok(annals::StartedPage {
+            events: page.events,
+            start: Some(Version(page.start.unwrap_or(0) as u64)),
+        })
+    }
+
     async fn head_position(&self) -> Result<Option<Position>> {
         let client = self.feed_client().await?;
         let stmt = client

@@ -38,7 +38,7 @@ use std::thread::JoinHandle;
 use annals::{
     AllPage, AppendAt, AppendResult, Capabilities, Checkpoint, CheckpointStore, EventData,
     EventStore, ExpectedVersion, Filter, Head, ParkedStream, Position, ReadStream, RecordedEvent,
-    Result, StreamAppend, StreamName, Timestamp, Version,
+    Result, StartedPage, StreamAppend, StreamName, Timestamp, Version,
 };
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -365,6 +365,20 @@ impl EventStore for SqliteStore {
         options: ReadStream,
     ) -> BoxStream<'a, Result<Vec<RecordedEvent>>> {
         read::read_stream_pages(Arc::clone(&self.shared.readers), stream.clone(), options)
+    }
+
+    async fn read_page_from(
+        &self,
+        stream: &StreamName,
+        from: Version,
+        limit: usize,
+    ) -> Result<StartedPage> {
+        // Short, as a catch-up's first page: on this thread.
+        let stream = stream.clone();
+        self.shared
+            .readers
+            .with_here(move |conn| read::page_from(conn, &stream, from, limit))
+            .await
     }
 
     async fn read_all(&self, from: Position, filter: &Filter, limit: usize) -> Result<AllPage> {

@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use annals::{
     AllPage, Direction, Filter, Head, HeadSnapshot, Position, ReadStream, RecordedEvent, Result,
-    StreamName, Timestamp, Uuid, Version,
+    StartedPage, StreamName, Timestamp, Uuid, Version,
 };
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use rusqlite::{params_from_iter, Connection, OptionalExtension, Row};
@@ -377,6 +377,35 @@ fn page(
         _ => None,
     };
     Ok((events, cursor))
+}
+
+/// At most `limit` events of `stream` forward from `from` (fewer only at its end), then
+/// where the stream starts (read after them: a deletion or truncation between the two
+/// statements shows as a later start, never an earlier one).
+pub(crate) fn page_from(
+    conn: &mut Connection,
+    stream: &StreamName,
+    from: Version,
+    limit: usize,
+) -> Result<StartedPage> {
+    let mut events = Vec::new();
+    let mut cursor = Some(Cursor {
+        next: from.get(),
+        left: limit as u64,
+    });
+    while let Some(at) = cursor.filter(|c| c.left > 0) {
+        let (page, next) = page(conn, stream, at, true)?;
+        events.extend(page);
+        cursor = next;
+    }
+    let start: Option<i64> = conn
+        .prepare_cached("SELECT start FROM annals_streams WHERE name = ?1")
+        .and_then(|mut s| s.query_row([stream.as_str()], |r| r.get(0)).optional())
+        .map_err(backend)?;
+    Ok(StartedPage {
+        events,
+        start: Some(Version(start.unwrap_or(0) as u64)),
+    })
 }
 
 /// A stream read: a page per hop to a reader, one statement each; never an empty page.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use annals::{
     AllPage, AppendAt, AppendResult, Cache, Capabilities, Category, Codec, Domain, EventData,
     EventStore, EventStoreExt, ExpectedVersion, Filter, Head, Position, ReadStream, RecordedEvent,
-    Result, StreamAppend, StreamName, Timestamp, Version, SNAPSHOT_EVENT_TYPE,
+    Result, StartedPage, StreamAppend, StreamName, Timestamp, Version, SNAPSHOT_EVENT_TYPE,
 };
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -108,6 +108,19 @@ impl EventStore for Counting {
 
     async fn import(&self, events: Vec<RecordedEvent>) -> Result<u64> {
         self.inner.import(events).await
+    }
+
+    async fn read_page_from(
+        &self,
+        stream: &StreamName,
+        from: Version,
+        limit: usize,
+    ) -> Result<StartedPage> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        let page = self.inner.read_page_from(stream, from, limit).await?;
+        self.events
+            .fetch_add(page.events.len() as u64, Ordering::SeqCst);
+        Ok(page)
     }
 
     async fn read_head(&self, stream: &StreamName, limit: usize) -> Result<Head> {

@@ -170,6 +170,7 @@ macro_rules! conformance_suite {
             retry_of_a_committed_append_writes_nothing,
             append_at_answers_a_conflict_with_the_events_after,
             append_at_shown_is_refused_once_the_events_folded_are_hidden,
+            read_page_from_says_where_the_stream_starts,
             versions_beyond_any_stream_are_conflicts_and_past_the_end,
             partial_overlap_retry_is_refused,
             event_id_recorded_in_another_stream_is_refused,

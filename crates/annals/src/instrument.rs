@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use crate::store::{
     AllPage, AppendAt, AppendResult, Capabilities, EventStore, Filter, Head, ReadStream,
-    StreamAppend,
+    StartedPage, StreamAppend,
 };
 use crate::{EventData, ExpectedVersion, Position, RecordedEvent, Result, StreamName, Version};
 
@@ -308,6 +308,24 @@ impl<S: EventStore + ?Sized> EventStore for Instrumented<S> {
         let started = Instant::now();
         let result = self.inner.import(events).instrument(span.clone()).await;
         finish(&span, "import", backend, started, count, bytes, &result);
+        result
+    }
+
+    async fn read_page_from(
+        &self,
+        stream: &StreamName,
+        from: Version,
+        limit: usize,
+    ) -> Result<StartedPage> {
+        // Recorded as a `read_stream`: the first page of one.
+        let mut guard = ReadGuard::start(self.backend(), stream);
+        let span = guard.span.clone();
+        let result = self
+            .inner
+            .read_page_from(stream, from, limit)
+            .instrument(span)
+            .await;
+        guard.saw(result.as_ref().map(|page| page.events.as_slice()));
         result
     }
 

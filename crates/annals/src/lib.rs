@@ -110,8 +110,8 @@ pub use read_model::{
 pub use shred::{Shredding, SqlKeys};
 pub use store::{
     AllPage, AppendAt, AppendResult, Capabilities, Direction, EventStore, Filter, Head,
-    HeadSnapshot, Partition, ReadStream, StreamAppend, SubscribeOptions, CONFLICT_EVENTS,
-    READ_PAGE,
+    HeadSnapshot, Partition, ReadStream, StartedPage, StreamAppend, SubscribeOptions,
+    CONFLICT_EVENTS, READ_PAGE,
 };
 pub use stream::{validate_category, StreamName, StreamNameError, MAX_STREAM_NAME_LEN};
 pub use subscribe::{subscribe, EventStoreExt, SubscribeExt, Subscription};

@@ -20,7 +20,7 @@ use crate::event::{validate_batch, validate_many, DEFAULT_MAX_EVENT_BYTES};
 use crate::idempotency::{self, Found, Verdict};
 use crate::store::{
     AllPage, AppendAt, AppendResult, Capabilities, Direction, EventStore, Filter, Head,
-    HeadSnapshot, ReadStream, StreamAppend,
+    HeadSnapshot, ReadStream, StartedPage, StreamAppend,
 };
 use crate::{
     DeleteMode, EventData, ExpectedVersion, Position, RecordedEvent, StreamName, Timestamp, Version,
@@ -254,14 +254,16 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
-    /// The events a read of `stream` shows, in the read's order.
+    /// The events a read of `stream` shows, in the read's order, and where the stream
+    /// starts, read together.
     fn stream_events(
         &self,
         stream: &StreamName,
         options: ReadStream,
-    ) -> Result<Vec<RecordedEvent>> {
+    ) -> Result<(Vec<RecordedEvent>, Version)> {
         let inner = self.lock();
         inner.alive(stream)?;
+        let stream_start = Version(inner.start(stream));
         let indexes = inner.streams.get(stream).map_or(&[][..], Vec::as_slice);
         // The range of the versions reads show, from the stream's floor.
         let floor = inner.floor(stream, Timestamp::now());
@@ -278,10 +280,11 @@ impl MemoryStore {
         let slice = indexes[start as usize..end as usize]
             .iter()
             .map(|&i| inner.log[i].clone());
-        Ok(match options.direction {
+        let events = match options.direction {
             Direction::Forward => slice.collect(),
             Direction::Backward => slice.rev().collect(),
-        })
+        };
+        Ok((events, stream_start))
     }
 
     /// An empty store with the default event size limit.
@@ -634,7 +637,7 @@ impl EventStore for MemoryStore {
         options: ReadStream,
     ) -> BoxStream<'a, Result<RecordedEvent>> {
         match self.stream_events(stream, options) {
-            Ok(events) => stream::iter(events.into_iter().map(Ok)).boxed(),
+            Ok((events, _)) => stream::iter(events.into_iter().map(Ok)).boxed(),
             Err(e) => stream::iter([Err(e)]).boxed(),
         }
     }
@@ -645,9 +648,25 @@ impl EventStore for MemoryStore {
         options: ReadStream,
     ) -> BoxStream<'a, Result<Vec<RecordedEvent>>> {
         // The whole read is one page: it is in memory already.
-        let page = self.stream_events(stream, options);
+        let page = self
+            .stream_events(stream, options)
+            .map(|(events, _)| events);
         stream::iter(page.map_or_else(|e| Some(Err(e)), |p| (!p.is_empty()).then_some(Ok(p))))
             .boxed()
+    }
+
+    async fn read_page_from(
+        &self,
+        stream: &StreamName,
+        from: Version,
+        limit: usize,
+    ) -> Result<StartedPage> {
+        let read = ReadStream::forward_from(from).limit(limit);
+        let (events, start) = self.stream_events(stream, read)?;
+        Ok(StartedPage {
+            events,
+            start: Some(start),
+        })
     }
 
     async fn read_all(&self, from: Position, filter: &Filter, limit: usize) -> Result<AllPage> {

@@ -11,7 +11,7 @@ use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use crate::personal::{self, SubjectKey, SubjectKeys};
 use crate::store::{
     AllPage, AppendAt, AppendResult, Capabilities, EventStore, Filter, Head, ReadStream,
-    StreamAppend,
+    StartedPage, StreamAppend,
 };
 use crate::{
     Error, EventData, ExpectedVersion, Position, Projector, ProjectorError, ReadModelStore,
@@ -226,6 +226,17 @@ impl<S: EventStore + ?Sized> EventStore for Shredding<S> {
         self.inner
             .append_with_snapshot(stream, expected, events, snapshot)
             .await
+    }
+
+    async fn read_page_from(
+        &self,
+        stream: &StreamName,
+        from: Version,
+        limit: usize,
+    ) -> Result<StartedPage> {
+        let mut page = self.inner.read_page_from(stream, from, limit).await?;
+        self.open(&mut page.events).await?;
+        Ok(page)
     }
 
     async fn read_head(&self, stream: &StreamName, limit: usize) -> Result<Head> {

@@ -131,6 +131,19 @@ pub struct Head {
     pub events: Vec<RecordedEvent>,
 }
 
+/// What [`EventStore::read_page_from`] returns: a page of a stream read forward, and where
+/// the stream started when it was read.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StartedPage {
+    /// The events from the version asked for on, oldest first, at most the limit asked
+    /// for: when there are that many, more may follow.
+    pub events: Vec<RecordedEvent>,
+    /// The first version reads show after deletion and truncation (as [`Head::start`];
+    /// retention aside), from the same read; `None` where the store does not say (the
+    /// default, for stores that never hide events).
+    pub start: Option<Version>,
+}
+
 /// Which way to read a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Direction {
@@ -449,6 +462,29 @@ pub trait EventStore: Send + Sync + 'static {
         Err(Error::Unsupported {
             backend: self.backend(),
             capability: Capability::HeadSnapshots,
+        })
+    }
+
+    /// Reads at most `limit` events of `stream` forward from version `from` (its first page
+    /// forward from there, as [`read_stream_pages`](EventStore::read_stream_pages) would
+    /// read it), and where the stream starts ([`StartedPage::start`]), in one round trip:
+    /// what a decider reads to confirm a cached state, whose events are all still shown
+    /// only while the stream starts at or below the first of them. The default reads the
+    /// page and says nothing of the start (for stores that never hide events); a store
+    /// that hides events says where it starts. A deleted stream's tombstone fails with
+    /// [`Error::StreamDeleted`], as its reads do.
+    async fn read_page_from(
+        &self,
+        stream: &StreamName,
+        from: Version,
+        limit: usize,
+    ) -> Result<StartedPage> {
+        use futures::TryStreamExt;
+        let read = ReadStream::forward_from(from).limit(limit);
+        let events = self.read_stream_pages(stream, read).try_concat().await?;
+        Ok(StartedPage {
+            events,
+            start: None,
         })
     }
 

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use annals::{
     AllPage, AppendAt, AppendResult, Capabilities, EventData, EventStore, ExpectedVersion, Filter,
-    Head, Position, ReadStream, RecordedEvent, Result, StreamAppend, StreamName, Version,
+    Head, Position, ReadStream, RecordedEvent, Result, StartedPage, StreamAppend, StreamName,
+    Version,
 };
 use futures::stream::BoxStream;
 
@@ -123,6 +124,16 @@ impl EventStore for Calls {
     ) -> BoxStream<'a, Result<Vec<RecordedEvent>>> {
         self.count(4);
         self.inner.read_stream_pages(stream, options)
+    }
+
+    async fn read_page_from(
+        &self,
+        stream: &StreamName,
+        from: Version,
+        limit: usize,
+    ) -> Result<StartedPage> {
+        self.count(4);
+        self.inner.read_page_from(stream, from, limit).await
     }
 
     async fn read_head(&self, stream: &StreamName, limit: usize) -> Result<Head> {

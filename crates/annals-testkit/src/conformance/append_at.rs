@@ -179,3 +179,66 @@ pub async fn append_at_shown_is_refused_once_the_events_folded_are_hidden(
         );
     }
 }
+
+/// `read_page_from`: the first page forward from a version (fewer events than asked only
+/// at the stream's end), as `read_stream` shows them, and, on a store that hides events,
+/// where the stream starts, read with them.
+pub async fn read_page_from_says_where_the_stream_starts(store: Arc<dyn EventStore>) {
+    let s = &*store;
+    let hides = s.capabilities().deletion;
+    let stream = name("Started-1");
+    let page = |from: u64, limit: usize| {
+        let stream = &stream;
+        async move {
+            let page = s
+                .read_page_from(stream, Version(from), limit)
+                .await
+                .unwrap_or_else(|e| panic!("reading {stream} from {from}: {e}"));
+            let options = ReadStream::forward_from(Version(from)).limit(limit);
+            assert_eq!(
+                page.events,
+                read(s, stream, options).await,
+                "{stream} from {from}, {limit} events: as read_stream reads them"
+            );
+            if hides {
+                assert!(page.start.is_some(), "a store that hides events says where");
+            }
+            let versions: Vec<u64> = page.events.iter().map(|e| e.stream_version).collect();
+            (versions, page.start)
+        }
+    };
+    assert_eq!(page(0, 10).await, (vec![], hides.then_some(Version(0))));
+    // More than a page of the SQL stores in five appends.
+    for n in 0..5 {
+        append(s, &stream, ExpectedVersion::Exact(Version(n * 201)), 201).await;
+    }
+    let start = hides.then_some(Version(0));
+    assert_eq!(page(2, 3).await, (vec![2, 3, 4], start));
+    assert_eq!(page(0, 1003).await.0, (0..1003).collect::<Vec<_>>());
+    assert_eq!(
+        page(1000, 10).await,
+        (vec![1000, 1001, 1002, 1003, 1004], start)
+    );
+    assert_eq!(page(1005, 10).await, (vec![], start));
+    if !hides {
+        return;
+    }
+    use annals::DeleteMode;
+    s.truncate_before(&stream, Version(1002)).await.unwrap();
+    let start = Some(Version(1002));
+    assert_eq!(page(0, 10).await, (vec![1002, 1003, 1004], start));
+    assert_eq!(page(1003, 1).await, (vec![1003], start));
+    s.delete_stream(&stream, ExpectedVersion::Any, DeleteMode::Soft)
+        .await
+        .unwrap();
+    assert_eq!(page(1004, 10).await, (vec![], Some(Version(1005))));
+    append(s, &stream, ExpectedVersion::Exact(Version(1005)), 1).await;
+    assert_eq!(page(0, 10).await, (vec![1005], Some(Version(1005))));
+    s.delete_stream(&stream, ExpectedVersion::Any, DeleteMode::Hard)
+        .await
+        .unwrap();
+    match s.read_page_from(&stream, Version(0), 10).await {
+        Err(annals::Error::StreamDeleted { .. }) => {}
+        other => panic!("a tombstone's page is refused: {other:?}"),
+    }
+}

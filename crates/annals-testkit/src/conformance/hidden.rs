@@ -334,5 +334,31 @@ pub async fn cached_deciders_start_over_once_their_events_are_hidden(store: Arc<
         let version = decider.load().await.unwrap().version;
         s.truncate_before(&stream(&id), version).await.unwrap();
         assert!(decider.query(Vec::clone).await.unwrap().is_empty(), "{id}");
+        // Truncation of the older events only (the state's last still shown): a query
+        // and a load on the cached state answer from the events still shown.
+        let id = format!("cache_older_{flavour}");
+        let decider = decide(id.clone());
+        for n in [1, 2, 3] {
+            decider.transact(|_| plus(n)).await.unwrap();
+        }
+        assert_eq!(decider.query(Vec::clone).await.unwrap(), [1, 2, 3], "{id}");
+        let version = decider.load().await.unwrap().version;
+        s.truncate_before(&stream(&id), Version(version.get() - 2))
+            .await
+            .unwrap();
+        let shown = fresh.decider(&id).unwrap().query(Vec::clone).await.unwrap();
+        assert_eq!(decider.query(Vec::clone).await.unwrap(), shown, "{id}");
+        assert_eq!(*decider.load().await.unwrap().state, shown, "{id}");
+        // Another decider of the same category (so the same cache) agrees, and a write
+        // goes on from there.
+        assert_eq!(
+            decide(id.clone()).query(Vec::clone).await.unwrap(),
+            shown,
+            "{id}"
+        );
+        decider.transact(|_| plus(4)).await.unwrap();
+        let mut after = shown.clone();
+        after.push(4);
+        assert_eq!(decider.query(Vec::clone).await.unwrap(), after, "{id}");
     }
 }

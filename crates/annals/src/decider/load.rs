@@ -2,6 +2,8 @@
 //! origin, or as of a version or a time.
 
 use super::*;
+use crate::store::READ_PAGE;
+use futures::StreamExt;
 
 impl<D: Domain> Decider<D> {
     pub(super) async fn load_with(&self, option: LoadOption) -> Result<Loaded<D::State>> {
@@ -59,6 +61,12 @@ impl<D: Domain> Decider<D> {
         if self.category.cache.is_some() {
             self.count_cache(false);
         }
+        self.load_uncached().await
+    }
+
+    /// Loads without the cache (and caches the result): from the head snapshot, every
+    /// event, or, under an access strategy, back to the latest origin.
+    async fn load_uncached(&self) -> Result<Loaded<D::State>> {
         if let Some(head) = &self.category.access.head {
             if let Some(loaded) = self.load_head(head).await? {
                 return Ok(loaded);
@@ -236,8 +244,10 @@ impl<D: Domain> Decider<D> {
 
     /// [`catch_up_to`](Self::catch_up_to), answering too whether it found the events
     /// after `from.version` hidden. A state that holds events is confirmed by its last
-    /// one too: the read starts there, and finding it hidden (the stream deleted or
-    /// truncated past it, maybe by another process) starts the state over.
+    /// one and by where the stream starts, read together: finding its last event hidden
+    /// (the stream deleted or truncated past it, maybe by another process) starts the
+    /// state over from the events after it; finding the stream starting past the state's
+    /// first event (older events truncated) loads it again from where it starts.
     pub(super) async fn catch_up_showing(
         &self,
         from: Loaded<D::State>,
@@ -249,9 +259,36 @@ impl<D: Domain> Decider<D> {
             true => Version(from.version.get() - 1),
             false => from.version,
         };
-        let mut pages = cat
-            .store
-            .read_stream_pages(&self.stream, ReadStream::forward_from(read_from));
+        // The first page, with the stream's start when the state holds events; the rest
+        // (a long way behind) page by page after it.
+        let (first_page, rest_from) = match holds_last {
+            true => {
+                let page = cat
+                    .store
+                    .read_page_from(&self.stream, read_from, READ_PAGE)
+                    .await?;
+                if page.start.is_some_and(|start| start > from.shown_from) {
+                    tracing::debug!(shown_from = %from.shown_from, start = ?page.start, "events the state holds hidden");
+                    if let Some(cache) = &cat.cache {
+                        cache.remove(&self.stream);
+                    }
+                    let fresh = Box::pin(self.load_uncached()).await?;
+                    return Ok((fresh, true));
+                }
+                let more = page.events.len() == READ_PAGE;
+                let next = page.events.last().map(RecordedEvent::next_version);
+                let rest = more.then_some(next).flatten();
+                (Some(page.events), rest)
+            }
+            false => (None, Some(read_from)),
+        };
+        let rest = match rest_from {
+            Some(at) => cat
+                .store
+                .read_stream_pages(&self.stream, ReadStream::forward_from(at)),
+            None => futures::stream::empty().boxed(),
+        };
+        let mut pages = futures::stream::iter(first_page.map(Ok)).chain(rest);
         let mut base = from.state;
         let mut version = from.version;
         let mut shown_from = from.shown_from;
