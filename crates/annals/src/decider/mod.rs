@@ -225,12 +225,11 @@ impl<D: Domain> Category<D> {
     /// decision's append carries the first version the state holds
     /// ([`Loaded::shown_from`]), the store refuses it, and the decider folds the stream
     /// again (not a lost race: no attempt is used up). A decision that writes nothing (a
-    /// query) confirms a cached state by reading from its last event, so it finds a soft
-    /// deletion or a truncation of everything too. Two limits: a query on a state whose
-    /// older events only were truncated since (its last one still shown) answers from
-    /// them until its next write or load from the start; and events retention expires
-    /// stay in a cached state, as in a rolling snapshot. Multi-stream transactions check
-    /// their streams' versions only.
+    /// query) confirms a cached state by reading from its last event, with where the
+    /// stream starts, in one round trip ([`EventStore::read_page_from`]), so it finds a
+    /// deletion or truncation too, and then folds the events still shown. Two limits:
+    /// events retention expires stay in a cached state, as in a rolling snapshot; and
+    /// multi-stream transactions check their streams' versions only.
     pub fn with_cache(self, cache: Arc<Cache>) -> Self {
         self.with_optional_cache(Some(cache))
     }
