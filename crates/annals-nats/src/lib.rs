@@ -356,7 +356,15 @@ impl EventStore for NatsStore {
     }
 
     async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
-        self.append_many_atomic(appends).await
+        self.append_many_atomic(appends, None).await
+    }
+
+    async fn append_many_shown(
+        &self,
+        appends: Vec<StreamAppend>,
+        shown_from: Vec<Version>,
+    ) -> Result<Vec<AppendResult>> {
+        self.append_many_atomic(appends, Some(shown_from)).await
     }
 
     async fn import(&self, events: Vec<RecordedEvent>) -> Result<u64> {

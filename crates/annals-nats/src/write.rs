@@ -472,6 +472,7 @@ impl NatsStore {
     pub(crate) async fn append_many_atomic(
         &self,
         appends: Vec<StreamAppend>,
+        shown_from: Option<Vec<Version>>,
     ) -> Result<Vec<AppendResult>> {
         annals::backend::validate_many(&appends, self.inner.config.max_event_bytes)?;
         let total: usize = appends.iter().map(|a| a.events.len()).sum();
@@ -493,17 +494,29 @@ impl NatsStore {
             // Plan every stream: already written (an exact retry), or to write at its head.
             let mut results: Vec<Option<AppendResult>> = Vec::with_capacity(appends.len());
             let mut heads = Vec::with_capacity(appends.len());
-            for a in &appends {
-                // The remembered head when it admits the append (the server checks it),
-                // else the head read now.
+            for (i, a) in appends.iter().enumerate() {
+                let shown = shown_from.as_ref().and_then(|s| s.get(i)).map(|v| v.get());
+                let moved = |l: &Last| shown.is_some_and(|from| l.start > from);
+                // The remembered head when it admits the append (the server checks it)
+                // and shows the caller's events, else the head read now.
                 let known = self
                     .known_head(&a.stream)
-                    .filter(|l| a.expected.admits(Version(l.next)));
+                    .filter(|l| a.expected.admits(Version(l.next)) && !moved(l));
                 let last = match known {
                     Some(l) => Some(l),
                     None => self.last(&a.stream).await?,
                 };
                 let actual = Version(last.map_or(0, |l| l.next));
+                if a.expected.admits(actual) && last.as_ref().is_some_and(moved) {
+                    // The stream starts past the caller's first event: nothing is written
+                    // (the publish is conditional on this last message, so a deletion
+                    // after this read fails it and the plan is made again).
+                    return Err(Error::WrongExpectedVersion {
+                        stream: a.stream.clone(),
+                        expected: a.expected,
+                        actual,
+                    });
+                }
                 if a.expected.admits(actual) {
                     // Without the server's duplicate check, the stream is the only witness.
                     results.push(match patience.ids && !witness {

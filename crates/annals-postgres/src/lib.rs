@@ -40,6 +40,7 @@ mod error;
 mod group;
 mod lifecycle;
 mod listen;
+mod many;
 mod projection;
 mod read_group;
 mod read_model;

@@ -187,65 +187,15 @@ impl EventStore for PgStore {
     }
 
     async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
-        annals::backend::validate_many(&appends, self.inner.config.max_event_bytes)?;
-        let mut order: Vec<usize> = (0..appends.len()).collect();
-        order.sort_by(|&a, &b| appends[a].stream.cmp(&appends[b].stream));
-        let client = self.client().await?;
-        // Appends that an earlier, committed call already wrote (exact retries).
-        let mut known: Vec<Option<AppendResult>> = vec![None; appends.len()];
-        for _ in 0..3 {
-            client.batch_execute("BEGIN").await.map_err(backend)?;
-            let mut results = known.clone();
-            let mut refused = false;
-            for &i in &order {
-                if results[i].is_some() {
-                    continue;
-                }
-                let a = &appends[i];
-                match self
-                    .append_once(&client, &a.stream, a.expected, &a.events, None)
-                    .await
-                {
-                    Ok(Some(r)) => results[i] = Some(r),
-                    Ok(None) => {
-                        refused = true;
-                        break;
-                    }
-                    Err(e) => {
-                        let _ = client.batch_execute("ROLLBACK").await;
-                        return Err(e);
-                    }
-                }
-            }
-            if !refused {
-                client.batch_execute("COMMIT").await.map_err(backend)?;
-                drop(client);
-                if known.iter().any(Option::is_none) {
-                    self.wake();
-                }
-                return Ok(results
-                    .into_iter()
-                    .map(|r| r.expect("every stream appended"))
-                    .collect());
-            }
-            // A conflict, or ids already recorded: roll back, then ask what is stored. A
-            // conflict or partial overlap is the answer; exact retries are kept as results
-            // and the rest is written again in a new transaction.
-            client.batch_execute("ROLLBACK").await.map_err(backend)?;
-            for (i, a) in appends.iter().enumerate() {
-                if known[i].is_none() {
-                    if let Verdict::AlreadyWritten(r) = self
-                        .classify(&client, &a.stream, a.expected, &a.events)
-                        .await?
-                    {
-                        known[i] = Some(r);
-                    }
-                }
-            }
-        }
-        Err(backend(
-            "the streams kept changing under the multi-stream append; retry",
-        ))
+        self.append_many_with(appends, None).await
+    }
+
+    async fn append_many_shown(
+        &self,
+        appends: Vec<StreamAppend>,
+        shown_from: Vec<Version>,
+    ) -> Result<Vec<AppendResult>> {
+        self.append_many_with(appends, Some(shown_from)).await
     }
 
     async fn delete_stream(

@@ -332,8 +332,26 @@ impl EventStore for SqliteStore {
 
     async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
         annals::backend::validate_many(&appends, self.shared.config.max_event_bytes)?;
-        self.request(|reply| Request::AppendMany { appends, reply })
-            .await
+        self.request(|reply| Request::AppendMany {
+            appends,
+            shown_from: None,
+            reply,
+        })
+        .await
+    }
+
+    async fn append_many_shown(
+        &self,
+        appends: Vec<StreamAppend>,
+        shown_from: Vec<Version>,
+    ) -> Result<Vec<AppendResult>> {
+        annals::backend::validate_many(&appends, self.shared.config.max_event_bytes)?;
+        self.request(|reply| Request::AppendMany {
+            appends,
+            shown_from: Some(shown_from),
+            reply,
+        })
+        .await
     }
 
     async fn stream_version(&self, stream: &StreamName) -> Result<Version> {

@@ -49,6 +49,8 @@ pub(crate) enum Request {
     },
     AppendMany {
         appends: Vec<StreamAppend>,
+        /// With each append, as `shown_from` above (see `EventStore::append_many_shown`).
+        shown_from: Option<Vec<Version>>,
         reply: oneshot::Sender<Result<Vec<AppendResult>>>,
     },
     Checkpoint {
@@ -229,8 +231,13 @@ impl Group {
                 let ok = matches!(r, Ok(n) if n > 0);
                 (finish(reply, r), ok)
             }
-            Request::AppendMany { appends, reply } => {
-                let r = savepoint.and_then(|()| append_many(conn, &appends, now));
+            Request::AppendMany {
+                appends,
+                shown_from,
+                reply,
+            } => {
+                let shown = shown_from.as_deref().unwrap_or_default();
+                let r = savepoint.and_then(|()| append_many(conn, &appends, shown, now));
                 let ok = r.is_ok();
                 (finish(reply, r), ok)
             }
@@ -350,12 +357,20 @@ fn store_snapshot(
     .map_err(sql)
 }
 
-fn append_many(conn: &Connection, appends: &[StreamAppend], now: i64) -> Result<Vec<AppendResult>> {
+/// `appends`, each refused too when its stream starts past its `shown` version (none:
+/// no such check).
+fn append_many(
+    conn: &Connection,
+    appends: &[StreamAppend],
+    shown: &[Version],
+    now: i64,
+) -> Result<Vec<AppendResult>> {
     let mut results = Vec::with_capacity(appends.len());
-    for a in appends {
-        match try_append(conn, &a.stream, a.expected, None, &a.events, now)? {
+    for (i, a) in appends.iter().enumerate() {
+        let from = shown.get(i).copied();
+        match try_append(conn, &a.stream, a.expected, from, &a.events, now)? {
             Attempt::Done(r) | Attempt::Retried(r) => results.push(r),
-            Attempt::Recorded => return append_many_slow(conn, appends, now),
+            Attempt::Recorded => return append_many_slow(conn, appends, shown, now),
         }
     }
     Ok(results)
@@ -365,6 +380,7 @@ fn append_many(conn: &Connection, appends: &[StreamAppend], now: i64) -> Result<
 fn append_many_slow(
     conn: &Connection,
     appends: &[StreamAppend],
+    shown: &[Version],
     now: i64,
 ) -> Result<Vec<AppendResult>> {
     exec(conn, "ROLLBACK TO annals_req")?;
@@ -375,10 +391,12 @@ fn append_many_slow(
     appends
         .iter()
         .zip(verdicts)
-        .map(|(a, verdict)| match verdict {
+        .enumerate()
+        .map(|(i, (a, verdict))| match verdict {
             Verdict::AlreadyWritten(r) => Ok(r),
             Verdict::Write => {
-                match try_append(conn, &a.stream, a.expected, None, &a.events, now)? {
+                let from = shown.get(i).copied();
+                match try_append(conn, &a.stream, a.expected, from, &a.events, now)? {
                     Attempt::Done(r) | Attempt::Retried(r) => Ok(r),
                     Attempt::Recorded => Err(backend(format!(
                         "{}: an event id appeared while appending",

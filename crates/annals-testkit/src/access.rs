@@ -81,6 +81,14 @@ impl EventStore for Counting {
         self.inner.append_many(appends).await
     }
 
+    async fn append_many_shown(
+        &self,
+        appends: Vec<StreamAppend>,
+        shown_from: Vec<Version>,
+    ) -> Result<Vec<AppendResult>> {
+        self.inner.append_many_shown(appends, shown_from).await
+    }
+
     async fn append_at_shown(
         &self,
         stream: &StreamName,

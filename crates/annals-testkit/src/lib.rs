@@ -187,6 +187,7 @@ macro_rules! conformance_suite {
             head_snapshots_ride_with_appends,
             transactions_commit_all_or_nothing,
             opposite_order_transactions_do_not_deadlock,
+            transactions_on_hidden_events_decide_again,
             import_keeps_events_and_order_and_resumes,
             import_begins_a_stream_past_its_hidden_events,
             import_begins_again_a_stream_whose_events_are_all_hidden,

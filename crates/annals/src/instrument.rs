@@ -184,6 +184,43 @@ impl Drop for ReadGuard {
     }
 }
 
+impl<S: EventStore + ?Sized> Instrumented<S> {
+    /// `append_many` (or, with `shown_from`, `append_many_shown`), traced and measured as
+    /// `append_many`.
+    async fn append_many_traced(
+        &self,
+        appends: Vec<StreamAppend>,
+        shown_from: Option<Vec<Version>>,
+    ) -> Result<Vec<AppendResult>> {
+        let backend = self.backend();
+        let span = span("append_many", backend, None);
+        let count = appends.iter().map(|a| a.events.len()).sum();
+        let bytes = appends
+            .iter()
+            .flat_map(|a| &a.events)
+            .map(EventData::size)
+            .sum();
+        let started = Instant::now();
+        let call = async {
+            match shown_from {
+                Some(shown_from) => self.inner.append_many_shown(appends, shown_from).await,
+                None => self.inner.append_many(appends).await,
+            }
+        };
+        let result = call.instrument(span.clone()).await;
+        finish(
+            &span,
+            "append_many",
+            backend,
+            started,
+            count,
+            bytes,
+            &result,
+        );
+        result
+    }
+}
+
 #[async_trait]
 impl<S: EventStore + ?Sized> EventStore for Instrumented<S> {
     fn backend(&self) -> &'static str {
@@ -254,30 +291,15 @@ impl<S: EventStore + ?Sized> EventStore for Instrumented<S> {
     }
 
     async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
-        let backend = self.backend();
-        let span = span("append_many", backend, None);
-        let count = appends.iter().map(|a| a.events.len()).sum();
-        let bytes = appends
-            .iter()
-            .flat_map(|a| &a.events)
-            .map(EventData::size)
-            .sum();
-        let started = Instant::now();
-        let result = self
-            .inner
-            .append_many(appends)
-            .instrument(span.clone())
-            .await;
-        finish(
-            &span,
-            "append_many",
-            backend,
-            started,
-            count,
-            bytes,
-            &result,
-        );
-        result
+        self.append_many_traced(appends, None).await
+    }
+
+    async fn append_many_shown(
+        &self,
+        appends: Vec<StreamAppend>,
+        shown_from: Vec<Version>,
+    ) -> Result<Vec<AppendResult>> {
+        self.append_many_traced(appends, Some(shown_from)).await
     }
 
     async fn append_with_snapshot(

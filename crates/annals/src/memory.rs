@@ -287,6 +287,46 @@ impl MemoryStore {
         Ok((events, stream_start))
     }
 
+    /// `append_many`; with `shown_from`, refused when a stream to be written starts past
+    /// its caller's first event.
+    fn append_many_with(
+        &self,
+        appends: Vec<StreamAppend>,
+        shown_from: Option<Vec<Version>>,
+    ) -> Result<Vec<AppendResult>> {
+        validate_many(&appends, self.max_event_bytes)?;
+        let results = {
+            let mut inner = self.lock();
+            let plans = appends
+                .iter()
+                .map(|a| {
+                    inner.alive(&a.stream)?;
+                    inner.plan(&a.stream, a.expected, &a.events)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let shown = shown_from.unwrap_or_default();
+            for ((a, plan), from) in appends.iter().zip(&plans).zip(shown) {
+                if matches!(plan, Verdict::Write) && inner.start(&a.stream) > from.get() {
+                    return Err(crate::Error::WrongExpectedVersion {
+                        stream: a.stream.clone(),
+                        expected: a.expected,
+                        actual: inner.version(&a.stream),
+                    });
+                }
+            }
+            appends
+                .into_iter()
+                .zip(plans)
+                .map(|(a, plan)| match plan {
+                    Verdict::AlreadyWritten(r) => r,
+                    Verdict::Write => inner.write(&a.stream, a.events),
+                })
+                .collect()
+        };
+        self.changes.send_replace(());
+        Ok(results)
+    }
+
     /// An empty store with the default event size limit.
     pub fn new() -> Self {
         Self {
@@ -390,27 +430,15 @@ impl EventStore for MemoryStore {
     }
 
     async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
-        validate_many(&appends, self.max_event_bytes)?;
-        let results = {
-            let mut inner = self.lock();
-            let plans = appends
-                .iter()
-                .map(|a| {
-                    inner.alive(&a.stream)?;
-                    inner.plan(&a.stream, a.expected, &a.events)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            appends
-                .into_iter()
-                .zip(plans)
-                .map(|(a, plan)| match plan {
-                    Verdict::AlreadyWritten(r) => r,
-                    Verdict::Write => inner.write(&a.stream, a.events),
-                })
-                .collect()
-        };
-        self.changes.send_replace(());
-        Ok(results)
+        self.append_many_with(appends, None)
+    }
+
+    async fn append_many_shown(
+        &self,
+        appends: Vec<StreamAppend>,
+        shown_from: Vec<Version>,
+    ) -> Result<Vec<AppendResult>> {
+        self.append_many_with(appends, Some(shown_from))
     }
 
     async fn append_with_snapshot(

@@ -210,6 +210,17 @@ impl<S: EventStore + ?Sized> EventStore for Shredding<S> {
         self.inner.append_many(appends).await
     }
 
+    async fn append_many_shown(
+        &self,
+        mut appends: Vec<StreamAppend>,
+        shown_from: Vec<Version>,
+    ) -> Result<Vec<AppendResult>> {
+        for a in &mut appends {
+            self.seal(&mut a.events).await?;
+        }
+        self.inner.append_many_shown(appends, shown_from).await
+    }
+
     async fn append_with_snapshot(
         &self,
         stream: &StreamName,

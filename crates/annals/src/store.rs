@@ -447,6 +447,24 @@ pub trait EventStore: Send + Sync + 'static {
         })
     }
 
+    /// A multi-stream transaction's append: as [`append_many`](EventStore::append_many),
+    /// each append carrying the first version its caller's state holds (`shown_from`, one
+    /// per append, in order): refused too, nothing written, when a deletion or truncation
+    /// has hidden any of them since (the stream now starts past it), with
+    /// [`Error::WrongExpectedVersion`] naming that stream and its version (a stream that
+    /// has not moved answers the version expected). An exact retry answers its results.
+    /// The check is made in the transaction's own condition (a deletion cannot slip
+    /// between check and write). The default, for stores that never hide events, ignores
+    /// `shown_from`.
+    async fn append_many_shown(
+        &self,
+        appends: Vec<StreamAppend>,
+        shown_from: Vec<Version>,
+    ) -> Result<Vec<AppendResult>> {
+        let _ = shown_from;
+        self.append_many(appends).await
+    }
+
     /// Appends as [`append`](EventStore::append) and, when events are written, replaces
     /// the stream's head snapshot with `snapshot` (the state at the version after this
     /// append) in the same transaction. An exact retry writes nothing, snapshot included.

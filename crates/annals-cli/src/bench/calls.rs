@@ -108,6 +108,15 @@ impl EventStore for Calls {
         self.inner.append_many(appends).await
     }
 
+    async fn append_many_shown(
+        &self,
+        appends: Vec<StreamAppend>,
+        shown_from: Vec<Version>,
+    ) -> Result<Vec<AppendResult>> {
+        self.count(3);
+        self.inner.append_many_shown(appends, shown_from).await
+    }
+
     fn read_stream<'a>(
         &'a self,
         stream: &'a StreamName,

@@ -201,3 +201,115 @@ pub async fn opposite_order_transactions_do_not_deadlock(store: Arc<dyn EventSto
     assert_eq!(a.version.get() + b.version.get(), 2 * tasks * each);
     assert_eq!(*a.state, 0, "as many transfers each way");
 }
+
+/// `append_many_shown`: as `append_many`, and refused, nothing written, when a stream to be
+/// written now starts past the first version its caller's state holds; the refusal names
+/// that stream and its version. Through the decider: a transaction on cached states finds
+/// a deletion or truncation behind the cache's back, decides again on the events still
+/// shown, and uses up no attempt doing so.
+pub async fn transactions_on_hidden_events_decide_again(store: Arc<dyn EventStore>) {
+    let s = &*store;
+    let caps = s.capabilities();
+    if !caps.supports(Capability::MultiStreamAppend) || !caps.deletion {
+        return;
+    }
+    use annals::{DeleteMode, StreamAppend};
+    let (x, y) = (name("Shownmany-x"), name("Shownmany-y"));
+    append(s, &x, ExpectedVersion::NoStream, 3).await;
+    append(s, &y, ExpectedVersion::NoStream, 2).await;
+    let both = |vx: u64, fx: u64, vy: u64, fy: u64| {
+        let appends = vec![
+            StreamAppend {
+                stream: x.clone(),
+                expected: ExpectedVersion::Exact(Version(vx)),
+                events: batch(1),
+            },
+            StreamAppend {
+                stream: y.clone(),
+                expected: ExpectedVersion::Exact(Version(vy)),
+                events: batch(1),
+            },
+        ];
+        s.append_many_shown(appends, vec![Version(fx), Version(fy)])
+    };
+    let written = both(3, 0, 2, 0).await.expect("nothing hidden: written");
+    assert_eq!(
+        written.iter().map(|r| r.version).collect::<Vec<_>>(),
+        [Version(4), Version(3)]
+    );
+    s.truncate_before(&y, Version(1)).await.unwrap();
+    let before = read_everything(&store).await;
+    match both(4, 0, 3, 0).await {
+        Err(Error::WrongExpectedVersion { stream, actual, .. }) => {
+            assert_eq!((stream, actual), (y.clone(), Version(3)));
+        }
+        other => panic!("a truncated stream's state is refused: {other:?}"),
+    }
+    assert_eq!(read_everything(&store).await, before, "nothing written");
+    both(4, 0, 3, 1)
+        .await
+        .expect("from where it starts: written");
+    s.delete_stream(&x, ExpectedVersion::Any, DeleteMode::Soft)
+        .await
+        .unwrap();
+    match both(5, 4, 4, 1).await {
+        Err(Error::WrongExpectedVersion { stream, actual, .. }) => {
+            assert_eq!((stream, actual), (x.clone(), Version(5)));
+        }
+        other => panic!("a deleted stream's state is refused: {other:?}"),
+    }
+    both(5, 5, 4, 1)
+        .await
+        .expect("holding none of them: written");
+
+    // Through the decider, on cached states, with one attempt.
+    let category = accounts(&store)
+        .with_cache(Arc::new(annals::Cache::new(16)))
+        .with_max_attempts(1);
+    let a = category.decider("hidden-a").expect("a valid id");
+    let b = category.decider("hidden-b").expect("a valid id");
+    for (d, amount) in [(&a, 10), (&b, 5)] {
+        for _ in 0..2 {
+            d.transact(|_| vec![Movement::Credited { amount }])
+                .await
+                .expect("seed");
+        }
+    }
+    // Deciding on the cached states as they are (no read first): only the append's own
+    // check finds what was hidden.
+    let cached =
+        |d: &annals::Decider<Accounts>| d.clone_with_load(annals::LoadOption::AnyCachedValue);
+    let (a, b) = (cached(&a), cached(&b));
+    // `a` soft-deleted behind the cache's back: the transfer decides on no events of it.
+    s.delete_stream(a.stream(), ExpectedVersion::Any, DeleteMode::Soft)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    annals::transact_many(&[cached(&a), cached(&b)], |states: &[&i64]| {
+        seen.push((*states[0], *states[1]));
+        ((), vec![vec![Movement::Debited { amount: 1 }], vec![]])
+    })
+    .await
+    .expect("decided again on what is shown");
+    assert_eq!(seen.last(), Some(&(0, 10)), "{seen:?}");
+    // `b`'s first event truncated: decided on the one still shown.
+    s.truncate_before(b.stream(), Version(1)).await.unwrap();
+    seen.clear();
+    annals::transact_pair(&a, &b, |sa: &i64, sb: &i64| {
+        seen.push((*sa, *sb));
+        ((), vec![], vec![Movement::Credited { amount: 1 }])
+    })
+    .await
+    .expect("decided again on what is shown");
+    assert_eq!(seen.last(), Some(&(-1, 5)), "{seen:?}");
+    let fresh = accounts(&store);
+    for (d, expect) in [(&a, -1), (&b, 6)] {
+        let id = d
+            .stream()
+            .as_str()
+            .trim_start_matches("Account-")
+            .to_owned();
+        let balance = fresh.decider(&id).unwrap().query(|b| *b).await.unwrap();
+        assert_eq!(balance, expect, "{id}");
+    }
+}

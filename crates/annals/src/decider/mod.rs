@@ -48,7 +48,8 @@ pub trait Domain: Send + Sync + 'static {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LoadOption {
     /// Read the stream (when a cache entry exists, only the events after the cached version,
-    /// and the cached state's last, which confirms it was not deleted since).
+    /// and the cached state's last with where the stream starts, which confirm that none
+    /// of its events were deleted or truncated since).
     #[default]
     RequireLoad,
     /// Use a cached state confirmed by the store at most this long ago. Concurrent loads of

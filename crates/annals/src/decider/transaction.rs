@@ -40,13 +40,14 @@ impl<'a, D: Domain> Part<'a, D> {
         Ok(refused && hidden)
     }
 
-    /// Checks and encodes `events`; `None` when there are none. A head snapshot is not
-    /// written by a multi-stream append (the previous one stays valid).
+    /// Checks and encodes `events`, with the first version the state holds; `None` when
+    /// there are none. A head snapshot is not written by a multi-stream append (the
+    /// previous one stays valid).
     async fn stage(
         &mut self,
         events: &[D::Event],
         written: &[&StreamName],
-    ) -> Result<Option<StreamAppend>> {
+    ) -> Result<Option<(StreamAppend, Version)>> {
         self.staged = None;
         if events.is_empty() {
             return Ok(None);
@@ -61,11 +62,12 @@ impl<'a, D: Domain> Part<'a, D> {
                 .state
                 .unwrap_or_else(|| D::fold((*self.loaded.state).clone(), events)),
         );
-        Ok(Some(StreamAppend {
+        let append = StreamAppend {
             stream: d.stream.clone(),
             expected: ExpectedVersion::Exact(self.loaded.version),
             events: prepared.events,
-        }))
+        };
+        Ok(Some((append, self.loaded.shown_from)))
     }
 
     fn commit(&mut self, version: Version) {
@@ -106,16 +108,18 @@ fn check_transaction(parts: &[(&Arc<dyn EventStore>, &StreamName)]) -> Result<()
     Ok(())
 }
 
-/// Appends the staged writes of one attempt (in one atomic `append_many`); returns the
-/// versions written, in the order given, or the conflicting stream and its version.
+/// Appends the staged writes of one attempt (in one atomic `append_many_shown`: refused
+/// too once a stream starts past the first event its state holds); returns the versions
+/// written, in the order given, or the conflicting stream and its version.
 async fn commit_many(
     store: &Arc<dyn EventStore>,
-    appends: Vec<StreamAppend>,
+    staged: Vec<(StreamAppend, Version)>,
 ) -> Result<std::result::Result<Vec<Version>, (StreamName, Version)>> {
-    if appends.is_empty() {
+    if staged.is_empty() {
         return Ok(Ok(Vec::new()));
     }
-    match store.append_many(appends).await {
+    let (appends, shown_from) = staged.into_iter().unzip();
+    match store.append_many_shown(appends, shown_from).await {
         Ok(results) => Ok(Ok(results.into_iter().map(|r| r.version).collect())),
         Err(Error::WrongExpectedVersion { stream, actual, .. }) => Ok(Err((stream, actual))),
         Err(e) => Err(e),
