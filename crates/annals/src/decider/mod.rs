@@ -228,9 +228,9 @@ impl<D: Domain> Category<D> {
     /// again (not a lost race: no attempt is used up). A decision that writes nothing (a
     /// query) confirms a cached state by reading from its last event, with where the
     /// stream starts, in one round trip ([`EventStore::read_page_from`]), so it finds a
-    /// deletion or truncation too, and then folds the events still shown. Two limits:
-    /// events retention expires stay in a cached state, as in a rolling snapshot; and
-    /// multi-stream transactions check their streams' versions only.
+    /// deletion or truncation too, and then folds the events still shown. Multi-stream
+    /// transactions are checked alike ([`EventStore::append_many_shown`]). The limit:
+    /// events retention expires stay in a cached state, as in a rolling snapshot.
     pub fn with_cache(self, cache: Arc<Cache>) -> Self {
         self.with_optional_cache(Some(cache))
     }
