@@ -62,6 +62,7 @@ mod decider;
 mod error;
 mod event;
 mod feed;
+mod filter;
 mod idempotency;
 mod instrument;
 mod lease;
