@@ -317,6 +317,10 @@ impl EventStore for NatsStore {
         self.delete(stream, expected, mode).await
     }
 
+    async fn import_deletion(&self, stream: &StreamName, version: Version) -> Result<Version> {
+        self.delete_imported(stream, version).await
+    }
+
     async fn truncate_before(&self, stream: &StreamName, before: Version) -> Result<Version> {
         self.truncate(stream, before).await
     }

@@ -96,6 +96,33 @@ impl NatsStore {
         expected: ExpectedVersion,
         mode: DeleteMode,
     ) -> Result<Version> {
+        self.delete_with(stream, |stream, state| {
+            plan_deletion(stream, state, expected, mode)
+        })
+        .await
+    }
+
+    /// `EventStore::import_deletion`: a soft deletion at `version`, the stream moved on to
+    /// it (the marker carries the version).
+    pub(crate) async fn delete_imported(
+        &self,
+        stream: &StreamName,
+        version: Version,
+    ) -> Result<Version> {
+        self.delete_with(stream, |stream, state| {
+            annals::backend::plan_imported_deletion(stream, state, version.get())
+        })
+        .await
+    }
+
+    /// A deletion as `plan` decides it from the stream's head: a marker at the planned
+    /// version, starting there (a tombstone when planned), with the system event that
+    /// records it, conditional on the head it was planned from.
+    async fn delete_with(
+        &self,
+        stream: &StreamName,
+        plan: impl Fn(&StreamName, Option<StreamState>) -> Result<DeletionPlan>,
+    ) -> Result<Version> {
         for _ in 0..RACES {
             let head = self.head(stream).await?;
             let state = head.map(|h| StreamState {
@@ -103,7 +130,7 @@ impl NatsStore {
                 shows_nothing: h.hides_all,
                 tombstone: h.tombstone,
             });
-            let (version, hard) = match plan_deletion(stream, state, expected, mode)? {
+            let (version, hard) = match plan(stream, state)? {
                 DeletionPlan::Done(version) => return Ok(version),
                 DeletionPlan::Change { version, hard } => (version, hard),
             };

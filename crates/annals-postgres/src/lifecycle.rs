@@ -114,6 +114,33 @@ impl PgStore {
         expected: ExpectedVersion,
         mode: DeleteMode,
     ) -> Result<Version> {
+        self.delete_with(stream, |stream, state| {
+            plan_deletion(stream, state, expected, mode)
+        })
+        .await
+    }
+
+    /// `EventStore::import_deletion`: a soft deletion at `version`, the stream moved on to
+    /// it.
+    pub(crate) async fn delete_imported(
+        &self,
+        stream: &StreamName,
+        version: Version,
+    ) -> Result<Version> {
+        self.delete_with(stream, |stream, state| {
+            annals::backend::plan_imported_deletion(stream, state, version.get())
+        })
+        .await
+    }
+
+    /// A deletion as `plan` decides it from the stream row (locked): the row at the
+    /// planned version, starting there (a tombstone when planned), and the system event
+    /// that records it, in one transaction.
+    async fn delete_with(
+        &self,
+        stream: &StreamName,
+        plan: impl Fn(&StreamName, Option<StreamState>) -> Result<DeletionPlan>,
+    ) -> Result<Version> {
         let schema = self.schema();
         let client = self.client().await?;
         let client = &client;
@@ -126,24 +153,26 @@ impl PgStore {
                     shows_nothing: start == version,
                     tombstone,
                 });
-                let (version, hard) = match plan_deletion(stream, state, expected, mode)? {
+                let (version, hard) = match plan(stream, state)? {
                     DeletionPlan::Done(version) => return Ok(Try::Done(version)),
                     DeletionPlan::Change { version, hard } => (version, hard),
                 };
+                let at = bigint(version);
                 if found.is_some() {
                     // The snapshot holds the state of the events now hidden.
                     let sql = format!(
-                        "UPDATE {schema}.streams SET start = version, tombstone = $2, \
+                        "UPDATE {schema}.streams SET version = $3, start = $3, tombstone = $2, \
                          snapshot = NULL, snapshot_version = NULL WHERE name = $1"
                     );
-                    exec(client, &sql, &[&stream.as_str(), &hard]).await?;
+                    exec(client, &sql, &[&stream.as_str(), &hard, &at]).await?;
                 } else {
                     let sql = format!(
-                        "INSERT INTO {schema}.streams (name, category, version, tombstone) \
-                         VALUES ($1, $2, 0, true) ON CONFLICT (name) DO NOTHING"
+                        "INSERT INTO {schema}.streams (name, category, version, start, tombstone) \
+                         VALUES ($1, $2, $3, $3, $4) ON CONFLICT (name) DO NOTHING"
                     );
-                    let created =
-                        exec(client, &sql, &[&stream.as_str(), &stream.category()]).await?;
+                    let params: [crate::Param<'_>; 4] =
+                        [&stream.as_str(), &stream.category(), &at, &hard];
+                    let created = exec(client, &sql, &params).await?;
                     if created == 0 {
                         // Created meanwhile: look again.
                         return Ok(Try::Again);

@@ -209,6 +209,12 @@ impl EventStore for PgStore {
         Ok(version)
     }
 
+    async fn import_deletion(&self, stream: &StreamName, version: Version) -> Result<Version> {
+        let version = self.delete_imported(stream, version).await?;
+        self.wake();
+        Ok(version)
+    }
+
     async fn truncate_before(&self, stream: &StreamName, before: Version) -> Result<Version> {
         let start = self.truncate(stream, before).await?;
         self.wake();

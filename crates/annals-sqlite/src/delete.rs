@@ -2,7 +2,7 @@
 //! changed on the writer thread with the system event that records the change, in one
 //! transaction.
 
-use annals::backend::{plan_deletion, DeletionPlan, StreamState};
+use annals::backend::{plan_deletion, plan_imported_deletion, DeletionPlan, StreamState};
 use annals::{
     DeleteMode, Error, ExpectedVersion, Result, StreamName, Version, STREAM_DELETED,
     STREAM_TRUNCATED,
@@ -34,30 +34,59 @@ pub(crate) fn delete(
     expected: ExpectedVersion,
     mode: DeleteMode,
 ) -> Result<Version> {
+    delete_with(conn, stream, |stream, state| {
+        plan_deletion(stream, state, expected, mode)
+    })
+}
+
+/// `EventStore::import_deletion`: a soft deletion at `version`, the stream moved on to it.
+pub(crate) fn import_deletion(
+    conn: &Connection,
+    stream: &StreamName,
+    version: Version,
+) -> Result<Version> {
+    delete_with(conn, stream, |stream, state| {
+        plan_imported_deletion(stream, state, version.get())
+    })
+}
+
+/// A deletion as `plan` decides it from the stream row: the row at the planned version,
+/// starting there (a tombstone when planned), and the system event that records it.
+fn delete_with(
+    conn: &Connection,
+    stream: &StreamName,
+    plan: impl FnOnce(&StreamName, Option<StreamState>) -> Result<DeletionPlan>,
+) -> Result<Version> {
     let found = row(conn, stream)?;
     let state = found.map(|(version, start, tombstone)| StreamState {
         version,
         shows_nothing: start == version,
         tombstone,
     });
-    let (version, hard) = match plan_deletion(stream, state, expected, mode)? {
+    let (version, hard) = match plan(stream, state)? {
         DeletionPlan::Done(version) => return Ok(version),
         DeletionPlan::Change { version, hard } => (version, hard),
     };
+    let at = version as i64;
     let changed = match found {
         Some(_) => conn
             .prepare_cached(
-                "UPDATE annals_streams SET start = version, tombstone = ?2, snapshot = NULL, \
-                 snapshot_version = NULL WHERE name = ?1",
+                "UPDATE annals_streams SET version = ?3, start = ?3, tombstone = ?2, \
+                 snapshot = NULL, snapshot_version = NULL WHERE name = ?1",
             )
-            .and_then(|mut s| s.execute(params![stream.as_str(), i64::from(hard)])),
+            .and_then(|mut s| s.execute(params![stream.as_str(), i64::from(hard), at])),
         None => conn
             .prepare_cached(
                 "INSERT INTO annals_streams (name, category, version, start, tombstone) \
-                 VALUES (?1, ?2, 0, 0, ?3)",
+                 VALUES (?1, ?2, ?4, ?4, ?3)",
             )
             .and_then(|mut s| {
-                s.execute(params![stream.as_str(), stream.category(), i64::from(hard)])
+                s.execute(params![
+                    stream.as_str(),
+                    stream.category(),
+                    i64::from(hard),
+                    at
+                ])
             }),
     };
     changed.map_err(backend)?;

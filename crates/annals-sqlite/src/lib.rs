@@ -207,6 +207,15 @@ impl EventStore for SqliteStore {
         Ok(deleted)
     }
 
+    async fn import_deletion(&self, stream: &StreamName, version: Version) -> Result<Version> {
+        let stream = stream.clone();
+        let deleted = self
+            .write(move |conn| delete::import_deletion(&writer::lock(conn), &stream, version))
+            .await?;
+        self.shared.changes.send_replace(());
+        Ok(deleted)
+    }
+
     async fn scavenge(&self, limit: usize, dry_run: bool) -> Result<annals::Scavenged> {
         let limit = limit.max(1) as u64;
         self.write(move |conn| {

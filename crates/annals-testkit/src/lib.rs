@@ -192,6 +192,7 @@ macro_rules! conformance_suite {
             import_begins_a_stream_past_its_hidden_events,
             import_begins_again_a_stream_whose_events_are_all_hidden,
             deletion_soft_hard_and_truncate,
+            import_deletion_leaves_a_stream_at_its_deleted_version,
             deciders_write_on_after_events_are_hidden,
             cached_deciders_start_over_once_their_events_are_hidden,
             retention_max_count_and_age,

@@ -390,6 +390,19 @@ impl<S: EventStore + ?Sized> EventStore for Instrumented<S> {
         result
     }
 
+    async fn import_deletion(&self, stream: &StreamName, version: Version) -> Result<Version> {
+        let backend = self.backend();
+        let span = span("import_deletion", backend, Some(stream));
+        let started = Instant::now();
+        let result = self
+            .inner
+            .import_deletion(stream, version)
+            .instrument(span.clone())
+            .await;
+        finish(&span, "import_deletion", backend, started, 0, 0, &result);
+        result
+    }
+
     async fn truncate_before(&self, stream: &StreamName, before: Version) -> Result<Version> {
         let backend = self.backend();
         let span = span("truncate_before", backend, Some(stream));

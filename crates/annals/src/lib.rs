@@ -125,7 +125,9 @@ pub use version::{ExpectedVersion, ParsePositionError, Position, Timestamp, Vers
 /// stream read covers, and the read-model checks every [`ReadModelStore`] applies.
 pub mod backend {
     pub use crate::event::{validate_batch, validate_import, validate_many};
-    pub use crate::lifecycle::{plan_deletion, DeletionPlan, StreamState};
+    pub use crate::lifecycle::{
+        plan_deletion, plan_imported_deletion, DeletionPlan, StreamState, MAX_IMPORTED_VERSION,
+    };
     pub use crate::pages::events_of_pages;
     pub use crate::read_model::{check_events, check_rebuild, rebuild_behind};
     pub use crate::store::{answer_at, conflict_read};

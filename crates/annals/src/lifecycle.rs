@@ -305,7 +305,8 @@ pub enum DeletionPlan {
     Done(Version),
     /// Hide the stream's events up to `version` (a tombstone when `hard`), and record it.
     Change {
-        /// The stream's version.
+        /// The stream's version (past the one found for an imported deletion: the stream
+        /// moves on to it).
         version: u64,
         /// Leave a tombstone.
         hard: bool,
@@ -349,5 +350,44 @@ pub fn plan_deletion(
     Ok(DeletionPlan::Change {
         version: state.version,
         hard,
+    })
+}
+
+/// The highest version an imported deletion may leave a stream at (the SQL stores keep
+/// versions in signed 64-bit integers, and the next append needs one more).
+pub const MAX_IMPORTED_VERSION: u64 = i64::MAX as u64 - 1;
+
+/// The one rule of [`EventStore::import_deletion`](crate::EventStore::import_deletion) for
+/// every store: a tombstone refuses it, a stream past `version` is a conflict, a stream at
+/// `version` showing nothing (or never written, at 0) changes nothing, and anything else
+/// becomes a soft deletion at `version` (a stream at a lower version moves on to it).
+pub fn plan_imported_deletion(
+    stream: &StreamName,
+    found: Option<StreamState>,
+    version: u64,
+) -> Result<DeletionPlan> {
+    let state = found.unwrap_or(StreamState {
+        version: 0,
+        shows_nothing: true,
+        tombstone: false,
+    });
+    if state.tombstone {
+        return Err(Error::StreamDeleted {
+            stream: stream.clone(),
+        });
+    }
+    if state.version > version || version > MAX_IMPORTED_VERSION {
+        return Err(Error::WrongExpectedVersion {
+            stream: stream.clone(),
+            expected: crate::ExpectedVersion::Exact(Version(version)),
+            actual: Version(state.version),
+        });
+    }
+    if state.version == version && state.shows_nothing {
+        return Ok(DeletionPlan::Done(Version(version)));
+    }
+    Ok(DeletionPlan::Change {
+        version,
+        hard: false,
     })
 }

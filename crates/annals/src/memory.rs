@@ -166,6 +166,54 @@ impl MemoryStore {
         Ok(results)
     }
 
+    /// A deletion as `plan` decides it from the stream's state: hides its events below the
+    /// planned version (moving the stream on to it first when it is past its version), and
+    /// records it.
+    fn delete_with(
+        &self,
+        stream: &StreamName,
+        plan: impl FnOnce(
+            &StreamName,
+            Option<crate::backend::StreamState>,
+        ) -> Result<crate::backend::DeletionPlan>,
+    ) -> Result<Version> {
+        {
+            let mut inner = self.lock();
+            let version = inner.version(stream);
+            let tomb = inner.tombs.get(stream).copied();
+            let state = (inner.streams.contains_key(stream) || tomb.is_some()).then(|| {
+                crate::backend::StreamState {
+                    version: version.get(),
+                    shows_nothing: tomb.is_some_and(|t| t.before == version.get()),
+                    tombstone: tomb.is_some_and(|t| t.hard),
+                }
+            });
+            let (version, hard) = match plan(stream, state)? {
+                crate::backend::DeletionPlan::Done(version) => return Ok(version),
+                crate::backend::DeletionPlan::Change { version, hard } => (version, hard),
+            };
+            if version > inner.version(stream).get() {
+                inner.begin_at(stream, version);
+            }
+            // A snapshot holds the state of the events now hidden.
+            inner.snapshots.remove(stream);
+            inner.tombs.insert(
+                stream.clone(),
+                Tomb {
+                    before: version,
+                    hard,
+                },
+            );
+            inner.record(
+                stream,
+                crate::STREAM_DELETED,
+                serde_json::json!({"stream": stream.as_str(), "version": version, "hard": hard}),
+            );
+        }
+        self.changes.send_replace(());
+        Ok(Version(self.lock().version(stream).get()))
+    }
+
     /// An empty store with the default event size limit.
     pub fn new() -> Self {
         Self {
@@ -419,38 +467,22 @@ impl EventStore for MemoryStore {
         expected: ExpectedVersion,
         mode: DeleteMode,
     ) -> Result<Version> {
-        {
-            let mut inner = self.lock();
-            let version = inner.version(stream);
-            let tomb = inner.tombs.get(stream).copied();
-            let state = (inner.streams.contains_key(stream) || tomb.is_some()).then(|| {
-                crate::backend::StreamState {
-                    version: version.get(),
-                    shows_nothing: tomb.is_some_and(|t| t.before == version.get()),
-                    tombstone: tomb.is_some_and(|t| t.hard),
-                }
+        self.delete_with(stream, |stream, state| {
+            crate::backend::plan_deletion(stream, state, expected, mode)
+        })
+    }
+
+    async fn import_deletion(&self, stream: &StreamName, version: Version) -> Result<Version> {
+        if version.get() > MAX_BEGIN {
+            return Err(crate::Error::WrongExpectedVersion {
+                stream: stream.clone(),
+                expected: ExpectedVersion::Exact(version),
+                actual: self.lock().version(stream),
             });
-            let hard = match crate::backend::plan_deletion(stream, state, expected, mode)? {
-                crate::backend::DeletionPlan::Done(version) => return Ok(version),
-                crate::backend::DeletionPlan::Change { hard, .. } => hard,
-            };
-            // A snapshot holds the state of the events now hidden.
-            inner.snapshots.remove(stream);
-            inner.tombs.insert(
-                stream.clone(),
-                Tomb {
-                    before: version.get(),
-                    hard,
-                },
-            );
-            inner.record(
-                stream,
-                crate::STREAM_DELETED,
-                serde_json::json!({"stream": stream.as_str(), "version": version.get(), "hard": hard}),
-            );
         }
-        self.changes.send_replace(());
-        Ok(Version(self.lock().version(stream).get()))
+        self.delete_with(stream, |stream, state| {
+            crate::backend::plan_imported_deletion(stream, state, version.get())
+        })
     }
 
     async fn truncate_before(&self, stream: &StreamName, before: Version) -> Result<Version> {

@@ -311,6 +311,10 @@ impl<S: EventStore + ?Sized> EventStore for Shredding<S> {
         self.inner.delete_stream(stream, expected, mode).await
     }
 
+    async fn import_deletion(&self, stream: &StreamName, version: Version) -> Result<Version> {
+        self.inner.import_deletion(stream, version).await
+    }
+
     async fn truncate_before(&self, stream: &StreamName, before: Version) -> Result<Version> {
         self.inner.truncate_before(stream, before).await
     }

@@ -542,6 +542,29 @@ pub trait EventStore: Send + Sync + 'static {
         })
     }
 
+    /// Imports a soft deletion recorded in another store (its `$StreamDeleted` event at
+    /// `version`): `stream` is left as that deletion left it there, every event below
+    /// `version` hidden and appends continuing at `version`, recorded in
+    /// [`deletions_stream`](crate::deletions_stream) as [`delete_stream`] records one.
+    /// Unlike [`delete_stream`], a stream this store has at a lower version, or does not
+    /// have, moves on to `version` (the versions between read as deleted): what a copy
+    /// does for a stream deleted in its source with none of its events left in the feed.
+    /// A stream at `version` that shows nothing (or never written, at 0) changes nothing;
+    /// one past `version` is refused with [`Error::WrongExpectedVersion`] (expected:
+    /// `version`), as is a version past [`MAX_IMPORTED_VERSION`](crate::backend::MAX_IMPORTED_VERSION)
+    /// (the memory store: 2^20); a tombstone with [`Error::StreamDeleted`]. Returns the
+    /// stream's version. Stores without [`Capabilities::deletion`] refuse with
+    /// [`Error::Unsupported`].
+    ///
+    /// [`delete_stream`]: EventStore::delete_stream
+    async fn import_deletion(&self, stream: &StreamName, version: Version) -> Result<Version> {
+        let _ = (stream, version);
+        Err(Error::Unsupported {
+            backend: self.backend(),
+            capability: Capability::Deletion,
+        })
+    }
+
     /// Hides the events of `stream` below `before` (at most its version) from every read,
     /// and records a [`STREAM_TRUNCATED`](crate::STREAM_TRUNCATED) event in
     /// [`deletions_stream`](crate::deletions_stream), in one transaction. Versions count on;

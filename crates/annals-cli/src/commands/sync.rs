@@ -193,10 +193,11 @@ async fn import(
 /// Does a deletion or truncation the source recorded again in `target` (rather than copying
 /// its system event): the target then hides what the source hides, also events an earlier
 /// run had copied, and records it in its own `{category}-$deleted`. Each way is safe to
-/// repeat (a resumed run may): a soft deletion at the source's version; where the target
-/// has gone past it (events written after the deletion, already copied), a truncation
-/// there; where it has fewer (events written and deleted between two runs), a soft deletion
-/// of what it has. A tombstone in the target supersedes a soft deletion or truncation.
+/// repeat (a resumed run may): a soft deletion imported at the source's version
+/// (`import_deletion`: a stream the target has at a lower version, or not at all, as a
+/// fresh copy has a stream deleted with nothing written after, moves on to it); where the
+/// target has gone past it (events written after the deletion, already copied), a
+/// truncation there. A tombstone in the target supersedes a soft deletion or truncation.
 async fn apply(change: &StreamChange, target: &dyn EventStore) -> annals::Result<()> {
     let done = match change {
         StreamChange::Deleted {
@@ -211,20 +212,32 @@ async fn apply(change: &StreamChange, target: &dyn EventStore) -> annals::Result
             hard: false,
         } => {
             let at = |v| ExpectedVersion::Exact(Version(v));
-            match target
-                .delete_stream(stream, at(*version), DeleteMode::Soft)
-                .await
-            {
+            let imported = match target.import_deletion(stream, Version(*version)).await {
+                // A store that cannot import one: a soft deletion of what it has.
+                Err(Error::Unsupported { .. }) => {
+                    match target
+                        .delete_stream(stream, at(*version), DeleteMode::Soft)
+                        .await
+                    {
+                        Err(Error::WrongExpectedVersion { actual, .. })
+                            if actual.get() < *version =>
+                        {
+                            target
+                                .delete_stream(stream, at(actual.get()), DeleteMode::Soft)
+                                .await
+                        }
+                        other => other,
+                    }
+                }
+                other => other,
+            };
+            match imported {
                 Err(Error::WrongExpectedVersion { actual, .. }) if actual.get() > *version => {
                     target
                         .truncate_before(stream, Version(*version))
                         .await
                         .map(drop)
                 }
-                Err(Error::WrongExpectedVersion { actual, .. }) => target
-                    .delete_stream(stream, at(actual.get()), DeleteMode::Soft)
-                    .await
-                    .map(drop),
                 other => other.map(drop),
             }
         }

@@ -264,3 +264,102 @@ pub async fn deletion_soft_hard_and_truncate(store: Arc<dyn EventStore>) {
         "a subscription from inside the deleted range"
     );
 }
+
+/// `import_deletion`: a soft deletion recorded elsewhere, at its version. A stream this
+/// store does not have, or has at a lower version (showing events or not), is left at that
+/// version showing nothing, appends going on from there; a stream at that version is
+/// soft-deleted; repeats change nothing; one past it, a tombstone or a version out of range
+/// are refused, nothing written. Each change is recorded once, as a deletion is.
+pub async fn import_deletion_leaves_a_stream_at_its_deleted_version(store: Arc<dyn EventStore>) {
+    if !store.capabilities().deletion {
+        return;
+    }
+    let s = &*store;
+    let imported = |stream: &str, version: u64| {
+        let stream = name(stream);
+        async move { s.import_deletion(&stream, Version(version)).await }
+    };
+    let version = |stream: &str| {
+        let stream = name(stream);
+        async move { s.stream_version(&stream).await.unwrap() }
+    };
+    // Never written here.
+    assert_eq!(imported("Imported-1", 7).await.unwrap(), Version(7));
+    assert_eq!(version("Imported-1").await, Version(7));
+    assert!(read(&store, "Imported-1", ReadStream::forward())
+        .await
+        .is_empty());
+    assert_eq!(
+        imported("Imported-1", 7).await.unwrap(),
+        Version(7),
+        "a repeat"
+    );
+    // Showing events at a lower version: all hidden, moved on.
+    append(s, &name("Imported-2"), ExpectedVersion::NoStream, 2).await;
+    assert_eq!(imported("Imported-2", 5).await.unwrap(), Version(5));
+    assert_eq!(version("Imported-2").await, Version(5));
+    assert!(read(&store, "Imported-2", ReadStream::forward())
+        .await
+        .is_empty());
+    // At its version: a soft deletion there.
+    append(s, &name("Imported-3"), ExpectedVersion::NoStream, 3).await;
+    assert_eq!(imported("Imported-3", 3).await.unwrap(), Version(3));
+    assert!(read(&store, "Imported-3", ReadStream::forward())
+        .await
+        .is_empty());
+    let all = read_everything(&store).await;
+    let recorded = system_events(&all, annals::STREAM_DELETED);
+    let of = |stream: &str| -> Vec<serde_json::Value> {
+        recorded
+            .iter()
+            .filter(|d| d["stream"] == stream)
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        of("Imported-1"),
+        [serde_json::json!({"stream": "Imported-1", "version": 7, "hard": false})]
+    );
+    assert_eq!(of("Imported-2").len(), 1);
+    assert_eq!(of("Imported-3").len(), 1);
+    // Refused, nothing written: past it, a tombstone, out of range.
+    match imported("Imported-3", 2).await {
+        Err(Error::WrongExpectedVersion { actual, .. }) => assert_eq!(actual, Version(3)),
+        other => panic!("a stream past the version is refused: {other:?}"),
+    }
+    s.delete_stream(&name("Imported-4"), ExpectedVersion::Any, DeleteMode::Hard)
+        .await
+        .unwrap();
+    assert!(matches!(
+        imported("Imported-4", 1).await,
+        Err(Error::StreamDeleted { .. })
+    ));
+    assert!(matches!(
+        imported("Imported-5", u64::MAX).await,
+        Err(Error::WrongExpectedVersion { .. })
+    ));
+    let before = read_everything(&store).await;
+    let _ = imported("Imported-3", 2).await;
+    assert_eq!(
+        read_everything(&store).await,
+        before,
+        "refusals wrote nothing"
+    );
+    // Appends go on from the version, and imports of later events too.
+    append(
+        s,
+        &name("Imported-1"),
+        ExpectedVersion::Exact(Version(7)),
+        1,
+    )
+    .await;
+    assert_eq!(read(&store, "Imported-1", ReadStream::forward()).await, [7]);
+    let mut next = read_everything(&store).await;
+    next.retain(|e| e.stream.as_str() == "Imported-1");
+    let mut later = next[0].clone();
+    later.stream = name("Imported-2");
+    later.stream_version = 5;
+    later.event_id = annals::Uuid::now_v7();
+    assert_eq!(s.import(vec![later]).await.unwrap(), 1);
+    assert_eq!(read(&store, "Imported-2", ReadStream::forward()).await, [5]);
+}
