@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use annals::{
     DeleteMode, Error, EventStore, ExpectedVersion, Feed, FeedOptions, Filter, Position,
-    RecordedEvent, StreamChange, Version,
+    RecordedEvent, Retention, RetentionScope, StreamChange, Version,
 };
 use anyhow::Context;
 use example_todo::server::shutdown_signal;
@@ -39,6 +39,12 @@ pub(crate) struct SyncArgs {
     /// batch.
     #[arg(long)]
     pub follow: bool,
+    /// Make the target's retention policies those of the source (set, changed and cleared
+    /// as there) before copying and, with `--follow`, as the source changes them. Without
+    /// it the target keeps its own (an archive that keeps what a short-lived source
+    /// expires).
+    #[arg(long)]
+    pub retention: bool,
 }
 
 /// How often a following copy looks for new events when the source signals none (another
@@ -63,6 +69,10 @@ pub(crate) async fn run(args: SyncArgs, out: &Output) -> anyhow::Result<()> {
     // Everything committed before the sync started is copied by this run (PostgreSQL
     // holds back events behind transactions still in flight).
     source.events.await_visible().await?;
+    let mut policies = match args.retention {
+        true => Some(mirror_retention(&*source.events, &*target.events, None).await?),
+        false => None,
+    };
     let resume = checkpoints.load(SYNC_GROUP, &source_name).await?;
     let mut from = resume.unwrap_or(Position::START);
     let bar = progress(None, "copying");
@@ -129,6 +139,10 @@ pub(crate) async fn run(args: SyncArgs, out: &Output) -> anyhow::Result<()> {
         if out.json && n > 0 {
             out.line(&json!({"copied": read, "written": written, "applied": applied, "position": from.to_string()}));
         }
+        if let Some(known) = policies.as_mut().filter(|_| args.follow && page.end) {
+            // At the head of a following copy: the source's policy changes since.
+            *known = mirror_retention(&*source.events, &*target.events, Some(&*known)).await?;
+        }
         if args.follow && page.end && !following {
             following = true;
             match out.json {
@@ -158,6 +172,45 @@ pub(crate) async fn run(args: SyncArgs, out: &Output) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Makes `target`'s retention policies those of `source`, and returns them; with `known`
+/// (the source's policies as last mirrored), nothing is done unless they changed.
+async fn mirror_retention(
+    source: &dyn EventStore,
+    target: &dyn EventStore,
+    known: Option<&[(RetentionScope, Retention)]>,
+) -> anyhow::Result<Vec<(RetentionScope, Retention)>> {
+    let mut wanted = source
+        .retention()
+        .await
+        .context("the source's retention policies")?;
+    wanted.sort_by(|a, b| a.0.cmp(&b.0));
+    if known == Some(&wanted[..]) {
+        return Ok(wanted);
+    }
+    let had = target
+        .retention()
+        .await
+        .context("the target's retention policies")?;
+    for (scope, _) in had
+        .iter()
+        .filter(|(s, _)| !wanted.iter().any(|(w, _)| w == s))
+    {
+        target
+            .set_retention(scope, Retention::default())
+            .await
+            .with_context(|| format!("clearing the retention of {scope} in the target"))?;
+    }
+    for (scope, policy) in &wanted {
+        if !had.contains(&(scope.clone(), *policy)) {
+            target
+                .set_retention(scope, *policy)
+                .await
+                .with_context(|| format!("setting the retention of {scope} in the target"))?;
+        }
+    }
+    Ok(wanted)
 }
 
 /// Imports `chunk` (taking its events; nothing when it is empty), turning the refusal of a

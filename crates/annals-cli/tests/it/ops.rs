@@ -814,6 +814,105 @@ fn sync_follows_the_source_until_interrupted() {
     }
 }
 
+/// `annals sync --retention` makes the target's retention policies the source's (set,
+/// changed and cleared as there), also while following; without it the target keeps its
+/// own.
+#[test]
+fn sync_mirrors_retention_policies_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |store: &str, args: &[&str]| on(dir.path(), store, args);
+    let (source, target) = ("sqlite://rsource.db", "sqlite://rtarget.db");
+    for store in [source, target] {
+        succeeded(&run(store, &["init"]));
+    }
+    succeeded(&run(
+        source,
+        &["retention", "set", "Telemetry", "--max-count", "2"],
+    ));
+    succeeded(&run(
+        source,
+        &["retention", "set", "Orders-1", "--max-age", "30d"],
+    ));
+    succeeded(&run(
+        target,
+        &["retention", "set", "Carts", "--max-count", "5"],
+    ));
+    for n in 0..4 {
+        let data = format!(r#"{{"n":{n}}}"#);
+        succeeded(&run(
+            source,
+            &["append", "Telemetry-1", "--type", "Read", "--data", &data],
+        ));
+    }
+    let policies =
+        |store: &str| json_lines(&succeeded(&run(store, &["retention", "show", "--json"])));
+    let sync = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_annals"))
+            .args(["sync", "--from", source, "--to", target, "--json"])
+            .args(extra)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        succeeded(&out);
+    };
+    let carts = policies(target);
+    sync(&[]);
+    assert_eq!(policies(target), carts, "the target keeps its own");
+    sync(&["--retention"]);
+    assert_eq!(policies(target), policies(source));
+    assert_eq!(policies(target).len(), 2);
+    // Following: the source's changes are made in the target too.
+    let mut child = crate::admin::Killed(Some(
+        Command::new(env!("CARGO_BIN_EXE_annals"))
+            .args([
+                "sync",
+                "--from",
+                source,
+                "--to",
+                target,
+                "--follow",
+                "--retention",
+                "--json",
+            ])
+            .current_dir(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    let stdout = child.0.as_mut().unwrap().stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        let line: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        if line["following"] == true {
+            break;
+        }
+    }
+    succeeded(&run(
+        source,
+        &["retention", "set", "Telemetry", "--max-count", "3"],
+    ));
+    succeeded(&run(source, &["retention", "clear", "Orders-1"]));
+    let wanted = policies(source);
+    assert_eq!(wanted.len(), 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while policies(target) != wanted {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the target's policies never became {wanted:?}: {:?}",
+            policies(target)
+        );
+    }
+    let pid = child.0.as_ref().unwrap().id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.0.take().unwrap().wait().unwrap();
+    assert!(status.success(), "ends cleanly: {status}");
+}
+
 /// `annals tail` ends cleanly (exit 0) on Ctrl-C and on SIGTERM (a service manager's stop),
 /// once it says it follows.
 #[test]
