@@ -314,11 +314,13 @@ impl EventStore for NatsStore {
         expected: ExpectedVersion,
         mode: annals::DeleteMode,
     ) -> Result<Version> {
-        self.delete(stream, expected, mode).await
+        let deletion = annals::backend::Deletion::Delete { expected, mode };
+        self.delete_with(stream, deletion).await
     }
 
     async fn import_deletion(&self, stream: &StreamName, version: Version) -> Result<Version> {
-        self.delete_imported(stream, version).await
+        let deletion = annals::backend::Deletion::Imported(version);
+        self.delete_with(stream, deletion).await
     }
 
     async fn truncate_before(&self, stream: &StreamName, before: Version) -> Result<Version> {

@@ -5,10 +5,9 @@
 //! every later append and read refuses. Then the hidden messages are purged at once, so
 //! scavenging has nothing left of them to do.
 
-use annals::backend::{plan_deletion, DeletionPlan, StreamState};
+use annals::backend::{Deletion, DeletionPlan, StreamState};
 use annals::{
-    DeleteMode, Error, EventData, ExpectedVersion, Result, StreamName, Timestamp, Version,
-    STREAM_DELETED, STREAM_TRUNCATED,
+    Error, EventData, Result, StreamName, Timestamp, Version, STREAM_DELETED, STREAM_TRUNCATED,
 };
 
 use crate::envelope::{Marker, Place};
@@ -90,38 +89,13 @@ impl NatsStore {
         Ok(())
     }
 
-    pub(crate) async fn delete(
-        &self,
-        stream: &StreamName,
-        expected: ExpectedVersion,
-        mode: DeleteMode,
-    ) -> Result<Version> {
-        self.delete_with(stream, |stream, state| {
-            plan_deletion(stream, state, expected, mode)
-        })
-        .await
-    }
-
-    /// `EventStore::import_deletion`: a soft deletion at `version`, the stream moved on to
-    /// it (the marker carries the version).
-    pub(crate) async fn delete_imported(
-        &self,
-        stream: &StreamName,
-        version: Version,
-    ) -> Result<Version> {
-        self.delete_with(stream, |stream, state| {
-            annals::backend::plan_imported_deletion(stream, state, version.get())
-        })
-        .await
-    }
-
-    /// A deletion as `plan` decides it from the stream's head: a marker at the planned
+    /// `deletion` as its plan decides from the stream's head: a marker at the planned
     /// version, starting there (a tombstone when planned), with the system event that
     /// records it, conditional on the head it was planned from.
-    async fn delete_with(
+    pub(crate) async fn delete_with(
         &self,
         stream: &StreamName,
-        plan: impl Fn(&StreamName, Option<StreamState>) -> Result<DeletionPlan>,
+        deletion: Deletion,
     ) -> Result<Version> {
         for _ in 0..RACES {
             let head = self.head(stream).await?;
@@ -130,7 +104,7 @@ impl NatsStore {
                 shows_nothing: h.hides_all,
                 tombstone: h.tombstone,
             });
-            let (version, hard) = match plan(stream, state)? {
+            let (version, hard) = match deletion.plan(stream, state)? {
                 DeletionPlan::Done(version) => return Ok(version),
                 DeletionPlan::Change { version, hard } => (version, hard),
             };

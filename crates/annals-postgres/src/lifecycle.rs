@@ -3,8 +3,8 @@
 //! event that records the change; scavenging deletes, a batch per transaction, the events
 //! reads no longer show.
 
-use annals::backend::{plan_deletion, DeletionPlan, StreamState};
-use annals::{DeleteMode, Retention, RetentionScope, Scavenged, STREAM_DELETED, STREAM_TRUNCATED};
+use annals::backend::{Deletion, DeletionPlan, StreamState};
+use annals::{Retention, RetentionScope, Scavenged, STREAM_DELETED, STREAM_TRUNCATED};
 
 use super::*;
 
@@ -108,38 +108,13 @@ impl PgStore {
         }))
     }
 
-    pub(crate) async fn delete(
+    /// `deletion` as its plan decides from the stream row (locked): the row at the planned
+    /// version, starting there (a tombstone when planned), and the system event that
+    /// records it, in one transaction.
+    pub(crate) async fn delete_with(
         &self,
         stream: &StreamName,
-        expected: ExpectedVersion,
-        mode: DeleteMode,
-    ) -> Result<Version> {
-        self.delete_with(stream, |stream, state| {
-            plan_deletion(stream, state, expected, mode)
-        })
-        .await
-    }
-
-    /// `EventStore::import_deletion`: a soft deletion at `version`, the stream moved on to
-    /// it.
-    pub(crate) async fn delete_imported(
-        &self,
-        stream: &StreamName,
-        version: Version,
-    ) -> Result<Version> {
-        self.delete_with(stream, |stream, state| {
-            annals::backend::plan_imported_deletion(stream, state, version.get())
-        })
-        .await
-    }
-
-    /// A deletion as `plan` decides it from the stream row (locked): the row at the
-    /// planned version, starting there (a tombstone when planned), and the system event
-    /// that records it, in one transaction.
-    async fn delete_with(
-        &self,
-        stream: &StreamName,
-        plan: impl Fn(&StreamName, Option<StreamState>) -> Result<DeletionPlan>,
+        deletion: Deletion,
     ) -> Result<Version> {
         let schema = self.schema();
         let client = self.client().await?;
@@ -153,7 +128,7 @@ impl PgStore {
                     shows_nothing: start == version,
                     tombstone,
                 });
-                let (version, hard) = match plan(stream, state)? {
+                let (version, hard) = match deletion.plan(stream, state)? {
                     DeletionPlan::Done(version) => return Ok(Try::Done(version)),
                     DeletionPlan::Change { version, hard } => (version, hard),
                 };

@@ -204,13 +204,17 @@ impl EventStore for PgStore {
         expected: ExpectedVersion,
         mode: annals::DeleteMode,
     ) -> Result<Version> {
-        let version = self.delete(stream, expected, mode).await?;
+        let version = self
+            .delete_with(stream, annals::backend::Deletion::Delete { expected, mode })
+            .await?;
         self.wake();
         Ok(version)
     }
 
     async fn import_deletion(&self, stream: &StreamName, version: Version) -> Result<Version> {
-        let version = self.delete_imported(stream, version).await?;
+        let version = self
+            .delete_with(stream, annals::backend::Deletion::Imported(version))
+            .await?;
         self.wake();
         Ok(version)
     }

@@ -2,11 +2,8 @@
 //! changed on the writer thread with the system event that records the change, in one
 //! transaction.
 
-use annals::backend::{plan_deletion, plan_imported_deletion, DeletionPlan, StreamState};
-use annals::{
-    DeleteMode, Error, ExpectedVersion, Result, StreamName, Version, STREAM_DELETED,
-    STREAM_TRUNCATED,
-};
+use annals::backend::{Deletion, DeletionPlan, StreamState};
+use annals::{Error, Result, StreamName, Version, STREAM_DELETED, STREAM_TRUNCATED};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::backend;
@@ -28,34 +25,12 @@ fn row(conn: &Connection, stream: &StreamName) -> Result<Option<(u64, u64, bool)
         .map_err(backend)
 }
 
+/// `deletion` as its plan decides from the stream row: the row at the planned version,
+/// starting there (a tombstone when planned), and the system event that records it.
 pub(crate) fn delete(
     conn: &Connection,
     stream: &StreamName,
-    expected: ExpectedVersion,
-    mode: DeleteMode,
-) -> Result<Version> {
-    delete_with(conn, stream, |stream, state| {
-        plan_deletion(stream, state, expected, mode)
-    })
-}
-
-/// `EventStore::import_deletion`: a soft deletion at `version`, the stream moved on to it.
-pub(crate) fn import_deletion(
-    conn: &Connection,
-    stream: &StreamName,
-    version: Version,
-) -> Result<Version> {
-    delete_with(conn, stream, |stream, state| {
-        plan_imported_deletion(stream, state, version.get())
-    })
-}
-
-/// A deletion as `plan` decides it from the stream row: the row at the planned version,
-/// starting there (a tombstone when planned), and the system event that records it.
-fn delete_with(
-    conn: &Connection,
-    stream: &StreamName,
-    plan: impl FnOnce(&StreamName, Option<StreamState>) -> Result<DeletionPlan>,
+    deletion: Deletion,
 ) -> Result<Version> {
     let found = row(conn, stream)?;
     let state = found.map(|(version, start, tombstone)| StreamState {
@@ -63,7 +38,7 @@ fn delete_with(
         shows_nothing: start == version,
         tombstone,
     });
-    let (version, hard) = match plan(stream, state)? {
+    let (version, hard) = match deletion.plan(stream, state)? {
         DeletionPlan::Done(version) => return Ok(version),
         DeletionPlan::Change { version, hard } => (version, hard),
     };

@@ -201,7 +201,10 @@ impl EventStore for SqliteStore {
     ) -> Result<Version> {
         let stream = stream.clone();
         let deleted = self
-            .write(move |conn| delete::delete(&writer::lock(conn), &stream, expected, mode))
+            .write(move |conn| {
+                let deletion = annals::backend::Deletion::Delete { expected, mode };
+                delete::delete(&writer::lock(conn), &stream, deletion)
+            })
             .await?;
         self.shared.changes.send_replace(());
         Ok(deleted)
@@ -210,7 +213,10 @@ impl EventStore for SqliteStore {
     async fn import_deletion(&self, stream: &StreamName, version: Version) -> Result<Version> {
         let stream = stream.clone();
         let deleted = self
-            .write(move |conn| delete::import_deletion(&writer::lock(conn), &stream, version))
+            .write(move |conn| {
+                let deletion = annals::backend::Deletion::Imported(version);
+                delete::delete(&writer::lock(conn), &stream, deletion)
+            })
             .await?;
         self.shared.changes.send_replace(());
         Ok(deleted)

@@ -126,7 +126,7 @@ pub use version::{ExpectedVersion, ParsePositionError, Position, Timestamp, Vers
 pub mod backend {
     pub use crate::event::{validate_batch, validate_import, validate_many};
     pub use crate::lifecycle::{
-        plan_deletion, plan_imported_deletion, DeletionPlan, StreamState, MAX_IMPORTED_VERSION,
+        plan_deletion, Deletion, DeletionPlan, StreamState, MAX_IMPORTED_VERSION,
     };
     pub use crate::pages::events_of_pages;
     pub use crate::read_model::{check_events, check_rebuild, rebuild_behind};

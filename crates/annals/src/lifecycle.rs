@@ -313,81 +313,88 @@ pub enum DeletionPlan {
     },
 }
 
-/// The one rule of [`EventStore::delete_stream`](crate::EventStore::delete_stream) for
-/// every store: a tombstone answers a hard delete and refuses a soft one, `expected` must
-/// admit the version, and a soft delete of a stream never written or already showing
-/// nothing changes nothing. `found` is `None` for a stream never written.
+/// A stream never written, as a deletion finds it.
+const NEVER_WRITTEN: StreamState = StreamState {
+    version: 0,
+    shows_nothing: true,
+    tombstone: false,
+};
+
+/// The highest version an imported deletion may leave a stream at (the SQL stores keep
+/// versions in signed 64-bit integers, and the next append needs one more).
+pub const MAX_IMPORTED_VERSION: u64 = i64::MAX as u64 - 1;
+
+/// A deletion a store is asked for; [`Deletion::plan`] is the one rule for every store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletion {
+    /// [`EventStore::delete_stream`](crate::EventStore::delete_stream).
+    Delete {
+        /// What the stream's version must be.
+        expected: crate::ExpectedVersion,
+        /// Soft or hard.
+        mode: DeleteMode,
+    },
+    /// [`EventStore::import_deletion`](crate::EventStore::import_deletion) at this version.
+    Imported(Version),
+}
+
+impl Deletion {
+    /// What the deletion does to `stream`, found as `found` (`None`: never written).
+    ///
+    /// A deletion: a tombstone answers a hard delete and refuses a soft one, `expected`
+    /// must admit the version, and a soft delete of a stream never written or already
+    /// showing nothing changes nothing. An imported one: a tombstone refuses it, a stream
+    /// past its version (or a version past [`MAX_IMPORTED_VERSION`]) is a conflict, a
+    /// stream at its version showing nothing (or never written, at 0) changes nothing, and
+    /// anything else becomes a soft deletion at its version (a stream at a lower version
+    /// moves on to it).
+    pub fn plan(self, stream: &StreamName, found: Option<StreamState>) -> Result<DeletionPlan> {
+        let state = found.unwrap_or(NEVER_WRITTEN);
+        let (expected, mode, imported) = match self {
+            Deletion::Delete { expected, mode } => (expected, mode, false),
+            Deletion::Imported(v) => (crate::ExpectedVersion::Exact(v), DeleteMode::Soft, true),
+        };
+        let hard = mode == DeleteMode::Hard;
+        if state.tombstone {
+            return match hard {
+                true => Ok(DeletionPlan::Done(Version(state.version))),
+                false => Err(Error::StreamDeleted {
+                    stream: stream.clone(),
+                }),
+            };
+        }
+        let version = match (self, expected) {
+            (Deletion::Imported(v), _)
+                if v.get() >= state.version && v.get() <= MAX_IMPORTED_VERSION =>
+            {
+                v.get()
+            }
+            (Deletion::Delete { .. }, e) if e.admits(Version(state.version)) => state.version,
+            _ => {
+                return Err(Error::WrongExpectedVersion {
+                    stream: stream.clone(),
+                    expected,
+                    actual: Version(state.version),
+                })
+            }
+        };
+        let unchanged = match imported {
+            true => version == state.version && state.shows_nothing,
+            false => !hard && (found.is_none() || state.shows_nothing),
+        };
+        if unchanged {
+            return Ok(DeletionPlan::Done(Version(version)));
+        }
+        Ok(DeletionPlan::Change { version, hard })
+    }
+}
+
+/// [`Deletion::Delete`]'s plan (see [`Deletion::plan`]).
 pub fn plan_deletion(
     stream: &StreamName,
     found: Option<StreamState>,
     expected: crate::ExpectedVersion,
     mode: DeleteMode,
 ) -> Result<DeletionPlan> {
-    let state = found.unwrap_or(StreamState {
-        version: 0,
-        shows_nothing: true,
-        tombstone: false,
-    });
-    if state.tombstone {
-        return match mode {
-            DeleteMode::Hard => Ok(DeletionPlan::Done(Version(state.version))),
-            DeleteMode::Soft => Err(Error::StreamDeleted {
-                stream: stream.clone(),
-            }),
-        };
-    }
-    if !expected.admits(Version(state.version)) {
-        return Err(Error::WrongExpectedVersion {
-            stream: stream.clone(),
-            expected,
-            actual: Version(state.version),
-        });
-    }
-    let hard = mode == DeleteMode::Hard;
-    if !hard && (found.is_none() || state.shows_nothing) {
-        return Ok(DeletionPlan::Done(Version(state.version)));
-    }
-    Ok(DeletionPlan::Change {
-        version: state.version,
-        hard,
-    })
-}
-
-/// The highest version an imported deletion may leave a stream at (the SQL stores keep
-/// versions in signed 64-bit integers, and the next append needs one more).
-pub const MAX_IMPORTED_VERSION: u64 = i64::MAX as u64 - 1;
-
-/// The one rule of [`EventStore::import_deletion`](crate::EventStore::import_deletion) for
-/// every store: a tombstone refuses it, a stream past `version` is a conflict, a stream at
-/// `version` showing nothing (or never written, at 0) changes nothing, and anything else
-/// becomes a soft deletion at `version` (a stream at a lower version moves on to it).
-pub fn plan_imported_deletion(
-    stream: &StreamName,
-    found: Option<StreamState>,
-    version: u64,
-) -> Result<DeletionPlan> {
-    let state = found.unwrap_or(StreamState {
-        version: 0,
-        shows_nothing: true,
-        tombstone: false,
-    });
-    if state.tombstone {
-        return Err(Error::StreamDeleted {
-            stream: stream.clone(),
-        });
-    }
-    if state.version > version || version > MAX_IMPORTED_VERSION {
-        return Err(Error::WrongExpectedVersion {
-            stream: stream.clone(),
-            expected: crate::ExpectedVersion::Exact(Version(version)),
-            actual: Version(state.version),
-        });
-    }
-    if state.version == version && state.shows_nothing {
-        return Ok(DeletionPlan::Done(Version(version)));
-    }
-    Ok(DeletionPlan::Change {
-        version,
-        hard: false,
-    })
+    Deletion::Delete { expected, mode }.plan(stream, found)
 }

@@ -166,16 +166,13 @@ impl MemoryStore {
         Ok(results)
     }
 
-    /// A deletion as `plan` decides it from the stream's state: hides its events below the
+    /// `deletion` as its plan decides from the stream's state: hides its events below the
     /// planned version (moving the stream on to it first when it is past its version), and
     /// records it.
     fn delete_with(
         &self,
         stream: &StreamName,
-        plan: impl FnOnce(
-            &StreamName,
-            Option<crate::backend::StreamState>,
-        ) -> Result<crate::backend::DeletionPlan>,
+        deletion: crate::backend::Deletion,
     ) -> Result<Version> {
         {
             let mut inner = self.lock();
@@ -188,7 +185,7 @@ impl MemoryStore {
                     tombstone: tomb.is_some_and(|t| t.hard),
                 }
             });
-            let (version, hard) = match plan(stream, state)? {
+            let (version, hard) = match deletion.plan(stream, state)? {
                 crate::backend::DeletionPlan::Done(version) => return Ok(version),
                 crate::backend::DeletionPlan::Change { version, hard } => (version, hard),
             };
@@ -467,9 +464,7 @@ impl EventStore for MemoryStore {
         expected: ExpectedVersion,
         mode: DeleteMode,
     ) -> Result<Version> {
-        self.delete_with(stream, |stream, state| {
-            crate::backend::plan_deletion(stream, state, expected, mode)
-        })
+        self.delete_with(stream, crate::backend::Deletion::Delete { expected, mode })
     }
 
     async fn import_deletion(&self, stream: &StreamName, version: Version) -> Result<Version> {
@@ -480,9 +475,7 @@ impl EventStore for MemoryStore {
                 actual: self.lock().version(stream),
             });
         }
-        self.delete_with(stream, |stream, state| {
-            crate::backend::plan_imported_deletion(stream, state, version.get())
-        })
+        self.delete_with(stream, crate::backend::Deletion::Imported(version))
     }
 
     async fn truncate_before(&self, stream: &StreamName, before: Version) -> Result<Version> {
