@@ -95,6 +95,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0014_import_hidden.sql"),
     include_str!("../migrations/0015_import_begins_again.sql"),
     include_str!("../migrations/0016_append_shown.sql"),
+    include_str!("../migrations/0017_lock_order.sql"),
 ];
 
 /// Connections kept for `read_all` (subscriptions and pipelines), apart from the pool

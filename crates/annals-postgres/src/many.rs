@@ -80,8 +80,8 @@ impl PgStore {
         ))
     }
 
-    /// Locks the rows of the streams of `appends` (in `order`: by name) and refuses, with
-    /// the stream's version, an append about to write (the stream at its expected
+    /// Locks the rows of every stream of `appends` (in the names' byte order) and refuses,
+    /// with the stream's version, an append about to write (the stream at its expected
     /// version) to a stream that starts past its `shown` version.
     async fn check_shown(
         &self,
@@ -101,6 +101,9 @@ impl PgStore {
             .await
             .map_err(backend)?;
         for row in &rows {
+            if !row.try_get::<_, bool>(2).map_err(backend)? {
+                continue;
+            }
             let name: &str = row.try_get(0).map_err(backend)?;
             let version = Version(row.try_get::<_, i64>(1).map_err(backend)? as u64);
             let Some(a) = appends.iter().find(|a| a.stream.as_str() == name) else {

@@ -133,14 +133,15 @@ impl Sql {
             import: format!("SELECT status, written, refused_stream, refused_version, actual FROM {schema}.import_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
             version: format!("SELECT version, tombstone FROM {schema}.streams WHERE name = $1"),
             // The rows of a multi-stream append's streams (`$1` names, `$2` the first
-            // version each caller's state holds), locked in the order the append then
-            // updates them and groups lock theirs (the names' bytes: `COLLATE "C"`, as
-            // Rust orders them); those that start past it, with their versions.
+            // version each caller's state holds), every one locked, in the order the append
+            // then updates them and groups lock theirs (the names' bytes: `COLLATE "C"`, as
+            // Rust orders them), with their versions and whether they start past it. (No
+            // condition on that: the planner would push it below the lock, and the rows
+            // not moved would stay free for a deletion before the append.)
             lock_shown: format!(
-                "SELECT l.name, l.version FROM (SELECT s.name, s.version, s.start > a.f AS moved \
-                   FROM {schema}.streams s JOIN unnest($1::text[], $2::bigint[]) AS a (name, f) \
-                   ON s.name = a.name ORDER BY s.name COLLATE \"C\" FOR UPDATE OF s) l \
-                 WHERE l.moved"
+                "SELECT s.name, s.version, s.start > a.f \
+                 FROM {schema}.streams s JOIN unnest($1::text[], $2::bigint[]) AS a (name, f) \
+                 ON s.name = a.name ORDER BY s.name COLLATE \"C\" FOR UPDATE OF s"
             ),
             // A page of one stream: see `stream_page`.
             read_forward: stream_page(schema, FORWARD, false),

@@ -525,3 +525,179 @@ async fn the_group_fallback_refuses_appends_whose_stream_starts_past_their_state
         .collect();
     assert_eq!(shown, [1, 2]);
 }
+
+/// Stream rows are locked in the names' byte order whatever the database's collation, by a
+/// group's fallback (`append_group_shown`) and by a multi-stream transaction alike: in a
+/// database whose collation puts `Lock-a` before `Lock-B` (ICU en-US), a writer that holds
+/// `Lock-B` (first in byte order) leaves `Lock-a` free while the other waits, so the two
+/// cannot wait for each other in a cycle.
+#[tokio::test]
+async fn stream_rows_are_locked_in_byte_order_whatever_the_collation() {
+    let db = postgres::schema_name("icu");
+    let admin = postgres::connect(&postgres::shared().url).await;
+    admin
+        .batch_execute(&format!(
+            "CREATE DATABASE {db} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' \
+             LOCALE 'C.UTF-8'"
+        ))
+        .await
+        .unwrap();
+    let mut connection = postgres::shared().connection();
+    connection.dbname(&db);
+    let client = || {
+        let connection = connection.clone();
+        async move {
+            let (client, conn) = connection.connect(tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            client
+        }
+    };
+    let config = PgConfig::new(connection.clone()).schema(postgres::schema_name("t"));
+    let schema = config.schema.clone();
+    let store = std::sync::Arc::new(PgStore::connect(config).await.unwrap());
+    store.migrate().await.unwrap();
+    let name = |s: &str| StreamName::new(s).unwrap();
+    for stream in ["Lock-a", "Lock-B"] {
+        store
+            .append(
+                &name(stream),
+                ExpectedVersion::NoStream,
+                vec![EventData::new("E", b"{}".to_vec())],
+            )
+            .await
+            .unwrap();
+    }
+    let holder = client().await;
+    let order: Vec<String> = holder
+        .query(
+            "SELECT n FROM (VALUES ('Lock-a'), ('Lock-B')) v (n) ORDER BY n",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        order,
+        ["Lock-a", "Lock-B"],
+        "the collation differs from byte order"
+    );
+    let waiting = client().await;
+    let someone_waits = || async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let row = waiting
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+                     AND wait_event_type = 'Lock'",
+                    &[&db],
+                )
+                .await
+                .unwrap();
+            if row.get::<_, i64>(0) > 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no writer waited for Lock-B"
+            );
+            tokio::task::yield_now().await;
+        }
+    };
+    let lock = |stream: &str, nowait: bool| {
+        format!(
+            "SELECT 1 FROM {schema}.streams WHERE name = '{stream}' FOR UPDATE{}",
+            if nowait { " NOWAIT" } else { "" }
+        )
+    };
+    // Twice: the group's fallback, then a transaction.
+    for round in 0..2 {
+        holder.batch_execute("BEGIN").await.unwrap();
+        holder.batch_execute(&lock("Lock-B", false)).await.unwrap();
+        let writer = {
+            let (store, schema) = (std::sync::Arc::clone(&store), schema.clone());
+            let connection = connection.clone();
+            tokio::spawn(async move {
+                let version = Version(1 + round);
+                let events = || vec![EventData::new("E", b"{}".to_vec())];
+                match round {
+                    0 => {
+                        let (client, conn) =
+                            connection.connect(tokio_postgres::NoTls).await.unwrap();
+                        tokio::spawn(async move {
+                            let _ = conn.await;
+                        });
+                        let (a, b) = (events(), events());
+                        let sql = format!(
+                            "SELECT count(*) FROM {schema}.append_group_shown($1, $2, $3, $4, \
+                             $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) WHERE status = 0"
+                        );
+                        let ids = vec![a[0].event_id, b[0].event_id];
+                        let none_bytes: Vec<Option<&[u8]>> = vec![None; 2];
+                        let none_ids: Vec<Option<annals::Uuid>> = vec![None; 2];
+                        let data: Vec<&[u8]> = vec![b"{}", b"{}"];
+                        let row = client
+                            .query_one(
+                                &sql,
+                                &[
+                                    &vec!["Lock-a", "Lock-B"],
+                                    &vec!["Lock", "Lock"],
+                                    &vec![3i16, 3],
+                                    &vec![1i64, 1],
+                                    &vec![true, true],
+                                    &vec![1i32, 1],
+                                    &ids,
+                                    &vec!["E", "E"],
+                                    &data,
+                                    &none_bytes,
+                                    &none_ids,
+                                    &none_ids,
+                                    &1000i64,
+                                    &vec![0i64, 0],
+                                ],
+                            )
+                            .await
+                            .unwrap();
+                        assert_eq!(row.get::<_, i64>(0), 2, "both written");
+                    }
+                    _ => {
+                        let appends = ["Lock-a", "Lock-B"]
+                            .map(|s| annals::StreamAppend {
+                                stream: StreamName::new(s).unwrap(),
+                                expected: ExpectedVersion::Exact(version),
+                                events: events(),
+                            })
+                            .to_vec();
+                        let written = store
+                            .append_many_shown(appends, vec![Version(0), Version(0)])
+                            .await
+                            .unwrap();
+                        assert_eq!(written.len(), 2);
+                    }
+                }
+            })
+        };
+        someone_waits().await;
+        // Lock-a is free: the waiting writer holds nothing yet.
+        holder
+            .batch_execute(&lock("Lock-a", true))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: Lock-a was taken out of byte order: {e}"));
+        holder.batch_execute("ROLLBACK").await.unwrap();
+        writer.await.unwrap();
+    }
+    for stream in ["Lock-a", "Lock-B"] {
+        assert_eq!(
+            store.stream_version(&name(stream)).await.unwrap(),
+            Version(3)
+        );
+    }
+    drop(store);
+    admin
+        .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .await
+        .unwrap();
+}
