@@ -32,14 +32,16 @@ const SELECT: &str = concat!(
     "JOIN annals_streams s ON s.stream_id = e.stream_id"
 );
 
-/// A page of one stream by its name, whose name the reader knows (read with `event_in`):
-/// one statement, no read of the stream's version first. The stream row is the outer loop,
-/// so the events' index range starts at the first version it shows.
+/// A page of one stream by its name, whose name the reader knows (read with `event_in`),
+/// each row with where the stream starts (column 10, from the stream row): one statement,
+/// no read of the stream's version first. The stream row is the outer loop, so the
+/// events' index range starts at the first version it shows.
 macro_rules! select_stream_page {
     ($($range:expr),+) => {
         concat!(
             "SELECT e.position, NULL, e.stream_version, e.recorded_at, e.event_type, e.data, \
-             e.metadata, e.event_id, e.correlation_id, e.causation_id FROM annals_streams s \
+             e.metadata, e.event_id, e.correlation_id, e.causation_id, s.start \
+             FROM annals_streams s \
              CROSS JOIN annals_events e ON e.stream_id = s.stream_id \
              WHERE s.name = ?1 AND ",
             crate::retention::alive!(),
@@ -327,14 +329,15 @@ struct Cursor {
     left: u64,
 }
 
-/// One page of `stream` at `cursor`, and the cursor after it (`None` at the end: a short
-/// page, as an empty or missing stream gives).
+/// One page of `stream` at `cursor`, the cursor after it (`None` at the end: a short
+/// page, as an empty or missing stream gives), and where the stream starts (`None` when
+/// the page shows no event).
 fn page(
     conn: &mut Connection,
     stream: &StreamName,
     cursor: Cursor,
     forward: bool,
-) -> Result<(Vec<RecordedEvent>, Option<Cursor>)> {
+) -> Result<(Vec<RecordedEvent>, Option<Cursor>, Option<u64>)> {
     let want = cursor.left.min(STREAM_PAGE as u64);
     let sql = if forward { PAGE_FORWARD } else { PAGE_BACKWARD };
     let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
@@ -344,10 +347,14 @@ fn page(
     // tombstone check an empty page needs).
     let ask = if want < cursor.left { want + 1 } else { want };
     let mut events = Vec::with_capacity(ask as usize);
+    let mut start = None;
     let mut rows = stmt
         .query(rusqlite::params![stream.as_str(), next, ask as i64])
         .map_err(backend)?;
     while let Some(row) = rows.next().map_err(backend)? {
+        if start.is_none() {
+            start = Some(row.get::<_, i64>(10).map_err(backend)? as u64);
+        }
         events.push(event_in(row, stream.clone()).map_err(backend)?);
     }
     drop(rows);
@@ -376,12 +383,12 @@ fn page(
         }),
         _ => None,
     };
-    Ok((events, cursor))
+    Ok((events, cursor, start))
 }
 
-/// At most `limit` events of `stream` forward from `from` (fewer only at its end), then
-/// where the stream starts (read after them: a deletion or truncation between the two
-/// statements shows as a later start, never an earlier one).
+/// At most `limit` events of `stream` forward from `from` (fewer only at its end), and
+/// where the stream starts, from the first page's rows (from the stream row when it shows
+/// none).
 pub(crate) fn page_from(
     conn: &mut Connection,
     stream: &StreamName,
@@ -389,22 +396,31 @@ pub(crate) fn page_from(
     limit: usize,
 ) -> Result<StartedPage> {
     let mut events = Vec::new();
+    let mut start = None;
     let mut cursor = Some(Cursor {
         next: from.get(),
         left: limit as u64,
     });
     while let Some(at) = cursor.filter(|c| c.left > 0) {
-        let (page, next) = page(conn, stream, at, true)?;
+        let (page, next, first) = page(conn, stream, at, true)?;
         events.extend(page);
+        start = start.or(first);
         cursor = next;
     }
-    let start: Option<i64> = conn
-        .prepare_cached("SELECT start FROM annals_streams WHERE name = ?1")
-        .and_then(|mut s| s.query_row([stream.as_str()], |r| r.get(0)).optional())
-        .map_err(backend)?;
+    let start = match start {
+        Some(start) => start,
+        None => conn
+            .prepare_cached("SELECT start FROM annals_streams WHERE name = ?1")
+            .and_then(|mut s| {
+                s.query_row([stream.as_str()], |r| r.get::<_, i64>(0))
+                    .optional()
+            })
+            .map_err(backend)?
+            .map_or(0, |s| s as u64),
+    };
     Ok(StartedPage {
         events,
-        start: Some(Version(start.unwrap_or(0) as u64)),
+        start: Some(Version(start)),
     })
 }
 
@@ -440,7 +456,7 @@ pub(crate) fn read_stream_pages(
             };
             match read {
                 Err(e) => Some((Err(e), (None, false))),
-                Ok((events, next)) => Some((Ok(events), (next, false))),
+                Ok((events, next, _)) => Some((Ok(events), (next, false))),
             }
         }
     })

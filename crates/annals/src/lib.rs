@@ -125,9 +125,7 @@ pub use version::{ExpectedVersion, ParsePositionError, Position, Timestamp, Vers
 /// stream read covers, and the read-model checks every [`ReadModelStore`] applies.
 pub mod backend {
     pub use crate::event::{validate_batch, validate_import, validate_many};
-    pub use crate::lifecycle::{
-        plan_deletion, Deletion, DeletionPlan, StreamState, MAX_IMPORTED_VERSION,
-    };
+    pub use crate::lifecycle::{Deletion, DeletionPlan, StreamState, MAX_IMPORTED_VERSION};
     pub use crate::pages::events_of_pages;
     pub use crate::read_model::{check_events, check_rebuild, rebuild_behind};
     pub use crate::store::{answer_at, conflict_read};

@@ -350,51 +350,53 @@ impl Deletion {
     /// moves on to it).
     pub fn plan(self, stream: &StreamName, found: Option<StreamState>) -> Result<DeletionPlan> {
         let state = found.unwrap_or(NEVER_WRITTEN);
-        let (expected, mode, imported) = match self {
-            Deletion::Delete { expected, mode } => (expected, mode, false),
-            Deletion::Imported(v) => (crate::ExpectedVersion::Exact(v), DeleteMode::Soft, true),
+        let conflict = |expected| {
+            Err(Error::WrongExpectedVersion {
+                stream: stream.clone(),
+                expected,
+                actual: Version(state.version),
+            })
         };
-        let hard = mode == DeleteMode::Hard;
-        if state.tombstone {
-            return match hard {
-                true => Ok(DeletionPlan::Done(Version(state.version))),
-                false => Err(Error::StreamDeleted {
-                    stream: stream.clone(),
-                }),
-            };
-        }
-        let version = match (self, expected) {
-            (Deletion::Imported(v), _)
-                if v.get() >= state.version && v.get() <= MAX_IMPORTED_VERSION =>
-            {
-                v.get()
-            }
-            (Deletion::Delete { .. }, e) if e.admits(Version(state.version)) => state.version,
-            _ => {
-                return Err(Error::WrongExpectedVersion {
-                    stream: stream.clone(),
-                    expected,
-                    actual: Version(state.version),
+        let deleted = || {
+            Err(Error::StreamDeleted {
+                stream: stream.clone(),
+            })
+        };
+        match self {
+            Deletion::Delete { expected, mode } => {
+                let hard = mode == DeleteMode::Hard;
+                if state.tombstone {
+                    return match hard {
+                        true => Ok(DeletionPlan::Done(Version(state.version))),
+                        false => deleted(),
+                    };
+                }
+                if !expected.admits(Version(state.version)) {
+                    return conflict(expected);
+                }
+                if !hard && state.shows_nothing {
+                    return Ok(DeletionPlan::Done(Version(state.version)));
+                }
+                Ok(DeletionPlan::Change {
+                    version: state.version,
+                    hard,
                 })
             }
-        };
-        let unchanged = match imported {
-            true => version == state.version && state.shows_nothing,
-            false => !hard && (found.is_none() || state.shows_nothing),
-        };
-        if unchanged {
-            return Ok(DeletionPlan::Done(Version(version)));
+            Deletion::Imported(version) => {
+                if state.tombstone {
+                    return deleted();
+                }
+                if state.version > version.get() || version.get() > MAX_IMPORTED_VERSION {
+                    return conflict(crate::ExpectedVersion::Exact(version));
+                }
+                if state.version == version.get() && state.shows_nothing {
+                    return Ok(DeletionPlan::Done(version));
+                }
+                Ok(DeletionPlan::Change {
+                    version: version.get(),
+                    hard: false,
+                })
+            }
         }
-        Ok(DeletionPlan::Change { version, hard })
     }
-}
-
-/// [`Deletion::Delete`]'s plan (see [`Deletion::plan`]).
-pub fn plan_deletion(
-    stream: &StreamName,
-    found: Option<StreamState>,
-    expected: crate::ExpectedVersion,
-    mode: DeleteMode,
-) -> Result<DeletionPlan> {
-    Deletion::Delete { expected, mode }.plan(stream, found)
 }

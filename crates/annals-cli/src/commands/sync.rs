@@ -263,37 +263,13 @@ async fn apply(change: &StreamChange, target: &dyn EventStore) -> annals::Result
             stream,
             version,
             hard: false,
-        } => {
-            let at = |v| ExpectedVersion::Exact(Version(v));
-            let imported = match target.import_deletion(stream, Version(*version)).await {
-                // A store that cannot import one: a soft deletion of what it has.
-                Err(Error::Unsupported { .. }) => {
-                    match target
-                        .delete_stream(stream, at(*version), DeleteMode::Soft)
-                        .await
-                    {
-                        Err(Error::WrongExpectedVersion { actual, .. })
-                            if actual.get() < *version =>
-                        {
-                            target
-                                .delete_stream(stream, at(actual.get()), DeleteMode::Soft)
-                                .await
-                        }
-                        other => other,
-                    }
-                }
-                other => other,
-            };
-            match imported {
-                Err(Error::WrongExpectedVersion { actual, .. }) if actual.get() > *version => {
-                    target
-                        .truncate_before(stream, Version(*version))
-                        .await
-                        .map(drop)
-                }
-                other => other.map(drop),
-            }
-        }
+        } => match target.import_deletion(stream, Version(*version)).await {
+            Err(Error::WrongExpectedVersion { actual, .. }) if actual.get() > *version => target
+                .truncate_before(stream, Version(*version))
+                .await
+                .map(drop),
+            other => other.map(drop),
+        },
         StreamChange::Truncated { stream, before } => target
             .truncate_before(stream, Version(*before))
             .await

@@ -27,7 +27,7 @@ async fn page_statements_are_not_prepared_again_per_read() {
                 next: if i % 2 == 0 { 0 } else { u64::MAX },
                 left: 1 + (round + i as u64) % 7,
             };
-            let (events, _) = page(&mut conn, s, cursor, i % 2 == 0).unwrap();
+            let (events, _, _) = page(&mut conn, s, cursor, i % 2 == 0).unwrap();
             assert_eq!(events.len() as u64, cursor.left);
         }
     }
@@ -274,10 +274,11 @@ async fn pages_end_without_an_empty_page_at_a_boundary() {
         next: 0,
         left: u64::MAX,
     };
-    let (first, next) = page(&mut conn, &stream, all, true).unwrap();
+    let (first, next, start) = page(&mut conn, &stream, all, true).unwrap();
     assert_eq!(first.len(), super::STREAM_PAGE);
+    assert_eq!(start, Some(0), "a page says where the stream starts");
     let next = next.expect("a second page follows");
-    let (second, end) = page(&mut conn, &stream, next, true).unwrap();
+    let (second, end, _) = page(&mut conn, &stream, next, true).unwrap();
     assert_eq!(second.len(), super::STREAM_PAGE);
     assert!(end.is_none(), "the last page says it is the last");
     assert_eq!(second.last().unwrap().stream_version, n - 1);
