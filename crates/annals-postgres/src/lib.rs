@@ -356,8 +356,11 @@ impl PgStore {
         let group_pool = pool_of(config.group_commits.max(1), &group_pg)?;
         // Grouped catch-ups have theirs too, one per group read at once: their backends
         // stay warm (spread over the whole pool, each statement met a backend idle since
-        // long before; see BENCHMARKS.md).
-        let read_pool = pool_of(read_group::SLOTS, &pg)?;
+        // long before; see BENCHMARKS.md), and their plans are generic and fixed
+        // (`sql::READ_OPTIONS`).
+        let mut read_pg = pg.clone();
+        read_pg.options(format!("{options} {}", sql::READ_OPTIONS));
+        let read_pool = pool_of(read_group::SLOTS, &read_pg)?;
         let changes = watch::Sender::new(());
         let channel = format!("annals_{}", config.schema);
         let listener =

@@ -20,12 +20,16 @@ struct Proxy {
 }
 
 /// What one connection through the proxy sent: its startup message (parameters and
-/// options) and whether it sent the group statement or any other statement.
+/// options) and whether it sent the group statement, a feed page, a catch-up's first page
+/// (`read_set`, or `read_after` alone) or any other statement.
 #[derive(Default, Clone)]
 struct Seen {
     startup: String,
     group: bool,
     feed: bool,
+    first_pages: bool,
+    /// Among the first pages, a grouped catch-up's statement.
+    read_set: bool,
     other: bool,
     /// Statements sent (simple queries and `Sync`s).
     statements: u64,
@@ -117,13 +121,22 @@ async fn forward(
             // The group statement (prepared; the migrations that create the function are
             // simple queries) is the one that unnests the group's stream names.
             let mut seen = seen.lock().unwrap();
-            let group = text.contains("unnest($1::text[]") || text.contains("append_group_shown(");
+            // Grouped catch-ups unnest names and versions; a catch-up of one stream (its
+            // first page) is the one stream read that also answers the stream row.
+            let read_set = text.contains("unnest($1::text[], $2::bigint[], $3::bigint[])");
+            let read_after =
+                text.contains("WITH s AS MATERIALIZED") && text.contains("tombstone, start FROM s");
+            let group = !read_set
+                && (text.contains("unnest($1::text[]") || text.contains("append_group_shown("));
             // The feed's page is the one that computes what a stream shows.
             let feed = text.contains("AS shown, CASE WHEN s.max_count");
             if kind == b'P' && group {
                 seen.group = true;
             } else if kind == b'P' && feed {
                 seen.feed = true;
+            } else if kind == b'P' && (read_set || read_after) {
+                seen.first_pages = true;
+                seen.read_set |= read_set;
             } else if !hint_only {
                 seen.other = true;
             }
@@ -472,7 +485,8 @@ async fn two_group_committers_deciding_on_overlapping_streams_lose_nothing() {
 }
 
 /// Group commits run on connections of their own that always use the group statement's
-/// generic plan (left to choose, PostgreSQL planned it anew at every small group); the
+/// generic plan (left to choose, PostgreSQL planned it anew at every small group), and so
+/// do grouped catch-ups (see `grouped_catch_ups_alone_run_fixed_generic_plans`); the
 /// pool's connections, where read models run their own SQL, keep the server's choice.
 #[tokio::test]
 async fn group_commits_alone_force_generic_plans() {
@@ -512,6 +526,69 @@ async fn group_commits_alone_force_generic_plans() {
         assert!(
             !forced(startup),
             "a pool connection forces generic plans: {startup:?}"
+        );
+    }
+}
+
+/// Grouped catch-ups (a cached decider's confirm read, grouped with the others in flight)
+/// run on connections of their own whose plans are generic and fixed: nested loops over
+/// index probes (the pool's connections keep the server's choice:
+/// `group_commits_alone_force_generic_plans`). Left to choose, PostgreSQL planned the grouped statement anew at every
+/// execution once the events table had grown (its generic plan, costed for ten streams,
+/// lost to a custom plan for a group's few), and planning took longer than the read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_catch_ups_alone_run_fixed_generic_plans() {
+    let (proxy, store) = counted_store().await;
+    let cache = Arc::new(annals::Cache::new(100));
+    let cached = Category::<Count>::new("Count", store.clone(), JsonCodec::new())
+        .unwrap()
+        .with_cache(cache);
+    // Two events each: a confirm read starts at the last one, past version 0, so it is
+    // grouped (reads from the start are not).
+    const STREAMS: usize = 16;
+    for i in 0..STREAMS {
+        let d = cached.decider(&format!("c{i}")).unwrap();
+        d.transact(|_| added()).await.unwrap();
+        d.transact(|_| added()).await.unwrap();
+    }
+    // Queries on the 16 cached states at once, until some were read as one group.
+    let mut rounds = 0;
+    while !proxy.seen().iter().any(|c| c.read_set) {
+        rounds += 1;
+        assert!(rounds <= 200, "the catch-ups were never grouped");
+        let queries = (0..STREAMS).map(|i| {
+            let d = cached.decider(&format!("c{i}")).unwrap();
+            async move { d.query(|n| *n).await.unwrap() }
+        });
+        let counts = futures::future::join_all(queries).await;
+        assert!(
+            counts.iter().all(|n| *n == 2),
+            "each stream holds its two events"
+        );
+    }
+    let seen = proxy.seen();
+    let fixed = |startup: &str| {
+        [
+            "plan_cache_mode=force_generic_plan",
+            "enable_seqscan=off",
+            "enable_hashjoin=off",
+            "enable_mergejoin=off",
+            "enable_sort=off",
+            "jit=off",
+        ]
+        .iter()
+        .all(|o| startup.contains(o))
+    };
+    let readers: Vec<_> = seen
+        .iter()
+        .filter(|c| c.first_pages && !c.other && !c.group && !c.feed)
+        .collect();
+    assert!(!readers.is_empty(), "no connection read first pages alone");
+    for c in &readers {
+        assert!(
+            fixed(&c.startup),
+            "a catch-up connection plans freely: {:?}",
+            c.startup
         );
     }
 }
@@ -574,9 +651,12 @@ async fn feed_pages_are_one_statement_each_on_connections_with_fixed_plans() {
     assert_eq!(proxy.count() - before, 1, "a full page: one statement");
     assert_eq!(page.events.len(), 500);
     assert!(!page.end);
+    // Connections that read catch-ups' first pages alone have settings of their own
+    // (`grouped_catch_ups_alone_run_fixed_generic_plans`).
     let connections: Vec<_> = proxy
         .seen()
         .into_iter()
+        .filter(|c| !c.first_pages || c.other)
         .map(|c| (c.startup, c.feed))
         .collect();
     let fixed = |startup: &str| {
