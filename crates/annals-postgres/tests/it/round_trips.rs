@@ -533,9 +533,10 @@ async fn group_commits_alone_force_generic_plans() {
 /// Grouped catch-ups (a cached decider's confirm read, grouped with the others in flight)
 /// run on connections of their own whose plans are generic and fixed: nested loops over
 /// index probes (the pool's connections keep the server's choice:
-/// `group_commits_alone_force_generic_plans`). Left to choose, PostgreSQL planned the grouped statement anew at every
-/// execution once the events table had grown (its generic plan, costed for ten streams,
-/// lost to a custom plan for a group's few), and planning took longer than the read.
+/// `group_commits_alone_force_generic_plans`). Left to choose, PostgreSQL planned the
+/// grouped statement anew at every execution once the events table had grown (its generic
+/// plan, costed for ten streams, lost to a custom plan for a group's few), and planning
+/// took longer than the read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grouped_catch_ups_alone_run_fixed_generic_plans() {
     let (proxy, store) = counted_store().await;
