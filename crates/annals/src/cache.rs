@@ -173,6 +173,25 @@ impl Cache {
         self.len() == 0
     }
 
+    /// Drops the entry of `stream` in `scope` if it holds this very `state` (the caller is
+    /// about to replace it with the state after a write, and folds in place what nothing
+    /// else holds).
+    fn release<S: Send + Sync + 'static>(
+        &self,
+        scope: &CacheScope,
+        stream: &StreamName,
+        state: &Arc<S>,
+    ) {
+        let mut entries = self.lock();
+        let key = (scope.id(), stream.clone());
+        let same = entries
+            .peek(&key)
+            .is_some_and(|entry| std::ptr::addr_eq(Arc::as_ptr(&entry.state), Arc::as_ptr(state)));
+        if same {
+            entries.pop(&key);
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, lru::LruCache<Key, Entry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -207,5 +226,9 @@ impl ScopedCache {
 
     pub(crate) fn remove(&self, stream: &StreamName) {
         self.cache.remove(&self.scope, stream)
+    }
+
+    pub(crate) fn release<S: Send + Sync + 'static>(&self, stream: &StreamName, state: &Arc<S>) {
+        self.cache.release(&self.scope, stream, state)
     }
 }

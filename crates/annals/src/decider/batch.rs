@@ -184,7 +184,7 @@ impl<D: Domain> Decider<D> {
             }
             let outcome = self.write_batch(&loaded, batch.events, batch.state).await;
             match outcome {
-                Ok(Written::Done(_)) => {
+                Ok(Written::Done) => {
                     tell(&members, &Ok(()));
                     return carried;
                 }
@@ -228,7 +228,7 @@ impl<D: Domain> Decider<D> {
         loaded: &Loaded<D::State>,
         mut events: Vec<EventData>,
         state: Arc<D::State>,
-    ) -> Result<Written<D::State>> {
+    ) -> Result<Written> {
         let cat = &self.category;
         let after = loaded.version.get() + events.len() as u64;
         let snapshot_error = |e| self.snapshot_error(after, e);
@@ -253,7 +253,7 @@ impl<D: Domain> Decider<D> {
                 if let Some(cache) = &cat.cache {
                     cache.put(&self.stream, &written);
                 }
-                Written::Done(written)
+                Written::Done
             }
             AppendAt::Conflict { actual, events } => Written::Conflict { actual, events },
         })

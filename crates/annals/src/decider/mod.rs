@@ -626,13 +626,17 @@ impl<D: Domain> Decider<D> {
                 }
                 return Ok(result);
             }
-            match self.write_at(&loaded, &events).await? {
-                Written::Done(_) => return Ok(result),
-                Written::Conflict { actual, events } => {
+            match self.write_at(loaded, &events).await? {
+                Attempt::Done(_) => return Ok(result),
+                Attempt::Refused {
+                    actual,
+                    events,
+                    decided_on,
+                } => {
                     // A cached state found stale, or events found hidden, are not a lost
                     // race: they do not use up an attempt.
                     let stale_cache = std::mem::take(&mut unconfirmed);
-                    let resynced = self.resync(loaded, actual, events).await?;
+                    let resynced = self.resync(decided_on, actual, events).await?;
                     let attempt = attempts.attempt;
                     attempts.refused(cat, &self.stream, stale_cache || resynced.hidden)?;
                     if attempts.attempt > attempt {
@@ -660,7 +664,7 @@ mod batch;
 mod load;
 mod write;
 
-use write::{Attempts, Written};
+use write::{Attempt, Attempts, Written};
 mod transaction;
 
 use access::{Access, SnapshotCodec, Snapshots};

@@ -13,14 +13,27 @@ pub(super) struct Prepared<S> {
     pub(super) head: Option<Vec<u8>>,
 }
 
-/// What one write attempt did.
-pub(super) enum Written<S> {
-    /// Written; the state after it.
-    Done(Loaded<S>),
+/// What one write attempt of a batch did.
+pub(super) enum Written {
+    /// Written; the state after it is cached.
+    Done,
     /// Refused: the stream's version and events from the expected version on.
     Conflict {
         actual: Version,
         events: Vec<RecordedEvent>,
+    },
+}
+
+/// What one write attempt of a decision did ([`Decider::write_at`]).
+pub(super) enum Attempt<S> {
+    /// Written; the state after it.
+    Done(Loaded<S>),
+    /// Refused: the stream's version, its events from the expected version on, and the
+    /// state the decision was made on, handed back.
+    Refused {
+        actual: Version,
+        events: Vec<RecordedEvent>,
+        decided_on: Loaded<S>,
     },
 }
 
@@ -153,9 +166,9 @@ impl<D: Domain> Decider<D> {
         loaded: &Loaded<D::State>,
         events: &[D::Event],
     ) -> Result<Loaded<D::State>> {
-        match self.write_at(loaded, events).await? {
-            Written::Done(written) => Ok(written),
-            Written::Conflict { actual, .. } => {
+        match self.write_at(loaded.clone(), events).await? {
+            Attempt::Done(written) => Ok(written),
+            Attempt::Refused { actual, .. } => {
                 if actual == loaded.version {
                     // Refused at the very version expected: events the state holds were
                     // deleted or truncated since. A cached state is no longer to be used.
@@ -173,32 +186,48 @@ impl<D: Domain> Decider<D> {
     }
 
     /// Appends `events`, decided on `loaded`, at its version (one attempt); caches the
-    /// state after them, or answers the conflict with what the store returned.
+    /// state after them, or answers the conflict with what the store returned and hands
+    /// `loaded` back.
     pub(super) async fn write_at(
         &self,
-        loaded: &Loaded<D::State>,
+        loaded: Loaded<D::State>,
         events: &[D::Event],
-    ) -> Result<Written<D::State>> {
+    ) -> Result<Attempt<D::State>> {
         let cat = &self.category;
         cat.check_references(&self.stream, events, &[]).await?;
-        let prepared = self.prepare(loaded, events)?;
+        let prepared = self.prepare(&loaded, events)?;
         let answer = self
-            .append_at(loaded, prepared.events, prepared.head)
+            .append_at(&loaded, prepared.events, prepared.head)
             .await?;
         match answer {
             AppendAt::Written(appended) => {
-                let state = prepared
-                    .state
-                    .unwrap_or_else(|| D::fold((*loaded.state).clone(), events));
                 let shown_from = loaded.shown_from;
-                Ok(Written::Done(self.committed(
+                let state = match prepared.state {
+                    Some(state) => state,
+                    None => self.fold_written(loaded.state, events),
+                };
+                Ok(Attempt::Done(self.committed(
                     appended.version,
                     shown_from,
                     state,
                 )))
             }
-            AppendAt::Conflict { actual, events } => Ok(Written::Conflict { actual, events }),
+            AppendAt::Conflict { actual, events } => Ok(Attempt::Refused {
+                actual,
+                events,
+                decided_on: loaded,
+            }),
         }
+    }
+
+    /// The state after written `events`, folded onto `state`: in place when nothing else
+    /// holds it (a query reading it meanwhile keeps its own), else onto a copy. The cache
+    /// entry holding it, which the write is about to replace, is dropped first.
+    fn fold_written(&self, state: Arc<D::State>, events: &[D::Event]) -> D::State {
+        if let Some(cache) = &self.category.cache {
+            cache.release(&self.stream, &state);
+        }
+        D::fold(Arc::unwrap_or_clone(state), events)
     }
 
     /// Appends `events`, decided on `loaded`, at its version, refused too if any event the

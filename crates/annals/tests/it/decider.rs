@@ -267,6 +267,90 @@ async fn a_decision_on_a_current_cached_state_appends_without_reading() {
     );
 }
 
+/// Copies of [`Counted`] states made so far.
+static COPIES: AtomicUsize = AtomicUsize::new(0);
+
+/// A state that counts its copies.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Counted(Vec<u32>);
+
+impl Clone for Counted {
+    fn clone(&self) -> Self {
+        COPIES.fetch_add(1, Ordering::SeqCst);
+        Counted(self.0.clone())
+    }
+}
+
+struct CountedTally;
+
+impl Domain for CountedTally {
+    type Event = Event;
+    type State = Counted;
+    fn initial() -> Counted {
+        Counted::default()
+    }
+    fn evolve(mut state: Counted, event: &Event) -> Counted {
+        let Event::Added { n } = event;
+        state.0.push(*n);
+        state
+    }
+}
+
+/// A decision on a cached state that nothing else holds folds its events onto that state
+/// in place (the cache's entry is replaced by the state after the write anyway): no copy
+/// per decision, whose cost grows with the state. After a conflict the decider still
+/// decides on the state the refusal brought.
+#[tokio::test]
+async fn a_cached_decision_folds_its_events_in_place() {
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    let cache = Arc::new(Cache::new(100));
+    let category = Category::<CountedTally>::new("Counted", store.clone(), JsonCodec::new())
+        .unwrap()
+        .with_cache(cache);
+    let decider = category.decider("one").unwrap();
+    decider.transact(|_| add(0)).await.unwrap();
+    let before = COPIES.load(Ordering::SeqCst);
+    for n in 1..10 {
+        decider.transact(|_| add(n)).await.unwrap();
+    }
+    assert_eq!(
+        COPIES.load(Ordering::SeqCst) - before,
+        0,
+        "a cached state nothing else holds is not copied to fold a decision's events"
+    );
+    let read = |s: &Counted| s.0.to_vec();
+    assert_eq!(
+        decider.query(read).await.unwrap(),
+        (0..10).collect::<Vec<_>>()
+    );
+    // Another writer: the cached state is stale, the append is refused and the decision
+    // runs again on the state with the other writer's event.
+    let stream = StreamName::new("Counted-one").unwrap();
+    let other = EventData::json("Added", &serde_json::json!({ "n": 100 })).unwrap();
+    store
+        .append(&stream, ExpectedVersion::Exact(Version(10)), vec![other])
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    decider
+        .transact(|s| {
+            seen.push(s.0.len());
+            add(11)
+        })
+        .await
+        .unwrap();
+    assert_eq!(seen, vec![10, 11], "decided again on the caught-up state");
+    let mut expected: Vec<u32> = (0..10).collect();
+    expected.extend([100, 11]);
+    assert_eq!(decider.query(read).await.unwrap(), expected);
+    let fresh = Category::<CountedTally>::new("Counted", store, JsonCodec::new()).unwrap();
+    assert_eq!(
+        fresh.decider("one").unwrap().query(read).await.unwrap(),
+        expected,
+        "the store holds what the cached state says"
+    );
+}
+
 #[tokio::test]
 async fn a_stale_cached_state_is_caught_by_the_append_and_costs_no_attempt() {
     let probe = Arc::new(Probe::default());
