@@ -387,8 +387,9 @@ fn page(
 }
 
 /// At most `limit` events of `stream` forward from `from` (fewer only at its end), and
-/// where the stream starts, from the first page's rows (from the stream row when it shows
-/// none).
+/// where the stream starts: from the page's own rows when one page showed events (one
+/// statement, one snapshot), else read after the pages (a deletion or truncation between
+/// two pages then shows as a later start, never an earlier one).
 pub(crate) fn page_from(
     conn: &mut Connection,
     stream: &StreamName,
@@ -396,7 +397,7 @@ pub(crate) fn page_from(
     limit: usize,
 ) -> Result<StartedPage> {
     let mut events = Vec::new();
-    let mut start = None;
+    let (mut start, mut pages) = (None, 0);
     let mut cursor = Some(Cursor {
         next: from.get(),
         left: limit as u64,
@@ -404,10 +405,10 @@ pub(crate) fn page_from(
     while let Some(at) = cursor.filter(|c| c.left > 0) {
         let (page, next, first) = page(conn, stream, at, true)?;
         events.extend(page);
-        start = start.or(first);
+        (start, pages) = (first, pages + 1);
         cursor = next;
     }
-    let start = match start {
+    let start = match start.filter(|_| pages == 1) {
         Some(start) => start,
         None => conn
             .prepare_cached("SELECT start FROM annals_streams WHERE name = ?1")
