@@ -184,6 +184,8 @@ impl PgStore {
 
     /// Writes `group` in one statement and answers each append.
     async fn write_group(&self, mut group: Vec<Request>) {
+        metrics::histogram!("annals_pg_group_commit_appends", "schema" => self.inner.config.schema.clone())
+            .record(group.len() as f64);
         group.sort_by(|a, b| a.stream.cmp(&b.stream));
         match self.group_statement(&group).await {
             Ok(mut answers) => {

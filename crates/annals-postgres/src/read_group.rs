@@ -100,6 +100,8 @@ impl PgStore {
     }
 
     async fn read_group(&self, group: Vec<Request>) {
+        metrics::histogram!("annals_pg_grouped_reads", "schema" => self.inner.config.schema.clone())
+            .record(group.len() as f64);
         let group = match <[Request; 1]>::try_from(group) {
             Ok([r]) => {
                 let page = async {

@@ -3,10 +3,12 @@
 //! - [`conformance`]: the suite every store must pass, as plain async functions, and
 //!   [`conformance_suite!`] which stamps out one named test per function for a store factory.
 //! - [`given`]: a given/when/then harness for pure deciders, needing no store.
+//! - [`metrics`]: a process-wide recorder of what the runtime's metrics received.
 
 pub mod access;
 pub mod conformance;
 mod eventually;
+pub mod metrics;
 #[cfg(feature = "nats")]
 pub mod nats;
 #[cfg(feature = "postgres")]

@@ -717,7 +717,9 @@ async fn write_streams(
 #[tokio::test]
 async fn concurrent_catch_ups_are_read_together_each_with_its_own_page() {
     use annals::{DeleteMode, EventStoreExt, ReadStream, Retention, RetentionScope, Version};
-    let (proxy, store) = counted_store().await;
+    let recorded = annals_testkit::metrics::recorded();
+    let (proxy, store, schema) = counted_store_in().await;
+    let grouped = || recorded.histogram(&format!("annals_pg_grouped_reads{{schema={schema}}}"));
     let name = |k: usize| StreamName::new(format!("Catch-{k}")).unwrap();
     let streams = 24;
     write_streams(&store, &name, streams, 3).await;
@@ -747,6 +749,7 @@ async fn concurrent_catch_ups_are_read_together_each_with_its_own_page() {
         .await
         .unwrap();
     let before = proxy.count();
+    let (groups_before, reads_before) = grouped();
     let got = futures::future::join_all(
         reads
             .iter()
@@ -754,6 +757,14 @@ async fn concurrent_catch_ups_are_read_together_each_with_its_own_page() {
     )
     .await;
     let statements = proxy.count() - before;
+    // The metric tells how many reads each group carried.
+    let (groups, grouped_reads) = grouped();
+    assert_eq!(grouped_reads - reads_before, reads.len() as f64);
+    assert!(
+        (1..=2).contains(&(groups - groups_before)),
+        "{} groups",
+        groups - groups_before
+    );
     // Started together, they are read together: the first reader to get a slot lets the
     // others join before it takes the queue (without that: itself alone, the second
     // likewise, then the rest).
@@ -790,6 +801,55 @@ async fn concurrent_catch_ups_are_read_together_each_with_its_own_page() {
         .unwrap();
     assert_eq!(alone.len(), 1);
     assert_eq!(proxy.count() - before, 1);
+}
+
+/// Appends started together go in one group commit (or two: one may go ahead), and the
+/// `annals_pg_group_commit_appends` histogram tells how many appends each group carried.
+#[tokio::test]
+async fn appends_started_together_are_committed_together_and_counted() {
+    let recorded = annals_testkit::metrics::recorded();
+    let (proxy, store, schema) = counted_store_in().await;
+    let groups = || {
+        recorded.histogram(&format!(
+            "annals_pg_group_commit_appends{{schema={schema}}}"
+        ))
+    };
+    let name = |k: usize| StreamName::new(format!("Together-{k}")).unwrap();
+    let event = || vec![EventData::new("E", br#"{"n":1}"#.to_vec())];
+    // The group statement prepared before counting: one group of one.
+    store
+        .append(&name(99), ExpectedVersion::NoStream, event())
+        .await
+        .unwrap();
+    assert_eq!(groups(), (1, 1.0));
+    let streams: Vec<StreamName> = (0..16).map(name).collect();
+    // Statements on the group connection (the change hints' connection, opened meanwhile,
+    // sends one of its own).
+    let group_statements = || -> u64 {
+        proxy
+            .seen()
+            .iter()
+            .filter(|s| s.group)
+            .map(|s| s.statements)
+            .sum()
+    };
+    let before = group_statements();
+    let written = futures::future::join_all(
+        streams
+            .iter()
+            .map(|stream| store.append(stream, ExpectedVersion::NoStream, event())),
+    )
+    .await;
+    for (k, w) in written.into_iter().enumerate() {
+        assert_eq!(w.unwrap().version.get(), 1, "stream {k}");
+    }
+    let statements = group_statements() - before;
+    let (count, appends) = groups();
+    assert_eq!(appends, 17.0, "every append counted once");
+    assert!(
+        (2..=3).contains(&count) && statements + 1 == count,
+        "{count} groups (the first of them before), {statements} statements"
+    );
 }
 
 /// A group of catch-ups whose statement fails (here one stream row holds a max age no

@@ -185,6 +185,8 @@ impl<D: Domain> Decider<D> {
             let outcome = self.write_batch(&loaded, batch.events, batch.state).await;
             match outcome {
                 Ok(Written::Done) => {
+                    metrics::histogram!("annals_decider_batch_decisions", "category" => cat.name.to_string())
+                        .record(members.len() as f64);
                     tell(&members, &Ok(()));
                     return carried;
                 }

@@ -109,7 +109,11 @@ impl EventStore for Probe {
 }
 
 fn category(probe: &Arc<Probe>, cache: Option<Arc<Cache>>) -> Category<Tally> {
-    let c = Category::<Tally>::new("Tally", probe.clone(), JsonCodec::new()).unwrap();
+    category_named("Tally", probe, cache)
+}
+
+fn category_named(name: &str, probe: &Arc<Probe>, cache: Option<Arc<Cache>>) -> Category<Tally> {
+    let c = Category::<Tally>::new(name, probe.clone(), JsonCodec::new()).unwrap();
     match cache {
         Some(cache) => c.with_cache(cache),
         None => c,
@@ -497,8 +501,10 @@ async fn queue_behind_a_held_append<'a>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decisions_queued_on_a_hot_stream_are_written_in_one_append() {
     let probe = Arc::new(Probe::default());
-    // One attempt each: a decision that raced another to a conflict would give up.
-    let cat = category(&probe, Some(Arc::new(Cache::new(100)))).with_max_attempts(1);
+    let recorded = annals_testkit::metrics::recorded();
+    // One attempt each: a decision that raced another to a conflict would give up. A
+    // category of its own: its metrics are this test's alone.
+    let cat = category_named("Hot", &probe, Some(Arc::new(Cache::new(100)))).with_max_attempts(1);
     let decider = Arc::new(cat.decider("batch").unwrap());
     let (held, tasks) = queue_behind_a_held_append(&probe, &decider, 31).await;
     drop(held);
@@ -515,6 +521,11 @@ async fn decisions_queued_on_a_hot_stream_are_written_in_one_append() {
         probe.appends.load(Ordering::SeqCst),
         2,
         "the first decision's append, then one append for the 31 queued behind it"
+    );
+    assert_eq!(
+        recorded.histogram("annals_decider_batch_decisions{category=Hot}"),
+        (1, 31.0),
+        "one batch of 31 decisions (the first ran alone)"
     );
     let state = decider.query(Clone::clone).await.unwrap();
     assert_eq!(state, (0..32).collect::<Vec<_>>());
