@@ -1,7 +1,8 @@
-//! A process-wide `metrics` recorder for tests: what every counter, gauge and histogram
-//! received, by `name{label=value,...}` (labels sorted), whatever thread or task recorded
-//! it. Tests label their own streams, categories or schemas so that they read only their
-//! own values.
+//! A `metrics` recorder for tests: what every counter, gauge and histogram received, by
+//! `name{label=value,...}` (labels sorted). [`recorded`] is the process's global one,
+//! whatever thread or task records (tests label their own streams, categories or schemas
+//! so that they read only their own values); a `Recorded::default()` can also be a
+//! thread's local recorder (`metrics::with_local_recorder`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -73,8 +74,8 @@ impl Recorded {
         cells.get(name).cloned()
     }
 
-    /// A counter's total (0 if never incremented).
-    pub fn counter(&self, name: &str) -> u64 {
+    /// A counter's total, or how many values a histogram received (0 if never recorded).
+    pub fn count(&self, name: &str) -> u64 {
         self.get(name).map_or(0, |c| c.count.load(Ordering::SeqCst))
     }
 

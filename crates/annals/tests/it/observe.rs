@@ -1,77 +1,12 @@
 //! Metrics from the decider runtime and instrumented stores, through the `metrics` facade.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use annals::{
     Category, Domain, EventData, EventStore, ExpectedVersion, Instrumented, JsonCodec, MemoryStore,
     StreamName,
 };
-use metrics::{
-    Counter, CounterFn, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
-    SharedString, Unit,
-};
 use serde::{Deserialize, Serialize};
-
-/// Counts every counter increment and histogram record by `name{labels}`.
-#[derive(Default)]
-struct Tally {
-    values: Mutex<BTreeMap<String, Arc<Cell>>>,
-}
-
-#[derive(Default)]
-struct Cell(AtomicU64);
-
-impl CounterFn for Cell {
-    fn increment(&self, value: u64) {
-        self.0.fetch_add(value, Ordering::SeqCst);
-    }
-    fn absolute(&self, value: u64) {
-        self.0.store(value, Ordering::SeqCst);
-    }
-}
-
-impl HistogramFn for Cell {
-    fn record(&self, _: f64) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-impl Tally {
-    fn cell(&self, key: &Key) -> Arc<Cell> {
-        let mut labels: Vec<String> = key
-            .labels()
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        labels.sort();
-        let name = format!("{}{{{}}}", key.name(), labels.join(","));
-        Arc::clone(self.values.lock().unwrap().entry(name).or_default())
-    }
-
-    fn get(&self, name: &str) -> u64 {
-        self.values
-            .lock()
-            .unwrap()
-            .get(name)
-            .map_or(0, |c| c.0.load(Ordering::SeqCst))
-    }
-}
-
-impl Recorder for Tally {
-    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-        Counter::from_arc(self.cell(key))
-    }
-    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
-        Gauge::noop()
-    }
-    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
-        Histogram::from_arc(self.cell(key))
-    }
-}
 
 #[derive(Serialize, Deserialize)]
 enum Event {
@@ -93,7 +28,7 @@ impl Domain for Hits {
 
 #[test]
 fn decider_runs_conflicts_cache_and_store_round_trips_are_counted() {
-    let tally = Tally::default();
+    let tally = annals_testkit::metrics::Recorded::default();
     metrics::with_local_recorder(&tally, || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -123,33 +58,33 @@ fn decider_runs_conflicts_cache_and_store_round_trips_are_counted() {
         });
     });
     assert_eq!(
-        tally.get("annals_decider_runs_total{category=Hits,outcome=ok}"),
+        tally.count("annals_decider_runs_total{category=Hits,outcome=ok}"),
         2
     );
     assert_eq!(
-        tally.get("annals_decider_conflicts_total{category=Hits}"),
+        tally.count("annals_decider_conflicts_total{category=Hits}"),
         1
     );
     assert_eq!(
-        tally.get("annals_decider_duration_seconds{category=Hits}"),
+        tally.count("annals_decider_duration_seconds{category=Hits}"),
         2
     );
-    assert!(tally.get("annals_cache_hits_total{category=Hits}") >= 2);
+    assert!(tally.count("annals_cache_hits_total{category=Hits}") >= 2);
     assert_eq!(
-        tally.get("annals_store_roundtrip_seconds{backend=memory,op=append,outcome=ok}"),
+        tally.count("annals_store_roundtrip_seconds{backend=memory,op=append,outcome=ok}"),
         2
     );
     assert_eq!(
-        tally.get("annals_store_roundtrip_seconds{backend=memory,op=append,outcome=conflict}"),
+        tally.count("annals_store_roundtrip_seconds{backend=memory,op=append,outcome=conflict}"),
         1
     );
     assert_eq!(
-        tally.get("annals_store_events_total{backend=memory,op=append}"),
+        tally.count("annals_store_events_total{backend=memory,op=append}"),
         2
     );
     // The first load reads; the conflict's events come with the refused append.
     assert_eq!(
-        tally.get("annals_store_roundtrip_seconds{backend=memory,op=read_stream,outcome=ok}"),
+        tally.count("annals_store_roundtrip_seconds{backend=memory,op=read_stream,outcome=ok}"),
         1
     );
 }
