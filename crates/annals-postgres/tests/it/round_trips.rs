@@ -107,7 +107,13 @@ async fn forward(
         let mut body = vec![0; len as usize - 4];
         from.read_exact(&mut body).await?;
         let text = String::from_utf8_lossy(&body);
-        if text.contains("LISTEN") || text.contains("pg_notify") {
+        // The notifier's connection starts with its own setting, before its first
+        // `pg_notify`: it is a hint connection from its first statement, whenever that
+        // comes (on a loaded machine, possibly while an operation is being counted).
+        if text.contains("LISTEN")
+            || text.contains("pg_notify")
+            || text.contains("SET synchronous_commit = off")
+        {
             hint_only = true;
         }
         match kind {
