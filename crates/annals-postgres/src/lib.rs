@@ -49,6 +49,7 @@ mod sql;
 mod sql_value;
 mod store;
 mod tls;
+mod tx;
 
 use std::sync::Arc;
 
@@ -494,13 +495,18 @@ impl PgStore {
     /// [`Projection::client`], then [`Projection::commit`] writes the checkpoint in the same
     /// transaction. Dropped without commit, everything is rolled back.
     pub async fn projection(&self) -> Result<Projection> {
-        let client = self.client().await?;
-        client.batch_execute("BEGIN").await.map_err(backend)?;
-        Ok(Projection {
-            client: Some(client),
+        // Held before `BEGIN` is sent: a caller gone meanwhile closes the connection.
+        let projection = Projection {
+            client: Some(self.client().await?),
             store: self.clone(),
             appended: false,
-        })
+        };
+        projection
+            .client()
+            .batch_execute("BEGIN")
+            .await
+            .map_err(backend)?;
+        Ok(projection)
     }
 
     fn wake(&self) {

@@ -7,6 +7,7 @@ use annals::backend::{Deletion, DeletionPlan, StreamState};
 use annals::{Retention, RetentionScope, Scavenged, STREAM_DELETED, STREAM_TRUNCATED};
 
 use super::*;
+use crate::tx::TxConn;
 
 /// How often a change is tried again when its system event lost the transaction-id race on
 /// the deletions stream's row, or the stream was created under it.
@@ -38,26 +39,22 @@ impl PgStore {
 
     /// Ends the transaction `outcome` ran in: commits what is done, rolls back the rest;
     /// `None` asks for another try in a new transaction.
-    async fn settle<T>(
-        &self,
-        client: &deadpool_postgres::ClientWrapper,
-        outcome: Result<Try<T>>,
-    ) -> Result<Option<T>> {
+    async fn settle<T>(&self, client: &mut TxConn, outcome: Result<Try<T>>) -> Result<Option<T>> {
         match outcome {
             Ok(Try::Done(value)) => {
-                client.batch_execute("COMMIT").await.map_err(backend)?;
+                client.commit().await?;
                 Ok(Some(value))
             }
             Ok(Try::Again) => {
-                client.batch_execute("ROLLBACK").await.map_err(backend)?;
+                client.rollback().await?;
                 Ok(None)
             }
             Err(Error::Backend { source, .. }) if source.is::<Retry>() => {
-                client.batch_execute("ROLLBACK").await.map_err(backend)?;
+                client.rollback().await?;
                 Ok(None)
             }
             Err(e) => {
-                let _ = client.batch_execute("ROLLBACK").await;
+                let _ = client.rollback().await;
                 Err(e)
             }
         }
@@ -117,10 +114,10 @@ impl PgStore {
         deletion: Deletion,
     ) -> Result<Version> {
         let schema = self.schema();
-        let client = self.client().await?;
-        let client = &client;
+        let mut conn = TxConn::new(self.client().await?);
         for _ in 0..TRIES {
-            client.batch_execute("BEGIN").await.map_err(backend)?;
+            conn.begin().await?;
+            let client: &deadpool_postgres::ClientWrapper = &conn;
             let outcome: Result<Try<_>> = async {
                 let found = self.lock_row(client, stream).await?;
                 let state = found.map(|(version, start, tombstone)| StreamState {
@@ -164,7 +161,7 @@ impl PgStore {
                 )
             }
             .await;
-            if let Some(value) = self.settle(client, outcome).await? {
+            if let Some(value) = self.settle(&mut conn, outcome).await? {
                 return Ok(value);
             }
         }
@@ -173,10 +170,10 @@ impl PgStore {
 
     pub(crate) async fn truncate(&self, stream: &StreamName, before: Version) -> Result<Version> {
         let schema = self.schema();
-        let client = self.client().await?;
-        let client = &client;
+        let mut conn = TxConn::new(self.client().await?);
         for _ in 0..TRIES {
-            client.batch_execute("BEGIN").await.map_err(backend)?;
+            conn.begin().await?;
+            let client: &deadpool_postgres::ClientWrapper = &conn;
             let outcome: Result<Try<_>> = async {
                 let Some((version, start, tombstone)) = self.lock_row(client, stream).await? else {
                     return Ok(Try::Done(Version(0)));
@@ -204,7 +201,7 @@ impl PgStore {
                 )
             }
             .await;
-            if let Some(value) = self.settle(client, outcome).await? {
+            if let Some(value) = self.settle(&mut conn, outcome).await? {
                 return Ok(value);
             }
         }
@@ -226,10 +223,10 @@ impl PgStore {
         };
         let max_age = retention.max_age_micros();
         let max_count = retention.max_count.map(|n| n as i64);
-        let client = self.client().await?;
-        let client = &client;
+        let mut conn = TxConn::new(self.client().await?);
         for _ in 0..TRIES {
-            client.batch_execute("BEGIN").await.map_err(backend)?;
+            conn.begin().await?;
+            let client: &deadpool_postgres::ClientWrapper = &conn;
             let outcome: Result<Try<_>> = async {
                 let name = scope.name();
                 if retention.keeps_all() {
@@ -256,7 +253,7 @@ impl PgStore {
                 Ok(Try::Done(()))
             }
             .await;
-            if let Some(value) = self.settle(client, outcome).await? {
+            if let Some(value) = self.settle(&mut conn, outcome).await? {
                 return Ok(value);
             }
         }
@@ -353,9 +350,9 @@ impl PgStore {
         limit: i64,
         dry_run: bool,
     ) -> Result<(u64, u64)> {
-        let client = self.client().await?;
-        let client = &client;
-        client.batch_execute("BEGIN").await.map_err(backend)?;
+        let mut conn = TxConn::new(self.client().await?);
+        conn.begin().await?;
+        let client: &deadpool_postgres::ClientWrapper = &conn;
         let outcome: Result<Try<_>> = async {
             let sql = if dry_run {
                 format!("SELECT count(*), coalesce(sum(bytes), 0)::bigint FROM ({gone}) g")
@@ -382,7 +379,7 @@ impl PgStore {
             )))
         }
         .await;
-        self.settle(client, outcome)
+        self.settle(&mut conn, outcome)
             .await?
             .ok_or_else(|| backend("the scavenging transaction was rolled back; retry"))
     }

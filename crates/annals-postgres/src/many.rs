@@ -16,14 +16,14 @@ impl PgStore {
         annals::backend::validate_many(&appends, self.inner.config.max_event_bytes)?;
         let mut order: Vec<usize> = (0..appends.len()).collect();
         order.sort_by(|&a, &b| appends[a].stream.cmp(&appends[b].stream));
-        let client = self.client().await?;
+        let mut client = crate::tx::TxConn::new(self.client().await?);
         // Appends that an earlier, committed call already wrote (exact retries).
         let mut known: Vec<Option<AppendResult>> = vec![None; appends.len()];
         for _ in 0..3 {
-            client.batch_execute("BEGIN").await.map_err(backend)?;
+            client.begin().await?;
             if let Some(shown) = &shown_from {
                 if let Err(e) = self.check_shown(&client, &appends, &order, shown).await {
-                    let _ = client.batch_execute("ROLLBACK").await;
+                    let _ = client.rollback().await;
                     return Err(e);
                 }
             }
@@ -44,13 +44,13 @@ impl PgStore {
                         break;
                     }
                     Err(e) => {
-                        let _ = client.batch_execute("ROLLBACK").await;
+                        let _ = client.rollback().await;
                         return Err(e);
                     }
                 }
             }
             if !refused {
-                client.batch_execute("COMMIT").await.map_err(backend)?;
+                client.commit().await?;
                 drop(client);
                 if known.iter().any(Option::is_none) {
                     self.wake();
@@ -63,7 +63,7 @@ impl PgStore {
             // A conflict, or ids already recorded: roll back, then ask what is stored. A
             // conflict or partial overlap is the answer; exact retries are kept as results
             // and the rest is written again in a new transaction.
-            client.batch_execute("ROLLBACK").await.map_err(backend)?;
+            client.rollback().await?;
             for (i, a) in appends.iter().enumerate() {
                 if known[i].is_none() {
                     if let Verdict::AlreadyWritten(r) = self

@@ -221,11 +221,12 @@ impl Drop for Transaction {
 
 impl PgStore {
     async fn begin(&self) -> Result<Transaction> {
-        let client = self.client().await?;
-        client.batch_execute("BEGIN").await.map_err(backend)?;
-        Ok(Transaction {
-            client: Some(client),
-        })
+        // Held before `BEGIN` is sent: a caller gone meanwhile closes the connection.
+        let tx = Transaction {
+            client: Some(self.client().await?),
+        };
+        tx.client().batch_execute("BEGIN").await.map_err(backend)?;
+        Ok(tx)
     }
 
     /// A pooled connection for a transaction whose `BEGIN` goes out with its first
@@ -245,7 +246,11 @@ impl PgStore {
         projection: &str,
         stream: &StreamName,
     ) -> Result<(Transaction, Option<u64>)> {
-        let client = self.client().await?;
+        // Held before `BEGIN` is sent: a caller gone meanwhile closes the connection.
+        let tx = Transaction {
+            client: Some(self.client().await?),
+        };
+        let client = tx.client();
         let read = client.prepare_cached(sql).await.map_err(backend)?;
         let name = stream.as_str();
         let params: [&(dyn ToSql + Sync); 2] = [&projection, &name];
@@ -253,9 +258,6 @@ impl PgStore {
             client.batch_execute(BEGIN),
             client.query_opt(&read, &params)
         );
-        let tx = Transaction {
-            client: Some(client),
-        };
         begun.map_err(backend)?;
         let progress = row.map_err(backend)?.map(|r| r.get::<_, i64>(0) as u64);
         Ok((tx, progress))

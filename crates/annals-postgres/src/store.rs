@@ -76,7 +76,7 @@ impl EventStore for PgStore {
         let correlation: Vec<Option<Uuid>> = events.iter().map(|e| e.correlation_id).collect();
         let causation: Vec<Option<Uuid>> = events.iter().map(|e| e.causation_id).collect();
         let recorded: Vec<i64> = events.iter().map(|e| e.recorded_at.unix_micros()).collect();
-        let client = self.client().await?;
+        let mut client = crate::tx::TxConn::new(self.client().await?);
         let statement = client
             .prepare_cached(&self.inner.sql.import)
             .await
@@ -95,11 +95,11 @@ impl EventStore for PgStore {
         ];
         // One function call is one transaction: a refusal raises nothing, so roll back
         // explicitly around it.
-        client.batch_execute("BEGIN").await.map_err(backend)?;
+        client.begin().await?;
         let row = match client.query_one(&statement, &params).await {
             Ok(row) => row,
             Err(e) => {
-                let _ = client.batch_execute("ROLLBACK").await;
+                let _ = client.rollback().await;
                 if !is_unique_violation(&e) {
                     return Err(backend(e));
                 }
@@ -124,14 +124,14 @@ impl EventStore for PgStore {
             }
         };
         if row.get::<_, i16>(0) != 0 {
-            client.batch_execute("ROLLBACK").await.map_err(backend)?;
+            client.rollback().await?;
             return Err(Error::WrongExpectedVersion {
                 stream: StreamName::new(row.get::<_, &str>(2))?,
                 expected: ExpectedVersion::Exact(Version(row.get::<_, i64>(3) as u64)),
                 actual: Version(row.get::<_, i64>(4) as u64),
             });
         }
-        client.batch_execute("COMMIT").await.map_err(backend)?;
+        client.commit().await?;
         let written = row.get::<_, i64>(1) as u64;
         drop(client);
         if written > 0 {

@@ -701,3 +701,139 @@ async fn stream_rows_are_locked_in_byte_order_whatever_the_collation() {
         .await
         .unwrap();
 }
+
+/// An operation whose caller gives up while it waits inside its transaction (a timeout, a
+/// dropped request) leaves nothing behind: its transaction is rolled back, never left open
+/// on a pooled connection for the next caller of the pool to run inside.
+#[tokio::test]
+async fn a_transaction_whose_caller_gives_up_is_rolled_back_not_left_in_the_pool() {
+    use annals::{DeleteMode, Retention, RetentionScope, StreamAppend};
+    use std::time::{Duration, Instant};
+    let app = postgres::schema_name("gave_up");
+    let mut connection = postgres::shared().connection();
+    connection.application_name(&app);
+    // One pooled connection: the next operation gets the one the given-up call had.
+    let config = PgConfig::new(connection)
+        .schema(postgres::schema_name("t"))
+        .pool_size(1);
+    let schema = config.schema.clone();
+    let store = PgStore::connect(config).await.unwrap();
+    store.migrate().await.unwrap();
+    let name = |s: &str| StreamName::new(s).unwrap();
+    let one = || vec![EventData::new("E", b"{}".to_vec())];
+    for s in ["GaveUp-a", "GaveUp-b"] {
+        store
+            .append(&name(s), ExpectedVersion::NoStream, one())
+            .await
+            .unwrap();
+    }
+    let admin = postgres::connect(&postgres::shared().url).await;
+    let holder = postgres::connect(&postgres::shared().url).await;
+    // Waits until as many of the store's backends as `want` meet `condition`.
+    let until = |condition: &'static str, want: i64| {
+        let (admin, app) = (&admin, &app);
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let sql = format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND {condition}"
+            );
+            loop {
+                let n: i64 = admin.query_one(&sql, &[app]).await.unwrap().get(0);
+                if n == want {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{n} backends where {condition}");
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    let state = || async {
+        admin
+            .query_one(
+                &format!(
+                    "SELECT version, start, tombstone, max_count FROM {schema}.streams \
+                     WHERE name = 'GaveUp-b'"
+                ),
+                &[],
+            )
+            .await
+            .map(|r| {
+                (
+                    r.get::<_, i64>(0),
+                    r.get::<_, i64>(1),
+                    r.get::<_, bool>(2),
+                    r.get::<_, Option<i64>>(3),
+                )
+            })
+            .unwrap()
+    };
+    let before = state().await;
+    for op in ["append_many", "truncate", "delete", "retention"] {
+        holder.batch_execute("BEGIN").await.unwrap();
+        holder
+            .batch_execute(&format!(
+                "SELECT 1 FROM {schema}.streams WHERE name = 'GaveUp-b' FOR UPDATE"
+            ))
+            .await
+            .unwrap();
+        let call = async {
+            match op {
+                // GaveUp-a is written in the transaction before GaveUp-b's row is waited for.
+                "append_many" => {
+                    let appends = ["GaveUp-a", "GaveUp-b"]
+                        .map(|s| StreamAppend {
+                            stream: name(s),
+                            expected: ExpectedVersion::Exact(Version(1)),
+                            events: one(),
+                        })
+                        .to_vec();
+                    store.append_many(appends).await.map(drop)
+                }
+                "truncate" => store
+                    .truncate_before(&name("GaveUp-b"), Version(1))
+                    .await
+                    .map(drop),
+                "delete" => store
+                    .delete_stream(&name("GaveUp-b"), ExpectedVersion::Any, DeleteMode::Soft)
+                    .await
+                    .map(drop),
+                _ => {
+                    let scope = RetentionScope::Stream(name("GaveUp-b"));
+                    store.set_retention(&scope, Retention::max_count(1)).await
+                }
+            }
+        };
+        tokio::select! {
+            r = call => panic!("{op} finished under the lock: {r:?}"),
+            () = until("wait_event_type = 'Lock'", 1) => {}
+        }
+        holder.batch_execute("ROLLBACK").await.unwrap();
+        // The given-up call's statement now runs to its end; its transaction must not stay
+        // open after it.
+        until("xact_start IS NOT NULL", 0).await;
+        assert_eq!(state().await, before, "{op} changed GaveUp-b");
+        assert_eq!(
+            store.stream_version(&name("GaveUp-a")).await.unwrap(),
+            Version(1),
+            "after {op}"
+        );
+    }
+    // The pool serves the next transaction, which commits.
+    let appends = ["GaveUp-a", "GaveUp-b"]
+        .map(|s| StreamAppend {
+            stream: name(s),
+            expected: ExpectedVersion::Exact(Version(1)),
+            events: one(),
+        })
+        .to_vec();
+    store.append_many(appends).await.unwrap();
+    let committed: i64 = admin
+        .query_one(
+            &format!("SELECT count(*) FROM {schema}.events WHERE stream_version = 1"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(committed, 2);
+}
