@@ -58,7 +58,9 @@ impl Projection {
     }
 
     async fn finish(mut self, checkpoint: Option<(String, &str, &str, String)>) -> Result<()> {
-        let client = self.client.take().expect("open until commit");
+        // Held by `self` until the COMMIT is answered: a caller gone meanwhile (or an error)
+        // drops it with the transaction, which closes the connection.
+        let client = self.client.as_ref().expect("open until commit");
         let done = async {
             if let Some((sql, group, source, position)) = &checkpoint {
                 let statement = client.prepare_cached(sql).await?;
@@ -69,20 +71,13 @@ impl Projection {
             client.batch_execute("COMMIT").await
         }
         .await;
-        match done {
-            Ok(()) => {
-                drop(client);
-                if self.appended {
-                    self.store.wake();
-                }
-                Ok(())
-            }
-            Err(e) => {
-                // The connection may be mid-transaction: never hand it back to the pool.
-                drop(Object::take(client));
-                Err(backend(e))
-            }
+        done.map_err(backend)?;
+        // Committed: the connection goes back to the pool.
+        drop(self.client.take());
+        if self.appended {
+            self.store.wake();
         }
+        Ok(())
     }
 }
 

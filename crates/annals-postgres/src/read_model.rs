@@ -200,14 +200,14 @@ impl Transaction {
     }
 
     async fn commit(mut self) -> Result<()> {
-        let client = self.client.take().expect("open until finished");
-        match client.batch_execute("COMMIT").await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                drop(Object::take(client));
-                Err(backend(e))
-            }
-        }
+        // Held until answered: dropped meanwhile (or failed), the transaction closes the
+        // connection.
+        self.client()
+            .batch_execute("COMMIT")
+            .await
+            .map_err(backend)?;
+        drop(self.client.take());
+        Ok(())
     }
 }
 

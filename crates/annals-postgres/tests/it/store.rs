@@ -768,16 +768,35 @@ async fn a_transaction_whose_caller_gives_up_is_rolled_back_not_left_in_the_pool
             .unwrap()
     };
     let before = state().await;
-    for op in ["append_many", "truncate", "delete", "retention"] {
+    store
+        .commit("gave-up", "src", Position::START)
+        .await
+        .unwrap();
+    for op in [
+        "append_many",
+        "truncate",
+        "delete",
+        "retention",
+        "projection",
+    ] {
         holder.batch_execute("BEGIN").await.unwrap();
         holder
             .batch_execute(&format!(
-                "SELECT 1 FROM {schema}.streams WHERE name = 'GaveUp-b' FOR UPDATE"
+                "SELECT 1 FROM {schema}.streams WHERE name = 'GaveUp-b' FOR UPDATE; \
+                 SELECT 1 FROM {schema}.checkpoints WHERE group_name = 'gave-up' FOR UPDATE"
             ))
             .await
             .unwrap();
         let call = async {
             match op {
+                // Appended to GaveUp-a, then its commit waits for the checkpoint's row.
+                "projection" => {
+                    let mut projection = store.projection().await?;
+                    projection
+                        .append(&name("GaveUp-a"), ExpectedVersion::Exact(Version(1)), one())
+                        .await?;
+                    projection.commit("gave-up", "src", Position::START).await
+                }
                 // GaveUp-a is written in the transaction before GaveUp-b's row is waited for.
                 "append_many" => {
                     let appends = ["GaveUp-a", "GaveUp-b"]
