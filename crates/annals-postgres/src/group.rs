@@ -96,13 +96,18 @@ impl Request {
 
 pub(crate) type Grouper = crate::batch::Batches<Request>;
 
-/// The next group: queued appends in order, the first per stream, within the bounds.
+/// The next group: queued appends in order, the first per stream, within the bounds. An
+/// append whose caller has given up (a timeout, a dropped request) before it was sent is
+/// let go: nothing is written for it.
 fn take(queue: &mut VecDeque<Request>) -> Vec<Request> {
     let mut streams = HashSet::new();
     let mut group = Vec::new();
     let (mut events, mut bytes) = (0, 0);
     let mut later = VecDeque::new();
     while let Some(r) = queue.pop_front() {
+        if r.reply.is_closed() {
+            continue;
+        }
         let size = r.bytes;
         let fits = group.len() < MAX_APPENDS
             && (group.is_empty()

@@ -68,6 +68,8 @@ pub(crate) const SLOTS: usize = 2;
 
 /// The next group: what is queued, up to the bound.
 fn take(queue: &mut VecDeque<Request>) -> Vec<Request> {
+    // Reads whose callers have given up are not read.
+    queue.retain(|r| !r.reply.is_closed());
     let n = queue.len().min(MAX_READS);
     queue.drain(..n).collect()
 }

@@ -3,7 +3,8 @@
 //! Each loop takes every request waiting in the queue (up to `max_group`), opens one
 //! `BEGIN IMMEDIATE` transaction, runs each request in its own savepoint (a failing request
 //! rolls back only itself), commits once, then answers every caller and wakes subscribers.
-//! One fsync thus serves many appends: that is group commit.
+//! One fsync thus serves many appends: that is group commit. A request whose caller has
+//! given up before the writer takes it is let go unwritten.
 
 use std::sync::{mpsc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -100,6 +101,9 @@ pub(crate) fn run(
     let conn = Mutex::new(conn);
     let mut previous = 1;
     while let Ok(first) = queue.recv() {
+        if given_up(&first) {
+            continue;
+        }
         let Some(mut group) = Group::begin(&conn, first) else {
             continue;
         };
@@ -117,7 +121,9 @@ pub(crate) fn run(
                     }
                 }
             };
-            group.run(&conn, next);
+            if !given_up(&next) {
+                group.run(&conn, next);
+            }
         }
         let size = group.len();
         previous = size;
@@ -281,6 +287,19 @@ impl Group {
             f(commit.clone());
         }
         committed
+    }
+}
+
+/// Whether the caller of `request` has given up waiting for it (a timeout, a dropped
+/// request) before the writer took it: such a write is let go, nothing is written for it.
+/// (A read model's job answers its caller itself and always runs.)
+fn given_up(request: &Request) -> bool {
+    match request {
+        Request::Append { reply, .. } => reply.is_closed(),
+        Request::AppendMany { reply, .. } => reply.is_closed(),
+        Request::Import { reply, .. } => reply.is_closed(),
+        Request::Checkpoint { reply, .. } => reply.is_closed(),
+        Request::ReadModel { .. } => false,
     }
 }
 

@@ -856,3 +856,104 @@ async fn a_transaction_whose_caller_gives_up_is_rolled_back_not_left_in_the_pool
         .get(0);
     assert_eq!(committed, 2);
 }
+
+/// An append whose caller gives up while it is still queued for a group commit (the
+/// groups in flight fill the connection) is never written: only appends whose callers still
+/// wait are sent.
+#[tokio::test]
+async fn an_append_given_up_before_its_group_is_sent_is_not_written() {
+    use futures::FutureExt as _;
+    use std::time::{Duration, Instant};
+    let recorded = annals_testkit::metrics::recorded();
+    let app = postgres::schema_name("queued");
+    let mut connection = postgres::shared().connection();
+    connection.application_name(&app);
+    let config = PgConfig::new(connection).schema(postgres::schema_name("t"));
+    let schema = config.schema.clone();
+    let store = std::sync::Arc::new(PgStore::connect(config).await.unwrap());
+    store.migrate().await.unwrap();
+    let name = |s: &str| StreamName::new(s).unwrap();
+    let one = || vec![EventData::new("E", b"{}".to_vec())];
+    store
+        .append(&name("Queued-held"), ExpectedVersion::NoStream, one())
+        .await
+        .unwrap();
+    let groups = || {
+        recorded
+            .histogram(&format!(
+                "annals_pg_group_commit_appends{{schema={schema}}}"
+            ))
+            .0
+    };
+    let admin = postgres::connect(&postgres::shared().url).await;
+    let holder = postgres::connect(&postgres::shared().url).await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder
+        .batch_execute(&format!(
+            "SELECT 1 FROM {schema}.streams WHERE name = 'Queued-held' FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let before = groups();
+    // The first group waits for the held row; the second is sent behind it.
+    let spawn = |stream: &'static str| {
+        let store = std::sync::Arc::clone(&store);
+        tokio::spawn(async move {
+            store
+                .append(
+                    &StreamName::new(stream).unwrap(),
+                    ExpectedVersion::Any,
+                    vec![EventData::new("E", b"{}".to_vec())],
+                )
+                .await
+        })
+    };
+    let first = spawn("Queued-held");
+    loop {
+        let waiting: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
+                 AND wait_event_type = 'Lock'",
+                &[&app],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the first group never waited");
+        tokio::task::yield_now().await;
+    }
+    let second = spawn("Queued-second");
+    while groups() < before + 2 {
+        assert!(Instant::now() < deadline, "the second group was never sent");
+        tokio::task::yield_now().await;
+    }
+    // Queued behind both, then given up.
+    let given_up = store
+        .append(&name("Queued-given-up"), ExpectedVersion::Any, one())
+        .now_or_never();
+    assert!(given_up.is_none(), "answered while the groups wait");
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+    // An append after them goes in the next group, with anything still queued before it.
+    store
+        .append(&name("Queued-after"), ExpectedVersion::Any, one())
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .stream_version(&name("Queued-given-up"))
+            .await
+            .unwrap(),
+        Version(0),
+        "the given-up append was written"
+    );
+    assert_eq!(
+        store.stream_version(&name("Queued-after")).await.unwrap(),
+        Version(1)
+    );
+}

@@ -424,3 +424,59 @@ async fn a_file_of_the_previous_schema_keeps_its_read_model_progress() {
         .prepare("SELECT rowid FROM annals_projection_streams")
         .is_err());
 }
+
+/// Polls `f` once, as a caller that then gives up (or awaits it later) would.
+fn poll_once<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> std::task::Poll<F::Output> {
+    f.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+}
+
+/// A write whose caller gives up while it is still queued for the writer (another
+/// connection holds the file's write lock) is never written; the writes of callers that
+/// wait are.
+#[tokio::test]
+async fn an_append_given_up_before_the_writer_takes_it_is_not_written() {
+    let (store, dir) = crate::fresh();
+    store
+        .append(&name("Queued-0"), ExpectedVersion::NoStream, vec![ev("A")])
+        .await
+        .unwrap();
+    // The writer's next transaction waits for this one.
+    let other = rusqlite::Connection::open(dir.path().join("annals.db")).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let (first, dropped) = (name("Queued-1"), name("Queued-given-up"));
+    // Queued first, and awaited.
+    let mut waiting = Box::pin(store.append(&first, ExpectedVersion::Any, vec![ev("A")]));
+    assert!(poll_once(waiting.as_mut()).is_pending());
+    // Queued behind it, then given up.
+    let mut given_up = Box::pin(store.append(&dropped, ExpectedVersion::Any, vec![ev("A")]));
+    assert!(poll_once(given_up.as_mut()).is_pending());
+    drop(given_up);
+    let mut checkpoint = Box::pin(annals::CheckpointStore::commit(
+        &store,
+        "g",
+        "s",
+        Position::START,
+    ));
+    assert!(poll_once(checkpoint.as_mut()).is_pending());
+    drop(checkpoint);
+    other.execute_batch("COMMIT").unwrap();
+    waiting.await.unwrap();
+    store
+        .append(&name("Queued-after"), ExpectedVersion::Any, vec![ev("A")])
+        .await
+        .unwrap();
+    for (stream, version) in [("Queued-1", 1), ("Queued-given-up", 0), ("Queued-after", 1)] {
+        assert_eq!(
+            store.stream_version(&name(stream)).await.unwrap(),
+            Version(version),
+            "{stream}"
+        );
+    }
+    assert_eq!(
+        annals::CheckpointStore::load(&store, "g", "s")
+            .await
+            .unwrap(),
+        None,
+        "the given-up checkpoint was written"
+    );
+}
