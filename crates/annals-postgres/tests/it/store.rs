@@ -721,6 +721,16 @@ async fn a_transaction_whose_caller_gives_up_is_rolled_back_not_left_in_the_pool
     store.migrate().await.unwrap();
     let name = |s: &str| StreamName::new(s).unwrap();
     let one = || vec![EventData::new("E", b"{}".to_vec())];
+    // An event for each stream at version 1.
+    let both_at_1 = || {
+        ["GaveUp-a", "GaveUp-b"]
+            .map(|s| StreamAppend {
+                stream: name(s),
+                expected: ExpectedVersion::Exact(Version(1)),
+                events: one(),
+            })
+            .to_vec()
+    };
     for s in ["GaveUp-a", "GaveUp-b"] {
         store
             .append(&name(s), ExpectedVersion::NoStream, one())
@@ -798,16 +808,7 @@ async fn a_transaction_whose_caller_gives_up_is_rolled_back_not_left_in_the_pool
                     projection.commit("gave-up", "src", Position::START).await
                 }
                 // GaveUp-a is written in the transaction before GaveUp-b's row is waited for.
-                "append_many" => {
-                    let appends = ["GaveUp-a", "GaveUp-b"]
-                        .map(|s| StreamAppend {
-                            stream: name(s),
-                            expected: ExpectedVersion::Exact(Version(1)),
-                            events: one(),
-                        })
-                        .to_vec();
-                    store.append_many(appends).await.map(drop)
-                }
+                "append_many" => store.append_many(both_at_1()).await.map(drop),
                 "truncate" => store
                     .truncate_before(&name("GaveUp-b"), Version(1))
                     .await
@@ -838,14 +839,7 @@ async fn a_transaction_whose_caller_gives_up_is_rolled_back_not_left_in_the_pool
         );
     }
     // The pool serves the next transaction, which commits.
-    let appends = ["GaveUp-a", "GaveUp-b"]
-        .map(|s| StreamAppend {
-            stream: name(s),
-            expected: ExpectedVersion::Exact(Version(1)),
-            events: one(),
-        })
-        .to_vec();
-    store.append_many(appends).await.unwrap();
+    store.append_many(both_at_1()).await.unwrap();
     let committed: i64 = admin
         .query_one(
             &format!("SELECT count(*) FROM {schema}.events WHERE stream_version = 1"),
