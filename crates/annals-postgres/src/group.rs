@@ -399,18 +399,41 @@ fn answers_of(size: usize, rows: &[tokio_postgres::Row]) -> Result<Vec<Answer>> 
 mod tests {
     use super::*;
 
-    fn request(stream: &str, sizes: &[usize]) -> Request {
+    type Waiting = oneshot::Receiver<Result<Answer>>;
+
+    /// A request whose caller waits (`waiting` keeps its end of the answer).
+    fn request(stream: &str, sizes: &[usize], waiting: &mut Vec<Waiting>) -> Request {
         let events: Arc<[EventData]> = sizes
             .iter()
             .map(|n| EventData::new("Sized", vec![0; *n]))
             .collect();
+        let (reply, answer) = oneshot::channel();
+        waiting.push(answer);
         Request::new(
             &StreamName::new(stream).unwrap(),
             ExpectedVersion::Any,
             &events,
             (false, None),
-            oneshot::channel().0,
+            reply,
         )
+    }
+
+    #[test]
+    fn appends_whose_callers_gave_up_are_let_go() {
+        let mut waiting = Vec::new();
+        let mut queue: VecDeque<Request> = [
+            request("A-1", &[10], &mut waiting),
+            request("B-1", &[10], &mut waiting),
+            request("B-1", &[10], &mut waiting),
+            request("C-1", &[10], &mut waiting),
+        ]
+        .into();
+        // The callers of the first B-1 and of C-1 give up.
+        drop(waiting.remove(3));
+        drop(waiting.remove(1));
+        // The second B-1 takes the place of the first.
+        assert_eq!(streams(&take(&mut queue)), ["A-1", "B-1"]);
+        assert!(queue.is_empty());
     }
 
     fn streams(group: &[Request]) -> Vec<&str> {
@@ -420,12 +443,13 @@ mod tests {
     #[test]
     fn a_group_keeps_within_its_bytes_and_takes_one_append_per_stream() {
         const MIB: usize = 1 << 20;
+        let mut waiting = Vec::new();
         let mut queue: VecDeque<Request> = [
-            request("A-1", &[MIB; 40]),
-            request("B-1", &[MIB; 30]),
-            request("C-1", &[10]),
-            request("C-1", &[10]),
-            request("E-1", &[MIB; 70]),
+            request("A-1", &[MIB; 40], &mut waiting),
+            request("B-1", &[MIB; 30], &mut waiting),
+            request("C-1", &[10], &mut waiting),
+            request("C-1", &[10], &mut waiting),
+            request("E-1", &[MIB; 70], &mut waiting),
         ]
         .into();
         let first = take(&mut queue);
