@@ -952,51 +952,11 @@ async fn an_append_given_up_before_its_group_is_sent_is_not_written() {
     );
 }
 
-/// A stream read longer than a page reads each page in its own statement: a truncation
-/// between two pages shows as the later pages starting where the stream now starts (never
-/// an event the truncation hid), and a hard deletion between them ends the read with
-/// `StreamDeleted` after the pages already read.
+/// A truncation or hard deletion between two pages of a long stream read (pages of 1,000
+/// events, each its own statement) is seen by the later pages.
 #[tokio::test]
 async fn a_truncation_or_deletion_between_two_pages_of_a_long_read_is_seen_by_the_later_pages() {
-    use annals::DeleteMode;
-    let store = crate::fresh().await;
-    let versions = |page: &[annals::RecordedEvent]| -> Vec<u64> {
-        page.iter().map(|e| e.stream_version).collect()
-    };
-    for (stream, truncate) in [("Paged-truncated", true), ("Paged-deleted", false)] {
-        let stream = StreamName::new(stream).unwrap();
-        for _ in 0..15 {
-            let batch = (0..100)
-                .map(|_| EventData::new("A", b"{}".to_vec()))
-                .collect();
-            store
-                .append(&stream, ExpectedVersion::Any, batch)
-                .await
-                .unwrap();
-        }
-        let mut pages = store.read_stream_pages(&stream, ReadStream::forward());
-        let mut first = Vec::new();
-        while first.len() < 1000 {
-            first.extend(versions(&pages.next().await.unwrap().unwrap()));
-        }
-        assert_eq!(first, (0..1000).collect::<Vec<_>>());
-        if truncate {
-            store.truncate_before(&stream, Version(1200)).await.unwrap();
-            let mut rest = Vec::new();
-            while let Some(page) = pages.next().await {
-                rest.extend(versions(&page.unwrap()));
-            }
-            assert_eq!(rest, (1200..1500).collect::<Vec<_>>());
-        } else {
-            store
-                .delete_stream(&stream, ExpectedVersion::Any, DeleteMode::Hard)
-                .await
-                .unwrap();
-            let next = pages.next().await.unwrap();
-            assert!(
-                matches!(next, Err(annals::Error::StreamDeleted { .. })),
-                "{next:?}"
-            );
-        }
-    }
+    let store = std::sync::Arc::new(crate::fresh().await);
+    annals_testkit::conformance::a_change_between_two_pages_is_seen_by_the_later_pages(store, 1000)
+        .await;
 }

@@ -481,44 +481,14 @@ async fn an_append_given_up_before_the_writer_takes_it_is_not_written() {
     );
 }
 
-/// A stream read longer than a page reads each page in its own snapshot: a truncation
-/// between two pages shows as the later pages starting where the stream now starts (never
-/// an event the truncation hid), and a hard deletion between them ends the read with
-/// `StreamDeleted` after the pages already read.
+/// A truncation or hard deletion between two pages of a long stream read (pages of 1,000
+/// events, each its own snapshot) is seen by the later pages.
 #[tokio::test]
 async fn a_truncation_or_deletion_between_two_pages_of_a_long_read_is_seen_by_the_later_pages() {
-    use annals::DeleteMode;
-    use futures::StreamExt as _;
     let (store, _dir) = crate::fresh();
-    let versions = |page: &[annals::RecordedEvent]| -> Vec<u64> {
-        page.iter().map(|e| e.stream_version).collect()
-    };
-    for (stream, change) in [("Paged-truncated", 0), ("Paged-deleted", 1)] {
-        let stream = name(stream);
-        for _ in 0..15 {
-            let batch = (0..100).map(|_| ev("A")).collect();
-            store
-                .append(&stream, ExpectedVersion::Any, batch)
-                .await
-                .unwrap();
-        }
-        let mut pages = store.read_stream_pages(&stream, ReadStream::forward());
-        let first = pages.next().await.unwrap().unwrap();
-        assert_eq!(versions(&first), (0..1000).collect::<Vec<_>>());
-        if change == 0 {
-            store.truncate_before(&stream, Version(1200)).await.unwrap();
-            let mut rest = Vec::new();
-            while let Some(page) = pages.next().await {
-                rest.extend(versions(&page.unwrap()));
-            }
-            assert_eq!(rest, (1200..1500).collect::<Vec<_>>());
-        } else {
-            store
-                .delete_stream(&stream, ExpectedVersion::Any, DeleteMode::Hard)
-                .await
-                .unwrap();
-            let next = pages.next().await.unwrap();
-            assert!(matches!(next, Err(Error::StreamDeleted { .. })), "{next:?}");
-        }
-    }
+    annals_testkit::conformance::a_change_between_two_pages_is_seen_by_the_later_pages(
+        crate::shared(&store),
+        1000,
+    )
+    .await;
 }

@@ -363,3 +363,63 @@ pub async fn import_deletion_leaves_a_stream_at_its_deleted_version(store: Arc<d
     assert_eq!(s.import(vec![later]).await.unwrap(), 1);
     assert_eq!(read(&store, "Imported-2", ReadStream::forward()).await, [5]);
 }
+
+/// For stores that read a long stream a page of `page` events at a time, each page in its
+/// own snapshot (not in the suite: a store that reads a stream in one snapshot sees no
+/// change). A truncation between two pages shows as the later pages starting where the
+/// stream now starts, never an event the truncation hid; a hard deletion between them ends
+/// the read with [`Error::StreamDeleted`] after the pages already read.
+pub async fn a_change_between_two_pages_is_seen_by_the_later_pages(
+    store: Arc<dyn EventStore>,
+    page: u64,
+) {
+    let (written, cut) = (page + page / 2, page + page / 5);
+    for (stream, truncate) in [("Paged-truncated", true), ("Paged-deleted", false)] {
+        let stream = name(stream);
+        let mut left = written;
+        while left > 0 {
+            let n = left.min(100);
+            let batch = (0..n)
+                .map(|_| EventData::new("A", b"{}".to_vec()))
+                .collect();
+            store
+                .append(&stream, ExpectedVersion::Any, batch)
+                .await
+                .expect("append");
+            left -= n;
+        }
+        let mut pages = store.read_stream_pages(&stream, ReadStream::forward());
+        let mut first = Vec::new();
+        while (first.len() as u64) < page {
+            first.extend(versions(
+                &pages.next().await.expect("a page").expect("read"),
+            ));
+        }
+        assert_eq!(first, (0..page).collect::<Vec<_>>(), "the first page");
+        if truncate {
+            store
+                .truncate_before(&stream, Version(cut))
+                .await
+                .expect("truncate");
+            let mut rest = Vec::new();
+            while let Some(p) = pages.next().await {
+                rest.extend(versions(&p.expect("read")));
+            }
+            assert_eq!(
+                rest,
+                (cut..written).collect::<Vec<_>>(),
+                "after the truncation"
+            );
+        } else {
+            store
+                .delete_stream(&stream, ExpectedVersion::Any, DeleteMode::Hard)
+                .await
+                .expect("delete");
+            let next = pages.next().await.expect("an answer after the deletion");
+            assert!(
+                matches!(next, Err(Error::StreamDeleted { .. })),
+                "after the deletion: {next:?}"
+            );
+        }
+    }
+}
