@@ -302,6 +302,11 @@ impl Capabilities {
 /// [`Error::PartialRetry`](crate::Error::PartialRetry). When an id is recorded in another
 /// stream it fails with [`Error::DuplicateEventId`](crate::Error::DuplicateEventId).
 ///
+/// A call whose future is dropped before it completes (a timeout, a dropped request) may
+/// or may not have written: retry it with the same event ids to find out. It never leaves
+/// anything half done that another call could see or build on (the stores let go of a
+/// write still queued for its group commit, and roll back a transaction left open).
+///
 /// # Reading all
 ///
 /// [`EventStore::read_all`] returns events in position order, strictly after the given
