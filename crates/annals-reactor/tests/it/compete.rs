@@ -3,11 +3,13 @@
 //! PostgreSQL, or in NATS JetStream (leases and checkpoints in its key-value buckets). Every
 //! handler call records its start and end in a PostgreSQL table (by the database's clock)
 //! so the test can check that every event was handled, each stream in order, and no stream
-//! by two processes at once.
+//! by two processes at once. A call cut short because its member aborted the pipeline (a
+//! lease it could not renew in time) prints when it ended, so only the killed member's
+//! calls end unrecorded.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::{BufRead, BufReader, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +32,36 @@ struct Audit {
     client: tokio_postgres::Client,
     schema: String,
     member: String,
+    calls: AtomicU64,
+}
+
+/// An open call: dropped before [`Open::close`] (its pipeline aborted), it prints
+/// `aborted KEY SECONDS` with the wall-clock time, the clock the database's
+/// `clock_timestamp()` reads on this machine. Printing is synchronous, so the line is out
+/// before anything else can happen in this process.
+struct Open {
+    key: String,
+    closed: bool,
+}
+
+impl Open {
+    fn close(mut self) {
+        self.closed = true;
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if self.closed {
+            return;
+        }
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "aborted {} {at:.6}", self.key);
+        let _ = out.flush();
+    }
 }
 
 #[async_trait]
@@ -44,14 +76,24 @@ impl Handler for Audit {
             events[events.len() - 1].stream_version,
         );
         let schema = &self.schema;
+        let key = format!(
+            "{}-{}",
+            self.member,
+            self.calls.fetch_add(1, Ordering::SeqCst)
+        );
+        let open = Open {
+            key: key.clone(),
+            closed: false,
+        };
         let id: i64 = self
             .client
             .query_one(
                 &format!(
-                    "INSERT INTO {schema}.calls (member, stream, first, last, started)
-                     VALUES ($1, $2, $3, $4, clock_timestamp()) RETURNING id"
+                    "INSERT INTO {schema}.calls (key, member, stream, first, last, started)
+                     VALUES ($1, $2, $3, $4, $5, clock_timestamp()) RETURNING id"
                 ),
                 &[
+                    &key,
                     &self.member,
                     &stream.as_str(),
                     &(first as i64),
@@ -68,6 +110,7 @@ impl Handler for Audit {
                 &[&id],
             )
             .await?;
+        open.close();
         say("h");
         Ok(Version(last + 1))
     }
@@ -130,6 +173,7 @@ pub(crate) async fn member(arg: &str) {
         client: annals_testkit::postgres::connect(url).await,
         schema: schema.to_owned(),
         member: name.to_owned(),
+        calls: AtomicU64::new(0),
     });
     let mut pipeline = PipelineConfig::new("audit").filter(Filter::category("Work"));
     pipeline.checkpoint_interval = Duration::from_millis(100);
@@ -156,12 +200,22 @@ pub(crate) async fn member(arg: &str) {
     say("stopped");
 }
 
+/// Records an `aborted KEY SECONDS` line from a member (see [`Open`]).
+fn note_aborted(aborted: &mut BTreeMap<String, f64>, line: &str) {
+    if let Some(rest) = line.strip_prefix("aborted ") {
+        let (key, at) = rest.split_once(' ').expect("aborted KEY SECONDS");
+        aborted.insert(key.to_owned(), at.parse().expect("seconds"));
+    }
+}
+
 struct Call {
     member: String,
     first: i64,
     last: i64,
     started: f64,
     ended: Option<f64>,
+    /// When the call was dropped unfinished, if its member printed it.
+    aborted: Option<f64>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -193,7 +247,7 @@ async fn compete(backend: Backend) {
     let client = annals_testkit::postgres::connect(&server.url).await;
     client
         .batch_execute(&format!(
-            "CREATE TABLE {schema}.calls (id bigserial PRIMARY KEY, member text NOT NULL,
+            "CREATE TABLE {schema}.calls (id bigserial PRIMARY KEY, key text NOT NULL, member text NOT NULL,
              stream text NOT NULL, first bigint NOT NULL, last bigint NOT NULL,
              started timestamptz NOT NULL, ended timestamptz)"
         ))
@@ -219,7 +273,7 @@ async fn compete(backend: Backend) {
 
     // Writers append to random streams, paced, until told to stop.
     let stop_writing = Arc::new(AtomicBool::new(false));
-    let appended = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let appended = Arc::new(AtomicU64::new(0));
     let writers: Vec<_> = (0..2)
         .map(|_| {
             let (store, stop, appended) = (store.clone(), stop_writing.clone(), appended.clone());
@@ -245,24 +299,30 @@ async fn compete(backend: Backend) {
 
     // Wait until all three are handling, and the first has made 30 calls; then kill it.
     let mut calls = [0u32; 3];
+    // When each aborted call ended, by its key.
+    let mut aborted: BTreeMap<String, f64> = BTreeMap::new();
     tokio::time::timeout(WAIT, async {
         while calls[0] < 30 || calls[1] == 0 || calls[2] == 0 {
             let (i, line) = lines.recv().await.expect("members are running");
             if line == "h" {
                 calls[i] += 1;
+            } else {
+                note_aborted(&mut aborted, &line);
             }
         }
     })
     .await
     .unwrap_or_else(|_| panic!("all three members handle events: {calls:?}"));
-    let mut victim = children.remove(0);
-    victim.kill().expect("SIGKILL member 0");
-    victim.wait().unwrap();
+    // The kill's time is read just before it, so a call the kill cut short counts as running
+    // until no later than the kill.
     let killed_at: f64 = client
         .query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[])
         .await
         .unwrap()
         .get(0);
+    let mut victim = children.remove(0);
+    victim.kill().expect("SIGKILL member 0");
+    victim.wait().unwrap();
     // Keep writing for a while after the kill, so the victim's streams get new events that
     // only the survivors can handle.
     let at_kill = appended.load(Ordering::SeqCst);
@@ -322,12 +382,16 @@ async fn compete(backend: Backend) {
             .unwrap();
         assert!(status.success(), "a survivor stops cleanly: {status}");
     }
+    // Every member's output has ended (the victim's with the kill): collect the rest.
+    while let Some((_, line)) = lines.recv().await {
+        note_aborted(&mut aborted, &line);
+    }
 
     let rows = client
         .query(
             &format!(
                 "SELECT member, stream, first, last, extract(epoch FROM started)::float8,
-                        extract(epoch FROM ended)::float8
+                        extract(epoch FROM ended)::float8, key
                  FROM {schema}.calls ORDER BY stream, started, id"
             ),
             &[],
@@ -336,12 +400,14 @@ async fn compete(backend: Backend) {
         .unwrap();
     let mut by_stream: BTreeMap<String, Vec<Call>> = BTreeMap::new();
     for r in &rows {
+        let key: String = r.get(6);
         by_stream.entry(r.get(1)).or_default().push(Call {
             member: r.get(0),
             first: r.get(2),
             last: r.get(3),
             started: r.get(4),
             ended: r.get(5),
+            aborted: aborted.get(&key).copied(),
         });
     }
     let mut taken_over = 0;
@@ -354,12 +420,13 @@ async fn compete(backend: Backend) {
                 .iter()
                 .map(|c| {
                     format!(
-                        "{} {}..={} {:.3}-{:?} ",
+                        "{} {}..={} {:.3}-{:?} aborted {:?}; ",
                         c.member,
                         c.first,
                         c.last,
                         c.started - killed_at,
-                        c.ended.map(|e| e - killed_at)
+                        c.ended.map(|e| e - killed_at),
+                        c.aborted.map(|e| e - killed_at)
                     )
                 })
                 .collect::<String>()
@@ -380,12 +447,15 @@ async fn compete(backend: Backend) {
                 c.member,
                 history()
             );
-            let end = match c.ended {
-                Some(e) => e,
-                None => {
+            let end = match (c.ended, c.aborted) {
+                (Some(e), Some(a)) => e.max(a),
+                (Some(e), None) | (None, Some(e)) => e,
+                (None, None) => {
                     assert_eq!(
-                        c.member, "m0",
-                        "{stream}: only the killed member leaves calls open"
+                        c.member,
+                        "m0",
+                        "{stream}: only the killed member leaves calls without an end: {}",
+                        history()
                     );
                     killed_at
                 }
