@@ -77,6 +77,7 @@ pub use tokio_postgres_rustls;
 use error::backend;
 use row::{event, event_after, event_in, TxId};
 use sql::Sql;
+use tx::TxConn;
 
 /// The migrations, in order; `{schema}` is replaced by the store's schema.
 const MIGRATIONS: &[&str] = &[
@@ -495,18 +496,13 @@ impl PgStore {
     /// [`Projection::client`], then [`Projection::commit`] writes the checkpoint in the same
     /// transaction. Dropped without commit, everything is rolled back.
     pub async fn projection(&self) -> Result<Projection> {
-        // Held before `BEGIN` is sent: a caller gone meanwhile closes the connection.
-        let projection = Projection {
-            client: Some(self.client().await?),
+        let mut tx = TxConn::new(self.client().await?);
+        tx.begin().await?;
+        Ok(Projection {
+            tx,
             store: self.clone(),
             appended: false,
-        };
-        projection
-            .client()
-            .batch_execute("BEGIN")
-            .await
-            .map_err(backend)?;
-        Ok(projection)
+        })
     }
 
     fn wake(&self) {

@@ -6,7 +6,8 @@ use super::*;
 /// reactor, and the checkpoint, committed together or not at all.
 #[derive(Debug)]
 pub struct Projection {
-    pub(crate) client: Option<Object>,
+    /// Dropped before the commit is answered, it closes the connection: rolled back.
+    pub(crate) tx: TxConn,
     pub(crate) store: PgStore,
     pub(crate) appended: bool,
 }
@@ -14,7 +15,7 @@ pub struct Projection {
 impl Projection {
     /// The connection, inside the transaction.
     pub fn client(&self) -> &tokio_postgres::Client {
-        self.client.as_ref().expect("open until commit")
+        self.tx.client()
     }
 
     /// Appends inside this transaction (visible to others only after the commit). A
@@ -27,7 +28,7 @@ impl Projection {
     ) -> Result<AppendResult> {
         let store = &self.store;
         annals::backend::validate_batch(stream, &events, store.inner.config.max_event_bytes)?;
-        let client = self.client.as_ref().expect("open until commit");
+        let client = self.tx.client();
         match store
             .append_once(client, stream, expected, &events, None)
             .await?
@@ -59,33 +60,19 @@ impl Projection {
 
     async fn finish(mut self, checkpoint: Option<(String, &str, &str, String)>) -> Result<()> {
         // Held by `self` until the COMMIT is answered: a caller gone meanwhile (or an error)
-        // drops it with the transaction, which closes the connection.
-        let client = self.client.as_ref().expect("open until commit");
-        let done = async {
-            if let Some((sql, group, source, position)) = &checkpoint {
-                let statement = client.prepare_cached(sql).await?;
-                client
-                    .execute(&statement, &[group, source, position])
-                    .await?;
-            }
-            client.batch_execute("COMMIT").await
+        // drops the transaction open, which closes the connection.
+        if let Some((sql, group, source, position)) = &checkpoint {
+            let client = self.tx.client();
+            let statement = client.prepare_cached(sql).await.map_err(backend)?;
+            client
+                .execute(&statement, &[group, source, position])
+                .await
+                .map_err(backend)?;
         }
-        .await;
-        done.map_err(backend)?;
-        // Committed: the connection goes back to the pool.
-        drop(self.client.take());
+        self.tx.commit().await?;
         if self.appended {
             self.store.wake();
         }
         Ok(())
-    }
-}
-
-impl Drop for Projection {
-    fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
-            // Closing the connection rolls the transaction back.
-            drop(Object::take(client));
-        }
     }
 }

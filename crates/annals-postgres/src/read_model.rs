@@ -16,12 +16,13 @@ use annals::{
     RecordedEvent, Result, SqlTx, SqlValue, StreamName, StreamProgress, Timestamp, Version,
 };
 use async_trait::async_trait;
-use deadpool_postgres::{ClientWrapper, Object};
+use deadpool_postgres::ClientWrapper;
 use tokio_postgres::types::ToSql;
 
 use crate::error::backend;
 use crate::prepared;
 use crate::sql_value::{decode_rows, query, Param};
+use crate::tx::TxConn;
 use crate::{bigint, PgStore};
 
 /// A read-model transaction on PostgreSQL. Through [`SqlTx`] it runs portable statements;
@@ -177,64 +178,31 @@ fn projector_failed(
     )
 }
 
-/// One read-model transaction on a pooled connection: begun (with the search path set to
-/// the store's schema) and, unless committed, closed with the connection (which rolls it
-/// back) so a half-done transaction never returns to the pool.
-struct Transaction {
-    client: Option<Object>,
-}
+/// A read-model transaction: it closes its connection (which rolls it back) when dropped
+/// before it ends, so a half-done transaction never returns to the pool.
+type Transaction = TxConn;
 
-impl Transaction {
-    fn client(&self) -> &Object {
-        self.client.as_ref().expect("open until finished")
+/// Ends a transaction that wrote nothing: `COMMIT` if it was begun, otherwise the
+/// connection simply goes back to the pool.
+async fn release(mut tx: Transaction, begun: bool) -> Result<()> {
+    if begun {
+        return tx.commit().await;
     }
-
-    /// Ends a transaction that wrote nothing: `COMMIT` if it was begun, otherwise the
-    /// connection simply goes back to the pool.
-    async fn release(mut self, begun: bool) -> Result<()> {
-        if begun {
-            return self.commit().await;
-        }
-        drop(self.client.take());
-        Ok(())
-    }
-
-    async fn commit(mut self) -> Result<()> {
-        // Held until answered: dropped meanwhile (or failed), the transaction closes the
-        // connection.
-        self.client()
-            .batch_execute("COMMIT")
-            .await
-            .map_err(backend)?;
-        drop(self.client.take());
-        Ok(())
-    }
-}
-
-impl Drop for Transaction {
-    fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
-            drop(Object::take(client));
-        }
-    }
+    tx.ended();
+    Ok(())
 }
 
 impl PgStore {
     async fn begin(&self) -> Result<Transaction> {
-        // Held before `BEGIN` is sent: a caller gone meanwhile closes the connection.
-        let tx = Transaction {
-            client: Some(self.client().await?),
-        };
-        tx.client().batch_execute("BEGIN").await.map_err(backend)?;
+        let mut tx = TxConn::new(self.client().await?);
+        tx.begin().await?;
         Ok(tx)
     }
 
     /// A pooled connection for a transaction whose `BEGIN` goes out with its first
     /// statement.
     async fn lazy(&self) -> Result<Transaction> {
-        Ok(Transaction {
-            client: Some(self.client().await?),
-        })
+        Ok(TxConn::opened(self.client().await?))
     }
 
     /// Begins a read-model transaction (its commit need not wait for the disk: see
@@ -246,10 +214,8 @@ impl PgStore {
         projection: &str,
         stream: &StreamName,
     ) -> Result<(Transaction, Option<u64>)> {
-        // Held before `BEGIN` is sent: a caller gone meanwhile closes the connection.
-        let tx = Transaction {
-            client: Some(self.client().await?),
-        };
+        // Open before `BEGIN` is sent: a caller gone meanwhile closes the connection.
+        let tx = TxConn::opened(self.client().await?);
         let client = tx.client();
         let read = client.prepare_cached(sql).await.map_err(backend)?;
         let name = stream.as_str();
@@ -305,19 +271,21 @@ impl PgStore {
             client.batch_execute("COMMIT")
         );
         let set = begun.and(set);
-        let client = tx.client.take().expect("open until finished");
         match (set, commit) {
-            (Ok(_), Ok(())) => Ok(()),
+            (Ok(_), Ok(())) => {
+                tx.ended();
+                Ok(())
+            }
             (Err(e), _) | (_, Err(e)) => {
                 // A failed statement makes COMMIT roll back: nothing was recorded.
                 let moved =
                     e.code() == Some(&tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE);
                 if moved {
                     // The connection is clean (the COMMIT ended the transaction).
-                    drop(client);
+                    tx.ended();
                     return Err(MovedOr::Moved);
                 }
-                drop(Object::take(client));
+                // Dropped open: the connection is closed.
                 Err(MovedOr::Error(backend(e)))
             }
         }
@@ -354,14 +322,14 @@ impl PgStore {
             client.batch_execute("COMMIT")
         );
         let mut tx = tx;
-        let client = tx.client.take().expect("open until finished");
         match (set, commit) {
-            (Ok(_), Ok(())) => Ok(()),
-            (Err(e), _) | (_, Err(e)) => {
-                // A failed statement makes COMMIT roll back: nothing was recorded.
-                drop(Object::take(client));
-                Err(backend(e))
+            (Ok(_), Ok(())) => {
+                tx.ended();
+                Ok(())
             }
+            // A failed statement makes COMMIT roll back: nothing was recorded. Dropped open,
+            // the transaction closes its connection.
+            (Err(e), _) | (_, Err(e)) => Err(backend(e)),
         }
     }
 }
@@ -371,7 +339,7 @@ impl ReadModelStore for PgStore {
     type Tx<'t> = PgTx<'t>;
 
     async fn setup<P: Projector<Self>>(&self, projector: &Arc<P>) -> Result<()> {
-        let tx = self.begin().await?;
+        let mut tx = self.begin().await?;
         let mut ptx = PgTx::begun(tx.client());
         projector
             .setup(&mut ptx)
@@ -416,7 +384,7 @@ impl ReadModelStore for PgStore {
             // The progress this process recorded last, if any, saves reading it: the commit
             // checks it, and a stale one costs one more attempt.
             let cached = cache.get(id.name, stream);
-            let (tx, progress, begin) = match cached {
+            let (mut tx, progress, begin) = match cached {
                 Some(p) => (self.lazy().await?, Some(p), Some(BEGIN)),
                 None => {
                     let (tx, p) = self.begin_reading(id.name, stream).await?;
@@ -429,7 +397,7 @@ impl ReadModelStore for PgStore {
                 if cached.is_some() {
                     // Nothing new by the cache: make sure with the stored progress.
                     cache.forget(id.name, stream);
-                    tx.release(begin.is_none()).await?;
+                    release(tx, begin.is_none()).await?;
                     continue;
                 }
                 tx.commit().await?;
@@ -438,7 +406,7 @@ impl ReadModelStore for PgStore {
             if first.stream_version > next {
                 if cached.is_some() {
                     cache.forget(id.name, stream);
-                    tx.release(begin.is_none()).await?;
+                    release(tx, begin.is_none()).await?;
                     continue;
                 }
                 // Events are missing in between: the caller reads them first.

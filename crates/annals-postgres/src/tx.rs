@@ -13,6 +13,7 @@ use crate::{backend, Result};
 /// A pooled connection for transactions: dropped while one is open (from just before its
 /// `BEGIN` is sent until its `COMMIT` or `ROLLBACK` is answered), the connection is taken
 /// out of the pool and closed; otherwise it goes back to the pool.
+#[derive(Debug)]
 pub(crate) struct TxConn {
     client: Option<Object>,
     open: bool,
@@ -24,6 +25,26 @@ impl TxConn {
             client: Some(client),
             open: false,
         }
+    }
+
+    /// For a transaction whose `BEGIN` the caller sends pipelined with its first statements:
+    /// open from now, until [`TxConn::ended`].
+    pub(crate) fn opened(client: Object) -> Self {
+        Self {
+            client: Some(client),
+            open: true,
+        }
+    }
+
+    /// The transaction is over (a `COMMIT` or `ROLLBACK` the caller sent was answered, or it
+    /// was never begun): the connection goes back to the pool.
+    pub(crate) fn ended(&mut self) {
+        self.open = false;
+    }
+
+    /// The connection, inside the transaction.
+    pub(crate) fn client(&self) -> &Object {
+        self
     }
 
     /// Sends `sql`, which begins a transaction (`BEGIN`, perhaps with settings).
