@@ -3,6 +3,10 @@
 //! whatever thread or task records (tests label their own streams, categories or schemas
 //! so that they read only their own values); a `Recorded::default()` can also be a
 //! thread's local recorder (`metrics::with_local_recorder`).
+//!
+//! Not `metrics-util`'s `DebuggingRecorder`: its snapshot drains every metric (counters
+//! swapped to 0, histograms cleared), so one test reading the global recorder would take
+//! the values of the tests running beside it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
