@@ -166,6 +166,8 @@ pub(crate) struct Inner {
     heads: std::sync::Mutex<lru::LruCache<StreamName, read::Last>>,
     /// The retention policies as this process last loaded them.
     policies: std::sync::Mutex<retention::Policies>,
+    /// Where this client's appends were acknowledged: feed reads show them.
+    written: std::sync::Mutex<read::Written>,
 }
 
 impl Drop for Inner {
@@ -270,6 +272,7 @@ impl NatsStore {
                 listener: std::sync::Mutex::new(None),
                 heads: std::sync::Mutex::new(lru::LruCache::new(HEADS)),
                 policies: std::sync::Mutex::new(retention::Policies::default()),
+                written: std::sync::Mutex::new(read::Written::default()),
             }),
         })
     }

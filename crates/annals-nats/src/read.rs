@@ -34,6 +34,53 @@ pub(crate) struct Last {
     pub(crate) start: u64,
 }
 
+/// How many categories' last written sequences a client remembers.
+const CATEGORIES: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(4096) {
+    Some(n) => n,
+    None => unreachable!(),
+};
+
+/// The last sequences this client's appends were acknowledged at: in the whole stream, and
+/// by category (the most recent [`CATEGORIES`]). A replica answering a direct get may not
+/// have applied yet what the leader acknowledged; a feed page is checked against these, so
+/// a client always reads its own writes.
+pub(crate) struct Written {
+    all: u64,
+    categories: lru::LruCache<String, u64>,
+}
+
+impl Default for Written {
+    fn default() -> Self {
+        Self {
+            all: 0,
+            categories: lru::LruCache::new(CATEGORIES),
+        }
+    }
+}
+
+impl Written {
+    /// Notes `stream`'s message at `sequence`.
+    pub(crate) fn note(&mut self, stream: &StreamName, sequence: u64) {
+        self.all = self.all.max(sequence);
+        let category = stream.category();
+        match self.categories.get_mut(category) {
+            Some(last) => *last = (*last).max(sequence),
+            None => {
+                self.categories.put(category.to_owned(), sequence);
+            }
+        }
+    }
+
+    /// The last sequence written in `category`, or in the whole stream for `None` (0 for a
+    /// category forgotten or never written).
+    fn last(&mut self, category: Option<&str>) -> u64 {
+        match category {
+            None => self.all,
+            Some(c) => self.categories.get(c).copied().unwrap_or(0),
+        }
+    }
+}
+
 /// The header of an event's message carrying its stream's start when above 0: each event
 /// written after a marker carries the start it found on the message before it, so the last
 /// message of a stream always says where the stream starts (what an append at a version
@@ -130,6 +177,65 @@ impl NatsStore {
         }
         let _ = replies.unsubscribe().await;
         Ok(out)
+    }
+
+    /// Up to `max` messages after sequence `after` on subjects matching `filter`, as
+    /// [`NatsStore::fetch`], from a replica that has applied `written` (the last sequence
+    /// this client wrote on those subjects): a short batch that ends below it may come from
+    /// a replica still applying what the leader acknowledged. The leader then says whether
+    /// anything up to `written` is missing; if so the batch is asked for again (from any
+    /// replica) until one that has caught up answers, within the configured timeout.
+    async fn fetch_fresh(
+        &self,
+        filter: &str,
+        after: u64,
+        max: usize,
+        written: u64,
+    ) -> Result<Vec<Stored>> {
+        let deadline = tokio::time::Instant::now() + self.inner.config.timeout;
+        let mut pause = std::time::Duration::from_millis(1);
+        loop {
+            let batch = self.fetch(filter, after.saturating_add(1), max).await?;
+            let covered = batch.last().map_or(after, |m| m.sequence);
+            if batch.len() >= max.clamp(1, BATCH) || covered >= written {
+                return Ok(batch);
+            }
+            match self.leader_next(filter, covered + 1).await? {
+                // Nothing between the batch's end and this client's last write: it is whole
+                // (a purge can remove what was written).
+                None => return Ok(batch),
+                Some(next) if next > written => return Ok(batch),
+                Some(_) => {}
+            }
+            if tokio::time::Instant::now() + pause > deadline {
+                return Err(backend(format!(
+                    "the replicas answering reads have not applied this client's write at \
+                     sequence {written} within {:?}",
+                    self.inner.config.timeout
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// The sequence of the first message from `from` on whose subject matches `filter`, as
+    /// the stream's leader has it.
+    async fn leader_next(&self, filter: &str, from: u64) -> Result<Option<u64>> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        let found = self
+            .inner
+            .stream
+            .raw_message_builder()
+            .sequence(from)
+            .next_by_subject(filter.to_owned())
+            .send()
+            .await;
+        match found {
+            Ok(m) => Ok(Some(m.sequence)),
+            Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => Ok(None),
+            Err(e) => Err(backend(e)),
+        }
     }
 
     /// Up to `max` messages from `from` (a sequence) on, on subjects matching `filter`.
@@ -364,7 +470,17 @@ impl NatsStore {
         let after = u64::try_from(annals::backend::raw_position(from)).unwrap_or(u64::MAX);
         // One direct-get batch: at most BATCH messages, whatever the limit asked.
         let asked = limit.clamp(1, BATCH);
-        let batch = self.fetch(&subject, after.saturating_add(1), asked).await?;
+        let category = match filter.categories.as_slice() {
+            [one] => Some(one.as_str()),
+            _ => None,
+        };
+        let written = self
+            .inner
+            .written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last(category);
+        let batch = self.fetch_fresh(&subject, after, asked, written).await?;
         let mut page = AllPage {
             events: Vec::new(),
             next: from,

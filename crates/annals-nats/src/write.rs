@@ -449,7 +449,15 @@ impl NatsStore {
             .map_err(|e| backend(format!("unreadable publish acknowledgement: {e}")))?;
         match ack.error {
             None if ack.duplicate => Ok(Published::Duplicate(Some(ack.seq))),
-            None => Ok(Published::Stored(ack.seq)),
+            None => {
+                // A batch's messages are stored at consecutive sequences ending at the ack's.
+                let mut written = self.inner.written.lock().unwrap_or_else(|p| p.into_inner());
+                for (n, m) in messages.iter().enumerate() {
+                    let back = (total - 1 - n) as u64;
+                    written.note(m.stream, ack.seq.saturating_sub(back));
+                }
+                Ok(Published::Stored(ack.seq))
+            }
             Some(e) => match e.err_code {
                 10071 | 10164 => Ok(Published::Moved),
                 10201 => Ok(Published::Duplicate((ack.seq > 0).then_some(ack.seq))),
