@@ -75,6 +75,30 @@ impl Parked {
     }
 }
 
+impl NatsStore {
+    /// The value and revision of `key` in the key-value bucket as the bucket's leader has
+    /// it; `None` when absent, deleted or purged. The bucket's own `get` may be answered by
+    /// a replica that has not applied this client's last write yet (direct get): a
+    /// checkpoint just committed would load as the one before, a key just created as absent.
+    pub(crate) async fn kv_get(&self, key: &str) -> Result<Option<(bytes::Bytes, u64)>> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        let kv = &self.inner.checkpoints;
+        let subject = format!("{}{key}", kv.prefix);
+        match kv.stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => {
+                let operation = m.headers.get("KV-Operation").map(|v| v.as_str());
+                if matches!(operation, Some("DEL" | "PURGE")) {
+                    Ok(None)
+                } else {
+                    Ok(Some((m.payload, m.sequence)))
+                }
+            }
+            Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => Ok(None),
+            Err(e) => Err(backend(e)),
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct Value {
     group: String,
@@ -92,15 +116,9 @@ fn position_of(text: &str) -> Result<Position> {
 #[async_trait]
 impl CheckpointStore for NatsStore {
     async fn load(&self, group: &str, source: &str) -> Result<Option<Position>> {
-        let entry = self
-            .inner
-            .checkpoints
-            .get(key(group, source))
-            .await
-            .map_err(backend)?;
-        match entry {
+        match self.kv_get(&key(group, source)).await? {
             None => Ok(None),
-            Some(bytes) => {
+            Some((bytes, _)) => {
                 let v: Value = serde_json::from_slice(&bytes).map_err(backend)?;
                 position_of(&v.position).map(Some)
             }
@@ -130,7 +148,7 @@ impl CheckpointStore for NatsStore {
             if !k.starts_with("cp.") {
                 continue;
             }
-            let Some(bytes) = self.inner.checkpoints.get(&k).await.map_err(backend)? else {
+            let Some((bytes, _)) = self.kv_get(&k).await? else {
                 continue;
             };
             let v: Value = serde_json::from_slice(&bytes).map_err(backend)?;
@@ -149,14 +167,14 @@ impl CheckpointStore for NatsStore {
         let k = parked_key(&parked.group, &parked.stream);
         // Compare-and-set on the entry's revision: a concurrent parker makes us re-read.
         for _ in 0..100 {
-            let entry = kv.entry(&k).await.map_err(backend)?;
-            let (record, revision) = match entry.filter(|e| !e.value.is_empty()) {
-                Some(e) => {
-                    let mut existing = serde_json::from_slice::<Parked>(&e.value)
+            let entry = self.kv_get(&k).await?;
+            let (record, revision) = match entry.filter(|(value, _)| !value.is_empty()) {
+                Some((value, revision)) => {
+                    let mut existing = serde_json::from_slice::<Parked>(&value)
                         .map_err(backend)?
                         .record()?;
                     existing.extend(parked);
-                    (existing, e.revision)
+                    (existing, revision)
                 }
                 None => (parked.clone(), 0),
             };
@@ -191,7 +209,7 @@ impl CheckpointStore for NatsStore {
             if !k.starts_with("pk.") {
                 continue;
             }
-            let Some(bytes) = kv.get(&k).await.map_err(backend)? else {
+            let Some((bytes, _)) = self.kv_get(&k).await? else {
                 continue;
             };
             let record = serde_json::from_slice::<Parked>(&bytes)
@@ -208,11 +226,7 @@ impl CheckpointStore for NatsStore {
     async fn unpark(&self, group: &str, stream: &StreamName) -> Result<bool> {
         let kv = &self.inner.checkpoints;
         let k = parked_key(group, stream);
-        let present = kv
-            .get(&k)
-            .await
-            .map_err(backend)?
-            .is_some_and(|v| !v.is_empty());
+        let present = self.kv_get(&k).await?.is_some_and(|(v, _)| !v.is_empty());
         if present {
             kv.purge(&k).await.map_err(backend)?;
         }

@@ -18,10 +18,9 @@ fn key_of(subject: &str) -> String {
 #[async_trait::async_trait]
 impl SubjectKeys for NatsStore {
     async fn keys(&self, subjects: &[String]) -> Result<HashMap<String, SubjectKey>> {
-        let kv = &self.inner.checkpoints;
         let mut found = HashMap::new();
         for subject in subjects {
-            let Some(bytes) = kv.get(key_of(subject)).await.map_err(backend)? else {
+            let Some((bytes, _)) = self.kv_get(&key_of(subject)).await? else {
                 continue;
             };
             if bytes.is_empty() {
