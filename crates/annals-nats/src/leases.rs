@@ -129,14 +129,29 @@ impl LeaseStore for NatsStore {
             .map_err(backend)?;
         let members_prefix = format!("lm.{}.", key_part(group));
         let leases_prefix = format!("ll.{}.", key_part(group));
-        let entries = self
-            .latest(&[members_prefix.clone(), leases_prefix.clone()])
-            .await?;
-        let now = entries
-            .iter()
-            .find(|e| e.key == me && e.revision >= beat)
-            .map(|e| e.stamp)
-            .ok_or_else(|| backend("a heartbeat just written is missing"))?;
+        // Any replica answers the get: one that has not applied the heartbeat yet is asked
+        // again (once it has, it holds every renewal and claim acknowledged before it).
+        let deadline = tokio::time::Instant::now() + self.inner.config.timeout;
+        let mut pause = Duration::from_millis(1);
+        let (entries, now) = loop {
+            let entries = self
+                .latest(&[members_prefix.clone(), leases_prefix.clone()])
+                .await?;
+            let seen = entries
+                .iter()
+                .find(|e| e.key == me && e.revision >= beat)
+                .map(|e| e.stamp);
+            if let Some(now) = seen {
+                break (entries, now);
+            }
+            if tokio::time::Instant::now() + pause > deadline {
+                return Err(backend(
+                    "the replicas answering reads have not applied the heartbeat just written",
+                ));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        };
         let their_ttl = |e: &Found| {
             std::str::from_utf8(&e.value)
                 .ok()
