@@ -185,7 +185,7 @@ impl NatsStore {
     /// a replica still applying what the leader acknowledged. The leader then says whether
     /// anything up to `written` is missing; if so the batch is asked for again (from any
     /// replica) until one that has caught up answers, within the configured timeout.
-    async fn fetch_fresh(
+    pub(crate) async fn fetch_fresh(
         &self,
         filter: &str,
         after: u64,
@@ -216,6 +216,22 @@ impl NatsStore {
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// The message at `seq` as the stream's leader has it (a replica may not have applied
+    /// one the server just named).
+    pub(crate) async fn leader_message(&self, seq: u64) -> Result<Option<Stored>> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        match self.inner.stream.get_raw_message(seq).await {
+            Ok(m) => Ok(Some(Stored {
+                sequence: m.sequence,
+                subject: m.subject.to_string(),
+                msg_id: m.headers.get("Nats-Msg-Id").map(|v| v.to_string()),
+                payload: m.payload,
+            })),
+            Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => Ok(None),
+            Err(e) => Err(backend(e)),
         }
     }
 

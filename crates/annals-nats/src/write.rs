@@ -335,9 +335,9 @@ impl NatsStore {
             }
         };
         if let Some(seq) = seq {
-            return match self.fetch(&self.inner.subjects.all(), seq, 1).await?.pop() {
-                Some(m) if m.sequence == seq => refuse(&m),
-                _ => Ok(()),
+            return match self.leader_message(seq).await? {
+                Some(m) => refuse(&m),
+                None => Ok(()),
             };
         }
         let js = async_nats::jetstream::new(self.inner.client.clone());
@@ -348,7 +348,10 @@ impl NatsStore {
         let last = handle.info().await.map_err(backend)?.state.last_sequence;
         let mut from = last.saturating_sub(RECENT).max(1);
         while from <= last {
-            let batch = self.fetch(&self.inner.subjects.all(), from, 1000).await?;
+            // From a replica that has applied up to the leader's last message.
+            let batch = self
+                .fetch_fresh(&self.inner.subjects.all(), from - 1, 1000, last)
+                .await?;
             let Some(end) = batch.last().map(|m| m.sequence) else {
                 break;
             };
