@@ -54,26 +54,49 @@ impl NatsStore {
         format!("ll.{}.{partition}", key_part(group))
     }
 
+    /// Notes a heartbeat, renewal or claim this client wrote at `revision`.
+    fn wrote_lease(&self, revision: u64) {
+        self.inner
+            .lease_writes
+            .fetch_max(revision, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// The latest entry of every key of the checkpoint bucket under the given key
-    /// prefixes (each ending in `.`), deleted keys included with an empty value.
+    /// prefixes (each ending in `.`), deleted keys included with an empty value, from a
+    /// replica that has applied this client's last heartbeat, renewal and claim: any
+    /// replica answers a direct get, and one still applying is asked again (within the
+    /// store's timeout; after it, its answer is taken as it is).
     async fn latest(&self, prefixes: &[String]) -> Result<Vec<Found>> {
         let kv = &self.inner.checkpoints;
         let filters: Vec<String> = prefixes
             .iter()
             .map(|p| format!("{}{p}>", kv.prefix))
             .collect();
-        let messages = self
-            .direct_on(
-                &kv.stream_name,
-                json!({"multi_last": filters, "batch": MULTI_LAST_MAX}),
-                true,
-            )
-            .await
-            .map_err(|e| {
-                backend(format!(
-                    "reading the group's leases (a group's members and partitions together must be at most {MULTI_LAST_MAX}): {e}"
-                ))
-            })?;
+        let written = self
+            .inner
+            .lease_writes
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + self.inner.config.timeout;
+        let mut pause = Duration::from_millis(1);
+        let messages = loop {
+            let (messages, upto) = self
+                .direct_upto(
+                    &kv.stream_name,
+                    json!({"multi_last": filters, "batch": MULTI_LAST_MAX}),
+                    true,
+                )
+                .await
+                .map_err(|e| {
+                    backend(format!(
+                        "reading the group's leases (a group's members and partitions together must be at most {MULTI_LAST_MAX}): {e}"
+                    ))
+                })?;
+            if upto.unwrap_or(0) >= written || tokio::time::Instant::now() + pause > deadline {
+                break messages;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        };
         messages
             .into_iter()
             .map(|m| {
@@ -129,29 +152,17 @@ impl LeaseStore for NatsStore {
             .map_err(backend)?;
         let members_prefix = format!("lm.{}.", key_part(group));
         let leases_prefix = format!("ll.{}.", key_part(group));
-        // Any replica answers the get: one that has not applied the heartbeat yet is asked
-        // again (once it has, it holds every renewal and claim acknowledged before it).
-        let deadline = tokio::time::Instant::now() + self.inner.config.timeout;
-        let mut pause = Duration::from_millis(1);
-        let (entries, now) = loop {
-            let entries = self
-                .latest(&[members_prefix.clone(), leases_prefix.clone()])
-                .await?;
-            let seen = entries
-                .iter()
-                .find(|e| e.key == me && e.revision >= beat)
-                .map(|e| e.stamp);
-            if let Some(now) = seen {
-                break (entries, now);
-            }
-            if tokio::time::Instant::now() + pause > deadline {
-                return Err(backend(
-                    "the replicas answering reads have not applied the heartbeat just written",
-                ));
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
-        };
+        self.wrote_lease(beat);
+        let entries = self
+            .latest(&[members_prefix.clone(), leases_prefix.clone()])
+            .await?;
+        let now = entries
+            .iter()
+            .find(|e| e.key == me && e.revision >= beat)
+            .map(|e| e.stamp)
+            .ok_or_else(|| {
+                backend("the replicas answering reads have not applied the heartbeat just written")
+            })?;
         let their_ttl = |e: &Found| {
             std::str::from_utf8(&e.value)
                 .ok()
@@ -219,12 +230,13 @@ impl LeaseStore for NatsStore {
                 kv.update(Self::lease_key(group, *p), mine.clone(), *revision)
             }))
             .await;
-        let mut held: Vec<u32> = tries
-            .iter()
-            .zip(results)
-            .filter(|(_, r)| r.is_ok())
-            .map(|((p, _), _)| *p)
-            .collect();
+        let mut held = Vec::new();
+        for ((p, _), result) in tries.iter().zip(results) {
+            if let Ok(revision) = result {
+                self.wrote_lease(revision);
+                held.push(*p);
+            }
+        }
         held.sort_unstable();
         Ok(Leases {
             held,

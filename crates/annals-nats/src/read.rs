@@ -135,6 +135,17 @@ impl NatsStore {
         request: serde_json::Value,
         batch: bool,
     ) -> Result<Vec<async_nats::Message>> {
+        Ok(self.direct_upto(stream, request, batch).await?.0)
+    }
+
+    /// [`NatsStore::direct_on`], with the `Nats-UpTo-Sequence` of a multi-last get's
+    /// end-of-batch marker: the answering replica's last sequence when it read.
+    pub(crate) async fn direct_upto(
+        &self,
+        stream: &str,
+        request: serde_json::Value,
+        batch: bool,
+    ) -> Result<(Vec<async_nats::Message>, Option<u64>)> {
         let inner = &self.inner;
         let inbox = inner.client.new_inbox();
         let mut replies = inner
@@ -152,6 +163,7 @@ impl NatsStore {
             .await
             .map_err(backend)?;
         let mut out = Vec::new();
+        let mut upto = None;
         loop {
             let message = tokio::time::timeout(inner.config.timeout, replies.next())
                 .await
@@ -160,7 +172,15 @@ impl NatsStore {
             if let Some(status) = message.status {
                 match status.as_u16() {
                     // End of batch, or nothing found.
-                    204 | 404 => break,
+                    204 => {
+                        upto = message
+                            .headers
+                            .as_ref()
+                            .and_then(|h| h.get("Nats-UpTo-Sequence"))
+                            .and_then(|v| v.as_str().parse().ok());
+                        break;
+                    }
+                    404 => break,
                     408 if !out.is_empty() => break,
                     _ => {
                         return Err(backend(format!(
@@ -176,7 +196,7 @@ impl NatsStore {
             }
         }
         let _ = replies.unsubscribe().await;
-        Ok(out)
+        Ok((out, upto))
     }
 
     /// Up to `max` messages after sequence `after` on subjects matching `filter`, as

@@ -241,6 +241,8 @@ async fn key_value_entries_read_right_after_they_are_written_are_those() {
 /// A member renews its leases at every heartbeat, never losing one to a replica that has
 /// not applied its last renewal. (Before a heartbeat waited for a replica that has its own
 /// write, 14 and 2 of 200 failed in two runs: "a heartbeat just written is missing".)
+/// Lease reads now wait for a replica whose last sequence (the multi-last get's
+/// `Nats-UpTo-Sequence`) covers the client's heartbeat, renewals and claims.
 #[tokio::test]
 async fn a_member_keeps_its_leases_at_every_heartbeat() {
     let (others, store) = on_a_follower(bucket).await;
