@@ -79,8 +79,8 @@ impl NatsStore {
         let deadline = tokio::time::Instant::now() + self.inner.config.timeout;
         let mut pause = Duration::from_millis(1);
         let messages = loop {
-            let (messages, upto) = self
-                .direct_upto(
+            let (messages, end) = self
+                .direct_end(
                     &kv.stream_name,
                     json!({"multi_last": filters, "batch": MULTI_LAST_MAX}),
                     true,
@@ -91,7 +91,7 @@ impl NatsStore {
                         "reading the group's leases (a group's members and partitions together must be at most {MULTI_LAST_MAX}): {e}"
                     ))
                 })?;
-            if upto.unwrap_or(0) >= written || tokio::time::Instant::now() + pause > deadline {
+            if end.upto.unwrap_or(0) >= written || tokio::time::Instant::now() + pause > deadline {
                 break messages;
             }
             tokio::time::sleep(pause).await;

@@ -94,6 +94,16 @@ pub(crate) fn at_version<T>(items: &[T], version: u64, of: impl Fn(&T) -> u64) -
     items.get(usize::try_from(version.checked_sub(first)?).ok()?)
 }
 
+/// What a direct get's end-of-batch marker says.
+#[derive(Default)]
+pub(crate) struct End {
+    /// `Nats-Num-Pending`: matching messages the answering replica has after the last one
+    /// sent.
+    pub(crate) pending: Option<u64>,
+    /// `Nats-UpTo-Sequence` (multi-last gets): the answering replica's last sequence.
+    pub(crate) upto: Option<u64>,
+}
+
 /// What a stored message holds.
 pub(crate) enum Message {
     Event(RecordedEvent, Place),
@@ -102,11 +112,18 @@ pub(crate) enum Message {
 
 impl NatsStore {
     /// Sends a direct-get request to the store's stream; answers the messages (until the
-    /// end-of-batch marker for batch requests), none when nothing matches.
-    async fn direct(&self, request: serde_json::Value, batch: bool) -> Result<Vec<Stored>> {
+    /// end-of-batch marker for batch requests), none when nothing matches, and whether the
+    /// answering replica has more messages matching the request after the last one sent
+    /// (the marker's `Nats-Num-Pending`: a batch is also cut short by the server's byte
+    /// limit).
+    async fn direct_pending(
+        &self,
+        request: serde_json::Value,
+        batch: bool,
+    ) -> Result<(Vec<Stored>, bool)> {
         let stream = &self.inner.config.stream;
-        let messages = self.direct_on(stream, request, batch).await?;
-        messages
+        let (messages, end) = self.direct_end(stream, request, batch).await?;
+        let stored = messages
             .into_iter()
             .map(|message| {
                 let headers = message.headers.as_ref();
@@ -123,29 +140,20 @@ impl NatsStore {
                     payload: message.payload,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        Ok((stored, end.pending.is_some_and(|n| n > 0)))
     }
 
     /// Sends a direct-get request to `stream` (any stream with direct gets allowed, such as
     /// a key-value bucket's); answers the messages with their headers, none when nothing
-    /// matches. A batch or multi-last request ends at the end-of-batch marker.
-    pub(crate) async fn direct_on(
+    /// matches, and what a batch's end-of-batch marker says. A batch or multi-last request
+    /// ends at that marker.
+    pub(crate) async fn direct_end(
         &self,
         stream: &str,
         request: serde_json::Value,
         batch: bool,
-    ) -> Result<Vec<async_nats::Message>> {
-        Ok(self.direct_upto(stream, request, batch).await?.0)
-    }
-
-    /// [`NatsStore::direct_on`], with the `Nats-UpTo-Sequence` of a multi-last get's
-    /// end-of-batch marker: the answering replica's last sequence when it read.
-    pub(crate) async fn direct_upto(
-        &self,
-        stream: &str,
-        request: serde_json::Value,
-        batch: bool,
-    ) -> Result<(Vec<async_nats::Message>, Option<u64>)> {
+    ) -> Result<(Vec<async_nats::Message>, End)> {
         let inner = &self.inner;
         let inbox = inner.client.new_inbox();
         let mut replies = inner
@@ -163,7 +171,7 @@ impl NatsStore {
             .await
             .map_err(backend)?;
         let mut out = Vec::new();
-        let mut upto = None;
+        let mut end = End::default();
         loop {
             let message = tokio::time::timeout(inner.config.timeout, replies.next())
                 .await
@@ -173,11 +181,17 @@ impl NatsStore {
                 match status.as_u16() {
                     // End of batch, or nothing found.
                     204 => {
-                        upto = message
-                            .headers
-                            .as_ref()
-                            .and_then(|h| h.get("Nats-UpTo-Sequence"))
-                            .and_then(|v| v.as_str().parse().ok());
+                        let header = |name: &str| {
+                            message
+                                .headers
+                                .as_ref()
+                                .and_then(|h| h.get(name))
+                                .and_then(|v| v.as_str().parse().ok())
+                        };
+                        end = End {
+                            pending: header("Nats-Num-Pending"),
+                            upto: header("Nats-UpTo-Sequence"),
+                        };
                         break;
                     }
                     404 => break,
@@ -196,7 +210,7 @@ impl NatsStore {
             }
         }
         let _ = replies.unsubscribe().await;
-        Ok((out, upto))
+        Ok((out, end))
     }
 
     /// Up to `max` messages after sequence `after` on subjects matching `filter`, as
@@ -211,20 +225,22 @@ impl NatsStore {
         after: u64,
         max: usize,
         written: u64,
-    ) -> Result<Vec<Stored>> {
+    ) -> Result<(Vec<Stored>, bool)> {
         let deadline = tokio::time::Instant::now() + self.inner.config.timeout;
         let mut pause = std::time::Duration::from_millis(1);
         loop {
-            let batch = self.fetch(filter, after.saturating_add(1), max).await?;
+            let (batch, more) = self
+                .fetch_more(filter, after.saturating_add(1), max)
+                .await?;
             let covered = batch.last().map_or(after, |m| m.sequence);
-            if batch.len() >= max.clamp(1, BATCH) || covered >= written {
-                return Ok(batch);
+            if more || covered >= written {
+                return Ok((batch, more));
             }
             match self.leader_next(filter, covered + 1).await? {
                 // Nothing between the batch's end and this client's last write: it is whole
                 // (a purge can remove what was written).
-                None => return Ok(batch),
-                Some(next) if next > written => return Ok(batch),
+                None => return Ok((batch, more)),
+                Some(next) if next > written => return Ok((batch, more)),
                 Some(_) => {}
             }
             if tokio::time::Instant::now() + pause > deadline {
@@ -276,11 +292,21 @@ impl NatsStore {
 
     /// Up to `max` messages from `from` (a sequence) on, on subjects matching `filter`.
     pub(crate) async fn fetch(&self, filter: &str, from: u64, max: usize) -> Result<Vec<Stored>> {
-        self.direct(
-            json!({"batch": max.clamp(1, BATCH), "seq": from.max(1), "next_by_subj": filter}),
-            true,
-        )
-        .await
+        Ok(self.fetch_more(filter, from, max).await?.0)
+    }
+
+    /// [`NatsStore::fetch`], and whether the answering replica has more after the batch:
+    /// it asked for `max` and got them, or the server's byte limit cut it short.
+    async fn fetch_more(&self, filter: &str, from: u64, max: usize) -> Result<(Vec<Stored>, bool)> {
+        let max = max.clamp(1, BATCH);
+        let (batch, pending) = self
+            .direct_pending(
+                json!({"batch": max, "seq": from.max(1), "next_by_subj": filter}),
+                true,
+            )
+            .await?;
+        let more = pending || batch.len() >= max;
+        Ok((batch, more))
     }
 
     /// The event or marker in a stored message.
@@ -516,11 +542,11 @@ impl NatsStore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .last(category);
-        let batch = self.fetch_fresh(&subject, after, asked, written).await?;
+        let (batch, more) = self.fetch_fresh(&subject, after, asked, written).await?;
         let mut page = AllPage {
             events: Vec::new(),
             next: from,
-            end: batch.len() < asked,
+            end: !more,
         };
         let policies = self.policies().await?;
         let now = Timestamp::now();

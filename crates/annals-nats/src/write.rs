@@ -349,7 +349,7 @@ impl NatsStore {
         let mut from = last.saturating_sub(RECENT).max(1);
         while from <= last {
             // From a replica that has applied up to the leader's last message.
-            let batch = self
+            let (batch, _) = self
                 .fetch_fresh(&self.inner.subjects.all(), from - 1, 1000, last)
                 .await?;
             let Some(end) = batch.last().map(|m| m.sequence) else {

@@ -15,6 +15,49 @@ pub async fn fresh() -> NatsStore {
 
 annals_testkit::conformance_suite!(|| async { TestStore::new(Arc::new(crate::fresh().await)) });
 
+/// A feed page that the server cuts short by its byte limit (64 MiB of messages, whatever
+/// the batch asked) is not the end: `end` is false, and reading on finds every event.
+#[tokio::test]
+async fn a_page_cut_short_by_the_servers_byte_limit_is_not_the_end() {
+    use annals::{EventData, EventStore, ExpectedVersion, Filter, Position, StreamName};
+    let store = fresh().await;
+    let stream = StreamName::new("Big-1").unwrap();
+    const EVENTS: usize = 80;
+    for i in 0..EVENTS {
+        let mut data = vec![b'x'; 900_000];
+        data[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        store
+            .append(
+                &stream,
+                ExpectedVersion::Any,
+                vec![EventData::new("Big", data)],
+            )
+            .await
+            .unwrap();
+    }
+    let first = store
+        .read_all(Position::START, &Filter::all(), 1000)
+        .await
+        .unwrap();
+    assert!(
+        first.events.len() < EVENTS,
+        "the server cut the page short ({} events)",
+        first.events.len()
+    );
+    assert!(!first.end, "a page cut short is not the end");
+    let mut seen = first.events.len();
+    let mut next = first.next;
+    loop {
+        let page = store.read_all(next, &Filter::all(), 1000).await.unwrap();
+        seen += page.events.len();
+        next = page.next;
+        if page.end {
+            break;
+        }
+    }
+    assert_eq!(seen, EVENTS, "every event, once");
+}
+
 mod checkpoints {
     use std::sync::Arc;
 
