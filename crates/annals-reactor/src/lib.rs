@@ -228,12 +228,34 @@ pub fn spawn(
         let (reads, poke, stop) = (Arc::clone(&reads), Arc::clone(&poke), Arc::clone(&stop));
         tokio::spawn(async move {
             let source = config.source();
-            let start = match checkpoints.load(&config.group, &source).await {
-                Ok(p) => p.unwrap_or(Position::START),
-                Err(e) => {
-                    let e = PipelineError::from(e);
-                    stats_tx.send_modify(|s| s.stopped = Some(e.clone()));
-                    return Err(e);
+            // A store that fails for a while (a lost connection, a leader election) is
+            // asked again, as the feed's reads are, until it answers or the pipeline is
+            // stopped.
+            let mut delays = options.retry.delays();
+            let mut attempt = 0u32;
+            let start = loop {
+                attempt += 1;
+                match checkpoints.load(&config.group, &source).await {
+                    Ok(p) => break p.unwrap_or(Position::START),
+                    Err(e @ annals::Error::Backend { .. }) => {
+                        let delay = delays.next().unwrap_or(options.retry.max);
+                        tracing::warn!(
+                            group = %config.group,
+                            error = %annals::error_chain(&e),
+                            attempt,
+                            retry_in = ?delay,
+                            "loading the checkpoint failed; retrying"
+                        );
+                        tokio::select! {
+                            _ = stop.notified() => return Ok(()),
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                    }
+                    Err(e) => {
+                        let e = PipelineError::from(e);
+                        stats_tx.send_modify(|s| s.stopped = Some(e.clone()));
+                        return Err(e);
+                    }
                 }
             };
             let pages = Feed::new(feed_store, start, options)

@@ -352,6 +352,67 @@ async fn the_park_policy_records_and_skips_a_stream_and_the_rest_goes_on() {
     );
 }
 
+/// Checkpoints whose first `failures` loads fail as a store that lost its connection does.
+struct FlakyLoads {
+    inner: MemoryCheckpoints,
+    failures: std::sync::atomic::AtomicU32,
+    loads: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait]
+impl CheckpointStore for FlakyLoads {
+    async fn load(&self, group: &str, source: &str) -> annals::Result<Option<Position>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.loads.fetch_add(1, SeqCst);
+        let left = self.failures.load(SeqCst);
+        if left > 0 {
+            self.failures.store(left - 1, SeqCst);
+            return Err(annals::Error::transient("flaky", "connection lost"));
+        }
+        self.inner.load(group, source).await
+    }
+    async fn commit(&self, group: &str, source: &str, position: Position) -> annals::Result<()> {
+        self.inner.commit(group, source, position).await
+    }
+    async fn list(&self) -> annals::Result<Vec<annals::Checkpoint>> {
+        self.inner.list().await
+    }
+}
+
+/// A checkpoint store that fails for a while when the pipeline starts is asked again, and
+/// the pipeline then handles everything from the checkpoint; stopped while it waits, the
+/// pipeline ends cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_checkpoint_load_that_fails_for_a_while_is_retried() {
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+    let store = Arc::new(MemoryStore::new());
+    append(&store, "Flaky-1", 3).await;
+    let cps = Arc::new(FlakyLoads {
+        inner: MemoryCheckpoints::new(),
+        failures: AtomicU32::new(3),
+        loads: AtomicU32::new(0),
+    });
+    let h = Arc::new(Recorder::default());
+    let mut r = annals_reactor::spawn(store.clone(), cps.clone(), h.clone(), config("flaky"));
+    idle(&mut r).await;
+    assert_eq!(
+        cps.loads.load(SeqCst),
+        4,
+        "three failures, then the checkpoint"
+    );
+    assert_eq!(h.seen.lock().unwrap()[&name("Flaky-1")], vec![0, 1, 2]);
+    r.stop().await.unwrap();
+
+    // Failing for good: stop ends it while it waits to ask again.
+    cps.failures.store(u32::MAX, SeqCst);
+    let r = annals_reactor::spawn(store.clone(), cps.clone(), h.clone(), config("flaky"));
+    wait_until("a second failed load", || cps.loads.load(SeqCst) >= 6).await;
+    tokio::time::timeout(WAIT, r.stop())
+        .await
+        .expect("stops while retrying")
+        .expect("a clean stop");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_stop_policy_ends_the_pipeline_with_the_error() {
     let store = Arc::new(MemoryStore::new());
