@@ -64,8 +64,9 @@ impl NatsStore {
     /// The latest entry of every key of the checkpoint bucket under the given key
     /// prefixes (each ending in `.`), deleted keys included with an empty value, from a
     /// replica that has applied this client's last heartbeat, renewal and claim: any
-    /// replica answers a direct get, and one still applying is asked again (within the
-    /// store's timeout; after it, its answer is taken as it is).
+    /// replica answers a direct get, and one whose last sequence is still below them is
+    /// asked again (within the store's timeout; after it, its answer is taken as it is).
+    /// An answer of no keys at all carries no sequence and is taken as it is.
     async fn latest(&self, prefixes: &[String]) -> Result<Vec<Found>> {
         let kv = &self.inner.checkpoints;
         let filters: Vec<String> = prefixes
@@ -91,7 +92,8 @@ impl NatsStore {
                         "reading the group's leases (a group's members and partitions together must be at most {MULTI_LAST_MAX}): {e}"
                     ))
                 })?;
-            if end.upto.unwrap_or(0) >= written || tokio::time::Instant::now() + pause > deadline {
+            let behind = end.upto.is_some_and(|upto| upto < written);
+            if !behind || tokio::time::Instant::now() + pause > deadline {
                 break messages;
             }
             tokio::time::sleep(pause).await;
@@ -153,16 +155,28 @@ impl LeaseStore for NatsStore {
         let members_prefix = format!("lm.{}.", key_part(group));
         let leases_prefix = format!("ll.{}.", key_part(group));
         self.wrote_lease(beat);
-        let entries = self
-            .latest(&[members_prefix.clone(), leases_prefix.clone()])
-            .await?;
-        let now = entries
-            .iter()
-            .find(|e| e.key == me && e.revision >= beat)
-            .map(|e| e.stamp)
-            .ok_or_else(|| {
-                backend("the replicas answering reads have not applied the heartbeat just written")
-            })?;
+        // A replica that answers "no keys" has not applied the heartbeat either: ask again.
+        let deadline = tokio::time::Instant::now() + self.inner.config.timeout;
+        let mut pause = Duration::from_millis(1);
+        let (entries, now) = loop {
+            let entries = self
+                .latest(&[members_prefix.clone(), leases_prefix.clone()])
+                .await?;
+            let seen = entries
+                .iter()
+                .find(|e| e.key == me && e.revision >= beat)
+                .map(|e| e.stamp);
+            if let Some(now) = seen {
+                break (entries, now);
+            }
+            if tokio::time::Instant::now() + pause > deadline {
+                return Err(backend(
+                    "the replicas answering reads have not applied the heartbeat just written",
+                ));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        };
         let their_ttl = |e: &Found| {
             std::str::from_utf8(&e.value)
                 .ok()

@@ -69,11 +69,36 @@ mod checkpoints {
 
 mod leases {
     use std::sync::Arc;
+    use std::time::Duration;
+
+    use annals::LeaseStore;
 
     annals_testkit::lease_suite!(|| async {
         let store: Arc<dyn annals::LeaseStore> = Arc::new(crate::fresh().await);
         (store, ())
     });
+
+    /// A client that has written leases asks about a group with no keys at all: the get
+    /// answers "no results", which carries no sequence to wait for, and the calls answer at
+    /// once instead of waiting out the store's timeout (set to two minutes here).
+    #[tokio::test]
+    async fn a_group_with_no_keys_is_read_at_once() {
+        let mut config = crate::fresh().await.config().clone();
+        config.timeout = Duration::from_secs(120);
+        let store = annals_nats::NatsStore::connect(config).await.unwrap();
+        let held = store.acquire("busy", "m", 2, Duration::from_secs(60)).await;
+        assert_eq!(held.unwrap().held, [0, 1]);
+        let answered = tokio::time::timeout(Duration::from_secs(30), async {
+            assert!(store.members("empty").await.unwrap().is_empty());
+            store.release("empty", "m", &[0]).await.unwrap();
+            store.leave("empty", "m").await.unwrap();
+        })
+        .await;
+        assert!(
+            answered.is_ok(),
+            "the calls waited for a sequence no answer carries"
+        );
+    }
 }
 
 mod keys {
