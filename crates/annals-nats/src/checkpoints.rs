@@ -81,21 +81,14 @@ impl NatsStore {
     /// a replica that has not applied this client's last write yet (direct get): a
     /// checkpoint just committed would load as the one before, a key just created as absent.
     pub(crate) async fn kv_get(&self, key: &str) -> Result<Option<(bytes::Bytes, u64)>> {
-        use async_nats::jetstream::stream::LastRawMessageErrorKind;
         let kv = &self.inner.checkpoints;
         let subject = format!("{}{key}", kv.prefix);
-        match kv.stream.get_last_raw_message_by_subject(&subject).await {
-            Ok(m) => {
-                let operation = m.headers.get("KV-Operation").map(|v| v.as_str());
-                if matches!(operation, Some("DEL" | "PURGE")) {
-                    Ok(None)
-                } else {
-                    Ok(Some((m.payload, m.sequence)))
-                }
-            }
-            Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => Ok(None),
-            Err(e) => Err(backend(e)),
-        }
+        let found = kv.stream.get_last_raw_message_by_subject(&subject).await;
+        Ok(crate::read::leader_answer(found)?.and_then(|m| {
+            let operation = m.headers.get("KV-Operation").map(|v| v.as_str());
+            let deleted = matches!(operation, Some("DEL" | "PURGE"));
+            (!deleted).then_some((m.payload, m.sequence))
+        }))
     }
 }
 

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::checkpoints::key_part;
+use crate::read::CatchUp;
 use crate::{backend, NatsStore};
 
 #[derive(Serialize, Deserialize)]
@@ -63,11 +64,16 @@ impl NatsStore {
 
     /// The latest entry of every key of the checkpoint bucket under the given key
     /// prefixes (each ending in `.`), deleted keys included with an empty value, from a
-    /// replica that has applied this client's last heartbeat, renewal and claim: any
-    /// replica answers a direct get, and one whose last sequence is still below them is
-    /// asked again (within the store's timeout; after it, its answer is taken as it is).
-    /// An answer of no keys at all carries no sequence and is taken as it is.
-    async fn latest(&self, prefixes: &[String]) -> Result<Vec<Found>> {
+    /// replica that has applied this client's last heartbeat, renewal and claim (and holds
+    /// `required`, a key at a revision, when given): any replica answers a direct get, and
+    /// one whose last sequence is still below them, or that lacks the required entry, is
+    /// asked again within the store's timeout. After it, the answer is taken as it is. An
+    /// answer of no keys carries no sequence: without a required entry it is taken at once.
+    async fn latest(
+        &self,
+        prefixes: &[String],
+        required: Option<(&str, u64)>,
+    ) -> Result<Vec<Found>> {
         let kv = &self.inner.checkpoints;
         let filters: Vec<String> = prefixes
             .iter()
@@ -77,9 +83,8 @@ impl NatsStore {
             .inner
             .lease_writes
             .load(std::sync::atomic::Ordering::SeqCst);
-        let deadline = tokio::time::Instant::now() + self.inner.config.timeout;
-        let mut pause = Duration::from_millis(1);
-        let messages = loop {
+        let mut catch_up = CatchUp::within(self.inner.config.timeout);
+        loop {
             let (messages, end) = self
                 .direct_end(
                     &kv.stream_name,
@@ -92,13 +97,24 @@ impl NatsStore {
                         "reading the group's leases (a group's members and partitions together must be at most {MULTI_LAST_MAX}): {e}"
                     ))
                 })?;
-            let behind = end.upto.is_some_and(|upto| upto < written);
-            if !behind || tokio::time::Instant::now() + pause > deadline {
-                break messages;
+            let entries = Self::found(kv, messages)?;
+            let behind = end.upto.is_some_and(|upto| upto < written)
+                || required.is_some_and(|(key, revision)| {
+                    !entries
+                        .iter()
+                        .any(|e| e.key == key && e.revision >= revision)
+                });
+            if !behind || !catch_up.wait().await {
+                return Ok(entries);
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
-        };
+        }
+    }
+
+    /// The entries of a multi-last get's messages.
+    fn found(
+        kv: &async_nats::jetstream::kv::Store,
+        messages: Vec<async_nats::Message>,
+    ) -> Result<Vec<Found>> {
         messages
             .into_iter()
             .map(|m| {
@@ -155,28 +171,19 @@ impl LeaseStore for NatsStore {
         let members_prefix = format!("lm.{}.", key_part(group));
         let leases_prefix = format!("ll.{}.", key_part(group));
         self.wrote_lease(beat);
-        // A replica that answers "no keys" has not applied the heartbeat either: ask again.
-        let deadline = tokio::time::Instant::now() + self.inner.config.timeout;
-        let mut pause = Duration::from_millis(1);
-        let (entries, now) = loop {
-            let entries = self
-                .latest(&[members_prefix.clone(), leases_prefix.clone()])
-                .await?;
-            let seen = entries
-                .iter()
-                .find(|e| e.key == me && e.revision >= beat)
-                .map(|e| e.stamp);
-            if let Some(now) = seen {
-                break (entries, now);
-            }
-            if tokio::time::Instant::now() + pause > deadline {
-                return Err(backend(
-                    "the replicas answering reads have not applied the heartbeat just written",
-                ));
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
-        };
+        let entries = self
+            .latest(
+                &[members_prefix.clone(), leases_prefix.clone()],
+                Some((&me, beat)),
+            )
+            .await?;
+        let now = entries
+            .iter()
+            .find(|e| e.key == me && e.revision >= beat)
+            .map(|e| e.stamp)
+            .ok_or_else(|| {
+                backend("the replicas answering reads have not applied the heartbeat just written")
+            })?;
         let their_ttl = |e: &Found| {
             std::str::from_utf8(&e.value)
                 .ok()
@@ -261,7 +268,7 @@ impl LeaseStore for NatsStore {
 
     async fn release(&self, group: &str, member: &str, partitions: &[u32]) -> Result<()> {
         let prefix = format!("ll.{}.", key_part(group));
-        let entries = self.latest(std::slice::from_ref(&prefix)).await?;
+        let entries = self.latest(std::slice::from_ref(&prefix), None).await?;
         self.release_found(member, &entries, |key| {
             key.strip_prefix(&prefix)
                 .and_then(|p| p.parse::<u32>().ok())
@@ -274,7 +281,7 @@ impl LeaseStore for NatsStore {
     async fn leave(&self, group: &str, member: &str) -> Result<()> {
         let kv = &self.inner.checkpoints;
         let prefix = format!("ll.{}.", key_part(group));
-        let entries = self.latest(std::slice::from_ref(&prefix)).await?;
+        let entries = self.latest(std::slice::from_ref(&prefix), None).await?;
         self.release_found(member, &entries, |_| true).await;
         kv.delete(Self::member_key(group, member))
             .await
@@ -286,7 +293,7 @@ impl LeaseStore for NatsStore {
         let members_prefix = format!("lm.{}.", key_part(group));
         let leases_prefix = format!("ll.{}.", key_part(group));
         let entries = self
-            .latest(&[members_prefix.clone(), leases_prefix.clone()])
+            .latest(&[members_prefix.clone(), leases_prefix.clone()], None)
             .await?;
         // For a display, this machine's clock against the server's stamps is close enough.
         let now = std::time::SystemTime::now()

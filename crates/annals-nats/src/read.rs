@@ -94,6 +94,65 @@ pub(crate) fn at_version<T>(items: &[T], version: u64, of: impl Fn(&T) -> u64) -
     items.get(usize::try_from(version.checked_sub(first)?).ok()?)
 }
 
+/// A leader-answered get (`STREAM.MSG.GET`): the message, or `None` when there is none.
+pub(crate) fn leader_answer(
+    found: std::result::Result<
+        async_nats::jetstream::message::StreamMessage,
+        async_nats::jetstream::stream::LastRawMessageError,
+    >,
+) -> Result<Option<async_nats::jetstream::message::StreamMessage>> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    match found {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => Ok(None),
+        Err(e) => Err(backend(e)),
+    }
+}
+
+impl Stored {
+    /// A message as a leader-answered get gives it.
+    fn of(m: async_nats::jetstream::message::StreamMessage) -> Self {
+        Self {
+            sequence: m.sequence,
+            subject: m.subject.to_string(),
+            msg_id: m.headers.get("Nats-Msg-Id").map(|v| v.to_string()),
+            payload: m.payload,
+        }
+    }
+}
+
+/// Asking again while the replica that answered has not caught up: waits 1 ms, doubling up
+/// to 50 ms (`annals::Backoff`'s floors), until the store's timeout would pass.
+pub(crate) struct CatchUp {
+    deadline: tokio::time::Instant,
+    attempts: u32,
+}
+
+impl CatchUp {
+    const DELAYS: annals::Backoff = annals::Backoff {
+        initial: std::time::Duration::from_millis(1),
+        max: std::time::Duration::from_millis(50),
+    };
+
+    pub(crate) fn within(timeout: std::time::Duration) -> Self {
+        Self {
+            deadline: tokio::time::Instant::now() + timeout,
+            attempts: 0,
+        }
+    }
+
+    /// Waits before the next attempt; `false` (at once) when it would end past the timeout.
+    pub(crate) async fn wait(&mut self) -> bool {
+        self.attempts += 1;
+        let pause = Self::DELAYS.floor(self.attempts);
+        if tokio::time::Instant::now() + pause > self.deadline {
+            return false;
+        }
+        tokio::time::sleep(pause).await;
+        true
+    }
+}
+
 /// What a direct get's end-of-batch marker says.
 #[derive(Default)]
 pub(crate) struct End {
@@ -226,8 +285,7 @@ impl NatsStore {
         max: usize,
         written: u64,
     ) -> Result<(Vec<Stored>, bool)> {
-        let deadline = tokio::time::Instant::now() + self.inner.config.timeout;
-        let mut pause = std::time::Duration::from_millis(1);
+        let mut catch_up = CatchUp::within(self.inner.config.timeout);
         loop {
             let (batch, more) = self
                 .fetch_more(filter, after.saturating_add(1), max)
@@ -243,38 +301,26 @@ impl NatsStore {
                 Some(next) if next > written => return Ok((batch, more)),
                 Some(_) => {}
             }
-            if tokio::time::Instant::now() + pause > deadline {
+            if !catch_up.wait().await {
                 return Err(backend(format!(
                     "the replicas answering reads have not applied this client's write at \
                      sequence {written} within {:?}",
                     self.inner.config.timeout
                 )));
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(std::time::Duration::from_millis(50));
         }
     }
 
     /// The message at `seq` as the stream's leader has it (a replica may not have applied
     /// one the server just named).
     pub(crate) async fn leader_message(&self, seq: u64) -> Result<Option<Stored>> {
-        use async_nats::jetstream::stream::LastRawMessageErrorKind;
-        match self.inner.stream.get_raw_message(seq).await {
-            Ok(m) => Ok(Some(Stored {
-                sequence: m.sequence,
-                subject: m.subject.to_string(),
-                msg_id: m.headers.get("Nats-Msg-Id").map(|v| v.to_string()),
-                payload: m.payload,
-            })),
-            Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => Ok(None),
-            Err(e) => Err(backend(e)),
-        }
+        let found = self.inner.stream.get_raw_message(seq).await;
+        Ok(leader_answer(found)?.map(Stored::of))
     }
 
     /// The sequence of the first message from `from` on whose subject matches `filter`, as
     /// the stream's leader has it.
     async fn leader_next(&self, filter: &str, from: u64) -> Result<Option<u64>> {
-        use async_nats::jetstream::stream::LastRawMessageErrorKind;
         let found = self
             .inner
             .stream
@@ -283,11 +329,7 @@ impl NatsStore {
             .next_by_subject(filter.to_owned())
             .send()
             .await;
-        match found {
-            Ok(m) => Ok(Some(m.sequence)),
-            Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => Ok(None),
-            Err(e) => Err(backend(e)),
-        }
+        Ok(leader_answer(found)?.map(|m| m.sequence))
     }
 
     /// Up to `max` messages from `from` (a sequence) on, on subjects matching `filter`.
@@ -348,31 +390,21 @@ impl NatsStore {
 
     /// The last message of `stream`, tombstone or not.
     pub(crate) async fn head(&self, stream: &StreamName) -> Result<Option<Last>> {
-        use async_nats::jetstream::stream::LastRawMessageErrorKind;
         let subject = self.inner.subjects.stream(stream);
         let found = self
             .inner
             .stream
             .get_last_raw_message_by_subject(&subject)
             .await;
-        let m = match found {
-            Ok(m) => m,
-            Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => {
-                return Ok(None)
-            }
-            Err(e) => return Err(backend(e)),
+        let Some(m) = leader_answer(found)? else {
+            return Ok(None);
         };
         let start = m
             .headers
             .get(START_HEADER)
             .and_then(|v| v.as_str().parse::<u64>().ok())
             .unwrap_or(0);
-        let stored = Stored {
-            sequence: m.sequence,
-            subject: m.subject.to_string(),
-            msg_id: m.headers.get("Nats-Msg-Id").map(|v| v.to_string()),
-            payload: m.payload,
-        };
+        let stored = Stored::of(m);
         let last = match self.decode_any(&stored)? {
             Message::Event(_, place) => Last {
                 sequence: stored.sequence,
@@ -441,17 +473,14 @@ impl NatsStore {
         let subject = self.inner.subjects.stream(stream);
         let mut out = Vec::new();
         let mut from = 1;
-        let deadline = std::time::Instant::now() + self.inner.config.timeout;
+        let mut catch_up = CatchUp::within(self.inner.config.timeout);
         while from <= end.sequence {
             let batch = self.fetch(&subject, from, BATCH).await?;
             match batch.last() {
                 Some(last) => from = last.sequence + 1,
-                None if std::time::Instant::now() < deadline => {
-                    // The replica that answered has not applied the leader's last writes
-                    // yet; it will, and nothing signals when.
-                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                    continue;
-                }
+                // The replica that answered has not applied the leader's last writes yet; it
+                // will, and nothing signals when.
+                None if catch_up.wait().await => continue,
                 None => {
                     return Err(backend(format!(
                         "the replicas did not catch up with the leader's sequence {} of {stream}",
