@@ -173,17 +173,14 @@ impl CheckpointStore for NatsStore {
             };
             let body = serde_json::to_vec(&Parked::of(&record)).map_err(backend)?;
             let written = if revision == 0 {
-                kv.create(&k, body.into())
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
+                kv.create(&k, body.into()).await.map_err(|e| e.to_string())
             } else {
                 kv.update(&k, body.into(), revision)
                     .await
-                    .map(drop)
                     .map_err(|e| e.to_string())
             };
-            if written.is_ok() {
+            if let Ok(revision) = written {
+                self.wrote_kv(revision);
                 return Ok(());
             }
         }
@@ -194,6 +191,25 @@ impl CheckpointStore for NatsStore {
     }
 
     async fn parked(&self, group: Option<&str>) -> Result<Vec<ParkedStream>> {
+        // One multi-last get of the group's records, from a replica that has this client's
+        // last park; past the get's 1,024 entries, every key listed and read from the leader.
+        let prefix = match group {
+            Some(g) => format!("pk.{}.", key_part(g)),
+            None => "pk.".to_owned(),
+        };
+        if let Ok(entries) = self.latest(&[prefix], None).await {
+            let mut out = Vec::new();
+            for e in entries.iter().filter(|e| !e.value.is_empty()) {
+                let record = serde_json::from_slice::<Parked>(&e.value)
+                    .map_err(backend)?
+                    .record()?;
+                if group.is_none_or(|g| g == record.group) {
+                    out.push(record);
+                }
+            }
+            out.sort_by(|a, b| (&a.group, &a.stream).cmp(&(&b.group, &b.stream)));
+            return Ok(out);
+        }
         let kv = &self.inner.checkpoints;
         let mut keys = kv.keys().await.map_err(backend)?;
         let mut out = Vec::new();

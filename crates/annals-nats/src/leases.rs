@@ -28,13 +28,13 @@ struct Lease {
 }
 
 /// The latest entry of one key.
-struct Found {
+pub(crate) struct Found {
     key: String,
     revision: u64,
     /// The server's stamp, in nanoseconds since the epoch.
     stamp: i128,
     /// Empty for a deleted or purged key.
-    value: Bytes,
+    pub(crate) value: Bytes,
 }
 
 impl Found {
@@ -55,21 +55,22 @@ impl NatsStore {
         format!("ll.{}.{partition}", key_part(group))
     }
 
-    /// Notes a heartbeat, renewal or claim this client wrote at `revision`.
-    fn wrote_lease(&self, revision: u64) {
+    /// Notes a heartbeat, renewal, claim or park this client wrote at `revision`: reads
+    /// through [`NatsStore::latest`] wait for a replica that has it.
+    pub(crate) fn wrote_kv(&self, revision: u64) {
         self.inner
-            .lease_writes
+            .kv_writes
             .fetch_max(revision, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The latest entry of every key of the checkpoint bucket under the given key
     /// prefixes (each ending in `.`), deleted keys included with an empty value, from a
-    /// replica that has applied this client's last heartbeat, renewal and claim (and holds
+    /// replica that has applied this client's last heartbeat, renewal, claim and park (and holds
     /// `required`, a key at a revision, when given): any replica answers a direct get, and
     /// one whose last sequence is still below them, or that lacks the required entry, is
     /// asked again within the store's timeout. After it, the answer is taken as it is. An
     /// answer of no keys carries no sequence: without a required entry it is taken at once.
-    async fn latest(
+    pub(crate) async fn latest(
         &self,
         prefixes: &[String],
         required: Option<(&str, u64)>,
@@ -81,7 +82,7 @@ impl NatsStore {
             .collect();
         let written = self
             .inner
-            .lease_writes
+            .kv_writes
             .load(std::sync::atomic::Ordering::SeqCst);
         let mut catch_up = CatchUp::within(self.inner.config.timeout);
         loop {
@@ -170,7 +171,7 @@ impl LeaseStore for NatsStore {
             .map_err(backend)?;
         let members_prefix = format!("lm.{}.", key_part(group));
         let leases_prefix = format!("ll.{}.", key_part(group));
-        self.wrote_lease(beat);
+        self.wrote_kv(beat);
         let entries = self
             .latest(
                 &[members_prefix.clone(), leases_prefix.clone()],
@@ -254,7 +255,7 @@ impl LeaseStore for NatsStore {
         let mut held = Vec::new();
         for ((p, _), result) in tries.iter().zip(results) {
             if let Ok(revision) = result {
-                self.wrote_lease(revision);
+                self.wrote_kv(revision);
                 held.push(*p);
             }
         }

@@ -168,9 +168,9 @@ pub(crate) struct Inner {
     policies: std::sync::Mutex<retention::Policies>,
     /// Where this client's appends were acknowledged: feed reads show them.
     written: std::sync::Mutex<read::Written>,
-    /// The bucket's revision of this client's last heartbeat, renewal or claim: lease
-    /// reads show them.
-    lease_writes: std::sync::atomic::AtomicU64,
+    /// The bucket's revision of this client's last heartbeat, renewal, claim or park:
+    /// lease and parked-stream reads show them.
+    kv_writes: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Inner {
@@ -276,7 +276,7 @@ impl NatsStore {
                 heads: std::sync::Mutex::new(lru::LruCache::new(HEADS)),
                 policies: std::sync::Mutex::new(retention::Policies::default()),
                 written: std::sync::Mutex::new(read::Written::default()),
-                lease_writes: std::sync::atomic::AtomicU64::new(0),
+                kv_writes: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
