@@ -90,6 +90,40 @@ impl NatsStore {
             (!deleted).then_some((m.payload, m.sequence))
         }))
     }
+
+    /// Deletes `key` (or purges it: its older entries go too), only while it is at
+    /// `revision` when one is given, as the bucket's own calls do, and notes the marker's
+    /// revision for later reads through [`NatsStore::latest`] (the bucket's calls do not
+    /// say where they wrote): a lease released, a member gone or a stream unparked does not
+    /// show again in this client's next read from a lagging replica.
+    pub(crate) async fn kv_remove(
+        &self,
+        key: &str,
+        purge: bool,
+        revision: Option<u64>,
+    ) -> Result<()> {
+        use async_nats::header::{NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, NATS_ROLLUP};
+        let kv = &self.inner.checkpoints;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("KV-Operation", if purge { "PURGE" } else { "DEL" });
+        if purge {
+            headers.insert(NATS_ROLLUP, "sub");
+        }
+        if let Some(revision) = revision {
+            headers.insert(
+                NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                revision.to_string().as_str(),
+            );
+        }
+        let ack = async_nats::jetstream::new(self.inner.client.clone())
+            .publish_with_headers(format!("{}{key}", kv.prefix), headers, bytes::Bytes::new())
+            .await
+            .map_err(backend)?
+            .await
+            .map_err(backend)?;
+        self.wrote_kv(ack.sequence);
+        Ok(())
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -192,12 +226,13 @@ impl CheckpointStore for NatsStore {
 
     async fn parked(&self, group: Option<&str>) -> Result<Vec<ParkedStream>> {
         // One multi-last get of the group's records, from a replica that has this client's
-        // last park; past the get's 1,024 entries, every key listed and read from the leader.
+        // last park or unpark; past the get's 1,024 entries, every key listed and read from
+        // the leader.
         let prefix = match group {
             Some(g) => format!("pk.{}.", key_part(g)),
             None => "pk.".to_owned(),
         };
-        if let Ok(entries) = self.latest(&[prefix], None).await {
+        if let Ok(entries) = self.latest(std::slice::from_ref(&prefix), None).await {
             let mut out = Vec::new();
             for e in entries.iter().filter(|e| !e.value.is_empty()) {
                 let record = serde_json::from_slice::<Parked>(&e.value)
@@ -210,15 +245,27 @@ impl CheckpointStore for NatsStore {
             out.sort_by(|a, b| (&a.group, &a.stream).cmp(&(&b.group, &b.stream)));
             return Ok(out);
         }
+        // The stream's leader lists the subjects (a key listing's consumer may run on a
+        // replica that lacks this client's last park).
         let kv = &self.inner.checkpoints;
-        let mut keys = kv.keys().await.map_err(backend)?;
+        let subjects = kv
+            .stream
+            .info_with_subjects(format!("{}{prefix}>", kv.prefix))
+            .await
+            .map_err(backend)?;
+        // Each key read from the leader, 64 at a time.
+        let mut records = subjects
+            .map(|listed| async move {
+                let (subject, _) = listed.map_err(backend)?;
+                match subject.strip_prefix(kv.prefix.as_str()) {
+                    Some(k) => self.kv_get(k).await,
+                    None => Ok(None),
+                }
+            })
+            .buffer_unordered(64);
         let mut out = Vec::new();
-        while let Some(k) = keys.next().await {
-            let k = k.map_err(backend)?;
-            if !k.starts_with("pk.") {
-                continue;
-            }
-            let Some((bytes, _)) = self.kv_get(&k).await? else {
+        while let Some(found) = records.next().await {
+            let Some((bytes, _)) = found? else {
                 continue;
             };
             let record = serde_json::from_slice::<Parked>(&bytes)
@@ -233,11 +280,10 @@ impl CheckpointStore for NatsStore {
     }
 
     async fn unpark(&self, group: &str, stream: &StreamName) -> Result<bool> {
-        let kv = &self.inner.checkpoints;
         let k = parked_key(group, stream);
         let present = self.kv_get(&k).await?.is_some_and(|(v, _)| !v.is_empty());
         if present {
-            kv.purge(&k).await.map_err(backend)?;
+            self.kv_remove(&k, true, None).await?;
         }
         Ok(present)
     }

@@ -55,7 +55,7 @@ impl NatsStore {
         format!("ll.{}.{partition}", key_part(group))
     }
 
-    /// Notes a heartbeat, renewal, claim or park this client wrote at `revision`: reads
+    /// Notes a heartbeat, renewal, claim, park or removal this client wrote at `revision`: reads
     /// through [`NatsStore::latest`] wait for a replica that has it.
     pub(crate) fn wrote_kv(&self, revision: u64) {
         self.inner
@@ -280,14 +280,11 @@ impl LeaseStore for NatsStore {
     }
 
     async fn leave(&self, group: &str, member: &str) -> Result<()> {
-        let kv = &self.inner.checkpoints;
         let prefix = format!("ll.{}.", key_part(group));
         let entries = self.latest(std::slice::from_ref(&prefix), None).await?;
         self.release_found(member, &entries, |_| true).await;
-        kv.delete(Self::member_key(group, member))
+        self.kv_remove(&Self::member_key(group, member), false, None)
             .await
-            .map_err(backend)?;
-        Ok(())
     }
 
     async fn members(&self, group: &str) -> Result<Vec<annals::GroupMember>> {
@@ -358,12 +355,11 @@ impl NatsStore {
     /// Deletes the leases among `entries` that `member` holds and `wanted` names, each
     /// only if it is still at the revision seen (still ours).
     async fn release_found(&self, member: &str, entries: &[Found], wanted: impl Fn(&str) -> bool) {
-        let kv = &self.inner.checkpoints;
         let ours = entries.iter().filter(|e| {
             wanted(&e.key)
                 && serde_json::from_slice::<Lease>(&e.value).is_ok_and(|l| l.owner == member)
         });
         // A failed delete leaves the lease to expire.
-        join_all(ours.map(|e| kv.delete_expect_revision(&e.key, Some(e.revision)))).await;
+        join_all(ours.map(|e| self.kv_remove(&e.key, false, Some(e.revision)))).await;
     }
 }

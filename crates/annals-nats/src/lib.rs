@@ -168,8 +168,8 @@ pub(crate) struct Inner {
     policies: std::sync::Mutex<retention::Policies>,
     /// Where this client's appends were acknowledged: feed reads show them.
     written: std::sync::Mutex<read::Written>,
-    /// The bucket's revision of this client's last heartbeat, renewal, claim or park:
-    /// lease and parked-stream reads show them.
+    /// The bucket's revision of this client's last heartbeat, renewal, claim, park or
+    /// removal (a delete or purge): lease and parked-stream reads show them.
     kv_writes: std::sync::atomic::AtomicU64,
 }
 

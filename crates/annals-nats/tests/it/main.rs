@@ -62,10 +62,60 @@ async fn a_page_cut_short_by_the_servers_byte_limit_is_not_the_end() {
 mod checkpoints {
     use std::sync::Arc;
 
+    use annals::{CheckpointStore, ParkedStream, StreamName};
+
     annals_testkit::checkpoint_suite!(|| async {
         let store: Arc<dyn annals::CheckpointStore> = Arc::new(crate::fresh().await);
         (store, ())
     });
+
+    /// More parked streams than one multi-last get answers (1,024) are all listed, by group
+    /// and in all, and an unparked one is gone from the next list.
+    #[tokio::test]
+    async fn more_parked_streams_than_one_get_answers_are_all_listed() {
+        let store = crate::fresh().await;
+        let parked = |group: &str, i: usize| ParkedStream {
+            group: group.into(),
+            stream: StreamName::new(format!("Parked-{i}")).unwrap(),
+            from: annals::Version(0),
+            to: annals::Version(1),
+            attempts: 1,
+            first_error: "failed".into(),
+            last_error: "failed".into(),
+            parked_at: annals::Timestamp::now(),
+            updated_at: annals::Timestamp::now(),
+        };
+        let records: Vec<ParkedStream> = (0..1_100)
+            .map(|i| parked("many", i))
+            .chain((0..3).map(|i| parked("few", i)))
+            .collect();
+        for chunk in records.chunks(50) {
+            let parks = chunk.iter().map(|p| store.park(p));
+            for parked in futures::future::join_all(parks).await {
+                parked.unwrap();
+            }
+        }
+        let names = |list: Vec<ParkedStream>| -> Vec<(String, String)> {
+            list.into_iter()
+                .map(|p| (p.group, p.stream.as_str().to_owned()))
+                .collect()
+        };
+        let mut expected: Vec<(String, String)> = records
+            .iter()
+            .map(|p| (p.group.clone(), p.stream.as_str().to_owned()))
+            .collect();
+        expected.sort();
+        assert_eq!(names(store.parked(None).await.unwrap()), expected);
+        let many = names(store.parked(Some("many")).await.unwrap());
+        assert_eq!(many.len(), 1_100);
+        assert!(many.iter().all(|(g, _)| g == "many"));
+        assert_eq!(names(store.parked(Some("few")).await.unwrap()).len(), 3);
+        let gone = StreamName::new("Parked-7").unwrap();
+        assert!(store.unpark("many", &gone).await.unwrap());
+        let many = names(store.parked(Some("many")).await.unwrap());
+        assert_eq!(many.len(), 1_099);
+        assert!(!many.iter().any(|(_, s)| s == "Parked-7"));
+    }
 }
 
 mod leases {
