@@ -11,6 +11,13 @@ use crate::{backend, NatsStore};
 /// How many messages one direct-get batch asks for.
 const BATCH: usize = 1000;
 
+/// The most bytes of messages one direct-get batch asks for (the server ends a batch once
+/// it has sent this much). Left to itself the server sends up to its `max_pending` (64 MiB
+/// by default), the very limit of what it queues for one connection: a client that reads
+/// such a batch slowly (a busy machine) is then closed as a slow consumer, and the read
+/// times out. A page of large events is cut here and read on instead.
+const BATCH_BYTES: usize = 8 << 20;
+
 /// A stored message.
 pub(crate) struct Stored {
     pub(crate) sequence: u64,
@@ -173,8 +180,7 @@ impl NatsStore {
     /// Sends a direct-get request to the store's stream; answers the messages (until the
     /// end-of-batch marker for batch requests), none when nothing matches, and whether the
     /// answering replica has more messages matching the request after the last one sent
-    /// (the marker's `Nats-Num-Pending`: a batch is also cut short by the server's byte
-    /// limit).
+    /// (the marker's `Nats-Num-Pending`: a batch is also cut short by its byte limit).
     async fn direct_pending(
         &self,
         request: serde_json::Value,
@@ -338,12 +344,12 @@ impl NatsStore {
     }
 
     /// [`NatsStore::fetch`], and whether the answering replica has more after the batch:
-    /// it asked for `max` and got them, or the server's byte limit cut it short.
+    /// it asked for `max` and got them, or [`BATCH_BYTES`] cut it short.
     async fn fetch_more(&self, filter: &str, from: u64, max: usize) -> Result<(Vec<Stored>, bool)> {
         let max = max.clamp(1, BATCH);
         let (batch, pending) = self
             .direct_pending(
-                json!({"batch": max, "seq": from.max(1), "next_by_subj": filter}),
+                json!({"batch": max, "seq": from.max(1), "next_by_subj": filter, "max_bytes": BATCH_BYTES}),
                 true,
             )
             .await?;
