@@ -199,18 +199,8 @@ async fn key_value_entries_read_right_after_they_are_written_are_those() {
             stale_loads += 1;
         }
         if i % 10 == 0 {
-            let stream = StreamName::new(format!("Parked-{i}")).unwrap();
-            let parked = ParkedStream {
-                group: "mine".into(),
-                stream: stream.clone(),
-                from: annals::Version(0),
-                to: annals::Version(1),
-                attempts: 1,
-                first_error: "failed".into(),
-                last_error: "failed".into(),
-                parked_at: annals::Timestamp::now(),
-                updated_at: annals::Timestamp::now(),
-            };
+            let parked = crate::parked("mine", i as usize);
+            let stream = parked.stream.clone();
             store.park(&parked).await.unwrap();
             let listed = store.parked(Some("mine")).await.unwrap();
             if !listed.iter().any(|p| p.stream == stream) {
@@ -295,20 +285,6 @@ async fn a_released_lease_or_a_departed_member_is_gone_from_the_next_read() {
     assert!(failed.is_empty(), "{} failures: {failed:?}", failed.len());
 }
 
-fn parked(group: &str, i: usize) -> ParkedStream {
-    ParkedStream {
-        group: group.into(),
-        stream: StreamName::new(format!("Parked-{i}")).unwrap(),
-        from: annals::Version(0),
-        to: annals::Version(1),
-        attempts: 1,
-        first_error: "failed".into(),
-        last_error: "failed".into(),
-        parked_at: annals::Timestamp::now(),
-        updated_at: annals::Timestamp::now(),
-    }
-}
-
 /// A stream parked shows in the parked list read right after, and once unparked is gone
 /// from it (the admin UI's unpark, then its list): with a few records, read by one
 /// multi-last get, and with more than the 1,024 one get answers, listed by the stream's
@@ -320,7 +296,7 @@ async fn a_parked_or_unparked_stream_shows_so_in_the_list_read_right_after() {
     let mut failed = Vec::new();
     let mut check = async |group: &str, rounds: usize| {
         for i in 0..rounds {
-            let record = parked(group, 5_000 + i);
+            let record = crate::parked(group, 5_000 + i);
             store.park(&record).await.unwrap();
             let listed = store.parked(Some(group)).await.unwrap();
             if !listed.iter().any(|p| p.stream == record.stream) {
@@ -334,7 +310,7 @@ async fn a_parked_or_unparked_stream_shows_so_in_the_list_read_right_after() {
         }
     };
     check("few", 100).await;
-    let many: Vec<ParkedStream> = (0..1_030).map(|i| parked("many", i)).collect();
+    let many: Vec<ParkedStream> = (0..1_030).map(|i| crate::parked("many", i)).collect();
     for chunk in many.chunks(50) {
         for done in futures::future::join_all(chunk.iter().map(|p| store.park(p))).await {
             done.unwrap();

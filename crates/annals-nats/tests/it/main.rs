@@ -13,6 +13,21 @@ pub async fn fresh() -> NatsStore {
         .expect("connect to the test server")
 }
 
+/// A parked stream `Parked-{i}` of `group`.
+pub(crate) fn parked(group: &str, i: usize) -> annals::ParkedStream {
+    annals::ParkedStream {
+        group: group.into(),
+        stream: annals::StreamName::new(format!("Parked-{i}")).unwrap(),
+        from: annals::Version(0),
+        to: annals::Version(1),
+        attempts: 1,
+        first_error: "failed".into(),
+        last_error: "failed".into(),
+        parked_at: annals::Timestamp::now(),
+        updated_at: annals::Timestamp::now(),
+    }
+}
+
 annals_testkit::conformance_suite!(|| async { TestStore::new(Arc::new(crate::fresh().await)) });
 
 /// A feed page cut short by its byte limit (8 MiB of messages asked per batch, however
@@ -75,20 +90,9 @@ mod checkpoints {
     #[tokio::test]
     async fn more_parked_streams_than_one_get_answers_are_all_listed() {
         let store = crate::fresh().await;
-        let parked = |group: &str, i: usize| ParkedStream {
-            group: group.into(),
-            stream: StreamName::new(format!("Parked-{i}")).unwrap(),
-            from: annals::Version(0),
-            to: annals::Version(1),
-            attempts: 1,
-            first_error: "failed".into(),
-            last_error: "failed".into(),
-            parked_at: annals::Timestamp::now(),
-            updated_at: annals::Timestamp::now(),
-        };
         let records: Vec<ParkedStream> = (0..1_100)
-            .map(|i| parked("many", i))
-            .chain((0..3).map(|i| parked("few", i)))
+            .map(|i| crate::parked("many", i))
+            .chain((0..3).map(|i| crate::parked("few", i)))
             .collect();
         for chunk in records.chunks(50) {
             let parks = chunk.iter().map(|p| store.park(p));
