@@ -442,18 +442,38 @@ impl EventStore for NatsStore {
             .unwrap_or_else(|p| p.into_inner());
         if listener.is_none() {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                let client = self.inner.client.clone();
+                let stream = self.inner.stream.clone();
                 let subject = self.inner.subjects.all();
                 let signal = self.inner.changes.clone();
                 *listener = Some(runtime.spawn(async move {
-                    match client.subscribe(subject).await {
+                    // An ordered consumer of the headers alone: a wake costs no payload,
+                    // and a burst of large events cannot fill what the server queues for
+                    // this connection (past it the server drops the client as a slow
+                    // consumer, with every read in flight). It recreates itself after a
+                    // gap or a lost server.
+                    let consumer = stream
+                        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                            filter_subject: subject,
+                            headers_only: true,
+                            deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                            ..Default::default()
+                        })
+                        .await;
+                    let wakes = match consumer {
+                        Ok(consumer) => consumer.messages().await.map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    match wakes {
                         Ok(mut wake) => {
-                            // The server takes the subscription before any read this
-                            // connection sends later; a wake now makes followers read
-                            // whatever was appended before it.
-                            let _ = client.flush().await;
+                            // The consumer starts after the stream's last message as it is
+                            // now: a wake now makes followers read whatever came before.
                             signal.send_replace(());
-                            while wake.next().await.is_some() {
+                            while let Some(message) = wake.next().await {
+                                if let Err(error) = message {
+                                    tracing::debug!(%error, "change notifications interrupted");
+                                    // Followers poll meanwhile; no spinning on an error.
+                                    tokio::time::sleep(Duration::from_millis(250)).await;
+                                }
                                 signal.send_replace(());
                             }
                         }

@@ -380,3 +380,36 @@ async fn another_connection_finds_where_a_stream_starts() {
         5,
     );
 }
+
+/// A store's change notifications wake a follower at each append of another client, large
+/// events included (the notifications carry headers only).
+#[tokio::test]
+async fn change_notifications_wake_at_each_append_of_another_client() {
+    use annals::{EventData, EventStore, ExpectedVersion, StreamName};
+    let writer = fresh().await;
+    let reader = NatsStore::connect(writer.config().clone()).await.unwrap();
+    let mut changes = reader.changes().expect("the NATS store notifies changes");
+    assert!(woken(&mut changes).await, "the notifications started");
+    let stream = StreamName::new("Woken-1").unwrap();
+    for size in [10, 900_000, 10] {
+        writer
+            .append(
+                &stream,
+                ExpectedVersion::Any,
+                vec![EventData::new("E", vec![b'x'; size])],
+            )
+            .await
+            .unwrap();
+        assert!(
+            woken(&mut changes).await,
+            "woken by an event of {size} bytes"
+        );
+    }
+}
+
+/// Whether `changes` is marked changed within 30 s.
+async fn woken(changes: &mut tokio::sync::watch::Receiver<()>) -> bool {
+    tokio::time::timeout(std::time::Duration::from_secs(30), changes.changed())
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
