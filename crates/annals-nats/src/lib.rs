@@ -451,34 +451,44 @@ impl EventStore for NatsStore {
                     // this connection (past it the server drops the client as a slow
                     // consumer, with every read in flight). It recreates itself after a
                     // gap or a lost server.
-                    let consumer = stream
-                        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-                            filter_subject: subject,
-                            headers_only: true,
-                            deliver_policy: jetstream::consumer::DeliverPolicy::New,
-                            ..Default::default()
-                        })
-                        .await;
-                    let wakes = match consumer {
-                        Ok(consumer) => consumer.messages().await.map_err(|e| e.to_string()),
-                        Err(e) => Err(e.to_string()),
+                    let open = || async {
+                        let consumer = stream
+                            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                                filter_subject: subject.clone(),
+                                headers_only: true,
+                                deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                                ..Default::default()
+                            })
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        consumer.messages().await.map_err(|e| e.to_string())
                     };
-                    match wakes {
-                        Ok(mut wake) => {
-                            // The consumer starts after the stream's last message as it is
-                            // now: a wake now makes followers read whatever came before.
-                            signal.send_replace(());
-                            while let Some(message) = wake.next().await {
-                                if let Err(error) = message {
-                                    tracing::debug!(%error, "change notifications interrupted");
-                                    // Followers poll meanwhile; no spinning on an error.
-                                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    // A server that cannot create it now (a leader election) is asked
+                    // again; followers poll meanwhile.
+                    let mut delays = annals::Backoff::default().delays();
+                    let mut failed = false;
+                    let mut wake = loop {
+                        match open().await {
+                            Ok(wake) => break wake,
+                            Err(error) => {
+                                let delay = delays.next().unwrap_or(Duration::from_secs(30));
+                                if !std::mem::replace(&mut failed, true) {
+                                    tracing::warn!(%error, "no change notifications yet (followers poll); asking again");
                                 }
-                                signal.send_replace(());
+                                tokio::time::sleep(delay).await;
                             }
                         }
-                        // Followers fall back to polling.
-                        Err(error) => tracing::warn!(%error, "no change notifications"),
+                    };
+                    // The consumer starts after the stream's last message as it is now: a
+                    // wake now makes followers read whatever came before.
+                    signal.send_replace(());
+                    while let Some(message) = wake.next().await {
+                        if let Err(error) = message {
+                            tracing::debug!(%error, "change notifications interrupted");
+                            // Followers poll meanwhile; no spinning on an error.
+                            tokio::time::sleep(Duration::from_millis(250)).await;
+                        }
+                        signal.send_replace(());
                     }
                 }));
             }
