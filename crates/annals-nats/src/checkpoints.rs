@@ -6,7 +6,7 @@ use annals::{
     Checkpoint, CheckpointStore, ParkedStream, Position, Result, StreamName, Timestamp, Version,
 };
 use async_trait::async_trait;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::{backend, NatsStore};
@@ -124,6 +124,35 @@ impl NatsStore {
         self.wrote_kv(ack.sequence);
         Ok(())
     }
+
+    /// The values of the parked records under `prefix`, for more than one multi-last get
+    /// answers: the subjects as the stream's leader lists them (a key listing's consumer may
+    /// run on a replica that lacks this client's last park), each read from the leader, 64
+    /// at a time.
+    async fn parked_values_listed(&self, prefix: &str) -> Result<Vec<bytes::Bytes>> {
+        let kv = &self.inner.checkpoints;
+        let subjects = kv
+            .stream
+            .info_with_subjects(format!("{}{prefix}>", kv.prefix))
+            .await
+            .map_err(backend)?;
+        let found: Vec<Option<(bytes::Bytes, u64)>> = subjects
+            .map(|listed| async move {
+                let (subject, _) = listed.map_err(backend)?;
+                match subject.strip_prefix(kv.prefix.as_str()) {
+                    Some(k) => self.kv_get(k).await,
+                    None => Ok(None),
+                }
+            })
+            .buffer_unordered(64)
+            .try_collect()
+            .await?;
+        Ok(found
+            .into_iter()
+            .flatten()
+            .map(|(value, _)| value)
+            .collect())
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -232,43 +261,13 @@ impl CheckpointStore for NatsStore {
             Some(g) => format!("pk.{}.", key_part(g)),
             None => "pk.".to_owned(),
         };
-        if let Ok(entries) = self.latest(std::slice::from_ref(&prefix), None).await {
-            let mut out = Vec::new();
-            for e in entries.iter().filter(|e| !e.value.is_empty()) {
-                let record = serde_json::from_slice::<Parked>(&e.value)
-                    .map_err(backend)?
-                    .record()?;
-                if group.is_none_or(|g| g == record.group) {
-                    out.push(record);
-                }
-            }
-            out.sort_by(|a, b| (&a.group, &a.stream).cmp(&(&b.group, &b.stream)));
-            return Ok(out);
-        }
-        // The stream's leader lists the subjects (a key listing's consumer may run on a
-        // replica that lacks this client's last park).
-        let kv = &self.inner.checkpoints;
-        let subjects = kv
-            .stream
-            .info_with_subjects(format!("{}{prefix}>", kv.prefix))
-            .await
-            .map_err(backend)?;
-        // Each key read from the leader, 64 at a time.
-        let mut records = subjects
-            .map(|listed| async move {
-                let (subject, _) = listed.map_err(backend)?;
-                match subject.strip_prefix(kv.prefix.as_str()) {
-                    Some(k) => self.kv_get(k).await,
-                    None => Ok(None),
-                }
-            })
-            .buffer_unordered(64);
+        let values = match self.latest(std::slice::from_ref(&prefix), None).await {
+            Ok(entries) => entries.into_iter().map(|e| e.value).collect(),
+            Err(_) => self.parked_values_listed(&prefix).await?,
+        };
         let mut out = Vec::new();
-        while let Some(found) = records.next().await {
-            let Some((bytes, _)) = found? else {
-                continue;
-            };
-            let record = serde_json::from_slice::<Parked>(&bytes)
+        for value in values.iter().filter(|v| !v.is_empty()) {
+            let record = serde_json::from_slice::<Parked>(value)
                 .map_err(backend)?
                 .record()?;
             if group.is_none_or(|g| g == record.group) {
