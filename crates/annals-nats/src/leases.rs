@@ -55,8 +55,8 @@ impl NatsStore {
         format!("ll.{}.{partition}", key_part(group))
     }
 
-    /// Notes a heartbeat, renewal, claim, park or removal this client wrote at `revision`: reads
-    /// through [`NatsStore::latest`] wait for a replica that has it.
+    /// Notes a heartbeat, renewal, claim, park or removal this client wrote at `revision`:
+    /// reads through [`NatsStore::latest`] wait for a replica that has it.
     pub(crate) fn wrote_kv(&self, revision: u64) {
         self.inner
             .kv_writes
@@ -65,8 +65,9 @@ impl NatsStore {
 
     /// The latest entry of every key of the checkpoint bucket under the given key
     /// prefixes (each ending in `.`), deleted keys included with an empty value, from a
-    /// replica that has applied this client's last heartbeat, renewal, claim and park (and holds
-    /// `required`, a key at a revision, when given): any replica answers a direct get, and
+    /// replica that has applied this client's last heartbeat, renewal, claim, park and
+    /// removal (and holds `required`, a key at a revision, when given): any replica answers
+    /// a direct get, and
     /// one whose last sequence is still below them, or that lacks the required entry, is
     /// asked again within the store's timeout. After it, the answer is taken as it is. An
     /// answer of no keys carries no sequence: without a required entry it is taken at once.
