@@ -101,10 +101,14 @@ impl SqliteStore {
         let changes = watch::Sender::new(());
         let writer = {
             let changes = changes.clone();
-            let (max_group, linger) = (config.max_group.max(1), config.group_linger);
+            let grouping = writer::Grouping {
+                max_group: config.max_group.max(1),
+                linger: config.group_linger,
+                path: config.path.display().to_string(),
+            };
             std::thread::Builder::new()
                 .name("annals-sqlite-writer".into())
-                .spawn(move || writer::run(conn, rx, changes, max_group, linger))
+                .spawn(move || writer::run(conn, rx, changes, grouping))
                 .map_err(&thread_error)?
         };
         Ok(Self {

@@ -84,6 +84,15 @@ pub(crate) fn sql(e: rusqlite::Error) -> Error {
     backend(e)
 }
 
+/// How the writer groups requests: at most `max_group` per transaction, waiting up to
+/// `linger` for more; `path` names the file in the group-size histogram
+/// (`annals_sqlite_group_commit_requests{path}`).
+pub(crate) struct Grouping {
+    pub(crate) max_group: usize,
+    pub(crate) linger: Duration,
+    pub(crate) path: String,
+}
+
 /// Runs the writer loop until every sender is gone.
 ///
 /// A group starts with the first request that arrives: the writer opens the transaction and
@@ -95,9 +104,13 @@ pub(crate) fn run(
     conn: Connection,
     queue: mpsc::Receiver<Request>,
     changes: watch::Sender<()>,
-    max_group: usize,
-    linger: Duration,
+    grouping: Grouping,
 ) {
+    let Grouping {
+        max_group,
+        linger,
+        path,
+    } = grouping;
     let conn = Mutex::new(conn);
     let mut previous = 1;
     while let Ok(first) = queue.recv() {
@@ -127,6 +140,9 @@ pub(crate) fn run(
         }
         let size = group.len();
         previous = size;
+        // Recorded before the callers are answered, so a caller sees its group counted.
+        metrics::histogram!("annals_sqlite_group_commit_requests", "path" => path.clone())
+            .record(size as f64);
         let wrote = group.commit(&conn);
         tracing::trace!(size, wrote, "group committed");
         if wrote {

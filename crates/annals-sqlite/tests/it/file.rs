@@ -481,6 +481,52 @@ async fn an_append_given_up_before_the_writer_takes_it_is_not_written() {
     );
 }
 
+/// Appends queued while the writer waits for the file are committed in one transaction,
+/// and the `annals_sqlite_group_commit_requests` histogram tells how many requests each
+/// group carried.
+#[tokio::test]
+async fn appends_queued_together_are_committed_together_and_counted() {
+    let recorded = annals_testkit::metrics::recorded();
+    let (store, dir) = crate::fresh();
+    let path = dir.path().join("annals.db");
+    let groups = || {
+        recorded.histogram(&format!(
+            "annals_sqlite_group_commit_requests{{path={}}}",
+            path.display()
+        ))
+    };
+    store
+        .append(
+            &name("Together-first"),
+            ExpectedVersion::NoStream,
+            vec![ev("A")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(groups(), (1, 1.0));
+    // The writer's next transaction waits for this one; meanwhile 16 appends queue.
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let streams: Vec<StreamName> = (0..16).map(|k| name(&format!("Together-{k}"))).collect();
+    let mut appends: Vec<_> = streams
+        .iter()
+        .map(|s| Box::pin(store.append(s, ExpectedVersion::NoStream, vec![ev("A")])))
+        .collect();
+    for a in &mut appends {
+        assert!(poll_once(a.as_mut()).is_pending());
+    }
+    other.execute_batch("COMMIT").unwrap();
+    for a in appends {
+        a.await.unwrap();
+    }
+    // One more group, of all 16: the writer, waiting for the file with the first, takes
+    // every request queued behind it into the same transaction.
+    assert_eq!(groups(), (2, 17.0));
+    for s in &streams {
+        assert_eq!(store.stream_version(s).await.unwrap(), Version(1), "{s}");
+    }
+}
+
 /// A truncation or hard deletion between two pages of a long stream read (pages of 1,000
 /// events, each its own snapshot) is seen by the later pages.
 #[tokio::test]
