@@ -22,10 +22,6 @@ use tokio::sync::{oneshot, Notify, Semaphore};
 
 use super::*;
 
-/// How many turns of the scheduler a caller that got a slot gives other callers to join
-/// its batch before taking it (it stops as soon as a turn brings nobody new).
-const GATHER_TURNS: usize = 4;
-
 pub(crate) struct Batches<R> {
     queue: Arc<Mutex<VecDeque<R>>>,
     slots: Arc<Semaphore>,
@@ -35,19 +31,10 @@ pub(crate) struct Batches<R> {
     queued: Arc<Notify>,
 }
 
-/// Lets callers that are ready to run (those the batch before answered, woken together)
-/// join `queue` before a batch is taken: the first of them to get the slot would otherwise
-/// take only itself and leave the rest to the batch after. Each turn lets every other ready
-/// task run once; no waiting on a clock.
+/// Lets callers that are ready to run join `queue` before a batch is taken from it (see
+/// `annals::backend::gather`).
 async fn gather<R>(queue: &Mutex<VecDeque<R>>) {
-    let queued = || queue.lock().unwrap_or_else(|p| p.into_inner()).len();
-    for _ in 0..GATHER_TURNS {
-        let before = queued();
-        tokio::task::yield_now().await;
-        if queued() == before {
-            break;
-        }
-    }
+    annals::backend::gather(|| queue.lock().unwrap_or_else(|p| p.into_inner()).len()).await
 }
 
 impl<R: Send + 'static> Batches<R> {

@@ -122,8 +122,10 @@ pub use version::{ExpectedVersion, ParsePositionError, Position, Timestamp, Vers
 
 /// What only store implementations need (users of a store never do): validating what is
 /// appended or imported, the one idempotency rule, positions as raw values, the range a
-/// stream read covers, and the read-model checks every [`ReadModelStore`] applies.
+/// stream read covers, the read-model checks every [`ReadModelStore`] applies, and how a
+/// batch lets ready callers join before it is taken.
 pub mod backend {
+    pub use crate::decider::batch::gather;
     pub use crate::event::{validate_batch, validate_import, validate_many};
     pub use crate::lifecycle::{Deletion, DeletionPlan, StreamState, MAX_IMPORTED_VERSION};
     pub use crate::pages::events_of_pages;

@@ -26,6 +26,25 @@ pub(super) const BATCH_DECISIONS: usize = 64;
 const BATCH_EVENTS: usize = 500;
 const BATCH_BYTES: usize = 32 << 20;
 
+/// How many turns of the scheduler [`gather`] gives ready tasks at most.
+const GATHER_TURNS: usize = 4;
+
+/// Lets tasks that are ready to run (callers a batch before answered, woken together) join
+/// a queue before a batch is taken from it: taken at once, the queue would hold only those
+/// that were already waiting, and the callers just answered would make a batch of their
+/// own after it, so batches alternate between large and small. Each turn lets every other
+/// ready task run once; it stops as soon as a turn brings nobody new (a lone caller pays
+/// one turn), and waits on no clock. `queued` is the queue's length.
+pub async fn gather(queued: impl Fn() -> usize) {
+    for _ in 0..GATHER_TURNS {
+        let before = queued();
+        tokio::task::yield_now().await;
+        if queued() == before {
+            break;
+        }
+    }
+}
+
 /// A queued decision's end of the conversation with the coordinator.
 type Member<S> = mpsc::UnboundedSender<ToMember<S>>;
 
@@ -132,6 +151,7 @@ impl<D: Domain> Decider<D> {
     async fn coordinate(self) {
         let mut carried: Vec<Member<D::State>> = Vec::new();
         loop {
+            gather(|| self.queued()).await;
             let room = BATCH_DECISIONS.saturating_sub(carried.len());
             let mut members = std::mem::take(&mut carried);
             members.extend(self.take_queue(room));

@@ -660,7 +660,7 @@ impl<D: Domain> Decider<D> {
 }
 
 mod access;
-mod batch;
+pub(crate) mod batch;
 mod load;
 mod write;
 

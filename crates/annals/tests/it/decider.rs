@@ -532,6 +532,46 @@ async fn decisions_queued_on_a_hot_stream_are_written_in_one_append() {
     assert_eq!(decider.queued(), 0);
 }
 
+/// Decisions a batch answered that decide again at once (callers in a loop) join the next
+/// batch rather than leave it to those queued meanwhile and make a batch of their own
+/// after it: the coordinator lets them queue before it takes the queue. On one thread, so
+/// that every caller the batch woke has run before the coordinator goes on.
+#[tokio::test]
+async fn decisions_that_decide_again_at_once_join_the_next_batch() {
+    let probe = Arc::new(Probe::default());
+    let cat = category_named("Again", &probe, Some(Arc::new(Cache::new(100))));
+    let decider = Arc::new(cat.decider("again").unwrap());
+    let (held, first) = first_append_held(&probe, &decider, 0).await;
+    let mut tasks = Vec::new();
+    for k in 1..=8u32 {
+        let d = decider.clone();
+        tasks.push(tokio::spawn(async move {
+            d.transact_result(move |_| ((), add(k))).await?;
+            d.transact_result(move |s| (s.len(), add(100 + k))).await
+        }));
+        until("it is queued", || decider.queued() == k as usize).await;
+    }
+    let before = probe.appends.load(Ordering::SeqCst);
+    drop(held);
+    assert_eq!(first.await.unwrap().unwrap(), 0);
+    let mut seen = Vec::new();
+    for t in tasks {
+        seen.push(t.await.unwrap().unwrap());
+    }
+    assert_eq!(
+        probe.appends.load(Ordering::SeqCst) - before,
+        2,
+        "one append for the 8 queued decisions, one for the 8 they made next"
+    );
+    assert_eq!(
+        seen,
+        (9..17).collect::<Vec<_>>(),
+        "each second decision on the state of the one before it"
+    );
+    let state = decider.query(Clone::clone).await.unwrap();
+    assert_eq!(state.len(), 17);
+}
+
 /// A domain of large events, for the batches' bytes bound.
 struct Blobs;
 
