@@ -115,8 +115,12 @@ impl NatsStore {
                 revision.to_string().as_str(),
             );
         }
-        let ack = async_nats::jetstream::new(self.inner.client.clone())
-            .publish_with_headers(format!("{}{key}", kv.prefix), headers, bytes::Bytes::new())
+        // The subject the bucket's own calls write to.
+        let prefix = kv.put_prefix.as_ref().unwrap_or(&kv.prefix);
+        let ack = self
+            .inner
+            .js
+            .publish_with_headers(format!("{prefix}{key}"), headers, bytes::Bytes::new())
             .await
             .map_err(backend)?
             .await

@@ -150,6 +150,8 @@ const HEADS: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(65_536) 
 
 pub(crate) struct Inner {
     client: async_nats::Client,
+    /// The client's one JetStream context (each context runs a task of its own).
+    js: jetstream::Context,
     /// The stream, for requests its leader answers.
     stream: jetstream::stream::Stream,
     config: NatsConfig,
@@ -267,6 +269,7 @@ impl NatsStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
+                js,
                 stream,
                 config,
                 subjects,
@@ -284,6 +287,12 @@ impl NatsStore {
     /// The options the store was opened with.
     pub fn config(&self) -> &NatsConfig {
         &self.inner.config
+    }
+
+    /// The stream's state as its leader answers now (one request).
+    pub(crate) async fn stream_state(&self) -> Result<jetstream::stream::State> {
+        let mut handle = self.inner.stream.clone();
+        Ok(handle.info().await.map_err(backend)?.state.clone())
     }
 }
 
@@ -423,13 +432,8 @@ impl EventStore for NatsStore {
 
     async fn head_position(&self) -> Result<Option<Position>> {
         // Every message of the JetStream stream is an event: the last sequence is the head.
-        let js = async_nats::jetstream::new(self.inner.client.clone());
-        let mut handle = js
-            .get_stream(&self.inner.config.stream)
-            .await
-            .map_err(backend)?;
-        let info = handle.info().await.map_err(backend)?;
-        let (messages, last) = (info.state.messages, info.state.last_sequence);
+        let state = self.stream_state().await?;
+        let (messages, last) = (state.messages, state.last_sequence);
         Ok((messages > 0).then(|| annals::backend::position(u128::from(last))))
     }
 

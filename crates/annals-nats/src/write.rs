@@ -340,12 +340,7 @@ impl NatsStore {
                 None => Ok(()),
             };
         }
-        let js = async_nats::jetstream::new(self.inner.client.clone());
-        let mut handle = js
-            .get_stream(&self.inner.config.stream)
-            .await
-            .map_err(backend)?;
-        let last = handle.info().await.map_err(backend)?.state.last_sequence;
+        let last = self.stream_state().await?.last_sequence;
         let mut from = last.saturating_sub(RECENT).max(1);
         while from <= last {
             // From a replica that has applied up to the leader's last message.
