@@ -32,6 +32,7 @@
 //! # Ok(()) }
 //! ```
 
+mod append;
 mod append_at;
 mod batch;
 mod config;
@@ -522,62 +523,12 @@ impl PgStore {
         events: &[EventData],
         snapshot: Option<(&[u8], Option<Version>)>,
     ) -> Result<Option<AppendResult>> {
-        let (kind, exact) = kind(expected);
-        let c = Columns::of(events.iter());
         let sql = match snapshot {
             Some(_) => &self.inner.sql.append_with_snapshot,
             None => &self.inner.sql.append,
         };
         let statement = client.prepare_cached(sql).await.map_err(backend)?;
-        let (name, category) = (stream.as_str(), stream.category());
-        let mut params: Vec<Param<'_>> = vec![&name, &category, &kind, &exact];
-        params.extend(c.params());
-        let shown = snapshot.map(|(_, shown)| shown.map_or(i64::MAX, |v| bigint(v.get())));
-        if let (Some((snapshot, _)), Some(shown)) = (&snapshot, &shown) {
-            params.push(snapshot);
-            params.push(shown);
-        }
-        let row = match client.query_one(&statement, &params).await {
-            Ok(row) => row,
-            // A concurrent append recorded one of our ids first: classify.
-            Err(e) if is_unique_violation(&e) => return Ok(None),
-            // Our transaction id is older than the stream's last writer's: a new
-            // transaction gets a newer one (see the streams table).
-            Err(e)
-                if e.code()
-                    == Some(&tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE) =>
-            {
-                return Err(Error::backend("postgres", Retry(e.to_string())))
-            }
-            Err(e) => return Err(backend(e)),
-        };
-        let status: i16 = row.get(0);
-        match status {
-            0 => {
-                let tx = tx_of(row.get::<_, &str>(4))?;
-                Ok(Some(AppendResult {
-                    version: Version(row.get::<_, i64>(1) as u64),
-                    first_position: pack(tx, row.get(2)),
-                    last_position: pack(tx, row.get(3)),
-                }))
-            }
-            5 => Err(Error::StreamDeleted {
-                stream: stream.clone(),
-            }),
-            // Refused at the very version expected: the stream starts past `shown`.
-            1 if shown.is_some_and(|s| s < i64::MAX)
-                && kind == 3
-                && row.get::<_, i64>(1) == exact =>
-            {
-                Err(Error::WrongExpectedVersion {
-                    stream: stream.clone(),
-                    expected,
-                    actual: Version(exact as u64),
-                })
-            }
-            // Not admitted: a conflict, unless the batch is a retry of what is stored.
-            _ => Ok(None),
-        }
+        append::run(client, &statement, stream, expected, events, snapshot).await
     }
 
     /// An append, with a head snapshot stored when it writes.

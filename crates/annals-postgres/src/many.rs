@@ -1,5 +1,6 @@
 //! Multi-stream appends (`EventStore::append_many`, `append_many_shown`): one transaction,
-//! the streams appended in name order.
+//! the streams appended in name order, in two round trips (`BEGIN` with the lock and every
+//! append, then `COMMIT`).
 
 use super::*;
 
@@ -20,24 +21,47 @@ impl PgStore {
         // Appends that an earlier, committed call already wrote (exact retries).
         let mut known: Vec<Option<AppendResult>> = vec![None; appends.len()];
         for _ in 0..3 {
-            client.begin().await?;
-            if let Some(shown) = &shown_from {
-                if let Err(e) = self.check_shown(&client, &appends, &order, shown).await {
-                    let _ = client.rollback().await;
-                    return Err(e);
-                }
+            // `BEGIN`, the lock of the streams' rows (when asked) and every append, in name
+            // order, go out together and run in that order: one round trip, then `COMMIT`.
+            // After a failed statement the server refuses the rest of the transaction; the
+            // answers are read in order and the first that is not a write decides.
+            let append = prepared(&client, &self.inner.sql.append).await?;
+            let lock = match shown_from {
+                Some(_) => Some(prepared(&client, &self.inner.sql.lock_shown).await?),
+                None => None,
+            };
+            let pending: Vec<usize> = order
+                .iter()
+                .copied()
+                .filter(|&i| known[i].is_none())
+                .collect();
+            client.beginning();
+            let (begun, checked, written) = futures::join!(
+                client.batch_execute("BEGIN"),
+                async {
+                    match (&shown_from, &lock) {
+                        (Some(shown), Some(lock)) => {
+                            self.check_shown(&client, lock, &appends, &order, shown)
+                                .await
+                        }
+                        _ => Ok(()),
+                    }
+                },
+                futures::future::join_all(pending.iter().map(|&i| {
+                    let a = &appends[i];
+                    crate::append::run(&client, &append, &a.stream, a.expected, &a.events, None)
+                })),
+            );
+            // A `BEGIN` refused leaves the connection in doubt: it is closed, not pooled.
+            begun.map_err(backend)?;
+            if let Err(e) = checked {
+                let _ = client.rollback().await;
+                return Err(e);
             }
             let mut results = known.clone();
             let mut refused = false;
-            for &i in &order {
-                if results[i].is_some() {
-                    continue;
-                }
-                let a = &appends[i];
-                match self
-                    .append_once(&client, &a.stream, a.expected, &a.events, None)
-                    .await
-                {
+            for (&i, written) in pending.iter().zip(written) {
+                match written {
                     Ok(Some(r)) => results[i] = Some(r),
                     Ok(None) => {
                         refused = true;
@@ -82,10 +106,12 @@ impl PgStore {
 
     /// Locks the rows of every stream of `appends` (in the names' byte order) and refuses,
     /// with the stream's version, an append about to write (the stream at its expected
-    /// version) to a stream that starts past its `shown` version.
+    /// version) to a stream that starts past its `shown` version. `statement` is
+    /// `lock_shown`, sent when the future is first polled.
     async fn check_shown(
         &self,
         client: &Object,
+        statement: &tokio_postgres::Statement,
         appends: &[StreamAppend],
         order: &[usize],
         shown: &[Version],
@@ -95,9 +121,8 @@ impl PgStore {
             .iter()
             .map(|&i| shown.get(i).map_or(i64::MAX, |v| bigint(v.get())))
             .collect();
-        let statement = prepared(client, &self.inner.sql.lock_shown).await?;
         let rows = client
-            .query(&statement, &[&names, &froms])
+            .query(statement, &[&names, &froms])
             .await
             .map_err(backend)?;
         for row in &rows {

@@ -47,6 +47,12 @@ impl TxConn {
         self
     }
 
+    /// The caller is about to send `BEGIN` pipelined with its first statements: open from
+    /// now, as [`TxConn::begin_with`].
+    pub(crate) fn beginning(&mut self) {
+        self.open = true;
+    }
+
     /// Sends `sql`, which begins a transaction (`BEGIN`, perhaps with settings).
     pub(crate) async fn begin_with(&mut self, sql: &str) -> Result<()> {
         // Open from before it is sent: a caller gone while it is on its way leaves a

@@ -1,7 +1,9 @@
 //! Statements sent per decider operation, counted by a proxy between the store and the
 //! server: each simple query and each extended-protocol `Sync` is one statement (one round
-//! trip). The connections that only LISTEN or NOTIFY (change hints, off the caller's path)
-//! are told apart by what they send and not counted.
+//! trip unless pipelined). Round trips proper are counted too: statements a connection
+//! sends while its earlier ones are all answered begin one; those it sends before (in the
+//! same write) ride in it. The connections that only LISTEN or NOTIFY (change hints, off
+//! the caller's path) are told apart by what they send and not counted.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 struct Proxy {
     port: u16,
     statements: Arc<AtomicU64>,
+    round_trips: Arc<AtomicU64>,
     connections: Arc<Mutex<Vec<Arc<Mutex<Seen>>>>>,
 }
 
@@ -42,6 +45,8 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let statements = Arc::new(AtomicU64::new(0));
         let counter = statements.clone();
+        let round_trips = Arc::new(AtomicU64::new(0));
+        let trips = round_trips.clone();
         let connections = Arc::new(Mutex::new(Vec::new()));
         let seen_all = connections.clone();
         tokio::spawn(async move {
@@ -49,29 +54,43 @@ impl Proxy {
                 let server = TcpStream::connect((host.as_str(), server_port))
                     .await
                     .unwrap();
-                let (mut from_client, to_client) = client.into_split();
-                let (from_server, mut to_server) = server.into_split();
+                let (from_client, to_client) = client.into_split();
+                let (from_server, to_server) = server.into_split();
+                // Statements sent to the server (the startup message first) and answers
+                // (`ReadyForQuery`) passed back to the client.
+                let flow = Arc::new(Flow::default());
+                let answers = flow.clone();
                 tokio::spawn(async move {
-                    let (mut from_server, mut to_client) = (from_server, to_client);
-                    let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                    let _ = answer(from_server, to_client, &answers).await;
                 });
-                let counter = counter.clone();
+                let counters = Counters {
+                    statements: counter.clone(),
+                    round_trips: trips.clone(),
+                    flow,
+                };
                 let seen = Arc::new(Mutex::new(Seen::default()));
                 seen_all.lock().unwrap().push(seen.clone());
                 tokio::spawn(async move {
-                    let _ = forward(&mut from_client, &mut to_server, &counter, &seen).await;
+                    let mut from_client = tokio::io::BufReader::with_capacity(1 << 16, from_client);
+                    let mut to_server = to_server;
+                    let _ = forward(&mut from_client, &mut to_server, &counters, &seen).await;
                 });
             }
         });
         Self {
             port,
             statements,
+            round_trips,
             connections,
         }
     }
 
     fn count(&self) -> u64 {
         self.statements.load(Ordering::SeqCst)
+    }
+
+    fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::SeqCst)
     }
 
     /// What each connection so far sent.
@@ -84,24 +103,71 @@ impl Proxy {
     }
 }
 
-/// Forwards one connection's frontend messages, counting its statements unless it is a
-/// LISTEN or NOTIFY connection.
+/// One connection's statements sent to the server and answers passed back.
+#[derive(Default)]
+struct Flow {
+    sent: AtomicU64,
+    answered: AtomicU64,
+}
+
+/// Where [`forward`] counts.
+struct Counters {
+    statements: Arc<AtomicU64>,
+    round_trips: Arc<AtomicU64>,
+    flow: Arc<Flow>,
+}
+
+/// Passes the server's messages back to the client, counting its `ReadyForQuery`s.
+async fn answer(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    flow: &Flow,
+) -> std::io::Result<()> {
+    loop {
+        let kind = from.read_u8().await?;
+        let len = from.read_u32().await?;
+        let mut body = vec![0; len as usize - 4];
+        from.read_exact(&mut body).await?;
+        to.write_u8(kind).await?;
+        to.write_u32(len).await?;
+        to.write_all(&body).await?;
+        if kind == b'Z' {
+            flow.answered.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Forwards one connection's frontend messages, counting its statements and round trips
+/// unless it is a LISTEN or NOTIFY connection. A round trip begins with a statement read in
+/// a new chunk from the client while every statement before it is answered.
 async fn forward(
-    from: &mut tokio::net::tcp::OwnedReadHalf,
+    from: &mut tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
     to: &mut tokio::net::tcp::OwnedWriteHalf,
-    counter: &AtomicU64,
+    counters: &Counters,
     seen: &Mutex<Seen>,
 ) -> std::io::Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let flow = &counters.flow;
     // The startup message has no type byte.
     let len = from.read_u32().await?;
     let mut body = vec![0; len as usize - 4];
     from.read_exact(&mut body).await?;
     seen.lock().unwrap().startup = String::from_utf8_lossy(&body).into_owned();
+    // The startup message is answered with a `ReadyForQuery` too.
+    flow.sent.store(1, Ordering::SeqCst);
     to.write_u32(len).await?;
     to.write_all(&body).await?;
     let mut hint_only = false;
     let mut pending = 0u64;
+    let mut pending_trips = 0u64;
+    // Whether the next statement begins a round trip.
+    let mut idle = false;
     loop {
+        if from.buffer().is_empty() {
+            // A new chunk from the client: a new round trip if all before is answered.
+            from.fill_buf().await?;
+            idle = flow.sent.load(Ordering::SeqCst) == flow.answered.load(Ordering::SeqCst);
+        }
         let kind = from.read_u8().await?;
         let len = from.read_u32().await?;
         let mut body = vec![0; len as usize - 4];
@@ -119,6 +185,9 @@ async fn forward(
         match kind {
             b'Q' | b'S' => {
                 pending += 1;
+                pending_trips += u64::from(idle);
+                idle = false;
+                flow.sent.fetch_add(1, Ordering::SeqCst);
                 seen.lock().unwrap().statements += 1;
             }
             _ => {}
@@ -148,8 +217,12 @@ async fn forward(
             }
         }
         if !hint_only && pending > 0 {
-            counter.fetch_add(pending, Ordering::SeqCst);
+            counters.statements.fetch_add(pending, Ordering::SeqCst);
+            counters
+                .round_trips
+                .fetch_add(pending_trips, Ordering::SeqCst);
             pending = 0;
+            pending_trips = 0;
         }
         to.write_u8(kind).await?;
         to.write_u32(len).await?;
@@ -252,6 +325,87 @@ async fn a_decision_costs_one_statement_cached_two_uncached_and_two_after_a_conf
     let before = proxy.count();
     assert_eq!(d.query(|n| *n).await.unwrap(), 4);
     assert_eq!(measure(before), 1, "a fresh query on a current cache");
+}
+
+/// A multi-stream append is two round trips whatever its streams: `BEGIN`, the lock of the
+/// streams' rows (a decider's transaction) and every append go out together, then `COMMIT`.
+/// On one thread, so the store's statements are all queued before its connection writes.
+#[tokio::test]
+async fn a_multi_stream_append_costs_two_round_trips() {
+    use annals::{EventStoreExt, ReadStream, StreamAppend, Version};
+    let (proxy, store) = counted_store().await;
+    let names = ["Many-c", "Many-a", "Many-b"];
+    let appends = |n: u64, expected: ExpectedVersion| -> Vec<StreamAppend> {
+        names
+            .iter()
+            .map(|s| StreamAppend {
+                stream: StreamName::new(*s).unwrap(),
+                expected,
+                events: vec![EventData::new(
+                    "Added",
+                    format!(r#"{{"n":{n}}}"#).into_bytes(),
+                )],
+            })
+            .collect()
+    };
+    // Every statement prepared on the pool's one connection before counting.
+    store
+        .append_many(appends(0, ExpectedVersion::NoStream))
+        .await
+        .unwrap();
+    store
+        .append_many_shown(
+            appends(1, ExpectedVersion::Exact(Version(1))),
+            vec![Version(0); 3],
+        )
+        .await
+        .unwrap();
+    for (n, shown) in [(2, false), (3, true)] {
+        let before = (proxy.count(), proxy.round_trips());
+        let batch = appends(n, ExpectedVersion::Exact(Version(n)));
+        let written = match shown {
+            false => store.append_many(batch).await.unwrap(),
+            true => store
+                .append_many_shown(batch, vec![Version(0); 3])
+                .await
+                .unwrap(),
+        };
+        assert!(
+            written.iter().all(|r| r.version == Version(n + 1)),
+            "{written:?}"
+        );
+        let (statements, trips) = (proxy.count() - before.0, proxy.round_trips() - before.1);
+        // `BEGIN`, the lock when shown, three appends, `COMMIT`.
+        assert_eq!(
+            statements,
+            5 + u64::from(shown),
+            "statements, shown: {shown}"
+        );
+        assert_eq!(trips, 2, "round trips, shown: {shown}");
+    }
+    // A refusal: nothing written, the conflict reported.
+    let refused = store
+        .append_many(appends(9, ExpectedVersion::Exact(Version(2))))
+        .await;
+    assert!(
+        matches!(refused, Err(annals::Error::WrongExpectedVersion { .. })),
+        "{refused:?}"
+    );
+    for name in names {
+        let events = store
+            .read_stream_vec(&StreamName::new(name).unwrap(), ReadStream::forward())
+            .await
+            .unwrap();
+        let ns: Vec<u64> = events
+            .iter()
+            .map(|e| {
+                serde_json::from_slice::<serde_json::Value>(&e.data).unwrap()["n"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(ns, [0, 1, 2, 3], "{name}");
+    }
 }
 
 /// A migrated store on a fresh schema whose one pooled connection goes through a
