@@ -27,6 +27,11 @@ pub struct Counting {
     pub heads: AtomicU64,
     /// `stream_version` calls.
     pub versions: AtomicU64,
+    /// Reads under way (`read_page_from`, `read_head`, `stream_version`, `read_stream`),
+    /// and the most seen at once: each yields once to the scheduler before reading, so
+    /// reads made together (joined) overlap, and reads made one after the other never do.
+    in_flight: AtomicU64,
+    most_in_flight: AtomicU64,
 }
 
 impl Counting {
@@ -38,7 +43,23 @@ impl Counting {
             events: AtomicU64::new(0),
             heads: AtomicU64::new(0),
             versions: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            most_in_flight: AtomicU64::new(0),
         }
+    }
+
+    /// The most reads under way at once since the last call of this (or since the wrapper
+    /// was made).
+    pub fn take_most_in_flight(&self) -> u64 {
+        self.most_in_flight.swap(0, Ordering::SeqCst)
+    }
+
+    /// Counts a read under way until the guard is dropped, after one yield.
+    async fn flight(&self) -> InFlight<'_> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+        tokio::task::yield_now().await;
+        InFlight(&self.in_flight)
     }
 
     /// Store round trips of reads so far: `read_stream`, `read_head` and `stream_version`
@@ -55,6 +76,15 @@ impl Counting {
             self.reads.load(Ordering::SeqCst),
             self.events.load(Ordering::SeqCst),
         )
+    }
+}
+
+/// A read under way (see [`Counting::most_in_flight`]).
+struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -125,6 +155,7 @@ impl EventStore for Counting {
         limit: usize,
     ) -> Result<StartedPage> {
         self.reads.fetch_add(1, Ordering::SeqCst);
+        let _flight = self.flight().await;
         let page = self.inner.read_page_from(stream, from, limit).await?;
         self.events
             .fetch_add(page.events.len() as u64, Ordering::SeqCst);
@@ -133,6 +164,7 @@ impl EventStore for Counting {
 
     async fn read_head(&self, stream: &StreamName, limit: usize) -> Result<Head> {
         self.heads.fetch_add(1, Ordering::SeqCst);
+        let _flight = self.flight().await;
         let head = self.inner.read_head(stream, limit).await?;
         self.events
             .fetch_add(head.events.len() as u64, Ordering::SeqCst);
@@ -141,6 +173,7 @@ impl EventStore for Counting {
 
     async fn stream_version(&self, stream: &StreamName) -> Result<Version> {
         self.versions.fetch_add(1, Ordering::SeqCst);
+        let _flight = self.flight().await;
         self.inner.stream_version(stream).await
     }
 
@@ -150,12 +183,17 @@ impl EventStore for Counting {
         options: ReadStream,
     ) -> BoxStream<'a, Result<RecordedEvent>> {
         self.reads.fetch_add(1, Ordering::SeqCst);
-        self.inner
-            .read_stream(stream, options)
-            .inspect(|item| {
-                if item.is_ok() {
-                    self.events.fetch_add(1, Ordering::SeqCst);
-                }
+        // Under way from its first poll until dropped.
+        futures::stream::once(self.flight())
+            .flat_map(move |flight| {
+                self.inner
+                    .read_stream(stream, options)
+                    .inspect(move |item| {
+                        let _ = &flight;
+                        if item.is_ok() {
+                            self.events.fetch_add(1, Ordering::SeqCst);
+                        }
+                    })
             })
             .boxed()
     }

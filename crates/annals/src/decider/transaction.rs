@@ -149,10 +149,12 @@ pub async fn transact_many<D: Domain, R>(
     let Some(first) = deciders.first() else {
         return Ok(decide(&[]).0);
     };
-    let mut parts = Vec::with_capacity(deciders.len());
-    for d in deciders {
-        parts.push(Part::load(d).await?);
-    }
+    // Loaded together: a store reads them at once (PostgreSQL reads concurrent catch-ups
+    // in one statement), the first error in the deciders' order is the one returned.
+    let mut parts = futures::future::join_all(deciders.iter().map(Part::load))
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
     let mut attempts = Attempts::new();
     loop {
         let states: Vec<&D::State> = parts.iter().map(|p| &*p.loaded.state).collect();
@@ -180,9 +182,12 @@ pub async fn transact_many<D: Domain, R>(
                 return Ok(result);
             }
             Err(conflict) => {
+                let caught =
+                    futures::future::join_all(parts.iter_mut().map(|p| p.catch_up(&conflict)))
+                        .await;
                 let mut hidden = false;
-                for part in &mut parts {
-                    hidden |= part.catch_up(&conflict).await?;
+                for c in caught {
+                    hidden |= c?;
                 }
                 refused(&first.category, &mut attempts, &conflict, hidden)?;
             }
@@ -201,7 +206,8 @@ pub async fn transact_pair<A: Domain, B: Domain, R>(
         (&a.category.store, &a.stream),
         (&b.category.store, &b.stream),
     ])?;
-    let (mut pa, mut pb) = (Part::load(a).await?, Part::load(b).await?);
+    let (pa, pb) = futures::join!(Part::load(a), Part::load(b));
+    let (mut pa, mut pb) = (pa?, pb?);
     let mut attempts = Attempts::new();
     loop {
         let (result, ea, eb) = decide(&pa.loaded.state, &pb.loaded.state);
@@ -228,7 +234,8 @@ pub async fn transact_pair<A: Domain, B: Domain, R>(
                 return Ok(result);
             }
             Err(conflict) => {
-                let hidden = pa.catch_up(&conflict).await? | pb.catch_up(&conflict).await?;
+                let (ha, hb) = futures::join!(pa.catch_up(&conflict), pb.catch_up(&conflict));
+                let hidden = ha? | hb?;
                 refused(&a.category, &mut attempts, &conflict, hidden)?;
             }
         }

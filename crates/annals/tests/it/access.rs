@@ -238,3 +238,52 @@ async fn a_head_snapshot_load_is_one_round_trip_even_after_plain_appends() {
     assert_eq!(loaded.version, Version(52));
     assert_eq!(*loaded.state, (0..52).collect::<Vec<u32>>());
 }
+
+/// The streams of a multi-stream transaction are read together, when loaded and when caught
+/// up after a conflict: a transaction waits for one read, not one per stream.
+#[tokio::test]
+async fn a_transaction_reads_its_streams_together() {
+    let (memory, counting) = setup();
+    let cached = tally(counting.clone()).with_cache(Arc::new(Cache::new(10)));
+    let deciders: Vec<_> = ["a", "b", "c"]
+        .into_iter()
+        .map(|id| cached.decider(id).unwrap())
+        .collect();
+    let add = |n| vec![vec![Event::Added { n }]; 3];
+    annals::transact_many(&deciders, |_| ((), add(0)))
+        .await
+        .unwrap();
+    assert_eq!(counting.take_most_in_flight(), 3, "loaded together");
+    // Behind the cache's back: the next transaction is refused on `b`, and every stream
+    // catches up.
+    memory
+        .append(
+            &StreamName::new("Tally-b").unwrap(),
+            ExpectedVersion::Exact(Version(1)),
+            vec![EventData::new("Added", br#"{"n":7}"#.to_vec())],
+        )
+        .await
+        .unwrap();
+    let _ = counting.take_most_in_flight();
+    let seen = annals::transact_many(&deciders, |states| {
+        (
+            states.iter().map(|s| s.to_vec()).collect::<Vec<_>>(),
+            add(1),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        seen,
+        [vec![0], vec![0, 7], vec![0]],
+        "decided on the caught-up states"
+    );
+    assert_eq!(counting.take_most_in_flight(), 3, "caught up together");
+    // Two streams of different domains: the same.
+    let (a, b) = (&deciders[0], &deciders[2]);
+    let _ = counting.take_most_in_flight();
+    annals::transact_pair(a, b, |_, _| ((), vec![Event::Reset], vec![Event::Reset]))
+        .await
+        .unwrap();
+    assert_eq!(counting.take_most_in_flight(), 2, "a pair loaded together");
+}
