@@ -149,8 +149,8 @@ pub async fn transact_many<D: Domain, R>(
     let Some(first) = deciders.first() else {
         return Ok(decide(&[]).0);
     };
-    // Loaded together: a store reads them at once (PostgreSQL reads concurrent catch-ups
-    // in one statement), the first error in the deciders' order is the one returned.
+    // Loaded together (a store with a pool reads them at once, each on a connection of its
+    // own); the first error in the deciders' order is the one returned.
     let mut parts = futures::future::join_all(deciders.iter().map(Part::load))
         .await
         .into_iter()
