@@ -57,9 +57,11 @@ impl Counting {
     /// Counts a read under way until the guard is dropped, after one yield.
     async fn flight(&self) -> InFlight<'_> {
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        // Counted down also when the read is dropped during its yield.
+        let flight = InFlight(&self.in_flight);
         self.most_in_flight.fetch_max(now, Ordering::SeqCst);
         tokio::task::yield_now().await;
-        InFlight(&self.in_flight)
+        flight
     }
 
     /// Store round trips of reads so far: `read_stream`, `read_head` and `stream_version`
