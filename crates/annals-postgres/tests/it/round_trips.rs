@@ -117,22 +117,29 @@ struct Counters {
     flow: Arc<Flow>,
 }
 
-/// Passes the server's messages back to the client, counting its `ReadyForQuery`s.
+/// Passes the server's messages back to the client, counting its `ReadyForQuery`s (before
+/// the client can see them, so a statement it sends after one finds it counted). What the
+/// server sent together goes to the client together.
 async fn answer(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
+    from: tokio::net::tcp::OwnedReadHalf,
+    to: tokio::net::tcp::OwnedWriteHalf,
     flow: &Flow,
 ) -> std::io::Result<()> {
+    let mut from = tokio::io::BufReader::with_capacity(1 << 16, from);
+    let mut to = tokio::io::BufWriter::with_capacity(1 << 16, to);
     loop {
         let kind = from.read_u8().await?;
         let len = from.read_u32().await?;
         let mut body = vec![0; len as usize - 4];
         from.read_exact(&mut body).await?;
+        if kind == b'Z' {
+            flow.answered.fetch_add(1, Ordering::SeqCst);
+        }
         to.write_u8(kind).await?;
         to.write_u32(len).await?;
         to.write_all(&body).await?;
-        if kind == b'Z' {
-            flow.answered.fetch_add(1, Ordering::SeqCst);
+        if from.buffer().is_empty() {
+            to.flush().await?;
         }
     }
 }
