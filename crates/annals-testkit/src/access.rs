@@ -81,7 +81,7 @@ impl Counting {
     }
 }
 
-/// A read under way (see [`Counting::most_in_flight`]).
+/// A read under way (see [`Counting::take_most_in_flight`]).
 struct InFlight<'a>(&'a AtomicU64);
 
 impl Drop for InFlight<'_> {

@@ -254,18 +254,20 @@ async fn a_transaction_reads_its_streams_together() {
         .await
         .unwrap();
     assert_eq!(counting.take_most_in_flight(), 3, "loaded together");
-    // Behind the cache's back: the next transaction is refused on `b`, and every stream
-    // catches up.
-    memory
-        .append(
-            &StreamName::new("Tally-b").unwrap(),
-            ExpectedVersion::Exact(Version(1)),
-            vec![EventData::new("Added", br#"{"n":7}"#.to_vec())],
-        )
-        .await
-        .unwrap();
-    let _ = counting.take_most_in_flight();
+    // Written behind the cache's back while the next transaction decides: its append is
+    // refused on `b`, and every stream catches up. The loads' reads are taken at the first
+    // decision, the catch-ups' after the transaction.
+    let mut loads = None;
     let seen = annals::transact_many(&deciders, |states| {
+        if loads.is_none() {
+            loads = Some(counting.take_most_in_flight());
+            futures::executor::block_on(memory.append(
+                &StreamName::new("Tally-b").unwrap(),
+                ExpectedVersion::Exact(Version(1)),
+                vec![EventData::new("Added", br#"{"n":7}"#.to_vec())],
+            ))
+            .unwrap();
+        }
         (
             states.iter().map(|s| s.to_vec()).collect::<Vec<_>>(),
             add(1),
@@ -276,8 +278,9 @@ async fn a_transaction_reads_its_streams_together() {
     assert_eq!(
         seen,
         [vec![0], vec![0, 7], vec![0]],
-        "decided on the caught-up states"
+        "decided again on the caught-up states"
     );
+    assert_eq!(loads, Some(3), "cached states confirmed together");
     assert_eq!(counting.take_most_in_flight(), 3, "caught up together");
     // Two streams of different domains: the same.
     let (a, b) = (&deciders[0], &deciders[2]);
