@@ -169,6 +169,17 @@ impl Shared {
         }
     }
 
+    /// Lets `conn` go after a failure that ended it (see `error::ends_connection`): the
+    /// next batch gets another one. The server's error comes before its socket closes, and
+    /// a connection whose driver has not yet seen the close would fail the next batch too.
+    pub(crate) async fn discard(&self, conn: Arc<Object>) {
+        self.conns.lock().await.retain(|c| !Arc::ptr_eq(c, &conn));
+        // Out of the pool too, once no other batch in flight holds it.
+        if let Ok(conn) = Arc::try_unwrap(conn) {
+            drop(Object::take(conn));
+        }
+    }
+
     /// A connection for one batch.
     pub(crate) async fn get(&self) -> Result<Arc<Object>> {
         let mut conns = self.conns.lock().await;

@@ -82,6 +82,21 @@ pub(crate) fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) ->
     }
 }
 
+/// Whether `e` ended its connection: the connection closed, or the server ended it (an
+/// error of severity `FATAL` or `PANIC`, such as a backend terminated by an administrator
+/// or a server shutting down). Such a connection must not serve another statement.
+pub(crate) fn ends_connection(e: &tokio_postgres::Error) -> bool {
+    e.is_closed()
+        || e.as_db_error().is_some_and(|db| {
+            matches!(
+                db.parsed_severity(),
+                Some(
+                    tokio_postgres::error::Severity::Fatal | tokio_postgres::error::Severity::Panic
+                )
+            )
+        })
+}
+
 fn is_transient(e: &(dyn std::error::Error + 'static)) -> bool {
     if e.is::<deadpool_postgres::PoolError>() {
         return true;

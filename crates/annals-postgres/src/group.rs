@@ -198,12 +198,11 @@ impl PgStore {
                     let _ = r.reply.send(Ok(a));
                 }
             }
+            // Every caller gets the error as it is (a lost connection stays transient, so
+            // a reactor retries it instead of counting it toward parking the stream).
             Err(e) => {
-                let message = e.to_string();
                 for r in group {
-                    let _ = r
-                        .reply
-                        .send(Err(backend(format!("a group commit failed: {message}"))));
+                    let _ = r.reply.send(Err(e.clone()));
                 }
             }
         }
@@ -271,7 +270,12 @@ impl PgStore {
             {
                 return Ok(group.iter().map(|_| Answer::Retry).collect());
             }
-            Err(e) => return Err(backend(e)),
+            Err(e) => {
+                if crate::error::ends_connection(&e) {
+                    self.inner.group_conns.discard(client).await;
+                }
+                return Err(backend(e));
+            }
         };
         drop(client);
         answers_of(group.len(), &rows)

@@ -960,3 +960,89 @@ async fn a_truncation_or_deletion_between_two_pages_of_a_long_read_is_seen_by_th
     annals_testkit::conformance::a_change_between_two_pages_is_seen_by_the_later_pages(store, 1000)
         .await;
 }
+
+/// A group commit whose connection is lost while its statement runs (its backend ended by
+/// the server) fails each of its callers with a transient error, as a lost connection is
+/// everywhere else: a reactor retries such a failure rather than counting it toward
+/// parking the stream. Nothing of the group is written, and the next append succeeds.
+#[tokio::test]
+async fn a_group_commit_cut_off_by_a_lost_connection_fails_its_callers_as_transient() {
+    use std::time::{Duration, Instant};
+    let app = postgres::schema_name("cut");
+    let mut connection = postgres::shared().connection();
+    connection.application_name(&app);
+    let config = PgConfig::new(connection).schema(postgres::schema_name("t"));
+    let schema = config.schema.clone();
+    let store = std::sync::Arc::new(PgStore::connect(config).await.unwrap());
+    store.migrate().await.unwrap();
+    let name = |s: &str| StreamName::new(s).unwrap();
+    let one = || vec![EventData::new("E", b"{}".to_vec())];
+    store
+        .append(&name("Cut-held"), ExpectedVersion::NoStream, one())
+        .await
+        .unwrap();
+    let admin = postgres::connect(&postgres::shared().url).await;
+    let holder = postgres::connect(&postgres::shared().url).await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder
+        .batch_execute(&format!(
+            "SELECT 1 FROM {schema}.streams WHERE name = 'Cut-held' FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    let cut = {
+        let store = std::sync::Arc::clone(&store);
+        tokio::spawn(async move {
+            store
+                .append(
+                    &StreamName::new("Cut-held").unwrap(),
+                    ExpectedVersion::Exact(Version(1)),
+                    vec![EventData::new("E", b"{}".to_vec())],
+                )
+                .await
+        })
+    };
+    // The group's backend, once it waits for the held row.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pid: i32 = loop {
+        let row = admin
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = $1 \
+                 AND wait_event_type = 'Lock'",
+                &[&app],
+            )
+            .await
+            .unwrap();
+        if let Some(row) = row {
+            break row.get(0);
+        }
+        assert!(Instant::now() < deadline, "the group never waited");
+        tokio::task::yield_now().await;
+    };
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let error = cut
+        .await
+        .unwrap()
+        .expect_err("the cut-off group was answered as written");
+    assert!(
+        error.is_transient(),
+        "a lost group connection is not transient: {error}"
+    );
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(
+        store.stream_version(&name("Cut-held")).await.unwrap(),
+        Version(1),
+        "the cut-off group wrote"
+    );
+    store
+        .append(&name("Cut-held"), ExpectedVersion::Exact(Version(1)), one())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.stream_version(&name("Cut-held")).await.unwrap(),
+        Version(2)
+    );
+}
