@@ -859,19 +859,9 @@ async fn an_append_given_up_before_its_group_is_sent_is_not_written() {
     use futures::FutureExt as _;
     use std::time::{Duration, Instant};
     let recorded = annals_testkit::metrics::recorded();
-    let app = postgres::schema_name("queued");
-    let mut connection = postgres::shared().connection();
-    connection.application_name(&app);
-    let config = PgConfig::new(connection).schema(postgres::schema_name("t"));
-    let schema = config.schema.clone();
-    let store = std::sync::Arc::new(PgStore::connect(config).await.unwrap());
-    store.migrate().await.unwrap();
+    let (store, app, schema) = named_store("queued", "Queued-held").await;
     let name = |s: &str| StreamName::new(s).unwrap();
     let one = || vec![EventData::new("E", b"{}".to_vec())];
-    store
-        .append(&name("Queued-held"), ExpectedVersion::NoStream, one())
-        .await
-        .unwrap();
     let groups = || {
         recorded
             .histogram(&format!(
@@ -880,14 +870,7 @@ async fn an_append_given_up_before_its_group_is_sent_is_not_written() {
             .0
     };
     let admin = postgres::connect(&postgres::shared().url).await;
-    let holder = postgres::connect(&postgres::shared().url).await;
-    holder.batch_execute("BEGIN").await.unwrap();
-    holder
-        .batch_execute(&format!(
-            "SELECT 1 FROM {schema}.streams WHERE name = 'Queued-held' FOR UPDATE"
-        ))
-        .await
-        .unwrap();
+    let holder = hold_row(&schema, "Queued-held").await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let before = groups();
     // The first group waits for the held row; the second is sent behind it.
@@ -904,22 +887,7 @@ async fn an_append_given_up_before_its_group_is_sent_is_not_written() {
         })
     };
     let first = spawn("Queued-held");
-    loop {
-        let waiting: i64 = admin
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
-                 AND wait_event_type = 'Lock'",
-                &[&app],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if waiting == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the first group never waited");
-        tokio::task::yield_now().await;
-    }
+    waiting_backend(&admin, &app, "the first group").await;
     let second = spawn("Queued-second");
     while groups() < before + 2 {
         assert!(Instant::now() < deadline, "the second group was never sent");
@@ -967,29 +935,11 @@ async fn a_truncation_or_deletion_between_two_pages_of_a_long_read_is_seen_by_th
 /// parking the stream. Nothing of the group is written, and the next append succeeds.
 #[tokio::test]
 async fn a_group_commit_cut_off_by_a_lost_connection_fails_its_callers_as_transient() {
-    use std::time::{Duration, Instant};
-    let app = postgres::schema_name("cut");
-    let mut connection = postgres::shared().connection();
-    connection.application_name(&app);
-    let config = PgConfig::new(connection).schema(postgres::schema_name("t"));
-    let schema = config.schema.clone();
-    let store = std::sync::Arc::new(PgStore::connect(config).await.unwrap());
-    store.migrate().await.unwrap();
+    let (store, app, schema) = named_store("cut", "Cut-held").await;
     let name = |s: &str| StreamName::new(s).unwrap();
     let one = || vec![EventData::new("E", b"{}".to_vec())];
-    store
-        .append(&name("Cut-held"), ExpectedVersion::NoStream, one())
-        .await
-        .unwrap();
     let admin = postgres::connect(&postgres::shared().url).await;
-    let holder = postgres::connect(&postgres::shared().url).await;
-    holder.batch_execute("BEGIN").await.unwrap();
-    holder
-        .batch_execute(&format!(
-            "SELECT 1 FROM {schema}.streams WHERE name = 'Cut-held' FOR UPDATE"
-        ))
-        .await
-        .unwrap();
+    let holder = hold_row(&schema, "Cut-held").await;
     let cut = {
         let store = std::sync::Arc::clone(&store);
         tokio::spawn(async move {
@@ -1002,23 +952,7 @@ async fn a_group_commit_cut_off_by_a_lost_connection_fails_its_callers_as_transi
                 .await
         })
     };
-    // The group's backend, once it waits for the held row.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let pid: i32 = loop {
-        let row = admin
-            .query_opt(
-                "SELECT pid FROM pg_stat_activity WHERE application_name = $1 \
-                 AND wait_event_type = 'Lock'",
-                &[&app],
-            )
-            .await
-            .unwrap();
-        if let Some(row) = row {
-            break row.get(0);
-        }
-        assert!(Instant::now() < deadline, "the group never waited");
-        tokio::task::yield_now().await;
-    };
+    let pid = waiting_backend(&admin, &app, "the group").await;
     admin
         .execute("SELECT pg_terminate_backend($1)", &[&pid])
         .await
@@ -1045,4 +979,61 @@ async fn a_group_commit_cut_off_by_a_lost_connection_fails_its_callers_as_transi
         store.stream_version(&name("Cut-held")).await.unwrap(),
         Version(2)
     );
+}
+
+/// A migrated store of its own whose connections carry an application name (returned,
+/// with the schema), to find its backends in `pg_stat_activity`; stream `written` holds
+/// one event.
+async fn named_store(tag: &str, written: &str) -> (std::sync::Arc<PgStore>, String, String) {
+    let app = postgres::schema_name(tag);
+    let mut connection = postgres::shared().connection();
+    connection.application_name(&app);
+    let config = PgConfig::new(connection).schema(postgres::schema_name("t"));
+    let schema = config.schema.clone();
+    let store = std::sync::Arc::new(PgStore::connect(config).await.unwrap());
+    store.migrate().await.unwrap();
+    store
+        .append(
+            &StreamName::new(written).unwrap(),
+            ExpectedVersion::NoStream,
+            vec![EventData::new("E", b"{}".to_vec())],
+        )
+        .await
+        .unwrap();
+    (store, app, schema)
+}
+
+/// A connection holding `stream`'s row lock in a transaction it leaves open.
+async fn hold_row(schema: &str, stream: &str) -> tokio_postgres::Client {
+    let holder = postgres::connect(&postgres::shared().url).await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder
+        .execute(
+            &format!("SELECT 1 FROM {schema}.streams WHERE name = $1 FOR UPDATE"),
+            &[&stream],
+        )
+        .await
+        .unwrap();
+    holder
+}
+
+/// The pid of a backend of application `app` waiting for a lock, once one is (`who`
+/// names it if none does within 30 s).
+async fn waiting_backend(admin: &tokio_postgres::Client, app: &str, who: &str) -> i32 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let rows = admin
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = $1 \
+                 AND wait_event_type = 'Lock'",
+                &[&app],
+            )
+            .await
+            .unwrap();
+        if let Some(row) = rows.first() {
+            return row.get(0);
+        }
+        assert!(std::time::Instant::now() < deadline, "{who} never waited");
+        tokio::task::yield_now().await;
+    }
 }
