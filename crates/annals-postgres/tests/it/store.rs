@@ -981,6 +981,71 @@ async fn a_group_commit_cut_off_by_a_lost_connection_fails_its_callers_as_transi
     );
 }
 
+/// A catch-up read (a stream read from past its start, which is read with other callers'
+/// catch-ups on the grouped reads' connections) whose connection is lost while it runs
+/// fails with a transient error, and the next catch-up reads on another connection.
+#[tokio::test]
+async fn a_catch_up_cut_off_by_a_lost_connection_fails_as_transient_and_the_next_one_reads() {
+    let (store, app, schema) = named_store("catchup", "Catch-held").await;
+    let stream = StreamName::new("Catch-held").unwrap();
+    let admin = postgres::connect(&postgres::shared().url).await;
+    // Every read of the events table waits behind this lock.
+    let holder = postgres::connect(&postgres::shared().url).await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder
+        .batch_execute(&format!(
+            "LOCK TABLE {schema}.events IN ACCESS EXCLUSIVE MODE"
+        ))
+        .await
+        .unwrap();
+    let cut = {
+        let (store, stream) = (std::sync::Arc::clone(&store), stream.clone());
+        tokio::spawn(async move {
+            store
+                .read_stream_vec(&stream, ReadStream::forward_from(Version(1)))
+                .await
+        })
+    };
+    let pid = waiting_backend(&admin, &app, "the catch-up").await;
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let error = cut
+        .await
+        .unwrap()
+        .expect_err("the cut-off catch-up was answered");
+    assert!(
+        error.is_transient(),
+        "a lost read connection is not transient: {error}"
+    );
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    let nothing_new = store
+        .read_stream_vec(&stream, ReadStream::forward_from(Version(1)))
+        .await
+        .unwrap();
+    assert!(nothing_new.is_empty(), "{nothing_new:?}");
+    store
+        .append(
+            &stream,
+            ExpectedVersion::Exact(Version(1)),
+            vec![EventData::new("Second", b"{}".to_vec())],
+        )
+        .await
+        .unwrap();
+    let caught_up = store
+        .read_stream_vec(&stream, ReadStream::forward_from(Version(1)))
+        .await
+        .unwrap();
+    assert_eq!(
+        caught_up
+            .iter()
+            .map(|e| (e.stream_version, e.event_type.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "Second")]
+    );
+}
+
 /// A migrated store of its own whose connections carry an application name (returned,
 /// with the schema), to find its backends in `pg_stat_activity`; stream `written` holds
 /// one event.
