@@ -250,15 +250,17 @@ impl PgStore {
         let client = self.group_client().await?;
         // The set-wise statement first; when an event id is already recorded, the function
         // that classifies each append on its own.
-        let set = prepared(&client, set).await?;
-        let rows = match client.query(&set, &set_params).await {
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
-                let statement = prepared(&client, &self.inner.sql.append_group).await?;
-                client.query(&statement, &params).await
+        let written = async {
+            let set = client.prepare_cached(set).await?;
+            match client.query(&set, &set_params).await {
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                    let statement = client.prepare_cached(&self.inner.sql.append_group).await?;
+                    client.query(&statement, &params).await
+                }
+                other => other,
             }
-            other => other,
         };
-        let rows = match rows {
+        let rows = match written.await {
             Ok(rows) => rows,
             // The whole group lost a race PostgreSQL broke (it locks in name order, so a
             // deadlock is not expected): every append is tried again in a new group.

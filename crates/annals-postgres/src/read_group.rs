@@ -108,7 +108,7 @@ impl PgStore {
             Ok([r]) => {
                 let page = async {
                     let client = self.read_client().await?;
-                    self.read_one_on(&client, &r.stream, r.from, r.ask).await
+                    self.read_one_on(client, &r.stream, r.from, r.ask).await
                 };
                 let _ = r.reply.send(page.await);
                 return;
@@ -138,22 +138,24 @@ impl PgStore {
         ask: i64,
     ) -> Result<FirstPage> {
         let client = self.client().await?;
-        self.read_one_on(&client, stream, from, ask).await
+        self.read_one_on(client, stream, from, ask).await
     }
 
-    /// [`Self::read_one`] on `client`.
+    /// [`Self::read_one`] on `client` (let go for good if the read ends it).
     async fn read_one_on(
         &self,
-        client: &Object,
+        client: Object,
         stream: &StreamName,
         from: i64,
         ask: i64,
     ) -> Result<FirstPage> {
-        let statement = prepared(client, &self.inner.sql.read_after).await?;
-        let rows = client
-            .query(&statement, &[&stream.as_str(), &from, &i64::MAX, &ask])
-            .await
-            .map_err(backend)?;
+        let read = async {
+            let statement = client.prepare_cached(&self.inner.sql.read_after).await?;
+            client
+                .query(&statement, &[&stream.as_str(), &from, &i64::MAX, &ask])
+                .await
+        };
+        let rows = read.await.map_err(|e| crate::error::failed_on(client, e))?;
         let mut page = FirstPage::default();
         for row in &rows {
             page.add(row, 0, stream)?;
@@ -168,12 +170,11 @@ impl PgStore {
         let froms: Vec<i64> = group.iter().map(|r| r.from).collect();
         let asks: Vec<i64> = group.iter().map(|r| r.ask).collect();
         let client = self.read_client().await?;
-        let statement = prepared(&client, &self.inner.sql.read_set).await?;
-        let rows = client
-            .query(&statement, &[&names, &froms, &asks])
-            .await
-            .map_err(backend)?;
-        drop(client);
+        let read = async {
+            let statement = client.prepare_cached(&self.inner.sql.read_set).await?;
+            client.query(&statement, &[&names, &froms, &asks]).await
+        };
+        let rows = read.await.map_err(|e| crate::error::failed_on(client, e))?;
         let mut pages: Vec<FirstPage> = group.iter().map(|_| FirstPage::default()).collect();
         for row in &rows {
             let i = row.try_get::<_, i64>(0).map_err(backend)? as usize;
