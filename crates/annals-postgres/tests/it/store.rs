@@ -952,19 +952,7 @@ async fn a_group_commit_cut_off_by_a_lost_connection_fails_its_callers_as_transi
                 .await
         })
     };
-    let pid = waiting_backend(&admin, &app, "the group").await;
-    admin
-        .execute("SELECT pg_terminate_backend($1)", &[&pid])
-        .await
-        .unwrap();
-    let error = cut
-        .await
-        .unwrap()
-        .expect_err("the cut-off group was answered as written");
-    assert!(
-        error.is_transient(),
-        "a lost group connection is not transient: {error}"
-    );
+    cut_off(&admin, &app, "the group", cut).await;
     holder.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(
         store.stream_version(&name("Cut-held")).await.unwrap(),
@@ -1008,19 +996,7 @@ async fn a_catch_up_cut_off_by_a_lost_connection_fails_as_transient_and_the_next
                 .await
         })
     };
-    let pid = waiting_backend(&admin, &app, "the catch-up").await;
-    admin
-        .execute("SELECT pg_terminate_backend($1)", &[&pid])
-        .await
-        .unwrap();
-    let error = cut
-        .await
-        .unwrap()
-        .expect_err("the cut-off catch-up was answered");
-    assert!(
-        error.is_transient(),
-        "a lost read connection is not transient: {error}"
-    );
+    cut_off(&admin, &app, "the catch-up", cut).await;
     // The next catch-up, at once (it waits for the lock, on a connection that works).
     let next = {
         let (store, stream) = (std::sync::Arc::clone(&store), stream.clone());
@@ -1108,5 +1084,28 @@ async fn waiting_backend(admin: &tokio_postgres::Client, app: &str, who: &str) -
         }
         assert!(std::time::Instant::now() < deadline, "{who} never waited");
         tokio::task::yield_now().await;
+    }
+}
+
+/// Ends the backend of application `app` that `call` (`who`) waits on for a lock; `call`
+/// must then fail with a transient error.
+async fn cut_off<T: std::fmt::Debug>(
+    admin: &tokio_postgres::Client,
+    app: &str,
+    who: &str,
+    call: tokio::task::JoinHandle<annals::Result<T>>,
+) {
+    let pid = waiting_backend(admin, app, who).await;
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let outcome = call.await.unwrap();
+    match outcome {
+        Err(e) => assert!(
+            e.is_transient(),
+            "{who}: a lost connection is not transient: {e}"
+        ),
+        Ok(answer) => panic!("{who}, cut off, was answered: {answer:?}"),
     }
 }
