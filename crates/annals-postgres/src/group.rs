@@ -253,7 +253,7 @@ impl PgStore {
         let written = async {
             let set = client.prepare_cached(set).await?;
             match client.query(&set, &set_params).await {
-                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                Err(e) if is_unique_violation(&e) => {
                     let statement = client.prepare_cached(&self.inner.sql.append_group).await?;
                     client.query(&statement, &params).await
                 }
