@@ -7,7 +7,7 @@ use super::*;
 /// future is first polled (nothing is awaited before), so appends polled together go out
 /// together, in the order polled.
 pub(crate) async fn run(
-    client: &deadpool_postgres::ClientWrapper,
+    client: &Conn,
     statement: &tokio_postgres::Statement,
     stream: &StreamName,
     expected: ExpectedVersion,
@@ -33,7 +33,7 @@ pub(crate) async fn run(
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE) => {
             return Err(Error::backend("postgres", Retry(e.to_string())))
         }
-        Err(e) => return Err(backend(e)),
+        Err(e) => return Err(client.failed(e)),
     };
     let status: i16 = row.get(0);
     match status {

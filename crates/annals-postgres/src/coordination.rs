@@ -20,7 +20,7 @@ impl LeaseStore for PgStore {
                 &[&group, &member, &partitions, &ttl.as_secs_f64()],
             )
             .await
-            .map_err(backend)?;
+            .map_err(|e| client.failed(e))?;
         let held: Vec<i32> = row.get(0);
         Ok(Leases {
             held: held.into_iter().map(|p| p as u32).collect(),
@@ -39,7 +39,7 @@ impl LeaseStore for PgStore {
             )
             .await
             .map(drop)
-            .map_err(backend)
+            .map_err(|e| client.failed(e))
     }
     async fn leave(&self, group: &str, member: &str) -> Result<()> {
         let client = self.client().await?;
@@ -50,7 +50,7 @@ impl LeaseStore for PgStore {
             )
             .await
             .map(drop)
-            .map_err(backend)
+            .map_err(|e| client.failed(e))
     }
 
     async fn members(&self, group: &str) -> Result<Vec<annals::GroupMember>> {
@@ -61,7 +61,7 @@ impl LeaseStore for PgStore {
                 &[&group],
             )
             .await
-            .map_err(backend)?;
+            .map_err(|e| client.failed(e))?;
         Ok(rows
             .iter()
             .map(|r| annals::GroupMember {
@@ -86,7 +86,7 @@ impl CheckpointStore for PgStore {
                 &[&group, &source],
             )
             .await
-            .map_err(backend)?;
+            .map_err(|e| client.failed(e))?;
         row.map(|r| r.get::<_, String>(0).parse().map_err(backend))
             .transpose()
     }
@@ -100,7 +100,7 @@ impl CheckpointStore for PgStore {
             )
             .await
             .map(drop)
-            .map_err(backend)
+            .map_err(|e| client.failed(e))
     }
 
     async fn list(&self) -> Result<Vec<Checkpoint>> {
@@ -111,7 +111,7 @@ impl CheckpointStore for PgStore {
                 &[],
             )
             .await
-            .map_err(backend)?;
+            .map_err(|e| client.failed(e))?;
         rows.iter()
             .map(|r| {
                 Ok(Checkpoint {

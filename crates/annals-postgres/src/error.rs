@@ -97,20 +97,6 @@ pub(crate) fn ends_connection(e: &tokio_postgres::Error) -> bool {
         })
 }
 
-/// The store error of `e`, a statement's failure on pooled connection `client`. A
-/// connection `e` ended is taken out of its pool for good: the server's error comes before
-/// its socket closes, and the pool, which checks only whether the driver has seen the
-/// close, would hand it to the next caller.
-pub(crate) fn failed_on(
-    client: deadpool_postgres::Object,
-    e: tokio_postgres::Error,
-) -> annals::Error {
-    if ends_connection(&e) {
-        drop(deadpool_postgres::Object::take(client));
-    }
-    backend(e)
-}
-
 fn is_transient(e: &(dyn std::error::Error + 'static)) -> bool {
     if e.is::<deadpool_postgres::PoolError>() {
         return true;

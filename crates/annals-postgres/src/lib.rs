@@ -36,6 +36,7 @@ mod append;
 mod append_at;
 mod batch;
 mod config;
+mod conn;
 mod coordination;
 mod error;
 mod group;
@@ -50,7 +51,6 @@ mod sql;
 mod sql_value;
 mod store;
 mod tls;
-mod tx;
 
 use std::sync::Arc;
 
@@ -75,10 +75,10 @@ pub use tls::{PgTls, RootCerts, SslMode};
 pub use tokio_postgres;
 pub use tokio_postgres_rustls;
 
+use conn::Conn;
 use error::backend;
 use row::{event, event_after, event_in, TxId};
 use sql::Sql;
-use tx::TxConn;
 
 /// The migrations, in order; `{schema}` is replaced by the store's schema.
 const MIGRATIONS: &[&str] = &[
@@ -251,11 +251,11 @@ impl<'a> Columns<'a> {
 /// The connection's prepared statement for `sql`: prepared on its first use on each
 /// connection, then reused, so every later query is one round trip (bind and execute)
 /// instead of two (parse, then bind and execute).
-pub(crate) async fn prepared(
-    client: &deadpool_postgres::ClientWrapper,
-    sql: &str,
-) -> Result<tokio_postgres::Statement> {
-    client.prepare_cached(sql).await.map_err(backend)
+pub(crate) async fn prepared(client: &Conn, sql: &str) -> Result<tokio_postgres::Statement> {
+    client
+        .prepare_cached(sql)
+        .await
+        .map_err(|e| client.failed(e))
 }
 
 fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
@@ -401,20 +401,30 @@ impl PgStore {
         &self.inner.config
     }
 
-    pub(crate) async fn client(&self) -> Result<Object> {
-        self.inner.pool.get().await.map_err(backend)
+    pub(crate) async fn client(&self) -> Result<Conn> {
+        self.inner.pool.get().await.map(Conn::new).map_err(backend)
     }
 
-    async fn feed_client(&self) -> Result<Object> {
-        self.inner.feed_pool.get().await.map_err(backend)
+    async fn feed_client(&self) -> Result<Conn> {
+        self.inner
+            .feed_pool
+            .get()
+            .await
+            .map(Conn::new)
+            .map_err(backend)
     }
 
     pub(crate) async fn group_client(&self) -> Result<Arc<Object>> {
         self.inner.group_conns.get().await
     }
 
-    pub(crate) async fn read_client(&self) -> Result<Object> {
-        self.inner.read_pool.get().await.map_err(backend)
+    pub(crate) async fn read_client(&self) -> Result<Conn> {
+        self.inner
+            .read_pool
+            .get()
+            .await
+            .map(Conn::new)
+            .map_err(backend)
     }
 
     async fn client_for_setup(&self) -> Result<Object, PgError> {
@@ -483,7 +493,7 @@ impl PgStore {
         let row = client
             .query_one(&prepared(&client, &self.inner.sql.held_back).await?, &[])
             .await
-            .map_err(backend)?;
+            .map_err(|e| client.failed(e))?;
         let lag = HorizonLag {
             held_back_events: row.get(0),
             oldest_transaction_secs: row.get(1),
@@ -497,7 +507,7 @@ impl PgStore {
     /// [`Projection::client`], then [`Projection::commit`] writes the checkpoint in the same
     /// transaction. Dropped without commit, everything is rolled back.
     pub async fn projection(&self) -> Result<Projection> {
-        let mut tx = TxConn::new(self.client().await?);
+        let mut tx = self.client().await?;
         tx.begin().await?;
         Ok(Projection {
             tx,
@@ -517,7 +527,7 @@ impl PgStore {
     /// the stream now starts past `shown` (`EventStore::append_at_shown`).
     async fn append_once(
         &self,
-        client: &deadpool_postgres::ClientWrapper,
+        client: &Conn,
         stream: &StreamName,
         expected: ExpectedVersion,
         events: &[EventData],
@@ -527,7 +537,10 @@ impl PgStore {
             Some(_) => &self.inner.sql.append_with_snapshot,
             None => &self.inner.sql.append,
         };
-        let statement = client.prepare_cached(sql).await.map_err(backend)?;
+        let statement = client
+            .prepare_cached(sql)
+            .await
+            .map_err(|e| client.failed(e))?;
         append::run(client, &statement, stream, expected, events, snapshot).await
     }
 
@@ -570,7 +583,7 @@ impl PgStore {
     /// Where the batch's ids are recorded, and what that means.
     async fn classify(
         &self,
-        client: &deadpool_postgres::ClientWrapper,
+        client: &Conn,
         stream: &StreamName,
         expected: ExpectedVersion,
         events: &[EventData],
@@ -579,7 +592,7 @@ impl PgStore {
         let rows = client
             .query(&prepared(client, &self.inner.sql.classify).await?, &[&ids])
             .await
-            .map_err(backend)?;
+            .map_err(|e| client.failed(e))?;
         let mut by_id = std::collections::HashMap::new();
         for row in rows {
             let name: String = row.get(1);
@@ -603,7 +616,7 @@ impl PgStore {
                         &[&stream.as_str(), &v],
                     )
                     .await
-                    .map_err(backend)?
+                    .map_err(|e| client.failed(e))?
                     .map(|r| r.get::<_, i64>(0) as u64)
             }
             None => None,
@@ -611,18 +624,14 @@ impl PgStore {
         idempotency::check(stream, expected, actual, events, &found, |_| Ok(after))
     }
 
-    async fn stream_version_with(
-        &self,
-        client: &deadpool_postgres::ClientWrapper,
-        stream: &StreamName,
-    ) -> Result<Version> {
+    async fn stream_version_with(&self, client: &Conn, stream: &StreamName) -> Result<Version> {
         let row = client
             .query_opt(
                 &prepared(client, &self.inner.sql.version).await?,
                 &[&stream.as_str()],
             )
             .await
-            .map_err(backend)?;
+            .map_err(|e| client.failed(e))?;
         match row {
             Some(r) if r.get::<_, bool>(1) => Err(Error::StreamDeleted {
                 stream: stream.clone(),

@@ -7,7 +7,7 @@ use annals::backend::{Deletion, DeletionPlan, StreamState};
 use annals::{Retention, RetentionScope, Scavenged, STREAM_DELETED, STREAM_TRUNCATED};
 
 use super::*;
-use crate::tx::TxConn;
+use crate::conn::Conn;
 
 /// How often a change is tried again when its system event lost the transaction-id race on
 /// the deletions stream's row, or the stream was created under it.
@@ -21,15 +21,11 @@ enum Try<T> {
 }
 
 /// Runs `sql` as a prepared statement on `client`: the rows it changed.
-async fn exec(
-    client: &deadpool_postgres::ClientWrapper,
-    sql: &str,
-    params: &[crate::Param<'_>],
-) -> Result<u64> {
+async fn exec(client: &Conn, sql: &str, params: &[crate::Param<'_>]) -> Result<u64> {
     client
         .execute(&prepared(client, sql).await?, params)
         .await
-        .map_err(backend)
+        .map_err(|e| client.failed(e))
 }
 
 impl PgStore {
@@ -39,7 +35,7 @@ impl PgStore {
 
     /// Ends the transaction `outcome` ran in: commits what is done, rolls back the rest;
     /// `None` asks for another try in a new transaction.
-    async fn settle<T>(&self, client: &mut TxConn, outcome: Result<Try<T>>) -> Result<Option<T>> {
+    async fn settle<T>(&self, client: &mut Conn, outcome: Result<Try<T>>) -> Result<Option<T>> {
         match outcome {
             Ok(Try::Done(value)) => {
                 client.commit().await?;
@@ -63,7 +59,7 @@ impl PgStore {
     /// Records a system event about `stream` in its deletions stream, in the transaction.
     async fn record(
         &self,
-        client: &deadpool_postgres::ClientWrapper,
+        client: &Conn,
         stream: &StreamName,
         event_type: &str,
         data: serde_json::Value,
@@ -85,7 +81,7 @@ impl PgStore {
     /// written).
     async fn lock_row(
         &self,
-        client: &deadpool_postgres::ClientWrapper,
+        client: &Conn,
         stream: &StreamName,
     ) -> Result<Option<(u64, u64, bool)>> {
         let sql = format!(
@@ -95,7 +91,7 @@ impl PgStore {
         let row = client
             .query_opt(&prepared(client, &sql).await?, &[&stream.as_str()])
             .await
-            .map_err(backend)?;
+            .map_err(|e| client.failed(e))?;
         Ok(row.map(|r| {
             (
                 r.get::<_, i64>(0) as u64,
@@ -114,10 +110,10 @@ impl PgStore {
         deletion: Deletion,
     ) -> Result<Version> {
         let schema = self.schema();
-        let mut conn = TxConn::new(self.client().await?);
+        let mut conn = self.client().await?;
         for _ in 0..TRIES {
             conn.begin().await?;
-            let client: &deadpool_postgres::ClientWrapper = &conn;
+            let client: &Conn = &conn;
             let outcome: Result<Try<_>> = async {
                 let found = self.lock_row(client, stream).await?;
                 let state = found.map(|(version, start, tombstone)| StreamState {
@@ -170,10 +166,10 @@ impl PgStore {
 
     pub(crate) async fn truncate(&self, stream: &StreamName, before: Version) -> Result<Version> {
         let schema = self.schema();
-        let mut conn = TxConn::new(self.client().await?);
+        let mut conn = self.client().await?;
         for _ in 0..TRIES {
             conn.begin().await?;
-            let client: &deadpool_postgres::ClientWrapper = &conn;
+            let client: &Conn = &conn;
             let outcome: Result<Try<_>> = async {
                 let Some((version, start, tombstone)) = self.lock_row(client, stream).await? else {
                     return Ok(Try::Done(Version(0)));
@@ -223,10 +219,10 @@ impl PgStore {
         };
         let max_age = retention.max_age_micros();
         let max_count = retention.max_count.map(|n| n as i64);
-        let mut conn = TxConn::new(self.client().await?);
+        let mut conn = self.client().await?;
         for _ in 0..TRIES {
             conn.begin().await?;
-            let client: &deadpool_postgres::ClientWrapper = &conn;
+            let client: &Conn = &conn;
             let outcome: Result<Try<_>> = async {
                 let name = scope.name();
                 if retention.keeps_all() {
@@ -271,7 +267,7 @@ impl PgStore {
         let rows = client
             .query(&prepared(&client, &sql).await?, &[])
             .await
-            .map_err(backend)?;
+            .map_err(|e| client.failed(e))?;
         Ok(rows
             .iter()
             .filter_map(|r| {
@@ -312,14 +308,14 @@ impl PgStore {
             client
                 .batch_execute(&format!("VACUUM {schema}.events"))
                 .await
-                .map_err(backend)?;
+                .map_err(|e| client.failed(e))?;
             let installed = client
                 .query_opt(
                     "SELECT 1 FROM pg_extension WHERE extname = 'pg_freespacemap'",
                     &[],
                 )
                 .await
-                .map_err(backend)?
+                .map_err(|e| client.failed(e))?
                 .is_some();
             if installed {
                 let row = client
@@ -331,7 +327,7 @@ impl PgStore {
                         &[],
                     )
                     .await
-                    .map_err(backend)?;
+                    .map_err(|e| client.failed(e))?;
                 free_bytes = Some(row.get::<_, i64>(0) as u64);
             }
         }
@@ -350,9 +346,9 @@ impl PgStore {
         limit: i64,
         dry_run: bool,
     ) -> Result<(u64, u64)> {
-        let mut conn = TxConn::new(self.client().await?);
+        let mut conn = self.client().await?;
         conn.begin().await?;
-        let client: &deadpool_postgres::ClientWrapper = &conn;
+        let client: &Conn = &conn;
         let outcome: Result<Try<_>> = async {
             let sql = if dry_run {
                 format!("SELECT count(*), coalesce(sum(bytes), 0)::bigint FROM ({gone}) g")
@@ -367,7 +363,10 @@ impl PgStore {
                      SELECT count(*), coalesce(sum(bytes), 0)::bigint FROM d"
                 )
             };
-            let row = client.query_one(&sql, &[&limit]).await.map_err(backend)?;
+            let row = client
+                .query_one(&sql, &[&limit])
+                .await
+                .map_err(|e| client.failed(e))?;
             if !dry_run {
                 let token =
                     format!("DELETE FROM {schema}.scavenging WHERE tx = pg_current_xact_id()");

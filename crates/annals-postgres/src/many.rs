@@ -17,7 +17,7 @@ impl PgStore {
         annals::backend::validate_many(&appends, self.inner.config.max_event_bytes)?;
         let mut order: Vec<usize> = (0..appends.len()).collect();
         order.sort_by(|&a, &b| appends[a].stream.cmp(&appends[b].stream));
-        let mut client = crate::tx::TxConn::new(self.client().await?);
+        let mut client = self.client().await?;
         // Appends that an earlier, committed call already wrote (exact retries).
         let mut known: Vec<Option<AppendResult>> = vec![None; appends.len()];
         for _ in 0..3 {
@@ -110,7 +110,7 @@ impl PgStore {
     /// `lock_shown`, sent when the future is first polled.
     async fn check_shown(
         &self,
-        client: &Object,
+        client: &Conn,
         statement: &tokio_postgres::Statement,
         appends: &[StreamAppend],
         order: &[usize],
@@ -124,7 +124,7 @@ impl PgStore {
         let rows = client
             .query(statement, &[&names, &froms])
             .await
-            .map_err(backend)?;
+            .map_err(|e| client.failed(e))?;
         for row in &rows {
             if !row.try_get::<_, bool>(2).map_err(backend)? {
                 continue;

@@ -7,7 +7,7 @@ use super::*;
 #[derive(Debug)]
 pub struct Projection {
     /// Dropped before the commit is answered, it closes the connection: rolled back.
-    pub(crate) tx: TxConn,
+    pub(crate) tx: Conn,
     pub(crate) store: PgStore,
     pub(crate) appended: bool,
 }
@@ -28,7 +28,7 @@ impl Projection {
     ) -> Result<AppendResult> {
         let store = &self.store;
         annals::backend::validate_batch(stream, &events, store.inner.config.max_event_bytes)?;
-        let client = self.tx.client();
+        let client = &self.tx;
         match store
             .append_once(client, stream, expected, &events, None)
             .await?

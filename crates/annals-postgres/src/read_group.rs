@@ -144,7 +144,7 @@ impl PgStore {
     /// [`Self::read_one`] on `client` (let go for good if the read ends it).
     async fn read_one_on(
         &self,
-        client: Object,
+        client: Conn,
         stream: &StreamName,
         from: i64,
         ask: i64,
@@ -155,7 +155,7 @@ impl PgStore {
                 .query(&statement, &[&stream.as_str(), &from, &i64::MAX, &ask])
                 .await
         };
-        let rows = read.await.map_err(|e| crate::error::failed_on(client, e))?;
+        let rows = read.await.map_err(|e| client.failed(e))?;
         let mut page = FirstPage::default();
         for row in &rows {
             page.add(row, 0, stream)?;
@@ -174,7 +174,7 @@ impl PgStore {
             let statement = client.prepare_cached(&self.inner.sql.read_set).await?;
             client.query(&statement, &[&names, &froms, &asks]).await
         };
-        let rows = read.await.map_err(|e| crate::error::failed_on(client, e))?;
+        let rows = read.await.map_err(|e| client.failed(e))?;
         let mut pages: Vec<FirstPage> = group.iter().map(|_| FirstPage::default()).collect();
         for row in &rows {
             let i = row.try_get::<_, i64>(0).map_err(backend)? as usize;

@@ -19,10 +19,10 @@ use async_trait::async_trait;
 use deadpool_postgres::ClientWrapper;
 use tokio_postgres::types::ToSql;
 
+use crate::conn::Conn;
 use crate::error::backend;
 use crate::prepared;
 use crate::sql_value::{decode_rows, query, Param};
-use crate::tx::TxConn;
 use crate::{bigint, PgStore};
 
 /// A read-model transaction on PostgreSQL. Through [`SqlTx`] it runs portable statements;
@@ -180,7 +180,7 @@ fn projector_failed(
 
 /// A read-model transaction: it closes its connection (which rolls it back) when dropped
 /// before it ends, so a half-done transaction never returns to the pool.
-type Transaction = TxConn;
+type Transaction = Conn;
 
 /// Ends a transaction that wrote nothing: `COMMIT` if it was begun, otherwise the
 /// connection simply goes back to the pool.
@@ -194,7 +194,7 @@ async fn release(mut tx: Transaction, begun: bool) -> Result<()> {
 
 impl PgStore {
     async fn begin(&self) -> Result<Transaction> {
-        let mut tx = TxConn::new(self.client().await?);
+        let mut tx = self.client().await?;
         tx.begin().await?;
         Ok(tx)
     }
@@ -202,7 +202,7 @@ impl PgStore {
     /// A pooled connection for a transaction whose `BEGIN` goes out with its first
     /// statement.
     async fn lazy(&self) -> Result<Transaction> {
-        Ok(TxConn::opened(self.client().await?))
+        Ok(self.client().await?.opened())
     }
 
     /// Begins a read-model transaction (its commit need not wait for the disk: see
@@ -215,7 +215,7 @@ impl PgStore {
         stream: &StreamName,
     ) -> Result<(Transaction, Option<u64>)> {
         // Open before `BEGIN` is sent: a caller gone meanwhile closes the connection.
-        let tx = TxConn::opened(self.client().await?);
+        let tx = self.client().await?.opened();
         let client = tx.client();
         let read = client.prepare_cached(sql).await.map_err(backend)?;
         let name = stream.as_str();
@@ -357,11 +357,11 @@ impl ReadModelStore for PgStore {
         let statement = client
             .prepare_cached(&self.inner.sql.progress_get)
             .await
-            .map_err(backend)?;
+            .map_err(|e| client.failed(e))?;
         let row = client
             .query_opt(&statement, &[&projection, &stream.as_str()])
             .await
-            .map_err(backend)?;
+            .map_err(|e| client.failed(e))?;
         Ok(row.map(|r| StreamProgress {
             stream: stream.clone(),
             version: Version(r.get::<_, i64>(0) as u64),
@@ -497,7 +497,7 @@ impl ReadModelStore for PgStore {
         let row = client
             .query_one(&statement, &[&id.name, &stream.as_str(), &to, &schema])
             .await
-            .map_err(backend)?;
+            .map_err(|e| client.failed(e))?;
         let next = row.try_get::<_, i64>(0).map_err(backend)? as u64;
         self.inner.progress.forget(id.name, stream);
         Ok(Version(next))
@@ -516,7 +516,7 @@ impl ReadModelStore for PgStore {
                 &[&projection],
             )
             .await
-            .map_err(backend)?;
+            .map_err(|e| client.failed(e))?;
         rows.iter()
             .map(|r| {
                 Ok(StreamProgress {
@@ -535,7 +535,7 @@ impl PgStore {
         let statement = client
             .prepare_cached(&self.inner.sql.parked_upsert)
             .await
-            .map_err(backend)?;
+            .map_err(|e| client.failed(e))?;
         client
             .execute(
                 &statement,
@@ -553,7 +553,7 @@ impl PgStore {
             )
             .await
             .map(drop)
-            .map_err(backend)
+            .map_err(|e| client.failed(e))
     }
 
     pub(crate) async fn parked_streams(&self, group: Option<&str>) -> Result<Vec<ParkedStream>> {
@@ -564,7 +564,7 @@ impl PgStore {
                 &[&group],
             )
             .await
-            .map_err(backend)?;
+            .map_err(|e| client.failed(e))?;
         rows.iter()
             .map(|r| {
                 Ok(ParkedStream {
@@ -590,7 +590,7 @@ impl PgStore {
                 &[&group, &stream.as_str()],
             )
             .await
-            .map_err(backend)?;
+            .map_err(|e| client.failed(e))?;
         Ok(n > 0)
     }
 }

@@ -76,11 +76,11 @@ impl EventStore for PgStore {
         let correlation: Vec<Option<Uuid>> = events.iter().map(|e| e.correlation_id).collect();
         let causation: Vec<Option<Uuid>> = events.iter().map(|e| e.causation_id).collect();
         let recorded: Vec<i64> = events.iter().map(|e| e.recorded_at.unix_micros()).collect();
-        let mut client = crate::tx::TxConn::new(self.client().await?);
+        let mut client = self.client().await?;
         let statement = client
             .prepare_cached(&self.inner.sql.import)
             .await
-            .map_err(backend)?;
+            .map_err(|e| client.failed(e))?;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
             &streams,
             &categories,
@@ -107,7 +107,7 @@ impl EventStore for PgStore {
                 let rows = client
                     .query(&prepared(&client, &self.inner.sql.classify).await?, &[&ids])
                     .await
-                    .map_err(backend)?;
+                    .map_err(|e| client.failed(e))?;
                 for r in &rows {
                     let (id, name, version): (Uuid, &str, i64) = (r.get(0), r.get(1), r.get(2));
                     let Some(ours) = events.iter().find(|e| e.event_id == id) else {
@@ -145,11 +145,11 @@ impl EventStore for PgStore {
         let statement = client
             .prepare_cached(&self.inner.sql.read_head)
             .await
-            .map_err(backend)?;
+            .map_err(|e| client.failed(e))?;
         let rows = client
             .query(&statement, &[&stream.as_str(), &bigint(limit as u64)])
             .await
-            .map_err(backend)?;
+            .map_err(|e| client.failed(e))?;
         let Some(first) = rows.first() else {
             return Ok(Head::default());
         };
@@ -312,7 +312,7 @@ impl EventStore for PgStore {
                 let rows = client
                     .query(&statement, &[&stream.as_str(), &a, &b, &ask])
                     .await
-                    .map_err(backend)?;
+                    .map_err(|e| client.failed(e))?;
                 let found = rows.len() as u64;
                 let events = rows
                     .iter()
@@ -379,8 +379,11 @@ impl EventStore for PgStore {
         let stmt = client
             .prepare_cached(&self.inner.sql.head_position)
             .await
-            .map_err(backend)?;
-        let row = client.query_opt(&stmt, &[]).await.map_err(backend)?;
+            .map_err(|e| client.failed(e))?;
+        let row = client
+            .query_opt(&stmt, &[])
+            .await
+            .map_err(|e| client.failed(e))?;
         row.map(|r| Ok(pack(tx_of(r.get::<_, &str>(0))?, r.get::<_, i64>(1))))
             .transpose()
     }
@@ -406,7 +409,7 @@ impl EventStore for PgStore {
         let stmt = client
             .prepare_cached(&self.inner.sql.read_all)
             .await
-            .map_err(backend)?;
+            .map_err(|e| client.failed(e))?;
         let rows = client
             .query(
                 &stmt,
@@ -422,7 +425,7 @@ impl EventStore for PgStore {
                 ],
             )
             .await
-            .map_err(backend)?;
+            .map_err(|e| client.failed(e))?;
         // The events, then the horizon, then (a short page's) window end: anything else
         // would mean the statement's `LIMIT` may have cut an event.
         let (mut horizon, mut window_end) = (None, None);
@@ -490,14 +493,17 @@ impl EventStore for PgStore {
         .await?;
         let passed_sql = "SELECT pg_snapshot_xmin(pg_current_snapshot()) >= $1::text::xid8";
         let passed = prepared(&client, passed_sql).await?;
-        let row = client.query_one(&xmax, &[]).await.map_err(backend)?;
+        let row = client
+            .query_one(&xmax, &[])
+            .await
+            .map_err(|e| client.failed(e))?;
         let target: String = row.get(0);
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
             let passed: bool = client
                 .query_one(&passed, &[&target])
                 .await
-                .map_err(backend)?
+                .map_err(|e| client.failed(e))?
                 .get(0);
             if passed {
                 return Ok(());

@@ -1030,6 +1030,53 @@ async fn a_catch_up_cut_off_by_a_lost_connection_fails_as_transient_and_the_next
     );
 }
 
+/// A stream read backward (on the main pool) and a page of the feed (on the feed's own
+/// connections) whose connection is lost while they run fail with a transient error, and
+/// the same read asked for again at once runs on a connection that works: a connection
+/// the server ended is not pooled again before its driver sees the socket close.
+#[tokio::test]
+async fn reads_cut_off_by_a_lost_connection_fail_as_transient_and_the_next_ones_read() {
+    let (store, app, schema) = named_store("cutreads", "Cut-read").await;
+    let admin = postgres::connect(&postgres::shared().url).await;
+    let read = |feed: bool| {
+        let store = std::sync::Arc::clone(&store);
+        tokio::spawn(async move {
+            if feed {
+                let page = store
+                    .read_all(Position::START, &Filter::category("Cut"), 10)
+                    .await?;
+                Ok(page.events.len())
+            } else {
+                let stream = StreamName::new("Cut-read").unwrap();
+                let events = store
+                    .read_stream_vec(&stream, ReadStream::backward())
+                    .await?;
+                Ok(events.len())
+            }
+        })
+    };
+    for (feed, who) in [(false, "the stream read"), (true, "the feed page")] {
+        // Every read of the events table waits behind this lock.
+        let holder = postgres::connect(&postgres::shared().url).await;
+        holder.batch_execute("BEGIN").await.unwrap();
+        holder
+            .batch_execute(&format!(
+                "LOCK TABLE {schema}.events IN ACCESS EXCLUSIVE MODE"
+            ))
+            .await
+            .unwrap();
+        cut_off(&admin, &app, who, read(feed)).await;
+        let next = read(feed);
+        holder.batch_execute("ROLLBACK").await.unwrap();
+        let found: annals::Result<usize> = next.await.unwrap();
+        assert_eq!(
+            found.unwrap_or_else(|e| panic!("{who} again: {e}")),
+            1,
+            "{who}"
+        );
+    }
+}
+
 /// A migrated store of its own whose connections carry an application name (returned,
 /// with the schema), to find its backends in `pg_stat_activity`; stream `written` holds
 /// one event.
