@@ -979,15 +979,7 @@ async fn a_catch_up_cut_off_by_a_lost_connection_fails_as_transient_and_the_next
     let (store, app, schema) = named_store("catchup", "Catch-held").await;
     let stream = StreamName::new("Catch-held").unwrap();
     let admin = postgres::connect(&postgres::shared().url).await;
-    // Every read of the events table waits behind this lock.
-    let holder = postgres::connect(&postgres::shared().url).await;
-    holder.batch_execute("BEGIN").await.unwrap();
-    holder
-        .batch_execute(&format!(
-            "LOCK TABLE {schema}.events IN ACCESS EXCLUSIVE MODE"
-        ))
-        .await
-        .unwrap();
+    let holder = lock_events(&schema).await;
     let cut = {
         let (store, stream) = (std::sync::Arc::clone(&store), stream.clone());
         tokio::spawn(async move {
@@ -1056,15 +1048,7 @@ async fn reads_cut_off_by_a_lost_connection_fail_as_transient_and_the_next_ones_
         })
     };
     for (feed, who) in [(false, "the stream read"), (true, "the feed page")] {
-        // Every read of the events table waits behind this lock.
-        let holder = postgres::connect(&postgres::shared().url).await;
-        holder.batch_execute("BEGIN").await.unwrap();
-        holder
-            .batch_execute(&format!(
-                "LOCK TABLE {schema}.events IN ACCESS EXCLUSIVE MODE"
-            ))
-            .await
-            .unwrap();
+        let holder = lock_events(&schema).await;
         cut_off(&admin, &app, who, read(feed)).await;
         let next = read(feed);
         holder.batch_execute("ROLLBACK").await.unwrap();
@@ -1108,6 +1092,20 @@ async fn hold_row(schema: &str, stream: &str) -> tokio_postgres::Client {
             &format!("SELECT 1 FROM {schema}.streams WHERE name = $1 FOR UPDATE"),
             &[&stream],
         )
+        .await
+        .unwrap();
+    holder
+}
+
+/// A connection holding the events table's exclusive lock in a transaction it leaves
+/// open: every read of the table waits behind it.
+async fn lock_events(schema: &str) -> tokio_postgres::Client {
+    let holder = postgres::connect(&postgres::shared().url).await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder
+        .batch_execute(&format!(
+            "LOCK TABLE {schema}.events IN ACCESS EXCLUSIVE MODE"
+        ))
         .await
         .unwrap();
     holder
