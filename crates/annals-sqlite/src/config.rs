@@ -48,6 +48,11 @@ pub struct SqliteConfig {
     /// Larger values copy pages that many commits touch (index leaves) back to the
     /// database less often, at the cost of a larger WAL file.
     pub wal_autocheckpoint: u32,
+    /// The most bytes the database file may hold (`PRAGMA max_page_count` on the write
+    /// connection; a file already larger keeps its size as the bound). A write that would
+    /// grow it further fails as on a full disk: a transient "database or disk is full"
+    /// error, nothing of it written. `None` (the default): only the disk bounds it.
+    pub max_bytes: Option<u64>,
 }
 
 impl SqliteConfig {
@@ -67,6 +72,7 @@ impl SqliteConfig {
             max_group: 512,
             group_linger: Duration::from_micros(100),
             wal_autocheckpoint: 4096,
+            max_bytes: None,
         }
     }
 
@@ -85,6 +91,12 @@ impl SqliteConfig {
     /// Sets the largest event accepted.
     pub fn max_event_bytes(mut self, limit: usize) -> Self {
         self.max_event_bytes = limit;
+        self
+    }
+
+    /// Sets the most bytes the database file may hold (see [`SqliteConfig::max_bytes`]).
+    pub fn max_bytes(mut self, limit: u64) -> Self {
+        self.max_bytes = Some(limit);
         self
     }
 }

@@ -35,17 +35,22 @@ pub enum OpenError {
     },
 }
 
-/// A store error; a database busy or locked by another connection is marked transient
-/// ([`annals::Transient`]).
+/// A store error; a database busy or locked by another connection, or a full disk (space
+/// may be freed), is marked transient ([`annals::Transient`]), as PostgreSQL's
+/// insufficient resources are.
 pub(crate) fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> annals::Error {
     let e = e.into();
-    let busy = e.downcast_ref::<rusqlite::Error>().is_some_and(|e| {
+    let transient = e.downcast_ref::<rusqlite::Error>().is_some_and(|e| {
         matches!(
             e.sqlite_error_code(),
-            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            Some(
+                rusqlite::ErrorCode::DatabaseBusy
+                    | rusqlite::ErrorCode::DatabaseLocked
+                    | rusqlite::ErrorCode::DiskFull
+            )
         )
     });
-    if busy {
+    if transient {
         annals::Error::transient("sqlite", e)
     } else {
         annals::Error::backend("sqlite", e)

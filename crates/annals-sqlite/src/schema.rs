@@ -77,7 +77,16 @@ pub(crate) fn open_writer(config: &SqliteConfig) -> Result<Connection, OpenError
         config.wal_autocheckpoint
     ))
     .map_err(&err)?;
-    migrate(conn, path)
+    let conn = migrate(conn, path)?;
+    if let Some(max) = config.max_bytes {
+        let page: i64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(&err)?;
+        let pages = (max / page.max(1) as u64).clamp(1, i64::MAX as u64);
+        conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+            .map_err(&err)?;
+    }
+    Ok(conn)
 }
 
 /// Turns on the query planner stability guarantee: a statement's plan no longer depends on

@@ -122,7 +122,7 @@ pub(crate) fn run(
         };
         let target = previous.min(max_group);
         let deadline = Instant::now() + linger;
-        while group.len() < max_group {
+        while group.len() < max_group && group.open() {
             let next = match queue.try_recv() {
                 Ok(r) => r,
                 Err(_) if group.len() >= target => break,
@@ -169,6 +169,10 @@ struct Group {
     now: i64,
     finishers: Vec<Finish>,
     changed: bool,
+    /// SQLite rolled the whole transaction back after a request's error (it may, on a full
+    /// disk, an I/O error or out of memory): the group takes no more requests, and those it
+    /// ran are answered that nothing was written.
+    lost: bool,
 }
 
 impl Group {
@@ -182,6 +186,7 @@ impl Group {
             now: Timestamp::now().unix_micros(),
             finishers: Vec::new(),
             changed: false,
+            lost: false,
         };
         group.run(conn, first);
         Some(group)
@@ -189,6 +194,11 @@ impl Group {
 
     fn len(&self) -> usize {
         self.finishers.len()
+    }
+
+    /// Whether the group can take another request: its transaction is still open.
+    fn open(&self) -> bool {
+        !self.lost
     }
 
     /// Runs `request` in its own savepoint: a failure rolls back only itself.
@@ -206,6 +216,14 @@ impl Group {
             }
         };
         let conn = lock(conn);
+        if conn.is_autocommit() {
+            // No transaction any more: SQLite rolled it back with the request's failed
+            // statement. Another request now would run and commit on its own.
+            tracing::warn!("SQLite rolled back a group's transaction after a failed write");
+            self.lost = true;
+            self.finishers.push(finisher);
+            return;
+        }
         let end = if ok {
             exec(&conn, "RELEASE annals_req")
         } else {
@@ -294,8 +312,15 @@ impl Group {
     /// Commits once and answers every caller; returns whether anything was written.
     fn commit(self, conn: &Mutex<Connection>) -> bool {
         let conn = lock(conn);
-        let commit = exec(&conn, "COMMIT");
-        if commit.is_err() {
+        let commit = match self.lost {
+            true => Err(Error::transient(
+                "sqlite",
+                "not written: SQLite rolled back the transaction this write shared with \
+                 others after one of them failed (a full disk, an I/O error or out of memory)",
+            )),
+            false => exec(&conn, "COMMIT"),
+        };
+        if commit.is_err() && !conn.is_autocommit() {
             let _ = conn.execute_batch("ROLLBACK");
         }
         let committed = commit.is_ok() && self.changed;

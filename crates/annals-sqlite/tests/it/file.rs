@@ -538,3 +538,91 @@ async fn a_truncation_or_deletion_between_two_pages_of_a_long_read_is_seen_by_th
     )
     .await;
 }
+
+/// Appends that fill the file (here its own bound, `max_bytes`, which fails writes as a
+/// full disk does): SQLite may roll a group's whole transaction back with the failed
+/// statement. Every append is then either written and answered so, or answered with a
+/// transient error and not written: none may be written and answered as failed (a request
+/// run after the roll-back would commit on its own). Opened again without the bound, the
+/// file holds exactly the appends answered as written, and takes more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_that_fill_the_file_are_written_or_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("full.db");
+    drop(SqliteStore::open(SqliteConfig::new(&path)).unwrap());
+    let bytes = {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        let size: i64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap();
+        (pages * size) as u64
+    };
+    // Room for a few dozen of the events below.
+    let config = SqliteConfig::new(&path).max_bytes(bytes + 160 * 1024);
+    let store = std::sync::Arc::new(SqliteStore::open(config).unwrap());
+    let data = format!(r#"{{"pad":"{}"}}"#, "x".repeat(2000)).into_bytes();
+    let writers: Vec<_> = (0..32)
+        .map(|w| {
+            let (store, data) = (std::sync::Arc::clone(&store), data.clone());
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                for i in 0..40 {
+                    let stream = name(&format!("Full-{w}x{i}"));
+                    let event = EventData::new("Padded", data.clone());
+                    let id = event.event_id;
+                    let outcome = store
+                        .append(&stream, ExpectedVersion::NoStream, vec![event])
+                        .await;
+                    outcomes.push((stream, id, outcome.map(drop)));
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for w in writers {
+        outcomes.extend(w.await.unwrap());
+    }
+    let written = outcomes.iter().filter(|(_, _, o)| o.is_ok()).count();
+    assert!(written > 0, "nothing was written");
+    assert!(written < outcomes.len(), "the bound was never reached");
+    for (_, _, outcome) in &outcomes {
+        if let Err(e) = outcome {
+            assert!(e.is_transient(), "a full file is not transient: {e}");
+        }
+    }
+    only_answered_writes(&store, &outcomes).await;
+    drop(store);
+    let store = std::sync::Arc::new(SqliteStore::open(SqliteConfig::new(&path)).unwrap());
+    only_answered_writes(&store, &outcomes).await;
+    store
+        .append(
+            &name("Full-after"),
+            ExpectedVersion::NoStream,
+            vec![EventData::new("Padded", data)],
+        )
+        .await
+        .unwrap();
+}
+
+/// Each stream of `outcomes` holds its one event if its append was answered as written,
+/// and nothing otherwise.
+async fn only_answered_writes(
+    store: &SqliteStore,
+    outcomes: &[(StreamName, annals::Uuid, annals::Result<()>)],
+) {
+    for (stream, id, outcome) in outcomes {
+        let events = store
+            .read_stream_vec(stream, ReadStream::forward())
+            .await
+            .unwrap();
+        let ids: Vec<_> = events.iter().map(|e| e.event_id).collect();
+        match outcome {
+            Ok(()) => assert_eq!(ids, [*id], "{stream}: answered as written"),
+            Err(e) => assert!(ids.is_empty(), "{stream}: answered {e}, but written"),
+        }
+    }
+}
