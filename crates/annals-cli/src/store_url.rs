@@ -34,7 +34,7 @@ pub(crate) struct InvalidUrl {
 pub(crate) enum StoreKind {
     /// `memory://`: an empty store in this process.
     Memory,
-    /// `sqlite://PATH[?synchronous=full|normal&readers=N]`.
+    /// `sqlite://PATH[?synchronous=full|normal&readers=N&max_bytes=N]`.
     Sqlite(SqliteConfig),
     /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?annals_schema=NAME&annals_pool=N&
     /// annals_group_commits=N&sslmode=...&sslrootcert=PATH|system&...]` (other parameters
@@ -168,9 +168,15 @@ fn sqlite(url: &url::Url) -> Result<SqliteConfig, String> {
                     .map_err(|_| format!("readers={n}: expected a number"))?;
                 config = config.readers(n);
             }
+            ("max_bytes", n) => {
+                let n: u64 = n
+                    .parse()
+                    .map_err(|_| format!("max_bytes={n}: expected a number of bytes"))?;
+                config = config.max_bytes(n);
+            }
             (other, _) => {
                 return Err(format!(
-                    "unknown option {other:?}: known options are synchronous and readers"
+                    "unknown option {other:?}: known options are synchronous, readers and max_bytes"
                 ))
             }
         }
@@ -440,12 +446,15 @@ mod tests {
         };
         assert_eq!(c.path, PathBuf::from("annals.db"));
         let StoreKind::Sqlite(c) =
-            parse("sqlite://./data/My%20Shop.db?synchronous=NORMAL&readers=2")
+            parse("sqlite://./data/My%20Shop.db?synchronous=NORMAL&readers=2&max_bytes=1048576")
         else {
             panic!()
         };
         assert_eq!(c.path, PathBuf::from("./data/My Shop.db"));
-        assert_eq!((c.synchronous, c.readers), (Synchronous::Normal, 2));
+        assert_eq!(
+            (c.synchronous, c.readers, c.max_bytes),
+            (Synchronous::Normal, 2, Some(1 << 20))
+        );
         let StoreKind::Sqlite(c) = parse("sqlite:///tmp/x.db") else {
             panic!()
         };
@@ -454,6 +463,7 @@ mod tests {
             "sqlite://",
             "sqlite://a.db?synchronous=off",
             "sqlite://a.db?readers=x",
+            "sqlite://a.db?max_bytes=1GB",
             "sqlite://a.db?journal=wal",
             "sqlite://u@a.db",
         ] {
