@@ -37,7 +37,8 @@ pub enum OpenError {
 
 /// A store error; a database busy or locked by another connection, or a full disk (space
 /// may be freed), is marked transient ([`annals::Transient`]), as PostgreSQL's
-/// insufficient resources are.
+/// insufficient resources are; so is a write the writer's commit hook refused (it ran
+/// after SQLite rolled the group's transaction back: nothing of it was written).
 pub(crate) fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> annals::Error {
     let e = e.into();
     let transient = e.downcast_ref::<rusqlite::Error>().is_some_and(|e| {
@@ -48,6 +49,10 @@ pub(crate) fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) ->
                     | rusqlite::ErrorCode::DatabaseLocked
                     | rusqlite::ErrorCode::DiskFull
             )
+        ) || matches!(
+            e,
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_COMMITHOOK
         )
     });
     if transient {

@@ -6,7 +6,8 @@
 //! One fsync thus serves many appends: that is group commit. A request whose caller has
 //! given up before the writer takes it is let go unwritten.
 
-use std::sync::{mpsc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use annals::backend::idempotency::{self, Found, Verdict};
@@ -101,7 +102,7 @@ pub(crate) struct Grouping {
 /// is as large as the previous one, or after `linger`, or at `max_group` requests. Under
 /// concurrency groups stay large; a lone writer (previous group of one) never waits.
 pub(crate) fn run(
-    conn: Connection,
+    mut conn: Connection,
     queue: mpsc::Receiver<Request>,
     changes: watch::Sender<()>,
     grouping: Grouping,
@@ -111,6 +112,15 @@ pub(crate) fn run(
         linger,
         path,
     } = grouping;
+    // Only the group's own COMMIT may commit: a statement run outside the group's
+    // transaction (SQLite rolled it back with a failed statement, and a request or a
+    // projector went on) would otherwise commit on its own, and its caller be told it
+    // failed. SQLite turns a commit the hook refuses into a rollback.
+    let committing = Arc::new(AtomicBool::new(false));
+    let allowed = Arc::clone(&committing);
+    if let Err(e) = conn.commit_hook(Some(move || !allowed.load(Ordering::Relaxed))) {
+        tracing::error!(error = %e, "the writer's commit hook could not be set");
+    }
     let conn = Mutex::new(conn);
     let mut previous = 1;
     while let Ok(first) = queue.recv() {
@@ -143,7 +153,7 @@ pub(crate) fn run(
         // Recorded before the callers are answered, so a caller sees its group counted.
         metrics::histogram!("annals_sqlite_group_commit_requests", "path" => path.clone())
             .record(size as f64);
-        let wrote = group.commit(&conn);
+        let wrote = group.commit(&conn, &committing);
         tracing::trace!(size, wrote, "group committed");
         if wrote {
             changes.send_replace(());
@@ -310,7 +320,7 @@ impl Group {
     }
 
     /// Commits once and answers every caller; returns whether anything was written.
-    fn commit(self, conn: &Mutex<Connection>) -> bool {
+    fn commit(self, conn: &Mutex<Connection>, committing: &AtomicBool) -> bool {
         let conn = lock(conn);
         let commit = match self.lost {
             true => Err(Error::transient(
@@ -318,7 +328,12 @@ impl Group {
                 "not written: SQLite rolled back the transaction this write shared with \
                  others after one of them failed (a full disk, an I/O error or out of memory)",
             )),
-            false => exec(&conn, "COMMIT"),
+            false => {
+                committing.store(true, Ordering::Relaxed);
+                let commit = exec(&conn, "COMMIT");
+                committing.store(false, Ordering::Relaxed);
+                commit
+            }
         };
         if commit.is_err() && !conn.is_autocommit() {
             let _ = conn.execute_batch("ROLLBACK");

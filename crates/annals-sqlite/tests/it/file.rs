@@ -626,3 +626,102 @@ async fn only_answered_writes(
         }
     }
 }
+
+/// A projector that swallows the failure of a statement that cost the group its
+/// transaction (the file full) gets an error for its next statement, which would otherwise
+/// run, and commit, on its own; one that goes on to return `Ok` does not get its progress
+/// recorded on its own either. Each apply fails as transient, and neither rows nor
+/// progress are written.
+#[tokio::test]
+async fn a_projector_statement_after_its_transaction_was_lost_is_refused() {
+    use annals::{ProjectionId, Projector, ProjectorError, ReadModelStore, RecordedEvent, SqlTx};
+    use annals_sqlite::SqliteTx;
+
+    /// Marks the stream after its failed insert, unless `quiet`.
+    struct Swallows {
+        quiet: bool,
+    }
+
+    #[async_trait::async_trait]
+    impl Projector<SqliteStore> for Swallows {
+        fn id(&self) -> ProjectionId<'static> {
+            ProjectionId::new("swallows", 1)
+        }
+
+        async fn setup(&self, tx: &mut SqliteTx<'_>) -> Result<(), ProjectorError> {
+            tx.batch(
+                "CREATE TABLE IF NOT EXISTS rm_pad (x BLOB);
+                 CREATE INDEX IF NOT EXISTS rm_pad_x ON rm_pad (x);
+                 CREATE TABLE IF NOT EXISTS rm_marks (stream TEXT)",
+            )
+            .await?;
+            Ok(())
+        }
+
+        async fn apply(
+            &self,
+            tx: &mut SqliteTx<'_>,
+            stream: &StreamName,
+            _: &[RecordedEvent],
+        ) -> Result<(), ProjectorError> {
+            // More than the file may take: it fails, and the failure is ignored.
+            let _ = tx
+                .execute("INSERT INTO rm_pad (x) VALUES (randomblob(1000000))", &[])
+                .await;
+            if !self.quiet {
+                tx.execute(
+                    "INSERT INTO rm_marks (stream) VALUES ($1)",
+                    &[stream.into()],
+                )
+                .await?;
+            }
+            Ok(())
+        }
+
+        async fn clear(&self, _: &mut SqliteTx<'_>, _: &StreamName) -> Result<(), ProjectorError> {
+            Ok(())
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lost.db");
+    let loud = std::sync::Arc::new(Swallows { quiet: false });
+    let quiet = std::sync::Arc::new(Swallows { quiet: true });
+    let stream = name("Swallowed-1");
+    {
+        let store = SqliteStore::open(SqliteConfig::new(&path)).unwrap();
+        store.setup(&loud).await.unwrap();
+        store
+            .append(&stream, ExpectedVersion::NoStream, vec![ev("Happened")])
+            .await
+            .unwrap();
+    }
+    let bytes = {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        let size: i64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap();
+        (pages * size) as u64
+    };
+    let store = SqliteStore::open(SqliteConfig::new(&path).max_bytes(bytes + 64 * 1024)).unwrap();
+    let events = store
+        .read_stream_vec(&stream, ReadStream::forward())
+        .await
+        .unwrap();
+    let err = store.apply(&loud, &stream, &events).await.unwrap_err();
+    let chain = annals::error_chain(&err);
+    assert!(annals::is_transient(&err), "{chain}");
+    assert!(chain.contains("rolled back"), "{chain}");
+    let err = store.apply(&quiet, &stream, &events).await.unwrap_err();
+    assert!(annals::is_transient(&err), "{}", annals::error_chain(&err));
+    assert_eq!(store.progress("swallows", &stream).await.unwrap(), None);
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let marks: i64 = conn
+        .query_row("SELECT count(*) FROM rm_marks", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(marks, 0, "a statement ran outside the apply's transaction");
+}
