@@ -62,8 +62,8 @@ pub enum ServeError {
 
 /// Serves the API on `listener` until `shutdown` completes; then lets `read_model` (the
 /// pipeline keeping the `todos` read model, if any) catch up with everything written
-/// before the stop (within `options.drain`; otherwise it resumes on the next start) and
-/// stops it.
+/// before the stop (within `options.drain`, and not while its only work left is retrying
+/// failing streams; otherwise it resumes on the next start) and stops it.
 pub async fn serve(
     store: Arc<dyn EventStore>,
     listener: tokio::net::TcpListener,
@@ -99,8 +99,26 @@ pub async fn serve(
     };
     serve_http(listener, router, limits, shutdown).await;
     if let Some(mut pipeline) = read_model {
-        match tokio::time::timeout(options.drain, pipeline.await_idle()).await {
-            Ok(r) => r.map_err(ServeError::ReadModel)?,
+        // Streams failing with nothing else in flight only wait for retries, which a
+        // failure that lasts (a full disk, a database away) would make until the drain
+        // ends: the stop does not wait for them.
+        let mut stats = pipeline.stats_receiver();
+        let drain = async {
+            tokio::select! {
+                idle = pipeline.await_idle() => idle.map(|()| 0),
+                failing = stats.wait_for(|s| !s.failing.is_empty() && s.active_streams == 0) => {
+                    Ok(failing.map_or(0, |s| s.failing.len()))
+                }
+            }
+        };
+        match tokio::time::timeout(options.drain, drain).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(failing)) => tracing::warn!(
+                failing,
+                "the todos read model is failing on {failing} streams; the stop does not wait \
+                 for their retries, and they resume on the next start"
+            ),
+            Ok(Err(e)) => return Err(ServeError::ReadModel(e)),
             Err(_) => tracing::warn!(
                 drain = ?options.drain,
                 "the todos read model did not catch up in time; it resumes on the next start"

@@ -40,8 +40,8 @@ pub(crate) struct ServeArgs {
     pub no_read_model: bool,
 }
 
-/// Serves until Ctrl-C or SIGTERM, then lets the read-model pipeline catch up and stops it
-/// (committing its checkpoint).
+/// Serves until Ctrl-C or SIGTERM, then lets the read-model pipeline catch up (unless all
+/// it has left is retrying failing streams) and stops it (committing its checkpoint).
 pub(crate) async fn run(
     opened: Opened,
     read_model: Option<ReadModelDb>,

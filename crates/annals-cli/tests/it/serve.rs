@@ -257,6 +257,65 @@ fn a_stop_right_after_the_announcement_is_graceful() {
     }
 }
 
+/// A stop while the read model keeps failing on a stream (its database full: `max_bytes`)
+/// does not wait out the drain for retries that keep failing: it says so and ends cleanly,
+/// and a later start with room catches the read model up.
+#[test]
+fn a_stop_does_not_wait_for_a_read_model_that_keeps_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let rm = dir.path().join("rm.db");
+    let unbounded = format!("sqlite://{}", rm.display());
+    // A first start creates the read model's tables; the next may not grow the file.
+    Served::start_with(dir.path(), &["--read-model", &unbounded]).stop();
+    let bounded = format!("{unbounded}?max_bytes=1");
+    let mut served = Served::start_configured(dir.path(), &["--read-model", &bounded], |c| {
+        c.stderr(Stdio::piped());
+    });
+    let stderr = served.child.stderr.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let todos = format!("{}/todos", served.base);
+    let title = "x".repeat(1000);
+    let (mut log, mut posted) = (Vec::<String>::new(), 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !log.iter().any(|l| l.contains("handler failed")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the read model never failed: {log:?}"
+        );
+        let (status, t) = http(&rt, Method::POST, &todos, Some(json!({"title": title})));
+        assert_eq!(status, 201, "{t}");
+        posted += 1;
+        log.extend(lines.try_iter());
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &served.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = served.child.wait().unwrap();
+    assert!(exit.success(), "a graceful stop: {exit}");
+    // Every line, up to the end of its stderr.
+    log.extend(lines.iter());
+    assert!(
+        log.iter().any(|l| l.contains("is failing on 1 streams")),
+        "{log:#?}"
+    );
+    assert!(
+        !log.iter().any(|l| l.contains("did not catch up in time")),
+        "the stop waited out the drain: {log:#?}"
+    );
+    Served::start_with(dir.path(), &["--read-model", &unbounded]).stop();
+    assert_eq!(read_model(&rm).len(), posted);
+}
+
 #[test]
 fn serve_without_the_read_model_leaves_it_to_a_later_start() {
     let dir = tempfile::tempdir().unwrap();
