@@ -111,20 +111,38 @@ pub async fn serve(
                 }
             }
         };
-        match tokio::time::timeout(options.drain, drain).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(failing)) => tracing::warn!(
-                failing,
-                "the todos read model is failing on {failing} streams; the stop does not wait \
-                 for their retries, and they resume on the next start"
-            ),
-            Ok(Err(e)) => return Err(ServeError::ReadModel(e)),
-            Err(_) => tracing::warn!(
-                drain = ?options.drain,
-                "the todos read model did not catch up in time; it resumes on the next start"
-            ),
+        let drained = match tokio::time::timeout(options.drain, drain).await {
+            Ok(Ok(0)) => Ok(()),
+            Ok(Ok(failing)) => {
+                tracing::warn!(
+                    failing,
+                    "the todos read model is failing on {failing} streams; the stop does not \
+                     wait for their retries, and they resume on the next start"
+                );
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => {
+                tracing::warn!(
+                    drain = ?options.drain,
+                    "the todos read model did not catch up in time; it resumes on the next start"
+                );
+                Ok(())
+            }
+        };
+        // Stopped in any case; a store that cannot be reached now (a database away) leaves
+        // the read model where its last checkpoint is, which is no failure of the stop.
+        let stopped = pipeline.stop().await;
+        for outcome in [drained, stopped] {
+            match outcome {
+                Err(e) if annals::is_transient(&e) => tracing::warn!(
+                    error = %annals::error_chain(&e),
+                    "the todos read model could not catch up or record its checkpoint at the \
+                     stop; it resumes from its last checkpoint on the next start"
+                ),
+                other => other.map_err(ServeError::ReadModel)?,
+            }
         }
-        pipeline.stop().await.map_err(ServeError::ReadModel)?;
     }
     Ok(())
 }

@@ -316,6 +316,30 @@ fn a_stop_does_not_wait_for_a_read_model_that_keeps_failing() {
     assert_eq!(read_model(&rm).len(), posted);
 }
 
+/// A stop while the store's PostgreSQL is away ends cleanly (exit 0): the read model
+/// cannot record its checkpoint then, and resumes from its last one on the next start.
+#[test]
+fn a_stop_while_the_database_is_away_is_clean() {
+    let server = annals_testkit::postgres::PgServer::start().unwrap();
+    let url = format!("{}?annals_schema=away", server.url);
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let served = Served::start_with(dir.path(), &["--store", &url]);
+    let todos = format!("{}/todos", served.base);
+    let (status, t) = http(&rt, Method::POST, &todos, Some(json!({"title": "kept"})));
+    assert_eq!(status, 201, "{t}");
+    server.stop().unwrap();
+    let (status, t) = http(&rt, Method::POST, &todos, Some(json!({"title": "lost"})));
+    assert_eq!(status, 503, "{t}");
+    served.stop();
+    server.start_again().unwrap();
+    let served = Served::start_with(dir.path(), &["--store", &url]);
+    let (status, list) = http(&rt, Method::GET, &format!("{}/todos", served.base), None);
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(fields(&list), [(0, "kept".to_owned(), false, 0)]);
+    served.stop();
+}
+
 #[test]
 fn serve_without_the_read_model_leaves_it_to_a_later_start() {
     let dir = tempfile::tempdir().unwrap();
