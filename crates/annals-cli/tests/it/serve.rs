@@ -81,6 +81,11 @@ impl Served {
 
     /// Stops it with SIGTERM and waits: a clean exit.
     pub(crate) fn stop(mut self) {
+        self.terminate();
+    }
+
+    /// [`Served::stop`], keeping the handle (and the child's pipes).
+    fn terminate(&mut self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -295,13 +300,7 @@ fn a_stop_does_not_wait_for_a_read_model_that_keeps_failing() {
         posted += 1;
         log.extend(lines.try_iter());
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &served.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = served.child.wait().unwrap();
-    assert!(exit.success(), "a graceful stop: {exit}");
+    served.terminate();
     // Every line, up to the end of its stderr.
     log.extend(lines.iter());
     assert!(

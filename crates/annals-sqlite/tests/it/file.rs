@@ -550,16 +550,7 @@ async fn appends_that_fill_the_file_are_written_or_refused_whole() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("full.db");
     drop(SqliteStore::open(SqliteConfig::new(&path)).unwrap());
-    let bytes = {
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        let pages: i64 = conn
-            .query_row("PRAGMA page_count", [], |r| r.get(0))
-            .unwrap();
-        let size: i64 = conn
-            .query_row("PRAGMA page_size", [], |r| r.get(0))
-            .unwrap();
-        (pages * size) as u64
-    };
+    let bytes = database_bytes(&path);
     // Room for a few dozen of the events below.
     let config = SqliteConfig::new(&path).max_bytes(bytes + 160 * 1024);
     let store = std::sync::Arc::new(SqliteStore::open(config).unwrap());
@@ -696,16 +687,7 @@ async fn a_projector_statement_after_its_transaction_was_lost_is_refused() {
             .await
             .unwrap();
     }
-    let bytes = {
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        let pages: i64 = conn
-            .query_row("PRAGMA page_count", [], |r| r.get(0))
-            .unwrap();
-        let size: i64 = conn
-            .query_row("PRAGMA page_size", [], |r| r.get(0))
-            .unwrap();
-        (pages * size) as u64
-    };
+    let bytes = database_bytes(&path);
     let store = SqliteStore::open(SqliteConfig::new(&path).max_bytes(bytes + 64 * 1024)).unwrap();
     let events = store
         .read_stream_vec(&stream, ReadStream::forward())
@@ -724,4 +706,16 @@ async fn a_projector_statement_after_its_transaction_was_lost_is_refused() {
         .query_row("SELECT count(*) FROM rm_marks", [], |r| r.get(0))
         .unwrap();
     assert_eq!(marks, 0, "a statement ran outside the apply's transaction");
+}
+
+/// How many bytes the database at `path` holds (its pages, the WAL's included).
+fn database_bytes(path: &std::path::Path) -> u64 {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let pages: i64 = conn
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .unwrap();
+    let size: i64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .unwrap();
+    (pages * size) as u64
 }
