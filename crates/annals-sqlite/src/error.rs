@@ -38,26 +38,35 @@ pub enum OpenError {
 /// A store error; a database busy or locked by another connection, or a full disk (space
 /// may be freed), is marked transient ([`annals::Transient`]), as PostgreSQL's
 /// insufficient resources are; so is a write the writer's commit hook refused (it ran
-/// after SQLite rolled the group's transaction back: nothing of it was written).
+/// outside the group's transaction, after SQLite rolled it back or a statement ended it:
+/// nothing of it was written), said in those words.
 pub(crate) fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> annals::Error {
     let e = e.into();
-    let transient = e.downcast_ref::<rusqlite::Error>().is_some_and(|e| {
-        matches!(
-            e.sqlite_error_code(),
-            Some(
-                rusqlite::ErrorCode::DatabaseBusy
-                    | rusqlite::ErrorCode::DatabaseLocked
-                    | rusqlite::ErrorCode::DiskFull
-            )
-        ) || matches!(
-            e,
-            rusqlite::Error::SqliteFailure(f, _)
-                if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_COMMITHOOK
-        )
+    let code = e.downcast_ref::<rusqlite::Error>().and_then(|e| match e {
+        rusqlite::Error::SqliteFailure(f, _) => Some((f.code, f.extended_code)),
+        _ => None,
     });
-    if transient {
-        annals::Error::transient("sqlite", e)
-    } else {
-        annals::Error::backend("sqlite", e)
+    match code {
+        Some((_, rusqlite::ffi::SQLITE_CONSTRAINT_COMMITHOOK)) => {
+            annals::Error::transient("sqlite", Refused { source: e })
+        }
+        Some((
+            rusqlite::ErrorCode::DatabaseBusy
+            | rusqlite::ErrorCode::DatabaseLocked
+            | rusqlite::ErrorCode::DiskFull,
+            _,
+        )) => annals::Error::transient("sqlite", e),
+        _ => annals::Error::backend("sqlite", e),
     }
+}
+
+/// A commit the writer's commit hook refused.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "a write outside the group's transaction (it was rolled back, or ended by a statement) \
+     was refused: nothing of it is written"
+)]
+struct Refused {
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
 }
