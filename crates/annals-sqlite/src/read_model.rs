@@ -35,7 +35,9 @@ impl std::fmt::Debug for SqliteTx<'_> {
 }
 
 impl SqliteTx<'_> {
-    /// Runs `f` on the connection, inside the transaction. It must not commit or roll back.
+    /// Runs `f` on the connection, inside the transaction. It must not commit or roll back:
+    /// a `COMMIT` is refused (SQLite rolls back instead) and either ends the transaction,
+    /// so the apply and the writes grouped with it fail, with nothing of them written.
     pub fn with<T>(&self, f: impl FnOnce(&Connection) -> T) -> T {
         f(&lock(self.conn))
     }
