@@ -6,8 +6,8 @@ use annals::backend::{Deletion, DeletionPlan, StreamState};
 use annals::{Error, Result, StreamName, Version, STREAM_DELETED, STREAM_TRUNCATED};
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::append::record_system;
 use crate::error::backend;
-use crate::writer::record_system;
 
 /// The stream's version, start and whether it is a tombstone (`None`: never written).
 fn row(conn: &Connection, stream: &StreamName) -> Result<Option<(u64, u64, bool)>> {

@@ -3,7 +3,8 @@
 use annals::{Error, ExpectedVersion, Result, StreamName, Version};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::writer::{claim, is_unique_violation, sql, stream_row, INSERT_EVENT};
+use crate::append::{claim, is_unique_violation, stream_row, INSERT_EVENT};
+use crate::writer::sql;
 
 /// Begins the stream of `e` at `e`'s version if this store does not have it, or has it at
 /// a lower version with every event hidden (deleted or truncated here too): the versions

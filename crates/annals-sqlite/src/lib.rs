@@ -22,6 +22,7 @@
 //! A `SqliteStore` is also a read-model database ([`annals::ReadModelStore`], through
 //! [`SqliteTx`]) fed from any event store, and a checkpoint store that keeps parked streams.
 
+mod append;
 mod config;
 mod delete;
 mod error;
