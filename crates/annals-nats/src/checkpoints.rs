@@ -192,6 +192,7 @@ impl CheckpointStore for NatsStore {
             position: annals::backend::raw_position(position).to_string(),
         };
         let body = serde_json::to_vec(&value).map_err(backend)?;
+        self.connected("the checkpoint")?;
         self.inner
             .checkpoints
             .put(key(group, source), body.into())

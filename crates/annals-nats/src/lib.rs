@@ -142,6 +142,27 @@ pub(crate) fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) ->
     annals::Error::transient("nats", e)
 }
 
+impl NatsStore {
+    /// Whether the client is connected to a server now (it reconnects on its own when the
+    /// connection is lost; writes are refused meanwhile).
+    pub fn is_connected(&self) -> bool {
+        self.inner.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Refuses a write while the client is away from the server. A message published then
+    /// waits in the client's buffer and goes out when it reconnects, long after the call
+    /// timed out and its caller was told it failed: an append or a checkpoint would land
+    /// after all (a checkpoint older than one committed since).
+    pub(crate) fn connected(&self, what: &str) -> Result<()> {
+        match self.is_connected() {
+            true => Ok(()),
+            false => Err(backend(format!(
+                "not connected to the NATS server: {what} was not sent"
+            ))),
+        }
+    }
+}
+
 /// How many streams' heads a store remembers.
 const HEADS: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(65_536) {
     Some(n) => n,

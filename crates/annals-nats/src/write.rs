@@ -384,6 +384,7 @@ impl NatsStore {
     /// so the server checks every stream before storing any message. With `ids`, each
     /// message carries its event's id as its `Nats-Msg-Id`.
     pub(crate) async fn send(&self, messages: &[Outgoing<'_>], ids: bool) -> Result<Published> {
+        self.connected("the append")?;
         let client = &self.inner.client;
         // Short ids: every message carries them, and bytes are what a replicated, fsynced
         // stream pays for. A batch id only has to be unique among batches in flight.

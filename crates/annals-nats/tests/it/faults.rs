@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use annals::{
     subscribe, EventData, EventStore, ExpectedVersion, Position, RecordedEvent, StreamName,
-    SubscribeOptions, Uuid,
+    SubscribeOptions, Uuid, Version,
 };
 use annals_nats::{NatsConfig, NatsStore};
 use annals_testkit::eventually;
@@ -355,6 +355,73 @@ async fn a_whole_cluster_crash_loses_no_acknowledged_append() {
         "{missing} of {} acknowledged events lost",
         acked.len()
     );
+}
+
+/// An append tried while the server is away fails at once as transient, unsent, and is
+/// never written: not when the server is back either. (Published then, it would wait in
+/// the client's buffer and go out on reconnect, after its caller was told it failed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_refused_while_the_server_is_away_is_never_written() {
+    let server = tokio::task::spawn_blocking(annals_testkit::nats::NatsServer::start)
+        .await
+        .unwrap()
+        .expect("a server");
+    let config =
+        NatsConfig::new(server.url.clone()).stream(annals_testkit::nats::stream_name("away"));
+    let store = NatsStore::connect(config).await.unwrap();
+    let stream = StreamName::new("Away-1").unwrap();
+    let event = || vec![EventData::new("Wrote", b"{}".to_vec())];
+    store
+        .append(&stream, ExpectedVersion::NoStream, event())
+        .await
+        .unwrap();
+    server.kill().unwrap();
+    eventually(
+        "the client to see the server gone",
+        Duration::from_secs(60),
+        || async { (!store.is_connected()).then_some(()) },
+    )
+    .await;
+    let refused = store
+        .append(&stream, ExpectedVersion::Exact(Version(1)), event())
+        .await
+        .unwrap_err();
+    assert!(refused.is_transient(), "{refused}");
+    assert!(refused.to_string().contains("was not sent"), "{refused}");
+    server.start_again().unwrap();
+    eventually("the client back", Duration::from_secs(60), || async {
+        store.is_connected().then_some(())
+    })
+    .await;
+    // Written after anything the client still held for the server.
+    eventually(
+        "an append after the restart",
+        Duration::from_secs(60),
+        || async {
+            store
+                .append(
+                    &StreamName::new("Away-2").unwrap(),
+                    ExpectedVersion::Any,
+                    event(),
+                )
+                .await
+                .ok()
+        },
+    )
+    .await;
+    let events =
+        annals::EventStoreExt::read_stream_vec(&store, &stream, annals::ReadStream::forward())
+            .await
+            .unwrap();
+    assert_eq!(
+        events.len(),
+        1,
+        "the refused append was written: {events:?}"
+    );
+    store
+        .append(&stream, ExpectedVersion::Exact(Version(1)), event())
+        .await
+        .unwrap();
 }
 
 /// Every event, page by page, failing on the first error.
