@@ -31,19 +31,14 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(client: Object) -> Self {
-        Self {
+    /// A connection of `pool`.
+    pub(crate) async fn from(pool: &deadpool_postgres::Pool) -> Result<Self> {
+        let client = pool.get().await.map_err(backend)?;
+        Ok(Self {
             client: Some(client),
             open: false,
             ended: AtomicBool::new(false),
-        }
-    }
-
-    /// For a transaction whose `BEGIN` the caller sends pipelined with its first statements:
-    /// open from now, until [`Conn::ended`].
-    pub(crate) fn opened(mut self) -> Self {
-        self.open = true;
-        self
+        })
     }
 
     /// The store error of `e`, an error of a statement on this connection. A connection

@@ -402,16 +402,11 @@ impl PgStore {
     }
 
     pub(crate) async fn client(&self) -> Result<Conn> {
-        self.inner.pool.get().await.map(Conn::new).map_err(backend)
+        Conn::from(&self.inner.pool).await
     }
 
     async fn feed_client(&self) -> Result<Conn> {
-        self.inner
-            .feed_pool
-            .get()
-            .await
-            .map(Conn::new)
-            .map_err(backend)
+        Conn::from(&self.inner.feed_pool).await
     }
 
     pub(crate) async fn group_client(&self) -> Result<Arc<Object>> {
@@ -419,12 +414,7 @@ impl PgStore {
     }
 
     pub(crate) async fn read_client(&self) -> Result<Conn> {
-        self.inner
-            .read_pool
-            .get()
-            .await
-            .map(Conn::new)
-            .map_err(backend)
+        Conn::from(&self.inner.read_pool).await
     }
 
     async fn client_for_setup(&self) -> Result<Object, PgError> {

@@ -202,7 +202,9 @@ impl PgStore {
     /// A pooled connection for a transaction whose `BEGIN` goes out with its first
     /// statement.
     async fn lazy(&self) -> Result<Transaction> {
-        Ok(self.client().await?.opened())
+        let mut tx = self.client().await?;
+        tx.beginning();
+        Ok(tx)
     }
 
     /// Begins a read-model transaction (its commit need not wait for the disk: see
@@ -215,7 +217,8 @@ impl PgStore {
         stream: &StreamName,
     ) -> Result<(Transaction, Option<u64>)> {
         // Open before `BEGIN` is sent: a caller gone meanwhile closes the connection.
-        let tx = self.client().await?.opened();
+        let mut tx = self.client().await?;
+        tx.beginning();
         let client = tx.client();
         let read = client.prepare_cached(sql).await.map_err(backend)?;
         let name = stream.as_str();

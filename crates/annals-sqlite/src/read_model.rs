@@ -47,21 +47,6 @@ fn sql_error(e: rusqlite::Error) -> Error {
     backend(e)
 }
 
-/// The write connection, for a statement of the projector's: refused once SQLite has
-/// rolled the group's transaction back with a failed statement (a full disk, an I/O error),
-/// since the statement would then run, and commit, on its own.
-fn in_transaction(conn: &Mutex<Connection>) -> Result<std::sync::MutexGuard<'_, Connection>> {
-    let conn = lock(conn);
-    match conn.is_autocommit() {
-        true => Err(Error::transient(
-            "sqlite",
-            "the read model's transaction was rolled back after a failed statement: \
-             nothing of it is written",
-        )),
-        false => Ok(conn),
-    }
-}
-
 /// Binds `$n` (or `?n`, or plain `?` in order) placeholders to `params`.
 fn bind(statement: &mut Statement<'_>, params: &[SqlValue]) -> Result<()> {
     let count = statement.parameter_count();
@@ -131,20 +116,18 @@ impl SqlTx for SqliteTx<'_> {
     }
 
     async fn execute(&mut self, sql: &str, params: &[SqlValue]) -> Result<u64> {
-        let conn = in_transaction(self.conn)?;
+        let conn = lock(self.conn);
         let mut statement = conn.prepare_cached(sql).map_err(sql_error)?;
         bind(&mut statement, params)?;
         Ok(statement.raw_execute().map_err(sql_error)? as u64)
     }
 
     async fn query(&mut self, sql: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>> {
-        query(&*in_transaction(self.conn)?, sql, params)
+        query(&lock(self.conn), sql, params)
     }
 
     async fn batch(&mut self, sql: &str) -> Result<()> {
-        in_transaction(self.conn)?
-            .execute_batch(sql)
-            .map_err(sql_error)
+        lock(self.conn).execute_batch(sql).map_err(sql_error)
     }
 }
 

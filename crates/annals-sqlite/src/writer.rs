@@ -132,7 +132,7 @@ pub(crate) fn run(
         };
         let target = previous.min(max_group);
         let deadline = Instant::now() + linger;
-        while group.len() < max_group && group.open() {
+        while group.len() < max_group && Group::open(&conn) {
             let next = match queue.try_recv() {
                 Ok(r) => r,
                 Err(_) if group.len() >= target => break,
@@ -179,10 +179,6 @@ struct Group {
     now: i64,
     finishers: Vec<Finish>,
     changed: bool,
-    /// SQLite rolled the whole transaction back after a request's error (it may, on a full
-    /// disk, an I/O error or out of memory): the group takes no more requests, and those it
-    /// ran are answered that nothing was written.
-    lost: bool,
 }
 
 impl Group {
@@ -196,7 +192,6 @@ impl Group {
             now: Timestamp::now().unix_micros(),
             finishers: Vec::new(),
             changed: false,
-            lost: false,
         };
         group.run(conn, first);
         Some(group)
@@ -206,9 +201,12 @@ impl Group {
         self.finishers.len()
     }
 
-    /// Whether the group can take another request: its transaction is still open.
-    fn open(&self) -> bool {
-        !self.lost
+    /// Whether the group can take another request: its transaction is still open. SQLite
+    /// may roll the whole transaction back with a request's failed statement (on a full
+    /// disk, an I/O error or out of memory); the group then takes no more requests, and
+    /// those it ran are answered that nothing was written.
+    fn open(conn: &Mutex<Connection>) -> bool {
+        !lock(conn).is_autocommit()
     }
 
     /// Runs `request` in its own savepoint: a failure rolls back only itself.
@@ -230,7 +228,6 @@ impl Group {
             // No transaction any more: SQLite rolled it back with the request's failed
             // statement. Another request now would run and commit on its own.
             tracing::warn!("SQLite rolled back a group's transaction after a failed write");
-            self.lost = true;
             self.finishers.push(finisher);
             return;
         }
@@ -322,7 +319,7 @@ impl Group {
     /// Commits once and answers every caller; returns whether anything was written.
     fn commit(self, conn: &Mutex<Connection>, committing: &AtomicBool) -> bool {
         let conn = lock(conn);
-        let commit = match self.lost {
+        let commit = match conn.is_autocommit() {
             true => Err(Error::transient(
                 "sqlite",
                 "not written: SQLite rolled back the transaction this write shared with \

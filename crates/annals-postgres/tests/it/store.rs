@@ -980,7 +980,7 @@ async fn a_catch_up_cut_off_by_a_lost_connection_fails_as_transient_and_the_next
     let stream = StreamName::new("Catch-held").unwrap();
     let admin = postgres::connect(&postgres::shared().url).await;
     let holder = lock_events(&schema).await;
-    let cut = {
+    let catch_up = || {
         let (store, stream) = (std::sync::Arc::clone(&store), stream.clone());
         tokio::spawn(async move {
             store
@@ -988,16 +988,9 @@ async fn a_catch_up_cut_off_by_a_lost_connection_fails_as_transient_and_the_next
                 .await
         })
     };
-    cut_off(&admin, &app, "the catch-up", cut).await;
+    cut_off(&admin, &app, "the catch-up", catch_up()).await;
     // The next catch-up, at once (it waits for the lock, on a connection that works).
-    let next = {
-        let (store, stream) = (std::sync::Arc::clone(&store), stream.clone());
-        tokio::spawn(async move {
-            store
-                .read_stream_vec(&stream, ReadStream::forward_from(Version(1)))
-                .await
-        })
-    };
+    let next = catch_up();
     holder.batch_execute("ROLLBACK").await.unwrap();
     let nothing_new = next.await.unwrap().unwrap();
     assert!(nothing_new.is_empty(), "{nothing_new:?}");
