@@ -125,7 +125,7 @@ pub use version::{ExpectedVersion, ParsePositionError, Position, Timestamp, Vers
 /// stream read covers, the read-model checks every [`ReadModelStore`] applies, and how a
 /// batch lets ready callers join before it is taken.
 pub mod backend {
-    pub use crate::decider::batch::gather;
+    pub use crate::decider::batch::{gather, panic_message};
     pub use crate::event::{validate_batch, validate_import, validate_many};
     pub use crate::lifecycle::{Deletion, DeletionPlan, StreamState, MAX_IMPORTED_VERSION};
     pub use crate::pages::events_of_pages;

@@ -205,7 +205,11 @@ impl Scheduler {
                 let call = std::panic::AssertUnwindSafe(handler.handle(&stream, &events));
                 let result = match call.catch_unwind().await {
                     Ok(result) => result,
-                    Err(panic) => Err(panic_message(&*panic).into()),
+                    Err(panic) => Err(format!(
+                        "the handler panicked: {}",
+                        annals::backend::panic_message(&*panic)
+                    )
+                    .into()),
                 };
                 (stream, result, started.elapsed(), events, batches)
             };
@@ -471,15 +475,6 @@ impl Scheduler {
         m.pending_batches.set(self.stats.pending_batches as f64);
         tx.send_replace(self.stats.clone());
     }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    let text = panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic".to_owned());
-    format!("the handler panicked: {text}")
 }
 
 /// Turns the feed's pages into batches for the scheduler, through a channel of one: the

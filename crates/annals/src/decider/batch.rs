@@ -9,10 +9,14 @@
 //! append, and tells every member how it ended. On a conflict every member decides again on
 //! the resynced state; a member's own errors (encoding, references) are its alone. The
 //! coordinator takes the next batch only after this one is answered, so a decision waits
-//! for at most the decisions queued before it.
+//! for at most the decisions queued before it A panic in code the coordinator runs (`evolve` folding a
+//! resync, a snapshot's codec, the store) fails that batch's decisions, with an error
+//! saying so, and the coordinator goes on with the queue.
 
 use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 
+use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::*;
@@ -161,7 +165,30 @@ impl<D: Domain> Decider<D> {
                 }
                 return;
             }
-            carried = self.run_batch(members).await;
+            // Code the batch runs here besides the store's (`evolve` folding a resync,
+            // the codecs of snapshots) is the user's: should it panic, the batch's
+            // decisions fail with an error saying so, and the queue keeps a coordinator.
+            let taken = members.clone();
+            carried = match AssertUnwindSafe(self.run_batch(members))
+                .catch_unwind()
+                .await
+            {
+                Ok(carried) => carried,
+                Err(panic) => {
+                    let message = panic_message(panic.as_ref());
+                    tell(
+                        &taken,
+                        &Err(Error::backend(
+                            self.category.store.backend(),
+                            format!(
+                                "a batch of the stream's queued decisions panicked ({message}): \
+                             its decisions fail, and the stream takes the next ones"
+                            ),
+                        )),
+                    );
+                    Vec::new()
+                }
+            };
         }
     }
 
@@ -422,6 +449,16 @@ async fn offer<S: Clone>(
         }
     }
     (gathered, carried)
+}
+
+/// What a panic said, when it said it with a string (the payload `catch_unwind` gives).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    match panic.downcast_ref::<&'static str>() {
+        Some(message) => message,
+        None => panic
+            .downcast_ref::<String>()
+            .map_or("no message", String::as_str),
+    }
 }
 
 /// Tells every member how its batch ended.

@@ -985,3 +985,75 @@ async fn a_cache_shared_by_two_domains_of_one_stream_keeps_their_states_apart() 
     assert_eq!(doubled.query(|s| s.clone()).await.unwrap(), vec![2, 10]);
     assert_eq!(cache.len(), 2);
 }
+
+/// A tally whose `evolve` panics on the value 1000 while [`TOUCHY`] is set: user code that
+/// panics where the coordinator of a hot stream's batch runs it (folding a resync).
+struct Touchy;
+
+static TOUCHY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl Domain for Touchy {
+    type Event = Event;
+    type State = Vec<u32>;
+    fn initial() -> Vec<u32> {
+        Vec::new()
+    }
+    fn evolve(state: Vec<u32>, event: &Event) -> Vec<u32> {
+        let Event::Added { n } = event;
+        assert!(
+            !(*n == 1000 && TOUCHY.load(Ordering::SeqCst)),
+            "evolve panics on 1000"
+        );
+        Tally::evolve(state, event)
+    }
+}
+
+/// A panic in user code that the coordinator of a batch runs (here `evolve`, folding the
+/// events of a lost race) fails that batch's decisions with an error, and the stream keeps
+/// taking decisions: its queue is never left without a coordinator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_while_coordinating_a_batch_fails_that_batch_and_strands_nobody() {
+    let probe = Arc::new(Probe::default());
+    let cat = Category::<Touchy>::new("Touchy", probe.clone(), JsonCodec::new())
+        .unwrap()
+        .with_cache(Arc::new(Cache::new(100)));
+    let decider = Arc::new(cat.decider("coordinator").unwrap());
+    let held = probe.gate.write().await;
+    let before = probe.appends.load(Ordering::SeqCst);
+    let mut tasks = Vec::new();
+    for k in 0..3u32 {
+        let d = decider.clone();
+        tasks.push(tokio::spawn(
+            async move { d.transact(move |_| add(k)).await },
+        ));
+        if k == 0 {
+            until("the first decision appends", || {
+                probe.appends.load(Ordering::SeqCst) > before
+            })
+            .await;
+        } else {
+            until("it is queued", || decider.queued() == k as usize).await;
+        }
+    }
+    // The batch's append (the second) loses to a writer of 1000, which the coordinator
+    // folds to decide again.
+    probe.interfere_at.store(before + 2, Ordering::SeqCst);
+    TOUCHY.store(true, Ordering::SeqCst);
+    drop(held);
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    TOUCHY.store(false, Ordering::SeqCst);
+    results[0].as_ref().unwrap();
+    for r in &results[1..] {
+        let e = r.as_ref().unwrap_err();
+        assert!(e.to_string().contains("panicked"), "{e}");
+    }
+    assert_eq!(decider.queued(), 0);
+    let next = tokio::time::timeout(Duration::from_secs(30), decider.transact(|_| add(5))).await;
+    next.expect("the stream takes decisions after the panic")
+        .unwrap();
+    let state = decider.query(Clone::clone).await.unwrap();
+    assert_eq!(state, [0, 1000, 5], "the failed batch wrote nothing");
+}
