@@ -428,9 +428,21 @@ fn title(title: String) -> Result<String, ApiError> {
     Ok(title)
 }
 
-fn todo_id(text: &str) -> Result<u64, ApiError> {
-    text.parse()
-        .map_err(|_| ApiError::NotFound(format!("no todo {text:?}")))
+/// A todo's id from the path: anything that is not one (not a number, not even text once
+/// percent-decoded) names no todo.
+struct TodoId(u64);
+
+impl<S: Send + Sync> FromRequestParts<S> for TodoId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(text) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::NotFound("no such todo: its id is not text".into()))?;
+        text.parse()
+            .map(TodoId)
+            .map_err(|_| ApiError::NotFound(format!("no todo {text:?}")))
+    }
 }
 
 async fn list(State(app): State<Arc<App>>, caller: Caller) -> Result<Response, ApiError> {
@@ -470,20 +482,18 @@ async fn clear(State(app): State<Arc<App>>, caller: Caller) -> Result<Response, 
 async fn one(
     State(app): State<Arc<App>>,
     caller: Caller,
-    Path(id): Path<String>,
+    TodoId(id): TodoId,
 ) -> Result<Response, ApiError> {
-    let id = todo_id(&id)?;
     caller.found(id, app.service.get(&caller.client, id).await?)
 }
 
 async fn update(
     State(app): State<Arc<App>>,
     caller: Caller,
-    Path(id): Path<String>,
+    TodoId(id): TodoId,
     headers: HeaderMap,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let id = todo_id(&id)?;
     let sent: TodoBody = body(&headers, bytes)?;
     let patch = Patch {
         title: sent.title.map(title).transpose()?,
@@ -496,9 +506,8 @@ async fn update(
 async fn delete(
     State(app): State<Arc<App>>,
     caller: Caller,
-    Path(id): Path<String>,
+    TodoId(id): TodoId,
 ) -> Result<Response, ApiError> {
-    let id = todo_id(&id)?;
     match app.service.delete(&caller.client, id).await? {
         true => Ok(StatusCode::NO_CONTENT.into_response()),
         false => Err(ApiError::NotFound(format!("no todo {id}"))),

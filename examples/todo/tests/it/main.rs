@@ -497,6 +497,11 @@ async fn bad_input_is_refused_with_nothing_written(api: &Api) {
             "not_found",
         ),
         (
+            api.delete("/todos/%ff?client=strict").await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
             api.post("/todos?client=no%20spaces", json!({"title": "a"}))
                 .await,
             StatusCode::BAD_REQUEST,
