@@ -116,6 +116,10 @@ fn with_body(head: &[u8]) -> Option<Vec<u8>> {
         "431" => ("headers_too_large", "the request's headers are too large"),
         "414" => ("uri_too_long", "the request's URI is too long"),
         "400" => ("bad_request", "the request is not valid HTTP/1.1"),
+        "404" => ("not_found", "no such page or route"),
+        "405" => ("method_not_allowed", "this route does not take this method"),
+        "408" => ("timeout", "the request did not arrive in time"),
+        "413" => ("too_large", "the request's body is too large"),
         _ => ("bad_request", "the request could not be served"),
     };
     let body = serde_json::json!({"error": kind, "message": message}).to_string();
@@ -149,6 +153,25 @@ mod tests {
         assert!(head.contains("content-type: application/json"));
         let value: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(value["error"], "bad_request");
+        for (head, kind) in [
+            (
+                &b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"[..],
+                "not_found",
+            ),
+            (
+                b"HTTP/1.1 405 Method Not Allowed\r\nallow: GET\r\ncontent-length: 0\r\n\r\n",
+                "method_not_allowed",
+            ),
+            (
+                b"HTTP/1.1 418 I'm a teapot\r\ncontent-length: 0\r\n\r\n",
+                "bad_request",
+            ),
+        ] {
+            let out = String::from_utf8(with_body(head).unwrap()).unwrap();
+            let body = out.split_once("\r\n\r\n").unwrap().1;
+            let value: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert_eq!(value["error"], kind, "{out}");
+        }
         for other in [
             &b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"[..],
             b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\n{}",

@@ -835,6 +835,9 @@ fn the_overview_charts_the_events_written_since_it_started() {
     let admin = Admin::start(&format!("sqlite://{}", db.display()), "127.0.0.1:0").unwrap();
     let address = admin.base.trim_start_matches("http://").to_owned();
     let overview = || http_get(&address, "/").unwrap_or_default();
+    // A page that does not exist says so.
+    let nowhere = http_get(&address, "/nowhere").unwrap_or_default();
+    assert!(nowhere.contains(r#""error":"not_found""#), "{nowhere}");
     // The first sample: nothing written since the pages started.
     let mut page = String::new();
     annals_testkit::eventually_blocking("a first sample", Duration::from_secs(60), || {
