@@ -24,7 +24,7 @@ pub(crate) enum Bench {
     SaveForLater(scenario::Args),
     /// The TodoBackend scenario: add a todo, read the list back; every 20th test clears.
     Todo(scenario::Args),
-    /// Append throughput and latency in three shapes, with a raw SQLite baseline.
+    /// Append throughput and latency in three shapes, with raw baselines on the SQL stores.
     Append(append::Args),
     /// Stream and read-all reads: throughput and latency, with a raw query baseline.
     Read(read::Args),
