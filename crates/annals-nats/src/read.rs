@@ -396,6 +396,14 @@ impl NatsStore {
 
     /// The last message of `stream`, tombstone or not.
     pub(crate) async fn head(&self, stream: &StreamName) -> Result<Option<Last>> {
+        Ok(self.head_event(stream).await?.map(|(last, _)| last))
+    }
+
+    /// [`Self::head`], and the event the last message holds (none for a marker).
+    async fn head_event(
+        &self,
+        stream: &StreamName,
+    ) -> Result<Option<(Last, Option<(RecordedEvent, Place)>)>> {
         let subject = self.inner.subjects.stream(stream);
         let found = self
             .inner
@@ -411,26 +419,32 @@ impl NatsStore {
             .and_then(|v| v.as_str().parse::<u64>().ok())
             .unwrap_or(0);
         let stored = Stored::of(m);
-        let last = match self.decode_any(&stored)? {
-            Message::Event(_, place) => Last {
-                sequence: stored.sequence,
-                next: place.version + 1,
-                tombstone: false,
-                hides_all: false,
-                start,
-            },
-            Message::Marker(marker) => Last {
-                sequence: stored.sequence,
-                next: marker.next,
-                tombstone: marker.tombstone,
-                hides_all: marker.start >= marker.next,
-                start: marker.start,
-            },
+        let (last, event) = match self.decode_any(&stored)? {
+            Message::Event(event, place) => (
+                Last {
+                    sequence: stored.sequence,
+                    next: place.version + 1,
+                    tombstone: false,
+                    hides_all: false,
+                    start,
+                },
+                Some((event, place)),
+            ),
+            Message::Marker(marker) => (
+                Last {
+                    sequence: stored.sequence,
+                    next: marker.next,
+                    tombstone: marker.tombstone,
+                    hides_all: marker.start >= marker.next,
+                    start: marker.start,
+                },
+                None,
+            ),
         };
         if !last.tombstone {
             self.remember(stream, last);
         }
-        Ok(Some(last))
+        Ok(Some((last, event)))
     }
 
     /// The head of `stream` as this client last saw it, if it remembers one.
@@ -473,9 +487,50 @@ impl NatsStore {
         &self,
         stream: &StreamName,
     ) -> Result<(Vec<(RecordedEvent, Place)>, u64, u64)> {
-        let Some(end) = self.last(stream).await? else {
+        self.stream_events_from(stream, None).await
+    }
+
+    /// [`Self::stream_events_started`], when only the events from version `from` on are
+    /// needed (more may come): a client that knows a head of the stream at or just past
+    /// `from` (its last write or read of it) reads only the messages from that head on.
+    /// When the head has not moved, the leader's last message is all it reads: a cached
+    /// decision's catch-up (from its state's last event) then costs one request, not a read
+    /// of the whole stream. What is read must lead, version by version, from the known head
+    /// to the leader's last message; otherwise (a head from before a purge, or from a
+    /// stream since recreated) the whole stream is read.
+    pub(crate) async fn stream_events_from(
+        &self,
+        stream: &StreamName,
+        from: Option<u64>,
+    ) -> Result<(Vec<(RecordedEvent, Place)>, u64, u64)> {
+        // Asked before the leader's last message, which is remembered as the head.
+        let known = from.and_then(|from| {
+            self.known_head(stream)
+                .filter(|head| !head.tombstone && head.next <= from.saturating_add(1))
+                .map(|head| (head, from < head.next))
+        });
+        let Some((end, end_event)) = self.head_event(stream).await? else {
             return Ok((Vec::new(), 0, 0));
         };
+        if end.tombstone {
+            return Err(annals::Error::StreamDeleted {
+                stream: stream.clone(),
+            });
+        }
+        if let Some((known, with_head)) = known {
+            let tail = match end.sequence == known.sequence {
+                // Unmoved: the last message is the head's own.
+                true if end.next != known.next => None,
+                true if with_head => end_event
+                    .filter(|(_, place)| place.version + 1 == known.next)
+                    .map(|event| vec![event]),
+                true => Some(Vec::new()),
+                false => self.events_after(stream, known, with_head, end).await?,
+            };
+            if let Some(events) = tail {
+                return Ok((events, end.next, end.start));
+            }
+        }
         let subject = self.inner.subjects.stream(stream);
         let mut out = Vec::new();
         let mut from = 1;
@@ -507,6 +562,56 @@ impl NatsStore {
         Ok((out, end.next, end.start))
     }
 
+    /// The events of `stream` after its message `known` (from it, `with_head`) up to `end`
+    /// (its last message, as the leader has it), with markers applied; `None` unless they
+    /// lead exactly from `known`'s version to `end`'s.
+    async fn events_after(
+        &self,
+        stream: &StreamName,
+        known: Last,
+        with_head: bool,
+        end: Last,
+    ) -> Result<Option<Vec<(RecordedEvent, Place)>>> {
+        if end.sequence < known.sequence || (with_head && known.next == 0) {
+            return Ok(None);
+        }
+        let subject = self.inner.subjects.stream(stream);
+        let mut out: Vec<(RecordedEvent, Place)> = Vec::new();
+        let (mut next, mut from) = match with_head {
+            true => (known.next - 1, known.sequence),
+            false => (known.next, known.sequence + 1),
+        };
+        let mut catch_up = CatchUp::within(self.inner.config.timeout);
+        while from <= end.sequence {
+            let batch = self.fetch(&subject, from, BATCH).await?;
+            match batch.last() {
+                Some(last) => from = last.sequence + 1,
+                // As in a whole read: the replica that answered has not applied the
+                // leader's last writes yet.
+                None if catch_up.wait().await => continue,
+                None => {
+                    return Err(backend(format!(
+                        "the replicas did not catch up with the leader's sequence {} of {stream}",
+                        end.sequence
+                    )))
+                }
+            }
+            for m in batch.iter().take_while(|m| m.sequence <= end.sequence) {
+                match self.decode_any(m)? {
+                    Message::Event(e, place) if place.version == next => {
+                        next += 1;
+                        out.push((e, place));
+                    }
+                    Message::Marker(marker) if marker.next == next => {
+                        out.retain(|(e, _)| e.stream_version >= marker.start);
+                    }
+                    _ => return Ok(None),
+                }
+            }
+        }
+        Ok((next == end.next).then_some(out))
+    }
+
     pub(crate) async fn read_stream_vec(
         &self,
         stream: &StreamName,
@@ -522,9 +627,16 @@ impl NatsStore {
         stream: &StreamName,
         options: ReadStream,
     ) -> Result<(Vec<RecordedEvent>, u64)> {
-        let (mut events, next, start) = self.stream_events_started(stream).await?;
         let policies = self.policies().await?;
         let policy = crate::retention::policy_of(&policies, stream);
+        // Only the events from `from` on are shown by a forward read; under a retention
+        // policy, what expires is decided on the whole stream.
+        let from = match options.direction {
+            annals::Direction::Forward => options.from.map(annals::Version::get),
+            annals::Direction::Backward => None,
+        };
+        let from = from.filter(|_| policy.is_none());
+        let (mut events, next, start) = self.stream_events_from(stream, from).await?;
         let expired = crate::retention::expired(&events, policy, next, Timestamp::now());
         events.drain(..expired);
         // The range of versions asked for, from the first one reads show.

@@ -413,3 +413,110 @@ async fn woken(changes: &mut tokio::sync::watch::Receiver<()>) -> bool {
         .await
         .is_ok_and(|r| r.is_ok())
 }
+
+/// A client that wrote a stream reads on from its head (or from the head's own event, as a
+/// cached decision's catch-up does) by the messages from that head on alone; whatever other
+/// clients did since (appends, truncation, a deletion whose purge took the messages after
+/// that head, a retention policy, a tombstone), it shows exactly what a client that
+/// remembers nothing reads.
+#[tokio::test]
+async fn a_read_on_from_a_known_head_shows_what_a_whole_read_shows() {
+    use annals::{
+        DeleteMode, EventData, EventStore, ExpectedVersion, Retention, RetentionScope, StreamName,
+        Version,
+    };
+    let config = NatsConfig::new(&nats::shared().url).stream(nats::stream_name("t"));
+    let connect = || async { NatsStore::connect(config.clone()).await.unwrap() };
+    let events = |n: usize| -> Vec<EventData> {
+        (0..n)
+            .map(|_| EventData::new("E", b"{}".to_vec()))
+            .collect()
+    };
+    let (a, b) = (connect().await, connect().await);
+    // What other clients do to each stream after `a` appended 3 events.
+    let scenarios = [
+        "unmoved",
+        "appended",
+        "truncated",
+        "deleted at the head",
+        "deleted past the head",
+        "kept by count",
+    ];
+    for (i, what) in scenarios.into_iter().enumerate() {
+        let stream = StreamName::new(format!("Known-{i}")).unwrap();
+        let s = &stream;
+        a.append(s, ExpectedVersion::NoStream, events(3))
+            .await
+            .unwrap();
+        let append =
+            |at: u64, n: usize| b.append(s, ExpectedVersion::Exact(Version(at)), events(n));
+        match what {
+            "unmoved" => {}
+            "appended" => {
+                append(3, 2).await.unwrap();
+            }
+            "truncated" => {
+                append(3, 2).await.unwrap();
+                b.truncate_before(s, Version(4)).await.unwrap();
+            }
+            "deleted at the head" => {
+                b.delete_stream(s, ExpectedVersion::Any, DeleteMode::Soft)
+                    .await
+                    .unwrap();
+                append(3, 1).await.unwrap();
+            }
+            "deleted past the head" => {
+                append(3, 2).await.unwrap();
+                b.delete_stream(s, ExpectedVersion::Any, DeleteMode::Soft)
+                    .await
+                    .unwrap();
+                append(5, 1).await.unwrap();
+            }
+            "kept by count" => {
+                let keep_two = Retention {
+                    max_age: None,
+                    max_count: Some(2),
+                };
+                a.set_retention(&RetentionScope::Stream(s.clone()), keep_two)
+                    .await
+                    .unwrap();
+                append(3, 2).await.unwrap();
+            }
+            other => unreachable!("{other}"),
+        }
+        let whole = connect().await;
+        for from in [2, 3, 4] {
+            let page = |store: &NatsStore| {
+                let store = store.clone();
+                let stream = stream.clone();
+                async move {
+                    let page = store
+                        .read_page_from(&stream, Version(from), 100)
+                        .await
+                        .unwrap();
+                    let ids: Vec<_> = page
+                        .events
+                        .iter()
+                        .map(|e| (e.stream_version, e.event_id))
+                        .collect();
+                    (ids, page.start)
+                }
+            };
+            let (known, fresh) = (page(&a).await, page(&whole).await);
+            assert_eq!(known, fresh, "{what}, from {from}");
+        }
+    }
+    // A tombstone is refused either way.
+    let stream = StreamName::new("Known-tombstone").unwrap();
+    a.append(&stream, ExpectedVersion::NoStream, events(3))
+        .await
+        .unwrap();
+    b.delete_stream(&stream, ExpectedVersion::Any, DeleteMode::Hard)
+        .await
+        .unwrap();
+    let refused = a.read_page_from(&stream, Version(3), 100).await;
+    assert!(
+        matches!(refused, Err(annals::Error::StreamDeleted { .. })),
+        "{refused:?}"
+    );
+}
