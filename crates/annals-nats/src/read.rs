@@ -41,6 +41,14 @@ pub(crate) struct Last {
     pub(crate) start: u64,
 }
 
+/// What a client remembers of a stream's head: the last one it saw (none once the server
+/// said it moved), and the one before.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Known {
+    pub(crate) head: Option<Last>,
+    pub(crate) before: Option<Last>,
+}
+
 /// How many categories' last written sequences a client remembers.
 const CATEGORIES: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(4096) {
     Some(n) => n,
@@ -450,25 +458,49 @@ impl NatsStore {
     /// The head of `stream` as this client last saw it, if it remembers one.
     pub(crate) fn known_head(&self, stream: &StreamName) -> Option<Last> {
         let mut heads = self.inner.heads.lock().unwrap_or_else(|p| p.into_inner());
-        heads.get(stream).copied()
+        heads.get(stream).and_then(|known| known.head)
+    }
+
+    /// A head of `stream` this client saw whose version is at most one past `from`: the
+    /// last one, or the one before it (the head an append found moved, which a conflict's
+    /// read then reads on from).
+    fn anchor(&self, stream: &StreamName, from: u64) -> Option<Last> {
+        let mut heads = self.inner.heads.lock().unwrap_or_else(|p| p.into_inner());
+        let known = heads.get(stream)?;
+        [known.head, known.before]
+            .into_iter()
+            .flatten()
+            .find(|head| !head.tombstone && head.next <= from.saturating_add(1))
     }
 
     /// Remembers `last` as the head of `stream`, unless a later head is remembered.
     pub(crate) fn remember(&self, stream: &StreamName, last: Last) {
         let mut heads = self.inner.heads.lock().unwrap_or_else(|p| p.into_inner());
         match heads.get_mut(stream) {
-            Some(known) if known.sequence >= last.sequence => {}
-            Some(known) => *known = last,
+            Some(Known { head: Some(h), .. }) if h.sequence >= last.sequence => {}
+            Some(known) => {
+                known.before = known.head.or(known.before);
+                known.head = Some(last);
+            }
             None => {
-                heads.put(stream.clone(), last);
+                heads.put(
+                    stream.clone(),
+                    Known {
+                        head: Some(last),
+                        before: None,
+                    },
+                );
             }
         }
     }
 
-    /// Forgets the head of `stream` (the server said it moved).
+    /// Forgets the head of `stream` (the server said it moved); reads may still go on from
+    /// it.
     pub(crate) fn forget(&self, stream: &StreamName) {
         let mut heads = self.inner.heads.lock().unwrap_or_else(|p| p.into_inner());
-        heads.pop(stream);
+        if let Some(known) = heads.get_mut(stream) {
+            known.before = known.head.take().or(known.before);
+        }
     }
 
     /// Every event of `stream` reads show (those after its last marker), in order, with
@@ -505,8 +537,7 @@ impl NatsStore {
     ) -> Result<(Vec<(RecordedEvent, Place)>, u64, u64)> {
         // Asked before the leader's last message, which is remembered as the head.
         let known = from.and_then(|from| {
-            self.known_head(stream)
-                .filter(|head| !head.tombstone && head.next <= from.saturating_add(1))
+            self.anchor(stream, from)
                 .map(|head| (head, from < head.next))
         });
         let Some((end, end_event)) = self.head_event(stream).await? else {
