@@ -111,14 +111,17 @@ impl<D: Domain> Decider<D> {
         if !self.idle_unless_queued() {
             return;
         }
-        let coordinator = self.clone_with_load(LoadOption::RequireLoad);
+        let lane = Lane {
+            coordinator: self.clone_with_load(LoadOption::RequireLoad),
+            idle: false,
+        };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(async move { coordinator.coordinate().await });
+                runtime.spawn(lane.coordinate());
             }
             // No runtime to run the queue on (it is shutting down): the queued decisions
             // see their coordinator gone.
-            Err(_) => drop(self.take_queue(usize::MAX)),
+            Err(_) => drop(lane),
         }
     }
 
@@ -151,8 +154,8 @@ impl<D: Domain> Decider<D> {
         queue.drain(..n).collect()
     }
 
-    /// Runs batches until the queue is empty.
-    async fn coordinate(self) {
+    /// Runs batches until the queue is empty, then sets `idle` (the lane is gone).
+    async fn coordinate(&self, idle: &mut bool) {
         let mut carried: Vec<Member<D::State>> = Vec::new();
         loop {
             gather(|| self.queued()).await;
@@ -163,6 +166,7 @@ impl<D: Domain> Decider<D> {
                 if self.idle_unless_queued() {
                     continue;
                 }
+                *idle = true;
                 return;
             }
             // Code the batch runs here besides the store's (`evolve` folding a resync,
@@ -449,6 +453,31 @@ async fn offer<S: Clone>(
         }
     }
     (gathered, carried)
+}
+
+/// A coordinator, holding its stream's lane until the lane goes idle. Dropped before that
+/// (its task dropped with its runtime, run or not), it removes the lane: the decisions
+/// still queued see their coordinator gone, and later ones find the stream idle instead of
+/// queueing for good.
+struct Lane<D: Domain> {
+    coordinator: Decider<D>,
+    idle: bool,
+}
+
+impl<D: Domain> Lane<D> {
+    async fn coordinate(mut self) {
+        self.coordinator.coordinate(&mut self.idle).await;
+    }
+}
+
+impl<D: Domain> Drop for Lane<D> {
+    fn drop(&mut self) {
+        if !self.idle {
+            let d = &self.coordinator;
+            let mut lanes = d.category.lanes.lock().unwrap_or_else(|p| p.into_inner());
+            lanes.remove(&d.stream);
+        }
+    }
 }
 
 /// What a panic said, when it said it with a string (the payload `catch_unwind` gives).

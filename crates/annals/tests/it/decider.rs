@@ -1057,3 +1057,46 @@ async fn a_panic_while_coordinating_a_batch_fails_that_batch_and_strands_nobody(
     let state = decider.query(Clone::clone).await.unwrap();
     assert_eq!(state, [0, 1000, 5], "the failed batch wrote nothing");
 }
+
+/// A coordinator dropped mid-batch (its runtime shut down, as at the end of a test whose
+/// decider outlives it) leaves the stream idle: a decision from another runtime runs.
+#[test]
+fn a_coordinator_dropped_with_its_runtime_strands_nobody() {
+    let probe = Arc::new(Probe::default());
+    let cat = category(&probe, Some(Arc::new(Cache::new(100))));
+    let decider = Arc::new(cat.decider("runtimes").unwrap());
+    let first = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let held = first.block_on(async {
+        let (held, tasks) = queue_behind_a_held_append(&probe, &decider, 2).await;
+        let before = probe.appends.load(Ordering::SeqCst);
+        // The first decision's append goes through; the batch's waits on the store: the
+        // lock is fair, so a writer queued behind the first append comes before the
+        // batch's.
+        let mut again = std::pin::pin!(probe.gate.write());
+        assert!(futures::poll!(&mut again).is_pending());
+        drop(held);
+        let held = again.await;
+        until("the batch appends", || {
+            probe.appends.load(Ordering::SeqCst) > before
+        })
+        .await;
+        drop(tasks);
+        held
+    });
+    // The coordinator is in the middle of its append when its runtime goes.
+    first.shutdown_timeout(Duration::from_secs(10));
+    drop(held);
+    let second = tokio::runtime::Runtime::new().unwrap();
+    second.block_on(async {
+        let next =
+            tokio::time::timeout(Duration::from_secs(30), decider.transact(|_| add(9))).await;
+        assert!(
+            next.is_ok(),
+            "the stream takes decisions after its coordinator was dropped"
+        );
+    });
+}
