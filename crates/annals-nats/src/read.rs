@@ -562,34 +562,16 @@ impl NatsStore {
                 return Ok((events, end.next, end.start));
             }
         }
-        let subject = self.inner.subjects.stream(stream);
         let mut out = Vec::new();
-        let mut from = 1;
-        let mut catch_up = CatchUp::within(self.inner.config.timeout);
-        while from <= end.sequence {
-            let batch = self.fetch(&subject, from, BATCH).await?;
-            match batch.last() {
-                Some(last) => from = last.sequence + 1,
-                // The replica that answered has not applied the leader's last writes yet; it
-                // will, and nothing signals when.
-                None if catch_up.wait().await => continue,
-                None => {
-                    return Err(backend(format!(
-                        "the replicas did not catch up with the leader's sequence {} of {stream}",
-                        end.sequence
-                    )))
-                }
+        self.each_message(stream, 1, end.sequence, |m| {
+            match self.decode_any(m)? {
+                Message::Event(e, place) => out.push((e, place)),
+                // A deletion or truncation hides the versions below its start.
+                Message::Marker(m) => out.retain(|(e, _)| e.stream_version >= m.start),
             }
-            for m in &batch {
-                if m.sequence <= end.sequence {
-                    match self.decode_any(m)? {
-                        Message::Event(e, place) => out.push((e, place)),
-                        // A deletion or truncation hides the versions below its start.
-                        Message::Marker(m) => out.retain(|(e, _)| e.stream_version >= m.start),
-                    }
-                }
-            }
-        }
+            Ok(true)
+        })
+        .await?;
         Ok((out, end.next, end.start))
     }
 
@@ -606,41 +588,65 @@ impl NatsStore {
         if end.sequence < known.sequence || (with_head && known.next == 0) {
             return Ok(None);
         }
-        let subject = self.inner.subjects.stream(stream);
         let mut out: Vec<(RecordedEvent, Place)> = Vec::new();
-        let (mut next, mut from) = match with_head {
+        let (mut next, from) = match with_head {
             true => (known.next - 1, known.sequence),
             false => (known.next, known.sequence + 1),
         };
-        let mut catch_up = CatchUp::within(self.inner.config.timeout);
-        while from <= end.sequence {
-            let batch = self.fetch(&subject, from, BATCH).await?;
-            match batch.last() {
-                Some(last) => from = last.sequence + 1,
-                // As in a whole read: the replica that answered has not applied the
-                // leader's last writes yet.
-                None if catch_up.wait().await => continue,
-                None => {
-                    return Err(backend(format!(
-                        "the replicas did not catch up with the leader's sequence {} of {stream}",
-                        end.sequence
-                    )))
-                }
-            }
-            for m in batch.iter().take_while(|m| m.sequence <= end.sequence) {
-                match self.decode_any(m)? {
+        let whole = self
+            .each_message(stream, from, end.sequence, |m| {
+                Ok(match self.decode_any(m)? {
                     Message::Event(e, place) if place.version == next => {
                         next += 1;
                         out.push((e, place));
+                        true
                     }
                     Message::Marker(marker) if marker.next == next => {
                         out.retain(|(e, _)| e.stream_version >= marker.start);
+                        true
                     }
-                    _ => return Ok(None),
+                    _ => false,
+                })
+            })
+            .await?;
+        if !whole {
+            return Ok(None);
+        }
+        Ok((next == end.next).then_some(out))
+    }
+
+    /// Hands `visit` the messages of `stream` from sequence `from` to `end` (as the leader
+    /// has it), in order, asking again while the replica answering has not applied them
+    /// yet; stops, answering false, when `visit` does.
+    async fn each_message(
+        &self,
+        stream: &StreamName,
+        mut from: u64,
+        end: u64,
+        mut visit: impl FnMut(&Stored) -> Result<bool>,
+    ) -> Result<bool> {
+        let subject = self.inner.subjects.stream(stream);
+        let mut catch_up = CatchUp::within(self.inner.config.timeout);
+        while from <= end {
+            let batch = self.fetch(&subject, from, BATCH).await?;
+            match batch.last() {
+                Some(last) => from = last.sequence + 1,
+                // The replica that answered has not applied the leader's last writes yet; it
+                // will, and nothing signals when.
+                None if catch_up.wait().await => continue,
+                None => {
+                    return Err(backend(format!(
+                        "the replicas did not catch up with the leader's sequence {end} of {stream}"
+                    )))
+                }
+            }
+            for m in batch.iter().take_while(|m| m.sequence <= end) {
+                if !visit(m)? {
+                    return Ok(false);
                 }
             }
         }
-        Ok((next == end.next).then_some(out))
+        Ok(true)
     }
 
     pub(crate) async fn read_stream_vec(
