@@ -47,6 +47,10 @@ struct Probe {
     interfere_at: AtomicUsize,
     /// Appends wait while a test holds this for writing.
     gate: tokio::sync::RwLock<()>,
+    /// The number of the append (counting from 1) that also waits while a test holds
+    /// `hold` for writing.
+    hold_at: AtomicUsize,
+    hold: tokio::sync::RwLock<()>,
     /// The most bytes of event bodies and metadata one append carried.
     largest: AtomicUsize,
 }
@@ -69,6 +73,10 @@ impl EventStore for Probe {
         let bytes = events.iter().map(EventData::size).sum();
         self.largest.fetch_max(bytes, Ordering::SeqCst);
         let _open = self.gate.read().await;
+        let _held = match self.hold_at.load(Ordering::SeqCst) == number {
+            true => Some(self.hold.read().await),
+            false => None,
+        };
         if self
             .interfere
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -1072,20 +1080,17 @@ fn a_coordinator_dropped_with_its_runtime_strands_nobody() {
         .unwrap();
     let held = first.block_on(async {
         let (held, tasks) = queue_behind_a_held_append(&probe, &decider, 2).await;
+        // The first decision's append goes through; the batch's (the next) waits.
         let before = probe.appends.load(Ordering::SeqCst);
-        // The first decision's append goes through; the batch's waits on the store: the
-        // lock is fair, so a writer queued behind the first append comes before the
-        // batch's.
-        let mut again = std::pin::pin!(probe.gate.write());
-        assert!(futures::poll!(&mut again).is_pending());
+        probe.hold_at.store(before + 1, Ordering::SeqCst);
+        let batch_held = probe.hold.write().await;
         drop(held);
-        let held = again.await;
         until("the batch appends", || {
             probe.appends.load(Ordering::SeqCst) > before
         })
         .await;
         drop(tasks);
-        held
+        batch_held
     });
     // The coordinator is in the middle of its append when its runtime goes.
     first.shutdown_timeout(Duration::from_secs(10));
