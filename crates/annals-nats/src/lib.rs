@@ -22,6 +22,7 @@ mod leases;
 mod lifecycle;
 mod read;
 mod retention;
+mod stream_read;
 mod subject;
 mod write;
 
@@ -186,7 +187,7 @@ pub(crate) struct Inner {
     /// The last event (sequence and version) of recently written or read streams, as this
     /// client last saw it: an append's guess at its stream's head, which the server checks
     /// (a stale guess is refused and re-read), so appending costs one round trip.
-    heads: std::sync::Mutex<lru::LruCache<StreamName, read::Known>>,
+    heads: std::sync::Mutex<lru::LruCache<StreamName, stream_read::Known>>,
     /// The retention policies as this process last loaded them.
     policies: std::sync::Mutex<retention::Policies>,
     /// Where this client's appends were acknowledged: feed reads show them.

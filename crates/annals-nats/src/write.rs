@@ -12,7 +12,8 @@ use async_nats::HeaderMap;
 use serde::Deserialize;
 
 use crate::envelope::{self, Place};
-use crate::read::{Last, START_HEADER};
+use crate::read::START_HEADER;
+use crate::stream_read::Last;
 use crate::{backend, NatsStore, MAX_BATCH};
 
 /// How often an append re-reads the stream's head after another writer moved it, before
