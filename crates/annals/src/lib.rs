@@ -123,7 +123,7 @@ pub use version::{ExpectedVersion, ParsePositionError, Position, Timestamp, Vers
 /// What only store implementations need (users of a store never do): validating what is
 /// appended or imported, the one idempotency rule, positions as raw values, the range a
 /// stream read covers, the read-model checks every [`ReadModelStore`] applies, and how a
-/// batch lets ready callers join before it is taken.
+/// batch lets ready callers join before it is taken, and what a caught panic said.
 pub mod backend {
     pub use crate::decider::batch::{gather, panic_message};
     pub use crate::event::{validate_batch, validate_import, validate_many};

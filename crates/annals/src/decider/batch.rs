@@ -9,9 +9,10 @@
 //! append, and tells every member how it ended. On a conflict every member decides again on
 //! the resynced state; a member's own errors (encoding, references) are its alone. The
 //! coordinator takes the next batch only after this one is answered, so a decision waits
-//! for at most the decisions queued before it A panic in code the coordinator runs (`evolve` folding a
-//! resync, a snapshot's codec, the store) fails that batch's decisions, with an error
-//! saying so, and the coordinator goes on with the queue.
+//! for at most the decisions queued before it. A panic in code the coordinator runs
+//! (`evolve` folding a resync, a snapshot's codec, the store) fails that batch's decisions,
+//! with an error saying so, and the coordinator goes on with the queue; a coordinator
+//! dropped with its runtime leaves the stream idle.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
