@@ -186,7 +186,8 @@ pub(crate) struct Inner {
     listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The last event (sequence and version) of recently written or read streams, as this
     /// client last saw it: an append's guess at its stream's head, which the server checks
-    /// (a stale guess is refused and re-read), so appending costs one round trip.
+    /// (a stale guess is refused and re-read), so appending costs one round trip; with the
+    /// head before it, where a forward read of the stream goes on from.
     heads: std::sync::Mutex<lru::LruCache<StreamName, stream_read::Known>>,
     /// The retention policies as this process last loaded them.
     policies: std::sync::Mutex<retention::Policies>,
