@@ -439,14 +439,15 @@ impl EventStore for NatsStore {
         stream: &'a StreamName,
         options: ReadStream,
     ) -> BoxStream<'a, Result<RecordedEvent>> {
-        let store = self.clone();
-        let stream = stream.clone();
-        futures::stream::once(async move { store.read_stream_vec(&stream, options).await })
-            .flat_map(|r| match r {
-                Ok(events) => futures::stream::iter(events.into_iter().map(Ok)).boxed(),
-                Err(e) => futures::stream::iter([Err(e)]).boxed(),
-            })
-            .boxed()
+        let (store, stream) = (self.clone(), stream.clone());
+        match (options.direction, options.from) {
+            // Newest first from the end: the newest event alone when that is all the
+            // caller takes.
+            (annals::Direction::Backward, None) if options.limit != Some(0) => {
+                store.read_back(stream, options.limit)
+            }
+            _ => stream_read::events_of(store, stream, options),
+        }
     }
 
     async fn read_all(&self, from: Position, filter: &Filter, limit: usize) -> Result<AllPage> {

@@ -550,3 +550,109 @@ async fn a_read_on_from_a_known_head_shows_what_a_whole_read_shows() {
         "{refused:?}"
     );
 }
+
+/// A backward read from the end (its newest event from the stream's last message, the
+/// rest read when asked for) shows what a whole read shows, newest first, whatever the
+/// last message is: an event, a truncation's or deletion's marker, under a retention
+/// policy, or nothing; a tombstone is refused.
+#[tokio::test]
+async fn a_backward_read_from_the_end_shows_the_whole_read_newest_first() {
+    use annals::{
+        DeleteMode, EventData, EventStore, ExpectedVersion, ReadStream, RecordedEvent, Retention,
+        RetentionScope, StreamName, Version,
+    };
+    use futures::TryStreamExt;
+    let store = fresh().await;
+    let events = |n: usize| -> Vec<EventData> {
+        (0..n)
+            .map(|_| EventData::new("E", b"{}".to_vec()))
+            .collect()
+    };
+    let ids = |read: Vec<RecordedEvent>| -> Vec<_> {
+        read.iter()
+            .map(|e| (e.stream_version, e.event_id))
+            .collect()
+    };
+    let scenarios = [
+        "events",
+        "truncated",
+        "deleted",
+        "deleted then appended",
+        "kept by count",
+        "none",
+    ];
+    for (i, what) in scenarios.into_iter().enumerate() {
+        let stream = StreamName::new(format!("Back-{i}")).unwrap();
+        let s = &stream;
+        if what != "none" {
+            store
+                .append(s, ExpectedVersion::NoStream, events(4))
+                .await
+                .unwrap();
+        }
+        match what {
+            "truncated" => {
+                store.truncate_before(s, Version(2)).await.unwrap();
+            }
+            "deleted" | "deleted then appended" => {
+                store
+                    .delete_stream(s, ExpectedVersion::Any, DeleteMode::Soft)
+                    .await
+                    .unwrap();
+                if what == "deleted then appended" {
+                    store
+                        .append(s, ExpectedVersion::Exact(Version(4)), events(2))
+                        .await
+                        .unwrap();
+                }
+            }
+            "kept by count" => {
+                let keep_two = Retention {
+                    max_age: None,
+                    max_count: Some(2),
+                };
+                store
+                    .set_retention(&RetentionScope::Stream(s.clone()), keep_two)
+                    .await
+                    .unwrap();
+            }
+            _ => {}
+        }
+        let mut whole = ids(store
+            .read_stream(s, ReadStream::forward())
+            .try_collect()
+            .await
+            .unwrap());
+        whole.reverse();
+        for limit in [None, Some(1), Some(2), Some(10)] {
+            let read = ReadStream {
+                limit,
+                ..ReadStream::backward()
+            };
+            let back = ids(store.read_stream(s, read).try_collect().await.unwrap());
+            let expected: Vec<_> = whole
+                .iter()
+                .copied()
+                .take(limit.unwrap_or(usize::MAX))
+                .collect();
+            assert_eq!(back, expected, "{what}, limit {limit:?}");
+        }
+    }
+    let stream = StreamName::new("Back-tombstone").unwrap();
+    store
+        .append(&stream, ExpectedVersion::NoStream, events(2))
+        .await
+        .unwrap();
+    store
+        .delete_stream(&stream, ExpectedVersion::Any, DeleteMode::Hard)
+        .await
+        .unwrap();
+    let refused: annals::Result<Vec<RecordedEvent>> = store
+        .read_stream(&stream, ReadStream::backward())
+        .try_collect()
+        .await;
+    assert!(
+        matches!(refused, Err(annals::Error::StreamDeleted { .. })),
+        "{refused:?}"
+    );
+}
