@@ -28,6 +28,20 @@ pub(crate) fn parked(group: &str, i: usize) -> annals::ParkedStream {
     }
 }
 
+/// `n` events of type `E` with an empty object.
+fn events(n: usize) -> Vec<annals::EventData> {
+    (0..n)
+        .map(|_| annals::EventData::new("E", b"{}".to_vec()))
+        .collect()
+}
+
+/// The versions and ids of `read`, in its order.
+fn ids(read: &[annals::RecordedEvent]) -> Vec<(u64, annals::Uuid)> {
+    read.iter()
+        .map(|e| (e.stream_version, e.event_id))
+        .collect()
+}
+
 annals_testkit::conformance_suite!(|| async { TestStore::new(Arc::new(crate::fresh().await)) });
 
 /// A feed page cut short by its byte limit (8 MiB of messages asked per batch, however
@@ -421,16 +435,10 @@ async fn woken(changes: &mut tokio::sync::watch::Receiver<()>) -> bool {
 #[tokio::test]
 async fn a_read_on_from_a_known_head_shows_what_a_whole_read_shows() {
     use annals::{
-        DeleteMode, EventData, EventStore, ExpectedVersion, Retention, RetentionScope, StreamName,
-        Version,
+        DeleteMode, EventStore, ExpectedVersion, Retention, RetentionScope, StreamName, Version,
     };
     let config = NatsConfig::new(&nats::shared().url).stream(nats::stream_name("t"));
     let connect = || async { NatsStore::connect(config.clone()).await.unwrap() };
-    let events = |n: usize| -> Vec<EventData> {
-        (0..n)
-            .map(|_| EventData::new("E", b"{}".to_vec()))
-            .collect()
-    };
     let (a, b) = (connect().await, connect().await);
     // What other clients do to each stream after `a` appended 3 events.
     let scenarios = [
@@ -493,12 +501,7 @@ async fn a_read_on_from_a_known_head_shows_what_a_whole_read_shows() {
                         .read_page_from(&stream, Version(from), 100)
                         .await
                         .unwrap();
-                    let ids: Vec<_> = page
-                        .events
-                        .iter()
-                        .map(|e| (e.stream_version, e.event_id))
-                        .collect();
-                    (ids, page.start)
+                    (ids(&page.events), page.start)
                 }
             };
             let (known, fresh) = (page(&a).await, page(&whole).await);
@@ -522,13 +525,7 @@ async fn a_read_on_from_a_known_head_shows_what_a_whole_read_shows() {
                 .await
                 .unwrap();
             match answer {
-                annals::AppendAt::Conflict { actual, events } => {
-                    let ids: Vec<_> = events
-                        .iter()
-                        .map(|e| (e.stream_version, e.event_id))
-                        .collect();
-                    (actual, ids)
-                }
+                annals::AppendAt::Conflict { actual, events } => (actual, ids(&events)),
                 other => panic!("refused: {other:?}"),
             }
         }
@@ -558,21 +555,11 @@ async fn a_read_on_from_a_known_head_shows_what_a_whole_read_shows() {
 #[tokio::test]
 async fn a_backward_read_from_the_end_shows_the_whole_read_newest_first() {
     use annals::{
-        DeleteMode, EventData, EventStore, ExpectedVersion, ReadStream, RecordedEvent, Retention,
+        DeleteMode, EventStore, ExpectedVersion, ReadStream, RecordedEvent, Retention,
         RetentionScope, StreamName, Version,
     };
     use futures::TryStreamExt;
     let store = fresh().await;
-    let events = |n: usize| -> Vec<EventData> {
-        (0..n)
-            .map(|_| EventData::new("E", b"{}".to_vec()))
-            .collect()
-    };
-    let ids = |read: Vec<RecordedEvent>| -> Vec<_> {
-        read.iter()
-            .map(|e| (e.stream_version, e.event_id))
-            .collect()
-    };
     let scenarios = [
         "events",
         "truncated",
@@ -618,18 +605,20 @@ async fn a_backward_read_from_the_end_shows_the_whole_read_newest_first() {
             }
             _ => {}
         }
-        let mut whole = ids(store
+        let read: Vec<RecordedEvent> = store
             .read_stream(s, ReadStream::forward())
             .try_collect()
             .await
-            .unwrap());
+            .unwrap();
+        let mut whole = ids(&read);
         whole.reverse();
         for limit in [None, Some(1), Some(2), Some(10)] {
             let read = ReadStream {
                 limit,
                 ..ReadStream::backward()
             };
-            let back = ids(store.read_stream(s, read).try_collect().await.unwrap());
+            let back: Vec<RecordedEvent> = store.read_stream(s, read).try_collect().await.unwrap();
+            let back = ids(&back);
             let expected: Vec<_> = whole
                 .iter()
                 .copied()
