@@ -5,8 +5,8 @@
 
 use annals::backend::idempotency::{self, Found, Verdict};
 use annals::{
-    AppendResult, Error, EventData, ExpectedVersion, Position, Result, StreamAppend, StreamName,
-    Timestamp, Version,
+    AppendResult, Error, EventData, ExpectedVersion, Position, RecordedEvent, Result, StreamAppend,
+    StreamName, Timestamp, Uuid, Version,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -228,6 +228,61 @@ pub(crate) const INSERT_EVENT: &str =
      event_id, event_type, data, metadata, correlation_id, causation_id, recorded_at) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
 
+/// An event's own columns of its row: what [`insert_event`] takes besides its place and
+/// time, from an event appended or imported.
+pub(crate) struct EventColumns<'a> {
+    id: &'a Uuid,
+    event_type: &'a str,
+    data: &'a [u8],
+    metadata: Option<&'a [u8]>,
+    correlation_id: Option<&'a Uuid>,
+    causation_id: Option<&'a Uuid>,
+}
+
+/// `EventColumns` from an appended and from an imported event (the same fields on both).
+macro_rules! event_columns_from {
+    ($($event:ty),*) => {$(
+        impl<'a> From<&'a $event> for EventColumns<'a> {
+            fn from(e: &'a $event) -> Self {
+                Self {
+                    id: &e.event_id,
+                    event_type: &e.event_type,
+                    data: &e.data,
+                    metadata: e.metadata.as_deref(),
+                    correlation_id: e.correlation_id.as_ref(),
+                    causation_id: e.causation_id.as_ref(),
+                }
+            }
+        }
+    )*};
+}
+
+event_columns_from!(EventData, RecordedEvent);
+
+/// Inserts an event's row at `version` of the stream `stream_id`, in the append that began
+/// at `batch_start`, with `insert` (the prepared [`INSERT_EVENT`]).
+pub(crate) fn insert_event(
+    insert: &mut rusqlite::CachedStatement<'_>,
+    stream_id: i64,
+    version: i64,
+    batch_start: i64,
+    event: EventColumns<'_>,
+    recorded_at: i64,
+) -> rusqlite::Result<usize> {
+    insert.execute(params![
+        stream_id,
+        version,
+        batch_start,
+        &event.id.as_bytes()[..],
+        event.event_type,
+        event.data,
+        event.metadata,
+        event.correlation_id.map(|u| &u.as_bytes()[..]),
+        event.causation_id.map(|u| &u.as_bytes()[..]),
+        recorded_at,
+    ])
+}
+
 fn try_append(
     conn: &Connection,
     stream: &StreamName,
@@ -256,18 +311,14 @@ fn try_append(
     let mut insert = conn.prepare_cached(INSERT_EVENT).map_err(sql)?;
     let mut first_position = 0;
     for (i, e) in events.iter().enumerate() {
-        let inserted = insert.execute(params![
+        let inserted = insert_event(
+            &mut insert,
             stream_id,
             start + i as i64,
             start,
-            &e.event_id.as_bytes()[..],
-            e.event_type,
-            e.data,
-            e.metadata,
-            e.correlation_id.as_ref().map(|u| &u.as_bytes()[..]),
-            e.causation_id.as_ref().map(|u| &u.as_bytes()[..]),
+            e.into(),
             now,
-        ]);
+        );
         match inserted {
             Ok(_) => {}
             Err(e) if is_unique_violation(&e) => return Ok(Attempt::Recorded),

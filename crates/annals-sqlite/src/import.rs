@@ -3,7 +3,7 @@
 use annals::{Error, ExpectedVersion, Result, StreamName, Version};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::append::{claim, is_unique_violation, stream_row, INSERT_EVENT};
+use crate::append::{claim, insert_event, is_unique_violation, stream_row, INSERT_EVENT};
 use crate::writer::sql;
 
 /// Begins the stream of `e` at `e`'s version if this store does not have it, or has it at
@@ -59,18 +59,8 @@ pub(crate) fn import(conn: &Connection, events: &[annals::RecordedEvent]) -> Res
                 actual: Version(stream_row(conn, &e.stream)?.map_or(0, |(_, v)| v)),
             });
         };
-        let inserted = insert.execute(params![
-            stream_id,
-            start,
-            start,
-            &e.event_id.as_bytes()[..],
-            e.event_type,
-            e.data,
-            e.metadata,
-            e.correlation_id.as_ref().map(|u| &u.as_bytes()[..]),
-            e.causation_id.as_ref().map(|u| &u.as_bytes()[..]),
-            e.recorded_at.unix_micros(),
-        ]);
+        let at = e.recorded_at.unix_micros();
+        let inserted = insert_event(&mut insert, stream_id, start, start, e.into(), at);
         match inserted {
             Ok(_) => written += 1,
             Err(err) if is_unique_violation(&err) => {
