@@ -354,10 +354,12 @@ struct Shown<'t> {
 }
 
 /// The body of `POST /todos` (`title` required) and of `PATCH /todos/{id}` (every field
-/// optional).
+/// optional): a JSON object only (see [`TodoBody`]'s `Deserialize`).
+struct TodoBody(TodoFields);
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TodoBody {
+struct TodoFields {
     title: Option<String>,
     order: Option<i64>,
     completed: Option<bool>,
@@ -365,6 +367,25 @@ struct TodoBody {
     _id: Option<IgnoredAny>,
     #[serde(default, rename = "url")]
     _url: Option<IgnoredAny>,
+}
+
+/// Only from an object: serde's derived `Deserialize` also takes a struct's fields as an
+/// array in field order (`["walk the dog", 1, true]`), which is no TodoBackend body.
+impl<'de> Deserialize<'de> for TodoBody {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Object;
+        impl<'de> serde::de::Visitor<'de> for Object {
+            type Value = TodoBody;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<TodoBody, A::Error> {
+                TodoFields::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(TodoBody)
+            }
+        }
+        deserializer.deserialize_map(Object)
+    }
 }
 
 /// Parses a JSON body, telling malformed JSON from a well-formed but invalid request.
@@ -457,7 +478,7 @@ async fn add(
     headers: HeaderMap,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let new: TodoBody = body(&headers, bytes)?;
+    let TodoBody(new) = body(&headers, bytes)?;
     let title = title(
         new.title
             .ok_or_else(|| ApiError::Invalid("missing field `title`".into()))?,
@@ -494,7 +515,7 @@ async fn update(
     headers: HeaderMap,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let sent: TodoBody = body(&headers, bytes)?;
+    let TodoBody(sent) = body(&headers, bytes)?;
     let patch = Patch {
         title: sent.title.map(title).transpose()?,
         completed: sent.completed,

@@ -453,6 +453,27 @@ async fn bad_input_is_refused_with_nothing_written(api: &Api) {
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid",
         ),
+        // A body's fields as an array in field order (serde's other form of a struct).
+        (
+            api.post(
+                "/todos?client=strict",
+                json!(["walk", 1, false, null, null]),
+            )
+            .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            api.patch(&url, json!(["renamed", 2, true, null, null]))
+                .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            api.patch(&url, json!([])).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
         // NUL is refused on every store (PostgreSQL text cannot hold it).
         (
             api.post("/todos?client=strict", json!({"title": "a\u{0}b"}))
