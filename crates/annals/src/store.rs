@@ -512,7 +512,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// The position of the last event [`read_all`](EventStore::read_all) from the start
     /// would return now, or `None` when it would return none: where to start following
     /// only new events. The stores answer from an index in one round trip; the default
-    /// walks the whole feed.
+    /// walks the whole feed. Where the last events written have expired by retention
+    /// since (hidden, not yet scavenged), the stores' answer may be the last of those: it
+    /// is never before an event `read_all` shows, and reading on from it returns exactly
+    /// the events written after it.
     async fn head_position(&self) -> Result<Option<Position>> {
         let (mut from, mut head) = (Position::START, None);
         loop {

@@ -198,6 +198,37 @@ pub async fn retention_max_count_and_age(store: Arc<dyn EventStore>) {
         versions(s, &name("Kept-1"), ReadStream::forward()).await,
         [0, 1]
     );
+    // The head may be an event expired since (the last one written, `Ret-3`'s): it is
+    // past every event shown, and following from it shows exactly what comes after.
+    let head = s
+        .head_position()
+        .await
+        .unwrap()
+        .expect("events were written");
+    let shown_now = read_everything(&store).await;
+    assert!(
+        shown_now.iter().all(|e| e.position <= head),
+        "the head {head} is before an event read-all shows: {shown_now:?}"
+    );
+    s.append(&name("Kept-2"), ExpectedVersion::NoStream, batch(1))
+        .await
+        .unwrap();
+    store.await_visible().await.unwrap();
+    let page = s.read_all(head, &Filter::all(), 100).await.unwrap();
+    let after: Vec<_> = page
+        .events
+        .iter()
+        .map(|e| (e.stream.to_string(), e.stream_version))
+        .collect();
+    assert_eq!(
+        after,
+        pairs(&[("Kept-2", 0)]),
+        "only what came after the head"
+    );
+    assert_eq!(
+        s.head_position().await.unwrap(),
+        Some(page.events[0].position)
+    );
 
     // Widening the policy shows them again (logical expiry: nothing was removed).
     policy(
