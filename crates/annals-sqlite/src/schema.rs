@@ -178,15 +178,25 @@ fn migrate(mut conn: Connection, path: &Path) -> Result<Connection, OpenError> {
     let current: i64 = tx
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(&err)?;
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        tx.execute_batch(sql).map_err(&err)?;
-        tracing::info!(path = %path.display(), version = i + 1, "applied schema migration");
+    let app_id: i32 = tx
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(&err)?;
+    // A store already at this version is opened without writing: setting the header's
+    // fields again, even to the same values, writes a page (and fails on a full disk,
+    // where the store must still open for reads).
+    if current == SCHEMA_VERSION && app_id == APPLICATION_ID {
+        tx.rollback().map_err(&err)?;
+    } else {
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            tx.execute_batch(sql).map_err(&err)?;
+            tracing::info!(path = %path.display(), version = i + 1, "applied schema migration");
+        }
+        tx.execute_batch(&format!(
+            "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
+        ))
+        .map_err(&err)?;
+        tx.commit().map_err(&err)?;
     }
-    tx.execute_batch(&format!(
-        "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
-    ))
-    .map_err(&err)?;
-    tx.commit().map_err(&err)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }

@@ -257,6 +257,37 @@ async fn events_survive_closing_and_reopening() {
     );
 }
 
+/// Opening a store already at this build's schema commits nothing, so a store on a full
+/// disk still opens for reading (`annals read`, `annals stats`).
+#[tokio::test]
+async fn opening_a_current_store_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("annals.db");
+    {
+        let store = SqliteStore::open(SqliteConfig::new(&path)).unwrap();
+        store
+            .append(&name("Open-1"), ExpectedVersion::NoStream, vec![ev("A")])
+            .await
+            .unwrap();
+    }
+    // Another connection's view: `data_version` changes when any other connection commits.
+    let observer = rusqlite::Connection::open(&path).unwrap();
+    let commits = || -> i64 {
+        observer
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .unwrap()
+    };
+    let before = commits();
+    {
+        let store = SqliteStore::open(SqliteConfig::new(&path)).unwrap();
+        assert_eq!(
+            store.stream_version(&name("Open-1")).await.unwrap(),
+            Version(1)
+        );
+    }
+    assert_eq!(commits(), before, "opening the store committed a change");
+}
+
 #[tokio::test]
 async fn one_conflict_in_a_group_commit_fails_only_itself() {
     let (store, _dir) = crate::fresh();
