@@ -439,6 +439,11 @@ impl PgStore {
         let mut client = self.client_for_setup().await?;
         let name = self.inner.config.schema.clone();
         let schema = config::quoted(&name);
+        // A schema already at this version is opened without writing or locking anything:
+        // a read-only role (no CREATE on the database) or a standby can read the store.
+        if recognise(&**client, &name).await? == SCHEMA_VERSION {
+            return Ok(Vec::new());
+        }
         let tx = client.transaction().await?;
         tx.execute(
             "SELECT pg_advisory_xact_lock(hashtext($1))",

@@ -107,6 +107,68 @@ async fn migrations_are_idempotent_and_newer_schemas_are_refused() {
     ));
 }
 
+/// A store already at this version opens and reads with a role that may only read, in
+/// read-only transactions (as on a standby): opening writes and locks nothing.
+#[tokio::test]
+async fn a_read_only_role_opens_a_current_store_and_reads_it() {
+    let store = crate::fresh().await;
+    let schema = store.config().schema.clone();
+    let stream = StreamName::new("Ro-1").unwrap();
+    store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![EventData::new("A", b"{}".to_vec())],
+        )
+        .await
+        .unwrap();
+    let role = format!("{schema}_reader");
+    let admin = postgres::connect(&postgres::shared().url).await;
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN PASSWORD 'reader'; \
+             GRANT USAGE ON SCHEMA {schema} TO {role}; \
+             GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}; \
+             ALTER ROLE {role} SET default_transaction_read_only = on"
+        ))
+        .await
+        .unwrap();
+    let mut connection = postgres::shared().connection();
+    connection.user(&role).password("reader");
+    let opened = async {
+        let reader = PgStore::connect(PgConfig::new(connection).schema(schema.clone())).await?;
+        let applied = reader.migrate().await?;
+        Ok::<_, PgError>((reader, applied))
+    }
+    .await;
+    let result = match opened {
+        Ok((reader, applied)) => {
+            let read = reader
+                .read_stream_vec(&stream, ReadStream::forward())
+                .await
+                .map(|events| events.len());
+            let append = reader
+                .append(
+                    &stream,
+                    ExpectedVersion::Any,
+                    vec![EventData::new("B", b"{}".to_vec())],
+                )
+                .await;
+            Ok((applied, read, append.is_err()))
+        }
+        Err(e) => Err(e),
+    };
+    admin
+        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .await
+        .unwrap();
+    let (applied, read, refused) = result.expect("a read-only role opens the store");
+    assert!(applied.is_empty());
+    assert_eq!(read.unwrap(), 1);
+    assert!(refused, "a read-only role's append is refused");
+    assert_eq!(store.stream_version(&stream).await.unwrap(), Version(1));
+}
+
 #[tokio::test]
 async fn a_projection_commits_read_model_events_and_checkpoint_together() {
     let store = crate::fresh().await;
