@@ -440,7 +440,7 @@ impl PgStore {
         let name = self.inner.config.schema.clone();
         let schema = config::quoted(&name);
         // A schema already at this version is opened without writing or locking anything:
-        // a read-only role (no CREATE on the database) or read-only transactions can read.
+        // a read-only role (no CREATE on the database) or a hot standby can read the store.
         if recognise(&**client, &name).await? == SCHEMA_VERSION {
             return Ok(Vec::new());
         }
