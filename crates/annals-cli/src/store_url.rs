@@ -189,26 +189,32 @@ fn sqlite(url: &url::Url) -> Result<SqliteConfig, String> {
 fn postgres(url: &url::Url) -> Result<PgConfig, String> {
     let (mut schema, mut pool, mut groups, mut mode, mut root) = (None, None, None, None, None);
     let mut passed = Vec::new();
-    for (key, value) in url.query_pairs() {
-        match key.as_ref() {
-            "annals_schema" => schema = Some(value.into_owned()),
+    for (key, value) in uri_pairs(url)? {
+        match key.as_str() {
+            "annals_schema" => schema = Some(value),
             "annals_pool" => pool = Some(at_least_one("annals_pool", &value)?),
             "annals_group_commits" => groups = Some(at_least_one("annals_group_commits", &value)?),
             "sslmode" => mode = Some(value.parse::<SslMode>().map_err(|e| e.to_string())?),
             "sslrootcert" => {
-                root = Some(match value.as_ref() {
+                root = Some(match value.as_str() {
                     "system" => RootCerts::System,
                     path => RootCerts::File(PathBuf::from(path)),
                 })
             }
-            _ => passed.push((key.into_owned(), value.into_owned())),
+            _ => passed.push((key, value)),
         }
     }
+    // Percent-encoded, not form-encoded: the driver decodes `%20` but keeps a `+` (which
+    // form encoding makes of a space, as in `options=-c statement_timeout=5s`).
+    let encode = |s: &str| {
+        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    let query: Vec<String> = passed
+        .iter()
+        .map(|(key, value)| format!("{}={}", encode(key), encode(value)))
+        .collect();
     let mut driver = url.clone();
-    driver.set_query(None);
-    if !passed.is_empty() {
-        driver.query_pairs_mut().extend_pairs(&passed);
-    }
+    driver.set_query((!query.is_empty()).then(|| query.join("&")).as_deref());
     let connection: annals_postgres::tokio_postgres::Config = driver
         .as_str()
         .parse()
@@ -228,6 +234,27 @@ fn postgres(url: &url::Url) -> Result<PgConfig, String> {
         config = config.group_commits(n);
     }
     Ok(config)
+}
+
+/// A PostgreSQL URL's query as libpq reads a connection URI's: `%XX` escapes decoded, a
+/// `+` kept as it is (form decoding would make it a space, in a password file's path or an
+/// `options` value alike).
+fn uri_pairs(url: &url::Url) -> Result<Vec<(String, String)>, String> {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .map(|s| s.into_owned())
+            .map_err(|_| format!("{s:?} in the query is not UTF-8 once decoded"))
+    };
+    url.query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((decode(key)?, decode(value)?))
+        })
+        .collect()
 }
 
 /// A count option of a store URL: a whole number, 1 or more.
@@ -497,6 +524,25 @@ mod tests {
             c.connection.get_connect_timeout(),
             Some(&std::time::Duration::from_secs(3))
         );
+        // Spaces, `&`, `=` and non-ASCII reach the driver as the URL's escapes say, and a
+        // `+` stays a `+`, as libpq reads a URI.
+        let StoreKind::Postgres(c) = parse(
+            "postgres://u@h/db?options=-c%20statement_timeout%3D5s%20-c%20search_path%3Da%2Bb&application_name=my+app%20%C3%A9%26co&annals_schema=s&sslrootcert=/etc/ca+1.pem",
+        ) else {
+            panic!()
+        };
+        assert_eq!(
+            c.connection.get_options(),
+            Some("-c statement_timeout=5s -c search_path=a+b")
+        );
+        assert_eq!(c.connection.get_application_name(), Some("my+app é&co"));
+        assert_eq!(
+            c.tls.root_certs,
+            Some(RootCerts::File(PathBuf::from("/etc/ca+1.pem")))
+        );
+        assert!("postgres://u@h/db?application_name=%FF"
+            .parse::<StoreUrl>()
+            .is_err());
         let StoreKind::Postgres(c) = parse("postgresql://u@h/db") else {
             panic!()
         };
