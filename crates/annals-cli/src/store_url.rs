@@ -73,6 +73,8 @@ impl FromStr for StoreUrl {
     type Err = InvalidUrl;
 
     fn from_str(text: &str) -> Result<Self, InvalidUrl> {
+        let (first, seeds) = nats_seeds(text);
+        let text = first.as_str();
         let url = url::Url::parse(text).map_err(|e| {
             // Unparsed, the URL can only be shown up to its user (a password may follow),
             // and its store named from its scheme.
@@ -88,7 +90,25 @@ impl FromStr for StoreUrl {
                 reason: format!("{e}: expected SCHEME://..., one of {SUPPORTED}"),
             }
         })?;
-        let shown = shown(&url);
+        let mut shown = shown(&url);
+        if !seeds.is_empty() {
+            // The other seed servers after the first's host, each without a password.
+            let at =
+                "nats://".len() + url.authority().len() - url.password().map_or(0, |p| p.len() + 1);
+            let mut shown_seeds = String::new();
+            for seed in &seeds {
+                let mut seed =
+                    url::Url::parse(&format!("nats://{seed}")).map_err(|e| InvalidUrl {
+                        what: "malformed NATS store URL".into(),
+                        shown: shown.clone(),
+                        reason: format!("seed server {seed:?}: {e}"),
+                    })?;
+                let _ = seed.set_password(None);
+                shown_seeds.push(',');
+                shown_seeds.push_str(seed.authority());
+            }
+            shown.insert_str(at.min(shown.len()), &shown_seeds);
+        }
         if !url.has_authority() {
             // `sqlite:/x.db`: no `//`, so no place for a host or a relative path.
             return Err(InvalidUrl {
@@ -117,7 +137,7 @@ impl FromStr for StoreUrl {
             "postgres" | "postgresql" => {
                 StoreKind::Postgres(Box::new(postgres(&url).map_err(invalid)?))
             }
-            "nats" => StoreKind::Nats(nats(&url).map_err(invalid)?),
+            "nats" => StoreKind::Nats(nats(&url, &seeds).map_err(invalid)?),
             "http" => StoreKind::Http(url.clone()),
             other => {
                 return Err(invalid(format!(
@@ -265,8 +285,26 @@ fn at_least_one(key: &str, value: &str) -> Result<usize, String> {
     }
 }
 
-/// `stream` and `replicas` come out of the query; the server URL keeps the rest.
-fn nats(url: &url::Url) -> Result<NatsConfig, String> {
+/// `nats://a:4222,b:4222?...`: the URL with its first server only (the URL crate reads one
+/// host), and the other seed servers' `HOST:PORT`s. Other URLs are left whole.
+fn nats_seeds(text: &str) -> (String, Vec<String>) {
+    let Some(rest) = text.strip_prefix("nats://") else {
+        return (text.to_owned(), Vec::new());
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let mut servers = authority.split(',');
+    let first = servers.next().unwrap_or_default();
+    let seeds: Vec<String> = servers.map(str::to_owned).collect();
+    if seeds.is_empty() {
+        return (text.to_owned(), seeds);
+    }
+    (format!("nats://{first}{tail}"), seeds)
+}
+
+/// `stream` and `replicas` come out of the query; the server URL keeps the rest, and the
+/// other `seeds` (`HOST:PORT`) are servers too.
+fn nats(url: &url::Url, seeds: &[String]) -> Result<NatsConfig, String> {
     if url.host_str().is_none_or(str::is_empty) {
         return Err("expected nats://HOST:PORT".into());
     }
@@ -278,7 +316,16 @@ fn nats(url: &url::Url) -> Result<NatsConfig, String> {
     if !server.path().is_empty() {
         return Err("a NATS URL has no path: name the store with ?stream=NAME".into());
     }
-    let mut config = NatsConfig::new(server.as_str());
+    let mut servers = vec![server.to_string()];
+    for seed in seeds {
+        let parsed = url::Url::parse(&format!("nats://{seed}"))
+            .map_err(|e| format!("seed server {seed:?}: {e}"))?;
+        if parsed.host_str().is_none_or(str::is_empty) {
+            return Err(format!("seed server {seed:?}: expected HOST:PORT"));
+        }
+        servers.push(parsed.to_string());
+    }
+    let mut config = NatsConfig::with_servers(servers);
     for (key, value) in url.query_pairs() {
         match key.as_ref() {
             "stream" => config = config.stream(value.into_owned()),
@@ -554,6 +601,37 @@ mod tests {
             "postgres://u@h/db?annals_group_commits=-1",
             "postgres://u@h/db?sslmode=maybe",
             "postgres://u@h/db?nonsense_option=1",
+        ] {
+            assert!(bad.parse::<StoreUrl>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn nats_urls_name_several_seed_servers_and_show_no_password() {
+        let parsed: StoreUrl =
+            "nats://ann:p%40ss@10.0.0.1:4222,10.0.0.2:4223,[::1]:4224?stream=shop&replicas=3"
+                .parse()
+                .unwrap();
+        assert_eq!(
+            parsed.to_string(),
+            "nats://ann@10.0.0.1:4222,10.0.0.2:4223,[::1]:4224?stream=shop&replicas=3"
+        );
+        let StoreKind::Nats(c) = parsed.kind else {
+            panic!()
+        };
+        assert_eq!(
+            c.servers,
+            [
+                "nats://ann:p%40ss@10.0.0.1:4222",
+                "nats://10.0.0.2:4223",
+                "nats://[::1]:4224"
+            ]
+        );
+        assert_eq!((c.stream.as_str(), c.replicas), ("shop", 3));
+        for bad in [
+            "nats://a:4222,?stream=x",
+            "nats://a:4222,b:x",
+            "nats://a:4222,b:4222/path",
         ] {
             assert!(bad.parse::<StoreUrl>().is_err(), "{bad}");
         }

@@ -93,6 +93,30 @@ impl NatsConfig {
         self.replicas = replicas.max(1);
         self
     }
+
+    /// A client connected to the servers, logged in with the credentials their URLs carry
+    /// (`nats://USER:PASSWORD@HOST:PORT` or `nats://TOKEN@HOST:PORT`, percent-encoded; the
+    /// client itself takes none from a URL), with the configured timeouts. Errors show the
+    /// servers without their credentials.
+    pub async fn client(&self) -> std::result::Result<async_nats::Client, NatsError> {
+        let (servers, credentials) = without_credentials(&self.servers);
+        let options = match credentials {
+            Some(Credentials::UserPassword(user, password)) => {
+                async_nats::ConnectOptions::with_user_and_password(user, password)
+            }
+            Some(Credentials::Token(token)) => async_nats::ConnectOptions::with_token(token),
+            None => async_nats::ConnectOptions::new(),
+        };
+        options
+            .connection_timeout(self.timeout)
+            .request_timeout(Some(self.timeout))
+            .connect(servers.as_slice())
+            .await
+            .map_err(|source| NatsError::Connect {
+                url: servers.join(","),
+                source,
+            })
+    }
 }
 
 /// Why a NATS store could not be opened.
@@ -236,6 +260,47 @@ fn version_of(text: &str) -> Option<(u64, u64)> {
     Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
 
+/// Credentials a server URL carries, percent-decoded.
+#[derive(Debug, PartialEq, Eq)]
+enum Credentials {
+    /// `nats://USER:PASSWORD@HOST:PORT`.
+    UserPassword(String, String),
+    /// `nats://TOKEN@HOST:PORT`.
+    Token(String),
+}
+
+/// The servers without their credentials, and the credentials of the first that has any.
+/// A server that is not a URL (`host:port`) is kept as it is, for the client to read.
+fn without_credentials(servers: &[String]) -> (Vec<String>, Option<Credentials>) {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let mut found = None;
+    let servers = servers
+        .iter()
+        .map(|server| {
+            let Ok(mut url) = url::Url::parse(server) else {
+                return server.clone();
+            };
+            if url.username().is_empty() && url.password().is_none() {
+                return server.clone();
+            }
+            let user = decode(url.username());
+            let credentials = match url.password() {
+                Some(password) => Credentials::UserPassword(user, decode(password)),
+                None => Credentials::Token(user),
+            };
+            found.get_or_insert(credentials);
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.to_string()
+        })
+        .collect();
+    (servers, found)
+}
+
 impl NatsStore {
     /// Connects, checks the server's version, and opens the store's stream and checkpoint
     /// bucket, creating them when missing.
@@ -243,15 +308,7 @@ impl NatsStore {
         if !valid_name(&config.stream) {
             return Err(NatsError::InvalidName(config.stream.clone()));
         }
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(config.timeout)
-            .request_timeout(Some(config.timeout))
-            .connect(config.servers.as_slice())
-            .await
-            .map_err(|source| NatsError::Connect {
-                url: config.servers.join(","),
-                source,
-            })?;
+        let client = config.client().await?;
         let found = client.server_info().version;
         match version_of(&found) {
             Some(v) if v >= MIN_SERVER => {}
@@ -522,5 +579,36 @@ impl EventStore for NatsStore {
             }
         }
         Some(receiver)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_leave_the_server_urls_decoded() {
+        let servers = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            without_credentials(&servers(&[
+                "nats://ann:p%40ss%2B1%20x@h:4222",
+                "nats://g:4222"
+            ])),
+            (
+                servers(&["nats://h:4222", "nats://g:4222"]),
+                Some(Credentials::UserPassword("ann".into(), "p@ss+1 x".into()))
+            )
+        );
+        assert_eq!(
+            without_credentials(&servers(&["nats://h:4222", "nats://s3cr%2Ft@g:4222"])),
+            (
+                servers(&["nats://h:4222", "nats://g:4222"]),
+                Some(Credentials::Token("s3cr/t".into()))
+            )
+        );
+        assert_eq!(
+            without_credentials(&servers(&["127.0.0.1:4222"])),
+            (servers(&["127.0.0.1:4222"]), None)
+        );
     }
 }

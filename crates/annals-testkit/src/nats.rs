@@ -51,6 +51,18 @@ impl NatsServer {
         Self::start_in(dir, port, &format!("server_name: annals_test_{n}\n"))
     }
 
+    /// As [`start`](Self::start), with `extra` lines of server configuration (for example an
+    /// `authorization` block).
+    pub fn start_with(extra: &str) -> Result<Self, String> {
+        let (dir, n) = fresh_dir("annals-nats")?;
+        let port = free_port()?;
+        Self::start_in(
+            dir,
+            port,
+            &format!("server_name: annals_test_{n}\n{extra}\n"),
+        )
+    }
+
     /// Starts a server in `dir` on `port` with `extra` configuration.
     fn start_in(dir: PathBuf, port: u16, extra: &str) -> Result<Self, String> {
         let config = format!(

@@ -19,7 +19,8 @@ pub(super) struct NatsBaseline {
 
 impl NatsBaseline {
     pub(super) async fn create(config: &NatsConfig, run: &str) -> anyhow::Result<Self> {
-        let client = async_nats::connect(config.servers.as_slice())
+        let client = config
+            .client()
             .await
             .context("connect for the raw baseline")?;
         let stream = format!("annals_bench_raw_{run}");

@@ -645,3 +645,40 @@ async fn a_backward_read_from_the_end_shows_the_whole_read_newest_first() {
         "{refused:?}"
     );
 }
+
+/// Credentials in a server URL (`nats://USER:PASSWORD@HOST:PORT`, percent-encoded) log in,
+/// and an error never shows them.
+#[tokio::test]
+async fn credentials_in_the_url_log_in_and_are_never_shown() {
+    let server =
+        nats::NatsServer::start_with("authorization {\n  user: ann\n  password: \"p@ss+1 x\"\n}")
+            .unwrap_or_else(|e| panic!("{e}"));
+    let at = |userinfo: &str| format!("nats://{userinfo}@127.0.0.1:{}", server.port);
+    let store = NatsStore::connect(
+        NatsConfig::new(at("ann:p%40ss%2B1%20x")).stream(nats::stream_name("auth")),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("log in with the URL's credentials: {e}"));
+    let stream = annals::StreamName::new("Auth-1").unwrap();
+    annals::EventStore::append(
+        &store,
+        &stream,
+        annals::ExpectedVersion::NoStream,
+        events(1),
+    )
+    .await
+    .unwrap();
+    for refused in [at("ann:wrong%20secret"), server.url.clone()] {
+        let error = NatsStore::connect(NatsConfig::new(refused.clone()))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{refused} logs in"));
+        let shown = annals::error_chain(&error);
+        assert!(
+            shown.contains("authorization")
+                && !shown.contains("wrong")
+                && !shown.contains("secret"),
+            "{shown}"
+        );
+    }
+}
