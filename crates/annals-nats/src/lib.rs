@@ -47,8 +47,8 @@ pub const MAX_BATCH: usize = 1000;
 /// The oldest nats-server this store runs on (atomic batch publish).
 pub const MIN_SERVER: (u64, u64) = (2, 12);
 
-/// Options of a NATS store.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Options of a NATS store (its `Debug` shows the servers without their credentials).
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct NatsConfig {
     /// The servers to connect to (`nats://host:port`); one is enough, the client learns
@@ -62,6 +62,18 @@ pub struct NatsConfig {
     pub max_event_bytes: usize,
     /// How long a request waits for the server.
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field("servers", &without_credentials(&self.servers).0)
+            .field("stream", &self.stream)
+            .field("replicas", &self.replicas)
+            .field("max_event_bytes", &self.max_event_bytes)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl NatsConfig {
@@ -240,7 +252,10 @@ pub struct NatsStore {
 impl std::fmt::Debug for NatsStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NatsStore")
-            .field("servers", &self.inner.config.servers)
+            .field(
+                "servers",
+                &without_credentials(&self.inner.config.servers).0,
+            )
             .field("stream", &self.inner.config.stream)
             .finish()
     }
@@ -609,6 +624,11 @@ mod tests {
         assert_eq!(
             without_credentials(&servers(&["127.0.0.1:4222"])),
             (servers(&["127.0.0.1:4222"]), None)
+        );
+        let shown = format!("{:?}", NatsConfig::new("nats://ann:s3cret@h:4222"));
+        assert!(
+            shown.contains("nats://h:4222") && !shown.contains("s3cret"),
+            "{shown}"
         );
     }
 }
