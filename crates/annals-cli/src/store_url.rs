@@ -73,7 +73,7 @@ impl FromStr for StoreUrl {
     type Err = InvalidUrl;
 
     fn from_str(text: &str) -> Result<Self, InvalidUrl> {
-        let (first, seeds) = nats_seeds(text);
+        let (first, seeds) = more_hosts(text);
         let text = first.as_str();
         let url = url::Url::parse(text).map_err(|e| {
             // Unparsed, the URL can only be shown up to its user (a password may follow),
@@ -92,16 +92,17 @@ impl FromStr for StoreUrl {
         })?;
         let mut shown = shown(&url);
         if !seeds.is_empty() {
-            // The other seed servers after the first's host, each without a password.
-            let at =
-                "nats://".len() + url.authority().len() - url.password().map_or(0, |p| p.len() + 1);
+            // The other hosts after the first's, each without a password.
+            let at = host_end(&url) - url.password().map_or(0, |p| p.len() + 1);
             let mut shown_seeds = String::new();
             for seed in &seeds {
                 let mut seed =
-                    url::Url::parse(&format!("nats://{seed}")).map_err(|e| InvalidUrl {
-                        what: "malformed NATS store URL".into(),
-                        shown: shown.clone(),
-                        reason: format!("seed server {seed:?}: {e}"),
+                    url::Url::parse(&format!("{}://{seed}", url.scheme())).map_err(|e| {
+                        InvalidUrl {
+                            what: format!("malformed {}store URL", store_name(url.scheme())),
+                            shown: shown.clone(),
+                            reason: format!("host {seed:?}: {e}"),
+                        }
                     })?;
                 let _ = seed.set_password(None);
                 shown_seeds.push(',');
@@ -135,7 +136,7 @@ impl FromStr for StoreUrl {
             }
             "sqlite" => StoreKind::Sqlite(sqlite(&url).map_err(invalid)?),
             "postgres" | "postgresql" => {
-                StoreKind::Postgres(Box::new(postgres(&url).map_err(invalid)?))
+                StoreKind::Postgres(Box::new(postgres(&url, &seeds).map_err(invalid)?))
             }
             "nats" => StoreKind::Nats(nats(&url, &seeds).map_err(invalid)?),
             "http" => StoreKind::Http(url.clone()),
@@ -206,7 +207,7 @@ fn sqlite(url: &url::Url) -> Result<SqliteConfig, String> {
 
 /// The Annals and TLS options come out of the query; the rest of the URL goes to the
 /// driver's own parser (a `tokio_postgres::Config`).
-fn postgres(url: &url::Url) -> Result<PgConfig, String> {
+fn postgres(url: &url::Url, hosts: &[String]) -> Result<PgConfig, String> {
     let (mut schema, mut pool, mut groups, mut mode, mut root) = (None, None, None, None, None);
     let mut passed = Vec::new();
     for (key, value) in uri_pairs(url)? {
@@ -235,8 +236,19 @@ fn postgres(url: &url::Url) -> Result<PgConfig, String> {
         .collect();
     let mut driver = url.clone();
     driver.set_query((!query.is_empty()).then(|| query.join("&")).as_deref());
+    // The other hosts after the first, for the driver to try in order, as libpq does.
+    let mut driver = driver.to_string();
+    for host in hosts.iter().rev() {
+        let parsed = url::Url::parse(&format!("postgres://{host}"));
+        if parsed.is_err()
+            || parsed.is_ok_and(|h| h.host_str().is_none_or(str::is_empty))
+            || host.contains('@')
+        {
+            return Err(format!("host {host:?}: expected HOST[:PORT]"));
+        }
+        driver.insert_str(host_end(url), &format!(",{host}"));
+    }
     let connection: annals_postgres::tokio_postgres::Config = driver
-        .as_str()
         .parse()
         .map_err(|e: annals_postgres::tokio_postgres::Error| e.to_string())?;
     let mut tls = PgTls::new(mode.unwrap_or_default());
@@ -285,21 +297,30 @@ fn at_least_one(key: &str, value: &str) -> Result<usize, String> {
     }
 }
 
-/// `nats://a:4222,b:4222?...`: the URL with its first server only (the URL crate reads one
-/// host), and the other seed servers' `HOST:PORT`s. Other URLs are left whole.
-fn nats_seeds(text: &str) -> (String, Vec<String>) {
-    let Some(rest) = text.strip_prefix("nats://") else {
+/// `nats://a:4222,b:4222?...` or `postgres://u@a:5432,b:5432/db`, as NATS and libpq take
+/// several hosts: the URL with its first host only (the URL crate reads one), and the other
+/// hosts' `HOST:PORT`s. Other URLs are left whole.
+fn more_hosts(text: &str) -> (String, Vec<String>) {
+    let Some((scheme, rest)) = text
+        .split_once("://")
+        .filter(|(scheme, _)| ["nats", "postgres", "postgresql"].contains(scheme))
+    else {
         return (text.to_owned(), Vec::new());
     };
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
-    let mut servers = authority.split(',');
-    let first = servers.next().unwrap_or_default();
-    let seeds: Vec<String> = servers.map(str::to_owned).collect();
-    if seeds.is_empty() {
-        return (text.to_owned(), seeds);
+    let mut hosts = authority.split(',');
+    let first = hosts.next().unwrap_or_default();
+    let more: Vec<String> = hosts.map(str::to_owned).collect();
+    if more.is_empty() {
+        return (text.to_owned(), more);
     }
-    (format!("nats://{first}{tail}"), seeds)
+    (format!("{scheme}://{first}{tail}"), more)
+}
+
+/// Where `url`'s first host (and port) ends in its text.
+fn host_end(url: &url::Url) -> usize {
+    url.scheme().len() + "://".len() + url.authority().len()
 }
 
 /// `stream` and `replicas` come out of the query; the server URL keeps the rest, and the
@@ -590,6 +611,21 @@ mod tests {
         assert!("postgres://u@h/db?application_name=%FF"
             .parse::<StoreUrl>()
             .is_err());
+        // Several hosts, tried in order (libpq's form); the password shown with none.
+        let parsed: StoreUrl =
+            "postgresql://u:pw@h1:5433,h2,[::1]:5434/db?target_session_attrs=read-write"
+                .parse()
+                .unwrap();
+        assert_eq!(
+            parsed.to_string(),
+            "postgresql://u@h1:5433,h2,[::1]:5434/db?target_session_attrs=read-write"
+        );
+        let StoreKind::Postgres(c) = parsed.kind else {
+            panic!()
+        };
+        assert_eq!(c.connection.get_hosts().len(), 3);
+        assert_eq!(c.connection.get_ports(), &[5433, 5432, 5434]);
+        assert_eq!(c.connection.get_password(), Some(&b"pw"[..]));
         let StoreKind::Postgres(c) = parse("postgresql://u@h/db") else {
             panic!()
         };
@@ -601,6 +637,8 @@ mod tests {
             "postgres://u@h/db?annals_group_commits=-1",
             "postgres://u@h/db?sslmode=maybe",
             "postgres://u@h/db?nonsense_option=1",
+            "postgres://u@h1,/db",
+            "postgres://u@h1,x@h2/db",
         ] {
             assert!(bad.parse::<StoreUrl>().is_err(), "{bad}");
         }
