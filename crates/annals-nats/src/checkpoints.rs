@@ -83,7 +83,10 @@ impl NatsStore {
     pub(crate) async fn kv_get(&self, key: &str) -> Result<Option<(bytes::Bytes, u64)>> {
         let kv = &self.inner.checkpoints;
         let subject = format!("{}{key}", kv.prefix);
-        let found = kv.stream.get_last_raw_message_by_subject(&subject).await;
+        let found = crate::read::answered(self.inner.config.timeout, || {
+            kv.stream.get_last_raw_message_by_subject(&subject)
+        })
+        .await;
         Ok(crate::read::leader_answer(found)?.and_then(|m| {
             let operation = m.headers.get("KV-Operation").map(|v| v.as_str());
             let deleted = matches!(operation, Some("DEL" | "PURGE"));

@@ -160,7 +160,7 @@ pub(crate) fn decode(
     };
     let recorded_at = Timestamp::from_unix_micros(i64::from_be_bytes(r.array()?));
     let event_id = match format {
-        FORMAT_3 => crate::write::id_of_msg_id(msg_id?)?,
+        FORMAT_3 => crate::send::id_of_msg_id(msg_id?)?,
         _ => Uuid::from_bytes(r.array()?),
     };
     let [flags] = r.array::<1>()?;
@@ -220,7 +220,7 @@ mod tests {
         };
         let stream = StreamName::new("A-1").unwrap();
         // Format 3: the id travels in the header, and without it the body is no event.
-        let msg_id = crate::write::msg_id(e.event_id);
+        let msg_id = crate::send::msg_id(e.event_id);
         let body = encode(&e, place, true);
         assert_eq!(body[0], FORMAT_3);
         assert!(decode_marker(&body).is_none(), "an event is never a marker");

@@ -22,6 +22,7 @@ mod leases;
 mod lifecycle;
 mod read;
 mod retention;
+mod send;
 mod stream_read;
 mod subject;
 mod write;

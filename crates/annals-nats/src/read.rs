@@ -114,6 +114,49 @@ impl Stored {
     }
 }
 
+/// Whether `e`, or an error under it, says no server answered the request: the stream (or
+/// the JetStream API) has no leader for a moment, just created or electing one. Nothing
+/// was done, so the request can be sent again.
+pub(crate) fn no_responders(e: &(dyn std::error::Error + 'static)) -> bool {
+    use async_nats::jetstream::stream::{DirectGetError, DirectGetErrorKind};
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(r) = c.downcast_ref::<async_nats::RequestError>() {
+            if r.kind() == async_nats::RequestErrorKind::NoResponders {
+                return true;
+            }
+        }
+        if let Some(d) = c.downcast_ref::<DirectGetError>() {
+            if matches!(d.kind(), DirectGetErrorKind::ErrorResponse(status, _)
+                if status == async_nats::StatusCode::NO_RESPONDERS)
+            {
+                return true;
+            }
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// Sends `request` again while no server answers it ([`no_responders`]), with
+/// [`CatchUp`]'s pauses, until `timeout` would pass.
+pub(crate) async fn answered<T, E, F>(
+    timeout: std::time::Duration,
+    mut request: impl FnMut() -> F,
+) -> std::result::Result<T, E>
+where
+    E: std::error::Error + 'static,
+    F: std::future::Future<Output = std::result::Result<T, E>>,
+{
+    let mut again = CatchUp::within(timeout);
+    loop {
+        match request().await {
+            Err(e) if no_responders(&e) && again.wait().await => {}
+            other => return other,
+        }
+    }
+}
+
 /// Asking again while the replica that answered has not caught up: waits 1 ms, doubling up
 /// to 50 ms (`annals::Backoff`'s floors), until the store's timeout would pass.
 pub(crate) struct CatchUp {
@@ -306,7 +349,10 @@ impl NatsStore {
     /// The message at `seq` as the stream's leader has it (a replica may not have applied
     /// one the server just named).
     pub(crate) async fn leader_message(&self, seq: u64) -> Result<Option<Stored>> {
-        let found = self.inner.stream.get_raw_message(seq).await;
+        let found = answered(self.inner.config.timeout, || {
+            self.inner.stream.get_raw_message(seq)
+        })
+        .await;
         Ok(leader_answer(found)?.map(Stored::of))
     }
 

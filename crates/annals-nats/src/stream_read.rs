@@ -54,11 +54,10 @@ impl NatsStore {
         stream: &StreamName,
     ) -> Result<Option<(Last, Option<(RecordedEvent, Place)>)>> {
         let subject = self.inner.subjects.stream(stream);
-        let found = self
-            .inner
-            .stream
-            .get_last_raw_message_by_subject(&subject)
-            .await;
+        let found = crate::read::answered(self.inner.config.timeout, || {
+            self.inner.stream.get_last_raw_message_by_subject(&subject)
+        })
+        .await;
         let Some(m) = leader_answer(found)? else {
             return Ok(None);
         };

@@ -8,13 +8,11 @@ use annals::{
     AppendResult, Error, EventData, ExpectedVersion, Result, StreamAppend, StreamName, Timestamp,
     Version,
 };
-use async_nats::HeaderMap;
-use serde::Deserialize;
 
-use crate::envelope::{self, Place};
-use crate::read::START_HEADER;
+use crate::envelope::Place;
+pub(crate) use crate::send::Outgoing;
 use crate::stream_read::Last;
-use crate::{backend, NatsStore, MAX_BATCH};
+use crate::{NatsStore, MAX_BATCH};
 
 /// How often an append re-reads the stream's head after another writer moved it, before
 /// giving up (a `Any` append under heavy contention on one stream).
@@ -23,23 +21,6 @@ pub(crate) const RACES: usize = 100;
 /// How many of the latest messages an atomic batch refused for a duplicate id searches for
 /// it.
 const RECENT: u64 = 10_000;
-
-#[derive(Debug, Deserialize)]
-struct Ack {
-    #[serde(default)]
-    seq: u64,
-    #[serde(default)]
-    duplicate: bool,
-    error: Option<ApiError>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ApiError {
-    #[serde(default)]
-    err_code: u64,
-    #[serde(default)]
-    description: String,
-}
 
 /// What the server did with an append.
 pub(crate) enum Published {
@@ -380,101 +361,6 @@ impl NatsStore {
         self.send(&out, ids).await
     }
 
-    /// Sends `messages` as one message, or one atomic batch, in order; a message with
-    /// `expect` carries its stream's expected last sequence (each stream's first message),
-    /// so the server checks every stream before storing any message. With `ids`, each
-    /// message carries its event's id as its `Nats-Msg-Id`.
-    pub(crate) async fn send(&self, messages: &[Outgoing<'_>], ids: bool) -> Result<Published> {
-        self.connected("the append")?;
-        let client = &self.inner.client;
-        // Short ids: every message carries them, and bytes are what a replicated, fsynced
-        // stream pays for. A batch id only has to be unique among batches in flight.
-        let batch_id = if messages.len() > 1 {
-            short_id(&annals::Uuid::now_v7().as_bytes()[10..])
-        } else {
-            String::new()
-        };
-        let total = messages.len();
-        let single = total == 1;
-        let what = || {
-            let mut names: Vec<&str> = messages.iter().map(|m| m.stream.as_str()).collect();
-            names.dedup();
-            names.join(", ")
-        };
-        let mut reply = None;
-        for (n, m) in messages.iter().enumerate() {
-            let subject = self.inner.subjects.stream(m.stream);
-            let mut headers = HeaderMap::new();
-            if ids {
-                headers.insert("Nats-Msg-Id", msg_id(m.event.event_id).as_str());
-            }
-            if let Some(after) = m.expect {
-                headers.insert(
-                    "Nats-Expected-Last-Subject-Sequence",
-                    after.to_string().as_str(),
-                );
-            }
-            if !single {
-                headers.insert("Nats-Batch-Id", batch_id.as_str());
-                headers.insert("Nats-Batch-Sequence", (n + 1).to_string().as_str());
-            }
-            if m.marker.is_none() && m.start > 0 {
-                headers.insert(START_HEADER, m.start.to_string().as_str());
-            }
-            let body = match m.marker {
-                Some(marker) => envelope::encode_marker(marker),
-                None => envelope::encode(m.event, m.place, ids),
-            };
-            if n + 1 == total {
-                if !single {
-                    headers.insert("Nats-Batch-Commit", "1");
-                }
-                let answer = tokio::time::timeout(
-                    self.inner.config.timeout,
-                    client.request_with_headers(subject, headers, body.into()),
-                )
-                .await
-                .map_err(|_| backend(format!("append to {} timed out", what())))?
-                .map_err(backend)?;
-                reply = Some(answer);
-            } else {
-                client
-                    .publish_with_headers(subject, headers, body.into())
-                    .await
-                    .map_err(backend)?;
-            }
-        }
-        let reply = reply.ok_or_else(|| backend("an append with no events"))?;
-        let ack: Ack = serde_json::from_slice(&reply.payload)
-            .map_err(|e| backend(format!("unreadable publish acknowledgement: {e}")))?;
-        match ack.error {
-            None if ack.duplicate => Ok(Published::Duplicate(Some(ack.seq))),
-            None => {
-                // A batch's messages are stored at consecutive sequences ending at the ack's.
-                let mut written = self.inner.written.lock().unwrap_or_else(|p| p.into_inner());
-                for (n, m) in messages.iter().enumerate() {
-                    let back = (total - 1 - n) as u64;
-                    written.note(m.stream, ack.seq.saturating_sub(back));
-                }
-                Ok(Published::Stored(ack.seq))
-            }
-            Some(e) => match e.err_code {
-                10071 | 10164 => Ok(Published::Moved),
-                10201 => Ok(Published::Duplicate((ack.seq > 0).then_some(ack.seq))),
-                10158 => Ok(Published::InFlight),
-                _ => Err(Error::backend(
-                    "nats",
-                    format!(
-                        "append to {} refused: {} ({})",
-                        what(),
-                        e.description,
-                        e.err_code
-                    ),
-                )),
-            },
-        }
-    }
-
     /// Several streams' appends as one atomic batch: each stream's expectation is checked
     /// by the server; all are written or none.
     pub(crate) async fn append_many_atomic(
@@ -615,41 +501,6 @@ impl NatsStore {
             format!("the streams kept moving under this append ({RACES} attempts)"),
         ))
     }
-}
-
-/// Bytes as unpadded URL-safe base64.
-fn short_id(bytes: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// The `Nats-Msg-Id` of an event: its id in 22 characters (the server's duplicate window
-/// compares them).
-pub(crate) fn msg_id(id: annals::Uuid) -> String {
-    short_id(id.as_bytes())
-}
-
-/// The event id a `Nats-Msg-Id` carries, if it is one [`msg_id`] wrote.
-pub(crate) fn id_of_msg_id(msg_id: &str) -> Option<annals::Uuid> {
-    use base64::Engine;
-    let mut bytes = [0u8; 16];
-    let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode_slice(msg_id, &mut bytes)
-        .ok()?;
-    (n == 16 && msg_id.len() == 22).then(|| annals::Uuid::from_bytes(bytes))
-}
-
-/// One message of a publish.
-pub(crate) struct Outgoing<'a> {
-    pub(crate) stream: &'a StreamName,
-    pub(crate) event: &'a EventData,
-    pub(crate) place: Place,
-    /// The stream's expected last sequence (on its first message of the publish).
-    pub(crate) expect: Option<u64>,
-    /// Sent as this marker instead of the event (whose id it keeps).
-    pub(crate) marker: Option<crate::envelope::Marker>,
-    /// The stream's start, carried by an event's message when above 0 (`START_HEADER`).
-    pub(crate) start: u64,
 }
 
 /// One stream's part of a publish.

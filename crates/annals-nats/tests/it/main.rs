@@ -682,3 +682,43 @@ async fn credentials_in_the_url_log_in_and_are_never_shown() {
         );
     }
 }
+
+/// An append sent while its stream has no leader (here: the JetStream stream deleted and
+/// created again, as after a cluster loses its leader) waits for one instead of failing at
+/// once with "no responders".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_while_the_stream_has_no_leader_waits_for_one() {
+    use annals::{EventStore, ExpectedVersion, StreamName, Version};
+    let name = nats::stream_name("leaderless");
+    let store = NatsStore::connect(NatsConfig::new(&nats::shared().url).stream(&name))
+        .await
+        .unwrap();
+    let stream = StreamName::new("Lead-1").unwrap();
+    store
+        .append(&stream, ExpectedVersion::Any, events(1))
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(&nats::shared().url).await.unwrap());
+    let config = js
+        .get_stream(&name)
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    js.delete_stream(&name).await.unwrap();
+    let append = tokio::spawn({
+        let (store, stream) = (store.clone(), stream.clone());
+        async move { store.append(&stream, ExpectedVersion::Any, events(1)).await }
+    });
+    js.create_stream(config).await.unwrap();
+    let written = append
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the append waits for the stream's leader: {e}"));
+    assert_eq!(
+        written.version,
+        Version(1),
+        "written to the new, empty stream"
+    );
+}
