@@ -248,6 +248,28 @@ impl NatsStore {
         request: serde_json::Value,
         batch: bool,
     ) -> Result<(Vec<async_nats::Message>, End)> {
+        // No replica answered (none serves direct gets for a moment): asked again.
+        let mut again = CatchUp::within(self.inner.config.timeout);
+        loop {
+            match self.direct_end_once(stream, &request, batch).await? {
+                Some(answer) => return Ok(answer),
+                None if again.wait().await => {}
+                None => {
+                    return Err(backend(format!(
+                        "no server answered a direct get of {stream}"
+                    )))
+                }
+            }
+        }
+    }
+
+    /// [`direct_end`](Self::direct_end) once: `None` when no server answered.
+    async fn direct_end_once(
+        &self,
+        stream: &str,
+        request: &serde_json::Value,
+        batch: bool,
+    ) -> Result<Option<(Vec<async_nats::Message>, End)>> {
         let inner = &self.inner;
         let inbox = inner.client.new_inbox();
         let mut replies = inner
@@ -290,6 +312,7 @@ impl NatsStore {
                     }
                     404 => break,
                     408 if !out.is_empty() => break,
+                    503 if out.is_empty() => return Ok(None),
                     _ => {
                         return Err(backend(format!(
                             "direct get failed: {status} {}",
@@ -304,7 +327,7 @@ impl NatsStore {
             }
         }
         let _ = replies.unsubscribe().await;
-        Ok((out, end))
+        Ok(Some((out, end)))
     }
 
     /// Up to `max` messages after sequence `after` on subjects matching `filter`, as
