@@ -170,21 +170,27 @@ fn check(conn: &Connection, path: &Path) -> Result<(), OpenError> {
 
 fn migrate(mut conn: Connection, path: &Path) -> Result<Connection, OpenError> {
     let err = sqlite(path);
+    // A store already at this version (the file was checked just before) is opened
+    // without the write lock or a write: setting the header's fields again, even to the
+    // same values, writes a page, and fails on a full disk, where the store must still
+    // open for reads; the lock would wait on another process's writes.
+    let header = |conn: &Connection| -> rusqlite::Result<(i64, i32)> {
+        Ok((
+            conn.query_row("PRAGMA user_version", [], |r| r.get(0))?,
+            conn.query_row("PRAGMA application_id", [], |r| r.get(0))?,
+        ))
+    };
+    if header(&conn).map_err(&err)? == (SCHEMA_VERSION, APPLICATION_ID) {
+        conn.set_prepared_statement_cache_capacity(64);
+        return Ok(conn);
+    }
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(&err)?;
     // Another process may have migrated between the check and this lock: check again.
     check(&tx, path)?;
-    let current: i64 = tx
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(&err)?;
-    let app_id: i32 = tx
-        .query_row("PRAGMA application_id", [], |r| r.get(0))
-        .map_err(&err)?;
-    // A store already at this version is opened without writing: setting the header's
-    // fields again, even to the same values, writes a page (and fails on a full disk,
-    // where the store must still open for reads).
-    if current == SCHEMA_VERSION && app_id == APPLICATION_ID {
+    let (current, app_id) = header(&tx).map_err(&err)?;
+    if (current, app_id) == (SCHEMA_VERSION, APPLICATION_ID) {
         tx.rollback().map_err(&err)?;
     } else {
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {

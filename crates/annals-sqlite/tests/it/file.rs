@@ -257,8 +257,9 @@ async fn events_survive_closing_and_reopening() {
     );
 }
 
-/// Opening a store already at this build's schema commits nothing, so a store on a full
-/// disk still opens for reading (`annals read`, `annals stats`).
+/// Opening a store already at this build's schema commits nothing and takes no write lock,
+/// so a store on a full disk, or one another process is writing, still opens for reading
+/// (`annals read`, `annals stats`).
 #[tokio::test]
 async fn opening_a_current_store_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -278,13 +279,18 @@ async fn opening_a_current_store_writes_nothing() {
             .unwrap()
     };
     let before = commits();
+    // Nor does it wait for another process's write transaction.
+    observer.execute_batch("BEGIN IMMEDIATE").unwrap();
     {
-        let store = SqliteStore::open(SqliteConfig::new(&path)).unwrap();
+        let mut config = SqliteConfig::new(&path);
+        config.busy_timeout = std::time::Duration::from_millis(50);
+        let store = SqliteStore::open(config).expect("opens beside a write transaction");
         assert_eq!(
             store.stream_version(&name("Open-1")).await.unwrap(),
             Version(1)
         );
     }
+    observer.execute_batch("ROLLBACK").unwrap();
     assert_eq!(commits(), before, "opening the store committed a change");
 }
 
