@@ -157,6 +157,27 @@ where
     }
 }
 
+/// Runs `once` again while it says no server answered (`None`: nothing was done), with
+/// [`CatchUp`]'s pauses, until `timeout` would pass; then a transient error saying so of
+/// `what`.
+pub(crate) async fn until_answered<T, F>(
+    timeout: std::time::Duration,
+    what: impl Fn() -> String,
+    mut once: impl FnMut() -> F,
+) -> Result<T>
+where
+    F: std::future::Future<Output = Result<Option<T>>>,
+{
+    let mut again = CatchUp::within(timeout);
+    loop {
+        match once().await? {
+            Some(answer) => return Ok(answer),
+            None if again.wait().await => {}
+            None => return Err(backend(format!("no server answered {}", what()))),
+        }
+    }
+}
+
 /// Asking again while the replica that answered has not caught up: waits 1 ms, doubling up
 /// to 50 ms (`annals::Backoff`'s floors), until the store's timeout would pass.
 pub(crate) struct CatchUp {
@@ -249,18 +270,12 @@ impl NatsStore {
         batch: bool,
     ) -> Result<(Vec<async_nats::Message>, End)> {
         // No replica answered (none serves direct gets for a moment): asked again.
-        let mut again = CatchUp::within(self.inner.config.timeout);
-        loop {
-            match self.direct_end_once(stream, &request, batch).await? {
-                Some(answer) => return Ok(answer),
-                None if again.wait().await => {}
-                None => {
-                    return Err(backend(format!(
-                        "no server answered a direct get of {stream}"
-                    )))
-                }
-            }
-        }
+        until_answered(
+            self.inner.config.timeout,
+            || format!("a direct get of {stream}"),
+            || self.direct_end_once(stream, &request, batch),
+        )
+        .await
     }
 
     /// [`direct_end`](Self::direct_end) once: `None` when no server answered.

@@ -36,19 +36,17 @@ impl NatsStore {
         // No server answered (the stream has no leader for a moment): nothing was stored,
         // a batch's earlier messages included (a staged batch never committed is dropped),
         // so the whole append is sent again, as a new batch.
-        let mut again = crate::read::CatchUp::within(self.inner.config.timeout);
-        loop {
-            match self.send_once(messages, ids).await? {
-                Some(published) => return Ok(published),
-                None if again.wait().await => {}
-                None => {
-                    return Err(backend(format!(
-                        "no server answered the append (the stream {} has no leader)",
-                        self.inner.config.stream
-                    )))
-                }
-            }
-        }
+        crate::read::until_answered(
+            self.inner.config.timeout,
+            || {
+                format!(
+                    "the append (the stream {} has no leader)",
+                    self.inner.config.stream
+                )
+            },
+            || self.send_once(messages, ids),
+        )
+        .await
     }
 
     /// [`send`](Self::send) once: `None` when no server answered.
