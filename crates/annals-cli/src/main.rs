@@ -17,7 +17,8 @@ use clap::{Parser, Subcommand};
 #[command(name = "annals", version, about)]
 struct Cli {
     /// The store: `sqlite://PATH` (created if missing; `?synchronous=normal` trades the
-    /// last commits on power loss for speed), `postgres://USER@HOST:PORT/DB`
+    /// last commits on power loss for speed; `?mode=ro` only reads an existing store),
+    /// `postgres://USER@HOST:PORT/DB`
     /// (`?annals_schema=NAME`, default `annals`; `&sslmode=...&sslrootcert=PATH` for TLS),
     /// `nats://HOST:PORT` (`?stream=NAME&replicas=N`) or `memory://` (an empty in-process
     /// store).
@@ -93,6 +94,25 @@ enum Command {
     Forget(commands::forget::ForgetArgs),
 }
 
+impl Command {
+    /// Whether the command only reads its store (a SQLite file it cannot write is then
+    /// opened read-only).
+    fn access(&self) -> store_url::Access {
+        use commands::retention::RetentionCommand;
+        use commands::{checkpoint::CheckpointCommand, parked::ParkedCommand};
+        match self {
+            Command::Read(_)
+            | Command::Dump(_)
+            | Command::Tail(_)
+            | Command::Stats
+            | Command::Checkpoint(CheckpointCommand::List | CheckpointCommand::Show { .. })
+            | Command::Parked(ParkedCommand::List { .. })
+            | Command::Retention(RetentionCommand::Show) => store_url::Access::Read,
+            _ => store_url::Access::Write,
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The service logs each request; the other commands only warnings.
@@ -146,8 +166,9 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             }
             (command, _) => command,
         };
-        let opened = Opened::open(&url).await?;
-        let read_model = ReadModelDb::choose(&opened, read_model_url.as_ref()).await?;
+        let access = command.access();
+        let opened = Opened::open(&url, access).await?;
+        let read_model = ReadModelDb::choose(&opened, read_model_url.as_ref(), access).await?;
         // Checkpoints live beside the read models when those are elsewhere.
         let (checkpoints, leases) = match (&read_model, &read_model_url) {
             (Some(db), Some(_)) => (db.checkpoints(), db.leases()),

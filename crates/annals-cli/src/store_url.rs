@@ -10,7 +10,7 @@ use std::sync::Arc;
 use annals::{CheckpointStore, EventStore, Instrumented, MemoryCheckpoints, MemoryStore};
 use annals_nats::{NatsConfig, NatsStore};
 use annals_postgres::{PgConfig, PgStore, PgTls, RootCerts, SslMode};
-use annals_sqlite::{SqliteConfig, SqliteStore, Synchronous};
+use annals_sqlite::{OpenError, SqliteConfig, SqliteStore, Synchronous};
 use anyhow::Context;
 
 /// The store URLs this build understands, for messages.
@@ -195,9 +195,16 @@ fn sqlite(url: &url::Url) -> Result<SqliteConfig, String> {
                     .map_err(|_| format!("max_bytes={n}: expected a number of bytes"))?;
                 config = config.max_bytes(n);
             }
+            ("mode", "ro") => config = config.read_only(),
+            ("mode", "rw") => config.read_only = false,
+            ("mode", other) => {
+                return Err(format!(
+                    "mode={other}: use ro (read only: the file must be an Annals store) or rw"
+                ))
+            }
             (other, _) => {
                 return Err(format!(
-                    "unknown option {other:?}: known options are synchronous, readers and max_bytes"
+                    "unknown option {other:?}: known options are synchronous, readers, max_bytes and mode"
                 ))
             }
         }
@@ -369,6 +376,27 @@ fn nats(url: &url::Url, seeds: &[String]) -> Result<NatsConfig, String> {
     Ok(config)
 }
 
+/// What a command does with its store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// It only reads: a SQLite file it cannot write is opened read-only (a backup on a
+    /// read-only mount, another user's file).
+    Read,
+    /// It writes, or may.
+    Write,
+}
+
+/// Opens a SQLite store; for [`Access::Read`], read-only when the file cannot be written.
+fn open_sqlite(config: &SqliteConfig, access: Access) -> Result<SqliteStore, OpenError> {
+    match SqliteStore::open(config.clone()) {
+        Err(OpenError::NotWritable { path }) if access == Access::Read => {
+            tracing::info!(path = %path.display(), "the file cannot be written: opened read-only");
+            SqliteStore::open(config.clone().read_only())
+        }
+        opened => opened,
+    }
+}
+
 /// The concrete store behind an [`Opened`].
 #[derive(Debug, Clone)]
 pub(crate) enum Backend {
@@ -395,14 +423,15 @@ pub(crate) struct Opened {
 
 impl Opened {
     /// Opens the store `url` names; a PostgreSQL schema is created or migrated on first use.
-    pub(crate) async fn open(url: &StoreUrl) -> anyhow::Result<Self> {
+    /// With [`Access::Read`], a SQLite file this process cannot write is opened read-only.
+    pub(crate) async fn open(url: &StoreUrl, access: Access) -> anyhow::Result<Self> {
         let (events, backend): (Arc<dyn EventStore>, Backend) = match &url.kind {
             StoreKind::Memory => (
                 Arc::new(MemoryStore::new()),
                 Backend::Memory(Arc::new(MemoryCheckpoints::new())),
             ),
             StoreKind::Sqlite(config) => {
-                let store = SqliteStore::open(config.clone())?;
+                let store = open_sqlite(config, access)?;
                 (Arc::new(store.clone()), Backend::Sqlite(store))
             }
             StoreKind::Postgres(config) => {
@@ -471,19 +500,20 @@ impl ReadModelDb {
     pub(crate) async fn choose(
         opened: &Opened,
         url: Option<&StoreUrl>,
+        access: Access,
     ) -> anyhow::Result<Option<Self>> {
         match url {
-            Some(url) => Self::open(url).await.map(Some),
+            Some(url) => Self::open(url, access).await.map(Some),
             None => Ok(opened.read_model_db()),
         }
     }
 
     /// Opens the read-model database named by a `sqlite://` or `postgres://` URL.
-    pub(crate) async fn open(url: &StoreUrl) -> anyhow::Result<Self> {
+    pub(crate) async fn open(url: &StoreUrl, access: Access) -> anyhow::Result<Self> {
         let context = || format!("--read-model {url}");
         match &url.kind {
             StoreKind::Sqlite(config) => {
-                let store = SqliteStore::open(config.clone()).with_context(context)?;
+                let store = open_sqlite(config, access).with_context(context)?;
                 Ok(Self::Sqlite(Arc::new(store)))
             }
             StoreKind::Postgres(config) => {

@@ -53,6 +53,8 @@ pub struct SqliteConfig {
     /// grow it further fails as on a full disk: a transient "database or disk is full"
     /// error, nothing of it written. `None` (the default): only the disk bounds it.
     pub max_bytes: Option<u64>,
+    /// Open the file for reading only (see [`SqliteConfig::read_only`]).
+    pub read_only: bool,
 }
 
 impl SqliteConfig {
@@ -73,6 +75,7 @@ impl SqliteConfig {
             group_linger: Duration::from_micros(100),
             wal_autocheckpoint: 4096,
             max_bytes: None,
+            read_only: false,
         }
     }
 
@@ -91,6 +94,18 @@ impl SqliteConfig {
     /// Sets the largest event accepted.
     pub fn max_event_bytes(mut self, limit: usize) -> Self {
         self.max_event_bytes = limit;
+        self
+    }
+
+    /// Opens the file for reading only: a backup on a read-only mount, another user's
+    /// file, a store this process must not change. The file must exist and be an Annals
+    /// store at this build's schema (a read-only open creates and migrates nothing); no
+    /// writer thread runs and nothing is written to it. Every write fails with
+    /// [`annals::Error::ReadOnly`]. A file in a directory this process cannot write, and
+    /// which no process has open (SQLite could not make its shared-memory file), is read
+    /// as immutable: as it was when opened.
+    pub fn read_only(mut self) -> Self {
+        self.read_only = true;
         self
     }
 

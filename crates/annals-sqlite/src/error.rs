@@ -24,6 +24,29 @@ pub enum OpenError {
         /// The newest version this build knows.
         supported: i64,
     },
+    /// The store was to be opened for writing, but this process cannot write the file or
+    /// its directory (SQLite writes its `-wal` and `-shm` files beside it).
+    #[error("{path}: this process cannot write the file or its directory (SQLite keeps its -wal and -shm files beside it): open it read-only to read it (SqliteConfig::read_only; `?mode=ro` in a store URL)")]
+    NotWritable {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A read-only open found no file (a read-only open creates nothing).
+    #[error("{path}: no such file (opened read-only, the store is not created)")]
+    Missing {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A read-only open found a store of an older schema, which it cannot migrate.
+    #[error("{path}: schema version {found} is older than this build's ({current}) and a read-only open migrates nothing: open it once for writing (`annals init`)")]
+    NeedsMigration {
+        /// The file.
+        path: PathBuf,
+        /// The file's schema version.
+        found: i64,
+        /// This build's version.
+        current: i64,
+    },
     /// SQLite failed (permissions, disk, locks held past the busy timeout...).
     #[error("SQLite database {path}")]
     Sqlite {

@@ -88,9 +88,22 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating or migrating) the database of `config`. Blocks while it opens the
-    /// file and applies migrations.
+    /// Opens (creating or migrating) the database of `config`, or, with
+    /// [`SqliteConfig::read_only`], opens an existing store for reading only. Blocks while
+    /// it opens the file and applies migrations.
     pub fn open(config: SqliteConfig) -> Result<Self, OpenError> {
+        if config.read_only {
+            let immutable = schema::open_read_only(&config)?;
+            return Ok(Self {
+                shared: Arc::new(Shared {
+                    queue: None,
+                    writer: None,
+                    readers: Arc::new(Readers::opening(config.clone(), immutable)),
+                    changes: watch::Sender::new(()),
+                    config,
+                }),
+            });
+        }
         let conn = schema::open_writer(&config)?;
         let thread_error = |e: std::io::Error| OpenError::Sqlite {
             path: config.path.clone(),
@@ -137,7 +150,7 @@ impl SqliteStore {
             .shared
             .queue
             .as_ref()
-            .ok_or_else(|| backend("the store is closed"))?;
+            .ok_or(annals::Error::ReadOnly { backend: "sqlite" })?;
         queue
             .send(make(tx))
             .map_err(|_| backend("the writer thread has stopped"))?;

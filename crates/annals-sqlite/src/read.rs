@@ -72,15 +72,23 @@ const SELECT_ALL: &str = concat!(
 
 pub(crate) struct Readers {
     config: SqliteConfig,
+    /// Connections read the file as immutable (see `schema::open_read_only`).
+    immutable: bool,
     idle: Mutex<Vec<Connection>>,
     permits: Arc<Semaphore>,
 }
 
 impl Readers {
     pub(crate) fn new(config: SqliteConfig) -> Self {
+        Self::opening(config, false)
+    }
+
+    /// Readers whose connections open the file as immutable, or not.
+    pub(crate) fn opening(config: SqliteConfig, immutable: bool) -> Self {
         let permits = Arc::new(Semaphore::new(config.readers));
         Self {
             config,
+            immutable,
             idle: Mutex::new(Vec::new()),
             permits,
         }
@@ -149,7 +157,7 @@ impl Readers {
     ) -> Result<T> {
         let mut conn = match conn.or_else(|| self.take_idle()) {
             Some(c) => c,
-            None => crate::schema::open_reader(&self.config).map_err(backend)?,
+            None => crate::schema::open_reader(&self.config, self.immutable).map_err(backend)?,
         };
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut conn)));
         self.keep(conn);

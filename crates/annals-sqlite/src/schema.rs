@@ -32,6 +32,11 @@ fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> OpenError + '_ {
             path: path.to_owned(),
             reason: "the file is not a SQLite database".into(),
         },
+        // The file is write-protected (SQLite opened it read-only), or its directory is
+        // (no `-shm` could be made for the WAL).
+        Some(ErrorCode::ReadOnly) => OpenError::NotWritable {
+            path: path.to_owned(),
+        },
         _ => OpenError::Sqlite {
             path: path.to_owned(),
             source,
@@ -48,6 +53,13 @@ pub(crate) fn open_writer(config: &SqliteConfig) -> Result<Connection, OpenError
     let path = config.path.as_path();
     let err = sqlite(path);
     if path.exists() {
+        // Before any read: a reader makes the WAL's `-shm` and `-wal` files, owned by this
+        // process, which the file's owner might then not be able to write.
+        if !writable(path) {
+            return Err(OpenError::NotWritable {
+                path: path.to_owned(),
+            });
+        }
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let reader = Connection::open_with_flags(path, flags).map_err(&err)?;
         reader.busy_timeout(config.busy_timeout).map_err(&err)?;
@@ -103,10 +115,92 @@ fn stable_plans(conn: &Connection) -> rusqlite::Result<()> {
     .map(drop)
 }
 
-/// Opens a read-only connection.
-pub(crate) fn open_reader(config: &SqliteConfig) -> rusqlite::Result<Connection> {
+/// Checks, for a store opened read-only, that the file is an Annals store at this schema,
+/// writing nothing. Answers whether its connections must read it as immutable: when its
+/// directory cannot be written and no process has it open, SQLite cannot make the
+/// shared-memory file a WAL reader needs.
+pub(crate) fn open_read_only(config: &SqliteConfig) -> Result<bool, OpenError> {
+    let path = config.path.as_path();
+    match path.try_exists() {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(OpenError::Missing {
+                path: path.to_owned(),
+            })
+        }
+        Err(e) => {
+            return Err(OpenError::Sqlite {
+                path: path.to_owned(),
+                source: rusqlite::Error::InvalidPath(format!("{}: {e}", path.display()).into()),
+            })
+        }
+    }
+    // A file this process cannot write, which no process has open (no `-shm`), is read as
+    // immutable: a WAL reader would leave `-shm` and `-wal` files of its own beside it,
+    // which the file's owner might not be able to write, and then could not write the
+    // store.
+    let mut shm = path.as_os_str().to_owned();
+    shm.push("-shm");
+    let attempts: &[bool] = match writable(path) || Path::new(&shm).exists() {
+        true => &[false, true],
+        false => &[true],
+    };
+    let err = sqlite(path);
+    let mut checked = Ok((0, false));
+    for &immutable in attempts {
+        checked = open_reader(config, immutable)
+            .map_err(&err)
+            .and_then(|conn| check(&conn, path))
+            .map(|version| (version, immutable));
+        // Its directory cannot be written: no `-shm` can be made.
+        if !matches!(checked, Err(OpenError::NotWritable { .. })) {
+            break;
+        }
+    }
+    match checked? {
+        (SCHEMA_VERSION, immutable) => Ok(immutable),
+        (found, _) => Err(OpenError::NeedsMigration {
+            path: path.to_owned(),
+            found,
+            current: SCHEMA_VERSION,
+        }),
+    }
+}
+
+/// Whether this process may write the file: SQLite opens a write-protected file (another
+/// user's, or on a read-only mount) read-only without a word. Opening reads nothing.
+fn writable(path: &Path) -> bool {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    Connection::open_with_flags(path, flags)
+        .and_then(|conn| conn.is_readonly(rusqlite::MAIN_DB))
+        .is_ok_and(|read_only| !read_only)
+}
+
+/// `file:` URI of `path` (made absolute) opened as immutable: SQLite then reads the file
+/// alone, with no locks and no `-wal` or `-shm`.
+fn immutable_uri(path: &Path) -> rusqlite::Result<std::path::PathBuf> {
+    use percent_encoding::{percent_encode, AsciiSet, NON_ALPHANUMERIC};
+    const KEEP: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'/')
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    let absolute = std::path::absolute(path)
+        .map_err(|e| rusqlite::Error::InvalidPath(format!("{}: {e}", path.display()).into()))?;
+    let bytes = absolute.as_os_str().as_encoded_bytes();
+    Ok(format!("file:{}?immutable=1", percent_encode(bytes, KEEP)).into())
+}
+
+/// Opens a read-only connection (to the file as immutable, see [`open_read_only`]).
+pub(crate) fn open_reader(config: &SqliteConfig, immutable: bool) -> rusqlite::Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(&config.path, flags)?;
+    let conn = if immutable {
+        let uri = immutable_uri(&config.path)?;
+        Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI)?
+    } else {
+        Connection::open_with_flags(&config.path, flags)?
+    };
     conn.busy_timeout(config.busy_timeout)?;
     stable_plans(&conn)?;
     conn.set_prepared_statement_cache_capacity(32);
@@ -133,8 +227,9 @@ pub(crate) fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
     )
 }
 
-/// Refuses foreign and newer files, reading only.
-fn check(conn: &Connection, path: &Path) -> Result<(), OpenError> {
+/// Refuses foreign and newer files, reading only. Answers the file's schema version (0 for
+/// a new, empty file).
+fn check(conn: &Connection, path: &Path) -> Result<i64, OpenError> {
     let err = sqlite(path);
     let app_id: i32 = conn
         .query_row("PRAGMA application_id", [], |r| r.get(0))
@@ -155,9 +250,9 @@ fn check(conn: &Connection, path: &Path) -> Result<(), OpenError> {
             found: version,
             supported: SCHEMA_VERSION,
         }),
-        APPLICATION_ID => Ok(()),
+        APPLICATION_ID => Ok(version),
         // A new, empty database: no schema objects and no version of anyone's.
-        0 if objects == 0 && version == 0 => Ok(()),
+        0 if objects == 0 && version == 0 => Ok(0),
         0 if objects == 0 => Err(foreign(format!(
             "it has no Annals application id and another application's user_version {version}"
         ))),
@@ -205,4 +300,41 @@ fn migrate(mut conn: Connection, path: &Path) -> Result<Connection, OpenError> {
     }
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An immutable reader finds the file by a `file:` URI: characters a URI gives meaning
+    /// to must reach SQLite as the path's own; it reads the file alone and makes no `-wal`
+    /// or `-shm` beside it.
+    #[test]
+    fn an_immutable_reader_opens_any_path_and_leaves_nothing_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("a b?c#d%20e&f=1");
+        std::fs::create_dir(&sub).unwrap();
+        let config = SqliteConfig::new(sub.join("st?re#1%.db"));
+        {
+            let conn = open_writer(&config).unwrap();
+            conn.execute_batch("INSERT INTO annals_checkpoints (group_name, source, position, updated_at) VALUES ('g', 's', '7', 0)")
+                .unwrap();
+        }
+        let beside = |suffix: &str| {
+            let mut p = config.path.as_os_str().to_owned();
+            p.push(suffix);
+            std::path::PathBuf::from(p).exists()
+        };
+        assert!(
+            !beside("-wal") && !beside("-shm"),
+            "the writer left its files"
+        );
+        let conn = open_reader(&config, true).unwrap();
+        let position: String = conn
+            .query_row("SELECT position FROM annals_checkpoints", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(position, "7");
+        assert!(!beside("-wal") && !beside("-shm"));
+        assert_eq!(check(&conn, &config.path).unwrap(), SCHEMA_VERSION);
+    }
 }

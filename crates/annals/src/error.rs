@@ -173,6 +173,13 @@ pub enum Error {
         /// What was asked for.
         capability: Capability,
     },
+    /// The store is open for reading only (a SQLite file opened read-only); nothing was
+    /// written.
+    #[error("the {backend} store is open read-only: nothing was written (open it for writing to change it)")]
+    ReadOnly {
+        /// The backend's name.
+        backend: &'static str,
+    },
     /// `transact` met a conflict on every attempt.
     #[error(
         "{stream}: the decision conflicted with concurrent writers on each of {attempts} attempts"

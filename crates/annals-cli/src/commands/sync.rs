@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::PAGE;
 use crate::output::{progress, Output};
-use crate::store_url::{Opened, StoreUrl};
+use crate::store_url::{Access, Opened, StoreUrl};
 
 /// The most events one import sends.
 const IMPORT_CHUNK: usize = 1000;
@@ -58,10 +58,10 @@ const FOLLOW_POLL: Duration = Duration::from_millis(250);
 pub(crate) async fn run(args: SyncArgs, out: &Output) -> anyhow::Result<()> {
     let from_url: StoreUrl = args.from.parse().context("--from")?;
     let to_url: StoreUrl = args.to.parse().context("--to")?;
-    let source = Opened::open(&from_url)
+    let source = Opened::open(&from_url, Access::Read)
         .await
         .with_context(|| format!("--from {from_url}"))?;
-    let target = Opened::open(&to_url)
+    let target = Opened::open(&to_url, Access::Write)
         .await
         .with_context(|| format!("--to {to_url}"))?;
     let checkpoints = target.checkpoints();

@@ -28,8 +28,18 @@ fn sqlite_urls_name_relative_and_absolute_paths_with_options() {
         panic!()
     };
     assert_eq!(c.path, PathBuf::from("/tmp/x.db"));
+    assert!(!c.read_only);
+    let StoreKind::Sqlite(c) = parse("sqlite:///tmp/x.db?mode=RO") else {
+        panic!()
+    };
+    assert!(c.read_only);
+    let StoreKind::Sqlite(c) = parse("sqlite:///tmp/x.db?mode=ro&mode=rw") else {
+        panic!()
+    };
+    assert!(!c.read_only);
     for bad in [
         "sqlite://",
+        "sqlite://a.db?mode=rwc",
         "sqlite://a.db?synchronous=off",
         "sqlite://a.db?readers=x",
         "sqlite://a.db?max_bytes=1GB",

@@ -6,6 +6,7 @@ mod hardening;
 mod ops;
 mod otel;
 mod parked;
+mod read_only;
 mod rebuild;
 mod scavenge;
 mod serve;

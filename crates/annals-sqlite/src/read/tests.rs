@@ -20,7 +20,7 @@ async fn page_statements_are_not_prepared_again_per_read() {
             .collect();
         store.append(s, ExpectedVersion::Any, events).await.unwrap();
     }
-    let mut conn = crate::schema::open_reader(&config).unwrap();
+    let mut conn = crate::schema::open_reader(&config, false).unwrap();
     for round in 0..10u64 {
         for (i, s) in names.iter().enumerate() {
             let cursor = Cursor {
@@ -227,7 +227,7 @@ async fn written(
             .await
             .unwrap();
     }
-    let conn = crate::schema::open_reader(&config).unwrap();
+    let conn = crate::schema::open_reader(&config, false).unwrap();
     (dir, store, conn)
 }
 

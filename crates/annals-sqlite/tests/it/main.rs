@@ -4,6 +4,7 @@
 mod conformance;
 mod file;
 mod process;
+mod read_only;
 
 use std::sync::Arc;
 

@@ -1,0 +1,166 @@
+//! The reading commands on a SQLite store this process cannot write (another user's file in
+//! another user's directory, a backup on a read-only mount): they read it read-only and
+//! leave nothing beside it; the writing commands say why they cannot write.
+//!
+//! Run as root, the commands run as user `nobody` (`setpriv`); otherwise the file and its
+//! directory are made read-only to this user.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use annals::{EventData, EventStore, ExpectedVersion, StreamName};
+use annals_sqlite::{SqliteConfig, SqliteStore};
+
+use crate::ops::{failed_saying, json_lines, on};
+use crate::succeeded;
+
+/// Another user, or this one with the store read-only to it.
+struct Other {
+    dir: PathBuf,
+    /// The binary where `nobody` may run it, when run as root.
+    root_copy: Option<PathBuf>,
+}
+
+impl Other {
+    fn new(dir: &Path) -> Self {
+        let root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
+        let root_copy = root.then(|| {
+            let bin = dir.join("annals-bin");
+            let built = Path::new(env!("CARGO_BIN_EXE_annals"));
+            if std::fs::hard_link(built, &bin).is_err() {
+                std::fs::copy(built, &bin).unwrap();
+            }
+            bin
+        });
+        Self {
+            dir: dir.to_owned(),
+            root_copy,
+        }
+    }
+
+    /// Makes the file and its directory read-only to the other user.
+    fn lock(&self) {
+        let mode = |path: &Path, mode| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        match self.root_copy {
+            // Owned by root: `nobody` may read and enter, not write.
+            Some(_) => {
+                mode(&self.dir, 0o755);
+                mode(&self.dir.join("annals.db"), 0o644);
+            }
+            None => {
+                mode(&self.dir.join("annals.db"), 0o444);
+                mode(&self.dir, 0o555);
+            }
+        }
+    }
+
+    /// Gives the directory and the file back to this user.
+    fn unlock(&self) {
+        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            self.dir.join("annals.db"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+    }
+
+    fn run(&self, store: &str, args: &[&str]) -> Output {
+        let mut command = match &self.root_copy {
+            Some(bin) => {
+                let mut c = Command::new("setpriv");
+                c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+                    .arg(bin);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_annals")),
+        };
+        command
+            .args(args)
+            .args(["--store", store])
+            .current_dir(&self.dir)
+            .env_remove("ANNALS_STORE")
+            .output()
+            .expect("the annals binary runs")
+    }
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn reading_commands_read_a_store_they_cannot_write() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path();
+    let store = "sqlite://annals.db";
+    for data in [r#"{"n":1}"#, r#"{"n":2}"#] {
+        succeeded(&on(
+            dir,
+            store,
+            &["append", "Cart-1", "--type", "Added", "--data", data],
+        ));
+    }
+    let other = Other::new(dir);
+    let before = std::fs::read(dir.join("annals.db")).unwrap();
+    let listed = entries(dir);
+    other.lock();
+
+    let read = other.run(store, &["read", "Cart-1", "--json"]);
+    let events = json_lines(&succeeded(&read));
+    let data: Vec<_> = events.iter().map(|e| e["data"]["n"].clone()).collect();
+    assert_eq!(data, [1, 2]);
+    let dumped = json_lines(&succeeded(&other.run(store, &["dump"])));
+    assert_eq!(dumped.len(), 2);
+    let stats = succeeded(&other.run(store, &["stats"]));
+    assert!(
+        stats.contains("Cart") && stats.contains("head position: 2"),
+        "{stats}"
+    );
+    succeeded(&other.run(store, &["checkpoint", "list"]));
+    succeeded(&other.run("sqlite://annals.db?mode=ro", &["read", "Cart-1"]));
+
+    // Writing commands are refused, saying why.
+    let append = other.run(store, &["append", "Cart-1", "--type", "X", "--data", "{}"]);
+    failed_saying(&append, "cannot write the file or its directory");
+    let set = other.run(store, &["checkpoint", "set", "g", "1"]);
+    failed_saying(&set, "cannot write");
+    let forced = other.run(
+        "sqlite://annals.db?mode=ro",
+        &["append", "Cart-1", "--type", "X", "--data", "{}"],
+    );
+    failed_saying(&forced, "open read-only: nothing was written");
+    // A read-only open creates no store.
+    let missing = other.run("sqlite://missing.db", &["read", "Cart-1"]);
+    assert!(!missing.status.success());
+
+    assert_eq!(std::fs::read(dir.join("annals.db")).unwrap(), before);
+    assert_eq!(entries(dir), listed, "files were left beside the store");
+
+    // While the owner has the store open and writing (its `-shm` exists), a reader joins
+    // its WAL and sees what was committed since, before any checkpoint.
+    other.unlock();
+    let owner = SqliteStore::open(SqliteConfig::new(dir.join("annals.db"))).unwrap();
+    owner
+        .append(
+            &StreamName::new("Cart-1").unwrap(),
+            ExpectedVersion::Exact(annals::Version(2)),
+            vec![EventData::new("Added", br#"{"n":3}"#.to_vec())],
+        )
+        .await
+        .unwrap();
+    other.lock();
+    let read = other.run(store, &["read", "Cart-1", "--json"]);
+    let events = json_lines(&succeeded(&read));
+    let data: Vec<_> = events.iter().map(|e| e["data"]["n"].clone()).collect();
+    assert_eq!(data, [1, 2, 3]);
+    drop(owner);
+    other.unlock();
+}
