@@ -37,6 +37,14 @@ pub enum OpenError {
         /// The file.
         path: PathBuf,
     },
+    /// A read-only open found commits in the store's WAL that this process cannot read:
+    /// SQLite needs to make a `-shm` index beside the file to read them, and the directory
+    /// cannot be written. The file alone would show the store without them.
+    #[error("{path} holds commits not yet copied into the database file, which only a process that can write its directory can read (SQLite makes a -shm index beside it): read a copy in a writable directory, or open the store once for writing to fold them in")]
+    WalUnreadable {
+        /// The `-wal` file.
+        path: PathBuf,
+    },
     /// A read-only open found a store of an older schema, which it cannot migrate.
     #[error("{path}: schema version {found} is older than this build's ({current}) and a read-only open migrates nothing: open it once for writing (`annals init`)")]
     NeedsMigration {

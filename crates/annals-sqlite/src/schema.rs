@@ -139,15 +139,23 @@ pub(crate) fn open_read_only(config: &SqliteConfig) -> Result<bool, OpenError> {
     // immutable: a WAL reader would leave `-shm` and `-wal` files of its own beside it,
     // which the file's owner might not be able to write, and then could not write the
     // store.
-    let mut shm = path.as_os_str().to_owned();
-    shm.push("-shm");
-    let attempts: &[bool] = match writable(path) || Path::new(&shm).exists() {
+    let beside = |suffix: &str| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        std::path::PathBuf::from(name)
+    };
+    let attempts: &[bool] = match writable(path) || beside("-shm").exists() {
         true => &[false, true],
         false => &[true],
     };
     let err = sqlite(path);
     let mut checked = Ok((0, false));
     for &immutable in attempts {
+        // Read as immutable, the file would not show the commits its WAL holds.
+        let wal = beside("-wal");
+        if immutable && std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+            return Err(OpenError::WalUnreadable { path: wal });
+        }
         checked = open_reader(config, immutable)
             .map_err(&err)
             .and_then(|conn| check(&conn, path))

@@ -39,32 +39,24 @@ impl Other {
         }
     }
 
-    /// Makes the file and its directory read-only to the other user.
+    /// Makes the store and its directory read-only to the other user.
     fn lock(&self) {
-        let mode = |path: &Path, mode| {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
-        };
-        match self.root_copy {
-            // Owned by root: `nobody` may read and enter, not write.
-            Some(_) => {
-                mode(&self.dir, 0o755);
-                mode(&self.dir.join("annals.db"), 0o644);
-            }
-            None => {
-                mode(&self.dir.join("annals.db"), 0o444);
-                mode(&self.dir, 0o555);
-            }
-        }
+        self.lock_in(&self.dir);
     }
 
-    /// Gives the directory and the file back to this user.
+    /// Makes the files of `dir` and `dir` read-only to the other user.
+    fn lock_in(&self, dir: &Path) {
+        let (files, dirs) = match self.root_copy {
+            // Owned by root: `nobody` may read and enter, not write.
+            Some(_) => (0o644, 0o755),
+            None => (0o444, 0o555),
+        };
+        set_modes(dir, files, dirs);
+    }
+
+    /// Gives the store and its directory back to this user.
     fn unlock(&self) {
-        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::set_permissions(
-            self.dir.join("annals.db"),
-            std::fs::Permissions::from_mode(0o644),
-        )
-        .unwrap();
+        set_modes(&self.dir, 0o644, 0o755);
     }
 
     fn run(&self, store: &str, args: &[&str]) -> Output {
@@ -85,6 +77,21 @@ impl Other {
             .output()
             .expect("the annals binary runs")
     }
+}
+
+/// Sets the mode of the SQLite files in `dir`, then of `dir`.
+fn set_modes(dir: &Path, files: u32, dirs: u32) {
+    let mode = |path: &Path, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    mode(dir, 0o755);
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.to_string_lossy().contains(".db") {
+            mode(&path, files);
+        }
+    }
+    mode(dir, dirs);
 }
 
 fn entries(dir: &Path) -> Vec<String> {
@@ -161,6 +168,18 @@ async fn reading_commands_read_a_store_they_cannot_write() {
     let events = json_lines(&succeeded(&read));
     let data: Vec<_> = events.iter().map(|e| e["data"]["n"].clone()).collect();
     assert_eq!(data, [1, 2, 3]);
-    drop(owner);
+
+    // A copy of the file and its WAL (no `-shm`) where the reader cannot write: the file
+    // alone would read without the WAL's commits, so the reader refuses it.
     other.unlock();
+    let backup = dir.join("backup");
+    std::fs::create_dir(&backup).unwrap();
+    for name in ["annals.db", "annals.db-wal"] {
+        std::fs::copy(dir.join(name), backup.join(name)).unwrap();
+    }
+    other.lock_in(&backup);
+    let copy = other.run("sqlite://backup/annals.db", &["read", "Cart-1"]);
+    failed_saying(&copy, "annals.db-wal holds commits not yet copied");
+    set_modes(&backup, 0o644, 0o755);
+    drop(owner);
 }
