@@ -136,12 +136,12 @@ pub async fn spawn<R: ReadModelStore>(
     ))
 }
 
-/// The rows recorded per list (progress, schema, the list's version).
+/// The rows recorded per list (progress, schema, the list's version). Only reads: none
+/// before the read model is first set up, and it works on a store open read-only.
 pub async fn rows<R: ReadModelStore>(
     events: &dyn EventStore,
     read_model: &R,
 ) -> annals::Result<Vec<ProjectionRow>> {
-    read_model.setup(&Arc::new(TodoView)).await?;
     projection_rows(events, read_model, NAME).await
 }
 

@@ -60,6 +60,12 @@ impl Other {
     }
 
     fn run(&self, store: &str, args: &[&str]) -> Output {
+        self.command(store, args)
+            .output()
+            .expect("the annals binary runs")
+    }
+
+    fn command(&self, store: &str, args: &[&str]) -> Command {
         let mut command = match &self.root_copy {
             Some(bin) => {
                 let mut c = Command::new("setpriv");
@@ -74,9 +80,31 @@ impl Other {
             .args(["--store", store])
             .current_dir(&self.dir)
             .env_remove("ANNALS_STORE")
-            .output()
-            .expect("the annals binary runs")
+            .env_remove("ANNALS_ADMIN_TOKEN");
+        command
     }
+}
+
+/// The status code of `GET path` (the first line of the answer).
+fn status(base: &str, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let address = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"))
 }
 
 /// Sets the mode of the SQLite files in `dir`, then of `dir`.
@@ -144,6 +172,41 @@ async fn reading_commands_read_a_store_they_cannot_write() {
         &["append", "Cart-1", "--type", "X", "--data", "{}"],
     );
     failed_saying(&forced, "open read-only: nothing was written");
+    // The admin pages (they need `?mode=ro` to open it: their actions write), read-model
+    // rows included, all served.
+    let refused = other.run(store, &["admin", "--listen", "127.0.0.1:0"]);
+    failed_saying(&refused, "?mode=ro");
+    let mut admin = crate::admin::Killed(Some(
+        other
+            .command(
+                "sqlite://annals.db?mode=ro",
+                &["admin", "--listen", "127.0.0.1:0"],
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let stdout = admin.0.as_mut().unwrap().stdout.take().unwrap();
+    let line = std::io::BufRead::lines(std::io::BufReader::new(stdout))
+        .next()
+        .expect("annals admin announces its address")
+        .unwrap();
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"));
+    for page in [
+        "/",
+        "/streams",
+        "/stream?name=Cart-1",
+        "/groups",
+        "/read-models",
+    ] {
+        assert_eq!(status(base, page), 200, "{page}");
+    }
+    drop(admin);
+
     // A read-only open creates no store.
     let missing = other.run("sqlite://missing.db", &["read", "Cart-1"]);
     assert!(!missing.status.success());
