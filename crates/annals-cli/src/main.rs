@@ -2,6 +2,17 @@
 //!
 //! Run `annals --help` (or `cargo run -p annals-cli -- --help`) for the commands.
 
+/// `println!` that ends the command quietly when stdout's reader has gone (see
+/// `output::say`).
+macro_rules! say {
+    () => {
+        $crate::output::say(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::say(format_args!($($arg)*))
+    };
+}
+
 mod bench;
 mod commands;
 mod output;

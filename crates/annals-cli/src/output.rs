@@ -15,10 +15,25 @@ pub(crate) struct Output {
     pub json: bool,
 }
 
+/// Prints one line on stdout. A reader that went away (`annals dump | head`) ends the
+/// command quietly, as it ends other Unix tools; another failure to write (a full disk)
+/// ends it with the error on stderr. Never a panic. Use it through the `say!` macro.
+pub(crate) fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{line}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("annals: writing to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 impl Output {
     /// Prints one JSON value on its own line.
     pub(crate) fn line(&self, value: &serde_json::Value) {
-        println!("{value}");
+        say!("{value}");
     }
 
     /// Prints rows under headers, columns aligned (no borders, two spaces between columns).
@@ -35,7 +50,7 @@ impl Output {
             column.set_padding((0, 2));
         }
         for line in table.lines() {
-            println!("{}", line.trim_end());
+            say!("{}", line.trim_end());
         }
     }
 }

@@ -115,7 +115,7 @@ impl Report {
 
     pub(super) fn print(&self) {
         // The rates, then the exact counts they come from (what tests check).
-        println!(
+        say!(
             "{:<44} {:>10.0} {:>10.0}  {}{}  total {} events / {} ops",
             self.name,
             self.events_per_sec(),
@@ -170,7 +170,7 @@ pub(super) async fn run(opened: Opened, url: &str, args: Args) -> anyhow::Result
         "--duration must be more than zero"
     );
     let run = format!("r{}", std::process::id());
-    println!(
+    say!(
         "append benchmark  store {url}  {} per case  {} bytes per event",
         humantime::format_duration(args.duration),
         args.event_bytes
@@ -182,15 +182,17 @@ pub(super) async fn run(opened: Opened, url: &str, args: Args) -> anyhow::Result
         b.remove().await;
     }
     let [raw_100, a, raw_1, b, c] = measured?;
-    println!(
+    say!(
         "{:<44} {:>10} {:>10}  latency ms per operation",
-        "case", "events/s", "ops/s"
+        "case",
+        "events/s",
+        "ops/s"
     );
     for r in [&raw_100, &a, &raw_1, &b, &c].into_iter().flatten() {
         r.print();
     }
     if baseline.is_none() {
-        println!("no raw baseline for this store");
+        say!("no raw baseline for this store");
     }
     // The targets: group commit (SQLite's single writer, PostgreSQL's grouped appends) must
     // beat one commit per row by far. On NATS, each shape should reach 0.7 of plain
@@ -201,19 +203,19 @@ pub(super) async fn run(opened: Opened, url: &str, args: Args) -> anyhow::Result
         _ => (1.5, 0.8),
     };
     if let (Some(b), Some(raw_1)) = (&b, &raw_1) {
-        println!(
+        say!(
             "ratio (b) / raw 1 row per tx:      {:.2}x  (target >= {b_target})",
             b.events_per_sec() / raw_1.events_per_sec()
         );
     }
     if let (Some(c), Some(b)) = (&c, &b) {
-        println!(
+        say!(
             "ratio (c) / (b):                    {:.2}x  (target >= 0.5, p99 <= 100 ms)",
             c.events_per_sec() / b.events_per_sec()
         );
     }
     if let (Some(a), Some(raw_100)) = (&a, &raw_100) {
-        println!(
+        say!(
             "ratio (a) / raw 100 rows per tx:   {:.2}x  (target >= {a_target})",
             a.events_per_sec() / raw_100.events_per_sec()
         );

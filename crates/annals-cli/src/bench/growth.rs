@@ -40,7 +40,7 @@ pub(super) async fn run(store: Arc<dyn EventStore>, url: &str, args: Args) -> an
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros());
     let decider = category.decider(&format!("growth{micros}"))?;
-    println!(
+    say!(
         "annals bench growth --store {url}: one Favorites stream to {} events, {}",
         args.events,
         if args.snapshots > 0 {
@@ -49,7 +49,7 @@ pub(super) async fn run(store: Arc<dyn EventStore>, url: &str, args: Args) -> an
             "no snapshots".to_owned()
         }
     );
-    println!("{:>8}  step latency ms (load + decide + append)", "events");
+    say!("{:>8}  step latency ms (load + decide + append)", "events");
     let mut h = latency_histogram();
     for n in 0..args.events {
         let sku = format!("sku{}", n % 100);
@@ -69,7 +69,7 @@ pub(super) async fn run(store: Arc<dyn EventStore>, url: &str, args: Args) -> an
         h.saturating_record(started.elapsed().as_micros().max(1) as u64);
         if (n + 1) % args.report_every == 0 || n + 1 == args.events {
             let mean = h.mean() / 1000.0;
-            println!("{:>8}  mean {mean:.3}  {}", n + 1, Latency::of(&h));
+            say!("{:>8}  mean {mean:.3}  {}", n + 1, Latency::of(&h));
             h.reset();
         }
     }

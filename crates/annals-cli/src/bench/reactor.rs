@@ -261,7 +261,7 @@ pub(super) async fn catchup(
     let store = opened.events.clone();
     let category = fresh_category("Catchup");
     let filter = Filter::category(&category);
-    println!(
+    say!(
         "annals bench catchup --store {url}: {} events over {} streams of {category}, batch {}, {} streams at once",
         args.events, args.streams, args.batch, args.concurrency
     );
@@ -269,7 +269,7 @@ pub(super) async fn catchup(
     let started = Instant::now();
     let amounts = seed(&store, &category, args.events, args.streams).await?;
     let took = started.elapsed();
-    println!(
+    say!(
         "{:<40} {:>10.0} events/s  ({:.1} s)",
         "seed (100-event appends, 8 writers)",
         args.events as f64 / took.as_secs_f64(),
@@ -292,7 +292,7 @@ pub(super) async fn catchup(
         args.events
     );
     let raw_rate = read as f64 / raw_took.as_secs_f64();
-    println!(
+    say!(
         "{:<40} {:>10.0} events/s  ({:.1} s)",
         "raw read_all",
         raw_rate,
@@ -317,7 +317,7 @@ pub(super) async fn catchup(
         args.events
     );
     let rate = args.events as f64 / took.as_secs_f64();
-    println!(
+    say!(
         "{:<40} {:>10.0} events/s  ({:.1} s, {} handler calls, {:.1} events per call, at most {} batches read ahead)",
         "pipeline into the read model",
         rate,
@@ -326,7 +326,7 @@ pub(super) async fn catchup(
         stats.events_handled as f64 / stats.handler_calls.max(1) as f64,
         stats.max_pending_batches_seen
     );
-    println!(
+    say!(
         "catch-up / raw read_all = {:.2}  (read model checked: {counted} events, sum {sum})",
         rate / raw_rate
     );
@@ -373,7 +373,7 @@ pub(super) async fn live(opened: Opened, url: &str, args: LiveArgs) -> anyhow::R
     let mut running =
         annals_reactor::spawn(store.clone(), checkpoints(&opened), clock.clone(), config);
     running.await_idle().await?;
-    println!(
+    say!(
         "annals bench live --store {url}: {} appends/s of one event over {} streams for {}",
         args.rate,
         args.streams,
@@ -400,7 +400,7 @@ pub(super) async fn live(opened: Opened, url: &str, args: LiveArgs) -> anyhow::R
         "the handler saw {} events, not the {appended} appended",
         h.len()
     );
-    println!(
+    say!(
         "{:<40} {:>8} events  append→handler ms: {}",
         "live",
         appended,

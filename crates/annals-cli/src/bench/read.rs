@@ -72,7 +72,7 @@ pub(super) async fn run(opened: Opened, url: &str, args: Args) -> anyhow::Result
     );
     let run = format!("r{}", std::process::id());
     let category = format!("BenchRead{run}");
-    println!(
+    say!(
         "read benchmark  store {url}  {} per case  {} streams x {} events of {} bytes  {} readers",
         humantime::format_duration(args.duration),
         args.streams,
@@ -132,9 +132,11 @@ pub(super) async fn run(opened: Opened, url: &str, args: Args) -> anyhow::Result
         add(&mut all, read_all(&opened.events, &category, slice).await?);
     }
     reports.push((all_baseline, all.expect("a slice at least")));
-    println!(
+    say!(
         "{:<44} {:>10} {:>10}  latency ms per read",
-        "case", "events/s", "reads/s"
+        "case",
+        "events/s",
+        "reads/s"
     );
     for (baseline, ours) in &reports {
         if let Some(b) = baseline {
@@ -143,12 +145,12 @@ pub(super) async fn run(opened: Opened, url: &str, args: Args) -> anyhow::Result
         ours.print();
     }
     match raw {
-        None => println!("no raw baseline for this store"),
+        None => say!("no raw baseline for this store"),
         Some(_) => {
             for ((baseline, ours), case) in reports.iter().zip(["(a)", "(b)", "(c)"]) {
                 if let Some(b) = baseline {
                     let per = if case == "(c)" { "page" } else { "read" };
-                    println!(
+                    say!(
                         "ratio {case} / raw: {:.2}x events/s, p50 per {per} {:.3} ms vs {:.3} ms",
                         ours.events_per_sec() / b.events_per_sec(),
                         ours.latencies.value_at_quantile(0.5) as f64 / 1000.0,

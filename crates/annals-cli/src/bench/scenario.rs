@@ -359,7 +359,7 @@ pub(super) async fn run(
     );
     merge(&mut total, rest)?;
     let elapsed = clock.elapsed.as_secs_f64();
-    println!(
+    say!(
         "scenario {}  store {}  concurrency {}  clients {}  cache {}  snapshots {:?}  target {}  duration {:.1}s",
         scenario.name(),
         url,
@@ -375,22 +375,22 @@ pub(super) async fn run(
         elapsed
     );
     let tests = total.latencies.len();
-    println!(
+    say!(
         "tests {tests}  conflicts {}  errors {}  rate {:.1}/s",
         total.conflicts,
         total.errors,
         tests as f64 / elapsed
     );
-    println!("latency ms  {}", Latency::of(&total.latencies));
+    say!("latency ms  {}", Latency::of(&total.latencies));
     if let (Some(handled), Some(db)) = (projected, read_model) {
-        println!(
+        say!(
             "read model todo_view kept in process: {handled} events handled during the run ({})",
             db.describe()
         );
     }
     if let Some(raw) = &raw {
         raw.print();
-        println!(
+        say!(
             "ratio tests/s / raw 1 row per tx: {:.2}x  (target >= 1.0)",
             tests as f64 / elapsed / raw.events_per_sec()
         );
@@ -405,7 +405,7 @@ pub(super) async fn run(
                 .filter(|(_, n)| *n > 0)
                 .map(|(op, n)| format!("{op} {:.2}", n as f64 / runs))
                 .collect();
-            println!(
+            say!(
                 "round trips per test  {:.2}  ({})",
                 counts.iter().sum::<u64>() as f64 / runs,
                 per_test.join(", ")
@@ -413,7 +413,7 @@ pub(super) async fn run(
         }
         (None, Service::Web(web)) => {
             let requests = web.requests.load(std::sync::atomic::Ordering::Relaxed);
-            println!(
+            say!(
                 "http requests per test  {:.2}  (requests/s {:.1})",
                 requests as f64 / runs,
                 requests as f64 / elapsed
@@ -565,7 +565,7 @@ fn merge(total: &mut Tally, window: Tally) -> anyhow::Result<()> {
 fn report_interval(at: Duration, window: Duration, t: &Tally) {
     let h = &t.latencies;
     let ms = |micros: u64| micros as f64 / 1000.0;
-    println!(
+    say!(
         "[{:>5.0}s] ok={} conflicts={} err={} rate={:.1}/s ms: max={:.2} p99={:.2} p95={:.2} p50={:.2} min={:.2} avg={:.2} stddev={:.2}",
         at.as_secs_f64(),
         h.len(),

@@ -74,7 +74,7 @@ pub(crate) async fn run(
     );
     // Before the announcement: a stop sent right after it is a graceful one.
     let shutdown = shutdown_signal();
-    println!(
+    say!(
         "annals admin: pages at {base}/ (store {}); Ctrl-C to stop",
         opened.url
     );

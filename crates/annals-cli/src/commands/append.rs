@@ -49,9 +49,10 @@ pub(crate) async fn run(
             "id": id.to_string(),
         }));
     } else {
-        println!(
+        say!(
             "appended to {stream}: now at version {}, position {}",
-            appended.version, appended.last_position
+            appended.version,
+            appended.last_position
         );
     }
     Ok(())

@@ -43,7 +43,7 @@ pub(crate) async fn run(
                 out.line(&json!({"group": c.group, "source": c.source, "position": c.position.to_string()}));
             }
         } else if list.is_empty() {
-            println!("no checkpoints");
+            say!("no checkpoints");
         } else {
             let rows: Vec<Vec<String>> = list
                 .iter()
@@ -76,7 +76,7 @@ pub(crate) async fn run(
             if out.json {
                 out.line(&json!({"group": group, "source": source, "position": at.to_string()}));
             } else {
-                println!("{group} ({source}) now resumes after position {at}");
+                say!("{group} ({source}) now resumes after position {at}");
             }
         }
     }

@@ -49,9 +49,9 @@ pub(crate) async fn delete(
     if out.json {
         out.line(&json!({"stream": stream.as_str(), "version": version.get(), "hard": args.hard}));
     } else if args.hard {
-        println!("{stream} deleted for good at version {version} (a tombstone)");
+        say!("{stream} deleted for good at version {version} (a tombstone)");
     } else {
-        println!("{stream} deleted at version {version}: it reads as empty; appends continue from {version}");
+        say!("{stream} deleted at version {version}: it reads as empty; appends continue from {version}");
     }
     Ok(())
 }
@@ -67,7 +67,7 @@ pub(crate) async fn truncate(
     if out.json {
         out.line(&json!({"stream": stream.as_str(), "start": start.get()}));
     } else {
-        println!("{stream} now starts at version {start}");
+        say!("{stream} now starts at version {start}");
     }
     Ok(())
 }
@@ -122,9 +122,10 @@ pub(crate) async fn scavenge(
             .free_bytes
             .map(|b| format!("; {b} bytes now free inside the store, reused by new events"))
             .unwrap_or_default();
-        println!(
+        say!(
             "{verb} {} events ({} bytes of data and metadata){free}",
-            report.events, report.bytes
+            report.events,
+            report.bytes
         );
     }
     Ok(())

@@ -45,12 +45,12 @@ pub(crate) async fn run(
     if out.json {
         out.line(&json!({"subject": args.subject, "forgotten": had}));
     } else if had {
-        println!(
+        say!(
             "{}: key destroyed; its personal data now reads as forgotten",
             args.subject
         );
     } else {
-        println!(
+        say!(
             "{}: no key (never keyed, or already forgotten): nothing to do",
             args.subject
         );

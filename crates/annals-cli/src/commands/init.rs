@@ -45,7 +45,7 @@ pub(crate) async fn run(opened: &Opened, out: &Output) -> anyhow::Result<()> {
             &json!({ "store": url.to_string(), "backend": backend, "schema_version": schema }),
         );
     } else {
-        println!("{url} is ready ({backend}, {detail})");
+        say!("{url} is ready ({backend}, {detail})");
     }
     Ok(())
 }

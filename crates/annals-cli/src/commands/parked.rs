@@ -97,7 +97,7 @@ pub(crate) async fn run(
                     out.line(&parked_json(p));
                 }
             } else if list.is_empty() {
-                println!("no parked streams");
+                say!("no parked streams");
             } else {
                 show_parked(&list, out);
             }
@@ -120,9 +120,7 @@ pub(crate) async fn run(
             if out.json {
                 out.line(&json!({"group": group, "stream": name.as_str(), "replayed": applied}));
             } else {
-                println!(
-                    "{name}: {applied} events applied to the read model; unparked from {group}"
-                );
+                say!("{name}: {applied} events applied to the read model; unparked from {group}");
             }
         }
         ParkedCommand::Skip { stream, group } => {
@@ -133,7 +131,7 @@ pub(crate) async fn run(
             if out.json {
                 out.line(&json!({"group": group, "stream": name.as_str(), "skipped": true}));
             } else {
-                println!("{name}: unparked from {group} without applying its skipped events");
+                say!("{name}: unparked from {group} without applying its skipped events");
             }
         }
     }

@@ -50,7 +50,7 @@ pub(crate) async fn run(
     }
     if !out.json {
         if rows.is_empty() {
-            println!("{stream}: no events");
+            say!("{stream}: no events");
         } else {
             out.table(&EVENT_HEADERS, &rows);
         }

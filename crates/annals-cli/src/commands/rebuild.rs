@@ -46,7 +46,7 @@ pub(crate) async fn run(
     if out.json {
         out.line(&json!({"projection": args.projection, "schema": schema, "rebuilt_streams": streams, "events": events, "current_streams": current}));
     } else {
-        println!(
+        say!(
             "{}: rebuilt {streams} streams ({events} events) with schema {schema}; {current} streams were current",
             args.projection
         );

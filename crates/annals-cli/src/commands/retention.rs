@@ -68,7 +68,7 @@ pub(crate) async fn run(
         RetentionCommand::Show => {
             let policies = store.retention().await?;
             if policies.is_empty() && !out.json {
-                println!("no retention policy: every event is kept");
+                say!("no retention policy: every event is kept");
             }
             for (scope, retention) in &policies {
                 report(out, scope, retention);
@@ -91,6 +91,6 @@ fn report(out: &Output, scope: &RetentionScope, retention: &Retention) {
             "max_count": retention.max_count,
         }));
     } else {
-        println!("{scope}: {retention}");
+        say!("{scope}: {retention}");
     }
 }

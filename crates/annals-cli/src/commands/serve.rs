@@ -103,7 +103,7 @@ pub(crate) async fn run(
     };
     // Before the announcement: a stop sent right after it is a graceful one.
     let shutdown = server::shutdown_signal();
-    println!(
+    say!(
         "annals serve: TodoBackend API at {base}/todos (store {}, read model {}); Ctrl-C to stop",
         opened.url,
         match &read_model {

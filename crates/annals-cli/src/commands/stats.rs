@@ -85,16 +85,16 @@ pub(crate) async fn run(
         })
         .collect();
     if rows.is_empty() {
-        println!("no events");
+        say!("no events");
     } else {
         out.table(&["category", "streams", "events", "bytes"], &rows);
     }
-    println!(
+    say!(
         "head position: {}",
         head.as_deref().unwrap_or("none (empty store)")
     );
     if !checkpoints.is_empty() {
-        println!();
+        say!();
         let rows: Vec<Vec<String>> = checkpoints
             .iter()
             .zip(&behind)
@@ -110,8 +110,8 @@ pub(crate) async fn run(
         out.table(&["group", "source", "position", "events behind"], &rows);
     }
     if !parked.is_empty() {
-        println!();
-        println!("parked streams (annals parked list | replay | skip):");
+        say!();
+        say!("parked streams (annals parked list | replay | skip):");
         show_parked(&parked, out);
     }
     Ok(())

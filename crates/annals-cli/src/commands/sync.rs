@@ -150,9 +150,7 @@ pub(crate) async fn run(args: SyncArgs, out: &Output) -> anyhow::Result<()> {
                     &json!({"following": true, "copied": read, "position": from.to_string()}),
                 ),
                 false => bar.suspend(|| {
-                    println!(
-                        "{read} events copied; following {from_url} for new ones (Ctrl-C to stop)"
-                    )
+                    say!("{read} events copied; following {from_url} for new ones (Ctrl-C to stop)")
                 }),
             }
         }
@@ -165,10 +163,11 @@ pub(crate) async fn run(args: SyncArgs, out: &Output) -> anyhow::Result<()> {
             Some(p) => format!(" (resumed after position {p})"),
             None => String::new(),
         };
-        println!(
+        say!(
             "synced {} -> {}: {read} events read, {written} written, {applied} deletions and \
              truncations done{resumed}; source position {from}",
-            from_url, to_url
+            from_url,
+            to_url
         );
     }
     Ok(())

@@ -47,7 +47,7 @@ pub(crate) async fn run(
         None => end_of_feed(store, &filter).await?,
     };
     if !out.json {
-        println!("following from position {from} (Ctrl-C to stop)");
+        say!("following from position {from} (Ctrl-C to stop)");
     }
     let options = SubscribeOptions {
         filter,
@@ -69,7 +69,7 @@ pub(crate) async fn run(
         if out.json {
             out.line(&event_json(&e));
         } else {
-            println!("{}", event_row(&e).join("  "));
+            say!("{}", event_row(&e).join("  "));
         }
         seen += 1;
     }

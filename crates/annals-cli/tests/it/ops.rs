@@ -1016,3 +1016,46 @@ fn streams_are_truncated_and_deleted_soft_and_hard() {
         "deleted for good",
     );
 }
+
+/// Output piped to a reader that stops early (`annals dump | head -1`) ends the command
+/// quietly and successfully, as it ends other Unix tools; a stdout that cannot be written
+/// (a full disk) ends it with one line saying so. Never a panic.
+#[test]
+fn output_to_a_closed_pipe_or_a_full_disk_ends_the_command_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = "sqlite://annals.db";
+    succeeded(&on(
+        dir.path(),
+        store,
+        &["append", "Cart-1", "--type", "Added", "--data", "{}"],
+    ));
+    for args in [&["dump"][..], &["read", "Cart-1"], &["--json", "stats"]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_annals"))
+            .args(args)
+            .args(["--store", store])
+            .current_dir(dir.path())
+            .env_remove("ANNALS_STORE")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader is gone before the command writes.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
+        assert_eq!(stderr, "", "{args:?}");
+    }
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_annals"))
+        .args(["dump", "--store", store])
+        .current_dir(dir.path())
+        .env_remove("ANNALS_STORE")
+        .stdout(full)
+        .output()
+        .unwrap();
+    failed_saying(&out, "writing to stdout: No space left on device");
+}
