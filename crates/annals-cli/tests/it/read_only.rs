@@ -176,36 +176,18 @@ async fn reading_commands_read_a_store_they_cannot_write() {
     // rows included, all served.
     let refused = other.run(store, &["admin", "--listen", "127.0.0.1:0"]);
     failed_saying(&refused, "?mode=ro");
-    let mut admin = crate::admin::Killed(Some(
-        other
-            .command(
-                "sqlite://annals.db?mode=ro",
-                &["admin", "--listen", "127.0.0.1:0"],
-            )
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
-    let stdout = admin.0.as_mut().unwrap().stdout.take().unwrap();
-    let line = std::io::BufRead::lines(std::io::BufReader::new(stdout))
-        .next()
-        .expect("annals admin announces its address")
-        .unwrap();
-    let base = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no URL in {line:?}"));
-    for page in [
+    let admin = other.command(
+        "sqlite://annals.db?mode=ro",
+        &["admin", "--listen", "127.0.0.1:0"],
+    );
+    let pages = [
         "/",
         "/streams",
         "/stream?name=Cart-1",
         "/groups",
         "/read-models",
-    ] {
-        assert_eq!(status(base, page), 200, "{page}");
-    }
-    drop(admin);
+    ];
+    assert_eq!(admin_pages(admin, &pages), [200; 5], "{pages:?}");
 
     // A read-only open creates no store.
     let missing = other.run("sqlite://missing.db", &["read", "Cart-1"]);
@@ -245,4 +227,104 @@ async fn reading_commands_read_a_store_they_cannot_write() {
     failed_saying(&copy, "annals.db-wal holds commits not yet copied");
     set_modes(&backup, 0o644, 0o755);
     drop(owner);
+}
+
+/// Spawns `annals admin` (`command` holds the store and `--listen 127.0.0.1:0`) and
+/// answers the status of each page, then stops it.
+fn admin_pages(mut command: Command, pages: &[&str]) -> Vec<u16> {
+    let mut admin = crate::admin::Killed(Some(
+        command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let stdout = admin.0.as_mut().unwrap().stdout.take().unwrap();
+    let line = std::io::BufRead::lines(std::io::BufReader::new(stdout))
+        .next()
+        .expect("annals admin announces its address")
+        .unwrap();
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .to_owned();
+    pages.iter().map(|page| status(&base, page)).collect()
+}
+
+/// A PostgreSQL role granted only `USAGE` on the schema and `SELECT` on its tables, its
+/// transactions read-only (as on a hot standby): the reading commands and every admin page
+/// work, read-model rows included; a write is refused.
+#[tokio::test]
+async fn a_read_only_postgres_role_reads_and_browses_the_admin_pages() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path();
+    let (url, config) = crate::ops::pg_target("ro_role");
+    succeeded(&on(
+        dir,
+        &url,
+        &[
+            "append",
+            "Cart-1",
+            "--type",
+            "Added",
+            "--data",
+            r#"{"n":1}"#,
+        ],
+    ));
+    let schema = config.schema.clone();
+    let role = format!("{schema}_reader");
+    let server = annals_testkit::postgres::shared();
+    let owner = annals_testkit::postgres::connect(&server.url).await;
+    owner
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN PASSWORD 'reader'; \
+             GRANT USAGE ON SCHEMA {schema} TO {role}; \
+             GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}; \
+             ALTER ROLE {role} SET default_transaction_read_only = on"
+        ))
+        .await
+        .unwrap();
+    let reader = url.replacen(
+        "postgres://postgres@",
+        &format!("postgres://{role}:reader@"),
+        1,
+    );
+    assert_ne!(reader, url);
+    let checked = std::panic::catch_unwind(|| {
+        let events = json_lines(&succeeded(&on(dir, &reader, &["read", "Cart-1", "--json"])));
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            json_lines(&succeeded(&on(dir, &reader, &["dump"]))).len(),
+            1
+        );
+        let stats = succeeded(&on(dir, &reader, &["stats"]));
+        assert!(stats.contains("Cart"), "{stats}");
+        let append = on(
+            dir,
+            &reader,
+            &["append", "Cart-1", "--type", "X", "--data", "{}"],
+        );
+        assert!(!append.status.success(), "a read-only role appended");
+        let mut admin = Command::new(env!("CARGO_BIN_EXE_annals"));
+        admin
+            .args(["admin", "--listen", "127.0.0.1:0", "--store", &reader])
+            .env_remove("ANNALS_STORE")
+            .env_remove("ANNALS_ADMIN_TOKEN");
+        let pages = [
+            "/",
+            "/streams",
+            "/stream?name=Cart-1",
+            "/groups",
+            "/read-models",
+        ];
+        assert_eq!(admin_pages(admin, &pages), [200; 5], "{pages:?}");
+    });
+    owner
+        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .await
+        .unwrap();
+    if let Err(panic) = checked {
+        std::panic::resume_unwind(panic);
+    }
 }
