@@ -31,6 +31,12 @@ pub enum OpenError {
         /// The file.
         path: PathBuf,
     },
+    /// The file's directory does not exist (the store creates its file, not directories).
+    #[error("{path}: directory {} does not exist: create it first (the store creates its file, not directories)", .path.parent().map(|d| d.display().to_string()).unwrap_or_default())]
+    NoDirectory {
+        /// The file.
+        path: PathBuf,
+    },
     /// A read-only open found no file (a read-only open creates nothing).
     #[error("{path}: no such file (opened read-only, the store is not created)")]
     Missing {

@@ -52,6 +52,7 @@ fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> OpenError + '_ {
 pub(crate) fn open_writer(config: &SqliteConfig) -> Result<Connection, OpenError> {
     let path = config.path.as_path();
     let err = sqlite(path);
+    not_a_file(path)?;
     if path.exists() {
         // Before any read: a reader makes the WAL's `-shm` and `-wal` files, owned by this
         // process, which the file's owner might then not be able to write.
@@ -121,6 +122,7 @@ fn stable_plans(conn: &Connection) -> rusqlite::Result<()> {
 /// shared-memory file a WAL reader needs.
 pub(crate) fn open_read_only(config: &SqliteConfig) -> Result<bool, OpenError> {
     let path = config.path.as_path();
+    not_a_file(path)?;
     match path.try_exists() {
         Ok(true) => {}
         Ok(false) => {
@@ -171,6 +173,27 @@ pub(crate) fn open_read_only(config: &SqliteConfig) -> Result<bool, OpenError> {
             path: path.to_owned(),
             found,
             current: SCHEMA_VERSION,
+        }),
+    }
+}
+
+/// Refuses a path that names a directory, or whose directory does not exist, before
+/// SQLite answers "disk I/O error" or "unable to open database file".
+fn not_a_file(path: &Path) -> Result<(), OpenError> {
+    if path.is_dir() {
+        return Err(OpenError::NotAnnalsDatabase {
+            path: path.to_owned(),
+            reason: "it is a directory".into(),
+        });
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    match dir.is_dir() {
+        true => Ok(()),
+        false => Err(OpenError::NoDirectory {
+            path: path.to_owned(),
         }),
     }
 }

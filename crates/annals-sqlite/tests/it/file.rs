@@ -758,3 +758,36 @@ fn database_bytes(path: &std::path::Path) -> u64 {
         .unwrap();
     (pages * size) as u64
 }
+
+/// A path naming a directory, or a file in a directory that does not exist, is refused
+/// saying so (SQLite alone says "disk I/O error" or "unable to open database file"), and
+/// nothing is created.
+#[test]
+fn a_directory_or_a_missing_directory_is_refused_saying_so() {
+    let dir = tempfile::tempdir().unwrap();
+    for config in [
+        SqliteConfig::new(dir.path()),
+        SqliteConfig::new(dir.path()).read_only(),
+    ] {
+        match SqliteStore::open(config) {
+            Err(e @ OpenError::NotAnnalsDatabase { .. }) => {
+                assert!(e.to_string().contains("it is a directory"), "{e}")
+            }
+            other => panic!("expected NotAnnalsDatabase, got {other:?}"),
+        }
+    }
+    let nested = dir.path().join("missing").join("annals.db");
+    for config in [
+        SqliteConfig::new(&nested),
+        SqliteConfig::new(&nested).read_only(),
+    ] {
+        match SqliteStore::open(config) {
+            Err(e @ OpenError::NoDirectory { .. }) => {
+                assert!(e.to_string().contains("missing does not exist"), "{e}")
+            }
+            other => panic!("expected NoDirectory, got {other:?}"),
+        }
+    }
+    assert!(!dir.path().join("missing").exists());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
