@@ -26,17 +26,44 @@ const MIGRATIONS: &[&str] = &[
 /// The schema version this build creates and reads.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// SQLite's answers for a file or directory this process cannot write: a write on a
+/// connection SQLite opened read-only, no `-shm` that can be made, or one that cannot be
+/// initialised or recovered. (A hot rollback journal a read-only connection cannot roll
+/// back, `SQLITE_READONLY_ROLLBACK`, is not among them: that file is not an Annals store.)
+const NOT_WRITABLE: [i32; 4] = [
+    rusqlite::ffi::SQLITE_READONLY,
+    rusqlite::ffi::SQLITE_READONLY_DIRECTORY,
+    rusqlite::ffi::SQLITE_READONLY_CANTINIT,
+    rusqlite::ffi::SQLITE_READONLY_RECOVERY,
+];
+
 fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> OpenError + '_ {
     move |source| match source.sqlite_error_code() {
         Some(ErrorCode::NotADatabase) => OpenError::NotAnnalsDatabase {
             path: path.to_owned(),
             reason: "the file is not a SQLite database".into(),
         },
-        // The file is write-protected (SQLite opened it read-only), or its directory is
-        // (no `-shm` could be made for the WAL).
-        Some(ErrorCode::ReadOnly) => OpenError::NotWritable {
-            path: path.to_owned(),
-        },
+        // Only a file in rollback-journal mode has a hot journal: never an Annals store,
+        // which is set to WAL before anything is written to it.
+        Some(ErrorCode::ReadOnly)
+            if matches!(&source, rusqlite::Error::SqliteFailure(f, _)
+                if f.extended_code == rusqlite::ffi::SQLITE_READONLY_ROLLBACK) =>
+        {
+            OpenError::NotAnnalsDatabase {
+                path: path.to_owned(),
+                reason: "it has a -journal of an interrupted transaction to roll back, and an \
+                         Annals store keeps a WAL"
+                    .into(),
+            }
+        }
+        Some(ErrorCode::ReadOnly)
+            if matches!(&source, rusqlite::Error::SqliteFailure(f, _)
+                if NOT_WRITABLE.contains(&f.extended_code)) =>
+        {
+            OpenError::NotWritable {
+                path: path.to_owned(),
+            }
+        }
         _ => OpenError::Sqlite {
             path: path.to_owned(),
             source,

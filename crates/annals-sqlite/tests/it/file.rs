@@ -791,3 +791,48 @@ fn a_directory_or_a_missing_directory_is_refused_saying_so() {
     assert!(!dir.path().join("missing").exists());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+/// A file of another application left with a hot rollback journal (a transaction cut off
+/// mid-way) is refused as not an Annals store (a store keeps a WAL), opened for writing or
+/// read-only, and neither the file nor its journal is rolled back or changed.
+#[test]
+fn a_foreign_file_with_a_hot_journal_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live.db");
+    let conn = rusqlite::Connection::open(&live).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE t (x); INSERT INTO t VALUES (1); PRAGMA cache_size = 1; BEGIN;",
+    )
+    .unwrap();
+    for _ in 0..500 {
+        conn.execute("INSERT INTO t VALUES (?1)", ["x".repeat(500)])
+            .unwrap();
+    }
+    // A copy taken mid-transaction: as a crash leaves it.
+    let path = dir.path().join("cut.db");
+    std::fs::copy(&live, &path).unwrap();
+    let journal = dir.path().join("cut.db-journal");
+    std::fs::copy(dir.path().join("live.db-journal"), &journal).unwrap();
+    drop(conn);
+    let before = (
+        std::fs::read(&path).unwrap(),
+        std::fs::read(&journal).unwrap(),
+    );
+    assert!(!before.1.is_empty(), "no journal was written");
+    for config in [
+        SqliteConfig::new(&path),
+        SqliteConfig::new(&path).read_only(),
+    ] {
+        match SqliteStore::open(config) {
+            Err(OpenError::NotAnnalsDatabase { reason, .. }) => {
+                assert!(reason.contains("-journal"), "{reason}")
+            }
+            other => panic!("expected NotAnnalsDatabase, got {other:?}"),
+        }
+    }
+    let after = (
+        std::fs::read(&path).unwrap(),
+        std::fs::read(&journal).unwrap(),
+    );
+    assert!(after == before, "the file or its journal changed");
+}
