@@ -83,10 +83,20 @@ pub(crate) fn progress(len: Option<u64>, message: &'static str) -> ProgressBar {
     bar
 }
 
-/// A body as JSON when it is JSON, otherwise as a string (lossy UTF-8).
-fn body(bytes: &[u8]) -> Value {
-    serde_json::from_slice(bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+/// A body as JSON when it is JSON, otherwise as a string: its text when it is UTF-8, its
+/// bytes in base64 when not (said by `true`), so a dump loses nothing.
+fn body(bytes: &[u8]) -> (Value, bool) {
+    use base64::Engine;
+    if let Ok(value) = serde_json::from_slice(bytes) {
+        return (value, false);
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(text) => (Value::String(text.to_owned()), false),
+        Err(_) => (
+            Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
+            true,
+        ),
+    }
 }
 
 /// A timestamp in RFC 3339 (UTC, microseconds) when it is within years 1970-9999, which
@@ -106,24 +116,52 @@ pub(crate) fn time(t: annals::Timestamp) -> String {
     }
 }
 
-/// An event as one JSON object (what `dump` writes and `sync` copies).
+/// An event as one JSON object (what `dump`, `read --json` and `tail --json` write). A body
+/// that is not UTF-8 is written in base64, with `"data_encoding": "base64"` (or
+/// `"metadata_encoding"`) beside it.
 pub(crate) fn event_json(e: &RecordedEvent) -> Value {
-    json!({
+    let (data, data_base64) = body(&e.data);
+    let (metadata, metadata_base64) = match e.metadata.as_deref().map(body) {
+        Some((value, base64)) => (Some(value), base64),
+        None => (None, false),
+    };
+    let mut event = json!({
         "position": e.position.to_string(),
         "stream": e.stream.as_str(),
         "version": e.stream_version,
         "type": e.event_type,
         "id": e.event_id.to_string(),
         "recorded_at": time(e.recorded_at),
-        "data": body(&e.data),
-        "metadata": e.metadata.as_deref().map(body),
+        "data": data,
+        "metadata": metadata,
         "correlation_id": e.correlation_id.map(|u| u.to_string()),
         "causation_id": e.causation_id.map(|u| u.to_string()),
-    })
+    });
+    for (field, base64) in [
+        ("data_encoding", data_base64),
+        ("metadata_encoding", metadata_base64),
+    ] {
+        if base64 {
+            event[field] = json!("base64");
+        }
+    }
+    event
 }
 
+/// An event as a table row. Its body's control characters (a terminal's escape sequences
+/// among them) are shown escaped, never sent to the terminal; a body that is not UTF-8 is
+/// shown by its size.
 pub(crate) fn event_row(e: &RecordedEvent) -> Vec<String> {
-    let mut data = String::from_utf8_lossy(&e.data).into_owned();
+    let mut data = match std::str::from_utf8(&e.data) {
+        Ok(text) => text
+            .chars()
+            .map(|c| match c.is_control() {
+                true => c.escape_default().to_string(),
+                false => c.to_string(),
+            })
+            .collect(),
+        Err(_) => format!("({} bytes, not UTF-8)", e.data.len()),
+    };
     if data.chars().count() > 60 {
         data = data.chars().take(57).collect::<String>() + "...";
     }

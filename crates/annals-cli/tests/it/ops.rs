@@ -1059,3 +1059,58 @@ fn output_to_a_closed_pipe_or_a_full_disk_ends_the_command_cleanly() {
         .unwrap();
     failed_saying(&out, "writing to stdout: No space left on device");
 }
+
+/// Bodies that are not JSON: a dump loses no byte of them (text as a string, other bytes in
+/// base64, said by `data_encoding`), and a table never sends their control characters (a
+/// terminal's escape sequences) to the terminal.
+#[tokio::test]
+async fn binary_and_hostile_bodies_are_dumped_exactly_and_shown_escaped() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let binary: Vec<u8> = vec![0xff, 0x00, 0x1b, b'[', b'2', b'J', 0xfe];
+    let hostile = "\u{1b}]0;owned\u{7}\u{1b}[2Jplain text".as_bytes().to_vec();
+    {
+        let store = annals_sqlite::SqliteStore::open(annals_sqlite::SqliteConfig::new(
+            dir.path().join("annals.db"),
+        ))
+        .unwrap();
+        let events = vec![
+            EventData::new("Binary", binary.clone()).with_metadata(binary.clone()),
+            EventData::new("Hostile", hostile.clone()),
+        ];
+        store
+            .append(
+                &StreamName::new("Blob-1").unwrap(),
+                ExpectedVersion::NoStream,
+                events,
+            )
+            .await
+            .unwrap();
+    }
+    let store = "sqlite://annals.db";
+    let dumped = json_lines(&succeeded(&on(dir.path(), store, &["dump"])));
+    let decode = |v: &Value| {
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap())
+            .unwrap()
+    };
+    assert_eq!(dumped[0]["data_encoding"], "base64");
+    assert_eq!(decode(&dumped[0]["data"]), binary);
+    assert_eq!(dumped[0]["metadata_encoding"], "base64");
+    assert_eq!(decode(&dumped[0]["metadata"]), binary);
+    assert_eq!(dumped[1]["data"].as_str().unwrap().as_bytes(), hostile);
+    assert!(dumped[1].get("data_encoding").is_none());
+    for args in [
+        &["read", "Blob-1"][..],
+        &["tail", "--from", "0", "--count", "2"],
+    ] {
+        let out = on(dir.path(), store, args);
+        let shown = succeeded(&out);
+        assert!(
+            !out.stdout.contains(&0x1b) && !out.stdout.contains(&0x07),
+            "{shown}"
+        );
+        assert!(shown.contains("\\u{1b}]0;owned"), "{shown}");
+        assert!(shown.contains("(7 bytes, not UTF-8)"), "{shown}");
+    }
+}
