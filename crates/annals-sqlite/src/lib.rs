@@ -65,6 +65,8 @@ struct Shared {
 
 impl Drop for Shared {
     fn drop(&mut self) {
+        // The writer's connection closes last, so it checkpoints the WAL into the file.
+        self.readers.close();
         // Closing the queue lets the writer finish what is queued and stop.
         self.queue.take();
         if let Some(writer) = self.writer.take() {

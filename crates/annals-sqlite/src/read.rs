@@ -75,6 +75,8 @@ pub(crate) struct Readers {
     /// Connections read the file as immutable (see `schema::open_read_only`).
     immutable: bool,
     idle: Mutex<Vec<Connection>>,
+    /// Set when the store closes: connections are closed after their read, not kept.
+    closed: std::sync::atomic::AtomicBool,
     permits: Arc<Semaphore>,
 }
 
@@ -90,6 +92,7 @@ impl Readers {
             config,
             immutable,
             idle: Mutex::new(Vec::new()),
+            closed: std::sync::atomic::AtomicBool::new(false),
             permits,
         }
     }
@@ -169,10 +172,21 @@ impl Readers {
     }
 
     fn keep(&self, conn: Connection) {
-        self.idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(conn);
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            idle.push(conn);
+        }
+    }
+
+    /// Closes the idle connections, and each busy one once its read ends. Closed before
+    /// the writer's: SQLite's last connection to a file copies the WAL back into it and
+    /// removes it, which a read-only connection cannot do, so the file alone holds every
+    /// commit once the store is closed (a copy of it is a whole backup).
+    pub(crate) fn close(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        idle.clear();
     }
 }
 

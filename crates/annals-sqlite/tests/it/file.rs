@@ -836,3 +836,34 @@ fn a_foreign_file_with_a_hot_journal_is_refused_untouched() {
     );
     assert!(after == before, "the file or its journal changed");
 }
+
+/// Once the store is closed, the database file alone holds every commit: its WAL was
+/// copied back and removed (the writer's connection closes last; a read-only connection
+/// cannot), so copying the one file is a whole backup.
+#[tokio::test]
+async fn a_closed_store_leaves_every_commit_in_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("annals.db");
+    let stream = name("Backup-1");
+    {
+        let store = SqliteStore::open(SqliteConfig::new(&path)).unwrap();
+        for i in 0..20u64 {
+            store
+                .append(&stream, ExpectedVersion::Exact(Version(i)), vec![ev("A")])
+                .await
+                .unwrap();
+            // Reads keep read connections open until the store closes.
+            store
+                .read_stream_vec(&stream, ReadStream::forward())
+                .await
+                .unwrap();
+        }
+    }
+    let beside = |suffix: &str| dir.path().join(format!("annals.db{suffix}"));
+    assert!(!beside("-wal").exists(), "the WAL was left beside the file");
+    assert!(!beside("-shm").exists());
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(&path, copy.path().join("annals.db")).unwrap();
+    let store = SqliteStore::open(SqliteConfig::new(copy.path().join("annals.db"))).unwrap();
+    assert_eq!(store.stream_version(&stream).await.unwrap(), Version(20));
+}
