@@ -336,3 +336,28 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     });
     client
 }
+
+/// Creates the login role `{schema}_reader` (password `reader`) granted only `USAGE` on
+/// `schema` and `SELECT` on its tables, its transactions read-only by default (as on a hot
+/// standby); answers its name. Drop it with [`drop_role`].
+pub async fn create_read_only_role(owner: &tokio_postgres::Client, schema: &str) -> String {
+    let role = format!("{schema}_reader");
+    owner
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN PASSWORD 'reader'; \
+             GRANT USAGE ON SCHEMA {schema} TO {role}; \
+             GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}; \
+             ALTER ROLE {role} SET default_transaction_read_only = on"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("create role {role}: {e}"));
+    role
+}
+
+/// Drops a role made by [`create_read_only_role`] and what it owns.
+pub async fn drop_role(owner: &tokio_postgres::Client, role: &str) {
+    owner
+        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .await
+        .unwrap_or_else(|e| panic!("drop role {role}: {e}"));
+}

@@ -180,14 +180,7 @@ async fn reading_commands_read_a_store_they_cannot_write() {
         "sqlite://annals.db?mode=ro",
         &["admin", "--listen", "127.0.0.1:0"],
     );
-    let pages = [
-        "/",
-        "/streams",
-        "/stream?name=Cart-1",
-        "/groups",
-        "/read-models",
-    ];
-    assert_eq!(admin_pages(admin, &pages), [200; 5], "{pages:?}");
+    admin_pages_served(admin);
 
     // A read-only open creates no store.
     let missing = other.run("sqlite://missing.db", &["read", "Cart-1"]);
@@ -229,9 +222,9 @@ async fn reading_commands_read_a_store_they_cannot_write() {
     drop(owner);
 }
 
-/// Spawns `annals admin` (`command` holds the store and `--listen 127.0.0.1:0`) and
-/// answers the status of each page, then stops it.
-fn admin_pages(mut command: Command, pages: &[&str]) -> Vec<u16> {
+/// Spawns `annals admin` (`command` holds the store and `--listen 127.0.0.1:0`), checks
+/// that every page of the store's `Cart-1` is served, then stops it.
+fn admin_pages_served(mut command: Command) {
     let mut admin = crate::admin::Killed(Some(
         command
             .stdout(std::process::Stdio::piped())
@@ -249,7 +242,15 @@ fn admin_pages(mut command: Command, pages: &[&str]) -> Vec<u16> {
         .find(|w| w.starts_with("http://"))
         .unwrap_or_else(|| panic!("no URL in {line:?}"))
         .to_owned();
-    pages.iter().map(|page| status(&base, page)).collect()
+    let pages = [
+        "/",
+        "/streams",
+        "/stream?name=Cart-1",
+        "/groups",
+        "/read-models",
+    ];
+    let served: Vec<u16> = pages.iter().map(|page| status(&base, page)).collect();
+    assert_eq!(served, [200; 5], "{pages:?}");
 }
 
 /// A PostgreSQL role granted only `USAGE` on the schema and `SELECT` on its tables, its
@@ -273,18 +274,9 @@ async fn a_read_only_postgres_role_reads_and_browses_the_admin_pages() {
         ],
     ));
     let schema = config.schema.clone();
-    let role = format!("{schema}_reader");
     let server = annals_testkit::postgres::shared();
     let owner = annals_testkit::postgres::connect(&server.url).await;
-    owner
-        .batch_execute(&format!(
-            "CREATE ROLE {role} LOGIN PASSWORD 'reader'; \
-             GRANT USAGE ON SCHEMA {schema} TO {role}; \
-             GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}; \
-             ALTER ROLE {role} SET default_transaction_read_only = on"
-        ))
-        .await
-        .unwrap();
+    let role = annals_testkit::postgres::create_read_only_role(&owner, &schema).await;
     let reader = url.replacen(
         "postgres://postgres@",
         &format!("postgres://{role}:reader@"),
@@ -311,19 +303,9 @@ async fn a_read_only_postgres_role_reads_and_browses_the_admin_pages() {
             .args(["admin", "--listen", "127.0.0.1:0", "--store", &reader])
             .env_remove("ANNALS_STORE")
             .env_remove("ANNALS_ADMIN_TOKEN");
-        let pages = [
-            "/",
-            "/streams",
-            "/stream?name=Cart-1",
-            "/groups",
-            "/read-models",
-        ];
-        assert_eq!(admin_pages(admin, &pages), [200; 5], "{pages:?}");
+        admin_pages_served(admin);
     });
-    owner
-        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
-        .await
-        .unwrap();
+    annals_testkit::postgres::drop_role(&owner, &role).await;
     if let Err(panic) = checked {
         std::panic::resume_unwind(panic);
     }

@@ -122,17 +122,8 @@ async fn a_read_only_role_opens_a_current_store_and_reads_it() {
         )
         .await
         .unwrap();
-    let role = format!("{schema}_reader");
     let admin = postgres::connect(&postgres::shared().url).await;
-    admin
-        .batch_execute(&format!(
-            "CREATE ROLE {role} LOGIN PASSWORD 'reader'; \
-             GRANT USAGE ON SCHEMA {schema} TO {role}; \
-             GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}; \
-             ALTER ROLE {role} SET default_transaction_read_only = on"
-        ))
-        .await
-        .unwrap();
+    let role = postgres::create_read_only_role(&admin, &schema).await;
     let mut connection = postgres::shared().connection();
     connection.user(&role).password("reader");
     let opened = async {
@@ -158,10 +149,7 @@ async fn a_read_only_role_opens_a_current_store_and_reads_it() {
         }
         Err(e) => Err(e),
     };
-    admin
-        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
-        .await
-        .unwrap();
+    postgres::drop_role(&admin, &role).await;
     let (applied, read, refused) = result.expect("a read-only role opens the store");
     assert!(applied.is_empty());
     assert_eq!(read.unwrap(), 1);
