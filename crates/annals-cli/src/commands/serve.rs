@@ -78,7 +78,16 @@ pub(crate) async fn run(
         );
     }
     let pipeline = match projected {
-        Some(db) => Some(todos::spawn(opened.events.clone(), db).await?),
+        Some(db) => Some(
+            todos::spawn(opened.events.clone(), db)
+                .await
+                .with_context(|| {
+                    format!(
+                        "the todos read model in {} (--no-read-model serves without it)",
+                        db.describe()
+                    )
+                })?,
+        ),
         None => None,
     };
     let admin = match args.admin {

@@ -181,6 +181,13 @@ async fn reading_commands_read_a_store_they_cannot_write() {
         &["admin", "--listen", "127.0.0.1:0"],
     );
     admin_pages_served(admin);
+    // The service keeps its read model in the store: refused at start, saying how.
+    let serve = other.run(
+        "sqlite://annals.db?mode=ro",
+        &["serve", "--listen", "127.0.0.1:0"],
+    );
+    failed_saying(&serve, "open read-only");
+    failed_saying(&serve, "--no-read-model serves without it");
 
     // A read-only open creates no store.
     let missing = other.run("sqlite://missing.db", &["read", "Cart-1"]);
