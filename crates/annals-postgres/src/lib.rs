@@ -264,7 +264,10 @@ fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
 
 /// Reads (never writes) what `schema` holds: its Annals migration version, 0 when it is
 /// absent or empty, or [`PgError::ForeignSchema`] when it holds another application's
-/// objects and no Annals `migrations` table.
+/// objects and no Annals `migrations` table. The table is looked for in the catalog, which
+/// every role sees, not in `information_schema`, which hides the tables a role has no
+/// privilege on: a role not granted the store's tables is told so ("permission denied"),
+/// not that the schema belongs to another application.
 async fn recognise(
     client: &impl tokio_postgres::GenericClient,
     schema: &str,
@@ -276,10 +279,14 @@ async fn recognise(
                  WHERE n.nspname = $1) \
              + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
                  WHERE n.nspname = $1), \
-               (SELECT count(*) = 2 FROM information_schema.columns \
-                 WHERE table_schema = $1 AND table_name = 'migrations' \
-                   AND ((column_name = 'version' AND data_type = 'integer') \
-                     OR (column_name = 'applied_at' AND data_type = 'timestamp with time zone')))",
+               (SELECT count(*) = 2 FROM pg_attribute a \
+                 JOIN pg_class c ON c.oid = a.attrelid \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = 'migrations' AND c.relkind = 'r' \
+                   AND NOT a.attisdropped \
+                   AND ((a.attname = 'version' AND a.atttypid = 'integer'::regtype) \
+                     OR (a.attname = 'applied_at' \
+                       AND a.atttypid = 'timestamp with time zone'::regtype)))",
             &[&schema],
         )
         .await?;

@@ -107,6 +107,40 @@ async fn migrations_are_idempotent_and_newer_schemas_are_refused() {
     ));
 }
 
+/// A role that may use the schema but was granted none of the store's tables is told
+/// "permission denied", not that the schema belongs to another application (which
+/// `information_schema`, hiding tables the role may not touch, made it look like).
+#[tokio::test]
+async fn a_role_without_the_stores_tables_is_told_permission_denied() {
+    let store = crate::fresh().await;
+    let schema = store.config().schema.clone();
+    let admin = postgres::connect(&postgres::shared().url).await;
+    let role = format!("{schema}_nogrant");
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN PASSWORD 'nogrant'; GRANT USAGE ON SCHEMA {schema} TO {role}"
+        ))
+        .await
+        .unwrap();
+    let mut connection = postgres::shared().connection();
+    connection.user(&role).password("nogrant");
+    let opened = async {
+        let store = PgStore::connect(PgConfig::new(connection).schema(schema.clone())).await?;
+        store.migrate().await
+    }
+    .await;
+    postgres::drop_role(&admin, &role).await;
+    match opened {
+        Err(e @ PgError::ForeignSchema { .. }) => panic!("taken for a foreign schema: {e}"),
+        Err(e) => assert!(
+            annals::error_chain(&e).contains("permission denied"),
+            "{}",
+            annals::error_chain(&e)
+        ),
+        Ok(applied) => panic!("a role without the tables opened the store: {applied:?}"),
+    }
+}
+
 /// A store already at this version opens and reads with a role that may only read, in
 /// read-only transactions (as on a standby): opening writes and locks nothing.
 #[tokio::test]
