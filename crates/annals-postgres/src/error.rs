@@ -29,6 +29,18 @@ pub enum PgError {
         /// The newest this build knows.
         supported: i32,
     },
+    /// Creating the store's schema or migrating it failed (the role may not create it, the
+    /// server is a read-only standby...); nothing of it was committed.
+    #[error("schema {schema}: creating the store, or migrating it from version {from}, failed (this role must be allowed to create it, on a primary)")]
+    Migrate {
+        /// The schema.
+        schema: String,
+        /// The version it was at (0: no store).
+        from: i32,
+        /// PostgreSQL's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
     /// The server could not be reached, or refused us (or we refused it: TLS).
     #[error("cannot reach PostgreSQL at {target}")]
     Connect {

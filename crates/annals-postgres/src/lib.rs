@@ -448,15 +448,22 @@ impl PgStore {
         let schema = config::quoted(&name);
         // A schema already at this version is opened without writing or locking anything:
         // a read-only role (no CREATE on the database) or a hot standby can read the store.
-        if recognise(&**client, &name).await? == SCHEMA_VERSION {
+        let from = recognise(&**client, &name).await?;
+        if from == SCHEMA_VERSION {
             return Ok(Vec::new());
         }
-        let tx = client.transaction().await?;
+        let migrating = |source| PgError::Migrate {
+            schema: name.clone(),
+            from,
+            source,
+        };
+        let tx = client.transaction().await.map_err(migrating)?;
         tx.execute(
             "SELECT pg_advisory_xact_lock(hashtext($1))",
             &[&format!("annals:{name}")],
         )
-        .await?;
+        .await
+        .map_err(migrating)?;
         let current = recognise(&*tx, &name).await?;
         if current > SCHEMA_VERSION {
             return Err(PgError::SchemaTooNew {
@@ -469,19 +476,23 @@ impl PgStore {
             "CREATE SCHEMA IF NOT EXISTS {schema}; \
              CREATE TABLE IF NOT EXISTS {schema}.migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());"
         ))
-        .await?;
+        .await
+        .map_err(migrating)?;
         let mut applied = Vec::new();
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
             let version = i as i32 + 1;
-            tx.batch_execute(&sql.replace("{schema}", &schema)).await?;
+            tx.batch_execute(&sql.replace("{schema}", &schema))
+                .await
+                .map_err(migrating)?;
             tx.execute(
                 &format!("INSERT INTO {schema}.migrations (version) VALUES ($1)"),
                 &[&version],
             )
-            .await?;
+            .await
+            .map_err(migrating)?;
             applied.push(version);
         }
-        tx.commit().await?;
+        tx.commit().await.map_err(migrating)?;
         for v in &applied {
             tracing::info!(schema = %name, version = v, "applied schema migration");
         }

@@ -109,7 +109,8 @@ async fn migrations_are_idempotent_and_newer_schemas_are_refused() {
 
 /// A role that may use the schema but was granted none of the store's tables is told
 /// "permission denied", not that the schema belongs to another application (which
-/// `information_schema`, hiding tables the role may not touch, made it look like).
+/// `information_schema`, hiding tables the role may not touch, made it look like); a
+/// schema it may not create is refused saying what failed.
 #[tokio::test]
 async fn a_role_without_the_stores_tables_is_told_permission_denied() {
     let store = crate::fresh().await;
@@ -124,12 +125,27 @@ async fn a_role_without_the_stores_tables_is_told_permission_denied() {
         .unwrap();
     let mut connection = postgres::shared().connection();
     connection.user(&role).password("nogrant");
-    let opened = async {
-        let store = PgStore::connect(PgConfig::new(connection).schema(schema.clone())).await?;
-        store.migrate().await
-    }
-    .await;
+    let open = |schema: String| {
+        let connection = connection.clone();
+        async move {
+            let store = PgStore::connect(PgConfig::new(connection).schema(schema)).await?;
+            store.migrate().await
+        }
+    };
+    let opened = open(schema.clone()).await;
+    // A schema it may not create: said so, with PostgreSQL's reason.
+    let created = open(postgres::schema_name("nogrant")).await;
     postgres::drop_role(&admin, &role).await;
+    match created {
+        Err(e @ PgError::Migrate { from: 0, .. }) => {
+            let chain = annals::error_chain(&e);
+            assert!(
+                chain.contains("creating the store") && chain.contains("permission denied"),
+                "{chain}"
+            );
+        }
+        other => panic!("expected PgError::Migrate, got {other:?}"),
+    }
     match opened {
         Err(e @ PgError::ForeignSchema { .. }) => panic!("taken for a foreign schema: {e}"),
         Err(e) => assert!(
