@@ -112,6 +112,14 @@ impl NatsConfig {
     /// client itself takes none from a URL), with the configured timeouts. Errors show the
     /// servers without their credentials.
     pub async fn client(&self) -> std::result::Result<async_nats::Client, NatsError> {
+        self.client_and_refusals().await.map(|(client, _)| client)
+    }
+
+    /// [`client`](Self::client), with the refusals its server sends it (see [`Refusals`]).
+    pub(crate) async fn client_and_refusals(
+        &self,
+    ) -> std::result::Result<(async_nats::Client, Refusals), NatsError> {
+        let (refused, refusals) = watch::channel(None);
         let (servers, credentials) = without_credentials(&self.servers);
         let options = match credentials {
             Some(Credentials::UserPassword(user, password)) => {
@@ -120,17 +128,32 @@ impl NatsConfig {
             Some(Credentials::Token(token)) => async_nats::ConnectOptions::with_token(token),
             None => async_nats::ConnectOptions::new(),
         };
-        options
+        let client = options
             .connection_timeout(self.timeout)
             .request_timeout(Some(self.timeout))
+            .event_callback(move |event| {
+                if let async_nats::Event::ServerError(async_nats::ServerError::Other(text)) = &event
+                {
+                    if text.to_ascii_lowercase().contains("permissions violation") {
+                        refused.send_replace(Some(Arc::from(text.as_str())));
+                    }
+                }
+                std::future::ready(())
+            })
             .connect(servers.as_slice())
             .await
             .map_err(|source| NatsError::Connect {
                 url: servers.join(","),
                 source,
-            })
+            })?;
+        Ok((client, refusals))
     }
 }
+
+/// The last refusal the server sent the client (`Permissions Violation for Publish to
+/// "SUBJECT"`): a message to a subject its user may not publish to is dropped with only
+/// this said, out of band, so a request to it would otherwise wait for its timeout.
+pub(crate) type Refusals = watch::Receiver<Option<Arc<str>>>;
 
 /// Why a NATS store could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -209,6 +232,8 @@ const HEADS: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(65_536) 
 
 pub(crate) struct Inner {
     client: async_nats::Client,
+    /// What the server refused this client.
+    refusals: Refusals,
     /// The client's one JetStream context (each context runs a task of its own).
     js: jetstream::Context,
     /// The stream, for requests its leader answers.
@@ -324,7 +349,7 @@ impl NatsStore {
         if !valid_name(&config.stream) {
             return Err(NatsError::InvalidName(config.stream.clone()));
         }
-        let client = config.client().await?;
+        let (client, refusals) = config.client_and_refusals().await?;
         let found = client.server_info().version;
         match version_of(&found) {
             Some(v) if v >= MIN_SERVER => {}
@@ -365,6 +390,7 @@ impl NatsStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
+                refusals,
                 js,
                 stream,
                 config,

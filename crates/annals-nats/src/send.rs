@@ -67,9 +67,14 @@ impl NatsStore {
             names.dedup();
             names.join(", ")
         };
+        // Refusals from now on: one of this append's subjects may be refused.
+        let mut refusals = self.inner.refusals.clone();
+        refusals.borrow_and_update();
+        let mut subjects = Vec::new();
         let mut reply = None;
         for (n, m) in messages.iter().enumerate() {
             let subject = self.inner.subjects.stream(m.stream);
+            subjects.push(format!("\"{subject}\""));
             let mut headers = HeaderMap::new();
             if ids {
                 headers.insert("Nats-Msg-Id", msg_id(m.event.event_id).as_str());
@@ -95,12 +100,22 @@ impl NatsStore {
                 if !single {
                     headers.insert("Nats-Batch-Commit", "1");
                 }
-                let answer = tokio::time::timeout(
+                let request = tokio::time::timeout(
                     self.inner.config.timeout,
                     client.request_with_headers(subject, headers, body.into()),
-                )
-                .await
-                .map_err(|_| backend(format!("append to {} timed out", what())))?;
+                );
+                let answer = tokio::select! {
+                    answer = request => {
+                        answer.map_err(|_| backend(format!("append to {} timed out", what())))?
+                    }
+                    refusal = refused(&mut refusals, &subjects) => {
+                        // Not transient: asking again is refused again.
+                        return Err(annals::Error::backend("nats", format!(
+                            "append to {} refused by the server: {refusal} (this user may not publish there; nothing was written)",
+                            what()
+                        )));
+                    }
+                };
                 reply = Some(match answer {
                     Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
                         return Ok(None)
@@ -179,4 +194,19 @@ pub(crate) struct Outgoing<'a> {
     pub(crate) marker: Option<crate::envelope::Marker>,
     /// The stream's start, carried by an event's message when above 0 (`START_HEADER`).
     pub(crate) start: u64,
+}
+
+/// The first refusal, from now on, of one of `subjects` (each quoted, as the server quotes
+/// it); pending forever when none comes.
+async fn refused(refusals: &mut crate::Refusals, subjects: &[String]) -> std::sync::Arc<str> {
+    loop {
+        if refusals.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if let Some(text) = refusals.borrow_and_update().clone() {
+            if subjects.iter().any(|s| text.contains(s.as_str())) {
+                return text;
+            }
+        }
+    }
 }

@@ -683,6 +683,82 @@ async fn credentials_in_the_url_log_in_and_are_never_shown() {
     }
 }
 
+/// A user allowed to read the store but not to publish to its subjects reads it, and its
+/// appends are refused at once with the server's reason (the server drops such a message
+/// and says so out of band: the request used to wait for its timeout and say "timed
+/// out"); nothing is written.
+#[tokio::test]
+async fn a_user_who_may_only_read_is_refused_appends_with_the_servers_reason() {
+    use annals::{EventStore, EventStoreExt, ExpectedVersion, ReadStream, StreamAppend, Version};
+    let server = nats::NatsServer::start_with(
+        r#"authorization {
+  users = [
+    { user: owner, password: ownerpw }
+    { user: reader, password: readerpw, permissions: {
+        publish: { allow: ["$JS.API.INFO", "$JS.API.STREAM.INFO.>", "$JS.API.STREAM.NAMES",
+          "$JS.API.DIRECT.GET.>", "$JS.API.STREAM.MSG.GET.>", "$JS.API.CONSUMER.CREATE.>",
+          "$JS.API.CONSUMER.INFO.>", "$JS.API.CONSUMER.DELETE.>", "$JS.API.CONSUMER.MSG.NEXT.>",
+          "$JS.FC.>", "$JS.ACK.>"] }
+        subscribe: { allow: ["_INBOX.>"] }
+    } }
+  ]
+}"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let at = |user: &str| format!("nats://{user}@127.0.0.1:{}", server.port);
+    let name = nats::stream_name("perm");
+    let owner = NatsStore::connect(NatsConfig::new(at("owner:ownerpw")).stream(&name))
+        .await
+        .unwrap();
+    let stream = annals::StreamName::new("Perm-1").unwrap();
+    owner
+        .append(&stream, ExpectedVersion::NoStream, events(1))
+        .await
+        .unwrap();
+    let reader = NatsStore::connect(NatsConfig::new(at("reader:readerpw")).stream(&name))
+        .await
+        .unwrap_or_else(|e| panic!("a reader opens the store: {}", annals::error_chain(&e)));
+    let read = reader
+        .read_stream_vec(&stream, ReadStream::forward())
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 1);
+    let single = reader
+        .append(&stream, ExpectedVersion::Exact(Version(1)), events(1))
+        .await;
+    let other = annals::StreamName::new("Perm-2").unwrap();
+    let batch = reader
+        .append_many(vec![
+            StreamAppend {
+                stream: stream.clone(),
+                expected: ExpectedVersion::Exact(Version(1)),
+                events: events(2),
+            },
+            StreamAppend {
+                stream: other.clone(),
+                expected: ExpectedVersion::NoStream,
+                events: events(1),
+            },
+        ])
+        .await;
+    for (what, result) in [
+        ("append", single.map(drop)),
+        ("append_many", batch.map(drop)),
+    ] {
+        let error = result
+            .err()
+            .unwrap_or_else(|| panic!("{what}: a reader appended"));
+        let shown = annals::error_chain(&error);
+        assert!(
+            shown.contains("refused by the server") && shown.contains("Permissions Violation"),
+            "{what}: {shown}"
+        );
+        assert!(!error.is_transient(), "{what}: {shown}");
+    }
+    assert_eq!(owner.stream_version(&stream).await.unwrap(), Version(1));
+    assert_eq!(owner.stream_version(&other).await.unwrap(), Version(0));
+}
+
 /// An append sent while its stream has no leader (here: the JetStream stream deleted and
 /// created again, as after a cluster loses its leader) waits for one instead of failing at
 /// once with "no responders".
