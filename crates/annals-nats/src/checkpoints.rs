@@ -196,11 +196,15 @@ impl CheckpointStore for NatsStore {
         };
         let body = serde_json::to_vec(&value).map_err(backend)?;
         self.connected("the checkpoint")?;
-        self.inner
-            .checkpoints
-            .put(key(group, source), body.into())
-            .await
-            .map_err(backend)?;
+        let bucket = format!("$KV.{}.", self.inner.checkpoints.name);
+        let put = async {
+            self.inner
+                .checkpoints
+                .put(key(group, source), body.into())
+                .await
+                .map_err(backend)
+        };
+        self.unless_refused(&bucket, "the checkpoint", put).await?;
         Ok(())
     }
 

@@ -108,7 +108,9 @@ impl NatsStore {
                     answer = request => {
                         answer.map_err(|_| backend(format!("append to {} timed out", what())))?
                     }
-                    refusal = refused(&mut refusals, &subjects) => {
+                    refusal = refused(&mut refusals, |text| {
+                        subjects.iter().any(|s| text.contains(s.as_str()))
+                    }) => {
                         // Not transient: asking again is refused again.
                         return Err(annals::Error::backend("nats", format!(
                             "append to {} refused by the server: {refusal} (this user may not publish there; nothing was written)",
@@ -196,15 +198,43 @@ pub(crate) struct Outgoing<'a> {
     pub(crate) start: u64,
 }
 
-/// The first refusal, from now on, of one of `subjects` (each quoted, as the server quotes
-/// it); pending forever when none comes.
-async fn refused(refusals: &mut crate::Refusals, subjects: &[String]) -> std::sync::Arc<str> {
+impl NatsStore {
+    /// `work`, whose messages go to subjects starting with `prefix`, or, should the server
+    /// refuse this user one of those subjects first, that refusal (not transient: asking
+    /// again is refused again) instead of waiting for `work`'s timeout.
+    pub(crate) async fn unless_refused<T>(
+        &self,
+        prefix: &str,
+        what: &str,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let mut refusals = self.inner.refusals.clone();
+        refusals.borrow_and_update();
+        let quoted = format!("\"{prefix}");
+        tokio::select! {
+            done = work => done,
+            refusal = refused(&mut refusals, |text| text.contains(quoted.as_str())) => {
+                Err(annals::Error::backend(
+                    "nats",
+                    format!("{what} refused by the server: {refusal} (this user may not publish there; nothing was written)"),
+                ))
+            }
+        }
+    }
+}
+
+/// The first refusal, from now on, that `matches` (subjects are quoted in it); pending
+/// forever when none comes.
+async fn refused(
+    refusals: &mut crate::Refusals,
+    matches: impl Fn(&str) -> bool,
+) -> std::sync::Arc<str> {
     loop {
         if refusals.changed().await.is_err() {
             return std::future::pending().await;
         }
         if let Some(text) = refusals.borrow_and_update().clone() {
-            if subjects.iter().any(|s| text.contains(s.as_str())) {
+            if matches(&text) {
                 return text;
             }
         }

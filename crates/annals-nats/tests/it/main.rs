@@ -684,9 +684,9 @@ async fn credentials_in_the_url_log_in_and_are_never_shown() {
 }
 
 /// A user allowed to read the store but not to publish to its subjects reads it, and its
-/// appends are refused at once with the server's reason (the server drops such a message
-/// and says so out of band: the request used to wait for its timeout and say "timed
-/// out"); nothing is written.
+/// appends and checkpoints are refused at once with the server's reason (the server drops
+/// such a message and says so out of band: the request used to wait for its timeout and
+/// say "timed out"); nothing is written.
 #[tokio::test]
 async fn a_user_who_may_only_read_is_refused_appends_with_the_servers_reason() {
     use annals::{EventStore, EventStoreExt, ExpectedVersion, ReadStream, StreamAppend, Version};
@@ -755,8 +755,27 @@ async fn a_user_who_may_only_read_is_refused_appends_with_the_servers_reason() {
         );
         assert!(!error.is_transient(), "{what}: {shown}");
     }
+    let checkpoint = annals::CheckpointStore::commit(
+        &reader,
+        "g",
+        "s",
+        "1".parse::<annals::Position>().unwrap(),
+    )
+    .await;
+    let error = checkpoint.expect_err("a reader committed a checkpoint");
+    let shown = annals::error_chain(&error);
+    assert!(
+        shown.contains("checkpoint refused by the server") && !error.is_transient(),
+        "{shown}"
+    );
     assert_eq!(owner.stream_version(&stream).await.unwrap(), Version(1));
     assert_eq!(owner.stream_version(&other).await.unwrap(), Version(0));
+    assert_eq!(
+        annals::CheckpointStore::load(&owner, "g", "s")
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 /// An append sent while its stream has no leader (here: the JetStream stream deleted and
