@@ -196,7 +196,7 @@ impl CheckpointStore for NatsStore {
         };
         let body = serde_json::to_vec(&value).map_err(backend)?;
         self.connected("the checkpoint")?;
-        let bucket = format!("$KV.{}.", self.inner.checkpoints.name);
+        let bucket = format!("\"$KV.{}.", self.inner.checkpoints.name);
         let put = async {
             self.inner
                 .checkpoints
@@ -204,7 +204,9 @@ impl CheckpointStore for NatsStore {
                 .await
                 .map_err(backend)
         };
-        self.unless_refused(&bucket, "the checkpoint", put).await?;
+        let refused_here = |text: &str| text.contains(bucket.as_str());
+        crate::send::unless_refused(&mut self.refusals(), refused_here, "the checkpoint", put)
+            .await?;
         Ok(())
     }
 

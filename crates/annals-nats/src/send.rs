@@ -68,8 +68,7 @@ impl NatsStore {
             names.join(", ")
         };
         // Refusals from now on: one of this append's subjects may be refused.
-        let mut refusals = self.inner.refusals.clone();
-        refusals.borrow_and_update();
+        let mut refusals = self.refusals();
         let mut subjects = Vec::new();
         let mut reply = None;
         for (n, m) in messages.iter().enumerate() {
@@ -100,24 +99,22 @@ impl NatsStore {
                 if !single {
                     headers.insert("Nats-Batch-Commit", "1");
                 }
-                let request = tokio::time::timeout(
-                    self.inner.config.timeout,
-                    client.request_with_headers(subject, headers, body.into()),
-                );
-                let answer = tokio::select! {
-                    answer = request => {
-                        answer.map_err(|_| backend(format!("append to {} timed out", what())))?
-                    }
-                    refusal = refused(&mut refusals, |text| {
-                        subjects.iter().any(|s| text.contains(s.as_str()))
-                    }) => {
-                        // Not transient: asking again is refused again.
-                        return Err(annals::Error::backend("nats", format!(
-                            "append to {} refused by the server: {refusal} (this user may not publish there; nothing was written)",
-                            what()
-                        )));
-                    }
+                let request = async {
+                    tokio::time::timeout(
+                        self.inner.config.timeout,
+                        client.request_with_headers(subject, headers, body.into()),
+                    )
+                    .await
+                    .map_err(|_| backend(format!("append to {} timed out", what())))
                 };
+                let refused_here = |text: &str| subjects.iter().any(|s| text.contains(s.as_str()));
+                let answer = unless_refused(
+                    &mut refusals,
+                    refused_here,
+                    &format!("append to {}", what()),
+                    request,
+                )
+                .await?;
                 reply = Some(match answer {
                     Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
                         return Ok(None)
@@ -199,27 +196,29 @@ pub(crate) struct Outgoing<'a> {
 }
 
 impl NatsStore {
-    /// `work`, whose messages go to subjects starting with `prefix`, or, should the server
-    /// refuse this user one of those subjects first, that refusal (not transient: asking
-    /// again is refused again) instead of waiting for `work`'s timeout.
-    pub(crate) async fn unless_refused<T>(
-        &self,
-        prefix: &str,
-        what: &str,
-        work: impl std::future::Future<Output = Result<T>>,
-    ) -> Result<T> {
+    /// The refusals the server sends this client from now on.
+    pub(crate) fn refusals(&self) -> crate::Refusals {
         let mut refusals = self.inner.refusals.clone();
         refusals.borrow_and_update();
-        let quoted = format!("\"{prefix}");
-        tokio::select! {
-            done = work => done,
-            refusal = refused(&mut refusals, |text| text.contains(quoted.as_str())) => {
-                Err(annals::Error::backend(
-                    "nats",
-                    format!("{what} refused by the server: {refusal} (this user may not publish there; nothing was written)"),
-                ))
-            }
-        }
+        refusals
+    }
+}
+
+/// `work`, or, should the server first refuse this user a subject that `refused_here`
+/// recognises in its refusal (subjects are quoted in it), that refusal instead of waiting
+/// for `work`'s timeout: not transient, since asking again is refused again.
+pub(crate) async fn unless_refused<T>(
+    refusals: &mut crate::Refusals,
+    refused_here: impl Fn(&str) -> bool,
+    what: &str,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::select! {
+        done = work => done,
+        refusal = refused(refusals, refused_here) => Err(annals::Error::backend(
+            "nats",
+            format!("{what} refused by the server: {refusal} (this user may not publish there; nothing was written)"),
+        )),
     }
 }
 
