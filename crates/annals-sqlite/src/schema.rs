@@ -38,36 +38,31 @@ const NOT_WRITABLE: [i32; 4] = [
 ];
 
 fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> OpenError + '_ {
-    move |source| match source.sqlite_error_code() {
-        Some(ErrorCode::NotADatabase) => OpenError::NotAnnalsDatabase {
+    move |source| {
+        let extended = match &source {
+            rusqlite::Error::SqliteFailure(f, _) => Some(f.extended_code),
+            _ => None,
+        };
+        let foreign = |reason: &str| OpenError::NotAnnalsDatabase {
             path: path.to_owned(),
-            reason: "the file is not a SQLite database".into(),
-        },
-        // Only a file in rollback-journal mode has a hot journal: never an Annals store,
-        // which is set to WAL before anything is written to it.
-        Some(ErrorCode::ReadOnly)
-            if matches!(&source, rusqlite::Error::SqliteFailure(f, _)
-                if f.extended_code == rusqlite::ffi::SQLITE_READONLY_ROLLBACK) =>
-        {
-            OpenError::NotAnnalsDatabase {
+            reason: reason.into(),
+        };
+        match (source.sqlite_error_code(), extended) {
+            (Some(ErrorCode::NotADatabase), _) => foreign("the file is not a SQLite database"),
+            // Only a file in rollback-journal mode has a hot journal: never an Annals
+            // store, which is set to WAL before anything is written to it.
+            (_, Some(rusqlite::ffi::SQLITE_READONLY_ROLLBACK)) => foreign(
+                "it has a -journal of an interrupted transaction to roll back, and an Annals \
+                 store keeps a WAL",
+            ),
+            (_, Some(code)) if NOT_WRITABLE.contains(&code) => OpenError::NotWritable {
                 path: path.to_owned(),
-                reason: "it has a -journal of an interrupted transaction to roll back, and an \
-                         Annals store keeps a WAL"
-                    .into(),
-            }
-        }
-        Some(ErrorCode::ReadOnly)
-            if matches!(&source, rusqlite::Error::SqliteFailure(f, _)
-                if NOT_WRITABLE.contains(&f.extended_code)) =>
-        {
-            OpenError::NotWritable {
+            },
+            _ => OpenError::Sqlite {
                 path: path.to_owned(),
-            }
+                source,
+            },
         }
-        _ => OpenError::Sqlite {
-            path: path.to_owned(),
-            source,
-        },
     }
 }
 
@@ -173,27 +168,26 @@ pub(crate) fn open_read_only(config: &SqliteConfig) -> Result<bool, OpenError> {
         name.push(suffix);
         std::path::PathBuf::from(name)
     };
-    let attempts: &[bool] = match writable(path) || beside("-shm").exists() {
-        true => &[false, true],
-        false => &[true],
-    };
     let err = sqlite(path);
-    let mut checked = Ok((0, false));
-    for &immutable in attempts {
+    let attempt = |immutable: bool| {
         // Read as immutable, the file would not show the commits its WAL holds.
         let wal = beside("-wal");
         if immutable && std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
             return Err(OpenError::WalUnreadable { path: wal });
         }
-        checked = open_reader(config, immutable)
+        open_reader(config, immutable)
             .map_err(&err)
             .and_then(|conn| check(&conn, path))
-            .map(|version| (version, immutable));
-        // Its directory cannot be written: no `-shm` can be made.
-        if !matches!(checked, Err(OpenError::NotWritable { .. })) {
-            break;
-        }
-    }
+            .map(|version| (version, immutable))
+    };
+    let checked = match writable(path) || beside("-shm").exists() {
+        // Its directory cannot be written: no `-shm` can be made, so immutable it is.
+        true => match attempt(false) {
+            Err(OpenError::NotWritable { .. }) => attempt(true),
+            checked => checked,
+        },
+        false => attempt(true),
+    };
     match checked? {
         (SCHEMA_VERSION, immutable) => Ok(immutable),
         (found, _) => Err(OpenError::NeedsMigration {
