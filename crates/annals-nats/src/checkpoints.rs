@@ -94,6 +94,24 @@ impl NatsStore {
         }))
     }
 
+    /// `work`, a write to the store's key-value bucket, or the server's refusal of this
+    /// user's writes there as soon as it comes (see [`crate::send::unless_refused`]): the
+    /// server drops a message to a subject its user may not publish to and says so only out
+    /// of band, so the write would otherwise wait for its timeout, and a compare-and-set
+    /// loop for one timeout per try.
+    pub(crate) async fn kv_write<T>(
+        &self,
+        what: &str,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        self.connected(what)?;
+        let kv = &self.inner.checkpoints;
+        // Refusals quote the subject: the bucket's, as its own calls write to it.
+        let quoted = format!("\"{}", kv.put_prefix.as_ref().unwrap_or(&kv.prefix));
+        let refused_here = |text: &str| text.contains(quoted.as_str());
+        crate::send::unless_refused(&mut self.refusals(), refused_here, what, work).await
+    }
+
     /// Deletes `key` (or purges it: its older entries go too), only while it is at
     /// `revision` when one is given, as the bucket's own calls do, and notes the marker's
     /// revision for later reads through [`NatsStore::latest`] (the bucket's calls do not
@@ -120,14 +138,16 @@ impl NatsStore {
         }
         // The subject the bucket's own calls write to.
         let prefix = kv.put_prefix.as_ref().unwrap_or(&kv.prefix);
-        let ack = self
-            .inner
-            .js
-            .publish_with_headers(format!("{prefix}{key}"), headers, bytes::Bytes::new())
-            .await
-            .map_err(backend)?
-            .await
-            .map_err(backend)?;
+        let publish = async {
+            self.inner
+                .js
+                .publish_with_headers(format!("{prefix}{key}"), headers, bytes::Bytes::new())
+                .await
+                .map_err(backend)?
+                .await
+                .map_err(backend)
+        };
+        let ack = self.kv_write("removing a key", publish).await?;
         self.wrote_kv(ack.sequence);
         Ok(())
     }
@@ -195,8 +215,6 @@ impl CheckpointStore for NatsStore {
             position: annals::backend::raw_position(position).to_string(),
         };
         let body = serde_json::to_vec(&value).map_err(backend)?;
-        self.connected("the checkpoint")?;
-        let bucket = format!("\"$KV.{}.", self.inner.checkpoints.name);
         let put = async {
             self.inner
                 .checkpoints
@@ -204,9 +222,7 @@ impl CheckpointStore for NatsStore {
                 .await
                 .map_err(backend)
         };
-        let refused_here = |text: &str| text.contains(bucket.as_str());
-        crate::send::unless_refused(&mut self.refusals(), refused_here, "the checkpoint", put)
-            .await?;
+        self.kv_write("the checkpoint", put).await?;
         Ok(())
     }
 
@@ -249,13 +265,16 @@ impl CheckpointStore for NatsStore {
                 None => (parked.clone(), 0),
             };
             let body = serde_json::to_vec(&Parked::of(&record)).map_err(backend)?;
-            let written = if revision == 0 {
-                kv.create(&k, body.into()).await.map_err(|e| e.to_string())
-            } else {
-                kv.update(&k, body.into(), revision)
-                    .await
-                    .map_err(|e| e.to_string())
-            };
+            // A refusal ends the loop; a compare-and-set lost to another parker re-reads.
+            let written = self
+                .kv_write("parking a stream", async {
+                    Ok(if revision == 0 {
+                        kv.create(&k, body.into()).await.map_err(drop)
+                    } else {
+                        kv.update(&k, body.into(), revision).await.map_err(drop)
+                    })
+                })
+                .await?;
             if let Ok(revision) = written {
                 self.wrote_kv(revision);
                 return Ok(());

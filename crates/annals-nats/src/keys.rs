@@ -41,7 +41,10 @@ impl SubjectKeys for NatsStore {
             let key = new_key();
             // Absent, or deleted/purged: create succeeds only then; a concurrent creator
             // that won is read back below.
-            let _ = kv.create(key_of(subject), key.to_vec().into()).await;
+            let create = async { Ok(kv.create(key_of(subject), key.to_vec().into()).await) };
+            let _ = self
+                .kv_write("creating a data subject's key", create)
+                .await?;
         }
         let missing: Vec<String> = subjects
             .iter()
@@ -58,7 +61,9 @@ impl SubjectKeys for NatsStore {
     async fn forget(&self, subject: &str) -> Result<bool> {
         let kv = &self.inner.checkpoints;
         let had = !self.keys(&[subject.to_owned()]).await?.is_empty();
-        kv.purge(key_of(subject)).await.map_err(backend)?;
+        let purge = async { kv.purge(key_of(subject)).await.map_err(backend) };
+        self.kv_write("forgetting a data subject's key", purge)
+            .await?;
         Ok(had)
     }
 }

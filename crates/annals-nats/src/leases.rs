@@ -166,10 +166,12 @@ impl LeaseStore for NatsStore {
         let ttl_ms = ttl.as_millis() as u64;
         // The heartbeat, whose server stamp is "now" for this call.
         let me = Self::member_key(group, member);
-        let beat = kv
-            .put(&me, ttl_ms.to_string().into())
-            .await
-            .map_err(backend)?;
+        let put = async {
+            kv.put(&me, ttl_ms.to_string().into())
+                .await
+                .map_err(backend)
+        };
+        let beat = self.kv_write("the lease heartbeat", put).await?;
         let members_prefix = format!("lm.{}.", key_part(group));
         let leases_prefix = format!("ll.{}.", key_part(group));
         self.wrote_kv(beat);

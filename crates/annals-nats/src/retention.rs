@@ -112,10 +112,13 @@ impl NatsStore {
             }
             let list: Vec<(&RetentionScope, &Retention)> = map.iter().collect();
             let bytes = serde_json::to_vec(&list).map_err(backend)?;
-            let written = match &entry {
-                Some(e) => kv.update(KEY, bytes.into(), e.revision).await.ok(),
-                None => kv.create(KEY, bytes.into()).await.ok(),
+            let cas = async {
+                Ok(match &entry {
+                    Some(e) => kv.update(KEY, bytes.into(), e.revision).await.ok(),
+                    None => kv.create(KEY, bytes.into()).await.ok(),
+                })
             };
+            let written = self.kv_write("the retention policy", cas).await?;
             // Refused: another process changed the policies first; apply ours to theirs.
             if let Some(revision) = written {
                 self.keep(revision, map);

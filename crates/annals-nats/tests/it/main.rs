@@ -690,6 +690,7 @@ async fn credentials_in_the_url_log_in_and_are_never_shown() {
 #[tokio::test]
 async fn a_user_who_may_only_read_is_refused_appends_with_the_servers_reason() {
     use annals::{EventStore, EventStoreExt, ExpectedVersion, ReadStream, StreamAppend, Version};
+    use std::time::Duration;
     let server = nats::NatsServer::start_with(
         r#"authorization {
   users = [
@@ -768,6 +769,69 @@ async fn a_user_who_may_only_read_is_refused_appends_with_the_servers_reason() {
         shown.contains("checkpoint refused by the server") && !error.is_transient(),
         "{shown}"
     );
+    // The store's other writes to its key-value bucket: each refused as soon as the server
+    // says so (a compare-and-set loop would otherwise wait out a timeout per try).
+    let parked = annals::ParkedStream {
+        group: "g".to_owned(),
+        stream: stream.clone(),
+        from: Version(1),
+        to: Version(2),
+        attempts: 3,
+        first_error: "boom".to_owned(),
+        last_error: "boom".to_owned(),
+        parked_at: annals::Timestamp::now(),
+        updated_at: annals::Timestamp::now(),
+    };
+    let bucket_writes = async {
+        let subject = vec!["alice".to_owned()];
+        [
+            (
+                "a lease",
+                annals::LeaseStore::acquire(&reader, "g", "m", 4, Duration::from_secs(10))
+                    .await
+                    .map(drop),
+            ),
+            (
+                "a parked stream",
+                annals::CheckpointStore::park(&reader, &parked).await,
+            ),
+            (
+                "a retention policy",
+                reader
+                    .set_retention(
+                        &annals::RetentionScope::Stream(stream.clone()),
+                        annals::Retention::max_count(1),
+                    )
+                    .await,
+            ),
+            (
+                "a data subject's key",
+                annals::personal::SubjectKeys::keys_or_create(&reader, &subject)
+                    .await
+                    .map(drop),
+            ),
+            (
+                "forgetting a key",
+                annals::personal::SubjectKeys::forget(&reader, "alice")
+                    .await
+                    .map(drop),
+            ),
+        ]
+    };
+    let refused = tokio::time::timeout(Duration::from_secs(60), bucket_writes)
+        .await
+        .expect("the reader's writes to the bucket were not refused within a minute");
+    for (what, result) in refused {
+        let error = result
+            .err()
+            .unwrap_or_else(|| panic!("{what}: a reader wrote it"));
+        let shown = annals::error_chain(&error);
+        assert!(
+            shown.contains("refused by the server") && shown.contains("Permissions Violation"),
+            "{what}: {shown}"
+        );
+        assert!(!error.is_transient(), "{what}: {shown}");
+    }
     assert_eq!(owner.stream_version(&stream).await.unwrap(), Version(1));
     assert_eq!(owner.stream_version(&other).await.unwrap(), Version(0));
     assert_eq!(
@@ -775,6 +839,20 @@ async fn a_user_who_may_only_read_is_refused_appends_with_the_servers_reason() {
             .await
             .unwrap(),
         None
+    );
+    assert!(annals::CheckpointStore::parked(&owner, None)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(annals::LeaseStore::members(&owner, "g")
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(
+        annals::personal::SubjectKeys::keys(&owner, &["alice".to_owned()])
+            .await
+            .unwrap()
+            .is_empty()
     );
 }
 
