@@ -195,7 +195,17 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             Command::Scavenge(args) => delete::scavenge(events, args, &out).await,
             Command::Retention(command) => retention::run(events, command, &out).await,
             Command::Dump(args) => dump::run(events, args, &out).await,
-            Command::Tail(args) => tail::run(events, args, &out).await,
+            Command::Tail(args) => {
+                if let store_url::Backend::Sqlite(store) = &opened.backend {
+                    if store.reads_snapshot() {
+                        anyhow::bail!(
+                            "cannot follow {}: this user cannot write its directory, so the file is read as it is now (SQLite needs to create its shared-memory file beside it to see later commits) and new events would never show; `annals dump` shows what it holds",
+                            store.config().path.display()
+                        );
+                    }
+                }
+                tail::run(events, args, &out).await
+            }
             Command::Stats => stats::run(events, &checkpoints, &out).await,
             Command::Checkpoint(command) => checkpoint::run(&checkpoints, command, &out).await,
             Command::Sync(_) => unreachable!("handled above"),

@@ -143,6 +143,14 @@ impl SqliteStore {
         &self.shared.config
     }
 
+    /// Whether the store reads its file as it was when opened (a read-only store in a
+    /// directory this process cannot write, which no process had open; see
+    /// [`SqliteConfig::read_only`]): events written later, by any process, never show, so
+    /// a subscription on it would wait for nothing.
+    pub fn reads_snapshot(&self) -> bool {
+        self.shared.readers.immutable()
+    }
+
     pub(crate) async fn request<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T>>) -> Request,

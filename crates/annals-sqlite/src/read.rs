@@ -97,6 +97,11 @@ impl Readers {
         }
     }
 
+    /// Whether connections read the file as immutable.
+    pub(crate) fn immutable(&self) -> bool {
+        self.immutable
+    }
+
     /// Runs `f` on an idle read connection on this thread, once a reader is free: for reads
     /// expected to be short (a stream read after a known version: usually a few events at
     /// most), whose hand-over to a blocking thread and back costs more than the read itself.

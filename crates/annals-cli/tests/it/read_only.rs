@@ -161,6 +161,10 @@ async fn reading_commands_read_a_store_they_cannot_write() {
     );
     succeeded(&other.run(store, &["checkpoint", "list"]));
     succeeded(&other.run("sqlite://annals.db?mode=ro", &["read", "Cart-1"]));
+    // Nobody has it open and its directory cannot be written: it reads as it is now, so
+    // following it would wait for events that never show.
+    let tail = other.run(store, &["tail", "--from", "0", "--count", "3"]);
+    failed_saying(&tail, "new events would never show");
 
     // Writing commands are refused, saying why.
     let append = other.run(store, &["append", "Cart-1", "--type", "X", "--data", "{}"]);
@@ -213,6 +217,8 @@ async fn reading_commands_read_a_store_they_cannot_write() {
     let events = json_lines(&succeeded(&read));
     let data: Vec<_> = events.iter().map(|e| e["data"]["n"].clone()).collect();
     assert_eq!(data, [1, 2, 3]);
+    let tail = other.run(store, &["tail", "--from", "0", "--count", "3", "--json"]);
+    assert_eq!(json_lines(&succeeded(&tail)).len(), 3);
 
     // A copy of the file and its WAL (no `-shm`) where the reader cannot write: the file
     // alone would read without the WAL's commits, so the reader refuses it.
