@@ -20,6 +20,7 @@ mod import;
 mod keys;
 mod leases;
 mod lifecycle;
+mod limits;
 mod read;
 mod retention;
 mod send;
@@ -180,6 +181,16 @@ pub enum NatsError {
     /// The stream exists without atomic batch publish, so appends could land partially.
     #[error("JetStream stream {0:?} does not allow atomic batch publish (allow_atomic): Annals refuses to append to it; enable it on the stream")]
     AtomicDisabled(String),
+    /// The stream or its checkpoint bucket exists with a limit that removes messages on
+    /// its own (a max age, a message or byte limit discarding old ones, a per-subject limit,
+    /// interest or work-queue retention), or without acknowledgements.
+    #[error("JetStream stream {stream:?} has {setting}: it would remove events, checkpoints or keys behind the store's back, so Annals refuses to use it; remove that setting (nats stream edit) or use another store name")]
+    RemovesMessages {
+        /// The JetStream stream.
+        stream: String,
+        /// The setting, and its value.
+        setting: String,
+    },
     /// A JetStream request failed.
     #[error("JetStream: {what}")]
     JetStream {
@@ -372,6 +383,18 @@ impl NatsStore {
         if !stream.cached_info().config.allow_atomic_publish {
             return Err(NatsError::AtomicDisabled(config.stream.clone()));
         }
+        let refuse =
+            |config: &jetstream::stream::Config, per_subject: bool| match limits::removes_messages(
+                config,
+                per_subject,
+            ) {
+                Some(setting) => Err(NatsError::RemovesMessages {
+                    stream: config.name.clone(),
+                    setting,
+                }),
+                None => Ok(()),
+            };
+        refuse(&stream.cached_info().config, true)?;
         let bucket = format!("annals_{}_checkpoints", config.stream);
         let checkpoints = match js.get_key_value(&bucket).await {
             Ok(kv) => kv,
@@ -386,6 +409,7 @@ impl NatsStore {
                 .await
                 .map_err(|e| js_error("open the checkpoint bucket")(Box::new(e)))?,
         };
+        refuse(&checkpoints.stream.cached_info().config, false)?;
         let changes = watch::Sender::new(());
         Ok(Self {
             inner: Arc::new(Inner {

@@ -895,3 +895,126 @@ async fn an_append_while_the_stream_has_no_leader_waits_for_one() {
         "written to the new, empty stream"
     );
 }
+
+/// A stream or checkpoint bucket set up beforehand with a limit that removes messages on
+/// its own (an operator's max age, a per-subject limit, work-queue retention) would lose
+/// events or checkpoints behind the store's back: the store refuses to open it, saying
+/// which setting, and changes nothing. Limits that only refuse new messages are kept.
+#[tokio::test]
+async fn a_stream_or_bucket_that_removes_messages_on_its_own_is_refused() {
+    use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy};
+    use std::time::Duration;
+    let url = &nats::shared().url;
+    let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+    let subjects = |name: &str| vec![format!("annals.{name}.>")];
+    for (label, limits, named) in [
+        (
+            "age",
+            Config {
+                max_age: Duration::from_secs(3600),
+                ..Config::default()
+            },
+            "max_age",
+        ),
+        (
+            "persubject",
+            Config {
+                max_messages_per_subject: 5,
+                ..Config::default()
+            },
+            "max_msgs_per_subject 5",
+        ),
+        (
+            "queue",
+            Config {
+                retention: RetentionPolicy::WorkQueue,
+                ..Config::default()
+            },
+            "retention workqueue",
+        ),
+    ] {
+        let name = nats::stream_name(label);
+        js.create_stream(Config {
+            name: name.clone(),
+            subjects: subjects(&name),
+            allow_atomic_publish: true,
+            allow_direct: true,
+            ..limits
+        })
+        .await
+        .unwrap();
+        let before = js
+            .get_stream(&name)
+            .await
+            .unwrap()
+            .cached_info()
+            .config
+            .clone();
+        let error = NatsStore::connect(NatsConfig::new(url).stream(&name))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{label}: a stream that removes messages was opened"));
+        let shown = annals::error_chain(&error);
+        assert!(
+            matches!(error, annals_nats::NatsError::RemovesMessages { .. })
+                && shown.contains(named)
+                && shown.contains(&name),
+            "{label}: {shown}"
+        );
+        let after = js
+            .get_stream(&name)
+            .await
+            .unwrap()
+            .cached_info()
+            .config
+            .clone();
+        assert_eq!(
+            serde_json::to_value(&after).unwrap(),
+            serde_json::to_value(&before).unwrap(),
+            "{label}: the stream's configuration changed"
+        );
+        assert!(
+            js.get_key_value(format!("annals_{name}_checkpoints"))
+                .await
+                .is_err(),
+            "{label}: a bucket was created"
+        );
+    }
+
+    // Limits that refuse new messages (discard new) lose nothing: the store opens.
+    let name = nats::stream_name("capped");
+    js.create_stream(Config {
+        name: name.clone(),
+        subjects: subjects(&name),
+        allow_atomic_publish: true,
+        allow_direct: true,
+        max_bytes: 1 << 30,
+        discard: DiscardPolicy::New,
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    NatsStore::connect(NatsConfig::new(url).stream(&name))
+        .await
+        .unwrap_or_else(|e| panic!("a capped stream: {}", annals::error_chain(&e)));
+
+    // A checkpoint bucket made with a time to live would forget checkpoints (and subjects'
+    // keys) on its own.
+    let name = nats::stream_name("ttlbucket");
+    js.create_key_value(async_nats::jetstream::kv::Config {
+        bucket: format!("annals_{name}_checkpoints"),
+        history: 1,
+        max_age: Duration::from_secs(60),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let error = NatsStore::connect(NatsConfig::new(url).stream(&name))
+        .await
+        .expect_err("a bucket that forgets was opened");
+    let shown = annals::error_chain(&error);
+    assert!(
+        shown.contains("max_age") && shown.contains(&format!("KV_annals_{name}_checkpoints")),
+        "{shown}"
+    );
+}

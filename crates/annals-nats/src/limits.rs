@@ -1,0 +1,120 @@
+//! JetStream limits that would remove messages on their own: an existing stream or bucket
+//! configured with one (by an operator, or a template) would lose events, checkpoints or
+//! subjects' keys behind the store's back, so the store refuses to open it.
+
+use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy};
+
+/// Which setting of `config` removes messages without being asked, if any. `per_subject`
+/// says whether a per-subject limit does too: on the event stream a subject is one event
+/// stream, whose every event must stay; in the bucket it is a key's history.
+pub(crate) fn removes_messages(config: &Config, per_subject: bool) -> Option<String> {
+    let drops_old = config.discard == DiscardPolicy::Old;
+    if config.retention != RetentionPolicy::Limits {
+        let retention = match config.retention {
+            RetentionPolicy::Interest => "interest",
+            _ => "workqueue",
+        };
+        return Some(format!(
+            "retention {retention} (messages are removed once consumed)"
+        ));
+    }
+    if !config.max_age.is_zero() {
+        return Some(format!("max_age {:?}", config.max_age));
+    }
+    if drops_old && config.max_messages > 0 {
+        return Some(format!("max_msgs {} with discard old", config.max_messages));
+    }
+    if drops_old && config.max_bytes > 0 {
+        return Some(format!("max_bytes {} with discard old", config.max_bytes));
+    }
+    if per_subject && config.max_messages_per_subject > 0 && !config.discard_new_per_subject {
+        return Some(format!(
+            "max_msgs_per_subject {}",
+            config.max_messages_per_subject
+        ));
+    }
+    if config.no_ack {
+        return Some("no_ack (appends would never be acknowledged)".to_owned());
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn limits_that_remove_messages_are_named() {
+        let ours = Config::default();
+        assert_eq!(removes_messages(&ours, true), None);
+        let unlimited = Config {
+            max_messages: -1,
+            max_bytes: -1,
+            max_messages_per_subject: -1,
+            ..Config::default()
+        };
+        assert_eq!(removes_messages(&unlimited, true), None);
+        // Limits that refuse new messages lose nothing: appends fail, saying so.
+        let refusing = Config {
+            max_bytes: 1 << 30,
+            max_messages: 1_000_000,
+            discard: DiscardPolicy::New,
+            ..Config::default()
+        };
+        assert_eq!(removes_messages(&refusing, true), None);
+        let history = Config {
+            max_messages_per_subject: 1,
+            ..Config::default()
+        };
+        assert_eq!(removes_messages(&history, false), None);
+        for (config, named) in [
+            (
+                Config {
+                    max_age: Duration::from_secs(3600),
+                    ..Config::default()
+                },
+                "max_age",
+            ),
+            (
+                Config {
+                    max_messages: 100,
+                    ..Config::default()
+                },
+                "max_msgs 100",
+            ),
+            (
+                Config {
+                    max_bytes: 1 << 20,
+                    ..Config::default()
+                },
+                "max_bytes",
+            ),
+            (history, "max_msgs_per_subject 1"),
+            (
+                Config {
+                    retention: RetentionPolicy::WorkQueue,
+                    ..Config::default()
+                },
+                "workqueue",
+            ),
+            (
+                Config {
+                    retention: RetentionPolicy::Interest,
+                    ..Config::default()
+                },
+                "interest",
+            ),
+            (
+                Config {
+                    no_ack: true,
+                    ..Config::default()
+                },
+                "no_ack",
+            ),
+        ] {
+            let said = removes_messages(&config, true).unwrap_or_default();
+            assert!(said.contains(named), "{named}: {said:?}");
+        }
+    }
+}
