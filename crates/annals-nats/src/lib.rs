@@ -181,6 +181,10 @@ pub enum NatsError {
     /// The stream exists without atomic batch publish, so appends could land partially.
     #[error("JetStream stream {0:?} does not allow atomic batch publish (allow_atomic): Annals refuses to append to it; enable it on the stream")]
     AtomicDisabled(String),
+    /// The stream or its checkpoint bucket exists without direct gets, through which the
+    /// store reads (every read would wait out its timeout).
+    #[error("JetStream stream {0:?} does not allow direct gets (allow_direct): Annals reads through them; enable it on the stream (nats stream edit --allow-direct)")]
+    DirectDisabled(String),
     /// The stream or its checkpoint bucket exists with a limit that removes messages on
     /// its own (a max age, a message or byte limit discarding old ones, a per-subject limit,
     /// interest or work-queue retention), or without acknowledgements.
@@ -383,18 +387,7 @@ impl NatsStore {
         if !stream.cached_info().config.allow_atomic_publish {
             return Err(NatsError::AtomicDisabled(config.stream.clone()));
         }
-        let refuse =
-            |config: &jetstream::stream::Config, per_subject: bool| match limits::removes_messages(
-                config,
-                per_subject,
-            ) {
-                Some(setting) => Err(NatsError::RemovesMessages {
-                    stream: config.name.clone(),
-                    setting,
-                }),
-                None => Ok(()),
-            };
-        refuse(&stream.cached_info().config, true)?;
+        limits::suitable(&stream.cached_info().config, true)?;
         let bucket = format!("annals_{}_checkpoints", config.stream);
         let checkpoints = match js.get_key_value(&bucket).await {
             Ok(kv) => kv,
@@ -409,7 +402,7 @@ impl NatsStore {
                 .await
                 .map_err(|e| js_error("open the checkpoint bucket")(Box::new(e)))?,
         };
-        refuse(&checkpoints.stream.cached_info().config, false)?;
+        limits::suitable(&checkpoints.stream.cached_info().config, false)?;
         let changes = watch::Sender::new(());
         Ok(Self {
             inner: Arc::new(Inner {

@@ -1,8 +1,26 @@
-//! JetStream limits that would remove messages on their own: an existing stream or bucket
-//! configured with one (by an operator, or a template) would lose events, checkpoints or
-//! subjects' keys behind the store's back, so the store refuses to open it.
+//! Settings of an existing stream or bucket (made by an operator, or a template) the store
+//! cannot work with: limits that would remove messages on their own (events, checkpoints or
+//! subjects' keys lost behind the store's back), or no direct gets (every read would wait
+//! out its timeout). The store refuses to open such a stream.
 
 use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy};
+
+use crate::NatsError;
+
+/// Refuses a stream (or, with `per_subject` false, a key-value bucket) the store cannot
+/// keep its messages in or read from.
+pub(crate) fn suitable(config: &Config, per_subject: bool) -> Result<(), NatsError> {
+    if !config.allow_direct {
+        return Err(NatsError::DirectDisabled(config.name.clone()));
+    }
+    match removes_messages(config, per_subject) {
+        Some(setting) => Err(NatsError::RemovesMessages {
+            stream: config.name.clone(),
+            setting,
+        }),
+        None => Ok(()),
+    }
+}
 
 /// Which setting of `config` removes messages without being asked, if any. `per_subject`
 /// says whether a per-subject limit does too: on the event stream a subject is one event

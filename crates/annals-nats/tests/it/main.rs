@@ -898,8 +898,9 @@ async fn an_append_while_the_stream_has_no_leader_waits_for_one() {
 
 /// A stream or checkpoint bucket set up beforehand with a limit that removes messages on
 /// its own (an operator's max age, a per-subject limit, work-queue retention) would lose
-/// events or checkpoints behind the store's back: the store refuses to open it, saying
-/// which setting, and changes nothing. Limits that only refuse new messages are kept.
+/// events or checkpoints behind the store's back, and one without direct gets would fail
+/// every read after its timeout: the store refuses to open them, saying which setting, and
+/// changes nothing. Limits that only refuse new messages are kept.
 #[tokio::test]
 async fn a_stream_or_bucket_that_removes_messages_on_its_own_is_refused() {
     use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy};
@@ -980,6 +981,25 @@ async fn a_stream_or_bucket_that_removes_messages_on_its_own_is_refused() {
             "{label}: a bucket was created"
         );
     }
+
+    // Without direct gets, every read would wait out its timeout.
+    let name = nats::stream_name("nodirect");
+    js.create_stream(Config {
+        name: name.clone(),
+        subjects: subjects(&name),
+        allow_atomic_publish: true,
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let error = NatsStore::connect(NatsConfig::new(url).stream(&name))
+        .await
+        .expect_err("a stream without direct gets was opened");
+    assert!(
+        matches!(&error, annals_nats::NatsError::DirectDisabled(s) if *s == name),
+        "{}",
+        annals::error_chain(&error)
+    );
 
     // Limits that refuse new messages (discard new) lose nothing: the store opens.
     let name = nats::stream_name("capped");
