@@ -185,6 +185,15 @@ pub enum NatsError {
     /// store reads (every read would wait out its timeout).
     #[error("JetStream stream {0:?} does not allow direct gets (allow_direct): Annals reads through them; enable it on the stream (nats stream edit --allow-direct)")]
     DirectDisabled(String),
+    /// The stream exists without taking the store's subjects (or transforms them), so
+    /// appends would not be stored where the store reads them.
+    #[error("JetStream stream {stream:?} {reason}: appends would not be stored where Annals reads them; give it the store's subjects (nats stream edit --subjects) or use another store name")]
+    Subjects {
+        /// The JetStream stream.
+        stream: String,
+        /// What it takes instead.
+        reason: String,
+    },
     /// The stream or its checkpoint bucket exists with a limit that removes messages on
     /// its own (a max age, a message or byte limit discarding old ones, a per-subject limit,
     /// interest or work-queue retention), or without acknowledgements.
@@ -387,7 +396,7 @@ impl NatsStore {
         if !stream.cached_info().config.allow_atomic_publish {
             return Err(NatsError::AtomicDisabled(config.stream.clone()));
         }
-        limits::suitable(&stream.cached_info().config, true)?;
+        limits::suitable(&stream.cached_info().config, Some(&subjects.all()))?;
         let bucket = format!("annals_{}_checkpoints", config.stream);
         let checkpoints = match js.get_key_value(&bucket).await {
             Ok(kv) => kv,
@@ -402,7 +411,7 @@ impl NatsStore {
                 .await
                 .map_err(|e| js_error("open the checkpoint bucket")(Box::new(e)))?,
         };
-        limits::suitable(&checkpoints.stream.cached_info().config, false)?;
+        limits::suitable(&checkpoints.stream.cached_info().config, None)?;
         let changes = watch::Sender::new(());
         Ok(Self {
             inner: Arc::new(Inner {

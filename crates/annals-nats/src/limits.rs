@@ -7,18 +7,53 @@ use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy};
 
 use crate::NatsError;
 
-/// Refuses a stream (or, with `per_subject` false, a key-value bucket) the store cannot
-/// keep its messages in or read from.
-pub(crate) fn suitable(config: &Config, per_subject: bool) -> Result<(), NatsError> {
+/// Refuses the event stream (`events`: the subjects it must take) or a key-value bucket
+/// (`None`) when the store cannot keep its messages in it or read them from it.
+pub(crate) fn suitable(config: &Config, events: Option<&str>) -> Result<(), NatsError> {
     if !config.allow_direct {
         return Err(NatsError::DirectDisabled(config.name.clone()));
     }
-    match removes_messages(config, per_subject) {
+    if let Some(ours) = events {
+        let reason = if config.subject_transform.is_some() {
+            Some("has a subject transform".to_owned())
+        } else if !config.subjects.iter().any(|s| covers(s, ours)) {
+            Some(format!(
+                "takes the subjects {:?}, not the store's {ours:?}",
+                config.subjects
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(NatsError::Subjects {
+                stream: config.name.clone(),
+                reason,
+            });
+        }
+    }
+    match removes_messages(config, events.is_some()) {
         Some(setting) => Err(NatsError::RemovesMessages {
             stream: config.name.clone(),
             setting,
         }),
         None => Ok(()),
+    }
+}
+
+/// Whether the subject filter `filter` takes every subject `pattern` matches (token by
+/// token: `>` takes the rest, `*` one literal token).
+fn covers(filter: &str, pattern: &str) -> bool {
+    let mut theirs = filter.split('.');
+    let mut ours = pattern.split('.');
+    loop {
+        match (theirs.next(), ours.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(o)) if o != "*" && o != ">" => {}
+            (Some(t), Some(o)) if t == o && t != "*" && t != ">" => {}
+            (Some(t), Some(o)) => return t == o && t == ">",
+            (None, None) => return true,
+            _ => return false,
+        }
     }
 }
 
@@ -61,6 +96,25 @@ pub(crate) fn removes_messages(config: &Config, per_subject: bool) -> Option<Str
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn filters_that_take_the_stores_subjects() {
+        let ours = "annals.shop.>";
+        for filter in ["annals.shop.>", ">", "annals.>", "*.shop.>", "annals.*.>"] {
+            assert!(covers(filter, ours), "{filter}");
+        }
+        for filter in [
+            "annals.shop",
+            "annals.shop.*",
+            "annals.shop.*.*",
+            "annals.other.>",
+            "shop.>",
+            "annals.shop.x.>",
+            "",
+        ] {
+            assert!(!covers(filter, ours), "{filter}");
+        }
+    }
 
     #[test]
     fn limits_that_remove_messages_are_named() {

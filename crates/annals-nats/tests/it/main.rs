@@ -1001,6 +1001,27 @@ async fn a_stream_or_bucket_that_removes_messages_on_its_own_is_refused() {
         annals::error_chain(&error)
     );
 
+    // A stream that does not take the store's subjects would store no append.
+    let name = nats::stream_name("othersubjects");
+    js.create_stream(Config {
+        name: name.clone(),
+        subjects: vec![format!("{name}.>")],
+        allow_atomic_publish: true,
+        allow_direct: true,
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let error = NatsStore::connect(NatsConfig::new(url).stream(&name))
+        .await
+        .expect_err("a stream without the store's subjects was opened");
+    let shown = annals::error_chain(&error);
+    assert!(
+        matches!(&error, annals_nats::NatsError::Subjects { .. })
+            && shown.contains(&format!("annals.{name}.>")),
+        "{shown}"
+    );
+
     // Limits that refuse new messages (discard new) lose nothing: the store opens.
     let name = nats::stream_name("capped");
     js.create_stream(Config {
