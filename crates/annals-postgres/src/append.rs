@@ -31,7 +31,10 @@ pub(crate) async fn run(
         // Our transaction id is older than the stream's last writer's: a new
         // transaction gets a newer one (see the streams table).
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE) => {
-            return Err(Error::backend("postgres", Retry(e.to_string())))
+            return Err(Error::backend(
+                "postgres",
+                Retry(crate::error::described(&e)),
+            ))
         }
         Err(e) => return Err(client.failed(e)),
     };

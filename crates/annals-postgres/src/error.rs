@@ -84,13 +84,21 @@ pub(crate) fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) ->
         .downcast_ref::<tokio_postgres::Error>()
         .and_then(|pg| pg.as_db_error())
     {
-        let message = format!("{db}");
+        let message = db.to_string();
         e = Box::new(Detailed { message, source: e });
     }
     if transient {
         annals::Error::transient("postgres", e)
     } else {
         annals::Error::backend("postgres", e)
+    }
+}
+
+/// The server's message of a driver error (the driver's own text is "db error").
+pub(crate) fn described(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => db.to_string(),
+        None => e.to_string(),
     }
 }
 

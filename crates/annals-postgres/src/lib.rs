@@ -320,11 +320,17 @@ impl PgStore {
         config::validate_schema(&config.schema)?;
         let (mut pg, tls) = config.driver()?;
         // Unqualified names (read models' tables) resolve to the store's schema; the
-        // store's own statements name it explicitly.
-        let search_path = format!("-c search_path={},public", config::quoted(&config.schema));
+        // store's own statements name it explicitly. They are written for READ COMMITTED
+        // (each statement sees what committed before it; row locks order the writers): a
+        // server, database or role defaulting to a stricter level would fail concurrent
+        // appends, transactions and read-model applies with serialization errors.
+        let session = format!(
+            "-c search_path={},public -c default_transaction_isolation=read\\ committed",
+            config::quoted(&config.schema)
+        );
         let options = match pg.get_options() {
-            Some(o) if !o.is_empty() => format!("{o} {search_path}"),
-            _ => search_path,
+            Some(o) if !o.is_empty() => format!("{o} {session}"),
+            _ => session,
         };
         pg.options(&options);
         let pool_of = |size: usize, pg: &tokio_postgres::Config| {

@@ -1247,3 +1247,48 @@ async fn cut_off<T: std::fmt::Debug>(
         Ok(answer) => panic!("{who}, cut off, was answered: {answer:?}"),
     }
 }
+
+/// A role (or database, or server) whose transactions default to SERIALIZABLE: the store's
+/// statements, written for READ COMMITTED, still run at that level, so concurrent
+/// multi-stream transactions and read-model applies do not fail with serialization errors
+/// (they did: "could not serialize access due to concurrent update").
+#[tokio::test]
+async fn a_role_defaulting_to_serializable_transactions_is_served_as_written() {
+    let admin = postgres::connect(&postgres::shared().url).await;
+    let schema = postgres::schema_name("strict");
+    let role = format!("{schema}_strict");
+    let mut connection = postgres::shared().connection();
+    let database = connection.get_dbname().unwrap_or("postgres").to_owned();
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN PASSWORD 'strict'; \
+             GRANT CREATE ON DATABASE \"{database}\" TO {role}; \
+             ALTER ROLE {role} SET default_transaction_isolation = 'serializable'"
+        ))
+        .await
+        .unwrap();
+    connection.user(&role).password("strict");
+    // The role's own sessions are serializable: what the store has to undo.
+    let (raw, driver) = connection.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(driver);
+    let level: String = raw
+        .query_one("SHOW default_transaction_isolation", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(level, "serializable");
+    drop(raw);
+    let store = PgStore::connect(PgConfig::new(connection).schema(&schema))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let events: std::sync::Arc<dyn EventStore> = std::sync::Arc::new(store.clone());
+    annals_testkit::conformance::opposite_order_transactions_do_not_deadlock(events).await;
+    annals_testkit::read_models::concurrent_appliers_of_one_stream(std::sync::Arc::new(store))
+        .await;
+    admin
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+    postgres::drop_role(&admin, &role).await;
+}
