@@ -65,7 +65,7 @@ async fn events_are_immutable_in_the_database() {
         .unwrap();
     let client = postgres::connect(&postgres::shared().url).await;
     for sql in [
-        format!("UPDATE {schema}.events SET data = '\\x00'"),
+        format!("UPDATE {schema}.events SET data = decode('00', 'hex')"),
         format!("DELETE FROM {schema}.events"),
         format!("TRUNCATE {schema}.events CASCADE"),
     ] {
