@@ -70,7 +70,7 @@ impl NatsStore {
         // Refusals from now on: one of this append's subjects may be refused.
         let mut refusals = self.refusals();
         let mut subjects = Vec::new();
-        let mut reply = None;
+        let mut built = Vec::with_capacity(total);
         for (n, m) in messages.iter().enumerate() {
             let subject = self.inner.subjects.stream(m.stream);
             subjects.push(format!("\"{subject}\""));
@@ -95,10 +95,32 @@ impl NatsStore {
                 Some(marker) => envelope::encode_marker(marker),
                 None => envelope::encode(m.event, m.place, ids),
             };
+            if n + 1 == total && !single {
+                headers.insert("Nats-Batch-Commit", "1");
+            }
+            // Refused before anything is sent: the server takes no message larger than its
+            // max_payload (headers and the event's envelope included).
+            let size = header_bytes(&headers) + body.len();
+            let max = client.server_info().max_payload;
+            if size > max && m.marker.is_none() {
+                let data = m.event.data.len() + m.event.metadata.as_ref().map_or(0, Vec::len);
+                return Err(Error::InvalidEvent {
+                    stream: m.stream.clone(),
+                    index: messages[..n]
+                        .iter()
+                        .filter(|o| o.stream == m.stream && o.marker.is_none())
+                        .count(),
+                    reason: annals::InvalidEvent::TooLarge {
+                        size: data,
+                        limit: data.saturating_sub(size - max),
+                    },
+                });
+            }
+            built.push((subject, headers, body));
+        }
+        let mut reply = None;
+        for (n, (subject, headers, body)) in built.into_iter().enumerate() {
             if n + 1 == total {
-                if !single {
-                    headers.insert("Nats-Batch-Commit", "1");
-                }
                 let request = async {
                     tokio::time::timeout(
                         self.inner.config.timeout,
@@ -158,6 +180,21 @@ impl NatsStore {
             },
         }
     }
+}
+
+/// The bytes `headers` take in a message (as the client counts them against the
+/// server's max_payload): `NATS/1.0`, a line per value, and the blank line.
+fn header_bytes(headers: &HeaderMap) -> usize {
+    let lines: usize = headers
+        .iter()
+        .map(|(name, values)| {
+            values
+                .iter()
+                .map(|v| AsRef::<[u8]>::as_ref(name).len() + 2 + v.as_str().len() + 2)
+                .sum::<usize>()
+        })
+        .sum();
+    "NATS/1.0\r\n".len() + lines + 2
 }
 
 /// Bytes as unpadded URL-safe base64.

@@ -1059,3 +1059,49 @@ async fn a_stream_or_bucket_that_removes_messages_on_its_own_is_refused() {
         "{shown}"
     );
 }
+
+/// An event within the store's size limit whose message (its envelope and headers) is
+/// larger than the server takes (`max_payload`, 1 MiB by default) is refused as invalid
+/// before anything of its append is sent, saying how large it may be; an event of that
+/// size is stored.
+#[tokio::test]
+async fn an_event_larger_than_the_server_takes_is_refused_before_anything_is_sent() {
+    use annals::{Error, EventData, EventStore, ExpectedVersion, InvalidEvent, Version};
+    let url = &nats::shared().url;
+    let name = nats::stream_name("payload");
+    let store = NatsStore::connect(NatsConfig::new(url).stream(&name))
+        .await
+        .unwrap();
+    let stream = annals::StreamName::new("Big-1").unwrap();
+    let body = |n: usize| format!("\"{}\"", "x".repeat(n - 2)).into_bytes();
+    let max = store.config().max_event_bytes;
+    let small = EventData::new("Small", b"{}".to_vec());
+    let big = EventData::new("Big", body(max));
+    let mut limits = Vec::new();
+    for events in [vec![big.clone()], vec![small.clone(), big.clone()]] {
+        let index = events.len() - 1;
+        match store
+            .append(&stream, ExpectedVersion::NoStream, events)
+            .await
+        {
+            Err(Error::InvalidEvent {
+                stream: s,
+                index: i,
+                reason: InvalidEvent::TooLarge { size, limit },
+            }) => {
+                assert_eq!((s, i, size), (stream.clone(), index, max));
+                assert!(limit < max, "{limit}");
+                limits.push(limit);
+            }
+            other => panic!("expected the event refused as too large, got {other:?}"),
+        }
+    }
+    assert_eq!(store.stream_version(&stream).await.unwrap(), Version(0));
+    // The figure it gave is what the server takes.
+    let fits = EventData::new("Big", body(limits[0]));
+    let written = store
+        .append(&stream, ExpectedVersion::NoStream, vec![fits])
+        .await
+        .unwrap_or_else(|e| panic!("an event of the limit it gave: {}", annals::error_chain(&e)));
+    assert_eq!(written.version, Version(1));
+}
