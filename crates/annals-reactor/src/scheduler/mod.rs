@@ -124,6 +124,25 @@ struct Scheduler {
 /// How often the stats are published at most, unless idleness or a list changes.
 const PUBLISH_EVERY: Duration = Duration::from_millis(50);
 
+/// The most bytes of a handler's error text kept (stats, parked records, logs): a handler
+/// may fail with a whole response body, and a parked record must fit any store (a NATS
+/// message is at most 1 MiB by default).
+const ERROR_TEXT: usize = 4_096;
+
+/// `text`, cut to [`ERROR_TEXT`] bytes (on a character boundary) and marked so.
+fn bounded(mut text: String) -> String {
+    if text.len() > ERROR_TEXT {
+        let mut cut = ERROR_TEXT;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let more = text.len() - cut;
+        text.truncate(cut);
+        text.push_str(&format!("… ({more} bytes more)"));
+    }
+    text
+}
+
 impl Scheduler {
     fn add(&mut self, events: Vec<RecordedEvent>, end: Position) {
         let index = self.base + self.batches.len() as u64;
@@ -316,7 +335,7 @@ impl Scheduler {
                 }
                 self.failing_dirty = true;
                 self.metrics.handler_failures.increment(1);
-                let message = error_chain(&*e);
+                let message = bounded(error_chain(&*e));
                 s.first_error.get_or_insert_with(|| message.clone());
                 s.last_error.clone_from(&message);
                 let (attempts, poison) = (s.failures, s.poison);

@@ -58,6 +58,8 @@ struct Recorder {
     /// the barrier.
     together: Option<(Mutex<Vec<StreamName>>, Arc<tokio::sync::Barrier>)>,
     skip_to: Option<(StreamName, u64)>,
+    /// The failing streams' error text, when not the default.
+    failure: Option<String>,
 }
 
 #[async_trait]
@@ -76,7 +78,10 @@ impl Handler for Recorder {
             if let Some(left) = failing.get_mut(stream) {
                 if *left > 0 {
                     *left -= 1;
-                    return Err(format!("{stream} is failing").into());
+                    return Err(match &self.failure {
+                        Some(text) => text.clone().into(),
+                        None => format!("{stream} is failing").into(),
+                    });
                 }
             }
         }
@@ -350,6 +355,45 @@ async fn the_park_policy_records_and_skips_a_stream_and_the_rest_goes_on() {
         Some(head),
         "parked events no longer pin the checkpoint"
     );
+}
+
+/// A handler failing with a huge error text (a whole response body, say) parks its stream
+/// with the text's beginning: the record stays small enough for any store (a NATS message
+/// is at most 1 MiB by default), and the stats and logs carry no megabytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_huge_handler_error_is_kept_short_in_the_parked_record() {
+    let store = Arc::new(MemoryStore::new());
+    let cps = Arc::new(MemoryCheckpoints::new());
+    append(&store, "Bad-1", 1).await;
+    let text = format!("boom: {}", "é".repeat(1 << 20));
+    let h = Arc::new(Recorder {
+        failure: Some(text.clone()),
+        ..Recorder::default()
+    });
+    h.failing.lock().unwrap().insert(name("Bad-1"), u32::MAX);
+    let mut r = run(
+        &store,
+        &cps,
+        &h,
+        config("huge").on_failure(FailurePolicy::Park { after: 2 }),
+    );
+    idle(&mut r).await;
+    let stored = cps.parked(Some("huge")).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    for kept in [
+        &stored[0].first_error,
+        &stored[0].last_error,
+        &r.stats().parked[0].last_error,
+    ] {
+        assert!(kept.len() <= 4_200, "{} bytes kept", kept.len());
+        let (shown, rest) = kept.split_once('…').expect("the cut is marked");
+        assert!(
+            text.starts_with(shown) && shown.starts_with("boom: é"),
+            "{shown}"
+        );
+        assert!(rest.contains("bytes more"), "{rest}");
+    }
+    r.stop().await.unwrap();
 }
 
 /// Checkpoints whose first `failures` loads fail as a store that lost its connection does.
