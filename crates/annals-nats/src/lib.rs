@@ -215,7 +215,9 @@ pub enum NatsError {
     },
 }
 
-fn js_error(what: &str) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> NatsError + '_ {
+pub(crate) fn js_error(
+    what: &str,
+) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> NatsError + '_ {
     move |source| NatsError::JetStream {
         what: what.to_owned(),
         source,
@@ -392,10 +394,7 @@ impl NatsStore {
                 ..Default::default()
             })
             .await
-            .map_err(|e| js_error("open the stream")(Box::new(e)))?;
-        if !stream.cached_info().config.allow_atomic_publish {
-            return Err(NatsError::AtomicDisabled(config.stream.clone()));
-        }
+            .map_err(limits::open_error)?;
         limits::suitable(&stream.cached_info().config, Some(&subjects.all()))?;
         let bucket = format!("annals_{}_checkpoints", config.stream);
         let checkpoints = match js.get_key_value(&bucket).await {

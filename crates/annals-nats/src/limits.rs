@@ -1,15 +1,40 @@
-//! Settings of an existing stream or bucket (made by an operator, or a template) the store
-//! cannot work with: limits that would remove messages on their own (events, checkpoints or
-//! subjects' keys lost behind the store's back), or no direct gets (every read would wait
-//! out its timeout). The store refuses to open such a stream.
+//! What the store needs of the server and of an existing stream or bucket (made by an
+//! operator, or a template): JetStream enabled; atomic batches and direct gets (without
+//! them appends could land partially, and every read would wait out its timeout); the
+//! store's subjects; no limit that removes messages on its own (events, checkpoints or
+//! subjects' keys lost behind the store's back). The store refuses to open anything else.
 
 use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy};
 
 use crate::NatsError;
 
+/// The error of opening (or creating) the event stream, saying what to enable when the
+/// server or account has no JetStream.
+pub(crate) fn open_error(e: async_nats::jetstream::context::CreateStreamError) -> NatsError {
+    use async_nats::jetstream::context::CreateStreamErrorKind as Kind;
+    use async_nats::jetstream::ErrorCode;
+    let off = match e.kind() {
+        Kind::JetStreamUnavailable => true,
+        Kind::JetStream(e) => [
+            ErrorCode::JETSTREAM_NOT_ENABLED,
+            ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT,
+        ]
+        .contains(&e.error_code()),
+        _ => false,
+    };
+    let what = match off {
+        true => "open the stream (JetStream is not enabled for this server or account: start the server with -js, or give the account `jetstream: enabled`)",
+        false => "open the stream",
+    };
+    crate::js_error(what)(Box::new(e))
+}
+
 /// Refuses the event stream (`events`: the subjects it must take) or a key-value bucket
 /// (`None`) when the store cannot keep its messages in it or read them from it.
 pub(crate) fn suitable(config: &Config, events: Option<&str>) -> Result<(), NatsError> {
+    if events.is_some() && !config.allow_atomic_publish {
+        return Err(NatsError::AtomicDisabled(config.name.clone()));
+    }
     if !config.allow_direct {
         return Err(NatsError::DirectDisabled(config.name.clone()));
     }

@@ -1105,3 +1105,18 @@ async fn an_event_larger_than_the_server_takes_is_refused_before_anything_is_sen
         .unwrap_or_else(|e| panic!("an event of the limit it gave: {}", annals::error_chain(&e)));
     assert_eq!(written.version, Version(1));
 }
+
+/// A server (here: an account) without JetStream is refused saying what to enable.
+#[tokio::test]
+async fn a_server_without_jetstream_is_refused_saying_what_to_enable() {
+    let server = nats::NatsServer::start_with(
+        "accounts {\n  NOJS: { users: [ { user: plain, password: plainpw } ] }\n}",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let url = format!("nats://plain:plainpw@127.0.0.1:{}", server.port);
+    let error = NatsStore::connect(NatsConfig::new(url).stream(nats::stream_name("nojs")))
+        .await
+        .expect_err("a store opened without JetStream");
+    let shown = annals::error_chain(&error);
+    assert!(shown.contains("JetStream is not enabled"), "{shown}");
+}
