@@ -31,8 +31,8 @@ struct Cli {
     /// last commits on power loss for speed; `?mode=ro` only reads an existing store),
     /// `postgres://USER@HOST:PORT/DB`
     /// (`?annals_schema=NAME`, default `annals`; `&sslmode=...&sslrootcert=PATH` for TLS),
-    /// `nats://HOST:PORT` (`?stream=NAME&replicas=N`) or `memory://` (an empty in-process
-    /// store).
+    /// `nats://HOST:PORT` (`?stream=NAME&replicas=N`; `&tls_ca=PATH` for TLS) or
+    /// `memory://` (an empty in-process store).
     #[arg(
         long,
         global = true,

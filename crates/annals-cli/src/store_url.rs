@@ -40,7 +40,8 @@ pub(crate) enum StoreKind {
     /// annals_group_commits=N&sslmode=...&sslrootcert=PATH|system&...]` (other parameters
     /// go to the driver).
     Postgres(Box<PgConfig>),
-    /// `nats://[USER:PASSWORD@]HOST:PORT[?stream=NAME&replicas=N]`: a JetStream store.
+    /// `nats://[USER:PASSWORD@]HOST:PORT[?stream=NAME&replicas=N&tls_ca=PATH...]`: a
+    /// JetStream store.
     Nats(NatsConfig),
     /// `http://HOST:PORT`: a running `annals serve` (only `annals bench todo` takes one).
     Http(url::Url),
@@ -354,9 +355,15 @@ fn nats(url: &url::Url, seeds: &[String]) -> Result<NatsConfig, String> {
         servers.push(parsed.to_string());
     }
     let mut config = NatsConfig::with_servers(servers);
-    for (key, value) in url.query_pairs() {
-        match key.as_ref() {
+    let (mut cert, mut key) = (None, None);
+    for (key_name, value) in url.query_pairs() {
+        match key_name.as_ref() {
             "stream" => config = config.stream(value.into_owned()),
+            "tls" if value == "require" => config = config.require_tls(),
+            "tls" => return Err(format!("tls={value}: expected tls=require")),
+            "tls_ca" => config = config.tls_ca(value.into_owned()),
+            "tls_cert" => cert = Some(value.into_owned()),
+            "tls_key" => key = Some(value.into_owned()),
             "replicas" => {
                 let n: usize = value
                     .parse()
@@ -368,10 +375,15 @@ fn nats(url: &url::Url, seeds: &[String]) -> Result<NatsConfig, String> {
             }
             other => {
                 return Err(format!(
-                    "unknown option {other:?}: known options are stream and replicas"
+                    "unknown option {other:?}: known options are stream, replicas, tls=require, tls_ca, tls_cert and tls_key"
                 ))
             }
         }
+    }
+    match (cert, key) {
+        (Some(cert), Some(key)) => config = config.tls_client(cert, key),
+        (None, None) => {}
+        _ => return Err("a client certificate needs both tls_cert=PATH and tls_key=PATH".into()),
     }
     Ok(config)
 }

@@ -15,6 +15,8 @@ pub mod nats;
 pub mod postgres;
 pub mod read_models;
 mod scenario;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use eventually::{eventually, eventually_blocking};
 

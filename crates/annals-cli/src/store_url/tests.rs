@@ -172,10 +172,31 @@ fn nats_urls_name_the_server_the_stream_and_replicas() {
         panic!()
     };
     assert_eq!((c.stream.as_str(), c.replicas), ("annals", 1));
+    assert!(!c.tls_required && c.tls_ca.is_none() && c.tls_client.is_none());
+    let StoreKind::Nats(c) =
+        parse("nats://h:4222?tls_ca=%2Fetc%2Fca.pem&tls_cert=c.pem&tls_key=k.pem")
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (c.tls_ca, c.tls_client, c.tls_required),
+        (
+            Some("/etc/ca.pem".into()),
+            Some(("c.pem".into(), "k.pem".into())),
+            true
+        )
+    );
+    let StoreKind::Nats(c) = parse("nats://h:4222?tls=require") else {
+        panic!()
+    };
+    assert!(c.tls_required && c.tls_ca.is_none());
     for bad in [
         "nats://h:4222?replicas=2",
         "nats://h:4222?nope=1",
         "nats://h:4222/path",
+        "nats://h:4222?tls=yes",
+        "nats://h:4222?tls_cert=c.pem",
+        "nats://h:4222?tls_key=k.pem",
     ] {
         assert!(bad.parse::<StoreUrl>().is_err(), "{bad}");
     }

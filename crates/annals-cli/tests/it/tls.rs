@@ -2,31 +2,17 @@
 //! connections over TLS only (a certificate for `localhost` signed by a CA made here).
 
 use annals_testkit::postgres::PgServer;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-};
 
 use crate::ops::{failed_saying, on};
 use crate::succeeded;
 
 #[test]
 fn sslmode_and_sslrootcert_in_the_url_reach_every_connection() {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "CLI test CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    let server = PgServer::start_tls(&cert.pem(), &key.serialize_pem()).unwrap();
+    let pki = annals_testkit::tls::Pki::new("CLI");
+    let server = PgServer::start_tls(&pki.cert, &pki.key).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("ca.pem");
-    std::fs::write(&root, ca.pem()).unwrap();
+    std::fs::write(&root, &pki.ca).unwrap();
     let url = |host: &str, options: &str| {
         format!(
             "postgres://postgres@{host}:{}/postgres?hostaddr=127.0.0.1&annals_schema=tls_cli&{options}",

@@ -1089,3 +1089,77 @@ async fn a_server_without_jetstream_is_refused_saying_what_to_enable() {
     let shown = annals::error_chain(&error);
     assert!(shown.contains("JetStream is not enabled"), "{shown}");
 }
+
+/// TLS, as hosted NATS requires: a server that takes TLS only and verifies clients'
+/// certificates, with certificates from a CA made here. With the CA and a client
+/// certificate the store works; without the CA the server's certificate is refused, and
+/// without a client certificate the server refuses the client.
+#[tokio::test]
+async fn tls_with_a_private_ca_and_a_client_certificate() {
+    use annals::{EventData, EventStore, EventStoreExt, ExpectedVersion, ReadStream};
+    let pki = annals_testkit::tls::Pki::new("nats");
+    let (client_cert, client_key) = pki.client("annals-client");
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, pem: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    };
+    let ca = file("ca.pem", &pki.ca);
+    let (cert, key) = (
+        file("server.pem", &pki.cert),
+        file("server-key.pem", &pki.key),
+    );
+    let client = (
+        file("client.pem", &client_cert),
+        file("client-key.pem", &client_key),
+    );
+    let server = nats::NatsServer::start_with(&format!(
+        "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n}}",
+        cert.display(),
+        key.display(),
+        ca.display()
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let url = format!("nats://localhost:{}", server.port);
+    let name = nats::stream_name("tls");
+
+    let store = NatsStore::connect(
+        NatsConfig::new(&url)
+            .stream(&name)
+            .tls_ca(&ca)
+            .tls_client(&client.0, &client.1),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("over TLS: {}", annals::error_chain(&e)));
+    let stream = annals::StreamName::new("Tls-1").unwrap();
+    store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![EventData::new("T", b"{}".to_vec())],
+        )
+        .await
+        .unwrap();
+    let read = store
+        .read_stream_vec(&stream, ReadStream::forward())
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 1);
+
+    let quick = |config: NatsConfig| {
+        let mut config = config.stream(&name);
+        config.timeout = std::time::Duration::from_secs(5);
+        NatsStore::connect(config)
+    };
+    let untrusted = quick(NatsConfig::new(&url).tls_client(&client.0, &client.1))
+        .await
+        .expect_err("a server certificate from an unknown CA was trusted");
+    let shown = annals::error_chain(&untrusted);
+    assert!(shown.to_lowercase().contains("certificate"), "{shown}");
+    let anonymous = quick(NatsConfig::new(&url).tls_ca(&ca))
+        .await
+        .expect_err("a client without a certificate was let in");
+    let shown = annals::error_chain(&anonymous);
+    assert!(shown.to_lowercase().contains("certificate"), "{shown}");
+}

@@ -7,41 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use annals::{EventData, EventStore, EventStoreExt, ExpectedVersion, ReadStream, StreamName};
 use annals_postgres::{PgConfig, PgError, PgStore, PgTls, RootCerts, SslMode};
 use annals_testkit::postgres::PgServer;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-};
-
-/// A CA and a server certificate (for `localhost`) it signed, in PEM.
-struct Pki {
-    ca: String,
-    cert: String,
-    key: String,
-}
-
-fn pki(name: &str) -> Pki {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, format!("{name} test CA"));
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "localhost");
-    let cert = params.signed_by(&key, &ca).unwrap();
-    Pki {
-        ca: ca.pem(),
-        cert: cert.pem(),
-        key: key.serialize_pem(),
-    }
-}
+use annals_testkit::tls::Pki;
 
 /// The server, as `host` (a name checked against the certificate) at 127.0.0.1.
 fn config(server: &PgServer, host: &str, tls: PgTls) -> PgConfig {
@@ -102,13 +68,13 @@ async fn refused(config: PgConfig) -> String {
 
 #[tokio::test]
 async fn tls_modes_connect_verify_and_refuse_as_libpq_does() {
-    let right = pki("right");
+    let right = Pki::new("right");
     let server = PgServer::start_tls(&right.cert, &right.key).expect("a TLS-only server");
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root.crt");
     std::fs::write(&root, &right.ca).unwrap();
     let wrong_root = dir.path().join("other.crt");
-    std::fs::write(&wrong_root, pki("wrong").ca).unwrap();
+    std::fs::write(&wrong_root, Pki::new("wrong").ca).unwrap();
     let verify = |mode, path: &std::path::Path| {
         PgTls::new(mode).root_certs(RootCerts::File(path.to_owned()))
     };
