@@ -362,6 +362,8 @@ fn nats(url: &url::Url, seeds: &[String]) -> Result<NatsConfig, String> {
             "tls" if value == "require" => config = config.require_tls(),
             "tls" => return Err(format!("tls={value}: expected tls=require")),
             "tls_ca" => config = config.tls_ca(value.into_owned()),
+            "creds" => config = config.credentials_file(value.into_owned()),
+            "nkey" => config = config.nkey_file(value.into_owned()),
             "tls_cert" => cert = Some(value.into_owned()),
             "tls_key" => key = Some(value.into_owned()),
             "replicas" => {
@@ -375,7 +377,7 @@ fn nats(url: &url::Url, seeds: &[String]) -> Result<NatsConfig, String> {
             }
             other => {
                 return Err(format!(
-                    "unknown option {other:?}: known options are stream, replicas, tls=require, tls_ca, tls_cert and tls_key"
+                    "unknown option {other:?}: known options are stream, replicas, creds, nkey, tls=require, tls_ca, tls_cert and tls_key"
                 ))
             }
         }

@@ -32,6 +32,11 @@ pub struct NatsConfig {
     /// Every connection is encrypted (also set by the two above; a server that asks for
     /// TLS gets it either way).
     pub tls_required: bool,
+    /// A credentials file (`.creds`: a user JWT and its NKey seed), as NATS accounts in
+    /// operator mode (and hosted NATS) give their users.
+    pub credentials_file: Option<PathBuf>,
+    /// A file holding a user's NKey seed (`SU...`), for servers that know users by NKey.
+    pub nkey_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for NatsConfig {
@@ -45,6 +50,8 @@ impl std::fmt::Debug for NatsConfig {
             .field("tls_ca", &self.tls_ca)
             .field("tls_client", &self.tls_client)
             .field("tls_required", &self.tls_required)
+            .field("credentials_file", &self.credentials_file)
+            .field("nkey_file", &self.nkey_file)
             .finish()
     }
 }
@@ -67,7 +74,21 @@ impl NatsConfig {
             tls_ca: None,
             tls_client: None,
             tls_required: false,
+            credentials_file: None,
+            nkey_file: None,
         }
+    }
+
+    /// Logs in with the credentials file `path` (a user JWT and its NKey seed).
+    pub fn credentials_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.credentials_file = Some(path.into());
+        self
+    }
+
+    /// Logs in with the NKey seed in the file `path`.
+    pub fn nkey_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.nkey_file = Some(path.into());
+        self
     }
 
     /// Encrypts every connection, checking the servers' certificates against the CA
@@ -126,7 +147,31 @@ impl NatsConfig {
             Some(Credentials::Token(token)) => async_nats::ConnectOptions::with_token(token),
             None => async_nats::ConnectOptions::new(),
         };
+        let unreadable = |path: &PathBuf| {
+            let path = path.clone();
+            move |source| NatsError::Credentials { path, source }
+        };
         let mut options = options.require_tls(self.tls_required);
+        if let Some(path) = &self.credentials_file {
+            options = options
+                .credentials_file(path)
+                .await
+                .map_err(unreadable(path))?;
+        }
+        if let Some(path) = &self.nkey_file {
+            let seed = std::fs::read_to_string(path).map_err(unreadable(path))?;
+            let seed = seed.trim();
+            if !seed.starts_with("SU") {
+                return Err(NatsError::Credentials {
+                    path: path.clone(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "it holds no user NKey seed (a line starting SU)",
+                    ),
+                });
+            }
+            options = options.nkey(seed.to_owned());
+        }
         if let Some(ca) = &self.tls_ca {
             options = options.add_root_certificates(ca.clone());
         }

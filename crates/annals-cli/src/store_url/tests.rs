@@ -186,10 +186,14 @@ fn nats_urls_name_the_server_the_stream_and_replicas() {
             true
         )
     );
-    let StoreKind::Nats(c) = parse("nats://h:4222?tls=require") else {
+    let StoreKind::Nats(c) = parse("nats://h:4222?tls=require&creds=u.creds&nkey=u.nk") else {
         panic!()
     };
     assert!(c.tls_required && c.tls_ca.is_none());
+    assert_eq!(
+        (c.credentials_file, c.nkey_file),
+        (Some("u.creds".into()), Some("u.nk".into()))
+    );
     for bad in [
         "nats://h:4222?replicas=2",
         "nats://h:4222?nope=1",

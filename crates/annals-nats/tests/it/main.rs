@@ -1163,3 +1163,143 @@ async fn tls_with_a_private_ca_and_a_client_certificate() {
     let shown = annals::error_chain(&anonymous);
     assert!(shown.to_lowercase().contains("certificate"), "{shown}");
 }
+
+/// A NATS JWT: the `claims` of `kind` about `subject`, issued (signed) by `issuer`.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, kind: serde_json::Value) -> String {
+    use base64::Engine;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let header = b64(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let claims = serde_json::json!({
+        "jti": b64(subject.as_bytes()),
+        "iat": 1_700_000_000,
+        "iss": issuer.public_key(),
+        "name": subject,
+        "sub": subject,
+        "nats": kind,
+    });
+    let body = format!("{header}.{}", b64(claims.to_string().as_bytes()));
+    let signature = issuer.sign(body.as_bytes()).unwrap();
+    format!("{body}.{}", b64(&signature))
+}
+
+/// Logging in as NATS users do in production: with a user's NKey seed, and in operator
+/// mode (as hosted NATS) with a credentials file (a user JWT its account signed, and the
+/// user's seed). Files that hold no credentials are refused naming the file, never showing
+/// what they hold.
+#[tokio::test]
+async fn nkey_and_credentials_file_logins() {
+    use annals::{EventData, EventStore, ExpectedVersion};
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let works = |config: NatsConfig, label: &'static str| async move {
+        let store = NatsStore::connect(config.stream(nats::stream_name("auth")))
+            .await
+            .unwrap_or_else(|e| panic!("{label}: {}", annals::error_chain(&e)));
+        store
+            .append(
+                &annals::StreamName::new("Auth-1").unwrap(),
+                ExpectedVersion::Any,
+                vec![EventData::new("T", b"{}".to_vec())],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{label}: {}", annals::error_chain(&e)));
+    };
+
+    // A user known by its NKey.
+    let user = nkeys::KeyPair::new_user();
+    let server = nats::NatsServer::start_with(&format!(
+        "authorization {{ users = [ {{ nkey: {} }} ] }}",
+        user.public_key()
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let url = format!("nats://127.0.0.1:{}", server.port);
+    let seed = file("user.nk", &format!("{}\n", user.seed().unwrap()));
+    works(NatsConfig::new(&url).nkey_file(&seed), "nkey").await;
+    let stranger = file("stranger.nk", &nkeys::KeyPair::new_user().seed().unwrap());
+    let mut quick = NatsConfig::new(&url).nkey_file(&stranger);
+    quick.timeout = std::time::Duration::from_secs(5);
+    assert!(
+        NatsStore::connect(quick).await.is_err(),
+        "an unknown NKey was let in"
+    );
+    let secret = "not a seed, and a secret";
+    let junk = file("junk.nk", secret);
+    let error = NatsStore::connect(NatsConfig::new(&url).nkey_file(&junk))
+        .await
+        .expect_err("a file without a seed was taken");
+    let shown = annals::error_chain(&error);
+    assert!(
+        shown.contains("junk.nk") && !shown.contains(secret),
+        "{shown}"
+    );
+    drop(server);
+
+    // Operator mode: an operator, an account with JetStream, a user the account signed.
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let operator_jwt = jwt(
+        &operator,
+        &operator.public_key(),
+        serde_json::json!({"type": "operator", "version": 2}),
+    );
+    let account_jwt = jwt(
+        &operator,
+        &account.public_key(),
+        serde_json::json!({"type": "account", "version": 2, "limits": {
+            "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+            "wildcards": true, "conn": -1, "leaf": -1,
+            "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1
+        }}),
+    );
+    let user_jwt = jwt(
+        &account,
+        &user.public_key(),
+        serde_json::json!({"type": "user", "version": 2,
+            "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1}),
+    );
+    // JetStream needs a system account.
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = jwt(
+        &operator,
+        &system.public_key(),
+        serde_json::json!({"type": "account", "version": 2}),
+    );
+    let server = nats::NatsServer::start_with(&format!(
+        "operator: {operator_jwt}\nsystem_account: {}\nresolver: MEMORY\n\
+         resolver_preload: {{ {}: {system_jwt}, {}: {account_jwt} }}",
+        system.public_key(),
+        system.public_key(),
+        account.public_key()
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let url = format!("nats://127.0.0.1:{}", server.port);
+    let creds = file(
+        "user.creds",
+        &format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().unwrap()
+        ),
+    );
+    works(NatsConfig::new(&url).credentials_file(&creds), "creds").await;
+    let mut anonymous = NatsConfig::new(&url);
+    anonymous.timeout = std::time::Duration::from_secs(5);
+    assert!(
+        NatsStore::connect(anonymous).await.is_err(),
+        "operator mode let a client in without credentials"
+    );
+    let missing = dir.path().join("missing.creds");
+    let error = NatsStore::connect(NatsConfig::new(&url).credentials_file(&missing))
+        .await
+        .expect_err("a missing credentials file was taken");
+    assert!(
+        annals::error_chain(&error).contains("missing.creds"),
+        "{}",
+        annals::error_chain(&error)
+    );
+}
