@@ -71,6 +71,7 @@ impl NatsStore {
         let mut refusals = self.refusals();
         let mut subjects = Vec::new();
         let mut built = Vec::with_capacity(total);
+        let max = client.server_info().max_payload;
         for (n, m) in messages.iter().enumerate() {
             let subject = self.inner.subjects.stream(m.stream);
             subjects.push(format!("\"{subject}\""));
@@ -101,7 +102,6 @@ impl NatsStore {
             // Refused before anything is sent: the server takes no message larger than its
             // max_payload (headers and the event's envelope included).
             let size = header_bytes(&headers) + body.len();
-            let max = client.server_info().max_payload;
             if size > max && m.marker.is_none() {
                 let data = m.event.data.len() + m.event.metadata.as_ref().map_or(0, Vec::len);
                 return Err(Error::InvalidEvent {
