@@ -71,7 +71,7 @@ impl NatsStore {
         let mut refusals = self.refusals();
         let mut subjects = Vec::new();
         let mut built = Vec::with_capacity(total);
-        let max = client.server_info().max_payload;
+        let max = client.max_payload();
         for (n, m) in messages.iter().enumerate() {
             let subject = self.inner.subjects.stream(m.stream);
             subjects.push(format!("\"{subject}\""));
