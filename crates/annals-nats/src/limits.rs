@@ -75,7 +75,6 @@ fn covers(filter: &str, pattern: &str) -> bool {
             (Some(">"), Some(_)) => return true,
             (Some("*"), Some(o)) if o != "*" && o != ">" => {}
             (Some(t), Some(o)) if t == o && t != "*" && t != ">" => {}
-            (Some(t), Some(o)) => return t == o && t == ">",
             (None, None) => return true,
             _ => return false,
         }
