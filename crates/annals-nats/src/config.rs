@@ -128,8 +128,9 @@ impl NatsConfig {
 
     /// A client connected to the servers, logged in with the credentials their URLs carry
     /// (`nats://USER:PASSWORD@HOST:PORT` or `nats://TOKEN@HOST:PORT`, percent-encoded; the
-    /// client itself takes none from a URL), with the configured timeouts. Errors show the
-    /// servers without their credentials.
+    /// client itself takes none from a URL) or with the credentials or NKey seed file, over
+    /// TLS as configured, with the configured timeouts. Errors show the servers without
+    /// their credentials, and a credentials file by its path only.
     pub async fn client(&self) -> std::result::Result<async_nats::Client, NatsError> {
         self.client_and_refusals().await.map(|(client, _)| client)
     }
