@@ -260,6 +260,7 @@ impl NatsStore {
             .await
             .map_err(limits::open_error)?;
         limits::suitable(&stream.cached_info().config, Some(&subjects.all()))?;
+        limits::warn_replicas(&stream.cached_info().config, config.replicas);
         let bucket = format!("annals_{}_checkpoints", config.stream);
         let checkpoints = match js.get_key_value(&bucket).await {
             Ok(kv) => kv,
@@ -275,6 +276,7 @@ impl NatsStore {
                 .map_err(|e| js_error("open the checkpoint bucket")(Box::new(e)))?,
         };
         limits::suitable(&checkpoints.stream.cached_info().config, None)?;
+        limits::warn_replicas(&checkpoints.stream.cached_info().config, config.replicas);
         let changes = watch::Sender::new(());
         Ok(Self {
             inner: Arc::new(Inner {

@@ -65,6 +65,20 @@ pub(crate) fn suitable(config: &Config, events: Option<&str>) -> Result<(), Nats
     }
 }
 
+/// Warns when an existing stream or bucket keeps fewer copies than the store was asked to
+/// create it with (`replicas` applies only to creating it): its durability is the
+/// stream's, not the option's.
+pub(crate) fn warn_replicas(config: &Config, asked: usize) {
+    if config.num_replicas < asked {
+        tracing::warn!(
+            stream = %config.name,
+            replicas = config.num_replicas,
+            asked,
+            "the stream exists with fewer replicas than asked for; raise them with `nats stream edit --replicas`"
+        );
+    }
+}
+
 /// Whether the subject filter `filter` takes every subject `pattern` matches (token by
 /// token: `>` takes the rest, `*` one literal token).
 fn covers(filter: &str, pattern: &str) -> bool {

@@ -299,6 +299,31 @@ fn operating_commands_on_nats() {
     ));
 }
 
+/// `?replicas=N` applies when the stream is created: opening an existing stream that keeps
+/// fewer copies warns, so nobody believes in durability the stream does not have.
+#[test]
+fn an_existing_nats_stream_with_fewer_replicas_than_asked_is_warned_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "{}?stream={}",
+        annals_testkit::nats::shared().url,
+        annals_testkit::nats::stream_name("replicas")
+    );
+    let created = on(dir.path(), &url, &["stats"]);
+    succeeded(&created);
+    assert!(
+        !String::from_utf8_lossy(&created.stderr).contains("fewer replicas"),
+        "{created:?}"
+    );
+    let asked = on(dir.path(), &format!("{url}&replicas=3"), &["stats"]);
+    succeeded(&asked);
+    let warned = String::from_utf8_lossy(&asked.stderr);
+    assert!(
+        warned.contains("fewer replicas than asked for") && warned.contains("asked=3"),
+        "{warned}"
+    );
+}
+
 #[test]
 fn unreachable_servers_and_malformed_urls_fail_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
