@@ -71,7 +71,11 @@ impl NatsStore {
         let mut refusals = self.refusals();
         let mut subjects = Vec::new();
         let mut built = Vec::with_capacity(total);
-        let max = client.max_payload();
+        // The server's message limit, and the stream's own when it has a smaller one.
+        let max = match self.inner.stream.cached_info().config.max_message_size {
+            stream if stream > 0 => client.max_payload().min(stream as usize),
+            _ => client.max_payload(),
+        };
         for (n, m) in messages.iter().enumerate() {
             let subject = self.inner.subjects.stream(m.stream);
             subjects.push(format!("\"{subject}\""));
@@ -100,7 +104,8 @@ impl NatsStore {
                 headers.insert("Nats-Batch-Commit", "1");
             }
             // Refused before anything is sent: the server takes no message larger than its
-            // max_payload (headers and the event's envelope included).
+            // max_payload (headers and the event's envelope included), nor the stream one
+            // larger than its max_msg_size.
             let size = header_bytes(&headers) + body.len();
             if size > max && m.marker.is_none() {
                 let data = m.event.data.len() + m.event.metadata.as_ref().map_or(0, Vec::len);

@@ -1303,3 +1303,53 @@ async fn nkey_and_credentials_file_logins() {
         annals::error_chain(&error)
     );
 }
+
+/// A stream made with a smaller message limit (`max_msg_size`) than the server's: an event
+/// past it is refused as too large before anything is sent, with the size it may have.
+#[tokio::test]
+async fn a_streams_own_message_limit_is_the_events_limit() {
+    use annals::{Error, EventData, EventStore, ExpectedVersion, InvalidEvent, Version};
+    let url = &nats::shared().url;
+    let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+    let name = nats::stream_name("msgsize");
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("annals.{name}.>")],
+        allow_atomic_publish: true,
+        allow_direct: true,
+        max_message_size: 64 * 1024,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let store = NatsStore::connect(NatsConfig::new(url).stream(&name))
+        .await
+        .unwrap();
+    let stream = annals::StreamName::new("Sized-1").unwrap();
+    let body = |n: usize| format!("\"{}\"", "x".repeat(n - 2)).into_bytes();
+    let limit = match store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![EventData::new("Big", body(100 * 1024))],
+        )
+        .await
+    {
+        Err(Error::InvalidEvent {
+            reason: InvalidEvent::TooLarge { limit, .. },
+            ..
+        }) => limit,
+        other => panic!("expected the event refused as too large, got {other:?}"),
+    };
+    assert!(limit < 64 * 1024, "{limit}");
+    assert_eq!(store.stream_version(&stream).await.unwrap(), Version(0));
+    let written = store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![EventData::new("Big", body(limit))],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("an event of the limit it gave: {}", annals::error_chain(&e)));
+    assert_eq!(written.version, Version(1));
+}
