@@ -139,7 +139,7 @@ impl FromStr for StoreUrl {
             "postgres" | "postgresql" => {
                 StoreKind::Postgres(Box::new(postgres(&url, &seeds).map_err(invalid)?))
             }
-            "nats" => StoreKind::Nats(nats(&url, &seeds).map_err(invalid)?),
+            "nats" | "tls" => StoreKind::Nats(nats(&url, &seeds).map_err(invalid)?),
             "http" => StoreKind::Http(url.clone()),
             other => {
                 return Err(invalid(format!(
@@ -156,7 +156,7 @@ fn store_name(scheme: &str) -> &'static str {
     match scheme {
         "sqlite" => "SQLite ",
         "postgres" | "postgresql" => "PostgreSQL ",
-        "nats" => "NATS ",
+        "nats" | "tls" => "NATS ",
         "memory" => "memory ",
         _ => "",
     }
@@ -311,7 +311,7 @@ fn at_least_one(key: &str, value: &str) -> Result<usize, String> {
 fn more_hosts(text: &str) -> (String, Vec<String>) {
     let Some((scheme, rest)) = text
         .split_once("://")
-        .filter(|(scheme, _)| ["nats", "postgres", "postgresql"].contains(scheme))
+        .filter(|(scheme, _)| ["nats", "tls", "postgres", "postgresql"].contains(scheme))
     else {
         return (text.to_owned(), Vec::new());
     };
@@ -347,7 +347,7 @@ fn nats(url: &url::Url, seeds: &[String]) -> Result<NatsConfig, String> {
     }
     let mut servers = vec![server.to_string()];
     for seed in seeds {
-        let parsed = url::Url::parse(&format!("nats://{seed}"))
+        let parsed = url::Url::parse(&format!("{}://{seed}", url.scheme()))
             .map_err(|e| format!("seed server {seed:?}: {e}"))?;
         if parsed.host_str().is_none_or(str::is_empty) {
             return Err(format!("seed server {seed:?}: expected HOST:PORT"));
@@ -355,6 +355,10 @@ fn nats(url: &url::Url, seeds: &[String]) -> Result<NatsConfig, String> {
         servers.push(parsed.to_string());
     }
     let mut config = NatsConfig::with_servers(servers);
+    if url.scheme() == "tls" {
+        // As the NATS tools read it: TLS with every server.
+        config = config.require_tls();
+    }
     let (mut cert, mut key) = (None, None);
     for (key_name, value) in url.query_pairs() {
         match key_name.as_ref() {

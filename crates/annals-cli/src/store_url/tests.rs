@@ -186,6 +186,11 @@ fn nats_urls_name_the_server_the_stream_and_replicas() {
             true
         )
     );
+    let StoreKind::Nats(c) = parse("tls://h:4222,g:4222?stream=x") else {
+        panic!()
+    };
+    assert_eq!(c.servers, ["tls://h:4222", "tls://g:4222"]);
+    assert!(c.tls_required);
     let StoreKind::Nats(c) = parse("nats://h:4222?tls=require&creds=u.creds&nkey=u.nk") else {
         panic!()
     };

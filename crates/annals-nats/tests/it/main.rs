@@ -1147,6 +1147,17 @@ async fn tls_with_a_private_ca_and_a_client_certificate() {
         .unwrap();
     assert_eq!(read.len(), 1);
 
+    // A `tls://` server address, as the NATS tools write one, works alike.
+    let tls_url = format!("tls://localhost:{}", server.port);
+    NatsStore::connect(
+        NatsConfig::new(&tls_url)
+            .stream(&name)
+            .tls_ca(&ca)
+            .tls_client(&client.0, &client.1),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("tls://: {}", annals::error_chain(&e)));
+
     let quick = |config: NatsConfig| {
         let mut config = config.stream(&name);
         config.timeout = std::time::Duration::from_secs(5);
