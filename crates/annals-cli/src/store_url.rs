@@ -258,7 +258,8 @@ fn postgres(url: &url::Url, hosts: &[String]) -> Result<PgConfig, String> {
     }
     let connection: annals_postgres::tokio_postgres::Config = driver
         .parse()
-        .map_err(|e: annals_postgres::tokio_postgres::Error| e.to_string())?;
+        // The driver says only "invalid connection string"; its cause names the option.
+        .map_err(|e: annals_postgres::tokio_postgres::Error| annals::error_chain(&e))?;
     let mut tls = PgTls::new(mode.unwrap_or_default());
     if let Some(root) = root {
         tls = tls.root_certs(root);

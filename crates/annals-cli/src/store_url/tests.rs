@@ -126,6 +126,14 @@ fn postgres_urls_split_annals_tls_and_driver_options() {
     ] {
         assert!(bad.parse::<StoreUrl>().is_err(), "{bad}");
     }
+    // The driver's refusals name the option (its own text is "invalid connection string").
+    for (bad, named) in [
+        ("postgres://u@h/db?keepalives_idle=soon", "keepalives_idle"),
+        ("postgres://u@h/db?nonsense_option=1", "nonsense_option"),
+    ] {
+        let said = bad.parse::<StoreUrl>().unwrap_err().to_string();
+        assert!(said.contains(named), "{said}");
+    }
 }
 
 #[test]
