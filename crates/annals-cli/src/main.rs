@@ -2,14 +2,15 @@
 //!
 //! Run `annals --help` (or `cargo run -p annals-cli -- --help`) for the commands.
 
-/// `println!` that ends the command quietly when stdout's reader has gone (see
-/// `output::say`).
+/// `println!` that returns `output::Unwritten` from the calling function when stdout does
+/// not take the line: the command ends as on an error, closing what it opened, and `main`
+/// ends it quietly when stdout's reader has gone (see `output::say`).
 macro_rules! say {
     () => {
-        $crate::output::say(format_args!(""))
+        $crate::output::say(format_args!(""))?
     };
     ($($arg:tt)*) => {
-        $crate::output::say(format_args!($($arg)*))
+        $crate::output::say(format_args!($($arg)*))?
     };
 }
 
@@ -152,8 +153,19 @@ fn main() -> std::process::ExitCode {
     };
     let result = run(cli, &runtime);
     telemetry.shutdown();
+    // A reader of stdout that went away (`annals dump | head`) ends the command as it ends
+    // other Unix tools: quietly, with success, once what it opened is closed.
+    let closed = |e: &anyhow::Error| {
+        e.chain().any(|c| {
+            matches!(
+                c.downcast_ref::<output::Unwritten>(),
+                Some(output::Unwritten::Closed)
+            )
+        })
+    };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if closed(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => fail(e),
     }
 }

@@ -15,29 +15,39 @@ pub(crate) struct Output {
     pub json: bool,
 }
 
-/// Prints one line on stdout. A reader that went away (`annals dump | head`) ends the
-/// command quietly, as it ends other Unix tools; another failure to write (a full disk)
-/// ends it with the error on stderr. Never a panic. Use it through the `say!` macro.
-pub(crate) fn say(line: std::fmt::Arguments<'_>) {
+/// Stdout did not take a line: its reader went away (`annals dump | head`), which ends the
+/// command quietly, as it ends other Unix tools, or the write failed (a full disk). Either
+/// ends the command the way errors do, so what it opened is closed on the way out.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Unwritten {
+    /// The reader went away.
+    #[error("stdout was closed")]
+    Closed,
+    /// Another failure to write.
+    #[error("writing to stdout: {0}")]
+    Failed(std::io::Error),
+}
+
+/// Prints one line on stdout. Never a panic. Use it through the `say!` macro, which
+/// returns the error from the calling function.
+pub(crate) fn say(line: std::fmt::Arguments<'_>) -> Result<(), Unwritten> {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
-    if let Err(e) = writeln!(stdout, "{line}") {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
-        eprintln!("annals: writing to stdout: {e}");
-        std::process::exit(1);
-    }
+    writeln!(stdout, "{line}").map_err(|e| match e.kind() {
+        std::io::ErrorKind::BrokenPipe => Unwritten::Closed,
+        _ => Unwritten::Failed(e),
+    })
 }
 
 impl Output {
     /// Prints one JSON value on its own line.
-    pub(crate) fn line(&self, value: &serde_json::Value) {
+    pub(crate) fn line(&self, value: &serde_json::Value) -> Result<(), Unwritten> {
         say!("{value}");
+        Ok(())
     }
 
     /// Prints rows under headers, columns aligned (no borders, two spaces between columns).
-    pub(crate) fn table(&self, headers: &[&str], rows: &[Vec<String>]) {
+    pub(crate) fn table(&self, headers: &[&str], rows: &[Vec<String>]) -> Result<(), Unwritten> {
         let mut table = comfy_table::Table::new();
         table
             .load_preset(comfy_table::presets::NOTHING)
@@ -52,6 +62,7 @@ impl Output {
         for line in table.lines() {
             say!("{}", line.trim_end());
         }
+        Ok(())
     }
 }
 

@@ -113,7 +113,7 @@ impl Report {
         self.events as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
-    pub(super) fn print(&self) {
+    pub(super) fn print(&self) -> Result<(), crate::output::Unwritten> {
         // The rates, then the exact counts they come from (what tests check).
         say!(
             "{:<44} {:>10.0} {:>10.0}  {}{}  total {} events / {} ops",
@@ -129,6 +129,7 @@ impl Report {
             self.events,
             self.operations
         );
+        Ok(())
     }
 }
 
@@ -189,7 +190,7 @@ pub(super) async fn run(opened: Opened, url: &str, args: Args) -> anyhow::Result
         "ops/s"
     );
     for r in [&raw_100, &a, &raw_1, &b, &c].into_iter().flatten() {
-        r.print();
+        r.print()?;
     }
     if baseline.is_none() {
         say!("no raw baseline for this store");

@@ -140,9 +140,9 @@ pub(super) async fn run(opened: Opened, url: &str, args: Args) -> anyhow::Result
     );
     for (baseline, ours) in &reports {
         if let Some(b) = baseline {
-            b.print();
+            b.print()?;
         }
-        ours.print();
+        ours.print()?;
     }
     match raw {
         None => say!("no raw baseline for this store"),

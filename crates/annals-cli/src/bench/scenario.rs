@@ -389,7 +389,7 @@ pub(super) async fn run(
         );
     }
     if let Some(raw) = &raw {
-        raw.print();
+        raw.print()?;
         say!(
             "ratio tests/s / raw 1 row per tx: {:.2}x  (target >= 1.0)",
             tests as f64 / elapsed / raw.events_per_sec()
@@ -518,7 +518,7 @@ impl Turn<'_> {
                 _ = tokio::time::sleep_until(report_at.into()) => {
                     let now = clock.elapsed + started.elapsed();
                     let window = std::mem::replace(&mut *tally.lock().unwrap_or_else(|p| p.into_inner()), Tally::new());
-                    report_interval(now, now - clock.last, &window);
+                    report_interval(now, now - clock.last, &window)?;
                     clock.last = now;
                     clock.next += clock.interval;
                     merge(total, window)?;
@@ -562,7 +562,11 @@ fn merge(total: &mut Tally, window: Tally) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn report_interval(at: Duration, window: Duration, t: &Tally) {
+fn report_interval(
+    at: Duration,
+    window: Duration,
+    t: &Tally,
+) -> Result<(), crate::output::Unwritten> {
     let h = &t.latencies;
     let ms = |micros: u64| micros as f64 / 1000.0;
     say!(
@@ -580,4 +584,5 @@ fn report_interval(at: Duration, window: Duration, t: &Tally) {
         h.mean() / 1000.0,
         h.stdev() / 1000.0,
     );
+    Ok(())
 }

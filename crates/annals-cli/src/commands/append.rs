@@ -47,7 +47,7 @@ pub(crate) async fn run(
             "version": appended.version.get(),
             "position": appended.last_position.to_string(),
             "id": id.to_string(),
-        }));
+        }))?;
     } else {
         say!(
             "appended to {stream}: now at version {}, position {}",

@@ -37,10 +37,10 @@ pub(crate) async fn run(
     command: CheckpointCommand,
     out: &Output,
 ) -> anyhow::Result<()> {
-    let show = |list: Vec<annals::Checkpoint>| {
+    let show = |list: Vec<annals::Checkpoint>| -> Result<(), crate::output::Unwritten> {
         if out.json {
             for c in &list {
-                out.line(&json!({"group": c.group, "source": c.source, "position": c.position.to_string()}));
+                out.line(&json!({"group": c.group, "source": c.source, "position": c.position.to_string()}))?;
             }
         } else if list.is_empty() {
             say!("no checkpoints");
@@ -49,11 +49,12 @@ pub(crate) async fn run(
                 .iter()
                 .map(|c| vec![c.group.clone(), c.source.clone(), c.position.to_string()])
                 .collect();
-            out.table(&["group", "source", "position"], &rows);
+            out.table(&["group", "source", "position"], &rows)?;
         }
+        Ok(())
     };
     match command {
-        CheckpointCommand::List => show(checkpoints.list().await?),
+        CheckpointCommand::List => show(checkpoints.list().await?)?,
         CheckpointCommand::Show { group } => {
             let list: Vec<_> = checkpoints
                 .list()
@@ -64,7 +65,7 @@ pub(crate) async fn run(
             if list.is_empty() {
                 bail!("no checkpoint for group {group:?}");
             }
-            show(list);
+            show(list)?;
         }
         CheckpointCommand::Set {
             group,
@@ -74,7 +75,7 @@ pub(crate) async fn run(
             let at = position(&text)?;
             checkpoints.commit(&group, &source, at).await?;
             if out.json {
-                out.line(&json!({"group": group, "source": source, "position": at.to_string()}));
+                out.line(&json!({"group": group, "source": source, "position": at.to_string()}))?;
             } else {
                 say!("{group} ({source}) now resumes after position {at}");
             }

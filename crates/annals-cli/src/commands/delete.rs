@@ -47,7 +47,7 @@ pub(crate) async fn delete(
     };
     let version = store.delete_stream(&stream, expected, mode).await?;
     if out.json {
-        out.line(&json!({"stream": stream.as_str(), "version": version.get(), "hard": args.hard}));
+        out.line(&json!({"stream": stream.as_str(), "version": version.get(), "hard": args.hard}))?;
     } else if args.hard {
         say!("{stream} deleted for good at version {version} (a tombstone)");
     } else {
@@ -65,7 +65,7 @@ pub(crate) async fn truncate(
     let stream = stream_name(&args.stream)?;
     let start = store.truncate_before(&stream, Version(args.before)).await?;
     if out.json {
-        out.line(&json!({"stream": stream.as_str(), "start": start.get()}));
+        out.line(&json!({"stream": stream.as_str(), "start": start.get()}))?;
     } else {
         say!("{stream} now starts at version {start}");
     }
@@ -116,7 +116,7 @@ pub(crate) async fn scavenge(
             "events": report.events,
             "bytes": report.bytes,
             "free_bytes": report.free_bytes,
-        }));
+        }))?;
     } else {
         let free = report
             .free_bytes

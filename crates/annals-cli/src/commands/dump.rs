@@ -36,7 +36,7 @@ pub(crate) async fn run(
     while let Some(page) = pages.next().await {
         let page = page?;
         for e in &page.events {
-            out.line(&event_json(e));
+            out.line(&event_json(e))?;
         }
         bar.inc(page.events.len() as u64);
     }

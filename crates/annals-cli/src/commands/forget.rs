@@ -43,7 +43,7 @@ pub(crate) async fn run(
         ),
     };
     if out.json {
-        out.line(&json!({"subject": args.subject, "forgotten": had}));
+        out.line(&json!({"subject": args.subject, "forgotten": had}))?;
     } else if had {
         say!(
             "{}: key destroyed; its personal data now reads as forgotten",

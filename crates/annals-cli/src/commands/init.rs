@@ -43,7 +43,7 @@ pub(crate) async fn run(opened: &Opened, out: &Output) -> anyhow::Result<()> {
     if out.json {
         out.line(
             &json!({ "store": url.to_string(), "backend": backend, "schema_version": schema }),
-        );
+        )?;
     } else {
         say!("{url} is ready ({backend}, {detail})");
     }

@@ -54,7 +54,10 @@ pub(crate) fn parked_json(p: &annals::ParkedStream) -> Value {
     })
 }
 
-pub(crate) fn show_parked(parked: &[annals::ParkedStream], out: &Output) {
+pub(crate) fn show_parked(
+    parked: &[annals::ParkedStream],
+    out: &Output,
+) -> Result<(), crate::output::Unwritten> {
     let rows: Vec<Vec<String>> = parked
         .iter()
         .map(|p| {
@@ -78,7 +81,7 @@ pub(crate) fn show_parked(parked: &[annals::ParkedStream], out: &Output) {
             "error",
         ],
         &rows,
-    );
+    )
 }
 
 /// `annals parked`.
@@ -94,12 +97,12 @@ pub(crate) async fn run(
             let list = checkpoints.parked(group.as_deref()).await?;
             if out.json {
                 for p in &list {
-                    out.line(&parked_json(p));
+                    out.line(&parked_json(p))?;
                 }
             } else if list.is_empty() {
                 say!("no parked streams");
             } else {
-                show_parked(&list, out);
+                show_parked(&list, out)?;
             }
         }
         ParkedCommand::Replay { stream, group } => {
@@ -118,7 +121,7 @@ pub(crate) async fn run(
             let applied = read_models::todos::catch_up(&**store, db, &name).await?;
             checkpoints.unpark(&group, &name).await?;
             if out.json {
-                out.line(&json!({"group": group, "stream": name.as_str(), "replayed": applied}));
+                out.line(&json!({"group": group, "stream": name.as_str(), "replayed": applied}))?;
             } else {
                 say!("{name}: {applied} events applied to the read model; unparked from {group}");
             }
@@ -129,7 +132,7 @@ pub(crate) async fn run(
                 bail!("{name} is not parked in group {group}");
             }
             if out.json {
-                out.line(&json!({"group": group, "stream": name.as_str(), "skipped": true}));
+                out.line(&json!({"group": group, "stream": name.as_str(), "skipped": true}))?;
             } else {
                 say!("{name}: unparked from {group} without applying its skipped events");
             }

@@ -43,7 +43,7 @@ pub(crate) async fn run(
     while let Some(e) = events.next().await {
         let e = e?;
         if out.json {
-            out.line(&event_json(&e));
+            out.line(&event_json(&e))?;
         } else {
             rows.push(event_row(&e));
         }
@@ -52,7 +52,7 @@ pub(crate) async fn run(
         if rows.is_empty() {
             say!("{stream}: no events");
         } else {
-            out.table(&EVENT_HEADERS, &rows);
+            out.table(&EVENT_HEADERS, &rows)?;
         }
     }
     Ok(())

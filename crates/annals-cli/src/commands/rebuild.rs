@@ -44,7 +44,7 @@ pub(crate) async fn run(
     let (streams, events) = (rebuilt.streams, rebuilt.events);
     let current = (rows.len() as u64).saturating_sub(streams);
     if out.json {
-        out.line(&json!({"projection": args.projection, "schema": schema, "rebuilt_streams": streams, "events": events, "current_streams": current}));
+        out.line(&json!({"projection": args.projection, "schema": schema, "rebuilt_streams": streams, "events": events, "current_streams": current}))?;
     } else {
         say!(
             "{}: rebuilt {streams} streams ({events} events) with schema {schema}; {current} streams were current",

@@ -58,12 +58,12 @@ pub(crate) async fn run(
                 "give --max-age, --max-count or both (`annals retention clear {text}` removes a policy)"
             );
             store.set_retention(&scope, retention).await?;
-            report(out, &scope, &retention);
+            report(out, &scope, &retention)?;
         }
         RetentionCommand::Clear { scope: text } => {
             let scope = scope(&text)?;
             store.set_retention(&scope, Retention::default()).await?;
-            report(out, &scope, &Retention::default());
+            report(out, &scope, &Retention::default())?;
         }
         RetentionCommand::Show => {
             let policies = store.retention().await?;
@@ -71,14 +71,18 @@ pub(crate) async fn run(
                 say!("no retention policy: every event is kept");
             }
             for (scope, retention) in &policies {
-                report(out, scope, retention);
+                report(out, scope, retention)?;
             }
         }
     }
     Ok(())
 }
 
-fn report(out: &Output, scope: &RetentionScope, retention: &Retention) {
+fn report(
+    out: &Output,
+    scope: &RetentionScope,
+    retention: &Retention,
+) -> Result<(), crate::output::Unwritten> {
     if out.json {
         let (kind, name) = match scope {
             RetentionScope::Category(c) => ("category", c.as_str()),
@@ -89,8 +93,9 @@ fn report(out: &Output, scope: &RetentionScope, retention: &Retention) {
             "name": name,
             "max_age_seconds": retention.max_age.map(|a| a.as_secs_f64()),
             "max_count": retention.max_count,
-        }));
+        }))?;
     } else {
         say!("{scope}: {retention}");
     }
+    Ok(())
 }

@@ -60,17 +60,17 @@ pub(crate) async fn run(
     let head = head.map(|p| p.to_string());
     if out.json {
         for (name, c) in &categories {
-            out.line(&json!({"category": name, "streams": c.streams.len(), "events": c.events, "bytes": c.bytes}));
+            out.line(&json!({"category": name, "streams": c.streams.len(), "events": c.events, "bytes": c.bytes}))?;
         }
         for (cp, behind) in checkpoints.iter().zip(&behind) {
-            out.line(&json!({"group": cp.group, "source": cp.source, "position": cp.position.to_string(), "behind": behind}));
+            out.line(&json!({"group": cp.group, "source": cp.source, "position": cp.position.to_string(), "behind": behind}))?;
         }
         for p in &parked {
-            out.line(&parked_json(p));
+            out.line(&parked_json(p))?;
         }
         out.line(
             &json!({"head": head, "events": categories.values().map(|c| c.events).sum::<u64>(), "parked": parked.len()}),
-        );
+        )?;
         return Ok(());
     }
     let rows: Vec<Vec<String>> = categories
@@ -87,7 +87,7 @@ pub(crate) async fn run(
     if rows.is_empty() {
         say!("no events");
     } else {
-        out.table(&["category", "streams", "events", "bytes"], &rows);
+        out.table(&["category", "streams", "events", "bytes"], &rows)?;
     }
     say!(
         "head position: {}",
@@ -107,12 +107,12 @@ pub(crate) async fn run(
                 ]
             })
             .collect();
-        out.table(&["group", "source", "position", "events behind"], &rows);
+        out.table(&["group", "source", "position", "events behind"], &rows)?;
     }
     if !parked.is_empty() {
         say!();
         say!("parked streams (annals parked list | replay | skip):");
-        show_parked(&parked, out);
+        show_parked(&parked, out)?;
     }
     Ok(())
 }

@@ -137,7 +137,7 @@ pub(crate) async fn run(args: SyncArgs, out: &Output) -> anyhow::Result<()> {
         }
         bar.inc(n);
         if out.json && n > 0 {
-            out.line(&json!({"copied": read, "written": written, "applied": applied, "position": from.to_string()}));
+            out.line(&json!({"copied": read, "written": written, "applied": applied, "position": from.to_string()}))?;
         }
         if let Some(known) = policies.as_mut().filter(|_| args.follow && page.end) {
             // At the head of a following copy: the source's policy changes since.
@@ -148,16 +148,19 @@ pub(crate) async fn run(args: SyncArgs, out: &Output) -> anyhow::Result<()> {
             match out.json {
                 true => out.line(
                     &json!({"following": true, "copied": read, "position": from.to_string()}),
-                ),
-                false => bar.suspend(|| {
-                    say!("{read} events copied; following {from_url} for new ones (Ctrl-C to stop)")
-                }),
+                )?,
+                false => bar.suspend(|| -> Result<(), crate::output::Unwritten> {
+                    say!(
+                        "{read} events copied; following {from_url} for new ones (Ctrl-C to stop)"
+                    );
+                    Ok(())
+                })?,
             }
         }
     }
     bar.finish_and_clear();
     if out.json {
-        out.line(&json!({"done": true, "read": read, "written": written, "applied": applied, "resumed_after": resume.map(|p| p.to_string()), "position": from.to_string()}));
+        out.line(&json!({"done": true, "read": read, "written": written, "applied": applied, "resumed_after": resume.map(|p| p.to_string()), "position": from.to_string()}))?;
     } else {
         let resumed = match resume {
             Some(p) => format!(" (resumed after position {p})"),

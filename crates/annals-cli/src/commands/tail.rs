@@ -67,7 +67,7 @@ pub(crate) async fn run(
         let Some(e) = next else { return Ok(()) };
         let e = e?;
         if out.json {
-            out.line(&event_json(&e));
+            out.line(&event_json(&e))?;
         } else {
             say!("{}", event_row(&e).join("  "));
         }

@@ -1070,6 +1070,14 @@ fn output_to_a_closed_pipe_or_a_full_disk_ends_the_command_cleanly() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
         assert_eq!(stderr, "", "{args:?}");
+        // The command still closed its store on the way out: the last connection folded
+        // the WAL back and removed it.
+        for beside in ["annals.db-wal", "annals.db-shm"] {
+            assert!(
+                !dir.path().join(beside).exists(),
+                "{args:?} left {beside} behind"
+            );
+        }
     }
     let full = std::fs::OpenOptions::new()
         .write(true)
