@@ -69,7 +69,6 @@ impl NatsStore {
         };
         // Refusals from now on: one of this append's subjects may be refused.
         let mut refusals = self.refusals();
-        let mut subjects = Vec::new();
         let mut built = Vec::with_capacity(total);
         // The server's message limit, and the stream's own when it has a smaller one.
         let max = match self.inner.stream.cached_info().config.max_message_size {
@@ -78,7 +77,6 @@ impl NatsStore {
         };
         for (n, m) in messages.iter().enumerate() {
             let subject = self.inner.subjects.stream(m.stream);
-            subjects.push(format!("\"{subject}\""));
             let mut headers = HeaderMap::new();
             if ids {
                 headers.insert("Nats-Msg-Id", msg_id(m.event.event_id).as_str());
@@ -134,7 +132,13 @@ impl NatsStore {
                     .await
                     .map_err(|_| backend(format!("append to {} timed out", what())))
                 };
-                let refused_here = |text: &str| subjects.iter().any(|s| text.contains(s.as_str()));
+                // Only on a refusal: is one of this append's subjects, quoted, in it?
+                let refused_here = |text: &str| {
+                    messages.iter().any(|m| {
+                        let subject = self.inner.subjects.stream(m.stream);
+                        text.contains(&format!("\"{subject}\""))
+                    })
+                };
                 let answer = unless_refused(
                     &mut refusals,
                     refused_here,
