@@ -405,15 +405,37 @@ pub(crate) enum Access {
     Write,
 }
 
-/// Opens a SQLite store; for [`Access::Read`], read-only when the file cannot be written.
-fn open_sqlite(config: &SqliteConfig, access: Access) -> Result<SqliteStore, OpenError> {
+/// Opens a SQLite store; for [`Access::Read`], read-only when the file cannot be written,
+/// and refused when there is no file (a mistyped path would read as an empty store).
+fn open_sqlite(config: &SqliteConfig, access: Access) -> anyhow::Result<SqliteStore> {
+    if access == Access::Read && matches!(config.path.try_exists(), Ok(false)) {
+        anyhow::bail!(
+            "{}: no such file: there is no store to read (reading commands create none; `annals init` creates one)",
+            config.path.display()
+        );
+    }
     match SqliteStore::open(config.clone()) {
         Err(OpenError::NotWritable { path }) if access == Access::Read => {
             tracing::info!(path = %path.display(), "the file cannot be written: opened read-only");
-            SqliteStore::open(config.clone().read_only())
+            Ok(SqliteStore::open(config.clone().read_only())?)
         }
-        opened => opened,
+        opened => Ok(opened?),
     }
+}
+
+/// Connects to a PostgreSQL store, creating or migrating its schema; for [`Access::Read`],
+/// a schema holding no store is refused instead of created.
+async fn open_postgres(config: &PgConfig, access: Access) -> anyhow::Result<PgStore> {
+    let store = PgStore::connect(config.clone()).await?;
+    if access == Access::Read && store.schema_version().await? == 0 {
+        anyhow::bail!(
+            "schema {:?} at {} holds no store: there is none to read (reading commands create none; `annals init` creates one; ?annals_schema= names another schema)",
+            config.schema,
+            config.target()
+        );
+    }
+    store.migrate().await?;
+    Ok(store)
 }
 
 /// The concrete store behind an [`Opened`].
@@ -442,7 +464,8 @@ pub(crate) struct Opened {
 
 impl Opened {
     /// Opens the store `url` names; a PostgreSQL schema is created or migrated on first use.
-    /// With [`Access::Read`], a SQLite file this process cannot write is opened read-only.
+    /// With [`Access::Read`], a SQLite file this process cannot write is opened read-only,
+    /// and a store that does not exist (file, schema, stream) is refused, not created.
     pub(crate) async fn open(url: &StoreUrl, access: Access) -> anyhow::Result<Self> {
         let (events, backend): (Arc<dyn EventStore>, Backend) = match &url.kind {
             StoreKind::Memory => (
@@ -454,12 +477,16 @@ impl Opened {
                 (Arc::new(store.clone()), Backend::Sqlite(store))
             }
             StoreKind::Postgres(config) => {
-                let store = PgStore::connect((**config).clone()).await?;
-                store.migrate().await?;
+                let store = open_postgres(config, access).await?;
                 (Arc::new(store.clone()), Backend::Postgres(store))
             }
             StoreKind::Nats(config) => {
-                let store = NatsStore::connect(config.clone()).await?;
+                // A reading command creates no stream (a mistyped name would read empty).
+                let config = match access {
+                    Access::Read => config.clone().existing_only(),
+                    Access::Write => config.clone(),
+                };
+                let store = NatsStore::connect(config).await?;
                 (Arc::new(store.clone()), Backend::Nats(store))
             }
             StoreKind::Http(_) => anyhow::bail!(
@@ -536,10 +563,9 @@ impl ReadModelDb {
                 Ok(Self::Sqlite(Arc::new(store)))
             }
             StoreKind::Postgres(config) => {
-                let store = PgStore::connect((**config).clone())
+                let store = open_postgres(config, access)
                     .await
                     .with_context(context)?;
-                store.migrate().await.with_context(context)?;
                 Ok(Self::Postgres(Arc::new(store)))
             }
             _ => anyhow::bail!(

@@ -37,6 +37,9 @@ pub struct NatsConfig {
     pub credentials_file: Option<PathBuf>,
     /// A file holding a user's NKey seed (`SU...`), for servers that know users by NKey.
     pub nkey_file: Option<PathBuf>,
+    /// Whether connecting creates the stream and its checkpoint bucket when missing (the
+    /// default); unset, a missing stream is [`NatsError::NoStream`] and nothing is created.
+    pub create: bool,
 }
 
 impl std::fmt::Debug for NatsConfig {
@@ -52,6 +55,7 @@ impl std::fmt::Debug for NatsConfig {
             .field("tls_required", &self.tls_required)
             .field("credentials_file", &self.credentials_file)
             .field("nkey_file", &self.nkey_file)
+            .field("create", &self.create)
             .finish()
     }
 }
@@ -76,7 +80,16 @@ impl NatsConfig {
             tls_required: false,
             credentials_file: None,
             nkey_file: None,
+            create: true,
         }
+    }
+
+    /// Opens only an existing store: a missing stream is [`NatsError::NoStream`], and
+    /// nothing is created (for tools that read, so a mistyped name or server is not a new,
+    /// empty store).
+    pub fn existing_only(mut self) -> Self {
+        self.create = false;
+        self
     }
 
     /// Logs in with the credentials file `path` (a user JWT and its NKey seed).

@@ -80,6 +80,10 @@ pub enum NatsError {
         /// The server's version.
         found: String,
     },
+    /// The stream does not exist and the store was opened to use an existing one
+    /// ([`NatsConfig::existing_only`]).
+    #[error("JetStream stream {0:?} does not exist (nothing was created): check the store name (?stream=) and the server, or create it by opening it for writing (`annals init`)")]
+    NoStream(String),
     /// The stream name cannot be a JetStream stream name.
     #[error("invalid store name {0:?}: use letters, digits, '_' and '-'")]
     InvalidName(String),
@@ -247,18 +251,24 @@ impl NatsStore {
         }
         let js = jetstream::new(client.clone());
         let subjects = Subjects::new(&config.stream);
-        let stream = js
-            .get_or_create_stream(jetstream::stream::Config {
-                name: config.stream.clone(),
-                subjects: vec![subjects.all()],
-                num_replicas: config.replicas,
-                allow_direct: true,
-                allow_atomic_publish: true,
-                storage: jetstream::stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(limits::open_error)?;
+        let stream = match config.create {
+            true => js
+                .get_or_create_stream(jetstream::stream::Config {
+                    name: config.stream.clone(),
+                    subjects: vec![subjects.all()],
+                    num_replicas: config.replicas,
+                    allow_direct: true,
+                    allow_atomic_publish: true,
+                    storage: jetstream::stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(limits::open_error)?,
+            false => js
+                .get_stream(&config.stream)
+                .await
+                .map_err(|e| limits::existing_error(&config.stream, e))?,
+        };
         limits::suitable(&stream.cached_info().config, Some(&subjects.all()))?;
         limits::warn_replicas(&stream.cached_info().config, config.replicas);
         let bucket = format!("annals_{}_checkpoints", config.stream);

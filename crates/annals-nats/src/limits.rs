@@ -8,6 +8,9 @@ use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy};
 
 use crate::NatsError;
 
+/// What opening the stream failed to do when the server or account has no JetStream.
+const NO_JETSTREAM: &str = "open the stream (JetStream is not enabled for this server or account: start the server with -js, or give the account `jetstream: enabled`)";
+
 /// The error of opening (or creating) the event stream, saying what to enable when the
 /// server or account has no JetStream.
 pub(crate) fn open_error(e: async_nats::jetstream::context::CreateStreamError) -> NatsError {
@@ -23,10 +26,31 @@ pub(crate) fn open_error(e: async_nats::jetstream::context::CreateStreamError) -
         _ => false,
     };
     let what = match off {
-        true => "open the stream (JetStream is not enabled for this server or account: start the server with -js, or give the account `jetstream: enabled`)",
+        true => NO_JETSTREAM,
         false => "open the stream",
     };
     crate::js_error(what)(Box::new(e))
+}
+
+/// The error of opening an existing event stream: [`NatsError::NoStream`] when there is
+/// none, what to enable when the server or account has no JetStream.
+pub(crate) fn existing_error(
+    stream: &str,
+    e: async_nats::jetstream::context::GetStreamError,
+) -> NatsError {
+    use async_nats::jetstream::context::GetStreamErrorKind as Kind;
+    use async_nats::jetstream::ErrorCode;
+    let code = match e.kind() {
+        Kind::JetStream(e) => Some(e.error_code()),
+        _ => None,
+    };
+    match code {
+        Some(ErrorCode::STREAM_NOT_FOUND) => NatsError::NoStream(stream.to_owned()),
+        Some(ErrorCode::JETSTREAM_NOT_ENABLED | ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT) => {
+            crate::js_error(NO_JETSTREAM)(Box::new(e))
+        }
+        _ => crate::js_error("open the stream")(Box::new(e)),
+    }
 }
 
 /// Refuses the event stream (`events`: the subjects it must take) or a key-value bucket

@@ -309,7 +309,7 @@ fn an_existing_nats_stream_with_fewer_replicas_than_asked_is_warned_of() {
         annals_testkit::nats::shared().url,
         annals_testkit::nats::stream_name("replicas")
     );
-    let created = on(dir.path(), &url, &["stats"]);
+    let created = on(dir.path(), &url, &["init"]);
     succeeded(&created);
     assert!(
         !String::from_utf8_lossy(&created.stderr).contains("fewer replicas"),
@@ -335,6 +335,7 @@ fn unreachable_servers_and_malformed_urls_fail_in_one_line() {
     ] {
         failed_saying(&on(dir.path(), store, &["read", "Order-1"]), says);
     }
+    succeeded(&on(dir.path(), "sqlite://a.db", &["init"]));
     failed_saying(
         &on(
             dir.path(),

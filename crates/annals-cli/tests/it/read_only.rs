@@ -323,3 +323,76 @@ async fn a_read_only_postgres_role_reads_and_browses_the_admin_pages() {
         std::panic::resume_unwind(panic);
     }
 }
+
+/// The reading commands refuse a store that is not there (a mistyped file, schema or
+/// stream name) instead of creating an empty one and reading nothing from it; a writing
+/// command creates it, after which they read it.
+#[tokio::test]
+async fn reading_commands_refuse_a_store_that_does_not_exist_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let reading: [&[&str]; 8] = [
+        &["read", "Cart-1"],
+        &["dump"],
+        &["tail"],
+        &["stats"],
+        &["checkpoint", "list"],
+        &["parked", "list"],
+        &["retention", "show"],
+        &["sync", "--to", "memory://"],
+    ];
+    let pg = annals_testkit::postgres::shared();
+    let (pg_url, pg_config) = crate::ops::pg_target("absent");
+    let schema = pg_config.schema.clone();
+    let owner = annals_testkit::postgres::connect(&pg.url).await;
+    let nats = annals_testkit::nats::shared();
+    let stream = annals_testkit::nats::stream_name("absent");
+    let nats_url = format!("{}?stream={stream}", nats.url);
+    let nats_config = annals_nats::NatsConfig::new(nats.url.clone())
+        .stream(&stream)
+        .existing_only();
+    for (url, says) in [
+        ("sqlite://typo.db", "typo.db: no such file"),
+        (pg_url.as_str(), "holds no store"),
+        (nats_url.as_str(), "does not exist"),
+    ] {
+        for args in reading {
+            // `sync` reads the store named by `--from`.
+            let out = match args[0] {
+                "sync" => on(dir, "memory://", &[args, &["--from", url]].concat()),
+                _ => on(dir, url, args),
+            };
+            failed_saying(&out, says);
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("annals init"),
+                "{args:?} on {url}: {out:?}"
+            );
+        }
+    }
+    // Nothing was made: no file beside the commands, no schema, no stream.
+    assert!(entries(dir).is_empty(), "{:?}", entries(dir));
+    let schemas = owner
+        .query_one(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = $1",
+            &[&schema],
+        )
+        .await
+        .unwrap();
+    assert_eq!(schemas.get::<_, i64>(0), 0);
+    match annals_nats::NatsStore::connect(nats_config.clone()).await {
+        Err(annals_nats::NatsError::NoStream(name)) => assert_eq!(name, stream),
+        other => panic!("expected NoStream, got {:?}", other.map(|_| ())),
+    }
+    // Once a writing command made each store, the reading commands read it.
+    for url in ["sqlite://typo.db", pg_url.as_str(), nats_url.as_str()] {
+        succeeded(&on(
+            dir,
+            url,
+            &["append", "Cart-1", "--type", "Added", "--data", "{}"],
+        ));
+        let events = json_lines(&succeeded(&on(dir, url, &["read", "Cart-1", "--json"])));
+        assert_eq!(events.len(), 1, "{url}");
+        succeeded(&on(dir, url, &["stats"]));
+    }
+    assert!(annals_nats::NatsStore::connect(nats_config).await.is_ok());
+}
