@@ -219,7 +219,7 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                 tail::run(events, args, &out).await
             }
             Command::Stats => stats::run(events, &checkpoints, &out).await,
-            Command::Checkpoint(command) => checkpoint::run(&checkpoints, command, &out).await,
+            Command::Checkpoint(command) => checkpoint::run(events, &checkpoints, command, &out).await,
             Command::Sync(_) => unreachable!("handled above"),
             Command::Bench(bench) => bench::run(opened, read_model, bench).await,
             Command::Serve(args) => {

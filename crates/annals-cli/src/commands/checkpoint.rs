@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use annals::CheckpointStore;
+use annals::{CheckpointStore, EventStore, Position};
 use anyhow::bail;
 use serde_json::json;
 
@@ -33,6 +33,7 @@ pub(crate) enum CheckpointCommand {
 
 /// `annals checkpoint`.
 pub(crate) async fn run(
+    events: &Arc<dyn EventStore>,
     checkpoints: &Arc<dyn CheckpointStore>,
     command: CheckpointCommand,
     out: &Output,
@@ -73,6 +74,18 @@ pub(crate) async fn run(
             source,
         } => {
             let at = position(&text)?;
+            if group.trim().is_empty() || source.trim().is_empty() {
+                bail!("a checkpoint needs a group and a source, not empty or blank names");
+            }
+            // `annals sync` keeps positions of the store it copies from; the others are
+            // positions in this store's feed, where one past the head would make the
+            // group skip every event written until the store gets there.
+            if group != super::sync::SYNC_GROUP {
+                let head = events.head_position().await?.unwrap_or(Position::START);
+                if at > head {
+                    bail!("position {at} is past the store's head ({head}): {group} would skip every event written until the store got there; the furthest it can resume after is the head");
+                }
+            }
             checkpoints.commit(&group, &source, at).await?;
             if out.json {
                 out.line(&json!({"group": group, "source": source, "position": at.to_string()}))?;

@@ -212,6 +212,23 @@ fn commands_on(store: &str) {
         &run(&["checkpoint", "set", "billing", "abc"]),
         "invalid position",
     );
+    // Past the head (a typo's extra digit) the group would skip events not written yet;
+    // an empty group is no group. Neither is recorded.
+    let stats = json_lines(&succeeded(&run(&["stats", "--json"])));
+    let head = stats
+        .iter()
+        .find_map(|l| l["head"].as_str())
+        .unwrap_or_else(|| panic!("{stats:?}"))
+        .parse::<u128>()
+        .unwrap();
+    failed_saying(
+        &run(&["checkpoint", "set", "billing", &format!("{head}0")]),
+        "past the store's head",
+    );
+    failed_saying(&run(&["checkpoint", "set", "", "0"]), "empty or blank");
+    let list = json_lines(&succeeded(&run(&["checkpoint", "list", "--json"])));
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["position"], after_first.as_str(), "{list:?}");
     let lag = json_lines(&succeeded(&run(&["stats", "--json"])));
     let billing = lag
         .iter()
