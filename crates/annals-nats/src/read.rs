@@ -435,22 +435,28 @@ impl NatsStore {
         }
     }
 
-    /// The event in a stored message.
+    /// The event in a stored message. One that is not (published to the store's subjects
+    /// by something other than Annals) stops reads at it, not retried: the error names it
+    /// and how to remove it, so no event past it is read as if it were not there.
     pub(crate) fn decode(&self, m: &Stored) -> Result<(RecordedEvent, Place)> {
+        let foreign = |what: &str| {
+            annals::Error::backend(
+                "nats",
+                format!(
+                    "message {seq} of JetStream stream {stream:?} ({subject}) {what}: it was published to the store's subjects by something other than Annals, and reads cannot go past it: remove it (nats stream rmm {stream} {seq}), after keeping a copy if it matters",
+                    seq = m.sequence,
+                    stream = self.inner.config.stream,
+                    subject = m.subject
+                ),
+            )
+        };
         let stream = self
             .inner
             .subjects
             .parse(&m.subject)
-            .ok_or_else(|| backend(format!("subject {} is not an event stream", m.subject)))?;
-        envelope::decode(&m.payload, m.msg_id.as_deref(), stream, m.sequence).ok_or_else(|| {
-            annals::Error::backend(
-                "nats",
-                format!(
-                    "message {} of {} is not an Annals event",
-                    m.sequence, m.subject
-                ),
-            )
-        })
+            .ok_or_else(|| foreign("has a subject that names no event stream"))?;
+        envelope::decode(&m.payload, m.msg_id.as_deref(), stream, m.sequence)
+            .ok_or_else(|| foreign("is not an Annals event"))
     }
 
     pub(crate) async fn read_all_page(

@@ -1,4 +1,5 @@
-//! Faults on a private 3-node cluster: the stream's leader killed under load.
+//! Faults: the stream's leader killed under load on a private 3-node cluster; messages
+//! published to the store's subjects by something other than Annals.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -517,4 +518,86 @@ async fn a_client_killed_in_a_batch_leaves_nothing() {
             .await
             .unwrap();
     assert_eq!(read.len(), 1);
+}
+
+/// A message published to the store's subjects by something other than Annals (a stray
+/// `nats pub`) is not skipped as if it were not there: reads and appends that reach it fail
+/// at once (not retried as transient), naming it and how to remove it, and write nothing;
+/// once removed, the store goes on.
+#[tokio::test]
+async fn a_message_published_by_something_else_stops_reads_at_it_saying_how_to_remove_it() {
+    let store = crate::fresh().await;
+    let name = store.config().stream.clone();
+    let order = StreamName::new("Order-1").unwrap();
+    let event = || vec![EventData::new("Placed", b"{}".to_vec())];
+    store
+        .append(&order, ExpectedVersion::NoStream, event())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(
+        async_nats::connect(&annals_testkit::nats::shared().url)
+            .await
+            .unwrap(),
+    );
+    for subject in ["Order.1", "bad"] {
+        js.publish(format!("annals.{name}.{subject}"), "hello".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let says = |e: annals::Error, seq: u64| {
+        assert!(!e.is_transient(), "{e:?}");
+        let text = annals::error_chain(&e);
+        assert!(
+            text.contains(&format!("message {seq} of"))
+                && text.contains(&format!("nats stream rmm {name} {seq}")),
+            "{text}"
+        );
+    };
+    says(
+        store
+            .read_all(Position::START, &annals::Filter::all(), 100)
+            .await
+            .unwrap_err(),
+        2,
+    );
+    let read: Vec<_> = store
+        .read_stream(&order, Default::default())
+        .collect()
+        .await;
+    says(read.into_iter().find_map(Result::err).unwrap(), 2);
+    for expected in [ExpectedVersion::Exact(Version(1)), ExpectedVersion::Any] {
+        says(
+            store.append(&order, expected, event()).await.unwrap_err(),
+            2,
+        );
+    }
+    // Removed, the next stray message is the one named; then nothing stops the store.
+    let stream = js.get_stream(&name).await.unwrap();
+    assert!(stream.delete_message(2).await.unwrap());
+    says(
+        store
+            .read_all(Position::START, &annals::Filter::all(), 100)
+            .await
+            .unwrap_err(),
+        3,
+    );
+    assert!(stream.delete_message(3).await.unwrap());
+    let feed = store
+        .read_all(Position::START, &annals::Filter::all(), 100)
+        .await
+        .unwrap();
+    assert_eq!(feed.events.len(), 1, "{:?}", feed.events);
+    let appended = store
+        .append(&order, ExpectedVersion::Exact(Version(1)), event())
+        .await
+        .unwrap();
+    assert_eq!(appended.version, Version(2));
+    let read: Vec<_> = store
+        .read_stream(&order, Default::default())
+        .map(|e| e.unwrap().stream_version)
+        .collect()
+        .await;
+    assert_eq!(read, [0, 1]);
 }
