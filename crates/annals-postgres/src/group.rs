@@ -401,6 +401,27 @@ fn answers_of(size: usize, rows: &[tokio_postgres::Row]) -> Result<Vec<Answer>> 
         .collect()
 }
 
+/// Describes this store's metrics (labelled by schema) to the installed `metrics`
+/// recorder: their help text and units. Call it once after installing the recorder.
+pub fn describe_metrics() {
+    use metrics::{describe_gauge, describe_histogram, Unit};
+    describe_histogram!(
+        "annals_pg_group_commit_appends",
+        Unit::Count,
+        "Appends committed together in one group commit (one transaction, one statement)"
+    );
+    describe_histogram!(
+        "annals_pg_grouped_reads",
+        Unit::Count,
+        "Deciders' catch-up reads answered together by one grouped read"
+    );
+    describe_gauge!(
+        "annals_pg_held_back_events",
+        Unit::Count,
+        "Events committed but not yet shown to subscribers, held back behind an open transaction (as of the last PgStore::horizon_lag)"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

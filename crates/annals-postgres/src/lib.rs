@@ -69,6 +69,7 @@ use tokio_postgres::Row;
 
 pub use config::PgConfig;
 pub use error::PgError;
+pub use group::describe_metrics;
 pub use projection::Projection;
 pub use read_model::PgTx;
 pub use tls::{PgTls, RootCerts, SslMode};

@@ -40,7 +40,7 @@ pub use annals::{Backoff, Partition};
 pub use group::{join_group, GroupConfig, Member};
 pub use project::Project;
 pub use reactor::{reaction_id, Reactor};
-pub use stats::{Failing, HandlerLatency, Parked, Stats};
+pub use stats::{describe_metrics, Failing, HandlerLatency, Parked, Stats};
 
 /// What a handler failure carries.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;

@@ -122,3 +122,68 @@ impl Metrics {
         }
     }
 }
+
+/// Describes the pipelines' metrics (labelled by consumer group and checkpoint source) to
+/// the installed `metrics` recorder: their help text and units. Call it once after
+/// installing the recorder.
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_histogram!(
+        "annals_reactor_handler_seconds",
+        Unit::Seconds,
+        "Time of one handler call on a stream's events"
+    );
+    describe_counter!(
+        "annals_reactor_events_total",
+        Unit::Count,
+        "Events handled (or skipped ahead by a handler)"
+    );
+    describe_counter!(
+        "annals_reactor_bytes_total",
+        Unit::Bytes,
+        "Bytes of data and metadata of the events handled"
+    );
+    describe_counter!(
+        "annals_reactor_handler_failures_total",
+        Unit::Count,
+        "Handler calls that failed (each retried, or its stream parked)"
+    );
+    describe_gauge!(
+        "annals_reactor_checkpoint_position",
+        "The last committed checkpoint: the feed position the group resumes after"
+    );
+    describe_gauge!(
+        "annals_reactor_read_position",
+        "The feed position the reader has read up to"
+    );
+    describe_gauge!(
+        "annals_reactor_events_behind",
+        Unit::Count,
+        "Events read but not yet handled"
+    );
+    describe_gauge!(
+        "annals_reactor_seconds_behind",
+        Unit::Seconds,
+        "How long ago the oldest unhandled event was recorded"
+    );
+    describe_gauge!(
+        "annals_reactor_streams_failing",
+        Unit::Count,
+        "Streams whose handler is failing and being retried"
+    );
+    describe_gauge!(
+        "annals_reactor_streams_stalled",
+        Unit::Count,
+        "Streams whose handler took none of the events it was given (waiting for more)"
+    );
+    describe_gauge!(
+        "annals_reactor_streams_parked",
+        Unit::Count,
+        "Streams parked after repeated failures (their events skipped until replayed)"
+    );
+    describe_gauge!(
+        "annals_reactor_pending_batches",
+        Unit::Count,
+        "Batches read but not yet completely handled"
+    );
+}

@@ -50,6 +50,7 @@ pub use error::OpenError;
 pub use read_model::SqliteTx;
 pub use rusqlite;
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
+pub use writer::describe_metrics;
 
 use error::backend;
 use read::Readers;

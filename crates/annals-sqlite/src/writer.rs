@@ -366,3 +366,13 @@ fn fail(request: Request, error: Error) {
         Request::ReadModel { job } => job(Err(error)).0(Ok(())),
     }
 }
+
+/// Describes this store's metrics (labelled by file path) to the installed `metrics`
+/// recorder: their help text and units. Call it once after installing the recorder.
+pub fn describe_metrics() {
+    metrics::describe_histogram!(
+        "annals_sqlite_group_commit_requests",
+        metrics::Unit::Count,
+        "Write requests (appends, checkpoints, deletions...) committed together by the writer in one transaction and one flush"
+    );
+}

@@ -526,3 +526,50 @@ impl<S: EventStore + ?Sized> EventStore for Instrumented<S> {
         self.inner.changes()
     }
 }
+
+/// Describes the metrics this crate records (store round trips, deciders, codecs) to the
+/// installed `metrics` recorder: their help text and units, which an exporter shows
+/// (Prometheus' `# HELP`). Call it once after installing the recorder.
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_histogram, Unit};
+    describe_histogram!(
+        "annals_store_roundtrip_seconds",
+        Unit::Seconds,
+        "Time of one store call through Instrumented, by backend, operation and outcome (ok or error)"
+    );
+    describe_counter!(
+        "annals_store_events_total",
+        Unit::Count,
+        "Events read or written by successful store calls, by backend and operation"
+    );
+    describe_counter!(
+        "annals_store_bytes_total",
+        Unit::Bytes,
+        "Bytes of event data and metadata read or written by successful store calls, by backend and operation"
+    );
+    describe_counter!(
+        "annals_decider_runs_total",
+        Unit::Count,
+        "Decider operations, by category and outcome: ok, refused (the domain said no), conflict (attempts exhausted on concurrent writes) or error"
+    );
+    describe_histogram!(
+        "annals_decider_duration_seconds",
+        Unit::Seconds,
+        "Time of one decider operation (loads, decisions, appends and resyncs), by category"
+    );
+    describe_counter!(
+        "annals_decider_conflicts_total",
+        Unit::Count,
+        "Appends of a decision refused because the stream moved on (each followed by a resync), by category"
+    );
+    describe_histogram!(
+        "annals_decider_batch_decisions",
+        Unit::Count,
+        "Decisions written together in one append of a hot stream's batch, by category"
+    );
+    describe_counter!(
+        "annals_codec_skipped_events_total",
+        Unit::Count,
+        "Events a codec skipped because their type is not one of its variants, by event type"
+    );
+}

@@ -95,7 +95,7 @@ pub use error::{
 };
 pub use event::{EventData, RecordedEvent, DEFAULT_MAX_EVENT_BYTES, MAX_EVENT_TYPE_LEN};
 pub use feed::{Backoff, Feed, FeedOptions, FeedPage};
-pub use instrument::{process_totals, Instrumented};
+pub use instrument::{describe_metrics, process_totals, Instrumented};
 pub use lease::{fair_share, GroupMember, LeaseStore, Leases, MemoryLeases};
 pub use lifecycle::{
     deletions_stream, DeleteMode, Retention, RetentionScope, Scavenged, StreamChange,

@@ -545,3 +545,19 @@ async fn metrics(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
         None => Err(ApiError::NotFound("metrics are not enabled".into())),
     }
 }
+
+/// Describes the service's request metrics to the installed `metrics` recorder: their help
+/// text and units. Call it once after installing the recorder.
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_histogram, Unit};
+    describe_counter!(
+        "annals_http_requests_total",
+        Unit::Count,
+        "HTTP requests answered, by method, route and status"
+    );
+    describe_histogram!(
+        "annals_http_request_duration_seconds",
+        Unit::Seconds,
+        "Time to answer an HTTP request, by method and route"
+    );
+}

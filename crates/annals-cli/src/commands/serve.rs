@@ -5,7 +5,18 @@
 
 use anyhow::Context;
 use example_todo::server::{self, ServerOptions};
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+/// Buckets of the `/metrics` histograms of durations, in seconds.
+const SECONDS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Buckets of the `/metrics` histograms of group sizes (appends, reads, decisions).
+const SIZES: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
 
 use crate::read_models::todos;
 use crate::store_url::{Backend, Opened, ReadModelDb};
@@ -53,8 +64,29 @@ pub(crate) async fn run(
         "--header-timeout and --body-timeout must be more than zero"
     );
     let metrics = PrometheusBuilder::new()
+        // Histograms with buckets (not summaries): aggregated across instances and
+        // queried with histogram_quantile, as Prometheus users do.
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)?
+        .set_buckets_for_metric(
+            Matcher::Full("annals_decider_batch_decisions".into()),
+            SIZES,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("annals_pg_group_commit_appends".into()),
+            SIZES,
+        )?
+        .set_buckets_for_metric(Matcher::Full("annals_pg_grouped_reads".into()), SIZES)?
+        .set_buckets_for_metric(
+            Matcher::Full("annals_sqlite_group_commit_requests".into()),
+            SIZES,
+        )?
         .install_recorder()
         .context("install the metrics recorder")?;
+    annals::describe_metrics();
+    annals_reactor::describe_metrics();
+    annals_postgres::describe_metrics();
+    annals_sqlite::describe_metrics();
+    example_todo::web::describe_metrics();
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("listen on {}", args.listen))?;

@@ -274,3 +274,77 @@ fn requests_hyper_cannot_parse_get_a_json_error_body() {
     assert!(answer.contains(r#""error":"not_found""#), "{answer}");
     served.stop();
 }
+
+/// `/metrics` as Prometheus scrapes it: every metric described (`# HELP`), durations and
+/// group sizes as histograms with buckets (summaries cannot be aggregated across
+/// instances), and every line a comment or a sample.
+#[test]
+fn metrics_are_described_and_durations_are_histograms() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start_with(dir.path(), &[]);
+    let (status, _) = request(&served.base, "POST", "/todos", Some(r#"{"title":"a"}"#));
+    assert_eq!(status, 201);
+    let scrape = || {
+        let raw = String::from_utf8(exchange(
+            &served.base,
+            b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",
+        ))
+        .unwrap();
+        raw.split_once("\r\n\r\n").unwrap().1.to_owned()
+    };
+    // The read model's pipeline records once it has handled the todo.
+    let mut metrics = String::new();
+    annals_testkit::eventually_blocking(
+        "the read model's metrics",
+        Duration::from_secs(30),
+        || {
+            metrics = scrape();
+            metrics.contains("annals_reactor_events_total{")
+        },
+    );
+    for (name, kind) in [
+        ("annals_http_requests_total", "counter"),
+        ("annals_http_request_duration_seconds", "histogram"),
+        ("annals_store_roundtrip_seconds", "histogram"),
+        ("annals_store_events_total", "counter"),
+        ("annals_decider_runs_total", "counter"),
+        ("annals_decider_duration_seconds", "histogram"),
+        ("annals_sqlite_group_commit_requests", "histogram"),
+        ("annals_reactor_events_total", "counter"),
+        ("annals_reactor_handler_seconds", "histogram"),
+    ] {
+        assert!(
+            metrics.contains(&format!("# TYPE {name} {kind}\n")),
+            "{name} is not a {kind}: {metrics}"
+        );
+        let help = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("# HELP {name} ")))
+            .unwrap_or_else(|| panic!("no help for {name}: {metrics}"));
+        assert!(help.len() > 10, "{name}: {help}");
+        if kind == "histogram" {
+            assert!(
+                metrics.contains(&format!("{name}_bucket{{"))
+                    && metrics.contains(&format!("{name}_count{{")),
+                "{name} has no buckets: {metrics}"
+            );
+        }
+    }
+    assert!(
+        metrics.contains(r#"annals_sqlite_group_commit_requests_bucket{path="#)
+            && metrics.contains(r#"le="1"}"#),
+        "group sizes are counted in buckets of sizes: {metrics}"
+    );
+    // Every line is a comment or `name{labels} value` with a number for the value.
+    for line in metrics
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+        assert!(
+            series.starts_with("annals_") && value.parse::<f64>().is_ok(),
+            "not a sample: {line}"
+        );
+    }
+    served.stop();
+}
