@@ -1165,3 +1165,99 @@ async fn binary_and_hostile_bodies_are_dumped_exactly_and_shown_escaped() {
         assert!(shown.contains("(7 bytes, not UTF-8)"), "{shown}");
     }
 }
+
+/// `annals append` as scripts use it: the body from a file (`@PATH`) or standard input
+/// (`-`), and an id given so that running it again (a retry after a lost answer) writes
+/// nothing the second time; with causation and correlation ids. On every store.
+#[test]
+fn append_takes_bodies_from_files_or_stdin_and_an_id_to_retry_safely() {
+    let nats = format!(
+        "{}?stream={}",
+        annals_testkit::nats::shared().url,
+        annals_testkit::nats::stream_name("script")
+    );
+    for store in ["sqlite://script.db".to_owned(), pg_url("script"), nats] {
+        let dir = tempfile::tempdir().unwrap();
+        let run = |args: &[&str]| on(dir.path(), &store, args);
+        succeeded(&run(&["init"]));
+        std::fs::write(dir.path().join("body.json"), r#"{"sku": "a", "n": 1}"#).unwrap();
+        let id = "0191e5a6-5c4b-7d3e-9f00-00000000a11d";
+        let cause = "0191e5a6-5c4b-7d3e-9f00-0000000ca05e";
+        let append = [
+            "append",
+            "Order-1",
+            "--type",
+            "Placed",
+            "--data",
+            "@body.json",
+            "--id",
+            id,
+            "--causation-id",
+            cause,
+            "--correlation-id",
+            cause,
+            "--expected",
+            "no-stream",
+            "--json",
+        ];
+        let first = json_lines(&succeeded(&run(&append)));
+        // The same command again: the store recognises the id and writes nothing.
+        let again = json_lines(&succeeded(&run(&append)));
+        assert_eq!(first, again, "{store}");
+        let mut piped = Command::new(env!("CARGO_BIN_EXE_annals"))
+            .args(["append", "Order-1", "--type", "Paid", "--data", "-"])
+            .args(["--metadata", r#"{"by":"pipe"}"#, "--expected", "1"])
+            .args(["--store", &store])
+            .current_dir(dir.path())
+            .env_remove("ANNALS_STORE")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = piped.stdin.take().unwrap();
+            stdin.write_all(br#"{"amount": 3}"#).unwrap();
+        }
+        succeeded(&piped.wait_with_output().unwrap());
+        let events = json_lines(&succeeded(&run(&["read", "Order-1", "--json"])));
+        assert_eq!(events.len(), 2, "{store}: {events:?}");
+        assert_eq!(
+            (&events[0]["id"], &events[0]["data"]["sku"]),
+            (&serde_json::json!(id), &serde_json::json!("a")),
+            "{store}"
+        );
+        assert_eq!(events[0]["causation_id"], cause, "{store}");
+        assert_eq!(events[0]["correlation_id"], cause, "{store}");
+        assert_eq!(events[1]["data"]["amount"], 3, "{store}");
+        assert_eq!(events[1]["metadata"]["by"], "pipe", "{store}");
+        // Nothing is written from a file that is missing or not JSON, or from two bodies
+        // both asked of standard input.
+        std::fs::write(dir.path().join("bad.json"), "[1,").unwrap();
+        for (data, says) in [
+            ("@missing.json", "--data @missing.json"),
+            ("@bad.json", "malformed JSON in --data"),
+        ] {
+            failed_saying(
+                &run(&["append", "Order-1", "--type", "X", "--data", data]),
+                says,
+            );
+        }
+        failed_saying(
+            &run(&[
+                "append",
+                "Order-1",
+                "--type",
+                "X",
+                "--data",
+                "-",
+                "--metadata",
+                "-",
+            ]),
+            "cannot both be read from standard input",
+        );
+        let events = json_lines(&succeeded(&run(&["read", "Order-1", "--json"])));
+        assert_eq!(events.len(), 2, "{store}: {events:?}");
+    }
+}
