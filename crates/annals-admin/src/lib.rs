@@ -43,6 +43,7 @@ use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
 
 mod groups;
+pub mod json;
 mod live;
 mod models;
 mod rates;
@@ -485,10 +486,11 @@ struct EventQuery {
     version: u64,
 }
 
-/// Bytes shown as pretty JSON when they are JSON, else as text (lossy UTF-8).
+/// Bytes shown as pretty JSON when they are JSON (numbers and key order as stored), else as
+/// text (lossy UTF-8).
 fn shown(bytes: &[u8]) -> String {
-    match serde_json::from_slice::<serde_json::Value>(bytes) {
-        Ok(value) => serde_json::to_string_pretty(&value).unwrap_or_default(),
+    match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+        Ok(_) => json::pretty(&String::from_utf8_lossy(bytes)),
         Err(_) => String::from_utf8_lossy(bytes).into_owned(),
     }
 }

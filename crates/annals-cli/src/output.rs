@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use annals::RecordedEvent;
-use serde_json::{json, Value};
+use serde_json::value::RawValue;
+use serde_json::Value;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -41,8 +42,9 @@ pub(crate) fn say(line: std::fmt::Arguments<'_>) -> Result<(), Unwritten> {
 
 impl Output {
     /// Prints one JSON value on its own line.
-    pub(crate) fn line(&self, value: &serde_json::Value) -> Result<(), Unwritten> {
-        say!("{value}");
+    pub(crate) fn line(&self, value: &(impl serde::Serialize + ?Sized)) -> Result<(), Unwritten> {
+        let text = serde_json::to_string(value).map_err(|e| Unwritten::Failed(e.into()))?;
+        say!("{text}");
         Ok(())
     }
 
@@ -94,17 +96,26 @@ pub(crate) fn progress(len: Option<u64>, message: &'static str) -> ProgressBar {
     bar
 }
 
-/// A body as JSON when it is JSON, otherwise as a string: its text when it is UTF-8, its
-/// bytes in base64 when not (said by `true`), so a dump loses nothing.
-fn body(bytes: &[u8]) -> (Value, bool) {
+/// A body as JSON when it is JSON (its own text, numbers and key order as stored, on one
+/// line), otherwise as a string: its text when it is UTF-8, its bytes in base64 when not
+/// (said by `true`), so a dump loses nothing.
+fn body(bytes: &[u8]) -> (Box<RawValue>, bool) {
     use base64::Engine;
-    if let Ok(value) = serde_json::from_slice(bytes) {
-        return (value, false);
-    }
+    let string = |text: &str| {
+        RawValue::from_string(Value::String(text.to_owned()).to_string())
+            .expect("a JSON string is JSON")
+    };
     match std::str::from_utf8(bytes) {
-        Ok(text) => (Value::String(text.to_owned()), false),
+        Ok(text) => match serde_json::from_str::<&RawValue>(text) {
+            Ok(raw) => (
+                RawValue::from_string(annals_admin::json::one_line(raw.get()))
+                    .expect("JSON without its blanks"),
+                false,
+            ),
+            Err(_) => (string(text), false),
+        },
         Err(_) => (
-            Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
+            string(&base64::engine::general_purpose::STANDARD.encode(bytes)),
             true,
         ),
     }
@@ -130,33 +141,46 @@ pub(crate) fn time(t: annals::Timestamp) -> String {
 /// An event as one JSON object (what `dump`, `read --json` and `tail --json` write). A body
 /// that is not UTF-8 is written in base64, with `"data_encoding": "base64"` (or
 /// `"metadata_encoding"`) beside it.
-pub(crate) fn event_json(e: &RecordedEvent) -> Value {
+pub(crate) fn event_json(e: &RecordedEvent) -> EventJson {
     let (data, data_base64) = body(&e.data);
     let (metadata, metadata_base64) = match e.metadata.as_deref().map(body) {
         Some((value, base64)) => (Some(value), base64),
         None => (None, false),
     };
-    let mut event = json!({
-        "position": e.position.to_string(),
-        "stream": e.stream.as_str(),
-        "version": e.stream_version,
-        "type": e.event_type,
-        "id": e.event_id.to_string(),
-        "recorded_at": time(e.recorded_at),
-        "data": data,
-        "metadata": metadata,
-        "correlation_id": e.correlation_id.map(|u| u.to_string()),
-        "causation_id": e.causation_id.map(|u| u.to_string()),
-    });
-    for (field, base64) in [
-        ("data_encoding", data_base64),
-        ("metadata_encoding", metadata_base64),
-    ] {
-        if base64 {
-            event[field] = json!("base64");
-        }
+    let base64 = |yes: bool| yes.then_some("base64");
+    EventJson {
+        causation_id: e.causation_id.map(|u| u.to_string()),
+        correlation_id: e.correlation_id.map(|u| u.to_string()),
+        data,
+        data_encoding: base64(data_base64),
+        id: e.event_id.to_string(),
+        metadata,
+        metadata_encoding: base64(metadata_base64),
+        position: e.position.to_string(),
+        recorded_at: time(e.recorded_at),
+        stream: e.stream.as_str().to_owned(),
+        r#type: e.event_type.clone(),
+        version: e.stream_version,
     }
-    event
+}
+
+/// An event as `event_json` writes it (fields in name order).
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct EventJson {
+    causation_id: Option<String>,
+    correlation_id: Option<String>,
+    data: Box<RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_encoding: Option<&'static str>,
+    id: String,
+    metadata: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata_encoding: Option<&'static str>,
+    position: String,
+    recorded_at: String,
+    stream: String,
+    r#type: String,
+    version: u64,
 }
 
 /// An event as a table row. Its body's control characters (a terminal's escape sequences

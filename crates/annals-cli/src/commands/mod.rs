@@ -19,7 +19,6 @@ pub(crate) mod tail;
 
 use annals::{ExpectedVersion, Filter, Position, StreamName, Version};
 use anyhow::Context;
-use serde_json::Value;
 
 use crate::store_url::ReadModelDb;
 
@@ -47,11 +46,13 @@ pub(crate) fn position(text: &str) -> anyhow::Result<Position> {
         .map_err(|e| anyhow::anyhow!("invalid position {text:?}: {e}"))
 }
 
-/// A JSON argument, checked before anything is written.
+/// A JSON argument, checked before anything is written, and kept as written (only the
+/// whitespace around it dropped): parsed into numbers and out again, a large integer or a
+/// long decimal would come out changed, and key order with it.
 pub(crate) fn json_arg(flag: &str, text: &str) -> anyhow::Result<Vec<u8>> {
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| anyhow::anyhow!("malformed JSON in {flag}: {e}"))?;
-    Ok(serde_json::to_vec(&value)?)
+    serde_json::from_str::<serde::de::IgnoredAny>(text)
+        .map_err(|e| anyhow::anyhow!("malformed JSON in {flag}: {e}"))?;
+    Ok(text.trim().as_bytes().to_vec())
 }
 
 /// A filter of the given categories (all when none), validated.

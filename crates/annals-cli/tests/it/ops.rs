@@ -1259,5 +1259,36 @@ fn append_takes_bodies_from_files_or_stdin_and_an_id_to_retry_safely() {
         );
         let events = json_lines(&succeeded(&run(&["read", "Order-1", "--json"])));
         assert_eq!(events.len(), 2, "{store}: {events:?}");
+        // A body is stored and shown as written: numbers a float cannot hold, keys in
+        // their order (parsed and written out again, both would change), on one line.
+        std::fs::write(
+            dir.path().join("exact.json"),
+            "{\n  \"id\": 123456789012345678901234567890,\n  \"amount\": 0.10000000000000000000001,\n  \"a\": -0\n}\n",
+        )
+        .unwrap();
+        succeeded(&run(&[
+            "append",
+            "Exact-1",
+            "--type",
+            "X",
+            "--data",
+            "@exact.json",
+        ]));
+        let exact = r#""data":{"id":123456789012345678901234567890,"amount":0.10000000000000000000001,"a":-0}"#;
+        for args in [
+            &["read", "Exact-1", "--json"][..],
+            &["dump", "--category", "Exact"],
+        ] {
+            let out = succeeded(&run(args));
+            assert!(
+                out.contains(exact) && out.lines().count() == 1,
+                "{store} {args:?}: {out}"
+            );
+        }
+        let table = succeeded(&run(&["read", "Exact-1"]));
+        assert!(
+            table.contains(r#"{\n  "id": 123456789012345678901234"#),
+            "{table}"
+        );
     }
 }

@@ -1,0 +1,117 @@
+//! JSON text laid out again without being parsed into values: numbers, key order and
+//! repeated keys stay exactly as stored (a parse into `serde_json::Value` would round a
+//! large integer or a long decimal to a float, and sort the keys). The text must be JSON.
+
+/// Calls `each` with every character outside strings that is not whitespace, and every
+/// character of strings, saying whether it is inside a string.
+fn tokens(json: &str, mut each: impl FnMut(char, bool)) {
+    let (mut quoted, mut escaped) = (false, false);
+    for c in json.chars() {
+        match (quoted, c) {
+            (true, _) => {
+                each(c, true);
+                quoted = escaped || c != '"';
+                escaped = !escaped && c == '\\';
+            }
+            (false, ' ' | '\t' | '\n' | '\r') => {}
+            (false, '"') => {
+                quoted = true;
+                each(c, true);
+            }
+            _ => each(c, false),
+        }
+    }
+}
+
+/// The JSON text on one line, without the whitespace between its tokens.
+pub fn one_line(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    tokens(json, |c, _| out.push(c));
+    out
+}
+
+/// The JSON text indented by two spaces per level, one member or element per line (as
+/// `serde_json::to_string_pretty` lays it out), its tokens unchanged.
+pub fn pretty(json: &str) -> String {
+    let compact = one_line(json);
+    let mut out = String::with_capacity(compact.len() * 2);
+    let mut depth = 0usize;
+    let newline = |out: &mut String, depth: usize| {
+        out.push('\n');
+        out.extend(std::iter::repeat_n("  ", depth));
+    };
+    let mut chars = compact.chars().peekable();
+    let mut quoted = false;
+    let mut escaped = false;
+    while let Some(c) = chars.next() {
+        if quoted {
+            out.push(c);
+            quoted = escaped || c != '"';
+            escaped = !escaped && c == '\\';
+            continue;
+        }
+        match c {
+            '"' => {
+                quoted = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                out.push(c);
+                match chars.peek() {
+                    // An empty object or array stays `{}` / `[]`.
+                    Some('}' | ']') => out.extend(chars.next()),
+                    _ => {
+                        depth += 1;
+                        newline(&mut out, depth);
+                    }
+                }
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_and_key_order_are_kept() {
+        let stored = "{ \"z\" : 123456789012345678901234567890,\n \"a\": [0.10000000000000000000001, -0, 1E400],\"z\":{}}";
+        assert_eq!(
+            one_line(stored),
+            r#"{"z":123456789012345678901234567890,"a":[0.10000000000000000000001,-0,1E400],"z":{}}"#
+        );
+        assert_eq!(
+            pretty(stored),
+            "{\n  \"z\": 123456789012345678901234567890,\n  \"a\": [\n    0.10000000000000000000001,\n    -0,\n    1E400\n  ],\n  \"z\": {}\n}"
+        );
+    }
+
+    #[test]
+    fn strings_are_left_alone() {
+        let stored = r#"{"a b":"x , { [ \" : \\","c":["  ",[]]}"#;
+        assert_eq!(one_line(stored), stored);
+        assert_eq!(
+            pretty(stored),
+            "{\n  \"a b\": \"x , { [ \\\" : \\\\\",\n  \"c\": [\n    \"  \",\n    []\n  ]\n}"
+        );
+        // The layout is serde_json's wherever serde_json keeps the values.
+        let plain = r#"{"k":[1,{"n":null,"t":true}],"s":"é"}"#;
+        let value: serde_json::Value = serde_json::from_str(plain).unwrap();
+        assert_eq!(pretty(plain), serde_json::to_string_pretty(&value).unwrap());
+        assert_eq!(pretty("\"just text\""), "\"just text\"");
+        assert_eq!(pretty(" 42 "), "42");
+    }
+}
