@@ -33,49 +33,42 @@ pub fn one_line(json: &str) -> String {
 /// The JSON text indented by two spaces per level, one member or element per line (as
 /// `serde_json::to_string_pretty` lays it out), its tokens unchanged.
 pub fn pretty(json: &str) -> String {
-    let compact = one_line(json);
-    let mut out = String::with_capacity(compact.len() * 2);
+    let mut marks = Vec::with_capacity(json.len());
+    tokens(json, |c, quoted| marks.push((c, quoted)));
+    let mut out = String::with_capacity(json.len() * 2);
     let mut depth = 0usize;
     let newline = |out: &mut String, depth: usize| {
         out.push('\n');
         out.extend(std::iter::repeat_n("  ", depth));
     };
-    let mut chars = compact.chars().peekable();
-    let mut quoted = false;
-    let mut escaped = false;
-    while let Some(c) = chars.next() {
-        if quoted {
-            out.push(c);
-            quoted = escaped || c != '"';
-            escaped = !escaped && c == '\\';
-            continue;
-        }
-        match c {
-            '"' => {
-                quoted = true;
+    let mut marks = marks.into_iter().peekable();
+    while let Some((c, quoted)) = marks.next() {
+        match (quoted, c) {
+            (true, _) => out.push(c),
+            (false, '{' | '[') => {
                 out.push(c);
-            }
-            '{' | '[' => {
-                out.push(c);
-                match chars.peek() {
+                match marks.peek() {
                     // An empty object or array stays `{}` / `[]`.
-                    Some('}' | ']') => out.extend(chars.next()),
+                    Some(&(close @ ('}' | ']'), false)) => {
+                        out.push(close);
+                        marks.next();
+                    }
                     _ => {
                         depth += 1;
                         newline(&mut out, depth);
                     }
                 }
             }
-            '}' | ']' => {
+            (false, '}' | ']') => {
                 depth = depth.saturating_sub(1);
                 newline(&mut out, depth);
                 out.push(c);
             }
-            ',' => {
+            (false, ',') => {
                 out.push(c);
                 newline(&mut out, depth);
             }
-            ':' => out.push_str(": "),
+            (false, ':') => out.push_str(": "),
             _ => out.push(c),
         }
     }
