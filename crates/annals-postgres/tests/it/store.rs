@@ -1122,6 +1122,9 @@ async fn a_catch_up_cut_off_by_a_lost_connection_fails_as_transient_and_the_next
 #[tokio::test]
 async fn reads_cut_off_by_a_lost_connection_fail_as_transient_and_the_next_ones_read() {
     let (store, app, schema) = named_store("cutreads", "Cut-read").await;
+    // The feed shows the event once no transaction older than it is open on the server
+    // (other tests' among them): wait for that first, so the page below has it to show.
+    store.await_visible().await.unwrap();
     let admin = postgres::connect(&postgres::shared().url).await;
     let read = |feed: bool| {
         let store = std::sync::Arc::clone(&store);
