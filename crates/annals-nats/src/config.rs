@@ -37,8 +37,10 @@ pub struct NatsConfig {
     pub credentials_file: Option<PathBuf>,
     /// A file holding a user's NKey seed (`SU...`), for servers that know users by NKey.
     pub nkey_file: Option<PathBuf>,
-    /// Whether connecting creates the stream and its checkpoint bucket when missing (the
-    /// default); unset, a missing stream is [`NatsError::NoStream`] and nothing is created.
+    /// Whether connecting creates the event stream when missing (the default); unset, a
+    /// missing stream is [`NatsError::NoStream`] and nothing is created. (The checkpoint
+    /// bucket of an existing stream is created when missing either way: only a stream made
+    /// by hand lacks it.)
     pub create: bool,
 }
 
