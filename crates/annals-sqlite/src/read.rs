@@ -216,13 +216,22 @@ fn event(row: &Row<'_>) -> rusqlite::Result<RecordedEvent> {
 /// The same as [`event`], reusing `last`'s name when the row's stream is the one before it
 /// (feed pages run in streams' batches: one name checked and allocated per run).
 fn event_after(row: &Row<'_>, last: &mut Option<StreamName>) -> rusqlite::Result<RecordedEvent> {
-    let name = row.get_ref(1)?.as_str()?;
-    let stream = match last {
-        Some(s) if s.as_str() == name => s.clone(),
+    let name = row.get_ref(1)?.as_str();
+    let stream = match (&name, &*last) {
+        (Ok(name), Some(s)) if s.as_str() == *name => s.clone(),
         _ => {
-            let s = StreamName::new(name).map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, e.into())
-            })?;
+            let s = name
+                .map_err(rusqlite::Error::from)
+                .and_then(|name| {
+                    StreamName::new(name).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            1,
+                            rusqlite::types::Type::Text,
+                            e.into(),
+                        )
+                    })
+                })
+                .map_err(|e| unreadable(row, e))?;
             *last = Some(s.clone());
             s
         }
@@ -232,18 +241,40 @@ fn event_after(row: &Row<'_>, last: &mut Option<StreamName>) -> rusqlite::Result
 
 /// An event of `stream` (its name column is not read).
 fn event_in(row: &Row<'_>, stream: StreamName) -> rusqlite::Result<RecordedEvent> {
-    Ok(RecordedEvent {
-        stream,
-        stream_version: row.get::<_, i64>(2)? as u64,
-        position: annals::backend::position(row.get::<_, i64>(0)? as u128),
-        recorded_at: Timestamp::from_unix_micros(row.get(3)?),
-        event_type: row.get(4)?,
-        data: row.get(5)?,
-        metadata: row.get(6)?,
-        event_id: uuid(row, 7)?.unwrap_or_default(),
-        correlation_id: uuid(row, 8)?,
-        causation_id: uuid(row, 9)?,
-    })
+    let read = || {
+        Ok(RecordedEvent {
+            stream,
+            stream_version: u64::try_from(row.get::<_, i64>(2)?).map_err(|_| {
+                rusqlite::Error::IntegralValueOutOfRange(2, row.get(2).unwrap_or(-1))
+            })?,
+            position: annals::backend::position(row.get::<_, i64>(0)? as u128),
+            recorded_at: Timestamp::from_unix_micros(row.get(3)?),
+            event_type: row.get(4)?,
+            data: row.get(5)?,
+            metadata: row.get(6)?,
+            event_id: uuid(row, 7)?.unwrap_or_default(),
+            correlation_id: uuid(row, 8)?,
+            causation_id: uuid(row, 9)?,
+        })
+    };
+    read().map_err(|e| unreadable(row, e))
+}
+
+/// An event row holding a value Annals never writes (the file was changed by other
+/// means): the error names the row's position, which the driver's error alone does not.
+fn unreadable(row: &Row<'_>, cause: rusqlite::Error) -> rusqlite::Error {
+    let position = row.get::<_, i64>(0).ok();
+    rusqlite::Error::UserFunctionError(Box::new(Unreadable { position, cause }))
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the event at position {} cannot be read ({cause}): the file holds a value Annals does not write there",
+    position.map_or_else(|| "?".to_owned(), |p| p.to_string())
+)]
+struct Unreadable {
+    position: Option<i64>,
+    cause: rusqlite::Error,
 }
 
 /// The stream's version and whether it is a tombstone (`None`: never written).

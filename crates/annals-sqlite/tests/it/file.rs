@@ -214,6 +214,57 @@ async fn events_are_immutable_in_the_database() {
     assert_eq!(events[0].data, br#"{"x":1}"#);
 }
 
+/// Rows changed by other means (the immutability triggers dropped first) to hold values
+/// Annals never writes: reads reaching them fail, naming the event's position, never a
+/// panic; the rows after them read once a reader moves past.
+#[tokio::test]
+async fn rows_changed_outside_the_store_fail_reads_naming_the_event() {
+    let (store, dir) = crate::fresh();
+    for stream in ["Bad-1", "Bad-2", "Bad-3", "Good-1"] {
+        store
+            .append(&name(stream), ExpectedVersion::Any, vec![ev("A")])
+            .await
+            .unwrap();
+    }
+    let conn = rusqlite::Connection::open(dir.path().join("annals.db")).unwrap();
+    conn.execute_batch(
+        "DROP TRIGGER annals_events_immutable_update; \
+         UPDATE annals_events SET event_id = x'0102' WHERE position = 1; \
+         UPDATE annals_events SET stream_version = -5 WHERE position = 2; \
+         UPDATE annals_streams SET name = 'no_dash' WHERE name = 'Bad-3';",
+    )
+    .unwrap();
+    let err = store
+        .read_stream_vec(&name("Bad-1"), ReadStream::forward())
+        .await
+        .unwrap_err();
+    let text = annals::error_chain(&err);
+    assert!(
+        !err.is_transient() && text.contains("the event at position 1 cannot be read"),
+        "{text}"
+    );
+    // (The row with a negative version is below every stream's start: not shown at all.)
+    let mut from = Position::START;
+    for position in [1, 3] {
+        let err = store
+            .read_all(from, &annals::Filter::all(), 100)
+            .await
+            .unwrap_err();
+        let text = annals::error_chain(&err);
+        assert!(
+            text.contains(&format!("the event at position {position} cannot be read")),
+            "{text}"
+        );
+        from = annals::backend::position(position);
+    }
+    let rest = store
+        .read_all(from, &annals::Filter::all(), 100)
+        .await
+        .unwrap();
+    assert_eq!(rest.events.len(), 1);
+    assert_eq!(rest.events[0].stream, name("Good-1"));
+}
+
 #[tokio::test]
 async fn events_survive_closing_and_reopening() {
     let dir = tempfile::tempdir().unwrap();
