@@ -187,6 +187,7 @@ macro_rules! conformance_suite {
             head_position_is_the_last_event_of_read_all,
             subscription_sees_every_event_once_across_catch_up_and_live,
             subscription_resumes_after_a_checkpoint,
+            stream_subscription_catches_up_then_follows_the_stream_alone,
             multi_stream_append_is_atomic_or_refused,
             head_snapshots_ride_with_appends,
             transactions_commit_all_or_nothing,

@@ -115,7 +115,7 @@ pub use store::{
     CONFLICT_EVENTS, READ_PAGE,
 };
 pub use stream::{validate_category, StreamName, StreamNameError, MAX_STREAM_NAME_LEN};
-pub use subscribe::{subscribe, EventStoreExt, SubscribeExt, Subscription};
+pub use subscribe::{subscribe, subscribe_stream, EventStoreExt, SubscribeExt, Subscription};
 pub use trace::TraceContext;
 pub use uuid::Uuid;
 pub use version::{ExpectedVersion, ParsePositionError, Position, Timestamp, Version};

@@ -1,4 +1,5 @@
-//! Subscriptions: catch up from a position, then follow live, as one walk of the feed.
+//! Subscriptions: catch up from a position, then follow live, as one walk of the feed; or
+//! follow one stream from a version ([`subscribe_stream`]).
 //!
 //! There is no separate live phase to splice onto the catch-up: the subscription is a
 //! [`Feed`](crate::Feed) that keeps reading pages after the last position it delivered and,
@@ -10,13 +11,15 @@
 //! is logged and the read is retried with the feed's backoff from the last delivered
 //! position. Other errors (an invalid filter) end it after being yielded.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
-use futures::stream::{BoxStream, TryStreamExt};
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 
-use crate::feed::{Feed, FeedOptions};
+use crate::feed::{Backoff, Feed, FeedOptions};
 use crate::store::{EventStore, ReadStream, SubscribeOptions};
-use crate::{Position, RecordedEvent, Result, StreamName};
+use crate::{Error, Position, RecordedEvent, Result, StreamName, Version};
 
 /// A stream of events: catch-up, then live. Backend errors are retried; other errors are
 /// yielded and end it.
@@ -31,6 +34,134 @@ pub fn subscribe<S: EventStore + ?Sized>(
     let feed =
         FeedOptions::follow(options.filter, options.poll_interval).page_size(options.batch_size);
     Feed::new(store, from, feed).events()
+}
+
+/// Subscribes to one stream from version `from` on (`Version(0)`: from its first event):
+/// the events it holds, then each new one as it is written, in version order, each once.
+/// Reads take `options.batch_size` events at a time; at the stream's end the subscription
+/// waits for the store's change signal, or `options.poll_interval` (writes by other
+/// processes). Only events `options.filter` matches are delivered (its event types; a
+/// category other than the stream's matches nothing). Events hidden by a deletion, a
+/// truncation or retention are passed over as reads pass over them; a soft-deleted stream
+/// goes on with the events written after. A backend error is logged and the read retried
+/// from the same version; any other (a stream deleted for good:
+/// [`Error::StreamDeleted`]) is yielded and ends the subscription.
+pub fn subscribe_stream<S: EventStore + ?Sized + 'static>(
+    store: Arc<S>,
+    stream: StreamName,
+    from: Version,
+    options: SubscribeOptions,
+) -> Subscription {
+    if let Err(e) = options.filter.validate() {
+        return stream::once(async move { Err(e) }).boxed();
+    }
+    let changes = store.changes();
+    let state = StreamFollower {
+        store,
+        stream,
+        next: from,
+        options,
+        changes,
+        buffered: VecDeque::new(),
+        done: false,
+    };
+    stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        let item = st.next_event().await;
+        Some((item, st))
+    })
+    .boxed()
+}
+
+/// The state of a [`subscribe_stream`] subscription.
+struct StreamFollower<S: ?Sized> {
+    store: Arc<S>,
+    stream: StreamName,
+    /// The version of the next event to read.
+    next: Version,
+    options: SubscribeOptions,
+    changes: Option<tokio::sync::watch::Receiver<()>>,
+    buffered: VecDeque<RecordedEvent>,
+    done: bool,
+}
+
+impl<S: EventStore + ?Sized> StreamFollower<S> {
+    async fn next_event(&mut self) -> Result<RecordedEvent> {
+        loop {
+            if let Some(event) = self.buffered.pop_front() {
+                return Ok(event);
+            }
+            if let Err(e) = self.read().await {
+                self.done = true;
+                return Err(e);
+            }
+        }
+    }
+
+    /// Reads the next events into the buffer (none when the filter takes none of them),
+    /// waiting at the end of the stream until there are some.
+    async fn read(&mut self) -> Result<()> {
+        let retry = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut delays = retry.delays();
+        let mut attempt = 0u32;
+        loop {
+            // Taken before the read: a commit after it wakes the wait below.
+            if let Some(rx) = self.changes.as_mut() {
+                rx.borrow_and_update();
+            }
+            let options = ReadStream::forward_from(self.next).limit(self.options.batch_size.max(1));
+            match self.store.read_stream_vec(&self.stream, options).await {
+                Ok(events) => match events.last() {
+                    Some(last) => {
+                        self.next = Version(last.stream_version + 1);
+                        let filter = &self.options.filter;
+                        self.buffered
+                            .extend(events.into_iter().filter(|e| filter.matches(e)));
+                        return Ok(());
+                    }
+                    None => {
+                        self.wait().await;
+                        (attempt, delays) = (0, retry.delays());
+                    }
+                },
+                Err(e @ Error::Backend { .. }) => {
+                    attempt += 1;
+                    let delay = delays.next().unwrap_or(retry.max);
+                    tracing::warn!(
+                        error = %crate::error_chain(&e),
+                        attempt,
+                        retry_in = ?delay,
+                        stream = %self.stream,
+                        from = %self.next,
+                        "reading the stream failed; retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Until the store signals a change, or the poll interval passes.
+    async fn wait(&mut self) {
+        let poll = self.options.poll_interval;
+        let closed = match self.changes.as_mut() {
+            Some(rx) => tokio::select! {
+                r = rx.changed() => r.is_err(),
+                _ = tokio::time::sleep(poll) => false,
+            },
+            None => {
+                tokio::time::sleep(poll).await;
+                false
+            }
+        };
+        if closed {
+            // The store's signal is gone: poll from now on.
+            self.changes = None;
+        }
+    }
 }
 
 /// Conveniences over any [`EventStore`].
@@ -61,10 +192,27 @@ impl<S: EventStore + ?Sized> EventStoreExt for S {}
 pub trait SubscribeExt {
     /// See [`subscribe`].
     fn subscribe(&self, from: Position, options: SubscribeOptions) -> Subscription;
+
+    /// See [`subscribe_stream`].
+    fn subscribe_stream(
+        &self,
+        stream: StreamName,
+        from: Version,
+        options: SubscribeOptions,
+    ) -> Subscription;
 }
 
 impl<S: EventStore + ?Sized> SubscribeExt for Arc<S> {
     fn subscribe(&self, from: Position, options: SubscribeOptions) -> Subscription {
         subscribe(Arc::clone(self), from, options)
+    }
+
+    fn subscribe_stream(
+        &self,
+        stream: StreamName,
+        from: Version,
+        options: SubscribeOptions,
+    ) -> Subscription {
+        subscribe_stream(Arc::clone(self), stream, from, options)
     }
 }

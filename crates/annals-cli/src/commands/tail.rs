@@ -3,12 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use annals::{EventStore, Feed, FeedOptions, Filter, Position, SubscribeExt, SubscribeOptions};
+use annals::{EventStore, Filter, SubscribeExt, SubscribeOptions, Version};
 use example_todo::server::shutdown_signal;
 use futures::StreamExt;
 
 use super::dump::FeedArgs;
-use super::{filter, position, PAGE};
+use super::{filter, position, stream_name};
 use crate::output::{event_json, event_row, Output};
 
 /// `annals tail` arguments.
@@ -19,17 +19,13 @@ pub(crate) struct TailArgs {
     /// Stop after this many events (default: follow until interrupted).
     #[arg(long)]
     count: Option<u64>,
-}
-
-/// The position after the last event visible now.
-async fn end_of_feed(store: &Arc<dyn EventStore>, filter: &Filter) -> anyhow::Result<Position> {
-    let options = FeedOptions::to_end(filter.clone()).page_size(10 * PAGE);
-    let mut pages = Feed::new(Arc::clone(store), Position::START, options).pages();
-    let mut end = Position::START;
-    while let Some(page) = pages.next().await {
-        end = page?.next;
-    }
-    Ok(end)
+    /// Follow one stream instead of the feed: its new events, or its events from
+    /// `--from-version` on.
+    #[arg(long, conflicts_with_all = ["category", "from"])]
+    stream: Option<String>,
+    /// With `--stream`: start at this version of the stream (0: its first event).
+    #[arg(long, requires = "stream")]
+    from_version: Option<u64>,
 }
 
 /// `annals tail`: new events (after `--from`, or from now on) as they are written.
@@ -41,20 +37,35 @@ pub(crate) async fn run(
     // Ctrl-C or SIGTERM ends it; the handlers are installed before anything is shown, so
     // a signal sent once the first line is out stops it cleanly.
     let mut interrupted = std::pin::pin!(shutdown_signal());
-    let filter = filter(&args.feed.category)?;
-    let from = match &args.feed.from {
-        Some(p) => position(p)?,
-        None => end_of_feed(store, &filter).await?,
-    };
-    if !out.json {
-        say!("following from position {from} (Ctrl-C to stop)");
-    }
     let options = SubscribeOptions {
-        filter,
         poll_interval: Duration::from_millis(250),
         ..SubscribeOptions::default()
     };
-    let mut feed = store.subscribe(from, options);
+    let mut feed = match &args.stream {
+        Some(name) => {
+            let stream = stream_name(name)?;
+            let from = match args.from_version {
+                Some(v) => Version(v),
+                None => store.stream_version(&stream).await?,
+            };
+            if !out.json {
+                say!("following {stream} from version {from} (Ctrl-C to stop)");
+            }
+            store.subscribe_stream(stream, from, options)
+        }
+        None => {
+            let filter: Filter = filter(&args.feed.category)?;
+            // From the head (one round trip): whatever is written after it is new.
+            let from = match &args.feed.from {
+                Some(p) => position(p)?,
+                None => store.head_position().await?.unwrap_or_default(),
+            };
+            if !out.json {
+                say!("following from position {from} (Ctrl-C to stop)");
+            }
+            store.subscribe(from, SubscribeOptions { filter, ..options })
+        }
+    };
     let mut seen = 0;
     loop {
         if args.count.is_some_and(|n| seen >= n) {

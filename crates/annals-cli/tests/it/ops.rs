@@ -295,6 +295,33 @@ fn commands_on(store: &str) {
     );
     let status = tail.wait().unwrap();
     assert!(status.success());
+
+    // tail --stream follows one stream: from a version of it, then its new events only.
+    let tail = Command::new(env!("CARGO_BIN_EXE_annals"))
+        .args(["tail", "--stream", "Order-1", "--from-version", "1"])
+        .args(["--count", "2", "--json", "--store", store])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for (stream, kind) in [("Invoice-7", "Paid"), ("Order-1", "Shipped")] {
+        succeeded(&run(&["append", stream, "--type", kind, "--data", "{}"]));
+    }
+    let out = tail.wait_with_output().unwrap();
+    let got = json_lines(&succeeded(&out));
+    assert_eq!(
+        got.iter()
+            .map(|e| (
+                e["stream"].as_str().unwrap(),
+                e["version"].as_u64().unwrap(),
+                e["type"].as_str().unwrap()
+            ))
+            .collect::<Vec<_>>(),
+        [("Order-1", 1, "Paid"), ("Order-1", 2, "Shipped")]
+    );
+    let both = run(&["tail", "--stream", "Order-1", "--category", "Order"]);
+    assert!(!both.status.success(), "--stream and --category together");
 }
 
 #[test]

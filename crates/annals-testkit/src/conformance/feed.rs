@@ -315,3 +315,113 @@ pub async fn subscription_resumes_after_a_checkpoint(store: Arc<dyn EventStore>)
         ("Resume-9", "Other-9")
     );
 }
+
+/// A stream subscription delivers the stream's events from the version asked, then each
+/// new one as it is written (by concurrent writers, among other streams' appends), in
+/// version order and each once; it waits on a stream not written yet, delivers only what
+/// its filter matches, goes on after a soft deletion and ends with the error once the
+/// stream is deleted for good.
+pub async fn stream_subscription_catches_up_then_follows_the_stream_alone(
+    store: Arc<dyn EventStore>,
+) {
+    let s = &*store;
+    append(s, &name("SubS-1"), ExpectedVersion::Any, 3).await;
+    append(s, &name("SubS-2"), ExpectedVersion::Any, 2).await;
+    let options = SubscribeOptions {
+        batch_size: 2,
+        ..SubscribeOptions::all()
+    };
+    let mut sub = store.subscribe_stream(name("SubS-1"), Version(1), options.clone());
+    let mut fresh = store.subscribe_stream(name("SubS-new"), Version(0), options.clone());
+    let mut typed = store.subscribe_stream(
+        name("SubS-1"),
+        Version(0),
+        SubscribeOptions {
+            filter: Filter::all().event_types(["Picked"]),
+            ..options.clone()
+        },
+    );
+    let caught_up = collect_until(&mut sub, 2).await;
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                for i in 0..4 {
+                    let (stream, kind) = match (w + i) % 3 {
+                        0 => ("SubS-2", "Other"),
+                        1 => ("SubS-1", "Picked"),
+                        _ => ("SubS-1", "Happened"),
+                    };
+                    store
+                        .append(&name(stream), ExpectedVersion::Any, vec![ev(kind, i)])
+                        .await
+                        .expect("live append");
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let ones = read(s, &name("SubS-1"), ReadStream::forward()).await;
+    let live = collect_until(&mut sub, ones.len() - 3).await;
+    let got: Vec<u64> = caught_up
+        .iter()
+        .chain(&live)
+        .map(|e| e.stream_version)
+        .collect();
+    assert_eq!(got, (1..ones.len() as u64).collect::<Vec<_>>());
+    assert!(caught_up
+        .iter()
+        .chain(&live)
+        .all(|e| e.stream == name("SubS-1")));
+    let picked: Vec<Uuid> = ones
+        .iter()
+        .filter(|e| e.event_type == "Picked")
+        .map(|e| e.event_id)
+        .collect();
+    let typed_got = collect_until(&mut typed, picked.len()).await;
+    assert_eq!(
+        typed_got.iter().map(|e| e.event_id).collect::<Vec<_>>(),
+        picked
+    );
+    // A stream written after the subscription began.
+    append(s, &name("SubS-new"), ExpectedVersion::NoStream, 1).await;
+    let first = collect_until(&mut fresh, 1).await;
+    assert_eq!(
+        (first[0].stream.as_str(), first[0].stream_version),
+        ("SubS-new", 0)
+    );
+    if !s.capabilities().deletion {
+        return;
+    }
+    // Soft-deleted, then written to again: the later events come.
+    let at = ones.len() as u64;
+    s.delete_stream(
+        &name("SubS-1"),
+        ExpectedVersion::Any,
+        annals::DeleteMode::Soft,
+    )
+    .await
+    .unwrap();
+    append(s, &name("SubS-1"), ExpectedVersion::Any, 1).await;
+    let after = collect_until(&mut sub, 1).await;
+    assert_eq!(after[0].stream_version, at);
+    // Deleted for good: the subscription says so and ends.
+    s.delete_stream(
+        &name("SubS-1"),
+        ExpectedVersion::Any,
+        annals::DeleteMode::Hard,
+    )
+    .await
+    .unwrap();
+    match tokio::time::timeout(WAIT, sub.next()).await {
+        Ok(Some(Err(Error::StreamDeleted { stream }))) => assert_eq!(stream, name("SubS-1")),
+        other => panic!("expected the stream deleted for good, got {other:?}"),
+    }
+    assert!(matches!(
+        tokio::time::timeout(WAIT, sub.next()).await,
+        Ok(None)
+    ));
+}
