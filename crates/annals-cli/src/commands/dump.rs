@@ -14,6 +14,9 @@ pub(crate) struct FeedArgs {
     /// Only this category (repeatable).
     #[arg(long)]
     pub category: Vec<String>,
+    /// Only events of this type (repeatable).
+    #[arg(long = "type")]
+    pub event_type: Vec<String>,
     /// Start after this position (as printed by `read`, `dump` or `checkpoint`).
     #[arg(long)]
     pub from: Option<String>,
@@ -25,7 +28,7 @@ pub(crate) async fn run(
     args: FeedArgs,
     out: &Output,
 ) -> anyhow::Result<()> {
-    let filter = filter(&args.category)?;
+    let filter = filter(&args.category, &args.event_type)?;
     let from = match &args.from {
         Some(p) => position(p)?,
         None => Position::START,

@@ -55,10 +55,11 @@ pub(crate) fn json_arg(flag: &str, text: &str) -> anyhow::Result<Vec<u8>> {
     Ok(text.trim().as_bytes().to_vec())
 }
 
-/// A filter of the given categories (all when none), validated.
-pub(crate) fn filter(categories: &[String]) -> anyhow::Result<Filter> {
+/// A filter of the given categories and event types (all when none), validated.
+pub(crate) fn filter(categories: &[String], event_types: &[String]) -> anyhow::Result<Filter> {
     let filter = Filter {
         categories: categories.to_vec(),
+        event_types: event_types.to_vec(),
         ..Filter::default()
     };
     filter.validate()?;

@@ -51,10 +51,11 @@ pub(crate) async fn run(
             if !out.json {
                 say!("following {stream} from version {from} (Ctrl-C to stop)");
             }
-            store.subscribe_stream(stream, from, options)
+            let filter = filter(&[], &args.feed.event_type)?;
+            store.subscribe_stream(stream, from, SubscribeOptions { filter, ..options })
         }
         None => {
-            let filter: Filter = filter(&args.feed.category)?;
+            let filter: Filter = filter(&args.feed.category, &args.feed.event_type)?;
             // From the head (one round trip): whatever is written after it is new.
             let from = match &args.feed.from {
                 Some(p) => position(p)?,

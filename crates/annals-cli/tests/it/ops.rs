@@ -180,6 +180,15 @@ fn commands_on(store: &str) {
     assert_eq!(dump.len(), 3);
     let orders = json_lines(&succeeded(&run(&["dump", "--category", "Order"])));
     assert_eq!(orders.len(), 2);
+    let paid = json_lines(&succeeded(&run(&[
+        "dump", "--type", "Paid", "--type", "Sent",
+    ])));
+    assert_eq!(
+        paid.iter()
+            .map(|e| e["type"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["Paid", "Sent"]
+    );
     let after_first = dump[0]["position"].as_str().unwrap().to_owned();
     let rest = json_lines(&succeeded(&run(&["dump", "--from", &after_first])));
     assert_eq!(rest.len(), 2, "dump --from starts after the position");
@@ -299,13 +308,18 @@ fn commands_on(store: &str) {
     // tail --stream follows one stream: from a version of it, then its new events only.
     let tail = Command::new(env!("CARGO_BIN_EXE_annals"))
         .args(["tail", "--stream", "Order-1", "--from-version", "1"])
+        .args(["--type", "Paid", "--type", "Shipped"])
         .args(["--count", "2", "--json", "--store", store])
         .current_dir(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    for (stream, kind) in [("Invoice-7", "Paid"), ("Order-1", "Shipped")] {
+    for (stream, kind) in [
+        ("Invoice-7", "Paid"),
+        ("Order-1", "Noted"),
+        ("Order-1", "Shipped"),
+    ] {
         succeeded(&run(&["append", stream, "--type", kind, "--data", "{}"]));
     }
     let out = tail.wait_with_output().unwrap();
@@ -318,7 +332,7 @@ fn commands_on(store: &str) {
                 e["type"].as_str().unwrap()
             ))
             .collect::<Vec<_>>(),
-        [("Order-1", 1, "Paid"), ("Order-1", 2, "Shipped")]
+        [("Order-1", 1, "Paid"), ("Order-1", 3, "Shipped")]
     );
     let both = run(&["tail", "--stream", "Order-1", "--category", "Order"]);
     assert!(!both.status.success(), "--stream and --category together");
