@@ -17,6 +17,8 @@ use crate::{backend, NatsStore};
 
 /// The key of the policies in the store's bucket.
 const KEY: &str = "retention";
+/// Room kept in a message for the key-value bucket's subject and headers.
+const MESSAGE_OVERHEAD: usize = 1024;
 /// How long a process reads by the policies it last loaded.
 pub(crate) const FRESH: Duration = Duration::from_millis(250);
 
@@ -112,10 +114,37 @@ impl NatsStore {
             }
             let list: Vec<(&RetentionScope, &Retention)> = map.iter().collect();
             let bytes = serde_json::to_vec(&list).map_err(backend)?;
+            // All policies are one message: past the server's limit no write can take
+            // them (the server would refuse it, and the loop would read it as a race).
+            let limit = self
+                .inner
+                .client
+                .max_payload()
+                .saturating_sub(MESSAGE_OVERHEAD);
+            if bytes.len() > limit {
+                return Err(Error::backend(
+                    "nats",
+                    format!(
+                        "{} retention policies take {} bytes, more than one message to this server holds ({limit}): a NATS store keeps every policy in one value; set policies on categories rather than on this many streams",
+                        map.len(),
+                        bytes.len()
+                    ),
+                ));
+            }
             let cas = async {
+                use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
+                // `None`: another process wrote first (the only refusal retried here).
                 Ok(match &entry {
-                    Some(e) => kv.update(KEY, bytes.into(), e.revision).await.ok(),
-                    None => kv.create(KEY, bytes.into()).await.ok(),
+                    Some(e) => match kv.update(KEY, bytes.into(), e.revision).await {
+                        Ok(revision) => Some(revision),
+                        Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => None,
+                        Err(e) => return Err(backend(e)),
+                    },
+                    None => match kv.create(KEY, bytes.into()).await {
+                        Ok(revision) => Some(revision),
+                        Err(e) if e.kind() == CreateErrorKind::AlreadyExists => None,
+                        Err(e) => return Err(backend(e)),
+                    },
                 })
             };
             let written = self.kv_write("the retention policy", cas).await?;

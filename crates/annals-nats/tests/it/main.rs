@@ -1075,6 +1075,54 @@ async fn an_event_larger_than_the_server_takes_is_refused_before_anything_is_sen
     assert_eq!(written.version, Version(1));
 }
 
+/// A NATS store keeps every retention policy in one value: once they would not fit in one
+/// message to the server, setting another is refused at once, not transient, saying why
+/// (it was read as a race lost a hundred times over, then "retry"), and the policies set
+/// before are kept as they were.
+#[tokio::test]
+async fn retention_policies_past_one_message_are_refused_saying_why() {
+    use annals::{EventStore, Retention, RetentionScope, StreamName};
+    let server =
+        nats::NatsServer::start_with("max_payload: 4096").unwrap_or_else(|e| panic!("{e}"));
+    let store = NatsStore::connect(NatsConfig::new(&server.url).stream("small"))
+        .await
+        .unwrap();
+    let scope = |i: usize| RetentionScope::Stream(StreamName::new(format!("Kept-{i}")).unwrap());
+    let mut set = 0;
+    let refused = loop {
+        assert!(set < 1000, "4 KiB never filled");
+        match store
+            .set_retention(&scope(set), Retention::max_count(5))
+            .await
+        {
+            Ok(()) => set += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(set > 10, "only {set} policies fit");
+    assert!(!refused.is_transient(), "{refused:?}");
+    let shown = annals::error_chain(&refused);
+    assert!(
+        shown.contains(&format!("{} retention policies take", set + 1))
+            && shown.contains("one value"),
+        "{shown}"
+    );
+    let kept = store.retention().await.unwrap();
+    assert_eq!(kept.len(), set);
+    assert!(kept
+        .iter()
+        .all(|(s, r)| *r == Retention::max_count(5) && *s != scope(set)));
+    // Removing one makes room again.
+    store
+        .set_retention(&scope(0), Retention::default())
+        .await
+        .unwrap();
+    store
+        .set_retention(&scope(set), Retention::max_count(5))
+        .await
+        .unwrap();
+}
+
 /// A server (here: an account) without JetStream is refused saying what to enable.
 #[tokio::test]
 async fn a_server_without_jetstream_is_refused_saying_what_to_enable() {
