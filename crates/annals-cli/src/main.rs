@@ -28,12 +28,13 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "annals", version, about)]
 struct Cli {
-    /// The store: `sqlite://PATH` (created if missing; `?synchronous=normal` trades the
-    /// last commits on power loss for speed; `?mode=ro` only reads an existing store),
+    /// The store: `sqlite://PATH` (`?synchronous=normal` trades the last commits on power
+    /// loss for speed; `?mode=ro` only reads an existing store),
     /// `postgres://USER@HOST:PORT/DB`
     /// (`?annals_schema=NAME`, default `annals`; `&sslmode=...&sslrootcert=PATH` for TLS),
     /// `nats://HOST:PORT` (`?stream=NAME&replicas=N`; `&tls_ca=PATH` for TLS) or
-    /// `memory://` (an empty in-process store).
+    /// `memory://` (an empty in-process store). Commands that write create the store when
+    /// missing; commands that only read refuse one that does not exist.
     #[arg(
         long,
         global = true,
