@@ -107,4 +107,35 @@ mod tests {
         assert_eq!(pretty("\"just text\""), "\"just text\"");
         assert_eq!(pretty(" 42 "), "42");
     }
+
+    fn value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        use serde_json::Value;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            ".*".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map(".*", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Any JSON serde_json writes (strings with quotes, backslashes, escapes and any
+        /// character among them) is laid out as serde_json lays it out, and back.
+        #[test]
+        fn layouts_agree_with_serde_json(v in value()) {
+            let compact = serde_json::to_string(&v).unwrap();
+            let laid_out = pretty(&compact);
+            proptest::prop_assert_eq!(&laid_out, &serde_json::to_string_pretty(&v).unwrap());
+            proptest::prop_assert_eq!(one_line(&laid_out), compact);
+        }
+    }
 }
