@@ -127,6 +127,14 @@ pub enum Error {
         /// What is wrong.
         reason: InvalidEvent,
     },
+    /// An append to a system stream (an id starting with `$`, such as the
+    /// `{category}-$deleted` stream where the store records deletions and truncations):
+    /// only the store writes those; nothing was written.
+    #[error("stream {stream} is reserved: ids starting with '$' name the store's own streams (deletions and truncations are recorded in {{category}}-$deleted), which only the store writes; nothing was written")]
+    ReservedStream {
+        /// The stream.
+        stream: StreamName,
+    },
     /// The stream was deleted for good (a tombstone): it can never be written or read
     /// again.
     #[error("stream {stream} was deleted for good (hard delete): it cannot be written or read again; use another name")]

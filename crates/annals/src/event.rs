@@ -164,7 +164,7 @@ impl RecordedEvent {
 /// Checks events to import (see `EventStore::import`) as [`validate_batch`] checks a batch.
 pub fn validate_import(events: &[RecordedEvent], max_event_bytes: usize) -> Result<(), Error> {
     for e in events {
-        validate_batch(
+        validate_events(
             &e.stream,
             std::slice::from_ref(&e.to_data()),
             max_event_bytes,
@@ -176,9 +176,25 @@ pub fn validate_import(events: &[RecordedEvent], max_event_bytes: usize) -> Resu
 /// Batches of at most this many events look for a repeated id by scanning.
 const SCAN_IDS: usize = 16;
 
-/// Checks a batch before anything is written: non-empty, valid event types, sizes within
-/// `max_event_bytes`, no event id twice. Every store calls this first.
+/// Checks a batch before anything is written: not to a system stream (an id starting with
+/// `$`), non-empty, valid event types, sizes within `max_event_bytes`, no event id twice.
+/// Every store calls this first.
 pub fn validate_batch(
+    stream: &StreamName,
+    events: &[EventData],
+    max_event_bytes: usize,
+) -> Result<(), Error> {
+    if stream.id().starts_with('$') {
+        return Err(Error::ReservedStream {
+            stream: stream.clone(),
+        });
+    }
+    validate_events(stream, events, max_event_bytes)
+}
+
+/// [`validate_batch`] without the system-stream check (imports copy system streams' events
+/// as their source recorded them).
+fn validate_events(
     stream: &StreamName,
     events: &[EventData],
     max_event_bytes: usize,

@@ -460,6 +460,40 @@ pub async fn invalid_input_is_refused_and_nothing_written(store: Arc<dyn EventSt
     for bad in ["nodash", "-id", "Cat-", "Ca t-1", "Cat-a b"] {
         assert!(StreamName::new(bad).is_err(), "{bad:?} must be refused");
     }
+    // The store's own streams (a forged deletion record would be replayed as a deletion
+    // by copies and read models), alone or in a multi-stream append.
+    let forged = EventData::new(
+        annals::STREAM_DELETED,
+        br#"{"stream":"Bad-1","version":0,"hard":true}"#.to_vec(),
+    );
+    for reserved in ["Bad-$deleted", "Bad-$any"] {
+        let reserved = name(reserved);
+        match s
+            .append(&reserved, ExpectedVersion::Any, vec![forged.clone()])
+            .await
+        {
+            Err(Error::ReservedStream { stream }) => assert_eq!(stream, reserved),
+            other => panic!("expected {reserved} refused as reserved, got {other:?}"),
+        }
+        if s.capabilities().multi_stream_append {
+            let appends = vec![
+                StreamAppend {
+                    stream: name("Bad-2"),
+                    expected: ExpectedVersion::Any,
+                    events: vec![ev("Ok", 0)],
+                },
+                StreamAppend {
+                    stream: reserved.clone(),
+                    expected: ExpectedVersion::Any,
+                    events: vec![ev("Ok", 1)],
+                },
+            ];
+            assert!(matches!(
+                s.append_many(appends).await,
+                Err(Error::ReservedStream { .. })
+            ));
+        }
+    }
     let bad_filter = Filter::category("not-a-category");
     assert!(matches!(
         s.read_all(Position::START, &bad_filter, 10).await,
