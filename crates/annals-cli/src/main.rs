@@ -33,8 +33,8 @@ struct Cli {
     /// `postgres://USER@HOST:PORT/DB`
     /// (`?annals_schema=NAME`, default `annals`; `&sslmode=...&sslrootcert=PATH` for TLS),
     /// `nats://HOST:PORT` (`?stream=NAME&replicas=N`; `&tls_ca=PATH` for TLS) or
-    /// `memory://` (an empty in-process store). Commands that write create the store when
-    /// missing; commands that only read refuse one that does not exist.
+    /// `memory://` (an empty in-process store). Commands that write events create the
+    /// store when missing; the others refuse one that does not exist.
     #[arg(
         long,
         global = true,
@@ -108,8 +108,9 @@ enum Command {
 }
 
 impl Command {
-    /// Whether the command only reads its store (a SQLite file it cannot write is then
-    /// opened read-only).
+    /// What the command does with its store: only reads it (a SQLite file it cannot write
+    /// is then opened read-only), changes one that must exist, or writes events (and
+    /// creates the store when missing).
     fn access(&self) -> store_url::Access {
         use commands::retention::RetentionCommand;
         use commands::{checkpoint::CheckpointCommand, parked::ParkedCommand};
@@ -121,7 +122,10 @@ impl Command {
             | Command::Checkpoint(CheckpointCommand::List | CheckpointCommand::Show { .. })
             | Command::Parked(ParkedCommand::List { .. })
             | Command::Retention(RetentionCommand::Show) => store_url::Access::Read,
-            _ => store_url::Access::Write,
+            Command::Init | Command::Append(_) | Command::Serve(_) | Command::Bench(_) => {
+                store_url::Access::Write
+            }
+            _ => store_url::Access::Existing,
         }
     }
 }

@@ -398,19 +398,33 @@ fn nats(url: &url::Url, seeds: &[String]) -> Result<NatsConfig, String> {
 /// What a command does with its store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Access {
-    /// It only reads: a SQLite file it cannot write is opened read-only (a backup on a
-    /// read-only mount, another user's file).
+    /// It only reads: a store that does not exist is refused (a mistyped name would read
+    /// as an empty store), a SQLite file it cannot write is opened read-only (a backup on
+    /// a read-only mount, another user's file).
     Read,
-    /// It writes, or may.
+    /// It changes a store that must exist already (deletes, moves a checkpoint, sets a
+    /// policy...): one that does not exist is refused rather than created.
+    Existing,
+    /// It writes events, or may: a store that does not exist is created.
     Write,
 }
 
-/// Opens a SQLite store; for [`Access::Read`], read-only when the file cannot be written,
-/// and refused when there is no file (a mistyped path would read as an empty store).
+impl Access {
+    /// Whether a missing store is refused (not created).
+    fn needs_store(self) -> bool {
+        self != Access::Write
+    }
+}
+
+/// What a refusal of a missing store says to do.
+const CREATE_ONE: &str = "this command creates none; `annals init` creates one";
+
+/// Opens a SQLite store; for [`Access::Read`], read-only when the file cannot be written;
+/// unless [`Access::Write`], refused when there is no file.
 fn open_sqlite(config: &SqliteConfig, access: Access) -> anyhow::Result<SqliteStore> {
-    if access == Access::Read && matches!(config.path.try_exists(), Ok(false)) {
+    if access.needs_store() && matches!(config.path.try_exists(), Ok(false)) {
         anyhow::bail!(
-            "{}: no such file: there is no store to read (reading commands create none; `annals init` creates one)",
+            "{}: no such file: there is no store here ({CREATE_ONE})",
             config.path.display()
         );
     }
@@ -423,13 +437,13 @@ fn open_sqlite(config: &SqliteConfig, access: Access) -> anyhow::Result<SqliteSt
     }
 }
 
-/// Connects to a PostgreSQL store, creating or migrating its schema; for [`Access::Read`],
-/// a schema holding no store is refused instead of created.
+/// Connects to a PostgreSQL store, creating or migrating its schema; unless
+/// [`Access::Write`], a schema holding no store is refused instead of created.
 async fn open_postgres(config: &PgConfig, access: Access) -> anyhow::Result<PgStore> {
     let store = PgStore::connect(config.clone()).await?;
-    if access == Access::Read && store.schema_version().await? == 0 {
+    if access.needs_store() && store.schema_version().await? == 0 {
         anyhow::bail!(
-            "schema {:?} at {} holds no store: there is none to read (reading commands create none; `annals init` creates one; ?annals_schema= names another schema)",
+            "schema {:?} at {} holds no store ({CREATE_ONE}; ?annals_schema= names another schema)",
             config.schema,
             config.target()
         );
@@ -464,8 +478,9 @@ pub(crate) struct Opened {
 
 impl Opened {
     /// Opens the store `url` names; a PostgreSQL schema is created or migrated on first use.
-    /// With [`Access::Read`], a SQLite file this process cannot write is opened read-only,
-    /// and a store that does not exist (file, schema, stream) is refused, not created.
+    /// With [`Access::Read`], a SQLite file this process cannot write is opened read-only;
+    /// unless [`Access::Write`], a store that does not exist (file, schema, stream) is
+    /// refused, not created.
     pub(crate) async fn open(url: &StoreUrl, access: Access) -> anyhow::Result<Self> {
         let (events, backend): (Arc<dyn EventStore>, Backend) = match &url.kind {
             StoreKind::Memory => (
@@ -481,10 +496,10 @@ impl Opened {
                 (Arc::new(store.clone()), Backend::Postgres(store))
             }
             StoreKind::Nats(config) => {
-                // A reading command creates no stream (a mistyped name would read empty).
-                let config = match access {
-                    Access::Read => config.clone().existing_only(),
-                    Access::Write => config.clone(),
+                // Only commands that write events create the stream.
+                let config = match access.needs_store() {
+                    true => config.clone().existing_only(),
+                    false => config.clone(),
                 };
                 let store = NatsStore::connect(config).await?;
                 (Arc::new(store.clone()), Backend::Nats(store))

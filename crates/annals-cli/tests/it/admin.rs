@@ -339,6 +339,10 @@ fn html_unescape(s: &str) -> String {
 fn the_admin_pages_are_refused_beyond_loopback_without_a_token() {
     let dir = tempfile::tempdir().unwrap();
     let store = format!("sqlite://{}", dir.path().join("a.db").display());
+    // The admin pages open an existing store (they create none).
+    let missing = Admin::start(&store, "127.0.0.1:0").err().expect("refused");
+    assert!(missing.contains("no such file"), "{missing}");
+    crate::succeeded(&crate::ops::on(dir.path(), &store, &["init"]));
     let refused = Admin::start(&store, "0.0.0.0:0").err().expect("refused");
     assert!(refused.contains("needs --token"), "{refused}");
 }

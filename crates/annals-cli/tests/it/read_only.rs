@@ -324,14 +324,16 @@ async fn a_read_only_postgres_role_reads_and_browses_the_admin_pages() {
     }
 }
 
-/// The reading commands refuse a store that is not there (a mistyped file, schema or
-/// stream name) instead of creating an empty one and reading nothing from it; a writing
-/// command creates it, after which they read it.
+/// The reading commands, and those that change a store that must exist (delete, truncate,
+/// retention, checkpoints, scavenge), refuse a store that is not there (a mistyped file,
+/// schema or stream name) instead of creating an empty one; a command that writes events
+/// creates it, after which they read it.
 #[tokio::test]
-async fn reading_commands_refuse_a_store_that_does_not_exist_and_create_nothing() {
+async fn commands_that_add_no_events_refuse_a_store_that_does_not_exist_and_create_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let reading: [&[&str]; 8] = [
+    // The reading commands, and those that change a store that must exist.
+    let reading: [&[&str]; 13] = [
         &["read", "Cart-1"],
         &["dump"],
         &["tail"],
@@ -340,6 +342,11 @@ async fn reading_commands_refuse_a_store_that_does_not_exist_and_create_nothing(
         &["parked", "list"],
         &["retention", "show"],
         &["sync", "--to", "memory://"],
+        &["delete", "Cart-1"],
+        &["truncate", "Cart-1", "--before", "1"],
+        &["retention", "set", "Cart", "--max-count", "5"],
+        &["checkpoint", "set", "g", "0"],
+        &["scavenge"],
     ];
     let pg = annals_testkit::postgres::shared();
     let (pg_url, pg_config) = crate::ops::pg_target("absent");
