@@ -194,6 +194,13 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             }
             (command, _) => command,
         };
+        // Arguments that cannot be served are refused before the store is opened (a
+        // store the command would create is then not created).
+        match &command {
+            Command::Serve(args) => args.check()?,
+            Command::Admin(args) => args.check()?,
+            _ => {}
+        }
         let access = command.access();
         let opened = Opened::open(&url, access).await?;
         let read_model = ReadModelDb::choose(&opened, read_model_url.as_ref(), access).await?;

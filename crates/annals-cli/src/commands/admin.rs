@@ -49,6 +49,18 @@ pub(crate) async fn options(
     })
 }
 
+impl AdminArgs {
+    /// Refuses arguments that cannot be served, before the store is opened.
+    pub(crate) fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.listen.ip().is_loopback() || self.token.as_deref().is_some_and(|t| !t.is_empty()),
+            "--listen {}: serving the admin pages beyond this machine needs --token (or ANNALS_ADMIN_TOKEN)",
+            self.listen
+        );
+        Ok(())
+    }
+}
+
 /// Serves the admin pages until Ctrl-C or SIGTERM.
 pub(crate) async fn run(
     opened: Opened,
@@ -56,11 +68,7 @@ pub(crate) async fn run(
     coordination: Coordination,
     args: AdminArgs,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.listen.ip().is_loopback() || args.token.as_deref().is_some_and(|t| !t.is_empty()),
-        "--listen {}: serving the admin pages beyond this machine needs --token (or ANNALS_ADMIN_TOKEN)",
-        args.listen
-    );
+    args.check()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listen on {}", args.listen))?;

@@ -51,6 +51,28 @@ pub(crate) struct ServeArgs {
     pub no_read_model: bool,
 }
 
+impl ServeArgs {
+    /// Refuses arguments that cannot be served, before the store is opened (or created):
+    /// zero timeouts, and `--admin` on an address that is not loopback without a token
+    /// (an address given by host name is checked again once bound).
+    pub(crate) fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.header_timeout.is_zero() && !self.body_timeout.is_zero(),
+            "--header-timeout and --body-timeout must be more than zero"
+        );
+        let open = self
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| !a.ip().is_loopback());
+        anyhow::ensure!(
+            !(self.admin && open && self.admin_token.as_deref().is_none_or(str::is_empty)),
+            "--admin on {}: serving the admin pages beyond this machine needs --admin-token (or ANNALS_ADMIN_TOKEN)",
+            self.listen
+        );
+        Ok(())
+    }
+}
+
 /// Serves until Ctrl-C or SIGTERM, then lets the read-model pipeline catch up (unless all
 /// it has left is retrying failing streams) and stops it (committing its checkpoint).
 pub(crate) async fn run(
@@ -59,10 +81,7 @@ pub(crate) async fn run(
     coordination: super::admin::Coordination,
     args: ServeArgs,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        !args.header_timeout.is_zero() && !args.body_timeout.is_zero(),
-        "--header-timeout and --body-timeout must be more than zero"
-    );
+    args.check()?;
     let metrics = PrometheusBuilder::new()
         // Histograms with buckets (not summaries): aggregated across instances and
         // queried with histogram_quantile, as Prometheus users do.

@@ -345,6 +345,30 @@ fn the_admin_pages_are_refused_beyond_loopback_without_a_token() {
     crate::succeeded(&crate::ops::on(dir.path(), &store, &["init"]));
     let refused = Admin::start(&store, "0.0.0.0:0").err().expect("refused");
     assert!(refused.contains("needs --token"), "{refused}");
+    // `serve` creates its store, but not for arguments it refuses: --admin beyond
+    // loopback without a token, or a zero timeout.
+    let fresh = format!("sqlite://{}", dir.path().join("fresh.db").display());
+    for args in [
+        &["serve", "--admin", "--listen", "0.0.0.0:0"][..],
+        &["serve", "--header-timeout", "0s"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_annals"))
+            .args(args)
+            .args(["--store", &fresh])
+            .env_remove("ANNALS_ADMIN_TOKEN")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} was served");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            said.contains("needs --admin-token") || said.contains("more than zero"),
+            "{said}"
+        );
+    }
+    assert!(
+        !dir.path().join("fresh.db").exists(),
+        "a refused serve created its store"
+    );
 }
 
 /// POSTs a form to the admin server: the status.
