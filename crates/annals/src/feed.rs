@@ -91,6 +91,11 @@ pub struct FeedOptions {
     pub attempts: u32,
 }
 
+/// The delays between attempts of a failing read of the feed or of a followed stream.
+pub(crate) fn read_retry() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
+}
+
 impl FeedOptions {
     /// Reads to the head as it is when reached, then ends.
     pub fn to_end(filter: Filter) -> Self {
@@ -98,7 +103,7 @@ impl FeedOptions {
             filter,
             page_size: 1000,
             follow: None,
-            retry: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+            retry: read_retry(),
             attempts: 5,
         }
     }
@@ -318,23 +323,38 @@ impl<S: EventStore + ?Sized> State<S> {
             .follow
             .unwrap_or(Duration::from_millis(500));
         let wake = Arc::clone(&self.feed.wake);
-        let closed = match self.changes.as_mut() {
-            Some(rx) => tokio::select! {
-                r = rx.changed() => r.is_err(),
-                _ = wake.notified() => false,
-                _ = tokio::time::sleep(poll) => false,
-            },
-            None => {
-                tokio::select! {
-                    _ = wake.notified() => {}
-                    _ = tokio::time::sleep(poll) => {}
-                }
-                false
-            }
-        };
-        if closed {
-            // The store's signal is gone: poll from now on.
-            self.changes = None;
+        wait_for_change(&mut self.changes, poll, Some(&wake)).await;
+    }
+}
+
+/// Waits until the store signals a change (`changes`), `wake` is notified, or `poll`
+/// passes. A signal that is gone (its store dropped) is set to `None`: polling from then on.
+pub(crate) async fn wait_for_change(
+    changes: &mut Option<tokio::sync::watch::Receiver<()>>,
+    poll: Duration,
+    wake: Option<&Notify>,
+) {
+    let woken = async {
+        match wake {
+            Some(wake) => wake.notified().await,
+            None => std::future::pending().await,
         }
+    };
+    let closed = match changes.as_mut() {
+        Some(rx) => tokio::select! {
+            r = rx.changed() => r.is_err(),
+            _ = woken => false,
+            _ = tokio::time::sleep(poll) => false,
+        },
+        None => {
+            tokio::select! {
+                _ = woken => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
+            false
+        }
+    };
+    if closed {
+        *changes = None;
     }
 }

@@ -13,11 +13,10 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 
-use crate::feed::{Backoff, Feed, FeedOptions};
+use crate::feed::{read_retry, wait_for_change, Feed, FeedOptions};
 use crate::store::{EventStore, ReadStream, SubscribeOptions};
 use crate::{Error, Position, RecordedEvent, Result, StreamName, Version};
 
@@ -103,7 +102,7 @@ impl<S: EventStore + ?Sized> StreamFollower<S> {
     /// Reads the next events into the buffer (none when the filter takes none of them),
     /// waiting at the end of the stream until there are some.
     async fn read(&mut self) -> Result<()> {
-        let retry = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let retry = read_retry();
         let mut delays = retry.delays();
         let mut attempt = 0u32;
         loop {
@@ -122,7 +121,7 @@ impl<S: EventStore + ?Sized> StreamFollower<S> {
                         return Ok(());
                     }
                     None => {
-                        self.wait().await;
+                        wait_for_change(&mut self.changes, self.options.poll_interval, None).await;
                         (attempt, delays) = (0, retry.delays());
                     }
                 },
@@ -141,25 +140,6 @@ impl<S: EventStore + ?Sized> StreamFollower<S> {
                 }
                 Err(e) => return Err(e),
             }
-        }
-    }
-
-    /// Until the store signals a change, or the poll interval passes.
-    async fn wait(&mut self) {
-        let poll = self.options.poll_interval;
-        let closed = match self.changes.as_mut() {
-            Some(rx) => tokio::select! {
-                r = rx.changed() => r.is_err(),
-                _ = tokio::time::sleep(poll) => false,
-            },
-            None => {
-                tokio::time::sleep(poll).await;
-                false
-            }
-        };
-        if closed {
-            // The store's signal is gone: poll from now on.
-            self.changes = None;
         }
     }
 }
