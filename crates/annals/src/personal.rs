@@ -23,7 +23,7 @@ use base64::Engine as _;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use serde_json::Value;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -194,39 +194,119 @@ pub(crate) fn mentions(bytes: &[u8], kind: &str) -> bool {
     bytes.windows(needle.len()).any(|w| w == needle)
 }
 
+/// The members of a JSON object in the order written, each value as written.
+struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Members<'de>, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry::<String, &'de RawValue>()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
+}
+
+impl<'a> Members<'a> {
+    /// The value of `key` (the last one, when written twice).
+    fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+
+    /// The string value of `key`.
+    fn string(&self, key: &str) -> Option<String> {
+        serde_json::from_str(self.get(key)?.get()).ok()
+    }
+}
+
+type Replace<'r, 'a> =
+    dyn FnMut(&Members<'a>, &mut String) -> std::result::Result<bool, String> + 'r;
+
+/// Writes the JSON value `raw` to `out` as it is written, except for the objects
+/// `{kind: {...}}` (the marker's members given) that `replace` writes itself (it says so by
+/// returning true). Only objects and arrays whose text mentions `kind` are taken apart, and
+/// those are written without insignificant whitespace; numbers, strings and member order
+/// are kept as written (a `serde_json::Value` would round numbers past 64 bits and sort
+/// members).
+fn rewrite<'a>(
+    raw: &'a RawValue,
+    kind: &str,
+    out: &mut String,
+    replace: &mut Replace<'_, 'a>,
+) -> std::result::Result<(), String> {
+    let text = raw.get();
+    let invalid = |e: serde_json::Error| e.to_string();
+    match text.as_bytes().first() {
+        Some(b'{') if text.contains(kind) => {
+            let members: Members<'a> = serde_json::from_str(text).map_err(invalid)?;
+            if let [(key, inner)] = members.0.as_slice() {
+                if key == kind && inner.get().starts_with('{') {
+                    let inner: Members<'a> = serde_json::from_str(inner.get()).map_err(invalid)?;
+                    if replace(&inner, out)? {
+                        return Ok(());
+                    }
+                }
+            }
+            out.push('{');
+            for (i, (key, value)) in members.0.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::to_string(key).map_err(invalid)?);
+                out.push(':');
+                rewrite(value, kind, out, replace)?;
+            }
+            out.push('}');
+        }
+        Some(b'[') if text.contains(kind) => {
+            let items: Vec<&'a RawValue> = serde_json::from_str(text).map_err(invalid)?;
+            out.push('[');
+            for (i, item) in items.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                rewrite(item, kind, out, replace)?;
+            }
+            out.push(']');
+        }
+        _ => out.push_str(text),
+    }
+    Ok(())
+}
+
+/// `bytes` as one JSON value, when they are one.
+fn parse(bytes: &[u8]) -> Option<&RawValue> {
+    serde_json::from_slice(bytes).ok()
+}
+
 /// The subjects of the `$personal` (`encrypting`) or `$encrypted` objects in `bytes`, when
 /// it is JSON holding any.
-pub(crate) fn subjects_in(bytes: &[u8], encrypting: bool) -> Option<(Value, BTreeSet<String>)> {
+pub(crate) fn subjects_in(bytes: &[u8], encrypting: bool) -> Option<BTreeSet<String>> {
     let kind = if encrypting { PERSONAL } else { ENCRYPTED };
     if !mentions(bytes, kind) {
         return None;
     }
-    let value: Value = serde_json::from_slice(bytes).ok()?;
+    let raw = parse(bytes)?;
     let mut subjects = BTreeSet::new();
-    walk(&value, &mut |object| {
-        if let Some(Value::Object(inner)) = single(object, kind) {
-            if let Some(Value::String(s)) = inner.get("subject") {
-                subjects.insert(s.clone());
-            }
-        }
-    });
-    (!subjects.is_empty()).then_some((value, subjects))
-}
-
-fn walk(value: &Value, visit: &mut impl FnMut(&serde_json::Map<String, Value>)) {
-    match value {
-        Value::Object(map) => {
-            visit(map);
-            map.values().for_each(|v| walk(v, visit));
-        }
-        Value::Array(items) => items.iter().for_each(|v| walk(v, visit)),
-        _ => {}
-    }
-}
-
-/// The value under `key` when `object` is `{key: value}` and nothing else.
-fn single<'a>(object: &'a serde_json::Map<String, Value>, key: &str) -> Option<&'a Value> {
-    (object.len() == 1).then(|| object.get(key)).flatten()
+    rewrite(raw, kind, &mut String::new(), &mut |inner, _| {
+        subjects.extend(inner.string("subject"));
+        Ok(false)
+    })
+    .ok()?;
+    (!subjects.is_empty()).then_some(subjects)
 }
 
 fn nonce(event_id: Uuid, index: u32, subject: &str) -> [u8; 24] {
@@ -241,109 +321,88 @@ fn nonce(event_id: Uuid, index: u32, subject: &str) -> [u8; 24] {
     out
 }
 
-/// `value` with every `$personal` object encrypted with its subject's key in `keys`.
+/// `bytes` (JSON) with every `$personal` object encrypted with its subject's key in `keys`;
+/// the rest as written.
 pub(crate) fn encrypt(
-    value: &mut Value,
+    bytes: &[u8],
     event_id: Uuid,
     keys: &HashMap<String, SubjectKey>,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<Vec<u8>, String> {
+    let raw = parse(bytes).ok_or("not JSON")?;
     let mut index = 0u32;
-    encrypt_in(value, event_id, keys, &mut index)
+    let mut out = String::with_capacity(bytes.len() + 64);
+    rewrite(raw, PERSONAL, &mut out, &mut |inner, out| {
+        let Some(subject) = inner.string("subject") else {
+            return Ok(false);
+        };
+        // The value's text as written is the plaintext.
+        let plain = inner.get("value").map_or("null", RawValue::get);
+        let key = keys
+            .get(&subject)
+            .ok_or_else(|| format!("no key for subject {subject:?}"))?;
+        let n = nonce(event_id, index, &subject);
+        index += 1;
+        let sealed = XChaCha20Poly1305::new(&(*key).into())
+            .encrypt(
+                &XNonce::from(n),
+                Payload {
+                    msg: plain.as_bytes(),
+                    aad: subject.as_bytes(),
+                },
+            )
+            .map_err(|_| "encryption failed".to_owned())?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let sealed = serde_json::json!({ ENCRYPTED: {
+            "subject": subject,
+            "nonce": b64.encode(n),
+            "data": b64.encode(sealed),
+        }});
+        out.push_str(&sealed.to_string());
+        Ok(true)
+    })?;
+    Ok(out.into_bytes())
 }
 
-fn encrypt_in(
-    value: &mut Value,
-    event_id: Uuid,
-    keys: &HashMap<String, SubjectKey>,
-    index: &mut u32,
-) -> std::result::Result<(), String> {
-    match value {
-        Value::Object(map) => {
-            let personal = single(map, PERSONAL).and_then(|inner| {
-                let subject = inner.get("subject")?.as_str()?.to_owned();
-                Some((subject, inner.get("value").cloned().unwrap_or(Value::Null)))
-            });
-            if let Some((subject, plain)) = personal {
-                let key = keys
-                    .get(&subject)
-                    .ok_or_else(|| format!("no key for subject {subject:?}"))?;
-                let n = nonce(event_id, *index, &subject);
-                *index += 1;
-                let plaintext = serde_json::to_vec(&plain).map_err(|e| e.to_string())?;
-                let cipher = XChaCha20Poly1305::new(&(*key).into());
-                let sealed = cipher
-                    .encrypt(
-                        &XNonce::from(n),
-                        Payload {
-                            msg: &plaintext,
-                            aad: subject.as_bytes(),
-                        },
-                    )
-                    .map_err(|_| "encryption failed".to_owned())?;
-                let b64 = base64::engine::general_purpose::STANDARD;
-                *value = serde_json::json!({ ENCRYPTED: {
-                    "subject": subject,
-                    "nonce": b64.encode(n),
-                    "data": b64.encode(sealed),
-                }});
-                return Ok(());
+/// `bytes` (JSON) with every `$encrypted` object decrypted, or marked forgotten when its
+/// subject has no key in `keys` (or the key is not the one it was sealed with); the rest as
+/// written. `None` when `bytes` are not JSON.
+pub(crate) fn decrypt(bytes: &[u8], keys: &HashMap<String, SubjectKey>) -> Option<Vec<u8>> {
+    let raw = parse(bytes)?;
+    let mut out = String::with_capacity(bytes.len());
+    rewrite(raw, ENCRYPTED, &mut out, &mut |inner, out| {
+        let subject = inner.string("subject").unwrap_or_default();
+        let opened = keys.get(&subject).and_then(|key| {
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let n: [u8; 24] = b64.decode(inner.string("nonce")?).ok()?.try_into().ok()?;
+            let sealed = b64.decode(inner.string("data")?).ok()?;
+            let plain = XChaCha20Poly1305::new(&(*key).into())
+                .decrypt(
+                    &XNonce::from(n),
+                    Payload {
+                        msg: &sealed,
+                        aad: subject.as_bytes(),
+                    },
+                )
+                .ok()?;
+            // One JSON value, kept as it was written.
+            let plain = String::from_utf8(plain).ok()?;
+            serde_json::from_str::<serde::de::IgnoredAny>(&plain).ok()?;
+            Some(plain)
+        });
+        let subject = serde_json::to_string(&subject).map_err(|e| e.to_string())?;
+        match opened {
+            Some(plain) => {
+                let plain = plain.trim();
+                out.push_str(&format!(
+                    r#"{{"{PERSONAL}":{{"subject":{subject},"value":{plain}}}}}"#
+                ));
             }
-            for v in map.values_mut() {
-                encrypt_in(v, event_id, keys, index)?;
-            }
-            Ok(())
+            None => out.push_str(&format!(r#"{{"{FORGOTTEN}":{{"subject":{subject}}}}}"#)),
         }
-        Value::Array(items) => items
-            .iter_mut()
-            .try_for_each(|v| encrypt_in(v, event_id, keys, index)),
-        _ => Ok(()),
-    }
-}
-
-/// `value` with every `$encrypted` object decrypted, or marked forgotten when its subject
-/// has no key in `keys` (or the key is not the one it was sealed with).
-pub(crate) fn decrypt(value: &mut Value, keys: &HashMap<String, SubjectKey>) {
-    match value {
-        Value::Object(map) => {
-            if let Some(Value::Object(inner)) = single(map, ENCRYPTED) {
-                let subject = inner
-                    .get("subject")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
-                let opened = keys.get(&subject).and_then(|key| {
-                    let b64 = base64::engine::general_purpose::STANDARD;
-                    let n: [u8; 24] = b64
-                        .decode(inner.get("nonce")?.as_str()?)
-                        .ok()?
-                        .try_into()
-                        .ok()?;
-                    let sealed = b64.decode(inner.get("data")?.as_str()?).ok()?;
-                    let cipher = XChaCha20Poly1305::new(&(*key).into());
-                    let plain = cipher
-                        .decrypt(
-                            &XNonce::from(n),
-                            Payload {
-                                msg: &sealed,
-                                aad: subject.as_bytes(),
-                            },
-                        )
-                        .ok()?;
-                    serde_json::from_slice::<Value>(&plain).ok()
-                });
-                *value = match opened {
-                    Some(plain) => {
-                        serde_json::json!({ PERSONAL: { "subject": subject, "value": plain } })
-                    }
-                    None => serde_json::json!({ FORGOTTEN: { "subject": subject } }),
-                };
-                return;
-            }
-            map.values_mut().for_each(|v| decrypt(v, keys));
-        }
-        Value::Array(items) => items.iter_mut().for_each(|v| decrypt(v, keys)),
-        _ => {}
-    }
+        Ok(true)
+    })
+    .ok()?;
+    Some(out.into_bytes())
 }
 
 #[cfg(test)]
@@ -362,31 +421,31 @@ mod tests {
             id: 7,
             email: Personal::new("c-7", "ann@example.com".to_owned()),
         };
-        let mut value = serde_json::to_value(&customer).unwrap();
+        let body = serde_json::to_vec(&customer).unwrap();
+        assert_eq!(subjects_in(&body, true), Some(["c-7".to_owned()].into()));
         let keys: HashMap<String, SubjectKey> = [("c-7".to_owned(), new_key())].into();
         let id = Uuid::now_v7();
-        encrypt(&mut value, id, &keys).unwrap();
-        let text = value.to_string();
+        let sealed = encrypt(&body, id, &keys).unwrap();
+        let text = String::from_utf8(sealed.clone()).unwrap();
         assert!(!text.contains("ann@example.com"), "{text}");
         assert!(
             text.contains("$encrypted") && text.contains("c-7"),
             "{text}"
         );
-        let mut again = serde_json::to_value(&customer).unwrap();
-        encrypt(&mut again, id, &keys).unwrap();
-        assert_eq!(again, value, "the same event encrypts to the same bytes");
+        assert_eq!(subjects_in(&sealed, false), Some(["c-7".to_owned()].into()));
+        let again = encrypt(&body, id, &keys).unwrap();
+        assert_eq!(again, sealed, "the same event encrypts to the same bytes");
         // Read without keys: forgotten, not an error.
-        let unread: Customer = serde_json::from_value(value.clone()).unwrap();
+        let unread: Customer = serde_json::from_slice(&sealed).unwrap();
         assert!(unread.email.is_forgotten());
-        let mut opened = value.clone();
-        decrypt(&mut opened, &keys);
+        let opened = decrypt(&sealed, &keys).unwrap();
+        assert_eq!(opened, body, "decrypted as it was written");
         assert_eq!(
-            serde_json::from_value::<Customer>(opened).unwrap(),
+            serde_json::from_slice::<Customer>(&opened).unwrap(),
             customer
         );
-        let mut forgotten = value.clone();
-        decrypt(&mut forgotten, &HashMap::new());
-        let read: Customer = serde_json::from_value(forgotten).unwrap();
+        let forgotten = decrypt(&sealed, &HashMap::new()).unwrap();
+        let read: Customer = serde_json::from_slice(&forgotten).unwrap();
         assert_eq!(
             read.email,
             Personal::Forgotten {
@@ -394,11 +453,63 @@ mod tests {
             }
         );
         // Another key (a subject forgotten, then keyed anew) does not open old data.
-        let mut other = value;
-        decrypt(&mut other, &[("c-7".to_owned(), new_key())].into());
-        assert!(serde_json::from_value::<Customer>(other)
+        let other = decrypt(&sealed, &[("c-7".to_owned(), new_key())].into()).unwrap();
+        assert!(serde_json::from_slice::<Customer>(&other)
             .unwrap()
             .email
             .is_forgotten());
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Payment {
+        zeta: u128,
+        amount: i128,
+        card: Personal<u128>,
+        alpha: Vec<Personal<f64>>,
+        note: String,
+    }
+
+    /// Numbers past 64 bits, member order and everything around the personal fields come
+    /// back exactly as written, in the personal values as around them.
+    #[test]
+    fn everything_but_the_personal_fields_is_kept_as_written() {
+        let payment = Payment {
+            zeta: u128::MAX,
+            amount: i128::MIN,
+            card: Personal::new("p-1", u128::MAX - 1),
+            alpha: vec![Personal::new("p-2", 0.1), Personal::new("p-1", 1e300)],
+            note: "$personal in a string \\u0041 \"quoted\"".into(),
+        };
+        let body = serde_json::to_vec(&payment).unwrap();
+        let keys: HashMap<String, SubjectKey> =
+            [("p-1".to_owned(), new_key()), ("p-2".to_owned(), new_key())].into();
+        let sealed = encrypt(&body, Uuid::now_v7(), &keys).unwrap();
+        let text = String::from_utf8(sealed.clone()).unwrap();
+        assert!(
+            text.starts_with(&format!(
+                r#"{{"zeta":{},"amount":{},"card":"#,
+                u128::MAX,
+                i128::MIN
+            )),
+            "{text}"
+        );
+        assert!(!text.contains(&(u128::MAX - 1).to_string()), "{text}");
+        assert_eq!(text.matches("$encrypted").count(), 3, "{text}");
+        let opened = decrypt(&sealed, &keys).unwrap();
+        assert_eq!(
+            String::from_utf8(opened.clone()).unwrap(),
+            String::from_utf8(body).unwrap()
+        );
+        assert_eq!(serde_json::from_slice::<Payment>(&opened).unwrap(), payment);
+        // Forgetting one subject leaves the other's fields and the numbers readable.
+        let partly = decrypt(&sealed, &[("p-2".to_owned(), keys["p-2"])].into()).unwrap();
+        let read: Payment = serde_json::from_slice(&partly).unwrap();
+        assert_eq!((read.zeta, read.amount), (u128::MAX, i128::MIN));
+        assert!(read.card.is_forgotten() && read.alpha[1].is_forgotten());
+        assert_eq!(read.alpha[0].value(), Some(&0.1));
+        // Text that is not JSON, or holds no marker, is left alone.
+        assert_eq!(subjects_in(b"{\"$personal\": oops", true), None);
+        assert_eq!(subjects_in(br#"{"a":"$personal"}"#, true), None);
+        assert_eq!(decrypt(b"not json $encrypted", &keys), None);
     }
 }

@@ -53,9 +53,9 @@ impl<S: EventStore + ?Sized> Shredding<S> {
         let mut subjects = BTreeSet::new();
         for (i, e) in events.iter().enumerate() {
             for (part, bytes) in [(0, Some(&e.data)), (1, e.metadata.as_ref())] {
-                if let Some((value, s)) = bytes.and_then(|b| personal::subjects_in(b, true)) {
+                if let Some(s) = bytes.and_then(|b| personal::subjects_in(b, true)) {
                     subjects.extend(s);
-                    found.push((i, part, value));
+                    found.push((i, part));
                 }
             }
         }
@@ -64,19 +64,21 @@ impl<S: EventStore + ?Sized> Shredding<S> {
         }
         let subjects: Vec<String> = subjects.into_iter().collect();
         let keys = self.keys.keys_or_create(&subjects).await?;
-        for (i, part, mut value) in found {
+        for (i, part) in found {
             let e = &mut events[i];
             // Data and metadata of one event get distinct nonces.
-            let id = if part == 0 {
-                e.event_id
-            } else {
-                metadata_id(e.event_id)
-            };
-            personal::encrypt(&mut value, id, &keys).map_err(|m| self.error(m))?;
-            let bytes = serde_json::to_vec(&value).map_err(|m| self.error(m.to_string()))?;
             match part {
-                0 => e.data = bytes,
-                _ => e.metadata = Some(bytes),
+                0 => {
+                    e.data =
+                        personal::encrypt(&e.data, e.event_id, &keys).map_err(|m| self.error(m))?;
+                }
+                _ => {
+                    let id = metadata_id(e.event_id);
+                    if let Some(metadata) = &mut e.metadata {
+                        *metadata =
+                            personal::encrypt(metadata, id, &keys).map_err(|m| self.error(m))?;
+                    }
+                }
             }
         }
         Ok(())
@@ -89,7 +91,7 @@ impl<S: EventStore + ?Sized> Shredding<S> {
         after: Version,
         body: Vec<u8>,
     ) -> Result<Vec<u8>> {
-        let Some((mut value, subjects)) = personal::subjects_in(&body, true) else {
+        let Some(subjects) = personal::subjects_in(&body, true) else {
             return Ok(body);
         };
         let subjects: Vec<String> = subjects.into_iter().collect();
@@ -98,8 +100,7 @@ impl<S: EventStore + ?Sized> Shredding<S> {
             &uuid::Uuid::NAMESPACE_OID,
             format!("annals-snapshot/{stream}/{after}").as_bytes(),
         );
-        personal::encrypt(&mut value, id, &keys).map_err(|m| self.error(m))?;
-        serde_json::to_vec(&value).map_err(|m| self.error(m.to_string()))
+        personal::encrypt(&body, id, &keys).map_err(|m| self.error(m))
     }
 
     /// Decrypts the personal fields of `events` in place.
@@ -108,9 +109,9 @@ impl<S: EventStore + ?Sized> Shredding<S> {
         let mut subjects = BTreeSet::new();
         for (i, e) in events.iter().enumerate() {
             for (part, bytes) in [(0, Some(&e.data)), (1, e.metadata.as_ref())] {
-                if let Some((value, s)) = bytes.and_then(|b| personal::subjects_in(b, false)) {
+                if let Some(s) = bytes.and_then(|b| personal::subjects_in(b, false)) {
                     subjects.extend(s);
-                    found.push((i, part, value));
+                    found.push((i, part));
                 }
             }
         }
@@ -119,25 +120,28 @@ impl<S: EventStore + ?Sized> Shredding<S> {
         }
         let subjects: Vec<String> = subjects.into_iter().collect();
         let keys = self.keys.keys(&subjects).await?;
-        for (i, part, mut value) in found {
-            personal::decrypt(&mut value, &keys);
-            let bytes = serde_json::to_vec(&value).map_err(|m| self.error(m.to_string()))?;
-            match part {
-                0 => events[i].data = bytes,
-                _ => events[i].metadata = Some(bytes),
+        for (i, part) in found {
+            let e = &mut events[i];
+            let bytes = match part {
+                0 => Some(&mut e.data),
+                _ => e.metadata.as_mut(),
+            };
+            if let Some(bytes) = bytes {
+                if let Some(opened) = personal::decrypt(bytes, &keys) {
+                    *bytes = opened;
+                }
             }
         }
         Ok(())
     }
 
     async fn open_bytes(&self, bytes: Vec<u8>) -> Result<Vec<u8>> {
-        let Some((mut value, subjects)) = personal::subjects_in(&bytes, false) else {
+        let Some(subjects) = personal::subjects_in(&bytes, false) else {
             return Ok(bytes);
         };
         let subjects: Vec<String> = subjects.into_iter().collect();
         let keys = self.keys.keys(&subjects).await?;
-        personal::decrypt(&mut value, &keys);
-        serde_json::to_vec(&value).map_err(|m| self.error(m.to_string()))
+        Ok(personal::decrypt(&bytes, &keys).unwrap_or(bytes))
     }
 }
 

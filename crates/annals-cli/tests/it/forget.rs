@@ -22,6 +22,8 @@ enum Event {
         name: Personal<String>,
         email: Personal<String>,
         plan: String,
+        /// Past 64 bits: kept exactly beside the personal fields.
+        credit: u128,
     },
 }
 
@@ -29,13 +31,18 @@ struct Customers;
 
 impl Domain for Customers {
     type Event = Event;
-    type State = Option<(Personal<String>, Personal<String>, String)>;
+    type State = Option<(Personal<String>, Personal<String>, String, u128)>;
     fn initial() -> Self::State {
         None
     }
     fn evolve(_: Self::State, event: &Event) -> Self::State {
-        let Event::Registered { name, email, plan } = event;
-        Some((name.clone(), email.clone(), plan.clone()))
+        let Event::Registered {
+            name,
+            email,
+            plan,
+            credit,
+        } = event;
+        Some((name.clone(), email.clone(), plan.clone(), *credit))
     }
 }
 
@@ -115,6 +122,7 @@ where
                     name: Personal::new(subject.clone(), name.to_owned()),
                     email: Personal::new(subject.clone(), email.to_owned()),
                     plan: "gold".into(),
+                    credit: u128::MAX,
                 }]
             })
             .await
@@ -127,7 +135,8 @@ where
         .query(Clone::clone)
         .await
         .unwrap();
-    let (name, email, _) = state.unwrap();
+    let (name, email, _, credit) = state.unwrap();
+    assert_eq!(credit, u128::MAX);
     assert_eq!(name.value().map(String::as_str), Some(ANN[0]));
     assert_eq!(email.value().map(String::as_str), Some(ANN[1]));
     // Read past it: no plaintext at all.
@@ -194,6 +203,7 @@ where
         }
     );
     assert_eq!(ann.2, "gold", "what is not personal stays");
+    assert_eq!(ann.3, u128::MAX, "numbers past 64 bits too");
     let bob = customers
         .decider("2")
         .unwrap()

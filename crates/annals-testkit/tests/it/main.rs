@@ -57,3 +57,17 @@ mod basic_memory {
         ))))
     });
 }
+
+/// A store wrapped for crypto-shredding is a store like any other: events without personal
+/// fields pass through it as they are, under the same contract.
+mod shredding_memory {
+    use super::*;
+
+    annals_testkit::conformance_suite!(|| async {
+        let keys: Arc<dyn annals::SubjectKeys> = Arc::new(annals::MemoryKeys::new());
+        TestStore::new(Arc::new(annals::Shredding::new(
+            Arc::new(MemoryStore::new()),
+            keys,
+        )))
+    });
+}

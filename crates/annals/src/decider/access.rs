@@ -45,18 +45,13 @@ impl<S: serde::Serialize + serde::de::DeserializeOwned> SnapshotCodec<S> {
     pub(super) fn json(schema: u32) -> Self {
         Self {
             schema,
-            encode: Arc::new(move |state: &S| {
-                serde_json::to_vec(&SnapshotBody {
-                    schema,
-                    state: serde_json::to_value(state)?,
-                })
-            }),
+            encode: Arc::new(move |state: &S| serde_json::to_vec(&SnapshotOut { schema, state })),
             decode: Arc::new(move |bytes: &[u8]| {
-                let snapshot: SnapshotBody = serde_json::from_slice(bytes).ok()?;
+                let snapshot: SnapshotIn<'_> = serde_json::from_slice(bytes).ok()?;
                 if snapshot.schema != schema {
                     return None;
                 }
-                serde_json::from_value(snapshot.state).ok()
+                serde_json::from_str(snapshot.state.get()).ok()
             }),
         }
     }
@@ -97,9 +92,19 @@ impl<D: Domain> Access<D> {
     }
 }
 
-/// A snapshot event's body: the state and the schema version it was written with.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct SnapshotBody {
+/// A snapshot event's body: the state and the schema version it was written with (the
+/// state written by serde_json straight from the value: no `serde_json::Value`, which
+/// cannot hold integers past 64 bits).
+#[derive(serde::Serialize)]
+struct SnapshotOut<'a, S> {
     schema: u32,
-    state: serde_json::Value,
+    state: &'a S,
+}
+
+/// A snapshot event's body as read: the state's text is decoded once its schema matches.
+#[derive(serde::Deserialize)]
+struct SnapshotIn<'a> {
+    schema: u32,
+    #[serde(borrow)]
+    state: &'a serde_json::value::RawValue,
 }

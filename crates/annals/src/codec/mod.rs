@@ -18,6 +18,8 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
+mod tagged;
+
 use crate::error::CodecError;
 use crate::trace::TraceContext;
 use crate::{EventData, RecordedEvent};
@@ -150,21 +152,30 @@ impl<E: Serialize + DeserializeOwned + 'static> Codec<E> for JsonCodec<E> {
             event_type: event_type.to_owned(),
             message,
         };
-        let (event_type, body) = match serde_json::to_value(event) {
-            Ok(Value::Object(map)) if map.len() == 1 => {
-                let (k, v) = map.into_iter().next().expect("one entry");
-                (k, v)
+        let (event_type, data) = match tagged::split(event) {
+            Ok(split) => (split.variant.to_owned(), split.body),
+            Err(tagged::SplitError::Json(e)) => return Err(error("", e.to_string())),
+            // Not written as one variant (a flattened struct variant, a hand-written
+            // `Serialize`): taken apart as a `Value`.
+            Err(tagged::SplitError::NotOneVariant) => {
+                let (event_type, body) = match serde_json::to_value(event) {
+                    Ok(Value::Object(map)) if map.len() == 1 => {
+                        map.into_iter().next().expect("one entry")
+                    }
+                    Ok(Value::String(unit)) => (unit, Value::Null),
+                    Ok(other) => {
+                        return Err(error(
+                            "",
+                            format!("expected an externally tagged enum, got {other}"),
+                        ))
+                    }
+                    Err(e) => return Err(error("", e.to_string())),
+                };
+                let data =
+                    serde_json::to_vec(&body).map_err(|e| error(&event_type, e.to_string()))?;
+                (event_type, data)
             }
-            Ok(Value::String(unit)) => (unit, Value::Null),
-            Ok(other) => {
-                return Err(error(
-                    "",
-                    format!("expected an externally tagged enum, got {other}"),
-                ))
-            }
-            Err(e) => return Err(error("", e.to_string())),
         };
-        let data = serde_json::to_vec(&body).map_err(|e| error(&event_type, e.to_string()))?;
         let metadata = match context.recorded_metadata() {
             Some(m) => Some(serde_json::to_vec(&m).map_err(|e| error(&event_type, e.to_string()))?),
             None => None,
@@ -189,19 +200,17 @@ impl<E: Serialize + DeserializeOwned + 'static> Codec<E> for JsonCodec<E> {
             event_type: event.event_type.clone(),
             message,
         };
-        let body: Value = serde_json::from_slice(&event.data)
-            .map_err(|e| error(format!("the body is not JSON: {e}")))?;
-        let tagged = match body {
-            Value::Null => Value::String(event.event_type.clone()),
-            body => {
-                let mut map = serde_json::Map::with_capacity(1);
-                map.insert(event.event_type.clone(), body);
-                Value::Object(map)
+        E::deserialize(tagged::Tagged {
+            variant: &event.event_type,
+            body: &event.data,
+        })
+        .map(Some)
+        .map_err(|e| match e.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                error(format!("the body is not JSON: {e}"))
             }
-        };
-        serde_json::from_value(tagged)
-            .map(Some)
-            .map_err(|e| error(e.to_string()))
+            _ => error(e.to_string()),
+        })
     }
 }
 
@@ -314,5 +323,123 @@ mod tests {
         assert_eq!(err.event_type, "Added");
         let not_json = recorded(EventData::new("Added", b"{".to_vec()));
         assert!(codec.decode(&not_json).is_err());
+    }
+
+    /// Every shape serde derives for an externally tagged enum, with the attributes users
+    /// put on events.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    enum Rich {
+        #[serde(rename = "order.placed \"v2\"")]
+        Placed {
+            big: u128,
+            low: i128,
+            #[serde(skip_serializing_if = "Option::is_none", default)]
+            note: Option<String>,
+            lines: Vec<(String, f64)>,
+            by_id: std::collections::BTreeMap<u64, bool>,
+        },
+        Maybe(Option<u32>),
+        Pair(i64, String),
+        Nested(Inner),
+        Flat {
+            id: u32,
+            #[serde(flatten)]
+            rest: std::collections::BTreeMap<String, String>,
+        },
+        Unit,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Inner {
+        Number(u64),
+        Text(String),
+    }
+
+    /// The type and body, as serde_json writes the whole enum value.
+    fn expected(ev: &Rich) -> (String, Vec<u8>) {
+        match serde_json::to_value(ev) {
+            Ok(Value::String(unit)) => (unit, b"null".to_vec()),
+            _ => {
+                // Taken from the text (a `Value` cannot hold the 128-bit numbers).
+                let text = serde_json::to_string(ev).unwrap();
+                let members: std::collections::BTreeMap<String, Box<serde_json::value::RawValue>> =
+                    serde_json::from_str(&text).unwrap();
+                let (k, v) = members.into_iter().next().unwrap();
+                (k, v.get().as_bytes().to_vec())
+            }
+        }
+    }
+
+    fn rich(big: u128, low: i128, text: String, x: f64, key: u64) -> Vec<Rich> {
+        vec![
+            Rich::Placed {
+                big,
+                low,
+                note: (!text.is_empty()).then(|| text.clone()),
+                lines: vec![(text.clone(), x)],
+                by_id: [(key, true)].into(),
+            },
+            Rich::Maybe(None),
+            Rich::Maybe(Some(key as u32)),
+            Rich::Pair(low as i64, text.clone()),
+            Rich::Nested(Inner::Number(key)),
+            Rich::Nested(Inner::Text(text.clone())),
+            Rich::Flat {
+                id: 1,
+                rest: [("k".to_owned(), text)].into(),
+            },
+            Rich::Unit,
+        ]
+    }
+
+    proptest::proptest! {
+        /// The body is exactly what serde_json writes for the variant, whatever the values
+        /// (integers past 64 bits included), and it decodes back to the same event.
+        #[test]
+        fn every_shape_is_written_as_serde_json_writes_it_and_read_back(
+            big: u128, low: i128, text in ".*", x in -1e300f64..1e300, key: u64,
+        ) {
+            let codec = JsonCodec::<Rich>::new();
+            for ev in rich(big, low, text.clone(), x, key) {
+                let data = codec.encode(&ev, &EncodeContext::default()).unwrap();
+                let (event_type, body) = expected(&ev);
+                proptest::prop_assert_eq!(&data.event_type, &event_type);
+                proptest::prop_assert_eq!(&data.data, &body);
+                let back = codec.decode(&recorded(data)).unwrap();
+                proptest::prop_assert_eq!(back, Some(ev));
+            }
+        }
+    }
+
+    #[test]
+    fn bodies_of_the_wrong_shape_are_errors_naming_the_event() {
+        let codec = JsonCodec::<Rich>::new();
+        for (event_type, body) in [
+            ("Unit", &br#"{}"#[..]),
+            ("Maybe", br#""x""#),
+            ("Pair", br#"[1]"#),
+            ("Pair", br#"[1, "a"] [2]"#),
+            ("order.placed \"v2\"", br#"{"big": 1}"#),
+            ("Nested", br#"[]"#),
+            ("Unit", b""),
+        ] {
+            let e = codec
+                .decode(&recorded(EventData::new(event_type, body.to_vec())))
+                .unwrap_err();
+            assert_eq!(e.event_type, event_type);
+            assert_eq!(e.stream, "T-1");
+        }
+        let e = codec
+            .decode(&recorded(EventData::new("Pair", b"[1,".to_vec())))
+            .unwrap_err();
+        assert!(
+            e.message.starts_with("the body is not JSON"),
+            "{}",
+            e.message
+        );
+        // Whitespace around a body as another writer left it is fine.
+        let ok = codec.decode(&recorded(EventData::new("Pair", b" [1, \"a\"]\n".to_vec())));
+        assert_eq!(ok.unwrap(), Some(Rich::Pair(1, "a".into())));
     }
 }
