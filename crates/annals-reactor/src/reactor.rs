@@ -34,17 +34,9 @@ where
 /// span) in its metadata, unless the metadata names a trace or is not a JSON object.
 fn with_trace(mut data: EventData, trace: Option<&annals::TraceContext>) -> EventData {
     let Some(trace) = trace else { return data };
-    let metadata = match data.metadata.as_deref() {
-        None => None,
-        Some(bytes) => match serde_json::from_slice(bytes) {
-            Ok(value @ serde_json::Value::Object(_)) => Some(value),
-            _ => return data,
-        },
-    };
-    if let Some(value) = trace.add_to(metadata) {
-        if let Ok(bytes) = serde_json::to_vec(&value) {
-            data.metadata = Some(bytes);
-        }
+    // On the metadata's text, kept as the reaction wrote it.
+    if let Some(metadata) = trace.add_to_json(data.metadata.as_deref()) {
+        data.metadata = Some(metadata);
     }
     data
 }
@@ -113,5 +105,28 @@ mod tests {
         );
         let untraced = EventData::new("T", b"{}".to_vec());
         assert_eq!(with_trace(untraced.clone(), None), untraced);
+        // The reaction's metadata is kept as written: member order, numbers past 64 bits,
+        // whitespace; a trace it names is its own.
+        let exact = EventData::new("T", b"{}".to_vec())
+            .with_metadata(b"{ \"z\": 123456789012345678901234567890, \"a\": 0.1 } ".to_vec());
+        let exact = with_trace(exact, Some(&trace));
+        assert_eq!(
+            String::from_utf8(exact.metadata.unwrap()).unwrap(),
+            format!(
+                r#"{{ "z": 123456789012345678901234567890, "a": 0.1,"traceparent":"{}"}}"#,
+                trace.traceparent
+            )
+        );
+        let named = EventData::new("T", b"{}".to_vec())
+            .with_metadata(br#"{"traceparent":null,"n":1}"#.to_vec());
+        assert_eq!(with_trace(named.clone(), Some(&trace)), named);
+        let empty = EventData::new("T", b"{}".to_vec()).with_metadata(b"{ }".to_vec());
+        let empty: serde_json::Value =
+            serde_json::from_slice(&with_trace(empty, Some(&trace)).metadata.unwrap()).unwrap();
+        assert_eq!(empty["traceparent"], trace.traceparent.as_str());
+        for not_an_object in [&b"[1]"[..], b"12", b"{\"a\":", b""] {
+            let other = EventData::new("T", b"{}".to_vec()).with_metadata(not_an_object.to_vec());
+            assert_eq!(with_trace(other.clone(), Some(&trace)), other);
+        }
     }
 }

@@ -10,6 +10,8 @@
 //! `tracing-opentelemetry` layer (the `annals` CLI does with `--otlp-endpoint`); without
 //! one nothing is recorded and nothing costs more than a lookup.
 
+use std::collections::BTreeMap;
+
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use serde_json::Value;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -146,6 +148,25 @@ impl TraceContext {
             map.insert(TRACESTATE.into(), Value::String(state.clone()));
         }
         Some(Value::Object(map))
+    }
+
+    /// As [`add_to`](Self::add_to), on metadata's JSON text, which is kept as written (a
+    /// `Value` would round its numbers past 64 bits and sort its members): the new text, or
+    /// `None` when the metadata stays as it is (it names a trace, or is not a JSON object).
+    pub fn add_to_json(&self, metadata: Option<&[u8]>) -> Option<Vec<u8>> {
+        let keys = self.add_to(None).map(|v| v.to_string()).unwrap_or_default();
+        let Some(bytes) = metadata else {
+            return Some(keys.into_bytes());
+        };
+        let text = std::str::from_utf8(bytes).ok()?;
+        let members: BTreeMap<String, serde::de::IgnoredAny> = serde_json::from_str(text).ok()?;
+        if members.contains_key(TRACEPARENT) {
+            return None;
+        }
+        // An object's text ends with its `}`: the keys go before it.
+        let open = text.trim_end().strip_suffix('}')?.trim_end();
+        let separator = if members.is_empty() { "" } else { "," };
+        Some(format!("{open}{separator}{}", &keys[1..]).into_bytes())
     }
 }
 
