@@ -6,10 +6,11 @@
 //! stops at the head ([`FeedOptions::to_end`]) or follows it ([`FeedOptions::follow`]),
 //! waiting for the store's change signal (or polling) once it has caught up.
 //!
-//! A transient error (`Error::Backend`: a lost connection, a restarted server) is logged
-//! at WARN with its cause chain and retried from the same position after a delay of
-//! [`Backoff`] (exponential with jitter, from the `backon` crate); a feed that follows
-//! retries forever, one that stops at the head gives up after
+//! A backend error (`Error::Backend`: a lost connection, a restarted server, a row that
+//! cannot be read) is logged at WARN with its cause chain and retried from the same
+//! position after a delay of [`Backoff`] (exponential with jitter, from the `backon`
+//! crate): a feed that follows retries forever; one that stops at the head retries only
+//! errors its store marked transient ([`Error::is_transient`]), gives up after
 //! [`FeedOptions::attempts`] tries and yields the error. Any other error (an invalid
 //! filter) is yielded at once and ends the feed.
 
@@ -86,8 +87,9 @@ pub struct FeedOptions {
     pub follow: Option<Duration>,
     /// Delays between the attempts of a failing read.
     pub retry: Backoff,
-    /// Tries of one read before its error is yielded, when not following (a following
-    /// feed retries transient errors forever).
+    /// Tries of one read failing with a transient error before the error is yielded, when
+    /// not following (a following feed retries backend errors forever; one that does not
+    /// yields a non-transient error at once).
     pub attempts: u32,
 }
 
@@ -298,8 +300,12 @@ impl<S: EventStore + ?Sized> State<S> {
                         read,
                     })
                 }
+                // A feed that follows keeps trying whatever the backend says (someone may
+                // repair what a non-transient error names); one that stops at the head
+                // retries only what its store marked transient.
                 Err(e @ Error::Backend { .. })
-                    if f.options.follow.is_some() || attempt < f.options.attempts =>
+                    if f.options.follow.is_some()
+                        || (e.is_transient() && attempt < f.options.attempts) =>
                 {
                     let delay = delays.next().unwrap_or(f.options.retry.max);
                     tracing::warn!(

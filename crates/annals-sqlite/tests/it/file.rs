@@ -243,6 +243,20 @@ async fn rows_changed_outside_the_store_fail_reads_naming_the_event() {
         !err.is_transient() && text.contains("the event at position 1 cannot be read"),
         "{text}"
     );
+    // A feed to the head (what `dump` and `sync` read through) yields it after one read:
+    // an error that will not go away is not retried.
+    let feed = annals::Feed::new(
+        std::sync::Arc::new(store.clone()),
+        Position::START,
+        annals::FeedOptions::to_end(annals::Filter::all()),
+    );
+    let reads = feed.reads();
+    let first = futures::StreamExt::next(&mut feed.events()).await.unwrap();
+    assert!(
+        annals::error_chain(&first.unwrap_err()).contains("position 1 cannot be read"),
+        "the feed yields the error"
+    );
+    assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 1);
     // (The row with a negative version is below every stream's start: not shown at all.)
     let mut from = Position::START;
     for position in [1, 3] {
