@@ -315,11 +315,14 @@ impl<D: Domain> Decider<D> {
 
     /// A queued decision: answers offers with `decide` until the coordinator says how its
     /// batch ended.
-    pub(super) async fn follow<R, X>(
+    pub(super) async fn follow<R, X, F>(
         &self,
         mut queue: mpsc::UnboundedReceiver<ToMember<D::State>>,
-        mut decide: impl FnMut(&D::State) -> std::result::Result<(R, Vec<D::Event>), X>,
-    ) -> std::result::Result<R, DecideError<X>> {
+        mut decide: impl FnMut(Arc<D::State>) -> F,
+    ) -> std::result::Result<R, DecideError<X>>
+    where
+        F: Future<Output = std::result::Result<(R, Vec<D::Event>), X>>,
+    {
         let mut decided: Option<std::result::Result<R, X>> = None;
         loop {
             let Some(message) = queue.recv().await else {
@@ -344,7 +347,7 @@ impl<D: Domain> Decider<D> {
                 ToMember::Done(Err(e)) => return Err(e.into()),
                 ToMember::Offer { loaded, answer } => (loaded, answer),
             };
-            let reply = match decide(&loaded.state) {
+            let reply = match decide(Arc::clone(&loaded.state)).await {
                 Err(refused) => {
                     decided = Some(Err(refused));
                     Answer::Nothing

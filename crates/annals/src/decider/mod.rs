@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -544,8 +545,40 @@ impl<D: Domain> Decider<D> {
     /// As [`try_transact`](Self::try_transact), for decisions that also return a result.
     pub async fn try_transact_result<R, X>(
         &self,
-        decide: impl FnMut(&D::State) -> std::result::Result<(R, Vec<D::Event>), X>,
+        mut decide: impl FnMut(&D::State) -> std::result::Result<(R, Vec<D::Event>), X>,
     ) -> std::result::Result<R, DecideError<X>> {
+        self.try_transact_async(|s: Arc<D::State>| std::future::ready(decide(&s)))
+            .await
+    }
+
+    /// As [`transact`](Self::transact), for a decision that awaits something first (a
+    /// price, a check with another service): `decide` takes the state (shared) and returns
+    /// a future of the events. It runs again after a conflict, on the caught-up state, as
+    /// a pure decision does; while it awaits, the stream's other decisions in this process
+    /// wait their turn behind it.
+    pub async fn transact_async<F>(&self, mut decide: impl FnMut(Arc<D::State>) -> F) -> Result<()>
+    where
+        F: Future<Output = Vec<D::Event>>,
+    {
+        self.try_transact_async(|s| {
+            let decided = decide(s);
+            async move { Ok::<_, Infallible>(((), decided.await)) }
+        })
+        .await
+        .map_err(DecideError::into_store)
+    }
+
+    /// As [`try_transact_result`](Self::try_transact_result), for a decision that awaits
+    /// something first (see [`transact_async`](Self::transact_async)): `decide` returns the
+    /// result and the events, or the domain's own error ([`DecideError::Domain`], nothing
+    /// written).
+    pub async fn try_transact_async<R, X, F>(
+        &self,
+        decide: impl FnMut(Arc<D::State>) -> F,
+    ) -> std::result::Result<R, DecideError<X>>
+    where
+        F: Future<Output = std::result::Result<(R, Vec<D::Event>), X>>,
+    {
         // At DEBUG, so that logs at INFO do not format it at every decision; its
         // OpenTelemetry kind lets an exporter take it as a trace of its own when no span is
         // current (as the CLI's does).
@@ -589,11 +622,14 @@ impl<D: Domain> Decider<D> {
         result
     }
 
-    async fn run<R, X>(
+    async fn run<R, X, F>(
         &self,
-        mut decide: impl FnMut(&D::State) -> std::result::Result<(R, Vec<D::Event>), X>,
+        mut decide: impl FnMut(Arc<D::State>) -> F,
         span: &tracing::Span,
-    ) -> std::result::Result<R, DecideError<X>> {
+    ) -> std::result::Result<R, DecideError<X>>
+    where
+        F: Future<Output = std::result::Result<(R, Vec<D::Event>), X>>,
+    {
         let cat = &self.category;
         // Under the default load option a cached state is decided on without reading: a
         // write is checked by the store (appended at the cached version), and a decision
@@ -612,7 +648,9 @@ impl<D: Domain> Decider<D> {
         let mut attempts = Attempts::new();
         loop {
             span.record("attempts", attempts.attempt);
-            let (result, events) = decide(&loaded.state).map_err(DecideError::Domain)?;
+            let (result, events) = decide(Arc::clone(&loaded.state))
+                .await
+                .map_err(DecideError::Domain)?;
             span.record("events", events.len());
             if events.is_empty() {
                 if unconfirmed {

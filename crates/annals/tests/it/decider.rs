@@ -1105,3 +1105,109 @@ fn a_coordinator_dropped_with_its_runtime_strands_nobody() {
         );
     });
 }
+
+/// Decisions that await something first (`transact_async`): they run in spawned tasks,
+/// decide again on the caught-up state after a conflict, refuse with the domain's error
+/// writing nothing, and take their turn on a hot stream among pure decisions, each on the
+/// state its predecessor produced, written in one append.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_decisions_decide_again_after_a_conflict_and_take_their_turn() {
+    let probe = Arc::new(Probe::default());
+    let cache = Arc::new(Cache::new(10));
+    let decider = Arc::new(category(&probe, Some(cache)).decider("async").unwrap());
+    decider.transact(|_| add(1)).await.unwrap();
+    // Another writer wins the race to the next append.
+    probe.interfere.store(1, Ordering::SeqCst);
+    // Each run of the decision awaits one permit (a reply from elsewhere).
+    let replies = Arc::new(tokio::sync::Semaphore::new(0));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let started = Arc::new(AtomicUsize::new(0));
+    let (d, r, saw, runs) = (
+        decider.clone(),
+        replies.clone(),
+        seen.clone(),
+        started.clone(),
+    );
+    let task = tokio::spawn(async move {
+        d.transact_async(|state| {
+            let (replies, saw, runs) = (r.clone(), saw.clone(), runs.clone());
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                // Holds the state across the await.
+                replies.acquire().await.unwrap().forget();
+                saw.lock().unwrap().push((*state).clone());
+                add(2)
+            }
+        })
+        .await
+    });
+    until("the decision awaits", || {
+        started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    replies.add_permits(1);
+    until("it decides again after the conflict", || {
+        started.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    assert_eq!(*seen.lock().unwrap(), vec![vec![1]]);
+    replies.add_permits(1);
+    task.await.unwrap().unwrap();
+    assert_eq!(
+        probe.appends.load(Ordering::SeqCst),
+        3,
+        "one refused, one written"
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![vec![1], vec![1, 1000]],
+        "decided again on the caught-up state"
+    );
+    assert_eq!(decider.query(Clone::clone).await.unwrap(), vec![1, 1000, 2]);
+
+    // A refusal writes nothing.
+    let appends = probe.appends.load(Ordering::SeqCst);
+    let refused = decider
+        .try_transact_async(|state| async move {
+            tokio::task::yield_now().await;
+            match state.len() {
+                n if n >= 3 => Err(format!("full at {n}")),
+                _ => Ok(((), add(3))),
+            }
+        })
+        .await;
+    assert!(
+        matches!(&refused, Err(annals::DecideError::Domain(m)) if m == "full at 3"),
+        "{refused:?}"
+    );
+    assert_eq!(probe.appends.load(Ordering::SeqCst), appends);
+
+    // On a hot stream: queued behind a held append, an async and a pure decision.
+    let (held, first) = first_append_held(&probe, &decider, 10).await;
+    let d = decider.clone();
+    let awaiting = tokio::spawn(async move {
+        d.try_transact_async(|state| async move {
+            tokio::task::yield_now().await;
+            Ok::<_, std::convert::Infallible>((state.len(), add(11)))
+        })
+        .await
+    });
+    until("the async decision is queued", || decider.queued() == 1).await;
+    let d = decider.clone();
+    let pure = tokio::spawn(async move { d.transact_result(|s| (s.len(), add(12))).await });
+    until("the pure decision is queued", || decider.queued() == 2).await;
+    let before = probe.appends.load(Ordering::SeqCst);
+    drop(held);
+    assert_eq!(first.await.unwrap().unwrap(), 3);
+    assert_eq!(awaiting.await.unwrap().unwrap(), 4);
+    assert_eq!(pure.await.unwrap().unwrap(), 5);
+    assert_eq!(
+        probe.appends.load(Ordering::SeqCst) - before,
+        1,
+        "the two queued decisions in one append"
+    );
+    assert_eq!(
+        decider.query(Clone::clone).await.unwrap(),
+        vec![1, 1000, 2, 10, 11, 12]
+    );
+}
