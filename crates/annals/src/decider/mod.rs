@@ -520,6 +520,26 @@ impl<D: Domain> Decider<D> {
         self.transact_result(|s| ((), decide(s))).await
     }
 
+    /// As [`transact`](Self::transact), answering `render` of the state after the decision's
+    /// events (the state the append produced, folded from the one decided on; the state as
+    /// loaded when the decision writes nothing). As Equinox's `Transact(decide, render)`:
+    /// a command that answers with the updated view costs no second load.
+    pub async fn transact_render<V>(
+        &self,
+        mut decide: impl FnMut(&D::State) -> Vec<D::Event>,
+        render: impl Fn(&D::State) -> V,
+    ) -> Result<V> {
+        self.transact_result(|s| {
+            let events = decide(s);
+            let view = match events.is_empty() {
+                true => render(s),
+                false => render(&D::fold(s.clone(), &events)),
+            };
+            (view, events)
+        })
+        .await
+    }
+
     /// As [`transact`](Self::transact), for decisions that also return a result.
     pub async fn transact_result<R>(
         &self,

@@ -1211,3 +1211,32 @@ async fn async_decisions_decide_again_after_a_conflict_and_take_their_turn() {
         vec![1, 1000, 2, 10, 11, 12]
     );
 }
+
+/// `transact_render` answers the view of the state its append produced: after a conflict,
+/// the caught-up state with the decision's events; for a decision that writes nothing, the
+/// state as it stands.
+#[tokio::test]
+async fn transact_render_answers_the_state_after_the_append() {
+    let probe = Arc::new(Probe::default());
+    let decider = category(&probe, Some(Arc::new(Cache::new(10))))
+        .decider("render")
+        .unwrap();
+    let view = decider.transact_render(|_| add(1), Clone::clone).await;
+    assert_eq!(view.unwrap(), vec![1]);
+    probe.interfere.store(1, Ordering::SeqCst);
+    let view = decider.transact_render(|_| add(2), Clone::clone).await;
+    assert_eq!(view.unwrap(), vec![1, 1000, 2]);
+    let reads = probe.stream_reads.load(Ordering::SeqCst);
+    let appends = probe.appends.load(Ordering::SeqCst);
+    let view = decider
+        .transact_render(|s| if s.len() > 2 { vec![] } else { add(3) }, |s| s.len())
+        .await;
+    assert_eq!(view.unwrap(), 3, "nothing written: the state as it stands");
+    assert_eq!(probe.appends.load(Ordering::SeqCst), appends);
+    assert_eq!(
+        decider.query(Clone::clone).await.unwrap(),
+        vec![1, 1000, 2],
+        "and what the store holds"
+    );
+    assert!(probe.stream_reads.load(Ordering::SeqCst) > reads);
+}
