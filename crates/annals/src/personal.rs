@@ -507,6 +507,24 @@ mod tests {
         assert_eq!((read.zeta, read.amount), (u128::MAX, i128::MIN));
         assert!(read.card.is_forgotten() && read.alpha[1].is_forgotten());
         assert_eq!(read.alpha[0].value(), Some(&0.1));
+        // Whitespace around the body or its members (another writer's layout) hides nothing.
+        let spaced =
+            " \n{ \"a\" : [ {\"$personal\" : { \"subject\" : \"p-1\", \"value\" : 7 } } ] }\n ";
+        assert_eq!(
+            subjects_in(spaced.as_bytes(), true),
+            Some(["p-1".to_owned()].into())
+        );
+        let sealed = encrypt(spaced.as_bytes(), Uuid::now_v7(), &keys).unwrap();
+        let text = String::from_utf8(sealed.clone()).unwrap();
+        assert!(
+            !text.contains("$personal") && text.contains("$encrypted"),
+            "{text}"
+        );
+        let opened = decrypt(&sealed, &keys).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&opened).unwrap(),
+            serde_json::json!({"a": [{"$personal": {"subject": "p-1", "value": 7}}]})
+        );
         // Text that is not JSON, or holds no marker, is left alone.
         assert_eq!(subjects_in(b"{\"$personal\": oops", true), None);
         assert_eq!(subjects_in(br#"{"a":"$personal"}"#, true), None);
