@@ -39,6 +39,16 @@ pub enum InvalidEvent {
     /// The same event id appears twice in the batch.
     #[error("event id {0} appears twice in the batch")]
     DuplicateIdInBatch(Uuid),
+    /// Its data or metadata mentions a personal-data marker (`$personal`) but is not JSON
+    /// a [`Shredding`](crate::Shredding) store can read (malformed, or nested too deep), so
+    /// its personal fields cannot be found to encrypt: refused rather than stored in clear.
+    #[error(
+        "its {part} mentions \"$personal\" but is not JSON that can be read (malformed or nested too deep): its personal fields cannot be encrypted, so it is not stored"
+    )]
+    PersonalDataUnreadable {
+        /// `data` or `metadata`.
+        part: &'static str,
+    },
 }
 
 /// A capability that some backends lack; asking for it there is refused, never emulated.

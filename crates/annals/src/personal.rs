@@ -247,8 +247,24 @@ fn rewrite<'a>(
     out: &mut String,
     replace: &mut Replace<'_, 'a>,
 ) -> std::result::Result<(), String> {
+    rewrite_at(raw, kind, out, replace, 0)
+}
+
+/// How deep [`rewrite`] takes values apart: serde_json's own recursion limit.
+const MAX_DEPTH: usize = 128;
+
+fn rewrite_at<'a>(
+    raw: &'a RawValue,
+    kind: &str,
+    out: &mut String,
+    replace: &mut Replace<'_, 'a>,
+    depth: usize,
+) -> std::result::Result<(), String> {
     let text = raw.get();
     let invalid = |e: serde_json::Error| e.to_string();
+    if depth > MAX_DEPTH && text.contains(kind) {
+        return Err(format!("nested more than {MAX_DEPTH} deep"));
+    }
     match text.as_bytes().first() {
         Some(b'{') if text.contains(kind) => {
             let members: Members<'a> = serde_json::from_str(text).map_err(invalid)?;
@@ -267,7 +283,7 @@ fn rewrite<'a>(
                 }
                 out.push_str(&serde_json::to_string(key).map_err(invalid)?);
                 out.push(':');
-                rewrite(value, kind, out, replace)?;
+                rewrite_at(value, kind, out, replace, depth + 1)?;
             }
             out.push('}');
         }
@@ -278,7 +294,7 @@ fn rewrite<'a>(
                 if i > 0 {
                     out.push(',');
                 }
-                rewrite(item, kind, out, replace)?;
+                rewrite_at(item, kind, out, replace, depth + 1)?;
             }
             out.push(']');
         }
@@ -307,6 +323,15 @@ pub(crate) fn subjects_in(bytes: &[u8], encrypting: bool) -> Option<BTreeSet<Str
     })
     .ok()?;
     (!subjects.is_empty()).then_some(subjects)
+}
+
+/// Whether `bytes` mention the `$personal` marker but are not JSON this module can read:
+/// the personal fields they may hold cannot be found, so they must not be stored.
+pub(crate) fn unreadable_personal(bytes: &[u8]) -> bool {
+    mentions(bytes, PERSONAL)
+        && parse(bytes).is_none_or(|raw| {
+            rewrite(raw, PERSONAL, &mut String::new(), &mut |_, _| Ok(false)).is_err()
+        })
 }
 
 fn nonce(event_id: Uuid, index: u32, subject: &str) -> [u8; 24] {
@@ -525,6 +550,18 @@ mod tests {
             serde_json::from_slice::<serde_json::Value>(&opened).unwrap(),
             serde_json::json!({"a": [{"$personal": {"subject": "p-1", "value": 7}}]})
         );
+        // A marker in text that cannot be read is caught (so never stored in clear); deep
+        // nesting is refused, not a stack overflow.
+        let deep = format!(
+            "{}{{\"$personal\":{{\"subject\":\"p-1\",\"value\":1}}}}{}",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert!(unreadable_personal(deep.as_bytes()));
+        assert_eq!(subjects_in(deep.as_bytes(), true), None);
+        assert!(unreadable_personal(b"{\"$personal\": oops"));
+        assert!(!unreadable_personal(br#"{"a":"$personal"}"#));
+        assert!(!unreadable_personal(&sealed) && !unreadable_personal(&opened));
         // Text that is not JSON, or holds no marker, is left alone.
         assert_eq!(subjects_in(b"{\"$personal\": oops", true), None);
         assert_eq!(subjects_in(br#"{"a":"$personal"}"#, true), None);

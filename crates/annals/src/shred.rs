@@ -48,11 +48,20 @@ impl<S: EventStore + ?Sized> Shredding<S> {
     }
 
     /// Encrypts the personal fields of `events` (data and metadata).
-    async fn seal(&self, events: &mut [EventData]) -> Result<()> {
+    async fn seal(&self, stream: &StreamName, events: &mut [EventData]) -> Result<()> {
         let mut found = Vec::new();
         let mut subjects = BTreeSet::new();
         for (i, e) in events.iter().enumerate() {
             for (part, bytes) in [(0, Some(&e.data)), (1, e.metadata.as_ref())] {
+                if bytes.is_some_and(|b| personal::unreadable_personal(b)) {
+                    return Err(Error::InvalidEvent {
+                        stream: stream.clone(),
+                        index: i,
+                        reason: crate::InvalidEvent::PersonalDataUnreadable {
+                            part: if part == 0 { "data" } else { "metadata" },
+                        },
+                    });
+                }
                 if let Some(s) = bytes.and_then(|b| personal::subjects_in(b, true)) {
                     subjects.extend(s);
                     found.push((i, part));
@@ -91,6 +100,11 @@ impl<S: EventStore + ?Sized> Shredding<S> {
         after: Version,
         body: Vec<u8>,
     ) -> Result<Vec<u8>> {
+        if personal::unreadable_personal(&body) {
+            return Err(self.error(format!(
+                "the snapshot of {stream} mentions \"$personal\" but is not JSON that can be read: not stored"
+            )));
+        }
         let Some(subjects) = personal::subjects_in(&body, true) else {
             return Ok(body);
         };
@@ -165,7 +179,7 @@ impl<S: EventStore + ?Sized> EventStore for Shredding<S> {
         expected: ExpectedVersion,
         mut events: Vec<EventData>,
     ) -> Result<AppendResult> {
-        self.seal(&mut events).await?;
+        self.seal(stream, &mut events).await?;
         self.inner.append(stream, expected, events).await
     }
 
@@ -175,7 +189,7 @@ impl<S: EventStore + ?Sized> EventStore for Shredding<S> {
         version: Version,
         mut events: Vec<EventData>,
     ) -> Result<AppendAt> {
-        self.seal(&mut events).await?;
+        self.seal(stream, &mut events).await?;
         match self.inner.append_at(stream, version, events).await? {
             AppendAt::Conflict { actual, mut events } => {
                 self.open(&mut events).await?;
@@ -193,7 +207,7 @@ impl<S: EventStore + ?Sized> EventStore for Shredding<S> {
         mut events: Vec<EventData>,
         snapshot: Option<Vec<u8>>,
     ) -> Result<AppendAt> {
-        self.seal(&mut events).await?;
+        self.seal(stream, &mut events).await?;
         let answer = self
             .inner
             .append_at_shown(stream, version, shown_from, events, snapshot)
@@ -209,7 +223,7 @@ impl<S: EventStore + ?Sized> EventStore for Shredding<S> {
 
     async fn append_many(&self, mut appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
         for a in &mut appends {
-            self.seal(&mut a.events).await?;
+            self.seal(&a.stream, &mut a.events).await?;
         }
         self.inner.append_many(appends).await
     }
@@ -220,7 +234,7 @@ impl<S: EventStore + ?Sized> EventStore for Shredding<S> {
         shown_from: Vec<Version>,
     ) -> Result<Vec<AppendResult>> {
         for a in &mut appends {
-            self.seal(&mut a.events).await?;
+            self.seal(&a.stream, &mut a.events).await?;
         }
         self.inner.append_many_shown(appends, shown_from).await
     }
@@ -232,7 +246,7 @@ impl<S: EventStore + ?Sized> EventStore for Shredding<S> {
         mut events: Vec<EventData>,
         snapshot: Vec<u8>,
     ) -> Result<AppendResult> {
-        self.seal(&mut events).await?;
+        self.seal(stream, &mut events).await?;
         let after = match expected {
             ExpectedVersion::Exact(v) => Version(v.get() + events.len() as u64),
             _ => Version(events.len() as u64),

@@ -6,3 +6,4 @@ mod codec;
 mod decider;
 mod memory;
 mod observe;
+mod shred;
