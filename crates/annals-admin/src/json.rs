@@ -33,6 +33,12 @@ pub fn one_line(json: &str) -> String {
 /// The JSON text indented by two spaces per level, one member or element per line (as
 /// `serde_json::to_string_pretty` lays it out), its tokens unchanged.
 pub fn pretty(json: &str) -> String {
+    pretty_within(json, usize::MAX).unwrap_or_default()
+}
+
+/// [`pretty`], unless the layout would take more than `limit` bytes (deep nesting repeats
+/// its indentation on every line: a small body can lay out to a very large one).
+pub fn pretty_within(json: &str, limit: usize) -> Option<String> {
     let mut marks = Vec::with_capacity(json.len());
     tokens(json, |c, quoted| marks.push((c, quoted)));
     let mut out = String::with_capacity(json.len() * 2);
@@ -71,8 +77,11 @@ pub fn pretty(json: &str) -> String {
             (false, ':') => out.push_str(": "),
             _ => out.push(c),
         }
+        if out.len() > limit {
+            return None;
+        }
     }
-    out
+    Some(out)
 }
 
 #[cfg(test)]
@@ -89,6 +98,23 @@ mod tests {
         assert_eq!(
             pretty(stored),
             "{\n  \"z\": 123456789012345678901234567890,\n  \"a\": [\n    0.10000000000000000000001,\n    -0,\n    1E400\n  ],\n  \"z\": {}\n}"
+        );
+    }
+
+    #[test]
+    fn a_layout_past_its_limit_is_given_up() {
+        let deep = format!(
+            "{}{}{}",
+            "[".repeat(100),
+            "0,".repeat(10_000) + "0",
+            "]".repeat(100)
+        );
+        assert_eq!(pretty_within(&deep, 1 << 20), None);
+        assert!(pretty(&deep).len() > 2_000_000);
+        let small = r#"{"a":[1,2]}"#;
+        assert_eq!(
+            pretty_within(small, 64).as_deref(),
+            Some(pretty(small).as_str())
         );
     }
 

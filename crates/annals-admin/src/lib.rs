@@ -486,12 +486,15 @@ struct EventQuery {
     version: u64,
 }
 
-/// Bytes shown as pretty JSON when they are JSON (numbers and key order as stored), else as
-/// text (lossy UTF-8).
+/// Bytes shown as pretty JSON when they are JSON (numbers and key order as stored) and
+/// their layout stays within a few times their size, else as text (lossy UTF-8).
 fn shown(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
     match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
-        Ok(_) => json::pretty(&String::from_utf8_lossy(bytes)),
-        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+        Ok(_) => {
+            json::pretty_within(&text, 8 * bytes.len() + 4096).unwrap_or_else(|| text.into_owned())
+        }
+        Err(_) => text.into_owned(),
     }
 }
 
