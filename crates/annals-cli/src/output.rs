@@ -97,9 +97,10 @@ pub(crate) fn progress(len: Option<u64>, message: &'static str) -> ProgressBar {
 }
 
 /// A body as JSON when it is JSON (its own text, numbers and key order as stored, on one
-/// line), otherwise as a string: its text when it is UTF-8, its bytes in base64 when not
-/// (said by `true`), so a dump loses nothing.
-fn body(bytes: &[u8]) -> (Box<RawValue>, bool) {
+/// line), otherwise as a string, with how to read it: its text when it is UTF-8
+/// (`"text"`), its bytes in base64 when not (`"base64"`); so a dump loses nothing, and a
+/// text body tells from a JSON string.
+fn body(bytes: &[u8]) -> (Box<RawValue>, Option<&'static str>) {
     use base64::Engine;
     let string = |text: &str| {
         RawValue::from_string(Value::String(text.to_owned()).to_string())
@@ -110,13 +111,13 @@ fn body(bytes: &[u8]) -> (Box<RawValue>, bool) {
             Ok(raw) => (
                 RawValue::from_string(annals_admin::json::one_line(raw.get()))
                     .expect("JSON without its blanks"),
-                false,
+                None,
             ),
-            Err(_) => (string(text), false),
+            Err(_) => (string(text), Some("text")),
         },
         Err(_) => (
             string(&base64::engine::general_purpose::STANDARD.encode(bytes)),
-            true,
+            Some("base64"),
         ),
     }
 }
@@ -139,23 +140,22 @@ pub(crate) fn time(t: annals::Timestamp) -> String {
 }
 
 /// An event as one JSON object (what `dump`, `read --json` and `tail --json` write). A body
-/// that is not UTF-8 is written in base64, with `"data_encoding": "base64"` (or
-/// `"metadata_encoding"`) beside it.
+/// that is not JSON is written as a string, with `"data_encoding"` (or
+/// `"metadata_encoding"`) beside it: `"text"` (its UTF-8 text) or `"base64"` (its bytes).
 pub(crate) fn event_json(e: &RecordedEvent) -> EventJson {
-    let (data, data_base64) = body(&e.data);
-    let (metadata, metadata_base64) = match e.metadata.as_deref().map(body) {
-        Some((value, base64)) => (Some(value), base64),
-        None => (None, false),
+    let (data, data_encoding) = body(&e.data);
+    let (metadata, metadata_encoding) = match e.metadata.as_deref().map(body) {
+        Some((value, encoding)) => (Some(value), encoding),
+        None => (None, None),
     };
-    let base64 = |yes: bool| yes.then_some("base64");
     EventJson {
         causation_id: e.causation_id.map(|u| u.to_string()),
         correlation_id: e.correlation_id.map(|u| u.to_string()),
         data,
-        data_encoding: base64(data_base64),
+        data_encoding,
         id: e.event_id.to_string(),
         metadata,
-        metadata_encoding: base64(metadata_base64),
+        metadata_encoding,
         position: e.position.to_string(),
         recorded_at: time(e.recorded_at),
         stream: e.stream.as_str().to_owned(),

@@ -1153,8 +1153,9 @@ fn output_to_a_closed_pipe_or_a_full_disk_ends_the_command_cleanly() {
 }
 
 /// Bodies that are not JSON: a dump loses no byte of them (text as a string, other bytes in
-/// base64, said by `data_encoding`), and a table never sends their control characters (a
-/// terminal's escape sequences) to the terminal.
+/// base64, said by `data_encoding`: a text body tells from a body that is a JSON string),
+/// and a table never sends their control characters (a terminal's escape sequences) to the
+/// terminal.
 #[tokio::test]
 async fn binary_and_hostile_bodies_are_dumped_exactly_and_shown_escaped() {
     use base64::Engine;
@@ -1169,6 +1170,7 @@ async fn binary_and_hostile_bodies_are_dumped_exactly_and_shown_escaped() {
         let events = vec![
             EventData::new("Binary", binary.clone()).with_metadata(binary.clone()),
             EventData::new("Hostile", hostile.clone()),
+            EventData::new("Quoted", br#""plain text""#.to_vec()),
         ];
         store
             .append(
@@ -1191,10 +1193,13 @@ async fn binary_and_hostile_bodies_are_dumped_exactly_and_shown_escaped() {
     assert_eq!(dumped[0]["metadata_encoding"], "base64");
     assert_eq!(decode(&dumped[0]["metadata"]), binary);
     assert_eq!(dumped[1]["data"].as_str().unwrap().as_bytes(), hostile);
-    assert!(dumped[1].get("data_encoding").is_none());
+    assert_eq!(dumped[1]["data_encoding"], "text");
+    // A body that is the JSON string "plain text" is JSON: no encoding beside it.
+    assert_eq!(dumped[2]["data"], "plain text");
+    assert!(dumped[2].get("data_encoding").is_none());
     for args in [
         &["read", "Blob-1"][..],
-        &["tail", "--from", "0", "--count", "2"],
+        &["tail", "--from", "0", "--count", "3"],
     ] {
         let out = on(dir.path(), store, args);
         let shown = succeeded(&out);
