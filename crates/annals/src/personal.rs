@@ -232,8 +232,18 @@ impl<'a> Members<'a> {
     }
 }
 
-type Replace<'r, 'a> =
-    dyn FnMut(&Members<'a>, &mut String) -> std::result::Result<bool, String> + 'r;
+type Replace<'r, 'a> = dyn FnMut(&Members<'a>, &mut Sink) -> std::result::Result<bool, String> + 'r;
+
+/// Where [`rewrite`] writes: the new text, or nowhere (a scan for markers).
+struct Sink(Option<String>);
+
+impl Sink {
+    fn push(&mut self, text: &str) {
+        if let Some(out) = &mut self.0 {
+            out.push_str(text);
+        }
+    }
+}
 
 /// Writes the JSON value `raw` to `out` as it is written, except for the objects
 /// `{kind: {...}}` (the marker's members given) that `replace` writes itself (it says so by
@@ -244,7 +254,7 @@ type Replace<'r, 'a> =
 fn rewrite<'a>(
     raw: &'a RawValue,
     kind: &str,
-    out: &mut String,
+    out: &mut Sink,
     replace: &mut Replace<'_, 'a>,
 ) -> std::result::Result<(), String> {
     rewrite_at(raw, kind, out, replace, 0)
@@ -256,7 +266,7 @@ const MAX_DEPTH: usize = 128;
 fn rewrite_at<'a>(
     raw: &'a RawValue,
     kind: &str,
-    out: &mut String,
+    out: &mut Sink,
     replace: &mut Replace<'_, 'a>,
     depth: usize,
 ) -> std::result::Result<(), String> {
@@ -276,29 +286,29 @@ fn rewrite_at<'a>(
                     }
                 }
             }
-            out.push('{');
+            out.push("{");
             for (i, (key, value)) in members.0.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(",");
                 }
-                out.push_str(&serde_json::to_string(key).map_err(invalid)?);
-                out.push(':');
+                out.push(&serde_json::to_string(key).map_err(invalid)?);
+                out.push(":");
                 rewrite_at(value, kind, out, replace, depth + 1)?;
             }
-            out.push('}');
+            out.push("}");
         }
         Some(b'[') if text.contains(kind) => {
             let items: Vec<&'a RawValue> = serde_json::from_str(text).map_err(invalid)?;
-            out.push('[');
+            out.push("[");
             for (i, item) in items.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(",");
                 }
                 rewrite_at(item, kind, out, replace, depth + 1)?;
             }
-            out.push(']');
+            out.push("]");
         }
-        _ => out.push_str(text),
+        _ => out.push(text),
     }
     Ok(())
 }
@@ -308,30 +318,37 @@ fn parse(bytes: &[u8]) -> Option<&RawValue> {
     serde_json::from_slice(bytes).ok()
 }
 
-/// The subjects of the `$personal` (`encrypting`) or `$encrypted` objects in `bytes`, when
-/// it is JSON holding any.
-pub(crate) fn subjects_in(bytes: &[u8], encrypting: bool) -> Option<BTreeSet<String>> {
-    let kind = if encrypting { PERSONAL } else { ENCRYPTED };
-    if !mentions(bytes, kind) {
-        return None;
-    }
-    let raw = parse(bytes)?;
-    let mut subjects = BTreeSet::new();
-    rewrite(raw, kind, &mut String::new(), &mut |inner, _| {
-        subjects.extend(inner.string("subject"));
-        Ok(false)
-    })
-    .ok()?;
-    (!subjects.is_empty()).then_some(subjects)
+/// What a body holds of the `$personal` (when encrypting) or `$encrypted` markers.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Found {
+    /// No marker (or only in strings).
+    Nothing,
+    /// Marker objects, of these subjects.
+    Subjects(BTreeSet<String>),
+    /// It mentions the marker but is not JSON that can be read (malformed, or nested past
+    /// [`MAX_DEPTH`]): whatever fields it holds cannot be found.
+    Unreadable,
 }
 
-/// Whether `bytes` mention the `$personal` marker but are not JSON this module can read:
-/// the personal fields they may hold cannot be found, so they must not be stored.
-pub(crate) fn unreadable_personal(bytes: &[u8]) -> bool {
-    mentions(bytes, PERSONAL)
-        && parse(bytes).is_none_or(|raw| {
-            rewrite(raw, PERSONAL, &mut String::new(), &mut |_, _| Ok(false)).is_err()
-        })
+/// The subjects of the `$personal` (`encrypting`) or `$encrypted` objects in `bytes`.
+pub(crate) fn subjects_in(bytes: &[u8], encrypting: bool) -> Found {
+    let kind = if encrypting { PERSONAL } else { ENCRYPTED };
+    if !mentions(bytes, kind) {
+        return Found::Nothing;
+    }
+    let Some(raw) = parse(bytes) else {
+        return Found::Unreadable;
+    };
+    let mut subjects = BTreeSet::new();
+    let scanned = rewrite(raw, kind, &mut Sink(None), &mut |inner, _| {
+        subjects.extend(inner.string("subject"));
+        Ok(false)
+    });
+    match (scanned, subjects.is_empty()) {
+        (Err(_), _) => Found::Unreadable,
+        (Ok(()), true) => Found::Nothing,
+        (Ok(()), false) => Found::Subjects(subjects),
+    }
 }
 
 fn nonce(event_id: Uuid, index: u32, subject: &str) -> [u8; 24] {
@@ -355,7 +372,7 @@ pub(crate) fn encrypt(
 ) -> std::result::Result<Vec<u8>, String> {
     let raw = parse(bytes).ok_or("not JSON")?;
     let mut index = 0u32;
-    let mut out = String::with_capacity(bytes.len() + 64);
+    let mut out = Sink(Some(String::with_capacity(bytes.len() + 64)));
     rewrite(raw, PERSONAL, &mut out, &mut |inner, out| {
         let Some(subject) = inner.string("subject") else {
             return Ok(false);
@@ -382,10 +399,10 @@ pub(crate) fn encrypt(
             "nonce": b64.encode(n),
             "data": b64.encode(sealed),
         }});
-        out.push_str(&sealed.to_string());
+        out.push(&sealed.to_string());
         Ok(true)
     })?;
-    Ok(out.into_bytes())
+    Ok(out.0.unwrap_or_default().into_bytes())
 }
 
 /// `bytes` (JSON) with every `$encrypted` object decrypted, or marked forgotten when its
@@ -393,7 +410,7 @@ pub(crate) fn encrypt(
 /// written. `None` when `bytes` are not JSON.
 pub(crate) fn decrypt(bytes: &[u8], keys: &HashMap<String, SubjectKey>) -> Option<Vec<u8>> {
     let raw = parse(bytes)?;
-    let mut out = String::with_capacity(bytes.len());
+    let mut out = Sink(Some(String::with_capacity(bytes.len())));
     rewrite(raw, ENCRYPTED, &mut out, &mut |inner, out| {
         let subject = inner.string("subject").unwrap_or_default();
         let opened = keys.get(&subject).and_then(|key| {
@@ -418,16 +435,16 @@ pub(crate) fn decrypt(bytes: &[u8], keys: &HashMap<String, SubjectKey>) -> Optio
         match opened {
             Some(plain) => {
                 let plain = plain.trim();
-                out.push_str(&format!(
+                out.push(&format!(
                     r#"{{"{PERSONAL}":{{"subject":{subject},"value":{plain}}}}}"#
                 ));
             }
-            None => out.push_str(&format!(r#"{{"{FORGOTTEN}":{{"subject":{subject}}}}}"#)),
+            None => out.push(&format!(r#"{{"{FORGOTTEN}":{{"subject":{subject}}}}}"#)),
         }
         Ok(true)
     })
     .ok()?;
-    Some(out.into_bytes())
+    out.0.map(String::into_bytes)
 }
 
 #[cfg(test)]
@@ -447,7 +464,10 @@ mod tests {
             email: Personal::new("c-7", "ann@example.com".to_owned()),
         };
         let body = serde_json::to_vec(&customer).unwrap();
-        assert_eq!(subjects_in(&body, true), Some(["c-7".to_owned()].into()));
+        assert_eq!(
+            subjects_in(&body, true),
+            Found::Subjects(["c-7".to_owned()].into())
+        );
         let keys: HashMap<String, SubjectKey> = [("c-7".to_owned(), new_key())].into();
         let id = Uuid::now_v7();
         let sealed = encrypt(&body, id, &keys).unwrap();
@@ -457,7 +477,10 @@ mod tests {
             text.contains("$encrypted") && text.contains("c-7"),
             "{text}"
         );
-        assert_eq!(subjects_in(&sealed, false), Some(["c-7".to_owned()].into()));
+        assert_eq!(
+            subjects_in(&sealed, false),
+            Found::Subjects(["c-7".to_owned()].into())
+        );
         let again = encrypt(&body, id, &keys).unwrap();
         assert_eq!(again, sealed, "the same event encrypts to the same bytes");
         // Read without keys: forgotten, not an error.
@@ -537,7 +560,7 @@ mod tests {
             " \n{ \"a\" : [ {\"$personal\" : { \"subject\" : \"p-1\", \"value\" : 7 } } ] }\n ";
         assert_eq!(
             subjects_in(spaced.as_bytes(), true),
-            Some(["p-1".to_owned()].into())
+            Found::Subjects(["p-1".to_owned()].into())
         );
         let sealed = encrypt(spaced.as_bytes(), Uuid::now_v7(), &keys).unwrap();
         let text = String::from_utf8(sealed.clone()).unwrap();
@@ -557,14 +580,16 @@ mod tests {
             "[".repeat(100_000),
             "]".repeat(100_000)
         );
-        assert!(unreadable_personal(deep.as_bytes()));
-        assert_eq!(subjects_in(deep.as_bytes(), true), None);
-        assert!(unreadable_personal(b"{\"$personal\": oops"));
-        assert!(!unreadable_personal(br#"{"a":"$personal"}"#));
-        assert!(!unreadable_personal(&sealed) && !unreadable_personal(&opened));
-        // Text that is not JSON, or holds no marker, is left alone.
-        assert_eq!(subjects_in(b"{\"$personal\": oops", true), None);
-        assert_eq!(subjects_in(br#"{"a":"$personal"}"#, true), None);
+        assert_eq!(subjects_in(deep.as_bytes(), true), Found::Unreadable);
+        assert_eq!(
+            subjects_in(b"{\"$personal\": oops", true),
+            Found::Unreadable
+        );
+        assert_eq!(subjects_in(&sealed, true), Found::Nothing);
+        assert!(matches!(subjects_in(&opened, true), Found::Subjects(_)));
+        // Text that holds the marker only in a string, or none, is left alone.
+        assert_eq!(subjects_in(br#"{"a":"$personal"}"#, true), Found::Nothing);
+        assert_eq!(subjects_in(b"plain text", true), Found::Nothing);
         assert_eq!(decrypt(b"not json $encrypted", &keys), None);
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 
-use crate::personal::{self, SubjectKey, SubjectKeys};
+use crate::personal::{self, Found, SubjectKey, SubjectKeys};
 use crate::store::{
     AllPage, AppendAt, AppendResult, Capabilities, EventStore, Filter, Head, ReadStream,
     StartedPage, StreamAppend,
@@ -53,18 +53,21 @@ impl<S: EventStore + ?Sized> Shredding<S> {
         let mut subjects = BTreeSet::new();
         for (i, e) in events.iter().enumerate() {
             for (part, bytes) in [(0, Some(&e.data)), (1, e.metadata.as_ref())] {
-                if bytes.is_some_and(|b| personal::unreadable_personal(b)) {
-                    return Err(Error::InvalidEvent {
-                        stream: stream.clone(),
-                        index: i,
-                        reason: crate::InvalidEvent::PersonalDataUnreadable {
-                            part: if part == 0 { "data" } else { "metadata" },
-                        },
-                    });
-                }
-                if let Some(s) = bytes.and_then(|b| personal::subjects_in(b, true)) {
-                    subjects.extend(s);
-                    found.push((i, part));
+                match bytes.map_or(Found::Nothing, |b| personal::subjects_in(b, true)) {
+                    Found::Nothing => {}
+                    Found::Subjects(s) => {
+                        subjects.extend(s);
+                        found.push((i, part));
+                    }
+                    Found::Unreadable => {
+                        return Err(Error::InvalidEvent {
+                            stream: stream.clone(),
+                            index: i,
+                            reason: crate::InvalidEvent::PersonalDataUnreadable {
+                                part: if part == 0 { "data" } else { "metadata" },
+                            },
+                        });
+                    }
                 }
             }
         }
@@ -100,13 +103,14 @@ impl<S: EventStore + ?Sized> Shredding<S> {
         after: Version,
         body: Vec<u8>,
     ) -> Result<Vec<u8>> {
-        if personal::unreadable_personal(&body) {
-            return Err(self.error(format!(
-                "the snapshot of {stream} mentions \"$personal\" but is not JSON that can be read: not stored"
-            )));
-        }
-        let Some(subjects) = personal::subjects_in(&body, true) else {
-            return Ok(body);
+        let subjects = match personal::subjects_in(&body, true) {
+            Found::Nothing => return Ok(body),
+            Found::Subjects(subjects) => subjects,
+            Found::Unreadable => {
+                return Err(self.error(format!(
+                    "the snapshot of {stream} mentions \"$personal\" but is not JSON that can be read: not stored"
+                )))
+            }
         };
         let subjects: Vec<String> = subjects.into_iter().collect();
         let keys = self.keys.keys_or_create(&subjects).await?;
@@ -123,7 +127,8 @@ impl<S: EventStore + ?Sized> Shredding<S> {
         let mut subjects = BTreeSet::new();
         for (i, e) in events.iter().enumerate() {
             for (part, bytes) in [(0, Some(&e.data)), (1, e.metadata.as_ref())] {
-                if let Some(s) = bytes.and_then(|b| personal::subjects_in(b, false)) {
+                // Sealed fields that cannot be read stay as they are (they read as forgotten).
+                if let Some(Found::Subjects(s)) = bytes.map(|b| personal::subjects_in(b, false)) {
                     subjects.extend(s);
                     found.push((i, part));
                 }
@@ -150,7 +155,7 @@ impl<S: EventStore + ?Sized> Shredding<S> {
     }
 
     async fn open_bytes(&self, bytes: Vec<u8>) -> Result<Vec<u8>> {
-        let Some(subjects) = personal::subjects_in(&bytes, false) else {
+        let Found::Subjects(subjects) = personal::subjects_in(&bytes, false) else {
             return Ok(bytes);
         };
         let subjects: Vec<String> = subjects.into_iter().collect();

@@ -62,14 +62,11 @@ pub fn subscribe_stream<S: EventStore + ?Sized + 'static>(
         options,
         changes,
         buffered: VecDeque::new(),
-        done: false,
     };
-    stream::unfold(state, |mut st| async move {
-        if st.done {
-            return None;
-        }
-        let item = st.next_event().await;
-        Some((item, st))
+    // Ends after the first error it yields.
+    stream::try_unfold(state, |mut st| async move {
+        let event = st.next_event().await?;
+        Ok(Some((event, st)))
     })
     .boxed()
 }
@@ -83,7 +80,6 @@ struct StreamFollower<S: ?Sized> {
     options: SubscribeOptions,
     changes: Option<tokio::sync::watch::Receiver<()>>,
     buffered: VecDeque<RecordedEvent>,
-    done: bool,
 }
 
 impl<S: EventStore + ?Sized> StreamFollower<S> {
@@ -92,10 +88,7 @@ impl<S: EventStore + ?Sized> StreamFollower<S> {
             if let Some(event) = self.buffered.pop_front() {
                 return Ok(event);
             }
-            if let Err(e) = self.read().await {
-                self.done = true;
-                return Err(e);
-            }
+            self.read().await?;
         }
     }
 
