@@ -371,8 +371,8 @@ impl NatsStore {
         annals::backend::validate_many(&appends, self.inner.config.max_event_bytes)?;
         let total: usize = appends.iter().map(|a| a.events.len()).sum();
         if total > MAX_BATCH {
-            return Err(Error::BatchTooLarge {
-                stream: appends[0].stream.clone(),
+            return Err(Error::TransactionTooLarge {
+                streams: appends.len(),
                 events: total,
                 max: MAX_BATCH,
             });

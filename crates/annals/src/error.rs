@@ -127,6 +127,19 @@ pub enum Error {
         /// The store's limit.
         max: usize,
     },
+    /// A multi-stream append holds more events, all its streams together, than the store
+    /// takes in one atomic append; nothing was written.
+    #[error(
+        "a multi-stream append of {events} events to {streams} streams: this store takes at most {max} events per atomic append, all streams together"
+    )]
+    TransactionTooLarge {
+        /// How many streams the append named.
+        streams: usize,
+        /// How many events the append held, all streams together.
+        events: usize,
+        /// The store's limit.
+        max: usize,
+    },
     /// One event of a batch is invalid; nothing was written.
     #[error("event {index} of the append to {stream} is invalid: {reason}")]
     InvalidEvent {
@@ -299,6 +312,8 @@ impl Error {
             Error::InvalidStreamName(_)
                 | Error::EmptyBatch { .. }
                 | Error::InvalidEvent { .. }
+                | Error::BatchTooLarge { .. }
+                | Error::TransactionTooLarge { .. }
                 | Error::DuplicateStreamInBatch { .. }
                 | Error::MissingReference { .. }
                 | Error::InvalidTransaction { .. }

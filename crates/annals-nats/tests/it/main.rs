@@ -1412,3 +1412,102 @@ async fn a_streams_own_message_limit_is_the_events_limit() {
         .unwrap_or_else(|e| panic!("an event of the limit it gave: {}", annals::error_chain(&e)));
     assert_eq!(written.version, Version(1));
 }
+
+/// More events than one JetStream batch takes are refused before anything is sent, as
+/// invalid input naming the count and the limit: for one stream, and for several streams'
+/// atomic append (counted all streams together, not named after the first stream).
+#[tokio::test]
+async fn appends_past_the_batch_limit_are_refused_whole() {
+    use annals::{
+        Error, EventData, EventStore, ExpectedVersion, StreamAppend, StreamName, Version,
+    };
+    let store = fresh().await;
+    let (a, b) = (
+        StreamName::new("Limit-a").unwrap(),
+        StreamName::new("Limit-b").unwrap(),
+    );
+    let many = |n: usize| -> Vec<EventData> {
+        (0..n)
+            .map(|i| EventData::new("E", format!("{i}").into_bytes()))
+            .collect()
+    };
+    let one = store
+        .append(
+            &a,
+            ExpectedVersion::NoStream,
+            many(annals_nats::MAX_BATCH + 1),
+        )
+        .await
+        .expect_err("past the limit");
+    match &one {
+        Error::BatchTooLarge {
+            stream,
+            events,
+            max,
+        } => {
+            assert_eq!(
+                (stream, *events, *max),
+                (&a, annals_nats::MAX_BATCH + 1, annals_nats::MAX_BATCH)
+            );
+        }
+        other => panic!("expected BatchTooLarge, got {other:?}"),
+    }
+    assert!(one.is_invalid_input(), "{one}");
+    let both = store
+        .append_many(vec![
+            StreamAppend {
+                stream: a.clone(),
+                expected: ExpectedVersion::NoStream,
+                events: many(600),
+            },
+            StreamAppend {
+                stream: b.clone(),
+                expected: ExpectedVersion::NoStream,
+                events: many(401),
+            },
+        ])
+        .await
+        .expect_err("past the limit, all streams together");
+    match &both {
+        Error::TransactionTooLarge {
+            streams,
+            events,
+            max,
+        } => {
+            assert_eq!((*streams, *events, *max), (2, 1001, annals_nats::MAX_BATCH));
+        }
+        other => panic!("expected TransactionTooLarge, got {other:?}"),
+    }
+    assert!(both.is_invalid_input(), "{both}");
+    assert!(
+        both.to_string().contains("1001 events to 2 streams"),
+        "{both}"
+    );
+    for s in [&a, &b] {
+        assert_eq!(store.stream_version(s).await.unwrap(), Version(0), "{s}");
+    }
+    // At the limit, both are written.
+    store
+        .append(&a, ExpectedVersion::NoStream, many(annals_nats::MAX_BATCH))
+        .await
+        .unwrap();
+    let written = store
+        .append_many(vec![
+            StreamAppend {
+                stream: b.clone(),
+                expected: ExpectedVersion::NoStream,
+                events: many(600),
+            },
+            StreamAppend {
+                stream: StreamName::new("Limit-c").unwrap(),
+                expected: ExpectedVersion::NoStream,
+                events: many(400),
+            },
+        ])
+        .await
+        .unwrap_or_else(|e| panic!("at the limit: {}", annals::error_chain(&e)));
+    assert_eq!(
+        written.iter().map(|w| w.version).collect::<Vec<_>>(),
+        [Version(600), Version(400)]
+    );
+}

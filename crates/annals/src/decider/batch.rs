@@ -259,8 +259,10 @@ impl<D: Domain> Decider<D> {
                     members.extend(carried);
                 }
                 Err(e) if e.is_invalid_input() && members.len() > 1 => {
-                    // The store refused some member's events (too large, a bad type...):
-                    // that must fail that member only. Each decides again, alone, in order.
+                    // The store refused some member's events (too large, a bad type...),
+                    // or all of them together (more than it takes in one append): that
+                    // must fail that member only, or none. Each decides again, alone, in
+                    // order.
                     for member in members {
                         let more = Box::pin(self.run_batch(vec![member])).await;
                         debug_assert!(more.is_empty(), "one member always has room");

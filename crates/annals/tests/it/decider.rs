@@ -53,6 +53,9 @@ struct Probe {
     hold: tokio::sync::RwLock<()>,
     /// The most bytes of event bodies and metadata one append carried.
     largest: AtomicUsize,
+    /// Appends of more events than this are refused as too large, as a store with a batch
+    /// limit refuses them (0: no limit).
+    max_batch: AtomicUsize,
 }
 
 #[async_trait]
@@ -73,6 +76,14 @@ impl EventStore for Probe {
         let bytes = events.iter().map(EventData::size).sum();
         self.largest.fetch_max(bytes, Ordering::SeqCst);
         let _open = self.gate.read().await;
+        let max = self.max_batch.load(Ordering::SeqCst);
+        if max > 0 && events.len() > max {
+            return Err(Error::BatchTooLarge {
+                stream: stream.clone(),
+                events: events.len(),
+                max,
+            });
+        }
         let _held = match self.hold_at.load(Ordering::SeqCst) == number {
             true => Some(self.hold.read().await),
             false => None,
@@ -923,6 +934,55 @@ async fn a_queued_decision_the_store_refuses_fails_alone() {
     assert!(refused.is_invalid_input(), "{refused}");
     let state = decider.query(Clone::clone).await.unwrap();
     assert_eq!(state, [0, 1, 3], "the others are written, in order");
+    assert_eq!(decider.queued(), 0);
+}
+
+/// Decisions queued on a hot stream whose events together pass the store's batch limit,
+/// while each decision's own fit, are each written: the batch the store refuses as too
+/// large is decided again member by member, in order (it used to fail every member).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_decisions_too_many_together_for_the_store_are_written_one_by_one() {
+    let probe = Arc::new(Probe::default());
+    probe.max_batch.store(3, Ordering::SeqCst);
+    let cat = category(&probe, Some(Arc::new(Cache::new(100))));
+    let decider = Arc::new(cat.decider("limited").unwrap());
+    let two = |n: u32| vec![Event::Added { n }, Event::Added { n: n + 1 }];
+    decider.transact(|_| two(0)).await.unwrap();
+    let held = probe.gate.write().await;
+    let before = probe.appends.load(Ordering::SeqCst);
+    let mut tasks = Vec::new();
+    for (k, n) in [10u32, 20, 30, 40].into_iter().enumerate() {
+        let d = decider.clone();
+        tasks.push(tokio::spawn(async move { d.transact(|_| two(n)).await }));
+        if k == 0 {
+            until("the first decision appends", || {
+                probe.appends.load(Ordering::SeqCst) > before
+            })
+            .await;
+        } else {
+            until("it is queued", || decider.queued() == k).await;
+        }
+    }
+    drop(held);
+    for (k, t) in tasks.into_iter().enumerate() {
+        let result = t.await.unwrap();
+        assert!(result.is_ok(), "decision {k}: {result:?}");
+    }
+    let state = decider.query(Clone::clone).await.unwrap();
+    assert_eq!(
+        state,
+        [0, 1, 10, 11, 20, 21, 30, 31, 40, 41],
+        "all written, in order"
+    );
+    let stored = probe
+        .inner
+        .read_stream_vec(
+            &StreamName::new("Tally-limited").unwrap(),
+            ReadStream::forward(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 10, "each event once");
     assert_eq!(decider.queued(), 0);
 }
 
