@@ -413,7 +413,7 @@ pub fn describe_metrics() {
     describe_histogram!(
         "annals_pg_grouped_reads",
         Unit::Count,
-        "Deciders' catch-up reads answered together by one grouped read"
+        "Stream reads (deciders' catch-ups, tails) answered together by one grouped read"
     );
     describe_gauge!(
         "annals_pg_held_back_events",

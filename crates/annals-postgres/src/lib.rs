@@ -115,6 +115,11 @@ pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 /// Events per page when reading a stream.
 const STREAM_PAGE: i64 = 1000;
 
+/// A backward read asking at most this many rows of its first page is a tail, read with the
+/// other tails queued (`read_group`); a longer one (a load reading back to a snapshot) is
+/// not grouped, as a group answers when its longest page is read.
+const SHORT_TAIL: i64 = 64;
+
 /// Packs `(tx_id, position)` into an opaque, totally ordered [`Position`].
 fn pack(tx: u64, position: i64) -> Position {
     annals::backend::position((u128::from(tx) << 64) | u128::from(position as u64))

@@ -2,13 +2,16 @@
 //! a decider reads on its cached state, usually nothing new) are read by one statement
 //! (`Sql::read_set`), so one round trip and one execution serve them all. PostgreSQL's work
 //! per statement is many times its work per short page, so a process with many deciders is
-//! no longer capped at one statement per catch-up. Reads from the start, which may be long,
-//! are not grouped: a group answers when its longest page is read.
+//! no longer capped at one statement per catch-up. Tail reads (a stream's last few events,
+//! newest first: the first page of a backward read asking at most `SHORT_TAIL` rows) are
+//! grouped the same way (`Sql::read_set_before`); a group reads one direction. Reads from
+//! the start, which may be long, are not grouped: a group answers when its longest page is
+//! read.
 //!
 //! A read joins the queue, then either gets its page from a group another caller is reading
 //! or, when a slot is free, takes everything queued and reads it itself, as a task of its
 //! own (a caller that gives up never strands the others' pages). A group of one is the
-//! plain statement of one stream (`Sql::read_after`), and so is each read of a group whose
+//! plain statement of one stream (`Sql::read_after`, `Sql::read_before`), and so is each read of a group whose
 //! statement failed (on a pooled connection). Groups run on connections kept for them, one
 //! per slot, so their backends stay warm. A read queued after an append it follows is in a
 //! later statement than that append's commit, so it sees the append.
@@ -32,6 +35,17 @@ pub(crate) struct FirstPage {
 }
 
 impl FirstPage {
+    /// The events in the read's order (versions ascending, or descending for a tail),
+    /// whatever order the rows came in.
+    fn order(&mut self, backward: bool) {
+        match backward {
+            false => self.events.sort_by_key(|e| e.stream_version),
+            true => self
+                .events
+                .sort_by_key(|e| std::cmp::Reverse(e.stream_version)),
+        }
+    }
+
     /// Takes a row of `read_after`'s columns from `offset` on: an event of `stream`, or
     /// (no event) the stream row's tombstone and start.
     fn add(&mut self, row: &Row, offset: usize, stream: &StreamName) -> Result<()> {
@@ -58,6 +72,8 @@ pub(crate) struct Request {
     stream: StreamName,
     from: i64,
     ask: i64,
+    /// A tail read: the last `ask` events below version `from`, newest first.
+    backward: bool,
     reply: oneshot::Sender<Result<FirstPage>>,
 }
 
@@ -66,28 +82,43 @@ pub(crate) type ReadGrouper = crate::batch::Batches<Request>;
 /// Groups read at once, each on a pooled connection.
 pub(crate) const SLOTS: usize = 2;
 
-/// The next group: what is queued, up to the bound.
+/// The next group: the reads queued in the first one's direction (one statement reads one
+/// direction), up to the bound; the others stay queued in their order.
 fn take(queue: &mut VecDeque<Request>) -> Vec<Request> {
     // Reads whose callers have given up are not read.
     queue.retain(|r| !r.reply.is_closed());
-    let n = queue.len().min(MAX_READS);
-    queue.drain(..n).collect()
+    let Some(backward) = queue.front().map(|r| r.backward) else {
+        return Vec::new();
+    };
+    let mut group = Vec::with_capacity(queue.len().min(MAX_READS));
+    let mut rest = VecDeque::new();
+    for r in queue.drain(..) {
+        match r.backward == backward && group.len() < MAX_READS {
+            true => group.push(r),
+            false => rest.push_back(r),
+        }
+    }
+    *queue = rest;
+    group
 }
 
 impl PgStore {
-    /// The events of `stream` from version `from` on, `ask` of them at most, read with
-    /// whatever other catch-ups are queued.
+    /// The events of `stream` from version `from` on, `ask` of them at most (`backward`:
+    /// the last `ask` below `from`, newest first), read with whatever other reads of that
+    /// direction are queued.
     pub(crate) async fn first_page(
         &self,
         stream: &StreamName,
         from: i64,
         ask: i64,
+        backward: bool,
     ) -> Result<FirstPage> {
         let (reply, answer) = oneshot::channel();
         let request = Request {
             stream: stream.clone(),
             from,
             ask,
+            backward,
             reply,
         };
         let store = self.clone();
@@ -108,7 +139,8 @@ impl PgStore {
             Ok([r]) => {
                 let page = async {
                     let client = self.read_client().await?;
-                    self.read_one_on(client, &r.stream, r.from, r.ask).await
+                    self.read_one_on(client, &r.stream, r.from, r.ask, r.backward)
+                        .await
                 };
                 let _ = r.reply.send(page.await);
                 return;
@@ -124,21 +156,23 @@ impl PgStore {
             return;
         }
         let reads = group.into_iter().map(|r| async move {
-            let page = self.read_one(&r.stream, r.from, r.ask).await;
+            let page = self.read_one(&r.stream, r.from, r.ask, r.backward).await;
             let _ = r.reply.send(page);
         });
         futures::future::join_all(reads).await;
     }
 
-    /// One stream's first page: `read_after`, its events then the stream row's tombstone.
+    /// One stream's first page: `read_after` (`read_before`), its events then the stream
+    /// row's tombstone.
     pub(crate) async fn read_one(
         &self,
         stream: &StreamName,
         from: i64,
         ask: i64,
+        backward: bool,
     ) -> Result<FirstPage> {
         let client = self.client().await?;
-        self.read_one_on(client, stream, from, ask).await
+        self.read_one_on(client, stream, from, ask, backward).await
     }
 
     /// [`Self::read_one`] on `client` (let go for good if the read ends it).
@@ -148,11 +182,16 @@ impl PgStore {
         stream: &StreamName,
         from: i64,
         ask: i64,
+        backward: bool,
     ) -> Result<FirstPage> {
+        let (sql, other_end) = match backward {
+            false => (&self.inner.sql.read_after, i64::MAX),
+            true => (&self.inner.sql.read_before, 0),
+        };
         let read = async {
-            let statement = client.prepare_cached(&self.inner.sql.read_after).await?;
+            let statement = client.prepare_cached(sql).await?;
             client
-                .query(&statement, &[&stream.as_str(), &from, &i64::MAX, &ask])
+                .query(&statement, &[&stream.as_str(), &from, &other_end, &ask])
                 .await
         };
         let rows = read.await.map_err(|e| client.failed(e))?;
@@ -160,6 +199,7 @@ impl PgStore {
         for row in &rows {
             page.add(row, 0, stream)?;
         }
+        page.order(backward);
         Ok(page)
     }
 
@@ -169,9 +209,14 @@ impl PgStore {
         let names: Vec<&str> = group.iter().map(|r| r.stream.as_str()).collect();
         let froms: Vec<i64> = group.iter().map(|r| r.from).collect();
         let asks: Vec<i64> = group.iter().map(|r| r.ask).collect();
+        let backward = group.first().is_some_and(|r| r.backward);
+        let sql = match backward {
+            false => &self.inner.sql.read_set,
+            true => &self.inner.sql.read_set_before,
+        };
         let client = self.read_client().await?;
         let read = async {
-            let statement = client.prepare_cached(&self.inner.sql.read_set).await?;
+            let statement = client.prepare_cached(sql).await?;
             client.query(&statement, &[&names, &froms, &asks]).await
         };
         let rows = read.await.map_err(|e| client.failed(e))?;
@@ -189,9 +234,8 @@ impl PgStore {
                 )));
             }
         }
-        // Each page in version order, whatever order the rows came in.
         for page in &mut pages {
-            page.events.sort_by_key(|e| e.stream_version);
+            page.order(backward);
         }
         Ok(pages)
     }

@@ -9,6 +9,8 @@ pub(crate) struct Sql {
     pub(crate) read_backward: String,
     pub(crate) read_after: String,
     pub(crate) read_set: String,
+    pub(crate) read_before: String,
+    pub(crate) read_set_before: String,
     pub(crate) read_all: String,
     pub(crate) head_position: String,
     pub(crate) classify: String,
@@ -104,6 +106,41 @@ fn stream_page(schema: &str, range_order: &str, tombstone: bool) -> String {
     }
 }
 
+/// The range, order and limit of a backward page.
+const BACKWARD: &str =
+    "e.stream_version < $2 AND e.stream_version >= $3 ORDER BY e.stream_version DESC LIMIT $4";
+
+/// The first pages of several streams (`read_group`): `$1` names, `$2` versions (the first
+/// read forward; the one read below backward), `$3` rows asked for. Each stream row is
+/// found by name (an index probe per read) and what [`SHOWN`] takes from it computed once;
+/// each stream's events, then a row with its tombstone and start, tagged with the read's
+/// number.
+fn read_set(schema: &str, backward: bool) -> String {
+    let (low, range, order) = match backward {
+        false => ("greatest(a.v, s.start, s.version - s.max_count)", "", ""),
+        true => (
+            "greatest(s.start, s.version - s.max_count)",
+            "AND e.stream_version < s.v ",
+            " DESC",
+        ),
+    };
+    format!(
+        "WITH a AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]) \
+           WITH ORDINALITY AS a (name, v, n, i)), \
+         s AS MATERIALIZED (\
+           SELECT a.i, a.n, a.v, s.stream_id, s.tombstone, s.start, {low} AS low, \
+                  coalesce(now() - s.max_age * interval '1 microsecond', '-infinity') AS after \
+           FROM a CROSS JOIN LATERAL (\
+             SELECT * FROM {schema}.streams s WHERE s.name = a.name OFFSET 0) s) \
+         SELECT s.i, e.*, NULL::bool, NULL::bigint FROM s CROSS JOIN LATERAL (\
+           SELECT {STREAM_EVENT_COLUMNS} FROM {schema}.events e \
+           WHERE e.stream_id = s.stream_id AND NOT s.tombstone \
+             AND e.stream_version >= s.low {range}AND e.recorded_at >= s.after \
+           ORDER BY e.stream_version{order} LIMIT s.n) e \
+         UNION ALL SELECT s.i, {NO_EVENT}, s.tombstone, s.start FROM s"
+    )
+}
+
 impl Sql {
     pub(crate) fn new(schema: &str) -> Self {
         let from =
@@ -145,11 +182,7 @@ impl Sql {
             ),
             // A page of one stream: see `stream_page`.
             read_forward: stream_page(schema, FORWARD, false),
-            read_backward: stream_page(
-                schema,
-                "e.stream_version < $2 AND e.stream_version >= $3 ORDER BY e.stream_version DESC LIMIT $4",
-                false,
-            ),
+            read_backward: stream_page(schema, BACKWARD, false),
             // The first page of a forward read (what a decider loads, or catches up on
             // from its cached state): `read_forward` and the stream row's tombstone, so an
             // empty answer (a new stream, nothing new) tells an ended stream from a deleted
@@ -160,22 +193,13 @@ impl Sql {
             // probe per read) and what [`SHOWN`] takes from it computed once; each stream's
             // events, then a row with its tombstone and start, tagged with the read's
             // number.
-            read_set: format!(
-                "WITH a AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]) \
-                   WITH ORDINALITY AS a (name, v, n, i)), \
-                 s AS MATERIALIZED (\
-                   SELECT a.i, a.n, s.stream_id, s.tombstone, s.start, \
-                          greatest(a.v, s.start, s.version - s.max_count) AS low, \
-                          coalesce(now() - s.max_age * interval '1 microsecond', '-infinity') AS after \
-                   FROM a CROSS JOIN LATERAL (\
-                     SELECT * FROM {schema}.streams s WHERE s.name = a.name OFFSET 0) s) \
-                 SELECT s.i, e.*, NULL::bool, NULL::bigint FROM s CROSS JOIN LATERAL (\
-                   SELECT {STREAM_EVENT_COLUMNS} FROM {schema}.events e \
-                   WHERE e.stream_id = s.stream_id AND NOT s.tombstone \
-                     AND e.stream_version >= s.low AND e.recorded_at >= s.after \
-                   ORDER BY e.stream_version LIMIT s.n) e \
-                 UNION ALL SELECT s.i, {NO_EVENT}, s.tombstone, s.start FROM s"
-            ),
+            read_set: read_set(schema, false),
+            // A stream's tail (the last events below `$2`, newest first) with the stream
+            // row's tombstone, as `read_after` (a group of one tail read).
+            read_before: stream_page(schema, BACKWARD, true),
+            // The tails of several streams (`read_group`): `read_set` backward, `$2` the
+            // versions each read stays below.
+            read_set_before: read_set(schema, true),
             // A page of the feed: see `read_all_page`.
             read_all: read_all_page(schema),
             // The last event below the visibility horizon, as read-all sees it (the primary

@@ -284,15 +284,22 @@ impl EventStore for PgStore {
             let want = left.min(STREAM_PAGE as u64);
             let ask = if want < left { want + 1 } else { want } as i64;
             let page = async {
-                if forward && first {
-                    // The first page forward (what a decider loads), with the stream row's
-                    // tombstone in the same statement: a new stream costs one statement.
-                    // A catch-up (from past 0, what a decider reads on a cached state) is
-                    // grouped with other readers' catch-ups.
-                    let page = match next {
-                        0 => self.read_one(stream, 0, ask).await?,
-                        from => self.first_page(stream, bigint(from), ask).await?,
-                    };
+                // The first page forward (what a decider loads), with the stream row's
+                // tombstone in the same statement: a new stream costs one statement. A
+                // catch-up (from past 0, what a decider reads on a cached state) is grouped
+                // with other readers' catch-ups. A stream's last few events (a tail, usually
+                // read whole in its first page) likewise, with the other tails queued.
+                let grouped = match (forward, first, next) {
+                    (true, true, 0) => Some(self.read_one(stream, 0, ask, false).await?),
+                    (true, true, from) => {
+                        Some(self.first_page(stream, bigint(from), ask, false).await?)
+                    }
+                    (false, true, before) if ask <= SHORT_TAIL => {
+                        Some(self.first_page(stream, bigint(before), ask, true).await?)
+                    }
+                    _ => None,
+                };
+                if let Some(page) = grouped {
                     if page.tombstone {
                         return Err(Error::StreamDeleted {
                             stream: stream.clone(),
@@ -360,8 +367,8 @@ impl EventStore for PgStore {
         // the stream starts.
         let ask = bigint(limit as u64);
         let page = match bigint(from.get()) {
-            0 => self.read_one(stream, 0, ask).await?,
-            from => self.first_page(stream, from, ask).await?,
+            0 => self.read_one(stream, 0, ask, false).await?,
+            from => self.first_page(stream, from, ask, false).await?,
         };
         if page.tombstone {
             return Err(Error::StreamDeleted {

@@ -1154,3 +1154,108 @@ async fn a_second_group_is_sent_while_the_first_waits_and_each_caller_gets_its_o
         "the held group commits first"
     );
 }
+
+/// Concurrent tail reads (a stream's last few events, newest first) are read together,
+/// fewer statements than reads, and each caller gets its own stream's tail as a read of its
+/// own would show it: below its version, truncation and retention applied, a tombstone an
+/// error, a missing stream empty, its limit kept. An empty tail alone is one statement.
+#[tokio::test]
+async fn concurrent_tail_reads_are_read_together_each_with_its_own_tail() {
+    use annals::{DeleteMode, EventStoreExt, ReadStream, Retention, RetentionScope, Version};
+    let recorded = annals_testkit::metrics::recorded();
+    let (proxy, store, schema) = counted_store_in().await;
+    let grouped = || recorded.histogram(&format!("annals_pg_grouped_reads{{schema={schema}}}"));
+    let name = |k: usize| StreamName::new(format!("Tail-{k}")).unwrap();
+    let streams = 24;
+    // Stream k holds k + 3 events (versions 0 to k + 2).
+    write_streams(&store, &name, streams, 3).await;
+    // Stream 0 is a tombstone; 1 starts at version 3; 2 keeps its last 2 events.
+    store
+        .delete_stream(&name(0), ExpectedVersion::Any, DeleteMode::Hard)
+        .await
+        .unwrap();
+    store.truncate_before(&name(1), Version(3)).await.unwrap();
+    store
+        .set_retention(&RetentionScope::Stream(name(2)), Retention::max_count(2))
+        .await
+        .unwrap();
+    // Stream k's last 1 + k % 5 events; every third read below version k (so from the
+    // middle of the stream); one stream that does not exist.
+    let mut reads: Vec<(StreamName, ReadStream)> = (0..streams)
+        .map(|k| {
+            let options = match k % 3 {
+                0 => ReadStream::backward_from(Version(k as u64)),
+                _ => ReadStream::backward(),
+            };
+            (name(k), options.limit(1 + k % 5))
+        })
+        .collect();
+    reads.push((name(99), ReadStream::backward().limit(10)));
+    // Prepared once before counting.
+    store
+        .read_stream_vec(&name(3), ReadStream::backward().limit(2))
+        .await
+        .unwrap();
+    let before = proxy.count();
+    let (groups_before, reads_before) = grouped();
+    let got = futures::future::join_all(
+        reads
+            .iter()
+            .map(|(stream, options)| store.read_stream_vec(stream, *options)),
+    )
+    .await;
+    let statements = proxy.count() - before;
+    let (groups, grouped_reads) = grouped();
+    assert_eq!(grouped_reads - reads_before, reads.len() as f64);
+    assert!(
+        (1..=2).contains(&(groups - groups_before)),
+        "{} groups",
+        groups - groups_before
+    );
+    assert!(
+        statements <= 2,
+        "{statements} statements for {} tail reads started together",
+        reads.len()
+    );
+    for ((stream, options), got) in reads.iter().zip(got) {
+        let k: usize = stream.as_str()["Tail-".len()..].parse().unwrap();
+        if k == 0 {
+            assert!(
+                matches!(got, Err(annals::Error::StreamDeleted { .. })),
+                "a tombstone: {got:?}"
+            );
+            continue;
+        }
+        let got: Vec<u64> = got.unwrap().iter().map(|e| e.stream_version).collect();
+        // Versions shown: from the first one shown to the last below the read's bound.
+        let first_shown = match k {
+            1 => 3,
+            2 => 3,
+            _ => 0,
+        };
+        let below = options.from.map_or(k as u64 + 3, Version::get);
+        let limit = options.limit.unwrap();
+        let want: Vec<u64> = match k {
+            99 => vec![],
+            _ => (first_shown..below).rev().take(limit).collect(),
+        };
+        assert_eq!(got, want, "{stream} below {below}, at most {limit}");
+    }
+    // A tail alone, of a stream with nothing to show, is still one statement.
+    store.truncate_before(&name(5), Version(8)).await.unwrap();
+    let before = proxy.count();
+    let alone = store
+        .read_stream_vec(&name(5), ReadStream::backward().limit(3))
+        .await
+        .unwrap();
+    assert!(alone.is_empty(), "{alone:?}");
+    assert_eq!(proxy.count() - before, 1);
+    // Tails of a deleted stream, alone and with others, are errors.
+    let alone = store
+        .read_stream_vec(&name(0), ReadStream::backward().limit(3))
+        .await;
+    assert!(
+        matches!(alone, Err(annals::Error::StreamDeleted { .. })),
+        "{alone:?}"
+    );
+}
