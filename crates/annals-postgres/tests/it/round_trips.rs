@@ -877,20 +877,10 @@ async fn write_streams(
     }
 }
 
-/// Concurrent catch-ups (forward reads from past version 0, what deciders read on their
-/// cached states) are read together, fewer statements than reads, and each caller gets its
-/// own stream's page as a read of its own would show it: from its version, truncation and
-/// retention applied, a tombstone an error, a missing stream empty, a limit kept.
-#[tokio::test]
-async fn concurrent_catch_ups_are_read_together_each_with_its_own_page() {
-    use annals::{DeleteMode, EventStoreExt, ReadStream, Retention, RetentionScope, Version};
-    let recorded = annals_testkit::metrics::recorded();
-    let (proxy, store, schema) = counted_store_in().await;
-    let grouped = || recorded.histogram(&format!("annals_pg_grouped_reads{{schema={schema}}}"));
-    let name = |k: usize| StreamName::new(format!("Catch-{k}")).unwrap();
-    let streams = 24;
-    write_streams(&store, &name, streams, 3).await;
-    // Stream 0 is a tombstone; 1 starts at version 3; 2 keeps its last 2 events.
+/// Marks streams 0 to 2 of `name` as the grouped-read tests read them: 0 a tombstone, 1
+/// starting at version 3, 2 keeping its last 2 events.
+async fn tombstone_truncated_retained(store: &PgStore, name: &dyn Fn(usize) -> StreamName) {
+    use annals::{DeleteMode, Retention, RetentionScope, Version};
     store
         .delete_stream(&name(0), ExpectedVersion::Any, DeleteMode::Hard)
         .await
@@ -900,21 +890,20 @@ async fn concurrent_catch_ups_are_read_together_each_with_its_own_page() {
         .set_retention(&RetentionScope::Stream(name(2)), Retention::max_count(2))
         .await
         .unwrap();
-    // What each read asks: stream k from version 1 + k % 3, stream 5 at most 2 events, and
-    // one stream that does not exist.
-    let mut reads: Vec<(StreamName, ReadStream)> = (0..streams)
-        .map(|k| {
-            let options = ReadStream::forward_from(Version(1 + k as u64 % 3));
-            let options = if k == 5 { options.limit(2) } else { options };
-            (name(k), options)
-        })
-        .collect();
-    reads.push((name(99), ReadStream::forward_from(Version(4))));
-    // Prepared once before counting.
-    store
-        .read_stream_vec(&name(3), ReadStream::forward_from(Version(1)))
-        .await
-        .unwrap();
+}
+
+/// Runs `reads` at once on `store`; asserts they went into one or two groups of the
+/// `annals_pg_grouped_reads` histogram of `schema`, all counted, in at most two statements
+/// through `proxy`; answers each read's result.
+async fn read_together(
+    proxy: &Proxy,
+    store: &PgStore,
+    schema: &str,
+    reads: &[(StreamName, annals::ReadStream)],
+) -> Vec<annals::Result<Vec<annals::RecordedEvent>>> {
+    use annals::EventStoreExt;
+    let recorded = annals_testkit::metrics::recorded();
+    let grouped = || recorded.histogram(&format!("annals_pg_grouped_reads{{schema={schema}}}"));
     let before = proxy.count();
     let (groups_before, reads_before) = grouped();
     let got = futures::future::join_all(
@@ -937,9 +926,41 @@ async fn concurrent_catch_ups_are_read_together_each_with_its_own_page() {
     // likewise, then the rest).
     assert!(
         statements <= 2,
-        "{statements} statements for {} catch-ups started together",
+        "{statements} statements for {} reads started together",
         reads.len()
     );
+    got
+}
+
+/// Concurrent catch-ups (forward reads from past version 0, what deciders read on their
+/// cached states) are read together, fewer statements than reads, and each caller gets its
+/// own stream's page as a read of its own would show it: from its version, truncation and
+/// retention applied, a tombstone an error, a missing stream empty, a limit kept.
+#[tokio::test]
+async fn concurrent_catch_ups_are_read_together_each_with_its_own_page() {
+    use annals::{EventStoreExt, ReadStream, Version};
+    let (proxy, store, schema) = counted_store_in().await;
+    let name = |k: usize| StreamName::new(format!("Catch-{k}")).unwrap();
+    let streams = 24;
+    write_streams(&store, &name, streams, 3).await;
+    // Stream 0 is a tombstone; 1 starts at version 3; 2 keeps its last 2 events.
+    tombstone_truncated_retained(&store, &name).await;
+    // What each read asks: stream k from version 1 + k % 3, stream 5 at most 2 events, and
+    // one stream that does not exist.
+    let mut reads: Vec<(StreamName, ReadStream)> = (0..streams)
+        .map(|k| {
+            let options = ReadStream::forward_from(Version(1 + k as u64 % 3));
+            let options = if k == 5 { options.limit(2) } else { options };
+            (name(k), options)
+        })
+        .collect();
+    reads.push((name(99), ReadStream::forward_from(Version(4))));
+    // Prepared once before counting.
+    store
+        .read_stream_vec(&name(3), ReadStream::forward_from(Version(1)))
+        .await
+        .unwrap();
+    let got = read_together(&proxy, &store, &schema, &reads).await;
     for ((stream, options), got) in reads.iter().zip(got) {
         let k: usize = stream.as_str()["Catch-".len()..].parse().unwrap();
         if k == 0 {
@@ -1161,24 +1182,14 @@ async fn a_second_group_is_sent_while_the_first_waits_and_each_caller_gets_its_o
 /// error, a missing stream empty, its limit kept. An empty tail alone is one statement.
 #[tokio::test]
 async fn concurrent_tail_reads_are_read_together_each_with_its_own_tail() {
-    use annals::{DeleteMode, EventStoreExt, ReadStream, Retention, RetentionScope, Version};
-    let recorded = annals_testkit::metrics::recorded();
+    use annals::{EventStoreExt, ReadStream, Version};
     let (proxy, store, schema) = counted_store_in().await;
-    let grouped = || recorded.histogram(&format!("annals_pg_grouped_reads{{schema={schema}}}"));
     let name = |k: usize| StreamName::new(format!("Tail-{k}")).unwrap();
     let streams = 24;
     // Stream k holds k + 3 events (versions 0 to k + 2).
     write_streams(&store, &name, streams, 3).await;
     // Stream 0 is a tombstone; 1 starts at version 3; 2 keeps its last 2 events.
-    store
-        .delete_stream(&name(0), ExpectedVersion::Any, DeleteMode::Hard)
-        .await
-        .unwrap();
-    store.truncate_before(&name(1), Version(3)).await.unwrap();
-    store
-        .set_retention(&RetentionScope::Stream(name(2)), Retention::max_count(2))
-        .await
-        .unwrap();
+    tombstone_truncated_retained(&store, &name).await;
     // Stream k's last 1 + k % 5 events; every third read below version k (so from the
     // middle of the stream); one stream that does not exist.
     let mut reads: Vec<(StreamName, ReadStream)> = (0..streams)
@@ -1196,27 +1207,7 @@ async fn concurrent_tail_reads_are_read_together_each_with_its_own_tail() {
         .read_stream_vec(&name(3), ReadStream::backward().limit(2))
         .await
         .unwrap();
-    let before = proxy.count();
-    let (groups_before, reads_before) = grouped();
-    let got = futures::future::join_all(
-        reads
-            .iter()
-            .map(|(stream, options)| store.read_stream_vec(stream, *options)),
-    )
-    .await;
-    let statements = proxy.count() - before;
-    let (groups, grouped_reads) = grouped();
-    assert_eq!(grouped_reads - reads_before, reads.len() as f64);
-    assert!(
-        (1..=2).contains(&(groups - groups_before)),
-        "{} groups",
-        groups - groups_before
-    );
-    assert!(
-        statements <= 2,
-        "{statements} statements for {} tail reads started together",
-        reads.len()
-    );
+    let got = read_together(&proxy, &store, &schema, &reads).await;
     for ((stream, options), got) in reads.iter().zip(got) {
         let k: usize = stream.as_str()["Tail-".len()..].parse().unwrap();
         if k == 0 {

@@ -517,6 +517,33 @@ async fn queue_behind_a_held_append<'a>(
     (held, tasks)
 }
 
+/// Starts a decision writing each of `decisions` in turn: the first's append held, each
+/// other queued behind it; returns them once all are queued, appends still held.
+async fn held_and_queued<'a>(
+    probe: &'a Arc<Probe>,
+    decider: &Arc<annals::Decider<Tally>>,
+    decisions: Vec<Vec<Event>>,
+) -> (Held<'a>, Vec<tokio::task::JoinHandle<annals::Result<()>>>) {
+    let held = probe.gate.write().await;
+    let before = probe.appends.load(Ordering::SeqCst);
+    let mut tasks = Vec::new();
+    for (k, events) in decisions.into_iter().enumerate() {
+        let d = decider.clone();
+        tasks.push(tokio::spawn(async move {
+            d.transact(move |_| events.clone()).await
+        }));
+        if k == 0 {
+            until("the first decision appends", || {
+                probe.appends.load(Ordering::SeqCst) > before
+            })
+            .await;
+        } else {
+            until("it is queued", || decider.queued() == k).await;
+        }
+    }
+    (held, tasks)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decisions_queued_on_a_hot_stream_are_written_in_one_append() {
     let probe = Arc::new(Probe::default());
@@ -906,21 +933,8 @@ async fn a_queued_decision_the_store_refuses_fails_alone() {
     });
     let cat = category(&probe, Some(Arc::new(Cache::new(100))));
     let decider = Arc::new(cat.decider("refused").unwrap());
-    let held = probe.gate.write().await;
-    let before = probe.appends.load(Ordering::SeqCst);
-    let mut tasks = Vec::new();
-    for (k, n) in [0u32, 1, 1_000_000, 3].into_iter().enumerate() {
-        let d = decider.clone();
-        tasks.push(tokio::spawn(async move { d.transact(|_| add(n)).await }));
-        if k == 0 {
-            until("the first decision appends", || {
-                probe.appends.load(Ordering::SeqCst) > before
-            })
-            .await;
-        } else {
-            until("it is queued", || decider.queued() == k).await;
-        }
-    }
+    let decisions = [0u32, 1, 1_000_000, 3].map(add).to_vec();
+    let (held, tasks) = held_and_queued(&probe, &decider, decisions).await;
     drop(held);
     let mut results = Vec::new();
     for t in tasks {
@@ -948,21 +962,8 @@ async fn queued_decisions_too_many_together_for_the_store_are_written_one_by_one
     let decider = Arc::new(cat.decider("limited").unwrap());
     let two = |n: u32| vec![Event::Added { n }, Event::Added { n: n + 1 }];
     decider.transact(|_| two(0)).await.unwrap();
-    let held = probe.gate.write().await;
-    let before = probe.appends.load(Ordering::SeqCst);
-    let mut tasks = Vec::new();
-    for (k, n) in [10u32, 20, 30, 40].into_iter().enumerate() {
-        let d = decider.clone();
-        tasks.push(tokio::spawn(async move { d.transact(|_| two(n)).await }));
-        if k == 0 {
-            until("the first decision appends", || {
-                probe.appends.load(Ordering::SeqCst) > before
-            })
-            .await;
-        } else {
-            until("it is queued", || decider.queued() == k).await;
-        }
-    }
+    let decisions = [10u32, 20, 30, 40].map(two).to_vec();
+    let (held, tasks) = held_and_queued(&probe, &decider, decisions).await;
     drop(held);
     for (k, t) in tasks.into_iter().enumerate() {
         let result = t.await.unwrap();
