@@ -1115,10 +1115,11 @@ async fn a_catch_up_cut_off_by_a_lost_connection_fails_as_transient_and_the_next
     );
 }
 
-/// A stream read backward (on the main pool) and a page of the feed (on the feed's own
-/// connections) whose connection is lost while they run fail with a transient error, and
-/// the same read asked for again at once runs on a connection that works: a connection
-/// the server ended is not pooled again before its driver sees the socket close.
+/// A stream read backward (on the main pool), a stream's tail (on the grouped reads'
+/// connections) and a page of the feed (on the feed's own connections) whose connection is
+/// lost while they run fail with a transient error, and the same read asked for again at
+/// once runs on a connection that works: a connection the server ended is not pooled again
+/// before its driver sees the socket close.
 #[tokio::test]
 async fn reads_cut_off_by_a_lost_connection_fail_as_transient_and_the_next_ones_read() {
     let (store, app, schema) = named_store("cutreads", "Cut-read").await;
@@ -1126,27 +1127,32 @@ async fn reads_cut_off_by_a_lost_connection_fail_as_transient_and_the_next_ones_
     // (other tests' among them): wait for that first, so the page below has it to show.
     store.await_visible().await.unwrap();
     let admin = postgres::connect(&postgres::shared().url).await;
-    let read = |feed: bool| {
+    // A read of the whole stream backward, of its tail, or a page of the feed.
+    let read = |kind: &'static str| {
         let store = std::sync::Arc::clone(&store);
         tokio::spawn(async move {
-            if feed {
+            if kind == "feed" {
                 let page = store
                     .read_all(Position::START, &Filter::category("Cut"), 10)
                     .await?;
-                Ok(page.events.len())
-            } else {
-                let stream = StreamName::new("Cut-read").unwrap();
-                let events = store
-                    .read_stream_vec(&stream, ReadStream::backward())
-                    .await?;
-                Ok(events.len())
+                return Ok(page.events.len());
             }
+            let options = match kind {
+                "tail" => ReadStream::backward().limit(5),
+                _ => ReadStream::backward(),
+            };
+            let stream = StreamName::new("Cut-read").unwrap();
+            Ok(store.read_stream_vec(&stream, options).await?.len())
         })
     };
-    for (feed, who) in [(false, "the stream read"), (true, "the feed page")] {
+    for (kind, who) in [
+        ("whole", "the stream read"),
+        ("tail", "the tail read"),
+        ("feed", "the feed page"),
+    ] {
         let holder = lock_events(&schema).await;
-        cut_off(&admin, &app, who, read(feed)).await;
-        let next = read(feed);
+        cut_off(&admin, &app, who, read(kind)).await;
+        let next = read(kind);
         holder.batch_execute("ROLLBACK").await.unwrap();
         let found: annals::Result<usize> = next.await.unwrap();
         assert_eq!(
