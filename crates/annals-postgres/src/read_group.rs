@@ -11,10 +11,11 @@
 //! A read joins the queue, then either gets its page from a group another caller is reading
 //! or, when a slot is free, takes everything queued and reads it itself, as a task of its
 //! own (a caller that gives up never strands the others' pages). A group of one is the
-//! plain statement of one stream (`Sql::read_after`, `Sql::read_before`), and so is each read of a group whose
-//! statement failed (on a pooled connection). Groups run on connections kept for them, one
-//! per slot, so their backends stay warm. A read queued after an append it follows is in a
-//! later statement than that append's commit, so it sees the append.
+//! plain statement of one stream (`Sql::read_after`, `Sql::read_before`), and so is each
+//! read of a group whose statement failed (on a pooled connection). Groups run on
+//! connections kept for them, one per slot, so their backends stay warm. A read queued
+//! after an append it follows is in a later statement than that append's commit, so it
+//! sees the append.
 
 use std::collections::VecDeque;
 
@@ -72,7 +73,8 @@ pub(crate) struct Request {
     stream: StreamName,
     from: i64,
     ask: i64,
-    /// A tail read: the last `ask` events below version `from`, newest first.
+    /// A tail read: the last `ask` events below version `from` (not from version `from`
+    /// on), newest first.
     backward: bool,
     reply: oneshot::Sender<Result<FirstPage>>,
 }

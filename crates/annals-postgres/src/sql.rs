@@ -188,11 +188,8 @@ impl Sql {
             // empty answer (a new stream, nothing new) tells an ended stream from a deleted
             // one in the same statement.
             read_after: stream_page(schema, FORWARD, true),
-            // The first pages of several streams (`read_group`): `$1` names, `$2` first
-            // versions, `$3` rows asked for. Each stream row is found by name (an index
-            // probe per read) and what [`SHOWN`] takes from it computed once; each stream's
-            // events, then a row with its tombstone and start, tagged with the read's
-            // number.
+            // The first pages of several streams' forward reads (`read_group`): see
+            // `read_set`.
             read_set: read_set(schema, false),
             // A stream's tail (the last events below `$2`, newest first) with the stream
             // row's tombstone, as `read_after` (a group of one tail read).
