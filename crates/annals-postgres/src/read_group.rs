@@ -93,14 +93,15 @@ fn take(queue: &mut VecDeque<Request>) -> Vec<Request> {
         return Vec::new();
     };
     let mut group = Vec::with_capacity(queue.len().min(MAX_READS));
-    let mut rest = VecDeque::new();
-    for r in queue.drain(..) {
+    // Each queued read once round the queue: taken, or back at its end (so the rest keep
+    // their order, and the queue its room).
+    for _ in 0..queue.len() {
+        let Some(r) = queue.pop_front() else { break };
         match r.backward == backward && group.len() < MAX_READS {
             true => group.push(r),
-            false => rest.push_back(r),
+            false => queue.push_back(r),
         }
     }
-    *queue = rest;
     group
 }
 
@@ -240,5 +241,66 @@ impl PgStore {
             page.order(backward);
         }
         Ok(pages)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A queued read of stream `Take-{n}` in a direction, and the receiver of its answer.
+    fn request(n: usize, backward: bool) -> (Request, oneshot::Receiver<Result<FirstPage>>) {
+        let (reply, answer) = oneshot::channel();
+        let stream = StreamName::new(format!("Take-{n}")).unwrap();
+        let request = Request {
+            stream,
+            from: 0,
+            ask: 1,
+            backward,
+            reply,
+        };
+        (request, answer)
+    }
+
+    fn numbers(reads: &[Request]) -> Vec<(usize, bool)> {
+        reads
+            .iter()
+            .map(|r| (r.stream.as_str()[5..].parse().unwrap(), r.backward))
+            .collect()
+    }
+
+    /// A group reads one direction, the first queued read's; the reads of the other
+    /// direction stay queued in their order for the next group; callers gone are dropped;
+    /// a group takes at most `MAX_READS`.
+    #[test]
+    fn a_group_takes_the_first_reads_direction_and_leaves_the_rest_in_order() {
+        let mut answers = Vec::new();
+        let mut queue = VecDeque::new();
+        for (n, backward) in [(0, true), (1, false), (2, true), (3, false), (4, true)] {
+            let (r, answer) = request(n, backward);
+            queue.push_back(r);
+            answers.push(answer);
+        }
+        // The caller of read 2 gave up.
+        drop(answers.remove(2));
+        let first = take(&mut queue);
+        assert_eq!(numbers(&first), [(0, true), (4, true)]);
+        assert_eq!(numbers(queue.make_contiguous()), [(1, false), (3, false)]);
+        let second = take(&mut queue);
+        assert_eq!(numbers(&second), [(1, false), (3, false)]);
+        assert!(queue.is_empty() && take(&mut queue).is_empty());
+        let mut answers = Vec::new();
+        for n in 0..MAX_READS + 3 {
+            let (r, answer) = request(n, false);
+            queue.push_back(r);
+            answers.push(answer);
+        }
+        assert_eq!(take(&mut queue).len(), MAX_READS);
+        assert_eq!(
+            numbers(queue.make_contiguous()),
+            (MAX_READS..MAX_READS + 3)
+                .map(|n| (n, false))
+                .collect::<Vec<_>>()
+        );
     }
 }
