@@ -1301,3 +1301,66 @@ async fn a_role_defaulting_to_serializable_transactions_is_served_as_written() {
         .unwrap();
     postgres::drop_role(&admin, &role).await;
 }
+
+/// A server that ends idle sessions (`idle_session_timeout`, as managed servers and
+/// connection poolers do) fails no call: after each round of an append, a tail read, a
+/// catch-up and a feed page, the test waits until every backend that served the round is
+/// gone, and the next round's calls each run on a new connection.
+#[tokio::test]
+async fn sessions_the_server_ends_for_idling_fail_no_call() {
+    use annals_testkit::eventually;
+    let app = postgres::schema_name("idle");
+    let mut connection = postgres::shared().connection();
+    connection.application_name(&app);
+    connection.options("-c idle_session_timeout=300");
+    let config = PgConfig::new(connection).schema(postgres::schema_name("t"));
+    let store = PgStore::connect(config).await.unwrap();
+    store.migrate().await.unwrap();
+    let stream = StreamName::new("Idle-1").unwrap();
+    let admin = postgres::connect(&postgres::shared().url).await;
+    let backends = || async {
+        admin
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+                &[&app],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, i32>(0))
+            .collect::<Vec<i32>>()
+    };
+    for round in 0..4u64 {
+        let event = vec![EventData::new("E", b"{}".to_vec())];
+        let written = store
+            .append(&stream, ExpectedVersion::Exact(Version(round)), event)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the append: {e}"));
+        assert_eq!(written.version, Version(round + 1));
+        let tail = store
+            .read_stream_vec(&stream, ReadStream::backward().limit(2))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the tail: {e}"));
+        assert_eq!(tail[0].stream_version, round);
+        let caught_up = store
+            .read_stream_vec(&stream, ReadStream::forward_from(Version(round)))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the catch-up: {e}"));
+        assert_eq!(caught_up.len(), 1);
+        store
+            .read_all(Position::START, &Filter::category("Idle"), 10)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the feed page: {e}"));
+        let served = backends().await;
+        assert!(!served.is_empty());
+        eventually(
+            "the server to end the round's idle sessions",
+            std::time::Duration::from_secs(30),
+            || async {
+                let now = backends().await;
+                (!served.iter().any(|pid| now.contains(pid))).then_some(())
+            },
+        )
+        .await;
+    }
+}
