@@ -154,9 +154,13 @@ impl TraceContext {
     /// `Value` would round its numbers past 64 bits and sort its members): the new text, or
     /// `None` when the metadata stays as it is (it names a trace, or is not a JSON object).
     pub fn add_to_json(&self, metadata: Option<&[u8]>) -> Option<Vec<u8>> {
-        let keys = self.add_to(None).map(|v| v.to_string()).unwrap_or_default();
+        let quoted = |text: &str| Value::String(text.to_owned()).to_string();
+        let mut keys = format!("{}:{}", quoted(TRACEPARENT), quoted(&self.traceparent));
+        if let Some(state) = &self.tracestate {
+            keys += &format!(",{}:{}", quoted(TRACESTATE), quoted(state));
+        }
         let Some(bytes) = metadata else {
-            return Some(keys.into_bytes());
+            return Some(format!("{{{keys}}}").into_bytes());
         };
         let text = std::str::from_utf8(bytes).ok()?;
         let members: BTreeMap<String, serde::de::IgnoredAny> = serde_json::from_str(text).ok()?;
@@ -166,7 +170,7 @@ impl TraceContext {
         // An object's text ends with its `}`: the keys go before it.
         let open = text.trim_end().strip_suffix('}')?.trim_end();
         let separator = if members.is_empty() { "" } else { "," };
-        Some(format!("{open}{separator}{}", &keys[1..]).into_bytes())
+        Some(format!("{open}{separator}{keys}}}").into_bytes())
     }
 }
 
@@ -230,6 +234,27 @@ mod tests {
         ] {
             assert_eq!(TraceContext::parse(bad, None), None, "{bad}");
         }
+    }
+
+    /// On text, the same keys as on a `Value` (the state's quotes escaped), the rest of
+    /// the text as it was.
+    #[test]
+    fn adds_to_json_text_as_to_a_value() {
+        let t = TraceContext::parse(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            Some("k=\"v\""),
+        )
+        .unwrap();
+        for metadata in [None, Some(&b"{}"[..]), Some(b"{\"a\": [1, 2]}  ")] {
+            let text = t.add_to_json(metadata).unwrap();
+            let parsed: Value = serde_json::from_slice(&text).unwrap();
+            let as_value = t.add_to(metadata.map(|m| serde_json::from_slice(m).unwrap()));
+            assert_eq!(Some(parsed), as_value, "{metadata:?}");
+        }
+        assert_eq!(
+            t.add_to_json(Some(b"{\"a\": [1, 2]}  ")).unwrap(),
+            br#"{"a": [1, 2],"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01","tracestate":"k=\"v\""}"#
+        );
     }
 
     #[test]

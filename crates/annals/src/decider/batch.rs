@@ -70,7 +70,10 @@ pub(super) enum ToMember<S> {
 /// A member's answer to an offer.
 pub(super) enum Answer<S> {
     /// Append these events; the state after them.
-    Write { events: Vec<EventData>, state: S },
+    Write {
+        events: Vec<EventData>,
+        state: Arc<S>,
+    },
     /// The decision wrote nothing (or the domain refused): it stands if the state it saw
     /// does.
     Nothing,
@@ -321,11 +324,14 @@ impl<D: Domain> Decider<D> {
         &self,
         mut queue: mpsc::UnboundedReceiver<ToMember<D::State>>,
         mut decide: impl FnMut(Arc<D::State>) -> F,
-    ) -> std::result::Result<R, DecideError<X>>
+        keep: bool,
+    ) -> std::result::Result<(R, Option<Arc<D::State>>), DecideError<X>>
     where
         F: Future<Output = std::result::Result<(R, Vec<D::Event>), X>>,
     {
         let mut decided: Option<std::result::Result<R, X>> = None;
+        // The state after this member's decision in the last batch offered (`keep`).
+        let mut after = None;
         loop {
             let Some(message) = queue.recv().await else {
                 return Err(Error::backend(
@@ -337,7 +343,7 @@ impl<D: Domain> Decider<D> {
             let (loaded, answer) = match message {
                 ToMember::Done(Ok(())) => {
                     return match decided {
-                        Some(Ok(result)) => Ok(result),
+                        Some(Ok(result)) => Ok((result, after)),
                         Some(Err(refused)) => Err(DecideError::Domain(refused)),
                         None => Err(Error::backend(
                             self.category.store.backend(),
@@ -356,14 +362,17 @@ impl<D: Domain> Decider<D> {
                 }
                 Ok((result, events)) if events.is_empty() => {
                     decided = Some(Ok(result));
+                    after = keep.then_some(loaded.state);
                     Answer::Nothing
                 }
                 Ok((result, events)) => match self.encode_member(&loaded, &events).await {
                     Ok(encoded) => {
                         decided = Some(Ok(result));
+                        let state = Arc::new(D::fold((*loaded.state).clone(), &events));
+                        after = keep.then(|| Arc::clone(&state));
                         Answer::Write {
                             events: encoded,
-                            state: D::fold((*loaded.state).clone(), &events),
+                            state,
                         }
                     }
                     Err(e) => {
@@ -451,7 +460,7 @@ async fn offer<S: Clone>(
             Ok(Answer::Write { events, state }) => {
                 bytes += events.iter().map(EventData::size).sum::<usize>();
                 gathered.events.extend(events);
-                gathered.state = Arc::new(state);
+                gathered.state = state;
                 gathered.members.push(member);
             }
             Ok(Answer::Nothing) => gathered.members.push(member),

@@ -20,15 +20,13 @@ impl<D: Domain> Decider<D> {
         mut decide: impl FnMut(&D::State) -> Vec<D::Event>,
         render: impl Fn(&D::State) -> V,
     ) -> Result<V> {
-        self.transact_result(|s| {
-            let events = decide(s);
-            let view = match events.is_empty() {
-                true => render(s),
-                false => render(&D::fold(s.clone(), &events)),
-            };
-            (view, events)
-        })
-        .await
+        let decide = |s: Arc<D::State>| std::future::ready(Ok::<_, Infallible>(((), decide(&s))));
+        let ((), after) = self
+            .decide_keeping(decide, true)
+            .await
+            .map_err(DecideError::into_store)?;
+        let after = after.expect("kept when asked for");
+        Ok(render(&after))
     }
 
     /// As [`transact`](Self::transact), for decisions that also return a result.
@@ -90,6 +88,21 @@ impl<D: Domain> Decider<D> {
     where
         F: Future<Output = std::result::Result<(R, Vec<D::Event>), X>>,
     {
+        Ok(self.decide_keeping(decide, false).await?.0)
+    }
+
+    /// The family's one entry: runs `decide` in this stream's turn; answers its result
+    /// and, when `keep`, the state after its events (as appended and cached; the state it
+    /// saw when it wrote nothing). Not kept otherwise: holding it would make the next
+    /// decision copy the cached state instead of folding onto it in place.
+    async fn decide_keeping<R, X, F>(
+        &self,
+        decide: impl FnMut(Arc<D::State>) -> F,
+        keep: bool,
+    ) -> std::result::Result<(R, Option<Arc<D::State>>), DecideError<X>>
+    where
+        F: Future<Output = std::result::Result<(R, Vec<D::Event>), X>>,
+    {
         // At DEBUG, so that logs at INFO do not format it at every decision; its
         // OpenTelemetry kind lets an exporter take it as a trace of its own when no span is
         // current (as the CLI's does).
@@ -111,9 +124,9 @@ impl<D: Domain> Decider<D> {
             match self.turn() {
                 batch::Turn::Alone => {
                     let _end = EndTurn(self);
-                    self.run(decide, &span).await
+                    self.run(decide, keep, &span).await
                 }
-                batch::Turn::Queued(queue) => self.follow(queue, decide).await,
+                batch::Turn::Queued(queue) => self.follow(queue, decide, keep).await,
             }
         }
         .instrument(span.clone())
@@ -136,8 +149,9 @@ impl<D: Domain> Decider<D> {
     async fn run<R, X, F>(
         &self,
         mut decide: impl FnMut(Arc<D::State>) -> F,
+        keep: bool,
         span: &tracing::Span,
-    ) -> std::result::Result<R, DecideError<X>>
+    ) -> std::result::Result<(R, Option<Arc<D::State>>), DecideError<X>>
     where
         F: Future<Output = std::result::Result<(R, Vec<D::Event>), X>>,
     {
@@ -173,10 +187,10 @@ impl<D: Domain> Decider<D> {
                         continue;
                     }
                 }
-                return Ok(result);
+                return Ok((result, keep.then_some(loaded.state)));
             }
             match self.write_at(loaded, &events).await? {
-                Attempt::Done(_) => return Ok(result),
+                Attempt::Done(written) => return Ok((result, keep.then_some(written.state))),
                 Attempt::Refused {
                     actual,
                     events,

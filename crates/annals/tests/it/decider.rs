@@ -1276,6 +1276,34 @@ async fn async_decisions_decide_again_after_a_conflict_and_take_their_turn() {
 /// `transact_render` answers the view of the state its append produced: after a conflict,
 /// the caught-up state with the decision's events; for a decision that writes nothing, the
 /// state as it stands.
+/// Queued on a hot stream, each `transact_render` answers the state after its own
+/// events (its predecessors' in the batch included, not its successors'); one that writes
+/// nothing, the state it decided on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_renders_answer_the_state_after_their_own_events() {
+    let probe = Arc::new(Probe::default());
+    let cat = category(&probe, Some(Arc::new(Cache::new(10))));
+    let decider = Arc::new(cat.decider("renders").unwrap());
+    let (held, first) = first_append_held(&probe, &decider, 0).await;
+    let mut tasks = Vec::new();
+    for k in 1..=3u32 {
+        let d = decider.clone();
+        tasks.push(tokio::spawn(async move {
+            d.transact_render(move |_| if k == 2 { vec![] } else { add(k) }, Clone::clone)
+                .await
+        }));
+        until("it is queued", || decider.queued() == k as usize).await;
+    }
+    drop(held);
+    first.await.unwrap().unwrap();
+    let mut views = Vec::new();
+    for t in tasks {
+        views.push(t.await.unwrap().unwrap());
+    }
+    assert_eq!(views, [vec![0, 1], vec![0, 1], vec![0, 1, 3]]);
+    assert_eq!(decider.query(Clone::clone).await.unwrap(), [0, 1, 3]);
+}
+
 #[tokio::test]
 async fn transact_render_answers_the_state_after_the_append() {
     let probe = Arc::new(Probe::default());
