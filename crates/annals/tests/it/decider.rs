@@ -1273,9 +1273,6 @@ async fn async_decisions_decide_again_after_a_conflict_and_take_their_turn() {
     );
 }
 
-/// `transact_render` answers the view of the state its append produced: after a conflict,
-/// the caught-up state with the decision's events; for a decision that writes nothing, the
-/// state as it stands.
 /// Queued on a hot stream, each `transact_render` answers the state after its own
 /// events (its predecessors' in the batch included, not its successors'); one that writes
 /// nothing, the state it decided on.
@@ -1304,6 +1301,9 @@ async fn queued_renders_answer_the_state_after_their_own_events() {
     assert_eq!(decider.query(Clone::clone).await.unwrap(), [0, 1, 3]);
 }
 
+/// `transact_render` answers the view of the state its append produced: after a conflict,
+/// the caught-up state with the decision's events; for a decision that writes nothing, the
+/// state as it stands.
 #[tokio::test]
 async fn transact_render_answers_the_state_after_the_append() {
     let probe = Arc::new(Probe::default());
