@@ -25,6 +25,7 @@ mod limits;
 mod read;
 mod retention;
 mod send;
+mod stream_back;
 mod stream_read;
 mod subject;
 mod write;
@@ -440,11 +441,11 @@ impl EventStore for NatsStore {
         options: ReadStream,
     ) -> BoxStream<'a, Result<RecordedEvent>> {
         let (store, stream) = (self.clone(), stream.clone());
-        match (options.direction, options.from) {
-            // Newest first from the end: the newest event alone when that is all the
-            // caller takes.
-            (annals::Direction::Backward, None) if options.limit != Some(0) => {
-                store.read_back(stream, options.limit)
+        match options.direction {
+            // Newest first, a step at a time: the newest event from the stream's last
+            // message alone when that is all the caller takes.
+            annals::Direction::Backward if options.limit != Some(0) => {
+                stream_back::read_back(store, stream, options)
             }
             _ => stream_read::events_of(store, stream, options),
         }

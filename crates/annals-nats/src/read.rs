@@ -415,7 +415,12 @@ impl NatsStore {
 
     /// [`NatsStore::fetch`], and whether the answering replica has more after the batch:
     /// it asked for `max` and got them, or [`BATCH_BYTES`] cut it short.
-    async fn fetch_more(&self, filter: &str, from: u64, max: usize) -> Result<(Vec<Stored>, bool)> {
+    pub(crate) async fn fetch_more(
+        &self,
+        filter: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<(Vec<Stored>, bool)> {
         let max = max.clamp(1, BATCH);
         let (batch, pending) = self
             .direct_pending(

@@ -2,7 +2,7 @@
 //! remembers, from which appends start and reads go on) and its events, whole or from a
 //! known head on.
 
-use annals::{Direction, ReadStream, RecordedEvent, Result, StreamName, Timestamp, Version};
+use annals::{ReadStream, RecordedEvent, Result, StreamName, Timestamp};
 use futures::stream::{BoxStream, StreamExt};
 
 use crate::envelope::Place;
@@ -49,7 +49,7 @@ impl NatsStore {
     }
 
     /// [`Self::head`], and the event the last message holds (none for a marker).
-    async fn head_event(
+    pub(crate) async fn head_event(
         &self,
         stream: &StreamName,
     ) -> Result<Option<(Last, Option<(RecordedEvent, Place)>)>> {
@@ -340,61 +340,6 @@ impl NatsStore {
             chosen.truncate(limit);
         }
         Ok((chosen, start))
-    }
-
-    /// A backward read from the end, newest first: the newest event comes from the
-    /// leader's last message alone (a latest-known-event load asks for no more), and the
-    /// events before it are read only when asked for. Where the last message cannot answer
-    /// for the newest event shown (a marker, nothing written, a retention policy that
-    /// decides expiry on the whole stream), the whole read.
-    pub(crate) fn read_back(
-        self,
-        stream: StreamName,
-        limit: Option<usize>,
-    ) -> BoxStream<'static, Result<RecordedEvent>> {
-        let whole = ReadStream {
-            direction: Direction::Backward,
-            from: None,
-            limit,
-        };
-        let newest = {
-            let (store, stream) = (self.clone(), stream.clone());
-            async move { store.newest_event(&stream).await }
-        };
-        futures::stream::once(newest)
-            .flat_map(move |newest| match newest {
-                Err(e) => futures::stream::iter([Err(e)]).boxed(),
-                Ok(None) => events_of(self.clone(), stream.clone(), whole),
-                Ok(Some(event)) => {
-                    let before = ReadStream {
-                        from: Some(Version(event.stream_version)),
-                        limit: limit.map(|n| n.saturating_sub(1)),
-                        ..whole
-                    };
-                    let rest = match before.limit {
-                        Some(0) => futures::stream::empty().boxed(),
-                        _ => events_of(self.clone(), stream.clone(), before),
-                    };
-                    futures::stream::iter([Ok(event)]).chain(rest).boxed()
-                }
-            })
-            .boxed()
-    }
-
-    /// The newest event of `stream` as its last message holds it, when that answers for
-    /// what reads show (see [`Self::read_back`]).
-    async fn newest_event(&self, stream: &StreamName) -> Result<Option<RecordedEvent>> {
-        let policies = self.policies().await?;
-        if crate::retention::policy_of(&policies, stream).is_some() {
-            return Ok(None);
-        }
-        match self.head_event(stream).await? {
-            Some((end, _)) if end.tombstone => Err(annals::Error::StreamDeleted {
-                stream: stream.clone(),
-            }),
-            Some((_, event)) => Ok(event.map(|(event, _)| event)),
-            None => Ok(None),
-        }
     }
 }
 

@@ -180,6 +180,7 @@ mod keys {
     });
 }
 
+mod back;
 mod faults;
 mod followers;
 

@@ -1,0 +1,194 @@
+//! Backward reads step back from the stream's last message instead of reading the whole
+//! stream: they show what a whole read shows, and ask for about what they show.
+
+use annals::{
+    DeleteMode, EventData, EventStore, ExpectedVersion, ReadStream, RecordedEvent, StreamName,
+    Version,
+};
+use annals_nats::NatsStore;
+use futures::{StreamExt, TryStreamExt};
+
+/// The direct gets a store sends while `read` runs: how many, and how many messages they
+/// ask for in all. Seen by a second client subscribed to the stream's direct-get subject
+/// (the server answers the store; this client only watches).
+async fn asked<T>(store: &NatsStore, read: impl std::future::Future<Output = T>) -> (T, u64, u64) {
+    let client = async_nats::connect(&annals_testkit::nats::shared().url)
+        .await
+        .unwrap();
+    let subject = format!("$JS.API.DIRECT.GET.{}", store.config().stream);
+    let mut spy = client.subscribe(subject.clone()).await.unwrap();
+    client.flush().await.unwrap();
+    let out = read.await;
+    // The server sends a request without a reply subject nowhere; it ends what was seen.
+    client.publish(subject, "end".into()).await.unwrap();
+    client.flush().await.unwrap();
+    let (mut requests, mut messages) = (0, 0);
+    while let Some(m) = spy.next().await {
+        if &m.payload[..] == b"end" {
+            break;
+        }
+        let request: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        requests += 1;
+        messages += request["batch"].as_u64().unwrap_or(1);
+    }
+    (out, requests, messages)
+}
+
+/// What a backward read of `options` shows, by the definition: the versions in its range
+/// of the stream's `len` (`from` or the end, back `limit` versions), of what a whole forward
+/// read shows, newest first, at most `limit`.
+fn expected(whole: &[RecordedEvent], len: u64, options: &ReadStream) -> Vec<(u64, annals::Uuid)> {
+    let hi = options.from.map_or(len, |v| v.get().min(len));
+    let lo = options.limit.map_or(0, |l| hi.saturating_sub(l as u64));
+    let mut out: Vec<_> = whole
+        .iter()
+        .filter(|e| (lo..hi).contains(&e.stream_version))
+        .map(|e| (e.stream_version, e.event_id))
+        .collect();
+    out.reverse();
+    out.truncate(options.limit.unwrap_or(usize::MAX));
+    out
+}
+
+fn events(n: usize) -> Vec<EventData> {
+    (0..n)
+        .map(|i| EventData::new("E", format!("{{\"i\":{i}}}").into_bytes()))
+        .collect()
+}
+
+/// Streams interleaved unevenly with others (written alone at first, then among more and
+/// more others), one created late, one truncated and one deleted and written again: every
+/// backward read, from the end or from a version, with or without a limit, shows what the
+/// whole read shows newest first; a tail of 10 of 2,400 events asks for a few dozen
+/// messages, and a read taken for 5 events for about a step's worth.
+#[tokio::test]
+async fn backward_reads_show_the_whole_read_and_ask_for_what_they_show() {
+    let store = crate::fresh().await;
+    let long = StreamName::new("Long-1").unwrap();
+    let late = StreamName::new("Late-1").unwrap();
+    let cut = StreamName::new("Cut-1").unwrap();
+    let again = StreamName::new("Again-1").unwrap();
+    for round in 0..48usize {
+        store
+            .append(&long, ExpectedVersion::Any, events(50))
+            .await
+            .unwrap();
+        for other in 0..round / 4 {
+            let noise = StreamName::new(format!("Noise-{other}")).unwrap();
+            store
+                .append(&noise, ExpectedVersion::Any, events(1 + round % 13))
+                .await
+                .unwrap();
+        }
+        if round >= 40 {
+            store
+                .append(&late, ExpectedVersion::Any, events(7))
+                .await
+                .unwrap();
+        }
+        for s in [&cut, &again] {
+            store
+                .append(s, ExpectedVersion::Any, events(5))
+                .await
+                .unwrap();
+        }
+        if round == 30 {
+            store.truncate_before(&cut, Version(120)).await.unwrap();
+            store
+                .delete_stream(&again, ExpectedVersion::Any, DeleteMode::Soft)
+                .await
+                .unwrap();
+        }
+    }
+    for s in [&long, &late, &cut, &again] {
+        let whole: Vec<RecordedEvent> = store
+            .read_stream(s, ReadStream::forward())
+            .try_collect()
+            .await
+            .unwrap();
+        let len = store.stream_version(s).await.unwrap().get();
+        let mut reads = Vec::new();
+        for from in [
+            None,
+            Some(0),
+            Some(1),
+            Some(119),
+            Some(120),
+            Some(len / 2),
+            Some(len - 1),
+            Some(len),
+            Some(len + 5),
+        ] {
+            for limit in [None, Some(1), Some(2), Some(10), Some(333), Some(5000)] {
+                reads.push(ReadStream {
+                    from: from.map(Version),
+                    limit,
+                    ..ReadStream::backward()
+                });
+            }
+        }
+        for read in reads {
+            let back: Vec<RecordedEvent> = store.read_stream(s, read).try_collect().await.unwrap();
+            let back: Vec<_> = back
+                .iter()
+                .map(|e| (e.stream_version, e.event_id))
+                .collect();
+            assert_eq!(back, expected(&whole, len, &read), "{s} {read:?}");
+        }
+    }
+    // Ten events back from anywhere: where the stream is dense or sparse, created late,
+    // truncated or deleted.
+    let tens = [
+        (&long, None),
+        (&long, Some(100)),
+        (&long, Some(1000)),
+        (&long, Some(2000)),
+        (&late, None),
+        (&cut, None),
+        (&cut, Some(130)),
+        (&again, None),
+    ];
+    for (s, from) in tens {
+        let read = ReadStream {
+            from: from.map(Version),
+            ..ReadStream::backward().limit(10)
+        };
+        let (ten, requests, messages) = asked(&store, async {
+            let read = store.read_stream(s, read);
+            read.try_collect::<Vec<_>>().await.unwrap()
+        })
+        .await;
+        assert_eq!(ten.len(), 10, "{s} {read:?}");
+        assert!(
+            requests <= 8 && messages <= 200,
+            "10 events of {s} before {from:?} asked for {messages} messages in {requests} direct gets"
+        );
+    }
+    let (tail, requests, messages) = asked(&store, async {
+        store
+            .read_stream(&long, ReadStream::backward().limit(10))
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(tail.len(), 10);
+    assert!(
+        requests <= 6 && messages <= 80,
+        "a tail of 10 of 2,400 asked for {messages} messages in {requests} direct gets"
+    );
+    let (taken, requests, messages) = asked(&store, async {
+        store
+            .read_stream(&long, ReadStream::backward())
+            .take(5)
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(taken.len(), 5);
+    assert!(
+        requests <= 6 && messages <= 400,
+        "5 events taken of 2,400 asked for {messages} messages in {requests} direct gets"
+    );
+}
