@@ -534,11 +534,7 @@ async fn a_message_published_by_something_else_stops_reads_at_it_saying_how_to_r
         .append(&order, ExpectedVersion::NoStream, event())
         .await
         .unwrap();
-    let js = async_nats::jetstream::new(
-        async_nats::connect(&annals_testkit::nats::shared().url)
-            .await
-            .unwrap(),
-    );
+    let js = crate::jetstream().await;
     for subject in ["Order.1", "bad"] {
         js.publish(format!("annals.{name}.{subject}"), "hello".into())
             .await

@@ -13,6 +13,11 @@ pub async fn fresh() -> NatsStore {
         .expect("connect to the test server")
 }
 
+/// A JetStream context of its own on the shared test server (to do what Annals does not).
+pub(crate) async fn jetstream() -> async_nats::jetstream::Context {
+    async_nats::jetstream::new(async_nats::connect(&nats::shared().url).await.unwrap())
+}
+
 /// A parked stream `Parked-{i}` of `group`.
 pub(crate) fn parked(group: &str, i: usize) -> annals::ParkedStream {
     annals::ParkedStream {
@@ -872,7 +877,7 @@ async fn an_append_while_the_stream_has_no_leader_waits_for_one() {
         .append(&stream, ExpectedVersion::Any, events(1))
         .await
         .unwrap();
-    let js = async_nats::jetstream::new(async_nats::connect(&nats::shared().url).await.unwrap());
+    let js = crate::jetstream().await;
     let config = js
         .get_stream(&name)
         .await
