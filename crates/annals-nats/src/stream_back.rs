@@ -5,8 +5,9 @@
 //! by interpolating between two points it knows (the oldest sequence the versions it wants
 //! can be at, and the oldest message it has read), aiming a little below the versions it
 //! wants, and reads from there until the messages it has already read: a stream written
-//! alone is hit exactly, an interleaved one within a request or two. A read of the last N
-//! events costs about N messages, whatever the stream's length; an unbounded read (a load
+//! alone is hit exactly, an evenly interleaved one in a request or two, an uneven one in a
+//! few more. A read of the last N events costs about N messages, whatever the stream's
+//! length; an unbounded read (a load
 //! going back to a snapshot or an origin) asks for 64 versions, then twice as many per step,
 //! and stops when its caller does.
 
@@ -26,7 +27,8 @@ const MAX_STEP: u64 = (BATCH as u64) / 2;
 const GUESSES: u32 = 16;
 
 /// Where a message sits among the stream's versions: an event's version, a marker's
-/// `next` (the version of the event after it). Never falls along the subject.
+/// `next` (the version of the event after it). Never falls from one message of the
+/// subject to the next.
 fn key(message: &Message) -> u64 {
     match message {
         Message::Event(_, place) => place.version,
