@@ -877,10 +877,12 @@ async fn write_streams(
     }
 }
 
-/// Marks streams 0 to 2 of `name` as the grouped-read tests read them: 0 a tombstone, 1
-/// starting at version 3, 2 keeping its last 2 events.
-async fn tombstone_truncated_retained(store: &PgStore, name: &dyn Fn(usize) -> StreamName) {
+/// The streams the grouped-read tests read: `GROUPED` streams of `name`, stream k with
+/// k + 3 events (versions 0 to k + 2); then 0 a tombstone, 1 starting at version 3, 2
+/// keeping its last 2 events.
+async fn grouped_read_streams(store: &PgStore, name: &dyn Fn(usize) -> StreamName) {
     use annals::{DeleteMode, Retention, RetentionScope, Version};
+    write_streams(store, &name, GROUPED, 3).await;
     store
         .delete_stream(&name(0), ExpectedVersion::Any, DeleteMode::Hard)
         .await
@@ -890,6 +892,32 @@ async fn tombstone_truncated_retained(store: &PgStore, name: &dyn Fn(usize) -> S
         .set_retention(&RetentionScope::Stream(name(2)), Retention::max_count(2))
         .await
         .unwrap();
+}
+
+/// How many streams [`grouped_read_streams`] writes.
+const GROUPED: usize = 24;
+
+/// The versions each of `reads` (of streams named `{prefix}{k}`) was answered, by k, after
+/// checking that stream 0, a tombstone, was answered an error.
+fn shown_by_stream<'a>(
+    prefix: &str,
+    reads: &'a [(StreamName, annals::ReadStream)],
+    got: Vec<annals::Result<Vec<annals::RecordedEvent>>>,
+) -> Vec<(usize, &'a annals::ReadStream, Vec<u64>)> {
+    let mut shown = Vec::new();
+    for ((stream, options), got) in reads.iter().zip(got) {
+        let k: usize = stream.as_str()[prefix.len()..].parse().unwrap();
+        if k == 0 {
+            assert!(
+                matches!(got, Err(annals::Error::StreamDeleted { .. })),
+                "a tombstone: {got:?}"
+            );
+            continue;
+        }
+        let versions = got.unwrap().iter().map(|e| e.stream_version).collect();
+        shown.push((k, options, versions));
+    }
+    shown
 }
 
 /// Runs `reads` at once on `store`; asserts they went into one or two groups of the
@@ -941,13 +969,11 @@ async fn concurrent_catch_ups_are_read_together_each_with_its_own_page() {
     use annals::{EventStoreExt, ReadStream, Version};
     let (proxy, store, schema) = counted_store_in().await;
     let name = |k: usize| StreamName::new(format!("Catch-{k}")).unwrap();
-    let streams = 24;
-    write_streams(&store, &name, streams, 3).await;
     // Stream 0 is a tombstone; 1 starts at version 3; 2 keeps its last 2 events.
-    tombstone_truncated_retained(&store, &name).await;
+    grouped_read_streams(&store, &name).await;
     // What each read asks: stream k from version 1 + k % 3, stream 5 at most 2 events, and
     // one stream that does not exist.
-    let mut reads: Vec<(StreamName, ReadStream)> = (0..streams)
+    let mut reads: Vec<(StreamName, ReadStream)> = (0..GROUPED)
         .map(|k| {
             let options = ReadStream::forward_from(Version(1 + k as u64 % 3));
             let options = if k == 5 { options.limit(2) } else { options };
@@ -961,16 +987,7 @@ async fn concurrent_catch_ups_are_read_together_each_with_its_own_page() {
         .await
         .unwrap();
     let got = read_together(&proxy, &store, &schema, &reads).await;
-    for ((stream, options), got) in reads.iter().zip(got) {
-        let k: usize = stream.as_str()["Catch-".len()..].parse().unwrap();
-        if k == 0 {
-            assert!(
-                matches!(got, Err(annals::Error::StreamDeleted { .. })),
-                "a tombstone: {got:?}"
-            );
-            continue;
-        }
-        let got: Vec<u64> = got.unwrap().iter().map(|e| e.stream_version).collect();
+    for (k, options, got) in shown_by_stream("Catch-", &reads, got) {
         let from = options.from.unwrap().get();
         let want: Vec<u64> = match k {
             99 => vec![],
@@ -979,7 +996,7 @@ async fn concurrent_catch_ups_are_read_together_each_with_its_own_page() {
             5 => (from..from + 2).collect(),
             k => (from..k as u64 + 3).collect(),
         };
-        assert_eq!(got, want, "{stream} from {from}");
+        assert_eq!(got, want, "stream {k} from {from}");
     }
     // A catch-up alone is still one statement.
     let before = proxy.count();
@@ -1185,14 +1202,12 @@ async fn concurrent_tail_reads_are_read_together_each_with_its_own_tail() {
     use annals::{EventStoreExt, ReadStream, Version};
     let (proxy, store, schema) = counted_store_in().await;
     let name = |k: usize| StreamName::new(format!("Tail-{k}")).unwrap();
-    let streams = 24;
-    // Stream k holds k + 3 events (versions 0 to k + 2).
-    write_streams(&store, &name, streams, 3).await;
-    // Stream 0 is a tombstone; 1 starts at version 3; 2 keeps its last 2 events.
-    tombstone_truncated_retained(&store, &name).await;
+    // Stream k holds k + 3 events (versions 0 to k + 2); stream 0 is a tombstone; 1 starts
+    // at version 3; 2 keeps its last 2 events.
+    grouped_read_streams(&store, &name).await;
     // Stream k's last 1 + k % 5 events; every third read below version k (so from the
     // middle of the stream); one stream that does not exist.
-    let mut reads: Vec<(StreamName, ReadStream)> = (0..streams)
+    let mut reads: Vec<(StreamName, ReadStream)> = (0..GROUPED)
         .map(|k| {
             let options = match k % 3 {
                 0 => ReadStream::backward_from(Version(k as u64)),
@@ -1208,16 +1223,7 @@ async fn concurrent_tail_reads_are_read_together_each_with_its_own_tail() {
         .await
         .unwrap();
     let got = read_together(&proxy, &store, &schema, &reads).await;
-    for ((stream, options), got) in reads.iter().zip(got) {
-        let k: usize = stream.as_str()["Tail-".len()..].parse().unwrap();
-        if k == 0 {
-            assert!(
-                matches!(got, Err(annals::Error::StreamDeleted { .. })),
-                "a tombstone: {got:?}"
-            );
-            continue;
-        }
-        let got: Vec<u64> = got.unwrap().iter().map(|e| e.stream_version).collect();
+    for (k, options, got) in shown_by_stream("Tail-", &reads, got) {
         // Versions shown: from the first one shown to the last below the read's bound.
         let first_shown = match k {
             1 => 3,
@@ -1230,7 +1236,7 @@ async fn concurrent_tail_reads_are_read_together_each_with_its_own_tail() {
             99 => vec![],
             _ => (first_shown..below).rev().take(limit).collect(),
         };
-        assert_eq!(got, want, "{stream} below {below}, at most {limit}");
+        assert_eq!(got, want, "stream {k} below {below}, at most {limit}");
     }
     // A tail alone, of a stream with nothing to show, is still one statement.
     store.truncate_before(&name(5), Version(8)).await.unwrap();

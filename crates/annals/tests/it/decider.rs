@@ -498,6 +498,24 @@ async fn first_append_held<'a>(
     (held, first)
 }
 
+/// Spawns `start(k)` for each k from 1 to `n`, each once the one before is queued on
+/// `decider`; returns them once all are queued.
+async fn spawn_queued<D: annals::Domain, T: Send + 'static, F>(
+    decider: &annals::Decider<D>,
+    n: u32,
+    start: impl Fn(u32) -> F,
+) -> Vec<tokio::task::JoinHandle<T>>
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+{
+    let mut tasks = Vec::new();
+    for k in 1..=n {
+        tasks.push(tokio::spawn(start(k)));
+        until("it is queued", || decider.queued() == k as usize).await;
+    }
+    tasks
+}
+
 /// Starts one decision and holds its append; queues `n` more behind it (decision `k` adds
 /// `k` and returns the length it saw); returns them once all are queued, appends still held.
 async fn queue_behind_a_held_append<'a>(
@@ -507,40 +525,41 @@ async fn queue_behind_a_held_append<'a>(
 ) -> (Held<'a>, Vec<Decision>) {
     let (held, first) = first_append_held(probe, decider, 0).await;
     let mut tasks = vec![first];
-    for k in 1..=n {
-        let d = decider.clone();
-        tasks.push(tokio::spawn(async move {
-            d.transact_result(|s| (s.len(), add(k))).await
-        }));
-        until("it is queued", || decider.queued() == k as usize).await;
-    }
+    tasks.extend(
+        spawn_queued(decider, n, |k| {
+            let d = decider.clone();
+            async move { d.transact_result(|s| (s.len(), add(k))).await }
+        })
+        .await,
+    );
     (held, tasks)
 }
 
 /// Starts a decision writing each of `decisions` in turn: the first's append held, each
 /// other queued behind it; returns them once all are queued, appends still held.
-async fn held_and_queued<'a>(
+async fn held_and_queued<'a, D: annals::Domain<Event = Event>>(
     probe: &'a Arc<Probe>,
-    decider: &Arc<annals::Decider<Tally>>,
+    decider: &Arc<annals::Decider<D>>,
     decisions: Vec<Vec<Event>>,
 ) -> (Held<'a>, Vec<tokio::task::JoinHandle<annals::Result<()>>>) {
     let held = probe.gate.write().await;
     let before = probe.appends.load(Ordering::SeqCst);
-    let mut tasks = Vec::new();
-    for (k, events) in decisions.into_iter().enumerate() {
+    let start = |events: Vec<Event>| {
         let d = decider.clone();
-        tasks.push(tokio::spawn(async move {
-            d.transact(move |_| events.clone()).await
-        }));
-        if k == 0 {
-            until("the first decision appends", || {
-                probe.appends.load(Ordering::SeqCst) > before
-            })
-            .await;
-        } else {
-            until("it is queued", || decider.queued() == k).await;
-        }
+        async move { d.transact(move |_| events.clone()).await }
+    };
+    let mut decisions = decisions.into_iter();
+    let mut tasks = Vec::new();
+    if let Some(first) = decisions.next() {
+        tasks.push(tokio::spawn(start(first)));
+        until("the first decision appends", || {
+            probe.appends.load(Ordering::SeqCst) > before
+        })
+        .await;
     }
+    let rest: Vec<Vec<Event>> = decisions.collect();
+    let n = u32::try_from(rest.len()).unwrap();
+    tasks.extend(spawn_queued(decider, n, |k| start(rest[k as usize - 1].clone())).await);
     (held, tasks)
 }
 
@@ -588,15 +607,14 @@ async fn decisions_that_decide_again_at_once_join_the_next_batch() {
     let cat = category_named("Again", &probe, Some(Arc::new(Cache::new(100))));
     let decider = Arc::new(cat.decider("again").unwrap());
     let (held, first) = first_append_held(&probe, &decider, 0).await;
-    let mut tasks = Vec::new();
-    for k in 1..=8u32 {
+    let tasks = spawn_queued(&decider, 8, |k| {
         let d = decider.clone();
-        tasks.push(tokio::spawn(async move {
+        async move {
             d.transact_result(move |_| ((), add(k))).await?;
             d.transact_result(move |s| (s.len(), add(100 + k))).await
-        }));
-        until("it is queued", || decider.queued() == k as usize).await;
-    }
+        }
+    })
+    .await;
     let before = probe.appends.load(Ordering::SeqCst);
     drop(held);
     assert_eq!(first.await.unwrap().unwrap(), 0);
@@ -656,11 +674,11 @@ async fn a_hot_stream_batch_stops_taking_decisions_at_its_bytes_bound() {
         probe.appends.load(Ordering::SeqCst) == 1
     })
     .await;
-    for k in 1..=40 {
+    let queued = spawn_queued(&decider, 40, |_| {
         let d = decider.clone();
-        tasks.push(tokio::spawn(async move { d.transact(|_| blob()).await }));
-        until("it is queued", || decider.queued() == k).await;
-    }
+        async move { d.transact(|_| blob()).await }
+    });
+    tasks.extend(queued.await);
     drop(held);
     for t in tasks {
         t.await.unwrap().unwrap();
@@ -760,10 +778,9 @@ async fn a_queued_decision_that_panics_fails_its_caller_alone() {
     let cat = category(&probe, Some(Arc::new(Cache::new(100))));
     let decider = Arc::new(cat.decider("panics").unwrap());
     let (held, first) = first_append_held(&probe, &decider, 0).await;
-    let mut queued = Vec::new();
-    for k in 1..=3u32 {
+    let queued = spawn_queued(&decider, 3, |k| {
         let d = decider.clone();
-        queued.push(tokio::spawn(async move {
+        async move {
             d.transact(move |s| {
                 assert!(
                     k != 2,
@@ -773,9 +790,9 @@ async fn a_queued_decision_that_panics_fails_its_caller_alone() {
                 add(k)
             })
             .await
-        }));
-        until("it is queued", || decider.queued() == k as usize).await;
-    }
+        }
+    })
+    .await;
     drop(held);
     first.await.unwrap().unwrap();
     let results: Vec<_> = futures::future::join_all(queued).await;
@@ -1087,23 +1104,8 @@ async fn a_panic_while_coordinating_a_batch_fails_that_batch_and_strands_nobody(
         .unwrap()
         .with_cache(Arc::new(Cache::new(100)));
     let decider = Arc::new(cat.decider("coordinator").unwrap());
-    let held = probe.gate.write().await;
     let before = probe.appends.load(Ordering::SeqCst);
-    let mut tasks = Vec::new();
-    for k in 0..3u32 {
-        let d = decider.clone();
-        tasks.push(tokio::spawn(
-            async move { d.transact(move |_| add(k)).await },
-        ));
-        if k == 0 {
-            until("the first decision appends", || {
-                probe.appends.load(Ordering::SeqCst) > before
-            })
-            .await;
-        } else {
-            until("it is queued", || decider.queued() == k as usize).await;
-        }
-    }
+    let (held, tasks) = held_and_queued(&probe, &decider, (0..3).map(add).collect()).await;
     // The batch's append (the second) loses to a writer of 1000, which the coordinator
     // folds to decide again.
     probe.interfere_at.store(before + 2, Ordering::SeqCst);
@@ -1282,15 +1284,14 @@ async fn queued_renders_answer_the_state_after_their_own_events() {
     let cat = category(&probe, Some(Arc::new(Cache::new(10))));
     let decider = Arc::new(cat.decider("renders").unwrap());
     let (held, first) = first_append_held(&probe, &decider, 0).await;
-    let mut tasks = Vec::new();
-    for k in 1..=3u32 {
+    let tasks = spawn_queued(&decider, 3, |k| {
         let d = decider.clone();
-        tasks.push(tokio::spawn(async move {
+        async move {
             d.transact_render(move |_| if k == 2 { vec![] } else { add(k) }, Clone::clone)
                 .await
-        }));
-        until("it is queued", || decider.queued() == k as usize).await;
-    }
+        }
+    })
+    .await;
     drop(held);
     first.await.unwrap().unwrap();
     let mut views = Vec::new();
