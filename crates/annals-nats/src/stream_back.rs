@@ -14,7 +14,9 @@
 use annals::{ReadStream, RecordedEvent, Result, StreamName};
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 
+use crate::envelope::Place;
 use crate::read::{CatchUp, Message, BATCH};
+use crate::stream_read::Last;
 use crate::{backend, NatsStore};
 
 /// The versions the first step of an unbounded read asks for.
@@ -123,6 +125,28 @@ async fn begin(store: NatsStore, stream: StreamName, options: ReadStream) -> Res
     if low >= top {
         return Ok(Begun::Whole(Vec::new()));
     }
+    let (newest, back) = stepping(
+        store,
+        stream,
+        (end, end_event),
+        low..top,
+        options.limit.is_some(),
+    );
+    Ok(Begun::Stepping(newest, back))
+}
+
+/// The steps of a read of the versions in `range` back from the stream's last message
+/// `end` (with its event, if it holds one), and the newest of them when that message
+/// holds it. A `bounded` read asks for its whole range at once (a step at most), an
+/// unbounded one for [`FIRST_STEP`] versions first.
+fn stepping(
+    store: NatsStore,
+    stream: StreamName,
+    (end, end_event): (Last, Option<(RecordedEvent, Place)>),
+    range: std::ops::Range<u64>,
+    bounded: bool,
+) -> (Vec<RecordedEvent>, Back) {
+    let (low, top) = (range.start, range.end);
     let mut newest = Vec::new();
     let (high, up_key) = match end_event {
         Some((event, place)) if place.version + 1 == top => {
@@ -133,26 +157,73 @@ async fn begin(store: NatsStore, stream: StreamName, options: ReadStream) -> Res
         None => (top, end.next),
     };
     let subject = store.inner.subjects.stream(&stream);
-    let step = match options.limit {
-        Some(_) => high.saturating_sub(low),
-        None => FIRST_STEP,
+    let step = match bounded {
+        true => high.saturating_sub(low),
+        false => FIRST_STEP,
     }
     .clamp(1, MAX_STEP);
-    Ok(Begun::Stepping(
-        newest,
-        Back {
-            store,
-            stream,
-            subject,
-            low,
-            high,
-            up_seq: end.sequence,
-            up_key,
-            bottom_seq: 1,
-            bottom_key: end.start,
-            step,
-        },
-    ))
+    let back = Back {
+        store,
+        stream,
+        subject,
+        low,
+        high,
+        up_seq: end.sequence,
+        up_key,
+        bottom_seq: 1,
+        bottom_key: end.start,
+        step,
+    };
+    (newest, back)
+}
+
+/// A forward read of `stream` from a version or with a limit (not under a retention
+/// policy), read back from the stream's last message over the versions it shows, as a
+/// backward read of the same versions is: about as many messages as it shows, however
+/// long the stream. Answers the events in order and the stream's start, or `None` when a
+/// whole read is as cheap (the read asks for most of the stream) or must say where the
+/// read begins (the versions shown do not begin at the first one asked for: messages
+/// removed from JetStream underneath leave gaps).
+pub(crate) async fn read_forward(
+    store: &NatsStore,
+    stream: &StreamName,
+    options: ReadStream,
+) -> Result<Option<(Vec<RecordedEvent>, u64)>> {
+    let Some((end, end_event)) = store.head_event(stream).await? else {
+        return Ok(Some((Vec::new(), 0)));
+    };
+    if end.tombstone {
+        return Err(annals::Error::StreamDeleted {
+            stream: stream.clone(),
+        });
+    }
+    let low = options.from.map_or(0, annals::Version::get).max(end.start);
+    let limit = options
+        .limit
+        .map_or(u64::MAX, |l| u64::try_from(l).unwrap_or(u64::MAX));
+    let top = low.saturating_add(limit).min(end.next);
+    if low >= top {
+        return Ok(Some((Vec::new(), end.start)));
+    }
+    // Most of the stream: read whole, from its first message (no guesses).
+    if (top - low).saturating_mul(2) > end.next.saturating_sub(end.start) {
+        return Ok(None);
+    }
+    let (mut events, mut back) = stepping(
+        store.clone(),
+        stream.clone(),
+        (end, end_event),
+        low..top,
+        true,
+    );
+    while let Some(older) = back.step().await? {
+        events.extend(older);
+    }
+    events.reverse();
+    Ok(match events.first() {
+        Some(first) if first.stream_version == low => Some((events, end.start)),
+        _ => None,
+    })
 }
 
 impl Back {

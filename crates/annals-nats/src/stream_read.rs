@@ -313,6 +313,22 @@ impl NatsStore {
             annals::Direction::Backward => None,
         };
         let from = from.filter(|_| policy.is_none());
+        // A forward read from a version or with a limit reads the versions it shows; a
+        // client that knows a head at `from` (as a cached decision's catch-up does) reads
+        // on from that head instead.
+        let at_head = |from: u64| {
+            self.anchor(stream, from)
+                .is_some_and(|head| head.next >= from)
+        };
+        let ranged = options.direction == annals::Direction::Forward
+            && policy.is_none()
+            && (from.is_some_and(|f| f > 0) || options.limit.is_some())
+            && !from.is_some_and(at_head);
+        if ranged {
+            if let Some(read) = crate::stream_back::read_forward(self, stream, options).await? {
+                return Ok(read);
+            }
+        }
         let (mut events, next, start) = self.stream_events_from(stream, from).await?;
         let expired = crate::retention::expired(&events, policy, next, Timestamp::now());
         events.drain(..expired);

@@ -1,5 +1,6 @@
 //! Backward reads step back from the stream's last message instead of reading the whole
-//! stream: they show what a whole read shows, and ask for about what they show.
+//! stream, and so do forward reads from a version or with a limit: they show what a whole
+//! read shows, and ask for about what they show.
 
 use annals::{
     DeleteMode, EventData, EventStore, ExpectedVersion, ReadStream, RecordedEvent, StreamName,
@@ -50,6 +51,31 @@ fn expected(whole: &[RecordedEvent], len: u64, options: &ReadStream) -> Vec<(u64
     out
 }
 
+/// What a forward read of `options` shows, by the definition: from `from` (or the first
+/// version a whole read shows, when that is later), `limit` versions of what a whole
+/// forward read shows, in order.
+fn expected_forward(
+    whole: &[RecordedEvent],
+    len: u64,
+    options: &ReadStream,
+) -> Vec<(u64, annals::Uuid)> {
+    let floor = whole.first().map_or(len, |e| e.stream_version);
+    let lo = options.from.map_or(floor, |v| v.get().max(floor)).min(len);
+    let hi = lo
+        .saturating_add(options.limit.map_or(u64::MAX, |l| l as u64))
+        .min(len);
+    whole
+        .iter()
+        .filter(|e| (lo..hi).contains(&e.stream_version))
+        .map(|e| (e.stream_version, e.event_id))
+        .collect()
+}
+
+/// Another client of `store`'s stream: it knows no head of any stream.
+async fn stranger(store: &NatsStore) -> NatsStore {
+    NatsStore::connect(store.config().clone()).await.unwrap()
+}
+
 /// What a whole forward read of `s` shows, and the stream's version.
 async fn whole(store: &NatsStore, s: &StreamName) -> (Vec<RecordedEvent>, u64) {
     let read: Vec<RecordedEvent> = store
@@ -75,14 +101,10 @@ fn events(n: usize) -> Vec<EventData> {
         .collect()
 }
 
-/// Streams interleaved unevenly with others (written alone at first, then among more and
-/// more others), one created late, one truncated and one deleted and written again: every
-/// backward read, from the end or from a version, with or without a limit, shows what the
-/// whole read shows newest first; a tail of 10 of 2,400 events asks for a few dozen
-/// messages, and a read taken for 5 events for about a step's worth.
-#[tokio::test]
-async fn backward_reads_show_the_whole_read_and_ask_for_what_they_show() {
-    let store = crate::fresh().await;
+/// Streams interleaved unevenly with others in `store`: `Long-1` (2,400 events, written
+/// alone at first, then among more and more others), `Late-1` (created late), `Cut-1`
+/// (truncated before 120) and `Again-1` (deleted and written again).
+async fn uneven(store: &NatsStore) -> [StreamName; 4] {
     let long = StreamName::new("Long-1").unwrap();
     let late = StreamName::new("Late-1").unwrap();
     let cut = StreamName::new("Cut-1").unwrap();
@@ -119,6 +141,18 @@ async fn backward_reads_show_the_whole_read_and_ask_for_what_they_show() {
                 .unwrap();
         }
     }
+    [long, late, cut, again]
+}
+
+/// Streams interleaved unevenly with others (written alone at first, then among more and
+/// more others), one created late, one truncated and one deleted and written again: every
+/// backward read, from the end or from a version, with or without a limit, shows what the
+/// whole read shows newest first; a tail of 10 of 2,400 events asks for a few dozen
+/// messages, and a read taken for 5 events for about a step's worth.
+#[tokio::test]
+async fn backward_reads_show_the_whole_read_and_ask_for_what_they_show() {
+    let store = crate::fresh().await;
+    let [long, late, cut, again] = uneven(&store).await;
     for s in [&long, &late, &cut, &again] {
         let (whole, len) = whole(&store, s).await;
         let mut reads = Vec::new();
@@ -192,10 +226,90 @@ async fn backward_reads_show_the_whole_read_and_ask_for_what_they_show() {
     );
 }
 
+/// Forward reads from a version or with a limit, by the writing client (which knows the
+/// streams' heads) and by another (which knows none), show what a whole read shows; ten
+/// events from anywhere in the long stream ask for a few dozen messages by either client
+/// (a whole read asks for all 2,400).
+#[tokio::test]
+async fn forward_reads_from_a_version_or_with_a_limit_show_the_whole_read_and_ask_for_what_they_show(
+) {
+    let store = crate::fresh().await;
+    let streams = uneven(&store).await;
+    let other = stranger(&store).await;
+    for s in &streams {
+        let (whole, len) = whole(&store, s).await;
+        for from in [
+            None,
+            Some(0),
+            Some(1),
+            Some(119),
+            Some(120),
+            Some(121),
+            Some(len / 2),
+            Some(len - 1),
+            Some(len),
+            Some(len + 5),
+        ] {
+            for limit in [
+                None,
+                Some(0),
+                Some(1),
+                Some(2),
+                Some(10),
+                Some(333),
+                Some(5000),
+            ] {
+                let read = ReadStream {
+                    from: from.map(Version),
+                    limit,
+                    ..ReadStream::forward()
+                };
+                for client in [&store, &other] {
+                    let forward = shown(client, s, read).await;
+                    assert_eq!(
+                        forward,
+                        expected_forward(&whole, len, &read),
+                        "{s} {read:?}"
+                    );
+                }
+            }
+        }
+    }
+    let [long, late, cut, again] = &streams;
+    let tens = [
+        (long, None),
+        (long, Some(100)),
+        (long, Some(1000)),
+        (long, Some(2390)),
+        (late, Some(3)),
+        (cut, None),
+        (cut, Some(130)),
+        (again, None),
+    ];
+    for (s, from) in tens {
+        let read = ReadStream {
+            from: from.map(Version),
+            ..ReadStream::forward().limit(10)
+        };
+        for client in [&store, &other] {
+            let (ten, requests, messages) = asked(client, async {
+                let read = client.read_stream(s, read);
+                read.try_collect::<Vec<_>>().await.unwrap()
+            })
+            .await;
+            assert_eq!(ten.len(), 10, "{s} {read:?}");
+            assert!(
+                requests <= 8 && messages <= 200,
+                "10 events of {s} from {from:?} asked for {messages} messages in {requests} direct gets"
+            );
+        }
+    }
+}
+
 /// Random layouts: streams written in batches of random sizes among random others, some
 /// truncated or deleted and written again, some with messages removed from JetStream
-/// underneath (gaps in their versions); 300 backward reads from random versions with
-/// random limits each show what the definition says.
+/// underneath (gaps in their versions, and at their beginning); 300 backward reads from random versions with
+/// random limits each show what the definition says, and so do 300 forward reads.
 #[tokio::test]
 async fn backward_reads_of_random_layouts_show_the_whole_read() {
     let store = crate::fresh().await;
@@ -240,6 +354,14 @@ async fn backward_reads_of_random_layouts_show_the_whole_read() {
         let seq = annals::backend::raw_position(e.position) as u64;
         assert!(jetstream.delete_message(seq).await.unwrap());
     }
+    // And the first messages a stream shows: its reads then begin at a later version than
+    // its start.
+    let (headless, _) = whole(&store, &streams[1]).await;
+    assert!(headless.len() > 4, "{} events", headless.len());
+    for e in &headless[..3] {
+        let seq = annals::backend::raw_position(e.position) as u64;
+        assert!(jetstream.delete_message(seq).await.unwrap());
+    }
     let mut wholes = Vec::new();
     for s in &streams {
         wholes.push(whole(&store, s).await);
@@ -261,6 +383,29 @@ async fn backward_reads_of_random_layouts_show_the_whole_read() {
         assert_eq!(
             back,
             expected(whole, *len, &read),
+            "{} {read:?}",
+            streams[i]
+        );
+    } // Forward reads of the same, by the writing client and by one that knows no head.
+    let other = stranger(&store).await;
+    for n in 0..300 {
+        let i = rng.usize(..streams.len());
+        let (whole, len) = &wholes[i];
+        let read = ReadStream {
+            from: rng.bool().then(|| Version(rng.u64(..=len + 2))),
+            limit: match rng.u8(..4) {
+                0 => None,
+                1 => Some(rng.usize(1..4)),
+                2 => Some(rng.usize(1..100)),
+                _ => Some(rng.usize(1..2000)),
+            },
+            ..ReadStream::forward()
+        };
+        let client = [&store, &other][n % 2];
+        let forward = shown(client, &streams[i], read).await;
+        assert_eq!(
+            forward,
+            expected_forward(whole, *len, &read),
             "{} {read:?}",
             streams[i]
         );
