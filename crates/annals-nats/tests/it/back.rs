@@ -95,6 +95,43 @@ async fn shown(store: &NatsStore, s: &StreamName, read: ReadStream) -> Vec<(u64,
         .collect()
 }
 
+/// Reads like `base` of a stream of `len` versions: from the start, the truncation's
+/// start (120) and around it, the middle, the end and past it; with no limit and with
+/// limits from 0 to more than the stream.
+fn grid(len: u64, base: ReadStream) -> Vec<ReadStream> {
+    let froms = [
+        None,
+        Some(0),
+        Some(1),
+        Some(119),
+        Some(120),
+        Some(121),
+        Some(len / 2),
+        Some(len - 1),
+        Some(len),
+        Some(len + 5),
+    ];
+    let limits = [
+        None,
+        Some(0),
+        Some(1),
+        Some(2),
+        Some(10),
+        Some(333),
+        Some(5000),
+    ];
+    froms
+        .iter()
+        .flat_map(|from| {
+            limits.iter().map(move |limit| ReadStream {
+                from: from.map(Version),
+                limit: *limit,
+                ..base
+            })
+        })
+        .collect()
+}
+
 fn events(n: usize) -> Vec<EventData> {
     (0..n)
         .map(|i| EventData::new("E", format!("{{\"i\":{i}}}").into_bytes()))
@@ -155,27 +192,7 @@ async fn backward_reads_show_the_whole_read_and_ask_for_what_they_show() {
     let [long, late, cut, again] = uneven(&store).await;
     for s in [&long, &late, &cut, &again] {
         let (whole, len) = whole(&store, s).await;
-        let mut reads = Vec::new();
-        for from in [
-            None,
-            Some(0),
-            Some(1),
-            Some(119),
-            Some(120),
-            Some(len / 2),
-            Some(len - 1),
-            Some(len),
-            Some(len + 5),
-        ] {
-            for limit in [None, Some(1), Some(2), Some(10), Some(333), Some(5000)] {
-                reads.push(ReadStream {
-                    from: from.map(Version),
-                    limit,
-                    ..ReadStream::backward()
-                });
-            }
-        }
-        for read in reads {
+        for read in grid(len, ReadStream::backward()) {
             let back = shown(&store, s, read).await;
             assert_eq!(back, expected(&whole, len, &read), "{s} {read:?}");
         }
@@ -238,40 +255,14 @@ async fn forward_reads_from_a_version_or_with_a_limit_show_the_whole_read_and_as
     let other = stranger(&store).await;
     for s in &streams {
         let (whole, len) = whole(&store, s).await;
-        for from in [
-            None,
-            Some(0),
-            Some(1),
-            Some(119),
-            Some(120),
-            Some(121),
-            Some(len / 2),
-            Some(len - 1),
-            Some(len),
-            Some(len + 5),
-        ] {
-            for limit in [
-                None,
-                Some(0),
-                Some(1),
-                Some(2),
-                Some(10),
-                Some(333),
-                Some(5000),
-            ] {
-                let read = ReadStream {
-                    from: from.map(Version),
-                    limit,
-                    ..ReadStream::forward()
-                };
-                for client in [&store, &other] {
-                    let forward = shown(client, s, read).await;
-                    assert_eq!(
-                        forward,
-                        expected_forward(&whole, len, &read),
-                        "{s} {read:?}"
-                    );
-                }
+        for read in grid(len, ReadStream::forward()) {
+            for client in [&store, &other] {
+                let forward = shown(client, s, read).await;
+                assert_eq!(
+                    forward,
+                    expected_forward(&whole, len, &read),
+                    "{s} {read:?}"
+                );
             }
         }
     }
@@ -366,31 +357,13 @@ async fn backward_reads_of_random_layouts_show_the_whole_read() {
     for s in &streams {
         wholes.push(whole(&store, s).await);
     }
-    for _ in 0..300 {
-        let i = rng.usize(..streams.len());
-        let (whole, len) = &wholes[i];
-        let read = ReadStream {
-            from: rng.bool().then(|| Version(rng.u64(..=len + 2))),
-            limit: match rng.u8(..4) {
-                0 => None,
-                1 => Some(rng.usize(1..4)),
-                2 => Some(rng.usize(1..100)),
-                _ => Some(rng.usize(1..2000)),
-            },
-            ..ReadStream::backward()
-        };
-        let back = shown(&store, &streams[i], read).await;
-        assert_eq!(
-            back,
-            expected(whole, *len, &read),
-            "{} {read:?}",
-            streams[i]
-        );
-    } // Forward reads of the same, by the writing client and by one that knows no head.
+    // 300 backward reads, then 300 forward ones (by the writing client and by one that
+    // knows no head, in turn).
     let other = stranger(&store).await;
-    for n in 0..300 {
+    for n in 0..600 {
         let i = rng.usize(..streams.len());
         let (whole, len) = &wholes[i];
+        let forward = n >= 300;
         let read = ReadStream {
             from: rng.bool().then(|| Version(rng.u64(..=len + 2))),
             limit: match rng.u8(..4) {
@@ -399,15 +372,19 @@ async fn backward_reads_of_random_layouts_show_the_whole_read() {
                 2 => Some(rng.usize(1..100)),
                 _ => Some(rng.usize(1..2000)),
             },
-            ..ReadStream::forward()
+            ..match forward {
+                true => ReadStream::forward(),
+                false => ReadStream::backward(),
+            }
         };
-        let client = [&store, &other][n % 2];
-        let forward = shown(client, &streams[i], read).await;
-        assert_eq!(
-            forward,
-            expected_forward(whole, *len, &read),
-            "{} {read:?}",
-            streams[i]
-        );
+        let (client, want) = match forward {
+            true => (
+                [&store, &other][n % 2],
+                expected_forward(whole, *len, &read),
+            ),
+            false => (&store, expected(whole, *len, &read)),
+        };
+        let read_shows = shown(client, &streams[i], read).await;
+        assert_eq!(read_shows, want, "{} {read:?}", streams[i]);
     }
 }
