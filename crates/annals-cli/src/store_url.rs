@@ -438,10 +438,15 @@ fn open_sqlite(config: &SqliteConfig, access: Access) -> anyhow::Result<SqliteSt
 }
 
 /// Connects to a PostgreSQL store, creating or migrating its schema; unless
-/// [`Access::Write`], a schema holding no store is refused instead of created.
+/// [`Access::Write`], a schema holding no store is refused instead of created. A schema
+/// already at this build's version costs no statement beyond the one `connect` asks.
 async fn open_postgres(config: &PgConfig, access: Access) -> anyhow::Result<PgStore> {
     let store = PgStore::connect(config.clone()).await?;
-    if access.needs_store() && store.schema_version().await? == 0 {
+    let found = store.schema_version_at_connect();
+    if found == annals_postgres::SCHEMA_VERSION {
+        return Ok(store);
+    }
+    if access.needs_store() && found == 0 {
         anyhow::bail!(
             "schema {:?} at {} holds no store ({CREATE_ONE}; ?annals_schema= names another schema)",
             config.schema,

@@ -166,6 +166,8 @@ struct Inner {
     reads: read_group::ReadGrouper,
     notifier: listen::Notifier,
     listener: tokio::task::JoinHandle<()>,
+    /// The schema's migration version when the store connected.
+    connected_at: std::sync::atomic::AtomicI32,
 }
 
 impl Drop for Inner {
@@ -402,9 +404,14 @@ impl PgStore {
                 changes,
                 notifier,
                 listener,
+                connected_at: std::sync::atomic::AtomicI32::new(0),
             }),
         };
         let found = store.schema_version().await?;
+        store
+            .inner
+            .connected_at
+            .store(found, std::sync::atomic::Ordering::Relaxed);
         if found > SCHEMA_VERSION {
             return Err(PgError::SchemaTooNew {
                 schema: store.inner.config.schema.clone(),
@@ -442,6 +449,15 @@ impl PgStore {
             .get()
             .await
             .map_err(|e| error::connect_error(self.inner.config.target(), e))
+    }
+
+    /// The schema's migration version when the store connected (0 when it had none), as
+    /// [`schema_version`](Self::schema_version) then read it: what a caller that opens a
+    /// store and migrates it at once needs, without asking again. Migrations only raise it.
+    pub fn schema_version_at_connect(&self) -> i32 {
+        self.inner
+            .connected_at
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The schema's migration version (0 when it has none). A schema holding objects but no

@@ -77,6 +77,20 @@ async fn events_are_immutable_in_the_database() {
     }
 }
 
+/// The version a store found when it connected stays what it found: 0 for a schema not
+/// created yet (even once migrated), this build's for one already migrated.
+#[tokio::test]
+async fn a_store_says_which_schema_version_it_connected_to() {
+    let config = PgConfig::new(postgres::shared().connection()).schema(postgres::schema_name("v"));
+    let first = PgStore::connect(config.clone()).await.unwrap();
+    assert_eq!(first.schema_version_at_connect(), 0);
+    first.migrate().await.unwrap();
+    assert_eq!(first.schema_version_at_connect(), 0);
+    assert_eq!(first.schema_version().await.unwrap(), SCHEMA_VERSION);
+    let second = PgStore::connect(config).await.unwrap();
+    assert_eq!(second.schema_version_at_connect(), SCHEMA_VERSION);
+}
+
 #[tokio::test]
 async fn migrations_are_idempotent_and_newer_schemas_are_refused() {
     let store = crate::fresh().await;
