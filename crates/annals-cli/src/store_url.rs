@@ -439,7 +439,7 @@ fn open_sqlite(config: &SqliteConfig, access: Access) -> anyhow::Result<SqliteSt
 
 /// Connects to a PostgreSQL store, creating or migrating its schema; unless
 /// [`Access::Write`], a schema holding no store is refused instead of created. A schema
-/// already at this build's version costs no statement beyond the one `connect` asks.
+/// already at this build's version costs no query beyond the schema check `connect` makes.
 async fn open_postgres(config: &PgConfig, access: Access) -> anyhow::Result<PgStore> {
     let store = PgStore::connect(config.clone()).await?;
     let found = store.schema_version_at_connect();

@@ -453,7 +453,8 @@ impl PgStore {
 
     /// The schema's migration version when the store connected (0 when it had none), as
     /// [`schema_version`](Self::schema_version) then read it: what a caller that opens a
-    /// store and migrates it at once needs, without asking again. Migrations only raise it.
+    /// store and migrates it at once needs, without asking again. It stays what was found:
+    /// a migration since (by this store or another process) does not change it.
     pub fn schema_version_at_connect(&self) -> i32 {
         self.inner
             .connected_at
