@@ -26,6 +26,7 @@ mod read;
 mod retention;
 mod send;
 mod stream_back;
+mod stream_forward;
 mod stream_read;
 mod subject;
 mod write;
@@ -447,6 +448,9 @@ impl EventStore for NatsStore {
             annals::Direction::Backward if options.limit != Some(0) => {
                 stream_back::read_back(store, stream, options)
             }
+            // Oldest first, a batch at a time (or the range asked for, or on from a head
+            // this client knows).
+            annals::Direction::Forward => stream_forward::read_forward(store, stream, options),
             _ => stream_read::events_of(store, stream, options),
         }
     }

@@ -113,6 +113,13 @@ impl NatsStore {
             .find(|head| !head.tombstone && head.next <= from.saturating_add(1))
     }
 
+    /// Whether this client knows a head of `stream` at version `from` (its last write or
+    /// read there, or the head before it): a forward read from `from` reads on from it.
+    pub(crate) fn at_head(&self, stream: &StreamName, from: u64) -> bool {
+        self.anchor(stream, from)
+            .is_some_and(|head| head.next >= from)
+    }
+
     /// Remembers `last` as the head of `stream`, unless a later head is remembered.
     pub(crate) fn remember(&self, stream: &StreamName, last: Last) {
         let mut heads = self.inner.heads.lock().unwrap_or_else(|p| p.into_inner());
@@ -316,14 +323,10 @@ impl NatsStore {
         // A forward read from a version or with a limit reads the versions it shows; a
         // client that knows a head at `from` (as a cached decision's catch-up does) reads
         // on from that head instead.
-        let at_head = |from: u64| {
-            self.anchor(stream, from)
-                .is_some_and(|head| head.next >= from)
-        };
         let ranged = options.direction == annals::Direction::Forward
             && policy.is_none()
             && (from.is_some_and(|f| f > 0) || options.limit.is_some())
-            && !from.is_some_and(at_head);
+            && !from.is_some_and(|f| self.at_head(stream, f));
         if ranged {
             if let Some(read) = crate::stream_back::read_forward(self, stream, options).await? {
                 return Ok(read);

@@ -76,13 +76,22 @@ async fn stranger(store: &NatsStore) -> NatsStore {
     NatsStore::connect(store.config().clone()).await.unwrap()
 }
 
-/// What a whole forward read of `s` shows, and the stream's version.
+/// What a whole forward read of `s` shows, and the stream's version. The two whole reads,
+/// forward (batch by batch from the first message) and backward (stepped back from the
+/// last), show the same events.
 async fn whole(store: &NatsStore, s: &StreamName) -> (Vec<RecordedEvent>, u64) {
     let read: Vec<RecordedEvent> = store
         .read_stream(s, ReadStream::forward())
         .try_collect()
         .await
         .unwrap();
+    let mut back: Vec<RecordedEvent> = store
+        .read_stream(s, ReadStream::backward())
+        .try_collect()
+        .await
+        .unwrap();
+    back.reverse();
+    assert_eq!(read, back, "{s}");
     (read, store.stream_version(s).await.unwrap().get())
 }
 
@@ -246,7 +255,8 @@ async fn backward_reads_show_the_whole_read_and_ask_for_what_they_show() {
 /// Forward reads from a version or with a limit, by the writing client (which knows the
 /// streams' heads) and by another (which knows none), show what a whole read shows; ten
 /// events from anywhere in the long stream ask for a few dozen messages by either client
-/// (a whole read asks for all 2,400).
+/// (a whole read asks for all 2,400), and a whole read taken for 5 events for one small
+/// batch.
 #[tokio::test]
 async fn forward_reads_from_a_version_or_with_a_limit_show_the_whole_read_and_ask_for_what_they_show(
 ) {
@@ -295,6 +305,18 @@ async fn forward_reads_from_a_version_or_with_a_limit_show_the_whole_read_and_as
             );
         }
     }
+    // A whole read is read as it is taken: 5 events of 2,400 ask for one small batch.
+    let (taken, requests, messages) = asked(&other, async {
+        let read = other.read_stream(long, ReadStream::forward()).take(5);
+        read.try_collect::<Vec<_>>().await.unwrap()
+    })
+    .await;
+    let firsts: Vec<u64> = taken.iter().map(|e| e.stream_version).collect();
+    assert_eq!(firsts, [0, 1, 2, 3, 4]);
+    assert!(
+        requests == 1 && messages <= 64,
+        "5 events taken of 2,400 asked for {messages} messages in {requests} direct gets"
+    );
 }
 
 /// Random layouts: streams written in batches of random sizes among random others, some
