@@ -12,7 +12,7 @@
 //! and stops when its caller does.
 
 use annals::{ReadStream, RecordedEvent, Result, StreamName};
-use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use futures::stream::BoxStream;
 
 use crate::envelope::Place;
 use crate::read::{CatchUp, Message, BATCH};
@@ -82,10 +82,7 @@ pub(crate) fn read_back(
     stream: StreamName,
     options: ReadStream,
 ) -> BoxStream<'static, Result<RecordedEvent>> {
-    futures::stream::try_unfold(State::Start(store, stream, options), next)
-        .map_ok(|events| futures::stream::iter(events.into_iter().map(Ok)))
-        .try_flatten()
-        .boxed()
+    crate::stream_read::chunked(State::Start(store, stream, options), next)
 }
 
 /// The next events of a backward read (possibly none), newest first, and where it is then.

@@ -11,7 +11,7 @@
 //! each request makes the server walk the subject's block again.)
 
 use annals::{ReadStream, RecordedEvent, Result, StreamName, Version};
-use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use futures::stream::BoxStream;
 
 use crate::read::{CatchUp, Message, BATCH};
 use crate::stream_read::Last;
@@ -49,10 +49,7 @@ pub(crate) fn read_forward(
     stream: StreamName,
     options: ReadStream,
 ) -> BoxStream<'static, Result<RecordedEvent>> {
-    futures::stream::try_unfold(State::Start(store, stream, options), next)
-        .map_ok(|events| futures::stream::iter(events.into_iter().map(Ok)))
-        .try_flatten()
-        .boxed()
+    crate::stream_read::chunked(State::Start(store, stream, options), next)
 }
 
 /// The next events of a forward read (possibly none), and where it is then.

@@ -3,7 +3,7 @@
 //! known head on.
 
 use annals::{ReadStream, RecordedEvent, Result, StreamName, Timestamp};
-use futures::stream::{BoxStream, StreamExt};
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 
 use crate::envelope::Place;
 use crate::read::{leader_answer, CatchUp, Message, Stored, BATCH, START_HEADER};
@@ -360,6 +360,20 @@ impl NatsStore {
         }
         Ok((chosen, start))
     }
+}
+
+/// The events of a read handed out in chunks as they are taken: `next` gives the next
+/// chunk (possibly empty) and where the read is then, or `None` at its end.
+pub(crate) fn chunked<S, F, Fut>(start: S, next: F) -> BoxStream<'static, Result<RecordedEvent>>
+where
+    S: Send + 'static,
+    F: FnMut(S) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<Option<(Vec<RecordedEvent>, S)>>> + Send + 'static,
+{
+    futures::stream::try_unfold(start, next)
+        .map_ok(|events| futures::stream::iter(events.into_iter().map(Ok)))
+        .try_flatten()
+        .boxed()
 }
 
 /// The events of a read of `stream`, read when first asked for.
