@@ -14,9 +14,8 @@
 use annals::{ReadStream, RecordedEvent, Result, StreamName};
 use futures::stream::BoxStream;
 
-use crate::envelope::Place;
 use crate::read::{CatchUp, Message, BATCH};
-use crate::stream_read::Last;
+use crate::stream_read::LastEvent;
 use crate::{backend, NatsStore};
 
 /// The versions the first step of an unbounded read asks for.
@@ -139,7 +138,7 @@ async fn begin(store: NatsStore, stream: StreamName, options: ReadStream) -> Res
 fn stepping(
     store: NatsStore,
     stream: StreamName,
-    (end, end_event): (Last, Option<(RecordedEvent, Place)>),
+    (end, end_event): LastEvent,
     range: std::ops::Range<u64>,
     bounded: bool,
 ) -> (Vec<RecordedEvent>, Back) {
@@ -174,20 +173,29 @@ fn stepping(
     (newest, back)
 }
 
+/// What a forward read of a range found.
+pub(crate) enum Ranged {
+    /// The events in order, and where the stream starts.
+    Read(Vec<RecordedEvent>, u64),
+    /// Read it whole instead, up to this last message of the stream (read as the range
+    /// began; not asked for again).
+    Whole(Box<LastEvent>),
+}
+
 /// A forward read of `stream` from a version or with a limit (not under a retention
 /// policy), read back from the stream's last message over the versions it shows, as a
 /// backward read of the same versions is: about as many messages as it shows, however
-/// long the stream. Answers the events in order and the stream's start, or `None` when a
-/// whole read is as cheap (the read asks for most of the stream) or must say where the
-/// read begins (the versions shown do not begin at the first one asked for: messages
-/// removed from JetStream underneath leave gaps).
+/// long the stream. Answers [`Ranged::Whole`] when a whole read is as cheap (the read asks
+/// for most of the stream) or must say where the read begins (the versions shown do not
+/// begin at the first one asked for: messages removed from JetStream underneath leave
+/// gaps).
 pub(crate) async fn read_forward(
     store: &NatsStore,
     stream: &StreamName,
     options: ReadStream,
-) -> Result<Option<(Vec<RecordedEvent>, u64)>> {
+) -> Result<Ranged> {
     let Some((end, end_event)) = store.head_event(stream).await? else {
-        return Ok(Some((Vec::new(), 0)));
+        return Ok(Ranged::Read(Vec::new(), 0));
     };
     if end.tombstone {
         return Err(annals::Error::StreamDeleted {
@@ -200,16 +208,16 @@ pub(crate) async fn read_forward(
         .map_or(u64::MAX, |l| u64::try_from(l).unwrap_or(u64::MAX));
     let top = low.saturating_add(limit).min(end.next);
     if low >= top {
-        return Ok(Some((Vec::new(), end.start)));
+        return Ok(Ranged::Read(Vec::new(), end.start));
     }
     // Most of the stream: read whole, from its first message (no guesses).
     if (top - low).saturating_mul(2) > end.next.saturating_sub(end.start) {
-        return Ok(None);
+        return Ok(Ranged::Whole(Box::new((end, end_event))));
     }
     let (mut events, mut back) = stepping(
         store.clone(),
         stream.clone(),
-        (end, end_event),
+        (end, end_event.clone()),
         low..top,
         true,
     );
@@ -218,8 +226,8 @@ pub(crate) async fn read_forward(
     }
     events.reverse();
     Ok(match events.first() {
-        Some(first) if first.stream_version == low => Some((events, end.start)),
-        _ => None,
+        Some(first) if first.stream_version == low => Ranged::Read(events, end.start),
+        _ => Ranged::Whole(Box::new((end, end_event))),
     })
 }
 

@@ -14,6 +14,7 @@ use annals::{ReadStream, RecordedEvent, Result, StreamName, Version};
 use futures::stream::BoxStream;
 
 use crate::read::{CatchUp, Message, BATCH};
+use crate::stream_back::Ranged;
 use crate::stream_read::Last;
 use crate::{backend, NatsStore};
 
@@ -79,15 +80,16 @@ async fn begin(
     if crate::retention::policy_of(&policies, &stream).is_some() || at_head {
         return Ok(Ok(store.read_stream_vec(&stream, options).await?));
     }
-    if from.is_some_and(|f| f > 0) || options.limit.is_some() {
-        if let Some((events, _)) =
-            crate::stream_back::read_forward(&store, &stream, options).await?
-        {
-            return Ok(Ok(events));
-        }
-    }
-    let Some(end) = store.head(&stream).await? else {
-        return Ok(Ok(Vec::new()));
+    let end = match from.is_some_and(|f| f > 0) || options.limit.is_some() {
+        true => match crate::stream_back::read_forward(&store, &stream, options).await? {
+            Ranged::Read(events, _) => return Ok(Ok(events)),
+            // The last message the range read, not asked for again.
+            Ranged::Whole(end) => end.0,
+        },
+        false => match store.head(&stream).await? {
+            Some(end) => end,
+            None => return Ok(Ok(Vec::new())),
+        },
     };
     if end.tombstone {
         return Err(annals::Error::StreamDeleted { stream });

@@ -7,6 +7,7 @@ use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 
 use crate::envelope::Place;
 use crate::read::{leader_answer, CatchUp, Message, Stored, BATCH, START_HEADER};
+use crate::stream_back::Ranged;
 use crate::{backend, NatsStore};
 
 /// The last message of a stream: its sequence, the stream's version after it, and whether
@@ -22,6 +23,9 @@ pub(crate) struct Last {
     /// what an event's message carries (`START_HEADER`; 0 without one).
     pub(crate) start: u64,
 }
+
+/// A stream's last message, and the event it holds (none for a marker).
+pub(crate) type LastEvent = (Last, Option<(RecordedEvent, Place)>);
 
 /// What a client remembers of a stream's head: the last one it saw (none once the server
 /// said it moved), and the one before.
@@ -49,10 +53,7 @@ impl NatsStore {
     }
 
     /// [`Self::head`], and the event the last message holds (none for a marker).
-    pub(crate) async fn head_event(
-        &self,
-        stream: &StreamName,
-    ) -> Result<Option<(Last, Option<(RecordedEvent, Place)>)>> {
+    pub(crate) async fn head_event(&self, stream: &StreamName) -> Result<Option<LastEvent>> {
         let subject = self.inner.subjects.stream(stream);
         let found = crate::read::answered(self.inner.config.timeout, || {
             self.inner.stream.get_last_raw_message_by_subject(&subject)
@@ -183,13 +184,30 @@ impl NatsStore {
         from: Option<u64>,
     ) -> Result<(Vec<(RecordedEvent, Place)>, u64, u64)> {
         // Asked before the leader's last message, which is remembered as the head.
-        let known = from.and_then(|from| {
-            self.anchor(stream, from)
-                .map(|head| (head, from < head.next))
-        });
-        let Some((end, end_event)) = self.head_event(stream).await? else {
+        let known = self.known_at(stream, from);
+        let Some(end) = self.head_event(stream).await? else {
             return Ok((Vec::new(), 0, 0));
         };
+        self.stream_events_to(stream, known, end).await
+    }
+
+    /// The head this client knows at or just below version `from` (see
+    /// [`Self::stream_events_from`]), and whether the read shows its event.
+    fn known_at(&self, stream: &StreamName, from: Option<u64>) -> Option<(Last, bool)> {
+        from.and_then(|from| {
+            self.anchor(stream, from)
+                .map(|head| (head, from < head.next))
+        })
+    }
+
+    /// [`Self::stream_events_from`] up to `end`, the stream's last message as read, from
+    /// the `known` head if it leads there.
+    async fn stream_events_to(
+        &self,
+        stream: &StreamName,
+        known: Option<(Last, bool)>,
+        (end, end_event): LastEvent,
+    ) -> Result<(Vec<(RecordedEvent, Place)>, u64, u64)> {
         if end.tombstone {
             return Err(annals::Error::StreamDeleted {
                 stream: stream.clone(),
@@ -327,12 +345,17 @@ impl NatsStore {
             && policy.is_none()
             && (from.is_some_and(|f| f > 0) || options.limit.is_some())
             && !from.is_some_and(|f| self.at_head(stream, f));
-        if ranged {
-            if let Some(read) = crate::stream_back::read_forward(self, stream, options).await? {
-                return Ok(read);
-            }
-        }
-        let (mut events, next, start) = self.stream_events_from(stream, from).await?;
+        let (mut events, next, start) = match ranged {
+            true => match crate::stream_back::read_forward(self, stream, options).await? {
+                Ranged::Read(events, start) => return Ok((events, start)),
+                // The last message the range read, not asked for again.
+                Ranged::Whole(end) => {
+                    let known = self.known_at(stream, from);
+                    self.stream_events_to(stream, known, *end).await?
+                }
+            },
+            false => self.stream_events_from(stream, from).await?,
+        };
         let expired = crate::retention::expired(&events, policy, next, Timestamp::now());
         events.drain(..expired);
         // The range of versions asked for, from the first one reads show.
